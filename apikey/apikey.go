@@ -1,0 +1,200 @@
+// Package apikey defines keybroker's API key format, shared by the Vault plugin
+// (which mints keys) and the sidecar (which rejects garbage before asking Vault).
+//
+// A key reads <prefix>_<key_id>_<secret><checksum>, modelled on GitHub's token
+// format:
+//
+//		kb_4Fq7TzL0aBcD_Xy...(43 base62 chars of secret)...Q1w2E3
+//
+//	  - prefix: 2 to 16 lowercase letters and digits, starting with a letter, so
+//	    secret scanners can tell keybroker keys (and which deployment) at a glance;
+//	  - key_id: 12 base62 characters, the public handle used for O(1) lookup;
+//	  - secret: 43 base62 characters drawn uniformly with crypto/rand (256 bits);
+//	  - checksum: CRC32 (IEEE) of everything before it, as 6 base62 characters,
+//	    so typos and garbage are rejected offline before any storage lookup.
+//
+// Parse allocates nothing: it is on every sidecar request.
+package apikey
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+)
+
+const (
+	// IDLength is the length of the key_id part.
+	IDLength = 12
+	// SecretLength is the length of the secret part: 43 base62 characters
+	// carry log2(62)*43 = 256.03 bits.
+	SecretLength = 43
+	// ChecksumLength is the length of the checksum part: 62^6 > 2^32.
+	ChecksumLength = 6
+
+	// DefaultPrefix is the prefix used when a role names none.
+	DefaultPrefix = "kb"
+	// MinPrefixLength and MaxPrefixLength bound the prefix.
+	MinPrefixLength = 2
+	MaxPrefixLength = 16
+
+	// MaxLength is the longest well-formed key; longer input is rejected
+	// before any other work.
+	MaxLength = MaxPrefixLength + 1 + IDLength + 1 + SecretLength + ChecksumLength
+)
+
+// Regexp matches keybroker keys with any prefix; it is published for secret
+// scanners. The README shows it too.
+const Regexp = `\b[a-z][a-z0-9]{1,15}_[0-9A-Za-z]{12}_[0-9A-Za-z]{49}\b`
+
+const base62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+// ErrMalformed is returned by Parse for anything that is not a well-formed key
+// with a correct checksum. Callers must not echo the input: it may be a secret.
+var ErrMalformed = errors.New("malformed API key")
+
+// Key is a parsed API key. Its fields are substrings of the input.
+type Key struct {
+	Prefix string
+	ID     string
+}
+
+// Generate mints a new key with the given prefix, reading randomness from r
+// (crypto/rand.Reader when nil). It returns the full key and its key_id.
+func Generate(r io.Reader, prefix string) (key, id string, err error) {
+	if err := ValidatePrefix(prefix); err != nil {
+		return "", "", err
+	}
+	if r == nil {
+		r = rand.Reader
+	}
+	buf := make([]byte, 0, len(prefix)+1+IDLength+1+SecretLength+ChecksumLength)
+	buf = append(buf, prefix...)
+	buf = append(buf, '_')
+	if buf, err = appendRandom(buf, r, IDLength); err != nil {
+		return "", "", err
+	}
+	buf = append(buf, '_')
+	if buf, err = appendRandom(buf, r, SecretLength); err != nil {
+		return "", "", err
+	}
+	buf = appendChecksum(buf, crc32.ChecksumIEEE(buf))
+	key = string(buf)
+	start := len(prefix) + 1
+	return key, key[start : start+IDLength], nil
+}
+
+// Parse checks the shape and checksum of s without any lookup.
+func Parse(s string) (Key, error) {
+	if len(s) > MaxLength {
+		return Key{}, ErrMalformed
+	}
+	p := -1
+	for i := 0; i < len(s) && i <= MaxPrefixLength; i++ {
+		if s[i] == '_' {
+			p = i
+			break
+		}
+	}
+	if p < 0 || ValidatePrefix(s[:p]) != nil {
+		return Key{}, ErrMalformed
+	}
+	rest := s[p+1:]
+	if len(rest) != IDLength+1+SecretLength+ChecksumLength || rest[IDLength] != '_' {
+		return Key{}, ErrMalformed
+	}
+	if !isBase62(rest[:IDLength]) || !isBase62(rest[IDLength+1:]) {
+		return Key{}, ErrMalformed
+	}
+	body := s[:len(s)-ChecksumLength]
+	var want [ChecksumLength]byte
+	appendChecksum(want[:0], crc32String(body))
+	if string(want[:]) != s[len(body):] {
+		return Key{}, ErrMalformed
+	}
+	return Key{Prefix: s[:p], ID: rest[:IDLength]}, nil
+}
+
+// Hash is what storage keeps in place of a key: SHA-256 of the whole key.
+// The secret part holds 256 bits from crypto/rand, so an unsalted hash cannot
+// be reversed by search or precomputation; compare with crypto/subtle.
+func Hash(key string) [sha256.Size]byte {
+	return sha256.Sum256([]byte(key))
+}
+
+// ValidatePrefix reports whether p can be a key prefix.
+func ValidatePrefix(p string) error {
+	if len(p) < MinPrefixLength || len(p) > MaxPrefixLength {
+		return fmt.Errorf("key prefix must be %d to %d characters, got %d", MinPrefixLength, MaxPrefixLength, len(p))
+	}
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		switch {
+		case c >= 'a' && c <= 'z':
+		case c >= '0' && c <= '9' && i > 0:
+		default:
+			return fmt.Errorf("key prefix %q must be lowercase letters and digits, starting with a letter", p)
+		}
+	}
+	return nil
+}
+
+// ValidateID reports whether id has the shape of a key_id; storage paths are
+// built from it, so anything else is refused before a lookup.
+func ValidateID(id string) bool {
+	return len(id) == IDLength && isBase62(id)
+}
+
+// appendRandom appends n uniformly distributed base62 characters, rejecting
+// bytes >= 248 (4*62) so that no character is more likely than another.
+func appendRandom(buf []byte, r io.Reader, n int) ([]byte, error) {
+	var b [64]byte
+	for n > 0 {
+		if _, err := io.ReadFull(r, b[:]); err != nil {
+			return nil, fmt.Errorf("reading randomness: %w", err)
+		}
+		for _, c := range b {
+			if c >= 248 {
+				continue
+			}
+			buf = append(buf, base62[c%62])
+			n--
+			if n == 0 {
+				break
+			}
+		}
+	}
+	return buf, nil
+}
+
+// appendChecksum appends v as exactly ChecksumLength base62 digits.
+func appendChecksum(buf []byte, v uint32) []byte {
+	var d [ChecksumLength]byte
+	for i := ChecksumLength - 1; i >= 0; i-- {
+		d[i] = base62[v%62]
+		v /= 62
+	}
+	return append(buf, d[:]...)
+}
+
+// crc32String is crc32.ChecksumIEEE over a string without copying it to a
+// []byte, which would allocate on every Parse.
+func crc32String(s string) uint32 {
+	crc := ^uint32(0)
+	for i := 0; i < len(s); i++ {
+		crc = crc32.IEEETable[byte(crc)^s[i]] ^ (crc >> 8)
+	}
+	return ^crc
+}
+
+func isBase62(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= '0' && c <= '9' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z') {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,146 @@
+package backend
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+type testEnv struct {
+	t       *testing.T
+	b       *backend
+	storage logical.Storage
+}
+
+func newTestEnv(t *testing.T) *testEnv {
+	t.Helper()
+	conf := logical.TestBackendConfig()
+	conf.StorageView = &logical.InmemStorage{}
+	lb, err := Factory(context.Background(), conf)
+	if err != nil {
+		t.Fatalf("Factory: %v", err)
+	}
+	b := lb.(*backend)
+	b.tidyDisabled = true
+	return &testEnv{t: t, b: b, storage: conf.StorageView}
+}
+
+// do sends a request and fails the test on an internal error; user errors
+// come back as responses.
+func (e *testEnv) do(op logical.Operation, path string, data map[string]interface{}) *logical.Response {
+	e.t.Helper()
+	resp, err := e.b.HandleRequest(context.Background(), &logical.Request{
+		Operation: op,
+		Path:      path,
+		Data:      data,
+		Storage:   e.storage,
+		EntityID:  "test-entity",
+	})
+	if err != nil && err != logical.ErrInvalidRequest {
+		e.t.Fatalf("%s %s: %v", op, path, err)
+	}
+	return resp
+}
+
+// ok sends a request that must succeed.
+func (e *testEnv) ok(op logical.Operation, path string, data map[string]interface{}) *logical.Response {
+	e.t.Helper()
+	resp := e.do(op, path, data)
+	if resp != nil && resp.IsError() {
+		e.t.Fatalf("%s %s: %v", op, path, resp.Error())
+	}
+	return resp
+}
+
+// userError sends a request that must fail with a 400 whose message contains want.
+func (e *testEnv) userError(op logical.Operation, path string, data map[string]interface{}, want string) {
+	e.t.Helper()
+	resp := e.do(op, path, data)
+	if resp == nil || !resp.IsError() {
+		e.t.Fatalf("%s %s: want an error containing %q, got %#v", op, path, want, resp)
+	}
+	if got := resp.Error().Error(); !strings.Contains(got, want) {
+		e.t.Fatalf("%s %s: error %q does not contain %q", op, path, got, want)
+	}
+}
+
+// storageKeys lists every storage entry below prefix.
+func (e *testEnv) storageKeys(prefix string) []string {
+	e.t.Helper()
+	keys, err := logical.CollectKeysWithPrefix(context.Background(), e.storage, prefix)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return keys
+}
+
+// assertNotStored fails if any storage entry contains secret.
+func (e *testEnv) assertNotStored(secret string) {
+	e.t.Helper()
+	for _, k := range e.storageKeys("") {
+		entry, err := e.storage.Get(context.Background(), k)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		if bytes.Contains(entry.Value, []byte(secret)) || strings.Contains(k, secret) {
+			e.t.Fatalf("storage entry %q contains the plaintext credential", k)
+		}
+	}
+}
+
+// Every path and every field must carry help an operator can read in
+// "vault path-help".
+func TestPathHelp(t *testing.T) {
+	b := newBackend()
+	for _, p := range b.Paths {
+		if strings.TrimSpace(p.HelpSynopsis) == "" || strings.TrimSpace(p.HelpDescription) == "" {
+			t.Errorf("path %q lacks HelpSynopsis or HelpDescription", p.Pattern)
+		}
+		for name, f := range p.Fields {
+			if strings.TrimSpace(f.Description) == "" {
+				t.Errorf("field %q of path %q has no description", name, p.Pattern)
+			}
+		}
+	}
+	for _, s := range b.Secrets {
+		for name, f := range s.Fields {
+			if f.Description == "" {
+				t.Errorf("secret %q field %q has no description", s.Type, name)
+			}
+		}
+	}
+}
+
+func TestPathHelpRequest(t *testing.T) {
+	e := newTestEnv(t)
+	resp, err := e.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.HelpOperation, Path: "keys/web", Storage: e.storage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	help, _ := resp.Data["help"].(string)
+	if !strings.Contains(help, "Mint an API key") || !strings.Contains(help, "bound_cidrs") {
+		t.Fatalf("path-help for keys/<role> does not describe the path and its fields:\n%s", help)
+	}
+}
+
+func TestPeriodicTidyRunsOnlyWhenDue(t *testing.T) {
+	e := newTestEnv(t)
+	e.b.tidyDisabled = false
+	req := &logical.Request{Storage: e.storage}
+	if err := e.b.periodic(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	first := e.b.lastTidy
+	if first.IsZero() {
+		t.Fatal("first periodic call did not tidy")
+	}
+	if err := e.b.periodic(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	if !e.b.lastTidy.Equal(first) {
+		t.Fatal("periodic tidied again before tidyInterval passed")
+	}
+}

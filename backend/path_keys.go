@@ -1,0 +1,336 @@
+package backend
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/keybroker/keybroker/apikey"
+)
+
+const keyPrefix = "keys/"
+
+// keyEntry is what storage holds for a minted key: a snapshot of what it may
+// do, and the hash of the key, never the key.
+type keyEntry struct {
+	ID         string            `json:"key_id"`
+	Hash       []byte            `json:"hash"`
+	Name       string            `json:"name"`
+	Role       string            `json:"role"`
+	Scopes     []string          `json:"scopes"`
+	BoundCIDRs []string          `json:"bound_cidrs,omitempty"`
+	Tenant     string            `json:"tenant,omitempty"`
+	Metadata   map[string]string `json:"metadata,omitempty"`
+	Orphan     bool              `json:"orphan"`
+	EntityID   string            `json:"entity_id,omitempty"`
+	CreatedAt  time.Time         `json:"created_at"`
+	ExpiresAt  time.Time         `json:"expires_at"`
+	RevokedAt  time.Time         `json:"revoked_at,omitzero"`
+}
+
+func (k *keyEntry) revoked() bool { return !k.RevokedAt.IsZero() }
+
+// publicData is what reads and verifications may show: never Hash.
+func (k *keyEntry) publicData() map[string]interface{} {
+	md := k.Metadata
+	if md == nil {
+		md = map[string]string{}
+	}
+	return map[string]interface{}{
+		"key_id":      k.ID,
+		"name":        k.Name,
+		"role":        k.Role,
+		"scopes":      nonNil(k.Scopes),
+		"bound_cidrs": nonNil(k.BoundCIDRs),
+		"tenant":      k.Tenant,
+		"metadata":    md,
+		"expires_at":  k.ExpiresAt.UTC().Format(time.RFC3339),
+	}
+}
+
+func (b *backend) getKey(ctx context.Context, s logical.Storage, id string) (*keyEntry, error) {
+	e, err := s.Get(ctx, keyPrefix+id)
+	if err != nil {
+		return nil, fmt.Errorf("reading key %s: %w", id, err)
+	}
+	if e == nil {
+		return nil, nil
+	}
+	var k keyEntry
+	if err := e.DecodeJSON(&k); err != nil {
+		return nil, fmt.Errorf("decoding key %s: %w", id, err)
+	}
+	return &k, nil
+}
+
+func (b *backend) putKey(ctx context.Context, s logical.Storage, k *keyEntry) error {
+	e, err := logical.StorageEntryJSON(keyPrefix+k.ID, k)
+	if err != nil {
+		return fmt.Errorf("encoding key %s: %w", k.ID, err)
+	}
+	if err := s.Put(ctx, e); err != nil {
+		return fmt.Errorf("storing key %s: %w", k.ID, err)
+	}
+	return nil
+}
+
+func pathKeys(b *backend) []*framework.Path {
+	keyIDField := &framework.FieldSchema{
+		Type:        framework.TypeString,
+		Description: "The key's key_id: the 12 characters between the first and second '_' of the key.",
+		Required:    true,
+	}
+	return []*framework.Path{
+		{
+			// Listed before keys/<role> so that "keys/id" is never a role.
+			Pattern: "keys/id/?$",
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ListOperation: &framework.PathOperation{Callback: b.pathKeyList},
+			},
+			HelpSynopsis:    "List minted API keys by key_id, with their name and role.",
+			HelpDescription: "Lists every key still in storage, revoked and expired ones included until tidy removes them.",
+		},
+		{
+			Pattern: "keys/id/" + framework.GenericNameRegex("key_id"),
+			Fields:  map[string]*framework.FieldSchema{"key_id": keyIDField},
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ReadOperation:   &framework.PathOperation{Callback: b.pathKeyRead},
+				logical.DeleteOperation: &framework.PathOperation{Callback: b.pathKeyRevoke},
+			},
+			HelpSynopsis: "Read an API key's metadata, or revoke it.",
+			HelpDescription: `Read returns what the key may do, when it expires and whether it is revoked;
+never the key or its hash. Delete revokes the key at once and adds it to
+keybroker/revocations; this is how keys minted from orphan roles are revoked.`,
+		},
+		{
+			Pattern: "keys/" + framework.GenericNameRegex("role"),
+			Fields: map[string]*framework.FieldSchema{
+				"role": {
+					Type:        framework.TypeString,
+					Description: "Role to mint the key from.",
+					Required:    true,
+				},
+				"name": {
+					Type:        framework.TypeString,
+					Description: fmt.Sprintf("Human-readable name of the key, shown in lists and verifications (1 to %d characters).", maxNameLength),
+					Required:    true,
+				},
+				"scopes": {
+					Type:        framework.TypeCommaStringSlice,
+					Description: "Scopes for the key; must be a subset of the role's scopes. Default: the role's default_scopes.",
+				},
+				"ttl": {
+					Type:        framework.TypeDurationSecond,
+					Description: "Lifetime of the key. Default: the role's ttl. Capped at the role's max_ttl with a warning.",
+				},
+				"bound_cidrs": {
+					Type:        framework.TypeCommaStringSlice,
+					Description: "CIDR blocks the key may be used from; each must lie within the role's bound_cidrs. Default: the role's.",
+				},
+				"metadata": {
+					Type:        framework.TypeKVPairs,
+					Description: "Metadata returned with every verification of the key, in addition to the role's (keys may not repeat the role's).",
+				},
+			},
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.UpdateOperation: &framework.PathOperation{Callback: b.pathKeyMint},
+			},
+			HelpSynopsis: "Mint an API key from a role.",
+			HelpDescription: `Returns the key once; only its hash is stored. Unless the role is an orphan
+role, the key is a Vault lease: it is revoked by "vault lease revoke", by
+revoking the token that minted it, or by expiry, and can be renewed up to the
+role's max_ttl.`,
+		},
+	}
+}
+
+func (b *backend) pathKeyMint(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	if resp := validateRequest(d); resp != nil {
+		return resp, nil
+	}
+	roleName := d.Get("role").(string)
+	r, err := b.getRole(ctx, req.Storage, roleName)
+	if err != nil {
+		return nil, err
+	}
+	if r == nil {
+		return logical.ErrorResponse("role %q does not exist", roleName), nil
+	}
+
+	name := d.Get("name").(string)
+	if strings.TrimSpace(name) == "" {
+		return logical.ErrorResponse("name is required"), nil
+	}
+	if err := validateText("name", name, maxNameLength); err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
+
+	scopes := r.defaultScopes()
+	if v, ok := d.GetOk("scopes"); ok {
+		if scopes, err = validateScopes("scopes", v.([]string)); err != nil {
+			return logical.ErrorResponse(err.Error()), nil
+		}
+		if missing := subset(scopes, r.Scopes); len(missing) > 0 {
+			return logical.ErrorResponse("scopes %s are not allowed by role %q (allowed: %s)",
+				strings.Join(missing, ", "), roleName, strings.Join(r.Scopes, ", ")), nil
+		}
+	}
+
+	cidrs := r.BoundCIDRs
+	if v, ok := d.GetOk("bound_cidrs"); ok && len(v.([]string)) > 0 {
+		asked, err := parseCIDRs("bound_cidrs", v.([]string))
+		if err != nil {
+			return logical.ErrorResponse(err.Error()), nil
+		}
+		roleCIDRs, err := parseCIDRs("role bound_cidrs", r.BoundCIDRs)
+		if err != nil {
+			return nil, fmt.Errorf("role %q holds invalid CIDRs: %w", roleName, err)
+		}
+		if wider := narrows(asked, roleCIDRs); len(wider) > 0 {
+			return logical.ErrorResponse("bound_cidrs %s are not within role %q's bound_cidrs (%s)",
+				strings.Join(wider, ", "), roleName, strings.Join(r.BoundCIDRs, ", ")), nil
+		}
+		cidrs = cidrStrings(asked)
+	}
+
+	md := map[string]string{}
+	if v, ok := d.GetOk("metadata"); ok {
+		asked := v.(map[string]string)
+		for k := range asked {
+			if _, clash := r.Metadata[k]; clash {
+				return logical.ErrorResponse("metadata key %q is set by role %q and cannot be overridden", k, roleName), nil
+			}
+		}
+		if err := validateMetadata("metadata", asked); err != nil {
+			return logical.ErrorResponse(err.Error()), nil
+		}
+		for k, v := range asked {
+			md[k] = v
+		}
+	}
+	for k, v := range r.Metadata {
+		md[k] = v
+	}
+	if len(md) > maxMetadataPairs {
+		return logical.ErrorResponse("metadata: the key's and the role's together exceed %d entries", maxMetadataPairs), nil
+	}
+
+	askedTTL := time.Duration(d.Get("ttl").(int)) * time.Second
+	ttl, warnings, err := framework.CalculateTTL(b.System(), askedTTL, r.TTL, 0, r.MaxTTL, 0, time.Time{})
+	if err != nil {
+		return nil, fmt.Errorf("calculating ttl: %w", err)
+	}
+
+	key, entry, err := b.createKey(ctx, req.Storage, r.KeyPrefix)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now().UTC().Truncate(time.Second)
+	entry.Name = name
+	entry.Role = roleName
+	entry.Scopes = scopes
+	entry.BoundCIDRs = cidrs
+	entry.Tenant = r.Tenant
+	entry.Metadata = md
+	entry.Orphan = r.Orphan
+	entry.EntityID = req.EntityID
+	entry.CreatedAt = now
+	entry.ExpiresAt = now.Add(ttl)
+	if err := b.putKey(ctx, req.Storage, entry); err != nil {
+		return nil, err
+	}
+
+	data := map[string]interface{}{
+		"key":         key,
+		"key_id":      entry.ID,
+		"name":        name,
+		"role":        roleName,
+		"scopes":      nonNil(scopes),
+		"bound_cidrs": nonNil(cidrs),
+		"tenant":      r.Tenant,
+		"expires_at":  entry.ExpiresAt.Format(time.RFC3339),
+	}
+	var resp *logical.Response
+	if r.Orphan {
+		resp = &logical.Response{Data: data}
+	} else {
+		resp = b.Secret(secretTypeAPIKey).Response(data, map[string]interface{}{"key_id": entry.ID})
+		resp.Secret.TTL = ttl
+		resp.Secret.MaxTTL = r.MaxTTL
+	}
+	for _, w := range warnings {
+		resp.AddWarning(w)
+	}
+	return resp, nil
+}
+
+// createKey generates a key whose key_id is not yet in storage.
+func (b *backend) createKey(ctx context.Context, s logical.Storage, prefix string) (string, *keyEntry, error) {
+	for attempt := 0; attempt < 3; attempt++ {
+		key, id, err := apikey.Generate(nil, prefix)
+		if err != nil {
+			return "", nil, fmt.Errorf("generating key: %w", err)
+		}
+		existing, err := s.Get(ctx, keyPrefix+id)
+		if err != nil {
+			return "", nil, fmt.Errorf("checking key_id: %w", err)
+		}
+		if existing == nil {
+			h := apikey.Hash(key)
+			return key, &keyEntry{ID: id, Hash: h[:]}, nil
+		}
+	}
+	// 71 random bits colliding three times means the randomness is broken.
+	return "", nil, fmt.Errorf("generating key: key_id collided three times")
+}
+
+func (b *backend) pathKeyList(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	ids, err := req.Storage.List(ctx, keyPrefix)
+	if err != nil {
+		return nil, fmt.Errorf("listing keys: %w", err)
+	}
+	info := make(map[string]interface{}, len(ids))
+	for _, id := range ids {
+		k, err := b.getKey(ctx, req.Storage, id)
+		if err != nil {
+			return nil, err
+		}
+		if k == nil {
+			continue // tidied between List and Get
+		}
+		info[id] = map[string]interface{}{"name": k.Name, "role": k.Role}
+	}
+	return logical.ListResponseWithInfo(ids, info), nil
+}
+
+func (b *backend) pathKeyRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	id := d.Get("key_id").(string)
+	if !apikey.ValidateID(id) {
+		return logical.ErrorResponse("%q is not a key_id (12 base62 characters)", id), nil
+	}
+	k, err := b.getKey(ctx, req.Storage, id)
+	if err != nil || k == nil {
+		return nil, err
+	}
+	data := k.publicData()
+	data["orphan"] = k.Orphan
+	data["entity_id"] = k.EntityID
+	data["created_at"] = k.CreatedAt.UTC().Format(time.RFC3339)
+	data["revoked"] = k.revoked()
+	if k.revoked() {
+		data["revoked_at"] = k.RevokedAt.UTC().Format(time.RFC3339)
+	}
+	return &logical.Response{Data: data}, nil
+}
+
+func (b *backend) pathKeyRevoke(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	id := d.Get("key_id").(string)
+	if !apikey.ValidateID(id) {
+		return logical.ErrorResponse("%q is not a key_id (12 base62 characters)", id), nil
+	}
+	return nil, b.revokeKey(ctx, req.Storage, id)
+}

@@ -1,0 +1,194 @@
+package backend
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+func (e *testEnv) feed(after int64) (ids []string, next uint64, more bool) {
+	e.t.Helper()
+	resp := e.ok(logical.ReadOperation, "revocations", map[string]interface{}{"after": after})
+	for _, r := range resp.Data["revocations"].([]map[string]interface{}) {
+		ids = append(ids, r["id"].(string))
+	}
+	return ids, resp.Data["next"].(uint64), resp.Data["more"].(bool)
+}
+
+func equalStrings(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func TestRevocationFeed(t *testing.T) {
+	e := newTestEnv(t)
+	e.createRole("web", nil)
+	e.createRole("batch", map[string]interface{}{"orphan": true})
+
+	if ids, next, _ := e.feed(0); len(ids) != 0 || next != 0 {
+		t.Fatalf("empty feed = %v next %d", ids, next)
+	}
+
+	var ids []string
+	var secrets []*logical.Secret
+	for i := 0; i < 3; i++ {
+		resp := e.mint("web", nil)
+		ids = append(ids, resp.Data["key_id"].(string))
+		secrets = append(secrets, resp.Secret)
+	}
+	orphan := e.mint("batch", nil).Data["key_id"].(string)
+
+	// Revocation by every route lands in the feed, in order.
+	if _, err := e.lease(logical.RevokeOperation, secrets[1]); err != nil { // vault lease revoke / token revocation
+		t.Fatal(err)
+	}
+	e.ok(logical.DeleteOperation, "keys/id/"+ids[0], nil)
+	e.ok(logical.DeleteOperation, "keys/id/"+orphan, nil)
+	// Revoking twice, by either route, adds nothing.
+	e.ok(logical.DeleteOperation, "keys/id/"+ids[1], nil)
+	if _, err := e.lease(logical.RevokeOperation, secrets[0]); err != nil {
+		t.Fatal(err)
+	}
+
+	got, next, more := e.feed(0)
+	if want := []string{ids[1], ids[0], orphan}; !equalStrings(got, want) || next != 3 || more {
+		t.Fatalf("feed = %v next %d more %v, want %v next 3", got, next, more, want)
+	}
+	got, next, _ = e.feed(2)
+	if !equalStrings(got, []string{orphan}) || next != 3 {
+		t.Fatalf("feed after 2 = %v next %d", got, next)
+	}
+	got, next, _ = e.feed(3)
+	if len(got) != 0 || next != 3 {
+		t.Fatalf("feed after 3 = %v next %d, want empty, next 3", got, next)
+	}
+
+	for _, id := range []string{ids[0], ids[1], orphan} {
+		if r := e.ok(logical.ReadOperation, "keys/id/"+id, nil).Data; r["revoked"] != true || r["revoked_at"] == nil {
+			t.Fatalf("key %s read after revocation = %#v", id, r)
+		}
+	}
+	if r := e.ok(logical.ReadOperation, "keys/id/"+ids[2], nil).Data; r["revoked"] != false {
+		t.Fatalf("unrevoked key read = %#v", r)
+	}
+	e.userError(logical.ReadOperation, "revocations", map[string]interface{}{"after": -1}, "must not be negative")
+	e.userError(logical.ReadOperation, "revocations", map[string]interface{}{"after": "x"}, "after")
+}
+
+// When a lease ends because its TTL ran out, Vault calls Revoke too; that is
+// expiry, not revocation, and must not fill the feed.
+func TestLeaseExpiryIsNotARevocation(t *testing.T) {
+	e := newTestEnv(t)
+	e.createRole("web", nil)
+	resp := e.mint("web", nil)
+	id := resp.Data["key_id"].(string)
+	k, _ := e.b.getKey(context.Background(), e.storage, id)
+	k.ExpiresAt = time.Now().Add(-time.Second)
+	if err := e.b.putKey(context.Background(), e.storage, k); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.lease(logical.RevokeOperation, resp.Secret); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, _ := e.feed(0); len(got) != 0 {
+		t.Fatalf("feed after natural expiry = %v, want empty", got)
+	}
+	if v := e.ok(logical.UpdateOperation, "verify", map[string]interface{}{"key": resp.Data["key"]}); v.Data["reason"] != reasonExpired {
+		t.Fatalf("verify after expiry = %#v", v.Data)
+	}
+}
+
+// Entries drop out of the feed once their credential would have expired,
+// before tidy deletes them and after.
+func TestRevocationFeedDropsExpired(t *testing.T) {
+	e := newTestEnv(t)
+	e.createRole("web", nil)
+	short := e.mint("web", nil).Data["key_id"].(string)
+	long := e.mint("web", nil).Data["key_id"].(string)
+	e.ok(logical.DeleteOperation, "keys/id/"+short, nil)
+	e.ok(logical.DeleteOperation, "keys/id/"+long, nil)
+
+	// Age the first entry as if its key expired.
+	r, err := e.b.getRevocation(context.Background(), e.storage, revocationPath(1)[len(revocationEntryPrefix):])
+	if err != nil || r == nil {
+		t.Fatalf("revocation 1: %v %v", r, err)
+	}
+	r.ExpiresAt = time.Now().Add(-time.Minute)
+	entry, _ := logical.StorageEntryJSON(revocationPath(1), r)
+	if err := e.storage.Put(context.Background(), entry); err != nil {
+		t.Fatal(err)
+	}
+	if got, next, _ := e.feed(0); !equalStrings(got, []string{long}) || next != 2 {
+		t.Fatalf("feed = %v next %d, want only %s, next 2", got, next, long)
+	}
+
+	st, err := e.b.tidy(context.Background(), e.storage, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.RevocationsDeleted != 1 || st.KeysDeleted != 0 {
+		t.Fatalf("tidy = %+v, want 1 revocation deleted, no keys", st)
+	}
+	// The sequence carries on after tidy: a reader's cursor stays valid.
+	third := e.mint("web", nil).Data["key_id"].(string)
+	e.ok(logical.DeleteOperation, "keys/id/"+third, nil)
+	if got, next, _ := e.feed(2); !equalStrings(got, []string{third}) || next != 3 {
+		t.Fatalf("feed after tidy = %v next %d, want [%s] next 3", got, next, third)
+	}
+}
+
+func TestRevocationFeedPages(t *testing.T) {
+	e := newTestEnv(t)
+	for i := 0; i < maxRevocationPage+5; i++ {
+		e.b.revocationMu.Lock()
+		err := e.b.appendRevocationLocked(context.Background(), e.storage, revocation{
+			ID: "id", Type: secretTypeAPIKey, RevokedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour),
+		})
+		e.b.revocationMu.Unlock()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, next, more := e.feed(0)
+	if len(got) != maxRevocationPage || next != maxRevocationPage || !more {
+		t.Fatalf("first page: %d entries next %d more %v", len(got), next, more)
+	}
+	got, next, more = e.feed(int64(next))
+	if len(got) != 5 || next != maxRevocationPage+5 || more {
+		t.Fatalf("second page: %d entries next %d more %v", len(got), next, more)
+	}
+}
+
+func TestTidyKeys(t *testing.T) {
+	e := newTestEnv(t)
+	e.createRole("web", nil)
+	ids := map[string]time.Duration{}
+	for _, age := range []time.Duration{-time.Hour, time.Minute, 2 * expiredKeyRetention} {
+		id := e.mint("web", nil).Data["key_id"].(string)
+		k, _ := e.b.getKey(context.Background(), e.storage, id)
+		k.ExpiresAt = time.Now().Add(-age)
+		if err := e.b.putKey(context.Background(), e.storage, k); err != nil {
+			t.Fatal(err)
+		}
+		ids[id] = age
+	}
+	resp := e.ok(logical.UpdateOperation, "tidy", nil)
+	if resp.Data["keys_deleted"] != 1 {
+		t.Fatalf("tidy = %#v, want 1 key deleted", resp.Data)
+	}
+	for id, age := range ids {
+		k, _ := e.b.getKey(context.Background(), e.storage, id)
+		if gone := k == nil; gone != (age > expiredKeyRetention) {
+			t.Fatalf("key expired %s ago: deleted=%v", age, gone)
+		}
+	}
+}

@@ -1,0 +1,123 @@
+package backend
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/keybroker/keybroker/apikey"
+)
+
+func TestVerify(t *testing.T) {
+	e := newTestEnv(t)
+	e.createRole("web", map[string]interface{}{
+		"scopes": "read,write", "bound_cidrs": "10.0.0.0/8,2001:db8::/32", "tenant": "acme",
+	})
+	e.createRole("open", map[string]interface{}{"scopes": "read"})
+	mintKey := func(role string) (key, id string) {
+		resp := e.mint(role, map[string]interface{}{"scopes": "read"})
+		return resp.Data["key"].(string), resp.Data["key_id"].(string)
+	}
+	good, goodID := mintKey("web")
+	open, _ := mintKey("open")
+	revoked, revokedID := mintKey("web")
+	e.ok(logical.DeleteOperation, "keys/id/"+revokedID, nil)
+	expired, expiredID := mintKey("web")
+	k, _ := e.b.getKey(context.Background(), e.storage, expiredID)
+	k.ExpiresAt = time.Now().Add(-time.Second)
+	if err := e.b.putKey(context.Background(), e.storage, k); err != nil {
+		t.Fatal(err)
+	}
+	// A well-formed key whose key_id exists but whose secret differs: it must
+	// answer exactly like an unknown key.
+	forged, forgedID, _ := apikey.Generate(nil, "kb")
+	other, _, _ := apikey.Generate(nil, "kb")
+	h := apikey.Hash(other)
+	if err := e.b.putKey(context.Background(), e.storage, &keyEntry{ID: forgedID, Hash: h[:], ExpiresAt: time.Now().Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	unknown, _, _ := apikey.Generate(nil, "kb")
+
+	cases := []struct {
+		name   string
+		key    string
+		addr   string
+		scopes string
+		reason string
+	}{
+		{"ok ipv4", good, "10.1.2.3", "read", reasonOK},
+		{"ok ipv4 with port", good, "10.1.2.3:4431", "", reasonOK},
+		{"ok ipv6", good, "2001:db8::1", "read", reasonOK},
+		{"ok ipv6 with port", good, "[2001:db8::1]:443", "read", reasonOK},
+		{"ok ipv4-mapped ipv6", good, "::ffff:10.0.0.1", "read", reasonOK},
+		{"ok unbound key without addr", open, "", "read", reasonOK},
+		{"malformed", "kb_garbage", "10.1.2.3", "", reasonMalformed},
+		{"typo", typo(good), "10.1.2.3", "", reasonMalformed},
+		{"unknown key", unknown, "10.1.2.3", "", reasonNotFound},
+		{"wrong secret for known id", forged, "10.1.2.3", "", reasonNotFound},
+		{"revoked", revoked, "10.1.2.3", "", reasonRevoked},
+		{"expired", expired, "10.1.2.3", "", reasonExpired},
+		{"cidr denied ipv4", good, "192.168.1.1", "", reasonCIDRDenied},
+		{"cidr denied ipv6", good, "2001:db9::1", "", reasonCIDRDenied},
+		{"cidr denied without addr", good, "", "", reasonCIDRDenied},
+		{"insufficient scope", good, "10.1.2.3", "read,write", reasonInsufficientScope},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			data := map[string]interface{}{"key": tc.key, "remote_addr": tc.addr}
+			if tc.scopes != "" {
+				data["scopes"] = tc.scopes
+			}
+			resp := e.ok(logical.UpdateOperation, "verify", data)
+			if resp.Data["reason"] != tc.reason || resp.Data["valid"] != (tc.reason == reasonOK) {
+				t.Fatalf("verify = %#v, want reason %s", resp.Data, tc.reason)
+			}
+			if tc.reason != reasonOK {
+				if len(resp.Data) != 2 {
+					t.Fatalf("a denial says more than valid and reason: %#v", resp.Data)
+				}
+				return
+			}
+			if tc.key == good && (resp.Data["key_id"] != goodID || resp.Data["tenant"] != "acme" || resp.Data["role"] != "web") {
+				t.Fatalf("valid answer = %#v", resp.Data)
+			}
+			if _, ok := resp.Data["hash"]; ok {
+				t.Fatal("verify returns the hash")
+			}
+		})
+	}
+}
+
+func TestVerifyBadRequest(t *testing.T) {
+	e := newTestEnv(t)
+	e.userError(logical.UpdateOperation, "verify", map[string]interface{}{}, "key is required")
+	e.userError(logical.UpdateOperation, "verify", map[string]interface{}{"key": "kb_x", "remote_addr": "not-an-ip"}, `remote_addr "not-an-ip" is not an IP address`)
+	e.userError(logical.UpdateOperation, "verify", map[string]interface{}{"key": "kb_x", "remote_addr": "10.0.0.300"}, "is not an IP address")
+	e.userError(logical.UpdateOperation, "verify", map[string]interface{}{"key": "kb_x", "scope": "read"}, "unknown field(s): scope")
+}
+
+// The plaintext of a key never appears in an error message, even for a
+// malformed key.
+func TestVerifyDoesNotEchoKey(t *testing.T) {
+	e := newTestEnv(t)
+	secret := "kb_thisisnotakey_butitmightbeasecret"
+	resp := e.do(logical.UpdateOperation, "verify", map[string]interface{}{"key": secret, "remote_addr": "bogus"})
+	if resp == nil || !resp.IsError() {
+		t.Fatalf("want a 400, got %#v", resp)
+	}
+	if msg := resp.Error().Error(); strings.Contains(msg, secret) {
+		t.Fatalf("error message echoes the key: %q", msg)
+	}
+}
+
+// typo changes the last character of key, as a mistyped copy would.
+func typo(key string) string {
+	last := key[len(key)-1]
+	if last == 'x' {
+		return key[:len(key)-1] + "y"
+	}
+	return key[:len(key)-1] + "x"
+}

@@ -1,0 +1,104 @@
+package backend
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+const secretTypeAPIKey = "api_key"
+
+// secretAPIKey makes every non-orphan key a Vault lease, so Vault's expiration
+// manager revokes it on "vault lease revoke", on revocation of the token that
+// minted it, and at the end of its TTL.
+func secretAPIKey(b *backend) *framework.Secret {
+	return &framework.Secret{
+		Type: secretTypeAPIKey,
+		Fields: map[string]*framework.FieldSchema{
+			"key":    {Type: framework.TypeString, Description: "The API key. Returned once, when minted."},
+			"key_id": {Type: framework.TypeString, Description: "The key's public id."},
+		},
+		Renew:  b.renewAPIKey,
+		Revoke: b.revokeAPIKeyLease,
+	}
+}
+
+func leaseKeyID(req *logical.Request) (string, error) {
+	id, ok := req.Secret.InternalData["key_id"].(string)
+	if !ok || id == "" {
+		return "", fmt.Errorf("lease has no key_id in its internal data")
+	}
+	return id, nil
+}
+
+func (b *backend) renewAPIKey(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	id, err := leaseKeyID(req)
+	if err != nil {
+		return nil, err
+	}
+	k, err := b.getKey(ctx, req.Storage, id)
+	if err != nil {
+		return nil, err
+	}
+	if k == nil || k.revoked() {
+		return logical.ErrorResponse("key %s was revoked and cannot be renewed", id), nil
+	}
+	r, err := b.getRole(ctx, req.Storage, k.Role)
+	if err != nil {
+		return nil, err
+	}
+	if r == nil {
+		return logical.ErrorResponse("role %q was deleted; its keys cannot be renewed", k.Role), nil
+	}
+	ttl, warnings, err := framework.CalculateTTL(b.System(), req.Secret.Increment, r.TTL, 0, r.MaxTTL, 0, req.Secret.IssueTime)
+	if err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
+	k.ExpiresAt = time.Now().UTC().Truncate(time.Second).Add(ttl)
+	if err := b.putKey(ctx, req.Storage, k); err != nil {
+		return nil, err
+	}
+	resp := &logical.Response{Secret: req.Secret}
+	resp.Secret.TTL = ttl
+	resp.Secret.MaxTTL = r.MaxTTL
+	for _, w := range warnings {
+		resp.AddWarning(w)
+	}
+	return resp, nil
+}
+
+// revokeAPIKeyLease is called by Vault when the lease ends for any reason. At
+// the end of the TTL the key has expired on its own and is left for tidy;
+// every other ending is a revocation.
+func (b *backend) revokeAPIKeyLease(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	id, err := leaseKeyID(req)
+	if err != nil {
+		return nil, err
+	}
+	return nil, b.revokeKey(ctx, req.Storage, id)
+}
+
+// revokeKey marks a key revoked and publishes it in the revocation feed. It is
+// the one way keys are revoked, whatever the route; revoking a missing,
+// expired or already revoked key does nothing.
+func (b *backend) revokeKey(ctx context.Context, s logical.Storage, id string) error {
+	b.revocationMu.Lock()
+	defer b.revocationMu.Unlock()
+
+	k, err := b.getKey(ctx, s, id)
+	if err != nil {
+		return err
+	}
+	now := time.Now().UTC()
+	if k == nil || k.revoked() || !now.Before(k.ExpiresAt) {
+		return nil
+	}
+	k.RevokedAt = now
+	if err := b.putKey(ctx, s, k); err != nil {
+		return err
+	}
+	return b.appendRevocationLocked(ctx, s, revocation{ID: id, Type: secretTypeAPIKey, RevokedAt: now, ExpiresAt: k.ExpiresAt})
+}
