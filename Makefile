@@ -1,0 +1,43 @@
+# keybroker: `make dev` runs Vault with the plugin; `make test` runs every test.
+VERSION ?= v0.1.0-dev
+LDFLAGS := -X github.com/keybroker/keybroker/internal/version.Version=$(VERSION)
+DEV_ADDR ?= 127.0.0.1:8200
+GO ?= go
+
+.PHONY: all build vault test unit e2e dev fmt vet clean
+
+all: build
+
+## build: every binary of the project into bin/
+build:
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/ ./cmd/...
+
+## vault: a real vault (PATH if >= 1.15, else bin/vault built from source)
+vault:
+	./scripts/ensure-vault.sh
+
+## test: unit tests and end-to-end tests against a real Vault
+test: vault vet
+	$(GO) test -count=1 ./...
+
+## unit: the tests that need no Vault
+unit:
+	$(GO) test -count=1 ./apikey/... ./backend/...
+
+## e2e: only the end-to-end tests
+e2e: vault
+	$(GO) test -count=1 -v ./e2e/...
+
+## dev: a dev Vault on $(DEV_ADDR) with the plugin enabled at keybroker/
+dev: build vault
+	$(GO) run ./scripts/dev -addr $(DEV_ADDR) -plugin bin/vault-plugin-secrets-keybroker -version $(VERSION)
+
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+
+fmt:
+	gofmt -w .
+
+clean:
+	rm -rf bin .dev
