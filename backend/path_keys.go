@@ -53,29 +53,11 @@ func (k *keyEntry) publicData() map[string]interface{} {
 }
 
 func (b *backend) getKey(ctx context.Context, s logical.Storage, id string) (*keyEntry, error) {
-	e, err := s.Get(ctx, keyPrefix+id)
-	if err != nil {
-		return nil, fmt.Errorf("reading key %s: %w", id, err)
-	}
-	if e == nil {
-		return nil, nil
-	}
-	var k keyEntry
-	if err := e.DecodeJSON(&k); err != nil {
-		return nil, fmt.Errorf("decoding key %s: %w", id, err)
-	}
-	return &k, nil
+	return getJSON[keyEntry](ctx, s, keyPrefix+id)
 }
 
 func (b *backend) putKey(ctx context.Context, s logical.Storage, k *keyEntry) error {
-	e, err := logical.StorageEntryJSON(keyPrefix+k.ID, k)
-	if err != nil {
-		return fmt.Errorf("encoding key %s: %w", k.ID, err)
-	}
-	if err := s.Put(ctx, e); err != nil {
-		return fmt.Errorf("storing key %s: %w", k.ID, err)
-	}
-	return nil
+	return putJSON(ctx, s, keyPrefix+k.ID, k)
 }
 
 func pathKeys(b *backend) []*framework.Path {

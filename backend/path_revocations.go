@@ -2,7 +2,6 @@ package backend
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"sort"
 	"strconv"
@@ -34,30 +33,26 @@ func revocationPath(seq uint64) string {
 // appendRevocationLocked gives r the next sequence number and stores it. The
 // caller holds revocationMu.
 func (b *backend) appendRevocationLocked(ctx context.Context, s logical.Storage, r revocation) error {
-	var last uint64
-	e, err := s.Get(ctx, revocationSeqPath)
+	// An object, not a bare number: logical's JSON decoding takes a leading
+	// digit of some values for a compression marker.
+	type counter struct {
+		Last uint64 `json:"last"`
+	}
+	c, err := getJSON[counter](ctx, s, revocationSeqPath)
 	if err != nil {
-		return fmt.Errorf("reading revocation sequence: %w", err)
+		return err
 	}
-	if e != nil {
-		if err := json.Unmarshal(e.Value, &last); err != nil {
-			return fmt.Errorf("decoding revocation sequence: %w", err)
-		}
+	if c == nil {
+		c = &counter{}
 	}
-	r.Seq = last + 1
+	c.Last++
+	r.Seq = c.Last
 	// The counter is written first: if the entry write then fails, a number
 	// is skipped, which readers tolerate; reusing one they have passed would not.
-	if err := s.Put(ctx, &logical.StorageEntry{Key: revocationSeqPath, Value: []byte(strconv.FormatUint(r.Seq, 10))}); err != nil {
-		return fmt.Errorf("storing revocation sequence: %w", err)
+	if err := putJSON(ctx, s, revocationSeqPath, c); err != nil {
+		return err
 	}
-	entry, err := logical.StorageEntryJSON(revocationPath(r.Seq), r)
-	if err != nil {
-		return fmt.Errorf("encoding revocation: %w", err)
-	}
-	if err := s.Put(ctx, entry); err != nil {
-		return fmt.Errorf("storing revocation: %w", err)
-	}
-	return nil
+	return putJSON(ctx, s, revocationPath(r.Seq), r)
 }
 
 func pathRevocations(b *backend) *framework.Path {
@@ -135,16 +130,5 @@ func (b *backend) pathRevocationsRead(ctx context.Context, req *logical.Request,
 }
 
 func (b *backend) getRevocation(ctx context.Context, s logical.Storage, name string) (*revocation, error) {
-	e, err := s.Get(ctx, revocationEntryPrefix+name)
-	if err != nil {
-		return nil, fmt.Errorf("reading revocation %s: %w", name, err)
-	}
-	if e == nil {
-		return nil, nil
-	}
-	var r revocation
-	if err := e.DecodeJSON(&r); err != nil {
-		return nil, fmt.Errorf("decoding revocation %s: %w", name, err)
-	}
-	return &r, nil
+	return getJSON[revocation](ctx, s, revocationEntryPrefix+name)
 }

@@ -123,8 +123,7 @@ func TestRevocationFeedDropsExpired(t *testing.T) {
 		t.Fatalf("revocation 1: %v %v", r, err)
 	}
 	r.ExpiresAt = time.Now().Add(-time.Minute)
-	entry, _ := logical.StorageEntryJSON(revocationPath(1), r)
-	if err := e.storage.Put(context.Background(), entry); err != nil {
+	if err := putJSON(context.Background(), e.storage, revocationPath(1), r); err != nil {
 		t.Fatal(err)
 	}
 	if got, next, _ := e.feed(0); !equalStrings(got, []string{long}) || next != 2 {

@@ -136,18 +136,7 @@ be renewed.`,
 }
 
 func (b *backend) getRole(ctx context.Context, s logical.Storage, name string) (*role, error) {
-	e, err := s.Get(ctx, rolePrefix+name)
-	if err != nil {
-		return nil, fmt.Errorf("reading role %q: %w", name, err)
-	}
-	if e == nil {
-		return nil, nil
-	}
-	var r role
-	if err := e.DecodeJSON(&r); err != nil {
-		return nil, fmt.Errorf("decoding role %q: %w", name, err)
-	}
-	return &r, nil
+	return getJSON[role](ctx, s, rolePrefix+name)
 }
 
 func (b *backend) roleExists(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
@@ -227,14 +216,7 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 		return logical.ErrorResponse(err.Error()), nil
 	}
 
-	e, err := logical.StorageEntryJSON(rolePrefix+name, r)
-	if err != nil {
-		return nil, fmt.Errorf("encoding role: %w", err)
-	}
-	if err := req.Storage.Put(ctx, e); err != nil {
-		return nil, fmt.Errorf("storing role: %w", err)
-	}
-	return nil, nil
+	return nil, putJSON(ctx, req.Storage, rolePrefix+name, r)
 }
 
 // normalize validates the role as a whole and puts lists in canonical form.
