@@ -1,0 +1,214 @@
+package jwtverify
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+const (
+	// DefaultMaxTokenSize caps a token before any decoding.
+	DefaultMaxTokenSize = 8 << 10
+	// MaxLeeway is the most clock skew any Config may allow.
+	MaxLeeway = 60 * time.Second
+	// TokenType is the typ header of keybroker access tokens (RFC 9068).
+	TokenType = "at+jwt"
+)
+
+// Errors, by layer. Callers map them to reasons; none carries the token.
+var (
+	ErrTooLarge         = errors.New("token exceeds the size cap")
+	ErrMalformed        = errors.New("token is not a compact JWS with strict base64url parts")
+	ErrHeader           = errors.New("token header is invalid or names an untrusted key source")
+	ErrUnknownKey       = errors.New("token kid matches no key")
+	ErrAlgorithm        = errors.New("token alg does not match its key's algorithm")
+	ErrSignature        = errors.New("token signature is invalid")
+	ErrType             = errors.New("token typ is not at+jwt")
+	ErrClaims           = errors.New("token claims are invalid")
+	ErrExpired          = errors.New("token is expired")
+	ErrNotYetValid      = errors.New("token is not valid yet")
+	ErrIssuerOrAudience = errors.New("token iss or aud does not match")
+)
+
+// Header is the part of the JOSE header keybroker reads. The untrusted
+// members are decoded only to reject tokens that carry them.
+type Header struct {
+	Alg string `json:"alg"`
+	Kid string `json:"kid"`
+	Typ string `json:"typ"`
+
+	Crit json.RawMessage `json:"crit"`
+	JKU  json.RawMessage `json:"jku"`
+	X5U  json.RawMessage `json:"x5u"`
+	JWK  json.RawMessage `json:"jwk"`
+	X5C  json.RawMessage `json:"x5c"`
+}
+
+// Budget is the spend ceiling a token carries when its role has one.
+type Budget struct {
+	Units  int64  `json:"units"`
+	Period string `json:"period"`
+}
+
+// Claims are the claims of a keybroker access token.
+type Claims struct {
+	jwt.RegisteredClaims
+	Scope  string   `json:"scope,omitempty"`
+	Role   string   `json:"role,omitempty"`
+	Tenant string   `json:"tenant,omitempty"`
+	CIDR   []string `json:"cidr,omitempty"`
+	Budget *Budget  `json:"budget,omitempty"`
+}
+
+// Scopes splits the space-separated scope claim.
+func (c *Claims) Scopes() []string { return strings.Fields(c.Scope) }
+
+// VerifySignature checks the JWS layer only: size, compact form, strict
+// base64url, header, kid-bound algorithm and signature. It returns the header
+// and the decoded payload.
+func VerifySignature(token string, keys *KeySet, maxSize int) (Header, []byte, error) {
+	var h Header
+	if maxSize <= 0 {
+		maxSize = DefaultMaxTokenSize
+	}
+	if len(token) > maxSize {
+		return h, nil, ErrTooLarge
+	}
+	first := strings.IndexByte(token, '.')
+	last := strings.LastIndexByte(token, '.')
+	if first <= 0 || last == first || last == len(token)-1 || strings.Count(token, ".") != 2 {
+		return h, nil, ErrMalformed
+	}
+	rawHeader, rawPayload, rawSig := token[:first], token[first+1:last], token[last+1:]
+	headerJSON, err := decodeSegment(rawHeader)
+	if err != nil {
+		return h, nil, err
+	}
+	payload, err := decodeSegment(rawPayload)
+	if err != nil {
+		return h, nil, err
+	}
+	sig, err := decodeSegment(rawSig)
+	if err != nil {
+		return h, nil, err
+	}
+	if err := json.Unmarshal(headerJSON, &h); err != nil {
+		return h, nil, ErrHeader
+	}
+	if h.Crit != nil || h.JKU != nil || h.X5U != nil || h.JWK != nil || h.X5C != nil {
+		return h, nil, ErrHeader
+	}
+	key, ok := keys.Lookup(h.Kid)
+	if !ok {
+		return h, nil, ErrUnknownKey
+	}
+	if h.Alg != key.Alg {
+		return h, nil, ErrAlgorithm
+	}
+	method := jwt.GetSigningMethod(key.Alg)
+	if method == nil {
+		return h, nil, ErrAlgorithm
+	}
+	if err := method.Verify(token[:last], sig, key.Public); err != nil {
+		return h, nil, ErrSignature
+	}
+	return h, payload, nil
+}
+
+// decodeSegment decodes unpadded base64url strictly: only the URL alphabet
+// (Go's decoder would skip CR and LF), and canonical trailing bits. An empty
+// segment is an empty payload, which JWS allows; the caller has already
+// required a non-empty header and signature.
+func decodeSegment(s string) ([]byte, error) {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return nil, ErrMalformed
+		}
+	}
+	b, err := base64.RawURLEncoding.Strict().DecodeString(s)
+	if err != nil {
+		return nil, ErrMalformed
+	}
+	return b, nil
+}
+
+// Config says what a valid token must claim.
+type Config struct {
+	// Issuer is required; iss must equal it.
+	Issuer string
+	// Audiences: aud must contain one of them. Empty: aud must be present,
+	// any value (the plugin's own verify path, which does not serve one).
+	Audiences []string
+	// Leeway is the clock skew allowed for exp, nbf and iat (capped at 60s).
+	Leeway time.Duration
+	// MaxTokenSize caps the token; 0 means DefaultMaxTokenSize.
+	MaxTokenSize int
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Verifier checks access tokens against a key set and a Config.
+type Verifier struct {
+	cfg       Config
+	validator *jwt.Validator
+}
+
+// NewVerifier checks cfg and builds a Verifier.
+func NewVerifier(cfg Config) (*Verifier, error) {
+	if cfg.Issuer == "" {
+		return nil, errors.New("jwtverify: an issuer is required")
+	}
+	if cfg.Leeway < 0 || cfg.Leeway > MaxLeeway {
+		return nil, fmt.Errorf("jwtverify: leeway must be between 0 and %s", MaxLeeway)
+	}
+	opts := []jwt.ParserOption{
+		jwt.WithIssuer(cfg.Issuer),
+		jwt.WithExpirationRequired(),
+		jwt.WithIssuedAt(),
+		jwt.WithLeeway(cfg.Leeway),
+	}
+	if len(cfg.Audiences) > 0 {
+		opts = append(opts, jwt.WithAudience(cfg.Audiences...))
+	}
+	if cfg.Now != nil {
+		opts = append(opts, jwt.WithTimeFunc(cfg.Now))
+	}
+	return &Verifier{cfg: cfg, validator: jwt.NewValidator(opts...)}, nil
+}
+
+// Verify checks the signature with keys, then typ and the claims.
+func (v *Verifier) Verify(token string, keys *KeySet) (*Claims, error) {
+	h, payload, err := VerifySignature(token, keys, v.cfg.MaxTokenSize)
+	if err != nil {
+		return nil, err
+	}
+	if !strings.EqualFold(h.Typ, TokenType) && !strings.EqualFold(h.Typ, "application/"+TokenType) {
+		return nil, ErrType
+	}
+	var c Claims
+	if err := json.Unmarshal(payload, &c); err != nil {
+		return nil, ErrClaims
+	}
+	if len(c.Audience) == 0 || c.ID == "" {
+		return nil, ErrClaims
+	}
+	if err := v.validator.Validate(&c); err != nil {
+		switch {
+		case errors.Is(err, jwt.ErrTokenExpired):
+			return nil, ErrExpired
+		case errors.Is(err, jwt.ErrTokenNotValidYet), errors.Is(err, jwt.ErrTokenUsedBeforeIssued):
+			return nil, ErrNotYetValid
+		case errors.Is(err, jwt.ErrTokenInvalidIssuer), errors.Is(err, jwt.ErrTokenInvalidAudience):
+			return nil, ErrIssuerOrAudience
+		default:
+			return nil, ErrClaims
+		}
+	}
+	return &c, nil
+}
