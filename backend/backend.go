@@ -32,6 +32,14 @@ type backend struct {
 	tidyMu       sync.Mutex
 	lastTidy     time.Time
 	tidyDisabled bool // set by tests that drive tidy by hand
+
+	// signingMu guards signingCache and serialises key rotation.
+	signingMu    sync.RWMutex
+	signingCache *signingState
+
+	// refreshMu serialises refresh-token exchanges, so a token cannot be
+	// spent twice by concurrent requests.
+	refreshMu sync.Mutex
 }
 
 // Factory is the plugin's logical.Factory.
@@ -49,26 +57,59 @@ func newBackend() *backend {
 		Help:           backendHelp,
 		BackendType:    logical.TypeLogical,
 		RunningVersion: version.Version,
+		PathsSpecial: &logical.Paths{
+			// Verifiers fetch keys and discovery without a Vault token, as
+			// from any OIDC provider.
+			Unauthenticated: []string{"jwks", ".well-known/*"},
+			SealWrapStorage: []string{signingKeysPath},
+		},
 		Paths: framework.PathAppend(
 			pathRoles(b),
 			pathKeys(b),
+			pathJWKS(b),
 			[]*framework.Path{
+				pathConfig(b),
+				pathRefresh(b),
+				pathToken(b),
 				pathVerify(b),
 				pathRevocations(b),
 				pathTidy(b),
 			},
 		),
-		Secrets:      []*framework.Secret{secretAPIKey(b)},
-		PeriodicFunc: b.periodic,
+		Secrets:        []*framework.Secret{secretAPIKey(b), secretJWT(b)},
+		PeriodicFunc:   b.periodic,
+		InitializeFunc: b.initialize,
+		Invalidate:     b.invalidate,
 	}
 	return b
 }
 
-// periodic runs tidy at most once per tidyInterval, and only where storage is
-// writable (the active node of the primary cluster).
+// initialize creates the first signing key when the mount starts, where
+// storage is writable, so the JWKS is there before the first token.
+func (b *backend) initialize(ctx context.Context, req *logical.InitializationRequest) error {
+	if !b.WriteSafeReplicationState() {
+		return nil
+	}
+	_, err := b.signing(ctx, req.Storage)
+	return err
+}
+
+// invalidate drops cached signing state when another node changes it.
+func (b *backend) invalidate(_ context.Context, key string) {
+	if key == signingKeysPath || key == configPath {
+		b.resetSigningCache()
+	}
+}
+
+// periodic rotates the signing key when it is due and runs tidy at most once
+// per tidyInterval, only where storage is writable (the active node of the
+// primary cluster).
 func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
 	if !b.WriteSafeReplicationState() {
 		return nil
+	}
+	if err := b.rotateIfDue(ctx, req.Storage, time.Now()); err != nil {
+		return fmt.Errorf("rotating signing key: %w", err)
 	}
 	b.tidyMu.Lock()
 	due := !b.tidyDisabled && time.Since(b.lastTidy) >= tidyInterval

@@ -10,9 +10,10 @@ import (
 )
 
 type testEnv struct {
-	t       *testing.T
-	b       *backend
-	storage logical.Storage
+	t        *testing.T
+	b        *backend
+	storage  logical.Storage
+	entityID string // the caller's Vault entity
 }
 
 func newTestEnv(t *testing.T) *testEnv {
@@ -25,7 +26,7 @@ func newTestEnv(t *testing.T) *testEnv {
 	}
 	b := lb.(*backend)
 	b.tidyDisabled = true
-	return &testEnv{t: t, b: b, storage: conf.StorageView}
+	return &testEnv{t: t, b: b, storage: conf.StorageView, entityID: "test-entity"}
 }
 
 // do sends a request and fails the test on an internal error; user errors
@@ -33,11 +34,12 @@ func newTestEnv(t *testing.T) *testEnv {
 func (e *testEnv) do(op logical.Operation, path string, data map[string]interface{}) *logical.Response {
 	e.t.Helper()
 	resp, err := e.b.HandleRequest(context.Background(), &logical.Request{
-		Operation: op,
-		Path:      path,
-		Data:      data,
-		Storage:   e.storage,
-		EntityID:  "test-entity",
+		Operation:  op,
+		Path:       path,
+		Data:       data,
+		Storage:    e.storage,
+		EntityID:   e.entityID,
+		MountPoint: "keybroker/",
 	})
 	if err != nil && err != logical.ErrInvalidRequest {
 		e.t.Fatalf("%s %s: %v", op, path, err)

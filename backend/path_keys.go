@@ -151,32 +151,13 @@ func (b *backend) pathKeyMint(ctx context.Context, req *logical.Request, d *fram
 		return logical.ErrorResponse(err.Error()), nil
 	}
 
-	scopes := r.defaultScopes()
-	if v, ok := d.GetOk("scopes"); ok {
-		if scopes, err = validateScopes("scopes", v.([]string)); err != nil {
-			return logical.ErrorResponse(err.Error()), nil
-		}
-		if missing := subset(scopes, r.Scopes); len(missing) > 0 {
-			return logical.ErrorResponse("scopes %s are not allowed by role %q (allowed: %s)",
-				strings.Join(missing, ", "), roleName, strings.Join(r.Scopes, ", ")), nil
-		}
+	scopes, err := r.narrowScopes(roleName, d)
+	if err != nil {
+		return logical.ErrorResponse(err.Error()), nil
 	}
-
-	cidrs := r.BoundCIDRs
-	if v, ok := d.GetOk("bound_cidrs"); ok && len(v.([]string)) > 0 {
-		asked, err := parseCIDRs("bound_cidrs", v.([]string))
-		if err != nil {
-			return logical.ErrorResponse(err.Error()), nil
-		}
-		roleCIDRs, err := parseCIDRs("role bound_cidrs", r.BoundCIDRs)
-		if err != nil {
-			return nil, fmt.Errorf("role %q holds invalid CIDRs: %w", roleName, err)
-		}
-		if wider := narrows(asked, roleCIDRs); len(wider) > 0 {
-			return logical.ErrorResponse("bound_cidrs %s are not within role %q's bound_cidrs (%s)",
-				strings.Join(wider, ", "), roleName, strings.Join(r.BoundCIDRs, ", ")), nil
-		}
-		cidrs = cidrStrings(asked)
+	cidrs, err := r.narrowCIDRs(roleName, d)
+	if err != nil {
+		return logical.ErrorResponse(err.Error()), nil
 	}
 
 	md := map[string]string{}

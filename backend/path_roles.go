@@ -28,6 +28,43 @@ type role struct {
 	KeyPrefix     string            `json:"key_prefix"`
 	Orphan        bool              `json:"orphan"`
 	Metadata      map[string]string `json:"metadata,omitempty"`
+
+	// Agent JWTs.
+	Audiences   []string      `json:"audiences,omitempty"`
+	TokenTTL    time.Duration `json:"token_ttl"`
+	TokenMaxTTL time.Duration `json:"token_max_ttl"`
+	Subject     string        `json:"subject"`
+	RefreshTTL  time.Duration `json:"refresh_ttl"`
+}
+
+// How a token's sub claim is derived from the caller's Vault identity.
+const (
+	subjectEntityID   = "entity_id"
+	subjectEntityName = "entity_name"
+	subjectAliasName  = "alias_name"
+)
+
+const (
+	defaultTokenTTL    = 15 * time.Minute
+	defaultTokenMaxTTL = time.Hour
+	maxAudiences       = 16
+	maxAudienceLength  = 256
+)
+
+// applyDefaults fills fields a role stored by an older version lacks.
+func (r *role) applyDefaults() {
+	if r.KeyPrefix == "" {
+		r.KeyPrefix = apikey.DefaultPrefix
+	}
+	if r.TokenTTL == 0 {
+		r.TokenTTL = defaultTokenTTL
+	}
+	if r.TokenMaxTTL == 0 {
+		r.TokenMaxTTL = max(defaultTokenMaxTTL, r.TokenTTL)
+	}
+	if r.Subject == "" {
+		r.Subject = subjectEntityID
+	}
 }
 
 func (r *role) defaultScopes() []string {
@@ -52,6 +89,11 @@ func (r *role) responseData() map[string]interface{} {
 		"key_prefix":     r.KeyPrefix,
 		"orphan":         r.Orphan,
 		"metadata":       md,
+		"audiences":      nonNil(r.Audiences),
+		"token_ttl":      int64(r.TokenTTL.Seconds()),
+		"token_max_ttl":  int64(r.TokenMaxTTL.Seconds()),
+		"subject":        r.Subject,
+		"refresh_ttl":    int64(r.RefreshTTL.Seconds()),
 	}
 }
 
@@ -117,6 +159,26 @@ func pathRoles(b *backend) []*framework.Path {
 					Type:        framework.TypeKVPairs,
 					Description: fmt.Sprintf("Metadata returned with every verification of the role's credentials (at most %d entries).", maxMetadataPairs),
 				},
+				"audiences": {
+					Type:        framework.TypeCommaStringSlice,
+					Description: "Allowed aud values of agent JWTs minted from this role. A role needs at least one to mint tokens.",
+				},
+				"token_ttl": {
+					Type:        framework.TypeDurationSecond,
+					Description: "Default lifetime of agent JWTs. Default: 15m.",
+				},
+				"token_max_ttl": {
+					Type:        framework.TypeDurationSecond,
+					Description: "Longest lifetime of agent JWTs; must not exceed keybroker/config verification_ttl. Default: 1h.",
+				},
+				"subject": {
+					Type:        framework.TypeString,
+					Description: "How a JWT's sub is derived from the caller's Vault identity: entity_id (default), entity_name or alias_name. Never from the request.",
+				},
+				"refresh_ttl": {
+					Type:        framework.TypeDurationSecond,
+					Description: "Lifetime of refresh tokens issued with agent JWTs; 0 (default) issues none.",
+				},
 			},
 			ExistenceCheck: b.roleExists,
 			Operations: map[logical.Operation]framework.OperationHandler{
@@ -136,7 +198,11 @@ be renewed.`,
 }
 
 func (b *backend) getRole(ctx context.Context, s logical.Storage, name string) (*role, error) {
-	return getJSON[role](ctx, s, rolePrefix+name)
+	r, err := getJSON[role](ctx, s, rolePrefix+name)
+	if r != nil {
+		r.applyDefaults()
+	}
+	return r, err
 }
 
 func (b *backend) roleExists(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
@@ -180,7 +246,7 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 		return nil, err
 	}
 	if r == nil {
-		r = &role{KeyPrefix: apikey.DefaultPrefix}
+		r = &role{}
 	}
 
 	// Only the fields given change; the whole role is then checked as one.
@@ -211,12 +277,77 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 	if v, ok := d.GetOk("metadata"); ok {
 		r.Metadata = v.(map[string]string)
 	}
+	if v, ok := d.GetOk("audiences"); ok {
+		r.Audiences = v.([]string)
+	}
+	if v, ok := d.GetOk("token_ttl"); ok {
+		r.TokenTTL = time.Duration(v.(int)) * time.Second
+	}
+	if v, ok := d.GetOk("token_max_ttl"); ok {
+		r.TokenMaxTTL = time.Duration(v.(int)) * time.Second
+	}
+	if v, ok := d.GetOk("subject"); ok {
+		r.Subject = v.(string)
+	}
+	if v, ok := d.GetOk("refresh_ttl"); ok {
+		r.RefreshTTL = time.Duration(v.(int)) * time.Second
+	}
+	r.applyDefaults()
 
 	if err := r.normalize(b.System().MaxLeaseTTL()); err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
+	cfg, err := b.getConfig(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	if r.TokenMaxTTL > cfg.VerificationTTL {
+		return logical.ErrorResponse("token_max_ttl (%s) exceeds keybroker/config verification_ttl (%s): tokens would outlive the keys that verify them; raise verification_ttl first",
+			r.TokenMaxTTL, cfg.VerificationTTL), nil
+	}
 
 	return nil, putJSON(ctx, req.Storage, rolePrefix+name, r)
+}
+
+// narrowScopes returns the scopes a mint request asks for (field "scopes"),
+// which must be a subset of the role's, or the role's default scopes. Its
+// error is the caller's mistake.
+func (r *role) narrowScopes(roleName string, d *framework.FieldData) ([]string, error) {
+	v, ok := d.GetOk("scopes")
+	if !ok {
+		return r.defaultScopes(), nil
+	}
+	scopes, err := validateScopes("scopes", v.([]string))
+	if err != nil {
+		return nil, err
+	}
+	if missing := subset(scopes, r.Scopes); len(missing) > 0 {
+		return nil, fmt.Errorf("scopes %s are not allowed by role %q (allowed: %s)",
+			strings.Join(missing, ", "), roleName, strings.Join(r.Scopes, ", "))
+	}
+	return scopes, nil
+}
+
+// narrowCIDRs returns the CIDRs a mint request asks for (field
+// "bound_cidrs"), each within one of the role's, or the role's own.
+func (r *role) narrowCIDRs(roleName string, d *framework.FieldData) ([]string, error) {
+	v, ok := d.GetOk("bound_cidrs")
+	if !ok || len(v.([]string)) == 0 {
+		return r.BoundCIDRs, nil
+	}
+	asked, err := parseCIDRs("bound_cidrs", v.([]string))
+	if err != nil {
+		return nil, err
+	}
+	roleCIDRs, err := parseCIDRs("role bound_cidrs", r.BoundCIDRs)
+	if err != nil {
+		return nil, err
+	}
+	if wider := narrows(asked, roleCIDRs); len(wider) > 0 {
+		return nil, fmt.Errorf("bound_cidrs %s are not within role %q's bound_cidrs (%s)",
+			strings.Join(wider, ", "), roleName, strings.Join(r.BoundCIDRs, ", "))
+	}
+	return cidrStrings(asked), nil
 }
 
 // normalize validates the role as a whole and puts lists in canonical form.
@@ -253,5 +384,30 @@ func (r *role) normalize(mountMaxTTL time.Duration) error {
 	if err := apikey.ValidatePrefix(r.KeyPrefix); err != nil {
 		return err
 	}
-	return validateMetadata("metadata", r.Metadata)
+	if err := validateMetadata("metadata", r.Metadata); err != nil {
+		return err
+	}
+	if len(r.Audiences) > maxAudiences {
+		return fmt.Errorf("audiences: at most %d, got %d", maxAudiences, len(r.Audiences))
+	}
+	for _, a := range r.Audiences {
+		if a == "" {
+			return fmt.Errorf("audiences must not be empty strings")
+		}
+		if err := validateText("audience", a, maxAudienceLength); err != nil {
+			return err
+		}
+	}
+	if r.TokenTTL > r.TokenMaxTTL {
+		return fmt.Errorf("token_ttl (%s) must not exceed token_max_ttl (%s)", r.TokenTTL, r.TokenMaxTTL)
+	}
+	if mountMaxTTL > 0 && r.TokenMaxTTL > mountMaxTTL {
+		return fmt.Errorf("token_max_ttl (%s) exceeds the mount's max lease TTL (%s)", r.TokenMaxTTL, mountMaxTTL)
+	}
+	switch r.Subject {
+	case subjectEntityID, subjectEntityName, subjectAliasName:
+	default:
+		return fmt.Errorf("subject must be %s, %s or %s, got %q", subjectEntityID, subjectEntityName, subjectAliasName, r.Subject)
+	}
+	return nil
 }

@@ -30,6 +30,11 @@ func TestRoleCRUD(t *testing.T) {
 		"key_prefix":     "kb",
 		"orphan":         false,
 		"metadata":       map[string]string{"team": "payments"},
+		"audiences":      []string{},
+		"token_ttl":      int64(900),
+		"token_max_ttl":  int64(3600),
+		"subject":        "entity_id",
+		"refresh_ttl":    int64(0),
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("read role:\n got %#v\nwant %#v", got, want)

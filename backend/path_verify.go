@@ -3,12 +3,17 @@ package backend
 import (
 	"context"
 	"crypto/subtle"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/keybroker/keybroker/apikey"
+	"github.com/keybroker/keybroker/jwtverify"
 )
 
 // Reasons a verification gives. A bad credential is an answer, not an error.
@@ -20,16 +25,31 @@ const (
 	reasonRevoked           = "revoked"
 	reasonCIDRDenied        = "cidr_denied"
 	reasonInsufficientScope = "insufficient_scope"
+	// JWTs only.
+	reasonInvalidSignature = "invalid_signature"
+	reasonInvalidClaims    = "invalid_claims"
+	reasonNotYetValid      = "not_yet_valid"
 )
+
+// verifyLeeway is the clock skew the plugin allows for nbf, iat and exp: the
+// token was minted by this cluster, whose nodes share a clock within seconds.
+const verifyLeeway = 30 * time.Second
 
 func pathVerify(b *backend) *framework.Path {
 	return &framework.Path{
 		Pattern: "verify$",
 		Fields: map[string]*framework.FieldSchema{
+			"credential": {
+				Type:        framework.TypeString,
+				Description: "The API key or agent JWT to verify.",
+			},
 			"key": {
 				Type:        framework.TypeString,
-				Description: "The API key to verify.",
-				Required:    true,
+				Description: "Alias of credential, kept for API key callers.",
+			},
+			"audience": {
+				Type:        framework.TypeString,
+				Description: "JWTs only: the token's aud must contain this. Default: any audience.",
 			},
 			"remote_addr": {
 				Type:        framework.TypeString,
@@ -47,9 +67,11 @@ func pathVerify(b *backend) *framework.Path {
 		HelpDescription: `Answers whether a credential is valid for a request from remote_addr that
 needs the given scopes. An invalid credential is an answer (valid=false and a
 reason: malformed, not_found, expired, revoked, cidr_denied or
-insufficient_scope), not an error. An unknown key and a wrong secret for a
-known key_id both answer not_found. When valid, the answer carries key_id,
-role, scopes, tenant, expires_at and metadata.`,
+insufficient_scope; for JWTs also invalid_signature, invalid_claims and
+not_yet_valid), not an error. An unknown key and a wrong secret for a known
+key_id both answer not_found. When valid, the answer carries role, scopes,
+tenant and expires_at, with key_id and metadata for an API key, or jti, sub
+and audience for a JWT.`,
 	}
 }
 
@@ -57,9 +79,15 @@ func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *
 	if resp := validateRequest(d); resp != nil {
 		return resp, nil
 	}
-	key := d.Get("key").(string)
+	key, alias := d.Get("credential").(string), d.Get("key").(string)
+	switch {
+	case key == "":
+		key = alias
+	case alias != "" && alias != key:
+		return logical.ErrorResponse("credential and key differ; send one of them"), nil
+	}
 	if key == "" {
-		return logical.ErrorResponse("key is required"), nil
+		return logical.ErrorResponse("credential (or key) is required"), nil
 	}
 	addr, err := parseRemoteAddr(d.Get("remote_addr").(string))
 	if err != nil {
@@ -68,6 +96,9 @@ func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *
 	required, err := validateScopes("scopes", d.Get("scopes").([]string))
 	if err != nil {
 		return logical.ErrorResponse(err.Error()), nil
+	}
+	if strings.Count(key, ".") == 2 {
+		return b.verifyJWT(ctx, req, key, addr, required, d.Get("audience").(string))
 	}
 
 	parsed, err := apikey.Parse(key)
@@ -96,6 +127,67 @@ func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *
 	data["valid"] = true
 	data["reason"] = reasonOK
 	return &logical.Response{Data: data}, nil
+}
+
+func (b *backend) verifyJWT(ctx context.Context, req *logical.Request, token string, addr netip.Addr, required []string, audience string) (*logical.Response, error) {
+	cfg, err := b.getConfig(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	iss, err := cfg.issuer(req.MountPoint)
+	if err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
+	st, err := b.signing(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	vc := jwtverify.Config{Issuer: iss, Leeway: verifyLeeway}
+	if audience != "" {
+		vc.Audiences = []string{audience}
+	}
+	v, err := jwtverify.NewVerifier(vc)
+	if err != nil {
+		return nil, err
+	}
+	c, err := v.Verify(token, st.keys)
+	switch {
+	case err == nil:
+	case errors.Is(err, jwtverify.ErrExpired):
+		return verifyAnswer(reasonExpired), nil
+	case errors.Is(err, jwtverify.ErrNotYetValid):
+		return verifyAnswer(reasonNotYetValid), nil
+	case errors.Is(err, jwtverify.ErrUnknownKey), errors.Is(err, jwtverify.ErrAlgorithm), errors.Is(err, jwtverify.ErrSignature):
+		return verifyAnswer(reasonInvalidSignature), nil
+	case errors.Is(err, jwtverify.ErrType), errors.Is(err, jwtverify.ErrClaims), errors.Is(err, jwtverify.ErrIssuerOrAudience):
+		return verifyAnswer(reasonInvalidClaims), nil
+	default:
+		return verifyAnswer(reasonMalformed), nil
+	}
+	revoked, err := req.Storage.Get(ctx, revokedJTIPrefix+c.ID)
+	if err != nil {
+		return nil, fmt.Errorf("reading revoked jti: %w", err)
+	}
+	switch {
+	case revoked != nil:
+		return verifyAnswer(reasonRevoked), nil
+	case !cidrsAllow(c.CIDR, addr):
+		return verifyAnswer(reasonCIDRDenied), nil
+	case len(subset(required, c.Scopes())) > 0:
+		return verifyAnswer(reasonInsufficientScope), nil
+	}
+	return &logical.Response{Data: map[string]interface{}{
+		"valid":       true,
+		"reason":      reasonOK,
+		"jti":         c.ID,
+		"sub":         c.Subject,
+		"role":        c.Role,
+		"scopes":      nonNil(c.Scopes()),
+		"tenant":      c.Tenant,
+		"audience":    []string(c.Audience),
+		"bound_cidrs": nonNil(c.CIDR),
+		"expires_at":  c.ExpiresAt.UTC().Format(time.RFC3339),
+	}}, nil
 }
 
 func verifyAnswer(reason string) *logical.Response {

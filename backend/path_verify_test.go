@@ -93,7 +93,7 @@ func TestVerify(t *testing.T) {
 
 func TestVerifyBadRequest(t *testing.T) {
 	e := newTestEnv(t)
-	e.userError(logical.UpdateOperation, "verify", map[string]interface{}{}, "key is required")
+	e.userError(logical.UpdateOperation, "verify", map[string]interface{}{}, "credential (or key) is required")
 	e.userError(logical.UpdateOperation, "verify", map[string]interface{}{"key": "kb_x", "remote_addr": "not-an-ip"}, `remote_addr "not-an-ip" is not an IP address`)
 	e.userError(logical.UpdateOperation, "verify", map[string]interface{}{"key": "kb_x", "remote_addr": "10.0.0.300"}, "is not an IP address")
 	e.userError(logical.UpdateOperation, "verify", map[string]interface{}{"key": "kb_x", "scope": "read"}, "unknown field(s): scope")

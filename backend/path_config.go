@@ -1,0 +1,190 @@
+package backend
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/keybroker/keybroker/jwtverify"
+)
+
+const configPath = "config"
+
+// apiAddrEnv is read from the plugin's environment for the default issuer.
+// Vault does not tell plugins its api_addr, so an operator passes it at
+// registration: vault plugin register -env VAULT_API_ADDR=https://vault:8200 ...
+const apiAddrEnv = "VAULT_API_ADDR"
+
+type config struct {
+	Issuer           string        `json:"issuer,omitempty"`
+	SigningAlgorithm string        `json:"signing_algorithm"`
+	RotationPeriod   time.Duration `json:"rotation_period"`
+	VerificationTTL  time.Duration `json:"verification_ttl"`
+}
+
+func defaultConfig() *config {
+	return &config{
+		SigningAlgorithm: jwtverify.AlgEdDSA,
+		RotationPeriod:   24 * time.Hour,
+		VerificationTTL:  24 * time.Hour,
+	}
+}
+
+// issuer is the configured issuer, else the mount's URL under VAULT_API_ADDR.
+func (c *config) issuer(mountPoint string) (string, error) {
+	if c.Issuer != "" {
+		return c.Issuer, nil
+	}
+	if addr := strings.TrimRight(os.Getenv(apiAddrEnv), "/"); addr != "" && mountPoint != "" {
+		return addr + "/v1/" + strings.TrimSuffix(mountPoint, "/"), nil
+	}
+	return "", fmt.Errorf("no issuer: write keybroker/config issuer=<this mount's URL, e.g. https://vault.example.com:8200/v1/keybroker>, or register the plugin with -env %s=<Vault's api_addr>", apiAddrEnv)
+}
+
+func (b *backend) getConfig(ctx context.Context, s logical.Storage) (*config, error) {
+	c, err := getJSON[config](ctx, s, configPath)
+	if err != nil || c == nil {
+		return defaultConfig(), err
+	}
+	return c, nil
+}
+
+func pathConfig(b *backend) *framework.Path {
+	return &framework.Path{
+		Pattern: "config$",
+		Fields: map[string]*framework.FieldSchema{
+			"issuer": {
+				Type:        framework.TypeString,
+				Description: "iss of agent JWTs, an https URL (http on loopback). Default: this mount's URL under the " + apiAddrEnv + " the plugin was registered with.",
+			},
+			"signing_algorithm": {
+				Type:        framework.TypeString,
+				Description: "Algorithm of new signing keys: EdDSA (default), ES256 or RS256. A change rotates the signing key at once.",
+			},
+			"rotation_period": {
+				Type:        framework.TypeDurationSecond,
+				Description: "How often the signing key rotates by itself. Default: 24h; minimum 1m.",
+			},
+			"verification_ttl": {
+				Type:        framework.TypeDurationSecond,
+				Description: "How long a rotated-out public key stays in the JWKS. Must be at least every role's token_max_ttl. Default: 24h.",
+			},
+		},
+		Operations: map[logical.Operation]framework.OperationHandler{
+			logical.ReadOperation:   &framework.PathOperation{Callback: b.pathConfigRead},
+			logical.UpdateOperation: &framework.PathOperation{Callback: b.pathConfigWrite},
+		},
+		HelpSynopsis: "Configure agent JWT signing.",
+		HelpDescription: `Sets the issuer of agent JWTs and how their signing keys are made and
+rotated. Signing keys are created and kept by the plugin in Vault storage and
+never leave it; keybroker/jwks publishes their public halves.`,
+	}
+}
+
+func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	c, err := b.getConfig(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	resp := &logical.Response{Data: map[string]interface{}{
+		"issuer":            c.Issuer,
+		"signing_algorithm": c.SigningAlgorithm,
+		"rotation_period":   int64(c.RotationPeriod.Seconds()),
+		"verification_ttl":  int64(c.VerificationTTL.Seconds()),
+	}}
+	if iss, err := c.issuer(req.MountPoint); err != nil {
+		resp.AddWarning(err.Error())
+	} else {
+		resp.Data["effective_issuer"] = iss
+	}
+	return resp, nil
+}
+
+func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	if resp := validateRequest(d); resp != nil {
+		return resp, nil
+	}
+	b.signingMu.Lock()
+	defer b.signingMu.Unlock()
+
+	c, err := b.getConfig(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	oldAlg := c.SigningAlgorithm
+	if v, ok := d.GetOk("issuer"); ok {
+		c.Issuer = v.(string)
+	}
+	if v, ok := d.GetOk("signing_algorithm"); ok {
+		c.SigningAlgorithm = v.(string)
+	}
+	if v, ok := d.GetOk("rotation_period"); ok {
+		c.RotationPeriod = time.Duration(v.(int)) * time.Second
+	}
+	if v, ok := d.GetOk("verification_ttl"); ok {
+		c.VerificationTTL = time.Duration(v.(int)) * time.Second
+	}
+
+	if c.Issuer != "" {
+		if err := validateIssuer(c.Issuer); err != nil {
+			return logical.ErrorResponse(err.Error()), nil
+		}
+	}
+	switch c.SigningAlgorithm {
+	case jwtverify.AlgEdDSA, jwtverify.AlgES256, jwtverify.AlgRS256:
+	default:
+		return logical.ErrorResponse("signing_algorithm must be EdDSA, ES256 or RS256, got %q", c.SigningAlgorithm), nil
+	}
+	if c.RotationPeriod < time.Minute {
+		return logical.ErrorResponse("rotation_period must be at least 1m"), nil
+	}
+	// Every role's longest token must stay verifiable after a rotation.
+	names, err := req.Storage.List(ctx, rolePrefix)
+	if err != nil {
+		return nil, fmt.Errorf("listing roles: %w", err)
+	}
+	for _, name := range names {
+		r, err := b.getRole(ctx, req.Storage, name)
+		if err != nil {
+			return nil, err
+		}
+		if r != nil && r.TokenMaxTTL > c.VerificationTTL {
+			return logical.ErrorResponse("verification_ttl (%s) is shorter than role %q's token_max_ttl (%s): its tokens would outlive the keys that verify them",
+				c.VerificationTTL, name, r.TokenMaxTTL), nil
+		}
+	}
+
+	if err := putJSON(ctx, req.Storage, configPath, c); err != nil {
+		return nil, err
+	}
+	if c.SigningAlgorithm != oldAlg {
+		if _, err := b.rotateLocked(ctx, req.Storage, time.Now()); err != nil {
+			return nil, err
+		}
+	}
+	b.signingCache = nil // verification_ttl decides which keys are published
+	return nil, nil
+}
+
+// validateIssuer requires an absolute https URL, or http on loopback (dev).
+func validateIssuer(s string) error {
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+		return fmt.Errorf("issuer %q must be an absolute URL without query or fragment", s)
+	}
+	switch u.Scheme {
+	case "https":
+		return nil
+	case "http":
+		if h := u.Hostname(); h == "localhost" || strings.HasPrefix(h, "127.") || h == "::1" {
+			return nil
+		}
+	}
+	return fmt.Errorf("issuer %q must be https (http only on loopback)", s)
+}

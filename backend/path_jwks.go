@@ -1,0 +1,98 @@
+package backend
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// jwksMaxAge is how long clients may cache the JWKS. Verifiers refetch on an
+// unknown kid anyway, so a short value only costs requests.
+const jwksMaxAge = 60
+
+func pathJWKS(b *backend) []*framework.Path {
+	return []*framework.Path{
+		{
+			Pattern: "jwks$",
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ReadOperation: &framework.PathOperation{Callback: b.pathJWKSRead},
+			},
+			HelpSynopsis: "The JWK Set that verifies agent JWTs (unauthenticated).",
+			HelpDescription: `Returns, as a raw JSON JWK Set, the public keys of the current signing key
+and of rotated-out keys still within verification_ttl, each with kid, alg and
+use=sig. Needs no Vault token, like an OIDC provider's jwks_uri.`,
+		},
+		{
+			Pattern: `\.well-known/openid-configuration$`,
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ReadOperation: &framework.PathOperation{Callback: b.pathDiscoveryRead},
+			},
+			HelpSynopsis:    "Discovery document with issuer and jwks_uri (unauthenticated).",
+			HelpDescription: "Returns issuer and jwks_uri as raw JSON, so verifiers can be configured with the issuer alone.",
+		},
+		{
+			Pattern: "rotate$",
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.UpdateOperation: &framework.PathOperation{Callback: b.pathRotateWrite},
+			},
+			HelpSynopsis: "Rotate the signing key now.",
+			HelpDescription: `Creates a new signing key with the configured algorithm. The old key stops
+signing and stays in the JWKS for verification_ttl, so tokens it signed keep
+verifying until they expire. Rotation also happens by itself every
+rotation_period, on the active node.`,
+		},
+	}
+}
+
+func rawJSON(body []byte) *logical.Response {
+	return &logical.Response{Data: map[string]interface{}{
+		logical.HTTPStatusCode:         http.StatusOK,
+		logical.HTTPRawBody:            body,
+		logical.HTTPContentType:        "application/json",
+		logical.HTTPCacheControlHeader: fmt.Sprintf("max-age=%d", jwksMaxAge),
+	}}
+}
+
+func (b *backend) pathJWKSRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	st, err := b.signing(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	return rawJSON(st.jwks), nil
+}
+
+func (b *backend) pathDiscoveryRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	cfg, err := b.getConfig(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	iss, err := cfg.issuer(req.MountPoint)
+	if err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
+	body, err := json.Marshal(map[string]interface{}{
+		"issuer":                                iss,
+		"jwks_uri":                              iss + "/jwks",
+		"id_token_signing_alg_values_supported": []string{cfg.SigningAlgorithm},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return rawJSON(body), nil
+}
+
+func (b *backend) pathRotateWrite(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	if err := b.rotate(ctx, req.Storage, time.Now()); err != nil {
+		return nil, err
+	}
+	st, err := b.signing(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	return &logical.Response{Data: map[string]interface{}{"kid": st.kid, "alg": st.alg}}, nil
+}

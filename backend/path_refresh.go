@@ -1,0 +1,216 @@
+package backend
+
+import (
+	"context"
+	"crypto/subtle"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/keybroker/keybroker/apikey"
+)
+
+const (
+	refreshPrefix = "refresh/"
+	familyPrefix  = "families/"
+	// refreshTokenPrefix tags refresh tokens, which share the API key
+	// format (and its offline checksum) but are never API keys.
+	refreshTokenPrefix = "kbrt"
+)
+
+// refreshEntry is a stored refresh token: its hash and the grant it renews.
+type refreshEntry struct {
+	ID        string    `json:"id"`
+	Hash      []byte    `json:"hash"`
+	Family    string    `json:"family"`
+	Grant     grant     `json:"grant"`
+	ExpiresAt time.Time `json:"expires_at"`
+	SpentAt   time.Time `json:"spent_at,omitzero"`
+}
+
+// family links every access and refresh token descended from one mint, so
+// that reuse of a spent refresh token can revoke them all.
+type family struct {
+	ID        string               `json:"id"`
+	JTIs      map[string]time.Time `json:"jtis"` // jti -> exp
+	Refresh   []string             `json:"refresh"`
+	RevokedAt time.Time            `json:"revoked_at,omitzero"`
+	ExpiresAt time.Time            `json:"expires_at"` // when nothing in it is live
+}
+
+func pathRefresh(b *backend) *framework.Path {
+	return &framework.Path{
+		// Listed before token/<role>; "refresh" is a reserved role name.
+		Pattern: "token/refresh$",
+		Fields: map[string]*framework.FieldSchema{
+			"refresh_token": {
+				Type:        framework.TypeString,
+				Description: "The refresh token from the last mint or refresh.",
+				Required:    true,
+			},
+		},
+		Operations: map[logical.Operation]framework.OperationHandler{
+			logical.UpdateOperation: &framework.PathOperation{Callback: b.pathRefreshWrite},
+		},
+		HelpSynopsis: "Exchange a refresh token for a new access token and refresh token.",
+		HelpDescription: `Each refresh token can be used once. The new access token carries the same
+role, scopes, audience, cidr and sub as the first; the new refresh token lives
+refresh_ttl from now. Presenting a spent refresh token again is treated as
+theft: every access token of its family is revoked (each jti lands in
+keybroker/revocations), no refresh token of the family works again, and the
+request fails saying so. Only the Vault identity the family was minted for
+may refresh it.`,
+	}
+}
+
+// newRefreshToken stores a refresh token for g in family, recording the
+// access token (internal lease data) it was issued with. The caller holds
+// refreshMu.
+func (b *backend) newRefreshToken(ctx context.Context, s logical.Storage, g grant, familyID string, access map[string]interface{}, ttl time.Duration) (string, error) {
+	var token, id string
+	for attempt := 0; ; attempt++ {
+		var err error
+		if token, id, err = apikey.Generate(nil, refreshTokenPrefix); err != nil {
+			return "", fmt.Errorf("generating refresh token: %w", err)
+		}
+		existing, err := s.Get(ctx, refreshPrefix+id)
+		if err != nil {
+			return "", fmt.Errorf("checking refresh id: %w", err)
+		}
+		if existing == nil {
+			break
+		}
+		if attempt == 2 {
+			return "", fmt.Errorf("generating refresh token: id collided three times")
+		}
+	}
+	now := time.Now().UTC()
+	h := apikey.Hash(token)
+	entry := refreshEntry{ID: id, Hash: h[:], Family: familyID, Grant: g, ExpiresAt: now.Add(ttl)}
+	if err := putJSON(ctx, s, refreshPrefix+id, entry); err != nil {
+		return "", err
+	}
+
+	f, err := getJSON[family](ctx, s, familyPrefix+familyID)
+	if err != nil {
+		return "", err
+	}
+	if f == nil {
+		f = &family{ID: familyID, JTIs: map[string]time.Time{}}
+	}
+	jti, _ := access["jti"].(string)
+	exp, err := internalUnix(access["exp"])
+	if err != nil {
+		return "", err
+	}
+	for j, e := range f.JTIs { // forget tokens that expired by themselves
+		if !now.Before(e) {
+			delete(f.JTIs, j)
+		}
+	}
+	f.JTIs[jti] = exp
+	f.Refresh = append(f.Refresh, id)
+	f.ExpiresAt = maxTime(f.ExpiresAt, entry.ExpiresAt, exp)
+	return token, putJSON(ctx, s, familyPrefix+familyID, f)
+}
+
+func maxTime(ts ...time.Time) time.Time {
+	var m time.Time
+	for _, t := range ts {
+		if t.After(m) {
+			m = t
+		}
+	}
+	return m
+}
+
+func (b *backend) pathRefreshWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	if resp := validateRequest(d); resp != nil {
+		return resp, nil
+	}
+	token := d.Get("refresh_token").(string)
+	if token == "" {
+		return logical.ErrorResponse("refresh_token is required"), nil
+	}
+	const invalid = "refresh_token is invalid or expired"
+	parsed, err := apikey.Parse(token)
+	if err != nil || parsed.Prefix != refreshTokenPrefix {
+		return logical.ErrorResponse(invalid), nil
+	}
+
+	b.refreshMu.Lock()
+	defer b.refreshMu.Unlock()
+	entry, err := getJSON[refreshEntry](ctx, req.Storage, refreshPrefix+parsed.ID)
+	if err != nil {
+		return nil, err
+	}
+	hash := apikey.Hash(token)
+	if entry == nil || subtle.ConstantTimeCompare(hash[:], entry.Hash) != 1 || !time.Now().Before(entry.ExpiresAt) {
+		return logical.ErrorResponse(invalid), nil
+	}
+	f, err := getJSON[family](ctx, req.Storage, familyPrefix+entry.Family)
+	if err != nil {
+		return nil, err
+	}
+	if f == nil || !f.RevokedAt.IsZero() {
+		return logical.ErrorResponse("refresh_token's family was revoked; mint a new token"), nil
+	}
+	if entry.Grant.EntityID != req.EntityID {
+		return logical.ErrorResponse("refresh_token was issued to another Vault identity"), nil
+	}
+	if !entry.SpentAt.IsZero() {
+		if err := b.revokeFamilyLocked(ctx, req.Storage, entry.Family); err != nil {
+			return nil, err
+		}
+		b.Logger().Warn("refresh token reuse: family revoked", "family", entry.Family, "refresh_id", entry.ID)
+		return logical.ErrorResponse("refresh_token was already used: reuse is treated as theft, so every token of its family was revoked"), nil
+	}
+
+	r, err := b.getRole(ctx, req.Storage, entry.Grant.Role)
+	if err != nil {
+		return nil, err
+	}
+	if r == nil {
+		return logical.ErrorResponse("role %q was deleted; its tokens cannot be refreshed", entry.Grant.Role), nil
+	}
+	if r.RefreshTTL == 0 {
+		return logical.ErrorResponse("role %q no longer allows refresh tokens", entry.Grant.Role), nil
+	}
+	if missing := subset(entry.Grant.Scopes, r.Scopes); len(missing) > 0 {
+		return logical.ErrorResponse("role %q no longer allows scopes %v; mint a new token", entry.Grant.Role, missing), nil
+	}
+	entry.SpentAt = time.Now().UTC()
+	if err := putJSON(ctx, req.Storage, refreshPrefix+entry.ID, entry); err != nil {
+		return nil, err
+	}
+	resp, err := b.issueToken(ctx, req, entry.Grant, r.TokenTTL, entry.Family)
+	if err != nil || resp.IsError() {
+		return resp, err
+	}
+	rt, err := b.newRefreshToken(ctx, req.Storage, entry.Grant, entry.Family, resp.Secret.InternalData, r.RefreshTTL)
+	if err != nil {
+		return nil, err
+	}
+	resp.Data["refresh_token"] = rt
+	return resp, nil
+}
+
+// revokeFamilyLocked revokes every live access token of a family and stops
+// its refresh tokens. The caller holds refreshMu.
+func (b *backend) revokeFamilyLocked(ctx context.Context, s logical.Storage, id string) error {
+	f, err := getJSON[family](ctx, s, familyPrefix+id)
+	if err != nil || f == nil {
+		return err
+	}
+	for jti, exp := range f.JTIs {
+		if err := b.revokeJTI(ctx, s, jti, exp); err != nil {
+			return err
+		}
+	}
+	if f.RevokedAt.IsZero() {
+		f.RevokedAt = time.Now().UTC()
+	}
+	return putJSON(ctx, s, familyPrefix+id, f)
+}

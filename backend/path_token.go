@@ -1,0 +1,290 @@
+package backend
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	uuid "github.com/hashicorp/go-uuid"
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/keybroker/keybroker/jwtverify"
+)
+
+const (
+	secretTypeJWT = "jwt"
+	// revokedJTIPrefix indexes revoked jtis, so verify can answer "revoked"
+	// without scanning the feed.
+	revokedJTIPrefix = "revoked/jti/"
+)
+
+// grant is what one access token carries. A refresh token keeps its grant so
+// the tokens it mints carry exactly the same.
+type grant struct {
+	Role      string   `json:"role"`
+	Scopes    []string `json:"scopes"`
+	Audiences []string `json:"audiences"`
+	CIDRs     []string `json:"cidrs,omitempty"`
+	Tenant    string   `json:"tenant,omitempty"`
+	Subject   string   `json:"subject"`
+	EntityID  string   `json:"entity_id,omitempty"`
+}
+
+func pathToken(b *backend) *framework.Path {
+	return &framework.Path{
+		Pattern: "token/" + framework.GenericNameRegex("role"),
+		Fields: map[string]*framework.FieldSchema{
+			"role": {
+				Type:        framework.TypeString,
+				Description: "Role to mint the token from.",
+				Required:    true,
+			},
+			"scopes": {
+				Type:        framework.TypeCommaStringSlice,
+				Description: "Scopes for the token; must be a subset of the role's scopes. Default: the role's default_scopes.",
+			},
+			"ttl": {
+				Type:        framework.TypeDurationSecond,
+				Description: "Lifetime of the token. Default: the role's token_ttl. Capped at token_max_ttl with a warning.",
+			},
+			"audience": {
+				Type:        framework.TypeString,
+				Description: "The token's aud; must be one of the role's audiences. Default: all of them.",
+			},
+			"bound_cidrs": {
+				Type:        framework.TypeCommaStringSlice,
+				Description: "CIDR blocks the token may be used from (the cidr claim); each must lie within the role's bound_cidrs. Default: the role's.",
+			},
+		},
+		Operations: map[logical.Operation]framework.OperationHandler{
+			logical.UpdateOperation: &framework.PathOperation{Callback: b.pathTokenMint},
+		},
+		HelpSynopsis: "Mint a short-lived agent JWT from a role.",
+		HelpDescription: `Returns a JWT (typ at+jwt) signed by the plugin's current key, with iss, sub,
+aud, exp, iat, nbf, jti, scope, role, tenant and cidr claims. sub comes from
+the caller's Vault identity as the role's subject setting says, never from the
+request. The token is a Vault lease: revoking it, or the Vault token that asked
+for it, puts its jti in keybroker/revocations until it expires. When the role
+has a refresh_ttl, a refresh_token comes with it (see keybroker/token/refresh).`,
+	}
+}
+
+func secretJWT(b *backend) *framework.Secret {
+	return &framework.Secret{
+		Type: secretTypeJWT,
+		Fields: map[string]*framework.FieldSchema{
+			"token": {Type: framework.TypeString, Description: "The agent JWT."},
+			"jti":   {Type: framework.TypeString, Description: "The token's unique id."},
+		},
+		Revoke: b.revokeJWTLease,
+	}
+}
+
+func (b *backend) pathTokenMint(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	if resp := validateRequest(d); resp != nil {
+		return resp, nil
+	}
+	roleName := d.Get("role").(string)
+	r, err := b.getRole(ctx, req.Storage, roleName)
+	if err != nil {
+		return nil, err
+	}
+	if r == nil {
+		return logical.ErrorResponse("role %q does not exist", roleName), nil
+	}
+	if len(r.Audiences) == 0 {
+		return logical.ErrorResponse("role %q has no audiences; set audiences on the role to mint tokens from it", roleName), nil
+	}
+	g := grant{Role: roleName, Tenant: r.Tenant, Audiences: r.Audiences, EntityID: req.EntityID}
+	if g.Scopes, err = r.narrowScopes(roleName, d); err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
+	if g.CIDRs, err = r.narrowCIDRs(roleName, d); err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
+	if aud := d.Get("audience").(string); aud != "" {
+		if !slices.Contains(r.Audiences, aud) {
+			return logical.ErrorResponse("audience %q is not allowed by role %q (allowed: %s)", aud, roleName, strings.Join(r.Audiences, ", ")), nil
+		}
+		g.Audiences = []string{aud}
+	}
+	if g.Subject, err = b.subject(req, r.Subject); err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
+	ttl, warnings, err := framework.CalculateTTL(b.System(), time.Duration(d.Get("ttl").(int))*time.Second, r.TokenTTL, 0, r.TokenMaxTTL, 0, time.Time{})
+	if err != nil {
+		return nil, fmt.Errorf("calculating ttl: %w", err)
+	}
+
+	family := ""
+	if r.RefreshTTL > 0 {
+		if family, err = uuid.GenerateUUID(); err != nil {
+			return nil, fmt.Errorf("generating family id: %w", err)
+		}
+	}
+	resp, err := b.issueToken(ctx, req, g, ttl, family)
+	if err != nil || resp.IsError() {
+		return resp, err
+	}
+	if r.RefreshTTL > 0 {
+		b.refreshMu.Lock()
+		defer b.refreshMu.Unlock()
+		rt, err := b.newRefreshToken(ctx, req.Storage, g, family, resp.Secret.InternalData, r.RefreshTTL)
+		if err != nil {
+			return nil, err
+		}
+		resp.Data["refresh_token"] = rt
+	}
+	for _, w := range warnings {
+		resp.AddWarning(w)
+	}
+	return resp, nil
+}
+
+// issueToken signs an access token for g and returns it as a lease.
+func (b *backend) issueToken(ctx context.Context, req *logical.Request, g grant, ttl time.Duration, family string) (*logical.Response, error) {
+	cfg, err := b.getConfig(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	iss, err := cfg.issuer(req.MountPoint)
+	if err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
+	st, err := b.signing(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	jti, err := uuid.GenerateUUID()
+	if err != nil {
+		return nil, fmt.Errorf("generating jti: %w", err)
+	}
+	now := time.Now().UTC().Truncate(time.Second)
+	exp := now.Add(ttl)
+	claims := jwtverify.Claims{
+		RegisteredClaims: jwt.RegisteredClaims{
+			Issuer:    iss,
+			Subject:   g.Subject,
+			Audience:  g.Audiences,
+			ExpiresAt: jwt.NewNumericDate(exp),
+			IssuedAt:  jwt.NewNumericDate(now),
+			NotBefore: jwt.NewNumericDate(now),
+			ID:        jti,
+		},
+		Scope:  strings.Join(g.Scopes, " "),
+		Role:   g.Role,
+		Tenant: g.Tenant,
+		CIDR:   g.CIDRs,
+	}
+	tok := jwt.NewWithClaims(jwt.GetSigningMethod(st.alg), claims)
+	tok.Header["kid"] = st.kid
+	tok.Header["typ"] = jwtverify.TokenType
+	signed, err := tok.SignedString(st.signer)
+	if err != nil {
+		return nil, fmt.Errorf("signing token: %w", err)
+	}
+	resp := b.Secret(secretTypeJWT).Response(map[string]interface{}{
+		"token":      signed,
+		"token_type": "Bearer",
+		"expires_in": int64(ttl.Seconds()),
+		"expires_at": exp.Format(time.RFC3339),
+		"jti":        jti,
+		"sub":        g.Subject,
+		"role":       g.Role,
+		"scopes":     nonNil(g.Scopes),
+		"audience":   g.Audiences,
+	}, map[string]interface{}{
+		"jti":    jti,
+		"exp":    exp.Unix(),
+		"family": family,
+	})
+	resp.Secret.TTL = ttl
+	resp.Secret.MaxTTL = ttl
+	return resp, nil
+}
+
+// subject derives sub from the caller's Vault identity. A caller without an
+// entity (a root token, say) gets a sub that says so.
+func (b *backend) subject(req *logical.Request, how string) (string, error) {
+	if req.EntityID == "" {
+		return "no-entity:" + req.DisplayName, nil
+	}
+	if how == subjectEntityID {
+		return req.EntityID, nil
+	}
+	ent, err := b.System().EntityInfo(req.EntityID)
+	if err != nil {
+		return "", fmt.Errorf("looking up the caller's entity: %w", err)
+	}
+	if ent == nil {
+		return "", fmt.Errorf("the caller's entity %s was not found", req.EntityID)
+	}
+	if how == subjectEntityName {
+		return ent.Name, nil
+	}
+	if len(ent.Aliases) != 1 {
+		return "", fmt.Errorf("subject=alias_name needs an entity with exactly one alias; the caller's has %d (use entity_id or entity_name)", len(ent.Aliases))
+	}
+	return ent.Aliases[0].Name, nil
+}
+
+// revokeJWTLease runs when an access token's lease ends. At exp that is
+// expiry; otherwise the token's family (when it has refresh tokens) is
+// revoked with it, so a refresh token cannot bring a revoked grant back.
+func (b *backend) revokeJWTLease(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	jti, _ := req.Secret.InternalData["jti"].(string)
+	exp, err := internalUnix(req.Secret.InternalData["exp"])
+	if jti == "" || err != nil {
+		return nil, fmt.Errorf("lease has no jti or exp in its internal data")
+	}
+	if family, _ := req.Secret.InternalData["family"].(string); family != "" && time.Now().Before(exp) {
+		b.refreshMu.Lock()
+		defer b.refreshMu.Unlock()
+		return nil, b.revokeFamilyLocked(ctx, req.Storage, family)
+	}
+	return nil, b.revokeJTI(ctx, req.Storage, jti, exp)
+}
+
+// internalUnix reads a Unix time from lease internal data, which comes back
+// from Vault as a JSON number.
+func internalUnix(v interface{}) (time.Time, error) {
+	switch n := v.(type) {
+	case int64:
+		return time.Unix(n, 0), nil
+	case float64:
+		return time.Unix(int64(n), 0), nil
+	case int:
+		return time.Unix(int64(n), 0), nil
+	}
+	return time.Time{}, fmt.Errorf("not a unix time: %T", v)
+}
+
+type revokedJTI struct {
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// revokeJTI records a token revocation: the index verify reads, and the feed
+// verifiers follow. An expired or already revoked jti is left alone.
+func (b *backend) revokeJTI(ctx context.Context, s logical.Storage, jti string, exp time.Time) error {
+	b.revocationMu.Lock()
+	defer b.revocationMu.Unlock()
+	now := time.Now().UTC()
+	if !now.Before(exp) {
+		return nil
+	}
+	existing, err := s.Get(ctx, revokedJTIPrefix+jti)
+	if err != nil {
+		return fmt.Errorf("reading revoked jti: %w", err)
+	}
+	if existing != nil {
+		return nil
+	}
+	if err := putJSON(ctx, s, revokedJTIPrefix+jti, revokedJTI{ExpiresAt: exp}); err != nil {
+		return err
+	}
+	return b.appendRevocationLocked(ctx, s, revocation{ID: jti, Type: secretTypeJWT, RevokedAt: now, ExpiresAt: exp})
+}
