@@ -16,6 +16,8 @@ const expiredKeyRetention = time.Hour
 type tidyStats struct {
 	KeysDeleted        int
 	RevocationsDeleted int
+	RefreshDeleted     int
+	FamiliesDeleted    int
 }
 
 func pathTidy(b *backend) *framework.Path {
@@ -26,8 +28,8 @@ func pathTidy(b *backend) *framework.Path {
 		},
 		HelpSynopsis: "Remove expired keys and revocation entries now.",
 		HelpDescription: fmt.Sprintf(`Tidy runs by itself every %s on the active node. It deletes keys that
-expired more than %s ago (revoked or not) and revocation entries whose
-credential has expired. Writing to this path runs it at once.`, tidyInterval, expiredKeyRetention),
+expired more than %s ago (revoked or not), revocation entries whose
+credential has expired, and expired refresh tokens and token families. Writing to this path runs it at once.`, tidyInterval, expiredKeyRetention),
 	}
 }
 
@@ -37,50 +39,67 @@ func (b *backend) pathTidyWrite(ctx context.Context, req *logical.Request, _ *fr
 		return nil, err
 	}
 	return &logical.Response{Data: map[string]interface{}{
-		"keys_deleted":        st.KeysDeleted,
-		"revocations_deleted": st.RevocationsDeleted,
+		"keys_deleted":           st.KeysDeleted,
+		"revocations_deleted":    st.RevocationsDeleted,
+		"refresh_tokens_deleted": st.RefreshDeleted,
+		"families_deleted":       st.FamiliesDeleted,
 	}}, nil
 }
 
 func (b *backend) tidy(ctx context.Context, s logical.Storage, now time.Time) (tidyStats, error) {
 	var st tidyStats
-	ids, err := s.List(ctx, keyPrefix)
-	if err != nil {
-		return st, fmt.Errorf("tidy: listing keys: %w", err)
+	var err error
+	if st.KeysDeleted, err = tidyPrefix(ctx, s, keyPrefix, func(k *keyEntry) bool {
+		return !now.Before(k.ExpiresAt.Add(expiredKeyRetention))
+	}); err != nil {
+		return st, err
 	}
-	for _, id := range ids {
-		k, err := b.getKey(ctx, s, id)
-		if err != nil {
-			return st, fmt.Errorf("tidy: %w", err)
-		}
-		if k == nil || now.Before(k.ExpiresAt.Add(expiredKeyRetention)) {
-			continue
-		}
-		if err := s.Delete(ctx, keyPrefix+id); err != nil {
-			return st, fmt.Errorf("tidy: deleting key %s: %w", id, err)
-		}
-		st.KeysDeleted++
+	if st.RevocationsDeleted, err = tidyPrefix(ctx, s, revocationEntryPrefix, func(r *revocation) bool {
+		return !now.Before(r.ExpiresAt)
+	}); err != nil {
+		return st, err
 	}
-
-	names, err := s.List(ctx, revocationEntryPrefix)
-	if err != nil {
-		return st, fmt.Errorf("tidy: listing revocations: %w", err)
+	if st.RefreshDeleted, err = tidyPrefix(ctx, s, refreshPrefix, func(r *refreshEntry) bool {
+		return !now.Before(r.ExpiresAt)
+	}); err != nil {
+		return st, err
 	}
-	for _, name := range names {
-		r, err := b.getRevocation(ctx, s, name)
-		if err != nil {
-			return st, fmt.Errorf("tidy: %w", err)
-		}
-		if r == nil || now.Before(r.ExpiresAt) {
-			continue
-		}
-		if err := s.Delete(ctx, revocationEntryPrefix+name); err != nil {
-			return st, fmt.Errorf("tidy: deleting revocation %s: %w", name, err)
-		}
-		st.RevocationsDeleted++
+	if st.FamiliesDeleted, err = tidyPrefix(ctx, s, familyPrefix, func(f *family) bool {
+		return !now.Before(f.ExpiresAt)
+	}); err != nil {
+		return st, err
 	}
-	if st.KeysDeleted+st.RevocationsDeleted > 0 {
-		b.Logger().Info("tidy removed expired entries", "keys", st.KeysDeleted, "revocations", st.RevocationsDeleted)
+	if _, err = tidyPrefix(ctx, s, revokedJTIPrefix, func(r *revokedJTI) bool {
+		return !now.Before(r.ExpiresAt)
+	}); err != nil {
+		return st, err
+	}
+	if st != (tidyStats{}) {
+		b.Logger().Info("tidy removed expired entries", "keys", st.KeysDeleted, "revocations", st.RevocationsDeleted,
+			"refresh_tokens", st.RefreshDeleted, "families", st.FamiliesDeleted)
 	}
 	return st, nil
+}
+
+// tidyPrefix deletes the entries below prefix for which done says so.
+func tidyPrefix[T any](ctx context.Context, s logical.Storage, prefix string, done func(*T) bool) (int, error) {
+	names, err := s.List(ctx, prefix)
+	if err != nil {
+		return 0, fmt.Errorf("tidy: listing %s: %w", prefix, err)
+	}
+	n := 0
+	for _, name := range names {
+		v, err := getJSON[T](ctx, s, prefix+name)
+		if err != nil {
+			return n, fmt.Errorf("tidy: %w", err)
+		}
+		if v == nil || !done(v) {
+			continue
+		}
+		if err := s.Delete(ctx, prefix+name); err != nil {
+			return n, fmt.Errorf("tidy: deleting %s%s: %w", prefix, name, err)
+		}
+		n++
+	}
+	return n, nil
 }

@@ -1,0 +1,122 @@
+package backend
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+func TestRefreshRotationAndReuse(t *testing.T) {
+	e := newJWTEnv(t, map[string]interface{}{"refresh_ttl": "1h"})
+	first := e.ok(logical.UpdateOperation, "token/agent", map[string]interface{}{"audience": "billing"})
+	rt1, _ := first.Data["refresh_token"].(string)
+	if rt1 == "" {
+		t.Fatal("no refresh_token from a role with refresh_ttl")
+	}
+	e.assertNotStored(rt1)
+
+	second := e.ok(logical.UpdateOperation, "token/refresh", map[string]interface{}{"refresh_token": rt1})
+	rt2 := second.Data["refresh_token"].(string)
+	if rt2 == rt1 || second.Data["jti"] == first.Data["jti"] {
+		t.Fatal("refresh returned the same refresh token or jti")
+	}
+	c, err := e.offline(second.Data["token"].(string), "billing")
+	if err != nil || c.Subject != "test-entity" || c.Scope != "read" || len(c.Audience) != 1 {
+		t.Fatalf("refreshed token keeps the grant: %v %+v", err, c)
+	}
+	// The first access token still works: refresh does not revoke it.
+	if got := e.verifyReason(first.Data["token"].(string), "10.0.0.1", nil); got != reasonOK {
+		t.Fatalf("first token after refresh: %s", got)
+	}
+
+	// Presenting the spent rt1 again is theft: the family dies.
+	e.userError(logical.UpdateOperation, "token/refresh", map[string]interface{}{"refresh_token": rt1}, "already used")
+	for _, r := range []*logical.Response{first, second} {
+		if got := e.verifyReason(r.Data["token"].(string), "10.0.0.1", nil); got != reasonRevoked {
+			t.Fatalf("token %v after reuse: %s, want revoked", r.Data["jti"], got)
+		}
+	}
+	ids, _, _ := e.feed(0)
+	if !equalStrings(sortedCopy(ids), sortedCopy([]string{first.Data["jti"].(string), second.Data["jti"].(string)})) {
+		t.Fatalf("feed = %v, want both jtis", ids)
+	}
+	// rt2 was never spent, but its family is revoked.
+	e.userError(logical.UpdateOperation, "token/refresh", map[string]interface{}{"refresh_token": rt2}, "family was revoked")
+}
+
+func sortedCopy(s []string) []string { return slices.Sorted(slices.Values(s)) }
+
+func TestRefreshBadInput(t *testing.T) {
+	e := newJWTEnv(t, map[string]interface{}{"refresh_ttl": "1h"})
+	rt := e.ok(logical.UpdateOperation, "token/agent", nil).Data["refresh_token"].(string)
+	apiKey := func() string {
+		e.createRole("keys", nil)
+		return e.mint("keys", nil).Data["key"].(string)
+	}()
+	for _, tc := range []struct {
+		name string
+		data map[string]interface{}
+		want string
+	}{
+		{"missing", map[string]interface{}{}, "refresh_token is required"},
+		{"garbage", map[string]interface{}{"refresh_token": "nope"}, "invalid or expired"},
+		{"typo", map[string]interface{}{"refresh_token": typo(rt)}, "invalid or expired"},
+		{"an API key", map[string]interface{}{"refresh_token": apiKey}, "invalid or expired"},
+		{"unknown field", map[string]interface{}{"refresh_token": rt, "scopes": "write"}, "unknown field(s): scopes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e.userError(logical.UpdateOperation, "token/refresh", tc.data, tc.want)
+		})
+	}
+	// Another Vault identity cannot use it, and trying does not spend it.
+	e.entityID = "someone-else"
+	e.userError(logical.UpdateOperation, "token/refresh", map[string]interface{}{"refresh_token": rt}, "another Vault identity")
+	e.entityID = "test-entity"
+	e.ok(logical.UpdateOperation, "token/refresh", map[string]interface{}{"refresh_token": rt})
+}
+
+// Revoking an access token's lease revokes its family: a refresh token must
+// not bring a revoked grant back.
+func TestLeaseRevokeRevokesFamily(t *testing.T) {
+	e := newJWTEnv(t, map[string]interface{}{"refresh_ttl": "1h"})
+	first := e.ok(logical.UpdateOperation, "token/agent", nil)
+	if _, err := e.b.HandleRequest(context.Background(), &logical.Request{
+		Operation: logical.RevokeOperation, Path: "token/agent", Secret: first.Secret, Storage: e.storage,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	e.userError(logical.UpdateOperation, "token/refresh", map[string]interface{}{"refresh_token": first.Data["refresh_token"]}, "family was revoked")
+}
+
+func TestRefreshFollowsRoleChanges(t *testing.T) {
+	e := newJWTEnv(t, map[string]interface{}{"refresh_ttl": "1h"})
+	resp := e.ok(logical.UpdateOperation, "token/agent", map[string]interface{}{"scopes": "write"})
+	e.ok(logical.UpdateOperation, "roles/agent", map[string]interface{}{"scopes": "read", "default_scopes": "read"})
+	e.userError(logical.UpdateOperation, "token/refresh", map[string]interface{}{"refresh_token": resp.Data["refresh_token"]}, "no longer allows scopes")
+}
+
+func TestTidyRefreshState(t *testing.T) {
+	e := newJWTEnv(t, map[string]interface{}{"refresh_ttl": "1h"})
+	first := e.ok(logical.UpdateOperation, "token/agent", nil)
+	e.ok(logical.UpdateOperation, "token/refresh", map[string]interface{}{"refresh_token": first.Data["refresh_token"]})
+	e.userError(logical.UpdateOperation, "token/refresh", map[string]interface{}{"refresh_token": first.Data["refresh_token"]}, "already used")
+	if n := len(e.storageKeys(revokedJTIPrefix)); n != 2 {
+		t.Fatalf("%d revoked jtis indexed, want 2", n)
+	}
+	st, err := e.b.tidy(context.Background(), e.storage, time.Now())
+	if err != nil || st.RefreshDeleted != 0 || st.FamiliesDeleted != 0 {
+		t.Fatalf("tidy now = %+v %v, want nothing removed", st, err)
+	}
+	st, err = e.b.tidy(context.Background(), e.storage, time.Now().Add(2*time.Hour))
+	if err != nil || st.RefreshDeleted != 2 || st.FamiliesDeleted != 1 || st.RevocationsDeleted != 2 {
+		t.Fatalf("tidy in 2h = %+v %v", st, err)
+	}
+	for _, prefix := range []string{refreshPrefix, familyPrefix, revokedJTIPrefix, revocationEntryPrefix} {
+		if left := e.storageKeys(prefix); len(left) != 0 {
+			t.Fatalf("tidy left %v", left)
+		}
+	}
+}

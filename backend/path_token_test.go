@@ -1,0 +1,348 @@
+package backend
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/keybroker/keybroker/jwtverify"
+)
+
+const testIssuer = "https://vault.example:8200/v1/keybroker"
+
+// newJWTEnv is a test env with an issuer and a role "agent" that mints tokens.
+func newJWTEnv(t *testing.T, role map[string]interface{}) *testEnv {
+	e := newTestEnv(t)
+	e.ok(logical.UpdateOperation, "config", map[string]interface{}{"issuer": testIssuer})
+	base := map[string]interface{}{
+		"scopes": "read,write", "default_scopes": "read", "audiences": "billing,search",
+		"tenant": "acme", "bound_cidrs": "10.0.0.0/8", "token_ttl": "5m",
+	}
+	for k, v := range role {
+		base[k] = v
+	}
+	e.createRole("agent", base)
+	return e
+}
+
+// jwks fetches the raw JWKS the way a verifier would.
+func (e *testEnv) jwks() *jwtverify.KeySet {
+	e.t.Helper()
+	resp := e.ok(logical.ReadOperation, "jwks", nil)
+	if resp.Data[logical.HTTPContentType] != "application/json" {
+		e.t.Fatalf("jwks content type = %v", resp.Data[logical.HTTPContentType])
+	}
+	ks, err := jwtverify.ParseJWKS(resp.Data[logical.HTTPRawBody].([]byte))
+	if err != nil {
+		e.t.Fatalf("parsing jwks: %v", err)
+	}
+	return ks
+}
+
+// offline verifies a token as the sidecar would: against the fetched JWKS.
+func (e *testEnv) offline(token, aud string) (*jwtverify.Claims, error) {
+	e.t.Helper()
+	v, err := jwtverify.NewVerifier(jwtverify.Config{Issuer: testIssuer, Audiences: []string{aud}})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return v.Verify(token, e.jwks())
+}
+
+func (e *testEnv) verifyReason(cred, addr string, extra map[string]interface{}) string {
+	e.t.Helper()
+	data := map[string]interface{}{"credential": cred, "remote_addr": addr}
+	for k, v := range extra {
+		data[k] = v
+	}
+	return e.ok(logical.UpdateOperation, "verify", data).Data["reason"].(string)
+}
+
+func TestTokenMint(t *testing.T) {
+	e := newJWTEnv(t, nil)
+	resp := e.ok(logical.UpdateOperation, "token/agent", map[string]interface{}{"audience": "billing", "scopes": "read,write"})
+	token := resp.Data["token"].(string)
+	if resp.Data["token_type"] != "Bearer" || resp.Data["expires_in"] != int64(300) || resp.Data["refresh_token"] != nil {
+		t.Fatalf("mint response = %#v", resp.Data)
+	}
+	if resp.Secret == nil || resp.Secret.TTL != 5*time.Minute || resp.Secret.Renewable {
+		t.Fatalf("lease = %#v, want a 5m non-renewable lease", resp.Secret)
+	}
+	c, err := e.offline(token, "billing")
+	if err != nil {
+		t.Fatalf("offline verify: %v", err)
+	}
+	if c.Subject != "test-entity" || c.Scope != "read write" || c.Role != "agent" || c.Tenant != "acme" ||
+		c.ID != resp.Data["jti"] || strings.Join(c.CIDR, ",") != "10.0.0.0/8" || c.ExpiresAt.Sub(c.IssuedAt.Time) != 5*time.Minute {
+		t.Fatalf("claims = %+v", c)
+	}
+	if _, err := e.offline(token, "search"); err == nil {
+		t.Fatal("a token minted for billing verified for search")
+	}
+	parts := strings.Split(token, ".")
+	header, _ := decodeJSONSegment(parts[0])
+	if header["typ"] != "at+jwt" || header["alg"] != "EdDSA" || header["kid"] == "" {
+		t.Fatalf("header = %v", header)
+	}
+
+	// Defaults: every audience of the role, its default scopes.
+	resp = e.ok(logical.UpdateOperation, "token/agent", nil)
+	c, err = e.offline(resp.Data["token"].(string), "search")
+	if err != nil || c.Scope != "read" || len(c.Audience) != 2 {
+		t.Fatalf("default token: %v %+v", err, c)
+	}
+}
+
+func decodeJSONSegment(s string) (map[string]interface{}, error) {
+	var m map[string]interface{}
+	b, err := jwtSegment(s)
+	if err != nil {
+		return nil, err
+	}
+	return m, json.Unmarshal(b, &m)
+}
+
+func TestTokenMintBadInput(t *testing.T) {
+	cases := []struct {
+		name string
+		path string
+		data map[string]interface{}
+		want string
+	}{
+		{"missing role", "token/nope", nil, `role "nope" does not exist`},
+		{"role without audiences", "token/keysonly", nil, `role "keysonly" has no audiences`},
+		{"audience outside role", "token/agent", map[string]interface{}{"audience": "admin"}, `audience "admin" is not allowed by role "agent"`},
+		{"scope outside role", "token/agent", map[string]interface{}{"scopes": "delete"}, `scopes delete are not allowed`},
+		{"cidr widens", "token/agent", map[string]interface{}{"bound_cidrs": "0.0.0.0/0"}, "not within role"},
+		{"caller picks sub", "token/agent", map[string]interface{}{"sub": "someone-else"}, "unknown field(s): sub"},
+		{"caller picks subject", "token/agent", map[string]interface{}{"subject": "x"}, "unknown field(s): subject"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newJWTEnv(t, nil)
+			e.createRole("keysonly", nil)
+			e.userError(logical.UpdateOperation, tc.path, tc.data, tc.want)
+			if got, _, _ := e.feed(0); len(got) != 0 {
+				t.Fatalf("a rejected mint touched the feed: %v", got)
+			}
+		})
+	}
+}
+
+func TestTokenNeedsIssuer(t *testing.T) {
+	e := newTestEnv(t)
+	e.createRole("agent", map[string]interface{}{"audiences": "billing"})
+	t.Setenv(apiAddrEnv, "")
+	e.userError(logical.UpdateOperation, "token/agent", nil, "no issuer")
+
+	// With VAULT_API_ADDR passed at plugin registration, the mount's URL.
+	t.Setenv(apiAddrEnv, "https://vault.internal:8200/")
+	resp := e.ok(logical.UpdateOperation, "token/agent", nil)
+	claims, _ := decodeJSONSegment(strings.Split(resp.Data["token"].(string), ".")[1])
+	if claims["iss"] != "https://vault.internal:8200/v1/keybroker" {
+		t.Fatalf("iss = %v", claims["iss"])
+	}
+	disc := e.ok(logical.ReadOperation, ".well-known/openid-configuration", nil)
+	var doc map[string]interface{}
+	_ = json.Unmarshal(disc.Data[logical.HTTPRawBody].([]byte), &doc)
+	if doc["issuer"] != claims["iss"] || doc["jwks_uri"] != "https://vault.internal:8200/v1/keybroker/jwks" {
+		t.Fatalf("discovery = %v", doc)
+	}
+}
+
+func TestTokenSubject(t *testing.T) {
+	sys := logical.TestSystemView()
+	sys.EntityVal = &logical.Entity{ID: "ent-1", Name: "agent-smith", Aliases: []*logical.Alias{{Name: "role-id-123", MountType: "approle"}}}
+	conf := logical.TestBackendConfig()
+	conf.System = sys
+	conf.StorageView = &logical.InmemStorage{}
+	lb, err := Factory(context.Background(), conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &testEnv{t: t, b: lb.(*backend), storage: conf.StorageView, entityID: "ent-1"}
+	e.ok(logical.UpdateOperation, "config", map[string]interface{}{"issuer": testIssuer})
+	for _, tc := range []struct{ subject, entity, want string }{
+		{subjectEntityID, "ent-1", "ent-1"},
+		{subjectEntityName, "ent-1", "agent-smith"},
+		{subjectAliasName, "ent-1", "role-id-123"},
+		{subjectEntityID, "", "no-entity:"},
+	} {
+		e.createRole("r", map[string]interface{}{"audiences": "a", "subject": tc.subject})
+		e.entityID = tc.entity
+		resp := e.ok(logical.UpdateOperation, "token/r", nil)
+		if resp.Data["sub"] != tc.want {
+			t.Errorf("subject=%s entity=%q: sub = %v, want %s", tc.subject, tc.entity, resp.Data["sub"], tc.want)
+		}
+	}
+	e.userError(logical.CreateOperation, "roles/bad", map[string]interface{}{"subject": "request"}, "subject must be")
+}
+
+func TestVerifyJWT(t *testing.T) {
+	e := newJWTEnv(t, nil)
+	mint := func(data map[string]interface{}) *logical.Response {
+		return e.ok(logical.UpdateOperation, "token/agent", data)
+	}
+	good := mint(map[string]interface{}{"scopes": "read"})
+	token := good.Data["token"].(string)
+	parts := strings.Split(token, ".")
+	tampered := parts[0] + "." + parts[1] + "." + strings.Repeat("A", len(parts[2]))
+
+	for _, tc := range []struct {
+		name  string
+		cred  string
+		addr  string
+		extra map[string]interface{}
+		want  string
+	}{
+		{"ok", token, "10.0.0.1", map[string]interface{}{"scopes": "read"}, reasonOK},
+		{"ok via key alias", "", "10.0.0.1", map[string]interface{}{"key": token}, reasonOK},
+		{"audience matches", token, "10.0.0.1", map[string]interface{}{"audience": "search"}, reasonOK},
+		{"audience mismatch", token, "10.0.0.1", map[string]interface{}{"audience": "other"}, reasonInvalidClaims},
+		{"cidr denied", token, "192.168.0.1", nil, reasonCIDRDenied},
+		{"insufficient scope", token, "10.0.0.1", map[string]interface{}{"scopes": "write"}, reasonInsufficientScope},
+		{"tampered signature", tampered, "10.0.0.1", nil, reasonInvalidSignature},
+		{"garbage with two dots", "a.b.c", "10.0.0.1", nil, reasonMalformed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := e.verifyReason(tc.cred, tc.addr, tc.extra); got != tc.want {
+				t.Fatalf("reason = %s, want %s", got, tc.want)
+			}
+		})
+	}
+	ok := e.ok(logical.UpdateOperation, "verify", map[string]interface{}{"credential": token, "remote_addr": "10.0.0.1"}).Data
+	if ok["jti"] != good.Data["jti"] || ok["sub"] != "test-entity" || ok["tenant"] != "acme" {
+		t.Fatalf("valid JWT answer = %#v", ok)
+	}
+	e.userError(logical.UpdateOperation, "verify", map[string]interface{}{"credential": token, "key": "other"}, "credential and key differ")
+
+	// Revoking the lease (vault lease revoke, or the asking token's
+	// revocation) puts the jti in the feed and verify says revoked.
+	if _, err := e.b.HandleRequest(context.Background(), &logical.Request{
+		Operation: logical.RevokeOperation, Path: "token/agent", Secret: good.Secret, Storage: e.storage,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.verifyReason(token, "10.0.0.1", nil); got != reasonRevoked {
+		t.Fatalf("after lease revoke: %s", got)
+	}
+	if ids, _, _ := e.feed(0); len(ids) != 1 || ids[0] != good.Data["jti"] {
+		t.Fatalf("feed = %v, want the jti", ids)
+	}
+}
+
+func TestRotationKeepsOldTokensUntilVerificationTTL(t *testing.T) {
+	e := newJWTEnv(t, nil)
+	old := e.ok(logical.UpdateOperation, "token/agent", nil).Data["token"].(string)
+	header, _ := decodeJSONSegment(strings.Split(old, ".")[0])
+	oldKid := header["kid"]
+	if newKid := e.ok(logical.UpdateOperation, "rotate", nil).Data["kid"]; newKid == oldKid {
+		t.Fatal("rotate returned the old kid")
+	}
+	fresh := e.ok(logical.UpdateOperation, "token/agent", nil).Data["token"].(string)
+	if e.jwks().Len() != 2 {
+		t.Fatalf("JWKS after one rotation has %d keys, want 2", e.jwks().Len())
+	}
+	for _, tok := range []string{old, fresh} {
+		if _, err := e.offline(tok, "billing"); err != nil {
+			t.Fatalf("token verifies no more after rotation: %v", err)
+		}
+	}
+	// A rotation after verification_ttl (24h) has passed drops the first key.
+	if err := e.b.rotate(context.Background(), e.storage, time.Now().Add(25*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := e.jwks().Lookup(oldKid.(string)); e.jwks().Len() != 2 || ok {
+		t.Fatalf("JWKS still publishes the key retired 25h ago")
+	}
+	if got := e.verifyReason(old, "10.0.0.1", nil); got != reasonInvalidSignature {
+		t.Fatalf("token of a dropped key: %s", got)
+	}
+	if _, err := e.offline(fresh, "billing"); err != nil {
+		t.Fatalf("token of the key retired just now: %v", err)
+	}
+}
+
+func TestPeriodicRotation(t *testing.T) {
+	e := newJWTEnv(t, nil)
+	e.ok(logical.UpdateOperation, "config", map[string]interface{}{"rotation_period": "1m"})
+	st, _ := e.b.signing(context.Background(), e.storage)
+	if err := e.b.rotateIfDue(context.Background(), e.storage, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if now, _ := e.b.signing(context.Background(), e.storage); now.kid != st.kid {
+		t.Fatal("rotated before rotation_period")
+	}
+	if err := e.b.rotateIfDue(context.Background(), e.storage, time.Now().Add(2*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if now, _ := e.b.signing(context.Background(), e.storage); now.kid == st.kid {
+		t.Fatal("did not rotate after rotation_period")
+	}
+}
+
+func TestConfig(t *testing.T) {
+	e := newTestEnv(t)
+	d := e.ok(logical.ReadOperation, "config", nil).Data
+	if d["signing_algorithm"] != "EdDSA" || d["rotation_period"] != int64(86400) || d["verification_ttl"] != int64(86400) {
+		t.Fatalf("defaults = %#v", d)
+	}
+	e.createRole("long", map[string]interface{}{"token_ttl": "1h", "token_max_ttl": "2h"})
+	for _, tc := range []struct {
+		data map[string]interface{}
+		want string
+	}{
+		{map[string]interface{}{"signing_algorithm": "HS256"}, "must be EdDSA, ES256 or RS256"},
+		{map[string]interface{}{"signing_algorithm": "none"}, "must be EdDSA, ES256 or RS256"},
+		{map[string]interface{}{"rotation_period": "10s"}, "at least 1m"},
+		{map[string]interface{}{"verification_ttl": "1h"}, `shorter than role "long"'s token_max_ttl`},
+		{map[string]interface{}{"issuer": "http://vault.example/v1/kb"}, "must be https"},
+		{map[string]interface{}{"issuer": "not a url"}, "absolute URL"},
+		{map[string]interface{}{"isuer": "https://x"}, "unknown field(s): isuer"},
+	} {
+		e.userError(logical.UpdateOperation, "config", tc.data, tc.want)
+	}
+	if got := e.ok(logical.ReadOperation, "config", nil).Data; got["verification_ttl"] != int64(86400) || got["issuer"] != "" {
+		t.Fatalf("config changed by rejected writes: %#v", got)
+	}
+	e.userError(logical.CreateOperation, "roles/longer", map[string]interface{}{"token_max_ttl": "30h"}, "exceeds keybroker/config verification_ttl")
+
+	// Changing the algorithm rotates at once.
+	before := e.jwks().Len()
+	e.ok(logical.UpdateOperation, "config", map[string]interface{}{"signing_algorithm": "ES256", "issuer": "http://127.0.0.1:8200/v1/keybroker"})
+	st, _ := e.b.signing(context.Background(), e.storage)
+	if st.alg != "ES256" || e.jwks().Len() != before+1 {
+		t.Fatalf("after switching to ES256: signing alg %s, %d keys", st.alg, e.jwks().Len())
+	}
+}
+
+func TestSigningKeysSurviveReload(t *testing.T) {
+	e := newJWTEnv(t, nil)
+	token := e.ok(logical.UpdateOperation, "token/agent", nil).Data["token"].(string)
+	// A new backend on the same storage: a plugin reload or Vault restart.
+	conf := logical.TestBackendConfig()
+	conf.StorageView = e.storage
+	lb, err := Factory(context.Background(), conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e2 := &testEnv{t: t, b: lb.(*backend), storage: e.storage, entityID: "test-entity"}
+	if got := e2.verifyReason(token, "10.0.0.1", nil); got != reasonOK {
+		t.Fatalf("token after reload: %s", got)
+	}
+	for _, k := range e.storageKeys("") {
+		entry, _ := e.storage.Get(context.Background(), k)
+		if strings.Contains(string(entry.Value), token) {
+			t.Fatalf("storage entry %s holds the token", k)
+		}
+	}
+}
+
+func jwtSegment(s string) ([]byte, error) {
+	return base64.RawURLEncoding.DecodeString(s)
+}
