@@ -346,3 +346,19 @@ func TestSigningKeysSurviveReload(t *testing.T) {
 func jwtSegment(s string) ([]byte, error) {
 	return base64.RawURLEncoding.DecodeString(s)
 }
+
+// A retired key leaves the JWKS when verification_ttl ends, without waiting
+// for another rotation.
+func TestRetiredKeyLeavesJWKSOnTime(t *testing.T) {
+	e := newJWTEnv(t, map[string]interface{}{"token_ttl": "1s", "token_max_ttl": "2s"})
+	e.ok(logical.UpdateOperation, "config", map[string]interface{}{"verification_ttl": "2s"})
+	e.jwks() // the first key
+	e.ok(logical.UpdateOperation, "rotate", nil)
+	if n := e.jwks().Len(); n != 2 {
+		t.Fatalf("JWKS right after rotation: %d keys, want 2", n)
+	}
+	time.Sleep(2100 * time.Millisecond)
+	if n := e.jwks().Len(); n != 1 {
+		t.Fatalf("JWKS after verification_ttl: %d keys, want 1", n)
+	}
+}

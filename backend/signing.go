@@ -46,6 +46,13 @@ type signingState struct {
 	jwks   []byte
 	// createdAt of the signing key, for periodic rotation.
 	createdAt time.Time
+	// expiresAt is when the next retired key leaves the JWKS; the state must
+	// be rebuilt then. Zero: no retired key is published.
+	expiresAt time.Time
+}
+
+func (st *signingState) fresh(now time.Time) bool {
+	return st != nil && (st.expiresAt.IsZero() || now.Before(st.expiresAt))
 }
 
 func newSigningKey(alg string, now time.Time) (signingKey, error) {
@@ -83,15 +90,16 @@ func (k signingKey) published(now time.Time, verificationTTL time.Duration) bool
 // signing returns the cached signing state, loading it, and creating the
 // first key if the ring is empty.
 func (b *backend) signing(ctx context.Context, s logical.Storage) (*signingState, error) {
+	now := time.Now()
 	b.signingMu.RLock()
 	st := b.signingCache
 	b.signingMu.RUnlock()
-	if st != nil {
+	if st.fresh(now) {
 		return st, nil
 	}
 	b.signingMu.Lock()
 	defer b.signingMu.Unlock()
-	if b.signingCache != nil {
+	if b.signingCache.fresh(now) {
 		return b.signingCache, nil
 	}
 	ring, err := getJSON[keyRing](ctx, s, signingKeysPath)
@@ -121,6 +129,11 @@ func loadSigningState(ring *keyRing, cfg *config, now time.Time) (*signingState,
 	for _, k := range ring.Keys {
 		if !k.published(now, cfg.VerificationTTL) {
 			continue
+		}
+		if !k.RetiredAt.IsZero() {
+			if until := k.RetiredAt.Add(cfg.VerificationTTL); st.expiresAt.IsZero() || until.Before(st.expiresAt) {
+				st.expiresAt = until
+			}
 		}
 		priv, err := x509.ParsePKCS8PrivateKey(k.Private)
 		if err != nil {
@@ -190,8 +203,7 @@ func (b *backend) rotate(ctx context.Context, s logical.Storage, now time.Time) 
 	return err
 }
 
-// rotateIfDue rotates when the signing key is older than rotation_period,
-// and refreshes the cache when a retired key has aged out of the JWKS.
+// rotateIfDue rotates when the signing key is older than rotation_period.
 func (b *backend) rotateIfDue(ctx context.Context, s logical.Storage, now time.Time) error {
 	st, err := b.signing(ctx, s)
 	if err != nil {
@@ -204,7 +216,6 @@ func (b *backend) rotateIfDue(ctx context.Context, s logical.Storage, now time.T
 	if now.Sub(st.createdAt) >= cfg.RotationPeriod {
 		return b.rotate(ctx, s, now)
 	}
-	b.resetSigningCache() // re-derive which retired keys are still published
 	return nil
 }
 

@@ -257,6 +257,9 @@ func (s *Server) setup(ctx context.Context, sum string, o Options) error {
 		Command: PluginName,
 		SHA256:  sum,
 		Version: o.PluginVersion,
+		// Vault does not tell plugins its api_addr; the default JWT issuer
+		// (this mount's URL) is derived from this.
+		Env: []string{"VAULT_API_ADDR=" + s.Addr},
 	}); err != nil {
 		return fmt.Errorf("registering plugin: %w", err)
 	}
@@ -265,10 +268,10 @@ func (s *Server) setup(ctx context.Context, sum string, o Options) error {
 		Description: "keybroker: scoped, short-lived credentials",
 		Config: api.MountConfigInput{
 			PluginVersion: o.PluginVersion,
-			// key_id and role are not secret: in clear, auditors can follow
-			// a key through the log. The key itself stays HMAC'd.
-			AuditNonHMACRequestKeys:  []string{"key_id", "role"},
-			AuditNonHMACResponseKeys: []string{"key_id", "role"},
+			// key_id, jti and role are not secret: in clear, auditors can
+			// follow a credential through the log. Credentials stay HMAC'd.
+			AuditNonHMACRequestKeys:  []string{"key_id", "jti", "role"},
+			AuditNonHMACResponseKeys: []string{"key_id", "jti", "role"},
 		},
 	}); err != nil {
 		return fmt.Errorf("mounting plugin: %w", err)
