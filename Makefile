@@ -2,9 +2,10 @@
 VERSION ?= v0.1.0-dev
 LDFLAGS := -X github.com/keybroker/keybroker/internal/version.Version=$(VERSION)
 DEV_ADDR ?= 127.0.0.1:8200
+FUZZTIME ?= 15s
 GO ?= go
 
-.PHONY: all build vault test unit e2e dev fmt vet clean
+.PHONY: all build vault test unit e2e fuzz dev fmt vet clean
 
 all: build
 
@@ -16,13 +17,18 @@ build:
 vault:
 	./scripts/ensure-vault.sh
 
-## test: unit tests and end-to-end tests against a real Vault
+## test: unit tests, end-to-end tests against a real Vault, and a short fuzz run
 test: vault vet
 	$(GO) test -count=1 ./...
+	$(GO) test -run '^$$' -fuzz FuzzVerifySignature -fuzztime $(FUZZTIME) ./jwtverify/
+
+## fuzz: fuzz the JWT parser for longer (FUZZTIME=10m)
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzVerifySignature -fuzztime $(FUZZTIME) ./jwtverify/
 
 ## unit: the tests that need no Vault
 unit:
-	$(GO) test -count=1 ./apikey/... ./backend/...
+	$(GO) test -count=1 ./apikey/... ./jwtverify/... ./backend/...
 
 ## e2e: only the end-to-end tests
 e2e: vault

@@ -23,8 +23,14 @@ import (
 const exampleRole = "example"
 
 // examplePolicy lets the example app mint from the example role and nothing else.
-const examplePolicy = `# Mint API keys from keybroker role "example" only.
+const examplePolicy = `# Mint API keys and agent JWTs from keybroker role "example" only.
 path "keybroker/keys/example" {
+  capabilities = ["update"]
+}
+path "keybroker/token/example" {
+  capabilities = ["update"]
+}
+path "keybroker/token/refresh" {
   capabilities = ["update"]
 }
 `
@@ -75,6 +81,9 @@ func run(addr, plugin, version, dir string) error {
 		"max_ttl":        "24h",
 		"bound_cidrs":    "127.0.0.0/8,::1/128",
 		"tenant":         "demo",
+		"audiences":      "demo-api",
+		"token_ttl":      "15m",
+		"refresh_ttl":    "1h",
 	}); err != nil {
 		return fmt.Errorf("creating the example role: %w", err)
 	}
@@ -128,6 +137,12 @@ In another terminal:
       role_id={{.RoleID}} secret_id={{.SecretID}})
   VAULT_TOKEN=$APP_TOKEN vault write keybroker/keys/example name=from-the-app
   VAULT_TOKEN=$APP_TOKEN vault write keybroker/keys/other name=denied    # 403
+
+  # an agent JWT (sub is the app's Vault entity), verified against the public keys
+  VAULT_TOKEN=$APP_TOKEN vault write -f keybroker/token/example
+  vault write keybroker/verify credential=<token> remote_addr=127.0.0.1
+  curl -s {{.Addr}}/v1/keybroker/jwks                       # no Vault token needed
+  curl -s {{.Addr}}/v1/keybroker/.well-known/openid-configuration
 
   vault path-help keybroker/keys/example
 
