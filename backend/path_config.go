@@ -47,6 +47,20 @@ func (c *config) issuer(mountPoint string) (string, error) {
 	return "", fmt.Errorf("no issuer: write keybroker/config issuer=<this mount's URL, e.g. https://vault.example.com:8200/v1/keybroker>, or register the plugin with -env %s=<Vault's api_addr>", apiAddrEnv)
 }
 
+// issuer returns the effective issuer, or, when there is none, a 400 telling
+// the operator how to set one.
+func (b *backend) issuer(ctx context.Context, req *logical.Request) (string, *logical.Response, error) {
+	cfg, err := b.getConfig(ctx, req.Storage)
+	if err != nil {
+		return "", nil, err
+	}
+	iss, err := cfg.issuer(req.MountPoint)
+	if err != nil {
+		return "", logical.ErrorResponse(err.Error()), nil
+	}
+	return iss, nil, nil
+}
+
 func (b *backend) getConfig(ctx context.Context, s logical.Storage) (*config, error) {
 	c, err := getJSON[config](ctx, s, configPath)
 	if err != nil || c == nil {

@@ -67,18 +67,18 @@ func (b *backend) pathJWKSRead(ctx context.Context, req *logical.Request, _ *fra
 }
 
 func (b *backend) pathDiscoveryRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-	cfg, err := b.getConfig(ctx, req.Storage)
+	iss, userErr, err := b.issuer(ctx, req)
+	if userErr != nil || err != nil {
+		return userErr, err
+	}
+	st, err := b.signing(ctx, req.Storage)
 	if err != nil {
 		return nil, err
-	}
-	iss, err := cfg.issuer(req.MountPoint)
-	if err != nil {
-		return logical.ErrorResponse(err.Error()), nil
 	}
 	body, err := json.Marshal(map[string]interface{}{
 		"issuer":                                iss,
 		"jwks_uri":                              iss + "/jwks",
-		"id_token_signing_alg_values_supported": []string{cfg.SigningAlgorithm},
+		"id_token_signing_alg_values_supported": []string{st.alg},
 	})
 	if err != nil {
 		return nil, err

@@ -90,34 +90,7 @@ keybroker/revocations; this is how keys minted from orphan roles are revoked.`,
 		},
 		{
 			Pattern: "keys/" + framework.GenericNameRegex("role"),
-			Fields: map[string]*framework.FieldSchema{
-				"role": {
-					Type:        framework.TypeString,
-					Description: "Role to mint the key from.",
-					Required:    true,
-				},
-				"name": {
-					Type:        framework.TypeString,
-					Description: fmt.Sprintf("Human-readable name of the key, shown in lists and verifications (1 to %d characters).", maxNameLength),
-					Required:    true,
-				},
-				"scopes": {
-					Type:        framework.TypeCommaStringSlice,
-					Description: "Scopes for the key; must be a subset of the role's scopes. Default: the role's default_scopes.",
-				},
-				"ttl": {
-					Type:        framework.TypeDurationSecond,
-					Description: "Lifetime of the key. Default: the role's ttl. Capped at the role's max_ttl with a warning.",
-				},
-				"bound_cidrs": {
-					Type:        framework.TypeCommaStringSlice,
-					Description: "CIDR blocks the key may be used from; each must lie within the role's bound_cidrs. Default: the role's.",
-				},
-				"metadata": {
-					Type:        framework.TypeKVPairs,
-					Description: "Metadata returned with every verification of the key, in addition to the role's (keys may not repeat the role's).",
-				},
-			},
+			Fields:  mintKeyFields(),
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.UpdateOperation: &framework.PathOperation{Callback: b.pathKeyMint},
 			},
@@ -128,6 +101,20 @@ revoking the token that minted it, or by expiry, and can be renewed up to the
 role's max_ttl.`,
 		},
 	}
+}
+
+func mintKeyFields() map[string]*framework.FieldSchema {
+	f := grantFields("key", "Default: the role's ttl. Capped at the role's max_ttl with a warning.")
+	f["name"] = &framework.FieldSchema{
+		Type:        framework.TypeString,
+		Description: fmt.Sprintf("Human-readable name of the key, shown in lists and verifications (1 to %d characters).", maxNameLength),
+		Required:    true,
+	}
+	f["metadata"] = &framework.FieldSchema{
+		Type:        framework.TypeKVPairs,
+		Description: "Metadata returned with every verification of the key, in addition to the role's (keys may not repeat the role's).",
+	}
+	return f
 }
 
 func (b *backend) pathKeyMint(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {

@@ -309,6 +309,30 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 	return nil, putJSON(ctx, req.Storage, rolePrefix+name, r)
 }
 
+// grantFields are the request fields of every path that mints a credential
+// from a role; noun ("key", "token") and ttlDefault fill in the help.
+func grantFields(noun, ttlDefault string) map[string]*framework.FieldSchema {
+	return map[string]*framework.FieldSchema{
+		"role": {
+			Type:        framework.TypeString,
+			Description: "Role to mint the " + noun + " from.",
+			Required:    true,
+		},
+		"scopes": {
+			Type:        framework.TypeCommaStringSlice,
+			Description: "Scopes for the " + noun + "; must be a subset of the role's scopes. Default: the role's default_scopes.",
+		},
+		"ttl": {
+			Type:        framework.TypeDurationSecond,
+			Description: "Lifetime of the " + noun + ". " + ttlDefault,
+		},
+		"bound_cidrs": {
+			Type:        framework.TypeCommaStringSlice,
+			Description: "CIDR blocks the " + noun + " may be used from; each must lie within the role's bound_cidrs. Default: the role's.",
+		},
+	}
+}
+
 // narrowScopes returns the scopes a mint request asks for (field "scopes"),
 // which must be a subset of the role's, or the role's default scopes. Its
 // error is the caller's mistake.

@@ -37,29 +37,7 @@ type grant struct {
 func pathToken(b *backend) *framework.Path {
 	return &framework.Path{
 		Pattern: "token/" + framework.GenericNameRegex("role"),
-		Fields: map[string]*framework.FieldSchema{
-			"role": {
-				Type:        framework.TypeString,
-				Description: "Role to mint the token from.",
-				Required:    true,
-			},
-			"scopes": {
-				Type:        framework.TypeCommaStringSlice,
-				Description: "Scopes for the token; must be a subset of the role's scopes. Default: the role's default_scopes.",
-			},
-			"ttl": {
-				Type:        framework.TypeDurationSecond,
-				Description: "Lifetime of the token. Default: the role's token_ttl. Capped at token_max_ttl with a warning.",
-			},
-			"audience": {
-				Type:        framework.TypeString,
-				Description: "The token's aud; must be one of the role's audiences. Default: all of them.",
-			},
-			"bound_cidrs": {
-				Type:        framework.TypeCommaStringSlice,
-				Description: "CIDR blocks the token may be used from (the cidr claim); each must lie within the role's bound_cidrs. Default: the role's.",
-			},
-		},
+		Fields:  mintTokenFields(),
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.UpdateOperation: &framework.PathOperation{Callback: b.pathTokenMint},
 		},
@@ -71,6 +49,15 @@ request. The token is a Vault lease: revoking it, or the Vault token that asked
 for it, puts its jti in keybroker/revocations until it expires. When the role
 has a refresh_ttl, a refresh_token comes with it (see keybroker/token/refresh).`,
 	}
+}
+
+func mintTokenFields() map[string]*framework.FieldSchema {
+	f := grantFields("token", "Default: the role's token_ttl. Capped at token_max_ttl with a warning.")
+	f["audience"] = &framework.FieldSchema{
+		Type:        framework.TypeString,
+		Description: "The token's aud; must be one of the role's audiences. Default: all of them.",
+	}
+	return f
 }
 
 func secretJWT(b *backend) *framework.Secret {
@@ -147,13 +134,9 @@ func (b *backend) pathTokenMint(ctx context.Context, req *logical.Request, d *fr
 
 // issueToken signs an access token for g and returns it as a lease.
 func (b *backend) issueToken(ctx context.Context, req *logical.Request, g grant, ttl time.Duration, family string) (*logical.Response, error) {
-	cfg, err := b.getConfig(ctx, req.Storage)
-	if err != nil {
-		return nil, err
-	}
-	iss, err := cfg.issuer(req.MountPoint)
-	if err != nil {
-		return logical.ErrorResponse(err.Error()), nil
+	iss, userErr, err := b.issuer(ctx, req)
+	if userErr != nil || err != nil {
+		return userErr, err
 	}
 	st, err := b.signing(ctx, req.Storage)
 	if err != nil {

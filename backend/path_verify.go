@@ -130,13 +130,9 @@ func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *
 }
 
 func (b *backend) verifyJWT(ctx context.Context, req *logical.Request, token string, addr netip.Addr, required []string, audience string) (*logical.Response, error) {
-	cfg, err := b.getConfig(ctx, req.Storage)
-	if err != nil {
-		return nil, err
-	}
-	iss, err := cfg.issuer(req.MountPoint)
-	if err != nil {
-		return logical.ErrorResponse(err.Error()), nil
+	iss, userErr, err := b.issuer(ctx, req)
+	if userErr != nil || err != nil {
+		return userErr, err
 	}
 	st, err := b.signing(ctx, req.Storage)
 	if err != nil {

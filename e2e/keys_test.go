@@ -27,11 +27,7 @@ func TestAPIKeyLifecycle(t *testing.T) {
 	})
 	write(t, root, "keybroker/roles/admin", map[string]interface{}{"scopes": "admin"})
 
-	roleID, secretID, err := v.AppRole(ctxT(t), "app", "mint-web", webPolicy)
-	if err != nil {
-		t.Fatal(err)
-	}
-	app, err := v.Login(ctxT(t), roleID, secretID)
+	app, err := v.LoginAs(ctxT(t), "app", webPolicy)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,11 +101,7 @@ func TestTokenRevocationCascades(t *testing.T) {
 	root := v.Client
 	write(t, root, "keybroker/roles/web", map[string]interface{}{"scopes": "read"})
 	write(t, root, "keybroker/roles/batch", map[string]interface{}{"scopes": "read", "orphan": true, "ttl": "1h"})
-	roleID, secretID, err := v.AppRole(ctxT(t), "app", "mint", `path "keybroker/keys/*" { capabilities = ["update"] }`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	app, err := v.Login(ctxT(t), roleID, secretID)
+	app, err := v.LoginAs(ctxT(t), "app", `path "keybroker/keys/*" { capabilities = ["update"] }`)
 	if err != nil {
 		t.Fatal(err)
 	}

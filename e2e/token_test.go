@@ -87,11 +87,7 @@ func TestAgentJWT(t *testing.T) {
 		"scopes": "llm:chat,llm:embed", "default_scopes": "llm:chat", "audiences": "llm-gateway,search",
 		"tenant": "acme", "token_ttl": "5m", "refresh_ttl": "1h",
 	})
-	roleID, secretID, err := v.AppRole(ctxT(t), "agent", "agent-tokens", agentPolicy)
-	if err != nil {
-		t.Fatal(err)
-	}
-	agent, err := v.Login(ctxT(t), roleID, secretID)
+	agent, err := v.LoginAs(ctxT(t), "agent", agentPolicy)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,11 +167,7 @@ func TestRefreshReuse(t *testing.T) {
 	v := vaultserver.StartT(t)
 	root := v.Client
 	write(t, root, "keybroker/roles/agent", map[string]interface{}{"audiences": "api", "refresh_ttl": "1h"})
-	roleID, secretID, err := v.AppRole(ctxT(t), "agent", "agent-tokens", agentPolicy)
-	if err != nil {
-		t.Fatal(err)
-	}
-	agent, err := v.Login(ctxT(t), roleID, secretID)
+	agent, err := v.LoginAs(ctxT(t), "agent", agentPolicy)
 	if err != nil {
 		t.Fatal(err)
 	}

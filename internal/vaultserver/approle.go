@@ -41,6 +41,16 @@ func (s *Server) AppRole(ctx context.Context, role, policy, policyHCL string) (r
 	return r.Data["role_id"].(string), sec.Data["secret_id"].(string), nil
 }
 
+// LoginAs creates an AppRole role bound to a policy and logs in with it: an
+// app with its own Vault identity.
+func (s *Server) LoginAs(ctx context.Context, role, policyHCL string) (*api.Client, error) {
+	roleID, secretID, err := s.AppRole(ctx, role, role+"-policy", policyHCL)
+	if err != nil {
+		return nil, err
+	}
+	return s.Login(ctx, roleID, secretID)
+}
+
 // Login logs in with AppRole and returns a client holding the new token.
 func (s *Server) Login(ctx context.Context, roleID, secretID string) (*api.Client, error) {
 	c, err := s.Client.Clone()
