@@ -1,0 +1,58 @@
+// Command keybroker-sidecar checks keybroker API keys and agent JWTs in front
+// of a service: as a reverse proxy (-listen, -upstream) and as an auth
+// endpoint for nginx, Traefik and Envoy (-auth-listen, path /verify).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/keybroker/keybroker/internal/version"
+	"github.com/keybroker/keybroker/sidecar"
+)
+
+func main() {
+	configPath := flag.String("config", "", "HCL configuration file (required)")
+	listen := flag.String("listen", "", "reverse proxy address (overrides listen)")
+	authListen := flag.String("auth-listen", "", "address of /verify, /healthz and /metrics (overrides auth_listen)")
+	upstream := flag.String("upstream", "", "URL requests are forwarded to (overrides upstream)")
+	logLevel := flag.String("log-level", "", "trace, debug, info, warn or error (overrides log_level)")
+	showVersion := flag.Bool("version", false, "print the version and exit")
+	flag.Parse()
+	if *showVersion {
+		fmt.Println("keybroker-sidecar", version.Version)
+		return
+	}
+	if *configPath == "" {
+		fmt.Fprintln(os.Stderr, "keybroker-sidecar: -config is required")
+		flag.Usage()
+		os.Exit(2)
+	}
+	cfg, err := sidecar.ParseConfigFile(*configPath)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "keybroker-sidecar: %v\n", err)
+		os.Exit(2)
+	}
+	for flagValue, field := range map[*string]*string{
+		listen: &cfg.Listen, authListen: &cfg.AuthListen, upstream: &cfg.Upstream, logLevel: &cfg.LogLevel,
+	} {
+		if *flagValue != "" {
+			*field = *flagValue
+		}
+	}
+	sc, err := sidecar.New(cfg, nil)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "keybroker-sidecar: %v\n", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := sc.Run(ctx); err != nil {
+		fmt.Fprintf(os.Stderr, "keybroker-sidecar: %v\n", err)
+		os.Exit(1)
+	}
+}

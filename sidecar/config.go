@@ -1,0 +1,223 @@
+// Package sidecar is keybroker-sidecar: it checks keybroker API keys and
+// agent JWTs in front of a service, as a reverse proxy and as an auth
+// endpoint for nginx, Traefik and Envoy, without calling Vault on the hot path.
+package sidecar
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/gohcl"
+	"github.com/hashicorp/hcl/v2/hclparse"
+
+	"github.com/keybroker/keybroker/jwtverify"
+)
+
+// Config is the sidecar's HCL configuration file. Durations are Go duration
+// strings ("30s"). Vault's own environment variables (VAULT_ADDR,
+// VAULT_CACERT, VAULT_CAPATH, VAULT_CLIENT_CERT, ...) apply where the vault
+// block leaves a setting out.
+type Config struct {
+	// Listen is the reverse proxy's address; it forwards to Upstream.
+	Listen   string `hcl:"listen,optional"`
+	Upstream string `hcl:"upstream,optional"`
+	// AuthListen serves /verify for gateways, /healthz and /metrics.
+	AuthListen string `hcl:"auth_listen,optional"`
+
+	// Audiences are the aud values this service accepts in JWTs.
+	Audiences []string `hcl:"audiences"`
+	// Issuer of JWTs; default: read from the mount's discovery document.
+	Issuer string `hcl:"issuer,optional"`
+	Leeway string `hcl:"leeway,optional"`
+
+	// TrustedProxies may set X-Forwarded-For; other peers' copies are ignored.
+	TrustedProxies []string `hcl:"trusted_proxies,optional"`
+	// AllowUnmatched lets requests that match no route through with any
+	// valid credential; by default they are denied.
+	AllowUnmatched bool `hcl:"allow_unmatched,optional"`
+
+	RevocationPollInterval string `hcl:"revocation_poll_interval,optional"`
+	JWKSRefreshInterval    string `hcl:"jwks_refresh_interval,optional"`
+	JWKSMinRefetchInterval string `hcl:"jwks_min_refetch_interval,optional"`
+	KeyCacheTTL            string `hcl:"key_cache_ttl,optional"`
+	NegativeCacheTTL       string `hcl:"negative_cache_ttl,optional"`
+	MaxStale               string `hcl:"max_stale,optional"`
+	CacheSize              int    `hcl:"cache_size,optional"`
+
+	LogLevel  string `hcl:"log_level,optional"`
+	LogFormat string `hcl:"log_format,optional"`
+
+	Vault  *VaultConfig  `hcl:"vault,block"`
+	Routes []RouteConfig `hcl:"route,block"`
+}
+
+// VaultConfig says how to reach and log in to Vault.
+type VaultConfig struct {
+	Address      string `hcl:"address,optional"`
+	CACert       string `hcl:"ca_cert,optional"`
+	Mount        string `hcl:"mount,optional"`
+	RoleID       string `hcl:"role_id,optional"`
+	RoleIDFile   string `hcl:"role_id_file,optional"`
+	SecretIDFile string `hcl:"secret_id_file"`
+}
+
+// RouteConfig maps a method and path prefix to the scopes a request needs.
+type RouteConfig struct {
+	PathPrefix string   `hcl:"path_prefix,label"`
+	Methods    []string `hcl:"methods,optional"`
+	Scopes     []string `hcl:"scopes,optional"`
+	// Public routes need no credential at all.
+	Public bool `hcl:"public,optional"`
+}
+
+// settings is Config checked and parsed.
+type settings struct {
+	listen, authListen string
+	upstream           *url.URL
+	audiences          []string
+	issuer             string
+	leeway             time.Duration
+	trusted            []netip.Prefix
+	allowUnmatched     bool
+	routes             []route
+
+	revocationPoll, jwksRefresh, jwksMinRefetch time.Duration
+	keyCacheTTL, negativeCacheTTL, maxStale     time.Duration
+	cacheSize                                   int
+
+	vaultAddr, vaultCACert, mount string
+	roleID, roleIDFile            string
+	secretIDFile                  string
+	logLevel, logFormat           string
+}
+
+type route struct {
+	prefix  string
+	methods []string // empty: any
+	scopes  []string
+	public  bool
+}
+
+// ParseConfigFile reads an HCL config file.
+func ParseConfigFile(path string) (*Config, error) {
+	p := hclparse.NewParser()
+	f, diags := p.ParseHCLFile(path)
+	if diags.HasErrors() {
+		return nil, errors.New(diags.Error())
+	}
+	var c Config
+	if diags := gohcl.DecodeBody(f.Body, nil, &c); diags.HasErrors() {
+		return nil, errors.New(hcl.Diagnostics(diags).Error())
+	}
+	return &c, nil
+}
+
+func (c *Config) settings() (*settings, error) {
+	s := &settings{
+		listen:         or(c.Listen, "127.0.0.1:8080"),
+		authListen:     or(c.AuthListen, "127.0.0.1:8081"),
+		audiences:      c.Audiences,
+		issuer:         c.Issuer,
+		allowUnmatched: c.AllowUnmatched,
+		cacheSize:      c.CacheSize,
+		logLevel:       or(c.LogLevel, "info"),
+		logFormat:      or(c.LogFormat, "standard"),
+	}
+	if s.cacheSize == 0 {
+		s.cacheSize = 100_000
+	}
+	if s.cacheSize < 0 {
+		return nil, fmt.Errorf("cache_size must be positive")
+	}
+	if c.Upstream != "" {
+		u, err := url.Parse(c.Upstream)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("upstream %q must be an http or https URL", c.Upstream)
+		}
+		s.upstream = u
+	}
+	if len(s.audiences) == 0 {
+		return nil, fmt.Errorf("audiences: name the aud values this service accepts, so tokens minted for another service are refused")
+	}
+	durations := []struct {
+		name string
+		in   string
+		def  time.Duration
+		out  *time.Duration
+	}{
+		{"leeway", c.Leeway, 30 * time.Second, &s.leeway},
+		{"revocation_poll_interval", c.RevocationPollInterval, time.Second, &s.revocationPoll},
+		{"jwks_refresh_interval", c.JWKSRefreshInterval, 5 * time.Minute, &s.jwksRefresh},
+		{"jwks_min_refetch_interval", c.JWKSMinRefetchInterval, 10 * time.Second, &s.jwksMinRefetch},
+		{"key_cache_ttl", c.KeyCacheTTL, 10 * time.Second, &s.keyCacheTTL},
+		{"negative_cache_ttl", c.NegativeCacheTTL, 30 * time.Second, &s.negativeCacheTTL},
+		{"max_stale", c.MaxStale, 30 * time.Second, &s.maxStale},
+	}
+	for _, d := range durations {
+		*d.out = d.def
+		if d.in == "" {
+			continue
+		}
+		v, err := time.ParseDuration(d.in)
+		if err != nil || v <= 0 {
+			return nil, fmt.Errorf("%s %q must be a positive duration such as 30s", d.name, d.in)
+		}
+		*d.out = v
+	}
+	if s.leeway > jwtverify.MaxLeeway {
+		return nil, fmt.Errorf("leeway must be at most %s", jwtverify.MaxLeeway)
+	}
+	if s.maxStale < s.keyCacheTTL {
+		return nil, fmt.Errorf("max_stale (%s) must be at least key_cache_ttl (%s)", s.maxStale, s.keyCacheTTL)
+	}
+	for _, t := range c.TrustedProxies {
+		p, err := netip.ParsePrefix(t)
+		if err != nil {
+			a, aerr := netip.ParseAddr(t)
+			if aerr != nil {
+				return nil, fmt.Errorf("trusted_proxies: %q is not a CIDR block or IP address", t)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		s.trusted = append(s.trusted, p.Masked())
+	}
+	for _, r := range c.Routes {
+		if !strings.HasPrefix(r.PathPrefix, "/") {
+			return nil, fmt.Errorf("route %q: the path prefix must start with /", r.PathPrefix)
+		}
+		rt := route{prefix: r.PathPrefix, scopes: r.Scopes, public: r.Public}
+		for _, m := range r.Methods {
+			if m == "" || strings.ToUpper(m) != m || strings.ContainsAny(m, " \t/") {
+				return nil, fmt.Errorf("route %q: method %q must be an uppercase HTTP method", r.PathPrefix, m)
+			}
+			rt.methods = append(rt.methods, m)
+		}
+		if r.Public && len(r.Scopes) > 0 {
+			return nil, fmt.Errorf("route %q: a public route cannot require scopes", r.PathPrefix)
+		}
+		s.routes = append(s.routes, rt)
+	}
+	if c.Vault == nil {
+		return nil, fmt.Errorf("a vault block is required (address, mount, role_id or role_id_file, secret_id_file)")
+	}
+	v := c.Vault
+	s.vaultAddr, s.vaultCACert = v.Address, v.CACert
+	s.mount = strings.Trim(or(v.Mount, "keybroker"), "/")
+	s.roleID, s.roleIDFile, s.secretIDFile = v.RoleID, v.RoleIDFile, v.SecretIDFile
+	if (s.roleID == "") == (s.roleIDFile == "") {
+		return nil, fmt.Errorf("vault: set exactly one of role_id and role_id_file")
+	}
+	return s, nil
+}
+
+func or(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}

@@ -1,0 +1,295 @@
+package sidecar
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/keybroker/keybroker/apikey"
+	"github.com/keybroker/keybroker/jwtverify"
+)
+
+// identity is who a valid credential says the caller is.
+type identity struct {
+	jwt       bool
+	id        string // key_id or jti
+	subject   string
+	role      string
+	tenant    string
+	scopes    []string
+	cidrs     []netip.Prefix
+	expiresAt time.Time
+}
+
+// Deny reasons, also the X-Keybroker-Reason header and the JSON body's reason.
+const (
+	reasonOK                = "ok"
+	reasonNoCredential      = "no_credential"
+	reasonCredentialInQuery = "credential_in_query"
+	reasonBadRequest        = "bad_request"
+	reasonNoRoute           = "no_route"
+	reasonMalformed         = "malformed"
+	reasonInvalid           = "invalid"
+	reasonExpired           = "expired"
+	reasonRevoked           = "revoked"
+	reasonCIDRDenied        = "cidr_denied"
+	reasonInsufficientScope = "insufficient_scope"
+	reasonUnavailable       = "unavailable"
+)
+
+// decision is the outcome for one request.
+type decision struct {
+	status   int
+	reason   string
+	scope    string // the route's scopes, for insufficient_scope
+	id       *identity
+	degraded bool
+}
+
+func (d decision) allowed() bool { return d.status == http.StatusOK }
+
+func deny(status int, reason string) decision { return decision{status: status, reason: reason} }
+
+// request is what a decision looks at, wherever it came from (the proxied
+// request itself, or nginx / Traefik / Envoy headers on /verify).
+type request struct {
+	method   string
+	path     string
+	query    string
+	header   http.Header
+	clientIP netip.Addr
+}
+
+// queryCredentialParams are query parameters a credential might be sent in.
+var queryCredentialParams = []string{"access_token", "api_key", "apikey", "key", "token"}
+
+func (sc *Sidecar) decide(ctx context.Context, r request) decision {
+	rt, ok := sc.match(r.method, r.path)
+	if !ok && !sc.s.allowUnmatched {
+		return deny(http.StatusForbidden, reasonNoRoute)
+	}
+	if rt.public {
+		return decision{status: http.StatusOK, reason: reasonOK}
+	}
+	if credentialInQuery(r.query) {
+		return deny(http.StatusBadRequest, reasonCredentialInQuery)
+	}
+	cred, ok := credentialFrom(r.header)
+	if !ok {
+		return deny(http.StatusBadRequest, reasonBadRequest)
+	}
+	if cred == "" {
+		return deny(http.StatusUnauthorized, reasonNoCredential)
+	}
+
+	var id *identity
+	var d decision
+	if strings.Count(cred, ".") == 2 {
+		id, d = sc.checkJWT(ctx, cred)
+	} else {
+		id, d = sc.checkKey(ctx, cred, r.clientIP)
+	}
+	if id == nil {
+		return d
+	}
+	switch {
+	case sc.revoked.has(id.id):
+		return deny(http.StatusUnauthorized, reasonRevoked)
+	case !time.Now().Before(id.expiresAt):
+		return deny(http.StatusUnauthorized, reasonExpired)
+	case !prefixesAllow(id.cidrs, r.clientIP):
+		return deny(http.StatusUnauthorized, reasonCIDRDenied)
+	}
+	for _, need := range rt.scopes {
+		if !slices.Contains(id.scopes, need) {
+			return decision{status: http.StatusForbidden, reason: reasonInsufficientScope, scope: strings.Join(rt.scopes, " ")}
+		}
+	}
+	return decision{status: http.StatusOK, reason: reasonOK, id: id, degraded: d.degraded}
+}
+
+// match finds the route with the longest matching prefix for the method.
+func (sc *Sidecar) match(method, path string) (route, bool) {
+	best, found := route{}, false
+	for _, rt := range sc.s.routes {
+		if !strings.HasPrefix(path, rt.prefix) || (found && len(rt.prefix) <= len(best.prefix)) {
+			continue
+		}
+		if len(rt.methods) > 0 && !slices.Contains(rt.methods, method) {
+			continue
+		}
+		best, found = rt, true
+	}
+	return best, found
+}
+
+func prefixesAllow(cidrs []netip.Prefix, ip netip.Addr) bool {
+	if len(cidrs) == 0 {
+		return true
+	}
+	for _, p := range cidrs {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+func credentialInQuery(rawQuery string) bool {
+	if rawQuery == "" {
+		return false
+	}
+	q, err := url.ParseQuery(rawQuery)
+	if err != nil {
+		return false
+	}
+	for _, p := range queryCredentialParams {
+		if q.Has(p) {
+			return true
+		}
+	}
+	for _, vs := range q {
+		for _, v := range vs {
+			if _, err := apikey.Parse(v); err == nil {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// credentialFrom reads Authorization: Bearer or X-API-Key. ok is false for a
+// request that is malformed (another auth scheme, or two different
+// credentials).
+func credentialFrom(h http.Header) (cred string, ok bool) {
+	bearer := ""
+	if a := h.Get("Authorization"); a != "" {
+		scheme, rest, found := strings.Cut(a, " ")
+		if !found || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(rest) == "" {
+			return "", false
+		}
+		bearer = strings.TrimSpace(rest)
+	}
+	key := strings.TrimSpace(h.Get("X-API-Key"))
+	switch {
+	case bearer != "" && key != "" && bearer != key:
+		return "", false
+	case bearer != "":
+		return bearer, true
+	}
+	return key, true
+}
+
+// checkJWT verifies a JWT offline. A verified token's identity is cached by
+// the token's hash until it expires, so a busy agent costs one signature
+// check, not one per request.
+func (sc *Sidecar) checkJWT(ctx context.Context, token string) (*identity, decision) {
+	h := sha256.Sum256([]byte(token))
+	if id, ok := sc.jwts.Get(h); ok {
+		sc.m.cache.WithLabelValues("jwt", "hit").Inc()
+		return id, decision{}
+	}
+	sc.m.cache.WithLabelValues("jwt", "miss").Inc()
+	v := sc.verifier.Load()
+	if v == nil {
+		return nil, deny(http.StatusServiceUnavailable, reasonUnavailable)
+	}
+	c, err := v.Verify(token, sc.keys.Load())
+	if errors.Is(err, jwtverify.ErrUnknownKey) && sc.refetchForUnknownKid(ctx) {
+		c, err = v.Verify(token, sc.keys.Load())
+	}
+	switch {
+	case err == nil:
+	case errors.Is(err, jwtverify.ErrExpired):
+		return nil, deny(http.StatusUnauthorized, reasonExpired)
+	case errors.Is(err, jwtverify.ErrTooLarge), errors.Is(err, jwtverify.ErrMalformed), errors.Is(err, jwtverify.ErrHeader):
+		return nil, deny(http.StatusUnauthorized, reasonMalformed)
+	default:
+		return nil, deny(http.StatusUnauthorized, reasonInvalid)
+	}
+	id := &identity{jwt: true, id: c.ID, subject: c.Subject, role: c.Role, tenant: c.Tenant,
+		scopes: c.Scopes(), expiresAt: c.ExpiresAt.Time}
+	for _, s := range c.CIDR {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, deny(http.StatusUnauthorized, reasonInvalid)
+		}
+		id.cidrs = append(id.cidrs, p)
+	}
+	sc.jwts.Add(h, id)
+	return id, decision{}
+}
+
+// checkKey checks an API key: the checksum offline, then the caches, then
+// keybroker/verify. When Vault cannot be reached, a cached answer serves for
+// up to max_stale, then the sidecar fails closed.
+func (sc *Sidecar) checkKey(ctx context.Context, key string, ip netip.Addr) (*identity, decision) {
+	if _, err := apikey.Parse(key); err != nil {
+		return nil, deny(http.StatusUnauthorized, reasonMalformed)
+	}
+	h := apikey.Hash(key)
+	now := time.Now()
+	e, cached := sc.positive.Get(h)
+	if cached && now.Sub(e.fetched) < sc.s.keyCacheTTL {
+		sc.m.cache.WithLabelValues("api_key", "hit").Inc()
+		return e.id, decision{}
+	}
+	sc.m.cache.WithLabelValues("api_key", "miss").Inc()
+	if n, ok := sc.negative.Get(h); ok && now.Before(n.expires) {
+		sc.m.cache.WithLabelValues("negative", "hit").Inc()
+		return nil, deny(http.StatusUnauthorized, n.reason)
+	}
+
+	// One Vault call per key however many requests carry it at once.
+	v, err, _ := sc.vaultSF.Do(string(h[:]), func() (interface{}, error) {
+		return sc.vault.verifyKey(ctx, key, ipString(ip))
+	})
+	if err != nil {
+		sc.m.vaultCalls.WithLabelValues("verify", "error").Inc()
+		if cached && now.Sub(e.fetched) < sc.s.maxStale {
+			return e.id, decision{degraded: true}
+		}
+		sc.log.Warn("cannot verify an API key: Vault unreachable and no fresh cache entry", "error", err)
+		return nil, deny(http.StatusServiceUnavailable, reasonUnavailable)
+	}
+	sc.m.vaultCalls.WithLabelValues("verify", "ok").Inc()
+	ans := v.(*keyAnswer)
+	switch ans.Reason {
+	case reasonOK:
+	case reasonCIDRDenied:
+		// Depends on the address, so not cached.
+		return nil, deny(http.StatusUnauthorized, reasonCIDRDenied)
+	default:
+		reason := ans.Reason
+		if reason == "not_found" {
+			reason = reasonInvalid // same answer for an unknown key and a wrong one
+		}
+		sc.negative.Add(h, negEntry{reason: reason, expires: now.Add(sc.s.negativeCacheTTL)})
+		sc.positive.Remove(h)
+		return nil, deny(http.StatusUnauthorized, reason)
+	}
+	id := &identity{id: ans.KeyID, subject: "key:" + ans.KeyID, role: ans.Role, tenant: ans.Tenant, scopes: ans.Scopes}
+	if id.expiresAt, err = time.Parse(time.RFC3339, ans.ExpiresAt); err != nil {
+		return nil, deny(http.StatusServiceUnavailable, reasonUnavailable)
+	}
+	for _, s := range ans.BoundCIDRs {
+		if p, err := netip.ParsePrefix(s); err == nil {
+			id.cidrs = append(id.cidrs, p)
+		}
+	}
+	sc.positive.Add(h, &keyEntry{id: id, fetched: now})
+	return id, decision{}
+}
+
+func ipString(ip netip.Addr) string {
+	if !ip.IsValid() {
+		return ""
+	}
+	return ip.String()
+}

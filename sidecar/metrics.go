@@ -1,0 +1,69 @@
+package sidecar
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	reg          *prometheus.Registry
+	decisions    *prometheus.CounterVec
+	latency      *prometheus.HistogramVec
+	cache        *prometheus.CounterVec
+	degraded     prometheus.Counter
+	jwksFetches  *prometheus.CounterVec
+	vaultCalls   *prometheus.CounterVec
+	revokedCount prometheus.GaugeFunc
+}
+
+func newMetrics(s *Sidecar) *metrics {
+	m := &metrics{reg: prometheus.NewRegistry()}
+	m.decisions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "keybroker_sidecar_decisions_total",
+		Help: "Authorization decisions by mode (proxy, auth), outcome (allow, deny) and reason.",
+	}, []string{"mode", "outcome", "reason"})
+	m.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "keybroker_sidecar_decision_seconds",
+		Help:    "Time to decide on a request, credential check included.",
+		Buckets: []float64{.00001, .000025, .00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .1, .5},
+	}, []string{"mode"})
+	m.cache = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "keybroker_sidecar_cache_lookups_total",
+		Help: "Cache lookups by cache (api_key, negative, jwt) and result (hit, miss).",
+	}, []string{"cache", "result"})
+	m.degraded = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "keybroker_sidecar_degraded_decisions_total",
+		Help: "API key decisions served from a stale cache entry because Vault was unreachable.",
+	})
+	m.jwksFetches = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "keybroker_sidecar_jwks_fetches_total",
+		Help: "JWKS fetches by trigger (start, interval, unknown_kid) and result (ok, error).",
+	}, []string{"trigger", "result"})
+	m.vaultCalls = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "keybroker_sidecar_vault_requests_total",
+		Help: "Requests to Vault by operation (verify, revocations) and result (ok, error).",
+	}, []string{"op", "result"})
+	lag := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "keybroker_sidecar_revocation_feed_lag_seconds",
+		Help: "Seconds since the revocation feed was last read successfully.",
+	}, func() float64 { return sinceNanos(s.feedOK.Load()) })
+	age := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "keybroker_sidecar_jwks_age_seconds",
+		Help: "Seconds since the JWKS was last fetched successfully.",
+	}, func() float64 { return sinceNanos(s.jwksOK.Load()) })
+	m.revokedCount = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "keybroker_sidecar_revoked_credentials",
+		Help: "Revoked credential ids held from the feed.",
+	}, func() float64 { return float64(s.revoked.size()) })
+	m.reg.MustRegister(m.decisions, m.latency, m.cache, m.degraded, m.jwksFetches, m.vaultCalls, lag, age, m.revokedCount)
+	return m
+}
+
+// sinceNanos is the age of a UnixNano timestamp, or -1 when it never happened.
+func sinceNanos(n int64) float64 {
+	if n == 0 {
+		return -1
+	}
+	return time.Since(time.Unix(0, n)).Seconds()
+}

@@ -1,0 +1,314 @@
+package sidecar
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	hclog "github.com/hashicorp/go-hclog"
+	lru "github.com/hashicorp/golang-lru/v2"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/keybroker/keybroker/jwtverify"
+)
+
+// Sidecar holds everything a decision needs. Its caches are bounded
+// (cache_size each); the revoked set holds what the feed says, until each
+// credential would have expired anyway.
+type Sidecar struct {
+	s     *settings
+	log   hclog.Logger
+	vault *vaultClient
+	m     *metrics
+
+	verifier atomic.Pointer[jwtverify.Verifier]
+	keys     atomic.Pointer[jwtverify.KeySet]
+	jwksOK   atomic.Int64 // UnixNano of the last good fetch
+	feedOK   atomic.Int64 // UnixNano of the last good feed read
+	// lastRefetch is when an unknown kid last triggered a JWKS fetch.
+	refetchMu   sync.Mutex
+	lastRefetch time.Time
+
+	revoked revokedSet
+
+	positive *lru.Cache[[sha256.Size]byte, *keyEntry]
+	negative *lru.Cache[[sha256.Size]byte, negEntry]
+	jwts     *lru.Cache[[sha256.Size]byte, *identity]
+	vaultSF  singleflight.Group
+}
+
+type keyEntry struct {
+	id      *identity
+	fetched time.Time
+}
+
+type negEntry struct {
+	reason  string
+	expires time.Time
+}
+
+// New checks the configuration and builds a Sidecar; Run starts it.
+func New(c *Config, log hclog.Logger) (*Sidecar, error) {
+	s, err := c.settings()
+	if err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = hclog.New(&hclog.LoggerOptions{Name: "keybroker-sidecar", Level: hclog.LevelFromString(s.logLevel), JSONFormat: s.logFormat == "json"})
+	}
+	vc, err := newVaultClient(s, log.Named("vault"))
+	if err != nil {
+		return nil, err
+	}
+	sc := &Sidecar{s: s, log: log, vault: vc, revoked: revokedSet{m: map[string]time.Time{}}}
+	if sc.positive, err = lru.New[[sha256.Size]byte, *keyEntry](s.cacheSize); err != nil {
+		return nil, err
+	}
+	if sc.negative, err = lru.New[[sha256.Size]byte, negEntry](s.cacheSize); err != nil {
+		return nil, err
+	}
+	if sc.jwts, err = lru.New[[sha256.Size]byte, *identity](s.cacheSize); err != nil {
+		return nil, err
+	}
+	sc.m = newMetrics(sc)
+	return sc, nil
+}
+
+// Run serves until ctx ends. It logs in, loads the JWKS and the revocation
+// feed, then serves both listeners; Vault being down at start delays
+// readiness (/healthz), not serving.
+func (sc *Sidecar) Run(ctx context.Context) error {
+	var listeners []net.Listener
+	closeAll := func() {
+		for _, l := range listeners {
+			l.Close()
+		}
+	}
+	auth, err := net.Listen("tcp", sc.s.authListen)
+	if err != nil {
+		return fmt.Errorf("auth_listen: %w", err)
+	}
+	listeners = append(listeners, auth)
+	var proxy net.Listener
+	if sc.s.upstream != nil {
+		if proxy, err = net.Listen("tcp", sc.s.listen); err != nil {
+			closeAll()
+			return fmt.Errorf("listen: %w", err)
+		}
+		listeners = append(listeners, proxy)
+	}
+	return sc.Serve(ctx, proxy, auth)
+}
+
+// Serve is Run on listeners the caller opened (tests use port 0). proxy may
+// be nil when there is no upstream.
+func (sc *Sidecar) Serve(ctx context.Context, proxy, auth net.Listener) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		sc.background(ctx)
+	}()
+
+	servers := []*http.Server{{Handler: sc.authHandler(), ReadHeaderTimeout: 10 * time.Second}}
+	lns := []net.Listener{auth}
+	if proxy != nil {
+		servers = append(servers, &http.Server{Handler: sc.proxyHandler(), ReadHeaderTimeout: 10 * time.Second})
+		lns = append(lns, proxy)
+	}
+	errc := make(chan error, len(servers))
+	for i := range servers {
+		go func(srv *http.Server, l net.Listener) {
+			if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- err
+			}
+		}(servers[i], lns[i])
+	}
+	sc.log.Info("serving", "auth", auth.Addr().String(), "proxy", addrOf(proxy), "upstream", sc.s.upstream)
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	shutdown, done := context.WithTimeout(context.Background(), 5*time.Second)
+	defer done()
+	for _, srv := range servers {
+		_ = srv.Shutdown(shutdown)
+	}
+	cancel()
+	wg.Wait()
+	return err
+}
+
+func addrOf(l net.Listener) string {
+	if l == nil {
+		return ""
+	}
+	return l.Addr().String()
+}
+
+// background logs in, keeps the token, the JWKS and the revoked set fresh.
+func (sc *Sidecar) background(ctx context.Context) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	sec, err := sc.vault.login(ctx)
+	if err != nil {
+		sc.log.Warn("vault login failed at start; retrying", "error", err)
+	}
+	wg.Add(1)
+	go func() { defer wg.Done(); sc.vault.keepLoggedIn(ctx, sec) }()
+
+	// The issuer, from config or discovery, then the keys.
+	for sc.verifier.Load() == nil && ctx.Err() == nil {
+		if err := sc.initVerifier(ctx); err != nil {
+			sc.log.Warn("cannot read the issuer from Vault; retrying", "error", err)
+			sleep(ctx, time.Second)
+		}
+	}
+	sc.fetchJWKS(ctx, "start")
+
+	wg.Add(1)
+	go func() { defer wg.Done(); sc.pollRevocations(ctx) }()
+	tick := time.NewTicker(sc.s.jwksRefresh)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			sc.fetchJWKS(ctx, "interval")
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+func (sc *Sidecar) initVerifier(ctx context.Context) error {
+	iss := sc.s.issuer
+	if iss == "" {
+		var err error
+		if iss, err = sc.vault.issuer(ctx); err != nil {
+			return err
+		}
+	}
+	v, err := jwtverify.NewVerifier(jwtverify.Config{Issuer: iss, Audiences: sc.s.audiences, Leeway: sc.s.leeway})
+	if err != nil {
+		return err
+	}
+	sc.verifier.Store(v)
+	return nil
+}
+
+// fetchJWKS replaces the key set; on failure the last good one stays.
+func (sc *Sidecar) fetchJWKS(ctx context.Context, trigger string) bool {
+	b, err := sc.vault.raw(ctx, "jwks")
+	var ks *jwtverify.KeySet
+	if err == nil {
+		ks, err = jwtverify.ParseJWKS(b)
+	}
+	if err != nil {
+		sc.m.jwksFetches.WithLabelValues(trigger, "error").Inc()
+		sc.log.Warn("JWKS fetch failed; keeping the last good key set", "trigger", trigger, "error", err)
+		return false
+	}
+	sc.keys.Store(ks)
+	sc.jwksOK.Store(time.Now().UnixNano())
+	sc.m.jwksFetches.WithLabelValues(trigger, "ok").Inc()
+	return true
+}
+
+// refetchForUnknownKid fetches the JWKS for a kid it does not know, at most
+// once per jwks_min_refetch_interval however many such tokens arrive.
+func (sc *Sidecar) refetchForUnknownKid(ctx context.Context) bool {
+	sc.refetchMu.Lock()
+	if time.Since(sc.lastRefetch) < sc.s.jwksMinRefetch {
+		sc.refetchMu.Unlock()
+		return false
+	}
+	sc.lastRefetch = time.Now()
+	sc.refetchMu.Unlock()
+	return sc.fetchJWKS(ctx, "unknown_kid")
+}
+
+// pollRevocations follows keybroker/revocations from cursor 0.
+func (sc *Sidecar) pollRevocations(ctx context.Context) {
+	var cursor uint64
+	for ctx.Err() == nil {
+		page, err := sc.vault.revocations(ctx, cursor)
+		if err != nil {
+			sc.m.vaultCalls.WithLabelValues("revocations", "error").Inc()
+			sc.log.Debug("revocation feed read failed", "error", err)
+			sleep(ctx, sc.s.revocationPoll)
+			continue
+		}
+		sc.m.vaultCalls.WithLabelValues("revocations", "ok").Inc()
+		now := time.Now()
+		for _, e := range page.Revocations {
+			exp, err := time.Parse(time.RFC3339, e.ExpiresAt)
+			if err != nil {
+				exp = now.Add(24 * time.Hour) // keep it rather than forget it
+			}
+			sc.revoked.add(e.ID, exp)
+		}
+		sc.revoked.prune(now)
+		cursor = page.Next
+		sc.feedOK.Store(now.UnixNano())
+		if !page.More {
+			sleep(ctx, sc.s.revocationPoll)
+		}
+	}
+}
+
+// Ready reports whether the sidecar has a verifier and keys.
+func (sc *Sidecar) Ready() bool {
+	return sc.verifier.Load() != nil && sc.keys.Load() != nil && sc.feedOK.Load() != 0
+}
+
+// revokedSet is the set of revoked credential ids from the feed.
+type revokedSet struct {
+	mu sync.RWMutex
+	m  map[string]time.Time
+}
+
+func (r *revokedSet) add(id string, exp time.Time) {
+	r.mu.Lock()
+	r.m[id] = exp
+	r.mu.Unlock()
+}
+
+func (r *revokedSet) has(id string) bool {
+	r.mu.RLock()
+	_, ok := r.m[id]
+	r.mu.RUnlock()
+	return ok
+}
+
+func (r *revokedSet) prune(now time.Time) {
+	r.mu.Lock()
+	for id, exp := range r.m {
+		if !now.Before(exp) {
+			delete(r.m, id)
+		}
+	}
+	r.mu.Unlock()
+}
+
+func (r *revokedSet) size() int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.m)
+}

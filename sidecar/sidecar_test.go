@@ -1,0 +1,217 @@
+package sidecar
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/keybroker/keybroker/apikey"
+)
+
+func TestExampleConfigParses(t *testing.T) {
+	c, err := ParseConfigFile(filepath.Join("..", "examples", "sidecar.hcl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.settings()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.upstream.String() != "http://127.0.0.1:9000" || len(s.routes) != 3 || s.mount != "keybroker" || s.maxStale.String() != "30s" {
+		t.Fatalf("settings = %+v", s)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	base := func() *Config {
+		return &Config{Audiences: []string{"svc"}, Vault: &VaultConfig{RoleID: "r", SecretIDFile: "/s"}}
+	}
+	cases := map[string]struct {
+		mut  func(c *Config)
+		want string
+	}{
+		"no audiences":        {func(c *Config) { c.Audiences = nil }, "audiences"},
+		"no vault block":      {func(c *Config) { c.Vault = nil }, "vault block is required"},
+		"both role ids":       {func(c *Config) { c.Vault.RoleIDFile = "/x" }, "exactly one of role_id"},
+		"bad upstream":        {func(c *Config) { c.Upstream = "ftp://x" }, "upstream"},
+		"bad duration":        {func(c *Config) { c.MaxStale = "soon" }, "max_stale"},
+		"negative duration":   {func(c *Config) { c.KeyCacheTTL = "-1s" }, "key_cache_ttl"},
+		"leeway above 60s":    {func(c *Config) { c.Leeway = "2m" }, "leeway"},
+		"stale below ttl":     {func(c *Config) { c.MaxStale = "1s"; c.KeyCacheTTL = "5s" }, "max_stale"},
+		"bad trusted proxy":   {func(c *Config) { c.TrustedProxies = []string{"gateway"} }, "trusted_proxies"},
+		"route without slash": {func(c *Config) { c.Routes = []RouteConfig{{PathPrefix: "v1"}} }, "must start with /"},
+		"lowercase method":    {func(c *Config) { c.Routes = []RouteConfig{{PathPrefix: "/", Methods: []string{"get"}}} }, "uppercase"},
+		"public with scopes":  {func(c *Config) { c.Routes = []RouteConfig{{PathPrefix: "/", Public: true, Scopes: []string{"a"}}} }, "public route"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			c := base()
+			tc.mut(c)
+			if _, err := c.settings(); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("settings() = %v, want an error about %q", err, tc.want)
+			}
+		})
+	}
+	if _, err := base().settings(); err != nil {
+		t.Fatalf("base config: %v", err)
+	}
+}
+
+func TestConfigFileErrorsNameTheLine(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "bad.hcl")
+	if err := os.WriteFile(p, []byte("audiences = [\"a\"]\nlisten = 8080\nvault {\n  secret_id_file = \"/s\"\n}\nbogus = 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := ParseConfigFile(p)
+	if err == nil || !strings.Contains(err.Error(), "bad.hcl:6") {
+		t.Fatalf("error = %v, want one naming bad.hcl line 6", err)
+	}
+}
+
+func TestCredentialFrom(t *testing.T) {
+	for _, tc := range []struct {
+		auth, apiKey string
+		want         string
+		ok           bool
+	}{
+		{"Bearer abc", "", "abc", true},
+		{"bearer  abc ", "", "abc", true},
+		{"", "kb_x", "kb_x", true},
+		{"Bearer abc", "abc", "abc", true},
+		{"", "", "", true},
+		{"Basic dXNlcjpw", "", "", false},
+		{"Bearer", "", "", false},
+		{"Bearer abc", "def", "", false},
+	} {
+		h := http.Header{}
+		if tc.auth != "" {
+			h.Set("Authorization", tc.auth)
+		}
+		if tc.apiKey != "" {
+			h.Set("X-API-Key", tc.apiKey)
+		}
+		got, ok := credentialFrom(h)
+		if got != tc.want || ok != tc.ok {
+			t.Errorf("Authorization %q X-API-Key %q: got %q %v, want %q %v", tc.auth, tc.apiKey, got, ok, tc.want, tc.ok)
+		}
+	}
+}
+
+func TestCredentialInQuery(t *testing.T) {
+	for q, want := range map[string]bool{
+		"":                          false,
+		"page=2":                    false,
+		"access_token=x":            true,
+		"api_key=x":                 true,
+		"q=kb_AAAAAAAAAAAA_notakey": false,
+		"x=" + validKey(t) + "&y=1": true,
+	} {
+		if got := credentialInQuery(q); got != want {
+			t.Errorf("credentialInQuery(%q) = %v", q, got)
+		}
+	}
+}
+
+func validKey(t *testing.T) string {
+	key, _, err := apikey.Generate(nil, "kb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key
+}
+
+func TestRouteMatch(t *testing.T) {
+	sc := &Sidecar{s: &settings{routes: []route{
+		{prefix: "/", scopes: []string{"any"}},
+		{prefix: "/v1/", methods: []string{"GET"}, scopes: []string{"read"}},
+		{prefix: "/v1/admin", scopes: []string{"admin"}},
+		{prefix: "/health", public: true},
+	}}}
+	for _, tc := range []struct {
+		method, path, want string
+	}{
+		{"GET", "/v1/items", "read"},
+		{"POST", "/v1/items", "any"},
+		{"GET", "/v1/admin/users", "admin"},
+		{"GET", "/elsewhere", "any"},
+	} {
+		rt, ok := sc.match(tc.method, tc.path)
+		if !ok || strings.Join(rt.scopes, ",") != tc.want {
+			t.Errorf("%s %s: %+v %v, want scopes %s", tc.method, tc.path, rt, ok, tc.want)
+		}
+	}
+	if rt, _ := sc.match("GET", "/healthz"); !rt.public {
+		t.Error("/healthz is not public")
+	}
+	sc.s.routes = sc.s.routes[1:]
+	if _, ok := sc.match("POST", "/v1/items"); ok {
+		t.Error("POST matched a GET-only route")
+	}
+}
+
+func TestClientIP(t *testing.T) {
+	sc := &Sidecar{s: &settings{trusted: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}}
+	for _, tc := range []struct {
+		peer, xff, want string
+	}{
+		{"192.0.2.1:5000", "", "192.0.2.1"},
+		{"192.0.2.1:5000", "203.0.113.9", "192.0.2.1"},                // untrusted peer: XFF ignored
+		{"10.1.1.1:5000", "203.0.113.9", "203.0.113.9"},               // trusted proxy
+		{"10.1.1.1:5000", "203.0.113.9, 10.2.2.2", "203.0.113.9"},     // chain of trusted proxies
+		{"10.1.1.1:5000", "198.51.100.7, 203.0.113.9", "203.0.113.9"}, // left-most is client-controlled
+		{"10.1.1.1:5000", "", "10.1.1.1"},
+		{"10.1.1.1:5000", "garbage", "10.1.1.1"},
+		{"[::ffff:192.0.2.1]:5000", "", "192.0.2.1"},
+	} {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.RemoteAddr = tc.peer
+		if tc.xff != "" {
+			r.Header.Set("X-Forwarded-For", tc.xff)
+		}
+		if got := sc.clientIP(r).String(); got != tc.want {
+			t.Errorf("peer %s XFF %q: client %s, want %s", tc.peer, tc.xff, got, tc.want)
+		}
+	}
+}
+
+func TestWriteDenial(t *testing.T) {
+	for _, tc := range []struct {
+		d          decision
+		nginx      bool
+		status     int
+		wwwAuth    string
+		bodyReason string
+	}{
+		{deny(http.StatusUnauthorized, reasonNoCredential), false, 401, `Bearer realm="keybroker"`, "no_credential"},
+		{deny(http.StatusUnauthorized, reasonExpired), false, 401, `error="invalid_token"`, "expired"},
+		{decision{status: 403, reason: reasonInsufficientScope, scope: "a b"}, false, 403, `error="insufficient_scope", scope="a b"`, "insufficient_scope"},
+		{deny(http.StatusBadRequest, reasonCredentialInQuery), false, 400, `error="invalid_request"`, "credential_in_query"},
+		{deny(http.StatusBadRequest, reasonCredentialInQuery), true, 403, `error="invalid_request"`, "credential_in_query"},
+		{deny(http.StatusServiceUnavailable, reasonUnavailable), true, 403, "", "unavailable"},
+		{deny(http.StatusServiceUnavailable, reasonUnavailable), false, 503, "", "unavailable"},
+	} {
+		w := httptest.NewRecorder()
+		writeDenial(w, tc.d, tc.nginx)
+		if w.Code != tc.status || !strings.Contains(w.Header().Get("WWW-Authenticate"), tc.wwwAuth) ||
+			w.Header().Get(headerReason) != tc.bodyReason || !strings.Contains(w.Body.String(), `"reason":"`+tc.bodyReason+`"`) {
+			t.Errorf("%+v nginx=%v: %d %q %q %s", tc.d, tc.nginx, w.Code, w.Header().Get("WWW-Authenticate"), w.Header().Get(headerReason), w.Body)
+		}
+	}
+}
+
+func TestStripCredentialAndIdentity(t *testing.T) {
+	h := http.Header{}
+	h.Set("Authorization", "Bearer x")
+	h.Set("X-API-Key", "y")
+	h.Set("X-Keybroker-Subject", "admin")
+	h["x-keybroker-role"] = []string{"root"} // not canonical, as a raw client might send
+	h.Set("Accept", "text/plain")
+	stripCredentialAndIdentity(h)
+	if len(h) != 1 || h.Get("Accept") == "" {
+		t.Fatalf("after strip: %v", h)
+	}
+}

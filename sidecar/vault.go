@@ -1,0 +1,255 @@
+package sidecar
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	hclog "github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/vault/api"
+)
+
+// vaultClient is the sidecar's only way to Vault. It logs in with AppRole and
+// keeps its token renewed; a request refused for a bad token triggers one
+// fresh login.
+type vaultClient struct {
+	c     *api.Client
+	mount string
+	log   hclog.Logger
+
+	roleID, roleIDFile, secretIDFile string
+
+	loginMu sync.Mutex
+}
+
+func newVaultClient(s *settings, log hclog.Logger) (*vaultClient, error) {
+	cfg := api.DefaultConfig() // reads VAULT_ADDR, VAULT_CACERT, ...
+	if cfg.Error != nil {
+		return nil, fmt.Errorf("vault client config: %w", cfg.Error)
+	}
+	if s.vaultAddr != "" {
+		cfg.Address = s.vaultAddr
+	}
+	if s.vaultCACert != "" {
+		if err := cfg.ConfigureTLS(&api.TLSConfig{CACert: s.vaultCACert}); err != nil {
+			return nil, fmt.Errorf("vault ca_cert: %w", err)
+		}
+	}
+	cfg.Timeout = 5 * time.Second
+	cfg.MaxRetries = 0 // the sidecar decides what a failure means
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		return nil, err
+	}
+	c.ClearToken() // never VAULT_TOKEN: the sidecar has its own identity
+	return &vaultClient{c: c, mount: s.mount, log: log, roleID: s.roleID, roleIDFile: s.roleIDFile, secretIDFile: s.secretIDFile}, nil
+}
+
+func readTrimmed(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// login logs in with AppRole and returns the auth secret.
+func (v *vaultClient) login(ctx context.Context) (*api.Secret, error) {
+	v.loginMu.Lock()
+	defer v.loginMu.Unlock()
+	roleID := v.roleID
+	if v.roleIDFile != "" {
+		var err error
+		if roleID, err = readTrimmed(v.roleIDFile); err != nil {
+			return nil, fmt.Errorf("reading role_id_file: %w", err)
+		}
+	}
+	secretID, err := readTrimmed(v.secretIDFile)
+	if err != nil {
+		return nil, fmt.Errorf("reading secret_id_file: %w", err)
+	}
+	anon, err := v.c.Clone()
+	if err != nil {
+		return nil, err
+	}
+	anon.ClearToken()
+	sec, err := anon.Logical().WriteWithContext(ctx, "auth/approle/login", map[string]interface{}{
+		"role_id": roleID, "secret_id": secretID,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("approle login: %w", err)
+	}
+	if sec == nil || sec.Auth == nil {
+		return nil, errors.New("approle login returned no token")
+	}
+	v.c.SetToken(sec.Auth.ClientToken)
+	return sec, nil
+}
+
+// keepLoggedIn renews the token while it can and logs in again when it
+// cannot, until ctx ends.
+func (v *vaultClient) keepLoggedIn(ctx context.Context, sec *api.Secret) {
+	backoff := time.Second
+	for ctx.Err() == nil {
+		if sec == nil {
+			var err error
+			if sec, err = v.login(ctx); err != nil {
+				v.log.Warn("vault login failed; retrying", "error", err, "in", backoff)
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(backoff):
+				}
+				backoff = min(2*backoff, time.Minute)
+				continue
+			}
+			backoff = time.Second
+		}
+		w, err := v.c.NewLifetimeWatcher(&api.LifetimeWatcherInput{Secret: sec})
+		if err != nil {
+			v.log.Warn("cannot renew vault token; logging in again", "error", err)
+			sec = nil
+			continue
+		}
+		go w.Start()
+	watch:
+		for {
+			select {
+			case <-ctx.Done():
+				w.Stop()
+				return
+			case err := <-w.DoneCh():
+				if err != nil {
+					v.log.Warn("vault token renewal ended", "error", err)
+				}
+				break watch
+			case <-w.RenewCh():
+				v.log.Debug("renewed vault token")
+			}
+		}
+		sec = nil
+	}
+}
+
+// withLogin runs f, and once more after a fresh login if Vault refused the
+// token (expired, revoked).
+func (v *vaultClient) withLogin(ctx context.Context, f func() error) error {
+	err := f()
+	var re *api.ResponseError
+	if errors.As(err, &re) && re.StatusCode == http.StatusForbidden {
+		if _, lerr := v.login(ctx); lerr != nil {
+			return fmt.Errorf("%w (and logging in again failed: %v)", err, lerr)
+		}
+		err = f()
+	}
+	return err
+}
+
+// keyAnswer is keybroker/verify's answer for an API key.
+type keyAnswer struct {
+	Valid      bool     `json:"valid"`
+	Reason     string   `json:"reason"`
+	KeyID      string   `json:"key_id"`
+	Name       string   `json:"name"`
+	Role       string   `json:"role"`
+	Scopes     []string `json:"scopes"`
+	Tenant     string   `json:"tenant"`
+	BoundCIDRs []string `json:"bound_cidrs"`
+	ExpiresAt  string   `json:"expires_at"`
+}
+
+func (v *vaultClient) verifyKey(ctx context.Context, key, remoteAddr string) (*keyAnswer, error) {
+	var ans keyAnswer
+	err := v.withLogin(ctx, func() error {
+		sec, err := v.c.Logical().WriteWithContext(ctx, v.mount+"/verify", map[string]interface{}{
+			"credential": key, "remote_addr": remoteAddr,
+		})
+		if err != nil {
+			return err
+		}
+		if sec == nil {
+			return errors.New("empty verify answer")
+		}
+		return remarshal(sec.Data, &ans)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("keybroker verify: %w", err)
+	}
+	return &ans, nil
+}
+
+type feedEntry struct {
+	ID        string `json:"id"`
+	Type      string `json:"type"`
+	ExpiresAt string `json:"expires_at"`
+}
+
+type feedPage struct {
+	Revocations []feedEntry `json:"revocations"`
+	Next        uint64      `json:"next"`
+	More        bool        `json:"more"`
+}
+
+func (v *vaultClient) revocations(ctx context.Context, after uint64) (*feedPage, error) {
+	var page feedPage
+	err := v.withLogin(ctx, func() error {
+		sec, err := v.c.Logical().ReadWithDataWithContext(ctx, v.mount+"/revocations", map[string][]string{"after": {strconv.FormatUint(after, 10)}})
+		if err != nil {
+			return err
+		}
+		if sec == nil {
+			return errors.New("empty revocations answer")
+		}
+		return remarshal(sec.Data, &page)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("keybroker revocations: %w", err)
+	}
+	return &page, nil
+}
+
+// raw reads an unauthenticated raw-JSON path of the mount (jwks, discovery).
+func (v *vaultClient) raw(ctx context.Context, path string) ([]byte, error) {
+	resp, err := v.c.Logical().ReadRawWithContext(ctx, v.mount+"/"+path)
+	if resp != nil {
+		defer resp.Body.Close()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", path, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("reading %s: HTTP %d", path, resp.StatusCode)
+	}
+	return io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+}
+
+func (v *vaultClient) issuer(ctx context.Context) (string, error) {
+	b, err := v.raw(ctx, ".well-known/openid-configuration")
+	if err != nil {
+		return "", err
+	}
+	var doc struct {
+		Issuer string `json:"issuer"`
+	}
+	if err := json.Unmarshal(b, &doc); err != nil || doc.Issuer == "" {
+		return "", fmt.Errorf("discovery document has no issuer")
+	}
+	return doc.Issuer, nil
+}
+
+// remarshal converts Vault's generic Data map into a typed answer.
+func remarshal(in map[string]interface{}, out any) error {
+	b, err := json.Marshal(in)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(b, out)
+}
