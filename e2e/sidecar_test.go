@@ -1,0 +1,415 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keybroker/keybroker/apikey"
+	"github.com/keybroker/keybroker/internal/vaultserver"
+	"github.com/keybroker/keybroker/sidecar"
+)
+
+// sidecarEnv is a real Vault with the plugin, an upstream service and a
+// sidecar in front of it, logged in with the shipped sidecar policy.
+type sidecarEnv struct {
+	v        *vaultserver.Server
+	proxy    string // http://host:port of the reverse proxy
+	auth     string // http://host:port of /verify, /healthz, /metrics
+	upstream *httptest.Server
+
+	mu       sync.Mutex
+	lastSeen http.Header // headers of the last request the upstream got
+}
+
+func (e *sidecarEnv) seen() http.Header {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.lastSeen
+}
+
+func startSidecar(t *testing.T, v *vaultserver.Server, mutate func(c *sidecar.Config)) *sidecarEnv {
+	t.Helper()
+	e := &sidecarEnv{v: v}
+	e.upstream = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		e.mu.Lock()
+		e.lastSeen = r.Header.Clone()
+		e.mu.Unlock()
+		fmt.Fprint(w, "upstream ok")
+	}))
+	t.Cleanup(e.upstream.Close)
+
+	root, err := vaultserver.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	policy, err := os.ReadFile(filepath.Join(root, "examples", "keybroker-sidecar-policy.hcl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roleID, secretID, err := v.AppRole(ctxT(t), "sidecar", "keybroker-sidecar", string(policy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	secretFile := filepath.Join(dir, "secret-id")
+	if err := os.WriteFile(secretFile, []byte(secretID+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := &sidecar.Config{
+		Upstream:               e.upstream.URL,
+		Audiences:              []string{"svc"},
+		Leeway:                 "1s",
+		TrustedProxies:         []string{"127.0.0.2"},
+		RevocationPollInterval: "100ms",
+		JWKSMinRefetchInterval: "30s",
+		KeyCacheTTL:            "1s",
+		NegativeCacheTTL:       "30s",
+		MaxStale:               "3s",
+		LogLevel:               "warn",
+		Vault:                  &sidecar.VaultConfig{Address: v.Addr, RoleID: roleID, SecretIDFile: secretFile},
+		Routes: []sidecar.RouteConfig{
+			{PathPrefix: "/public", Public: true},
+			{PathPrefix: "/read", Scopes: []string{"read"}},
+			{PathPrefix: "/write", Methods: []string{"POST"}, Scopes: []string{"write"}},
+		},
+	}
+	if mutate != nil {
+		mutate(cfg)
+	}
+	sc, err := sidecar.New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxyL, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	authL, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.proxy, e.auth = "http://"+proxyL.Addr().String(), "http://"+authL.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = sc.Serve(ctx, proxyL, authL) }()
+	t.Cleanup(func() { cancel(); <-done })
+	eventually(t, 15*time.Second, "sidecar never became ready", func() bool {
+		resp, err := http.Get(e.auth + "/healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	return e
+}
+
+type result struct {
+	status int
+	header http.Header
+	body   string
+}
+
+// call sends method path to base with headers, from the local address
+// local when given (127.0.0.2 is a trusted proxy in startSidecar).
+func call(t *testing.T, base, method, path string, headers map[string]string, local string) result {
+	t.Helper()
+	req, err := http.NewRequest(method, base+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	client := http.DefaultClient
+	if local != "" {
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
+		client = &http.Client{Transport: &http.Transport{DialContext: d.DialContext}}
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return result{resp.StatusCode, resp.Header, string(b)}
+}
+
+func bearer(cred string) map[string]string {
+	return map[string]string{"Authorization": "Bearer " + cred}
+}
+
+// metric reads one sample from /metrics; labels as they print, e.g.
+// `result="ok",trigger="unknown_kid"`. Missing samples are 0.
+func metric(t *testing.T, authURL, name, labels string) float64 {
+	t.Helper()
+	resp, err := http.Get(authURL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	want := name
+	if labels != "" {
+		want += "{" + labels + "}"
+	}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, want+" ") {
+			v, _ := strconv.ParseFloat(strings.TrimPrefix(line, want+" "), 64)
+			return v
+		}
+	}
+	return 0
+}
+
+// setupRoles creates the roles the sidecar tests mint from.
+func setupRoles(t *testing.T, v *vaultserver.Server) {
+	write(t, v.Client, "keybroker/roles/svc", map[string]interface{}{
+		"scopes": "read,write", "default_scopes": "read", "audiences": "svc,other", "tenant": "acme",
+		"bound_cidrs": "127.0.0.0/8", "token_ttl": "5m",
+	})
+	write(t, v.Client, "keybroker/roles/remote", map[string]interface{}{"scopes": "read", "bound_cidrs": "10.0.0.0/8"})
+}
+
+func TestSidecarProxy(t *testing.T) {
+	v := vaultserver.StartT(t)
+	setupRoles(t, v)
+	e := startSidecar(t, v, nil)
+	root := v.Client
+
+	minted := write(t, root, "keybroker/keys/svc", map[string]interface{}{"name": "reader"})
+	key, keyID := minted.Data["key"].(string), minted.Data["key_id"].(string)
+	jwt := write(t, root, "keybroker/token/svc", map[string]interface{}{"audience": "svc"})
+	otherAud := write(t, root, "keybroker/token/svc", map[string]interface{}{"audience": "other"}).Data["token"].(string)
+	remoteKey := write(t, root, "keybroker/keys/remote", map[string]interface{}{"name": "remote"}).Data["key"].(string)
+
+	// Allowed, with identity passed on and the client's copies stripped.
+	spoof := map[string]string{"X-API-Key": key, "X-Keybroker-Tenant": "evil", "X-Keybroker-Jti": "forged"}
+	r := call(t, e.proxy, "GET", "/read/items", spoof, "")
+	if r.status != 200 || r.body != "upstream ok" {
+		t.Fatalf("API key: %d %s", r.status, r.body)
+	}
+	got := e.seen()
+	if got.Get("X-Keybroker-Key-Id") != keyID || got.Get("X-Keybroker-Tenant") != "acme" || got.Get("X-Keybroker-Jti") != "" ||
+		got.Get("X-Keybroker-Role") != "svc" || got.Get("X-Keybroker-Scopes") != "read" || got.Get("X-Keybroker-Subject") != "key:"+keyID {
+		t.Fatalf("upstream identity headers: %v", got)
+	}
+	if got.Get("X-Api-Key") != "" || got.Get("Authorization") != "" {
+		t.Fatal("the credential reached the upstream")
+	}
+	r = call(t, e.proxy, "GET", "/read", bearer(jwt.Data["token"].(string)), "")
+	if r.status != 200 || e.seen().Get("X-Keybroker-Jti") != jwt.Data["jti"] || e.seen().Get("X-Keybroker-Subject") != jwt.Data["sub"] {
+		t.Fatalf("JWT: %d, upstream saw %v", r.status, e.seen())
+	}
+
+	// Each deny reason.
+	unknown := write(t, root, "keybroker/keys/svc", map[string]interface{}{"name": "doomed"})
+	if _, err := root.Logical().DeleteWithContext(ctxT(t), "keybroker/keys/id/"+unknown.Data["key_id"].(string)); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, method, path string
+		headers            map[string]string
+		local              string
+		status             int
+		reason             string
+		wwwAuth            string
+	}{
+		{"no credential", "GET", "/read", nil, "", 401, "no_credential", `Bearer realm="keybroker"`},
+		{"malformed key", "GET", "/read", bearer("kb_nonsense"), "", 401, "malformed", `error="invalid_token"`},
+		{"garbage JWT", "GET", "/read", bearer("a.b.c"), "", 401, "malformed", `error="invalid_token"`},
+		{"wrong audience", "GET", "/read", bearer(otherAud), "", 401, "invalid", `error="invalid_token"`},
+		{"revoked before first use", "GET", "/read", bearer(unknown.Data["key"].(string)), "", 401, "revoked", `error="invalid_token"`},
+		{"insufficient scope", "POST", "/write", bearer(key), "", 403, "insufficient_scope", `error="insufficient_scope", scope="write"`},
+		{"no route", "GET", "/elsewhere", bearer(key), "", 403, "no_route", ""},
+		{"credential in query", "GET", "/read?access_token=x", nil, "", 400, "credential_in_query", `error="invalid_request"`},
+		{"key in any query value", "GET", "/read?q=" + key, nil, "", 400, "credential_in_query", `error="invalid_request"`},
+		{"other auth scheme", "GET", "/read", map[string]string{"Authorization": "Basic dTpw"}, "", 400, "bad_request", ""},
+		{"cidr denied", "GET", "/read", bearer(remoteKey), "", 401, "cidr_denied", `error="invalid_token"`},
+		{"XFF from an untrusted peer is ignored", "GET", "/read", map[string]string{"Authorization": "Bearer " + remoteKey, "X-Forwarded-For": "10.0.0.5"}, "", 401, "cidr_denied", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := call(t, e.proxy, tc.method, tc.path, tc.headers, tc.local)
+			if r.status != tc.status || r.header.Get("X-Keybroker-Reason") != tc.reason || !strings.Contains(r.header.Get("WWW-Authenticate"), tc.wwwAuth) {
+				t.Fatalf("%d reason=%q www-authenticate=%q body=%s", r.status, r.header.Get("X-Keybroker-Reason"), r.header.Get("WWW-Authenticate"), r.body)
+			}
+			if strings.Contains(r.body, key) {
+				t.Fatal("the credential is echoed in the response")
+			}
+		})
+	}
+	// From a trusted proxy, X-Forwarded-For names the client.
+	if r := call(t, e.proxy, "GET", "/read", map[string]string{"Authorization": "Bearer " + remoteKey, "X-Forwarded-For": "10.0.0.5"}, "127.0.0.2"); r.status != 200 {
+		t.Fatalf("XFF from a trusted proxy: %d %s", r.status, r.body)
+	}
+	if r := call(t, e.proxy, "GET", "/public/ping", nil, ""); r.status != 200 {
+		t.Fatalf("public route: %d", r.status)
+	}
+
+	// A well-formed key Vault does not have is "invalid", like a wrong one
+	// (the plugin answers not_found for both); the second try of the same
+	// key is answered from the negative cache without asking Vault.
+	unknownKey, _, err := apikey.Generate(nil, "kb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := call(t, e.proxy, "GET", "/read", bearer(unknownKey), "")
+	before := metric(t, e.auth, "keybroker_sidecar_vault_requests_total", `op="verify",result="ok"`)
+	again := call(t, e.proxy, "GET", "/read", bearer(unknownKey), "")
+	after := metric(t, e.auth, "keybroker_sidecar_vault_requests_total", `op="verify",result="ok"`)
+	if first.status != 401 || first.header.Get("X-Keybroker-Reason") != "invalid" || again.header.Get("X-Keybroker-Reason") != "invalid" || after != before {
+		t.Fatalf("unknown key: %d %q then %q; vault verify calls %v -> %v", first.status, first.header.Get("X-Keybroker-Reason"), again.header.Get("X-Keybroker-Reason"), before, after)
+	}
+
+	// Expiry: a 1s JWT is refused once exp (plus the 1s leeway) has passed.
+	short := write(t, root, "keybroker/token/svc", map[string]interface{}{"audience": "svc", "ttl": "1s"}).Data["token"].(string)
+	if r := call(t, e.proxy, "GET", "/read", bearer(short), ""); r.status != 200 {
+		t.Fatalf("fresh short token: %d", r.status)
+	}
+	eventually(t, 5*time.Second, "expired JWT still allowed", func() bool {
+		return call(t, e.proxy, "GET", "/read", bearer(short), "").header.Get("X-Keybroker-Reason") == "expired"
+	})
+}
+
+func TestSidecarRevocationWithin2s(t *testing.T) {
+	v := vaultserver.StartT(t)
+	setupRoles(t, v)
+	e := startSidecar(t, v, nil)
+	root := v.Client
+	minted := write(t, root, "keybroker/keys/svc", map[string]interface{}{"name": "k"})
+	jwt := write(t, root, "keybroker/token/svc", map[string]interface{}{"audience": "svc"})
+	for _, s := range []struct {
+		cred, lease string
+	}{{minted.Data["key"].(string), minted.LeaseID}, {jwt.Data["token"].(string), jwt.LeaseID}} {
+		if r := call(t, e.proxy, "GET", "/read", bearer(s.cred), ""); r.status != 200 {
+			t.Fatalf("before revocation: %d", r.status)
+		}
+		if err := root.Sys().RevokeWithContext(ctxT(t), s.lease); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		eventually(t, 2*time.Second, "revoked credential still allowed after 2s", func() bool {
+			return call(t, e.proxy, "GET", "/read", bearer(s.cred), "").header.Get("X-Keybroker-Reason") == "revoked"
+		})
+		t.Logf("denied %s after revocation", time.Since(start).Round(time.Millisecond))
+	}
+}
+
+// With Vault down, JWTs keep verifying offline; API keys serve from cache
+// for max_stale, then fail closed with 503.
+func TestSidecarVaultDown(t *testing.T) {
+	v := vaultserver.StartT(t)
+	setupRoles(t, v)
+	e := startSidecar(t, v, nil)
+	key := write(t, v.Client, "keybroker/keys/svc", map[string]interface{}{"name": "k"}).Data["key"].(string)
+	jwt := write(t, v.Client, "keybroker/token/svc", map[string]interface{}{"audience": "svc"}).Data["token"].(string)
+	for _, c := range []string{key, jwt} {
+		if r := call(t, e.proxy, "GET", "/read", bearer(c), ""); r.status != 200 {
+			t.Fatalf("before Vault stops: %d", r.status)
+		}
+	}
+	cachedAt := time.Now()
+	v.Stop()
+
+	time.Sleep(1100 * time.Millisecond) // past key_cache_ttl: the next check asks Vault
+	if r := call(t, e.proxy, "GET", "/read", bearer(key), ""); r.status != 200 {
+		t.Fatalf("API key within max_stale: %d %s", r.status, r.body)
+	}
+	if metric(t, e.auth, "keybroker_sidecar_degraded_decisions_total", "") < 1 {
+		t.Fatal("a degraded decision was not counted")
+	}
+	eventually(t, 5*time.Second, "API key still allowed after max_stale", func() bool {
+		return call(t, e.proxy, "GET", "/read", bearer(key), "").status == http.StatusServiceUnavailable
+	})
+	if stale := time.Since(cachedAt); stale < 3*time.Second {
+		t.Fatalf("failed closed after %s, before max_stale (3s)", stale)
+	}
+	if r := call(t, e.proxy, "GET", "/read", bearer(jwt), ""); r.status != 200 {
+		t.Fatalf("JWT with Vault down: %d %s", r.status, r.body)
+	}
+}
+
+// A flood of tokens naming unknown kids causes at most one JWKS fetch per
+// jwks_min_refetch_interval.
+func TestSidecarUnknownKidFlood(t *testing.T) {
+	v := vaultserver.StartT(t)
+	setupRoles(t, v)
+	e := startSidecar(t, v, nil)
+	var wg sync.WaitGroup
+	for i := 0; i < 200; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			header := base64.RawURLEncoding.EncodeToString([]byte(fmt.Sprintf(`{"alg":"EdDSA","typ":"at+jwt","kid":"random-%d"}`, i)))
+			token := header + ".eyJzdWIiOiJ4In0." + strings.Repeat("A", 86)
+			if r := call(t, e.proxy, "GET", "/read", bearer(token), ""); r.status != 401 {
+				t.Errorf("token with unknown kid: %d", r.status)
+			}
+		}(i)
+	}
+	wg.Wait()
+	fetches := metric(t, e.auth, "keybroker_sidecar_jwks_fetches_total", `result="ok",trigger="unknown_kid"`) +
+		metric(t, e.auth, "keybroker_sidecar_jwks_fetches_total", `result="error",trigger="unknown_kid"`)
+	if fetches > 1 {
+		t.Fatalf("%v JWKS fetches for 200 unknown kids within one interval", fetches)
+	}
+}
+
+// The auth endpoint as nginx, Traefik and Envoy call it.
+func TestSidecarAuthEndpoint(t *testing.T) {
+	v := vaultserver.StartT(t)
+	setupRoles(t, v)
+	e := startSidecar(t, v, nil)
+	key := write(t, v.Client, "keybroker/keys/svc", map[string]interface{}{"name": "k"}).Data["key"].(string)
+	for _, tc := range []struct {
+		name    string
+		path    string
+		headers map[string]string
+		status  int
+		reason  string
+	}{
+		{"nginx allow", "/verify", map[string]string{"X-Original-URI": "/read/x", "X-Original-Method": "GET", "X-API-Key": key}, 200, ""},
+		{"nginx scope", "/verify", map[string]string{"X-Original-URI": "/write", "X-Original-Method": "POST", "X-API-Key": key}, 403, "insufficient_scope"},
+		{"nginx 400 becomes 403", "/verify", map[string]string{"X-Original-URI": "/read?access_token=x", "X-Original-Method": "GET"}, 403, "credential_in_query"},
+		{"traefik allow", "/verify", map[string]string{"X-Forwarded-Uri": "/read", "X-Forwarded-Method": "GET", "Authorization": "Bearer " + key}, 200, ""},
+		{"traefik 400 stays 400", "/verify", map[string]string{"X-Forwarded-Uri": "/read?api_key=x", "X-Forwarded-Method": "GET"}, 400, "credential_in_query"},
+		{"envoy allow", "/verify/read/x", map[string]string{"Authorization": "Bearer " + key}, 200, ""},
+		{"envoy no route", "/verify/elsewhere", map[string]string{"Authorization": "Bearer " + key}, 403, "no_route"},
+		{"no credential", "/verify/read", nil, 401, "no_credential"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := call(t, e.auth, "GET", tc.path, tc.headers, "")
+			if r.status != tc.status || r.header.Get("X-Keybroker-Reason") != tc.reason {
+				t.Fatalf("%d reason %q, want %d %q (%s)", r.status, r.header.Get("X-Keybroker-Reason"), tc.status, tc.reason, r.body)
+			}
+			if tc.status == 200 && (r.header.Get("X-Keybroker-Role") != "svc" || r.header.Get("X-Keybroker-Key-Id") == "") {
+				t.Fatalf("allow without identity headers: %v", r.header)
+			}
+		})
+	}
+
+	// After a rotation, the first token with the new kid triggers one JWKS
+	// fetch and passes.
+	write(t, v.Client, "keybroker/rotate", nil)
+	jwt := write(t, v.Client, "keybroker/token/svc", map[string]interface{}{"audience": "svc"}).Data["token"].(string)
+	if r := call(t, e.auth, "GET", "/verify/read", bearer(jwt), ""); r.status != 200 {
+		t.Fatalf("token signed by a key rotated in after start: %d %s", r.status, r.body)
+	}
+	if n := metric(t, e.auth, "keybroker_sidecar_jwks_fetches_total", `result="ok",trigger="unknown_kid"`); n != 1 {
+		t.Fatalf("%v unknown-kid JWKS fetches, want 1", n)
+	}
+}
