@@ -36,7 +36,7 @@ e2e: vault
 
 ## dev: a dev Vault on $(DEV_ADDR) with the plugin enabled at keybroker/
 dev: build vault
-	$(GO) run ./scripts/dev -addr $(DEV_ADDR) -plugin bin/vault-plugin-secrets-keybroker -version $(VERSION)
+	$(GO) run ./scripts/dev -addr $(DEV_ADDR) -plugin bin/vault-plugin-secrets-keybroker -sidecar bin/keybroker-sidecar -version $(VERSION)
 
 vet:
 	$(GO) vet ./...

@@ -1,7 +1,8 @@
 // Command dev is `make dev`: a dev Vault on loopback with the keybroker
 // plugin registered by sha256 and enabled at keybroker/, a file audit device,
-// an example role and an AppRole app allowed to mint only from it. It prints
-// what to try next and stops everything on Ctrl-C.
+// an example role and an AppRole app allowed to mint only from it, and
+// keybroker-sidecar (logged in with its own AppRole) in front of a demo
+// service. It prints what to try next and stops everything on Ctrl-C.
 package main
 
 import (
@@ -10,7 +11,9 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"syscall"
@@ -35,25 +38,38 @@ path "keybroker/token/refresh" {
 }
 `
 
+type options struct {
+	addr, plugin, version, dir    string
+	sidecar, proxy, auth, service string
+}
+
 func main() {
-	addr := flag.String("addr", "127.0.0.1:8200", "address the dev Vault listens on")
-	plugin := flag.String("plugin", "bin/vault-plugin-secrets-keybroker", "plugin binary")
-	version := flag.String("version", "v0.1.0-dev", "version the plugin binary reports")
-	dir := flag.String("dir", ".dev", "directory for logs and the audit log; emptied at start")
+	var o options
+	flag.StringVar(&o.addr, "addr", "127.0.0.1:8200", "address the dev Vault listens on")
+	flag.StringVar(&o.plugin, "plugin", "bin/vault-plugin-secrets-keybroker", "plugin binary")
+	flag.StringVar(&o.version, "version", "v0.1.0-dev", "version the plugin binary reports")
+	flag.StringVar(&o.dir, "dir", ".dev", "directory for logs, configs and the audit log; emptied at start")
+	flag.StringVar(&o.sidecar, "sidecar", "bin/keybroker-sidecar", "sidecar binary")
+	flag.StringVar(&o.proxy, "proxy", "127.0.0.1:8080", "address of the sidecar's reverse proxy")
+	flag.StringVar(&o.auth, "auth", "127.0.0.1:8081", "address of the sidecar's /verify, /healthz and /metrics")
+	flag.StringVar(&o.service, "service", "127.0.0.1:9000", "address of the demo service behind the sidecar")
 	flag.Parse()
-	if err := run(*addr, *plugin, *version, *dir); err != nil {
+	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "make dev:", err)
 		os.Exit(1)
 	}
 }
 
-func run(addr, plugin, version, dir string) error {
-	if l, err := net.Listen("tcp", addr); err != nil {
-		return fmt.Errorf("%s is in use (is another `make dev` still running?): stop it, or run `make dev DEV_ADDR=127.0.0.1:8300`", addr)
-	} else {
+func run(o options) error {
+	for _, a := range []string{o.addr, o.proxy, o.auth, o.service} {
+		l, err := net.Listen("tcp", a)
+		if err != nil {
+			return fmt.Errorf("%s is in use (is another `make dev` still running?): stop it, or pick other addresses (make dev DEV_ADDR=127.0.0.1:8300)", a)
+		}
 		l.Close()
 	}
-	dir, err := filepath.Abs(dir)
+	addr, plugin, version := o.addr, o.plugin, o.version
+	dir, err := filepath.Abs(o.dir)
 	if err != nil {
 		return err
 	}
@@ -91,6 +107,14 @@ func run(addr, plugin, version, dir string) error {
 	if err != nil {
 		return err
 	}
+	sidecarCmd, demoKey, err := startSidecar(ctx, v, o, dir)
+	if err != nil {
+		return err
+	}
+	defer stopProcess(sidecarCmd)
+	service := startService(o.service)
+	defer service.Close()
+
 	envFile := filepath.Join(dir, "env")
 	if err := os.WriteFile(envFile, []byte(fmt.Sprintf("export VAULT_ADDR=%s\nexport VAULT_TOKEN=%s\n", v.Addr, v.RootToken)), 0o600); err != nil {
 		return err
@@ -99,16 +123,22 @@ func run(addr, plugin, version, dir string) error {
 	if err := next.Execute(os.Stdout, map[string]string{
 		"Addr": v.Addr, "Token": v.RootToken, "EnvFile": envFile, "Version": version,
 		"RoleID": roleID, "SecretID": secretID, "Audit": v.AuditLog, "Log": v.LogFile,
+		"Proxy": o.proxy, "Auth": o.auth, "Service": o.service, "Key": demoKey, "Dir": dir,
 	}); err != nil {
 		return err
 	}
 
+	sidecarDone := make(chan error, 1)
+	go func() { sidecarDone <- sidecarCmd.Wait() }()
 	select {
 	case <-ctx.Done():
-		fmt.Println("\nstopping Vault...")
+		fmt.Println("\nstopping the sidecar and Vault...")
 	case <-v.Done():
 		return errors.New("vault exited; see " + v.LogFile)
+	case err := <-sidecarDone:
+		return fmt.Errorf("the sidecar exited (%v); see %s", err, filepath.Join(dir, "sidecar.log"))
 	}
+	stopProcess(sidecarCmd)
 	v.Stop()
 	time.Sleep(100 * time.Millisecond)
 	return nil
@@ -146,7 +176,115 @@ In another terminal:
 
   vault path-help keybroker/keys/example
 
+keybroker-sidecar runs in front of a demo service ({{.Service}}): reverse proxy on
+{{.Proxy}}, gateway endpoint {{.Auth}}/verify, metrics on {{.Auth}}/metrics.
+With a key minted for you (scope read):
+
+  curl -i -H 'X-API-Key: {{.Key}}' http://{{.Proxy}}/v1/read/hello          # 200, identity passed on
+  curl -i -H 'X-API-Key: {{.Key}}' -X POST http://{{.Proxy}}/v1/write/hello  # 403 insufficient_scope
+
 Audit log: {{.Audit}}
-Vault log: {{.Log}}
-Ctrl-C stops Vault.
+Vault log: {{.Log}}   sidecar: {{.Dir}}/sidecar.hcl, {{.Dir}}/sidecar.log
+Ctrl-C stops everything.
 `))
+
+// sidecarPolicyFile is the shipped policy, so make dev runs what the README shows.
+const sidecarPolicyFile = "examples/keybroker-sidecar-policy.hcl"
+
+// startSidecar logs the sidecar in with AppRole (role_id and secret_id in
+// files, as in production) and starts it in front of the demo service. It
+// also mints the key the printed curl commands use.
+func startSidecar(ctx context.Context, v *vaultserver.Server, o options, dir string) (*exec.Cmd, string, error) {
+	policy, err := os.ReadFile(sidecarPolicyFile)
+	if err != nil {
+		return nil, "", err
+	}
+	roleID, secretID, err := v.AppRole(ctx, "keybroker-sidecar", "keybroker-sidecar", string(policy))
+	if err != nil {
+		return nil, "", err
+	}
+	for name, value := range map[string]string{"role-id": roleID, "secret-id": secretID} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(value+"\n"), 0o600); err != nil {
+			return nil, "", err
+		}
+	}
+	conf := fmt.Sprintf(`listen      = %q
+upstream    = "http://%s"
+auth_listen = %q
+audiences   = ["demo-api"]
+
+vault {
+  address        = %q
+  role_id_file   = %q
+  secret_id_file = %q
+}
+
+route "/healthz" {
+  public = true
+}
+route "/v1/read" {
+  methods = ["GET", "HEAD"]
+  scopes  = ["read"]
+}
+route "/v1/write" {
+  methods = ["POST", "PUT", "DELETE"]
+  scopes  = ["write"]
+}
+`, o.proxy, o.service, o.auth, v.Addr, filepath.Join(dir, "role-id"), filepath.Join(dir, "secret-id"))
+	confPath := filepath.Join(dir, "sidecar.hcl")
+	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
+		return nil, "", err
+	}
+	logFile, err := os.Create(filepath.Join(dir, "sidecar.log"))
+	if err != nil {
+		return nil, "", err
+	}
+	defer logFile.Close()
+	cmd := exec.Command(o.sidecar, "-config", confPath)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.Env = append(os.Environ(), "VAULT_TOKEN=") // the sidecar logs in by itself
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, "", fmt.Errorf("starting %s: %w", o.sidecar, err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get("http://" + o.auth + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			stopProcess(cmd)
+			return nil, "", fmt.Errorf("the sidecar did not become ready; see %s", logFile.Name())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	sec, err := v.Client.Logical().WriteWithContext(ctx, "keybroker/keys/"+exampleRole, map[string]interface{}{"name": "make-dev-demo"})
+	if err != nil {
+		stopProcess(cmd)
+		return nil, "", fmt.Errorf("minting the demo key: %w", err)
+	}
+	return cmd, sec.Data["key"].(string), nil
+}
+
+// startService is the demo service: it answers with the identity the sidecar
+// passed on.
+func startService(addr string) *http.Server {
+	srv := &http.Server{Addr: addr, ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello %s (role %s, tenant %s, scopes %q) from the demo service\n",
+			r.Header.Get("X-Keybroker-Subject"), r.Header.Get("X-Keybroker-Role"),
+			r.Header.Get("X-Keybroker-Tenant"), r.Header.Get("X-Keybroker-Scopes"))
+	})}
+	go func() { _ = srv.ListenAndServe() }()
+	return srv
+}
+
+func stopProcess(cmd *exec.Cmd) {
+	if cmd == nil || cmd.Process == nil {
+		return
+	}
+	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+}
