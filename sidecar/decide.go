@@ -192,10 +192,10 @@ func credentialFrom(h http.Header) (cred string, ok bool) {
 func (sc *Sidecar) checkJWT(ctx context.Context, token string) (*identity, decision) {
 	h := sha256.Sum256([]byte(token))
 	if id, ok := sc.jwts.Get(h); ok {
-		sc.m.cache.WithLabelValues("jwt", "hit").Inc()
+		sc.m.jwtHit.Inc()
 		return id, decision{}
 	}
-	sc.m.cache.WithLabelValues("jwt", "miss").Inc()
+	sc.m.jwtMiss.Inc()
 	v := sc.verifier.Load()
 	if v == nil {
 		return nil, deny(http.StatusServiceUnavailable, reasonUnavailable)
@@ -237,18 +237,19 @@ func (sc *Sidecar) checkKey(ctx context.Context, key string, ip netip.Addr) (*id
 	now := time.Now()
 	e, cached := sc.positive.Get(h)
 	if cached && now.Sub(e.fetched) < sc.s.keyCacheTTL {
-		sc.m.cache.WithLabelValues("api_key", "hit").Inc()
+		sc.m.keyHit.Inc()
 		return e.id, decision{}
 	}
-	sc.m.cache.WithLabelValues("api_key", "miss").Inc()
+	sc.m.keyMiss.Inc()
 	if n, ok := sc.negative.Get(h); ok && now.Before(n.expires) {
-		sc.m.cache.WithLabelValues("negative", "hit").Inc()
+		sc.m.negativeHit.Inc()
 		return nil, deny(http.StatusUnauthorized, n.reason)
 	}
 
-	// One Vault call per key however many requests carry it at once.
+	// One Vault call per key however many requests carry it at once. The
+	// call must not die with the first caller's request: it answers them all.
 	v, err, _ := sc.vaultSF.Do(string(h[:]), func() (interface{}, error) {
-		return sc.vault.verifyKey(ctx, key, ipString(ip))
+		return sc.vault.verifyKey(context.WithoutCancel(ctx), key, ipString(ip))
 	})
 	if err != nil {
 		sc.m.vaultCalls.WithLabelValues("verify", "error").Inc()

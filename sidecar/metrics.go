@@ -15,6 +15,9 @@ type metrics struct {
 	jwksFetches  *prometheus.CounterVec
 	vaultCalls   *prometheus.CounterVec
 	revokedCount prometheus.GaugeFunc
+
+	// Resolved once: the hot path should not hash label values per request.
+	jwtHit, jwtMiss, keyHit, keyMiss, negativeHit prometheus.Counter
 }
 
 func newMetrics(s *Sidecar) *metrics {
@@ -56,6 +59,9 @@ func newMetrics(s *Sidecar) *metrics {
 		Name: "keybroker_sidecar_revoked_credentials",
 		Help: "Revoked credential ids held from the feed.",
 	}, func() float64 { return float64(s.revoked.size()) })
+	m.jwtHit, m.jwtMiss = m.cache.WithLabelValues("jwt", "hit"), m.cache.WithLabelValues("jwt", "miss")
+	m.keyHit, m.keyMiss = m.cache.WithLabelValues("api_key", "hit"), m.cache.WithLabelValues("api_key", "miss")
+	m.negativeHit = m.cache.WithLabelValues("negative", "hit")
 	m.reg.MustRegister(m.decisions, m.latency, m.cache, m.degraded, m.jwksFetches, m.vaultCalls, lag, age, m.revokedCount)
 	return m
 }
