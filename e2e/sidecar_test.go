@@ -317,12 +317,14 @@ func TestSidecarVaultDown(t *testing.T) {
 	e := startSidecar(t, v, nil)
 	key := write(t, v.Client, "keybroker/keys/svc", map[string]interface{}{"name": "k"}).Data["key"].(string)
 	jwt := write(t, v.Client, "keybroker/token/svc", map[string]interface{}{"audience": "svc"}).Data["token"].(string)
+	// Taken before the request that fills the cache: the entry is at least
+	// this recent, so failing closed earlier than cachedAt+max_stale is a bug.
+	cachedAt := time.Now()
 	for _, c := range []string{key, jwt} {
 		if r := call(t, e.proxy, "GET", "/read", bearer(c), ""); r.status != 200 {
 			t.Fatalf("before Vault stops: %d", r.status)
 		}
 	}
-	cachedAt := time.Now()
 	v.Stop()
 
 	time.Sleep(1100 * time.Millisecond) // past key_cache_ttl: the next check asks Vault
