@@ -5,7 +5,7 @@ DEV_ADDR ?= 127.0.0.1:8200
 FUZZTIME ?= 15s
 GO ?= go
 
-.PHONY: all build vault test unit e2e fuzz dev fmt vet clean
+.PHONY: all build vault test unit e2e fuzz bench dev fmt vet clean
 
 all: build
 
@@ -47,3 +47,8 @@ fmt:
 
 clean:
 	rm -rf bin .dev
+
+## bench: the real stack on loopback, one table (needs wrk); not part of make test
+bench: build vault
+	@command -v wrk >/dev/null || { echo "make bench needs wrk: apt-get install wrk"; exit 1; }
+	$(GO) run ./scripts/bench -plugin bin/vault-plugin-secrets-keybroker -sidecar bin/keybroker-sidecar -version $(VERSION) $(BENCHFLAGS)

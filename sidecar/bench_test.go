@@ -1,0 +1,129 @@
+package sidecar
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/keybroker/keybroker/apikey"
+	"github.com/keybroker/keybroker/jwtverify"
+)
+
+// benchSidecar is a Sidecar with a key set and verifier, and no Vault: the
+// hot path never calls it.
+func benchSidecar(b *testing.B) (*Sidecar, string) {
+	b.Helper()
+	sc, err := New(&Config{
+		Audiences: []string{"svc"},
+		Vault:     &VaultConfig{Address: "http://127.0.0.1:1", RoleID: "r", SecretIDFile: "/nonexistent"},
+		Routes: []RouteConfig{
+			{PathPrefix: "/", Scopes: []string{"any"}},
+			{PathPrefix: "/v1/", Scopes: []string{"read"}},
+			{PathPrefix: "/v1/admin", Scopes: []string{"admin"}},
+			{PathPrefix: "/v1/items", Methods: []string{"GET"}, Scopes: []string{"read"}},
+		},
+	}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	ks, _ := jwtverify.NewKeySet(jwtverify.Key{ID: "k1", Alg: jwtverify.AlgEdDSA, Public: priv.Public()})
+	sc.keys.Store(ks)
+	v, _ := jwtverify.NewVerifier(jwtverify.Config{Issuer: "https://iss", Audiences: []string{"svc"}})
+	sc.verifier.Store(v)
+	now := time.Now()
+	tok := jwt.NewWithClaims(jwt.SigningMethodEdDSA, jwtverify.Claims{
+		RegisteredClaims: jwt.RegisteredClaims{Issuer: "https://iss", Audience: jwt.ClaimStrings{"svc"}, Subject: "agent",
+			ExpiresAt: jwt.NewNumericDate(now.Add(time.Hour)), IssuedAt: jwt.NewNumericDate(now), ID: "jti-1"},
+		Scope: "read", CIDR: []string{"127.0.0.0/8"},
+	})
+	tok.Header["kid"], tok.Header["typ"] = "k1", jwtverify.TokenType
+	signed, err := tok.SignedString(priv)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return sc, signed
+}
+
+func BenchmarkCheckJWTCached(b *testing.B) {
+	sc, token := benchSidecar(b)
+	ctx := context.Background()
+	sc.checkJWT(ctx, token)
+	b.ReportAllocs()
+	for b.Loop() {
+		if id, _ := sc.checkJWT(ctx, token); id == nil {
+			b.Fatal("denied")
+		}
+	}
+}
+
+func BenchmarkCheckJWTUncached(b *testing.B) {
+	sc, token := benchSidecar(b)
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		sc.jwts.Purge()
+		if id, _ := sc.checkJWT(ctx, token); id == nil {
+			b.Fatal("denied")
+		}
+	}
+}
+
+// BenchmarkCheckKeyCached is the warm API key path: checksum, hash, cache.
+func BenchmarkCheckKeyCached(b *testing.B) {
+	sc, _ := benchSidecar(b)
+	key, id, _ := apikey.Generate(nil, "kb")
+	sc.positive.Add(apikey.Hash(key), &keyEntry{id: &identity{id: id, scopes: []string{"read"}, expiresAt: time.Now().Add(time.Hour)}, fetched: time.Now().Add(time.Hour)})
+	ip := netip.MustParseAddr("127.0.0.1")
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if got, _ := sc.checkKey(ctx, key, ip); got == nil {
+			b.Fatal("denied")
+		}
+	}
+}
+
+func BenchmarkCIDRMatch(b *testing.B) {
+	cidrs := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8::/32"), netip.MustParsePrefix("127.0.0.0/8")}
+	ip := netip.MustParseAddr("127.0.0.1")
+	b.ReportAllocs()
+	for b.Loop() {
+		if !prefixesAllow(cidrs, ip) {
+			b.Fatal("no match")
+		}
+	}
+}
+
+func BenchmarkRouteMatch(b *testing.B) {
+	sc, _ := benchSidecar(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		if rt, ok := sc.match("GET", "/v1/items/42"); !ok || rt.scopes[0] != "read" {
+			b.Fatal("wrong route")
+		}
+	}
+}
+
+// BenchmarkDecideJWTCached is one whole decision: route, credential
+// extraction, cached JWT, revocation, CIDR and scope checks.
+func BenchmarkDecideJWTCached(b *testing.B) {
+	sc, token := benchSidecar(b)
+	h := http.Header{}
+	h.Set("Authorization", "Bearer "+token)
+	r := request{method: "GET", path: "/v1/items/1", header: h, clientIP: netip.MustParseAddr("127.0.0.1")}
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if d := sc.decide(ctx, r); !d.allowed() {
+			b.Fatal(fmt.Sprint("denied: ", d.reason))
+		}
+	}
+}
