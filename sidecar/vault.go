@@ -43,6 +43,11 @@ func newVaultClient(s *settings, log hclog.Logger) (*vaultClient, error) {
 			return nil, fmt.Errorf("vault ca_cert: %w", err)
 		}
 	}
+	// The pooled transport keeps GOMAXPROCS+1 idle connections per host; a
+	// burst of cold API keys then opens and closes a connection per call.
+	if t, ok := cfg.HttpClient.Transport.(*http.Transport); ok {
+		t.MaxIdleConnsPerHost = 64
+	}
 	cfg.Timeout = 5 * time.Second
 	cfg.MaxRetries = 0 // the sidecar decides what a failure means
 	c, err := api.NewClient(cfg)
