@@ -319,7 +319,6 @@ func (b *bench) cycleScript(keys []string) string {
 local keys = {}
 for line in io.lines(%q) do keys[#keys + 1] = line end
 local i = 0
-function setup(thread) end
 function init(args) math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16)); i = math.random(#keys) end
 function request()
   i = i %% #keys + 1
