@@ -160,6 +160,8 @@ func (b *bench) run(ctx context.Context) error {
 	b.notes = append(b.notes, fmt.Sprintf("%d keys minted in %s for the scale rows", b.o.keys, time.Since(mintStart).Round(time.Second)))
 	b.wrk("b-100k", fmt.Sprintf("(b) with %dk keys stored", b.o.keys/1000), warm.auth+"/verify/r", []string{"X-API-Key: " + hotKey}, "")
 	b.wrk("c-100k", fmt.Sprintf("(c) with %dk keys stored", b.o.keys/1000), cold.auth+"/verify/r", nil, b.cycleScript(keys))
+	// (f) again, to tell the sidecar's share of any slowdown from Vault's.
+	b.wrk("f-100k", fmt.Sprintf("(f) with %dk keys stored", b.o.keys/1000), vaultURL+"/v1/keybroker/verify", []string{tokenHdr}, b.postScript(fmt.Sprintf(`{"credential":%q}`, hotKey)))
 
 	log("showing the warm sidecar %d distinct keys", len(keys))
 	if err := see(warm.auth, keys); err != nil {
