@@ -40,6 +40,10 @@ type backend struct {
 	// refreshMu serialises refresh-token exchanges, so a token cannot be
 	// spent twice by concurrent requests.
 	refreshMu sync.Mutex
+
+	// budgetMu serialises budget accounting (reservations, reports, tenant
+	// ceilings); like revocations, it only happens on the active node.
+	budgetMu sync.Mutex
 }
 
 // Factory is the plugin's logical.Factory.
@@ -67,6 +71,8 @@ func newBackend() *backend {
 			pathRoles(b),
 			pathKeys(b),
 			pathJWKS(b),
+			pathBudget(b),
+			pathTenants(b),
 			[]*framework.Path{
 				pathConfig(b),
 				pathRefresh(b),

@@ -30,6 +30,7 @@ type keyEntry struct {
 	CreatedAt  time.Time         `json:"created_at"`
 	ExpiresAt  time.Time         `json:"expires_at"`
 	RevokedAt  time.Time         `json:"revoked_at,omitzero"`
+	limits
 }
 
 func (k *keyEntry) revoked() bool { return !k.RevokedAt.IsZero() }
@@ -146,6 +147,10 @@ func (b *backend) pathKeyMint(ctx context.Context, req *logical.Request, d *fram
 	if err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
+	lim, err := r.limits.narrow(roleName, d)
+	if err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
 
 	md := map[string]string{}
 	if v, ok := d.GetOk("metadata"); ok {
@@ -190,6 +195,7 @@ func (b *backend) pathKeyMint(ctx context.Context, req *logical.Request, d *fram
 	entry.EntityID = req.EntityID
 	entry.CreatedAt = now
 	entry.ExpiresAt = now.Add(ttl)
+	entry.limits = lim
 	if err := b.putKey(ctx, req.Storage, entry); err != nil {
 		return nil, err
 	}
@@ -204,6 +210,7 @@ func (b *backend) pathKeyMint(ctx context.Context, req *logical.Request, d *fram
 		"tenant":      r.Tenant,
 		"expires_at":  entry.ExpiresAt.Format(time.RFC3339),
 	}
+	lim.responseData(data)
 	var resp *logical.Response
 	if r.Orphan {
 		resp = &logical.Response{Data: data}
@@ -271,6 +278,7 @@ func (b *backend) pathKeyRead(ctx context.Context, req *logical.Request, d *fram
 	data["entity_id"] = k.EntityID
 	data["created_at"] = k.CreatedAt.UTC().Format(time.RFC3339)
 	data["revoked"] = k.revoked()
+	k.limits.responseData(data)
 	if k.revoked() {
 		data["revoked_at"] = k.RevokedAt.UTC().Format(time.RFC3339)
 	}

@@ -35,6 +35,9 @@ type role struct {
 	TokenMaxTTL time.Duration `json:"token_max_ttl"`
 	Subject     string        `json:"subject"`
 	RefreshTTL  time.Duration `json:"refresh_ttl"`
+
+	// Budgets and rate limits, copied into each credential.
+	limits
 }
 
 // How a token's sub claim is derived from the caller's Vault identity.
@@ -65,6 +68,7 @@ func (r *role) applyDefaults() {
 	if r.Subject == "" {
 		r.Subject = subjectEntityID
 	}
+	r.limits.applyDefaults()
 }
 
 func (r *role) defaultScopes() []string {
@@ -79,7 +83,7 @@ func (r *role) responseData() map[string]interface{} {
 	if md == nil {
 		md = map[string]string{}
 	}
-	return map[string]interface{}{
+	data := map[string]interface{}{
 		"scopes":         nonNil(r.Scopes),
 		"default_scopes": nonNil(r.defaultScopes()),
 		"ttl":            int64(r.TTL.Seconds()),
@@ -95,6 +99,8 @@ func (r *role) responseData() map[string]interface{} {
 		"subject":        r.Subject,
 		"refresh_ttl":    int64(r.RefreshTTL.Seconds()),
 	}
+	r.limits.responseData(data)
+	return data
 }
 
 func nonNil(s []string) []string {
@@ -105,6 +111,73 @@ func nonNil(s []string) []string {
 }
 
 func pathRoles(b *backend) []*framework.Path {
+	fields := map[string]*framework.FieldSchema{
+		"name": {
+			Type:        framework.TypeString,
+			Description: "Name of the role. Used in keybroker/keys/<name> and in lease ids.",
+			Required:    true,
+		},
+		"scopes": {
+			Type:        framework.TypeCommaStringSlice,
+			Description: fmt.Sprintf("Scopes credentials minted from this role may carry (RFC 6749 scope tokens, at most %d).", maxScopes),
+		},
+		"default_scopes": {
+			Type:        framework.TypeCommaStringSlice,
+			Description: "Scopes granted when a mint request names none. Must be a subset of scopes. Default: all of scopes.",
+		},
+		"ttl": {
+			Type:        framework.TypeDurationSecond,
+			Description: "Default lifetime of credentials minted from this role. Default: the mount's default lease TTL.",
+		},
+		"max_ttl": {
+			Type:        framework.TypeDurationSecond,
+			Description: "Longest lifetime, including renewals, of credentials minted from this role. Default: the mount's max lease TTL.",
+		},
+		"bound_cidrs": {
+			Type:        framework.TypeCommaStringSlice,
+			Description: fmt.Sprintf("CIDR blocks (IPv4 or IPv6) the role's credentials may be used from. Empty: anywhere. At most %d.", maxCIDRs),
+		},
+		"tenant": {
+			Type:        framework.TypeString,
+			Description: "Tenant the role's credentials belong to; verifiers pass it upstream.",
+		},
+		"key_prefix": {
+			Type:        framework.TypeString,
+			Description: "Prefix of API keys minted from this role: 2 to 16 lowercase letters and digits, starting with a letter.",
+			Default:     apikey.DefaultPrefix,
+		},
+		"orphan": {
+			Type:        framework.TypeBool,
+			Description: "If true, keys are not Vault leases: they outlive the token that minted them, expire at their expires_at and are revoked through keybroker/keys/id/<key_id>.",
+		},
+		"metadata": {
+			Type:        framework.TypeKVPairs,
+			Description: fmt.Sprintf("Metadata returned with every verification of the role's credentials (at most %d entries).", maxMetadataPairs),
+		},
+		"audiences": {
+			Type:        framework.TypeCommaStringSlice,
+			Description: "Allowed aud values of agent JWTs minted from this role. A role needs at least one to mint tokens.",
+		},
+		"token_ttl": {
+			Type:        framework.TypeDurationSecond,
+			Description: "Default lifetime of agent JWTs. Default: 15m.",
+		},
+		"token_max_ttl": {
+			Type:        framework.TypeDurationSecond,
+			Description: "Longest lifetime of agent JWTs; must not exceed keybroker/config verification_ttl. Default: 1h.",
+		},
+		"subject": {
+			Type:        framework.TypeString,
+			Description: "How a JWT's sub is derived from the caller's Vault identity: entity_id (default), entity_name or alias_name. Never from the request.",
+		},
+		"refresh_ttl": {
+			Type:        framework.TypeDurationSecond,
+			Description: "Lifetime of refresh tokens issued with agent JWTs; 0 (default) issues none.",
+		},
+	}
+	for k, f := range limitFields() {
+		fields[k] = f
+	}
 	return []*framework.Path{
 		{
 			Pattern: "roles/?$",
@@ -115,71 +188,8 @@ func pathRoles(b *backend) []*framework.Path {
 			HelpDescription: "Lists the names of all roles credentials can be minted from.",
 		},
 		{
-			Pattern: "roles/" + framework.GenericNameRegex("name"),
-			Fields: map[string]*framework.FieldSchema{
-				"name": {
-					Type:        framework.TypeString,
-					Description: "Name of the role. Used in keybroker/keys/<name> and in lease ids.",
-					Required:    true,
-				},
-				"scopes": {
-					Type:        framework.TypeCommaStringSlice,
-					Description: fmt.Sprintf("Scopes credentials minted from this role may carry (RFC 6749 scope tokens, at most %d).", maxScopes),
-				},
-				"default_scopes": {
-					Type:        framework.TypeCommaStringSlice,
-					Description: "Scopes granted when a mint request names none. Must be a subset of scopes. Default: all of scopes.",
-				},
-				"ttl": {
-					Type:        framework.TypeDurationSecond,
-					Description: "Default lifetime of credentials minted from this role. Default: the mount's default lease TTL.",
-				},
-				"max_ttl": {
-					Type:        framework.TypeDurationSecond,
-					Description: "Longest lifetime, including renewals, of credentials minted from this role. Default: the mount's max lease TTL.",
-				},
-				"bound_cidrs": {
-					Type:        framework.TypeCommaStringSlice,
-					Description: fmt.Sprintf("CIDR blocks (IPv4 or IPv6) the role's credentials may be used from. Empty: anywhere. At most %d.", maxCIDRs),
-				},
-				"tenant": {
-					Type:        framework.TypeString,
-					Description: "Tenant the role's credentials belong to; verifiers pass it upstream.",
-				},
-				"key_prefix": {
-					Type:        framework.TypeString,
-					Description: "Prefix of API keys minted from this role: 2 to 16 lowercase letters and digits, starting with a letter.",
-					Default:     apikey.DefaultPrefix,
-				},
-				"orphan": {
-					Type:        framework.TypeBool,
-					Description: "If true, keys are not Vault leases: they outlive the token that minted them, expire at their expires_at and are revoked through keybroker/keys/id/<key_id>.",
-				},
-				"metadata": {
-					Type:        framework.TypeKVPairs,
-					Description: fmt.Sprintf("Metadata returned with every verification of the role's credentials (at most %d entries).", maxMetadataPairs),
-				},
-				"audiences": {
-					Type:        framework.TypeCommaStringSlice,
-					Description: "Allowed aud values of agent JWTs minted from this role. A role needs at least one to mint tokens.",
-				},
-				"token_ttl": {
-					Type:        framework.TypeDurationSecond,
-					Description: "Default lifetime of agent JWTs. Default: 15m.",
-				},
-				"token_max_ttl": {
-					Type:        framework.TypeDurationSecond,
-					Description: "Longest lifetime of agent JWTs; must not exceed keybroker/config verification_ttl. Default: 1h.",
-				},
-				"subject": {
-					Type:        framework.TypeString,
-					Description: "How a JWT's sub is derived from the caller's Vault identity: entity_id (default), entity_name or alias_name. Never from the request.",
-				},
-				"refresh_ttl": {
-					Type:        framework.TypeDurationSecond,
-					Description: "Lifetime of refresh tokens issued with agent JWTs; 0 (default) issues none.",
-				},
-			},
+			Pattern:        "roles/" + framework.GenericNameRegex("name"),
+			Fields:         fields,
 			ExistenceCheck: b.roleExists,
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.CreateOperation: &framework.PathOperation{Callback: b.pathRoleWrite},
@@ -292,6 +302,7 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 	if v, ok := d.GetOk("refresh_ttl"); ok {
 		r.RefreshTTL = time.Duration(v.(int)) * time.Second
 	}
+	r.limits.setFromRequest(d)
 	r.applyDefaults()
 
 	if err := r.normalize(b.System().MaxLeaseTTL()); err != nil {
@@ -329,6 +340,10 @@ func grantFields(noun, ttlDefault string) map[string]*framework.FieldSchema {
 		"bound_cidrs": {
 			Type:        framework.TypeCommaStringSlice,
 			Description: "CIDR blocks the " + noun + " may be used from; each must lie within the role's bound_cidrs. Default: the role's.",
+		},
+		"budget": {
+			Type:        framework.TypeInt64,
+			Description: "Units the " + noun + " may spend per budget_period; at most the role's budget (any, when the role has none). Default: the role's.",
 		},
 	}
 }
@@ -433,5 +448,5 @@ func (r *role) normalize(mountMaxTTL time.Duration) error {
 	default:
 		return fmt.Errorf("subject must be %s, %s or %s, got %q", subjectEntityID, subjectEntityName, subjectAliasName, r.Subject)
 	}
-	return nil
+	return r.limits.normalize()
 }

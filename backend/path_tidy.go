@@ -18,6 +18,7 @@ type tidyStats struct {
 	RevocationsDeleted int
 	RefreshDeleted     int
 	FamiliesDeleted    int
+	MetersDeleted      int
 }
 
 func pathTidy(b *backend) *framework.Path {
@@ -29,7 +30,8 @@ func pathTidy(b *backend) *framework.Path {
 		HelpSynopsis: "Remove expired keys and revocation entries now.",
 		HelpDescription: fmt.Sprintf(`Tidy runs by itself every %s on the active node. It deletes keys that
 expired more than %s ago (revoked or not), revocation entries whose
-credential has expired, and expired refresh tokens and token families. Writing to this path runs it at once.`, tidyInterval, expiredKeyRetention),
+credential has expired, expired refresh tokens and token families, and the
+budgets of expired credentials. Writing to this path runs it at once.`, tidyInterval, expiredKeyRetention),
 	}
 }
 
@@ -43,6 +45,7 @@ func (b *backend) pathTidyWrite(ctx context.Context, req *logical.Request, _ *fr
 		"revocations_deleted":    st.RevocationsDeleted,
 		"refresh_tokens_deleted": st.RefreshDeleted,
 		"families_deleted":       st.FamiliesDeleted,
+		"budgets_deleted":        st.MetersDeleted,
 	}}, nil
 }
 
@@ -69,6 +72,11 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage, now time.Time) (t
 	}); err != nil {
 		return st, err
 	}
+	if st.MetersDeleted, err = tidyPrefix(ctx, s, meterPrefix, func(m *meter) bool {
+		return !now.Before(m.ExpiresAt)
+	}); err != nil {
+		return st, err
+	}
 	if _, err = tidyPrefix(ctx, s, revokedJTIPrefix, func(r *revokedJTI) bool {
 		return !now.Before(r.ExpiresAt)
 	}); err != nil {
@@ -76,7 +84,7 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage, now time.Time) (t
 	}
 	if st != (tidyStats{}) {
 		b.Logger().Info("tidy removed expired entries", "keys", st.KeysDeleted, "revocations", st.RevocationsDeleted,
-			"refresh_tokens", st.RefreshDeleted, "families", st.FamiliesDeleted)
+			"refresh_tokens", st.RefreshDeleted, "families", st.FamiliesDeleted, "budgets", st.MetersDeleted)
 	}
 	return st, nil
 }

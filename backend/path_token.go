@@ -32,6 +32,7 @@ type grant struct {
 	Tenant    string   `json:"tenant,omitempty"`
 	Subject   string   `json:"subject"`
 	EntityID  string   `json:"entity_id,omitempty"`
+	limits
 }
 
 func pathToken(b *backend) *framework.Path {
@@ -93,6 +94,9 @@ func (b *backend) pathTokenMint(ctx context.Context, req *logical.Request, d *fr
 	if g.CIDRs, err = r.narrowCIDRs(roleName, d); err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
+	if g.limits, err = r.limits.narrow(roleName, d); err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
 	if aud := d.Get("audience").(string); aud != "" {
 		if !slices.Contains(r.Audiences, aud) {
 			return logical.ErrorResponse("audience %q is not allowed by role %q (allowed: %s)", aud, roleName, strings.Join(r.Audiences, ", ")), nil
@@ -146,6 +150,10 @@ func (b *backend) issueToken(ctx context.Context, req *logical.Request, g grant,
 	if err != nil {
 		return nil, fmt.Errorf("generating jti: %w", err)
 	}
+	metered, err := b.metered(ctx, req.Storage, g.limits, g.Tenant)
+	if err != nil {
+		return nil, err
+	}
 	now := time.Now().UTC().Truncate(time.Second)
 	exp := now.Add(ttl)
 	claims := jwtverify.Claims{
@@ -163,12 +171,16 @@ func (b *backend) issueToken(ctx context.Context, req *logical.Request, g grant,
 		Tenant: g.Tenant,
 		CIDR:   g.CIDRs,
 	}
+	claims.Budget, claims.Rate = g.limits.claims(metered)
 	tok := jwt.NewWithClaims(jwt.GetSigningMethod(st.alg), claims)
 	tok.Header["kid"] = st.kid
 	tok.Header["typ"] = jwtverify.TokenType
 	signed, err := tok.SignedString(st.signer)
 	if err != nil {
 		return nil, fmt.Errorf("signing token: %w", err)
+	}
+	if err := b.meterToken(ctx, req.Storage, jti, family, g, exp); err != nil {
+		return nil, err
 	}
 	resp := b.Secret(secretTypeJWT).Response(map[string]interface{}{
 		"token":      signed,

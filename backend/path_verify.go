@@ -123,9 +123,14 @@ func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *
 	case len(subset(required, k.Scopes)) > 0:
 		return verifyAnswer(reasonInsufficientScope), nil
 	}
+	metered, err := b.metered(ctx, req.Storage, k.limits, k.Tenant)
+	if err != nil {
+		return nil, err
+	}
 	data := k.publicData()
 	data["valid"] = true
 	data["reason"] = reasonOK
+	data["budget"], data["rate_limit"] = k.limits.claims(metered)
 	return &logical.Response{Data: data}, nil
 }
 
@@ -183,6 +188,8 @@ func (b *backend) verifyJWT(ctx context.Context, req *logical.Request, token str
 		"audience":    []string(c.Audience),
 		"bound_cidrs": nonNil(c.CIDR),
 		"expires_at":  c.ExpiresAt.UTC().Format(time.RFC3339),
+		"budget":      c.Budget,
+		"rate_limit":  c.Rate,
 	}}, nil
 }
 

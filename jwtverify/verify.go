@@ -49,20 +49,31 @@ type Header struct {
 	X5C  json.RawMessage `json:"x5c"`
 }
 
-// Budget is the spend ceiling a token carries when its role has one.
+// Budget says a credential is metered: verifiers account its spend through
+// the plugin. Units is its own ceiling per period (0: only its tenant's
+// ceiling applies), Period the period in seconds, MaxCost what one request
+// may cost at most.
 type Budget struct {
-	Units  int64  `json:"units"`
-	Period string `json:"period"`
+	Units   int64 `json:"units"`
+	Period  int64 `json:"period"`
+	MaxCost int64 `json:"max_cost"`
+}
+
+// RateLimit is a credential's request rate per verifier.
+type RateLimit struct {
+	PerSecond float64 `json:"per_second"`
+	Burst     int     `json:"burst"`
 }
 
 // Claims are the claims of a keybroker access token.
 type Claims struct {
 	jwt.RegisteredClaims
-	Scope  string   `json:"scope,omitempty"`
-	Role   string   `json:"role,omitempty"`
-	Tenant string   `json:"tenant,omitempty"`
-	CIDR   []string `json:"cidr,omitempty"`
-	Budget *Budget  `json:"budget,omitempty"`
+	Scope  string     `json:"scope,omitempty"`
+	Role   string     `json:"role,omitempty"`
+	Tenant string     `json:"tenant,omitempty"`
+	CIDR   []string   `json:"cidr,omitempty"`
+	Budget *Budget    `json:"budget,omitempty"`
+	Rate   *RateLimit `json:"rate_limit,omitempty"`
 }
 
 // Scopes splits the space-separated scope claim.

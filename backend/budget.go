@@ -1,0 +1,260 @@
+package backend
+
+import (
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+
+	"github.com/keybroker/keybroker/jwtverify"
+)
+
+// Bounds on budgets and rates. maxUnits keeps every sum of units far from
+// int64 overflow; larger budgets are mistakes, not plans.
+const (
+	maxUnits            = 1_000_000_000_000_000 // 1e15
+	maxRate             = 1_000_000
+	minBudgetPeriod     = time.Second
+	maxBudgetPeriod     = 366 * 24 * time.Hour
+	defaultBudgetPeriod = 24 * time.Hour
+)
+
+// limits is what a role, and each credential minted from it, carries about
+// spend and request rate. Budget 0 means no per-credential ceiling.
+type limits struct {
+	Budget       int64         `json:"budget,omitempty"`
+	BudgetPeriod time.Duration `json:"budget_period,omitempty"`
+	MaxCost      int64         `json:"max_cost_per_request,omitempty"`
+	RateLimit    float64       `json:"rate_limit,omitempty"`
+	RateBurst    int           `json:"rate_burst,omitempty"`
+}
+
+func limitFields() map[string]*framework.FieldSchema {
+	return map[string]*framework.FieldSchema{
+		"budget": {
+			Type:        framework.TypeInt64,
+			Description: fmt.Sprintf("Units each credential may spend per budget_period; 0 (default) sets no per-credential ceiling. At most %d.", int64(maxUnits)),
+		},
+		"budget_period": {
+			Type:        framework.TypeDurationSecond,
+			Description: "Length of a budget period. Periods start at fixed boundaries (multiples of the period since 0001-01-01 UTC: 24h starts at midnight UTC, 1h on the hour). Default: 24h.",
+		},
+		"max_cost_per_request": {
+			Type:        framework.TypeInt64,
+			Description: "Most units one request may cost. Verifiers hold this much before forwarding a request and settle the real cost after. Must not exceed budget. Default: 1.",
+		},
+		"rate_limit": {
+			Type:        framework.TypeFloat,
+			Description: "Requests per second each credential may make through each verifier; 0 (default) sets no limit.",
+		},
+		"rate_burst": {
+			Type:        framework.TypeInt,
+			Description: "Requests a credential may make at once above rate_limit. Default: rate_limit rounded up.",
+		},
+	}
+}
+
+// setFromRequest overwrites the fields the request gives.
+func (l *limits) setFromRequest(d *framework.FieldData) {
+	if v, ok := d.GetOk("budget"); ok {
+		l.Budget = v.(int64)
+	}
+	if v, ok := d.GetOk("budget_period"); ok {
+		l.BudgetPeriod = time.Duration(v.(int)) * time.Second
+	}
+	if v, ok := d.GetOk("max_cost_per_request"); ok {
+		l.MaxCost = v.(int64)
+	}
+	if v, ok := d.GetOk("rate_limit"); ok {
+		l.RateLimit = v.(float64)
+	}
+	if v, ok := d.GetOk("rate_burst"); ok {
+		l.RateBurst = v.(int)
+	}
+}
+
+// normalize checks the limits and fills in defaults.
+func (l *limits) normalize() error {
+	switch {
+	case l.Budget < 0 || l.Budget > maxUnits:
+		return fmt.Errorf("budget must be between 0 and %d, got %d", int64(maxUnits), l.Budget)
+	case l.MaxCost < 0 || l.MaxCost > maxUnits:
+		return fmt.Errorf("max_cost_per_request must be between 1 and %d, got %d", int64(maxUnits), l.MaxCost)
+	case math.IsNaN(l.RateLimit) || l.RateLimit < 0 || l.RateLimit > maxRate:
+		return fmt.Errorf("rate_limit must be between 0 and %d requests per second, got %v", maxRate, l.RateLimit)
+	case l.RateBurst < 0 || l.RateBurst > maxRate:
+		return fmt.Errorf("rate_burst must be between 0 and %d, got %d", maxRate, l.RateBurst)
+	case l.RateBurst > 0 && l.RateLimit == 0:
+		return fmt.Errorf("rate_burst needs a rate_limit")
+	}
+	l.applyDefaults()
+	if err := validateBudgetPeriod(l.BudgetPeriod); err != nil {
+		return err
+	}
+	if l.Budget > 0 && l.MaxCost > l.Budget {
+		return fmt.Errorf("max_cost_per_request (%d) must not exceed budget (%d)", l.MaxCost, l.Budget)
+	}
+	return nil
+}
+
+func (l *limits) applyDefaults() {
+	if l.BudgetPeriod == 0 {
+		l.BudgetPeriod = defaultBudgetPeriod
+	}
+	if l.MaxCost == 0 {
+		l.MaxCost = 1
+	}
+	if l.RateLimit > 0 && l.RateBurst == 0 {
+		l.RateBurst = int(math.Ceil(l.RateLimit))
+	}
+}
+
+func validateBudgetPeriod(p time.Duration) error {
+	if p < minBudgetPeriod || p > maxBudgetPeriod || p%time.Second != 0 {
+		return fmt.Errorf("budget_period must be whole seconds between %s and %s, got %s", minBudgetPeriod, maxBudgetPeriod, p)
+	}
+	return nil
+}
+
+// narrow returns the limits for one credential: the request may ask for a
+// smaller budget (field "budget") than the role's, never a larger one.
+func (l limits) narrow(roleName string, d *framework.FieldData) (limits, error) {
+	v, ok := d.GetOk("budget")
+	if !ok {
+		return l, nil
+	}
+	asked := v.(int64)
+	switch {
+	case asked <= 0 || asked > maxUnits:
+		return l, fmt.Errorf("budget must be between 1 and %d, got %d", int64(maxUnits), asked)
+	case l.Budget > 0 && asked > l.Budget:
+		return l, fmt.Errorf("budget %d exceeds role %q's budget (%d)", asked, roleName, l.Budget)
+	case asked < l.MaxCost:
+		return l, fmt.Errorf("budget %d is below role %q's max_cost_per_request (%d)", asked, roleName, l.MaxCost)
+	}
+	l.Budget = asked
+	return l, nil
+}
+
+func (l limits) responseData(data map[string]interface{}) {
+	data["budget"] = l.Budget
+	data["budget_period"] = int64(l.BudgetPeriod.Seconds())
+	data["max_cost_per_request"] = l.MaxCost
+	data["rate_limit"] = l.RateLimit
+	data["rate_burst"] = l.RateBurst
+}
+
+// claims are the limits as verifiers see them: budget when the credential is
+// metered (its own budget, or a tenant ceiling), rate_limit when it has one.
+func (l limits) claims(metered bool) (*jwtverify.Budget, *jwtverify.RateLimit) {
+	var b *jwtverify.Budget
+	var r *jwtverify.RateLimit
+	if metered {
+		b = &jwtverify.Budget{Units: l.Budget, Period: int64(l.BudgetPeriod.Seconds()), MaxCost: l.MaxCost}
+	}
+	if l.RateLimit > 0 {
+		r = &jwtverify.RateLimit{PerSecond: l.RateLimit, Burst: l.RateBurst}
+	}
+	return b, r
+}
+
+// account is the spend of one credential or tenant in its current period,
+// and the reservations verifiers hold against it.
+type account struct {
+	PeriodStart  time.Time               `json:"period_start"`
+	Used         int64                   `json:"used"`
+	Reservations map[string]*reservation `json:"reservations,omitempty"`
+}
+
+// reservation is a chunk of budget one verifier holds. It counts against the
+// period it was granted in; use reported on it after that period counts
+// there, not in the new one.
+type reservation struct {
+	PeriodStart time.Time     `json:"period_start"`
+	Units       int64         `json:"units"`
+	Used        int64         `json:"used"`
+	TTL         time.Duration `json:"ttl"`
+	ExpiresAt   time.Time     `json:"expires_at"`
+	Holder      string        `json:"holder,omitempty"`
+}
+
+func periodStart(now time.Time, period time.Duration) time.Time {
+	return now.UTC().Truncate(period)
+}
+
+// roll starts a new period when now is past the current one, and drops
+// expired reservations, whose unused units so come back.
+func (a *account) roll(now time.Time, period time.Duration) {
+	if start := periodStart(now, period); !start.Equal(a.PeriodStart) {
+		a.PeriodStart = start
+		a.Used = 0
+	}
+	for id, r := range a.Reservations {
+		if !now.Before(r.ExpiresAt) {
+			delete(a.Reservations, id)
+		}
+	}
+}
+
+// reserved is what live reservations of the current period hold unused.
+func (a *account) reserved() int64 {
+	var n int64
+	for _, r := range a.Reservations {
+		if r.PeriodStart.Equal(a.PeriodStart) && r.Units > r.Used {
+			n += r.Units - r.Used
+		}
+	}
+	return n
+}
+
+// remaining is what can still be reserved; -1 when limit is 0 (no ceiling).
+func (a *account) remaining(limit int64) int64 {
+	if limit == 0 {
+		return -1
+	}
+	return max(0, limit-a.Used-a.reserved())
+}
+
+// report records the cumulative use of reservation id. Use only grows, so a
+// retried report counts once.
+func (a *account) report(id string, used int64, now time.Time) error {
+	r := a.Reservations[id]
+	if r == nil {
+		return errUnknownReservation
+	}
+	if used < r.Used {
+		return fmt.Errorf("used (%d) is below what was already reported on this reservation (%d); report the running total", used, r.Used)
+	}
+	if r.PeriodStart.Equal(a.PeriodStart) {
+		a.Used += used - r.Used
+	}
+	r.Used = used
+	r.ExpiresAt = now.Add(r.TTL)
+	return nil
+}
+
+var errUnknownReservation = fmt.Errorf("reservation is unknown or expired")
+
+// minRemaining is the smaller of two remainders where -1 means unlimited.
+func minRemaining(a, b int64) int64 {
+	switch {
+	case a < 0:
+		return b
+	case b < 0:
+		return a
+	}
+	return min(a, b)
+}
+
+// status is an account as reads show it.
+func (a *account) status(limit int64, period time.Duration) map[string]interface{} {
+	return map[string]interface{}{
+		"limit":        limit,
+		"used":         a.Used,
+		"reserved":     a.reserved(),
+		"remaining":    a.remaining(limit),
+		"period_start": a.PeriodStart.Format(time.RFC3339),
+		"reset":        a.PeriodStart.Add(period).Format(time.RFC3339),
+	}
+}

@@ -1,0 +1,397 @@
+package backend
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	uuid "github.com/hashicorp/go-uuid"
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/keybroker/keybroker/apikey"
+)
+
+const (
+	meterPrefix           = "meters/"
+	defaultReservationTTL = 30 * time.Second
+	minReservationTTL     = 5 * time.Second
+	maxReservationTTL     = 10 * time.Minute
+)
+
+// meter is the budget of one credential: a snapshot of its limits and its
+// account. A JWT of a refresh family links to the family's meter, so that
+// refreshing does not bring a fresh budget.
+type meter struct {
+	Limit     int64         `json:"limit"`
+	Period    time.Duration `json:"period"`
+	Tenant    string        `json:"tenant,omitempty"`
+	ExpiresAt time.Time     `json:"expires_at"`
+	Link      string        `json:"link,omitempty"`
+	account
+}
+
+func pathBudget(b *backend) []*framework.Path {
+	return []*framework.Path{
+		{
+			Pattern: "budget/reserve$",
+			Fields: map[string]*framework.FieldSchema{
+				"id": {
+					Type:        framework.TypeString,
+					Description: "The credential: an API key's key_id or a JWT's jti.",
+					Required:    true,
+				},
+				"units": {
+					Type:        framework.TypeInt64,
+					Description: fmt.Sprintf("Units to reserve (1 to %d). Fewer are granted when fewer remain.", int64(maxUnits)),
+					Required:    true,
+				},
+				"ttl": {
+					Type:        framework.TypeDurationSecond,
+					Description: fmt.Sprintf("How long the reservation lives without a report; each report renews it. %s to %s, default %s.", minReservationTTL, maxReservationTTL, defaultReservationTTL),
+				},
+				"holder": {
+					Type:        framework.TypeString,
+					Description: "Who holds the reservation (a verifier's name), shown nowhere but the audit log.",
+				},
+			},
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.UpdateOperation: &framework.PathOperation{Callback: b.pathBudgetReserve},
+			},
+			HelpSynopsis: "Reserve a chunk of a credential's budget.",
+			HelpDescription: `Verifiers reserve budget in chunks so that requests do not call Vault one by
+one. The grant is the smaller of units and what remains of the credential's
+budget and its tenant's ceiling in the current period; granted=0 with
+exhausted=true and reset says the budget is spent until reset. A reservation
+counts against the period it was granted in, ends when released through
+keybroker/budget/report, and expires (its unused units coming back) when no
+report renews it within its ttl.`,
+		},
+		{
+			Pattern: "budget/report$",
+			Fields: map[string]*framework.FieldSchema{
+				"reservation_id": {
+					Type:        framework.TypeString,
+					Description: "The reservation, as keybroker/budget/reserve returned it.",
+					Required:    true,
+				},
+				"used": {
+					Type:        framework.TypeInt64,
+					Description: "Units used on the reservation so far: the running total, so a retried report counts once.",
+				},
+				"release": {
+					Type:        framework.TypeBool,
+					Description: "End the reservation after recording used; its unused units come back.",
+				},
+			},
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.UpdateOperation: &framework.PathOperation{Callback: b.pathBudgetReport},
+			},
+			HelpSynopsis: "Report what a reservation has used, and renew or release it.",
+			HelpDescription: `Records the running total used on a reservation against the credential and
+its tenant. Use may exceed the reservation (a request that cost more than it
+held): it is recorded as it is. A report for an unknown or expired
+reservation, or one whose total goes down, is refused and changes nothing.`,
+		},
+		{
+			Pattern: "budget/" + framework.GenericNameRegex("id"),
+			Fields: map[string]*framework.FieldSchema{
+				"id": {
+					Type:        framework.TypeString,
+					Description: "The credential: an API key's key_id or a JWT's jti.",
+					Required:    true,
+				},
+			},
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ReadOperation: &framework.PathOperation{Callback: b.pathBudgetRead},
+			},
+			HelpSynopsis: "Read a credential's budget and spend.",
+			HelpDescription: `Shows limit (0: no per-credential ceiling), used, reserved, remaining (-1:
+unlimited) and reset (when the current period ends) for the credential, and
+the same under tenant_budget when its tenant has a ceiling.`,
+		},
+	}
+}
+
+// loadMeter finds the meter that accounts for credential id, following a
+// family link, and returns it with its storage path. API keys get a meter the
+// first time it is needed, from the limits stored with the key.
+func (b *backend) loadMeter(ctx context.Context, s logical.Storage, id string) (*meter, string, error) {
+	path := meterPrefix + id
+	m, err := getJSON[meter](ctx, s, path)
+	if err != nil {
+		return nil, "", err
+	}
+	if m != nil && m.Link != "" {
+		path = meterPrefix + m.Link
+		if m, err = getJSON[meter](ctx, s, path); err != nil {
+			return nil, "", err
+		}
+	}
+	if m == nil && apikey.ValidateID(id) {
+		k, err := b.getKey(ctx, s, id)
+		if err != nil || k == nil || (k.Budget == 0 && k.Tenant == "") {
+			return nil, "", err
+		}
+		m = &meter{Limit: k.Budget, Period: k.BudgetPeriod, Tenant: k.Tenant, ExpiresAt: k.ExpiresAt}
+		if m.Period == 0 {
+			m.Period = defaultBudgetPeriod // a key minted before budgets existed
+		}
+	}
+	return m, path, nil
+}
+
+// metered says whether credentials with these limits and tenant are
+// accounted: they have a budget, or their tenant a ceiling.
+func (b *backend) metered(ctx context.Context, s logical.Storage, l limits, tenant string) (bool, error) {
+	if l.Budget > 0 {
+		return true, nil
+	}
+	if tenant == "" {
+		return false, nil
+	}
+	t, err := b.getTenant(ctx, s, tenant)
+	return t != nil, err
+}
+
+// meterToken keeps the meter of a new JWT: its own, or a link to its refresh
+// family's, which lives as long as the family's newest token.
+func (b *backend) meterToken(ctx context.Context, s logical.Storage, jti, familyID string, g grant, exp time.Time) error {
+	if g.Budget == 0 && g.Tenant == "" {
+		return nil
+	}
+	b.budgetMu.Lock()
+	defer b.budgetMu.Unlock()
+	own := &meter{Limit: g.Budget, Period: g.BudgetPeriod, Tenant: g.Tenant, ExpiresAt: exp}
+	if familyID == "" {
+		return putJSON(ctx, s, meterPrefix+jti, own)
+	}
+	fm, err := getJSON[meter](ctx, s, meterPrefix+familyID)
+	if err != nil {
+		return err
+	}
+	if fm == nil {
+		fm = own
+	}
+	fm.ExpiresAt = maxTime(fm.ExpiresAt, exp)
+	if err := putJSON(ctx, s, meterPrefix+familyID, fm); err != nil {
+		return err
+	}
+	return putJSON(ctx, s, meterPrefix+jti, &meter{Link: familyID, ExpiresAt: exp})
+}
+
+func (b *backend) pathBudgetReserve(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	if resp := validateRequest(d); resp != nil {
+		return resp, nil
+	}
+	id, units, holder := d.Get("id").(string), d.Get("units").(int64), d.Get("holder").(string)
+	ttl := time.Duration(d.Get("ttl").(int)) * time.Second
+	if ttl == 0 {
+		ttl = defaultReservationTTL
+	}
+	switch {
+	case id == "":
+		return logical.ErrorResponse("id is required: an API key's key_id or a JWT's jti"), nil
+	case units <= 0 || units > maxUnits:
+		return logical.ErrorResponse("units must be between 1 and %d, got %d", int64(maxUnits), units), nil
+	case ttl < minReservationTTL || ttl > maxReservationTTL:
+		return logical.ErrorResponse("ttl must be between %s and %s, got %s", minReservationTTL, maxReservationTTL, ttl), nil
+	}
+	if err := validateText("holder", holder, maxNameLength); err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
+
+	b.budgetMu.Lock()
+	defer b.budgetMu.Unlock()
+	now := time.Now().UTC()
+	m, path, err := b.loadMeter(ctx, req.Storage, id)
+	if err != nil {
+		return nil, err
+	}
+	if m == nil {
+		return logical.ErrorResponse("no budget is kept for %q: not a metered credential, or expired and tidied", id), nil
+	}
+	if !now.Before(m.ExpiresAt) {
+		return logical.ErrorResponse("credential %q has expired", id), nil
+	}
+	m.roll(now, m.Period)
+	t, err := b.tenantFor(ctx, req.Storage, m.Tenant, now)
+	if err != nil {
+		return nil, err
+	}
+
+	credLeft, tenantLeft := m.remaining(m.Limit), int64(-1)
+	periodEnd := m.PeriodStart.Add(m.Period)
+	reset := time.Time{}
+	if credLeft == 0 {
+		reset = periodEnd
+	}
+	if t != nil {
+		tenantLeft = t.remaining(t.Budget)
+		tEnd := t.PeriodStart.Add(t.BudgetPeriod)
+		periodEnd = minTime(periodEnd, tEnd)
+		if tenantLeft == 0 {
+			reset = maxTime(reset, tEnd)
+		}
+	}
+	left := minRemaining(credLeft, tenantLeft)
+	grant := units
+	if left >= 0 {
+		grant = min(units, left)
+	}
+	data := map[string]interface{}{
+		"granted":    grant,
+		"exhausted":  grant == 0,
+		"limit":      m.Limit,
+		"period_end": periodEnd.Format(time.RFC3339Nano),
+	}
+	if grant == 0 {
+		data["remaining"] = 0
+		data["reset"] = reset.Format(time.RFC3339Nano)
+		return &logical.Response{Data: data}, nil
+	}
+
+	suffix, err := uuid.GenerateUUID()
+	if err != nil {
+		return nil, fmt.Errorf("generating reservation id: %w", err)
+	}
+	resID := id + ":" + suffix
+	r := reservation{Units: grant, TTL: ttl, ExpiresAt: now.Add(ttl), Holder: holder}
+	if t != nil {
+		tr := r
+		tr.PeriodStart = t.PeriodStart
+		t.addReservation(resID, &tr)
+		if err := putJSON(ctx, req.Storage, tenantPrefix+m.Tenant, t); err != nil {
+			return nil, err
+		}
+	}
+	r.PeriodStart = m.PeriodStart
+	m.addReservation(resID, &r)
+	if err := putJSON(ctx, req.Storage, path, m); err != nil {
+		return nil, err
+	}
+	data["reservation_id"] = resID
+	data["expires_at"] = r.ExpiresAt.Format(time.RFC3339Nano)
+	if left >= 0 {
+		left -= grant
+	}
+	data["remaining"] = left
+	return &logical.Response{Data: data}, nil
+}
+
+// tenantFor returns the tenant's entry rolled to now, or nil when the tenant
+// has no ceiling.
+func (b *backend) tenantFor(ctx context.Context, s logical.Storage, name string, now time.Time) (*tenantEntry, error) {
+	if name == "" {
+		return nil, nil
+	}
+	t, err := b.getTenant(ctx, s, name)
+	if t != nil {
+		t.roll(now, t.BudgetPeriod)
+	}
+	return t, err
+}
+
+func (a *account) addReservation(id string, r *reservation) {
+	if a.Reservations == nil {
+		a.Reservations = map[string]*reservation{}
+	}
+	a.Reservations[id] = r
+}
+
+func (b *backend) pathBudgetReport(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	if resp := validateRequest(d); resp != nil {
+		return resp, nil
+	}
+	resID, used, release := d.Get("reservation_id").(string), d.Get("used").(int64), d.Get("release").(bool)
+	id, _, ok := strings.Cut(resID, ":")
+	if !ok || id == "" {
+		return logical.ErrorResponse("reservation_id %q is not one keybroker/budget/reserve returned", resID), nil
+	}
+	if used < 0 || used > maxUnits {
+		return logical.ErrorResponse("used must be between 0 and %d, got %d", int64(maxUnits), used), nil
+	}
+
+	b.budgetMu.Lock()
+	defer b.budgetMu.Unlock()
+	now := time.Now().UTC()
+	m, path, err := b.loadMeter(ctx, req.Storage, id)
+	if err != nil {
+		return nil, err
+	}
+	if m == nil {
+		return logical.ErrorResponse("reservation %q is unknown or expired; its use was not recorded", resID), nil
+	}
+	m.roll(now, m.Period)
+	if err := m.report(resID, used, now); err != nil {
+		if errors.Is(err, errUnknownReservation) {
+			return logical.ErrorResponse("reservation %q is unknown or expired; its use was not recorded", resID), nil
+		}
+		return logical.ErrorResponse(err.Error()), nil
+	}
+	t, err := b.tenantFor(ctx, req.Storage, m.Tenant, now)
+	if err != nil {
+		return nil, err
+	}
+	// The tenant's copy may be gone (the ceiling was deleted, or set after
+	// the reservation); the credential's account is the one that must agree.
+	if t != nil && t.report(resID, used, now) == nil {
+		if release {
+			delete(t.Reservations, resID)
+		}
+		if err := putJSON(ctx, req.Storage, tenantPrefix+m.Tenant, t); err != nil {
+			return nil, err
+		}
+	}
+	r := m.Reservations[resID]
+	if release {
+		delete(m.Reservations, resID)
+	}
+	if err := putJSON(ctx, req.Storage, path, m); err != nil {
+		return nil, err
+	}
+	left := m.remaining(m.Limit)
+	if t != nil {
+		left = minRemaining(left, t.remaining(t.Budget))
+	}
+	data := map[string]interface{}{
+		"used":      m.Used,
+		"remaining": left,
+		"released":  release,
+	}
+	if !release {
+		data["expires_at"] = r.ExpiresAt.Format(time.RFC3339Nano)
+	}
+	return &logical.Response{Data: data}, nil
+}
+
+func (b *backend) pathBudgetRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	id := d.Get("id").(string)
+	m, _, err := b.loadMeter(ctx, req.Storage, id)
+	if err != nil || m == nil {
+		return nil, err
+	}
+	now := time.Now().UTC()
+	m.roll(now, m.Period)
+	data := m.status(m.Limit, m.Period)
+	data["budget_period"] = int64(m.Period.Seconds())
+	data["tenant"] = m.Tenant
+	data["expires_at"] = m.ExpiresAt.Format(time.RFC3339)
+	t, err := b.tenantFor(ctx, req.Storage, m.Tenant, now)
+	if err != nil {
+		return nil, err
+	}
+	if t != nil {
+		data["tenant_budget"] = t.status(t.Budget, t.BudgetPeriod)
+	}
+	return &logical.Response{Data: data}, nil
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}

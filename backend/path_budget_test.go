@@ -1,0 +1,297 @@
+package backend
+
+import (
+	"context"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/keybroker/keybroker/jwtverify"
+)
+
+func (e *testEnv) reserve(id string, units int64) *logical.Response {
+	e.t.Helper()
+	return e.ok(logical.UpdateOperation, "budget/reserve", map[string]interface{}{"id": id, "units": units, "holder": "test"})
+}
+
+func (e *testEnv) report(resID string, used int64, release bool) *logical.Response {
+	e.t.Helper()
+	return e.ok(logical.UpdateOperation, "budget/report", map[string]interface{}{"reservation_id": resID, "used": used, "release": release})
+}
+
+// spend reads limit, used, reserved and remaining of a budget or tenant path.
+func (e *testEnv) spend(path string) [4]int64 {
+	e.t.Helper()
+	d := e.ok(logical.ReadOperation, path, nil).Data
+	return [4]int64{d["limit"].(int64), d["used"].(int64), d["reserved"].(int64), d["remaining"].(int64)}
+}
+
+func TestRoleLimitsBadInput(t *testing.T) {
+	e := newTestEnv(t)
+	tests := []struct {
+		data map[string]interface{}
+		want string
+	}{
+		{map[string]interface{}{"budget": -1}, "budget must be between 0"},
+		{map[string]interface{}{"budget": int64(2e15)}, "budget must be between 0"},
+		{map[string]interface{}{"budget": 10, "max_cost_per_request": 11}, "must not exceed budget"},
+		{map[string]interface{}{"max_cost_per_request": -5}, "max_cost_per_request must be between"},
+		{map[string]interface{}{"budget": 10, "budget_period": "0s"}, ""}, // 0: the default
+		{map[string]interface{}{"budget_period": "400d"}, "budget_period must be"},
+		{map[string]interface{}{"rate_limit": -1}, "rate_limit must be between"},
+		{map[string]interface{}{"rate_limit": 2e6}, "rate_limit must be between"},
+		{map[string]interface{}{"rate_burst": 5}, "rate_burst needs a rate_limit"},
+		{map[string]interface{}{"budget": "lots"}, "budget"},
+	}
+	for _, tt := range tests {
+		data := map[string]interface{}{"scopes": "read"}
+		for k, v := range tt.data {
+			data[k] = v
+		}
+		if tt.want == "" {
+			e.ok(logical.UpdateOperation, "roles/r", data)
+			continue
+		}
+		e.userError(logical.UpdateOperation, "roles/bad", data, tt.want)
+	}
+	if e.do(logical.ReadOperation, "roles/bad", nil) != nil {
+		t.Fatal("a rejected role was stored")
+	}
+	d := e.ok(logical.ReadOperation, "roles/r", nil).Data
+	if d["budget_period"] != int64(86400) || d["max_cost_per_request"] != int64(1) {
+		t.Fatalf("defaults: budget_period %v max_cost_per_request %v, want 86400 and 1", d["budget_period"], d["max_cost_per_request"])
+	}
+	e.ok(logical.UpdateOperation, "roles/r", map[string]interface{}{"rate_limit": 2.5})
+	if d := e.ok(logical.ReadOperation, "roles/r", nil).Data; d["rate_burst"] != 3 {
+		t.Fatalf("rate_burst defaults to rate_limit rounded up: got %v", d["rate_burst"])
+	}
+}
+
+func TestMintNarrowsBudget(t *testing.T) {
+	e := newJWTEnv(t, map[string]interface{}{"budget": 100, "max_cost_per_request": 10, "rate_limit": 5})
+	e.userError(logical.UpdateOperation, "keys/agent", map[string]interface{}{"name": "k", "budget": 101}, "exceeds role \"agent\"'s budget (100)")
+	e.userError(logical.UpdateOperation, "keys/agent", map[string]interface{}{"name": "k", "budget": 0}, "budget must be between 1")
+	e.userError(logical.UpdateOperation, "keys/agent", map[string]interface{}{"name": "k", "budget": 5}, "below role \"agent\"'s max_cost_per_request")
+	e.userError(logical.UpdateOperation, "token/agent", map[string]interface{}{"budget": 1000}, "exceeds")
+	if n := len(e.storageKeys(keyPrefix)); n != 0 {
+		t.Fatalf("refused mints stored %d keys", n)
+	}
+
+	key := e.mint("agent", map[string]interface{}{"budget": 50})
+	if key.Data["budget"] != int64(50) {
+		t.Fatalf("minted key's budget = %v, want 50", key.Data["budget"])
+	}
+	v := e.ok(logical.UpdateOperation, "verify", map[string]interface{}{"credential": key.Data["key"], "remote_addr": "10.1.2.3"}).Data
+	if got := v["budget"].(*jwtverify.Budget); *got != (jwtverify.Budget{Units: 50, Period: 86400, MaxCost: 10}) {
+		t.Fatalf("verify answer budget = %+v", got)
+	}
+	if got := v["rate_limit"].(*jwtverify.RateLimit); *got != (jwtverify.RateLimit{PerSecond: 5, Burst: 5}) {
+		t.Fatalf("verify answer rate_limit = %+v", got)
+	}
+	if got := e.spend("budget/" + key.Data["key_id"].(string)); got != [4]int64{50, 0, 0, 50} {
+		t.Fatalf("budget of the narrowed key = %v, want limit 50 remaining 50", got)
+	}
+
+	tok := e.ok(logical.UpdateOperation, "token/agent", map[string]interface{}{"audience": "billing", "budget": 20})
+	c, err := e.offline(tok.Data["token"].(string), "billing")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Budget == nil || *c.Budget != (jwtverify.Budget{Units: 20, Period: 86400, MaxCost: 10}) || c.Rate == nil || c.Rate.PerSecond != 5 {
+		t.Fatalf("token claims budget %+v rate %+v", c.Budget, c.Rate)
+	}
+	if got := e.spend("budget/" + tok.Data["jti"].(string)); got != [4]int64{20, 0, 0, 20} {
+		t.Fatalf("budget of the token = %v", got)
+	}
+
+	// A role with no budget mints unmetered credentials, or metered ones on request.
+	e.createRole("free", map[string]interface{}{"scopes": "read", "audiences": "billing"})
+	free := e.mint("free", nil)
+	v = e.ok(logical.UpdateOperation, "verify", map[string]interface{}{"credential": free.Data["key"]}).Data
+	if v["budget"].(*jwtverify.Budget) != nil || v["rate_limit"].(*jwtverify.RateLimit) != nil {
+		t.Fatalf("an unmetered key's verify answer carries budget %v / rate_limit %v", v["budget"], v["rate_limit"])
+	}
+	e.userError(logical.UpdateOperation, "budget/reserve", map[string]interface{}{"id": free.Data["key_id"], "units": 1}, "not a metered credential")
+	if got := e.mint("free", map[string]interface{}{"budget": 7}).Data["budget"]; got != int64(7) {
+		t.Fatalf("a budget on an unlimited role: %v", got)
+	}
+}
+
+func TestReserveAndReport(t *testing.T) {
+	e := newTestEnv(t)
+	e.createRole("r", map[string]interface{}{"scopes": "read", "budget": 100, "max_cost_per_request": 10})
+	id := e.mint("r", nil).Data["key_id"].(string)
+	path := "budget/" + id
+
+	a := e.reserve(id, 60).Data
+	if a["granted"] != int64(60) || a["remaining"] != int64(40) || a["exhausted"] != false {
+		t.Fatalf("first reservation: %v", a)
+	}
+	b := e.reserve(id, 60).Data
+	if b["granted"] != int64(40) || b["remaining"] != int64(0) {
+		t.Fatalf("second reservation gets what is left: %v", b)
+	}
+	c := e.reserve(id, 60).Data
+	if c["granted"] != int64(0) || c["exhausted"] != true || c["reset"] == nil || c["reservation_id"] != nil {
+		t.Fatalf("third reservation: %v", c)
+	}
+	if got := e.spend(path); got != [4]int64{100, 0, 100, 0} {
+		t.Fatalf("after reserving all: %v", got)
+	}
+
+	resA := a["reservation_id"].(string)
+	e.report(resA, 30, false)
+	if got := e.spend(path); got != [4]int64{100, 30, 70, 0} {
+		t.Fatalf("after reporting 30 of 60: %v", got)
+	}
+	// Release returns the unused 30.
+	if d := e.report(resA, 30, true).Data; d["remaining"] != int64(30) || d["released"] != true {
+		t.Fatalf("release answer: %v", d)
+	}
+
+	// Refused reports change nothing.
+	before := e.spend(path)
+	resB := b["reservation_id"].(string)
+	e.report(resB, 20, false)
+	before = e.spend(path)
+	for _, tt := range []struct {
+		data map[string]interface{}
+		want string
+	}{
+		{map[string]interface{}{"reservation_id": resA, "used": 40}, "unknown or expired"}, // released
+		{map[string]interface{}{"reservation_id": id + ":nope", "used": 1}, "unknown or expired"},
+		{map[string]interface{}{"reservation_id": "AAAAAAAAAAAA:x", "used": 1}, "unknown or expired"},
+		{map[string]interface{}{"reservation_id": "garbage", "used": 1}, "is not one"},
+		{map[string]interface{}{"reservation_id": resB, "used": 10}, "running total"},
+		{map[string]interface{}{"reservation_id": resB, "used": -1}, "used must be between"},
+		{map[string]interface{}{"reservation_id": resB, "used": 5, "extra": 1}, "unknown field"},
+	} {
+		e.userError(logical.UpdateOperation, "budget/report", tt.data, tt.want)
+	}
+	if got := e.spend(path); got != before {
+		t.Fatalf("refused reports changed the counters: %v -> %v", before, got)
+	}
+	for _, tt := range []struct {
+		data map[string]interface{}
+		want string
+	}{
+		{map[string]interface{}{"id": id, "units": 0}, "units must be between 1"},
+		{map[string]interface{}{"id": id, "units": -5}, "units must be between 1"},
+		{map[string]interface{}{"id": id, "units": int64(2e15)}, "units must be between 1"},
+		{map[string]interface{}{"id": id, "units": 1, "ttl": "1s"}, "ttl must be between"},
+		{map[string]interface{}{"id": "", "units": 1}, "id is required"},
+		{map[string]interface{}{"id": "AAAAAAAAAAAA", "units": 1}, "no budget is kept"},
+	} {
+		e.userError(logical.UpdateOperation, "budget/reserve", tt.data, tt.want)
+	}
+	if got := e.spend(path); got != before {
+		t.Fatalf("refused reservations changed the counters: %v -> %v", before, got)
+	}
+}
+
+func TestTenantCeiling(t *testing.T) {
+	e := newTestEnv(t)
+	e.userError(logical.UpdateOperation, "tenants/acme", map[string]interface{}{"budget": 0}, "budget must be between 1")
+	e.userError(logical.UpdateOperation, "tenants/acme", map[string]interface{}{"budget": 10, "budget_period": "0.5s"}, "budget_period")
+	e.userError(logical.UpdateOperation, "tenants/acme", map[string]interface{}{"budget": -10}, "budget must be between 1")
+	e.ok(logical.UpdateOperation, "tenants/acme", map[string]interface{}{"budget": 50, "budget_period": "1h"})
+	if got := e.ok(logical.ListOperation, "tenants/", nil).Data["keys"]; !reflect.DeepEqual(got, []string{"acme"}) {
+		t.Fatalf("tenants list = %v", got)
+	}
+
+	// No budget of their own: only the tenant's ceiling applies.
+	e.createRole("r", map[string]interface{}{"scopes": "read", "tenant": "acme"})
+	k1 := e.mint("r", nil).Data["key_id"].(string)
+	k2 := e.mint("r", nil).Data["key_id"].(string)
+	if g := e.reserve(k1, 40).Data["granted"]; g != int64(40) {
+		t.Fatalf("k1 granted %v, want 40", g)
+	}
+	r2 := e.reserve(k2, 40).Data
+	if r2["granted"] != int64(10) {
+		t.Fatalf("k2 granted %v, want 10 (the tenant's ceiling)", r2["granted"])
+	}
+	if d := e.reserve(k2, 1).Data; d["exhausted"] != true {
+		t.Fatalf("tenant exhausted: %v", d)
+	}
+	e.report(r2["reservation_id"].(string), 10, true)
+	if got := e.spend("tenants/acme"); got != [4]int64{50, 10, 40, 0} {
+		t.Fatalf("tenant: %v, want limit 50 used 10 reserved 40 remaining 0", got)
+	}
+	if got := e.spend("budget/" + k2); got != [4]int64{0, 10, 0, -1} {
+		t.Fatalf("k2's own budget: %v, want no limit, used 10, remaining -1", got)
+	}
+	tb := e.ok(logical.ReadOperation, "budget/"+k2, nil).Data["tenant_budget"].(map[string]interface{})
+	if tb["remaining"] != int64(0) {
+		t.Fatalf("k2's tenant_budget = %v", tb)
+	}
+
+	// Raising the ceiling keeps this period's use.
+	e.ok(logical.UpdateOperation, "tenants/acme", map[string]interface{}{"budget": 100})
+	if got := e.spend("tenants/acme"); got != [4]int64{100, 10, 40, 50} {
+		t.Fatalf("tenant after raising the ceiling: %v", got)
+	}
+	// Deleting the ceiling: the keys' own (unlimited) budgets remain.
+	e.ok(logical.DeleteOperation, "tenants/acme", nil)
+	if d := e.reserve(k2, 1000).Data; d["granted"] != int64(1000) || d["remaining"] != int64(-1) {
+		t.Fatalf("without a ceiling: %v", d)
+	}
+}
+
+func TestTenantCeilingMetersUnbudgetedCredentials(t *testing.T) {
+	e := newJWTEnv(t, nil) // role "agent", tenant acme, no budget
+	tok := e.ok(logical.UpdateOperation, "token/agent", map[string]interface{}{"audience": "billing"})
+	if c, _ := e.offline(tok.Data["token"].(string), "billing"); c == nil || c.Budget != nil {
+		t.Fatalf("a token with no budget and no tenant ceiling is not metered: %+v", c)
+	}
+	key := e.mint("agent", nil)
+	e.ok(logical.UpdateOperation, "tenants/acme", map[string]interface{}{"budget": 5})
+
+	tok = e.ok(logical.UpdateOperation, "token/agent", map[string]interface{}{"audience": "billing"})
+	if c, _ := e.offline(tok.Data["token"].(string), "billing"); c == nil || c.Budget == nil || c.Budget.Units != 0 {
+		t.Fatalf("a token minted under a tenant ceiling is metered with no budget of its own: %+v", c)
+	}
+	// An API key minted before the ceiling is metered from now on.
+	v := e.ok(logical.UpdateOperation, "verify", map[string]interface{}{"credential": key.Data["key"], "remote_addr": "10.0.0.1"}).Data
+	if v["budget"].(*jwtverify.Budget) == nil {
+		t.Fatal("an API key of a tenant with a ceiling is not metered")
+	}
+	if d := e.reserve(key.Data["key_id"].(string), 9).Data; d["granted"] != int64(5) {
+		t.Fatalf("key under the tenant ceiling granted %v, want 5", d["granted"])
+	}
+}
+
+func TestRefreshDoesNotResetBudget(t *testing.T) {
+	e := newJWTEnv(t, map[string]interface{}{"refresh_ttl": "1h", "budget": 100})
+	first := e.ok(logical.UpdateOperation, "token/agent", map[string]interface{}{"audience": "billing"})
+	r := e.reserve(first.Data["jti"].(string), 70).Data
+	e.report(r["reservation_id"].(string), 70, true)
+
+	second := e.ok(logical.UpdateOperation, "token/refresh", map[string]interface{}{"refresh_token": first.Data["refresh_token"]})
+	if got := e.spend("budget/" + second.Data["jti"].(string)); got != [4]int64{100, 70, 0, 30} {
+		t.Fatalf("the refreshed token's budget = %v, want the family's: used 70, remaining 30", got)
+	}
+	if d := e.reserve(second.Data["jti"].(string), 50).Data; d["granted"] != int64(30) {
+		t.Fatalf("refreshed token granted %v, want 30", d["granted"])
+	}
+}
+
+func TestTidyBudgets(t *testing.T) {
+	e := newJWTEnv(t, map[string]interface{}{"budget": 10})
+	tok := e.ok(logical.UpdateOperation, "token/agent", map[string]interface{}{"audience": "billing"})
+	jti := tok.Data["jti"].(string)
+	if len(e.storageKeys(meterPrefix)) != 1 {
+		t.Fatal("minting a budgeted token kept no budget")
+	}
+	if d := e.ok(logical.UpdateOperation, "tidy", nil).Data; d["budgets_deleted"] != 0 {
+		t.Fatalf("tidy removed a live token's budget: %v", d)
+	}
+	st, err := e.b.tidy(context.Background(), e.storage, time.Now().Add(time.Hour))
+	if err != nil || st.MetersDeleted != 1 {
+		t.Fatalf("tidy in 1h = %+v %v, want the budget removed", st, err)
+	}
+	if e.do(logical.ReadOperation, "budget/"+jti, nil) != nil {
+		t.Fatal("an expired token's budget is still readable after tidy")
+	}
+}

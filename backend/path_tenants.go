@@ -1,0 +1,137 @@
+package backend
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+const tenantPrefix = "tenants/"
+
+// tenantEntry is a tenant's spend ceiling, shared by all its credentials, and
+// the tenant's account in the current period.
+type tenantEntry struct {
+	Budget       int64         `json:"budget"`
+	BudgetPeriod time.Duration `json:"budget_period"`
+	account
+}
+
+func pathTenants(b *backend) []*framework.Path {
+	return []*framework.Path{
+		{
+			Pattern: "tenants/?$",
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ListOperation: &framework.PathOperation{Callback: b.pathTenantList},
+			},
+			HelpSynopsis:    "List tenants with a budget ceiling.",
+			HelpDescription: "Lists the tenants configured under keybroker/tenants/<name>.",
+		},
+		{
+			Pattern: "tenants/" + framework.GenericNameRegex("name"),
+			Fields: map[string]*framework.FieldSchema{
+				"name": {
+					Type:        framework.TypeString,
+					Description: "The tenant, as set on roles.",
+					Required:    true,
+				},
+				"budget": {
+					Type:        framework.TypeInt64,
+					Description: fmt.Sprintf("Units all of the tenant's credentials together may spend per budget_period (1 to %d).", int64(maxUnits)),
+				},
+				"budget_period": {
+					Type:        framework.TypeDurationSecond,
+					Description: "Length of the tenant's budget period, starting at fixed boundaries as for roles. Default: 24h.",
+				},
+			},
+			ExistenceCheck: b.tenantExists,
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.CreateOperation: &framework.PathOperation{Callback: b.pathTenantWrite},
+				logical.UpdateOperation: &framework.PathOperation{Callback: b.pathTenantWrite},
+				logical.ReadOperation:   &framework.PathOperation{Callback: b.pathTenantRead},
+				logical.DeleteOperation: &framework.PathOperation{Callback: b.pathTenantDelete},
+			},
+			HelpSynopsis: "Manage a tenant's budget ceiling and read its spend.",
+			HelpDescription: `A tenant ceiling caps what all credentials of the tenant spend together, on
+top of each credential's own budget. Credentials of a tenant are metered from
+the moment the ceiling exists: API keys at once, agent JWTs minted after it.
+Read shows the ceiling and the current period: limit, used, reserved,
+remaining and reset. Changing budget keeps what was used this period;
+changing budget_period starts a new period. Delete removes the ceiling.`,
+		},
+	}
+}
+
+func (b *backend) getTenant(ctx context.Context, s logical.Storage, name string) (*tenantEntry, error) {
+	return getJSON[tenantEntry](ctx, s, tenantPrefix+name)
+}
+
+func (b *backend) tenantExists(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
+	t, err := b.getTenant(ctx, req.Storage, d.Get("name").(string))
+	return t != nil, err
+}
+
+func (b *backend) pathTenantList(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	names, err := req.Storage.List(ctx, tenantPrefix)
+	if err != nil {
+		return nil, fmt.Errorf("listing tenants: %w", err)
+	}
+	return logical.ListResponse(names), nil
+}
+
+func (b *backend) pathTenantWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	if resp := validateRequest(d); resp != nil {
+		return resp, nil
+	}
+	name := d.Get("name").(string)
+	if err := validateTenant(name); err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
+	b.budgetMu.Lock()
+	defer b.budgetMu.Unlock()
+	t, err := b.getTenant(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+	if t == nil {
+		t = &tenantEntry{BudgetPeriod: defaultBudgetPeriod}
+	}
+	if v, ok := d.GetOk("budget"); ok {
+		t.Budget = v.(int64)
+	}
+	if v, ok := d.GetOk("budget_period"); ok {
+		t.BudgetPeriod = time.Duration(v.(int)) * time.Second
+	}
+	if t.Budget <= 0 || t.Budget > maxUnits {
+		return logical.ErrorResponse("budget must be between 1 and %d, got %d", int64(maxUnits), t.Budget), nil
+	}
+	if err := validateBudgetPeriod(t.BudgetPeriod); err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
+	t.roll(time.Now(), t.BudgetPeriod)
+	return nil, putJSON(ctx, req.Storage, tenantPrefix+name, t)
+}
+
+func (b *backend) pathTenantRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	t, err := b.getTenant(ctx, req.Storage, d.Get("name").(string))
+	if err != nil || t == nil {
+		return nil, err
+	}
+	now := time.Now()
+	t.roll(now, t.BudgetPeriod)
+	data := t.account.status(t.Budget, t.BudgetPeriod)
+	data["budget"] = t.Budget
+	data["budget_period"] = int64(t.BudgetPeriod.Seconds())
+	return &logical.Response{Data: data}, nil
+}
+
+func (b *backend) pathTenantDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	b.budgetMu.Lock()
+	defer b.budgetMu.Unlock()
+	if err := req.Storage.Delete(ctx, tenantPrefix+d.Get("name").(string)); err != nil {
+		return nil, fmt.Errorf("deleting tenant: %w", err)
+	}
+	return nil, nil
+}
