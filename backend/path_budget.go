@@ -48,6 +48,10 @@ func pathBudget(b *backend) []*framework.Path {
 					Description: fmt.Sprintf("Units to reserve (1 to %d). Fewer are granted when fewer remain.", int64(maxUnits)),
 					Required:    true,
 				},
+				"min_units": {
+					Type:        framework.TypeInt64,
+					Description: "Smallest grant worth having (a verifier's max_cost_per_request). Near the end of a budget, grants shrink to half of what remains, but not below this. Default: 1.",
+				},
 				"ttl": {
 					Type:        framework.TypeDurationSecond,
 					Description: fmt.Sprintf("How long the reservation lives without a report; each report renews it. %s to %s, default %s.", minReservationTTL, maxReservationTTL, defaultReservationTTL),
@@ -56,6 +60,10 @@ func pathBudget(b *backend) []*framework.Path {
 					Type:        framework.TypeString,
 					Description: "Who holds the reservation (a verifier's name), shown nowhere but the audit log.",
 				},
+				"reservation_id": {
+					Type:        framework.TypeString,
+					Description: "A reservation of the caller's to add the units to. Ignored (a new reservation is made) when it is unknown, expired or of an ended period.",
+				},
 			},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.UpdateOperation: &framework.PathOperation{Callback: b.pathBudgetReserve},
@@ -63,7 +71,9 @@ func pathBudget(b *backend) []*framework.Path {
 			HelpSynopsis: "Reserve a chunk of a credential's budget.",
 			HelpDescription: `Verifiers reserve budget in chunks so that requests do not call Vault one by
 one. The grant is the smaller of units and what remains of the credential's
-budget and its tenant's ceiling in the current period; granted=0 with
+budget and its tenant's ceiling in the current period; once less than twice
+units remains, it is half of what remains (at least min_units), so that the
+last of a budget is spread over the verifiers that ask. granted=0 with
 exhausted=true and reset says the budget is spent until reset. A reservation
 counts against the period it was granted in, ends when released through
 keybroker/budget/report, and expires (its unused units coming back) when no
@@ -187,6 +197,7 @@ func (b *backend) pathBudgetReserve(ctx context.Context, req *logical.Request, d
 		return resp, nil
 	}
 	id, units, holder := d.Get("id").(string), d.Get("units").(int64), d.Get("holder").(string)
+	minUnits := max(1, d.Get("min_units").(int64))
 	ttl := time.Duration(d.Get("ttl").(int)) * time.Second
 	if ttl == 0 {
 		ttl = defaultReservationTTL
@@ -196,6 +207,8 @@ func (b *backend) pathBudgetReserve(ctx context.Context, req *logical.Request, d
 		return logical.ErrorResponse("id is required: an API key's key_id or a JWT's jti"), nil
 	case units <= 0 || units > maxUnits:
 		return logical.ErrorResponse("units must be between 1 and %d, got %d", int64(maxUnits), units), nil
+	case minUnits > units:
+		return logical.ErrorResponse("min_units (%d) must not exceed units (%d)", minUnits, units), nil
 	case ttl < minReservationTTL || ttl > maxReservationTTL:
 		return logical.ErrorResponse("ttl must be between %s and %s, got %s", minReservationTTL, maxReservationTTL, ttl), nil
 	}
@@ -240,6 +253,9 @@ func (b *backend) pathBudgetReserve(ctx context.Context, req *logical.Request, d
 	grant := units
 	if left >= 0 {
 		grant = min(units, left)
+		if left < 2*units {
+			grant = min(left, max(minUnits, left/2))
+		}
 	}
 	data := map[string]interface{}{
 		"granted":    grant,
@@ -253,26 +269,28 @@ func (b *backend) pathBudgetReserve(ctx context.Context, req *logical.Request, d
 		return &logical.Response{Data: data}, nil
 	}
 
-	suffix, err := uuid.GenerateUUID()
-	if err != nil {
-		return nil, fmt.Errorf("generating reservation id: %w", err)
+	// Topping up the caller's reservation keeps its unused units usable
+	// together with the new ones; one of an ended period is not topped up.
+	resID := d.Get("reservation_id").(string)
+	if !m.current(resID) || (t != nil && !t.current(resID)) || !strings.HasPrefix(resID, id+":") {
+		suffix, err := uuid.GenerateUUID()
+		if err != nil {
+			return nil, fmt.Errorf("generating reservation id: %w", err)
+		}
+		resID = id + ":" + suffix
 	}
-	resID := id + ":" + suffix
-	r := reservation{Units: grant, TTL: ttl, ExpiresAt: now.Add(ttl), Holder: holder}
 	if t != nil {
-		tr := r
-		tr.PeriodStart = t.PeriodStart
-		t.addReservation(resID, &tr)
+		t.grant(resID, grant, ttl, holder, now)
 		if err := putJSON(ctx, req.Storage, tenantPrefix+m.Tenant, t); err != nil {
 			return nil, err
 		}
 	}
-	r.PeriodStart = m.PeriodStart
-	m.addReservation(resID, &r)
+	r := m.grant(resID, grant, ttl, holder, now)
 	if err := putJSON(ctx, req.Storage, path, m); err != nil {
 		return nil, err
 	}
 	data["reservation_id"] = resID
+	data["units"] = r.Units
 	data["expires_at"] = r.ExpiresAt.Format(time.RFC3339Nano)
 	if left >= 0 {
 		left -= grant
@@ -299,6 +317,26 @@ func (a *account) addReservation(id string, r *reservation) {
 		a.Reservations = map[string]*reservation{}
 	}
 	a.Reservations[id] = r
+}
+
+// current says whether reservation id is live and of the current period.
+func (a *account) current(id string) bool {
+	r := a.Reservations[id]
+	return r != nil && r.PeriodStart.Equal(a.PeriodStart)
+}
+
+// grant adds units to reservation id, creating it in the current period if
+// need be, and renews it.
+func (a *account) grant(id string, units int64, ttl time.Duration, holder string, now time.Time) *reservation {
+	r := a.Reservations[id]
+	if r == nil {
+		r = &reservation{PeriodStart: a.PeriodStart, Holder: holder}
+		a.addReservation(id, r)
+	}
+	r.Units += units
+	r.TTL = ttl
+	r.ExpiresAt = now.Add(ttl)
+	return r
 }
 
 func (b *backend) pathBudgetReport(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {

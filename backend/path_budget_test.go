@@ -11,9 +11,11 @@ import (
 	"github.com/keybroker/keybroker/jwtverify"
 )
 
+// reserve asks for units and takes no less (min_units = units), so that
+// grants are what is asked or what remains.
 func (e *testEnv) reserve(id string, units int64) *logical.Response {
 	e.t.Helper()
-	return e.ok(logical.UpdateOperation, "budget/reserve", map[string]interface{}{"id": id, "units": units, "holder": "test"})
+	return e.ok(logical.UpdateOperation, "budget/reserve", map[string]interface{}{"id": id, "units": units, "min_units": units, "holder": "test"})
 }
 
 func (e *testEnv) report(resID string, used int64, release bool) *logical.Response {
@@ -181,6 +183,7 @@ func TestReserveAndReport(t *testing.T) {
 		{map[string]interface{}{"id": id, "units": -5}, "units must be between 1"},
 		{map[string]interface{}{"id": id, "units": int64(2e15)}, "units must be between 1"},
 		{map[string]interface{}{"id": id, "units": 1, "ttl": "1s"}, "ttl must be between"},
+		{map[string]interface{}{"id": id, "units": 5, "min_units": 6}, "min_units (6) must not exceed units (5)"},
 		{map[string]interface{}{"id": "", "units": 1}, "id is required"},
 		{map[string]interface{}{"id": "AAAAAAAAAAAA", "units": 1}, "no budget is kept"},
 	} {
@@ -188,6 +191,22 @@ func TestReserveAndReport(t *testing.T) {
 	}
 	if got := e.spend(path); got != before {
 		t.Fatalf("refused reservations changed the counters: %v -> %v", before, got)
+	}
+}
+
+// Near the end of a budget, grants halve, so the last units are spread
+// over the verifiers that ask rather than held by the first.
+func TestGrantsShrinkNearTheEnd(t *testing.T) {
+	e := newTestEnv(t)
+	e.createRole("r", map[string]interface{}{"scopes": "read", "budget": 100, "max_cost_per_request": 4})
+	id := e.mint("r", nil).Data["key_id"].(string)
+	var got []int64
+	for range 8 {
+		d := e.ok(logical.UpdateOperation, "budget/reserve", map[string]interface{}{"id": id, "units": 40, "min_units": 4}).Data
+		got = append(got, d["granted"].(int64))
+	}
+	if want := []int64{40, 30, 15, 7, 4, 4, 0, 0}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("grants %v, want %v", got, want)
 	}
 }
 

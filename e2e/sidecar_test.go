@@ -32,6 +32,8 @@ type sidecarEnv struct {
 
 	mu       sync.Mutex
 	lastSeen http.Header // headers of the last request the upstream got
+
+	stop func() // stops the sidecar cleanly, as SIGTERM does
 }
 
 func (e *sidecarEnv) seen() http.Header {
@@ -105,7 +107,8 @@ func startSidecar(t *testing.T, v *vaultserver.Server, mutate func(c *sidecar.Co
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = sc.Serve(ctx, proxyL, authL) }()
-	t.Cleanup(func() { cancel(); <-done })
+	e.stop = sync.OnceFunc(func() { cancel(); <-done })
+	t.Cleanup(e.stop)
 	eventually(t, 15*time.Second, "sidecar never became ready", func() bool {
 		resp, err := http.Get(e.auth + "/healthz")
 		if err != nil {

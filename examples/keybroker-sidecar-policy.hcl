@@ -10,3 +10,11 @@ path "keybroker/verify" {
 path "keybroker/revocations" {
   capabilities = ["read"]
 }
+
+# Account metered credentials: reserve chunks of budget, report use.
+path "keybroker/budget/reserve" {
+  capabilities = ["update"]
+}
+path "keybroker/budget/report" {
+  capabilities = ["update"]
+}

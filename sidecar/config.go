@@ -49,6 +49,16 @@ type Config struct {
 	MaxStale               string `hcl:"max_stale,optional"`
 	CacheSize              int    `hcl:"cache_size,optional"`
 
+	// Budgets: each reservation asks for budget_reserve_requests x
+	// max_cost_per_request units; use is reported every
+	// budget_report_interval; a chunk unused for budget_idle_release goes
+	// back. Name identifies this sidecar in Vault's audit log.
+	BudgetReserveRequests int    `hcl:"budget_reserve_requests,optional"`
+	BudgetReportInterval  string `hcl:"budget_report_interval,optional"`
+	BudgetReservationTTL  string `hcl:"budget_reservation_ttl,optional"`
+	BudgetIdleRelease     string `hcl:"budget_idle_release,optional"`
+	Name                  string `hcl:"name,optional"`
+
 	LogLevel  string `hcl:"log_level,optional"`
 	LogFormat string `hcl:"log_format,optional"`
 
@@ -73,6 +83,13 @@ type RouteConfig struct {
 	Scopes     []string `hcl:"scopes,optional"`
 	// Public routes need no credential at all.
 	Public bool `hcl:"public,optional"`
+	// What a request costs metered credentials: Cost (default 1), or what
+	// the upstream response says in UsageHeader or, with OpenAIUsage, in an
+	// OpenAI-compatible body's usage.total_tokens; Cost is then the
+	// fallback when the response says nothing usable.
+	Cost        *int64 `hcl:"cost,optional"`
+	UsageHeader string `hcl:"usage_header,optional"`
+	OpenAIUsage bool   `hcl:"openai_usage,optional"`
 }
 
 // settings is Config checked and parsed.
@@ -90,6 +107,10 @@ type settings struct {
 	keyCacheTTL, negativeCacheTTL, maxStale     time.Duration
 	cacheSize                                   int
 
+	reserveRequests                             int
+	reportInterval, reservationTTL, idleRelease time.Duration
+	name                                        string
+
 	vaultAddr, vaultCACert, mount string
 	roleID, roleIDFile            string
 	secretIDFile                  string
@@ -101,7 +122,14 @@ type route struct {
 	methods []string // empty: any
 	scopes  []string
 	public  bool
+
+	cost        int64
+	usageHeader string
+	openaiUsage bool
 }
+
+// defaultRoute is what a request matching no route costs, with allow_unmatched.
+var defaultRoute = route{cost: 1}
 
 // ParseConfigFile reads an HCL config file.
 func ParseConfigFile(path string) (*Config, error) {
@@ -119,14 +147,16 @@ func ParseConfigFile(path string) (*Config, error) {
 
 func (c *Config) settings() (*settings, error) {
 	s := &settings{
-		listen:         or(c.Listen, "127.0.0.1:8080"),
-		authListen:     or(c.AuthListen, "127.0.0.1:8081"),
-		audiences:      c.Audiences,
-		issuer:         c.Issuer,
-		allowUnmatched: c.AllowUnmatched,
-		cacheSize:      c.CacheSize,
-		logLevel:       or(c.LogLevel, "info"),
-		logFormat:      or(c.LogFormat, "standard"),
+		listen:          or(c.Listen, "127.0.0.1:8080"),
+		authListen:      or(c.AuthListen, "127.0.0.1:8081"),
+		audiences:       c.Audiences,
+		issuer:          c.Issuer,
+		allowUnmatched:  c.AllowUnmatched,
+		cacheSize:       c.CacheSize,
+		reserveRequests: c.BudgetReserveRequests,
+		name:            c.Name,
+		logLevel:        or(c.LogLevel, "info"),
+		logFormat:       or(c.LogFormat, "standard"),
 	}
 	if s.cacheSize == 0 {
 		s.cacheSize = 100_000
@@ -157,6 +187,9 @@ func (c *Config) settings() (*settings, error) {
 		{"key_cache_ttl", c.KeyCacheTTL, 10 * time.Second, &s.keyCacheTTL},
 		{"negative_cache_ttl", c.NegativeCacheTTL, 30 * time.Second, &s.negativeCacheTTL},
 		{"max_stale", c.MaxStale, 30 * time.Second, &s.maxStale},
+		{"budget_report_interval", c.BudgetReportInterval, time.Second, &s.reportInterval},
+		{"budget_reservation_ttl", c.BudgetReservationTTL, 30 * time.Second, &s.reservationTTL},
+		{"budget_idle_release", c.BudgetIdleRelease, 5 * time.Second, &s.idleRelease},
 	}
 	for _, d := range durations {
 		*d.out = d.def
@@ -175,6 +208,18 @@ func (c *Config) settings() (*settings, error) {
 	if s.maxStale < s.keyCacheTTL {
 		return nil, fmt.Errorf("max_stale (%s) must be at least key_cache_ttl (%s)", s.maxStale, s.keyCacheTTL)
 	}
+	if s.reservationTTL < 15*time.Second || s.reservationTTL > 10*time.Minute || s.reservationTTL%time.Second != 0 {
+		return nil, fmt.Errorf("budget_reservation_ttl must be whole seconds between 15s and 10m")
+	}
+	if s.reportInterval > s.reservationTTL/3 {
+		return nil, fmt.Errorf("budget_report_interval (%s) must be at most a third of budget_reservation_ttl (%s), so reports renew reservations in time", s.reportInterval, s.reservationTTL)
+	}
+	if s.reserveRequests == 0 {
+		s.reserveRequests = 10
+	}
+	if s.reserveRequests < 1 || s.reserveRequests > 10_000 {
+		return nil, fmt.Errorf("budget_reserve_requests must be between 1 and 10000")
+	}
 	for _, t := range c.TrustedProxies {
 		p, err := netip.ParsePrefix(t)
 		if err != nil {
@@ -190,7 +235,20 @@ func (c *Config) settings() (*settings, error) {
 		if !strings.HasPrefix(r.PathPrefix, "/") {
 			return nil, fmt.Errorf("route %q: the path prefix must start with /", r.PathPrefix)
 		}
-		rt := route{prefix: r.PathPrefix, scopes: r.Scopes, public: r.Public}
+		rt := route{prefix: r.PathPrefix, scopes: r.Scopes, public: r.Public, cost: 1, usageHeader: r.UsageHeader, openaiUsage: r.OpenAIUsage}
+		if r.Cost != nil {
+			rt.cost = *r.Cost
+		}
+		switch {
+		case rt.cost < 0 || rt.cost > maxUnitsRequest:
+			return nil, fmt.Errorf("route %q: cost must be between 0 and %d", r.PathPrefix, int64(maxUnitsRequest))
+		case rt.usageHeader != "" && rt.openaiUsage:
+			return nil, fmt.Errorf("route %q: set usage_header or openai_usage, not both", r.PathPrefix)
+		case rt.usageHeader != "" && !validHeaderName(rt.usageHeader):
+			return nil, fmt.Errorf("route %q: usage_header %q is not a header name", r.PathPrefix, rt.usageHeader)
+		case r.Public && (r.Cost != nil || rt.usageHeader != "" || rt.openaiUsage):
+			return nil, fmt.Errorf("route %q: a public route has no caller to charge; remove cost, usage_header and openai_usage", r.PathPrefix)
+		}
 		for _, m := range r.Methods {
 			if m == "" || strings.ToUpper(m) != m || strings.ContainsAny(m, " \t/") {
 				return nil, fmt.Errorf("route %q: method %q must be an uppercase HTTP method", r.PathPrefix, m)
@@ -213,6 +271,16 @@ func (c *Config) settings() (*settings, error) {
 		return nil, fmt.Errorf("vault: set exactly one of role_id and role_id_file")
 	}
 	return s, nil
+}
+
+func validHeaderName(h string) bool {
+	for i := 0; i < len(h); i++ {
+		c := h[i]
+		if !(c == '-' || c >= '0' && c <= '9' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z') {
+			return false
+		}
+	}
+	return h != ""
 }
 
 func or(s, def string) string {

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/keybroker/keybroker/apikey"
 	"github.com/keybroker/keybroker/jwtverify"
 )
@@ -25,6 +27,8 @@ type identity struct {
 	scopes    []string
 	cidrs     []netip.Prefix
 	expiresAt time.Time
+	budget    *jwtverify.Budget    // nil: not metered
+	rate      *jwtverify.RateLimit // nil: no rate limit
 }
 
 // Deny reasons, also the X-Keybroker-Reason header and the JSON body's reason.
@@ -41,6 +45,8 @@ const (
 	reasonCIDRDenied        = "cidr_denied"
 	reasonInsufficientScope = "insufficient_scope"
 	reasonUnavailable       = "unavailable"
+	reasonBudgetExhausted   = "budget_exhausted"
+	reasonRateLimited       = "rate_limited"
 )
 
 // decision is the outcome for one request.
@@ -50,6 +56,11 @@ type decision struct {
 	scope    string // the route's scopes, for insufficient_scope
 	id       *identity
 	degraded bool
+	// retryAfter goes with 429s; hold is the budget an allowed request
+	// holds until it settles (nil when not metered); rt is the route.
+	retryAfter time.Duration
+	hold       *hold
+	rt         *route
 }
 
 func (d decision) allowed() bool { return d.status == http.StatusOK }
@@ -70,9 +81,12 @@ type request struct {
 var queryCredentialParams = []string{"access_token", "api_key", "apikey", "key", "token"}
 
 func (sc *Sidecar) decide(ctx context.Context, r request) decision {
-	rt, ok := sc.match(r.method, r.path)
-	if !ok && !sc.s.allowUnmatched {
-		return deny(http.StatusForbidden, reasonNoRoute)
+	rt := sc.match(r.method, r.path)
+	if rt == nil {
+		if !sc.s.allowUnmatched {
+			return deny(http.StatusForbidden, reasonNoRoute)
+		}
+		rt = &defaultRoute
 	}
 	if rt.public {
 		return decision{status: http.StatusOK, reason: reasonOK}
@@ -111,22 +125,56 @@ func (sc *Sidecar) decide(ctx context.Context, r request) decision {
 			return decision{status: http.StatusForbidden, reason: reasonInsufficientScope, scope: strings.Join(rt.scopes, " ")}
 		}
 	}
-	return decision{status: http.StatusOK, reason: reasonOK, id: id, degraded: d.degraded}
+	allowed := decision{status: http.StatusOK, reason: reasonOK, id: id, degraded: d.degraded, rt: rt}
+	if id.rate != nil {
+		if wait, ok := sc.rateAllow(id); !ok {
+			return decision{status: http.StatusTooManyRequests, reason: reasonRateLimited, retryAfter: wait}
+		}
+	}
+	if id.budget != nil && (rt.cost > 0 || rt.usageHeader != "" || rt.openaiUsage) {
+		amount := id.budget.MaxCost
+		if rt.usageHeader == "" && !rt.openaiUsage {
+			amount = rt.cost // known before the request runs
+		}
+		h, denied := sc.budgets.acquire(ctx, id, max(1, amount))
+		if h == nil {
+			return denied
+		}
+		allowed.hold = h
+	}
+	return allowed
+}
+
+// rateAllow takes one request from the credential's token bucket, or says
+// how long until one is free.
+func (sc *Sidecar) rateAllow(id *identity) (time.Duration, bool) {
+	lim, ok := sc.limiters.Get(id.id)
+	if !ok {
+		lim = rate.NewLimiter(rate.Limit(id.rate.PerSecond), max(1, id.rate.Burst))
+		sc.limiters.Add(id.id, lim)
+	}
+	r := lim.Reserve()
+	if d := r.Delay(); d > 0 {
+		r.Cancel()
+		return d, false
+	}
+	return 0, true
 }
 
 // match finds the route with the longest matching prefix for the method.
-func (sc *Sidecar) match(method, path string) (route, bool) {
-	best, found := route{}, false
-	for _, rt := range sc.s.routes {
-		if !strings.HasPrefix(path, rt.prefix) || (found && len(rt.prefix) <= len(best.prefix)) {
+func (sc *Sidecar) match(method, path string) *route {
+	var best *route
+	for i := range sc.s.routes {
+		rt := &sc.s.routes[i]
+		if !strings.HasPrefix(path, rt.prefix) || (best != nil && len(rt.prefix) <= len(best.prefix)) {
 			continue
 		}
 		if len(rt.methods) > 0 && !slices.Contains(rt.methods, method) {
 			continue
 		}
-		best, found = rt, true
+		best = rt
 	}
-	return best, found
+	return best
 }
 
 func prefixesAllow(cidrs []netip.Prefix, ip netip.Addr) bool {
@@ -214,7 +262,7 @@ func (sc *Sidecar) checkJWT(ctx context.Context, token string) (*identity, decis
 		return nil, deny(http.StatusUnauthorized, reasonInvalid)
 	}
 	id := &identity{jwt: true, id: c.ID, subject: c.Subject, role: c.Role, tenant: c.Tenant,
-		scopes: c.Scopes(), expiresAt: c.ExpiresAt.Time}
+		scopes: c.Scopes(), expiresAt: c.ExpiresAt.Time, budget: c.Budget, rate: c.Rate}
 	for _, s := range c.CIDR {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
@@ -275,7 +323,8 @@ func (sc *Sidecar) checkKey(ctx context.Context, key string, ip netip.Addr) (*id
 		sc.positive.Remove(h)
 		return nil, deny(http.StatusUnauthorized, reason)
 	}
-	id := &identity{id: ans.KeyID, subject: "key:" + ans.KeyID, role: ans.Role, tenant: ans.Tenant, scopes: ans.Scopes}
+	id := &identity{id: ans.KeyID, subject: "key:" + ans.KeyID, role: ans.Role, tenant: ans.Tenant, scopes: ans.Scopes,
+		budget: ans.Budget, rate: ans.RateLimit}
 	if id.expiresAt, err = time.Parse(time.RFC3339, ans.ExpiresAt); err != nil {
 		return nil, deny(http.StatusServiceUnavailable, reasonUnavailable)
 	}

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
@@ -24,6 +25,8 @@ const (
 	headerTenant  = "X-Keybroker-Tenant"
 	headerScopes  = "X-Keybroker-Scopes"
 	headerReason  = "X-Keybroker-Reason"
+	// headerRemaining goes with every allowed request of a metered credential.
+	headerRemaining = "X-Budget-Remaining"
 )
 
 // proxyHandler checks each request and forwards allowed ones upstream, with
@@ -36,9 +39,17 @@ func (sc *Sidecar) proxyHandler() http.Handler {
 			pr.SetXForwarded()
 			pr.Out.Host = pr.In.Host
 			stripCredentialAndIdentity(pr.Out.Header)
-			if id, _ := pr.In.Context().Value(ctxKey{}).(*identity); id != nil {
-				setIdentity(pr.Out.Header, id)
+			if d, _ := pr.In.Context().Value(ctxKey{}).(*decision); d != nil && d.id != nil {
+				setIdentity(pr.Out.Header, d.id)
 			}
+		},
+		// The upstream's answer says what a metered request cost.
+		ModifyResponse: func(resp *http.Response) error {
+			if d, _ := resp.Request.Context().Value(ctxKey{}).(*decision); d != nil && d.hold != nil {
+				setRemaining(resp.Header, d.hold)
+				sc.settleResponse(resp, d.hold, d.rt)
+			}
+			return nil
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			sc.log.Warn("upstream request failed", "error", err)
@@ -55,10 +66,21 @@ func (sc *Sidecar) proxyHandler() http.Handler {
 			return
 		}
 		if d.id != nil {
-			r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, d.id))
+			r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, &d))
 		}
 		rp.ServeHTTP(w, r)
+		// No response reached ModifyResponse (the upstream failed): the
+		// request may still have cost, so charge the route's cost.
+		if d.hold != nil {
+			d.hold.settle(d.rt.cost)
+		}
 	})
+}
+
+func setRemaining(h http.Header, hd *hold) {
+	if hd.remaining >= 0 {
+		h.Set(headerRemaining, strconv.FormatInt(hd.remaining, 10))
+	}
 }
 
 // authHandler serves /verify for gateways, /healthz and /metrics.
@@ -118,6 +140,12 @@ func (sc *Sidecar) serveVerify(w http.ResponseWriter, r *http.Request) {
 	if d.id != nil {
 		setIdentity(w.Header(), d.id)
 	}
+	if d.hold != nil {
+		// A gateway never shows the sidecar the response: the route's
+		// cost is all that can be charged.
+		setRemaining(w.Header(), d.hold)
+		d.hold.settle(d.rt.cost)
+	}
 	w.WriteHeader(http.StatusOK)
 }
 
@@ -162,6 +190,9 @@ func writeDenial(w http.ResponseWriter, d decision, nginx bool) {
 		} else {
 			body["error"] = "access_denied"
 		}
+	case http.StatusTooManyRequests:
+		h.Set("Retry-After", strconv.FormatInt(retryAfterSeconds(d.retryAfter), 10))
+		body["error"] = d.reason
 	case http.StatusBadRequest:
 		h.Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="keybroker", error="invalid_request", error_description=%q`, d.reason))
 		body["error"] = "invalid_request"

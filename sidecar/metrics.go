@@ -16,6 +16,10 @@ type metrics struct {
 	vaultCalls   *prometheus.CounterVec
 	revokedCount prometheus.GaugeFunc
 
+	spent          prometheus.Counter
+	costOverHold   prometheus.Counter
+	usageFallbacks *prometheus.CounterVec
+
 	// Resolved once: the hot path should not hash label values per request.
 	jwtHit, jwtMiss, keyHit, keyMiss, negativeHit prometheus.Counter
 }
@@ -45,7 +49,7 @@ func newMetrics(s *Sidecar) *metrics {
 	}, []string{"trigger", "result"})
 	m.vaultCalls = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "keybroker_sidecar_vault_requests_total",
-		Help: "Requests to Vault by operation (verify, revocations) and result (ok, error).",
+		Help: "Requests to Vault by operation (verify, revocations, reserve, report) and result (ok, error, refused).",
 	}, []string{"op", "result"})
 	lag := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "keybroker_sidecar_revocation_feed_lag_seconds",
@@ -59,10 +63,23 @@ func newMetrics(s *Sidecar) *metrics {
 		Name: "keybroker_sidecar_revoked_credentials",
 		Help: "Revoked credential ids held from the feed.",
 	}, func() float64 { return float64(s.revoked.size()) })
+	m.spent = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "keybroker_sidecar_budget_units_spent_total",
+		Help: "Budget units charged to metered credentials by this sidecar.",
+	})
+	m.costOverHold = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "keybroker_sidecar_budget_cost_over_max_total",
+		Help: "Requests whose real cost exceeded max_cost_per_request (recorded as they cost; the spend bound assumes none).",
+	})
+	m.usageFallbacks = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "keybroker_sidecar_usage_fallbacks_total",
+		Help: "Responses charged the route's cost because their usage could not be read, by source (header, openai) and reason (missing, invalid, too_large).",
+	}, []string{"source", "reason"})
 	m.jwtHit, m.jwtMiss = m.cache.WithLabelValues("jwt", "hit"), m.cache.WithLabelValues("jwt", "miss")
 	m.keyHit, m.keyMiss = m.cache.WithLabelValues("api_key", "hit"), m.cache.WithLabelValues("api_key", "miss")
 	m.negativeHit = m.cache.WithLabelValues("negative", "hit")
-	m.reg.MustRegister(m.decisions, m.latency, m.cache, m.degraded, m.jwksFetches, m.vaultCalls, lag, age, m.revokedCount)
+	m.reg.MustRegister(m.decisions, m.latency, m.cache, m.degraded, m.jwksFetches, m.vaultCalls, lag, age, m.revokedCount,
+		m.spent, m.costOverHold, m.usageFallbacks)
 	return m
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,6 +15,7 @@ import (
 	hclog "github.com/hashicorp/go-hclog"
 	lru "github.com/hashicorp/golang-lru/v2"
 	"golang.org/x/sync/singleflight"
+	"golang.org/x/time/rate"
 
 	"github.com/keybroker/keybroker/jwtverify"
 )
@@ -41,6 +43,10 @@ type Sidecar struct {
 	negative *lru.Cache[[sha256.Size]byte, negEntry]
 	jwts     *lru.Cache[[sha256.Size]byte, *identity]
 	vaultSF  singleflight.Group
+
+	limiters *lru.Cache[string, *rate.Limiter]
+	budgets  *budgets
+	holder   string // this sidecar's name in reservations
 }
 
 type keyEntry struct {
@@ -75,6 +81,15 @@ func New(c *Config, log hclog.Logger) (*Sidecar, error) {
 	}
 	if sc.jwts, err = lru.New[[sha256.Size]byte, *identity](s.cacheSize); err != nil {
 		return nil, err
+	}
+	if sc.limiters, err = lru.New[string, *rate.Limiter](s.cacheSize); err != nil {
+		return nil, err
+	}
+	sc.budgets = newBudgets(sc)
+	sc.holder = s.name
+	if sc.holder == "" {
+		host, _ := os.Hostname()
+		sc.holder = fmt.Sprintf("keybroker-sidecar %s pid %d", host, os.Getpid())
 	}
 	sc.m = newMetrics(sc)
 	return sc, nil
@@ -118,6 +133,11 @@ func (sc *Sidecar) Serve(ctx context.Context, proxy, auth net.Listener) error {
 		defer wg.Done()
 		sc.background(ctx)
 	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		sc.budgets.run(ctx)
+	}()
 
 	servers := []*http.Server{{Handler: sc.authHandler(), ReadHeaderTimeout: 10 * time.Second}}
 	lns := []net.Listener{auth}
@@ -144,6 +164,11 @@ func (sc *Sidecar) Serve(ctx context.Context, proxy, auth net.Listener) error {
 	for _, srv := range servers {
 		_ = srv.Shutdown(shutdown)
 	}
+	// In-flight requests have settled: report their use and give back
+	// what is left, so a clean stop loses nothing.
+	final, finalDone := context.WithTimeout(context.Background(), 5*time.Second)
+	defer finalDone()
+	sc.budgets.report(final, true)
 	cancel()
 	wg.Wait()
 	return err

@@ -15,6 +15,8 @@ import (
 
 	hclog "github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/api"
+
+	"github.com/keybroker/keybroker/jwtverify"
 )
 
 // vaultClient is the sidecar's only way to Vault. It logs in with AppRole and
@@ -169,6 +171,9 @@ type keyAnswer struct {
 	Tenant     string   `json:"tenant"`
 	BoundCIDRs []string `json:"bound_cidrs"`
 	ExpiresAt  string   `json:"expires_at"`
+
+	Budget    *jwtverify.Budget    `json:"budget"`
+	RateLimit *jwtverify.RateLimit `json:"rate_limit"`
 }
 
 func (v *vaultClient) verifyKey(ctx context.Context, key, remoteAddr string) (*keyAnswer, error) {
@@ -257,4 +262,71 @@ func remarshal(in map[string]interface{}, out any) error {
 		return err
 	}
 	return json.Unmarshal(b, out)
+}
+
+// reservation is keybroker/budget/reserve's answer.
+type reservation struct {
+	ReservationID string `json:"reservation_id"`
+	Granted       int64  `json:"granted"`
+	Exhausted     bool   `json:"exhausted"`
+	Remaining     int64  `json:"remaining"`
+	Reset         string `json:"reset"`
+	ExpiresAt     string `json:"expires_at"`
+	PeriodEnd     string `json:"period_end"`
+}
+
+// reserve asks for units more on credential id, added to reservation resID
+// when it is still current.
+func (v *vaultClient) reserve(ctx context.Context, id, resID string, units, minUnits int64, ttl time.Duration, holder string) (*reservation, error) {
+	var r reservation
+	err := v.withLogin(ctx, func() error {
+		sec, err := v.c.Logical().WriteWithContext(ctx, v.mount+"/budget/reserve", map[string]interface{}{
+			"id": id, "reservation_id": resID, "units": units, "min_units": minUnits, "ttl": int64(ttl.Seconds()), "holder": holder,
+		})
+		if err != nil {
+			return err
+		}
+		if sec == nil {
+			return errors.New("empty reserve answer")
+		}
+		return remarshal(sec.Data, &r)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("keybroker budget/reserve: %w", err)
+	}
+	return &r, nil
+}
+
+// reportAnswer is keybroker/budget/report's answer.
+type reportAnswer struct {
+	Remaining int64  `json:"remaining"`
+	ExpiresAt string `json:"expires_at"`
+}
+
+// errRefused is a report Vault refused (unknown or expired reservation):
+// retrying cannot help.
+var errRefused = errors.New("refused")
+
+func (v *vaultClient) report(ctx context.Context, resID string, used int64, release bool) (*reportAnswer, error) {
+	var r reportAnswer
+	err := v.withLogin(ctx, func() error {
+		sec, err := v.c.Logical().WriteWithContext(ctx, v.mount+"/budget/report", map[string]interface{}{
+			"reservation_id": resID, "used": used, "release": release,
+		})
+		if err != nil {
+			return err
+		}
+		if sec == nil {
+			return errors.New("empty report answer")
+		}
+		return remarshal(sec.Data, &r)
+	})
+	var re *api.ResponseError
+	if errors.As(err, &re) && re.StatusCode == http.StatusBadRequest {
+		return nil, fmt.Errorf("keybroker budget/report: %w: %v", errRefused, strings.Join(re.Errors, "; "))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("keybroker budget/report: %w", err)
+	}
+	return &r, nil
 }

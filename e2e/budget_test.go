@@ -1,0 +1,238 @@
+package e2e
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/api"
+
+	"github.com/keybroker/keybroker/internal/vaultserver"
+	"github.com/keybroker/keybroker/sidecar"
+)
+
+// llmUpstream answers like a metered API: each response says what it cost
+// in X-Usage-Tokens, between 1 and maxCost, and the upstream adds it up.
+type llmUpstream struct {
+	*httptest.Server
+	served atomic.Int64 // units the upstream says it spent
+}
+
+func newLLMUpstream(t *testing.T, maxCost int64) *llmUpstream {
+	u := &llmUpstream{}
+	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		cost := maxCost
+		if r.URL.Query().Get("cost") != "max" {
+			cost = 1 + rand.Int64N(maxCost)
+		}
+		u.served.Add(cost)
+		w.Header().Set("X-Usage-Tokens", strconv.FormatInt(cost, 10))
+		fmt.Fprint(w, "completion")
+	}))
+	t.Cleanup(u.Close)
+	return u
+}
+
+// meteredSidecar is a sidecar in front of up whose /llm route is charged
+// what the upstream's X-Usage-Tokens says.
+func meteredSidecar(t *testing.T, v *vaultserver.Server, up *llmUpstream) *sidecarEnv {
+	return startSidecar(t, v, func(c *sidecar.Config) {
+		c.Upstream = up.URL
+		c.BudgetIdleRelease = "1s"
+		fallback := int64(10)
+		c.Routes = append(c.Routes, sidecar.RouteConfig{PathPrefix: "/llm", Scopes: []string{"read"}, UsageHeader: "X-Usage-Tokens", Cost: &fallback})
+	})
+}
+
+// spend reads used, reserved and remaining from keybroker/budget/<id>.
+func spend(t *testing.T, c *api.Client, id string) (used, reserved, remaining int64) {
+	t.Helper()
+	d := read(t, c, "keybroker/budget/"+id, nil).Data
+	n := func(k string) int64 {
+		v, err := strconv.ParseInt(fmt.Sprint(d[k]), 10, 64)
+		if err != nil {
+			t.Fatalf("budget %s: %v", k, err)
+		}
+		return v
+	}
+	return n("used"), n("reserved"), n("remaining")
+}
+
+// Three sidecars spend one key's budget concurrently: the total stays within
+// budget + 3 x max_cost_per_request, every sidecar ends with 429
+// budget_exhausted, and Vault's count matches what the upstream served. A
+// sidecar stopped cleanly first loses none of its use.
+func TestBudgetAcrossSidecars(t *testing.T) {
+	const budget, maxCost = 1000, 10
+	v := vaultserver.StartT(t)
+	setupRoles(t, v)
+	root := v.Client
+	write(t, root, "keybroker/roles/llm", map[string]interface{}{
+		"scopes": "read", "budget": budget, "max_cost_per_request": maxCost, "budget_period": "24h",
+	})
+	minted := write(t, root, "keybroker/keys/llm", map[string]interface{}{"name": "agent"})
+	key, keyID := minted.Data["key"].(string), minted.Data["key_id"].(string)
+	up := newLLMUpstream(t, maxCost)
+
+	// A clean stop reports every use and gives the rest of its chunk back.
+	first := meteredSidecar(t, v, up)
+	for i := 0; i < 20; i++ {
+		r := call(t, first.proxy, "GET", "/llm/complete", bearer(key), "")
+		if r.status != 200 {
+			t.Fatalf("request %d: %d %s", i, r.status, r.body)
+		}
+		if rem, err := strconv.Atoi(r.header.Get("X-Budget-Remaining")); err != nil || rem < 0 || rem > budget {
+			t.Fatalf("X-Budget-Remaining = %q", r.header.Get("X-Budget-Remaining"))
+		}
+	}
+	first.stop()
+	used, reserved, _ := spend(t, root, keyID)
+	if used != up.served.Load() || reserved != 0 {
+		t.Fatalf("after a clean stop: Vault has used %d reserved %d; the upstream served %d", used, reserved, up.served.Load())
+	}
+
+	sidecars := []*sidecarEnv{meteredSidecar(t, v, up), meteredSidecar(t, v, up), meteredSidecar(t, v, up)}
+	var wg sync.WaitGroup
+	var exhausted, allowed atomic.Int64
+	var bad atomic.Value
+	for _, sc := range sidecars {
+		for w := 0; w < 4; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				inARow := 0
+				for i := 0; i < 400 && inARow < 3; i++ {
+					req, _ := http.NewRequest("GET", sc.proxy+"/llm/complete", nil)
+					req.Header.Set("X-API-Key", key)
+					resp, err := http.DefaultClient.Do(req)
+					if err != nil {
+						bad.Store(err.Error())
+						return
+					}
+					resp.Body.Close()
+					switch {
+					case resp.StatusCode == 200:
+						allowed.Add(1)
+						inARow = 0
+					case resp.StatusCode == 429 && resp.Header.Get("X-Keybroker-Reason") == "budget_exhausted" && resp.Header.Get("Retry-After") != "":
+						exhausted.Add(1)
+						inARow++
+					default:
+						bad.Store(fmt.Sprintf("%d %s", resp.StatusCode, resp.Header.Get("X-Keybroker-Reason")))
+						return
+					}
+				}
+				if inARow < 3 {
+					bad.Store("a client never saw the budget exhausted")
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	if b := bad.Load(); b != nil {
+		t.Fatalf("unexpected answer: %v", b)
+	}
+	served := up.served.Load()
+	t.Logf("allowed %d, 429 budget_exhausted %d, units served %d of a %d budget", allowed.Load(), exhausted.Load(), served, budget)
+	if served > budget+3*maxCost {
+		t.Fatalf("spent %d: over budget + 3 x max_cost_per_request = %d", served, budget+3*maxCost)
+	}
+	// Every use reaches Vault within a report interval or two, and chunks
+	// left idle come back: nothing is lost or stranded.
+	eventually(t, 10*time.Second, "Vault's count never matched what the upstream served with nothing reserved", func() bool {
+		used, reserved, remaining := spend(t, root, keyID)
+		return used == up.served.Load() && reserved == 0 && used+remaining == max(budget, used)
+	})
+	// What came back can be spent until the budget is gone, once the
+	// sidecar asks again (an exhausted answer is kept 1s).
+	time.Sleep(1100 * time.Millisecond)
+	for i := 0; ; i++ {
+		r := call(t, sidecars[1].proxy, "GET", "/llm/complete", bearer(key), "")
+		if r.status == 429 {
+			if r.header.Get("Retry-After") == "" {
+				t.Fatal("429 without Retry-After")
+			}
+			break
+		}
+		if r.status != 200 || i > 100 {
+			t.Fatalf("draining the rest: %d after %d requests", r.status, i)
+		}
+	}
+	served = up.served.Load()
+	if served < budget || served > budget+3*maxCost {
+		t.Fatalf("spent %d in all; want the whole budget %d and at most %d", served, budget, budget+3*maxCost)
+	}
+	eventually(t, 5*time.Second, "Vault's used never matched the final spend", func() bool {
+		used, _, _ := spend(t, root, keyID)
+		return used == up.served.Load()
+	})
+}
+
+// A short budget period: exhausted within one period, allowed again in the next.
+func TestBudgetResetsAtPeriodBoundary(t *testing.T) {
+	const period = 4 * time.Second
+	v := vaultserver.StartT(t)
+	setupRoles(t, v)
+	root := v.Client
+	write(t, root, "keybroker/roles/short", map[string]interface{}{
+		"scopes": "read", "budget": 30, "max_cost_per_request": 10, "budget_period": "4s",
+	})
+	key := write(t, root, "keybroker/keys/short", map[string]interface{}{"name": "agent"}).Data["key"].(string)
+	up := newLLMUpstream(t, 10)
+	e := meteredSidecar(t, v, up)
+	call(t, e.proxy, "GET", "/public", nil, "") // warm up
+
+	// Start right after a boundary (periods are multiples of 4s since year 1, so of Unix time too).
+	sleepUntil(time.Now().Truncate(period).Add(period + 100*time.Millisecond))
+	for i := 0; i < 3; i++ {
+		if r := call(t, e.proxy, "GET", "/llm?cost=max", bearer(key), ""); r.status != 200 {
+			t.Fatalf("request %d: %d %s", i, r.status, r.body)
+		}
+	}
+	r := call(t, e.proxy, "GET", "/llm?cost=max", bearer(key), "")
+	if r.status != 429 || r.header.Get("X-Keybroker-Reason") != "budget_exhausted" {
+		t.Fatalf("4th request of a 30-unit budget at 10 each: %d %v", r.status, r.header)
+	}
+	if ra, err := strconv.Atoi(r.header.Get("Retry-After")); err != nil || ra < 1 || ra > 4 {
+		t.Fatalf("Retry-After %q, want the seconds to the period's end (1 to 4)", r.header.Get("Retry-After"))
+	}
+	sleepUntil(time.Now().Truncate(period).Add(period + 200*time.Millisecond))
+	if r := call(t, e.proxy, "GET", "/llm?cost=max", bearer(key), ""); r.status != 200 || r.header.Get("X-Budget-Remaining") != "20" {
+		t.Fatalf("in the next period: %d, X-Budget-Remaining %q, want 200 and 20", r.status, r.header.Get("X-Budget-Remaining"))
+	}
+}
+
+func sleepUntil(t time.Time) { time.Sleep(time.Until(t)) }
+
+func TestRateLimit(t *testing.T) {
+	v := vaultserver.StartT(t)
+	setupRoles(t, v)
+	root := v.Client
+	write(t, root, "keybroker/roles/slow", map[string]interface{}{
+		"scopes": "read", "rate_limit": 0.5, "rate_burst": 2, "audiences": "svc",
+	})
+	tok := write(t, root, "keybroker/token/slow", nil).Data["token"].(string)
+	e := startSidecar(t, v, nil)
+	for i := 0; i < 2; i++ {
+		if r := call(t, e.proxy, "GET", "/read", bearer(tok), ""); r.status != 200 {
+			t.Fatalf("request %d within the burst: %d", i, r.status)
+		}
+	}
+	r := call(t, e.proxy, "GET", "/read", bearer(tok), "")
+	if r.status != 429 || r.header.Get("X-Keybroker-Reason") != "rate_limited" || r.header.Get("Retry-After") != "2" {
+		t.Fatalf("over the rate: %d %q Retry-After %q", r.status, r.header.Get("X-Keybroker-Reason"), r.header.Get("Retry-After"))
+	}
+	// A token that is not rate limited is not slowed by another's limit.
+	other := write(t, root, "keybroker/token/svc", map[string]interface{}{"audience": "svc"}).Data["token"].(string)
+	for i := 0; i < 5; i++ {
+		if r := call(t, e.proxy, "GET", "/read", bearer(other), ""); r.status != 200 {
+			t.Fatalf("unlimited token: %d", r.status)
+		}
+	}
+}

@@ -1,0 +1,360 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"math"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// budgets accounts metered credentials against chunks of budget reserved
+// from the plugin. A request holds max_cost_per_request (or its route's fixed
+// cost) from the current chunk before it is forwarded and settles its real
+// cost after; Vault is called only to reserve a new chunk and, every
+// budget_report_interval, to report use.
+//
+// The bound: a chunk admits holds only while they fit in it, except that
+// once the plugin has nothing left to grant, one request at a time may take
+// the chunk's last units (the "tail"). Each sidecar so spends at most its
+// grants plus one request's overrun: across N sidecars, at most
+// budget + N x max_cost_per_request per period.
+type budgets struct {
+	sc *Sidecar
+
+	mu     sync.RWMutex
+	meters map[string]*meter
+
+	// reportMu keeps the periodic report and the final one apart.
+	reportMu sync.Mutex
+	kick     chan struct{}
+}
+
+// meter is one credential's budget as this sidecar sees it.
+type meter struct {
+	id string
+
+	mu      sync.Mutex
+	cur     *chunk   // admitting holds
+	retired []*chunk // reported until drained, then released
+	tail    bool     // a tail request is in flight
+	// exhaustedUntil is the period reset the plugin gave with granted=0;
+	// until then requests get 429, asking again at most every recheck.
+	exhaustedUntil, recheckAt time.Time
+	central                   int64 // what the plugin had left at its last answer; -1: unlimited
+	lastUse, credExpires      time.Time
+	gone                      bool // dropped from budgets.meters
+}
+
+// chunk is one reservation.
+type chunk struct {
+	resID                string
+	granted, used, held  int64
+	reported             int64
+	periodEnd, expiresAt time.Time
+	lastReport           time.Time
+	released, refused    bool
+}
+
+// hold is what one request holds until it settles.
+type hold struct {
+	b      *budgets
+	m      *meter
+	c      *chunk
+	amount int64
+	tail   bool
+	// remaining is X-Budget-Remaining: what this sidecar knows is left
+	// after the hold; -1 when unlimited.
+	remaining int64
+	settled   atomic.Bool
+}
+
+const (
+	exhaustedRecheck = time.Second
+	maxRefills       = 8
+	meterIdle        = time.Minute
+)
+
+func newBudgets(sc *Sidecar) *budgets {
+	return &budgets{sc: sc, meters: map[string]*meter{}, kick: make(chan struct{}, 1)}
+}
+
+func (b *budgets) meter(id *identity) *meter {
+	b.mu.RLock()
+	m := b.meters[id.id]
+	b.mu.RUnlock()
+	if m != nil {
+		return m
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if m = b.meters[id.id]; m == nil {
+		m = &meter{id: id.id, central: -1, credExpires: id.expiresAt}
+		b.meters[id.id] = m
+	}
+	return m
+}
+
+// acquire holds amount units for a request of id, reserving a new chunk
+// from the plugin when the current one cannot cover it.
+func (b *budgets) acquire(ctx context.Context, id *identity, amount int64) (*hold, decision) {
+	m := b.meter(id)
+	for refills := 0; ; refills++ {
+		m.mu.Lock()
+		if m.gone {
+			m.mu.Unlock()
+			m = b.meter(id)
+			continue
+		}
+		h, d, refill := m.tryLocked(time.Now(), amount, refills >= maxRefills)
+		m.mu.Unlock()
+		if !refill {
+			if h != nil {
+				h.b = b
+			}
+			return h, d
+		}
+		if err := b.refill(ctx, m, id.budget.MaxCost); err != nil {
+			b.sc.log.Warn("cannot reserve budget; failing closed", "id", id.id, "error", err)
+			return nil, deny(http.StatusServiceUnavailable, reasonUnavailable)
+		}
+	}
+}
+
+// tryLocked holds from the current chunk, or says a refill is needed.
+func (m *meter) tryLocked(now time.Time, amount int64, noMoreRefills bool) (*hold, decision, bool) {
+	c := m.cur
+	if c != nil && !c.admits(now) {
+		m.retireLocked()
+		c = nil
+	}
+	if c != nil && c.free() >= amount {
+		return m.holdLocked(now, c, amount, false), decision{}, false
+	}
+	exhausted := now.Before(m.exhaustedUntil)
+	if exhausted && !now.Before(m.recheckAt) && !noMoreRefills {
+		return nil, decision{}, true // ask the plugin again: the budget may have been raised
+	}
+	if !exhausted && !noMoreRefills {
+		return nil, decision{}, true
+	}
+	if c != nil && c.free() > 0 && !m.tail {
+		m.tail = true
+		return m.holdLocked(now, c, c.free(), true), decision{}, false
+	}
+	if !exhausted {
+		// Refills kept being taken by concurrent requests.
+		return nil, deny(http.StatusServiceUnavailable, reasonUnavailable), false
+	}
+	return nil, decision{status: http.StatusTooManyRequests, reason: reasonBudgetExhausted, retryAfter: m.exhaustedUntil.Sub(now)}, false
+}
+
+func (m *meter) holdLocked(now time.Time, c *chunk, amount int64, tail bool) *hold {
+	c.held += amount
+	m.lastUse = now
+	h := &hold{m: m, c: c, amount: amount, tail: tail, remaining: -1}
+	if m.central >= 0 {
+		h.remaining = m.central + c.free()
+	}
+	return h
+}
+
+func (c *chunk) free() int64 { return c.granted - c.used - c.held }
+
+// admits says whether new holds may come from c: within its period, and
+// not about to expire for want of a report.
+func (c *chunk) admits(now time.Time) bool {
+	return !c.released && !c.refused && now.Before(c.periodEnd) && now.Before(c.expiresAt.Add(-reservationMargin))
+}
+
+// reservationMargin keeps a chunk from admitting requests close to its
+// expiry, when a report that could not get through would be refused.
+const reservationMargin = 5 * time.Second
+
+func (m *meter) retireLocked() {
+	if m.cur != nil {
+		m.retired = append(m.retired, m.cur)
+		m.cur = nil
+	}
+}
+
+// refill tops up the current chunk, or reserves a new one; concurrent
+// requests for one credential share one call.
+func (b *budgets) refill(ctx context.Context, m *meter, maxCost int64) error {
+	_, err, _ := b.sc.vaultSF.Do("reserve:"+m.id, func() (interface{}, error) {
+		maxCost = max(1, maxCost)
+		units := min(maxUnitsRequest, maxCost*int64(b.sc.s.reserveRequests))
+		m.mu.Lock()
+		cur := ""
+		if m.cur != nil && m.cur.admits(time.Now()) {
+			cur = m.cur.resID
+		}
+		m.mu.Unlock()
+		r, err := b.sc.vault.reserve(context.WithoutCancel(ctx), m.id, cur, units, min(units, maxCost), b.sc.s.reservationTTL, b.sc.holder)
+		if err != nil {
+			b.sc.m.vaultCalls.WithLabelValues("reserve", "error").Inc()
+			return nil, err
+		}
+		b.sc.m.vaultCalls.WithLabelValues("reserve", "ok").Inc()
+		now := time.Now()
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		m.central = r.Remaining
+		if r.Granted == 0 {
+			reset, err := time.Parse(time.RFC3339Nano, r.Reset)
+			if err != nil || !reset.After(now) {
+				reset = now.Add(exhaustedRecheck)
+			}
+			m.exhaustedUntil, m.recheckAt = reset, now.Add(exhaustedRecheck)
+			return nil, nil
+		}
+		periodEnd, perr := time.Parse(time.RFC3339Nano, r.PeriodEnd)
+		expiresAt, eerr := time.Parse(time.RFC3339Nano, r.ExpiresAt)
+		if err := errors.Join(perr, eerr); err != nil {
+			return nil, err
+		}
+		if m.cur == nil || m.cur.resID != r.ReservationID {
+			m.retireLocked()
+			m.cur = &chunk{resID: r.ReservationID, periodEnd: periodEnd}
+		}
+		m.cur.granted += r.Granted
+		m.cur.expiresAt, m.cur.lastReport = expiresAt, now
+		m.exhaustedUntil = time.Time{}
+		return nil, nil
+	})
+	return err
+}
+
+// maxUnitsRequest is the plugin's cap on one reservation.
+const maxUnitsRequest = 1_000_000_000_000_000
+
+// settle charges cost for a held request, once.
+func (h *hold) settle(cost int64) {
+	if h == nil || !h.settled.CompareAndSwap(false, true) {
+		return
+	}
+	if cost > h.amount && !h.tail {
+		h.b.sc.m.costOverHold.Inc()
+	}
+	h.b.sc.m.spent.Add(float64(cost))
+	m := h.m
+	m.mu.Lock()
+	h.c.held -= h.amount
+	h.c.used += cost
+	if h.tail {
+		m.tail = false
+	}
+	drained := h.c != m.cur && h.c.held == 0
+	m.mu.Unlock()
+	if drained {
+		select {
+		case h.b.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// run reports every interval, and at once when a retired chunk drains.
+func (b *budgets) run(ctx context.Context) {
+	t := time.NewTicker(b.sc.s.reportInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-b.kick:
+		}
+		b.report(ctx, false)
+	}
+}
+
+// pending is one report to send.
+type pending struct {
+	m       *meter
+	c       *chunk
+	used    int64
+	release bool
+}
+
+// report sends what changed: new use, renewals, and releases of retired or
+// idle chunks. final releases everything (a clean stop).
+func (b *budgets) report(ctx context.Context, final bool) {
+	b.reportMu.Lock()
+	defer b.reportMu.Unlock()
+	now := time.Now()
+	renewEvery := b.sc.s.reservationTTL / 3
+	var todo []pending
+	b.mu.Lock()
+	for id, m := range b.meters {
+		m.mu.Lock()
+		if c := m.cur; c != nil && (final || !c.admits(now) || (c.held == 0 && now.Sub(m.lastUse) > b.sc.s.idleRelease)) {
+			m.retireLocked()
+		}
+		if c := m.cur; c != nil && (c.used != c.reported || now.Sub(c.lastReport) >= renewEvery) {
+			todo = append(todo, pending{m: m, c: c, used: c.used})
+		}
+		for _, c := range m.retired {
+			if release := c.held == 0; release || c.used != c.reported || now.Sub(c.lastReport) >= renewEvery {
+				todo = append(todo, pending{m: m, c: c, used: c.used, release: release})
+			}
+		}
+		if m.cur == nil && len(m.retired) == 0 && (now.Sub(m.lastUse) > meterIdle || !now.Before(m.credExpires)) && !now.Before(m.exhaustedUntil) {
+			m.gone = true
+			delete(b.meters, id)
+		}
+		m.mu.Unlock()
+	}
+	b.mu.Unlock()
+
+	for _, p := range todo {
+		ans, err := b.sc.vault.report(ctx, p.c.resID, p.used, p.release)
+		switch {
+		case errors.Is(err, errRefused):
+			b.sc.m.vaultCalls.WithLabelValues("report", "refused").Inc()
+			b.sc.log.Warn("budget report refused: the reservation expired before its use was reported", "id", p.m.id, "error", err)
+		case err != nil:
+			b.sc.m.vaultCalls.WithLabelValues("report", "error").Inc()
+			b.sc.log.Warn("budget report failed; retrying next interval", "id", p.m.id, "error", err)
+			continue
+		default:
+			b.sc.m.vaultCalls.WithLabelValues("report", "ok").Inc()
+		}
+		p.m.mu.Lock()
+		p.c.lastReport = now
+		if err != nil {
+			p.c.refused = true
+		} else {
+			p.c.reported = p.used
+			p.m.central = ans.Remaining
+			if exp, perr := time.Parse(time.RFC3339Nano, ans.ExpiresAt); perr == nil {
+				p.c.expiresAt = exp
+			}
+		}
+		if p.release || p.c.refused {
+			p.c.released = true
+			p.m.retired = removeChunk(p.m.retired, p.c)
+			if p.m.cur == p.c {
+				p.m.cur = nil
+			}
+		}
+		p.m.mu.Unlock()
+	}
+}
+
+func removeChunk(cs []*chunk, c *chunk) []*chunk {
+	out := cs[:0]
+	for _, x := range cs {
+		if x != c {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// retryAfterSeconds is a Retry-After value: whole seconds, at least 1.
+func retryAfterSeconds(d time.Duration) int64 {
+	return max(1, int64(math.Ceil(d.Seconds())))
+}
