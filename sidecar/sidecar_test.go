@@ -1,13 +1,16 @@
 package sidecar
 
 import (
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/keybroker/keybroker/apikey"
 )
@@ -46,6 +49,14 @@ func TestConfigErrors(t *testing.T) {
 		"route without slash": {func(c *Config) { c.Routes = []RouteConfig{{PathPrefix: "v1"}} }, "must start with /"},
 		"lowercase method":    {func(c *Config) { c.Routes = []RouteConfig{{PathPrefix: "/", Methods: []string{"get"}}} }, "uppercase"},
 		"public with scopes":  {func(c *Config) { c.Routes = []RouteConfig{{PathPrefix: "/", Public: true, Scopes: []string{"a"}}} }, "public route"},
+		"negative cost":       {func(c *Config) { c.Routes = []RouteConfig{{PathPrefix: "/", Cost: ptr(int64(-1))}} }, "cost must be between 0"},
+		"absurd cost":         {func(c *Config) { c.Routes = []RouteConfig{{PathPrefix: "/", Cost: ptr(int64(1e18))}} }, "cost must be between 0"},
+		"two usage sources":   {func(c *Config) { c.Routes = []RouteConfig{{PathPrefix: "/", UsageHeader: "X-U", OpenAIUsage: true}} }, "not both"},
+		"bad usage header":    {func(c *Config) { c.Routes = []RouteConfig{{PathPrefix: "/", UsageHeader: "X U"}} }, "not a header name"},
+		"public with cost":    {func(c *Config) { c.Routes = []RouteConfig{{PathPrefix: "/", Public: true, Cost: ptr(int64(2))}} }, "no caller to charge"},
+		"short reservations":  {func(c *Config) { c.BudgetReservationTTL = "5s" }, "budget_reservation_ttl"},
+		"slow reports":        {func(c *Config) { c.BudgetReportInterval = "20s" }, "at most a third"},
+		"huge chunks":         {func(c *Config) { c.BudgetReserveRequests = 20000 }, "budget_reserve_requests"},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -193,12 +204,21 @@ func TestWriteDenial(t *testing.T) {
 		{deny(http.StatusBadRequest, reasonCredentialInQuery), true, 403, `error="invalid_request"`, "credential_in_query"},
 		{deny(http.StatusServiceUnavailable, reasonUnavailable), true, 403, "", "unavailable"},
 		{deny(http.StatusServiceUnavailable, reasonUnavailable), false, 503, "", "unavailable"},
+		{decision{status: 429, reason: reasonBudgetExhausted, retryAfter: 90 * time.Minute}, false, 429, "", "budget_exhausted"},
+		{decision{status: 429, reason: reasonBudgetExhausted, retryAfter: time.Second}, true, 403, "", "budget_exhausted"},
+		{decision{status: 429, reason: reasonRateLimited, retryAfter: 300 * time.Millisecond}, false, 429, "", "rate_limited"},
 	} {
 		w := httptest.NewRecorder()
 		writeDenial(w, tc.d, tc.nginx)
 		if w.Code != tc.status || !strings.Contains(w.Header().Get("WWW-Authenticate"), tc.wwwAuth) ||
 			w.Header().Get(headerReason) != tc.bodyReason || !strings.Contains(w.Body.String(), `"reason":"`+tc.bodyReason+`"`) {
 			t.Errorf("%+v nginx=%v: %d %q %q %s", tc.d, tc.nginx, w.Code, w.Header().Get("WWW-Authenticate"), w.Header().Get(headerReason), w.Body)
+		}
+		if tc.d.status == 429 {
+			want := strconv.FormatInt(int64(math.Ceil(tc.d.retryAfter.Seconds())), 10)
+			if w.Header().Get("Retry-After") != want || !strings.Contains(w.Body.String(), `"error":"`+tc.d.reason+`"`) {
+				t.Errorf("%+v: Retry-After %q (want %s), body %s", tc.d, w.Header().Get("Retry-After"), want, w.Body)
+			}
 		}
 	}
 }
