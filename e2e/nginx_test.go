@@ -132,4 +132,19 @@ func TestNginxAuthRequest(t *testing.T) {
 			t.Errorf("%s: %d, want %d", tc.name, r.status, tc.status)
 		}
 	}
+
+	// A budget of 2 at the route's cost of 1: the third request is denied
+	// with 403 (nginx passes no 429), the reason and Retry-After.
+	write(t, v.Client, "keybroker/roles/metered", map[string]interface{}{"scopes": "read", "budget": 2})
+	metered := write(t, v.Client, "keybroker/keys/metered", map[string]interface{}{"name": "metered"}).Data["key"].(string)
+	for i, want := range []string{"1", "0"} {
+		r := call(t, base, "GET", "/read", map[string]string{"X-API-Key": metered}, "")
+		if r.status != 200 || r.header.Get("X-Budget-Remaining") != want {
+			t.Fatalf("metered request %d: %d, X-Budget-Remaining %q, want 200 and %s", i, r.status, r.header.Get("X-Budget-Remaining"), want)
+		}
+	}
+	r = call(t, base, "GET", "/read", map[string]string{"X-API-Key": metered}, "")
+	if r.status != 403 || r.header.Get("X-Keybroker-Reason") != "budget_exhausted" || r.header.Get("Retry-After") == "" {
+		t.Fatalf("exhausted through nginx: %d, reason %q, Retry-After %q", r.status, r.header.Get("X-Keybroker-Reason"), r.header.Get("Retry-After"))
+	}
 }
