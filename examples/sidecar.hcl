@@ -23,6 +23,13 @@ trusted_proxies = ["127.0.0.1"]
 # allow_unmatched           = false  # requests matching no route are denied
 # log_format                = "json"
 
+# Budgets of metered credentials (see the README). Defaults shown.
+# budget_reserve_requests   = 10     # a reservation: 10 x max_cost_per_request units
+# budget_report_interval    = "1s"   # report use (and renew reservations) this often
+# budget_reservation_ttl    = "30s"  # a reservation not renewed for this long expires
+# budget_idle_release       = "5s"   # give back a chunk unused for this long
+# name                      = "web-1" # this sidecar in Vault's audit log; default host and pid
+
 vault {
   address        = "http://127.0.0.1:8200"
   mount          = "keybroker"
@@ -42,4 +49,14 @@ route "/v1/read" {
 route "/v1/write" {
   methods = ["POST", "PUT", "DELETE"]
   scopes  = ["write"]
+  cost    = 5 # units charged to a metered credential per request (default 1)
+}
+# An OpenAI-compatible API: charge usage.total_tokens from the response (the
+# last usage event of a stream), or cost when it is missing.
+route "/v1/chat/completions" {
+  methods      = ["POST"]
+  scopes       = ["llm:chat"]
+  openai_usage = true
+  cost         = 4000
+  # or: usage_header = "X-Usage-Tokens"
 }

@@ -24,7 +24,7 @@ func TestExampleConfigParses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.upstream.String() != "http://127.0.0.1:9000" || len(s.routes) != 3 || s.mount != "keybroker" || s.maxStale.String() != "30s" {
+	if s.upstream.String() != "http://127.0.0.1:9000" || len(s.routes) != 4 || !s.routes[3].openaiUsage || s.routes[2].cost != 5 || s.mount != "keybroker" || s.maxStale.String() != "30s" {
 		t.Fatalf("settings = %+v", s)
 	}
 }

@@ -268,10 +268,11 @@ func (s *Server) setup(ctx context.Context, sum string, o Options) error {
 		Description: "keybroker: scoped, short-lived credentials",
 		Config: api.MountConfigInput{
 			PluginVersion: o.PluginVersion,
-			// key_id, jti and role are not secret: in clear, auditors can
-			// follow a credential through the log. Credentials stay HMAC'd.
-			AuditNonHMACRequestKeys:  []string{"key_id", "jti", "role"},
-			AuditNonHMACResponseKeys: []string{"key_id", "jti", "role"},
+			// key_id, jti, role and the budget paths' id, reservation_id
+			// and holder are not secret: in clear, auditors can follow a
+			// credential and its spend through the log. Credentials stay HMAC'd.
+			AuditNonHMACRequestKeys:  []string{"key_id", "jti", "role", "id", "reservation_id", "holder"},
+			AuditNonHMACResponseKeys: []string{"key_id", "jti", "role", "reservation_id"},
 		},
 	}); err != nil {
 		return fmt.Errorf("mounting plugin: %w", err)

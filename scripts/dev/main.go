@@ -178,9 +178,9 @@ In another terminal:
 
 keybroker-sidecar runs in front of a demo service ({{.Service}}): reverse proxy on
 {{.Proxy}}, gateway endpoint {{.Auth}}/verify, metrics on {{.Auth}}/metrics.
-With a key minted for you (scope read):
+With a key minted for you (scope read, a budget of 1000 requests a day):
 
-  curl -i -H 'X-API-Key: {{.Key}}' http://{{.Proxy}}/v1/read/hello          # 200, identity passed on
+  curl -i -H 'X-API-Key: {{.Key}}' http://{{.Proxy}}/v1/read/hello          # 200, identity passed on, X-Budget-Remaining
   curl -i -H 'X-API-Key: {{.Key}}' -X POST http://{{.Proxy}}/v1/write/hello  # 403 insufficient_scope
 
 Audit log: {{.Audit}}
@@ -262,7 +262,7 @@ route "/v1/write" {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	sec, err := v.Client.Logical().WriteWithContext(ctx, "keybroker/keys/"+exampleRole, map[string]interface{}{"name": "make-dev-demo"})
+	sec, err := v.Client.Logical().WriteWithContext(ctx, "keybroker/keys/"+exampleRole, map[string]interface{}{"name": "make-dev-demo", "budget": 1000})
 	if err != nil {
 		stopProcess(cmd)
 		return nil, "", fmt.Errorf("minting the demo key: %w", err)
