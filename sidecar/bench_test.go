@@ -127,3 +127,28 @@ func BenchmarkDecideJWTCached(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkDecideMeteredJWTCached adds a budget hold and its settlement to
+// the whole decision: what a metered request costs while its sidecar's chunk
+// lasts (no Vault call), and a rate limiter check.
+func BenchmarkDecideMeteredJWTCached(b *testing.B) {
+	sc, token := benchSidecar(b)
+	h := http.Header{}
+	h.Set("Authorization", "Bearer "+token)
+	r := request{method: "GET", path: "/v1/items/1", header: h, clientIP: netip.MustParseAddr("127.0.0.1")}
+	ctx := context.Background()
+	id, _ := sc.checkJWT(ctx, token)
+	id.budget = &jwtverify.Budget{Units: 1 << 50, Period: 86400, MaxCost: 10}
+	id.rate = &jwtverify.RateLimit{PerSecond: 1e6, Burst: 1e6}
+	m := sc.budgets.meter(id)
+	m.central = 1 << 50
+	m.cur = &chunk{granted: 1 << 50, periodEnd: time.Now().Add(time.Hour), expiresAt: time.Now().Add(time.Hour)}
+	b.ReportAllocs()
+	for b.Loop() {
+		d := sc.decide(ctx, r)
+		if !d.allowed() || d.hold == nil {
+			b.Fatal(fmt.Sprint("denied: ", d.reason))
+		}
+		d.hold.settle(1)
+	}
+}

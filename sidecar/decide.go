@@ -153,12 +153,11 @@ func (sc *Sidecar) rateAllow(id *identity) (time.Duration, bool) {
 		lim = rate.NewLimiter(rate.Limit(id.rate.PerSecond), max(1, id.rate.Burst))
 		sc.limiters.Add(id.id, lim)
 	}
-	r := lim.Reserve()
-	if d := r.Delay(); d > 0 {
-		r.Cancel()
-		return d, false
+	if lim.Allow() {
+		return 0, true
 	}
-	return 0, true
+	wait := (1 - lim.Tokens()) / id.rate.PerSecond
+	return time.Duration(wait * float64(time.Second)), false
 }
 
 // match finds the route with the longest matching prefix for the method.
