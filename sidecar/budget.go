@@ -46,6 +46,11 @@ type meter struct {
 	central                   int64 // what the plugin had left at its last answer; -1: unlimited
 	lastUse, credExpires      time.Time
 	gone                      bool // dropped from budgets.meters
+	// ask is what the next reservation asks for: it doubles while refills
+	// come faster than reports, so a busy credential costs Vault about
+	// one reservation per report interval, not one per ten requests.
+	ask        int64
+	lastRefill time.Time
 }
 
 // chunk is one reservation.
@@ -72,6 +77,7 @@ type hold struct {
 }
 
 const (
+	maxAskGrowth     = 1024
 	exhaustedRecheck = time.Second
 	maxRefills       = 8
 	meterIdle        = time.Minute
@@ -185,12 +191,19 @@ func (m *meter) retireLocked() {
 func (b *budgets) refill(ctx context.Context, m *meter, maxCost int64) error {
 	_, err, _ := b.sc.vaultSF.Do("reserve:"+m.id, func() (interface{}, error) {
 		maxCost = max(1, maxCost)
-		units := min(maxUnitsRequest, maxCost*int64(b.sc.s.reserveRequests))
+		base := min(maxUnitsRequest, maxCost*int64(b.sc.s.reserveRequests))
 		m.mu.Lock()
 		cur := ""
 		if m.cur != nil && m.cur.admits(time.Now()) {
 			cur = m.cur.resID
 		}
+		if time.Since(m.lastRefill) < b.sc.s.reportInterval {
+			m.ask = min(2*m.ask, base*maxAskGrowth, maxUnitsRequest)
+		} else {
+			m.ask = base
+		}
+		m.lastRefill = time.Now()
+		units := max(m.ask, base)
 		m.mu.Unlock()
 		r, err := b.sc.vault.reserve(context.WithoutCancel(ctx), m.id, cur, units, min(units, maxCost), b.sc.s.reservationTTL, b.sc.holder)
 		if err != nil {

@@ -93,8 +93,10 @@ func log(format string, args ...any) {
 func (b *bench) run(ctx context.Context) error {
 	c := b.v.Client
 	for path, data := range map[string]map[string]interface{}{
-		"keybroker/roles/bench":  {"scopes": "read", "audiences": "svc", "ttl": "24h", "token_ttl": "1h"},
-		"keybroker/roles/bulk":   {"scopes": "read", "orphan": true, "ttl": "24h"},
+		"keybroker/roles/bench": {"scopes": "read", "audiences": "svc", "ttl": "24h", "token_ttl": "1h"},
+		"keybroker/roles/bulk":  {"scopes": "read", "orphan": true, "ttl": "24h"},
+		"keybroker/roles/metered": {"scopes": "read", "audiences": "svc", "token_ttl": "1h",
+			"budget": int64(1e15), "max_cost_per_request": 1},
 		"auth/token/roles/bench": {"allowed_policies": "default", "orphan": true},
 	} {
 		if _, err := c.Logical().WriteWithContext(ctx, path, data); err != nil {
@@ -134,6 +136,15 @@ func (b *bench) run(ctx context.Context) error {
 	tokenHdr := "X-Vault-Token: " + b.v.RootToken
 
 	b.wrk("a", "sidecar /verify, agent JWT", warm.auth+"/verify/r", []string{"Authorization: Bearer " + jwt.Data["token"].(string)}, "")
+	metered, err := c.Logical().WriteWithContext(ctx, "keybroker/token/metered", nil)
+	if err != nil {
+		return err
+	}
+	before := vaultCalls(warm.auth)
+	b.wrk("a-metered", "(a) with a budget: a hold and a settlement per request", warm.auth+"/verify/r", []string{"Authorization: Bearer " + metered.Data["token"].(string)}, "")
+	after := vaultCalls(warm.auth)
+	b.notes = append(b.notes, fmt.Sprintf("row a-metered: %.0f requests cost %.0f budget/reserve and %.0f budget/report calls to Vault",
+		b.rows["a-metered"].rps*b.o.duration.Seconds(), after["reserve"]-before["reserve"], after["report"]-before["report"]))
 	b.wrk("b", "sidecar /verify, API key, cache warm", warm.auth+"/verify/r", []string{"X-API-Key: " + hotKey}, "")
 	b.wrk("c", "sidecar /verify, a different API key each request (cold)", cold.auth+"/verify/r", nil, b.cycleScript(keys))
 	b.wrk("d", "sidecar /verify, no-auth route (ceiling)", warm.auth+"/verify/public", nil, "")
@@ -251,6 +262,24 @@ route "/r" {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// vaultCalls reads the sidecar's successful Vault requests by operation.
+func vaultCalls(auth string) map[string]float64 {
+	out := map[string]float64{}
+	resp, err := http.Get(auth + "/metrics")
+	if err != nil {
+		return out
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	re := regexp.MustCompile(`^keybroker_sidecar_vault_requests_total\{op="(\w+)",result="ok"\} (\S+)$`)
+	for sc.Scan() {
+		if m := re.FindStringSubmatch(sc.Text()); m != nil {
+			out[m[1]], _ = strconv.ParseFloat(m[2], 64)
+		}
+	}
+	return out
 }
 
 func stop(cmd *exec.Cmd) {
