@@ -34,15 +34,16 @@ type meter struct {
 }
 
 func pathBudget(b *backend) []*framework.Path {
+	credentialIDField := &framework.FieldSchema{
+		Type:        framework.TypeString,
+		Description: "The credential: an API key's key_id or a JWT's jti.",
+		Required:    true,
+	}
 	return []*framework.Path{
 		{
 			Pattern: "budget/reserve$",
 			Fields: map[string]*framework.FieldSchema{
-				"id": {
-					Type:        framework.TypeString,
-					Description: "The credential: an API key's key_id or a JWT's jti.",
-					Required:    true,
-				},
+				"id": credentialIDField,
 				"units": {
 					Type:        framework.TypeInt64,
 					Description: fmt.Sprintf("Units to reserve (1 to %d). Fewer are granted when fewer remain.", int64(maxUnits)),
@@ -108,11 +109,7 @@ reservation, or one whose total goes down, is refused and changes nothing.`,
 		{
 			Pattern: "budget/" + framework.GenericNameRegex("id"),
 			Fields: map[string]*framework.FieldSchema{
-				"id": {
-					Type:        framework.TypeString,
-					Description: "The credential: an API key's key_id or a JWT's jti.",
-					Required:    true,
-				},
+				"id": credentialIDField,
 			},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.ReadOperation: &framework.PathOperation{Callback: b.pathBudgetRead},

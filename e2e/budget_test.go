@@ -5,7 +5,9 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -172,39 +174,74 @@ func TestBudgetAcrossSidecars(t *testing.T) {
 		used, _, _ := spend(t, root, keyID)
 		return used == up.served.Load()
 	})
+
+	// Reservations and reports are audited requests, the credential in clear.
+	audit, err := os.ReadFile(v.AuditLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"path":"keybroker/budget/reserve"`, `"path":"keybroker/budget/report"`, `"id":"` + keyID + `"`} {
+		if !strings.Contains(string(audit), want) {
+			t.Errorf("the audit log has no %s", want)
+		}
+	}
+	if strings.Contains(string(audit), key) {
+		t.Error("the key is in the audit log in clear")
+	}
 }
 
-// A short budget period: exhausted within one period, allowed again in the next.
+// A short budget period and three sidecars: the budget is spent within one
+// period, every sidecar answers 429 until its end, and in the next period
+// each of them allows requests again.
 func TestBudgetResetsAtPeriodBoundary(t *testing.T) {
-	const period = 4 * time.Second
+	const period, budget, maxCost = 4 * time.Second, 30, 10
 	v := vaultserver.StartT(t)
 	setupRoles(t, v)
 	root := v.Client
 	write(t, root, "keybroker/roles/short", map[string]interface{}{
-		"scopes": "read", "budget": 30, "max_cost_per_request": 10, "budget_period": "4s",
+		"scopes": "read", "budget": budget, "max_cost_per_request": maxCost, "budget_period": "4s",
 	})
-	key := write(t, root, "keybroker/keys/short", map[string]interface{}{"name": "agent"}).Data["key"].(string)
-	up := newLLMUpstream(t, 10)
-	e := meteredSidecar(t, v, up)
-	call(t, e.proxy, "GET", "/public", nil, "") // warm up
+	minted := write(t, root, "keybroker/keys/short", map[string]interface{}{"name": "agent"})
+	key, keyID := minted.Data["key"].(string), minted.Data["key_id"].(string)
+	up := newLLMUpstream(t, maxCost)
+	sidecars := []*sidecarEnv{meteredSidecar(t, v, up), meteredSidecar(t, v, up), meteredSidecar(t, v, up)}
 
 	// Start right after a boundary (periods are multiples of 4s since year 1, so of Unix time too).
 	sleepUntil(time.Now().Truncate(period).Add(period + 100*time.Millisecond))
-	for i := 0; i < 3; i++ {
-		if r := call(t, e.proxy, "GET", "/llm?cost=max", bearer(key), ""); r.status != 200 {
+	deadline := time.Now().Truncate(period).Add(period)
+	denied := 0
+	for i := 0; denied < 3; i++ {
+		r := call(t, sidecars[i%3].proxy, "GET", "/llm?cost=max", bearer(key), "")
+		switch {
+		case r.status == 200:
+			denied = 0
+		case r.status == 429 && r.header.Get("X-Keybroker-Reason") == "budget_exhausted":
+			if ra, err := strconv.Atoi(r.header.Get("Retry-After")); err != nil || ra < 1 || ra > 4 {
+				t.Fatalf("Retry-After %q, want the seconds to the period's end (1 to 4)", r.header.Get("Retry-After"))
+			}
+			denied++
+		default:
 			t.Fatalf("request %d: %d %s", i, r.status, r.body)
 		}
+		if i > 20 {
+			t.Fatal("three sidecars never all said the budget was spent")
+		}
 	}
-	r := call(t, e.proxy, "GET", "/llm?cost=max", bearer(key), "")
-	if r.status != 429 || r.header.Get("X-Keybroker-Reason") != "budget_exhausted" {
-		t.Fatalf("4th request of a 30-unit budget at 10 each: %d %v", r.status, r.header)
+	if time.Now().After(deadline) {
+		t.Fatal("spending 30 units took more than one 4s period")
 	}
-	if ra, err := strconv.Atoi(r.header.Get("Retry-After")); err != nil || ra < 1 || ra > 4 {
-		t.Fatalf("Retry-After %q, want the seconds to the period's end (1 to 4)", r.header.Get("Retry-After"))
+	if served := up.served.Load(); served < budget || served > budget+3*maxCost {
+		t.Fatalf("spent %d in one period; want %d to %d", served, budget, budget+3*maxCost)
 	}
-	sleepUntil(time.Now().Truncate(period).Add(period + 200*time.Millisecond))
-	if r := call(t, e.proxy, "GET", "/llm?cost=max", bearer(key), ""); r.status != 200 || r.header.Get("X-Budget-Remaining") != "20" {
-		t.Fatalf("in the next period: %d, X-Budget-Remaining %q, want 200 and 20", r.status, r.header.Get("X-Budget-Remaining"))
+
+	sleepUntil(deadline.Add(200 * time.Millisecond))
+	for i, sc := range sidecars {
+		if r := call(t, sc.proxy, "GET", "/llm?cost=max", bearer(key), ""); r.status != 200 || r.header.Get("X-Budget-Remaining") == "" {
+			t.Fatalf("sidecar %d in the next period: %d, X-Budget-Remaining %q", i, r.status, r.header.Get("X-Budget-Remaining"))
+		}
+	}
+	if used, _, _ := spend(t, root, keyID); used > 3*maxCost {
+		t.Fatalf("the new period starts with used %d, more than these three requests", used)
 	}
 }
 
