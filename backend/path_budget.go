@@ -78,7 +78,8 @@ last of a budget is spread over the verifiers that ask. granted=0 with
 exhausted=true and reset says the budget is spent until reset. A reservation
 counts against the period it was granted in, ends when released through
 keybroker/budget/report, and expires (its unused units coming back) when no
-report renews it within its ttl.`,
+report renews it within its ttl. An expired or revoked credential cannot
+reserve.`,
 		},
 		{
 			Pattern: "budget/report$",
@@ -148,6 +149,19 @@ func (b *backend) loadMeter(ctx context.Context, s logical.Storage, id string) (
 		}
 	}
 	return m, path, nil
+}
+
+// isRevoked says whether the API key or JWT id was revoked.
+func (b *backend) isRevoked(ctx context.Context, s logical.Storage, id string) (bool, error) {
+	if apikey.ValidateID(id) {
+		k, err := b.getKey(ctx, s, id)
+		return k != nil && k.revoked(), err
+	}
+	e, err := s.Get(ctx, revokedJTIPrefix+id)
+	if err != nil {
+		return false, fmt.Errorf("reading revoked jti: %w", err)
+	}
+	return e != nil, nil
 }
 
 // metered says whether credentials with these limits and tenant are
@@ -225,6 +239,14 @@ func (b *backend) pathBudgetReserve(ctx context.Context, req *logical.Request, d
 	}
 	if !now.Before(m.ExpiresAt) {
 		return logical.ErrorResponse("credential %q has expired", id), nil
+	}
+	// A verifier whose revocation feed lags must still not spend for a
+	// revoked credential.
+	if revoked, err := b.isRevoked(ctx, req.Storage, id); err != nil || revoked {
+		if err != nil {
+			return nil, err
+		}
+		return logical.ErrorResponse("credential %q is revoked", id), nil
 	}
 	m.roll(now, m.Period)
 	t, err := b.tenantFor(ctx, req.Storage, m.Tenant, now)

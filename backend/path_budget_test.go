@@ -210,6 +210,22 @@ func TestGrantsShrinkNearTheEnd(t *testing.T) {
 	}
 }
 
+func TestRevokedCredentialsCannotReserve(t *testing.T) {
+	e := newJWTEnv(t, map[string]interface{}{"budget": 100})
+	key := e.mint("agent", nil).Data["key_id"].(string)
+	e.reserve(key, 10)
+	e.ok(logical.DeleteOperation, "keys/id/"+key, nil)
+	e.userError(logical.UpdateOperation, "budget/reserve", map[string]interface{}{"id": key, "units": 10}, "is revoked")
+
+	tok := e.ok(logical.UpdateOperation, "token/agent", map[string]interface{}{"audience": "billing"})
+	jti := tok.Data["jti"].(string)
+	e.reserve(jti, 10)
+	if _, err := e.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.RevokeOperation, Path: "token/agent", Secret: tok.Secret, Storage: e.storage}); err != nil {
+		t.Fatal(err)
+	}
+	e.userError(logical.UpdateOperation, "budget/reserve", map[string]interface{}{"id": jti, "units": 10}, "is revoked")
+}
+
 func TestTenantCeiling(t *testing.T) {
 	e := newTestEnv(t)
 	e.userError(logical.UpdateOperation, "tenants/acme", map[string]interface{}{"budget": 0}, "budget must be between 1")
