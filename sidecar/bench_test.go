@@ -2,54 +2,21 @@ package sidecar
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"fmt"
 	"net/http"
 	"net/netip"
 	"testing"
 	"time"
 
-	"github.com/golang-jwt/jwt/v5"
-
 	"github.com/keybroker/keybroker/apikey"
 	"github.com/keybroker/keybroker/jwtverify"
 )
 
-// benchSidecar is a Sidecar with a key set and verifier, and no Vault: the
-// hot path never calls it.
+// benchSidecar is the test sidecar with a metered-free JWT of scope read.
 func benchSidecar(b *testing.B) (*Sidecar, string) {
 	b.Helper()
-	sc, err := New(&Config{
-		Audiences: []string{"svc"},
-		Vault:     &VaultConfig{Address: "http://127.0.0.1:1", RoleID: "r", SecretIDFile: "/nonexistent"},
-		Routes: []RouteConfig{
-			{PathPrefix: "/", Scopes: []string{"any"}},
-			{PathPrefix: "/v1/", Scopes: []string{"read"}},
-			{PathPrefix: "/v1/admin", Scopes: []string{"admin"}},
-			{PathPrefix: "/v1/items", Methods: []string{"GET"}, Scopes: []string{"read"}},
-		},
-	}, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	_, priv, _ := ed25519.GenerateKey(rand.Reader)
-	ks, _ := jwtverify.NewKeySet(jwtverify.Key{ID: "k1", Alg: jwtverify.AlgEdDSA, Public: priv.Public()})
-	sc.keys.Store(ks)
-	v, _ := jwtverify.NewVerifier(jwtverify.Config{Issuer: "https://iss", Audiences: []string{"svc"}})
-	sc.verifier.Store(v)
-	now := time.Now()
-	tok := jwt.NewWithClaims(jwt.SigningMethodEdDSA, jwtverify.Claims{
-		RegisteredClaims: jwt.RegisteredClaims{Issuer: "https://iss", Audience: jwt.ClaimStrings{"svc"}, Subject: "agent",
-			ExpiresAt: jwt.NewNumericDate(now.Add(time.Hour)), IssuedAt: jwt.NewNumericDate(now), ID: "jti-1"},
-		Scope: "read", CIDR: []string{"127.0.0.0/8"},
-	})
-	tok.Header["kid"], tok.Header["typ"] = "k1", jwtverify.TokenType
-	signed, err := tok.SignedString(priv)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return sc, signed
+	f := newFixture(b, nil)
+	return f.sc, f.jwt(b, "read", time.Hour)
 }
 
 func BenchmarkCheckJWTCached(b *testing.B) {
@@ -106,7 +73,7 @@ func BenchmarkRouteMatch(b *testing.B) {
 	sc, _ := benchSidecar(b)
 	b.ReportAllocs()
 	for b.Loop() {
-		if rt := sc.match("GET", "/v1/items/42"); rt == nil || rt.scopes[0] != "read" {
+		if rt, _ := sc.s.match("GET", "/v1/items/42"); rt == nil || rt.scopes[0] != "read" {
 			b.Fatal("wrong route")
 		}
 	}
@@ -118,7 +85,7 @@ func BenchmarkDecideJWTCached(b *testing.B) {
 	sc, token := benchSidecar(b)
 	h := http.Header{}
 	h.Set("Authorization", "Bearer "+token)
-	r := request{method: "GET", path: "/v1/items/1", header: h, clientIP: netip.MustParseAddr("127.0.0.1")}
+	r := request{method: "GET", target: "/v1/items/1", header: h, clientIP: netip.MustParseAddr("127.0.0.1")}
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
@@ -135,7 +102,7 @@ func BenchmarkDecideMeteredJWTCached(b *testing.B) {
 	sc, token := benchSidecar(b)
 	h := http.Header{}
 	h.Set("Authorization", "Bearer "+token)
-	r := request{method: "GET", path: "/v1/items/1", header: h, clientIP: netip.MustParseAddr("127.0.0.1")}
+	r := request{method: "GET", target: "/v1/items/1", header: h, clientIP: netip.MustParseAddr("127.0.0.1")}
 	ctx := context.Background()
 	id, _ := sc.checkJWT(ctx, token)
 	id.budget = &jwtverify.Budget{Units: 1 << 50, Period: 86400, MaxCost: 10}

@@ -4,6 +4,7 @@
 package sidecar
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -35,8 +36,13 @@ type Config struct {
 	Issuer string `hcl:"issuer,optional"`
 	Leeway string `hcl:"leeway,optional"`
 
-	// TrustedProxies may set X-Forwarded-For; other peers' copies are ignored.
+	// TrustedProxies may set X-Forwarded-For; other peers' copies are
+	// ignored. /verify answers only these peers.
 	TrustedProxies []string `hcl:"trusted_proxies,optional"`
+	// Gateway is the gateway that calls /verify (nginx, traefik, caddy,
+	// envoy): it fixes where the original method and URI are read from.
+	// Empty: /verify is off.
+	Gateway string `hcl:"gateway,optional"`
 	// AllowUnmatched lets requests that match no route through with any
 	// valid credential; by default they are denied.
 	AllowUnmatched bool `hcl:"allow_unmatched,optional"`
@@ -58,6 +64,19 @@ type Config struct {
 	BudgetReservationTTL  string `hcl:"budget_reservation_ttl,optional"`
 	BudgetIdleRelease     string `hcl:"budget_idle_release,optional"`
 	Name                  string `hcl:"name,optional"`
+
+	// Uncached API keys Vault refuses: per client, failed_auth_burst, then
+	// failed_auth_rate per second; vault_verify_concurrency lookups at once.
+	FailedAuthRate         *float64 `hcl:"failed_auth_rate,optional"`
+	FailedAuthBurst        int      `hcl:"failed_auth_burst,optional"`
+	VaultVerifyConcurrency int      `hcl:"vault_verify_concurrency,optional"`
+
+	// Server limits, for both listeners.
+	ReadHeaderTimeout   string `hcl:"read_header_timeout,optional"`
+	ReadTimeout         string `hcl:"read_timeout,optional"`
+	IdleTimeout         string `hcl:"idle_timeout,optional"`
+	MaxHeaderBytes      int    `hcl:"max_header_bytes,optional"`
+	MaxRequestBodyBytes *int64 `hcl:"max_request_body_bytes,optional"`
 
 	LogLevel  string `hcl:"log_level,optional"`
 	LogFormat string `hcl:"log_format,optional"`
@@ -83,6 +102,9 @@ type RouteConfig struct {
 	Scopes     []string `hcl:"scopes,optional"`
 	// Public routes need no credential at all.
 	Public bool `hcl:"public,optional"`
+	// CaseInsensitive matches the prefix without regard to case, for a
+	// service that serves /API as /api.
+	CaseInsensitive bool `hcl:"case_insensitive,optional"`
 	// What a request costs metered credentials: Cost (default 1), or what
 	// the upstream response says in UsageHeader or, with OpenAIUsage, in an
 	// OpenAI-compatible body's usage.total_tokens; Cost is then the
@@ -100,8 +122,18 @@ type settings struct {
 	issuer             string
 	leeway             time.Duration
 	trusted            []netip.Prefix
+	gateway            *gateway
 	allowUnmatched     bool
 	routes             []route
+	groups             []*routeGroup // routes by prefix, longest first
+
+	failedAuthRate                 float64
+	failedAuthBurst                int
+	verifyConcurrency              int
+	readHeaderTimeout, readTimeout time.Duration
+	idleTimeout                    time.Duration
+	maxHeaderBytes                 int
+	maxBody                        int64
 
 	revocationPoll, jwksRefresh, jwksMinRefetch time.Duration
 	keyCacheTTL, negativeCacheTTL, maxStale     time.Duration
@@ -116,20 +148,6 @@ type settings struct {
 	secretIDFile                  string
 	logLevel, logFormat           string
 }
-
-type route struct {
-	prefix  string
-	methods []string // empty: any
-	scopes  []string
-	public  bool
-
-	cost        int64
-	usageHeader string
-	openaiUsage bool
-}
-
-// defaultRoute is what a request matching no route costs, with allow_unmatched.
-var defaultRoute = route{cost: 1}
 
 // ParseConfigFile reads an HCL config file.
 func ParseConfigFile(path string) (*Config, error) {
@@ -147,16 +165,16 @@ func ParseConfigFile(path string) (*Config, error) {
 
 func (c *Config) settings() (*settings, error) {
 	s := &settings{
-		listen:          or(c.Listen, "127.0.0.1:8080"),
-		authListen:      or(c.AuthListen, "127.0.0.1:8081"),
+		listen:          cmp.Or(c.Listen, "127.0.0.1:8080"),
+		authListen:      cmp.Or(c.AuthListen, "127.0.0.1:8081"),
 		audiences:       c.Audiences,
 		issuer:          c.Issuer,
 		allowUnmatched:  c.AllowUnmatched,
 		cacheSize:       c.CacheSize,
 		reserveRequests: c.BudgetReserveRequests,
 		name:            c.Name,
-		logLevel:        or(c.LogLevel, "info"),
-		logFormat:       or(c.LogFormat, "standard"),
+		logLevel:        cmp.Or(c.LogLevel, "info"),
+		logFormat:       cmp.Or(c.LogFormat, "standard"),
 	}
 	if s.cacheSize == 0 {
 		s.cacheSize = 100_000
@@ -190,6 +208,9 @@ func (c *Config) settings() (*settings, error) {
 		{"budget_report_interval", c.BudgetReportInterval, time.Second, &s.reportInterval},
 		{"budget_reservation_ttl", c.BudgetReservationTTL, 30 * time.Second, &s.reservationTTL},
 		{"budget_idle_release", c.BudgetIdleRelease, 5 * time.Second, &s.idleRelease},
+		{"read_header_timeout", c.ReadHeaderTimeout, 10 * time.Second, &s.readHeaderTimeout},
+		{"read_timeout", c.ReadTimeout, time.Minute, &s.readTimeout},
+		{"idle_timeout", c.IdleTimeout, time.Minute, &s.idleTimeout},
 	}
 	for _, d := range durations {
 		*d.out = d.def
@@ -231,11 +252,39 @@ func (c *Config) settings() (*settings, error) {
 		}
 		s.trusted = append(s.trusted, p.Masked())
 	}
+	var err error
+	if s.gateway, err = parseGateway(c.Gateway, len(s.trusted)); err != nil {
+		return nil, err
+	}
+	s.failedAuthRate, s.failedAuthBurst, s.verifyConcurrency = 1, cmp.Or(c.FailedAuthBurst, 10), cmp.Or(c.VaultVerifyConcurrency, 32)
+	if c.FailedAuthRate != nil {
+		s.failedAuthRate = *c.FailedAuthRate
+	}
+	switch {
+	case s.failedAuthRate <= 0 || s.failedAuthRate > 1000:
+		return nil, fmt.Errorf("failed_auth_rate must be above 0 and at most 1000 per second")
+	case s.failedAuthBurst < 1 || s.failedAuthBurst > 10_000:
+		return nil, fmt.Errorf("failed_auth_burst must be between 1 and 10000")
+	case s.verifyConcurrency < 1 || s.verifyConcurrency > 1024:
+		return nil, fmt.Errorf("vault_verify_concurrency must be between 1 and 1024")
+	}
+	s.maxHeaderBytes = cmp.Or(c.MaxHeaderBytes, 64<<10)
+	if s.maxHeaderBytes < 4<<10 || s.maxHeaderBytes > 1<<20 {
+		return nil, fmt.Errorf("max_header_bytes must be between 4096 and 1048576")
+	}
+	s.maxBody = 10 << 20
+	if c.MaxRequestBodyBytes != nil {
+		s.maxBody = *c.MaxRequestBodyBytes
+	}
+	if s.maxBody < 0 {
+		return nil, fmt.Errorf("max_request_body_bytes must not be negative")
+	}
 	for _, r := range c.Routes {
-		if !strings.HasPrefix(r.PathPrefix, "/") {
-			return nil, fmt.Errorf("route %q: the path prefix must start with /", r.PathPrefix)
+		prefix, err := routePrefix(r.PathPrefix)
+		if err != nil {
+			return nil, err
 		}
-		rt := route{prefix: r.PathPrefix, scopes: r.Scopes, public: r.Public, cost: 1, usageHeader: r.UsageHeader, openaiUsage: r.OpenAIUsage}
+		rt := route{prefix: prefix, fold: r.CaseInsensitive, scopes: r.Scopes, public: r.Public, cost: 1, usageHeader: r.UsageHeader, openaiUsage: r.OpenAIUsage}
 		if r.Cost != nil {
 			rt.cost = *r.Cost
 		}
@@ -260,12 +309,15 @@ func (c *Config) settings() (*settings, error) {
 		}
 		s.routes = append(s.routes, rt)
 	}
+	if s.groups, err = groupRoutes(s.routes); err != nil {
+		return nil, err
+	}
 	if c.Vault == nil {
 		return nil, fmt.Errorf("a vault block is required (address, mount, role_id or role_id_file, secret_id_file)")
 	}
 	v := c.Vault
 	s.vaultAddr, s.vaultCACert = v.Address, v.CACert
-	s.mount = strings.Trim(or(v.Mount, "keybroker"), "/")
+	s.mount = strings.Trim(cmp.Or(v.Mount, "keybroker"), "/")
 	s.roleID, s.roleIDFile, s.secretIDFile = v.RoleID, v.RoleIDFile, v.SecretIDFile
 	if (s.roleID == "") == (s.roleIDFile == "") {
 		return nil, fmt.Errorf("vault: set exactly one of role_id and role_id_file")
@@ -281,11 +333,4 @@ func validHeaderName(h string) bool {
 		}
 	}
 	return h != ""
-}
-
-func or(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }

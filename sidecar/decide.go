@@ -6,7 +6,6 @@ import (
 	"errors"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -14,6 +13,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/keybroker/keybroker/apikey"
+	"github.com/keybroker/keybroker/contract"
 	"github.com/keybroker/keybroker/jwtverify"
 )
 
@@ -31,22 +31,30 @@ type identity struct {
 	rate      *jwtverify.RateLimit // nil: no rate limit
 }
 
-// Deny reasons, also the X-Keybroker-Reason header and the JSON body's reason.
+// Deny reasons, also the X-Keybroker-Reason header and the JSON body's
+// reason. The ones a credential check shares with keybroker/verify come from
+// the contract package.
 const (
-	reasonOK                = "ok"
+	reasonOK                = contract.ReasonOK
+	reasonMalformed         = contract.ReasonMalformed
+	reasonExpired           = contract.ReasonExpired
+	reasonRevoked           = contract.ReasonRevoked
+	reasonCIDRDenied        = contract.ReasonCIDRDenied
+	reasonInsufficientScope = contract.ReasonInsufficientScope
+
 	reasonNoCredential      = "no_credential"
 	reasonCredentialInQuery = "credential_in_query"
 	reasonBadRequest        = "bad_request"
+	reasonNonCanonicalPath  = "non_canonical_path"
 	reasonNoRoute           = "no_route"
-	reasonMalformed         = "malformed"
+	reasonMethodNotAllowed  = "method_not_allowed"
+	reasonUntrustedGateway  = "untrusted_gateway"
+	reasonBodyTooLarge      = "body_too_large"
 	reasonInvalid           = "invalid"
-	reasonExpired           = "expired"
-	reasonRevoked           = "revoked"
-	reasonCIDRDenied        = "cidr_denied"
-	reasonInsufficientScope = "insufficient_scope"
 	reasonUnavailable       = "unavailable"
 	reasonBudgetExhausted   = "budget_exhausted"
 	reasonRateLimited       = "rate_limited"
+	reasonTooManyFailures   = "too_many_failures"
 )
 
 // decision is the outcome for one request.
@@ -54,8 +62,12 @@ type decision struct {
 	status   int
 	reason   string
 	scope    string // the route's scopes, for insufficient_scope
+	allow    string // the Allow header, for method_not_allowed
 	id       *identity
 	degraded bool
+	// path is the canonical path decided on and query the raw query: what
+	// goes upstream.
+	path, query string
 	// retryAfter goes with 429s; hold is the budget an allowed request
 	// holds until it settles (nil when not metered); rt is the route.
 	retryAfter time.Duration
@@ -67,31 +79,41 @@ func (d decision) allowed() bool { return d.status == http.StatusOK }
 
 func deny(status int, reason string) decision { return decision{status: status, reason: reason} }
 
-// request is what a decision looks at, wherever it came from (the proxied
-// request itself, or nginx / Traefik / Envoy headers on /verify).
+// request is what a decision looks at, wherever it came from: the proxied
+// request itself, or the request a gateway asks about on /verify.
 type request struct {
-	method   string
-	path     string
-	query    string
+	method string
+	// target is the raw request-target, still percent-encoded, as the
+	// client sent it (or as the gateway reports it).
+	target   string
 	header   http.Header
 	clientIP netip.Addr
 }
 
-// queryCredentialParams are query parameters a credential might be sent in.
-var queryCredentialParams = []string{"access_token", "api_key", "apikey", "key", "token"}
-
+// decide is the only way to a decision: it canonicalises the target, finds
+// the route and checks the credential.
 func (sc *Sidecar) decide(ctx context.Context, r request) decision {
-	rt := sc.match(r.method, r.path)
-	if rt == nil {
-		if !sc.s.allowUnmatched {
-			return deny(http.StatusForbidden, reasonNoRoute)
-		}
+	rawPath, rawQuery, ok := splitTarget(r.target)
+	if !ok {
+		return deny(http.StatusBadRequest, reasonNonCanonicalPath)
+	}
+	path, ok := canonicalPath(rawPath)
+	if !ok {
+		return deny(http.StatusBadRequest, reasonNonCanonicalPath)
+	}
+	rt, g := sc.s.match(r.method, path)
+	switch {
+	case rt == nil && g != nil:
+		return decision{status: http.StatusMethodNotAllowed, reason: reasonMethodNotAllowed, allow: g.allow}
+	case rt == nil && !sc.s.allowUnmatched:
+		return deny(http.StatusForbidden, reasonNoRoute)
+	case rt == nil:
 		rt = &defaultRoute
 	}
 	if rt.public {
-		return decision{status: http.StatusOK, reason: reasonOK}
+		return decision{status: http.StatusOK, reason: reasonOK, path: path, query: rawQuery, rt: rt}
 	}
-	if credentialInQuery(r.query) {
+	if found, ok := credentialInQuery(rawQuery); found || !ok {
 		return deny(http.StatusBadRequest, reasonCredentialInQuery)
 	}
 	cred, ok := credentialFrom(r.header)
@@ -125,7 +147,7 @@ func (sc *Sidecar) decide(ctx context.Context, r request) decision {
 			return decision{status: http.StatusForbidden, reason: reasonInsufficientScope, scope: strings.Join(rt.scopes, " ")}
 		}
 	}
-	allowed := decision{status: http.StatusOK, reason: reasonOK, id: id, degraded: d.degraded, rt: rt}
+	allowed := decision{status: http.StatusOK, reason: reasonOK, id: id, degraded: d.degraded, rt: rt, path: path, query: rawQuery}
 	if id.rate != nil {
 		if wait, ok := sc.rateAllow(id); !ok {
 			return decision{status: http.StatusTooManyRequests, reason: reasonRateLimited, retryAfter: wait}
@@ -160,22 +182,6 @@ func (sc *Sidecar) rateAllow(id *identity) (time.Duration, bool) {
 	return time.Duration(wait * float64(time.Second)), false
 }
 
-// match finds the route with the longest matching prefix for the method.
-func (sc *Sidecar) match(method, path string) *route {
-	var best *route
-	for i := range sc.s.routes {
-		rt := &sc.s.routes[i]
-		if !strings.HasPrefix(path, rt.prefix) || (best != nil && len(rt.prefix) <= len(best.prefix)) {
-			continue
-		}
-		if len(rt.methods) > 0 && !slices.Contains(rt.methods, method) {
-			continue
-		}
-		best = rt
-	}
-	return best
-}
-
 func prefixesAllow(cidrs []netip.Prefix, ip netip.Addr) bool {
 	if len(cidrs) == 0 {
 		return true
@@ -188,42 +194,24 @@ func prefixesAllow(cidrs []netip.Prefix, ip netip.Addr) bool {
 	return false
 }
 
-func credentialInQuery(rawQuery string) bool {
-	if rawQuery == "" {
-		return false
-	}
-	q, err := url.ParseQuery(rawQuery)
-	if err != nil {
-		return false
-	}
-	for _, p := range queryCredentialParams {
-		if q.Has(p) {
-			return true
-		}
-	}
-	for _, vs := range q {
-		for _, v := range vs {
-			if _, err := apikey.Parse(v); err == nil {
-				return true
-			}
-		}
-	}
-	return false
-}
-
 // credentialFrom reads Authorization: Bearer or X-API-Key. ok is false for a
-// request that is malformed (another auth scheme, or two different
-// credentials).
+// request that is malformed: another auth scheme, two different credentials,
+// or either header repeated (a later component might read the other copy).
 func credentialFrom(h http.Header) (cred string, ok bool) {
+	auth, ok1 := single(h, "Authorization")
+	key, ok2 := single(h, "X-API-Key")
+	if !ok1 || !ok2 {
+		return "", false
+	}
 	bearer := ""
-	if a := h.Get("Authorization"); a != "" {
-		scheme, rest, found := strings.Cut(a, " ")
+	if auth != "" {
+		scheme, rest, found := strings.Cut(auth, " ")
 		if !found || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(rest) == "" {
 			return "", false
 		}
 		bearer = strings.TrimSpace(rest)
 	}
-	key := strings.TrimSpace(h.Get("X-API-Key"))
+	key = strings.TrimSpace(key)
 	switch {
 	case bearer != "" && key != "" && bearer != key:
 		return "", false
@@ -260,8 +248,10 @@ func (sc *Sidecar) checkJWT(ctx context.Context, token string) (*identity, decis
 	default:
 		return nil, deny(http.StatusUnauthorized, reasonInvalid)
 	}
+	// One clock rule, the verifier's: a token is good until exp + leeway,
+	// on this request and on every later one served from the cache.
 	id := &identity{jwt: true, id: c.ID, subject: c.Subject, role: c.Role, tenant: c.Tenant,
-		scopes: c.Scopes(), expiresAt: c.ExpiresAt.Time, budget: c.Budget, rate: c.Rate}
+		scopes: c.Scopes(), expiresAt: c.ExpiresAt.Time.Add(sc.s.leeway), budget: c.Budget, rate: c.Rate}
 	for _, s := range c.CIDR {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
@@ -274,10 +264,12 @@ func (sc *Sidecar) checkJWT(ctx context.Context, token string) (*identity, decis
 }
 
 // checkKey checks an API key: the checksum offline, then the caches, then
-// keybroker/verify. When Vault cannot be reached, a cached answer serves for
-// up to max_stale, then the sidecar fails closed.
+// keybroker/verify within the flood guard's limits. When Vault cannot be
+// reached, a cached answer serves for up to max_stale, then the sidecar fails
+// closed.
 func (sc *Sidecar) checkKey(ctx context.Context, key string, ip netip.Addr) (*identity, decision) {
-	if _, err := apikey.Parse(key); err != nil {
+	parsed, err := apikey.Parse(key)
+	if err != nil {
 		return nil, deny(http.StatusUnauthorized, reasonMalformed)
 	}
 	h := apikey.Hash(key)
@@ -292,12 +284,27 @@ func (sc *Sidecar) checkKey(ctx context.Context, key string, ip netip.Addr) (*id
 		sc.m.negativeHit.Inc()
 		return nil, deny(http.StatusUnauthorized, n.reason)
 	}
+	if exp, ok := sc.unknownIDs.Get(parsed.ID); ok && now.Before(exp) {
+		sc.m.negativeHit.Inc()
+		return nil, deny(http.StatusUnauthorized, reasonInvalid)
+	}
 
-	// One Vault call per key however many requests carry it at once. The
-	// call must not die with the first caller's request: it answers them all.
-	v, err, _ := sc.vaultSF.Do(string(h[:]), func() (interface{}, error) {
-		return sc.vault.verifyKey(context.WithoutCancel(ctx), key, ipString(ip))
-	})
+	var ans *contract.VerifyAnswer
+	if d := sc.flood.lookup(ctx, ip, func() bool {
+		// One Vault call per key however many requests carry it at
+		// once. The call must not die with the first caller's request:
+		// it answers them all.
+		v, verr, _ := sc.vaultSF.Do(string(h[:]), func() (interface{}, error) {
+			return sc.vault.verifyKey(context.WithoutCancel(ctx), key, ipString(ip))
+		})
+		err = verr
+		if err == nil {
+			ans = v.(*contract.VerifyAnswer)
+		}
+		return err == nil && ans.Reason != reasonOK
+	}); d != nil {
+		return nil, *d
+	}
 	if err != nil {
 		sc.m.vaultCalls.WithLabelValues("verify", "error").Inc()
 		if cached && now.Sub(e.fetched) < sc.s.maxStale {
@@ -307,7 +314,6 @@ func (sc *Sidecar) checkKey(ctx context.Context, key string, ip netip.Addr) (*id
 		return nil, deny(http.StatusServiceUnavailable, reasonUnavailable)
 	}
 	sc.m.vaultCalls.WithLabelValues("verify", "ok").Inc()
-	ans := v.(*keyAnswer)
 	switch ans.Reason {
 	case reasonOK:
 	case reasonCIDRDenied:
@@ -315,8 +321,11 @@ func (sc *Sidecar) checkKey(ctx context.Context, key string, ip netip.Addr) (*id
 		return nil, deny(http.StatusUnauthorized, reasonCIDRDenied)
 	default:
 		reason := ans.Reason
-		if reason == "not_found" {
+		if reason == contract.ReasonNotFound {
 			reason = reasonInvalid // same answer for an unknown key and a wrong one
+		}
+		if ans.UnknownKeyID {
+			sc.unknownIDs.Add(parsed.ID, now.Add(sc.s.negativeCacheTTL))
 		}
 		sc.negative.Add(h, negEntry{reason: reason, expires: now.Add(sc.s.negativeCacheTTL)})
 		sc.positive.Remove(h)
@@ -328,9 +337,12 @@ func (sc *Sidecar) checkKey(ctx context.Context, key string, ip netip.Addr) (*id
 		return nil, deny(http.StatusServiceUnavailable, reasonUnavailable)
 	}
 	for _, s := range ans.BoundCIDRs {
-		if p, err := netip.ParsePrefix(s); err == nil {
-			id.cidrs = append(id.cidrs, p)
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			// A bound the sidecar cannot read must not become no bound.
+			return nil, deny(http.StatusServiceUnavailable, reasonUnavailable)
 		}
+		id.cidrs = append(id.cidrs, p)
 	}
 	sc.positive.Add(h, &keyEntry{id: id, fetched: now})
 	return id, decision{}

@@ -3,8 +3,8 @@ package sidecar
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
@@ -13,35 +13,31 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/keybroker/keybroker/contract"
 )
 
-// Identity headers passed upstream (proxy) or to the gateway (/verify).
-const (
-	headerPrefix  = "X-Keybroker-"
-	headerSubject = "X-Keybroker-Subject"
-	headerKeyID   = "X-Keybroker-Key-Id"
-	headerJTI     = "X-Keybroker-Jti"
-	headerRole    = "X-Keybroker-Role"
-	headerTenant  = "X-Keybroker-Tenant"
-	headerScopes  = "X-Keybroker-Scopes"
-	headerReason  = "X-Keybroker-Reason"
-	// headerRemaining goes with every allowed request of a metered credential.
-	headerRemaining = "X-Budget-Remaining"
-)
+// headerRemaining goes with every allowed request of a metered credential.
+const headerRemaining = "X-Budget-Remaining"
 
-// proxyHandler checks each request and forwards allowed ones upstream, with
-// the credential removed and the caller's identity added.
+// proxyHandler checks each request and forwards allowed ones upstream, to
+// the canonical path decided on, with the credential removed and the
+// caller's identity added.
 func (sc *Sidecar) proxyHandler() http.Handler {
 	type ctxKey struct{}
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
+			d, _ := pr.In.Context().Value(ctxKey{}).(*decision)
+			if d == nil {
+				panic(http.ErrAbortHandler) // unreachable: every request is decided first
+			}
+			// Exactly the path decided on, re-encoded minimally.
+			pr.Out.URL.Path, pr.Out.URL.RawPath, pr.Out.URL.RawQuery = d.path, "", d.query
 			pr.SetURL(sc.s.upstream)
 			pr.SetXForwarded()
 			pr.Out.Host = pr.In.Host
 			stripCredentialAndIdentity(pr.Out.Header)
-			if d, _ := pr.In.Context().Value(ctxKey{}).(*decision); d != nil && d.id != nil {
-				setIdentity(pr.Out.Header, d.id)
-			}
+			setIdentity(pr.Out.Header, d.id)
 		},
 		// The upstream's answer says what a metered request cost.
 		ModifyResponse: func(resp *http.Response) error {
@@ -52,22 +48,28 @@ func (sc *Sidecar) proxyHandler() http.Handler {
 			return nil
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+				writeDenial(w, deny(http.StatusRequestEntityTooLarge, reasonBodyTooLarge), false)
+				return
+			}
 			sc.log.Warn("upstream request failed", "error", err)
 			http.Error(w, "upstream unavailable", http.StatusBadGateway)
 		},
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > sc.s.maxBody {
+			writeDenial(w, deny(http.StatusRequestEntityTooLarge, reasonBodyTooLarge), false)
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, sc.s.maxBody)
 		d := sc.timedDecide("proxy", r, request{
-			method: r.Method, path: r.URL.Path, query: r.URL.RawQuery, header: r.Header,
-			clientIP: sc.clientIP(r),
+			method: r.Method, target: r.RequestURI, header: r.Header, clientIP: sc.clientIP(r),
 		})
 		if !d.allowed() {
 			writeDenial(w, d, false)
 			return
 		}
-		if d.id != nil {
-			r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, &d))
-		}
+		r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, &d))
 		rp.ServeHTTP(w, r)
 		// No response reached ModifyResponse (the upstream failed): the
 		// request may still have cost, so charge the route's cost.
@@ -86,9 +88,6 @@ func setRemaining(h http.Header, hd *hold) {
 // authHandler serves /verify for gateways, /healthz and /metrics.
 func (sc *Sidecar) authHandler() http.Handler {
 	mux := http.NewServeMux()
-	verify := http.HandlerFunc(sc.serveVerify)
-	mux.Handle("/verify", verify)
-	mux.Handle("/verify/", verify) // Envoy ext_authz: path_prefix + the original path
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		status, code := "ok", http.StatusOK
 		if !sc.Ready() {
@@ -103,43 +102,48 @@ func (sc *Sidecar) authHandler() http.Handler {
 		})
 	})
 	mux.Handle("/metrics", promhttp.HandlerFor(sc.m.reg, promhttp.HandlerOpts{}))
-	return mux
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// /verify is matched on the raw target, before ServeMux cleans
+		// or redirects anything: the rest of it is Envoy's original path.
+		if r.RequestURI == "/verify" || strings.HasPrefix(r.RequestURI, "/verify/") || strings.HasPrefix(r.RequestURI, "/verify?") {
+			sc.serveVerify(w, r)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
 }
 
-// serveVerify answers a gateway's subrequest. nginx auth_request sends
-// X-Original-Method and X-Original-URI and passes on only 2xx, 401 and 403;
-// Traefik ForwardAuth sends X-Forwarded-Method and X-Forwarded-Uri; Envoy
-// ext_authz sends the original method and the original path after /verify.
+// serveVerify answers a gateway's auth request about the request the
+// configured gateway reports, and only to a peer in trusted_proxies.
 func (sc *Sidecar) serveVerify(w http.ResponseWriter, r *http.Request) {
-	req := request{method: r.Method, header: r.Header, clientIP: sc.clientIP(r)}
-	uri := ""
-	nginx := false
-	switch {
-	case r.Header.Get("X-Original-URI") != "":
-		nginx = true
-		uri = r.Header.Get("X-Original-URI")
-		req.method = or(r.Header.Get("X-Original-Method"), r.Method)
-	case r.Header.Get("X-Forwarded-Uri") != "":
-		uri = r.Header.Get("X-Forwarded-Uri")
-		req.method = or(r.Header.Get("X-Forwarded-Method"), r.Method)
-	default:
-		uri = strings.TrimPrefix(r.URL.Path, "/verify")
-		if uri == "" {
-			uri = "/"
-		}
-		if r.URL.RawQuery != "" {
-			uri += "?" + r.URL.RawQuery
-		}
-	}
-	req.path, req.query, _ = strings.Cut(uri, "?")
-	d := sc.timedDecide("auth", r, req)
-	if !d.allowed() {
-		writeDenial(w, d, nginx)
+	g := sc.s.gateway
+	if g == nil {
+		http.Error(w, "keybroker-sidecar: /verify is off; set gateway (nginx, traefik, caddy or envoy) in the configuration", http.StatusNotFound)
 		return
 	}
-	if d.id != nil {
-		setIdentity(w.Header(), d.id)
+	if !sc.trusted(peerAddr(r)) {
+		d := deny(http.StatusForbidden, reasonUntrustedGateway)
+		sc.m.decisions.WithLabelValues("auth", "deny", d.reason).Inc()
+		writeDenial(w, d, g.only2xx401403)
+		return
 	}
+	if r.ContentLength > sc.s.maxBody {
+		writeDenial(w, deny(http.StatusRequestEntityTooLarge, reasonBodyTooLarge), g.only2xx401403)
+		return
+	}
+	method, target, ok := g.original(r)
+	if !ok {
+		d := deny(http.StatusBadRequest, reasonBadRequest)
+		sc.m.decisions.WithLabelValues("auth", "deny", d.reason).Inc()
+		writeDenial(w, d, g.only2xx401403)
+		return
+	}
+	d := sc.timedDecide("auth", r, request{method: method, target: target, header: r.Header, clientIP: sc.clientIP(r)})
+	if !d.allowed() {
+		writeDenial(w, d, g.only2xx401403)
+		return
+	}
+	setIdentity(w.Header(), d.id)
 	if d.hold != nil {
 		// A gateway never shows the sidecar the response: the route's
 		// cost is all that can be charged.
@@ -165,14 +169,17 @@ func (sc *Sidecar) timedDecide(mode string, r *http.Request, req request) decisi
 }
 
 // writeDenial answers per RFC 6750: 401 invalid_token, 403
-// insufficient_scope with the needed scope, 400 invalid_request. Under nginx
-// auth_request every other status becomes 403; the reason header says why.
-func writeDenial(w http.ResponseWriter, d decision, nginx bool) {
+// insufficient_scope with the needed scope, 400 invalid_request. Denials
+// that are not about the token carry their reason as the error, so OAuth
+// clients do not take them for an authorization server's answer. When
+// only2xx401403 (nginx auth_request), every other status becomes 403; the
+// reason header says why.
+func writeDenial(w http.ResponseWriter, d decision, only2xx401403 bool) {
 	h := w.Header()
-	h.Set(headerReason, d.reason)
+	h.Set(contract.HeaderReason, d.reason)
 	h.Set("Content-Type", "application/json")
 	h.Set("Cache-Control", "no-store")
-	body := map[string]string{"reason": d.reason}
+	body := map[string]string{"reason": d.reason, "error": d.reason}
 	switch d.status {
 	case http.StatusUnauthorized:
 		if d.reason == reasonNoCredential {
@@ -187,36 +194,44 @@ func writeDenial(w http.ResponseWriter, d decision, nginx bool) {
 			h.Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="keybroker", error="insufficient_scope", scope=%q`, d.scope))
 			body["error"] = "insufficient_scope"
 			body["scope"] = d.scope
-		} else {
-			body["error"] = "access_denied"
 		}
 	case http.StatusTooManyRequests:
 		h.Set("Retry-After", strconv.FormatInt(retryAfterSeconds(d.retryAfter), 10))
-		body["error"] = d.reason
+	case http.StatusMethodNotAllowed:
+		h.Set("Allow", d.allow)
 	case http.StatusBadRequest:
 		h.Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="keybroker", error="invalid_request", error_description=%q`, d.reason))
 		body["error"] = "invalid_request"
-	default:
+	case http.StatusServiceUnavailable:
 		body["error"] = "temporarily_unavailable"
 	}
 	status := d.status
-	if nginx && status != http.StatusUnauthorized && status != http.StatusForbidden {
+	if only2xx401403 && status != http.StatusUnauthorized && status != http.StatusForbidden {
 		status = http.StatusForbidden
 	}
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(body)
 }
 
+// setIdentity sets every identity header, empty where it does not apply (a
+// public route has no caller), so that no copy of one survives from
+// anywhere else.
 func setIdentity(h http.Header, id *identity) {
-	h.Set(headerSubject, id.subject)
-	if id.jwt {
-		h.Set(headerJTI, id.id)
-	} else {
-		h.Set(headerKeyID, id.id)
+	var sub, keyID, jti, role, tenant, scopes string
+	if id != nil {
+		sub, role, tenant, scopes = id.subject, id.role, id.tenant, strings.Join(id.scopes, " ")
+		if id.jwt {
+			jti = id.id
+		} else {
+			keyID = id.id
+		}
 	}
-	h.Set(headerRole, id.role)
-	h.Set(headerTenant, id.tenant)
-	h.Set(headerScopes, strings.Join(id.scopes, " "))
+	h.Set(contract.HeaderSubject, sub)
+	h.Set(contract.HeaderKeyID, keyID)
+	h.Set(contract.HeaderJTI, jti)
+	h.Set(contract.HeaderRole, role)
+	h.Set(contract.HeaderTenant, tenant)
+	h.Set(contract.HeaderScopes, scopes)
 }
 
 // stripCredentialAndIdentity removes the credential, so the service never
@@ -226,41 +241,64 @@ func stripCredentialAndIdentity(h http.Header) {
 	h.Del("Authorization")
 	h.Del("X-API-Key")
 	for k := range h {
-		if strings.HasPrefix(http.CanonicalHeaderKey(k), headerPrefix) {
+		if len(k) >= len(contract.HeaderPrefix) && strings.EqualFold(k[:len(contract.HeaderPrefix)], contract.HeaderPrefix) {
 			delete(h, k)
 		}
 	}
 }
 
-// clientIP is the socket peer, or, when the peer is a trusted proxy, the
-// right-most address in X-Forwarded-For that is not itself trusted.
-func (sc *Sidecar) clientIP(r *http.Request) netip.Addr {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		host = r.RemoteAddr
-	}
-	peer, err := netip.ParseAddr(host)
+// peerAddr is the socket peer's address.
+func peerAddr(r *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
 	if err != nil {
 		return netip.Addr{}
 	}
-	peer = peer.Unmap()
-	if !sc.trusted(peer) {
+	return ap.Addr().Unmap()
+}
+
+// clientIP is the socket peer, or, when the peer is a trusted proxy, the
+// right-most address in X-Forwarded-For that is not itself trusted. A hop
+// that does not parse makes the address unknown (invalid): a credential
+// bound to CIDRs is then denied, rather than judged by the proxy's address.
+func (sc *Sidecar) clientIP(r *http.Request) netip.Addr {
+	peer := peerAddr(r)
+	if !peer.IsValid() || !sc.trusted(peer) {
 		return peer
 	}
 	xff := r.Header.Values("X-Forwarded-For")
+	if len(xff) == 0 {
+		return peer
+	}
 	hops := strings.Split(strings.Join(xff, ","), ",")
 	for i := len(hops) - 1; i >= 0; i-- {
-		a, err := netip.ParseAddr(strings.TrimSpace(hops[i]))
-		if err != nil {
-			return peer // a garbled chain: trust only what we saw
+		a, ok := parseHop(hops[i])
+		if !ok {
+			return netip.Addr{}
 		}
-		a = a.Unmap()
 		if !sc.trusted(a) {
 			return a
 		}
 		peer = a
 	}
 	return peer
+}
+
+// parseHop reads one X-Forwarded-For hop: "ip", "ip:port", "[ipv6]" or
+// "[ipv6]:port". Zoned addresses are not client addresses.
+func parseHop(s string) (netip.Addr, bool) {
+	s = strings.TrimSpace(s)
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		if ap, perr := netip.ParseAddrPort(s); perr == nil {
+			a, err = ap.Addr(), nil
+		} else if len(s) > 2 && s[0] == '[' && s[len(s)-1] == ']' {
+			a, err = netip.ParseAddr(s[1 : len(s)-1])
+		}
+	}
+	if err != nil || a.Zone() != "" {
+		return netip.Addr{}, false
+	}
+	return a.Unmap(), true
 }
 
 func (sc *Sidecar) trusted(a netip.Addr) bool {

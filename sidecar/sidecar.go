@@ -41,8 +41,11 @@ type Sidecar struct {
 
 	positive *lru.Cache[[sha256.Size]byte, *keyEntry]
 	negative *lru.Cache[[sha256.Size]byte, negEntry]
-	jwts     *lru.Cache[[sha256.Size]byte, *identity]
-	vaultSF  singleflight.Group
+	// unknownIDs are key_ids Vault said no key has, until when.
+	unknownIDs *lru.Cache[string, time.Time]
+	flood      *floodGuard
+	jwts       *lru.Cache[[sha256.Size]byte, *identity]
+	vaultSF    singleflight.Group
 
 	limiters *lru.Cache[string, *rate.Limiter]
 	budgets  *budgets
@@ -77,6 +80,12 @@ func New(c *Config, log hclog.Logger) (*Sidecar, error) {
 		return nil, err
 	}
 	if sc.negative, err = lru.New[[sha256.Size]byte, negEntry](s.cacheSize); err != nil {
+		return nil, err
+	}
+	if sc.unknownIDs, err = lru.New[string, time.Time](s.cacheSize); err != nil {
+		return nil, err
+	}
+	if sc.flood, err = newFloodGuard(s); err != nil {
 		return nil, err
 	}
 	if sc.jwts, err = lru.New[[sha256.Size]byte, *identity](s.cacheSize); err != nil {
@@ -139,10 +148,10 @@ func (sc *Sidecar) Serve(ctx context.Context, proxy, auth net.Listener) error {
 		sc.budgets.run(ctx)
 	}()
 
-	servers := []*http.Server{{Handler: sc.authHandler(), ReadHeaderTimeout: 10 * time.Second}}
+	servers := []*http.Server{sc.server(sc.authHandler())}
 	lns := []net.Listener{auth}
 	if proxy != nil {
-		servers = append(servers, &http.Server{Handler: sc.proxyHandler(), ReadHeaderTimeout: 10 * time.Second})
+		servers = append(servers, sc.server(sc.proxyHandler()))
 		lns = append(lns, proxy)
 	}
 	errc := make(chan error, len(servers))
@@ -172,6 +181,20 @@ func (sc *Sidecar) Serve(ctx context.Context, proxy, auth net.Listener) error {
 	cancel()
 	wg.Wait()
 	return err
+}
+
+// server applies the configured limits, so a client cannot hold a
+// connection or a file descriptor open for nothing. There is no write
+// timeout: a streamed answer (server-sent events) may rightly take long.
+func (sc *Sidecar) server(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: sc.s.readHeaderTimeout,
+		ReadTimeout:       sc.s.readTimeout,
+		IdleTimeout:       sc.s.idleTimeout,
+		MaxHeaderBytes:    sc.s.maxHeaderBytes,
+		ErrorLog:          sc.log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
+	}
 }
 
 func addrOf(l net.Listener) string {

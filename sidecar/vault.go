@@ -16,7 +16,7 @@ import (
 	hclog "github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/api"
 
-	"github.com/keybroker/keybroker/jwtverify"
+	"github.com/keybroker/keybroker/contract"
 )
 
 // vaultClient is the sidecar's only way to Vault. It logs in with AppRole and
@@ -160,24 +160,8 @@ func (v *vaultClient) withLogin(ctx context.Context, f func() error) error {
 	return err
 }
 
-// keyAnswer is keybroker/verify's answer for an API key.
-type keyAnswer struct {
-	Valid      bool     `json:"valid"`
-	Reason     string   `json:"reason"`
-	KeyID      string   `json:"key_id"`
-	Name       string   `json:"name"`
-	Role       string   `json:"role"`
-	Scopes     []string `json:"scopes"`
-	Tenant     string   `json:"tenant"`
-	BoundCIDRs []string `json:"bound_cidrs"`
-	ExpiresAt  string   `json:"expires_at"`
-
-	Budget    *jwtverify.Budget    `json:"budget"`
-	RateLimit *jwtverify.RateLimit `json:"rate_limit"`
-}
-
-func (v *vaultClient) verifyKey(ctx context.Context, key, remoteAddr string) (*keyAnswer, error) {
-	var ans keyAnswer
+func (v *vaultClient) verifyKey(ctx context.Context, key, remoteAddr string) (*contract.VerifyAnswer, error) {
+	var ans contract.VerifyAnswer
 	err := v.withLogin(ctx, func() error {
 		sec, err := v.c.Logical().WriteWithContext(ctx, v.mount+"/verify", map[string]interface{}{
 			"credential": key, "remote_addr": remoteAddr,
@@ -196,20 +180,8 @@ func (v *vaultClient) verifyKey(ctx context.Context, key, remoteAddr string) (*k
 	return &ans, nil
 }
 
-type feedEntry struct {
-	ID        string `json:"id"`
-	Type      string `json:"type"`
-	ExpiresAt string `json:"expires_at"`
-}
-
-type feedPage struct {
-	Revocations []feedEntry `json:"revocations"`
-	Next        uint64      `json:"next"`
-	More        bool        `json:"more"`
-}
-
-func (v *vaultClient) revocations(ctx context.Context, after uint64) (*feedPage, error) {
-	var page feedPage
+func (v *vaultClient) revocations(ctx context.Context, after uint64) (*contract.FeedPage, error) {
+	var page contract.FeedPage
 	err := v.withLogin(ctx, func() error {
 		sec, err := v.c.Logical().ReadWithDataWithContext(ctx, v.mount+"/revocations", map[string][]string{"after": {strconv.FormatUint(after, 10)}})
 		if err != nil {

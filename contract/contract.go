@@ -1,0 +1,82 @@
+// Package contract is what the keybroker plugin and its verifiers (the
+// sidecar, and any service reading the sidecar's headers) agree on: the
+// reasons keybroker/verify answers with, the shape of its answer and of the
+// revocation feed, the identity headers a verifier passes on, and the limits
+// both sides enforce. Both sides import it, so a reason or a header name is
+// spelled once. It depends on nothing but jwtverify's claim types.
+package contract
+
+import "github.com/keybroker/keybroker/jwtverify"
+
+// Reasons keybroker/verify gives. A bad credential is an answer, not an error.
+const (
+	ReasonOK                = "ok"
+	ReasonMalformed         = "malformed"
+	ReasonNotFound          = "not_found"
+	ReasonExpired           = "expired"
+	ReasonRevoked           = "revoked"
+	ReasonCIDRDenied        = "cidr_denied"
+	ReasonInsufficientScope = "insufficient_scope"
+	// JWTs only.
+	ReasonInvalidSignature = "invalid_signature"
+	ReasonInvalidClaims    = "invalid_claims"
+	ReasonNotYetValid      = "not_yet_valid"
+)
+
+// VerifyAnswer is keybroker/verify's answer for an API key.
+type VerifyAnswer struct {
+	Valid  bool   `json:"valid"`
+	Reason string `json:"reason"`
+	// UnknownKeyID is set with not_found when no key has the key_id at
+	// all (as opposed to a wrong secret for a key that exists): a verifier
+	// may then refuse every key with that key_id without asking again.
+	// key_ids are public handles, so this tells a caller nothing secret.
+	UnknownKeyID bool     `json:"unknown_key_id,omitempty"`
+	KeyID        string   `json:"key_id"`
+	Name         string   `json:"name"`
+	Role         string   `json:"role"`
+	Scopes       []string `json:"scopes"`
+	Tenant       string   `json:"tenant"`
+	BoundCIDRs   []string `json:"bound_cidrs"`
+	ExpiresAt    string   `json:"expires_at"`
+
+	Budget    *jwtverify.Budget    `json:"budget"`
+	RateLimit *jwtverify.RateLimit `json:"rate_limit"`
+}
+
+// FeedEntry is one revocation in keybroker/revocations.
+type FeedEntry struct {
+	ID        string `json:"id"`
+	Type      string `json:"type"`
+	ExpiresAt string `json:"expires_at"`
+}
+
+// FeedPage is one read of keybroker/revocations.
+type FeedPage struct {
+	Revocations []FeedEntry `json:"revocations"`
+	Next        uint64      `json:"next"`
+	More        bool        `json:"more"`
+}
+
+// MaxRevocationPage is the most entries one feed read returns.
+const MaxRevocationPage = 1000
+
+// Identity headers a verifier sets on an allowed request, for the service
+// behind it. Every one of them is set on every allowed request (empty when it
+// does not apply), so a gateway that copies them always overwrites what the
+// client sent. A service must read identity only from these names, and only
+// behind a verifier or gateway that removes the client's copies.
+const (
+	HeaderPrefix  = "X-Keybroker-"
+	HeaderSubject = "X-Keybroker-Subject"
+	HeaderKeyID   = "X-Keybroker-Key-Id"
+	HeaderJTI     = "X-Keybroker-Jti"
+	HeaderRole    = "X-Keybroker-Role"
+	HeaderTenant  = "X-Keybroker-Tenant"
+	HeaderScopes  = "X-Keybroker-Scopes"
+	// HeaderReason says why a request was denied (on denials only).
+	HeaderReason = "X-Keybroker-Reason"
+)
+
+// IdentityHeaders lists the identity headers in a fixed order.
+var IdentityHeaders = []string{HeaderSubject, HeaderKeyID, HeaderJTI, HeaderRole, HeaderTenant, HeaderScopes}

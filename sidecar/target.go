@@ -1,0 +1,165 @@
+package sidecar
+
+import (
+	"net/url"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/keybroker/keybroker/apikey"
+)
+
+// The request target: the sidecar decides on exactly the path the upstream
+// serves. A path is percent-decoded once, as nginx, Caddy, Go and servlet
+// containers do before routing, and refused when servers disagree on what it
+// names: dot segments (some resolve them, some do not), empty segments (some
+// merge slashes), encoded '/', '\', '.' or NUL (some decode them before
+// splitting segments), ';' (servlet path parameters), control characters,
+// invalid UTF-8 (overlong encodings of '.' and '/'), and anything still
+// percent-encoded after one decoding (servers that decode twice). What is left
+// has one meaning everywhere, and in proxy mode it is what goes upstream,
+// re-encoded minimally.
+
+// splitTarget splits a raw request-target (origin-form "/p?q" or
+// absolute-form "http://host/p?q") into its raw path and raw query. ok is
+// false for targets that name no path (asterisk-form, authority-form).
+func splitTarget(target string) (rawPath, rawQuery string, ok bool) {
+	if !strings.HasPrefix(target, "/") {
+		// absolute-form: drop scheme://authority.
+		i := strings.Index(target, "://")
+		if i <= 0 {
+			return "", "", false
+		}
+		rest := target[i+3:]
+		j := strings.IndexAny(rest, "/?")
+		if j < 0 {
+			return "/", "", true
+		}
+		target = rest[j:]
+		if target[0] == '?' {
+			target = "/" + target
+		}
+	}
+	rawPath, rawQuery, _ = strings.Cut(target, "?")
+	return rawPath, rawQuery, true
+}
+
+// canonicalPath decodes a raw path once and returns it, or ok=false when the
+// path is ambiguous (see above). A path without '%' is returned as is,
+// without allocating.
+func canonicalPath(raw string) (string, bool) {
+	if raw == "" || raw[0] != '/' {
+		return "", false
+	}
+	decoded := raw
+	if strings.IndexByte(raw, '%') >= 0 {
+		var b strings.Builder
+		b.Grow(len(raw))
+		for i := 0; i < len(raw); i++ {
+			c := raw[i]
+			if c != '%' {
+				b.WriteByte(c)
+				continue
+			}
+			if i+2 >= len(raw) || !ishex(raw[i+1]) || !ishex(raw[i+2]) {
+				return "", false // a broken escape
+			}
+			c = unhex(raw[i+1])<<4 | unhex(raw[i+2])
+			switch c {
+			case '/', '\\', '.', 0:
+				return "", false // encoded separators and dots
+			}
+			b.WriteByte(c)
+			i += 2
+		}
+		decoded = b.String()
+	}
+	if !utf8.ValidString(decoded) {
+		return "", false
+	}
+	for i := 0; i < len(decoded); i++ {
+		switch c := decoded[i]; {
+		case c < 0x20 || c == 0x7f, c == '\\', c == ';':
+			return "", false
+		case c == '%' && i+2 < len(decoded) && ishex(decoded[i+1]) && ishex(decoded[i+2]):
+			return "", false // still encoded: a second decoding would change it
+		}
+	}
+	// Segments: no empty ones (except a trailing slash), no dot segments.
+	for rest := decoded[1:]; ; {
+		seg, tail, more := strings.Cut(rest, "/")
+		if seg == "." || seg == ".." || (seg == "" && more) {
+			return "", false
+		}
+		if !more {
+			break
+		}
+		rest = tail
+	}
+	return decoded, true
+}
+
+func ishex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+func unhex(c byte) byte {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0'
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10
+	}
+	return c - 'A' + 10
+}
+
+// queryCredentialParams are query parameters a credential might be sent in,
+// compared without regard to case.
+var queryCredentialParams = []string{"access_token", "api_key", "apikey", "key", "token"}
+
+// credentialInQuery reports whether a raw query carries a credential: a
+// parameter named like one, or any value that parses as an API key or looks
+// like a JWT. Both '&' and ';' separate parameters (servers differ). ok is
+// false for a query with a broken escape, which the caller refuses rather
+// than guess how the upstream would read it.
+func credentialInQuery(rawQuery string) (found, ok bool) {
+	for rawQuery != "" {
+		var pair string
+		if i := strings.IndexAny(rawQuery, "&;"); i >= 0 {
+			pair, rawQuery = rawQuery[:i], rawQuery[i+1:]
+		} else {
+			pair, rawQuery = rawQuery, ""
+		}
+		if pair == "" {
+			continue
+		}
+		k, v, _ := strings.Cut(pair, "=")
+		k, err := url.QueryUnescape(k)
+		if err != nil {
+			return false, false
+		}
+		if v, err = url.QueryUnescape(v); err != nil {
+			return false, false
+		}
+		for _, p := range queryCredentialParams {
+			if strings.EqualFold(k, p) {
+				return true, true
+			}
+		}
+		for _, s := range [2]string{k, v} {
+			if looksLikeCredential(s) {
+				return true, true
+			}
+		}
+	}
+	return false, true
+}
+
+// looksLikeCredential: an API key with a valid checksum, or a compact JWS
+// whose header is a JSON object.
+func looksLikeCredential(s string) bool {
+	if strings.HasPrefix(s, "eyJ") && strings.Count(s, ".") == 2 {
+		return true
+	}
+	_, err := apikey.Parse(s)
+	return err == nil
+}

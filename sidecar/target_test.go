@@ -1,0 +1,228 @@
+package sidecar
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/keybroker/keybroker/apikey"
+)
+
+func TestCanonicalPath(t *testing.T) {
+	for raw, want := range map[string]string{
+		"/":                    "/",
+		"/api/admin/users":     "/api/admin/users",
+		"/api/admin/":          "/api/admin/",
+		"/api/%61dmin/users":   "/api/admin/users", // decoded once, as nginx and the upstream do
+		"/a%20b":               "/a b",
+		"/100%25":              "/100%",
+		"/100%25x":             "/100%x",
+		"/caf%C3%A9":           "/café",
+		"/a.b/c..d/.e/f.":      "/a.b/c..d/.e/f.", // dots inside segments are names
+		"/a:b@c!$&'()*+,=~_-x": "/a:b@c!$&'()*+,=~_-x",
+	} {
+		got, ok := canonicalPath(raw)
+		if !ok || got != want {
+			t.Errorf("canonicalPath(%q) = %q, %v; want %q", raw, got, ok, want)
+		}
+	}
+	// Each is read differently by some server: refused.
+	for _, raw := range []string{
+		"", "api", "*",
+		"/public/../api/admin/x", "/public/%2e%2e/api/admin/x", "/public/%2E%2E/api/admin/x", "/public/.%2e/api",
+		"/api/./admin", "/api/%2e/admin", "/..", "/.", "/api/..", "/api/.",
+		"/api//admin", "//api/admin", "/api/admin//",
+		"/api%2fadmin", "/api%2Fadmin", "/api%5cadmin", "/api\\admin", "/api/admin%00", "/api/admin\x00",
+		"/api;a/admin", "/api/admin;jsessionid=1", "/api%3badmin",
+		"/api/%252e%252e/admin", "/api/%2561dmin", // still encoded after one decoding
+		"/api/%", "/api/%2", "/api/%zz", "/api/%g0",
+		"/api/%c0%ae%c0%ae/admin", "/api/%ff", // invalid UTF-8, overlong dots
+		"/api/\tadmin", "/api/%0d%0aX-Injected:%201", "/api/%7f",
+	} {
+		if got, ok := canonicalPath(raw); ok {
+			t.Errorf("canonicalPath(%q) = %q, want refused", raw, got)
+		}
+	}
+}
+
+func TestSplitTarget(t *testing.T) {
+	for _, tc := range []struct{ target, path, query string }{
+		{"/a/b?x=1", "/a/b", "x=1"},
+		{"/a?x=1?y", "/a", "x=1?y"},
+		{"http://svc.example/a/b?x=1", "/a/b", "x=1"},
+		{"https://svc.example", "/", ""},
+		{"http://svc.example?x=1", "/", "x=1"},
+	} {
+		p, q, ok := splitTarget(tc.target)
+		if !ok || p != tc.path || q != tc.query {
+			t.Errorf("splitTarget(%q) = %q %q %v", tc.target, p, q, ok)
+		}
+	}
+	for _, target := range []string{"*", "svc.example:443", ""} {
+		if _, _, ok := splitTarget(target); ok {
+			t.Errorf("splitTarget(%q) accepted", target)
+		}
+	}
+}
+
+func TestCredentialInQuery(t *testing.T) {
+	key, _, err := apikey.Generate(nil, "kb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for q, want := range map[string]bool{
+		"":                          false,
+		"page=2":                    false,
+		"page=2&&sort=x":            false,
+		"access_token=x":            true,
+		"api_key=x":                 true,
+		"API_KEY=x":                 true,
+		"Access_Token=x":            true,
+		"access%5Ftoken=x":          true,
+		"q=kb_AAAAAAAAAAAA_notakey": false,
+		"x=" + key + "&y=1":         true,
+		"x=1;token=abc":             true, // ';' separates for some servers
+		"a=b;" + key:                true,
+		"x=eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0.c2ln": true,
+	} {
+		if found, _ := credentialInQuery(q); found != want {
+			t.Errorf("credentialInQuery(%q) = %v", q, found)
+		}
+	}
+	// A query that does not decode is refused, not skipped.
+	for _, q := range []string{"x=%zz", "a=%", "%g1=2", "x=%zz&token=abc"} {
+		if _, ok := credentialInQuery(q); ok {
+			t.Errorf("credentialInQuery(%q): ok, want refused", q)
+		}
+	}
+}
+
+func TestRouteMatch(t *testing.T) {
+	f := newFixture(t, func(c *Config) {
+		c.Routes = append(c.Routes,
+			RouteConfig{PathPrefix: "/ci", CaseInsensitive: true, Scopes: []string{"ci"}},
+			RouteConfig{PathPrefix: "/v2/things", Methods: []string{"POST"}, Scopes: []string{"write"}},
+			RouteConfig{PathPrefix: "/v2/things", Methods: []string{"GET"}, Scopes: []string{"read"}},
+			RouteConfig{PathPrefix: "/v2/head", Methods: []string{"HEAD"}, Scopes: []string{"peek"}},
+		)
+	})
+	for _, tc := range []struct {
+		method, path string
+		want         string // the route's scopes; "public"; "405 <Allow>"
+	}{
+		{"GET", "/v1/items", "read"},
+		{"GET", "/v1/items/42", "read"},
+		{"HEAD", "/v1/items/42", "read"}, // HEAD follows GET
+		{"POST", "/v1/items", "405 GET, HEAD"},
+		{"DELETE", "/v1/items/42", "405 GET, HEAD"}, // never the parent /v1 route
+		{"GET", "/v1/itemsx", "read"},               // /v1, not /v1/items: segment boundary
+		{"GET", "/v1/admin/users", "admin"},
+		{"GET", "/v1/administrator", "read"},
+		{"GET", "/v1", "read"}, // "/v1/" means /v1 and below
+		{"GET", "/V1/admin", "any"},
+		{"GET", "/public", "public"},
+		{"GET", "/public/x", "public"},
+		{"GET", "/publicity", "any"},
+		{"GET", "/CI/x", "ci"},
+		{"GET", "/cI", "ci"},
+		{"GET", "/cix", "any"},
+		{"POST", "/v2/things/1", "write"},
+		{"GET", "/v2/things/1", "read"},
+		{"HEAD", "/v2/things/1", "read"},
+		{"PUT", "/v2/things/1", "405 GET, HEAD, POST"},
+		{"HEAD", "/v2/head", "peek"},
+		{"GET", "/v2/head", "405 HEAD"}, // GET does not follow HEAD
+		{"get", "/v1/items", "405 GET, HEAD"},
+		{"GET", "/elsewhere", "any"},
+	} {
+		rt, g := f.sc.s.match(tc.method, tc.path)
+		got := "none"
+		switch {
+		case rt != nil && rt.public:
+			got = "public"
+		case rt != nil:
+			got = strings.Join(rt.scopes, ",")
+		case g != nil:
+			got = "405 " + g.allow
+		}
+		if got != tc.want {
+			t.Errorf("%s %s: %s, want %s", tc.method, tc.path, got, tc.want)
+		}
+	}
+	// Without a catch-all, an uncovered path matches nothing.
+	f = newFixture(t, func(c *Config) { c.Routes = []RouteConfig{{PathPrefix: "/api", Scopes: []string{"a"}}} })
+	if rt, g := f.sc.s.match("GET", "/apix"); rt != nil || g != nil {
+		t.Errorf("/apix matched /api")
+	}
+}
+
+func TestRouteConfigErrors(t *testing.T) {
+	for name, tc := range map[string]struct {
+		routes []RouteConfig
+		want   string
+	}{
+		"relative":         {[]RouteConfig{{PathPrefix: "v1"}}, "must start with /"},
+		"dot segment":      {[]RouteConfig{{PathPrefix: "/v1/../admin"}}, "segments"},
+		"double slash":     {[]RouteConfig{{PathPrefix: "/v1//admin"}}, "segments"},
+		"escaped":          {[]RouteConfig{{PathPrefix: "/v1/%61dmin"}}, "without %-escapes"},
+		"semicolon":        {[]RouteConfig{{PathPrefix: "/v1;x"}}, "';'"},
+		"two catch-alls":   {[]RouteConfig{{PathPrefix: "/a"}, {PathPrefix: "/a/"}}, "take any method"},
+		"method twice":     {[]RouteConfig{{PathPrefix: "/a", Methods: []string{"GET"}}, {PathPrefix: "/a", Methods: []string{"POST", "GET"}}}, "GET is claimed"},
+		"case disagrees":   {[]RouteConfig{{PathPrefix: "/a", Methods: []string{"GET"}}, {PathPrefix: "/A", CaseInsensitive: true, Methods: []string{"POST"}}}, "case_insensitive"},
+		"lowercase method": {[]RouteConfig{{PathPrefix: "/", Methods: []string{"get"}}}, "uppercase"},
+	} {
+		c := &Config{Audiences: []string{"svc"}, Vault: &VaultConfig{RoleID: "r", SecretIDFile: "/s"}, Routes: tc.routes}
+		if _, err := c.settings(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error about %q", name, err, tc.want)
+		}
+	}
+}
+
+func TestParseHop(t *testing.T) {
+	for in, want := range map[string]string{
+		"203.0.113.9": "203.0.113.9", " 203.0.113.9 ": "203.0.113.9", "203.0.113.9:4444": "203.0.113.9",
+		"2001:db8::1": "2001:db8::1", "[2001:db8::1]:80": "2001:db8::1", "[2001:db8::1]": "2001:db8::1",
+		"::ffff:10.0.0.1": "10.0.0.1",
+	} {
+		if a, ok := parseHop(in); !ok || a != netip.MustParseAddr(want) {
+			t.Errorf("parseHop(%q) = %v %v", in, a, ok)
+		}
+	}
+	for _, in := range []string{"", "unknown", "_hidden", "203.0.113", "[203.0.113.9]:x", "fe80::1%eth0", "[::1", "1.2.3.4/8"} {
+		if a, ok := parseHop(in); ok {
+			t.Errorf("parseHop(%q) = %v, want unknown", in, a)
+		}
+	}
+}
+
+// The proxy sends the upstream exactly the canonical path it decided on.
+func TestProxyForwardsCanonicalPath(t *testing.T) {
+	var got []string
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = append(got, r.RequestURI)
+	}))
+	defer up.Close()
+	f := newFixture(t, func(c *Config) { c.Upstream = up.URL })
+	h := f.sc.proxyHandler()
+	tok := f.jwt(t, "any read admin", 0x7fffffff)
+	for target, want := range map[string]string{
+		"/v1/%61dmin/x?q=%2F": "/v1/admin/x?q=%2F",
+		"/a%20b":              "/a%20b",
+		"/100%25":             "/100%25",
+		"/q%3Fx":              "/q%3Fx",
+		"/public/x":           "/public/x",
+	} {
+		got = nil
+		r := httptest.NewRequest("GET", "/", nil)
+		r.RequestURI = target
+		r.Header.Set("Authorization", "Bearer "+tok)
+		r.RemoteAddr = "127.0.0.1:1234"
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if w.Code != 200 || len(got) != 1 || got[0] != want {
+			t.Errorf("%s: %d, upstream got %q, want %q", target, w.Code, got, want)
+		}
+	}
+}
