@@ -1,51 +1,25 @@
 package e2e
 
 import (
-	"net"
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/keybroker/keybroker/internal/vaultserver"
 )
 
-// findNginx looks on PATH and where Debian installs it.
-func findNginx() string {
-	if p, err := exec.LookPath("nginx"); err == nil {
-		return p
-	}
-	if _, err := os.Stat("/usr/sbin/nginx"); err == nil {
-		return "/usr/sbin/nginx"
-	}
-	return ""
-}
-
-func freePort(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	_, port, _ := net.SplitHostPort(l.Addr().String())
-	return port
-}
-
 // A real nginx with auth_request to the sidecar, configured from the shipped
 // examples/nginx.conf with only its ports changed.
 func TestNginxAuthRequest(t *testing.T) {
-	nginx := findNginx()
-	if nginx == "" {
+	if findBinary("nginx", "/usr/sbin/nginx") == "" {
 		t.Skip("nginx is not installed (apt-get install nginx-light); skipping the nginx auth_request test")
 	}
 	v := vaultserver.StartT(t)
 	setupRoles(t, v)
-	e := startSidecar(t, v, nil)
+	e := startSidecar(t, v, gatewayConfig("nginx"))
 
 	root, err := vaultserver.RepoRoot()
 	if err != nil {
@@ -66,57 +40,63 @@ func TestNginxAuthRequest(t *testing.T) {
 	if conf == string(example) {
 		t.Fatal("examples/nginx.conf no longer has the ports this test rewrites")
 	}
-	dir := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(dir, "logs"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	confPath := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(nginx, "-p", dir, "-c", confPath, "-g", "daemon off; pid "+filepath.Join(dir, "nginx.pid")+"; error_log "+filepath.Join(dir, "logs", "error.log")+";")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	out, err := os.Create(filepath.Join(dir, "nginx.out"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting nginx: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGQUIT)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(dir, "logs", "error.log"))
-			t.Logf("nginx error log:\n%s", b)
-		}
-	})
 	base := "http://127.0.0.1:" + port
-	eventually(t, 10*time.Second, "nginx did not start", func() bool {
-		resp, err := http.Get(base + "/public")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return true
-	})
+	startNginx(t, conf, base, "/public")
 
 	minted := write(t, v.Client, "keybroker/keys/svc", map[string]interface{}{"name": "through nginx"})
 	key := minted.Data["key"].(string)
-	r := call(t, base, "GET", "/read/items", map[string]string{"X-API-Key": key, "X-Keybroker-Role": "forged"}, "")
+	forged := map[string]string{"X-API-Key": key, "X-Keybroker-Role": "forged", "X-Keybroker-Jti": "forged", "X-Keybroker-Key-Id": "forged",
+		"X-Keybroker-Tenant": "evil", "X-Keybroker-Reason": "forged", "X-Keybroker-Scopes": "admin"}
+	r := call(t, base, "GET", "/read/items", forged, "")
 	if r.status != http.StatusOK || r.body != "upstream ok" {
 		t.Fatalf("allowed request through nginx: %d %s", r.status, r.body)
 	}
 	seen := e.seen()
-	if seen.Get("X-Keybroker-Role") != "svc" || seen.Get("X-Keybroker-Subject") != "key:"+minted.Data["key_id"].(string) || seen.Get("X-Api-Key") != "" {
+	if seen.Get("X-Keybroker-Role") != "svc" || seen.Get("X-Keybroker-Subject") != "key:"+minted.Data["key_id"].(string) ||
+		seen.Get("X-Keybroker-Key-Id") != minted.Data["key_id"] || seen.Get("X-Keybroker-Tenant") != "acme" || seen.Get("X-Keybroker-Scopes") != "read" {
 		t.Fatalf("upstream behind nginx saw %v", seen)
+	}
+	for _, h := range []string{"X-Api-Key", "Authorization", "X-Keybroker-Jti", "X-Keybroker-Reason"} {
+		if _, ok := seen[h]; ok {
+			t.Fatalf("%s reached the service behind nginx: %v", h, seen)
+		}
+	}
+	// A public route: the client's identity headers still do not pass.
+	if r := call(t, base, "GET", "/public", forged, ""); r.status != 200 {
+		t.Fatalf("public route through nginx: %d", r.status)
+	}
+	for _, h := range []string{"X-Keybroker-Role", "X-Keybroker-Key-Id", "X-Keybroker-Jti", "X-Keybroker-Tenant", "X-Api-Key"} {
+		if _, ok := e.seen()[h]; ok {
+			t.Fatalf("%s reached the service on a public route: %v", h, e.seen())
+		}
+	}
+	// The client cannot choose the route: nginx's own X-Original-URI
+	// replaces the client's, and a Traefik-style header is ignored.
+	for _, spoof := range []map[string]string{{"X-Original-URI": "/public"}, {"X-Forwarded-Uri": "/public", "X-Forwarded-Method": "GET"}} {
+		if r := call(t, base, "GET", "/read", spoof, ""); r.status != 401 {
+			t.Fatalf("client header %v chose the route: %d", spoof, r.status)
+		}
+		spoof["X-API-Key"] = key
+		if r := call(t, base, "POST", "/write", spoof, ""); r.status != 403 {
+			t.Fatalf("client header %v let a read key write: %d", spoof, r.status)
+		}
+	}
+	// Paths as nginx and the service would read them, not as sent.
+	for _, tc := range []struct {
+		target string
+		status int
+		reason string
+	}{
+		{"/public/../read/x", 403, "non_canonical_path"},
+		{"/public/%2e%2e/read/x", 403, "non_canonical_path"},
+		{"/read//admin/x", 403, "non_canonical_path"},
+		{"/read/%61dmin/x", 403, "insufficient_scope"}, // decoded: /read/admin needs admin
+		{"/publicity", 403, "no_route"}, // not under /public
+	} {
+		r := rawGet(t, base, "GET", tc.target, map[string]string{"X-API-Key": key})
+		if r.status != tc.status || r.header.Get("X-Keybroker-Reason") != tc.reason {
+			t.Errorf("%s through nginx: %d %q, want %d %q", tc.target, r.status, r.header.Get("X-Keybroker-Reason"), tc.status, tc.reason)
+		}
 	}
 	for _, tc := range []struct {
 		name, method, path string
@@ -127,6 +107,7 @@ func TestNginxAuthRequest(t *testing.T) {
 		{"insufficient scope", "POST", "/write", map[string]string{"X-API-Key": key}, 403},
 		{"credential in query (400 mapped to 403)", "GET", "/read?access_token=x", nil, 403},
 		{"no route", "GET", "/elsewhere", map[string]string{"X-API-Key": key}, 403},
+		{"405 (mapped to 403)", "GET", "/write", map[string]string{"X-API-Key": key}, 403},
 	} {
 		if r := call(t, base, tc.method, tc.path, tc.headers, ""); r.status != tc.status {
 			t.Errorf("%s: %d, want %d", tc.name, r.status, tc.status)

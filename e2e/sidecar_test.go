@@ -85,6 +85,7 @@ func startSidecar(t *testing.T, v *vaultserver.Server, mutate func(c *sidecar.Co
 		Routes: []sidecar.RouteConfig{
 			{PathPrefix: "/public", Public: true},
 			{PathPrefix: "/read", Scopes: []string{"read"}},
+			{PathPrefix: "/read/admin", Scopes: []string{"admin"}},
 			{PathPrefix: "/write", Methods: []string{"POST"}, Scopes: []string{"write"}},
 		},
 	}
@@ -118,6 +119,14 @@ func startSidecar(t *testing.T, v *vaultserver.Server, mutate func(c *sidecar.Co
 		return resp.StatusCode == http.StatusOK
 	})
 	return e
+}
+
+// gatewayConfig puts /verify behind gateway kind, called from 127.0.0.1.
+func gatewayConfig(kind string) func(c *sidecar.Config) {
+	return func(c *sidecar.Config) {
+		c.Gateway = kind
+		c.TrustedProxies = append(c.TrustedProxies, "127.0.0.1")
+	}
 }
 
 type result struct {
@@ -374,41 +383,70 @@ func TestSidecarUnknownKidFlood(t *testing.T) {
 	}
 }
 
-// The auth endpoint as nginx, Traefik and Envoy call it.
+type authCase struct {
+	name    string
+	path    string
+	headers map[string]string
+	status  int
+	reason  string
+}
+
+// The auth endpoint as nginx, Traefik and Envoy call it: each reads only
+// its own gateway's headers, from a trusted peer.
 func TestSidecarAuthEndpoint(t *testing.T) {
 	v := vaultserver.StartT(t)
 	setupRoles(t, v)
-	e := startSidecar(t, v, nil)
 	key := write(t, v.Client, "keybroker/keys/svc", map[string]interface{}{"name": "k"}).Data["key"].(string)
-	for _, tc := range []struct {
-		name    string
-		path    string
-		headers map[string]string
-		status  int
-		reason  string
+	for _, gw := range []struct {
+		kind  string
+		cases []authCase
 	}{
-		{"nginx allow", "/verify", map[string]string{"X-Original-URI": "/read/x", "X-Original-Method": "GET", "X-API-Key": key}, 200, ""},
-		{"nginx scope", "/verify", map[string]string{"X-Original-URI": "/write", "X-Original-Method": "POST", "X-API-Key": key}, 403, "insufficient_scope"},
-		{"nginx 400 becomes 403", "/verify", map[string]string{"X-Original-URI": "/read?access_token=x", "X-Original-Method": "GET"}, 403, "credential_in_query"},
-		{"traefik allow", "/verify", map[string]string{"X-Forwarded-Uri": "/read", "X-Forwarded-Method": "GET", "Authorization": "Bearer " + key}, 200, ""},
-		{"traefik 400 stays 400", "/verify", map[string]string{"X-Forwarded-Uri": "/read?api_key=x", "X-Forwarded-Method": "GET"}, 400, "credential_in_query"},
-		{"envoy allow", "/verify/read/x", map[string]string{"Authorization": "Bearer " + key}, 200, ""},
-		{"envoy no route", "/verify/elsewhere", map[string]string{"Authorization": "Bearer " + key}, 403, "no_route"},
-		{"no credential", "/verify/read", nil, 401, "no_credential"},
+		{"nginx", []authCase{
+			{"allow", "/verify", map[string]string{"X-Original-URI": "/read/x", "X-Original-Method": "GET", "X-API-Key": key}, 200, ""},
+			{"scope", "/verify", map[string]string{"X-Original-URI": "/write", "X-Original-Method": "POST", "X-API-Key": key}, 403, "insufficient_scope"},
+			{"400 becomes 403", "/verify", map[string]string{"X-Original-URI": "/read?access_token=x", "X-Original-Method": "GET"}, 403, "credential_in_query"},
+			{"traefik headers ignored", "/verify", map[string]string{"X-Forwarded-Uri": "/public", "X-Forwarded-Method": "GET"}, 403, "bad_request"},
+			{"encoded path decoded", "/verify", map[string]string{"X-Original-URI": "/read/%61dmin/x", "X-Original-Method": "GET", "X-API-Key": key}, 403, "insufficient_scope"},
+		}},
+		{"traefik", []authCase{
+			{"allow", "/verify", map[string]string{"X-Forwarded-Uri": "/read", "X-Forwarded-Method": "GET", "Authorization": "Bearer " + key}, 200, ""},
+			{"400 stays 400", "/verify", map[string]string{"X-Forwarded-Uri": "/read?api_key=x", "X-Forwarded-Method": "GET"}, 400, "credential_in_query"},
+			{"nginx header ignored", "/verify", map[string]string{"X-Original-URI": "/public", "X-Forwarded-Uri": "/read", "X-Forwarded-Method": "GET"}, 401, "no_credential"},
+			{"405", "/verify", map[string]string{"X-Forwarded-Uri": "/write", "X-Forwarded-Method": "GET", "X-API-Key": key}, 405, "method_not_allowed"},
+		}},
+		{"envoy", []authCase{
+			{"allow", "/verify/read/x", map[string]string{"Authorization": "Bearer " + key}, 200, ""},
+			{"no route", "/verify/elsewhere", map[string]string{"Authorization": "Bearer " + key}, 403, "no_route"},
+			{"no credential", "/verify/read", nil, 401, "no_credential"},
+			{"headers ignored", "/verify/read", map[string]string{"X-Original-URI": "/public", "X-Forwarded-Uri": "/public"}, 401, "no_credential"},
+		}},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			r := call(t, e.auth, "GET", tc.path, tc.headers, "")
-			if r.status != tc.status || r.header.Get("X-Keybroker-Reason") != tc.reason {
-				t.Fatalf("%d reason %q, want %d %q (%s)", r.status, r.header.Get("X-Keybroker-Reason"), tc.status, tc.reason, r.body)
+		t.Run(gw.kind, func(t *testing.T) {
+			e := startSidecar(t, v, gatewayConfig(gw.kind))
+			for _, tc := range gw.cases {
+				r := call(t, e.auth, "GET", tc.path, tc.headers, "")
+				if r.status != tc.status || r.header.Get("X-Keybroker-Reason") != tc.reason {
+					t.Errorf("%s: %d reason %q, want %d %q (%s)", tc.name, r.status, r.header.Get("X-Keybroker-Reason"), tc.status, tc.reason, r.body)
+				}
+				if tc.status == 200 && (r.header.Get("X-Keybroker-Role") != "svc" || r.header.Get("X-Keybroker-Key-Id") == "") {
+					t.Errorf("allow without identity headers: %v", r.header)
+				}
 			}
-			if tc.status == 200 && (r.header.Get("X-Keybroker-Role") != "svc" || r.header.Get("X-Keybroker-Key-Id") == "") {
-				t.Fatalf("allow without identity headers: %v", r.header)
+			// Only trusted peers: 127.0.0.2 is not the gateway.
+			r := call(t, e.auth, "GET", "/verify/public", map[string]string{"X-Original-URI": "/public", "X-Original-Method": "GET", "X-Forwarded-Uri": "/public", "X-Forwarded-Method": "GET"}, "127.0.0.3")
+			if r.status != 403 || r.header.Get("X-Keybroker-Reason") != "untrusted_gateway" {
+				t.Errorf("from an untrusted peer: %d %q", r.status, r.header.Get("X-Keybroker-Reason"))
 			}
 		})
 	}
+}
 
-	// After a rotation, the first token with the new kid triggers one JWKS
-	// fetch and passes.
+// After a rotation, the first token with the new kid triggers one JWKS fetch
+// and passes.
+func TestSidecarRotationUnknownKid(t *testing.T) {
+	v := vaultserver.StartT(t)
+	setupRoles(t, v)
+	e := startSidecar(t, v, gatewayConfig("envoy"))
 	write(t, v.Client, "keybroker/rotate", nil)
 	jwt := write(t, v.Client, "keybroker/token/svc", map[string]interface{}{"audience": "svc"}).Data["token"].(string)
 	if r := call(t, e.auth, "GET", "/verify/read", bearer(jwt), ""); r.status != 200 {

@@ -3,13 +3,20 @@
 
 listen      = "127.0.0.1:8080"        # reverse proxy
 upstream    = "http://127.0.0.1:9000" # the service
-auth_listen = "127.0.0.1:8081"        # /verify for nginx, Traefik, Envoy; /healthz; /metrics
+auth_listen = "127.0.0.1:8081"        # /verify for a gateway; /healthz; /metrics
 
 # aud values this service accepts in agent JWTs.
 audiences = ["demo-api"]
 
-# Peers allowed to set X-Forwarded-For (your gateway). Others' copies are ignored.
+# Peers allowed to set X-Forwarded-For (your gateway). Others' copies are
+# ignored, and /verify answers only these peers.
 trusted_proxies = ["127.0.0.1"]
+
+# The gateway that calls /verify: "nginx" (X-Original-Method/-URI, see
+# examples/nginx.conf), "traefik" or "caddy" (X-Forwarded-Method/-Uri, which
+# they set themselves), or "envoy" (/verify + the original path). Only that
+# gateway's headers are read. Leave it out and /verify is off.
+gateway = "nginx"
 
 # Optional tuning (defaults shown).
 # revocation_poll_interval  = "1s"
@@ -22,6 +29,20 @@ trusted_proxies = ["127.0.0.1"]
 # leeway                    = "30s"  # clock skew for exp/nbf/iat, at most 60s
 # allow_unmatched           = false  # requests matching no route are denied
 # log_format                = "json"
+
+# Uncached API keys that Vault refuses, per client address (IPv6: per /64):
+# failed_auth_burst, then failed_auth_rate per second; past that, 429
+# too_many_failures without asking Vault. Lookups in flight, all clients:
+# failed_auth_rate          = 1
+# failed_auth_burst         = 10
+# vault_verify_concurrency  = 32
+
+# Server limits (both listeners). No write timeout: streams may run long.
+# read_header_timeout       = "10s"
+# read_timeout              = "1m"   # the whole request, body included
+# idle_timeout              = "1m"   # an idle keep-alive connection is closed
+# max_header_bytes          = 65536  # larger: 431
+# max_request_body_bytes    = 10485760 # larger: 413 body_too_large; 0: no body
 
 # Budgets of metered credentials (see the README). Defaults shown.
 # budget_reserve_requests   = 10     # a reservation: 10 x max_cost_per_request units
@@ -37,8 +58,11 @@ vault {
   secret_id_file = "/etc/keybroker/secret-id"
 }
 
-# Method and path prefix -> scopes the credential must carry. The longest
-# matching prefix wins.
+# Method and path prefix -> scopes the credential must carry. A prefix covers
+# itself and what is below it at a "/" ("/v1/read" never covers
+# "/v1/readme"); the longest covering prefix decides, and a method it does not
+# list gets 405, never a shorter prefix's rules. HEAD is allowed where GET is.
+# Matching is case-sensitive unless a route sets case_insensitive = true.
 route "/healthz" {
   public = true
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/netip"
+	"sync"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -14,12 +15,13 @@ import (
 // floodGuard bounds the Vault calls that unknown API keys can cause. A key's
 // checksum is public (CRC32), so anyone can make well-formed keys that only
 // Vault can refuse. Three limits hold:
-//   - per client (an IPv4 address, an IPv6 /64): one uncached key is looked
-//     up at a time, and only while the client has failure tokens left; each
-//     lookup Vault refuses takes one (failed_auth_burst, refilled at
-//     failed_auth_rate per second). So one client causes at most
-//     burst + rate x t refused lookups in t seconds; once out of tokens it
-//     gets 429 too_many_failures with Retry-After and Vault is not asked.
+//   - per client (an IPv4 address, an IPv6 /64): a token bucket of
+//     failed_auth_burst tokens refilled at failed_auth_rate per second; each
+//     lookup Vault refuses takes one, and lookups in flight never outnumber
+//     the tokens left, so every refusal has its token. One client so causes
+//     at most burst + rate x t refused lookups in t seconds; with no token
+//     left it gets 429 too_many_failures with Retry-After, and Vault is not
+//     asked. Valid keys take no token (they are cached after).
 //   - overall: at most vault_verify_concurrency lookups are in flight.
 //   - key_ids Vault says do not exist are remembered (negative_cache_ttl),
 //     so a key_id is looked up once however many secrets are tried with it.
@@ -31,12 +33,14 @@ type floodGuard struct {
 }
 
 type clientGate struct {
+	mu       sync.Mutex
 	failures *rate.Limiter
-	turn     chan struct{} // one cold lookup at a time
+	inflight int
+	done     chan struct{} // closed and replaced when a lookup ends
 }
 
-// maxLookupWait is how long a request waits for its client's turn or a free
-// Vault slot before it is refused.
+// maxLookupWait is how long a request waits for room among its client's
+// lookups or for a free Vault slot before it is refused.
 const maxLookupWait = 2 * time.Second
 
 func newFloodGuard(s *settings) (*floodGuard, error) {
@@ -63,46 +67,66 @@ func clientKey(ip netip.Addr) netip.Prefix {
 	return p
 }
 
+func (fg *floodGuard) gate(ip netip.Addr) *clientGate {
+	k := clientKey(ip)
+	if g, ok := fg.clients.Get(k); ok {
+		return g
+	}
+	g := &clientGate{failures: rate.NewLimiter(fg.rate, fg.burst), done: make(chan struct{})}
+	if prev, found, _ := fg.clients.PeekOrAdd(k, g); found {
+		return prev
+	}
+	return g
+}
+
 // lookup runs f, a Vault lookup of an uncached key for client ip, within the
 // limits. f reports whether Vault refused the key. A non-nil decision means f
 // was not run.
 func (fg *floodGuard) lookup(ctx context.Context, ip netip.Addr, f func() (refused bool)) *decision {
-	k := clientKey(ip)
-	g, ok := fg.clients.Get(k)
-	if !ok {
-		g = &clientGate{failures: rate.NewLimiter(fg.rate, fg.burst), turn: make(chan struct{}, 1)}
-		if prev, found, _ := fg.clients.PeekOrAdd(k, g); found {
-			g = prev
+	g := fg.gate(ip)
+	timeout := time.NewTimer(maxLookupWait)
+	defer timeout.Stop()
+	for {
+		g.mu.Lock()
+		t := g.failures.Tokens()
+		if t < 1 {
+			g.mu.Unlock()
+			return &decision{status: http.StatusTooManyRequests, reason: reasonTooManyFailures,
+				retryAfter: time.Duration((1 - t) / float64(fg.rate) * float64(time.Second))}
+		}
+		if t >= float64(g.inflight+1) {
+			g.inflight++
+			g.mu.Unlock()
+			break
+		}
+		wait := g.done
+		g.mu.Unlock()
+		select {
+		case <-wait:
+		case <-timeout.C:
+			return &decision{status: http.StatusTooManyRequests, reason: reasonTooManyFailures, retryAfter: time.Second}
+		case <-ctx.Done():
+			return &decision{status: http.StatusServiceUnavailable, reason: reasonUnavailable}
 		}
 	}
-	wait := time.NewTimer(maxLookupWait)
-	defer wait.Stop()
-	select {
-	case g.turn <- struct{}{}:
-	case <-wait.C:
-		d := decision{status: http.StatusTooManyRequests, reason: reasonTooManyFailures, retryAfter: time.Second}
-		return &d
-	case <-ctx.Done():
-		d := deny(http.StatusServiceUnavailable, reasonUnavailable)
-		return &d
-	}
-	defer func() { <-g.turn }()
-	if t := g.failures.Tokens(); t < 1 {
-		d := decision{status: http.StatusTooManyRequests, reason: reasonTooManyFailures,
-			retryAfter: time.Duration((1 - t) / float64(fg.rate) * float64(time.Second))}
-		return &d
-	}
+	refused := false
+	defer func() {
+		g.mu.Lock()
+		g.inflight--
+		if refused {
+			g.failures.Allow() // there was a token for it: inflight never exceeds them
+		}
+		close(g.done)
+		g.done = make(chan struct{})
+		g.mu.Unlock()
+	}()
 	actx, cancel := context.WithTimeout(ctx, maxLookupWait)
 	err := fg.vault.Acquire(actx, 1)
 	cancel()
 	if err != nil {
-		d := deny(http.StatusServiceUnavailable, reasonUnavailable)
-		return &d
+		return &decision{status: http.StatusServiceUnavailable, reason: reasonUnavailable}
 	}
-	refused := f()
+	refused = f()
 	fg.vault.Release(1)
-	if refused {
-		g.failures.Allow() // takes the token checked above
-	}
 	return nil
 }

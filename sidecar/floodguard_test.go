@@ -15,7 +15,7 @@ import (
 
 // One client's refused lookups stop at the burst, and cost Vault nothing
 // after; another client is not affected; concurrent lookups of one client
-// cannot overshoot, because they take turns.
+// cannot overshoot, because lookups in flight never outnumber its tokens.
 func TestFloodGuardBound(t *testing.T) {
 	f := newFixture(t, func(c *Config) { rate := 0.5; c.FailedAuthRate = &rate; c.FailedAuthBurst = 5 })
 	fg := f.sc.flood
@@ -53,13 +53,30 @@ func TestFloodGuardBound(t *testing.T) {
 	if d := fg.lookup(context.Background(), netip.MustParseAddr("2001:db8::ffff:1"), refuse); d == nil {
 		t.Fatal("the same /64 got a fresh bucket")
 	}
-	// Valid keys take no failure token.
-	ok := func() bool { return false }
-	good := netip.MustParseAddr("198.51.100.1")
-	for i := 0; i < 20; i++ {
-		if d := fg.lookup(context.Background(), good, ok); d != nil {
-			t.Fatalf("valid lookup %d throttled", i)
+	// Valid keys take no failure token, and a client's valid lookups run
+	// side by side (up to its tokens), not one at a time.
+	var inFlight, peak atomic.Int64
+	ok := func() bool {
+		n := inFlight.Add(1)
+		for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
 		}
+		time.Sleep(20 * time.Millisecond)
+		inFlight.Add(-1)
+		return false
+	}
+	good := netip.MustParseAddr("198.51.100.1")
+	for i := 0; i < 40; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if d := fg.lookup(context.Background(), good, ok); d != nil {
+				t.Errorf("valid lookup throttled: %+v", d)
+			}
+		}()
+	}
+	wg.Wait()
+	if peak.Load() < 2 || peak.Load() > 5 {
+		t.Fatalf("peak %d valid lookups in flight for one client with 5 tokens", peak.Load())
 	}
 }
 
