@@ -17,14 +17,15 @@ build:
 vault:
 	./scripts/ensure-vault.sh
 
-## test: unit tests, end-to-end tests against a real Vault, and a short fuzz run
+## test: unit tests, end-to-end tests against a real Vault, and short fuzz runs
 test: vault vet
 	$(GO) test -count=1 ./...
-	$(GO) test -run '^$$' -fuzz FuzzVerifySignature -fuzztime $(FUZZTIME) ./jwtverify/
+	$(MAKE) --no-print-directory fuzz
 
-## fuzz: fuzz the JWT parser for longer (FUZZTIME=10m)
+## fuzz: fuzz the JWT parser and the sidecar's decision (FUZZTIME=10m for longer)
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzVerifySignature -fuzztime $(FUZZTIME) ./jwtverify/
+	$(GO) test -run '^$$' -fuzz FuzzDecide -fuzztime $(FUZZTIME) ./sidecar/
 
 ## unit: the tests that need no Vault
 unit:

@@ -91,7 +91,7 @@ func TestNginxAuthRequest(t *testing.T) {
 		{"/public/%2e%2e/read/x", 403, "non_canonical_path"},
 		{"/read//admin/x", 403, "non_canonical_path"},
 		{"/read/%61dmin/x", 403, "insufficient_scope"}, // decoded: /read/admin needs admin
-		{"/publicity", 403, "no_route"}, // not under /public
+		{"/publicity", 403, "no_route"},                // not under /public
 	} {
 		r := rawGet(t, base, "GET", tc.target, map[string]string{"X-API-Key": key})
 		if r.status != tc.status || r.header.Get("X-Keybroker-Reason") != tc.reason {

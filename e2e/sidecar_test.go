@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
+	crand "crypto/rand"
 	"context"
 	"encoding/base64"
 	"fmt"
@@ -454,5 +456,93 @@ func TestSidecarRotationUnknownKid(t *testing.T) {
 	}
 	if n := metric(t, e.auth, "keybroker_sidecar_jwks_fetches_total", `result="ok",trigger="unknown_kid"`); n != 1 {
 		t.Fatalf("%v unknown-kid JWKS fetches, want 1", n)
+	}
+}
+
+// Forged keys (valid checksum, unknown to Vault) from one client cost Vault
+// at most failed_auth_burst + failed_auth_rate x t lookups; the rest get 429
+// too_many_failures with Retry-After. Another client still gets through, and
+// a key_id Vault said is unknown is not looked up again.
+func TestSidecarForgedKeyFlood(t *testing.T) {
+	v := vaultserver.StartT(t)
+	setupRoles(t, v)
+	rate := 1.0
+	e := startSidecar(t, v, func(c *sidecar.Config) { c.FailedAuthRate = &rate; c.FailedAuthBurst = 5 })
+	calls := func() float64 {
+		return metric(t, e.auth, "keybroker_sidecar_vault_requests_total", `op="verify",result="ok"`) +
+			metric(t, e.auth, "keybroker_sidecar_vault_requests_total", `op="verify",result="error"`)
+	}
+	before := calls()
+	start := time.Now()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	statuses := map[int]int{}
+	for i := 0; i < 200; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			forged, _, err := apikey.Generate(nil, "kb")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			r := call(t, e.proxy, "GET", "/read", bearer(forged), "")
+			mu.Lock()
+			statuses[r.status]++
+			mu.Unlock()
+			if r.status == 429 && (r.header.Get("X-Keybroker-Reason") != "too_many_failures" || r.header.Get("Retry-After") == "") {
+				t.Errorf("429 without reason or Retry-After: %v", r.header)
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start).Seconds()
+	n := calls() - before
+	if bound := 5 + 1*elapsed + 1; n > bound {
+		t.Fatalf("200 forged keys in %.1fs cost %v Vault calls; bound %.1f", elapsed, n, bound)
+	}
+	if statuses[429] < 150 || statuses[401]+statuses[429] != 200 {
+		t.Fatalf("statuses %v", statuses)
+	}
+	t.Logf("200 forged keys in %.2fs: %v Vault calls, statuses %v", elapsed, n, statuses)
+
+	// A real key from another client is not held up by the flood.
+	key := write(t, v.Client, "keybroker/keys/svc", map[string]interface{}{"name": "k"}).Data["key"].(string)
+	if r := call(t, e.proxy, "GET", "/read", bearer(key), "127.0.0.5"); r.status != 200 {
+		t.Fatalf("another client during the flood: %d %s", r.status, r.body)
+	}
+	// The flooding client itself gets a token back within a second or two:
+	// then its own uncached real key goes through.
+	key2 := write(t, v.Client, "keybroker/keys/svc", map[string]interface{}{"name": "k2"}).Data["key"].(string)
+	eventually(t, 10*time.Second, "the flooding client never got a token back", func() bool {
+		return call(t, e.proxy, "GET", "/read", bearer(key2), "").status == 200
+	})
+	// An unknown key_id is remembered: other secrets with it cost nothing.
+	// The key_id is drawn from the first 64 random bytes: the same 64
+	// bytes give the same key_id with another secret and a valid checksum.
+	seed := bytes.Repeat([]byte{7}, 64)
+	withID := func() string {
+		k, _, err := apikey.Generate(io.MultiReader(bytes.NewReader(seed), crand.Reader), "kb")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	first := withID()
+	if r := call(t, e.proxy, "GET", "/read", bearer(first), "127.0.0.6"); r.status != 401 {
+		t.Fatalf("forged key: %d", r.status)
+	}
+	before = calls()
+	for i := 0; i < 3; i++ {
+		other := withID()
+		if other == first || strings.Split(other, "_")[1] != strings.Split(first, "_")[1] {
+			t.Fatal("the test could not make another key with the same key_id")
+		}
+		if r := call(t, e.proxy, "GET", "/read", bearer(other), "127.0.0.6"); r.status != 401 || r.header.Get("X-Keybroker-Reason") != "invalid" {
+			t.Fatalf("unknown key_id again: %d %q", r.status, r.header.Get("X-Keybroker-Reason"))
+		}
+	}
+	if n := calls() - before; n != 0 {
+		t.Fatalf("an unknown key_id was looked up %v more times", n)
 	}
 }

@@ -221,6 +221,8 @@ auth_listen = %q
 upstream = "http://%s"
 audiences = ["svc"]
 log_level = "warn"
+gateway = "envoy"
+trusted_proxies = ["127.0.0.1"]
 %s
 vault {
   address = %q

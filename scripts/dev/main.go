@@ -182,6 +182,8 @@ With a key minted for you (scope read, a budget of 1000 requests a day):
 
   curl -i -H 'X-API-Key: {{.Key}}' http://{{.Proxy}}/v1/read/hello          # 200, identity passed on, X-Budget-Remaining
   curl -i -H 'X-API-Key: {{.Key}}' -X POST http://{{.Proxy}}/v1/write/hello  # 403 insufficient_scope
+  curl -i -H 'X-API-Key: {{.Key}}' --path-as-is http://{{.Proxy}}/v1/read/../write/x  # 400 non_canonical_path
+  curl -i -H 'X-API-Key: {{.Key}}' http://{{.Auth}}/verify/v1/read/hello     # a gateway's view: 200 and identity headers
 
 Audit log: {{.Audit}}
 Vault log: {{.Log}}   sidecar: {{.Dir}}/sidecar.hcl, {{.Dir}}/sidecar.log
@@ -212,6 +214,9 @@ func startSidecar(ctx context.Context, v *vaultserver.Server, o options, dir str
 upstream    = "http://%s"
 auth_listen = %q
 audiences   = ["demo-api"]
+# /verify in Envoy's style (/verify + the original path), for curl.
+gateway         = "envoy"
+trusted_proxies = ["127.0.0.1"]
 
 vault {
   address        = %q
