@@ -22,9 +22,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/keybroker/keybroker/apikey"
 	"github.com/keybroker/keybroker/internal/vaultserver"
 )
 
@@ -65,6 +67,8 @@ type bench struct {
 	order   []string
 	notes   []string
 	started time.Time
+	// floodCalls is the Vault calls one client's forged keys caused.
+	floodCalls float64
 }
 
 func run(o options) error {
@@ -148,6 +152,13 @@ func (b *bench) run(ctx context.Context) error {
 	b.wrk("b", "sidecar /verify, API key, cache warm", warm.auth+"/verify/r", []string{"X-API-Key: " + hotKey}, "")
 	b.wrk("c", "sidecar /verify, a different API key each request (cold)", cold.auth+"/verify/r", nil, b.cycleScript(keys))
 	b.wrk("d", "sidecar /verify, no-auth route (ceiling)", warm.auth+"/verify/public", nil, "")
+	flood, err := b.startSidecar(ctx, "flood", upstream.Addr, "")
+	if err != nil {
+		return err
+	}
+	log("flooding a sidecar with forged API keys from one client")
+	b.flood(flood.auth, b.o.duration)
+	stop(flood.cmd)
 	b.wrk("e", "Vault auth/token/lookup-self (Vault token as API key)", vaultURL+"/v1/auth/token/lookup-self", []string{tokenHdr}, "")
 	b.wrk("f", "Vault keybroker/verify called directly", vaultURL+"/v1/keybroker/verify", []string{tokenHdr}, b.postScript(fmt.Sprintf(`{"credential":%q}`, hotKey)))
 	b.rows["b-1k"], b.rows["c-1k"] = b.rows["b"], b.rows["c"]
@@ -184,6 +195,47 @@ func (b *bench) run(ctx context.Context) error {
 	}
 	b.report(revP50, revP99, rss, len(keys))
 	return nil
+}
+
+// flood sends well-formed forged API keys (a valid checksum, unknown to
+// Vault) to auth from one client over 64 connections for d, and records the
+// Vault calls they caused.
+// The stated bound: failed_auth_burst + failed_auth_rate x t calls (10 + 1/s).
+func (b *bench) flood(auth string, d time.Duration) {
+	before := vaultCalls(auth)["verify"]
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	var sent, throttled atomic.Int64
+	deadline := time.Now().Add(d)
+	var wg sync.WaitGroup
+	for i := 0; i < 64; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) {
+				forged, _, err := apikey.Generate(nil, "kb")
+				if err != nil {
+					return
+				}
+				req, _ := http.NewRequest("GET", auth+"/verify/r", nil)
+				req.Header.Set("X-API-Key", forged)
+				resp, err := client.Do(req)
+				if err != nil {
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				sent.Add(1)
+				if resp.StatusCode == http.StatusTooManyRequests {
+					throttled.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	calls := vaultCalls(auth)["verify"] - before
+	b.floodCalls = calls
+	b.notes = append(b.notes, fmt.Sprintf("forged-key flood, one client, 64 connections, %s: %d requests answered (%d with 429 too_many_failures), %.0f Vault verify calls; bound 10 + 1/s x %.0fs = %.0f",
+		d, sent.Load(), throttled.Load(), calls, d.Seconds(), 10+d.Seconds()))
 }
 
 type sidecarProc struct {
@@ -585,6 +637,7 @@ func (b *bench) report(revP50, revP99 time.Duration, rss int64, seen int) {
 		{"(b) p50 100k / 1k", ratio(float64(r["b-100k"].p50), float64(r["b-1k"].p50)), 1.5, true, "x"},
 		{"(c) p50 100k / 1k", ratio(float64(r["c-100k"].p50), float64(r["c-1k"].p50)), 1.5, true, "x"},
 		{"sidecar RSS", float64(rss) / (1 << 20), 128, true, " MiB"},
+		{"forged-key flood: Vault calls, one client", b.floodCalls, 10 + b.o.duration.Seconds(), true, ""},
 	}
 	fmt.Println("| target | measured | wanted | met |")
 	fmt.Println("|---|---:|---:|---|")
