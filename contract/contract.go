@@ -62,10 +62,10 @@ type FeedPage struct {
 const MaxRevocationPage = 1000
 
 // Identity headers a verifier sets on an allowed request, for the service
-// behind it. Every one of them is set on every allowed request (empty when it
-// does not apply), so a gateway that copies them always overwrites what the
-// client sent. A service must read identity only from these names, and only
-// behind a verifier or gateway that removes the client's copies.
+// behind it. On a gateway's auth answer every one of them is set (empty when
+// it does not apply), so a gateway that copies them always overwrites what
+// the client sent. A service must read identity only from these names, and
+// only behind a verifier or gateway that removes the client's copies.
 const (
 	HeaderPrefix  = "X-Keybroker-"
 	HeaderSubject = "X-Keybroker-Subject"
@@ -78,5 +78,6 @@ const (
 	HeaderReason = "X-Keybroker-Reason"
 )
 
-// IdentityHeaders lists the identity headers in a fixed order.
+// IdentityHeaders lists the identity headers in a fixed order: subject, key
+// id, jti, role, tenant, scopes.
 var IdentityHeaders = []string{HeaderSubject, HeaderKeyID, HeaderJTI, HeaderRole, HeaderTenant, HeaderScopes}

@@ -37,7 +37,7 @@ func (sc *Sidecar) proxyHandler() http.Handler {
 			pr.SetXForwarded()
 			pr.Out.Host = pr.In.Host
 			stripCredentialAndIdentity(pr.Out.Header)
-			setIdentity(pr.Out.Header, d.id)
+			setIdentity(pr.Out.Header, d.id, false)
 		},
 		// The upstream's answer says what a metered request cost.
 		ModifyResponse: func(resp *http.Response) error {
@@ -143,7 +143,7 @@ func (sc *Sidecar) serveVerify(w http.ResponseWriter, r *http.Request) {
 		writeDenial(w, d, g.only2xx401403)
 		return
 	}
-	setIdentity(w.Header(), d.id)
+	setIdentity(w.Header(), d.id, true)
 	if d.hold != nil {
 		// A gateway never shows the sidecar the response: the route's
 		// cost is all that can be charged.
@@ -213,10 +213,12 @@ func writeDenial(w http.ResponseWriter, d decision, only2xx401403 bool) {
 	_ = json.NewEncoder(w).Encode(body)
 }
 
-// setIdentity sets every identity header, empty where it does not apply (a
-// public route has no caller), so that no copy of one survives from
-// anywhere else.
-func setIdentity(h http.Header, id *identity) {
+// setIdentity sets the caller's identity headers. On a gateway's answer
+// (all) every one is set, empty where it does not apply (a public route has
+// no caller), so a gateway that copies them always replaces the client's
+// copy. Upstream, where the client's copies are already stripped, only those
+// with a value are sent: an empty-but-present header could pass for a caller.
+func setIdentity(h http.Header, id *identity, all bool) {
 	var sub, keyID, jti, role, tenant, scopes string
 	if id != nil {
 		sub, role, tenant, scopes = id.subject, id.role, id.tenant, strings.Join(id.scopes, " ")
@@ -226,12 +228,11 @@ func setIdentity(h http.Header, id *identity) {
 			keyID = id.id
 		}
 	}
-	h.Set(contract.HeaderSubject, sub)
-	h.Set(contract.HeaderKeyID, keyID)
-	h.Set(contract.HeaderJTI, jti)
-	h.Set(contract.HeaderRole, role)
-	h.Set(contract.HeaderTenant, tenant)
-	h.Set(contract.HeaderScopes, scopes)
+	for i, v := range [...]string{sub, keyID, jti, role, tenant, scopes} {
+		if v != "" || all {
+			h.Set(contract.IdentityHeaders[i], v)
+		}
+	}
 }
 
 // stripCredentialAndIdentity removes the credential, so the service never

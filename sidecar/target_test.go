@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/keybroker/keybroker/apikey"
 )
@@ -224,5 +225,34 @@ func TestProxyForwardsCanonicalPath(t *testing.T) {
 		if w.Code != 200 || len(got) != 1 || got[0] != want {
 			t.Errorf("%s: %d, upstream got %q, want %q", target, w.Code, got, want)
 		}
+	}
+}
+
+// Upstream of the proxy, a public route's request carries no identity
+// header at all, and an API key's request carries no empty Jti.
+func TestProxyIdentityHeaders(t *testing.T) {
+	var seen http.Header
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { seen = r.Header.Clone() }))
+	defer up.Close()
+	f := newFixture(t, func(c *Config) { c.Upstream = up.URL })
+	h := f.sc.proxyHandler()
+	forged := hdr("X-Keybroker-Subject", "admin", "X-Keybroker-Role", "root", "x-keybroker-tenant", "evil")
+	if w := send(h, "GET", "/public/x", "127.0.0.1:1", forged); w.Code != 200 {
+		t.Fatalf("public: %d", w.Code)
+	}
+	for k := range seen {
+		if strings.HasPrefix(strings.ToLower(k), "x-keybroker-") {
+			t.Errorf("public route: upstream got %s: %q", k, seen[k])
+		}
+	}
+	forged.Set("Authorization", "Bearer "+f.jwt(t, "any read", time.Hour))
+	if w := send(h, "GET", "/v1/items/1", "127.0.0.1:1", forged); w.Code != 200 {
+		t.Fatalf("JWT: %d", w.Code)
+	}
+	if seen.Get("X-Keybroker-Subject") != "agent" || seen.Get("X-Keybroker-Role") != "" || seen.Get("X-Keybroker-Tenant") != "" || seen.Get("Authorization") != "" {
+		t.Errorf("JWT: upstream got %v", seen)
+	}
+	if _, ok := seen["X-Keybroker-Key-Id"]; ok {
+		t.Errorf("JWT: upstream got an empty Key-Id")
 	}
 }
