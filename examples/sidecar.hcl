@@ -81,6 +81,7 @@ route "/v1/chat/completions" {
   methods      = ["POST"]
   scopes       = ["llm:chat"]
   openai_usage = true
-  cost         = 4000
+  cost         = 4000 # charged when the upstream fails
+  # usage_fallback = "hold" # unreadable usage: max_cost_per_request (default), or "cost"
   # or: usage_header = "X-Usage-Tokens"
 }

@@ -1,12 +1,20 @@
 package sidecar
 
 import (
+	"bytes"
+	"compress/flate"
+	"compress/gzip"
+	"compress/zlib"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 
+	"github.com/andybalholm/brotli"
+	"github.com/klauspost/compress/zstd"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -86,62 +94,89 @@ func TestSettleChargesOnceAndReleasesTail(t *testing.T) {
 }
 
 func TestUsageFromResponses(t *testing.T) {
-	const fallback = 3
+	const cost, hold = 3, 10 // the route's cost; what the request held
 	sse := func(lines ...string) string { return strings.Join(lines, "\n\n") + "\n\n" }
+	openaiJSON := `{"id":"x","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21}}`
+	stream := sse(
+		`data: {"choices":[{"delta":{"content":"Hel"}}],"usage":null}`,
+		`data: {"choices":[{"delta":{"content":"lo"}}],"usage":null}`,
+		`data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":5000}}`,
+		`data: [DONE]`)
 	for _, tc := range []struct {
 		name        string
 		rt          route
 		contentType string
 		header      string
+		encoding    string // Content-Encoding the upstream used
 		body        string
 		want        int64
 		fallback    string // source/reason counted, if any
 	}{
-		{"fixed cost", route{cost: 4}, "text/plain", "", "hello", 4, ""},
-		{"header", route{cost: fallback, usageHeader: "X-Usage-Tokens"}, "", " 42 ", "", 42, ""},
-		{"header missing", route{cost: fallback, usageHeader: "X-Usage-Tokens"}, "", "", "", fallback, "header/missing"},
-		{"header garbage", route{cost: fallback, usageHeader: "X-Usage-Tokens"}, "", "lots", "", fallback, "header/invalid"},
-		{"header negative", route{cost: fallback, usageHeader: "X-Usage-Tokens"}, "", "-5", "", fallback, "header/invalid"},
-		{"openai json", route{cost: fallback, openaiUsage: true}, "application/json",
-			"", `{"id":"x","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21}}`, 21, ""},
-		{"openai json without usage", route{cost: fallback, openaiUsage: true}, "application/json", "", `{"id":"x"}`, fallback, "openai/missing"},
-		{"openai not json", route{cost: fallback, openaiUsage: true}, "text/html", "", `<html>bad gateway</html>`, fallback, "openai/invalid"},
-		{"openai fractional", route{cost: fallback, openaiUsage: true}, "application/json", "", `{"usage":{"total_tokens":2.5}}`, fallback, "openai/invalid"},
-		{"openai too large", route{cost: fallback, openaiUsage: true}, "application/json", "", `{"pad":"` + strings.Repeat("x", maxUsageBody) + `","usage":{"total_tokens":5}}`, fallback, "openai/too_large"},
-		{"stream with final usage", route{cost: fallback, openaiUsage: true}, "text/event-stream; charset=utf-8", "", sse(
-			`data: {"choices":[{"delta":{"content":"Hel"}}],"usage":null}`,
-			`data: {"choices":[{"delta":{"content":"lo"}}],"usage":null}`,
-			`data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}`,
-			`data: [DONE]`), 7, ""},
-		{"stream without usage", route{cost: fallback, openaiUsage: true}, "text/event-stream", "", sse(
-			`data: {"choices":[{"delta":{"content":"Hi"}}]}`, `data: [DONE]`), fallback, "openai/missing"},
-		{"stream cut before its end", route{cost: fallback, openaiUsage: true}, "text/event-stream", "",
+		{"fixed cost", route{cost: 4}, "text/plain", "", "", "hello", 4, ""},
+		{"header", route{cost: cost, usageHeader: "X-Usage-Tokens"}, "", " 42 ", "", "", 42, ""},
+		{"header missing", route{cost: cost, usageHeader: "X-Usage-Tokens"}, "", "", "", "", hold, "header/missing"},
+		{"header missing, fallback cost", route{cost: cost, usageHeader: "X-Usage-Tokens", fallbackCost: true}, "", "", "", "", cost, "header/missing"},
+		{"header garbage", route{cost: cost, usageHeader: "X-Usage-Tokens"}, "", "lots", "", "", hold, "header/invalid"},
+		{"header negative", route{cost: cost, usageHeader: "X-Usage-Tokens"}, "", "-5", "", "", hold, "header/invalid"},
+		{"openai json", route{cost: cost, openaiUsage: true}, "application/json", "", "", openaiJSON, 21, ""},
+		{"openai json without usage", route{cost: cost, openaiUsage: true}, "application/json", "", "", `{"id":"x"}`, hold, "openai/missing"},
+		{"openai without usage, fallback cost", route{cost: cost, openaiUsage: true, fallbackCost: true}, "application/json", "", "", `{"id":"x"}`, cost, "openai/missing"},
+		{"openai not json", route{cost: cost, openaiUsage: true}, "text/html", "", "", `<html>bad gateway</html>`, hold, "openai/invalid"},
+		{"openai fractional", route{cost: cost, openaiUsage: true}, "application/json", "", "", `{"usage":{"total_tokens":2.5}}`, hold, "openai/invalid"},
+		{"openai too large", route{cost: cost, openaiUsage: true}, "application/json", "", "", `{"pad":"` + strings.Repeat("x", maxUsageBody) + `","usage":{"total_tokens":5}}`, hold, "openai/too_large"},
+		{"stream with final usage", route{cost: cost, openaiUsage: true}, "text/event-stream; charset=utf-8", "", "", stream, 5000, ""},
+		{"stream without usage", route{cost: cost, openaiUsage: true}, "text/event-stream", "", "", sse(
+			`data: {"choices":[{"delta":{"content":"Hi"}}]}`, `data: [DONE]`), hold, "openai/missing"},
+		{"stream cut before its end", route{cost: cost, openaiUsage: true}, "text/event-stream", "", "",
 			"data: {\"choices\":[],\"usage\":{\"total_tokens\":11}}\r\n\r\ndata: {\"choi", 11, ""},
+		// Compressed answers are metered exactly.
+		{"gzip json", route{cost: cost, openaiUsage: true}, "application/json", "", "gzip", openaiJSON, 21, ""},
+		{"gzip stream", route{cost: cost, openaiUsage: true}, "text/event-stream", "", "gzip", stream, 5000, ""},
+		{"deflate (zlib) json", route{cost: cost, openaiUsage: true}, "application/json", "", "deflate", openaiJSON, 21, ""},
+		{"raw deflate json", route{cost: cost, openaiUsage: true}, "application/json", "", "raw-deflate", openaiJSON, 21, ""},
+		{"brotli stream", route{cost: cost, openaiUsage: true}, "text/event-stream", "", "br", stream, 5000, ""},
+		{"zstd json", route{cost: cost, openaiUsage: true}, "application/json", "", "zstd", openaiJSON, 21, ""},
+		{"zstd stream", route{cost: cost, openaiUsage: true}, "text/event-stream", "", "zstd", stream, 5000, ""},
+		{"unknown encoding", route{cost: cost, openaiUsage: true}, "application/json", "", "compress", openaiJSON, hold, "openai/encoding"},
+		{"corrupt gzip", route{cost: cost, openaiUsage: true}, "application/json", "", "corrupt-gzip", openaiJSON, hold, "openai/invalid"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			sc := testBudgets(t)
 			now := time.Now()
 			m := &meter{id: "k", central: -1}
 			m.cur = &chunk{granted: 1 << 40, periodEnd: now.Add(time.Hour), expiresAt: now.Add(time.Minute)}
-			h, _, _ := m.tryLocked(now, 10, false)
+			h, _, _ := m.tryLocked(now, hold, false)
 			h.b = sc.budgets
-			resp := &http.Response{Header: http.Header{}, Body: io.NopCloser(strings.NewReader(tc.body))}
+			sent, ce := encode(t, tc.encoding, tc.body)
+			resp := &http.Response{Header: http.Header{}, Body: io.NopCloser(strings.NewReader(sent))}
 			resp.Header.Set("Content-Type", tc.contentType)
+			if ce != "" {
+				resp.Header.Set("Content-Encoding", ce)
+				resp.Header.Set("Content-Length", strconv.Itoa(len(sent)))
+			}
 			if tc.header != "" {
 				resp.Header.Set("X-Usage-Tokens", tc.header)
 			}
 			sc.settleResponse(resp, h, &tc.rt)
-			// The client reads the body in small pieces, then it is closed.
-			got, err := io.ReadAll(io.LimitReader(struct{ io.Reader }{resp.Body}, int64(len(tc.body))))
-			if err != nil || string(got) != tc.body {
-				t.Fatalf("the body did not pass through unchanged: %v", err)
+			// The client reads the body in small pieces, then it is closed:
+			// decoded when the sidecar could decode it, else as it came.
+			want := tc.body
+			if tc.fallback == "openai/encoding" || tc.encoding == "corrupt-gzip" {
+				want = sent
+			}
+			got, err := io.ReadAll(iotest.OneByteReader(resp.Body))
+			if tc.encoding != "corrupt-gzip" && (err != nil || string(got) != want) {
+				t.Fatalf("the client got %q (%v), want %q", got, err, want)
+			}
+			if ce != "" && tc.fallback != "openai/encoding" && (resp.Header.Get("Content-Encoding") != "" || resp.Header.Get("Content-Length") != "") {
+				t.Fatalf("decoded body still announced as %q, length %q", resp.Header.Get("Content-Encoding"), resp.Header.Get("Content-Length"))
 			}
 			resp.Body.Close()
 			if m.cur.used != tc.want {
 				t.Fatalf("charged %d, want %d", m.cur.used, tc.want)
 			}
 			for _, src := range []string{"header", "openai"} {
-				for _, reason := range []string{fallbackMissing, fallbackInvalid, fallbackTooLarge} {
+				for _, reason := range []string{fallbackMissing, fallbackInvalid, fallbackTooLarge, fallbackEncoding} {
 					n := testutil.ToFloat64(sc.m.usageFallbacks.WithLabelValues(src, reason))
 					if want := tc.fallback == src+"/"+reason; (n == 1) != want {
 						t.Errorf("fallback metric %s/%s = %v", src, reason, n)
@@ -150,4 +185,39 @@ func TestUsageFromResponses(t *testing.T) {
 			}
 		})
 	}
+}
+
+// encode compresses body as an upstream would, and returns it with the
+// Content-Encoding it announces.
+func encode(t *testing.T, encoding, body string) (string, string) {
+	t.Helper()
+	var b bytes.Buffer
+	var w io.WriteCloser
+	ce := encoding
+	switch encoding {
+	case "":
+		return body, ""
+	case "gzip", "corrupt-gzip":
+		w, ce = gzip.NewWriter(&b), "gzip"
+	case "deflate":
+		w = zlib.NewWriter(&b)
+	case "raw-deflate":
+		w, _ = flate.NewWriter(&b, flate.DefaultCompression)
+		ce = "deflate"
+	case "br":
+		w = brotli.NewWriter(&b)
+	case "zstd":
+		w, _ = zstd.NewWriter(&b)
+	case "compress":
+		return "\x1f\x9d" + body, "compress"
+	}
+	if _, err := io.WriteString(w, body); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	out := b.String()
+	if encoding == "corrupt-gzip" {
+		out = out[:10] + strings.Repeat("\xff", 20) + out[30:]
+	}
+	return out, ce
 }

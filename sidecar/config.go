@@ -112,6 +112,9 @@ type RouteConfig struct {
 	Cost        *int64 `hcl:"cost,optional"`
 	UsageHeader string `hcl:"usage_header,optional"`
 	OpenAIUsage bool   `hcl:"openai_usage,optional"`
+	// UsageFallback is what a response whose usage cannot be read costs:
+	// "hold" (default; the credential's max_cost_per_request) or "cost".
+	UsageFallback string `hcl:"usage_fallback,optional"`
 }
 
 // settings is Config checked and parsed.
@@ -284,7 +287,8 @@ func (c *Config) settings() (*settings, error) {
 		if err != nil {
 			return nil, err
 		}
-		rt := route{prefix: prefix, fold: r.CaseInsensitive, scopes: r.Scopes, public: r.Public, cost: 1, usageHeader: r.UsageHeader, openaiUsage: r.OpenAIUsage}
+		rt := route{prefix: prefix, fold: r.CaseInsensitive, scopes: r.Scopes, public: r.Public, cost: 1,
+			usageHeader: r.UsageHeader, openaiUsage: r.OpenAIUsage, fallbackCost: r.UsageFallback == "cost"}
 		if r.Cost != nil {
 			rt.cost = *r.Cost
 		}
@@ -295,6 +299,10 @@ func (c *Config) settings() (*settings, error) {
 			return nil, fmt.Errorf("route %q: set usage_header or openai_usage, not both", r.PathPrefix)
 		case rt.usageHeader != "" && !validHeaderName(rt.usageHeader):
 			return nil, fmt.Errorf("route %q: usage_header %q is not a header name", r.PathPrefix, rt.usageHeader)
+		case r.UsageFallback != "" && r.UsageFallback != "hold" && r.UsageFallback != "cost":
+			return nil, fmt.Errorf("route %q: usage_fallback must be \"hold\" or \"cost\"", r.PathPrefix)
+		case r.UsageFallback != "" && rt.usageHeader == "" && !rt.openaiUsage:
+			return nil, fmt.Errorf("route %q: usage_fallback goes with usage_header or openai_usage", r.PathPrefix)
 		case r.Public && (r.Cost != nil || rt.usageHeader != "" || rt.openaiUsage):
 			return nil, fmt.Errorf("route %q: a public route has no caller to charge; remove cost, usage_header and openai_usage", r.PathPrefix)
 		}

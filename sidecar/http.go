@@ -38,6 +38,11 @@ func (sc *Sidecar) proxyHandler() http.Handler {
 			pr.Out.Host = pr.In.Host
 			stripCredentialAndIdentity(pr.Out.Header)
 			setIdentity(pr.Out.Header, d.id, false)
+			if d.hold != nil && d.rt.openaiUsage {
+				// The meter reads the body: ask for it uncompressed
+				// (what still comes compressed is decoded).
+				pr.Out.Header.Set("Accept-Encoding", "identity")
+			}
 		},
 		// The upstream's answer says what a metered request cost.
 		ModifyResponse: func(resp *http.Response) error {

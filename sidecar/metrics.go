@@ -73,7 +73,7 @@ func newMetrics(s *Sidecar) *metrics {
 	})
 	m.usageFallbacks = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "keybroker_sidecar_usage_fallbacks_total",
-		Help: "Responses charged the route's cost because their usage could not be read, by source (header, openai) and reason (missing, invalid, too_large).",
+		Help: "Responses charged the fallback (the hold, or the route's cost) because their usage could not be read, by source (header, openai) and reason (missing, invalid, too_large, encoding).",
 	}, []string{"source", "reason"})
 	m.jwtHit, m.jwtMiss = m.cache.WithLabelValues("jwt", "hit"), m.cache.WithLabelValues("jwt", "miss")
 	m.keyHit, m.keyMiss = m.cache.WithLabelValues("api_key", "hit"), m.cache.WithLabelValues("api_key", "miss")

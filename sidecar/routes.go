@@ -20,6 +20,9 @@ type route struct {
 	cost        int64
 	usageHeader string
 	openaiUsage bool
+	// fallbackCost: usage_fallback = "cost", charge cost when the usage
+	// cannot be read; by default the hold is charged.
+	fallbackCost bool
 }
 
 // routeGroup holds the routes sharing one prefix. The longest prefix that

@@ -12,14 +12,17 @@ import (
 )
 
 // maxUsageBody is how much of a non-streamed JSON response is kept to read
-// its usage; a larger body is charged the route's cost.
+// its usage; a larger body is charged the fallback.
 const maxUsageBody = 1 << 20
 
-// Why a response's cost fell back to the route's cost (the metric's label).
+// Why a response's usage could not be read (the metric's label). Such a
+// response is charged what the request held (max_cost_per_request), or with
+// usage_fallback = "cost" the route's cost.
 const (
 	fallbackMissing  = "missing" // no usage in the response
 	fallbackInvalid  = "invalid" // a usage value that does not parse
 	fallbackTooLarge = "too_large"
+	fallbackEncoding = "encoding" // a Content-Encoding the sidecar cannot decode
 )
 
 // settleResponse charges a proxied request once the upstream answered: at
@@ -30,16 +33,28 @@ func (sc *Sidecar) settleResponse(resp *http.Response, h *hold, rt *route) {
 	case rt.usageHeader != "":
 		v := strings.TrimSpace(resp.Header.Get(rt.usageHeader))
 		if v == "" {
-			h.settle(sc.fallback(rt, "header", fallbackMissing))
+			h.settle(sc.fallback(rt, h, "header", fallbackMissing))
 			return
 		}
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n < 0 || n > maxUnitsRequest {
-			h.settle(sc.fallback(rt, "header", fallbackInvalid))
+			h.settle(sc.fallback(rt, h, "header", fallbackInvalid))
 			return
 		}
 		h.settle(n)
 	case rt.openaiUsage:
+		if ce := resp.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
+			dec, err := decodedBody(ce, resp.Body)
+			if err != nil {
+				// Passed on as it came; its usage cannot be read.
+				h.settle(sc.fallback(rt, h, "openai", fallbackEncoding))
+				return
+			}
+			resp.Body = dec
+			resp.Header.Del("Content-Encoding")
+			resp.Header.Del("Content-Length")
+			resp.ContentLength = -1
+		}
 		mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 		resp.Body = &usageBody{rc: resp.Body, sc: sc, h: h, rt: rt, sse: mt == "text/event-stream"}
 	default:
@@ -47,9 +62,15 @@ func (sc *Sidecar) settleResponse(resp *http.Response, h *hold, rt *route) {
 	}
 }
 
-func (sc *Sidecar) fallback(rt *route, source, reason string) int64 {
+// fallback is what a response whose usage cannot be read is charged: the
+// hold by default, so an unreadable answer costs what the request was
+// allowed to cost, not less.
+func (sc *Sidecar) fallback(rt *route, h *hold, source, reason string) int64 {
 	sc.m.usageFallbacks.WithLabelValues(source, reason).Inc()
-	return rt.cost
+	if rt.fallbackCost {
+		return rt.cost
+	}
+	return h.amount
 }
 
 // usageBody passes an upstream body through and reads the OpenAI usage
@@ -154,11 +175,11 @@ func (u *usageBody) finish() {
 		case u.found:
 			u.h.settle(u.tokens)
 		case u.overflow:
-			u.h.settle(u.sc.fallback(u.rt, "openai", fallbackTooLarge))
+			u.h.settle(u.sc.fallback(u.rt, u.h, "openai", fallbackTooLarge))
 		case u.invalid:
-			u.h.settle(u.sc.fallback(u.rt, "openai", fallbackInvalid))
+			u.h.settle(u.sc.fallback(u.rt, u.h, "openai", fallbackInvalid))
 		default:
-			u.h.settle(u.sc.fallback(u.rt, "openai", fallbackMissing))
+			u.h.settle(u.sc.fallback(u.rt, u.h, "openai", fallbackMissing))
 		}
 	})
 }
