@@ -3,8 +3,8 @@ package e2e
 import (
 	"bufio"
 	"bytes"
-	crand "crypto/rand"
 	"context"
+	crand "crypto/rand"
 	"encoding/base64"
 	"fmt"
 	"io"
