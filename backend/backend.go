@@ -87,6 +87,8 @@ func newBackend() *backend {
 		InitializeFunc: b.initialize,
 		Invalidate:     b.invalidate,
 	}
+	b.guardPaths(b.Backend.Paths)
+	b.guardSecrets(b.Backend.Secrets)
 	return b
 }
 

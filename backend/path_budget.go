@@ -204,9 +204,6 @@ func (b *backend) meterToken(ctx context.Context, s logical.Storage, jti, family
 }
 
 func (b *backend) pathBudgetReserve(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	if resp := validateRequest(d); resp != nil {
-		return resp, nil
-	}
 	id, units, holder := d.Get("id").(string), d.Get("units").(int64), d.Get("holder").(string)
 	minUnits := max(1, d.Get("min_units").(int64))
 	ttl := time.Duration(d.Get("ttl").(int)) * time.Second
@@ -359,9 +356,6 @@ func (a *account) grant(id string, units int64, ttl time.Duration, holder string
 }
 
 func (b *backend) pathBudgetReport(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	if resp := validateRequest(d); resp != nil {
-		return resp, nil
-	}
 	resID, used, release := d.Get("reservation_id").(string), d.Get("used").(int64), d.Get("release").(bool)
 	id, _, ok := strings.Cut(resID, ":")
 	if !ok || id == "" {

@@ -119,9 +119,6 @@ func mintKeyFields() map[string]*framework.FieldSchema {
 }
 
 func (b *backend) pathKeyMint(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	if resp := validateRequest(d); resp != nil {
-		return resp, nil
-	}
 	roleName := d.Get("role").(string)
 	r, err := b.getRole(ctx, req.Storage, roleName)
 	if err != nil {

@@ -127,9 +127,6 @@ func maxTime(ts ...time.Time) time.Time {
 }
 
 func (b *backend) pathRefreshWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	if resp := validateRequest(d); resp != nil {
-		return resp, nil
-	}
 	token := d.Get("refresh_token").(string)
 	if token == "" {
 		return logical.ErrorResponse("refresh_token is required"), nil

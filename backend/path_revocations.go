@@ -9,6 +9,8 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/keybroker/keybroker/contract"
 )
 
 const (
@@ -61,8 +63,7 @@ func pathRevocations(b *backend) *framework.Path {
 		Fields: map[string]*framework.FieldSchema{
 			"after": {
 				Type:        framework.TypeInt64,
-				Description: "Cursor: return revocations after this one. Start with 0, then pass the previous answer's next.",
-				Default:     0,
+				Description: "Cursor: return revocations after this one. Start with 0 (the default), then pass the previous answer's next.",
 			},
 		},
 		Operations: map[logical.Operation]framework.OperationHandler{
@@ -76,14 +77,11 @@ returned per read; "more" says whether another read would return more now.
 Entries drop out once their credential would have expired anyway, so a
 verifier starting with after=0 learns every revocation that still matters.
 
-    vault read keybroker/revocations after=0`, maxRevocationPage),
+    vault read keybroker/revocations after=0`, contract.MaxRevocationPage),
 	}
 }
 
 func (b *backend) pathRevocationsRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	if err := d.Validate(); err != nil {
-		return logical.ErrorResponse(err.Error()), nil
-	}
 	after := d.Get("after").(int64)
 	if after < 0 {
 		return logical.ErrorResponse("after must not be negative"), nil
@@ -99,7 +97,7 @@ func (b *backend) pathRevocationsRead(ctx context.Context, req *logical.Request,
 	out := make([]map[string]interface{}, 0)
 	more := false
 	for _, name := range names[start:] {
-		if len(out) == maxRevocationPage {
+		if len(out) == contract.MaxRevocationPage {
 			more = true
 			break
 		}

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/keybroker/keybroker/contract"
 )
 
 func (e *testEnv) feed(after int64) (ids []string, next uint64, more bool) {
@@ -147,7 +149,7 @@ func TestRevocationFeedDropsExpired(t *testing.T) {
 
 func TestRevocationFeedPages(t *testing.T) {
 	e := newTestEnv(t)
-	for i := 0; i < maxRevocationPage+5; i++ {
+	for i := 0; i < contract.MaxRevocationPage+5; i++ {
 		e.b.revocationMu.Lock()
 		err := e.b.appendRevocationLocked(context.Background(), e.storage, revocation{
 			ID: "id", Type: secretTypeAPIKey, RevokedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour),
@@ -158,11 +160,11 @@ func TestRevocationFeedPages(t *testing.T) {
 		}
 	}
 	got, next, more := e.feed(0)
-	if len(got) != maxRevocationPage || next != maxRevocationPage || !more {
+	if len(got) != contract.MaxRevocationPage || next != contract.MaxRevocationPage || !more {
 		t.Fatalf("first page: %d entries next %d more %v", len(got), next, more)
 	}
 	got, next, more = e.feed(int64(next))
-	if len(got) != 5 || next != maxRevocationPage+5 || more {
+	if len(got) != 5 || next != contract.MaxRevocationPage+5 || more {
 		t.Fatalf("second page: %d entries next %d more %v", len(got), next, more)
 	}
 }

@@ -244,9 +244,6 @@ func (b *backend) pathRoleDelete(ctx context.Context, req *logical.Request, d *f
 }
 
 func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	if resp := validateRequest(d); resp != nil {
-		return resp, nil
-	}
 	name := d.Get("name").(string)
 	if reservedRoleNames[name] {
 		return logical.ErrorResponse("role name %q is reserved: it is a fixed path under keys/ and token/", name), nil

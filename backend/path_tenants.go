@@ -82,9 +82,6 @@ func (b *backend) pathTenantList(ctx context.Context, req *logical.Request, _ *f
 }
 
 func (b *backend) pathTenantWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	if resp := validateRequest(d); resp != nil {
-		return resp, nil
-	}
 	name := d.Get("name").(string)
 	if err := validateTenant(name); err != nil {
 		return logical.ErrorResponse(err.Error()), nil

@@ -73,9 +73,6 @@ func secretJWT(b *backend) *framework.Secret {
 }
 
 func (b *backend) pathTokenMint(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	if resp := validateRequest(d); resp != nil {
-		return resp, nil
-	}
 	roleName := d.Get("role").(string)
 	r, err := b.getRole(ctx, req.Storage, roleName)
 	if err != nil {

@@ -13,22 +13,22 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/keybroker/keybroker/apikey"
+	"github.com/keybroker/keybroker/contract"
 	"github.com/keybroker/keybroker/jwtverify"
 )
 
-// Reasons a verification gives. A bad credential is an answer, not an error.
+// Reasons a verification gives, shared with the verifiers.
 const (
-	reasonOK                = "ok"
-	reasonMalformed         = "malformed"
-	reasonNotFound          = "not_found"
-	reasonExpired           = "expired"
-	reasonRevoked           = "revoked"
-	reasonCIDRDenied        = "cidr_denied"
-	reasonInsufficientScope = "insufficient_scope"
-	// JWTs only.
-	reasonInvalidSignature = "invalid_signature"
-	reasonInvalidClaims    = "invalid_claims"
-	reasonNotYetValid      = "not_yet_valid"
+	reasonOK                = contract.ReasonOK
+	reasonMalformed         = contract.ReasonMalformed
+	reasonNotFound          = contract.ReasonNotFound
+	reasonExpired           = contract.ReasonExpired
+	reasonRevoked           = contract.ReasonRevoked
+	reasonCIDRDenied        = contract.ReasonCIDRDenied
+	reasonInsufficientScope = contract.ReasonInsufficientScope
+	reasonInvalidSignature  = contract.ReasonInvalidSignature
+	reasonInvalidClaims     = contract.ReasonInvalidClaims
+	reasonNotYetValid       = contract.ReasonNotYetValid
 )
 
 // verifyLeeway is the clock skew the plugin allows for nbf, iat and exp: the
@@ -69,16 +69,15 @@ needs the given scopes. An invalid credential is an answer (valid=false and a
 reason: malformed, not_found, expired, revoked, cidr_denied or
 insufficient_scope; for JWTs also invalid_signature, invalid_claims and
 not_yet_valid), not an error. An unknown key and a wrong secret for a known
-key_id both answer not_found. When valid, the answer carries role, scopes,
+key_id both answer not_found; when no key has the key_id at all, the answer
+also carries unknown_key_id=true, so a verifier can refuse that key_id
+without asking again. When valid, the answer carries role, scopes,
 tenant and expires_at, with key_id and metadata for an API key, or jti, sub
 and audience for a JWT.`,
 	}
 }
 
 func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	if resp := validateRequest(d); resp != nil {
-		return resp, nil
-	}
 	key, alias := d.Get("credential").(string), d.Get("key").(string)
 	switch {
 	case key == "":
@@ -109,8 +108,15 @@ func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *
 	if err != nil {
 		return nil, err
 	}
+	if k == nil {
+		// No key has this key_id: a verifier may refuse it without asking
+		// again. key_ids are public handles, so this reveals nothing.
+		resp := verifyAnswer(reasonNotFound)
+		resp.Data["unknown_key_id"] = true
+		return resp, nil
+	}
 	hash := apikey.Hash(key)
-	if k == nil || subtle.ConstantTimeCompare(hash[:], k.Hash) != 1 {
+	if subtle.ConstantTimeCompare(hash[:], k.Hash) != 1 {
 		return verifyAnswer(reasonNotFound), nil
 	}
 	switch {

@@ -76,7 +76,16 @@ func TestVerify(t *testing.T) {
 				t.Fatalf("verify = %#v, want reason %s", resp.Data, tc.reason)
 			}
 			if tc.reason != reasonOK {
-				if len(resp.Data) != 2 {
+				// Only a key_id no key has says so; a wrong secret for a
+				// known key_id must look like any other not_found.
+				want := 2
+				if tc.name == "unknown key" {
+					want = 3
+					if resp.Data["unknown_key_id"] != true {
+						t.Fatalf("unknown key_id not flagged: %#v", resp.Data)
+					}
+				}
+				if len(resp.Data) != want {
 					t.Fatalf("a denial says more than valid and reason: %#v", resp.Data)
 				}
 				return

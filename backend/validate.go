@@ -16,15 +16,14 @@ import (
 // Caps on request sizes. They keep storage entries and verify answers small
 // and are documented in the README.
 const (
-	maxNameLength     = 128
-	maxScopes         = 64
-	maxScopeLength    = 128
-	maxCIDRs          = 32
-	maxMetadataPairs  = 32
-	maxMetadataKey    = 128
-	maxMetadataValue  = 512
-	maxTenantLength   = 128
-	maxRevocationPage = 1000
+	maxNameLength    = 128
+	maxScopes        = 64
+	maxScopeLength   = 128
+	maxCIDRs         = 32
+	maxMetadataPairs = 32
+	maxMetadataKey   = 128
+	maxMetadataValue = 512
+	maxTenantLength  = 128
 )
 
 // tenantRegexp keeps tenants usable as path segments (a later tenants/<name>
