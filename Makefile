@@ -3,6 +3,8 @@ VERSION ?= v0.1.0-dev
 LDFLAGS := -X github.com/keybroker/keybroker/internal/version.Version=$(VERSION)
 DEV_ADDR ?= 127.0.0.1:8200
 FUZZTIME ?= 15s
+# Minimising each new input may take 60 s by default, longer than a short run.
+FUZZMINIMIZE ?= 5s
 GO ?= go
 
 .PHONY: all build vault test unit e2e fuzz bench dev fmt vet clean
@@ -24,8 +26,8 @@ test: vault vet
 
 ## fuzz: fuzz the JWT parser and the sidecar's decision (FUZZTIME=10m for longer)
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzVerifySignature -fuzztime $(FUZZTIME) ./jwtverify/
-	$(GO) test -run '^$$' -fuzz FuzzDecide -fuzztime $(FUZZTIME) ./sidecar/
+	$(GO) test -run '^$$' -fuzz FuzzVerifySignature -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./jwtverify/
+	$(GO) test -run '^$$' -fuzz FuzzDecide -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./sidecar/
 
 ## unit: the tests that need no Vault
 unit:

@@ -270,6 +270,24 @@ func TestSidecarProxy(t *testing.T) {
 	if r := call(t, e.proxy, "GET", "/read", map[string]string{"Authorization": "Bearer " + remoteKey, "X-Forwarded-For": "10.0.0.5"}, "127.0.0.2"); r.status != 200 {
 		t.Fatalf("XFF from a trusted proxy: %d %s", r.status, r.body)
 	}
+	// A hop with a port still names the client; one that does not parse
+	// makes the address unknown, never the proxy's own (127.0.0.2, inside
+	// the svc key's 127.0.0.0/8 bound).
+	for _, tc := range []struct {
+		cred, xff string
+		status    int
+	}{
+		{remoteKey, "10.0.0.5:4444", 200},
+		{remoteKey, "[::ffff:10.0.0.5]:4444", 200},
+		{key, "203.0.113.9:4444", 401},
+		{key, "203.0.113.9, garbage", 401},
+		{key, "unknown", 401},
+	} {
+		r := call(t, e.proxy, "GET", "/read", map[string]string{"Authorization": "Bearer " + tc.cred, "X-Forwarded-For": tc.xff}, "127.0.0.2")
+		if r.status != tc.status || (tc.status == 401 && r.header.Get("X-Keybroker-Reason") != "cidr_denied") {
+			t.Fatalf("XFF %q from a trusted proxy: %d %q, want %d", tc.xff, r.status, r.header.Get("X-Keybroker-Reason"), tc.status)
+		}
+	}
 	if r := call(t, e.proxy, "GET", "/public/ping", nil, ""); r.status != 200 {
 		t.Fatalf("public route: %d", r.status)
 	}
