@@ -177,6 +177,14 @@ type reservation struct {
 	TTL         time.Duration `json:"ttl"`
 	ExpiresAt   time.Time     `json:"expires_at"`
 	Holder      string        `json:"holder,omitempty"`
+	// Owner is the Vault identity that made the reservation (its entity,
+	// else its token accessor): only it may top it up, report on it or
+	// release it.
+	Owner string `json:"owner,omitempty"`
+	// LastUse is when units were last granted or reported used: a
+	// reservation whose reports show no use stops being renewed
+	// maxIdleRenewal after it, so units cannot be hoarded by renewing.
+	LastUse time.Time `json:"last_use,omitempty"`
 }
 
 func periodStart(now time.Time, period time.Duration) time.Time {
@@ -229,8 +237,13 @@ func (a *account) report(id string, used int64, now time.Time) error {
 	if r.PeriodStart.Equal(a.PeriodStart) {
 		a.Used += used - r.Used
 	}
+	if used > r.Used || r.LastUse.IsZero() {
+		r.LastUse = now
+	}
 	r.Used = used
-	r.ExpiresAt = now.Add(r.TTL)
+	if now.Sub(r.LastUse) < maxIdleRenewal {
+		r.ExpiresAt = now.Add(r.TTL)
+	}
 	return nil
 }
 

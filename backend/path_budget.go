@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 	"time"
 
@@ -19,17 +20,27 @@ const (
 	defaultReservationTTL = 30 * time.Second
 	minReservationTTL     = 5 * time.Second
 	maxReservationTTL     = 10 * time.Minute
+	// maxIdleRenewal: a reservation with no new use is renewed by reports
+	// for this long after its last grant or use, then left to expire.
+	maxIdleRenewal = 2 * time.Minute
+	// Live reservations one credential may have, in all and per Vault
+	// identity: a sidecar holds one current chunk and a few draining.
+	maxReservationsPerCredential = 256
+	maxReservationsPerOwner      = 8
 )
 
 // meter is the budget of one credential: a snapshot of its limits and its
 // account. A JWT of a refresh family links to the family's meter, so that
 // refreshing does not bring a fresh budget.
 type meter struct {
-	Limit     int64         `json:"limit"`
-	Period    time.Duration `json:"period"`
-	Tenant    string        `json:"tenant,omitempty"`
-	ExpiresAt time.Time     `json:"expires_at"`
-	Link      string        `json:"link,omitempty"`
+	Limit  int64         `json:"limit"`
+	Period time.Duration `json:"period"`
+	// MaxCost is the credential's max_cost_per_request: a report may record
+	// at most a reservation's units plus this (one request's overrun).
+	MaxCost   int64     `json:"max_cost,omitempty"`
+	Tenant    string    `json:"tenant,omitempty"`
+	ExpiresAt time.Time `json:"expires_at"`
+	Link      string    `json:"link,omitempty"`
 	account
 }
 
@@ -79,7 +90,12 @@ exhausted=true and reset says the budget is spent until reset. A reservation
 counts against the period it was granted in, ends when released through
 keybroker/budget/report, and expires (its unused units coming back) when no
 report renews it within its ttl. An expired or revoked credential cannot
-reserve.`,
+reserve.
+
+A reservation belongs to the Vault identity that made it (its entity, else
+its token accessor): only that identity may top it up, report on it or
+release it. One identity may hold at most 8 live reservations on a
+credential, and a credential at most 256 in all.`,
 		},
 		{
 			Pattern: "budget/report$",
@@ -103,9 +119,14 @@ reserve.`,
 			},
 			HelpSynopsis: "Report what a reservation has used, and renew or release it.",
 			HelpDescription: `Records the running total used on a reservation against the credential and
-its tenant. Use may exceed the reservation (a request that cost more than it
-held): it is recorded as it is. A report for an unknown or expired
-reservation, or one whose total goes down, is refused and changes nothing.`,
+its tenant. Use may exceed the reservation by one request's overrun: a total
+above the reservation's units plus the credential's max_cost_per_request is
+recorded at that cap, and the answer says capped=true. A report for an
+unknown or expired reservation, or one whose total goes down, is refused and
+changes nothing; one from another Vault identity than the reservation's is
+refused with 403 and changes nothing. Each report renews the reservation,
+but only for 2 minutes after it last had units granted or used: a
+reservation kept without use then expires and its units come back.`,
 		},
 		{
 			Pattern: "budget/" + framework.GenericNameRegex("id"),
@@ -143,7 +164,7 @@ func (b *backend) loadMeter(ctx context.Context, s logical.Storage, id string) (
 		if err != nil || k == nil || (k.Budget == 0 && k.Tenant == "") {
 			return nil, "", err
 		}
-		m = &meter{Limit: k.Budget, Period: k.BudgetPeriod, Tenant: k.Tenant, ExpiresAt: k.ExpiresAt}
+		m = &meter{Limit: k.Budget, Period: k.BudgetPeriod, MaxCost: k.MaxCost, Tenant: k.Tenant, ExpiresAt: k.ExpiresAt}
 		if m.Period == 0 {
 			m.Period = defaultBudgetPeriod // a key minted before budgets existed
 		}
@@ -185,7 +206,7 @@ func (b *backend) meterToken(ctx context.Context, s logical.Storage, jti, family
 	}
 	b.budgetMu.Lock()
 	defer b.budgetMu.Unlock()
-	own := &meter{Limit: g.Budget, Period: g.BudgetPeriod, Tenant: g.Tenant, ExpiresAt: exp}
+	own := &meter{Limit: g.Budget, Period: g.BudgetPeriod, MaxCost: g.MaxCost, Tenant: g.Tenant, ExpiresAt: exp}
 	if familyID == "" {
 		return putJSON(ctx, s, meterPrefix+jti, own)
 	}
@@ -286,9 +307,14 @@ func (b *backend) pathBudgetReserve(ctx context.Context, req *logical.Request, d
 	}
 
 	// Topping up the caller's reservation keeps its unused units usable
-	// together with the new ones; one of an ended period is not topped up.
+	// together with the new ones; one of an ended period, or another
+	// identity's, is not topped up.
+	owner := ownerOf(req)
 	resID := d.Get("reservation_id").(string)
-	if !m.current(resID) || (t != nil && !t.current(resID)) || !strings.HasPrefix(resID, id+":") {
+	if r := m.Reservations[resID]; r == nil || r.Owner != owner || !m.current(resID) || (t != nil && !t.current(resID)) || !strings.HasPrefix(resID, id+":") {
+		if resp := m.reservationRoom(owner); resp != nil {
+			return resp, nil
+		}
 		suffix, err := uuid.GenerateUUID()
 		if err != nil {
 			return nil, fmt.Errorf("generating reservation id: %w", err)
@@ -302,6 +328,7 @@ func (b *backend) pathBudgetReserve(ctx context.Context, req *logical.Request, d
 		}
 	}
 	r := m.grant(resID, grant, ttl, holder, now)
+	r.Owner = owner
 	if err := putJSON(ctx, req.Storage, path, m); err != nil {
 		return nil, err
 	}
@@ -352,7 +379,34 @@ func (a *account) grant(id string, units int64, ttl time.Duration, holder string
 	r.Units += units
 	r.TTL = ttl
 	r.ExpiresAt = now.Add(ttl)
+	r.LastUse = now
 	return r
+}
+
+// ownerOf is the Vault identity behind a request: its entity, which stays
+// the same across logins, else its token's accessor.
+func ownerOf(req *logical.Request) string {
+	if req.EntityID != "" {
+		return "entity:" + req.EntityID
+	}
+	return "accessor:" + req.ClientTokenAccessor
+}
+
+// reservationRoom refuses a new reservation past the caps on live ones.
+func (m *meter) reservationRoom(owner string) *logical.Response {
+	mine := 0
+	for _, r := range m.Reservations {
+		if r.Owner == owner {
+			mine++
+		}
+	}
+	switch {
+	case len(m.Reservations) >= maxReservationsPerCredential:
+		return logical.ErrorResponse("the credential already has %d live reservations, the most it may have; release unused ones", maxReservationsPerCredential)
+	case mine >= maxReservationsPerOwner:
+		return logical.ErrorResponse("this Vault identity already holds %d live reservations on the credential, the most it may; release unused ones", maxReservationsPerOwner)
+	}
+	return nil
 }
 
 func (b *backend) pathBudgetReport(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
@@ -376,6 +430,17 @@ func (b *backend) pathBudgetReport(ctx context.Context, req *logical.Request, d 
 		return logical.ErrorResponse("reservation %q is unknown or expired; its use was not recorded", resID), nil
 	}
 	m.roll(now, m.Period)
+	capped := false
+	if r := m.Reservations[resID]; r != nil {
+		if r.Owner != "" && r.Owner != ownerOf(req) {
+			return nil, logical.CodedError(http.StatusForbidden, fmt.Sprintf("reservation %q belongs to another Vault identity; its use was not recorded", resID))
+		}
+		// What one reservation can have cost: its units, plus one
+		// request's overrun.
+		if most := r.Units + max(1, m.MaxCost); used > most {
+			used, capped = most, true
+		}
+	}
 	if err := m.report(resID, used, now); err != nil {
 		if errors.Is(err, errUnknownReservation) {
 			return logical.ErrorResponse("reservation %q is unknown or expired; its use was not recorded", resID), nil
@@ -411,6 +476,10 @@ func (b *backend) pathBudgetReport(ctx context.Context, req *logical.Request, d 
 		"used":      m.Used,
 		"remaining": left,
 		"released":  release,
+		"capped":    capped,
+	}
+	if capped {
+		b.Logger().Warn("a report claimed more than its reservation could have cost; recorded at the cap", "reservation_id", resID, "recorded", used)
 	}
 	if !release {
 		data["expires_at"] = r.ExpiresAt.Format(time.RFC3339Nano)

@@ -330,3 +330,92 @@ func TestTidyBudgets(t *testing.T) {
 		t.Fatal("an expired token's budget is still readable after tidy")
 	}
 }
+
+// Only the Vault identity that made a reservation may report on it, release
+// it or top it up: another verifier cannot drain a credential (and its
+// tenant) by reporting huge use on a reservation of its own or of another.
+// A report records at most the units granted plus max_cost_per_request.
+func TestReservationsBelongToTheirIdentity(t *testing.T) {
+	e := newTestEnv(t)
+	e.ok(logical.UpdateOperation, "tenants/acme", map[string]interface{}{"budget": 1000})
+	e.ok(logical.UpdateOperation, "roles/r", map[string]interface{}{"scopes": "read", "tenant": "acme", "budget": 500, "max_cost_per_request": 10})
+	id := e.ok(logical.UpdateOperation, "keys/r", map[string]interface{}{"name": "victim"}).Data["key_id"].(string)
+	res := e.reserve(id, 50).Data["reservation_id"].(string)
+	e.report(res, 20, false)
+
+	before, tenantBefore := e.spend("budget/"+id), e.spend("tenants/acme")
+	e.entityID = "attacker"
+	for _, data := range []map[string]interface{}{
+		{"reservation_id": res, "used": 999999},
+		{"reservation_id": res, "used": 25, "release": true},
+	} {
+		resp, err := e.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.UpdateOperation, Path: "budget/report", Data: data, Storage: e.storage, EntityID: e.entityID})
+		if code, ok := err.(logical.HTTPCodedError); !ok || code.Code() != 403 || resp != nil {
+			t.Fatalf("report by another identity %v: %v %v, want 403", data, resp, err)
+		}
+	}
+	// Topping up another's reservation makes a new one of its own.
+	top := e.ok(logical.UpdateOperation, "budget/reserve", map[string]interface{}{"id": id, "units": 5, "reservation_id": res}).Data["reservation_id"]
+	if top == res {
+		t.Fatal("another identity topped up the reservation")
+	}
+	// Its own reservation cannot record more than it could have cost.
+	ownRes := top.(string)
+	if d := e.report(ownRes, 999999, true).Data; d["capped"] != true {
+		t.Fatalf("an over-large report was not capped: %v", d)
+	}
+	after := e.spend("budget/" + id)
+	if got, want := after[1]-before[1], int64(5+10); got != want {
+		t.Fatalf("the attacker's report recorded %d units; the most its reservation could cost is %d", got, want)
+	}
+	if tenantAfter := e.spend("tenants/acme"); tenantAfter[1]-tenantBefore[1] != 15 {
+		t.Fatalf("tenant used %d -> %d", tenantBefore[1], tenantAfter[1])
+	}
+
+	// The owner's reservation is intact and still reports.
+	e.entityID = "test-entity"
+	if d := e.report(res, 30, true).Data; d["capped"] != false {
+		t.Fatalf("owner's report: %v", d)
+	}
+	if got := e.spend("budget/" + id); got[1] != 20+10+15 || got[2] != 0 {
+		t.Fatalf("after the owner's release: %v", got)
+	}
+}
+
+// One identity may hold a few live reservations per credential, not an
+// unbounded number.
+func TestReservationCaps(t *testing.T) {
+	e := newTestEnv(t)
+	e.ok(logical.UpdateOperation, "roles/r", map[string]interface{}{"scopes": "read", "budget": 100000})
+	id := e.ok(logical.UpdateOperation, "keys/r", map[string]interface{}{"name": "k"}).Data["key_id"].(string)
+	for i := 0; i < maxReservationsPerOwner; i++ {
+		e.reserve(id, 1)
+	}
+	e.userError(logical.UpdateOperation, "budget/reserve", map[string]interface{}{"id": id, "units": 1}, "already holds 8 live reservations")
+	e.entityID = "another-sidecar"
+	e.reserve(id, 1) // another identity still can
+}
+
+// A reservation whose reports show no new use is renewed only for
+// maxIdleRenewal after its last use: units cannot be hoarded forever.
+func TestIdleReservationsStopRenewing(t *testing.T) {
+	now := time.Now()
+	a := &account{PeriodStart: periodStart(now, time.Hour)}
+	r := a.grant("k:1", 10, 30*time.Second, "h", now)
+	for dt := time.Duration(0); dt < maxIdleRenewal; dt += 20 * time.Second {
+		if err := a.report("k:1", 0, now.Add(dt)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	renewedUntil := r.ExpiresAt
+	if err := a.report("k:1", 0, now.Add(maxIdleRenewal+time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if !r.ExpiresAt.Equal(renewedUntil) {
+		t.Fatalf("an idle reservation was renewed past %s", maxIdleRenewal)
+	}
+	// Use renews it again.
+	if err := a.report("k:1", 3, now.Add(maxIdleRenewal+2*time.Second)); err != nil || !r.ExpiresAt.After(renewedUntil) {
+		t.Fatalf("a report with use did not renew: %v", err)
+	}
+}

@@ -273,3 +273,64 @@ func TestRateLimit(t *testing.T) {
 		}
 	}
 }
+
+// Two verifiers with the sidecar policy but different Vault identities: the
+// second cannot report on or release the first's reservation (403, counters
+// unchanged), and what it reserves itself records at most its units plus
+// max_cost_per_request, so it cannot drain the credential or its tenant.
+func TestBudgetReservationOwnership(t *testing.T) {
+	v := vaultserver.StartT(t)
+	root := v.Client
+	write(t, root, "keybroker/tenants/acme", map[string]interface{}{"budget": 1000})
+	write(t, root, "keybroker/roles/llm", map[string]interface{}{"scopes": "read", "tenant": "acme", "budget": 500, "max_cost_per_request": 10})
+	id := write(t, root, "keybroker/keys/llm", map[string]interface{}{"name": "victim"}).Data["key_id"].(string)
+	repo, err := vaultserver.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	policy, err := os.ReadFile(repo + "/examples/keybroker-sidecar-policy.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := v.LoginAs(ctxT(t), "verifier-a", string(policy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := v.LoginAs(ctxT(t), "verifier-b", string(policy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := write(t, a, "keybroker/budget/reserve", map[string]interface{}{"id": id, "units": 50, "min_units": 50}).Data["reservation_id"].(string)
+	write(t, a, "keybroker/budget/report", map[string]interface{}{"reservation_id": res, "used": 20})
+	used, reserved, _ := spend(t, root, id)
+	for _, data := range []map[string]interface{}{
+		{"reservation_id": res, "used": 999999},
+		{"reservation_id": res, "used": 20, "release": true},
+	} {
+		if _, err := b.Logical().WriteWithContext(ctxT(t), "keybroker/budget/report", data); statusOf(err) != http.StatusForbidden {
+			t.Fatalf("another identity's report %v: %v, want 403", data, err)
+		}
+	}
+	if u, r, _ := spend(t, root, id); u != used || r != reserved {
+		t.Fatalf("counters moved: used %d->%d reserved %d->%d", used, u, reserved, r)
+	}
+	own := write(t, b, "keybroker/budget/reserve", map[string]interface{}{"id": id, "units": 5, "min_units": 5, "reservation_id": res}).Data["reservation_id"].(string)
+	if own == res {
+		t.Fatal("another identity topped up the reservation")
+	}
+	if d := write(t, b, "keybroker/budget/report", map[string]interface{}{"reservation_id": own, "used": 999999, "release": true}).Data; d["capped"] != true {
+		t.Fatalf("an over-large report: %v", d)
+	}
+	if u, _, _ := spend(t, root, id); u != used+5+10 {
+		t.Fatalf("a verifier's own reservation of 5 recorded %d units; the cap is 15", u-used)
+	}
+	tenant := read(t, root, "keybroker/tenants/acme", nil).Data
+	if fmt.Sprint(tenant["used"]) != fmt.Sprint(used+15) {
+		t.Fatalf("tenant used %v, want %d", tenant["used"], used+15)
+	}
+	// The owner still reports and releases.
+	write(t, a, "keybroker/budget/report", map[string]interface{}{"reservation_id": res, "used": 30, "release": true})
+	if u, r, _ := spend(t, root, id); u != used+15+10 || r != 0 {
+		t.Fatalf("after the owner's release: used %d reserved %d", u, r)
+	}
+}
