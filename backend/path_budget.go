@@ -159,6 +159,17 @@ func (b *backend) loadMeter(ctx context.Context, s logical.Storage, id string) (
 			return nil, "", err
 		}
 	}
+	if m != nil && m.MaxCost == 0 && apikey.ValidateID(id) {
+		// A meter stored before it kept max_cost_per_request: take it from
+		// the key, so the cap on reports is the key's (saved with the meter).
+		k, err := b.getKey(ctx, s, id)
+		if err != nil {
+			return nil, "", err
+		}
+		if k != nil {
+			m.MaxCost = k.MaxCost
+		}
+	}
 	if m == nil && apikey.ValidateID(id) {
 		k, err := b.getKey(ctx, s, id)
 		if err != nil || k == nil || (k.Budget == 0 && k.Tenant == "") {
