@@ -209,6 +209,19 @@ func (b *backend) metered(ctx context.Context, s logical.Storage, l limits, tena
 	return t != nil, err
 }
 
+// extendMeter moves the expiry of credential id's meter, if it has one, to
+// at least exp.
+func (b *backend) extendMeter(ctx context.Context, s logical.Storage, id string, exp time.Time) error {
+	b.budgetMu.Lock()
+	defer b.budgetMu.Unlock()
+	m, err := getJSON[meter](ctx, s, meterPrefix+id)
+	if err != nil || m == nil || !m.ExpiresAt.Before(exp) {
+		return err
+	}
+	m.ExpiresAt = exp
+	return putJSON(ctx, s, meterPrefix+id, m)
+}
+
 // meterToken keeps the meter of a new JWT: its own, or a link to its refresh
 // family's, which lives as long as the family's newest token.
 func (b *backend) meterToken(ctx context.Context, s logical.Storage, jti, familyID string, g grant, exp time.Time) error {
@@ -266,7 +279,19 @@ func (b *backend) pathBudgetReserve(ctx context.Context, req *logical.Request, d
 	if m == nil {
 		return logical.ErrorResponse("no budget is kept for %q: not a metered credential, or expired and tidied", id), nil
 	}
-	if !now.Before(m.ExpiresAt) {
+	expires := m.ExpiresAt
+	if apikey.ValidateID(id) {
+		// The key is the authority on its lifetime (renewals move it).
+		k, err := b.getKey(ctx, req.Storage, id)
+		if err != nil {
+			return nil, err
+		}
+		if k != nil {
+			expires = k.ExpiresAt
+			m.ExpiresAt = maxTime(m.ExpiresAt, k.ExpiresAt)
+		}
+	}
+	if !now.Before(expires) {
 		return logical.ErrorResponse("credential %q has expired", id), nil
 	}
 	// A verifier whose revocation feed lags must still not spend for a

@@ -419,3 +419,62 @@ func TestIdleReservationsStopRenewing(t *testing.T) {
 		t.Fatalf("a report with use did not renew: %v", err)
 	}
 }
+
+// A renewed key spends from the same meter: reserve follows the key's own
+// expiry, renewal moves the meter's, and neither resets its spend.
+func TestRenewedKeyKeepsItsMeter(t *testing.T) {
+	e := newTestEnv(t)
+	e.ok(logical.UpdateOperation, "roles/r", map[string]interface{}{"scopes": "read", "budget": 100})
+	id := e.ok(logical.UpdateOperation, "keys/r", map[string]interface{}{"name": "k"}).Data["key_id"].(string)
+	res := e.reserve(id, 10).Data["reservation_id"].(string)
+	e.report(res, 7, true)
+
+	// The meter as stored before renewal: expiring now, as the key did.
+	m, err := getJSON[meter](context.Background(), e.storage, meterPrefix+id)
+	if err != nil || m == nil {
+		t.Fatalf("meter: %v %v", m, err)
+	}
+	m.ExpiresAt = time.Now().Add(-time.Second)
+	if err := putJSON(context.Background(), e.storage, meterPrefix+id, m); err != nil {
+		t.Fatal(err)
+	}
+	// The key itself still lives (it was renewed): reserve follows it.
+	e.reserve(id, 10)
+	if got := e.spend("budget/" + id); got[1] != 7 {
+		t.Fatalf("after renewal: used %d, want 7 (not reset)", got[1])
+	}
+	// Renewal moves the meter's expiry.
+	later := time.Now().Add(72 * time.Hour).UTC()
+	if err := e.b.extendMeter(context.Background(), e.storage, id, later); err != nil {
+		t.Fatal(err)
+	}
+	if m, _ := getJSON[meter](context.Background(), e.storage, meterPrefix+id); !m.ExpiresAt.Equal(later) {
+		t.Fatalf("meter expires %s, want %s", m.ExpiresAt, later)
+	}
+}
+
+// Tidy removes a meter only once its credential expired and its period
+// ended; until then a refreshed family or renewed key keeps its spend.
+func TestTidyKeepsMetersUntilTheirPeriodEnds(t *testing.T) {
+	e := newTestEnv(t)
+	e.ok(logical.UpdateOperation, "roles/r", map[string]interface{}{"scopes": "read", "budget": 100, "budget_period": "24h", "ttl": "1m"})
+	id := e.ok(logical.UpdateOperation, "keys/r", map[string]interface{}{"name": "k"}).Data["key_id"].(string)
+	e.report(e.reserve(id, 10).Data["reservation_id"].(string), 4, true)
+	m, _ := getJSON[meter](context.Background(), e.storage, meterPrefix+id)
+	periodEnd := m.PeriodStart.Add(m.Period)
+	afterExpiry := m.ExpiresAt.Add(time.Second)
+	if afterExpiry.Before(periodEnd) {
+		if _, err := e.b.tidy(context.Background(), e.storage, afterExpiry); err != nil {
+			t.Fatal(err)
+		}
+		if m, _ := getJSON[meter](context.Background(), e.storage, meterPrefix+id); m == nil || m.Used != 4 {
+			t.Fatalf("tidy after expiry, within the period, removed the meter: %+v", m)
+		}
+	}
+	if _, err := e.b.tidy(context.Background(), e.storage, maxTime(periodEnd, afterExpiry).Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if m, _ := getJSON[meter](context.Background(), e.storage, meterPrefix+id); m != nil {
+		t.Fatalf("tidy after the period ended kept the meter: %+v", m)
+	}
+}

@@ -72,8 +72,11 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage, now time.Time) (t
 	}); err != nil {
 		return st, err
 	}
+	// A meter goes only when its credential has expired and its period
+	// has ended: before that, deleting it would hand a refreshed family
+	// (or a renewed key) a fresh budget within the same period.
 	if st.MetersDeleted, err = tidyPrefix(ctx, s, meterPrefix, func(m *meter) bool {
-		return !now.Before(m.ExpiresAt)
+		return !now.Before(m.ExpiresAt) && !now.Before(m.PeriodStart.Add(m.Period))
 	}); err != nil {
 		return st, err
 	}

@@ -61,6 +61,11 @@ func (b *backend) renewAPIKey(ctx context.Context, req *logical.Request, _ *fram
 	if err := b.putKey(ctx, req.Storage, k); err != nil {
 		return nil, err
 	}
+	// The key's meter lives as long as the key: a renewed key keeps
+	// spending from the same budget, neither refused nor reset.
+	if err := b.extendMeter(ctx, req.Storage, id, k.ExpiresAt); err != nil {
+		return nil, err
+	}
 	resp := &logical.Response{Secret: req.Secret}
 	resp.Secret.TTL = ttl
 	resp.Secret.MaxTTL = r.MaxTTL

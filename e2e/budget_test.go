@@ -334,3 +334,56 @@ func TestBudgetReservationOwnership(t *testing.T) {
 		t.Fatalf("after the owner's release: used %d reserved %d", u, r)
 	}
 }
+
+// A metered key renewed mid-period keeps spending through a sidecar past its
+// first expiry, from the same budget: no 503, no reset.
+func TestBudgetSurvivesRenewal(t *testing.T) {
+	v := vaultserver.StartT(t)
+	setupRoles(t, v)
+	root := v.Client
+	write(t, root, "keybroker/roles/llm", map[string]interface{}{"scopes": "read", "budget": 1000, "ttl": "3s", "max_ttl": "1h"})
+	minted := write(t, root, "keybroker/keys/llm", map[string]interface{}{"name": "renewed"})
+	key, keyID := minted.Data["key"].(string), minted.Data["key_id"].(string)
+	e := startSidecar(t, v, nil)
+	for i := 0; i < 3; i++ {
+		if r := call(t, e.proxy, "GET", "/read", bearer(key), ""); r.status != 200 {
+			t.Fatalf("before renewal: %d %s", r.status, r.body)
+		}
+	}
+	if _, err := root.Sys().RenewWithContext(ctxT(t), minted.LeaseID, 600); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3500 * time.Millisecond) // past the first expiry
+	// More than the sidecar's first chunk (10 units): it must reserve again.
+	for i := 0; i < 15; i++ {
+		if r := call(t, e.proxy, "GET", "/read", bearer(key), ""); r.status != 200 {
+			t.Fatalf("after renewal, past the first expiry: %d %s (%s)", r.status, r.header.Get("X-Keybroker-Reason"), r.body)
+		}
+	}
+	e.stop()
+	if used, _, _ := spend(t, root, keyID); used != 18 {
+		t.Fatalf("used %d, want 18: the budget was reset or lost use", used)
+	}
+}
+
+// A refresh family left idle past its newest token's expiry, and tidied,
+// keeps its spend when it is refreshed within the period.
+func TestBudgetSurvivesIdleRefreshAndTidy(t *testing.T) {
+	v := vaultserver.StartT(t)
+	root := v.Client
+	write(t, root, "keybroker/roles/agent", map[string]interface{}{"audiences": "api", "refresh_ttl": "1h", "token_ttl": "2s", "budget": 1000})
+	agent, err := v.LoginAs(ctxT(t), "agent", agentPolicy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := write(t, agent, "keybroker/token/agent", nil)
+	jti := first.Data["jti"].(string)
+	res := write(t, root, "keybroker/budget/reserve", map[string]interface{}{"id": jti, "units": 100, "min_units": 100}).Data["reservation_id"].(string)
+	write(t, root, "keybroker/budget/report", map[string]interface{}{"reservation_id": res, "used": 40, "release": true})
+	time.Sleep(2500 * time.Millisecond) // the family's newest token has expired
+	write(t, root, "keybroker/tidy", nil)
+	second := write(t, agent, "keybroker/token/refresh", map[string]interface{}{"refresh_token": first.Data["refresh_token"]})
+	if used, _, remaining := spend(t, root, second.Data["jti"].(string)); used != 40 || remaining != 960 {
+		t.Fatalf("after an idle refresh and tidy: used %d remaining %d, want 40 and 960", used, remaining)
+	}
+}
