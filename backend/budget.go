@@ -119,6 +119,31 @@ func validateBudgetPeriod(p time.Duration) error {
 
 // narrow returns the limits for one credential: the request may ask for a
 // smaller budget (field "budget") than the role's, never a larger one.
+// within returns l no looser than the role's limits r, for a refresh: a
+// budget, cost or rate the role now caps lower is lowered to it, and one the
+// role now sets where l had none is taken.
+func (l limits) within(r limits) limits {
+	if r.Budget > 0 && (l.Budget == 0 || l.Budget > r.Budget) {
+		if l.Budget == 0 {
+			l.BudgetPeriod = r.BudgetPeriod
+		}
+		l.Budget = r.Budget
+	}
+	if r.MaxCost > 0 && (l.MaxCost == 0 || l.MaxCost > r.MaxCost) {
+		l.MaxCost = r.MaxCost
+	}
+	if l.Budget > 0 && l.MaxCost > l.Budget {
+		l.MaxCost = l.Budget
+	}
+	if r.RateLimit > 0 && (l.RateLimit == 0 || l.RateLimit > r.RateLimit) {
+		l.RateLimit = r.RateLimit
+	}
+	if r.RateBurst > 0 && (l.RateBurst == 0 || l.RateBurst > r.RateBurst) {
+		l.RateBurst = r.RateBurst
+	}
+	return l
+}
+
 func (l limits) narrow(roleName string, d *framework.FieldData) (limits, error) {
 	v, ok := d.GetOk("budget")
 	if !ok {

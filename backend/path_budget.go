@@ -241,6 +241,14 @@ func (b *backend) meterToken(ctx context.Context, s logical.Storage, jti, family
 	if fm == nil {
 		fm = own
 	}
+	// A refresh narrowed to a role that now allows less: the family's
+	// meter follows (it never widens).
+	if g.Budget > 0 && (fm.Limit == 0 || g.Budget < fm.Limit) {
+		fm.Limit = g.Budget
+	}
+	if g.MaxCost > 0 && (fm.MaxCost == 0 || g.MaxCost < fm.MaxCost) {
+		fm.MaxCost = g.MaxCost
+	}
 	fm.ExpiresAt = maxTime(fm.ExpiresAt, exp)
 	if err := putJSON(ctx, s, meterPrefix+familyID, fm); err != nil {
 		return err

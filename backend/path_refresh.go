@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/subtle"
 	"fmt"
+	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -38,6 +40,9 @@ type family struct {
 	Refresh   []string             `json:"refresh"`
 	RevokedAt time.Time            `json:"revoked_at,omitzero"`
 	ExpiresAt time.Time            `json:"expires_at"` // when nothing in it is live
+	// CreatedAt is the family's first mint: the role's refresh_max_ttl
+	// counts from it.
+	CreatedAt time.Time `json:"created_at,omitzero"`
 }
 
 func pathRefresh(b *backend) *framework.Path {
@@ -68,7 +73,7 @@ may refresh it.`,
 // newRefreshToken stores a refresh token for g in family, recording the
 // access token (internal lease data) it was issued with. The caller holds
 // refreshMu.
-func (b *backend) newRefreshToken(ctx context.Context, s logical.Storage, g grant, familyID string, access map[string]interface{}, ttl time.Duration) (string, error) {
+func (b *backend) newRefreshToken(ctx context.Context, s logical.Storage, g grant, familyID string, access map[string]interface{}, ttl, familyTTL time.Duration) (string, error) {
 	var token, id string
 	for attempt := 0; ; attempt++ {
 		var err error
@@ -87,18 +92,20 @@ func (b *backend) newRefreshToken(ctx context.Context, s logical.Storage, g gran
 		}
 	}
 	now := time.Now().UTC()
-	h := apikey.Hash(token)
-	entry := refreshEntry{ID: id, Hash: h[:], Family: familyID, Grant: g, ExpiresAt: now.Add(ttl)}
-	if err := putJSON(ctx, s, refreshPrefix+id, entry); err != nil {
-		return "", err
-	}
-
 	f, err := getJSON[family](ctx, s, familyPrefix+familyID)
 	if err != nil {
 		return "", err
 	}
 	if f == nil {
-		f = &family{ID: familyID, JTIs: map[string]time.Time{}}
+		f = &family{ID: familyID, JTIs: map[string]time.Time{}, CreatedAt: now}
+	}
+	if f.CreatedAt.IsZero() {
+		f.CreatedAt = now // a family from before families had an age
+	}
+	h := apikey.Hash(token)
+	entry := refreshEntry{ID: id, Hash: h[:], Family: familyID, Grant: g, ExpiresAt: minTime(now.Add(ttl), f.CreatedAt.Add(familyTTL))}
+	if err := putJSON(ctx, s, refreshPrefix+id, entry); err != nil {
+		return "", err
 	}
 	jti, _ := access["jti"].(string)
 	exp, err := internalUnix(access["exp"])
@@ -154,6 +161,9 @@ func (b *backend) pathRefreshWrite(ctx context.Context, req *logical.Request, d 
 	if f == nil || !f.RevokedAt.IsZero() {
 		return logical.ErrorResponse("refresh_token's family was revoked; mint a new token"), nil
 	}
+	if req.EntityID == "" {
+		return logical.ErrorResponse("refreshing needs a Vault entity: tokens without one (root, orphan tokens) share one identity"), nil
+	}
 	if entry.Grant.EntityID != req.EntityID {
 		return logical.ErrorResponse("refresh_token was issued to another Vault identity"), nil
 	}
@@ -175,23 +185,97 @@ func (b *backend) pathRefreshWrite(ctx context.Context, req *logical.Request, d 
 	if r.RefreshTTL == 0 {
 		return logical.ErrorResponse("role %q no longer allows refresh tokens", entry.Grant.Role), nil
 	}
-	if missing := subset(entry.Grant.Scopes, r.Scopes); len(missing) > 0 {
-		return logical.ErrorResponse("role %q no longer allows scopes %v; mint a new token", entry.Grant.Role, missing), nil
+	if !f.CreatedAt.IsZero() && !time.Now().Before(f.CreatedAt.Add(r.familyMaxTTL())) {
+		return logical.ErrorResponse("refresh_token's family is older than role %q's refresh_max_ttl (%s); mint a new token", entry.Grant.Role, r.familyMaxTTL()), nil
+	}
+	// The role as it is now, not as it was at mint: a refresh gets no more
+	// than a new mint would.
+	g, msg := narrowGrant(entry.Grant, r)
+	if msg != "" {
+		return logical.ErrorResponse("role %q %s; mint a new token", entry.Grant.Role, msg), nil
 	}
 	entry.SpentAt = time.Now().UTC()
 	if err := putJSON(ctx, req.Storage, refreshPrefix+entry.ID, entry); err != nil {
 		return nil, err
 	}
-	resp, err := b.issueToken(ctx, req, entry.Grant, r.TokenTTL, entry.Family)
+	ttl := r.TokenTTL
+	if end := f.CreatedAt.Add(r.familyMaxTTL()); !f.CreatedAt.IsZero() && time.Until(end) < ttl {
+		ttl = time.Until(end).Truncate(time.Second) // nothing of the family outlives it
+	}
+	if ttl < time.Second {
+		return logical.ErrorResponse("refresh_token's family reaches role %q's refresh_max_ttl now; mint a new token", entry.Grant.Role), nil
+	}
+	resp, err := b.issueToken(ctx, req, g, ttl, entry.Family)
 	if err != nil || resp.IsError() {
 		return resp, err
 	}
-	rt, err := b.newRefreshToken(ctx, req.Storage, entry.Grant, entry.Family, resp.Secret.InternalData, r.RefreshTTL)
+	rt, err := b.newRefreshToken(ctx, req.Storage, g, entry.Family, resp.Secret.InternalData, r.RefreshTTL, r.familyMaxTTL())
 	if err != nil {
 		return nil, err
 	}
 	resp.Data["refresh_token"] = rt
 	return resp, nil
+}
+
+// narrowGrant returns g as role r allows it now: audiences and CIDRs
+// intersected with the role's, limits no looser than the role's. msg says
+// why g cannot be renewed at all (a scope or tenant the role no longer
+// has, no audience or CIDR left).
+func narrowGrant(g grant, r *role) (grant, string) {
+	if missing := subset(g.Scopes, r.Scopes); len(missing) > 0 {
+		return g, fmt.Sprintf("no longer allows scopes %v", missing)
+	}
+	if g.Tenant != r.Tenant {
+		return g, "has another tenant now"
+	}
+	var aud []string
+	for _, a := range g.Audiences {
+		if slices.Contains(r.Audiences, a) {
+			aud = append(aud, a)
+		}
+	}
+	if len(aud) == 0 {
+		return g, fmt.Sprintf("no longer allows audience %v", g.Audiences)
+	}
+	g.Audiences = aud
+	cidrs, err := intersectCIDRs(g.CIDRs, r.BoundCIDRs)
+	if err != nil || (len(cidrs) == 0 && (len(g.CIDRs) > 0 || len(r.BoundCIDRs) > 0)) {
+		return g, "no longer allows the token's CIDRs"
+	}
+	g.CIDRs = cidrs
+	g.limits = g.limits.within(r.limits)
+	return g, ""
+}
+
+// intersectCIDRs is the blocks of a that lie within b, and of b within a;
+// an empty side allows everything.
+func intersectCIDRs(a, b []string) ([]string, error) {
+	switch {
+	case len(a) == 0:
+		return b, nil
+	case len(b) == 0:
+		return a, nil
+	}
+	pa, err := parseCIDRs("cidrs", a)
+	if err != nil {
+		return nil, err
+	}
+	pb, err := parseCIDRs("cidrs", b)
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Prefix
+	for _, p := range pa {
+		if len(narrows([]netip.Prefix{p}, pb)) == 0 {
+			out = append(out, p)
+		}
+	}
+	for _, p := range pb {
+		if len(narrows([]netip.Prefix{p}, pa)) == 0 && !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return cidrStrings(out), nil
 }
 
 // revokeFamilyLocked revokes every live access token of a family and stops

@@ -2,7 +2,9 @@ package backend
 
 import (
 	"context"
+	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -119,4 +121,80 @@ func TestTidyRefreshState(t *testing.T) {
 			t.Fatalf("tidy left %v", left)
 		}
 	}
+}
+
+// A refresh gets no more than a new mint would: the role as it is now
+// narrows audiences, CIDRs and limits, and a family has an absolute life.
+func TestRefreshFollowsTheRoleNow(t *testing.T) {
+	e := newJWTEnv(t, map[string]interface{}{"refresh_ttl": "10m", "refresh_max_ttl": "1h", "bound_cidrs": "", "budget": 100, "max_cost_per_request": 10})
+	first := e.ok(logical.UpdateOperation, "token/agent", nil)
+	refresh := func(rt interface{}) *logical.Response {
+		return e.do(logical.UpdateOperation, "token/refresh", map[string]interface{}{"refresh_token": rt})
+	}
+	// The operator narrows the role.
+	e.ok(logical.UpdateOperation, "roles/agent", map[string]interface{}{"audiences": "billing", "bound_cidrs": "10.1.0.0/16", "budget": 50, "max_cost_per_request": 5})
+	second := refresh(first.Data["refresh_token"])
+	if second.IsError() {
+		t.Fatalf("refresh: %v", second.Error())
+	}
+	c, err := e.offline(second.Data["token"].(string), "billing")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual([]string(c.Audience), []string{"billing"}) || !reflect.DeepEqual(c.CIDR, []string{"10.1.0.0/16"}) || c.Budget == nil || c.Budget.Units != 50 || c.Budget.MaxCost != 5 {
+		t.Fatalf("refreshed claims: aud %v cidr %v budget %+v", c.Audience, c.CIDR, c.Budget)
+	}
+	if d := e.ok(logical.ReadOperation, "budget/"+c.ID, nil).Data; d["limit"] != int64(50) {
+		t.Fatalf("the family's meter kept limit %v", d["limit"])
+	}
+	// What the role no longer allows at all ends the family's refreshes.
+	for _, tc := range []struct {
+		change map[string]interface{}
+		want   string
+	}{
+		{map[string]interface{}{"audiences": "search"}, "no longer allows audience"},
+		{map[string]interface{}{"tenant": "other"}, "another tenant"},
+		{map[string]interface{}{"bound_cidrs": "192.168.0.0/16"}, "CIDRs"},
+	} {
+		e.ok(logical.UpdateOperation, "roles/agent", map[string]interface{}{"audiences": "billing", "tenant": "acme", "bound_cidrs": "10.1.0.0/16"})
+		again := e.ok(logical.UpdateOperation, "token/agent", nil)
+		e.ok(logical.UpdateOperation, "roles/agent", tc.change)
+		if r := refresh(again.Data["refresh_token"]); !r.IsError() || !strings.Contains(r.Error().Error(), tc.want) {
+			t.Errorf("role change %v: refresh %v, want an error about %q", tc.change, r.Data, tc.want)
+		}
+	}
+}
+
+// A family lives at most refresh_max_ttl from its first mint, and lowering
+// it reaches existing families.
+func TestRefreshFamilyHasAnAbsoluteLife(t *testing.T) {
+	e := newJWTEnv(t, map[string]interface{}{"refresh_ttl": "10m", "refresh_max_ttl": "1h"})
+	first := e.ok(logical.UpdateOperation, "token/agent", nil)
+	age := func(d time.Duration) {
+		for _, path := range e.storageKeys(familyPrefix) {
+			f, _ := getJSON[family](context.Background(), e.storage, path)
+			f.CreatedAt = time.Now().Add(-d)
+			if err := putJSON(context.Background(), e.storage, path, f); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	age(30 * time.Minute)
+	second := e.ok(logical.UpdateOperation, "token/refresh", map[string]interface{}{"refresh_token": first.Data["refresh_token"]})
+	e.ok(logical.UpdateOperation, "roles/agent", map[string]interface{}{"refresh_max_ttl": "20m"})
+	e.userError(logical.UpdateOperation, "token/refresh", map[string]interface{}{"refresh_token": second.Data["refresh_token"]}, "older than role \"agent\"'s refresh_max_ttl")
+	e.userError(logical.UpdateOperation, "roles/agent", map[string]interface{}{"refresh_max_ttl": "5m"}, "must be at least refresh_ttl")
+}
+
+// Callers without a Vault entity share one identity: they get no refresh
+// token, and cannot refresh one.
+func TestEntitylessCallersCannotRefresh(t *testing.T) {
+	e := newJWTEnv(t, map[string]interface{}{"refresh_ttl": "10m"})
+	withEntity := e.ok(logical.UpdateOperation, "token/agent", nil)
+	e.entityID = ""
+	resp := e.ok(logical.UpdateOperation, "token/agent", nil)
+	if _, ok := resp.Data["refresh_token"]; ok || len(resp.Warnings) == 0 {
+		t.Fatalf("entity-less mint: refresh_token %v, warnings %v", resp.Data["refresh_token"], resp.Warnings)
+	}
+	e.userError(logical.UpdateOperation, "token/refresh", map[string]interface{}{"refresh_token": withEntity.Data["refresh_token"]}, "needs a Vault entity")
 }

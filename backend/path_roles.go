@@ -35,6 +35,9 @@ type role struct {
 	TokenMaxTTL time.Duration `json:"token_max_ttl"`
 	Subject     string        `json:"subject"`
 	RefreshTTL  time.Duration `json:"refresh_ttl"`
+	// RefreshMaxTTL bounds a refresh family's whole life, from its first
+	// mint: refreshing cannot keep a grant alive forever.
+	RefreshMaxTTL time.Duration `json:"refresh_max_ttl,omitempty"`
 
 	// Budgets and rate limits, copied into each credential.
 	limits
@@ -84,23 +87,35 @@ func (r *role) responseData() map[string]interface{} {
 		md = map[string]string{}
 	}
 	data := map[string]interface{}{
-		"scopes":         nonNil(r.Scopes),
-		"default_scopes": nonNil(r.defaultScopes()),
-		"ttl":            int64(r.TTL.Seconds()),
-		"max_ttl":        int64(r.MaxTTL.Seconds()),
-		"bound_cidrs":    nonNil(r.BoundCIDRs),
-		"tenant":         r.Tenant,
-		"key_prefix":     r.KeyPrefix,
-		"orphan":         r.Orphan,
-		"metadata":       md,
-		"audiences":      nonNil(r.Audiences),
-		"token_ttl":      int64(r.TokenTTL.Seconds()),
-		"token_max_ttl":  int64(r.TokenMaxTTL.Seconds()),
-		"subject":        r.Subject,
-		"refresh_ttl":    int64(r.RefreshTTL.Seconds()),
+		"scopes":          nonNil(r.Scopes),
+		"default_scopes":  nonNil(r.defaultScopes()),
+		"ttl":             int64(r.TTL.Seconds()),
+		"max_ttl":         int64(r.MaxTTL.Seconds()),
+		"bound_cidrs":     nonNil(r.BoundCIDRs),
+		"tenant":          r.Tenant,
+		"key_prefix":      r.KeyPrefix,
+		"orphan":          r.Orphan,
+		"metadata":        md,
+		"audiences":       nonNil(r.Audiences),
+		"token_ttl":       int64(r.TokenTTL.Seconds()),
+		"token_max_ttl":   int64(r.TokenMaxTTL.Seconds()),
+		"subject":         r.Subject,
+		"refresh_ttl":     int64(r.RefreshTTL.Seconds()),
+		"refresh_max_ttl": int64(r.familyMaxTTL().Seconds()),
 	}
 	r.limits.responseData(data)
 	return data
+}
+
+// defaultRefreshMaxTTL is a family's longest life when the role sets none.
+const defaultRefreshMaxTTL = 24 * time.Hour
+
+// familyMaxTTL is the role's refresh_max_ttl, or the default.
+func (r *role) familyMaxTTL() time.Duration {
+	if r.RefreshMaxTTL > 0 {
+		return r.RefreshMaxTTL
+	}
+	return max(defaultRefreshMaxTTL, r.RefreshTTL)
 }
 
 func nonNil(s []string) []string {
@@ -172,7 +187,11 @@ func pathRoles(b *backend) []*framework.Path {
 		},
 		"refresh_ttl": {
 			Type:        framework.TypeDurationSecond,
-			Description: "Lifetime of refresh tokens issued with agent JWTs; 0 (default) issues none.",
+			Description: "Lifetime of refresh tokens issued with agent JWTs; 0 (default) issues none. Only callers with a Vault entity get refresh tokens.",
+		},
+		"refresh_max_ttl": {
+			Type:        framework.TypeDurationSecond,
+			Description: "Longest life of a refresh family, from its first mint; no refresh after it. Lowering it reaches existing families. Default: 24h; at least refresh_ttl.",
 		},
 	}
 	for k, f := range limitFields() {
@@ -298,6 +317,12 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 	}
 	if v, ok := d.GetOk("refresh_ttl"); ok {
 		r.RefreshTTL = time.Duration(v.(int)) * time.Second
+	}
+	if v, ok := d.GetOk("refresh_max_ttl"); ok {
+		r.RefreshMaxTTL = time.Duration(v.(int)) * time.Second
+	}
+	if r.RefreshMaxTTL < 0 || (r.RefreshTTL > 0 && r.familyMaxTTL() < r.RefreshTTL) {
+		return logical.ErrorResponse("refresh_max_ttl (%s) must be at least refresh_ttl (%s)", r.familyMaxTTL(), r.RefreshTTL), nil
 	}
 	r.limits.setFromRequest(d)
 	r.applyDefaults()

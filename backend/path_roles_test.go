@@ -35,6 +35,7 @@ func TestRoleCRUD(t *testing.T) {
 		"token_max_ttl":        int64(3600),
 		"subject":              "entity_id",
 		"refresh_ttl":          int64(0),
+		"refresh_max_ttl":      int64(86400),
 		"budget":               int64(0),
 		"budget_period":        int64(86400),
 		"max_cost_per_request": int64(1),

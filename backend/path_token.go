@@ -108,8 +108,11 @@ func (b *backend) pathTokenMint(ctx context.Context, req *logical.Request, d *fr
 		return nil, fmt.Errorf("calculating ttl: %w", err)
 	}
 
+	// Refresh needs an identity to bind the family to: callers without an
+	// entity (root, orphan tokens) all look alike.
+	refresh := r.RefreshTTL > 0 && req.EntityID != ""
 	family := ""
-	if r.RefreshTTL > 0 {
+	if refresh {
 		if family, err = uuid.GenerateUUID(); err != nil {
 			return nil, fmt.Errorf("generating family id: %w", err)
 		}
@@ -118,14 +121,16 @@ func (b *backend) pathTokenMint(ctx context.Context, req *logical.Request, d *fr
 	if err != nil || resp.IsError() {
 		return resp, err
 	}
-	if r.RefreshTTL > 0 {
+	if refresh {
 		b.refreshMu.Lock()
 		defer b.refreshMu.Unlock()
-		rt, err := b.newRefreshToken(ctx, req.Storage, g, family, resp.Secret.InternalData, r.RefreshTTL)
+		rt, err := b.newRefreshToken(ctx, req.Storage, g, family, resp.Secret.InternalData, r.RefreshTTL, r.familyMaxTTL())
 		if err != nil {
 			return nil, err
 		}
 		resp.Data["refresh_token"] = rt
+	} else if r.RefreshTTL > 0 {
+		resp.AddWarning("no refresh_token: the caller has no Vault entity (a root or orphan token), and refresh tokens are bound to one")
 	}
 	for _, w := range warnings {
 		resp.AddWarning(w)
