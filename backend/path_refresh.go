@@ -60,13 +60,16 @@ func pathRefresh(b *backend) *framework.Path {
 			logical.UpdateOperation: &framework.PathOperation{Callback: b.pathRefreshWrite},
 		},
 		HelpSynopsis: "Exchange a refresh token for a new access token and refresh token.",
-		HelpDescription: `Each refresh token can be used once. The new access token carries the same
-role, scopes, audience, cidr and sub as the first; the new refresh token lives
-refresh_ttl from now. Presenting a spent refresh token again is treated as
-theft: every access token of its family is revoked (each jti lands in
+		HelpDescription: `Each refresh token can be used once. The new access token carries the first's
+role, scopes and sub, with audiences, cidr and limits narrowed to what the
+role allows now (a scope, tenant, audience or CIDR the role no longer allows
+at all ends the family's refreshes); the new refresh token lives refresh_ttl
+from now. Nothing of a family outlives the role's refresh_max_ttl from its
+first mint. Presenting a spent refresh token again is treated as theft: every
+access token of its family is revoked (each jti lands in
 keybroker/revocations), no refresh token of the family works again, and the
 request fails saying so. Only the Vault identity the family was minted for
-may refresh it.`,
+may refresh it, and only callers with a Vault entity may refresh.`,
 	}
 }
 
