@@ -167,19 +167,40 @@ func (sc *Sidecar) decide(ctx context.Context, r request) decision {
 	return allowed
 }
 
-// rateAllow takes one request from the credential's token bucket, or says
-// how long until one is free.
+// rateAllow takes one request from the bucket of the credential's lineage,
+// or says how long until one is free. An API key's lineage is its key_id; a
+// JWT's is its subject within its role, so a new or refreshed token does not
+// bring a fresh bucket. Tokens of one lineage may carry different limits
+// (narrowed at mint or refresh): the bucket keeps the strictest it has seen.
 func (sc *Sidecar) rateAllow(id *identity) (time.Duration, bool) {
-	lim, ok := sc.limiters.Get(id.id)
+	key := id.lineage()
+	lim, ok := sc.limiters.Get(key)
+	perSecond, burst := rate.Limit(id.rate.PerSecond), max(1, id.rate.Burst)
 	if !ok {
-		lim = rate.NewLimiter(rate.Limit(id.rate.PerSecond), max(1, id.rate.Burst))
-		sc.limiters.Add(id.id, lim)
+		lim = rate.NewLimiter(perSecond, burst)
+		if prev, found, _ := sc.limiters.PeekOrAdd(key, lim); found {
+			lim = prev
+		}
+	}
+	if perSecond < lim.Limit() {
+		lim.SetLimit(perSecond)
+	}
+	if burst < lim.Burst() {
+		lim.SetBurst(burst)
 	}
 	if lim.Allow() {
 		return 0, true
 	}
-	wait := (1 - lim.Tokens()) / id.rate.PerSecond
+	wait := (1 - lim.Tokens()) / float64(lim.Limit())
 	return time.Duration(wait * float64(time.Second)), false
+}
+
+// lineage is what a credential's rate limit is kept by.
+func (id *identity) lineage() string {
+	if id.jwt {
+		return "jwt\x00" + id.role + "\x00" + id.subject
+	}
+	return "key\x00" + id.id
 }
 
 func prefixesAllow(cidrs []netip.Prefix, ip netip.Addr) bool {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/keybroker/keybroker/apikey"
+	"github.com/keybroker/keybroker/jwtverify"
 )
 
 func TestCanonicalPath(t *testing.T) {
@@ -254,5 +255,31 @@ func TestProxyIdentityHeaders(t *testing.T) {
 	}
 	if _, ok := seen["X-Keybroker-Key-Id"]; ok {
 		t.Errorf("JWT: upstream got an empty Key-Id")
+	}
+}
+
+// Rate limits follow the lineage: a second token of the same subject and
+// role (a refresh, a new mint) shares the first's bucket, and a looser one
+// does not loosen it.
+func TestRateLimitFollowsLineage(t *testing.T) {
+	f := newFixture(t, nil)
+	a := &identity{jwt: true, id: "jti-1", role: "agent", subject: "entity-1", rate: &jwtverify.RateLimit{PerSecond: 0.001, Burst: 2}}
+	b := &identity{jwt: true, id: "jti-2", role: "agent", subject: "entity-1", rate: &jwtverify.RateLimit{PerSecond: 100, Burst: 100}}
+	other := &identity{jwt: true, id: "jti-3", role: "agent", subject: "entity-2", rate: &jwtverify.RateLimit{PerSecond: 0.001, Burst: 2}}
+	for i, id := range []*identity{a, a} {
+		if _, ok := f.sc.rateAllow(id); !ok {
+			t.Fatalf("request %d within the burst refused", i)
+		}
+	}
+	if _, ok := f.sc.rateAllow(b); ok {
+		t.Fatal("a refreshed token of the same lineage got a fresh (or looser) bucket")
+	}
+	if _, ok := f.sc.rateAllow(other); !ok {
+		t.Fatal("another subject shares the bucket")
+	}
+	k := &identity{id: "KEYID", subject: "key:KEYID", rate: &jwtverify.RateLimit{PerSecond: 0.001, Burst: 1}}
+	f.sc.rateAllow(k)
+	if wait, ok := f.sc.rateAllow(k); ok || wait <= 0 {
+		t.Fatalf("API key over its burst: %v %v", wait, ok)
 	}
 }
