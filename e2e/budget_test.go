@@ -284,19 +284,12 @@ func TestBudgetReservationOwnership(t *testing.T) {
 	write(t, root, "keybroker/tenants/acme", map[string]interface{}{"budget": 1000})
 	write(t, root, "keybroker/roles/llm", map[string]interface{}{"scopes": "read", "tenant": "acme", "budget": 500, "max_cost_per_request": 10})
 	id := write(t, root, "keybroker/keys/llm", map[string]interface{}{"name": "victim"}).Data["key_id"].(string)
-	repo, err := vaultserver.RepoRoot()
+	policy := readExample(t, "keybroker-sidecar-policy.hcl")
+	a, err := v.LoginAs(ctxT(t), "verifier-a", policy)
 	if err != nil {
 		t.Fatal(err)
 	}
-	policy, err := os.ReadFile(repo + "/examples/keybroker-sidecar-policy.hcl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := v.LoginAs(ctxT(t), "verifier-a", string(policy))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := v.LoginAs(ctxT(t), "verifier-b", string(policy))
+	b, err := v.LoginAs(ctxT(t), "verifier-b", policy)
 	if err != nil {
 		t.Fatal(err)
 	}

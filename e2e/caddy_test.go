@@ -22,14 +22,7 @@ func TestCaddyForwardAuth(t *testing.T) {
 	setupRoles(t, v)
 	e := startSidecar(t, v, gatewayConfig("caddy"))
 
-	root, err := vaultserver.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	example, err := os.ReadFile(filepath.Join(root, "examples", "Caddyfile"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	example := readExample(t, "Caddyfile")
 	upstream, _ := url.Parse(e.upstream.URL)
 	auth, _ := url.Parse(e.auth)
 	port := freePort(t)
@@ -37,7 +30,7 @@ func TestCaddyForwardAuth(t *testing.T) {
 		":8088 {", ":"+port+" {",
 		"reverse_proxy 127.0.0.1:9000", "reverse_proxy "+upstream.Host,
 		"forward_auth 127.0.0.1:8081", "forward_auth "+auth.Host,
-	).Replace(string(example))
+	).Replace(example)
 	if !strings.Contains(conf, ":"+port+" {") || !strings.Contains(conf, "reverse_proxy "+upstream.Host) || !strings.Contains(conf, "forward_auth "+auth.Host) {
 		t.Fatal("examples/Caddyfile no longer has the ports this test rewrites")
 	}

@@ -11,7 +11,23 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/keybroker/keybroker/internal/vaultserver"
 )
+
+// readExample returns a file of examples/, as shipped.
+func readExample(t *testing.T, name string) string {
+	t.Helper()
+	root, err := vaultserver.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(root, "examples", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
 
 // findBinary looks on PATH and where Debian installs it.
 func findBinary(name string, also ...string) string {

@@ -3,8 +3,6 @@ package e2e
 import (
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -21,14 +19,7 @@ func TestNginxAuthRequest(t *testing.T) {
 	setupRoles(t, v)
 	e := startSidecar(t, v, gatewayConfig("nginx"))
 
-	root, err := vaultserver.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	example, err := os.ReadFile(filepath.Join(root, "examples", "nginx.conf"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	example := readExample(t, "nginx.conf")
 	upstream, _ := url.Parse(e.upstream.URL)
 	auth, _ := url.Parse(e.auth)
 	port := freePort(t)
@@ -36,8 +27,8 @@ func TestNginxAuthRequest(t *testing.T) {
 		"listen 8088;", "listen 127.0.0.1:"+port+";",
 		"server 127.0.0.1:9000;", "server "+upstream.Host+";",
 		"http://127.0.0.1:8081/verify", "http://"+auth.Host+"/verify",
-	).Replace(string(example))
-	if conf == string(example) {
+	).Replace(example)
+	if conf == example {
 		t.Fatal("examples/nginx.conf no longer has the ports this test rewrites")
 	}
 	base := "http://127.0.0.1:" + port

@@ -1,8 +1,6 @@
 package e2e
 
 import (
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/keybroker/keybroker/internal/vaultserver"
@@ -14,15 +12,8 @@ import (
 // plugin keeps answering.
 func TestPluginSurvivesHostileReads(t *testing.T) {
 	v := vaultserver.StartT(t)
-	root, err := vaultserver.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	policy, err := os.ReadFile(filepath.Join(root, "examples", "keybroker-sidecar-policy.hcl"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := v.LoginAs(ctxT(t), "keybroker-sidecar", string(policy))
+	policy := readExample(t, "keybroker-sidecar-policy.hcl")
+	c, err := v.LoginAs(ctxT(t), "keybroker-sidecar", policy)
 	if err != nil {
 		t.Fatal(err)
 	}

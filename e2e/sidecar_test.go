@@ -55,15 +55,8 @@ func startSidecar(t *testing.T, v *vaultserver.Server, mutate func(c *sidecar.Co
 	}))
 	t.Cleanup(e.upstream.Close)
 
-	root, err := vaultserver.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	policy, err := os.ReadFile(filepath.Join(root, "examples", "keybroker-sidecar-policy.hcl"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	roleID, secretID, err := v.AppRole(ctxT(t), "sidecar", "keybroker-sidecar", string(policy))
+	policy := readExample(t, "keybroker-sidecar-policy.hcl")
+	roleID, secretID, err := v.AppRole(ctxT(t), "sidecar", "keybroker-sidecar", policy)
 	if err != nil {
 		t.Fatal(err)
 	}
