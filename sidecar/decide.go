@@ -29,6 +29,9 @@ type identity struct {
 	expiresAt time.Time
 	budget    *jwtverify.Budget    // nil: not metered
 	rate      *jwtverify.RateLimit // nil: no rate limit
+	// lineageKey is what the rate limit is kept by, made once with the
+	// identity (which is cached), not per request.
+	lineageKey string
 }
 
 // Deny reasons, also the X-Keybroker-Reason header and the JSON body's
@@ -197,7 +200,10 @@ func (sc *Sidecar) rateAllow(id *identity) (time.Duration, bool) {
 
 // lineage is what a credential's rate limit is kept by.
 func (id *identity) lineage() string {
-	if id.jwt {
+	switch {
+	case id.lineageKey != "":
+		return id.lineageKey
+	case id.jwt:
 		return "jwt\x00" + id.role + "\x00" + id.subject
 	}
 	return "key\x00" + id.id
@@ -280,6 +286,7 @@ func (sc *Sidecar) checkJWT(ctx context.Context, token string) (*identity, decis
 		}
 		id.cidrs = append(id.cidrs, p)
 	}
+	id.lineageKey = id.lineage()
 	sc.jwts.Add(h, id)
 	return id, decision{}
 }
@@ -365,6 +372,7 @@ func (sc *Sidecar) checkKey(ctx context.Context, key string, ip netip.Addr) (*id
 		}
 		id.cidrs = append(id.cidrs, p)
 	}
+	id.lineageKey = id.lineage()
 	sc.positive.Add(h, &keyEntry{id: id, fetched: now})
 	return id, decision{}
 }
