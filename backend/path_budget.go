@@ -132,14 +132,29 @@ reservation kept without use then expires and its units come back.`,
 			Pattern: "budget/" + framework.GenericNameRegex("id"),
 			Fields: map[string]*framework.FieldSchema{
 				"id": credentialIDField,
+				"budget": {
+					Type:        framework.TypeInt64,
+					Description: fmt.Sprintf("Write only: the credential's new budget, units per period (0 to %d; 0: no per-credential ceiling, its tenant's still applies). At least its max_cost_per_request.", int64(maxUnits)),
+					Required:    true,
+				},
 			},
 			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.ReadOperation: &framework.PathOperation{Callback: b.pathBudgetRead},
+				logical.ReadOperation:   &framework.PathOperation{Callback: b.pathBudgetRead},
+				logical.UpdateOperation: &framework.PathOperation{Callback: b.pathBudgetWrite},
 			},
-			HelpSynopsis: "Read a credential's budget and spend.",
-			HelpDescription: `Shows limit (0: no per-credential ceiling), used, reserved, remaining (-1:
+			HelpSynopsis: "Read a credential's budget and spend, or change its budget.",
+			HelpDescription: `Read shows limit (0: no per-credential ceiling), used, reserved, remaining (-1:
 unlimited) and reset (when the current period ends) for the credential, and
-the same under tenant_budget when its tenant has a ceiling.`,
+the same under tenant_budget when its tenant has a ceiling.
+
+Write sets the credential's budget after mint, for this period and the next
+ones; what was used this period stays used. A lower budget shrinks the
+credential's live reservations to what is left, and each verifier learns it
+from the answer to its next report (about a second while the credential is
+busy), so spending past the new budget stops then. For a JWT of a refresh
+family the family's budget changes.
+
+    vault write keybroker/budget/<key_id or jti> budget=500`,
 		},
 	}
 }
@@ -527,8 +542,93 @@ func (b *backend) pathBudgetReport(ctx context.Context, req *logical.Request, d 
 	}
 	if !release {
 		data["expires_at"] = r.ExpiresAt.Format(time.RFC3339Nano)
+		// The reservation's units now: fewer than granted when an
+		// operator lowered the budget since.
+		data["units"] = r.Units
 	}
 	return &logical.Response{Data: data}, nil
+}
+
+func (b *backend) pathBudgetWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	id := d.Get("id").(string)
+	raw, ok := d.GetOk("budget")
+	if !ok {
+		return logical.ErrorResponse("budget is required"), nil
+	}
+	budget := raw.(int64)
+	if budget < 0 || budget > maxUnits {
+		return logical.ErrorResponse("budget must be between 0 and %d, got %d", int64(maxUnits), budget), nil
+	}
+	b.budgetMu.Lock()
+	defer b.budgetMu.Unlock()
+	m, path, err := b.loadMeter(ctx, req.Storage, id)
+	if err != nil {
+		return nil, err
+	}
+	if m == nil {
+		return logical.ErrorResponse("no budget is kept for %q: not a metered credential, or expired and tidied", id), nil
+	}
+	if budget > 0 && budget < m.MaxCost {
+		return logical.ErrorResponse("budget (%d) must be at least the credential's max_cost_per_request (%d)", budget, m.MaxCost), nil
+	}
+	now := time.Now().UTC()
+	m.roll(now, m.Period)
+	m.Limit = budget
+	m.shrinkReservations()
+	t, err := b.tenantFor(ctx, req.Storage, m.Tenant, now)
+	if err != nil {
+		return nil, err
+	}
+	if t != nil {
+		// The tenant's copies of the shrunk reservations follow.
+		for resID, r := range m.Reservations {
+			if tr := t.Reservations[resID]; tr != nil && tr.Units > r.Units {
+				tr.Units = r.Units
+			}
+		}
+		if err := putJSON(ctx, req.Storage, tenantPrefix+m.Tenant, t); err != nil {
+			return nil, err
+		}
+	}
+	if apikey.ValidateID(id) {
+		// The key's own record, so that verify answers say the same.
+		k, err := b.getKey(ctx, req.Storage, id)
+		if err != nil {
+			return nil, err
+		}
+		if k != nil {
+			k.Budget = budget
+			if err := b.putKey(ctx, req.Storage, k); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := putJSON(ctx, req.Storage, path, m); err != nil {
+		return nil, err
+	}
+	b.Logger().Info("credential budget changed", "id", id, "budget", budget)
+	data := m.status(m.Limit, m.Period)
+	data["budget_period"] = int64(m.Period.Seconds())
+	return &logical.Response{Data: data}, nil
+}
+
+// shrinkReservations lowers the unused part of the live reservations of the
+// current period so that, with what is used, they fit in the limit; each
+// verifier learns its reservation's new units from its next report.
+func (m *meter) shrinkReservations() {
+	if m.Limit == 0 {
+		return
+	}
+	left := max(0, m.Limit-m.Used)
+	for _, r := range m.Reservations {
+		if !r.PeriodStart.Equal(m.PeriodStart) {
+			continue
+		}
+		unused := max(0, r.Units-r.Used)
+		keep := min(unused, left)
+		r.Units -= unused - keep
+		left -= keep
+	}
 }
 
 func (b *backend) pathBudgetRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {

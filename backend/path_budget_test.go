@@ -478,3 +478,38 @@ func TestTidyKeepsMetersUntilTheirPeriodEnds(t *testing.T) {
 		t.Fatalf("tidy after the period ended kept the meter: %+v", m)
 	}
 }
+
+// An operator changes a credential's budget after mint: use stays, live
+// reservations shrink to what is left, and reports say the new units.
+func TestOperatorChangesBudget(t *testing.T) {
+	e := newTestEnv(t)
+	e.ok(logical.UpdateOperation, "roles/r", map[string]interface{}{"scopes": "read", "budget": 100, "max_cost_per_request": 10})
+	id := e.ok(logical.UpdateOperation, "keys/r", map[string]interface{}{"name": "k"}).Data["key_id"].(string)
+	res := e.reserve(id, 50).Data["reservation_id"].(string)
+	e.report(res, 20, false)
+
+	for _, tc := range []struct {
+		budget interface{}
+		want   string
+	}{{5, "at least the credential's max_cost_per_request (10)"}, {-1, "between 0 and"}, {"lots", "budget"}} {
+		e.userError(logical.UpdateOperation, "budget/"+id, map[string]interface{}{"budget": tc.budget}, tc.want)
+	}
+	if got := e.spend("budget/" + id); got != [4]int64{100, 20, 30, 50} {
+		t.Fatalf("after refused writes: %v", got)
+	}
+	e.ok(logical.UpdateOperation, "budget/"+id, map[string]interface{}{"budget": 30})
+	if got := e.spend("budget/" + id); got != [4]int64{30, 20, 10, 0} {
+		t.Fatalf("lowered to 30 with 20 used: limit/used/reserved/remaining %v, want [30 20 10 0]", got)
+	}
+	if d := e.report(res, 25, false).Data; d["units"] != int64(30) {
+		t.Fatalf("the report does not say the shrunk units: %v", d)
+	}
+	if k, _ := e.b.getKey(context.Background(), e.storage, id); k.Budget != 30 {
+		t.Fatalf("the key's record says budget %d", k.Budget)
+	}
+	// Raising it lets reservations grow again.
+	e.ok(logical.UpdateOperation, "budget/"+id, map[string]interface{}{"budget": 200})
+	if g := e.reserve(id, 100).Data["granted"]; g != int64(100) {
+		t.Fatalf("after raising to 200: granted %v", g)
+	}
+}

@@ -380,3 +380,39 @@ func TestBudgetSurvivesIdleRefreshAndTidy(t *testing.T) {
 		t.Fatalf("after an idle refresh and tidy: used %d remaining %d, want 40 and 960", used, remaining)
 	}
 }
+
+// An operator lowers a busy key's budget after mint: the sidecar stops
+// spending within about a second, at most one request past the new budget
+// (this sidecar's max_cost_per_request); raising it lets the key spend again.
+func TestBudgetChangedByOperator(t *testing.T) {
+	v := vaultserver.StartT(t)
+	setupRoles(t, v)
+	root := v.Client
+	write(t, root, "keybroker/roles/llm", map[string]interface{}{"scopes": "read", "budget": 100000})
+	minted := write(t, root, "keybroker/keys/llm", map[string]interface{}{"name": "busy"})
+	key, keyID := minted.Data["key"].(string), minted.Data["key_id"].(string)
+	e := startSidecar(t, v, func(c *sidecar.Config) { c.BudgetReserveRequests = 1000 }) // big chunks
+	for i := 0; i < 20; i++ {
+		if r := call(t, e.proxy, "GET", "/read", bearer(key), ""); r.status != 200 {
+			t.Fatalf("before: %d", r.status)
+		}
+	}
+	time.Sleep(1500 * time.Millisecond) // a report: Vault knows the 20
+	used, _, _ := spend(t, root, keyID)
+	newBudget := used + 5
+	write(t, root, "keybroker/budget/"+keyID, map[string]interface{}{"budget": newBudget})
+	changed := time.Now()
+	eventually(t, 5*time.Second, "the sidecar kept spending past the lowered budget", func() bool {
+		return call(t, e.proxy, "GET", "/read", bearer(key), "").status == http.StatusTooManyRequests
+	})
+	t.Logf("denied %s after the budget was lowered", time.Since(changed).Round(time.Millisecond))
+	e.stop()
+	if final, _, _ := spend(t, root, keyID); final > newBudget+1 {
+		t.Fatalf("spent %d against a lowered budget of %d (bound: + one request)", final, newBudget)
+	}
+	write(t, root, "keybroker/budget/"+keyID, map[string]interface{}{"budget": 100000})
+	e2 := startSidecar(t, v, nil)
+	if r := call(t, e2.proxy, "GET", "/read", bearer(key), ""); r.status != 200 {
+		t.Fatalf("after raising the budget: %d %s", r.status, r.body)
+	}
+}

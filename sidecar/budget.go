@@ -342,6 +342,10 @@ func (b *budgets) report(ctx context.Context, final bool) {
 		} else {
 			p.c.reported = p.used
 			p.m.central = ans.Remaining
+			if ans.Units != nil && *ans.Units < p.c.granted {
+				// The budget was lowered: admit no more than is left.
+				p.c.granted = *ans.Units
+			}
 			if exp, perr := time.Parse(time.RFC3339Nano, ans.ExpiresAt); perr == nil {
 				p.c.expiresAt = exp
 			}

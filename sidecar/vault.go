@@ -273,6 +273,9 @@ func (v *vaultClient) reserve(ctx context.Context, id, resID string, units, minU
 type reportAnswer struct {
 	Remaining int64  `json:"remaining"`
 	ExpiresAt string `json:"expires_at"`
+	// Units is the reservation's grant now: fewer than this sidecar was
+	// granted when an operator lowered the credential's budget since.
+	Units *int64 `json:"units"`
 }
 
 // errRefused is a report Vault refused (unknown or expired reservation):
