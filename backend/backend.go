@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/keybroker/keybroker/internal/version"
@@ -41,9 +42,14 @@ type backend struct {
 	// spent twice by concurrent requests.
 	refreshMu sync.Mutex
 
-	// budgetMu serialises budget accounting (reservations, reports, tenant
-	// ceilings); like revocations, it only happens on the active node.
-	budgetMu sync.Mutex
+	// meterLocks serialise changes to one meter (a credential's or refresh
+	// family's budget and its reservations), tenantLocks to one tenant's
+	// entry; a tenant's lock is only ever taken while holding a meter's or
+	// none, and the two sets are apart so that a meter and its tenant never
+	// share a lock. Budget accounting, like revocation, only happens on the
+	// active node.
+	meterLocks  []*locksutil.LockEntry
+	tenantLocks []*locksutil.LockEntry
 }
 
 // Factory is the plugin's logical.Factory.
@@ -56,7 +62,7 @@ func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 }
 
 func newBackend() *backend {
-	b := &backend{}
+	b := &backend{meterLocks: locksutil.CreateLocks(), tenantLocks: locksutil.CreateLocks()}
 	b.Backend = &framework.Backend{
 		Help:           backendHelp,
 		BackendType:    logical.TypeLogical,

@@ -210,6 +210,10 @@ type reservation struct {
 	// reservation whose reports show no use stops being renewed
 	// maxIdleRenewal after it, so units cannot be hoarded by renewing.
 	LastUse time.Time `json:"last_use,omitempty"`
+	// TenantID and TenantPeriod are the tenant ceiling and period the
+	// reservation counts in (see tenantEntry.counts); empty when none.
+	TenantID     string    `json:"tenant_id,omitempty"`
+	TenantPeriod time.Time `json:"tenant_period,omitempty"`
 }
 
 func periodStart(now time.Time, period time.Duration) time.Time {
@@ -287,12 +291,5 @@ func minRemaining(a, b int64) int64 {
 
 // status is an account as reads show it.
 func (a *account) status(limit int64, period time.Duration) map[string]interface{} {
-	return map[string]interface{}{
-		"limit":        limit,
-		"used":         a.Used,
-		"reserved":     a.reserved(),
-		"remaining":    a.remaining(limit),
-		"period_start": a.PeriodStart.Format(time.RFC3339),
-		"reset":        a.PeriodStart.Add(period).Format(time.RFC3339),
-	}
+	return spendStatus(limit, a.Used, a.reserved(), a.remaining(limit), a.PeriodStart, period)
 }

@@ -10,6 +10,7 @@ import (
 
 	uuid "github.com/hashicorp/go-uuid"
 	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/keybroker/keybroker/apikey"
@@ -198,6 +199,27 @@ func (b *backend) loadMeter(ctx context.Context, s logical.Storage, id string) (
 	return m, path, nil
 }
 
+// lockMeter is loadMeter holding the lock of the meter it finds; unlock
+// must be called, also when the meter is nil. Links never change once
+// written, so the path found before locking is the one loaded after.
+func (b *backend) lockMeter(ctx context.Context, s logical.Storage, id string) (m *meter, path string, unlock func(), err error) {
+	path = meterPrefix + id
+	link, err := getJSON[meter](ctx, s, path)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	if link != nil && link.Link != "" {
+		path = meterPrefix + link.Link
+	}
+	l := locksutil.LockForKey(b.meterLocks, path)
+	l.Lock()
+	if m, path, err = b.loadMeter(ctx, s, id); err != nil {
+		l.Unlock()
+		return nil, "", nil, err
+	}
+	return m, path, l.Unlock, nil
+}
+
 // isRevoked says whether the API key or JWT id was revoked.
 func (b *backend) isRevoked(ctx context.Context, s logical.Storage, id string) (bool, error) {
 	if apikey.ValidateID(id) {
@@ -227,9 +249,11 @@ func (b *backend) metered(ctx context.Context, s logical.Storage, l limits, tena
 // extendMeter moves the expiry of credential id's meter, if it has one, to
 // at least exp.
 func (b *backend) extendMeter(ctx context.Context, s logical.Storage, id string, exp time.Time) error {
-	b.budgetMu.Lock()
-	defer b.budgetMu.Unlock()
-	m, err := getJSON[meter](ctx, s, meterPrefix+id)
+	path := meterPrefix + id
+	l := locksutil.LockForKey(b.meterLocks, path)
+	l.Lock()
+	defer l.Unlock()
+	m, err := getJSON[meter](ctx, s, path)
 	if err != nil || m == nil || !m.ExpiresAt.Before(exp) {
 		return err
 	}
@@ -243,12 +267,13 @@ func (b *backend) meterToken(ctx context.Context, s logical.Storage, jti, family
 	if g.Budget == 0 && g.Tenant == "" {
 		return nil
 	}
-	b.budgetMu.Lock()
-	defer b.budgetMu.Unlock()
 	own := &meter{Limit: g.Budget, Period: g.BudgetPeriod, MaxCost: g.MaxCost, Tenant: g.Tenant, ExpiresAt: exp}
 	if familyID == "" {
 		return putJSON(ctx, s, meterPrefix+jti, own)
 	}
+	l := locksutil.LockForKey(b.meterLocks, meterPrefix+familyID)
+	l.Lock()
+	defer l.Unlock()
 	fm, err := getJSON[meter](ctx, s, meterPrefix+familyID)
 	if err != nil {
 		return err
@@ -292,16 +317,15 @@ func (b *backend) pathBudgetReserve(ctx context.Context, req *logical.Request, d
 		return logical.ErrorResponse(err.Error()), nil
 	}
 
-	b.budgetMu.Lock()
-	defer b.budgetMu.Unlock()
-	now := time.Now().UTC()
-	m, path, err := b.loadMeter(ctx, req.Storage, id)
+	m, path, unlock, err := b.lockMeter(ctx, req.Storage, id)
 	if err != nil {
 		return nil, err
 	}
+	defer unlock()
 	if m == nil {
 		return logical.ErrorResponse("no budget is kept for %q: not a metered credential, or expired and tidied", id), nil
 	}
+	now := time.Now().UTC()
 	expires := m.ExpiresAt
 	if apikey.ValidateID(id) {
 		// The key is the authority on its lifetime (renewals move it).
@@ -326,6 +350,9 @@ func (b *backend) pathBudgetReserve(ctx context.Context, req *logical.Request, d
 		return logical.ErrorResponse("credential %q is revoked", id), nil
 	}
 	m.roll(now, m.Period)
+	if m.Tenant != "" {
+		defer b.lockTenant(m.Tenant)()
+	}
 	t, err := b.tenantFor(ctx, req.Storage, m.Tenant, now)
 	if err != nil {
 		return nil, err
@@ -370,7 +397,7 @@ func (b *backend) pathBudgetReserve(ctx context.Context, req *logical.Request, d
 	// identity's, is not topped up.
 	owner := ownerOf(req)
 	resID := d.Get("reservation_id").(string)
-	if r := m.Reservations[resID]; r == nil || r.Owner != owner || !m.current(resID) || (t != nil && !t.current(resID)) || !strings.HasPrefix(resID, id+":") {
+	if r := m.Reservations[resID]; r == nil || r.Owner != owner || !m.current(resID) || (t != nil && !t.counts(r)) || !strings.HasPrefix(resID, id+":") {
 		if resp := m.reservationRoom(owner); resp != nil {
 			return resp, nil
 		}
@@ -380,14 +407,22 @@ func (b *backend) pathBudgetReserve(ctx context.Context, req *logical.Request, d
 		}
 		resID = id + ":" + suffix
 	}
+	var before reservation
+	if r := m.Reservations[resID]; r != nil {
+		before = *r
+	}
+	r := m.grant(resID, grant, ttl, holder, now)
+	if r.Owner == "" {
+		r.Owner = owner
+		t.join(r)
+	}
 	if t != nil {
-		t.grant(resID, grant, ttl, holder, now)
+		t.unhold(before)
+		t.hold(r, now)
 		if err := putJSON(ctx, req.Storage, tenantPrefix+m.Tenant, t); err != nil {
 			return nil, err
 		}
 	}
-	r := m.grant(resID, grant, ttl, holder, now)
-	r.Owner = owner
 	if err := putJSON(ctx, req.Storage, path, m); err != nil {
 		return nil, err
 	}
@@ -478,19 +513,20 @@ func (b *backend) pathBudgetReport(ctx context.Context, req *logical.Request, d 
 		return logical.ErrorResponse("used must be between 0 and %d, got %d", int64(maxUnits), used), nil
 	}
 
-	b.budgetMu.Lock()
-	defer b.budgetMu.Unlock()
-	now := time.Now().UTC()
-	m, path, err := b.loadMeter(ctx, req.Storage, id)
+	m, path, unlock, err := b.lockMeter(ctx, req.Storage, id)
 	if err != nil {
 		return nil, err
 	}
+	defer unlock()
 	if m == nil {
 		return logical.ErrorResponse("reservation %q is unknown or expired; its use was not recorded", resID), nil
 	}
+	now := time.Now().UTC()
 	m.roll(now, m.Period)
 	capped := false
+	var before reservation
 	if r := m.Reservations[resID]; r != nil {
+		before = *r
 		if r.Owner != "" && r.Owner != ownerOf(req) {
 			return nil, logical.CodedError(http.StatusForbidden, fmt.Sprintf("reservation %q belongs to another Vault identity; its use was not recorded", resID))
 		}
@@ -506,23 +542,29 @@ func (b *backend) pathBudgetReport(ctx context.Context, req *logical.Request, d 
 		}
 		return logical.ErrorResponse(err.Error()), nil
 	}
+	r := m.Reservations[resID]
+	if release {
+		delete(m.Reservations, resID)
+	}
+	if m.Tenant != "" {
+		defer b.lockTenant(m.Tenant)()
+	}
 	t, err := b.tenantFor(ctx, req.Storage, m.Tenant, now)
 	if err != nil {
 		return nil, err
 	}
-	// The tenant's copy may be gone (the ceiling was deleted, or set after
-	// the reservation); the credential's account is the one that must agree.
-	if t != nil && t.report(resID, used, now) == nil {
-		if release {
-			delete(t.Reservations, resID)
+	// The reservation may count in no tenant period (the ceiling was
+	// deleted or set after it, or its period ended): then only the
+	// credential's account changes.
+	if t.counts(r) {
+		t.unhold(before)
+		t.use(r, used-before.Used)
+		if !release {
+			t.hold(r, now)
 		}
 		if err := putJSON(ctx, req.Storage, tenantPrefix+m.Tenant, t); err != nil {
 			return nil, err
 		}
-	}
-	r := m.Reservations[resID]
-	if release {
-		delete(m.Reservations, resID)
 	}
 	if err := putJSON(ctx, req.Storage, path, m); err != nil {
 		return nil, err
@@ -559,12 +601,11 @@ func (b *backend) pathBudgetWrite(ctx context.Context, req *logical.Request, d *
 	if budget < 0 || budget > maxUnits {
 		return logical.ErrorResponse("budget must be between 0 and %d, got %d", int64(maxUnits), budget), nil
 	}
-	b.budgetMu.Lock()
-	defer b.budgetMu.Unlock()
-	m, path, err := b.loadMeter(ctx, req.Storage, id)
+	m, path, unlock, err := b.lockMeter(ctx, req.Storage, id)
 	if err != nil {
 		return nil, err
 	}
+	defer unlock()
 	if m == nil {
 		return logical.ErrorResponse("no budget is kept for %q: not a metered credential, or expired and tidied", id), nil
 	}
@@ -574,17 +615,23 @@ func (b *backend) pathBudgetWrite(ctx context.Context, req *logical.Request, d *
 	now := time.Now().UTC()
 	m.roll(now, m.Period)
 	m.Limit = budget
+	before := make(map[string]reservation, len(m.Reservations))
+	for resID, r := range m.Reservations {
+		before[resID] = *r
+	}
 	m.shrinkReservations()
+	if m.Tenant != "" {
+		defer b.lockTenant(m.Tenant)()
+	}
 	t, err := b.tenantFor(ctx, req.Storage, m.Tenant, now)
 	if err != nil {
 		return nil, err
 	}
 	if t != nil {
-		// The tenant's copies of the shrunk reservations follow.
+		// What the shrunk reservations hold of the tenant's ceiling follows.
 		for resID, r := range m.Reservations {
-			if tr := t.Reservations[resID]; tr != nil && tr.Units > r.Units {
-				tr.Units = r.Units
-			}
+			t.unhold(before[resID])
+			t.hold(r, now)
 		}
 		if err := putJSON(ctx, req.Storage, tenantPrefix+m.Tenant, t); err != nil {
 			return nil, err
@@ -648,7 +695,7 @@ func (b *backend) pathBudgetRead(ctx context.Context, req *logical.Request, d *f
 		return nil, err
 	}
 	if t != nil {
-		data["tenant_budget"] = t.status(t.Budget, t.BudgetPeriod)
+		data["tenant_budget"] = t.status()
 	}
 	return &logical.Response{Data: data}, nil
 }

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"time"
 
+	uuid "github.com/hashicorp/go-uuid"
 	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -16,8 +18,14 @@ const tenantPrefix = "tenants/"
 type tenantEntry struct {
 	Budget       int64         `json:"budget"`
 	BudgetPeriod time.Duration `json:"budget_period"`
-	account
+	// ID tells this ceiling from a deleted one of the same name, so that
+	// reservations granted against that one never count against this one.
+	ID string `json:"id,omitempty"`
+	pool
 }
+
+// legacyTenantID is the ID of a ceiling stored before ceilings had one.
+const legacyTenantID = "initial"
 
 func pathTenants(b *backend) []*framework.Path {
 	return []*framework.Path{
@@ -65,7 +73,19 @@ changing budget_period starts a new period. Delete removes the ceiling.`,
 }
 
 func (b *backend) getTenant(ctx context.Context, s logical.Storage, name string) (*tenantEntry, error) {
-	return getJSON[tenantEntry](ctx, s, tenantPrefix+name)
+	t, err := getJSON[tenantEntry](ctx, s, tenantPrefix+name)
+	if t != nil && t.ID == "" {
+		t.ID = legacyTenantID
+	}
+	return t, err
+}
+
+// lockTenant holds the lock of tenant name's entry. Taken after a meter's
+// lock, never before one.
+func (b *backend) lockTenant(name string) func() {
+	l := locksutil.LockForKey(b.tenantLocks, name)
+	l.Lock()
+	return l.Unlock
 }
 
 func (b *backend) tenantExists(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
@@ -86,14 +106,17 @@ func (b *backend) pathTenantWrite(ctx context.Context, req *logical.Request, d *
 	if err := validateTenant(name); err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
-	b.budgetMu.Lock()
-	defer b.budgetMu.Unlock()
+	defer b.lockTenant(name)()
 	t, err := b.getTenant(ctx, req.Storage, name)
 	if err != nil {
 		return nil, err
 	}
 	if t == nil {
-		t = &tenantEntry{BudgetPeriod: defaultBudgetPeriod}
+		id, err := uuid.GenerateUUID()
+		if err != nil {
+			return nil, fmt.Errorf("generating tenant id: %w", err)
+		}
+		t = &tenantEntry{BudgetPeriod: defaultBudgetPeriod, ID: id}
 	}
 	if v, ok := d.GetOk("budget"); ok {
 		t.Budget = v.(int64)
@@ -118,17 +141,22 @@ func (b *backend) pathTenantRead(ctx context.Context, req *logical.Request, d *f
 	}
 	now := time.Now()
 	t.roll(now, t.BudgetPeriod)
-	data := t.account.status(t.Budget, t.BudgetPeriod)
+	data := t.status()
 	data["budget"] = t.Budget
 	data["budget_period"] = int64(t.BudgetPeriod.Seconds())
 	return &logical.Response{Data: data}, nil
 }
 
 func (b *backend) pathTenantDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	b.budgetMu.Lock()
-	defer b.budgetMu.Unlock()
-	if err := req.Storage.Delete(ctx, tenantPrefix+d.Get("name").(string)); err != nil {
+	name := d.Get("name").(string)
+	defer b.lockTenant(name)()
+	if err := req.Storage.Delete(ctx, tenantPrefix+name); err != nil {
 		return nil, fmt.Errorf("deleting tenant: %w", err)
 	}
 	return nil, nil
+}
+
+// status is the tenant's account as reads show it.
+func (t *tenantEntry) status() map[string]interface{} {
+	return spendStatus(t.Budget, t.Used, t.reserved(), t.remaining(t.Budget), t.PeriodStart, t.BudgetPeriod)
 }

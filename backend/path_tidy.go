@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -75,7 +76,7 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage, now time.Time) (t
 	// A meter goes only when its credential has expired and its period
 	// has ended: before that, deleting it would hand a refreshed family
 	// (or a renewed key) a fresh budget within the same period.
-	if st.MetersDeleted, err = tidyPrefix(ctx, s, meterPrefix, func(m *meter) bool {
+	if st.MetersDeleted, err = tidyLocked(ctx, s, meterPrefix, b.meterLocks, func(m *meter) bool {
 		return !now.Before(m.ExpiresAt) && !now.Before(m.PeriodStart.Add(m.Period))
 	}); err != nil {
 		return st, err
@@ -94,23 +95,45 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage, now time.Time) (t
 
 // tidyPrefix deletes the entries below prefix for which done says so.
 func tidyPrefix[T any](ctx context.Context, s logical.Storage, prefix string, done func(*T) bool) (int, error) {
+	return tidyLocked(ctx, s, prefix, nil, done)
+}
+
+// tidyLocked is tidyPrefix holding, while it reads and deletes an entry, the
+// entry's lock from locks (when not nil), so that an entry changed
+// meanwhile (a meter a renewal extends) is judged as it is.
+func tidyLocked[T any](ctx context.Context, s logical.Storage, prefix string, locks []*locksutil.LockEntry, done func(*T) bool) (int, error) {
 	names, err := s.List(ctx, prefix)
 	if err != nil {
 		return 0, fmt.Errorf("tidy: listing %s: %w", prefix, err)
 	}
 	n := 0
 	for _, name := range names {
-		v, err := getJSON[T](ctx, s, prefix+name)
+		deleted, err := tidyEntry(ctx, s, prefix+name, locks, done)
 		if err != nil {
-			return n, fmt.Errorf("tidy: %w", err)
+			return n, err
 		}
-		if v == nil || !done(v) {
-			continue
+		if deleted {
+			n++
 		}
-		if err := s.Delete(ctx, prefix+name); err != nil {
-			return n, fmt.Errorf("tidy: deleting %s%s: %w", prefix, name, err)
-		}
-		n++
 	}
 	return n, nil
+}
+
+func tidyEntry[T any](ctx context.Context, s logical.Storage, path string, locks []*locksutil.LockEntry, done func(*T) bool) (bool, error) {
+	if locks != nil {
+		l := locksutil.LockForKey(locks, path)
+		l.Lock()
+		defer l.Unlock()
+	}
+	v, err := getJSON[T](ctx, s, path)
+	if err != nil {
+		return false, fmt.Errorf("tidy: %w", err)
+	}
+	if v == nil || !done(v) {
+		return false, nil
+	}
+	if err := s.Delete(ctx, path); err != nil {
+		return false, fmt.Errorf("tidy: deleting %s: %w", path, err)
+	}
+	return true, nil
 }
