@@ -152,7 +152,11 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 		return nil, fmt.Errorf("installing plugin: %w", err)
 	}
 	config := filepath.Join(o.Dir, "vault.hcl")
-	if err := os.WriteFile(config, []byte(fmt.Sprintf("plugin_directory = %q\n", pluginDir)), 0o644); err != nil {
+	// Entries over 1 MiB are refused, as integrated storage (Raft) does by
+	// default, so that a layout that only works on the dev server's
+	// unbounded memory fails here first.
+	hcl := fmt.Sprintf("plugin_directory = %q\nstorage \"inmem\" {\n  max_value_size = \"1048576\"\n}\n", pluginDir)
+	if err := os.WriteFile(config, []byte(hcl), 0o644); err != nil {
 		return nil, err
 	}
 
