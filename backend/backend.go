@@ -50,6 +50,8 @@ type backend struct {
 	// active node.
 	meterLocks  []*locksutil.LockEntry
 	tenantLocks []*locksutil.LockEntry
+	// rateLocks serialise changes to one lineage's cluster-wide rate window.
+	rateLocks []*locksutil.LockEntry
 }
 
 // Factory is the plugin's logical.Factory.
@@ -62,7 +64,7 @@ func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 }
 
 func newBackend() *backend {
-	b := &backend{meterLocks: locksutil.CreateLocks(), tenantLocks: locksutil.CreateLocks()}
+	b := &backend{meterLocks: locksutil.CreateLocks(), tenantLocks: locksutil.CreateLocks(), rateLocks: locksutil.CreateLocks()}
 	b.Backend = &framework.Backend{
 		Help:           backendHelp,
 		BackendType:    logical.TypeLogical,
@@ -81,6 +83,7 @@ func newBackend() *backend {
 			pathTenants(b),
 			[]*framework.Path{
 				pathConfig(b),
+				pathRate(b),
 				pathRefresh(b),
 				pathToken(b),
 				pathVerify(b),

@@ -81,6 +81,11 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage, now time.Time) (t
 	}); err != nil {
 		return st, err
 	}
+	if _, err = tidyLocked(ctx, s, ratePrefix, b.rateLocks, func(w *rateWindow) bool {
+		return !now.Before(w.end())
+	}); err != nil {
+		return st, err
+	}
 	if _, err = tidyPrefix(ctx, s, revokedJTIPrefix, func(r *revokedJTI) bool {
 		return !now.Before(r.ExpiresAt)
 	}); err != nil {

@@ -18,3 +18,8 @@ path "keybroker/budget/reserve" {
 path "keybroker/budget/report" {
   capabilities = ["update"]
 }
+
+# Keep rate limits across sidecars (rate_limit_scope = "cluster" only).
+path "keybroker/rate/reserve" {
+  capabilities = ["update"]
+}

@@ -51,6 +51,11 @@ gateway = "nginx"
 # budget_idle_release       = "5s"   # give back a chunk unused for this long
 # name                      = "web-1" # this sidecar in Vault's audit log; default host and pid
 
+# Where rate limits hold: "sidecar" (default, no Vault call; N sidecars allow
+# N x the rate) or "cluster" (across all sidecars, through keybroker/rate/reserve;
+# the policy needs that path). See the README for both bounds.
+# rate_limit_scope          = "sidecar"
+
 vault {
   address        = "http://127.0.0.1:8200"
   mount          = "keybroker"

@@ -65,6 +65,11 @@ type Config struct {
 	BudgetIdleRelease     string `hcl:"budget_idle_release,optional"`
 	Name                  string `hcl:"name,optional"`
 
+	// RateLimitScope is where rate limits hold: "sidecar" (default; no
+	// Vault call) or "cluster" (across every sidecar sharing the Vault,
+	// through keybroker/rate/reserve; see contract.RateWindow for the bound).
+	RateLimitScope string `hcl:"rate_limit_scope,optional"`
+
 	// Uncached API keys Vault refuses: per client, failed_auth_burst, then
 	// failed_auth_rate per second; vault_verify_concurrency lookups at once.
 	FailedAuthRate         *float64 `hcl:"failed_auth_rate,optional"`
@@ -130,6 +135,7 @@ type settings struct {
 	routes             []route
 	groups             []*routeGroup // routes by prefix, longest first
 
+	clusterRate                    bool
 	failedAuthRate                 float64
 	failedAuthBurst                int
 	verifyConcurrency              int
@@ -258,6 +264,13 @@ func (c *Config) settings() (*settings, error) {
 	var err error
 	if s.gateway, err = parseGateway(c.Gateway, len(s.trusted)); err != nil {
 		return nil, err
+	}
+	switch c.RateLimitScope {
+	case "", "sidecar":
+	case "cluster":
+		s.clusterRate = true
+	default:
+		return nil, fmt.Errorf("rate_limit_scope must be \"sidecar\" or \"cluster\", got %q", c.RateLimitScope)
 	}
 	s.failedAuthRate, s.failedAuthBurst, s.verifyConcurrency = 1, cmp.Or(c.FailedAuthBurst, 10), cmp.Or(c.VaultVerifyConcurrency, 32)
 	if c.FailedAuthRate != nil {

@@ -155,6 +155,11 @@ func (sc *Sidecar) decide(ctx context.Context, r request) decision {
 		if wait, ok := sc.rateAllow(id); !ok {
 			return decision{status: http.StatusTooManyRequests, reason: reasonRateLimited, retryAfter: wait}
 		}
+		if sc.cluster != nil {
+			if wait, ok := sc.cluster.allow(ctx, id); !ok {
+				return decision{status: http.StatusTooManyRequests, reason: reasonRateLimited, retryAfter: wait}
+			}
+		}
 	}
 	if id.budget != nil && (rt.cost > 0 || rt.usageHeader != "" || rt.openaiUsage) {
 		amount := id.budget.MaxCost

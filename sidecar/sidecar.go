@@ -48,6 +48,7 @@ type Sidecar struct {
 	vaultSF    singleflight.Group
 
 	limiters *lru.Cache[string, *rate.Limiter]
+	cluster  *clusterRate // nil unless rate_limit_scope = "cluster"
 	budgets  *budgets
 	holder   string // this sidecar's name in reservations
 }
@@ -93,6 +94,11 @@ func New(c *Config, log hclog.Logger) (*Sidecar, error) {
 	}
 	if sc.limiters, err = lru.New[string, *rate.Limiter](s.cacheSize); err != nil {
 		return nil, err
+	}
+	if s.clusterRate {
+		if sc.cluster, err = newClusterRate(sc, s.cacheSize); err != nil {
+			return nil, err
+		}
 	}
 	sc.budgets = newBudgets(sc)
 	sc.holder = s.name

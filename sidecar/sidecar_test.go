@@ -50,6 +50,7 @@ func TestConfigErrors(t *testing.T) {
 		"public with scopes":  {func(c *Config) { c.Routes = []RouteConfig{{PathPrefix: "/", Public: true, Scopes: []string{"a"}}} }, "public route"},
 		"negative cost":       {func(c *Config) { c.Routes = []RouteConfig{{PathPrefix: "/", Cost: ptr(int64(-1))}} }, "cost must be between 0"},
 		"absurd cost":         {func(c *Config) { c.Routes = []RouteConfig{{PathPrefix: "/", Cost: ptr(int64(1e18))}} }, "cost must be between 0"},
+		"unknown rate scope":  {func(c *Config) { c.RateLimitScope = "global" }, `rate_limit_scope must be "sidecar" or "cluster"`},
 		"two usage sources":   {func(c *Config) { c.Routes = []RouteConfig{{PathPrefix: "/", UsageHeader: "X-U", OpenAIUsage: true}} }, "not both"},
 		"bad usage header":    {func(c *Config) { c.Routes = []RouteConfig{{PathPrefix: "/", UsageHeader: "X U"}} }, "not a header name"},
 		"public with cost":    {func(c *Config) { c.Routes = []RouteConfig{{PathPrefix: "/", Public: true, Cost: ptr(int64(2))}} }, "no caller to charge"},

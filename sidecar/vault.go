@@ -305,3 +305,34 @@ func (v *vaultClient) report(ctx context.Context, resID string, used int64, rele
 	}
 	return &r, nil
 }
+
+// rateAnswer is keybroker/rate/reserve's answer.
+type rateAnswer struct {
+	Limited   bool   `json:"limited"`
+	Granted   int64  `json:"granted"`
+	WindowEnd string `json:"window_end"`
+}
+
+// rateReserve takes up to units requests from the cluster-wide window of
+// the credential's lineage.
+func (v *vaultClient) rateReserve(ctx context.Context, id *identity, units int64) (*rateAnswer, error) {
+	var r rateAnswer
+	err := v.withLogin(ctx, func() error {
+		data := map[string]interface{}{"id": id.id, "units": units}
+		if id.jwt {
+			data["role"], data["subject"] = id.role, id.subject
+		}
+		sec, err := v.c.Logical().WriteWithContext(ctx, v.mount+"/rate/reserve", data)
+		if err != nil {
+			return err
+		}
+		if sec == nil {
+			return errors.New("empty rate answer")
+		}
+		return remarshal(sec.Data, &r)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("keybroker rate/reserve: %w", err)
+	}
+	return &r, nil
+}

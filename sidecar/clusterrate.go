@@ -1,0 +1,95 @@
+package sidecar
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+
+	"github.com/keybroker/keybroker/contract"
+)
+
+// clusterRateShare: a sidecar takes a window's limit in chunks of a
+// quarter (at least one request), so that a few sidecars share a window
+// with a Vault call each per chunk.
+const clusterRateShare = 4
+
+// clusterRateRetry is how long a sidecar that could not reach Vault for a
+// lineage's window relies on its own bucket before asking again.
+const clusterRateRetry = time.Second
+
+// clusterRate keeps rate limits across sidecars (rate_limit_scope =
+// "cluster"). Every lineage's requests come from the plugin's window for it
+// (keybroker/rate/reserve), taken in chunks; the sidecar's own token bucket
+// still applies first, which also bounds how often it asks. When Vault
+// cannot be reached the sidecar's own bucket is the limit (per sidecar) until
+// it can: a rate limit is there against floods, and the bucket still is one.
+type clusterRate struct {
+	sc      *Sidecar
+	windows *lru.Cache[string, *rateSlots]
+}
+
+// rateSlots are the requests this sidecar holds of one lineage's window.
+type rateSlots struct {
+	mu    sync.Mutex
+	left  int64
+	end   time.Time // end of the window the slots are of
+	spent bool      // the window has none left at any sidecar
+}
+
+func newClusterRate(sc *Sidecar, size int) (*clusterRate, error) {
+	w, err := lru.New[string, *rateSlots](size)
+	return &clusterRate{sc: sc, windows: w}, err
+}
+
+// allow takes one request of id's lineage from the window, or says how long
+// until the next window.
+func (cr *clusterRate) allow(ctx context.Context, id *identity) (time.Duration, bool) {
+	key := id.lineage()
+	s, ok := cr.windows.Get(key)
+	if !ok {
+		s = &rateSlots{}
+		if prev, found, _ := cr.windows.PeekOrAdd(key, s); found {
+			s = prev
+		}
+	}
+	// Holding the lineage's lock while asking Vault makes its concurrent
+	// requests share one call.
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	if now.Before(s.end) {
+		switch {
+		case s.left > 0:
+			s.left--
+			return 0, true
+		case s.spent:
+			return s.end.Sub(now), false
+		}
+	}
+	_, limit := contract.RateWindow(id.rate.PerSecond, id.rate.Burst)
+	ans, err := cr.sc.vault.rateReserve(ctx, id, max(1, limit/clusterRateShare))
+	var end time.Time
+	if err == nil {
+		end, err = time.Parse(time.RFC3339Nano, ans.WindowEnd)
+	}
+	if err != nil || !ans.Limited {
+		if err != nil {
+			cr.sc.m.vaultCalls.WithLabelValues("rate", "error").Inc()
+			cr.sc.log.Warn("cluster rate limit unavailable; this sidecar's own limit applies", "error", err)
+		}
+		// No window to take from: the sidecar's bucket alone, until
+		// asking again is worth it.
+		s.left, s.end, s.spent = 1<<62, now.Add(clusterRateRetry), false
+		return 0, true
+	}
+	cr.sc.m.vaultCalls.WithLabelValues("rate", "ok").Inc()
+	s.end = end
+	if ans.Granted <= 0 {
+		s.left, s.spent = 0, true
+		return max(0, end.Sub(now)), false
+	}
+	s.left, s.spent = ans.Granted-1, false
+	return 0, true
+}
