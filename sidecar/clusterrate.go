@@ -69,7 +69,9 @@ func (cr *clusterRate) allow(ctx context.Context, id *identity) (time.Duration, 
 		}
 	}
 	_, limit := contract.RateWindow(id.rate.PerSecond, id.rate.Burst)
-	ans, err := cr.sc.vault.rateReserve(ctx, id, max(1, limit/clusterRateShare))
+	// Not cancelled with the request: a client that hangs up must not turn
+	// the call into an error, which would fall back to the sidecar's bucket.
+	ans, err := cr.sc.vault.rateReserve(context.WithoutCancel(ctx), id, max(1, limit/clusterRateShare))
 	var end time.Time
 	if err == nil {
 		end, err = time.Parse(time.RFC3339Nano, ans.WindowEnd)
