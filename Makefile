@@ -7,7 +7,7 @@ FUZZTIME ?= 15s
 FUZZMINIMIZE ?= 5s
 GO ?= go
 
-.PHONY: all build vault test unit e2e fuzz bench dev fmt vet clean
+.PHONY: all build vault test unit e2e fuzz bench dev cluster fmt vet clean
 
 all: build
 
@@ -41,6 +41,10 @@ e2e: vault
 dev: build vault
 	$(GO) run ./scripts/dev -addr $(DEV_ADDR) -plugin bin/vault-plugin-secrets-keybroker -sidecar bin/keybroker-sidecar -version $(VERSION)
 
+## cluster: make dev on a 3-node Raft HA cluster (kill the leader, watch failover)
+cluster: build vault
+	$(GO) run ./scripts/dev -cluster -dir .cluster -plugin bin/vault-plugin-secrets-keybroker -sidecar bin/keybroker-sidecar -version $(VERSION)
+
 vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
@@ -49,7 +53,7 @@ fmt:
 	gofmt -w .
 
 clean:
-	rm -rf bin .dev
+	rm -rf bin .dev .cluster
 
 ## bench: the real stack on loopback, one table (needs wrk); not part of make test
 bench: build vault

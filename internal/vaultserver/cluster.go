@@ -23,6 +23,9 @@ type Cluster struct {
 	RootToken string
 	Mount     string
 	AuditLog  string
+	// KeysFile holds the unseal key and root token (mode 0600), for a
+	// person bringing a node back by hand.
+	KeysFile string
 
 	unsealKey string
 	vaultBin  string
@@ -92,6 +95,11 @@ func StartCluster(ctx context.Context, o ClusterOptions) (*Cluster, error) {
 				return nil, fmt.Errorf("vault operator init: %w", err)
 			}
 			c.RootToken, c.unsealKey = init.RootToken, init.Keys[0]
+			c.KeysFile = filepath.Join(o.Dir, "init.txt")
+			if err := os.WriteFile(c.KeysFile, []byte(fmt.Sprintf("Unseal Key 1: %s\nInitial Root Token: %s\n", c.unsealKey, c.RootToken)), 0o600); err != nil {
+				c.Stop()
+				return nil, err
+			}
 			for _, m := range c.Nodes {
 				m.Client.SetToken(c.RootToken)
 			}
@@ -304,6 +312,17 @@ func (c *Cluster) Addrs() []string {
 func (c *Cluster) Server(n *Node) *Server {
 	return &Server{Addr: n.Addr, RootToken: c.RootToken, AuditLog: c.AuditLog, Mount: c.Mount, LogFile: n.LogFile, Client: n.Client}
 }
+
+// PID is the node's process id, 0 when it is not running.
+func (n *Node) PID() int {
+	if !n.Running() {
+		return 0
+	}
+	return n.cmd.Process.Pid
+}
+
+// Config is the path of the node's configuration file.
+func (n *Node) Config() string { return n.config }
 
 // Running says whether the node's process is up.
 func (n *Node) Running() bool {

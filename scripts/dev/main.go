@@ -41,6 +41,7 @@ path "keybroker/token/refresh" {
 type options struct {
 	addr, plugin, version, dir    string
 	sidecar, proxy, auth, service string
+	cluster                       bool
 }
 
 func main() {
@@ -53,6 +54,7 @@ func main() {
 	flag.StringVar(&o.proxy, "proxy", "127.0.0.1:8080", "address of the sidecar's reverse proxy")
 	flag.StringVar(&o.auth, "auth", "127.0.0.1:8081", "address of the sidecar's /verify, /healthz and /metrics")
 	flag.StringVar(&o.service, "service", "127.0.0.1:9000", "address of the demo service behind the sidecar")
+	flag.BoolVar(&o.cluster, "cluster", false, "run a 3-node Raft HA cluster (make cluster) instead of one dev server")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "make dev:", err)
@@ -61,7 +63,11 @@ func main() {
 }
 
 func run(o options) error {
-	for _, a := range []string{o.addr, o.proxy, o.auth, o.service} {
+	addrs := []string{o.addr, o.proxy, o.auth, o.service}
+	if o.cluster {
+		addrs = addrs[1:] // the nodes pick free ports
+	}
+	for _, a := range addrs {
 		l, err := net.Listen("tcp", a)
 		if err != nil {
 			return fmt.Errorf("%s is in use (is another `make dev` still running?): stop it, or pick other addresses (make dev DEV_ADDR=127.0.0.1:8300)", a)
@@ -83,12 +89,33 @@ func run(o options) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	fmt.Println("starting Vault...")
-	v, err := vaultserver.Start(ctx, vaultserver.Options{Addr: addr, Dir: dir, PluginBinary: plugin, PluginVersion: version})
-	if err != nil {
-		return err
+	var v *vaultserver.Server
+	var cluster *vaultserver.Cluster
+	if o.cluster {
+		fmt.Println("starting a 3-node Vault cluster (integrated storage)...")
+		if cluster, err = vaultserver.StartCluster(ctx, vaultserver.ClusterOptions{Nodes: 3, Dir: dir, PluginBinary: plugin, PluginVersion: version}); err != nil {
+			return err
+		}
+		defer cluster.Stop()
+		// Everything, the sidecar included, talks to a standby, which
+		// forwards to the active node: kill the active node and watch.
+		active, err := cluster.WaitActive(ctx)
+		if err != nil {
+			return err
+		}
+		for _, n := range cluster.Nodes {
+			if n != active {
+				v = cluster.Server(n)
+				break
+			}
+		}
+	} else {
+		fmt.Println("starting Vault...")
+		if v, err = vaultserver.Start(ctx, vaultserver.Options{Addr: addr, Dir: dir, PluginBinary: plugin, PluginVersion: version}); err != nil {
+			return err
+		}
+		defer v.Stop()
 	}
-	defer v.Stop()
 
 	if _, err := v.Client.Logical().WriteWithContext(ctx, "keybroker/roles/"+exampleRole, map[string]interface{}{
 		"scopes":         "read,write",
@@ -126,6 +153,9 @@ func run(o options) error {
 		"Proxy": o.proxy, "Auth": o.auth, "Service": o.service, "Key": demoKey, "Dir": dir,
 	}); err != nil {
 		return err
+	}
+	if cluster != nil {
+		printCluster(ctx, cluster, v, o.proxy)
 	}
 
 	sidecarDone := make(chan error, 1)
@@ -292,4 +322,29 @@ func stopProcess(cmd *exec.Cmd) {
 		return
 	}
 	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+}
+
+// printCluster shows the nodes and how to see a failover.
+func printCluster(ctx context.Context, c *vaultserver.Cluster, via *vaultserver.Server, proxy string) {
+	active := c.Active(ctx)
+	fmt.Println("The cluster (the commands above and the sidecar use " + via.Addr + ", a standby):")
+	for _, n := range c.Nodes {
+		state := "standby"
+		if n == active {
+			state = "active"
+		}
+		fmt.Printf("  %s  %s  %-7s pid %d  log %s\n", n.Name, n.Addr, state, n.PID(), n.LogFile)
+	}
+	if active != nil {
+		fmt.Printf(`
+Kill the active node and watch the sidecar ride through it:
+  kill -9 %d
+  vault operator raft list-peers      # a new leader within seconds
+  vault write keybroker/keys/example name=after-failover
+  curl -i -H 'X-API-Key: <the key above>' http://%s/v1/read/hello   # served throughout
+To bring the node back, start it again and unseal it (the unseal key is in
+%s):
+  bin/vault server -config=%s
+`, active.PID(), proxy, c.KeysFile, active.Config())
+	}
 }
