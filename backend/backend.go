@@ -102,10 +102,14 @@ func newBackend() *backend {
 }
 
 // initialize creates the first signing key when the mount starts, where
-// storage is writable, so the JWKS is there before the first token.
+// storage is writable, so the JWKS is there before the first token, and
+// starts a new epoch of the revocation feed.
 func (b *backend) initialize(ctx context.Context, req *logical.InitializationRequest) error {
 	if !b.WriteSafeReplicationState() {
 		return nil
+	}
+	if err := b.newFeedEpoch(ctx, req.Storage); err != nil {
+		return err
 	}
 	_, err := b.signing(ctx, req.Storage)
 	return err

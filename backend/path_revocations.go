@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"time"
 
+	uuid "github.com/hashicorp/go-uuid"
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 
@@ -32,20 +33,45 @@ func revocationPath(seq uint64) string {
 	return fmt.Sprintf("%s%020d", revocationEntryPrefix, seq)
 }
 
-// appendRevocationLocked gives r the next sequence number and stores it. The
-// caller holds revocationMu.
-func (b *backend) appendRevocationLocked(ctx context.Context, s logical.Storage, r revocation) error {
-	// An object, not a bare number: logical's JSON decoding takes a leading
-	// digit of some values for a compression marker.
-	type counter struct {
-		Last uint64 `json:"last"`
-	}
-	c, err := getJSON[counter](ctx, s, revocationSeqPath)
+// feedCounter is the feed's last sequence number and its epoch. An object,
+// not a bare number: logical's JSON decoding takes a leading digit of some
+// values for a compression marker.
+type feedCounter struct {
+	Last uint64 `json:"last"`
+	// Epoch is new each time the mount starts on an active node (enable,
+	// unseal, leadership change, snapshot restore). A verifier that sees it
+	// change reads the feed again from 0: storage may have gone back (a
+	// restored snapshot, a re-enabled mount) and sequence numbers it has
+	// passed may be given again.
+	Epoch string `json:"epoch,omitempty"`
+}
+
+// newFeedEpoch starts a new epoch of the feed.
+func (b *backend) newFeedEpoch(ctx context.Context, s logical.Storage) error {
+	b.revocationMu.Lock()
+	defer b.revocationMu.Unlock()
+	c, err := getJSON[feedCounter](ctx, s, revocationSeqPath)
 	if err != nil {
 		return err
 	}
 	if c == nil {
-		c = &counter{}
+		c = &feedCounter{}
+	}
+	if c.Epoch, err = uuid.GenerateUUID(); err != nil {
+		return fmt.Errorf("generating feed epoch: %w", err)
+	}
+	return putJSON(ctx, s, revocationSeqPath, c)
+}
+
+// appendRevocationLocked gives r the next sequence number and stores it. The
+// caller holds revocationMu.
+func (b *backend) appendRevocationLocked(ctx context.Context, s logical.Storage, r revocation) error {
+	c, err := getJSON[feedCounter](ctx, s, revocationSeqPath)
+	if err != nil {
+		return err
+	}
+	if c == nil {
+		c = &feedCounter{}
 	}
 	c.Last++
 	r.Seq = c.Last
@@ -77,6 +103,12 @@ returned per read; "more" says whether another read would return more now.
 Entries drop out once their credential would have expired anyway, so a
 verifier starting with after=0 learns every revocation that still matters.
 
+"epoch" changes each time the mount starts on an active node (enable,
+unseal, leadership change, snapshot restore), and "last" is the newest
+sequence number given. A verifier that sees a new epoch, or a last below its
+cursor, must read again from after=0: storage may have gone back, and
+numbers it has passed may be given again.
+
     vault read keybroker/revocations after=0`, contract.MaxRevocationPage),
 	}
 }
@@ -85,6 +117,15 @@ func (b *backend) pathRevocationsRead(ctx context.Context, req *logical.Request,
 	after := d.Get("after").(int64)
 	if after < 0 {
 		return logical.ErrorResponse("after must not be negative"), nil
+	}
+	// The counter first: an entry appended after it is read is seen next
+	// time, and last never runs ahead of what the list shows.
+	c, err := getJSON[feedCounter](ctx, req.Storage, revocationSeqPath)
+	if err != nil {
+		return nil, err
+	}
+	if c == nil {
+		c = &feedCounter{}
 	}
 	names, err := req.Storage.List(ctx, revocationEntryPrefix)
 	if err != nil {
@@ -124,6 +165,8 @@ func (b *backend) pathRevocationsRead(ctx context.Context, req *logical.Request,
 		"revocations": out,
 		"next":        next,
 		"more":        more,
+		"epoch":       c.Epoch,
+		"last":        c.Last,
 	}}, nil
 }
 

@@ -193,3 +193,33 @@ func TestTidyKeys(t *testing.T) {
 		}
 	}
 }
+
+// The feed says its epoch and last sequence number; each start of the mount
+// on an active node begins a new epoch and keeps the sequence.
+func TestRevocationFeedEpoch(t *testing.T) {
+	e := newTestEnv(t)
+	e.createRole("web", nil)
+	if err := e.b.initialize(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
+		t.Fatal(err)
+	}
+	page := func() (string, uint64) {
+		d := e.ok(logical.ReadOperation, "revocations", nil).Data
+		return d["epoch"].(string), d["last"].(uint64)
+	}
+	first, last := page()
+	if first == "" || last != 0 {
+		t.Fatalf("a new mount's feed: epoch %q last %d", first, last)
+	}
+	for i := 0; i < 2; i++ {
+		e.ok(logical.DeleteOperation, "keys/id/"+e.mint("web", nil).Data["key_id"].(string), nil)
+	}
+	if ep, last := page(); ep != first || last != 2 {
+		t.Fatalf("after two revocations: epoch %q (was %q) last %d", ep, first, last)
+	}
+	if err := e.b.initialize(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
+		t.Fatal(err)
+	}
+	if ep, last := page(); ep == first || ep == "" || last != 2 {
+		t.Fatalf("after the mount started again: epoch %q (was %q) last %d, want a new epoch and last 2", ep, first, last)
+	}
+}

@@ -56,6 +56,20 @@ type FeedPage struct {
 	Revocations []FeedEntry `json:"revocations"`
 	Next        uint64      `json:"next"`
 	More        bool        `json:"more"`
+	// Epoch and Last: a reader whose epoch is not the page's, or whose
+	// cursor is above Last, reads again from 0 (storage went back). Empty
+	// from plugins older than the epoch.
+	Epoch string `json:"epoch"`
+	Last  uint64 `json:"last"`
+}
+
+// FeedRestart says whether a reader that followed the feed in epoch up to
+// cursor must read it again from 0 on seeing page.
+func FeedRestart(epoch string, cursor uint64, page *FeedPage) bool {
+	if page.Epoch == "" {
+		return false // a plugin that keeps no epoch
+	}
+	return (epoch != "" && page.Epoch != epoch) || page.Last < cursor
 }
 
 // MaxRevocationPage is the most entries one feed read returns.

@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"testing"
@@ -9,8 +11,10 @@ import (
 
 	"github.com/hashicorp/vault/api"
 
+	"github.com/keybroker/keybroker/contract"
 	"github.com/keybroker/keybroker/internal/vaultserver"
 	"github.com/keybroker/keybroker/jwtverify"
+	"github.com/keybroker/keybroker/sidecar"
 )
 
 // On a 3-node Raft cluster: credentials minted through a standby
@@ -126,4 +130,102 @@ func TestClusterLeaderFailover(t *testing.T) {
 	if r := call(t, e.proxy, "GET", "/read", bearer(keys[2].key), ""); r.status != 200 {
 		t.Fatalf("an unrevoked key after failover: %d %s", r.status, r.body)
 	}
+}
+
+// A snapshot restored to an earlier point takes the feed's sequence back:
+// numbers a sidecar has passed are given again to new revocations. The
+// sidecar sees the feed's new epoch and reads it again from the start, so
+// no revocation is skipped.
+func TestClusterSnapshotRestoreResyncsTheFeed(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a 3-node cluster takes ~30s")
+	}
+	c := vaultserver.StartClusterT(t)
+	ctx := ctxT(t)
+	active, err := c.WaitActive(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := c.Server(active)
+	setupRoles(t, v)
+	root := v.Client
+	var keys []string
+	var leases []string
+	for i := 0; i < 5; i++ {
+		s := write(t, root, "keybroker/keys/svc", map[string]interface{}{"name": "k"})
+		keys, leases = append(keys, s.Data["key"].(string)), append(leases, s.LeaseID)
+	}
+	revoke := func(i int) {
+		t.Helper()
+		if err := root.Sys().RevokeWithContext(ctx, leases[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A slow poll, so that the revocations after the restore land before
+	// the sidecar looks again.
+	e := startSidecar(t, v, func(c *sidecar.Config) { c.RevocationPollInterval = "5s" })
+	denied := func(i int) bool { return call(t, e.proxy, "GET", "/read", bearer(keys[i]), "").status == 401 }
+
+	revoke(0)
+	var snap bytes.Buffer
+	if err := root.Sys().RaftSnapshotWithContext(ctx, &snap); err != nil {
+		t.Fatal(err)
+	}
+	revoke(1)
+	revoke(2)
+	eventually(t, 15*time.Second, "the sidecar never read the first revocations from the feed", func() bool {
+		return metric(t, e.auth, "keybroker_sidecar_revoked_credentials", "") >= 3
+	})
+
+	feed := func() *contract.FeedPage {
+		t.Helper()
+		var p contract.FeedPage
+		if err := mapstructureJSON(read(t, root, "keybroker/revocations", map[string][]string{"after": {"0"}}).Data, &p); err != nil {
+			t.Fatal(err)
+		}
+		return &p
+	}
+	before := feed()
+	if before.Last != 3 || before.Epoch == "" {
+		t.Fatalf("feed before the restore: last %d epoch %q", before.Last, before.Epoch)
+	}
+	if err := root.Sys().RaftSnapshotRestoreWithContext(ctx, &snap, false); err != nil {
+		t.Fatal(err)
+	}
+	// The restored feed ends at 1; these two take numbers 2 and 3 again.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if err := root.Sys().RevokeWithContext(ctx, leases[3]); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("revoking after the restore: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	revoke(4)
+	// The same last number as before the restore, in a new epoch: a
+	// reader at cursor 3 would skip both without it.
+	if after := feed(); after.Last != 3 || !contract.FeedRestart(before.Epoch, before.Last, after) {
+		t.Fatalf("feed after the restore and two revocations: last %d epoch %q (was %q): a reader at cursor 3 is not told to read again", after.Last, after.Epoch, before.Epoch)
+	}
+	eventually(t, 20*time.Second, "revocations made after the snapshot restore never reached the sidecar", func() bool { return denied(3) && denied(4) })
+	for i := 0; i < 3; i++ {
+		// The restore made keys 1 and 2 valid again in Vault; what the
+		// sidecar learned from the feed stays revoked (it fails closed).
+		if r := call(t, e.proxy, "GET", "/read", bearer(keys[i]), ""); r.status != 401 {
+			t.Fatalf("key %d, revoked before the restore: %d %s %s", i, r.status, r.header.Get("X-Keybroker-Reason"), r.body)
+		}
+	}
+	if n := metric(t, e.auth, "keybroker_sidecar_revocation_feed_restarts_total", ""); n < 1 {
+		t.Fatal("the sidecar did not read the feed again")
+	}
+}
+
+// mapstructureJSON decodes a Vault answer's data into a typed value.
+func mapstructureJSON(in map[string]interface{}, out any) error {
+	b, err := json.Marshal(in)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(b, out)
 }

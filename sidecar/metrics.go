@@ -15,6 +15,7 @@ type metrics struct {
 	jwksFetches  *prometheus.CounterVec
 	vaultCalls   *prometheus.CounterVec
 	revokedCount prometheus.GaugeFunc
+	feedRestarts prometheus.Counter
 
 	spent          prometheus.Counter
 	costOverHold   prometheus.Counter
@@ -63,6 +64,10 @@ func newMetrics(s *Sidecar) *metrics {
 		Name: "keybroker_sidecar_revoked_credentials",
 		Help: "Revoked credential ids held from the feed.",
 	}, func() float64 { return float64(s.revoked.size()) })
+	m.feedRestarts = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "keybroker_sidecar_revocation_feed_restarts_total",
+		Help: "Times the revocation feed was read again from the start because its epoch changed or it went back.",
+	})
 	m.spent = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "keybroker_sidecar_budget_units_spent_total",
 		Help: "Budget units charged to metered credentials by this sidecar.",
@@ -78,7 +83,7 @@ func newMetrics(s *Sidecar) *metrics {
 	m.jwtHit, m.jwtMiss = m.cache.WithLabelValues("jwt", "hit"), m.cache.WithLabelValues("jwt", "miss")
 	m.keyHit, m.keyMiss = m.cache.WithLabelValues("api_key", "hit"), m.cache.WithLabelValues("api_key", "miss")
 	m.negativeHit = m.cache.WithLabelValues("negative", "hit")
-	m.reg.MustRegister(m.decisions, m.latency, m.cache, m.degraded, m.jwksFetches, m.vaultCalls, lag, age, m.revokedCount,
+	m.reg.MustRegister(m.decisions, m.latency, m.cache, m.degraded, m.jwksFetches, m.vaultCalls, lag, age, m.revokedCount, m.feedRestarts,
 		m.spent, m.costOverHold, m.usageFallbacks)
 	return m
 }

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sync/singleflight"
 	"golang.org/x/time/rate"
 
+	"github.com/keybroker/keybroker/contract"
 	"github.com/keybroker/keybroker/jwtverify"
 )
 
@@ -298,9 +299,13 @@ func (sc *Sidecar) refetchForUnknownKid(ctx context.Context) bool {
 	return sc.fetchJWKS(ctx, "unknown_kid")
 }
 
-// pollRevocations follows keybroker/revocations from cursor 0.
+// pollRevocations follows keybroker/revocations from cursor 0, and again
+// from 0 when the feed's epoch changes or its last entry is below the
+// cursor (storage went back: a restored snapshot, a re-enabled mount).
+// What the sidecar already holds as revoked stays revoked until it expires.
 func (sc *Sidecar) pollRevocations(ctx context.Context) {
 	var cursor uint64
+	var epoch string
 	for ctx.Err() == nil {
 		page, err := sc.vault.revocations(ctx, cursor)
 		if err != nil {
@@ -310,6 +315,13 @@ func (sc *Sidecar) pollRevocations(ctx context.Context) {
 			continue
 		}
 		sc.m.vaultCalls.WithLabelValues("revocations", "ok").Inc()
+		if contract.FeedRestart(epoch, cursor, page) {
+			sc.log.Info("the revocation feed started a new epoch or went back; reading it again from the start", "cursor", cursor, "last", page.Last)
+			sc.m.feedRestarts.Inc()
+			cursor, epoch = 0, page.Epoch
+			continue
+		}
+		epoch = page.Epoch
 		now := time.Now()
 		for _, e := range page.Revocations {
 			exp, err := time.Parse(time.RFC3339, e.ExpiresAt)
