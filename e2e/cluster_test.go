@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"testing"
@@ -228,4 +229,99 @@ func mapstructureJSON(in map[string]interface{}, out any) error {
 		return err
 	}
 	return json.Unmarshal(b, out)
+}
+
+// A full cluster stop and start (every node down, then up and unsealed):
+// revoked stays revoked, valid stays valid, the feed goes on where it was
+// (in a new epoch), JWTs signed before verify after, and rotation works.
+func TestClusterFullRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a 3-node cluster takes ~30s")
+	}
+	c := vaultserver.StartClusterT(t)
+	ctx := ctxT(t)
+	active, err := c.WaitActive(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := c.Server(active)
+	setupRoles(t, v)
+	root := v.Client
+	valid := write(t, root, "keybroker/keys/svc", map[string]interface{}{"name": "valid"})
+	gone := write(t, root, "keybroker/keys/svc", map[string]interface{}{"name": "revoked"})
+	if err := root.Sys().RevokeWithContext(ctx, gone.LeaseID); err != nil {
+		t.Fatal(err)
+	}
+	jwt := write(t, root, "keybroker/token/svc", map[string]interface{}{"audience": "svc"}).Data["token"].(string)
+	var before contract.FeedPage
+	if err := mapstructureJSON(read(t, root, "keybroker/revocations", nil).Data, &before); err != nil {
+		t.Fatal(err)
+	}
+	jwksBefore := fetchJWKSFrom(t, active.Addr)
+
+	c.Stop()
+	for _, n := range c.Nodes {
+		if n.Running() {
+			t.Fatalf("%s still runs after the stop", n.Name)
+		}
+	}
+	for _, n := range c.Nodes {
+		if err := c.Restart(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	active, err = c.WaitActive(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v = c.Server(active)
+	root = v.Client
+	eventually(t, 30*time.Second, "the plugin did not answer after the restart", func() bool {
+		_, err := root.Logical().Read("keybroker/config")
+		return err == nil
+	})
+
+	if ok, reason, _ := verify(t, root, valid.Data["key"].(string), "127.0.0.1"); !ok {
+		t.Fatalf("a valid key after the restart: %s", reason)
+	}
+	if ok, reason, _ := verify(t, root, gone.Data["key"].(string), "127.0.0.1"); ok || reason != "revoked" {
+		t.Fatalf("a revoked key after the restart: valid=%v reason %q", ok, reason)
+	}
+	if fetchJWKSFrom(t, active.Addr) != jwksBefore {
+		t.Fatal("the JWKS changed across a restart")
+	}
+	if ok, reason, _ := verify(t, root, jwt, "127.0.0.1"); !ok {
+		t.Fatalf("a JWT signed before the restart: %s", reason)
+	}
+	// The feed goes on: the next revocation takes the next number.
+	another := write(t, root, "keybroker/keys/svc", map[string]interface{}{"name": "after"})
+	if err := root.Sys().RevokeWithContext(ctx, another.LeaseID); err != nil {
+		t.Fatal(err)
+	}
+	var after contract.FeedPage
+	if err := mapstructureJSON(read(t, root, "keybroker/revocations", map[string][]string{"after": {fmt.Sprint(before.Next)}}).Data, &after); err != nil {
+		t.Fatal(err)
+	}
+	if after.Last != before.Last+1 || after.Epoch == before.Epoch || len(after.Revocations) != 1 || after.Revocations[0].ID != another.Data["key_id"] {
+		t.Fatalf("feed after the restart: %+v (before: last %d epoch %s)", after, before.Last, before.Epoch)
+	}
+	write(t, root, "keybroker/rotate", nil)
+	if fetchJWKSFrom(t, active.Addr) == jwksBefore {
+		t.Fatal("rotation after the restart changed nothing")
+	}
+}
+
+// fetchJWKSFrom reads a node's JWKS as it is served.
+func fetchJWKSFrom(t *testing.T, addr string) string {
+	t.Helper()
+	resp, err := http.Get(addr + "/v1/keybroker/jwks")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("jwks from %s: %d %s", addr, resp.StatusCode, b)
+	}
+	return string(b)
 }
