@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -324,4 +326,91 @@ func fetchJWKSFrom(t *testing.T, addr string) string {
 		t.Fatalf("jwks from %s: %d %s", addr, resp.StatusCode, b)
 	}
 	return string(b)
+}
+
+// Three sidecars spend one budget while the active node is killed: the
+// recorded use stays within budget + 3 × max_cost_per_request, and every
+// unit the upstream served reaches Vault (nothing reported is lost).
+func TestClusterBudgetAcrossFailover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a 3-node cluster takes ~30s")
+	}
+	const budget, maxCost = 20000, 10 // ~7s of spending at this pace
+	c := vaultserver.StartClusterT(t)
+	ctx := ctxT(t)
+	leader, err := c.WaitActive(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var standby *vaultserver.Node
+	for _, n := range c.Nodes {
+		if n != leader {
+			standby = n
+			break
+		}
+	}
+	v := c.Server(standby)
+	setupRoles(t, v)
+	root := v.Client
+	write(t, root, "keybroker/roles/llm", map[string]interface{}{"scopes": "read", "budget": budget, "max_cost_per_request": maxCost})
+	minted := write(t, root, "keybroker/keys/llm", map[string]interface{}{"name": "agent"})
+	key, keyID := minted.Data["key"].(string), minted.Data["key_id"].(string)
+	up := newLLMUpstream(t, maxCost)
+	sidecars := []*sidecarEnv{meteredSidecar(t, v, up), meteredSidecar(t, v, up), meteredSidecar(t, v, up)}
+
+	var wg sync.WaitGroup
+	var allowed, exhausted, unavailable atomic.Int64
+	var bad atomic.Value
+	stop := time.Now().Add(45 * time.Second)
+	for _, sc := range sidecars {
+		for w := 0; w < 3; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for inARow := 0; inARow < 3 && time.Now().Before(stop); {
+					r := call(t, sc.proxy, "GET", "/llm/complete", bearer(key), "")
+					switch {
+					case r.status == 200:
+						allowed.Add(1)
+						inARow = 0
+					case r.status == 429 && r.header.Get("X-Keybroker-Reason") == "budget_exhausted":
+						exhausted.Add(1)
+						inARow++
+					case r.status == 503: // Vault out of reach and the chunk spent
+						unavailable.Add(1)
+						inARow = 0
+					default:
+						bad.Store(fmt.Sprintf("%d %s", r.status, r.header.Get("X-Keybroker-Reason")))
+						return
+					}
+					time.Sleep(5 * time.Millisecond) // spread the spend over the failover
+				}
+			}()
+		}
+	}
+	time.Sleep(time.Second)
+	spentAtKill := up.served.Load()
+	c.Kill(leader)
+	wg.Wait()
+	if b := bad.Load(); b != nil {
+		t.Fatalf("unexpected answer: %v", b)
+	}
+	served := up.served.Load()
+	t.Logf("%d served when the leader was killed, %d in all; allowed %d, budget_exhausted %d, unavailable %d", spentAtKill, served, allowed.Load(), exhausted.Load(), unavailable.Load())
+	if spentAtKill >= budget {
+		t.Fatal("the budget was spent before the leader was killed: the test proves nothing")
+	}
+	if served > budget+3*maxCost {
+		t.Fatalf("spent %d across a failover: over budget + 3 x max_cost_per_request = %d", served, budget+3*maxCost)
+	}
+	if served < budget {
+		t.Fatalf("spent %d of %d: the budget was not used up after the failover", served, budget)
+	}
+	for _, sc := range sidecars {
+		sc.stop() // a clean stop reports and releases everything
+	}
+	eventually(t, 15*time.Second, "Vault's count never matched what the upstream served", func() bool {
+		used, reserved, _ := spend(t, root, keyID)
+		return used == up.served.Load() && reserved == 0
+	})
 }
