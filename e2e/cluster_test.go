@@ -58,6 +58,14 @@ func TestClusterLeaderFailover(t *testing.T) {
 	if r := call(t, e.proxy, "GET", "/read", bearer(keys[0].key), ""); r.status != 200 {
 		t.Fatalf("before failover: %d %s", r.status, r.body)
 	}
+	// A sidecar that knows every node, the doomed leader first.
+	var addrs []string
+	for _, n := range append([]*vaultserver.Node{leader}, c.Nodes...) {
+		if !containsString(addrs, n.Addr) {
+			addrs = append(addrs, n.Addr)
+		}
+	}
+	ha := startSidecar(t, v, func(c *sidecar.Config) { c.Vault.Address, c.Vault.Addresses = "", addrs })
 
 	c.Kill(leader)
 	gapStart := time.Now()
@@ -133,6 +141,19 @@ func TestClusterLeaderFailover(t *testing.T) {
 	if r := call(t, e.proxy, "GET", "/read", bearer(keys[2].key), ""); r.status != 200 {
 		t.Fatalf("an unrevoked key after failover: %d %s", r.status, r.body)
 	}
+
+	// The sidecar that was talking to the dead leader moves to the next
+	// node: a key it never saw is looked up, a revocation reaches it.
+	fresh := write(t, root, "keybroker/keys/svc", map[string]interface{}{"name": "fresh"})
+	if r := call(t, ha.proxy, "GET", "/read", bearer(fresh.Data["key"].(string)), ""); r.status != 200 {
+		t.Fatalf("a sidecar configured with every node, a key minted after failover: %d %s", r.status, r.body)
+	}
+	if err := root.Sys().RevokeWithContext(context.Background(), fresh.LeaseID); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "a sidecar configured with every node never saw a revocation after failover", func() bool {
+		return call(t, ha.proxy, "GET", "/read", bearer(fresh.Data["key"].(string)), "").status == 401
+	})
 }
 
 // A snapshot restored to an earlier point takes the feed's sequence back:

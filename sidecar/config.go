@@ -92,7 +92,11 @@ type Config struct {
 
 // VaultConfig says how to reach and log in to Vault.
 type VaultConfig struct {
-	Address      string `hcl:"address,optional"`
+	Address string `hcl:"address,optional"`
+	// Addresses are the nodes of an HA cluster (or its load balancers), in
+	// the order to try them: a node out of reach or answering 5xx (sealed,
+	// down, no leader) is left for the next. Set address or addresses.
+	Addresses    []string `hcl:"addresses,optional"`
 	CACert       string `hcl:"ca_cert,optional"`
 	Mount        string `hcl:"mount,optional"`
 	RoleID       string `hcl:"role_id,optional"`
@@ -152,7 +156,8 @@ type settings struct {
 	reportInterval, reservationTTL, idleRelease time.Duration
 	name                                        string
 
-	vaultAddr, vaultCACert, mount string
+	vaultAddrs                    []string
+	vaultCACert, mount            string
 	roleID, roleIDFile            string
 	secretIDFile                  string
 	logLevel, logFormat           string
@@ -337,7 +342,20 @@ func (c *Config) settings() (*settings, error) {
 		return nil, fmt.Errorf("a vault block is required (address, mount, role_id or role_id_file, secret_id_file)")
 	}
 	v := c.Vault
-	s.vaultAddr, s.vaultCACert = v.Address, v.CACert
+	switch {
+	case v.Address != "" && len(v.Addresses) > 0:
+		return nil, fmt.Errorf("vault: set address or addresses, not both")
+	case v.Address != "":
+		s.vaultAddrs = []string{v.Address}
+	default:
+		s.vaultAddrs = v.Addresses
+	}
+	for _, a := range s.vaultAddrs {
+		if u, err := url.Parse(a); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("vault: address %q is not an http(s) URL", a)
+		}
+	}
+	s.vaultCACert = v.CACert
 	s.mount = strings.Trim(cmp.Or(v.Mount, "keybroker"), "/")
 	s.roleID, s.roleIDFile, s.secretIDFile = v.RoleID, v.RoleIDFile, v.SecretIDFile
 	if (s.roleID == "") == (s.roleIDFile == "") {

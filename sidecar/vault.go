@@ -26,6 +26,8 @@ type vaultClient struct {
 	c     *api.Client
 	mount string
 	log   hclog.Logger
+	// addrs are the nodes to try in turn; c talks to one of them.
+	addrs []string
 
 	roleID, roleIDFile, secretIDFile string
 
@@ -37,8 +39,8 @@ func newVaultClient(s *settings, log hclog.Logger) (*vaultClient, error) {
 	if cfg.Error != nil {
 		return nil, fmt.Errorf("vault client config: %w", cfg.Error)
 	}
-	if s.vaultAddr != "" {
-		cfg.Address = s.vaultAddr
+	if len(s.vaultAddrs) > 0 {
+		cfg.Address = s.vaultAddrs[0]
 	}
 	if s.vaultCACert != "" {
 		if err := cfg.ConfigureTLS(&api.TLSConfig{CACert: s.vaultCACert}); err != nil {
@@ -57,7 +59,7 @@ func newVaultClient(s *settings, log hclog.Logger) (*vaultClient, error) {
 		return nil, err
 	}
 	c.ClearToken() // never VAULT_TOKEN: the sidecar has its own identity
-	return &vaultClient{c: c, mount: s.mount, log: log, roleID: s.roleID, roleIDFile: s.roleIDFile, secretIDFile: s.secretIDFile}, nil
+	return &vaultClient{c: c, mount: s.mount, log: log, addrs: s.vaultAddrs, roleID: s.roleID, roleIDFile: s.roleIDFile, secretIDFile: s.secretIDFile}, nil
 }
 
 func readTrimmed(path string) (string, error) {
@@ -83,13 +85,17 @@ func (v *vaultClient) login(ctx context.Context) (*api.Secret, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading secret_id_file: %w", err)
 	}
-	anon, err := v.c.Clone()
-	if err != nil {
-		return nil, err
-	}
-	anon.ClearToken()
-	sec, err := anon.Logical().WriteWithContext(ctx, "auth/approle/login", map[string]interface{}{
-		"role_id": roleID, "secret_id": secretID,
+	var sec *api.Secret
+	err = v.acrossNodes(func() error {
+		anon, err := v.c.Clone()
+		if err != nil {
+			return err
+		}
+		anon.ClearToken()
+		sec, err = anon.Logical().WriteWithContext(ctx, "auth/approle/login", map[string]interface{}{
+			"role_id": roleID, "secret_id": secretID,
+		})
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("approle login: %w", err)
@@ -149,15 +155,51 @@ func (v *vaultClient) keepLoggedIn(ctx context.Context, sec *api.Secret) {
 // withLogin runs f, and once more after a fresh login if Vault refused the
 // token (expired, revoked).
 func (v *vaultClient) withLogin(ctx context.Context, f func() error) error {
-	err := f()
+	err := v.acrossNodes(f)
 	var re *api.ResponseError
 	if errors.As(err, &re) && re.StatusCode == http.StatusForbidden {
 		if _, lerr := v.login(ctx); lerr != nil {
 			return fmt.Errorf("%w (and logging in again failed: %v)", err, lerr)
 		}
+		err = v.acrossNodes(f)
+	}
+	return err
+}
+
+// acrossNodes runs f, and again on each other node in turn while the node
+// it ran on was out of reach (no connection, or 5xx: sealed, shutting down,
+// no active node to forward to). The next call starts at the node that
+// answered last. With one address it is f.
+func (v *vaultClient) acrossNodes(f func() error) error {
+	err := f()
+	for i := 1; i < len(v.addrs) && nodeUnavailable(err); i++ {
+		failed := v.c.Address()
+		next := v.addrs[0]
+		for j, a := range v.addrs {
+			if a == failed {
+				next = v.addrs[(j+1)%len(v.addrs)]
+			}
+		}
+		v.log.Warn("vault node out of reach; trying the next", "failed", failed, "next", next, "error", err)
+		if err := v.c.SetAddress(next); err != nil {
+			return err
+		}
 		err = f()
 	}
 	return err
+}
+
+// nodeUnavailable says whether err is the node's failure rather than an
+// answer: no HTTP answer at all, or a 5xx.
+func nodeUnavailable(err error) bool {
+	if err == nil {
+		return false
+	}
+	var re *api.ResponseError
+	if errors.As(err, &re) {
+		return re.StatusCode >= 500
+	}
+	return !errors.Is(err, context.Canceled)
 }
 
 func (v *vaultClient) verifyKey(ctx context.Context, key, remoteAddr string) (*contract.VerifyAnswer, error) {
@@ -200,17 +242,25 @@ func (v *vaultClient) revocations(ctx context.Context, after uint64) (*contract.
 
 // raw reads an unauthenticated raw-JSON path of the mount (jwks, discovery).
 func (v *vaultClient) raw(ctx context.Context, path string) ([]byte, error) {
-	resp, err := v.c.Logical().ReadRawWithContext(ctx, v.mount+"/"+path)
-	if resp != nil {
-		defer resp.Body.Close()
-	}
+	var body []byte
+	err := v.acrossNodes(func() error {
+		resp, err := v.c.Logical().ReadRawWithContext(ctx, v.mount+"/"+path)
+		if resp != nil {
+			defer resp.Body.Close()
+		}
+		if err != nil {
+			return err
+		}
+		if resp.StatusCode != http.StatusOK {
+			return &api.ResponseError{HTTPMethod: http.MethodGet, URL: path, StatusCode: resp.StatusCode}
+		}
+		body, err = io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("reading %s: %w", path, err)
 	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("reading %s: HTTP %d", path, resp.StatusCode)
-	}
-	return io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return body, nil
 }
 
 func (v *vaultClient) issuer(ctx context.Context) (string, error) {
