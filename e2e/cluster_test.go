@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -434,4 +435,100 @@ func TestClusterBudgetAcrossFailover(t *testing.T) {
 		used, reserved, _ := spend(t, root, keyID)
 		return used == up.served.Load() && reserved == 0
 	})
+}
+
+// The plugin process of the active node is killed (SIGKILL) during a burst
+// of mints: Vault starts it again and mints succeed; every mint that
+// succeeded has its key and its lease, and revoking them all lands every one
+// in the feed. A mint that failed may leave a key record that no lease
+// holds and no caller ever received (the answer never left); it cannot be
+// used, and tidy removes it once it expires.
+func TestClusterPluginKilledDuringMints(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a 3-node cluster takes ~30s")
+	}
+	c := vaultserver.StartClusterT(t)
+	ctx := ctxT(t)
+	active, err := c.WaitActive(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := c.Server(active)
+	setupRoles(t, v)
+	root := v.Client
+	write(t, root, "keybroker/keys/svc", map[string]interface{}{"name": "warm-up"}) // the plugin runs
+	pids := active.PluginPIDs()
+	if len(pids) == 0 {
+		t.Fatal("no plugin process found on the active node")
+	}
+
+	type minted struct{ key, id, lease string }
+	var mu sync.Mutex
+	var ok []minted
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	stop := time.Now().Add(4 * time.Second)
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(stop) {
+				s, err := root.Logical().Write("keybroker/keys/svc", map[string]interface{}{"name": "burst"})
+				if err != nil {
+					failed.Add(1)
+					time.Sleep(20 * time.Millisecond)
+					continue
+				}
+				mu.Lock()
+				ok = append(ok, minted{s.Data["key"].(string), s.Data["key_id"].(string), s.LeaseID})
+				mu.Unlock()
+			}
+		}()
+	}
+	time.Sleep(time.Second)
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	wg.Wait()
+	t.Logf("plugin pids %v killed; %d mints succeeded, %d failed", pids, len(ok), failed.Load())
+	eventually(t, 30*time.Second, "mints never succeeded again after the plugin was killed", func() bool {
+		_, err := root.Logical().Write("keybroker/keys/svc", map[string]interface{}{"name": "after"})
+		return err == nil
+	})
+	if newPIDs := active.PluginPIDs(); len(newPIDs) == 0 || newPIDs[0] == pids[0] {
+		t.Fatalf("plugin processes after the kill: %v (before %v)", newPIDs, pids)
+	}
+
+	// Keys stored beyond the successes (warm-up and after: 2) can only be
+	// from failed mints, whose answer never reached anyone.
+	list, err := root.Logical().ListWithContext(ctx, "keybroker/keys/id")
+	if err != nil || list == nil {
+		t.Fatalf("listing keys: %v", err)
+	}
+	orphans := len(list.Data["keys"].([]interface{})) - len(ok) - 2
+	t.Logf("%d key records without a successful mint (at most the %d failed mints)", orphans, failed.Load())
+	if orphans < 0 || int64(orphans) > failed.Load() {
+		t.Fatalf("%d stored keys for %d successful mints and %d failed ones", orphans+len(ok)+2, len(ok), failed.Load())
+	}
+	// Every success is a key that verifies and a lease that exists.
+	for _, m := range ok {
+		if valid, reason, _ := verify(t, root, m.key, "127.0.0.1"); !valid {
+			t.Fatalf("key %s minted during the burst: %s", m.id, reason)
+		}
+		if _, err := root.Sys().LookupWithContext(ctx, m.lease); err != nil {
+			t.Fatalf("key %s minted during the burst has no lease %s: %v", m.id, m.lease, err)
+		}
+	}
+	// Revoking them all lands every one in the feed.
+	for _, m := range ok {
+		if err := root.Sys().RevokeWithContext(ctx, m.lease); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ids := feedIDs(t, root)
+	for _, m := range ok {
+		if !containsString(ids, m.id) {
+			t.Fatalf("key %s, revoked, is not in the feed", m.id)
+		}
+	}
 }
