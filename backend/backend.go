@@ -31,7 +31,6 @@ type backend struct {
 	revocationMu sync.Mutex
 
 	tidyMu       sync.Mutex
-	lastTidy     time.Time
 	tidyDisabled bool // set by tests that drive tidy by hand
 
 	// signingMu guards signingCache and serialises key rotation.
@@ -132,17 +131,36 @@ func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
 	if err := b.rotateIfDue(ctx, req.Storage, time.Now()); err != nil {
 		return fmt.Errorf("rotating signing key: %w", err)
 	}
-	b.tidyMu.Lock()
-	due := !b.tidyDisabled && time.Since(b.lastTidy) >= tidyInterval
-	if due {
-		b.lastTidy = time.Now()
+	due, err := b.claimTidy(ctx, req.Storage, time.Now())
+	if err != nil || !due {
+		return err
 	}
-	b.tidyMu.Unlock()
-	if !due {
-		return nil
-	}
-	_, err := b.tidy(ctx, req.Storage, time.Now())
+	b.Logger().Info("periodic tidy running")
+	_, err = b.tidy(ctx, req.Storage, time.Now())
 	return err
+}
+
+// lastTidyPath records when periodic tidy last ran, in storage: a node
+// that becomes active goes on from there instead of tidying at once, so
+// tidy runs once per tidyInterval across the cluster.
+const lastTidyPath = "tidy/last"
+
+// claimTidy says whether periodic tidy is due, and if so records that it
+// runs now.
+func (b *backend) claimTidy(ctx context.Context, s logical.Storage, now time.Time) (bool, error) {
+	if b.tidyDisabled {
+		return false, nil
+	}
+	b.tidyMu.Lock()
+	defer b.tidyMu.Unlock()
+	type last struct {
+		At time.Time `json:"at"`
+	}
+	l, err := getJSON[last](ctx, s, lastTidyPath)
+	if err != nil || (l != nil && now.Sub(l.At) < tidyInterval) {
+		return false, err
+	}
+	return true, putJSON(ctx, s, lastTidyPath, &last{At: now})
 }
 
 const backendHelp = `

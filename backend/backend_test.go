@@ -5,6 +5,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
 )
@@ -131,18 +132,24 @@ func TestPathHelpRequest(t *testing.T) {
 func TestPeriodicTidyRunsOnlyWhenDue(t *testing.T) {
 	e := newTestEnv(t)
 	e.b.tidyDisabled = false
-	req := &logical.Request{Storage: e.storage}
-	if err := e.b.periodic(context.Background(), req); err != nil {
+	now := time.Now()
+	if due, err := e.b.claimTidy(context.Background(), e.storage, now); err != nil || !due {
+		t.Fatalf("first claim: due=%v %v", due, err)
+	}
+	if due, _ := e.b.claimTidy(context.Background(), e.storage, now.Add(time.Minute)); due {
+		t.Fatal("tidy due again before tidyInterval passed")
+	}
+	// Another node that becomes active (a new backend on the same
+	// storage) goes on from the last run, not from zero.
+	other := newBackend()
+	if due, _ := other.claimTidy(context.Background(), e.storage, now.Add(time.Minute)); due {
+		t.Fatal("a node that became active tidied again within tidyInterval")
+	}
+	if due, _ := other.claimTidy(context.Background(), e.storage, now.Add(tidyInterval)); !due {
+		t.Fatal("tidy not due after tidyInterval")
+	}
+	// periodic runs it.
+	if err := e.b.periodic(context.Background(), &logical.Request{Storage: e.storage}); err != nil {
 		t.Fatal(err)
-	}
-	first := e.b.lastTidy
-	if first.IsZero() {
-		t.Fatal("first periodic call did not tidy")
-	}
-	if err := e.b.periodic(context.Background(), req); err != nil {
-		t.Fatal(err)
-	}
-	if !e.b.lastTidy.Equal(first) {
-		t.Fatal("periodic tidied again before tidyInterval passed")
 	}
 }
