@@ -97,11 +97,11 @@ type VaultConfig struct {
 	// the order to try them: a node out of reach or answering 5xx (sealed,
 	// down, no leader) is left for the next. Set address or addresses.
 	Addresses    []string `hcl:"addresses,optional"`
-	CACert       string `hcl:"ca_cert,optional"`
-	Mount        string `hcl:"mount,optional"`
-	RoleID       string `hcl:"role_id,optional"`
-	RoleIDFile   string `hcl:"role_id_file,optional"`
-	SecretIDFile string `hcl:"secret_id_file"`
+	CACert       string   `hcl:"ca_cert,optional"`
+	Mount        string   `hcl:"mount,optional"`
+	RoleID       string   `hcl:"role_id,optional"`
+	RoleIDFile   string   `hcl:"role_id_file,optional"`
+	SecretIDFile string   `hcl:"secret_id_file"`
 }
 
 // RouteConfig maps a method and path prefix to the scopes a request needs.
@@ -156,11 +156,11 @@ type settings struct {
 	reportInterval, reservationTTL, idleRelease time.Duration
 	name                                        string
 
-	vaultAddrs                    []string
-	vaultCACert, mount            string
-	roleID, roleIDFile            string
-	secretIDFile                  string
-	logLevel, logFormat           string
+	vaultAddrs          []string
+	vaultCACert, mount  string
+	roleID, roleIDFile  string
+	secretIDFile        string
+	logLevel, logFormat string
 }
 
 // ParseConfigFile reads an HCL config file.
