@@ -21,7 +21,7 @@ vault:
 
 ## test: unit tests, end-to-end tests against a real Vault, and short fuzz runs
 test: vault vet
-	$(GO) test -count=1 ./...
+	$(GO) test -count=1 -timeout 20m ./...
 	$(MAKE) --no-print-directory fuzz
 
 ## fuzz: fuzz the JWT parser and the sidecar's decision (FUZZTIME=10m for longer)
@@ -35,7 +35,7 @@ unit:
 
 ## e2e: only the end-to-end tests
 e2e: vault
-	$(GO) test -count=1 -v ./e2e/...
+	$(GO) test -count=1 -timeout 20m -v ./e2e/...
 
 ## dev: a dev Vault on $(DEV_ADDR) with the plugin enabled at keybroker/
 dev: build vault

@@ -57,6 +57,13 @@ func TestClusterLeaderFailover(t *testing.T) {
 		secrets = append(secrets, s)
 	}
 	jwt := write(t, root, "keybroker/token/svc", map[string]interface{}{"audience": "svc"}).Data["token"].(string)
+	// An agent with a refresh family, through the standby.
+	write(t, root, "keybroker/roles/agent", map[string]interface{}{"audiences": "api", "refresh_ttl": "1h"})
+	agent, err := v.LoginAs(ctx, "agent", agentPolicy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	family := write(t, agent, "keybroker/token/agent", nil)
 	e := startSidecar(t, v, nil)
 	if r := call(t, e.proxy, "GET", "/read", bearer(keys[0].key), ""); r.status != 200 {
 		t.Fatalf("before failover: %d %s", r.status, r.body)
@@ -131,6 +138,17 @@ func TestClusterLeaderFailover(t *testing.T) {
 	}
 	if r := call(t, e.proxy, "GET", "/read", bearer(jwt), ""); r.status != 200 {
 		t.Fatalf("sidecar, JWT after failover: %d %s", r.status, r.body)
+	}
+
+	// The refresh family goes on, and reuse of a spent refresh token is
+	// still caught on the new leader.
+	refreshed := write(t, agent, "keybroker/token/refresh", map[string]interface{}{"refresh_token": family.Data["refresh_token"]})
+	if refreshed.Data["token"] == nil {
+		t.Fatal("refresh after failover returned no token")
+	}
+	_, err = agent.Logical().WriteWithContext(ctx, "keybroker/token/refresh", map[string]interface{}{"refresh_token": family.Data["refresh_token"]})
+	if statusOf(err) != http.StatusBadRequest || !strings.Contains(err.Error(), "already used") {
+		t.Fatalf("reusing a refresh token spent after failover: %v", err)
 	}
 
 	// A revocation after failover reaches the sidecar that rode through it.
