@@ -59,7 +59,7 @@ gateway = "nginx"
 vault {
   address        = "http://127.0.0.1:8200"
   # On an HA cluster, every node (or its load balancer as address); a node out
-  # of reach or answering 5xx is left for the next:
+  # of reach or answering 502, 503 or 504 is left for the next:
   # addresses    = ["https://vault-1:8200", "https://vault-2:8200", "https://vault-3:8200"]
   mount          = "keybroker"
   role_id_file   = "/etc/keybroker/role-id"

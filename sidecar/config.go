@@ -94,8 +94,8 @@ type Config struct {
 type VaultConfig struct {
 	Address string `hcl:"address,optional"`
 	// Addresses are the nodes of an HA cluster (or its load balancers), in
-	// the order to try them: a node out of reach or answering 5xx (sealed,
-	// down, no leader) is left for the next. Set address or addresses.
+	// the order to try them: a node out of reach or answering 502/503/504
+	// (sealed, down, no leader) is left for the next. Set address or addresses.
 	Addresses    []string `hcl:"addresses,optional"`
 	CACert       string   `hcl:"ca_cert,optional"`
 	Mount        string   `hcl:"mount,optional"`

@@ -167,9 +167,11 @@ func (v *vaultClient) withLogin(ctx context.Context, f func() error) error {
 }
 
 // acrossNodes runs f, and again on each other node in turn while the node
-// it ran on was out of reach (no connection, or 5xx: sealed, shutting down,
-// no active node to forward to). The next call starts at the node that
-// answered last. With one address it is f.
+// it ran on was out of reach (see nodeUnavailable). The next call starts at
+// the node that answered last. With one address it is f. A call the first
+// node did carry out before failing may so be made twice: verify and the
+// feed are reads, reports are running totals, and a duplicate reservation
+// or rate grant only holds units until it expires unused.
 func (v *vaultClient) acrossNodes(f func() error) error {
 	err := f()
 	for i := 1; i < len(v.addrs) && nodeUnavailable(err); i++ {
@@ -190,14 +192,20 @@ func (v *vaultClient) acrossNodes(f func() error) error {
 }
 
 // nodeUnavailable says whether err is the node's failure rather than an
-// answer: no HTTP answer at all, or a 5xx.
+// answer: no HTTP answer at all, or 502/503/504 (sealed, shutting down, no
+// active node to forward to). A 500 is keybroker's or storage's answer,
+// which another node would only forward to the same active node.
 func nodeUnavailable(err error) bool {
 	if err == nil {
 		return false
 	}
 	var re *api.ResponseError
 	if errors.As(err, &re) {
-		return re.StatusCode >= 500
+		switch re.StatusCode {
+		case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+			return true
+		}
+		return false
 	}
 	return !errors.Is(err, context.Canceled)
 }
