@@ -353,6 +353,22 @@ func TestClusterFullRestart(t *testing.T) {
 	if fetchJWKSFrom(t, active.Addr) == jwksBefore {
 		t.Fatal("rotation after the restart changed nothing")
 	}
+
+	// Sealing the active node hands over to another; unsealed, it rejoins.
+	if err := c.Seal(ctx, active); err != nil {
+		t.Fatal(err)
+	}
+	var next *vaultserver.Node
+	eventually(t, 30*time.Second, "no other node became active after the active one was sealed", func() bool {
+		next = c.Active(ctx)
+		return next != nil && next != active
+	})
+	if ok, reason, _ := verify(t, next.Client, valid.Data["key"].(string), "127.0.0.1"); !ok {
+		t.Fatalf("a valid key after sealing the active node: %s", reason)
+	}
+	if err := c.Unseal(ctx, active); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // fetchJWKSFrom reads a node's JWKS as it is served.

@@ -240,6 +240,15 @@ func (c *Cluster) Unseal(ctx context.Context, n *Node) error {
 	}
 }
 
+// Seal seals node n (as `vault operator seal` on it): an active node steps
+// down and another takes over.
+func (c *Cluster) Seal(ctx context.Context, n *Node) error {
+	if err := n.Client.Sys().SealWithContext(ctx); err != nil {
+		return fmt.Errorf("sealing %s: %w", n.Name, err)
+	}
+	return nil
+}
+
 // Active returns the node that is active now, or nil.
 func (c *Cluster) Active(ctx context.Context) *Node {
 	for _, n := range c.Nodes {
