@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/keybroker/keybroker/internal/version"
 )
@@ -29,6 +30,10 @@ type backend struct {
 	// committed later with a smaller number. Writes only happen on the active
 	// node (standbys forward them), so a process-local lock is enough.
 	revocationMu sync.Mutex
+	// feedWake wakes long-polling feed reads on each append; feedReads
+	// makes concurrent reads of one cursor share a storage read.
+	feedWake  feedWaiters
+	feedReads singleflight.Group
 
 	tidyMu       sync.Mutex
 	tidyDisabled bool // set by tests that drive tidy by hand

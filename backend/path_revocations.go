@@ -3,8 +3,10 @@ package backend
 import (
 	"context"
 	"fmt"
+	"maps"
 	"sort"
 	"strconv"
+	"sync"
 	"time"
 
 	uuid "github.com/hashicorp/go-uuid"
@@ -80,7 +82,43 @@ func (b *backend) appendRevocationLocked(ctx context.Context, s logical.Storage,
 	if err := putJSON(ctx, s, revocationSeqPath, c); err != nil {
 		return err
 	}
-	return putJSON(ctx, s, revocationPath(r.Seq), r)
+	if err := putJSON(ctx, s, revocationPath(r.Seq), r); err != nil {
+		return err
+	}
+	b.feedWake.wake()
+	return nil
+}
+
+// maxFeedWait is the longest a feed read may wait for a new entry, well
+// inside Vault's default max_request_duration (90s).
+const maxFeedWait = 30 * time.Second
+
+// feedWaiters lets long-polling feed reads wait for the next entry on the
+// active node, where entries are appended: one channel, closed on each
+// append, that every waiting read selects on. No goroutine or storage read
+// per waiter per entry; see feedPages for the reads after a wake.
+type feedWaiters struct {
+	mu sync.Mutex
+	ch chan struct{}
+}
+
+// next is closed when the next entry is appended.
+func (f *feedWaiters) next() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.ch == nil {
+		f.ch = make(chan struct{})
+	}
+	return f.ch
+}
+
+func (f *feedWaiters) wake() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.ch != nil {
+		close(f.ch)
+		f.ch = nil
+	}
 }
 
 func pathRevocations(b *backend) *framework.Path {
@@ -90,6 +128,10 @@ func pathRevocations(b *backend) *framework.Path {
 			"after": {
 				Type:        framework.TypeInt64,
 				Description: "Cursor: return revocations after this one. Start with 0 (the default), then pass the previous answer's next.",
+			},
+			"wait": {
+				Type:        framework.TypeDurationSecond,
+				Description: fmt.Sprintf("Long poll: when nothing follows after, wait up to this long (at most %s) and answer as soon as a revocation is added. Default 0: answer at once.", maxFeedWait),
 			},
 		},
 		Operations: map[logical.Operation]framework.OperationHandler{
@@ -118,16 +160,56 @@ func (b *backend) pathRevocationsRead(ctx context.Context, req *logical.Request,
 	if after < 0 {
 		return logical.ErrorResponse("after must not be negative"), nil
 	}
+	wait := time.Duration(d.Get("wait").(int)) * time.Second
+	if wait < 0 || wait > maxFeedWait {
+		return logical.ErrorResponse("wait must be between 0 and %s, got %s", maxFeedWait, wait), nil
+	}
+	// Taken before reading, so that an entry appended during the read
+	// wakes the wait below.
+	woken := b.feedWake.next()
+	data, err := b.feedPages(ctx, req.Storage, after)
+	if err != nil || wait == 0 || data["next"].(uint64) != uint64(after) || data["last"].(uint64) < uint64(after) {
+		return &logical.Response{Data: data}, err
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case <-woken:
+	case <-timer.C:
+		return &logical.Response{Data: data}, nil
+	case <-ctx.Done():
+		return &logical.Response{Data: data}, nil
+	}
+	data, err = b.feedPages(ctx, req.Storage, after)
+	return &logical.Response{Data: data}, err
+}
+
+// feedPages reads a page after a cursor. Reads of the same cursor at the
+// same time share one storage read: every verifier that is up to date waits
+// at the same cursor, so an append wakes them all into one read, not one
+// each.
+func (b *backend) feedPages(ctx context.Context, s logical.Storage, after int64) (map[string]interface{}, error) {
+	v, err, _ := b.feedReads.Do(strconv.FormatInt(after, 10), func() (interface{}, error) {
+		return b.feedPage(context.WithoutCancel(ctx), s, after)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return maps.Clone(v.(map[string]interface{})), nil // the entries are shared, read only
+}
+
+// feedPage reads the page of the feed after a cursor from storage.
+func (b *backend) feedPage(ctx context.Context, s logical.Storage, after int64) (map[string]interface{}, error) {
 	// The counter first: an entry appended after it is read is seen next
 	// time, and last never runs ahead of what the list shows.
-	c, err := getJSON[feedCounter](ctx, req.Storage, revocationSeqPath)
+	c, err := getJSON[feedCounter](ctx, s, revocationSeqPath)
 	if err != nil {
 		return nil, err
 	}
 	if c == nil {
 		c = &feedCounter{}
 	}
-	names, err := req.Storage.List(ctx, revocationEntryPrefix)
+	names, err := s.List(ctx, revocationEntryPrefix)
 	if err != nil {
 		return nil, fmt.Errorf("listing revocations: %w", err)
 	}
@@ -147,7 +229,7 @@ func (b *backend) pathRevocationsRead(ctx context.Context, req *logical.Request,
 			continue // not written by us
 		}
 		next = seq
-		r, err := b.getRevocation(ctx, req.Storage, name)
+		r, err := b.getRevocation(ctx, s, name)
 		if err != nil {
 			return nil, err
 		}
@@ -161,13 +243,13 @@ func (b *backend) pathRevocationsRead(ctx context.Context, req *logical.Request,
 			"expires_at": r.ExpiresAt.UTC().Format(time.RFC3339),
 		})
 	}
-	return &logical.Response{Data: map[string]interface{}{
+	return map[string]interface{}{
 		"revocations": out,
 		"next":        next,
 		"more":        more,
 		"epoch":       c.Epoch,
 		"last":        c.Last,
-	}}, nil
+	}, nil
 }
 
 func (b *backend) getRevocation(ctx context.Context, s logical.Storage, name string) (*revocation, error) {

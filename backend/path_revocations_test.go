@@ -223,3 +223,41 @@ func TestRevocationFeedEpoch(t *testing.T) {
 		t.Fatalf("after the mount started again: epoch %q (was %q) last %d, want a new epoch and last 2", ep, first, last)
 	}
 }
+
+// A long-polling read at the end of the feed answers as soon as a
+// revocation is added, and after its wait when none is.
+func TestRevocationFeedLongPoll(t *testing.T) {
+	e := newTestEnv(t)
+	e.createRole("web", nil)
+	read := func(after int64, wait string) (*logical.Response, time.Duration) {
+		start := time.Now()
+		resp, err := e.b.HandleRequest(context.Background(), &logical.Request{
+			Operation: logical.ReadOperation, Path: "revocations", Storage: e.storage,
+			Data: map[string]interface{}{"after": after, "wait": wait},
+		})
+		if err != nil || resp.IsError() {
+			t.Errorf("read: %v %v", err, resp)
+		}
+		return resp, time.Since(start)
+	}
+	if _, took := read(0, "1s"); took < time.Second {
+		t.Fatalf("a read with nothing new answered after %s, not its wait", took)
+	}
+	done := make(chan *logical.Response)
+	var took time.Duration
+	go func() {
+		resp, d := read(0, "20s")
+		took = d
+		done <- resp
+	}()
+	time.Sleep(200 * time.Millisecond)
+	id := e.mint("web", nil).Data["key_id"].(string)
+	e.ok(logical.DeleteOperation, "keys/id/"+id, nil)
+	resp := <-done
+	revs := resp.Data["revocations"].([]map[string]interface{})
+	if len(revs) != 1 || revs[0]["id"] != id || took > 5*time.Second {
+		t.Fatalf("long poll answered %v after %s; want the new revocation at once", revs, took)
+	}
+	// Bad waits are refused.
+	e.userError(logical.ReadOperation, "revocations", map[string]interface{}{"wait": "31s"}, "wait must be between")
+}

@@ -557,3 +557,34 @@ func TestSidecarForgedKeyFlood(t *testing.T) {
 		t.Fatalf("an unknown key_id was looked up %v more times", n)
 	}
 }
+
+// Revocations are pushed: with the poll interval at 30s, a revoked JWT and a
+// cached API key (which only the feed can take back) are denied within
+// moments, because the sidecar's feed read is held by the plugin until the
+// revocation exists.
+func TestSidecarRevocationPushed(t *testing.T) {
+	v := vaultserver.StartT(t)
+	setupRoles(t, v)
+	e := startSidecar(t, v, func(c *sidecar.Config) {
+		c.RevocationPollInterval, c.KeyCacheTTL, c.MaxStale = "30s", "30s", "60s"
+	})
+	root := v.Client
+	minted := write(t, root, "keybroker/keys/svc", map[string]interface{}{"name": "k"})
+	jwt := write(t, root, "keybroker/token/svc", map[string]interface{}{"audience": "svc"})
+	for _, s := range []struct {
+		cred, lease string
+	}{{minted.Data["key"].(string), minted.LeaseID}, {jwt.Data["token"].(string), jwt.LeaseID}} {
+		if r := call(t, e.proxy, "GET", "/read", bearer(s.cred), ""); r.status != 200 {
+			t.Fatalf("before revocation: %d", r.status)
+		}
+		time.Sleep(500 * time.Millisecond) // the sidecar's read is waiting in the plugin
+		if err := root.Sys().RevokeWithContext(ctxT(t), s.lease); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		eventually(t, 3*time.Second, "a revocation was not pushed: still allowed after 3s with a 30s poll", func() bool {
+			return call(t, e.proxy, "GET", "/read", bearer(s.cred), "").header.Get("X-Keybroker-Reason") == "revoked"
+		})
+		t.Logf("denied %s after revocation", time.Since(start).Round(time.Millisecond))
+	}
+}

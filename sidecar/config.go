@@ -48,6 +48,10 @@ type Config struct {
 	AllowUnmatched bool `hcl:"allow_unmatched,optional"`
 
 	RevocationPollInterval string `hcl:"revocation_poll_interval,optional"`
+	// RevocationLongPoll (default true) has the plugin hold each feed read
+	// until a revocation is added (at most 20s), so revocations arrive as
+	// they happen; the poll interval is then only the pace after errors.
+	RevocationLongPoll *bool `hcl:"revocation_long_poll,optional"`
 	JWKSRefreshInterval    string `hcl:"jwks_refresh_interval,optional"`
 	JWKSMinRefetchInterval string `hcl:"jwks_min_refetch_interval,optional"`
 	KeyCacheTTL            string `hcl:"key_cache_ttl,optional"`
@@ -149,6 +153,7 @@ type settings struct {
 	maxBody                        int64
 
 	revocationPoll, jwksRefresh, jwksMinRefetch time.Duration
+	revocationWait                              time.Duration // 0: no long poll
 	keyCacheTTL, negativeCacheTTL, maxStale     time.Duration
 	cacheSize                                   int
 
@@ -236,6 +241,10 @@ func (c *Config) settings() (*settings, error) {
 			return nil, fmt.Errorf("%s %q must be a positive duration such as 30s", d.name, d.in)
 		}
 		*d.out = v
+	}
+	s.revocationWait = revocationLongPollWait
+	if c.RevocationLongPoll != nil && !*c.RevocationLongPoll {
+		s.revocationWait = 0
 	}
 	if s.leeway > jwtverify.MaxLeeway {
 		return nil, fmt.Errorf("leeway must be at most %s", jwtverify.MaxLeeway)

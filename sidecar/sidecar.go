@@ -307,7 +307,14 @@ func (sc *Sidecar) pollRevocations(ctx context.Context) {
 	var cursor uint64
 	var epoch string
 	for ctx.Err() == nil {
-		page, err := sc.vault.revocations(ctx, cursor)
+		// The first read answers at once (the sidecar is not ready until
+		// it has one); later ones long-poll.
+		wait := sc.s.revocationWait
+		if epoch == "" {
+			wait = 0
+		}
+		asked, cursorBefore := time.Now(), cursor
+		page, err := sc.vault.revocations(ctx, cursor, wait)
 		if err != nil {
 			sc.m.vaultCalls.WithLabelValues("revocations", "error").Inc()
 			sc.log.Debug("revocation feed read failed", "error", err)
@@ -333,7 +340,10 @@ func (sc *Sidecar) pollRevocations(ctx context.Context) {
 		sc.revoked.prune(now)
 		cursor = page.Next
 		sc.feedOK.Store(now.UnixNano())
-		if !page.More {
+		// A long poll that waited has paced itself; one that came back at
+		// once with nothing new (a plugin that does not hold reads) is
+		// paced by the poll interval.
+		if !page.More && (sc.s.revocationWait == 0 || (wait > 0 && page.Next == cursorBefore && time.Since(asked) < wait/2)) {
 			sleep(ctx, sc.s.revocationPoll)
 		}
 	}

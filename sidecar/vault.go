@@ -23,7 +23,10 @@ import (
 // keeps its token renewed; a request refused for a bad token triggers one
 // fresh login.
 type vaultClient struct {
-	c     *api.Client
+	c *api.Client
+	// long is c with a timeout for long-polling feed reads; it shares c's
+	// token and follows c's node.
+	long  *api.Client
 	mount string
 	log   hclog.Logger
 	// addrs are the nodes to try in turn; c talks to one of them.
@@ -34,7 +37,24 @@ type vaultClient struct {
 	loginMu sync.Mutex
 }
 
+// revocationLongPollWait is how long the plugin may hold a feed read.
+const revocationLongPollWait = 20 * time.Second
+
 func newVaultClient(s *settings, log hclog.Logger) (*vaultClient, error) {
+	c, err := newAPIClient(s, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	long, err := newAPIClient(s, revocationLongPollWait+10*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	return &vaultClient{c: c, long: long, mount: s.mount, log: log, addrs: s.vaultAddrs, roleID: s.roleID, roleIDFile: s.roleIDFile, secretIDFile: s.secretIDFile}, nil
+}
+
+// newAPIClient is a Vault client of its own (HTTP client and all) with a
+// timeout per request and no token.
+func newAPIClient(s *settings, timeout time.Duration) (*api.Client, error) {
 	cfg := api.DefaultConfig() // reads VAULT_ADDR, VAULT_CACERT, ...
 	if cfg.Error != nil {
 		return nil, fmt.Errorf("vault client config: %w", cfg.Error)
@@ -52,14 +72,14 @@ func newVaultClient(s *settings, log hclog.Logger) (*vaultClient, error) {
 	if t, ok := cfg.HttpClient.Transport.(*http.Transport); ok {
 		t.MaxIdleConnsPerHost = 64
 	}
-	cfg.Timeout = 5 * time.Second
+	cfg.Timeout = timeout
 	cfg.MaxRetries = 0 // the sidecar decides what a failure means
 	c, err := api.NewClient(cfg)
 	if err != nil {
 		return nil, err
 	}
 	c.ClearToken() // never VAULT_TOKEN: the sidecar has its own identity
-	return &vaultClient{c: c, mount: s.mount, log: log, addrs: s.vaultAddrs, roleID: s.roleID, roleIDFile: s.roleIDFile, secretIDFile: s.secretIDFile}, nil
+	return c, nil
 }
 
 func readTrimmed(path string) (string, error) {
@@ -104,6 +124,7 @@ func (v *vaultClient) login(ctx context.Context) (*api.Secret, error) {
 		return nil, errors.New("approle login returned no token")
 	}
 	v.c.SetToken(sec.Auth.ClientToken)
+	v.long.SetToken(sec.Auth.ClientToken)
 	return sec, nil
 }
 
@@ -230,10 +251,22 @@ func (v *vaultClient) verifyKey(ctx context.Context, key, remoteAddr string) (*c
 	return &ans, nil
 }
 
-func (v *vaultClient) revocations(ctx context.Context, after uint64) (*contract.FeedPage, error) {
+// revocations reads the feed after a cursor; with wait > 0 the plugin holds
+// the read until a revocation is added or wait passes.
+func (v *vaultClient) revocations(ctx context.Context, after uint64, wait time.Duration) (*contract.FeedPage, error) {
 	var page contract.FeedPage
 	err := v.withLogin(ctx, func() error {
-		sec, err := v.c.Logical().ReadWithDataWithContext(ctx, v.mount+"/revocations", map[string][]string{"after": {strconv.FormatUint(after, 10)}})
+		c, q := v.c, map[string][]string{"after": {strconv.FormatUint(after, 10)}}
+		if wait > 0 {
+			c = v.long
+			if a := v.c.Address(); c.Address() != a { // follow the node acrossNodes chose
+				if err := c.SetAddress(a); err != nil {
+					return err
+				}
+			}
+			q["wait"] = []string{strconv.FormatInt(int64(wait/time.Second), 10)}
+		}
+		sec, err := c.Logical().ReadWithDataWithContext(ctx, v.mount+"/revocations", q)
 		if err != nil {
 			return err
 		}
