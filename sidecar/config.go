@@ -51,7 +51,7 @@ type Config struct {
 	// RevocationLongPoll (default true) has the plugin hold each feed read
 	// until a revocation is added (at most 20s), so revocations arrive as
 	// they happen; the poll interval is then only the pace after errors.
-	RevocationLongPoll *bool `hcl:"revocation_long_poll,optional"`
+	RevocationLongPoll     *bool  `hcl:"revocation_long_poll,optional"`
 	JWKSRefreshInterval    string `hcl:"jwks_refresh_interval,optional"`
 	JWKSMinRefetchInterval string `hcl:"jwks_min_refetch_interval,optional"`
 	KeyCacheTTL            string `hcl:"key_cache_ttl,optional"`
