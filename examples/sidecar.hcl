@@ -19,7 +19,8 @@ trusted_proxies = ["127.0.0.1"]
 gateway = "nginx"
 
 # Optional tuning (defaults shown).
-# revocation_poll_interval  = "1s"
+# revocation_long_poll      = true   # the plugin holds feed reads until a revocation exists
+# revocation_poll_interval  = "1s"   # pace after errors, or of every read without long polls
 # jwks_refresh_interval     = "5m"
 # jwks_min_refetch_interval = "10s"  # unknown kid: at most one JWKS fetch per interval
 # key_cache_ttl             = "10s"  # API key answers from Vault
