@@ -98,7 +98,9 @@ func newBackend() *backend {
 		Secrets:        []*framework.Secret{secretAPIKey(b), secretJWT(b)},
 		PeriodicFunc:   b.periodic,
 		InitializeFunc: b.initialize,
-		Invalidate:     b.invalidate,
+		// A held feed read must not hold up an unmount or a seal.
+		Clean:      func(context.Context) { b.feedWake.wake() },
+		Invalidate: b.invalidate,
 	}
 	b.guardPaths(b.Backend.Paths)
 	b.guardSecrets(b.Backend.Secrets)
