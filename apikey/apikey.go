@@ -8,7 +8,11 @@
 //
 //	  - prefix: 2 to 16 lowercase letters and digits, starting with a letter, so
 //	    secret scanners can tell keybroker keys (and which deployment) at a glance;
-//	  - key_id: 12 base62 characters, the public handle used for O(1) lookup;
+//	  - key_id: 12 base62 characters, the public handle used for O(1) lookup:
+//	    5 for the second it was minted (Unix seconds modulo 62^5, a 29-year
+//	    cycle), then 7 drawn with crypto/rand. The stamp lets a verifier that
+//	    holds every key's record tell a key minted moments ago, whose record
+//	    may still be on its way, from an id that no key has (MintedNear);
 //	  - secret: 43 base62 characters drawn uniformly with crypto/rand (256 bits);
 //	  - checksum: CRC32 (IEEE) of everything before it, as 6 base62 characters,
 //	    so typos and garbage are rejected offline before any storage lookup.
@@ -23,6 +27,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"time"
 )
 
 const (
@@ -33,6 +38,8 @@ const (
 	SecretLength = 43
 	// ChecksumLength is the length of the checksum part: 62^6 > 2^32.
 	ChecksumLength = 6
+	// StampLength is the length of the mint-time stamp that starts a key_id.
+	StampLength = 5
 
 	// DefaultPrefix is the prefix used when a role names none.
 	DefaultPrefix = "kb"
@@ -61,9 +68,18 @@ type Key struct {
 	ID     string
 }
 
+// stampCycle is the number of distinct stamps: 62^StampLength seconds.
+const stampCycle = 62 * 62 * 62 * 62 * 62
+
 // Generate mints a new key with the given prefix, reading randomness from r
-// (crypto/rand.Reader when nil). It returns the full key and its key_id.
+// (crypto/rand.Reader when nil). It returns the full key and its key_id,
+// stamped with the current time.
 func Generate(r io.Reader, prefix string) (key, id string, err error) {
+	return GenerateAt(r, prefix, time.Now())
+}
+
+// GenerateAt is Generate with the key_id stamped with now.
+func GenerateAt(r io.Reader, prefix string, now time.Time) (key, id string, err error) {
 	if err := ValidatePrefix(prefix); err != nil {
 		return "", "", err
 	}
@@ -73,7 +89,8 @@ func Generate(r io.Reader, prefix string) (key, id string, err error) {
 	buf := make([]byte, 0, len(prefix)+1+IDLength+1+SecretLength+ChecksumLength)
 	buf = append(buf, prefix...)
 	buf = append(buf, '_')
-	if buf, err = appendRandom(buf, r, IDLength); err != nil {
+	buf = appendBase62(buf, stamp(now), StampLength)
+	if buf, err = appendRandom(buf, r, IDLength-StampLength); err != nil {
 		return "", "", err
 	}
 	buf = append(buf, '_')
@@ -141,6 +158,30 @@ func ValidatePrefix(p string) error {
 	return nil
 }
 
+// MintedNear reports whether key_id id carries a stamp within window of now,
+// on either side (clocks differ), modulo the stamp's 29-year cycle. Keys
+// minted before ids were stamped carry random stamps: a verifier holding
+// every key's record finds those keys anyway, and an id that is neither held
+// nor near now belongs to no key. An attacker can stamp a forged id with the
+// current time, so "near" must only ever lead to a bounded fallback, never
+// to acceptance. id must be a valid key_id.
+func MintedNear(id string, now time.Time, window time.Duration) bool {
+	if len(id) < StampLength {
+		return false
+	}
+	var v uint64
+	for i := 0; i < StampLength; i++ {
+		v = v*62 + uint64(base62Value(id[i]))
+	}
+	d := (stamp(now) + stampCycle - v) % stampCycle // seconds since the stamp
+	w := uint64(window / time.Second)
+	return d <= w || stampCycle-d <= w
+}
+
+func stamp(t time.Time) uint64 {
+	return uint64(t.Unix()) % stampCycle
+}
+
 // ValidateID reports whether id has the shape of a key_id; storage paths are
 // built from it, so anything else is refused before a lookup.
 func ValidateID(id string) bool {
@@ -171,12 +212,30 @@ func appendRandom(buf []byte, r io.Reader, n int) ([]byte, error) {
 
 // appendChecksum appends v as exactly ChecksumLength base62 digits.
 func appendChecksum(buf []byte, v uint32) []byte {
-	var d [ChecksumLength]byte
-	for i := ChecksumLength - 1; i >= 0; i-- {
+	return appendBase62(buf, uint64(v), ChecksumLength)
+}
+
+// appendBase62 appends v as exactly n base62 digits, most significant first.
+func appendBase62(buf []byte, v uint64, n int) []byte {
+	var d [16]byte
+	for i := n - 1; i >= 0; i-- {
 		d[i] = base62[v%62]
 		v /= 62
 	}
-	return append(buf, d[:]...)
+	return append(buf, d[:n]...)
+}
+
+// base62Value is the digit value of a base62 character (0 for others).
+func base62Value(c byte) int {
+	switch {
+	case c >= '0' && c <= '9':
+		return int(c - '0')
+	case c >= 'A' && c <= 'Z':
+		return int(c-'A') + 10
+	case c >= 'a' && c <= 'z':
+		return int(c-'a') + 36
+	}
+	return 0
 }
 
 // crc32String is crc32.ChecksumIEEE over a string without copying it to a

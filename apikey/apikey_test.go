@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestGenerateParseRoundTrip(t *testing.T) {
@@ -155,5 +156,60 @@ func BenchmarkHash(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		_ = Hash(key)
+	}
+}
+
+func TestMintedNear(t *testing.T) {
+	minted := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	_, id, err := GenerateAt(nil, "kb", minted)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The stamp cycle wraps: ids minted on either side of a wrap are near.
+	wrap := time.Unix(stampCycle*3, 0)
+	_, atWrap, err := GenerateAt(nil, "kb", wrap.Add(-time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name   string
+		id     string
+		now    time.Time
+		window time.Duration
+		want   bool
+	}{
+		{"just minted", id, minted, 30 * time.Second, true},
+		{"30s later", id, minted.Add(30 * time.Second), 30 * time.Second, true},
+		{"31s later", id, minted.Add(31 * time.Second), 30 * time.Second, false},
+		{"verifier clock 30s behind", id, minted.Add(-30 * time.Second), 30 * time.Second, true},
+		{"verifier clock 31s behind", id, minted.Add(-31 * time.Second), 30 * time.Second, false},
+		{"a year later", id, minted.AddDate(1, 0, 0), 30 * time.Second, false},
+		{"one cycle later", id, minted.Add(stampCycle * time.Second), time.Second, true},
+		{"across the wrap", atWrap, wrap.Add(time.Second), 5 * time.Second, true},
+		{"too short", "abc", minted, time.Hour, false},
+	} {
+		if got := MintedNear(c.id, c.now, c.window); got != c.want {
+			t.Errorf("%s: MintedNear(%q) = %v, want %v", c.name, c.id, got, c.want)
+		}
+	}
+}
+
+// Random ids (keys minted before stamps, or forged) are near now only as
+// often as the window's share of the cycle: about 1 in 15 million for 60s.
+func TestMintedNearRandomIDs(t *testing.T) {
+	now := time.Now()
+	near := 0
+	for i := 0; i < 100_000; i++ {
+		key, _, err := GenerateAt(nil, "kb", time.Unix(int64(i)*9173, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		k, _ := Parse(key)
+		if MintedNear(k.ID, now, 30*time.Second) {
+			near++
+		}
+	}
+	if near > 2 {
+		t.Fatalf("%d of 100000 ids stamped at spread-out times were near now", near)
 	}
 }

@@ -35,6 +35,14 @@ type backend struct {
 	feedWake  feedWaiters
 	feedReads singleflight.Group
 
+	// keyChanges are the API keys changed on this node, for the key-record
+	// feed; keyRecordReads shares its reads, keyList is the listing of
+	// keys/ its snapshots page through.
+	keyChanges     *keyChanges
+	keyRecordReads singleflight.Group
+	keyListMu      sync.Mutex
+	keyList        *keyListing
+
 	tidyMu       sync.Mutex
 	tidyDisabled bool // set by tests that drive tidy by hand
 
@@ -68,7 +76,8 @@ func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 }
 
 func newBackend() *backend {
-	b := &backend{meterLocks: locksutil.CreateLocks(), tenantLocks: locksutil.CreateLocks(), rateLocks: locksutil.CreateLocks()}
+	b := &backend{meterLocks: locksutil.CreateLocks(), tenantLocks: locksutil.CreateLocks(), rateLocks: locksutil.CreateLocks(),
+		keyChanges: newKeyChanges()}
 	b.Backend = &framework.Backend{
 		Help:           backendHelp,
 		BackendType:    logical.TypeLogical,
@@ -85,6 +94,7 @@ func newBackend() *backend {
 			pathJWKS(b),
 			pathBudget(b),
 			pathTenants(b),
+			pathKeyRecords(b),
 			[]*framework.Path{
 				pathConfig(b),
 				pathRate(b),
@@ -99,7 +109,10 @@ func newBackend() *backend {
 		PeriodicFunc:   b.periodic,
 		InitializeFunc: b.initialize,
 		// A held feed read must not hold up an unmount or a seal.
-		Clean:      func(context.Context) { b.feedWake.wake() },
+		Clean: func(context.Context) {
+			b.feedWake.wake()
+			b.keyChanges.wake.wake()
+		},
 		Invalidate: b.invalidate,
 	}
 	b.guardPaths(b.Backend.Paths)
@@ -135,6 +148,7 @@ func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
 	if !b.WriteSafeReplicationState() {
 		return nil
 	}
+	b.dropIdleKeyListing(time.Now())
 	if err := b.rotateIfDue(ctx, req.Storage, time.Now()); err != nil {
 		return fmt.Errorf("rotating signing key: %w", err)
 	}

@@ -648,6 +648,7 @@ func (b *backend) pathBudgetWrite(ctx context.Context, req *logical.Request, d *
 			if err := b.putKey(ctx, req.Storage, k); err != nil {
 				return nil, err
 			}
+			defer b.keyChanges.add(id) // once the meter below is stored too
 		}
 	}
 	if err := putJSON(ctx, req.Storage, path, m); err != nil {

@@ -196,6 +196,7 @@ func (b *backend) pathKeyMint(ctx context.Context, req *logical.Request, d *fram
 	if err := b.putKey(ctx, req.Storage, entry); err != nil {
 		return nil, err
 	}
+	b.keyChanges.add(entry.ID)
 
 	data := map[string]interface{}{
 		"key":         key,
@@ -238,7 +239,8 @@ func (b *backend) createKey(ctx context.Context, s logical.Storage, prefix strin
 			return key, &keyEntry{ID: id, Hash: h[:]}, nil
 		}
 	}
-	// 71 random bits colliding three times means the randomness is broken.
+	// Three collisions in a row of ids stamped with the same second, each with
+	// 41 random bits, mean the randomness is broken.
 	return "", nil, fmt.Errorf("generating key: key_id collided three times")
 }
 

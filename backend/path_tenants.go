@@ -131,7 +131,11 @@ func (b *backend) pathTenantWrite(ctx context.Context, req *logical.Request, d *
 		return logical.ErrorResponse(err.Error()), nil
 	}
 	t.roll(time.Now(), t.BudgetPeriod)
-	return nil, putJSON(ctx, req.Storage, tenantPrefix+name, t)
+	if err := putJSON(ctx, req.Storage, tenantPrefix+name, t); err != nil {
+		return nil, err
+	}
+	b.keyChanges.add("") // verifiers learn the metered tenants anew
+	return nil, nil
 }
 
 func (b *backend) pathTenantRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
@@ -153,6 +157,7 @@ func (b *backend) pathTenantDelete(ctx context.Context, req *logical.Request, d 
 	if err := req.Storage.Delete(ctx, tenantPrefix+name); err != nil {
 		return nil, fmt.Errorf("deleting tenant: %w", err)
 	}
+	b.keyChanges.add("")
 	return nil, nil
 }
 

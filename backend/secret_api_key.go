@@ -61,6 +61,7 @@ func (b *backend) renewAPIKey(ctx context.Context, req *logical.Request, _ *fram
 	if err := b.putKey(ctx, req.Storage, k); err != nil {
 		return nil, err
 	}
+	b.keyChanges.add(id)
 	// The key's meter lives as long as the key: a renewed key keeps
 	// spending from the same budget, neither refused nor reset.
 	if err := b.extendMeter(ctx, req.Storage, id, k.ExpiresAt); err != nil {
@@ -105,5 +106,6 @@ func (b *backend) revokeKey(ctx context.Context, s logical.Storage, id string) e
 	if err := b.putKey(ctx, s, k); err != nil {
 		return err
 	}
+	b.keyChanges.add(id)
 	return b.appendRevocationLocked(ctx, s, revocation{ID: id, Type: secretTypeAPIKey, RevokedAt: now, ExpiresAt: k.ExpiresAt})
 }

@@ -95,3 +95,61 @@ const (
 // IdentityHeaders lists the identity headers in a fixed order: subject, key
 // id, jti, role, tenant, scopes.
 var IdentityHeaders = []string{HeaderSubject, HeaderKeyID, HeaderJTI, HeaderRole, HeaderTenant, HeaderScopes}
+
+// KeyRecord is what a verifier keeps of one API key to verify it without
+// asking Vault, from keybroker/key-records: never the key, only the SHA-256
+// of it, which cannot be turned back into the key (its secret holds 256
+// random bits).
+type KeyRecord struct {
+	KeyID string `json:"key_id"`
+	// Gone: the key no longer exists (tidied, or never stored); a verifier
+	// drops its record. Only key_id is set.
+	Gone bool `json:"gone,omitempty"`
+	// Hash is the hex SHA-256 of the whole key.
+	Hash       string            `json:"hash,omitempty"`
+	Name       string            `json:"name,omitempty"`
+	Role       string            `json:"role,omitempty"`
+	Scopes     []string          `json:"scopes,omitempty"`
+	BoundCIDRs []string          `json:"bound_cidrs,omitempty"`
+	Tenant     string            `json:"tenant,omitempty"`
+	Metadata   map[string]string `json:"metadata,omitempty"`
+	ExpiresAt  string            `json:"expires_at,omitempty"`
+	Revoked    bool              `json:"revoked,omitempty"`
+	// Budget is the key's own limits. The key is metered when Budget.Units
+	// is above 0 or its tenant is in the page's metered_tenants; a verifier
+	// then passes Budget on as keybroker/verify's answer would.
+	Budget    *jwtverify.Budget    `json:"budget,omitempty"`
+	RateLimit *jwtverify.RateLimit `json:"rate_limit,omitempty"`
+}
+
+// KeyRecordsPage is one read of keybroker/key-records (the changes) or of
+// keybroker/key-records/snapshot.
+//
+// A verifier reads the snapshot from after_id "" to the end, then follows
+// the changes from the first snapshot page's cursor: a key minted, renewed,
+// revoked or changed while it read the snapshot is among those changes, and
+// every change is given as the key's record as it is when read, so applying
+// one twice does no harm. A new epoch, or resync, means the changes it
+// follows are no longer held: it reads the snapshot again.
+type KeyRecordsPage struct {
+	Records []KeyRecord `json:"records"`
+	// MeteredTenants are the tenants with a budget ceiling now.
+	MeteredTenants []string `json:"metered_tenants"`
+	Epoch          string   `json:"epoch"`
+
+	// Changes: Next is the cursor to pass as after next time, Last the
+	// newest change, More whether another read returns more now, Resync
+	// that after is older than the changes held (or from another epoch).
+	Next   uint64 `json:"next"`
+	Last   uint64 `json:"last"`
+	More   bool   `json:"more"`
+	Resync bool   `json:"resync"`
+
+	// Snapshot: NextID is the after_id of the next page, More whether there
+	// is one; Cursor is where to follow changes from.
+	NextID string `json:"next_id"`
+	Cursor uint64 `json:"cursor"`
+}
+
+// MaxKeyRecordPage is the most records one read returns.
+const MaxKeyRecordPage = 1000

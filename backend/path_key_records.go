@@ -1,0 +1,450 @@
+package backend
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	uuid "github.com/hashicorp/go-uuid"
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/keybroker/keybroker/apikey"
+	"github.com/keybroker/keybroker/contract"
+)
+
+// The key-record feed lets a verifier hold what it needs of every live API
+// key and verify keys without asking Vault: a snapshot, read in pages by
+// key_id, then the changes since, by cursor.
+//
+// The changes are kept in memory on the active node, where every write to a
+// key happens (mint, renewal, revocation, budget change), not in storage: a
+// mint costs no extra storage write, and a change's record is read from
+// storage when a verifier asks for it, so it is the key as it is then. The
+// price is that the changes end with the process: each backend instance
+// starts a new epoch, and a verifier that sees a new epoch reads the
+// snapshot again (a leadership change, a plugin restart, a reload), keeping
+// what it holds until the new snapshot replaces it.
+const (
+	// keyChangesHeld is how many changes the active node keeps; a verifier
+	// further behind reads the snapshot again.
+	keyChangesHeld = 1 << 17
+	// A new snapshot starts from a listing of keys/ at most this old;
+	// later pages of it may use an older one, down to keyListingMaxAge.
+	keyListingFresh  = 15 * time.Second
+	keyListingMaxAge = 10 * time.Minute
+	// expiredRecordGrace: the snapshot still has keys expired this
+	// recently, so that a verifier answers "expired" for them, as
+	// keybroker/verify does, rather than "invalid".
+	expiredRecordGrace = 5 * time.Minute
+	// snapshotScan is the most key_ids one snapshot page reads when a
+	// filter passes few of them.
+	snapshotScan = 5 * contract.MaxKeyRecordPage
+	// keyReadConcurrency is how many storage reads one page makes at once.
+	keyReadConcurrency = 8
+	// maxRecordFilter is the most roles or tenants a reader may name.
+	maxRecordFilter = 100
+)
+
+// keyChanges are the ids of the keys changed on this node, in order.
+type keyChanges struct {
+	epoch string
+	wake  feedWaiters
+
+	mu   sync.Mutex
+	last uint64
+	ring []string // ring[seq % keyChangesHeld]; "" marks a tenant ceiling change
+}
+
+func newKeyChanges() *keyChanges {
+	epoch, err := uuid.GenerateUUID()
+	if err != nil {
+		// Only a broken random source gets here; a time-based epoch is
+		// still new for this process.
+		epoch = "t" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	}
+	return &keyChanges{epoch: epoch}
+}
+
+// add records that key id changed (after the change is stored) and wakes
+// the readers waiting for a change.
+func (c *keyChanges) add(id string) {
+	c.mu.Lock()
+	if c.ring == nil {
+		c.ring = make([]string, keyChangesHeld)
+	}
+	c.last++
+	c.ring[c.last%keyChangesHeld] = id
+	c.mu.Unlock()
+	c.wake.wake()
+}
+
+func (c *keyChanges) lastSeq() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.last
+}
+
+// since returns the distinct ids changed after cursor after, at most n
+// changes of them, with the cursor past them and the newest change. held is
+// false when after is older than what is kept, or newer than any change
+// (from another epoch).
+func (c *keyChanges) since(after uint64, n int) (ids []string, tenants bool, next, last uint64, held bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	last = c.last
+	if after > last || last-after > keyChangesHeld {
+		return nil, false, after, last, false
+	}
+	next = min(last, after+uint64(n))
+	seen := make(map[string]bool, next-after)
+	for seq := after + 1; seq <= next; seq++ {
+		id := c.ring[seq%keyChangesHeld]
+		switch {
+		case id == "":
+			tenants = true
+		case !seen[id]:
+			seen[id] = true
+			ids = append(ids, id)
+		}
+	}
+	return ids, tenants, next, last, true
+}
+
+// keyListing is a sorted listing of keys/ for snapshots, shared by every
+// reader, with the change cursor read just before it was taken: a key
+// missing from it was stored later, and so changed after that cursor.
+type keyListing struct {
+	ids    []string
+	cursor uint64
+	at     time.Time
+}
+
+func pathKeyRecords(b *backend) []*framework.Path {
+	filters := map[string]*framework.FieldSchema{
+		"roles": {
+			Type:        framework.TypeCommaStringSlice,
+			Description: fmt.Sprintf("Only keys of these roles (at most %d). Default: every role.", maxRecordFilter),
+		},
+		"tenants": {
+			Type:        framework.TypeCommaStringSlice,
+			Description: fmt.Sprintf("Only keys of these tenants (at most %d). Default: every tenant.", maxRecordFilter),
+		},
+	}
+	changes := map[string]*framework.FieldSchema{
+		"after": {
+			Type:        framework.TypeInt64,
+			Description: "Cursor: the changes after this one. Start with the snapshot's cursor, then pass the previous answer's next.",
+		},
+		"epoch": {
+			Type:        framework.TypeString,
+			Description: "The epoch the cursor belongs to; when it is not the current one the answer says resync.",
+		},
+		"wait": {
+			Type:        framework.TypeDurationSecond,
+			Description: fmt.Sprintf("Long poll: when nothing follows after, wait up to this long (at most %s) and answer as soon as a key changes. Default 0: answer at once.", maxFeedWait),
+		},
+	}
+	snapshot := map[string]*framework.FieldSchema{
+		"after_id": {
+			Type:        framework.TypeString,
+			Description: "Page cursor: the records of key_ids after this one. Start with none, then pass the previous answer's next_id.",
+		},
+	}
+	for k, v := range filters {
+		changes[k], snapshot[k] = v, v
+	}
+	return []*framework.Path{
+		{
+			Pattern: "key-records/snapshot/?$",
+			Fields:  snapshot,
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ReadOperation: &framework.PathOperation{Callback: b.pathKeyRecordsSnapshot},
+			},
+			HelpSynopsis:    "Read every live API key's record, for a verifier, in pages.",
+			HelpDescription: keyRecordsHelp,
+		},
+		{
+			Pattern: "key-records/?$",
+			Fields:  changes,
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ReadOperation: &framework.PathOperation{Callback: b.pathKeyRecordsChanges},
+			},
+			HelpSynopsis:    "Follow changes to API key records, for a verifier.",
+			HelpDescription: keyRecordsHelp,
+		},
+	}
+}
+
+var keyRecordsHelp = fmt.Sprintf(`A verifier (keybroker-sidecar) holds a record of each live API key, so it
+verifies keys without asking Vault: key_id, the SHA-256 of the key (never the
+key), name, role, scopes, bound_cidrs, tenant, metadata, expires_at, revoked,
+and the key's budget and rate limit. Each answer also lists metered_tenants,
+the tenants with a budget ceiling: a key is metered when its budget.units is
+above 0 or its tenant is among them.
+
+key-records/snapshot returns the records in pages of at most %d by key_id:
+start with no after_id, then pass each answer's next_id while more is true.
+Then follow key-records from the first page's cursor: each change is the
+changed key's record as it is when read (mint, renewal, revocation, budget
+change), or gone for a key no longer stored. Changes are kept in memory on
+the active node, the last %d of them: an answer with resync=true (the cursor
+is older than that, or of another epoch) means read the snapshot again. The
+epoch is new each time the mount starts on a node.
+
+roles and tenants limit both to the keys of those roles or tenants, for a
+verifier that serves only them; it then refuses every other key. Expired
+keys drop out %s after they expire; a verifier drops them itself.
+
+    vault read keybroker/key-records/snapshot
+    vault read keybroker/key-records after=<cursor> epoch=<epoch> wait=20s`, contract.MaxKeyRecordPage, keyChangesHeld, expiredRecordGrace)
+
+// recordFilter is a reader's roles and tenants.
+type recordFilter struct{ roles, tenants []string }
+
+func parseRecordFilter(d *framework.FieldData) (recordFilter, error) {
+	f := recordFilter{roles: d.Get("roles").([]string), tenants: d.Get("tenants").([]string)}
+	for field, names := range map[string][]string{"roles": f.roles, "tenants": f.tenants} {
+		if len(names) > maxRecordFilter {
+			return f, fmt.Errorf("%s: at most %d names, got %d", field, maxRecordFilter, len(names))
+		}
+		for _, n := range names {
+			if err := validateText(field, n, maxNameLength); err != nil || strings.TrimSpace(n) == "" {
+				return f, fmt.Errorf("%s: %q is not a name", field, n)
+			}
+		}
+	}
+	return f, nil
+}
+
+func (f recordFilter) passes(k *keyEntry) bool {
+	return (len(f.roles) == 0 || slices.Contains(f.roles, k.Role)) &&
+		(len(f.tenants) == 0 || slices.Contains(f.tenants, k.Tenant))
+}
+
+func (f recordFilter) String() string {
+	return strings.Join(f.roles, ",") + "\x00" + strings.Join(f.tenants, ",")
+}
+
+func (b *backend) pathKeyRecordsChanges(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	after := d.Get("after").(int64)
+	if after < 0 {
+		return logical.ErrorResponse("after must not be negative"), nil
+	}
+	wait := time.Duration(d.Get("wait").(int)) * time.Second
+	if wait < 0 || wait > maxFeedWait {
+		return logical.ErrorResponse("wait must be between 0 and %s, got %s", maxFeedWait, wait), nil
+	}
+	f, err := parseRecordFilter(d)
+	if err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
+	epoch := d.Get("epoch").(string)
+	c := b.keyChanges
+	// Taken before reading, so that a change during the read wakes the
+	// wait below.
+	woken := c.wake.next()
+	page, err := b.keyChangesPageShared(ctx, req.Storage, uint64(after), epoch, f)
+	if err != nil || wait == 0 || page.Resync || page.Next != uint64(after) {
+		return keyRecordsResponse(page), err
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case <-woken:
+	case <-timer.C:
+		return keyRecordsResponse(page), nil
+	case <-ctx.Done():
+		return keyRecordsResponse(page), nil
+	}
+	page, err = b.keyChangesPageShared(ctx, req.Storage, uint64(after), epoch, f)
+	return keyRecordsResponse(page), err
+}
+
+// keyChangesPageShared is keyChangesPage, with reads of the same cursor and
+// filter at the same time sharing one: every verifier that is up to date
+// waits at the same cursor, so a change wakes them all into one read.
+func (b *backend) keyChangesPageShared(ctx context.Context, s logical.Storage, after uint64, epoch string, f recordFilter) (*contract.KeyRecordsPage, error) {
+	v, err, _ := b.keyRecordReads.Do(strconv.FormatUint(after, 10)+"\x00"+epoch+"\x00"+f.String(), func() (interface{}, error) {
+		return b.keyChangesPage(context.WithoutCancel(ctx), s, after, epoch, f)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*contract.KeyRecordsPage), nil // shared, read only
+}
+
+func (b *backend) keyChangesPage(ctx context.Context, s logical.Storage, after uint64, epoch string, f recordFilter) (*contract.KeyRecordsPage, error) {
+	c := b.keyChanges
+	page := &contract.KeyRecordsPage{Epoch: c.epoch, Records: []contract.KeyRecord{}, MeteredTenants: []string{}}
+	ids, _, next, last, held := c.since(after, contract.MaxKeyRecordPage)
+	page.Next, page.Last = next, last
+	if !held || (epoch != "" && epoch != c.epoch) {
+		page.Resync, page.Next = true, after
+		return page, nil
+	}
+	page.More = next < last
+	keys, err := b.getKeys(ctx, s, ids)
+	if err != nil {
+		return nil, err
+	}
+	for i, k := range keys {
+		switch {
+		case k == nil:
+			page.Records = append(page.Records, contract.KeyRecord{KeyID: ids[i], Gone: true})
+		case f.passes(k):
+			page.Records = append(page.Records, k.record())
+		}
+	}
+	// Every page says which tenants are metered: a ceiling change wakes
+	// readers, and they learn it from the list, not from a record.
+	if page.MeteredTenants, err = s.List(ctx, tenantPrefix); err != nil {
+		return nil, fmt.Errorf("listing tenants: %w", err)
+	}
+	return page, nil
+}
+
+func (b *backend) pathKeyRecordsSnapshot(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	afterID := d.Get("after_id").(string)
+	if afterID != "" && !apikey.ValidateID(afterID) {
+		return logical.ErrorResponse("after_id %q is not a key_id (12 base62 characters)", afterID), nil
+	}
+	f, err := parseRecordFilter(d)
+	if err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
+	maxAge := keyListingMaxAge
+	if afterID == "" {
+		maxAge = keyListingFresh
+	}
+	l, err := b.keyListingNoOlder(ctx, req.Storage, maxAge)
+	if err != nil {
+		return nil, err
+	}
+	page := &contract.KeyRecordsPage{Epoch: b.keyChanges.epoch, Cursor: l.cursor, Records: []contract.KeyRecord{}}
+	i := sort.SearchStrings(l.ids, afterID)
+	if i < len(l.ids) && l.ids[i] == afterID {
+		i++
+	}
+	now := time.Now()
+	for scanned := 0; i < len(l.ids) && scanned < snapshotScan && len(page.Records) < contract.MaxKeyRecordPage; {
+		n := min(contract.MaxKeyRecordPage-len(page.Records), len(l.ids)-i)
+		ids := l.ids[i : i+n]
+		keys, err := b.getKeys(ctx, req.Storage, ids)
+		if err != nil {
+			return nil, err
+		}
+		for _, k := range keys {
+			if k != nil && f.passes(k) && now.Before(k.ExpiresAt.Add(expiredRecordGrace)) {
+				page.Records = append(page.Records, k.record())
+			}
+		}
+		i += n
+		scanned += n
+		page.NextID = ids[n-1]
+	}
+	page.More = i < len(l.ids)
+	if page.MeteredTenants, err = req.Storage.List(ctx, tenantPrefix); err != nil {
+		return nil, fmt.Errorf("listing tenants: %w", err)
+	}
+	return keyRecordsResponse(page), nil
+}
+
+// keyListingNoOlder returns the shared listing of keys/, taking a new one
+// when it is older than maxAge. Readers asking at the same time share one.
+func (b *backend) keyListingNoOlder(ctx context.Context, s logical.Storage, maxAge time.Duration) (*keyListing, error) {
+	b.keyListMu.Lock()
+	l := b.keyList
+	b.keyListMu.Unlock()
+	if l != nil && time.Since(l.at) < maxAge {
+		return l, nil
+	}
+	v, err, _ := b.keyRecordReads.Do("listing", func() (interface{}, error) {
+		cursor := b.keyChanges.lastSeq() // before the listing: see keyListing
+		ids, err := s.List(context.WithoutCancel(ctx), keyPrefix)
+		if err != nil {
+			return nil, fmt.Errorf("listing keys: %w", err)
+		}
+		sort.Strings(ids)
+		l := &keyListing{ids: ids, cursor: cursor, at: time.Now()}
+		b.keyListMu.Lock()
+		b.keyList = l
+		b.keyListMu.Unlock()
+		return l, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*keyListing), nil
+}
+
+// dropIdleKeyListing lets the listing go once no snapshot could use it.
+func (b *backend) dropIdleKeyListing(now time.Time) {
+	b.keyListMu.Lock()
+	defer b.keyListMu.Unlock()
+	if b.keyList != nil && now.Sub(b.keyList.at) >= keyListingMaxAge {
+		b.keyList = nil
+	}
+}
+
+// getKeys reads the keys with these ids, a few at a time; a missing key is
+// nil in its place.
+func (b *backend) getKeys(ctx context.Context, s logical.Storage, ids []string) ([]*keyEntry, error) {
+	keys := make([]*keyEntry, len(ids))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(keyReadConcurrency)
+	for i, id := range ids {
+		if !apikey.ValidateID(id) {
+			continue // not written by us
+		}
+		g.Go(func() error {
+			k, err := b.getKey(gctx, s, id)
+			keys[i] = k
+			return err
+		})
+	}
+	return keys, g.Wait()
+}
+
+// record is what a verifier keeps of k.
+func (k *keyEntry) record() contract.KeyRecord {
+	budget, rate := k.limits.claims(true)
+	return contract.KeyRecord{
+		KeyID:      k.ID,
+		Hash:       hex.EncodeToString(k.Hash),
+		Name:       k.Name,
+		Role:       k.Role,
+		Scopes:     nonNil(k.Scopes),
+		BoundCIDRs: k.BoundCIDRs,
+		Tenant:     k.Tenant,
+		Metadata:   k.Metadata,
+		ExpiresAt:  k.ExpiresAt.UTC().Format(time.RFC3339),
+		Revoked:    k.revoked(),
+		Budget:     budget,
+		RateLimit:  rate,
+	}
+}
+
+func keyRecordsResponse(p *contract.KeyRecordsPage) *logical.Response {
+	if p == nil {
+		return nil
+	}
+	return &logical.Response{Data: map[string]interface{}{
+		"records":         p.Records,
+		"metered_tenants": p.MeteredTenants,
+		"epoch":           p.Epoch,
+		"next":            p.Next,
+		"last":            p.Last,
+		"more":            p.More,
+		"resync":          p.Resync,
+		"next_id":         p.NextID,
+		"cursor":          p.Cursor,
+	}}
+}
