@@ -54,10 +54,17 @@ type Config struct {
 	RevocationLongPoll     *bool  `hcl:"revocation_long_poll,optional"`
 	JWKSRefreshInterval    string `hcl:"jwks_refresh_interval,optional"`
 	JWKSMinRefetchInterval string `hcl:"jwks_min_refetch_interval,optional"`
-	KeyCacheTTL            string `hcl:"key_cache_ttl,optional"`
-	NegativeCacheTTL       string `hcl:"negative_cache_ttl,optional"`
-	MaxStale               string `hcl:"max_stale,optional"`
-	CacheSize              int    `hcl:"cache_size,optional"`
+	// KeyReplica (default true) keeps a record of every live API key from
+	// keybroker/key-records and verifies keys without asking Vault;
+	// KeyReplicaRoles and KeyReplicaTenants limit it to the keys of those
+	// roles or tenants, and every other key is then refused.
+	KeyReplica        *bool    `hcl:"key_replica,optional"`
+	KeyReplicaRoles   []string `hcl:"key_replica_roles,optional"`
+	KeyReplicaTenants []string `hcl:"key_replica_tenants,optional"`
+	KeyCacheTTL       string   `hcl:"key_cache_ttl,optional"`
+	NegativeCacheTTL  string   `hcl:"negative_cache_ttl,optional"`
+	MaxStale          string   `hcl:"max_stale,optional"`
+	CacheSize         int      `hcl:"cache_size,optional"`
 
 	// Budgets: each reservation asks for budget_reserve_requests x
 	// max_cost_per_request units; use is reported every
@@ -156,6 +163,8 @@ type settings struct {
 	revocationWait                              time.Duration // 0: no long poll
 	keyCacheTTL, negativeCacheTTL, maxStale     time.Duration
 	cacheSize                                   int
+	keyReplica                                  bool
+	keyFilter                                   keyFilter
 
 	reserveRequests                             int
 	reportInterval, reservationTTL, idleRelease time.Duration
@@ -241,6 +250,21 @@ func (c *Config) settings() (*settings, error) {
 			return nil, fmt.Errorf("%s %q must be a positive duration such as 30s", d.name, d.in)
 		}
 		*d.out = v
+	}
+	s.keyReplica = c.KeyReplica == nil || *c.KeyReplica
+	s.keyFilter = keyFilter{roles: c.KeyReplicaRoles, tenants: c.KeyReplicaTenants}
+	for field, names := range map[string][]string{"key_replica_roles": c.KeyReplicaRoles, "key_replica_tenants": c.KeyReplicaTenants} {
+		if len(names) > 0 && !s.keyReplica {
+			return nil, fmt.Errorf("%s needs key_replica", field)
+		}
+		if len(names) > 100 {
+			return nil, fmt.Errorf("%s: at most 100 names", field)
+		}
+		for _, n := range names {
+			if strings.TrimSpace(n) == "" || strings.ContainsAny(n, ",\x00") {
+				return nil, fmt.Errorf("%s: %q is not a name", field, n)
+			}
+		}
 	}
 	s.revocationWait = revocationLongPollWait
 	if c.RevocationLongPoll != nil && !*c.RevocationLongPoll {

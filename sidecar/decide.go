@@ -3,6 +3,7 @@ package sidecar
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/subtle"
 	"errors"
 	"net/http"
 	"net/netip"
@@ -59,6 +60,12 @@ const (
 	reasonRateLimited       = "rate_limited"
 	reasonTooManyFailures   = "too_many_failures"
 )
+
+// keyMintFallbackWindow: a key whose record the replica lacks is asked of
+// Vault only when its key_id says it was minted within this of now (either
+// side, for clock skew between Vault and the sidecar); every other unknown
+// key_id is refused offline. Records arrive within milliseconds of a mint.
+const keyMintFallbackWindow = 30 * time.Second
 
 // decision is the outcome for one request.
 type decision struct {
@@ -296,10 +303,13 @@ func (sc *Sidecar) checkJWT(ctx context.Context, token string) (*identity, decis
 	return id, decision{}
 }
 
-// checkKey checks an API key: the checksum offline, then the caches, then
-// keybroker/verify within the flood guard's limits. When Vault cannot be
-// reached, a cached answer serves for up to max_stale, then the sidecar fails
-// closed.
+// checkKey checks an API key: the checksum offline, then the record in the
+// key replica and the key's hash against it, in constant time. Without a
+// usable replica (not read yet, key_replica = false, or not confirmed
+// current within max_stale), and for a key minted moments ago whose record
+// has not arrived, it goes on to the caches, then keybroker/verify within
+// the flood guard's limits. When Vault cannot be reached, a cached answer
+// serves for up to max_stale, then the sidecar fails closed.
 func (sc *Sidecar) checkKey(ctx context.Context, key string, ip netip.Addr) (*identity, decision) {
 	parsed, err := apikey.Parse(key)
 	if err != nil {
@@ -307,6 +317,29 @@ func (sc *Sidecar) checkKey(ctx context.Context, key string, ip netip.Addr) (*id
 	}
 	h := apikey.Hash(key)
 	now := time.Now()
+	if r := sc.replica; r != nil && r.usable(now, sc.s.maxStale) {
+		rec, metered := r.lookup(parsed.ID)
+		switch {
+		case rec != nil && subtle.ConstantTimeCompare(rec.hash[:], h[:]) == 1:
+			sc.m.replicaHit.Inc()
+			if rec.revoked {
+				return nil, deny(http.StatusUnauthorized, reasonRevoked)
+			}
+			return rec.identity(strings.Clone(parsed.ID), metered), decision{}
+		case rec != nil:
+			// Same answer as for an unknown key.
+			sc.m.replicaHit.Inc()
+			return nil, deny(http.StatusUnauthorized, reasonInvalid)
+		case !apikey.MintedNear(parsed.ID, now, keyMintFallbackWindow):
+			// No key has this key_id: one minted longer ago would be
+			// held. Forged keys end here, without a Vault call.
+			sc.m.replicaRefused.Inc()
+			return nil, deny(http.StatusUnauthorized, reasonInvalid)
+		}
+		// Minted moments ago, its record may be on its way: ask Vault,
+		// once, within the flood guard's limits.
+		sc.m.replicaFallback.Inc()
+	}
 	e, cached := sc.positive.Get(h)
 	if cached && now.Sub(e.fetched) < sc.s.keyCacheTTL {
 		sc.m.keyHit.Inc()

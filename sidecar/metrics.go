@@ -17,12 +17,16 @@ type metrics struct {
 	revokedCount prometheus.GaugeFunc
 	feedRestarts prometheus.Counter
 
+	keySyncSeconds prometheus.Gauge
+	keyResyncs     prometheus.Counter
+
 	spent          prometheus.Counter
 	costOverHold   prometheus.Counter
 	usageFallbacks *prometheus.CounterVec
 
 	// Resolved once: the hot path should not hash label values per request.
 	jwtHit, jwtMiss, keyHit, keyMiss, negativeHit prometheus.Counter
+	replicaHit, replicaRefused, replicaFallback   prometheus.Counter
 }
 
 func newMetrics(s *Sidecar) *metrics {
@@ -38,7 +42,7 @@ func newMetrics(s *Sidecar) *metrics {
 	}, []string{"mode"})
 	m.cache = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "keybroker_sidecar_cache_lookups_total",
-		Help: "Cache lookups by cache (api_key, negative, jwt) and result (hit, miss).",
+		Help: "Cache lookups by cache (api_key, negative, jwt, key_replica) and result (hit, miss; for key_replica hit, refused, fallback).",
 	}, []string{"cache", "result"})
 	m.degraded = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "keybroker_sidecar_degraded_decisions_total",
@@ -68,6 +72,33 @@ func newMetrics(s *Sidecar) *metrics {
 		Name: "keybroker_sidecar_revocation_feed_restarts_total",
 		Help: "Times the revocation feed was read again from the start because its epoch changed or it went back.",
 	})
+	m.keySyncSeconds = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "keybroker_sidecar_key_records_sync_seconds",
+		Help: "How long the last whole read of the key-record snapshot took.",
+	})
+	m.keyResyncs = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "keybroker_sidecar_key_records_resyncs_total",
+		Help: "Times the key-record snapshot was read again because the feed started a new epoch or no longer held the sidecar's cursor.",
+	})
+	records := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "keybroker_sidecar_key_records",
+		Help: "API key records held in the replica.",
+	}, func() float64 {
+		if s.replica == nil {
+			return 0
+		}
+		return float64(s.replica.size())
+	})
+	recordsLag := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "keybroker_sidecar_key_records_lag_seconds",
+		Help: "Seconds since the key replica was last confirmed current; API keys go to Vault once it is max_stale or more (-1: not read yet).",
+	}, func() float64 {
+		if s.replica == nil || !s.replica.synced.Load() {
+			return -1
+		}
+		now := time.Now()
+		return now.Sub(s.replica.currentAsOf(now)).Seconds()
+	})
 	m.spent = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "keybroker_sidecar_budget_units_spent_total",
 		Help: "Budget units charged to metered credentials by this sidecar.",
@@ -83,7 +114,14 @@ func newMetrics(s *Sidecar) *metrics {
 	m.jwtHit, m.jwtMiss = m.cache.WithLabelValues("jwt", "hit"), m.cache.WithLabelValues("jwt", "miss")
 	m.keyHit, m.keyMiss = m.cache.WithLabelValues("api_key", "hit"), m.cache.WithLabelValues("api_key", "miss")
 	m.negativeHit = m.cache.WithLabelValues("negative", "hit")
+	// key_replica: hit (the record decided), refused (no record and not
+	// minted moments ago: refused without Vault), fallback (no record yet
+	// for a key minted moments ago: asked Vault).
+	m.replicaHit = m.cache.WithLabelValues("key_replica", "hit")
+	m.replicaRefused = m.cache.WithLabelValues("key_replica", "refused")
+	m.replicaFallback = m.cache.WithLabelValues("key_replica", "fallback")
 	m.reg.MustRegister(m.decisions, m.latency, m.cache, m.degraded, m.jwksFetches, m.vaultCalls, lag, age, m.revokedCount, m.feedRestarts,
+		m.keySyncSeconds, m.keyResyncs, records, recordsLag,
 		m.spent, m.costOverHold, m.usageFallbacks)
 	return m
 }

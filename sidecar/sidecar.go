@@ -39,6 +39,8 @@ type Sidecar struct {
 	lastRefetch time.Time
 
 	revoked revokedSet
+	// replica holds every key's record (nil when key_replica = false).
+	replica *keyReplica
 
 	positive *lru.Cache[[sha256.Size]byte, *keyEntry]
 	negative *lru.Cache[[sha256.Size]byte, negEntry]
@@ -100,6 +102,9 @@ func New(c *Config, log hclog.Logger) (*Sidecar, error) {
 		if sc.cluster, err = newClusterRate(sc, s.cacheSize); err != nil {
 			return nil, err
 		}
+	}
+	if s.keyReplica {
+		sc.replica = newKeyReplica()
 	}
 	sc.budgets = newBudgets(sc)
 	sc.holder = s.name
@@ -233,6 +238,10 @@ func (sc *Sidecar) background(ctx context.Context) {
 
 	wg.Add(1)
 	go func() { defer wg.Done(); sc.pollRevocations(ctx) }()
+	if sc.replica != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); sc.followKeyRecords(ctx) }()
+	}
 	tick := time.NewTicker(sc.s.jwksRefresh)
 	defer tick.Stop()
 	for {
@@ -340,12 +349,7 @@ func (sc *Sidecar) pollRevocations(ctx context.Context) {
 		sc.revoked.prune(now)
 		cursor = page.Next
 		sc.feedOK.Store(now.UnixNano())
-		// A long poll that waited has paced itself; one that came back at
-		// once with nothing new (a plugin that does not hold reads) is
-		// paced by the poll interval.
-		if !page.More && (sc.s.revocationWait == 0 || (wait > 0 && page.Next == cursorBefore && time.Since(asked) < wait/2)) {
-			sleep(ctx, sc.s.revocationPoll)
-		}
+		sc.paceFeed(ctx, page.More, wait, page.Next == cursorBefore, asked)
 	}
 }
 

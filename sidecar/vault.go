@@ -255,8 +255,42 @@ func (v *vaultClient) verifyKey(ctx context.Context, key, remoteAddr string) (*c
 // the read until a revocation is added or wait passes.
 func (v *vaultClient) revocations(ctx context.Context, after uint64, wait time.Duration) (*contract.FeedPage, error) {
 	var page contract.FeedPage
-	err := v.withLogin(ctx, func() error {
-		c, q := v.c, map[string][]string{"after": {strconv.FormatUint(after, 10)}}
+	q := map[string][]string{"after": {strconv.FormatUint(after, 10)}}
+	if err := v.readFeed(ctx, "revocations", q, wait, &page); err != nil {
+		return nil, fmt.Errorf("keybroker revocations: %w", err)
+	}
+	return &page, nil
+}
+
+// keyRecordsSnapshot reads the page of key records after key_id afterID.
+func (v *vaultClient) keyRecordsSnapshot(ctx context.Context, afterID string, f keyFilter) (*contract.KeyRecordsPage, error) {
+	var page contract.KeyRecordsPage
+	q := f.query()
+	q["after_id"] = []string{afterID}
+	if err := v.readFeed(ctx, "key-records/snapshot", q, 0, &page); err != nil {
+		return nil, fmt.Errorf("keybroker key-records/snapshot: %w", err)
+	}
+	return &page, nil
+}
+
+// keyRecordChanges reads the key-record changes after a cursor of an
+// epoch, long-polling like revocations.
+func (v *vaultClient) keyRecordChanges(ctx context.Context, after uint64, epoch string, wait time.Duration, f keyFilter) (*contract.KeyRecordsPage, error) {
+	var page contract.KeyRecordsPage
+	q := f.query()
+	q["after"], q["epoch"] = []string{strconv.FormatUint(after, 10)}, []string{epoch}
+	if err := v.readFeed(ctx, "key-records", q, wait, &page); err != nil {
+		return nil, fmt.Errorf("keybroker key-records: %w", err)
+	}
+	return &page, nil
+}
+
+// readFeed reads a feed path of the mount into out (the answer's data),
+// decoding the body once. With wait > 0 it asks the plugin to hold the
+// read that long, on the long-poll client.
+func (v *vaultClient) readFeed(ctx context.Context, path string, q map[string][]string, wait time.Duration, out any) error {
+	return v.withLogin(ctx, func() error {
+		c := v.c
 		if wait > 0 {
 			c = v.long
 			if a := v.c.Address(); c.Address() != a { // follow the node acrossNodes chose
@@ -266,20 +300,29 @@ func (v *vaultClient) revocations(ctx context.Context, after uint64, wait time.D
 			}
 			q["wait"] = []string{strconv.FormatInt(int64(wait/time.Second), 10)}
 		}
-		sec, err := c.Logical().ReadWithDataWithContext(ctx, v.mount+"/revocations", q)
+		resp, err := c.Logical().ReadRawWithDataWithContext(ctx, v.mount+"/"+path, q)
+		if resp != nil {
+			defer resp.Body.Close()
+		}
 		if err != nil {
 			return err
 		}
-		if sec == nil {
-			return errors.New("empty revocations answer")
+		var body struct {
+			Data json.RawMessage `json:"data"`
 		}
-		return remarshal(sec.Data, &page)
+		if err := json.NewDecoder(io.LimitReader(resp.Body, maxFeedAnswer)).Decode(&body); err != nil {
+			return fmt.Errorf("decoding %s: %w", path, err)
+		}
+		if len(body.Data) == 0 || string(body.Data) == "null" {
+			return fmt.Errorf("empty %s answer", path)
+		}
+		return json.Unmarshal(body.Data, out)
 	})
-	if err != nil {
-		return nil, fmt.Errorf("keybroker revocations: %w", err)
-	}
-	return &page, nil
 }
+
+// maxFeedAnswer bounds what one feed read may send: a page of key records
+// is some 400 KB.
+const maxFeedAnswer = 64 << 20
 
 // raw reads an unauthenticated raw-JSON path of the mount (jwks, discovery).
 func (v *vaultClient) raw(ctx context.Context, path string) ([]byte, error) {

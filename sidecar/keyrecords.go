@@ -1,0 +1,130 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// errNewEpoch is a snapshot whose pages came from two epochs.
+var errNewEpoch = errors.New("the key-record feed started a new epoch while the snapshot was read")
+
+// followKeyRecords keeps the key replica current: a snapshot, then the
+// changes since it, long-polled; a new epoch or a cursor the plugin no
+// longer holds starts a new snapshot, while the records held keep serving.
+func (sc *Sidecar) followKeyRecords(ctx context.Context) {
+	for ctx.Err() == nil {
+		cursor, epoch, err := sc.syncKeyRecords(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				sc.log.Warn("cannot read the key-record snapshot; API keys go to Vault until it is read", "error", err)
+			}
+			sleep(ctx, sc.s.revocationPoll)
+			continue
+		}
+		sc.followKeyChanges(ctx, cursor, epoch)
+	}
+}
+
+// syncKeyRecords reads the whole snapshot and returns the cursor and epoch
+// to follow the changes from.
+func (sc *Sidecar) syncKeyRecords(ctx context.Context) (uint64, string, error) {
+	r := sc.replica
+	start := time.Now()
+	gen := r.newGen()
+	var cursor uint64
+	var epoch, after string
+	for pages := 0; ; pages++ {
+		sent := time.Now()
+		page, err := sc.vault.keyRecordsSnapshot(ctx, after, sc.s.keyFilter)
+		if err != nil {
+			sc.m.vaultCalls.WithLabelValues("key_records_snapshot", "error").Inc()
+			return 0, "", err
+		}
+		sc.m.vaultCalls.WithLabelValues("key_records_snapshot", "ok").Inc()
+		switch {
+		case pages == 0:
+			cursor, epoch = page.Cursor, page.Epoch
+		case page.Epoch != epoch:
+			return 0, "", errNewEpoch
+		}
+		if bad := r.apply(page.Records, gen); bad > 0 {
+			sc.log.Warn("key records the sidecar cannot read were dropped; those keys are refused", "count", bad)
+		}
+		r.setMetered(page.MeteredTenants)
+		if r.synced.Load() {
+			// Reading again (a new epoch): Vault answers, and
+			// revocations still arrive through their own feed.
+			r.currentAt.Store(sent.UnixNano())
+		}
+		if !page.More {
+			break
+		}
+		after = page.NextID
+	}
+	r.sweep(gen)
+	took := time.Since(start)
+	sc.m.keySyncSeconds.Set(took.Seconds())
+	sc.log.Info("read the key-record snapshot", "records", r.size(), "took", took.Round(time.Millisecond))
+	return cursor, epoch, nil
+}
+
+// followKeyChanges applies the changes after cursor until the plugin says
+// to read the snapshot again or ctx ends.
+func (sc *Sidecar) followKeyChanges(ctx context.Context, cursor uint64, epoch string) {
+	r := sc.replica
+	defer r.pollUntil.Store(0)
+	// The first read answers at once: the replica is not used until it
+	// has the changes made while the snapshot was read.
+	var wait time.Duration
+	for ctx.Err() == nil {
+		asked := time.Now()
+		if wait > 0 {
+			r.pollUntil.Store(asked.Add(wait).UnixNano())
+		}
+		page, err := sc.vault.keyRecordChanges(ctx, cursor, epoch, wait, sc.s.keyFilter)
+		r.pollUntil.Store(0)
+		if err != nil {
+			sc.m.vaultCalls.WithLabelValues("key_records", "error").Inc()
+			sc.log.Debug("key-record feed read failed", "error", err)
+			sleep(ctx, sc.s.revocationPoll)
+			continue
+		}
+		sc.m.vaultCalls.WithLabelValues("key_records", "ok").Inc()
+		if page.Resync || page.Epoch != epoch {
+			sc.log.Info("the key-record feed started a new epoch or no longer holds the changes after the cursor; reading the snapshot again", "cursor", cursor, "last", page.Last)
+			sc.m.keyResyncs.Inc()
+			return
+		}
+		if bad := r.apply(page.Records, r.gen); bad > 0 {
+			sc.log.Warn("key records the sidecar cannot read were dropped; those keys are refused", "count", bad)
+		}
+		r.setMetered(page.MeteredTenants)
+		r.prune(time.Now())
+		// A long poll that came back was answered when the plugin read
+		// it; an immediate read is as current as when it was sent.
+		current := asked
+		if wait > 0 {
+			current = time.Now()
+		}
+		r.currentAt.Store(current.UnixNano())
+		r.synced.Store(true)
+		nothingNew := page.Next == cursor
+		cursor = page.Next
+		sc.paceFeed(ctx, page.More, wait, nothingNew, asked)
+		wait = sc.s.revocationWait
+	}
+}
+
+// paceFeed sleeps after a feed read when the next read should not follow
+// at once: with no long polls, or when a long poll came back at once with
+// nothing new (a plugin that does not hold reads). A read with more to
+// come, or a long poll that waited, has paced itself.
+func (sc *Sidecar) paceFeed(ctx context.Context, more bool, wait time.Duration, nothingNew bool, asked time.Time) {
+	if more {
+		return
+	}
+	if sc.s.revocationWait == 0 || (wait > 0 && nothingNew && time.Since(asked) < wait/2) {
+		sleep(ctx, sc.s.revocationPoll)
+	}
+}

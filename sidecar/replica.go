@@ -1,0 +1,269 @@
+package sidecar
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/keybroker/keybroker/apikey"
+	"github.com/keybroker/keybroker/contract"
+	"github.com/keybroker/keybroker/jwtverify"
+)
+
+// keyReplica holds a record of every live API key the sidecar subscribes
+// to, from keybroker/key-records, so that it verifies keys without asking
+// Vault: the key_id finds the record, the key's SHA-256 must equal the
+// record's. It is used only while it is confirmed current within max_stale
+// (see usable); otherwise keys go to keybroker/verify as before.
+type keyReplica struct {
+	mu      sync.RWMutex
+	records map[[apikey.IDLength]byte]*replicaRecord
+	// shapes are what many keys share (role, tenant, scopes, bounds,
+	// limits), held once.
+	shapes  map[string]*keyShape
+	metered map[string]bool // tenants with a budget ceiling
+	gen     uint32          // the snapshot being read, for sweeping
+
+	synced atomic.Bool
+	// currentAt is when the replica was last confirmed current (UnixNano);
+	// pollUntil, while a long poll is out, is until when that poll vouches
+	// for it: the plugin answers at once when a key changes, so an
+	// unanswered poll within its wait means nothing changed.
+	currentAt, pollUntil atomic.Int64
+}
+
+// replicaRecord is one key. Records are replaced, never changed, so a
+// reader may use one after the lock is released.
+type replicaRecord struct {
+	hash    [sha256.Size]byte
+	expires int64 // Unix seconds
+	revoked bool
+	gen     uint32
+	shape   *keyShape
+}
+
+type keyShape struct {
+	role, tenant string
+	scopes       []string
+	cidrs        []netip.Prefix
+	budget       *jwtverify.Budget // the key's own limits
+	rate         *jwtverify.RateLimit
+}
+
+// expiredRecordGrace is how long a record stays after its key expired, so
+// the answer is "expired" rather than "invalid" (the plugin's snapshot
+// keeps them as long).
+const expiredRecordGrace = 5 * time.Minute
+
+func newKeyReplica() *keyReplica {
+	return &keyReplica{records: map[[apikey.IDLength]byte]*replicaRecord{}, shapes: map[string]*keyShape{}, metered: map[string]bool{}}
+}
+
+func replicaKey(id string) (k [apikey.IDLength]byte) {
+	copy(k[:], id)
+	return k
+}
+
+// usable says whether decisions may rely on the replica at now: a whole
+// snapshot was read and it was confirmed current within maxStale.
+func (r *keyReplica) usable(now time.Time, maxStale time.Duration) bool {
+	return r.synced.Load() && now.Sub(r.currentAsOf(now)) < maxStale
+}
+
+func (r *keyReplica) currentAsOf(now time.Time) time.Time {
+	at := r.currentAt.Load()
+	if until := r.pollUntil.Load(); until != 0 {
+		at = max(at, min(now.UnixNano(), until))
+	}
+	return time.Unix(0, at)
+}
+
+// lookup returns the record of key_id id, and whether the key is metered.
+func (r *keyReplica) lookup(id string) (rec *replicaRecord, metered bool) {
+	k := replicaKey(id)
+	r.mu.RLock()
+	rec = r.records[k]
+	if rec != nil {
+		metered = rec.shape.budget != nil && (rec.shape.budget.Units > 0 || r.metered[rec.shape.tenant])
+	}
+	r.mu.RUnlock()
+	return rec, metered
+}
+
+// identity is who a key with record rec is, as keybroker/verify would say.
+// id must not be a substring of the key: the identity outlives the request.
+func (rec *replicaRecord) identity(id string, metered bool) *identity {
+	sh := rec.shape
+	ident := &identity{id: id, subject: "key:" + id, role: sh.role, tenant: sh.tenant, scopes: sh.scopes, cidrs: sh.cidrs,
+		expiresAt: time.Unix(rec.expires, 0), rate: sh.rate}
+	if metered {
+		ident.budget = sh.budget
+	}
+	if ident.rate != nil {
+		ident.lineageKey = ident.lineage()
+	}
+	return ident
+}
+
+var errBadRecord = errors.New("bad key record")
+
+// apply stores the records of a page: a gone record removes the key, and a
+// record the sidecar cannot read removes it too, so that a bound it cannot
+// parse never becomes no bound. It returns how many it could not read.
+func (r *keyReplica) apply(recs []contract.KeyRecord, gen uint32) (bad int) {
+	parsed := make([]*replicaRecord, len(recs))
+	keys := make([]string, len(recs))
+	for i := range recs {
+		rec, key, err := parseRecord(&recs[i])
+		if err != nil {
+			bad++
+		}
+		parsed[i], keys[i] = rec, key
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, rec := range parsed {
+		k := replicaKey(recs[i].KeyID)
+		if rec == nil {
+			delete(r.records, k)
+			continue
+		}
+		if sh := r.shapes[keys[i]]; sh != nil {
+			rec.shape = sh
+		} else {
+			r.shapes[keys[i]] = rec.shape
+		}
+		rec.gen = gen
+		r.records[k] = rec
+	}
+	return bad
+}
+
+// parseRecord turns a feed record into a replica record and the key of its
+// shape; a gone record is nil.
+func parseRecord(kr *contract.KeyRecord) (*replicaRecord, string, error) {
+	if kr.Gone || !apikey.ValidateID(kr.KeyID) {
+		if !kr.Gone {
+			return nil, "", fmt.Errorf("%w: key_id", errBadRecord)
+		}
+		return nil, "", nil
+	}
+	rec := &replicaRecord{revoked: kr.Revoked}
+	if len(kr.Hash) != 2*sha256.Size {
+		return nil, "", fmt.Errorf("%w: hash", errBadRecord)
+	}
+	if _, err := hex.Decode(rec.hash[:], []byte(kr.Hash)); err != nil {
+		return nil, "", fmt.Errorf("%w: hash", errBadRecord)
+	}
+	exp, err := time.Parse(time.RFC3339, kr.ExpiresAt)
+	if err != nil {
+		return nil, "", fmt.Errorf("%w: expires_at", errBadRecord)
+	}
+	rec.expires = exp.Unix()
+	sh := &keyShape{role: kr.Role, tenant: kr.Tenant, scopes: kr.Scopes, budget: kr.Budget, rate: kr.RateLimit}
+	for _, c := range kr.BoundCIDRs {
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			return nil, "", fmt.Errorf("%w: bound_cidrs", errBadRecord)
+		}
+		sh.cidrs = append(sh.cidrs, p)
+	}
+	rec.shape = sh
+	return rec, shapeKey(kr), nil
+}
+
+// shapeKey says what makes two keys' shapes the same.
+func shapeKey(kr *contract.KeyRecord) string {
+	var b strings.Builder
+	for _, s := range []string{kr.Role, kr.Tenant, strings.Join(kr.Scopes, "\x01"), strings.Join(kr.BoundCIDRs, "\x01")} {
+		b.WriteString(s)
+		b.WriteByte(0)
+	}
+	if bu := kr.Budget; bu != nil {
+		fmt.Fprintf(&b, "b%d/%d/%d", bu.Units, bu.Period, bu.MaxCost)
+	}
+	b.WriteByte(0)
+	if rl := kr.RateLimit; rl != nil {
+		b.WriteString("r" + strconv.FormatFloat(rl.PerSecond, 'g', -1, 64) + "/" + strconv.Itoa(rl.Burst))
+	}
+	return b.String()
+}
+
+// setMetered replaces the set of tenants with a budget ceiling.
+func (r *keyReplica) setMetered(tenants []string) {
+	m := make(map[string]bool, len(tenants))
+	for _, t := range tenants {
+		m[t] = true
+	}
+	r.mu.Lock()
+	r.metered = m
+	r.mu.Unlock()
+}
+
+// newGen starts reading a snapshot.
+func (r *keyReplica) newGen() uint32 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.gen++
+	return r.gen
+}
+
+// sweep removes the records a whole snapshot of generation gen did not
+// have (keys gone while the sidecar was not following), and the shapes no
+// record uses.
+func (r *keyReplica) sweep(gen uint32) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	used := make(map[*keyShape]bool, len(r.shapes))
+	for k, rec := range r.records {
+		if rec.gen != gen {
+			delete(r.records, k)
+			continue
+		}
+		used[rec.shape] = true
+	}
+	for k, sh := range r.shapes {
+		if !used[sh] {
+			delete(r.shapes, k)
+		}
+	}
+}
+
+// prune removes the records of keys expired more than expiredRecordGrace ago.
+func (r *keyReplica) prune(now time.Time) {
+	limit := now.Add(-expiredRecordGrace).Unix()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k, rec := range r.records {
+		if rec.expires < limit {
+			delete(r.records, k)
+		}
+	}
+}
+
+func (r *keyReplica) size() int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.records)
+}
+
+// keyFilter is what part of the keys the sidecar subscribes to.
+type keyFilter struct{ roles, tenants []string }
+
+func (f keyFilter) query() map[string][]string {
+	q := map[string][]string{}
+	if len(f.roles) > 0 {
+		q["roles"] = []string{strings.Join(f.roles, ",")}
+	}
+	if len(f.tenants) > 0 {
+		q["tenants"] = []string{strings.Join(f.tenants, ",")}
+	}
+	return q
+}
