@@ -1,13 +1,18 @@
 # Vault policy for keybroker-sidecar: all it needs.
 # keybroker/jwks and keybroker/.well-known/* need no token at all.
 
-# Check API keys it has not cached.
+# Check API keys it holds no record of yet.
 path "keybroker/verify" {
   capabilities = ["update"]
 }
 
 # Follow revocations.
 path "keybroker/revocations" {
+  capabilities = ["read"]
+}
+
+# Hold every API key's record (key-records/snapshot) and follow changes (key-records).
+path "keybroker/key-records*" {
   capabilities = ["read"]
 }
 

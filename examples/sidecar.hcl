@@ -23,15 +23,19 @@ gateway = "nginx"
 # revocation_poll_interval  = "1s"   # pace after errors, or of every read without long polls
 # jwks_refresh_interval     = "5m"
 # jwks_min_refetch_interval = "10s"  # unknown kid: at most one JWKS fetch per interval
-# key_cache_ttl             = "10s"  # API key answers from Vault
+# key_replica               = true   # verify API keys from a replica of the key records, no Vault call
+# key_replica_roles         = []     # hold (and serve) only the keys of these roles
+# key_replica_tenants       = []     # ... or of these tenants; every other key is refused
+# key_cache_ttl             = "10s"  # API key answers from Vault (no replica yet, or key_replica = false)
 # negative_cache_ttl        = "30s"
-# max_stale                 = "30s"  # Vault down: cached API keys serve this long, then 503
+# max_stale                 = "30s"  # Vault down: the replica (or cached keys) serves this long, then 503
 # cache_size                = 100000 # per cache
 # leeway                    = "30s"  # clock skew for exp/nbf/iat, at most 60s
 # allow_unmatched           = false  # requests matching no route are denied
 # log_format                = "json"
 
-# Uncached API keys that Vault refuses, per client address (IPv6: per /64):
+# API keys that go to Vault (minted in the last 30s and not yet replicated,
+# or with no replica) and that Vault refuses, per client address (IPv6: per /64):
 # failed_auth_burst, then failed_auth_rate per second; past that, 429
 # too_many_failures without asking Vault. Lookups in flight, all clients:
 # failed_auth_rate          = 1

@@ -325,7 +325,7 @@ func (sc *Sidecar) checkKey(ctx context.Context, key string, ip netip.Addr) (*id
 			if rec.revoked {
 				return nil, deny(http.StatusUnauthorized, reasonRevoked)
 			}
-			return rec.identity(strings.Clone(parsed.ID), metered), decision{}
+			return rec.identity(strings.Clone(parsed.ID), metered), decision{degraded: r.failing.Load()}
 		case rec != nil:
 			// Same answer as for an unknown key.
 			sc.m.replicaHit.Inc()
@@ -380,6 +380,13 @@ func (sc *Sidecar) checkKey(ctx context.Context, key string, ip netip.Addr) (*id
 		return nil, deny(http.StatusServiceUnavailable, reasonUnavailable)
 	}
 	sc.m.vaultCalls.WithLabelValues("verify", "ok").Inc()
+	switch {
+	case ans.Reason == reasonOK && !sc.s.keyFilter.passes(ans.Role, ans.Tenant):
+		// A key outside key_replica_roles/tenants: this sidecar does
+		// not serve it, whether its record has arrived or not.
+		sc.negative.Add(h, negEntry{reason: reasonInvalid, expires: now.Add(sc.s.negativeCacheTTL)})
+		return nil, deny(http.StatusUnauthorized, reasonInvalid)
+	}
 	switch ans.Reason {
 	case reasonOK:
 	case reasonCIDRDenied:

@@ -83,13 +83,18 @@ func (sc *Sidecar) followKeyChanges(ctx context.Context, cursor uint64, epoch st
 			r.pollUntil.Store(asked.Add(wait).UnixNano())
 		}
 		page, err := sc.vault.keyRecordChanges(ctx, cursor, epoch, wait, sc.s.keyFilter)
-		r.pollUntil.Store(0)
 		if err != nil {
+			// The poll vouched for the replica until it failed.
+			r.currentAt.Store(r.currentAsOf(time.Now()).UnixNano())
+			r.pollUntil.Store(0)
+			r.failing.Store(true)
 			sc.m.vaultCalls.WithLabelValues("key_records", "error").Inc()
 			sc.log.Debug("key-record feed read failed", "error", err)
 			sleep(ctx, sc.s.revocationPoll)
 			continue
 		}
+		r.pollUntil.Store(0)
+		r.failing.Store(false)
 		sc.m.vaultCalls.WithLabelValues("key_records", "ok").Inc()
 		if page.Resync || page.Epoch != epoch {
 			sc.log.Info("the key-record feed started a new epoch or no longer holds the changes after the cursor; reading the snapshot again", "cursor", cursor, "last", page.Last)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -37,6 +38,8 @@ type keyReplica struct {
 	// for it: the plugin answers at once when a key changes, so an
 	// unanswered poll within its wait means nothing changed.
 	currentAt, pollUntil atomic.Int64
+	// failing: the last feed read failed; decisions are then degraded.
+	failing atomic.Bool
 }
 
 // replicaRecord is one key. Records are replaced, never changed, so a
@@ -256,6 +259,12 @@ func (r *keyReplica) size() int {
 
 // keyFilter is what part of the keys the sidecar subscribes to.
 type keyFilter struct{ roles, tenants []string }
+
+// passes says whether a key of role and tenant is one the sidecar serves.
+func (f keyFilter) passes(role, tenant string) bool {
+	return (len(f.roles) == 0 || slices.Contains(f.roles, role)) &&
+		(len(f.tenants) == 0 || slices.Contains(f.tenants, tenant))
+}
 
 func (f keyFilter) query() map[string][]string {
 	q := map[string][]string{}

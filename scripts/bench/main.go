@@ -69,8 +69,16 @@ type bench struct {
 	order   []string
 	notes   []string
 	started time.Time
-	// floodCalls is the Vault calls one client's forged keys caused.
-	floodCalls float64
+	// floodCalls is the Vault calls one client's forged keys caused: with
+	// random key_ids (what an attacker who does not read the format sends,
+	// and every stamp but the last 30 s), and stamped with the current time.
+	floodCalls, floodNowCalls float64
+	// sync is the key-record sync of a fresh sidecar at scale.
+	syncRecords int
+	syncTook    time.Duration
+	syncRSS     int64
+	// idleCalls is Vault requests per second from three idle sidecars.
+	idleCalls float64
 }
 
 func run(o options) error {
@@ -117,7 +125,7 @@ func (b *bench) run(ctx context.Context) error {
 		return err
 	}
 	defer stop(warm.cmd)
-	cold, err := b.startSidecar(ctx, "cold", upstream.Addr, `key_cache_ttl = "1ns"`+"\n"+`max_stale = "1ns"`)
+	cold, err := b.startSidecar(ctx, "cold", upstream.Addr, `key_replica = false`+"\n"+`key_cache_ttl = "1ns"`+"\n"+`max_stale = "1ns"`)
 	if err != nil {
 		return err
 	}
@@ -133,9 +141,17 @@ func (b *bench) run(ctx context.Context) error {
 	}
 	hotKey := key.Data["key"].(string)
 
+	idle, err := b.startSidecar(ctx, "idle", upstream.Addr, "")
+	if err != nil {
+		return err
+	}
+	defer stop(idle.cmd)
 	log("minting 1000 keys")
 	keys, err := b.mintKeys(ctx, nil, 1000)
 	if err != nil {
+		return err
+	}
+	if err := holds(warm.auth, len(keys)+1, time.Minute); err != nil {
 		return err
 	}
 	vaultURL := b.v.Addr
@@ -151,19 +167,28 @@ func (b *bench) run(ctx context.Context) error {
 	after := vaultCalls(warm.auth)
 	b.notes = append(b.notes, fmt.Sprintf("row a-metered: %.0f requests cost %.0f budget/reserve and %.0f budget/report calls to Vault",
 		b.rows["a-metered"].rps*b.o.duration.Seconds(), after["reserve"]-before["reserve"], after["report"]-before["report"]))
-	b.wrk("b", "sidecar /verify, API key, cache warm", warm.auth+"/verify/r", []string{"X-API-Key: " + hotKey}, "")
-	b.wrk("c", "sidecar /verify, a different API key each request (cold)", cold.auth+"/verify/r", nil, b.cycleScript(keys))
+	b.wrk("b", "sidecar /verify, API key, the same key each request", warm.auth+"/verify/r", []string{"X-API-Key: " + hotKey}, "")
+	b.wrk("c", "sidecar /verify, a different API key each request (cold), from the replica", warm.auth+"/verify/r", nil, b.cycleScript(keys))
+	b.wrk("c-vault", "(c) without a replica: keybroker/verify each request", cold.auth+"/verify/r", nil, b.cycleScript(keys))
 	b.wrk("d", "sidecar /verify, no-auth route (ceiling)", warm.auth+"/verify/public", nil, "")
 	flood, err := b.startSidecar(ctx, "flood", upstream.Addr, "")
 	if err != nil {
 		return err
 	}
 	log("flooding a sidecar with forged API keys from one client")
-	b.flood(flood.auth, b.o.duration)
+	b.floodCalls = b.flood(flood.auth, b.o.duration, "random key_ids", func() time.Time {
+		return time.Unix(rand.Int64N(1<<31), 0) // any second: 30 s of 29 years are near now
+	})
+	stop(flood.cmd)
+	// A fresh sidecar: the first flood's client is throttled for a while.
+	if flood, err = b.startSidecar(ctx, "flood-now", upstream.Addr, ""); err != nil {
+		return err
+	}
+	b.floodNowCalls = b.flood(flood.auth, b.o.duration, "key_ids stamped now", time.Now)
 	stop(flood.cmd)
 	b.wrk("e", "Vault auth/token/lookup-self (Vault token as API key)", vaultURL+"/v1/auth/token/lookup-self", []string{tokenHdr}, "")
 	b.wrk("f", "Vault keybroker/verify called directly", vaultURL+"/v1/keybroker/verify", []string{tokenHdr}, b.postScript(fmt.Sprintf(`{"credential":%q}`, hotKey)))
-	b.rows["b-1k"], b.rows["c-1k"] = b.rows["b"], b.rows["c"]
+	b.rows["b-1k"], b.rows["c-1k"], b.rows["c-vault-1k"] = b.rows["b"], b.rows["c"], b.rows["c-vault"]
 
 	mintDur := b.o.duration / 2
 	b.wrkFor("mint-key", "mint keybroker/keys/<role>", vaultURL+"/v1/keybroker/keys/bench", []string{tokenHdr}, b.postScript(`{"name":"bench"}`), mintDur)
@@ -186,10 +211,29 @@ func (b *bench) run(ctx context.Context) error {
 		return err
 	}
 	b.notes = append(b.notes, fmt.Sprintf("%d keys minted in %s for the scale rows", b.o.keys, time.Since(mintStart).Round(time.Second)))
+	if err := holds(warm.auth, len(keys), 5*time.Minute); err != nil {
+		return err
+	}
 	b.wrk("b-100k", fmt.Sprintf("(b) with %dk keys stored", b.o.keys/1000), warm.auth+"/verify/r", []string{"X-API-Key: " + hotKey}, "")
-	b.wrk("c-100k", fmt.Sprintf("(c) with %dk keys stored", b.o.keys/1000), cold.auth+"/verify/r", nil, b.cycleScript(keys))
+	b.wrk("c-100k", fmt.Sprintf("(c) with %dk keys stored", b.o.keys/1000), warm.auth+"/verify/r", nil, b.cycleScript(keys))
+	b.wrk("c-vault-100k", fmt.Sprintf("(c-vault) with %dk keys stored", b.o.keys/1000), cold.auth+"/verify/r", nil, b.cycleScript(keys))
 	// (f) again, to tell the sidecar's share of any slowdown from Vault's.
 	b.wrk("f-100k", fmt.Sprintf("(f) with %dk keys stored", b.o.keys/1000), vaultURL+"/v1/keybroker/verify", []string{tokenHdr}, b.postScript(fmt.Sprintf(`{"credential":%q}`, hotKey)))
+
+	log("a fresh sidecar reads the snapshot of %d key records", len(keys))
+	syncStart := time.Now()
+	syncer, err := b.startSidecar(ctx, "sync", upstream.Addr, "")
+	if err != nil {
+		return err
+	}
+	defer stop(syncer.cmd)
+	if err := holds(syncer.auth, len(keys), 5*time.Minute); err != nil {
+		return err
+	}
+	b.syncRecords, b.syncTook = len(keys), time.Since(syncStart)
+	if b.syncRSS, err = peakRSS(syncer.cmd.Process.Pid); err != nil {
+		return err
+	}
 
 	log("showing the warm sidecar %d distinct keys", len(keys))
 	if err := see(warm.auth, keys); err != nil {
@@ -199,6 +243,13 @@ func (b *bench) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+
+	const quiet = 30 * time.Second // more than one long poll's wait
+	log("counting the Vault requests of three idle sidecars for %s", quiet)
+	three := []string{warm.auth, idle.auth, syncer.auth}
+	idleBefore := allVaultCalls(three)
+	time.Sleep(quiet)
+	b.idleCalls = (allVaultCalls(three) - idleBefore) / quiet.Seconds()
 	b.report(revP50, revP99, rss, len(keys))
 	return nil
 }
@@ -273,7 +324,7 @@ func (b *bench) budgetRows(ctx context.Context) error {
 // Vault) to auth from one client over 64 connections for d, and records the
 // Vault calls they caused.
 // The stated bound: failed_auth_burst + failed_auth_rate x t calls (10 + 1/s).
-func (b *bench) flood(auth string, d time.Duration) {
+func (b *bench) flood(auth string, d time.Duration, what string, stamp func() time.Time) float64 {
 	before := vaultCalls(auth)["verify"]
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 	var sent, throttled atomic.Int64
@@ -284,7 +335,7 @@ func (b *bench) flood(auth string, d time.Duration) {
 		go func() {
 			defer wg.Done()
 			for time.Now().Before(deadline) {
-				forged, _, err := apikey.Generate(nil, "kb")
+				forged, _, err := apikey.GenerateAt(nil, "kb", stamp())
 				if err != nil {
 					return
 				}
@@ -305,9 +356,60 @@ func (b *bench) flood(auth string, d time.Duration) {
 	}
 	wg.Wait()
 	calls := vaultCalls(auth)["verify"] - before
-	b.floodCalls = calls
-	b.notes = append(b.notes, fmt.Sprintf("forged-key flood, one client, 64 connections, %s: %d requests answered (%d with 429 too_many_failures), %.0f Vault verify calls; bound 10 + 1/s x %.0fs = %.0f",
-		d, sent.Load(), throttled.Load(), calls, d.Seconds(), 10+d.Seconds()))
+	b.notes = append(b.notes, fmt.Sprintf("forged-key flood (%s), one client, 64 connections, %s: %d requests answered (%d with 429 too_many_failures), %.0f Vault verify calls; bound 10 + 1/s x %.0fs = %.0f",
+		what, d, sent.Load(), throttled.Load(), calls, d.Seconds(), 10+d.Seconds()))
+	return calls
+}
+
+// holds waits until the sidecar at auth holds n key records.
+func holds(auth string, n int, within time.Duration) error {
+	for deadline := time.Now().Add(within); ; time.Sleep(50 * time.Millisecond) {
+		if gauge(auth, "keybroker_sidecar_key_records") >= float64(n) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("sidecar %s holds %.0f key records after %s, want %d", auth, gauge(auth, "keybroker_sidecar_key_records"), within, n)
+		}
+	}
+}
+
+// gauge reads one unlabelled sample from the sidecar's metrics.
+func gauge(auth, name string) float64 {
+	resp, err := http.Get(auth + "/metrics")
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return 0
+}
+
+// allVaultCalls sums every Vault request (every operation, every result)
+// of the sidecars.
+func allVaultCalls(auths []string) float64 {
+	re := regexp.MustCompile(`^keybroker_sidecar_vault_requests_total\{[^}]*\} (\S+)$`)
+	total := 0.0
+	for _, auth := range auths {
+		resp, err := http.Get(auth + "/metrics")
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			if m := re.FindStringSubmatch(sc.Text()); m != nil {
+				v, _ := strconv.ParseFloat(m[1], 64)
+				total += v
+			}
+		}
+		resp.Body.Close()
+	}
+	return total
 }
 
 type sidecarProc struct {
@@ -682,7 +784,9 @@ func (b *bench) report(revP50, revP99 time.Duration, rss int64, seen int) {
 		fmt.Printf("| %s | %s | %.0f | %s | %s |\n", id, x.name, x.rps, ms(x.p50), ms(x.p99))
 	}
 	fmt.Printf("\nRevocation propagation (vault lease revoke returned -> sidecar denies), %d revocations: p50 %s ms, p99 %s ms\n", b.o.revocations, ms(revP50), ms(revP99))
-	fmt.Printf("Sidecar peak RSS (VmHWM) after %d distinct API keys were seen: %.1f MiB\n\n", seen, float64(rss)/(1<<20))
+	fmt.Printf("Sidecar peak RSS (VmHWM) after %d distinct API keys were seen: %.1f MiB\n", seen, float64(rss)/(1<<20))
+	fmt.Printf("Key-record sync of a fresh sidecar: %d records in %s (start to holding them all), peak RSS %.1f MiB\n", b.syncRecords, b.syncTook.Round(time.Millisecond), float64(b.syncRSS)/(1<<20))
+	fmt.Printf("Vault requests caused by 3 idle sidecars following both feeds: %.2f per second\n\n", b.idleCalls)
 
 	ratio := func(a, c float64) float64 {
 		if c == 0 {
@@ -699,19 +803,27 @@ func (b *bench) report(revP50, revP99 time.Duration, rss int64, seen int) {
 	}
 	targets := []target{
 		{"(a) / (e)", ratio(r["a"].rps, r["e"].rps), 20, false, "x"},
-		{"(a) / (d)", ratio(r["a"].rps, r["d"].rps), 0.7, false, "x"},
+		{"(a) / (d): JWT", ratio(r["a"].rps, r["d"].rps), 0.9, false, "x"},
 		{"(b) / (e)", ratio(r["b"].rps, r["e"].rps), 20, false, "x"},
-		{"(b) / (d)", ratio(r["b"].rps, r["d"].rps), 0.7, false, "x"},
-		{"(c) / (e)", ratio(r["c"].rps, r["e"].rps), 1, false, "x"},
+		{"(b) / (d): the same key", ratio(r["b"].rps, r["d"].rps), 0.9, false, "x"},
+		{"(c) / (d): a different key each request", ratio(r["c"].rps, r["d"].rps), 0.7, false, "x"},
+		{"(c-vault) / (e)", ratio(r["c-vault"].rps, r["e"].rps), 1, false, "x"},
 		{"mint key / Vault token create", ratio(r["mint-key"].rps, r["mint-vault"].rps), 1, false, "x"},
 		{"mint JWT / Vault token create", ratio(r["mint-jwt"].rps, r["mint-vault"].rps), 1, false, "x"},
-		{"revocation p99", revP99.Seconds(), 1.5, true, "s"},
+		{"revocation p99", revP99.Seconds(), 0.1, true, "s"},
 		{"(b) p50 100k / 1k", ratio(float64(r["b-100k"].p50), float64(r["b-1k"].p50)), 1.5, true, "x"},
 		{"(c) p50 100k / 1k", ratio(float64(r["c-100k"].p50), float64(r["c-1k"].p50)), 1.5, true, "x"},
+		{"(c-vault) p50 100k / 1k", ratio(float64(r["c-vault-100k"].p50), float64(r["c-vault-1k"].p50)), 1.5, true, "x"},
 		{"sidecar RSS", float64(rss) / (1 << 20), 128, true, " MiB"},
 		{"budget/reserve, 10k live reservations in the tenant / none", ratio(r["reserve-10k"].rps, r["reserve-0"].rps), 0.8, false, "x"},
 		{"budget/report, 10k live reservations in the tenant / none", ratio(r["report-10k"].rps, r["report-0"].rps), 0.8, false, "x"},
-		{"forged-key flood: Vault calls, one client", b.floodCalls, 10 + b.o.duration.Seconds(), true, ""},
+		{"forged keys, random key_ids: Vault calls", b.floodCalls, 0, true, ""},
+		{"forged keys, key_ids stamped now: Vault calls, one client", b.floodNowCalls, 10 + b.o.duration.Seconds(), true, ""},
+	}
+	if b.syncRecords >= 1_000_000 {
+		targets = append(targets,
+			target{"key-record sync, 1M records", b.syncTook.Seconds(), 60, true, "s"},
+			target{"sidecar RSS holding 1M records", float64(b.syncRSS) / (1 << 20), 512, true, " MiB"})
 	}
 	fmt.Println("| target | measured | wanted | met |")
 	fmt.Println("|---|---:|---:|---|")

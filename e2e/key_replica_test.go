@@ -1,0 +1,169 @@
+package e2e
+
+import (
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keybroker/keybroker/apikey"
+	"github.com/keybroker/keybroker/internal/vaultserver"
+	"github.com/keybroker/keybroker/sidecar"
+)
+
+// verifyCalls is how many keybroker/verify calls a sidecar made.
+func verifyCalls(t *testing.T, e *sidecarEnv) float64 {
+	t.Helper()
+	return metric(t, e.auth, "keybroker_sidecar_vault_requests_total", `op="verify",result="ok"`) +
+		metric(t, e.auth, "keybroker_sidecar_vault_requests_total", `op="verify",result="error"`)
+}
+
+// hasRecord waits until the sidecar holds n key records.
+func hasRecords(t *testing.T, e *sidecarEnv, n float64) {
+	t.Helper()
+	eventually(t, 10*time.Second, "the sidecar never held the key records", func() bool {
+		return metric(t, e.auth, "keybroker_sidecar_key_records", "") >= n
+	})
+}
+
+// API keys are verified from the sidecar's replica of the key records:
+// no Vault call for a key, none for a forged one, and every change to a
+// key (revocation, renewal, a tenant ceiling) reaches the sidecar.
+func TestSidecarKeyReplica(t *testing.T) {
+	v := vaultserver.StartT(t)
+	setupRoles(t, v)
+	root := v.Client
+	write(t, root, "keybroker/roles/short", map[string]interface{}{"scopes": "read", "ttl": "4s", "max_ttl": "1h", "tenant": "billed"})
+	old := write(t, root, "keybroker/keys/svc", map[string]interface{}{"name": "before the sidecar"})
+	e := startSidecar(t, v, func(c *sidecar.Config) { c.KeyCacheTTL, c.MaxStale = "1s", "30s" })
+	hasRecords(t, e, 1)
+
+	fresh := write(t, root, "keybroker/keys/svc", map[string]interface{}{"name": "after"})
+	short := write(t, root, "keybroker/keys/short", map[string]interface{}{"name": "short"})
+	hasRecords(t, e, 3)
+	before := verifyCalls(t, e)
+	for i := 0; i < 20; i++ {
+		for _, s := range []string{old.Data["key"].(string), fresh.Data["key"].(string), short.Data["key"].(string)} {
+			if r := call(t, e.proxy, "GET", "/read", bearer(s), ""); r.status != 200 {
+				t.Fatalf("a held key: %d %s", r.status, r.header.Get("X-Keybroker-Reason"))
+			}
+		}
+		time.Sleep(60 * time.Millisecond) // past key_cache_ttl more than once
+	}
+	// Identity from the record, as keybroker/verify would give it.
+	call(t, e.proxy, "GET", "/read", bearer(fresh.Data["key"].(string)), "")
+	if h := e.seen(); h.Get("X-Keybroker-Key-Id") != fresh.Data["key_id"] || h.Get("X-Keybroker-Tenant") != "acme" || h.Get("X-Keybroker-Role") != "svc" {
+		t.Fatalf("upstream saw %v", h)
+	}
+	if n := verifyCalls(t, e) - before; n != 0 {
+		t.Fatalf("held keys cost %v keybroker/verify calls", n)
+	}
+
+	// Forged keys (valid checksum, stamped like keys minted long ago, as
+	// any attacker's random key_id is): refused offline.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	statuses := map[int]int{}
+	for i := 0; i < 200; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			forged, _, err := apikey.GenerateAt(nil, "kb", time.Now().Add(-time.Duration(i+1)*time.Hour))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			r := call(t, e.proxy, "GET", "/read", bearer(forged), "")
+			mu.Lock()
+			statuses[r.status]++
+			mu.Unlock()
+		}(i)
+	}
+	wg.Wait()
+	if n := verifyCalls(t, e) - before; n != 0 || statuses[http.StatusUnauthorized] != 200 {
+		t.Fatalf("200 forged keys: %v keybroker/verify calls, statuses %v; want 0 calls and 200 401s", n, statuses)
+	}
+
+	// The renewal reaches the sidecar: past its first 4s, the renewed key
+	// still passes, from the record.
+	if _, err := root.Sys().RenewWithContext(ctxT(t), short.LeaseID, 3600); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(5 * time.Second)
+	if r := call(t, e.proxy, "GET", "/read", bearer(short.Data["key"].(string)), ""); r.status != 200 {
+		t.Fatalf("a renewed key after its first ttl: %d %s", r.status, r.header.Get("X-Keybroker-Reason"))
+	}
+	// A tenant ceiling makes its keys metered at once: the sidecar
+	// reserves budget for them.
+	write(t, root, "keybroker/tenants/billed", map[string]interface{}{"budget": 1000})
+	eventually(t, 5*time.Second, "a tenant ceiling never made its key metered", func() bool {
+		call(t, e.proxy, "GET", "/read", bearer(short.Data["key"].(string)), "")
+		return metric(t, e.auth, "keybroker_sidecar_vault_requests_total", `op="reserve",result="ok"`) > 0
+	})
+	// Revocation: denied, saying so.
+	if err := root.Sys().RevokeWithContext(ctxT(t), old.LeaseID); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 3*time.Second, "a revoked key still passes", func() bool {
+		return call(t, e.proxy, "GET", "/read", bearer(old.Data["key"].(string)), "").header.Get("X-Keybroker-Reason") == "revoked"
+	})
+	if n := verifyCalls(t, e) - before; n != 0 {
+		t.Fatalf("%v keybroker/verify calls in all", n)
+	}
+
+	// The plugin restarts (a reload): a new epoch, the sidecar reads the
+	// snapshot again, and keys keep passing throughout.
+	write(t, root, "sys/plugins/reload/backend", map[string]interface{}{"mounts": []string{"keybroker/"}})
+	eventually(t, 15*time.Second, "the sidecar never read the snapshot again after a plugin reload", func() bool {
+		return metric(t, e.auth, "keybroker_sidecar_key_records_resyncs_total", "") >= 1
+	})
+	if r := call(t, e.proxy, "GET", "/read", bearer(fresh.Data["key"].(string)), ""); r.status != 200 {
+		t.Fatalf("after the reload: %d", r.status)
+	}
+}
+
+// A key minted moments ago, before its record arrives, is verified with one
+// keybroker/verify call; a sidecar that follows no feed (key_replica =
+// false) verifies every key through Vault, as before.
+func TestSidecarKeyReplicaFallback(t *testing.T) {
+	v := vaultserver.StartT(t)
+	setupRoles(t, v)
+	off := false
+	e := startSidecar(t, v, func(c *sidecar.Config) { c.KeyReplica = &off })
+	key := write(t, v.Client, "keybroker/keys/svc", map[string]interface{}{"name": "k"}).Data["key"].(string)
+	before := verifyCalls(t, e)
+	if r := call(t, e.proxy, "GET", "/read", bearer(key), ""); r.status != 200 {
+		t.Fatalf("key_replica = false: %d", r.status)
+	}
+	if n := verifyCalls(t, e) - before; n != 1 {
+		t.Fatalf("key_replica = false: %v verify calls, want 1", n)
+	}
+	if metric(t, e.auth, "keybroker_sidecar_key_records", "") != 0 {
+		t.Fatal("key_replica = false holds records")
+	}
+}
+
+// A sidecar subscribed to some roles holds only their keys and refuses
+// every other key, including one minted moments ago that Vault would call
+// valid.
+func TestSidecarKeyReplicaScoped(t *testing.T) {
+	v := vaultserver.StartT(t)
+	setupRoles(t, v)
+	root := v.Client
+	write(t, root, "keybroker/roles/elsewhere", map[string]interface{}{"scopes": "read"})
+	mine := write(t, root, "keybroker/keys/svc", map[string]interface{}{"name": "mine"}).Data["key"].(string)
+	theirs := write(t, root, "keybroker/keys/elsewhere", map[string]interface{}{"name": "theirs"}).Data["key"].(string)
+	e := startSidecar(t, v, func(c *sidecar.Config) { c.KeyReplicaRoles = []string{"svc"} })
+	hasRecords(t, e, 1)
+	if n := metric(t, e.auth, "keybroker_sidecar_key_records", ""); n != 1 {
+		t.Fatalf("a sidecar scoped to role svc holds %v records", n)
+	}
+	if r := call(t, e.proxy, "GET", "/read", bearer(mine), ""); r.status != 200 {
+		t.Fatalf("a key of the role served: %d", r.status)
+	}
+	for i := 0; i < 3; i++ {
+		if r := call(t, e.proxy, "GET", "/read", bearer(theirs), ""); r.status != 401 || r.header.Get("X-Keybroker-Reason") != "invalid" {
+			t.Fatalf("a key of another role: %d %q", r.status, r.header.Get("X-Keybroker-Reason"))
+		}
+	}
+}
