@@ -167,3 +167,38 @@ func TestSidecarKeyReplicaScoped(t *testing.T) {
 		}
 	}
 }
+
+// With the replica, API keys keep verifying after Vault goes away, as long
+// as Vault confirmed the replica within max_stale, then fail closed. Quiet
+// long polls are held max_stale/3 at most (2s here), so the last
+// confirmation is at most that old when Vault stops.
+func TestSidecarVaultDownReplica(t *testing.T) {
+	v := vaultserver.StartT(t)
+	setupRoles(t, v)
+	e := startSidecar(t, v, func(c *sidecar.Config) { c.MaxStale, c.KeyCacheTTL = "6s", "1s" })
+	key := write(t, v.Client, "keybroker/keys/svc", map[string]interface{}{"name": "k"}).Data["key"].(string)
+	hasRecords(t, e, 1)
+	time.Sleep(3 * time.Second) // a quiet while: long polls come and go
+	before := verifyCalls(t, e)
+	v.Stop()
+	stopped := time.Now()
+
+	time.Sleep(2500 * time.Millisecond)
+	if r := call(t, e.proxy, "GET", "/read", bearer(key), ""); r.status != 200 {
+		t.Fatalf("API key 2.5s after Vault stopped, max_stale 6s: %d %s", r.status, r.header.Get("X-Keybroker-Reason"))
+	}
+	if metric(t, e.auth, "keybroker_sidecar_degraded_decisions_total", "") < 1 {
+		t.Fatal("a decision while Vault is unreachable was not counted as degraded")
+	}
+	eventually(t, 8*time.Second, "API key still allowed long after max_stale", func() bool {
+		return call(t, e.proxy, "GET", "/read", bearer(key), "").status == http.StatusServiceUnavailable
+	})
+	// The last confirmation came at most 2s (and a round trip) before the
+	// stop: failing closed earlier than 6s - 2s after it is a bug.
+	if after := time.Since(stopped); after < 3500*time.Millisecond {
+		t.Fatalf("failed closed %s after Vault stopped, before max_stale minus the long poll's wait", after)
+	}
+	if n := metric(t, e.auth, "keybroker_sidecar_vault_requests_total", `op="verify",result="ok"`) - before; n > 0 {
+		t.Fatalf("%v successful verify calls with Vault stopped", n)
+	}
+}

@@ -336,10 +336,13 @@ func TestSidecarRevocationWithin2s(t *testing.T) {
 
 // With Vault down, JWTs keep verifying offline; API keys serve from cache
 // for max_stale, then fail closed with 503.
+// Without a key replica: cached API keys serve for max_stale after Vault
+// goes away, JWTs for as long as their keys are good.
 func TestSidecarVaultDown(t *testing.T) {
 	v := vaultserver.StartT(t)
 	setupRoles(t, v)
-	e := startSidecar(t, v, nil)
+	off := false
+	e := startSidecar(t, v, func(c *sidecar.Config) { c.KeyReplica = &off })
 	key := write(t, v.Client, "keybroker/keys/svc", map[string]interface{}{"name": "k"}).Data["key"].(string)
 	jwt := write(t, v.Client, "keybroker/token/svc", map[string]interface{}{"audience": "svc"}).Data["token"].(string)
 	// Taken before the request that fills the cache: the entry is at least

@@ -84,8 +84,8 @@ func (sc *Sidecar) followKeyChanges(ctx context.Context, cursor uint64, epoch st
 		}
 		page, err := sc.vault.keyRecordChanges(ctx, cursor, epoch, wait, sc.s.keyFilter)
 		if err != nil {
-			// The poll vouched for the replica until it failed.
-			r.currentAt.Store(r.currentAsOf(time.Now()).UnixNano())
+			// A poll that failed confirms nothing: Vault may have been
+			// cut off, not down, and keys changing meanwhile.
 			r.pollUntil.Store(0)
 			r.failing.Store(true)
 			sc.m.vaultCalls.WithLabelValues("key_records", "error").Inc()
@@ -116,20 +116,29 @@ func (sc *Sidecar) followKeyChanges(ctx context.Context, cursor uint64, epoch st
 		r.synced.Store(true)
 		nothingNew := page.Next == cursor
 		cursor = page.Next
-		sc.paceFeed(ctx, page.More, wait, nothingNew, asked)
-		wait = sc.s.revocationWait
+		sc.paceFeed(ctx, sc.keyRecordsWait() > 0, page.More, wait, nothingNew, asked)
+		wait = sc.keyRecordsWait()
 	}
+}
+
+// keyRecordsWait is how long the plugin may hold a key-record read: the
+// long-poll wait, but short enough that in quiet times an answer confirms
+// the replica at least three times per max_stale, so a Vault that goes away
+// leaves keys verifying for most of max_stale, not for none of it.
+func (sc *Sidecar) keyRecordsWait() time.Duration {
+	return min(sc.s.revocationWait, (sc.s.maxStale / 3).Truncate(time.Second))
 }
 
 // paceFeed sleeps after a feed read when the next read should not follow
 // at once: with no long polls, or when a long poll came back at once with
 // nothing new (a plugin that does not hold reads). A read with more to
 // come, or a long poll that waited, has paced itself.
-func (sc *Sidecar) paceFeed(ctx context.Context, more bool, wait time.Duration, nothingNew bool, asked time.Time) {
+// longPolls says whether reads of this feed long-poll at all.
+func (sc *Sidecar) paceFeed(ctx context.Context, longPolls, more bool, wait time.Duration, nothingNew bool, asked time.Time) {
 	if more {
 		return
 	}
-	if sc.s.revocationWait == 0 || (wait > 0 && nothingNew && time.Since(asked) < wait/2) {
+	if !longPolls || (wait > 0 && nothingNew && time.Since(asked) < wait/2) {
 		sleep(ctx, sc.s.revocationPoll)
 	}
 }

@@ -349,7 +349,7 @@ func (sc *Sidecar) pollRevocations(ctx context.Context) {
 		sc.revoked.prune(now)
 		cursor = page.Next
 		sc.feedOK.Store(now.UnixNano())
-		sc.paceFeed(ctx, page.More, wait, page.Next == cursorBefore, asked)
+		sc.paceFeed(ctx, sc.s.revocationWait > 0, page.More, wait, page.Next == cursorBefore, asked)
 	}
 }
 
