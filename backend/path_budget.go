@@ -638,7 +638,10 @@ func (b *backend) pathBudgetWrite(ctx context.Context, req *logical.Request, d *
 		}
 	}
 	if apikey.ValidateID(id) {
-		// The key's own record, so that verify answers say the same.
+		// The key's own record, so that verify answers say the same;
+		// under the lock revocations take, never writing one over.
+		b.revocationMu.Lock()
+		defer b.revocationMu.Unlock()
 		k, err := b.getKey(ctx, req.Storage, id)
 		if err != nil {
 			return nil, err

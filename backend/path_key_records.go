@@ -92,30 +92,32 @@ func (c *keyChanges) lastSeq() uint64 {
 	return c.last
 }
 
-// since returns the distinct ids changed after cursor after, at most n
-// changes of them, with the cursor past them and the newest change. held is
-// false when after is older than what is kept, or newer than any change
-// (from another epoch).
-func (c *keyChanges) since(after uint64, n int) (ids []string, tenants bool, next, last uint64, held bool) {
+// keyChange is a changed key and the first change of it in a page.
+type keyChange struct {
+	id  string
+	seq uint64
+}
+
+// since returns the distinct keys changed after cursor after, in at most n
+// changes, with the cursor past them and the newest change. held is false
+// when after is older than what is kept, or newer than any change (from
+// another epoch).
+func (c *keyChanges) since(after uint64, n int) (changed []keyChange, next, last uint64, held bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	last = c.last
 	if after > last || last-after > keyChangesHeld {
-		return nil, false, after, last, false
+		return nil, after, last, false
 	}
 	next = min(last, after+uint64(n))
 	seen := make(map[string]bool, next-after)
 	for seq := after + 1; seq <= next; seq++ {
-		id := c.ring[seq%keyChangesHeld]
-		switch {
-		case id == "":
-			tenants = true
-		case !seen[id]:
+		if id := c.ring[seq%keyChangesHeld]; id != "" && !seen[id] { // "": a tenant ceiling, read with every page
 			seen[id] = true
-			ids = append(ids, id)
+			changed = append(changed, keyChange{id, seq})
 		}
 	}
-	return ids, tenants, next, last, true
+	return changed, next, last, true
 }
 
 // keyListing is a sorted listing of keys/ for snapshots, shared by every
@@ -185,14 +187,17 @@ func pathKeyRecords(b *backend) []*framework.Path {
 
 var keyRecordsHelp = fmt.Sprintf(`A verifier (keybroker-sidecar) holds a record of each live API key, so it
 verifies keys without asking Vault: key_id, the SHA-256 of the key (never the
-key), name, role, scopes, bound_cidrs, tenant, metadata, expires_at, revoked,
-and the key's budget and rate limit. Each answer also lists metered_tenants,
+key), role, scopes, bound_cidrs, tenant, expires_at, revoked, and the key's
+budget and rate limit (no name or metadata: a verifier does not decide on
+them). Each answer also lists metered_tenants,
 the tenants with a budget ceiling: a key is metered when its budget.units is
 above 0 or its tenant is among them.
 
-key-records/snapshot returns the records in pages of at most %d by key_id:
+key-records/snapshot returns the records in pages of at most %d (and about
+4 MB) by key_id:
 start with no after_id, then pass each answer's next_id while more is true.
-Then follow key-records from the first page's cursor: each change is the
+Then follow key-records from the first page's cursor, passing the epoch with
+it (required with after > 0): each change is the
 changed key's record as it is when read (mint, renewal, revocation, budget
 change), or gone for a key no longer stored. Changes are kept in memory on
 the active node, the last %d of them: an answer with resync=true (the cursor
@@ -247,11 +252,14 @@ func (b *backend) pathKeyRecordsChanges(ctx context.Context, req *logical.Reques
 		return logical.ErrorResponse(err.Error()), nil
 	}
 	epoch := d.Get("epoch").(string)
+	if after > 0 && epoch == "" {
+		return logical.ErrorResponse("epoch is required with after: pass the epoch of the answer the cursor came from"), nil
+	}
 	c := b.keyChanges
 	// Taken before reading, so that a change during the read wakes the
-	// wait below.
-	woken := c.wake.next()
-	page, err := b.keyChangesPageShared(ctx, req.Storage, uint64(after), epoch, f)
+	// wait below; the read shares only with reads that began after it.
+	woken, gen := c.wake.next()
+	page, err := b.keyChangesPageShared(ctx, req.Storage, uint64(after), epoch, f, gen)
 	if err != nil || wait == 0 || page.Resync || page.Next != uint64(after) {
 		return keyRecordsResponse(page), err
 	}
@@ -264,15 +272,18 @@ func (b *backend) pathKeyRecordsChanges(ctx context.Context, req *logical.Reques
 	case <-ctx.Done():
 		return keyRecordsResponse(page), nil
 	}
-	page, err = b.keyChangesPageShared(ctx, req.Storage, uint64(after), epoch, f)
+	page, err = b.keyChangesPageShared(ctx, req.Storage, uint64(after), epoch, f, c.wake.generation())
 	return keyRecordsResponse(page), err
 }
 
 // keyChangesPageShared is keyChangesPage, with reads of the same cursor and
 // filter at the same time sharing one: every verifier that is up to date
-// waits at the same cursor, so a change wakes them all into one read.
-func (b *backend) keyChangesPageShared(ctx context.Context, s logical.Storage, after uint64, epoch string, f recordFilter) (*contract.KeyRecordsPage, error) {
-	v, err, _ := b.keyRecordReads.Do(strconv.FormatUint(after, 10)+"\x00"+epoch+"\x00"+f.String(), func() (interface{}, error) {
+// waits at the same cursor, so a change wakes them all into one read. gen is
+// the wake generation the reader saw: a read begun before a change it was
+// not woken for must not answer it.
+func (b *backend) keyChangesPageShared(ctx context.Context, s logical.Storage, after uint64, epoch string, f recordFilter, gen uint64) (*contract.KeyRecordsPage, error) {
+	key := fmt.Sprintf("changes\x00%d\x00%d\x00%s\x00%s", after, gen, epoch, f)
+	v, err, _ := b.keyRecordReads.Do(key, func() (interface{}, error) {
 		return b.keyChangesPage(context.WithoutCancel(ctx), s, after, epoch, f)
 	})
 	if err != nil {
@@ -284,25 +295,38 @@ func (b *backend) keyChangesPageShared(ctx context.Context, s logical.Storage, a
 func (b *backend) keyChangesPage(ctx context.Context, s logical.Storage, after uint64, epoch string, f recordFilter) (*contract.KeyRecordsPage, error) {
 	c := b.keyChanges
 	page := &contract.KeyRecordsPage{Epoch: c.epoch, Records: []contract.KeyRecord{}, MeteredTenants: []string{}}
-	ids, _, next, last, held := c.since(after, contract.MaxKeyRecordPage)
+	changed, next, last, held := c.since(after, contract.MaxKeyRecordPage)
 	page.Next, page.Last = next, last
 	if !held || (epoch != "" && epoch != c.epoch) {
 		page.Resync, page.Next = true, after
 		return page, nil
 	}
-	page.More = next < last
+	ids := make([]string, len(changed))
+	for i, ch := range changed {
+		ids[i] = ch.id
+	}
 	keys, err := b.getKeys(ctx, s, ids)
 	if err != nil {
 		return nil, err
 	}
+	size := 0
 	for i, k := range keys {
-		switch {
-		case k == nil:
-			page.Records = append(page.Records, contract.KeyRecord{KeyID: ids[i], Gone: true})
-		case f.passes(k):
-			page.Records = append(page.Records, k.record())
+		rec := contract.KeyRecord{KeyID: ids[i], Gone: true}
+		if k != nil {
+			if !f.passes(k) {
+				continue
+			}
+			rec = k.record()
 		}
+		if size += recordSize(k); size > contract.MaxKeyRecordPageBytes && len(page.Records) > 0 {
+			// The page ends before this key's first change; the
+			// next read starts there.
+			page.Next = changed[i].seq - 1
+			break
+		}
+		page.Records = append(page.Records, rec)
 	}
+	page.More = page.Next < last
 	// Every page says which tenants are metered: a ceiling change wakes
 	// readers, and they learn it from the list, not from a record.
 	if page.MeteredTenants, err = s.List(ctx, tenantPrefix); err != nil {
@@ -328,33 +352,75 @@ func (b *backend) pathKeyRecordsSnapshot(ctx context.Context, req *logical.Reque
 	if err != nil {
 		return nil, err
 	}
+	// Every sidecar reading the snapshot (all of them, after a failover)
+	// walks the same pages of the same listing: they share the reads.
+	key := fmt.Sprintf("snapshot\x00%d\x00%s\x00%s", l.at.UnixNano(), afterID, f)
+	v, err, _ := b.keyRecordReads.Do(key, func() (interface{}, error) {
+		return b.snapshotPage(context.WithoutCancel(ctx), req.Storage, l, afterID, f)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return keyRecordsResponse(v.(*contract.KeyRecordsPage)), nil
+}
+
+// snapshotPage reads the page of listing l after key_id afterID: at most
+// MaxKeyRecordPage records, about MaxKeyRecordPageBytes, and snapshotScan
+// key_ids looked at.
+func (b *backend) snapshotPage(ctx context.Context, s logical.Storage, l *keyListing, afterID string, f recordFilter) (*contract.KeyRecordsPage, error) {
 	page := &contract.KeyRecordsPage{Epoch: b.keyChanges.epoch, Cursor: l.cursor, Records: []contract.KeyRecord{}}
 	i := sort.SearchStrings(l.ids, afterID)
 	if i < len(l.ids) && l.ids[i] == afterID {
 		i++
 	}
 	now := time.Now()
-	for scanned := 0; i < len(l.ids) && scanned < snapshotScan && len(page.Records) < contract.MaxKeyRecordPage; {
-		n := min(contract.MaxKeyRecordPage-len(page.Records), len(l.ids)-i)
-		ids := l.ids[i : i+n]
-		keys, err := b.getKeys(ctx, req.Storage, ids)
+	size, scanned, full := 0, 0, false
+	for i < len(l.ids) && scanned < snapshotScan && !full {
+		ids := l.ids[i : i+min(contract.MaxKeyRecordPage, len(l.ids)-i)]
+		keys, err := b.getKeys(ctx, s, ids)
 		if err != nil {
 			return nil, err
 		}
-		for _, k := range keys {
+		for j, k := range keys {
+			if len(page.Records) == contract.MaxKeyRecordPage {
+				full = true
+				break
+			}
 			if k != nil && f.passes(k) && now.Before(k.ExpiresAt.Add(expiredRecordGrace)) {
+				if size += recordSize(k); size > contract.MaxKeyRecordPageBytes && len(page.Records) > 0 {
+					full = true
+					break
+				}
 				page.Records = append(page.Records, k.record())
 			}
+			page.NextID = ids[j]
+			i++
+			scanned++
 		}
-		i += n
-		scanned += n
-		page.NextID = ids[n-1]
 	}
 	page.More = i < len(l.ids)
-	if page.MeteredTenants, err = req.Storage.List(ctx, tenantPrefix); err != nil {
+	var err error
+	if page.MeteredTenants, err = s.List(ctx, tenantPrefix); err != nil {
 		return nil, fmt.Errorf("listing tenants: %w", err)
 	}
-	return keyRecordsResponse(page), nil
+	return page, nil
+}
+
+// recordSize bounds the JSON size of k's record (nil: a gone record),
+// counting each character of its variable strings as the six of their
+// longest escape.
+func recordSize(k *keyEntry) int {
+	n := 400 // key_id, hash, expiry, limits and the field names
+	if k == nil {
+		return n
+	}
+	for _, s := range k.Scopes {
+		n += 6*len(s) + 3
+	}
+	for _, c := range k.BoundCIDRs {
+		n += 6*len(c) + 3
+	}
+	return n + 6*(len(k.Role)+len(k.Tenant))
 }
 
 // keyListingNoOlder returns the shared listing of keys/, taking a new one
@@ -419,12 +485,10 @@ func (k *keyEntry) record() contract.KeyRecord {
 	return contract.KeyRecord{
 		KeyID:      k.ID,
 		Hash:       hex.EncodeToString(k.Hash),
-		Name:       k.Name,
 		Role:       k.Role,
 		Scopes:     nonNil(k.Scopes),
 		BoundCIDRs: k.BoundCIDRs,
 		Tenant:     k.Tenant,
-		Metadata:   k.Metadata,
 		ExpiresAt:  k.ExpiresAt.UTC().Format(time.RFC3339),
 		Revoked:    k.revoked(),
 		Budget:     budget,

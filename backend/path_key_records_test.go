@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
+	"sync"
 	"strings"
 	"testing"
 	"time"
@@ -80,8 +82,8 @@ func TestKeyRecordSnapshot(t *testing.T) {
 	if r.Hash != hex.EncodeToString(sum[:]) {
 		t.Fatalf("record hash %q is not the SHA-256 of the key", r.Hash)
 	}
-	if r.Role != "web" || r.Tenant != "acme" || r.Name != "ci" || strings.Join(r.Scopes, ",") != "read,write" ||
-		strings.Join(r.BoundCIDRs, ",") != "10.0.0.0/8" || r.Metadata["team"] != "payments" || r.Revoked {
+	if r.Role != "web" || r.Tenant != "acme" || strings.Join(r.Scopes, ",") != "read,write" ||
+		strings.Join(r.BoundCIDRs, ",") != "10.0.0.0/8" || r.Revoked {
 		t.Fatalf("record = %+v", r)
 	}
 	if r.Budget == nil || r.Budget.Units != 100 || r.RateLimit == nil || r.RateLimit.PerSecond != 5 {
@@ -90,10 +92,14 @@ func TestKeyRecordSnapshot(t *testing.T) {
 	if exp, err := time.Parse(time.RFC3339, r.ExpiresAt); err != nil || time.Until(exp) < time.Minute {
 		t.Fatalf("expires_at %q", r.ExpiresAt)
 	}
-	// The key itself is never in an answer.
+	// The key itself is never in an answer; nor are name and metadata,
+	// which a verifier does not decide on and a minter sizes.
 	raw := e.ok(logical.ReadOperation, "key-records/snapshot", nil)
-	if b, _ := json.Marshal(raw.Data); strings.Contains(string(b), key) {
-		t.Fatal("the snapshot holds the plaintext key")
+	b, _ := json.Marshal(raw.Data)
+	for what, s := range map[string]string{"the plaintext key": key, "the name": `"ci"`, "the metadata": "payments"} {
+		if strings.Contains(string(b), s) {
+			t.Fatalf("the snapshot holds %s", what)
+		}
 	}
 
 	// Filters.
@@ -108,6 +114,7 @@ func TestKeyRecordSnapshot(t *testing.T) {
 	e.userError(logical.ReadOperation, "key-records", map[string]interface{}{"tenants": "a\x00b"}, "is not a name")
 	e.userError(logical.ReadOperation, "key-records", map[string]interface{}{"after": -1}, "must not be negative")
 	e.userError(logical.ReadOperation, "key-records", map[string]interface{}{"wait": "31s"}, "wait must be between")
+	e.userError(logical.ReadOperation, "key-records", map[string]interface{}{"after": 1}, "epoch is required")
 }
 
 func TestKeyRecordSnapshotPages(t *testing.T) {
@@ -179,7 +186,7 @@ func TestKeyRecordChangesAfterSnapshot(t *testing.T) {
 		t.Fatalf("metered_tenants = %v", p.MeteredTenants)
 	}
 	// Nothing new: the same cursor.
-	if p2 := e.keyRecords("key-records", map[string]interface{}{"after": p.Next}); p2.Next != p.Next || len(p2.Records) != 0 {
+	if p2 := e.keyRecords("key-records", map[string]interface{}{"after": p.Next, "epoch": epoch}); p2.Next != p.Next || len(p2.Records) != 0 {
 		t.Fatalf("an up-to-date read gave %d records, next %d", len(p2.Records), p2.Next)
 	}
 	// A key gone from storage (tidied) is given as gone.
@@ -187,7 +194,7 @@ func TestKeyRecordChangesAfterSnapshot(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.b.keyChanges.add(minted)
-	p3 := e.keyRecords("key-records", map[string]interface{}{"after": p.Next})
+	p3 := e.keyRecords("key-records", map[string]interface{}{"after": p.Next, "epoch": epoch})
 	if len(p3.Records) != 1 || !p3.Records[0].Gone || p3.Records[0].KeyID != minted || p3.Records[0].Hash != "" {
 		t.Fatalf("a deleted key's change = %+v", p3.Records)
 	}
@@ -207,7 +214,7 @@ func TestKeyRecordChangesResync(t *testing.T) {
 	}{
 		{"current", map[string]interface{}{"after": cursor, "epoch": epoch}, false},
 		{"another epoch", map[string]interface{}{"after": cursor, "epoch": "not-this-one"}, true},
-		{"ahead of the last change", map[string]interface{}{"after": cursor + 10}, true},
+		{"ahead of the last change", map[string]interface{}{"after": cursor + 10, "epoch": epoch}, true},
 	} {
 		if p := e.keyRecords("key-records", c.data); p.Resync != c.wants {
 			t.Errorf("%s: resync = %v, want %v", c.name, p.Resync, c.wants)
@@ -224,7 +231,7 @@ func TestKeyRecordChangesResync(t *testing.T) {
 	}
 	// Long pages: at most MaxKeyRecordPage changes at a time, with more.
 	last := e.b.keyChanges.lastSeq()
-	p := e.keyRecords("key-records", map[string]interface{}{"after": last - 2*contract.MaxKeyRecordPage})
+	p := e.keyRecords("key-records", map[string]interface{}{"after": last - 2*contract.MaxKeyRecordPage, "epoch": epoch})
 	if p.Resync || !p.More || p.Next != last-contract.MaxKeyRecordPage {
 		t.Fatalf("a long way behind: resync=%v more=%v next=%d", p.Resync, p.More, p.Next)
 	}
@@ -235,10 +242,10 @@ func TestKeyRecordChangesResync(t *testing.T) {
 func TestKeyRecordChangesLongPoll(t *testing.T) {
 	e := newTestEnv(t)
 	e.createRole("web", nil)
-	_, cursor, _ := e.snapshotAll(nil)
+	_, cursor, epoch := e.snapshotAll(nil)
 	read := func(wait string) (*contract.KeyRecordsPage, time.Duration) {
 		start := time.Now()
-		p := e.keyRecords("key-records", map[string]interface{}{"after": cursor, "wait": wait})
+		p := e.keyRecords("key-records", map[string]interface{}{"after": cursor, "epoch": epoch, "wait": wait})
 		return p, time.Since(start)
 	}
 	if _, took := read("1s"); took < time.Second {
@@ -300,5 +307,121 @@ func TestKeyRecordSnapshotExpired(t *testing.T) {
 		if _, ok := recs[id]; ok != c.want {
 			t.Errorf("%s: in the snapshot = %v, want %v", c.name, ok, c.want)
 		}
+	}
+}
+
+// Pages are bounded in bytes as well as in records: keys at the scope
+// limits (64 scopes of 128 characters that JSON escapes six-fold) still come
+// in pages of at most MaxKeyRecordPageBytes, every one of them, through the
+// snapshot and through the changes.
+func TestKeyRecordPagesBoundedInBytes(t *testing.T) {
+	e := newTestEnv(t)
+	var scopes []string
+	for i := 0; i < 64; i++ {
+		scopes = append(scopes, fmt.Sprintf("%03d", i)+strings.Repeat("<", 125))
+	}
+	e.createRole("fat", map[string]interface{}{"scopes": strings.Join(scopes, ","), "default_scopes": strings.Join(scopes, ",")})
+	const n = 200
+	for i := 0; i < n; i++ {
+		e.mint("fat", nil)
+	}
+	check := func(what string, data map[string]interface{}) *contract.KeyRecordsPage {
+		t.Helper()
+		resp := e.ok(logical.ReadOperation, what, data)
+		b, err := json.Marshal(map[string]interface{}{"data": resp.Data}) // HTML-escaped, as Vault sends it
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(b) > contract.MaxKeyRecordPageBytes {
+			t.Fatalf("a %s page is %d bytes, over %d", what, len(b), contract.MaxKeyRecordPageBytes)
+		}
+		return e.keyRecords(what, data)
+	}
+	got, pages := map[string]bool{}, 0
+	for after := ""; ; pages++ {
+		p := check("key-records/snapshot", map[string]interface{}{"after_id": after})
+		for _, r := range p.Records {
+			got[r.KeyID] = true
+		}
+		if !p.More {
+			break
+		}
+		after = p.NextID
+	}
+	if len(got) != n || pages < 2 {
+		t.Fatalf("the snapshot gave %d of %d keys in %d pages", len(got), n, pages+1)
+	}
+	epoch := e.b.keyChanges.epoch
+	got = map[string]bool{}
+	for after := uint64(0); ; {
+		p := check("key-records", map[string]interface{}{"after": after, "epoch": epoch})
+		for _, r := range p.Records {
+			got[r.KeyID] = true
+		}
+		if p.Next <= after && p.More {
+			t.Fatal("a changes page made no progress")
+		}
+		after = p.Next
+		if !p.More {
+			break
+		}
+	}
+	if len(got) != n {
+		t.Fatalf("the changes gave %d of %d keys", len(got), n)
+	}
+}
+
+// gateStorage holds the first List of tenants/ (the end of a page read)
+// until release is closed.
+type gateStorage struct {
+	logical.Storage
+	once             sync.Once
+	entered, release chan struct{}
+}
+
+func (g *gateStorage) List(ctx context.Context, p string) ([]string, error) {
+	if p == tenantPrefix {
+		first := false
+		g.once.Do(func() { first = true })
+		if first {
+			close(g.entered)
+			<-g.release
+		}
+	}
+	return g.Storage.List(ctx, p)
+}
+
+// A long poll sent after a change, arriving while another reader's read of
+// the same cursor (begun before the change) is under way, must not share
+// that read and then sleep through the change.
+func TestKeyRecordLongPollDoesNotShareAnOlderRead(t *testing.T) {
+	e := newTestEnv(t)
+	e.createRole("web", nil)
+	_, cursor, epoch := e.snapshotAll(nil)
+	g := &gateStorage{Storage: e.storage, entered: make(chan struct{}), release: make(chan struct{})}
+	read := func(wait string) *contract.KeyRecordsPage {
+		resp, err := e.b.HandleRequest(context.Background(), &logical.Request{
+			Operation: logical.ReadOperation, Path: "key-records", Storage: g, MountPoint: "keybroker/",
+			Data: map[string]interface{}{"after": cursor, "epoch": epoch, "wait": wait},
+		})
+		if err != nil {
+			t.Error(err)
+			return &contract.KeyRecordsPage{}
+		}
+		b, _ := json.Marshal(resp.Data)
+		var p contract.KeyRecordsPage
+		_ = json.Unmarshal(b, &p)
+		return &p
+	}
+	go read("0") // its read is held at the end
+	<-g.entered
+	e.mint("web", nil) // a change no waiter is woken for
+	done := make(chan *contract.KeyRecordsPage)
+	start := time.Now()
+	go func() { done <- read("5") }()
+	time.Sleep(200 * time.Millisecond)
+	close(g.release)
+	if p := <-done; len(p.Records) != 1 || time.Since(start) > 3*time.Second {
+		t.Fatalf("a long poll sent after a change answered %d records after %s", len(p.Records), time.Since(start).Round(time.Millisecond))
 	}
 }

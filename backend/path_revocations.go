@@ -98,23 +98,32 @@ const maxFeedWait = 30 * time.Second
 // append, that every waiting read selects on. No goroutine or storage read
 // per waiter per entry; see feedPages for the reads after a wake.
 type feedWaiters struct {
-	mu sync.Mutex
-	ch chan struct{}
+	mu  sync.Mutex
+	ch  chan struct{}
+	gen uint64 // wakes so far
 }
 
-// next is closed when the next entry is appended.
-func (f *feedWaiters) next() <-chan struct{} {
+// next is closed when the next entry is appended; gen is the wakes so far,
+// for reads to share only with reads that began after the same wake.
+func (f *feedWaiters) next() (ch <-chan struct{}, gen uint64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.ch == nil {
 		f.ch = make(chan struct{})
 	}
-	return f.ch
+	return f.ch, f.gen
+}
+
+func (f *feedWaiters) generation() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.gen
 }
 
 func (f *feedWaiters) wake() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.gen++
 	if f.ch != nil {
 		close(f.ch)
 		f.ch = nil
@@ -165,9 +174,10 @@ func (b *backend) pathRevocationsRead(ctx context.Context, req *logical.Request,
 		return logical.ErrorResponse("wait must be between 0 and %s, got %s", maxFeedWait, wait), nil
 	}
 	// Taken before reading, so that an entry appended during the read
-	// wakes the wait below.
-	woken := b.feedWake.next()
-	data, err := b.feedPages(ctx, req.Storage, after)
+	// wakes the wait below; the read shares only with reads that began
+	// after it.
+	woken, gen := b.feedWake.next()
+	data, err := b.feedPages(ctx, req.Storage, after, gen)
 	if err != nil || wait == 0 || data["next"].(uint64) != uint64(after) || data["last"].(uint64) < uint64(after) {
 		return &logical.Response{Data: data}, err
 	}
@@ -180,16 +190,17 @@ func (b *backend) pathRevocationsRead(ctx context.Context, req *logical.Request,
 	case <-ctx.Done():
 		return &logical.Response{Data: data}, nil
 	}
-	data, err = b.feedPages(ctx, req.Storage, after)
+	data, err = b.feedPages(ctx, req.Storage, after, b.feedWake.generation())
 	return &logical.Response{Data: data}, err
 }
 
 // feedPages reads a page after a cursor. Reads of the same cursor at the
 // same time share one storage read: every verifier that is up to date waits
 // at the same cursor, so an append wakes them all into one read, not one
-// each.
-func (b *backend) feedPages(ctx context.Context, s logical.Storage, after int64) (map[string]interface{}, error) {
-	v, err, _ := b.feedReads.Do(strconv.FormatInt(after, 10), func() (interface{}, error) {
+// each. gen is the wake generation the reader saw: a read begun before an
+// append it was not woken for must not answer it.
+func (b *backend) feedPages(ctx context.Context, s logical.Storage, after int64, gen uint64) (map[string]interface{}, error) {
+	v, err, _ := b.feedReads.Do(strconv.FormatInt(after, 10)+"/"+strconv.FormatUint(gen, 10), func() (interface{}, error) {
 		return b.feedPage(context.WithoutCancel(ctx), s, after)
 	})
 	if err != nil {

@@ -39,6 +39,18 @@ func (b *backend) renewAPIKey(ctx context.Context, req *logical.Request, _ *fram
 	if err != nil {
 		return nil, err
 	}
+	// Read, changed and written under the lock revocations take, so that a
+	// revocation meanwhile is never written over. Released before the
+	// meter's lock is taken: budget changes take the two the other way.
+	b.revocationMu.Lock()
+	locked := true
+	unlock := func() {
+		if locked {
+			b.revocationMu.Unlock()
+			locked = false
+		}
+	}
+	defer unlock()
 	k, err := b.getKey(ctx, req.Storage, id)
 	if err != nil {
 		return nil, err
@@ -62,6 +74,7 @@ func (b *backend) renewAPIKey(ctx context.Context, req *logical.Request, _ *fram
 		return nil, err
 	}
 	b.keyChanges.add(id)
+	unlock()
 	// The key's meter lives as long as the key: a renewed key keeps
 	// spending from the same budget, neither refused nor reset.
 	if err := b.extendMeter(ctx, req.Storage, id, k.ExpiresAt); err != nil {

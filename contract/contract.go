@@ -105,16 +105,16 @@ type KeyRecord struct {
 	// Gone: the key no longer exists (tidied, or never stored); a verifier
 	// drops its record. Only key_id is set.
 	Gone bool `json:"gone,omitempty"`
-	// Hash is the hex SHA-256 of the whole key.
-	Hash       string            `json:"hash,omitempty"`
-	Name       string            `json:"name,omitempty"`
-	Role       string            `json:"role,omitempty"`
-	Scopes     []string          `json:"scopes,omitempty"`
-	BoundCIDRs []string          `json:"bound_cidrs,omitempty"`
-	Tenant     string            `json:"tenant,omitempty"`
-	Metadata   map[string]string `json:"metadata,omitempty"`
-	ExpiresAt  string            `json:"expires_at,omitempty"`
-	Revoked    bool              `json:"revoked,omitempty"`
+	// Hash is the hex SHA-256 of the whole key. There is no name or
+	// metadata: a verifier does not decide on them, and their size is the
+	// minter's to choose, so they would let any minter bloat every read.
+	Hash       string   `json:"hash,omitempty"`
+	Role       string   `json:"role,omitempty"`
+	Scopes     []string `json:"scopes,omitempty"`
+	BoundCIDRs []string `json:"bound_cidrs,omitempty"`
+	Tenant     string   `json:"tenant,omitempty"`
+	ExpiresAt  string   `json:"expires_at,omitempty"`
+	Revoked    bool     `json:"revoked,omitempty"`
 	// Budget is the key's own limits. The key is metered when Budget.Units
 	// is above 0 or its tenant is in the page's metered_tenants; a verifier
 	// then passes Budget on as keybroker/verify's answer would.
@@ -151,5 +151,10 @@ type KeyRecordsPage struct {
 	Cursor uint64 `json:"cursor"`
 }
 
-// MaxKeyRecordPage is the most records one read returns.
-const MaxKeyRecordPage = 1000
+// MaxKeyRecordPage is the most records one read returns, and
+// MaxKeyRecordPageBytes about the most bytes their JSON takes (a page
+// ends early rather than exceed it; scopes and bounds are the large part).
+const (
+	MaxKeyRecordPage      = 1000
+	MaxKeyRecordPageBytes = 4 << 20
+)

@@ -261,8 +261,10 @@ func (c *Config) settings() (*settings, error) {
 			return nil, fmt.Errorf("%s: at most 100 names", field)
 		}
 		for _, n := range names {
-			if strings.TrimSpace(n) == "" || strings.ContainsAny(n, ",\x00") {
-				return nil, fmt.Errorf("%s: %q is not a name", field, n)
+			// As the plugin takes names: it trims them and splits on
+			// commas, so a name it would read otherwise is refused here.
+			if n == "" || len(n) > 128 || strings.TrimSpace(n) != n || strings.ContainsFunc(n, func(r rune) bool { return r == ',' || r < ' ' || r == 0x7f }) {
+				return nil, fmt.Errorf("%s: %q is not a role or tenant name", field, n)
 			}
 		}
 	}

@@ -322,6 +322,10 @@ func (sc *Sidecar) checkKey(ctx context.Context, key string, ip netip.Addr) (*id
 		switch {
 		case rec != nil && subtle.ConstantTimeCompare(rec.hash[:], h[:]) == 1:
 			sc.m.replicaHit.Inc()
+			if !sc.s.keyFilter.passes(rec.shape.role, rec.shape.tenant) {
+				// The plugin filters too; this holds whatever it sends.
+				return nil, deny(http.StatusUnauthorized, reasonInvalid)
+			}
 			if rec.revoked {
 				return nil, deny(http.StatusUnauthorized, reasonRevoked)
 			}
@@ -381,9 +385,10 @@ func (sc *Sidecar) checkKey(ctx context.Context, key string, ip netip.Addr) (*id
 	}
 	sc.m.vaultCalls.WithLabelValues("verify", "ok").Inc()
 	switch {
-	case ans.Reason == reasonOK && !sc.s.keyFilter.passes(ans.Role, ans.Tenant):
-		// A key outside key_replica_roles/tenants: this sidecar does
-		// not serve it, whether its record has arrived or not.
+	case sc.s.keyFilter.set() && !sc.s.keyFilter.passes(ans.Role, ans.Tenant):
+		// A key outside key_replica_roles/tenants (or one Vault refused,
+		// whose answer names no role): this sidecar does not serve it,
+		// whether its record has arrived or not, and says no more.
 		sc.negative.Add(h, negEntry{reason: reasonInvalid, expires: now.Add(sc.s.negativeCacheTTL)})
 		return nil, deny(http.StatusUnauthorized, reasonInvalid)
 	}

@@ -35,7 +35,6 @@ func (sc *Sidecar) syncKeyRecords(ctx context.Context) (uint64, string, error) {
 	var cursor uint64
 	var epoch, after string
 	for pages := 0; ; pages++ {
-		sent := time.Now()
 		page, err := sc.vault.keyRecordsSnapshot(ctx, after, sc.s.keyFilter)
 		if err != nil {
 			sc.m.vaultCalls.WithLabelValues("key_records_snapshot", "error").Inc()
@@ -51,12 +50,10 @@ func (sc *Sidecar) syncKeyRecords(ctx context.Context) (uint64, string, error) {
 		if bad := r.apply(page.Records, gen); bad > 0 {
 			sc.log.Warn("key records the sidecar cannot read were dropped; those keys are refused", "count", bad)
 		}
+		// A page confirms nothing about the records held: while a new
+		// snapshot is read, the replica serves only until max_stale after
+		// the last change read, then keys go to Vault until it is done.
 		r.setMetered(page.MeteredTenants)
-		if r.synced.Load() {
-			// Reading again (a new epoch): Vault answers, and
-			// revocations still arrive through their own feed.
-			r.currentAt.Store(sent.UnixNano())
-		}
 		if !page.More {
 			break
 		}
@@ -75,8 +72,11 @@ func (sc *Sidecar) followKeyChanges(ctx context.Context, cursor uint64, epoch st
 	r := sc.replica
 	defer r.pollUntil.Store(0)
 	// The first read answers at once: the replica is not used until it
-	// has the changes made while the snapshot was read.
+	// has the changes made while the snapshot was read. So does the first
+	// after an error: only a poll sent after an answer may vouch for the
+	// replica while it is out.
 	var wait time.Duration
+	var pruned time.Time
 	for ctx.Err() == nil {
 		asked := time.Now()
 		if wait > 0 {
@@ -90,36 +90,45 @@ func (sc *Sidecar) followKeyChanges(ctx context.Context, cursor uint64, epoch st
 			r.failing.Store(true)
 			sc.m.vaultCalls.WithLabelValues("key_records", "error").Inc()
 			sc.log.Debug("key-record feed read failed", "error", err)
+			wait = 0
 			sleep(ctx, sc.s.revocationPoll)
 			continue
 		}
-		r.pollUntil.Store(0)
 		r.failing.Store(false)
 		sc.m.vaultCalls.WithLabelValues("key_records", "ok").Inc()
 		if page.Resync || page.Epoch != epoch {
 			sc.log.Info("the key-record feed started a new epoch or no longer holds the changes after the cursor; reading the snapshot again", "cursor", cursor, "last", page.Last)
 			sc.m.keyResyncs.Inc()
+			r.pollUntil.Store(0)
 			return
 		}
 		if bad := r.apply(page.Records, r.gen); bad > 0 {
 			sc.log.Warn("key records the sidecar cannot read were dropped; those keys are refused", "count", bad)
 		}
 		r.setMetered(page.MeteredTenants)
-		r.prune(time.Now())
 		// A long poll that came back was answered when the plugin read
-		// it; an immediate read is as current as when it was sent.
+		// it; an immediate read is as current as when it was sent. Stored
+		// before the poll's own vouching ends, so there is no gap.
 		current := asked
 		if wait > 0 {
 			current = time.Now()
 		}
 		r.currentAt.Store(current.UnixNano())
+		r.pollUntil.Store(0)
 		r.synced.Store(true)
+		if now := time.Now(); now.Sub(pruned) >= pruneInterval {
+			r.prune(now)
+			pruned = now
+		}
 		nothingNew := page.Next == cursor
 		cursor = page.Next
 		sc.paceFeed(ctx, sc.keyRecordsWait() > 0, page.More, wait, nothingNew, asked)
 		wait = sc.keyRecordsWait()
 	}
 }
+
+// pruneInterval is how often expired records are dropped.
+const pruneInterval = 30 * time.Second
 
 // keyRecordsWait is how long the plugin may hold a key-record read: the
 // long-poll wait, but short enough that in quiet times an answer confirms

@@ -53,6 +53,8 @@ type replicaRecord struct {
 }
 
 type keyShape struct {
+	refs         int // records that use it, under keyReplica.mu
+	key          string
 	role, tenant string
 	scopes       []string
 	cidrs        []netip.Prefix
@@ -134,19 +136,34 @@ func (r *keyReplica) apply(recs []contract.KeyRecord, gen uint32) (bad int) {
 	defer r.mu.Unlock()
 	for i, rec := range parsed {
 		k := replicaKey(recs[i].KeyID)
+		r.removeLocked(k)
 		if rec == nil {
-			delete(r.records, k)
 			continue
 		}
 		if sh := r.shapes[keys[i]]; sh != nil {
 			rec.shape = sh
 		} else {
+			rec.shape.key = keys[i]
 			r.shapes[keys[i]] = rec.shape
 		}
+		rec.shape.refs++
 		rec.gen = gen
 		r.records[k] = rec
 	}
 	return bad
+}
+
+// removeLocked drops the record of k, and its shape when no other record
+// uses it. The caller holds mu.
+func (r *keyReplica) removeLocked(k [apikey.IDLength]byte) {
+	old := r.records[k]
+	if old == nil {
+		return
+	}
+	delete(r.records, k)
+	if old.shape.refs--; old.shape.refs == 0 {
+		delete(r.shapes, old.shape.key)
+	}
 }
 
 // parseRecord turns a feed record into a replica record and the key of its
@@ -222,32 +239,39 @@ func (r *keyReplica) newGen() uint32 {
 // have (keys gone while the sidecar was not following), and the shapes no
 // record uses.
 func (r *keyReplica) sweep(gen uint32) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	used := make(map[*keyShape]bool, len(r.shapes))
-	for k, rec := range r.records {
-		if rec.gen != gen {
-			delete(r.records, k)
-			continue
-		}
-		used[rec.shape] = true
-	}
-	for k, sh := range r.shapes {
-		if !used[sh] {
-			delete(r.shapes, k)
-		}
-	}
+	r.removeWhere(func(rec *replicaRecord) bool { return rec.gen != gen })
 }
 
 // prune removes the records of keys expired more than expiredRecordGrace ago.
 func (r *keyReplica) prune(now time.Time) {
 	limit := now.Add(-expiredRecordGrace).Unix()
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	r.removeWhere(func(rec *replicaRecord) bool { return rec.expires < limit })
+}
+
+// removeWhere removes the records drop says to: found under the read lock,
+// so that lookups go on while a million records are looked through, then
+// removed a batch at a time under the write lock, each checked again (it
+// may have been replaced meanwhile).
+func (r *keyReplica) removeWhere(drop func(*replicaRecord) bool) {
+	var found [][apikey.IDLength]byte
+	r.mu.RLock()
 	for k, rec := range r.records {
-		if rec.expires < limit {
-			delete(r.records, k)
+		if drop(rec) {
+			found = append(found, k)
 		}
+	}
+	r.mu.RUnlock()
+	const batch = 1000
+	for len(found) > 0 {
+		n := min(batch, len(found))
+		r.mu.Lock()
+		for _, k := range found[:n] {
+			if rec := r.records[k]; rec != nil && drop(rec) {
+				r.removeLocked(k)
+			}
+		}
+		r.mu.Unlock()
+		found = found[n:]
 	}
 }
 
@@ -259,6 +283,8 @@ func (r *keyReplica) size() int {
 
 // keyFilter is what part of the keys the sidecar subscribes to.
 type keyFilter struct{ roles, tenants []string }
+
+func (f keyFilter) set() bool { return len(f.roles) > 0 || len(f.tenants) > 0 }
 
 // passes says whether a key of role and tenant is one the sidecar serves.
 func (f keyFilter) passes(role, tenant string) bool {

@@ -6,11 +6,15 @@ import (
 	crand "crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/netip"
+	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -207,8 +211,8 @@ func TestReplicaSweepAndPrune(t *testing.T) {
 		t.Fatalf("after a snapshot with only a: %d records, %d shapes", r.size(), len(r.shapes))
 	}
 	r.apply([]contract.KeyRecord{{KeyID: a.KeyID, Gone: true}}, gen)
-	if r.size() != 0 {
-		t.Fatal("a gone record stayed")
+	if r.size() != 0 || len(r.shapes) != 0 {
+		t.Fatalf("a gone record: %d records, %d shapes stayed", r.size(), len(r.shapes))
 	}
 	b.ExpiresAt = now.Add(-expiredRecordGrace - time.Minute).UTC().Format(time.RFC3339)
 	c.ExpiresAt = now.Add(-time.Minute).UTC().Format(time.RFC3339)
@@ -219,6 +223,15 @@ func TestReplicaSweepAndPrune(t *testing.T) {
 	}
 	if rec, _ := r.lookup(c.KeyID); rec == nil {
 		t.Fatal("a record expired within the grace went")
+	}
+	if len(r.shapes) != 1 {
+		t.Fatalf("%d shapes for one record", len(r.shapes))
+	}
+	// A record replaced by one of another shape lets the old shape go.
+	c.Role = "third"
+	r.apply([]contract.KeyRecord{c}, gen)
+	if len(r.shapes) != 1 || r.shapes[shapeKey(&c)] == nil {
+		t.Fatalf("after a record changed shape: %d shapes", len(r.shapes))
 	}
 	// Records that cannot be read are dropped, and counted.
 	bad := []contract.KeyRecord{{KeyID: c.KeyID, Hash: "zz"}, {KeyID: "../etc", Hash: c.Hash}}
@@ -288,4 +301,71 @@ func mustParse(tb testing.TB, key string) apikey.Key {
 		tb.Fatal(err)
 	}
 	return k
+}
+
+// BenchmarkReplica1M is the sidecar's side of a key-record sync at a
+// million keys: each page of 1000 records as the plugin sends it (JSON),
+// decoded and applied, with what the process holds at the end. Run it once:
+//
+//	go test -run '^$' -bench Replica1M -benchtime 1x ./sidecar
+//
+// It reports the time per record (decode and apply), heap bytes per record
+// held, and the process's peak RSS (VmHWM) holding a million records.
+func BenchmarkReplica1M(b *testing.B) {
+	const pages, per = 1000, contract.MaxKeyRecordPage
+	old := time.Now().Add(-48 * time.Hour)
+	page := make([]contract.KeyRecord, per)
+	var work time.Duration
+	var r *keyReplica
+	for b.Loop() {
+		r = newKeyReplica()
+		gen := r.newGen()
+		for p := 0; p < pages; p++ {
+			for i := range page {
+				_, page[i] = testKey(b, old, "role-"+strconv.Itoa(i%10), "tenant", "read", "write")
+				page[i].BoundCIDRs = []string{"10.0.0.0/8"}
+			}
+			body, err := json.Marshal(map[string]any{"data": contract.KeyRecordsPage{Records: page}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			start := time.Now()
+			var got struct {
+				Data contract.KeyRecordsPage `json:"data"`
+			}
+			if err := json.Unmarshal(body, &got); err != nil {
+				b.Fatal(err)
+			}
+			r.apply(got.Data.Records, gen)
+			work += time.Since(start)
+		}
+		r.sweep(gen)
+	}
+	if r.size() != pages*per {
+		b.Fatalf("holds %d records", r.size())
+	}
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	b.ReportMetric(float64(work.Nanoseconds())/float64(pages*per)/float64(b.N), "ns/record")
+	b.ReportMetric(float64(ms.HeapAlloc)/float64(pages*per), "heap-B/record")
+	if hwm, err := vmHWM(); err == nil {
+		b.ReportMetric(float64(hwm)/(1<<20), "VmHWM-MiB")
+	}
+	runtime.KeepAlive(r)
+}
+
+// vmHWM is this process's peak resident set, in bytes.
+func vmHWM() (int64, error) {
+	status, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, errors.New("no VmHWM")
 }

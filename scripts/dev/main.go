@@ -214,6 +214,11 @@ With a key minted for you (scope read, a budget of 1000 requests a day):
   curl -i -H 'X-API-Key: {{.Key}}' -X POST http://{{.Proxy}}/v1/write/hello  # 403 insufficient_scope
   curl -i -H 'X-API-Key: {{.Key}}' --path-as-is http://{{.Proxy}}/v1/read/../write/x  # 400 non_canonical_path
   curl -i -H 'X-API-Key: {{.Key}}' http://{{.Auth}}/verify/v1/read/hello     # a gateway's view: 200 and identity headers
+  curl -s http://{{.Auth}}/metrics | grep key_records   # the sidecar verifies keys from its replica, no Vault call
+
+  # what the sidecar holds of each key (its hash, never the key), and the changes it follows
+  vault read keybroker/key-records/snapshot
+  vault read keybroker/key-records after=0
 
 Audit log: {{.Audit}}
 Vault log: {{.Log}}   sidecar: {{.Dir}}/sidecar.hcl, {{.Dir}}/sidecar.log
