@@ -375,17 +375,13 @@ func (b *backend) snapshotPage(ctx context.Context, s logical.Storage, l *keyLis
 	}
 	now := time.Now()
 	size, scanned, full := 0, 0, false
-	for i < len(l.ids) && scanned < snapshotScan && !full {
-		ids := l.ids[i : i+min(contract.MaxKeyRecordPage, len(l.ids)-i)]
+	for i < len(l.ids) && scanned < snapshotScan && len(page.Records) < contract.MaxKeyRecordPage && !full {
+		ids := l.ids[i : i+min(contract.MaxKeyRecordPage-len(page.Records), len(l.ids)-i, snapshotScan-scanned)]
 		keys, err := b.getKeys(ctx, s, ids)
 		if err != nil {
 			return nil, err
 		}
 		for j, k := range keys {
-			if len(page.Records) == contract.MaxKeyRecordPage {
-				full = true
-				break
-			}
 			if k != nil && f.passes(k) && now.Before(k.ExpiresAt.Add(expiredRecordGrace)) {
 				if size += recordSize(k); size > contract.MaxKeyRecordPageBytes && len(page.Records) > 0 {
 					full = true

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/netip"
 	"net/url"
+	"regexp"
 	"strings"
 	"time"
 
@@ -253,18 +254,20 @@ func (c *Config) settings() (*settings, error) {
 	}
 	s.keyReplica = c.KeyReplica == nil || *c.KeyReplica
 	s.keyFilter = keyFilter{roles: c.KeyReplicaRoles, tenants: c.KeyReplicaTenants}
-	for field, names := range map[string][]string{"key_replica_roles": c.KeyReplicaRoles, "key_replica_tenants": c.KeyReplicaTenants} {
-		if len(names) > 0 && !s.keyReplica {
-			return nil, fmt.Errorf("%s needs key_replica", field)
+	for _, f := range []struct {
+		field string
+		names []string
+		re    *regexp.Regexp
+	}{{"key_replica_roles", c.KeyReplicaRoles, roleNameRe}, {"key_replica_tenants", c.KeyReplicaTenants, tenantNameRe}} {
+		if len(f.names) > 0 && !s.keyReplica {
+			return nil, fmt.Errorf("%s needs key_replica", f.field)
 		}
-		if len(names) > 100 {
-			return nil, fmt.Errorf("%s: at most 100 names", field)
+		if len(f.names) > 100 {
+			return nil, fmt.Errorf("%s: at most 100 names", f.field)
 		}
-		for _, n := range names {
-			// As the plugin takes names: it trims them and splits on
-			// commas, so a name it would read otherwise is refused here.
-			if n == "" || len(n) > 128 || strings.TrimSpace(n) != n || strings.ContainsFunc(n, func(r rune) bool { return r == ',' || r < ' ' || r == 0x7f }) {
-				return nil, fmt.Errorf("%s: %q is not a role or tenant name", field, n)
+		for _, n := range f.names {
+			if len(n) > 128 || !f.re.MatchString(n) {
+				return nil, fmt.Errorf("%s: %q is not a role or tenant name", f.field, n)
 			}
 		}
 	}
@@ -398,6 +401,13 @@ func (c *Config) settings() (*settings, error) {
 	}
 	return s, nil
 }
+
+// roleNameRe and tenantNameRe are the names the plugin gives roles and
+// tenants; a filter naming anything else would match no key.
+var (
+	roleNameRe   = regexp.MustCompile(`^\w([\w.-]*\w)?$`)
+	tenantNameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+)
 
 func validHeaderName(h string) bool {
 	for i := 0; i < len(h); i++ {

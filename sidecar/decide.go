@@ -63,8 +63,10 @@ const (
 
 // keyMintFallbackWindow: a key whose record the replica lacks is asked of
 // Vault only when its key_id says it was minted within this of now (either
-// side, for clock skew between Vault and the sidecar); every other unknown
-// key_id is refused offline. Records arrive within milliseconds of a mint.
+// side, for clock skew between Vault and the sidecar), widened by how long
+// ago the replica was last confirmed (a key minted since may be missing);
+// every other unknown key_id is refused offline. Records arrive within
+// milliseconds of a mint.
 const keyMintFallbackWindow = 30 * time.Second
 
 // decision is the outcome for one request.
@@ -334,7 +336,7 @@ func (sc *Sidecar) checkKey(ctx context.Context, key string, ip netip.Addr) (*id
 			// Same answer as for an unknown key.
 			sc.m.replicaHit.Inc()
 			return nil, deny(http.StatusUnauthorized, reasonInvalid)
-		case !apikey.MintedNear(parsed.ID, now, keyMintFallbackWindow):
+		case !apikey.MintedNear(parsed.ID, now, keyMintFallbackWindow+now.Sub(r.currentAsOf(now))):
 			// No key has this key_id: one minted longer ago would be
 			// held. Forged keys end here, without a Vault call.
 			sc.m.replicaRefused.Inc()
@@ -385,10 +387,9 @@ func (sc *Sidecar) checkKey(ctx context.Context, key string, ip netip.Addr) (*id
 	}
 	sc.m.vaultCalls.WithLabelValues("verify", "ok").Inc()
 	switch {
-	case sc.s.keyFilter.set() && !sc.s.keyFilter.passes(ans.Role, ans.Tenant):
-		// A key outside key_replica_roles/tenants (or one Vault refused,
-		// whose answer names no role): this sidecar does not serve it,
-		// whether its record has arrived or not, and says no more.
+	case ans.Reason == reasonOK && !sc.s.keyFilter.passes(ans.Role, ans.Tenant):
+		// A key outside key_replica_roles/tenants: this sidecar does not
+		// serve it, whether its record has arrived or not.
 		sc.negative.Add(h, negEntry{reason: reasonInvalid, expires: now.Add(sc.s.negativeCacheTTL)})
 		return nil, deny(http.StatusUnauthorized, reasonInvalid)
 	}

@@ -106,16 +106,19 @@ func (sc *Sidecar) followKeyChanges(ctx context.Context, cursor uint64, epoch st
 			sc.log.Warn("key records the sidecar cannot read were dropped; those keys are refused", "count", bad)
 		}
 		r.setMetered(page.MeteredTenants)
-		// A long poll that came back was answered when the plugin read
-		// it; an immediate read is as current as when it was sent. Stored
+		// Only a read that leaves nothing behind confirms the replica: a
+		// long poll that came back was answered when the plugin read it,
+		// an immediate read is as current as when it was sent. Stored
 		// before the poll's own vouching ends, so there is no gap.
-		current := asked
-		if wait > 0 {
-			current = time.Now()
+		if !page.More {
+			current := asked
+			if wait > 0 {
+				current = time.Now()
+			}
+			r.currentAt.Store(current.UnixNano())
+			r.synced.Store(true)
 		}
-		r.currentAt.Store(current.UnixNano())
 		r.pollUntil.Store(0)
-		r.synced.Store(true)
 		if now := time.Now(); now.Sub(pruned) >= pruneInterval {
 			r.prune(now)
 			pruned = now

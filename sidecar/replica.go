@@ -83,8 +83,11 @@ func (r *keyReplica) usable(now time.Time, maxStale time.Duration) bool {
 }
 
 func (r *keyReplica) currentAsOf(now time.Time) time.Time {
+	// pollUntil first: the follow loop stores currentAt before it clears
+	// pollUntil, so no reader sees neither.
+	until := r.pollUntil.Load()
 	at := r.currentAt.Load()
-	if until := r.pollUntil.Load(); until != 0 {
+	if until != 0 {
 		at = max(at, min(now.UnixNano(), until))
 	}
 	return time.Unix(0, at)

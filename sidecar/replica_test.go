@@ -369,3 +369,20 @@ func vmHWM() (int64, error) {
 	}
 	return 0, errors.New("no VmHWM")
 }
+
+// A key minted since the replica was last confirmed may be missing from it:
+// the window in which an unknown key_id goes to Vault grows by that age.
+func TestReplicaFallbackWindowFollowsLag(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.MaxStale = "60s" })
+	now := time.Now()
+	synced(f.sc)
+	f.sc.replica.currentAt.Store(now.Add(-40 * time.Second).UnixNano())
+	mintedSince, _ := testKey(t, now.Add(-50*time.Second), "web", "", "any")
+	mintedBefore, _ := testKey(t, now.Add(-80*time.Second), "web", "", "any")
+	if d := decideKey(f.sc, mintedSince, "/x", "127.0.0.1"); d.reason != reasonUnavailable {
+		t.Errorf("a key minted 50s ago, replica confirmed 40s ago: %s; want the Vault path (down here)", d.reason)
+	}
+	if d := decideKey(f.sc, mintedBefore, "/x", "127.0.0.1"); d.reason != reasonInvalid {
+		t.Errorf("a key minted 80s ago, replica confirmed 40s ago: %s; want refused offline", d.reason)
+	}
+}

@@ -289,6 +289,13 @@ func (v *vaultClient) keyRecordChanges(ctx context.Context, after uint64, epoch 
 // decoding the body once. With wait > 0 it asks the plugin to hold the
 // read that long, on the long-poll client.
 func (v *vaultClient) readFeed(ctx context.Context, path string, q map[string][]string, wait time.Duration, out any) error {
+	if wait > 0 {
+		// A held read answers within its wait: one that does not, on a
+		// connection that went silent, ends soon after.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, wait+5*time.Second)
+		defer cancel()
+	}
 	return v.withLogin(ctx, func() error {
 		c := v.c
 		if wait > 0 {
