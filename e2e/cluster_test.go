@@ -499,12 +499,13 @@ func TestClusterPluginKilledDuringMints(t *testing.T) {
 	}
 
 	type minted struct{ key, id, lease string }
+	const workers = 4
 	var mu sync.Mutex
 	var ok []minted
 	var failed atomic.Int64
 	var wg sync.WaitGroup
 	stop := time.Now().Add(4 * time.Second)
-	for w := 0; w < 4; w++ {
+	for w := 0; w < workers; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -539,14 +540,17 @@ func TestClusterPluginKilledDuringMints(t *testing.T) {
 	}
 
 	// Keys stored beyond the successes (warm-up and after: 2) can only be
-	// from failed mints, whose answer never reached anyone.
+	// from mints whose answer never reached anyone: the failed ones, and
+	// the ones in flight when the process died, which Vault runs once more
+	// on the restarted plugin (builtin/plugin's lazyLoadBackend retries a
+	// request that met a shut-down plugin), at most one per worker.
 	list, err := root.Logical().ListWithContext(ctx, "keybroker/keys/id")
 	if err != nil || list == nil {
 		t.Fatalf("listing keys: %v", err)
 	}
 	orphans := len(list.Data["keys"].([]interface{})) - len(ok) - 2
-	t.Logf("%d key records without a successful mint (at most the %d failed mints)", orphans, failed.Load())
-	if orphans < 0 || int64(orphans) > failed.Load() {
+	t.Logf("%d key records without a successful mint (at most the %d failed mints + %d in flight)", orphans, failed.Load(), workers)
+	if orphans < 0 || int64(orphans) > failed.Load()+workers {
 		t.Fatalf("%d stored keys for %d successful mints and %d failed ones", orphans+len(ok)+2, len(ok), failed.Load())
 	}
 	// Every success is a key that verifies and a lease that exists.

@@ -1,8 +1,12 @@
 package e2e
 
 import (
+	"io"
+	"net"
 	"net/http"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -200,5 +204,101 @@ func TestSidecarVaultDownReplica(t *testing.T) {
 	}
 	if n := metric(t, e.auth, "keybroker_sidecar_vault_requests_total", `op="verify",result="ok"`) - before; n > 0 {
 		t.Fatalf("%v successful verify calls with Vault stopped", n)
+	}
+}
+
+// blackhole forwards TCP to a target until cut, then holds every
+// connection, old and new, open and silent: a network that drops packets,
+// not a Vault that is down.
+type blackhole struct {
+	l   net.Listener
+	cut atomic.Bool
+}
+
+func newBlackhole(t *testing.T, target string) *blackhole {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &blackhole{l: l}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go b.serve(c, target)
+		}
+	}()
+	return b
+}
+
+func (b *blackhole) serve(c net.Conn, target string) {
+	defer c.Close()
+	if b.cut.Load() {
+		_, _ = io.Copy(io.Discard, c) // accepted, never answered
+		return
+	}
+	up, err := net.Dial("tcp", target)
+	if err != nil {
+		return
+	}
+	defer up.Close()
+	pipe := func(dst, src net.Conn) {
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := src.Read(buf)
+			if err != nil {
+				return
+			}
+			if b.cut.Load() {
+				continue // swallowed
+			}
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+	}
+	go pipe(up, c)
+	pipe(c, up)
+}
+
+// Vault cut off silently (a partition, not a crash): the sidecar cannot
+// learn of a revocation, and it must stop relying on its replica within
+// max_stale of Vault's last answer plus the held read's wait, then fail
+// closed, never serving the revoked key on for good.
+func TestSidecarKeyReplicaPartition(t *testing.T) {
+	v := vaultserver.StartT(t)
+	setupRoles(t, v)
+	bh := newBlackhole(t, strings.TrimPrefix(v.Addr, "http://"))
+	e := startSidecar(t, v, func(c *sidecar.Config) {
+		c.MaxStale, c.KeyCacheTTL = "6s", "1s"
+		c.Vault.Address = "http://" + bh.l.Addr().String()
+	})
+	minted := write(t, v.Client, "keybroker/keys/svc", map[string]interface{}{"name": "k"})
+	key := minted.Data["key"].(string)
+	hasRecords(t, e, 1)
+	if r := call(t, e.proxy, "GET", "/read", bearer(key), ""); r.status != 200 {
+		t.Fatalf("before the partition: %d", r.status)
+	}
+	bh.cut.Store(true)
+	cut := time.Now()
+	if err := v.Client.Sys().RevokeWithContext(ctxT(t), minted.LeaseID); err != nil {
+		t.Fatal(err)
+	}
+	// Held reads last max_stale/3 = 2s: the last answer came at most that
+	// long before the cut, and the poll out at the cut vouches 2s more;
+	// then the key goes to Vault, which does not answer within 5s.
+	eventually(t, 30*time.Second, "a revoked key is still served long after Vault was cut off", func() bool {
+		return call(t, e.proxy, "GET", "/read", bearer(key), "").status != http.StatusOK
+	})
+	if took, bound := time.Since(cut), 6*time.Second+2*time.Second+2*time.Second+5*time.Second+3*time.Second; took > bound {
+		t.Fatalf("the revoked key was served for %s after the cut, over %s", took, bound)
+	}
+	t.Logf("the replica stopped serving %s after the cut", time.Since(cut).Round(100*time.Millisecond))
+	if r := call(t, e.proxy, "GET", "/read", bearer(key), ""); r.status != http.StatusServiceUnavailable {
+		t.Fatalf("with Vault cut off and the replica stale: %d %s, want 503", r.status, r.header.Get("X-Keybroker-Reason"))
 	}
 }
