@@ -126,9 +126,22 @@ func (sc *Sidecar) followKeyChanges(ctx context.Context, cursor uint64, epoch st
 		nothingNew := page.Next == cursor
 		cursor = page.Next
 		sc.paceFeed(ctx, sc.keyRecordsWait() > 0, page.More, wait, nothingNew, asked)
+		if !nothingNew && !page.More {
+			// Batch: under a stream of mints every change would wake
+			// every sidecar into a read of its own. Revocations do not
+			// wait for this; they come through their own feed.
+			sleep(ctx, keyRecordsBatch)
+		}
 		wait = sc.keyRecordsWait()
 	}
 }
+
+// keyRecordsBatch is how long the sidecar waits after a key-record read
+// that brought changes before it reads again: at most about ten reads a
+// second per sidecar while keys are minted without pause, at the price of
+// up to this much delay for a record (a key used before its record
+// arrives is asked of Vault once).
+const keyRecordsBatch = 100 * time.Millisecond
 
 // pruneInterval is how often expired records are dropped.
 const pruneInterval = 30 * time.Second
