@@ -274,7 +274,7 @@ func BenchmarkReplicaRecordBytes(b *testing.B) {
 	old := time.Now().Add(-48 * time.Hour)
 	recs := make([]contract.KeyRecord, n)
 	for i := range recs {
-		_, recs[i] = testKey(b, old, "role-"+strconv.Itoa(i%10), "tenant", "read", "write")
+		_, recs[i] = testKey(b, old.Add(time.Duration(i)*time.Second), "role-"+strconv.Itoa(i%10), "tenant", "read", "write")
 		recs[i].BoundCIDRs = []string{"10.0.0.0/8"}
 	}
 	var perRecord float64
@@ -322,7 +322,9 @@ func BenchmarkReplica1M(b *testing.B) {
 		gen := r.newGen()
 		for p := 0; p < pages; p++ {
 			for i := range page {
-				_, page[i] = testKey(b, old, "role-"+strconv.Itoa(i%10), "tenant", "read", "write")
+				// A second apart: ids stamped with one second would
+				// collide (7 random characters), as the plugin never lets them.
+				_, page[i] = testKey(b, old.Add(time.Duration(p*per+i)*time.Second), "role-"+strconv.Itoa(i%10), "tenant", "read", "write")
 				page[i].BoundCIDRs = []string{"10.0.0.0/8"}
 			}
 			body, err := json.Marshal(map[string]any{"data": contract.KeyRecordsPage{Records: page}})
