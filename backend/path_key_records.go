@@ -239,13 +239,9 @@ func (f recordFilter) String() string {
 }
 
 func (b *backend) pathKeyRecordsChanges(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	after := d.Get("after").(int64)
-	if after < 0 {
-		return logical.ErrorResponse("after must not be negative"), nil
-	}
-	wait := time.Duration(d.Get("wait").(int)) * time.Second
-	if wait < 0 || wait > maxFeedWait {
-		return logical.ErrorResponse("wait must be between 0 and %s, got %s", maxFeedWait, wait), nil
+	after, wait, bad := feedRead(d)
+	if bad != nil {
+		return bad, nil
 	}
 	f, err := parseRecordFilter(d)
 	if err != nil {
@@ -263,13 +259,7 @@ func (b *backend) pathKeyRecordsChanges(ctx context.Context, req *logical.Reques
 	if err != nil || wait == 0 || page.Resync || page.Next != uint64(after) {
 		return keyRecordsResponse(page), err
 	}
-	timer := time.NewTimer(wait)
-	defer timer.Stop()
-	select {
-	case <-woken:
-	case <-timer.C:
-		return keyRecordsResponse(page), nil
-	case <-ctx.Done():
+	if !waitForWake(ctx, woken, wait) {
 		return keyRecordsResponse(page), nil
 	}
 	page, err = b.keyChangesPageShared(ctx, req.Storage, uint64(after), epoch, f, c.wake.generation())

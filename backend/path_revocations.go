@@ -164,14 +164,37 @@ numbers it has passed may be given again.
 	}
 }
 
-func (b *backend) pathRevocationsRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	after := d.Get("after").(int64)
+// feedRead is a feed read's cursor and wait, or the 400 for bad ones.
+func feedRead(d *framework.FieldData) (after int64, wait time.Duration, bad *logical.Response) {
+	after = d.Get("after").(int64)
 	if after < 0 {
-		return logical.ErrorResponse("after must not be negative"), nil
+		return 0, 0, logical.ErrorResponse("after must not be negative")
 	}
-	wait := time.Duration(d.Get("wait").(int)) * time.Second
+	wait = time.Duration(d.Get("wait").(int)) * time.Second
 	if wait < 0 || wait > maxFeedWait {
-		return logical.ErrorResponse("wait must be between 0 and %s, got %s", maxFeedWait, wait), nil
+		return 0, 0, logical.ErrorResponse("wait must be between 0 and %s, got %s", maxFeedWait, wait)
+	}
+	return after, wait, nil
+}
+
+// waitForWake says whether woken closed within wait (false: the wait or
+// the request ended first).
+func waitForWake(ctx context.Context, woken <-chan struct{}, wait time.Duration) bool {
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case <-woken:
+		return true
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	return false
+}
+
+func (b *backend) pathRevocationsRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	after, wait, bad := feedRead(d)
+	if bad != nil {
+		return bad, nil
 	}
 	// Taken before reading, so that an entry appended during the read
 	// wakes the wait below; the read shares only with reads that began
@@ -181,13 +204,7 @@ func (b *backend) pathRevocationsRead(ctx context.Context, req *logical.Request,
 	if err != nil || wait == 0 || data["next"].(uint64) != uint64(after) || data["last"].(uint64) < uint64(after) {
 		return &logical.Response{Data: data}, err
 	}
-	timer := time.NewTimer(wait)
-	defer timer.Stop()
-	select {
-	case <-woken:
-	case <-timer.C:
-		return &logical.Response{Data: data}, nil
-	case <-ctx.Done():
+	if !waitForWake(ctx, woken, wait) {
 		return &logical.Response{Data: data}, nil
 	}
 	data, err = b.feedPages(ctx, req.Storage, after, b.feedWake.generation())
