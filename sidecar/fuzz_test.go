@@ -67,7 +67,7 @@ func FuzzDecide(f *testing.F) {
 		"/v1/%61dmin/users", "/public%2f..%2fv1/admin", "/public\\..\\v1\\admin", "/public;/../v1/admin", "/v1/items/1",
 		"/publicity", "/public/%252e%252e/v1/admin", "http://x/public/../v1/admin", "/public/%c0%ae%c0%ae/v1/admin",
 	} {
-		for cred := byte(0); cred < 3; cred++ {
+		for cred := byte(0); cred < 4; cred++ {
 			f.Add("GET", seed, "X-Forwarded-Uri", "/public", cred)
 		}
 	}
@@ -83,6 +83,13 @@ func FuzzDecide(f *testing.F) {
 		{fx.jwt(f, "any read", time.Hour), []string{"any", "read"}},
 		{fx.jwt(f, "any read admin", time.Hour), []string{"any", "read", "admin"}},
 	}
+	// An API key verified from the replica.
+	key, rec := testKey(f, time.Now().Add(-48*time.Hour), "web", "", "any", "read")
+	synced(fx.sc, rec)
+	creds = append(creds, struct {
+		token  string
+		scopes []string
+	}{key, []string{"any", "read"}})
 	auth := fx.sc.authHandler()
 	peer := netip.MustParseAddr("127.0.0.1")
 
