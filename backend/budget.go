@@ -190,7 +190,17 @@ type account struct {
 	PeriodStart  time.Time               `json:"period_start"`
 	Used         int64                   `json:"used"`
 	Reservations map[string]*reservation `json:"reservations,omitempty"`
+	// Ended are reservations released or expired in the last endedKeep (at
+	// most maxEnded): a release retried after its answer was lost is
+	// answered as the first was, and use a verifier reports late, after
+	// its reservation expired, still counts.
+	Ended map[string]*reservation `json:"ended,omitempty"`
 }
+
+const (
+	endedKeep = maxReservationTTL
+	maxEnded  = 32
+)
 
 // reservation is a chunk of budget one verifier holds. It counts against the
 // period it was granted in; use reported on it after that period counts
@@ -214,13 +224,17 @@ type reservation struct {
 	// reservation counts in (see tenantEntry.counts); empty when none.
 	TenantID     string    `json:"tenant_id,omitempty"`
 	TenantPeriod time.Time `json:"tenant_period,omitempty"`
+	// EndedAt is when the reservation was released or expired, for one in
+	// account.Ended; Released tells which.
+	EndedAt  time.Time `json:"ended_at,omitempty"`
+	Released bool      `json:"released,omitempty"`
 }
 
 func periodStart(now time.Time, period time.Duration) time.Time {
 	return now.UTC().Truncate(period)
 }
 
-// roll starts a new period when now is past the current one, and drops
+// roll starts a new period when now is past the current one, and ends
 // expired reservations, whose unused units so come back.
 func (a *account) roll(now time.Time, period time.Duration) {
 	if start := periodStart(now, period); !start.Equal(a.PeriodStart) {
@@ -229,9 +243,47 @@ func (a *account) roll(now time.Time, period time.Duration) {
 	}
 	for id, r := range a.Reservations {
 		if !now.Before(r.ExpiresAt) {
-			delete(a.Reservations, id)
+			a.end(id, r.ExpiresAt, false)
 		}
 	}
+	for id, r := range a.Ended {
+		if now.Sub(r.EndedAt) > endedKeep {
+			delete(a.Ended, id)
+		}
+	}
+}
+
+// end moves reservation id to the ended ones, dropping the oldest of those
+// past maxEnded.
+func (a *account) end(id string, at time.Time, released bool) {
+	r := a.Reservations[id]
+	if r == nil {
+		return
+	}
+	delete(a.Reservations, id)
+	r.EndedAt, r.Released = at, released
+	if a.Ended == nil {
+		a.Ended = map[string]*reservation{}
+	}
+	a.Ended[id] = r
+	for len(a.Ended) > maxEnded {
+		oldest := ""
+		for id, e := range a.Ended {
+			if oldest == "" || e.EndedAt.Before(a.Ended[oldest].EndedAt) {
+				oldest = id
+			}
+		}
+		delete(a.Ended, oldest)
+	}
+}
+
+// lookup finds reservation id, live or ended.
+func (a *account) lookup(id string) (r *reservation, ended bool) {
+	if r = a.Reservations[id]; r != nil {
+		return r, false
+	}
+	r = a.Ended[id]
+	return r, r != nil
 }
 
 // reserved is what live reservations of the current period hold unused.
@@ -253,10 +305,11 @@ func (a *account) remaining(limit int64) int64 {
 	return max(0, limit-a.Used-a.reserved())
 }
 
-// report records the cumulative use of reservation id. Use only grows, so a
-// retried report counts once.
+// report records the cumulative use of reservation id, live or ended. Use
+// only grows, so a retried report counts once; only a live reservation is
+// renewed.
 func (a *account) report(id string, used int64, now time.Time) error {
-	r := a.Reservations[id]
+	r, ended := a.lookup(id)
 	if r == nil {
 		return errUnknownReservation
 	}
@@ -270,13 +323,13 @@ func (a *account) report(id string, used int64, now time.Time) error {
 		r.LastUse = now
 	}
 	r.Used = used
-	if now.Sub(r.LastUse) < maxIdleRenewal {
+	if !ended && now.Sub(r.LastUse) < maxIdleRenewal {
 		r.ExpiresAt = now.Add(r.TTL)
 	}
 	return nil
 }
 
-var errUnknownReservation = fmt.Errorf("reservation is unknown or expired")
+var errUnknownReservation = fmt.Errorf("reservation is unknown")
 
 // minRemaining is the smaller of two remainders where -1 means unlimited.
 func minRemaining(a, b int64) int64 {

@@ -122,10 +122,14 @@ credential, and a credential at most 256 in all.`,
 			HelpDescription: `Records the running total used on a reservation against the credential and
 its tenant. Use may exceed the reservation by one request's overrun: a total
 above the reservation's units plus the credential's max_cost_per_request is
-recorded at that cap, and the answer says capped=true. A report for an
-unknown or expired reservation, or one whose total goes down, is refused and
-changes nothing; one from another Vault identity than the reservation's is
-refused with 403 and changes nothing. Each report renews the reservation,
+recorded at that cap, and the answer says capped=true. A reservation that
+ended (released, or expired for want of a report) in the last 10 minutes
+still takes reports: the use they add is recorded, and the answer says
+released=true and ended=released or ended=expired, so that a release retried
+after its answer was lost, or use reported after an outage, is not lost.
+A report for an unknown reservation, or one whose total goes down, is
+refused and changes nothing; one from another Vault identity than the
+reservation's is refused with 403 and changes nothing. Each report renews the reservation,
 but only for 2 minutes after it last had units granted or used: a
 reservation kept without use then expires and its units come back.`,
 		},
@@ -519,13 +523,14 @@ func (b *backend) pathBudgetReport(ctx context.Context, req *logical.Request, d 
 	}
 	defer unlock()
 	if m == nil {
-		return logical.ErrorResponse("reservation %q is unknown or expired; its use was not recorded", resID), nil
+		return logical.ErrorResponse("reservation %q is unknown; its use was not recorded", resID), nil
 	}
 	now := time.Now().UTC()
 	m.roll(now, m.Period)
 	capped := false
 	var before reservation
-	if r := m.Reservations[resID]; r != nil {
+	r, ended := m.lookup(resID)
+	if r != nil {
 		before = *r
 		if r.Owner != "" && r.Owner != ownerOf(req) {
 			return nil, logical.CodedError(http.StatusForbidden, fmt.Sprintf("reservation %q belongs to another Vault identity; its use was not recorded", resID))
@@ -538,13 +543,12 @@ func (b *backend) pathBudgetReport(ctx context.Context, req *logical.Request, d 
 	}
 	if err := m.report(resID, used, now); err != nil {
 		if errors.Is(err, errUnknownReservation) {
-			return logical.ErrorResponse("reservation %q is unknown or expired; its use was not recorded", resID), nil
+			return logical.ErrorResponse("reservation %q is unknown, or ended more than %s ago; its use was not recorded", resID, endedKeep), nil
 		}
 		return logical.ErrorResponse(err.Error()), nil
 	}
-	r := m.Reservations[resID]
-	if release {
-		delete(m.Reservations, resID)
+	if release && !ended {
+		m.end(resID, now, true)
 	}
 	if m.Tenant != "" {
 		defer b.lockTenant(m.Tenant)()
@@ -555,11 +559,14 @@ func (b *backend) pathBudgetReport(ctx context.Context, req *logical.Request, d 
 	}
 	// The reservation may count in no tenant period (the ceiling was
 	// deleted or set after it, or its period ended): then only the
-	// credential's account changes.
+	// credential's account changes. An ended reservation holds nothing
+	// any more; only its late use counts.
 	if t.counts(r) {
-		t.unhold(before)
+		if !ended {
+			t.unhold(before)
+		}
 		t.use(r, used-before.Used)
-		if !release {
+		if !release && !ended {
 			t.hold(r, now)
 		}
 		if err := putJSON(ctx, req.Storage, tenantPrefix+m.Tenant, t); err != nil {
@@ -576,13 +583,20 @@ func (b *backend) pathBudgetReport(ctx context.Context, req *logical.Request, d 
 	data := map[string]interface{}{
 		"used":      m.Used,
 		"remaining": left,
-		"released":  release,
+		"released":  release || ended,
 		"capped":    capped,
+	}
+	if ended {
+		// Said so that a verifier stops spending from it.
+		data["ended"] = "expired"
+		if r.Released {
+			data["ended"] = "released"
+		}
 	}
 	if capped {
 		b.Logger().Warn("a report claimed more than its reservation could have cost; recorded at the cap", "reservation_id", resID, "recorded", used)
 	}
-	if !release {
+	if !release && !ended {
 		data["expires_at"] = r.ExpiresAt.Format(time.RFC3339Nano)
 		// The reservation's units now: fewer than granted when an
 		// operator lowered the budget since.

@@ -2,6 +2,8 @@ package backend
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"reflect"
 	"testing"
 	"time"
@@ -153,6 +155,42 @@ func TestReserveAndReport(t *testing.T) {
 		t.Fatalf("release answer: %v", d)
 	}
 
+	// A release retried after its answer was lost is answered as the
+	// first was; use reported after the release still counts.
+	if d := e.report(resA, 30, true).Data; d["released"] != true || d["ended"] != "released" || d["remaining"] != int64(30) {
+		t.Fatalf("a retried release: %v", d)
+	}
+	if d := e.report(resA, 34, false).Data; d["released"] != true || d["ended"] != "released" || d["expires_at"] != nil {
+		t.Fatalf("a late report on a released reservation: %v", d)
+	}
+	if got := e.spend(path); got != [4]int64{100, 34, 40, 26} {
+		t.Fatalf("after 4 more reported on the released reservation: %v", got)
+	}
+	// ... and so does use reported after a reservation expired, whose
+	// unused units came back: it counts, holds nothing, is not renewed.
+	resC := e.reserve(id, 10).Data["reservation_id"].(string)
+	e.report(resC, 2, false)
+	m, err := getJSON[meter](context.Background(), e.storage, meterPrefix+id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Reservations[resC].ExpiresAt = time.Now().Add(-time.Second)
+	if err := putJSON(context.Background(), e.storage, meterPrefix+id, m); err != nil {
+		t.Fatal(err)
+	}
+	if d := e.report(resC, 9, false).Data; d["released"] != true || d["ended"] != "expired" {
+		t.Fatalf("a late report on an expired reservation: %v", d)
+	}
+	if got := e.spend(path); got != [4]int64{100, 43, 40, 17} {
+		t.Fatalf("after 7 more reported on the expired reservation: %v", got)
+	}
+	if d := e.report(resC, 9, true).Data; d["released"] != true || d["ended"] != "expired" {
+		t.Fatalf("releasing an expired reservation: %v", d)
+	}
+	if d := e.reserve(id, 5).Data; d["reservation_id"] == resC {
+		t.Fatal("an expired reservation was topped up")
+	}
+
 	// Refused reports change nothing.
 	before := e.spend(path)
 	resB := b["reservation_id"].(string)
@@ -162,9 +200,9 @@ func TestReserveAndReport(t *testing.T) {
 		data map[string]interface{}
 		want string
 	}{
-		{map[string]interface{}{"reservation_id": resA, "used": 40}, "unknown or expired"}, // released
-		{map[string]interface{}{"reservation_id": id + ":nope", "used": 1}, "unknown or expired"},
-		{map[string]interface{}{"reservation_id": "AAAAAAAAAAAA:x", "used": 1}, "unknown or expired"},
+		{map[string]interface{}{"reservation_id": resA, "used": 33}, "running total"}, // released at 34
+		{map[string]interface{}{"reservation_id": id + ":nope", "used": 1}, "is unknown"},
+		{map[string]interface{}{"reservation_id": "AAAAAAAAAAAA:x", "used": 1}, "is unknown"},
 		{map[string]interface{}{"reservation_id": "garbage", "used": 1}, "is not one"},
 		{map[string]interface{}{"reservation_id": resB, "used": 10}, "running total"},
 		{map[string]interface{}{"reservation_id": resB, "used": -1}, "used must be between"},
@@ -511,5 +549,31 @@ func TestOperatorChangesBudget(t *testing.T) {
 	e.ok(logical.UpdateOperation, "budget/"+id, map[string]interface{}{"budget": 200})
 	if g := e.reserve(id, 100).Data["granted"]; g != int64(100) {
 		t.Fatalf("after raising to 200: granted %v", g)
+	}
+}
+
+// Ended reservations are kept for endedKeep, at most maxEnded of them, the
+// newest: a meter's entry stays small however many reservations a busy
+// credential goes through.
+func TestEndedReservationsAreBounded(t *testing.T) {
+	now := time.Now()
+	a := &account{PeriodStart: periodStart(now, time.Hour)}
+	for i := range maxEnded + 5 {
+		id := fmt.Sprintf("k:%d", i)
+		a.grant(id, 1, 30*time.Second, "h", now)
+		a.end(id, now.Add(time.Duration(i)*time.Second), true)
+	}
+	if len(a.Ended) != maxEnded || a.Ended["k:4"] != nil || a.Ended["k:5"] == nil {
+		t.Fatalf("%d ended kept (want the newest %d)", len(a.Ended), maxEnded)
+	}
+	if err := a.report("k:5", 1, now); err != nil {
+		t.Fatalf("a report on a kept ended reservation: %v", err)
+	}
+	a.roll(now.Add(endedKeep+time.Duration(maxEnded+5)*time.Second), time.Hour)
+	if len(a.Ended) != 0 {
+		t.Fatalf("%d ended reservations kept past %s", len(a.Ended), endedKeep)
+	}
+	if err := a.report("k:5", 1, now); !errors.Is(err, errUnknownReservation) {
+		t.Fatalf("a report after the ended reservation was forgotten: %v", err)
 	}
 }

@@ -61,6 +61,10 @@ type chunk struct {
 	periodEnd, expiresAt time.Time
 	lastReport           time.Time
 	released, refused    bool
+	// ended: the plugin said the reservation is over (it expired while
+	// reports could not get through); it admits nothing more and is
+	// released once what it holds settles.
+	ended bool
 }
 
 // hold is what one request holds until it settles.
@@ -172,7 +176,7 @@ func (c *chunk) free() int64 { return c.granted - c.used - c.held }
 // admits says whether new holds may come from c: within its period, and
 // not about to expire for want of a report.
 func (c *chunk) admits(now time.Time) bool {
-	return !c.released && !c.refused && now.Before(c.periodEnd) && now.Before(c.expiresAt.Add(-reservationMargin))
+	return !c.released && !c.refused && !c.ended && now.Before(c.periodEnd) && now.Before(c.expiresAt.Add(-reservationMargin))
 }
 
 // reservationMargin keeps a chunk from admitting requests close to its
@@ -193,9 +197,13 @@ func (b *budgets) refill(ctx context.Context, m *meter, maxCost int64) error {
 		maxCost = max(1, maxCost)
 		base := min(maxUnitsRequest, maxCost*int64(b.sc.s.reserveRequests))
 		m.mu.Lock()
+		topUp := m.cur
+		if topUp != nil && !topUp.admits(time.Now()) {
+			topUp = nil
+		}
 		cur := ""
-		if m.cur != nil && m.cur.admits(time.Now()) {
-			cur = m.cur.resID
+		if topUp != nil {
+			cur = topUp.resID
 		}
 		if time.Since(m.lastRefill) < b.sc.s.reportInterval {
 			m.ask = min(2*m.ask, base*maxAskGrowth, maxUnitsRequest)
@@ -211,33 +219,50 @@ func (b *budgets) refill(ctx context.Context, m *meter, maxCost int64) error {
 			return nil, err
 		}
 		b.sc.m.vaultCalls.WithLabelValues("reserve", "ok").Inc()
-		now := time.Now()
 		m.mu.Lock()
 		defer m.mu.Unlock()
-		m.central = r.Remaining
-		if r.Granted == 0 {
-			reset, err := time.Parse(time.RFC3339Nano, r.Reset)
-			if err != nil || !reset.After(now) {
-				reset = now.Add(exhaustedRecheck)
-			}
-			m.exhaustedUntil, m.recheckAt = reset, now.Add(exhaustedRecheck)
-			return nil, nil
-		}
-		periodEnd, perr := time.Parse(time.RFC3339Nano, r.PeriodEnd)
-		expiresAt, eerr := time.Parse(time.RFC3339Nano, r.ExpiresAt)
-		if err := errors.Join(perr, eerr); err != nil {
-			return nil, err
-		}
-		if m.cur == nil || m.cur.resID != r.ReservationID {
-			m.retireLocked()
-			m.cur = &chunk{resID: r.ReservationID, periodEnd: periodEnd}
-		}
-		m.cur.granted += r.Granted
-		m.cur.expiresAt, m.cur.lastReport = expiresAt, now
-		m.exhaustedUntil = time.Time{}
-		return nil, nil
+		return nil, m.grantedLocked(time.Now(), topUp, r)
 	})
 	return err
+}
+
+// grantedLocked applies the plugin's answer to a reservation request that
+// asked to top up topUp (nil: asked for a new reservation).
+//
+// One reservation is one chunk: its use is reported as a running total, so
+// two chunks reporting on one reservation would each refuse the other's
+// total and lose what the refused one spent, while the plugin gives the
+// reservation's unused units back to be granted again. A top-up is
+// therefore added to the chunk it named even when a report retired that
+// chunk while the call was out (it then admits nothing more and is
+// released with its units); only a new reservation id makes a new chunk.
+func (m *meter) grantedLocked(now time.Time, topUp *chunk, r *reservation) error {
+	m.central = r.Remaining
+	if r.Granted == 0 {
+		reset, err := time.Parse(time.RFC3339Nano, r.Reset)
+		if err != nil || !reset.After(now) {
+			reset = now.Add(exhaustedRecheck)
+		}
+		m.exhaustedUntil, m.recheckAt = reset, now.Add(exhaustedRecheck)
+		return nil
+	}
+	periodEnd, perr := time.Parse(time.RFC3339Nano, r.PeriodEnd)
+	expiresAt, eerr := time.Parse(time.RFC3339Nano, r.ExpiresAt)
+	if err := errors.Join(perr, eerr); err != nil {
+		return err
+	}
+	m.exhaustedUntil = time.Time{}
+	c := topUp
+	if c == nil || c.resID != r.ReservationID {
+		m.retireLocked()
+		c = &chunk{resID: r.ReservationID, periodEnd: periodEnd}
+		m.cur = c
+	}
+	c.granted += r.Granted
+	if !c.released {
+		c.expiresAt, c.lastReport = expiresAt, now
+	}
+	return nil
 }
 
 // maxUnitsRequest is the plugin's cap on one reservation.
@@ -327,13 +352,16 @@ func (b *budgets) report(ctx context.Context, final bool) {
 		switch {
 		case errors.Is(err, errRefused):
 			b.sc.m.vaultCalls.WithLabelValues("report", "refused").Inc()
-			b.sc.log.Warn("budget report refused: the reservation expired before its use was reported", "id", p.m.id, "error", err)
+			b.sc.log.Warn("budget report refused: its use was not recorded", "id", p.m.id, "error", err)
 		case err != nil:
 			b.sc.m.vaultCalls.WithLabelValues("report", "error").Inc()
 			b.sc.log.Warn("budget report failed; retrying next interval", "id", p.m.id, "error", err)
 			continue
 		default:
 			b.sc.m.vaultCalls.WithLabelValues("report", "ok").Inc()
+			if ans.Ended == "expired" && !p.release {
+				b.sc.log.Warn("budget reservation expired before its use was reported; the use was recorded late", "id", p.m.id)
+			}
 		}
 		p.m.mu.Lock()
 		p.c.lastReport = now
@@ -348,6 +376,12 @@ func (b *budgets) report(ctx context.Context, final bool) {
 			}
 			if exp, perr := time.Parse(time.RFC3339Nano, ans.ExpiresAt); perr == nil {
 				p.c.expiresAt = exp
+			}
+			if ans.Ended != "" && !p.c.ended {
+				p.c.ended = true
+				if p.m.cur == p.c {
+					p.m.retireLocked()
+				}
 			}
 		}
 		if p.release || p.c.refused {

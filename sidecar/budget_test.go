@@ -93,6 +93,65 @@ func TestSettleChargesOnceAndReleasesTail(t *testing.T) {
 	}
 }
 
+// A reservation is one chunk, whatever happens while a top-up is out: a
+// report that retires the chunk meanwhile (idle, or close to expiry) must
+// not leave the top-up's answer to start a second chunk on the same
+// reservation, whose running totals would contradict the first's and be
+// refused, losing what it spent while the plugin gives the units back.
+func TestTopUpGoesToTheChunkItNamed(t *testing.T) {
+	now := time.Now()
+	answer := func(id string, granted int64) *reservation {
+		return &reservation{ReservationID: id, Granted: granted, Remaining: 500,
+			PeriodEnd: now.Add(time.Hour).Format(time.RFC3339Nano), ExpiresAt: now.Add(30 * time.Second).Format(time.RFC3339Nano)}
+	}
+	for _, tc := range []struct {
+		name                 string
+		between              func(m *meter, c *chunk)
+		answerID             string
+		wantCur, wantRetired int // chunks on reservation k:1 after the answer
+		wantGranted          int64
+	}{
+		{"still current", func(*meter, *chunk) {}, "k:1", 1, 0, 150},
+		{"retired by a report meanwhile", func(m *meter, _ *chunk) { m.retireLocked() }, "k:1", 0, 1, 150},
+		{"released meanwhile", func(m *meter, c *chunk) {
+			m.retireLocked()
+			c.released = true
+			m.retired = removeChunk(m.retired, c)
+		}, "k:1", 0, 0, 150},
+		{"the plugin made a new reservation", func(*meter, *chunk) {}, "k:2", 0, 1, 100},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := &chunk{resID: "k:1", granted: 100, used: 40, periodEnd: now.Add(time.Hour), expiresAt: now.Add(time.Minute)}
+			m := &meter{id: "k", central: -1, cur: c}
+			tc.between(m, c)
+			if err := m.grantedLocked(now, c, answer(tc.answerID, 50)); err != nil {
+				t.Fatal(err)
+			}
+			cur, retired := 0, 0
+			if m.cur != nil && m.cur.resID == "k:1" {
+				cur++
+			}
+			for _, r := range m.retired {
+				if r.resID == "k:1" {
+					retired++
+				}
+			}
+			if cur != tc.wantCur || retired != tc.wantRetired || cur+retired > 1 {
+				t.Fatalf("chunks on k:1: current %d retired %d, want %d and %d", cur, retired, tc.wantCur, tc.wantRetired)
+			}
+			if c.granted != tc.wantGranted || c.used != 40 {
+				t.Fatalf("the named chunk: granted %d used %d, want %d and 40", c.granted, c.used, tc.wantGranted)
+			}
+			if tc.answerID == "k:2" && (m.cur == nil || m.cur.granted != 50 || m.cur.used != 0) {
+				t.Fatalf("a new reservation: current chunk %+v", m.cur)
+			}
+			if m.cur != nil && m.cur.resID == "k:1" && m.cur != c {
+				t.Fatal("a second chunk on k:1")
+			}
+		})
+	}
+}
+
 func TestUsageFromResponses(t *testing.T) {
 	const cost, hold = 3, 10 // the route's cost; what the request held
 	sse := func(lines ...string) string { return strings.Join(lines, "\n\n") + "\n\n" }

@@ -417,10 +417,13 @@ type reportAnswer struct {
 	// Units is the reservation's grant now: fewer than this sidecar was
 	// granted when an operator lowered the credential's budget since.
 	Units *int64 `json:"units"`
+	// Ended says the reservation had already ended (released, or expired
+	// for want of a report); the use was recorded all the same.
+	Ended string `json:"ended"`
 }
 
-// errRefused is a report Vault refused (unknown or expired reservation):
-// retrying cannot help.
+// errRefused is a report Vault refused (an unknown reservation, or one that
+// ended too long ago): retrying cannot help.
 var errRefused = errors.New("refused")
 
 func (v *vaultClient) report(ctx context.Context, resID string, used int64, release bool) (*reportAnswer, error) {
