@@ -146,16 +146,13 @@ const keyRecordsBatch = 100 * time.Millisecond
 // pruneInterval is how often expired records are dropped.
 const pruneInterval = 30 * time.Second
 
-// keyRecordsWait is how long the plugin may hold a key-record read: 0, so
-// key records are polled every revocation_poll_interval and each answer
-// confirms the replica; revocations are still pushed, through their own
-// feed. The plugin holds key-record reads when asked (wait), and the
-// sidecar long-polled them at first (at most max_stale/3): with that, the
-// end-to-end test that kills the active node while three sidecars spend one
-// budget (TestClusterBudgetAcrossFailover) lost a reservation's reported
-// use in about half the runs, and never with polls. Until that is
-// understood, the sidecar polls.
-func (sc *Sidecar) keyRecordsWait() time.Duration { return 0 }
+// keyRecordsWait is how long the plugin may hold a key-record read: the
+// long-poll wait, but short enough that in quiet times an answer confirms
+// the replica at least three times per max_stale, so a Vault that goes away
+// leaves keys verifying for most of max_stale, not for none of it.
+func (sc *Sidecar) keyRecordsWait() time.Duration {
+	return min(sc.s.revocationWait, (sc.s.maxStale / 3).Truncate(time.Second))
+}
 
 // paceFeed sleeps after a feed read when the next read should not follow
 // at once: with no long polls, or when a long poll came back at once with
