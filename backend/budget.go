@@ -226,7 +226,7 @@ type reservation struct {
 	TenantPeriod time.Time `json:"tenant_period,omitempty"`
 	// EndedAt is when the reservation was released or expired, for one in
 	// account.Ended; Released tells which.
-	EndedAt  time.Time `json:"ended_at,omitempty"`
+	EndedAt  time.Time `json:"ended_at,omitzero"`
 	Released bool      `json:"released,omitempty"`
 }
 
@@ -253,8 +253,10 @@ func (a *account) roll(now time.Time, period time.Duration) {
 	}
 }
 
-// end moves reservation id to the ended ones, dropping the oldest of those
-// past maxEnded.
+// end moves reservation id to the ended ones. Past maxEnded, released ones
+// go first, oldest first: a lost answer to a release costs nothing, while
+// an expired reservation may still have use to report, which must not be
+// pushed out by other reservations' churn.
 func (a *account) end(id string, at time.Time, released bool) {
 	r := a.Reservations[id]
 	if r == nil {
@@ -267,13 +269,14 @@ func (a *account) end(id string, at time.Time, released bool) {
 	}
 	a.Ended[id] = r
 	for len(a.Ended) > maxEnded {
-		oldest := ""
+		first := ""
 		for id, e := range a.Ended {
-			if oldest == "" || e.EndedAt.Before(a.Ended[oldest].EndedAt) {
-				oldest = id
+			if f := a.Ended[first]; first == "" || (e.Released && !f.Released) ||
+				(e.Released == f.Released && e.EndedAt.Before(f.EndedAt)) {
+				first = id
 			}
 		}
-		delete(a.Ended, oldest)
+		delete(a.Ended, first)
 	}
 }
 

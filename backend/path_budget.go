@@ -124,7 +124,8 @@ its tenant. Use may exceed the reservation by one request's overrun: a total
 above the reservation's units plus the credential's max_cost_per_request is
 recorded at that cap, and the answer says capped=true. A reservation that
 ended (released, or expired for want of a report) in the last 10 minutes
-still takes reports: the use they add is recorded, and the answer says
+still takes reports (of at most 32 ended ones per credential, released ones
+forgotten first): the use they add is recorded, and the answer says
 released=true and ended=released or ended=expired, so that a release retried
 after its answer was lost, or use reported after an outage, is not lost.
 A report for an unknown reservation, or one whose total goes down, is

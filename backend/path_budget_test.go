@@ -577,3 +577,20 @@ func TestEndedReservationsAreBounded(t *testing.T) {
 		t.Fatalf("a report after the ended reservation was forgotten: %v", err)
 	}
 }
+
+// Churn of released reservations does not push out an expired one, whose
+// holder may still have use to report.
+func TestEndedKeepsExpiredOverReleased(t *testing.T) {
+	now := time.Now()
+	a := &account{PeriodStart: periodStart(now, time.Hour)}
+	a.grant("k:expired", 10, 30*time.Second, "h", now)
+	a.end("k:expired", now.Add(-time.Minute), false)
+	for i := range 2 * maxEnded {
+		id := fmt.Sprintf("k:%d", i)
+		a.grant(id, 1, 30*time.Second, "h", now)
+		a.end(id, now.Add(time.Duration(i)*time.Second), true)
+	}
+	if a.Ended["k:expired"] == nil || len(a.Ended) != maxEnded {
+		t.Fatalf("after %d releases: expired kept %v, %d ended", 2*maxEnded, a.Ended["k:expired"] != nil, len(a.Ended))
+	}
+}

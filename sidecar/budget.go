@@ -314,6 +314,7 @@ type pending struct {
 	m       *meter
 	c       *chunk
 	used    int64
+	granted int64 // the chunk's grant when the report was sent
 	release bool
 }
 
@@ -332,11 +333,11 @@ func (b *budgets) report(ctx context.Context, final bool) {
 			m.retireLocked()
 		}
 		if c := m.cur; c != nil && (c.used != c.reported || now.Sub(c.lastReport) >= renewEvery) {
-			todo = append(todo, pending{m: m, c: c, used: c.used})
+			todo = append(todo, pending{m: m, c: c, used: c.used, granted: c.granted})
 		}
 		for _, c := range m.retired {
 			if release := c.held == 0; release || c.used != c.reported || now.Sub(c.lastReport) >= renewEvery {
-				todo = append(todo, pending{m: m, c: c, used: c.used, release: release})
+				todo = append(todo, pending{m: m, c: c, used: c.used, granted: c.granted, release: release})
 			}
 		}
 		if m.cur == nil && len(m.retired) == 0 && (now.Sub(m.lastUse) > meterIdle || !now.Before(m.credExpires)) && !now.Before(m.exhaustedUntil) {
@@ -357,11 +358,13 @@ func (b *budgets) report(ctx context.Context, final bool) {
 			b.sc.m.vaultCalls.WithLabelValues("report", "error").Inc()
 			b.sc.log.Warn("budget report failed; retrying next interval", "id", p.m.id, "error", err)
 			continue
+		case ans.Ended == "expired":
+			// Recorded, but the units the expiry gave back may have
+			// been granted again: this use can go past the bound.
+			b.sc.m.vaultCalls.WithLabelValues("report", "late").Inc()
+			b.sc.log.Warn("budget reservation expired before its use was reported; the use was recorded late", "id", p.m.id)
 		default:
 			b.sc.m.vaultCalls.WithLabelValues("report", "ok").Inc()
-			if ans.Ended == "expired" && !p.release {
-				b.sc.log.Warn("budget reservation expired before its use was reported; the use was recorded late", "id", p.m.id)
-			}
 		}
 		p.m.mu.Lock()
 		p.c.lastReport = now
@@ -370,9 +373,11 @@ func (b *budgets) report(ctx context.Context, final bool) {
 		} else {
 			p.c.reported = p.used
 			p.m.central = ans.Remaining
-			if ans.Units != nil && *ans.Units < p.c.granted {
+			if ans.Units != nil && *ans.Units < p.granted {
 				// The budget was lowered: admit no more than is left.
-				p.c.granted = *ans.Units
+				// By the decrease only: a top-up answered since the
+				// report was sent is not the plugin's to take back.
+				p.c.granted -= p.granted - *ans.Units
 			}
 			if exp, perr := time.Parse(time.RFC3339Nano, ans.ExpiresAt); perr == nil {
 				p.c.expiresAt = exp

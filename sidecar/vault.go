@@ -441,7 +441,10 @@ func (v *vaultClient) report(ctx context.Context, resID string, used int64, rele
 		return remarshal(sec.Data, &r)
 	})
 	var re *api.ResponseError
-	if errors.As(err, &re) && re.StatusCode == http.StatusBadRequest {
+	// 403 after withLogin logged in again: the reservation is another
+	// identity's (an owner by token accessor changes with each login), or
+	// the policy does not allow reports. Retrying cannot help either.
+	if errors.As(err, &re) && (re.StatusCode == http.StatusBadRequest || re.StatusCode == http.StatusForbidden) {
 		return nil, fmt.Errorf("keybroker budget/report: %w: %v", errRefused, strings.Join(re.Errors, "; "))
 	}
 	if err != nil {
