@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/keybroker/keybroker/apikey"
+	"github.com/keybroker/keybroker/jwtverify"
 )
 
 const (
@@ -55,6 +57,10 @@ func pathRefresh(b *backend) *framework.Path {
 				Description: "The refresh token from the last mint or refresh.",
 				Required:    true,
 			},
+			"dpop_proof": {
+				Type:        framework.TypeString,
+				Description: "For a DPoP-bound family: a DPoP proof (RFC 9449) signed by the family's key, with htm POST or PUT, htu this path's URL as the client calls it (.../v1/<mount>/token/refresh), and iat within the last 60 seconds.",
+			},
 		},
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.UpdateOperation: &framework.PathOperation{Callback: b.pathRefreshWrite},
@@ -69,7 +75,11 @@ first mint. Presenting a spent refresh token again is treated as theft: every
 access token of its family is revoked (each jti lands in
 keybroker/revocations), no refresh token of the family works again, and the
 request fails saying so. Only the Vault identity the family was minted for
-may refresh it, and only callers with a Vault entity may refresh.`,
+may refresh it, and only callers with a Vault entity may refresh.
+
+A DPoP-bound family (minted with dpop_jkt or dpop_jwk) refreshes only with
+dpop_proof, a fresh proof signed by its key: a stolen refresh token alone is
+useless, and the new tokens stay bound to the same key.`,
 	}
 }
 
@@ -197,6 +207,11 @@ func (b *backend) pathRefreshWrite(ctx context.Context, req *logical.Request, d 
 	if msg != "" {
 		return logical.ErrorResponse("role %q %s; mint a new token", entry.Grant.Role, msg), nil
 	}
+	if msg := b.checkRefreshProof(req, entry.Grant.JKT, d.Get("dpop_proof").(string)); msg != "" {
+		// The refresh token stays unspent: a caller without the key must
+		// not be able to burn the holder's refresh.
+		return logical.ErrorResponse(msg), nil
+	}
 	entry.SpentAt = time.Now().UTC()
 	if err := putJSON(ctx, req.Storage, refreshPrefix+entry.ID, entry); err != nil {
 		return nil, err
@@ -220,6 +235,36 @@ func (b *backend) pathRefreshWrite(ctx context.Context, req *logical.Request, d 
 	return resp, nil
 }
 
+// refreshProofAge is how old a refresh's DPoP proof may be; the refresh
+// token, used once, keeps the proof from being replayed.
+const refreshProofAge = 60 * time.Second
+
+// checkRefreshProof says what is wrong with a refresh's DPoP proof, "" when
+// nothing: a bound family needs a proof by its key for this path.
+func (b *backend) checkRefreshProof(req *logical.Request, jkt, proof string) string {
+	switch {
+	case jkt == "" && proof != "":
+		return "dpop_proof given, but the refresh_token's family is not DPoP-bound"
+	case jkt == "":
+		return ""
+	case proof == "":
+		return "the refresh_token's family is DPoP-bound: give dpop_proof, a DPoP proof signed by its key"
+	}
+	path := "/v1/" + req.MountPoint + "token/refresh"
+	_, err := jwtverify.VerifyProof(proof, jwtverify.ProofCheck{
+		Target: func(htm, htu string) bool {
+			// The origin is the client's view of Vault (a load
+			// balancer, a proxy's path prefix): only the path is known.
+			return (htm == "POST" || htm == "PUT") && strings.HasSuffix(htu, path)
+		},
+		JKT: jkt, Now: time.Now(), MaxAge: refreshProofAge, Leeway: verifyLeeway,
+	})
+	if err != nil {
+		return fmt.Sprintf("dpop_proof is not valid for this refresh: %v", err)
+	}
+	return ""
+}
+
 // narrowGrant returns g as role r allows it now: audiences and CIDRs
 // intersected with the role's, limits no looser than the role's. msg says
 // why g cannot be renewed at all (a scope or tenant the role no longer
@@ -230,6 +275,9 @@ func narrowGrant(g grant, r *role) (grant, string) {
 	}
 	if g.Tenant != r.Tenant {
 		return g, "has another tenant now"
+	}
+	if r.RequireDPoP && g.JKT == "" {
+		return g, "now requires DPoP-bound tokens, and this family is not bound"
 	}
 	var aud []string
 	for _, a := range g.Audiences {

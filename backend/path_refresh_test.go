@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/keybroker/keybroker/internal/dpoptest"
 )
 
 func TestRefreshRotationAndReuse(t *testing.T) {
@@ -197,4 +199,49 @@ func TestEntitylessCallersCannotRefresh(t *testing.T) {
 		t.Fatalf("entity-less mint: refresh_token %v, warnings %v", resp.Data["refresh_token"], resp.Warnings)
 	}
 	e.userError(logical.UpdateOperation, "token/refresh", map[string]interface{}{"refresh_token": withEntity.Data["refresh_token"]}, "needs a Vault entity")
+}
+
+// A DPoP-bound family refreshes only with a fresh proof by its key, for
+// this path; a refused attempt leaves the refresh token unspent, and the
+// new token stays bound to the same key.
+func TestRefreshDPoPBound(t *testing.T) {
+	e := newJWTEnv(t, map[string]interface{}{"refresh_ttl": "1h"})
+	k, other := dpoptest.NewKey(t, "ES256"), dpoptest.NewKey(t, "EdDSA")
+	first := e.ok(logical.UpdateOperation, "token/agent", map[string]interface{}{"dpop_jkt": k.JKT})
+	rt := first.Data["refresh_token"].(string)
+	const url = "https://vault.example.com:8200/v1/keybroker/token/refresh"
+	now := time.Now()
+	for _, tt := range []struct {
+		name, proof, want string
+	}{
+		{"no proof", "", "give dpop_proof"},
+		{"another key", other.Proof(t, "POST", url, "", now, nil), "another key"},
+		{"another path", k.Proof(t, "POST", "https://vault.example.com:8200/v1/keybroker/token/agent", "", now, nil), "do not match"},
+		{"another mount", k.Proof(t, "POST", "https://vault.example.com:8200/v1/other/token/refresh", "", now, nil), "do not match"},
+		{"GET", k.Proof(t, "GET", url, "", now, nil), "do not match"},
+		{"stale", k.Proof(t, "POST", url, "", now.Add(-2*time.Minute), nil), "window"},
+		{"garbage", "garbage", "not a compact JWS"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			data := map[string]interface{}{"refresh_token": rt}
+			if tt.proof != "" {
+				data["dpop_proof"] = tt.proof
+			}
+			e.userError(logical.UpdateOperation, "token/refresh", data, tt.want)
+		})
+	}
+	// None of those spent it.
+	second := e.ok(logical.UpdateOperation, "token/refresh", map[string]interface{}{"refresh_token": rt, "dpop_proof": k.Proof(t, "PUT", url, "", now, nil)})
+	c, err := e.offline(second.Data["token"].(string), "billing")
+	if err != nil || c.BoundKey() != k.JKT || second.Data["token_type"] != "DPoP" {
+		t.Fatalf("refreshed token: %v cnf %+v", err, c.Cnf)
+	}
+
+	// A bearer family given a proof is told so; once the role requires
+	// DPoP, it cannot refresh at all.
+	bearer := e.ok(logical.UpdateOperation, "token/agent", nil)
+	brt := bearer.Data["refresh_token"].(string)
+	e.userError(logical.UpdateOperation, "token/refresh", map[string]interface{}{"refresh_token": brt, "dpop_proof": k.Proof(t, "POST", url, "", now, nil)}, "not DPoP-bound")
+	e.ok(logical.UpdateOperation, "roles/agent", map[string]interface{}{"require_dpop": true})
+	e.userError(logical.UpdateOperation, "token/refresh", map[string]interface{}{"refresh_token": brt}, "requires DPoP-bound tokens")
 }

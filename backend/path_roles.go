@@ -38,6 +38,9 @@ type role struct {
 	// RefreshMaxTTL bounds a refresh family's whole life, from its first
 	// mint: refreshing cannot keep a grant alive forever.
 	RefreshMaxTTL time.Duration `json:"refresh_max_ttl,omitempty"`
+	// RequireDPoP: every agent JWT of the role is bound to a key the agent
+	// holds (RFC 9449); a mint without one is refused.
+	RequireDPoP bool `json:"require_dpop,omitempty"`
 
 	// Budgets and rate limits, copied into each credential.
 	limits
@@ -102,6 +105,7 @@ func (r *role) responseData() map[string]interface{} {
 		"subject":         r.Subject,
 		"refresh_ttl":     int64(r.RefreshTTL.Seconds()),
 		"refresh_max_ttl": int64(r.familyMaxTTL().Seconds()),
+		"require_dpop":    r.RequireDPoP,
 	}
 	r.limits.responseData(data)
 	return data
@@ -188,6 +192,10 @@ func pathRoles(b *backend) []*framework.Path {
 		"refresh_ttl": {
 			Type:        framework.TypeDurationSecond,
 			Description: "Lifetime of refresh tokens issued with agent JWTs; 0 (default) issues none. Only callers with a Vault entity get refresh tokens.",
+		},
+		"require_dpop": {
+			Type:        framework.TypeBool,
+			Description: "If true, every agent JWT minted or refreshed from the role is DPoP-bound (RFC 9449): the mint must give dpop_jkt or dpop_jwk. Setting it reaches existing refresh families: an unbound one can no longer refresh.",
 		},
 		"refresh_max_ttl": {
 			Type:        framework.TypeDurationSecond,
@@ -317,6 +325,9 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 	}
 	if v, ok := d.GetOk("refresh_ttl"); ok {
 		r.RefreshTTL = time.Duration(v.(int)) * time.Second
+	}
+	if v, ok := d.GetOk("require_dpop"); ok {
+		r.RequireDPoP = v.(bool)
 	}
 	if v, ok := d.GetOk("refresh_max_ttl"); ok {
 		r.RefreshMaxTTL = time.Duration(v.(int)) * time.Second

@@ -36,6 +36,7 @@ func TestRoleCRUD(t *testing.T) {
 		"subject":              "entity_id",
 		"refresh_ttl":          int64(0),
 		"refresh_max_ttl":      int64(86400),
+		"require_dpop":         false,
 		"budget":               int64(0),
 		"budget_period":        int64(86400),
 		"max_cost_per_request": int64(1),

@@ -32,6 +32,9 @@ type grant struct {
 	Tenant    string   `json:"tenant,omitempty"`
 	Subject   string   `json:"subject"`
 	EntityID  string   `json:"entity_id,omitempty"`
+	// JKT is the thumbprint of the key the tokens are bound to (DPoP);
+	// a refresh keeps it.
+	JKT string `json:"jkt,omitempty"`
 	limits
 }
 
@@ -48,7 +51,12 @@ aud, exp, iat, nbf, jti, scope, role, tenant and cidr claims. sub comes from
 the caller's Vault identity as the role's subject setting says, never from the
 request. The token is a Vault lease: revoking it, or the Vault token that asked
 for it, puts its jti in keybroker/revocations until it expires. When the role
-has a refresh_ttl, a refresh_token comes with it (see keybroker/token/refresh).`,
+has a refresh_ttl, a refresh_token comes with it (see keybroker/token/refresh).
+
+With dpop_jkt or dpop_jwk the token is DPoP-bound (RFC 9449): it carries
+cnf.jkt, token_type is DPoP, and a verifier accepts it only with a proof
+signed by that key for each request. A role with require_dpop mints only
+bound tokens.`,
 	}
 }
 
@@ -57,6 +65,14 @@ func mintTokenFields() map[string]*framework.FieldSchema {
 	f["audience"] = &framework.FieldSchema{
 		Type:        framework.TypeString,
 		Description: "The token's aud; must be one of the role's audiences. Default: all of them.",
+	}
+	f["dpop_jkt"] = &framework.FieldSchema{
+		Type:        framework.TypeString,
+		Description: "Bind the token to the agent's key (DPoP, RFC 9449): the key's RFC 7638 SHA-256 thumbprint, base64url. The token then carries cnf.jkt, token_type is DPoP, and verifiers accept it only with a proof signed by that key. Or give dpop_jwk.",
+	}
+	f["dpop_jwk"] = &framework.FieldSchema{
+		Type:        framework.TypeString,
+		Description: "Bind the token to this public JWK (JSON: EC P-256 or P-384, Ed25519, or RSA of 2048 bits or more); the plugin computes its thumbprint. Never send the private key: it is refused.",
 	}
 	return f
 }
@@ -102,6 +118,12 @@ func (b *backend) pathTokenMint(ctx context.Context, req *logical.Request, d *fr
 	}
 	if g.Subject, err = b.subject(req, r.Subject); err != nil {
 		return logical.ErrorResponse(err.Error()), nil
+	}
+	if g.JKT, err = dpopBinding(d); err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
+	if r.RequireDPoP && g.JKT == "" {
+		return logical.ErrorResponse("role %q requires DPoP-bound tokens: give dpop_jkt (the thumbprint of the agent's public key) or dpop_jwk", roleName), nil
 	}
 	ttl, warnings, err := framework.CalculateTTL(b.System(), time.Duration(d.Get("ttl").(int))*time.Second, r.TokenTTL, 0, r.TokenMaxTTL, 0, time.Time{})
 	if err != nil {
@@ -174,6 +196,10 @@ func (b *backend) issueToken(ctx context.Context, req *logical.Request, g grant,
 		CIDR:   g.CIDRs,
 	}
 	claims.Budget, claims.Rate = g.limits.claims(metered)
+	tokenType := "Bearer"
+	if g.JKT != "" {
+		claims.Cnf, tokenType = &jwtverify.Confirmation{JKT: g.JKT}, "DPoP"
+	}
 	tok := jwt.NewWithClaims(jwt.GetSigningMethod(st.alg), claims)
 	tok.Header["kid"] = st.kid
 	tok.Header["typ"] = jwtverify.TokenType
@@ -186,7 +212,7 @@ func (b *backend) issueToken(ctx context.Context, req *logical.Request, g grant,
 	}
 	resp := b.Secret(secretTypeJWT).Response(map[string]interface{}{
 		"token":      signed,
-		"token_type": "Bearer",
+		"token_type": tokenType,
 		"expires_in": int64(ttl.Seconds()),
 		"expires_at": exp.Format(time.RFC3339),
 		"jti":        jti,
@@ -202,6 +228,28 @@ func (b *backend) issueToken(ctx context.Context, req *logical.Request, g grant,
 	resp.Secret.TTL = ttl
 	resp.Secret.MaxTTL = ttl
 	return resp, nil
+}
+
+// dpopBinding is the thumbprint a mint asks to bind to (dpop_jkt, or
+// computed from dpop_jwk), "" for a bearer token.
+func dpopBinding(d *framework.FieldData) (string, error) {
+	jkt, jwk := d.Get("dpop_jkt").(string), d.Get("dpop_jwk").(string)
+	switch {
+	case jkt != "" && jwk != "":
+		return "", fmt.Errorf("give dpop_jkt or dpop_jwk, not both")
+	case jwk != "":
+		if len(jwk) > 8<<10 {
+			return "", fmt.Errorf("dpop_jwk is over 8 KiB: not a public key")
+		}
+		tp, err := jwtverify.Thumbprint([]byte(jwk))
+		if err != nil {
+			return "", fmt.Errorf("dpop_jwk: %w", err)
+		}
+		return tp, nil
+	case jkt != "" && !jwtverify.ValidJKT(jkt):
+		return "", fmt.Errorf("dpop_jkt must be a SHA-256 JWK thumbprint (RFC 7638): 43 characters of unpadded base64url")
+	}
+	return jkt, nil
 }
 
 // subject derives sub from the caller's Vault identity. A caller without an

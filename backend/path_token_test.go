@@ -10,6 +10,8 @@ import (
 
 	"github.com/hashicorp/vault/sdk/logical"
 
+	"github.com/keybroker/keybroker/contract"
+	"github.com/keybroker/keybroker/internal/dpoptest"
 	"github.com/keybroker/keybroker/jwtverify"
 )
 
@@ -361,4 +363,56 @@ func TestRetiredKeyLeavesJWKSOnTime(t *testing.T) {
 	if n := e.jwks().Len(); n != 1 {
 		t.Fatalf("JWKS after verification_ttl: %d keys, want 1", n)
 	}
+}
+
+// A token minted with the agent's key is DPoP-bound: cnf.jkt carries the
+// key's thumbprint, token_type says DPoP, and keybroker/verify, which cannot
+// check a proof, refuses it.
+func TestTokenDPoPBinding(t *testing.T) {
+	e := newJWTEnv(t, nil)
+	k := dpoptest.NewKey(t, "ES256")
+	for name, data := range map[string]map[string]interface{}{
+		"dpop_jkt": {"dpop_jkt": k.JKT},
+		"dpop_jwk": {"dpop_jwk": string(k.JWK)},
+	} {
+		t.Run(name, func(t *testing.T) {
+			resp := e.ok(logical.UpdateOperation, "token/agent", data)
+			c, err := e.offline(resp.Data["token"].(string), "billing")
+			if err != nil || c.BoundKey() != k.JKT || resp.Data["token_type"] != "DPoP" {
+				t.Fatalf("bound token: %v cnf %+v token_type %v", err, c.Cnf, resp.Data["token_type"])
+			}
+			if got := e.verifyReason(resp.Data["token"].(string), "10.0.0.1", nil); got != contract.ReasonDPoPRequired {
+				t.Fatalf("keybroker/verify on a bound token: %s", got)
+			}
+		})
+	}
+	bearer := e.ok(logical.UpdateOperation, "token/agent", nil)
+	if c, _ := e.offline(bearer.Data["token"].(string), "billing"); c.Cnf != nil || bearer.Data["token_type"] != "Bearer" {
+		t.Fatalf("a token minted without a key: cnf %+v, token_type %v", c.Cnf, bearer.Data["token_type"])
+	}
+
+	rsa1024 := `{"kty":"RSA","n":"` + strings.Repeat("A", 170) + `","e":"AQAB"}`
+	for _, tt := range []struct {
+		data map[string]interface{}
+		want string
+	}{
+		{map[string]interface{}{"dpop_jkt": k.JKT, "dpop_jwk": string(k.JWK)}, "not both"},
+		{map[string]interface{}{"dpop_jkt": "short"}, "43 characters"},
+		{map[string]interface{}{"dpop_jkt": strings.Repeat("+", 43)}, "43 characters"},
+		{map[string]interface{}{"dpop_jwk": string(k.PrivateJWK(t))}, "private"},
+		{map[string]interface{}{"dpop_jwk": `{"kty":"oct","k":"c2VjcmV0"}`}, "dpop_jwk"},
+		{map[string]interface{}{"dpop_jwk": rsa1024}, "dpop_jwk"},
+		{map[string]interface{}{"dpop_jwk": "not json"}, "not a JWK"},
+		{map[string]interface{}{"dpop_jwk": strings.Repeat(" ", 9<<10)}, "over 8 KiB"},
+	} {
+		e.userError(logical.UpdateOperation, "token/agent", tt.data, tt.want)
+	}
+
+	// A role that requires DPoP refuses unbound mints, and says how.
+	e.ok(logical.UpdateOperation, "roles/agent", map[string]interface{}{"require_dpop": true})
+	if r := e.ok(logical.ReadOperation, "roles/agent", nil); r.Data["require_dpop"] != true {
+		t.Fatalf("role read: require_dpop %v", r.Data["require_dpop"])
+	}
+	e.userError(logical.UpdateOperation, "token/agent", nil, "requires DPoP-bound tokens")
+	e.ok(logical.UpdateOperation, "token/agent", map[string]interface{}{"dpop_jkt": k.JKT})
 }

@@ -178,6 +178,8 @@ func (b *backend) verifyJWT(ctx context.Context, req *logical.Request, token str
 	switch {
 	case revoked != nil:
 		return verifyAnswer(reasonRevoked), nil
+	case c.BoundKey() != "":
+		return verifyAnswer(contract.ReasonDPoPRequired), nil
 	case !cidrsAllow(c.CIDR, addr):
 		return verifyAnswer(reasonCIDRDenied), nil
 	case len(subset(required, c.Scopes())) > 0:

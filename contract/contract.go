@@ -21,6 +21,11 @@ const (
 	ReasonInvalidSignature = "invalid_signature"
 	ReasonInvalidClaims    = "invalid_claims"
 	ReasonNotYetValid      = "not_yet_valid"
+	// ReasonDPoPRequired: the token is DPoP-bound; keybroker/verify cannot
+	// check the proof each request needs (nor refuse its replay), so it
+	// refuses the token. Verify it with a DPoP-aware verifier (the
+	// sidecar).
+	ReasonDPoPRequired = "dpop_required"
 )
 
 // VerifyAnswer is keybroker/verify's answer for an API key.

@@ -74,6 +74,23 @@ type Claims struct {
 	CIDR   []string   `json:"cidr,omitempty"`
 	Budget *Budget    `json:"budget,omitempty"`
 	Rate   *RateLimit `json:"rate_limit,omitempty"`
+	// Cnf binds the token to a key (RFC 7800): a DPoP-bound token
+	// (RFC 9449) is usable only with a proof signed by the key whose
+	// thumbprint is Cnf.JKT.
+	Cnf *Confirmation `json:"cnf,omitempty"`
+}
+
+// Confirmation is a token's cnf claim.
+type Confirmation struct {
+	JKT string `json:"jkt,omitempty"`
+}
+
+// BoundKey is the thumbprint the token is bound to; "" for a bearer token.
+func (c *Claims) BoundKey() string {
+	if c.Cnf == nil {
+		return ""
+	}
+	return c.Cnf.JKT
 }
 
 // Scopes splits the space-separated scope claim.
