@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -96,7 +95,7 @@ func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *
 	if err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
-	if strings.Count(key, ".") == 2 {
+	if contract.LooksLikeJWT(key) {
 		return b.verifyJWT(ctx, req, key, addr, required, d.Get("audience").(string))
 	}
 

@@ -6,7 +6,11 @@
 // spelled once. It depends on nothing but jwtverify's claim types.
 package contract
 
-import "github.com/keybroker/keybroker/jwtverify"
+import (
+	"strings"
+
+	"github.com/keybroker/keybroker/jwtverify"
+)
 
 // Reasons keybroker/verify gives. A bad credential is an answer, not an error.
 const (
@@ -27,6 +31,11 @@ const (
 	// sidecar).
 	ReasonDPoPRequired = "dpop_required"
 )
+
+// LooksLikeJWT tells a JWT from an API key by its shape: three dot-separated
+// parts (an API key has no dot). Both sides pick how to check a credential
+// by it.
+func LooksLikeJWT(cred string) bool { return strings.Count(cred, ".") == 2 }
 
 // VerifyAnswer is keybroker/verify's answer for an API key.
 type VerifyAnswer struct {

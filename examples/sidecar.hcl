@@ -18,6 +18,13 @@ trusted_proxies = ["127.0.0.1"]
 # gateway's headers are read. Leave it out and /verify is off.
 gateway = "nginx"
 
+# DPoP-bound agent tokens (RFC 9449): the scheme and host clients address
+# this service by, as their proofs name it in htu. Without it, bound tokens
+# are refused. Behind a gateway, the origin clients see, not the sidecar's.
+# public_origin          = "https://api.example.com"
+# dpop_proof_max_age     = "60s"    # how old a proof may be; remembered that long against replay
+# dpop_replay_cache_size = 500000   # proofs remembered at once; when full, 503 rather than forget
+
 # Optional tuning (defaults shown).
 # revocation_long_poll      = true   # the plugin holds feed reads until a revocation exists
 # revocation_poll_interval  = "1s"   # pace after errors, or of every read without long polls

@@ -44,6 +44,15 @@ type Config struct {
 	// envoy): it fixes where the original method and URI are read from.
 	// Empty: /verify is off.
 	Gateway string `hcl:"gateway,optional"`
+	// PublicOrigin is the scheme and host clients address this service by
+	// ("https://api.example.com"), as DPoP proofs name it in htu; the
+	// request's path completes the URI. Without it, DPoP-bound credentials
+	// are refused. DPoPProofMaxAge is how old a proof may be (default 60s);
+	// proofs are remembered that long to refuse replays, at most
+	// DPoPReplayCacheSize (default 500000) at once.
+	PublicOrigin        string `hcl:"public_origin,optional"`
+	DPoPProofMaxAge     string `hcl:"dpop_proof_max_age,optional"`
+	DPoPReplayCacheSize int    `hcl:"dpop_replay_cache_size,optional"`
 	// AllowUnmatched lets requests that match no route through with any
 	// valid credential; by default they are denied.
 	AllowUnmatched bool `hcl:"allow_unmatched,optional"`
@@ -167,6 +176,10 @@ type settings struct {
 	keyReplica                                  bool
 	keyFilter                                   keyFilter
 
+	publicOrigin   string // "": no DPoP
+	dpopMaxAge     time.Duration
+	dpopReplaySize int
+
 	reserveRequests                             int
 	reportInterval, reservationTTL, idleRelease time.Duration
 	name                                        string
@@ -240,6 +253,7 @@ func (c *Config) settings() (*settings, error) {
 		{"read_header_timeout", c.ReadHeaderTimeout, 10 * time.Second, &s.readHeaderTimeout},
 		{"read_timeout", c.ReadTimeout, time.Minute, &s.readTimeout},
 		{"idle_timeout", c.IdleTimeout, time.Minute, &s.idleTimeout},
+		{"dpop_proof_max_age", c.DPoPProofMaxAge, time.Minute, &s.dpopMaxAge},
 	}
 	for _, d := range durations {
 		*d.out = d.def
@@ -252,6 +266,7 @@ func (c *Config) settings() (*settings, error) {
 		}
 		*d.out = v
 	}
+	var err error
 	s.keyReplica = c.KeyReplica == nil || *c.KeyReplica
 	s.keyFilter = keyFilter{roles: c.KeyReplicaRoles, tenants: c.KeyReplicaTenants}
 	for _, f := range []struct {
@@ -274,6 +289,18 @@ func (c *Config) settings() (*settings, error) {
 	s.revocationWait = revocationLongPollWait
 	if c.RevocationLongPoll != nil && !*c.RevocationLongPoll {
 		s.revocationWait = 0
+	}
+	if s.publicOrigin, err = parsePublicOrigin(c.PublicOrigin); err != nil {
+		return nil, err
+	}
+	s.dpopReplaySize = cmp.Or(c.DPoPReplayCacheSize, 500_000)
+	switch {
+	case s.dpopMaxAge > 5*time.Minute:
+		return nil, fmt.Errorf("dpop_proof_max_age must be at most 5m: a proof is made for one request")
+	case s.dpopReplaySize < 1000 || s.dpopReplaySize > 10_000_000:
+		return nil, fmt.Errorf("dpop_replay_cache_size must be between 1000 and 10000000")
+	case s.publicOrigin == "" && (c.DPoPProofMaxAge != "" || c.DPoPReplayCacheSize != 0):
+		return nil, fmt.Errorf("dpop_proof_max_age and dpop_replay_cache_size need public_origin, which turns DPoP on")
 	}
 	if s.leeway > jwtverify.MaxLeeway {
 		return nil, fmt.Errorf("leeway must be at most %s", jwtverify.MaxLeeway)
@@ -304,7 +331,6 @@ func (c *Config) settings() (*settings, error) {
 		}
 		s.trusted = append(s.trusted, p.Masked())
 	}
-	var err error
 	if s.gateway, err = parseGateway(c.Gateway, len(s.trusted)); err != nil {
 		return nil, err
 	}
@@ -408,6 +434,24 @@ var (
 	roleNameRe   = regexp.MustCompile(`^\w([\w.-]*\w)?$`)
 	tenantNameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
 )
+
+// parsePublicOrigin checks public_origin: an http(s) scheme and host, no
+// path, query or user. It returns it normalised as htu compares it, without
+// the trailing slash; "" when unset.
+func parsePublicOrigin(o string) (string, error) {
+	if o == "" {
+		return "", nil
+	}
+	u, err := url.Parse(o)
+	if err != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+		return "", fmt.Errorf("public_origin %q must be a scheme and host only, such as https://api.example.com", o)
+	}
+	n, err := jwtverify.NormalizeHTU(o)
+	if err != nil {
+		return "", fmt.Errorf("public_origin %q: %v", o, err)
+	}
+	return strings.TrimSuffix(n, "/"), nil
+}
 
 func validHeaderName(h string) bool {
 	for i := 0; i < len(h); i++ {

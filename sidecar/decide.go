@@ -2,9 +2,6 @@ package sidecar
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
-	"errors"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -13,7 +10,6 @@ import (
 
 	"golang.org/x/time/rate"
 
-	"github.com/keybroker/keybroker/apikey"
 	"github.com/keybroker/keybroker/contract"
 	"github.com/keybroker/keybroker/jwtverify"
 )
@@ -30,6 +26,9 @@ type identity struct {
 	expiresAt time.Time
 	budget    *jwtverify.Budget    // nil: not metered
 	rate      *jwtverify.RateLimit // nil: no rate limit
+	// jkt is the thumbprint of the key the credential is bound to (DPoP),
+	// "" for a bearer credential.
+	jkt string
 	// lineageKey is what the rate limit is kept by, made once with the
 	// identity (which is cached), not per request.
 	lineageKey string
@@ -59,6 +58,14 @@ const (
 	reasonBudgetExhausted   = "budget_exhausted"
 	reasonRateLimited       = "rate_limited"
 	reasonTooManyFailures   = "too_many_failures"
+
+	// DPoP (RFC 9449). invalid_dpop_proof and dpop_proof_replayed answer
+	// with error="invalid_dpop_proof"; the others with invalid_token.
+	reasonDPoPRequired  = contract.ReasonDPoPRequired // a bound credential presented as a bearer
+	reasonDPoPNotBound  = "dpop_not_bound"            // DPoP scheme, but the credential is not bound
+	reasonDPoPDisabled  = "dpop_not_enabled"          // no public_origin: proofs cannot be checked
+	reasonInvalidProof  = "invalid_dpop_proof"
+	reasonProofReplayed = "dpop_proof_replayed"
 )
 
 // keyMintFallbackWindow: a key whose record the replica lacks is asked of
@@ -85,6 +92,8 @@ type decision struct {
 	retryAfter time.Duration
 	hold       *hold
 	rt         *route
+	// dpop: the 401 challenges with the DPoP scheme (and its algs).
+	dpop bool
 }
 
 func (d decision) allowed() bool { return d.status == http.StatusOK }
@@ -128,35 +137,30 @@ func (sc *Sidecar) decide(ctx context.Context, r request) decision {
 	if found, ok := credentialInQuery(rawQuery); found || !ok {
 		return deny(http.StatusBadRequest, reasonCredentialInQuery)
 	}
-	cred, ok := credentialFrom(r.header)
+	p, ok := presentedFrom(r.header)
 	if !ok {
 		return deny(http.StatusBadRequest, reasonBadRequest)
 	}
-	if cred == "" {
-		return deny(http.StatusUnauthorized, reasonNoCredential)
+	if p.cred == "" {
+		return decision{status: http.StatusUnauthorized, reason: reasonNoCredential, dpop: sc.dpop != nil}
 	}
-
-	var id *identity
-	var d decision
-	if strings.Count(cred, ".") == 2 {
-		id, d = sc.checkJWT(ctx, cred)
-	} else {
-		id, d = sc.checkKey(ctx, cred, r.clientIP)
-	}
+	p.method, p.rawPath, p.clientIP = r.method, rawPath, r.clientIP
+	id, d := sc.authenticatorFor(&p).authenticate(ctx, &p)
 	if id == nil {
 		return d
 	}
+	// Challenges answer in the scheme the credential came with.
 	switch {
 	case sc.revoked.has(id.id):
-		return deny(http.StatusUnauthorized, reasonRevoked)
+		return decision{status: http.StatusUnauthorized, reason: reasonRevoked, dpop: p.dpop}
 	case !time.Now().Before(id.expiresAt):
-		return deny(http.StatusUnauthorized, reasonExpired)
+		return decision{status: http.StatusUnauthorized, reason: reasonExpired, dpop: p.dpop}
 	case !prefixesAllow(id.cidrs, r.clientIP):
-		return deny(http.StatusUnauthorized, reasonCIDRDenied)
+		return decision{status: http.StatusUnauthorized, reason: reasonCIDRDenied, dpop: p.dpop}
 	}
 	for _, need := range rt.scopes {
 		if !slices.Contains(id.scopes, need) {
-			return decision{status: http.StatusForbidden, reason: reasonInsufficientScope, scope: strings.Join(rt.scopes, " ")}
+			return decision{status: http.StatusForbidden, reason: reasonInsufficientScope, scope: strings.Join(rt.scopes, " "), dpop: p.dpop}
 		}
 	}
 	allowed := decision{status: http.StatusOK, reason: reasonOK, id: id, degraded: d.degraded, rt: rt, path: path, query: rawQuery}
@@ -233,199 +237,6 @@ func prefixesAllow(cidrs []netip.Prefix, ip netip.Addr) bool {
 		}
 	}
 	return false
-}
-
-// credentialFrom reads Authorization: Bearer or X-API-Key. ok is false for a
-// request that is malformed: another auth scheme, two different credentials,
-// or either header repeated (a later component might read the other copy).
-func credentialFrom(h http.Header) (cred string, ok bool) {
-	auth, ok1 := single(h, "Authorization")
-	key, ok2 := single(h, "X-API-Key")
-	if !ok1 || !ok2 {
-		return "", false
-	}
-	bearer := ""
-	if auth != "" {
-		scheme, rest, found := strings.Cut(auth, " ")
-		if !found || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(rest) == "" {
-			return "", false
-		}
-		bearer = strings.TrimSpace(rest)
-	}
-	key = strings.TrimSpace(key)
-	switch {
-	case bearer != "" && key != "" && bearer != key:
-		return "", false
-	case bearer != "":
-		return bearer, true
-	}
-	return key, true
-}
-
-// checkJWT verifies a JWT offline. A verified token's identity is cached by
-// the token's hash until it expires, so a busy agent costs one signature
-// check, not one per request.
-func (sc *Sidecar) checkJWT(ctx context.Context, token string) (*identity, decision) {
-	h := sha256.Sum256([]byte(token))
-	if id, ok := sc.jwts.Get(h); ok {
-		sc.m.jwtHit.Inc()
-		return id, decision{}
-	}
-	sc.m.jwtMiss.Inc()
-	v := sc.verifier.Load()
-	if v == nil {
-		return nil, deny(http.StatusServiceUnavailable, reasonUnavailable)
-	}
-	c, err := v.Verify(token, sc.keys.Load())
-	if errors.Is(err, jwtverify.ErrUnknownKey) && sc.refetchForUnknownKid(ctx) {
-		c, err = v.Verify(token, sc.keys.Load())
-	}
-	switch {
-	case err == nil:
-	case errors.Is(err, jwtverify.ErrExpired):
-		return nil, deny(http.StatusUnauthorized, reasonExpired)
-	case errors.Is(err, jwtverify.ErrTooLarge), errors.Is(err, jwtverify.ErrMalformed), errors.Is(err, jwtverify.ErrHeader):
-		return nil, deny(http.StatusUnauthorized, reasonMalformed)
-	default:
-		return nil, deny(http.StatusUnauthorized, reasonInvalid)
-	}
-	// One clock rule, the verifier's: a token is good until exp + leeway,
-	// on this request and on every later one served from the cache.
-	id := &identity{jwt: true, id: c.ID, subject: c.Subject, role: c.Role, tenant: c.Tenant,
-		scopes: c.Scopes(), expiresAt: c.ExpiresAt.Time.Add(sc.s.leeway), budget: c.Budget, rate: c.Rate}
-	for _, s := range c.CIDR {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			return nil, deny(http.StatusUnauthorized, reasonInvalid)
-		}
-		id.cidrs = append(id.cidrs, p)
-	}
-	id.lineageKey = id.lineage()
-	sc.jwts.Add(h, id)
-	return id, decision{}
-}
-
-// checkKey checks an API key: the checksum offline, then the record in the
-// key replica and the key's hash against it, in constant time. Without a
-// usable replica (not read yet, key_replica = false, or not confirmed
-// current within max_stale), and for a key minted moments ago whose record
-// has not arrived, it goes on to the caches, then keybroker/verify within
-// the flood guard's limits. When Vault cannot be reached, a cached answer
-// serves for up to max_stale, then the sidecar fails closed.
-func (sc *Sidecar) checkKey(ctx context.Context, key string, ip netip.Addr) (*identity, decision) {
-	parsed, err := apikey.Parse(key)
-	if err != nil {
-		return nil, deny(http.StatusUnauthorized, reasonMalformed)
-	}
-	h := apikey.Hash(key)
-	now := time.Now()
-	if r := sc.replica; r != nil && r.usable(now, sc.s.maxStale) {
-		rec, metered := r.lookup(parsed.ID)
-		switch {
-		case rec != nil && subtle.ConstantTimeCompare(rec.hash[:], h[:]) == 1:
-			sc.m.replicaHit.Inc()
-			if !sc.s.keyFilter.passes(rec.shape.role, rec.shape.tenant) {
-				// The plugin filters too; this holds whatever it sends.
-				return nil, deny(http.StatusUnauthorized, reasonInvalid)
-			}
-			if rec.revoked {
-				return nil, deny(http.StatusUnauthorized, reasonRevoked)
-			}
-			return rec.identity(strings.Clone(parsed.ID), metered), decision{degraded: r.failing.Load()}
-		case rec != nil:
-			// Same answer as for an unknown key.
-			sc.m.replicaHit.Inc()
-			return nil, deny(http.StatusUnauthorized, reasonInvalid)
-		case !apikey.MintedNear(parsed.ID, now, keyMintFallbackWindow+now.Sub(r.currentAsOf(now))):
-			// No key has this key_id: one minted longer ago would be
-			// held. Forged keys end here, without a Vault call.
-			sc.m.replicaRefused.Inc()
-			return nil, deny(http.StatusUnauthorized, reasonInvalid)
-		}
-		// Minted moments ago, its record may be on its way: ask Vault,
-		// once, within the flood guard's limits.
-		sc.m.replicaFallback.Inc()
-	}
-	e, cached := sc.positive.Get(h)
-	if cached && now.Sub(e.fetched) < sc.s.keyCacheTTL {
-		sc.m.keyHit.Inc()
-		return e.id, decision{}
-	}
-	sc.m.keyMiss.Inc()
-	if n, ok := sc.negative.Get(h); ok && now.Before(n.expires) {
-		sc.m.negativeHit.Inc()
-		return nil, deny(http.StatusUnauthorized, n.reason)
-	}
-	if exp, ok := sc.unknownIDs.Get(parsed.ID); ok && now.Before(exp) {
-		sc.m.negativeHit.Inc()
-		return nil, deny(http.StatusUnauthorized, reasonInvalid)
-	}
-
-	var ans *contract.VerifyAnswer
-	if d := sc.flood.lookup(ctx, ip, func() bool {
-		// One Vault call per key however many requests carry it at
-		// once. The call must not die with the first caller's request:
-		// it answers them all.
-		v, verr, _ := sc.vaultSF.Do(string(h[:]), func() (interface{}, error) {
-			return sc.vault.verifyKey(context.WithoutCancel(ctx), key, ipString(ip))
-		})
-		err = verr
-		if err == nil {
-			ans = v.(*contract.VerifyAnswer)
-		}
-		return err == nil && ans.Reason != reasonOK
-	}); d != nil {
-		return nil, *d
-	}
-	if err != nil {
-		sc.m.vaultCalls.WithLabelValues("verify", "error").Inc()
-		if cached && now.Sub(e.fetched) < sc.s.maxStale {
-			return e.id, decision{degraded: true}
-		}
-		sc.log.Warn("cannot verify an API key: Vault unreachable and no fresh cache entry", "error", err)
-		return nil, deny(http.StatusServiceUnavailable, reasonUnavailable)
-	}
-	sc.m.vaultCalls.WithLabelValues("verify", "ok").Inc()
-	switch {
-	case ans.Reason == reasonOK && !sc.s.keyFilter.passes(ans.Role, ans.Tenant):
-		// A key outside key_replica_roles/tenants: this sidecar does not
-		// serve it, whether its record has arrived or not.
-		sc.negative.Add(h, negEntry{reason: reasonInvalid, expires: now.Add(sc.s.negativeCacheTTL)})
-		return nil, deny(http.StatusUnauthorized, reasonInvalid)
-	}
-	switch ans.Reason {
-	case reasonOK:
-	case reasonCIDRDenied:
-		// Depends on the address, so not cached.
-		return nil, deny(http.StatusUnauthorized, reasonCIDRDenied)
-	default:
-		reason := ans.Reason
-		if reason == contract.ReasonNotFound {
-			reason = reasonInvalid // same answer for an unknown key and a wrong one
-		}
-		if ans.UnknownKeyID {
-			sc.unknownIDs.Add(parsed.ID, now.Add(sc.s.negativeCacheTTL))
-		}
-		sc.negative.Add(h, negEntry{reason: reason, expires: now.Add(sc.s.negativeCacheTTL)})
-		sc.positive.Remove(h)
-		return nil, deny(http.StatusUnauthorized, reason)
-	}
-	id := &identity{id: ans.KeyID, subject: "key:" + ans.KeyID, role: ans.Role, tenant: ans.Tenant, scopes: ans.Scopes,
-		budget: ans.Budget, rate: ans.RateLimit}
-	if id.expiresAt, err = time.Parse(time.RFC3339, ans.ExpiresAt); err != nil {
-		return nil, deny(http.StatusServiceUnavailable, reasonUnavailable)
-	}
-	for _, s := range ans.BoundCIDRs {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			// A bound the sidecar cannot read must not become no bound.
-			return nil, deny(http.StatusServiceUnavailable, reasonUnavailable)
-		}
-		id.cidrs = append(id.cidrs, p)
-	}
-	id.lineageKey = id.lineage()
-	sc.positive.Add(h, &keyEntry{id: id, fetched: now})
-	return id, decision{}
 }
 
 func ipString(ip netip.Addr) string {

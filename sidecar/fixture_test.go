@@ -62,13 +62,23 @@ func newFixture(tb testing.TB, mutate func(c *Config)) *fixture {
 // (negative: already expired).
 func (f *fixture) jwt(tb testing.TB, scopes string, ttl time.Duration) string {
 	tb.Helper()
+	return f.sign(tb, f.claims(scopes, ttl))
+}
+
+// claims are what jwt signs, for a test to change first.
+func (f *fixture) claims(scopes string, ttl time.Duration) jwtverify.Claims {
 	now := time.Now()
-	tok := jwt.NewWithClaims(jwt.SigningMethodEdDSA, jwtverify.Claims{
+	return jwtverify.Claims{
 		RegisteredClaims: jwt.RegisteredClaims{Issuer: "https://iss", Audience: jwt.ClaimStrings{"svc"}, Subject: "agent",
 			ExpiresAt: jwt.NewNumericDate(now.Add(ttl)), IssuedAt: jwt.NewNumericDate(now.Add(min(0, ttl) - time.Minute)),
 			ID: "jti-" + strings.ReplaceAll(scopes, " ", "-") + ttl.String()},
 		Scope: scopes, CIDR: []string{"127.0.0.0/8"},
-	})
+	}
+}
+
+func (f *fixture) sign(tb testing.TB, c jwtverify.Claims) string {
+	tb.Helper()
+	tok := jwt.NewWithClaims(jwt.SigningMethodEdDSA, c)
 	tok.Header["kid"], tok.Header["typ"] = "k1", jwtverify.TokenType
 	signed, err := tok.SignedString(f.priv)
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/keybroker/keybroker/contract"
+	"github.com/keybroker/keybroker/jwtverify"
 )
 
 // headerRemaining goes with every allowed request of a metered credential.
@@ -187,16 +188,31 @@ func writeDenial(w http.ResponseWriter, d decision, only2xx401403 bool) {
 	body := map[string]string{"reason": d.reason, "error": d.reason}
 	switch d.status {
 	case http.StatusUnauthorized:
-		if d.reason == reasonNoCredential {
+		switch {
+		case d.reason == reasonNoCredential && d.dpop:
+			h.Set("WWW-Authenticate", `Bearer realm="keybroker", `+dpopChallenge)
+			body["error"] = "invalid_request"
+		case d.reason == reasonNoCredential:
 			h.Set("WWW-Authenticate", `Bearer realm="keybroker"`)
 			body["error"] = "invalid_request"
-		} else {
+		case d.dpop:
+			code := "invalid_token"
+			if d.reason == reasonInvalidProof || d.reason == reasonProofReplayed {
+				code = "invalid_dpop_proof"
+			}
+			h.Set("WWW-Authenticate", fmt.Sprintf(`%s, error=%q, error_description=%q`, dpopChallenge, code, d.reason))
+			body["error"] = code
+		default:
 			h.Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="keybroker", error="invalid_token", error_description=%q`, d.reason))
 			body["error"] = "invalid_token"
 		}
 	case http.StatusForbidden:
 		if d.reason == reasonInsufficientScope {
-			h.Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="keybroker", error="insufficient_scope", scope=%q`, d.scope))
+			scheme := `Bearer realm="keybroker"`
+			if d.dpop {
+				scheme = dpopChallenge
+			}
+			h.Set("WWW-Authenticate", fmt.Sprintf(`%s, error="insufficient_scope", scope=%q`, scheme, d.scope))
 			body["error"] = "insufficient_scope"
 			body["scope"] = d.scope
 		}
@@ -217,6 +233,10 @@ func writeDenial(w http.ResponseWriter, d decision, only2xx401403 bool) {
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(body)
 }
+
+// dpopChallenge is the DPoP scheme's challenge (RFC 9449 §7.1): the
+// algorithms proofs may be signed with.
+var dpopChallenge = `DPoP algs="` + strings.Join(jwtverify.ProofAlgorithms, " ") + `"`
 
 // setIdentity sets the caller's identity headers. On a gateway's answer
 // (all) every one is set, empty where it does not apply (a public route has
@@ -240,12 +260,13 @@ func setIdentity(h http.Header, id *identity, all bool) {
 	}
 }
 
-// stripCredentialAndIdentity removes the credential, so the service never
-// sees it, and any X-Keybroker-* header the client sent, so identity headers
+// stripCredentialAndIdentity removes the credential (and a DPoP proof), so
+// the service never sees it, and any X-Keybroker-* header the client sent, so identity headers
 // can only come from the sidecar.
 func stripCredentialAndIdentity(h http.Header) {
 	h.Del("Authorization")
 	h.Del("X-API-Key")
+	h.Del("DPoP")
 	for k := range h {
 		if len(k) >= len(contract.HeaderPrefix) && strings.EqualFold(k[:len(contract.HeaderPrefix)], contract.HeaderPrefix) {
 			delete(h, k)

@@ -23,6 +23,7 @@ type metrics struct {
 	spent          prometheus.Counter
 	costOverHold   prometheus.Counter
 	usageFallbacks *prometheus.CounterVec
+	dpopProofs     *prometheus.CounterVec
 
 	// Resolved once: the hot path should not hash label values per request.
 	jwtHit, jwtMiss, keyHit, keyMiss, negativeHit prometheus.Counter
@@ -111,6 +112,10 @@ func newMetrics(s *Sidecar) *metrics {
 		Name: "keybroker_sidecar_usage_fallbacks_total",
 		Help: "Responses charged the fallback (the hold, or the route's cost) because their usage could not be read, by source (header, openai) and reason (missing, invalid, too_large, encoding).",
 	}, []string{"source", "reason"})
+	m.dpopProofs = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "keybroker_sidecar_dpop_proofs_total",
+		Help: "Requests with the DPoP scheme by result: ok, invalid_dpop_proof, dpop_proof_replayed, dpop_not_bound, dpop_not_enabled, replay_cache_full.",
+	}, []string{"result"})
 	m.jwtHit, m.jwtMiss = m.cache.WithLabelValues("jwt", "hit"), m.cache.WithLabelValues("jwt", "miss")
 	m.keyHit, m.keyMiss = m.cache.WithLabelValues("api_key", "hit"), m.cache.WithLabelValues("api_key", "miss")
 	m.negativeHit = m.cache.WithLabelValues("negative", "hit")
@@ -122,7 +127,7 @@ func newMetrics(s *Sidecar) *metrics {
 	m.replicaFallback = m.cache.WithLabelValues("key_replica", "fallback")
 	m.reg.MustRegister(m.decisions, m.latency, m.cache, m.degraded, m.jwksFetches, m.vaultCalls, lag, age, m.revokedCount, m.feedRestarts,
 		m.keySyncSeconds, m.keyResyncs, records, recordsLag,
-		m.spent, m.costOverHold, m.usageFallbacks)
+		m.spent, m.costOverHold, m.usageFallbacks, m.dpopProofs)
 	return m
 }
 

@@ -29,6 +29,7 @@ type Sidecar struct {
 	log   hclog.Logger
 	vault *vaultClient
 	m     *metrics
+	dpop  *dpopConfig // nil: no DPoP
 
 	verifier atomic.Pointer[jwtverify.Verifier]
 	keys     atomic.Pointer[jwtverify.KeySet]
@@ -105,6 +106,9 @@ func New(c *Config, log hclog.Logger) (*Sidecar, error) {
 	}
 	if s.keyReplica {
 		sc.replica = newKeyReplica()
+	}
+	if s.publicOrigin != "" {
+		sc.dpop = &dpopConfig{origin: s.publicOrigin, maxAge: s.dpopMaxAge, leeway: s.leeway, replay: newReplayCache(s.dpopReplaySize)}
 	}
 	sc.budgets = newBudgets(sc)
 	sc.holder = s.name

@@ -90,20 +90,25 @@ func TestConfigFileErrorsNameTheLine(t *testing.T) {
 	}
 }
 
-func TestCredentialFrom(t *testing.T) {
+func TestPresentedFrom(t *testing.T) {
 	for _, tc := range []struct {
-		auth, apiKey string
-		want         string
-		ok           bool
+		auth, apiKey, proof string
+		want                string
+		dpop, ok            bool
 	}{
-		{"Bearer abc", "", "abc", true},
-		{"bearer  abc ", "", "abc", true},
-		{"", "kb_x", "kb_x", true},
-		{"Bearer abc", "abc", "abc", true},
-		{"", "", "", true},
-		{"Basic dXNlcjpw", "", "", false},
-		{"Bearer", "", "", false},
-		{"Bearer abc", "def", "", false},
+		{"Bearer abc", "", "", "abc", false, true},
+		{"bearer  abc ", "", "", "abc", false, true},
+		{"", "kb_x", "", "kb_x", false, true},
+		{"Bearer abc", "abc", "", "abc", false, true},
+		{"", "", "", "", false, true},
+		{"DPoP abc", "", "p.r.f", "abc", true, true},
+		{"dpop abc", "", "", "abc", true, true}, // no proof: the authenticator says so
+		{"Bearer abc", "", "p.r.f", "abc", false, true},
+		{"Basic dXNlcjpw", "", "", "", false, false},
+		{"Bearer", "", "", "", false, false},
+		{"DPoP", "", "p.r.f", "", false, false},
+		{"Bearer abc", "def", "", "", false, false},
+		{"DPoP abc", "def", "p.r.f", "", false, false},
 	} {
 		h := http.Header{}
 		if tc.auth != "" {
@@ -112,19 +117,24 @@ func TestCredentialFrom(t *testing.T) {
 		if tc.apiKey != "" {
 			h.Set("X-API-Key", tc.apiKey)
 		}
-		got, ok := credentialFrom(h)
-		if got != tc.want || ok != tc.ok {
-			t.Errorf("Authorization %q X-API-Key %q: got %q %v, want %q %v", tc.auth, tc.apiKey, got, ok, tc.want, tc.ok)
+		if tc.proof != "" {
+			h.Set("DPoP", tc.proof)
+		}
+		got, ok := presentedFrom(h)
+		if got.cred != tc.want || got.dpop != tc.dpop || ok != tc.ok || (ok && got.proof != tc.proof) {
+			t.Errorf("Authorization %q X-API-Key %q DPoP %q: got %+v %v, want %q dpop=%v %v", tc.auth, tc.apiKey, tc.proof, got, ok, tc.want, tc.dpop, tc.ok)
 		}
 	}
-	// A repeated credential header is malformed, whatever the copies say:
-	// the sidecar would check one and a later component might read the other.
+	// A repeated credential or proof header is malformed, whatever the
+	// copies say: the sidecar would check one and a later component might
+	// read the other.
 	for _, h := range []http.Header{
 		{"Authorization": {"Bearer abc", "Bearer def"}},
 		{"Authorization": {"Bearer abc", "Bearer abc"}},
 		{"X-Api-Key": {"kb_a", "kb_b"}},
+		{"Authorization": {"DPoP abc"}, "Dpop": {"p.r.f", "p.r.f"}},
 	} {
-		if _, ok := credentialFrom(h); ok {
+		if _, ok := presentedFrom(h); ok {
 			t.Errorf("%v: accepted", h)
 		}
 	}

@@ -1,0 +1,82 @@
+package sidecar
+
+import (
+	"context"
+	"net/http"
+	"net/netip"
+	"strings"
+
+	"github.com/keybroker/keybroker/contract"
+)
+
+// An authenticator checks one kind of credential and says who it belongs
+// to: an API key, a bearer JWT, or a DPoP-bound credential with its proof.
+// Each kind lives in its own file (authn_*.go); authenticatorFor is the one
+// place that picks.
+type authenticator interface {
+	authenticate(ctx context.Context, p *presentation) (*identity, decision)
+}
+
+// presentation is a credential as one request presents it, with what a
+// proof of possession is checked against.
+type presentation struct {
+	cred string
+	// dpop: the Authorization scheme was DPoP; proof is the DPoP header.
+	dpop  bool
+	proof string
+	// The request the credential came with: its method and raw path (as
+	// the client sent them, or as the gateway reports them) and the
+	// client's address.
+	method, rawPath string
+	clientIP        netip.Addr
+}
+
+// authenticatorFor picks the authenticator for a presentation: DPoP by the
+// Authorization scheme, else a JWT or an API key by the credential's shape.
+func (sc *Sidecar) authenticatorFor(p *presentation) authenticator {
+	switch {
+	case p.dpop:
+		return dpopBound{sc}
+	case contract.LooksLikeJWT(p.cred):
+		return bearerJWT{sc}
+	}
+	return apiKey{sc}
+}
+
+// presentedFrom reads the credential from Authorization (Bearer or DPoP)
+// or X-API-Key, and the DPoP proof header. ok is false for a request that
+// is malformed: another auth scheme, two different credentials, or any of
+// the headers repeated (a later component might read the other copy).
+func presentedFrom(h http.Header) (p presentation, ok bool) {
+	auth, ok1 := single(h, "Authorization")
+	key, ok2 := single(h, "X-API-Key")
+	proof, ok3 := single(h, "DPoP")
+	if !ok1 || !ok2 || !ok3 {
+		return presentation{}, false
+	}
+	fromAuth := ""
+	if auth != "" {
+		scheme, rest, found := strings.Cut(auth, " ")
+		switch {
+		case !found || strings.TrimSpace(rest) == "":
+			return presentation{}, false
+		case strings.EqualFold(scheme, "Bearer"):
+		case strings.EqualFold(scheme, "DPoP"):
+			p.dpop = true
+		default:
+			return presentation{}, false
+		}
+		fromAuth = strings.TrimSpace(rest)
+	}
+	key = strings.TrimSpace(key)
+	switch {
+	case fromAuth != "" && key != "" && fromAuth != key:
+		return presentation{}, false
+	case fromAuth != "":
+		p.cred = fromAuth
+	default:
+		p.cred = key
+	}
+	p.proof = strings.TrimSpace(proof)
+	return p, true
+}
