@@ -36,8 +36,9 @@ const (
 
 // ProofAlgorithms are the signature algorithms accepted for proofs, in the
 // order a WWW-Authenticate challenge lists them: asymmetric only (RFC 9449
-// §4.3: never none, never a MAC).
-var ProofAlgorithms = []string{"ES256", "ES384", "EdDSA", "RS256", "PS256"}
+// §4.3: never none, never a MAC). Ed25519 is EdDSA on that curve under its
+// fully-specified name (RFC 9864), which newer clients send.
+var ProofAlgorithms = []string{"ES256", "ES384", "EdDSA", "Ed25519", "RS256", "PS256"}
 
 // minRSABits is the smallest RSA key a proof may be signed with.
 const minRSABits = 2048
@@ -143,6 +144,9 @@ func VerifyProof(proof string, c ProofCheck) (*Proof, error) {
 		return nil, err
 	}
 	method := jwt.GetSigningMethod(h.Alg)
+	if h.Alg == "Ed25519" {
+		method = jwt.SigningMethodEdDSA
+	}
 	if method == nil {
 		return nil, ErrProofKey
 	}
@@ -206,7 +210,7 @@ func proofKey(alg string, raw json.RawMessage) (crypto.PublicKey, string, error)
 	case *ecdsa.PublicKey:
 		ok = (alg == "ES256" && k.Curve == elliptic.P256()) || (alg == "ES384" && k.Curve == elliptic.P384())
 	case ed25519.PublicKey:
-		ok = alg == "EdDSA"
+		ok = alg == "EdDSA" || alg == "Ed25519"
 	case *rsa.PublicKey:
 		ok = (alg == "RS256" || alg == "PS256") && k.N.BitLen() >= minRSABits
 	}

@@ -110,7 +110,7 @@ func TestDPoPBoundJWT(t *testing.T) {
 	// A request without a credential learns both schemes.
 	w = httptest.NewRecorder()
 	writeDenial(w, decideWith(f.sc, "GET", "/v1/items", http.Header{}), false)
-	if c := w.Header().Get("WWW-Authenticate"); c != `Bearer realm="keybroker", DPoP algs="ES256 ES384 EdDSA RS256 PS256"` {
+	if c := w.Header().Get("WWW-Authenticate"); c != `Bearer realm="keybroker", DPoP algs="ES256 ES384 EdDSA Ed25519 RS256 PS256"` {
 		t.Fatalf("no-credential challenge %q", c)
 	}
 }

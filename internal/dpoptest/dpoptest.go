@@ -26,14 +26,16 @@ import (
 
 // Key is a client's DPoP key.
 type Key struct {
-	Alg    jwt.SigningMethod
-	Signer crypto.Signer
+	// AlgName is the header's alg; Alg signs.
+	AlgName string
+	Alg     jwt.SigningMethod
+	Signer  crypto.Signer
 	// JWK is the public half as proofs carry it; JKT its thumbprint.
 	JWK json.RawMessage
 	JKT string
 }
 
-// NewKey makes a key for alg: ES256, ES384, EdDSA, RS256 or PS256.
+// NewKey makes a key for alg: ES256, ES384, EdDSA, Ed25519, RS256 or PS256.
 func NewKey(t testing.TB, alg string) *Key {
 	t.Helper()
 	var s crypto.Signer
@@ -43,7 +45,7 @@ func NewKey(t testing.TB, alg string) *Key {
 		s, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	case "ES384":
 		s, err = ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
-	case "EdDSA":
+	case "EdDSA", "Ed25519":
 		_, s, err = ed25519.GenerateKey(rand.Reader)
 	case "RS256", "PS256":
 		s, err = rsa.GenerateKey(rand.Reader, 2048)
@@ -61,7 +63,11 @@ func NewKey(t testing.TB, alg string) *Key {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Key{Alg: jwt.GetSigningMethod(alg), Signer: s, JWK: jwk, JKT: jkt}
+	method := jwt.GetSigningMethod(alg)
+	if alg == "Ed25519" {
+		method = jwt.SigningMethodEdDSA
+	}
+	return &Key{AlgName: alg, Alg: method, Signer: s, JWK: jwk, JKT: jkt}
 }
 
 // PrivateJWK is the key with its private part, as a client must never send.
@@ -88,7 +94,7 @@ func (k *Key) Proof(t testing.TB, method, htu, token string, iat time.Time, edit
 		c["ath"] = base64.RawURLEncoding.EncodeToString(sum[:])
 	}
 	tok := jwt.NewWithClaims(k.Alg, jwt.MapClaims(c))
-	tok.Header["typ"] = jwtverify.ProofType
+	tok.Header["typ"], tok.Header["alg"] = jwtverify.ProofType, k.AlgName
 	tok.Header["jwk"] = k.JWK
 	if edit != nil {
 		edit(tok.Header, c)

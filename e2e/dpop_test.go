@@ -1,0 +1,178 @@
+package e2e
+
+import (
+	"encoding/json"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/keybroker/keybroker/internal/vaultserver"
+	"github.com/keybroker/keybroker/sidecar"
+)
+
+// interopDir holds the npm clients the tests drive (package.json and its
+// lock); node_modules is installed there on first use.
+var interopDir = filepath.Join("testdata", "interop")
+
+var (
+	npmOnce sync.Once
+	npmErr  error
+)
+
+// interop runs testdata/interop/interop.mjs with args and decodes its JSON
+// answer into out. It skips the test, saying why, when node or the npm
+// packages cannot be had.
+func interop(t *testing.T, out any, args ...string) {
+	t.Helper()
+	node, err := exec.LookPath("node")
+	if err != nil {
+		t.Skip("node is not installed: the npm interop tests (dpop, jose) need it; apt-get install nodejs npm")
+	}
+	npmOnce.Do(func() {
+		if _, err := os.Stat(filepath.Join(interopDir, "node_modules", "dpop")); err == nil {
+			return
+		}
+		npm, err := exec.LookPath("npm")
+		if err != nil {
+			npmErr = err
+			return
+		}
+		cmd := exec.Command(npm, "ci", "--no-audit", "--no-fund", "--loglevel=error")
+		cmd.Dir = interopDir
+		if b, err := cmd.CombinedOutput(); err != nil {
+			npmErr = &exec.Error{Name: "npm ci: " + strings.TrimSpace(string(b)), Err: err}
+		}
+	})
+	if npmErr != nil {
+		t.Skipf("cannot install the npm interop clients (dpop, jose): %v", npmErr)
+	}
+	cmd := exec.Command(node, append([]string{"interop.mjs"}, args...)...)
+	cmd.Dir = interopDir
+	b, err := cmd.Output()
+	if err != nil {
+		var stderr string
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = string(ee.Stderr)
+		}
+		t.Fatalf("node interop.mjs %s: %v\n%s", args[0], err, stderr)
+	}
+	if err := json.Unmarshal(b, out); err != nil {
+		t.Fatalf("node interop.mjs %s: %v in %q", args[0], err, b)
+	}
+}
+
+// npmKey is a DPoP key made by the dpop package.
+type npmKey struct {
+	alg        string
+	PublicJWK  json.RawMessage `json:"publicJwk"`
+	PrivateJWK json.RawMessage `json:"privateJwk"`
+	JKT        string          `json:"jkt"`
+}
+
+func newNPMKey(t *testing.T, alg string) *npmKey {
+	k := &npmKey{alg: alg}
+	interop(t, k, "keygen", alg)
+	return k
+}
+
+// proof is a DPoP proof made by the dpop package.
+func (k *npmKey) proof(t *testing.T, htm, htu, token string) string {
+	var p struct{ Proof string }
+	interop(t, &p, "proof", string(k.PrivateJWK), string(k.PublicJWK), k.alg, htm, htu, token)
+	return p.Proof
+}
+
+const dpopAgentPolicy = `
+path "keybroker/token/svc"     { capabilities = ["update"] }
+path "keybroker/token/refresh" { capabilities = ["update"] }
+`
+
+// Interop with code nobody here wrote: keys and proofs from the dpop npm
+// package, the token checked by jose through the discovery document. An
+// agent mints a DPoP-bound token from a role that requires it; the sidecar
+// serves a request with a fresh proof, refuses the same proof again, the
+// token as a bearer and a proof by another key; a refresh through Vault
+// needs a proof by the key and keeps the binding; the upstream never sees
+// token or proof.
+func TestDPoPWithNPMClients(t *testing.T) {
+	v := vaultserver.StartT(t)
+	setupRoles(t, v)
+	write(t, v.Client, "keybroker/roles/svc", map[string]interface{}{"require_dpop": true, "refresh_ttl": "1h"})
+	agent, err := v.LoginAs(ctxT(t), "dpop-agent", dpopAgentPolicy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, alg := range []string{"ES256", "Ed25519"} {
+		t.Run(alg, func(t *testing.T) {
+			k := newNPMKey(t, alg)
+			minted := write(t, agent, "keybroker/token/svc", map[string]interface{}{"dpop_jwk": string(k.PublicJWK), "audience": "svc"})
+			token := minted.Data["token"].(string)
+			if minted.Data["token_type"] != "DPoP" {
+				t.Fatalf("token_type %v", minted.Data["token_type"])
+			}
+			var checked struct {
+				Payload struct {
+					Cnf struct{ JKT string } `json:"cnf"`
+				}
+				Header struct{ Typ string }
+			}
+			interop(t, &checked, "verify", v.Addr+"/v1/keybroker/.well-known/openid-configuration", token, "svc")
+			if checked.Payload.Cnf.JKT != k.JKT || checked.Header.Typ != "at+jwt" {
+				t.Fatalf("jose read cnf.jkt %q typ %q; the dpop package's thumbprint is %q", checked.Payload.Cnf.JKT, checked.Header.Typ, k.JKT)
+			}
+
+			// The origin clients address the service by, not the
+			// sidecar's listener (a load balancer sits between).
+			const origin = "https://api.example.test"
+			e := startSidecar(t, v, func(c *sidecar.Config) { c.PublicOrigin = origin })
+			dpop := func(proof string) map[string]string {
+				return map[string]string{"Authorization": "DPoP " + token, "DPoP": proof}
+			}
+			good := k.proof(t, "GET", origin+"/read/x", token)
+			if r := call(t, e.proxy, "GET", "/read/x?q=1", dpop(good), ""); r.status != http.StatusOK {
+				t.Fatalf("a proof from the dpop package: %d %s", r.status, r.body)
+			}
+			if seen := e.seen(); seen.Get("DPoP") != "" || seen.Get("Authorization") != "" {
+				t.Fatalf("the upstream got the proof or the token: %v", seen)
+			}
+			r := call(t, e.proxy, "GET", "/read/x", dpop(good), "")
+			if r.status != http.StatusUnauthorized || r.header.Get("X-Keybroker-Reason") != "dpop_proof_replayed" ||
+				!strings.Contains(r.header.Get("WWW-Authenticate"), `error="invalid_dpop_proof"`) {
+				t.Fatalf("the same proof again: %d %s %q", r.status, r.header.Get("X-Keybroker-Reason"), r.header.Get("WWW-Authenticate"))
+			}
+			if r := call(t, e.proxy, "GET", "/read/x", bearer(token), ""); r.status != http.StatusUnauthorized || r.header.Get("X-Keybroker-Reason") != "dpop_required" {
+				t.Fatalf("the bound token as a bearer: %d %s", r.status, r.header.Get("X-Keybroker-Reason"))
+			}
+			thief := newNPMKey(t, alg)
+			if r := call(t, e.proxy, "GET", "/read/x", dpop(thief.proof(t, "GET", origin+"/read/x", token)), ""); r.status != http.StatusUnauthorized || r.header.Get("X-Keybroker-Reason") != "invalid_dpop_proof" {
+				t.Fatalf("a proof by another key: %d %s", r.status, r.header.Get("X-Keybroker-Reason"))
+			}
+			if r := call(t, e.proxy, "POST", "/read/x", dpop(k.proof(t, "GET", origin+"/read/x", token)), ""); r.status != http.StatusUnauthorized {
+				t.Fatalf("a GET proof on a POST: %d", r.status)
+			}
+
+			// Refresh: a thief's proof is refused and spends nothing; the
+			// holder's goes through and the binding stays.
+			refreshURL := v.Addr + "/v1/keybroker/token/refresh"
+			rt := minted.Data["refresh_token"].(string)
+			_, err := agent.Logical().WriteWithContext(ctxT(t), "keybroker/token/refresh", map[string]interface{}{"refresh_token": rt, "dpop_proof": thief.proof(t, "POST", refreshURL, "")})
+			if statusOf(err) != http.StatusBadRequest || !strings.Contains(err.Error(), "another key") {
+				t.Fatalf("a refresh with a thief's proof: %v", err)
+			}
+			again := write(t, agent, "keybroker/token/refresh", map[string]interface{}{"refresh_token": rt, "dpop_proof": k.proof(t, "POST", refreshURL, "")})
+			refreshed := again.Data["token"].(string)
+			interop(t, &checked, "verify", v.Addr+"/v1/keybroker/.well-known/openid-configuration", refreshed, "svc")
+			if checked.Payload.Cnf.JKT != k.JKT {
+				t.Fatalf("refreshed token bound to %q, want %q", checked.Payload.Cnf.JKT, k.JKT)
+			}
+			token = refreshed
+			if r := call(t, e.proxy, "GET", "/read/y", dpop(k.proof(t, "GET", origin+"/read/y", refreshed)), ""); r.status != http.StatusOK {
+				t.Fatalf("the refreshed token with a proof: %d %s", r.status, r.body)
+			}
+		})
+	}
+}
