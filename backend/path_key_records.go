@@ -479,6 +479,7 @@ func (k *keyEntry) record() contract.KeyRecord {
 		Revoked:    k.revoked(),
 		Budget:     budget,
 		RateLimit:  rate,
+		JKT:        k.JKT,
 	}
 }
 

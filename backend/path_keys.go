@@ -30,6 +30,9 @@ type keyEntry struct {
 	CreatedAt  time.Time         `json:"created_at"`
 	ExpiresAt  time.Time         `json:"expires_at"`
 	RevokedAt  time.Time         `json:"revoked_at,omitzero"`
+	// JKT binds the key to a key pair its holder keeps (DPoP): verifiers
+	// accept it only with a proof signed by it.
+	JKT string `json:"jkt,omitempty"`
 	limits
 }
 
@@ -50,6 +53,7 @@ func (k *keyEntry) publicData() map[string]interface{} {
 		"tenant":      k.Tenant,
 		"metadata":    md,
 		"expires_at":  k.ExpiresAt.UTC().Format(time.RFC3339),
+		"dpop_jkt":    k.JKT,
 	}
 }
 
@@ -99,7 +103,8 @@ keybroker/revocations; this is how keys minted from orphan roles are revoked.`,
 			HelpDescription: `Returns the key once; only its hash is stored. Unless the role is an orphan
 role, the key is a Vault lease: it is revoked by "vault lease revoke", by
 revoking the token that minted it, or by expiry, and can be renewed up to the
-role's max_ttl.`,
+role's max_ttl. With dpop_jkt or dpop_jwk the key is bound to its holder's
+key pair (DPoP, RFC 9449): verifiers then accept it only with a proof.`,
 		},
 	}
 }
@@ -114,6 +119,9 @@ func mintKeyFields() map[string]*framework.FieldSchema {
 	f["metadata"] = &framework.FieldSchema{
 		Type:        framework.TypeKVPairs,
 		Description: "Metadata returned with every verification of the key, in addition to the role's (keys may not repeat the role's).",
+	}
+	for k, v := range dpopFields("key", "The key is then sent with the DPoP scheme (Authorization: DPoP <key>) and a proof; alone, a leaked key is useless.") {
+		f[k] = v
 	}
 	return f
 }
@@ -147,6 +155,13 @@ func (b *backend) pathKeyMint(ctx context.Context, req *logical.Request, d *fram
 	lim, err := r.limits.narrow(roleName, d)
 	if err != nil {
 		return logical.ErrorResponse(err.Error()), nil
+	}
+	jkt, err := dpopBinding(d)
+	if err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
+	if r.RequireDPoP && jkt == "" {
+		return logical.ErrorResponse("role %q requires DPoP-bound credentials: give dpop_jkt (the thumbprint of the holder's public key) or dpop_jwk", roleName), nil
 	}
 
 	md := map[string]string{}
@@ -193,6 +208,7 @@ func (b *backend) pathKeyMint(ctx context.Context, req *logical.Request, d *fram
 	entry.CreatedAt = now
 	entry.ExpiresAt = now.Add(ttl)
 	entry.limits = lim
+	entry.JKT = jkt
 	if err := b.putKey(ctx, req.Storage, entry); err != nil {
 		return nil, err
 	}
@@ -207,6 +223,7 @@ func (b *backend) pathKeyMint(ctx context.Context, req *logical.Request, d *fram
 		"bound_cidrs": nonNil(cidrs),
 		"tenant":      r.Tenant,
 		"expires_at":  entry.ExpiresAt.Format(time.RFC3339),
+		"dpop_jkt":    jkt,
 	}
 	lim.responseData(data)
 	var resp *logical.Response

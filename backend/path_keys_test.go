@@ -10,6 +10,8 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/keybroker/keybroker/apikey"
+	"github.com/keybroker/keybroker/contract"
+	"github.com/keybroker/keybroker/internal/dpoptest"
 )
 
 func (e *testEnv) createRole(name string, data map[string]interface{}) {
@@ -249,4 +251,32 @@ func TestKeyIDPathsRejectBadIDs(t *testing.T) {
 	if resp := e.ok(logical.ReadOperation, "keys/id/AAAAAAAAAAAA", nil); resp != nil {
 		t.Fatalf("read of unknown key = %#v, want nil (404)", resp)
 	}
+}
+
+// A key minted with the holder's public key is bound: its record carries the
+// thumbprint for verifiers, keybroker/verify (which cannot check a proof)
+// refuses it, and a role with require_dpop mints no unbound key.
+func TestMintDPoPBoundKey(t *testing.T) {
+	e := newTestEnv(t)
+	e.createRole("r", map[string]interface{}{"scopes": "read"})
+	k := dpoptest.NewKey(t, "EdDSA")
+	minted := e.mint("r", map[string]interface{}{"dpop_jwk": string(k.JWK)})
+	id, key := minted.Data["key_id"].(string), minted.Data["key"].(string)
+	if minted.Data["dpop_jkt"] != k.JKT {
+		t.Fatalf("mint answer dpop_jkt %v", minted.Data["dpop_jkt"])
+	}
+	recs, _, _ := e.snapshotAll(nil)
+	if recs[id].JKT != k.JKT {
+		t.Fatalf("record jkt %q, want %q", recs[id].JKT, k.JKT)
+	}
+	if r := e.ok(logical.ReadOperation, "keys/id/"+id, nil); r.Data["dpop_jkt"] != k.JKT {
+		t.Fatalf("key read dpop_jkt %v", r.Data["dpop_jkt"])
+	}
+	if got := e.verifyReason(key, "10.0.0.1", nil); got != contract.ReasonDPoPRequired {
+		t.Fatalf("verify on a bound key: %s", got)
+	}
+	e.userError(logical.UpdateOperation, "keys/r", map[string]interface{}{"name": "x", "dpop_jkt": "nope"}, "43 characters")
+	e.ok(logical.UpdateOperation, "roles/r", map[string]interface{}{"require_dpop": true})
+	e.userError(logical.UpdateOperation, "keys/r", map[string]interface{}{"name": "x"}, "requires DPoP-bound credentials")
+	e.mint("r", map[string]interface{}{"dpop_jkt": k.JKT})
 }

@@ -180,6 +180,12 @@ func (b *backend) pathRefreshWrite(ctx context.Context, req *logical.Request, d 
 	if entry.Grant.EntityID != req.EntityID {
 		return logical.ErrorResponse("refresh_token was issued to another Vault identity"), nil
 	}
+	// Before reuse detection: for a bound family, a caller without the key
+	// can neither spend the refresh token nor, with a spent one, revoke
+	// the family.
+	if msg := b.checkRefreshProof(req, entry.Grant.JKT, d.Get("dpop_proof").(string)); msg != "" {
+		return logical.ErrorResponse(msg), nil
+	}
 	if !entry.SpentAt.IsZero() {
 		if err := b.revokeFamilyLocked(ctx, req.Storage, entry.Family); err != nil {
 			return nil, err
@@ -206,11 +212,6 @@ func (b *backend) pathRefreshWrite(ctx context.Context, req *logical.Request, d 
 	g, msg := narrowGrant(entry.Grant, r)
 	if msg != "" {
 		return logical.ErrorResponse("role %q %s; mint a new token", entry.Grant.Role, msg), nil
-	}
-	if msg := b.checkRefreshProof(req, entry.Grant.JKT, d.Get("dpop_proof").(string)); msg != "" {
-		// The refresh token stays unspent: a caller without the key must
-		// not be able to burn the holder's refresh.
-		return logical.ErrorResponse(msg), nil
 	}
 	entry.SpentAt = time.Now().UTC()
 	if err := putJSON(ctx, req.Storage, refreshPrefix+entry.ID, entry); err != nil {

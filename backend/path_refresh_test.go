@@ -232,6 +232,16 @@ func TestRefreshDPoPBound(t *testing.T) {
 	}
 	// None of those spent it.
 	second := e.ok(logical.UpdateOperation, "token/refresh", map[string]interface{}{"refresh_token": rt, "dpop_proof": k.Proof(t, "PUT", url, "", now, nil)})
+	// The spent rt again without the key: refused, and the family lives
+	// (whoever stole it cannot burn it); with the key it is theft.
+	e.userError(logical.UpdateOperation, "token/refresh", map[string]interface{}{"refresh_token": rt, "dpop_proof": other.Proof(t, "POST", url, "", now, nil)}, "another key")
+	if ids, _, _ := e.feed(0); len(ids) != 0 {
+		t.Fatalf("a spent refresh token without the key revoked the family: %v", ids)
+	}
+	e.userError(logical.UpdateOperation, "token/refresh", map[string]interface{}{"refresh_token": rt, "dpop_proof": k.Proof(t, "POST", url, "", now, nil)}, "already used")
+	if ids, _, _ := e.feed(0); len(ids) != 2 {
+		t.Fatalf("reuse with the key: feed %v, want the family's two jtis", ids)
+	}
 	c, err := e.offline(second.Data["token"].(string), "billing")
 	if err != nil || c.BoundKey() != k.JKT || second.Data["token_type"] != "DPoP" {
 		t.Fatalf("refreshed token: %v cnf %+v", err, c.Cnf)

@@ -195,7 +195,7 @@ func pathRoles(b *backend) []*framework.Path {
 		},
 		"require_dpop": {
 			Type:        framework.TypeBool,
-			Description: "If true, every agent JWT minted or refreshed from the role is DPoP-bound (RFC 9449): the mint must give dpop_jkt or dpop_jwk. Setting it reaches existing refresh families: an unbound one can no longer refresh.",
+			Description: "If true, every credential minted from the role, API key or agent JWT, is DPoP-bound (RFC 9449): the mint must give dpop_jkt or dpop_jwk. Setting it reaches existing refresh families (an unbound one can no longer refresh), not keys already minted.",
 		},
 		"refresh_max_ttl": {
 			Type:        framework.TypeDurationSecond,

@@ -66,13 +66,8 @@ func mintTokenFields() map[string]*framework.FieldSchema {
 		Type:        framework.TypeString,
 		Description: "The token's aud; must be one of the role's audiences. Default: all of them.",
 	}
-	f["dpop_jkt"] = &framework.FieldSchema{
-		Type:        framework.TypeString,
-		Description: "Bind the token to the agent's key (DPoP, RFC 9449): the key's RFC 7638 SHA-256 thumbprint, base64url. The token then carries cnf.jkt, token_type is DPoP, and verifiers accept it only with a proof signed by that key. Or give dpop_jwk.",
-	}
-	f["dpop_jwk"] = &framework.FieldSchema{
-		Type:        framework.TypeString,
-		Description: "Bind the token to this public JWK (JSON: EC P-256 or P-384, Ed25519, or RSA of 2048 bits or more); the plugin computes its thumbprint. Never send the private key: it is refused.",
+	for k, v := range dpopFields("token", "The token then carries cnf.jkt and token_type is DPoP.") {
+		f[k] = v
 	}
 	return f
 }
@@ -228,6 +223,20 @@ func (b *backend) issueToken(ctx context.Context, req *logical.Request, g grant,
 	resp.Secret.TTL = ttl
 	resp.Secret.MaxTTL = ttl
 	return resp, nil
+}
+
+// dpopFields are a mint's fields that bind the credential to a key.
+func dpopFields(noun, then string) map[string]*framework.FieldSchema {
+	return map[string]*framework.FieldSchema{
+		"dpop_jkt": {
+			Type:        framework.TypeString,
+			Description: "Bind the " + noun + " to the holder's key (DPoP, RFC 9449): the key's RFC 7638 SHA-256 thumbprint, base64url. " + then + " Verifiers accept it only with a proof signed by that key. Or give dpop_jwk.",
+		},
+		"dpop_jwk": {
+			Type:        framework.TypeString,
+			Description: "Bind the " + noun + " to this public JWK (JSON: EC P-256 or P-384, Ed25519, or RSA of 2048 bits or more); the plugin computes its thumbprint. Never send the private key: it is refused.",
+		},
+	}
 }
 
 // dpopBinding is the thumbprint a mint asks to bind to (dpop_jkt, or

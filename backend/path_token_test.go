@@ -49,7 +49,7 @@ func (e *testEnv) jwks() *jwtverify.KeySet {
 // offline verifies a token as the sidecar would: against the fetched JWKS.
 func (e *testEnv) offline(token, aud string) (*jwtverify.Claims, error) {
 	e.t.Helper()
-	v, err := jwtverify.NewVerifier(jwtverify.Config{Issuer: testIssuer, Audiences: []string{aud}})
+	v, err := jwtverify.NewVerifier(jwtverify.Config{Issuer: testIssuer, Audiences: []string{aud}, AcceptBound: true})
 	if err != nil {
 		e.t.Fatal(err)
 	}

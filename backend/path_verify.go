@@ -123,6 +123,8 @@ func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *
 		return verifyAnswer(reasonRevoked), nil
 	case !time.Now().Before(k.ExpiresAt):
 		return verifyAnswer(reasonExpired), nil
+	case k.JKT != "":
+		return verifyAnswer(contract.ReasonDPoPRequired), nil
 	case !cidrsAllow(k.BoundCIDRs, addr):
 		return verifyAnswer(reasonCIDRDenied), nil
 	case len(subset(required, k.Scopes)) > 0:
@@ -163,6 +165,8 @@ func (b *backend) verifyJWT(ctx context.Context, req *logical.Request, token str
 		return verifyAnswer(reasonExpired), nil
 	case errors.Is(err, jwtverify.ErrNotYetValid):
 		return verifyAnswer(reasonNotYetValid), nil
+	case errors.Is(err, jwtverify.ErrBound):
+		return verifyAnswer(contract.ReasonDPoPRequired), nil
 	case errors.Is(err, jwtverify.ErrUnknownKey), errors.Is(err, jwtverify.ErrAlgorithm), errors.Is(err, jwtverify.ErrSignature):
 		return verifyAnswer(reasonInvalidSignature), nil
 	case errors.Is(err, jwtverify.ErrType), errors.Is(err, jwtverify.ErrClaims), errors.Is(err, jwtverify.ErrIssuerOrAudience):
@@ -177,8 +181,6 @@ func (b *backend) verifyJWT(ctx context.Context, req *logical.Request, token str
 	switch {
 	case revoked != nil:
 		return verifyAnswer(reasonRevoked), nil
-	case c.BoundKey() != "":
-		return verifyAnswer(contract.ReasonDPoPRequired), nil
 	case !cidrsAllow(c.CIDR, addr):
 		return verifyAnswer(reasonCIDRDenied), nil
 	case len(subset(required, c.Scopes())) > 0:

@@ -25,10 +25,10 @@ const (
 	ReasonInvalidSignature = "invalid_signature"
 	ReasonInvalidClaims    = "invalid_claims"
 	ReasonNotYetValid      = "not_yet_valid"
-	// ReasonDPoPRequired: the token is DPoP-bound; keybroker/verify cannot
-	// check the proof each request needs (nor refuse its replay), so it
-	// refuses the token. Verify it with a DPoP-aware verifier (the
-	// sidecar).
+	// ReasonDPoPRequired: the credential (a JWT or an API key) is
+	// DPoP-bound; keybroker/verify cannot check the proof each request
+	// needs (nor refuse its replay), so it refuses it. Verify it with a
+	// DPoP-aware verifier (the sidecar).
 	ReasonDPoPRequired = "dpop_required"
 )
 
@@ -134,6 +134,9 @@ type KeyRecord struct {
 	// then passes Budget on as keybroker/verify's answer would.
 	Budget    *jwtverify.Budget    `json:"budget,omitempty"`
 	RateLimit *jwtverify.RateLimit `json:"rate_limit,omitempty"`
+	// JKT binds the key to its holder's key pair (DPoP, RFC 9449): a
+	// verifier accepts it only with a proof signed by it.
+	JKT string `json:"jkt,omitempty"`
 }
 
 // KeyRecordsPage is one read of keybroker/key-records (the changes) or of

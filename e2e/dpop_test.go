@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/keybroker/keybroker/internal/vaultserver"
 	"github.com/keybroker/keybroker/sidecar"
@@ -172,6 +173,17 @@ func TestDPoPWithNPMClients(t *testing.T) {
 			token = refreshed
 			if r := call(t, e.proxy, "GET", "/read/y", dpop(k.proof(t, "GET", origin+"/read/y", refreshed)), ""); r.status != http.StatusOK {
 				t.Fatalf("the refreshed token with a proof: %d %s", r.status, r.body)
+			}
+
+			// An API key bound to the same key pair, verified from the
+			// sidecar's replica: useless alone, served with a proof.
+			key := write(t, v.Client, "keybroker/keys/svc", map[string]interface{}{"name": "bound", "dpop_jkt": k.JKT}).Data["key"].(string)
+			eventually(t, 10*time.Second, "the bound key's record never reached the sidecar", func() bool {
+				return call(t, e.proxy, "GET", "/read/z", bearer(key), "").header.Get("X-Keybroker-Reason") == "dpop_required"
+			})
+			withKey := map[string]string{"Authorization": "DPoP " + key, "DPoP": k.proof(t, "GET", origin+"/read/z", key)}
+			if r := call(t, e.proxy, "GET", "/read/z", withKey, ""); r.status != http.StatusOK {
+				t.Fatalf("a bound API key with a proof from the dpop package: %d %s", r.status, r.body)
 			}
 		})
 	}

@@ -40,8 +40,13 @@ const (
 // fully-specified name (RFC 9864), which newer clients send.
 var ProofAlgorithms = []string{"ES256", "ES384", "EdDSA", "Ed25519", "RS256", "PS256"}
 
-// minRSABits is the smallest RSA key a proof may be signed with.
-const minRSABits = 2048
+// minRSABits and maxRSABits bound the RSA keys a proof may be signed with:
+// weak ones are refused, and huge ones would make every refused proof cost
+// milliseconds of CPU.
+const (
+	minRSABits = 2048
+	maxRSABits = 4096
+)
 
 // Proof errors. A verifier answers all of them as invalid_dpop_proof; they
 // differ for logs and metrics. None carries the proof.
@@ -143,6 +148,11 @@ func VerifyProof(proof string, c ProofCheck) (*Proof, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Before the signature, which costs: a proof by another key is refused
+	// for the price of a hash.
+	if c.JKT != "" && subtle.ConstantTimeCompare([]byte(c.JKT), []byte(jkt)) != 1 {
+		return nil, ErrProofBinding
+	}
 	method := jwt.GetSigningMethod(h.Alg)
 	if h.Alg == "Ed25519" {
 		method = jwt.SigningMethodEdDSA
@@ -153,9 +163,6 @@ func VerifyProof(proof string, c ProofCheck) (*Proof, error) {
 	if err := method.Verify(proof[:last], sig, key); err != nil {
 		return nil, ErrProofSignature
 	}
-	if c.JKT != "" && subtle.ConstantTimeCompare([]byte(c.JKT), []byte(jkt)) != 1 {
-		return nil, ErrProofBinding
-	}
 
 	var cl proofClaims
 	if err := json.Unmarshal(payload, &cl); err != nil {
@@ -165,7 +172,9 @@ func VerifyProof(proof string, c ProofCheck) (*Proof, error) {
 		return nil, ErrProofClaims
 	}
 	got, err := NormalizeHTU(cl.HTU)
-	if err != nil {
+	if err != nil || (c.Target == nil && strings.ContainsAny(c.URL, "?#")) {
+		// The request's URI is the caller's to give without query or
+		// fragment: one with them would compare as another URI.
 		return nil, ErrProofClaims
 	}
 	if c.Target != nil {
@@ -182,8 +191,8 @@ func VerifyProof(proof string, c ProofCheck) (*Proof, error) {
 		}
 	}
 	var iat jwt.NumericDate
-	if len(cl.IAT) == 0 || iat.UnmarshalJSON(cl.IAT) != nil {
-		return nil, ErrProofClaims
+	if len(cl.IAT) == 0 || !(cl.IAT[0] >= '0' && cl.IAT[0] <= '9') || iat.UnmarshalJSON(cl.IAT) != nil {
+		return nil, ErrProofClaims // a JSON number of seconds, nothing else
 	}
 	if iat.Before(c.Now.Add(-c.MaxAge)) || iat.After(c.Now.Add(c.Leeway)) {
 		return nil, ErrProofTime
@@ -212,7 +221,7 @@ func proofKey(alg string, raw json.RawMessage) (crypto.PublicKey, string, error)
 	case ed25519.PublicKey:
 		ok = alg == "EdDSA" || alg == "Ed25519"
 	case *rsa.PublicKey:
-		ok = (alg == "RS256" || alg == "PS256") && k.N.BitLen() >= minRSABits
+		ok = (alg == "RS256" || alg == "PS256") && k.N.BitLen() >= minRSABits && k.N.BitLen() <= maxRSABits
 	}
 	if !ok {
 		return nil, "", ErrProofKey
@@ -240,6 +249,9 @@ func Thumbprint(jwkJSON []byte) (string, error) {
 	if err := jwk.UnmarshalJSON(jwkJSON); err != nil {
 		return "", fmt.Errorf("not a JWK: %w", err)
 	}
+	if _, symmetric := jwk.Key.([]byte); symmetric {
+		return "", errors.New("the JWK is a symmetric key: give the public key of an EC (P-256, P-384), OKP (Ed25519) or RSA key pair")
+	}
 	if !jwk.IsPublic() {
 		return "", errors.New("the JWK holds a private key: send only its public part")
 	}
@@ -253,8 +265,8 @@ func Thumbprint(jwkJSON []byte) (string, error) {
 		}
 	case ed25519.PublicKey:
 	case *rsa.PublicKey:
-		if k.N.BitLen() < minRSABits {
-			return "", fmt.Errorf("RSA keys must have at least %d bits", minRSABits)
+		if k.N.BitLen() < minRSABits || k.N.BitLen() > maxRSABits {
+			return "", fmt.Errorf("RSA keys must have %d to %d bits", minRSABits, maxRSABits)
 		}
 	default:
 		return "", errors.New("the JWK must be an EC (P-256, P-384), OKP (Ed25519) or RSA public key")

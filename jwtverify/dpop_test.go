@@ -2,9 +2,11 @@ package jwtverify_test
 
 import (
 	"crypto/rand"
+	"encoding/base64"
 	"crypto/rsa"
 	"encoding/json"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -43,6 +45,10 @@ func TestVerifyProofRefuses(t *testing.T) {
 	weakRSA, _ := rsa.GenerateKey(rand.Reader, 1024)
 	weakJWK, _ := (&jose.JSONWebKey{Key: weakRSA.Public()}).MarshalJSON()
 	ed := dpoptest.NewKey(t, "EdDSA")
+	hugeN := make([]byte, 625)
+	rand.Read(hugeN)
+	hugeN[0] |= 0x80
+	hugeRSA := json.RawMessage(`{"kty":"RSA","e":"AQAB","n":"` + base64.RawURLEncoding.EncodeToString(hugeN) + `"}`)
 	tests := []struct {
 		name  string
 		proof string
@@ -54,7 +60,10 @@ func TestVerifyProofRefuses(t *testing.T) {
 		{"another scheme", k.Proof(t, "GET", "http://api.example.com/read", token, now, nil), jwtverify.ErrProofClaims},
 		{"a relative htu", k.Proof(t, "GET", "/read", token, now, nil), jwtverify.ErrProofClaims},
 		{"signed by another key", other.Proof(t, "GET", url, token, now, nil), jwtverify.ErrProofBinding},
-		{"another key's jwk, this key's signature", k.Proof(t, "GET", url, token, now, func(h, _ map[string]interface{}) { h["jwk"] = other.JWK }), jwtverify.ErrProofSignature},
+		{"another key's jwk, this key's signature", k.Proof(t, "GET", url, token, now, func(h, _ map[string]interface{}) { h["jwk"] = other.JWK }), jwtverify.ErrProofBinding},
+		{"a broken signature", breakSignature(k.Proof(t, "GET", url, token, now, nil)), jwtverify.ErrProofSignature},
+		{"iat a numeric string", k.Proof(t, "GET", url, token, now, func(_, c map[string]interface{}) { c["iat"] = strconv.FormatInt(now.Unix(), 10) }), jwtverify.ErrProofClaims},
+		{"an RSA key of 5000 bits", k.Proof(t, "GET", url, token, now, func(h, _ map[string]interface{}) { h["jwk"] = hugeRSA; h["alg"] = "RS256" }), jwtverify.ErrProofKey},
 		{"stale iat", k.Proof(t, "GET", url, token, now.Add(-2*time.Minute), nil), jwtverify.ErrProofTime},
 		{"iat in the future", k.Proof(t, "GET", url, token, now.Add(time.Minute), nil), jwtverify.ErrProofTime},
 		{"no iat", k.Proof(t, "GET", url, token, now, func(_, c map[string]interface{}) { delete(c, "iat") }), jwtverify.ErrProofClaims},
@@ -90,11 +99,31 @@ func TestVerifyProofRefuses(t *testing.T) {
 	if _, err := jwtverify.VerifyProof(k.Proof(t, "GET", url, token, now, nil), check); err != nil {
 		t.Fatalf("the same proof done right: %v", err)
 	}
+	// The request's URI comes without query or fragment, or is refused:
+	// it would compare as another URI.
+	for _, u := range []string{url + "#/admin", url + "?x=1"} {
+		c := check
+		c.URL = u
+		if _, err := jwtverify.VerifyProof(k.Proof(t, "GET", url, token, now, nil), c); !errors.Is(err, jwtverify.ErrProofClaims) {
+			t.Fatalf("request URL %q: %v", u, err)
+		}
+	}
 }
 
 // htu names the target URI however the client spelled it: case of scheme
 // and host, default ports, percent-encoding of unreserved characters, and
 // no query or fragment.
+// breakSignature changes the signature's first character, to another of
+// the base64url alphabet.
+func breakSignature(proof string) string {
+	i := strings.LastIndexByte(proof, '.')
+	c := "A"
+	if proof[i+1] == 'A' {
+		c = "B"
+	}
+	return proof[:i+1] + c + proof[i+2:]
+}
+
 func TestNormalizeHTU(t *testing.T) {
 	same := [][2]string{
 		{"https://API.Example.com/read", "https://api.example.com/read"},

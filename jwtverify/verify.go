@@ -33,6 +33,7 @@ var (
 	ErrExpired          = errors.New("token is expired")
 	ErrNotYetValid      = errors.New("token is not valid yet")
 	ErrIssuerOrAudience = errors.New("token iss or aud does not match")
+	ErrBound            = errors.New("token is bound to a key (cnf): its proof of possession must be checked")
 )
 
 // Header is the part of the JOSE header keybroker reads. The untrusted
@@ -179,6 +180,12 @@ type Config struct {
 	MaxTokenSize int
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// AcceptBound accepts tokens bound to a key (cnf.jkt, DPoP): the
+	// caller then checks a proof by that key (VerifyProof against
+	// Claims.BoundKey) on every request. Without it such tokens are
+	// refused with ErrBound, so a verifier that checks no proof never
+	// takes a bound token for a bearer one.
+	AcceptBound bool
 }
 
 // Verifier checks access tokens against a key set and a Config.
@@ -225,6 +232,12 @@ func (v *Verifier) Verify(token string, keys *KeySet) (*Claims, error) {
 	}
 	if len(c.Audience) == 0 || c.ID == "" {
 		return nil, ErrClaims
+	}
+	switch {
+	case c.Cnf != nil && c.Cnf.JKT == "":
+		return nil, ErrClaims // a confirmation method no verifier here checks
+	case c.Cnf != nil && !v.cfg.AcceptBound:
+		return nil, ErrBound
 	}
 	if err := v.validator.Validate(&c); err != nil {
 		switch {

@@ -290,3 +290,28 @@ func BenchmarkVerifyEdDSA(b *testing.B) {
 		}
 	}
 }
+
+// A verifier that checks no proof never takes a bound token for a bearer
+// one: tokens with cnf are refused unless AcceptBound, and a cnf without a
+// jkt (a confirmation method nothing here checks) is refused always.
+func TestVerifyBoundTokens(t *testing.T) {
+	k := newTestKeys(t)
+	c := k.claims()
+	c.Cnf = &Confirmation{JKT: "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"}
+	bound := k.sign(t, "ed", c, nil)
+	if _, err := k.verifier(t).Verify(bound, k.set); !errors.Is(err, ErrBound) {
+		t.Fatalf("a bound token without AcceptBound: %v", err)
+	}
+	v, err := NewVerifier(Config{Issuer: k.issuer, Audiences: []string{k.audience}, Now: func() time.Time { return k.now }, AcceptBound: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := v.Verify(bound, k.set)
+	if err != nil || got.BoundKey() != c.Cnf.JKT {
+		t.Fatalf("a bound token with AcceptBound: %v %+v", err, got)
+	}
+	c.Cnf = &Confirmation{}
+	if _, err := v.Verify(k.sign(t, "ed", c, func(h map[string]any) {}), k.set); !errors.Is(err, ErrClaims) {
+		t.Fatalf("cnf without jkt: %v", err)
+	}
+}

@@ -29,6 +29,9 @@ type presentation struct {
 	// client's address.
 	method, rawPath string
 	clientIP        netip.Addr
+	// proofID is set by the DPoP authenticator for a valid proof: what the
+	// replay cache is to remember once the request is allowed.
+	proofID string
 }
 
 // authenticatorFor picks the authenticator for a presentation: DPoP by the

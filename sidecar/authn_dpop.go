@@ -2,7 +2,6 @@ package sidecar
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"time"
 
@@ -61,21 +60,31 @@ func (a dpopBound) authenticate(ctx context.Context, p *presentation) (*identity
 		sc.log.Debug("dpop proof refused", "id", id.id, "error", err)
 		return refuse(reasonInvalidProof)
 	}
-	// Remembered until it could no longer pass the iat check (an iat up to
-	// leeway ahead passes until maxAge after it).
-	switch sc.dpop.replay.add(id.jkt+"\x00"+proof.JTI, now.Add(sc.dpop.maxAge+sc.dpop.leeway+time.Second), now) {
-	case errReplayed:
-		return refuse(reasonProofReplayed)
-	case errReplayFull:
-		sc.m.dpopProofs.WithLabelValues("replay_cache_full").Inc()
-		sc.log.Warn("dpop replay cache full; refusing proofs until entries expire (raise dpop_replay_cache_size)")
-		return nil, deny(http.StatusServiceUnavailable, reasonUnavailable)
-	}
+	// The proof is remembered only once the request is otherwise allowed
+	// (recordProof): a revoked, expired or rate-limited credential must not
+	// fill the replay cache.
+	p.proofID = id.jkt + "\x00" + proof.JTI
 	sc.m.dpopProofs.WithLabelValues("ok").Inc()
 	return id, d
 }
 
-var (
-	errReplayed   = errors.New("dpop proof jti seen before")
-	errReplayFull = errors.New("dpop replay cache full")
-)
+// recordProof remembers an accepted proof until it could no longer pass the
+// iat check (an iat up to leeway ahead passes until maxAge after it), and
+// refuses it when it was seen before.
+func (sc *Sidecar) recordProof(p *presentation, id *identity) (decision, bool) {
+	now := time.Now()
+	window := sc.dpop.maxAge + sc.dpop.leeway + time.Second
+	switch sc.dpop.replay.add(p.proofID, id.lineage(), now.Add(window), now) {
+	case nil:
+		return decision{}, true
+	case errReplayed:
+		sc.m.dpopProofs.WithLabelValues(reasonProofReplayed).Inc()
+		return decision{status: http.StatusUnauthorized, reason: reasonProofReplayed, dpop: true}, false
+	case errReplayMany:
+		sc.m.dpopProofs.WithLabelValues("replay_quota").Inc()
+		return decision{status: http.StatusTooManyRequests, reason: reasonRateLimited, retryAfter: window}, false
+	}
+	sc.m.dpopProofs.WithLabelValues("replay_cache_full").Inc()
+	sc.log.Warn("dpop replay cache full; refusing proofs until entries expire (raise dpop_replay_cache_size)")
+	return deny(http.StatusServiceUnavailable, reasonUnavailable), false
+}

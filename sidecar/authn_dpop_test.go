@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -166,23 +167,52 @@ func TestPublicOriginConfig(t *testing.T) {
 }
 
 // The replay cache refuses a second use while a proof could pass, forgets
-// it after, and when full refuses new proofs rather than forget live ones.
+// it after, holds at most quota entries of one lineage, and when full
+// refuses new proofs rather than forget live ones.
 func TestReplayCache(t *testing.T) {
-	c := newReplayCache(2)
+	c := newReplayCache(16) // quota 2
 	now := time.Now()
 	forget := now.Add(time.Minute)
-	if c.add("a", forget, now) != nil || c.add("a", forget, now) != errReplayed {
+	if c.add("a", "x", forget, now) != nil || c.add("a", "y", forget, now) != errReplayed {
 		t.Fatal("a second use was not refused")
 	}
-	if c.add("b", forget, now) != nil || c.add("c", forget, now) != errReplayFull {
+	if c.add("b", "x", forget, now) != nil || c.add("c", "x", forget, now) != errReplayMany {
+		t.Fatal("one lineage took more than its quota")
+	}
+	for i := range 14 {
+		if err := c.add(strconv.Itoa(i), strconv.Itoa(i), forget, now); err != nil {
+			t.Fatalf("entry %d: %v", i, err)
+		}
+	}
+	if c.add("d", "z", forget, now) != errReplayFull {
 		t.Fatal("a full cache took a new proof")
 	}
 	later := now.Add(time.Minute)
-	if c.add("a", later.Add(time.Minute), later) != nil || c.add("c", later.Add(time.Minute), later) != nil {
+	if c.add("a", "x", later.Add(time.Minute), later) != nil || c.add("c", "x", later.Add(time.Minute), later) != nil {
 		t.Fatal("expired entries were not forgotten")
 	}
-	if len(c.seen) != 2 {
-		t.Fatalf("%d entries held", len(c.seen))
+	if len(c.seen) != 2 || c.held["x"] != 2 || len(c.held) != 1 {
+		t.Fatalf("%d entries held, by owner %v", len(c.seen), c.held)
+	}
+}
+
+// A proof is remembered only for a request that is otherwise allowed: a
+// revoked credential's proofs do not fill the cache, and a proof refused
+// for its scope may not be replayed onto an allowed request later either
+// way (it names its path).
+func TestDPoPProofRememberedOnlyWhenAllowed(t *testing.T) {
+	f := dpopFixture(t)
+	k := dpoptest.NewKey(t, "ES256")
+	tok := f.boundJWT(t, k, "jti-revoked")
+	f.sc.revoked.add("jti-revoked", time.Now().Add(time.Hour))
+	for range 3 {
+		p := k.Proof(t, "GET", testOrigin+"/v1/items", tok, time.Now(), nil)
+		if d := decideWith(f.sc, "GET", "/v1/items", dpopHeaders(tok, p)); d.reason != reasonRevoked {
+			t.Fatalf("a revoked bound token: %s", d.reason)
+		}
+	}
+	if n := len(f.sc.dpop.replay.seen); n != 0 {
+		t.Fatalf("%d proofs of a revoked token remembered", n)
 	}
 }
 
@@ -192,5 +222,41 @@ func TestDPoPHeaderStripped(t *testing.T) {
 	stripCredentialAndIdentity(h)
 	if h.Get("DPoP") != "" || h.Get("Authorization") != "" || h.Get("Accept") == "" {
 		t.Fatalf("after strip: %v", h)
+	}
+}
+
+// An API key bound to a key pair is, like a bound token, useless alone:
+// as a bearer or X-API-Key it is refused; with the DPoP scheme and a
+// proof for it (ath over the key) it is served.
+func TestDPoPBoundAPIKey(t *testing.T) {
+	f := dpopFixture(t)
+	k := dpoptest.NewKey(t, "ES256")
+	key, rec := testKey(t, time.Now().Add(-time.Hour), "web", "", "any", "read")
+	rec.JKT = k.JKT
+	synced(f.sc, rec)
+	now := time.Now()
+	url := testOrigin + "/v1/items"
+	if d := decideWith(f.sc, "GET", "/v1/items", dpopHeaders(key, k.Proof(t, "GET", url, key, now, nil))); !d.allowed() || d.id.jkt != k.JKT {
+		t.Fatalf("a bound key with its proof: %d %s", d.status, d.reason)
+	}
+	for name, h := range map[string]http.Header{
+		"as a bearer":      {"Authorization": {"Bearer " + key}},
+		"as X-API-Key":     {"X-Api-Key": {key}},
+		"bearer and proof": {"Authorization": {"Bearer " + key}, "Dpop": {k.Proof(t, "GET", url, key, now, nil)}},
+	} {
+		if d := decideWith(f.sc, "GET", "/v1/items", h); d.reason != reasonDPoPRequired {
+			t.Errorf("a bound key %s: %d %s", name, d.status, d.reason)
+		}
+	}
+	if d := decideWith(f.sc, "GET", "/v1/items", dpopHeaders(key, dpoptest.NewKey(t, "ES256").Proof(t, "GET", url, key, now, nil))); d.reason != reasonInvalidProof {
+		t.Fatalf("a bound key with a thief's proof: %s", d.reason)
+	}
+	// A record whose jkt is not a thumbprint is not read: the key is
+	// refused, never served unbound.
+	bad, badRec := testKey(t, time.Now().Add(-time.Hour), "web", "", "any")
+	badRec.JKT = "not-a-thumbprint"
+	synced(f.sc, badRec)
+	if d := decideWith(f.sc, "GET", "/v1/items", http.Header{"X-Api-Key": {bad}}); d.allowed() {
+		t.Fatal("a key whose binding could not be read was served")
 	}
 }

@@ -16,7 +16,11 @@ import (
 type apiKey struct{ sc *Sidecar }
 
 func (a apiKey) authenticate(ctx context.Context, p *presentation) (*identity, decision) {
-	return a.sc.checkKey(ctx, p.cred, p.clientIP)
+	id, d := a.sc.checkKey(ctx, p.cred, p.clientIP)
+	if id != nil && id.jkt != "" {
+		return nil, decision{status: http.StatusUnauthorized, reason: reasonDPoPRequired, dpop: true}
+	}
+	return id, d
 }
 
 // checkKey checks an API key: the checksum offline, then the record in the
@@ -87,7 +91,7 @@ func (sc *Sidecar) checkKey(ctx context.Context, key string, ip netip.Addr) (*id
 		if err == nil {
 			ans = v.(*contract.VerifyAnswer)
 		}
-		return err == nil && ans.Reason != reasonOK
+		return err == nil && ans.Reason != reasonOK && ans.Reason != contract.ReasonDPoPRequired
 	}); d != nil {
 		return nil, *d
 	}
@@ -112,6 +116,10 @@ func (sc *Sidecar) checkKey(ctx context.Context, key string, ip netip.Addr) (*id
 	case reasonCIDRDenied:
 		// Depends on the address, so not cached.
 		return nil, deny(http.StatusUnauthorized, reasonCIDRDenied)
+	case contract.ReasonDPoPRequired:
+		// A bound key Vault will not vouch for without its proof: its
+		// record, on its way, lets the sidecar check one. Not cached.
+		return nil, decision{status: http.StatusUnauthorized, reason: reasonDPoPRequired, dpop: true}
 	default:
 		reason := ans.Reason
 		if reason == contract.ReasonNotFound {

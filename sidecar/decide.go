@@ -174,6 +174,11 @@ func (sc *Sidecar) decide(ctx context.Context, r request) decision {
 			}
 		}
 	}
+	if p.proofID != "" {
+		if d, ok := sc.recordProof(&p, id); !ok {
+			return d
+		}
+	}
 	if id.budget != nil && (rt.cost > 0 || rt.usageHeader != "" || rt.openaiUsage) {
 		amount := id.budget.MaxCost
 		if rt.usageHeader == "" && !rt.openaiUsage {

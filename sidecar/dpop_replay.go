@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"errors"
 	"sync"
 	"time"
 )
@@ -8,35 +9,45 @@ import (
 // replayCache remembers the DPoP proofs accepted while they could still
 // pass the iat check, to refuse a second use. It is bounded: holding size
 // live entries, it refuses new proofs (the request fails closed with 503)
-// rather than forget one that could still be replayed. Every entry is kept
-// for the same time from when it is added, so order is by forget time and
-// the front expires first.
+// rather than forget one that could still be replayed; and one credential
+// lineage may hold at most quota of them, so that one busy or hostile
+// client cannot fill it for everyone. Every entry is kept for the same time
+// from when it is added, so order is by forget time and the front expires
+// first.
 type replayCache struct {
-	mu    sync.Mutex
-	size  int
-	seen  map[string]time.Time
-	order []replayEntry
-	head  int
+	mu          sync.Mutex
+	size, quota int
+	seen        map[string]time.Time
+	held        map[string]int // live entries by owner (lineage)
+	order       []replayEntry
+	head        int
 }
 
 type replayEntry struct {
-	key    string
-	forget time.Time
+	key, owner string
+	forget     time.Time
 }
+
+var (
+	errReplayed   = errors.New("dpop proof jti seen before")
+	errReplayFull = errors.New("dpop replay cache full")
+	errReplayMany = errors.New("too many live dpop proofs for one credential")
+)
 
 func newReplayCache(size int) *replayCache {
-	return &replayCache{size: size, seen: make(map[string]time.Time)}
+	return &replayCache{size: size, quota: max(1, size/8), seen: make(map[string]time.Time), held: make(map[string]int)}
 }
 
-// add records key until forget; errReplayed when it is held already,
-// errReplayFull when there is no room.
-func (c *replayCache) add(key string, forget, now time.Time) error {
+// add records key for owner until forget: errReplayed when it is held
+// already, errReplayFull or errReplayMany when there is no room.
+func (c *replayCache) add(key, owner string, forget, now time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for c.head < len(c.order) && !now.Before(c.order[c.head].forget) {
 		e := c.order[c.head]
-		if f, ok := c.seen[e.key]; ok && !now.Before(f) {
-			delete(c.seen, e.key)
+		delete(c.seen, e.key)
+		if c.held[e.owner]--; c.held[e.owner] <= 0 {
+			delete(c.held, e.owner)
 		}
 		c.order[c.head] = replayEntry{}
 		c.head++
@@ -45,13 +56,16 @@ func (c *replayCache) add(key string, forget, now time.Time) error {
 		c.order = append(c.order[:0], c.order[c.head:]...)
 		c.head = 0
 	}
-	if f, ok := c.seen[key]; ok && now.Before(f) {
+	switch {
+	case !c.seen[key].IsZero():
 		return errReplayed
-	}
-	if len(c.seen) >= c.size {
+	case len(c.seen) >= c.size:
 		return errReplayFull
+	case c.held[owner] >= c.quota:
+		return errReplayMany
 	}
 	c.seen[key] = forget
-	c.order = append(c.order, replayEntry{key: key, forget: forget})
+	c.held[owner]++
+	c.order = append(c.order, replayEntry{key: key, owner: owner, forget: forget})
 	return nil
 }

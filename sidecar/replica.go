@@ -60,6 +60,9 @@ type keyShape struct {
 	cidrs        []netip.Prefix
 	budget       *jwtverify.Budget // the key's own limits
 	rate         *jwtverify.RateLimit
+	// jkt binds the key (DPoP). Bound keys each have a shape of their
+	// own; unbound ones pay nothing for it.
+	jkt string
 }
 
 // expiredRecordGrace is how long a record stays after its key expired, so
@@ -110,7 +113,7 @@ func (r *keyReplica) lookup(id string) (rec *replicaRecord, metered bool) {
 func (rec *replicaRecord) identity(id string, metered bool) *identity {
 	sh := rec.shape
 	ident := &identity{id: id, subject: "key:" + id, role: sh.role, tenant: sh.tenant, scopes: sh.scopes, cidrs: sh.cidrs,
-		expiresAt: time.Unix(rec.expires, 0), rate: sh.rate}
+		expiresAt: time.Unix(rec.expires, 0), rate: sh.rate, jkt: sh.jkt}
 	if metered {
 		ident.budget = sh.budget
 	}
@@ -190,7 +193,10 @@ func parseRecord(kr *contract.KeyRecord) (*replicaRecord, string, error) {
 		return nil, "", fmt.Errorf("%w: expires_at", errBadRecord)
 	}
 	rec.expires = exp.Unix()
-	sh := &keyShape{role: kr.Role, tenant: kr.Tenant, scopes: kr.Scopes, budget: kr.Budget, rate: kr.RateLimit}
+	if kr.JKT != "" && !jwtverify.ValidJKT(kr.JKT) {
+		return nil, "", fmt.Errorf("%w: jkt", errBadRecord)
+	}
+	sh := &keyShape{role: kr.Role, tenant: kr.Tenant, scopes: kr.Scopes, budget: kr.Budget, rate: kr.RateLimit, jkt: kr.JKT}
 	for _, c := range kr.BoundCIDRs {
 		p, err := netip.ParsePrefix(c)
 		if err != nil {
@@ -216,6 +222,8 @@ func shapeKey(kr *contract.KeyRecord) string {
 	if rl := kr.RateLimit; rl != nil {
 		b.WriteString("r" + strconv.FormatFloat(rl.PerSecond, 'g', -1, 64) + "/" + strconv.Itoa(rl.Burst))
 	}
+	b.WriteByte(0)
+	b.WriteString(kr.JKT)
 	return b.String()
 }
 

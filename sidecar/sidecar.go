@@ -273,7 +273,7 @@ func (sc *Sidecar) initVerifier(ctx context.Context) error {
 			return err
 		}
 	}
-	v, err := jwtverify.NewVerifier(jwtverify.Config{Issuer: iss, Audiences: sc.s.audiences, Leeway: sc.s.leeway})
+	v, err := jwtverify.NewVerifier(jwtverify.Config{Issuer: iss, Audiences: sc.s.audiences, Leeway: sc.s.leeway, AcceptBound: true})
 	if err != nil {
 		return err
 	}

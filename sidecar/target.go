@@ -47,7 +47,9 @@ func splitTarget(target string) (rawPath, rawQuery string, ok bool) {
 // path is ambiguous (see above). A path without '%' is returned as is,
 // without allocating.
 func canonicalPath(raw string) (string, bool) {
-	if raw == "" || raw[0] != '/' {
+	if raw == "" || raw[0] != '/' || strings.IndexByte(raw, '#') >= 0 {
+		// A raw '#' is no part of a request-target: one parser would end
+		// the path there (a DPoP htu, a URL library), another not.
 		return "", false
 	}
 	decoded := raw

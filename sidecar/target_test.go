@@ -24,6 +24,7 @@ func TestCanonicalPath(t *testing.T) {
 		"/caf%C3%A9":           "/café",
 		"/a.b/c..d/.e/f.":      "/a.b/c..d/.e/f.", // dots inside segments are names
 		"/a:b@c!$&'()*+,=~_-x": "/a:b@c!$&'()*+,=~_-x",
+		"/tag/%23x":            "/tag/#x", // an encoded '#' is a name
 	} {
 		got, ok := canonicalPath(raw)
 		if !ok || got != want {
@@ -42,6 +43,7 @@ func TestCanonicalPath(t *testing.T) {
 		"/api/%", "/api/%2", "/api/%zz", "/api/%g0",
 		"/api/%c0%ae%c0%ae/admin", "/api/%ff", // invalid UTF-8, overlong dots
 		"/api/\tadmin", "/api/%0d%0aX-Injected:%201", "/api/%7f",
+		"/v1/items#/admin", "/#", // a raw '#': some parsers end the path there
 	} {
 		if got, ok := canonicalPath(raw); ok {
 			t.Errorf("canonicalPath(%q) = %q, want refused", raw, got)
