@@ -24,6 +24,13 @@ gateway = "nginx"
 # public_origin          = "https://api.example.com"
 # dpop_proof_max_age     = "60s"    # how old a proof may be; remembered that long against replay
 # dpop_replay_cache_size = 500000   # proofs remembered at once; when full, 503 rather than forget
+# require_dpop           = false    # refuse every credential that is not DPoP-bound
+
+# An OAuth protected resource (RFC 9728), as MCP clients expect: the
+# resource identifier. The sidecar serves its metadata at
+# /.well-known/oauth-protected-resource/<path>, points 401s at it, and
+# accepts JWTs whose aud is the resource (audiences may then be left out).
+# resource = "https://mcp.example.com/mcp"
 
 # Optional tuning (defaults shown).
 # revocation_long_poll      = true   # the plugin holds feed reads until a revocation exists

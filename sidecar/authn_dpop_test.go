@@ -90,7 +90,7 @@ func TestDPoPBoundJWT(t *testing.T) {
 				t.Fatalf("got %d %s, want 401 %s", d.status, d.reason, tt.want)
 			}
 			w := httptest.NewRecorder()
-			writeDenial(w, d, false)
+			f.sc.writeDenial(w, d, false)
 			wantCode := "invalid_token"
 			if tt.want == reasonInvalidProof || tt.want == reasonProofReplayed {
 				wantCode = "invalid_dpop_proof"
@@ -104,14 +104,14 @@ func TestDPoPBoundJWT(t *testing.T) {
 	// Denials after the proof answer in the DPoP scheme too.
 	admin := decideWith(f.sc, "GET", "/v1/admin", dpopHeaders(tok, k.Proof(t, "GET", testOrigin+"/v1/admin", tok, now, nil)))
 	w := httptest.NewRecorder()
-	writeDenial(w, admin, false)
+	f.sc.writeDenial(w, admin, false)
 	if admin.reason != reasonInsufficientScope || !strings.HasPrefix(w.Header().Get("WWW-Authenticate"), "DPoP ") {
 		t.Fatalf("scope denial: %s %q", admin.reason, w.Header().Get("WWW-Authenticate"))
 	}
 	// A request without a credential learns both schemes.
 	w = httptest.NewRecorder()
-	writeDenial(w, decideWith(f.sc, "GET", "/v1/items", http.Header{}), false)
-	if c := w.Header().Get("WWW-Authenticate"); c != `Bearer realm="keybroker", DPoP algs="ES256 ES384 EdDSA Ed25519 RS256 PS256"` {
+	f.sc.writeDenial(w, decideWith(f.sc, "GET", "/v1/items", http.Header{}), false)
+	if c := w.Header().Get("WWW-Authenticate"); c != `Bearer realm="keybroker", scope="read", DPoP algs="ES256 ES384 EdDSA Ed25519 RS256 PS256"` {
 		t.Fatalf("no-credential challenge %q", c)
 	}
 }
@@ -130,8 +130,8 @@ func TestDPoPOff(t *testing.T) {
 		t.Fatalf("a bound token as a bearer: %s", d.reason)
 	}
 	w := httptest.NewRecorder()
-	writeDenial(w, decideWith(f.sc, "GET", "/v1/items", http.Header{}), false)
-	if c := w.Header().Get("WWW-Authenticate"); c != `Bearer realm="keybroker"` {
+	f.sc.writeDenial(w, decideWith(f.sc, "GET", "/v1/items", http.Header{}), false)
+	if c := w.Header().Get("WWW-Authenticate"); c != `Bearer realm="keybroker", scope="read"` {
 		t.Fatalf("no-credential challenge without DPoP: %q", c)
 	}
 }

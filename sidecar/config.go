@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -51,6 +52,13 @@ type Config struct {
 	// proofs are remembered that long to refuse replays, at most
 	// DPoPReplayCacheSize (default 500000) at once.
 	PublicOrigin        string `hcl:"public_origin,optional"`
+	// RequireDPoP refuses every credential that is not DPoP-bound.
+	RequireDPoP bool `hcl:"require_dpop,optional"`
+	// Resource is this service's resource identifier (RFC 9728, RFC 8707),
+	// an https URL such as "https://mcp.example.com/mcp": the sidecar then
+	// serves its Protected Resource Metadata, points 401 challenges at it,
+	// and accepts JWTs whose aud is the resource.
+	Resource string `hcl:"resource,optional"`
 	DPoPProofMaxAge     string `hcl:"dpop_proof_max_age,optional"`
 	DPoPReplayCacheSize int    `hcl:"dpop_replay_cache_size,optional"`
 	// AllowUnmatched lets requests that match no route through with any
@@ -179,6 +187,10 @@ type settings struct {
 	publicOrigin   string // "": no DPoP
 	dpopMaxAge     time.Duration
 	dpopReplaySize int
+	requireDPoP    bool
+	// resource (RFC 9728) and where its metadata is served: the path on
+	// both listeners, and the URL clients are pointed at.
+	resource, metadataPath, metadataURL string
 
 	reserveRequests                             int
 	reportInterval, reservationTTL, idleRelease time.Duration
@@ -231,8 +243,15 @@ func (c *Config) settings() (*settings, error) {
 		}
 		s.upstream = u
 	}
+	var err error
+	if s.resource, s.metadataPath, s.metadataURL, err = parseResource(c.Resource); err != nil {
+		return nil, err
+	}
+	if s.resource != "" && !slices.Contains(s.audiences, s.resource) {
+		s.audiences = append(slices.Clip(s.audiences), s.resource) // RFC 8707: aud names the resource
+	}
 	if len(s.audiences) == 0 {
-		return nil, fmt.Errorf("audiences: name the aud values this service accepts, so tokens minted for another service are refused")
+		return nil, fmt.Errorf("audiences: name the aud values this service accepts (or set resource), so tokens minted for another service are refused")
 	}
 	durations := []struct {
 		name string
@@ -266,7 +285,6 @@ func (c *Config) settings() (*settings, error) {
 		}
 		*d.out = v
 	}
-	var err error
 	s.keyReplica = c.KeyReplica == nil || *c.KeyReplica
 	s.keyFilter = keyFilter{roles: c.KeyReplicaRoles, tenants: c.KeyReplicaTenants}
 	for _, f := range []struct {
@@ -299,9 +317,10 @@ func (c *Config) settings() (*settings, error) {
 		return nil, fmt.Errorf("dpop_proof_max_age must be at most 5m: a proof is made for one request")
 	case s.dpopReplaySize < 1000 || s.dpopReplaySize > 10_000_000:
 		return nil, fmt.Errorf("dpop_replay_cache_size must be between 1000 and 10000000")
-	case s.publicOrigin == "" && (c.DPoPProofMaxAge != "" || c.DPoPReplayCacheSize != 0):
-		return nil, fmt.Errorf("dpop_proof_max_age and dpop_replay_cache_size need public_origin, which turns DPoP on")
+	case s.publicOrigin == "" && (c.DPoPProofMaxAge != "" || c.DPoPReplayCacheSize != 0 || c.RequireDPoP):
+		return nil, fmt.Errorf("dpop_proof_max_age, dpop_replay_cache_size and require_dpop need public_origin, which turns DPoP on")
 	}
+	s.requireDPoP = c.RequireDPoP
 	if s.leeway > jwtverify.MaxLeeway {
 		return nil, fmt.Errorf("leeway must be at most %s", jwtverify.MaxLeeway)
 	}
@@ -451,6 +470,29 @@ func parsePublicOrigin(o string) (string, error) {
 		return "", fmt.Errorf("public_origin %q: %v", o, err)
 	}
 	return strings.TrimSuffix(n, "/"), nil
+}
+
+// parseResource checks resource: an https URL (http on a loopback host,
+// for tests) without query or fragment. It returns it with the path and
+// URL of its metadata: /.well-known/oauth-protected-resource inserted
+// before the resource's path (RFC 9728 §3.1).
+func parseResource(r string) (resource, path, url_ string, err error) {
+	if r == "" {
+		return "", "", "", nil
+	}
+	u, perr := url.Parse(r)
+	bad := perr != nil || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" || u.ForceQuery ||
+		!(u.Scheme == "https" || (u.Scheme == "http" && isLoopbackHost(u.Hostname())))
+	if bad {
+		return "", "", "", fmt.Errorf("resource %q must be an https URL without query or fragment, such as https://mcp.example.com/mcp", r)
+	}
+	path = "/.well-known/oauth-protected-resource" + strings.TrimSuffix(u.EscapedPath(), "/")
+	return r, path, u.Scheme + "://" + u.Host + path, nil
+}
+
+func isLoopbackHost(h string) bool {
+	a, err := netip.ParseAddr(h)
+	return h == "localhost" || (err == nil && a.IsLoopback())
 }
 
 func validHeaderName(h string) bool {

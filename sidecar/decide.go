@@ -142,7 +142,11 @@ func (sc *Sidecar) decide(ctx context.Context, r request) decision {
 		return deny(http.StatusBadRequest, reasonBadRequest)
 	}
 	if p.cred == "" {
-		return decision{status: http.StatusUnauthorized, reason: reasonNoCredential, dpop: sc.dpop != nil}
+		// The route's scopes go in the challenge: what to ask a token for.
+		return decision{status: http.StatusUnauthorized, reason: reasonNoCredential, dpop: sc.dpop != nil, scope: strings.Join(rt.scopes, " ")}
+	}
+	if sc.s.requireDPoP && !p.dpop {
+		return decision{status: http.StatusUnauthorized, reason: reasonDPoPRequired, dpop: true}
 	}
 	p.method, p.rawPath, p.clientIP = r.method, rawPath, r.clientIP
 	id, d := sc.authenticatorFor(&p).authenticate(ctx, &p)

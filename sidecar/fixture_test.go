@@ -50,7 +50,7 @@ func newFixture(tb testing.TB, mutate func(c *Config)) *fixture {
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
 	ks, _ := jwtverify.NewKeySet(jwtverify.Key{ID: "k1", Alg: jwtverify.AlgEdDSA, Public: priv.Public()})
 	sc.keys.Store(ks)
-	v, err := jwtverify.NewVerifier(jwtverify.Config{Issuer: "https://iss", Audiences: []string{"svc"}, Leeway: sc.s.leeway, AcceptBound: true})
+	v, err := jwtverify.NewVerifier(jwtverify.Config{Issuer: "https://iss", Audiences: sc.s.audiences, Leeway: sc.s.leeway, AcceptBound: true})
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -55,7 +55,7 @@ func (sc *Sidecar) proxyHandler() http.Handler {
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-				writeDenial(w, deny(http.StatusRequestEntityTooLarge, reasonBodyTooLarge), false)
+				sc.writeDenial(w, deny(http.StatusRequestEntityTooLarge, reasonBodyTooLarge), false)
 				return
 			}
 			sc.log.Warn("upstream request failed", "error", err)
@@ -63,8 +63,12 @@ func (sc *Sidecar) proxyHandler() http.Handler {
 		},
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if sc.isMetadataRequest(r) {
+			sc.serveResourceMetadata(w)
+			return
+		}
 		if r.ContentLength > sc.s.maxBody {
-			writeDenial(w, deny(http.StatusRequestEntityTooLarge, reasonBodyTooLarge), false)
+			sc.writeDenial(w, deny(http.StatusRequestEntityTooLarge, reasonBodyTooLarge), false)
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, sc.s.maxBody)
@@ -72,7 +76,7 @@ func (sc *Sidecar) proxyHandler() http.Handler {
 			method: r.Method, target: r.RequestURI, header: r.Header, clientIP: sc.clientIP(r),
 		})
 		if !d.allowed() {
-			writeDenial(w, d, false)
+			sc.writeDenial(w, d, false)
 			return
 		}
 		r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, &d))
@@ -115,6 +119,10 @@ func (sc *Sidecar) authHandler() http.Handler {
 			sc.serveVerify(w, r)
 			return
 		}
+		if sc.isMetadataRequest(r) {
+			sc.serveResourceMetadata(w)
+			return
+		}
 		mux.ServeHTTP(w, r)
 	})
 }
@@ -130,23 +138,23 @@ func (sc *Sidecar) serveVerify(w http.ResponseWriter, r *http.Request) {
 	if !sc.trusted(peerAddr(r)) {
 		d := deny(http.StatusForbidden, reasonUntrustedGateway)
 		sc.m.decisions.WithLabelValues("auth", "deny", d.reason).Inc()
-		writeDenial(w, d, g.only2xx401403)
+		sc.writeDenial(w, d, g.only2xx401403)
 		return
 	}
 	if r.ContentLength > sc.s.maxBody {
-		writeDenial(w, deny(http.StatusRequestEntityTooLarge, reasonBodyTooLarge), g.only2xx401403)
+		sc.writeDenial(w, deny(http.StatusRequestEntityTooLarge, reasonBodyTooLarge), g.only2xx401403)
 		return
 	}
 	method, target, ok := g.original(r)
 	if !ok {
 		d := deny(http.StatusBadRequest, reasonBadRequest)
 		sc.m.decisions.WithLabelValues("auth", "deny", d.reason).Inc()
-		writeDenial(w, d, g.only2xx401403)
+		sc.writeDenial(w, d, g.only2xx401403)
 		return
 	}
 	d := sc.timedDecide("auth", r, request{method: method, target: target, header: r.Header, clientIP: sc.clientIP(r)})
 	if !d.allowed() {
-		writeDenial(w, d, g.only2xx401403)
+		sc.writeDenial(w, d, g.only2xx401403)
 		return
 	}
 	setIdentity(w.Header(), d.id, true)
@@ -180,30 +188,41 @@ func (sc *Sidecar) timedDecide(mode string, r *http.Request, req request) decisi
 // clients do not take them for an authorization server's answer. When
 // only2xx401403 (nginx auth_request), every other status becomes 403; the
 // reason header says why.
-func writeDenial(w http.ResponseWriter, d decision, only2xx401403 bool) {
+func (sc *Sidecar) writeDenial(w http.ResponseWriter, d decision, only2xx401403 bool) {
 	h := w.Header()
 	h.Set(contract.HeaderReason, d.reason)
 	h.Set("Content-Type", "application/json")
 	h.Set("Cache-Control", "no-store")
 	body := map[string]string{"reason": d.reason, "error": d.reason}
+	// resource_metadata (RFC 9728 §5.1) tells an OAuth client where to
+	// learn how to get a token for this resource.
+	rm := ""
+	if sc.s.metadataURL != "" {
+		rm = fmt.Sprintf(`, resource_metadata=%q`, sc.s.metadataURL)
+	}
 	switch d.status {
 	case http.StatusUnauthorized:
+		scope := ""
+		if d.scope != "" {
+			scope = fmt.Sprintf(`, scope=%q`, d.scope)
+		}
 		switch {
-		case d.reason == reasonNoCredential && d.dpop:
-			h.Set("WWW-Authenticate", `Bearer realm="keybroker", `+dpopChallenge)
-			body["error"] = "invalid_request"
 		case d.reason == reasonNoCredential:
-			h.Set("WWW-Authenticate", `Bearer realm="keybroker"`)
+			c := `Bearer realm="keybroker"` + scope + rm
+			if d.dpop {
+				c += ", " + dpopChallenge
+			}
+			h.Set("WWW-Authenticate", c)
 			body["error"] = "invalid_request"
 		case d.dpop:
 			code := "invalid_token"
 			if d.reason == reasonInvalidProof || d.reason == reasonProofReplayed {
 				code = "invalid_dpop_proof"
 			}
-			h.Set("WWW-Authenticate", fmt.Sprintf(`%s, error=%q, error_description=%q`, dpopChallenge, code, d.reason))
+			h.Set("WWW-Authenticate", fmt.Sprintf(`%s, error=%q, error_description=%q%s`, dpopChallenge, code, d.reason, rm))
 			body["error"] = code
 		default:
-			h.Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="keybroker", error="invalid_token", error_description=%q`, d.reason))
+			h.Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="keybroker", error="invalid_token", error_description=%q%s`, d.reason, rm))
 			body["error"] = "invalid_token"
 		}
 	case http.StatusForbidden:
@@ -212,7 +231,7 @@ func writeDenial(w http.ResponseWriter, d decision, only2xx401403 bool) {
 			if d.dpop {
 				scheme = dpopChallenge
 			}
-			h.Set("WWW-Authenticate", fmt.Sprintf(`%s, error="insufficient_scope", scope=%q`, scheme, d.scope))
+			h.Set("WWW-Authenticate", fmt.Sprintf(`%s, error="insufficient_scope", scope=%q%s`, scheme, d.scope, rm))
 			body["error"] = "insufficient_scope"
 			body["scope"] = d.scope
 		}

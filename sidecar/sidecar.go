@@ -30,6 +30,8 @@ type Sidecar struct {
 	vault *vaultClient
 	m     *metrics
 	dpop  *dpopConfig // nil: no DPoP
+	// issuer is the JWT issuer, once known (config, or discovery).
+	issuer atomic.Pointer[string]
 
 	verifier atomic.Pointer[jwtverify.Verifier]
 	keys     atomic.Pointer[jwtverify.KeySet]
@@ -278,6 +280,7 @@ func (sc *Sidecar) initVerifier(ctx context.Context) error {
 		return err
 	}
 	sc.verifier.Store(v)
+	sc.issuer.Store(&iss)
 	return nil
 }
 

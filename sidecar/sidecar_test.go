@@ -164,7 +164,7 @@ func TestWriteDenial(t *testing.T) {
 		{decision{status: 429, reason: reasonRateLimited, retryAfter: 300 * time.Millisecond}, false, 429, "", "rate_limited"},
 	} {
 		w := httptest.NewRecorder()
-		writeDenial(w, tc.d, tc.nginx)
+		newFixture(t, nil).sc.writeDenial(w, tc.d, tc.nginx)
 		if w.Code != tc.status || !strings.Contains(w.Header().Get("WWW-Authenticate"), tc.wwwAuth) ||
 			w.Header().Get(contract.HeaderReason) != tc.bodyReason || !strings.Contains(w.Body.String(), `"reason":"`+tc.bodyReason+`"`) {
 			t.Errorf("%+v nginx=%v: %d %q %q %s", tc.d, tc.nginx, w.Code, w.Header().Get("WWW-Authenticate"), w.Header().Get(contract.HeaderReason), w.Body)
