@@ -35,6 +35,9 @@ type grant struct {
 	// JKT is the thumbprint of the key the tokens are bound to (DPoP);
 	// a refresh keeps it.
 	JKT string `json:"jkt,omitempty"`
+	// AuthTime is when the caller authenticated to get the first token of
+	// the grant: its mint. Refreshes keep it (RFC 9068 auth_time).
+	AuthTime time.Time `json:"auth_time,omitzero"`
 	limits
 }
 
@@ -47,7 +50,9 @@ func pathToken(b *backend) *framework.Path {
 		},
 		HelpSynopsis: "Mint a short-lived agent JWT from a role.",
 		HelpDescription: `Returns a JWT (typ at+jwt) signed by the plugin's current key, with iss, sub,
-aud, exp, iat, nbf, jti, scope, role, tenant and cidr claims. sub comes from
+aud, exp, iat, nbf, jti, client_id, auth_time, scope, role, tenant and cidr
+claims (client_id: the caller's Vault entity id; auth_time: the first mint of
+the token's refresh family). sub comes from
 the caller's Vault identity as the role's subject setting says, never from the
 request. The token is a Vault lease: revoking it, or the Vault token that asked
 for it, puts its jti in keybroker/revocations until it expires. When the role
@@ -95,7 +100,7 @@ func (b *backend) pathTokenMint(ctx context.Context, req *logical.Request, d *fr
 	if len(r.Audiences) == 0 {
 		return logical.ErrorResponse("role %q has no audiences; set audiences on the role to mint tokens from it", roleName), nil
 	}
-	g := grant{Role: roleName, Tenant: r.Tenant, Audiences: r.Audiences, EntityID: req.EntityID}
+	g := grant{Role: roleName, Tenant: r.Tenant, Audiences: r.Audiences, EntityID: req.EntityID, AuthTime: time.Now().UTC().Truncate(time.Second)}
 	if g.Scopes, err = r.narrowScopes(roleName, d); err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
@@ -185,10 +190,14 @@ func (b *backend) issueToken(ctx context.Context, req *logical.Request, g grant,
 			NotBefore: jwt.NewNumericDate(now),
 			ID:        jti,
 		},
-		Scope:  strings.Join(g.Scopes, " "),
-		Role:   g.Role,
-		Tenant: g.Tenant,
-		CIDR:   g.CIDRs,
+		Scope:    strings.Join(g.Scopes, " "),
+		Role:     g.Role,
+		Tenant:   g.Tenant,
+		CIDR:     g.CIDRs,
+		ClientID: clientID(g),
+	}
+	if !g.AuthTime.IsZero() {
+		claims.AuthTime = jwt.NewNumericDate(g.AuthTime)
 	}
 	claims.Budget, claims.Rate = g.limits.claims(metered)
 	tokenType := "Bearer"
@@ -223,6 +232,16 @@ func (b *backend) issueToken(ctx context.Context, req *logical.Request, g grant,
 	resp.Secret.TTL = ttl
 	resp.Secret.MaxTTL = ttl
 	return resp, nil
+}
+
+// clientID is RFC 9068's client_id: the Vault entity that asked for the
+// grant (the agent is its own OAuth client, as in a client credentials
+// grant), or for a caller without one the same no-entity name as its sub.
+func clientID(g grant) string {
+	if g.EntityID != "" {
+		return g.EntityID
+	}
+	return g.Subject
 }
 
 // dpopFields are a mint's fields that bind the credential to a key.

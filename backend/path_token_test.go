@@ -416,3 +416,20 @@ func TestTokenDPoPBinding(t *testing.T) {
 	e.userError(logical.UpdateOperation, "token/agent", nil, "requires DPoP-bound tokens")
 	e.ok(logical.UpdateOperation, "token/agent", map[string]interface{}{"dpop_jkt": k.JKT})
 }
+
+// RFC 9068's client_id and auth_time: the Vault entity that asked, and
+// when it minted the first token of the family, kept across refreshes.
+func TestTokenClientIDAndAuthTime(t *testing.T) {
+	e := newJWTEnv(t, map[string]interface{}{"refresh_ttl": "1h", "subject": "entity_id"})
+	first := e.ok(logical.UpdateOperation, "token/agent", nil)
+	c1, err := e.offline(first.Data["token"].(string), "billing")
+	if err != nil || c1.ClientID != "test-entity" || c1.AuthTime == nil || time.Since(c1.AuthTime.Time) > time.Minute {
+		t.Fatalf("mint: %v client_id %q auth_time %v", err, c1.ClientID, c1.AuthTime)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	second := e.ok(logical.UpdateOperation, "token/refresh", map[string]interface{}{"refresh_token": first.Data["refresh_token"]})
+	c2, err := e.offline(second.Data["token"].(string), "billing")
+	if err != nil || c2.ClientID != "test-entity" || c2.AuthTime == nil || !c2.AuthTime.Equal(c1.AuthTime.Time) || !c2.IssuedAt.After(c1.AuthTime.Time) {
+		t.Fatalf("refresh: %v client_id %q auth_time %v (first %v), iat %v", err, c2.ClientID, c2.AuthTime, c1.AuthTime, c2.IssuedAt)
+	}
+}

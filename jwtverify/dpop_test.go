@@ -2,8 +2,8 @@ package jwtverify_test
 
 import (
 	"crypto/rand"
-	"encoding/base64"
 	"crypto/rsa"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"strconv"

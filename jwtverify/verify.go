@@ -79,6 +79,10 @@ type Claims struct {
 	// (RFC 9449) is usable only with a proof signed by the key whose
 	// thumbprint is Cnf.JKT.
 	Cnf *Confirmation `json:"cnf,omitempty"`
+	// ClientID and AuthTime are RFC 9068's: the Vault identity that asked
+	// for the token, and when it authenticated to get it.
+	ClientID string           `json:"client_id,omitempty"`
+	AuthTime *jwt.NumericDate `json:"auth_time,omitempty"`
 }
 
 // Confirmation is a token's cnf claim.
