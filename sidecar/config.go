@@ -51,16 +51,16 @@ type Config struct {
 	// are refused. DPoPProofMaxAge is how old a proof may be (default 60s);
 	// proofs are remembered that long to refuse replays, at most
 	// DPoPReplayCacheSize (default 500000) at once.
-	PublicOrigin string `hcl:"public_origin,optional"`
+	PublicOrigin        string `hcl:"public_origin,optional"`
+	DPoPProofMaxAge     string `hcl:"dpop_proof_max_age,optional"`
+	DPoPReplayCacheSize int    `hcl:"dpop_replay_cache_size,optional"`
 	// RequireDPoP refuses every credential that is not DPoP-bound.
 	RequireDPoP bool `hcl:"require_dpop,optional"`
 	// Resource is this service's resource identifier (RFC 9728, RFC 8707),
 	// an https URL such as "https://mcp.example.com/mcp": the sidecar then
 	// serves its Protected Resource Metadata, points 401 challenges at it,
 	// and accepts JWTs whose aud is the resource.
-	Resource            string `hcl:"resource,optional"`
-	DPoPProofMaxAge     string `hcl:"dpop_proof_max_age,optional"`
-	DPoPReplayCacheSize int    `hcl:"dpop_replay_cache_size,optional"`
+	Resource string `hcl:"resource,optional"`
 	// AllowUnmatched lets requests that match no route through with any
 	// valid credential; by default they are denied.
 	AllowUnmatched bool `hcl:"allow_unmatched,optional"`
