@@ -1,7 +1,10 @@
 package e2e
 
 import (
+	"bufio"
+	"crypto/sha256"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -25,16 +28,32 @@ var (
 )
 
 // interop runs testdata/interop/interop.mjs with args and decodes its JSON
-// answer into out. It skips the test, saying why, when node or the npm
-// packages cannot be had.
+// answer into out.
 func interop(t *testing.T, out any, args ...string) {
+	t.Helper()
+	nodeRun(t, out, "interop.mjs", args...)
+}
+
+// nodeCmd is node running script in testdata/interop, once the npm
+// packages are installed there. It skips the test, saying why, when node
+// or the packages cannot be had.
+func nodeCmd(t *testing.T, script string, args ...string) *exec.Cmd {
 	t.Helper()
 	node, err := exec.LookPath("node")
 	if err != nil {
-		t.Skip("node is not installed: the npm interop tests (dpop, jose) need it; apt-get install nodejs npm")
+		t.Skip("node is not installed: the npm interop tests (dpop, jose, the MCP SDK) need it; apt-get install nodejs npm")
 	}
 	npmOnce.Do(func() {
-		if _, err := os.Stat(filepath.Join(interopDir, "node_modules", "dpop")); err == nil {
+		// Installed once per package-lock.json: its hash is kept beside
+		// what it installed.
+		lock, err := os.ReadFile(filepath.Join(interopDir, "package-lock.json"))
+		if err != nil {
+			npmErr = err
+			return
+		}
+		sum := fmt.Sprintf("%x", sha256.Sum256(lock))
+		stamp := filepath.Join(interopDir, "node_modules", ".keybroker-lock-sha256")
+		if b, _ := os.ReadFile(stamp); string(b) == sum {
 			return
 		}
 		npm, err := exec.LookPath("npm")
@@ -45,24 +64,55 @@ func interop(t *testing.T, out any, args ...string) {
 		cmd := exec.Command(npm, "ci", "--no-audit", "--no-fund", "--loglevel=error")
 		cmd.Dir = interopDir
 		if b, err := cmd.CombinedOutput(); err != nil {
-			npmErr = &exec.Error{Name: "npm ci: " + strings.TrimSpace(string(b)), Err: err}
+			npmErr = fmt.Errorf("npm ci: %v: %s", err, strings.TrimSpace(string(b)))
+			return
 		}
+		npmErr = os.WriteFile(stamp, []byte(sum), 0o644)
 	})
 	if npmErr != nil {
-		t.Skipf("cannot install the npm interop clients (dpop, jose): %v", npmErr)
+		t.Skipf("cannot install the npm interop clients (dpop, jose, the MCP SDK): %v", npmErr)
 	}
-	cmd := exec.Command(node, append([]string{"interop.mjs"}, args...)...)
+	cmd := exec.Command(node, append([]string{script}, args...)...)
 	cmd.Dir = interopDir
-	b, err := cmd.Output()
+	return cmd
+}
+
+// nodeRun runs script to its end and decodes its JSON answer into out.
+func nodeRun(t *testing.T, out any, script string, args ...string) {
+	t.Helper()
+	b, err := nodeCmd(t, script, args...).Output()
 	if err != nil {
 		var stderr string
 		if ee, ok := err.(*exec.ExitError); ok {
 			stderr = string(ee.Stderr)
 		}
-		t.Fatalf("node interop.mjs %s: %v\n%s", args[0], err, stderr)
+		t.Fatalf("node %s %s: %v\n%s", script, args[0], err, stderr)
 	}
 	if err := json.Unmarshal(b, out); err != nil {
-		t.Fatalf("node interop.mjs %s: %v in %q", args[0], err, b)
+		t.Fatalf("node %s %s: %v in %q", script, args[0], err, b)
+	}
+}
+
+// nodeStart starts script, decodes the first line it prints into out, and
+// stops it when the test ends.
+func nodeStart(t *testing.T, out any, script string, args ...string) {
+	t.Helper()
+	cmd := nodeCmd(t, script, args...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	line, err := bufio.NewReader(stdout).ReadBytes('\n')
+	if err != nil {
+		t.Fatalf("node %s: %v", script, err)
+	}
+	if err := json.Unmarshal(line, out); err != nil {
+		t.Fatalf("node %s: %v in %q", script, err, line)
 	}
 }
 

@@ -46,7 +46,27 @@ func (e *sidecarEnv) seen() http.Header {
 
 func startSidecar(t *testing.T, v *vaultserver.Server, mutate func(c *sidecar.Config)) *sidecarEnv {
 	t.Helper()
+	return startSidecarAt(t, v, func(c *sidecar.Config, _ string) {
+		if mutate != nil {
+			mutate(c)
+		}
+	})
+}
+
+// startSidecarAt is startSidecar for a configuration that names the
+// proxy's own URL (http://127.0.0.1:port), known before it starts.
+func startSidecarAt(t *testing.T, v *vaultserver.Server, mutate func(c *sidecar.Config, proxyURL string)) *sidecarEnv {
+	t.Helper()
 	e := &sidecarEnv{v: v}
+	proxyL, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	authL, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.proxy, e.auth = "http://"+proxyL.Addr().String(), "http://"+authL.Addr().String()
 	e.upstream = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		e.mu.Lock()
 		e.lastSeen = r.Header.Clone()
@@ -84,22 +104,13 @@ func startSidecar(t *testing.T, v *vaultserver.Server, mutate func(c *sidecar.Co
 			{PathPrefix: "/write", Methods: []string{"POST"}, Scopes: []string{"write"}},
 		},
 	}
-	if mutate != nil {
-		mutate(cfg)
-	}
+	mutate(cfg, e.proxy)
 	sc, err := sidecar.New(cfg, nil)
 	if err != nil {
+		proxyL.Close()
+		authL.Close()
 		t.Fatal(err)
 	}
-	proxyL, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	authL, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.proxy, e.auth = "http://"+proxyL.Addr().String(), "http://"+authL.Addr().String()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = sc.Serve(ctx, proxyL, authL) }()
