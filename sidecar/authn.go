@@ -9,12 +9,31 @@ import (
 	"github.com/keybroker/keybroker/contract"
 )
 
-// An authenticator checks one kind of credential and says who it belongs
-// to: an API key, a bearer JWT, or a DPoP-bound credential with its proof.
-// Each kind lives in its own file (authn_*.go); authenticatorFor is the one
-// place that picks.
+// An authenticator decides who a presentation belongs to: a bearer
+// credential, or a DPoP-bound one with its proof (authn_dpop.go). Both
+// check the credential itself with its kind: an API key (authn_key.go) or
+// an agent JWT (authn_jwt.go). authenticatorFor is the one place that picks.
 type authenticator interface {
 	authenticate(ctx context.Context, p *presentation) (*identity, decision)
+}
+
+// A credentialKind checks one kind of credential and says whose it is, and
+// to which key it is bound (identity.jkt), without judging the binding.
+type credentialKind interface {
+	check(ctx context.Context, p *presentation) (*identity, decision)
+}
+
+// bearer authenticates a credential presented as a bearer (Authorization:
+// Bearer, or X-API-Key). A DPoP-bound one is refused: whoever holds it is
+// not thereby its key's holder.
+type bearer struct{ kind credentialKind }
+
+func (a bearer) authenticate(ctx context.Context, p *presentation) (*identity, decision) {
+	id, d := a.kind.check(ctx, p)
+	if id != nil && id.jkt != "" {
+		return nil, decision{status: http.StatusUnauthorized, reason: reasonDPoPRequired, dpop: true}
+	}
+	return id, d
 }
 
 // presentation is a credential as one request presents it, with what a
@@ -34,16 +53,18 @@ type presentation struct {
 	proofID string
 }
 
-// authenticatorFor picks the authenticator for a presentation: DPoP by the
-// Authorization scheme, else a JWT or an API key by the credential's shape.
+// authenticatorFor picks how a presentation is authenticated: the kind of
+// credential by its shape (a JWT or an API key), DPoP or bearer by the
+// Authorization scheme.
 func (sc *Sidecar) authenticatorFor(p *presentation) authenticator {
-	switch {
-	case p.dpop:
-		return dpopBound{sc}
-	case contract.LooksLikeJWT(p.cred):
-		return bearerJWT{sc}
+	var kind credentialKind = apiKey{sc}
+	if contract.LooksLikeJWT(p.cred) {
+		kind = agentJWT{sc}
 	}
-	return apiKey{sc}
+	if p.dpop {
+		return dpopBound{sc, kind}
+	}
+	return bearer{kind}
 }
 
 // presentedFrom reads the credential from Authorization (Bearer or DPoP)

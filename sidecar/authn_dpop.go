@@ -5,7 +5,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/keybroker/keybroker/contract"
 	"github.com/keybroker/keybroker/jwtverify"
 )
 
@@ -13,7 +12,10 @@ import (
 // (RFC 9449): the credential as its kind checks it, then the proof: signed
 // by the key the credential is bound to, for this method and URI, fresh,
 // for this token, and not seen before.
-type dpopBound struct{ sc *Sidecar }
+type dpopBound struct {
+	sc   *Sidecar
+	kind credentialKind
+}
 
 // dpopConfig is what proofs are checked against; nil (no public_origin)
 // turns DPoP off.
@@ -34,13 +36,7 @@ func (a dpopBound) authenticate(ctx context.Context, p *presentation) (*identity
 	if sc.dpop == nil {
 		return refuse(reasonDPoPDisabled)
 	}
-	var id *identity
-	var d decision
-	if contract.LooksLikeJWT(p.cred) {
-		id, d = sc.checkJWT(ctx, p.cred)
-	} else {
-		id, d = sc.checkKey(ctx, p.cred, p.clientIP)
-	}
+	id, d := a.kind.check(ctx, p)
 	if id == nil {
 		d.dpop = true
 		return nil, d

@@ -10,17 +10,11 @@ import (
 	"github.com/keybroker/keybroker/jwtverify"
 )
 
-// bearerJWT authenticates an agent JWT presented as a bearer token: offline,
-// against the JWKS. A DPoP-bound token is refused this way: whoever holds
-// it is not thereby its holder-of-key.
-type bearerJWT struct{ sc *Sidecar }
+// agentJWT checks an agent JWT offline, against the JWKS.
+type agentJWT struct{ sc *Sidecar }
 
-func (a bearerJWT) authenticate(ctx context.Context, p *presentation) (*identity, decision) {
-	id, d := a.sc.checkJWT(ctx, p.cred)
-	if id != nil && id.jkt != "" {
-		return nil, decision{status: http.StatusUnauthorized, reason: reasonDPoPRequired, dpop: true}
-	}
-	return id, d
+func (k agentJWT) check(ctx context.Context, p *presentation) (*identity, decision) {
+	return k.sc.checkJWT(ctx, p.cred)
 }
 
 // checkJWT verifies a JWT offline. A verified token's identity is cached by

@@ -12,15 +12,11 @@ import (
 	"github.com/keybroker/keybroker/contract"
 )
 
-// apiKey authenticates an API key (Authorization: Bearer or X-API-Key).
+// apiKey checks an API key: from the key replica, else through Vault.
 type apiKey struct{ sc *Sidecar }
 
-func (a apiKey) authenticate(ctx context.Context, p *presentation) (*identity, decision) {
-	id, d := a.sc.checkKey(ctx, p.cred, p.clientIP)
-	if id != nil && id.jkt != "" {
-		return nil, decision{status: http.StatusUnauthorized, reason: reasonDPoPRequired, dpop: true}
-	}
-	return id, d
+func (k apiKey) check(ctx context.Context, p *presentation) (*identity, decision) {
+	return k.sc.checkKey(ctx, p.cred, p.clientIP)
 }
 
 // checkKey checks an API key: the checksum offline, then the record in the

@@ -1,7 +1,7 @@
-// Package dpoptest makes DPoP keys and proofs (RFC 9449) for tests, the way
-// a client does: a key pair it keeps, the public JWK in each proof's
-// header, one proof per request. Tests of attacks edit the header and the
-// claims before signing.
+// Package dpoptest makes DPoP keys and proofs (RFC 9449) the way a client
+// does: a key pair it keeps, the public JWK in each proof's header, one
+// proof per request. Tests of attacks edit the header and the claims before
+// signing; make bench signs proofs ahead of its run with Generate and Sign.
 package dpoptest
 
 import (
@@ -14,6 +14,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -35,9 +36,9 @@ type Key struct {
 	JKT string
 }
 
-// NewKey makes a key for alg: ES256, ES384, EdDSA, Ed25519, RS256 or PS256.
-func NewKey(t testing.TB, alg string) *Key {
-	t.Helper()
+// Generate makes a key for alg: ES256, ES384, EdDSA, Ed25519, RS256 or
+// PS256.
+func Generate(alg string) (*Key, error) {
 	var s crypto.Signer
 	var err error
 	switch alg {
@@ -50,43 +51,33 @@ func NewKey(t testing.TB, alg string) *Key {
 	case "RS256", "PS256":
 		s, err = rsa.GenerateKey(rand.Reader, 2048)
 	default:
-		t.Fatalf("dpoptest: no key for alg %q", alg)
+		return nil, fmt.Errorf("dpoptest: no key for alg %q", alg)
 	}
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	jwk, err := (&jose.JSONWebKey{Key: s.Public()}).MarshalJSON()
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	jkt, err := jwtverify.Thumbprint(jwk)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	method := jwt.GetSigningMethod(alg)
 	if alg == "Ed25519" {
 		method = jwt.SigningMethodEdDSA
 	}
-	return &Key{AlgName: alg, Alg: method, Signer: s, JWK: jwk, JKT: jkt}
+	return &Key{AlgName: alg, Alg: method, Signer: s, JWK: jwk, JKT: jkt}, nil
 }
 
-// PrivateJWK is the key with its private part, as a client must never send.
-func (k *Key) PrivateJWK(t testing.TB) json.RawMessage {
-	b, err := (&jose.JSONWebKey{Key: k.Signer}).MarshalJSON()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
-// Proof signs a proof for method and htu, with ath for token when it is
-// not empty; edit, when given, changes header and claims first. A header
-// alg of none or HS256 is signed as such.
-func (k *Key) Proof(t testing.TB, method, htu, token string, iat time.Time, edit func(h, c map[string]interface{})) string {
-	t.Helper()
+// Sign makes a proof for method and htu, with ath for token when it is not
+// empty; edit, when given, changes header and claims first. A header alg
+// of none or HS256 is signed as such.
+func (k *Key) Sign(method, htu, token string, iat time.Time, edit func(h, c map[string]interface{})) (string, error) {
 	jti := make([]byte, 12)
 	if _, err := rand.Read(jti); err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	c := map[string]interface{}{"jti": base64.RawURLEncoding.EncodeToString(jti), "htm": method, "htu": htu, "iat": iat.Unix()}
 	if token != "" {
@@ -106,9 +97,34 @@ func (k *Key) Proof(t testing.TB, method, htu, token string, iat time.Time, edit
 	case strings.HasPrefix(alg, "HS"):
 		tok.Method, key = jwt.GetSigningMethod(alg), []byte("a shared secret of thirty-two bytes")
 	}
-	s, err := tok.SignedString(key)
+	return tok.SignedString(key)
+}
+
+// NewKey is Generate for a test.
+func NewKey(t testing.TB, alg string) *Key {
+	t.Helper()
+	k, err := Generate(alg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return s
+	return k
+}
+
+// Proof is Sign for a test.
+func (k *Key) Proof(t testing.TB, method, htu, token string, iat time.Time, edit func(h, c map[string]interface{})) string {
+	t.Helper()
+	p, err := k.Sign(method, htu, token, iat, edit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// PrivateJWK is the key with its private part, as a client must never send.
+func (k *Key) PrivateJWK(t testing.TB) json.RawMessage {
+	b, err := (&jose.JSONWebKey{Key: k.Signer}).MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
