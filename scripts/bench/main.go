@@ -628,7 +628,8 @@ function init(args) f = io.open(file) end
 function request()
   local p = f:read("*l")
   if not p then f:seek("set"); p = f:read("*l") end -- out of proofs: replays, counted as non-2xx
-  return wrk.format(nil, nil, {["DPoP"] = p})
+  wrk.headers["DPoP"] = p -- with the -H headers: a table given to wrk.format replaces them
+  return wrk.format()
 end
 `, files[0], files[1]))
 	b.wrk("a-dpop", "(a) DPoP-bound: a fresh ES256 proof per request", sc.auth+"/verify/r", []string{"Authorization: DPoP " + token}, script)
