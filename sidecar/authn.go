@@ -14,13 +14,13 @@ import (
 // check the credential itself with its kind: an API key (authn_key.go) or
 // an agent JWT (authn_jwt.go). authenticatorFor is the one place that picks.
 type authenticator interface {
-	authenticate(ctx context.Context, p *presentation) (*identity, decision)
+	authenticate(ctx context.Context, p presentation) (*identity, decision)
 }
 
 // A credentialKind checks one kind of credential and says whose it is, and
 // to which key it is bound (identity.jkt), without judging the binding.
 type credentialKind interface {
-	check(ctx context.Context, p *presentation) (*identity, decision)
+	check(ctx context.Context, p presentation) (*identity, decision)
 }
 
 // bearer authenticates a credential presented as a bearer (Authorization:
@@ -28,7 +28,7 @@ type credentialKind interface {
 // not thereby its key's holder.
 type bearer struct{ kind credentialKind }
 
-func (a bearer) authenticate(ctx context.Context, p *presentation) (*identity, decision) {
+func (a bearer) authenticate(ctx context.Context, p presentation) (*identity, decision) {
 	id, d := a.kind.check(ctx, p)
 	if id != nil && id.jkt != "" {
 		return nil, decision{status: http.StatusUnauthorized, reason: reasonDPoPRequired, dpop: true}
@@ -48,23 +48,36 @@ type presentation struct {
 	// client's address.
 	method, rawPath string
 	clientIP        netip.Addr
-	// proofID is set by the DPoP authenticator for a valid proof: what the
-	// replay cache is to remember once the request is allowed.
-	proofID string
+}
+
+// authenticators are made once (New), so that picking one per request
+// allocates nothing.
+type authenticators struct {
+	bearerKey, bearerJWT, dpopKey, dpopJWT authenticator
+}
+
+func newAuthenticators(sc *Sidecar) authenticators {
+	key, jwt := apiKey{sc}, agentJWT{sc}
+	return authenticators{
+		bearerKey: bearer{key}, bearerJWT: bearer{jwt},
+		dpopKey: dpopBound{sc, key}, dpopJWT: dpopBound{sc, jwt},
+	}
 }
 
 // authenticatorFor picks how a presentation is authenticated: the kind of
 // credential by its shape (a JWT or an API key), DPoP or bearer by the
 // Authorization scheme.
 func (sc *Sidecar) authenticatorFor(p *presentation) authenticator {
-	var kind credentialKind = apiKey{sc}
-	if contract.LooksLikeJWT(p.cred) {
-		kind = agentJWT{sc}
+	jwt := contract.LooksLikeJWT(p.cred)
+	switch {
+	case p.dpop && jwt:
+		return sc.authn.dpopJWT
+	case p.dpop:
+		return sc.authn.dpopKey
+	case jwt:
+		return sc.authn.bearerJWT
 	}
-	if p.dpop {
-		return dpopBound{sc, kind}
-	}
-	return bearer{kind}
+	return sc.authn.bearerKey
 }
 
 // presentedFrom reads the credential from Authorization (Bearer or DPoP)
@@ -74,7 +87,7 @@ func (sc *Sidecar) authenticatorFor(p *presentation) authenticator {
 func presentedFrom(h http.Header) (p presentation, ok bool) {
 	auth, ok1 := single(h, "Authorization")
 	key, ok2 := single(h, "X-API-Key")
-	proof, ok3 := single(h, "DPoP")
+	proof, ok3 := single(h, "Dpop") // canonical: no allocation per request
 	if !ok1 || !ok2 || !ok3 {
 		return presentation{}, false
 	}

@@ -27,7 +27,7 @@ type dpopConfig struct {
 	replay         *replayCache
 }
 
-func (a dpopBound) authenticate(ctx context.Context, p *presentation) (*identity, decision) {
+func (a dpopBound) authenticate(ctx context.Context, p presentation) (*identity, decision) {
 	sc := a.sc
 	refuse := func(reason string) (*identity, decision) {
 		sc.m.dpopProofs.WithLabelValues(reason).Inc()
@@ -59,7 +59,7 @@ func (a dpopBound) authenticate(ctx context.Context, p *presentation) (*identity
 	// The proof is remembered only once the request is otherwise allowed
 	// (recordProof): a revoked, expired or rate-limited credential must not
 	// fill the replay cache.
-	p.proofID = id.jkt + "\x00" + proof.JTI
+	d.proofID = id.jkt + "\x00" + proof.JTI
 	sc.m.dpopProofs.WithLabelValues("ok").Inc()
 	return id, d
 }
@@ -67,10 +67,10 @@ func (a dpopBound) authenticate(ctx context.Context, p *presentation) (*identity
 // recordProof remembers an accepted proof until it could no longer pass the
 // iat check (an iat up to leeway ahead passes until maxAge after it), and
 // refuses it when it was seen before.
-func (sc *Sidecar) recordProof(p *presentation, id *identity) (decision, bool) {
+func (sc *Sidecar) recordProof(proofID string, id *identity) (decision, bool) {
 	now := time.Now()
 	window := sc.dpop.maxAge + sc.dpop.leeway + time.Second
-	switch sc.dpop.replay.add(p.proofID, id.lineage(), now.Add(window), now) {
+	switch sc.dpop.replay.add(proofID, id.lineage(), now.Add(window), now) {
 	case nil:
 		return decision{}, true
 	case errReplayed:

@@ -13,7 +13,7 @@ import (
 // agentJWT checks an agent JWT offline, against the JWKS.
 type agentJWT struct{ sc *Sidecar }
 
-func (k agentJWT) check(ctx context.Context, p *presentation) (*identity, decision) {
+func (k agentJWT) check(ctx context.Context, p presentation) (*identity, decision) {
 	return k.sc.checkJWT(ctx, p.cred)
 }
 

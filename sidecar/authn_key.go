@@ -15,7 +15,7 @@ import (
 // apiKey checks an API key: from the key replica, else through Vault.
 type apiKey struct{ sc *Sidecar }
 
-func (k apiKey) check(ctx context.Context, p *presentation) (*identity, decision) {
+func (k apiKey) check(ctx context.Context, p presentation) (*identity, decision) {
 	return k.sc.checkKey(ctx, p.cred, p.clientIP)
 }
 

@@ -94,6 +94,9 @@ type decision struct {
 	rt         *route
 	// dpop: the 401 challenges with the DPoP scheme (and its algs).
 	dpop bool
+	// proofID is what the replay cache is to remember of a valid DPoP
+	// proof once the request is allowed.
+	proofID string
 }
 
 func (d decision) allowed() bool { return d.status == http.StatusOK }
@@ -149,7 +152,7 @@ func (sc *Sidecar) decide(ctx context.Context, r request) decision {
 		return decision{status: http.StatusUnauthorized, reason: reasonDPoPRequired, dpop: true}
 	}
 	p.method, p.rawPath, p.clientIP = r.method, rawPath, r.clientIP
-	id, d := sc.authenticatorFor(&p).authenticate(ctx, &p)
+	id, d := sc.authenticatorFor(&p).authenticate(ctx, p)
 	if id == nil {
 		return d
 	}
@@ -178,8 +181,8 @@ func (sc *Sidecar) decide(ctx context.Context, r request) decision {
 			}
 		}
 	}
-	if p.proofID != "" {
-		if d, ok := sc.recordProof(&p, id); !ok {
+	if d.proofID != "" {
+		if d, ok := sc.recordProof(d.proofID, id); !ok {
 			return d
 		}
 	}

@@ -30,6 +30,7 @@ type Sidecar struct {
 	vault *vaultClient
 	m     *metrics
 	dpop  *dpopConfig // nil: no DPoP
+	authn authenticators
 	// issuer is the JWT issuer, once known (config, or discovery).
 	issuer atomic.Pointer[string]
 
@@ -112,6 +113,7 @@ func New(c *Config, log hclog.Logger) (*Sidecar, error) {
 	if s.publicOrigin != "" {
 		sc.dpop = &dpopConfig{origin: s.publicOrigin, maxAge: s.dpopMaxAge, leeway: s.leeway, replay: newReplayCache(s.dpopReplaySize)}
 	}
+	sc.authn = newAuthenticators(sc)
 	sc.budgets = newBudgets(sc)
 	sc.holder = s.name
 	if sc.holder == "" {
