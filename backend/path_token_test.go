@@ -384,6 +384,13 @@ func TestTokenDPoPBinding(t *testing.T) {
 			if got := e.verifyReason(resp.Data["token"].(string), "10.0.0.1", nil); got != contract.ReasonDPoPRequired {
 				t.Fatalf("keybroker/verify on a bound token: %s", got)
 			}
+			// Revoked, it says revoked.
+			if err := e.b.revokeJTI(context.Background(), e.storage, resp.Data["jti"].(string), time.Now().Add(time.Hour)); err != nil {
+				t.Fatal(err)
+			}
+			if got := e.verifyReason(resp.Data["token"].(string), "10.0.0.1", nil); got != reasonRevoked {
+				t.Fatalf("keybroker/verify on a revoked bound token: %s", got)
+			}
 		})
 	}
 	bearer := e.ok(logical.UpdateOperation, "token/agent", nil)

@@ -150,7 +150,9 @@ func (b *backend) verifyJWT(ctx context.Context, req *logical.Request, token str
 	if err != nil {
 		return nil, err
 	}
-	vc := jwtverify.Config{Issuer: iss, Leeway: verifyLeeway}
+	// Bound tokens are let through to be answered dpop_required after the
+	// revocation check, so a revoked one says revoked.
+	vc := jwtverify.Config{Issuer: iss, Leeway: verifyLeeway, AcceptBound: true}
 	if audience != "" {
 		vc.Audiences = []string{audience}
 	}
@@ -165,8 +167,6 @@ func (b *backend) verifyJWT(ctx context.Context, req *logical.Request, token str
 		return verifyAnswer(reasonExpired), nil
 	case errors.Is(err, jwtverify.ErrNotYetValid):
 		return verifyAnswer(reasonNotYetValid), nil
-	case errors.Is(err, jwtverify.ErrBound):
-		return verifyAnswer(contract.ReasonDPoPRequired), nil
 	case errors.Is(err, jwtverify.ErrUnknownKey), errors.Is(err, jwtverify.ErrAlgorithm), errors.Is(err, jwtverify.ErrSignature):
 		return verifyAnswer(reasonInvalidSignature), nil
 	case errors.Is(err, jwtverify.ErrType), errors.Is(err, jwtverify.ErrClaims), errors.Is(err, jwtverify.ErrIssuerOrAudience):
@@ -181,6 +181,8 @@ func (b *backend) verifyJWT(ctx context.Context, req *logical.Request, token str
 	switch {
 	case revoked != nil:
 		return verifyAnswer(reasonRevoked), nil
+	case c.BoundKey() != "":
+		return verifyAnswer(contract.ReasonDPoPRequired), nil
 	case !cidrsAllow(c.CIDR, addr):
 		return verifyAnswer(reasonCIDRDenied), nil
 	case len(subset(required, c.Scopes())) > 0:

@@ -237,12 +237,6 @@ func (v *Verifier) Verify(token string, keys *KeySet) (*Claims, error) {
 	if len(c.Audience) == 0 || c.ID == "" {
 		return nil, ErrClaims
 	}
-	switch {
-	case c.Cnf != nil && c.Cnf.JKT == "":
-		return nil, ErrClaims // a confirmation method no verifier here checks
-	case c.Cnf != nil && !v.cfg.AcceptBound:
-		return nil, ErrBound
-	}
 	if err := v.validator.Validate(&c); err != nil {
 		switch {
 		case errors.Is(err, jwt.ErrTokenExpired):
@@ -254,6 +248,14 @@ func (v *Verifier) Verify(token string, keys *KeySet) (*Claims, error) {
 		default:
 			return nil, ErrClaims
 		}
+	}
+	// After the other checks, so that an expired or foreign bound token
+	// says so rather than "bound".
+	switch {
+	case c.Cnf != nil && c.Cnf.JKT == "":
+		return nil, ErrClaims // a confirmation method no verifier here checks
+	case c.Cnf != nil && !v.cfg.AcceptBound:
+		return nil, ErrBound
 	}
 	return &c, nil
 }

@@ -314,4 +314,9 @@ func TestVerifyBoundTokens(t *testing.T) {
 	if _, err := v.Verify(k.sign(t, "ed", c, func(h map[string]any) {}), k.set); !errors.Is(err, ErrClaims) {
 		t.Fatalf("cnf without jkt: %v", err)
 	}
+	// An expired bound token says expired, not bound.
+	c.Cnf, c.ExpiresAt = &Confirmation{JKT: "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"}, jwt.NewNumericDate(k.now.Add(-time.Hour))
+	if _, err := k.verifier(t).Verify(k.sign(t, "ed", c, nil), k.set); !errors.Is(err, ErrExpired) {
+		t.Fatalf("an expired bound token: %v", err)
+	}
 }

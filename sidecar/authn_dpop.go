@@ -56,10 +56,15 @@ func (a dpopBound) authenticate(ctx context.Context, p presentation) (*identity,
 		sc.log.Debug("dpop proof refused", "id", id.id, "error", err)
 		return refuse(reasonInvalidProof)
 	}
-	// The proof is remembered only once the request is otherwise allowed
-	// (recordProof): a revoked, expired or rate-limited credential must not
-	// fill the replay cache.
+	// A replay is refused now, before the rate limits (a captured proof
+	// must not spend its holder's requests); the proof itself is
+	// remembered only once the request is otherwise allowed (recordProof),
+	// so that a revoked, expired or rate-limited credential cannot fill
+	// the replay cache.
 	d.proofID = id.jkt + "\x00" + proof.JTI
+	if sc.dpop.replay.has(d.proofID, now) {
+		return refuse(reasonProofReplayed)
+	}
 	sc.m.dpopProofs.WithLabelValues("ok").Inc()
 	return id, d
 }

@@ -260,3 +260,26 @@ func TestDPoPBoundAPIKey(t *testing.T) {
 		t.Fatal("a key whose binding could not be read was served")
 	}
 }
+
+// A captured proof replayed is refused before the rate limit: replays
+// cannot spend the holder's requests.
+func TestDPoPReplayTakesNoRate(t *testing.T) {
+	f := dpopFixture(t)
+	k := dpoptest.NewKey(t, "ES256")
+	c := f.claims("read", time.Hour)
+	c.ID, c.Cnf, c.Rate = "jti-rated", &jwtverify.Confirmation{JKT: k.JKT}, &jwtverify.RateLimit{PerSecond: 0.01, Burst: 2}
+	tok := f.sign(t, c)
+	url := testOrigin + "/v1/items"
+	captured := k.Proof(t, "GET", url, tok, time.Now(), nil)
+	if d := decideWith(f.sc, "GET", "/v1/items", dpopHeaders(tok, captured)); !d.allowed() {
+		t.Fatalf("the holder's first request: %s", d.reason)
+	}
+	for range 3 {
+		if d := decideWith(f.sc, "GET", "/v1/items", dpopHeaders(tok, captured)); d.reason != reasonProofReplayed {
+			t.Fatalf("a replay: %s", d.reason)
+		}
+	}
+	if d := decideWith(f.sc, "GET", "/v1/items", dpopHeaders(tok, k.Proof(t, "GET", url, tok, time.Now(), nil))); !d.allowed() {
+		t.Fatalf("the holder's second request after replays: %d %s", d.status, d.reason)
+	}
+}

@@ -113,8 +113,12 @@ func (sc *Sidecar) checkKey(ctx context.Context, key string, ip netip.Addr) (*id
 		// Depends on the address, so not cached.
 		return nil, deny(http.StatusUnauthorized, reasonCIDRDenied)
 	case contract.ReasonDPoPRequired:
-		// A bound key Vault will not vouch for without its proof: its
-		// record, on its way, lets the sidecar check one. Not cached.
+		// A bound key Vault will not vouch for without its proof: only
+		// its record can let the sidecar check one. Cached as refused, so
+		// a leaked bound key sent in a loop costs Vault one call per
+		// negative_cache_ttl; the replica, read first, still serves the
+		// key once its record arrives.
+		sc.negative.Add(h, negEntry{reason: reasonDPoPRequired, expires: now.Add(sc.s.negativeCacheTTL)})
 		return nil, decision{status: http.StatusUnauthorized, reason: reasonDPoPRequired, dpop: true}
 	default:
 		reason := ans.Reason

@@ -321,6 +321,9 @@ func (c *Config) settings() (*settings, error) {
 		return nil, fmt.Errorf("dpop_proof_max_age, dpop_replay_cache_size and require_dpop need public_origin, which turns DPoP on")
 	}
 	s.requireDPoP = c.RequireDPoP
+	if s.requireDPoP && !s.keyReplica {
+		return nil, fmt.Errorf("require_dpop needs key_replica: a bound API key is checked from its record, so without the replica every API key would be refused")
+	}
 	if s.leeway > jwtverify.MaxLeeway {
 		return nil, fmt.Errorf("leeway must be at most %s", jwtverify.MaxLeeway)
 	}
@@ -483,8 +486,10 @@ func parseResource(r string) (resource, path, url_ string, err error) {
 	u, perr := url.Parse(r)
 	bad := perr != nil || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" || u.ForceQuery ||
 		!(u.Scheme == "https" || (u.Scheme == "http" && isLoopbackHost(u.Hostname())))
-	if bad {
-		return "", "", "", fmt.Errorf("resource %q must be an https URL without query or fragment, such as https://mcp.example.com/mcp", r)
+	if bad || (len(u.EscapedPath()) > 1 && strings.HasSuffix(u.EscapedPath(), "/")) {
+		// A trailing slash: RFC 9728 would keep it in the metadata path
+		// and some clients drop it; one spelling leaves no doubt.
+		return "", "", "", fmt.Errorf("resource %q must be an https URL without query, fragment or trailing slash, such as https://mcp.example.com/mcp", r)
 	}
 	path = "/.well-known/oauth-protected-resource" + strings.TrimSuffix(u.EscapedPath(), "/")
 	return r, path, u.Scheme + "://" + u.Host + path, nil

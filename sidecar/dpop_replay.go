@@ -38,6 +38,15 @@ func newReplayCache(size int) *replayCache {
 	return &replayCache{size: size, quota: max(1, size/8), seen: make(map[string]time.Time), held: make(map[string]int)}
 }
 
+// has says whether key is held and still live: a replay, refused before
+// it can take anything (a rate-limit token) from the credential's holder.
+func (c *replayCache) has(key string, now time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f, ok := c.seen[key]
+	return ok && now.Before(f)
+}
+
 // add records key for owner until forget: errReplayed when it is held
 // already, errReplayFull or errReplayMany when there is no room.
 func (c *replayCache) add(key, owner string, forget, now time.Time) error {

@@ -48,7 +48,8 @@ func TestProtectedResourceMetadata(t *testing.T) {
 
 	w := send(f.sc.proxyHandler(), "GET", "/v1/items", "127.0.0.1:1", nil)
 	c := w.Header().Get("WWW-Authenticate")
-	if w.Code != 401 || !strings.Contains(c, `resource_metadata="https://mcp.example.com`+path+`"`) || !strings.Contains(c, `scope="read"`) {
+	if w.Code != 401 || !strings.Contains(c, `resource_metadata="https://mcp.example.com`+path+`"`) || !strings.Contains(c, `scope="read"`) ||
+		!strings.HasPrefix(c, "DPoP ") || strings.Contains(c, "Bearer") { // require_dpop: no bearer offered
 		t.Fatalf("a request without a token: %d %q", w.Code, c)
 	}
 
@@ -81,7 +82,7 @@ func TestResourceConfig(t *testing.T) {
 			t.Errorf("resource %q: metadata at %q %v, want %q", in, u, err, want)
 		}
 	}
-	for _, bad := range []string{"mcp.example.com", "http://mcp.example.com/mcp", "https://mcp.example.com/mcp?x=1", "https://mcp.example.com/mcp#f", "https://u@mcp.example.com"} {
+	for _, bad := range []string{"mcp.example.com", "http://mcp.example.com/mcp", "https://mcp.example.com/mcp?x=1", "https://mcp.example.com/mcp#f", "https://u@mcp.example.com", "https://mcp.example.com/mcp/"} {
 		if _, _, _, err := parseResource(bad); err == nil {
 			t.Errorf("resource %q: accepted", bad)
 		}
@@ -94,5 +95,10 @@ func TestResourceConfig(t *testing.T) {
 	c.RequireDPoP = true
 	if _, err := c.settings(); err == nil {
 		t.Fatal("require_dpop without public_origin: accepted")
+	}
+	off := false
+	c.PublicOrigin, c.KeyReplica = "https://mcp.example.com", &off
+	if _, err := c.settings(); err == nil || !strings.Contains(err.Error(), "key_replica") {
+		t.Fatalf("require_dpop without the key replica: %v", err)
 	}
 }
