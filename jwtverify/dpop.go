@@ -119,20 +119,7 @@ func VerifyProof(proof string, c ProofCheck) (*Proof, error) {
 	if len(proof) > MaxProofSize {
 		return nil, ErrProofMalformed
 	}
-	first := strings.IndexByte(proof, '.')
-	last := strings.LastIndexByte(proof, '.')
-	if first <= 0 || last == first || last == len(proof)-1 || strings.Count(proof, ".") != 2 {
-		return nil, ErrProofMalformed
-	}
-	headerJSON, err := decodeSegment(proof[:first])
-	if err != nil {
-		return nil, ErrProofMalformed
-	}
-	payload, err := decodeSegment(proof[first+1 : last])
-	if err != nil {
-		return nil, ErrProofMalformed
-	}
-	sig, err := decodeSegment(proof[last+1:])
+	headerJSON, payload, sig, signed, err := splitCompact(proof)
 	if err != nil {
 		return nil, ErrProofMalformed
 	}
@@ -160,7 +147,7 @@ func VerifyProof(proof string, c ProofCheck) (*Proof, error) {
 	if method == nil {
 		return nil, ErrProofKey
 	}
-	if err := method.Verify(proof[:last], sig, key); err != nil {
+	if err := method.Verify(signed, sig, key); err != nil {
 		return nil, ErrProofSignature
 	}
 

@@ -112,21 +112,7 @@ func VerifySignature(token string, keys *KeySet, maxSize int) (Header, []byte, e
 	if len(token) > maxSize {
 		return h, nil, ErrTooLarge
 	}
-	first := strings.IndexByte(token, '.')
-	last := strings.LastIndexByte(token, '.')
-	if first <= 0 || last == first || last == len(token)-1 || strings.Count(token, ".") != 2 {
-		return h, nil, ErrMalformed
-	}
-	rawHeader, rawPayload, rawSig := token[:first], token[first+1:last], token[last+1:]
-	headerJSON, err := decodeSegment(rawHeader)
-	if err != nil {
-		return h, nil, err
-	}
-	payload, err := decodeSegment(rawPayload)
-	if err != nil {
-		return h, nil, err
-	}
-	sig, err := decodeSegment(rawSig)
+	headerJSON, payload, sig, signed, err := splitCompact(token)
 	if err != nil {
 		return h, nil, err
 	}
@@ -147,10 +133,31 @@ func VerifySignature(token string, keys *KeySet, maxSize int) (Header, []byte, e
 	if method == nil {
 		return h, nil, ErrAlgorithm
 	}
-	if err := method.Verify(token[:last], sig, key.Public); err != nil {
+	if err := method.Verify(signed, sig, key.Public); err != nil {
 		return h, nil, ErrSignature
 	}
 	return h, payload, nil
+}
+
+// splitCompact splits a compact JWS into its decoded header, payload and
+// signature, and the signing input (header.payload): exactly three parts,
+// a header and a signature that are not empty, each strict base64url.
+func splitCompact(s string) (header, payload, sig []byte, signed string, err error) {
+	first := strings.IndexByte(s, '.')
+	last := strings.LastIndexByte(s, '.')
+	if first <= 0 || last == first || last == len(s)-1 || strings.Count(s, ".") != 2 {
+		return nil, nil, nil, "", ErrMalformed
+	}
+	if header, err = decodeSegment(s[:first]); err != nil {
+		return nil, nil, nil, "", err
+	}
+	if payload, err = decodeSegment(s[first+1 : last]); err != nil {
+		return nil, nil, nil, "", err
+	}
+	if sig, err = decodeSegment(s[last+1:]); err != nil {
+		return nil, nil, nil, "", err
+	}
+	return header, payload, sig, s[:last], nil
 }
 
 // decodeSegment decodes unpadded base64url strictly: only the URL alphabet
