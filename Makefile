@@ -24,9 +24,10 @@ test: vault vet
 	$(GO) test -count=1 -timeout 20m ./...
 	$(MAKE) --no-print-directory fuzz
 
-## fuzz: fuzz the JWT parser and the sidecar's decision (FUZZTIME=10m for longer)
+## fuzz: fuzz the JWT parser, the DPoP proof checker and the sidecar's decision (FUZZTIME=10m for longer)
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzVerifySignature -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./jwtverify/
+	$(GO) test -run '^$$' -fuzz FuzzVerifyProof -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./jwtverify/
 	$(GO) test -run '^$$' -fuzz FuzzDecide -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./sidecar/
 
 ## unit: the tests that need no Vault

@@ -1,11 +1,14 @@
 package jwtverify_test
 
 import (
+	"bufio"
 	"crypto/rand"
 	"crypto/rsa"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -195,4 +198,38 @@ func BenchmarkVerifyProof(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// Only a proof the client signed for this request verifies, whatever the
+// bytes; and neither the proof nor a hostile JWK (what dpop_jwk takes from
+// a minter) can panic the parser.
+func FuzzVerifyProof(f *testing.F) {
+	k := dpoptest.NewKey(f, "ES256")
+	now := time.Unix(1_800_000_000, 0)
+	const url, token = "https://api.example.com/read", "the-token"
+	good := k.Proof(f, "GET", url, token, now, nil)
+	f.Add(good)
+	f.Add(string(k.JWK))
+	for _, name := range []string{"gojose_jws_seeds.txt", "gojose_jwt_seeds.txt"} {
+		file, err := os.Open(filepath.Join("..", "testdata", "fuzz", name))
+		if err != nil {
+			f.Fatal(err)
+		}
+		sc := bufio.NewScanner(file)
+		sc.Buffer(make([]byte, 64<<10), 64<<10)
+		for sc.Scan() {
+			f.Add(sc.Text())
+		}
+		file.Close()
+	}
+	check := jwtverify.ProofCheck{Method: "GET", URL: url, AccessToken: token, JKT: k.JKT, Now: now, MaxAge: time.Minute, Leeway: 5 * time.Second}
+	f.Fuzz(func(t *testing.T, s string) {
+		if _, err := jwtverify.VerifyProof(s, check); err == nil && s != good {
+			t.Fatalf("a proof that was never signed verified: %q", s)
+		}
+		unbound := check
+		unbound.JKT = ""
+		_, _ = jwtverify.VerifyProof(s, unbound)
+		_, _ = jwtverify.Thumbprint([]byte(s))
+	})
 }
