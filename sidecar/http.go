@@ -207,11 +207,10 @@ func (sc *Sidecar) writeDenial(w http.ResponseWriter, d decision, only2xx401403 
 			scope = fmt.Sprintf(`, scope=%q`, d.scope)
 		}
 		switch {
-		case d.reason == reasonNoCredential && sc.s.requireDPoP:
-			c := dpopChallenge + scope + rm // a bearer would be refused
-			h.Set("WWW-Authenticate", c)
-			body["error"] = "invalid_request"
 		case d.reason == reasonNoCredential:
+			// Bearer first even under require_dpop: OAuth clients (the
+			// MCP SDK) read resource_metadata only from a Bearer
+			// challenge, and the metadata then says DPoP is required.
 			c := `Bearer realm="keybroker"` + scope + rm
 			if d.dpop {
 				c += ", " + dpopChallenge

@@ -48,8 +48,10 @@ func TestProtectedResourceMetadata(t *testing.T) {
 
 	w := send(f.sc.proxyHandler(), "GET", "/v1/items", "127.0.0.1:1", nil)
 	c := w.Header().Get("WWW-Authenticate")
-	if w.Code != 401 || !strings.Contains(c, `resource_metadata="https://mcp.example.com`+path+`"`) || !strings.Contains(c, `scope="read"`) ||
-		!strings.HasPrefix(c, "DPoP ") || strings.Contains(c, "Bearer") { // require_dpop: no bearer offered
+	// Bearer first, even under require_dpop: the MCP SDK reads
+	// resource_metadata from a Bearer challenge only.
+	if w.Code != 401 || !strings.HasPrefix(c, `Bearer realm="keybroker", scope="read", resource_metadata="https://mcp.example.com`+path+`"`) ||
+		!strings.Contains(c, `DPoP algs="`) {
 		t.Fatalf("a request without a token: %d %q", w.Code, c)
 	}
 
