@@ -22,6 +22,7 @@ func main() {
 	upstream := flag.String("upstream", "", "URL requests are forwarded to (overrides upstream)")
 	logLevel := flag.String("log-level", "", "trace, debug, info, warn or error (overrides log_level)")
 	showVersion := flag.Bool("version", false, "print the version and exit")
+	checkConfig := flag.Bool("check-config", false, "validate the configuration, print the effective settings as JSON and exit (contacts nothing)")
 	flag.Parse()
 	if *showVersion {
 		fmt.Println("keybroker-sidecar", version.Version)
@@ -43,6 +44,15 @@ func main() {
 		if *flagValue != "" {
 			*field = *flagValue
 		}
+	}
+	if *checkConfig {
+		out, err := sidecar.CheckConfig(cfg)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "keybroker-sidecar: %s: %v\n", *configPath, err)
+			os.Exit(2)
+		}
+		fmt.Println(string(out))
+		return
 	}
 	sc, err := sidecar.New(cfg, nil)
 	if err != nil {
