@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -33,7 +34,7 @@ use=sig. Needs no Vault token, like an OIDC provider's jwks_uri.`,
 				logical.ReadOperation: &framework.PathOperation{Callback: b.pathDiscoveryRead},
 			},
 			HelpSynopsis:    "Discovery document with issuer and jwks_uri (unauthenticated).",
-			HelpDescription: "Returns issuer and jwks_uri as raw JSON, so verifiers can be configured with the issuer alone.",
+			HelpDescription: "Returns issuer, jwks_uri and id_token_signing_alg_values_supported (every algorithm in the JWKS, the current one first) as raw JSON, so verifiers can be configured with the issuer alone.",
 		},
 		{
 			Pattern: "rotate$",
@@ -75,10 +76,19 @@ func (b *backend) pathDiscoveryRead(ctx context.Context, req *logical.Request, _
 	if err != nil {
 		return nil, err
 	}
+	// Every algorithm a verifier may meet in the JWKS, the current one
+	// first: after a change of signing_algorithm, tokens signed with the old
+	// one still verify until verification_ttl.
+	algs := []string{st.alg}
+	for _, k := range st.public {
+		if !slices.Contains(algs, k.Alg) {
+			algs = append(algs, k.Alg)
+		}
+	}
 	body, err := json.Marshal(map[string]interface{}{
 		"issuer":                                iss,
 		"jwks_uri":                              iss + "/jwks",
-		"id_token_signing_alg_values_supported": []string{st.alg},
+		"id_token_signing_alg_values_supported": algs,
 	})
 	if err != nil {
 		return nil, err

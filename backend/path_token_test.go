@@ -440,3 +440,21 @@ func TestTokenClientIDAndAuthTime(t *testing.T) {
 		t.Fatalf("refresh: %v client_id %q auth_time %v (first %v), iat %v", err, c2.ClientID, c2.AuthTime, c1.AuthTime, c2.IssuedAt)
 	}
 }
+
+// Discovery lists every algorithm in the JWKS, the current one first: after
+// a change of signing_algorithm the old keys still verify tokens.
+func TestDiscoveryListsEveryAlgorithm(t *testing.T) {
+	e := newJWTEnv(t, nil)
+	e.ok(logical.UpdateOperation, "token/agent", nil) // the first key, EdDSA
+	e.ok(logical.UpdateOperation, "config", map[string]interface{}{"signing_algorithm": "ES256"})
+	disc := e.ok(logical.ReadOperation, ".well-known/openid-configuration", nil)
+	var doc struct {
+		Algs []string `json:"id_token_signing_alg_values_supported"`
+	}
+	if err := json.Unmarshal(disc.Data[logical.HTTPRawBody].([]byte), &doc); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(doc.Algs, ",") != "ES256,EdDSA" {
+		t.Fatalf("discovery algorithms %v, want ES256 then EdDSA", doc.Algs)
+	}
+}
