@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
@@ -72,7 +73,10 @@ func nodeCmd(t *testing.T, script string, args ...string) *exec.Cmd {
 	if npmErr != nil {
 		t.Skipf("cannot install the npm interop clients (dpop, jose, the MCP SDK): %v", npmErr)
 	}
-	cmd := exec.Command(node, append([]string{script}, args...)...)
+	// No script may hang the suite: a client that blocks fails its test.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	cmd := exec.CommandContext(ctx, node, append([]string{script}, args...)...)
 	cmd.Dir = interopDir
 	return cmd
 }

@@ -5,8 +5,10 @@ import (
 	"compress/flate"
 	"compress/gzip"
 	"compress/zlib"
+	"encoding/json"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
@@ -279,4 +281,35 @@ func encode(t *testing.T, encoding, body string) (string, string) {
 		out = out[:10] + strings.Repeat("\xff", 20) + out[30:]
 	}
 	return out, ce
+}
+
+// An exhausted budget tells clients not to retry (the OpenAI SDKs honour
+// X-Should-Retry), and on an OpenAI-metered route answers in OpenAI's error
+// shape; a rate limit stays retryable.
+func TestExhaustedAnswers(t *testing.T) {
+	sc := testBudgets(t)
+	for _, tc := range []struct {
+		d         decision
+		retry     string
+		code, typ string
+	}{
+		{decision{status: 429, reason: reasonBudgetExhausted, retryAfter: time.Hour, openai: true}, "false", "insufficient_quota", "insufficient_quota"},
+		{decision{status: 429, reason: reasonBudgetExhausted, retryAfter: time.Hour}, "false", "", ""},
+		{decision{status: 429, reason: reasonRateLimited, retryAfter: time.Second, openai: true}, "", "rate_limit_exceeded", "requests"},
+	} {
+		w := httptest.NewRecorder()
+		sc.writeDenial(w, tc.d, false)
+		var body struct {
+			Error  json.RawMessage `json:"error"`
+			Reason string          `json:"reason"`
+		}
+		if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil {
+			t.Fatal(err)
+		}
+		var oe struct{ Code, Type, Message string }
+		_ = json.Unmarshal(body.Error, &oe)
+		if w.Header().Get("X-Should-Retry") != tc.retry || oe.Code != tc.code || oe.Type != tc.typ || body.Reason != tc.d.reason || w.Header().Get("Retry-After") == "" {
+			t.Errorf("%+v: X-Should-Retry %q, error %s, reason %q", tc.d, w.Header().Get("X-Should-Retry"), body.Error, body.Reason)
+		}
+	}
 }

@@ -97,6 +97,9 @@ type decision struct {
 	// proofID is what the replay cache is to remember of a valid DPoP
 	// proof once the request is allowed.
 	proofID string
+	// openai: the route meters OpenAI-compatible answers, so its clients
+	// are OpenAI SDKs: a 429 then also speaks their error format.
+	openai bool
 }
 
 func (d decision) allowed() bool { return d.status == http.StatusOK }
@@ -173,11 +176,11 @@ func (sc *Sidecar) decide(ctx context.Context, r request) decision {
 	allowed := decision{status: http.StatusOK, reason: reasonOK, id: id, degraded: d.degraded, rt: rt, path: path, query: rawQuery}
 	if id.rate != nil {
 		if wait, ok := sc.rateAllow(id); !ok {
-			return decision{status: http.StatusTooManyRequests, reason: reasonRateLimited, retryAfter: wait}
+			return decision{status: http.StatusTooManyRequests, reason: reasonRateLimited, retryAfter: wait, openai: rt.openaiUsage}
 		}
 		if sc.cluster != nil {
 			if wait, ok := sc.cluster.allow(ctx, id); !ok {
-				return decision{status: http.StatusTooManyRequests, reason: reasonRateLimited, retryAfter: wait}
+				return decision{status: http.StatusTooManyRequests, reason: reasonRateLimited, retryAfter: wait, openai: rt.openaiUsage}
 			}
 		}
 	}
@@ -193,6 +196,7 @@ func (sc *Sidecar) decide(ctx context.Context, r request) decision {
 		}
 		h, denied := sc.budgets.acquire(ctx, id, max(1, amount))
 		if h == nil {
+			denied.openai = rt.openaiUsage
 			return denied
 		}
 		allowed.hold = h

@@ -240,6 +240,12 @@ func (sc *Sidecar) writeDenial(w http.ResponseWriter, d decision, only2xx401403 
 		}
 	case http.StatusTooManyRequests:
 		h.Set("Retry-After", strconv.FormatInt(retryAfterSeconds(d.retryAfter), 10))
+		if d.reason == reasonBudgetExhausted {
+			// Retrying cannot help before the period resets: say so to
+			// clients that would otherwise wait out Retry-After, perhaps
+			// for hours (the OpenAI SDKs honour this header).
+			h.Set("X-Should-Retry", "false")
+		}
 	case http.StatusMethodNotAllowed:
 		h.Set("Allow", d.allow)
 	case http.StatusBadRequest:
@@ -253,7 +259,24 @@ func (sc *Sidecar) writeDenial(w http.ResponseWriter, d decision, only2xx401403 
 		status = http.StatusForbidden
 	}
 	w.WriteHeader(status)
+	if d.openai && d.status == http.StatusTooManyRequests {
+		_ = json.NewEncoder(w).Encode(openAIError(d))
+		return
+	}
 	_ = json.NewEncoder(w).Encode(body)
+}
+
+// openAIError is a 429 in the shape OpenAI's API gives one, so an OpenAI
+// SDK surfaces code and type, with keybroker's reason beside it.
+func openAIError(d decision) map[string]interface{} {
+	e := map[string]interface{}{"type": "requests", "code": "rate_limit_exceeded",
+		"message": fmt.Sprintf("keybroker: rate limit reached for this credential; retry after %d s", retryAfterSeconds(d.retryAfter))}
+	if d.reason == reasonBudgetExhausted {
+		e = map[string]interface{}{"type": "insufficient_quota", "code": "insufficient_quota",
+			"message": fmt.Sprintf("keybroker: this credential's budget is spent until its period resets, in %d s; retrying sooner cannot succeed", retryAfterSeconds(d.retryAfter))}
+	}
+	e["param"] = nil
+	return map[string]interface{}{"error": e, "reason": d.reason}
 }
 
 // dpopChallenge is the DPoP scheme's challenge (RFC 9449 §7.1): the
