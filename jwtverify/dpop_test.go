@@ -1,14 +1,11 @@
 package jwtverify_test
 
 import (
-	"bufio"
 	"crypto/rand"
 	"crypto/rsa"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -210,18 +207,7 @@ func FuzzVerifyProof(f *testing.F) {
 	good := k.Proof(f, "GET", url, token, now, nil)
 	f.Add(good)
 	f.Add(string(k.JWK))
-	for _, name := range []string{"gojose_jws_seeds.txt", "gojose_jwt_seeds.txt"} {
-		file, err := os.Open(filepath.Join("..", "testdata", "fuzz", name))
-		if err != nil {
-			f.Fatal(err)
-		}
-		sc := bufio.NewScanner(file)
-		sc.Buffer(make([]byte, 64<<10), 64<<10)
-		for sc.Scan() {
-			f.Add(sc.Text())
-		}
-		file.Close()
-	}
+	jwtverify.AddFuzzSeeds(f)
 	check := jwtverify.ProofCheck{Method: "GET", URL: url, AccessToken: token, JKT: k.JKT, Now: now, MaxAge: time.Minute, Leeway: 5 * time.Second}
 	f.Fuzz(func(t *testing.T, s string) {
 		if _, err := jwtverify.VerifyProof(s, check); err == nil && s != good {

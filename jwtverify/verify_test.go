@@ -255,18 +255,7 @@ func FuzzVerifySignature(f *testing.F) {
 	k := newTestKeys(f)
 	good := k.sign(f, "ed", k.claims(), nil)
 	f.Add(good)
-	for _, name := range []string{"gojose_jws_seeds.txt", "gojose_jwt_seeds.txt"} {
-		file, err := os.Open(filepath.Join("..", "testdata", "fuzz", name))
-		if err != nil {
-			f.Fatal(err)
-		}
-		sc := bufio.NewScanner(file)
-		sc.Buffer(make([]byte, 64<<10), 64<<10)
-		for sc.Scan() {
-			f.Add(sc.Text())
-		}
-		file.Close()
-	}
+	addFuzzSeeds(f)
 	v := k.verifier(f)
 	f.Fuzz(func(t *testing.T, token string) {
 		_, _, err := VerifySignature(token, k.set, 0)
@@ -318,5 +307,21 @@ func TestVerifyBoundTokens(t *testing.T) {
 	c.Cnf, c.ExpiresAt = &Confirmation{JKT: "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"}, jwt.NewNumericDate(k.now.Add(-time.Hour))
 	if _, err := k.verifier(t).Verify(k.sign(t, "ed", c, nil), k.set); !errors.Is(err, ErrExpired) {
 		t.Fatalf("an expired bound token: %v", err)
+	}
+}
+
+// addFuzzSeeds adds go-jose's hostile JWS and JWT inputs to a fuzz corpus.
+func addFuzzSeeds(f *testing.F) {
+	for _, name := range []string{"gojose_jws_seeds.txt", "gojose_jwt_seeds.txt"} {
+		file, err := os.Open(filepath.Join("..", "testdata", "fuzz", name))
+		if err != nil {
+			f.Fatal(err)
+		}
+		sc := bufio.NewScanner(file)
+		sc.Buffer(make([]byte, 64<<10), 64<<10)
+		for sc.Scan() {
+			f.Add(sc.Text())
+		}
+		file.Close()
 	}
 }
