@@ -233,6 +233,7 @@ func (b *backend) pathKeyMint(ctx context.Context, req *logical.Request, d *fram
 		resp = b.Secret(secretTypeAPIKey).Response(data, map[string]interface{}{"key_id": entry.ID})
 		resp.Secret.TTL = ttl
 		resp.Secret.MaxTTL = r.MaxTTL
+		resp.Secret.Renewable = !r.NotRenewable
 	}
 	for _, w := range warnings {
 		resp.AddWarning(w)

@@ -244,6 +244,30 @@ func TestRenewExtendsExpiry(t *testing.T) {
 	}
 }
 
+// A role with renewable=false mints keys whose leases Vault does not renew
+// (Vault Agent then mints a successor early); keys minted before the change
+// are refused renewal by the plugin.
+func TestNotRenewableRole(t *testing.T) {
+	e := newTestEnv(t)
+	e.createRole("web", map[string]interface{}{"ttl": "1h", "max_ttl": "3h"})
+	before := e.mint("web", nil)
+	e.ok(logical.UpdateOperation, "roles/web", map[string]interface{}{"renewable": false})
+	if got := e.ok(logical.ReadOperation, "roles/web", nil).Data["renewable"]; got != false {
+		t.Fatalf("role renewable = %v, want false", got)
+	}
+	if resp := e.mint("web", nil); resp.Secret == nil || resp.Secret.Renewable || resp.Secret.TTL != time.Hour {
+		t.Fatalf("lease = %#v, want a non-renewable 1h lease", resp.Secret)
+	}
+	r, err := e.lease(logical.RenewOperation, before.Secret)
+	if err != nil || r == nil || !r.IsError() || !strings.Contains(r.Error().Error(), "renewable=false") {
+		t.Fatalf("renewing a key of a non-renewable role: %v %#v", err, r)
+	}
+	e.ok(logical.UpdateOperation, "roles/web", map[string]interface{}{"renewable": true})
+	if resp := e.mint("web", nil); !resp.Secret.Renewable {
+		t.Fatal("renewable=true again: lease not renewable")
+	}
+}
+
 func TestKeyIDPathsRejectBadIDs(t *testing.T) {
 	e := newTestEnv(t)
 	e.userError(logical.ReadOperation, "keys/id/short", nil, "is not a key_id")

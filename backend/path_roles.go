@@ -19,15 +19,20 @@ var reservedRoleNames = map[string]bool{"id": true, "refresh": true}
 
 // role is what an operator allows credentials minted from it to carry.
 type role struct {
-	Scopes        []string          `json:"scopes"`
-	DefaultScopes []string          `json:"default_scopes,omitempty"` // nil: all of Scopes
-	TTL           time.Duration     `json:"ttl"`
-	MaxTTL        time.Duration     `json:"max_ttl"`
-	BoundCIDRs    []string          `json:"bound_cidrs,omitempty"`
-	Tenant        string            `json:"tenant,omitempty"`
-	KeyPrefix     string            `json:"key_prefix"`
-	Orphan        bool              `json:"orphan"`
-	Metadata      map[string]string `json:"metadata,omitempty"`
+	Scopes        []string      `json:"scopes"`
+	DefaultScopes []string      `json:"default_scopes,omitempty"` // nil: all of Scopes
+	TTL           time.Duration `json:"ttl"`
+	MaxTTL        time.Duration `json:"max_ttl"`
+	BoundCIDRs    []string      `json:"bound_cidrs,omitempty"`
+	Tenant        string        `json:"tenant,omitempty"`
+	KeyPrefix     string        `json:"key_prefix"`
+	Orphan        bool          `json:"orphan"`
+	// NotRenewable: the keys' leases cannot be renewed, so Vault Agent
+	// mints a successor before the key expires instead of renewing it
+	// until max_ttl (stored negated: roles written before it stay
+	// renewable).
+	NotRenewable bool              `json:"not_renewable,omitempty"`
+	Metadata     map[string]string `json:"metadata,omitempty"`
 
 	// Agent JWTs.
 	Audiences   []string      `json:"audiences,omitempty"`
@@ -98,6 +103,7 @@ func (r *role) responseData() map[string]interface{} {
 		"tenant":          r.Tenant,
 		"key_prefix":      r.KeyPrefix,
 		"orphan":          r.Orphan,
+		"renewable":       !r.NotRenewable,
 		"metadata":        md,
 		"audiences":       nonNil(r.Audiences),
 		"token_ttl":       int64(r.TokenTTL.Seconds()),
@@ -168,6 +174,12 @@ func pathRoles(b *backend) []*framework.Path {
 		"orphan": {
 			Type:        framework.TypeBool,
 			Description: "If true, keys are not Vault leases: they outlive the token that minted them, expire at their expires_at and are revoked through keybroker/keys/id/<key_id>.",
+		},
+		"renewable": {
+			Type: framework.TypeBool,
+			Description: "If false, the keys' leases cannot be renewed: Vault Agent then mints a successor at its template_config lease_renewal_threshold (default 0.9) of the TTL " +
+				"while the old key stays valid until its own expiry, so consumers overlap instead of getting a new key in the last seconds of max_ttl.",
+			Default: true,
 		},
 		"metadata": {
 			Type:        framework.TypeKVPairs,
@@ -307,6 +319,9 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 	}
 	if v, ok := d.GetOk("orphan"); ok {
 		r.Orphan = v.(bool)
+	}
+	if v, ok := d.GetOk("renewable"); ok {
+		r.NotRenewable = !v.(bool)
 	}
 	if v, ok := d.GetOk("metadata"); ok {
 		r.Metadata = v.(map[string]string)

@@ -29,6 +29,7 @@ func TestRoleCRUD(t *testing.T) {
 		"tenant":               "acme",
 		"key_prefix":           "kb",
 		"orphan":               false,
+		"renewable":            true,
 		"metadata":             map[string]string{"team": "payments"},
 		"audiences":            []string{},
 		"token_ttl":            int64(900),

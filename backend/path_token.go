@@ -47,6 +47,10 @@ func pathToken(b *backend) *framework.Path {
 		Fields:  mintTokenFields(),
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.UpdateOperation: &framework.PathOperation{Callback: b.pathTokenMint},
+			// A read mints with the role's defaults, as database/creds
+			// does, so Vault Agent's natural template works:
+			// {{ with secret "keybroker/token/<role>" }}.
+			logical.ReadOperation: &framework.PathOperation{Callback: b.pathTokenMint},
 		},
 		HelpSynopsis: "Mint a short-lived agent JWT from a role.",
 		HelpDescription: `Returns a JWT (typ at+jwt) signed by the plugin's current key, with iss, sub,
@@ -61,7 +65,12 @@ has a refresh_ttl, a refresh_token comes with it (see keybroker/token/refresh).
 With dpop_jkt or dpop_jwk the token is DPoP-bound (RFC 9449): it carries
 cnf.jkt, token_type is DPoP, and a verifier accepts it only with a proof
 signed by that key for each request. A role with require_dpop mints only
-bound tokens.`,
+bound tokens.
+
+A read mints too, with the role's defaults (or the fields given as query
+parameters), so a Vault Agent template {{ with secret "keybroker/token/<role>" }}
+renders a token and re-renders it before it expires: read and update
+capabilities on this path both grant minting.`,
 	}
 }
 

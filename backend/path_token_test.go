@@ -92,12 +92,18 @@ func TestTokenMint(t *testing.T) {
 		t.Fatalf("header = %v", header)
 	}
 
-	// Defaults: every audience of the role, its default scopes.
-	resp = e.ok(logical.UpdateOperation, "token/agent", nil)
-	c, err = e.offline(resp.Data["token"].(string), "search")
-	if err != nil || c.Scope != "read" || len(c.Audience) != 2 {
-		t.Fatalf("default token: %v %+v", err, c)
+	// Defaults: every audience of the role, its default scopes; a read
+	// (Vault Agent's template without parameters) mints the same.
+	for _, op := range []logical.Operation{logical.UpdateOperation, logical.ReadOperation} {
+		resp = e.ok(op, "token/agent", nil)
+		c, err = e.offline(resp.Data["token"].(string), "search")
+		if err != nil || c.Scope != "read" || len(c.Audience) != 2 || resp.Secret == nil {
+			t.Fatalf("%s: default token: %v %+v", op, err, c)
+		}
 	}
+	// A read is checked like a write: no widening through it.
+	e.userError(logical.ReadOperation, "token/agent", map[string]interface{}{"scopes": "admin"}, "not allowed")
+	e.userError(logical.ReadOperation, "token/agent", map[string]interface{}{"scope": "read"}, "unknown field")
 }
 
 func decodeJSONSegment(s string) (map[string]interface{}, error) {

@@ -65,6 +65,11 @@ func (b *backend) renewAPIKey(ctx context.Context, req *logical.Request, _ *fram
 	if r == nil {
 		return logical.ErrorResponse("role %q was deleted; its keys cannot be renewed", k.Role), nil
 	}
+	if r.NotRenewable {
+		// Vault refuses to renew a lease minted non-renewable; this
+		// covers keys minted before the role was changed.
+		return logical.ErrorResponse("role %q has renewable=false; its keys cannot be renewed", k.Role), nil
+	}
 	ttl, warnings, err := framework.CalculateTTL(b.System(), req.Secret.Increment, r.TTL, 0, r.MaxTTL, 0, req.Secret.IssueTime)
 	if err != nil {
 		return logical.ErrorResponse(err.Error()), nil
