@@ -58,6 +58,10 @@ type Sidecar struct {
 	cluster  *clusterRate // nil unless rate_limit_scope = "cluster"
 	budgets  *budgets
 	holder   string // this sidecar's name in reservations
+
+	// stop ends what Start began; running counts it.
+	stop    context.CancelFunc
+	running sync.WaitGroup
 }
 
 type keyEntry struct {
@@ -155,18 +159,7 @@ func (sc *Sidecar) Run(ctx context.Context) error {
 func (sc *Sidecar) Serve(ctx context.Context, proxy, auth net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		sc.background(ctx)
-	}()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		sc.budgets.run(ctx)
-	}()
+	sc.Start(ctx)
 
 	servers := []*http.Server{sc.server(sc.authHandler())}
 	lns := []net.Listener{auth}
@@ -193,14 +186,39 @@ func (sc *Sidecar) Serve(ctx context.Context, proxy, auth net.Listener) error {
 	for _, srv := range servers {
 		_ = srv.Shutdown(shutdown)
 	}
-	// In-flight requests have settled: report their use and give back
-	// what is left, so a clean stop loses nothing.
+	sc.Stop()
+	return err
+}
+
+// Start begins what keeps decisions current (the Vault login, the JWKS,
+// the revocation and key-record feeds, budget reservations) until ctx ends
+// or Stop. Serve calls it; a Go service that embeds the verifier
+// (Middleware) calls it itself, once.
+func (sc *Sidecar) Start(ctx context.Context) {
+	ctx, cancel := context.WithCancel(ctx)
+	sc.stop = cancel
+	sc.running.Add(2)
+	go func() {
+		defer sc.running.Done()
+		sc.background(ctx)
+	}()
+	go func() {
+		defer sc.running.Done()
+		sc.budgets.run(ctx)
+	}()
+}
+
+// Stop reports what in-flight requests used and gives back the budget
+// left, so a clean stop loses nothing, then ends what Start began. Call it
+// after the server in front stopped taking requests.
+func (sc *Sidecar) Stop() {
 	final, finalDone := context.WithTimeout(context.Background(), 5*time.Second)
 	defer finalDone()
 	sc.budgets.report(final, true)
-	cancel()
-	wg.Wait()
-	return err
+	if sc.stop != nil {
+		sc.stop()
+	}
+	sc.running.Wait()
 }
 
 // server applies the configured limits, so a client cannot hold a
