@@ -10,6 +10,8 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/keybroker/keybroker/jwtverify"
 )
 
 // jwksMaxAge is how long clients may cache the JWKS. Verifiers refetch on an
@@ -35,6 +37,20 @@ use=sig. Needs no Vault token, like an OIDC provider's jwks_uri.`,
 			},
 			HelpSynopsis:    "Discovery document with issuer and jwks_uri (unauthenticated).",
 			HelpDescription: "Returns issuer, jwks_uri and id_token_signing_alg_values_supported (every algorithm in the JWKS, the current one first) as raw JSON, so verifiers can be configured with the issuer alone.",
+		},
+		{
+			Pattern: `\.well-known/oauth-authorization-server$`,
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ReadOperation: &framework.PathOperation{Callback: b.pathASMetadataRead},
+			},
+			HelpSynopsis: "OAuth 2.0 authorization server metadata, RFC 8414 (unauthenticated).",
+			HelpDescription: `Returns issuer, jwks_uri, the signing algorithms of the JWKS and the DPoP
+proof algorithms accepted (dpop_signing_alg_values_supported, RFC 9449) as
+raw JSON. Tokens are minted by authenticated Vault requests
+(keybroker/token/<role>), not at an OAuth endpoint: the document names no
+authorization or token endpoint, and response_types_supported and
+grant_types_supported are empty. Vault serves it under the mount
+(<issuer>/.well-known/oauth-authorization-server), not at the host's root.`,
 		},
 		{
 			Pattern: "rotate$",
@@ -68,6 +84,38 @@ func (b *backend) pathJWKSRead(ctx context.Context, req *logical.Request, _ *fra
 }
 
 func (b *backend) pathDiscoveryRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	return b.metadata(ctx, req, func(iss string, algs []string) map[string]interface{} {
+		return map[string]interface{}{
+			"issuer":                                iss,
+			"jwks_uri":                              iss + "/jwks",
+			"id_token_signing_alg_values_supported": algs,
+		}
+	})
+}
+
+// pathASMetadataRead answers RFC 8414. It tells the truth about what the
+// mount is: an issuer with keys, whose tokens come from Vault requests. An
+// OAuth client that finds no token endpoint stops there, rather than trying
+// a flow nothing here serves.
+func (b *backend) pathASMetadataRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	return b.metadata(ctx, req, func(iss string, algs []string) map[string]interface{} {
+		return map[string]interface{}{
+			"issuer":                                    iss,
+			"jwks_uri":                                  iss + "/jwks",
+			"response_types_supported":                  []string{},
+			"grant_types_supported":                     []string{},
+			"token_endpoint_auth_methods_supported":     []string{},
+			"dpop_signing_alg_values_supported":         jwtverify.ProofAlgorithms,
+			"access_token_signing_alg_values_supported": algs,
+		}
+	})
+}
+
+// metadata renders a discovery document from the issuer and every
+// algorithm a verifier may meet in the JWKS, the current one first: after a
+// change of signing_algorithm, tokens signed with the old one still verify
+// until verification_ttl.
+func (b *backend) metadata(ctx context.Context, req *logical.Request, doc func(iss string, algs []string) map[string]interface{}) (*logical.Response, error) {
 	iss, userErr, err := b.issuer(ctx, req)
 	if userErr != nil || err != nil {
 		return userErr, err
@@ -76,22 +124,15 @@ func (b *backend) pathDiscoveryRead(ctx context.Context, req *logical.Request, _
 	if err != nil {
 		return nil, err
 	}
-	// Every algorithm a verifier may meet in the JWKS, the current one
-	// first: after a change of signing_algorithm, tokens signed with the old
-	// one still verify until verification_ttl.
 	algs := []string{st.alg}
 	for _, k := range st.public {
 		if !slices.Contains(algs, k.Alg) {
 			algs = append(algs, k.Alg)
 		}
 	}
-	body, err := json.Marshal(map[string]interface{}{
-		"issuer":                                iss,
-		"jwks_uri":                              iss + "/jwks",
-		"id_token_signing_alg_values_supported": algs,
-	})
+	body, err := json.Marshal(doc(iss, algs))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("encoding metadata: %w", err)
 	}
 	return rawJSON(body), nil
 }

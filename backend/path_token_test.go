@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -462,5 +463,21 @@ func TestDiscoveryListsEveryAlgorithm(t *testing.T) {
 	}
 	if strings.Join(doc.Algs, ",") != "ES256,EdDSA" {
 		t.Fatalf("discovery algorithms %v, want ES256 then EdDSA", doc.Algs)
+	}
+
+	// RFC 8414: the same issuer and algorithms; no endpoint that does not
+	// exist, and the DPoP proof algorithms verifiers accept.
+	var as map[string]interface{}
+	raw := e.ok(logical.ReadOperation, ".well-known/oauth-authorization-server", nil).Data[logical.HTTPRawBody].([]byte)
+	if err := json.Unmarshal(raw, &as); err != nil {
+		t.Fatal(err)
+	}
+	var openid map[string]interface{}
+	_ = json.Unmarshal(disc.Data[logical.HTTPRawBody].([]byte), &openid)
+	if as["issuer"] != openid["issuer"] || as["jwks_uri"] != openid["jwks_uri"] || fmt.Sprint(as["access_token_signing_alg_values_supported"]) != "[ES256 EdDSA]" {
+		t.Fatalf("RFC 8414 metadata %s, openid %v", raw, openid)
+	}
+	if _, ok := as["token_endpoint"]; ok || fmt.Sprint(as["response_types_supported"]) != "[]" || !strings.Contains(fmt.Sprint(as["dpop_signing_alg_values_supported"]), "ES256") {
+		t.Fatalf("RFC 8414 metadata %s", raw)
 	}
 }

@@ -36,6 +36,16 @@ func fetchJWKS(t *testing.T, v *vaultserver.Server) *jwtverify.KeySet {
 	if disc.Issuer != v.Addr+"/v1/keybroker" || disc.JWKSURI != disc.Issuer+"/jwks" {
 		t.Fatalf("discovery = %+v", disc)
 	}
+	// RFC 8414 metadata, also without a token, names the same issuer.
+	var as struct {
+		Issuer   string   `json:"issuer"`
+		JWKSURI  string   `json:"jwks_uri"`
+		DPoPAlgs []string `json:"dpop_signing_alg_values_supported"`
+	}
+	getJSON(t, v.Addr+"/v1/keybroker/.well-known/oauth-authorization-server", &as)
+	if as.Issuer != disc.Issuer || as.JWKSURI != disc.JWKSURI || len(as.DPoPAlgs) == 0 {
+		t.Fatalf("RFC 8414 metadata = %+v, openid-configuration %+v", as, disc)
+	}
 	resp, err := http.Get(disc.JWKSURI)
 	if err != nil {
 		t.Fatal(err)
