@@ -1,0 +1,27 @@
+# Vault Agent for an AI agent that calls keybroker-protected services with a
+# short-lived JWT. Run it beside the agent:  VAULT_ADDR=https://vault:8200 vault agent -config=agent.hcl
+#
+# A read of keybroker/token/<role> mints a token with the role's defaults, so
+# the template needs no parameter. The token's lease is not renewable: Agent
+# mints the next one at lease_renewal_threshold of its TTL (token_ttl), long
+# before it expires, and the agent reads the file before each call.
+
+auto_auth {
+  method "approle" {
+    config = {
+      role_id_file_path                   = "role-id"
+      secret_id_file_path                 = "secret-id"
+      remove_secret_id_file_after_reading = false
+    }
+  }
+}
+
+template_config {
+  lease_renewal_threshold = 0.5
+}
+
+template {
+  contents    = "{{ with secret \"keybroker/token/agent\" }}{{ .Data.token }}{{ end }}"
+  destination = "agent-token"
+  perms       = "0600"
+}
