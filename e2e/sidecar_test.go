@@ -75,35 +75,7 @@ func startSidecarAt(t *testing.T, v *vaultserver.Server, mutate func(c *sidecar.
 	}))
 	t.Cleanup(e.upstream.Close)
 
-	policy := readExample(t, "keybroker-sidecar-policy.hcl")
-	roleID, secretID, err := v.AppRole(ctxT(t), "sidecar", "keybroker-sidecar", policy)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	secretFile := filepath.Join(dir, "secret-id")
-	if err := os.WriteFile(secretFile, []byte(secretID+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg := &sidecar.Config{
-		Upstream:               e.upstream.URL,
-		Audiences:              []string{"svc"},
-		Leeway:                 "1s",
-		TrustedProxies:         []string{"127.0.0.2"},
-		RevocationPollInterval: "100ms",
-		JWKSMinRefetchInterval: "30s",
-		KeyCacheTTL:            "1s",
-		NegativeCacheTTL:       "30s",
-		MaxStale:               "3s",
-		LogLevel:               "warn",
-		Vault:                  &sidecar.VaultConfig{Address: v.Addr, RoleID: roleID, SecretIDFile: secretFile},
-		Routes: []sidecar.RouteConfig{
-			{PathPrefix: "/public", Public: true},
-			{PathPrefix: "/read", Scopes: []string{"read"}},
-			{PathPrefix: "/read/admin", Scopes: []string{"admin"}},
-			{PathPrefix: "/write", Methods: []string{"POST"}, Scopes: []string{"write"}},
-		},
-	}
+	cfg := sidecarConfig(t, v, e.upstream.URL)
 	mutate(cfg, e.proxy)
 	sc, err := sidecar.New(cfg, nil)
 	if err != nil {
@@ -125,6 +97,42 @@ func startSidecarAt(t *testing.T, v *vaultserver.Server, mutate func(c *sidecar.
 		return resp.StatusCode == http.StatusOK
 	})
 	return e
+}
+
+// sidecarConfig is the tests' sidecar configuration, with an AppRole login
+// of its own bound to examples/keybroker-sidecar-policy.hcl.
+func sidecarConfig(t *testing.T, v *vaultserver.Server, upstream string) *sidecar.Config {
+	t.Helper()
+	policy := readExample(t, "keybroker-sidecar-policy.hcl")
+	roleID, secretID, err := v.AppRole(ctxT(t), "sidecar", "keybroker-sidecar", policy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	secretFile := filepath.Join(dir, "secret-id")
+	if err := os.WriteFile(secretFile, []byte(secretID+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := &sidecar.Config{
+		Upstream:               upstream,
+		Audiences:              []string{"svc"},
+		Leeway:                 "1s",
+		TrustedProxies:         []string{"127.0.0.2"},
+		RevocationPollInterval: "100ms",
+		JWKSMinRefetchInterval: "30s",
+		KeyCacheTTL:            "1s",
+		NegativeCacheTTL:       "30s",
+		MaxStale:               "3s",
+		LogLevel:               "warn",
+		Vault:                  &sidecar.VaultConfig{Address: v.Addr, RoleID: roleID, SecretIDFile: secretFile},
+		Routes: []sidecar.RouteConfig{
+			{PathPrefix: "/public", Public: true},
+			{PathPrefix: "/read", Scopes: []string{"read"}},
+			{PathPrefix: "/read/admin", Scopes: []string{"admin"}},
+			{PathPrefix: "/write", Methods: []string{"POST"}, Scopes: []string{"write"}},
+		},
+	}
+	return cfg
 }
 
 // gatewayConfig puts /verify behind gateway kind, called from 127.0.0.1.

@@ -32,12 +32,21 @@ func hdr(kv ...string) http.Header {
 }
 
 // Every way of reaching a stricter route through a weaker one, in proxy
-// mode, with no credential and with a credential lacking admin.
+// mode and through the embedded Middleware (one decision, two ways in),
+// with no credential and with a credential lacking admin.
 func TestProxyBoundary(t *testing.T) {
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	defer up.Close()
 	f := newFixture(t, func(c *Config) { c.Upstream = up.URL })
-	h := f.sc.proxyHandler()
+	for mode, h := range map[string]http.Handler{
+		"proxy":      f.sc.proxyHandler(),
+		"middleware": f.sc.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {})),
+	} {
+		t.Run(mode, func(t *testing.T) { testBoundary(t, f, h) })
+	}
+}
+
+func testBoundary(t *testing.T, f *fixture, h http.Handler) {
 	reader := f.jwt(t, "any read", time.Hour)
 	admin := f.jwt(t, "any read admin", time.Hour)
 	for _, tc := range []struct {

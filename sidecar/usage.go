@@ -31,17 +31,7 @@ const (
 func (sc *Sidecar) settleResponse(resp *http.Response, h *hold, rt *route) {
 	switch {
 	case rt.usageHeader != "":
-		v := strings.TrimSpace(resp.Header.Get(rt.usageHeader))
-		if v == "" {
-			h.settle(sc.fallback(rt, h, "header", fallbackMissing))
-			return
-		}
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n < 0 || n > maxUnitsRequest {
-			h.settle(sc.fallback(rt, h, "header", fallbackInvalid))
-			return
-		}
-		h.settle(n)
+		h.settle(sc.usageFromHeader(h, rt, resp.Header.Get(rt.usageHeader)))
 	case rt.openaiUsage:
 		if ce := resp.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
 			dec, err := decodedBody(ce, resp.Body)
@@ -60,6 +50,20 @@ func (sc *Sidecar) settleResponse(resp *http.Response, h *hold, rt *route) {
 	default:
 		h.settle(rt.cost)
 	}
+}
+
+// usageFromHeader is what an answer whose route reads usage_header costs:
+// the header's value, or the fallback when it is missing or does not parse.
+func (sc *Sidecar) usageFromHeader(h *hold, rt *route, v string) int64 {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return sc.fallback(rt, h, "header", fallbackMissing)
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 || n > maxUnitsRequest {
+		return sc.fallback(rt, h, "header", fallbackInvalid)
+	}
+	return n
 }
 
 // fallback is what a response whose usage cannot be read is charged: the

@@ -1,0 +1,60 @@
+// Command embedded is a Go service that verifies keybroker credentials in
+// process, with no sidecar: the same configuration file and the same
+// decisions as keybroker-sidecar (routes, API keys, JWTs, DPoP, revocations,
+// budgets), as net/http middleware.
+//
+//	go run ./examples/embedded -config examples/sidecar.hcl -listen 127.0.0.1:8080
+//
+// The upstream and listen settings of the file are not used here.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/keybroker/keybroker/sidecar"
+)
+
+func main() {
+	configPath := flag.String("config", "", "keybroker-sidecar HCL configuration (vault, audiences, routes, ...)")
+	listen := flag.String("listen", "127.0.0.1:8080", "address this service listens on")
+	flag.Parse()
+	cfg, err := sidecar.ParseConfigFile(*configPath)
+	if err != nil {
+		log.Fatal(err)
+	}
+	verifier, err := sidecar.New(cfg, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	// Logs in to Vault, follows the JWKS, revocations and key records.
+	verifier.Start(ctx)
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /hello", func(w http.ResponseWriter, r *http.Request) {
+		id, _ := sidecar.IdentityFrom(r.Context())
+		fmt.Fprintf(w, "hello %s (role %s, scopes %v)\n", id.Subject, id.Role, id.Scopes)
+	})
+	srv := &http.Server{Addr: *listen, Handler: verifier.Middleware(mux), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutdown)
+	}()
+	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Fatal(err)
+	}
+	// After the last request: report budget use, give back the rest.
+	verifier.Stop()
+}
