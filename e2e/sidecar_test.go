@@ -30,6 +30,7 @@ type sidecarEnv struct {
 	v        *vaultserver.Server
 	proxy    string // http://host:port of the reverse proxy
 	auth     string // http://host:port of /verify, /healthz, /metrics
+	grpc     string // host:port of the gRPC ext_authz service, when grpc_listen is set
 	upstream *httptest.Server
 
 	mu       sync.Mutex
@@ -77,15 +78,28 @@ func startSidecarAt(t *testing.T, v *vaultserver.Server, mutate func(c *sidecar.
 
 	cfg := sidecarConfig(t, v, e.upstream.URL)
 	mutate(cfg, e.proxy)
+	var grpcL net.Listener
+	if cfg.GRPCListen != "" { // "127.0.0.1:0"
+		if grpcL, err = net.Listen("tcp", cfg.GRPCListen); err != nil {
+			t.Fatal(err)
+		}
+		e.grpc = grpcL.Addr().String()
+	}
 	sc, err := sidecar.New(cfg, nil)
 	if err != nil {
 		proxyL.Close()
 		authL.Close()
+		if grpcL != nil {
+			grpcL.Close()
+		}
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); _ = sc.Serve(ctx, proxyL, authL) }()
+	go func() {
+		defer close(done)
+		_ = sc.ServeWith(ctx, sidecar.Listeners{Proxy: proxyL, Auth: authL, GRPC: grpcL})
+	}()
 	e.stop = sync.OnceFunc(func() { cancel(); <-done })
 	t.Cleanup(e.stop)
 	eventually(t, 15*time.Second, "sidecar never became ready", func() bool {

@@ -18,6 +18,11 @@ trusted_proxies = ["127.0.0.1"]
 # gateway's headers are read. Leave it out and /verify is off.
 gateway = "nginx"
 
+# Envoy's ext_authz over gRPC (examples/envoy.yaml): the Check service on
+# this address, answering only trusted_proxies. Independent of gateway; both
+# may be on. Leave it out and gRPC is off.
+# grpc_listen = "127.0.0.1:9001"
+
 # DPoP-bound agent tokens (RFC 9449): the scheme and host clients address
 # this service by, as their proofs name it in htu. Without it, bound tokens
 # are refused. Behind a gateway, the origin clients see, not the sidecar's.

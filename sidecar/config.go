@@ -31,6 +31,10 @@ type Config struct {
 	Upstream string `hcl:"upstream,optional"`
 	// AuthListen serves /verify for gateways, /healthz and /metrics.
 	AuthListen string `hcl:"auth_listen,optional"`
+	// GRPCListen serves Envoy's ext_authz gRPC API
+	// (envoy.service.auth.v3.Authorization/Check), to peers in
+	// TrustedProxies only. Empty: off.
+	GRPCListen string `hcl:"grpc_listen,optional"`
 
 	// Audiences are the aud values this service accepts in JWTs.
 	Audiences []string `hcl:"audiences"`
@@ -158,6 +162,7 @@ type RouteConfig struct {
 // settings is Config checked and parsed.
 type settings struct {
 	listen, authListen string
+	grpcListen         string // "": no gRPC ext_authz
 	upstream           *url.URL
 	audiences          []string
 	issuer             string
@@ -221,6 +226,7 @@ func (c *Config) settings() (*settings, error) {
 	s := &settings{
 		listen:          cmp.Or(c.Listen, "127.0.0.1:8080"),
 		authListen:      cmp.Or(c.AuthListen, "127.0.0.1:8081"),
+		grpcListen:      c.GRPCListen,
 		audiences:       c.Audiences,
 		issuer:          c.Issuer,
 		allowUnmatched:  c.AllowUnmatched,
@@ -354,6 +360,9 @@ func (c *Config) settings() (*settings, error) {
 		s.trusted = append(s.trusted, p.Masked())
 	}
 	if s.gateway, err = parseGateway(c.Gateway, len(s.trusted)); err != nil {
+		return nil, err
+	}
+	if err := checkGRPCListen(s.grpcListen, len(s.trusted)); err != nil {
 		return nil, err
 	}
 	switch c.RateLimitScope {

@@ -55,7 +55,7 @@ func CheckConfig(c *Config) ([]byte, error) {
 		roleID = "(set)"
 	}
 	eff := map[string]interface{}{
-		"listen": s.listen, "auth_listen": s.authListen, "upstream": upstream,
+		"listen": s.listen, "auth_listen": s.authListen, "grpc_listen": s.grpcListen, "upstream": upstream,
 		"audiences": s.audiences, "issuer": cmp.Or(s.issuer, "(from the mount's discovery document)"), "leeway": dur(s.leeway),
 		"trusted_proxies": trusted, "gateway": gateway, "allow_unmatched": s.allowUnmatched,
 		"revocation_poll_interval": dur(s.revocationPoll), "revocation_long_poll": s.revocationWait > 0,

@@ -168,8 +168,14 @@ func (sc *Sidecar) serveVerify(w http.ResponseWriter, r *http.Request) {
 }
 
 func (sc *Sidecar) timedDecide(mode string, r *http.Request, req request) decision {
+	return sc.timedDecideCtx(r.Context(), mode, req)
+}
+
+// timedDecideCtx is timedDecide for a caller that has no *http.Request
+// (the gRPC ext_authz service): the request is only ever its context.
+func (sc *Sidecar) timedDecideCtx(ctx context.Context, mode string, req request) decision {
 	start := time.Now()
-	d := sc.decide(r.Context(), req)
+	d := sc.decide(ctx, req)
 	sc.m.latency.WithLabelValues(mode).Observe(time.Since(start).Seconds())
 	outcome := "allow"
 	if !d.allowed() {

@@ -34,11 +34,11 @@ func newMetrics(s *Sidecar) *metrics {
 	m := &metrics{reg: prometheus.NewRegistry()}
 	m.decisions = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "keybroker_sidecar_decisions_total",
-		Help: "Authorization decisions by mode (proxy, auth), outcome (allow, deny) and reason.",
+		Help: "Authorization decisions by mode (proxy, auth: /verify, grpc: Envoy ext_authz over gRPC, middleware: embedded), outcome (allow, deny) and reason.",
 	}, []string{"mode", "outcome", "reason"})
 	m.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "keybroker_sidecar_decision_seconds",
-		Help:    "Time to decide on a request, credential check included.",
+		Help:    "Time to decide on a request, credential check included, by mode (proxy, auth, grpc, middleware).",
 		Buckets: []float64{.00001, .000025, .00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .1, .5},
 	}, []string{"mode"})
 	m.cache = prometheus.NewCounterVec(prometheus.CounterOpts{

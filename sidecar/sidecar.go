@@ -16,6 +16,7 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 	"golang.org/x/sync/singleflight"
 	"golang.org/x/time/rate"
+	"google.golang.org/grpc"
 
 	"github.com/keybroker/keybroker/contract"
 	"github.com/keybroker/keybroker/jwtverify"
@@ -129,7 +130,7 @@ func New(c *Config, log hclog.Logger) (*Sidecar, error) {
 }
 
 // Run serves until ctx ends. It logs in, loads the JWKS and the revocation
-// feed, then serves both listeners; Vault being down at start delays
+// feed, then serves its listeners; Vault being down at start delays
 // readiness (/healthz), not serving.
 func (sc *Sidecar) Run(ctx context.Context) error {
 	var listeners []net.Listener
@@ -151,12 +152,33 @@ func (sc *Sidecar) Run(ctx context.Context) error {
 		}
 		listeners = append(listeners, proxy)
 	}
-	return sc.Serve(ctx, proxy, auth)
+	var grpcL net.Listener
+	if sc.s.grpcListen != "" {
+		if grpcL, err = net.Listen("tcp", sc.s.grpcListen); err != nil {
+			closeAll()
+			return fmt.Errorf("grpc_listen: %w", err)
+		}
+	}
+	return sc.ServeWith(ctx, Listeners{Proxy: proxy, Auth: auth, GRPC: grpcL})
 }
 
 // Serve is Run on listeners the caller opened (tests use port 0). proxy may
-// be nil when there is no upstream.
+// be nil when there is no upstream. It serves no gRPC: see ServeWith.
 func (sc *Sidecar) Serve(ctx context.Context, proxy, auth net.Listener) error {
+	return sc.ServeWith(ctx, Listeners{Proxy: proxy, Auth: auth})
+}
+
+// Listeners are what ServeWith serves on. Auth is required; Proxy may be
+// nil when there is no upstream, GRPC when there is no grpc_listen.
+type Listeners struct {
+	Proxy, Auth net.Listener
+	// GRPC serves Envoy's ext_authz gRPC API.
+	GRPC net.Listener
+}
+
+// ServeWith is Serve with the gRPC ext_authz listener too.
+func (sc *Sidecar) ServeWith(ctx context.Context, l Listeners) error {
+	proxy, auth := l.Proxy, l.Auth
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	sc.Start(ctx)
@@ -167,7 +189,7 @@ func (sc *Sidecar) Serve(ctx context.Context, proxy, auth net.Listener) error {
 		servers = append(servers, sc.server(sc.proxyHandler()))
 		lns = append(lns, proxy)
 	}
-	errc := make(chan error, len(servers))
+	errc := make(chan error, len(servers)+1)
 	for i := range servers {
 		go func(srv *http.Server, l net.Listener) {
 			if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -175,7 +197,20 @@ func (sc *Sidecar) Serve(ctx context.Context, proxy, auth net.Listener) error {
 			}
 		}(servers[i], lns[i])
 	}
-	sc.log.Info("serving", "auth", auth.Addr().String(), "proxy", addrOf(proxy), "upstream", sc.s.upstream)
+	var grpcSrv *grpc.Server
+	if l.GRPC != nil {
+		grpcSrv = sc.grpcServer()
+		go func() {
+			// nil after GracefulStop or Stop; anything else is the
+			// listener failing.
+			if err := grpcSrv.Serve(l.GRPC); err != nil {
+				errc <- fmt.Errorf("grpc_listen: %w", err)
+			}
+		}()
+	} else if sc.s.grpcListen != "" {
+		sc.log.Warn("grpc_listen is set but no gRPC listener was given (Serve); gRPC ext_authz is off", "grpc_listen", sc.s.grpcListen)
+	}
+	sc.log.Info("serving", "auth", auth.Addr().String(), "proxy", addrOf(proxy), "grpc", addrOf(l.GRPC), "upstream", sc.s.upstream)
 	var err error
 	select {
 	case <-ctx.Done():
@@ -183,8 +218,26 @@ func (sc *Sidecar) Serve(ctx context.Context, proxy, auth net.Listener) error {
 	}
 	shutdown, done := context.WithTimeout(context.Background(), 5*time.Second)
 	defer done()
+	// Checks in flight on gRPC finish (Envoy holds their requests until
+	// then), within the same bound as the HTTP servers, and before Stop
+	// reports what they used.
+	grpcStopped := make(chan struct{})
+	go func() {
+		if grpcSrv != nil {
+			grpcSrv.GracefulStop()
+		}
+		close(grpcStopped)
+	}()
 	for _, srv := range servers {
 		_ = srv.Shutdown(shutdown)
+	}
+	select {
+	case <-grpcStopped:
+	case <-shutdown.Done():
+		if grpcSrv != nil {
+			grpcSrv.Stop() // ends what is still in flight
+		}
+		<-grpcStopped
 	}
 	sc.Stop()
 	return err

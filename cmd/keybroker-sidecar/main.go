@@ -1,6 +1,7 @@
 // Command keybroker-sidecar checks keybroker API keys and agent JWTs in front
 // of a service: as a reverse proxy (-listen, -upstream) and as an auth
-// endpoint for nginx, Traefik and Envoy (-auth-listen, path /verify).
+// endpoint for nginx, Traefik and Envoy (-auth-listen, path /verify), and as
+// Envoy's ext_authz gRPC service (-grpc-listen).
 package main
 
 import (
@@ -20,6 +21,7 @@ func main() {
 	listen := flag.String("listen", "", "reverse proxy address (overrides listen)")
 	authListen := flag.String("auth-listen", "", "address of /verify, /healthz and /metrics (overrides auth_listen)")
 	upstream := flag.String("upstream", "", "URL requests are forwarded to (overrides upstream)")
+	grpcListen := flag.String("grpc-listen", "", "address of Envoy's ext_authz gRPC service (overrides grpc_listen)")
 	logLevel := flag.String("log-level", "", "trace, debug, info, warn or error (overrides log_level)")
 	showVersion := flag.Bool("version", false, "print the version and exit")
 	checkConfig := flag.Bool("check-config", false, "validate the configuration, print the effective settings as JSON and exit (contacts nothing)")
@@ -39,7 +41,7 @@ func main() {
 		os.Exit(2)
 	}
 	for flagValue, field := range map[*string]*string{
-		listen: &cfg.Listen, authListen: &cfg.AuthListen, upstream: &cfg.Upstream, logLevel: &cfg.LogLevel,
+		listen: &cfg.Listen, authListen: &cfg.AuthListen, upstream: &cfg.Upstream, grpcListen: &cfg.GRPCListen, logLevel: &cfg.LogLevel,
 	} {
 		if *flagValue != "" {
 			*field = *flagValue

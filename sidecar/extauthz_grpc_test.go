@@ -1,0 +1,558 @@
+package sidecar
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.yaml.in/yaml/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/keybroker/keybroker/contract"
+)
+
+// grpcFixture serves the fixture's ext_authz on a loopback listener, to
+// peers in trusted (Envoy's addresses), and returns a client that connects
+// from local (an address in 127.0.0.0/8).
+func grpcFixture(t *testing.T, trusted []string, mutate func(c *Config)) (*fixture, func(local string) authv3.AuthorizationClient) {
+	t.Helper()
+	f := newFixture(t, func(c *Config) {
+		c.TrustedProxies, c.GRPCListen = trusted, "127.0.0.1:0"
+		if mutate != nil {
+			mutate(c)
+		}
+	})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := f.sc.grpcServer()
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(srv.Stop)
+	return f, func(local string) authv3.AuthorizationClient {
+		dial := func(ctx context.Context, addr string) (net.Conn, error) {
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
+			return d.DialContext(ctx, "tcp", addr)
+		}
+		conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithContextDialer(dial))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return authv3.NewAuthorizationClient(conn)
+	}
+}
+
+// checkRequest is what Envoy sends for a request from source (its
+// downstream peer), with headers lower-cased and repeated ones joined as
+// Envoy joins them.
+func checkRequest(method, path, source string, h http.Header) *authv3.CheckRequest {
+	joined := map[string]string{":method": method, ":path": path, ":authority": "api.example", ":scheme": "http"}
+	for k, vs := range h {
+		joined[strings.ToLower(k)] = strings.Join(vs, ",")
+	}
+	req := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+			Method: method, Path: path, Host: "api.example", Scheme: "http", Protocol: "HTTP/1.1", Headers: joined,
+		}},
+	}}
+	if source != "" {
+		req.Attributes.Source = &authv3.AttributeContext_Peer{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{
+			SocketAddress: &corev3.SocketAddress{Address: source, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 40000}},
+		}}}
+	}
+	return req
+}
+
+func check(t *testing.T, c authv3.AuthorizationClient, req *authv3.CheckRequest) *authv3.CheckResponse {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := c.Check(ctx, req)
+	if err != nil {
+		t.Fatalf("Check: %v", err)
+	}
+	// What Envoy would refuse to apply (a header name it cannot take, a
+	// status of 0) fails here.
+	if err := resp.ValidateAll(); err != nil {
+		t.Fatalf("Check answered what Envoy would not accept: %v", err)
+	}
+	return resp
+}
+
+// envoyApply does to the request's headers what Envoy's ext_authz filter
+// does with an OK answer: sets and appends first, then removes.
+func envoyApply(h http.Header, ok *authv3.OkHttpResponse) http.Header {
+	out := h.Clone()
+	for _, o := range ok.GetHeaders() {
+		k, v := http.CanonicalHeaderKey(o.GetHeader().GetKey()), o.GetHeader().GetValue()
+		switch o.GetAppendAction() {
+		case corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD:
+			out[k] = []string{v}
+		default:
+			out[k] = append(out[k], v)
+		}
+	}
+	for _, k := range ok.GetHeadersToRemove() {
+		out.Del(k)
+	}
+	return out
+}
+
+// An allowed request: every identity header set with overwrite, the
+// credential and any other X-Keybroker-* header the client sent removed,
+// so that after Envoy applies the answer the upstream sees the identity
+// only as the sidecar gave it.
+func TestGRPCAllow(t *testing.T) {
+	f, client := grpcFixture(t, []string{"127.0.0.1"}, nil)
+	c := client("127.0.0.1")
+	tok := f.jwt(t, "any read", time.Hour)
+	sent := hdr("Authorization", "Bearer "+tok, "X-Keybroker-Subject", "forged", "X-Keybroker-Key-Id", "forged",
+		"X-Keybroker-Reason", "forged", "X-Keybroker-Admin", "true", "X_Keybroker_Tenant", "evil", "Accept", "a, b", "Host", "api.example")
+	resp := check(t, c, checkRequest("GET", "/v1/items/1?x=1", "127.0.0.9", sent))
+	if resp.GetStatus().GetCode() != int32(codes.OK) || resp.GetOkResponse() == nil {
+		t.Fatalf("allow: %v", resp)
+	}
+	ok := resp.GetOkResponse()
+	if len(ok.GetHeaders()) != len(contract.IdentityHeaders) {
+		t.Fatalf("headers %v, want the %d identity headers", ok.GetHeaders(), len(contract.IdentityHeaders))
+	}
+	for i, o := range ok.GetHeaders() {
+		if o.GetHeader().GetKey() != strings.ToLower(contract.IdentityHeaders[i]) || o.GetAppendAction() != corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD || o.GetAppend() != nil {
+			t.Errorf("header %d: %v, want %s with OVERWRITE_IF_EXISTS_OR_ADD", i, o, contract.IdentityHeaders[i])
+		}
+	}
+	for _, name := range []string{"authorization", "x-api-key", "dpop", "x-keybroker-reason", "x-keybroker-admin", "x-keybroker-key-id", "x_keybroker_tenant"} {
+		found := false
+		for _, r := range ok.GetHeadersToRemove() {
+			found = found || r == name
+		}
+		if !found {
+			t.Errorf("%s not in headers_to_remove %v", name, ok.GetHeadersToRemove())
+		}
+	}
+	for _, r := range ok.GetHeadersToRemove() {
+		if r == "x-keybroker-subject" || r == "x-keybroker-jti" || r == "host" || strings.HasPrefix(r, ":") {
+			t.Errorf("%s removed: it would undo the identity or break the request (%v)", r, ok.GetHeadersToRemove())
+		}
+	}
+	up := envoyApply(sent, ok)
+	want := map[string]string{"X-Keybroker-Subject": "agent", "X-Keybroker-Jti": "jti-any-read1h0m0s", "X-Keybroker-Scopes": "any read", "Accept": "a, b", "Host": "api.example"}
+	for k, v := range want {
+		if up.Get(k) != v {
+			t.Errorf("upstream %s = %q, want %q (%v)", k, up.Get(k), v, up)
+		}
+	}
+	for _, k := range []string{"Authorization", "X-Keybroker-Reason", "X-Keybroker-Admin", "X-Keybroker-Key-Id", "X_Keybroker_Tenant"} {
+		if up.Get(k) != "" {
+			t.Errorf("upstream got %s", k)
+		}
+	}
+	if len(ok.GetResponseHeadersToAdd()) != 0 {
+		t.Errorf("not metered, yet response headers %v", ok.GetResponseHeadersToAdd())
+	}
+	if n := testutil.ToFloat64(f.sc.m.decisions.WithLabelValues("grpc", "allow", reasonOK)); n != 1 {
+		t.Errorf("grpc allow counted %v times", n)
+	}
+
+	// A public route: no caller, every identity header set empty; the
+	// client's copies do not survive, and neither does a credential.
+	sent = hdr("X-API-Key", "kb_whatever", "X-Keybroker-Role", "admin")
+	resp = check(t, c, checkRequest("GET", "/public/x", "", sent))
+	if resp.GetStatus().GetCode() != int32(codes.OK) {
+		t.Fatalf("public: %v", resp)
+	}
+	up = envoyApply(sent, resp.GetOkResponse())
+	for _, k := range append([]string{"X-Api-Key"}, contract.IdentityHeaders...) {
+		if up.Get(k) != "" {
+			t.Errorf("public route: upstream got %s", k)
+		}
+	}
+	for _, o := range resp.GetOkResponse().GetHeaders() {
+		if o.GetHeader().GetValue() != "" || !o.GetKeepEmptyValue() {
+			t.Errorf("public route: %v, want empty and kept", o)
+		}
+	}
+
+	// The raw header list (encode_raw_headers) reads the same.
+	raw := checkRequest("GET", "/v1/items/1", "127.0.0.9", nil)
+	raw.Attributes.Request.Http.Headers = nil
+	raw.Attributes.Request.Http.HeaderMap = &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
+		{Key: ":path", RawValue: []byte("/public")}, {Key: "authorization", RawValue: []byte("Bearer " + tok)},
+	}}
+	if resp := check(t, c, raw); resp.GetStatus().GetCode() != int32(codes.OK) {
+		t.Fatalf("raw headers: %v", resp)
+	}
+}
+
+// Every denial is the one the HTTP paths give, byte for byte: status,
+// headers and body, here compared with the proxy's answer to the same
+// request.
+func TestGRPCDenials(t *testing.T) {
+	f, client := grpcFixture(t, []string{"127.0.0.1"}, func(c *Config) { c.MaxRequestBodyBytes = ptr(int64(100)) })
+	c := client("127.0.0.1")
+	proxy := f.sc.proxyHandler()
+	reader := f.jwt(t, "any read", time.Hour)
+	expired := f.jwt(t, "any read", -time.Hour)
+	bearer := func(tok string) http.Header { return hdr("Authorization", "Bearer "+tok) }
+	for _, tc := range []struct {
+		name           string
+		method, target string
+		source         string
+		header         http.Header
+		// sameAs is the request as the proxy would get it, when it is
+		// not header (repeated headers the gRPC request has joined).
+		sameAs http.Header
+		status int
+		reason string
+		code   codes.Code
+	}{
+		{name: "no credential", method: "GET", target: "/v1/items/1", status: 401, reason: reasonNoCredential, code: codes.Unauthenticated},
+		{name: "insufficient scope", method: "GET", target: "/v1/admin/x", header: bearer(reader), status: 403, reason: reasonInsufficientScope, code: codes.PermissionDenied},
+		{name: "encoded letters are decoded", method: "GET", target: "/v1/%61dmin/x", header: bearer(reader), status: 403, reason: reasonInsufficientScope, code: codes.PermissionDenied},
+		{name: "dot segments", method: "GET", target: "/v1/../v1/admin", header: bearer(reader), status: 400, reason: reasonNonCanonicalPath, code: codes.PermissionDenied},
+		{name: "encoded dot segments", method: "GET", target: "/public/%2e%2e/v1/admin/x", status: 400, reason: reasonNonCanonicalPath, code: codes.PermissionDenied},
+		{name: "mixed-case encoded dots", method: "GET", target: "/public/%2E%2e/v1/admin/x", header: bearer(reader), status: 400, reason: reasonNonCanonicalPath, code: codes.PermissionDenied},
+		{name: "encoded slash", method: "GET", target: "/v1/admin%2fx", header: bearer(reader), status: 400, reason: reasonNonCanonicalPath, code: codes.PermissionDenied},
+		{name: "empty segment", method: "GET", target: "/v1//admin/x", header: bearer(reader), status: 400, reason: reasonNonCanonicalPath, code: codes.PermissionDenied},
+		{name: "credential in query", method: "GET", target: "/v1/items/1?access_token=x", header: bearer(reader), status: 400, reason: reasonCredentialInQuery, code: codes.PermissionDenied},
+		{name: "405, never the parent route", method: "DELETE", target: "/v1/items/1", header: bearer(reader), status: 405, reason: reasonMethodNotAllowed, code: codes.PermissionDenied},
+		{name: "expired", method: "GET", target: "/v1/items/1", header: bearer(expired), status: 401, reason: reasonExpired, code: codes.Unauthenticated},
+		{name: "two different credentials", method: "GET", target: "/v1/items/1", header: hdr("Authorization", "Bearer "+reader, "X-API-Key", "kb_other"), status: 400, reason: reasonBadRequest, code: codes.PermissionDenied},
+		// Envoy joins a repeated header with ",": the copies are not
+		// told apart, and none is picked.
+		{name: "repeated authorization, joined", method: "GET", target: "/v1/items/1", header: http.Header{"Authorization": {"Bearer " + reader + ",Bearer " + expired}},
+			sameAs: hdr("Authorization", "Bearer "+reader, "Authorization", "Bearer "+expired), status: 400, reason: reasonBadRequest, code: codes.PermissionDenied},
+		{name: "the same authorization twice, joined", method: "GET", target: "/v1/items/1", header: http.Header{"Authorization": {"Bearer " + reader + ",Bearer " + reader}},
+			sameAs: hdr("Authorization", "Bearer "+reader, "Authorization", "Bearer "+reader), status: 400, reason: reasonBadRequest, code: codes.PermissionDenied},
+		{name: "repeated x-api-key, joined", method: "GET", target: "/v1/items/1", header: http.Header{"X-Api-Key": {"kb_a,kb_b"}},
+			sameAs: hdr("X-API-Key", "kb_a", "X-API-Key", "kb_b"), status: 400, reason: reasonBadRequest, code: codes.PermissionDenied},
+		// Envoy's source address decides CIDR bounds (the token's is
+		// 127.0.0.0/8), not a header the client sent.
+		{name: "source outside the token's CIDRs", method: "GET", target: "/v1/items/1", source: "10.1.2.3", header: hdr("Authorization", "Bearer "+reader, "X-Forwarded-For", "127.0.0.1"),
+			sameAs: bearer(reader), status: 401, reason: reasonCIDRDenied, code: codes.Unauthenticated},
+		{name: "no source address", method: "GET", target: "/v1/items/1", source: "-", header: bearer(reader), status: 401, reason: reasonCIDRDenied, code: codes.Unauthenticated},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			source := tc.source
+			switch source {
+			case "":
+				source = "127.0.0.9"
+			case "-":
+				source = ""
+			}
+			resp := check(t, c, checkRequest(tc.method, tc.target, source, tc.header))
+			denied := resp.GetDeniedResponse()
+			if denied == nil || codes.Code(resp.GetStatus().GetCode()) != tc.code || int(denied.GetStatus().GetCode()) != tc.status {
+				t.Fatalf("%v, want %d %s with gRPC %s", resp, tc.status, tc.reason, tc.code)
+			}
+			got := http.Header{}
+			for _, o := range denied.GetHeaders() {
+				if o.GetAppendAction() != corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD {
+					t.Errorf("denial header %v is not set with overwrite", o)
+				}
+				got.Add(o.GetHeader().GetKey(), o.GetHeader().GetValue())
+			}
+			if got.Get(contract.HeaderReason) != tc.reason {
+				t.Errorf("reason %q, want %q", got.Get(contract.HeaderReason), tc.reason)
+			}
+			// The proxy's answer to the same request, from a peer in
+			// the token's CIDRs unless the case is about the address.
+			peer := "127.0.0.9:1"
+			if tc.reason == reasonCIDRDenied {
+				peer = "10.1.2.3:1"
+			}
+			sameAs := tc.header
+			if tc.sameAs != nil {
+				sameAs = tc.sameAs
+			}
+			w := send(proxy, tc.method, tc.target, peer, sameAs)
+			if w.Code != tc.status || w.Body.String() != denied.GetBody() {
+				t.Errorf("proxy answers %d %q; gRPC %d %q", w.Code, w.Body, denied.GetStatus().GetCode(), denied.GetBody())
+			}
+			if len(got) != len(w.Header()) {
+				t.Errorf("headers %v; the proxy's %v", got, w.Header())
+			}
+			for k, vs := range w.Header() {
+				if strings.Join(got[k], "\n") != strings.Join(vs, "\n") {
+					t.Errorf("%s: %q; the proxy's %q", k, got[k], vs)
+				}
+			}
+			if tc.status == 401 && got.Get("WWW-Authenticate") == "" {
+				t.Error("401 without WWW-Authenticate")
+			}
+		})
+	}
+}
+
+// What only the gRPC path can get wrong: who asks, and what it reports.
+func TestGRPCRequestChecks(t *testing.T) {
+	f, client := grpcFixture(t, []string{"127.0.0.2"}, func(c *Config) { c.MaxRequestBodyBytes = ptr(int64(100)) })
+	reader := f.jwt(t, "any read", time.Hour)
+	trusted := client("127.0.0.2")
+	noHTTP := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{Request: &authv3.AttributeContext_Request{}}}
+	bothLists := checkRequest("GET", "/public", "127.0.0.9", nil)
+	bothLists.Attributes.Request.Http.HeaderMap = &corev3.HeaderMap{Headers: []*corev3.HeaderValue{{Key: "authorization", RawValue: []byte("Bearer " + reader)}}}
+	repeatedRaw := checkRequest("GET", "/v1/items/1", "127.0.0.9", nil)
+	repeatedRaw.Attributes.Request.Http.Headers = nil
+	repeatedRaw.Attributes.Request.Http.HeaderMap = &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
+		{Key: "authorization", RawValue: []byte("Bearer " + reader)}, {Key: "authorization", RawValue: []byte("Bearer " + reader)},
+	}}
+	valueAndRaw := checkRequest("GET", "/v1/items/1", "127.0.0.9", nil)
+	valueAndRaw.Attributes.Request.Http.Headers = nil
+	valueAndRaw.Attributes.Request.Http.HeaderMap = &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
+		{Key: "authorization", Value: "Bearer " + reader, RawValue: []byte("Bearer x")},
+	}}
+	bigSize := checkRequest("POST", "/public", "127.0.0.9", nil)
+	bigSize.Attributes.Request.Http.Size = 101
+	for _, tc := range []struct {
+		name   string
+		client authv3.AuthorizationClient
+		req    *authv3.CheckRequest
+		status int
+		reason string
+	}{
+		{"untrusted peer", client("127.0.0.1"), checkRequest("GET", "/public", "127.0.0.9", nil), 403, reasonUntrustedGateway},
+		{"untrusted peer, even with a valid credential", client("127.0.0.3"), checkRequest("GET", "/v1/items/1", "127.0.0.9", hdr("Authorization", "Bearer "+reader)), 403, reasonUntrustedGateway},
+		{"no attributes", trusted, &authv3.CheckRequest{}, 400, reasonBadRequest},
+		{"no http attributes", trusted, noHTTP, 400, reasonBadRequest},
+		{"no method", trusted, checkRequest("", "/public", "127.0.0.9", nil), 400, reasonBadRequest},
+		{"no path", trusted, checkRequest("GET", "", "127.0.0.9", nil), 400, reasonBadRequest},
+		{"headers and header_map both", trusted, bothLists, 400, reasonBadRequest},
+		{"repeated authorization in header_map", trusted, repeatedRaw, 400, reasonBadRequest},
+		{"value and raw_value both", trusted, valueAndRaw, 400, reasonBadRequest},
+		{"body over max_request_body_bytes (size)", trusted, bigSize, 413, reasonBodyTooLarge},
+		{"body over max_request_body_bytes (content-length)", trusted, checkRequest("POST", "/public", "127.0.0.9", hdr("Content-Length", "101")), 413, reasonBodyTooLarge},
+		{"content-length not a number", trusted, checkRequest("POST", "/public", "127.0.0.9", hdr("Content-Length", "1e3")), 400, reasonBadRequest},
+		{"absolute-form target still canonicalised", trusted, checkRequest("GET", "http://evil.example/public/../v1/admin", "127.0.0.9", nil), 400, reasonNonCanonicalPath},
+		{"asterisk-form", trusted, checkRequest("OPTIONS", "*", "127.0.0.9", hdr("Authorization", "Bearer "+reader)), 400, reasonNonCanonicalPath},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := check(t, tc.client, tc.req)
+			d := resp.GetDeniedResponse()
+			if d == nil || resp.GetStatus().GetCode() == int32(codes.OK) || int(d.GetStatus().GetCode()) != tc.status || !strings.Contains(d.GetBody(), `"reason":"`+tc.reason+`"`) {
+				t.Fatalf("%v, want %d %s", resp, tc.status, tc.reason)
+			}
+		})
+	}
+	if n := testutil.ToFloat64(f.sc.m.decisions.WithLabelValues("grpc", "deny", reasonUntrustedGateway)); n != 2 {
+		t.Errorf("untrusted peers counted %v times, want 2", n)
+	}
+	if n := testutil.ToFloat64(f.sc.m.decisions.WithLabelValues("grpc", "deny", reasonBadRequest)); n != 8 {
+		t.Errorf("bad requests counted %v times, want 8", n)
+	}
+	// Within the limit, the same requests pass.
+	if resp := check(t, trusted, checkRequest("POST", "/public", "127.0.0.9", hdr("Content-Length", "100"))); resp.GetStatus().GetCode() != int32(codes.OK) {
+		t.Fatalf("body at the limit: %v", resp)
+	}
+}
+
+// A metered allow tells the client what is left (as the proxy's response
+// does), never the service; a value that cannot be a header is refused
+// rather than passed on.
+func TestGRPCAllowAnswer(t *testing.T) {
+	sc := testBudgets(t)
+	now := time.Now()
+	m := &meter{id: "k", central: 100}
+	m.cur = &chunk{granted: 10, periodEnd: now.Add(time.Hour), expiresAt: now.Add(time.Minute)}
+	h, _, _ := m.tryLocked(now, 3, false)
+	if h == nil {
+		t.Fatal("no hold")
+	}
+	h.b = sc.budgets
+	d := decision{status: http.StatusOK, reason: reasonOK, id: &identity{id: "kid", subject: "key:kid", role: "svc", scopes: []string{"read"}}, hold: h, rt: &route{cost: 1}}
+	ok, err := grpcAllow(d, http.Header{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ok.GetResponseHeadersToAdd()) != 1 || ok.GetResponseHeadersToAdd()[0].GetHeader().GetKey() != "x-budget-remaining" || ok.GetResponseHeadersToAdd()[0].GetHeader().GetValue() == "" {
+		t.Fatalf("response headers %v, want x-budget-remaining", ok.GetResponseHeadersToAdd())
+	}
+	for _, o := range ok.GetHeaders() {
+		if strings.EqualFold(o.GetHeader().GetKey(), headerRemaining) {
+			t.Fatalf("X-Budget-Remaining goes to the service: %v", o)
+		}
+	}
+	d.id.subject = "bad\nvalue"
+	if _, err := grpcAllow(d, http.Header{}); err == nil || strings.Contains(err.Error(), "bad") {
+		t.Fatalf("a control character in an identity value: %v", err)
+	}
+}
+
+// examples/envoy.yaml is an Envoy v3 bootstrap that Envoy's own API types
+// accept, and it asks the sidecar the way this service answers: ext_authz
+// over gRPC (HTTP/2) to 127.0.0.1:9001, failing closed, no body.
+func TestExampleEnvoyConfig(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "examples", "envoy.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]interface{}
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		t.Fatal(err)
+	}
+	j, err := json.Marshal(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var boot bootstrapv3.Bootstrap
+	if err := protojson.Unmarshal(j, &boot); err != nil {
+		t.Fatalf("not an Envoy v3 bootstrap: %v", err)
+	}
+	if err := boot.ValidateAll(); err != nil {
+		t.Fatal(err)
+	}
+	unpack := func(a *anypb.Any, m proto.Message) {
+		t.Helper()
+		if err := a.UnmarshalTo(m); err != nil {
+			t.Fatal(err)
+		}
+		if v, ok := m.(interface{ ValidateAll() error }); ok {
+			if err := v.ValidateAll(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	listeners := boot.GetStaticResources().GetListeners()
+	if len(listeners) != 1 || listeners[0].GetAddress().GetSocketAddress().GetPortValue() != 8080 {
+		t.Fatalf("listeners %v", listeners)
+	}
+	var hcm hcmv3.HttpConnectionManager
+	unpack(listeners[0].GetFilterChains()[0].GetFilters()[0].GetTypedConfig(), &hcm)
+	filters := hcm.GetHttpFilters()
+	if len(filters) != 2 || filters[0].GetName() != "envoy.filters.http.ext_authz" || filters[1].GetName() != "envoy.filters.http.router" {
+		t.Fatalf("http filters %v: ext_authz must come before the router", filters)
+	}
+	var ea extauthzv3.ExtAuthz
+	unpack(filters[0].GetTypedConfig(), &ea)
+	if hcm.GetCommonHttpProtocolOptions().GetHeadersWithUnderscoresAction() == corev3.HttpProtocolOptions_ALLOW {
+		t.Fatal("headers with underscores pass: X_Keybroker_Role would reach CGI-style services as X-Keybroker-Role")
+	}
+	if ea.GetTransportApiVersion() != corev3.ApiVersion_V3 || ea.GetFailureModeAllow() || ea.GetWithRequestBody() != nil ||
+		ea.GetIncludePeerCertificate() || ea.GetAllowedHeaders() != nil || ea.GetHttpService() != nil {
+		t.Fatalf("ext_authz %v", &ea)
+	}
+	for _, vh := range hcm.GetRouteConfig().GetVirtualHosts() {
+		for _, r := range vh.GetRoutes() {
+			if r.GetRoute().GetPrefixRewrite() != "" || r.GetRoute().GetRegexRewrite() != nil {
+				t.Fatalf("route %v rewrites the path after the check", r)
+			}
+		}
+	}
+	clusters := map[string]*clusterv3.Cluster{}
+	for _, c := range boot.GetStaticResources().GetClusters() {
+		clusters[c.GetName()] = c
+	}
+	sidecar := clusters[ea.GetGrpcService().GetEnvoyGrpc().GetClusterName()]
+	if sidecar == nil {
+		t.Fatalf("no cluster %q", ea.GetGrpcService().GetEnvoyGrpc().GetClusterName())
+	}
+	if ep := sidecar.GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress(); ep.GetAddress() != "127.0.0.1" || ep.GetPortValue() != 9001 {
+		t.Fatalf("sidecar cluster at %v, want grpc_listen 127.0.0.1:9001", ep)
+	}
+	var po upstreamhttpv3.HttpProtocolOptions
+	unpack(sidecar.GetTypedExtensionProtocolOptions()["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"], &po)
+	if po.GetExplicitHttpConfig().GetHttp2ProtocolOptions() == nil {
+		t.Fatal("the sidecar cluster does not speak HTTP/2: gRPC needs it")
+	}
+	if clusters["service"] == nil {
+		t.Fatal("no service cluster")
+	}
+}
+
+// grpc_listen needs trusted_proxies, as gateway does, and -check-config
+// shows it.
+func TestGRPCListenConfig(t *testing.T) {
+	base := func() *Config {
+		return &Config{Audiences: []string{"svc"}, Vault: &VaultConfig{RoleID: "r", SecretIDFile: "/s"}, GRPCListen: "127.0.0.1:9001"}
+	}
+	for name, tc := range map[string]struct {
+		mut  func(c *Config)
+		want string
+	}{
+		"no trusted proxies": {func(c *Config) {}, "list Envoy's address in trusted_proxies"},
+		"not host:port":      {func(c *Config) { c.TrustedProxies = []string{"127.0.0.1"}; c.GRPCListen = "9001" }, "must be host:port"},
+	} {
+		c := base()
+		tc.mut(c)
+		if _, err := c.settings(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error about %q", name, err, tc.want)
+		}
+	}
+	c := base()
+	c.TrustedProxies = []string{"127.0.0.1"}
+	out, err := CheckConfig(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var eff map[string]interface{}
+	if err := json.Unmarshal(out, &eff); err != nil {
+		t.Fatal(err)
+	}
+	if eff["grpc_listen"] != "127.0.0.1:9001" {
+		t.Fatalf("grpc_listen = %v", eff["grpc_listen"])
+	}
+	c.GRPCListen = ""
+	if out, _ := CheckConfig(c); !strings.Contains(string(out), `"grpc_listen": ""`) {
+		t.Fatalf("grpc_listen off: %s", out)
+	}
+}
+
+// ServeWith serves ext_authz on the gRPC listener beside the HTTP ones, and
+// stops it with them.
+func TestServeWithGRPC(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.TrustedProxies, c.GRPCListen = []string{"127.0.0.1"}, "127.0.0.1:0" })
+	listen := func() net.Listener {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	auth, g := listen(), listen()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.sc.ServeWith(ctx, Listeners{Auth: auth, GRPC: g}) }()
+	conn, err := grpc.NewClient(g.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	resp := check(t, authv3.NewAuthorizationClient(conn), checkRequest("GET", "/public", "127.0.0.9", nil))
+	if resp.GetStatus().GetCode() != int32(codes.OK) {
+		t.Fatalf("public through ServeWith: %v", resp)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("ServeWith did not stop")
+	}
+	if c, err := net.DialTimeout("tcp", g.Addr().String(), time.Second); err == nil {
+		c.Close()
+		t.Fatal("the gRPC listener is still open after ServeWith returned")
+	}
+}
