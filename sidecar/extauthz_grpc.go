@@ -270,11 +270,11 @@ func grpcAllow(d decision, clientHeader http.Header) (*authv3.OkHttpResponse, er
 		ok.HeadersToRemove = append(ok.HeadersToRemove, strings.ToLower(name))
 	}
 	for k := range clientHeader {
-		// X_Keybroker_Role too: CGI-style servers read it as
-		// X-Keybroker-Role (examples/envoy.yaml has Envoy drop such
-		// headers first).
-		if len(k) < len(contract.HeaderPrefix) || !strings.EqualFold(strings.ReplaceAll(k[:len(contract.HeaderPrefix)], "_", "-"), contract.HeaderPrefix) {
-			continue
+		// X_Keybroker_Role and X_API_Key too: CGI-style servers read
+		// them as X-Keybroker-Role and X-API-Key (examples/envoy.yaml
+		// has Envoy drop such headers first).
+		if !strippedHeader(k) || slices.Contains(credentialHeaders, k) {
+			continue // kept, or removed above
 		}
 		if slices.Contains(contract.IdentityHeaders, k) && identity.Get(k) != "" {
 			continue // set above; removing it would undo that

@@ -312,17 +312,54 @@ func setIdentity(h http.Header, id *identity, all bool) {
 }
 
 // stripCredentialAndIdentity removes the credential (and a DPoP proof), so
-// the service never sees it, and any X-Keybroker-* header the client sent, so identity headers
-// can only come from the sidecar.
+// the service never sees it, and any X-Keybroker-* header the client sent,
+// so identity headers can only come from the sidecar.
 func stripCredentialAndIdentity(h http.Header) {
-	h.Del("Authorization")
-	h.Del("X-API-Key")
-	h.Del("DPoP")
 	for k := range h {
-		if len(k) >= len(contract.HeaderPrefix) && strings.EqualFold(k[:len(contract.HeaderPrefix)], contract.HeaderPrefix) {
+		if strippedHeader(k) {
 			delete(h, k)
 		}
 	}
+}
+
+// strippedHeader: a client's header the service must never get: a
+// credential header or an X-Keybroker-* one, in any case and with '_' for
+// '-' (X_Keybroker_Role, X_API_Key), because CGI-style servers (PHP, WSGI,
+// Rack) read both spellings as the same HTTP_X_KEYBROKER_ROLE.
+func strippedHeader(k string) bool {
+	if len(k) >= len(contract.HeaderPrefix) && cgiNameEqual(k[:len(contract.HeaderPrefix)], contract.HeaderPrefix) {
+		return true
+	}
+	for _, c := range credentialHeaders {
+		if cgiNameEqual(k, c) {
+			return true
+		}
+	}
+	return false
+}
+
+// cgiNameEqual compares header names as CGI does: case-insensitively, with
+// '_' and '-' the same.
+func cgiNameEqual(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		if cgiFold(a[i]) != cgiFold(b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func cgiFold(c byte) byte {
+	switch {
+	case 'A' <= c && c <= 'Z':
+		return c + 'a' - 'A'
+	case c == '_':
+		return '-'
+	}
+	return c
 }
 
 // peerAddr is the socket peer's address.
