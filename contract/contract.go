@@ -102,13 +102,40 @@ const (
 	HeaderRole    = "X-Keybroker-Role"
 	HeaderTenant  = "X-Keybroker-Tenant"
 	HeaderScopes  = "X-Keybroker-Scopes"
+	// HeaderActor is the delegation chain of an exchanged token
+	// (RFC 8693 act), the current actor first, comma-separated, each
+	// subject with "%" and "," percent-encoded; empty when nobody acts for
+	// the subject.
+	HeaderActor = "X-Keybroker-Actor"
 	// HeaderReason says why a request was denied (on denials only).
 	HeaderReason = "X-Keybroker-Reason"
 )
 
 // IdentityHeaders lists the identity headers in a fixed order: subject, key
-// id, jti, role, tenant, scopes.
-var IdentityHeaders = []string{HeaderSubject, HeaderKeyID, HeaderJTI, HeaderRole, HeaderTenant, HeaderScopes}
+// id, jti, role, tenant, scopes, actor.
+var IdentityHeaders = []string{HeaderSubject, HeaderKeyID, HeaderJTI, HeaderRole, HeaderTenant, HeaderScopes, HeaderActor}
+
+// ActorHeader renders a delegation chain (current actor first) as
+// HeaderActor's value.
+func ActorHeader(actors []string) string {
+	var b strings.Builder
+	for i, a := range actors {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		for j := 0; j < len(a); j++ {
+			switch a[j] {
+			case '%':
+				b.WriteString("%25")
+			case ',':
+				b.WriteString("%2C")
+			default:
+				b.WriteByte(a[j])
+			}
+		}
+	}
+	return b.String()
+}
 
 // KeyRecord is what a verifier keeps of one API key to verify it without
 // asking Vault, from keybroker/key-records: never the key, only the SHA-256

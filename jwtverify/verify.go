@@ -83,6 +83,42 @@ type Claims struct {
 	// for the token, and when it authenticated to get it.
 	ClientID string           `json:"client_id,omitempty"`
 	AuthTime *jwt.NumericDate `json:"auth_time,omitempty"`
+	// Act names who acts for the subject (RFC 8693 section 4.1): a token
+	// from keybroker/token/exchange. The current actor is outermost, each
+	// earlier one nested in its act.
+	Act *Actor `json:"act,omitempty"`
+}
+
+// Actor is an act claim: one actor, and the chain before it.
+type Actor struct {
+	Subject string `json:"sub"`
+	Act     *Actor `json:"act,omitempty"`
+}
+
+// MaxActors bounds a delegation chain: a token whose act claim nests
+// deeper is refused (ErrClaims), so no verifier walks an unbounded chain.
+const MaxActors = 8
+
+// Actors lists the delegation chain, the current actor first; nil for a
+// token nobody acts through.
+func (c *Claims) Actors() []string {
+	var out []string
+	for a := c.Act; a != nil && len(out) <= MaxActors; a = a.Act {
+		out = append(out, a.Subject)
+	}
+	return out
+}
+
+// validActors: every actor names a subject, and the chain is at most
+// MaxActors long.
+func (c *Claims) validActors() bool {
+	n := 0
+	for a := c.Act; a != nil; a = a.Act {
+		if n++; n > MaxActors || a.Subject == "" {
+			return false
+		}
+	}
+	return true
 }
 
 // Confirmation is a token's cnf claim.
@@ -259,6 +295,8 @@ func (v *Verifier) Verify(token string, keys *KeySet) (*Claims, error) {
 	// After the other checks, so that an expired or foreign bound token
 	// says so rather than "bound".
 	switch {
+	case !c.validActors():
+		return nil, ErrClaims
 	case c.Cnf != nil && c.Cnf.JKT == "":
 		return nil, ErrClaims // a confirmation method no verifier here checks
 	case c.Cnf != nil && !v.cfg.AcceptBound:

@@ -11,6 +11,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -147,6 +148,10 @@ func TestVerify(t *testing.T) {
 		{"JSON serialization", `{"payload":"` + parts[1] + `","signatures":[]}`, ErrMalformed},
 		{"too large", parts[0] + "." + strings.Repeat("A", DefaultMaxTokenSize) + "." + parts[2], ErrTooLarge},
 		{"empty", "", ErrMalformed},
+		{"act chain", k.sign(t, "ed", with(func(c *Claims) { c.Act = chain(MaxActors) }), nil), nil},
+		{"act chain too long", k.sign(t, "ed", with(func(c *Claims) { c.Act = chain(MaxActors + 1) }), nil), ErrClaims},
+		{"act without sub", k.sign(t, "ed", with(func(c *Claims) { c.Act = &Actor{Act: &Actor{Subject: "a"}} }), nil), ErrClaims},
+		{"nested act without sub", k.sign(t, "ed", with(func(c *Claims) { c.Act = &Actor{Subject: "a", Act: &Actor{}} }), nil), ErrClaims},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -158,6 +163,25 @@ func TestVerify(t *testing.T) {
 				t.Fatalf("claims = %+v", c)
 			}
 		})
+	}
+}
+
+// chain is an act claim of n actors, actor-n outermost.
+func chain(n int) *Actor {
+	var a *Actor
+	for i := 1; i <= n; i++ {
+		a = &Actor{Subject: fmt.Sprintf("actor-%d", i), Act: a}
+	}
+	return a
+}
+
+func TestActors(t *testing.T) {
+	c := Claims{Act: chain(3)}
+	if got := strings.Join(c.Actors(), ","); got != "actor-3,actor-2,actor-1" {
+		t.Fatalf("Actors = %s, want the current actor first", got)
+	}
+	if (&Claims{}).Actors() != nil {
+		t.Fatal("no act: Actors not nil")
 	}
 }
 

@@ -47,7 +47,7 @@ func (sc *Sidecar) checkJWT(ctx context.Context, token string) (*identity, decis
 	// One clock rule, the verifier's: a token is good until exp + leeway,
 	// on this request and on every later one served from the cache.
 	id := &identity{jwt: true, id: c.ID, subject: c.Subject, role: c.Role, tenant: c.Tenant,
-		scopes: c.Scopes(), expiresAt: c.ExpiresAt.Time.Add(sc.s.leeway), budget: c.Budget, rate: c.Rate, jkt: c.BoundKey()}
+		scopes: c.Scopes(), expiresAt: c.ExpiresAt.Time.Add(sc.s.leeway), budget: c.Budget, rate: c.Rate, jkt: c.BoundKey(), actors: c.Actors()}
 	for _, s := range c.CIDR {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {

@@ -157,6 +157,10 @@ type RouteConfig struct {
 	// UsageFallback is what a response whose usage cannot be read costs:
 	// "hold" (default; the credential's max_cost_per_request) or "cost".
 	UsageFallback string `hcl:"usage_fallback,optional"`
+	// Delegation: "require" admits only exchanged tokens (someone acting
+	// for the subject, RFC 8693 act), "forbid" only credentials used by
+	// their own subject; unset admits both.
+	Delegation string `hcl:"delegation,optional"`
 }
 
 // settings is Config checked and parsed.
@@ -401,7 +405,7 @@ func (c *Config) settings() (*settings, error) {
 			return nil, err
 		}
 		rt := route{prefix: prefix, fold: r.CaseInsensitive, scopes: r.Scopes, public: r.Public, cost: 1,
-			usageHeader: r.UsageHeader, openaiUsage: r.OpenAIUsage, fallbackCost: r.UsageFallback == "cost"}
+			usageHeader: r.UsageHeader, openaiUsage: r.OpenAIUsage, fallbackCost: r.UsageFallback == "cost", delegation: r.Delegation}
 		if r.Cost != nil {
 			rt.cost = *r.Cost
 		}
@@ -416,6 +420,10 @@ func (c *Config) settings() (*settings, error) {
 			return nil, fmt.Errorf("route %q: usage_fallback must be \"hold\" or \"cost\"", r.PathPrefix)
 		case r.UsageFallback != "" && rt.usageHeader == "" && !rt.openaiUsage:
 			return nil, fmt.Errorf("route %q: usage_fallback goes with usage_header or openai_usage", r.PathPrefix)
+		case r.Delegation != "" && r.Delegation != delegationRequire && r.Delegation != delegationForbid:
+			return nil, fmt.Errorf("route %q: delegation must be %q or %q", r.PathPrefix, delegationRequire, delegationForbid)
+		case r.Public && r.Delegation != "":
+			return nil, fmt.Errorf("route %q: a public route has no caller; remove delegation", r.PathPrefix)
 		case r.Public && (r.Cost != nil || rt.usageHeader != "" || rt.openaiUsage):
 			return nil, fmt.Errorf("route %q: a public route has no caller to charge; remove cost, usage_header and openai_usage", r.PathPrefix)
 		}

@@ -28,6 +28,9 @@ func CheckConfig(c *Config) ([]byte, error) {
 		if rt.fold {
 			r["case_insensitive"] = true
 		}
+		if rt.delegation != "" {
+			r["delegation"] = rt.delegation
+		}
 		if !rt.public {
 			r["cost"] = rt.cost
 			if rt.usageHeader != "" {

@@ -29,6 +29,9 @@ type identity struct {
 	// jkt is the thumbprint of the key the credential is bound to (DPoP),
 	// "" for a bearer credential.
 	jkt string
+	// actors is the delegation chain of an exchanged token (RFC 8693
+	// act), the current actor first; nil when nobody acts for the subject.
+	actors []string
 	// lineageKey is what the rate limit is kept by, made once with the
 	// identity (which is cached), not per request.
 	lineageKey string
@@ -58,6 +61,10 @@ const (
 	reasonBudgetExhausted   = "budget_exhausted"
 	reasonRateLimited       = "rate_limited"
 	reasonTooManyFailures   = "too_many_failures"
+	// A route's delegation setting refused the credential: it needs an
+	// exchanged token (someone acting for the subject), or refuses one.
+	reasonDelegationRequired  = "delegation_required"
+	reasonDelegationForbidden = "delegation_forbidden"
 
 	// DPoP (RFC 9449). invalid_dpop_proof and dpop_proof_replayed answer
 	// with error="invalid_dpop_proof"; the others with invalid_token.
@@ -172,6 +179,12 @@ func (sc *Sidecar) decide(ctx context.Context, r request) decision {
 		if !slices.Contains(id.scopes, need) {
 			return decision{status: http.StatusForbidden, reason: reasonInsufficientScope, scope: strings.Join(rt.scopes, " "), dpop: p.dpop}
 		}
+	}
+	switch {
+	case rt.delegation == delegationRequire && len(id.actors) == 0:
+		return decision{status: http.StatusForbidden, reason: reasonDelegationRequired, dpop: p.dpop}
+	case rt.delegation == delegationForbid && len(id.actors) > 0:
+		return decision{status: http.StatusForbidden, reason: reasonDelegationForbidden, dpop: p.dpop}
 	}
 	allowed := decision{status: http.StatusOK, reason: reasonOK, id: id, degraded: d.degraded, rt: rt, path: path, query: rawQuery}
 	if id.rate != nil {

@@ -295,16 +295,16 @@ var dpopChallenge = `DPoP algs="` + strings.Join(jwtverify.ProofAlgorithms, " ")
 // copy. Upstream, where the client's copies are already stripped, only those
 // with a value are sent: an empty-but-present header could pass for a caller.
 func setIdentity(h http.Header, id *identity, all bool) {
-	var sub, keyID, jti, role, tenant, scopes string
+	var sub, keyID, jti, role, tenant, scopes, actors string
 	if id != nil {
-		sub, role, tenant, scopes = id.subject, id.role, id.tenant, strings.Join(id.scopes, " ")
+		sub, role, tenant, scopes, actors = id.subject, id.role, id.tenant, strings.Join(id.scopes, " "), contract.ActorHeader(id.actors)
 		if id.jwt {
 			jti = id.id
 		} else {
 			keyID = id.id
 		}
 	}
-	for i, v := range [...]string{sub, keyID, jti, role, tenant, scopes} {
+	for i, v := range [...]string{sub, keyID, jti, role, tenant, scopes, actors} {
 		if v != "" || all {
 			h.Set(contract.IdentityHeaders[i], v)
 		}

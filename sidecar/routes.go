@@ -23,7 +23,15 @@ type route struct {
 	// fallbackCost: usage_fallback = "cost", charge cost when the usage
 	// cannot be read; by default the hold is charged.
 	fallbackCost bool
+	// delegation: delegationRequire, delegationForbid, or "" for either.
+	delegation string
 }
+
+// A route's delegation setting.
+const (
+	delegationRequire = "require"
+	delegationForbid  = "forbid"
+)
 
 // routeGroup holds the routes sharing one prefix. The longest prefix that
 // covers a path decides, whatever the method: a method it does not list is a
