@@ -22,6 +22,10 @@ import (
 // scan of every key that often would be wasted work.
 const tidyInterval = 10 * time.Minute
 
+// operationPrefixKeybroker starts the operationId of every operation in
+// Vault's OpenAPI document: keybroker-mint-api-key, keybroker-read-role.
+const operationPrefixKeybroker = "keybroker"
+
 type backend struct {
 	*framework.Backend
 

@@ -27,7 +27,9 @@ func newTestEnv(t *testing.T) *testEnv {
 	}
 	b := lb.(*backend)
 	b.tidyDisabled = true
-	return &testEnv{t: t, b: b, storage: conf.StorageView, entityID: "test-entity"}
+	e := &testEnv{t: t, b: b, storage: conf.StorageView, entityID: "test-entity"}
+	e.checkAnswers()
+	return e
 }
 
 // do sends a request and fails the test on an internal error; user errors

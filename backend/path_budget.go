@@ -51,6 +51,11 @@ func pathBudget(b *backend) []*framework.Path {
 		Description: "The credential: an API key's key_id or a JWT's jti.",
 		Required:    true,
 	}
+	budgetPeriod := map[string]*framework.FieldSchema{"budget_period": out(framework.TypeInt64, "Length of the credential's budget period, in seconds.")}
+	reservation := map[string]*framework.FieldSchema{
+		"units":      out(framework.TypeInt64, "Units the reservation holds now, used ones included; fewer than granted when the budget was lowered since."),
+		"expires_at": out(framework.TypeTime, "When the reservation expires unless a report renews it."),
+	}
 	return []*framework.Path{
 		{
 			Pattern: "budget/reserve$",
@@ -78,8 +83,17 @@ func pathBudget(b *backend) []*framework.Path {
 					Description: "A reservation of the caller's to add the units to. Ignored (a new reservation is made) when it is unknown, expired or of an ended period.",
 				},
 			},
+			DisplayAttrs: pathAttrs("budget"),
 			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.UpdateOperation: &framework.PathOperation{Callback: b.pathBudgetReserve},
+				logical.UpdateOperation: operationAs("reserve", "", b.pathBudgetReserve, answers(merged(reservation, map[string]*framework.FieldSchema{
+					"granted":        out(framework.TypeInt64, "Units granted; 0 when the budget is spent."),
+					"exhausted":      out(framework.TypeBool, "Whether nothing could be granted: the budget, or the tenant's ceiling, is spent until reset."),
+					"limit":          out(framework.TypeInt64, "The credential's budget per period; 0: no ceiling of its own."),
+					"period_end":     out(framework.TypeTime, "When the period the grant counts in ends: the credential's or its tenant's, whichever is first."),
+					"remaining":      out(framework.TypeInt64, "Units left to reserve after this grant; -1: unlimited."),
+					"reset":          out(framework.TypeTime, "Only when exhausted: when the spent budget comes back."),
+					"reservation_id": out(framework.TypeString, "The reservation the units were added to, for keybroker/budget/report; absent when exhausted."),
+				}))),
 			},
 			HelpSynopsis: "Reserve a chunk of a credential's budget.",
 			HelpDescription: `Verifiers reserve budget in chunks so that requests do not call Vault one by
@@ -115,8 +129,16 @@ credential, and a credential at most 256 in all.`,
 					Description: "End the reservation after recording used; its unused units come back.",
 				},
 			},
+			DisplayAttrs: pathAttrs("budget-use"),
 			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.UpdateOperation: &framework.PathOperation{Callback: b.pathBudgetReport},
+				logical.UpdateOperation: operationAs("report", "", b.pathBudgetReport, answers(merged(reservation, map[string]*framework.FieldSchema{
+					"used":      out(framework.TypeInt64, "Units the credential has used this period."),
+					"remaining": out(framework.TypeInt64, "Units left to reserve, of the credential's budget and its tenant's ceiling; -1: unlimited."),
+					"released":  out(framework.TypeBool, "Whether the reservation has ended: released now or before, or expired."),
+					"capped":    out(framework.TypeBool, "Whether used was more than the reservation could have cost and was recorded at that cap."),
+					"ended": withAllowed(out(framework.TypeString, "Only for a reservation that had already ended: released or expired. Stop spending from it."),
+						"released", "expired"),
+				}))),
 			},
 			HelpSynopsis: "Report what a reservation has used, and renew or release it.",
 			HelpDescription: `Records the running total used on a reservation against the credential and
@@ -144,9 +166,15 @@ reservation kept without use then expires and its units come back.`,
 					Required:    true,
 				},
 			},
+			DisplayAttrs: pathAttrs("budget"),
 			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.ReadOperation:   &framework.PathOperation{Callback: b.pathBudgetRead},
-				logical.UpdateOperation: &framework.PathOperation{Callback: b.pathBudgetWrite},
+				logical.ReadOperation: operation(b.pathBudgetRead, answers(merged(spendFields(), budgetPeriod, map[string]*framework.FieldSchema{
+					"tenant":        out(framework.TypeString, "The credential's tenant; empty: none."),
+					"expires_at":    out(framework.TypeTime, "When the credential's budget is kept until: its expiry, or its refresh family's."),
+					"tenant_budget": out(framework.TypeMap, "Only when the tenant has a ceiling: its limit, used, reserved, remaining, period_start and reset."),
+				}))),
+				// The credential's spend after the change.
+				logical.UpdateOperation: operation(b.pathBudgetWrite, answers(merged(spendFields(), budgetPeriod))),
 			},
 			HelpSynopsis: "Read a credential's budget and spend, or change its budget.",
 			HelpDescription: `Read shows limit (0: no per-credential ceiling), used, reserved, remaining (-1:

@@ -70,29 +70,38 @@ func (b *backend) getConfig(ctx context.Context, s logical.Storage) (*config, er
 }
 
 func pathConfig(b *backend) *framework.Path {
-	return &framework.Path{
-		Pattern: "config$",
-		Fields: map[string]*framework.FieldSchema{
-			"issuer": {
-				Type:        framework.TypeString,
-				Description: "iss of agent JWTs, an https URL (http on loopback). Default: this mount's URL under the " + apiAddrEnv + " the plugin was registered with.",
-			},
-			"signing_algorithm": {
-				Type:        framework.TypeString,
-				Description: "Algorithm of new signing keys: EdDSA (default), ES256 or RS256. A change rotates the signing key at once.",
-			},
-			"rotation_period": {
-				Type:        framework.TypeDurationSecond,
-				Description: "How often the signing key rotates by itself. Default: 24h; minimum 1m.",
-			},
-			"verification_ttl": {
-				Type:        framework.TypeDurationSecond,
-				Description: "How long a rotated-out public key stays in the JWKS. Must be at least every role's token_max_ttl. Default: 24h.",
-			},
+	fields := map[string]*framework.FieldSchema{
+		"issuer": {
+			Type:        framework.TypeString,
+			Description: "iss of agent JWTs, an https URL (http on loopback). Default: this mount's URL under the " + apiAddrEnv + " the plugin was registered with.",
 		},
+		"signing_algorithm": {
+			Type:          framework.TypeString,
+			Description:   "Algorithm of new signing keys: EdDSA (default), ES256 or RS256. A change rotates the signing key at once.",
+			AllowedValues: []interface{}{jwtverify.AlgEdDSA, jwtverify.AlgES256, jwtverify.AlgRS256},
+			DisplayAttrs:  &framework.DisplayAttributes{Value: jwtverify.AlgEdDSA},
+		},
+		"rotation_period": {
+			Type:         framework.TypeDurationSecond,
+			Description:  "How often the signing key rotates by itself. Default: 24h; minimum 1m.",
+			DisplayAttrs: &framework.DisplayAttributes{Value: "24h"},
+		},
+		"verification_ttl": {
+			Type:         framework.TypeDurationSecond,
+			Description:  "How long a rotated-out public key stays in the JWKS. Must be at least every role's token_max_ttl. Default: 24h.",
+			DisplayAttrs: &framework.DisplayAttributes{Name: "Verification TTL", Value: "24h"},
+		},
+	}
+	read := merged(echoed(fields), map[string]*framework.FieldSchema{
+		"effective_issuer": out(framework.TypeString, "The issuer in use: issuer, else this mount's URL under "+apiAddrEnv+"; absent, with a warning, when there is none."),
+	})
+	return &framework.Path{
+		Pattern:      "config$",
+		Fields:       fields,
+		DisplayAttrs: pathAttrs(""),
 		Operations: map[logical.Operation]framework.OperationHandler{
-			logical.ReadOperation:   &framework.PathOperation{Callback: b.pathConfigRead},
-			logical.UpdateOperation: &framework.PathOperation{Callback: b.pathConfigWrite},
+			logical.ReadOperation:   operationAs("", "configuration", b.pathConfigRead, answers(read)),
+			logical.UpdateOperation: operationAs("configure", "", b.pathConfigWrite, noContent()),
 		},
 		HelpSynopsis: "Configure agent JWT signing.",
 		HelpDescription: `Sets the issuer of agent JWTs and how their signing keys are made and

@@ -19,11 +19,18 @@ import (
 const jwksMaxAge = 60
 
 func pathJWKS(b *backend) []*framework.Path {
+	issuer := map[string]*framework.FieldSchema{
+		"issuer":   out(framework.TypeString, "iss of the mount's agent JWTs."),
+		"jwks_uri": out(framework.TypeString, "URL of the JWK Set: <issuer>/jwks."),
+	}
 	return []*framework.Path{
 		{
-			Pattern: "jwks$",
+			Pattern:      "jwks$",
+			DisplayAttrs: pathAttrs("jwks"),
 			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.ReadOperation: &framework.PathOperation{Callback: b.pathJWKSRead},
+				logical.ReadOperation: operation(b.pathJWKSRead, rawJSONAnswer(map[string]*framework.FieldSchema{
+					"keys": out(framework.TypeSlice, "The public keys, each a JWK with kty, kid, alg, use=sig and its public parameters (crv, x and y, or n and e)."),
+				})),
 			},
 			HelpSynopsis: "The JWK Set that verifies agent JWTs (unauthenticated).",
 			HelpDescription: `Returns, as a raw JSON JWK Set, the public keys of the current signing key
@@ -31,17 +38,27 @@ and of rotated-out keys still within verification_ttl, each with kid, alg and
 use=sig. Needs no Vault token, like an OIDC provider's jwks_uri.`,
 		},
 		{
-			Pattern: `\.well-known/openid-configuration$`,
+			Pattern:      `\.well-known/openid-configuration$`,
+			DisplayAttrs: pathAttrs("openid-configuration"),
 			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.ReadOperation: &framework.PathOperation{Callback: b.pathDiscoveryRead},
+				logical.ReadOperation: operation(b.pathDiscoveryRead, rawJSONAnswer(merged(issuer, map[string]*framework.FieldSchema{
+					"id_token_signing_alg_values_supported": out(framework.TypeStringSlice, "Every algorithm in the JWK Set, the current signing algorithm first."),
+				}))),
 			},
 			HelpSynopsis:    "Discovery document with issuer and jwks_uri (unauthenticated).",
 			HelpDescription: "Returns issuer, jwks_uri and id_token_signing_alg_values_supported (every algorithm in the JWKS, the current one first) as raw JSON, so verifiers can be configured with the issuer alone.",
 		},
 		{
-			Pattern: `\.well-known/oauth-authorization-server$`,
+			Pattern:      `\.well-known/oauth-authorization-server$`,
+			DisplayAttrs: pathAttrs("oauth-authorization-server-metadata"),
 			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.ReadOperation: &framework.PathOperation{Callback: b.pathASMetadataRead},
+				logical.ReadOperation: operation(b.pathASMetadataRead, rawJSONAnswer(merged(issuer, map[string]*framework.FieldSchema{
+					"access_token_signing_alg_values_supported": out(framework.TypeStringSlice, "Every algorithm in the JWK Set, the current signing algorithm first."),
+					"dpop_signing_alg_values_supported":         out(framework.TypeStringSlice, "Algorithms accepted for DPoP proofs (RFC 9449)."),
+					"response_types_supported":                  out(framework.TypeStringSlice, "Empty: tokens come from Vault requests, not from an authorization endpoint."),
+					"grant_types_supported":                     out(framework.TypeStringSlice, "Empty: there is no token endpoint."),
+					"token_endpoint_auth_methods_supported":     out(framework.TypeStringSlice, "Empty: there is no token endpoint."),
+				}))),
 			},
 			HelpSynopsis: "OAuth 2.0 authorization server metadata, RFC 8414 (unauthenticated).",
 			HelpDescription: `Returns issuer, jwks_uri, the signing algorithms of the JWKS and the DPoP
@@ -53,9 +70,13 @@ grant_types_supported are empty. Vault serves it under the mount
 (<issuer>/.well-known/oauth-authorization-server), not at the host's root.`,
 		},
 		{
-			Pattern: "rotate$",
+			Pattern:      "rotate$",
+			DisplayAttrs: pathAttrs("signing-key"),
 			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.UpdateOperation: &framework.PathOperation{Callback: b.pathRotateWrite},
+				logical.UpdateOperation: operationAs("rotate", "", b.pathRotateWrite, answers(map[string]*framework.FieldSchema{
+					"kid": out(framework.TypeString, "Key id of the new signing key, as in the JWK Set and the JWT header."),
+					"alg": out(framework.TypeString, "Algorithm of the new signing key: EdDSA, ES256 or RS256."),
+				})),
 			},
 			HelpSynopsis: "Rotate the signing key now.",
 			HelpDescription: `Creates a new signing key with the configured algorithm. The old key stops
@@ -64,6 +85,12 @@ verifying until they expire. Rotation also happens by itself every
 rotation_period, on the active node.`,
 		},
 	}
+}
+
+// rawJSONAnswer is the answer of a path that returns a raw JSON document
+// (rawJSON), not Vault's envelope: fields are the document's top-level keys.
+func rawJSONAnswer(fields map[string]*framework.FieldSchema) map[int][]framework.Response {
+	return map[int][]framework.Response{http.StatusOK: {{Description: "The JSON document itself, not in Vault's response envelope.", MediaType: "application/json", Fields: fields}}}
 }
 
 func rawJSON(body []byte) *logical.Response {

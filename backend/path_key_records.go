@@ -165,19 +165,21 @@ func pathKeyRecords(b *backend) []*framework.Path {
 	}
 	return []*framework.Path{
 		{
-			Pattern: "key-records/snapshot/?$",
-			Fields:  snapshot,
+			Pattern:      "key-records/snapshot/?$",
+			Fields:       snapshot,
+			DisplayAttrs: pathAttrs("key-records-snapshot"),
 			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.ReadOperation: &framework.PathOperation{Callback: b.pathKeyRecordsSnapshot},
+				logical.ReadOperation: operation(b.pathKeyRecordsSnapshot, answers(keyRecordsAnswerFields())),
 			},
 			HelpSynopsis:    "Read every live API key's record, for a verifier, in pages.",
 			HelpDescription: keyRecordsHelp,
 		},
 		{
-			Pattern: "key-records/?$",
-			Fields:  changes,
+			Pattern:      "key-records/?$",
+			Fields:       changes,
+			DisplayAttrs: pathAttrs("key-record-changes"),
 			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.ReadOperation: &framework.PathOperation{Callback: b.pathKeyRecordsChanges},
+				logical.ReadOperation: operation(b.pathKeyRecordsChanges, answers(keyRecordsAnswerFields())),
 			},
 			HelpSynopsis:    "Follow changes to API key records, for a verifier.",
 			HelpDescription: keyRecordsHelp,
@@ -480,6 +482,23 @@ func (k *keyEntry) record() contract.KeyRecord {
 		Budget:     budget,
 		RateLimit:  rate,
 		JKT:        k.JKT,
+	}
+}
+
+// keyRecordsAnswerFields describe keyRecordsResponse, the answer of both
+// the snapshot and the changes.
+func keyRecordsAnswerFields() map[string]*framework.FieldSchema {
+	return map[string]*framework.FieldSchema{
+		"records": out(framework.TypeSlice, "Key records: key_id, hash (hex SHA-256 of the key), role, scopes, bound_cidrs, tenant, expires_at, revoked, budget, rate_limit and jkt; "+
+			"in the changes, gone=true with only key_id for a key no longer stored."),
+		"metered_tenants": out(framework.TypeStringSlice, "Tenants with a budget ceiling: their keys are metered."),
+		"epoch":           out(framework.TypeString, "Epoch of the changes, new each time the mount starts on a node; pass it with the cursor."),
+		"next":            out(framework.TypeInt64, "Changes: the cursor to pass as after next time."),
+		"last":            out(framework.TypeInt64, "Changes: the newest change."),
+		"more":            out(framework.TypeBool, "Whether another read returns more now: the next changes, or the snapshot's next page."),
+		"resync":          out(framework.TypeBool, "Changes: the cursor is older than the changes held, or of another epoch; read the snapshot again."),
+		"next_id":         out(framework.TypeString, "Snapshot: the after_id of the next page."),
+		"cursor":          out(framework.TypeInt64, "Snapshot: the cursor to follow key-records from."),
 	}
 }
 

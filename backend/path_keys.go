@@ -57,6 +57,22 @@ func (k *keyEntry) publicData() map[string]interface{} {
 	}
 }
 
+// keyAnswerFields describe publicData; a mint answers all of them but
+// metadata.
+func keyAnswerFields() map[string]*framework.FieldSchema {
+	return map[string]*framework.FieldSchema{
+		"key_id":      out(framework.TypeString, "The key's public id: the 12 characters between the first and second '_' of the key."),
+		"name":        out(framework.TypeString, "Human-readable name of the key."),
+		"role":        out(framework.TypeString, "Role the key was minted from."),
+		"scopes":      out(framework.TypeStringSlice, "Scopes the key carries."),
+		"bound_cidrs": out(framework.TypeStringSlice, "CIDR blocks the key may be used from; empty: anywhere."),
+		"tenant":      out(framework.TypeString, "Tenant the key belongs to; empty: none."),
+		"metadata":    out(framework.TypeMap, "Metadata returned with every verification of the key: the key's and its role's."),
+		"expires_at":  out(framework.TypeTime, "When the key expires."),
+		"dpop_jkt":    out(framework.TypeString, "Thumbprint of the key pair the key is bound to (DPoP, RFC 9449); empty: a bearer key."),
+	}
+}
+
 func (b *backend) getKey(ctx context.Context, s logical.Storage, id string) (*keyEntry, error) {
 	return getJSON[keyEntry](ctx, s, keyPrefix+id)
 }
@@ -71,22 +87,37 @@ func pathKeys(b *backend) []*framework.Path {
 		Description: "The key's key_id: the 12 characters between the first and second '_' of the key.",
 		Required:    true,
 	}
+	list, item := pathAttrs("api-keys"), pathAttrs("api-key")
+	list.ItemType, item.ItemType = "API key", "API key"
+	minted := merged(keyAnswerFields(), echoed(limitFields()), map[string]*framework.FieldSchema{
+		"key": secretOut("The API key. Returned once: only its hash is stored.", "API key"),
+	})
+	delete(minted, "metadata")
+	read := merged(keyAnswerFields(), echoed(limitFields()), map[string]*framework.FieldSchema{
+		"orphan":     out(framework.TypeBool, "Whether the key was minted from an orphan role: not a Vault lease."),
+		"entity_id":  out(framework.TypeString, "Vault entity that minted the key; empty for a caller without one."),
+		"created_at": out(framework.TypeTime, "When the key was minted."),
+		"revoked":    out(framework.TypeBool, "Whether the key was revoked."),
+		"revoked_at": out(framework.TypeTime, "When the key was revoked; only for a revoked key."),
+	})
 	return []*framework.Path{
 		{
 			// Listed before keys/<role> so that "keys/id" is never a role.
-			Pattern: "keys/id/?$",
+			Pattern:      "keys/id/?$",
+			DisplayAttrs: list,
 			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.ListOperation: &framework.PathOperation{Callback: b.pathKeyList},
+				logical.ListOperation: operation(b.pathKeyList, listAnswer("key_ids of the keys in storage.", "For each key_id: its name and role.")),
 			},
 			HelpSynopsis:    "List minted API keys by key_id, with their name and role.",
 			HelpDescription: "Lists every key still in storage, revoked and expired ones included until tidy removes them.",
 		},
 		{
-			Pattern: "keys/id/" + framework.GenericNameRegex("key_id"),
-			Fields:  map[string]*framework.FieldSchema{"key_id": keyIDField},
+			Pattern:      "keys/id/" + framework.GenericNameRegex("key_id"),
+			Fields:       map[string]*framework.FieldSchema{"key_id": keyIDField},
+			DisplayAttrs: item,
 			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.ReadOperation:   &framework.PathOperation{Callback: b.pathKeyRead},
-				logical.DeleteOperation: &framework.PathOperation{Callback: b.pathKeyRevoke},
+				logical.ReadOperation:   operation(b.pathKeyRead, answers(read)),
+				logical.DeleteOperation: operationAs("revoke", "", b.pathKeyRevoke, noContent()),
 			},
 			HelpSynopsis: "Read an API key's metadata, or revoke it.",
 			HelpDescription: `Read returns what the key may do, when it expires and whether it is revoked;
@@ -94,10 +125,11 @@ never the key or its hash. Delete revokes the key at once and adds it to
 keybroker/revocations; this is how keys minted from orphan roles are revoked.`,
 		},
 		{
-			Pattern: "keys/" + framework.GenericNameRegex("role"),
-			Fields:  mintKeyFields(),
+			Pattern:      "keys/" + framework.GenericNameRegex("role"),
+			Fields:       mintKeyFields(),
+			DisplayAttrs: item,
 			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.UpdateOperation: &framework.PathOperation{Callback: b.pathKeyMint},
+				logical.UpdateOperation: operationAs("mint", "", b.pathKeyMint, answers(minted)),
 			},
 			HelpSynopsis: "Mint an API key from a role.",
 			HelpDescription: `Returns the key once; only its hash is stored. Unless the role is an orphan

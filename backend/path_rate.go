@@ -49,8 +49,15 @@ func pathRate(b *backend) *framework.Path {
 				Required:    true,
 			},
 		},
+		DisplayAttrs: pathAttrs("rate-limit"),
 		Operations: map[logical.Operation]framework.OperationHandler{
-			logical.UpdateOperation: &framework.PathOperation{Callback: b.pathRateReserve},
+			logical.UpdateOperation: operationAs("reserve", "", b.pathRateReserve, answers(map[string]*framework.FieldSchema{
+				"limited":    out(framework.TypeBool, "Whether the credential has a rate limit; when false, every unit asked is granted and nothing else is answered."),
+				"granted":    out(framework.TypeInt64, "Requests granted; 0: the window is spent until window_end."),
+				"limit":      out(framework.TypeInt64, "Requests all verifiers together get per window."),
+				"window":     out(framework.TypeInt64, "Length of the window in seconds."),
+				"window_end": out(framework.TypeTime, "When the current window ends."),
+			})),
 		},
 		HelpSynopsis: "Take requests from a credential's cluster-wide rate limit.",
 		HelpDescription: `Verifiers that keep rate limits across all of them (keybroker-sidecar's

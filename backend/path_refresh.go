@@ -53,17 +53,20 @@ func pathRefresh(b *backend) *framework.Path {
 		Pattern: "token/refresh$",
 		Fields: map[string]*framework.FieldSchema{
 			"refresh_token": {
-				Type:        framework.TypeString,
-				Description: "The refresh token from the last mint or refresh.",
-				Required:    true,
+				Type:         framework.TypeString,
+				Description:  "The refresh token from the last mint or refresh.",
+				Required:     true,
+				DisplayAttrs: &framework.DisplayAttributes{Name: "Refresh token", Sensitive: true},
 			},
 			"dpop_proof": {
-				Type:        framework.TypeString,
-				Description: "For a DPoP-bound family: a DPoP proof (RFC 9449) signed by the family's key, with htm POST or PUT, htu this path's URL as the client calls it (.../v1/<mount>/token/refresh), and iat within the last 60 seconds.",
+				Type:         framework.TypeString,
+				Description:  "For a DPoP-bound family: a DPoP proof (RFC 9449) signed by the family's key, with htm POST or PUT, htu this path's URL as the client calls it (.../v1/<mount>/token/refresh), and iat within the last 60 seconds.",
+				DisplayAttrs: &framework.DisplayAttributes{Name: "DPoP proof", Sensitive: true},
 			},
 		},
+		DisplayAttrs: pathAttrs("token"),
 		Operations: map[logical.Operation]framework.OperationHandler{
-			logical.UpdateOperation: &framework.PathOperation{Callback: b.pathRefreshWrite},
+			logical.UpdateOperation: operationAs("refresh", "", b.pathRefreshWrite, answers(tokenAnswerFields())),
 		},
 		HelpSynopsis: "Exchange a refresh token for a new access token and refresh token.",
 		HelpDescription: `Each refresh token can be used once. The new access token carries the first's

@@ -49,6 +49,11 @@ func TestRefreshRotationAndReuse(t *testing.T) {
 	}
 	// rt2 was never spent, but its family is revoked.
 	e.userError(logical.UpdateOperation, "token/refresh", map[string]interface{}{"refresh_token": rt2}, "family was revoked")
+
+	// A read (Vault Agent's template) starts a family too.
+	if rt, _ := e.ok(logical.ReadOperation, "token/agent", nil).Data["refresh_token"].(string); rt == "" || rt == rt1 || rt == rt2 {
+		t.Fatalf("read of a role with refresh_ttl: refresh_token %q", rt)
+	}
 }
 
 func sortedCopy(s []string) []string { return slices.Sorted(slices.Values(s)) }

@@ -143,8 +143,15 @@ func pathRevocations(b *backend) *framework.Path {
 				Description: fmt.Sprintf("Long poll: when nothing follows after, wait up to this long (at most %s) and answer as soon as a revocation is added. Default 0: answer at once.", maxFeedWait),
 			},
 		},
+		DisplayAttrs: pathAttrs("revocations"),
 		Operations: map[logical.Operation]framework.OperationHandler{
-			logical.ReadOperation: &framework.PathOperation{Callback: b.pathRevocationsRead},
+			logical.ReadOperation: operation(b.pathRevocationsRead, answers(map[string]*framework.FieldSchema{
+				"revocations": out(framework.TypeSlice, "Revocations after the cursor in feed order, each with id (an API key's key_id or a JWT's jti), type (api_key or jwt), revoked_at and expires_at (when the credential would have expired)."),
+				"next":        out(framework.TypeInt64, "Cursor to pass as after on the next read."),
+				"more":        out(framework.TypeBool, "Whether another read would return more now."),
+				"epoch":       out(framework.TypeString, "The feed's epoch: when it changes, read again from after=0."),
+				"last":        out(framework.TypeInt64, "Newest sequence number given; below the cursor, read again from after=0."),
+			})),
 		},
 		HelpSynopsis: "Follow revoked credentials incrementally.",
 		HelpDescription: fmt.Sprintf(`Returns revoked credential ids (API key_ids, later JWT jtis) in the order they

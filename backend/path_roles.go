@@ -151,25 +151,29 @@ func pathRoles(b *backend) []*framework.Path {
 			Description: "Scopes granted when a mint request names none. Must be a subset of scopes. Default: all of scopes.",
 		},
 		"ttl": {
-			Type:        framework.TypeDurationSecond,
-			Description: "Default lifetime of credentials minted from this role. Default: the mount's default lease TTL.",
+			Type:         framework.TypeDurationSecond,
+			Description:  "Default lifetime of credentials minted from this role. Default: the mount's default lease TTL.",
+			DisplayAttrs: &framework.DisplayAttributes{Name: "TTL"},
 		},
 		"max_ttl": {
-			Type:        framework.TypeDurationSecond,
-			Description: "Longest lifetime, including renewals, of credentials minted from this role. Default: the mount's max lease TTL.",
+			Type:         framework.TypeDurationSecond,
+			Description:  "Longest lifetime, including renewals, of credentials minted from this role. Default: the mount's max lease TTL.",
+			DisplayAttrs: &framework.DisplayAttributes{Name: "Max TTL"},
 		},
 		"bound_cidrs": {
-			Type:        framework.TypeCommaStringSlice,
-			Description: fmt.Sprintf("CIDR blocks (IPv4 or IPv6) the role's credentials may be used from. Empty: anywhere. At most %d.", maxCIDRs),
+			Type:         framework.TypeCommaStringSlice,
+			Description:  fmt.Sprintf("CIDR blocks (IPv4 or IPv6) the role's credentials may be used from. Empty: anywhere. At most %d.", maxCIDRs),
+			DisplayAttrs: &framework.DisplayAttributes{Name: "Bound CIDRs"},
 		},
 		"tenant": {
 			Type:        framework.TypeString,
 			Description: "Tenant the role's credentials belong to; verifiers pass it upstream.",
 		},
 		"key_prefix": {
-			Type:        framework.TypeString,
-			Description: "Prefix of API keys minted from this role: 2 to 16 lowercase letters and digits, starting with a letter.",
-			Default:     apikey.DefaultPrefix,
+			Type:         framework.TypeString,
+			Description:  "Prefix of API keys minted from this role: 2 to 16 lowercase letters and digits, starting with a letter.",
+			Default:      apikey.DefaultPrefix,
+			DisplayAttrs: &framework.DisplayAttributes{Value: apikey.DefaultPrefix},
 		},
 		"orphan": {
 			Type:        framework.TypeBool,
@@ -179,7 +183,8 @@ func pathRoles(b *backend) []*framework.Path {
 			Type: framework.TypeBool,
 			Description: "If false, the keys' leases cannot be renewed: Vault Agent then mints a successor at its template_config lease_renewal_threshold (default 0.9) of the TTL " +
 				"while the old key stays valid until its own expiry, so consumers overlap instead of getting a new key in the last seconds of max_ttl.",
-			Default: true,
+			Default:      true,
+			DisplayAttrs: &framework.DisplayAttributes{Value: true},
 		},
 		"metadata": {
 			Type:        framework.TypeKVPairs,
@@ -190,38 +195,48 @@ func pathRoles(b *backend) []*framework.Path {
 			Description: "Allowed aud values of agent JWTs minted from this role. A role needs at least one to mint tokens.",
 		},
 		"token_ttl": {
-			Type:        framework.TypeDurationSecond,
-			Description: "Default lifetime of agent JWTs. Default: 15m.",
+			Type:         framework.TypeDurationSecond,
+			Description:  "Default lifetime of agent JWTs. Default: 15m.",
+			DisplayAttrs: &framework.DisplayAttributes{Name: "Token TTL", Value: "15m"},
 		},
 		"token_max_ttl": {
-			Type:        framework.TypeDurationSecond,
-			Description: "Longest lifetime of agent JWTs; must not exceed keybroker/config verification_ttl. Default: 1h.",
+			Type:         framework.TypeDurationSecond,
+			Description:  "Longest lifetime of agent JWTs; must not exceed keybroker/config verification_ttl. Default: 1h.",
+			DisplayAttrs: &framework.DisplayAttributes{Name: "Token max TTL", Value: "1h"},
 		},
 		"subject": {
-			Type:        framework.TypeString,
-			Description: "How a JWT's sub is derived from the caller's Vault identity: entity_id (default), entity_name or alias_name. Never from the request.",
+			Type:          framework.TypeString,
+			Description:   "How a JWT's sub is derived from the caller's Vault identity: entity_id (default), entity_name or alias_name. Never from the request.",
+			AllowedValues: []interface{}{subjectEntityID, subjectEntityName, subjectAliasName},
 		},
 		"refresh_ttl": {
-			Type:        framework.TypeDurationSecond,
-			Description: "Lifetime of refresh tokens issued with agent JWTs; 0 (default) issues none. Only callers with a Vault entity get refresh tokens.",
+			Type:         framework.TypeDurationSecond,
+			Description:  "Lifetime of refresh tokens issued with agent JWTs; 0 (default) issues none. Only callers with a Vault entity get refresh tokens.",
+			DisplayAttrs: &framework.DisplayAttributes{Name: "Refresh TTL"},
 		},
 		"require_dpop": {
-			Type:        framework.TypeBool,
-			Description: "If true, every credential minted from the role, API key or agent JWT, is DPoP-bound (RFC 9449): the mint must give dpop_jkt or dpop_jwk. Setting it reaches existing refresh families (an unbound one can no longer refresh), not keys already minted.",
+			Type:         framework.TypeBool,
+			Description:  "If true, every credential minted from the role, API key or agent JWT, is DPoP-bound (RFC 9449): the mint must give dpop_jkt or dpop_jwk. Setting it reaches existing refresh families (an unbound one can no longer refresh), not keys already minted.",
+			DisplayAttrs: &framework.DisplayAttributes{Name: "Require DPoP"},
 		},
 		"refresh_max_ttl": {
-			Type:        framework.TypeDurationSecond,
-			Description: "Longest life of a refresh family, from its first mint; no refresh after it. Lowering it reaches existing families. Default: 24h; at least refresh_ttl.",
+			Type:         framework.TypeDurationSecond,
+			Description:  "Longest life of a refresh family, from its first mint; no refresh after it. Lowering it reaches existing families. Default: 24h; at least refresh_ttl.",
+			DisplayAttrs: &framework.DisplayAttributes{Name: "Refresh max TTL", Value: "24h"},
 		},
 	}
 	for k, f := range limitFields() {
 		fields[k] = f
 	}
+	list, item := pathAttrs("roles"), pathAttrs("role")
+	list.Navigation, list.ItemType = true, "Role"
+	item.ItemType = "Role"
 	return []*framework.Path{
 		{
-			Pattern: "roles/?$",
+			Pattern:      "roles/?$",
+			DisplayAttrs: list,
 			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.ListOperation: &framework.PathOperation{Callback: b.pathRoleList},
+				logical.ListOperation: operation(b.pathRoleList, listAnswer("Names of the roles.", "")),
 			},
 			HelpSynopsis:    "List keybroker roles.",
 			HelpDescription: "Lists the names of all roles credentials can be minted from.",
@@ -230,11 +245,13 @@ func pathRoles(b *backend) []*framework.Path {
 			Pattern:        "roles/" + framework.GenericNameRegex("name"),
 			Fields:         fields,
 			ExistenceCheck: b.roleExists,
+			DisplayAttrs:   item,
 			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.CreateOperation: &framework.PathOperation{Callback: b.pathRoleWrite},
-				logical.UpdateOperation: &framework.PathOperation{Callback: b.pathRoleWrite},
-				logical.ReadOperation:   &framework.PathOperation{Callback: b.pathRoleRead},
-				logical.DeleteOperation: &framework.PathOperation{Callback: b.pathRoleDelete},
+				logical.CreateOperation: operation(b.pathRoleWrite, noContent()),
+				logical.UpdateOperation: operation(b.pathRoleWrite, noContent()),
+				// The role as it is, defaults filled in.
+				logical.ReadOperation:   operation(b.pathRoleRead, answers(echoed(fields, "name"))),
+				logical.DeleteOperation: operation(b.pathRoleDelete, noContent()),
 			},
 			HelpSynopsis: "Manage the roles credentials are minted from.",
 			HelpDescription: `A role fixes what credentials minted from it may carry. Updating a role
@@ -382,12 +399,14 @@ func grantFields(noun, ttlDefault string) map[string]*framework.FieldSchema {
 			Description: "Scopes for the " + noun + "; must be a subset of the role's scopes. Default: the role's default_scopes.",
 		},
 		"ttl": {
-			Type:        framework.TypeDurationSecond,
-			Description: "Lifetime of the " + noun + ". " + ttlDefault,
+			Type:         framework.TypeDurationSecond,
+			Description:  "Lifetime of the " + noun + ". " + ttlDefault,
+			DisplayAttrs: &framework.DisplayAttributes{Name: "TTL"},
 		},
 		"bound_cidrs": {
-			Type:        framework.TypeCommaStringSlice,
-			Description: "CIDR blocks the " + noun + " may be used from; each must lie within the role's bound_cidrs. Default: the role's.",
+			Type:         framework.TypeCommaStringSlice,
+			Description:  "CIDR blocks the " + noun + " may be used from; each must lie within the role's bound_cidrs. Default: the role's.",
+			DisplayAttrs: &framework.DisplayAttributes{Name: "Bound CIDRs"},
 		},
 		"budget": {
 			Type:        framework.TypeInt64,

@@ -28,38 +28,44 @@ type tenantEntry struct {
 const legacyTenantID = "initial"
 
 func pathTenants(b *backend) []*framework.Path {
+	fields := map[string]*framework.FieldSchema{
+		"name": {
+			Type:        framework.TypeString,
+			Description: "The tenant, as set on roles.",
+			Required:    true,
+		},
+		"budget": {
+			Type:        framework.TypeInt64,
+			Description: fmt.Sprintf("Units all of the tenant's credentials together may spend per budget_period (1 to %d).", int64(maxUnits)),
+		},
+		"budget_period": {
+			Type:         framework.TypeDurationSecond,
+			Description:  "Length of the tenant's budget period, starting at fixed boundaries as for roles. Default: 24h.",
+			DisplayAttrs: &framework.DisplayAttributes{Value: "24h"},
+		},
+	}
+	list, item := pathAttrs("tenants"), pathAttrs("tenant")
+	list.ItemType, item.ItemType = "Tenant", "Tenant"
 	return []*framework.Path{
 		{
-			Pattern: "tenants/?$",
+			Pattern:      "tenants/?$",
+			DisplayAttrs: list,
 			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.ListOperation: &framework.PathOperation{Callback: b.pathTenantList},
+				logical.ListOperation: operation(b.pathTenantList, listAnswer("Tenants with a budget ceiling.", "")),
 			},
 			HelpSynopsis:    "List tenants with a budget ceiling.",
 			HelpDescription: "Lists the tenants configured under keybroker/tenants/<name>.",
 		},
 		{
-			Pattern: "tenants/" + framework.GenericNameRegex("name"),
-			Fields: map[string]*framework.FieldSchema{
-				"name": {
-					Type:        framework.TypeString,
-					Description: "The tenant, as set on roles.",
-					Required:    true,
-				},
-				"budget": {
-					Type:        framework.TypeInt64,
-					Description: fmt.Sprintf("Units all of the tenant's credentials together may spend per budget_period (1 to %d).", int64(maxUnits)),
-				},
-				"budget_period": {
-					Type:        framework.TypeDurationSecond,
-					Description: "Length of the tenant's budget period, starting at fixed boundaries as for roles. Default: 24h.",
-				},
-			},
+			Pattern:        "tenants/" + framework.GenericNameRegex("name"),
+			Fields:         fields,
 			ExistenceCheck: b.tenantExists,
+			DisplayAttrs:   item,
 			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.CreateOperation: &framework.PathOperation{Callback: b.pathTenantWrite},
-				logical.UpdateOperation: &framework.PathOperation{Callback: b.pathTenantWrite},
-				logical.ReadOperation:   &framework.PathOperation{Callback: b.pathTenantRead},
-				logical.DeleteOperation: &framework.PathOperation{Callback: b.pathTenantDelete},
+				logical.CreateOperation: operation(b.pathTenantWrite, noContent()),
+				logical.UpdateOperation: operation(b.pathTenantWrite, noContent()),
+				logical.ReadOperation:   operation(b.pathTenantRead, answers(merged(spendFields(), echoed(fields, "name")))),
+				logical.DeleteOperation: operation(b.pathTenantDelete, noContent()),
 			},
 			HelpSynopsis: "Manage a tenant's budget ceiling and read its spend.",
 			HelpDescription: `A tenant ceiling caps what all credentials of the tenant spend together, on

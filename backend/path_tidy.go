@@ -24,9 +24,16 @@ type tidyStats struct {
 
 func pathTidy(b *backend) *framework.Path {
 	return &framework.Path{
-		Pattern: "tidy$",
+		Pattern:      "tidy$",
+		DisplayAttrs: pathAttrs(""),
 		Operations: map[logical.Operation]framework.OperationHandler{
-			logical.UpdateOperation: &framework.PathOperation{Callback: b.pathTidyWrite},
+			logical.UpdateOperation: operationAs("tidy", "", b.pathTidyWrite, answers(map[string]*framework.FieldSchema{
+				"keys_deleted":           out(framework.TypeInt, "API keys deleted."),
+				"revocations_deleted":    out(framework.TypeInt, "Revocation feed entries deleted."),
+				"refresh_tokens_deleted": out(framework.TypeInt, "Refresh tokens deleted."),
+				"families_deleted":       out(framework.TypeInt, "Token families deleted."),
+				"budgets_deleted":        out(framework.TypeInt, "Credential budgets deleted."),
+			})),
 		},
 		HelpSynopsis: "Remove expired keys and revocation entries now.",
 		HelpDescription: fmt.Sprintf(`Tidy runs by itself every %s on the active node. It deletes keys that

@@ -43,14 +43,15 @@ type grant struct {
 
 func pathToken(b *backend) *framework.Path {
 	return &framework.Path{
-		Pattern: "token/" + framework.GenericNameRegex("role"),
-		Fields:  mintTokenFields(),
+		Pattern:      "token/" + framework.GenericNameRegex("role"),
+		Fields:       mintTokenFields(),
+		DisplayAttrs: pathAttrs("token"),
 		Operations: map[logical.Operation]framework.OperationHandler{
-			logical.UpdateOperation: &framework.PathOperation{Callback: b.pathTokenMint},
+			logical.UpdateOperation: operationAs("mint", "", b.pathTokenMint, answers(tokenAnswerFields())),
 			// A read mints with the role's defaults, as database/creds
 			// does, so Vault Agent's natural template works:
 			// {{ with secret "keybroker/token/<role>" }}.
-			logical.ReadOperation: &framework.PathOperation{Callback: b.pathTokenMint},
+			logical.ReadOperation: operation(b.pathTokenMint, answers(tokenAnswerFields())),
 		},
 		HelpSynopsis: "Mint a short-lived agent JWT from a role.",
 		HelpDescription: `Returns a JWT (typ at+jwt) signed by the plugin's current key, with iss, sub,
@@ -169,6 +170,23 @@ func (b *backend) pathTokenMint(ctx context.Context, req *logical.Request, d *fr
 	return resp, nil
 }
 
+// tokenAnswerFields describe what a mint or a refresh of an agent JWT
+// answers: issueToken's fields, and refresh_token.
+func tokenAnswerFields() map[string]*framework.FieldSchema {
+	return map[string]*framework.FieldSchema{
+		"token":         secretOut("The agent JWT (typ at+jwt).", "Token"),
+		"token_type":    out(framework.TypeString, "Bearer, or DPoP for a DPoP-bound token: the Authorization scheme to send it with."),
+		"expires_in":    out(framework.TypeInt64, "Seconds until the token expires."),
+		"expires_at":    out(framework.TypeTime, "When the token expires (its exp)."),
+		"jti":           out(framework.TypeString, "The token's unique id, as revocations and budgets name it."),
+		"sub":           out(framework.TypeString, "The token's sub, derived from the caller's Vault identity."),
+		"role":          out(framework.TypeString, "Role the token was minted from."),
+		"scopes":        out(framework.TypeStringSlice, "Scopes the token carries."),
+		"audience":      out(framework.TypeStringSlice, "The token's aud values."),
+		"refresh_token": secretOut("Refresh token for keybroker/token/refresh, usable once; only when the role has a refresh_ttl and the caller a Vault entity.", "Refresh token"),
+	}
+}
+
 // issueToken signs an access token for g and returns it as a lease.
 func (b *backend) issueToken(ctx context.Context, req *logical.Request, g grant, ttl time.Duration, family string) (*logical.Response, error) {
 	iss, userErr, err := b.issuer(ctx, req)
@@ -257,12 +275,14 @@ func clientID(g grant) string {
 func dpopFields(noun, then string) map[string]*framework.FieldSchema {
 	return map[string]*framework.FieldSchema{
 		"dpop_jkt": {
-			Type:        framework.TypeString,
-			Description: "Bind the " + noun + " to the holder's key (DPoP, RFC 9449): the key's RFC 7638 SHA-256 thumbprint, base64url. " + then + " Verifiers accept it only with a proof signed by that key. Or give dpop_jwk.",
+			Type:         framework.TypeString,
+			Description:  "Bind the " + noun + " to the holder's key (DPoP, RFC 9449): the key's RFC 7638 SHA-256 thumbprint, base64url. " + then + " Verifiers accept it only with a proof signed by that key. Or give dpop_jwk.",
+			DisplayAttrs: &framework.DisplayAttributes{Name: "DPoP JKT"},
 		},
 		"dpop_jwk": {
-			Type:        framework.TypeString,
-			Description: "Bind the " + noun + " to this public JWK (JSON: EC P-256 or P-384, Ed25519, or RSA of 2048 bits or more); the plugin computes its thumbprint. Never send the private key: it is refused.",
+			Type:         framework.TypeString,
+			Description:  "Bind the " + noun + " to this public JWK (JSON: EC P-256 or P-384, Ed25519, or RSA of 2048 bits or more); the plugin computes its thumbprint. Never send the private key: it is refused.",
+			DisplayAttrs: &framework.DisplayAttributes{Name: "DPoP JWK", EditType: "textarea"},
 		},
 	}
 }

@@ -175,6 +175,7 @@ func TestTokenSubject(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := &testEnv{t: t, b: lb.(*backend), storage: conf.StorageView, entityID: "ent-1"}
+	e.checkAnswers()
 	e.ok(logical.UpdateOperation, "config", map[string]interface{}{"issuer": testIssuer})
 	for _, tc := range []struct{ subject, entity, want string }{
 		{subjectEntityID, "ent-1", "ent-1"},
@@ -324,6 +325,9 @@ func TestConfig(t *testing.T) {
 	// Changing the algorithm rotates at once.
 	before := e.jwks().Len()
 	e.ok(logical.UpdateOperation, "config", map[string]interface{}{"signing_algorithm": "ES256", "issuer": "http://127.0.0.1:8200/v1/keybroker"})
+	if got := e.ok(logical.ReadOperation, "config", nil).Data["effective_issuer"]; got != "http://127.0.0.1:8200/v1/keybroker" {
+		t.Fatalf("effective_issuer = %v, want the issuer set", got)
+	}
 	st, _ := e.b.signing(context.Background(), e.storage)
 	if st.alg != "ES256" || e.jwks().Len() != before+1 {
 		t.Fatalf("after switching to ES256: signing alg %s, %d keys", st.alg, e.jwks().Len())
@@ -341,6 +345,7 @@ func TestSigningKeysSurviveReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	e2 := &testEnv{t: t, b: lb.(*backend), storage: e.storage, entityID: "test-entity"}
+	e2.checkAnswers()
 	if got := e2.verifyReason(token, "10.0.0.1", nil); got != reasonOK {
 		t.Fatalf("token after reload: %s", got)
 	}

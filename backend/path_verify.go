@@ -39,12 +39,14 @@ func pathVerify(b *backend) *framework.Path {
 		Pattern: "verify$",
 		Fields: map[string]*framework.FieldSchema{
 			"credential": {
-				Type:        framework.TypeString,
-				Description: "The API key or agent JWT to verify.",
+				Type:         framework.TypeString,
+				Description:  "The API key or agent JWT to verify.",
+				DisplayAttrs: &framework.DisplayAttributes{Sensitive: true},
 			},
 			"key": {
-				Type:        framework.TypeString,
-				Description: "Alias of credential, kept for API key callers.",
+				Type:         framework.TypeString,
+				Description:  "Alias of credential, kept for API key callers.",
+				DisplayAttrs: &framework.DisplayAttributes{Sensitive: true},
 			},
 			"audience": {
 				Type:        framework.TypeString,
@@ -59,21 +61,45 @@ func pathVerify(b *backend) *framework.Path {
 				Description: "Scopes the credential must all carry.",
 			},
 		},
+		DisplayAttrs: pathAttrs("credential"),
 		Operations: map[logical.Operation]framework.OperationHandler{
-			logical.UpdateOperation: &framework.PathOperation{Callback: b.pathVerifyWrite},
+			logical.UpdateOperation: operationAs("verify", "", b.pathVerifyWrite, answers(verifyAnswerFields())),
 		},
 		HelpSynopsis: "Verify a credential.",
 		HelpDescription: `Answers whether a credential is valid for a request from remote_addr that
 needs the given scopes. An invalid credential is an answer (valid=false and a
-reason: malformed, not_found, expired, revoked, cidr_denied or
-insufficient_scope; for JWTs also invalid_signature, invalid_claims and
-not_yet_valid), not an error. An unknown key and a wrong secret for a known
+reason: malformed, not_found, expired, revoked, cidr_denied,
+insufficient_scope or dpop_required, for a DPoP-bound credential that only a
+verifier checking its proof accepts; for JWTs also invalid_signature,
+invalid_claims and not_yet_valid), not an error. An unknown key and a wrong secret for a known
 key_id both answer not_found; when no key has the key_id at all, the answer
 also carries unknown_key_id=true, so a verifier can refuse that key_id
 without asking again. When valid, the answer carries role, scopes,
 tenant and expires_at, with key_id and metadata for an API key, or jti, sub
 and audience for a JWT.`,
 	}
+}
+
+// verifyAnswerFields describe a verification: valid and reason always;
+// when valid, what the credential carries, with the fields of an API key
+// (key_id, name, metadata, dpop_jkt) or of a JWT (jti, sub, audience).
+func verifyAnswerFields() map[string]*framework.FieldSchema {
+	reason := withAllowed(out(framework.TypeString, "ok, or why the credential is refused: malformed, not_found, expired, revoked, cidr_denied, insufficient_scope, "+
+		"dpop_required (a DPoP-bound credential, which only a verifier checking its proof accepts); for JWTs also invalid_signature, invalid_claims, not_yet_valid."),
+		reasonOK, reasonMalformed, reasonNotFound, reasonExpired, reasonRevoked, reasonCIDRDenied, reasonInsufficientScope,
+		contract.ReasonDPoPRequired, reasonInvalidSignature, reasonInvalidClaims, reasonNotYetValid)
+	return merged(keyAnswerFields(), pick(tokenAnswerFields(), "jti", "sub", "audience"), map[string]*framework.FieldSchema{
+		"valid":          out(framework.TypeBool, "Whether the credential is valid for the request."),
+		"reason":         reason,
+		"unknown_key_id": out(framework.TypeBool, "With not_found: no key has the key_id at all, so a verifier may refuse it without asking again."),
+		"role":           out(framework.TypeString, "Role the credential was minted from."),
+		"scopes":         out(framework.TypeStringSlice, "Scopes the credential carries."),
+		"bound_cidrs":    out(framework.TypeStringSlice, "CIDR blocks the credential may be used from; empty: anywhere."),
+		"tenant":         out(framework.TypeString, "Tenant the credential belongs to; empty: none."),
+		"expires_at":     out(framework.TypeTime, "When the credential expires."),
+		"budget":         out(framework.TypeMap, "For a metered credential (a budget of its own, or its tenant's ceiling): units per period (0: none of its own), period in seconds and max_cost; null otherwise."),
+		"rate_limit":     out(framework.TypeMap, "For a credential with a rate limit: per_second and burst, per verifier; null otherwise."),
+	})
 }
 
 func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {

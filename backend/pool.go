@@ -2,6 +2,8 @@ package backend
 
 import (
 	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
 )
 
 // pool is a tenant's account: what the tenant's credentials used in the
@@ -113,5 +115,17 @@ func spendStatus(limit, used, reserved, remaining int64, start time.Time, period
 		"remaining":    remaining,
 		"period_start": start.Format(time.RFC3339),
 		"reset":        start.Add(period).Format(time.RFC3339),
+	}
+}
+
+// spendFields describe spendStatus.
+func spendFields() map[string]*framework.FieldSchema {
+	return map[string]*framework.FieldSchema{
+		"limit":        out(framework.TypeInt64, "Units per period; 0: no ceiling."),
+		"used":         out(framework.TypeInt64, "Units used this period."),
+		"reserved":     out(framework.TypeInt64, "Units that live reservations of this period hold unused."),
+		"remaining":    out(framework.TypeInt64, "Units that can still be reserved this period; -1: unlimited."),
+		"period_start": out(framework.TypeTime, "When the current period started."),
+		"reset":        out(framework.TypeTime, "When the current period ends."),
 	}
 }
