@@ -103,6 +103,7 @@ func newBackend() *backend {
 				pathConfig(b),
 				pathRate(b),
 				pathRefresh(b),
+				pathExchange(b),
 				pathToken(b),
 				pathVerify(b),
 				pathRevocations(b),

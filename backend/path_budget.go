@@ -294,6 +294,17 @@ func (b *backend) extendMeter(ctx context.Context, s logical.Storage, id string,
 	return putJSON(ctx, s, meterPrefix+id, m)
 }
 
+// meterRoot is the meter a credential spends from, and its id: its own, or
+// the one its meter links to (its refresh family's); nil when unmetered.
+func (b *backend) meterRoot(ctx context.Context, s logical.Storage, id string) (string, *meter, error) {
+	m, err := getJSON[meter](ctx, s, meterPrefix+id)
+	if err != nil || m == nil || m.Link == "" {
+		return id, m, err
+	}
+	root, err := getJSON[meter](ctx, s, meterPrefix+m.Link)
+	return m.Link, root, err
+}
+
 // meterToken keeps the meter of a new JWT: its own, or a link to its refresh
 // family's, which lives as long as the family's newest token.
 func (b *backend) meterToken(ctx context.Context, s logical.Storage, jti, familyID string, g grant, exp time.Time) error {

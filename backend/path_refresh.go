@@ -227,7 +227,7 @@ func (b *backend) pathRefreshWrite(ctx context.Context, req *logical.Request, d 
 	if ttl < time.Second {
 		return logical.ErrorResponse("refresh_token's family reaches role %q's refresh_max_ttl now; mint a new token", entry.Grant.Role), nil
 	}
-	resp, err := b.issueToken(ctx, req, g, ttl, entry.Family)
+	resp, err := b.issueToken(ctx, req, g, ttl, entry.Family, "")
 	if err != nil || resp.IsError() {
 		return resp, err
 	}

@@ -1,8 +1,10 @@
 package backend
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"regexp"
 	"strings"
 	"time"
 
@@ -10,12 +12,19 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/keybroker/keybroker/apikey"
+	"github.com/keybroker/keybroker/jwtverify"
 )
 
 const rolePrefix = "roles/"
 
 // reservedRoleNames would collide with fixed paths under keys/ and token/.
-var reservedRoleNames = map[string]bool{"id": true, "refresh": true}
+var reservedRoleNames = map[string]bool{"id": true, "refresh": true, "exchange": true}
+
+// roleNameRegexp is what the roles/<name> path accepts as a name.
+var roleNameRegexp = regexp.MustCompile("^" + framework.GenericNameRegex("name") + "$")
+
+// maxApprovers bounds approvals_required.
+const maxApprovers = 10
 
 // role is what an operator allows credentials minted from it to carry.
 type role struct {
@@ -46,6 +55,20 @@ type role struct {
 	// RequireDPoP: every agent JWT of the role is bound to a key the agent
 	// holds (RFC 9449); a mint without one is refused.
 	RequireDPoP bool `json:"require_dpop,omitempty"`
+
+	// Delegation (keybroker/token/exchange, RFC 8693): callers of this
+	// role may act for the subjects of tokens of these roles, in chains
+	// of at most MaxDelegationDepth actors.
+	AllowedSubjectRoles []string `json:"allowed_subject_roles,omitempty"`
+	MaxDelegationDepth  int      `json:"max_delegation_depth,omitempty"`
+
+	// Approval (keybroker/approvals): a mint asking for one of these
+	// scopes waits for ApprovalsRequired distinct approvers.
+	ApprovalScopes    []string      `json:"approval_scopes,omitempty"`
+	ApprovalsRequired int           `json:"approvals_required,omitempty"`
+	ApprovalTTL       time.Duration `json:"approval_ttl,omitempty"`
+	ApprovalRedeemTTL time.Duration `json:"approval_redeem_ttl,omitempty"`
+	ApprovedMaxTTL    time.Duration `json:"approved_max_ttl,omitempty"`
 
 	// Budgets and rate limits, copied into each credential.
 	limits
@@ -112,6 +135,14 @@ func (r *role) responseData() map[string]interface{} {
 		"refresh_ttl":     int64(r.RefreshTTL.Seconds()),
 		"refresh_max_ttl": int64(r.familyMaxTTL().Seconds()),
 		"require_dpop":    r.RequireDPoP,
+
+		"allowed_subject_roles": nonNil(r.AllowedSubjectRoles),
+		"max_delegation_depth":  r.delegationDepth(),
+		"approval_scopes":       nonNil(r.ApprovalScopes),
+		"approvals_required":    r.approvalsRequired(),
+		"approval_ttl":          int64(r.approvalTTL().Seconds()),
+		"approval_redeem_ttl":   int64(r.approvalRedeemTTL().Seconds()),
+		"approved_max_ttl":      int64(r.approvedMaxTTL().Seconds()),
 	}
 	r.limits.responseData(data)
 	return data
@@ -223,6 +254,40 @@ func pathRoles(b *backend) []*framework.Path {
 			Type:         framework.TypeDurationSecond,
 			Description:  "Longest life of a refresh family, from its first mint; no refresh after it. Lowering it reaches existing families. Default: 24h; at least refresh_ttl.",
 			DisplayAttrs: &framework.DisplayAttributes{Name: "Refresh max TTL", Value: "24h"},
+		},
+		"allowed_subject_roles": {
+			Type:         framework.TypeCommaStringSlice,
+			Description:  "Delegation (keybroker/token/exchange): roles whose tokens callers of this role may exchange, to act for their subjects. Default: none, so the role cannot act for anyone.",
+			DisplayAttrs: &framework.DisplayAttributes{Name: "Allowed subject roles"},
+		},
+		"max_delegation_depth": {
+			Type:         framework.TypeInt,
+			Description:  fmt.Sprintf("Longest delegation chain (actors in act) of a token exchanged under this role, 1 to %d. Default: 1 (acting for a subject directly, not for an actor).", jwtverify.MaxActors),
+			DisplayAttrs: &framework.DisplayAttributes{Name: "Max delegation depth", Value: 1},
+		},
+		"approval_scopes": {
+			Type:        framework.TypeCommaStringSlice,
+			Description: "Scopes too risky to mint alone: a mint (key or token) asking for one returns a pending approval request instead of a credential (keybroker/approvals). Must be among scopes, and not in default_scopes.",
+		},
+		"approvals_required": {
+			Type:         framework.TypeInt,
+			Description:  fmt.Sprintf("Distinct approvers (Vault entities other than the requester) an approval request needs, 1 to %d. Default: 1.", maxApprovers),
+			DisplayAttrs: &framework.DisplayAttributes{Value: 1},
+		},
+		"approval_ttl": {
+			Type:         framework.TypeDurationSecond,
+			Description:  "How long an approval request waits for its approvers before it expires. Default: 1h.",
+			DisplayAttrs: &framework.DisplayAttributes{Name: "Approval TTL", Value: "1h"},
+		},
+		"approval_redeem_ttl": {
+			Type:         framework.TypeDurationSecond,
+			Description:  "How long the requester has, once the request is approved, to redeem it for the credential. Default: 15m.",
+			DisplayAttrs: &framework.DisplayAttributes{Name: "Approval redeem TTL", Value: "15m"},
+		},
+		"approved_max_ttl": {
+			Type:         framework.TypeDurationSecond,
+			Description:  "Longest lifetime of a credential minted through an approval; its ttl is capped to it. Default: 1h.",
+			DisplayAttrs: &framework.DisplayAttributes{Name: "Approved max TTL", Value: "1h"},
 		},
 	}
 	for k, f := range limitFields() {
@@ -363,6 +428,27 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 	}
 	if v, ok := d.GetOk("refresh_max_ttl"); ok {
 		r.RefreshMaxTTL = time.Duration(v.(int)) * time.Second
+	}
+	if v, ok := d.GetOk("allowed_subject_roles"); ok {
+		r.AllowedSubjectRoles = v.([]string)
+	}
+	if v, ok := d.GetOk("max_delegation_depth"); ok {
+		r.MaxDelegationDepth = v.(int)
+	}
+	if v, ok := d.GetOk("approval_scopes"); ok {
+		r.ApprovalScopes = v.([]string)
+	}
+	if v, ok := d.GetOk("approvals_required"); ok {
+		r.ApprovalsRequired = v.(int)
+	}
+	if v, ok := d.GetOk("approval_ttl"); ok {
+		r.ApprovalTTL = time.Duration(v.(int)) * time.Second
+	}
+	if v, ok := d.GetOk("approval_redeem_ttl"); ok {
+		r.ApprovalRedeemTTL = time.Duration(v.(int)) * time.Second
+	}
+	if v, ok := d.GetOk("approved_max_ttl"); ok {
+		r.ApprovedMaxTTL = time.Duration(v.(int)) * time.Second
 	}
 	if r.RefreshMaxTTL < 0 || (r.RefreshTTL > 0 && r.familyMaxTTL() < r.RefreshTTL) {
 		return logical.ErrorResponse("refresh_max_ttl (%s) must be at least refresh_ttl (%s)", r.familyMaxTTL(), r.RefreshTTL), nil
@@ -515,5 +601,76 @@ func (r *role) normalize(mountMaxTTL time.Duration) error {
 	default:
 		return fmt.Errorf("subject must be %s, %s or %s, got %q", subjectEntityID, subjectEntityName, subjectAliasName, r.Subject)
 	}
+	if err := r.normalizeDelegation(); err != nil {
+		return err
+	}
+	if err := r.normalizeApproval(); err != nil {
+		return err
+	}
 	return r.limits.normalize()
 }
+
+// normalizeDelegation checks allowed_subject_roles and max_delegation_depth.
+func (r *role) normalizeDelegation() error {
+	if len(r.AllowedSubjectRoles) > maxScopes {
+		return fmt.Errorf("allowed_subject_roles: at most %d, got %d", maxScopes, len(r.AllowedSubjectRoles))
+	}
+	seen := map[string]bool{}
+	out := r.AllowedSubjectRoles[:0]
+	for _, n := range r.AllowedSubjectRoles {
+		if !roleNameRegexp.MatchString(n) || reservedRoleNames[n] {
+			return fmt.Errorf("allowed_subject_roles: %q is not a role name", n)
+		}
+		if !seen[n] {
+			seen[n] = true
+			out = append(out, n)
+		}
+	}
+	r.AllowedSubjectRoles = out
+	if len(out) == 0 {
+		r.AllowedSubjectRoles = nil
+	}
+	if r.MaxDelegationDepth < 0 || r.MaxDelegationDepth > jwtverify.MaxActors {
+		return fmt.Errorf("max_delegation_depth must be between 1 and %d, got %d", jwtverify.MaxActors, r.MaxDelegationDepth)
+	}
+	return nil
+}
+
+// normalizeApproval checks the approval settings: approval_scopes are
+// among scopes and never granted by default (a mint naming no scopes would
+// otherwise always wait for approvers).
+func (r *role) normalizeApproval() error {
+	var err error
+	if r.ApprovalScopes, err = validateScopes("approval_scopes", r.ApprovalScopes); err != nil {
+		return err
+	}
+	if len(r.ApprovalScopes) == 0 {
+		r.ApprovalScopes = nil
+	}
+	if missing := subset(r.ApprovalScopes, r.Scopes); len(missing) > 0 {
+		return fmt.Errorf("approval_scopes %s are not in the role's scopes", strings.Join(missing, ", "))
+	}
+	if risky := subset(r.ApprovalScopes, subset(r.ApprovalScopes, r.defaultScopes())); len(risky) > 0 {
+		return fmt.Errorf("approval_scopes %s are in default_scopes: set default_scopes to the scopes a mint may get without approval", strings.Join(risky, ", "))
+	}
+	switch {
+	case r.ApprovalsRequired < 0 || r.ApprovalsRequired > maxApprovers:
+		return fmt.Errorf("approvals_required must be between 1 and %d, got %d", maxApprovers, r.ApprovalsRequired)
+	case r.ApprovalTTL < 0, r.ApprovalRedeemTTL < 0, r.ApprovedMaxTTL < 0:
+		return fmt.Errorf("approval_ttl, approval_redeem_ttl and approved_max_ttl must not be negative")
+	}
+	return nil
+}
+
+// The approval and delegation settings with their defaults.
+func (r *role) delegationDepth() int {
+	return cmp.Or(r.MaxDelegationDepth, 1)
+}
+
+func (r *role) approvalsRequired() int { return cmp.Or(r.ApprovalsRequired, 1) }
+
+func (r *role) approvalTTL() time.Duration { return cmp.Or(r.ApprovalTTL, time.Hour) }
+
+func (r *role) approvalRedeemTTL() time.Duration { return cmp.Or(r.ApprovalRedeemTTL, 15*time.Minute) }
+
+func (r *role) approvedMaxTTL() time.Duration { return cmp.Or(r.ApprovedMaxTTL, time.Hour) }

@@ -98,6 +98,11 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage, now time.Time) (t
 	}); err != nil {
 		return st, err
 	}
+	if _, err = tidyPrefix(ctx, s, derivedPrefix, func(dt *derivedTokens) bool {
+		return !now.Before(dt.expiry())
+	}); err != nil {
+		return st, err
+	}
 	if st != (tidyStats{}) {
 		b.Logger().Info("tidy removed expired entries", "keys", st.KeysDeleted, "revocations", st.RevocationsDeleted,
 			"refresh_tokens", st.RefreshDeleted, "families", st.FamiliesDeleted, "budgets", st.MetersDeleted)

@@ -1,6 +1,7 @@
 package backend
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -38,6 +39,9 @@ type grant struct {
 	// AuthTime is when the caller authenticated to get the first token of
 	// the grant: its mint. Refreshes keep it (RFC 9068 auth_time).
 	AuthTime time.Time `json:"auth_time,omitzero"`
+	// Act is who acts for Subject (an exchanged token, RFC 8693), the
+	// current actor outermost.
+	Act *jwtverify.Actor `json:"act,omitempty"`
 	limits
 }
 
@@ -149,7 +153,7 @@ func (b *backend) pathTokenMint(ctx context.Context, req *logical.Request, d *fr
 			return nil, fmt.Errorf("generating family id: %w", err)
 		}
 	}
-	resp, err := b.issueToken(ctx, req, g, ttl, family)
+	resp, err := b.issueToken(ctx, req, g, ttl, family, "")
 	if err != nil || resp.IsError() {
 		return resp, err
 	}
@@ -187,8 +191,11 @@ func tokenAnswerFields() map[string]*framework.FieldSchema {
 	}
 }
 
-// issueToken signs an access token for g and returns it as a lease.
-func (b *backend) issueToken(ctx context.Context, req *logical.Request, g grant, ttl time.Duration, family string) (*logical.Response, error) {
+// issueToken signs an access token for g and returns it as a lease. family
+// is its refresh family ("" for none); meterID, when not "", the meter it
+// spends from instead of its own or its family's (an exchanged token
+// spends its subject's).
+func (b *backend) issueToken(ctx context.Context, req *logical.Request, g grant, ttl time.Duration, family, meterID string) (*logical.Response, error) {
 	iss, userErr, err := b.issuer(ctx, req)
 	if userErr != nil || err != nil {
 		return userErr, err
@@ -222,6 +229,7 @@ func (b *backend) issueToken(ctx context.Context, req *logical.Request, g grant,
 		Tenant:   g.Tenant,
 		CIDR:     g.CIDRs,
 		ClientID: clientID(g),
+		Act:      g.Act,
 	}
 	if !g.AuthTime.IsZero() {
 		claims.AuthTime = jwt.NewNumericDate(g.AuthTime)
@@ -238,7 +246,7 @@ func (b *backend) issueToken(ctx context.Context, req *logical.Request, g grant,
 	if err != nil {
 		return nil, fmt.Errorf("signing token: %w", err)
 	}
-	if err := b.meterToken(ctx, req.Storage, jti, family, g, exp); err != nil {
+	if err := b.meterToken(ctx, req.Storage, jti, cmp.Or(meterID, family), g, exp); err != nil {
 		return nil, err
 	}
 	resp := b.Secret(secretTypeJWT).Response(map[string]interface{}{
@@ -374,6 +382,12 @@ type revokedJTI struct {
 func (b *backend) revokeJTI(ctx context.Context, s logical.Storage, jti string, exp time.Time) error {
 	b.revocationMu.Lock()
 	defer b.revocationMu.Unlock()
+	return b.revokeJTILocked(ctx, s, jti, exp, 0)
+}
+
+// revokeJTILocked is revokeJTI under revocationMu; it revokes the tokens
+// exchanged from jti too (depth: how far down a delegation chain).
+func (b *backend) revokeJTILocked(ctx context.Context, s logical.Storage, jti string, exp time.Time, depth int) error {
 	now := time.Now().UTC()
 	if !now.Before(exp) {
 		return nil
@@ -388,5 +402,8 @@ func (b *backend) revokeJTI(ctx context.Context, s logical.Storage, jti string, 
 	if err := putJSON(ctx, s, revokedJTIPrefix+jti, revokedJTI{ExpiresAt: exp}); err != nil {
 		return err
 	}
-	return b.appendRevocationLocked(ctx, s, revocation{ID: jti, Type: secretTypeJWT, RevokedAt: now, ExpiresAt: exp})
+	if err := b.appendRevocationLocked(ctx, s, revocation{ID: jti, Type: secretTypeJWT, RevokedAt: now, ExpiresAt: exp}); err != nil {
+		return err
+	}
+	return b.revokeDerivedLocked(ctx, s, jti, depth)
 }

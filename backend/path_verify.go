@@ -75,8 +75,8 @@ invalid_claims and not_yet_valid), not an error. An unknown key and a wrong secr
 key_id both answer not_found; when no key has the key_id at all, the answer
 also carries unknown_key_id=true, so a verifier can refuse that key_id
 without asking again. When valid, the answer carries role, scopes,
-tenant and expires_at, with key_id and metadata for an API key, or jti, sub
-and audience for a JWT.`,
+tenant and expires_at, with key_id and metadata for an API key, or jti, sub,
+audience and actors (the delegation chain of an exchanged token) for a JWT.`,
 	}
 }
 
@@ -99,6 +99,7 @@ func verifyAnswerFields() map[string]*framework.FieldSchema {
 		"expires_at":     out(framework.TypeTime, "When the credential expires."),
 		"budget":         out(framework.TypeMap, "For a metered credential (a budget of its own, or its tenant's ceiling): units per period (0: none of its own), period in seconds and max_cost; null otherwise."),
 		"rate_limit":     out(framework.TypeMap, "For a credential with a rate limit: per_second and burst, per verifier; null otherwise."),
+		"actors":         out(framework.TypeStringSlice, "JWTs: who acts for sub (RFC 8693 act, from keybroker/token/exchange), the current actor first; empty when the token is used by its own subject."),
 	})
 }
 
@@ -168,45 +169,12 @@ func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *
 }
 
 func (b *backend) verifyJWT(ctx context.Context, req *logical.Request, token string, addr netip.Addr, required []string, audience string) (*logical.Response, error) {
-	iss, userErr, err := b.issuer(ctx, req)
-	if userErr != nil || err != nil {
+	c, reason, userErr, err := b.ownJWT(ctx, req, token, audience)
+	switch {
+	case userErr != nil || err != nil:
 		return userErr, err
-	}
-	st, err := b.signing(ctx, req.Storage)
-	if err != nil {
-		return nil, err
-	}
-	// Bound tokens are let through to be answered dpop_required after the
-	// revocation check, so a revoked one says revoked.
-	vc := jwtverify.Config{Issuer: iss, Leeway: verifyLeeway, AcceptBound: true}
-	if audience != "" {
-		vc.Audiences = []string{audience}
-	}
-	v, err := jwtverify.NewVerifier(vc)
-	if err != nil {
-		return nil, err
-	}
-	c, err := v.Verify(token, st.keys)
-	switch {
-	case err == nil:
-	case errors.Is(err, jwtverify.ErrExpired):
-		return verifyAnswer(reasonExpired), nil
-	case errors.Is(err, jwtverify.ErrNotYetValid):
-		return verifyAnswer(reasonNotYetValid), nil
-	case errors.Is(err, jwtverify.ErrUnknownKey), errors.Is(err, jwtverify.ErrAlgorithm), errors.Is(err, jwtverify.ErrSignature):
-		return verifyAnswer(reasonInvalidSignature), nil
-	case errors.Is(err, jwtverify.ErrType), errors.Is(err, jwtverify.ErrClaims), errors.Is(err, jwtverify.ErrIssuerOrAudience):
-		return verifyAnswer(reasonInvalidClaims), nil
-	default:
-		return verifyAnswer(reasonMalformed), nil
-	}
-	revoked, err := req.Storage.Get(ctx, revokedJTIPrefix+c.ID)
-	if err != nil {
-		return nil, fmt.Errorf("reading revoked jti: %w", err)
-	}
-	switch {
-	case revoked != nil:
-		return verifyAnswer(reasonRevoked), nil
+	case reason != "":
+		return verifyAnswer(reason), nil
 	case c.BoundKey() != "":
 		return verifyAnswer(contract.ReasonDPoPRequired), nil
 	case !cidrsAllow(c.CIDR, addr):
@@ -227,7 +195,55 @@ func (b *backend) verifyJWT(ctx context.Context, req *logical.Request, token str
 		"expires_at":  c.ExpiresAt.UTC().Format(time.RFC3339),
 		"budget":      c.Budget,
 		"rate_limit":  c.Rate,
+		"actors":      nonNil(c.Actors()),
 	}}, nil
+}
+
+// ownJWT checks a token this plugin signed: signature with one of its
+// keys, issuer, audience when given, times, and revocation. reason is ""
+// for a valid token, else why it is not (a verify reason); userErr is a
+// configuration the caller must fix. Bound tokens pass: what to make of the
+// binding is the caller's to decide, after the revocation check, so a
+// revoked one says revoked.
+func (b *backend) ownJWT(ctx context.Context, req *logical.Request, token, audience string) (c *jwtverify.Claims, reason string, userErr *logical.Response, err error) {
+	iss, userErr, err := b.issuer(ctx, req)
+	if userErr != nil || err != nil {
+		return nil, "", userErr, err
+	}
+	st, err := b.signing(ctx, req.Storage)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	vc := jwtverify.Config{Issuer: iss, Leeway: verifyLeeway, AcceptBound: true}
+	if audience != "" {
+		vc.Audiences = []string{audience}
+	}
+	v, err := jwtverify.NewVerifier(vc)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	c, err = v.Verify(token, st.keys)
+	switch {
+	case err == nil:
+	case errors.Is(err, jwtverify.ErrExpired):
+		return nil, reasonExpired, nil, nil
+	case errors.Is(err, jwtverify.ErrNotYetValid):
+		return nil, reasonNotYetValid, nil, nil
+	case errors.Is(err, jwtverify.ErrUnknownKey), errors.Is(err, jwtverify.ErrAlgorithm), errors.Is(err, jwtverify.ErrSignature):
+		return nil, reasonInvalidSignature, nil, nil
+	case errors.Is(err, jwtverify.ErrType), errors.Is(err, jwtverify.ErrClaims), errors.Is(err, jwtverify.ErrIssuerOrAudience):
+		return nil, reasonInvalidClaims, nil, nil
+	default:
+		return nil, reasonMalformed, nil, nil
+	}
+	revoked, err := req.Storage.Get(ctx, revokedJTIPrefix+c.ID)
+	if err != nil {
+		return nil, "", nil, fmt.Errorf("reading revoked jti: %w", err)
+	}
+	if revoked != nil {
+		return nil, reasonRevoked, nil, nil
+	}
+	return c, "", nil, nil
 }
 
 func verifyAnswer(reason string) *logical.Response {

@@ -1,0 +1,373 @@
+package backend
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/keybroker/keybroker/jwtverify"
+)
+
+// Token exchange (RFC 8693): a caller authenticated to Vault acts for the
+// subject of a keybroker token it was given. The new token keeps the
+// subject's sub, names the caller in act (the earlier actors nested in it),
+// and carries no more than the subject token had, the caller's role allows,
+// and the actor token (when given) holds.
+
+// Token type URIs of RFC 8693 section 3.
+const (
+	tokenTypeAccessToken = "urn:ietf:params:oauth:token-type:access_token"
+	tokenTypeJWT         = "urn:ietf:params:oauth:token-type:jwt"
+)
+
+// derivedPrefix indexes, by a token's jti, the tokens exchanged from it, so
+// that revoking it revokes them too.
+const derivedPrefix = "derived/"
+
+// derivedTokens are the tokens exchanged from one token: jti -> exp.
+type derivedTokens struct {
+	Children map[string]time.Time `json:"children"`
+}
+
+// maxDerived bounds the tokens exchanged from one token, and so what one
+// revocation walks.
+const maxDerived = 1000
+
+func pathExchange(b *backend) *framework.Path {
+	f := grantFields("token", "Default: the role's token_ttl. Capped at token_max_ttl and at the subject token's expiry.")
+	f["role"].Description = "Role the caller exchanges under: it must list the subject token's role in allowed_subject_roles."
+	f["scopes"].Description = "Scopes for the new token: within the subject token's, the role's and the actor token's. Default: the subject token's that are also in the role's default_scopes (and the actor token's)."
+	f["bound_cidrs"].Description = "CIDR blocks the new token may be used from, within the subject token's and the role's. Default: where both allow."
+	delete(f, "budget") // a metered subject's budget is shared, never chosen
+	f["audience"] = &framework.FieldSchema{Type: framework.TypeString, Description: "The new token's aud; one of the role's audiences. Default: all of them."}
+	f["subject_token"] = &framework.FieldSchema{
+		Type:         framework.TypeString,
+		Description:  "The keybroker JWT of the subject to act for: valid, not revoked, not DPoP-bound, of a role in the role's allowed_subject_roles.",
+		Required:     true,
+		DisplayAttrs: &framework.DisplayAttributes{Name: "Subject token", Sensitive: true},
+	}
+	f["subject_token_type"] = &framework.FieldSchema{
+		Type:          framework.TypeString,
+		Description:   "RFC 8693 subject_token_type; when given, " + tokenTypeAccessToken + " or " + tokenTypeJWT + ".",
+		AllowedValues: []interface{}{tokenTypeAccessToken, tokenTypeJWT},
+	}
+	f["actor_token"] = &framework.FieldSchema{
+		Type:         framework.TypeString,
+		Description:  "Optional keybroker JWT of the caller itself (its sub must be the caller's, under the role's subject setting): the new token's scopes are then also within its scopes.",
+		DisplayAttrs: &framework.DisplayAttributes{Name: "Actor token", Sensitive: true},
+	}
+	f["actor_token_type"] = &framework.FieldSchema{
+		Type:          framework.TypeString,
+		Description:   "RFC 8693 actor_token_type; when given, " + tokenTypeAccessToken + " or " + tokenTypeJWT + ".",
+		AllowedValues: []interface{}{tokenTypeAccessToken, tokenTypeJWT},
+	}
+	f["requested_token_type"] = &framework.FieldSchema{
+		Type:          framework.TypeString,
+		Description:   "RFC 8693 requested_token_type; when given, " + tokenTypeAccessToken + ".",
+		AllowedValues: []interface{}{tokenTypeAccessToken},
+	}
+	for k, v := range dpopFields("new token", "Bind it to the caller's own key: the subject's binding cannot pass to another holder.") {
+		f[k] = v
+	}
+	answer := merged(tokenAnswerFields(), map[string]*framework.FieldSchema{
+		"issued_token_type": out(framework.TypeString, "RFC 8693 issued_token_type: "+tokenTypeAccessToken+"."),
+		"actors":            out(framework.TypeStringSlice, "The new token's delegation chain (its act claim), the caller first."),
+	})
+	delete(answer, "refresh_token") // exchanged tokens are not refreshed: exchange again
+	return &framework.Path{
+		Pattern:      "token/exchange$",
+		Fields:       f,
+		DisplayAttrs: pathAttrs("token"),
+		Operations: map[logical.Operation]framework.OperationHandler{
+			logical.UpdateOperation: operationAs("exchange", "", b.pathExchangeWrite, answers(answer)),
+		},
+		HelpSynopsis: "Exchange a keybroker token to act for its subject (RFC 8693).",
+		HelpDescription: `The caller acts for the subject of subject_token: the new token's sub is the
+subject's, its act claim names the caller (as the role's subject setting
+derives it from the caller's Vault identity), with the subject token's own
+act nested inside (RFC 8693 section 4.1), and its client_id is the caller's
+entity. The role must list the subject token's role in
+allowed_subject_roles, and the chain may be at most its max_delegation_depth
+actors long. The new token's scopes are within the subject token's and the
+role's (and the actor token's), its audience is one of the role's, its
+bound_cidrs within both, and it expires no later than the subject token.
+A metered subject's budget is shared: the new token spends from the same
+meter. Revoking a token revokes every token exchanged from it, through the
+revocation feed. DPoP-bound subject tokens cannot be exchanged (the caller
+cannot prove their key); the new token can be bound to the caller's key.
+Exchanged tokens get no refresh token: exchange again.`,
+	}
+}
+
+// actorSubject is who the caller is as an actor: its sub under the role's
+// subject setting. A caller without a Vault entity cannot act for anyone:
+// all such callers look alike.
+func (b *backend) actorSubject(req *logical.Request, r *role) (string, error) {
+	if req.EntityID == "" {
+		return "", fmt.Errorf("exchanging a token needs a Vault entity: the caller (a root or orphan token) has none, and act must name who acts")
+	}
+	return b.subject(req, r.Subject)
+}
+
+func (b *backend) pathExchangeWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	roleName := d.Get("role").(string)
+	r, err := b.getRole(ctx, req.Storage, roleName)
+	if err != nil {
+		return nil, err
+	}
+	if r == nil {
+		return logical.ErrorResponse("role %q does not exist", roleName), nil
+	}
+	if len(r.AllowedSubjectRoles) == 0 {
+		return logical.ErrorResponse("role %q may not act for anyone: set allowed_subject_roles on it", roleName), nil
+	}
+	if len(r.Audiences) == 0 {
+		return logical.ErrorResponse("role %q has no audiences; set audiences on the role to mint tokens from it", roleName), nil
+	}
+	actor, err := b.actorSubject(req, r)
+	if err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
+
+	subject, msg, userErr, err := b.exchangedToken(ctx, req, "subject_token", d.Get("subject_token").(string), d.Get("subject_token_type").(string))
+	if msg != "" || userErr != nil || err != nil {
+		return exchangeError(msg, userErr), err
+	}
+	switch {
+	case !slices.Contains(r.AllowedSubjectRoles, subject.Role):
+		return logical.ErrorResponse("role %q may not act for tokens of role %q (allowed_subject_roles: %s)", roleName, subject.Role, strings.Join(r.AllowedSubjectRoles, ", ")), nil
+	case len(subject.Actors()) == 0 && (subject.Subject == actor || subject.ClientID == req.EntityID):
+		return logical.ErrorResponse("subject_token is the caller's own token: exchange is for acting for someone else"), nil
+	case len(subject.Actors())+1 > r.delegationDepth():
+		return logical.ErrorResponse("the chain would be %d actors long; role %q allows at most %d (max_delegation_depth)", len(subject.Actors())+1, roleName, r.delegationDepth()), nil
+	case r.Tenant != "" && subject.Tenant != r.Tenant:
+		return logical.ErrorResponse("subject_token belongs to tenant %q, role %q to tenant %q: no delegation across tenants", subject.Tenant, roleName, r.Tenant), nil
+	}
+
+	// What the new token may carry: the subject's, within the role's, and
+	// within the actor token's when one is given.
+	within := slices.DeleteFunc(subject.Scopes(), func(s string) bool { return !slices.Contains(r.Scopes, s) })
+	if at := d.Get("actor_token").(string); at != "" {
+		ac, msg, userErr, err := b.exchangedToken(ctx, req, "actor_token", at, d.Get("actor_token_type").(string))
+		if msg != "" || userErr != nil || err != nil {
+			return exchangeError(msg, userErr), err
+		}
+		if ac.Subject != actor {
+			return logical.ErrorResponse("actor_token's sub is not the caller's (%s under role %q's subject setting)", actor, roleName), nil
+		}
+		within = slices.DeleteFunc(within, func(s string) bool { return !slices.Contains(ac.Scopes(), s) })
+	}
+	scopes, msg := exchangeScopes(d, subject, r, within)
+	if msg != "" {
+		return logical.ErrorResponse(msg), nil
+	}
+	if needs := subset(r.ApprovalScopes, subset(r.ApprovalScopes, scopes)); len(needs) > 0 {
+		// The subject holds them, approved or minted without approval
+		// under its own role; this role's approvers have not seen them.
+		return logical.ErrorResponse("scopes %s need approval under role %q: exchange for the others, or mint them through keybroker/approvals", strings.Join(needs, ", "), roleName), nil
+	}
+
+	g := grant{Role: roleName, Scopes: scopes, Audiences: r.Audiences, Tenant: subject.Tenant, Subject: subject.Subject, EntityID: req.EntityID,
+		Act: &jwtverify.Actor{Subject: actor, Act: subject.Act}}
+	if subject.AuthTime != nil {
+		g.AuthTime = subject.AuthTime.Time // the subject's authentication, not the actor's
+	}
+	if aud := d.Get("audience").(string); aud != "" {
+		if !slices.Contains(r.Audiences, aud) {
+			return logical.ErrorResponse("audience %q is not allowed by role %q (allowed: %s)", aud, roleName, strings.Join(r.Audiences, ", ")), nil
+		}
+		g.Audiences = []string{aud}
+	}
+	asked, err := r.narrowCIDRs(roleName, d)
+	if err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
+	if g.CIDRs, err = intersectCIDRs(subject.CIDR, asked); err != nil {
+		return nil, fmt.Errorf("intersecting CIDRs: %w", err)
+	}
+	if len(g.CIDRs) == 0 && (len(subject.CIDR) > 0 || len(asked) > 0) {
+		return logical.ErrorResponse("bound_cidrs: the subject token's (%s) and the role's or asked ones (%s) have no block in common", strings.Join(subject.CIDR, ", "), strings.Join(asked, ", ")), nil
+	}
+	if g.JKT, err = dpopBinding(d); err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
+	if r.RequireDPoP && g.JKT == "" {
+		return logical.ErrorResponse("role %q requires DPoP-bound tokens: give dpop_jkt (the thumbprint of the caller's public key) or dpop_jwk", roleName), nil
+	}
+
+	// Spend: a metered subject's meter, shared; else the role's limits.
+	g.limits = r.limits
+	meterID, root, err := b.meterRoot(ctx, req.Storage, subject.ID)
+	if err != nil {
+		return nil, err
+	}
+	if root != nil {
+		g.Budget, g.BudgetPeriod, g.MaxCost = root.Limit, root.Period, root.MaxCost
+	} else {
+		meterID = "" // its own meter, if the role meters
+	}
+
+	ttl, warnings, err := framework.CalculateTTL(b.System(), time.Duration(d.Get("ttl").(int))*time.Second, r.TokenTTL, 0, r.TokenMaxTTL, 0, time.Time{})
+	if err != nil {
+		return nil, fmt.Errorf("calculating ttl: %w", err)
+	}
+	if left := time.Until(subject.ExpiresAt.Time).Truncate(time.Second); left < ttl {
+		ttl = left // never outlives the token it was exchanged from
+		warnings = append(warnings, fmt.Sprintf("ttl capped at the subject token's expiry (%s)", left))
+	}
+	if ttl < time.Second {
+		return logical.ErrorResponse("subject_token expires now"), nil
+	}
+	if rt := d.Get("requested_token_type").(string); rt != "" && rt != tokenTypeAccessToken {
+		return logical.ErrorResponse("requested_token_type %q: keybroker issues %s", rt, tokenTypeAccessToken), nil
+	}
+	resp, err := b.issueToken(ctx, req, g, ttl, "", meterID)
+	if err != nil || resp.IsError() {
+		return resp, err
+	}
+	if msg, err := b.recordDerived(ctx, req.Storage, subject.ID, resp.Secret.InternalData); msg != "" || err != nil {
+		return exchangeError(msg, nil), err
+	}
+	resp.Data["issued_token_type"] = tokenTypeAccessToken
+	resp.Data["actors"] = (&jwtverify.Claims{Act: g.Act}).Actors()
+	for _, w := range warnings {
+		resp.AddWarning(w)
+	}
+	return resp, nil
+}
+
+func exchangeError(msg string, userErr *logical.Response) *logical.Response {
+	if userErr != nil {
+		return userErr
+	}
+	if msg == "" {
+		return nil
+	}
+	return logical.ErrorResponse(msg)
+}
+
+// exchangedToken checks a token given to token/exchange: the plugin's own,
+// valid, not revoked, not bound. msg says what is wrong with it.
+func (b *backend) exchangedToken(ctx context.Context, req *logical.Request, field, token, typ string) (c *jwtverify.Claims, msg string, userErr *logical.Response, err error) {
+	if token == "" {
+		return nil, field + " is required", nil, nil
+	}
+	if typ != "" && typ != tokenTypeAccessToken && typ != tokenTypeJWT {
+		return nil, fmt.Sprintf("%s_type %q: keybroker exchanges only its own JWTs (%s)", field, typ, tokenTypeAccessToken), nil, nil
+	}
+	c, reason, userErr, err := b.ownJWT(ctx, req, token, "")
+	switch {
+	case userErr != nil || err != nil:
+		return nil, "", userErr, err
+	case reason != "":
+		return nil, fmt.Sprintf("%s is not a valid keybroker token: %s", field, reason), nil, nil
+	case c.BoundKey() != "":
+		return nil, field + " is DPoP-bound: only its holder's key could use it, so it cannot be exchanged; its holder can mint an unbound token to delegate", nil, nil
+	}
+	return c, "", nil, nil
+}
+
+// exchangeScopes are the new token's scopes: those asked, which must be
+// within what it may carry, or by default what it may carry of the role's
+// default scopes. msg is the caller's mistake.
+func exchangeScopes(d *framework.FieldData, subject *jwtverify.Claims, r *role, within []string) ([]string, string) {
+	v, ok := d.GetOk("scopes")
+	if !ok {
+		def := slices.DeleteFunc(slices.Clone(within), func(s string) bool { return !slices.Contains(r.defaultScopes(), s) })
+		if len(def) == 0 {
+			return nil, fmt.Sprintf("the subject token's scopes (%s) and the role's default_scopes have none in common: name the scopes", subject.Scope)
+		}
+		return def, ""
+	}
+	scopes, err := validateScopes("scopes", v.([]string))
+	if err != nil {
+		return nil, err.Error()
+	}
+	if len(scopes) == 0 {
+		return nil, "scopes: name at least one"
+	}
+	if wider := subset(scopes, subject.Scopes()); len(wider) > 0 {
+		return nil, fmt.Sprintf("scopes %s are not in the subject token (%s): an exchange cannot widen", strings.Join(wider, ", "), subject.Scope)
+	}
+	if wider := subset(scopes, within); len(wider) > 0 {
+		return nil, fmt.Sprintf("scopes %s are not allowed by the role or the actor token", strings.Join(wider, ", "))
+	}
+	return scopes, ""
+}
+
+// recordDerived files the new token under the token it was exchanged from,
+// under the lock revocations take: a revocation of the subject that came
+// first is seen here (the new token is then revoked and refused), and one
+// that comes after finds the new token to revoke.
+func (b *backend) recordDerived(ctx context.Context, s logical.Storage, parent string, internal map[string]interface{}) (string, error) {
+	jti, _ := internal["jti"].(string)
+	exp, err := internalUnix(internal["exp"])
+	if jti == "" || err != nil {
+		return "", fmt.Errorf("new token has no jti or exp")
+	}
+	b.revocationMu.Lock()
+	defer b.revocationMu.Unlock()
+	revoked, err := s.Get(ctx, revokedJTIPrefix+parent)
+	if err != nil {
+		return "", fmt.Errorf("reading revoked jti: %w", err)
+	}
+	if revoked != nil {
+		if err := b.revokeJTILocked(ctx, s, jti, exp, 0); err != nil {
+			return "", err
+		}
+		return "subject_token was revoked meanwhile", nil
+	}
+	dt, err := getJSON[derivedTokens](ctx, s, derivedPrefix+parent)
+	if err != nil {
+		return "", err
+	}
+	if dt == nil {
+		dt = &derivedTokens{Children: map[string]time.Time{}}
+	}
+	now := time.Now()
+	for c, e := range dt.Children {
+		if !now.Before(e) {
+			delete(dt.Children, c) // expired: nothing left to revoke
+		}
+	}
+	if len(dt.Children) >= maxDerived {
+		if err := b.revokeJTILocked(ctx, s, jti, exp, 0); err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("subject_token already has %d live exchanged tokens; wait for some to expire", maxDerived), nil
+	}
+	dt.Children[jti] = exp
+	return "", putJSON(ctx, s, derivedPrefix+parent, dt)
+}
+
+// revokeDerivedLocked revokes the tokens exchanged from jti, and theirs.
+// The caller holds revocationMu.
+func (b *backend) revokeDerivedLocked(ctx context.Context, s logical.Storage, jti string, depth int) error {
+	if depth > jwtverify.MaxActors {
+		return nil // no chain is longer
+	}
+	dt, err := getJSON[derivedTokens](ctx, s, derivedPrefix+jti)
+	if err != nil || dt == nil {
+		return err
+	}
+	for child, exp := range dt.Children {
+		if err := b.revokeJTILocked(ctx, s, child, exp, depth+1); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// derivedExpiry is when nothing in a derived index is live.
+func (dt *derivedTokens) expiry() time.Time {
+	var last time.Time
+	for _, e := range dt.Children {
+		last = maxTime(last, e)
+	}
+	return last
+}

@@ -1,0 +1,196 @@
+package backend
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/keybroker/keybroker/internal/dpoptest"
+	"github.com/keybroker/keybroker/jwtverify"
+)
+
+// delegationEnv: a user agent's role, a tool agent's role that may act for
+// it, and a sub-tool's role that may act for the tool, two deep.
+func delegationEnv(t *testing.T) *testEnv {
+	e := newTestEnv(t)
+	e.ok(logical.UpdateOperation, "config", map[string]interface{}{"issuer": testIssuer})
+	e.createRole("user", map[string]interface{}{"scopes": "read,write,exec", "default_scopes": "read,write", "audiences": "tool", "token_ttl": "10m", "bound_cidrs": "10.0.0.0/8"})
+	e.createRole("tool", map[string]interface{}{"scopes": "read,write", "audiences": "svc", "token_ttl": "1h", "token_max_ttl": "1h", "allowed_subject_roles": "user"})
+	e.createRole("subtool", map[string]interface{}{"scopes": "read,write", "default_scopes": "read", "audiences": "svc2", "allowed_subject_roles": "tool", "max_delegation_depth": 2})
+	return e
+}
+
+// as sends a request as another Vault entity.
+func (e *testEnv) as(entity string, op logical.Operation, path string, data map[string]interface{}) *logical.Response {
+	e.t.Helper()
+	prev := e.entityID
+	e.entityID = entity
+	defer func() { e.entityID = prev }()
+	return e.ok(op, path, data)
+}
+
+func (e *testEnv) asError(entity string, op logical.Operation, path string, data map[string]interface{}, want string) {
+	e.t.Helper()
+	prev := e.entityID
+	e.entityID = entity
+	defer func() { e.entityID = prev }()
+	e.userError(op, path, data, want)
+}
+
+func TestExchangeChain(t *testing.T) {
+	e := delegationEnv(t)
+	t0 := e.as("user-entity", logical.UpdateOperation, "token/user", map[string]interface{}{"scopes": "read,write,exec"})
+	subjectToken := t0.Data["token"].(string)
+	c0, _ := e.offline(subjectToken, "tool")
+
+	t1 := e.as("tool-entity", logical.UpdateOperation, "token/exchange", map[string]interface{}{
+		"role": "tool", "subject_token": subjectToken, "subject_token_type": tokenTypeAccessToken, "scopes": "read",
+	})
+	if t1.Data["issued_token_type"] != tokenTypeAccessToken || t1.Data["sub"] != "user-entity" || strings.Join(t1.Data["actors"].([]string), ",") != "tool-entity" {
+		t.Fatalf("exchange answer %#v", t1.Data)
+	}
+	c1, err := e.offline(t1.Data["token"].(string), "svc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c1.Subject != "user-entity" || c1.ClientID != "tool-entity" || c1.Scope != "read" || c1.Role != "tool" ||
+		c1.Act == nil || c1.Act.Subject != "tool-entity" || c1.Act.Act != nil || c1.ExpiresAt.After(c0.ExpiresAt.Time) ||
+		strings.Join(c1.CIDR, ",") != "10.0.0.0/8" || !c1.AuthTime.Equal(c0.AuthTime.Time) {
+		t.Fatalf("exchanged claims %+v act %+v (subject exp %v)", c1, c1.Act, c0.ExpiresAt)
+	}
+	if _, ok := t1.Data["refresh_token"]; ok {
+		t.Fatal("an exchanged token came with a refresh token")
+	}
+
+	// Second hop: nested act, the current actor outermost, narrowed again.
+	t2 := e.as("subtool-entity", logical.UpdateOperation, "token/exchange", map[string]interface{}{"role": "subtool", "subject_token": t1.Data["token"]})
+	c2, err := e.offline(t2.Data["token"].(string), "svc2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c2.Subject != "user-entity" || strings.Join(c2.Actors(), ",") != "subtool-entity,tool-entity" || c2.Scope != "read" {
+		t.Fatalf("second hop: %+v actors %v", c2, c2.Actors())
+	}
+	v := e.ok(logical.UpdateOperation, "verify", map[string]interface{}{"credential": t2.Data["token"], "remote_addr": "10.1.1.1"}).Data
+	if v["valid"] != true || strings.Join(v["actors"].([]string), ",") != "subtool-entity,tool-entity" {
+		t.Fatalf("verify of the second hop: %#v", v)
+	}
+
+	// Refused, each with what is wrong.
+	for _, tc := range []struct {
+		entity string
+		data   map[string]interface{}
+		want   string
+	}{
+		{"tool-entity", map[string]interface{}{"role": "tool", "subject_token": subjectToken, "scopes": "exec"}, "not allowed by the role"},
+		{"tool-entity", map[string]interface{}{"role": "tool", "subject_token": t1.Data["token"], "scopes": "write"}, "may not act for tokens of role \"tool\""},
+		{"subtool-entity", map[string]interface{}{"role": "subtool", "subject_token": t1.Data["token"], "scopes": "write"}, "cannot widen"},
+		{"subtool-entity", map[string]interface{}{"role": "subtool", "subject_token": subjectToken}, "may not act for tokens of role \"user\""},
+		{"subtool-entity", map[string]interface{}{"role": "subtool", "subject_token": t2.Data["token"]}, "may not act for tokens of role \"subtool\""},
+		{"user-entity", map[string]interface{}{"role": "tool", "subject_token": subjectToken}, "the caller's own token"},
+		{"", map[string]interface{}{"role": "tool", "subject_token": subjectToken}, "needs a Vault entity"},
+		{"tool-entity", map[string]interface{}{"role": "tool", "subject_token": subjectToken + "x"}, "not a valid keybroker token: malformed"},
+		{"tool-entity", map[string]interface{}{"role": "tool", "subject_token": "not-a-jwt"}, "not a valid keybroker token"},
+		{"tool-entity", map[string]interface{}{"role": "tool", "subject_token": subjectToken, "subject_token_type": "urn:ietf:params:oauth:token-type:saml2"}, "only its own JWTs"},
+		{"tool-entity", map[string]interface{}{"role": "tool", "subject_token": subjectToken, "requested_token_type": "urn:ietf:params:oauth:token-type:refresh_token"}, "requested_token_type"},
+		{"tool-entity", map[string]interface{}{"role": "tool", "subject_token": subjectToken, "audience": "other"}, "audience \"other\" is not allowed"},
+		{"tool-entity", map[string]interface{}{"role": "tool", "subject_token": subjectToken, "bound_cidrs": "192.168.0.0/16"}, "no block in common"},
+		{"tool-entity", map[string]interface{}{"role": "user", "subject_token": subjectToken}, "may not act for anyone"},
+		{"tool-entity", map[string]interface{}{"role": "nope", "subject_token": subjectToken}, "does not exist"},
+		{"tool-entity", map[string]interface{}{"role": "tool", "subject_token": subjectToken, "budget": 5}, "unknown field"},
+	} {
+		e.asError(tc.entity, logical.UpdateOperation, "token/exchange", tc.data, tc.want)
+	}
+
+	// Depth: the tool role allows chains of one.
+	e.createRole("tool", map[string]interface{}{"scopes": "read,write", "audiences": "svc", "allowed_subject_roles": "user,tool"})
+	e.asError("other-entity", logical.UpdateOperation, "token/exchange", map[string]interface{}{"role": "tool", "subject_token": t1.Data["token"]}, "at most 1 (max_delegation_depth)")
+
+	// The token minted as "actor_token" narrows what the caller may take.
+	e.createRole("tool", map[string]interface{}{"scopes": "read,write", "audiences": "svc", "allowed_subject_roles": "user,tool"})
+	own := e.as("tool-entity", logical.UpdateOperation, "token/tool", map[string]interface{}{"scopes": "write"}).Data["token"]
+	got := e.as("tool-entity", logical.UpdateOperation, "token/exchange", map[string]interface{}{"role": "tool", "subject_token": subjectToken, "actor_token": own})
+	if !slices.Equal(got.Data["scopes"].([]string), []string{"write"}) {
+		t.Fatalf("with an actor token of scope write: scopes %v", got.Data["scopes"])
+	}
+	e.asError("other-entity", logical.UpdateOperation, "token/exchange", map[string]interface{}{"role": "tool", "subject_token": subjectToken, "actor_token": own}, "actor_token's sub is not the caller's")
+}
+
+// Revoking a token revokes every token exchanged from it, down the chain,
+// through the feed; and a revoked subject cannot be exchanged.
+func TestExchangeRevocationCascades(t *testing.T) {
+	e := delegationEnv(t)
+	t0 := e.as("user-entity", logical.UpdateOperation, "token/user", nil)
+	t1 := e.as("tool-entity", logical.UpdateOperation, "token/exchange", map[string]interface{}{"role": "tool", "subject_token": t0.Data["token"]})
+	t2 := e.as("subtool-entity", logical.UpdateOperation, "token/exchange", map[string]interface{}{"role": "subtool", "subject_token": t1.Data["token"]})
+	other := e.as("tool-entity", logical.UpdateOperation, "token/exchange", map[string]interface{}{"role": "tool", "subject_token": e.as("user-entity", logical.UpdateOperation, "token/user", nil).Data["token"]})
+
+	if resp, err := e.lease(logical.RevokeOperation, t0.Secret); err != nil || resp.IsError() {
+		t.Fatalf("revoking the first token: %v %v", err, resp)
+	}
+	ids, _, _ := e.feed(0)
+	for _, tk := range []*logical.Response{t0, t1, t2} {
+		if !slices.Contains(ids, tk.Data["jti"].(string)) {
+			t.Errorf("%s (%v) not in the feed %v", tk.Data["jti"], tk.Data["actors"], ids)
+		}
+		if v := e.ok(logical.UpdateOperation, "verify", map[string]interface{}{"credential": tk.Data["token"], "remote_addr": "10.0.0.1"}).Data; v["reason"] != "revoked" {
+			t.Errorf("verify %v after the first was revoked: %v", tk.Data["actors"], v["reason"])
+		}
+	}
+	if slices.Contains(ids, other.Data["jti"].(string)) {
+		t.Error("a token exchanged from another subject was revoked")
+	}
+	e.asError("subtool-entity", logical.UpdateOperation, "token/exchange", map[string]interface{}{"role": "subtool", "subject_token": t1.Data["token"]}, "not a valid keybroker token: revoked")
+}
+
+// A metered subject's budget is shared by what is exchanged from it.
+func TestExchangeSharesTheSubjectsBudget(t *testing.T) {
+	e := delegationEnv(t)
+	e.createRole("payer", map[string]interface{}{"scopes": "read", "audiences": "tool", "budget": 100, "max_cost_per_request": 10})
+	e.createRole("tool", map[string]interface{}{"allowed_subject_roles": "user,payer"})
+	t0 := e.as("user-entity", logical.UpdateOperation, "token/payer", nil)
+	t1 := e.as("tool-entity", logical.UpdateOperation, "token/exchange", map[string]interface{}{"role": "tool", "subject_token": t0.Data["token"]})
+	c1, _ := e.offline(t1.Data["token"].(string), "svc")
+	if c1.Budget == nil || c1.Budget.Units != 100 {
+		t.Fatalf("exchanged token budget claim %+v, want the subject's 100", c1.Budget)
+	}
+	e.reserve(t1.Data["jti"].(string), 40)
+	if left := e.ok(logical.ReadOperation, "budget/"+t0.Data["jti"].(string), nil).Data["remaining"]; left != int64(60) {
+		t.Fatalf("subject's remaining after 40 reserved through the exchanged token: %v, want 60", left)
+	}
+}
+
+// DPoP: a bound subject token cannot be exchanged; the new token can be
+// bound to the caller's key.
+func TestExchangeDPoP(t *testing.T) {
+	e := delegationEnv(t)
+	holder := dpoptest.NewKey(t, "ES256")
+	bound := e.as("user-entity", logical.UpdateOperation, "token/user", map[string]interface{}{"dpop_jkt": holder.JKT})
+	e.asError("tool-entity", logical.UpdateOperation, "token/exchange", map[string]interface{}{"role": "tool", "subject_token": bound.Data["token"]}, "DPoP-bound")
+
+	t0 := e.as("user-entity", logical.UpdateOperation, "token/user", nil)
+	actorKey := dpoptest.NewKey(t, "ES256")
+	t1 := e.as("tool-entity", logical.UpdateOperation, "token/exchange", map[string]interface{}{"role": "tool", "subject_token": t0.Data["token"], "dpop_jkt": actorKey.JKT})
+	v, err := jwtverify.NewVerifier(jwtverify.Config{Issuer: testIssuer, Audiences: []string{"svc"}, AcceptBound: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := v.Verify(t1.Data["token"].(string), e.jwks())
+	if err != nil || c.BoundKey() != actorKey.JKT || t1.Data["token_type"] != "DPoP" {
+		t.Fatalf("bound exchange: %v, cnf %q, token_type %v", err, c.BoundKey(), t1.Data["token_type"])
+	}
+}
+
+func TestDelegationRoleFields(t *testing.T) {
+	e := newTestEnv(t)
+	e.userError(logical.UpdateOperation, "roles/r", map[string]interface{}{"scopes": "read", "max_delegation_depth": 9}, "max_delegation_depth must be between 1 and 8")
+	e.userError(logical.UpdateOperation, "roles/r", map[string]interface{}{"scopes": "read", "allowed_subject_roles": "bad name"}, "is not a role name")
+	e.userError(logical.UpdateOperation, "roles/exchange", map[string]interface{}{"scopes": "read"}, "reserved")
+	e.ok(logical.UpdateOperation, "roles/r", map[string]interface{}{"scopes": "read", "allowed_subject_roles": "a,b,a", "max_delegation_depth": 3})
+	d := e.ok(logical.ReadOperation, "roles/r", nil).Data
+	if !slices.Equal(d["allowed_subject_roles"].([]string), []string{"a", "b"}) || d["max_delegation_depth"] != 3 {
+		t.Fatalf("role %#v", d)
+	}
+}
