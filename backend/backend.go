@@ -68,6 +68,9 @@ type backend struct {
 	tenantLocks []*locksutil.LockEntry
 	// rateLocks serialise changes to one lineage's cluster-wide rate window.
 	rateLocks []*locksutil.LockEntry
+	// approvalLocks serialise decisions on, and redemption of, one
+	// approval request.
+	approvalLocks []*locksutil.LockEntry
 }
 
 // Factory is the plugin's logical.Factory.
@@ -80,7 +83,7 @@ func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 }
 
 func newBackend() *backend {
-	b := &backend{meterLocks: locksutil.CreateLocks(), tenantLocks: locksutil.CreateLocks(), rateLocks: locksutil.CreateLocks(),
+	b := &backend{meterLocks: locksutil.CreateLocks(), tenantLocks: locksutil.CreateLocks(), rateLocks: locksutil.CreateLocks(), approvalLocks: locksutil.CreateLocks(),
 		keyChanges: newKeyChanges()}
 	b.Backend = &framework.Backend{
 		Help:           backendHelp,
@@ -99,6 +102,7 @@ func newBackend() *backend {
 			pathBudget(b),
 			pathTenants(b),
 			pathKeyRecords(b),
+			pathApprovals(b),
 			[]*framework.Path{
 				pathConfig(b),
 				pathRate(b),

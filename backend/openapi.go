@@ -2,6 +2,7 @@ package backend
 
 import (
 	"context"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -135,6 +136,15 @@ func merged(sets ...map[string]*framework.FieldSchema) map[string]*framework.Fie
 		}
 	}
 	return m
+}
+
+// withoutFields is m without the fields named.
+func withoutFields(m map[string]*framework.FieldSchema, names ...string) map[string]*framework.FieldSchema {
+	out := maps.Clone(m)
+	for _, n := range names {
+		delete(out, n)
+	}
+	return out
 }
 
 // pick is the fields of m named.

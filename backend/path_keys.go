@@ -33,6 +33,9 @@ type keyEntry struct {
 	// JKT binds the key to a key pair its holder keeps (DPoP): verifiers
 	// accept it only with a proof signed by it.
 	JKT string `json:"jkt,omitempty"`
+	// Approval is the approval request the key was redeemed from; such a
+	// key is never renewed past its approved lifetime.
+	Approval string `json:"approval,omitempty"`
 	limits
 }
 
@@ -129,7 +132,7 @@ keybroker/revocations; this is how keys minted from orphan roles are revoked.`,
 			Fields:       mintKeyFields(),
 			DisplayAttrs: item,
 			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.UpdateOperation: operationAs("mint", "", b.pathKeyMint, answers(minted)),
+				logical.UpdateOperation: operationAs("mint", "", b.pathKeyMint, answers(merged(minted, pendingAnswerFields()))),
 			},
 			HelpSynopsis: "Mint an API key from a role.",
 			HelpDescription: `Returns the key once; only its hash is stored. Unless the role is an orphan
@@ -155,6 +158,7 @@ func mintKeyFields() map[string]*framework.FieldSchema {
 	for k, v := range dpopFields("key", "The key is then sent with the DPoP scheme (Authorization: DPoP <key>) and a proof; alone, a leaked key is useless.") {
 		f[k] = v
 	}
+	f["approval_id"] = approvalIDField()
 	return f
 }
 
@@ -166,6 +170,9 @@ func (b *backend) pathKeyMint(ctx context.Context, req *logical.Request, d *fram
 	}
 	if r == nil {
 		return logical.ErrorResponse("role %q does not exist", roleName), nil
+	}
+	if d.Get("approval_id").(string) != "" && approvalOf(ctx) == nil {
+		return b.redeemApproval(ctx, req, d, approvalKindKey, b.pathKeyMint)
 	}
 
 	name := d.Get("name").(string)
@@ -218,11 +225,16 @@ func (b *backend) pathKeyMint(ctx context.Context, req *logical.Request, d *fram
 		return logical.ErrorResponse("metadata: the key's and the role's together exceed %d entries", maxMetadataPairs), nil
 	}
 
+	if resp, err := b.needsApproval(ctx, req, d, approvalKindKey, roleName, r, scopes); resp != nil || err != nil {
+		return resp, err
+	}
+
 	askedTTL := time.Duration(d.Get("ttl").(int)) * time.Second
 	ttl, warnings, err := framework.CalculateTTL(b.System(), askedTTL, r.TTL, 0, r.MaxTTL, 0, time.Time{})
 	if err != nil {
 		return nil, fmt.Errorf("calculating ttl: %w", err)
 	}
+	ttl, warnings = approvedTTL(ctx, r, ttl, warnings)
 
 	key, entry, err := b.createKey(ctx, req.Storage, r.KeyPrefix)
 	if err != nil {
@@ -241,6 +253,9 @@ func (b *backend) pathKeyMint(ctx context.Context, req *logical.Request, d *fram
 	entry.ExpiresAt = now.Add(ttl)
 	entry.limits = lim
 	entry.JKT = jkt
+	if a := approvalOf(ctx); a != nil {
+		entry.Approval = a.ID
+	}
 	if err := b.putKey(ctx, req.Storage, entry); err != nil {
 		return nil, err
 	}
@@ -266,6 +281,10 @@ func (b *backend) pathKeyMint(ctx context.Context, req *logical.Request, d *fram
 		resp.Secret.TTL = ttl
 		resp.Secret.MaxTTL = r.MaxTTL
 		resp.Secret.Renewable = !r.NotRenewable
+		if entry.Approval != "" {
+			// Approved for this long, not for renewals up to max_ttl.
+			resp.Secret.MaxTTL, resp.Secret.Renewable = ttl, false
+		}
 	}
 	for _, w := range warnings {
 		resp.AddWarning(w)

@@ -262,6 +262,7 @@ func TestNotRenewableRole(t *testing.T) {
 	if err != nil || r == nil || !r.IsError() || !strings.Contains(r.Error().Error(), "renewable=false") {
 		t.Fatalf("renewing a key of a non-renewable role: %v %#v", err, r)
 	}
+	e.userError(logical.UpdateOperation, "roles/web", map[string]interface{}{"orphan": true}, "renewable=false means nothing with orphan=true")
 	e.ok(logical.UpdateOperation, "roles/web", map[string]interface{}{"renewable": true})
 	if resp := e.mint("web", nil); !resp.Secret.Renewable {
 		t.Fatal("renewable=true again: lease not renewable")

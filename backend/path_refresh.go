@@ -277,6 +277,9 @@ func narrowGrant(g grant, r *role) (grant, string) {
 	if missing := subset(g.Scopes, r.Scopes); len(missing) > 0 {
 		return g, fmt.Sprintf("no longer allows scopes %v", missing)
 	}
+	if needs := subset(g.Scopes, subset(g.Scopes, r.ApprovalScopes)); len(needs) > 0 {
+		return g, fmt.Sprintf("needs approval for scopes %v (approval_scopes)", needs)
+	}
 	if g.Tenant != r.Tenant {
 		return g, "has another tenant now"
 	}

@@ -601,6 +601,9 @@ func (r *role) normalize(mountMaxTTL time.Duration) error {
 	default:
 		return fmt.Errorf("subject must be %s, %s or %s, got %q", subjectEntityID, subjectEntityName, subjectAliasName, r.Subject)
 	}
+	if r.Orphan && r.NotRenewable {
+		return fmt.Errorf("renewable=false means nothing with orphan=true: orphan keys have no lease to renew")
+	}
 	if err := r.normalizeDelegation(); err != nil {
 		return err
 	}

@@ -98,6 +98,11 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage, now time.Time) (t
 	}); err != nil {
 		return st, err
 	}
+	if _, err = tidyPrefix(ctx, s, approvalPrefix, func(a *approvalRequest) bool {
+		return !now.Before(a.done())
+	}); err != nil {
+		return st, err
+	}
 	if _, err = tidyPrefix(ctx, s, derivedPrefix, func(dt *derivedTokens) bool {
 		return !now.Before(dt.expiry())
 	}); err != nil {

@@ -51,11 +51,11 @@ func pathToken(b *backend) *framework.Path {
 		Fields:       mintTokenFields(),
 		DisplayAttrs: pathAttrs("token"),
 		Operations: map[logical.Operation]framework.OperationHandler{
-			logical.UpdateOperation: operationAs("mint", "", b.pathTokenMint, answers(tokenAnswerFields())),
+			logical.UpdateOperation: operationAs("mint", "", b.pathTokenMint, answers(merged(tokenAnswerFields(), pendingAnswerFields()))),
 			// A read mints with the role's defaults, as database/creds
 			// does, so Vault Agent's natural template works:
 			// {{ with secret "keybroker/token/<role>" }}.
-			logical.ReadOperation: operation(b.pathTokenMint, answers(tokenAnswerFields())),
+			logical.ReadOperation: operation(b.pathTokenMint, answers(merged(withoutFields(tokenAnswerFields(), "refresh_token"), pendingAnswerFields()))),
 		},
 		HelpSynopsis: "Mint a short-lived agent JWT from a role.",
 		HelpDescription: `Returns a JWT (typ at+jwt) signed by the plugin's current key, with iss, sub,
@@ -88,6 +88,7 @@ func mintTokenFields() map[string]*framework.FieldSchema {
 	for k, v := range dpopFields("token", "The token then carries cnf.jkt and token_type is DPoP.") {
 		f[k] = v
 	}
+	f["approval_id"] = approvalIDField()
 	return f
 }
 
@@ -114,6 +115,9 @@ func (b *backend) pathTokenMint(ctx context.Context, req *logical.Request, d *fr
 	if len(r.Audiences) == 0 {
 		return logical.ErrorResponse("role %q has no audiences; set audiences on the role to mint tokens from it", roleName), nil
 	}
+	if d.Get("approval_id").(string) != "" && approvalOf(ctx) == nil {
+		return b.redeemApproval(ctx, req, d, approvalKindToken, b.pathTokenMint)
+	}
 	g := grant{Role: roleName, Tenant: r.Tenant, Audiences: r.Audiences, EntityID: req.EntityID, AuthTime: time.Now().UTC().Truncate(time.Second)}
 	if g.Scopes, err = r.narrowScopes(roleName, d); err != nil {
 		return logical.ErrorResponse(err.Error()), nil
@@ -139,14 +143,21 @@ func (b *backend) pathTokenMint(ctx context.Context, req *logical.Request, d *fr
 	if r.RequireDPoP && g.JKT == "" {
 		return logical.ErrorResponse("role %q requires DPoP-bound tokens: give dpop_jkt (the thumbprint of the agent's public key) or dpop_jwk", roleName), nil
 	}
+	if resp, err := b.needsApproval(ctx, req, d, approvalKindToken, roleName, r, g.Scopes); resp != nil || err != nil {
+		return resp, err
+	}
 	ttl, warnings, err := framework.CalculateTTL(b.System(), time.Duration(d.Get("ttl").(int))*time.Second, r.TokenTTL, 0, r.TokenMaxTTL, 0, time.Time{})
 	if err != nil {
 		return nil, fmt.Errorf("calculating ttl: %w", err)
 	}
+	ttl, warnings = approvedTTL(ctx, r, ttl, warnings)
 
 	// Refresh needs an identity to bind the family to: callers without an
-	// entity (root, orphan tokens) all look alike.
-	refresh := r.RefreshTTL > 0 && req.EntityID != ""
+	// entity (root, orphan tokens) all look alike. An approved token gets
+	// none: a refresh would outlive what was approved.
+	// A read (Vault Agent's template) gets none either: Agent mints again
+	// rather than refresh, so each render would leave a family behind.
+	refresh := r.RefreshTTL > 0 && req.EntityID != "" && approvalOf(ctx) == nil && req.Operation != logical.ReadOperation
 	family := ""
 	if refresh {
 		if family, err = uuid.GenerateUUID(); err != nil {
@@ -165,7 +176,7 @@ func (b *backend) pathTokenMint(ctx context.Context, req *logical.Request, d *fr
 			return nil, err
 		}
 		resp.Data["refresh_token"] = rt
-	} else if r.RefreshTTL > 0 {
+	} else if r.RefreshTTL > 0 && req.EntityID == "" {
 		resp.AddWarning("no refresh_token: the caller has no Vault entity (a root or orphan token), and refresh tokens are bound to one")
 	}
 	for _, w := range warnings {

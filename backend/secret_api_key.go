@@ -65,6 +65,9 @@ func (b *backend) renewAPIKey(ctx context.Context, req *logical.Request, _ *fram
 	if r == nil {
 		return logical.ErrorResponse("role %q was deleted; its keys cannot be renewed", k.Role), nil
 	}
+	if k.Approval != "" {
+		return logical.ErrorResponse("key %s was minted through approval request %s and lives only as long as approved", id, k.Approval), nil
+	}
 	if r.NotRenewable {
 		// Vault refuses to renew a lease minted non-renewable; this
 		// covers keys minted before the role was changed.
