@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keybroker/keybroker/contract"
 	"github.com/keybroker/keybroker/internal/vaultserver"
 )
 
@@ -154,4 +155,29 @@ func rawGet(t *testing.T, base, method, target string, headers map[string]string
 		}
 	}
 	return result{resp.StatusCode, resp.Header, body.String()}
+}
+
+// forgedIdentity is a client's attempt to pass for someone: every identity
+// header the sidecar defines and X-Keybroker-Reason, and
+// the underscore spellings CGI-style services read as the same names, each
+// "forged"; and the credential in X-API-Key (and its underscore spelling).
+func forgedIdentity(key string) map[string]string {
+	h := map[string]string{"X-API-Key": key, "X_API_Key": key, "X-Keybroker-Reason": "forged", "X_Keybroker_Role": "forged", "X_Keybroker_Subject": "forged"}
+	for _, name := range contract.IdentityHeaders {
+		h[name] = "forged"
+	}
+	return h
+}
+
+// noForgedIdentity fails when anything of forgedIdentity reached the
+// service: a forged value or the credential, under any name.
+func noForgedIdentity(t *testing.T, where string, seen http.Header, key string) {
+	t.Helper()
+	for k, vs := range seen {
+		for _, v := range vs {
+			if v == "forged" || strings.Contains(v, key) {
+				t.Fatalf("%s: the service got %s: %q", where, k, v)
+			}
+		}
+	}
 }

@@ -36,8 +36,7 @@ func TestNginxAuthRequest(t *testing.T) {
 
 	minted := write(t, v.Client, "keybroker/keys/svc", map[string]interface{}{"name": "through nginx"})
 	key := minted.Data["key"].(string)
-	forged := map[string]string{"X-API-Key": key, "X-Keybroker-Role": "forged", "X-Keybroker-Jti": "forged", "X-Keybroker-Key-Id": "forged",
-		"X-Keybroker-Tenant": "evil", "X-Keybroker-Reason": "forged", "X-Keybroker-Scopes": "admin"}
+	forged := forgedIdentity(key)
 	r := call(t, base, "GET", "/read/items", forged, "")
 	if r.status != http.StatusOK || r.body != "upstream ok" {
 		t.Fatalf("allowed request through nginx: %d %s", r.status, r.body)
@@ -52,6 +51,7 @@ func TestNginxAuthRequest(t *testing.T) {
 			t.Fatalf("%s reached the service behind nginx: %v", h, seen)
 		}
 	}
+	noForgedIdentity(t, "behind nginx", seen, key)
 	// A public route: the client's identity headers still do not pass.
 	if r := call(t, base, "GET", "/public", forged, ""); r.status != 200 {
 		t.Fatalf("public route through nginx: %d", r.status)

@@ -3,6 +3,7 @@ package sidecar
 import (
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -52,6 +53,13 @@ func TestDelegatedTokens(t *testing.T) {
 		if tc.status == 200 && seen.Get(contract.HeaderActor) != tc.actor {
 			t.Errorf("%s: upstream X-Keybroker-Actor %q, want %q", tc.path, seen.Get(contract.HeaderActor), tc.actor)
 		}
+	}
+
+	// Through the embedded middleware, IdentityFrom carries the chain.
+	var got Identity
+	mw := f.sc.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { got, _ = IdentityFrom(r.Context()) }))
+	if w := send(mw, "GET", "/delegated/x", "127.0.0.1:1", hdr("Authorization", "Bearer "+delegated)); w.Code != 200 || strings.Join(got.Actors, ",") != "tool,agent,assistant" {
+		t.Errorf("middleware: %d, Actors %q", w.Code, got.Actors)
 	}
 
 	// On a gateway's answer the header is always set, empty for a direct

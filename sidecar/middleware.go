@@ -4,6 +4,7 @@ import (
 	"context"
 	"mime"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 )
@@ -17,7 +18,13 @@ type Identity struct {
 	KeyID, JTI   string
 	Role, Tenant string
 	Scopes       []string
-	ExpiresAt    time.Time
+	// Actors is the delegation chain of an exchanged token (RFC 8693 act),
+	// the current actor first: someone acting for Subject. Empty when the
+	// subject itself is calling; authorize on it where that matters.
+	Actors []string
+	// ExpiresAt is when the sidecar stops accepting the credential: its
+	// expiry, plus the configured leeway for a JWT.
+	ExpiresAt time.Time
 	// DPoPBound: the credential is bound to a key the caller proved it
 	// holds (RFC 9449), on this request.
 	DPoPBound bool
@@ -33,7 +40,8 @@ func IdentityFrom(ctx context.Context) (Identity, bool) {
 }
 
 func (id *identity) public() Identity {
-	out := Identity{Subject: id.subject, Role: id.role, Tenant: id.tenant, Scopes: append([]string(nil), id.scopes...), ExpiresAt: id.expiresAt, DPoPBound: id.jkt != ""}
+	out := Identity{Subject: id.subject, Role: id.role, Tenant: id.tenant, Scopes: slices.Clone(id.scopes), Actors: slices.Clone(id.actors),
+		ExpiresAt: id.expiresAt, DPoPBound: id.jkt != ""}
 	if id.jwt {
 		out.JTI = id.id
 	} else {
@@ -53,7 +61,10 @@ func (id *identity) public() Identity {
 //
 // Put it outermost: it decides on r.RequestURI, the target as the client
 // sent it, so a handler in front that rewrites r.URL (http.StripPrefix) is
-// not what it checks. Call Start once before serving and Stop after.
+// not what it checks; and it takes the client address from r.RemoteAddr
+// (X-Forwarded-For only from trusted_proxies), so a handler in front must
+// not rewrite that either (a "real IP" middleware). Call Start once before
+// serving and Stop after.
 // Metered routes are charged their cost, the usage_header of next's answer,
 // or the OpenAI usage in its body.
 func (sc *Sidecar) Middleware(next http.Handler) http.Handler {
@@ -79,6 +90,9 @@ func (sc *Sidecar) Middleware(next http.Handler) http.Handler {
 		out.Body = http.MaxBytesReader(w, r.Body, sc.s.maxBody)
 		out.URL.Path, out.URL.RawPath, out.URL.RawQuery = d.path, "", d.query
 		out.RequestURI = out.URL.RequestURI()
+		// Connection names headers a proxy in next would drop: the client
+		// could have it drop the identity headers set here.
+		out.Header.Del("Connection")
 		stripCredentialAndIdentity(out.Header)
 		setIdentity(out.Header, d.id, false)
 		if d.id != nil {

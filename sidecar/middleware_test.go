@@ -39,6 +39,8 @@ func TestMiddlewarePassesIdentityNotCredential(t *testing.T) {
 		{"encoded letters", "/v1/%69tems/2", hdr("Authorization", "Bearer "+tok), "/v1/items/2", "", true},
 		{"forged identity headers removed", "/v1/items/3", hdr("Authorization", "Bearer "+tok, "X-Keybroker-Role", "admin", "x-keybroker-scopes", "admin", "X-Keybroker-Anything", "1", "DPoP", "x", "X_Keybroker_Role", "admin", "X_API_Key", "kb_x"), "/v1/items/3", "", true},
 		{"public route: no caller", "/public/x", hdr("X-Keybroker-Subject", "root"), "/public/x", "", false},
+		// A proxy in next would drop what Connection names.
+		{"connection header dropped", "/v1/items/4", hdr("Authorization", "Bearer "+tok, "Connection", "X-Keybroker-Subject, X-Keybroker-Scopes"), "/v1/items/4", "", true},
 	} {
 		got = nil
 		w := send(h, "GET", tc.target, "127.0.0.1:1", tc.header)
@@ -48,7 +50,7 @@ func TestMiddlewarePassesIdentityNotCredential(t *testing.T) {
 		if got.path != tc.wantPath || got.rawPath != "" || got.query != tc.wantQuery || got.uri != tc.target && !strings.HasPrefix(got.uri, tc.wantPath) {
 			t.Errorf("%s: next saw path %q raw %q query %q uri %q", tc.name, got.path, got.rawPath, got.query, got.uri)
 		}
-		for _, name := range []string{"Authorization", "X-Api-Key", "Dpop", "X-Keybroker-Anything", "X_keybroker_role", "X_api_key"} {
+		for _, name := range []string{"Authorization", "X-Api-Key", "Dpop", "X-Keybroker-Anything", "X_keybroker_role", "X_api_key", "Connection"} {
 			if v := got.header.Get(name); v != "" {
 				t.Errorf("%s: next saw %s: %q", tc.name, name, v)
 			}

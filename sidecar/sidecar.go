@@ -63,6 +63,7 @@ type Sidecar struct {
 	// stop ends what Start began; running counts it.
 	stop    context.CancelFunc
 	running sync.WaitGroup
+	started atomic.Bool
 }
 
 type keyEntry struct {
@@ -248,6 +249,9 @@ func (sc *Sidecar) ServeWith(ctx context.Context, l Listeners) error {
 // or Stop. Serve calls it; a Go service that embeds the verifier
 // (Middleware) calls it itself, once.
 func (sc *Sidecar) Start(ctx context.Context) {
+	if !sc.started.CompareAndSwap(false, true) {
+		return // once: a second set of feeds would only leak
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	sc.stop = cancel
 	sc.running.Add(2)
