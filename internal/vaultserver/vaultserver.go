@@ -275,8 +275,8 @@ func (s *Server) setup(ctx context.Context, sum string, o Options) error {
 			// key_id, jti, role and the budget paths' id, reservation_id
 			// and holder are not secret: in clear, auditors can follow a
 			// credential and its spend through the log. Credentials stay HMAC'd.
-			AuditNonHMACRequestKeys:  []string{"key_id", "jti", "role", "id", "reservation_id", "holder"},
-			AuditNonHMACResponseKeys: []string{"key_id", "jti", "role", "reservation_id"},
+			AuditNonHMACRequestKeys:  []string{"key_id", "jti", "role", "id", "reservation_id", "holder", "approval_id", "action"},
+			AuditNonHMACResponseKeys: []string{"key_id", "jti", "role", "reservation_id", "request_id", "state"},
 		},
 	}); err != nil {
 		return fmt.Errorf("mounting plugin: %w", err)
