@@ -103,6 +103,7 @@ func newBackend() *backend {
 			pathTenants(b),
 			pathKeyRecords(b),
 			pathApprovals(b),
+			pathKeyLifecycle(b),
 			[]*framework.Path{
 				pathConfig(b),
 				pathRate(b),
@@ -160,6 +161,9 @@ func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
 	b.dropIdleKeyListing(time.Now())
 	if err := b.rotateIfDue(ctx, req.Storage, time.Now()); err != nil {
 		return fmt.Errorf("rotating signing key: %w", err)
+	}
+	if err := b.revokeRotated(ctx, req.Storage, time.Now()); err != nil {
+		return fmt.Errorf("revoking rotated keys: %w", err)
 	}
 	due, err := b.claimTidy(ctx, req.Storage, time.Now())
 	if err != nil || !due {

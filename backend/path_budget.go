@@ -287,11 +287,23 @@ func (b *backend) extendMeter(ctx context.Context, s logical.Storage, id string,
 	l.Lock()
 	defer l.Unlock()
 	m, err := getJSON[meter](ctx, s, path)
-	if err != nil || m == nil || !m.ExpiresAt.Before(exp) {
+	if err != nil || m == nil {
 		return err
 	}
-	m.ExpiresAt = exp
-	return putJSON(ctx, s, meterPrefix+id, m)
+	if m.ExpiresAt.Before(exp) {
+		m.ExpiresAt = exp
+		if err := putJSON(ctx, s, meterPrefix+id, m); err != nil {
+			return err
+		}
+	}
+	if m.Link != "" && m.Link != id {
+		// The meter it spends from lives as long (a rotated key's
+		// successor renewed past its predecessor's expiry).
+		l.Unlock()
+		defer l.Lock()
+		return b.extendMeter(ctx, s, m.Link, exp)
+	}
+	return nil
 }
 
 // meterRoot is the meter a credential spends from, and its id: its own, or

@@ -482,6 +482,8 @@ func (k *keyEntry) record() contract.KeyRecord {
 		Budget:     budget,
 		RateLimit:  rate,
 		JKT:        k.JKT,
+		Suspended:  k.suspended(),
+		ReplacedBy: k.ReplacedBy,
 	}
 }
 

@@ -36,10 +36,24 @@ type keyEntry struct {
 	// Approval is the approval request the key was redeemed from; such a
 	// key is never renewed past its approved lifetime.
 	Approval string `json:"approval,omitempty"`
+	// Suspension: refused until resumed; SuspendedBy says whether the key
+	// was suspended itself ("key") or with its role ("role"), so resuming
+	// the role leaves a key suspended on its own alone.
+	SuspendedAt time.Time `json:"suspended_at,omitzero"`
+	SuspendedBy string    `json:"suspended_by,omitempty"`
+	// Rotation: ReplacedBy is the successor's key_id; the key then expires
+	// at the end of its grace. Replaces is the predecessor's. NotAfter
+	// bounds renewals: a successor lives no longer than its predecessor's
+	// max_ttl allowed.
+	ReplacedBy string    `json:"replaced_by,omitempty"`
+	Replaces   string    `json:"replaces,omitempty"`
+	NotAfter   time.Time `json:"not_after,omitzero"`
 	limits
 }
 
 func (k *keyEntry) revoked() bool { return !k.RevokedAt.IsZero() }
+
+func (k *keyEntry) suspended() bool { return !k.SuspendedAt.IsZero() }
 
 // publicData is what reads and verifications may show: never Hash.
 func (k *keyEntry) publicData() map[string]interface{} {
@@ -57,6 +71,20 @@ func (k *keyEntry) publicData() map[string]interface{} {
 		"metadata":    md,
 		"expires_at":  k.ExpiresAt.UTC().Format(time.RFC3339),
 		"dpop_jkt":    k.JKT,
+	}
+}
+
+// lifecycleData adds what an operator's read shows of a key's life:
+// suspension and rotation, where they apply.
+func (k *keyEntry) lifecycleData(data map[string]interface{}) {
+	if k.suspended() {
+		data["suspended_at"], data["suspended_by"] = k.SuspendedAt.UTC().Format(time.RFC3339), k.SuspendedBy
+	}
+	if k.ReplacedBy != "" {
+		data["replaced_by"] = k.ReplacedBy
+	}
+	if k.Replaces != "" {
+		data["replaces"] = k.Replaces
 	}
 }
 
@@ -97,11 +125,15 @@ func pathKeys(b *backend) []*framework.Path {
 	})
 	delete(minted, "metadata")
 	read := merged(keyAnswerFields(), echoed(limitFields()), map[string]*framework.FieldSchema{
-		"orphan":     out(framework.TypeBool, "Whether the key was minted from an orphan role: not a Vault lease."),
-		"entity_id":  out(framework.TypeString, "Vault entity that minted the key; empty for a caller without one."),
-		"created_at": out(framework.TypeTime, "When the key was minted."),
-		"revoked":    out(framework.TypeBool, "Whether the key was revoked."),
-		"revoked_at": out(framework.TypeTime, "When the key was revoked; only for a revoked key."),
+		"orphan":       out(framework.TypeBool, "Whether the key was minted from an orphan role: not a Vault lease."),
+		"entity_id":    out(framework.TypeString, "Vault entity that minted the key; empty for a caller without one."),
+		"created_at":   out(framework.TypeTime, "When the key was minted."),
+		"revoked":      out(framework.TypeBool, "Whether the key was revoked."),
+		"revoked_at":   out(framework.TypeTime, "When the key was revoked; only for a revoked key."),
+		"suspended_at": out(framework.TypeTime, "When the key was suspended; only while it is."),
+		"suspended_by": withAllowed(out(framework.TypeString, "key: suspended itself; role: with its role's keys."), "key", "role"),
+		"replaced_by":  out(framework.TypeString, "The successor's key_id, once the key was rotated; it works until expires_at, the end of its grace."),
+		"replaces":     out(framework.TypeString, "The key_id of the key this one replaced (rotation)."),
 	})
 	return []*framework.Path{
 		{
@@ -170,6 +202,9 @@ func (b *backend) pathKeyMint(ctx context.Context, req *logical.Request, d *fram
 	}
 	if r == nil {
 		return logical.ErrorResponse("role %q does not exist", roleName), nil
+	}
+	if r.Suspended {
+		return logical.ErrorResponse("role %q is suspended: resume it (roles/%s/resume) to mint keys", roleName, roleName), nil
 	}
 	if d.Get("approval_id").(string) != "" && approvalOf(ctx) == nil {
 		return b.redeemApproval(ctx, req, d, approvalKindKey, b.pathKeyMint)
@@ -350,6 +385,7 @@ func (b *backend) pathKeyRead(ctx context.Context, req *logical.Request, d *fram
 	if k.revoked() {
 		data["revoked_at"] = k.RevokedAt.UTC().Format(time.RFC3339)
 	}
+	k.lifecycleData(data)
 	return &logical.Response{Data: data}, nil
 }
 

@@ -70,6 +70,10 @@ type role struct {
 	ApprovalRedeemTTL time.Duration `json:"approval_redeem_ttl,omitempty"`
 	ApprovedMaxTTL    time.Duration `json:"approved_max_ttl,omitempty"`
 
+	// Suspended (roles/<name>/suspend): its keys are suspended, and no key
+	// is minted from it until it is resumed.
+	Suspended bool `json:"suspended,omitempty"`
+
 	// Budgets and rate limits, copied into each credential.
 	limits
 }
@@ -143,6 +147,7 @@ func (r *role) responseData() map[string]interface{} {
 		"approval_ttl":          int64(r.approvalTTL().Seconds()),
 		"approval_redeem_ttl":   int64(r.approvalRedeemTTL().Seconds()),
 		"approved_max_ttl":      int64(r.approvedMaxTTL().Seconds()),
+		"suspended":             r.Suspended,
 	}
 	r.limits.responseData(data)
 	return data
@@ -315,7 +320,7 @@ func pathRoles(b *backend) []*framework.Path {
 				logical.CreateOperation: operation(b.pathRoleWrite, noContent()),
 				logical.UpdateOperation: operation(b.pathRoleWrite, noContent()),
 				// The role as it is, defaults filled in.
-				logical.ReadOperation:   operation(b.pathRoleRead, answers(echoed(fields, "name"))),
+				logical.ReadOperation:   operation(b.pathRoleRead, answers(merged(echoed(fields, "name"), map[string]*framework.FieldSchema{"suspended": out(framework.TypeBool, "Whether the role is suspended (roles/<name>/suspend): its keys refused, no key mints.")}))),
 				logical.DeleteOperation: operation(b.pathRoleDelete, noContent()),
 			},
 			HelpSynopsis: "Manage the roles credentials are minted from.",

@@ -37,6 +37,7 @@ func TestRoleCRUD(t *testing.T) {
 		"approval_ttl":          int64(3600),
 		"approval_redeem_ttl":   int64(900),
 		"approved_max_ttl":      int64(3600),
+		"suspended":             false,
 		"metadata":              map[string]string{"team": "payments"},
 		"audiences":             []string{},
 		"token_ttl":             int64(900),

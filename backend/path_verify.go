@@ -87,7 +87,7 @@ func verifyAnswerFields() map[string]*framework.FieldSchema {
 	reason := withAllowed(out(framework.TypeString, "ok, or why the credential is refused: malformed, not_found, expired, revoked, cidr_denied, insufficient_scope, "+
 		"dpop_required (a DPoP-bound credential, which only a verifier checking its proof accepts); for JWTs also invalid_signature, invalid_claims, not_yet_valid."),
 		reasonOK, reasonMalformed, reasonNotFound, reasonExpired, reasonRevoked, reasonCIDRDenied, reasonInsufficientScope,
-		contract.ReasonDPoPRequired, reasonInvalidSignature, reasonInvalidClaims, reasonNotYetValid)
+		contract.ReasonDPoPRequired, contract.ReasonSuspended, reasonInvalidSignature, reasonInvalidClaims, reasonNotYetValid)
 	return merged(keyAnswerFields(), pick(tokenAnswerFields(), "jti", "sub", "audience"), map[string]*framework.FieldSchema{
 		"valid":          out(framework.TypeBool, "Whether the credential is valid for the request."),
 		"reason":         reason,
@@ -99,6 +99,7 @@ func verifyAnswerFields() map[string]*framework.FieldSchema {
 		"expires_at":     out(framework.TypeTime, "When the credential expires."),
 		"budget":         out(framework.TypeMap, "For a metered credential (a budget of its own, or its tenant's ceiling): units per period (0: none of its own), period in seconds and max_cost; null otherwise."),
 		"rate_limit":     out(framework.TypeMap, "For a credential with a rate limit: per_second and burst, per verifier; null otherwise."),
+		"replaced_by":    out(framework.TypeString, "API keys: the key was rotated to this key_id; it works until expires_at, the end of its grace."),
 		"actors":         out(framework.TypeStringSlice, "JWTs: who acts for sub (RFC 8693 act, from keybroker/token/exchange), the current actor first; empty when the token is used by its own subject."),
 	})
 }
@@ -126,30 +127,24 @@ func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *
 		return b.verifyJWT(ctx, req, key, addr, required, d.Get("audience").(string))
 	}
 
-	parsed, err := apikey.Parse(key)
-	if err != nil {
-		return verifyAnswer(reasonMalformed), nil
-	}
-	k, err := b.getKey(ctx, req.Storage, parsed.ID)
-	if err != nil {
+	k, reason, unknownID, err := b.keyByValue(ctx, req.Storage, key)
+	switch {
+	case err != nil:
 		return nil, err
-	}
-	if k == nil {
+	case unknownID:
 		// No key has this key_id: a verifier may refuse it without asking
 		// again. key_ids are public handles, so this reveals nothing.
 		resp := verifyAnswer(reasonNotFound)
 		resp.Data["unknown_key_id"] = true
 		return resp, nil
-	}
-	hash := apikey.Hash(key)
-	if subtle.ConstantTimeCompare(hash[:], k.Hash) != 1 {
-		return verifyAnswer(reasonNotFound), nil
-	}
-	switch {
+	case reason != "":
+		return verifyAnswer(reason), nil
 	case k.revoked():
 		return verifyAnswer(reasonRevoked), nil
 	case !time.Now().Before(k.ExpiresAt):
 		return verifyAnswer(reasonExpired), nil
+	case k.suspended():
+		return verifyAnswer(contract.ReasonSuspended), nil
 	case k.JKT != "":
 		return verifyAnswer(contract.ReasonDPoPRequired), nil
 	case !cidrsAllow(k.BoundCIDRs, addr):
@@ -165,7 +160,28 @@ func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *
 	data["valid"] = true
 	data["reason"] = reasonOK
 	data["budget"], data["rate_limit"] = k.limits.claims(metered)
+	if k.ReplacedBy != "" {
+		data["replaced_by"] = k.ReplacedBy // and expires_at is the end of its grace
+	}
 	return &logical.Response{Data: data}, nil
+}
+
+// keyByValue finds the key a plaintext API key is: reason is malformed or
+// not_found (unknownID when no key has its key_id) when it is none. The
+// secret is compared in constant time, and never kept.
+func (b *backend) keyByValue(ctx context.Context, s logical.Storage, key string) (k *keyEntry, reason string, unknownID bool, err error) {
+	parsed, perr := apikey.Parse(key)
+	if perr != nil {
+		return nil, reasonMalformed, false, nil
+	}
+	if k, err = b.getKey(ctx, s, parsed.ID); err != nil || k == nil {
+		return nil, reasonNotFound, k == nil && err == nil, err
+	}
+	hash := apikey.Hash(key)
+	if subtle.ConstantTimeCompare(hash[:], k.Hash) != 1 {
+		return nil, reasonNotFound, false, nil
+	}
+	return k, "", false, nil
 }
 
 func (b *backend) verifyJWT(ctx context.Context, req *logical.Request, token string, addr netip.Addr, required []string, audience string) (*logical.Response, error) {

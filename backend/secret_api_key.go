@@ -65,6 +65,9 @@ func (b *backend) renewAPIKey(ctx context.Context, req *logical.Request, _ *fram
 	if r == nil {
 		return logical.ErrorResponse("role %q was deleted; its keys cannot be renewed", k.Role), nil
 	}
+	if k.ReplacedBy != "" {
+		return logical.ErrorResponse("key %s was rotated to %s: it ends with its grace, at %s", id, k.ReplacedBy, k.ExpiresAt.Format(time.RFC3339)), nil
+	}
 	if k.Approval != "" {
 		return logical.ErrorResponse("key %s was minted through approval request %s and lives only as long as approved", id, k.Approval), nil
 	}
@@ -77,7 +80,15 @@ func (b *backend) renewAPIKey(ctx context.Context, req *logical.Request, _ *fram
 	if err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
-	k.ExpiresAt = time.Now().UTC().Truncate(time.Second).Add(ttl)
+	now := time.Now().UTC().Truncate(time.Second)
+	if !k.NotAfter.IsZero() && now.Add(ttl).After(k.NotAfter) {
+		// A successor lives no longer than its predecessor could have.
+		if ttl = k.NotAfter.Sub(now); ttl <= 0 {
+			return logical.ErrorResponse("key %s reached the end of its predecessor's max_ttl", id), nil
+		}
+		warnings = append(warnings, "ttl capped at the rotated key's max_ttl")
+	}
+	k.ExpiresAt = now.Add(ttl)
 	if err := b.putKey(ctx, req.Storage, k); err != nil {
 		return nil, err
 	}

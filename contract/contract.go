@@ -30,6 +30,9 @@ const (
 	// needs (nor refuse its replay), so it refuses it. Verify it with a
 	// DPoP-aware verifier (the sidecar).
 	ReasonDPoPRequired = "dpop_required"
+	// ReasonSuspended: an operator suspended the API key (or its role's
+	// keys); it works again when resumed.
+	ReasonSuspended = "suspended"
 )
 
 // LooksLikeJWT tells a JWT from an API key by its shape: three dot-separated
@@ -56,6 +59,9 @@ type VerifyAnswer struct {
 
 	Budget    *jwtverify.Budget    `json:"budget"`
 	RateLimit *jwtverify.RateLimit `json:"rate_limit"`
+	// ReplacedBy: the key was rotated to this key_id, and works only until
+	// ExpiresAt, the end of its grace.
+	ReplacedBy string `json:"replaced_by,omitempty"`
 }
 
 // FeedEntry is one revocation in keybroker/revocations.
@@ -164,6 +170,11 @@ type KeyRecord struct {
 	// JKT binds the key to its holder's key pair (DPoP, RFC 9449): a
 	// verifier accepts it only with a proof signed by it.
 	JKT string `json:"jkt,omitempty"`
+	// Suspended: refused until an operator resumes it.
+	Suspended bool `json:"suspended,omitempty"`
+	// ReplacedBy is the key_id of the key's successor once the key was
+	// rotated; the key works until its expires_at, the end of the grace.
+	ReplacedBy string `json:"replaced_by,omitempty"`
 }
 
 // KeyRecordsPage is one read of keybroker/key-records (the changes) or of

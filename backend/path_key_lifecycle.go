@@ -1,0 +1,437 @@
+package backend
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/keybroker/keybroker/apikey"
+	"github.com/keybroker/keybroker/contract"
+)
+
+// An operator's tools for a key's life: rotation with a grace period,
+// suspension and resumption (of a key, or of a role's keys), and revocation
+// by the key's value, for the moment a key turns up where it should not.
+
+// rotationPrefix indexes rotated keys by key_id until their grace ends, so
+// that the active node revokes them then, through the feed.
+const rotationPrefix = "rotations/"
+
+type rotation struct {
+	GraceEnds time.Time `json:"grace_ends"`
+}
+
+const (
+	defaultRotationGrace = 24 * time.Hour
+	// maxRevokeByValue bounds one revoke request.
+	maxRevokeByValue = 100
+)
+
+func pathKeyLifecycle(b *backend) []*framework.Path {
+	keyID := &framework.FieldSchema{Type: framework.TypeString, Description: "The key's key_id.", Required: true}
+	rotated := merged(keyAnswerFields(), echoed(limitFields()), map[string]*framework.FieldSchema{
+		"key":        secretOut("The successor API key. Returned once; only its hash is stored.", "Key"),
+		"replaces":   out(framework.TypeString, "The key_id of the key it replaces."),
+		"grace_ends": out(framework.TypeTime, "When the replaced key stops working (and is revoked)."),
+	})
+	delete(rotated, "metadata")
+	suspension := map[string]*framework.FieldSchema{
+		"key_id":       out(framework.TypeString, "The key."),
+		"suspended":    out(framework.TypeBool, "Whether it is suspended now."),
+		"suspended_at": out(framework.TypeTime, "When it was suspended."),
+		"suspended_by": withAllowed(out(framework.TypeString, "key: suspended itself; role: with its role's keys."), "key", "role"),
+	}
+	roleSuspension := map[string]*framework.FieldSchema{
+		"role":      out(framework.TypeString, "The role."),
+		"suspended": out(framework.TypeBool, "Whether the role is suspended now (no key mints)."),
+		"keys":      out(framework.TypeInt, "Keys of the role this changed."),
+	}
+	return []*framework.Path{
+		{
+			Pattern: "keys/id/" + framework.GenericNameRegex("key_id") + "/rotate$",
+			Fields: map[string]*framework.FieldSchema{
+				"key_id": keyID,
+				"grace": {
+					Type:         framework.TypeDurationSecond,
+					Description:  "How long the replaced key keeps working beside its successor; at most its remaining life. Default: 24h.",
+					Default:      int(defaultRotationGrace.Seconds()),
+					DisplayAttrs: &framework.DisplayAttributes{Value: "24h"},
+				},
+			},
+			DisplayAttrs: pathAttrs("api-key"),
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.UpdateOperation: operationAs("rotate", "", b.pathKeyRotate, answers(rotated)),
+			},
+			HelpSynopsis: "Rotate an API key with a grace period.",
+			HelpDescription: `Mints the key's successor (same role, name, scopes, bound CIDRs, tenant,
+metadata, limits, DPoP binding, and the same expiry) and keeps the old key
+working until grace ends, then revokes it through the revocation feed. The
+successor spends from the old key's budget: rotating never resets spend.
+Verifications of the old key answer replaced_by, and the sidecar tells its
+clients (X-Keybroker-Key-Replaced-By, X-Keybroker-Key-Expires). A leased
+key's successor is a lease of the token that rotated it (under this path,
+not keys/<role>); it renews up to the old key's max_ttl, never beyond.`,
+		},
+		{
+			Pattern: "keys/id/" + framework.GenericNameRegex("key_id") + "/(?P<action>suspend|resume)$",
+			Fields: map[string]*framework.FieldSchema{
+				"key_id": keyID,
+				"action": {Type: framework.TypeString, Description: "suspend or resume."},
+			},
+			DisplayAttrs: pathAttrs("api-key"),
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.UpdateOperation: operationAs("suspend-or-resume", "", b.pathKeySuspend, answers(suspension)),
+			},
+			HelpSynopsis: "Suspend or resume an API key.",
+			HelpDescription: `A suspended key is refused (reason suspended) by every verifier until it is
+resumed, within the key-record feed's latency; it is not revoked, and
+resuming it makes it work again. Resuming a key suspended with its role
+needs the role resumed.`,
+		},
+		{
+			Pattern: "roles/" + framework.GenericNameRegex("name") + "/(?P<action>suspend|resume)$",
+			Fields: map[string]*framework.FieldSchema{
+				"name":   {Type: framework.TypeString, Description: "Name of the role.", Required: true},
+				"action": {Type: framework.TypeString, Description: "suspend or resume."},
+			},
+			DisplayAttrs: pathAttrs("role"),
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.UpdateOperation: operationAs("suspend-or-resume", "", b.pathRoleSuspend, answers(roleSuspension)),
+			},
+			HelpSynopsis: "Suspend or resume every API key of a role.",
+			HelpDescription: `Suspends every live key of the role (and refuses new key mints from it) or
+resumes them. Keys suspended on their own stay suspended when the role is
+resumed.`,
+		},
+		{
+			Pattern: "revoke$",
+			Fields: map[string]*framework.FieldSchema{
+				"key": {
+					Type:         framework.TypeString,
+					Description:  "An API key or agent JWT, in plaintext, to revoke: for when one is found in a public repository. It is not stored or logged.",
+					DisplayAttrs: &framework.DisplayAttributes{Sensitive: true},
+				},
+				"keys": {
+					Type:         framework.TypeCommaStringSlice,
+					Description:  fmt.Sprintf("Several, at most %d.", maxRevokeByValue),
+					DisplayAttrs: &framework.DisplayAttributes{Sensitive: true},
+				},
+			},
+			DisplayAttrs: pathAttrs("by-value"),
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.UpdateOperation: operationAs("revoke", "", b.pathRevokeByValue, answers(map[string]*framework.FieldSchema{
+					"results": out(framework.TypeSlice, "One per credential given, in order: kind (api_key, jwt), id (key_id or jti, when it names one), result (revoked, already_revoked, expired, not_found, malformed). Never the credential."),
+				})),
+			},
+			HelpSynopsis: "Revoke API keys or JWTs by their value.",
+			HelpDescription: `Revokes each credential given (key, or keys) without knowing its id: an API
+key whose secret matches its key_id's, or a JWT this plugin signed. The
+answer names only ids and results; the values are HMAC'd in the audit log
+like every string. A secret-scanning alert can call this path directly.`,
+		},
+	}
+}
+
+func (b *backend) pathKeyRotate(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	id := d.Get("key_id").(string)
+	if !apikey.ValidateID(id) {
+		return logical.ErrorResponse("%q is not a key_id (12 base62 characters)", id), nil
+	}
+	grace := time.Duration(d.Get("grace").(int)) * time.Second
+	if grace < 0 {
+		return logical.ErrorResponse("grace must not be negative"), nil
+	}
+	b.revocationMu.Lock()
+	locked := true
+	unlock := func() {
+		if locked {
+			b.revocationMu.Unlock()
+			locked = false
+		}
+	}
+	defer unlock()
+	old, err := b.getKey(ctx, req.Storage, id)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now().UTC().Truncate(time.Second)
+	switch {
+	case old == nil:
+		return logical.ErrorResponse("key %s does not exist", id), nil
+	case old.revoked():
+		return logical.ErrorResponse("key %s is revoked: mint a new key", id), nil
+	case !now.Before(old.ExpiresAt):
+		return logical.ErrorResponse("key %s has expired: mint a new key", id), nil
+	case old.ReplacedBy != "":
+		return logical.ErrorResponse("key %s was already rotated to %s; rotate that one", id, old.ReplacedBy), nil
+	}
+	r, err := b.getRole(ctx, req.Storage, old.Role)
+	if err != nil {
+		return nil, err
+	}
+	if r == nil {
+		return logical.ErrorResponse("role %q of key %s was deleted: its keys cannot be rotated", old.Role, id), nil
+	}
+	key, next, err := b.createKey(ctx, req.Storage, r.KeyPrefix)
+	if err != nil {
+		return nil, err
+	}
+	next.Name, next.Role, next.Scopes, next.BoundCIDRs, next.Tenant = old.Name, old.Role, old.Scopes, old.BoundCIDRs, old.Tenant
+	next.Metadata, next.Orphan, next.JKT, next.limits = old.Metadata, old.Orphan, old.JKT, old.limits
+	next.EntityID, next.CreatedAt, next.ExpiresAt, next.Replaces = req.EntityID, now, old.ExpiresAt, old.ID
+	next.NotAfter = old.NotAfter
+	if next.NotAfter.IsZero() && r.MaxTTL > 0 {
+		next.NotAfter = old.CreatedAt.Add(r.MaxTTL)
+	}
+	if old.SuspendedBy == "role" {
+		next.SuspendedAt, next.SuspendedBy = old.SuspendedAt, old.SuspendedBy
+	}
+	graceEnds := minTime(now.Add(grace), old.ExpiresAt)
+	old.ReplacedBy, old.ExpiresAt = next.ID, graceEnds
+	if err := b.putKey(ctx, req.Storage, next); err != nil {
+		return nil, err
+	}
+	if err := b.putKey(ctx, req.Storage, old); err != nil {
+		return nil, err
+	}
+	if err := putJSON(ctx, req.Storage, rotationPrefix+old.ID, rotation{GraceEnds: graceEnds}); err != nil {
+		return nil, err
+	}
+	b.keyChanges.add(old.ID)
+	b.keyChanges.add(next.ID)
+	unlock()
+	// One meter for both: the successor links to the old key's.
+	if old.Budget > 0 || old.Tenant != "" {
+		root, _, err := b.meterRoot(ctx, req.Storage, old.ID)
+		if err != nil {
+			return nil, err
+		}
+		if err := putJSON(ctx, req.Storage, meterPrefix+next.ID, &meter{Link: root, ExpiresAt: next.ExpiresAt}); err != nil {
+			return nil, err
+		}
+		if err := b.extendMeter(ctx, req.Storage, root, next.ExpiresAt); err != nil {
+			return nil, err
+		}
+	}
+	b.Logger().Info("key rotated", "key_id", old.ID, "successor", next.ID, "grace_ends", graceEnds)
+
+	data := next.publicData()
+	delete(data, "metadata")
+	data["key"], data["replaces"], data["grace_ends"] = key, old.ID, graceEnds.Format(time.RFC3339)
+	next.limits.responseData(data)
+	if next.Orphan {
+		return &logical.Response{Data: data}, nil
+	}
+	resp := b.Secret(secretTypeAPIKey).Response(data, map[string]interface{}{"key_id": next.ID})
+	resp.Secret.TTL = next.ExpiresAt.Sub(now)
+	resp.Secret.Renewable = !r.NotRenewable
+	if !next.NotAfter.IsZero() {
+		resp.Secret.MaxTTL = next.NotAfter.Sub(now)
+	}
+	return resp, nil
+}
+
+// revokeRotated revokes, through the feed, the rotated keys whose grace has
+// ended. Periodic, on the active node; verifiers refuse them at their
+// expires_at (the end of the grace) already.
+func (b *backend) revokeRotated(ctx context.Context, s logical.Storage, now time.Time) error {
+	ids, err := s.List(ctx, rotationPrefix)
+	if err != nil {
+		return fmt.Errorf("listing rotations: %w", err)
+	}
+	for _, id := range ids {
+		rot, err := getJSON[rotation](ctx, s, rotationPrefix+id)
+		if err != nil {
+			return err
+		}
+		if rot != nil && now.Before(rot.GraceEnds) {
+			continue
+		}
+		if err := b.revokeKeyAtGraceEnd(ctx, s, id); err != nil {
+			return err
+		}
+		if err := s.Delete(ctx, rotationPrefix+id); err != nil {
+			return fmt.Errorf("deleting rotation %s: %w", id, err)
+		}
+	}
+	return nil
+}
+
+// revokeKeyAtGraceEnd is revokeKey for a key at the end of its grace,
+// which revokeKey would leave alone as expired: the feed still says so, so
+// that verifiers holding no record of it hear.
+func (b *backend) revokeKeyAtGraceEnd(ctx context.Context, s logical.Storage, id string) error {
+	b.revocationMu.Lock()
+	defer b.revocationMu.Unlock()
+	k, err := b.getKey(ctx, s, id)
+	if err != nil || k == nil || k.revoked() {
+		return err
+	}
+	now := time.Now().UTC()
+	k.RevokedAt = now
+	if err := b.putKey(ctx, s, k); err != nil {
+		return err
+	}
+	b.keyChanges.add(id)
+	// Kept in the feed for a minute past now, the soonest tidy drops it.
+	return b.appendRevocationLocked(ctx, s, revocation{ID: id, Type: secretTypeAPIKey, RevokedAt: now, ExpiresAt: maxTime(k.ExpiresAt, now.Add(time.Minute))})
+}
+
+func (b *backend) pathKeySuspend(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	id, suspend := d.Get("key_id").(string), d.Get("action").(string) == "suspend"
+	if !apikey.ValidateID(id) {
+		return logical.ErrorResponse("%q is not a key_id (12 base62 characters)", id), nil
+	}
+	b.revocationMu.Lock()
+	defer b.revocationMu.Unlock()
+	k, err := b.getKey(ctx, req.Storage, id)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case k == nil:
+		return logical.ErrorResponse("key %s does not exist", id), nil
+	case k.revoked():
+		return logical.ErrorResponse("key %s is revoked: suspension would change nothing", id), nil
+	case !suspend && k.SuspendedBy == "role":
+		return logical.ErrorResponse("key %s was suspended with role %q: resume the role", id, k.Role), nil
+	}
+	if suspend && !k.suspended() {
+		k.SuspendedAt, k.SuspendedBy = time.Now().UTC().Truncate(time.Second), "key"
+	} else if !suspend {
+		k.SuspendedAt, k.SuspendedBy = time.Time{}, ""
+	}
+	if err := b.putKey(ctx, req.Storage, k); err != nil {
+		return nil, err
+	}
+	b.keyChanges.add(id)
+	b.Logger().Info("key "+d.Get("action").(string)+"d", "key_id", id, "entity_id", req.EntityID)
+	data := map[string]interface{}{"key_id": id, "suspended": k.suspended()}
+	k.lifecycleData(data)
+	delete(data, "replaced_by")
+	delete(data, "replaces")
+	return &logical.Response{Data: data}, nil
+}
+
+func (b *backend) pathRoleSuspend(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	name, suspend := d.Get("name").(string), d.Get("action").(string) == "suspend"
+	r, err := b.getRole(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+	if r == nil {
+		return logical.ErrorResponse("role %q does not exist", name), nil
+	}
+	r.Suspended = suspend
+	if err := putJSON(ctx, req.Storage, rolePrefix+name, r); err != nil {
+		return nil, err
+	}
+	ids, err := req.Storage.List(ctx, keyPrefix)
+	if err != nil {
+		return nil, fmt.Errorf("listing keys: %w", err)
+	}
+	changed := 0
+	now := time.Now().UTC().Truncate(time.Second)
+	for _, id := range ids {
+		ok, err := b.setRoleSuspension(ctx, req.Storage, id, name, suspend, now)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			changed++
+		}
+	}
+	b.Logger().Info("role "+d.Get("action").(string)+"d", "role", name, "keys", changed, "entity_id", req.EntityID)
+	return &logical.Response{Data: map[string]interface{}{"role": name, "suspended": suspend, "keys": changed}}, nil
+}
+
+// setRoleSuspension suspends (or resumes) one key with its role; a key
+// suspended on its own is left as it is.
+func (b *backend) setRoleSuspension(ctx context.Context, s logical.Storage, id, role string, suspend bool, now time.Time) (bool, error) {
+	b.revocationMu.Lock()
+	defer b.revocationMu.Unlock()
+	k, err := b.getKey(ctx, s, id)
+	if err != nil || k == nil || k.Role != role || k.revoked() || !now.Before(k.ExpiresAt) {
+		return false, err
+	}
+	switch {
+	case suspend && !k.suspended():
+		k.SuspendedAt, k.SuspendedBy = now, "role"
+	case !suspend && k.SuspendedBy == "role":
+		k.SuspendedAt, k.SuspendedBy = time.Time{}, ""
+	default:
+		return false, nil
+	}
+	if err := b.putKey(ctx, s, k); err != nil {
+		return false, err
+	}
+	b.keyChanges.add(id)
+	return true, nil
+}
+
+func (b *backend) pathRevokeByValue(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	creds := d.Get("keys").([]string)
+	if k := d.Get("key").(string); k != "" {
+		creds = append([]string{k}, creds...)
+	}
+	switch {
+	case len(creds) == 0:
+		return logical.ErrorResponse("give key (or keys): the credential(s) to revoke"), nil
+	case len(creds) > maxRevokeByValue:
+		return logical.ErrorResponse("at most %d credentials per request, got %d", maxRevokeByValue, len(creds)), nil
+	}
+	results := make([]map[string]interface{}, 0, len(creds))
+	for i, c := range creds {
+		res, err := b.revokeOneByValue(ctx, req, strings.TrimSpace(c))
+		if err != nil {
+			return nil, err
+		}
+		res["index"] = i
+		results = append(results, res)
+	}
+	b.Logger().Info("revoke by value", "count", len(creds), "entity_id", req.EntityID)
+	return &logical.Response{Data: map[string]interface{}{"results": results}}, nil
+}
+
+func (b *backend) revokeOneByValue(ctx context.Context, req *logical.Request, cred string) (map[string]interface{}, error) {
+	if contract.LooksLikeJWT(cred) {
+		c, reason, userErr, err := b.ownJWT(ctx, req, cred, "")
+		switch {
+		case err != nil:
+			return nil, err
+		case userErr != nil, reason == reasonRevoked && c == nil:
+			// A revoked token's claims are not returned; say so without them.
+			if reason == reasonRevoked {
+				return map[string]interface{}{"kind": secretTypeJWT, "result": "already_revoked"}, nil
+			}
+			return map[string]interface{}{"kind": secretTypeJWT, "result": "not_found"}, nil
+		case reason == reasonExpired:
+			return map[string]interface{}{"kind": secretTypeJWT, "result": "expired"}, nil
+		case reason != "":
+			return map[string]interface{}{"kind": secretTypeJWT, "result": reasonMalformed}, nil
+		}
+		if err := b.revokeJTI(ctx, req.Storage, c.ID, c.ExpiresAt.Time); err != nil {
+			return nil, err
+		}
+		return map[string]interface{}{"kind": secretTypeJWT, "id": c.ID, "result": "revoked"}, nil
+	}
+	k, reason, _, err := b.keyByValue(ctx, req.Storage, cred)
+	switch {
+	case err != nil:
+		return nil, err
+	case reason != "":
+		return map[string]interface{}{"kind": secretTypeAPIKey, "result": reason}, nil
+	case k.revoked():
+		return map[string]interface{}{"kind": secretTypeAPIKey, "id": k.ID, "result": "already_revoked"}, nil
+	case !time.Now().Before(k.ExpiresAt):
+		return map[string]interface{}{"kind": secretTypeAPIKey, "id": k.ID, "result": "expired"}, nil
+	}
+	if err := b.revokeKey(ctx, req.Storage, k.ID); err != nil {
+		return nil, err
+	}
+	return map[string]interface{}{"kind": secretTypeAPIKey, "id": k.ID, "result": "revoked"}, nil
+}

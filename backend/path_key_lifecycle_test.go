@@ -1,0 +1,190 @@
+package backend
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+func (e *testEnv) verifyKey(key string) map[string]interface{} {
+	e.t.Helper()
+	return e.ok(logical.UpdateOperation, "verify", map[string]interface{}{"credential": key, "remote_addr": "10.0.0.1"}).Data
+}
+
+// Rotation with grace: both keys work until the grace ends, the old one's
+// verifications say it is replaced, spend continues on one meter, and the
+// old key is revoked through the feed at the end of its grace.
+func TestRotateWithGrace(t *testing.T) {
+	e := newTestEnv(t)
+	e.createRole("web", map[string]interface{}{"scopes": "read", "ttl": "2h", "max_ttl": "4h", "budget": 100, "max_cost_per_request": 10,
+		"metadata": map[string]interface{}{"team": "payments"}})
+	old := e.mint("web", map[string]interface{}{"name": "ci", "scopes": "read"})
+	oldID, oldKey := old.Data["key_id"].(string), old.Data["key"].(string)
+	e.reserve(oldID, 30)
+
+	rot := e.ok(logical.UpdateOperation, "keys/id/"+oldID+"/rotate", map[string]interface{}{"grace": "1h"})
+	newID, newKey := rot.Data["key_id"].(string), rot.Data["key"].(string)
+	if newID == oldID || rot.Data["replaces"] != oldID || rot.Data["name"] != "ci" || rot.Data["expires_at"] != old.Data["expires_at"] || rot.Secret == nil {
+		t.Fatalf("rotate answer %#v lease %#v", rot.Data, rot.Secret)
+	}
+	graceEnds, _ := time.Parse(time.RFC3339, rot.Data["grace_ends"].(string))
+	if d := time.Until(graceEnds); d < 59*time.Minute || d > time.Hour {
+		t.Fatalf("grace ends in %s, want 1h", d)
+	}
+	v := e.verifyKey(oldKey)
+	if v["valid"] != true || v["replaced_by"] != newID || v["expires_at"] != rot.Data["grace_ends"] {
+		t.Fatalf("old key during its grace: %#v", v)
+	}
+	if v := e.verifyKey(newKey); v["valid"] != true || v["metadata"].(map[string]string)["team"] != "payments" || v["replaced_by"] != nil {
+		t.Fatalf("successor: %#v", v)
+	}
+	// One meter: what the old key reserved counts against the successor.
+	e.reserve(newID, 40)
+	if s := e.spend("budget/" + newID); s[3] != 30 {
+		t.Fatalf("successor's budget after 30 + 40 reserved on the two keys: %v, want 30 remaining", s)
+	}
+	read := e.ok(logical.ReadOperation, "keys/id/"+oldID, nil).Data
+	if read["replaced_by"] != newID || e.ok(logical.ReadOperation, "keys/id/"+newID, nil).Data["replaces"] != oldID {
+		t.Fatalf("key reads: %#v", read)
+	}
+	if r, err := e.lease(logical.RenewOperation, old.Secret); err != nil || !r.IsError() || !strings.Contains(r.Error().Error(), "was rotated") {
+		t.Fatalf("renewing the replaced key: %v %#v", err, r)
+	}
+	e.userError(logical.UpdateOperation, "keys/id/"+oldID+"/rotate", nil, "already rotated")
+	e.userError(logical.UpdateOperation, "keys/id/"+oldID+"/rotate", map[string]interface{}{"grace": "-1s"}, "")
+
+	// At the end of the grace the active node revokes it, through the feed.
+	if err := e.b.revokeRotated(context.Background(), e.storage, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if ids, _, _ := e.feed(0); slices.Contains(ids, oldID) {
+		t.Fatal("revoked before its grace ended")
+	}
+	if err := e.b.revokeRotated(context.Background(), e.storage, time.Now().Add(2*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if ids, _, _ := e.feed(0); !slices.Contains(ids, oldID) {
+		t.Fatalf("feed %v lacks the rotated key after its grace", ids)
+	}
+	if v := e.verifyKey(oldKey); v["reason"] != "revoked" {
+		t.Fatalf("old key after its grace: %v", v["reason"])
+	}
+
+	// An orphan key's successor is no lease.
+	e.createRole("batch", map[string]interface{}{"scopes": "read", "orphan": true, "ttl": "1h"})
+	o := e.mint("batch", nil)
+	if r := e.ok(logical.UpdateOperation, "keys/id/"+o.Data["key_id"].(string)+"/rotate", map[string]interface{}{"grace": "0s"}); r.Secret != nil {
+		t.Fatalf("an orphan key's successor came as a lease")
+	}
+	if v := e.verifyKey(o.Data["key"].(string)); v["reason"] != "expired" {
+		t.Fatalf("rotated with no grace: old key %v", v["reason"])
+	}
+}
+
+func TestSuspendAndResume(t *testing.T) {
+	e := newTestEnv(t)
+	e.createRole("web", map[string]interface{}{"scopes": "read"})
+	a, b := e.mint("web", nil), e.mint("web", nil)
+	aID, bID := a.Data["key_id"].(string), b.Data["key_id"].(string)
+
+	if d := e.ok(logical.UpdateOperation, "keys/id/"+aID+"/suspend", nil).Data; d["suspended"] != true || d["suspended_by"] != "key" {
+		t.Fatalf("suspend: %#v", d)
+	}
+	if v := e.verifyKey(a.Data["key"].(string)); v["reason"] != "suspended" {
+		t.Fatalf("suspended key: %v", v["reason"])
+	}
+	recs, _, _ := e.snapshotAll(nil)
+	if !recs[aID].Suspended || recs[bID].Suspended {
+		t.Fatalf("key records: %+v %+v", recs[aID], recs[bID])
+	}
+
+	// The role's keys: all suspended, no mints; resuming the role leaves a
+	// key suspended on its own alone.
+	if d := e.ok(logical.UpdateOperation, "roles/web/suspend", nil).Data; d["keys"] != 1 || d["suspended"] != true {
+		t.Fatalf("role suspend: %#v", d)
+	}
+	e.userError(logical.UpdateOperation, "keys/web", map[string]interface{}{"name": "x"}, "is suspended")
+	e.userError(logical.UpdateOperation, "keys/id/"+bID+"/resume", nil, "resume the role")
+	if v := e.verifyKey(b.Data["key"].(string)); v["reason"] != "suspended" {
+		t.Fatalf("key of a suspended role: %v", v["reason"])
+	}
+	if d := e.ok(logical.UpdateOperation, "roles/web/resume", nil).Data; d["keys"] != 1 {
+		t.Fatalf("role resume: %#v", d)
+	}
+	if v := e.verifyKey(b.Data["key"].(string)); v["valid"] != true {
+		t.Fatalf("after the role resumed: %v", v["reason"])
+	}
+	if v := e.verifyKey(a.Data["key"].(string)); v["reason"] != "suspended" {
+		t.Fatalf("a key suspended on its own, after the role resumed: %v", v["reason"])
+	}
+	if d := e.ok(logical.UpdateOperation, "keys/id/"+aID+"/resume", nil).Data; d["suspended"] != false {
+		t.Fatalf("resume: %#v", d)
+	}
+	if v := e.verifyKey(a.Data["key"].(string)); v["valid"] != true {
+		t.Fatalf("resumed key: %v", v["reason"])
+	}
+	if d := e.ok(logical.ReadOperation, "keys/id/"+aID, nil).Data; d["suspended_at"] != nil {
+		t.Fatalf("resumed key read: %#v", d)
+	}
+	e.ok(logical.UpdateOperation, "keys/id/"+aID+"/suspend", nil)
+	if d := e.ok(logical.ReadOperation, "keys/id/"+aID, nil).Data; d["suspended_by"] != "key" || d["suspended_at"] == nil {
+		t.Fatalf("suspended key read: %#v", d)
+	}
+	e.userError(logical.UpdateOperation, "roles/nope/suspend", nil, "does not exist")
+	e.userError(logical.UpdateOperation, "keys/id/short/suspend", nil, "is not a key_id")
+	if d := e.ok(logical.ReadOperation, "roles/web", nil).Data; d["suspended"] != false {
+		t.Fatalf("role read after resume: %#v", d)
+	}
+}
+
+func TestRevokeByValue(t *testing.T) {
+	e := newJWTEnv(t, nil)
+	e.createRole("web", map[string]interface{}{"scopes": "read"})
+	k := e.mint("web", nil)
+	key := k.Data["key"].(string)
+	tok := e.ok(logical.UpdateOperation, "token/agent", nil)
+	unknown := "kb_" + strings.Repeat("A", 12) + "_" + strings.Repeat("B", 43)
+
+	resp := e.ok(logical.UpdateOperation, "revoke", map[string]interface{}{"key": key, "keys": tok.Data["token"].(string) + ",not-a-key," + key})
+	got := resp.Data["results"].([]map[string]interface{})
+	want := []struct{ kind, id, result string }{
+		{secretTypeAPIKey, k.Data["key_id"].(string), "revoked"},
+		{secretTypeJWT, tok.Data["jti"].(string), "revoked"},
+		{secretTypeAPIKey, "", "malformed"},
+		{secretTypeAPIKey, k.Data["key_id"].(string), "already_revoked"},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("results %#v", got)
+	}
+	for i, w := range want {
+		if got[i]["kind"] != w.kind || (w.id != "" && got[i]["id"] != w.id) || got[i]["result"] != w.result || got[i]["index"] != i {
+			t.Errorf("result %d: %#v, want %+v", i, got[i], w)
+		}
+	}
+	for _, r := range got {
+		for _, v := range r {
+			if s, ok := v.(string); ok && (strings.Contains(s, key) || strings.Contains(s, tok.Data["token"].(string))) {
+				t.Fatalf("a result names the credential: %#v", r)
+			}
+		}
+	}
+	if v := e.verifyKey(key); v["reason"] != "revoked" {
+		t.Fatalf("key after revoke by value: %v", v["reason"])
+	}
+	ids, _, _ := e.feed(0)
+	if !slices.Contains(ids, tok.Data["jti"].(string)) || !slices.Contains(ids, k.Data["key_id"].(string)) {
+		t.Fatalf("feed %v", ids)
+	}
+	if r := e.ok(logical.UpdateOperation, "revoke", map[string]interface{}{"key": unknown}).Data["results"].([]map[string]interface{}); r[0]["result"] != "not_found" && r[0]["result"] != "malformed" {
+		t.Fatalf("unknown key: %#v", r)
+	}
+	if r := e.ok(logical.UpdateOperation, "revoke", map[string]interface{}{"key": tok.Data["token"]}).Data["results"].([]map[string]interface{}); r[0]["result"] != "already_revoked" {
+		t.Fatalf("revoked JWT again: %#v", r)
+	}
+	e.userError(logical.UpdateOperation, "revoke", nil, "give key")
+	e.userError(logical.UpdateOperation, "revoke", map[string]interface{}{"keys": strings.Repeat("x,", 101)}, "at most 100")
+}
