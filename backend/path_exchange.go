@@ -100,7 +100,11 @@ A metered subject's budget is shared: the new token spends from the same
 meter. Revoking a token revokes every token exchanged from it, through the
 revocation feed. DPoP-bound subject tokens cannot be exchanged (the caller
 cannot prove their key); the new token can be bound to the caller's key.
-Exchanged tokens get no refresh token: exchange again.`,
+Exchanged tokens get no refresh token: exchange again.
+
+role is a field, not part of the path: pin it in each agent's policy
+(allowed_parameters = { "role" = ["<role>"], "*" = [] }), or the agent may
+exchange under any role that delegates.`,
 	}
 }
 
@@ -201,7 +205,12 @@ func (b *backend) pathExchangeWrite(ctx context.Context, req *logical.Request, d
 	}
 
 	// Spend: a metered subject's meter, shared; else the role's limits.
+	// The rate limit is the stricter of the subject's and the role's: an
+	// exchange never lifts one.
 	g.limits = r.limits
+	if sr := subject.Rate; sr != nil && sr.PerSecond > 0 && (g.RateLimit == 0 || sr.PerSecond < g.RateLimit) {
+		g.RateLimit, g.RateBurst = sr.PerSecond, max(1, sr.Burst)
+	}
 	meterID, root, err := b.meterRoot(ctx, req.Storage, subject.ID)
 	if err != nil {
 		return nil, err
@@ -359,6 +368,35 @@ func (b *backend) revokeDerivedLocked(ctx context.Context, s logical.Storage, jt
 		if err := b.revokeJTILocked(ctx, s, child, exp, depth+1); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// tidyDerived deletes the derived indexes in which nothing is live, each
+// judged again under the lock exchanges add to them under, so a child
+// filed meanwhile is never dropped.
+func (b *backend) tidyDerived(ctx context.Context, s logical.Storage, now time.Time) error {
+	names, err := s.List(ctx, derivedPrefix)
+	if err != nil {
+		return fmt.Errorf("listing %s: %w", derivedPrefix, err)
+	}
+	for _, n := range names {
+		if err := b.tidyOneDerived(ctx, s, n, now); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *backend) tidyOneDerived(ctx context.Context, s logical.Storage, name string, now time.Time) error {
+	b.revocationMu.Lock()
+	defer b.revocationMu.Unlock()
+	dt, err := getJSON[derivedTokens](ctx, s, derivedPrefix+name)
+	if err != nil || dt == nil || now.Before(dt.expiry()) {
+		return err
+	}
+	if err := s.Delete(ctx, derivedPrefix+name); err != nil {
+		return fmt.Errorf("deleting %s%s: %w", derivedPrefix, name, err)
 	}
 	return nil
 }

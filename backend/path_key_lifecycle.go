@@ -187,6 +187,10 @@ func (b *backend) pathKeyRotate(ctx context.Context, req *logical.Request, d *fr
 	if next.NotAfter.IsZero() && r.MaxTTL > 0 {
 		next.NotAfter = old.CreatedAt.Add(r.MaxTTL)
 	}
+	if old.Approval != "" {
+		// Approved for so long: the successor no longer.
+		next.Approval, next.NotAfter = old.Approval, old.ExpiresAt
+	}
 	if old.SuspendedBy == "role" {
 		next.SuspendedAt, next.SuspendedBy = old.SuspendedAt, old.SuspendedBy
 	}
@@ -228,7 +232,7 @@ func (b *backend) pathKeyRotate(ctx context.Context, req *logical.Request, d *fr
 	}
 	resp := b.Secret(secretTypeAPIKey).Response(data, map[string]interface{}{"key_id": next.ID})
 	resp.Secret.TTL = next.ExpiresAt.Sub(now)
-	resp.Secret.Renewable = !r.NotRenewable
+	resp.Secret.Renewable = !r.NotRenewable && next.Approval == ""
 	if !next.NotAfter.IsZero() {
 		resp.Secret.MaxTTL = next.NotAfter.Sub(now)
 	}

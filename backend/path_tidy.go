@@ -103,9 +103,7 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage, now time.Time) (t
 	}); err != nil {
 		return st, err
 	}
-	if _, err = tidyPrefix(ctx, s, derivedPrefix, func(dt *derivedTokens) bool {
-		return !now.Before(dt.expiry())
-	}); err != nil {
+	if err = b.tidyDerived(ctx, s, now); err != nil {
 		return st, err
 	}
 	if st != (tidyStats{}) {

@@ -331,6 +331,19 @@ func dpopBinding(d *framework.FieldData) (string, error) {
 // subject derives sub from the caller's Vault identity. A caller without an
 // entity (a root token, say) gets a sub that says so.
 func (b *backend) subject(req *logical.Request, how string) (string, error) {
+	sub, err := b.rawSubject(req, how)
+	if err != nil {
+		return "", err
+	}
+	// It goes into headers and logs: no control characters, and no
+	// spaces around it that a header reader would trim away.
+	if err := validateText("the caller's subject", sub, 512); err != nil || strings.TrimSpace(sub) != sub || sub == "" {
+		return "", fmt.Errorf("the caller's Vault identity gives subject %q, which cannot be a token's sub (empty, control characters, spaces around it, or over 512 characters)", sub)
+	}
+	return sub, nil
+}
+
+func (b *backend) rawSubject(req *logical.Request, how string) (string, error) {
 	if req.EntityID == "" {
 		return "no-entity:" + req.DisplayName, nil
 	}
@@ -410,11 +423,14 @@ func (b *backend) revokeJTILocked(ctx context.Context, s logical.Storage, jti st
 	if existing != nil {
 		return nil
 	}
+	// What was exchanged from it first: should that fail, the token is not
+	// yet marked revoked, so Vault's retry of the revocation walks the
+	// chain again instead of finding it done.
+	if err := b.revokeDerivedLocked(ctx, s, jti, depth); err != nil {
+		return err
+	}
 	if err := putJSON(ctx, s, revokedJTIPrefix+jti, revokedJTI{ExpiresAt: exp}); err != nil {
 		return err
 	}
-	if err := b.appendRevocationLocked(ctx, s, revocation{ID: jti, Type: secretTypeJWT, RevokedAt: now, ExpiresAt: exp}); err != nil {
-		return err
-	}
-	return b.revokeDerivedLocked(ctx, s, jti, depth)
+	return b.appendRevocationLocked(ctx, s, revocation{ID: jti, Type: secretTypeJWT, RevokedAt: now, ExpiresAt: exp})
 }

@@ -3,6 +3,7 @@ package backend
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -70,6 +71,9 @@ func (b *backend) renewAPIKey(ctx context.Context, req *logical.Request, _ *fram
 	}
 	if k.Approval != "" {
 		return logical.ErrorResponse("key %s was minted through approval request %s and lives only as long as approved", id, k.Approval), nil
+	}
+	if needs := subset(k.Scopes, subset(k.Scopes, r.ApprovalScopes)); len(needs) > 0 && k.Approval == "" {
+		return logical.ErrorResponse("role %q now needs approval for scopes %s: mint through keybroker/approvals", k.Role, strings.Join(needs, ", ")), nil
 	}
 	if r.NotRenewable {
 		// Vault refuses to renew a lease minted non-renewable; this

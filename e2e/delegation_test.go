@@ -47,16 +47,22 @@ func TestDelegationChain(t *testing.T) {
 	write(t, root, "keybroker/roles/user", map[string]interface{}{"scopes": "read,write", "audiences": "tool-agent", "token_ttl": "10m"})
 	write(t, root, "keybroker/roles/tool", map[string]interface{}{"scopes": "read,write", "audiences": "svc", "allowed_subject_roles": "user"})
 	write(t, root, "keybroker/roles/subtool", map[string]interface{}{"scopes": "read", "audiences": "svc", "allowed_subject_roles": "tool", "max_delegation_depth": 2})
-	exchangePolicy := `path "keybroker/token/exchange" { capabilities = ["update"] }`
+	// The role is a field of token/exchange: each agent's policy pins it.
+	exchangePolicy := func(role string) string {
+		return `path "keybroker/token/exchange" {
+  capabilities = ["update"]
+  allowed_parameters = { "role" = ["` + role + `"], "*" = [] }
+}`
+	}
 	user, err := v.LoginAs(ctxT(t), "user-agent", `path "keybroker/token/user" { capabilities = ["update"] }`)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tool, err := v.LoginAs(ctxT(t), "tool-agent", exchangePolicy)
+	tool, err := v.LoginAs(ctxT(t), "tool-agent", exchangePolicy("tool"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	subtool, err := v.LoginAs(ctxT(t), "subtool-agent", exchangePolicy)
+	subtool, err := v.LoginAs(ctxT(t), "subtool-agent", exchangePolicy("subtool"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,6 +83,9 @@ func TestDelegationChain(t *testing.T) {
 		http.StatusBadRequest, "scopes write are not allowed by the role")
 	writeErr(t, tool, "keybroker/token/exchange", map[string]interface{}{"role": "tool", "subject_token": t0.Data["token"], "scopes": "admin"},
 		http.StatusBadRequest, "scopes admin are not in the subject token")
+	// An agent cannot pick another delegating role than its policy's.
+	writeErr(t, subtool, "keybroker/token/exchange", map[string]interface{}{"role": "tool", "subject_token": t0.Data["token"]},
+		http.StatusForbidden, "permission denied")
 	t2 := write(t, subtool, "keybroker/token/exchange", map[string]interface{}{"role": "subtool", "subject_token": t1.Data["token"]})
 	if t2.Data["sub"] != userID || !slices.Equal(toStrings(t2.Data["actors"]), []string{subtoolID, toolID}) || !slices.Equal(toStrings(t2.Data["scopes"]), []string{"read"}) {
 		t.Fatalf("second hop answer %#v (user %s tool %s subtool %s)", t2.Data, userID, toolID, subtoolID)
