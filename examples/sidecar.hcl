@@ -53,6 +53,14 @@ gateway = "nginx"
 # allow_unmatched           = false  # requests matching no route are denied
 # log_format                = "json"
 
+# The decision log: a JSON line per decision, for auditors and log shippers
+# (see the README). Every denial, and this fraction of the allows. "-" is
+# stdout. Appended to, created 0600; rotate with copytruncate. Lines the
+# writer's queue cannot take are dropped and counted in
+# keybroker_sidecar_decision_log_dropped_total.
+# decision_log_path           = "/var/log/keybroker/decisions.log"
+# decision_log_sample_allowed = 1
+
 # API keys that go to Vault (minted in the last 30s and not yet replicated,
 # or with no replica) and that Vault refuses, per client address (IPv6: per /64):
 # failed_auth_burst, then failed_auth_rate per second; past that, 429

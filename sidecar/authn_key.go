@@ -42,8 +42,11 @@ func (sc *Sidecar) checkKey(ctx context.Context, key string, ip netip.Addr) (*id
 				// The plugin filters too; this holds whatever it sends.
 				return nil, deny(http.StatusUnauthorized, reasonInvalid)
 			}
-			if rec.revoked {
+			switch {
+			case rec.revoked:
 				return nil, deny(http.StatusUnauthorized, reasonRevoked)
+			case rec.suspended:
+				return nil, deny(http.StatusUnauthorized, reasonSuspended)
 			}
 			return rec.identity(strings.Clone(parsed.ID), metered), decision{degraded: r.failing.Load()}
 		case rec != nil:
@@ -109,9 +112,10 @@ func (sc *Sidecar) checkKey(ctx context.Context, key string, ip netip.Addr) (*id
 	}
 	switch ans.Reason {
 	case reasonOK:
-	case reasonCIDRDenied:
-		// Depends on the address, so not cached.
-		return nil, deny(http.StatusUnauthorized, reasonCIDRDenied)
+	case reasonCIDRDenied, reasonSuspended:
+		// Depends on the address, or ends when an operator resumes the
+		// key: not cached.
+		return nil, deny(http.StatusUnauthorized, ans.Reason)
 	case contract.ReasonDPoPRequired:
 		// A bound key Vault will not vouch for without its proof: only
 		// its record can let the sidecar check one. Cached as refused, so
@@ -133,7 +137,7 @@ func (sc *Sidecar) checkKey(ctx context.Context, key string, ip netip.Addr) (*id
 		return nil, deny(http.StatusUnauthorized, reason)
 	}
 	id := &identity{id: ans.KeyID, subject: "key:" + ans.KeyID, role: ans.Role, tenant: ans.Tenant, scopes: ans.Scopes,
-		budget: ans.Budget, rate: ans.RateLimit}
+		budget: ans.Budget, rate: ans.RateLimit, replacedBy: ans.ReplacedBy}
 	if id.expiresAt, err = time.Parse(time.RFC3339, ans.ExpiresAt); err != nil {
 		return nil, deny(http.StatusServiceUnavailable, reasonUnavailable)
 	}

@@ -118,6 +118,11 @@ type Config struct {
 
 	LogLevel  string `hcl:"log_level,optional"`
 	LogFormat string `hcl:"log_format,optional"`
+	// DecisionLogPath is where each decision goes as a JSON line ("-":
+	// stdout; empty: off); DecisionLogSampleAllowed is the fraction of
+	// allows logged (default 1); every denial is.
+	DecisionLogPath          string   `hcl:"decision_log_path,optional"`
+	DecisionLogSampleAllowed *float64 `hcl:"decision_log_sample_allowed,optional"`
 
 	Vault  *VaultConfig  `hcl:"vault,block"`
 	Routes []RouteConfig `hcl:"route,block"`
@@ -210,6 +215,8 @@ type settings struct {
 	roleID, roleIDFile  string
 	secretIDFile        string
 	logLevel, logFormat string
+	decisionLogPath     string // "": off; "-": stdout
+	decisionLogSample   float64
 }
 
 // ParseConfigFile reads an HCL config file.
@@ -463,6 +470,16 @@ func (c *Config) settings() (*settings, error) {
 	s.roleID, s.roleIDFile, s.secretIDFile = v.RoleID, v.RoleIDFile, v.SecretIDFile
 	if (s.roleID == "") == (s.roleIDFile == "") {
 		return nil, fmt.Errorf("vault: set exactly one of role_id and role_id_file")
+	}
+	s.decisionLogPath, s.decisionLogSample = c.DecisionLogPath, 1
+	if c.DecisionLogSampleAllowed != nil {
+		s.decisionLogSample = *c.DecisionLogSampleAllowed
+		switch {
+		case s.decisionLogPath == "":
+			return nil, fmt.Errorf("decision_log_sample_allowed needs decision_log_path, which turns the decision log on")
+		case !(s.decisionLogSample >= 0 && s.decisionLogSample <= 1):
+			return nil, fmt.Errorf("decision_log_sample_allowed must be between 0 and 1 (the fraction of allowed decisions logged; every denial is)")
+		}
 	}
 	return s, nil
 }

@@ -83,6 +83,10 @@ func CheckConfig(c *Config) ([]byte, error) {
 	if s.publicOrigin != "" {
 		eff["dpop_proof_max_age"], eff["dpop_replay_cache_size"] = dur(s.dpopMaxAge), s.dpopReplaySize
 	}
+	eff["decision_log_path"] = s.decisionLogPath
+	if s.decisionLogPath != "" {
+		eff["decision_log_sample_allowed"] = s.decisionLogSample
+	}
 	return json.MarshalIndent(eff, "", "  ")
 }
 

@@ -32,6 +32,9 @@ type identity struct {
 	// actors is the delegation chain of an exchanged token (RFC 8693
 	// act), the current actor first; nil when nobody acts for the subject.
 	actors []string
+	// replacedBy: an API key rotated to this key_id, working until
+	// expiresAt (the end of its grace); its clients are told.
+	replacedBy string
 	// lineageKey is what the rate limit is kept by, made once with the
 	// identity (which is cached), not per request.
 	lineageKey string
@@ -47,6 +50,7 @@ const (
 	reasonRevoked           = contract.ReasonRevoked
 	reasonCIDRDenied        = contract.ReasonCIDRDenied
 	reasonInsufficientScope = contract.ReasonInsufficientScope
+	reasonSuspended         = contract.ReasonSuspended
 
 	reasonNoCredential      = "no_credential"
 	reasonCredentialInQuery = "credential_in_query"
@@ -85,14 +89,17 @@ const keyMintFallbackWindow = 30 * time.Second
 
 // decision is the outcome for one request.
 type decision struct {
-	status   int
-	reason   string
-	scope    string // the route's scopes, for insufficient_scope
-	allow    string // the Allow header, for method_not_allowed
+	status int
+	reason string
+	scope  string // the route's scopes, for insufficient_scope
+	allow  string // the Allow header, for method_not_allowed
+	// id is the caller; on a denial (made after the credential verified)
+	// it is only for the decision log.
 	id       *identity
 	degraded bool
 	// path is the canonical path decided on and query the raw query: what
-	// goes upstream.
+	// goes upstream. A denial has its path (once canonical) and route
+	// too, for the decision log, never its query.
 	path, query string
 	// retryAfter goes with 429s; hold is the budget an allowed request
 	// holds until it settles (nil when not metered); rt is the route.
@@ -126,7 +133,7 @@ type request struct {
 
 // decide is the only way to a decision: it canonicalises the target, finds
 // the route and checks the credential.
-func (sc *Sidecar) decide(ctx context.Context, r request) decision {
+func (sc *Sidecar) decide(ctx context.Context, r request) (d decision) {
 	rawPath, rawQuery, ok := splitTarget(r.target)
 	if !ok {
 		return deny(http.StatusBadRequest, reasonNonCanonicalPath)
@@ -135,6 +142,21 @@ func (sc *Sidecar) decide(ctx context.Context, r request) decision {
 	if !ok {
 		return deny(http.StatusBadRequest, reasonNonCanonicalPath)
 	}
+	// A denial from here on says its path, its route and, once the
+	// credential verified, whose it is: for the decision log.
+	var rt *route
+	var who *identity
+	defer func() {
+		if d.path == "" {
+			d.path = path
+		}
+		if d.rt == nil {
+			d.rt = rt
+		}
+		if d.id == nil {
+			d.id = who
+		}
+	}()
 	rt, g := sc.s.match(r.method, path)
 	switch {
 	case rt == nil && g != nil:
@@ -166,6 +188,7 @@ func (sc *Sidecar) decide(ctx context.Context, r request) decision {
 	if id == nil {
 		return d
 	}
+	who = id
 	// Challenges answer in the scheme the credential came with.
 	switch {
 	case sc.revoked.has(id.id):

@@ -95,7 +95,7 @@ func (a extAuthz) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.
 func (sc *Sidecar) checkGRPC(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	if !sc.trusted(grpcPeer(ctx)) {
 		d := deny(http.StatusForbidden, reasonUntrustedGateway)
-		sc.m.decisions.WithLabelValues("grpc", "deny", d.reason).Inc()
+		sc.countEarlyDenial("grpc", d, request{clientIP: grpcPeer(ctx)})
 		return sc.grpcDenial(d), nil
 	}
 	hr := req.GetAttributes().GetRequest().GetHttp()
@@ -106,7 +106,7 @@ func (sc *Sidecar) checkGRPC(ctx context.Context, req *authv3.CheckRequest) (*au
 	tooLarge, clOK := sc.bodyTooLarge(hr.GetSize(), header)
 	if hr == nil || hr.GetMethod() == "" || hr.GetPath() == "" || !ok || !clOK {
 		d := deny(http.StatusBadRequest, reasonBadRequest)
-		sc.m.decisions.WithLabelValues("grpc", "deny", d.reason).Inc()
+		sc.countEarlyDenial("grpc", d, request{method: hr.GetMethod(), target: hr.GetPath(), header: header, clientIP: sourceIP(req)})
 		return sc.grpcDenial(d), nil
 	}
 	if tooLarge {
@@ -265,6 +265,12 @@ func grpcAllow(d decision, clientHeader http.Header) (*authv3.OkHttpResponse, er
 		// To the client, as the proxy puts it on its response (and
 		// examples/nginx.conf on nginx's); never to the service.
 		ok.ResponseHeadersToAdd = append(ok.ResponseHeadersToAdd, overwrite(headerRemaining, strconv.FormatInt(d.hold.remaining, 10)))
+	}
+	if rh := (http.Header{}); d.id != nil && d.id.replacedBy != "" {
+		setReplaced(rh, d.id)
+		for _, name := range []string{headerReplacedBy, headerKeyExpires} {
+			ok.ResponseHeadersToAdd = append(ok.ResponseHeadersToAdd, overwrite(name, rh.Get(name)))
+		}
 	}
 	for _, name := range credentialHeaders {
 		ok.HeadersToRemove = append(ok.HeadersToRemove, strings.ToLower(name))

@@ -21,6 +21,21 @@ import (
 // headerRemaining goes with every allowed request of a metered credential.
 const headerRemaining = "X-Budget-Remaining"
 
+// A rotated API key's answers tell its client which key replaces it and
+// when it stops working, so the client can switch during the grace.
+const (
+	headerReplacedBy = "X-Keybroker-Key-Replaced-By"
+	headerKeyExpires = "X-Keybroker-Key-Expires"
+)
+
+// setReplaced tells a rotated key's client about its successor.
+func setReplaced(h http.Header, id *identity) {
+	if id != nil && id.replacedBy != "" {
+		h.Set(headerReplacedBy, id.replacedBy)
+		h.Set(headerKeyExpires, id.expiresAt.UTC().Format(time.RFC3339))
+	}
+}
+
 // proxyHandler checks each request and forwards allowed ones upstream, to
 // the canonical path decided on, with the credential removed and the
 // caller's identity added.
@@ -47,7 +62,12 @@ func (sc *Sidecar) proxyHandler() http.Handler {
 		},
 		// The upstream's answer says what a metered request cost.
 		ModifyResponse: func(resp *http.Response) error {
-			if d, _ := resp.Request.Context().Value(ctxKey{}).(*decision); d != nil && d.hold != nil {
+			d, _ := resp.Request.Context().Value(ctxKey{}).(*decision)
+			if d == nil {
+				return nil
+			}
+			setReplaced(resp.Header, d.id)
+			if d.hold != nil {
 				setRemaining(resp.Header, d.hold)
 				sc.settleResponse(resp, d.hold, d.rt)
 			}
@@ -137,7 +157,7 @@ func (sc *Sidecar) serveVerify(w http.ResponseWriter, r *http.Request) {
 	}
 	if !sc.trusted(peerAddr(r)) {
 		d := deny(http.StatusForbidden, reasonUntrustedGateway)
-		sc.m.decisions.WithLabelValues("auth", "deny", d.reason).Inc()
+		sc.countEarlyDenial("auth", d, request{clientIP: peerAddr(r)})
 		sc.writeDenial(w, d, g.only2xx401403)
 		return
 	}
@@ -148,7 +168,7 @@ func (sc *Sidecar) serveVerify(w http.ResponseWriter, r *http.Request) {
 	method, target, ok := g.original(r)
 	if !ok {
 		d := deny(http.StatusBadRequest, reasonBadRequest)
-		sc.m.decisions.WithLabelValues("auth", "deny", d.reason).Inc()
+		sc.countEarlyDenial("auth", d, request{header: r.Header, clientIP: sc.clientIP(r)})
 		sc.writeDenial(w, d, g.only2xx401403)
 		return
 	}
@@ -158,6 +178,7 @@ func (sc *Sidecar) serveVerify(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	setIdentity(w.Header(), d.id, true)
+	setReplaced(w.Header(), d.id)
 	if d.hold != nil {
 		// A gateway never shows the sidecar the response: the route's
 		// cost is all that can be charged.
@@ -184,6 +205,9 @@ func (sc *Sidecar) timedDecideCtx(ctx context.Context, mode string, req request)
 	sc.m.decisions.WithLabelValues(mode, outcome, d.reason).Inc()
 	if d.degraded {
 		sc.m.degraded.Inc()
+	}
+	if sc.dlog != nil {
+		sc.dlog.decided(mode, start, &req, &d)
 	}
 	return d
 }

@@ -25,6 +25,8 @@ type metrics struct {
 	usageFallbacks *prometheus.CounterVec
 	dpopProofs     *prometheus.CounterVec
 
+	decisionLogDropped prometheus.Counter
+
 	// Resolved once: the hot path should not hash label values per request.
 	jwtHit, jwtMiss, keyHit, keyMiss, negativeHit prometheus.Counter
 	replicaHit, replicaRefused, replicaFallback   prometheus.Counter
@@ -116,6 +118,10 @@ func newMetrics(s *Sidecar) *metrics {
 		Name: "keybroker_sidecar_dpop_proofs_total",
 		Help: "Requests with the DPoP scheme by result: ok, invalid_dpop_proof, dpop_proof_replayed, dpop_not_bound, dpop_not_enabled, replay_cache_full.",
 	}, []string{"result"})
+	m.decisionLogDropped = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "keybroker_sidecar_decision_log_dropped_total",
+		Help: "Decisions not written to the decision log: its queue was full, or a write failed.",
+	})
 	m.jwtHit, m.jwtMiss = m.cache.WithLabelValues("jwt", "hit"), m.cache.WithLabelValues("jwt", "miss")
 	m.keyHit, m.keyMiss = m.cache.WithLabelValues("api_key", "hit"), m.cache.WithLabelValues("api_key", "miss")
 	m.negativeHit = m.cache.WithLabelValues("negative", "hit")
@@ -127,7 +133,7 @@ func newMetrics(s *Sidecar) *metrics {
 	m.replicaFallback = m.cache.WithLabelValues("key_replica", "fallback")
 	m.reg.MustRegister(m.decisions, m.latency, m.cache, m.degraded, m.jwksFetches, m.vaultCalls, lag, age, m.revokedCount, m.feedRestarts,
 		m.keySyncSeconds, m.keyResyncs, records, recordsLag,
-		m.spent, m.costOverHold, m.usageFallbacks, m.dpopProofs)
+		m.spent, m.costOverHold, m.usageFallbacks, m.dpopProofs, m.decisionLogDropped)
 	return m
 }
 

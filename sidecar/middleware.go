@@ -98,6 +98,7 @@ func (sc *Sidecar) Middleware(next http.Handler) http.Handler {
 		if d.id != nil {
 			out = out.WithContext(context.WithValue(out.Context(), identityKey{}, d.id.public()))
 		}
+		setReplaced(w.Header(), d.id)
 		if d.hold == nil {
 			next.ServeHTTP(w, out)
 			return

@@ -48,8 +48,12 @@ type replicaRecord struct {
 	hash    [sha256.Size]byte
 	expires int64 // Unix seconds
 	revoked bool
-	gen     uint32
-	shape   *keyShape
+	// suspended: refused until resumed; replacedBy: rotated to this
+	// key_id, working until expires (the end of its grace).
+	suspended  bool
+	replacedBy string
+	gen        uint32
+	shape      *keyShape
 }
 
 type keyShape struct {
@@ -113,7 +117,7 @@ func (r *keyReplica) lookup(id string) (rec *replicaRecord, metered bool) {
 func (rec *replicaRecord) identity(id string, metered bool) *identity {
 	sh := rec.shape
 	ident := &identity{id: id, subject: "key:" + id, role: sh.role, tenant: sh.tenant, scopes: sh.scopes, cidrs: sh.cidrs,
-		expiresAt: time.Unix(rec.expires, 0), rate: sh.rate, jkt: sh.jkt}
+		expiresAt: time.Unix(rec.expires, 0), rate: sh.rate, jkt: sh.jkt, replacedBy: rec.replacedBy}
 	if metered {
 		ident.budget = sh.budget
 	}
@@ -181,7 +185,10 @@ func parseRecord(kr *contract.KeyRecord) (*replicaRecord, string, error) {
 		}
 		return nil, "", nil
 	}
-	rec := &replicaRecord{revoked: kr.Revoked}
+	if kr.ReplacedBy != "" && !apikey.ValidateID(kr.ReplacedBy) {
+		return nil, "", fmt.Errorf("%w: replaced_by", errBadRecord)
+	}
+	rec := &replicaRecord{revoked: kr.Revoked, suspended: kr.Suspended, replacedBy: kr.ReplacedBy}
 	if len(kr.Hash) != 2*sha256.Size {
 		return nil, "", fmt.Errorf("%w: hash", errBadRecord)
 	}

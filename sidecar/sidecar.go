@@ -60,6 +60,8 @@ type Sidecar struct {
 	budgets  *budgets
 	holder   string // this sidecar's name in reservations
 
+	dlog *decisionLog // nil: no decision log (decision_log_path)
+
 	// stop ends what Start began; running counts it.
 	stop    context.CancelFunc
 	running sync.WaitGroup
@@ -127,6 +129,11 @@ func New(c *Config, log hclog.Logger) (*Sidecar, error) {
 		sc.holder = fmt.Sprintf("keybroker-sidecar %s pid %d", host, os.Getpid())
 	}
 	sc.m = newMetrics(sc)
+	if s.decisionLogPath != "" {
+		if sc.dlog, err = openDecisionLog(s.decisionLogPath, s.decisionLogSample, sc.holder, sc.m.decisionLogDropped, log.Named("decision-log")); err != nil {
+			return nil, err
+		}
+	}
 	return sc, nil
 }
 
@@ -266,7 +273,8 @@ func (sc *Sidecar) Start(ctx context.Context) {
 }
 
 // Stop reports what in-flight requests used and gives back the budget
-// left, so a clean stop loses nothing, then ends what Start began. Call it
+// left, so a clean stop loses nothing, then ends what Start began and
+// flushes and closes the decision log. Call it
 // after the server in front stopped taking requests.
 func (sc *Sidecar) Stop() {
 	final, finalDone := context.WithTimeout(context.Background(), 5*time.Second)
@@ -276,6 +284,7 @@ func (sc *Sidecar) Stop() {
 		sc.stop()
 	}
 	sc.running.Wait()
+	sc.dlog.close()
 }
 
 // server applies the configured limits, so a client cannot hold a
