@@ -104,6 +104,7 @@ func newBackend() *backend {
 			pathKeyRecords(b),
 			pathApprovals(b),
 			pathKeyLifecycle(b),
+			[]*framework.Path{pathKeyUsage(b)},
 			[]*framework.Path{
 				pathConfig(b),
 				pathRate(b),

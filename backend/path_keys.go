@@ -48,6 +48,10 @@ type keyEntry struct {
 	ReplacedBy string    `json:"replaced_by,omitempty"`
 	Replaces   string    `json:"replaces,omitempty"`
 	NotAfter   time.Time `json:"not_after,omitzero"`
+	// Last use, as sidecars report it (key-usage).
+	LastUsedAt   time.Time `json:"last_used_at,omitzero"`
+	LastUsedFrom string    `json:"last_used_from,omitempty"`
+	Uses         []keyUse  `json:"uses,omitempty"`
 	limits
 }
 
@@ -125,26 +129,36 @@ func pathKeys(b *backend) []*framework.Path {
 	})
 	delete(minted, "metadata")
 	read := merged(keyAnswerFields(), echoed(limitFields()), map[string]*framework.FieldSchema{
-		"orphan":       out(framework.TypeBool, "Whether the key was minted from an orphan role: not a Vault lease."),
-		"entity_id":    out(framework.TypeString, "Vault entity that minted the key; empty for a caller without one."),
-		"created_at":   out(framework.TypeTime, "When the key was minted."),
-		"revoked":      out(framework.TypeBool, "Whether the key was revoked."),
-		"revoked_at":   out(framework.TypeTime, "When the key was revoked; only for a revoked key."),
-		"suspended_at": out(framework.TypeTime, "When the key was suspended; only while it is."),
-		"suspended_by": withAllowed(out(framework.TypeString, "key: suspended itself; role: with its role's keys."), "key", "role"),
-		"replaced_by":  out(framework.TypeString, "The successor's key_id, once the key was rotated; it works until expires_at, the end of its grace."),
-		"replaces":     out(framework.TypeString, "The key_id of the key this one replaced (rotation)."),
+		"orphan":         out(framework.TypeBool, "Whether the key was minted from an orphan role: not a Vault lease."),
+		"entity_id":      out(framework.TypeString, "Vault entity that minted the key; empty for a caller without one."),
+		"created_at":     out(framework.TypeTime, "When the key was minted."),
+		"revoked":        out(framework.TypeBool, "Whether the key was revoked."),
+		"revoked_at":     out(framework.TypeTime, "When the key was revoked; only for a revoked key."),
+		"suspended_at":   out(framework.TypeTime, "When the key was suspended; only while it is."),
+		"suspended_by":   withAllowed(out(framework.TypeString, "key: suspended itself; role: with its role's keys."), "key", "role"),
+		"replaced_by":    out(framework.TypeString, "The successor's key_id, once the key was rotated; it works until expires_at, the end of its grace."),
+		"replaces":       out(framework.TypeString, "The key_id of the key this one replaced (rotation)."),
+		"last_used_at":   out(framework.TypeTime, "When a sidecar last let the key through, as sidecars report it (every usage_report_interval); absent: never."),
+		"last_used_from": out(framework.TypeString, "The client address of that last use."),
+		"uses":           out(framework.TypeSlice, "Requests let through per day (UTC), the last 30 days: day, count."),
 	})
 	return []*framework.Path{
 		{
 			// Listed before keys/<role> so that "keys/id" is never a role.
-			Pattern:      "keys/id/?$",
+			Pattern: "keys/id/?$",
+			Fields: map[string]*framework.FieldSchema{
+				"unused_for": {
+					Type:        framework.TypeDurationSecond,
+					Description: "List only live keys not used for this long (never used, and minted at least this long ago, or last used this long ago), to find stale keys.",
+				},
+			},
 			DisplayAttrs: list,
 			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.ListOperation: operation(b.pathKeyList, listAnswer("key_ids of the keys in storage.", "For each key_id: its name and role.")),
+				logical.ListOperation: operation(b.pathKeyList, listAnswer("key_ids of the keys in storage.", "For each key_id: its name, role and last_used_at (empty: never used).")),
 			},
-			HelpSynopsis:    "List minted API keys by key_id, with their name and role.",
-			HelpDescription: "Lists every key still in storage, revoked and expired ones included until tidy removes them.",
+			HelpSynopsis: "List minted API keys by key_id, with their name, role and last use.",
+			HelpDescription: `Lists every key still in storage, revoked and expired ones included until
+tidy removes them; with unused_for, only live keys not used for that long.`,
 		},
 		{
 			Pattern:      "keys/id/" + framework.GenericNameRegex("key_id"),
@@ -348,11 +362,17 @@ func (b *backend) createKey(ctx context.Context, s logical.Storage, prefix strin
 	return "", nil, fmt.Errorf("generating key: key_id collided three times")
 }
 
-func (b *backend) pathKeyList(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+func (b *backend) pathKeyList(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	unused := time.Duration(d.Get("unused_for").(int)) * time.Second
+	if unused < 0 {
+		return logical.ErrorResponse("unused_for must not be negative"), nil
+	}
 	ids, err := req.Storage.List(ctx, keyPrefix)
 	if err != nil {
 		return nil, fmt.Errorf("listing keys: %w", err)
 	}
+	now := time.Now()
+	listed := make([]string, 0, len(ids))
 	info := make(map[string]interface{}, len(ids))
 	for _, id := range ids {
 		k, err := b.getKey(ctx, req.Storage, id)
@@ -362,9 +382,17 @@ func (b *backend) pathKeyList(ctx context.Context, req *logical.Request, _ *fram
 		if k == nil {
 			continue // tidied between List and Get
 		}
-		info[id] = map[string]interface{}{"name": k.Name, "role": k.Role}
+		if unused > 0 && (k.revoked() || !now.Before(k.ExpiresAt) || !k.unusedFor(unused, now)) {
+			continue
+		}
+		last := ""
+		if !k.LastUsedAt.IsZero() {
+			last = k.LastUsedAt.Format(time.RFC3339)
+		}
+		listed = append(listed, id)
+		info[id] = map[string]interface{}{"name": k.Name, "role": k.Role, "last_used_at": last}
 	}
-	return logical.ListResponseWithInfo(ids, info), nil
+	return logical.ListResponseWithInfo(listed, info), nil
 }
 
 func (b *backend) pathKeyRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
@@ -386,6 +414,7 @@ func (b *backend) pathKeyRead(ctx context.Context, req *logical.Request, d *fram
 		data["revoked_at"] = k.RevokedAt.UTC().Format(time.RFC3339)
 	}
 	k.lifecycleData(data)
+	k.usageData(data)
 	return &logical.Response{Data: data}, nil
 }
 

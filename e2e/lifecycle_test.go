@@ -1,11 +1,15 @@
 package e2e
 
 import (
+	"encoding/json"
 	"net/http"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/vault/api"
 	"github.com/keybroker/keybroker/internal/vaultserver"
+	"github.com/keybroker/keybroker/sidecar"
 )
 
 // Rotation with grace at a running sidecar: both keys pass, the old one's
@@ -86,5 +90,65 @@ func TestKeyLifecycleAtASidecar(t *testing.T) {
 	})
 	if r := read(key); r.status != http.StatusUnauthorized {
 		t.Fatalf("revoked key: %d", r.status)
+	}
+}
+
+// Last used: two sidecars report the keys they let through, once per
+// interval; the plugin adds them up. Unused keys can be listed.
+func TestLastUsedAcrossSidecars(t *testing.T) {
+	v := vaultserver.StartT(t)
+	setupRoles(t, v)
+	fast := func(c *sidecar.Config) { c.UsageReportInterval = "1s" }
+	a, b := startSidecar(t, v, fast), startSidecar(t, v, fast)
+	used := write(t, v.Client, "keybroker/keys/svc", map[string]interface{}{"name": "used"})
+	idle := write(t, v.Client, "keybroker/keys/svc", map[string]interface{}{"name": "idle"})
+	key, id := used.Data["key"].(string), used.Data["key_id"].(string)
+	start := time.Now()
+	for i, tc := range []struct {
+		e     *sidecarEnv
+		from  string
+		calls int
+	}{{a, "127.0.0.1", 3}, {b, "127.0.0.3", 4}} {
+		for j := 0; j < tc.calls; j++ {
+			if r := call(t, tc.e.proxy, "GET", "/read", map[string]string{"X-API-Key": key}, tc.from); r.status != 200 {
+				t.Fatalf("sidecar %d call %d: %d", i, j, r.status)
+			}
+		}
+	}
+	var d map[string]interface{}
+	eventually(t, 5*time.Second, "last use never reached Vault", func() bool {
+		d = read(t, v.Client, "keybroker/keys/id/"+id, nil).Data
+		uses, _ := d["uses"].([]interface{})
+		if len(uses) != 1 {
+			return false
+		}
+		n, _ := uses[0].(map[string]interface{})["count"].(json.Number).Int64()
+		return n == 7
+	})
+	if from := d["last_used_from"]; from != "127.0.0.3" && from != "127.0.0.1" || d["last_used_at"] == nil {
+		t.Fatalf("key read after traffic: %#v", d)
+	}
+	// One report per interval per sidecar, however busy.
+	for _, e := range []*sidecarEnv{a, b} {
+		if n := metric(t, e.auth, "keybroker_sidecar_vault_requests_total", `op="key_usage",result="ok"`); n < 1 || n > time.Since(start).Seconds()+1 {
+			t.Fatalf("key_usage reports %v in %s", n, time.Since(start).Round(time.Second))
+		}
+	}
+	time.Sleep(1100 * time.Millisecond)
+	// A LIST with a parameter, as curl sends it (the vault CLI's list takes none).
+	r := v.Client.NewRequest("LIST", "/v1/keybroker/keys/id")
+	r.Params.Set("unused_for", "1s")
+	resp, err := v.Client.RawRequestWithContext(ctxT(t), r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	list, err := api.ParseSecret(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := toStrings(list.Data["keys"])
+	if !slices.Contains(keys, idle.Data["key_id"].(string)) {
+		t.Fatalf("unused for 1s: %v lacks the idle key", keys)
 	}
 }

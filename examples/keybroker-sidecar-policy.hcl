@@ -28,3 +28,8 @@ path "keybroker/budget/report" {
 path "keybroker/rate/reserve" {
   capabilities = ["update"]
 }
+
+# Report which API keys were used, once per usage_report_interval (last_used_at).
+path "keybroker/key-usage" {
+  capabilities = ["update"]
+}

@@ -94,9 +94,12 @@ type Config struct {
 	// back. Name identifies this sidecar in Vault's audit log.
 	BudgetReserveRequests int    `hcl:"budget_reserve_requests,optional"`
 	BudgetReportInterval  string `hcl:"budget_report_interval,optional"`
-	BudgetReservationTTL  string `hcl:"budget_reservation_ttl,optional"`
-	BudgetIdleRelease     string `hcl:"budget_idle_release,optional"`
-	Name                  string `hcl:"name,optional"`
+	// UsageReportInterval: how often the API keys let through are reported
+	// to keybroker/key-usage (last_used_at); "off" reports none.
+	UsageReportInterval  string `hcl:"usage_report_interval,optional"`
+	BudgetReservationTTL string `hcl:"budget_reservation_ttl,optional"`
+	BudgetIdleRelease    string `hcl:"budget_idle_release,optional"`
+	Name                 string `hcl:"name,optional"`
 
 	// RateLimitScope is where rate limits hold: "sidecar" (default; no
 	// Vault call) or "cluster" (across every sidecar sharing the Vault,
@@ -208,6 +211,7 @@ type settings struct {
 
 	reserveRequests                             int
 	reportInterval, reservationTTL, idleRelease time.Duration
+	usageReport                                 time.Duration // 0: off
 	name                                        string
 
 	vaultAddrs          []string
@@ -270,6 +274,10 @@ func (c *Config) settings() (*settings, error) {
 	if len(s.audiences) == 0 {
 		return nil, fmt.Errorf("audiences: name the aud values this service accepts (or set resource), so tokens minted for another service are refused")
 	}
+	usageIn := c.UsageReportInterval // "off": no reports
+	if usageIn == "off" {
+		usageIn = ""
+	}
 	durations := []struct {
 		name string
 		in   string
@@ -284,6 +292,7 @@ func (c *Config) settings() (*settings, error) {
 		{"negative_cache_ttl", c.NegativeCacheTTL, 30 * time.Second, &s.negativeCacheTTL},
 		{"max_stale", c.MaxStale, 30 * time.Second, &s.maxStale},
 		{"budget_report_interval", c.BudgetReportInterval, time.Second, &s.reportInterval},
+		{"usage_report_interval", usageIn, time.Minute, &s.usageReport},
 		{"budget_reservation_ttl", c.BudgetReservationTTL, 30 * time.Second, &s.reservationTTL},
 		{"budget_idle_release", c.BudgetIdleRelease, 5 * time.Second, &s.idleRelease},
 		{"read_header_timeout", c.ReadHeaderTimeout, 10 * time.Second, &s.readHeaderTimeout},
@@ -301,6 +310,9 @@ func (c *Config) settings() (*settings, error) {
 			return nil, fmt.Errorf("%s %q must be a positive duration such as 30s", d.name, d.in)
 		}
 		*d.out = v
+	}
+	if c.UsageReportInterval == "off" {
+		s.usageReport = 0
 	}
 	s.keyReplica = c.KeyReplica == nil || *c.KeyReplica
 	s.keyFilter = keyFilter{roles: c.KeyReplicaRoles, tenants: c.KeyReplicaTenants}

@@ -66,6 +66,7 @@ func CheckConfig(c *Config) ([]byte, error) {
 		"key_replica": s.keyReplica, "key_replica_roles": nonNilStrings(s.keyFilter.roles), "key_replica_tenants": nonNilStrings(s.keyFilter.tenants),
 		"key_cache_ttl": dur(s.keyCacheTTL), "negative_cache_ttl": dur(s.negativeCacheTTL), "max_stale": dur(s.maxStale), "cache_size": s.cacheSize,
 		"budget_reserve_requests": s.reserveRequests, "budget_report_interval": dur(s.reportInterval),
+		"usage_report_interval":  map[bool]string{true: "off", false: dur(s.usageReport)}[s.usageReport == 0],
 		"budget_reservation_ttl": dur(s.reservationTTL), "budget_idle_release": dur(s.idleRelease), "name": s.name,
 		"rate_limit_scope": map[bool]string{true: "cluster", false: "sidecar"}[s.clusterRate],
 		"failed_auth_rate": s.failedAuthRate, "failed_auth_burst": s.failedAuthBurst, "vault_verify_concurrency": s.verifyConcurrency,

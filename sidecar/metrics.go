@@ -21,6 +21,7 @@ type metrics struct {
 	keyResyncs     prometheus.Counter
 
 	spent          prometheus.Counter
+	usageDropped   prometheus.Counter
 	costOverHold   prometheus.Counter
 	usageFallbacks *prometheus.CounterVec
 	dpopProofs     *prometheus.CounterVec
@@ -57,7 +58,7 @@ func newMetrics(s *Sidecar) *metrics {
 	}, []string{"trigger", "result"})
 	m.vaultCalls = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "keybroker_sidecar_vault_requests_total",
-		Help: "Requests to Vault by operation (verify, revocations, reserve, report) and result (ok, error, refused; for report also late: recorded after its reservation expired).",
+		Help: "Requests to Vault by operation (verify, revocations, reserve, report, key_usage) and result (ok, error, refused; for report also late: recorded after its reservation expired).",
 	}, []string{"op", "result"})
 	lag := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "keybroker_sidecar_revocation_feed_lag_seconds",
@@ -102,6 +103,10 @@ func newMetrics(s *Sidecar) *metrics {
 		now := time.Now()
 		return now.Sub(s.replica.currentAsOf(now)).Seconds()
 	})
+	m.usageDropped = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "keybroker_sidecar_key_usage_dropped_total",
+		Help: "API key uses not reported for last_used_at because more than 10000 keys were used in one usage_report_interval.",
+	})
 	m.spent = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "keybroker_sidecar_budget_units_spent_total",
 		Help: "Budget units charged to metered credentials by this sidecar.",
@@ -133,7 +138,7 @@ func newMetrics(s *Sidecar) *metrics {
 	m.replicaFallback = m.cache.WithLabelValues("key_replica", "fallback")
 	m.reg.MustRegister(m.decisions, m.latency, m.cache, m.degraded, m.jwksFetches, m.vaultCalls, lag, age, m.revokedCount, m.feedRestarts,
 		m.keySyncSeconds, m.keyResyncs, records, recordsLag,
-		m.spent, m.costOverHold, m.usageFallbacks, m.dpopProofs, m.decisionLogDropped)
+		m.spent, m.costOverHold, m.usageFallbacks, m.dpopProofs, m.decisionLogDropped, m.usageDropped)
 	return m
 }
 

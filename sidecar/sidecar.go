@@ -62,6 +62,9 @@ type Sidecar struct {
 
 	dlog *decisionLog // nil: no decision log (decision_log_path)
 
+	// usage holds the API keys let through since the last key-usage report.
+	usage keyUsage
+
 	// stop ends what Start began; running counts it.
 	stop    context.CancelFunc
 	running sync.WaitGroup
@@ -262,6 +265,13 @@ func (sc *Sidecar) Start(ctx context.Context) {
 	ctx, cancel := context.WithCancel(ctx)
 	sc.stop = cancel
 	sc.running.Add(2)
+	if sc.s.usageReport > 0 {
+		sc.running.Add(1)
+		go func() {
+			defer sc.running.Done()
+			sc.reportUsage(ctx)
+		}()
+	}
 	go func() {
 		defer sc.running.Done()
 		sc.background(ctx)
