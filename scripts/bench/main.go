@@ -172,7 +172,11 @@ func (b *bench) run(ctx context.Context) error {
 	b.notes = append(b.notes, fmt.Sprintf("row a-metered: %.0f requests cost %.0f budget/reserve and %.0f budget/report calls to Vault",
 		b.rows["a-metered"].rps*b.o.duration.Seconds(), after["reserve"]-before["reserve"], after["report"]-before["report"]))
 	b.wrk("b", "sidecar /verify, API key, the same key each request", warm.auth+"/verify/r", []string{"X-API-Key: " + hotKey}, "")
+	before = vaultCalls(warm.auth)
 	b.wrk("c", "sidecar /verify, a different API key each request (cold), from the replica", warm.auth+"/verify/r", nil, b.cycleScript(keys))
+	after = vaultCalls(warm.auth)
+	b.notes = append(b.notes, fmt.Sprintf("row c: %.0f requests over %d keys cost %.0f key-usage reports to Vault (one per usage_report_interval, 1m by default, whatever the traffic)",
+		b.rows["c"].rps*b.o.duration.Seconds(), len(keys), after["key_usage"]-before["key_usage"]))
 	b.wrk("c-vault", "(c) without a replica: keybroker/verify each request", cold.auth+"/verify/r", nil, b.cycleScript(keys))
 	b.wrk("d", "sidecar /verify, no-auth route (ceiling)", warm.auth+"/verify/public", nil, "")
 	flood, err := b.startSidecar(ctx, "flood", upstream.Addr, "")
