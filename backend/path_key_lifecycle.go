@@ -145,14 +145,7 @@ func (b *backend) pathKeyRotate(ctx context.Context, req *logical.Request, d *fr
 	if grace < 0 {
 		return logical.ErrorResponse("grace must not be negative"), nil
 	}
-	b.revocationMu.Lock()
-	locked := true
-	unlock := func() {
-		if locked {
-			b.revocationMu.Unlock()
-			locked = false
-		}
-	}
+	unlock := b.lockRevocations()
 	defer unlock()
 	old, err := b.getKey(ctx, req.Storage, id)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -43,14 +44,7 @@ func (b *backend) renewAPIKey(ctx context.Context, req *logical.Request, _ *fram
 	// Read, changed and written under the lock revocations take, so that a
 	// revocation meanwhile is never written over. Released before the
 	// meter's lock is taken: budget changes take the two the other way.
-	b.revocationMu.Lock()
-	locked := true
-	unlock := func() {
-		if locked {
-			b.revocationMu.Unlock()
-			locked = false
-		}
-	}
+	unlock := b.lockRevocations()
 	defer unlock()
 	k, err := b.getKey(ctx, req.Storage, id)
 	if err != nil {
@@ -110,6 +104,13 @@ func (b *backend) renewAPIKey(ctx context.Context, req *logical.Request, _ *fram
 		resp.AddWarning(w)
 	}
 	return resp, nil
+}
+
+// lockRevocations takes revocationMu and returns its unlock, which may be
+// called early and again (once deferred).
+func (b *backend) lockRevocations() (unlock func()) {
+	b.revocationMu.Lock()
+	return sync.OnceFunc(b.revocationMu.Unlock)
 }
 
 // revokeAPIKeyLease is called by Vault when the lease ends for any reason. At
