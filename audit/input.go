@@ -1,0 +1,409 @@
+// Package audit reads what keybroker leaves behind for auditors, Vault's
+// file audit device log and the sidecar's decision log, and tells the life
+// of one credential (History) or what happened in a window (BuildReport).
+// It is the library behind keybroker-audit and depends on the standard
+// library alone.
+package audit
+
+import (
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Auth is the auth block of a Vault audit entry: who made the request.
+type Auth struct {
+	ClientToken string            `json:"client_token,omitempty"`
+	Accessor    string            `json:"accessor,omitempty"`
+	DisplayName string            `json:"display_name,omitempty"`
+	EntityID    string            `json:"entity_id,omitempty"`
+	Metadata    map[string]string `json:"metadata,omitempty"`
+	Policies    []string          `json:"policies,omitempty"`
+	TokenType   string            `json:"token_type,omitempty"`
+	TokenTTL    int64             `json:"token_ttl,omitempty"`
+}
+
+// Request is the request block of a Vault audit entry.
+type Request struct {
+	ID                  string                 `json:"id"`
+	Operation           string                 `json:"operation"`
+	Path                string                 `json:"path"`
+	Data                map[string]interface{} `json:"data,omitempty"`
+	RemoteAddress       string                 `json:"remote_address,omitempty"`
+	ClientToken         string                 `json:"client_token,omitempty"`
+	ClientTokenAccessor string                 `json:"client_token_accessor,omitempty"`
+	MountType           string                 `json:"mount_type,omitempty"`
+	MountPoint          string                 `json:"mount_point,omitempty"`
+	MountAccessor       string                 `json:"mount_accessor,omitempty"`
+}
+
+// Secret is what an audit entry shows of a response's lease.
+type Secret struct {
+	LeaseID string `json:"lease_id"`
+}
+
+// Response is the response block of a Vault audit entry.
+type Response struct {
+	Data   map[string]interface{} `json:"data,omitempty"`
+	Secret *Secret                `json:"secret,omitempty"`
+	Auth   *Auth                  `json:"auth,omitempty"`
+}
+
+// Record is one Vault request: its request entry and its response entry,
+// paired by request.id. Either may be missing from the inputs.
+type Record struct {
+	ID       string
+	Time     time.Time // of the request entry, else of the response entry
+	RespTime time.Time // zero without a response entry
+	Auth     *Auth
+	Request  *Request
+	Response *Response // nil when no response entry was read
+	// Error is the entry's top-level error (a Go error from the handler, or
+	// Vault's own, like "permission denied"); an error answer
+	// (logical.ErrorResponse) is response.data.error instead.
+	Error  string
+	Source string // input:line of the first entry read
+	seq    int
+}
+
+// Failed says whether the request failed: an error, or an error answer.
+func (r *Record) Failed() bool {
+	if r.Error != "" {
+		return true
+	}
+	if r.Response != nil {
+		if _, ok := r.Response.Data["error"]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+// reqData returns request data field k, "" when absent or not a string.
+func (r *Record) reqData(k string) string {
+	if r.Request == nil {
+		return ""
+	}
+	return str(r.Request.Data[k])
+}
+
+// respData returns response data field k as a string, "" when absent.
+func (r *Record) respData(k string) string {
+	if r.Response == nil {
+		return ""
+	}
+	return str(r.Response.Data[k])
+}
+
+func (r *Record) leaseID() string {
+	if r.Response == nil || r.Response.Secret == nil {
+		return ""
+	}
+	return r.Response.Secret.LeaseID
+}
+
+// Decision is one line of a sidecar's decision log.
+type Decision struct {
+	Time     time.Time `json:"time"`
+	Mode     string    `json:"mode,omitempty"`
+	Outcome  string    `json:"outcome"`
+	Status   int       `json:"status,omitempty"`
+	Reason   string    `json:"reason,omitempty"`
+	Method   string    `json:"method,omitempty"`
+	Path     string    `json:"path,omitempty"`
+	Route    string    `json:"route,omitempty"`
+	Kind     string    `json:"kind,omitempty"`
+	KeyID    string    `json:"key_id,omitempty"`
+	JTI      string    `json:"jti,omitempty"`
+	Subject  string    `json:"subject,omitempty"`
+	Role     string    `json:"role,omitempty"`
+	Tenant   string    `json:"tenant,omitempty"`
+	ClientIP string    `json:"client_ip,omitempty"`
+	Cost     *float64  `json:"cost,omitempty"`
+	Held     *float64  `json:"held,omitempty"`
+	DPoP     bool      `json:"dpop,omitempty"`
+	Actors   []string  `json:"actors,omitempty"`
+	Sidecar  string    `json:"sidecar,omitempty"`
+	Source   string    `json:"-"`
+	seq      int
+}
+
+// Credential is the key_id or the jti the decision was about.
+func (d *Decision) Credential() string {
+	if d.KeyID != "" {
+		return d.KeyID
+	}
+	return d.JTI
+}
+
+// Log is everything read from the inputs, in time order.
+type Log struct {
+	Records   []*Record
+	Decisions []*Decision
+	// Skipped counts lines that were neither a Vault audit entry nor a
+	// decision, by input; Malformed the lines that were not JSON.
+	Skipped   map[string]int
+	Malformed map[string]int
+	Inputs    []string
+}
+
+// Input is one stream to read: a file's name and contents.
+type Input struct {
+	Name string
+	R    io.Reader
+}
+
+// Open opens the named files for Load; "-" is stdin. The caller closes
+// what it returns.
+func Open(names []string, stdin io.Reader) ([]Input, func(), error) {
+	var ins []Input
+	var files []*os.File
+	closeAll := func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}
+	for _, n := range names {
+		if n == "-" {
+			ins = append(ins, Input{Name: "stdin", R: stdin})
+			continue
+		}
+		f, err := os.Open(n)
+		if err != nil {
+			closeAll()
+			return nil, nil, err
+		}
+		files = append(files, f)
+		ins = append(ins, Input{Name: n, R: f})
+	}
+	return ins, closeAll, nil
+}
+
+// line is either kind of input line: a Vault audit entry (type request or
+// response) or a sidecar decision (type decision).
+type line struct {
+	Type     string          `json:"type"`
+	Time     string          `json:"time"`
+	Auth     *Auth           `json:"auth"`
+	Request  *Request        `json:"request"`
+	Response *Response       `json:"response"`
+	Error    json.RawMessage `json:"error"`
+}
+
+// heavy paths answer with data no history needs (key-record pages, the
+// revocation feed, the JWKS); it is dropped on reading to spare memory.
+var heavy = []string{"key-records", "revocations", "jwks", ".well-known"}
+
+// builtin are Vault's own mount types. Their entries matter for who was
+// seen where and when, and for lease and token revocations; their data for
+// nothing else, so it is dropped on reading.
+var builtin = map[string]bool{"system": true, "token": true, "identity": true, "cubbyhole": true, "kv": true, "approle": true,
+	"userpass": true, "ldap": true, "jwt": true, "oidc": true, "kubernetes": true, "cert": true, "aws": true, "azure": true,
+	"gcp": true, "github": true, "pki": true, "transit": true, "database": true, "ssh": true, "totp": true, "ns_system": true}
+
+func dataless(r *Request) bool {
+	p := r.Path
+	if strings.HasPrefix(p, "sys/leases/") || strings.HasPrefix(p, "sys/renew") || strings.HasPrefix(p, "sys/revoke") ||
+		strings.HasPrefix(p, "auth/token/revoke") {
+		return false
+	}
+	return builtin[r.MountType]
+}
+
+// Load reads every input (plain or gzip-compressed, told by its first
+// bytes), pairs Vault's request and response entries by request.id and
+// sorts everything by time.
+func Load(inputs []Input) (*Log, error) {
+	l := &Log{Skipped: map[string]int{}, Malformed: map[string]int{}}
+	byID := map[string]*Record{}
+	seq := 0
+	for _, in := range inputs {
+		l.Inputs = append(l.Inputs, in.Name)
+		br := bufio.NewReaderSize(in.R, 1<<16)
+		var r *bufio.Reader = br
+		if magic, _ := br.Peek(2); len(magic) == 2 && magic[0] == 0x1f && magic[1] == 0x8b {
+			gz, err := gzip.NewReader(br)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", in.Name, err)
+			}
+			r = bufio.NewReaderSize(gz, 1<<16)
+		}
+		n := 0
+		for {
+			b, err := r.ReadBytes('\n')
+			if len(b) > 0 {
+				n++
+				seq++
+				src := fmt.Sprintf("%s:%d", in.Name, n)
+				l.add(byID, bytes.TrimSpace(b), src, in.Name, seq)
+			}
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", in.Name, err)
+			}
+		}
+	}
+	sort.SliceStable(l.Records, func(i, j int) bool {
+		a, b := l.Records[i], l.Records[j]
+		if !a.Time.Equal(b.Time) {
+			return a.Time.Before(b.Time)
+		}
+		return a.seq < b.seq
+	})
+	sort.SliceStable(l.Decisions, func(i, j int) bool {
+		a, b := l.Decisions[i], l.Decisions[j]
+		if !a.Time.Equal(b.Time) {
+			return a.Time.Before(b.Time)
+		}
+		return a.seq < b.seq
+	})
+	return l, nil
+}
+
+func (l *Log) add(byID map[string]*Record, b []byte, src, input string, seq int) {
+	if len(b) == 0 {
+		return
+	}
+	var ln line
+	if err := json.Unmarshal(b, &ln); err != nil {
+		l.Malformed[input]++
+		return
+	}
+	t, _ := time.Parse(time.RFC3339Nano, ln.Time)
+	switch ln.Type {
+	case "decision":
+		var d Decision
+		if err := json.Unmarshal(b, &d); err != nil {
+			l.Malformed[input]++
+			return
+		}
+		d.Source, d.seq = src, seq
+		l.Decisions = append(l.Decisions, &d)
+		return
+	case "request", "response":
+	default:
+		l.Skipped[input]++
+		return
+	}
+	if ln.Request == nil {
+		l.Skipped[input]++
+		return
+	}
+	if ln.Response != nil && ln.Response.Data != nil {
+		for _, h := range heavy {
+			if strings.Contains(ln.Request.Path, h) {
+				ln.Response.Data = nil
+				break
+			}
+		}
+	}
+	if dataless(ln.Request) {
+		ln.Request.Data = nil
+		if ln.Response != nil {
+			ln.Response.Data, ln.Response.Auth = nil, nil
+		}
+	}
+	rec := byID[ln.Request.ID]
+	if rec == nil || ln.Request.ID == "" {
+		rec = &Record{ID: ln.Request.ID, Source: src, seq: seq}
+		l.Records = append(l.Records, rec)
+		if ln.Request.ID != "" {
+			byID[ln.Request.ID] = rec
+		}
+	}
+	if rec.Auth == nil || ln.Auth != nil && ln.Type == "response" {
+		rec.Auth = ln.Auth
+	}
+	if rec.Request == nil || ln.Type == "response" {
+		rec.Request = ln.Request
+	}
+	if e := errorText(ln.Error); e != "" {
+		rec.Error = e
+	}
+	if ln.Type == "request" {
+		if rec.Time.IsZero() || !rec.RespTime.IsZero() && rec.Time.Equal(rec.RespTime) {
+			rec.Time = t
+		}
+	} else {
+		rec.Response = ln.Response
+		if rec.Response == nil {
+			rec.Response = &Response{}
+		}
+		rec.RespTime = t
+		if rec.Time.IsZero() {
+			rec.Time = t
+		}
+	}
+}
+
+// errorText reads the top-level error, a string in every Vault version
+// we know; anything else is shown as its JSON.
+func errorText(raw json.RawMessage) string {
+	if len(raw) == 0 || string(raw) == "null" {
+		return ""
+	}
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return s
+	}
+	return string(raw)
+}
+
+// str renders a data value: strings as they are, numbers without
+// exponent, anything else "".
+func str(v interface{}) string {
+	switch x := v.(type) {
+	case string:
+		return x
+	case float64:
+		if x == float64(int64(x)) {
+			return fmt.Sprintf("%d", int64(x))
+		}
+		return fmt.Sprint(x)
+	case bool:
+		if x {
+			return "true"
+		}
+		return "false"
+	case json.Number:
+		return x.String()
+	}
+	return ""
+}
+
+// strs renders a list (or a comma-separated string) of data values.
+func strs(v interface{}) []string {
+	switch x := v.(type) {
+	case []interface{}:
+		out := make([]string, 0, len(x))
+		for _, e := range x {
+			out = append(out, str(e))
+		}
+		return out
+	case string:
+		if x == "" {
+			return nil
+		}
+		if isHMAC(x) {
+			return []string{x}
+		}
+		var out []string
+		for _, p := range strings.Split(x, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				out = append(out, p)
+			}
+		}
+		return out
+	}
+	return nil
+}
