@@ -1,6 +1,7 @@
 package backend
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"strings"
@@ -43,7 +44,7 @@ func pathKeyLifecycle(b *backend) []*framework.Path {
 		"key_id":       out(framework.TypeString, "The key."),
 		"suspended":    out(framework.TypeBool, "Whether it is suspended now."),
 		"suspended_at": out(framework.TypeTime, "When it was suspended."),
-		"suspended_by": withAllowed(out(framework.TypeString, "key: suspended itself; role: with its role's keys."), "key", "role"),
+		"suspended_by": out(framework.TypeStringSlice, "What holds it suspended: key (itself), role (with its role's keys), or both; each is resumed apart."),
 	}
 	roleSuspension := map[string]*framework.FieldSchema{
 		"role":      out(framework.TypeString, "The role."),
@@ -89,8 +90,9 @@ not keys/<role>); it renews up to the old key's max_ttl, never beyond.`,
 			HelpSynopsis: "Suspend or resume an API key.",
 			HelpDescription: `A suspended key is refused (reason suspended) by every verifier until it is
 resumed, within the key-record feed's latency; it is not revoked, and
-resuming it makes it work again. Resuming a key suspended with its role
-needs the role resumed.`,
+resuming it makes it work again. A key suspended on its own and with its
+role stays refused until both are resumed: resume takes off only the key's
+own suspension.`,
 		},
 		{
 			Pattern: "roles/" + framework.GenericNameRegex("name") + "/(?P<action>suspend|resume)$",
@@ -103,9 +105,9 @@ needs the role resumed.`,
 				logical.UpdateOperation: operationAs("suspend-or-resume", "", b.pathRoleSuspend, answers(roleSuspension)),
 			},
 			HelpSynopsis: "Suspend or resume every API key of a role.",
-			HelpDescription: `Suspends every live key of the role (and refuses new key mints from it) or
-resumes them. Keys suspended on their own stay suspended when the role is
-resumed.`,
+			HelpDescription: `Suspends every live key of the role (and refuses key mints and rotations
+from it) or resumes them. Keys suspended on their own stay suspended when
+the role is resumed. Agent JWTs of the role are not affected.`,
 		},
 		{
 			Pattern: "revoke$",
@@ -169,6 +171,9 @@ func (b *backend) pathKeyRotate(ctx context.Context, req *logical.Request, d *fr
 	if r == nil {
 		return logical.ErrorResponse("role %q of key %s was deleted: its keys cannot be rotated", old.Role, id), nil
 	}
+	if r.Suspended {
+		return logical.ErrorResponse("role %q is suspended: resume it to rotate its keys", old.Role), nil
+	}
 	key, next, err := b.createKey(ctx, req.Storage, r.KeyPrefix)
 	if err != nil {
 		return nil, err
@@ -177,18 +182,31 @@ func (b *backend) pathKeyRotate(ctx context.Context, req *logical.Request, d *fr
 	next.Metadata, next.Orphan, next.JKT, next.limits = old.Metadata, old.Orphan, old.JKT, old.limits
 	next.EntityID, next.CreatedAt, next.ExpiresAt, next.Replaces = req.EntityID, now, old.ExpiresAt, old.ID
 	next.NotAfter = old.NotAfter
-	if next.NotAfter.IsZero() && r.MaxTTL > 0 {
-		next.NotAfter = old.CreatedAt.Add(r.MaxTTL)
+	if maxTTL := cmp.Or(r.MaxTTL, b.System().MaxLeaseTTL()); next.NotAfter.IsZero() && maxTTL > 0 {
+		// What the old key could have reached by renewing: the role's
+		// max_ttl, or the mount's max lease TTL, from its mint.
+		next.NotAfter = old.CreatedAt.Add(maxTTL)
 	}
 	if old.Approval != "" {
 		// Approved for so long: the successor no longer.
 		next.Approval, next.NotAfter = old.Approval, old.ExpiresAt
 	}
-	if old.SuspendedBy == "role" {
-		next.SuspendedAt, next.SuspendedBy = old.SuspendedAt, old.SuspendedBy
-	}
+	// A suspended key's successor is as suspended.
+	next.SuspendedAt, next.RoleSuspendedAt = old.SuspendedAt, old.RoleSuspendedAt
 	graceEnds := minTime(now.Add(grace), old.ExpiresAt)
 	old.ReplacedBy, old.ExpiresAt = next.ID, graceEnds
+	metered := old.Budget > 0 || old.Tenant != ""
+	var root string
+	if metered {
+		// The successor's meter links to the old key's before either key
+		// changes: a failure here leaves the old key as it was.
+		if root, _, err = b.meterRoot(ctx, req.Storage, old.ID); err != nil {
+			return nil, err
+		}
+		if err := putJSON(ctx, req.Storage, meterPrefix+next.ID, &meter{Link: root, ExpiresAt: next.ExpiresAt}); err != nil {
+			return nil, err
+		}
+	}
 	if err := b.putKey(ctx, req.Storage, next); err != nil {
 		return nil, err
 	}
@@ -201,15 +219,8 @@ func (b *backend) pathKeyRotate(ctx context.Context, req *logical.Request, d *fr
 	b.keyChanges.add(old.ID)
 	b.keyChanges.add(next.ID)
 	unlock()
-	// One meter for both: the successor links to the old key's.
-	if old.Budget > 0 || old.Tenant != "" {
-		root, _, err := b.meterRoot(ctx, req.Storage, old.ID)
-		if err != nil {
-			return nil, err
-		}
-		if err := putJSON(ctx, req.Storage, meterPrefix+next.ID, &meter{Link: root, ExpiresAt: next.ExpiresAt}); err != nil {
-			return nil, err
-		}
+	// One meter for both, living as long as the successor.
+	if metered {
 		if err := b.extendMeter(ctx, req.Storage, root, next.ExpiresAt); err != nil {
 			return nil, err
 		}
@@ -294,13 +305,11 @@ func (b *backend) pathKeySuspend(ctx context.Context, req *logical.Request, d *f
 		return logical.ErrorResponse("key %s does not exist", id), nil
 	case k.revoked():
 		return logical.ErrorResponse("key %s is revoked: suspension would change nothing", id), nil
-	case !suspend && k.SuspendedBy == "role":
-		return logical.ErrorResponse("key %s was suspended with role %q: resume the role", id, k.Role), nil
 	}
-	if suspend && !k.suspended() {
-		k.SuspendedAt, k.SuspendedBy = time.Now().UTC().Truncate(time.Second), "key"
+	if suspend && k.SuspendedAt.IsZero() {
+		k.SuspendedAt = time.Now().UTC().Truncate(time.Second)
 	} else if !suspend {
-		k.SuspendedAt, k.SuspendedBy = time.Time{}, ""
+		k.SuspendedAt = time.Time{} // a role's suspension stays
 	}
 	if err := b.putKey(ctx, req.Storage, k); err != nil {
 		return nil, err
@@ -356,10 +365,10 @@ func (b *backend) setRoleSuspension(ctx context.Context, s logical.Storage, id, 
 		return false, err
 	}
 	switch {
-	case suspend && !k.suspended():
-		k.SuspendedAt, k.SuspendedBy = now, "role"
-	case !suspend && k.SuspendedBy == "role":
-		k.SuspendedAt, k.SuspendedBy = time.Time{}, ""
+	case suspend && k.RoleSuspendedAt.IsZero():
+		k.RoleSuspendedAt = now
+	case !suspend && !k.RoleSuspendedAt.IsZero():
+		k.RoleSuspendedAt = time.Time{}
 	default:
 		return false, nil
 	}

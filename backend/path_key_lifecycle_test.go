@@ -91,7 +91,7 @@ func TestSuspendAndResume(t *testing.T) {
 	a, b := e.mint("web", nil), e.mint("web", nil)
 	aID, bID := a.Data["key_id"].(string), b.Data["key_id"].(string)
 
-	if d := e.ok(logical.UpdateOperation, "keys/id/"+aID+"/suspend", nil).Data; d["suspended"] != true || d["suspended_by"] != "key" {
+	if d := e.ok(logical.UpdateOperation, "keys/id/"+aID+"/suspend", nil).Data; d["suspended"] != true || !slices.Equal(d["suspended_by"].([]string), []string{"key"}) {
 		t.Fatalf("suspend: %#v", d)
 	}
 	if v := e.verifyKey(a.Data["key"].(string)); v["reason"] != "suspended" {
@@ -102,17 +102,23 @@ func TestSuspendAndResume(t *testing.T) {
 		t.Fatalf("key records: %+v %+v", recs[aID], recs[bID])
 	}
 
-	// The role's keys: all suspended, no mints; resuming the role leaves a
-	// key suspended on its own alone.
-	if d := e.ok(logical.UpdateOperation, "roles/web/suspend", nil).Data; d["keys"] != 1 || d["suspended"] != true {
+	// The role's keys: all suspended, no mints or rotations; the two
+	// suspensions are undone apart.
+	if d := e.ok(logical.UpdateOperation, "roles/web/suspend", nil).Data; d["keys"] != 2 || d["suspended"] != true {
 		t.Fatalf("role suspend: %#v", d)
 	}
 	e.userError(logical.UpdateOperation, "keys/web", map[string]interface{}{"name": "x"}, "is suspended")
-	e.userError(logical.UpdateOperation, "keys/id/"+bID+"/resume", nil, "resume the role")
+	e.userError(logical.UpdateOperation, "keys/id/"+aID+"/rotate", nil, "is suspended")
+	if d := e.ok(logical.UpdateOperation, "keys/id/"+bID+"/resume", nil).Data; d["suspended"] != true || !slices.Equal(d["suspended_by"].([]string), []string{"role"}) {
+		t.Fatalf("resuming a key of a suspended role: %#v", d)
+	}
+	if d := e.ok(logical.ReadOperation, "keys/id/"+aID, nil).Data; !slices.Equal(d["suspended_by"].([]string), []string{"key", "role"}) {
+		t.Fatalf("a key suspended both ways: %#v", d)
+	}
 	if v := e.verifyKey(b.Data["key"].(string)); v["reason"] != "suspended" {
 		t.Fatalf("key of a suspended role: %v", v["reason"])
 	}
-	if d := e.ok(logical.UpdateOperation, "roles/web/resume", nil).Data; d["keys"] != 1 {
+	if d := e.ok(logical.UpdateOperation, "roles/web/resume", nil).Data; d["keys"] != 2 {
 		t.Fatalf("role resume: %#v", d)
 	}
 	if v := e.verifyKey(b.Data["key"].(string)); v["valid"] != true {
@@ -131,7 +137,7 @@ func TestSuspendAndResume(t *testing.T) {
 		t.Fatalf("resumed key read: %#v", d)
 	}
 	e.ok(logical.UpdateOperation, "keys/id/"+aID+"/suspend", nil)
-	if d := e.ok(logical.ReadOperation, "keys/id/"+aID, nil).Data; d["suspended_by"] != "key" || d["suspended_at"] == nil {
+	if d := e.ok(logical.ReadOperation, "keys/id/"+aID, nil).Data; !slices.Equal(d["suspended_by"].([]string), []string{"key"}) || d["suspended_at"] == nil {
 		t.Fatalf("suspended key read: %#v", d)
 	}
 	e.userError(logical.UpdateOperation, "roles/nope/suspend", nil, "does not exist")

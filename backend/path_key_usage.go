@@ -4,7 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/netip"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -55,6 +58,7 @@ func pathKeyUsage(b *backend) *framework.Path {
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.UpdateOperation: operationAs("report", "", b.pathKeyUsageWrite, answers(map[string]*framework.FieldSchema{
 				"recorded": out(framework.TypeInt, "Keys whose last use was recorded."),
+				"skipped":  out(framework.TypeInt, "Entries skipped: not a key_id, a count or time that makes no sense, or a key unknown, revoked or expired."),
 			})),
 		},
 		HelpSynopsis: "Verifiers: report which API keys were used (for last_used_at).",
@@ -62,7 +66,10 @@ func pathKeyUsage(b *backend) *framework.Path {
 it let through since its last call. The plugin keeps, on each key,
 last_used_at, last_used_from and a count per day (the last 30 days), shown
 by keys/id/<key_id>; keys/id/ lists keys unused for a while with
-unused_for. Keys unknown, revoked or expired are skipped.`,
+unused_for. Entries that make no sense, and keys unknown, revoked or
+expired, are skipped (counted in skipped), not the report. Each entry
+recorded is one storage write: a report costs as many writes as keys it
+names.`,
 	}
 }
 
@@ -74,33 +81,41 @@ func (b *backend) pathKeyUsageWrite(ctx context.Context, req *logical.Request, d
 	if len(entries) > maxUsageEntries {
 		return logical.ErrorResponse("usage: at most %d keys per report, got %d", maxUsageEntries, len(entries)), nil
 	}
+	// An entry that does not make sense is skipped, not the report: one
+	// bad entry (a verifier's clock ahead, say) must not make a verifier
+	// resend the same report for ever.
 	now := time.Now()
-	for i, e := range entries {
-		switch {
-		case !apikey.ValidateID(e.KeyID):
-			return logical.ErrorResponse("usage[%d]: %q is not a key_id", i, e.KeyID), nil
-		case e.Count < 1 || e.Count > maxUsageCount:
-			return logical.ErrorResponse("usage[%d]: count must be between 1 and %d", i, int64(maxUsageCount)), nil
-		case e.Last <= 0 || time.Unix(e.Last, 0).After(now.Add(time.Minute)):
-			return logical.ErrorResponse("usage[%d]: last must be a Unix time, not in the future", i), nil
-		}
-		if e.From != "" {
-			if _, err := netip.ParseAddr(e.From); err != nil {
-				return logical.ErrorResponse("usage[%d]: from must be an IP address", i), nil
-			}
-		}
-	}
-	recorded := 0
+	recorded, skipped := 0, 0
 	for _, e := range entries {
+		if !validUse(e, now) {
+			skipped++
+			continue
+		}
 		ok, err := b.recordUse(ctx, req.Storage, e)
 		if err != nil {
 			return nil, err
 		}
 		if ok {
 			recorded++
+		} else {
+			skipped++
 		}
 	}
-	return &logical.Response{Data: map[string]interface{}{"recorded": recorded}}, nil
+	return &logical.Response{Data: map[string]interface{}{"recorded": recorded, "skipped": skipped}}, nil
+}
+
+// validUse: a key_id, a count, a time not ahead of Vault's clock by more
+// than the skew verifiers may have (clamped to now below), an address.
+func validUse(e usageEntry, now time.Time) bool {
+	if !apikey.ValidateID(e.KeyID) || e.Count < 1 || e.Count > maxUsageCount || e.Last <= 0 || time.Unix(e.Last, 0).After(now.Add(5*time.Minute)) {
+		return false
+	}
+	if e.From != "" {
+		if _, err := netip.ParseAddr(e.From); err != nil {
+			return false
+		}
+	}
+	return true
 }
 
 // recordUse adds one report's use to its key, under the lock revocations
@@ -109,21 +124,28 @@ func (b *backend) recordUse(ctx context.Context, s logical.Storage, e usageEntry
 	b.revocationMu.Lock()
 	defer b.revocationMu.Unlock()
 	k, err := b.getKey(ctx, s, e.KeyID)
-	if err != nil || k == nil || k.revoked() {
+	now := time.Now().UTC()
+	if err != nil || k == nil || k.revoked() || !now.Before(k.ExpiresAt) {
+		// Expired keys too: tidy may be deleting them, and a write here
+		// would bring one back.
 		return false, err
 	}
-	at := time.Unix(e.Last, 0).UTC()
+	at := minTime(time.Unix(e.Last, 0).UTC(), now)
+	if at.Before(k.CreatedAt.Add(-time.Minute)) {
+		return false, nil // before the key existed
+	}
 	if at.After(k.LastUsedAt) {
 		k.LastUsedAt, k.LastUsedFrom = at, e.From
 	}
 	day := at.Format(time.DateOnly)
-	if n := len(k.Uses); n > 0 && k.Uses[n-1].Day == day {
-		k.Uses[n-1].Count += e.Count
+	i, found := slices.BinarySearchFunc(k.Uses, day, func(u keyUse, d string) int { return strings.Compare(u.Day, d) })
+	if found {
+		k.Uses[i].Count = min(k.Uses[i].Count, math.MaxInt64-e.Count) + e.Count // saturating
 	} else {
-		k.Uses = append(k.Uses, keyUse{Day: day, Count: e.Count})
+		k.Uses = slices.Insert(k.Uses, i, keyUse{Day: day, Count: e.Count})
 	}
 	if len(k.Uses) > usageDays {
-		k.Uses = k.Uses[len(k.Uses)-usageDays:]
+		k.Uses = k.Uses[len(k.Uses)-usageDays:] // the newest days
 	}
 	// Not a change of the key's record: verifiers do not decide on it.
 	return true, b.putKey(ctx, s, k)

@@ -30,8 +30,8 @@ func TestKeyUsage(t *testing.T) {
 		usageEntry{KeyID: usedID, Last: now - 5, From: "10.0.0.1", Count: 3},
 		usageEntry{KeyID: goneID, Last: now, From: "10.0.0.9", Count: 1},
 	)).Data
-	if got["recorded"] != 1 {
-		t.Fatalf("recorded %v, want 1 (the revoked key is skipped)", got["recorded"])
+	if got["recorded"] != 1 || got["skipped"] != 1 {
+		t.Fatalf("recorded %v skipped %v, want 1 and 1 (the revoked key)", got["recorded"], got["skipped"])
 	}
 	// A second sidecar's report: counts add up, the latest use wins.
 	e.ok(logical.UpdateOperation, "key-usage", usageReport(t, usageEntry{KeyID: usedID, Last: now, From: "10.0.0.2", Count: 4}))
@@ -61,19 +61,24 @@ func TestKeyUsage(t *testing.T) {
 		t.Fatalf("key_info %#v", info)
 	}
 
-	for _, tc := range []struct {
-		data map[string]interface{}
-		want string
-	}{
-		{map[string]interface{}{"usage": "{"}, "JSON array"},
-		{usageReport(t, usageEntry{KeyID: "short", Last: now, Count: 1}), "is not a key_id"},
-		{usageReport(t, usageEntry{KeyID: usedID, Last: now, Count: 0}), "count must be"},
-		{usageReport(t, usageEntry{KeyID: usedID, Last: now + 3600, Count: 1}), "not in the future"},
-		{usageReport(t, usageEntry{KeyID: usedID, Last: now, From: "evil", Count: 1}), "IP address"},
-		{map[string]interface{}{"usage": fmt.Sprintf("[%s]", repeatJSON(`{"key_id":"`+usedID+`","last":1,"count":1}`, maxUsageEntries+1))}, "at most"},
-	} {
-		e.userError(logical.UpdateOperation, "key-usage", tc.data, tc.want)
+	// Entries that make no sense are skipped one by one, the rest kept:
+	// a report is never refused whole for one of them.
+	got = e.ok(logical.UpdateOperation, "key-usage", usageReport(t,
+		usageEntry{KeyID: "short", Last: now, Count: 1},
+		usageEntry{KeyID: usedID, Last: now, Count: 0},
+		usageEntry{KeyID: usedID, Last: now + 3600, Count: 1},
+		usageEntry{KeyID: usedID, Last: now, From: "evil", Count: 1},
+		usageEntry{KeyID: usedID, Last: 86400, Count: 5}, // 1970: before the key existed
+		usageEntry{KeyID: usedID, Last: now, From: "10.0.0.4", Count: 2},
+	)).Data
+	if got["recorded"] != 1 || got["skipped"] != 5 {
+		t.Fatalf("a report with 5 bad entries: %#v", got)
 	}
+	if d := e.ok(logical.ReadOperation, "keys/id/"+usedID, nil).Data; len(d["uses"].([]map[string]interface{})) != 1 || d["uses"].([]map[string]interface{})[0]["count"] != int64(10) {
+		t.Fatalf("uses after bad entries: %#v", d["uses"])
+	}
+	e.userError(logical.UpdateOperation, "key-usage", map[string]interface{}{"usage": "{"}, "JSON array")
+	e.userError(logical.UpdateOperation, "key-usage", map[string]interface{}{"usage": fmt.Sprintf("[%s]", repeatJSON(`{"key_id":"`+usedID+`","last":1,"count":1}`, maxUsageEntries+1))}, "at most")
 }
 
 func repeatJSON(s string, n int) string {

@@ -36,11 +36,11 @@ type keyEntry struct {
 	// Approval is the approval request the key was redeemed from; such a
 	// key is never renewed past its approved lifetime.
 	Approval string `json:"approval,omitempty"`
-	// Suspension: refused until resumed; SuspendedBy says whether the key
-	// was suspended itself ("key") or with its role ("role"), so resuming
-	// the role leaves a key suspended on its own alone.
-	SuspendedAt time.Time `json:"suspended_at,omitzero"`
-	SuspendedBy string    `json:"suspended_by,omitempty"`
+	// Suspension: refused while suspended on its own (SuspendedAt) or with
+	// its role (RoleSuspendedAt); the two are undone apart, so resuming the
+	// role leaves a key suspended on its own alone, and the other way.
+	SuspendedAt     time.Time `json:"suspended_at,omitzero"`
+	RoleSuspendedAt time.Time `json:"role_suspended_at,omitzero"`
 	// Rotation: ReplacedBy is the successor's key_id; the key then expires
 	// at the end of its grace. Replaces is the predecessor's. NotAfter
 	// bounds renewals: a successor lives no longer than its predecessor's
@@ -57,7 +57,19 @@ type keyEntry struct {
 
 func (k *keyEntry) revoked() bool { return !k.RevokedAt.IsZero() }
 
-func (k *keyEntry) suspended() bool { return !k.SuspendedAt.IsZero() }
+func (k *keyEntry) suspended() bool { return !k.SuspendedAt.IsZero() || !k.RoleSuspendedAt.IsZero() }
+
+// suspendedBy says what holds a key suspended: "key", "role", or both.
+func (k *keyEntry) suspendedBy() []string {
+	var by []string
+	if !k.SuspendedAt.IsZero() {
+		by = append(by, "key")
+	}
+	if !k.RoleSuspendedAt.IsZero() {
+		by = append(by, "role")
+	}
+	return by
+}
 
 // publicData is what reads and verifications may show: never Hash.
 func (k *keyEntry) publicData() map[string]interface{} {
@@ -82,7 +94,11 @@ func (k *keyEntry) publicData() map[string]interface{} {
 // suspension and rotation, where they apply.
 func (k *keyEntry) lifecycleData(data map[string]interface{}) {
 	if k.suspended() {
-		data["suspended_at"], data["suspended_by"] = k.SuspendedAt.UTC().Format(time.RFC3339), k.SuspendedBy
+		at := k.SuspendedAt
+		if at.IsZero() || (!k.RoleSuspendedAt.IsZero() && k.RoleSuspendedAt.Before(at)) {
+			at = k.RoleSuspendedAt
+		}
+		data["suspended_at"], data["suspended_by"] = at.UTC().Format(time.RFC3339), k.suspendedBy()
 	}
 	if k.ReplacedBy != "" {
 		data["replaced_by"] = k.ReplacedBy
@@ -135,7 +151,7 @@ func pathKeys(b *backend) []*framework.Path {
 		"revoked":        out(framework.TypeBool, "Whether the key was revoked."),
 		"revoked_at":     out(framework.TypeTime, "When the key was revoked; only for a revoked key."),
 		"suspended_at":   out(framework.TypeTime, "When the key was suspended; only while it is."),
-		"suspended_by":   withAllowed(out(framework.TypeString, "key: suspended itself; role: with its role's keys."), "key", "role"),
+		"suspended_by":   out(framework.TypeStringSlice, "What holds it suspended: key (itself), role (with its role's keys), or both; each is resumed apart."),
 		"replaced_by":    out(framework.TypeString, "The successor's key_id, once the key was rotated; it works until expires_at, the end of its grace."),
 		"replaces":       out(framework.TypeString, "The key_id of the key this one replaced (rotation)."),
 		"last_used_at":   out(framework.TypeTime, "When a sidecar last let the key through, as sidecars report it (every usage_report_interval); absent: never."),

@@ -112,10 +112,15 @@ func (sc *Sidecar) checkKey(ctx context.Context, key string, ip netip.Addr) (*id
 	}
 	switch ans.Reason {
 	case reasonOK:
-	case reasonCIDRDenied, reasonSuspended:
-		// Depends on the address, or ends when an operator resumes the
-		// key: not cached.
-		return nil, deny(http.StatusUnauthorized, ans.Reason)
+	case reasonCIDRDenied:
+		// Depends on the address, so not cached.
+		return nil, deny(http.StatusUnauthorized, reasonCIDRDenied)
+	case reasonSuspended:
+		// Ends when an operator resumes the key: not cached as refused,
+		// and no longer cached as good (a stale entry would serve it
+		// while Vault is away).
+		sc.positive.Remove(h)
+		return nil, deny(http.StatusUnauthorized, reasonSuspended)
 	case contract.ReasonDPoPRequired:
 		// A bound key Vault will not vouch for without its proof: only
 		// its record can let the sidecar check one. Cached as refused, so

@@ -209,7 +209,7 @@ func (sc *Sidecar) timedDecideCtx(ctx context.Context, mode string, req request)
 	if sc.dlog != nil {
 		sc.dlog.decided(mode, start, &req, &d)
 	}
-	if d.allowed() && d.id != nil && !d.id.jwt && sc.s.usageReport > 0 {
+	if d.allowed() && d.id != nil && !d.id.jwt && sc.s.usageReport > 0 && !sc.usageOff.Load() {
 		sc.sawKey(d.id, req.clientIP, start)
 	}
 	return d

@@ -3,9 +3,13 @@ package sidecar
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"net/http"
 	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/hashicorp/vault/api"
 )
 
 // Last used: the sidecar decides without Vault, so only it sees a key used.
@@ -91,6 +95,9 @@ func (sc *Sidecar) reportUsage(ctx context.Context) {
 			done()
 			return
 		case <-t.C:
+			if sc.usageOff.Load() {
+				return
+			}
 			sc.sendUsage(ctx)
 		}
 	}
@@ -118,7 +125,20 @@ func (sc *Sidecar) sendUsage(ctx context.Context) {
 			return werr
 		})
 	}
-	if err != nil {
+	var re *api.ResponseError
+	switch {
+	case errors.As(err, &re) && re.StatusCode == http.StatusForbidden:
+		// After a fresh login (withLogin): the policy lacks key-usage.
+		// Stop, rather than log in again every interval.
+		sc.m.vaultCalls.WithLabelValues("key_usage", "refused").Inc()
+		sc.log.Warn("the sidecar's policy does not allow keybroker/key-usage; last-used reports are off until restart (add the policy line from examples/keybroker-sidecar-policy.hcl)")
+		sc.usageOff.Store(true)
+		return
+	case errors.As(err, &re) && re.StatusCode == http.StatusBadRequest:
+		sc.m.vaultCalls.WithLabelValues("key_usage", "refused").Inc()
+		sc.log.Warn("Vault refused a key-usage report; dropped", "keys", len(entries), "error", err)
+		return
+	case err != nil:
 		sc.m.vaultCalls.WithLabelValues("key_usage", "error").Inc()
 		sc.log.Warn("reporting key usage failed; kept for the next report", "keys", len(entries), "error", err)
 		sc.usage.giveBack(seen)

@@ -63,7 +63,8 @@ type Sidecar struct {
 	dlog *decisionLog // nil: no decision log (decision_log_path)
 
 	// usage holds the API keys let through since the last key-usage report.
-	usage keyUsage
+	usage    keyUsage
+	usageOff atomic.Bool // Vault refused the reports for the policy
 
 	// stop ends what Start began; running counts it.
 	stop    context.CancelFunc
