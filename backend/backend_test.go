@@ -3,6 +3,7 @@ package backend
 import (
 	"bytes"
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -20,7 +21,7 @@ type testEnv struct {
 func newTestEnv(t *testing.T) *testEnv {
 	t.Helper()
 	conf := logical.TestBackendConfig()
-	conf.StorageView = &logical.InmemStorage{}
+	conf.StorageView = barrierStorage{&logical.InmemStorage{}}
 	lb, err := Factory(context.Background(), conf)
 	if err != nil {
 		t.Fatalf("Factory: %v", err)
@@ -30,6 +31,45 @@ func newTestEnv(t *testing.T) *testEnv {
 	e := &testEnv{t: t, b: b, storage: conf.StorageView, entityID: "test-entity"}
 	e.checkAnswers()
 	return e
+}
+
+// barrierStorage refuses keys holding "..", as Vault's barrier view does
+// (ErrRelativePath), so tests see the error a real Vault would give.
+type barrierStorage struct{ *logical.InmemStorage }
+
+func (s barrierStorage) check(key string) error {
+	if strings.Contains(key, "..") {
+		return errors.New("relative paths not supported")
+	}
+	return nil
+}
+
+func (s barrierStorage) List(ctx context.Context, prefix string) ([]string, error) {
+	if err := s.check(prefix); err != nil {
+		return nil, err
+	}
+	return s.InmemStorage.List(ctx, prefix)
+}
+
+func (s barrierStorage) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
+	if err := s.check(key); err != nil {
+		return nil, err
+	}
+	return s.InmemStorage.Get(ctx, key)
+}
+
+func (s barrierStorage) Put(ctx context.Context, e *logical.StorageEntry) error {
+	if err := s.check(e.Key); err != nil {
+		return err
+	}
+	return s.InmemStorage.Put(ctx, e)
+}
+
+func (s barrierStorage) Delete(ctx context.Context, key string) error {
+	if err := s.check(key); err != nil {
+		return err
+	}
+	return s.InmemStorage.Delete(ctx, key)
 }
 
 // do sends a request and fails the test on an internal error; user errors

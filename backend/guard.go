@@ -2,8 +2,10 @@ package backend
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime/debug"
+	"strings"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
@@ -17,6 +19,9 @@ import (
 // it:
 //   - validateRequest first: a field of the wrong type, or one the path does
 //     not know, is a 400 before the handler runs;
+//   - an id or name that reaches a storage key with ".." in it (a role in a
+//     field, an approval_id, a budget id) is a 400: Vault's storage refuses
+//     such keys, and the refusal would otherwise be a 500;
 //   - a panic becomes a 500 with a logged stack, never a dead process. The
 //     log holds the path and operation, never request data, which may carry
 //     credentials.
@@ -60,6 +65,56 @@ func (b *backend) guard(pattern string, op logical.Operation, cb framework.Opera
 				return resp, nil
 			}
 		}
-		return cb(ctx, req, d)
+		if req != nil && req.Storage != nil {
+			req.Storage = keyCheckedStorage{req.Storage}
+		}
+		resp, err = cb(ctx, req, d)
+		if errors.Is(err, errParentReference) {
+			return logical.ErrorResponse("a name or id in this request contains \"..\": names and ids may not"), nil
+		}
+		return resp, err
 	}
+}
+
+// errParentReference is a storage key with "..", which only a caller's
+// name or id can put there.
+var errParentReference = errors.New(`storage key contains ".."`)
+
+// keyCheckedStorage refuses, before Vault does, storage keys that a
+// caller's input made relative; guard turns the refusal into a 400.
+type keyCheckedStorage struct{ logical.Storage }
+
+func checkStorageKey(key string) error {
+	if strings.Contains(key, "..") {
+		return errParentReference
+	}
+	return nil
+}
+
+func (s keyCheckedStorage) List(ctx context.Context, prefix string) ([]string, error) {
+	if err := checkStorageKey(prefix); err != nil {
+		return nil, err
+	}
+	return s.Storage.List(ctx, prefix)
+}
+
+func (s keyCheckedStorage) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
+	if err := checkStorageKey(key); err != nil {
+		return nil, err
+	}
+	return s.Storage.Get(ctx, key)
+}
+
+func (s keyCheckedStorage) Put(ctx context.Context, e *logical.StorageEntry) error {
+	if err := checkStorageKey(e.Key); err != nil {
+		return err
+	}
+	return s.Storage.Put(ctx, e)
+}
+
+func (s keyCheckedStorage) Delete(ctx context.Context, key string) error {
+	if err := checkStorageKey(key); err != nil {
+		return err
+	}
+	return s.Storage.Delete(ctx, key)
 }

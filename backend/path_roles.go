@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"fmt"
-	"regexp"
 	"strings"
 	"time"
 
@@ -16,12 +15,6 @@ import (
 )
 
 const rolePrefix = "roles/"
-
-// reservedRoleNames would collide with fixed paths under keys/ and token/.
-var reservedRoleNames = map[string]bool{"id": true, "refresh": true, "exchange": true}
-
-// roleNameRegexp is what the roles/<name> path accepts as a name.
-var roleNameRegexp = regexp.MustCompile("^" + framework.GenericNameRegex("name") + "$")
 
 // maxApprovers bounds approvals_required.
 const maxApprovers = 10
@@ -371,8 +364,8 @@ func (b *backend) pathRoleDelete(ctx context.Context, req *logical.Request, d *f
 
 func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	name := d.Get("name").(string)
-	if reservedRoleNames[name] {
-		return logical.ErrorResponse("role name %q is reserved: it is a fixed path under keys/ and token/", name), nil
+	if err := validateRoleName("name", name); err != nil {
+		return logical.ErrorResponse(err.Error()), nil
 	}
 	r, err := b.getRole(ctx, req.Storage, name)
 	if err != nil {
@@ -626,8 +619,8 @@ func (r *role) normalizeDelegation() error {
 	seen := map[string]bool{}
 	out := r.AllowedSubjectRoles[:0]
 	for _, n := range r.AllowedSubjectRoles {
-		if !roleNameRegexp.MatchString(n) || reservedRoleNames[n] {
-			return fmt.Errorf("allowed_subject_roles: %q is not a role name", n)
+		if err := validateRoleName("allowed_subject_roles", n); err != nil {
+			return err
 		}
 		if !seen[n] {
 			seen[n] = true

@@ -26,6 +26,32 @@ const (
 	maxTenantLength  = 128
 )
 
+// reservedRoleNames are the role names that would collide with a fixed path
+// beside keys/<role> and token/<role>: keys/id/, token/refresh,
+// token/exchange. This is the one list; the README's role-name rule quotes it.
+var reservedRoleNames = map[string]bool{"id": true, "refresh": true, "exchange": true}
+
+// roleNameRegexp is what the roles/<name> path accepts as a name; ".." is
+// refused apart (validateRoleName), since Vault's storage refuses any key
+// holding it.
+var roleNameRegexp = regexp.MustCompile("^" + framework.GenericNameRegex("name") + "$")
+
+// validateRoleName checks a role name given in a field or a path: the role
+// path's form, not reserved, no "..".
+func validateRoleName(field, name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("%s: a role name is required", field)
+	case len(name) > maxNameLength:
+		return fmt.Errorf("%s: a role name is at most %d characters", field, maxNameLength)
+	case !roleNameRegexp.MatchString(name) || strings.Contains(name, ".."):
+		return fmt.Errorf("%s: %q is not a role name (letters, digits, '_', '-' and '.', beginning and ending with a letter, digit or '_', no '..')", field, name)
+	case reservedRoleNames[name]:
+		return fmt.Errorf("%s: %q is reserved (reserved role names: exchange, id, refresh)", field, name)
+	}
+	return nil
+}
+
 // tenantRegexp keeps tenants usable as path segments (a later tenants/<name>
 // path) and as HTTP header values.
 var tenantRegexp = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
