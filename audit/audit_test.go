@@ -29,7 +29,7 @@ const (
 	sidecarEntity  = "abbc1bcc-9711-1ed5-2139-a29c3a0c57d3" // the sidecar, holder "sc-1"
 	auditedKey     = "xYVDe7I5wMjT"                         // web: verified, renewed, 3 allows, 1 denial, lease revoked
 	unusedKey      = "xYVDem7YzKqy"                         // web: nothing; dies with its minter's token
-	meterKey       = "xYVDf7Bzo2gh"                         // llm (newcomer): budget reserved and reported, keys/id delete
+	meterKey       = "xYVDf7Bzo2gh"                         // llm (newcomer): budget reserved and reported, key delete
 	norenewKey     = "xYVDf0GHfTar"                         // web: lease revoked, never renewed (the revoke's lease_id is HMAC'd)
 	firstJWT       = "55e26dad-bbc0-c9d8-2203-7f4db4708426" // agent: refreshed, then its refresh token reused
 	refreshedJWT   = "5abfebc6-6b62-5d9b-849e-7afb9c5eb3c1"
@@ -204,7 +204,7 @@ func TestHistoryOfAMeteredKey(t *testing.T) {
 	if rep.Actor.EntityID != sidecarEntity || rep.Details["period_used"] != "40" || rep.Details["released"] != "true" {
 		t.Fatalf("report: %+v", rep)
 	}
-	if rev.Route != "keys/id delete (keybroker/keys/id/"+meterKey+")" {
+	if rev.Route != "key delete (keybroker/keys/id/"+meterKey+")" {
 		t.Fatalf("revocation: %+v", rev)
 	}
 	if c := h.Credentials[0]; c.Minter.EntityID != newcomerEntity || c.Tenant != "globex" || c.Granted != 100 || c.PeriodUsed != 40 {
@@ -670,4 +670,26 @@ func findRecord(t *testing.T, l *Log, f func(*Record) bool) *Record {
 	}
 	t.Fatal("no such record")
 	return nil
+}
+
+// Key paths in both layouts: keys/<role>/id/<key_id>/... (since issue 23)
+// and keys/id/<key_id>/... (audit logs of older plugins).
+func TestKeyPathSegments(t *testing.T) {
+	for _, c := range []struct {
+		path, id, op string
+	}{
+		{"keys/web/id/kA1kA1kA1kA1/rotate", "kA1kA1kA1kA1", "rotate"},
+		{"keys/web/id/kA1kA1kA1kA1", "kA1kA1kA1kA1", ""},
+		{"keys/id/kA1kA1kA1kA1/suspend", "kA1kA1kA1kA1", "suspend"},
+		{"keys/id/kA1kA1kA1kA1", "kA1kA1kA1kA1", ""},
+		{"keys/web", "", ""},
+		{"keys/web/id", "", ""},
+		{"keys/id", "", ""},
+		{"roles/web/suspend", "", ""},
+	} {
+		segs := strings.Split(c.path, "/")
+		if id, op := keyPathID(segs), keyOp(segs); id != c.id || op != c.op {
+			t.Errorf("%s: id %q op %q, want %q %q", c.path, id, op, c.id, c.op)
+		}
+	}
 }

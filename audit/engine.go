@@ -303,8 +303,8 @@ func (e *engine) index() {
 			if r.reqData("approval_id") != "" {
 				c.MintedVia = "approval"
 			}
-		case len(segs) == 4 && segs[0] == "keys" && segs[1] == "id" && segs[3] == "rotate":
-			c.Kind, c.MintedVia, c.Parent = "api_key", "rotation", segs[2]
+		case keyOp(segs) == "rotate":
+			c.Kind, c.MintedVia, c.Parent = "api_key", "rotation", keyPathID(segs)
 		case len(segs) == 2 && segs[0] == "token" && segs[1] == "refresh":
 			c.Kind, c.MintedVia = "jwt", "refresh"
 		case len(segs) == 2 && segs[0] == "token" && segs[1] == "exchange":
@@ -644,6 +644,31 @@ func (e *engine) cascadeExchanged(c *Cred, r *Record) {
 	}
 }
 
+// keyPathID is the key_id a path about one key names: keys/<role>/id/<id>
+// (and below it), or keys/id/<id> as plugins before issue 23 served it;
+// "" for any other path.
+func keyPathID(segs []string) string {
+	switch {
+	case len(segs) >= 3 && segs[0] == "keys" && segs[1] == "id":
+		return segs[2]
+	case len(segs) >= 4 && segs[0] == "keys" && segs[2] == "id":
+		return segs[3]
+	}
+	return ""
+}
+
+// keyOp is what a path about one key does below it (rotate, suspend,
+// resume; "" for the key itself).
+func keyOp(segs []string) string {
+	switch {
+	case keyPathID(segs) == "":
+		return ""
+	case segs[1] == "id":
+		return strings.Join(segs[3:], "/")
+	}
+	return strings.Join(segs[4:], "/")
+}
+
 func (e *engine) keybroker(r *Record) {
 	mount, segs := e.rel(r)
 	if c := e.mintOf[r]; c != nil {
@@ -652,15 +677,15 @@ func (e *engine) keybroker(r *Record) {
 	}
 	switch segs[0] {
 	case "keys":
-		if len(segs) >= 3 && segs[1] == "id" {
-			c := e.byForm[segs[2]]
+		if id := keyPathID(segs); id != "" {
+			c := e.byForm[id]
 			if c == nil {
 				return
 			}
-			sub := strings.Join(segs[3:], "/")
+			sub := keyOp(segs)
 			switch {
 			case sub == "" && r.Request.Operation == "delete":
-				e.revocation(c, r, "keys/id delete ("+r.Request.Path+")", nil)
+				e.revocation(c, r, "key delete ("+r.Request.Path+")", nil)
 			case sub == "" && r.Request.Operation == "read":
 				e.emit(c, r, "looked_up", map[string]string{"revoked": r.respData("revoked"), "error": e.errText(c, nil, r)})
 			case sub == "suspend" || sub == "resume":

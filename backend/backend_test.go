@@ -72,6 +72,17 @@ func (s barrierStorage) Delete(ctx context.Context, key string) error {
 	return s.InmemStorage.Delete(ctx, key)
 }
 
+// keyPath is the path of a key's changes, keys/<role>/id/<key_id>, with
+// the role read from storage.
+func (e *testEnv) keyPath(id string) string {
+	e.t.Helper()
+	k, err := e.b.getKey(context.Background(), e.storage, id)
+	if err != nil || k == nil {
+		e.t.Fatalf("key %s: %v (missing: %v)", id, err, k == nil)
+	}
+	return "keys/" + k.Role + "/id/" + id
+}
+
 // do sends a request and fails the test on an internal error; user errors
 // come back as responses.
 func (e *testEnv) do(op logical.Operation, path string, data map[string]interface{}) *logical.Response {

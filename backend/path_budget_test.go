@@ -252,7 +252,7 @@ func TestRevokedCredentialsCannotReserve(t *testing.T) {
 	e := newJWTEnv(t, map[string]interface{}{"budget": 100})
 	key := e.mint("agent", nil).Data["key_id"].(string)
 	e.reserve(key, 10)
-	e.ok(logical.DeleteOperation, "keys/id/"+key, nil)
+	e.ok(logical.DeleteOperation, e.keyPath(key), nil)
 	e.userError(logical.UpdateOperation, "budget/reserve", map[string]interface{}{"id": key, "units": 10}, "is revoked")
 
 	tok := e.ok(logical.UpdateOperation, "token/agent", map[string]interface{}{"audience": "billing"})

@@ -10,7 +10,6 @@ import (
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 
-	"github.com/keybroker/keybroker/apikey"
 	"github.com/keybroker/keybroker/contract"
 )
 
@@ -34,6 +33,11 @@ const (
 
 func pathKeyLifecycle(b *backend) []*framework.Path {
 	keyID := &framework.FieldSchema{Type: framework.TypeString, Description: "The key's key_id.", Required: true}
+	roleField := &framework.FieldSchema{Type: framework.TypeString, Description: "The role the key was minted from: a key of another role is answered as one that does not exist.", Required: true}
+	// Every change to a key is under keys/<role>/id/<key_id>, so that a
+	// policy on keybroker/keys/<role>/* grants that role's keys and no
+	// others.
+	keyPath := "keys/" + framework.GenericNameRegex("role") + "/id/" + framework.GenericNameRegex("key_id")
 	rotated := merged(keyAnswerFields(), echoed(limitFields()), map[string]*framework.FieldSchema{
 		"key":        secretOut("The successor API key. Returned once; only its hash is stored.", "Key"),
 		"replaces":   out(framework.TypeString, "The key_id of the key it replaces."),
@@ -53,8 +57,9 @@ func pathKeyLifecycle(b *backend) []*framework.Path {
 	}
 	return []*framework.Path{
 		{
-			Pattern: "keys/id/" + framework.GenericNameRegex("key_id") + "/rotate$",
+			Pattern: keyPath + "/rotate$",
 			Fields: map[string]*framework.FieldSchema{
+				"role":   roleField,
 				"key_id": keyID,
 				"grace": {
 					Type:         framework.TypeDurationSecond,
@@ -75,11 +80,14 @@ successor spends from the old key's budget: rotating never resets spend.
 Verifications of the old key answer replaced_by, and the sidecar tells its
 clients (X-Keybroker-Key-Replaced-By, X-Keybroker-Key-Expires). A leased
 key's successor is a lease of the token that rotated it (under this path,
-not keys/<role>); it renews up to the old key's max_ttl, never beyond.`,
+so "vault lease revoke -prefix keybroker/keys/<role>" reaches it); it renews
+up to the old key's max_ttl, never beyond. Update here mints keys of the
+role: grant it as you grant keys/<role>.`,
 		},
 		{
-			Pattern: "keys/id/" + framework.GenericNameRegex("key_id") + "/(?P<action>suspend|resume)$",
+			Pattern: keyPath + "/(?P<action>suspend|resume)$",
 			Fields: map[string]*framework.FieldSchema{
+				"role":   roleField,
 				"key_id": keyID,
 				"action": {Type: framework.TypeString, Description: "suspend or resume."},
 			},
@@ -140,23 +148,20 @@ like every string. A secret-scanning alert can call this path directly.`,
 
 func (b *backend) pathKeyRotate(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	id := d.Get("key_id").(string)
-	if !apikey.ValidateID(id) {
-		return logical.ErrorResponse("%q is not a key_id (12 base62 characters)", id), nil
-	}
 	grace := time.Duration(d.Get("grace").(int)) * time.Second
 	if grace < 0 {
 		return logical.ErrorResponse("grace must not be negative"), nil
 	}
 	unlock := b.lockRevocations()
 	defer unlock()
-	old, err := b.getKey(ctx, req.Storage, id)
-	if err != nil {
-		return nil, err
+	old, resp, err := b.keyOfRole(ctx, req.Storage, d)
+	if resp != nil || err != nil {
+		return resp, err
 	}
 	now := time.Now().UTC().Truncate(time.Second)
 	switch {
 	case old == nil:
-		return logical.ErrorResponse("key %s does not exist", id), nil
+		return noSuchKey(d), nil
 	case old.revoked():
 		return logical.ErrorResponse("key %s is revoked: mint a new key", id), nil
 	case !now.Before(old.ExpiresAt):
@@ -234,7 +239,7 @@ func (b *backend) pathKeyRotate(ctx context.Context, req *logical.Request, d *fr
 	if next.Orphan {
 		return &logical.Response{Data: data}, nil
 	}
-	resp := b.Secret(secretTypeAPIKey).Response(data, map[string]interface{}{"key_id": next.ID})
+	resp = b.Secret(secretTypeAPIKey).Response(data, map[string]interface{}{"key_id": next.ID})
 	resp.Secret.TTL = next.ExpiresAt.Sub(now)
 	resp.Secret.Renewable = !r.NotRenewable && next.Approval == ""
 	if !next.NotAfter.IsZero() {
@@ -291,18 +296,15 @@ func (b *backend) revokeKeyAtGraceEnd(ctx context.Context, s logical.Storage, id
 
 func (b *backend) pathKeySuspend(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	id, suspend := d.Get("key_id").(string), d.Get("action").(string) == "suspend"
-	if !apikey.ValidateID(id) {
-		return logical.ErrorResponse("%q is not a key_id (12 base62 characters)", id), nil
-	}
 	b.revocationMu.Lock()
 	defer b.revocationMu.Unlock()
-	k, err := b.getKey(ctx, req.Storage, id)
-	if err != nil {
-		return nil, err
+	k, resp, err := b.keyOfRole(ctx, req.Storage, d)
+	if resp != nil || err != nil {
+		return resp, err
 	}
 	switch {
 	case k == nil:
-		return logical.ErrorResponse("key %s does not exist", id), nil
+		return noSuchKey(d), nil
 	case k.revoked():
 		return logical.ErrorResponse("key %s is revoked: suspension would change nothing", id), nil
 	}

@@ -26,7 +26,7 @@ func TestRotateWithGrace(t *testing.T) {
 	oldID, oldKey := old.Data["key_id"].(string), old.Data["key"].(string)
 	e.reserve(oldID, 30)
 
-	rot := e.ok(logical.UpdateOperation, "keys/id/"+oldID+"/rotate", map[string]interface{}{"grace": "1h"})
+	rot := e.ok(logical.UpdateOperation, e.keyPath(oldID)+"/rotate", map[string]interface{}{"grace": "1h"})
 	newID, newKey := rot.Data["key_id"].(string), rot.Data["key"].(string)
 	if newID == oldID || rot.Data["replaces"] != oldID || rot.Data["name"] != "ci" || rot.Data["expires_at"] != old.Data["expires_at"] || rot.Secret == nil {
 		t.Fatalf("rotate answer %#v lease %#v", rot.Data, rot.Secret)
@@ -47,15 +47,18 @@ func TestRotateWithGrace(t *testing.T) {
 	if s := e.spend("budget/" + newID); s[3] != 30 {
 		t.Fatalf("successor's budget after 30 + 40 reserved on the two keys: %v, want 30 remaining", s)
 	}
-	read := e.ok(logical.ReadOperation, "keys/id/"+oldID, nil).Data
-	if read["replaced_by"] != newID || e.ok(logical.ReadOperation, "keys/id/"+newID, nil).Data["replaces"] != oldID {
-		t.Fatalf("key reads: %#v", read)
+	// Under the role's path and the auditor's keys/id/ alike.
+	for _, p := range []string{e.keyPath(oldID), "keys/id/" + oldID} {
+		read := e.ok(logical.ReadOperation, p, nil).Data
+		if read["replaced_by"] != newID || e.ok(logical.ReadOperation, strings.Replace(p, oldID, newID, 1), nil).Data["replaces"] != oldID {
+			t.Fatalf("key reads: %#v", read)
+		}
 	}
 	if r, err := e.lease(logical.RenewOperation, old.Secret); err != nil || !r.IsError() || !strings.Contains(r.Error().Error(), "was rotated") {
 		t.Fatalf("renewing the replaced key: %v %#v", err, r)
 	}
-	e.userError(logical.UpdateOperation, "keys/id/"+oldID+"/rotate", nil, "already rotated")
-	e.userError(logical.UpdateOperation, "keys/id/"+oldID+"/rotate", map[string]interface{}{"grace": "-1s"}, "")
+	e.userError(logical.UpdateOperation, e.keyPath(oldID)+"/rotate", nil, "already rotated")
+	e.userError(logical.UpdateOperation, e.keyPath(oldID)+"/rotate", map[string]interface{}{"grace": "-1s"}, "")
 
 	// At the end of the grace the active node revokes it, through the feed.
 	if err := e.b.revokeRotated(context.Background(), e.storage, time.Now()); err != nil {
@@ -77,7 +80,7 @@ func TestRotateWithGrace(t *testing.T) {
 	// An orphan key's successor is no lease.
 	e.createRole("batch", map[string]interface{}{"scopes": "read", "orphan": true, "ttl": "1h"})
 	o := e.mint("batch", nil)
-	if r := e.ok(logical.UpdateOperation, "keys/id/"+o.Data["key_id"].(string)+"/rotate", map[string]interface{}{"grace": "0s"}); r.Secret != nil {
+	if r := e.ok(logical.UpdateOperation, e.keyPath(o.Data["key_id"].(string))+"/rotate", map[string]interface{}{"grace": "0s"}); r.Secret != nil {
 		t.Fatalf("an orphan key's successor came as a lease")
 	}
 	if v := e.verifyKey(o.Data["key"].(string)); v["reason"] != "expired" {
@@ -91,7 +94,7 @@ func TestSuspendAndResume(t *testing.T) {
 	a, b := e.mint("web", nil), e.mint("web", nil)
 	aID, bID := a.Data["key_id"].(string), b.Data["key_id"].(string)
 
-	if d := e.ok(logical.UpdateOperation, "keys/id/"+aID+"/suspend", nil).Data; d["suspended"] != true || !slices.Equal(d["suspended_by"].([]string), []string{"key"}) {
+	if d := e.ok(logical.UpdateOperation, e.keyPath(aID)+"/suspend", nil).Data; d["suspended"] != true || !slices.Equal(d["suspended_by"].([]string), []string{"key"}) {
 		t.Fatalf("suspend: %#v", d)
 	}
 	if v := e.verifyKey(a.Data["key"].(string)); v["reason"] != "suspended" {
@@ -108,11 +111,11 @@ func TestSuspendAndResume(t *testing.T) {
 		t.Fatalf("role suspend: %#v", d)
 	}
 	e.userError(logical.UpdateOperation, "keys/web", map[string]interface{}{"name": "x"}, "is suspended")
-	e.userError(logical.UpdateOperation, "keys/id/"+aID+"/rotate", nil, "is suspended")
-	if d := e.ok(logical.UpdateOperation, "keys/id/"+bID+"/resume", nil).Data; d["suspended"] != true || !slices.Equal(d["suspended_by"].([]string), []string{"role"}) {
+	e.userError(logical.UpdateOperation, e.keyPath(aID)+"/rotate", nil, "is suspended")
+	if d := e.ok(logical.UpdateOperation, e.keyPath(bID)+"/resume", nil).Data; d["suspended"] != true || !slices.Equal(d["suspended_by"].([]string), []string{"role"}) {
 		t.Fatalf("resuming a key of a suspended role: %#v", d)
 	}
-	if d := e.ok(logical.ReadOperation, "keys/id/"+aID, nil).Data; !slices.Equal(d["suspended_by"].([]string), []string{"key", "role"}) {
+	if d := e.ok(logical.ReadOperation, e.keyPath(aID), nil).Data; !slices.Equal(d["suspended_by"].([]string), []string{"key", "role"}) {
 		t.Fatalf("a key suspended both ways: %#v", d)
 	}
 	if v := e.verifyKey(b.Data["key"].(string)); v["reason"] != "suspended" {
@@ -127,7 +130,7 @@ func TestSuspendAndResume(t *testing.T) {
 	if v := e.verifyKey(a.Data["key"].(string)); v["reason"] != "suspended" {
 		t.Fatalf("a key suspended on its own, after the role resumed: %v", v["reason"])
 	}
-	if d := e.ok(logical.UpdateOperation, "keys/id/"+aID+"/resume", nil).Data; d["suspended"] != false {
+	if d := e.ok(logical.UpdateOperation, e.keyPath(aID)+"/resume", nil).Data; d["suspended"] != false {
 		t.Fatalf("resume: %#v", d)
 	}
 	if v := e.verifyKey(a.Data["key"].(string)); v["valid"] != true {
@@ -136,12 +139,12 @@ func TestSuspendAndResume(t *testing.T) {
 	if d := e.ok(logical.ReadOperation, "keys/id/"+aID, nil).Data; d["suspended_at"] != nil {
 		t.Fatalf("resumed key read: %#v", d)
 	}
-	e.ok(logical.UpdateOperation, "keys/id/"+aID+"/suspend", nil)
+	e.ok(logical.UpdateOperation, e.keyPath(aID)+"/suspend", nil)
 	if d := e.ok(logical.ReadOperation, "keys/id/"+aID, nil).Data; !slices.Equal(d["suspended_by"].([]string), []string{"key"}) || d["suspended_at"] == nil {
 		t.Fatalf("suspended key read: %#v", d)
 	}
 	e.userError(logical.UpdateOperation, "roles/nope/suspend", nil, "does not exist")
-	e.userError(logical.UpdateOperation, "keys/id/short/suspend", nil, "is not a key_id")
+	e.userError(logical.UpdateOperation, "keys/web/id/short/suspend", nil, "is not a key_id")
 	if d := e.ok(logical.ReadOperation, "roles/web", nil).Data; d["suspended"] != false {
 		t.Fatalf("role read after resume: %#v", d)
 	}

@@ -153,7 +153,7 @@ func TestKeyRecordChangesAfterSnapshot(t *testing.T) {
 	// After the snapshot: a mint, a revocation, a renewal, a budget
 	// change, a tenant ceiling.
 	minted := e.mint("web", nil).Data["key_id"].(string)
-	e.ok(logical.DeleteOperation, "keys/id/"+revokedLater, nil)
+	e.ok(logical.DeleteOperation, e.keyPath(revokedLater), nil)
 	sec := before.Secret
 	sec.IssueTime = time.Now()
 	sec.Increment = 3 * time.Hour

@@ -23,7 +23,7 @@ func TestKeyUsage(t *testing.T) {
 	e.createRole("web", map[string]interface{}{"scopes": "read"})
 	used, idle, gone := e.mint("web", nil), e.mint("web", nil), e.mint("web", nil)
 	usedID, idleID, goneID := used.Data["key_id"].(string), idle.Data["key_id"].(string), gone.Data["key_id"].(string)
-	e.ok(logical.DeleteOperation, "keys/id/"+goneID, nil)
+	e.ok(logical.DeleteOperation, e.keyPath(goneID), nil)
 
 	now := time.Now().Unix()
 	got := e.ok(logical.UpdateOperation, "key-usage", usageReport(t,
@@ -36,7 +36,7 @@ func TestKeyUsage(t *testing.T) {
 	// A second sidecar's report: counts add up, the latest use wins.
 	e.ok(logical.UpdateOperation, "key-usage", usageReport(t, usageEntry{KeyID: usedID, Last: now, From: "10.0.0.2", Count: 4}))
 	e.ok(logical.UpdateOperation, "key-usage", usageReport(t, usageEntry{KeyID: usedID, Last: now - 60, From: "10.0.0.3", Count: 1}))
-	d := e.ok(logical.ReadOperation, "keys/id/"+usedID, nil).Data
+	d := e.ok(logical.ReadOperation, e.keyPath(usedID), nil).Data
 	uses := d["uses"].([]map[string]interface{})
 	if d["last_used_at"] != time.Unix(now, 0).UTC().Format(time.RFC3339) || d["last_used_from"] != "10.0.0.2" || len(uses) != 1 || uses[0]["count"] != int64(8) {
 		t.Fatalf("key read: %#v", d)

@@ -140,6 +140,9 @@ func pathKeys(b *backend) []*framework.Path {
 	}
 	list, item := pathAttrs("api-keys"), pathAttrs("api-key")
 	list.ItemType, item.ItemType = "API key", "API key"
+	// The auditor's views across roles, apart in the OpenAPI document.
+	listAll, itemAny := pathAttrs("api-keys-of-every-role"), pathAttrs("api-key-of-any-role")
+	listAll.ItemType, itemAny.ItemType = "API key", "API key"
 	minted := merged(keyAnswerFields(), echoed(limitFields()), map[string]*framework.FieldSchema{
 		"key": secretOut("The API key. Returned once: only its hash is stored.", "API key"),
 	})
@@ -158,27 +161,51 @@ func pathKeys(b *backend) []*framework.Path {
 		"last_used_from": out(framework.TypeString, "The client address of that last use."),
 		"uses":           out(framework.TypeSlice, "Requests let through per day (UTC), the last 30 days: day, count."),
 	})
+	roleField := &framework.FieldSchema{Type: framework.TypeString, Description: "The role the key was minted from.", Required: true}
+	unusedFor := &framework.FieldSchema{
+		Type:        framework.TypeDurationSecond,
+		Description: "List only live keys not used for this long (never used, and minted at least this long ago, or last used this long ago), to find stale keys.",
+	}
+	listOp := operation(b.pathKeyList, listAnswer("key_ids of the keys in storage.", "For each key_id: its name, role and last_used_at (empty: never used)."))
 	return []*framework.Path{
 		{
 			// Listed before keys/<role> so that "keys/id" is never a role.
-			Pattern: "keys/id/?$",
-			Fields: map[string]*framework.FieldSchema{
-				"unused_for": {
-					Type:        framework.TypeDurationSecond,
-					Description: "List only live keys not used for this long (never used, and minted at least this long ago, or last used this long ago), to find stale keys.",
-				},
-			},
-			DisplayAttrs: list,
-			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.ListOperation: operation(b.pathKeyList, listAnswer("key_ids of the keys in storage.", "For each key_id: its name, role and last_used_at (empty: never used).")),
-			},
-			HelpSynopsis: "List minted API keys by key_id, with their name, role and last use.",
-			HelpDescription: `Lists every key still in storage, revoked and expired ones included until
-tidy removes them; with unused_for, only live keys not used for that long.`,
+			Pattern:      "keys/id/?$",
+			Fields:       map[string]*framework.FieldSchema{"unused_for": unusedFor},
+			DisplayAttrs: listAll,
+			Operations:   map[logical.Operation]framework.OperationHandler{logical.ListOperation: listOp},
+			HelpSynopsis: "List every role's API keys by key_id, with their name, role and last use.",
+			HelpDescription: `Lists every key still in storage, of every role, revoked and expired ones
+included until tidy removes them; with unused_for, only live keys not used
+for that long. This is an auditor's view across roles: to grant one role's
+keys, grant keys/<role>/id/ instead.`,
 		},
 		{
 			Pattern:      "keys/id/" + framework.GenericNameRegex("key_id"),
 			Fields:       map[string]*framework.FieldSchema{"key_id": keyIDField},
+			DisplayAttrs: itemAny,
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ReadOperation: operation(b.pathKeyRead, answers(read)),
+			},
+			HelpSynopsis: "Read any role's API key's metadata (an auditor's view).",
+			HelpDescription: `Returns what the key may do, when it expires and whether it is revoked;
+never the key or its hash. It reads a key of any role: grant it to
+auditors. Every change to a key (revoke, rotate, suspend, resume) is under
+keys/<role>/id/<key_id>, so that a policy can grant one role's keys.`,
+		},
+		{
+			Pattern:      "keys/" + framework.GenericNameRegex("role") + "/id/?$",
+			Fields:       map[string]*framework.FieldSchema{"role": roleField, "unused_for": unusedFor},
+			DisplayAttrs: list,
+			Operations:   map[logical.Operation]framework.OperationHandler{logical.ListOperation: listOp},
+			HelpSynopsis: "List a role's API keys by key_id, with their name and last use.",
+			HelpDescription: `Lists the role's keys still in storage, revoked and expired ones included
+until tidy removes them; with unused_for, only live keys not used for that
+long.`,
+		},
+		{
+			Pattern:      "keys/" + framework.GenericNameRegex("role") + "/id/" + framework.GenericNameRegex("key_id"),
+			Fields:       map[string]*framework.FieldSchema{"role": roleField, "key_id": keyIDField},
 			DisplayAttrs: item,
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.ReadOperation:   operation(b.pathKeyRead, answers(read)),
@@ -187,7 +214,9 @@ tidy removes them; with unused_for, only live keys not used for that long.`,
 			HelpSynopsis: "Read an API key's metadata, or revoke it.",
 			HelpDescription: `Read returns what the key may do, when it expires and whether it is revoked;
 never the key or its hash. Delete revokes the key at once and adds it to
-keybroker/revocations; this is how keys minted from orphan roles are revoked.`,
+keybroker/revocations; this is how keys minted from orphan roles are
+revoked. A key of another role is answered as one that does not exist, so
+a policy on keys/<role>/* reaches that role's keys and no others.`,
 		},
 		{
 			Pattern:      "keys/" + framework.GenericNameRegex("role"),
@@ -204,6 +233,41 @@ role's max_ttl. With dpop_jkt or dpop_jwk the key is bound to its holder's
 key pair (DPoP, RFC 9449): verifiers then accept it only with a proof.`,
 		},
 	}
+}
+
+// pathRole is the role a path names (keys/<role>/id/...), "" on a path
+// that names none (keys/id/...).
+func pathRole(d *framework.FieldData) string {
+	if _, ok := d.Schema["role"]; !ok {
+		return ""
+	}
+	return d.Get("role").(string)
+}
+
+// keyOfRole reads the key a path names: nil when there is none. On a path
+// that names a role, a key of another role is answered as one that does not
+// exist: a policy on keys/<role>/* must learn nothing of other roles' keys.
+// resp is the 400 for a malformed key_id.
+func (b *backend) keyOfRole(ctx context.Context, s logical.Storage, d *framework.FieldData) (k *keyEntry, resp *logical.Response, err error) {
+	id := d.Get("key_id").(string)
+	if !apikey.ValidateID(id) {
+		return nil, logical.ErrorResponse("%q is not a key_id (12 base62 characters)", id), nil
+	}
+	if k, err = b.getKey(ctx, s, id); err != nil || k == nil {
+		return nil, nil, err
+	}
+	if role := pathRole(d); role != "" && k.Role != role {
+		return nil, nil, nil
+	}
+	return k, nil, nil
+}
+
+// noSuchKey is the 400 of a change to a key that keyOfRole did not find.
+func noSuchKey(d *framework.FieldData) *logical.Response {
+	if role := pathRole(d); role != "" {
+		return logical.ErrorResponse("key %s does not exist under role %q", d.Get("key_id").(string), role)
+	}
+	return logical.ErrorResponse("key %s does not exist", d.Get("key_id").(string))
 }
 
 func mintKeyFields() map[string]*framework.FieldSchema {
@@ -387,7 +451,7 @@ func (b *backend) pathKeyList(ctx context.Context, req *logical.Request, d *fram
 	if err != nil {
 		return nil, fmt.Errorf("listing keys: %w", err)
 	}
-	now := time.Now()
+	now, role := time.Now(), pathRole(d)
 	listed := make([]string, 0, len(ids))
 	info := make(map[string]interface{}, len(ids))
 	for _, id := range ids {
@@ -395,8 +459,8 @@ func (b *backend) pathKeyList(ctx context.Context, req *logical.Request, d *fram
 		if err != nil {
 			return nil, err
 		}
-		if k == nil {
-			continue // tidied between List and Get
+		if k == nil || (role != "" && k.Role != role) {
+			continue // tidied between List and Get, or another role's
 		}
 		if unused > 0 && (k.revoked() || !now.Before(k.ExpiresAt) || !k.unusedFor(unused, now)) {
 			continue
@@ -412,13 +476,9 @@ func (b *backend) pathKeyList(ctx context.Context, req *logical.Request, d *fram
 }
 
 func (b *backend) pathKeyRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	id := d.Get("key_id").(string)
-	if !apikey.ValidateID(id) {
-		return logical.ErrorResponse("%q is not a key_id (12 base62 characters)", id), nil
-	}
-	k, err := b.getKey(ctx, req.Storage, id)
-	if err != nil || k == nil {
-		return nil, err
+	k, resp, err := b.keyOfRole(ctx, req.Storage, d)
+	if k == nil {
+		return resp, err // nil, nil: 404
 	}
 	data := k.publicData()
 	data["orphan"] = k.Orphan
@@ -435,9 +495,13 @@ func (b *backend) pathKeyRead(ctx context.Context, req *logical.Request, d *fram
 }
 
 func (b *backend) pathKeyRevoke(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	id := d.Get("key_id").(string)
-	if !apikey.ValidateID(id) {
-		return logical.ErrorResponse("%q is not a key_id (12 base62 characters)", id), nil
+	// A key's role never changes, so the check holds when revokeKey runs.
+	k, resp, err := b.keyOfRole(ctx, req.Storage, d)
+	if k == nil && resp == nil && err == nil {
+		resp = noSuchKey(d)
 	}
-	return nil, b.revokeKey(ctx, req.Storage, id)
+	if k == nil {
+		return resp, err
+	}
+	return nil, b.revokeKey(ctx, req.Storage, k.ID)
 }

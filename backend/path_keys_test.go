@@ -3,6 +3,7 @@ package backend
 import (
 	"context"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -272,7 +273,7 @@ func TestNotRenewableRole(t *testing.T) {
 func TestKeyIDPathsRejectBadIDs(t *testing.T) {
 	e := newTestEnv(t)
 	e.userError(logical.ReadOperation, "keys/id/short", nil, "is not a key_id")
-	e.userError(logical.DeleteOperation, "keys/id/short", nil, "is not a key_id")
+	e.userError(logical.DeleteOperation, "keys/r/id/short", nil, "is not a key_id")
 	if resp := e.ok(logical.ReadOperation, "keys/id/AAAAAAAAAAAA", nil); resp != nil {
 		t.Fatalf("read of unknown key = %#v, want nil (404)", resp)
 	}
@@ -304,4 +305,63 @@ func TestMintDPoPBoundKey(t *testing.T) {
 	e.ok(logical.UpdateOperation, "roles/r", map[string]interface{}{"require_dpop": true})
 	e.userError(logical.UpdateOperation, "keys/r", map[string]interface{}{"name": "x"}, "requires DPoP-bound credentials")
 	e.mint("r", map[string]interface{}{"dpop_jkt": k.JKT})
+}
+
+// A policy on keybroker/keys/<role>/* must reach that role's keys and no
+// others: every path that changes or reads one key names its role, and a
+// key of another role is answered as one that does not exist, changing
+// nothing. (Issue 23: keys/id/<key_id>/rotate took over any key.)
+func TestKeyPathsAreScopedByRole(t *testing.T) {
+	e := newTestEnv(t)
+	e.createRole("billing", map[string]interface{}{"scopes": "read", "ttl": "1h"})
+	e.createRole("admin", map[string]interface{}{"scopes": "admin", "ttl": "1h", "tenant": ""})
+	bill := e.mint("billing", map[string]interface{}{"name": "b"}).Data["key_id"].(string)
+	adm := e.mint("admin", map[string]interface{}{"name": "a"}).Data["key_id"].(string)
+
+	foreign := "keys/billing/id/" + adm
+	if resp := e.ok(logical.ReadOperation, foreign, nil); resp != nil {
+		t.Fatalf("read of another role's key under billing = %#v, want 404", resp)
+	}
+	for _, c := range []struct {
+		op   logical.Operation
+		path string
+		data map[string]interface{}
+	}{
+		{logical.DeleteOperation, foreign, nil},
+		{logical.UpdateOperation, foreign + "/rotate", map[string]interface{}{"grace": "0s"}},
+		{logical.UpdateOperation, foreign + "/suspend", nil},
+		{logical.UpdateOperation, foreign + "/resume", nil},
+		{logical.UpdateOperation, "keys/nosuchrole/id/" + adm + "/rotate", nil},
+	} {
+		e.userError(c.op, c.path, c.data, "does not exist under role")
+	}
+	k, err := e.b.getKey(context.Background(), e.storage, adm)
+	if err != nil || k.revoked() || k.suspended() || k.ReplacedBy != "" {
+		t.Fatalf("the admin key changed through billing's paths: %+v %v", k, err)
+	}
+	if keys := e.ok(logical.ListOperation, "keys/billing/id/", nil).Data["keys"].([]string); !slices.Equal(keys, []string{bill}) {
+		t.Fatalf("keys/billing/id/ = %v, want only %s", keys, bill)
+	}
+	if keys := e.ok(logical.ListOperation, "keys/id/", nil).Data["keys"].([]string); len(keys) != 2 {
+		t.Fatalf("keys/id/ (every role) = %v, want both", keys)
+	}
+	// The key's own role reaches it; a rotated successor's lease lives
+	// under the role's path, so revoke -prefix keys/<role> reaches it.
+	rot := e.ok(logical.UpdateOperation, "keys/admin/id/"+adm+"/rotate", map[string]interface{}{"grace": "1m"})
+	if rot.Data["replaces"] != adm || rot.Data["scopes"].([]string)[0] != "admin" {
+		t.Fatalf("rotate under the key's role: %#v", rot.Data)
+	}
+	e.ok(logical.DeleteOperation, "keys/billing/id/"+bill, nil)
+	if d := e.ok(logical.ReadOperation, "keys/billing/id/"+bill, nil).Data; d["revoked"] != true || d["revoked_at"] == nil {
+		t.Fatalf("billing key after delete under its role: %#v", d)
+	}
+	// The old role-less paths change nothing any more.
+	for _, p := range []string{"keys/id/" + adm + "/rotate", "keys/id/" + adm + "/suspend"} {
+		if _, err := e.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.UpdateOperation, Path: p, Storage: e.storage}); err == nil {
+			t.Fatalf("%s still answers", p)
+		}
+	}
+	if _, err := e.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.DeleteOperation, Path: "keys/id/" + adm, Storage: e.storage}); err == nil {
+		t.Fatalf("delete keys/id/<key_id> still answers")
+	}
 }

@@ -53,10 +53,10 @@ func TestRevocationFeed(t *testing.T) {
 	if _, err := e.lease(logical.RevokeOperation, secrets[1]); err != nil { // vault lease revoke / token revocation
 		t.Fatal(err)
 	}
-	e.ok(logical.DeleteOperation, "keys/id/"+ids[0], nil)
-	e.ok(logical.DeleteOperation, "keys/id/"+orphan, nil)
+	e.ok(logical.DeleteOperation, e.keyPath(ids[0]), nil)
+	e.ok(logical.DeleteOperation, e.keyPath(orphan), nil)
 	// Revoking twice, by either route, adds nothing.
-	e.ok(logical.DeleteOperation, "keys/id/"+ids[1], nil)
+	e.ok(logical.DeleteOperation, e.keyPath(ids[1]), nil)
 	if _, err := e.lease(logical.RevokeOperation, secrets[0]); err != nil {
 		t.Fatal(err)
 	}
@@ -116,8 +116,8 @@ func TestRevocationFeedDropsExpired(t *testing.T) {
 	e.createRole("web", nil)
 	short := e.mint("web", nil).Data["key_id"].(string)
 	long := e.mint("web", nil).Data["key_id"].(string)
-	e.ok(logical.DeleteOperation, "keys/id/"+short, nil)
-	e.ok(logical.DeleteOperation, "keys/id/"+long, nil)
+	e.ok(logical.DeleteOperation, e.keyPath(short), nil)
+	e.ok(logical.DeleteOperation, e.keyPath(long), nil)
 
 	// Age the first entry as if its key expired.
 	r, err := e.b.getRevocation(context.Background(), e.storage, revocationPath(1)[len(revocationEntryPrefix):])
@@ -141,7 +141,7 @@ func TestRevocationFeedDropsExpired(t *testing.T) {
 	}
 	// The sequence carries on after tidy: a reader's cursor stays valid.
 	third := e.mint("web", nil).Data["key_id"].(string)
-	e.ok(logical.DeleteOperation, "keys/id/"+third, nil)
+	e.ok(logical.DeleteOperation, e.keyPath(third), nil)
 	if got, next, _ := e.feed(2); !equalStrings(got, []string{third}) || next != 3 {
 		t.Fatalf("feed after tidy = %v next %d, want [%s] next 3", got, next, third)
 	}
@@ -211,7 +211,7 @@ func TestRevocationFeedEpoch(t *testing.T) {
 		t.Fatalf("a new mount's feed: epoch %q last %d", first, last)
 	}
 	for i := 0; i < 2; i++ {
-		e.ok(logical.DeleteOperation, "keys/id/"+e.mint("web", nil).Data["key_id"].(string), nil)
+		e.ok(logical.DeleteOperation, e.keyPath(e.mint("web", nil).Data["key_id"].(string)), nil)
 	}
 	if ep, last := page(); ep != first || last != 2 {
 		t.Fatalf("after two revocations: epoch %q (was %q) last %d", ep, first, last)
@@ -252,7 +252,7 @@ func TestRevocationFeedLongPoll(t *testing.T) {
 	}()
 	time.Sleep(200 * time.Millisecond)
 	id := e.mint("web", nil).Data["key_id"].(string)
-	e.ok(logical.DeleteOperation, "keys/id/"+id, nil)
+	e.ok(logical.DeleteOperation, e.keyPath(id), nil)
 	resp := <-done
 	revs := resp.Data["revocations"].([]map[string]interface{})
 	if len(revs) != 1 || revs[0]["id"] != id || took > 5*time.Second {

@@ -24,7 +24,7 @@ func TestVerify(t *testing.T) {
 	good, goodID := mintKey("web")
 	open, _ := mintKey("open")
 	revoked, revokedID := mintKey("web")
-	e.ok(logical.DeleteOperation, "keys/id/"+revokedID, nil)
+	e.ok(logical.DeleteOperation, e.keyPath(revokedID), nil)
 	expired, expiredID := mintKey("web")
 	k, _ := e.b.getKey(context.Background(), e.storage, expiredID)
 	k.ExpiresAt = time.Now().Add(-time.Second)

@@ -131,9 +131,9 @@ func TestTokenRevocationCascades(t *testing.T) {
 		t.Fatalf("orphan key after its minter's revocation: %s, want valid", reason)
 	}
 
-	// An orphan key is revoked through keys/id.
+	// An orphan key is revoked through keys/<role>/id/<key_id>.
 	orphanID := orphan.Data["key_id"].(string)
-	if _, err := root.Logical().DeleteWithContext(ctxT(t), "keybroker/keys/id/"+orphanID); err != nil {
+	if _, err := root.Logical().DeleteWithContext(ctxT(t), "keybroker/keys/batch/id/"+orphanID); err != nil {
 		t.Fatal(err)
 	}
 	if _, reason, _ := verify(t, root, orphan.Data["key"].(string), ""); reason != "revoked" {

@@ -33,7 +33,7 @@ func TestKeyLifecycleAtASidecar(t *testing.T) {
 			t.Fatalf("before rotation: %d %s", r.status, r.header.Get("X-Keybroker-Reason"))
 		}
 	}
-	rot := write(t, root, "keybroker/keys/id/"+oldID+"/rotate", map[string]interface{}{"grace": "4s"})
+	rot := write(t, root, "keybroker/keys/svc/id/"+oldID+"/rotate", map[string]interface{}{"grace": "4s"})
 	newKey, newID := rot.Data["key"].(string), rot.Data["key_id"].(string)
 	eventually(t, time.Second, "the old key's answers never named its successor", func() bool {
 		return pass(oldKey).header.Get("X-Keybroker-Key-Replaced-By") == newID
@@ -67,13 +67,13 @@ func TestKeyLifecycleAtASidecar(t *testing.T) {
 	k := write(t, root, "keybroker/keys/svc", map[string]interface{}{"name": "suspended"})
 	key, id := k.Data["key"].(string), k.Data["key_id"].(string)
 	eventually(t, 2*time.Second, "a new key never passed", func() bool { return read(key).status == 200 })
-	write(t, root, "keybroker/keys/id/"+id+"/suspend", nil)
+	write(t, root, "keybroker/keys/svc/id/"+id+"/suspend", nil)
 	start := time.Now()
 	eventually(t, time.Second, "a suspended key still passed after 1s", func() bool {
 		return read(key).header.Get("X-Keybroker-Reason") == "suspended"
 	})
 	t.Logf("suspension reached the sidecar in %s", time.Since(start).Round(time.Millisecond))
-	write(t, root, "keybroker/keys/id/"+id+"/resume", nil)
+	write(t, root, "keybroker/keys/svc/id/"+id+"/resume", nil)
 	eventually(t, time.Second, "a resumed key still refused after 1s", func() bool { return read(key).status == 200 })
 	write(t, root, "keybroker/roles/svc/suspend", nil)
 	eventually(t, time.Second, "a key of a suspended role still passed after 1s", func() bool { return read(key).status == 401 })

@@ -75,7 +75,7 @@ func TestEmbeddedMiddleware(t *testing.T) {
 	}
 
 	// Revocation reaches the embedded verifier through the feed.
-	if _, err := v.Client.Logical().DeleteWithContext(ctxT(t), "keybroker/keys/id/"+keyID); err != nil {
+	if _, err := v.Client.Logical().DeleteWithContext(ctxT(t), "keybroker/keys/svc/id/"+keyID); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 2*time.Second, "a revoked key kept working in the embedded verifier", func() bool {

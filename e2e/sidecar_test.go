@@ -258,7 +258,7 @@ func TestSidecarProxy(t *testing.T) {
 
 	// Each deny reason.
 	unknown := write(t, root, "keybroker/keys/svc", map[string]interface{}{"name": "doomed"})
-	if _, err := root.Logical().DeleteWithContext(ctxT(t), "keybroker/keys/id/"+unknown.Data["key_id"].(string)); err != nil {
+	if _, err := root.Logical().DeleteWithContext(ctxT(t), "keybroker/keys/svc/id/"+unknown.Data["key_id"].(string)); err != nil {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
