@@ -71,6 +71,9 @@ type backend struct {
 	// approvalLocks serialise decisions on, and redemption of, one
 	// approval request.
 	approvalLocks []*locksutil.LockEntry
+	// approvalIndexMu serialises changes to the roles' indexes of live
+	// approval requests (approval-index/<role>), which bound how many wait.
+	approvalIndexMu sync.Mutex
 }
 
 // Factory is the plugin's logical.Factory.
@@ -139,6 +142,11 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 		return nil
 	}
 	if err := b.newFeedEpoch(ctx, req.Storage); err != nil {
+		return err
+	}
+	// Approval requests of an older plugin move under their role now, not
+	// at the next tidy: until then no approvals/<role>/ path reaches them.
+	if err := b.tidyApprovals(ctx, req.Storage, time.Now()); err != nil {
 		return err
 	}
 	_, err := b.signing(ctx, req.Storage)

@@ -2,6 +2,7 @@ package backend
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -18,13 +19,36 @@ import (
 // Approval of risky scopes. A mint (keys/<role> or token/<role>) asking for
 // one of the role's approval_scopes stores the request and answers with its
 // id instead of a credential. Approvers (any Vault entity allowed to update
-// approvals/<id>, never the requester) approve or deny it; with enough
+// approvals/<role>/<id>, never the requester) approve or deny it; with enough
 // distinct approvals the requester, and only the requester's entity,
 // redeems it through the same mint path with approval_id, within a window,
 // for a credential with those scopes and a lifetime the role caps. Every
-// step is a Vault request, so the audit log shows who did what.
+// step is a Vault request, so the audit log shows who did what. Requests
+// are stored under their role (approvals/<role>/<id>), so that a policy on
+// keybroker/approvals/<role>/* grants one role's approvals, and how many can
+// wait is bounded per requester and per role (approval-index/<role>).
 
-const approvalPrefix = "approvals/"
+const (
+	approvalPrefix      = "approvals/"
+	approvalIndexPrefix = "approval-index/"
+)
+
+// Bounds on what requesters can make the plugin store: live (pending, or
+// approved and not yet redeemed) requests per Vault entity and per role,
+// and the size of one request's stored fields.
+const (
+	maxLivePerRequester = 5
+	maxLivePerRole      = 100
+	maxApprovalBytes    = 32 << 10
+)
+
+// Pages of approvals/<role>/.
+const (
+	defaultApprovalPage = 100
+	maxApprovalPage     = 1000
+)
+
+func approvalPath(role, id string) string { return approvalPrefix + role + "/" + id }
 
 // approvalRetention is how long a finished request (denied, expired,
 // redeemed) stays readable before tidy removes it.
@@ -166,22 +190,47 @@ func pendingAnswerFields() map[string]*framework.FieldSchema {
 }
 
 func pathApprovals(b *backend) []*framework.Path {
-	list, item := pathAttrs("approval-requests"), pathAttrs("approval-request")
-	list.Navigation, list.ItemType, item.ItemType = true, "Approval request", "Approval request"
+	roles, list, item := pathAttrs("approval-roles"), pathAttrs("approval-requests"), pathAttrs("approval-request")
+	roles.Navigation, list.ItemType, item.ItemType = true, "Approval request", "Approval request"
+	roleField := &framework.FieldSchema{Type: framework.TypeString, Description: "The role the request mints from.", Required: true}
 	return []*framework.Path{
 		{
 			Pattern:      "approvals/?$",
-			DisplayAttrs: list,
+			DisplayAttrs: roles,
 			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.ListOperation: operation(b.pathApprovalList, listAnswer("Ids of approval requests not yet tidied.", "Per id: kind, role, state, scopes, approval_scopes, approvals (count), approvals_required, requester_entity_id, requester_name, expires_at.")),
+				logical.ListOperation: operation(b.pathApprovalRoles, listAnswer("Roles with approval requests not yet tidied, each as <role>/.", "")),
 			},
-			HelpSynopsis:    "List approval requests.",
-			HelpDescription: "Lists approval requests not yet tidied, with their state, so approvers see what waits for them.",
+			HelpSynopsis:    "List the roles that have approval requests.",
+			HelpDescription: "Each role is a folder: list approvals/<role>/ for its requests.",
 		},
 		{
-			Pattern: "approvals/" + framework.GenericNameRegex("id"),
+			Pattern: "approvals/" + framework.GenericNameRegex("role") + "/?$",
 			Fields: map[string]*framework.FieldSchema{
-				"id": {Type: framework.TypeString, Description: "The approval request's id.", Required: true},
+				"role": roleField,
+				"after": {
+					Type:        framework.TypeString,
+					Description: "List the ids after this one (paging: give the last id of the previous page).",
+				},
+				"limit": {
+					Type:        framework.TypeInt,
+					Description: fmt.Sprintf("At most this many ids (1 to %d).", maxApprovalPage),
+					Default:     defaultApprovalPage,
+				},
+			},
+			DisplayAttrs: list,
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ListOperation: operation(b.pathApprovalList, listAnswer("Ids of the role's approval requests not yet tidied, in order, one page.", "Per id: kind, role, state, scopes, approval_scopes, approvals (count), approvals_required, requester_entity_id, requester_name, expires_at.")),
+			},
+			HelpSynopsis: "List a role's approval requests, a page at a time.",
+			HelpDescription: fmt.Sprintf(`Lists the role's approval requests not yet tidied, with their state, so
+approvers see what waits for them: at most limit ids (default %d), after
+the id given in after. A page shorter than limit is the last.`, defaultApprovalPage),
+		},
+		{
+			Pattern: "approvals/" + framework.GenericNameRegex("role") + "/" + framework.GenericNameRegex("id"),
+			Fields: map[string]*framework.FieldSchema{
+				"role": roleField,
+				"id":   {Type: framework.TypeString, Description: "The approval request's id.", Required: true},
 				"action": {
 					Type:          framework.TypeString,
 					Description:   "approve or deny.",
@@ -198,10 +247,11 @@ func pathApprovals(b *backend) []*framework.Path {
 			HelpDescription: `An update with action=approve or action=deny records the caller's decision.
 The caller must be a Vault entity other than the requester (root and orphan
 tokens have none and cannot decide), may approve a request once, and only a
-pending one. The request is approved once approvals_required distinct
-entities approved it; one denial ends it. The requester then mints again,
-on the same path, with only approval_id, within the role's
-approval_redeem_ttl.`,
+pending one. The role's rules apply as they are when each decision is made:
+the request is approved once the role's approvals_required (now) distinct
+entities approved it, and a role deleted meanwhile takes only denials; one
+denial ends it. The requester then mints again, on the same path, with
+only approval_id, within the role's approval_redeem_ttl.`,
 		},
 	}
 }
@@ -240,9 +290,15 @@ func (b *backend) needsApproval(ctx context.Context, req *logical.Request, d *fr
 	data := maps.Clone(d.Raw)
 	delete(data, "role")
 	delete(data, "approval_id")
+	if enc, err := json.Marshal(data); err != nil || len(enc) > maxApprovalBytes {
+		return logical.ErrorResponse("the request's fields are over %d bytes: an approval request stores them, so send less", maxApprovalBytes), nil
+	}
 	a := &approvalRequest{ID: id, Kind: kind, Role: roleName, Data: data, Scopes: scopes, Needs: needs, Required: r.approvalsRequired(),
 		RequesterEntity: req.EntityID, RequesterName: req.DisplayName, CreatedAt: now, ExpiresAt: now.Add(r.approvalTTL())}
-	if err := putJSON(ctx, req.Storage, approvalPrefix+id, a); err != nil {
+	if resp, err := b.admitApproval(ctx, req.Storage, a, now); resp != nil || err != nil {
+		return resp, err
+	}
+	if err := putJSON(ctx, req.Storage, approvalPath(roleName, id), a); err != nil {
 		return nil, err
 	}
 	b.Logger().Info("approval requested", "request_id", id, "role", roleName, "scopes", strings.Join(needs, ","), "entity_id", req.EntityID)
@@ -252,8 +308,8 @@ func (b *backend) needsApproval(ctx context.Context, req *logical.Request, d *fr
 		"approval_scopes":    needs,
 		"approvals_required": a.Required,
 		"expires_at":         a.ExpiresAt.Format(time.RFC3339),
-		"reason": fmt.Sprintf("scopes %s need %d approval(s) under role %q (approval_scopes): approvers write keybroker/approvals/%s action=approve, then mint again with approval_id=%s before %s",
-			strings.Join(needs, ", "), a.Required, roleName, id, id, a.ExpiresAt.Format(time.RFC3339)),
+		"reason": fmt.Sprintf("scopes %s need %d approval(s) under role %q (approval_scopes): approvers write keybroker/approvals/%s/%s action=approve, then mint again with approval_id=%s before %s",
+			strings.Join(needs, ", "), a.Required, roleName, roleName, id, id, a.ExpiresAt.Format(time.RFC3339)),
 	}}, nil
 }
 
@@ -270,7 +326,7 @@ func (b *backend) redeemApproval(ctx context.Context, req *logical.Request, d *f
 	l := locksutil.LockForKey(b.approvalLocks, id)
 	l.Lock()
 	defer l.Unlock()
-	a, err := getJSON[approvalRequest](ctx, req.Storage, approvalPrefix+id)
+	a, err := getJSON[approvalRequest](ctx, req.Storage, approvalPath(roleName, id))
 	if err != nil {
 		return nil, err
 	}
@@ -283,6 +339,19 @@ func (b *backend) redeemApproval(ctx context.Context, req *logical.Request, d *f
 	case a.state(now) != approvalApproved:
 		return logical.ErrorResponse("approval request %s is %s, not approved: nothing to redeem", id, a.state(now)), nil
 	}
+	// The role as it is now: approvals_required raised since the approval
+	// sends the request back to its approvers.
+	r, err := b.getRole(ctx, req.Storage, roleName)
+	if err != nil {
+		return nil, err
+	}
+	if r != nil && len(a.Approvals) < r.approvalsRequired() {
+		a.Required, a.ApprovedAt, a.RedeemBy = r.approvalsRequired(), time.Time{}, time.Time{}
+		if err := b.putApproval(ctx, req.Storage, a, a.ExpiresAt); err != nil {
+			return nil, err
+		}
+		return logical.ErrorResponse("role %q now requires %d approvals and request %s has %d: it is pending again until %s", roleName, a.Required, id, len(a.Approvals), a.ExpiresAt.Format(time.RFC3339)), nil
+	}
 	raw := maps.Clone(a.Data)
 	raw["role"] = roleName
 	resp, err := mint(context.WithValue(ctx, approvedKey{}, a), req, &framework.FieldData{Raw: raw, Schema: d.Schema})
@@ -294,7 +363,7 @@ func (b *backend) redeemApproval(ctx context.Context, req *logical.Request, d *f
 	if a.Credential == "" {
 		a.Credential, _ = resp.Data["jti"].(string)
 	}
-	if err := putJSON(ctx, req.Storage, approvalPrefix+id, a); err != nil {
+	if err := b.putApproval(ctx, req.Storage, a, time.Time{}); err != nil {
 		return nil, err
 	}
 	b.Logger().Info("approval redeemed", "request_id", id, "credential", a.Credential)
@@ -310,33 +379,60 @@ func approvedTTL(ctx context.Context, r *role, ttl time.Duration, warnings []str
 	return r.approvedMaxTTL(), append(warnings, fmt.Sprintf("ttl capped at the role's approved_max_ttl (%s)", r.approvedMaxTTL()))
 }
 
-func (b *backend) pathApprovalList(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-	ids, err := req.Storage.List(ctx, approvalPrefix)
+func (b *backend) pathApprovalRoles(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	names, err := req.Storage.List(ctx, approvalPrefix)
+	if err != nil {
+		return nil, fmt.Errorf("listing approvals: %w", err)
+	}
+	roles := make([]string, 0, len(names))
+	for _, n := range names {
+		if strings.HasSuffix(n, "/") {
+			roles = append(roles, n)
+		}
+	}
+	return logical.ListResponse(roles), nil
+}
+
+func (b *backend) pathApprovalList(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	role, after, limit := d.Get("role").(string), d.Get("after").(string), d.Get("limit").(int)
+	if limit < 1 || limit > maxApprovalPage {
+		return logical.ErrorResponse("limit must be between 1 and %d, got %d", maxApprovalPage, limit), nil
+	}
+	ids, err := req.Storage.List(ctx, approvalPrefix+role+"/")
 	if err != nil {
 		return nil, fmt.Errorf("listing approvals: %w", err)
 	}
 	sort.Strings(ids)
+	ids = ids[sort.SearchStrings(ids, after):]
+	if len(ids) > 0 && ids[0] == after {
+		ids = ids[1:]
+	}
 	now := time.Now()
-	info := make(map[string]interface{}, len(ids))
+	page := make([]string, 0, min(limit, len(ids)))
+	info := make(map[string]interface{}, cap(page))
 	for _, id := range ids {
-		a, err := getJSON[approvalRequest](ctx, req.Storage, approvalPrefix+id)
+		if len(page) == limit {
+			break
+		}
+		a, err := getJSON[approvalRequest](ctx, req.Storage, approvalPath(role, id))
 		if err != nil {
 			return nil, err
 		}
 		if a == nil {
 			continue
 		}
+		page = append(page, id)
 		info[id] = map[string]interface{}{
 			"kind": a.Kind, "role": a.Role, "state": a.state(now), "scopes": nonNil(a.Scopes), "approval_scopes": nonNil(a.Needs),
 			"approvals": len(a.Approvals), "approvals_required": a.Required, "requester_entity_id": a.RequesterEntity,
 			"requester_name": a.RequesterName, "expires_at": a.ExpiresAt.Format(time.RFC3339),
 		}
 	}
-	return logical.ListResponseWithInfo(ids, info), nil
+	return logical.ListResponseWithInfo(page, info), nil
 }
 
 func (b *backend) pathApprovalRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	a, err := getJSON[approvalRequest](ctx, req.Storage, approvalPrefix+d.Get("id").(string))
+	a, err := getJSON[approvalRequest](ctx, req.Storage, approvalPath(d.Get("role").(string), d.Get("id").(string)))
 	if err != nil || a == nil {
 		return nil, err
 	}
@@ -344,7 +440,7 @@ func (b *backend) pathApprovalRead(ctx context.Context, req *logical.Request, d 
 }
 
 func (b *backend) pathApprovalDecide(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	id, action, comment := d.Get("id").(string), d.Get("action").(string), d.Get("comment").(string)
+	role, id, action, comment := d.Get("role").(string), d.Get("id").(string), d.Get("action").(string), d.Get("comment").(string)
 	if action != "approve" && action != "deny" {
 		return logical.ErrorResponse("action must be approve or deny"), nil
 	}
@@ -357,41 +453,165 @@ func (b *backend) pathApprovalDecide(ctx context.Context, req *logical.Request, 
 	l := locksutil.LockForKey(b.approvalLocks, id)
 	l.Lock()
 	defer l.Unlock()
-	a, err := getJSON[approvalRequest](ctx, req.Storage, approvalPrefix+id)
+	a, err := getJSON[approvalRequest](ctx, req.Storage, approvalPath(role, id))
 	if err != nil {
 		return nil, err
 	}
 	now := time.Now().UTC()
 	switch {
 	case a == nil:
-		return logical.ErrorResponse("approval request %q does not exist", id), nil
+		return logical.ErrorResponse("approval request %q does not exist under role %q", id, role), nil
 	case req.EntityID == a.RequesterEntity:
 		return logical.ErrorResponse("the requester cannot decide on its own approval request"), nil
 	case a.state(now) != approvalPending:
 		return logical.ErrorResponse("approval request %s is %s: it takes no more decisions", id, a.state(now)), nil
 	case slices.ContainsFunc(a.Approvals, func(v approvalVote) bool { return v.Entity == req.EntityID }):
-		return logical.ErrorResponse("this Vault entity already approved request %s: approvals must come from %d distinct entities", id, a.Required), nil
+		return logical.ErrorResponse("this Vault entity already approved request %s: approvals must come from distinct entities", id), nil
+	}
+	// The role's rules as they are now, not as they were when it was asked.
+	r, err := b.getRole(ctx, req.Storage, a.Role)
+	if err != nil {
+		return nil, err
+	}
+	if r == nil && action == "approve" {
+		return logical.ErrorResponse("role %q was deleted: its approval requests can only be denied", a.Role), nil
 	}
 	vote := approvalVote{Entity: req.EntityID, Name: req.DisplayName, At: now.Truncate(time.Second), Comment: comment}
+	live := a.ExpiresAt
 	if action == "deny" {
-		a.Denial = &vote
+		a.Denial, live = &vote, time.Time{}
 	} else {
-		a.Approvals = append(a.Approvals, vote)
+		a.Approvals, a.Required = append(a.Approvals, vote), r.approvalsRequired()
 		if len(a.Approvals) >= a.Required {
-			r, err := b.getRole(ctx, req.Storage, a.Role)
-			if err != nil {
-				return nil, err
-			}
-			redeem := 15 * time.Minute
-			if r != nil {
-				redeem = r.approvalRedeemTTL()
-			}
-			a.ApprovedAt, a.RedeemBy = vote.At, vote.At.Add(redeem)
+			a.ApprovedAt, a.RedeemBy = vote.At, vote.At.Add(r.approvalRedeemTTL())
+			live = a.RedeemBy
 		}
 	}
-	if err := putJSON(ctx, req.Storage, approvalPrefix+id, a); err != nil {
+	if err := b.putApproval(ctx, req.Storage, a, live); err != nil {
 		return nil, err
 	}
 	b.Logger().Info("approval decided", "request_id", id, "action", action, "entity_id", req.EntityID, "state", a.state(now))
 	return &logical.Response{Data: a.data(now)}, nil
+}
+
+// admitApproval makes room for a new request in its role's index of live
+// requests, or answers why there is none: maxLivePerRequester per entity,
+// maxLivePerRole in all. Requests that ended or expired free their place.
+func (b *backend) admitApproval(ctx context.Context, s logical.Storage, a *approvalRequest, now time.Time) (*logical.Response, error) {
+	b.approvalIndexMu.Lock()
+	defer b.approvalIndexMu.Unlock()
+	idx, err := b.liveApprovals(ctx, s, a.Role, now, "")
+	if err != nil {
+		return nil, err
+	}
+	mine := 0
+	for _, l := range idx.Live {
+		if l.Requester == a.RequesterEntity {
+			mine++
+		}
+	}
+	switch {
+	case mine >= maxLivePerRequester:
+		return logical.ErrorResponse("this Vault entity has %d approval requests waiting under role %q, the most one may: wait for their decisions or their expiry", mine, a.Role), nil
+	case len(idx.Live) >= maxLivePerRole:
+		return logical.ErrorResponse("role %q has %d approval requests waiting, the most it may: wait for their decisions or their expiry", a.Role, len(idx.Live)), nil
+	}
+	idx.Live = append(idx.Live, liveApproval{ID: a.ID, Requester: a.RequesterEntity, Until: a.ExpiresAt})
+	return nil, putJSON(ctx, s, approvalIndexPrefix+a.Role, idx)
+}
+
+// putApproval stores a request and how long it holds its place among its
+// role's live requests (zero: no longer).
+func (b *backend) putApproval(ctx context.Context, s logical.Storage, a *approvalRequest, live time.Time) error {
+	if err := putJSON(ctx, s, approvalPath(a.Role, a.ID), a); err != nil {
+		return err
+	}
+	b.approvalIndexMu.Lock()
+	defer b.approvalIndexMu.Unlock()
+	idx, err := b.liveApprovals(ctx, s, a.Role, time.Now(), a.ID)
+	if err != nil {
+		return err
+	}
+	if !live.IsZero() {
+		idx.Live = append(idx.Live, liveApproval{ID: a.ID, Requester: a.RequesterEntity, Until: live})
+	}
+	if len(idx.Live) == 0 {
+		if err := s.Delete(ctx, approvalIndexPrefix+a.Role); err != nil {
+			return fmt.Errorf("deleting the approval index of %s: %w", a.Role, err)
+		}
+		return nil
+	}
+	return putJSON(ctx, s, approvalIndexPrefix+a.Role, idx)
+}
+
+// approvalIndex is a role's live approval requests: what the caps count.
+type approvalIndex struct {
+	Live []liveApproval `json:"live"`
+}
+
+type liveApproval struct {
+	ID        string    `json:"id"`
+	Requester string    `json:"requester"`
+	Until     time.Time `json:"until"`
+}
+
+// liveApprovals reads a role's index without what is over by now and
+// without drop (an id about to be written anew). approvalIndexMu held.
+func (b *backend) liveApprovals(ctx context.Context, s logical.Storage, role string, now time.Time, drop string) (*approvalIndex, error) {
+	idx, err := getJSON[approvalIndex](ctx, s, approvalIndexPrefix+role)
+	if err != nil || idx == nil {
+		return &approvalIndex{}, err
+	}
+	idx.Live = slices.DeleteFunc(idx.Live, func(l liveApproval) bool { return l.ID == drop || !now.Before(l.Until) })
+	return idx, nil
+}
+
+// tidyApprovals removes each role's requests ended longer ago than their
+// retention, and moves requests stored before they were kept by role
+// (approvals/<id>) to approvals/<role>/<id>.
+func (b *backend) tidyApprovals(ctx context.Context, s logical.Storage, now time.Time) error {
+	names, err := s.List(ctx, approvalPrefix)
+	if err != nil {
+		return fmt.Errorf("listing approvals: %w", err)
+	}
+	for _, n := range names {
+		if !strings.HasSuffix(n, "/") {
+			if err := b.migrateApproval(ctx, s, n, now); err != nil {
+				return err
+			}
+			continue
+		}
+		if _, err := tidyPrefix(ctx, s, approvalPrefix+n, func(a *approvalRequest) bool {
+			return !now.Before(a.done())
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// migrateApproval moves one request stored at approvals/<id> by plugins
+// before issue 23 under its role.
+func (b *backend) migrateApproval(ctx context.Context, s logical.Storage, id string, now time.Time) error {
+	l := locksutil.LockForKey(b.approvalLocks, id)
+	l.Lock()
+	defer l.Unlock()
+	a, err := getJSON[approvalRequest](ctx, s, approvalPrefix+id)
+	if err != nil || a == nil {
+		return err
+	}
+	var live time.Time
+	switch a.state(now) {
+	case approvalPending:
+		live = a.ExpiresAt
+	case approvalApproved:
+		live = a.RedeemBy
+	}
+	if err := b.putApproval(ctx, s, a, live); err != nil {
+		return err
+	}
+	if err := s.Delete(ctx, approvalPrefix+id); err != nil {
+		return fmt.Errorf("deleting %s%s: %w", approvalPrefix, id, err)
+	}
+	return nil
 }

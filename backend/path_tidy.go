@@ -98,9 +98,7 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage, now time.Time) (t
 	}); err != nil {
 		return st, err
 	}
-	if _, err = tidyPrefix(ctx, s, approvalPrefix, func(a *approvalRequest) bool {
-		return !now.Before(a.done())
-	}); err != nil {
+	if err = b.tidyApprovals(ctx, s, now); err != nil {
 		return st, err
 	}
 	if err = b.tidyDerived(ctx, s, now); err != nil {

@@ -154,9 +154,11 @@ path "keybroker/token/quick" { capabilities = ["update"] }
 # Only so that the plugin, not the ACL, is what refuses self-approval here.
 path "keybroker/approvals/*" { capabilities = ["update"] }
 `
+	// Approvers of the two roles this test asks under, and no other.
 	approverPolicy := `
-path "keybroker/approvals"   { capabilities = ["list"] }
-path "keybroker/approvals/*" { capabilities = ["read", "update"] }
+path "keybroker/approvals/agent"   { capabilities = ["list"] }
+path "keybroker/approvals/agent/*" { capabilities = ["read", "update"] }
+path "keybroker/approvals/quick/*" { capabilities = ["update"] }
 # So that the plugin, not the ACL, is what refuses an approver's redemption.
 path "keybroker/token/agent" { capabilities = ["update"] }
 `
@@ -182,16 +184,16 @@ path "keybroker/token/agent" { capabilities = ["update"] }
 		!strings.Contains(pending.Data["reason"].(string), "exec:sandbox need 2 approval(s)") {
 		t.Fatalf("mint with exec:sandbox: %#v", pending.Data)
 	}
-	list, err := alice.Logical().ListWithContext(ctxT(t), "keybroker/approvals")
+	list, err := alice.Logical().ListWithContext(ctxT(t), "keybroker/approvals/agent")
 	if err != nil || !containsString(toStrings(list.Data["keys"]), id) {
 		t.Fatalf("approver's list: %v %v", err, list)
 	}
 	redeem := map[string]interface{}{"approval_id": id}
-	writeErr(t, agent, "keybroker/approvals/"+id, map[string]interface{}{"action": "approve"}, http.StatusBadRequest, "the requester cannot decide on its own")
-	write(t, alice, "keybroker/approvals/"+id, map[string]interface{}{"action": "approve", "comment": "ticket SEC-7"})
-	writeErr(t, alice, "keybroker/approvals/"+id, map[string]interface{}{"action": "approve"}, http.StatusBadRequest, "already approved")
+	writeErr(t, agent, "keybroker/approvals/agent/"+id, map[string]interface{}{"action": "approve"}, http.StatusBadRequest, "the requester cannot decide on its own")
+	write(t, alice, "keybroker/approvals/agent/"+id, map[string]interface{}{"action": "approve", "comment": "ticket SEC-7"})
+	writeErr(t, alice, "keybroker/approvals/agent/"+id, map[string]interface{}{"action": "approve"}, http.StatusBadRequest, "already approved")
 	writeErr(t, agent, "keybroker/token/agent", redeem, http.StatusBadRequest, "is pending, not approved")
-	if d := write(t, bob, "keybroker/approvals/"+id, map[string]interface{}{"action": "approve"}).Data; d["state"] != "approved" {
+	if d := write(t, bob, "keybroker/approvals/agent/"+id, map[string]interface{}{"action": "approve"}).Data; d["state"] != "approved" {
 		t.Fatalf("after two approvals: %#v", d)
 	}
 	// Only the requester redeems: an approver who may mint from the role
@@ -214,10 +216,10 @@ path "keybroker/token/agent" { capabilities = ["update"] }
 	// A request nobody approves in time expires; a denial ends one.
 	late := write(t, agent, "keybroker/token/quick", map[string]interface{}{"scopes": "exec:sandbox"}).Data["request_id"].(string)
 	denied := write(t, agent, "keybroker/token/quick", map[string]interface{}{"scopes": "exec:sandbox"}).Data["request_id"].(string)
-	write(t, bob, "keybroker/approvals/"+denied, map[string]interface{}{"action": "deny", "comment": "not today"})
+	write(t, bob, "keybroker/approvals/quick/"+denied, map[string]interface{}{"action": "deny", "comment": "not today"})
 	writeErr(t, agent, "keybroker/token/quick", map[string]interface{}{"approval_id": denied}, http.StatusBadRequest, "is denied")
 	time.Sleep(2100 * time.Millisecond)
-	writeErr(t, alice, "keybroker/approvals/"+late, map[string]interface{}{"action": "approve"}, http.StatusBadRequest, "is expired")
+	writeErr(t, alice, "keybroker/approvals/quick/"+late, map[string]interface{}{"action": "approve"}, http.StatusBadRequest, "is expired")
 
 	// The audit log shows each decision: the request id in the path, in
 	// clear, and who made it.
@@ -235,7 +237,7 @@ path "keybroker/token/agent" { capabilities = ["update"] }
 	for who, entity := range map[string]string{"alice": entityOf(t, alice), "bob": entityOf(t, bob)} {
 		found := false
 		for _, line := range strings.Split(string(audit), "\n") {
-			if strings.Contains(line, `"path":"keybroker/approvals/`+id+`"`) && strings.Contains(line, `"entity_id":"`+entity+`"`) {
+			if strings.Contains(line, `"path":"keybroker/approvals/agent/`+id+`"`) && strings.Contains(line, `"entity_id":"`+entity+`"`) {
 				found = true
 				break
 			}
