@@ -284,7 +284,7 @@ func TestBudgetReservationOwnership(t *testing.T) {
 	write(t, root, "keybroker/tenants/acme", map[string]interface{}{"budget": 1000})
 	write(t, root, "keybroker/roles/llm", map[string]interface{}{"scopes": "read", "tenant": "acme", "budget": 500, "max_cost_per_request": 10})
 	id := write(t, root, "keybroker/keys/llm", map[string]interface{}{"name": "victim"}).Data["key_id"].(string)
-	policy := readExample(t, "keybroker-sidecar-policy.hcl")
+	policy := readExample(t, "policies/sidecar.hcl")
 	a, err := v.LoginAs(ctxT(t), "verifier-a", policy)
 	if err != nil {
 		t.Fatal(err)

@@ -13,7 +13,7 @@ import (
 // plugin keeps answering.
 func TestPluginSurvivesHostileReads(t *testing.T) {
 	v := vaultserver.StartT(t)
-	policy := readExample(t, "keybroker-sidecar-policy.hcl")
+	policy := readExample(t, "policies/sidecar.hcl")
 	c, err := v.LoginAs(ctxT(t), "keybroker-sidecar", policy)
 	if err != nil {
 		t.Fatal(err)

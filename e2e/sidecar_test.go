@@ -114,10 +114,10 @@ func startSidecarAt(t *testing.T, v *vaultserver.Server, mutate func(c *sidecar.
 }
 
 // sidecarConfig is the tests' sidecar configuration, with an AppRole login
-// of its own bound to examples/keybroker-sidecar-policy.hcl.
+// of its own bound to examples/policies/sidecar.hcl.
 func sidecarConfig(t *testing.T, v *vaultserver.Server, upstream string) *sidecar.Config {
 	t.Helper()
-	policy := readExample(t, "keybroker-sidecar-policy.hcl")
+	policy := readExample(t, "policies/sidecar.hcl")
 	roleID, secretID, err := v.AppRole(ctxT(t), "sidecar", "keybroker-sidecar", policy)
 	if err != nil {
 		t.Fatal(err)

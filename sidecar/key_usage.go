@@ -131,7 +131,7 @@ func (sc *Sidecar) sendUsage(ctx context.Context) {
 		// After a fresh login (withLogin): the policy lacks key-usage.
 		// Stop, rather than log in again every interval.
 		sc.m.vaultCalls.WithLabelValues("key_usage", "refused").Inc()
-		sc.log.Warn("the sidecar's policy does not allow keybroker/key-usage; last-used reports are off until restart (add the policy line from examples/keybroker-sidecar-policy.hcl)")
+		sc.log.Warn("the sidecar's policy does not allow keybroker/key-usage; last-used reports are off until restart (add the policy line from examples/policies/sidecar.hcl)")
 		sc.usageOff.Store(true)
 		return
 	case errors.As(err, &re) && re.StatusCode == http.StatusBadRequest:

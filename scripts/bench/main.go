@@ -446,7 +446,7 @@ func freeAddr() string {
 // startSidecar runs bin/keybroker-sidecar as its own process, so its memory
 // is its own, logged in with the shipped policy.
 func (b *bench) startSidecar(ctx context.Context, name, upstream, extra string) (*sidecarProc, error) {
-	policy, err := os.ReadFile("examples/keybroker-sidecar-policy.hcl")
+	policy, err := os.ReadFile("examples/policies/sidecar.hcl")
 	if err != nil {
 		return nil, err
 	}

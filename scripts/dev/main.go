@@ -226,7 +226,7 @@ Ctrl-C stops everything.
 `))
 
 // sidecarPolicyFile is the shipped policy, so make dev runs what the README shows.
-const sidecarPolicyFile = "examples/keybroker-sidecar-policy.hcl"
+const sidecarPolicyFile = "examples/policies/sidecar.hcl"
 
 // startSidecar logs the sidecar in with AppRole (role_id and secret_id in
 // files, as in production) and starts it in front of the demo service. It

@@ -1,4 +1,5 @@
-# Vault policy for keybroker-sidecar: all it needs.
+# Persona: keybroker-sidecar. All it needs, and nothing that mints, changes
+# or reads a credential: it verifies, follows the feeds and accounts use.
 # keybroker/jwks and keybroker/.well-known/* need no token at all.
 
 # Check API keys it holds no record of yet.
