@@ -71,6 +71,8 @@ type backend struct {
 	// approvalLocks serialise decisions on, and redemption of, one
 	// approval request.
 	approvalLocks []*locksutil.LockEntry
+	// roleLocks serialise changes to one role (roleLock).
+	roleLocks []*locksutil.LockEntry
 }
 
 // Factory is the plugin's logical.Factory.
@@ -83,7 +85,7 @@ func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 }
 
 func newBackend() *backend {
-	b := &backend{meterLocks: locksutil.CreateLocks(), tenantLocks: locksutil.CreateLocks(), rateLocks: locksutil.CreateLocks(), approvalLocks: locksutil.CreateLocks(),
+	b := &backend{meterLocks: locksutil.CreateLocks(), tenantLocks: locksutil.CreateLocks(), rateLocks: locksutil.CreateLocks(), approvalLocks: locksutil.CreateLocks(), roleLocks: locksutil.CreateLocks(),
 		keyChanges: newKeyChanges()}
 	b.Backend = &framework.Backend{
 		Help:           backendHelp,
@@ -104,6 +106,7 @@ func newBackend() *backend {
 			pathKeyRecords(b),
 			pathApprovals(b),
 			pathKeyLifecycle(b),
+			[]*framework.Path{pathRoleSuspend(b)},
 			[]*framework.Path{pathKeyUsage(b)},
 			[]*framework.Path{
 				pathConfig(b),
@@ -139,6 +142,9 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 		return nil
 	}
 	if err := b.newFeedEpoch(ctx, req.Storage); err != nil {
+		return err
+	}
+	if err := b.migrateRoleSuspensions(ctx, req.Storage); err != nil {
 		return err
 	}
 	_, err := b.signing(ctx, req.Storage)

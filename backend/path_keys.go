@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -37,10 +38,14 @@ type keyEntry struct {
 	// key is never renewed past its approved lifetime.
 	Approval string `json:"approval,omitempty"`
 	// Suspension: refused while suspended on its own (SuspendedAt) or with
-	// its role (RoleSuspendedAt); the two are undone apart, so resuming the
-	// role leaves a key suspended on its own alone, and the other way.
+	// its role (roleSuspendedAt, read from the role's suspension for a
+	// read or a verification, never stored with the key); the two are
+	// undone apart, so resuming the role leaves a key suspended on its own
+	// alone, and the other way. Keys stored by versions that wrote a
+	// role's suspension into each key carry role_suspended_at, ignored:
+	// the role's own entry says it (migrateRoleSuspensions).
 	SuspendedAt     time.Time `json:"suspended_at,omitzero"`
-	RoleSuspendedAt time.Time `json:"role_suspended_at,omitzero"`
+	roleSuspendedAt time.Time
 	// Rotation: ReplacedBy is the successor's key_id; the key then expires
 	// at the end of its grace. Replaces is the predecessor's. NotAfter
 	// bounds renewals: a successor lives no longer than its predecessor's
@@ -57,7 +62,7 @@ type keyEntry struct {
 
 func (k *keyEntry) revoked() bool { return !k.RevokedAt.IsZero() }
 
-func (k *keyEntry) suspended() bool { return !k.SuspendedAt.IsZero() || !k.RoleSuspendedAt.IsZero() }
+func (k *keyEntry) suspended() bool { return !k.SuspendedAt.IsZero() || !k.roleSuspendedAt.IsZero() }
 
 // suspendedBy says what holds a key suspended: "key", "role", or both.
 func (k *keyEntry) suspendedBy() []string {
@@ -65,7 +70,7 @@ func (k *keyEntry) suspendedBy() []string {
 	if !k.SuspendedAt.IsZero() {
 		by = append(by, "key")
 	}
-	if !k.RoleSuspendedAt.IsZero() {
+	if !k.roleSuspendedAt.IsZero() {
 		by = append(by, "role")
 	}
 	return by
@@ -95,8 +100,8 @@ func (k *keyEntry) publicData() map[string]interface{} {
 func (k *keyEntry) lifecycleData(data map[string]interface{}) {
 	if k.suspended() {
 		at := k.SuspendedAt
-		if at.IsZero() || (!k.RoleSuspendedAt.IsZero() && k.RoleSuspendedAt.Before(at)) {
-			at = k.RoleSuspendedAt
+		if at.IsZero() || (!k.roleSuspendedAt.IsZero() && k.roleSuspendedAt.Before(at)) {
+			at = k.roleSuspendedAt
 		}
 		data["suspended_at"], data["suspended_by"] = at.UTC().Format(time.RFC3339), k.suspendedBy()
 	}
@@ -226,6 +231,13 @@ func mintKeyFields() map[string]*framework.FieldSchema {
 
 func (b *backend) pathKeyMint(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	roleName := d.Get("role").(string)
+	// The role's lock is held for reading from the suspension check to
+	// the key's write: a suspension waits for the mints under way, and no
+	// mint passes the check once it returned.
+	l := b.roleLock(roleName)
+	l.RLock()
+	unlock := sync.OnceFunc(l.RUnlock)
+	defer unlock()
 	r, err := b.getRole(ctx, req.Storage, roleName)
 	if err != nil {
 		return nil, err
@@ -237,6 +249,9 @@ func (b *backend) pathKeyMint(ctx context.Context, req *logical.Request, d *fram
 		return logical.ErrorResponse("role %q is suspended: resume it (roles/%s/resume) to mint keys", roleName, roleName), nil
 	}
 	if d.Get("approval_id").(string) != "" && approvalOf(ctx) == nil {
+		// The redemption mints through this handler again, which takes
+		// the lock again: a read lock is not taken twice.
+		unlock()
 		return b.redeemApproval(ctx, req, d, approvalKindKey, b.pathKeyMint)
 	}
 
@@ -418,6 +433,9 @@ func (b *backend) pathKeyRead(ctx context.Context, req *logical.Request, d *fram
 	}
 	k, err := b.getKey(ctx, req.Storage, id)
 	if err != nil || k == nil {
+		return nil, err
+	}
+	if err := b.withRoleSuspension(ctx, req.Storage, k); err != nil {
 		return nil, err
 	}
 	data := k.publicData()
