@@ -73,6 +73,9 @@ type backend struct {
 	approvalLocks []*locksutil.LockEntry
 	// roleLocks serialise changes to one role (roleLock).
 	roleLocks []*locksutil.LockEntry
+	// usageLocks serialise changes to one shard of key use,
+	// usageReportLocks the recording of one key-usage report_id.
+	usageLocks, usageReportLocks []*locksutil.LockEntry
 }
 
 // Factory is the plugin's logical.Factory.
@@ -86,6 +89,7 @@ func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 
 func newBackend() *backend {
 	b := &backend{meterLocks: locksutil.CreateLocks(), tenantLocks: locksutil.CreateLocks(), rateLocks: locksutil.CreateLocks(), approvalLocks: locksutil.CreateLocks(), roleLocks: locksutil.CreateLocks(),
+		usageLocks: locksutil.CreateLocks(), usageReportLocks: locksutil.CreateLocks(),
 		keyChanges: newKeyChanges()}
 	b.Backend = &framework.Backend{
 		Help:           backendHelp,

@@ -53,7 +53,9 @@ type keyEntry struct {
 	ReplacedBy string    `json:"replaced_by,omitempty"`
 	Replaces   string    `json:"replaces,omitempty"`
 	NotAfter   time.Time `json:"not_after,omitzero"`
-	// Last use, as sidecars report it (key-usage).
+	// Last use, as sidecars reported it (key-usage) to versions that kept
+	// it here; now kept in shards (path_key_usage.go) and added to these
+	// for reads only (withUsage).
 	LastUsedAt   time.Time `json:"last_used_at,omitzero"`
 	LastUsedFrom string    `json:"last_used_from,omitempty"`
 	Uses         []keyUse  `json:"uses,omitempty"`
@@ -402,6 +404,11 @@ func (b *backend) pathKeyList(ctx context.Context, req *logical.Request, d *fram
 	if err != nil {
 		return nil, fmt.Errorf("listing keys: %w", err)
 	}
+	// Each shard of key use read once, for every key it holds.
+	uses, err := b.usageOf(ctx, req.Storage, ids)
+	if err != nil {
+		return nil, err
+	}
 	now := time.Now()
 	listed := make([]string, 0, len(ids))
 	info := make(map[string]interface{}, len(ids))
@@ -413,6 +420,7 @@ func (b *backend) pathKeyList(ctx context.Context, req *logical.Request, d *fram
 		if k == nil {
 			continue // tidied between List and Get
 		}
+		k.withUsage(uses[id])
 		if unused > 0 && (k.revoked() || !now.Before(k.ExpiresAt) || !k.unusedFor(unused, now)) {
 			continue
 		}
@@ -438,6 +446,11 @@ func (b *backend) pathKeyRead(ctx context.Context, req *logical.Request, d *fram
 	if err := b.withRoleSuspension(ctx, req.Storage, k); err != nil {
 		return nil, err
 	}
+	uses, err := b.usageOf(ctx, req.Storage, []string{id})
+	if err != nil {
+		return nil, err
+	}
+	k.withUsage(uses[id])
 	data := k.publicData()
 	data["orphan"] = k.Orphan
 	data["entity_id"] = k.EntityID

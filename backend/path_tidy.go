@@ -106,6 +106,9 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage, now time.Time) (t
 	if err = b.tidyDerived(ctx, s, now); err != nil {
 		return st, err
 	}
+	if err = b.tidyUsage(ctx, s, now); err != nil {
+		return st, err
+	}
 	if st != (tidyStats{}) {
 		b.Logger().Info("tidy removed expired entries", "keys", st.KeysDeleted, "revocations", st.RevocationsDeleted,
 			"refresh_tokens", st.RefreshDeleted, "families", st.FamiliesDeleted, "budgets", st.MetersDeleted)
