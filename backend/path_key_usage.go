@@ -19,6 +19,7 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/keybroker/keybroker/apikey"
+	"github.com/keybroker/keybroker/contract"
 )
 
 // Last used. Sidecars decide without Vault, so only they see a key used:
@@ -36,7 +37,7 @@ import (
 
 const (
 	// maxUsageEntries bounds one report.
-	maxUsageEntries = 10000
+	maxUsageEntries = contract.MaxKeyUsageEntries
 	// usageDays is how many days of counts a key keeps.
 	usageDays = 30
 	// maxUsageCount bounds one report's count for a key: more requests
@@ -48,7 +49,7 @@ const (
 	// usageShards: a report writes at most this many entries; each holds
 	// the use of about 1/usageShards of the keys used.
 	usageShards       = 256
-	maxReportIDLength = 64
+	maxReportIDLength = contract.MaxReportIDLength
 	secondsPerDay     = 24 * 60 * 60
 )
 
@@ -80,12 +81,7 @@ type keyUse struct {
 }
 
 // usageEntry is one key in a sidecar's report.
-type usageEntry struct {
-	KeyID string `json:"key_id"`
-	Last  int64  `json:"last"` // Unix seconds
-	From  string `json:"from"`
-	Count int64  `json:"count"`
-}
+type usageEntry = contract.KeyUse
 
 func pathKeyUsage(b *backend) *framework.Path {
 	return &framework.Path{

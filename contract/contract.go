@@ -218,3 +218,20 @@ const (
 	MaxKeyRecordPage      = 1000
 	MaxKeyRecordPageBytes = 4 << 20
 )
+
+// KeyUse is one API key in a verifier's report to keybroker/key-usage: the
+// report's usage field is a JSON array of them, at most MaxKeyUsageEntries,
+// and its report_id (at most MaxReportIDLength letters, digits, '-', '_')
+// is random per report and the same when the report is sent again, so that
+// the plugin counts it once.
+type KeyUse struct {
+	KeyID string `json:"key_id"`
+	Last  int64  `json:"last"` // Unix seconds
+	From  string `json:"from,omitempty"`
+	Count int64  `json:"count"`
+}
+
+const (
+	MaxKeyUsageEntries = 10000
+	MaxReportIDLength  = 64
+)

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/api"
+
+	"github.com/keybroker/keybroker/contract"
 )
 
 // Last used: the sidecar decides without Vault, so only it sees a key used.
@@ -26,7 +28,7 @@ import (
 
 // maxUsageKeys bounds what one interval holds (and the plugin takes per
 // report); keys beyond it in an interval are counted as dropped.
-const maxUsageKeys = 10000
+const maxUsageKeys = contract.MaxKeyUsageEntries
 
 // usageRetryFor is how long an unanswered report is sent again: well within
 // the hour the plugin remembers its report_id, so that a late retry is not
@@ -121,15 +123,9 @@ func (sc *Sidecar) sendUsage(ctx context.Context) {
 	if len(seen) == 0 {
 		return
 	}
-	type entry struct {
-		KeyID string `json:"key_id"`
-		Last  int64  `json:"last"`
-		From  string `json:"from,omitempty"`
-		Count int64  `json:"count"`
-	}
-	entries := make([]entry, 0, len(seen))
+	entries := make([]contract.KeyUse, 0, len(seen))
 	for id, e := range seen {
-		entries = append(entries, entry{KeyID: id, Last: e.last.Unix(), From: ipString(e.from), Count: e.count})
+		entries = append(entries, contract.KeyUse{KeyID: id, Last: e.last.Unix(), From: ipString(e.from), Count: e.count})
 	}
 	body, err := json.Marshal(entries)
 	if err != nil {
