@@ -48,9 +48,12 @@ const (
 	usageReportPrefix = "usage/reports/" // <hour>/<report_id>
 	// usageShards: a report writes at most this many entries; each holds
 	// the use of about 1/usageShards of the keys used.
-	usageShards       = 256
-	maxReportIDLength = contract.MaxReportIDLength
-	secondsPerDay     = 24 * 60 * 60
+	usageShards = 256
+	// usageShardMaxBytes keeps a shard well within integrated storage's
+	// 1 MiB entry limit: past it, the oldest daily counts go first.
+	usageShardMaxBytes = 768 << 10
+	maxReportIDLength  = contract.MaxReportIDLength
+	secondsPerDay      = 24 * 60 * 60
 )
 
 // usageShard holds the use of the keys whose key_id hashes to it.
@@ -264,7 +267,30 @@ func (b *backend) addUsage(ctx context.Context, s logical.Storage, shard string,
 		}
 		u.add(minTime(time.Unix(e.Last, 0).UTC(), now), e.From, e.Count)
 	}
-	return putJSON(ctx, s, shard, sh)
+	v, err := json.Marshal(sh)
+	if err != nil {
+		return fmt.Errorf("encoding %s: %w", shard, err)
+	}
+	if len(v) > usageShardMaxBytes {
+		// Hundreds of thousands of keys in use: keep what each was last
+		// used at and from (what unused_for decides on), and fewer days
+		// of counts, rather than fail at the storage's entry limit.
+		for days := usageDays / 2; len(v) > usageShardMaxBytes && days >= 1; days /= 2 {
+			for _, u := range sh.Keys {
+				if len(u.Days) > days {
+					u.Days = u.Days[len(u.Days)-days:]
+				}
+			}
+			if v, err = json.Marshal(sh); err != nil {
+				return fmt.Errorf("encoding %s: %w", shard, err)
+			}
+		}
+		b.Logger().Warn("so many keys are in use that their oldest daily counts were dropped to keep their last use", "shard", shard, "keys", len(sh.Keys))
+	}
+	if err := s.Put(ctx, &logical.StorageEntry{Key: shard, Value: v}); err != nil {
+		return fmt.Errorf("storing %s: %w", shard, err)
+	}
+	return nil
 }
 
 func (u *keyUsage) add(at time.Time, from string, count int64) {

@@ -264,3 +264,39 @@ func TestKeyUsageTidyAndOlderRecords(t *testing.T) {
 		t.Fatalf("%d report ids past the window stayed", n)
 	}
 }
+
+// A shard whose keys' histories outgrow the storage's entry limit keeps
+// every key's last use and drops the oldest daily counts, rather than fail.
+func TestUsageShardWithinEntryLimit(t *testing.T) {
+	e := newTestEnv(t)
+	ctx := context.Background()
+	st := &sizedStorage{Storage: e.storage, limit: raftEntryLimit, largest: map[string]int{}}
+	const keys = 3000 // about 770,000 keys in use across the shards
+	sh := &usageShard{Keys: map[string]*keyUsage{}}
+	now := time.Now()
+	day := now.Unix() / secondsPerDay
+	for i := 0; i < keys; i++ {
+		u := &keyUsage{Last: now.Unix() - int64(i) - 10, From: "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"}
+		for d := int64(0); d < usageDays; d++ {
+			u.Days = append(u.Days, [2]int64{day - usageDays + d, maxUsageCount * 30})
+		}
+		sh.Keys[fmt.Sprintf("k%011d", i)] = u
+	}
+	const shard = usageShardPrefix + "00"
+	if err := putJSON(ctx, e.storage, shard, sh); err != nil { // beside the limit
+		t.Fatal(err)
+	}
+	if err := e.b.addUsage(ctx, st, shard, []usageEntry{{KeyID: "k00000000000", Last: now.Unix(), From: "10.0.0.1", Count: 1}}, now.UTC()); err != nil {
+		t.Fatalf("a report to a full shard: %v", err)
+	}
+	got, err := getJSON[usageShard](ctx, e.storage, shard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Keys) != keys || got.Keys["k00000000000"].From != "10.0.0.1" || got.Keys[fmt.Sprintf("k%011d", keys-1)].Last != now.Unix()-keys+1-10 {
+		t.Fatalf("after trimming: %d keys, first %+v", len(got.Keys), got.Keys["k00000000000"])
+	}
+	if n := len(got.Keys["k00000000001"].Days); n == 0 || n >= usageDays {
+		t.Fatalf("kept %d days of counts", n)
+	}
+}
