@@ -31,9 +31,10 @@ import (
 // usageShards entries (a key's shard is a hash of its key_id), and a report
 // reads and writes each shard it touches once, under that shard's own
 // lock, never under the lock revocations take: a 10,000-key report is at
-// most 256 writes, and a revocation never waits for one. A report carries
-// a report_id, kept an hour or two: the same report sent again (a retry
-// after a lost answer) is answered duplicate and counted once.
+// most 256 writes (and one for its id), and a revocation never waits for
+// one. A report carries a report_id, kept an hour or two: the same report
+// sent again (a retry after a lost answer) is answered duplicate and
+// counted once.
 
 const (
 	// maxUsageEntries bounds one report.
@@ -61,7 +62,7 @@ type usageShard struct {
 	Keys map[string]*keyUsage `json:"keys"`
 }
 
-// keyUse is one key's use, in a shard: kept short, there are many.
+// keyUsage is one key's use, in a shard: kept short, there are many.
 type keyUsage struct {
 	Last int64  `json:"l"` // Unix seconds
 	From string `json:"f,omitempty"`
