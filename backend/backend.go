@@ -74,6 +74,11 @@ type backend struct {
 	// approvalIndexMu serialises changes to the roles' indexes of live
 	// approval requests (approval-index/<role>), which bound how many wait.
 	approvalIndexMu sync.Mutex
+	// roleLocks serialise changes to one role (roleLock).
+	roleLocks []*locksutil.LockEntry
+	// usageLocks serialise changes to one shard of key use,
+	// usageReportLocks the recording of one key-usage report_id.
+	usageLocks, usageReportLocks []*locksutil.LockEntry
 }
 
 // Factory is the plugin's logical.Factory.
@@ -86,7 +91,8 @@ func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 }
 
 func newBackend() *backend {
-	b := &backend{meterLocks: locksutil.CreateLocks(), tenantLocks: locksutil.CreateLocks(), rateLocks: locksutil.CreateLocks(), approvalLocks: locksutil.CreateLocks(),
+	b := &backend{meterLocks: locksutil.CreateLocks(), tenantLocks: locksutil.CreateLocks(), rateLocks: locksutil.CreateLocks(), approvalLocks: locksutil.CreateLocks(), roleLocks: locksutil.CreateLocks(),
+		usageLocks: locksutil.CreateLocks(), usageReportLocks: locksutil.CreateLocks(),
 		keyChanges: newKeyChanges()}
 	b.Backend = &framework.Backend{
 		Help:           backendHelp,
@@ -107,6 +113,7 @@ func newBackend() *backend {
 			pathKeyRecords(b),
 			pathApprovals(b),
 			pathKeyLifecycle(b),
+			[]*framework.Path{pathRoleSuspend(b)},
 			[]*framework.Path{pathKeyUsage(b)},
 			[]*framework.Path{
 				pathConfig(b),
@@ -147,6 +154,9 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 	// Approval requests of an older plugin move under their role now, not
 	// at the next tidy: until then no approvals/<role>/ path reaches them.
 	if err := b.tidyApprovals(ctx, req.Storage, time.Now()); err != nil {
+		return err
+	}
+	if err := b.migrateRoleSuspensions(ctx, req.Storage); err != nil {
 		return err
 	}
 	_, err := b.signing(ctx, req.Storage)

@@ -14,8 +14,9 @@ import (
 )
 
 // An operator's tools for a key's life: rotation with a grace period,
-// suspension and resumption (of a key, or of a role's keys), and revocation
-// by the key's value, for the moment a key turns up where it should not.
+// suspension and resumption of a key (a role's: path_role_suspend.go), and
+// revocation by the key's value, for the moment a key turns up where it
+// should not.
 
 // rotationPrefix indexes rotated keys by key_id until their grace ends, so
 // that the active node revokes them then, through the feed.
@@ -49,11 +50,6 @@ func pathKeyLifecycle(b *backend) []*framework.Path {
 		"suspended":    out(framework.TypeBool, "Whether it is suspended now."),
 		"suspended_at": out(framework.TypeTime, "When it was suspended."),
 		"suspended_by": out(framework.TypeStringSlice, "What holds it suspended: key (itself), role (with its role's keys), or both; each is resumed apart."),
-	}
-	roleSuspension := map[string]*framework.FieldSchema{
-		"role":      out(framework.TypeString, "The role."),
-		"suspended": out(framework.TypeBool, "Whether the role is suspended now (no key mints)."),
-		"keys":      out(framework.TypeInt, "Keys of the role this changed."),
 	}
 	return []*framework.Path{
 		{
@@ -101,21 +97,6 @@ resumed, within the key-record feed's latency; it is not revoked, and
 resuming it makes it work again. A key suspended on its own and with its
 role stays refused until both are resumed: resume takes off only the key's
 own suspension.`,
-		},
-		{
-			Pattern: "roles/" + framework.GenericNameRegex("name") + "/(?P<action>suspend|resume)$",
-			Fields: map[string]*framework.FieldSchema{
-				"name":   {Type: framework.TypeString, Description: "Name of the role.", Required: true},
-				"action": {Type: framework.TypeString, Description: "suspend or resume."},
-			},
-			DisplayAttrs: pathAttrs("role"),
-			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.UpdateOperation: operationAs("suspend-or-resume", "", b.pathRoleSuspend, answers(roleSuspension)),
-			},
-			HelpSynopsis: "Suspend or resume every API key of a role.",
-			HelpDescription: `Suspends every live key of the role (and refuses key mints and rotations
-from it) or resumes them. Keys suspended on their own stay suspended when
-the role is resumed. Agent JWTs of the role are not affected.`,
 		},
 		{
 			Pattern: "revoke$",
@@ -197,7 +178,7 @@ func (b *backend) pathKeyRotate(ctx context.Context, req *logical.Request, d *fr
 		next.Approval, next.NotAfter = old.Approval, old.ExpiresAt
 	}
 	// A suspended key's successor is as suspended.
-	next.SuspendedAt, next.RoleSuspendedAt = old.SuspendedAt, old.RoleSuspendedAt
+	next.SuspendedAt = old.SuspendedAt
 	graceEnds := minTime(now.Add(grace), old.ExpiresAt)
 	old.ReplacedBy, old.ExpiresAt = next.ID, graceEnds
 	metered := old.Budget > 0 || old.Tenant != ""
@@ -308,6 +289,9 @@ func (b *backend) pathKeySuspend(ctx context.Context, req *logical.Request, d *f
 	case k.revoked():
 		return logical.ErrorResponse("key %s is revoked: suspension would change nothing", id), nil
 	}
+	if err := b.withRoleSuspension(ctx, req.Storage, k); err != nil {
+		return nil, err
+	}
 	if suspend && k.SuspendedAt.IsZero() {
 		k.SuspendedAt = time.Now().UTC().Truncate(time.Second)
 	} else if !suspend {
@@ -317,68 +301,12 @@ func (b *backend) pathKeySuspend(ctx context.Context, req *logical.Request, d *f
 		return nil, err
 	}
 	b.keyChanges.add(id)
-	b.Logger().Info("key "+d.Get("action").(string)+"d", "key_id", id, "entity_id", req.EntityID)
+	b.Logger().Info(map[bool]string{true: "key suspended", false: "key resumed"}[suspend], "key_id", id, "entity_id", req.EntityID)
 	data := map[string]interface{}{"key_id": id, "suspended": k.suspended()}
 	k.lifecycleData(data)
 	delete(data, "replaced_by")
 	delete(data, "replaces")
 	return &logical.Response{Data: data}, nil
-}
-
-func (b *backend) pathRoleSuspend(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	name, suspend := d.Get("name").(string), d.Get("action").(string) == "suspend"
-	r, err := b.getRole(ctx, req.Storage, name)
-	if err != nil {
-		return nil, err
-	}
-	if r == nil {
-		return logical.ErrorResponse("role %q does not exist", name), nil
-	}
-	r.Suspended = suspend
-	if err := putJSON(ctx, req.Storage, rolePrefix+name, r); err != nil {
-		return nil, err
-	}
-	ids, err := req.Storage.List(ctx, keyPrefix)
-	if err != nil {
-		return nil, fmt.Errorf("listing keys: %w", err)
-	}
-	changed := 0
-	now := time.Now().UTC().Truncate(time.Second)
-	for _, id := range ids {
-		ok, err := b.setRoleSuspension(ctx, req.Storage, id, name, suspend, now)
-		if err != nil {
-			return nil, err
-		}
-		if ok {
-			changed++
-		}
-	}
-	b.Logger().Info("role "+d.Get("action").(string)+"d", "role", name, "keys", changed, "entity_id", req.EntityID)
-	return &logical.Response{Data: map[string]interface{}{"role": name, "suspended": suspend, "keys": changed}}, nil
-}
-
-// setRoleSuspension suspends (or resumes) one key with its role; a key
-// suspended on its own is left as it is.
-func (b *backend) setRoleSuspension(ctx context.Context, s logical.Storage, id, role string, suspend bool, now time.Time) (bool, error) {
-	b.revocationMu.Lock()
-	defer b.revocationMu.Unlock()
-	k, err := b.getKey(ctx, s, id)
-	if err != nil || k == nil || k.Role != role || k.revoked() || !now.Before(k.ExpiresAt) {
-		return false, err
-	}
-	switch {
-	case suspend && k.RoleSuspendedAt.IsZero():
-		k.RoleSuspendedAt = now
-	case !suspend && !k.RoleSuspendedAt.IsZero():
-		k.RoleSuspendedAt = time.Time{}
-	default:
-		return false, nil
-	}
-	if err := b.putKey(ctx, s, k); err != nil {
-		return false, err
-	}
-	b.keyChanges.add(id)
-	return true, nil
 }
 
 func (b *backend) pathRevokeByValue(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {

@@ -189,11 +189,12 @@ func pathKeyRecords(b *backend) []*framework.Path {
 
 var keyRecordsHelp = fmt.Sprintf(`A verifier (keybroker-sidecar) holds a record of each live API key, so it
 verifies keys without asking Vault: key_id, the SHA-256 of the key (never the
-key), role, scopes, bound_cidrs, tenant, expires_at, revoked, and the key's
-budget and rate limit (no name or metadata: a verifier does not decide on
-them). Each answer also lists metered_tenants,
+key), role, scopes, bound_cidrs, tenant, expires_at, revoked, suspended (on
+its own), and the key's budget and rate limit (no name or metadata: a
+verifier does not decide on them). Each answer also lists metered_tenants,
 the tenants with a budget ceiling: a key is metered when its budget.units is
-above 0 or its tenant is among them.
+above 0 or its tenant is among them; and suspended_roles: a key of one of
+them is refused as suspended, whatever its record says.
 
 key-records/snapshot returns the records in pages of at most %d (and about
 4 MB) by key_id:
@@ -286,7 +287,7 @@ func (b *backend) keyChangesPageShared(ctx context.Context, s logical.Storage, a
 
 func (b *backend) keyChangesPage(ctx context.Context, s logical.Storage, after uint64, epoch string, f recordFilter) (*contract.KeyRecordsPage, error) {
 	c := b.keyChanges
-	page := &contract.KeyRecordsPage{Epoch: c.epoch, Records: []contract.KeyRecord{}, MeteredTenants: []string{}}
+	page := &contract.KeyRecordsPage{Epoch: c.epoch, Records: []contract.KeyRecord{}, MeteredTenants: []string{}, SuspendedRoles: []string{}}
 	changed, next, last, held := c.since(after, contract.MaxKeyRecordPage)
 	page.Next, page.Last = next, last
 	if !held || (epoch != "" && epoch != c.epoch) {
@@ -319,10 +320,14 @@ func (b *backend) keyChangesPage(ctx context.Context, s logical.Storage, after u
 		page.Records = append(page.Records, rec)
 	}
 	page.More = page.Next < last
-	// Every page says which tenants are metered: a ceiling change wakes
-	// readers, and they learn it from the list, not from a record.
+	// Every page says which tenants are metered and which roles are
+	// suspended: a ceiling change or a role's suspension wakes readers,
+	// and they learn it from the lists, not from records.
 	if page.MeteredTenants, err = s.List(ctx, tenantPrefix); err != nil {
 		return nil, fmt.Errorf("listing tenants: %w", err)
+	}
+	if page.SuspendedRoles, err = suspendedRoles(ctx, s, f); err != nil {
+		return nil, err
 	}
 	return page, nil
 }
@@ -390,6 +395,9 @@ func (b *backend) snapshotPage(ctx context.Context, s logical.Storage, l *keyLis
 	var err error
 	if page.MeteredTenants, err = s.List(ctx, tenantPrefix); err != nil {
 		return nil, fmt.Errorf("listing tenants: %w", err)
+	}
+	if page.SuspendedRoles, err = suspendedRoles(ctx, s, f); err != nil {
+		return nil, err
 	}
 	return page, nil
 }
@@ -482,7 +490,9 @@ func (k *keyEntry) record() contract.KeyRecord {
 		Budget:     budget,
 		RateLimit:  rate,
 		JKT:        k.JKT,
-		Suspended:  k.suspended(),
+		// Its own suspension only: its role's comes in the page's
+		// suspended_roles, so that resuming a role changes no record.
+		Suspended:  !k.SuspendedAt.IsZero(),
 		ReplacedBy: k.ReplacedBy,
 	}
 }
@@ -494,6 +504,7 @@ func keyRecordsAnswerFields() map[string]*framework.FieldSchema {
 		"records": out(framework.TypeSlice, "Key records: key_id, hash (hex SHA-256 of the key), role, scopes, bound_cidrs, tenant, expires_at, revoked, budget, rate_limit and jkt; "+
 			"in the changes, gone=true with only key_id for a key no longer stored."),
 		"metered_tenants": out(framework.TypeStringSlice, "Tenants with a budget ceiling: their keys are metered."),
+		"suspended_roles": out(framework.TypeStringSlice, "Suspended roles (of the roles asked for): their keys are refused, whatever their records say."),
 		"epoch":           out(framework.TypeString, "Epoch of the changes, new each time the mount starts on a node; pass it with the cursor."),
 		"next":            out(framework.TypeInt64, "Changes: the cursor to pass as after next time."),
 		"last":            out(framework.TypeInt64, "Changes: the newest change."),
@@ -511,6 +522,7 @@ func keyRecordsResponse(p *contract.KeyRecordsPage) *logical.Response {
 	return &logical.Response{Data: map[string]interface{}{
 		"records":         p.Records,
 		"metered_tenants": p.MeteredTenants,
+		"suspended_roles": p.SuspendedRoles,
 		"epoch":           p.Epoch,
 		"next":            p.Next,
 		"last":            p.Last,

@@ -1,35 +1,82 @@
 package backend
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
+	"hash/fnv"
+	"maps"
 	"math"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/keybroker/keybroker/apikey"
+	"github.com/keybroker/keybroker/contract"
 )
 
 // Last used. Sidecars decide without Vault, so only they see a key used:
 // each reports, once per usage_report_interval, the keys it saw since its
 // last report (aggregated: when last, from where, how many times), and the
-// plugin keeps last_used_at, last_used_from and a count per day on the key.
+// plugin keeps last_used_at, last_used_from and a count per day per key.
+//
+// A report's cost is bounded whatever its size: the use of keys is kept in
+// usageShards entries (a key's shard is a hash of its key_id), and a report
+// reads and writes each shard it touches once, under that shard's own
+// lock, never under the lock revocations take: a 10,000-key report is at
+// most 256 writes (and one for its id), and a revocation never waits for
+// one. A report carries a report_id, kept an hour or two: the same report
+// sent again (a retry after a lost answer) is answered duplicate and
+// counted once.
 
 const (
 	// maxUsageEntries bounds one report.
-	maxUsageEntries = 10000
+	maxUsageEntries = contract.MaxKeyUsageEntries
 	// usageDays is how many days of counts a key keeps.
 	usageDays = 30
 	// maxUsageCount bounds one report's count for a key: more requests
 	// than a sidecar could serve in a day.
 	maxUsageCount = 1 << 40
+
+	usageShardPrefix  = "usage/shards/"
+	usageReportPrefix = "usage/reports/" // <hour>/<report_id>
+	// usageShards: a report writes at most this many entries; each holds
+	// the use of about 1/usageShards of the keys used.
+	usageShards = 256
+	// usageShardMaxBytes keeps a shard well within integrated storage's
+	// 1 MiB entry limit: past it, the oldest daily counts go first.
+	usageShardMaxBytes = 768 << 10
+	maxReportIDLength  = contract.MaxReportIDLength
+	secondsPerDay      = 24 * 60 * 60
 )
+
+// usageShard holds the use of the keys whose key_id hashes to it.
+type usageShard struct {
+	Keys map[string]*keyUsage `json:"keys"`
+}
+
+// keyUsage is one key's use, in a shard: kept short, there are many.
+type keyUsage struct {
+	Last int64  `json:"l"` // Unix seconds
+	From string `json:"f,omitempty"`
+	// Days are [day (since 1970-01-01, UTC), requests], oldest first, the
+	// newest usageDays of them.
+	Days [][2]int64 `json:"u"`
+}
+
+// usageReportMark says a report (by its report_id) was recorded, or which
+// shards of it were when its recording failed half-way.
+type usageReportMark struct {
+	Complete bool     `json:"complete,omitempty"`
+	Done     []string `json:"done,omitempty"`
+}
 
 // keyUse is one day's requests of a key, as sidecars reported them.
 type keyUse struct {
@@ -38,12 +85,7 @@ type keyUse struct {
 }
 
 // usageEntry is one key in a sidecar's report.
-type usageEntry struct {
-	KeyID string `json:"key_id"`
-	Last  int64  `json:"last"` // Unix seconds
-	From  string `json:"from"`
-	Count int64  `json:"count"`
-}
+type usageEntry = contract.KeyUse
 
 func pathKeyUsage(b *backend) *framework.Path {
 	return &framework.Path{
@@ -53,12 +95,17 @@ func pathKeyUsage(b *backend) *framework.Path {
 				Type:        framework.TypeString,
 				Description: fmt.Sprintf("JSON array of {key_id, last (Unix seconds), from (client address), count}: the API keys a verifier saw used since its last report, at most %d.", maxUsageEntries),
 			},
+			"report_id": {
+				Type:        framework.TypeString,
+				Description: fmt.Sprintf("The report's id (1 to %d letters, digits, '-', '_'), random per report and the same when the report is sent again: a report already recorded with this id in the last hour is answered duplicate and not counted again. Without it, a report sent twice counts twice.", maxReportIDLength),
+			},
 		},
 		DisplayAttrs: pathAttrs("key-usage"),
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.UpdateOperation: operationAs("report", "", b.pathKeyUsageWrite, answers(map[string]*framework.FieldSchema{
-				"recorded": out(framework.TypeInt, "Keys whose last use was recorded."),
-				"skipped":  out(framework.TypeInt, "Entries skipped: not a key_id, a count or time that makes no sense, or a key unknown, revoked or expired."),
+				"recorded":  out(framework.TypeInt, "Keys whose last use was recorded."),
+				"skipped":   out(framework.TypeInt, "Entries skipped: not a key_id, a count or time that makes no sense, or a key unknown, revoked or expired."),
+				"duplicate": out(framework.TypeBool, "The report_id was recorded already: nothing was counted again."),
 			})),
 		},
 		HelpSynopsis: "Verifiers: report which API keys were used (for last_used_at).",
@@ -67,9 +114,13 @@ it let through since its last call. The plugin keeps, on each key,
 last_used_at, last_used_from and a count per day (the last 30 days), shown
 by keys/id/<key_id>; keys/id/ lists keys unused for a while with
 unused_for. Entries that make no sense, and keys unknown, revoked or
-expired, are skipped (counted in skipped), not the report. Each entry
-recorded is one storage write: a report costs as many writes as keys it
-names.`,
+expired, are skipped (counted in skipped), not the report.
+
+A report costs one read of each key it names and at most 257 storage writes
+however many keys it names: uses are kept in 256 shards by key_id, each
+written once per report under its own lock (never the lock revocations
+take), and the report_id once. A report sent again with the same report_id
+within the hour is answered duplicate=true and counted once.`,
 	}
 }
 
@@ -81,27 +132,83 @@ func (b *backend) pathKeyUsageWrite(ctx context.Context, req *logical.Request, d
 	if len(entries) > maxUsageEntries {
 		return logical.ErrorResponse("usage: at most %d keys per report, got %d", maxUsageEntries, len(entries)), nil
 	}
+	reportID := d.Get("report_id").(string)
+	if reportID != "" && !validReportID(reportID) {
+		return logical.ErrorResponse("report_id must be 1 to %d letters, digits, '-' or '_'", maxReportIDLength), nil
+	}
+	now := time.Now()
+	var markPath string
+	var mark *usageReportMark
+	if reportID != "" {
+		// Held until the report is recorded: the same report sent again
+		// meanwhile waits, then finds it recorded.
+		l := locksutil.LockForKey(b.usageReportLocks, reportID)
+		l.Lock()
+		defer l.Unlock()
+		var err error
+		if markPath, mark, err = findUsageReport(ctx, req.Storage, reportID, now); err != nil {
+			return nil, err
+		}
+		if mark != nil && mark.Complete {
+			return &logical.Response{Data: map[string]interface{}{"recorded": 0, "skipped": 0, "duplicate": true}}, nil
+		}
+	}
+
 	// An entry that does not make sense is skipped, not the report: one
 	// bad entry (a verifier's clock ahead, say) must not make a verifier
 	// resend the same report for ever.
-	now := time.Now()
-	recorded, skipped := 0, 0
+	valid := make([]usageEntry, 0, len(entries))
+	ids := make([]string, 0, len(entries))
 	for _, e := range entries {
-		if !validUse(e, now) {
-			skipped++
-			continue
-		}
-		ok, err := b.recordUse(ctx, req.Storage, e)
-		if err != nil {
-			return nil, err
-		}
-		if ok {
-			recorded++
-		} else {
-			skipped++
+		if validUse(e, now) {
+			valid = append(valid, e)
+			ids = append(ids, e.KeyID)
 		}
 	}
-	return &logical.Response{Data: map[string]interface{}{"recorded": recorded, "skipped": skipped}}, nil
+	skipped := len(entries) - len(valid)
+	// Read without any lock: a key revoked meanwhile has this use kept
+	// beside it, which changes nothing a verifier decides on.
+	keys, err := b.getKeys(ctx, req.Storage, ids)
+	if err != nil {
+		return nil, err
+	}
+	byShard := map[string][]usageEntry{}
+	nowUTC := now.UTC()
+	for i, e := range valid {
+		k := keys[i]
+		if k == nil || k.revoked() || !nowUTC.Before(k.ExpiresAt) || time.Unix(e.Last, 0).Before(k.CreatedAt.Add(-time.Minute)) {
+			skipped++ // unknown, revoked, expired, or a use before the key existed
+			continue
+		}
+		shard := usageShardPath(e.KeyID)
+		byShard[shard] = append(byShard[shard], e)
+	}
+	recorded := len(entries) - skipped
+	shards := slices.Sorted(maps.Keys(byShard))
+	var done []string
+	if mark != nil {
+		done = mark.Done
+	}
+	for _, shard := range shards {
+		if slices.Contains(done, shard) {
+			continue // recorded by this report's first attempt
+		}
+		if err := b.addUsage(ctx, req.Storage, shard, byShard[shard], nowUTC); err != nil {
+			if reportID != "" && len(done) > 0 {
+				// Its retry records only the rest (best effort: the
+				// storage just failed).
+				_ = putJSON(ctx, req.Storage, markPath, &usageReportMark{Done: done})
+			}
+			return nil, err
+		}
+		done = append(done, shard)
+	}
+	if reportID != "" {
+		if err := putJSON(ctx, req.Storage, markPath, &usageReportMark{Complete: true}); err != nil {
+			return nil, err
+		}
+	}
+	return &logical.Response{Data: map[string]interface{}{"recorded": recorded, "skipped": skipped, "duplicate": false}}, nil
 }
 
 // validUse: a key_id, a count, a time not ahead of Vault's clock by more
@@ -118,37 +225,223 @@ func validUse(e usageEntry, now time.Time) bool {
 	return true
 }
 
-// recordUse adds one report's use to its key, under the lock revocations
-// take, so that a revocation meanwhile is never written over.
-func (b *backend) recordUse(ctx context.Context, s logical.Storage, e usageEntry) (bool, error) {
-	b.revocationMu.Lock()
-	defer b.revocationMu.Unlock()
-	k, err := b.getKey(ctx, s, e.KeyID)
-	now := time.Now().UTC()
-	if err != nil || k == nil || k.revoked() || !now.Before(k.ExpiresAt) {
-		// Expired keys too: tidy may be deleting them, and a write here
-		// would bring one back.
-		return false, err
+func validReportID(id string) bool {
+	if len(id) == 0 || len(id) > maxReportIDLength {
+		return false
 	}
-	at := minTime(time.Unix(e.Last, 0).UTC(), now)
-	if at.Before(k.CreatedAt.Add(-time.Minute)) {
-		return false, nil // before the key existed
+	for _, c := range []byte(id) {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
 	}
-	if at.After(k.LastUsedAt) {
-		k.LastUsedAt, k.LastUsedFrom = at, e.From
+	return true
+}
+
+// usageShardPath is the shard that holds key id's use.
+func usageShardPath(id string) string {
+	h := fnv.New32a()
+	h.Write([]byte(id))
+	return fmt.Sprintf("%s%02x", usageShardPrefix, h.Sum32()%usageShards)
+}
+
+// addUsage adds a report's entries of one shard to it, under the shard's
+// lock (two reports at once each add theirs).
+func (b *backend) addUsage(ctx context.Context, s logical.Storage, shard string, entries []usageEntry, now time.Time) error {
+	l := locksutil.LockForKey(b.usageLocks, shard)
+	l.Lock()
+	defer l.Unlock()
+	sh, err := getJSON[usageShard](ctx, s, shard)
+	if err != nil {
+		return err
 	}
-	day := at.Format(time.DateOnly)
-	i, found := slices.BinarySearchFunc(k.Uses, day, func(u keyUse, d string) int { return strings.Compare(u.Day, d) })
+	if sh == nil {
+		sh = &usageShard{}
+	}
+	if sh.Keys == nil {
+		sh.Keys = make(map[string]*keyUsage, len(entries))
+	}
+	for _, e := range entries {
+		u := sh.Keys[e.KeyID]
+		if u == nil {
+			u = &keyUsage{}
+			sh.Keys[e.KeyID] = u
+		}
+		u.add(minTime(time.Unix(e.Last, 0).UTC(), now), e.From, e.Count)
+	}
+	v, err := json.Marshal(sh)
+	if err != nil {
+		return fmt.Errorf("encoding %s: %w", shard, err)
+	}
+	if len(v) > usageShardMaxBytes {
+		// Hundreds of thousands of keys in use: keep what each was last
+		// used at and from (what unused_for decides on), and fewer days
+		// of counts, rather than fail at the storage's entry limit.
+		for days := usageDays / 2; len(v) > usageShardMaxBytes && days >= 1; days /= 2 {
+			for _, u := range sh.Keys {
+				if len(u.Days) > days {
+					u.Days = u.Days[len(u.Days)-days:]
+				}
+			}
+			if v, err = json.Marshal(sh); err != nil {
+				return fmt.Errorf("encoding %s: %w", shard, err)
+			}
+		}
+		b.Logger().Warn("so many keys are in use that their oldest daily counts were dropped to keep their last use", "shard", shard, "keys", len(sh.Keys))
+	}
+	if err := s.Put(ctx, &logical.StorageEntry{Key: shard, Value: v}); err != nil {
+		return fmt.Errorf("storing %s: %w", shard, err)
+	}
+	return nil
+}
+
+func (u *keyUsage) add(at time.Time, from string, count int64) {
+	if at.Unix() > u.Last {
+		u.Last, u.From = at.Unix(), from
+	}
+	day := at.Unix() / secondsPerDay
+	i, found := slices.BinarySearchFunc(u.Days, day, func(d [2]int64, t int64) int { return cmp.Compare(d[0], t) })
 	if found {
-		k.Uses[i].Count = min(k.Uses[i].Count, math.MaxInt64-e.Count) + e.Count // saturating
+		u.Days[i][1] = min(u.Days[i][1], math.MaxInt64-count) + count // saturating
 	} else {
-		k.Uses = slices.Insert(k.Uses, i, keyUse{Day: day, Count: e.Count})
+		u.Days = slices.Insert(u.Days, i, [2]int64{day, count})
 	}
-	if len(k.Uses) > usageDays {
-		k.Uses = k.Uses[len(k.Uses)-usageDays:] // the newest days
+	if len(u.Days) > usageDays {
+		u.Days = u.Days[len(u.Days)-usageDays:] // the newest days
 	}
-	// Not a change of the key's record: verifiers do not decide on it.
-	return true, b.putKey(ctx, s, k)
+}
+
+// findUsageReport finds report id's mark, in this hour's bucket or the
+// last's; path is where it is, or where to write it.
+func findUsageReport(ctx context.Context, s logical.Storage, id string, now time.Time) (path string, mark *usageReportMark, err error) {
+	hour := now.Unix() / 3600
+	for _, h := range []int64{hour, hour - 1} {
+		p := fmt.Sprintf("%s%d/%s", usageReportPrefix, h, id)
+		if mark, err = getJSON[usageReportMark](ctx, s, p); err != nil || mark != nil {
+			return p, mark, err
+		}
+	}
+	return fmt.Sprintf("%s%d/%s", usageReportPrefix, hour, id), nil, nil
+}
+
+// usageOf reads the use of the keys ids, each shard once.
+func (b *backend) usageOf(ctx context.Context, s logical.Storage, ids []string) (map[string]*keyUsage, error) {
+	shards := map[string]*usageShard{}
+	uses := map[string]*keyUsage{}
+	for _, id := range ids {
+		p := usageShardPath(id)
+		sh, read := shards[p]
+		if !read {
+			var err error
+			if sh, err = getJSON[usageShard](ctx, s, p); err != nil {
+				return nil, err
+			}
+			shards[p] = sh
+		}
+		if sh != nil && sh.Keys[id] != nil {
+			uses[id] = sh.Keys[id]
+		}
+	}
+	return uses, nil
+}
+
+// withUsage adds u, the key's use from its shard, to what k's record holds
+// (keys used before uses were kept in shards hold theirs), for a read: k is
+// not written back.
+func (k *keyEntry) withUsage(u *keyUsage) {
+	if u == nil {
+		return
+	}
+	if at := time.Unix(u.Last, 0).UTC(); at.After(k.LastUsedAt) {
+		k.LastUsedAt, k.LastUsedFrom = at, u.From
+	}
+	uses := slices.Clone(k.Uses)
+	for _, d := range u.Days {
+		day := time.Unix(d[0]*secondsPerDay, 0).UTC().Format(time.DateOnly)
+		i, found := slices.BinarySearchFunc(uses, day, func(u keyUse, d string) int { return strings.Compare(u.Day, d) })
+		if found {
+			uses[i].Count = min(uses[i].Count, math.MaxInt64-d[1]) + d[1]
+		} else {
+			uses = slices.Insert(uses, i, keyUse{Day: day, Count: d[1]})
+		}
+	}
+	if len(uses) > usageDays {
+		uses = uses[len(uses)-usageDays:]
+	}
+	k.Uses = uses
+}
+
+// tidyUsage drops the use of keys no longer stored, and report ids older
+// than the window.
+func (b *backend) tidyUsage(ctx context.Context, s logical.Storage, now time.Time) error {
+	ids, err := s.List(ctx, keyPrefix)
+	if err != nil {
+		return fmt.Errorf("listing keys: %w", err)
+	}
+	live := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		live[id] = true
+	}
+	shards, err := s.List(ctx, usageShardPrefix)
+	if err != nil {
+		return fmt.Errorf("listing key use: %w", err)
+	}
+	for _, name := range shards {
+		if err := b.tidyUsageShard(ctx, s, usageShardPrefix+name, live); err != nil {
+			return err
+		}
+	}
+	hours, err := s.List(ctx, usageReportPrefix)
+	if err != nil {
+		return fmt.Errorf("listing key-usage reports: %w", err)
+	}
+	for _, h := range hours {
+		n, err := strconv.ParseInt(strings.TrimSuffix(h, "/"), 10, 64)
+		if err == nil && n >= now.Unix()/3600-1 {
+			continue // still in the window
+		}
+		marks, err := s.List(ctx, usageReportPrefix+h)
+		if err != nil {
+			return fmt.Errorf("listing key-usage reports: %w", err)
+		}
+		for _, m := range marks {
+			if err := s.Delete(ctx, usageReportPrefix+h+m); err != nil {
+				return fmt.Errorf("deleting a key-usage report id: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+func (b *backend) tidyUsageShard(ctx context.Context, s logical.Storage, shard string, live map[string]bool) error {
+	l := locksutil.LockForKey(b.usageLocks, shard)
+	l.Lock()
+	defer l.Unlock()
+	sh, err := getJSON[usageShard](ctx, s, shard)
+	if err != nil || sh == nil {
+		return err
+	}
+	changed := false
+	for id := range sh.Keys {
+		if live[id] {
+			continue
+		}
+		// Not in the listing: gone, or minted since (a Get tells).
+		if k, err := b.getKey(ctx, s, id); err != nil {
+			return err
+		} else if k == nil {
+			delete(sh.Keys, id)
+			changed = true
+		}
+	}
+	switch {
+	case len(sh.Keys) == 0:
+		if err := s.Delete(ctx, shard); err != nil {
+			return fmt.Errorf("deleting %s: %w", shard, err)
+		}
+	case changed:
+		return putJSON(ctx, s, shard, sh)
+	}
+	return nil
 }
 
 // usageData adds a key's last use to a read.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -37,10 +38,14 @@ type keyEntry struct {
 	// key is never renewed past its approved lifetime.
 	Approval string `json:"approval,omitempty"`
 	// Suspension: refused while suspended on its own (SuspendedAt) or with
-	// its role (RoleSuspendedAt); the two are undone apart, so resuming the
-	// role leaves a key suspended on its own alone, and the other way.
+	// its role (roleSuspendedAt, read from the role's suspension for a
+	// read or a verification, never stored with the key); the two are
+	// undone apart, so resuming the role leaves a key suspended on its own
+	// alone, and the other way. Keys stored by versions that wrote a
+	// role's suspension into each key carry role_suspended_at, ignored:
+	// the role's own entry says it (migrateRoleSuspensions).
 	SuspendedAt     time.Time `json:"suspended_at,omitzero"`
-	RoleSuspendedAt time.Time `json:"role_suspended_at,omitzero"`
+	roleSuspendedAt time.Time
 	// Rotation: ReplacedBy is the successor's key_id; the key then expires
 	// at the end of its grace. Replaces is the predecessor's. NotAfter
 	// bounds renewals: a successor lives no longer than its predecessor's
@@ -48,7 +53,9 @@ type keyEntry struct {
 	ReplacedBy string    `json:"replaced_by,omitempty"`
 	Replaces   string    `json:"replaces,omitempty"`
 	NotAfter   time.Time `json:"not_after,omitzero"`
-	// Last use, as sidecars report it (key-usage).
+	// Last use, as sidecars reported it (key-usage) to versions that kept
+	// it here; now kept in shards (path_key_usage.go) and added to these
+	// for reads only (withUsage).
 	LastUsedAt   time.Time `json:"last_used_at,omitzero"`
 	LastUsedFrom string    `json:"last_used_from,omitempty"`
 	Uses         []keyUse  `json:"uses,omitempty"`
@@ -57,7 +64,7 @@ type keyEntry struct {
 
 func (k *keyEntry) revoked() bool { return !k.RevokedAt.IsZero() }
 
-func (k *keyEntry) suspended() bool { return !k.SuspendedAt.IsZero() || !k.RoleSuspendedAt.IsZero() }
+func (k *keyEntry) suspended() bool { return !k.SuspendedAt.IsZero() || !k.roleSuspendedAt.IsZero() }
 
 // suspendedBy says what holds a key suspended: "key", "role", or both.
 func (k *keyEntry) suspendedBy() []string {
@@ -65,7 +72,7 @@ func (k *keyEntry) suspendedBy() []string {
 	if !k.SuspendedAt.IsZero() {
 		by = append(by, "key")
 	}
-	if !k.RoleSuspendedAt.IsZero() {
+	if !k.roleSuspendedAt.IsZero() {
 		by = append(by, "role")
 	}
 	return by
@@ -95,8 +102,8 @@ func (k *keyEntry) publicData() map[string]interface{} {
 func (k *keyEntry) lifecycleData(data map[string]interface{}) {
 	if k.suspended() {
 		at := k.SuspendedAt
-		if at.IsZero() || (!k.RoleSuspendedAt.IsZero() && k.RoleSuspendedAt.Before(at)) {
-			at = k.RoleSuspendedAt
+		if at.IsZero() || (!k.roleSuspendedAt.IsZero() && k.roleSuspendedAt.Before(at)) {
+			at = k.roleSuspendedAt
 		}
 		data["suspended_at"], data["suspended_by"] = at.UTC().Format(time.RFC3339), k.suspendedBy()
 	}
@@ -290,6 +297,13 @@ func mintKeyFields() map[string]*framework.FieldSchema {
 
 func (b *backend) pathKeyMint(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	roleName := d.Get("role").(string)
+	// The role's lock is held for reading from the suspension check to
+	// the key's write: a suspension waits for the mints under way, and no
+	// mint passes the check once it returned.
+	l := b.roleLock(roleName)
+	l.RLock()
+	unlock := sync.OnceFunc(l.RUnlock)
+	defer unlock()
 	r, err := b.getRole(ctx, req.Storage, roleName)
 	if err != nil {
 		return nil, err
@@ -301,6 +315,9 @@ func (b *backend) pathKeyMint(ctx context.Context, req *logical.Request, d *fram
 		return logical.ErrorResponse("role %q is suspended: resume it (roles/%s/resume) to mint keys", roleName, roleName), nil
 	}
 	if d.Get("approval_id").(string) != "" && approvalOf(ctx) == nil {
+		// The redemption mints through this handler again, which takes
+		// the lock again: a read lock is not taken twice.
+		unlock()
 		return b.redeemApproval(ctx, req, d, approvalKindKey, b.pathKeyMint)
 	}
 
@@ -451,6 +468,11 @@ func (b *backend) pathKeyList(ctx context.Context, req *logical.Request, d *fram
 	if err != nil {
 		return nil, fmt.Errorf("listing keys: %w", err)
 	}
+	// Each shard of key use read once, for every key it holds.
+	uses, err := b.usageOf(ctx, req.Storage, ids)
+	if err != nil {
+		return nil, err
+	}
 	now, role := time.Now(), pathRole(d)
 	listed := make([]string, 0, len(ids))
 	info := make(map[string]interface{}, len(ids))
@@ -462,6 +484,7 @@ func (b *backend) pathKeyList(ctx context.Context, req *logical.Request, d *fram
 		if k == nil || (role != "" && k.Role != role) {
 			continue // tidied between List and Get, or another role's
 		}
+		k.withUsage(uses[id])
 		if unused > 0 && (k.revoked() || !now.Before(k.ExpiresAt) || !k.unusedFor(unused, now)) {
 			continue
 		}
@@ -480,6 +503,14 @@ func (b *backend) pathKeyRead(ctx context.Context, req *logical.Request, d *fram
 	if k == nil {
 		return resp, err // nil, nil: 404
 	}
+	if err := b.withRoleSuspension(ctx, req.Storage, k); err != nil {
+		return nil, err
+	}
+	uses, err := b.usageOf(ctx, req.Storage, []string{k.ID})
+	if err != nil {
+		return nil, err
+	}
+	k.withUsage(uses[k.ID])
 	data := k.publicData()
 	data["orphan"] = k.Orphan
 	data["entity_id"] = k.EntityID

@@ -64,8 +64,10 @@ type role struct {
 	ApprovedMaxTTL    time.Duration `json:"approved_max_ttl,omitempty"`
 
 	// Suspended (roles/<name>/suspend): its keys are suspended, and no key
-	// is minted from it until it is resumed.
-	Suspended bool `json:"suspended,omitempty"`
+	// is minted from it until it is resumed; verifiers learn it from the
+	// role's entry under suspendedRolePrefix (path_role_suspend.go).
+	Suspended   bool      `json:"suspended,omitempty"`
+	SuspendedAt time.Time `json:"suspended_at,omitzero"`
 
 	// Budgets and rate limits, copied into each credential.
 	limits
@@ -356,6 +358,9 @@ func (b *backend) pathRoleRead(ctx context.Context, req *logical.Request, d *fra
 }
 
 func (b *backend) pathRoleDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	l := b.roleLock(d.Get("name").(string))
+	l.Lock()
+	defer l.Unlock()
 	if err := req.Storage.Delete(ctx, rolePrefix+d.Get("name").(string)); err != nil {
 		return nil, fmt.Errorf("deleting role: %w", err)
 	}
@@ -367,12 +372,23 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 	if err := validateRoleName("name", name); err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
+	l := b.roleLock(name)
+	l.Lock()
+	defer l.Unlock()
 	r, err := b.getRole(ctx, req.Storage, name)
 	if err != nil {
 		return nil, err
 	}
 	if r == nil {
 		r = &role{}
+		// A suspended role deleted: its keys stay refused, and so do
+		// this role's until it is resumed (a read shows suspended).
+		if r.SuspendedAt, err = b.roleSuspendedAt(ctx, req.Storage, name); err != nil {
+			return nil, err
+		}
+		if r.Suspended = !r.SuspendedAt.IsZero(); r.Suspended {
+			b.Logger().Warn("a role deleted while suspended was created again and starts suspended: resume it with roles/<name>/resume", "role", name)
+		}
 	}
 
 	// Only the fields given change; the whole role is then checked as one.

@@ -38,8 +38,10 @@ func pathTidy(b *backend) *framework.Path {
 		HelpSynopsis: "Remove expired keys and revocation entries now.",
 		HelpDescription: fmt.Sprintf(`Tidy runs by itself every %s on the active node. It deletes keys that
 expired more than %s ago (revoked or not), revocation entries whose
-credential has expired, expired refresh tokens and token families, and the
-budgets of expired credentials. Writing to this path runs it at once.`, tidyInterval, expiredKeyRetention),
+credential has expired, expired refresh tokens and token families, the
+budgets of expired credentials, the last use of keys it deleted, and
+key-usage report ids older than an hour. Writing to this path runs it at
+once.`, tidyInterval, expiredKeyRetention),
 	}
 }
 
@@ -102,6 +104,9 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage, now time.Time) (t
 		return st, err
 	}
 	if err = b.tidyDerived(ctx, s, now); err != nil {
+		return st, err
+	}
+	if err = b.tidyUsage(ctx, s, now); err != nil {
 		return st, err
 	}
 	if st != (tidyStats{}) {

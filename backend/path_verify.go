@@ -143,6 +143,11 @@ func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *
 		return verifyAnswer(reasonRevoked), nil
 	case !time.Now().Before(k.ExpiresAt):
 		return verifyAnswer(reasonExpired), nil
+	}
+	if err := b.withRoleSuspension(ctx, req.Storage, k); err != nil {
+		return nil, err
+	}
+	switch {
 	case k.suspended():
 		return verifyAnswer(contract.ReasonSuspended), nil
 	case k.JKT != "":

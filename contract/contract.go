@@ -170,7 +170,8 @@ type KeyRecord struct {
 	// JKT binds the key to its holder's key pair (DPoP, RFC 9449): a
 	// verifier accepts it only with a proof signed by it.
 	JKT string `json:"jkt,omitempty"`
-	// Suspended: refused until an operator resumes it.
+	// Suspended: refused until an operator resumes it. The key's own
+	// suspension; its role's is in the page's SuspendedRoles.
 	Suspended bool `json:"suspended,omitempty"`
 	// ReplacedBy is the key_id of the key's successor once the key was
 	// rotated; the key works until its expires_at, the end of the grace.
@@ -190,6 +191,10 @@ type KeyRecordsPage struct {
 	Records []KeyRecord `json:"records"`
 	// MeteredTenants are the tenants with a budget ceiling now.
 	MeteredTenants []string `json:"metered_tenants"`
+	// SuspendedRoles are the roles suspended now (of those the reader
+	// asked for): a key of one of them is refused as suspended, whatever
+	// its record's Suspended (which is the key's own suspension) says.
+	SuspendedRoles []string `json:"suspended_roles"`
 	Epoch          string   `json:"epoch"`
 
 	// Changes: Next is the cursor to pass as after next time, Last the
@@ -212,4 +217,21 @@ type KeyRecordsPage struct {
 const (
 	MaxKeyRecordPage      = 1000
 	MaxKeyRecordPageBytes = 4 << 20
+)
+
+// KeyUse is one API key in a verifier's report to keybroker/key-usage: the
+// report's usage field is a JSON array of them, at most MaxKeyUsageEntries,
+// and its report_id (at most MaxReportIDLength letters, digits, '-', '_')
+// is random per report and the same when the report is sent again, so that
+// the plugin counts it once.
+type KeyUse struct {
+	KeyID string `json:"key_id"`
+	Last  int64  `json:"last"` // Unix seconds
+	From  string `json:"from,omitempty"`
+	Count int64  `json:"count"`
+}
+
+const (
+	MaxKeyUsageEntries = 10000
+	MaxReportIDLength  = 64
 )

@@ -34,7 +34,7 @@ func (sc *Sidecar) checkKey(ctx context.Context, key string, ip netip.Addr) (*id
 	h := apikey.Hash(key)
 	now := time.Now()
 	if r := sc.replica; r != nil && r.usable(now, sc.s.maxStale) {
-		rec, metered := r.lookup(parsed.ID)
+		rec, metered, suspended := r.lookup(parsed.ID)
 		switch {
 		case rec != nil && subtle.ConstantTimeCompare(rec.hash[:], h[:]) == 1:
 			sc.m.replicaHit.Inc()
@@ -45,7 +45,7 @@ func (sc *Sidecar) checkKey(ctx context.Context, key string, ip netip.Addr) (*id
 			switch {
 			case rec.revoked:
 				return nil, deny(http.StatusUnauthorized, reasonRevoked)
-			case rec.suspended:
+			case suspended:
 				return nil, deny(http.StatusUnauthorized, reasonSuspended)
 			}
 			return rec.identity(strings.Clone(parsed.ID), metered), decision{degraded: r.failing.Load()}

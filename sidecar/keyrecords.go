@@ -54,6 +54,7 @@ func (sc *Sidecar) syncKeyRecords(ctx context.Context) (uint64, string, error) {
 		// snapshot is read, the replica serves only until max_stale after
 		// the last change read, then keys go to Vault until it is done.
 		r.setMetered(page.MeteredTenants)
+		r.setSuspendedRoles(page.SuspendedRoles)
 		if !page.More {
 			break
 		}
@@ -106,6 +107,7 @@ func (sc *Sidecar) followKeyChanges(ctx context.Context, cursor uint64, epoch st
 			sc.log.Warn("key records the sidecar cannot read were dropped; those keys are refused", "count", bad)
 		}
 		r.setMetered(page.MeteredTenants)
+		r.setSuspendedRoles(page.SuspendedRoles)
 		// Only a read that leaves nothing behind confirms the replica: a
 		// long poll that came back was answered when the plugin read it,
 		// an immediate read is as current as when it was sent. Stored

@@ -30,7 +30,11 @@ type keyReplica struct {
 	// limits), held once.
 	shapes  map[string]*keyShape
 	metered map[string]bool // tenants with a budget ceiling
-	gen     uint32          // the snapshot being read, for sweeping
+	// suspendedRoles: their keys are refused, whatever their records say
+	// (a role's suspension changes no record: see the plugin's
+	// path_role_suspend.go).
+	suspendedRoles map[string]bool
+	gen            uint32 // the snapshot being read, for sweeping
 
 	synced atomic.Bool
 	// currentAt is when the replica was last confirmed current (UnixNano);
@@ -100,16 +104,18 @@ func (r *keyReplica) currentAsOf(now time.Time) time.Time {
 	return time.Unix(0, at)
 }
 
-// lookup returns the record of key_id id, and whether the key is metered.
-func (r *keyReplica) lookup(id string) (rec *replicaRecord, metered bool) {
+// lookup returns the record of key_id id, whether the key is metered, and
+// whether it is suspended, on its own or with its role.
+func (r *keyReplica) lookup(id string) (rec *replicaRecord, metered, suspended bool) {
 	k := replicaKey(id)
 	r.mu.RLock()
 	rec = r.records[k]
 	if rec != nil {
 		metered = rec.shape.budget != nil && (rec.shape.budget.Units > 0 || r.metered[rec.shape.tenant])
+		suspended = rec.suspended || r.suspendedRoles[rec.shape.role]
 	}
 	r.mu.RUnlock()
-	return rec, metered
+	return rec, metered, suspended
 }
 
 // identity is who a key with record rec is, as keybroker/verify would say.
@@ -242,6 +248,17 @@ func (r *keyReplica) setMetered(tenants []string) {
 	}
 	r.mu.Lock()
 	r.metered = m
+	r.mu.Unlock()
+}
+
+// setSuspendedRoles replaces the set of suspended roles.
+func (r *keyReplica) setSuspendedRoles(roles []string) {
+	m := make(map[string]bool, len(roles))
+	for _, name := range roles {
+		m[name] = true
+	}
+	r.mu.Lock()
+	r.suspendedRoles = m
 	r.mu.Unlock()
 }
 

@@ -207,7 +207,7 @@ func TestReplicaSweepAndPrune(t *testing.T) {
 	gen := r.newGen()
 	r.apply([]contract.KeyRecord{a}, gen)
 	r.sweep(gen)
-	if rec, _ := r.lookup(a.KeyID); rec == nil || r.size() != 1 || len(r.shapes) != 1 {
+	if rec, _, _ := r.lookup(a.KeyID); rec == nil || r.size() != 1 || len(r.shapes) != 1 {
 		t.Fatalf("after a snapshot with only a: %d records, %d shapes", r.size(), len(r.shapes))
 	}
 	r.apply([]contract.KeyRecord{{KeyID: a.KeyID, Gone: true}}, gen)
@@ -218,10 +218,10 @@ func TestReplicaSweepAndPrune(t *testing.T) {
 	c.ExpiresAt = now.Add(-time.Minute).UTC().Format(time.RFC3339)
 	r.apply([]contract.KeyRecord{b, c}, gen)
 	r.prune(now)
-	if rec, _ := r.lookup(b.KeyID); rec != nil {
+	if rec, _, _ := r.lookup(b.KeyID); rec != nil {
 		t.Fatal("a record expired past the grace stayed")
 	}
-	if rec, _ := r.lookup(c.KeyID); rec == nil {
+	if rec, _, _ := r.lookup(c.KeyID); rec == nil {
 		t.Fatal("a record expired within the grace went")
 	}
 	if len(r.shapes) != 1 {
@@ -238,7 +238,7 @@ func TestReplicaSweepAndPrune(t *testing.T) {
 	if n := r.apply(bad, gen); n != 2 {
 		t.Fatalf("%d bad records counted, want 2", n)
 	}
-	if rec, _ := r.lookup(c.KeyID); rec != nil {
+	if rec, _, _ := r.lookup(c.KeyID); rec != nil {
 		t.Fatal("a record replaced by an unreadable one stayed")
 	}
 }
@@ -387,4 +387,32 @@ func TestReplicaFallbackWindowFollowsLag(t *testing.T) {
 	if d := decideKey(f.sc, mintedBefore, "/x", "127.0.0.1"); d.reason != reasonInvalid {
 		t.Errorf("a key minted 80s ago, replica confirmed 40s ago: %s; want refused offline", d.reason)
 	}
+}
+
+// A role's suspension comes as a list in each page, not in the records: a
+// key of a suspended role is refused whatever its record says, and its own
+// suspension outlasts the role's.
+func TestReplicaRoleSuspension(t *testing.T) {
+	f := newFixture(t, nil)
+	sc := f.sc
+	old := time.Now().Add(-48 * time.Hour)
+	web, webRec := testKey(t, old, "web", "", "any")
+	own, ownRec := testKey(t, old, "web", "", "any")
+	ownRec.Suspended = true
+	other, otherRec := testKey(t, old, "other", "", "any")
+	synced(sc, webRec, ownRec, otherRec)
+
+	check := func(when string, want map[string]string) {
+		t.Helper()
+		for key, reason := range want {
+			if d := decideKey(sc, key, "/x", "127.0.0.1"); d.reason != reason {
+				t.Errorf("%s: %s, want %s", when, d.reason, reason)
+			}
+		}
+	}
+	check("before", map[string]string{web: reasonOK, own: reasonSuspended, other: reasonOK})
+	sc.replica.setSuspendedRoles([]string{"web"})
+	check("role suspended", map[string]string{web: reasonSuspended, own: reasonSuspended, other: reasonOK})
+	sc.replica.setSuspendedRoles([]string{})
+	check("role resumed", map[string]string{web: reasonOK, own: reasonSuspended, other: reasonOK})
 }
