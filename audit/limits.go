@@ -29,9 +29,11 @@ const (
 	// DefaultMaxLineBytes is above the largest entry Vault writes for a
 	// request it accepts by default (max_request_size 32 MiB).
 	DefaultMaxLineBytes = 64 << 20
-	// DefaultMaxDecompressedBytes is more than a busy Vault's audit log
-	// of a day, and far less than what a small gzip can unpack to.
-	DefaultMaxDecompressedBytes = 16 << 30
+	// DefaultMaxDecompressedBytes holds a busy Vault's audit log of a day
+	// (a million requests), and is what a 4 MB gzip bomb unpacks to, not
+	// the 4 TB a 4 GB one would: everything read is kept in memory, so
+	// this bounds what an input can make the tool hold.
+	DefaultMaxDecompressedBytes = 4 << 30
 )
 
 func (lim Limits) withDefaults() Limits {
