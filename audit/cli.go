@@ -117,7 +117,7 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer, getenv Env) 
 		return 1
 	}
 	defer closeAll()
-	l, err := Load(ins)
+	l, err := LoadLimited(ins, f.limits)
 	if err != nil {
 		fmt.Fprintf(stderr, "keybroker-audit: %v\n", err)
 		return 1
@@ -142,6 +142,7 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer, getenv Env) 
 type cliFlags struct {
 	format, vaultAddr, device, plugin, mounts, since, until string
 	top                                                     int
+	limits                                                  Limits
 }
 
 func flags(cmd string, stderr io.Writer, f *cliFlags) *flag.FlagSet {
@@ -152,6 +153,20 @@ func flags(cmd string, stderr io.Writer, f *cliFlags) *flag.FlagSet {
 	fs.StringVar(&f.device, "audit-device", "", "the audit device whose log this is (\"file\"): match HMAC'd values by sys/audit-hash/<device>")
 	fs.StringVar(&f.plugin, "plugin", DefaultPluginName, "mount type of keybroker's mounts in the log")
 	fs.StringVar(&f.mounts, "mounts", "", "more mount points to read as keybroker's, comma-separated (kb/,keys/)")
+	f.limits = Limits{}.withDefaults()
+	fs.Func("max-line-bytes", "longest line read; longer ones are skipped and counted (bytes, or with KiB, MiB, GiB) (default "+sizeString(DefaultMaxLineBytes)+")", func(s string) error {
+		n, err := parseSize(s)
+		if err == nil && n > 1<<40 {
+			err = fmt.Errorf("%q: at most 1TiB", s)
+		}
+		f.limits.MaxLineBytes = int(n)
+		return err
+	})
+	fs.Func("max-decompressed-bytes", "most read of each gzip input once decompressed; the rest is skipped (bytes, or with KiB, MiB, GiB, TiB) (default "+sizeString(DefaultMaxDecompressedBytes)+")", func(s string) error {
+		n, err := parseSize(s)
+		f.limits.MaxDecompressedBytes = n
+		return err
+	})
 	if cmd == "report" {
 		fs.StringVar(&f.since, "since", "24h", "window start: a duration before -until, or an RFC 3339 time")
 		fs.StringVar(&f.until, "until", "", "window end, RFC 3339 (default now)")

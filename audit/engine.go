@@ -236,6 +236,7 @@ func newEngine(l *Log, opt Options) *engine {
 	if e.ctx == nil {
 		e.ctx = context.Background()
 	}
+	e.notes = append(e.notes, l.readNotes()...)
 	e.index()
 	return e
 }

@@ -149,10 +149,16 @@ type Log struct {
 	Records   []*Record
 	Decisions []*Decision
 	// Skipped counts lines that were neither a Vault audit entry nor a
-	// decision, by input; Malformed the lines that were not JSON.
+	// decision, by input; Malformed the lines that were not JSON; TooLong
+	// the lines over Limits.MaxLineBytes, skipped unread. Cut names the
+	// gzip inputs read only up to Limits.MaxDecompressedBytes.
 	Skipped   map[string]int
 	Malformed map[string]int
+	TooLong   map[string]int
+	Cut       map[string]bool
 	Inputs    []string
+
+	limits Limits
 }
 
 // Input is one stream to read: a file's name and contents.
@@ -219,31 +225,43 @@ func dataless(r *Request) bool {
 }
 
 // Load reads every input (plain or gzip-compressed, told by its first
-// bytes), pairs Vault's request and response entries by request.id and
-// sorts everything by time.
-func Load(inputs []Input) (*Log, error) {
-	l := &Log{Skipped: map[string]int{}, Malformed: map[string]int{}}
+// bytes) within the default Limits, pairs Vault's request and response
+// entries by request.id and sorts everything by time.
+func Load(inputs []Input) (*Log, error) { return LoadLimited(inputs, Limits{}) }
+
+// LoadLimited is Load within lim (zero fields: the defaults).
+func LoadLimited(inputs []Input, lim Limits) (*Log, error) {
+	lim = lim.withDefaults()
+	l := &Log{Skipped: map[string]int{}, Malformed: map[string]int{}, TooLong: map[string]int{}, Cut: map[string]bool{}, limits: lim}
 	byID := map[string]*Record{}
 	seq := 0
+	lr := &lineReader{max: lim.MaxLineBytes}
 	for _, in := range inputs {
 		l.Inputs = append(l.Inputs, in.Name)
 		br := bufio.NewReaderSize(in.R, 1<<16)
-		var r *bufio.Reader = br
+		lr.r = br
 		if magic, _ := br.Peek(2); len(magic) == 2 && magic[0] == 0x1f && magic[1] == 0x8b {
 			gz, err := gzip.NewReader(br)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", in.Name, err)
 			}
-			r = bufio.NewReaderSize(gz, 1<<16)
+			lr.r = bufio.NewReaderSize(&capReader{r: gz, n: lim.MaxDecompressedBytes}, 1<<16)
 		}
 		n := 0
 		for {
-			b, err := r.ReadBytes('\n')
-			if len(b) > 0 {
+			b, long, err := lr.next()
+			if errors.Is(err, errCapped) {
+				l.Cut[in.Name] = true // and the partial line is dropped
+				break
+			}
+			if err == nil || long || len(b) > 0 { // a line, if empty
 				n++
 				seq++
-				src := fmt.Sprintf("%s:%d", in.Name, n)
-				l.add(byID, bytes.TrimSpace(b), src, in.Name, seq)
+			}
+			if long {
+				l.TooLong[in.Name]++
+			} else if len(b) > 0 {
+				l.add(byID, bytes.TrimSpace(b), fmt.Sprintf("%s:%d", in.Name, n), in.Name, seq)
 			}
 			if errors.Is(err, io.EOF) {
 				break

@@ -2,6 +2,7 @@ package backend
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -48,17 +49,52 @@ func (c *config) issuer(mountPoint string) (string, error) {
 }
 
 // issuer returns the effective issuer, or, when there is none, a 400 telling
-// the operator how to set one.
+// the operator how to set one. An issuer derived from VAULT_API_ADDR is
+// stored as the config's issuer the first time it is used (pinIssuer).
 func (b *backend) issuer(ctx context.Context, req *logical.Request) (string, *logical.Response, error) {
 	cfg, err := b.getConfig(ctx, req.Storage)
 	if err != nil {
 		return "", nil, err
 	}
+	if cfg.Issuer != "" {
+		return cfg.Issuer, nil, nil
+	}
 	iss, err := cfg.issuer(req.MountPoint)
 	if err != nil {
 		return "", logical.ErrorResponse(err.Error()), nil
 	}
+	if err := b.pinIssuer(ctx, req.Storage, iss); err != nil {
+		return "", nil, err
+	}
 	return iss, nil, nil
+}
+
+// pinIssuer stores iss, derived from VAULT_API_ADDR, as the config's issuer
+// unless one is set by now. The environment is the plugin registration's,
+// and an upgrade registers again: were the issuer derived at each start, a
+// registration without -env (or with another address) would leave the
+// mount without one, or change the iss every outstanding token and every
+// verifier was configured with. Written once, it stays until an operator
+// writes config issuer (empty: derive it again on next use).
+func (b *backend) pinIssuer(ctx context.Context, s logical.Storage, iss string) error {
+	b.signingMu.Lock()
+	defer b.signingMu.Unlock()
+	c, err := b.getConfig(ctx, s)
+	if err != nil {
+		return err
+	}
+	if c.Issuer != "" {
+		return nil
+	}
+	c.Issuer = iss
+	if err := putJSON(ctx, s, configPath, c); err != nil {
+		if errors.Is(err, logical.ErrReadOnly) {
+			return nil // a performance standby: the active node stores it
+		}
+		return fmt.Errorf("storing the issuer: %w", err)
+	}
+	b.Logger().Info("issuer derived from "+apiAddrEnv+" stored in the config; it stays this mount's issuer until config issuer is written", "issuer", iss)
+	return nil
 }
 
 func (b *backend) getConfig(ctx context.Context, s logical.Storage) (*config, error) {
@@ -73,7 +109,7 @@ func pathConfig(b *backend) *framework.Path {
 	fields := map[string]*framework.FieldSchema{
 		"issuer": {
 			Type:        framework.TypeString,
-			Description: "iss of agent JWTs, an https URL (http on loopback). Default: this mount's URL under the " + apiAddrEnv + " the plugin was registered with.",
+			Description: "iss of agent JWTs, an https URL (http on loopback). Default: this mount's URL under the " + apiAddrEnv + " the plugin was registered with, stored here the first time it is used, so that a later registration (an upgrade) does not change it. Empty: derive it again.",
 		},
 		"signing_algorithm": {
 			Type:          framework.TypeString,
@@ -106,11 +142,22 @@ func pathConfig(b *backend) *framework.Path {
 		HelpSynopsis: "Configure agent JWT signing.",
 		HelpDescription: `Sets the issuer of agent JWTs and how their signing keys are made and
 rotated. Signing keys are created and kept by the plugin in Vault storage and
-never leave it; keybroker/jwks publishes their public halves.`,
+never leave it; keybroker/jwks publishes their public halves.
+
+Without an issuer written here, the first mint, verify, discovery or read of
+this path derives it from the VAULT_API_ADDR the plugin was registered with
+(-env) and stores it here: it survives a later registration without -env or
+with another address (an upgrade). Write issuer to change it (every token
+minted before then fails at verifiers configured with the old one).`,
 	}
 }
 
 func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	// The issuer in use, stored if it was derived only now.
+	iss, noIssuer, err := b.issuer(ctx, req)
+	if err != nil {
+		return nil, err
+	}
 	c, err := b.getConfig(ctx, req.Storage)
 	if err != nil {
 		return nil, err
@@ -121,8 +168,8 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 		"rotation_period":   int64(c.RotationPeriod.Seconds()),
 		"verification_ttl":  int64(c.VerificationTTL.Seconds()),
 	}}
-	if iss, err := c.issuer(req.MountPoint); err != nil {
-		resp.AddWarning(err.Error())
+	if noIssuer != nil {
+		resp.AddWarning(noIssuer.Error().Error())
 	} else {
 		resp.Data["effective_issuer"] = iss
 	}
@@ -151,7 +198,9 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		c.VerificationTTL = time.Duration(v.(int)) * time.Second
 	}
 
-	if c.Issuer != "" {
+	// Only an issuer written now: one derived from VAULT_API_ADDR and stored
+	// (plain http to a Vault on a private network, say) is kept as it was.
+	if v, ok := d.GetOk("issuer"); ok && v.(string) != "" {
 		if err := validateIssuer(c.Issuer); err != nil {
 			return logical.ErrorResponse(err.Error()), nil
 		}

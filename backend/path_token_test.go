@@ -297,6 +297,7 @@ func TestPeriodicRotation(t *testing.T) {
 }
 
 func TestConfig(t *testing.T) {
+	t.Setenv(apiAddrEnv, "") // no derived issuer: "issuer" stays empty below
 	e := newTestEnv(t)
 	d := e.ok(logical.ReadOperation, "config", nil).Data
 	if d["signing_algorithm"] != "EdDSA" || d["rotation_period"] != int64(86400) || d["verification_ttl"] != int64(86400) {

@@ -48,7 +48,7 @@ func TestCaddyForwardAuth(t *testing.T) {
 	key, keyID := minted.Data["key"].(string), minted.Data["key_id"].(string)
 	forged := forgedIdentity(key)
 	forged["X-Keybroker-Other"] = "forged" // Caddy deletes every X-Keybroker-*
-	r := call(t, base, "GET", "/read/items", forged, "")
+	r := rawGet(t, base, "GET", "/read/items", forged)
 	if r.status != http.StatusOK || r.body != "upstream ok" {
 		t.Fatalf("allowed request through caddy: %d %s", r.status, r.body)
 	}
@@ -62,7 +62,7 @@ func TestCaddyForwardAuth(t *testing.T) {
 	}
 	noForgedIdentity(t, "behind caddy", seen, key)
 	// A public route: no forged identity, and no unreplaced placeholders.
-	if r := call(t, base, "GET", "/public", forged, ""); r.status != 200 {
+	if r := rawGet(t, base, "GET", "/public", forged); r.status != 200 {
 		t.Fatalf("public route through caddy: %d", r.status)
 	}
 	noForgedIdentity(t, "public route behind caddy", e.seen(), key)
@@ -125,4 +125,8 @@ func TestCaddyForwardAuth(t *testing.T) {
 	if r.status != 429 || r.header.Get("X-Keybroker-Reason") != "budget_exhausted" || r.header.Get("Retry-After") == "" {
 		t.Fatalf("exhausted through caddy: %d %q %q", r.status, r.header.Get("X-Keybroker-Reason"), r.header.Get("Retry-After"))
 	}
+
+	// A rotated key: its client learns of the successor, the service of
+	// nothing.
+	rotationThroughGateway(t, v, e, base, "behind caddy", key, keyID)
 }

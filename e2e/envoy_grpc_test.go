@@ -108,7 +108,10 @@ func TestEnvoyGRPCExtAuthz(t *testing.T) {
 	jwt := write(t, root, "keybroker/token/svc", map[string]interface{}{"audience": "svc"}).Data["token"].(string)
 
 	t.Run("api key", func(t *testing.T) {
-		resp := envoyCheck(t, c, "GET", "/read/items?x=1", map[string]string{"X-API-Key": key, "X-Keybroker-Role": "forged", "X-Keybroker-Reason": "forged"})
+		// Mixed spellings too: a CGI-style service behind an Envoy that
+		// keeps '_' in names would read them as the identity headers.
+		resp := envoyCheck(t, c, "GET", "/read/items?x=1", map[string]string{"X-API-Key": key, "X-Keybroker-Role": "forged", "X-Keybroker-Reason": "forged",
+			"X-Keybroker_Actor": "forged", "X_Keybroker-Jti": "forged", "x_keybroker_subject": "forged", "X-Keybroker-Key-Replaced-By": "forged", "X_API-Key": key})
 		if resp.GetStatus().GetCode() != int32(codes.OK) {
 			t.Fatalf("minted key denied: %v", resp)
 		}
@@ -117,7 +120,8 @@ func TestEnvoyGRPCExtAuthz(t *testing.T) {
 			t.Fatalf("identity %v", h)
 		}
 		remove := strings.Join(resp.GetOkResponse().GetHeadersToRemove(), " ")
-		for _, want := range []string{"authorization", "x-api-key", "dpop", "x-keybroker-reason"} {
+		for _, want := range []string{"authorization", "x-api-key", "dpop", "x-keybroker-reason",
+			"x-keybroker_actor", "x_keybroker-jti", "x_keybroker_subject", "x-keybroker-key-replaced-by", "x_api-key"} {
 			if !strings.Contains(" "+remove+" ", " "+want+" ") {
 				t.Errorf("%s not removed (%s)", want, remove)
 			}

@@ -37,7 +37,7 @@ func TestNginxAuthRequest(t *testing.T) {
 	minted := write(t, v.Client, "keybroker/keys/svc", map[string]interface{}{"name": "through nginx"})
 	key := minted.Data["key"].(string)
 	forged := forgedIdentity(key)
-	r := call(t, base, "GET", "/read/items", forged, "")
+	r := rawGet(t, base, "GET", "/read/items", forged)
 	if r.status != http.StatusOK || r.body != "upstream ok" {
 		t.Fatalf("allowed request through nginx: %d %s", r.status, r.body)
 	}
@@ -53,7 +53,7 @@ func TestNginxAuthRequest(t *testing.T) {
 	}
 	noForgedIdentity(t, "behind nginx", seen, key)
 	// A public route: the client's identity headers still do not pass.
-	if r := call(t, base, "GET", "/public", forged, ""); r.status != 200 {
+	if r := rawGet(t, base, "GET", "/public", forged); r.status != 200 {
 		t.Fatalf("public route through nginx: %d", r.status)
 	}
 	for _, h := range []string{"X-Keybroker-Role", "X-Keybroker-Key-Id", "X-Keybroker-Jti", "X-Keybroker-Tenant", "X-Api-Key"} {
@@ -119,4 +119,8 @@ func TestNginxAuthRequest(t *testing.T) {
 	if r.status != 403 || r.header.Get("X-Keybroker-Reason") != "budget_exhausted" || r.header.Get("Retry-After") == "" {
 		t.Fatalf("exhausted through nginx: %d, reason %q, Retry-After %q", r.status, r.header.Get("X-Keybroker-Reason"), r.header.Get("Retry-After"))
 	}
+
+	// A rotated key: its client learns of the successor, the service of
+	// nothing.
+	rotationThroughGateway(t, v, e, base, "behind nginx", key, minted.Data["key_id"].(string))
 }

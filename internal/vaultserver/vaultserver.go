@@ -54,6 +54,7 @@ type Server struct {
 	AuditLog  string
 	Mount     string
 	LogFile   string
+	PluginDir string      // Vault's plugin_directory
 	Client    *api.Client // with the root token
 
 	cmd  *exec.Cmd
@@ -178,6 +179,7 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.PluginDir = pluginDir
 	if err := s.setup(ctx, sum, o); err != nil {
 		s.Stop()
 		return nil, err
