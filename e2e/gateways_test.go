@@ -225,8 +225,7 @@ func forgedIdentity(key string) map[string]string {
 // place the e2e gateway tests spell the rotate path.
 func rotateKey(t *testing.T, c *api.Client, role, keyID string, data map[string]interface{}) *api.Secret {
 	t.Helper()
-	_ = role // the path names no role yet
-	return write(t, c, "keybroker/keys/id/"+keyID+"/rotate", data)
+	return write(t, c, "keybroker/keys/"+role+"/id/"+keyID+"/rotate", data)
 }
 
 // rotationThroughGateway rotates key (of role svc) with a grace and checks,
