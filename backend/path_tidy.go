@@ -105,6 +105,11 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage, now time.Time) (t
 	}); err != nil {
 		return st, err
 	}
+	if _, err = tidyPrefix(ctx, s, tokenFamilyPrefix, func(l *tokenFamily) bool {
+		return !now.Before(l.ExpiresAt)
+	}); err != nil {
+		return st, err
+	}
 	if err = b.tidyApprovals(ctx, s, now); err != nil {
 		return st, err
 	}
