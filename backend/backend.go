@@ -122,6 +122,7 @@ func newBackend() *backend {
 				pathExchange(b),
 				pathToken(b),
 				pathVerify(b),
+				pathRevoke(b),
 				pathRevocations(b),
 				pathTidy(b),
 			},

@@ -19,6 +19,8 @@ import (
 const (
 	refreshPrefix = "refresh/"
 	familyPrefix  = "families/"
+	// tokenFamilyPrefix indexes a family's access tokens by jti.
+	tokenFamilyPrefix = "token-families/"
 	// refreshTokenPrefix tags refresh tokens, which share the API key
 	// format (and its offline checksum) but are never API keys.
 	refreshTokenPrefix = "kbrt"
@@ -32,6 +34,13 @@ type refreshEntry struct {
 	Grant     grant     `json:"grant"`
 	ExpiresAt time.Time `json:"expires_at"`
 	SpentAt   time.Time `json:"spent_at,omitzero"`
+}
+
+// tokenFamily links an access token (by jti) to its family until it
+// expires, so that revoking the token by value revokes the family too.
+type tokenFamily struct {
+	Family    string    `json:"family"`
+	ExpiresAt time.Time `json:"expires_at"`
 }
 
 // family links every access and refresh token descended from one mint, so
@@ -134,6 +143,10 @@ func (b *backend) newRefreshToken(ctx context.Context, s logical.Storage, g gran
 		}
 	}
 	f.JTIs[jti] = exp
+	// Revoking the token by value finds its family here.
+	if err := putJSON(ctx, s, tokenFamilyPrefix+jti, tokenFamily{Family: familyID, ExpiresAt: exp}); err != nil {
+		return "", err
+	}
 	f.Refresh = append(f.Refresh, id)
 	f.ExpiresAt = maxTime(f.ExpiresAt, entry.ExpiresAt, exp)
 	return token, putJSON(ctx, s, familyPrefix+familyID, f)

@@ -116,6 +116,9 @@ func TestTidyRefreshState(t *testing.T) {
 	if n := len(e.storageKeys(revokedJTIPrefix)); n != 2 {
 		t.Fatalf("%d revoked jtis indexed, want 2", n)
 	}
+	if n := len(e.storageKeys(tokenFamilyPrefix)); n != 2 {
+		t.Fatalf("%d tokens indexed to their family, want 2", n)
+	}
 	st, err := e.b.tidy(context.Background(), e.storage, time.Now())
 	if err != nil || st.RefreshDeleted != 0 || st.FamiliesDeleted != 0 {
 		t.Fatalf("tidy now = %+v %v, want nothing removed", st, err)
@@ -124,7 +127,7 @@ func TestTidyRefreshState(t *testing.T) {
 	if err != nil || st.RefreshDeleted != 2 || st.FamiliesDeleted != 1 || st.RevocationsDeleted != 2 {
 		t.Fatalf("tidy in 2h = %+v %v", st, err)
 	}
-	for _, prefix := range []string{refreshPrefix, familyPrefix, revokedJTIPrefix, revocationEntryPrefix} {
+	for _, prefix := range []string{refreshPrefix, familyPrefix, tokenFamilyPrefix, revokedJTIPrefix, revocationEntryPrefix} {
 		if left := e.storageKeys(prefix); len(left) != 0 {
 			t.Fatalf("tidy left %v", left)
 		}

@@ -146,7 +146,7 @@ func pathRevocations(b *backend) *framework.Path {
 		DisplayAttrs: pathAttrs("revocations"),
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.ReadOperation: operation(b.pathRevocationsRead, answers(map[string]*framework.FieldSchema{
-				"revocations": out(framework.TypeSlice, "Revocations after the cursor in feed order, each with id (an API key's key_id or a JWT's jti), type (api_key or jwt), revoked_at and expires_at (when the credential would have expired)."),
+				"revocations": out(framework.TypeSlice, fmt.Sprintf("Revocations after the cursor in feed order, each with id (an API key's key_id or a JWT's jti), type (api_key or jwt), revoked_at and expires_at (when the credential would have expired; the entry is served until %s after it, the most leeway a verifier may allow).", contract.RevocationGrace)),
 				"next":        out(framework.TypeInt64, "Cursor to pass as after on the next read."),
 				"more":        out(framework.TypeBool, "Whether another read would return more now."),
 				"epoch":       out(framework.TypeString, "The feed's epoch: when it changes, read again from after=0."),
@@ -158,8 +158,9 @@ func pathRevocations(b *backend) *framework.Path {
 were revoked, each with the time its credential would have expired, and a
 "next" cursor to pass as "after" on the next read. At most %d entries are
 returned per read; "more" says whether another read would return more now.
-Entries drop out once their credential would have expired anyway, so a
-verifier starting with after=0 learns every revocation that still matters.
+Entries drop out %s after their credential's expires_at (the most leeway
+any verifier may allow past a JWT's exp), so a verifier starting with
+after=0 learns every revocation that still matters.
 
 "epoch" changes each time the mount starts on an active node (enable,
 unseal, leadership change, snapshot restore), and "last" is the newest
@@ -167,7 +168,7 @@ sequence number given. A verifier that sees a new epoch, or a last below its
 cursor, must read again from after=0: storage may have gone back, and
 numbers it has passed may be given again.
 
-    vault read keybroker/revocations after=0`, contract.MaxRevocationPage),
+    vault read keybroker/revocations after=0`, contract.MaxRevocationPage, contract.RevocationGrace),
 	}
 }
 
@@ -268,7 +269,9 @@ func (b *backend) feedPage(ctx context.Context, s logical.Storage, after int64) 
 		if err != nil {
 			return nil, err
 		}
-		if r == nil || !now.Before(r.ExpiresAt) {
+		// Kept past expiry for as long as a verifier's leeway may still
+		// accept the credential: one starting now must learn of it.
+		if r == nil || !now.Before(contract.RevokedUntil(r.ExpiresAt)) {
 			continue
 		}
 		out = append(out, map[string]interface{}{

@@ -2,6 +2,7 @@ package backend
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
@@ -260,4 +261,75 @@ func TestRevocationFeedLongPoll(t *testing.T) {
 	}
 	// Bad waits are refused.
 	e.userError(logical.ReadOperation, "revocations", map[string]interface{}{"wait": "31s"}, "wait must be between")
+}
+
+// A revocation outlives its credential by contract.RevocationGrace, the most
+// leeway a verifier may allow past a JWT's exp: until then a verifier may
+// still take the token for valid, and one that starts reading the feed then
+// must learn of it. Tidy, the feed and verify all keep it that long.
+func TestRevocationsOutliveExpiryByTheLeeway(t *testing.T) {
+	e := newJWTEnv(t, nil)
+	e.createRole("web", nil)
+	tok := e.ok(logical.UpdateOperation, "token/agent", map[string]interface{}{"ttl": "1s"})
+	token, jti := tok.Data["token"].(string), tok.Data["jti"].(string)
+	key := e.mint("web", nil)
+	keyID := key.Data["key_id"].(string)
+	e.ok(logical.UpdateOperation, "revoke", map[string]interface{}{"keys": token + "," + key.Data["key"].(string)})
+
+	exp, err := time.Parse(time.RFC3339, tok.Data["expires_at"].(string))
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Until(exp) + 50*time.Millisecond) // at most a second
+	// The key's revocation as if the key had expired when the token did.
+	e.setRevocationExpiry(keyID, exp)
+
+	if _, err := e.b.tidy(context.Background(), e.storage, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.verifyReason(token, "10.0.0.1", nil); got != reasonRevoked {
+		t.Fatalf("a revoked token past exp, within the leeway, after tidy: verify says %s", got)
+	}
+	if ids, _, _ := e.feed(0); !slices.Contains(ids, jti) || !slices.Contains(ids, keyID) {
+		t.Fatalf("feed past exp, within the grace: %v, want %s and %s", ids, jti, keyID)
+	}
+
+	for _, tc := range []struct {
+		at   time.Duration // after exp
+		kept bool
+	}{
+		{contract.RevocationGrace - time.Second, true},
+		{contract.RevocationGrace, false},
+	} {
+		st, err := e.b.tidy(context.Background(), e.storage, exp.Add(tc.at))
+		if err != nil {
+			t.Fatal(err)
+		}
+		left := len(e.storageKeys(revokedJTIPrefix))
+		if kept := left == 1 && len(e.storageKeys(revocationEntryPrefix)) == 2; kept != tc.kept {
+			t.Fatalf("tidy at exp+%s: %+v, %d revoked jtis left; want kept=%v", tc.at, st, left, tc.kept)
+		}
+	}
+}
+
+// setRevocationExpiry sets the expires_at of id's feed entries.
+func (e *testEnv) setRevocationExpiry(id string, exp time.Time) {
+	e.t.Helper()
+	ctx := context.Background()
+	names, err := e.storage.List(ctx, revocationEntryPrefix)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, n := range names {
+		r, err := e.b.getRevocation(ctx, e.storage, n)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		if r != nil && r.ID == id {
+			r.ExpiresAt = exp
+			if err := putJSON(ctx, e.storage, revocationEntryPrefix+n, r); err != nil {
+				e.t.Fatal(err)
+			}
+		}
+	}
 }

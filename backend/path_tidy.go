@@ -8,6 +8,8 @@ import (
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/keybroker/keybroker/contract"
 )
 
 // expiredKeyRetention is how long an expired key stays in storage, so that
@@ -38,10 +40,11 @@ func pathTidy(b *backend) *framework.Path {
 		HelpSynopsis: "Remove expired keys and revocation entries now.",
 		HelpDescription: fmt.Sprintf(`Tidy runs by itself every %s on the active node. It deletes keys that
 expired more than %s ago (revoked or not), revocation entries whose
-credential has expired, expired refresh tokens and token families, the
-budgets of expired credentials, the last use of keys it deleted, and
-key-usage report ids older than an hour. Writing to this path runs it at
-once.`, tidyInterval, expiredKeyRetention),
+credential expired more than %s ago (the most leeway a verifier may allow
+past a JWT's exp: until then a revoked token could pass one again), expired
+refresh tokens and token families, the budgets of expired credentials, the
+last use of keys it deleted, and key-usage report ids older than an hour.
+Writing to this path runs it at once.`, tidyInterval, expiredKeyRetention, contract.RevocationGrace),
 	}
 }
 
@@ -67,8 +70,10 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage, now time.Time) (t
 	}); err != nil {
 		return st, err
 	}
+	// Revocations outlive their credential by the most leeway a verifier
+	// may allow: until then one could still take it for valid.
 	if st.RevocationsDeleted, err = tidyPrefix(ctx, s, revocationEntryPrefix, func(r *revocation) bool {
-		return !now.Before(r.ExpiresAt)
+		return !now.Before(contract.RevokedUntil(r.ExpiresAt))
 	}); err != nil {
 		return st, err
 	}
@@ -96,7 +101,12 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage, now time.Time) (t
 		return st, err
 	}
 	if _, err = tidyPrefix(ctx, s, revokedJTIPrefix, func(r *revokedJTI) bool {
-		return !now.Before(r.ExpiresAt)
+		return !now.Before(contract.RevokedUntil(r.ExpiresAt))
+	}); err != nil {
+		return st, err
+	}
+	if _, err = tidyPrefix(ctx, s, tokenFamilyPrefix, func(l *tokenFamily) bool {
+		return !now.Before(l.ExpiresAt)
 	}); err != nil {
 		return st, err
 	}

@@ -8,6 +8,7 @@ package contract
 
 import (
 	"strings"
+	"time"
 
 	"github.com/keybroker/keybroker/jwtverify"
 )
@@ -91,6 +92,21 @@ func FeedRestart(epoch string, cursor uint64, page *FeedPage) bool {
 	}
 	return (epoch != "" && page.Epoch != epoch) || page.Last < cursor
 }
+
+// RevocationGrace is how long past its credential's expires_at a
+// revocation is kept: in the feed, in the plugin's own index (verify,
+// exchange) and in a verifier's revoked set. It is the most leeway any
+// verifier may allow past exp (jwtverify refuses a larger one), so no
+// verifier's clock rule takes a revoked credential back, and a verifier
+// that starts reading the feed while a credential is still within its
+// leeway learns of its revocation. API keys' revocations are kept as long:
+// no verifier applies a grace to them, but a verifier's clock may run
+// behind Vault's by that much.
+const RevocationGrace = jwtverify.MaxLeeway
+
+// RevokedUntil is when a revocation of a credential expiring at exp may be
+// forgotten.
+func RevokedUntil(exp time.Time) time.Time { return exp.Add(RevocationGrace) }
 
 // MaxRevocationPage is the most entries one feed read returns.
 const MaxRevocationPage = 1000

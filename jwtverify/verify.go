@@ -14,7 +14,9 @@ import (
 const (
 	// DefaultMaxTokenSize caps a token before any decoding.
 	DefaultMaxTokenSize = 8 << 10
-	// MaxLeeway is the most clock skew any Config may allow.
+	// MaxLeeway is the most clock skew any Config may allow. Revocations
+	// are kept only this long past exp (contract.RevocationGrace): a
+	// larger leeway would accept a revoked token again once they are gone.
 	MaxLeeway = 60 * time.Second
 	// TokenType is the typ header of keybroker access tokens (RFC 9068).
 	TokenType = "at+jwt"

@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/hcl/v2/gohcl"
 	"github.com/hashicorp/hcl/v2/hclparse"
 
+	"github.com/keybroker/keybroker/contract"
 	"github.com/keybroker/keybroker/jwtverify"
 )
 
@@ -353,8 +354,8 @@ func (c *Config) settings() (*settings, error) {
 	if s.requireDPoP && !s.keyReplica {
 		return nil, fmt.Errorf("require_dpop needs key_replica: a bound API key is checked from its record, so without the replica every API key would be refused")
 	}
-	if s.leeway > jwtverify.MaxLeeway {
-		return nil, fmt.Errorf("leeway must be at most %s", jwtverify.MaxLeeway)
+	if s.leeway > contract.RevocationGrace {
+		return nil, fmt.Errorf("leeway must be at most %s: revocations are kept only that long past a credential's expiry, so a larger leeway would accept a revoked token again", contract.RevocationGrace)
 	}
 	if s.maxStale < s.keyCacheTTL {
 		return nil, fmt.Errorf("max_stale (%s) must be at least key_cache_ttl (%s)", s.maxStale, s.keyCacheTTL)

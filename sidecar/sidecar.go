@@ -23,8 +23,9 @@ import (
 )
 
 // Sidecar holds everything a decision needs. Its caches are bounded
-// (cache_size each); the revoked set holds what the feed says, until each
-// credential would have expired anyway.
+// (cache_size each); the revoked set holds what the feed says, until
+// contract.RevocationGrace past each credential's expiry (no leeway accepts
+// it then).
 type Sidecar struct {
 	s     *settings
 	log   hclog.Logger
@@ -443,14 +444,7 @@ func (sc *Sidecar) pollRevocations(ctx context.Context) {
 		}
 		epoch = page.Epoch
 		now := time.Now()
-		for _, e := range page.Revocations {
-			exp, err := time.Parse(time.RFC3339, e.ExpiresAt)
-			if err != nil {
-				exp = now.Add(24 * time.Hour) // keep it rather than forget it
-			}
-			sc.revoked.add(e.ID, exp)
-		}
-		sc.revoked.prune(now)
+		sc.revoked.apply(page.Revocations, now)
 		cursor = page.Next
 		sc.feedOK.Store(now.UnixNano())
 		sc.paceFeed(ctx, sc.s.revocationWait > 0, page.More, wait, page.Next == cursorBefore, asked)
@@ -462,15 +456,33 @@ func (sc *Sidecar) Ready() bool {
 	return sc.verifier.Load() != nil && sc.keys.Load() != nil && sc.feedOK.Load() != 0
 }
 
-// revokedSet is the set of revoked credential ids from the feed.
+// revokedSet is the set of revoked credential ids from the feed, each with
+// when it may be forgotten.
 type revokedSet struct {
 	mu sync.RWMutex
 	m  map[string]time.Time
 }
 
-func (r *revokedSet) add(id string, exp time.Time) {
+// apply adds a page of the feed and forgets what no verifier could accept
+// any more. An entry is kept until contract.RevocationGrace past its
+// credential's expiry, not until the expiry: a JWT passes until exp +
+// leeway (at most that grace), and an API key's expiry is Vault's clock,
+// which this one may trail.
+func (r *revokedSet) apply(entries []contract.FeedEntry, now time.Time) {
+	for _, e := range entries {
+		until := now.Add(24 * time.Hour) // unreadable: keep it rather than forget it
+		if exp, err := time.Parse(time.RFC3339, e.ExpiresAt); err == nil {
+			until = contract.RevokedUntil(exp)
+		}
+		r.add(e.ID, until)
+	}
+	r.prune(now)
+}
+
+// add holds id as revoked until the given time.
+func (r *revokedSet) add(id string, until time.Time) {
 	r.mu.Lock()
-	r.m[id] = exp
+	r.m[id] = until
 	r.mu.Unlock()
 }
 
@@ -483,8 +495,8 @@ func (r *revokedSet) has(id string) bool {
 
 func (r *revokedSet) prune(now time.Time) {
 	r.mu.Lock()
-	for id, exp := range r.m {
-		if !now.Before(exp) {
+	for id, until := range r.m {
+		if !now.Before(until) {
 			delete(r.m, id)
 		}
 	}

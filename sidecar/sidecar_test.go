@@ -42,7 +42,7 @@ func TestConfigErrors(t *testing.T) {
 		"bad upstream":           {func(c *Config) { c.Upstream = "ftp://x" }, "upstream"},
 		"bad duration":           {func(c *Config) { c.MaxStale = "soon" }, "max_stale"},
 		"negative duration":      {func(c *Config) { c.KeyCacheTTL = "-1s" }, "key_cache_ttl"},
-		"leeway above 60s":       {func(c *Config) { c.Leeway = "2m" }, "leeway"},
+		"leeway above 60s":       {func(c *Config) { c.Leeway = "61s" }, "leeway must be at most 1m0s: revocations are kept only that long"},
 		"stale below ttl":        {func(c *Config) { c.MaxStale = "1s"; c.KeyCacheTTL = "5s" }, "max_stale"},
 		"bad trusted proxy":      {func(c *Config) { c.TrustedProxies = []string{"gateway"} }, "trusted_proxies"},
 		"route without slash":    {func(c *Config) { c.Routes = []RouteConfig{{PathPrefix: "v1"}} }, "must start with /"},
