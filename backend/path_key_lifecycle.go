@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -99,6 +100,12 @@ func (b *backend) pathKeyRotate(ctx context.Context, req *logical.Request, d *fr
 	if grace < 0 {
 		return logical.ErrorResponse("grace must not be negative"), nil
 	}
+	// As a mint does: the role's lock for reading, so that no successor is
+	// minted once the role's suspension has answered. A key's role never
+	// changes, and keyOfRole refuses a key of another role than the path's.
+	rl := b.roleLock(pathRole(d))
+	rl.RLock()
+	defer rl.RUnlock()
 	unlock := b.lockRevocations()
 	defer unlock()
 	old, resp, err := b.keyOfRole(ctx, req.Storage, d)
@@ -126,6 +133,9 @@ func (b *backend) pathKeyRotate(ctx context.Context, req *logical.Request, d *fr
 	if r.Suspended {
 		return logical.ErrorResponse("role %q is suspended: resume it to rotate its keys", old.Role), nil
 	}
+	if why := r.refusesSuccessor(old); why != "" {
+		return logical.ErrorResponse("key %s cannot be rotated: %s; mint a new key from role %q instead", id, why, old.Role), nil
+	}
 	key, next, err := b.createKey(ctx, req.Storage, r.KeyPrefix)
 	if err != nil {
 		return nil, err
@@ -138,10 +148,6 @@ func (b *backend) pathKeyRotate(ctx context.Context, req *logical.Request, d *fr
 		// What the old key could have reached by renewing: the role's
 		// max_ttl, or the mount's max lease TTL, from its mint.
 		next.NotAfter = old.CreatedAt.Add(maxTTL)
-	}
-	if old.Approval != "" {
-		// Approved for so long: the successor no longer.
-		next.Approval, next.NotAfter = old.Approval, old.ExpiresAt
 	}
 	// A suspended key's successor is as suspended.
 	next.SuspendedAt = old.SuspendedAt
@@ -193,6 +199,36 @@ func (b *backend) pathKeyRotate(ctx context.Context, req *logical.Request, d *fr
 		resp.Secret.MaxTTL = next.NotAfter.Sub(now)
 	}
 	return resp, nil
+}
+
+// refusesSuccessor says why the role, as it is now, would not mint old's
+// successor ("" when it would). A rotation copies the old key and asks no
+// one: it must not carry what a mint from the role now needs approval,
+// DPoP, or a scope, address or tenant the role no longer gives.
+func (r *role) refusesSuccessor(old *keyEntry) string {
+	if old.Approval != "" {
+		return "it was minted by approval request " + old.Approval + ", which its requester alone redeemed, once"
+	}
+	if needs := subset(old.Scopes, subset(old.Scopes, r.ApprovalScopes)); len(needs) > 0 {
+		return "scopes " + strings.Join(needs, ", ") + " now need approval under the role"
+	}
+	if missing := subset(old.Scopes, r.Scopes); len(missing) > 0 {
+		return "the role no longer allows scopes " + strings.Join(missing, ", ")
+	}
+	if old.Tenant != r.Tenant {
+		return "the role's tenant is no longer the key's"
+	}
+	if r.RequireDPoP && old.JKT == "" {
+		return "the role now requires DPoP-bound keys"
+	}
+	if len(r.BoundCIDRs) > 0 {
+		inner, err1 := parseCIDRs("bound_cidrs", old.BoundCIDRs)
+		outer, err2 := parseCIDRs("bound_cidrs", r.BoundCIDRs)
+		if err1 != nil || err2 != nil || len(inner) == 0 || len(narrows(inner, outer)) > 0 {
+			return "its bound_cidrs are not within the role's"
+		}
+	}
+	return ""
 }
 
 // revokeRotated revokes, through the feed, the rotated keys whose grace has

@@ -149,3 +149,52 @@ func TestSuspendAndResume(t *testing.T) {
 		t.Fatalf("role read after resume: %#v", d)
 	}
 }
+
+// A rotation copies the old key and asks no one, so it refuses what the
+// role, as it is now, would not mint: an approved key, scopes that now need
+// approval or that the role no longer has, another tenant, a bearer key
+// under a role that now requires DPoP, addresses outside the role's. The
+// key stays as it was (issue 23: rotation minted past approval).
+func TestRotateRefusesWhatTheRoleWouldNotMint(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		role    map[string]interface{} // the role's change after the mint
+		approve bool                   // the key came from an approval
+		want    string
+	}{
+		{name: "scope now needs approval", role: map[string]interface{}{"approval_scopes": "admin"}, want: "now need approval"},
+		{name: "scope no longer allowed", role: map[string]interface{}{"scopes": "read", "default_scopes": "read"}, want: "no longer allows scopes admin"},
+		{name: "tenant changed", role: map[string]interface{}{"tenant": "other"}, want: "tenant"},
+		{name: "dpop now required", role: map[string]interface{}{"require_dpop": true}, want: "requires DPoP"},
+		{name: "cidrs narrowed", role: map[string]interface{}{"bound_cidrs": "10.1.0.0/16"}, want: "bound_cidrs"},
+		{name: "approved key", approve: true, want: "approval request"},
+		{name: "role unchanged", want: ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newTestEnv(t)
+			e.ok(logical.UpdateOperation, "tenants/acme", map[string]interface{}{"budget": 100})
+			e.ok(logical.UpdateOperation, "tenants/other", map[string]interface{}{"budget": 100})
+			e.createRole("r", map[string]interface{}{"scopes": "read,admin", "default_scopes": "read", "tenant": "acme", "bound_cidrs": "10.0.0.0/8", "ttl": "1h"})
+			var id string
+			if c.approve {
+				e.createRole("r", map[string]interface{}{"approval_scopes": "admin", "approvals_required": 1})
+				req := e.as("asker", logical.UpdateOperation, "keys/r", map[string]interface{}{"name": "k", "scopes": "read,admin"}).Data["request_id"].(string)
+				e.as("approver", logical.UpdateOperation, "approvals/r/"+req, map[string]interface{}{"action": "approve"})
+				id = e.as("asker", logical.UpdateOperation, "keys/r", map[string]interface{}{"approval_id": req}).Data["key_id"].(string)
+			} else {
+				id = e.mint("r", map[string]interface{}{"name": "k", "scopes": "read,admin"}).Data["key_id"].(string)
+			}
+			if c.role != nil {
+				e.createRole("r", c.role)
+			}
+			if c.want == "" {
+				e.ok(logical.UpdateOperation, "keys/r/id/"+id+"/rotate", nil)
+				return
+			}
+			e.userError(logical.UpdateOperation, "keys/r/id/"+id+"/rotate", nil, c.want)
+			if k, _ := e.b.getKey(context.Background(), e.storage, id); k.ReplacedBy != "" {
+				t.Fatalf("refused, yet rotated to %s", k.ReplacedBy)
+			}
+		})
+	}
+}
