@@ -12,13 +12,14 @@ import (
 )
 
 // delegationEnv: a user agent's role, a tool agent's role that may act for
-// it, and a sub-tool's role that may act for the tool, two deep.
+// it, and a sub-tool's role that may act for the tool, two deep. The user's
+// tokens are for svc, and an exchange keeps the audience.
 func delegationEnv(t *testing.T) *testEnv {
 	e := newTestEnv(t)
 	e.ok(logical.UpdateOperation, "config", map[string]interface{}{"issuer": testIssuer})
-	e.createRole("user", map[string]interface{}{"scopes": "read,write,exec", "default_scopes": "read,write", "audiences": "tool", "token_ttl": "10m", "bound_cidrs": "10.0.0.0/8"})
+	e.createRole("user", map[string]interface{}{"scopes": "read,write,exec", "default_scopes": "read,write", "audiences": "svc", "token_ttl": "10m", "bound_cidrs": "10.0.0.0/8"})
 	e.createRole("tool", map[string]interface{}{"scopes": "read,write", "audiences": "svc", "token_ttl": "1h", "token_max_ttl": "1h", "allowed_subject_roles": "user"})
-	e.createRole("subtool", map[string]interface{}{"scopes": "read,write", "default_scopes": "read", "audiences": "svc2", "allowed_subject_roles": "tool", "max_delegation_depth": 2})
+	e.createRole("subtool", map[string]interface{}{"scopes": "read,write", "default_scopes": "read", "audiences": "svc2,svc", "allowed_subject_roles": "tool", "max_delegation_depth": 2})
 	return e
 }
 
@@ -43,7 +44,7 @@ func TestExchangeChain(t *testing.T) {
 	e := delegationEnv(t)
 	t0 := e.as("user-entity", logical.UpdateOperation, "token/user", map[string]interface{}{"scopes": "read,write,exec"})
 	subjectToken := t0.Data["token"].(string)
-	c0, _ := e.offline(subjectToken, "tool")
+	c0, _ := e.offline(subjectToken, "svc")
 
 	t1 := e.as("tool-entity", logical.UpdateOperation, "token/exchange", map[string]interface{}{
 		"role": "tool", "subject_token": subjectToken, "subject_token_type": tokenTypeAccessToken, "scopes": "read",
@@ -66,7 +67,7 @@ func TestExchangeChain(t *testing.T) {
 
 	// Second hop: nested act, the current actor outermost, narrowed again.
 	t2 := e.as("subtool-entity", logical.UpdateOperation, "token/exchange", map[string]interface{}{"role": "subtool", "subject_token": t1.Data["token"]})
-	c2, err := e.offline(t2.Data["token"].(string), "svc2")
+	c2, err := e.offline(t2.Data["token"].(string), "svc")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +149,7 @@ func TestExchangeRevocationCascades(t *testing.T) {
 // A metered subject's budget is shared by what is exchanged from it.
 func TestExchangeSharesTheSubjectsBudget(t *testing.T) {
 	e := delegationEnv(t)
-	e.createRole("payer", map[string]interface{}{"scopes": "read", "audiences": "tool", "budget": 100, "max_cost_per_request": 10})
+	e.createRole("payer", map[string]interface{}{"scopes": "read", "audiences": "svc", "budget": 100, "max_cost_per_request": 10})
 	e.createRole("tool", map[string]interface{}{"allowed_subject_roles": "user,payer"})
 	t0 := e.as("user-entity", logical.UpdateOperation, "token/payer", nil)
 	t1 := e.as("tool-entity", logical.UpdateOperation, "token/exchange", map[string]interface{}{"role": "tool", "subject_token": t0.Data["token"]})
