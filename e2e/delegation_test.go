@@ -44,7 +44,7 @@ func writeErr(t *testing.T, c *api.Client, path string, data map[string]interfac
 func TestDelegationChain(t *testing.T) {
 	v := vaultserver.StartT(t)
 	root := v.Client
-	write(t, root, "keybroker/roles/user", map[string]interface{}{"scopes": "read,write", "audiences": "tool-agent", "token_ttl": "10m"})
+	write(t, root, "keybroker/roles/user", map[string]interface{}{"scopes": "read,write", "audiences": "svc", "token_ttl": "10m"})
 	write(t, root, "keybroker/roles/tool", map[string]interface{}{"scopes": "read,write", "audiences": "svc", "allowed_subject_roles": "user"})
 	write(t, root, "keybroker/roles/subtool", map[string]interface{}{"scopes": "read", "audiences": "svc", "allowed_subject_roles": "tool", "max_delegation_depth": 2})
 	// The role is a field of token/exchange: each agent's policy pins it.
