@@ -398,3 +398,25 @@ func TestExchangeRoleName(t *testing.T) {
 		})
 	}
 }
+
+// A subject token minted for several audiences (before tokens carried one)
+// is exchanged for one of them, named: never for all, nor for the role's
+// choice.
+func TestExchangeOfASeveralAudienceToken(t *testing.T) {
+	e := delegationEnv(t)
+	e.createRole("tool", map[string]interface{}{"audiences": "svc,svc2,other"})
+	req := &logical.Request{Storage: e.storage, MountPoint: "keybroker/", EntityID: "user-entity", Operation: logical.UpdateOperation}
+	old, err := e.b.issueToken(context.Background(), req, grant{Role: "user", Scopes: []string{"read"}, Audiences: []string{"svc", "svc2"}, Subject: "user-entity", EntityID: "user-entity"}, time.Hour, "", "")
+	if err != nil || old.IsError() {
+		t.Fatalf("minting as the old code did: %v %v", err, old)
+	}
+	exchange := map[string]interface{}{"role": "tool", "subject_token": old.Data["token"]}
+	e.asError("tool-entity", logical.UpdateOperation, "token/exchange", exchange, `the subject token with role "tool" allows several audiences (svc, svc2): name the one`)
+	exchange["audience"] = "other"
+	e.asError("tool-entity", logical.UpdateOperation, "token/exchange", exchange, `audience "other" is not the subject token's (svc, svc2)`)
+	exchange["audience"] = "svc2"
+	got := e.as("tool-entity", logical.UpdateOperation, "token/exchange", exchange)
+	if aud := got.Data["audience"].([]string); !slices.Equal(aud, []string{"svc2"}) {
+		t.Fatalf("exchanged audience %v", aud)
+	}
+}
