@@ -83,6 +83,9 @@ func TestDelegationChain(t *testing.T) {
 		http.StatusBadRequest, "scopes write are not allowed by the role")
 	writeErr(t, tool, "keybroker/token/exchange", map[string]interface{}{"role": "tool", "subject_token": t0.Data["token"], "scopes": "admin"},
 		http.StatusBadRequest, "scopes admin are not in the subject token")
+	// The role field is a role name, never a storage path (it was a 500).
+	writeErr(t, root, "keybroker/token/exchange", map[string]interface{}{"role": "../tool", "subject_token": t0.Data["token"]},
+		http.StatusBadRequest, `role: "../tool" is not a role name`)
 	// An agent cannot pick another delegating role than its policy's.
 	writeErr(t, subtool, "keybroker/token/exchange", map[string]interface{}{"role": "tool", "subject_token": t0.Data["token"]},
 		http.StatusForbidden, "permission denied")
