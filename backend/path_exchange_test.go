@@ -389,12 +389,26 @@ func TestExchangeFiledBeforeSlotsPerActor(t *testing.T) {
 func TestExchangeRoleName(t *testing.T) {
 	e := delegationEnv(t)
 	t0 := e.as("user-entity", logical.UpdateOperation, "token/user", nil)
-	for _, name := range []string{"../tool", "tool/../tool", "..", ".", "tool/", "/tool", "a b", "tool\x00", "-tool", "tool.", "exchange", "refresh", "id", "%2e%2e%2ftool", strings.Repeat("../", 100) + "tool"} {
-		t.Run(name, func(t *testing.T) {
-			resp := e.do(logical.UpdateOperation, "token/exchange", map[string]interface{}{"role": name, "subject_token": t0.Data["token"]})
-			if resp == nil || !resp.IsError() || !strings.Contains(resp.Error().Error(), "is not a role name") {
-				t.Fatalf("role %q: %#v", name, resp)
-			}
+	for _, tc := range []struct{ name, want string }{
+		{"../tool", `role: "../tool" is not a role name`},
+		{"tool/../tool", "is not a role name"},
+		{"..", "is not a role name"},
+		{".", "is not a role name"},
+		{"tool/", "is not a role name"},
+		{"/tool", "is not a role name"},
+		{"a b", "is not a role name"},
+		{"tool\x00", "is not a role name"},
+		{"-tool", "is not a role name"},
+		{"tool.", "is not a role name"},
+		{"%2e%2e%2ftool", "is not a role name"},
+		{"exchange", `role: "exchange" is reserved`},
+		{"refresh", "is reserved"},
+		{"id", "is reserved"},
+		{"", "role: a role name is required"},
+		{strings.Repeat("../", 100) + "tool", "at most 128 characters"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e.asError("tool-entity", logical.UpdateOperation, "token/exchange", map[string]interface{}{"role": tc.name, "subject_token": t0.Data["token"]}, tc.want)
 		})
 	}
 }
