@@ -2,11 +2,15 @@ package backend
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
+	uuid "github.com/hashicorp/go-uuid"
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 
@@ -34,17 +38,17 @@ type derivedTokens struct {
 	Children map[string]time.Time `json:"children"`
 }
 
-// maxDerived bounds the tokens exchanged from one token, and so what one
-// revocation walks.
+// maxDerived bounds the live tokens one actor exchanged from one token, and
+// so what one revocation walks per actor.
 const maxDerived = 1000
 
 func pathExchange(b *backend) *framework.Path {
 	f := grantFields("token", "Default: the role's token_ttl. Capped at token_max_ttl and at the subject token's expiry.")
-	f["role"].Description = "Role the caller exchanges under: it must list the subject token's role in allowed_subject_roles."
+	f["role"].Description = "Role the caller exchanges under: a role name (not a path), which must list the subject token's role in allowed_subject_roles."
 	f["scopes"].Description = "Scopes for the new token: within the subject token's, the role's and the actor token's. Default: the subject token's that are also in the role's default_scopes (and the actor token's)."
 	f["bound_cidrs"].Description = "CIDR blocks the new token may be used from, within the subject token's and the role's. Default: where both allow."
 	delete(f, "budget") // a metered subject's budget is shared, never chosen
-	f["audience"] = &framework.FieldSchema{Type: framework.TypeString, Description: "The new token's aud; one of the role's audiences. Default: all of them."}
+	f["audience"] = &framework.FieldSchema{Type: framework.TypeString, Description: "The new token's one aud: one of the subject token's audiences that the role also allows (an exchange never moves a token to another resource server). Default: the only such audience; with several, name one."}
 	f["subject_token"] = &framework.FieldSchema{
 		Type:         framework.TypeString,
 		Description:  "The keybroker JWT of the subject to act for: valid, not revoked, not DPoP-bound, of a role in the role's allowed_subject_roles.",
@@ -93,9 +97,13 @@ derives it from the caller's Vault identity), with the subject token's own
 act nested inside (RFC 8693 section 4.1), and its client_id is the caller's
 entity. The role must list the subject token's role in
 allowed_subject_roles, and the chain may be at most its max_delegation_depth
-actors long. The new token's scopes are within the subject token's and the
-role's (and the actor token's), its audience is one of the role's, its
+actors long, and an actor appears in it at most once (the caller may be
+neither the subject nor an actor already in it). The new token's scopes are
+within the subject token's and the role's (and the actor token's), its one
+audience is one of the subject token's that the role allows, its
 bound_cidrs within both, and it expires no later than the subject token.
+Each caller may hold up to 1000 live tokens exchanged from one subject
+token, apart from other callers'; a refused exchange mints nothing.
 A metered subject's budget is shared: the new token spends from the same
 meter. Revoking a token revokes every token exchanged from it, through the
 revocation feed. DPoP-bound subject tokens cannot be exchanged (the caller
@@ -120,6 +128,9 @@ func (b *backend) actorSubject(req *logical.Request, r *role) (string, error) {
 
 func (b *backend) pathExchangeWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	roleName := d.Get("role").(string)
+	if err := validateRoleName("role", roleName); err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
 	r, err := b.getRole(ctx, req.Storage, roleName)
 	if err != nil {
 		return nil, err
@@ -133,6 +144,9 @@ func (b *backend) pathExchangeWrite(ctx context.Context, req *logical.Request, d
 	if len(r.Audiences) == 0 {
 		return logical.ErrorResponse("role %q has no audiences; set audiences on the role to mint tokens from it", roleName), nil
 	}
+	if rt := d.Get("requested_token_type").(string); rt != "" && rt != tokenTypeAccessToken {
+		return logical.ErrorResponse("requested_token_type %q: keybroker issues %s", rt, tokenTypeAccessToken), nil
+	}
 	actor, err := b.actorSubject(req, r)
 	if err != nil {
 		return logical.ErrorResponse(err.Error()), nil
@@ -145,8 +159,10 @@ func (b *backend) pathExchangeWrite(ctx context.Context, req *logical.Request, d
 	switch {
 	case !slices.Contains(r.AllowedSubjectRoles, subject.Role):
 		return logical.ErrorResponse("role %q may not act for tokens of role %q (allowed_subject_roles: %s)", roleName, subject.Role, strings.Join(r.AllowedSubjectRoles, ", ")), nil
-	case len(subject.Actors()) == 0 && (subject.Subject == actor || subject.ClientID == req.EntityID):
-		return logical.ErrorResponse("subject_token is the caller's own token: exchange is for acting for someone else"), nil
+	case subject.Subject == actor || subject.Subject == req.EntityID || (len(subject.Actors()) == 0 && subject.ClientID == req.EntityID):
+		return logical.ErrorResponse("subject_token is the caller's own token (its sub is the caller): exchange is for acting for someone else"), nil
+	case inChain(subject, actor, req.EntityID):
+		return logical.ErrorResponse("the caller (%s) already acts in subject_token's chain (%s): an actor appears at most once", actor, strings.Join(subject.Actors(), ", ")), nil
 	case len(subject.Actors())+1 > r.delegationDepth():
 		return logical.ErrorResponse("the chain would be %d actors long; role %q allows at most %d (max_delegation_depth)", len(subject.Actors())+1, roleName, r.delegationDepth()), nil
 	case r.Tenant != "" && subject.Tenant != r.Tenant:
@@ -176,16 +192,14 @@ func (b *backend) pathExchangeWrite(ctx context.Context, req *logical.Request, d
 		return logical.ErrorResponse("scopes %s need approval under role %q: exchange for the others, or mint them through keybroker/approvals", strings.Join(needs, ", "), roleName), nil
 	}
 
-	g := grant{Role: roleName, Scopes: scopes, Audiences: r.Audiences, Tenant: subject.Tenant, Subject: subject.Subject, EntityID: req.EntityID,
+	aud, msg := exchangeAudience(d.Get("audience").(string), subject, roleName, r)
+	if msg != "" {
+		return logical.ErrorResponse(msg), nil
+	}
+	g := grant{Role: roleName, Scopes: scopes, Audiences: []string{aud}, Tenant: subject.Tenant, Subject: subject.Subject, EntityID: req.EntityID,
 		Act: &jwtverify.Actor{Subject: actor, Act: subject.Act}}
 	if subject.AuthTime != nil {
 		g.AuthTime = subject.AuthTime.Time // the subject's authentication, not the actor's
-	}
-	if aud := d.Get("audience").(string); aud != "" {
-		if !slices.Contains(r.Audiences, aud) {
-			return logical.ErrorResponse("audience %q is not allowed by role %q (allowed: %s)", aud, roleName, strings.Join(r.Audiences, ", ")), nil
-		}
-		g.Audiences = []string{aud}
 	}
 	asked, err := r.narrowCIDRs(roleName, d)
 	if err != nil {
@@ -232,15 +246,25 @@ func (b *backend) pathExchangeWrite(ctx context.Context, req *logical.Request, d
 	if ttl < time.Second {
 		return logical.ErrorResponse("subject_token expires now"), nil
 	}
-	if rt := d.Get("requested_token_type").(string); rt != "" && rt != tokenTypeAccessToken {
-		return logical.ErrorResponse("requested_token_type %q: keybroker issues %s", rt, tokenTypeAccessToken), nil
+	// Every check is above: the slot is taken, under the revocation lock,
+	// before anything is minted, so a refused exchange mints and stores
+	// nothing, and a revocation of the subject from here on finds the new
+	// jti to revoke.
+	jti, err := uuid.GenerateUUID()
+	if err != nil {
+		return nil, fmt.Errorf("generating jti: %w", err)
 	}
-	resp, err := b.issueToken(ctx, req, g, ttl, "", meterID)
-	if err != nil || resp.IsError() {
-		return resp, err
-	}
-	if msg, err := b.recordDerived(ctx, req.Storage, subject.ID, resp.Secret.InternalData); msg != "" || err != nil {
+	now := tokenNow()
+	slot := derivedSlot{parent: subject.ID, actor: req.EntityID, jti: jti}
+	if msg, err := b.reserveDerived(ctx, req.Storage, slot, now.Add(ttl)); msg != "" || err != nil {
 		return exchangeError(msg, nil), err
+	}
+	resp, err := b.issueTokenAs(ctx, req, g, jti, now, ttl, "", meterID)
+	if err != nil || resp.IsError() {
+		if rerr := b.releaseDerived(ctx, req.Storage, slot); rerr != nil {
+			b.Logger().Warn("releasing an exchange slot after a failed mint", "error", rerr)
+		}
+		return resp, err
 	}
 	resp.Data["issued_token_type"] = tokenTypeAccessToken
 	resp.Data["actors"] = (&jwtverify.Claims{Act: g.Act}).Actors()
@@ -258,6 +282,43 @@ func exchangeError(msg string, userErr *logical.Response) *logical.Response {
 		return nil
 	}
 	return logical.ErrorResponse(msg)
+}
+
+// exchangeAudience is the new token's one aud: within the subject token's
+// audiences and the role's (an exchange narrows: a token sent to one
+// resource server cannot become one for another), asked or the only one
+// both allow. msg is the caller's mistake.
+func exchangeAudience(asked string, subject *jwtverify.Claims, roleName string, r *role) (string, string) {
+	if asked != "" && !slices.Contains(r.Audiences, asked) {
+		return "", fmt.Sprintf("audience %q is not allowed by role %q (allowed: %s)", asked, roleName, strings.Join(r.Audiences, ", "))
+	}
+	both := slices.DeleteFunc(slices.Clone(r.Audiences), func(a string) bool { return !slices.Contains(subject.Audience, a) })
+	if len(both) == 0 {
+		return "", fmt.Sprintf("the subject token's audience (%s) is not among role %q's (%s): an exchange keeps the subject token's audience, it cannot widen to another resource server", strings.Join(subject.Audience, ", "), roleName, strings.Join(r.Audiences, ", "))
+	}
+	aud, err := oneAudience(asked, both, func(a string) string {
+		return fmt.Sprintf("audience %q is not the subject token's (%s): an exchange cannot widen to another resource server", a, strings.Join(subject.Audience, ", "))
+	}, "the subject token with role "+strconv.Quote(roleName))
+	if err != nil {
+		return "", err.Error()
+	}
+	return aud, ""
+}
+
+// inChain reports whether the caller (actor: its sub under the role's
+// subject setting; entity: its Vault entity id) already acts in the subject
+// token's chain. Earlier actors are known by their act sub only, so the
+// caller is looked for under both names; the last actor also by client_id.
+func inChain(subject *jwtverify.Claims, actor, entity string) bool {
+	if len(subject.Actors()) > 0 && subject.ClientID == entity {
+		return true
+	}
+	for _, a := range subject.Actors() {
+		if a == actor || a == entity {
+			return true
+		}
+	}
+	return false
 }
 
 // exchangedToken checks a token given to token/exchange: the plugin's own,
@@ -309,29 +370,40 @@ func exchangeScopes(d *framework.FieldData, subject *jwtverify.Claims, r *role, 
 	return scopes, ""
 }
 
-// recordDerived files the new token under the token it was exchanged from,
-// under the lock revocations take: a revocation of the subject that came
-// first is seen here (the new token is then revoked and refused), and one
-// that comes after finds the new token to revoke.
-func (b *backend) recordDerived(ctx context.Context, s logical.Storage, parent string, internal map[string]interface{}) (string, error) {
-	jti, _ := internal["jti"].(string)
-	exp, err := internalUnix(internal["exp"])
-	if jti == "" || err != nil {
-		return "", fmt.Errorf("new token has no jti or exp")
-	}
+// derivedSlot is one exchanged token as its subject's index files it: the
+// subject token's jti (parent), the Vault entity that exchanged it (actor)
+// and its own jti.
+type derivedSlot struct {
+	parent, actor, jti string
+}
+
+// derivedKey is where the tokens one actor exchanged from parent are filed:
+// each actor has its own maxDerived slots, so no actor can use up another's.
+// The actor (a Vault entity id) is hashed into one path segment whatever it
+// holds. Tokens exchanged before slots were per actor are filed under
+// derivedPrefix+parent itself.
+func derivedKey(parent, actor string) string {
+	sum := sha256.Sum256([]byte(actor))
+	return derivedPrefix + parent + "/" + hex.EncodeToString(sum[:16])
+}
+
+// reserveDerived files a token about to be exchanged from s.parent, under
+// the lock revocations take: a revocation of the subject that came first is
+// seen here (the exchange is refused), and one that comes after finds the
+// new jti to revoke, minted or not yet. msg is why the exchange is refused;
+// nothing is then written.
+func (b *backend) reserveDerived(ctx context.Context, st logical.Storage, s derivedSlot, exp time.Time) (string, error) {
 	b.revocationMu.Lock()
 	defer b.revocationMu.Unlock()
-	revoked, err := s.Get(ctx, revokedJTIPrefix+parent)
+	revoked, err := st.Get(ctx, revokedJTIPrefix+s.parent)
 	if err != nil {
 		return "", fmt.Errorf("reading revoked jti: %w", err)
 	}
 	if revoked != nil {
-		if err := b.revokeJTILocked(ctx, s, jti, exp, 0); err != nil {
-			return "", err
-		}
 		return "subject_token was revoked meanwhile", nil
 	}
-	dt, err := getJSON[derivedTokens](ctx, s, derivedPrefix+parent)
+	key := derivedKey(s.parent, s.actor)
+	dt, err := getJSON[derivedTokens](ctx, st, key)
 	if err != nil {
 		return "", err
 	}
@@ -345,28 +417,58 @@ func (b *backend) recordDerived(ctx context.Context, s logical.Storage, parent s
 		}
 	}
 	if len(dt.Children) >= maxDerived {
-		if err := b.revokeJTILocked(ctx, s, jti, exp, 0); err != nil {
-			return "", err
-		}
-		return fmt.Sprintf("subject_token already has %d live exchanged tokens; wait for some to expire", maxDerived), nil
+		return fmt.Sprintf("the caller already has %d live tokens exchanged from subject_token (each actor has its own %d); wait for some to expire", maxDerived, maxDerived), nil
 	}
-	dt.Children[jti] = exp
-	return "", putJSON(ctx, s, derivedPrefix+parent, dt)
+	dt.Children[s.jti] = exp
+	return "", putJSON(ctx, st, key, dt)
 }
 
-// revokeDerivedLocked revokes the tokens exchanged from jti, and theirs.
-// The caller holds revocationMu.
+// releaseDerived gives back a slot whose token was not minted after all.
+func (b *backend) releaseDerived(ctx context.Context, st logical.Storage, s derivedSlot) error {
+	b.revocationMu.Lock()
+	defer b.revocationMu.Unlock()
+	key := derivedKey(s.parent, s.actor)
+	dt, err := getJSON[derivedTokens](ctx, st, key)
+	if err != nil || dt == nil {
+		return err
+	}
+	delete(dt.Children, s.jti)
+	if len(dt.Children) == 0 {
+		if err := st.Delete(ctx, key); err != nil {
+			return fmt.Errorf("deleting %s: %w", key, err)
+		}
+		return nil
+	}
+	return putJSON(ctx, st, key, dt)
+}
+
+// revokeDerivedLocked revokes the tokens exchanged from jti, and theirs:
+// every actor's, and those filed before slots were per actor. The caller
+// holds revocationMu.
 func (b *backend) revokeDerivedLocked(ctx context.Context, s logical.Storage, jti string, depth int) error {
 	if depth > jwtverify.MaxActors {
 		return nil // no chain is longer
 	}
-	dt, err := getJSON[derivedTokens](ctx, s, derivedPrefix+jti)
-	if err != nil || dt == nil {
-		return err
+	actors, err := s.List(ctx, derivedPrefix+jti+"/")
+	if err != nil {
+		return fmt.Errorf("listing %s%s/: %w", derivedPrefix, jti, err)
 	}
-	for child, exp := range dt.Children {
-		if err := b.revokeJTILocked(ctx, s, child, exp, depth+1); err != nil {
+	keys := []string{derivedPrefix + jti}
+	for _, a := range actors {
+		keys = append(keys, derivedPrefix+jti+"/"+a)
+	}
+	for _, key := range keys {
+		dt, err := getJSON[derivedTokens](ctx, s, key)
+		if err != nil {
 			return err
+		}
+		if dt == nil {
+			continue
+		}
+		for child, exp := range dt.Children {
+			if err := b.revokeJTILocked(ctx, s, child, exp, depth+1); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -381,8 +483,20 @@ func (b *backend) tidyDerived(ctx context.Context, s logical.Storage, now time.T
 		return fmt.Errorf("listing %s: %w", derivedPrefix, err)
 	}
 	for _, n := range names {
-		if err := b.tidyOneDerived(ctx, s, n, now); err != nil {
-			return err
+		if !strings.HasSuffix(n, "/") {
+			if err := b.tidyOneDerived(ctx, s, n, now); err != nil {
+				return err
+			}
+			continue
+		}
+		actors, err := s.List(ctx, derivedPrefix+n)
+		if err != nil {
+			return fmt.Errorf("listing %s%s: %w", derivedPrefix, n, err)
+		}
+		for _, a := range actors {
+			if err := b.tidyOneDerived(ctx, s, n+a, now); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

@@ -1,9 +1,13 @@
 package backend
 
 import (
+	"bytes"
+	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
 
@@ -12,13 +16,14 @@ import (
 )
 
 // delegationEnv: a user agent's role, a tool agent's role that may act for
-// it, and a sub-tool's role that may act for the tool, two deep.
+// it, and a sub-tool's role that may act for the tool, two deep. The user's
+// tokens are for svc, and an exchange keeps the audience.
 func delegationEnv(t *testing.T) *testEnv {
 	e := newTestEnv(t)
 	e.ok(logical.UpdateOperation, "config", map[string]interface{}{"issuer": testIssuer})
-	e.createRole("user", map[string]interface{}{"scopes": "read,write,exec", "default_scopes": "read,write", "audiences": "tool", "token_ttl": "10m", "bound_cidrs": "10.0.0.0/8"})
+	e.createRole("user", map[string]interface{}{"scopes": "read,write,exec", "default_scopes": "read,write", "audiences": "svc", "token_ttl": "10m", "bound_cidrs": "10.0.0.0/8"})
 	e.createRole("tool", map[string]interface{}{"scopes": "read,write", "audiences": "svc", "token_ttl": "1h", "token_max_ttl": "1h", "allowed_subject_roles": "user"})
-	e.createRole("subtool", map[string]interface{}{"scopes": "read,write", "default_scopes": "read", "audiences": "svc2", "allowed_subject_roles": "tool", "max_delegation_depth": 2})
+	e.createRole("subtool", map[string]interface{}{"scopes": "read,write", "default_scopes": "read", "audiences": "svc2,svc", "allowed_subject_roles": "tool", "max_delegation_depth": 2})
 	return e
 }
 
@@ -43,7 +48,7 @@ func TestExchangeChain(t *testing.T) {
 	e := delegationEnv(t)
 	t0 := e.as("user-entity", logical.UpdateOperation, "token/user", map[string]interface{}{"scopes": "read,write,exec"})
 	subjectToken := t0.Data["token"].(string)
-	c0, _ := e.offline(subjectToken, "tool")
+	c0, _ := e.offline(subjectToken, "svc")
 
 	t1 := e.as("tool-entity", logical.UpdateOperation, "token/exchange", map[string]interface{}{
 		"role": "tool", "subject_token": subjectToken, "subject_token_type": tokenTypeAccessToken, "scopes": "read",
@@ -66,7 +71,7 @@ func TestExchangeChain(t *testing.T) {
 
 	// Second hop: nested act, the current actor outermost, narrowed again.
 	t2 := e.as("subtool-entity", logical.UpdateOperation, "token/exchange", map[string]interface{}{"role": "subtool", "subject_token": t1.Data["token"]})
-	c2, err := e.offline(t2.Data["token"].(string), "svc2")
+	c2, err := e.offline(t2.Data["token"].(string), "svc")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +153,7 @@ func TestExchangeRevocationCascades(t *testing.T) {
 // A metered subject's budget is shared by what is exchanged from it.
 func TestExchangeSharesTheSubjectsBudget(t *testing.T) {
 	e := delegationEnv(t)
-	e.createRole("payer", map[string]interface{}{"scopes": "read", "audiences": "tool", "budget": 100, "max_cost_per_request": 10})
+	e.createRole("payer", map[string]interface{}{"scopes": "read", "audiences": "svc", "budget": 100, "max_cost_per_request": 10})
 	e.createRole("tool", map[string]interface{}{"allowed_subject_roles": "user,payer"})
 	t0 := e.as("user-entity", logical.UpdateOperation, "token/payer", nil)
 	t1 := e.as("tool-entity", logical.UpdateOperation, "token/exchange", map[string]interface{}{"role": "tool", "subject_token": t0.Data["token"]})
@@ -192,5 +197,240 @@ func TestDelegationRoleFields(t *testing.T) {
 	d := e.ok(logical.ReadOperation, "roles/r", nil).Data
 	if !slices.Equal(d["allowed_subject_roles"].([]string), []string{"a", "b"}) || d["max_delegation_depth"] != 3 {
 		t.Fatalf("role %#v", d)
+	}
+}
+
+// An exchange narrows within the subject token's audience: a token sent to
+// one resource server cannot become one for another, whatever the role
+// allows; the new token carries one aud.
+func TestExchangeKeepsTheSubjectsAudience(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		subjectAud string // the user's token is for this one
+		roleAud    string // the tool role's audiences
+		asked      string
+		want       string // the new token's one aud, or the error
+	}{
+		{"same audience, default", "svc", "svc", "", "svc"},
+		{"same audience, asked", "svc", "svc,other", "svc", "svc"},
+		{"role has more, default is the subject's", "svc", "other,svc", "", "svc"},
+		{"to another audience of the role", "svc", "svc,other", "other", `audience "other" is not the subject token's (svc): an exchange cannot widen`},
+		{"the role lacks the subject's", "svc", "other", "", `the subject token's audience (svc) is not among role "tool"'s (other)`},
+		{"the role lacks the subject's, asked", "svc", "other", "other", `the subject token's audience (svc) is not among role "tool"'s (other)`},
+		{"outside the role", "svc", "svc", "nope", `audience "nope" is not allowed by role "tool"`},
+		{"a token for svc to svc2", "svc", "svc2", "", "cannot widen to another resource server"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := delegationEnv(t)
+			e.createRole("user", map[string]interface{}{"audiences": "svc,other,svc2"})
+			e.createRole("tool", map[string]interface{}{"audiences": tc.roleAud})
+			t0 := e.as("user-entity", logical.UpdateOperation, "token/user", map[string]interface{}{"audience": tc.subjectAud})
+			data := map[string]interface{}{"role": "tool", "subject_token": t0.Data["token"]}
+			if tc.asked != "" {
+				data["audience"] = tc.asked
+			}
+			if strings.Contains(tc.want, " ") {
+				before := e.storageKeys("")
+				e.asError("tool-entity", logical.UpdateOperation, "token/exchange", data, tc.want)
+				if after := e.storageKeys(""); !slices.Equal(before, after) {
+					t.Fatalf("a refused exchange stored %v (before %v)", after, before)
+				}
+				return
+			}
+			t1 := e.as("tool-entity", logical.UpdateOperation, "token/exchange", data)
+			if got := t1.Data["audience"].([]string); !slices.Equal(got, []string{tc.want}) {
+				t.Fatalf("exchanged audience %v, want [%s]", got, tc.want)
+			}
+			if c, err := e.offline(t1.Data["token"].(string), tc.want); err != nil || len(c.Audience) != 1 {
+				t.Fatalf("exchanged token at %s: %v %v", tc.want, err, c)
+			}
+		})
+	}
+}
+
+// An actor appears at most once in a chain: neither the subject nor an
+// actor already in it may act again, by its sub or by its entity.
+func TestExchangeRefusesCycles(t *testing.T) {
+	e := delegationEnv(t)
+	e.createRole("tool", map[string]interface{}{"allowed_subject_roles": "user,tool,tool2", "max_delegation_depth": 4})
+	e.createRole("tool2", map[string]interface{}{"scopes": "read,write", "audiences": "svc", "allowed_subject_roles": "tool,tool2", "max_delegation_depth": 4})
+	e.createRole("byname", map[string]interface{}{"scopes": "read,write", "audiences": "svc", "allowed_subject_roles": "tool,tool2", "max_delegation_depth": 4, "subject": "entity_id"})
+	e.createRole("userrole", map[string]interface{}{"scopes": "read,write", "audiences": "svc", "allowed_subject_roles": "tool,tool2", "max_delegation_depth": 4})
+	t0 := e.as("user-entity", logical.UpdateOperation, "token/user", nil)
+	t1 := e.as("tool-entity", logical.UpdateOperation, "token/exchange", map[string]interface{}{"role": "tool", "subject_token": t0.Data["token"]})
+	t2 := e.as("tool2-entity", logical.UpdateOperation, "token/exchange", map[string]interface{}{"role": "tool2", "subject_token": t1.Data["token"]})
+	for _, tc := range []struct {
+		name, entity, role string
+		subject            *logical.Response
+		want               string
+	}{
+		{"back to the first actor: [tool, tool2, tool]", "tool-entity", "tool", t2, "already acts in subject_token's chain (tool2-entity, tool-entity): an actor appears at most once"},
+		{"the first actor under another role", "tool-entity", "byname", t2, "an actor appears at most once"},
+		{"the last actor again: [tool2, tool2, tool]", "tool2-entity", "tool2", t2, "an actor appears at most once"},
+		{"the last actor again, one hop: [tool, tool]", "tool-entity", "tool", t1, "an actor appears at most once"},
+		{"the subject acts for itself through the chain", "user-entity", "userrole", t1, "the caller's own token"},
+		{"the subject acts for itself two hops down", "user-entity", "userrole", t2, "the caller's own token"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := e.storageKeys("")
+			e.asError(tc.entity, logical.UpdateOperation, "token/exchange", map[string]interface{}{"role": tc.role, "subject_token": tc.subject.Data["token"]}, tc.want)
+			if after := e.storageKeys(""); !slices.Equal(before, after) {
+				t.Fatalf("a refused exchange stored %v", after)
+			}
+		})
+	}
+	// A third actor extends the chain.
+	t3 := e.as("tool3-entity", logical.UpdateOperation, "token/exchange", map[string]interface{}{"role": "tool2", "subject_token": t2.Data["token"]})
+	if got := t3.Data["actors"].([]string); !slices.Equal(got, []string{"tool3-entity", "tool2-entity", "tool-entity"}) {
+		t.Fatalf("chain %v", got)
+	}
+}
+
+// Each actor has its own exchange slots per subject token: one actor that
+// holds them all locks no other out, and an exchange refused past the limit
+// mints nothing, revokes nothing and stores nothing.
+func TestExchangeSlotsPerActor(t *testing.T) {
+	e := delegationEnv(t)
+	t0 := e.as("user-entity", logical.UpdateOperation, "token/user", nil)
+	parent := t0.Data["jti"].(string)
+	e.createRole("tool", map[string]interface{}{"allowed_subject_roles": "user"})
+	exchange := map[string]interface{}{"role": "tool", "subject_token": t0.Data["token"]}
+	e.as("tool-entity", logical.UpdateOperation, "token/exchange", exchange)
+
+	// The tool agent's slots fill up (as 999 more exchanges would).
+	ctx := context.Background()
+	key := derivedKey(parent, "tool-entity")
+	full, err := getJSON[derivedTokens](ctx, e.storage, key)
+	if err != nil || full == nil || len(full.Children) != 1 {
+		t.Fatalf("the tool agent's slots after one exchange: %+v %v", full, err)
+	}
+	live := time.Now().Add(time.Hour)
+	for i := len(full.Children); i < maxDerived; i++ {
+		full.Children[fmt.Sprintf("filler-%d", i)] = live
+	}
+	if err := putJSON(ctx, e.storage, key, full); err != nil {
+		t.Fatal(err)
+	}
+	before := e.storageKeys("")
+	stored, _ := e.storage.Get(ctx, key)
+	for range 3 {
+		e.asError("tool-entity", logical.UpdateOperation, "token/exchange", exchange, fmt.Sprintf("the caller already has %d live tokens exchanged from subject_token", maxDerived))
+	}
+	if ids, _, _ := e.feed(0); len(ids) != 0 {
+		t.Fatalf("refused exchanges minted and revoked %v", ids)
+	}
+	now, err := e.storage.Get(ctx, key)
+	if after := e.storageKeys(""); err != nil || !slices.Equal(before, after) || !bytes.Equal(now.Value, stored.Value) {
+		t.Fatalf("refused exchanges wrote to storage: keys %v (before %v)", after, before)
+	}
+
+	// Another actor is not locked out, and is counted apart.
+	other := e.as("tool2-entity", logical.UpdateOperation, "token/exchange", exchange)
+	if got, _ := getJSON[derivedTokens](ctx, e.storage, derivedKey(parent, "tool2-entity")); got == nil || len(got.Children) != 1 {
+		t.Fatalf("the other actor's slots: %+v", got)
+	}
+	// An expired slot is freed for its actor.
+	for c := range full.Children {
+		full.Children[c] = time.Now().Add(-time.Second)
+		break
+	}
+	if err := putJSON(ctx, e.storage, key, full); err != nil {
+		t.Fatal(err)
+	}
+	again := e.as("tool-entity", logical.UpdateOperation, "token/exchange", exchange)
+
+	// Revoking the subject revokes every actor's tokens.
+	if resp, err := e.lease(logical.RevokeOperation, t0.Secret); err != nil || resp.IsError() {
+		t.Fatalf("revoking the subject: %v %v", err, resp)
+	}
+	for _, tk := range []*logical.Response{other, again} {
+		if reason := e.verifyReason(tk.Data["token"].(string), "10.0.0.1", nil); reason != "revoked" {
+			t.Errorf("%v's token after its subject was revoked: %s", tk.Data["actors"], reason)
+		}
+	}
+}
+
+// Tokens exchanged before slots were per actor were filed under the subject
+// token's jti itself: revoking the subject still revokes them, and tidy
+// drops both layouts once nothing in them is live.
+func TestExchangeFiledBeforeSlotsPerActor(t *testing.T) {
+	e := delegationEnv(t)
+	t0 := e.as("user-entity", logical.UpdateOperation, "token/user", nil)
+	parent := t0.Data["jti"].(string)
+	t1 := e.as("tool-entity", logical.UpdateOperation, "token/exchange", map[string]interface{}{"role": "tool", "subject_token": t0.Data["token"]})
+	ctx := context.Background()
+	legacy := &derivedTokens{Children: map[string]time.Time{"legacy-child": time.Now().Add(time.Hour)}}
+	if err := putJSON(ctx, e.storage, derivedPrefix+parent, legacy); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := e.lease(logical.RevokeOperation, t0.Secret); err != nil || resp.IsError() {
+		t.Fatalf("revoking the subject: %v %v", err, resp)
+	}
+	ids, _, _ := e.feed(0)
+	if !slices.Contains(ids, "legacy-child") || !slices.Contains(ids, t1.Data["jti"].(string)) {
+		t.Fatalf("feed %v lacks the legacy child or the exchanged token", ids)
+	}
+	if err := e.b.tidyDerived(ctx, e.storage, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if keys := e.storageKeys(derivedPrefix); len(keys) != 2 {
+		t.Fatalf("tidy dropped live indexes: %v", keys)
+	}
+	if err := e.b.tidyDerived(ctx, e.storage, time.Now().Add(2*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if keys := e.storageKeys(derivedPrefix); len(keys) != 0 {
+		t.Fatalf("tidy left %v", keys)
+	}
+}
+
+// token/exchange's role is a field, not a path segment: what is not a role
+// name is a 400 that says so, never a storage error (500).
+func TestExchangeRoleName(t *testing.T) {
+	e := delegationEnv(t)
+	t0 := e.as("user-entity", logical.UpdateOperation, "token/user", nil)
+	for _, tc := range []struct{ name, want string }{
+		{"../tool", `role: "../tool" is not a role name`},
+		{"tool/../tool", "is not a role name"},
+		{"..", "is not a role name"},
+		{".", "is not a role name"},
+		{"tool/", "is not a role name"},
+		{"/tool", "is not a role name"},
+		{"a b", "is not a role name"},
+		{"tool\x00", "is not a role name"},
+		{"-tool", "is not a role name"},
+		{"tool.", "is not a role name"},
+		{"%2e%2e%2ftool", "is not a role name"},
+		{"exchange", `role: "exchange" is reserved`},
+		{"refresh", "is reserved"},
+		{"id", "is reserved"},
+		{"", "role: a role name is required"},
+		{strings.Repeat("../", 100) + "tool", "at most 128 characters"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e.asError("tool-entity", logical.UpdateOperation, "token/exchange", map[string]interface{}{"role": tc.name, "subject_token": t0.Data["token"]}, tc.want)
+		})
+	}
+}
+
+// A subject token minted for several audiences (before tokens carried one)
+// is exchanged for one of them, named: never for all, nor for the role's
+// choice.
+func TestExchangeOfASeveralAudienceToken(t *testing.T) {
+	e := delegationEnv(t)
+	e.createRole("tool", map[string]interface{}{"audiences": "svc,svc2,other"})
+	req := &logical.Request{Storage: e.storage, MountPoint: "keybroker/", EntityID: "user-entity", Operation: logical.UpdateOperation}
+	old, err := e.b.issueToken(context.Background(), req, grant{Role: "user", Scopes: []string{"read"}, Audiences: []string{"svc", "svc2"}, Subject: "user-entity", EntityID: "user-entity"}, time.Hour, "", "")
+	if err != nil || old.IsError() {
+		t.Fatalf("minting as the old code did: %v %v", err, old)
+	}
+	exchange := map[string]interface{}{"role": "tool", "subject_token": old.Data["token"]}
+	e.asError("tool-entity", logical.UpdateOperation, "token/exchange", exchange, `the subject token with role "tool" allows several audiences (svc, svc2): name the one`)
+	exchange["audience"] = "other"
+	e.asError("tool-entity", logical.UpdateOperation, "token/exchange", exchange, `audience "other" is not the subject token's (svc, svc2)`)
+	exchange["audience"] = "svc2"
+	got := e.as("tool-entity", logical.UpdateOperation, "token/exchange", exchange)
+	if aud := got.Data["audience"].([]string); !slices.Equal(aud, []string{"svc2"}) {
+		t.Fatalf("exchanged audience %v", aud)
 	}
 }

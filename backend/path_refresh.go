@@ -285,7 +285,8 @@ func (b *backend) checkRefreshProof(req *logical.Request, jkt, proof string) str
 // narrowGrant returns g as role r allows it now: audiences and CIDRs
 // intersected with the role's, limits no looser than the role's. msg says
 // why g cannot be renewed at all (a scope or tenant the role no longer
-// has, no audience or CIDR left).
+// has, no audience or CIDR left, or several audiences: a family minted
+// before tokens were for one resource each).
 func narrowGrant(g grant, r *role) (grant, string) {
 	if missing := subset(g.Scopes, r.Scopes); len(missing) > 0 {
 		return g, fmt.Sprintf("no longer allows scopes %v", missing)
@@ -307,6 +308,11 @@ func narrowGrant(g grant, r *role) (grant, string) {
 	}
 	if len(aud) == 0 {
 		return g, fmt.Sprintf("no longer allows audience %v", g.Audiences)
+	}
+	if len(aud) > 1 {
+		// Minted before tokens were for one resource server each: such a
+		// family would keep minting tokens every audience accepts.
+		return g, fmt.Sprintf("minted this family for several audiences %v, and a token is now for one resource server (audience)", aud)
 	}
 	g.Audiences = aud
 	cidrs, err := intersectCIDRs(g.CIDRs, r.BoundCIDRs)

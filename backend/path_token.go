@@ -3,6 +3,7 @@ package backend
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -83,7 +84,7 @@ func mintTokenFields() map[string]*framework.FieldSchema {
 	f := grantFields("token", "Default: the role's token_ttl. Capped at token_max_ttl with a warning.")
 	f["audience"] = &framework.FieldSchema{
 		Type:        framework.TypeString,
-		Description: "The token's aud; must be one of the role's audiences. Default: all of them.",
+		Description: "The one resource server the token is for (its aud, RFC 8707): one of the role's audiences. Default: the role's audience when it has only one; a role with several needs it named.",
 	}
 	for k, v := range dpopFields("token", "The token then carries cnf.jkt and token_type is DPoP.") {
 		f[k] = v
@@ -118,7 +119,7 @@ func (b *backend) pathTokenMint(ctx context.Context, req *logical.Request, d *fr
 	if d.Get("approval_id").(string) != "" && approvalOf(ctx) == nil {
 		return b.redeemApproval(ctx, req, d, approvalKindToken, b.pathTokenMint)
 	}
-	g := grant{Role: roleName, Tenant: r.Tenant, Audiences: r.Audiences, EntityID: req.EntityID, AuthTime: time.Now().UTC().Truncate(time.Second)}
+	g := grant{Role: roleName, Tenant: r.Tenant, EntityID: req.EntityID, AuthTime: time.Now().UTC().Truncate(time.Second)}
 	if g.Scopes, err = r.narrowScopes(roleName, d); err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
@@ -128,12 +129,11 @@ func (b *backend) pathTokenMint(ctx context.Context, req *logical.Request, d *fr
 	if g.limits, err = r.limits.narrow(roleName, d); err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
-	if aud := d.Get("audience").(string); aud != "" {
-		if !slices.Contains(r.Audiences, aud) {
-			return logical.ErrorResponse("audience %q is not allowed by role %q (allowed: %s)", aud, roleName, strings.Join(r.Audiences, ", ")), nil
-		}
-		g.Audiences = []string{aud}
+	aud, err := roleAudience(roleName, r, d.Get("audience").(string))
+	if err != nil {
+		return logical.ErrorResponse(err.Error()), nil
 	}
+	g.Audiences = []string{aud}
 	if g.Subject, err = b.subject(req, r.Subject); err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
@@ -185,6 +185,39 @@ func (b *backend) pathTokenMint(ctx context.Context, req *logical.Request, d *fr
 	return resp, nil
 }
 
+// roleAudience is the one aud a token minted from role r carries: asked,
+// which must be one of the role's audiences, or the role's only one. A token
+// is for one resource server (RFC 8707, and MCP's rule against token
+// passthrough): a token for every audience of a role would be accepted at
+// each of them, so each could replay what it was sent at the others. The
+// role's audiences are a set, not a preference, so with several none is
+// picked for the caller.
+func roleAudience(roleName string, r *role, asked string) (string, error) {
+	return oneAudience(asked, r.Audiences, func(aud string) string {
+		return fmt.Sprintf("audience %q is not allowed by role %q (allowed: %s)", aud, roleName, strings.Join(r.Audiences, ", "))
+	}, fmt.Sprintf("role %q", roleName))
+}
+
+// oneAudience picks one of allowed: asked when given (outside is the error
+// for one not allowed), else the only one. whose names the list in the
+// error when it has several.
+func oneAudience(asked string, allowed []string, outside func(string) string, whose string) (string, error) {
+	if asked != "" {
+		if !slices.Contains(allowed, asked) {
+			return "", errors.New(outside(asked))
+		}
+		return asked, nil
+	}
+	distinct := slices.Compact(slices.Sorted(slices.Values(allowed)))
+	if len(distinct) > 1 {
+		return "", fmt.Errorf("%s allows several audiences (%s): name the one resource server the token is for with audience=<one of them>; a token carries one audience", whose, strings.Join(allowed, ", "))
+	}
+	if len(distinct) == 0 {
+		return "", fmt.Errorf("%s allows no audience", whose)
+	}
+	return distinct[0], nil
+}
+
 // tokenAnswerFields describe what a mint or a refresh of an agent JWT
 // answers: issueToken's fields, and refresh_token.
 func tokenAnswerFields() map[string]*framework.FieldSchema {
@@ -207,6 +240,22 @@ func tokenAnswerFields() map[string]*framework.FieldSchema {
 // spends from instead of its own or its family's (an exchanged token
 // spends its subject's).
 func (b *backend) issueToken(ctx context.Context, req *logical.Request, g grant, ttl time.Duration, family, meterID string) (*logical.Response, error) {
+	jti, err := uuid.GenerateUUID()
+	if err != nil {
+		return nil, fmt.Errorf("generating jti: %w", err)
+	}
+	return b.issueTokenAs(ctx, req, g, jti, tokenNow(), ttl, family, meterID)
+}
+
+// tokenNow is a new token's iat: whole seconds, as JWT times are.
+func tokenNow() time.Time {
+	return time.Now().UTC().Truncate(time.Second)
+}
+
+// issueTokenAs is issueToken for a jti and iat chosen beforehand (an
+// exchange files them before it mints, so that a revocation of the subject
+// in between finds the new token).
+func (b *backend) issueTokenAs(ctx context.Context, req *logical.Request, g grant, jti string, now time.Time, ttl time.Duration, family, meterID string) (*logical.Response, error) {
 	iss, userErr, err := b.issuer(ctx, req)
 	if userErr != nil || err != nil {
 		return userErr, err
@@ -215,15 +264,10 @@ func (b *backend) issueToken(ctx context.Context, req *logical.Request, g grant,
 	if err != nil {
 		return nil, err
 	}
-	jti, err := uuid.GenerateUUID()
-	if err != nil {
-		return nil, fmt.Errorf("generating jti: %w", err)
-	}
 	metered, err := b.metered(ctx, req.Storage, g.limits, g.Tenant)
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now().UTC().Truncate(time.Second)
 	exp := now.Add(ttl)
 	claims := jwtverify.Claims{
 		RegisteredClaims: jwt.RegisteredClaims{

@@ -5,12 +5,14 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
 
+	"github.com/keybroker/keybroker/apikey"
 	"github.com/keybroker/keybroker/contract"
 	"github.com/keybroker/keybroker/internal/dpoptest"
 	"github.com/keybroker/keybroker/jwtverify"
@@ -23,7 +25,7 @@ func newJWTEnv(t *testing.T, role map[string]interface{}) *testEnv {
 	e := newTestEnv(t)
 	e.ok(logical.UpdateOperation, "config", map[string]interface{}{"issuer": testIssuer})
 	base := map[string]interface{}{
-		"scopes": "read,write", "default_scopes": "read", "audiences": "billing,search",
+		"scopes": "read,write", "default_scopes": "read", "audiences": "billing",
 		"tenant": "acme", "bound_cidrs": "10.0.0.0/8", "token_ttl": "5m",
 	}
 	for k, v := range role {
@@ -67,7 +69,7 @@ func (e *testEnv) verifyReason(cred, addr string, extra map[string]interface{}) 
 }
 
 func TestTokenMint(t *testing.T) {
-	e := newJWTEnv(t, nil)
+	e := newJWTEnv(t, map[string]interface{}{"audiences": "billing,search"})
 	resp := e.ok(logical.UpdateOperation, "token/agent", map[string]interface{}{"audience": "billing", "scopes": "read,write"})
 	token := resp.Data["token"].(string)
 	if resp.Data["token_type"] != "Bearer" || resp.Data["expires_in"] != int64(300) || resp.Data["refresh_token"] != nil {
@@ -93,12 +95,12 @@ func TestTokenMint(t *testing.T) {
 		t.Fatalf("header = %v", header)
 	}
 
-	// Defaults: every audience of the role, its default scopes; a read
-	// (Vault Agent's template without parameters) mints the same.
+	// Defaults: the role's default scopes; a read (Vault Agent's template
+	// with query parameters) mints the same.
 	for _, op := range []logical.Operation{logical.UpdateOperation, logical.ReadOperation} {
-		resp = e.ok(op, "token/agent", nil)
+		resp = e.ok(op, "token/agent", map[string]interface{}{"audience": "search"})
 		c, err = e.offline(resp.Data["token"].(string), "search")
-		if err != nil || c.Scope != "read" || len(c.Audience) != 2 || resp.Secret == nil {
+		if err != nil || c.Scope != "read" || len(c.Audience) != 1 || resp.Secret == nil {
 			t.Fatalf("%s: default token: %v %+v", op, err, c)
 		}
 	}
@@ -212,7 +214,7 @@ func TestVerifyJWT(t *testing.T) {
 	}{
 		{"ok", token, "10.0.0.1", map[string]interface{}{"scopes": "read"}, reasonOK},
 		{"ok via key alias", "", "10.0.0.1", map[string]interface{}{"key": token}, reasonOK},
-		{"audience matches", token, "10.0.0.1", map[string]interface{}{"audience": "search"}, reasonOK},
+		{"audience matches", token, "10.0.0.1", map[string]interface{}{"audience": "billing"}, reasonOK},
 		{"audience mismatch", token, "10.0.0.1", map[string]interface{}{"audience": "other"}, reasonInvalidClaims},
 		{"cidr denied", token, "192.168.0.1", nil, reasonCIDRDenied},
 		{"insufficient scope", token, "10.0.0.1", map[string]interface{}{"scopes": "write"}, reasonInsufficientScope},
@@ -485,5 +487,91 @@ func TestDiscoveryListsEveryAlgorithm(t *testing.T) {
 	}
 	if _, ok := as["token_endpoint"]; ok || fmt.Sprint(as["response_types_supported"]) != "[]" || !strings.Contains(fmt.Sprint(as["dpop_signing_alg_values_supported"]), "ES256") {
 		t.Fatalf("RFC 8414 metadata %s", raw)
+	}
+}
+
+// One token, one resource (RFC 8707; MCP forbids token passthrough): a
+// token carries exactly one aud, the one asked for or the role's only one;
+// a role with several audiences makes the caller choose, on a write and on
+// Vault Agent's read alike, and a refused mint leaves nothing behind.
+func TestTokenOneAudience(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		audiences string
+		op        logical.Operation
+		data      map[string]interface{}
+		want      string // the one aud, or the error
+	}{
+		{"one audience, default", "billing", logical.UpdateOperation, nil, "billing"},
+		{"one audience, read default", "billing", logical.ReadOperation, nil, "billing"},
+		{"one audience named twice", "billing,billing", logical.UpdateOperation, nil, "billing"},
+		{"one audience, asked", "billing", logical.UpdateOperation, map[string]interface{}{"audience": "billing"}, "billing"},
+		{"several, asked", "billing,search,https://mcp.example.com/mcp", logical.UpdateOperation, map[string]interface{}{"audience": "https://mcp.example.com/mcp"}, "https://mcp.example.com/mcp"},
+		{"several, read asked", "billing,search", logical.ReadOperation, map[string]interface{}{"audience": "search"}, "search"},
+		{"several, none asked", "billing,search", logical.UpdateOperation, nil, `role "agent" allows several audiences (billing, search): name the one`},
+		{"several, read none asked", "billing,search", logical.ReadOperation, nil, "allows several audiences"},
+		{"several, empty asked", "billing,search", logical.UpdateOperation, map[string]interface{}{"audience": ""}, "allows several audiences"},
+		{"several, two asked", "billing,search", logical.UpdateOperation, map[string]interface{}{"audience": "billing,search"}, `audience "billing,search" is not allowed`},
+		{"several, case differs", "billing,search", logical.UpdateOperation, map[string]interface{}{"audience": "Billing"}, `audience "Billing" is not allowed`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newJWTEnv(t, map[string]interface{}{"audiences": tc.audiences, "refresh_ttl": "1h"})
+			if strings.Contains(tc.want, " ") {
+				before := e.storageKeys("")
+				e.userError(tc.op, "token/agent", tc.data, tc.want)
+				if after := e.storageKeys(""); !slices.Equal(before, after) {
+					t.Fatalf("a refused mint stored something: %v, before %v", after, before)
+				}
+				return
+			}
+			resp := e.ok(tc.op, "token/agent", tc.data)
+			if got := resp.Data["audience"].([]string); len(got) != 1 || got[0] != tc.want {
+				t.Fatalf("answer audience %v, want [%s]", got, tc.want)
+			}
+			c, err := e.offline(resp.Data["token"].(string), tc.want)
+			if err != nil || len(c.Audience) != 1 {
+				t.Fatalf("token for %s: %v, aud %v", tc.want, err, c)
+			}
+			for _, other := range strings.Split(tc.audiences+",search", ",") {
+				if _, err := e.offline(resp.Data["token"].(string), other); other != tc.want && err == nil {
+					t.Fatalf("a token for %s is accepted at %s", tc.want, other)
+				}
+			}
+			if rt, _ := resp.Data["refresh_token"].(string); rt != "" {
+				next := e.ok(logical.UpdateOperation, "token/refresh", map[string]interface{}{"refresh_token": rt})
+				if got := next.Data["audience"].([]string); len(got) != 1 || got[0] != tc.want {
+					t.Fatalf("refreshed audience %v, want [%s]", got, tc.want)
+				}
+			}
+		})
+	}
+}
+
+// A refresh family minted before tokens were for one resource each (its
+// grant holds several audiences) mints no more tokens every audience
+// accepts: its refresh is refused, the refresh token left unspent.
+func TestRefreshOfASeveralAudienceFamily(t *testing.T) {
+	e := newJWTEnv(t, map[string]interface{}{"audiences": "billing,search", "refresh_ttl": "1h"})
+	first := e.ok(logical.UpdateOperation, "token/agent", map[string]interface{}{"audience": "billing"})
+	rt := first.Data["refresh_token"].(string)
+	parsed, err := apikey.Parse(rt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	entry, err := getJSON[refreshEntry](ctx, e.storage, refreshPrefix+parsed.ID)
+	if err != nil || entry == nil {
+		t.Fatalf("refresh entry: %v %v", entry, err)
+	}
+	entry.Grant.Audiences = []string{"billing", "search"} // as the old code filed it
+	if err := putJSON(ctx, e.storage, refreshPrefix+parsed.ID, entry); err != nil {
+		t.Fatal(err)
+	}
+	e.userError(logical.UpdateOperation, "token/refresh", map[string]interface{}{"refresh_token": rt}, "several audiences [billing search]")
+	// The role now allows only one of them: the family goes on with it.
+	e.ok(logical.UpdateOperation, "roles/agent", map[string]interface{}{"audiences": "search"})
+	next := e.ok(logical.UpdateOperation, "token/refresh", map[string]interface{}{"refresh_token": rt})
+	if got := next.Data["audience"].([]string); len(got) != 1 || got[0] != "search" {
+		t.Fatalf("refreshed audience %v", got)
 	}
 }

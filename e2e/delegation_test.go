@@ -44,7 +44,7 @@ func writeErr(t *testing.T, c *api.Client, path string, data map[string]interfac
 func TestDelegationChain(t *testing.T) {
 	v := vaultserver.StartT(t)
 	root := v.Client
-	write(t, root, "keybroker/roles/user", map[string]interface{}{"scopes": "read,write", "audiences": "tool-agent", "token_ttl": "10m"})
+	write(t, root, "keybroker/roles/user", map[string]interface{}{"scopes": "read,write", "audiences": "svc", "token_ttl": "10m"})
 	write(t, root, "keybroker/roles/tool", map[string]interface{}{"scopes": "read,write", "audiences": "svc", "allowed_subject_roles": "user"})
 	write(t, root, "keybroker/roles/subtool", map[string]interface{}{"scopes": "read", "audiences": "svc", "allowed_subject_roles": "tool", "max_delegation_depth": 2})
 	// The role is a field of token/exchange: each agent's policy pins it.
@@ -83,6 +83,9 @@ func TestDelegationChain(t *testing.T) {
 		http.StatusBadRequest, "scopes write are not allowed by the role")
 	writeErr(t, tool, "keybroker/token/exchange", map[string]interface{}{"role": "tool", "subject_token": t0.Data["token"], "scopes": "admin"},
 		http.StatusBadRequest, "scopes admin are not in the subject token")
+	// The role field is a role name, never a storage path (it was a 500).
+	writeErr(t, root, "keybroker/token/exchange", map[string]interface{}{"role": "../tool", "subject_token": t0.Data["token"]},
+		http.StatusBadRequest, `role: "../tool" is not a role name`)
 	// An agent cannot pick another delegating role than its policy's.
 	writeErr(t, subtool, "keybroker/token/exchange", map[string]interface{}{"role": "tool", "subject_token": t0.Data["token"]},
 		http.StatusForbidden, "permission denied")

@@ -128,6 +128,9 @@ func TestAgentJWT(t *testing.T) {
 		{map[string]interface{}{"sub": "someone-else"}, "unknown field(s): sub"},
 		{map[string]interface{}{"scopes": "admin"}, "scopes admin are not allowed"},
 		{map[string]interface{}{"audience": "billing"}, `audience "billing" is not allowed`},
+		// One token, one resource: a role with several audiences makes
+		// the caller name one.
+		{nil, `role "agent" allows several audiences (llm-gateway, search): name the one`},
 	} {
 		_, err := agent.Logical().WriteWithContext(ctxT(t), "keybroker/token/agent", tc.data)
 		if statusOf(err) != http.StatusBadRequest || !strings.Contains(err.Error(), tc.want) {
@@ -144,9 +147,18 @@ func TestAgentJWT(t *testing.T) {
 	if _, err := offlineVerify(t, v, token, "llm-gateway"); err != nil {
 		t.Fatalf("old token after rotation: %v", err)
 	}
-	fresh := write(t, agent, "keybroker/token/agent", nil).Data["token"].(string)
+	// A read with the audience in its query, as Vault Agent's template
+	// "keybroker/token/agent?audience=search" sends it.
+	read, err := root.Logical().ReadWithDataWithContext(ctxT(t), "keybroker/token/agent", map[string][]string{"audience": {"search"}})
+	if err != nil || read == nil {
+		t.Fatalf("read with ?audience=search: %v", err)
+	}
+	fresh := read.Data["token"].(string)
 	if _, err := offlineVerify(t, v, fresh, "search"); err != nil {
 		t.Fatalf("token signed by the new key: %v", err)
+	}
+	if _, err := offlineVerify(t, v, fresh, "llm-gateway"); err == nil {
+		t.Fatal("a token minted for search is accepted at llm-gateway")
 	}
 
 	// Revoking the lease puts the jti in the feed; verify says revoked.

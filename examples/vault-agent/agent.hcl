@@ -2,7 +2,9 @@
 # short-lived JWT. Run it beside the agent:  VAULT_ADDR=https://vault:8200 vault agent -config=agent.hcl
 #
 # A read of keybroker/token/<role> mints a token with the role's defaults, so
-# the template needs no parameter. The token's lease is not renewable: Agent
+# the template needs no parameter when the role has one audience (a token is
+# for one resource server; for a role with several, name it in the query and
+# it stays a read: "keybroker/token/agent?audience=billing"). The token's lease is not renewable: Agent
 # mints the next one at lease_renewal_threshold of its TTL (token_ttl), long
 # before it expires, and the agent reads the file before each call.
 
