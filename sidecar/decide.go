@@ -65,6 +65,11 @@ const (
 	reasonBudgetExhausted   = "budget_exhausted"
 	reasonRateLimited       = "rate_limited"
 	reasonTooManyFailures   = "too_many_failures"
+	// The revocation feed (every credential) or, with key_replica, the
+	// key-record feed (API keys) has not been read to its end yet: what
+	// was revoked or suspended is unknown, so nothing is let through.
+	reasonRevocationsUnknown = "revocations_unknown"
+	reasonKeyRecordsUnknown  = "key_records_unknown"
 	// A route's delegation setting refused the credential: it needs an
 	// exchanged token (someone acting for the subject), or refuses one.
 	reasonDelegationRequired  = "delegation_required"
@@ -180,6 +185,9 @@ func (sc *Sidecar) decide(ctx context.Context, r request) (d decision) {
 		// The route's scopes go in the challenge: what to ask a token for.
 		return decision{status: http.StatusUnauthorized, reason: reasonNoCredential, dpop: sc.dpop != nil, scope: strings.Join(rt.scopes, " ")}
 	}
+	if d, ok := sc.feedsKnown(p.cred); !ok {
+		return d
+	}
 	if sc.s.requireDPoP && !p.dpop {
 		return decision{status: http.StatusUnauthorized, reason: reasonDPoPRequired, dpop: true}
 	}
@@ -239,6 +247,26 @@ func (sc *Sidecar) decide(ctx context.Context, r request) (d decision) {
 	}
 	return allowed
 }
+
+// feedsKnown refuses a credential whose check depends on a feed not yet
+// read to its end: every credential on the revocation feed (the revoked set
+// is checked for both kinds), an API key on the key-record feed when
+// key_replica is on (suspensions and revocations of keys arrive there; the
+// plugin's verify would be asked about keys a replica should hold).
+// Refused before any check, so no Vault call is made for it.
+func (sc *Sidecar) feedsKnown(cred string) (decision, bool) {
+	switch {
+	case !sc.revFeed.known():
+		return decision{status: http.StatusServiceUnavailable, reason: reasonRevocationsUnknown, retryAfter: feedRetryAfter}, false
+	case sc.replica != nil && !contract.LooksLikeJWT(cred) && !sc.keyFeed.known():
+		return decision{status: http.StatusServiceUnavailable, reason: reasonKeyRecordsUnknown, retryAfter: feedRetryAfter}, false
+	}
+	return decision{}, true
+}
+
+// feedRetryAfter is the Retry-After of a refusal for a feed not yet read:
+// a feed that answers is read within a second or two.
+const feedRetryAfter = 5 * time.Second
 
 // rateAllow takes one request from the bucket of the credential's lineage,
 // or says how long until one is free. An API key's lineage is its key_id; a

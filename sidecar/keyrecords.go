@@ -17,7 +17,7 @@ func (sc *Sidecar) followKeyRecords(ctx context.Context) {
 		cursor, epoch, err := sc.syncKeyRecords(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
-				sc.log.Warn("cannot read the key-record snapshot; API keys go to Vault until it is read", "error", err)
+				sc.keyFeed.failed(sc.log, err)
 			}
 			sleep(ctx, sc.s.revocationPoll)
 			continue
@@ -41,6 +41,7 @@ func (sc *Sidecar) syncKeyRecords(ctx context.Context) (uint64, string, error) {
 			return 0, "", err
 		}
 		sc.m.vaultCalls.WithLabelValues("key_records_snapshot", "ok").Inc()
+		sc.keyFeed.succeeded(sc.log, false)
 		switch {
 		case pages == 0:
 			cursor, epoch = page.Cursor, page.Epoch
@@ -89,7 +90,7 @@ func (sc *Sidecar) followKeyChanges(ctx context.Context, cursor uint64, epoch st
 			r.pollUntil.Store(0)
 			r.failing.Store(true)
 			sc.m.vaultCalls.WithLabelValues("key_records", "error").Inc()
-			sc.log.Debug("key-record feed read failed", "error", err)
+			sc.keyFeed.failed(sc.log, err)
 			wait = 0
 			sleep(ctx, sc.s.revocationPoll)
 			continue
@@ -118,6 +119,7 @@ func (sc *Sidecar) followKeyChanges(ctx context.Context, cursor uint64, epoch st
 			r.currentAt.Store(current.UnixNano())
 			r.synced.Store(true)
 		}
+		sc.keyFeed.succeeded(sc.log, !page.More)
 		r.pollUntil.Store(0)
 		if now := time.Now(); now.Sub(pruned) >= pruneInterval {
 			r.prune(now)
