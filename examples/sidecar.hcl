@@ -28,7 +28,8 @@ gateway = "nginx"
 # are refused. Behind a gateway, the origin clients see, not the sidecar's.
 # public_origin          = "https://api.example.com"
 # dpop_proof_max_age     = "60s"    # how old a proof may be; remembered that long against replay
-# dpop_replay_cache_size = 500000   # proofs remembered at once; when full, 503 rather than forget
+# dpop_replay_cache_size = 500000   # proofs remembered at once; when full, 503 rather than forget;
+#                                   # one credential holds at most 1/32, one client address 1/8 (429 past it)
 # require_dpop           = false    # refuse every credential that is not DPoP-bound
 
 # An OAuth protected resource (RFC 9728), as MCP clients expect: the

@@ -54,7 +54,8 @@ type Config struct {
 	// request's path completes the URI. Without it, DPoP-bound credentials
 	// are refused. DPoPProofMaxAge is how old a proof may be (default 60s);
 	// proofs are remembered that long to refuse replays, at most
-	// DPoPReplayCacheSize (default 500000) at once.
+	// DPoPReplayCacheSize (default 500000) at once, at most 1/32 of it per
+	// credential lineage and 1/8 per client address.
 	PublicOrigin        string `hcl:"public_origin,optional"`
 	DPoPProofMaxAge     string `hcl:"dpop_proof_max_age,optional"`
 	DPoPReplayCacheSize int    `hcl:"dpop_replay_cache_size,optional"`

@@ -228,11 +228,6 @@ func (sc *Sidecar) decide(ctx context.Context, r request) (d decision) {
 			}
 		}
 	}
-	if d.proofID != "" {
-		if d, ok := sc.recordProof(d.proofID, id); !ok {
-			return d
-		}
-	}
 	if id.budget != nil && (rt.cost > 0 || rt.usageHeader != "" || rt.openaiUsage) {
 		amount := id.budget.MaxCost
 		if rt.usageHeader == "" && !rt.openaiUsage {
@@ -244,6 +239,17 @@ func (sc *Sidecar) decide(ctx context.Context, r request) (d decision) {
 			return denied
 		}
 		allowed.hold = h
+	}
+	// Last, once everything else allowed the request: a proof is recorded
+	// for nothing that is refused. Recording is what makes a proof spent
+	// (atomically: of two requests with one proof, one passes), so what
+	// it refuses gives back the budget held.
+	if d.proofID != "" {
+		if refused, ok := sc.recordProof(d.proofID, id, r.clientIP); !ok {
+			allowed.hold.settle(0)
+			refused.openai = rt.openaiUsage
+			return refused
+		}
 	}
 	return allowed
 }
