@@ -52,6 +52,9 @@ gateway = "nginx"
 # cache_size                = 100000 # per cache
 # leeway                    = "30s"  # clock skew for exp/nbf/iat, at most 60s
 # allow_unmatched           = false  # requests matching no route are denied
+# strip_headers             = ["X-Original-URL", "X-Rewrite-URL", "X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"]
+#                                    # removed before the service (proxy, middleware, Envoy gRPC), in every CGI spelling:
+#                                    # routing overrides a framework would serve another route for; a list replaces it
 # log_format                = "json"
 
 # The decision log: a JSON line per decision, for auditors and log shippers

@@ -54,6 +54,7 @@ const (
 
 	reasonNoCredential      = "no_credential"
 	reasonCredentialInQuery = "credential_in_query"
+	reasonCredentialInPath  = "credential_in_path"
 	reasonBadRequest        = "bad_request"
 	reasonNonCanonicalPath  = "non_canonical_path"
 	reasonNoRoute           = "no_route"
@@ -176,6 +177,11 @@ func (sc *Sidecar) decide(ctx context.Context, r request) (d decision) {
 	}
 	if found, ok := credentialInQuery(rawQuery); found || !ok {
 		return deny(http.StatusBadRequest, reasonCredentialInQuery)
+	}
+	if credentialInPath(path) {
+		// Never forwarded, and the decision log writes the path with
+		// the credential cut out.
+		return deny(http.StatusBadRequest, reasonCredentialInPath)
 	}
 	p, ok := presentedFrom(r.header)
 	if !ok {

@@ -29,7 +29,8 @@ import (
 // least every second and on Stop.
 //
 // What is never logged: a credential, a DPoP proof, a header's value, a
-// query string (only paths are: a query can hold a secret). Who the caller
+// query string (only paths are: a query can hold a secret), a path segment
+// that holds a credential (it is logged as "[credential]"). Who the caller
 // is (kind, key_id or jti, subject, role, tenant, actors) only once the
 // credential verified: an allow, or a denial after the check (revoked by
 // the feed, expired, cidr_denied, insufficient_scope, delegation, rate,
@@ -136,6 +137,9 @@ func (l *decisionLog) decided(mode string, at time.Time, req *request, d *decisi
 	if e.path == "" {
 		e.path = rawPathOf(req.target)
 	}
+	if credentialInPath(e.path) {
+		e.path = redactPath(e.path)
+	}
 	e.path = cut(e.path)
 	if d.rt != nil {
 		e.route = d.rt.prefix
@@ -173,6 +177,23 @@ func (sc *Sidecar) countEarlyDenial(mode string, d decision, req request) {
 	if sc.dlog != nil {
 		sc.dlog.decided(mode, time.Now(), &req, &d)
 	}
+}
+
+// redactPath replaces each segment of path that holds a credential with
+// "[credential]": a path refused as credential_in_path (or refused before
+// that check) is logged without it.
+func redactPath(path string) string {
+	var b strings.Builder
+	for i, seg := range strings.Split(path, "/") {
+		if i > 0 {
+			b.WriteByte('/')
+		}
+		if credentialInPath(seg) {
+			seg = "[credential]"
+		}
+		b.WriteString(seg)
+	}
+	return b.String()
 }
 
 // rawPathOf is a target's path as sent, without its query (or the

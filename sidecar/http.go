@@ -53,6 +53,7 @@ func (sc *Sidecar) proxyHandler() http.Handler {
 			pr.SetXForwarded()
 			pr.Out.Host = pr.In.Host
 			stripCredentialAndIdentity(pr.Out.Header)
+			sc.stripConfigured(pr.Out.Header)
 			setIdentity(pr.Out.Header, d.id, false)
 			if d.hold != nil && d.rt.openaiUsage {
 				// The meter reads the body: ask for it uncompressed
@@ -371,6 +372,26 @@ func stripCredentialAndIdentity(h http.Header) {
 			delete(h, k)
 		}
 	}
+}
+
+// stripConfigured removes the strip_headers (by default the routing
+// overrides) in every spelling CGI-style servers read as the same name.
+func (sc *Sidecar) stripConfigured(h http.Header) {
+	for k := range h {
+		if sc.s.stripped(k) {
+			delete(h, k)
+		}
+	}
+}
+
+// stripped says whether k is one of strip_headers, as CGI reads names.
+func (s *settings) stripped(k string) bool {
+	for _, n := range s.stripHeaders {
+		if cgiNameEqual(k, n) {
+			return true
+		}
+	}
+	return false
 }
 
 // strippedHeader: a client's header the service must never get: a
