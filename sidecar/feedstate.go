@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	hclog "github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/api"
@@ -38,6 +39,27 @@ type feedHealth struct {
 	mu    sync.Mutex
 	state string
 	err   string // the last failure, for /healthz ("" when ok)
+	// refusals counts the 403s in a row, to space the retries out.
+	refusals int
+}
+
+// maxForbiddenRetry is the longest wait between reads Vault refuses: a
+// refused read makes the sidecar log in again (the token may have been
+// revoked), and a policy that lacks the feed would otherwise have it log
+// in, minting a token, every revocation_poll_interval.
+const maxForbiddenRetry = 10 * time.Second
+
+// retryIn is how long to wait before reading again after a failure: base,
+// doubled for each 403 in a row, up to maxForbiddenRetry.
+func (f *feedHealth) retryIn(base time.Duration) time.Duration {
+	f.mu.Lock()
+	n := f.refusals
+	f.mu.Unlock()
+	d := base
+	for i := 1; i < n && d < maxForbiddenRetry; i++ {
+		d *= 2
+	}
+	return min(d, max(base, maxForbiddenRetry))
 }
 
 func newFeedHealth(name, path, capability string) *feedHealth {
@@ -55,7 +77,7 @@ func (f *feedHealth) succeeded(log hclog.Logger, end bool) {
 	}
 	f.mu.Lock()
 	was := f.state
-	f.state, f.err = feedOK, ""
+	f.state, f.err, f.refusals = feedOK, "", 0
 	f.mu.Unlock()
 	if was == feedForbidden || was == feedUnreachable || was == feedError {
 		log.Info("feed readable again", "feed", f.name, "path", f.path)
@@ -70,6 +92,11 @@ func (f *feedHealth) failed(log hclog.Logger, err error) {
 	f.mu.Lock()
 	was := f.state
 	f.state, f.err = state, err.Error()
+	if state == feedForbidden {
+		f.refusals++
+	} else {
+		f.refusals = 0
+	}
 	f.mu.Unlock()
 	if was == state {
 		log.Debug("feed read failed", "feed", f.name, "state", state, "error", err)

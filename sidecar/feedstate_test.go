@@ -160,7 +160,20 @@ func TestFeedHealth(t *testing.T) {
 		}
 	}
 
+	// Refused reads are spaced out (each makes the sidecar log in again).
+	if d := sc.revFeed.retryIn(100 * time.Millisecond); d != 400*time.Millisecond {
+		t.Errorf("after 3 refusals, retry in %s", d)
+	}
+	for range 20 {
+		sc.revFeed.failed(sc.log, forbidden)
+	}
+	if d := sc.revFeed.retryIn(100 * time.Millisecond); d != maxForbiddenRetry {
+		t.Errorf("after 23 refusals, retry in %s", d)
+	}
 	sc.revFeed.succeeded(sc.log, false)
+	if d := sc.revFeed.retryIn(100 * time.Millisecond); d != 100*time.Millisecond {
+		t.Errorf("after a good read, retry in %s", d)
+	}
 	if sc.revFeed.known() {
 		t.Fatal("a read with more to come counts as read to the end")
 	}

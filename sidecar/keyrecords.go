@@ -19,7 +19,7 @@ func (sc *Sidecar) followKeyRecords(ctx context.Context) {
 			if ctx.Err() == nil {
 				sc.keyFeed.failed(sc.log, err)
 			}
-			sleep(ctx, sc.s.revocationPoll)
+			sleep(ctx, sc.keyFeed.retryIn(sc.s.revocationPoll))
 			continue
 		}
 		sc.followKeyChanges(ctx, cursor, epoch)
@@ -92,7 +92,7 @@ func (sc *Sidecar) followKeyChanges(ctx context.Context, cursor uint64, epoch st
 			sc.m.vaultCalls.WithLabelValues("key_records", "error").Inc()
 			sc.keyFeed.failed(sc.log, err)
 			wait = 0
-			sleep(ctx, sc.s.revocationPoll)
+			sleep(ctx, sc.keyFeed.retryIn(sc.s.revocationPoll))
 			continue
 		}
 		r.failing.Store(false)

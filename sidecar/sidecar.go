@@ -437,7 +437,7 @@ func (sc *Sidecar) pollRevocations(ctx context.Context) {
 		if err != nil {
 			sc.m.vaultCalls.WithLabelValues("revocations", "error").Inc()
 			sc.revFeed.failed(sc.log, err)
-			sleep(ctx, sc.s.revocationPoll)
+			sleep(ctx, sc.revFeed.retryIn(sc.s.revocationPoll))
 			continue
 		}
 		sc.m.vaultCalls.WithLabelValues("revocations", "ok").Inc()
