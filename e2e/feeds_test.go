@@ -102,7 +102,8 @@ func healthz(t *testing.T, auth string) (int, map[string]any) {
 
 // feedState is feeds.<feed>.state of a /healthz body.
 func feedState(body map[string]any, feed string) string {
-	f, _ := body["feeds"].(map[string]any)[feed].(map[string]any)
+	feeds, _ := body["feeds"].(map[string]any)
+	f, _ := feeds[feed].(map[string]any)
 	s, _ := f["state"].(string)
 	return s
 }
@@ -133,6 +134,14 @@ func TestSidecarWithoutFeedCapability(t *testing.T) {
 
 	t.Run("revocations", func(t *testing.T) {
 		e, logs := startSidecarWithPolicy(t, v, "sidecar-norevocations", noRevocations, nil)
+		// Once Vault has refused a read of the feed (after the JWKS is
+		// loaded), the revoked JWT is refused (it was let through).
+		eventually(t, 10*time.Second, "the sidecar never read the feed", func() bool {
+			return metric(t, e.auth, "keybroker_sidecar_vault_requests_total", `op="revocations",result="error"`) >= 1
+		})
+		if r := call(t, e.proxy, "GET", "/read", bearer(revoked.Data["token"].(string)), ""); r.status != http.StatusServiceUnavailable || r.body == "upstream ok" {
+			t.Fatalf("a revoked JWT, the revocation feed unread: %d %s %q", r.status, r.header.Get("X-Keybroker-Reason"), r.body)
+		}
 		eventually(t, 10*time.Second, "healthz never said the revocation feed is forbidden", func() bool {
 			code, body := healthz(t, e.auth)
 			return code == http.StatusServiceUnavailable && body["status"] == "forbidden" && feedState(body, "revocations") == "forbidden"
