@@ -137,9 +137,7 @@ func (l *decisionLog) decided(mode string, at time.Time, req *request, d *decisi
 	if e.path == "" {
 		e.path = rawPathOf(req.target)
 	}
-	if credentialInPath(e.path) {
-		e.path = redactPath(e.path)
-	}
+	e.path = redactPath(e.path)
 	e.path = cut(e.path)
 	if d.rt != nil {
 		e.route = d.rt.prefix
@@ -180,18 +178,42 @@ func (sc *Sidecar) countEarlyDenial(mode string, d decision, req request) {
 }
 
 // redactPath replaces each segment of path that holds a credential with
-// "[credential]": a path refused as credential_in_path (or refused before
-// that check) is logged without it.
+// "[credential]", so that a path refused as credential_in_path (or refused
+// before that check, or not canonical at all) is logged without it. A raw
+// segment is looked at percent-decoded too (leniently: it may not decode).
+// A path with none is returned as is.
 func redactPath(path string) string {
+	decoded := lenientUnescape(path)
+	if !credentialInPath(path) && !credentialInPath(decoded) {
+		return path
+	}
 	var b strings.Builder
 	for i, seg := range strings.Split(path, "/") {
 		if i > 0 {
 			b.WriteByte('/')
 		}
-		if credentialInPath(seg) {
+		if credentialInPath(seg) || credentialInPath(lenientUnescape(seg)) {
 			seg = "[credential]"
 		}
 		b.WriteString(seg)
+	}
+	return b.String()
+}
+
+// lenientUnescape decodes every well-formed %XX of s, once, and leaves the
+// rest; s itself when it has no '%'.
+func lenientUnescape(s string) string {
+	if strings.IndexByte(s, '%') < 0 {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '%' && i+2 < len(s) && ishex(s[i+1]) && ishex(s[i+2]) {
+			b.WriteByte(unhex(s[i+1])<<4 | unhex(s[i+2]))
+			i += 2
+			continue
+		}
+		b.WriteByte(s[i])
 	}
 	return b.String()
 }

@@ -142,6 +142,10 @@ func TestDecisionLog(t *testing.T) {
 			"outcome": "deny", "status": 400.0, "reason": reasonCredentialInPath, "path": "/v1/items/[credential]", "kind": absent}},
 		{"credential in a path refused before the check (no route)", func() { send(proxy, "GET", "/"+reader, "127.0.0.1:1", nil) }, map[string]interface{}{
 			"outcome": "deny", "path": "/[credential]"}},
+		{"a non-canonical path with an encoded credential", func() {
+			send(proxy, "GET", "/public/../"+strings.ReplaceAll(apiKey, "_", "%5F"), "127.0.0.1:1", nil)
+		}, map[string]interface{}{
+			"outcome": "deny", "reason": reasonNonCanonicalPath, "path": "/public/../[credential]"}},
 		{"credential in the query", func() { send(proxy, "GET", "/v1/items/1?access_token="+reader, "127.0.0.1:1", nil) }, map[string]interface{}{
 			"outcome": "deny", "reason": reasonCredentialInQuery, "path": "/v1/items/1", "kind": absent}},
 		{"absolute-form: no authority", func() { send(proxy, "GET", "http://user:pw@evil.example/v1/admin/x?q=1", "127.0.0.1:1", nil) }, map[string]interface{}{

@@ -320,8 +320,14 @@ func TestCredentialInPath(t *testing.T) {
 			t.Errorf("credentialInPath(%q) = %v, want %v", path, got, want)
 		}
 	}
-	if got := redactPath("/a/x-" + key + ".json/b/" + jws); got != "/a/[credential]/b/[credential]" {
-		t.Errorf("redactPath = %q", got)
+	for in, want := range map[string]string{
+		"/a/x-" + key + ".json/b/" + jws:                     "/a/[credential]/b/[credential]",
+		"/a/" + strings.ReplaceAll(key, "_", "%5f") + "/%zz": "/a/[credential]/%zz",
+		"/a/b%20c/%zz": "/a/b%20c/%zz",
+	} {
+		if got := redactPath(in); got != want {
+			t.Errorf("redactPath(%q) = %q, want %q", in, got, want)
+		}
 	}
 }
 
