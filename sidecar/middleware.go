@@ -67,7 +67,9 @@ func (id *identity) public() Identity {
 // not what it checks; and it takes the client address from r.RemoteAddr
 // (X-Forwarded-For only from trusted_proxies), so a handler in front must
 // not rewrite that either (a "real IP" middleware). Call Start once before
-// serving and Stop after.
+// serving and Stop after; until Start has read the revocation feed (and,
+// with key_replica, the key records) credentials are refused with 503, so
+// wait for Ready before taking traffic.
 // Metered routes are charged their cost, the usage_header of next's answer,
 // or the OpenAI usage in its body.
 func (sc *Sidecar) Middleware(next http.Handler) http.Handler {
