@@ -58,7 +58,7 @@ func newMetrics(s *Sidecar) *metrics {
 	}, []string{"trigger", "result"})
 	m.vaultCalls = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "keybroker_sidecar_vault_requests_total",
-		Help: "Requests to Vault by operation (verify, revocations, reserve, report, key_usage) and result (ok, error, refused; for report also late: recorded after its reservation expired).",
+		Help: "Requests to Vault by operation (verify, revocations, reserve, report, key_usage) and result (ok, error, refused; forbidden: Vault answered 403, the policy lacks the path; for report also late: recorded after its reservation expired).",
 	}, []string{"op", "result"})
 	lag := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "keybroker_sidecar_revocation_feed_lag_seconds",

@@ -48,6 +48,9 @@ type Sidecar struct {
 	// have been read, and how their reads go (keyFeed unused without a
 	// replica).
 	revFeed, keyFeed *feedHealth
+	// verifyRefused: Vault answered keybroker/verify with 403 (the policy
+	// lacks it), logged once until a verify succeeds.
+	verifyRefused atomic.Bool
 	// replica holds every key's record (nil when key_replica = false).
 	replica *keyReplica
 
