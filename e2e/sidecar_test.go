@@ -278,6 +278,8 @@ func TestSidecarProxy(t *testing.T) {
 		{"no route", "GET", "/elsewhere", bearer(key), "", 403, "no_route", ""},
 		{"credential in query", "GET", "/read?access_token=x", nil, "", 400, "credential_in_query", `error="invalid_request"`},
 		{"key in any query value", "GET", "/read?q=" + key, nil, "", 400, "credential_in_query", `error="invalid_request"`},
+		{"key in the path", "GET", "/read/" + key, bearer(key), "", 400, "credential_in_path", `error="invalid_request"`},
+		{"JWT within a path segment", "GET", "/read/t=" + jwt.Data["token"].(string), nil, "", 400, "credential_in_path", `error="invalid_request"`},
 		{"other auth scheme", "GET", "/read", map[string]string{"Authorization": "Basic dTpw"}, "", 400, "bad_request", ""},
 		{"cidr denied", "GET", "/read", bearer(remoteKey), "", 401, "cidr_denied", `error="invalid_token"`},
 		{"XFF from an untrusted peer is ignored", "GET", "/read", map[string]string{"Authorization": "Bearer " + remoteKey, "X-Forwarded-For": "10.0.0.5"}, "", 401, "cidr_denied", ""},
@@ -291,6 +293,19 @@ func TestSidecarProxy(t *testing.T) {
 				t.Fatal("the credential is echoed in the response")
 			}
 		})
+	}
+	// Routing overrides never reach the service, in any spelling.
+	overrides := bearer(key)
+	for _, n := range []string{"X-Original-URL", "X-Rewrite-URL", "X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override", "X_Original_URL", "x_http_method_override"} {
+		overrides[n] = "/read/admin"
+	}
+	if r := call(t, e.proxy, "GET", "/read/items", overrides, ""); r.status != 200 {
+		t.Fatalf("with routing overrides: %d %s", r.status, r.body)
+	}
+	for k := range e.seen() {
+		if n := strings.ToLower(strings.ReplaceAll(k, "_", "-")); strings.Contains(n, "original-url") || strings.Contains(n, "rewrite-url") || strings.Contains(n, "method") {
+			t.Errorf("the upstream saw %s", k)
+		}
 	}
 	// From a trusted proxy, X-Forwarded-For names the client.
 	if r := call(t, e.proxy, "GET", "/read", map[string]string{"Authorization": "Bearer " + remoteKey, "X-Forwarded-For": "10.0.0.5"}, "127.0.0.2"); r.status != 200 {

@@ -28,7 +28,8 @@ gateway = "nginx"
 # are refused. Behind a gateway, the origin clients see, not the sidecar's.
 # public_origin          = "https://api.example.com"
 # dpop_proof_max_age     = "60s"    # how old a proof may be; remembered that long against replay
-# dpop_replay_cache_size = 500000   # proofs remembered at once; when full, 503 rather than forget
+# dpop_replay_cache_size = 500000   # proofs remembered at once; when full, 503 rather than forget;
+#                                   # one credential holds at most 1/32, one client address 1/8 (429 past it)
 # require_dpop           = false    # refuse every credential that is not DPoP-bound
 
 # An OAuth protected resource (RFC 9728), as MCP clients expect: the
@@ -51,6 +52,9 @@ gateway = "nginx"
 # cache_size                = 100000 # per cache
 # leeway                    = "30s"  # clock skew for exp/nbf/iat, at most 60s
 # allow_unmatched           = false  # requests matching no route are denied
+# strip_headers             = ["X-Original-URL", "X-Rewrite-URL", "X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"]
+#                                    # removed before the service (proxy, middleware, Envoy gRPC), in every CGI spelling:
+#                                    # routing overrides a framework would serve another route for; a list replaces it
 # log_format                = "json"
 
 # The decision log: a JSON line per decision, for auditors and log shippers

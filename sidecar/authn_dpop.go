@@ -3,6 +3,7 @@ package sidecar
 import (
 	"context"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/keybroker/keybroker/jwtverify"
@@ -58,9 +59,11 @@ func (a dpopBound) authenticate(ctx context.Context, p presentation) (*identity,
 	}
 	// A replay is refused now, before the rate limits (a captured proof
 	// must not spend its holder's requests); the proof itself is
-	// remembered only once the request is otherwise allowed (recordProof),
-	// so that a revoked, expired or rate-limited credential cannot fill
-	// the replay cache.
+	// remembered only once the request is otherwise allowed, after the
+	// rate limits and the budget (recordProof), so that a revoked,
+	// expired, rate-limited or spent credential cannot fill the replay
+	// cache. Of two requests racing with one proof, the one recorded
+	// first passes; the other is refused there.
 	d.proofID = id.jkt + "\x00" + proof.JTI
 	if sc.dpop.replay.has(d.proofID, now) {
 		return refuse(reasonProofReplayed)
@@ -71,18 +74,24 @@ func (a dpopBound) authenticate(ctx context.Context, p presentation) (*identity,
 
 // recordProof remembers an accepted proof until it could no longer pass the
 // iat check (an iat up to leeway ahead passes until maxAge after it), and
-// refuses it when it was seen before.
-func (sc *Sidecar) recordProof(proofID string, id *identity) (decision, bool) {
+// refuses it when it was seen before (a request with the same proof that
+// got here first) or when the lineage or the client address holds its
+// share of the cache.
+func (sc *Sidecar) recordProof(proofID string, id *identity, client netip.Addr) (decision, bool) {
 	now := time.Now()
 	window := sc.dpop.maxAge + sc.dpop.leeway + time.Second
-	switch sc.dpop.replay.add(proofID, id.lineage(), now.Add(window), now) {
+	switch err := sc.dpop.replay.add(proofID, id.lineage(), replayClient(client), now.Add(window), now); err {
 	case nil:
 		return decision{}, true
 	case errReplayed:
 		sc.m.dpopProofs.WithLabelValues(reasonProofReplayed).Inc()
 		return decision{status: http.StatusUnauthorized, reason: reasonProofReplayed, dpop: true}, false
-	case errReplayMany:
-		sc.m.dpopProofs.WithLabelValues("replay_quota").Inc()
+	case errReplayMany, errReplayClient:
+		label := "replay_quota"
+		if err == errReplayClient {
+			label = "replay_quota_client"
+		}
+		sc.m.dpopProofs.WithLabelValues(label).Inc()
 		return decision{status: http.StatusTooManyRequests, reason: reasonRateLimited, retryAfter: window}, false
 	}
 	sc.m.dpopProofs.WithLabelValues("replay_cache_full").Inc()

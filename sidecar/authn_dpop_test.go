@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -167,32 +169,163 @@ func TestPublicOriginConfig(t *testing.T) {
 }
 
 // The replay cache refuses a second use while a proof could pass, forgets
-// it after, holds at most quota entries of one lineage, and when full
-// refuses new proofs rather than forget live ones.
+// it after, holds at most perLineage entries of one lineage and perClient
+// of one client address (an IPv6 /64 is one), and when full refuses new
+// proofs rather than forget live ones.
 func TestReplayCache(t *testing.T) {
-	c := newReplayCache(16) // quota 2
+	c := newReplayCache(64) // 2 per lineage, 8 per client
 	now := time.Now()
 	forget := now.Add(time.Minute)
-	if c.add("a", "x", forget, now) != nil || c.add("a", "y", forget, now) != errReplayed {
+	ip := func(s string) netip.Prefix { return replayClient(netip.MustParseAddr(s)) }
+	a := ip("10.0.0.1")
+	if c.add("a", "x", a, forget, now) != nil || c.add("a", "y", ip("10.0.0.2"), forget, now) != errReplayed {
 		t.Fatal("a second use was not refused")
 	}
-	if c.add("b", "x", forget, now) != nil || c.add("c", "x", forget, now) != errReplayMany {
+	if c.add("b", "x", a, forget, now) != nil || c.add("c", "x", ip("10.0.0.3"), forget, now) != errReplayMany {
 		t.Fatal("one lineage took more than its quota")
 	}
-	for i := range 14 {
-		if err := c.add(strconv.Itoa(i), strconv.Itoa(i), forget, now); err != nil {
+	for i := range 6 {
+		if err := c.add("a"+strconv.Itoa(i), "a"+strconv.Itoa(i), a, forget, now); err != nil {
 			t.Fatalf("entry %d: %v", i, err)
 		}
 	}
-	if c.add("d", "z", forget, now) != errReplayFull {
+	if c.add("a-more", "new", a, forget, now) != errReplayClient {
+		t.Fatal("one client address took more than its quota")
+	}
+	// Addresses of one IPv6 /64 are one client; another /64 is not.
+	for i := range 8 {
+		if err := c.add("v6-"+strconv.Itoa(i), "v6-"+strconv.Itoa(i), ip("2001:db8::"+strconv.Itoa(i+1)), forget, now); err != nil {
+			t.Fatalf("v6 entry %d: %v", i, err)
+		}
+	}
+	if c.add("v6-more", "v6-more", ip("2001:db8::ffff:1"), forget, now) != errReplayClient {
+		t.Fatal("a /64 took more than one client's quota")
+	}
+	for i := range 48 {
+		if err := c.add(strconv.Itoa(i), strconv.Itoa(i), ip("10.1.0."+strconv.Itoa(i)), forget, now); err != nil {
+			t.Fatalf("entry %d: %v", i, err)
+		}
+	}
+	if c.add("d", "z", ip("10.2.0.1"), forget, now) != errReplayFull {
 		t.Fatal("a full cache took a new proof")
 	}
 	later := now.Add(time.Minute)
-	if c.add("a", "x", later.Add(time.Minute), later) != nil || c.add("c", "x", later.Add(time.Minute), later) != nil {
+	if c.add("a", "x", a, later.Add(time.Minute), later) != nil || c.add("c", "x", a, later.Add(time.Minute), later) != nil {
 		t.Fatal("expired entries were not forgotten")
 	}
-	if len(c.seen) != 2 || c.held["x"] != 2 || len(c.held) != 1 {
-		t.Fatalf("%d entries held, by owner %v", len(c.seen), c.held)
+	if len(c.seen) != 2 || c.byLineage["x"] != 2 || len(c.byLineage) != 1 || c.byClient[a] != 2 || len(c.byClient) != 1 {
+		t.Fatalf("%d entries held, by lineage %v, by client %v", len(c.seen), c.byLineage, c.byClient)
+	}
+}
+
+// One client holding many bound keys (each a lineage of its own) fills
+// only its own share: another client's proofs still pass (issue 23: eight
+// keys of one client once took the whole cache for 91 s).
+func TestDPoPReplayFairAcrossClients(t *testing.T) {
+	f := dpopFixture(t)
+	f.sc.dpop.replay = newReplayCache(1000) // 31 per lineage, 125 per client
+	url := testOrigin + "/v1/items"
+	attacker := netip.MustParseAddr("127.0.0.66")
+	var refused, allowed int
+	for i := range 40 {
+		k := dpoptest.NewKey(t, "ES256")
+		c := f.claims("read", time.Hour)
+		c.ID, c.Subject, c.Cnf = "jti-attacker-"+strconv.Itoa(i), "attacker-"+strconv.Itoa(i), &jwtverify.Confirmation{JKT: k.JKT}
+		tok := f.sign(t, c)
+		for range 30 { // under the lineage's share: 40 keys' worth is more than the cache
+			d := f.sc.decide(context.Background(), request{method: "GET", target: "/v1/items", header: dpopHeaders(tok, k.Proof(t, "GET", url, tok, time.Now(), nil)), clientIP: attacker})
+			switch {
+			case d.allowed():
+				allowed++
+			case d.status == http.StatusTooManyRequests:
+				refused++
+			default:
+				t.Fatalf("attacker: %d %s", d.status, d.reason)
+			}
+		}
+	}
+	if allowed != 125 || refused != 40*30-125 {
+		t.Fatalf("one client address: %d allowed, %d refused; want its share, 125", allowed, refused)
+	}
+	for i := range 5 {
+		k := dpoptest.NewKey(t, "ES256")
+		c := f.claims("read", time.Hour)
+		c.ID, c.Subject, c.Cnf = "jti-honest-"+strconv.Itoa(i), "honest-"+strconv.Itoa(i), &jwtverify.Confirmation{JKT: k.JKT}
+		tok := f.sign(t, c)
+		ip := netip.MustParseAddr("127.0.1." + strconv.Itoa(i+1))
+		for range 20 {
+			if d := f.sc.decide(context.Background(), request{method: "GET", target: "/v1/items", header: dpopHeaders(tok, k.Proof(t, "GET", url, tok, time.Now(), nil)), clientIP: ip}); !d.allowed() {
+				t.Fatalf("another client, after the first filled its share: %d %s", d.status, d.reason)
+			}
+		}
+	}
+}
+
+// Two requests with one proof at once: exactly one passes, whatever the
+// order in which they reach the record (it is the last step of decide).
+func TestDPoPConcurrentReplay(t *testing.T) {
+	f := dpopFixture(t)
+	k := dpoptest.NewKey(t, "ES256")
+	tok := f.boundJWT(t, k, "jti-race")
+	url := testOrigin + "/v1/items"
+	// Both past the early check (has) before either is recorded: the
+	// record itself must refuse the second.
+	proof := k.Proof(t, "GET", url, tok, time.Now(), nil)
+	p := presentation{cred: tok, dpop: true, proof: proof, method: "GET", rawPath: "/v1/items", clientIP: netip.MustParseAddr("127.0.0.1")}
+	id1, d1 := f.sc.authenticatorFor(&p).authenticate(context.Background(), p)
+	id2, d2 := f.sc.authenticatorFor(&p).authenticate(context.Background(), p)
+	if id1 == nil || id2 == nil || d1.proofID == "" || d1.proofID != d2.proofID {
+		t.Fatalf("authenticate: %v %v %+v %+v", id1, id2, d1, d2)
+	}
+	if _, ok := f.sc.recordProof(d1.proofID, id1, p.clientIP); !ok {
+		t.Fatal("the first record was refused")
+	}
+	if d, ok := f.sc.recordProof(d2.proofID, id2, p.clientIP); ok || d.reason != reasonProofReplayed {
+		t.Fatalf("the second record of one proof: %v %s", ok, d.reason)
+	}
+	for round := range 20 {
+		proof := k.Proof(t, "GET", url, tok, time.Now(), nil)
+		var wg sync.WaitGroup
+		var passed atomic.Int32
+		start := make(chan struct{})
+		for range 16 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				if decideWith(f.sc, "GET", "/v1/items", dpopHeaders(tok, proof)).allowed() {
+					passed.Add(1)
+				}
+			}()
+		}
+		close(start)
+		wg.Wait()
+		if n := passed.Load(); n != 1 {
+			t.Fatalf("round %d: %d requests with one proof passed", round, n)
+		}
+	}
+}
+
+// A proof is recorded only after the budget: a request refused for its
+// budget (here Vault cannot be reached for a reservation) leaves nothing in
+// the cache, so a spent credential cannot fill it.
+func TestDPoPProofNotRecordedWhenBudgetRefuses(t *testing.T) {
+	f := newFixture(t, func(c *Config) {
+		c.PublicOrigin = testOrigin
+		c.Routes = []RouteConfig{{PathPrefix: "/v1/", Scopes: []string{"read"}, Cost: ptr(int64(1))}}
+	})
+	k := dpoptest.NewKey(t, "ES256")
+	c := f.claims("read", time.Hour)
+	c.ID, c.Cnf, c.Budget = "jti-metered", &jwtverify.Confirmation{JKT: k.JKT}, &jwtverify.Budget{Units: 10, Period: 3600, MaxCost: 1}
+	tok := f.sign(t, c)
+	for range 3 {
+		d := decideWith(f.sc, "GET", "/v1/items", dpopHeaders(tok, k.Proof(t, "GET", testOrigin+"/v1/items", tok, time.Now(), nil)))
+		if d.allowed() || d.reason == reasonProofReplayed {
+			t.Fatalf("a metered request with no budget to be had: %d %s", d.status, d.reason)
+		}
+	}
+	if n := len(f.sc.dpop.replay.seen); n != 0 {
+		t.Fatalf("%d proofs of requests refused for their budget remembered", n)
 	}
 }
 

@@ -95,13 +95,27 @@ func (sc *Sidecar) checkKey(ctx context.Context, key string, ip netip.Addr) (*id
 		return nil, *d
 	}
 	if err != nil {
-		sc.m.vaultCalls.WithLabelValues("verify", "error").Inc()
+		state := feedStateOf(err)
+		sc.m.vaultCalls.WithLabelValues("verify", map[bool]string{true: "forbidden", false: "error"}[state == feedForbidden]).Inc()
 		if cached && now.Sub(e.fetched) < sc.s.maxStale {
 			return e.id, decision{degraded: true}
 		}
-		sc.log.Warn("cannot verify an API key: Vault unreachable and no fresh cache entry", "error", err)
+		switch state {
+		case feedForbidden:
+			// The policy, not Vault's health: said once at error level
+			// until a verify succeeds again.
+			if !sc.verifyRefused.Swap(true) {
+				sc.log.Error("Vault refused keybroker/verify to this sidecar's token (403): its policy needs the capability on the path; API keys without a fresh cache entry are refused",
+					"path", sc.s.mount+"/verify", "capability", "update", "error", err)
+			}
+		case feedUnreachable:
+			sc.log.Warn("cannot verify an API key: Vault unreachable and no fresh cache entry", "error", err)
+		default:
+			sc.log.Warn("cannot verify an API key: Vault answered an error and there is no fresh cache entry", "error", err)
+		}
 		return nil, deny(http.StatusServiceUnavailable, reasonUnavailable)
 	}
+	sc.verifyRefused.Store(false)
 	sc.m.vaultCalls.WithLabelValues("verify", "ok").Inc()
 	switch {
 	case ans.Reason == reasonOK && !sc.s.keyFilter.passes(ans.Role, ans.Tenant):

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keybroker/keybroker/apikey"
 	"github.com/keybroker/keybroker/contract"
 )
 
@@ -49,6 +50,9 @@ func TestProxyBoundary(t *testing.T) {
 func testBoundary(t *testing.T, f *fixture, h http.Handler) {
 	reader := f.jwt(t, "any read", time.Hour)
 	admin := f.jwt(t, "any read admin", time.Hour)
+	key, _, _ := apikey.Generate(nil, "kb")
+	refresh, _, _ := apikey.Generate(nil, "kbrt")
+	badKey := key[:len(key)-1] + map[bool]string{true: "B", false: "A"}[key[len(key)-1] == 'A']
 	for _, tc := range []struct {
 		method, target string
 		cred           string
@@ -75,6 +79,23 @@ func testBoundary(t *testing.T, f *fixture, h http.Handler) {
 		{"GET", "/v1/items/1?access_token=x", reader, 400, reasonCredentialInQuery},
 		{"GET", "/v1/items/1?x=%zz&access_token=x", reader, 400, reasonCredentialInQuery},
 		{"GET", "/v1/items/1?x=1;token=y", reader, 400, reasonCredentialInQuery},
+		// A credential in the path, as in the query: refused, never
+		// forwarded, whatever surrounds it.
+		{"GET", "/v1/items/" + key, reader, 400, reasonCredentialInPath},
+		{"GET", "/v1/items/" + refresh, reader, 400, reasonCredentialInPath},
+		{"GET", "/v1/items/" + reader, reader, 400, reasonCredentialInPath},
+		{"GET", "/v1/items/" + key + ".json", reader, 400, reasonCredentialInPath},
+		{"GET", "/v1/items/token=" + reader + "/x", reader, 400, reasonCredentialInPath},
+		{"GET", "/v1/items/by-key-" + key + "-old", reader, 400, reasonCredentialInPath},
+		{"GET", "/v1/items/" + strings.Replace(key, "_", "%5F", -1), reader, 400, reasonCredentialInPath}, // decoded once, then seen
+		{"GET", "/v1/items/" + key, "", 400, reasonCredentialInPath},                                      // before the credential is asked for
+		// Ordinary paths pass.
+		{"GET", "/v1/items/report.2024.final.pdf", reader, 200, ""},
+		{"GET", "/v1/items/eyJohn.smith", reader, 200, ""},
+		{"GET", "/v1/items/550e8400-e29b-41d4-a716-446655440000", reader, 200, ""},
+		{"GET", "/v1/items/" + strings.Repeat("ab_", 40), reader, 200, ""},
+		{"GET", "/v1/items/" + badKey, reader, 200, ""}, // a key's shape, not its checksum
+		{"GET", "/v1/items/sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", reader, 200, ""},
 	} {
 		header := http.Header{}
 		if tc.cred != "" {

@@ -55,7 +55,8 @@ type Config struct {
 	// request's path completes the URI. Without it, DPoP-bound credentials
 	// are refused. DPoPProofMaxAge is how old a proof may be (default 60s);
 	// proofs are remembered that long to refuse replays, at most
-	// DPoPReplayCacheSize (default 500000) at once.
+	// DPoPReplayCacheSize (default 500000) at once, at most 1/32 of it per
+	// credential lineage and 1/8 per client address.
 	PublicOrigin        string `hcl:"public_origin,optional"`
 	DPoPProofMaxAge     string `hcl:"dpop_proof_max_age,optional"`
 	DPoPReplayCacheSize int    `hcl:"dpop_replay_cache_size,optional"`
@@ -69,6 +70,13 @@ type Config struct {
 	// AllowUnmatched lets requests that match no route through with any
 	// valid credential; by default they are denied.
 	AllowUnmatched bool `hcl:"allow_unmatched,optional"`
+	// StripHeaders are request headers the reverse proxy and the Go
+	// middleware remove before the service sees the request, in every
+	// spelling a CGI-style server reads as the same name. Unset: the
+	// routing overrides (defaultStripHeaders), which some frameworks honour
+	// to serve another path or method than the one the sidecar checked.
+	// Set, it replaces that list ([] strips none of them).
+	StripHeaders []string `hcl:"strip_headers,optional"`
 
 	RevocationPollInterval string `hcl:"revocation_poll_interval,optional"`
 	// RevocationLongPoll (default true) has the plugin hold each feed read
@@ -174,6 +182,7 @@ type RouteConfig struct {
 
 // settings is Config checked and parsed.
 type settings struct {
+	stripHeaders       []string
 	listen, authListen string
 	grpcListen         string // "": no gRPC ext_authz
 	upstream           *url.URL
@@ -254,6 +263,9 @@ func (c *Config) settings() (*settings, error) {
 	}
 	if s.cacheSize == 0 {
 		s.cacheSize = 100_000
+	}
+	if err := s.setStripHeaders(c.StripHeaders); err != nil {
+		return nil, err
 	}
 	if s.cacheSize < 0 {
 		return nil, fmt.Errorf("cache_size must be positive")
@@ -555,4 +567,42 @@ func validHeaderName(h string) bool {
 		}
 	}
 	return h != ""
+}
+
+// defaultStripHeaders name another URL or method than the request's own:
+// IIS URL Rewrite, Symfony and Laminas read X-Original-URL and
+// X-Rewrite-URL; Express's method-override, Rails, Laravel, Spring's
+// HiddenHttpMethodFilter and others the method overrides. A service behind
+// the sidecar would otherwise serve a route other than the one checked.
+var defaultStripHeaders = []string{"X-Original-URL", "X-Rewrite-URL", "X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"}
+
+// maxStripHeaders bounds strip_headers: each is compared with every header
+// of every request.
+const maxStripHeaders = 64
+
+// setStripHeaders checks strip_headers: header names, none twice (as CGI
+// reads them), none the proxy itself needs to forward the request.
+func (s *settings) setStripHeaders(names []string) error {
+	if names == nil {
+		s.stripHeaders = defaultStripHeaders
+		return nil
+	}
+	if len(names) > maxStripHeaders {
+		return fmt.Errorf("strip_headers: at most %d names", maxStripHeaders)
+	}
+	for i, n := range names {
+		switch {
+		case !validHeaderName(n):
+			return fmt.Errorf("strip_headers: %q is not a header name", n)
+		case cgiNameEqual(n, "Host"), cgiNameEqual(n, "Content-Length"), cgiNameEqual(n, "Transfer-Encoding"), cgiNameEqual(n, "Content-Type"):
+			return fmt.Errorf("strip_headers: %q is needed to forward the request", n)
+		}
+		for _, prev := range names[:i] {
+			if cgiNameEqual(prev, n) {
+				return fmt.Errorf("strip_headers: %q is listed twice (CGI-style servers read %q and %q as one name)", n, prev, n)
+			}
+		}
+	}
+	s.stripHeaders = names
+	return nil
 }

@@ -60,7 +60,7 @@ func CheckConfig(c *Config) ([]byte, error) {
 	eff := map[string]interface{}{
 		"listen": s.listen, "auth_listen": s.authListen, "grpc_listen": s.grpcListen, "upstream": upstream,
 		"audiences": s.audiences, "issuer": cmp.Or(s.issuer, "(from the mount's discovery document)"), "leeway": dur(s.leeway),
-		"trusted_proxies": trusted, "gateway": gateway, "allow_unmatched": s.allowUnmatched,
+		"trusted_proxies": trusted, "gateway": gateway, "allow_unmatched": s.allowUnmatched, "strip_headers": nonNilStrings(s.stripHeaders),
 		"revocation_poll_interval": dur(s.revocationPoll), "revocation_long_poll": s.revocationWait > 0,
 		"jwks_refresh_interval": dur(s.jwksRefresh), "jwks_min_refetch_interval": dur(s.jwksMinRefetch),
 		"key_replica": s.keyReplica, "key_replica_roles": nonNilStrings(s.keyFilter.roles), "key_replica_tenants": nonNilStrings(s.keyFilter.tenants),

@@ -54,6 +54,7 @@ const (
 
 	reasonNoCredential      = "no_credential"
 	reasonCredentialInQuery = "credential_in_query"
+	reasonCredentialInPath  = "credential_in_path"
 	reasonBadRequest        = "bad_request"
 	reasonNonCanonicalPath  = "non_canonical_path"
 	reasonNoRoute           = "no_route"
@@ -65,6 +66,11 @@ const (
 	reasonBudgetExhausted   = "budget_exhausted"
 	reasonRateLimited       = "rate_limited"
 	reasonTooManyFailures   = "too_many_failures"
+	// The revocation feed (every credential) or, with key_replica, the
+	// key-record feed (API keys) has not been read to its end yet: what
+	// was revoked or suspended is unknown, so nothing is let through.
+	reasonRevocationsUnknown = "revocations_unknown"
+	reasonKeyRecordsUnknown  = "key_records_unknown"
 	// A route's delegation setting refused the credential: it needs an
 	// exchanged token (someone acting for the subject), or refuses one.
 	reasonDelegationRequired  = "delegation_required"
@@ -172,6 +178,11 @@ func (sc *Sidecar) decide(ctx context.Context, r request) (d decision) {
 	if found, ok := credentialInQuery(rawQuery); found || !ok {
 		return deny(http.StatusBadRequest, reasonCredentialInQuery)
 	}
+	if credentialInPath(path) {
+		// Never forwarded, and the decision log writes the path with
+		// the credential cut out.
+		return deny(http.StatusBadRequest, reasonCredentialInPath)
+	}
 	p, ok := presentedFrom(r.header)
 	if !ok {
 		return deny(http.StatusBadRequest, reasonBadRequest)
@@ -179,6 +190,9 @@ func (sc *Sidecar) decide(ctx context.Context, r request) (d decision) {
 	if p.cred == "" {
 		// The route's scopes go in the challenge: what to ask a token for.
 		return decision{status: http.StatusUnauthorized, reason: reasonNoCredential, dpop: sc.dpop != nil, scope: strings.Join(rt.scopes, " ")}
+	}
+	if d, ok := sc.feedsKnown(p.cred); !ok {
+		return d
 	}
 	if sc.s.requireDPoP && !p.dpop {
 		return decision{status: http.StatusUnauthorized, reason: reasonDPoPRequired, dpop: true}
@@ -220,11 +234,6 @@ func (sc *Sidecar) decide(ctx context.Context, r request) (d decision) {
 			}
 		}
 	}
-	if d.proofID != "" {
-		if d, ok := sc.recordProof(d.proofID, id); !ok {
-			return d
-		}
-	}
 	if id.budget != nil && (rt.cost > 0 || rt.usageHeader != "" || rt.openaiUsage) {
 		amount := id.budget.MaxCost
 		if rt.usageHeader == "" && !rt.openaiUsage {
@@ -237,8 +246,39 @@ func (sc *Sidecar) decide(ctx context.Context, r request) (d decision) {
 		}
 		allowed.hold = h
 	}
+	// Last, once everything else allowed the request: a proof is recorded
+	// for nothing that is refused. Recording is what makes a proof spent
+	// (atomically: of two requests with one proof, one passes), so what
+	// it refuses gives back the budget held.
+	if d.proofID != "" {
+		if refused, ok := sc.recordProof(d.proofID, id, r.clientIP); !ok {
+			allowed.hold.settle(0)
+			refused.openai = rt.openaiUsage
+			return refused
+		}
+	}
 	return allowed
 }
+
+// feedsKnown refuses a credential whose check depends on a feed not yet
+// read to its end: every credential on the revocation feed (the revoked set
+// is checked for both kinds), an API key on the key-record feed when
+// key_replica is on (suspensions and revocations of keys arrive there; the
+// plugin's verify would be asked about keys a replica should hold).
+// Refused before any check, so no Vault call is made for it.
+func (sc *Sidecar) feedsKnown(cred string) (decision, bool) {
+	switch {
+	case !sc.revFeed.known():
+		return decision{status: http.StatusServiceUnavailable, reason: reasonRevocationsUnknown, retryAfter: feedRetryAfter}, false
+	case sc.replica != nil && !contract.LooksLikeJWT(cred) && !sc.keyFeed.known():
+		return decision{status: http.StatusServiceUnavailable, reason: reasonKeyRecordsUnknown, retryAfter: feedRetryAfter}, false
+	}
+	return decision{}, true
+}
+
+// feedRetryAfter is the Retry-After of a refusal for a feed not yet read:
+// a feed that answers is read within a second or two.
+const feedRetryAfter = 5 * time.Second
 
 // rateAllow takes one request from the bucket of the credential's lineage,
 // or says how long until one is free. An API key's lineage is its key_id; a

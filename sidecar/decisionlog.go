@@ -29,7 +29,8 @@ import (
 // least every second and on Stop.
 //
 // What is never logged: a credential, a DPoP proof, a header's value, a
-// query string (only paths are: a query can hold a secret). Who the caller
+// query string (only paths are: a query can hold a secret), a path segment
+// that holds a credential (it is logged as "[credential]"). Who the caller
 // is (kind, key_id or jti, subject, role, tenant, actors) only once the
 // credential verified: an allow, or a denial after the check (revoked by
 // the feed, expired, cidr_denied, insufficient_scope, delegation, rate,
@@ -136,6 +137,7 @@ func (l *decisionLog) decided(mode string, at time.Time, req *request, d *decisi
 	if e.path == "" {
 		e.path = rawPathOf(req.target)
 	}
+	e.path = redactPath(e.path)
 	e.path = cut(e.path)
 	if d.rt != nil {
 		e.route = d.rt.prefix
@@ -173,6 +175,47 @@ func (sc *Sidecar) countEarlyDenial(mode string, d decision, req request) {
 	if sc.dlog != nil {
 		sc.dlog.decided(mode, time.Now(), &req, &d)
 	}
+}
+
+// redactPath replaces each segment of path that holds a credential with
+// "[credential]", so that a path refused as credential_in_path (or refused
+// before that check, or not canonical at all) is logged without it. A raw
+// segment is looked at percent-decoded too (leniently: it may not decode).
+// A path with none is returned as is.
+func redactPath(path string) string {
+	decoded := lenientUnescape(path)
+	if !credentialInPath(path) && !credentialInPath(decoded) {
+		return path
+	}
+	var b strings.Builder
+	for i, seg := range strings.Split(path, "/") {
+		if i > 0 {
+			b.WriteByte('/')
+		}
+		if credentialInPath(seg) || credentialInPath(lenientUnescape(seg)) {
+			seg = "[credential]"
+		}
+		b.WriteString(seg)
+	}
+	return b.String()
+}
+
+// lenientUnescape decodes every well-formed %XX of s, once, and leaves the
+// rest; s itself when it has no '%'.
+func lenientUnescape(s string) string {
+	if strings.IndexByte(s, '%') < 0 {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '%' && i+2 < len(s) && ishex(s[i+1]) && ishex(s[i+2]) {
+			b.WriteByte(unhex(s[i+1])<<4 | unhex(s[i+2]))
+			i += 2
+			continue
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
 
 // rawPathOf is a target's path as sent, without its query (or the

@@ -138,6 +138,14 @@ func TestDecisionLog(t *testing.T) {
 			"outcome": "deny", "reason": reasonUnavailable, "status": 503.0, "kind": absent, "key_id": absent}},
 		{"non-canonical path: the raw path, no query", func() { send(proxy, "GET", "/public/../v1/admin?access_token=SECRETQ", "127.0.0.1:1", nil) }, map[string]interface{}{
 			"outcome": "deny", "reason": reasonNonCanonicalPath, "path": "/public/../v1/admin", "route": absent}},
+		{"credential in the path: refused, logged without it", func() { send(proxy, "GET", "/v1/items/x-"+apiKey+".json", "127.0.0.1:1", bearer(reader)) }, map[string]interface{}{
+			"outcome": "deny", "status": 400.0, "reason": reasonCredentialInPath, "path": "/v1/items/[credential]", "kind": absent}},
+		{"credential in a path refused before the check (no route)", func() { send(proxy, "GET", "/"+reader, "127.0.0.1:1", nil) }, map[string]interface{}{
+			"outcome": "deny", "path": "/[credential]"}},
+		{"a non-canonical path with an encoded credential", func() {
+			send(proxy, "GET", "/public/../"+strings.ReplaceAll(apiKey, "_", "%5F"), "127.0.0.1:1", nil)
+		}, map[string]interface{}{
+			"outcome": "deny", "reason": reasonNonCanonicalPath, "path": "/public/../[credential]"}},
 		{"credential in the query", func() { send(proxy, "GET", "/v1/items/1?access_token="+reader, "127.0.0.1:1", nil) }, map[string]interface{}{
 			"outcome": "deny", "reason": reasonCredentialInQuery, "path": "/v1/items/1", "kind": absent}},
 		{"absolute-form: no authority", func() { send(proxy, "GET", "http://user:pw@evil.example/v1/admin/x?q=1", "127.0.0.1:1", nil) }, map[string]interface{}{

@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"errors"
+	"net/netip"
 	"sync"
 	"time"
 )
@@ -9,33 +10,62 @@ import (
 // replayCache remembers the DPoP proofs accepted while they could still
 // pass the iat check, to refuse a second use. It is bounded: holding size
 // live entries, it refuses new proofs (the request fails closed with 503)
-// rather than forget one that could still be replayed; and one credential
-// lineage may hold at most quota of them, so that one busy or hostile
-// client cannot fill it for everyone. Every entry is kept for the same time
-// from when it is added, so order is by forget time and the front expires
+// rather than forget one that could still be replayed. So that no one
+// client can take the room others need, a credential lineage may hold at
+// most perLineage entries and a client address (an IPv4 address, an IPv6
+// /64: what one host is given) at most perClient, both well below size:
+// filling it takes size/perClient addresses and size/perLineage bound
+// credentials, each passing every check (proofs are recorded only for
+// requests otherwise allowed). Every entry is kept for the same time from
+// when it is added, so order is by forget time and the front expires
 // first.
 type replayCache struct {
-	mu          sync.Mutex
-	size, quota int
-	seen        map[string]time.Time
-	held        map[string]int // live entries by owner (lineage)
-	order       []replayEntry
-	head        int
+	mu                          sync.Mutex
+	size, perLineage, perClient int
+	seen                        map[string]time.Time
+	byLineage                   map[string]int
+	byClient                    map[netip.Prefix]int
+	order                       []replayEntry
+	head                        int
 }
 
 type replayEntry struct {
-	key, owner string
-	forget     time.Time
+	key, lineage string
+	client       netip.Prefix
+	forget       time.Time
 }
 
+// The quotas as fractions of the cache: a lineage 1/replayLineageShare of
+// it, a client address 1/replayClientShare.
+const (
+	replayLineageShare = 32
+	replayClientShare  = 8
+)
+
 var (
-	errReplayed   = errors.New("dpop proof jti seen before")
-	errReplayFull = errors.New("dpop replay cache full")
-	errReplayMany = errors.New("too many live dpop proofs for one credential")
+	errReplayed     = errors.New("dpop proof jti seen before")
+	errReplayFull   = errors.New("dpop replay cache full")
+	errReplayMany   = errors.New("too many live dpop proofs for one credential")
+	errReplayClient = errors.New("too many live dpop proofs from one client address")
 )
 
 func newReplayCache(size int) *replayCache {
-	return &replayCache{size: size, quota: max(1, size/8), seen: make(map[string]time.Time), held: make(map[string]int)}
+	return &replayCache{size: size, perLineage: max(1, size/replayLineageShare), perClient: max(1, size/replayClientShare),
+		seen: make(map[string]time.Time), byLineage: make(map[string]int), byClient: make(map[netip.Prefix]int)}
+}
+
+// replayClient is what a client address counts under: the address itself
+// for IPv4, its /64 for IPv6 (a host commonly has a whole /64), the zero
+// prefix for an unknown address.
+func replayClient(ip netip.Addr) netip.Prefix {
+	switch {
+	case !ip.IsValid():
+		return netip.Prefix{}
+	case ip.Is4():
+		return netip.PrefixFrom(ip, 32)
+	}
+	p, _ := ip.Prefix(64)
+	return p
 }
 
 // has says whether key is held and still live: a replay, refused before
@@ -47,16 +77,21 @@ func (c *replayCache) has(key string, now time.Time) bool {
 	return ok && now.Before(f)
 }
 
-// add records key for owner until forget: errReplayed when it is held
-// already, errReplayFull or errReplayMany when there is no room.
-func (c *replayCache) add(key, owner string, forget, now time.Time) error {
+// add records key for lineage and client until forget, checking and
+// recording under one lock, so that of two requests with one proof exactly
+// one is recorded: errReplayed when it is held already, errReplayFull,
+// errReplayMany or errReplayClient when there is no room.
+func (c *replayCache) add(key, lineage string, client netip.Prefix, forget, now time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for c.head < len(c.order) && !now.Before(c.order[c.head].forget) {
 		e := c.order[c.head]
 		delete(c.seen, e.key)
-		if c.held[e.owner]--; c.held[e.owner] <= 0 {
-			delete(c.held, e.owner)
+		if c.byLineage[e.lineage]--; c.byLineage[e.lineage] <= 0 {
+			delete(c.byLineage, e.lineage)
+		}
+		if c.byClient[e.client]--; c.byClient[e.client] <= 0 {
+			delete(c.byClient, e.client)
 		}
 		c.order[c.head] = replayEntry{}
 		c.head++
@@ -68,13 +103,16 @@ func (c *replayCache) add(key, owner string, forget, now time.Time) error {
 	switch {
 	case !c.seen[key].IsZero():
 		return errReplayed
+	case c.byLineage[lineage] >= c.perLineage:
+		return errReplayMany
+	case c.byClient[client] >= c.perClient:
+		return errReplayClient
 	case len(c.seen) >= c.size:
 		return errReplayFull
-	case c.held[owner] >= c.quota:
-		return errReplayMany
 	}
 	c.seen[key] = forget
-	c.held[owner]++
-	c.order = append(c.order, replayEntry{key: key, owner: owner, forget: forget})
+	c.byLineage[lineage]++
+	c.byClient[client]++
+	c.order = append(c.order, replayEntry{key: key, lineage: lineage, client: client, forget: forget})
 	return nil
 }

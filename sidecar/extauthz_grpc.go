@@ -118,7 +118,7 @@ func (sc *Sidecar) checkGRPC(ctx context.Context, req *authv3.CheckRequest) (*au
 	if !d.allowed() {
 		return sc.grpcDenial(d), nil
 	}
-	allow, err := grpcAllow(d, header)
+	allow, err := grpcAllow(d, header, sc.s.stripped)
 	if d.hold != nil {
 		// As on /verify: the sidecar never sees the response, so the
 		// route's cost is all that can be charged; nothing when the
@@ -247,7 +247,10 @@ func (sc *Sidecar) bodyTooLarge(size int64, h http.Header) (tooLarge, ok bool) {
 // applies removals after sets, so it then arrives absent (which a service
 // must read as empty anyway), and a client's copy survives no Envoy that
 // might skip setting an empty value.
-func grpcAllow(d decision, clientHeader http.Header) (*authv3.OkHttpResponse, error) {
+//
+// strip says which other headers the client sent go too (strip_headers:
+// the routing overrides by default), as the proxy removes them.
+func grpcAllow(d decision, clientHeader http.Header, strip func(string) bool) (*authv3.OkHttpResponse, error) {
 	identity := http.Header{}
 	setIdentity(identity, d.id, true)
 	ok := &authv3.OkHttpResponse{}
@@ -279,6 +282,10 @@ func grpcAllow(d decision, clientHeader http.Header) (*authv3.OkHttpResponse, er
 		// X_Keybroker_Role and X_API_Key too: CGI-style servers read
 		// them as X-Keybroker-Role and X-API-Key (examples/envoy.yaml
 		// has Envoy drop such headers first).
+		if strip(k) {
+			ok.HeadersToRemove = append(ok.HeadersToRemove, strings.ToLower(k))
+			continue
+		}
 		if !strippedHeader(k) || slices.Contains(credentialHeaders, k) {
 			continue // kept, or removed above
 		}

@@ -381,7 +381,7 @@ func TestGRPCAllowAnswer(t *testing.T) {
 	}
 	h.b = sc.budgets
 	d := decision{status: http.StatusOK, reason: reasonOK, id: &identity{id: "kid", subject: "key:kid", role: "svc", scopes: []string{"read"}}, hold: h, rt: &route{cost: 1}}
-	ok, err := grpcAllow(d, http.Header{})
+	ok, err := grpcAllow(d, http.Header{}, func(string) bool { return false })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -394,7 +394,7 @@ func TestGRPCAllowAnswer(t *testing.T) {
 		}
 	}
 	d.id.subject = "bad\nvalue"
-	if _, err := grpcAllow(d, http.Header{}); err == nil || strings.Contains(err.Error(), "bad") {
+	if _, err := grpcAllow(d, http.Header{}, func(string) bool { return false }); err == nil || strings.Contains(err.Error(), "bad") {
 		t.Fatalf("a control character in an identity value: %v", err)
 	}
 }

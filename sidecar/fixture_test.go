@@ -55,6 +55,10 @@ func newFixture(tb testing.TB, mutate func(c *Config)) *fixture {
 		tb.Fatal(err)
 	}
 	sc.verifier.Store(v)
+	// As if both feeds had been read (nothing revoked, no key records):
+	// a test of a feed not yet read clears these.
+	sc.revFeed.read.Store(true)
+	sc.keyFeed.read.Store(true)
 	return &fixture{sc: sc, priv: priv}
 }
 

@@ -53,6 +53,7 @@ func (sc *Sidecar) proxyHandler() http.Handler {
 			pr.SetXForwarded()
 			pr.Out.Host = pr.In.Host
 			stripCredentialAndIdentity(pr.Out.Header)
+			sc.stripConfigured(pr.Out.Header)
 			setIdentity(pr.Out.Header, d.id, false)
 			if d.hold != nil && d.rt.openaiUsage {
 				// The meter reads the body: ask for it uncompressed
@@ -120,13 +121,34 @@ func (sc *Sidecar) authHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		status, code := "ok", http.StatusOK
-		if !sc.Ready() {
+		feeds := map[string]interface{}{}
+		forbidden := false
+		for _, f := range sc.followedFeeds() {
+			state, lastErr := f.status()
+			fs := map[string]interface{}{"state": state, "read": f.known()}
+			if state == feedForbidden {
+				forbidden = true
+				fs["needs"] = f.capability + " on " + f.path
+			}
+			if lastErr != "" {
+				fs["error"] = lastErr
+			}
+			feeds[f.name] = fs
+		}
+		switch {
+		case sc.Ready():
+		case forbidden:
+			// Not a matter of waiting: the sidecar's policy lacks a
+			// capability (feeds.<name>.needs says which).
+			status, code = "forbidden", http.StatusServiceUnavailable
+		default:
 			status, code = "starting", http.StatusServiceUnavailable
 		}
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(code)
 		_ = json.NewEncoder(w).Encode(map[string]interface{}{
 			"status":                   status,
+			"feeds":                    feeds,
 			"jwks_age_seconds":         sinceNanos(sc.jwksOK.Load()),
 			"revocation_feed_lag_secs": sinceNanos(sc.feedOK.Load()),
 		})
@@ -286,6 +308,9 @@ func (sc *Sidecar) writeDenial(w http.ResponseWriter, d decision, only2xx401403 
 		body["error"] = "invalid_request"
 	case http.StatusServiceUnavailable:
 		body["error"] = "temporarily_unavailable"
+		if d.retryAfter > 0 {
+			h.Set("Retry-After", strconv.FormatInt(retryAfterSeconds(d.retryAfter), 10))
+		}
 	}
 	status := d.status
 	if only2xx401403 && status != http.StatusUnauthorized && status != http.StatusForbidden {
@@ -347,6 +372,26 @@ func stripCredentialAndIdentity(h http.Header) {
 			delete(h, k)
 		}
 	}
+}
+
+// stripConfigured removes the strip_headers (by default the routing
+// overrides) in every spelling CGI-style servers read as the same name.
+func (sc *Sidecar) stripConfigured(h http.Header) {
+	for k := range h {
+		if sc.s.stripped(k) {
+			delete(h, k)
+		}
+	}
+}
+
+// stripped says whether k is one of strip_headers, as CGI reads names.
+func (s *settings) stripped(k string) bool {
+	for _, n := range s.stripHeaders {
+		if cgiNameEqual(k, n) {
+			return true
+		}
+	}
+	return false
 }
 
 // strippedHeader: a client's header the service must never get: a

@@ -17,9 +17,9 @@ func (sc *Sidecar) followKeyRecords(ctx context.Context) {
 		cursor, epoch, err := sc.syncKeyRecords(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
-				sc.log.Warn("cannot read the key-record snapshot; API keys go to Vault until it is read", "error", err)
+				sc.keyFeed.failed(sc.log, err)
 			}
-			sleep(ctx, sc.s.revocationPoll)
+			sleep(ctx, sc.keyFeed.retryIn(sc.s.revocationPoll))
 			continue
 		}
 		sc.followKeyChanges(ctx, cursor, epoch)
@@ -41,6 +41,7 @@ func (sc *Sidecar) syncKeyRecords(ctx context.Context) (uint64, string, error) {
 			return 0, "", err
 		}
 		sc.m.vaultCalls.WithLabelValues("key_records_snapshot", "ok").Inc()
+		sc.keyFeed.succeeded(sc.log, false)
 		switch {
 		case pages == 0:
 			cursor, epoch = page.Cursor, page.Epoch
@@ -90,9 +91,9 @@ func (sc *Sidecar) followKeyChanges(ctx context.Context, cursor uint64, epoch st
 			r.pollUntil.Store(0)
 			r.failing.Store(true)
 			sc.m.vaultCalls.WithLabelValues("key_records", "error").Inc()
-			sc.log.Debug("key-record feed read failed", "error", err)
+			sc.keyFeed.failed(sc.log, err)
 			wait = 0
-			sleep(ctx, sc.s.revocationPoll)
+			sleep(ctx, sc.keyFeed.retryIn(sc.s.revocationPoll))
 			continue
 		}
 		r.failing.Store(false)
@@ -120,6 +121,7 @@ func (sc *Sidecar) followKeyChanges(ctx context.Context, cursor uint64, epoch st
 			r.currentAt.Store(current.UnixNano())
 			r.synced.Store(true)
 		}
+		sc.keyFeed.succeeded(sc.log, !page.More)
 		r.pollUntil.Store(0)
 		if now := time.Now(); now.Sub(pruned) >= pruneInterval {
 			r.prune(now)

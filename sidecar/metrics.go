@@ -58,7 +58,7 @@ func newMetrics(s *Sidecar) *metrics {
 	}, []string{"trigger", "result"})
 	m.vaultCalls = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "keybroker_sidecar_vault_requests_total",
-		Help: "Requests to Vault by operation (verify, revocations, reserve, report, key_usage) and result (ok, error, refused; for report also late: recorded after its reservation expired).",
+		Help: "Requests to Vault by operation (verify, revocations, reserve, report, key_usage) and result (ok, error, refused; forbidden: Vault answered 403, the policy lacks the path; for report also late: recorded after its reservation expired).",
 	}, []string{"op", "result"})
 	lag := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "keybroker_sidecar_revocation_feed_lag_seconds",
@@ -136,6 +136,22 @@ func newMetrics(s *Sidecar) *metrics {
 	m.replicaHit = m.cache.WithLabelValues("key_replica", "hit")
 	m.replicaRefused = m.cache.WithLabelValues("key_replica", "refused")
 	m.replicaFallback = m.cache.WithLabelValues("key_replica", "fallback")
+	// One series per feed and state, 1 for the state it is in: an alert
+	// on state="forbidden" catches a policy that lacks the feed.
+	for _, f := range s.followedFeeds() {
+		for _, state := range feedStates {
+			m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name:        "keybroker_sidecar_feed_state",
+				Help:        "The state of each feed the sidecar follows (feed: revocations, key_records), 1 for the one it is in: starting (not read yet), ok, forbidden (Vault answered 403: the policy lacks read on the feed), unreachable, error. Credentials that depend on a feed are refused until it has been read once.",
+				ConstLabels: prometheus.Labels{"feed": f.name, "state": state},
+			}, func() float64 {
+				if cur, _ := f.status(); cur == state {
+					return 1
+				}
+				return 0
+			}))
+		}
+	}
 	m.reg.MustRegister(m.decisions, m.latency, m.cache, m.degraded, m.jwksFetches, m.vaultCalls, lag, age, m.revokedCount, m.feedRestarts,
 		m.keySyncSeconds, m.keyResyncs, records, recordsLag,
 		m.spent, m.costOverHold, m.usageFallbacks, m.dpopProofs, m.decisionLogDropped, m.usageDropped)

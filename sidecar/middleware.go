@@ -56,15 +56,20 @@ func (id *identity) public() Identity {
 // answers them, and allowed requests reach next
 //   - at the canonical path decided on (r.URL.Path, RawPath cleared), so
 //     next routes on what was checked, never on another reading of it;
-//   - without the credential, the DPoP proof or any X-Keybroker-* header the
-//     client sent, and with the identity headers and IdentityFrom set.
+//   - without the credential, the DPoP proof, any X-Keybroker-* header the
+//     client sent or the strip_headers (by default the routing overrides
+//     X-Original-URL, X-HTTP-Method-Override and the like, which would have
+//     next serve another route than the one checked), and with the
+//     identity headers and IdentityFrom set.
 //
 // Put it outermost: it decides on r.RequestURI, the target as the client
 // sent it, so a handler in front that rewrites r.URL (http.StripPrefix) is
 // not what it checks; and it takes the client address from r.RemoteAddr
 // (X-Forwarded-For only from trusted_proxies), so a handler in front must
 // not rewrite that either (a "real IP" middleware). Call Start once before
-// serving and Stop after.
+// serving and Stop after; until Start has read the revocation feed (and,
+// with key_replica, the key records) credentials are refused with 503, so
+// wait for Ready before taking traffic.
 // Metered routes are charged their cost, the usage_header of next's answer,
 // or the OpenAI usage in its body.
 func (sc *Sidecar) Middleware(next http.Handler) http.Handler {
@@ -94,6 +99,7 @@ func (sc *Sidecar) Middleware(next http.Handler) http.Handler {
 		// could have it drop the identity headers set here.
 		out.Header.Del("Connection")
 		stripCredentialAndIdentity(out.Header)
+		sc.stripConfigured(out.Header)
 		setIdentity(out.Header, d.id, false)
 		if d.id != nil {
 			out = out.WithContext(context.WithValue(out.Context(), identityKey{}, d.id.public()))

@@ -146,25 +146,31 @@ func keyWithIDOf(tb testing.TB, minted time.Time, block []byte) string {
 	return key
 }
 
-// Without a current replica, keys go to Vault as before: not read yet,
-// not confirmed within max_stale, or turned off.
+// A replica never read refuses keys (key_records_unknown); one read once but
+// not confirmed within max_stale, or turned off, sends keys to Vault.
 func TestReplicaNotUsable(t *testing.T) {
 	now := time.Now()
 	key, rec := testKey(t, now.Add(-48*time.Hour), "web", "", "any")
 	for _, c := range []struct {
 		name  string
 		setup func(sc *Sidecar)
+		want  string
 	}{
-		{"not read yet", func(sc *Sidecar) { sc.replica.apply([]contract.KeyRecord{rec}, 0) }},
+		// Not read to its end yet: what was revoked or suspended is
+		// unknown, and the key is refused without asking Vault.
+		{"not read yet", func(sc *Sidecar) {
+			sc.keyFeed.read.Store(false)
+			sc.replica.apply([]contract.KeyRecord{rec}, 0)
+		}, reasonKeyRecordsUnknown},
 		{"stale", func(sc *Sidecar) {
 			synced(sc, rec)
 			sc.replica.currentAt.Store(now.Add(-sc.s.maxStale).UnixNano())
-		}},
+		}, reasonUnavailable},
 	} {
 		f := newFixture(t, nil)
 		c.setup(f.sc)
-		if d := decideKey(f.sc, key, "/x", "127.0.0.1"); d.reason != reasonUnavailable {
-			t.Errorf("%s: %d %s; want the Vault path (down here: unavailable)", c.name, d.status, d.reason)
+		if d := decideKey(f.sc, key, "/x", "127.0.0.1"); d.reason != c.want {
+			t.Errorf("%s: %d %s; want %s (the Vault path is down here: unavailable)", c.name, d.status, d.reason, c.want)
 		}
 	}
 	off := false

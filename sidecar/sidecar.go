@@ -45,6 +45,13 @@ type Sidecar struct {
 	lastRefetch time.Time
 
 	revoked revokedSet
+	// revFeed and keyFeed say whether the revocation and key-record feeds
+	// have been read, and how their reads go (keyFeed unused without a
+	// replica).
+	revFeed, keyFeed *feedHealth
+	// verifyRefused: Vault answered keybroker/verify with 403 (the policy
+	// lacks it), logged once until a verify succeeds.
+	verifyRefused atomic.Bool
 	// replica holds every key's record (nil when key_replica = false).
 	replica *keyReplica
 
@@ -123,6 +130,8 @@ func New(c *Config, log hclog.Logger) (*Sidecar, error) {
 	if s.keyReplica {
 		sc.replica = newKeyReplica()
 	}
+	sc.revFeed = newFeedHealth("revocations", s.mount+"/revocations", "read")
+	sc.keyFeed = newFeedHealth("key_records", s.mount+"/key-records and "+s.mount+"/key-records/snapshot", "read")
 	if s.publicOrigin != "" {
 		sc.dpop = &dpopConfig{origin: s.publicOrigin, maxAge: s.dpopMaxAge, leeway: s.leeway, replay: newReplayCache(s.dpopReplaySize)}
 	}
@@ -431,8 +440,8 @@ func (sc *Sidecar) pollRevocations(ctx context.Context) {
 		page, err := sc.vault.revocations(ctx, cursor, wait)
 		if err != nil {
 			sc.m.vaultCalls.WithLabelValues("revocations", "error").Inc()
-			sc.log.Debug("revocation feed read failed", "error", err)
-			sleep(ctx, sc.s.revocationPoll)
+			sc.revFeed.failed(sc.log, err)
+			sleep(ctx, sc.revFeed.retryIn(sc.s.revocationPoll))
 			continue
 		}
 		sc.m.vaultCalls.WithLabelValues("revocations", "ok").Inc()
@@ -447,13 +456,17 @@ func (sc *Sidecar) pollRevocations(ctx context.Context) {
 		sc.revoked.apply(page.Revocations, now)
 		cursor = page.Next
 		sc.feedOK.Store(now.UnixNano())
+		sc.revFeed.succeeded(sc.log, !page.More)
 		sc.paceFeed(ctx, sc.s.revocationWait > 0, page.More, wait, page.Next == cursorBefore, asked)
 	}
 }
 
-// Ready reports whether the sidecar has a verifier and keys.
+// Ready reports whether the sidecar has a verifier and keys, and has read
+// the revocation feed (and, with key_replica, the key-record feed) to its
+// end once: until then it refuses the credentials that depend on them
+// (feedsKnown).
 func (sc *Sidecar) Ready() bool {
-	return sc.verifier.Load() != nil && sc.keys.Load() != nil && sc.feedOK.Load() != 0
+	return sc.verifier.Load() != nil && sc.keys.Load() != nil && sc.revFeed.known() && (sc.replica == nil || sc.keyFeed.known())
 }
 
 // revokedSet is the set of revoked credential ids from the feed, each with

@@ -165,3 +165,97 @@ func looksLikeCredential(s string) bool {
 	_, err := apikey.Parse(s)
 	return err == nil
 }
+
+// credentialInPath reports whether a canonical path carries a credential
+// anywhere: a segment that is one (the query's recogniser), or one held
+// within a segment (/v1/kb_....json, /t/token=eyJ...): an API key or
+// refresh token with a valid checksum, or a JWS, in any run of the
+// characters they are made of. An ordinary path has none: a key needs its
+// checksum, a JWS its "eyJ" header of 16 characters or more and two dots.
+// Nothing is allocated.
+func credentialInPath(path string) bool {
+	for rest := path; rest != ""; {
+		var seg string
+		seg, rest, _ = strings.Cut(rest, "/")
+		if len(seg) >= minCredentialRun && (looksLikeCredential(seg) || credentialWithin(seg)) {
+			return true
+		}
+	}
+	return false
+}
+
+// minCredentialRun: nothing shorter holds an API key (65 characters and
+// more) or a JWS (a 16-character header, two dots and a payload).
+const minCredentialRun = 20
+
+// credentialWithin looks at each run of credential characters in s.
+func credentialWithin(s string) bool {
+	for s != "" {
+		i := 0
+		for i < len(s) && !credentialChar(s[i]) {
+			i++
+		}
+		s = s[i:]
+		j := 0
+		for j < len(s) && credentialChar(s[j]) {
+			j++
+		}
+		run := s[:j]
+		s = s[j:]
+		if len(run) < minCredentialRun {
+			continue
+		}
+		if jwsWithin(run) || keyWithin(run) {
+			return true
+		}
+	}
+	return false
+}
+
+// keyTail is what follows an API key's prefix: _, key_id, _, secret and
+// checksum.
+const keyTail = 1 + apikey.IDLength + 1 + apikey.SecretLength + apikey.ChecksumLength
+
+// keyWithin: an API key (or a kbrt_ refresh token, of the same format)
+// anywhere in run, with whatever before or after it (token-kb_..._backup):
+// each '_' with a key's shape after it, under each prefix length before it.
+func keyWithin(run string) bool {
+	for p := apikey.MinPrefixLength; p+keyTail <= len(run); p++ {
+		if run[p] != '_' || run[p+1+apikey.IDLength] != '_' {
+			continue
+		}
+		for start := p - apikey.MinPrefixLength; start >= 0 && p-start <= apikey.MaxPrefixLength; start-- {
+			if _, err := apikey.Parse(run[start : p+keyTail]); err == nil {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// jwsWithin: a compact JWS starts somewhere in run: "eyJ" (a JSON
+// object's first bytes, base64url), a header of 16 characters or more, a
+// dot, a payload of 2 or more, a dot.
+func jwsWithin(run string) bool {
+	for off := 0; ; {
+		i := strings.Index(run[off:], "eyJ")
+		if i < 0 {
+			return false
+		}
+		cand := run[off+i:]
+		off += i + 1
+		head, rest, ok := strings.Cut(cand, ".")
+		if !ok || len(head) < 16 {
+			continue
+		}
+		if payload, _, ok := strings.Cut(rest, "."); ok && len(payload) >= 2 {
+			return true
+		}
+	}
+}
+
+// credentialChar: what API keys (base62 and '_') and JWSs (base64url and
+// '.') are made of.
+func credentialChar(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-' || c == '.'
+}

@@ -285,3 +285,58 @@ func TestRateLimitFollowsLineage(t *testing.T) {
 		t.Fatalf("API key over its burst: %v %v", wait, ok)
 	}
 }
+
+// The path recogniser finds a credential wherever a segment holds one, and
+// nothing in ordinary paths.
+func TestCredentialInPath(t *testing.T) {
+	key, _, _ := apikey.Generate(nil, "kb")
+	custom, _, _ := apikey.Generate(nil, "acme2")
+	refresh, _, _ := apikey.Generate(nil, "kbrt")
+	jws := "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0.c2ln"
+	for path, want := range map[string]bool{
+		"/" + key:                            true,
+		"/a/" + custom + "/b":                true,
+		"/a/" + refresh:                      true,
+		"/a/" + jws:                          true,
+		"/a/" + key + ".json":                true,
+		"/a/x-" + key + "_y":                 true,
+		"/a/key=" + key:                      true,
+		"/a/bearer " + jws:                   true,
+		"/a/t=" + jws + "&x":                 true,
+		"/a/" + jws[:len(jws)-4] + "." + key: true,
+		"/":                                  false,
+		"/v1/items/1":                        false,
+		"/files/report.2024.final.pdf":       false,
+		"/users/eyJohn/eyJane.doe.x":         false,
+		"/eyJhbGciOiJ.x.y":                   false, // a 11-character header is no JWS
+		"/a/" + key[:len(key)-2]:             false,
+		"/a/" + strings.ToUpper(key):         false,
+		"/a/" + strings.Repeat("_", 500):     false,
+		"/a/" + strings.Repeat("a_", 300):    false,
+		"/blobs/sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08":     false,
+		"/a/550e8400-e29b-41d4-a716-446655440000/snake_case_name_that_is_rather_long_indeed": false,
+	} {
+		if got := credentialInPath(path); got != want {
+			t.Errorf("credentialInPath(%q) = %v, want %v", path, got, want)
+		}
+	}
+	for in, want := range map[string]string{
+		"/a/x-" + key + ".json/b/" + jws:                     "/a/[credential]/b/[credential]",
+		"/a/" + strings.ReplaceAll(key, "_", "%5f") + "/%zz": "/a/[credential]/%zz",
+		"/a/b%20c/%zz": "/a/b%20c/%zz",
+	} {
+		if got := redactPath(in); got != want {
+			t.Errorf("redactPath(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func BenchmarkCredentialInPath(b *testing.B) {
+	path := "/v1/projects/550e8400-e29b-41d4-a716-446655440000/items/report.2024.final.pdf"
+	b.ReportAllocs()
+	for b.Loop() {
+		if credentialInPath(path) {
+			b.Fatal("found")
+		}
+	}
+}

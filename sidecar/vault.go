@@ -180,12 +180,19 @@ func (v *vaultClient) withLogin(ctx context.Context, f func() error) error {
 	var re *api.ResponseError
 	if errors.As(err, &re) && re.StatusCode == http.StatusForbidden {
 		if _, lerr := v.login(ctx); lerr != nil {
-			return fmt.Errorf("%w (and logging in again failed: %v)", err, lerr)
+			return fmt.Errorf("%w (and logging in again failed: %w)", err, &loginError{lerr})
 		}
 		err = v.acrossNodes(f)
 	}
 	return err
 }
+
+// loginError is a login that failed after Vault refused the token: the
+// refusal then says nothing of the policy.
+type loginError struct{ err error }
+
+func (e *loginError) Error() string { return e.err.Error() }
+func (e *loginError) Unwrap() error { return e.err }
 
 // acrossNodes runs f, and again on each other node in turn while the node
 // it ran on was out of reach (see nodeUnavailable). The next call starts at

@@ -1,0 +1,264 @@
+package sidecar
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	hclog "github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/vault/api"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/grpc/codes"
+
+	"github.com/keybroker/keybroker/contract"
+)
+
+// Until the revocation feed has been read to its end, no credential passes
+// (what was revoked is unknown), and with key_replica no API key passes
+// until the key-record feed has: 503 with the reason, Retry-After, in proxy,
+// middleware, /verify-style decide and gRPC alike. Public routes and the
+// challenge for a request without a credential are served meanwhile.
+func TestFeedsNotReadRefuseCredentials(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer up.Close()
+	f, client := grpcFixture(t, []string{"127.0.0.1"}, func(c *Config) { c.Upstream = up.URL })
+	sc := f.sc
+	tok := f.jwt(t, "any read", time.Hour)
+	key, rec := testKey(t, time.Now().Add(-48*time.Hour), "web", "", "any", "read")
+	synced(sc, rec)
+	modes := map[string]http.Handler{
+		"proxy":      sc.proxyHandler(),
+		"middleware": sc.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {})),
+	}
+	c := client("127.0.0.1")
+	cases := []struct {
+		name           string
+		revRead, keyRd bool
+		target         string
+		header         http.Header
+		status         int
+		reason         string
+	}{
+		{"jwt, revocations unread", false, true, "/v1/items/1", hdr("Authorization", "Bearer "+tok), 503, reasonRevocationsUnknown},
+		{"api key, revocations unread", false, true, "/v1/items/1", hdr("X-API-Key", key), 503, reasonRevocationsUnknown},
+		{"api key, key records unread", true, false, "/v1/items/1", hdr("X-API-Key", key), 503, reasonKeyRecordsUnknown},
+		{"jwt, key records unread: needs only revocations", true, false, "/v1/items/1", hdr("Authorization", "Bearer "+tok), 200, reasonOK},
+		{"public route, nothing read", false, false, "/public/x", nil, 200, reasonOK},
+		{"no credential, nothing read: the challenge", false, false, "/v1/items/1", nil, 401, reasonNoCredential},
+		{"both read: jwt", true, true, "/v1/items/1", hdr("Authorization", "Bearer "+tok), 200, reasonOK},
+		{"both read: api key", true, true, "/v1/items/1", hdr("X-API-Key", key), 200, reasonOK},
+	}
+	for _, tc := range cases {
+		sc.revFeed.read.Store(tc.revRead)
+		sc.keyFeed.read.Store(tc.keyRd)
+		for mode, h := range modes {
+			w := send(h, "GET", tc.target, "127.0.0.1:1", tc.header)
+			if w.Code != tc.status || (tc.status != 200 && w.Header().Get(contract.HeaderReason) != tc.reason) {
+				t.Errorf("%s, %s: %d %s, want %d %s", tc.name, mode, w.Code, w.Header().Get(contract.HeaderReason), tc.status, tc.reason)
+			}
+			if tc.status == 503 {
+				var body map[string]string
+				_ = json.Unmarshal(w.Body.Bytes(), &body)
+				if w.Header().Get("Retry-After") == "" || body["error"] != "temporarily_unavailable" || body["reason"] != tc.reason {
+					t.Errorf("%s, %s: Retry-After %q, body %s", tc.name, mode, w.Header().Get("Retry-After"), w.Body)
+				}
+			}
+		}
+		resp := check(t, c, checkRequest("GET", tc.target, "127.0.0.9", tc.header))
+		if tc.status == 200 {
+			if resp.GetOkResponse() == nil {
+				t.Errorf("%s, grpc: %v, want allowed", tc.name, resp)
+			}
+			continue
+		}
+		d := resp.GetDeniedResponse()
+		if d == nil || int(d.GetStatus().GetCode()) != tc.status || codes.Code(resp.GetStatus().GetCode()) == codes.OK || !strings.Contains(d.GetBody(), tc.reason) {
+			t.Errorf("%s, grpc: %v, want %d %s", tc.name, resp, tc.status, tc.reason)
+		}
+	}
+	if n := testutil.ToFloat64(sc.m.decisions.WithLabelValues("proxy", "deny", reasonRevocationsUnknown)); n != 2 {
+		t.Errorf("decisions{reason=%s} = %v, want 2", reasonRevocationsUnknown, n)
+	}
+	// Without a replica, API keys need only the revocation feed.
+	off := false
+	g := newFixture(t, func(c *Config) { c.KeyReplica = &off })
+	g.sc.keyFeed.read.Store(false)
+	if d := decideKey(g.sc, key, "/x", "127.0.0.1"); d.reason == reasonKeyRecordsUnknown {
+		t.Errorf("key_replica = false: %s", d.reason)
+	}
+}
+
+// A 403 is the policy, logged once at error level with the path and the
+// capability, shown in /healthz and the metric; unreachable is another
+// state; a failed login after a 403 is not the policy's doing.
+func TestFeedHealth(t *testing.T) {
+	f := newFixture(t, nil)
+	sc := f.sc
+	var logs bytes.Buffer
+	sc.log = hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info, JSONFormat: true})
+	sc.revFeed.read.Store(false)
+	forbidden := fmt.Errorf("keybroker revocations: %w", &api.ResponseError{HTTPMethod: "GET", URL: "http://v/v1/keybroker/revocations", StatusCode: 403, Errors: []string{"permission denied"}})
+	for range 3 {
+		sc.revFeed.failed(sc.log, forbidden)
+	}
+	var lines []map[string]any
+	for _, l := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("log line %q: %v", l, err)
+		}
+		lines = append(lines, m)
+	}
+	if len(lines) != 1 || lines[0]["@level"] != "error" || lines[0]["path"] != "keybroker/revocations" || lines[0]["capability"] != "read" || strings.Contains(lines[0]["@message"].(string), "unreachable") {
+		t.Fatalf("logged %v; want one error naming keybroker/revocations and read", lines)
+	}
+	health := func() (int, map[string]any) {
+		w := httptest.NewRecorder()
+		sc.authHandler().ServeHTTP(w, httptest.NewRequest("GET", "/healthz", nil))
+		var body map[string]any
+		if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil {
+			t.Fatal(err)
+		}
+		return w.Code, body
+	}
+	code, body := health()
+	rev := body["feeds"].(map[string]any)["revocations"].(map[string]any)
+	if code != 503 || body["status"] != "forbidden" || rev["state"] != feedForbidden || rev["needs"] != "read on keybroker/revocations" || !strings.Contains(rev["error"].(string), "permission denied") {
+		t.Fatalf("healthz %d %v", code, body)
+	}
+	if v := feedGauge(t, sc, "revocations", feedForbidden); v != 1 {
+		t.Errorf("feed_state{revocations,forbidden} = %v", v)
+	}
+	if v := feedGauge(t, sc, "revocations", feedOK); v != 0 {
+		t.Errorf("feed_state{revocations,ok} = %v", v)
+	}
+	if v := feedGauge(t, sc, "key_records", feedStarting); v != 1 {
+		t.Errorf("feed_state{key_records,starting} = %v", v)
+	}
+
+	for _, c := range []struct {
+		err  error
+		want string
+	}{
+		{forbidden, feedForbidden},
+		{fmt.Errorf("keybroker revocations: %w", errors.New("dial tcp 127.0.0.1:1: connect: connection refused")), feedUnreachable},
+		{&api.ResponseError{StatusCode: 503}, feedUnreachable},
+		{&api.ResponseError{StatusCode: 500}, feedError},
+		// The token was refused and logging in again failed: the
+		// login is the trouble, not the feed's capability.
+		{fmt.Errorf("%w (and logging in again failed: %w)", forbidden, &loginError{&api.ResponseError{StatusCode: 400}}), feedError},
+		{fmt.Errorf("%w (and logging in again failed: %w)", forbidden, &loginError{errors.New("connection refused")}), feedUnreachable},
+	} {
+		if got := feedStateOf(c.err); got != c.want {
+			t.Errorf("feedStateOf(%v) = %s, want %s", c.err, got, c.want)
+		}
+	}
+
+	// Refused reads are spaced out (each makes the sidecar log in again).
+	if d := sc.revFeed.retryIn(100 * time.Millisecond); d != 400*time.Millisecond {
+		t.Errorf("after 3 refusals, retry in %s", d)
+	}
+	for range 20 {
+		sc.revFeed.failed(sc.log, forbidden)
+	}
+	if d := sc.revFeed.retryIn(100 * time.Millisecond); d != maxForbiddenRetry {
+		t.Errorf("after 23 refusals, retry in %s", d)
+	}
+	sc.revFeed.succeeded(sc.log, false)
+	if d := sc.revFeed.retryIn(100 * time.Millisecond); d != 100*time.Millisecond {
+		t.Errorf("after a good read, retry in %s", d)
+	}
+	if sc.revFeed.known() {
+		t.Fatal("a read with more to come counts as read to the end")
+	}
+	if code, body := health(); code != 503 || body["status"] != "starting" {
+		t.Fatalf("healthz %d %v", code, body)
+	}
+	sc.revFeed.succeeded(sc.log, true)
+	if !sc.revFeed.known() || !sc.Ready() {
+		t.Fatal("read to its end, not known")
+	}
+	if code, body := health(); code != 200 || body["status"] != "ok" {
+		t.Fatalf("healthz %d %v", code, body)
+	}
+	// A feed that fails later keeps what it read: decisions go on.
+	sc.revFeed.failed(sc.log, forbidden)
+	if !sc.revFeed.known() {
+		t.Fatal("a failure forgot the feed was read")
+	}
+}
+
+// feedGauge is keybroker_sidecar_feed_state{feed, state} as scraped.
+func feedGauge(t *testing.T, sc *Sidecar, feed, state string) float64 {
+	t.Helper()
+	mfs, err := sc.m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "keybroker_sidecar_feed_state" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["feed"] == feed && labels["state"] == state {
+				return m.GetGauge().GetValue()
+			}
+		}
+	}
+	t.Fatalf("no keybroker_sidecar_feed_state{feed=%q,state=%q}", feed, state)
+	return 0
+}
+
+// keybroker/verify refused for the policy is said once, at error level,
+// with the path and capability, and counted as forbidden, not as Vault
+// being unreachable (it was logged "Vault unreachable").
+func TestVerifyForbiddenLogged(t *testing.T) {
+	vault := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		switch r.URL.Path {
+		case "/v1/auth/approle/login":
+			fmt.Fprint(w, `{"auth":{"client_token":"hvs.test","lease_duration":3600,"renewable":true}}`)
+		default:
+			w.WriteHeader(http.StatusForbidden)
+			fmt.Fprint(w, `{"errors":["1 error occurred:\n\t* permission denied\n\n"]}`)
+		}
+	}))
+	defer vault.Close()
+	secret := filepath.Join(t.TempDir(), "secret-id")
+	if err := os.WriteFile(secret, []byte("s\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	off := false
+	f := newFixture(t, func(c *Config) {
+		c.KeyReplica = &off
+		c.Vault = &VaultConfig{Address: vault.URL, RoleID: "r", SecretIDFile: secret}
+	})
+	var logs bytes.Buffer
+	f.sc.log = hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info, JSONFormat: true})
+	for range 3 {
+		key, _ := testKey(t, time.Now(), "web", "", "any")
+		if d := decideKey(f.sc, key, "/x", "127.0.0.1"); d.status != http.StatusServiceUnavailable {
+			t.Fatalf("a key Vault would not verify: %d %s", d.status, d.reason)
+		}
+	}
+	out := strings.TrimSpace(logs.String())
+	if strings.Count(out, "\n") != 0 || !strings.Contains(out, `"@level":"error"`) || !strings.Contains(out, `"path":"keybroker/verify"`) ||
+		!strings.Contains(out, `"capability":"update"`) || strings.Contains(out, "unreachable") {
+		t.Fatalf("logged:\n%s", out)
+	}
+	if n := testutil.ToFloat64(f.sc.m.vaultCalls.WithLabelValues("verify", "forbidden")); n != 3 {
+		t.Errorf("vault_requests_total{verify,forbidden} = %v", n)
+	}
+}
