@@ -118,11 +118,11 @@ func TestSidecarWithoutFeedCapability(t *testing.T) {
 	v := vaultserver.StartT(t)
 	setupRoles(t, v)
 	root := v.Client
-	full := readExample(t, "keybroker-sidecar-policy.hcl")
+	full := readExample(t, "policies/sidecar.hcl")
 	noRevocations := regexp.MustCompile(`path\s+"keybroker/revocations"\s*\{[^}]*\}`).ReplaceAllString(full, "")
 	noKeyRecords := regexp.MustCompile(`path\s+"keybroker/key-records[^"]*"\s*\{[^}]*\}`).ReplaceAllString(full, "")
 	if noRevocations == full || noKeyRecords == full {
-		t.Fatal("examples/keybroker-sidecar-policy.hcl no longer has the blocks this test removes")
+		t.Fatal("examples/policies/sidecar.hcl no longer has the blocks this test removes")
 	}
 
 	revoked := write(t, root, "keybroker/token/svc", map[string]interface{}{"audience": "svc"})
