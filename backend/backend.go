@@ -152,12 +152,14 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 	if err := b.newFeedEpoch(ctx, req.Storage); err != nil {
 		return err
 	}
+	// Roles suspended under an older plugin first: until then their keys
+	// would pass.
+	if err := b.migrateRoleSuspensions(ctx, req.Storage); err != nil {
+		return err
+	}
 	// Approval requests of an older plugin move under their role now, not
 	// at the next tidy: until then no approvals/<role>/ path reaches them.
 	if err := b.tidyApprovals(ctx, req.Storage, time.Now()); err != nil {
-		return err
-	}
-	if err := b.migrateRoleSuspensions(ctx, req.Storage); err != nil {
 		return err
 	}
 	_, err := b.signing(ctx, req.Storage)

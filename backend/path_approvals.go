@@ -39,6 +39,7 @@ const (
 const (
 	maxLivePerRequester = 5
 	maxLivePerRole      = 100
+	maxStoredPerRole    = 1000
 	maxApprovalBytes    = 32 << 10
 )
 
@@ -50,9 +51,14 @@ const (
 
 func approvalPath(role, id string) string { return approvalPrefix + role + "/" + id }
 
-// approvalRetention is how long a finished request (denied, expired,
-// redeemed) stays readable before tidy removes it.
-const approvalRetention = 24 * time.Hour
+// approvalRetention is how long a decided request (denied, approved,
+// redeemed) stays readable before tidy removes it; one that expired with
+// no decision goes after expiredApprovalRetention, so that asking again and
+// again cannot fill storage (the audit log keeps every ask).
+const (
+	approvalRetention        = 24 * time.Hour
+	expiredApprovalRetention = time.Hour
+)
 
 // Kinds of credential an approval request is for.
 const (
@@ -119,8 +125,11 @@ func (a *approvalRequest) state(now time.Time) string {
 // done is when a request can be forgotten: its retention after it ended.
 func (a *approvalRequest) done() time.Time {
 	end := maxTime(a.ExpiresAt, a.RedeemBy, a.RedeemedAt)
-	if a.Denial != nil {
+	switch {
+	case a.Denial != nil:
 		end = a.Denial.At
+	case len(a.Approvals) == 0:
+		return end.Add(expiredApprovalRetention)
 	}
 	return end.Add(approvalRetention)
 }
@@ -504,6 +513,14 @@ func (b *backend) admitApproval(ctx context.Context, s logical.Storage, a *appro
 	if err != nil {
 		return nil, err
 	}
+	// Finished requests are kept a while for the record: bounded too.
+	stored, err := s.List(ctx, approvalPrefix+a.Role+"/")
+	if err != nil {
+		return nil, fmt.Errorf("listing approvals: %w", err)
+	}
+	if len(stored) >= maxStoredPerRole {
+		return logical.ErrorResponse("role %q holds %d approval requests, the most it may keep: tidy removes finished ones (expired ones an hour after, decided ones a day after)", a.Role, len(stored)), nil
+	}
 	mine := 0
 	for _, l := range idx.Live {
 		if l.Requester == a.RequesterEntity {
@@ -576,8 +593,10 @@ func (b *backend) tidyApprovals(ctx context.Context, s logical.Storage, now time
 	}
 	for _, n := range names {
 		if !strings.HasSuffix(n, "/") {
-			if err := b.migrateApproval(ctx, s, n, now); err != nil {
-				return err
+			// One request that cannot move must not hold up the others,
+			// nor the rest of tidy or the mount's start.
+			if err := b.migrateApproval(ctx, s, n); err != nil {
+				b.Logger().Error("could not move an approval request under its role; it stays where it is", "request_id", n, "error", err)
 			}
 			continue
 		}
@@ -591,8 +610,11 @@ func (b *backend) tidyApprovals(ctx context.Context, s logical.Storage, now time
 }
 
 // migrateApproval moves one request stored at approvals/<id> by plugins
-// before issue 23 under its role.
-func (b *backend) migrateApproval(ctx context.Context, s logical.Storage, id string, now time.Time) error {
+// before issue 23 under its role. A copy already there (a delete that failed
+// before) is newer: the old one is only deleted, never written over it, or a
+// redeemed request could be redeemed again. Moved requests are not counted
+// against the caps: they were asked before there were any.
+func (b *backend) migrateApproval(ctx context.Context, s logical.Storage, id string) error {
 	l := locksutil.LockForKey(b.approvalLocks, id)
 	l.Lock()
 	defer l.Unlock()
@@ -600,15 +622,17 @@ func (b *backend) migrateApproval(ctx context.Context, s logical.Storage, id str
 	if err != nil || a == nil {
 		return err
 	}
-	var live time.Time
-	switch a.state(now) {
-	case approvalPending:
-		live = a.ExpiresAt
-	case approvalApproved:
-		live = a.RedeemBy
+	if err := validateRoleName("role", a.Role); err != nil {
+		return fmt.Errorf("approval request %s: %w", id, err)
 	}
-	if err := b.putApproval(ctx, s, a, live); err != nil {
-		return err
+	moved, err := s.Get(ctx, approvalPath(a.Role, a.ID))
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", approvalPath(a.Role, a.ID), err)
+	}
+	if moved == nil {
+		if err := putJSON(ctx, s, approvalPath(a.Role, a.ID), a); err != nil {
+			return err
+		}
 	}
 	if err := s.Delete(ctx, approvalPrefix+id); err != nil {
 		return fmt.Errorf("deleting %s%s: %w", approvalPrefix, id, err)

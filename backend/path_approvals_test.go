@@ -2,6 +2,7 @@ package backend
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
@@ -256,4 +257,44 @@ func TestApprovalsOfAnOlderPluginMove(t *testing.T) {
 		t.Fatalf("after the move: %v", keys)
 	}
 	e.as("alice-entity", logical.UpdateOperation, "approvals/agent/"+id, map[string]interface{}{"action": "approve"})
+	e.as("bob-entity", logical.UpdateOperation, "approvals/agent/"+id, map[string]interface{}{"action": "approve"})
+	e.as("agent-entity", logical.UpdateOperation, "token/agent", map[string]interface{}{"approval_id": id})
+
+	// The old copy met again (its delete had failed): it is deleted, and
+	// never written over the newer one, which would make the request
+	// redeemable again.
+	if err := e.storage.Put(ctx, ent); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.b.initialize(ctx, &logical.InitializationRequest{Storage: e.storage}); err != nil {
+		t.Fatal(err)
+	}
+	if keys := e.storageKeys(approvalPrefix); !slices.Equal(keys, []string{approvalPath("agent", id)}) {
+		t.Fatalf("after meeting the old copy again: %v", keys)
+	}
+	e.asError("agent-entity", logical.UpdateOperation, "token/agent", map[string]interface{}{"approval_id": id}, "is redeemed")
+}
+
+// A role keeps at most maxStoredPerRole requests, finished ones included;
+// one that expired undecided is forgotten an hour after, a decided one a
+// day after.
+func TestApprovalsStoredPerRoleBounded(t *testing.T) {
+	e := approvalEnv(t, nil)
+	ctx := context.Background()
+	for i := range maxStoredPerRole {
+		if err := putJSON(ctx, e.storage, approvalPath("agent", fmt.Sprintf("old-%04d", i)), &approvalRequest{ID: "x", Role: "agent"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.asError("agent-entity", logical.UpdateOperation, "token/agent", map[string]interface{}{"scopes": "read,exec:sandbox"}, "the most it may keep")
+
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	expired := approvalRequest{ExpiresAt: t0}
+	decided := approvalRequest{ExpiresAt: t0, Approvals: []approvalVote{{Entity: "a", At: t0}}, ApprovedAt: t0, RedeemBy: t0.Add(time.Minute)}
+	if got := expired.done(); !got.Equal(t0.Add(time.Hour)) {
+		t.Fatalf("expired undecided kept until %s", got)
+	}
+	if got := decided.done(); !got.Equal(t0.Add(time.Minute + 24*time.Hour)) {
+		t.Fatalf("decided kept until %s", got)
+	}
 }

@@ -468,22 +468,31 @@ func (b *backend) pathKeyList(ctx context.Context, req *logical.Request, d *fram
 	if err != nil {
 		return nil, fmt.Errorf("listing keys: %w", err)
 	}
-	// Each shard of key use read once, for every key it holds.
-	uses, err := b.usageOf(ctx, req.Storage, ids)
-	if err != nil {
-		return nil, err
-	}
-	now, role := time.Now(), pathRole(d)
-	listed := make([]string, 0, len(ids))
-	info := make(map[string]interface{}, len(ids))
+	role := pathRole(d)
+	keys := make([]*keyEntry, 0, len(ids))
 	for _, id := range ids {
 		k, err := b.getKey(ctx, req.Storage, id)
 		if err != nil {
 			return nil, err
 		}
-		if k == nil || (role != "" && k.Role != role) {
-			continue // tidied between List and Get, or another role's
+		if k != nil && (role == "" || k.Role == role) {
+			keys = append(keys, k) // not tidied between List and Get, nor another role's
 		}
+	}
+	// Each shard of key use read once, for every listed key it holds.
+	ids = ids[:0]
+	for _, k := range keys {
+		ids = append(ids, k.ID)
+	}
+	uses, err := b.usageOf(ctx, req.Storage, ids)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	listed := make([]string, 0, len(keys))
+	info := make(map[string]interface{}, len(keys))
+	for _, k := range keys {
+		id := k.ID
 		k.withUsage(uses[id])
 		if unused > 0 && (k.revoked() || !now.Before(k.ExpiresAt) || !k.unusedFor(unused, now)) {
 			continue

@@ -45,7 +45,7 @@ func (p probe) do(t *testing.T, c *api.Client) (*api.Secret, int) {
 func TestPersonaPolicies(t *testing.T) {
 	v := vaultserver.StartT(t)
 	root := v.Client
-	write(t, root, "keybroker/roles/billing", map[string]interface{}{"scopes": "read", "audiences": "svc", "ttl": "1h"})
+	write(t, root, "keybroker/roles/billing", map[string]interface{}{"scopes": "read", "audiences": "svc", "ttl": "1h", "budget": 1000})
 	write(t, root, "keybroker/roles/admin", map[string]interface{}{"scopes": "admin", "ttl": "1h"})
 	for _, r := range []string{"agent", "other"} {
 		write(t, root, "keybroker/roles/"+r, map[string]interface{}{
@@ -76,7 +76,8 @@ func TestPersonaPolicies(t *testing.T) {
 		t.Helper()
 		for _, p := range probes {
 			_, status := p.do(t, c)
-			if denied := status == http.StatusForbidden; denied == p.granted {
+			// Granted: it works (2xx); refused: Vault's ACL says so (403).
+			if ok := status >= 200 && status < 300; (p.granted && !ok) || (!p.granted && status != http.StatusForbidden) {
 				t.Errorf("%s: %s %s: %d, want granted=%v", persona, p.op, p.path, status, p.granted)
 			}
 		}
@@ -151,6 +152,9 @@ func TestPersonaPolicies(t *testing.T) {
 	// request there.
 	if _, status := (probe{"write", "keybroker/approvals/agent/" + otherReq, map[string]interface{}{"action": "approve"}, true}).do(t, appr); status != http.StatusBadRequest {
 		t.Errorf("approver: other's request under agent: %d, want 400", status)
+	}
+	if d := read(t, root, "keybroker/approvals/other/"+otherReq, nil).Data; d["state"] != "pending" || len(d["approvals"].([]interface{})) != 0 {
+		t.Fatalf("other's request after agent's approver tried it: %#v", d)
 	}
 
 	check("sidecar", login("sidecar"), []probe{

@@ -27,7 +27,7 @@ path "keybroker/roles/billing/resume" {
   capabilities = ["update"]
 }
 
-# Renew or revoke the leases of billing's keys (successors of rotations
+# Revoke the leases of billing's keys at once (successors of rotations
 # included: their leases are under keybroker/keys/billing/ too).
 path "sys/leases/revoke-prefix/keybroker/keys/billing" {
   capabilities = ["update"]
