@@ -80,7 +80,7 @@ func (a dpopBound) authenticate(ctx context.Context, p presentation) (*identity,
 func (sc *Sidecar) recordProof(proofID string, id *identity, client netip.Addr) (decision, bool) {
 	now := time.Now()
 	window := sc.dpop.maxAge + sc.dpop.leeway + time.Second
-	switch err := sc.dpop.replay.add(proofID, id.lineage(), replayClient(client), now.Add(window), now); err {
+	switch err := sc.dpop.replay.add(proofID, id.lineage(), clientKey(client), now.Add(window), now); err {
 	case nil:
 		return decision{}, true
 	case errReplayed:

@@ -176,7 +176,7 @@ func TestReplayCache(t *testing.T) {
 	c := newReplayCache(64) // 2 per lineage, 8 per client
 	now := time.Now()
 	forget := now.Add(time.Minute)
-	ip := func(s string) netip.Prefix { return replayClient(netip.MustParseAddr(s)) }
+	ip := func(s string) netip.Prefix { return clientKey(netip.MustParseAddr(s)) }
 	a := ip("10.0.0.1")
 	if c.add("a", "x", a, forget, now) != nil || c.add("a", "y", ip("10.0.0.2"), forget, now) != errReplayed {
 		t.Fatal("a second use was not refused")

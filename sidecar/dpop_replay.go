@@ -54,20 +54,6 @@ func newReplayCache(size int) *replayCache {
 		seen: make(map[string]time.Time), byLineage: make(map[string]int), byClient: make(map[netip.Prefix]int)}
 }
 
-// replayClient is what a client address counts under: the address itself
-// for IPv4, its /64 for IPv6 (a host commonly has a whole /64), the zero
-// prefix for an unknown address.
-func replayClient(ip netip.Addr) netip.Prefix {
-	switch {
-	case !ip.IsValid():
-		return netip.Prefix{}
-	case ip.Is4():
-		return netip.PrefixFrom(ip, 32)
-	}
-	p, _ := ip.Prefix(64)
-	return p
-}
-
 // has says whether key is held and still live: a replay, refused before
 // it can take anything (a rate-limit token) from the credential's holder.
 func (c *replayCache) has(key string, now time.Time) bool {

@@ -54,7 +54,8 @@ func newFloodGuard(s *settings) (*floodGuard, error) {
 	}, nil
 }
 
-// clientKey groups addresses one client can easily hold: an IPv6 host
+// clientKey groups addresses one client can easily hold (the flood guard
+// and the DPoP replay cache count clients by it): an IPv6 host
 // usually has a whole /64. An unknown address shares one bucket.
 func clientKey(ip netip.Addr) netip.Prefix {
 	switch {
