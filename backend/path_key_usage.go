@@ -218,7 +218,11 @@ func validUse(e usageEntry, now time.Time) bool {
 		return false
 	}
 	if e.From != "" {
-		if _, err := netip.ParseAddr(e.From); err != nil {
+		// An address, written as Go writes it: no zone, which could be
+		// any length and hold control characters that would bloat a shard
+		// and reach an operator's terminal.
+		a, err := netip.ParseAddr(e.From)
+		if err != nil || a.Zone() != "" || a.String() != e.From {
 			return false
 		}
 	}

@@ -300,3 +300,25 @@ func TestUsageShardWithinEntryLimit(t *testing.T) {
 		t.Fatalf("kept %d days of counts", n)
 	}
 }
+
+// A report's client address is an address as Go writes it: no zone (which
+// could be any length, control characters included), nothing else (from
+// review).
+func TestKeyUsageFromIsAnAddress(t *testing.T) {
+	now := time.Now()
+	for from, want := range map[string]bool{
+		"":             true,
+		"10.0.0.1":     true,
+		"2001:db8::1":  true,
+		"fe80::1%eth0": false,
+		"fe80::1%" + strings.Repeat("\x1b", 1000): false,
+		"2001:DB8::1":     false,
+		"::ffff:10.0.0.1": true,
+		"10.0.0.1 ":       false,
+	} {
+		e := usageEntry{KeyID: "AAAAAAAAAAAA", Count: 1, Last: now.Unix(), From: from}
+		if got := validUse(e, now); got != want {
+			t.Errorf("from %q: valid %v, want %v", from, got, want)
+		}
+	}
+}

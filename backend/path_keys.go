@@ -42,10 +42,12 @@ type keyEntry struct {
 	// read or a verification, never stored with the key); the two are
 	// undone apart, so resuming the role leaves a key suspended on its own
 	// alone, and the other way. Keys stored by versions that wrote a
-	// role's suspension into each key carry role_suspended_at, ignored:
-	// the role's own entry says it (migrateRoleSuspensions).
-	SuspendedAt     time.Time `json:"suspended_at,omitzero"`
-	roleSuspendedAt time.Time
+	// role's suspension into each key carry role_suspended_at
+	// (LegacyRoleSuspendedAt): read once, by migrateRoleSuspensions, which
+	// turns it into the role's own entry, then ignored.
+	SuspendedAt           time.Time `json:"suspended_at,omitzero"`
+	LegacyRoleSuspendedAt time.Time `json:"role_suspended_at,omitzero"`
+	roleSuspendedAt       time.Time
 	// Rotation: ReplacedBy is the successor's key_id; the key then expires
 	// at the end of its grace. Replaces is the predecessor's. NotAfter
 	// bounds renewals: a successor lives no longer than its predecessor's

@@ -167,5 +167,32 @@ func (b *backend) migrateRoleSuspensions(ctx context.Context, s logical.Storage)
 			return err
 		}
 	}
+	// A role suspended and then deleted (or deleted and made again) left
+	// its suspension only in its keys: one walk, once, at the upgrade, so
+	// that those keys stay refused.
+	ids, err := s.List(ctx, keyPrefix)
+	if err != nil {
+		return fmt.Errorf("listing keys: %w", err)
+	}
+	now := time.Now()
+	for _, id := range ids {
+		k, err := b.getKey(ctx, s, id)
+		if err != nil {
+			return err
+		}
+		if k == nil || k.LegacyRoleSuspendedAt.IsZero() || k.revoked() || !now.Before(k.ExpiresAt) {
+			continue
+		}
+		if e, err := s.Get(ctx, suspendedRolePrefix+k.Role); err != nil || e != nil {
+			if err != nil {
+				return fmt.Errorf("reading the suspension of role %s: %w", k.Role, err)
+			}
+			continue
+		}
+		b.Logger().Warn("role suspended by an older version, through its keys only: it stays suspended (roles/<name>/resume undoes it)", "role", k.Role)
+		if err := putJSON(ctx, s, suspendedRolePrefix+k.Role, &roleSuspension{At: k.LegacyRoleSuspendedAt}); err != nil {
+			return err
+		}
+	}
 	return s.Put(ctx, &logical.StorageEntry{Key: done, Value: []byte("1")})
 }

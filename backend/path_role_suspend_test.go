@@ -178,3 +178,32 @@ func TestRoleSuspensionMigrated(t *testing.T) {
 		t.Fatalf("after resume: %v", v["reason"])
 	}
 }
+
+// A role suspended and then deleted under an older version left its
+// suspension only in its keys (role_suspended_at): the upgrade keeps them
+// refused (from review).
+func TestRoleSuspensionMigratedFromKeys(t *testing.T) {
+	e := newTestEnv(t)
+	ctx := context.Background()
+	e.createRole("gone", map[string]interface{}{"scopes": "read"})
+	k := e.mint("gone", nil)
+	id := k.Data["key_id"].(string)
+	old, err := e.b.getKey(ctx, e.storage, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old.LegacyRoleSuspendedAt = time.Now().UTC().Truncate(time.Second) // as the old version walked it
+	if err := e.b.putKey(ctx, e.storage, old); err != nil {
+		t.Fatal(err)
+	}
+	e.ok(logical.DeleteOperation, "roles/gone", nil)
+	if err := e.storage.Delete(ctx, "suspended-roles-migrated"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.b.migrateRoleSuspensions(ctx, e.storage); err != nil {
+		t.Fatal(err)
+	}
+	if v := e.verifyKey(k.Data["key"].(string)); v["reason"] != "suspended" {
+		t.Fatalf("a key of a role suspended and deleted before the upgrade: %v", v["reason"])
+	}
+}
