@@ -596,6 +596,12 @@ func (s *settings) setStripHeaders(names []string) error {
 			return fmt.Errorf("strip_headers: %q is not a header name", n)
 		case cgiNameEqual(n, "Host"), cgiNameEqual(n, "Content-Length"), cgiNameEqual(n, "Transfer-Encoding"), cgiNameEqual(n, "Content-Type"):
 			return fmt.Errorf("strip_headers: %q is needed to forward the request", n)
+		case strippedHeader(n):
+			// Envoy applies removals after the answer's headers: listed,
+			// it would remove the identity the sidecar sets.
+			return fmt.Errorf("strip_headers: %q is removed from every client already (credential and X-Keybroker-* headers); listed, it would also remove what the sidecar sets", n)
+		case cgiNameEqual(n, "Forwarded"), len(n) >= len("X-Forwarded-") && cgiNameEqual(n[:len("X-Forwarded-")], "X-Forwarded-"):
+			return fmt.Errorf("strip_headers: %q is set by the sidecar's proxy; listed, it would remove what the sidecar sets", n)
 		}
 		for _, prev := range names[:i] {
 			if cgiNameEqual(prev, n) {

@@ -34,9 +34,11 @@ type feedHealth struct {
 	// policy needs on it: named in the error a 403 logs.
 	path, capability string
 
-	// read: the feed was read to its end at least once.
-	read  atomic.Bool
-	mu    sync.Mutex
+	// read: the feed was read to its end at least once. forbidden: Vault
+	// refuses it now (403), read before or not: what the sidecar holds
+	// stops growing from then on, so it no longer knows what was revoked.
+	read, forbidden atomic.Bool
+	mu              sync.Mutex
 	state string
 	err   string // the last failure, for /healthz ("" when ok)
 	// refusals counts the 403s in a row, to space the retries out.
@@ -66,15 +68,19 @@ func newFeedHealth(name, path, capability string) *feedHealth {
 	return &feedHealth{name: name, path: path, capability: capability, state: feedStarting}
 }
 
-// known says whether decisions may rely on the feed: read to its end once.
-// A feed that fails later keeps what it read; its lag says how old that is.
-func (f *feedHealth) known() bool { return f.read.Load() }
+// known says whether decisions may rely on the feed: read to its end once,
+// and not refused since. A feed Vault cannot be reached for keeps what it
+// read (its lag says how old that is: Vault down is what the sidecar rides
+// out); one Vault refuses is a policy that took the feed away, which no
+// waiting fixes, so decisions on it stop.
+func (f *feedHealth) known() bool { return f.read.Load() && !f.forbidden.Load() }
 
 // succeeded records a good read; end says it left nothing unread.
 func (f *feedHealth) succeeded(log hclog.Logger, end bool) {
 	if end && !f.read.Load() {
 		f.read.Store(true)
 	}
+	f.forbidden.Store(false)
 	f.mu.Lock()
 	was := f.state
 	f.state, f.err, f.refusals = feedOK, "", 0
@@ -89,6 +95,7 @@ func (f *feedHealth) succeeded(log hclog.Logger, end bool) {
 // itself), Vault out of reach as a warning.
 func (f *feedHealth) failed(log hclog.Logger, err error) {
 	state := feedStateOf(err)
+	f.forbidden.Store(state == feedForbidden)
 	f.mu.Lock()
 	was := f.state
 	f.state, f.err = state, err.Error()
@@ -104,7 +111,7 @@ func (f *feedHealth) failed(log hclog.Logger, err error) {
 	}
 	switch state {
 	case feedForbidden:
-		log.Error("Vault refused the feed to this sidecar's token (403): its policy needs the capability on the path; until then credentials that depend on it are refused",
+		log.Error("Vault refused the feed to this sidecar's token (403): its policy needs the capability on the path; until it is read again, credentials that depend on it are refused",
 			"feed", f.name, "path", f.path, "capability", f.capability, "error", err)
 	default:
 		log.Warn("cannot read the feed; credentials that depend on it are refused until it has been read once", "feed", f.name, "path", f.path, "state", state, "error", err)

@@ -189,10 +189,15 @@ func TestFeedHealth(t *testing.T) {
 	if code, body := health(); code != 200 || body["status"] != "ok" {
 		t.Fatalf("healthz %d %v", code, body)
 	}
-	// A feed that fails later keeps what it read: decisions go on.
-	sc.revFeed.failed(sc.log, forbidden)
+	// A feed Vault cannot be reached for later keeps what it read:
+	// decisions go on. One Vault refuses does not (TestFeedForbiddenAfterReadRefuses).
+	sc.revFeed.failed(sc.log, &api.ResponseError{StatusCode: http.StatusServiceUnavailable})
 	if !sc.revFeed.known() {
-		t.Fatal("a failure forgot the feed was read")
+		t.Fatal("Vault out of reach forgot the feed was read")
+	}
+	sc.revFeed.failed(sc.log, forbidden)
+	if sc.revFeed.known() {
+		t.Fatal("a feed refused after a read is still relied on")
 	}
 }
 
@@ -260,5 +265,53 @@ func TestVerifyForbiddenLogged(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(f.sc.m.vaultCalls.WithLabelValues("verify", "forbidden")); n != 3 {
 		t.Errorf("vault_requests_total{verify,forbidden} = %v", n)
+	}
+}
+
+// A feed Vault refuses after it was read (the sidecar's policy lost it)
+// stops growing: the sidecar no longer knows what was revoked, so it
+// refuses what depends on it and says forbidden in /healthz, until the feed
+// is read again. Vault out of reach keeps what was read (from review).
+func TestFeedForbiddenAfterReadRefuses(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer up.Close()
+	f, _ := grpcFixture(t, []string{"127.0.0.1"}, func(c *Config) { c.Upstream = up.URL })
+	sc := f.sc
+	tok := f.jwt(t, "any read", time.Hour)
+	log := hclog.NewNullLogger()
+	sc.revFeed.succeeded(log, true)
+	sc.keyFeed.succeeded(log, true)
+	pass := func() (int, string) {
+		w := send(sc.proxyHandler(), "GET", "/v1/items/1", "127.0.0.1:1", hdr("Authorization", "Bearer "+tok))
+		return w.Code, w.Header().Get(contract.HeaderReason)
+	}
+	health := func() (int, string) {
+		w := httptest.NewRecorder()
+		sc.authHandler().ServeHTTP(w, httptest.NewRequest("GET", "/healthz", nil))
+		var body map[string]interface{}
+		_ = json.Unmarshal(w.Body.Bytes(), &body)
+		s, _ := body["status"].(string)
+		return w.Code, s
+	}
+	if code, _ := pass(); code != 200 {
+		t.Fatalf("feeds read: %d", code)
+	}
+	sc.revFeed.failed(log, &api.ResponseError{StatusCode: http.StatusServiceUnavailable})
+	if code, _ := pass(); code != 200 {
+		t.Fatalf("Vault unreachable after a read: %d, want 200 (what was read still holds)", code)
+	}
+	sc.revFeed.failed(log, &api.ResponseError{StatusCode: http.StatusForbidden})
+	if code, reason := pass(); code != 503 || reason != reasonRevocationsUnknown {
+		t.Fatalf("feed refused after a read: %d %s, want 503 %s", code, reason, reasonRevocationsUnknown)
+	}
+	if code, status := health(); code != 503 || status != "forbidden" {
+		t.Fatalf("healthz with the feed refused after a read: %d %s", code, status)
+	}
+	sc.revFeed.succeeded(log, true)
+	if code, _ := pass(); code != 200 {
+		t.Fatalf("feed read again: %d", code)
+	}
+	if code, status := health(); code != 200 || status != "ok" {
+		t.Fatalf("healthz once read again: %d %s", code, status)
 	}
 }

@@ -136,11 +136,11 @@ func (sc *Sidecar) authHandler() http.Handler {
 			feeds[f.name] = fs
 		}
 		switch {
-		case sc.Ready():
 		case forbidden:
 			// Not a matter of waiting: the sidecar's policy lacks a
 			// capability (feeds.<name>.needs says which).
 			status, code = "forbidden", http.StatusServiceUnavailable
+		case sc.Ready():
 		default:
 			status, code = "starting", http.StatusServiceUnavailable
 		}

@@ -86,12 +86,16 @@ func TestStripHeadersConfig(t *testing.T) {
 		t.Fatalf("an empty list: %v %v", s.stripHeaders, err)
 	}
 	for strip, want := range map[string][]string{
-		"not a header name":  {"X Original"},
-		"not a header name ": {""},
-		"is listed twice":    {"X-Original-URL", "x-original-url"},
-		"needed to forward":  {"Host"},
-		"needed to forward ": {"content-length"},
-		"at most 64 names":   slices.Repeat([]string{"X-A"}, 65),
+		"not a header name":                  {"X Original"},
+		"not a header name ":                 {""},
+		"is listed twice":                    {"X-Original-URL", "x-original-url"},
+		"needed to forward":                  {"Host"},
+		"needed to forward ":                 {"content-length"},
+		"removed from every client already":  {"X-Keybroker-Actor"},
+		"removed from every client already ": {"x-api-key"},
+		"set by the sidecar's proxy":         {"X-Forwarded-For"},
+		"set by the sidecar's proxy ":        {"forwarded"},
+		"at most 64 names":                   slices.Repeat([]string{"X-A"}, 65),
 	} {
 		if _, err := base(want).settings(); err == nil || !strings.Contains(err.Error(), strings.TrimSpace(strip)) {
 			t.Errorf("strip_headers %q: %v, want an error about %q", want, err, strip)
