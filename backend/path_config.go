@@ -50,8 +50,10 @@ func (c *config) issuer(mountPoint string) (string, error) {
 
 // issuer returns the effective issuer, or, when there is none, a 400 telling
 // the operator how to set one. An issuer derived from VAULT_API_ADDR is
-// stored as the config's issuer the first time it is used (pinIssuer).
-func (b *backend) issuer(ctx context.Context, req *logical.Request) (string, *logical.Response, error) {
+// stored as the config's issuer when pin is set: by the mint of the first
+// token that carries it (pinIssuer), never by a read, discovery or a
+// verification, which anyone can send and which change nothing.
+func (b *backend) issuer(ctx context.Context, req *logical.Request, pin bool) (string, *logical.Response, error) {
 	cfg, err := b.getConfig(ctx, req.Storage)
 	if err != nil {
 		return "", nil, err
@@ -62,6 +64,9 @@ func (b *backend) issuer(ctx context.Context, req *logical.Request) (string, *lo
 	iss, err := cfg.issuer(req.MountPoint)
 	if err != nil {
 		return "", logical.ErrorResponse(err.Error()), nil
+	}
+	if !pin {
+		return iss, nil, nil
 	}
 	if err := b.pinIssuer(ctx, req.Storage, iss); err != nil {
 		return "", nil, err
@@ -109,7 +114,7 @@ func pathConfig(b *backend) *framework.Path {
 	fields := map[string]*framework.FieldSchema{
 		"issuer": {
 			Type:        framework.TypeString,
-			Description: "iss of agent JWTs, an https URL (http on loopback). Default: this mount's URL under the " + apiAddrEnv + " the plugin was registered with, stored here the first time it is used, so that a later registration (an upgrade) does not change it. Empty: derive it again.",
+			Description: "iss of agent JWTs, an https URL (http on loopback). Default: this mount's URL under the " + apiAddrEnv + " the plugin was registered with, stored here when the first token is minted with it, so that a later registration (an upgrade) does not change it. Empty: derive it again.",
 		},
 		"signing_algorithm": {
 			Type:          framework.TypeString,
@@ -154,7 +159,7 @@ minted before then fails at verifiers configured with the old one).`,
 
 func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
 	// The issuer in use, stored if it was derived only now.
-	iss, noIssuer, err := b.issuer(ctx, req)
+	iss, noIssuer, err := b.issuer(ctx, req, false)
 	if err != nil {
 		return nil, err
 	}

@@ -67,21 +67,27 @@ func TestIssuerSurvivesReRegistration(t *testing.T) {
 	}
 }
 
-// The first read of config stores the derived issuer too; a mount that has
-// none says how to set one, stores nothing, and still answers.
-func TestIssuerStoredOnFirstRead(t *testing.T) {
+// A read of config, discovery or a verification stores nothing: they are
+// reads anyone (discovery: without a token) can send, and must not fix the
+// issuer to whatever the registration says at that moment; the first mint
+// does (from review). A mount that has none says how to set one, stores
+// nothing, and still answers.
+func TestIssuerNotStoredByReads(t *testing.T) {
 	t.Setenv(apiAddrEnv, "")
 	e := newTestEnv(t)
 	resp := e.ok(logical.ReadOperation, "config", nil)
 	if _, ok := resp.Data["effective_issuer"]; ok || len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], "no issuer") {
 		t.Fatalf("no issuer: %v %v", resp.Data, resp.Warnings)
 	}
-	if keys := e.storageKeys(configPath); len(keys) != 0 {
-		t.Fatalf("stored %v without an issuer", keys)
-	}
 	t.Setenv(apiAddrEnv, "https://vault.example.com:8200/")
-	if d := e.ok(logical.ReadOperation, "config", nil).Data; d["issuer"] != "https://vault.example.com:8200/v1/keybroker" {
+	if d := e.ok(logical.ReadOperation, "config", nil).Data; d["issuer"] != "" || d["effective_issuer"] != "https://vault.example.com:8200/v1/keybroker" {
 		t.Fatalf("config %v", d)
+	}
+	e.ok(logical.ReadOperation, ".well-known/openid-configuration", nil)
+	e.ok(logical.ReadOperation, ".well-known/oauth-authorization-server", nil)
+	e.ok(logical.UpdateOperation, "verify", map[string]interface{}{"credential": "eyJhbGciOiJFZERTQSJ9.e30.AAAA"})
+	if c, err := e.b.getConfig(context.Background(), e.storage); err != nil || c.Issuer != "" {
+		t.Fatalf("a read stored the issuer: %q %v", c.Issuer, err)
 	}
 }
 

@@ -143,7 +143,7 @@ func (b *backend) pathASMetadataRead(ctx context.Context, req *logical.Request, 
 // change of signing_algorithm, tokens signed with the old one still verify
 // until verification_ttl.
 func (b *backend) metadata(ctx context.Context, req *logical.Request, doc func(iss string, algs []string) map[string]interface{}) (*logical.Response, error) {
-	iss, userErr, err := b.issuer(ctx, req)
+	iss, userErr, err := b.issuer(ctx, req, false)
 	if userErr != nil || err != nil {
 		return userErr, err
 	}

@@ -256,7 +256,7 @@ func tokenNow() time.Time {
 // exchange files them before it mints, so that a revocation of the subject
 // in between finds the new token).
 func (b *backend) issueTokenAs(ctx context.Context, req *logical.Request, g grant, jti string, now time.Time, ttl time.Duration, family, meterID string) (*logical.Response, error) {
-	iss, userErr, err := b.issuer(ctx, req)
+	iss, userErr, err := b.issuer(ctx, req, true)
 	if userErr != nil || err != nil {
 		return userErr, err
 	}

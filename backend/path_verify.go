@@ -227,7 +227,7 @@ func (b *backend) verifyJWT(ctx context.Context, req *logical.Request, token str
 // binding is the caller's to decide, after the revocation check, so a
 // revoked one says revoked.
 func (b *backend) ownJWT(ctx context.Context, req *logical.Request, token, audience string) (c *jwtverify.Claims, reason string, userErr *logical.Response, err error) {
-	iss, userErr, err := b.issuer(ctx, req)
+	iss, userErr, err := b.issuer(ctx, req, false)
 	if userErr != nil || err != nil {
 		return nil, "", userErr, err
 	}
