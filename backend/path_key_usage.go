@@ -3,6 +3,8 @@ package backend
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"hash/fnv"
@@ -140,6 +142,9 @@ func (b *backend) pathKeyUsageWrite(ctx context.Context, req *logical.Request, d
 	var markPath string
 	var mark *usageReportMark
 	if reportID != "" {
+		// Each verifier's ids apart: one that learnt another's id (a
+		// log line) cannot have that one's report taken as a duplicate.
+		reportID = reportIDOf(req.EntityID, reportID)
 		// Held until the report is recorded: the same report sent again
 		// meanwhile waits, then finds it recorded.
 		l := locksutil.LockForKey(b.usageReportLocks, reportID)
@@ -203,7 +208,10 @@ func (b *backend) pathKeyUsageWrite(ctx context.Context, req *logical.Request, d
 		}
 		done = append(done, shard)
 	}
-	if reportID != "" {
+	if reportID != "" && len(shards) > 0 {
+		// A report that recorded nothing leaves no mark: sent again, it
+		// records nothing again, and a caller cannot write an entry per
+		// request with empty reports.
 		if err := putJSON(ctx, req.Storage, markPath, &usageReportMark{Complete: true}); err != nil {
 			return nil, err
 		}
@@ -227,6 +235,14 @@ func validUse(e usageEntry, now time.Time) bool {
 		}
 	}
 	return true
+}
+
+// reportIDOf is where a verifier's report_id is remembered: under a hash
+// of the caller's Vault entity (its token's when it has none), so that the
+// ids of two verifiers never meet.
+func reportIDOf(entity, id string) string {
+	sum := sha256.Sum256([]byte(entity))
+	return hex.EncodeToString(sum[:8]) + "-" + id
 }
 
 func validReportID(id string) bool {

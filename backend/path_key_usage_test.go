@@ -192,7 +192,7 @@ func TestKeyUsageReportIDCountsOnce(t *testing.T) {
 	// Half-way: the third shard write fails; the retry writes the rest.
 	e.storage = &failingPut{Storage: e.storage, prefix: usageShardPrefix, n: 3}
 	report["report_id"] = "b"
-	if resp, err := e.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.UpdateOperation, Path: "key-usage", Data: report, Storage: e.storage, MountPoint: "keybroker/"}); err == nil && !resp.IsError() {
+	if resp, err := e.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.UpdateOperation, Path: "key-usage", Data: report, Storage: e.storage, EntityID: e.entityID, MountPoint: "keybroker/"}); err == nil && !resp.IsError() {
 		t.Fatal("a report whose storage failed half-way succeeded")
 	}
 	e.ok(logical.UpdateOperation, "key-usage", report)
@@ -215,6 +215,18 @@ func TestKeyUsageReportIDCountsOnce(t *testing.T) {
 	}
 	if n := len(e.storageKeys(usageReportPrefix)); n != 2 {
 		t.Fatalf("%d report ids stored, want 2", n)
+	}
+	// Another verifier's report with the same id is its own: counted
+	// (from review: ids were one namespace for every verifier).
+	report["report_id"] = "a"
+	if d := e.as("other-sidecar", logical.UpdateOperation, "key-usage", report).Data; d["duplicate"] != false || d["recorded"] != 40 {
+		t.Fatalf("another verifier's report with a known id: %#v", d)
+	}
+	// A report that records nothing leaves no mark.
+	report["usage"], report["report_id"] = "[]", "empty"
+	e.ok(logical.UpdateOperation, "key-usage", report)
+	if n := len(e.storageKeys(usageReportPrefix)); n != 3 {
+		t.Fatalf("%d report ids stored after an empty report, want 3", n)
 	}
 }
 
