@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/keybroker/keybroker/apikey"
+	"github.com/keybroker/keybroker/contract"
 	"github.com/keybroker/keybroker/jwtverify"
 )
 
@@ -137,8 +138,8 @@ func (b *backend) newRefreshToken(ctx context.Context, s logical.Storage, g gran
 	if err != nil {
 		return "", err
 	}
-	for j, e := range f.JTIs { // forget tokens that expired by themselves
-		if !now.Before(e) {
+	for j, e := range f.JTIs { // forget tokens that cannot pass anywhere any more
+		if !now.Before(contract.RevokedUntil(e)) {
 			delete(f.JTIs, j)
 		}
 	}

@@ -156,10 +156,10 @@ func (b *backend) revokeJWTByValue(ctx context.Context, s logical.Storage, token
 		return revokeResult(secretTypeJWT, "", revokeMalformed), nil
 	}
 	exp := c.ExpiresAt.Time
-	if !time.Now().Before(exp) {
-		// Nothing to do: the feed and the families hold live tokens only
-		// (revokeJTI leaves an expired one alone), and its family's later
-		// tokens were not given.
+	if !time.Now().Before(contract.RevokedUntil(exp)) {
+		// Nothing to do: past its exp and every verifier's leeway it
+		// passes nowhere (within the leeway it still does, so it is
+		// revoked), and its family's later tokens were not given.
 		return revokeResult(secretTypeJWT, c.ID, revokeExpired), nil
 	}
 	changed, err := b.revokeTokenAndFamily(ctx, s, c.ID, exp)

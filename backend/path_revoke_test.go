@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/keybroker/keybroker/apikey"
+	"github.com/keybroker/keybroker/contract"
 	"github.com/keybroker/keybroker/jwtverify"
 )
 
@@ -155,11 +156,20 @@ func TestRevokeByValueRevokesWhatItStandsFor(t *testing.T) {
 			kind: kindRefreshToken, result: revokeRevoked, id: func(f fam) string { return refreshID(str(f.second, "refresh_token")) }, familyRevoked: true},
 		{name: "a spent refresh token", cred: func(_ *testEnv, f fam) string { return str(f.first, "refresh_token") },
 			kind: kindRefreshToken, result: revokeRevoked, id: func(f fam) string { return refreshID(str(f.first, "refresh_token")) }, familyRevoked: true},
+		// Within a verifier's leeway an expired token still passes: it is
+		// revoked, with its family (from review: it was answered expired).
 		{name: "a JWT of the family past its exp, within the leeway",
 			cred: func(e *testEnv, f fam) string {
 				now := time.Now()
 				return e.signedByMount(jwtverify.Claims{RegisteredClaims: jwt.RegisteredClaims{Issuer: testIssuer, Audience: jwt.ClaimStrings{"billing"},
 					ID: str(f.first, "jti"), IssuedAt: jwt.NewNumericDate(now.Add(-time.Minute)), ExpiresAt: jwt.NewNumericDate(now.Add(-7 * time.Second))}})
+			},
+			kind: secretTypeJWT, result: revokeRevoked, id: func(f fam) string { return str(f.first, "jti") }, familyRevoked: true},
+		{name: "a JWT of the family past its exp and every leeway",
+			cred: func(e *testEnv, f fam) string {
+				now := time.Now()
+				return e.signedByMount(jwtverify.Claims{RegisteredClaims: jwt.RegisteredClaims{Issuer: testIssuer, Audience: jwt.ClaimStrings{"billing"},
+					ID: str(f.first, "jti"), IssuedAt: jwt.NewNumericDate(now.Add(-2 * time.Minute)), ExpiresAt: jwt.NewNumericDate(now.Add(-contract.RevocationGrace - time.Second))}})
 			},
 			kind: secretTypeJWT, result: revokeExpired, id: func(f fam) string { return str(f.first, "jti") }},
 		{name: "an expired refresh token",

@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 
+	"github.com/keybroker/keybroker/contract"
 	"github.com/keybroker/keybroker/jwtverify"
 )
 
@@ -419,7 +420,10 @@ func (b *backend) revokeJWTLease(ctx context.Context, req *logical.Request, _ *f
 	if jti == "" || err != nil {
 		return nil, fmt.Errorf("lease has no jti or exp in its internal data")
 	}
-	if family, _ := req.Secret.InternalData["family"].(string); family != "" && time.Now().Before(exp) {
+	if !time.Now().Before(exp) {
+		return nil, nil // the lease ended with the token: expiry, not a revocation
+	}
+	if family, _ := req.Secret.InternalData["family"].(string); family != "" {
 		b.refreshMu.Lock()
 		defer b.refreshMu.Unlock()
 		return nil, b.revokeFamilyLocked(ctx, req.Storage, family)
@@ -457,7 +461,10 @@ func (b *backend) revokeJTI(ctx context.Context, s logical.Storage, jti string, 
 // exchanged from jti too (depth: how far down a delegation chain).
 func (b *backend) revokeJTILocked(ctx context.Context, s logical.Storage, jti string, exp time.Time, depth int) error {
 	now := time.Now().UTC()
-	if !now.Before(exp) {
+	if !now.Before(contract.RevokedUntil(exp)) {
+		// No verifier takes it any more, leeway included: nothing to
+		// revoke. Until then a revocation counts: within its leeway an
+		// expired token still passes.
 		return nil
 	}
 	existing, err := s.Get(ctx, revokedJTIPrefix+jti)
