@@ -46,7 +46,7 @@ func TestCaddyForwardAuth(t *testing.T) {
 
 	minted := write(t, v.Client, "keybroker/keys/svc", map[string]interface{}{"name": "through caddy"})
 	key, keyID := minted.Data["key"].(string), minted.Data["key_id"].(string)
-	forged := forgedIdentity(key)
+	forged := withForgedRoute(forgedIdentity(key))
 	forged["X-Keybroker-Other"] = "forged" // Caddy deletes every X-Keybroker-*
 	r := rawGet(t, base, "GET", "/read/items", forged)
 	if r.status != http.StatusOK || r.body != "upstream ok" {
@@ -61,11 +61,14 @@ func TestCaddyForwardAuth(t *testing.T) {
 		t.Fatalf("the credential reached the service behind caddy: %v", seen)
 	}
 	noForgedIdentity(t, "behind caddy", seen, key)
-	// A public route: no forged identity, and no unreplaced placeholders.
+	noRoutingOverrides(t, "behind caddy", seen)
+	// A public route: no forged identity or routing override, and no
+	// unreplaced placeholders.
 	if r := rawGet(t, base, "GET", "/public", forged); r.status != 200 {
 		t.Fatalf("public route through caddy: %d", r.status)
 	}
 	noForgedIdentity(t, "public route behind caddy", e.seen(), key)
+	noRoutingOverrides(t, "public route behind caddy", e.seen())
 	for k, vs := range e.seen() {
 		for _, v := range vs {
 			if strings.HasPrefix(k, "X-Keybroker-") && v != "" || strings.Contains(v, "{http.") {

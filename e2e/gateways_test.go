@@ -264,13 +264,52 @@ func rotationThroughGateway(t *testing.T, v *vaultserver.Server, e *sidecarEnv, 
 // reached the service.
 func noRotationHeaders(t *testing.T, where string, seen http.Header) {
 	t.Helper()
+	noneNamed(t, where, seen, rotationHeaders)
+}
+
+// noneNamed fails when a header CGI reads as one of names reached the
+// service.
+func noneNamed(t *testing.T, where string, seen http.Header, names []string) {
+	t.Helper()
 	for k := range seen {
-		for _, name := range rotationHeaders {
+		for _, name := range names {
 			if cgiName(k) == cgiName(name) {
 				t.Fatalf("%s: the service got %s: %q", where, k, seen[k])
 			}
 		}
 	}
+}
+
+// routingOverrideHeaders name another path or method than the request's
+// own (the sidecar's default strip_headers): a framework that honours one
+// (IIS URL Rewrite, Symfony, Express's method-override, ...) serves a route
+// other than the one the sidecar checked. Behind nginx, Caddy and Traefik
+// the gateway must drop them.
+var routingOverrideHeaders = []string{"X-Original-URL", "X-Rewrite-URL", "X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"}
+
+// withForgedRoute adds to h (raw header names, for rawGet) a client's
+// attempt to have the service serve another route than the one checked:
+// every routing override in every spelling cgiSpellings gives, each as
+// written, in lower case and in upper case (a gateway that deletes one
+// name per mix of '-' and '_' must take every case of it).
+func withForgedRoute(h map[string]string) map[string]string {
+	for _, name := range routingOverrideHeaders {
+		v := "/read/admin"
+		if strings.Contains(strings.ToLower(name), "method") {
+			v = "DELETE"
+		}
+		for _, s := range cgiSpellings(name) {
+			h[s], h[strings.ToLower(s)], h[strings.ToUpper(s)] = v, v, v
+		}
+	}
+	return h
+}
+
+// noRoutingOverrides fails when a header CGI reads as a routing override
+// reached the service.
+func noRoutingOverrides(t *testing.T, where string, seen http.Header) {
+	t.Helper()
+	noneNamed(t, where, seen, routingOverrideHeaders)
 }
 
 // cgiName is the CGI variable a header name becomes.
@@ -298,8 +337,12 @@ func noForgedIdentity(t *testing.T, where string, seen http.Header, key string) 
 // No Traefik here to run: examples/traefik.yml is read as Traefik reads it.
 // Its authResponseHeadersRegex (Go regexp, as in Traefik) must take every
 // spelling of every header the sidecar defines from the client (Traefik
-// matches it against the canonical names Go's server stores), and
-// strip-credential must name every spelling of X-API-Key with '_'.
+// matches it against the canonical names Go's server stores), and the
+// headers middlewares of the router must delete every spelling of the
+// credential and of every routing override. Traefik deletes a
+// customRequestHeaders entry set to "" with Go's Header.Del, which
+// canonicalises the name as Go's server canonicalised the client's: an
+// entry stands for every case of its mix of '-' and '_', no more.
 func TestTraefikExampleCoversEverySpelling(t *testing.T) {
 	var conf struct {
 		HTTP struct {
@@ -311,6 +354,9 @@ func TestTraefikExampleCoversEverySpelling(t *testing.T) {
 					CustomRequestHeaders map[string]string `yaml:"customRequestHeaders"`
 				} `yaml:"headers"`
 			} `yaml:"middlewares"`
+			Routers map[string]struct {
+				Middlewares []string `yaml:"middlewares"`
+			} `yaml:"routers"`
 		} `yaml:"http"`
 	}
 	if err := yaml.Unmarshal([]byte(readExample(t, "traefik.yml")), &conf); err != nil {
@@ -328,16 +374,37 @@ func TestTraefikExampleCoversEverySpelling(t *testing.T) {
 			}
 		}
 	}
-	stripped := map[string]bool{}
-	for k, v := range conf.HTTP.Middlewares["strip-credential"].Headers.CustomRequestHeaders {
-		if v == "" {
-			stripped[http.CanonicalHeaderKey(k)] = true
+	chain := conf.HTTP.Routers["service"].Middlewares
+	if !slices.Contains(chain, "keybroker") {
+		t.Fatalf("the service router does not ask the sidecar: middlewares %q", chain)
+	}
+	// What the router's headers middlewares delete, and the credential's
+	// only after the sidecar has read it.
+	deleted := map[string]bool{}
+	afterAuth := map[string]bool{}
+	auth := false
+	for _, m := range chain {
+		auth = auth || m == "keybroker"
+		for k, v := range conf.HTTP.Middlewares[m].Headers.CustomRequestHeaders {
+			if v == "" {
+				deleted[http.CanonicalHeaderKey(k)] = true
+				afterAuth[http.CanonicalHeaderKey(k)] = auth
+			}
 		}
 	}
 	for _, name := range []string{"Authorization", "DPoP", "X-API-Key"} {
 		for _, s := range cgiSpellings(name) {
-			if !stripped[http.CanonicalHeaderKey(s)] {
-				t.Errorf("strip-credential leaves %s to the service", s)
+			if !deleted[http.CanonicalHeaderKey(s)] {
+				t.Errorf("the service router leaves the credential's %s to the service", s)
+			} else if !afterAuth[http.CanonicalHeaderKey(s)] {
+				t.Errorf("the service router deletes the credential's %s before the sidecar reads it", s)
+			}
+		}
+	}
+	for _, name := range routingOverrideHeaders {
+		for _, s := range cgiSpellings(name) {
+			if !deleted[http.CanonicalHeaderKey(s)] {
+				t.Errorf("the service router leaves the client's %s (%s) to the service", s, http.CanonicalHeaderKey(s))
 			}
 		}
 	}

@@ -36,7 +36,7 @@ func TestNginxAuthRequest(t *testing.T) {
 
 	minted := write(t, v.Client, "keybroker/keys/svc", map[string]interface{}{"name": "through nginx"})
 	key := minted.Data["key"].(string)
-	forged := forgedIdentity(key)
+	forged := withForgedRoute(forgedIdentity(key))
 	r := rawGet(t, base, "GET", "/read/items", forged)
 	if r.status != http.StatusOK || r.body != "upstream ok" {
 		t.Fatalf("allowed request through nginx: %d %s", r.status, r.body)
@@ -52,10 +52,13 @@ func TestNginxAuthRequest(t *testing.T) {
 		}
 	}
 	noForgedIdentity(t, "behind nginx", seen, key)
-	// A public route: the client's identity headers still do not pass.
+	noRoutingOverrides(t, "behind nginx", seen)
+	// A public route: the client's identity headers and routing overrides
+	// still do not pass.
 	if r := rawGet(t, base, "GET", "/public", forged); r.status != 200 {
 		t.Fatalf("public route through nginx: %d", r.status)
 	}
+	noRoutingOverrides(t, "public route behind nginx", e.seen())
 	for _, h := range []string{"X-Keybroker-Role", "X-Keybroker-Key-Id", "X-Keybroker-Jti", "X-Keybroker-Tenant", "X-Api-Key"} {
 		if _, ok := e.seen()[h]; ok {
 			t.Fatalf("%s reached the service on a public route: %v", h, e.seen())
