@@ -137,6 +137,14 @@ const (
 // id, jti, role, tenant, scopes, actor.
 var IdentityHeaders = []string{HeaderSubject, HeaderKeyID, HeaderJTI, HeaderRole, HeaderTenant, HeaderScopes, HeaderActor}
 
+// RoutingOverrides are the request headers that name another path or
+// method than the request's own (IIS URL Rewrite, Symfony, Express's
+// method-override honour them): the sidecar's default strip_headers, and
+// what every gateway example drops. A new slice each call.
+func RoutingOverrides() []string {
+	return []string{"X-Original-URL", "X-Rewrite-URL", "X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"}
+}
+
 // ActorHeader renders a delegation chain (current actor first) as
 // HeaderActor's value.
 func ActorHeader(actors []string) string {

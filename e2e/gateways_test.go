@@ -285,7 +285,7 @@ func noneNamed(t *testing.T, where string, seen http.Header, names []string) {
 // (IIS URL Rewrite, Symfony, Express's method-override, ...) serves a route
 // other than the one the sidecar checked. Behind nginx, Caddy and Traefik
 // the gateway must drop them.
-var routingOverrideHeaders = []string{"X-Original-URL", "X-Rewrite-URL", "X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"}
+var routingOverrideHeaders = contract.RoutingOverrides()
 
 // withForgedRoute adds to h (raw header names, for rawGet) a client's
 // attempt to have the service serve another route than the one checked:

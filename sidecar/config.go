@@ -574,7 +574,7 @@ func validHeaderName(h string) bool {
 // X-Rewrite-URL; Express's method-override, Rails, Laravel, Spring's
 // HiddenHttpMethodFilter and others the method overrides. A service behind
 // the sidecar would otherwise serve a route other than the one checked.
-var defaultStripHeaders = []string{"X-Original-URL", "X-Rewrite-URL", "X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"}
+var defaultStripHeaders = contract.RoutingOverrides()
 
 // maxStripHeaders bounds strip_headers: each is compared with every header
 // of every request.
