@@ -598,3 +598,38 @@ func TestExchangeChainKeptOrNot(t *testing.T) {
 		}
 	}
 }
+
+// failingPuts refuses to store below prefix, as a storage backend that
+// fails mid-request would.
+type failingPuts struct {
+	logical.Storage
+	prefix string
+}
+
+func (s failingPuts) Put(ctx context.Context, e *logical.StorageEntry) error {
+	if strings.HasPrefix(e.Key, s.prefix) {
+		return fmt.Errorf("storage refused %s", e.Key)
+	}
+	return s.Storage.Put(ctx, e)
+}
+
+// An exchange whose mint fails after its slot was taken gives the slot and
+// its kept chain back: nothing of it stays in storage.
+func TestExchangeFailedMintStoresNothing(t *testing.T) {
+	e := chainEnv(t)
+	e.createRole("user", map[string]interface{}{"budget": 100})
+	t0 := e.as("user-entity", logical.UpdateOperation, "token/user", nil)
+	t1 := e.as("tool-entity", logical.UpdateOperation, "token/exchange", map[string]interface{}{"role": "by-name", "subject_token": t0.Data["token"]})
+	before := e.storageKeys("")
+	resp, err := e.b.HandleRequest(context.Background(), &logical.Request{
+		Operation: logical.UpdateOperation, Path: "token/exchange", MountPoint: "keybroker/", EntityID: "tool2-entity",
+		Storage: failingPuts{e.storage, meterPrefix}, // the shared meter cannot be written
+		Data:    map[string]interface{}{"role": "by-id", "subject_token": t1.Data["token"]},
+	})
+	if err == nil || !strings.Contains(err.Error(), "storage refused") {
+		t.Fatalf("exchange with the meter unwritable: %v %v", resp, err)
+	}
+	if after := e.storageKeys(""); !slices.Equal(before, after) {
+		t.Fatalf("a failed mint left %v (before %v)", after, before)
+	}
+}
