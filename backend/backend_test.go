@@ -20,7 +20,17 @@ type testEnv struct {
 
 func newTestEnv(t *testing.T) *testEnv {
 	t.Helper()
+	return newTestEnvWith(t, nil)
+}
+
+// newTestEnvWith is newTestEnv with the system view sys (nil: the SDK's
+// test one), for tests that need Vault's answers such as EntityInfo.
+func newTestEnvWith(t *testing.T, sys logical.SystemView) *testEnv {
+	t.Helper()
 	conf := logical.TestBackendConfig()
+	if sys != nil {
+		conf.System = sys
+	}
 	conf.StorageView = barrierStorage{&logical.InmemStorage{}}
 	lb, err := Factory(context.Background(), conf)
 	if err != nil {

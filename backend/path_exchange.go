@@ -97,8 +97,12 @@ derives it from the caller's Vault identity), with the subject token's own
 act nested inside (RFC 8693 section 4.1), and its client_id is the caller's
 entity. The role must list the subject token's role in
 allowed_subject_roles, and the chain may be at most its max_delegation_depth
-actors long, and an actor appears in it at most once (the caller may be
-neither the subject nor an actor already in it). The new token's scopes are
+actors long, and an actor appears in it at most once: the caller's Vault
+entity may be neither the subject's nor an actor's already in it, whatever
+subject setting each role of the chain spelled them with (the plugin keeps
+each exchanged token's chain as entities), and the sub this role derives for
+the caller may not already be the chain's sub or an actor's (the token would
+name it twice). The new token's scopes are
 within the subject token's and the role's (and the actor token's), its one
 audience is one of the subject token's that the role allows, its
 bound_cidrs within both, and it expires no later than the subject token.
@@ -156,13 +160,16 @@ func (b *backend) pathExchangeWrite(ctx context.Context, req *logical.Request, d
 	if msg != "" || userErr != nil || err != nil {
 		return exchangeError(msg, userErr), err
 	}
+	chain, known, err := b.chainEntities(ctx, req.Storage, subject)
+	if err != nil {
+		return nil, err
+	}
+	refusal := chainRefusal(subject, chain, known, actor, req.EntityID)
 	switch {
 	case !slices.Contains(r.AllowedSubjectRoles, subject.Role):
 		return logical.ErrorResponse("role %q may not act for tokens of role %q (allowed_subject_roles: %s)", roleName, subject.Role, strings.Join(r.AllowedSubjectRoles, ", ")), nil
-	case subject.Subject == actor || subject.Subject == req.EntityID || (len(subject.Actors()) == 0 && subject.ClientID == req.EntityID):
-		return logical.ErrorResponse("subject_token is the caller's own token (its sub is the caller): exchange is for acting for someone else"), nil
-	case inChain(subject, actor, req.EntityID):
-		return logical.ErrorResponse("the caller (%s) already acts in subject_token's chain (%s): an actor appears at most once", actor, strings.Join(subject.Actors(), ", ")), nil
+	case refusal != "":
+		return logical.ErrorResponse(refusal), nil
 	case len(subject.Actors())+1 > r.delegationDepth():
 		return logical.ErrorResponse("the chain would be %d actors long; role %q allows at most %d (max_delegation_depth)", len(subject.Actors())+1, roleName, r.delegationDepth()), nil
 	case r.Tenant != "" && subject.Tenant != r.Tenant:
@@ -256,6 +263,9 @@ func (b *backend) pathExchangeWrite(ctx context.Context, req *logical.Request, d
 	}
 	now := tokenNow()
 	slot := derivedSlot{parent: subject.ID, actor: req.EntityID, jti: jti}
+	if known {
+		slot.chain = append(slices.Clone(chain), req.EntityID)
+	}
 	if msg, err := b.reserveDerived(ctx, req.Storage, slot, now.Add(ttl)); msg != "" || err != nil {
 		return exchangeError(msg, nil), err
 	}
@@ -303,22 +313,6 @@ func exchangeAudience(asked string, subject *jwtverify.Claims, roleName string, 
 		return "", err.Error()
 	}
 	return aud, ""
-}
-
-// inChain reports whether the caller (actor: its sub under the role's
-// subject setting; entity: its Vault entity id) already acts in the subject
-// token's chain. Earlier actors are known by their act sub only, so the
-// caller is looked for under both names; the last actor also by client_id.
-func inChain(subject *jwtverify.Claims, actor, entity string) bool {
-	if len(subject.Actors()) > 0 && subject.ClientID == entity {
-		return true
-	}
-	for _, a := range subject.Actors() {
-		if a == actor || a == entity {
-			return true
-		}
-	}
-	return false
 }
 
 // exchangedToken checks a token given to token/exchange: the plugin's own,
@@ -372,9 +366,12 @@ func exchangeScopes(d *framework.FieldData, subject *jwtverify.Claims, r *role, 
 
 // derivedSlot is one exchanged token as its subject's index files it: the
 // subject token's jti (parent), the Vault entity that exchanged it (actor)
-// and its own jti.
+// and its own jti; and its chain's Vault entities, kept under chainPrefix
+// (nil when the subject token's are not known: the new token's are not
+// either).
 type derivedSlot struct {
 	parent, actor, jti string
+	chain              []string
 }
 
 // derivedKey is where the tokens one actor exchanged from parent are filed:
@@ -420,6 +417,11 @@ func (b *backend) reserveDerived(ctx context.Context, st logical.Storage, s deri
 		return fmt.Sprintf("the caller already has %d live tokens exchanged from subject_token (each actor has its own %d); wait for some to expire", maxDerived, maxDerived), nil
 	}
 	dt.Children[s.jti] = exp
+	if s.chain != nil {
+		if err := putJSON(ctx, st, chainPrefix+s.jti, &entityChain{Entities: s.chain, ExpiresAt: exp}); err != nil {
+			return "", err
+		}
+	}
 	return "", putJSON(ctx, st, key, dt)
 }
 
@@ -427,6 +429,9 @@ func (b *backend) reserveDerived(ctx context.Context, st logical.Storage, s deri
 func (b *backend) releaseDerived(ctx context.Context, st logical.Storage, s derivedSlot) error {
 	b.revocationMu.Lock()
 	defer b.revocationMu.Unlock()
+	if err := st.Delete(ctx, chainPrefix+s.jti); err != nil {
+		return fmt.Errorf("deleting %s%s: %w", chainPrefix, s.jti, err)
+	}
 	key := derivedKey(s.parent, s.actor)
 	dt, err := getJSON[derivedTokens](ctx, st, key)
 	if err != nil || dt == nil {

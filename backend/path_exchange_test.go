@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/vault/sdk/logical"
 
+	"github.com/keybroker/keybroker/contract"
 	"github.com/keybroker/keybroker/internal/dpoptest"
 	"github.com/keybroker/keybroker/jwtverify"
 )
@@ -432,5 +433,203 @@ func TestExchangeOfASeveralAudienceToken(t *testing.T) {
 	got := e.as("tool-entity", logical.UpdateOperation, "token/exchange", exchange)
 	if aud := got.Data["audience"].([]string); !slices.Equal(aud, []string{"svc2"}) {
 		t.Fatalf("exchanged audience %v", aud)
+	}
+}
+
+// entitySystem answers EntityInfo for several Vault entities, as Vault does
+// for each caller.
+type entitySystem struct {
+	*logical.StaticSystemView
+	byID map[string]*logical.Entity
+}
+
+func (s entitySystem) EntityInfo(id string) (*logical.Entity, error) { return s.byID[id], nil }
+
+// chainEnv: entities with names and one alias each, two subject roles (by
+// entity id and by entity name) and an acting role per subject setting,
+// each of which may act for any of them, four deep. other's alias spells
+// the tool's entity name, mallory's the user's.
+func chainEnv(t *testing.T) *testEnv {
+	ent := func(id, name, alias string) *logical.Entity {
+		return &logical.Entity{ID: id, Name: name, Aliases: []*logical.Alias{{Name: alias, MountType: "approle"}}}
+	}
+	e := newTestEnvWith(t, entitySystem{logical.TestSystemView(), map[string]*logical.Entity{
+		"user-entity":    ent("user-entity", "alice", "alice@idp"),
+		"tool-entity":    ent("tool-entity", "toolname", "tool-role-id"),
+		"tool2-entity":   ent("tool2-entity", "tool2name", "tool2-role-id"),
+		"other-entity":   ent("other-entity", "other", "toolname"),
+		"mallory-entity": ent("mallory-entity", "mallory", "alice"),
+	}})
+	e.ok(logical.UpdateOperation, "config", map[string]interface{}{"issuer": testIssuer})
+	e.createRole("user", map[string]interface{}{"scopes": "read", "audiences": "svc"})
+	e.createRole("user-name", map[string]interface{}{"scopes": "read", "audiences": "svc", "subject": subjectEntityName})
+	for role, subject := range map[string]string{"by-id": subjectEntityID, "by-name": subjectEntityName, "by-alias": subjectAliasName} {
+		e.createRole(role, map[string]interface{}{"scopes": "read", "audiences": "svc", "subject": subject,
+			"allowed_subject_roles": "user,user-name,by-id,by-name,by-alias", "max_delegation_depth": 4})
+	}
+	return e
+}
+
+// An actor appears at most once in a chain as a Vault entity, whatever
+// subject setting each role of the chain spells it with; and the new token
+// never names one sub twice. The first cases were minted by the code that
+// compared the caller's sub under the current role's setting only.
+func TestExchangeChainByEntity(t *testing.T) {
+	type hop struct{ entity, role string }
+	user, userByName := hop{"user-entity", "user"}, hop{"user-entity", "user-name"}
+	for _, tc := range []struct {
+		name   string
+		mint   hop   // the subject token: token/<role> as entity
+		hops   []hop // exchanges before the one tested
+		last   hop   // the exchange tested
+		want   string
+		actors []string // when it is allowed
+	}{
+		{"the first actor again under entity_id after entity_name: [toolname, tool2, tool]", user,
+			[]hop{{"tool-entity", "by-name"}, {"tool2-entity", "by-id"}}, hop{"tool-entity", "by-id"},
+			"the caller (tool-entity) already acts in subject_token's chain (tool2-entity, toolname): an actor appears at most once", nil},
+		{"the first actor again by alias after two entity_name actors", user,
+			[]hop{{"tool-entity", "by-name"}, {"tool2-entity", "by-name"}}, hop{"tool-entity", "by-alias"},
+			"already acts in subject_token's chain", nil},
+		{"the subject (sub alice) acts for itself under entity_id", userByName,
+			[]hop{{"tool-entity", "by-id"}}, hop{"user-entity", "by-id"},
+			"subject_token is the caller's own token", nil},
+		{"the subject acts for itself by alias two hops down", userByName,
+			[]hop{{"tool-entity", "by-name"}, {"tool2-entity", "by-id"}}, hop{"user-entity", "by-alias"},
+			"subject_token is the caller's own token", nil},
+		{"the subject of a minted token under another setting", userByName,
+			nil, hop{"user-entity", "by-id"},
+			"subject_token is the caller's own token", nil},
+		{"the last actor again under another setting", user,
+			[]hop{{"tool-entity", "by-name"}}, hop{"tool-entity", "by-id"},
+			"already acts in subject_token's chain", nil},
+		{"another entity whose alias spells an actor's name", user,
+			[]hop{{"tool-entity", "by-name"}}, hop{"other-entity", "by-alias"},
+			"the caller's sub under this role's subject setting (toolname) already names an actor in subject_token's chain (toolname): the new token would name it twice", nil},
+		{"another entity whose alias spells the subject's sub", userByName,
+			nil, hop{"mallory-entity", "by-alias"},
+			"the caller's sub under this role's subject setting (alice) is subject_token's sub", nil},
+		{"another entity after an entity_name actor", user,
+			[]hop{{"tool-entity", "by-name"}}, hop{"other-entity", "by-id"},
+			"", []string{"other-entity", "toolname"}},
+		{"a chain across the three settings", userByName,
+			[]hop{{"tool-entity", "by-alias"}, {"tool2-entity", "by-name"}}, hop{"other-entity", "by-id"},
+			"", []string{"other-entity", "tool2name", "tool-role-id"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := chainEnv(t)
+			tok := e.as(tc.mint.entity, logical.UpdateOperation, "token/"+tc.mint.role, nil)
+			for _, h := range tc.hops {
+				tok = e.as(h.entity, logical.UpdateOperation, "token/exchange", map[string]interface{}{"role": h.role, "subject_token": tok.Data["token"]})
+			}
+			exchange := map[string]interface{}{"role": tc.last.role, "subject_token": tok.Data["token"]}
+			if tc.want != "" {
+				before := e.storageKeys("")
+				e.asError(tc.last.entity, logical.UpdateOperation, "token/exchange", exchange, tc.want)
+				if after := e.storageKeys(""); !slices.Equal(before, after) {
+					t.Fatalf("a refused exchange stored %v (before %v)", after, before)
+				}
+				if ids, _, _ := e.feed(0); len(ids) != 0 {
+					t.Fatalf("a refused exchange minted and revoked %v", ids)
+				}
+				return
+			}
+			got := e.as(tc.last.entity, logical.UpdateOperation, "token/exchange", exchange)
+			if actors := got.Data["actors"].([]string); !slices.Equal(actors, tc.actors) {
+				t.Fatalf("actors %v, want %v", actors, tc.actors)
+			}
+			// The new token's chain is kept as entities, subject first.
+			want := []string{tc.mint.entity}
+			for _, h := range tc.hops {
+				want = append(want, h.entity)
+			}
+			want = append(want, tc.last.entity)
+			ch, err := getJSON[entityChain](context.Background(), e.storage, chainPrefix+got.Data["jti"].(string))
+			if err != nil || ch == nil || !slices.Equal(ch.Entities, want) {
+				t.Fatalf("stored chain %+v (%v), want %v", ch, err, want)
+			}
+		})
+	}
+}
+
+// A token exchanged before chains were kept as entities has none stored:
+// the caller is compared as it was then (the last actor by client_id, the
+// subject and actors by the names an entity_id role gives), and what is
+// exchanged from it has none either. Tidy drops a chain once its token
+// cannot pass anywhere.
+func TestExchangeChainKeptOrNot(t *testing.T) {
+	e := chainEnv(t)
+	ctx := context.Background()
+	t0 := e.as("user-entity", logical.UpdateOperation, "token/user", nil)
+	t1 := e.as("tool-entity", logical.UpdateOperation, "token/exchange", map[string]interface{}{"role": "by-name", "subject_token": t0.Data["token"]})
+	if err := e.storage.Delete(ctx, chainPrefix+t1.Data["jti"].(string)); err != nil {
+		t.Fatal(err)
+	}
+	legacy := map[string]interface{}{"role": "by-id", "subject_token": t1.Data["token"]}
+	e.asError("tool-entity", logical.UpdateOperation, "token/exchange", legacy, "already acts in subject_token's chain")
+	e.asError("user-entity", logical.UpdateOperation, "token/exchange", legacy, "subject_token is the caller's own token")
+	t2 := e.as("tool2-entity", logical.UpdateOperation, "token/exchange", legacy)
+	if keys := e.storageKeys(chainPrefix); len(keys) != 0 {
+		t.Fatalf("a chain was stored for a token exchanged from one without: %v", keys)
+	}
+	e.asError("tool2-entity", logical.UpdateOperation, "token/exchange", map[string]interface{}{"role": "by-name", "subject_token": t2.Data["token"]}, "already acts in subject_token's chain")
+
+	t3 := e.as("tool2-entity", logical.UpdateOperation, "token/exchange", map[string]interface{}{"role": "by-id", "subject_token": t0.Data["token"]})
+	key := chainPrefix + t3.Data["jti"].(string)
+	exp := time.Unix(0, 0)
+	if c, err := e.offline(t3.Data["token"].(string), "svc"); err == nil {
+		exp = c.ExpiresAt.Time
+	} else {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		at   time.Time
+		kept bool
+	}{
+		{exp, true},
+		{exp.Add(contract.RevocationGrace - time.Second), true},
+		{exp.Add(contract.RevocationGrace), false},
+	} {
+		if _, err := e.b.tidy(ctx, e.storage, tc.at); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := e.storage.Get(ctx, key); (got != nil) != tc.kept {
+			t.Fatalf("tidy at exp%+v: chain kept %v, want %v", tc.at.Sub(exp), got != nil, tc.kept)
+		}
+	}
+}
+
+// failingPuts refuses to store below prefix, as a storage backend that
+// fails mid-request would.
+type failingPuts struct {
+	logical.Storage
+	prefix string
+}
+
+func (s failingPuts) Put(ctx context.Context, e *logical.StorageEntry) error {
+	if strings.HasPrefix(e.Key, s.prefix) {
+		return fmt.Errorf("storage refused %s", e.Key)
+	}
+	return s.Storage.Put(ctx, e)
+}
+
+// An exchange whose mint fails after its slot was taken gives the slot and
+// its kept chain back: nothing of it stays in storage.
+func TestExchangeFailedMintStoresNothing(t *testing.T) {
+	e := chainEnv(t)
+	e.createRole("user", map[string]interface{}{"budget": 100})
+	t0 := e.as("user-entity", logical.UpdateOperation, "token/user", nil)
+	t1 := e.as("tool-entity", logical.UpdateOperation, "token/exchange", map[string]interface{}{"role": "by-name", "subject_token": t0.Data["token"]})
+	before := e.storageKeys("")
+	resp, err := e.b.HandleRequest(context.Background(), &logical.Request{
+		Operation: logical.UpdateOperation, Path: "token/exchange", MountPoint: "keybroker/", EntityID: "tool2-entity",
+		Storage: failingPuts{e.storage, meterPrefix}, // the shared meter cannot be written
+		Data:    map[string]interface{}{"role": "by-id", "subject_token": t1.Data["token"]},
+	})
+	if err == nil || !strings.Contains(err.Error(), "storage refused") {
+		t.Fatalf("exchange with the meter unwritable: %v %v", resp, err)
+	}
+	if after := e.storageKeys(""); !slices.Equal(before, after) {
+		t.Fatalf("a failed mint left %v (before %v)", after, before)
 	}
 }

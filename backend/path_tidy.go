@@ -43,7 +43,9 @@ expired more than %s ago (revoked or not), revocation entries whose
 credential expired more than %s ago (the most leeway a verifier may allow
 past a JWT's exp: until then a revoked token could pass one again), expired
 refresh tokens and token families, the budgets of expired credentials, the
-last use of keys it deleted, and key-usage report ids older than an hour.
+delegation chains (as Vault entities) of exchanged tokens past the same
+leeway, the last use of keys it deleted, and key-usage report ids older than
+an hour.
 Writing to this path runs it at once.`, tidyInterval, expiredKeyRetention, contract.RevocationGrace),
 	}
 }
@@ -111,6 +113,13 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage, now time.Time) (t
 		return st, err
 	}
 	if err = b.tidyApprovals(ctx, s, now); err != nil {
+		return st, err
+	}
+	// A chain is kept as long as its token could be taken for valid
+	// (exp + leeway): an exchange never meets a token without it.
+	if _, err = tidyPrefix(ctx, s, chainPrefix, func(c *entityChain) bool {
+		return !now.Before(contract.RevokedUntil(c.ExpiresAt))
+	}); err != nil {
 		return st, err
 	}
 	if err = b.tidyDerived(ctx, s, now); err != nil {
