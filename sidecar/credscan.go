@@ -26,7 +26,7 @@ import (
 // decodes to no header; underscores and long slugs have no checksum. The
 // scan reads its input once (a word at most twice), runs a checksum only
 // where a key's shape is complete (at most once per 63 bytes) and decodes
-// each word at most once, so its cost is linear in the input, and it
+// at most two headers per word, so its cost is linear in the input, and it
 // allocates nothing: it runs on every request, before the credential check.
 
 // credentialScan counts the work a scan did, for tests; a zero value is
@@ -76,7 +76,9 @@ func (cs *credentialScan) key(s string) bool {
 	return false
 }
 
-// jws looks for a compact JWS that starts where a base64url word does.
+// jws looks for a compact JWS that starts where a base64url word does, or
+// after the word's first '-' or '_' followed by "eyJ" (x-eyJ...,
+// token_eyJ...): at most two headers decoded per word.
 func (cs *credentialScan) jws(s string) bool {
 	for i := 0; i < len(s); {
 		if !base64URLChar(s[i]) {
@@ -87,7 +89,7 @@ func (cs *credentialScan) jws(s string) bool {
 		for i < len(s) && base64URLChar(s[i]) {
 			i++
 		}
-		if i-start < minJWSHeader || s[start:start+3] != "eyJ" || i == len(s) || s[i] != '.' {
+		if i-start < minJWSHeader || i == len(s) || s[i] != '.' {
 			continue
 		}
 		j := i + 1
@@ -97,12 +99,30 @@ func (cs *credentialScan) jws(s string) bool {
 		if j-i-1 < 2 || j == len(s) || s[j] != '.' {
 			continue
 		}
-		cs.headerBytes += i - start
-		if jwsHeader(s[start:i]) {
+		if cs.header(s[start:i]) {
 			return true
+		}
+		for k := start; k < i-minJWSHeader; k++ {
+			if s[k] == '-' || s[k] == '_' {
+				if strings.HasPrefix(s[k+1:i], "eyJ") {
+					if cs.header(s[k+1 : i]) {
+						return true
+					}
+					break
+				}
+			}
 		}
 	}
 	return false
+}
+
+// header: whether h, a base64url word, is a JWS header.
+func (cs *credentialScan) header(h string) bool {
+	if len(h) < minJWSHeader || !strings.HasPrefix(h, "eyJ") {
+		return false
+	}
+	cs.headerBytes += len(h)
+	return jwsHeader(h)
 }
 
 // minJWSHeader: the shortest header with "alg", {"alg":"none"}, is 19
