@@ -17,9 +17,10 @@ import (
 //     key's shape (a prefix, a 12-character key_id, 49 characters of
 //     secret and checksum) whose checksum holds, for some prefix length;
 //   - a compact JWS: a base64url word that starts with "eyJ" where a word
-//     starts (after anything that is not base64url), is 16 characters or
-//     more, decodes to a JSON object with "alg", and is followed by '.', a payload of two or more
-//     characters and another '.'.
+//     starts (after anything that is not base64url, or after the word's
+//     first '-' or '_' followed by "eyJ"), is 16 characters or more,
+//     decodes to a JSON object with "alg", and is followed by '.', a
+//     payload of two or more characters and another '.'.
 //
 // Ordinary paths hold neither: camelCase words with "eyJ" inside
 // (surveyJSLibrary) start no word with it, and a word that does (eyJohn)
