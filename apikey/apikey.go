@@ -115,7 +115,7 @@ func Parse(s string) (Key, error) {
 			break
 		}
 	}
-	if p < 0 || ValidatePrefix(s[:p]) != nil {
+	if p < 0 || !validPrefix(s[:p]) {
 		return Key{}, ErrMalformed
 	}
 	rest := s[p+1:]
@@ -143,19 +143,32 @@ func Hash(key string) [sha256.Size]byte {
 
 // ValidatePrefix reports whether p can be a key prefix.
 func ValidatePrefix(p string) error {
-	if len(p) < MinPrefixLength || len(p) > MaxPrefixLength {
+	switch {
+	case len(p) < MinPrefixLength || len(p) > MaxPrefixLength:
 		return fmt.Errorf("key prefix must be %d to %d characters, got %d", MinPrefixLength, MaxPrefixLength, len(p))
-	}
-	for i := 0; i < len(p); i++ {
-		c := p[i]
-		switch {
-		case c >= 'a' && c <= 'z':
-		case c >= '0' && c <= '9' && i > 0:
-		default:
-			return fmt.Errorf("key prefix %q must be lowercase letters and digits, starting with a letter", p)
-		}
+	case !validPrefix(p):
+		return fmt.Errorf("key prefix %q must be lowercase letters and digits, starting with a letter", p)
 	}
 	return nil
+}
+
+// validPrefix is ValidatePrefix without the message: Parse fails on
+// anything, on every request, and must not allocate one.
+func validPrefix(p string) bool {
+	if len(p) < MinPrefixLength || len(p) > MaxPrefixLength {
+		return false
+	}
+	for i := 0; i < len(p); i++ {
+		if !prefixChar(p[i], i == 0) {
+			return false
+		}
+	}
+	return true
+}
+
+// prefixChar: a prefix is lowercase letters and digits, a letter first.
+func prefixChar(c byte, first bool) bool {
+	return c >= 'a' && c <= 'z' || !first && c >= '0' && c <= '9'
 }
 
 // MintedNear reports whether key_id id carries a stamp within window of now,

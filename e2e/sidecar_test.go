@@ -280,6 +280,9 @@ func TestSidecarProxy(t *testing.T) {
 		{"key in any query value", "GET", "/read?q=" + key, nil, "", 400, "credential_in_query", `error="invalid_request"`},
 		{"key in the path", "GET", "/read/" + key, bearer(key), "", 400, "credential_in_path", `error="invalid_request"`},
 		{"JWT within a path segment", "GET", "/read/t=" + jwt.Data["token"].(string), nil, "", 400, "credential_in_path", `error="invalid_request"`},
+		{"JWT within a query value", "GET", "/read?q=Bearer+" + jwt.Data["token"].(string), nil, "", 400, "credential_in_query", `error="invalid_request"`},
+		{"method override in the query", "POST", "/write?_method=DELETE", bearer(key), "", 400, "method_override_in_query", `error="invalid_request"`},
+		{"method override, encoded", "GET", "/read?%5FMethod=DELETE", bearer(key), "", 400, "method_override_in_query", `error="invalid_request"`},
 		{"other auth scheme", "GET", "/read", map[string]string{"Authorization": "Basic dTpw"}, "", 400, "bad_request", ""},
 		{"cidr denied", "GET", "/read", bearer(remoteKey), "", 401, "cidr_denied", `error="invalid_token"`},
 		{"XFF from an untrusted peer is ignored", "GET", "/read", map[string]string{"Authorization": "Bearer " + remoteKey, "X-Forwarded-For": "10.0.0.5"}, "", 401, "cidr_denied", ""},
@@ -323,6 +326,13 @@ func TestSidecarProxy(t *testing.T) {
 	}
 	if r := call(t, e.proxy, "GET", "/public/ping", nil, ""); r.status != 200 {
 		t.Fatalf("public route: %d", r.status)
+	}
+	// Ordinary paths are no credentials: camelCase with "eyJ" inside, a
+	// name with underscores.
+	for _, p := range []string{"/read/static/surveyJSLibraryBundle.min.js", "/read/users/John_Smith_profile_picture"} {
+		if r := call(t, e.proxy, "GET", p, bearer(key), ""); r.status != 200 {
+			t.Fatalf("%s: %d %s", p, r.status, r.body)
+		}
 	}
 
 	// A well-formed key Vault does not have is "invalid", like a wrong one

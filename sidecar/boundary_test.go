@@ -96,6 +96,19 @@ func testBoundary(t *testing.T, f *fixture, h http.Handler) {
 		{"GET", "/v1/items/" + strings.Repeat("ab_", 40), reader, 200, ""},
 		{"GET", "/v1/items/" + badKey, reader, 200, ""}, // a key's shape, not its checksum
 		{"GET", "/v1/items/sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", reader, 200, ""},
+		{"GET", "/v1/static/surveyJSLibraryBundle.min.js", reader, 200, ""}, // "eyJ" inside a word
+		{"GET", "/v1/api/keyJsonSchemaDefinition.v2.json", reader, 200, ""},
+		{"GET", "/v1/users/John_Smith_profile_picture", reader, 200, ""},
+		{"GET", "/v1/items/" + strings.Repeat("_", 8<<10), reader, 200, ""},
+		// A credential within a query value, as the upstream decodes it.
+		{"GET", "/v1/items/1?q=Bearer+" + reader, reader, 400, reasonCredentialInQuery},
+		{"GET", "/v1/items/1?cb=https%3A%2F%2Fx%2Fy%3Faccess_token%3D" + reader, reader, 400, reasonCredentialInQuery},
+		// A method override in the query: the framework would serve
+		// another method than the one checked.
+		{"GET", "/v1/items/1?_method=DELETE", reader, 400, reasonMethodOverride},
+		{"GET", "/v1/items/1?x=1&_METHOD=DELETE", reader, 400, reasonMethodOverride},
+		{"GET", "/v1/items/1?%5Fmethod=DELETE", "", 400, reasonMethodOverride}, // before the credential is asked for
+		{"GET", "/public/x?_method=DELETE", "", 200, ""},                       // public routes check no query
 	} {
 		header := http.Header{}
 		if tc.cred != "" {
@@ -156,6 +169,9 @@ func TestVerifyGatewayHeaders(t *testing.T) {
 				{"HEAD on a GET route", "127.0.0.2:1", orig("HEAD", "/v1/items/1", "Authorization", "Bearer "+reader), 200, ""},
 				{"405 not parent", "127.0.0.2:1", orig("DELETE", "/v1/items/1", "Authorization", "Bearer "+reader), map[bool]int{true: 403, false: 405}[g.only2xx401403], reasonMethodNotAllowed},
 				{"public", "127.0.0.2:1", orig("GET", "/public/x"), 200, ""},
+				{"method override in the query", "127.0.0.2:1", orig("GET", "/v1/items/1?_Method=DELETE", "Authorization", "Bearer "+reader), denied, reasonMethodOverride},
+				{"credential in a path segment", "127.0.0.2:1", orig("GET", "/v1/items/x-"+reader+"/y", "Authorization", "Bearer "+reader), denied, reasonCredentialInPath},
+				{"eyJ inside a word", "127.0.0.2:1", orig("GET", "/v1/static/surveyJSLibraryBundle.min.js", "Authorization", "Bearer "+reader), 200, ""},
 			} {
 				w := send(h, "GET", "/verify", tc.peer, tc.header)
 				if w.Code != tc.status || w.Header().Get(contract.HeaderReason) != tc.reason {

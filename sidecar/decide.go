@@ -55,17 +55,21 @@ const (
 	reasonNoCredential      = "no_credential"
 	reasonCredentialInQuery = "credential_in_query"
 	reasonCredentialInPath  = "credential_in_path"
-	reasonBadRequest        = "bad_request"
-	reasonNonCanonicalPath  = "non_canonical_path"
-	reasonNoRoute           = "no_route"
-	reasonMethodNotAllowed  = "method_not_allowed"
-	reasonUntrustedGateway  = "untrusted_gateway"
-	reasonBodyTooLarge      = "body_too_large"
-	reasonInvalid           = "invalid"
-	reasonUnavailable       = "unavailable"
-	reasonBudgetExhausted   = "budget_exhausted"
-	reasonRateLimited       = "rate_limited"
-	reasonTooManyFailures   = "too_many_failures"
+	// A _method query parameter: frameworks (Laravel, Symfony, Spring,
+	// Express's method-override) would serve another method than the one
+	// checked.
+	reasonMethodOverride   = "method_override_in_query"
+	reasonBadRequest       = "bad_request"
+	reasonNonCanonicalPath = "non_canonical_path"
+	reasonNoRoute          = "no_route"
+	reasonMethodNotAllowed = "method_not_allowed"
+	reasonUntrustedGateway = "untrusted_gateway"
+	reasonBodyTooLarge     = "body_too_large"
+	reasonInvalid          = "invalid"
+	reasonUnavailable      = "unavailable"
+	reasonBudgetExhausted  = "budget_exhausted"
+	reasonRateLimited      = "rate_limited"
+	reasonTooManyFailures  = "too_many_failures"
 	// The revocation feed (every credential) or, with key_replica, the
 	// key-record feed (API keys) has not been read to its end yet: what
 	// was revoked or suspended is unknown, so nothing is let through.
@@ -175,8 +179,8 @@ func (sc *Sidecar) decide(ctx context.Context, r request) (d decision) {
 	if rt.public {
 		return decision{status: http.StatusOK, reason: reasonOK, path: path, query: rawQuery, rt: rt}
 	}
-	if found, ok := credentialInQuery(rawQuery); found || !ok {
-		return deny(http.StatusBadRequest, reasonCredentialInQuery)
+	if reason := queryDenial(rawQuery); reason != "" {
+		return deny(http.StatusBadRequest, reason)
 	}
 	if credentialInPath(path) {
 		// Never forwarded, and the decision log writes the path with

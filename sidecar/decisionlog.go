@@ -181,22 +181,32 @@ func (sc *Sidecar) countEarlyDenial(mode string, d decision, req request) {
 // "[credential]", so that a path refused as credential_in_path (or refused
 // before that check, or not canonical at all) is logged without it. A raw
 // segment is looked at percent-decoded too (leniently: it may not decode).
-// A path with none is returned as is.
+// Each segment is scanned once (and once decoded, if it has a '%'); a path
+// with none is returned as is, without allocating.
 func redactPath(path string) string {
-	decoded := lenientUnescape(path)
-	if !credentialInPath(path) && !credentialInPath(decoded) {
+	var b strings.Builder
+	var cs credentialScan
+	copied := 0 // path[:copied] is in b (or needs no redaction)
+	for start := 0; start <= len(path); {
+		end := strings.IndexByte(path[start:], '/')
+		if end < 0 {
+			end = len(path)
+		} else {
+			end += start
+		}
+		seg := path[start:end]
+		if cs.found(seg) || strings.IndexByte(seg, '%') >= 0 && cs.found(lenientUnescape(seg)) {
+			b.Grow(len(path))
+			b.WriteString(path[copied:start])
+			b.WriteString("[credential]")
+			copied = end
+		}
+		start = end + 1
+	}
+	if copied == 0 {
 		return path
 	}
-	var b strings.Builder
-	for i, seg := range strings.Split(path, "/") {
-		if i > 0 {
-			b.WriteByte('/')
-		}
-		if credentialInPath(seg) || credentialInPath(lenientUnescape(seg)) {
-			seg = "[credential]"
-		}
-		b.WriteString(seg)
-	}
+	b.WriteString(path[copied:])
 	return b.String()
 }
 

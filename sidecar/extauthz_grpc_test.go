@@ -236,6 +236,7 @@ func TestGRPCDenials(t *testing.T) {
 		{name: "encoded slash", method: "GET", target: "/v1/admin%2fx", header: bearer(reader), status: 400, reason: reasonNonCanonicalPath, code: codes.PermissionDenied},
 		{name: "empty segment", method: "GET", target: "/v1//admin/x", header: bearer(reader), status: 400, reason: reasonNonCanonicalPath, code: codes.PermissionDenied},
 		{name: "credential in query", method: "GET", target: "/v1/items/1?access_token=x", header: bearer(reader), status: 400, reason: reasonCredentialInQuery, code: codes.PermissionDenied},
+		{name: "method override in query", method: "GET", target: "/v1/items/1?_method=DELETE", header: bearer(reader), status: 400, reason: reasonMethodOverride, code: codes.PermissionDenied},
 		{name: "405, never the parent route", method: "DELETE", target: "/v1/items/1", header: bearer(reader), status: 405, reason: reasonMethodNotAllowed, code: codes.PermissionDenied},
 		{name: "expired", method: "GET", target: "/v1/items/1", header: bearer(expired), status: 401, reason: reasonExpired, code: codes.Unauthenticated},
 		{name: "two different credentials", method: "GET", target: "/v1/items/1", header: hdr("Authorization", "Bearer "+reader, "X-API-Key", "kb_other"), status: 400, reason: reasonBadRequest, code: codes.PermissionDenied},
