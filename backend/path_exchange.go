@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 
+	"github.com/keybroker/keybroker/contract"
 	"github.com/keybroker/keybroker/jwtverify"
 )
 
@@ -409,8 +410,8 @@ func (b *backend) reserveDerived(ctx context.Context, st logical.Storage, s deri
 	}
 	now := time.Now()
 	for c, e := range dt.Children {
-		if !now.Before(e) {
-			delete(dt.Children, c) // expired: nothing left to revoke
+		if !now.Before(contract.RevokedUntil(e)) {
+			delete(dt.Children, c) // past every verifier's leeway: nothing left to revoke
 		}
 	}
 	if len(dt.Children) >= maxDerived {
@@ -520,11 +521,13 @@ func (b *backend) tidyOneDerived(ctx context.Context, s logical.Storage, name st
 	return nil
 }
 
-// derivedExpiry is when nothing in a derived index is live.
+// expiry is when nothing in a derived index passes anywhere any more: the
+// last child's exp and every verifier's leeway, the window in which a
+// revocation of the subject must still reach it.
 func (dt *derivedTokens) expiry() time.Time {
 	var last time.Time
 	for _, e := range dt.Children {
 		last = maxTime(last, e)
 	}
-	return last
+	return contract.RevokedUntil(last)
 }

@@ -330,9 +330,11 @@ func TestExchangeSlotsPerActor(t *testing.T) {
 	if got, _ := getJSON[derivedTokens](ctx, e.storage, derivedKey(parent, "tool2-entity")); got == nil || len(got.Children) != 1 {
 		t.Fatalf("the other actor's slots: %+v", got)
 	}
-	// An expired slot is freed for its actor.
+	// A slot is freed for its actor once its token passes nowhere: past
+	// its exp and every verifier's leeway (within it, a revocation of the
+	// subject must still reach the token).
 	for c := range full.Children {
-		full.Children[c] = time.Now().Add(-time.Second)
+		full.Children[c] = time.Now().Add(-contract.RevocationGrace - time.Second)
 		break
 	}
 	if err := putJSON(ctx, e.storage, key, full); err != nil {
@@ -631,5 +633,40 @@ func TestExchangeFailedMintStoresNothing(t *testing.T) {
 	}
 	if after := e.storageKeys(""); !slices.Equal(before, after) {
 		t.Fatalf("a failed mint left %v (before %v)", after, before)
+	}
+}
+
+// A token exchanged from a subject stays in the subject's index past its
+// exp while any verifier may still take it: another exchange by the same
+// actor, or tidy, must not drop it before exp + the revocation grace, or a
+// revocation of the subject would not reach it (from review).
+func TestExchangedTokenRevokedWithinItsLeeway(t *testing.T) {
+	e := delegationEnv(t)
+	t0 := e.as("user-entity", logical.UpdateOperation, "token/user", nil)
+	parent := t0.Data["jti"].(string)
+	e.createRole("tool", map[string]interface{}{"allowed_subject_roles": "user"})
+	exchange := map[string]interface{}{"role": "tool", "subject_token": t0.Data["token"]}
+	child := e.as("tool-entity", logical.UpdateOperation, "token/exchange", exchange).Data["jti"].(string)
+
+	// As if the child expired 10 s ago: within every verifier's leeway.
+	ctx := context.Background()
+	key := derivedKey(parent, "tool-entity")
+	dt, err := getJSON[derivedTokens](ctx, e.storage, key)
+	if err != nil || dt == nil {
+		t.Fatal(err)
+	}
+	dt.Children[child] = time.Now().Add(-10 * time.Second)
+	if err := putJSON(ctx, e.storage, key, dt); err != nil {
+		t.Fatal(err)
+	}
+	e.as("tool-entity", logical.UpdateOperation, "token/exchange", exchange) // prunes the index
+	if err := e.b.tidyDerived(ctx, e.storage, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := e.lease(logical.RevokeOperation, t0.Secret); err != nil || resp.IsError() {
+		t.Fatalf("revoking the subject: %v %v", err, resp)
+	}
+	if ids, _, _ := e.feed(0); !slices.Contains(ids, child) {
+		t.Fatalf("the feed %v lacks the exchanged token %s, expired 10 s ago", ids, child)
 	}
 }

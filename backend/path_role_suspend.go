@@ -167,9 +167,13 @@ func (b *backend) migrateRoleSuspensions(ctx context.Context, s logical.Storage)
 			return err
 		}
 	}
-	// A role suspended and then deleted (or deleted and made again) left
-	// its suspension only in its keys: one walk, once, at the upgrade, so
-	// that those keys stay refused.
+	// The old version wrote a role's suspension into each key of it. Where
+	// the role is still suspended, its entry (above) holds those keys. Where
+	// it is not any more as a role (deleted, or deleted and made again, or
+	// a resume whose walk failed half-way) the old version still refused
+	// those keys and no others: each becomes suspended on its own, which is
+	// exactly that, and which keys/<role>/id/<key_id>/resume undoes. One
+	// walk, once, at the upgrade.
 	ids, err := s.List(ctx, keyPrefix)
 	if err != nil {
 		return fmt.Errorf("listing keys: %w", err)
@@ -180,7 +184,7 @@ func (b *backend) migrateRoleSuspensions(ctx context.Context, s logical.Storage)
 		if err != nil {
 			return err
 		}
-		if k == nil || k.LegacyRoleSuspendedAt.IsZero() || k.revoked() || !now.Before(k.ExpiresAt) {
+		if k == nil || k.LegacyRoleSuspendedAt.IsZero() || !k.SuspendedAt.IsZero() || k.revoked() || !now.Before(k.ExpiresAt) {
 			continue
 		}
 		if e, err := s.Get(ctx, suspendedRolePrefix+k.Role); err != nil || e != nil {
@@ -189,10 +193,12 @@ func (b *backend) migrateRoleSuspensions(ctx context.Context, s logical.Storage)
 			}
 			continue
 		}
-		b.Logger().Warn("role suspended by an older version, through its keys only: it stays suspended (roles/<name>/resume undoes it)", "role", k.Role)
-		if err := putJSON(ctx, s, suspendedRolePrefix+k.Role, &roleSuspension{At: k.LegacyRoleSuspendedAt}); err != nil {
+		b.Logger().Warn("key suspended with its role by an older version, the role no longer suspended: the key stays suspended, on its own", "key_id", k.ID, "role", k.Role)
+		k.SuspendedAt = k.LegacyRoleSuspendedAt
+		if err := b.putKey(ctx, s, k); err != nil {
 			return err
 		}
+		b.keyChanges.add(k.ID)
 	}
 	return s.Put(ctx, &logical.StorageEntry{Key: done, Value: []byte("1")})
 }

@@ -206,4 +206,18 @@ func TestRoleSuspensionMigratedFromKeys(t *testing.T) {
 	if v := e.verifyKey(k.Data["key"].(string)); v["reason"] != "suspended" {
 		t.Fatalf("a key of a role suspended and deleted before the upgrade: %v", v["reason"])
 	}
+	// The role made again is not suspended: its new keys pass, the old key
+	// stays refused, as the old version had it, until it is resumed.
+	e.createRole("gone", map[string]interface{}{"scopes": "read"})
+	fresh := e.mint("gone", nil)
+	if v := e.verifyKey(fresh.Data["key"].(string)); v["valid"] != true {
+		t.Fatalf("a new key of the role made again: %v", v["reason"])
+	}
+	if d := e.ok(logical.ReadOperation, "roles/gone", nil).Data; d["suspended"] != false {
+		t.Fatalf("the role made again: %#v", d)
+	}
+	e.ok(logical.UpdateOperation, "keys/gone/id/"+id+"/resume", nil)
+	if v := e.verifyKey(k.Data["key"].(string)); v["valid"] != true {
+		t.Fatalf("the old key once resumed: %v", v["reason"])
+	}
 }

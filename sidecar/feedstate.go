@@ -39,8 +39,8 @@ type feedHealth struct {
 	// stops growing from then on, so it no longer knows what was revoked.
 	read, forbidden atomic.Bool
 	mu              sync.Mutex
-	state string
-	err   string // the last failure, for /healthz ("" when ok)
+	state           string
+	err             string // the last failure, for /healthz ("" when ok)
 	// refusals counts the 403s in a row, to space the retries out.
 	refusals int
 }
