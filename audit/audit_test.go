@@ -693,3 +693,30 @@ func TestKeyPathSegments(t *testing.T) {
 		}
 	}
 }
+
+// The same life on the per-role paths (keys/<role>/id/<key_id>/..., since
+// issue 23) reads as on the old ones; a budget change under
+// budget/<role>/<id> is the credential's.
+func TestHistoryPerRolePaths(t *testing.T) {
+	raw, err := os.ReadFile("testdata/lifecycle.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw = bytes.ReplaceAll(raw, []byte(`keybroker/keys/id/kA1kA1kA1kA1`), []byte(`keybroker/keys/web/id/kA1kA1kA1kA1`))
+	raw = bytes.ReplaceAll(raw, []byte(`keybroker/keys/web/id/kA1kA1kA1kA1/resume`), []byte(`keybroker/budget/web/kA1kA1kA1kA1`))
+	l, err := Load([]Input{{Name: "x", R: bytes.NewReader(raw)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ id, kinds string }{
+		{"kA1kA1kA1kA1", "minted,suspended,budget_changed,role_suspended,role_resumed,rotated,revoked,revoke_refused"},
+		{"kA2kA2kA2kA2", "minted,revoked,verified"},
+	} {
+		if got := kinds(BuildHistory(l, tc.id, Options{}).Events); got != tc.kinds {
+			t.Errorf("%s: %s, want %s", tc.id, got, tc.kinds)
+		}
+	}
+	if c := BuildHistory(l, "kA2kA2kA2kA2", Options{}).Credentials[0]; c.MintedVia != "rotation" || c.Parent != "kA1kA1kA1kA1" {
+		t.Fatalf("rotated key on the per-role path: %+v", c)
+	}
+}

@@ -645,6 +645,19 @@ func (e *engine) cascadeExchanged(c *Cred, r *Record) {
 	}
 }
 
+// budgetOf tells a read or a change of credential id's budget.
+func (e *engine) budgetOf(r *Record, id string) {
+	c := e.byForm[id]
+	if c == nil {
+		return
+	}
+	if r.Request.Operation == "read" {
+		e.emit(c, r, "budget_read", map[string]string{"used": r.respData("used"), "limit": r.respData("limit")})
+	} else {
+		e.emit(c, r, "budget_changed", map[string]string{"limit": r.respData("limit"), "error": e.errText(c, nil, r)})
+	}
+}
+
 // keyPathID is the key_id a path about one key names: keys/<role>/id/<id>
 // (and below it), or keys/id/<id> as plugins before issue 23 served it;
 // "" for any other path.
@@ -898,7 +911,12 @@ func (e *engine) verify(r *Record) {
 }
 
 func (e *engine) budget(r *Record, segs []string) {
-	if len(segs) != 2 {
+	switch len(segs) {
+	case 3: // budget/<role>/<id>
+		e.budgetOf(r, segs[2])
+		return
+	case 2:
+	default:
 		return
 	}
 	byRes := func(id string) *Cred {
@@ -962,16 +980,8 @@ func (e *engine) budget(r *Record, segs []string) {
 		if n, err := strconv.ParseInt(r.respData("used"), 10, 64); err == nil {
 			c.PeriodUsed = n
 		}
-	default:
-		c := e.byForm[segs[1]]
-		if c == nil {
-			return
-		}
-		if r.Request.Operation == "read" {
-			e.emit(c, r, "budget_read", map[string]string{"used": r.respData("used"), "limit": r.respData("limit")})
-		} else {
-			e.emit(c, r, "budget_changed", map[string]string{"limit": r.respData("limit"), "error": e.errText(c, nil, r)})
-		}
+	default: // budget/<id>, as older plugins took changes too
+		e.budgetOf(r, segs[1])
 	}
 }
 

@@ -42,6 +42,11 @@ type meter struct {
 	Tenant    string    `json:"tenant,omitempty"`
 	ExpiresAt time.Time `json:"expires_at"`
 	Link      string    `json:"link,omitempty"`
+	// Role is the role of the credential the meter was opened for: a
+	// change of its budget is under budget/<role>/<id>, that role's path,
+	// whichever credential sharing the meter names it (a rotated key's
+	// successor, an exchanged token). Empty on meters of older versions.
+	Role string `json:"role,omitempty"`
 	account
 }
 
@@ -52,6 +57,11 @@ func pathBudget(b *backend) []*framework.Path {
 		Required:    true,
 	}
 	budgetPeriod := map[string]*framework.FieldSchema{"budget_period": out(framework.TypeInt64, "Length of the credential's budget period, in seconds.")}
+	budgetRead := merged(spendFields(), budgetPeriod, map[string]*framework.FieldSchema{
+		"tenant":        out(framework.TypeString, "The credential's tenant; empty: none."),
+		"expires_at":    out(framework.TypeTime, "When the credential's budget is kept until: its expiry, or its refresh family's."),
+		"tenant_budget": out(framework.TypeMap, "Only when the tenant has a ceiling: its limit, used, reserved, remaining, period_start and reset."),
+	})
 	reservation := map[string]*framework.FieldSchema{
 		"units":      out(framework.TypeInt64, "Units the reservation holds now, used ones included; fewer than granted when the budget was lowered since."),
 		"expires_at": out(framework.TypeTime, "When the reservation expires unless a report renews it."),
@@ -157,9 +167,23 @@ but only for 2 minutes after it last had units granted or used: a
 reservation kept without use then expires and its units come back.`,
 		},
 		{
-			Pattern: "budget/" + framework.GenericNameRegex("id"),
+			Pattern:      "budget/" + framework.GenericNameRegex("id"),
+			Fields:       map[string]*framework.FieldSchema{"id": credentialIDField},
+			DisplayAttrs: pathAttrs("budget-of-any-role"),
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ReadOperation: operation(b.pathBudgetRead, answers(budgetRead)),
+			},
+			HelpSynopsis: "Read any role's credential's budget and spend (an auditor's view).",
+			HelpDescription: `Read shows limit (0: no per-credential ceiling), used, reserved, remaining (-1:
+unlimited) and reset (when the current period ends) for the credential, and
+the same under tenant_budget when its tenant has a ceiling. It reads a
+credential of any role; a change of a budget is under budget/<role>/<id>.`,
+		},
+		{
+			Pattern: "budget/" + framework.GenericNameRegex("role") + "/" + framework.GenericNameRegex("id"),
 			Fields: map[string]*framework.FieldSchema{
-				"id": credentialIDField,
+				"role": {Type: framework.TypeString, Description: "The role whose credential opened the budget (for a rotated key's successor or an exchanged token, the role of the key or token it spends from).", Required: true},
+				"id":   credentialIDField,
 				"budget": {
 					Type:        framework.TypeInt64,
 					Description: fmt.Sprintf("Write only: the credential's new budget, units per period (0 to %d; 0: no per-credential ceiling, its tenant's still applies). At least its max_cost_per_request.", int64(maxUnits)),
@@ -168,11 +192,7 @@ reservation kept without use then expires and its units come back.`,
 			},
 			DisplayAttrs: pathAttrs("budget"),
 			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.ReadOperation: operation(b.pathBudgetRead, answers(merged(spendFields(), budgetPeriod, map[string]*framework.FieldSchema{
-					"tenant":        out(framework.TypeString, "The credential's tenant; empty: none."),
-					"expires_at":    out(framework.TypeTime, "When the credential's budget is kept until: its expiry, or its refresh family's."),
-					"tenant_budget": out(framework.TypeMap, "Only when the tenant has a ceiling: its limit, used, reserved, remaining, period_start and reset."),
-				}))),
+				logical.ReadOperation: operation(b.pathBudgetRead, answers(budgetRead)),
 				// The credential's spend after the change.
 				logical.UpdateOperation: operation(b.pathBudgetWrite, answers(merged(spendFields(), budgetPeriod))),
 			},
@@ -186,9 +206,12 @@ ones; what was used this period stays used. A lower budget shrinks the
 credential's live reservations to what is left, and each verifier learns it
 from the answer to its next report (about a second while the credential is
 busy), so spending past the new budget stops then. For a JWT of a refresh
-family the family's budget changes.
+family the family's budget changes. The role is the one whose credential
+opened the budget: a credential of another role is answered as one with no
+budget, so that a policy on budget/<role>/* reaches that role's budgets
+and no others.
 
-    vault write keybroker/budget/<key_id or jti> budget=500`,
+    vault write keybroker/budget/<role>/<key_id or jti> budget=500`,
 		},
 	}
 }
@@ -224,12 +247,49 @@ func (b *backend) loadMeter(ctx context.Context, s logical.Storage, id string) (
 		if err != nil || k == nil || (k.Budget == 0 && k.Tenant == "") {
 			return nil, "", err
 		}
-		m = &meter{Limit: k.Budget, Period: k.BudgetPeriod, MaxCost: k.MaxCost, Tenant: k.Tenant, ExpiresAt: k.ExpiresAt}
+		m = &meter{Limit: k.Budget, Period: k.BudgetPeriod, MaxCost: k.MaxCost, Tenant: k.Tenant, ExpiresAt: k.ExpiresAt, Role: k.Role}
 		if m.Period == 0 {
 			m.Period = defaultBudgetPeriod // a key minted before budgets existed
 		}
 	}
 	return m, path, nil
+}
+
+// budgetUnderRole checks, on budget/<role>/<id>, that the meter m (at path,
+// the one credential id spends from) was opened for a credential of role: a
+// policy on budget/<role>/* must reach no other role's budget. It answers
+// the 400 to give otherwise; nothing on budget/<id>, which names no role.
+func (b *backend) budgetUnderRole(ctx context.Context, s logical.Storage, d *framework.FieldData, m *meter, path string) (*logical.Response, error) {
+	role := pathRole(d)
+	if role == "" {
+		return nil, nil
+	}
+	owner, err := b.meterOwner(ctx, s, m, path)
+	switch {
+	case err != nil:
+		return nil, err
+	case owner == "":
+		return logical.ErrorResponse("the budget of %q was opened by a version that did not note its role: it cannot be changed under a role's path, and ends with the credential (%s)", d.Get("id").(string), m.ExpiresAt.Format(time.RFC3339)), nil
+	case owner != role:
+		return logical.ErrorResponse("no budget is kept for %q under role %q: not a metered credential of the role, or expired and tidied", d.Get("id").(string), role), nil
+	}
+	return nil, nil
+}
+
+// meterOwner is the role of the credential meter m (at path) was opened
+// for; "" when a meter of an older version does not say and is no key's.
+func (b *backend) meterOwner(ctx context.Context, s logical.Storage, m *meter, path string) (string, error) {
+	if m.Role != "" {
+		return m.Role, nil
+	}
+	if root := strings.TrimPrefix(path, meterPrefix); apikey.ValidateID(root) {
+		k, err := b.getKey(ctx, s, root)
+		if err != nil || k == nil {
+			return "", err
+		}
+		return k.Role, nil
+	}
+	return "", nil
 }
 
 // lockMeter is loadMeter holding the lock of the meter it finds; unlock
@@ -323,7 +383,7 @@ func (b *backend) meterToken(ctx context.Context, s logical.Storage, jti, family
 	if g.Budget == 0 && g.Tenant == "" {
 		return nil
 	}
-	own := &meter{Limit: g.Budget, Period: g.BudgetPeriod, MaxCost: g.MaxCost, Tenant: g.Tenant, ExpiresAt: exp}
+	own := &meter{Limit: g.Budget, Period: g.BudgetPeriod, MaxCost: g.MaxCost, Tenant: g.Tenant, ExpiresAt: exp, Role: g.Role}
 	if familyID == "" {
 		return putJSON(ctx, s, meterPrefix+jti, own)
 	}
@@ -673,7 +733,11 @@ func (b *backend) pathBudgetWrite(ctx context.Context, req *logical.Request, d *
 	}
 	defer unlock()
 	if m == nil {
-		return logical.ErrorResponse("no budget is kept for %q: not a metered credential, or expired and tidied", id), nil
+		// The same answer as for another role's budget: no oracle.
+		return logical.ErrorResponse("no budget is kept for %q under role %q: not a metered credential of the role, or expired and tidied", id, pathRole(d)), nil
+	}
+	if resp, err := b.budgetUnderRole(ctx, req.Storage, d, m, path); resp != nil || err != nil {
+		return resp, err
 	}
 	if budget > 0 && budget < m.MaxCost {
 		return logical.ErrorResponse("budget (%d) must be at least the credential's max_cost_per_request (%d)", budget, m.MaxCost), nil
@@ -750,9 +814,15 @@ func (m *meter) shrinkReservations() {
 
 func (b *backend) pathBudgetRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	id := d.Get("id").(string)
-	m, _, err := b.loadMeter(ctx, req.Storage, id)
+	m, path, err := b.loadMeter(ctx, req.Storage, id)
 	if err != nil || m == nil {
 		return nil, err
+	}
+	if role := pathRole(d); role != "" {
+		owner, err := b.meterOwner(ctx, req.Storage, m, path)
+		if err != nil || owner != role {
+			return nil, err // another role's (or unknown): as one with no budget, 404
+		}
 	}
 	now := time.Now().UTC()
 	m.roll(now, m.Period)

@@ -530,12 +530,12 @@ func TestOperatorChangesBudget(t *testing.T) {
 		budget interface{}
 		want   string
 	}{{5, "at least the credential's max_cost_per_request (10)"}, {-1, "between 0 and"}, {"lots", "budget"}} {
-		e.userError(logical.UpdateOperation, "budget/"+id, map[string]interface{}{"budget": tc.budget}, tc.want)
+		e.userError(logical.UpdateOperation, "budget/r/"+id, map[string]interface{}{"budget": tc.budget}, tc.want)
 	}
 	if got := e.spend("budget/" + id); got != [4]int64{100, 20, 30, 50} {
 		t.Fatalf("after refused writes: %v", got)
 	}
-	e.ok(logical.UpdateOperation, "budget/"+id, map[string]interface{}{"budget": 30})
+	e.ok(logical.UpdateOperation, "budget/r/"+id, map[string]interface{}{"budget": 30})
 	if got := e.spend("budget/" + id); got != [4]int64{30, 20, 10, 0} {
 		t.Fatalf("lowered to 30 with 20 used: limit/used/reserved/remaining %v, want [30 20 10 0]", got)
 	}
@@ -546,7 +546,7 @@ func TestOperatorChangesBudget(t *testing.T) {
 		t.Fatalf("the key's record says budget %d", k.Budget)
 	}
 	// Raising it lets reservations grow again.
-	e.ok(logical.UpdateOperation, "budget/"+id, map[string]interface{}{"budget": 200})
+	e.ok(logical.UpdateOperation, "budget/r/"+id, map[string]interface{}{"budget": 200})
 	if g := e.reserve(id, 100).Data["granted"]; g != int64(100) {
 		t.Fatalf("after raising to 200: granted %v", g)
 	}
@@ -593,4 +593,42 @@ func TestEndedKeepsExpiredOverReleased(t *testing.T) {
 	if a.Ended["k:expired"] == nil || len(a.Ended) != maxEnded {
 		t.Fatalf("after %d releases: expired kept %v, %d ended", 2*maxEnded, a.Ended["k:expired"] != nil, len(a.Ended))
 	}
+}
+
+// A change of a budget names the role whose credential opened it, so that a
+// policy on budget/<role>/* reaches that role's budgets and no others; a
+// rotated key's successor and a refreshed token are reached under the same
+// role, and budget/<id> only reads (from review of issue 23).
+func TestBudgetChangesScopedByRole(t *testing.T) {
+	e := newTestEnv(t)
+	e.ok(logical.UpdateOperation, "config", map[string]interface{}{"issuer": testIssuer})
+	e.createRole("billing", map[string]interface{}{"scopes": "read", "budget": 100, "ttl": "1h", "audiences": "svc"})
+	e.createRole("admin", map[string]interface{}{"scopes": "read", "budget": 100, "ttl": "1h"})
+	bill := e.mint("billing", nil).Data["key_id"].(string)
+	adm := e.mint("admin", nil).Data["key_id"].(string)
+	jti := e.ok(logical.UpdateOperation, "token/billing", nil).Data["jti"].(string)
+	set := map[string]interface{}{"budget": 50}
+
+	e.userError(logical.UpdateOperation, "budget/billing/"+adm, set, `no budget is kept for "`+adm+`" under role "billing"`)
+	if r := e.ok(logical.ReadOperation, "budget/billing/"+adm, nil); r != nil {
+		t.Fatalf("read of another role's budget under billing: %#v", r)
+	}
+	if got := e.spend("budget/" + adm); got[0] != 100 {
+		t.Fatalf("the admin key's budget changed through billing's path: %v", got)
+	}
+	e.ok(logical.UpdateOperation, "budget/admin/"+adm, set)
+	e.ok(logical.UpdateOperation, "budget/billing/"+jti, set)
+	if got := e.spend("budget/billing/" + jti); got[0] != 50 {
+		t.Fatalf("a token's budget under its role: %v", got)
+	}
+	next := e.ok(logical.UpdateOperation, "keys/billing/id/"+bill+"/rotate", nil).Data["key_id"].(string)
+	e.ok(logical.UpdateOperation, "budget/billing/"+next, set)
+	if _, err := e.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.UpdateOperation, Path: "budget/" + adm, Data: set, Storage: e.storage}); err == nil {
+		t.Fatalf("budget/<id> still takes a change")
+	}
+	// A JWT meter of an older version names no role: refused, saying why.
+	if err := putJSON(context.Background(), e.storage, meterPrefix+"old-jti", &meter{Limit: 10, Period: time.Hour, ExpiresAt: time.Now().Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	e.userError(logical.UpdateOperation, "budget/billing/old-jti", set, "did not note its role")
 }

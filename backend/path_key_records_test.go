@@ -160,7 +160,7 @@ func TestKeyRecordChangesAfterSnapshot(t *testing.T) {
 	if resp, err := e.lease(logical.RenewOperation, sec); err != nil || resp.IsError() {
 		t.Fatalf("renew: %v %v", err, resp)
 	}
-	e.ok(logical.UpdateOperation, "budget/"+budgetLater, map[string]interface{}{"budget": 20})
+	e.ok(logical.UpdateOperation, "budget/web/"+budgetLater, map[string]interface{}{"budget": 20})
 	e.ok(logical.UpdateOperation, "tenants/acme", map[string]interface{}{"budget": 1000})
 
 	p := e.keyRecords("key-records", map[string]interface{}{"after": cursor, "epoch": epoch})

@@ -400,7 +400,7 @@ func TestBudgetChangedByOperator(t *testing.T) {
 	time.Sleep(1500 * time.Millisecond) // a report: Vault knows the 20
 	used, _, _ := spend(t, root, keyID)
 	newBudget := used + 5
-	write(t, root, "keybroker/budget/"+keyID, map[string]interface{}{"budget": newBudget})
+	write(t, root, "keybroker/budget/llm/"+keyID, map[string]interface{}{"budget": newBudget})
 	changed := time.Now()
 	eventually(t, 5*time.Second, "the sidecar kept spending past the lowered budget", func() bool {
 		return call(t, e.proxy, "GET", "/read", bearer(key), "").status == http.StatusTooManyRequests
@@ -410,7 +410,7 @@ func TestBudgetChangedByOperator(t *testing.T) {
 	if final, _, _ := spend(t, root, keyID); final > newBudget+1 {
 		t.Fatalf("spent %d against a lowered budget of %d (bound: + one request)", final, newBudget)
 	}
-	write(t, root, "keybroker/budget/"+keyID, map[string]interface{}{"budget": 100000})
+	write(t, root, "keybroker/budget/llm/"+keyID, map[string]interface{}{"budget": 100000})
 	e2 := startSidecar(t, v, nil)
 	if r := call(t, e2.proxy, "GET", "/read", bearer(key), ""); r.status != 200 {
 		t.Fatalf("after raising the budget: %d %s", r.status, r.body)

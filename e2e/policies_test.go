@@ -111,6 +111,8 @@ func TestPersonaPolicies(t *testing.T) {
 		{"list", "keybroker/keys/id", nil, false},
 		{"write", "keybroker/keys/billing", map[string]interface{}{"name": "x"}, false},
 		{"write", "keybroker/roles/billing", map[string]interface{}{"scopes": "admin"}, false},
+		{"write", "keybroker/budget/billing/" + billID, map[string]interface{}{"budget": 500}, true},
+		{"write", "keybroker/budget/admin/" + admID, map[string]interface{}{"budget": 1}, false},
 	})
 	// The operator's grant names billing: another role's key named under
 	// billing gets past the ACL and is refused by the plugin, unchanged.
@@ -188,5 +190,6 @@ func TestPersonaPolicies(t *testing.T) {
 		{"write", "keybroker/approvals/other/" + otherReq, map[string]interface{}{"action": "deny"}, false},
 		{"write", "keybroker/roles/billing", map[string]interface{}{"scopes": "read"}, false},
 		{"write", "keybroker/revoke", map[string]interface{}{"key": admKey}, false},
+		{"write", "keybroker/budget/billing/" + billID, map[string]interface{}{"budget": 1}, false},
 	})
 }

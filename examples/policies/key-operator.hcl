@@ -16,6 +16,11 @@ path "keybroker/keys/billing/id/*" {
   capabilities = ["read", "update", "delete"]
 }
 
+# Read and change the budgets billing's credentials spend from.
+path "keybroker/budget/billing/*" {
+  capabilities = ["read", "update"]
+}
+
 # The role itself: see it, and suspend or resume all its keys.
 path "keybroker/roles/billing" {
   capabilities = ["read"]
