@@ -264,30 +264,41 @@ func (b *backend) budgetUnderRole(ctx context.Context, s logical.Storage, d *fra
 	if role == "" {
 		return nil, nil
 	}
-	owner, err := b.meterOwner(ctx, s, m, path)
+	owner, err := b.meterOwner(ctx, s, m, path, d.Get("id").(string))
 	switch {
 	case err != nil:
 		return nil, err
-	case owner == "":
-		return logical.ErrorResponse("the budget of %q was opened by a version that did not note its role: it cannot be changed under a role's path, and ends with the credential (%s)", d.Get("id").(string), m.ExpiresAt.Format(time.RFC3339)), nil
 	case owner != role:
-		return logical.ErrorResponse("no budget is kept for %q under role %q: not a metered credential of the role, or expired and tidied", d.Get("id").(string), role), nil
+		// One answer for another role's, an unknown owner's and none: no
+		// oracle of what exists.
+		return logical.ErrorResponse("no budget is kept for %q under role %q: not a metered credential of the role (an exchanged token spends from its subject's role's budget), a budget opened by an older version that noted no role, or expired and tidied", d.Get("id").(string), role), nil
+	}
+	if m.Role == "" {
+		m.Role = owner // noted from now on (the caller saves m)
 	}
 	return nil, nil
 }
 
-// meterOwner is the role of the credential meter m (at path) was opened
-// for; "" when a meter of an older version does not say and is no key's.
-func (b *backend) meterOwner(ctx context.Context, s logical.Storage, m *meter, path string) (string, error) {
+// meterOwner is the role of the credential meter m (at path, the meter
+// credential id spends from) was opened for; "" when a meter of an older
+// version does not say. Such a meter of a key takes its key's role, or,
+// the key tidied (a rotated one), that of id's key: a successor has its
+// predecessor's role.
+func (b *backend) meterOwner(ctx context.Context, s logical.Storage, m *meter, path, id string) (string, error) {
 	if m.Role != "" {
 		return m.Role, nil
 	}
-	if root := strings.TrimPrefix(path, meterPrefix); apikey.ValidateID(root) {
-		k, err := b.getKey(ctx, s, root)
-		if err != nil || k == nil {
+	for _, k := range []string{strings.TrimPrefix(path, meterPrefix), id} {
+		if !apikey.ValidateID(k) {
+			continue
+		}
+		key, err := b.getKey(ctx, s, k)
+		if err != nil {
 			return "", err
 		}
-		return k.Role, nil
+		if key != nil {
+			return key.Role, nil
+		}
 	}
 	return "", nil
 }
@@ -379,7 +390,10 @@ func (b *backend) meterRoot(ctx context.Context, s logical.Storage, id string) (
 
 // meterToken keeps the meter of a new JWT: its own, or a link to its refresh
 // family's, which lives as long as the family's newest token.
-func (b *backend) meterToken(ctx context.Context, s logical.Storage, jti, familyID string, g grant, exp time.Time) error {
+// ownFamily says familyID is the token's own refresh family's (not the
+// subject token's meter an exchanged token spends from, whose role is the
+// subject's, never the exchanging one's).
+func (b *backend) meterToken(ctx context.Context, s logical.Storage, jti, familyID string, ownFamily bool, g grant, exp time.Time) error {
 	if g.Budget == 0 && g.Tenant == "" {
 		return nil
 	}
@@ -396,6 +410,11 @@ func (b *backend) meterToken(ctx context.Context, s logical.Storage, jti, family
 	}
 	if fm == nil {
 		fm = own
+	}
+	if fm.Role == "" && ownFamily {
+		// A family's meter of an older version learns its role from
+		// its next refresh, so that its budget can be changed under it.
+		fm.Role = g.Role
 	}
 	// A refresh narrowed to a role that now allows less: the family's
 	// meter follows (it never widens).
@@ -819,7 +838,7 @@ func (b *backend) pathBudgetRead(ctx context.Context, req *logical.Request, d *f
 		return nil, err
 	}
 	if role := pathRole(d); role != "" {
-		owner, err := b.meterOwner(ctx, req.Storage, m, path)
+		owner, err := b.meterOwner(ctx, req.Storage, m, path, id)
 		if err != nil || owner != role {
 			return nil, err // another role's (or unknown): as one with no budget, 404
 		}

@@ -630,5 +630,27 @@ func TestBudgetChangesScopedByRole(t *testing.T) {
 	if err := putJSON(context.Background(), e.storage, meterPrefix+"old-jti", &meter{Limit: 10, Period: time.Hour, ExpiresAt: time.Now().Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
-	e.userError(logical.UpdateOperation, "budget/billing/old-jti", set, "did not note its role")
+	e.userError(logical.UpdateOperation, "budget/billing/old-jti", set, "an older version that noted no role")
+	// A key's meter of an older version: reached under its key's role,
+	// also once the key it was opened for is tidied (a rotated one: its
+	// successor has its role), and noted from then on.
+	old := e.mint("billing", nil).Data["key_id"].(string)
+	if err := putJSON(context.Background(), e.storage, meterPrefix+old, &meter{Limit: 10, Period: time.Hour, ExpiresAt: time.Now().Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	succ := e.ok(logical.UpdateOperation, "keys/billing/id/"+old+"/rotate", nil).Data["key_id"].(string)
+	if err := e.storage.Delete(context.Background(), keyPrefix+old); err != nil {
+		t.Fatal(err)
+	}
+	e.ok(logical.UpdateOperation, "budget/billing/"+succ, set)
+	if m, _ := getJSON[meter](context.Background(), e.storage, meterPrefix+old); m == nil || m.Role != "billing" || m.Limit != 50 {
+		t.Fatalf("the older meter after a change under its role: %+v", m)
+	}
+	// Read under the role shows the tenant's ceiling too.
+	e.ok(logical.UpdateOperation, "tenants/acme", map[string]interface{}{"budget": 1000})
+	e.createRole("tenanted", map[string]interface{}{"scopes": "read", "budget": 100, "tenant": "acme"})
+	tk := e.mint("tenanted", nil).Data["key_id"].(string)
+	if d := e.ok(logical.ReadOperation, "budget/tenanted/"+tk, nil).Data; d["tenant_budget"] == nil {
+		t.Fatalf("read under the role: %#v", d)
+	}
 }
