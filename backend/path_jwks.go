@@ -132,7 +132,7 @@ func (b *backend) pathASMetadataRead(ctx context.Context, req *logical.Request, 
 			"response_types_supported":                  []string{},
 			"grant_types_supported":                     []string{},
 			"token_endpoint_auth_methods_supported":     []string{},
-			"dpop_signing_alg_values_supported":         jwtverify.ProofAlgorithms,
+			"dpop_signing_alg_values_supported":         jwtverify.ProofAlgorithms(),
 			"access_token_signing_alg_values_supported": algs,
 		}
 	})

@@ -133,9 +133,11 @@ const (
 	HeaderReason = "X-Keybroker-Reason"
 )
 
-// IdentityHeaders lists the identity headers in a fixed order: subject, key
-// id, jti, role, tenant, scopes, actor.
-var IdentityHeaders = []string{HeaderSubject, HeaderKeyID, HeaderJTI, HeaderRole, HeaderTenant, HeaderScopes, HeaderActor}
+// IdentityHeaders returns the identity headers in a fixed order: subject,
+// key id, jti, role, tenant, scopes, actor. A new slice each call.
+func IdentityHeaders() []string {
+	return []string{HeaderSubject, HeaderKeyID, HeaderJTI, HeaderRole, HeaderTenant, HeaderScopes, HeaderActor}
+}
 
 // RoutingOverrides are the request headers that name another path or
 // method than the request's own (IIS URL Rewrite, Symfony, Express's

@@ -212,7 +212,7 @@ func forgedIdentity(key string) map[string]string {
 			h[s] = key
 		}
 	}
-	names := append([]string{contract.HeaderReason}, contract.IdentityHeaders...)
+	names := append([]string{contract.HeaderReason}, contract.IdentityHeaders()...)
 	for _, name := range append(names, rotationHeaders...) {
 		for _, s := range cgiSpellings(name) {
 			h[s] = "forged"
@@ -328,7 +328,7 @@ func noForgedIdentity(t *testing.T, where string, seen http.Header, key string) 
 				t.Fatalf("%s: the service got %s: %q", where, k, v)
 			}
 		}
-		if strings.HasPrefix(cgiName(k), "HTTP_X_KEYBROKER_") && !slices.Contains(contract.IdentityHeaders, k) {
+		if strings.HasPrefix(cgiName(k), "HTTP_X_KEYBROKER_") && !slices.Contains(contract.IdentityHeaders(), k) {
 			t.Fatalf("%s: the service got %s: %q", where, k, vs)
 		}
 	}
@@ -366,7 +366,7 @@ func TestTraefikExampleCoversEverySpelling(t *testing.T) {
 	if err != nil || re.String() == "" {
 		t.Fatalf("keybroker middleware's authResponseHeadersRegex: %q %v", re, err)
 	}
-	names := append(append([]string{contract.HeaderReason}, contract.IdentityHeaders...), rotationHeaders...)
+	names := append(append([]string{contract.HeaderReason}, contract.IdentityHeaders()...), rotationHeaders...)
 	for _, name := range names {
 		for _, s := range cgiSpellings(name) {
 			if !re.MatchString(http.CanonicalHeaderKey(s)) {

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -34,11 +35,16 @@ const (
 	MaxJTILength = 128
 )
 
-// ProofAlgorithms are the signature algorithms accepted for proofs, in the
+// proofAlgorithms are the signature algorithms accepted for proofs, in the
 // order a WWW-Authenticate challenge lists them: asymmetric only (RFC 9449
 // §4.3: never none, never a MAC). Ed25519 is EdDSA on that curve under its
 // fully-specified name (RFC 9864), which newer clients send.
-var ProofAlgorithms = []string{"ES256", "ES384", "EdDSA", "Ed25519", "RS256", "PS256"}
+var proofAlgorithms = [...]string{"ES256", "ES384", "EdDSA", "Ed25519", "RS256", "PS256"}
+
+// ProofAlgorithms returns the signature algorithms accepted for proofs, in
+// the order a WWW-Authenticate challenge lists them; a copy, so that no
+// caller can change what the verifier accepts.
+func ProofAlgorithms() []string { return slices.Clone(proofAlgorithms[:]) }
 
 // minRSABits and maxRSABits bound the RSA keys a proof may be signed with:
 // weak ones are refused, and huge ones would make every refused proof cost
@@ -191,7 +197,7 @@ func VerifyProof(proof string, c ProofCheck) (*Proof, error) {
 // enough. It returns the key and its thumbprint.
 func proofKey(alg string, raw json.RawMessage) (crypto.PublicKey, string, error) {
 	supported := false
-	for _, a := range ProofAlgorithms {
+	for _, a := range proofAlgorithms {
 		supported = supported || a == alg
 	}
 	if !supported || len(raw) == 0 {

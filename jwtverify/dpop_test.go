@@ -19,7 +19,7 @@ import (
 
 func TestVerifyProofAlgorithms(t *testing.T) {
 	now := time.Now()
-	for _, alg := range jwtverify.ProofAlgorithms {
+	for _, alg := range jwtverify.ProofAlgorithms() {
 		t.Run(alg, func(t *testing.T) {
 			k := dpoptest.NewKey(t, alg)
 			p := k.Proof(t, "GET", "https://api.example.com/read", "the-token", now, nil)

@@ -180,7 +180,7 @@ func TestVerifyGatewayHeaders(t *testing.T) {
 				if tc.status == 200 {
 					// Every identity header, so a gateway that copies them
 					// always overwrites the client's.
-					for _, name := range contract.IdentityHeaders {
+					for _, name := range contract.IdentityHeaders() {
 						if _, ok := w.Header()[name]; !ok {
 							t.Errorf("%s: allowed without %s", tc.name, name)
 						}

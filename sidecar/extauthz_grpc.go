@@ -23,7 +23,6 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
-	"github.com/keybroker/keybroker/contract"
 )
 
 // Envoy's ext_authz over gRPC (envoy.service.auth.v3.Authorization/Check),
@@ -254,7 +253,7 @@ func grpcAllow(d decision, clientHeader http.Header, strip func(string) bool) (*
 	identity := http.Header{}
 	setIdentity(identity, d.id, true)
 	ok := &authv3.OkHttpResponse{}
-	for _, name := range contract.IdentityHeaders {
+	for _, name := range identityHeaders {
 		v := identity.Get(name)
 		if !headerValueOK(v) {
 			// Vault refuses control characters in what it mints;
@@ -289,7 +288,7 @@ func grpcAllow(d decision, clientHeader http.Header, strip func(string) bool) (*
 		if !strippedHeader(k) || slices.Contains(credentialHeaders, k) {
 			continue // kept, or removed above
 		}
-		if slices.Contains(contract.IdentityHeaders, k) && identity.Get(k) != "" {
+		if slices.Contains(identityHeaders, k) && identity.Get(k) != "" {
 			continue // set above; removing it would undo that
 		}
 		ok.HeadersToRemove = append(ok.HeadersToRemove, strings.ToLower(k))

@@ -134,12 +134,12 @@ func TestGRPCAllow(t *testing.T) {
 		t.Fatalf("allow: %v", resp)
 	}
 	ok := resp.GetOkResponse()
-	if len(ok.GetHeaders()) != len(contract.IdentityHeaders) {
-		t.Fatalf("headers %v, want the %d identity headers", ok.GetHeaders(), len(contract.IdentityHeaders))
+	if len(ok.GetHeaders()) != len(contract.IdentityHeaders()) {
+		t.Fatalf("headers %v, want the %d identity headers", ok.GetHeaders(), len(contract.IdentityHeaders()))
 	}
 	for i, o := range ok.GetHeaders() {
-		if o.GetHeader().GetKey() != strings.ToLower(contract.IdentityHeaders[i]) || o.GetAppendAction() != corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD || o.GetAppend() != nil {
-			t.Errorf("header %d: %v, want %s with OVERWRITE_IF_EXISTS_OR_ADD", i, o, contract.IdentityHeaders[i])
+		if o.GetHeader().GetKey() != strings.ToLower(contract.IdentityHeaders()[i]) || o.GetAppendAction() != corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD || o.GetAppend() != nil {
+			t.Errorf("header %d: %v, want %s with OVERWRITE_IF_EXISTS_OR_ADD", i, o, contract.IdentityHeaders()[i])
 		}
 	}
 	for _, name := range []string{"authorization", "x-api-key", "dpop", "x-keybroker-reason", "x-keybroker-admin", "x-keybroker-key-id", "x_keybroker_tenant"} {
@@ -183,7 +183,7 @@ func TestGRPCAllow(t *testing.T) {
 		t.Fatalf("public: %v", resp)
 	}
 	up = envoyApply(sent, resp.GetOkResponse())
-	for _, k := range append([]string{"X-Api-Key"}, contract.IdentityHeaders...) {
+	for _, k := range append([]string{"X-Api-Key"}, contract.IdentityHeaders()...) {
 		if up.Get(k) != "" {
 			t.Errorf("public route: upstream got %s", k)
 		}

@@ -339,7 +339,11 @@ func openAIError(d decision) map[string]interface{} {
 
 // dpopChallenge is the DPoP scheme's challenge (RFC 9449 §7.1): the
 // algorithms proofs may be signed with.
-var dpopChallenge = `DPoP algs="` + strings.Join(jwtverify.ProofAlgorithms, " ") + `"`
+var dpopChallenge = `DPoP algs="` + strings.Join(jwtverify.ProofAlgorithms(), " ") + `"`
+
+// identityHeaders are contract.IdentityHeaders, read once: setIdentity
+// runs on every request.
+var identityHeaders = contract.IdentityHeaders()
 
 // setIdentity sets the caller's identity headers. On a gateway's answer
 // (all) every one is set, empty where it does not apply (a public route has
@@ -358,7 +362,7 @@ func setIdentity(h http.Header, id *identity, all bool) {
 	}
 	for i, v := range [...]string{sub, keyID, jti, role, tenant, scopes, actors} {
 		if v != "" || all {
-			h.Set(contract.IdentityHeaders[i], v)
+			h.Set(identityHeaders[i], v)
 		}
 	}
 }

@@ -38,7 +38,7 @@ func (sc *Sidecar) serveResourceMetadata(w http.ResponseWriter) {
 		"bearer_methods_supported": []string{"header"},
 	}
 	if sc.dpop != nil {
-		doc["dpop_signing_alg_values_supported"] = jwtverify.ProofAlgorithms
+		doc["dpop_signing_alg_values_supported"] = jwtverify.ProofAlgorithms()
 		doc["dpop_bound_access_tokens_required"] = sc.s.requireDPoP
 	}
 	w.Header().Set("Content-Type", "application/json")
