@@ -30,9 +30,9 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzVerifyProof -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./jwtverify/
 	$(GO) test -run '^$$' -fuzz FuzzDecide -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./sidecar/
 
-## unit: the tests that need no Vault
+## unit: every test that needs no Vault (all but e2e/)
 unit:
-	$(GO) test -count=1 ./apikey/... ./jwtverify/... ./backend/...
+	$(GO) test -count=1 ./apikey/... ./jwtverify/... ./contract/... ./backend/... ./sidecar/... ./audit/...
 
 ## e2e: only the end-to-end tests
 e2e: vault

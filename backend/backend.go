@@ -1,6 +1,7 @@
-// Package backend is keybroker's Vault secrets engine: it mints API keys (and,
-// later, agent JWTs) from roles, verifies them, and publishes a revocation
-// feed that verifiers follow.
+// Package backend is keybroker's Vault secrets engine: it mints API keys and
+// agent JWTs from roles (with refresh, token exchange and approval for risky
+// scopes), verifies them, keeps their budgets and rate windows, and publishes
+// the revocation and key-record feeds that verifiers follow.
 package backend
 
 import (
@@ -224,11 +225,19 @@ The keybroker secrets engine mints short-lived, scoped credentials for services
 and AI agents, and verifies them.
 
 An operator defines roles (keybroker/roles/<name>) that fix what a credential
-may carry: scopes, tenant, allowed source CIDRs and lifetime. Callers allowed by
-Vault policy mint API keys from a role (keybroker/keys/<role>). Keys are Vault
-leases: they expire with their TTL and are revoked with "vault lease revoke" or
-with the Vault token that minted them. Only a SHA-256 hash of each key is stored.
+may carry: scopes, audiences, tenant, allowed source CIDRs, lifetime, budgets
+and rate limits. Callers allowed by Vault policy mint API keys
+(keybroker/keys/<role>) and agent JWTs (keybroker/token/<role>, refreshed at
+token/refresh, exchanged to act for another at token/exchange). Keys and
+tokens are Vault leases: they expire with their TTL and are revoked with
+"vault lease revoke" or with the Vault token that minted them. Only a SHA-256
+hash of each key is stored. Every change to a key is under
+keybroker/keys/<role>/id/<key_id> (rotate, suspend, resume, delete), a
+credential's budget under keybroker/budget/<role>/<id>, and approval
+requests for a role's risky scopes under keybroker/approvals/<role>/<id>, so
+that a policy can grant one role and no other.
 
-Verifiers check credentials with keybroker/verify and follow revocations
-incrementally through keybroker/revocations.
+Verifiers check credentials with keybroker/verify, follow revocations and
+key records through keybroker/revocations and keybroker/key-records, and
+account spend through keybroker/budget/reserve and budget/report.
 `
