@@ -22,7 +22,6 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
-
 )
 
 // Envoy's ext_authz over gRPC (envoy.service.auth.v3.Authorization/Check),
