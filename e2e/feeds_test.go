@@ -2,11 +2,8 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
-	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -44,44 +41,22 @@ func (s *syncBuffer) String() string {
 // returned buffer, and does not wait for it to be ready.
 func startSidecarWithPolicy(t *testing.T, v *vaultserver.Server, name, policyHCL string, mutate func(c *sidecar.Config)) (e *sidecarEnv, logs *syncBuffer) {
 	t.Helper()
-	e = &sidecarEnv{v: v}
-	proxyL, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	authL, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.proxy, e.auth = "http://"+proxyL.Addr().String(), "http://"+authL.Addr().String()
-	e.upstream = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("upstream ok")) }))
-	t.Cleanup(e.upstream.Close)
-	cfg := sidecarConfig(t, v, e.upstream.URL)
-	roleID, secretID, err := v.AppRole(ctxT(t), name, name, policyHCL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	secretFile := filepath.Join(t.TempDir(), "secret-id")
-	if err := os.WriteFile(secretFile, []byte(secretID+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg.Vault.RoleID, cfg.Vault.SecretIDFile = roleID, secretFile
-	if mutate != nil {
-		mutate(cfg)
-	}
 	logs = &syncBuffer{}
-	sc, err := sidecar.New(cfg, hclog.New(&hclog.LoggerOptions{Name: "keybroker-sidecar", Output: logs, Level: hclog.Info, JSONFormat: true}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = sc.ServeWith(ctx, sidecar.Listeners{Proxy: proxyL, Auth: authL})
-	}()
-	e.stop = sync.OnceFunc(func() { cancel(); <-done })
-	t.Cleanup(e.stop)
+	log := hclog.New(&hclog.LoggerOptions{Name: "keybroker-sidecar", Output: logs, Level: hclog.Info, JSONFormat: true})
+	e = launchSidecar(t, v, func(cfg *sidecar.Config, _ string) {
+		roleID, secretID, err := v.AppRole(ctxT(t), name, name, policyHCL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		secretFile := filepath.Join(t.TempDir(), "secret-id")
+		if err := os.WriteFile(secretFile, []byte(secretID+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cfg.Vault.RoleID, cfg.Vault.SecretIDFile = roleID, secretFile
+		if mutate != nil {
+			mutate(cfg)
+		}
+	}, log)
 	return e, logs
 }
 

@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	hclog "github.com/hashicorp/go-hclog"
+
 	"github.com/keybroker/keybroker/apikey"
 	"github.com/keybroker/keybroker/internal/vaultserver"
 	"github.com/keybroker/keybroker/sidecar"
@@ -58,6 +60,22 @@ func startSidecar(t *testing.T, v *vaultserver.Server, mutate func(c *sidecar.Co
 // proxy's own URL (http://127.0.0.1:port), known before it starts.
 func startSidecarAt(t *testing.T, v *vaultserver.Server, mutate func(c *sidecar.Config, proxyURL string)) *sidecarEnv {
 	t.Helper()
+	e := launchSidecar(t, v, mutate, nil)
+	eventually(t, 15*time.Second, "sidecar never became ready", func() bool {
+		resp, err := http.Get(e.auth + "/healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	return e
+}
+
+// launchSidecar starts a sidecar in front of a recording upstream, logging
+// to log (nil: the sidecar's default), without waiting for it to be ready.
+func launchSidecar(t *testing.T, v *vaultserver.Server, mutate func(c *sidecar.Config, proxyURL string), log hclog.Logger) *sidecarEnv {
+	t.Helper()
 	e := &sidecarEnv{v: v}
 	proxyL, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -85,7 +103,7 @@ func startSidecarAt(t *testing.T, v *vaultserver.Server, mutate func(c *sidecar.
 		}
 		e.grpc = grpcL.Addr().String()
 	}
-	sc, err := sidecar.New(cfg, nil)
+	sc, err := sidecar.New(cfg, log)
 	if err != nil {
 		proxyL.Close()
 		authL.Close()
@@ -102,14 +120,6 @@ func startSidecarAt(t *testing.T, v *vaultserver.Server, mutate func(c *sidecar.
 	}()
 	e.stop = sync.OnceFunc(func() { cancel(); <-done })
 	t.Cleanup(e.stop)
-	eventually(t, 15*time.Second, "sidecar never became ready", func() bool {
-		resp, err := http.Get(e.auth + "/healthz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
 	return e
 }
 

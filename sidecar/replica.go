@@ -242,10 +242,7 @@ func shapeKey(kr *contract.KeyRecord) string {
 
 // setMetered replaces the set of tenants with a budget ceiling.
 func (r *keyReplica) setMetered(tenants []string) {
-	m := make(map[string]bool, len(tenants))
-	for _, t := range tenants {
-		m[t] = true
-	}
+	m := setOf(tenants)
 	r.mu.Lock()
 	r.metered = m
 	r.mu.Unlock()
@@ -253,13 +250,19 @@ func (r *keyReplica) setMetered(tenants []string) {
 
 // setSuspendedRoles replaces the set of suspended roles.
 func (r *keyReplica) setSuspendedRoles(roles []string) {
-	m := make(map[string]bool, len(roles))
-	for _, name := range roles {
-		m[name] = true
-	}
+	m := setOf(roles)
 	r.mu.Lock()
 	r.suspendedRoles = m
 	r.mu.Unlock()
+}
+
+// setOf is names as a set, built before the replica's lock is taken.
+func setOf(names []string) map[string]bool {
+	m := make(map[string]bool, len(names))
+	for _, n := range names {
+		m[n] = true
+	}
+	return m
 }
 
 // newGen starts reading a snapshot.
