@@ -3,6 +3,7 @@ package sidecar
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -270,5 +271,29 @@ func TestParseConfigFileReportsEveryError(t *testing.T) {
 	}
 	if strings.Contains(err.Error(), "other diagnostic") {
 		t.Errorf("a problem only counted:\n%v", err)
+	}
+}
+
+// The validators read only Config and write only their own fields of
+// settings, so their order does not matter: run backwards, they build the
+// same settings from the shipped example.
+func TestConfigBlocksAreIndependent(t *testing.T) {
+	c, err := ParseConfigFile(filepath.Join("..", "examples", "sidecar.hcl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Resource, c.PublicOrigin, c.DecisionLogPath = "https://api.example.com/mcp", "https://api.example.com", "-"
+	forward, err := c.settings()
+	if err != nil {
+		t.Fatal(err)
+	}
+	backward := &settings{}
+	for _, validate := range slices.Backward(configBlocks) {
+		if errs := validate(c, backward); len(errs) > 0 {
+			t.Fatal(errs)
+		}
+	}
+	if !reflect.DeepEqual(forward, backward) {
+		t.Fatalf("forward %+v\nbackward %+v", forward, backward)
 	}
 }
