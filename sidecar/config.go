@@ -275,8 +275,9 @@ func (c *Config) settings() (*settings, error) {
 
 // configBlocks are the validators, one per block. Each reads only Config
 // and writes only its own fields of settings, so they run in any order; a
-// rule that spans blocks (gateway needs trusted_proxies) reads the other
-// block's Config field, never its parsed result.
+// rule that spans blocks (grpc_listen needs trusted_proxies, require_dpop
+// needs key_replica) reads the other block's Config field, never its parsed
+// result.
 var configBlocks = []func(*Config, *settings) []error{
 	validateServer,   // listen, auth_listen, grpc_listen, upstream, server limits
 	validateProxies,  // trusted_proxies, gateway, allow_unmatched, strip_headers
