@@ -4,22 +4,16 @@
 package sidecar
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"net/url"
-	"regexp"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/gohcl"
 	"github.com/hashicorp/hcl/v2/hclparse"
-
-	"github.com/keybroker/keybroker/contract"
-	"github.com/keybroker/keybroker/jwtverify"
 )
 
 // Config is the sidecar's HCL configuration file. Durations are Go duration
@@ -233,382 +227,107 @@ type settings struct {
 	decisionLogSample   float64
 }
 
-// ParseConfigFile reads an HCL config file.
+// ParseConfigFile reads an HCL config file. Every problem HCL finds (a
+// syntax error, an unknown setting, a value of the wrong type) is
+// reported, one a line with its file and line, not only the first.
 func ParseConfigFile(path string) (*Config, error) {
 	p := hclparse.NewParser()
 	f, diags := p.ParseHCLFile(path)
 	if diags.HasErrors() {
-		return nil, errors.New(diags.Error())
+		return nil, diagnosticsError(diags)
 	}
 	var c Config
 	if diags := gohcl.DecodeBody(f.Body, nil, &c); diags.HasErrors() {
-		return nil, errors.New(hcl.Diagnostics(diags).Error())
+		return nil, diagnosticsError(diags)
 	}
 	return &c, nil
 }
 
+// diagnosticsError joins HCL's errors; hcl.Diagnostics.Error() names the
+// first and only counts the rest.
+func diagnosticsError(diags hcl.Diagnostics) error {
+	var errs []error
+	for _, d := range diags {
+		if d.Severity == hcl.DiagError {
+			errs = append(errs, errors.New(d.Error()))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// settings checks c and returns it parsed, defaults filled in. Each block
+// of the configuration has its own validator, which fills in its fields of
+// settings and returns every problem it finds; the problems of all blocks
+// come back together (errors.Join, one a line), so an operator fixing a
+// config sees everything wrong with it in one run rather than one message
+// a run.
 func (c *Config) settings() (*settings, error) {
-	s := &settings{
-		listen:          cmp.Or(c.Listen, "127.0.0.1:8080"),
-		authListen:      cmp.Or(c.AuthListen, "127.0.0.1:8081"),
-		grpcListen:      c.GRPCListen,
-		audiences:       c.Audiences,
-		issuer:          c.Issuer,
-		allowUnmatched:  c.AllowUnmatched,
-		cacheSize:       c.CacheSize,
-		reserveRequests: c.BudgetReserveRequests,
-		name:            c.Name,
-		logLevel:        cmp.Or(c.LogLevel, "info"),
-		logFormat:       cmp.Or(c.LogFormat, "standard"),
+	s := &settings{}
+	var errs []error
+	for _, validate := range configBlocks {
+		errs = append(errs, validate(c, s)...)
 	}
-	if s.cacheSize == 0 {
-		s.cacheSize = 100_000
-	}
-	if err := s.setStripHeaders(c.StripHeaders); err != nil {
-		return nil, err
-	}
-	if s.cacheSize < 0 {
-		return nil, fmt.Errorf("cache_size must be positive")
-	}
-	if c.Upstream != "" {
-		u, err := url.Parse(c.Upstream)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return nil, fmt.Errorf("upstream %q must be an http or https URL", c.Upstream)
-		}
-		s.upstream = u
-	}
-	var err error
-	if s.resource, s.metadataPath, s.metadataURL, err = parseResource(c.Resource); err != nil {
-		return nil, err
-	}
-	if s.resource != "" && !slices.Contains(s.audiences, s.resource) {
-		s.audiences = append(slices.Clip(s.audiences), s.resource) // RFC 8707: aud names the resource
-	}
-	if len(s.audiences) == 0 {
-		return nil, fmt.Errorf("audiences: name the aud values this service accepts (or set resource), so tokens minted for another service are refused")
-	}
-	usageIn := c.UsageReportInterval // "off": no reports
-	if usageIn == "off" {
-		usageIn = ""
-	}
-	durations := []struct {
-		name string
-		in   string
-		def  time.Duration
-		out  *time.Duration
-	}{
-		{"leeway", c.Leeway, 30 * time.Second, &s.leeway},
-		{"revocation_poll_interval", c.RevocationPollInterval, time.Second, &s.revocationPoll},
-		{"jwks_refresh_interval", c.JWKSRefreshInterval, 5 * time.Minute, &s.jwksRefresh},
-		{"jwks_min_refetch_interval", c.JWKSMinRefetchInterval, 10 * time.Second, &s.jwksMinRefetch},
-		{"key_cache_ttl", c.KeyCacheTTL, 10 * time.Second, &s.keyCacheTTL},
-		{"negative_cache_ttl", c.NegativeCacheTTL, 30 * time.Second, &s.negativeCacheTTL},
-		{"max_stale", c.MaxStale, 30 * time.Second, &s.maxStale},
-		{"budget_report_interval", c.BudgetReportInterval, time.Second, &s.reportInterval},
-		{"usage_report_interval", usageIn, time.Minute, &s.usageReport},
-		{"budget_reservation_ttl", c.BudgetReservationTTL, 30 * time.Second, &s.reservationTTL},
-		{"budget_idle_release", c.BudgetIdleRelease, 5 * time.Second, &s.idleRelease},
-		{"read_header_timeout", c.ReadHeaderTimeout, 10 * time.Second, &s.readHeaderTimeout},
-		{"read_timeout", c.ReadTimeout, time.Minute, &s.readTimeout},
-		{"idle_timeout", c.IdleTimeout, time.Minute, &s.idleTimeout},
-		{"dpop_proof_max_age", c.DPoPProofMaxAge, time.Minute, &s.dpopMaxAge},
-	}
-	for _, d := range durations {
-		*d.out = d.def
-		if d.in == "" {
-			continue
-		}
-		v, err := time.ParseDuration(d.in)
-		if err != nil || v <= 0 {
-			return nil, fmt.Errorf("%s %q must be a positive duration such as 30s", d.name, d.in)
-		}
-		*d.out = v
-	}
-	if c.UsageReportInterval == "off" {
-		s.usageReport = 0
-	}
-	s.keyReplica = c.KeyReplica == nil || *c.KeyReplica
-	s.keyFilter = keyFilter{roles: c.KeyReplicaRoles, tenants: c.KeyReplicaTenants}
-	for _, f := range []struct {
-		field string
-		names []string
-		re    *regexp.Regexp
-	}{{"key_replica_roles", c.KeyReplicaRoles, roleNameRe}, {"key_replica_tenants", c.KeyReplicaTenants, tenantNameRe}} {
-		if len(f.names) > 0 && !s.keyReplica {
-			return nil, fmt.Errorf("%s needs key_replica", f.field)
-		}
-		if len(f.names) > 100 {
-			return nil, fmt.Errorf("%s: at most 100 names", f.field)
-		}
-		for _, n := range f.names {
-			if len(n) > 128 || !f.re.MatchString(n) {
-				return nil, fmt.Errorf("%s: %q is not a role or tenant name", f.field, n)
-			}
-		}
-	}
-	s.revocationWait = revocationLongPollWait
-	if c.RevocationLongPoll != nil && !*c.RevocationLongPoll {
-		s.revocationWait = 0
-	}
-	if s.publicOrigin, err = parsePublicOrigin(c.PublicOrigin); err != nil {
-		return nil, err
-	}
-	s.dpopReplaySize = cmp.Or(c.DPoPReplayCacheSize, 500_000)
-	switch {
-	case s.dpopMaxAge > 5*time.Minute:
-		return nil, fmt.Errorf("dpop_proof_max_age must be at most 5m: a proof is made for one request")
-	case s.dpopReplaySize < 1000 || s.dpopReplaySize > 10_000_000:
-		return nil, fmt.Errorf("dpop_replay_cache_size must be between 1000 and 10000000")
-	case s.publicOrigin == "" && (c.DPoPProofMaxAge != "" || c.DPoPReplayCacheSize != 0 || c.RequireDPoP):
-		return nil, fmt.Errorf("dpop_proof_max_age, dpop_replay_cache_size and require_dpop need public_origin, which turns DPoP on")
-	}
-	s.requireDPoP = c.RequireDPoP
-	if s.requireDPoP && !s.keyReplica {
-		return nil, fmt.Errorf("require_dpop needs key_replica: a bound API key is checked from its record, so without the replica every API key would be refused")
-	}
-	if s.leeway > contract.RevocationGrace {
-		return nil, fmt.Errorf("leeway must be at most %s: revocations are kept only that long past a credential's expiry, so a larger leeway would accept a revoked token again", contract.RevocationGrace)
-	}
-	if s.maxStale < s.keyCacheTTL {
-		return nil, fmt.Errorf("max_stale (%s) must be at least key_cache_ttl (%s)", s.maxStale, s.keyCacheTTL)
-	}
-	if s.reservationTTL < 15*time.Second || s.reservationTTL > 10*time.Minute || s.reservationTTL%time.Second != 0 {
-		return nil, fmt.Errorf("budget_reservation_ttl must be whole seconds between 15s and 10m")
-	}
-	if s.reportInterval > s.reservationTTL/3 {
-		return nil, fmt.Errorf("budget_report_interval (%s) must be at most a third of budget_reservation_ttl (%s), so reports renew reservations in time", s.reportInterval, s.reservationTTL)
-	}
-	if s.reserveRequests == 0 {
-		s.reserveRequests = 10
-	}
-	if s.reserveRequests < 1 || s.reserveRequests > 10_000 {
-		return nil, fmt.Errorf("budget_reserve_requests must be between 1 and 10000")
-	}
-	for _, t := range c.TrustedProxies {
-		p, err := netip.ParsePrefix(t)
-		if err != nil {
-			a, aerr := netip.ParseAddr(t)
-			if aerr != nil {
-				return nil, fmt.Errorf("trusted_proxies: %q is not a CIDR block or IP address", t)
-			}
-			p = netip.PrefixFrom(a, a.BitLen())
-		}
-		s.trusted = append(s.trusted, p.Masked())
-	}
-	if s.gateway, err = parseGateway(c.Gateway, len(s.trusted)); err != nil {
-		return nil, err
-	}
-	if err := checkGRPCListen(s.grpcListen, len(s.trusted)); err != nil {
-		return nil, err
-	}
-	switch c.RateLimitScope {
-	case "", "sidecar":
-	case "cluster":
-		s.clusterRate = true
-	default:
-		return nil, fmt.Errorf("rate_limit_scope must be \"sidecar\" or \"cluster\", got %q", c.RateLimitScope)
-	}
-	s.failedAuthRate, s.failedAuthBurst, s.verifyConcurrency = 1, cmp.Or(c.FailedAuthBurst, 10), cmp.Or(c.VaultVerifyConcurrency, 32)
-	if c.FailedAuthRate != nil {
-		s.failedAuthRate = *c.FailedAuthRate
-	}
-	switch {
-	case s.failedAuthRate <= 0 || s.failedAuthRate > 1000:
-		return nil, fmt.Errorf("failed_auth_rate must be above 0 and at most 1000 per second")
-	case s.failedAuthBurst < 1 || s.failedAuthBurst > 10_000:
-		return nil, fmt.Errorf("failed_auth_burst must be between 1 and 10000")
-	case s.verifyConcurrency < 1 || s.verifyConcurrency > 1024:
-		return nil, fmt.Errorf("vault_verify_concurrency must be between 1 and 1024")
-	}
-	s.maxHeaderBytes = cmp.Or(c.MaxHeaderBytes, 64<<10)
-	if s.maxHeaderBytes < 4<<10 || s.maxHeaderBytes > 1<<20 {
-		return nil, fmt.Errorf("max_header_bytes must be between 4096 and 1048576")
-	}
-	s.maxBody = 10 << 20
-	if c.MaxRequestBodyBytes != nil {
-		s.maxBody = *c.MaxRequestBodyBytes
-	}
-	if s.maxBody < 0 {
-		return nil, fmt.Errorf("max_request_body_bytes must not be negative")
-	}
-	for _, r := range c.Routes {
-		prefix, err := routePrefix(r.PathPrefix)
-		if err != nil {
-			return nil, err
-		}
-		rt := route{prefix: prefix, fold: r.CaseInsensitive, scopes: r.Scopes, public: r.Public, cost: 1,
-			usageHeader: r.UsageHeader, openaiUsage: r.OpenAIUsage, fallbackCost: r.UsageFallback == "cost", delegation: r.Delegation}
-		if r.Cost != nil {
-			rt.cost = *r.Cost
-		}
-		switch {
-		case rt.cost < 0 || rt.cost > maxUnitsRequest:
-			return nil, fmt.Errorf("route %q: cost must be between 0 and %d", r.PathPrefix, int64(maxUnitsRequest))
-		case rt.usageHeader != "" && rt.openaiUsage:
-			return nil, fmt.Errorf("route %q: set usage_header or openai_usage, not both", r.PathPrefix)
-		case rt.usageHeader != "" && !validHeaderName(rt.usageHeader):
-			return nil, fmt.Errorf("route %q: usage_header %q is not a header name", r.PathPrefix, rt.usageHeader)
-		case r.UsageFallback != "" && r.UsageFallback != "hold" && r.UsageFallback != "cost":
-			return nil, fmt.Errorf("route %q: usage_fallback must be \"hold\" or \"cost\"", r.PathPrefix)
-		case r.UsageFallback != "" && rt.usageHeader == "" && !rt.openaiUsage:
-			return nil, fmt.Errorf("route %q: usage_fallback goes with usage_header or openai_usage", r.PathPrefix)
-		case r.Delegation != "" && r.Delegation != delegationRequire && r.Delegation != delegationForbid:
-			return nil, fmt.Errorf("route %q: delegation must be %q or %q", r.PathPrefix, delegationRequire, delegationForbid)
-		case r.Public && r.Delegation != "":
-			return nil, fmt.Errorf("route %q: a public route has no caller; remove delegation", r.PathPrefix)
-		case r.Public && (r.Cost != nil || rt.usageHeader != "" || rt.openaiUsage):
-			return nil, fmt.Errorf("route %q: a public route has no caller to charge; remove cost, usage_header and openai_usage", r.PathPrefix)
-		}
-		for _, m := range r.Methods {
-			if m == "" || strings.ToUpper(m) != m || strings.ContainsAny(m, " \t/") {
-				return nil, fmt.Errorf("route %q: method %q must be an uppercase HTTP method", r.PathPrefix, m)
-			}
-			rt.methods = append(rt.methods, m)
-		}
-		if r.Public && len(r.Scopes) > 0 {
-			return nil, fmt.Errorf("route %q: a public route cannot require scopes", r.PathPrefix)
-		}
-		s.routes = append(s.routes, rt)
-	}
-	if s.groups, err = groupRoutes(s.routes); err != nil {
-		return nil, err
-	}
-	if c.Vault == nil {
-		return nil, fmt.Errorf("a vault block is required (address, mount, role_id or role_id_file, secret_id_file)")
-	}
-	v := c.Vault
-	switch {
-	case v.Address != "" && len(v.Addresses) > 0:
-		return nil, fmt.Errorf("vault: set address or addresses, not both")
-	case v.Address != "":
-		s.vaultAddrs = []string{v.Address}
-	default:
-		s.vaultAddrs = v.Addresses
-	}
-	for _, a := range s.vaultAddrs {
-		if u, err := url.Parse(a); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return nil, fmt.Errorf("vault: address %q is not an http(s) URL", a)
-		}
-	}
-	s.vaultCACert = v.CACert
-	s.mount = strings.Trim(cmp.Or(v.Mount, "keybroker"), "/")
-	s.roleID, s.roleIDFile, s.secretIDFile = v.RoleID, v.RoleIDFile, v.SecretIDFile
-	if (s.roleID == "") == (s.roleIDFile == "") {
-		return nil, fmt.Errorf("vault: set exactly one of role_id and role_id_file")
-	}
-	s.decisionLogPath, s.decisionLogSample = c.DecisionLogPath, 1
-	if c.DecisionLogSampleAllowed != nil {
-		s.decisionLogSample = *c.DecisionLogSampleAllowed
-		switch {
-		case s.decisionLogPath == "":
-			return nil, fmt.Errorf("decision_log_sample_allowed needs decision_log_path, which turns the decision log on")
-		case !(s.decisionLogSample >= 0 && s.decisionLogSample <= 1):
-			return nil, fmt.Errorf("decision_log_sample_allowed must be between 0 and 1 (the fraction of allowed decisions logged; every denial is)")
-		}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
 	}
 	return s, nil
 }
 
-// roleNameRe and tenantNameRe are the names the plugin gives roles and
-// tenants; a filter naming anything else would match no key.
-var (
-	roleNameRe   = regexp.MustCompile(`^\w([\w.-]*\w)?$`)
-	tenantNameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
-)
+// configBlocks are the validators, one per block. Each reads only Config
+// and writes only its own fields of settings, so they run in any order; a
+// rule that spans blocks (grpc_listen needs trusted_proxies, require_dpop
+// needs key_replica) reads the other block's Config field, never its parsed
+// result.
+var configBlocks = []func(*Config, *settings) []error{
+	validateServer,   // listen, auth_listen, grpc_listen, upstream, server limits
+	validateProxies,  // trusted_proxies, gateway, allow_unmatched, strip_headers
+	validateTokens,   // audiences, issuer, leeway, resource
+	validateDPoP,     // public_origin, dpop_*, require_dpop
+	validateFeeds,    // revocations, JWKS, key replica, key cache
+	validateMetering, // budgets, usage reports, rate_limit_scope, name
+	validateFailedAuth,
+	validateRoutes,
+	validateVault,
+	validateLogs,
+}
 
-// parsePublicOrigin checks public_origin: an http(s) scheme and host, no
-// path, query or user. It returns it normalised as htu compares it, without
-// the trailing slash; "" when unset.
-func parsePublicOrigin(o string) (string, error) {
-	if o == "" {
-		return "", nil
-	}
-	u, err := url.Parse(o)
-	if err != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
-		return "", fmt.Errorf("public_origin %q must be a scheme and host only, such as https://api.example.com", o)
-	}
-	n, err := jwtverify.NormalizeHTU(o)
+// keyReplica is key_replica with its default (on).
+func (c *Config) keyReplica() bool { return c.KeyReplica == nil || *c.KeyReplica }
+
+// problems are one block's messages, each naming its setting.
+type problems []error
+
+func (p *problems) addf(format string, args ...any) {
+	*p = append(*p, fmt.Errorf(format, args...))
+}
+
+func (p *problems) add(err error) {
 	if err != nil {
-		return "", fmt.Errorf("public_origin %q: %v", o, err)
+		*p = append(*p, err)
 	}
-	return strings.TrimSuffix(n, "/"), nil
 }
 
-// parseResource checks resource: an https URL (http on a loopback host,
-// for tests) without query or fragment. It returns it with the path and
-// URL of its metadata: /.well-known/oauth-protected-resource inserted
-// before the resource's path (RFC 9728 §3.1).
-func parseResource(r string) (resource, path, url_ string, err error) {
-	if r == "" {
-		return "", "", "", nil
+// duration sets *out to the Go duration in ("30s"), or to def when in is
+// unset. It returns false, with the message added, when in is set but not a
+// positive duration; *out is then def, and the caller skips the checks that
+// compare it with another setting, so one typo gives one message.
+func (p *problems) duration(name, in string, def time.Duration, out *time.Duration) bool {
+	*out = def
+	if in == "" {
+		return true
 	}
-	u, perr := url.Parse(r)
-	bad := perr != nil || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" || u.ForceQuery ||
-		!(u.Scheme == "https" || (u.Scheme == "http" && isLoopbackHost(u.Hostname())))
-	if bad || (len(u.EscapedPath()) > 1 && strings.HasSuffix(u.EscapedPath(), "/")) {
-		// A trailing slash: RFC 9728 would keep it in the metadata path
-		// and some clients drop it; one spelling leaves no doubt.
-		return "", "", "", fmt.Errorf("resource %q must be an https URL without query, fragment or trailing slash, such as https://mcp.example.com/mcp", r)
+	v, err := time.ParseDuration(in)
+	if err != nil || v <= 0 {
+		p.addf("%s %q must be a positive duration such as 30s", name, in)
+		return false
 	}
-	path = "/.well-known/oauth-protected-resource" + strings.TrimSuffix(u.EscapedPath(), "/")
-	return r, path, u.Scheme + "://" + u.Host + path, nil
+	*out = v
+	return true
 }
 
-func isLoopbackHost(h string) bool {
-	a, err := netip.ParseAddr(h)
-	return h == "localhost" || (err == nil && a.IsLoopback())
-}
-
-func validHeaderName(h string) bool {
-	for i := 0; i < len(h); i++ {
-		c := h[i]
-		if !(c == '-' || c >= '0' && c <= '9' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z') {
-			return false
-		}
+// hostPort checks a listener's address.
+func (p *problems) hostPort(name, addr, example string) {
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		p.addf("%s %q must be host:port, such as %s", name, addr, example)
 	}
-	return h != ""
-}
-
-// defaultStripHeaders name another URL or method than the request's own:
-// IIS URL Rewrite, Symfony and Laminas read X-Original-URL and
-// X-Rewrite-URL; Express's method-override, Rails, Laravel, Spring's
-// HiddenHttpMethodFilter and others the method overrides. A service behind
-// the sidecar would otherwise serve a route other than the one checked.
-var defaultStripHeaders = contract.RoutingOverrides()
-
-// maxStripHeaders bounds strip_headers: each is compared with every header
-// of every request.
-const maxStripHeaders = 64
-
-// setStripHeaders checks strip_headers: header names, none twice (as CGI
-// reads them), none the proxy itself needs to forward the request.
-func (s *settings) setStripHeaders(names []string) error {
-	if names == nil {
-		s.stripHeaders = defaultStripHeaders
-		return nil
-	}
-	if len(names) > maxStripHeaders {
-		return fmt.Errorf("strip_headers: at most %d names", maxStripHeaders)
-	}
-	for i, n := range names {
-		switch {
-		case !validHeaderName(n):
-			return fmt.Errorf("strip_headers: %q is not a header name", n)
-		case cgiNameEqual(n, "Host"), cgiNameEqual(n, "Content-Length"), cgiNameEqual(n, "Transfer-Encoding"), cgiNameEqual(n, "Content-Type"):
-			return fmt.Errorf("strip_headers: %q is needed to forward the request", n)
-		case strippedHeader(n):
-			// Envoy applies removals after the answer's headers: listed,
-			// it would remove the identity the sidecar sets.
-			return fmt.Errorf("strip_headers: %q is removed from every client already (credential and X-Keybroker-* headers); listed, it would also remove what the sidecar sets", n)
-		case cgiNameEqual(n, "Forwarded"), len(n) >= len("X-Forwarded-") && cgiNameEqual(n[:len("X-Forwarded-")], "X-Forwarded-"):
-			return fmt.Errorf("strip_headers: %q is set by the sidecar's proxy; listed, it would remove what the sidecar sets", n)
-		}
-		for _, prev := range names[:i] {
-			if cgiNameEqual(prev, n) {
-				return fmt.Errorf("strip_headers: %q is listed twice (CGI-style servers read %q and %q as one name)", n, prev, n)
-			}
-		}
-	}
-	s.stripHeaders = names
-	return nil
 }

@@ -24,26 +24,7 @@ func CheckConfig(c *Config) ([]byte, error) {
 	}
 	routes := make([]map[string]interface{}, 0, len(s.routes))
 	for _, rt := range s.routes {
-		r := map[string]interface{}{"path_prefix": rt.prefix, "methods": nonNilStrings(rt.methods), "scopes": nonNilStrings(rt.scopes), "public": rt.public}
-		if rt.fold {
-			r["case_insensitive"] = true
-		}
-		if rt.delegation != "" {
-			r["delegation"] = rt.delegation
-		}
-		if !rt.public {
-			r["cost"] = rt.cost
-			if rt.usageHeader != "" {
-				r["usage_header"] = rt.usageHeader
-			}
-			if rt.openaiUsage {
-				r["openai_usage"] = true
-			}
-			if rt.usageHeader != "" || rt.openaiUsage {
-				r["usage_fallback"] = map[bool]string{true: "cost", false: "hold"}[rt.fallbackCost]
-			}
-		}
-		routes = append(routes, r)
+		routes = append(routes, effectiveRoute(rt))
 	}
 	upstream := ""
 	if s.upstream != nil {
@@ -89,6 +70,32 @@ func CheckConfig(c *Config) ([]byte, error) {
 		eff["decision_log_sample_allowed"] = s.decisionLogSample
 	}
 	return json.MarshalIndent(eff, "", "  ")
+}
+
+// effectiveRoute is one route as -check-config shows it: what a public
+// route would charge is left out, as it charges nothing.
+func effectiveRoute(rt route) map[string]interface{} {
+	r := map[string]interface{}{"path_prefix": rt.prefix, "methods": nonNilStrings(rt.methods), "scopes": nonNilStrings(rt.scopes), "public": rt.public}
+	if rt.fold {
+		r["case_insensitive"] = true
+	}
+	if rt.delegation != "" {
+		r["delegation"] = rt.delegation
+	}
+	if rt.public {
+		return r
+	}
+	r["cost"] = rt.cost
+	if rt.usageHeader != "" {
+		r["usage_header"] = rt.usageHeader
+	}
+	if rt.openaiUsage {
+		r["openai_usage"] = true
+	}
+	if rt.usageHeader != "" || rt.openaiUsage {
+		r["usage_fallback"] = map[bool]string{true: "cost", false: "hold"}[rt.fallbackCost]
+	}
+	return r
 }
 
 func prefixString(p netip.Prefix) string {
