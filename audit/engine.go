@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/keybroker/keybroker/contract"
 )
 
 // DefaultPluginName is the mount type keybroker's mounts have in the audit
@@ -1045,11 +1047,11 @@ func (e *engine) decision(d *Decision) {
 		e.tenantOf[c.Tenant] = d.Tenant
 	}
 	kind := "allowed"
-	if d.Outcome != "allow" {
+	if d.Outcome != contract.DecisionAllow {
 		kind = "denied"
 	}
 	e.seq++
-	ev := &Event{Time: d.Time, Kind: kind, cred: c, Credential: c.ID, Source: "sidecar", seq: e.seq, At: d.Source,
+	ev := &Event{Time: d.At, Kind: kind, cred: c, Credential: c.ID, Source: "sidecar", seq: e.seq, At: d.Source,
 		Actor:   &Actor{RemoteAddress: d.ClientIP, Sidecar: d.Sidecar, Subject: d.Subject, Actors: d.Actors},
 		Route:   strings.TrimSpace(d.Method + " " + d.Path),
 		Details: map[string]string{"route": d.Route, "status": strconv.Itoa(d.Status), "mode": d.Mode},
@@ -1074,11 +1076,11 @@ func (e *engine) decision(d *Decision) {
 		c.Allowed++
 	}
 	if d.Cost != nil {
-		ev.Details["cost"] = strconv.FormatFloat(*d.Cost, 'f', -1, 64)
-		c.Cost += *d.Cost
+		ev.Details["cost"] = strconv.FormatFloat(float64(*d.Cost), 'f', -1, 64)
+		c.Cost += float64(*d.Cost)
 	}
-	if d.Held != nil {
-		ev.Details["held"] = strconv.FormatFloat(*d.Held, 'f', -1, 64)
+	if d.Held != 0 {
+		ev.Details["held"] = strconv.FormatFloat(float64(d.Held), 'f', -1, 64)
 	}
 	if d.DPoP {
 		ev.Details["dpop"] = "true"

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/keybroker/keybroker/contract"
 )
 
 // History is the life of the credentials a query names.
@@ -295,7 +297,7 @@ func BuildReport(l *Log, ro ReportOptions, opt Options) *Report {
 		}
 	}
 	for _, d := range l.Decisions {
-		if !in(d.Time) {
+		if !in(d.At) {
 			continue
 		}
 		c := e.byForm[d.Credential()]
@@ -303,7 +305,7 @@ func BuildReport(l *Log, ro ReportOptions, opt Options) *Report {
 		if d.Role == "" && c != nil {
 			g = credGroup(c)
 		}
-		if d.Outcome == "allow" {
+		if d.Outcome == contract.DecisionAllow {
 			g.Allowed++
 		} else {
 			g.Denied++
@@ -317,7 +319,7 @@ func BuildReport(l *Log, ro ReportOptions, opt Options) *Report {
 				c = &Cred{ID: d.Credential(), Role: d.Role, Tenant: d.Tenant, idForms: forms{}, leaseForms: forms{}}
 				e.addCred(c)
 			}
-			spender(c).Cost += *d.Cost
+			spender(c).Cost += float64(*d.Cost)
 		}
 	}
 	for _, g := range groups {

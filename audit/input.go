@@ -1,8 +1,8 @@
 // Package audit reads what keybroker leaves behind for auditors, Vault's
 // file audit device log and the sidecar's decision log, and tells the life
 // of one credential (History) or what happened in a window (BuildReport).
-// It is the library behind keybroker-audit and depends on the standard
-// library alone.
+// It is the library behind keybroker-audit; it reads the decision log through
+// contract.DecisionRecord, the one definition of its line.
 package audit
 
 import (
@@ -17,6 +17,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/keybroker/keybroker/contract"
 )
 
 // Auth is the auth block of a Vault audit entry: who made the request.
@@ -110,30 +112,14 @@ func (r *Record) leaseID() string {
 	return r.Response.Secret.LeaseID
 }
 
-// Decision is one line of a sidecar's decision log.
+// Decision is one line of a sidecar's decision log: the record as the
+// sidecar wrote it (contract.DecisionRecord, the one definition of the
+// line), its time read, and where it was read.
 type Decision struct {
-	Time     time.Time `json:"time"`
-	Mode     string    `json:"mode,omitempty"`
-	Outcome  string    `json:"outcome"`
-	Status   int       `json:"status,omitempty"`
-	Reason   string    `json:"reason,omitempty"`
-	Method   string    `json:"method,omitempty"`
-	Path     string    `json:"path,omitempty"`
-	Route    string    `json:"route,omitempty"`
-	Kind     string    `json:"kind,omitempty"`
-	KeyID    string    `json:"key_id,omitempty"`
-	JTI      string    `json:"jti,omitempty"`
-	Subject  string    `json:"subject,omitempty"`
-	Role     string    `json:"role,omitempty"`
-	Tenant   string    `json:"tenant,omitempty"`
-	ClientIP string    `json:"client_ip,omitempty"`
-	Cost     *float64  `json:"cost,omitempty"`
-	Held     *float64  `json:"held,omitempty"`
-	DPoP     bool      `json:"dpop,omitempty"`
-	Actors   []string  `json:"actors,omitempty"`
-	Sidecar  string    `json:"sidecar,omitempty"`
-	Source   string    `json:"-"`
-	seq      int
+	contract.DecisionRecord
+	At     time.Time // DecisionRecord.Time, read
+	Source string    // input:line
+	seq    int
 }
 
 // Credential is the key_id or the jti the decision was about.
@@ -280,8 +266,8 @@ func LoadLimited(inputs []Input, lim Limits) (*Log, error) {
 	})
 	sort.SliceStable(l.Decisions, func(i, j int) bool {
 		a, b := l.Decisions[i], l.Decisions[j]
-		if !a.Time.Equal(b.Time) {
-			return a.Time.Before(b.Time)
+		if !a.At.Equal(b.At) {
+			return a.At.Before(b.At)
 		}
 		return a.seq < b.seq
 	})
@@ -299,9 +285,14 @@ func (l *Log) add(byID map[string]*Record, b []byte, src, input string, seq int)
 	}
 	t, _ := time.Parse(time.RFC3339Nano, ln.Time)
 	switch ln.Type {
-	case "decision":
+	case contract.DecisionType:
 		var d Decision
-		if err := json.Unmarshal(b, &d); err != nil {
+		if err := json.Unmarshal(b, &d.DecisionRecord); err != nil {
+			l.Malformed[input]++
+			return
+		}
+		var err error
+		if d.At, err = contract.ParseDecisionTime(d.Time); err != nil {
 			l.Malformed[input]++
 			return
 		}

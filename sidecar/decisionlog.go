@@ -16,6 +16,8 @@ import (
 
 	hclog "github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keybroker/keybroker/contract"
 )
 
 // The decision log (decision_log_path): one JSON object per decision, per
@@ -46,9 +48,6 @@ const (
 	decisionLogBuffer = 8192
 	// maxLoggedPath: longer paths (and methods) are cut to this many bytes.
 	maxLoggedPath = 512
-	// decisionTimeLayout is RFC 3339 with all nine digits of nanoseconds,
-	// so the lines of one file sort as text.
-	decisionTimeLayout = "2006-01-02T15:04:05.000000000Z07:00"
 )
 
 type decisionLog struct {
@@ -78,31 +77,6 @@ type logEntry struct {
 	clientIP              netip.Addr
 	cost, held            int64
 	hasCost, dpop         bool
-}
-
-// decisionRecord is one line of the log.
-type decisionRecord struct {
-	Time     string   `json:"time"`
-	Type     string   `json:"type"`
-	Mode     string   `json:"mode"`
-	Outcome  string   `json:"outcome"`
-	Status   int      `json:"status"`
-	Reason   string   `json:"reason"`
-	Method   string   `json:"method,omitempty"`
-	Path     string   `json:"path,omitempty"`
-	Route    string   `json:"route,omitempty"`
-	Kind     string   `json:"kind,omitempty"`
-	KeyID    string   `json:"key_id,omitempty"`
-	JTI      string   `json:"jti,omitempty"`
-	Subject  string   `json:"subject,omitempty"`
-	Role     string   `json:"role,omitempty"`
-	Tenant   string   `json:"tenant,omitempty"`
-	ClientIP string   `json:"client_ip,omitempty"`
-	Cost     *int64   `json:"cost,omitempty"`
-	Held     int64    `json:"held,omitempty"`
-	DPoP     bool     `json:"dpop,omitempty"`
-	Actors   []string `json:"actors,omitempty"`
-	Sidecar  string   `json:"sidecar,omitempty"`
 }
 
 // openDecisionLog opens path for appending (created 0600), or takes stdout
@@ -144,9 +118,9 @@ func (l *decisionLog) decided(mode string, at time.Time, req *request, d *decisi
 	}
 	if id := d.id; id != nil {
 		if id.jwt {
-			e.kind, e.jti = "jwt", id.id
+			e.kind, e.jti = contract.DecisionKindJWT, id.id
 		} else {
-			e.kind, e.keyID = "api_key", id.id
+			e.kind, e.keyID = contract.DecisionKindAPIKey, id.id
 		}
 		e.subject, e.role, e.tenant, e.actors = id.subject, id.role, id.tenant, id.actors
 	}
@@ -256,15 +230,16 @@ func usedDPoP(h http.Header) bool {
 	return false
 }
 
-func (l *decisionLog) record(e *logEntry) decisionRecord {
-	r := decisionRecord{
-		Time: e.at.UTC().Format(decisionTimeLayout), Type: "decision", Mode: e.mode, Outcome: "deny", Status: e.status, Reason: e.reason,
+// record is the line the writer formats for e.
+func (l *decisionLog) record(e *logEntry) contract.DecisionRecord {
+	r := contract.DecisionRecord{
+		Time: contract.DecisionTime(e.at), Type: contract.DecisionType, Mode: e.mode, Outcome: contract.DecisionDeny, Status: e.status, Reason: e.reason,
 		Method: e.method, Path: e.path, Route: e.route, Kind: e.kind, KeyID: e.keyID, JTI: e.jti,
 		Subject: e.subject, Role: e.role, Tenant: e.tenant, ClientIP: ipString(e.clientIP), Held: e.held, DPoP: e.dpop,
 		Actors: e.actors, Sidecar: l.holder,
 	}
 	if e.status == http.StatusOK {
-		r.Outcome = "allow"
+		r.Outcome = contract.DecisionAllow
 	}
 	if e.hasCost {
 		r.Cost = &e.cost
