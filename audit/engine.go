@@ -298,72 +298,95 @@ func (e *engine) index() {
 		if !e.isKB(r) || r.Response == nil || r.Failed() {
 			continue
 		}
-		mount, segs := e.rel(r)
-		c := &Cred{Mount: mount, MintedAt: r.Time, mint: r, idForms: forms{}, leaseForms: forms{}}
-		switch {
-		case len(segs) == 2 && segs[0] == "keys" && segs[1] != "id":
-			c.Kind, c.MintedVia, c.Role = "api_key", "mint", segs[1]
-			if r.reqData("approval_id") != "" {
-				c.MintedVia = "approval"
-			}
-		case keyOp(segs) == "rotate":
-			c.Kind, c.MintedVia, c.Parent = "api_key", "rotation", keyPathID(segs)
-		case len(segs) == 2 && segs[0] == "token" && segs[1] == "refresh":
-			c.Kind, c.MintedVia = "jwt", "refresh"
-		case len(segs) == 2 && segs[0] == "token" && segs[1] == "exchange":
-			c.Kind, c.MintedVia = "jwt", "exchange"
-		case len(segs) == 2 && segs[0] == "token":
-			c.Kind, c.MintedVia, c.Role = "jwt", "mint", segs[1]
-			if r.reqData("approval_id") != "" {
-				c.MintedVia = "approval"
-			}
-		default:
+		c := e.mintIn(r)
+		if c == nil {
 			continue
 		}
-		if c.Kind == "api_key" {
-			c.ID, c.tokenHMAC = r.respData("key_id"), r.respData("key")
-		} else {
-			c.ID, c.tokenHMAC = r.respData("jti"), r.respData("token")
-		}
-		if c.ID == "" || c.ID == c.Parent {
-			continue // an approval request, or an answer about the old key
-		}
-		if c.Role == "" {
-			c.Role = r.respData("role")
-		}
-		c.Tenant, c.Name = r.respData("tenant"), r.respData("name")
-		if c.Name == "" {
-			c.Name = r.reqData("name")
-		}
-		c.Scopes = strs(r.Response.Data["scopes"])
-		if _, ok := r.Response.Data["scopes"]; !ok {
-			c.Scopes = strs(r.Request.Data["scopes"])
-		}
-		c.LeaseID = r.leaseID()
-		c.refreshHMAC = r.respData("refresh_token")
-		c.clientToken, c.accessor = r.Request.ClientToken, r.Request.ClientTokenAccessor
-		c.Minter = actorOf(r)
-		c.hiddenID = isHMAC(c.ID)
-		if s := r.respData("expires_at"); s != "" && !isHMAC(s) {
-			c.expiresAt, _ = time.Parse(time.RFC3339Nano, s)
-		} else if n, err := strconv.ParseInt(r.respData("expires_in"), 10, 64); err == nil && c.Kind == "jwt" {
-			c.expiresAt = r.Time.Add(time.Duration(n) * time.Second)
-		}
-		switch c.MintedVia {
-		case "refresh":
-			if p := e.byRefresh[r.reqData("refresh_token")]; p != nil {
-				c.parent, c.Parent = p, p.ID
-			}
-		case "exchange":
-			if p := e.byToken[r.reqData("subject_token")]; p != nil {
-				c.parent, c.Parent = p, p.ID
-				p.children = append(p.children, c)
-			}
-		case "rotation":
-			c.parent = e.byForm[c.Parent]
-		}
+		e.linkParent(c, r)
 		e.addCred(c)
 		e.mintOf[r] = c
+	}
+}
+
+// mintIn is the credential a successful keybroker answer minted, nil when
+// it minted none.
+func (e *engine) mintIn(r *Record) *Cred {
+	mount, segs := e.rel(r)
+	c := &Cred{Mount: mount, MintedAt: r.Time, mint: r, idForms: forms{}, leaseForms: forms{}}
+	if !mintKind(c, r, segs) {
+		return nil
+	}
+	if c.Kind == "api_key" {
+		c.ID, c.tokenHMAC = r.respData("key_id"), r.respData("key")
+	} else {
+		c.ID, c.tokenHMAC = r.respData("jti"), r.respData("token")
+	}
+	if c.ID == "" || c.ID == c.Parent {
+		return nil // an approval request, or an answer about the old key
+	}
+	if c.Role == "" {
+		c.Role = r.respData("role")
+	}
+	c.Tenant, c.Name = r.respData("tenant"), r.respData("name")
+	if c.Name == "" {
+		c.Name = r.reqData("name")
+	}
+	c.Scopes = strs(r.Response.Data["scopes"])
+	if _, ok := r.Response.Data["scopes"]; !ok {
+		c.Scopes = strs(r.Request.Data["scopes"])
+	}
+	c.LeaseID = r.leaseID()
+	c.refreshHMAC = r.respData("refresh_token")
+	c.clientToken, c.accessor = r.Request.ClientToken, r.Request.ClientTokenAccessor
+	c.Minter = actorOf(r)
+	c.hiddenID = isHMAC(c.ID)
+	if s := r.respData("expires_at"); s != "" && !isHMAC(s) {
+		c.expiresAt, _ = time.Parse(time.RFC3339Nano, s)
+	} else if n, err := strconv.ParseInt(r.respData("expires_in"), 10, 64); err == nil && c.Kind == "jwt" {
+		c.expiresAt = r.Time.Add(time.Duration(n) * time.Second)
+	}
+	return c
+}
+
+// mintKind says whether the path (segs, inside its mount) mints, and sets
+// what kind of credential and how: a key or a token, minted (or through an
+// approval), rotated, refreshed or exchanged.
+func mintKind(c *Cred, r *Record, segs []string) bool {
+	switch {
+	case len(segs) == 2 && segs[0] == "keys" && segs[1] != "id":
+		c.Kind, c.MintedVia, c.Role = "api_key", "mint", segs[1]
+	case keyOp(segs) == "rotate":
+		c.Kind, c.MintedVia, c.Parent = "api_key", "rotation", keyPathID(segs)
+	case len(segs) == 2 && segs[0] == "token" && segs[1] == "refresh":
+		c.Kind, c.MintedVia = "jwt", "refresh"
+	case len(segs) == 2 && segs[0] == "token" && segs[1] == "exchange":
+		c.Kind, c.MintedVia = "jwt", "exchange"
+	case len(segs) == 2 && segs[0] == "token":
+		c.Kind, c.MintedVia, c.Role = "jwt", "mint", segs[1]
+	default:
+		return false
+	}
+	if c.MintedVia == "mint" && r.reqData("approval_id") != "" {
+		c.MintedVia = "approval"
+	}
+	return true
+}
+
+// linkParent links a refreshed, exchanged or rotated credential to the one
+// it came from, when that one's mint is known.
+func (e *engine) linkParent(c *Cred, r *Record) {
+	switch c.MintedVia {
+	case "refresh":
+		if p := e.byRefresh[r.reqData("refresh_token")]; p != nil {
+			c.parent, c.Parent = p, p.ID
+		}
+	case "exchange":
+		if p := e.byToken[r.reqData("subject_token")]; p != nil {
+			c.parent, c.Parent = p, p.ID
+			p.children = append(p.children, c)
+		}
+	case "rotation":
+		c.parent = e.byForm[c.Parent]
 	}
 }
 
@@ -493,6 +516,8 @@ func isRenew(p string) bool {
 	return p == "sys/leases/renew" || p == "sys/renew" || strings.HasPrefix(p, "sys/leases/renew/") || strings.HasPrefix(p, "sys/renew/")
 }
 
+// record reads one Vault request outside keybroker's mounts: what Vault
+// itself does to a credential's lease or its minter's token.
 func (e *engine) record(r *Record) {
 	if e.isKB(r) {
 		e.keybroker(r)
@@ -501,79 +526,115 @@ func (e *engine) record(r *Record) {
 	p := r.Request.Path
 	switch {
 	case isRenew(p):
-		lease := r.leaseID()
-		if lease == "" {
-			lease = lastAfter(p, "renew/")
+		e.renewal(r, p)
+	case isLeaseRevoke(p):
+		e.leaseRevoke(r, p)
+	case isPrefixRevoke(p):
+		e.prefixRevoke(r, p)
+	case isTokenRevoke(p):
+		e.tokenRevoke(r, p)
+	}
+}
+
+func isLeaseRevoke(p string) bool {
+	return p == "sys/leases/revoke" || p == "sys/revoke" || strings.HasPrefix(p, "sys/leases/revoke/") || strings.HasPrefix(p, "sys/revoke/")
+}
+
+func isPrefixRevoke(p string) bool {
+	return strings.HasPrefix(p, "sys/leases/revoke-prefix/") || strings.HasPrefix(p, "sys/revoke-prefix/") ||
+		strings.HasPrefix(p, "sys/leases/revoke-force/") || strings.HasPrefix(p, "sys/revoke-force/")
+}
+
+func isTokenRevoke(p string) bool {
+	return p == "auth/token/revoke" || p == "auth/token/revoke-orphan" || p == "auth/token/revoke-accessor" || p == "auth/token/revoke-self"
+}
+
+// renewal: a lease renewal (or its refusal), by the lease in the path,
+// the answer or the request.
+func (e *engine) renewal(r *Record, p string) {
+	lease := r.leaseID()
+	if lease == "" {
+		lease = lastAfter(p, "renew/")
+	}
+	c := e.byLease[lease]
+	if c == nil {
+		c = e.byLease[r.reqData("lease_id")]
+	}
+	if c == nil {
+		return
+	}
+	kind := "renewed"
+	if r.Failed() {
+		kind = "renew_refused"
+	} else {
+		c.Renewals++
+	}
+	ev := e.emit(c, r, kind, map[string]string{"lease": c.LeaseID, "error": e.errText(c, nil, r)})
+	ev.Route = "lease renew (" + p + ")"
+	if inc := r.reqData("increment"); inc != "" && !isHMAC(inc) {
+		ev.Details["increment"] = inc + "s"
+	}
+}
+
+// leaseRevoke: one lease revoked, by the path or lease_id; one whose
+// HMAC'd lease_id matches no lease is kept as unresolved.
+func (e *engine) leaseRevoke(r *Record, p string) {
+	lease := lastAfter(p, "revoke/")
+	c := e.byLease[lease]
+	h := r.reqData("lease_id")
+	if c == nil {
+		c = e.byLease[h]
+	}
+	if c == nil {
+		if isHMAC(h) && !r.Failed() {
+			e.unresolved = append(e.unresolved, r)
 		}
-		c := e.byLease[lease]
-		if c == nil {
-			c = e.byLease[r.reqData("lease_id")]
+		return
+	}
+	e.revocation(c, r, "lease revoke ("+p+")", nil)
+}
+
+// prefixRevoke: every lease under a prefix revoked (by force or not), of
+// the credentials alive then.
+func (e *engine) prefixRevoke(r *Record, p string) {
+	i := strings.Index(p, "/revoke-")
+	prefix := p[i+1:]
+	prefix = prefix[strings.IndexByte(prefix, '/')+1:]
+	for _, c := range e.creds {
+		if c.LeaseID != "" && strings.HasPrefix(c.LeaseID, prefix) && c.MintedAt.Before(r.Time) && !c.goneBy(r.Time) {
+			e.revocation(c, r, "lease prefix revoke ("+p+")", map[string]string{"prefix": prefix})
 		}
-		if c == nil {
-			return
+	}
+}
+
+// tokenRevoke: a token revoked takes the leases it minted with it, which
+// Vault does not itemise.
+func (e *engine) tokenRevoke(r *Record, p string) {
+	var cs []*Cred
+	switch p {
+	case "auth/token/revoke-accessor":
+		cs = e.byAccessor[r.reqData("accessor")]
+	case "auth/token/revoke-self":
+		cs = e.byClientToken[r.Request.ClientToken]
+	default:
+		cs = e.byClientToken[r.reqData("token")]
+	}
+	for _, c := range cs {
+		if c.LeaseID == "" || c.goneBy(r.Time) || !c.MintedAt.Before(r.Time) {
+			continue // a key without a lease (orphan role) outlives its minter's token
 		}
-		kind := "renewed"
 		if r.Failed() {
-			kind = "renew_refused"
-		} else {
-			c.Renewals++
+			e.emit(c, r, "revoke_refused", map[string]string{"error": r.Error}).Route = "token revoke (" + p + ")"
+			continue
 		}
-		ev := e.emit(c, r, kind, map[string]string{"lease": c.LeaseID, "error": e.errText(c, nil, r)})
-		ev.Route = "lease renew (" + p + ")"
-		if inc := r.reqData("increment"); inc != "" && !isHMAC(inc) {
-			ev.Details["increment"] = inc + "s"
+		note := "the token that minted it was revoked; Vault revokes the token's leases itself and does not itemise them in the audit log"
+		if n := e.unresolvedBetween(c.MintedAt, r.Time); n > 0 {
+			note += fmt.Sprintf("; unless the lease was revoked before by %s with an HMAC'd lease_id in between", plural(n, "lease revocation", "lease revocations"))
 		}
-	case p == "sys/leases/revoke" || p == "sys/revoke" || strings.HasPrefix(p, "sys/leases/revoke/") || strings.HasPrefix(p, "sys/revoke/"):
-		lease := lastAfter(p, "revoke/")
-		c := e.byLease[lease]
-		h := r.reqData("lease_id")
-		if c == nil {
-			c = e.byLease[h]
-		}
-		if c == nil {
-			if isHMAC(h) && !r.Failed() {
-				e.unresolved = append(e.unresolved, r)
-			}
-			return
-		}
-		e.revocation(c, r, "lease revoke ("+p+")", nil)
-	case strings.HasPrefix(p, "sys/leases/revoke-prefix/") || strings.HasPrefix(p, "sys/revoke-prefix/") ||
-		strings.HasPrefix(p, "sys/leases/revoke-force/") || strings.HasPrefix(p, "sys/revoke-force/"):
-		i := strings.Index(p, "/revoke-")
-		prefix := p[i+1:]
-		prefix = prefix[strings.IndexByte(prefix, '/')+1:]
-		for _, c := range e.creds {
-			if c.LeaseID != "" && strings.HasPrefix(c.LeaseID, prefix) && c.MintedAt.Before(r.Time) && !c.goneBy(r.Time) {
-				e.revocation(c, r, "lease prefix revoke ("+p+")", map[string]string{"prefix": prefix})
-			}
-		}
-	case p == "auth/token/revoke" || p == "auth/token/revoke-orphan" || p == "auth/token/revoke-accessor" || p == "auth/token/revoke-self":
-		var cs []*Cred
-		switch p {
-		case "auth/token/revoke-accessor":
-			cs = e.byAccessor[r.reqData("accessor")]
-		case "auth/token/revoke-self":
-			cs = e.byClientToken[r.Request.ClientToken]
-		default:
-			cs = e.byClientToken[r.reqData("token")]
-		}
-		for _, c := range cs {
-			if c.LeaseID == "" || c.goneBy(r.Time) || !c.MintedAt.Before(r.Time) {
-				continue // a key without a lease (orphan role) outlives its minter's token
-			}
-			if r.Failed() {
-				e.emit(c, r, "revoke_refused", map[string]string{"error": r.Error}).Route = "token revoke (" + p + ")"
-				continue
-			}
-			note := "the token that minted it was revoked; Vault revokes the token's leases itself and does not itemise them in the audit log"
-			if n := e.unresolvedBetween(c.MintedAt, r.Time); n > 0 {
-				note += fmt.Sprintf("; unless the lease was revoked before by %s with an HMAC'd lease_id in between", plural(n, "lease revocation", "lease revocations"))
-			}
-			ev := e.emit(c, r, "revoked", map[string]string{"lease": c.LeaseID, "note": note})
-			ev.Route = "token revocation cascade (" + p + ")"
-			e.revoke(c, r.Time, ev.Route)
-			e.cascadeExchanged(c, r)
-		}
+		ev := e.emit(c, r, "revoked", map[string]string{"lease": c.LeaseID, "note": note})
+		ev.Route = "token revocation cascade (" + p + ")"
+		e.revoke(c, r.Time, ev.Route)
+		e.cascadeExchanged(c, r)
 	}
 }
 
@@ -685,6 +746,8 @@ func keyOp(segs []string) string {
 	return strings.Join(segs[4:], "/")
 }
 
+// keybroker reads one request to a keybroker mount: a mint, or what was
+// done with (or refused to) a credential already minted.
 func (e *engine) keybroker(r *Record) {
 	mount, segs := e.rel(r)
 	if c := e.mintOf[r]; c != nil {
@@ -693,50 +756,15 @@ func (e *engine) keybroker(r *Record) {
 	}
 	switch segs[0] {
 	case "keys":
-		if id := keyPathID(segs); id != "" {
-			c := e.byForm[id]
-			if c == nil {
-				return
-			}
-			sub := keyOp(segs)
-			switch {
-			case sub == "" && r.Request.Operation == "delete":
-				e.revocation(c, r, "key delete ("+r.Request.Path+")", nil)
-			case sub == "" && r.Request.Operation == "read":
-				e.emit(c, r, "looked_up", map[string]string{"revoked": r.respData("revoked"), "error": e.errText(c, nil, r)})
-			case sub == "suspend" || sub == "resume":
-				kind := map[string]string{"suspend": "suspended", "resume": "resumed"}[sub]
-				if r.Failed() {
-					kind = sub + "_refused"
-				}
-				e.emit(c, r, kind, map[string]string{"error": e.errText(c, nil, r)})
-			case sub == "rotate": // a failed rotation; a successful one is the successor's mint
-				e.emit(c, r, "rotate_refused", map[string]string{"error": e.errText(c, nil, r)})
-			default:
-				e.emit(c, r, "vault_request", map[string]string{"error": e.errText(c, nil, r)})
-			}
-		}
+		e.keyPath(r, segs)
 	case "roles":
-		if len(segs) == 3 && (segs[2] == "suspend" || segs[2] == "resume") && !r.Failed() {
-			for _, c := range e.byRole[mount+segs[1]] {
-				if c.MintedAt.Before(r.Time) && !c.revokedBy(r.Time) {
-					kind := map[string]string{"suspend": "role_suspended", "resume": "role_resumed"}[segs[2]]
-					e.emit(c, r, kind, map[string]string{"role": segs[1]})
-				}
-			}
-		}
+		e.rolePath(r, mount, segs)
 	case "budget":
 		e.budget(r, segs)
 	case "verify":
 		e.verify(r)
 	case "token":
-		if len(segs) == 2 && segs[1] == "refresh" {
-			e.refreshFailure(r)
-		} else if len(segs) == 2 && segs[1] == "exchange" {
-			if c := e.byToken[r.reqData("subject_token")]; c != nil {
-				e.emit(c, r, "exchange_refused", map[string]string{"error": e.errText(c, nil, r)})
-			}
-		}
+		e.tokenFailure(r, segs)
 	case "revoke":
 		e.revokeByValue(r)
 	default:
@@ -745,6 +773,60 @@ func (e *engine) keybroker(r *Record) {
 				e.emit(c, r, "vault_request", map[string]string{"error": e.errText(c, nil, r)})
 				return
 			}
+		}
+	}
+}
+
+// keyPath: a request about one key (keys/<role>/id/<id> and below).
+func (e *engine) keyPath(r *Record, segs []string) {
+	id := keyPathID(segs)
+	if id == "" {
+		return
+	}
+	c := e.byForm[id]
+	if c == nil {
+		return
+	}
+	sub := keyOp(segs)
+	switch {
+	case sub == "" && r.Request.Operation == "delete":
+		e.revocation(c, r, "key delete ("+r.Request.Path+")", nil)
+	case sub == "" && r.Request.Operation == "read":
+		e.emit(c, r, "looked_up", map[string]string{"revoked": r.respData("revoked"), "error": e.errText(c, nil, r)})
+	case sub == "suspend" || sub == "resume":
+		kind := map[string]string{"suspend": "suspended", "resume": "resumed"}[sub]
+		if r.Failed() {
+			kind = sub + "_refused"
+		}
+		e.emit(c, r, kind, map[string]string{"error": e.errText(c, nil, r)})
+	case sub == "rotate": // a failed rotation; a successful one is the successor's mint
+		e.emit(c, r, "rotate_refused", map[string]string{"error": e.errText(c, nil, r)})
+	default:
+		e.emit(c, r, "vault_request", map[string]string{"error": e.errText(c, nil, r)})
+	}
+}
+
+// rolePath: a role suspended or resumed reaches every key of it alive then.
+func (e *engine) rolePath(r *Record, mount string, segs []string) {
+	if len(segs) != 3 || (segs[2] != "suspend" && segs[2] != "resume") || r.Failed() {
+		return
+	}
+	for _, c := range e.byRole[mount+segs[1]] {
+		if c.MintedAt.Before(r.Time) && !c.revokedBy(r.Time) {
+			kind := map[string]string{"suspend": "role_suspended", "resume": "role_resumed"}[segs[2]]
+			e.emit(c, r, kind, map[string]string{"role": segs[1]})
+		}
+	}
+}
+
+// tokenFailure: a token path that minted nothing, a refused refresh or
+// exchange.
+func (e *engine) tokenFailure(r *Record, segs []string) {
+	if len(segs) == 2 && segs[1] == "refresh" {
+		e.refreshFailure(r)
+	} else if len(segs) == 2 && segs[1] == "exchange" {
+		if c := e.byToken[r.reqData("subject_token")]; c != nil {
+			e.emit(c, r, "exchange_refused", map[string]string{"error": e.errText(c, nil, r)})
 		}
 	}
 }
