@@ -274,6 +274,8 @@ func LoadLimited(inputs []Input, lim Limits) (*Log, error) {
 	return l, nil
 }
 
+// add reads one line: a decision, or a Vault audit entry paired with its
+// other half in byID; anything else is counted as skipped or malformed.
 func (l *Log) add(byID map[string]*Record, b []byte, src, input string, seq int) {
 	if len(b) == 0 {
 		return
@@ -283,45 +285,41 @@ func (l *Log) add(byID map[string]*Record, b []byte, src, input string, seq int)
 		l.Malformed[input]++
 		return
 	}
-	t, _ := time.Parse(time.RFC3339Nano, ln.Time)
 	switch ln.Type {
 	case contract.DecisionType:
-		var d Decision
-		if err := json.Unmarshal(b, &d.DecisionRecord); err != nil {
-			l.Malformed[input]++
-			return
-		}
-		var err error
-		if d.At, err = contract.ParseDecisionTime(d.Time); err != nil {
-			l.Malformed[input]++
-			return
-		}
-		d.Source, d.seq = src, seq
-		l.Decisions = append(l.Decisions, &d)
-		return
+		l.addDecision(b, src, input, seq)
 	case "request", "response":
+		if ln.Request == nil {
+			l.Skipped[input]++
+			return
+		}
+		l.addEntry(byID, &ln, src, seq)
 	default:
 		l.Skipped[input]++
+	}
+}
+
+// addDecision reads a decision-log line as the sidecar wrote it.
+func (l *Log) addDecision(b []byte, src, input string, seq int) {
+	var d Decision
+	if err := json.Unmarshal(b, &d.DecisionRecord); err != nil {
+		l.Malformed[input]++
 		return
 	}
-	if ln.Request == nil {
-		l.Skipped[input]++
+	var err error
+	if d.At, err = contract.ParseDecisionTime(d.Time); err != nil {
+		l.Malformed[input]++
 		return
 	}
-	if ln.Response != nil && ln.Response.Data != nil {
-		for _, h := range heavy {
-			if strings.Contains(ln.Request.Path, h) {
-				ln.Response.Data = nil
-				break
-			}
-		}
-	}
-	if dataless(ln.Request) {
-		ln.Request.Data = nil
-		if ln.Response != nil {
-			ln.Response.Data, ln.Response.Auth = nil, nil
-		}
-	}
+	d.Source, d.seq = src, seq
+	l.Decisions = append(l.Decisions, &d)
+}
+
+// addEntry pairs a Vault audit entry with the other half of its request,
+// by request.id, dropping the data nothing needs.
+func (l *Log) addEntry(byID map[string]*Record, ln *line, src string, seq int) {
+	t, _ := time.Parse(time.RFC3339Nano, ln.Time)
+	ln.dropData()
 	rec := byID[ln.Request.ID]
 	if rec == nil || ln.Request.ID == "" {
 		rec = &Record{ID: ln.Request.ID, Source: src, seq: seq}
@@ -343,14 +341,33 @@ func (l *Log) add(byID map[string]*Record, b []byte, src, input string, seq int)
 		if rec.Time.IsZero() || !rec.RespTime.IsZero() && rec.Time.Equal(rec.RespTime) {
 			rec.Time = t
 		}
-	} else {
-		rec.Response = ln.Response
-		if rec.Response == nil {
-			rec.Response = &Response{}
+		return
+	}
+	rec.Response = ln.Response
+	if rec.Response == nil {
+		rec.Response = &Response{}
+	}
+	rec.RespTime = t
+	if rec.Time.IsZero() {
+		rec.Time = t
+	}
+}
+
+// dropData drops, on reading, the data no history needs: heavy answers,
+// and the data of Vault's own mounts.
+func (ln *line) dropData() {
+	if ln.Response != nil && ln.Response.Data != nil {
+		for _, h := range heavy {
+			if strings.Contains(ln.Request.Path, h) {
+				ln.Response.Data = nil
+				break
+			}
 		}
-		rec.RespTime = t
-		if rec.Time.IsZero() {
-			rec.Time = t
+	}
+	if dataless(ln.Request) {
+		ln.Request.Data = nil
+		if ln.Response != nil {
+			ln.Response.Data, ln.Response.Auth = nil, nil
 		}
 	}
 }
