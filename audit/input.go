@@ -1,8 +1,3 @@
-// Package audit reads what keybroker leaves behind for auditors, Vault's
-// file audit device log and the sidecar's decision log, and tells the life
-// of one credential (History) or what happened in a window (BuildReport).
-// It is the library behind keybroker-audit; it reads the decision log through
-// contract.DecisionRecord, the one definition of its line.
 package audit
 
 import (
@@ -110,24 +105,6 @@ func (r *Record) leaseID() string {
 		return ""
 	}
 	return r.Response.Secret.LeaseID
-}
-
-// Decision is one line of a sidecar's decision log: the record as the
-// sidecar wrote it (contract.DecisionRecord, the one definition of the
-// line), its time read, and where it was read.
-type Decision struct {
-	contract.DecisionRecord
-	At     time.Time // DecisionRecord.Time, read
-	Source string    // input:line
-	seq    int
-}
-
-// Credential is the key_id or the jti the decision was about.
-func (d *Decision) Credential() string {
-	if d.KeyID != "" {
-		return d.KeyID
-	}
-	return d.JTI
 }
 
 // Log is everything read from the inputs, in time order.
@@ -297,22 +274,6 @@ func (l *Log) add(byID map[string]*Record, b []byte, src, input string, seq int)
 	default:
 		l.Skipped[input]++
 	}
-}
-
-// addDecision reads a decision-log line as the sidecar wrote it.
-func (l *Log) addDecision(b []byte, src, input string, seq int) {
-	var d Decision
-	if err := json.Unmarshal(b, &d.DecisionRecord); err != nil {
-		l.Malformed[input]++
-		return
-	}
-	var err error
-	if d.At, err = contract.ParseDecisionTime(d.Time); err != nil {
-		l.Malformed[input]++
-		return
-	}
-	d.Source, d.seq = src, seq
-	l.Decisions = append(l.Decisions, &d)
 }
 
 // addEntry pairs a Vault audit entry with the other half of its request,
