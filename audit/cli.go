@@ -47,80 +47,128 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer, getenv Env) 
 		return 2
 	}
 	var f cliFlags
-	fs := flags(cmd, stderr, &f)
-	pos, err := parseInterspersed(fs, args[1:])
+	query, pos, x := parseCommand(cmd, args[1:], stderr, &f)
+	if x == nil {
+		x = f.check(cmd, getenv)
+	}
+	if x == nil {
+		x = run(cmd, query, pos, &f, stdin, stdout, stderr)
+	}
+	if x == nil {
+		return 0
+	}
+	if x.msg != "" {
+		fmt.Fprintln(stderr, x.msg)
+	}
+	return x.code
+}
+
+// cliExit ends Main with code, after saying msg on stderr (when not
+// empty).
+type cliExit struct {
+	code int
+	msg  string
+}
+
+func usageError(format string, a ...any) *cliExit {
+	return &cliExit{code: 2, msg: fmt.Sprintf(format, a...)}
+}
+
+// parseCommand parses cmd's flags into f and returns its arguments: the
+// query (history's) and the files to read.
+func parseCommand(cmd string, args []string, stderr io.Writer, f *cliFlags) (query string, pos []string, x *cliExit) {
+	fs := flags(cmd, stderr, f)
+	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return 0
+			return "", nil, &cliExit{code: 0}
 		}
-		return 2
+		return "", nil, &cliExit{code: 2} // the flag package said why
 	}
 	if !containsStr(Formats, f.format) {
-		fmt.Fprintf(stderr, "keybroker-audit: -format %q: table, json or csv\n", f.format)
-		return 2
+		return "", nil, usageError("keybroker-audit: -format %q: table, json or csv", f.format)
 	}
-	var query string
 	if cmd == "history" {
 		if len(pos) < 1 {
-			fmt.Fprintln(stderr, "keybroker-audit history: give a key_id, jti or name, then the files to read")
-			return 2
+			return "", nil, usageError("keybroker-audit history: give a key_id, jti or name, then the files to read")
 		}
 		query, pos = pos[0], pos[1:]
 	}
 	if len(pos) == 0 {
-		fmt.Fprintf(stderr, "keybroker-audit %s: give the files to read (\"-\" is stdin)\n", cmd)
-		return 2
+		return "", nil, usageError("keybroker-audit %s: give the files to read (\"-\" is stdin)", cmd)
 	}
-	opt := Options{PluginName: f.plugin, Context: context.Background()}
+	return query, pos, nil
+}
+
+// check reads what the flags ask for into opt (and ro for a report).
+func (f *cliFlags) check(cmd string, getenv Env) *cliExit {
+	f.opt = Options{PluginName: f.plugin, Context: context.Background()}
 	if f.mounts != "" {
-		opt.Mounts = strings.Split(f.mounts, ",")
+		f.opt.Mounts = strings.Split(f.mounts, ",")
 	}
 	if f.device != "" || f.vaultAddr != "" {
-		addr := f.vaultAddr
-		if addr == "" {
-			addr = getenv("VAULT_ADDR")
+		h, x := f.hasher(getenv)
+		if x != nil {
+			return x
 		}
-		token := getenv("VAULT_TOKEN")
-		device := f.device
-		if device == "" {
-			device = "file"
-		}
-		if addr == "" || token == "" {
-			fmt.Fprintln(stderr, "keybroker-audit: matching by audit-hash needs a Vault address (-vault-addr or VAULT_ADDR) and VAULT_TOKEN")
-			return 2
-		}
-		opt.Hasher = &VaultHasher{Addr: addr, Token: token, Device: device, Namespace: getenv("VAULT_NAMESPACE")}
+		f.opt.Hasher = h
 	}
-	var ro ReportOptions
 	if cmd == "report" {
-		now := time.Now()
-		if f.until != "" {
-			if now, err = time.Parse(time.RFC3339Nano, f.until); err != nil {
-				fmt.Fprintf(stderr, "keybroker-audit: -until %q: want RFC 3339 (2026-01-02T15:04:05Z)\n", f.until)
-				return 2
-			}
-		}
-		ro.Until, ro.Top = now, f.top
-		if d, err := time.ParseDuration(f.since); err == nil && d > 0 {
-			ro.Since = now.Add(-d)
-		} else if t, err := time.Parse(time.RFC3339Nano, f.since); err == nil {
-			ro.Since = t
-		} else {
-			fmt.Fprintf(stderr, "keybroker-audit: -since %q: want a duration (24h) or RFC 3339 time\n", f.since)
-			return 2
+		return f.window()
+	}
+	return nil
+}
+
+// hasher is the Vault to ask for audit-hash: -vault-addr (else
+// VAULT_ADDR), VAULT_TOKEN, and the device (default "file").
+func (f *cliFlags) hasher(getenv Env) (Hasher, *cliExit) {
+	addr := f.vaultAddr
+	if addr == "" {
+		addr = getenv("VAULT_ADDR")
+	}
+	token := getenv("VAULT_TOKEN")
+	device := f.device
+	if device == "" {
+		device = "file"
+	}
+	if addr == "" || token == "" {
+		return nil, usageError("keybroker-audit: matching by audit-hash needs a Vault address (-vault-addr or VAULT_ADDR) and VAULT_TOKEN")
+	}
+	return &VaultHasher{Addr: addr, Token: token, Device: device, Namespace: getenv("VAULT_NAMESPACE")}, nil
+}
+
+// window reads the report's window: -until (default now), and -since, a
+// duration before it or a time.
+func (f *cliFlags) window() *cliExit {
+	now := time.Now()
+	if f.until != "" {
+		var err error
+		if now, err = time.Parse(time.RFC3339Nano, f.until); err != nil {
+			return usageError("keybroker-audit: -until %q: want RFC 3339 (2026-01-02T15:04:05Z)", f.until)
 		}
 	}
+	f.ro.Until, f.ro.Top = now, f.top
+	if d, err := time.ParseDuration(f.since); err == nil && d > 0 {
+		f.ro.Since = now.Add(-d)
+	} else if t, err := time.Parse(time.RFC3339Nano, f.since); err == nil {
+		f.ro.Since = t
+	} else {
+		return usageError("keybroker-audit: -since %q: want a duration (24h) or RFC 3339 time", f.since)
+	}
+	return nil
+}
 
+// run reads the files and writes the history or the report.
+func run(cmd, query string, pos []string, f *cliFlags, stdin io.Reader, stdout, stderr io.Writer) *cliExit {
+	failed := func(err error) *cliExit { return &cliExit{code: 1, msg: fmt.Sprintf("keybroker-audit: %v", err)} }
 	ins, closeAll, err := Open(pos, stdin)
 	if err != nil {
-		fmt.Fprintf(stderr, "keybroker-audit: %v\n", err)
-		return 1
+		return failed(err)
 	}
 	defer closeAll()
 	l, err := LoadLimited(ins, f.limits)
 	if err != nil {
-		fmt.Fprintf(stderr, "keybroker-audit: %v\n", err)
-		return 1
+		return failed(err)
 	}
 	for _, in := range l.Inputs {
 		if n := l.Malformed[in]; n > 0 {
@@ -128,21 +176,24 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer, getenv Env) 
 		}
 	}
 	if cmd == "history" {
-		err = WriteHistory(stdout, stderr, BuildHistory(l, query, opt), f.format)
+		err = WriteHistory(stdout, stderr, BuildHistory(l, query, f.opt), f.format)
 	} else {
-		err = WriteReport(stdout, stderr, BuildReport(l, ro, opt), f.format)
+		err = WriteReport(stdout, stderr, BuildReport(l, f.ro, f.opt), f.format)
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "keybroker-audit: %v\n", err)
-		return 1
+		return failed(err)
 	}
-	return 0
+	return nil
 }
 
 type cliFlags struct {
 	format, vaultAddr, device, plugin, mounts, since, until string
 	top                                                     int
 	limits                                                  Limits
+
+	// What check makes of them.
+	opt Options
+	ro  ReportOptions
 }
 
 func flags(cmd string, stderr io.Writer, f *cliFlags) *flag.FlagSet {

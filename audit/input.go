@@ -1,8 +1,3 @@
-// Package audit reads what keybroker leaves behind for auditors, Vault's
-// file audit device log and the sidecar's decision log, and tells the life
-// of one credential (History) or what happened in a window (BuildReport).
-// It is the library behind keybroker-audit and depends on the standard
-// library alone.
 package audit
 
 import (
@@ -17,6 +12,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/keybroker/keybroker/contract"
 )
 
 // Auth is the auth block of a Vault audit entry: who made the request.
@@ -108,40 +105,6 @@ func (r *Record) leaseID() string {
 		return ""
 	}
 	return r.Response.Secret.LeaseID
-}
-
-// Decision is one line of a sidecar's decision log.
-type Decision struct {
-	Time     time.Time `json:"time"`
-	Mode     string    `json:"mode,omitempty"`
-	Outcome  string    `json:"outcome"`
-	Status   int       `json:"status,omitempty"`
-	Reason   string    `json:"reason,omitempty"`
-	Method   string    `json:"method,omitempty"`
-	Path     string    `json:"path,omitempty"`
-	Route    string    `json:"route,omitempty"`
-	Kind     string    `json:"kind,omitempty"`
-	KeyID    string    `json:"key_id,omitempty"`
-	JTI      string    `json:"jti,omitempty"`
-	Subject  string    `json:"subject,omitempty"`
-	Role     string    `json:"role,omitempty"`
-	Tenant   string    `json:"tenant,omitempty"`
-	ClientIP string    `json:"client_ip,omitempty"`
-	Cost     *float64  `json:"cost,omitempty"`
-	Held     *float64  `json:"held,omitempty"`
-	DPoP     bool      `json:"dpop,omitempty"`
-	Actors   []string  `json:"actors,omitempty"`
-	Sidecar  string    `json:"sidecar,omitempty"`
-	Source   string    `json:"-"`
-	seq      int
-}
-
-// Credential is the key_id or the jti the decision was about.
-func (d *Decision) Credential() string {
-	if d.KeyID != "" {
-		return d.KeyID
-	}
-	return d.JTI
 }
 
 // Log is everything read from the inputs, in time order.
@@ -280,14 +243,16 @@ func LoadLimited(inputs []Input, lim Limits) (*Log, error) {
 	})
 	sort.SliceStable(l.Decisions, func(i, j int) bool {
 		a, b := l.Decisions[i], l.Decisions[j]
-		if !a.Time.Equal(b.Time) {
-			return a.Time.Before(b.Time)
+		if !a.At.Equal(b.At) {
+			return a.At.Before(b.At)
 		}
 		return a.seq < b.seq
 	})
 	return l, nil
 }
 
+// add reads one line: a decision, or a Vault audit entry paired with its
+// other half in byID; anything else is counted as skipped or malformed.
 func (l *Log) add(byID map[string]*Record, b []byte, src, input string, seq int) {
 	if len(b) == 0 {
 		return
@@ -297,40 +262,25 @@ func (l *Log) add(byID map[string]*Record, b []byte, src, input string, seq int)
 		l.Malformed[input]++
 		return
 	}
-	t, _ := time.Parse(time.RFC3339Nano, ln.Time)
 	switch ln.Type {
-	case "decision":
-		var d Decision
-		if err := json.Unmarshal(b, &d); err != nil {
-			l.Malformed[input]++
+	case contract.DecisionType:
+		l.addDecision(b, src, input, seq)
+	case "request", "response":
+		if ln.Request == nil {
+			l.Skipped[input]++
 			return
 		}
-		d.Source, d.seq = src, seq
-		l.Decisions = append(l.Decisions, &d)
-		return
-	case "request", "response":
+		l.addEntry(byID, &ln, src, seq)
 	default:
 		l.Skipped[input]++
-		return
 	}
-	if ln.Request == nil {
-		l.Skipped[input]++
-		return
-	}
-	if ln.Response != nil && ln.Response.Data != nil {
-		for _, h := range heavy {
-			if strings.Contains(ln.Request.Path, h) {
-				ln.Response.Data = nil
-				break
-			}
-		}
-	}
-	if dataless(ln.Request) {
-		ln.Request.Data = nil
-		if ln.Response != nil {
-			ln.Response.Data, ln.Response.Auth = nil, nil
-		}
-	}
+}
+
+// addEntry pairs a Vault audit entry with the other half of its request,
+// by request.id, dropping the data nothing needs.
+func (l *Log) addEntry(byID map[string]*Record, ln *line, src string, seq int) {
+	t, _ := time.Parse(time.RFC3339Nano, ln.Time)
+	ln.dropData()
 	rec := byID[ln.Request.ID]
 	if rec == nil || ln.Request.ID == "" {
 		rec = &Record{ID: ln.Request.ID, Source: src, seq: seq}
@@ -352,14 +302,33 @@ func (l *Log) add(byID map[string]*Record, b []byte, src, input string, seq int)
 		if rec.Time.IsZero() || !rec.RespTime.IsZero() && rec.Time.Equal(rec.RespTime) {
 			rec.Time = t
 		}
-	} else {
-		rec.Response = ln.Response
-		if rec.Response == nil {
-			rec.Response = &Response{}
+		return
+	}
+	rec.Response = ln.Response
+	if rec.Response == nil {
+		rec.Response = &Response{}
+	}
+	rec.RespTime = t
+	if rec.Time.IsZero() {
+		rec.Time = t
+	}
+}
+
+// dropData drops, on reading, the data no history needs: heavy answers,
+// and the data of Vault's own mounts.
+func (ln *line) dropData() {
+	if ln.Response != nil && ln.Response.Data != nil {
+		for _, h := range heavy {
+			if strings.Contains(ln.Request.Path, h) {
+				ln.Response.Data = nil
+				break
+			}
 		}
-		rec.RespTime = t
-		if rec.Time.IsZero() {
-			rec.Time = t
+	}
+	if dataless(ln.Request) {
+		ln.Request.Data = nil
+		if ln.Response != nil {
+			ln.Response.Data, ln.Response.Auth = nil, nil
 		}
 	}
 }

@@ -74,29 +74,41 @@ func WriteHistory(w, notes io.Writer, h *History, format string) error {
 	case "json":
 		return writeJSON(w, h)
 	case "csv":
-		cw := csv.NewWriter(w)
-		_ = cw.Write([]string{"time", "last", "count", "event", "credential", "source", "entity_id", "display_name", "auth_method",
-			"approle_role", "remote_address", "sidecar", "route", "details", "hidden", "request_id"})
-		for _, ev := range h.Events {
-			a := ev.Actor
-			if a == nil {
-				a = &Actor{}
-			}
-			count := ""
-			if ev.Count > 0 {
-				count = strconv.Itoa(ev.Count)
-			}
-			_ = cw.Write([]string{ev.Time.UTC().Format(time.RFC3339Nano), rfc(ev.Last), count, ev.Kind, ev.Credential, ev.Source,
-				a.EntityID, a.DisplayName, a.AuthMethod, a.AppRole, a.RemoteAddress, a.Sidecar, ev.Route,
-				detailString(ev.Details), strings.Join(ev.Hidden, ","), ev.RequestID})
-		}
-		cw.Flush()
-		writeTrailer(notes, h.Hidden, h.Fixes, h.Notes)
-		return cw.Error()
+		return writeHistoryCSV(w, notes, h)
 	case "table", "":
+		writeHistoryTable(w, h)
+		return nil
 	default:
 		return fmt.Errorf("unknown format %q: table, json or csv", format)
 	}
+}
+
+// writeHistoryCSV writes one row per event; the trailer goes to notes.
+func writeHistoryCSV(w, notes io.Writer, h *History) error {
+	cw := csv.NewWriter(w)
+	_ = cw.Write([]string{"time", "last", "count", "event", "credential", "source", "entity_id", "display_name", "auth_method",
+		"approle_role", "remote_address", "sidecar", "route", "details", "hidden", "request_id"})
+	for _, ev := range h.Events {
+		a := ev.Actor
+		if a == nil {
+			a = &Actor{}
+		}
+		count := ""
+		if ev.Count > 0 {
+			count = strconv.Itoa(ev.Count)
+		}
+		_ = cw.Write([]string{ev.Time.UTC().Format(time.RFC3339Nano), rfc(ev.Last), count, ev.Kind, ev.Credential, ev.Source,
+			a.EntityID, a.DisplayName, a.AuthMethod, a.AppRole, a.RemoteAddress, a.Sidecar, ev.Route,
+			detailString(ev.Details), strings.Join(ev.Hidden, ","), ev.RequestID})
+	}
+	cw.Flush()
+	writeTrailer(notes, h.Hidden, h.Fixes, h.Notes)
+	return cw.Error()
+}
+
+// writeHistoryTable writes the credentials, a summary line each, then the
+// events (with a credential column when there are several).
+func writeHistoryTable(w io.Writer, h *History) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "CREDENTIAL\tKIND\tROLE\tTENANT\tNAME\tMINTED\tMINTED BY\tFROM\tLEASE")
 	for _, c := range h.Credentials {
@@ -123,33 +135,39 @@ func WriteHistory(w, notes io.Writer, h *History, format string) error {
 		fmt.Fprintln(tw, "TIME\tEVENT\tACTOR\tFROM\tROUTE\tDETAILS")
 	}
 	for _, ev := range h.Events {
-		kind := ev.Kind
-		if ev.Count > 0 {
-			kind = fmt.Sprintf("%s x%d", kind, ev.Count)
-		}
-		if ev.Source == "inferred" {
-			kind += " (inferred)"
-		}
-		d := detailString(ev.Details)
-		if ev.Count > 0 {
-			d = "until " + ts(ev.Last) + " " + d
-		}
-		if len(ev.Hidden) > 0 {
-			d += " [hmac'd: " + strings.Join(ev.Hidden, ", ") + "]"
-		}
+		kind, d := eventCells(ev)
 		from, actor := "", ""
 		if ev.Actor != nil {
 			from, actor = ev.Actor.RemoteAddress, ev.Actor.String()
 		}
 		if multi {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", ts(ev.Time), kind, shortHMAC(ev.Credential), dash(actor), dash(from), dash(ev.Route), strings.TrimSpace(d))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", ts(ev.Time), kind, shortHMAC(ev.Credential), dash(actor), dash(from), dash(ev.Route), d)
 		} else {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", ts(ev.Time), kind, dash(actor), dash(from), dash(ev.Route), strings.TrimSpace(d))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", ts(ev.Time), kind, dash(actor), dash(from), dash(ev.Route), d)
 		}
 	}
 	tw.Flush()
 	writeTrailer(w, h.Hidden, h.Fixes, h.Notes)
-	return nil
+}
+
+// eventCells are an event's EVENT and DETAILS cells: merged runs counted
+// and dated, inferred events said so, hidden fields named.
+func eventCells(ev *Event) (kind, details string) {
+	kind = ev.Kind
+	if ev.Count > 0 {
+		kind = fmt.Sprintf("%s x%d", kind, ev.Count)
+	}
+	if ev.Source == "inferred" {
+		kind += " (inferred)"
+	}
+	d := detailString(ev.Details)
+	if ev.Count > 0 {
+		d = "until " + ts(ev.Last) + " " + d
+	}
+	if len(ev.Hidden) > 0 {
+		d += " [hmac'd: " + strings.Join(ev.Hidden, ", ") + "]"
+	}
+	return kind, strings.TrimSpace(d)
 }
 
 func credSummary(c *Cred) string {
@@ -235,45 +253,56 @@ func WriteReport(w, notes io.Writer, r *Report, format string) error {
 	case "json":
 		return writeJSON(w, r)
 	case "csv":
-		cw := csv.NewWriter(w)
-		_ = cw.Write([]string{"section", "role", "tenant", "credential", "item", "value", "time"})
-		for _, g := range r.Groups {
-			for _, kv := range [][2]string{{"mints", strconv.Itoa(g.Mints)}, {"revocations", strconv.Itoa(g.Revocations)},
-				{"allowed", strconv.Itoa(g.Allowed)}, {"denied", strconv.Itoa(g.Denied)}} {
-				_ = cw.Write([]string{"group", g.Role, g.Tenant, "", kv[0], kv[1], ""})
-			}
-			reasons := make([]string, 0, len(g.Denials))
-			for k := range g.Denials {
-				reasons = append(reasons, k)
-			}
-			sort.Strings(reasons)
-			for _, k := range reasons {
-				_ = cw.Write([]string{"group", g.Role, g.Tenant, "", "denied:" + k, strconv.Itoa(g.Denials[k]), ""})
-			}
-		}
-		for _, s := range r.TopSpenders {
-			_ = cw.Write([]string{"top_spender", s.Role, s.Tenant, s.Credential, "used", strconv.FormatInt(s.Used, 10), ""})
-			if s.Cost > 0 {
-				_ = cw.Write([]string{"top_spender", s.Role, s.Tenant, s.Credential, "sidecar_cost", strconv.FormatFloat(s.Cost, 'f', -1, 64), ""})
-			}
-		}
-		for _, u := range r.NeverUsed {
-			by := ""
-			if u.MintedBy != nil {
-				by = u.MintedBy.EntityID
-			}
-			_ = cw.Write([]string{"never_used", u.Role, u.Tenant, u.Credential, "minted_by_entity", by, rfc(u.MintedAt)})
-		}
-		for _, n := range r.NewSources {
-			_ = cw.Write([]string{"new_source", strings.Join(n.Roles, ","), "", strings.Join(n.Credentials, ","), n.Kind, n.Value, rfc(n.FirstMint)})
-		}
-		cw.Flush()
-		writeTrailer(notes, r.Hidden, r.Fixes, r.Notes)
-		return cw.Error()
+		return writeReportCSV(w, notes, r)
 	case "table", "":
+		writeReportTable(w, r)
+		return nil
 	default:
 		return fmt.Errorf("unknown format %q: table, json or csv", format)
 	}
+}
+
+// writeReportCSV writes one row per number; the trailer goes to notes.
+func writeReportCSV(w, notes io.Writer, r *Report) error {
+	cw := csv.NewWriter(w)
+	_ = cw.Write([]string{"section", "role", "tenant", "credential", "item", "value", "time"})
+	for _, g := range r.Groups {
+		for _, kv := range [][2]string{{"mints", strconv.Itoa(g.Mints)}, {"revocations", strconv.Itoa(g.Revocations)},
+			{"allowed", strconv.Itoa(g.Allowed)}, {"denied", strconv.Itoa(g.Denied)}} {
+			_ = cw.Write([]string{"group", g.Role, g.Tenant, "", kv[0], kv[1], ""})
+		}
+		reasons := make([]string, 0, len(g.Denials))
+		for k := range g.Denials {
+			reasons = append(reasons, k)
+		}
+		sort.Strings(reasons)
+		for _, k := range reasons {
+			_ = cw.Write([]string{"group", g.Role, g.Tenant, "", "denied:" + k, strconv.Itoa(g.Denials[k]), ""})
+		}
+	}
+	for _, s := range r.TopSpenders {
+		_ = cw.Write([]string{"top_spender", s.Role, s.Tenant, s.Credential, "used", strconv.FormatInt(s.Used, 10), ""})
+		if s.Cost > 0 {
+			_ = cw.Write([]string{"top_spender", s.Role, s.Tenant, s.Credential, "sidecar_cost", strconv.FormatFloat(s.Cost, 'f', -1, 64), ""})
+		}
+	}
+	for _, u := range r.NeverUsed {
+		by := ""
+		if u.MintedBy != nil {
+			by = u.MintedBy.EntityID
+		}
+		_ = cw.Write([]string{"never_used", u.Role, u.Tenant, u.Credential, "minted_by_entity", by, rfc(u.MintedAt)})
+	}
+	for _, n := range r.NewSources {
+		_ = cw.Write([]string{"new_source", strings.Join(n.Roles, ","), "", strings.Join(n.Credentials, ","), n.Kind, n.Value, rfc(n.FirstMint)})
+	}
+	cw.Flush()
+	writeTrailer(notes, r.Hidden, r.Fixes, r.Notes)
+	return cw.Error()
+}
+
+// writeReportTable writes the window, then a table per section.
+func writeReportTable(w io.Writer, r *Report) {
 	fmt.Fprintf(w, "Window %s to %s\n\n", ts(r.Since), ts(r.Until))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ROLE\tTENANT\tMINTS\tREVOCATIONS\tALLOWED\tDENIED\tDENIALS BY REASON")
@@ -310,5 +339,4 @@ func WriteReport(w, notes io.Writer, r *Report, format string) error {
 	}
 	tw.Flush()
 	writeTrailer(w, r.Hidden, r.Fixes, r.Notes)
-	return nil
 }

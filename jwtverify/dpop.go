@@ -122,75 +122,130 @@ type proofClaims struct {
 // the hash of the access token, and the key the token is bound to. Replays
 // (a jti seen before) are the caller's to refuse: it keeps the jtis.
 func VerifyProof(proof string, c ProofCheck) (*Proof, error) {
-	if len(proof) > MaxProofSize {
-		return nil, ErrProofMalformed
-	}
-	headerJSON, payload, sig, signed, err := splitCompact(proof)
+	h, payload, sig, signed, err := parseProofHeader(proof)
 	if err != nil {
-		return nil, ErrProofMalformed
-	}
-	var h proofHeader
-	if err := json.Unmarshal(headerJSON, &h); err != nil || !strings.EqualFold(h.Typ, ProofType) {
-		return nil, ErrProofMalformed
-	}
-	// The key comes from the proof itself: nothing may point elsewhere.
-	if h.Crit != nil || h.JKU != nil || h.X5U != nil || h.X5C != nil || h.Kid != nil {
-		return nil, ErrProofMalformed
+		return nil, err
 	}
 	key, jkt, err := proofKey(h.Alg, h.JWK)
 	if err != nil {
 		return nil, err
 	}
+	if err := verifyProofSignature(h.Alg, key, jkt, c.JKT, signed, sig); err != nil {
+		return nil, err
+	}
+	cl, err := parseProofClaims(payload)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.checkTarget(cl.HTM, cl.HTU); err != nil {
+		return nil, err
+	}
+	if err := c.checkATH(cl.ATH); err != nil {
+		return nil, err
+	}
+	iat, err := c.checkIAT(cl.IAT)
+	if err != nil {
+		return nil, err
+	}
+	return &Proof{JTI: cl.JTI, JKT: jkt, IssuedAt: iat}, nil
+}
+
+// parseProofHeader splits a proof and reads its header: a dpop+jwt whose
+// key is the jwk it carries, nothing pointing elsewhere.
+func parseProofHeader(proof string) (h proofHeader, payload, sig []byte, signed string, err error) {
+	if len(proof) > MaxProofSize {
+		return h, nil, nil, "", ErrProofMalformed
+	}
+	headerJSON, payload, sig, signed, err := splitCompact(proof)
+	if err != nil {
+		return h, nil, nil, "", ErrProofMalformed
+	}
+	if err := json.Unmarshal(headerJSON, &h); err != nil || !strings.EqualFold(h.Typ, ProofType) {
+		return h, nil, nil, "", ErrProofMalformed
+	}
+	// The key comes from the proof itself: nothing may point elsewhere.
+	if h.Crit != nil || h.JKU != nil || h.X5U != nil || h.X5C != nil || h.Kid != nil {
+		return h, nil, nil, "", ErrProofMalformed
+	}
+	return h, payload, sig, signed, nil
+}
+
+// verifyProofSignature checks that the proof's key is the one the
+// credential is bound to (want; "" for any), then its signature.
+func verifyProofSignature(alg string, key crypto.PublicKey, jkt, want, signed string, sig []byte) error {
 	// Before the signature, which costs: a proof by another key is refused
 	// for the price of a hash.
-	if c.JKT != "" && subtle.ConstantTimeCompare([]byte(c.JKT), []byte(jkt)) != 1 {
-		return nil, ErrProofBinding
+	if want != "" && subtle.ConstantTimeCompare([]byte(want), []byte(jkt)) != 1 {
+		return ErrProofBinding
 	}
-	method := jwt.GetSigningMethod(h.Alg)
-	if h.Alg == "Ed25519" {
+	method := jwt.GetSigningMethod(alg)
+	if alg == "Ed25519" {
 		method = jwt.SigningMethodEdDSA
 	}
 	if method == nil {
-		return nil, ErrProofKey
+		return ErrProofKey
 	}
 	if err := method.Verify(signed, sig, key); err != nil {
-		return nil, ErrProofSignature
+		return ErrProofSignature
 	}
+	return nil
+}
 
+// parseProofClaims reads the signed claims; a proof needs a jti (the
+// caller refuses its replay), of bounded length.
+func parseProofClaims(payload []byte) (proofClaims, error) {
 	var cl proofClaims
 	if err := json.Unmarshal(payload, &cl); err != nil {
-		return nil, ErrProofClaims
+		return cl, ErrProofClaims
 	}
 	if cl.JTI == "" || len(cl.JTI) > MaxJTILength {
-		return nil, ErrProofClaims
+		return cl, ErrProofClaims
 	}
-	got, err := NormalizeHTU(cl.HTU)
+	return cl, nil
+}
+
+// checkTarget: htm and htu name this request, by c.Target or by Method
+// and URL compared after normalisation.
+func (c *ProofCheck) checkTarget(htm, htu string) error {
+	got, err := NormalizeHTU(htu)
 	if err != nil || (c.Target == nil && strings.ContainsAny(c.URL, "?#")) {
 		// The request's URI is the caller's to give without query or
 		// fragment: one with them would compare as another URI.
-		return nil, ErrProofClaims
+		return ErrProofClaims
 	}
 	if c.Target != nil {
-		if !c.Target(cl.HTM, got) {
-			return nil, ErrProofClaims
+		if !c.Target(htm, got) {
+			return ErrProofClaims
 		}
-	} else if want, err := NormalizeHTU(c.URL); err != nil || got != want || cl.HTM != c.Method {
-		return nil, ErrProofClaims
+	} else if want, err := NormalizeHTU(c.URL); err != nil || got != want || htm != c.Method {
+		return ErrProofClaims
 	}
-	if c.AccessToken != "" {
-		sum := sha256.Sum256([]byte(c.AccessToken))
-		if cl.ATH == nil || subtle.ConstantTimeCompare([]byte(*cl.ATH), []byte(base64.RawURLEncoding.EncodeToString(sum[:]))) != 1 {
-			return nil, ErrProofClaims
-		}
+	return nil
+}
+
+// checkATH: with an access token, ath is its hash.
+func (c *ProofCheck) checkATH(ath *string) error {
+	if c.AccessToken == "" {
+		return nil
 	}
+	sum := sha256.Sum256([]byte(c.AccessToken))
+	if ath == nil || subtle.ConstantTimeCompare([]byte(*ath), []byte(base64.RawURLEncoding.EncodeToString(sum[:]))) != 1 {
+		return ErrProofClaims
+	}
+	return nil
+}
+
+// checkIAT reads iat, a JSON number of seconds and nothing else, and
+// checks it is within MaxAge before now and Leeway after.
+func (c *ProofCheck) checkIAT(raw json.RawMessage) (time.Time, error) {
 	var iat jwt.NumericDate
-	if len(cl.IAT) == 0 || !(cl.IAT[0] >= '0' && cl.IAT[0] <= '9') || iat.UnmarshalJSON(cl.IAT) != nil {
-		return nil, ErrProofClaims // a JSON number of seconds, nothing else
+	if len(raw) == 0 || !(raw[0] >= '0' && raw[0] <= '9') || iat.UnmarshalJSON(raw) != nil {
+		return time.Time{}, ErrProofClaims // a JSON number of seconds, nothing else
 	}
 	if iat.Before(c.Now.Add(-c.MaxAge)) || iat.After(c.Now.Add(c.Leeway)) {
-		return nil, ErrProofTime
+		return time.Time{}, ErrProofTime
 	}
-	return &Proof{JTI: cl.JTI, JKT: jkt, IssuedAt: iat.Time}, nil
+	return iat.Time, nil
 }
 
 // proofKey parses the embedded jwk: public, of the kind alg needs, strong

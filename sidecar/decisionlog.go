@@ -10,12 +10,13 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
 	hclog "github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keybroker/keybroker/contract"
 )
 
 // The decision log (decision_log_path): one JSON object per decision, per
@@ -46,11 +47,12 @@ const (
 	decisionLogBuffer = 8192
 	// maxLoggedPath: longer paths (and methods) are cut to this many bytes.
 	maxLoggedPath = 512
-	// decisionTimeLayout is RFC 3339 with all nine digits of nanoseconds,
-	// so the lines of one file sort as text.
-	decisionTimeLayout = "2006-01-02T15:04:05.000000000Z07:00"
 )
 
+// decisionLog is the component: a queue, a sampler and a writer, handed
+// logEntry values (decided, in decisionlog_entry.go, builds them from a
+// request and its decision); it holds nothing of the sidecar but the
+// counter it is given.
 type decisionLog struct {
 	ch      chan logEntry
 	sample  float64 // of the allows; 1: every one
@@ -80,31 +82,6 @@ type logEntry struct {
 	hasCost, dpop         bool
 }
 
-// decisionRecord is one line of the log.
-type decisionRecord struct {
-	Time     string   `json:"time"`
-	Type     string   `json:"type"`
-	Mode     string   `json:"mode"`
-	Outcome  string   `json:"outcome"`
-	Status   int      `json:"status"`
-	Reason   string   `json:"reason"`
-	Method   string   `json:"method,omitempty"`
-	Path     string   `json:"path,omitempty"`
-	Route    string   `json:"route,omitempty"`
-	Kind     string   `json:"kind,omitempty"`
-	KeyID    string   `json:"key_id,omitempty"`
-	JTI      string   `json:"jti,omitempty"`
-	Subject  string   `json:"subject,omitempty"`
-	Role     string   `json:"role,omitempty"`
-	Tenant   string   `json:"tenant,omitempty"`
-	ClientIP string   `json:"client_ip,omitempty"`
-	Cost     *int64   `json:"cost,omitempty"`
-	Held     int64    `json:"held,omitempty"`
-	DPoP     bool     `json:"dpop,omitempty"`
-	Actors   []string `json:"actors,omitempty"`
-	Sidecar  string   `json:"sidecar,omitempty"`
-}
-
 // openDecisionLog opens path for appending (created 0600), or takes stdout
 // for "-", and starts the writer.
 func openDecisionLog(path string, sample float64, holder string, dropped prometheus.Counter, log hclog.Logger) (*decisionLog, error) {
@@ -126,145 +103,35 @@ func openDecisionLog(path string, sample float64, holder string, dropped prometh
 	return l, nil
 }
 
-// decided logs one decision of the given mode, taken at at: every denial,
-// and allows as sampled. It never blocks.
-func (l *decisionLog) decided(mode string, at time.Time, req *request, d *decision) {
-	if d.allowed() && l.sample < 1 && rand.Float64() >= l.sample {
-		return
-	}
-	e := logEntry{at: at, mode: mode, status: d.status, reason: d.reason, method: cut(req.method), clientIP: req.clientIP, dpop: usedDPoP(req.header)}
-	e.path = d.path
-	if e.path == "" {
-		e.path = rawPathOf(req.target)
-	}
-	e.path = redactPath(e.path)
-	e.path = cut(e.path)
-	if d.rt != nil {
-		e.route = d.rt.prefix
-	}
-	if id := d.id; id != nil {
-		if id.jwt {
-			e.kind, e.jti = "jwt", id.id
-		} else {
-			e.kind, e.keyID = "api_key", id.id
-		}
-		e.subject, e.role, e.tenant, e.actors = id.subject, id.role, id.tenant, id.actors
-	}
-	if d.hold != nil && d.rt != nil {
-		// A gateway's request (auth, grpc) is charged the route's cost
-		// as it is allowed, and so is one on a route that reads no
-		// usage; a proxied one whose usage is read from the answer is
-		// charged once that arrives: the log says what it holds.
-		if mode == "auth" || mode == "grpc" || (d.rt.usageHeader == "" && !d.rt.openaiUsage) {
-			e.cost, e.hasCost = d.rt.cost, true
-		} else {
-			e.held = d.hold.amount
-		}
-	}
+// sampled says whether a decision is logged: every denial, and allows as
+// decision_log_sample_allowed says.
+func (l *decisionLog) sampled(allowed bool) bool {
+	return !allowed || l.sample >= 1 || rand.Float64() < l.sample
+}
+
+// enqueue hands e to the writer. It never blocks: with the queue full, e
+// is dropped and counted.
+func (l *decisionLog) enqueue(e *logEntry) {
 	select {
-	case l.ch <- e:
+	case l.ch <- *e:
 	default:
 		l.dropped.Inc()
 	}
 }
 
-// countEarlyDenial counts (and logs) a denial made before decide: an
-// untrusted gateway, or a gateway's request that cannot be read.
-func (sc *Sidecar) countEarlyDenial(mode string, d decision, req request) {
-	sc.m.decisions.WithLabelValues(mode, "deny", d.reason).Inc()
-	if sc.dlog != nil {
-		sc.dlog.decided(mode, time.Now(), &req, &d)
-	}
-}
-
-// redactPath replaces each segment of path that holds a credential with
-// "[credential]", so that a path refused as credential_in_path (or refused
-// before that check, or not canonical at all) is logged without it. A raw
-// segment is looked at percent-decoded too (leniently: it may not decode).
-// Each segment is scanned once (and once decoded, if it has a '%'); a path
-// with none is returned as is, without allocating.
-func redactPath(path string) string {
-	var b strings.Builder
-	var cs credentialScan
-	copied := 0 // path[:copied] is in b (or needs no redaction)
-	for start := 0; start <= len(path); {
-		end := strings.IndexByte(path[start:], '/')
-		if end < 0 {
-			end = len(path)
-		} else {
-			end += start
-		}
-		seg := path[start:end]
-		if cs.found(seg) || strings.IndexByte(seg, '%') >= 0 && cs.found(lenientUnescape(seg)) {
-			b.Grow(len(path))
-			b.WriteString(path[copied:start])
-			b.WriteString("[credential]")
-			copied = end
-		}
-		start = end + 1
-	}
-	if copied == 0 {
-		return path
-	}
-	b.WriteString(path[copied:])
-	return b.String()
-}
-
-// lenientUnescape decodes every well-formed %XX of s, once, and leaves the
-// rest; s itself when it has no '%'.
-func lenientUnescape(s string) string {
-	if strings.IndexByte(s, '%') < 0 {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '%' && i+2 < len(s) && ishex(s[i+1]) && ishex(s[i+2]) {
-			b.WriteByte(unhex(s[i+1])<<4 | unhex(s[i+2]))
-			i += 2
-			continue
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-// rawPathOf is a target's path as sent, without its query (or the
-// authority of an absolute-form target); a target with no path is itself
-// without its query.
-func rawPathOf(target string) string {
-	if p, _, ok := splitTarget(target); ok {
-		return p
-	}
-	p, _, _ := strings.Cut(target, "?")
-	return p
-}
-
-func cut(s string) string {
-	if len(s) > maxLoggedPath {
-		return s[:maxLoggedPath]
-	}
-	return s
-}
-
-// usedDPoP says whether the request came with the DPoP scheme.
-func usedDPoP(h http.Header) bool {
-	for _, v := range h["Authorization"] {
-		if scheme, _, _ := strings.Cut(strings.TrimSpace(v), " "); strings.EqualFold(scheme, "DPoP") {
-			return true
-		}
-	}
-	return false
-}
-
-func (l *decisionLog) record(e *logEntry) decisionRecord {
-	r := decisionRecord{
-		Time: e.at.UTC().Format(decisionTimeLayout), Type: "decision", Mode: e.mode, Outcome: "deny", Status: e.status, Reason: e.reason,
+// record is the line the writer formats for e.
+func (l *decisionLog) record(e *logEntry) contract.DecisionRecord {
+	r := contract.DecisionRecord{
+		Time: contract.DecisionTime(e.at), Type: contract.DecisionType, Mode: e.mode, Outcome: contract.DecisionDeny, Status: e.status, Reason: e.reason,
 		Method: e.method, Path: e.path, Route: e.route, Kind: e.kind, KeyID: e.keyID, JTI: e.jti,
-		Subject: e.subject, Role: e.role, Tenant: e.tenant, ClientIP: ipString(e.clientIP), Held: e.held, DPoP: e.dpop,
+		Subject: e.subject, Role: e.role, Tenant: e.tenant, Held: e.held, DPoP: e.dpop,
 		Actors: e.actors, Sidecar: l.holder,
 	}
 	if e.status == http.StatusOK {
-		r.Outcome = "allow"
+		r.Outcome = contract.DecisionAllow
+	}
+	if e.clientIP.IsValid() {
+		r.ClientIP = e.clientIP.String()
 	}
 	if e.hasCost {
 		r.Cost = &e.cost

@@ -435,3 +435,29 @@ func TestDecisionLogHotPathAllocs(t *testing.T) {
 		}
 	}
 }
+
+// A decision's line, byte for byte: the wire format keybroker-audit reads
+// (contract.DecisionRecord), with every field set and with none.
+func TestDecisionLogRecordGolden(t *testing.T) {
+	at := time.Date(2026, 12, 1, 22, 21, 2, 5000, time.FixedZone("CET", 3600))
+	l := &decisionLog{holder: "sc-1"}
+	line := func(e logEntry) string {
+		var b bytes.Buffer
+		enc := json.NewEncoder(&b)
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(l.record(&e)); err != nil {
+			t.Fatal(err)
+		}
+		return b.String()
+	}
+	full := logEntry{at: at, mode: "proxy", reason: "ok", method: "GET", status: 200, path: "/v1/<items>&[credential]", route: "/v1",
+		kind: "jwt", keyID: "k", jti: "j", subject: "agent", role: "r", tenant: "t", actors: []string{"a", "b"},
+		clientIP: netip.MustParseAddr("10.0.0.1"), cost: 0, hasCost: true, held: 7, dpop: true}
+	if got, want := line(full), `{"time":"2026-12-01T21:21:02.000005000Z","type":"decision","mode":"proxy","outcome":"allow","status":200,"reason":"ok","method":"GET","path":"/v1/<items>&[credential]","route":"/v1","kind":"jwt","key_id":"k","jti":"j","subject":"agent","role":"r","tenant":"t","client_ip":"10.0.0.1","cost":0,"held":7,"dpop":true,"actors":["a","b"],"sidecar":"sc-1"}`+"\n"; got != want {
+		t.Errorf("full record:\n got %s\nwant %s", got, want)
+	}
+	l.holder = ""
+	if got, want := line(logEntry{at: at, mode: "auth", reason: "malformed", status: 401}), `{"time":"2026-12-01T21:21:02.000005000Z","type":"decision","mode":"auth","outcome":"deny","status":401,"reason":"malformed"}`+"\n"; got != want {
+		t.Errorf("bare record:\n got %s\nwant %s", got, want)
+	}
+}
