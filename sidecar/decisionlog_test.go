@@ -39,6 +39,10 @@ func logFixture(t *testing.T, mutate func(c *Config)) (*fixture, string) {
 			mutate(c)
 		}
 	})
+	// The writer, as Start begins it (without the feeds Start follows).
+	if err := f.sc.dlog.start(); err != nil {
+		t.Fatal(err)
+	}
 	return f, path
 }
 

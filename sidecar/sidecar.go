@@ -90,7 +90,9 @@ type negEntry struct {
 	expires time.Time
 }
 
-// New checks the configuration and builds a Sidecar; Run starts it.
+// New checks the configuration and builds a Sidecar. It starts nothing
+// and opens nothing (no goroutine, no file, no call to Vault): Start or
+// Serve does.
 func New(c *Config, log hclog.Logger) (*Sidecar, error) {
 	s, err := c.settings()
 	if err != nil {
@@ -144,7 +146,7 @@ func New(c *Config, log hclog.Logger) (*Sidecar, error) {
 	}
 	sc.m = newMetrics(sc)
 	if s.decisionLogPath != "" {
-		if sc.dlog, err = openDecisionLog(s.decisionLogPath, s.decisionLogSample, sc.holder, sc.m.decisionLogDropped, log.Named("decision-log")); err != nil {
+		if sc.dlog, err = newDecisionLog(s.decisionLogPath, s.decisionLogSample, sc.holder, sc.m.decisionLogDropped, log.Named("decision-log")); err != nil {
 			return nil, err
 		}
 	}
@@ -203,7 +205,14 @@ func (sc *Sidecar) ServeWith(ctx context.Context, l Listeners) error {
 	proxy, auth := l.Proxy, l.Auth
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	sc.Start(ctx)
+	if err := sc.Start(ctx); err != nil {
+		for _, ln := range []net.Listener{l.Proxy, l.Auth, l.GRPC} {
+			if ln != nil {
+				ln.Close()
+			}
+		}
+		return err
+	}
 
 	servers := []*http.Server{sc.server(sc.authHandler())}
 	lns := []net.Listener{auth}
@@ -265,13 +274,20 @@ func (sc *Sidecar) ServeWith(ctx context.Context, l Listeners) error {
 	return err
 }
 
-// Start begins what keeps decisions current (the Vault login, the JWKS,
-// the revocation and key-record feeds, budget reservations) until ctx ends
-// or Stop. Serve calls it; a Go service that embeds the verifier
-// (Middleware) calls it itself, once.
-func (sc *Sidecar) Start(ctx context.Context) {
+// Start opens the decision log and begins what keeps decisions current
+// (the Vault login, the JWKS, the revocation and key-record feeds, budget
+// reservations) until ctx ends or Stop. Serve calls it; a Go service that
+// embeds the verifier (Middleware) calls it itself, once; later calls do
+// nothing. Its error is the decision log's file failing to open.
+func (sc *Sidecar) Start(ctx context.Context) error {
 	if !sc.started.CompareAndSwap(false, true) {
-		return // once: a second set of feeds would only leak
+		return nil // once: a second set of feeds would only leak
+	}
+	if sc.dlog != nil {
+		if err := sc.dlog.start(); err != nil {
+			sc.started.Store(false)
+			return err
+		}
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	sc.stop = cancel
@@ -291,6 +307,7 @@ func (sc *Sidecar) Start(ctx context.Context) {
 		defer sc.running.Done()
 		sc.budgets.run(ctx)
 	}()
+	return nil
 }
 
 // Stop reports what in-flight requests used and gives back the budget

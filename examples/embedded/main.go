@@ -37,8 +37,11 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	// Logs in to Vault, follows the JWKS, revocations and key records.
-	verifier.Start(ctx)
+	// Logs in to Vault, follows the JWKS, revocations and key records
+	// (New started nothing).
+	if err := verifier.Start(ctx); err != nil {
+		log.Fatal(err)
+	}
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /hello", func(w http.ResponseWriter, r *http.Request) {
