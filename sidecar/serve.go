@@ -93,7 +93,7 @@ func (sc *Sidecar) Serve(ctx context.Context, l Listeners) error {
 	if sc.s.grpcListen != "" && len(l.Also) == 0 {
 		sc.log.Warn("grpc_listen is set but nothing serves it (only keybroker-sidecar does); gRPC ext_authz is off", "grpc_listen", sc.s.grpcListen)
 	}
-	sc.log.Info("serving", "auth", l.Auth.Addr().String(), "proxy", addrOf(l.Proxy), "also", len(l.Also), "upstream", sc.s.upstream)
+	sc.log.Info("serving", "auth", l.Auth.Addr().String(), "proxy", addrOf(l.Proxy), "also", alsoAddrs(l.Also), "upstream", sc.s.upstream)
 	var err error
 	select {
 	case <-ctx.Done():
@@ -139,4 +139,16 @@ func addrOf(l net.Listener) string {
 		return ""
 	}
 	return l.Addr().String()
+}
+
+// alsoAddrs are the addresses of the front ends in Also that say theirs
+// (extauthz.Server does), for the log.
+func alsoAddrs(also []Server) []string {
+	var out []string
+	for _, s := range also {
+		if a, ok := s.(interface{ Addr() net.Addr }); ok {
+			out = append(out, a.Addr().String())
+		}
+	}
+	return out
 }
