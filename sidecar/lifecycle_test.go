@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -60,5 +61,25 @@ func TestStartOpensDecisionLog(t *testing.T) {
 	f.sc.Stop()
 	if _, err := os.Stat(path); err != nil {
 		t.Fatalf("Start did not open the decision log: %v", err)
+	}
+}
+
+// Serve that cannot start says why and closes what it was given.
+func TestServeStartFails(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "decisions.log")
+	f := newFixture(t, func(c *Config) { c.DecisionLogPath = path; c.LogLevel = "off" })
+	if err := os.Mkdir(path, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	auth, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.sc.Serve(context.Background(), Listeners{Auth: auth}); err == nil || !strings.Contains(err.Error(), "decision_log_path") {
+		t.Fatalf("Serve with an unopenable decision log: %v", err)
+	}
+	if c, err := net.DialTimeout("tcp", auth.Addr().String(), time.Second); err == nil {
+		c.Close()
+		t.Fatal("the auth listener is still open")
 	}
 }

@@ -47,13 +47,18 @@ func (sc *Sidecar) Listen() (Listeners, error) {
 	return l, nil
 }
 
-// Close closes the listeners, for a caller that will not Serve them after
-// all.
+// Close closes the listeners and shuts the front ends in Also down, for a
+// caller that will not Serve them after all.
 func (l Listeners) Close() {
 	for _, ln := range []net.Listener{l.Proxy, l.Auth} {
 		if ln != nil {
 			ln.Close()
 		}
+	}
+	now, cancel := context.WithCancel(context.Background())
+	cancel() // nothing is in flight
+	for _, s := range l.Also {
+		_ = s.Shutdown(now)
 	}
 }
 

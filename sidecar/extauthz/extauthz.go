@@ -8,7 +8,7 @@
 // reply.
 //
 // It is a package of its own so that a Go service embedding the sidecar
-// (sidecar.Middleware) links no gRPC, Envoy or protobuf code: only the
+// (sidecar.Middleware) links no gRPC and no Envoy types: only the
 // keybroker-sidecar binary imports it.
 package extauthz
 
@@ -102,8 +102,10 @@ func (s *Server) Serve() error {
 }
 
 // Shutdown lets the checks in flight finish (Envoy holds their requests
-// until then) until ctx ends, then ends them.
+// until then) until ctx ends, then ends them, and closes the listener
+// (which Serve may never have taken).
 func (s *Server) Shutdown(ctx context.Context) error {
+	defer s.l.Close()
 	stopped := make(chan struct{})
 	go func() {
 		s.srv.GracefulStop()
