@@ -154,6 +154,7 @@ func (sc *Sidecar) allowed(d decision, clientHeader http.Header) Verdict {
 	if d.id != nil && d.id.replacedBy != "" {
 		v.Response = append(v.Response, Field{headerReplacedBy, d.id.replacedBy}, Field{headerKeyExpires, d.id.expiresAt.UTC().Format(time.RFC3339)})
 	}
+	v.Remove = make([]string, 0, len(credentialHeaders)+len(clientHeader))
 	for _, name := range credentialHeaders {
 		v.Remove = append(v.Remove, strings.ToLower(name))
 	}
