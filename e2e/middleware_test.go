@@ -32,7 +32,10 @@ func TestEmbeddedMiddleware(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	verifier.Start(ctx)
+	if err := verifier.Start(ctx); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
 	stopped := false
 	stop := func() {
 		if !stopped {

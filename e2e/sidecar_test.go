@@ -24,6 +24,7 @@ import (
 	"github.com/keybroker/keybroker/apikey"
 	"github.com/keybroker/keybroker/internal/vaultserver"
 	"github.com/keybroker/keybroker/sidecar"
+	"github.com/keybroker/keybroker/sidecar/extauthz"
 )
 
 // sidecarEnv is a real Vault with the plugin, an upstream service and a
@@ -96,27 +97,26 @@ func launchSidecar(t *testing.T, v *vaultserver.Server, mutate func(c *sidecar.C
 
 	cfg := sidecarConfig(t, v, e.upstream.URL)
 	mutate(cfg, e.proxy)
-	var grpcL net.Listener
-	if cfg.GRPCListen != "" { // "127.0.0.1:0"
-		if grpcL, err = net.Listen("tcp", cfg.GRPCListen); err != nil {
-			t.Fatal(err)
-		}
-		e.grpc = grpcL.Addr().String()
-	}
+	listeners := sidecar.Listeners{Proxy: proxyL, Auth: authL}
 	sc, err := sidecar.New(cfg, log)
 	if err != nil {
-		proxyL.Close()
-		authL.Close()
-		if grpcL != nil {
-			grpcL.Close()
-		}
+		listeners.Close()
 		t.Fatal(err)
+	}
+	if cfg.GRPCListen != "" { // "127.0.0.1:0"
+		g, err := extauthz.Listen(sc, cfg.GRPCListen)
+		if err != nil {
+			listeners.Close()
+			t.Fatal(err)
+		}
+		e.grpc = g.Addr().String()
+		listeners.Also = append(listeners.Also, g)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = sc.ServeWith(ctx, sidecar.Listeners{Proxy: proxyL, Auth: authL, GRPC: grpcL})
+		_ = sc.Serve(ctx, listeners)
 	}()
 	e.stop = sync.OnceFunc(func() { cancel(); <-done })
 	t.Cleanup(e.stop)

@@ -10,7 +10,9 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	hclog "github.com/hashicorp/go-hclog"
@@ -54,6 +56,8 @@ const (
 // request and its decision); it holds nothing of the sidecar but the
 // counter it is given.
 type decisionLog struct {
+	path    string // "-": stdout
+	started atomic.Bool
 	ch      chan logEntry
 	sample  float64 // of the allows; 1: every one
 	holder  string
@@ -82,25 +86,44 @@ type logEntry struct {
 	hasCost, dpop         bool
 }
 
-// openDecisionLog opens path for appending (created 0600), or takes stdout
-// for "-", and starts the writer.
-func openDecisionLog(path string, sample float64, holder string, dropped prometheus.Counter, log hclog.Logger) (*decisionLog, error) {
-	l := &decisionLog{ch: make(chan logEntry, decisionLogBuffer), sample: sample, holder: holder, dropped: dropped, log: log,
-		quit: make(chan struct{}), done: make(chan struct{})}
-	if path == "-" {
+// newDecisionLog prepares the log at path ("-": stdout) and opens
+// nothing: start does, so a Sidecar built and never started holds no file
+// and no goroutine. A path whose directory is missing is refused here, so
+// the usual mistake still fails New.
+func newDecisionLog(path string, sample float64, holder string, dropped prometheus.Counter, log hclog.Logger) (*decisionLog, error) {
+	if path != "-" {
+		if fi, err := os.Stat(filepath.Dir(path)); err != nil || !fi.IsDir() {
+			if err == nil {
+				err = fmt.Errorf("%s is not a directory", filepath.Dir(path))
+			}
+			return nil, fmt.Errorf("decision_log_path %s: %w", path, err)
+		}
+	}
+	return &decisionLog{path: path, ch: make(chan logEntry, decisionLogBuffer), sample: sample, holder: holder, dropped: dropped, log: log,
+		quit: make(chan struct{}), done: make(chan struct{})}, nil
+}
+
+// start opens the file for appending (created 0600), or takes stdout, and
+// starts the writer; decisions queued before it are written then.
+func (l *decisionLog) start() error {
+	if !l.started.CompareAndSwap(false, true) {
+		return nil // once: a second writer would interleave lines
+	}
+	if l.path == "-" {
 		l.w = os.Stdout
 	} else {
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+		f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 		if err != nil {
-			return nil, fmt.Errorf("decision_log_path: %w", err)
+			l.started.Store(false)
+			return fmt.Errorf("decision_log_path: %w", err)
 		}
 		if fi, err := f.Stat(); err == nil && fi.Mode().Perm()&0o077 != 0 {
-			log.Warn("the decision log file is readable or writable by others than its owner", "path", path, "mode", fi.Mode().Perm().String())
+			l.log.Warn("the decision log file is readable or writable by others than its owner", "path", l.path, "mode", fi.Mode().Perm().String())
 		}
 		l.w, l.closer = f, f
 	}
 	go l.run()
-	return l, nil
+	return nil
 }
 
 // sampled says whether a decision is logged: every denial, and allows as
@@ -220,6 +243,9 @@ func (l *decisionLog) close() {
 		return
 	}
 	l.once.Do(func() { close(l.quit) })
+	if !l.started.Load() {
+		return // never started: nothing was written, nothing is open
+	}
 	select {
 	case <-l.done:
 	case <-time.After(5 * time.Second):

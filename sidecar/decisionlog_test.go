@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"google.golang.org/grpc/peer"
 
 	"github.com/keybroker/keybroker/apikey"
 	"github.com/keybroker/keybroker/internal/dpoptest"
@@ -39,6 +38,10 @@ func logFixture(t *testing.T, mutate func(c *Config)) (*fixture, string) {
 			mutate(c)
 		}
 	})
+	// The writer, as Start begins it (without the feeds Start follows).
+	if err := f.sc.dlog.start(); err != nil {
+		t.Fatal(err)
+	}
 	return f, path
 }
 
@@ -75,10 +78,6 @@ func readDecisionLog(t *testing.T, f *fixture, path string) ([]byte, []map[strin
 		lines = append(lines, m)
 	}
 	return raw, lines
-}
-
-func grpcFrom(addr string) context.Context {
-	return peer.NewContext(context.Background(), &peer.Peer{Addr: &net.TCPAddr{IP: net.ParseIP(addr), Port: 5000}})
 }
 
 // Each kind of decision, in each mode, logs one line with what it should
@@ -179,13 +178,13 @@ func TestDecisionLog(t *testing.T) {
 		{"gateway request without its URI", func() { send(auth, "GET", "/verify", "127.0.0.2:1", hdr("X-Forwarded-Method", "GET")) }, map[string]interface{}{
 			"mode": "auth", "reason": reasonBadRequest, "status": 400.0}},
 		{"gRPC allow", func() {
-			_, _ = f.sc.checkGRPC(grpcFrom("127.0.0.2"), checkRequest("GET", "/v1/items/1?q=x", "127.0.0.9", bearer(reader)))
+			_ = check(t, gatewayAt(f.sc, "127.0.0.2"), checkRequest("GET", "/v1/items/1?q=x", "127.0.0.9", bearer(reader)))
 		}, map[string]interface{}{"mode": "grpc", "outcome": "allow", "path": "/v1/items/1", "client_ip": "127.0.0.9", "jti": rc.ID}},
 		{"gRPC untrusted peer", func() {
-			_, _ = f.sc.checkGRPC(grpcFrom("127.0.0.1"), checkRequest("GET", "/v1/items/1", "127.0.0.9", bearer(reader)))
+			_ = check(t, gatewayAt(f.sc, "127.0.0.1"), checkRequest("GET", "/v1/items/1", "127.0.0.9", bearer(reader)))
 		}, map[string]interface{}{"mode": "grpc", "reason": reasonUntrustedGateway, "client_ip": "127.0.0.1", "path": absent}},
 		{"gRPC repeated credential", func() {
-			_, _ = f.sc.checkGRPC(grpcFrom("127.0.0.2"), checkRequest("GET", "/v1/items/1?x=1", "127.0.0.9", hdr("Authorization", "Bearer a", "Authorization", "Bearer b")))
+			_ = check(t, gatewayAt(f.sc, "127.0.0.2"), checkRequest("GET", "/v1/items/1?x=1", "127.0.0.9", hdr("Authorization", "Bearer a", "Authorization", "Bearer b")))
 		}, map[string]interface{}{"mode": "grpc", "reason": reasonBadRequest, "path": "/v1/items/1", "method": "GET"}},
 	}
 	for _, tc := range cases {
@@ -402,7 +401,7 @@ func TestDecisionLogFlush(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- f.sc.Serve(ctx, proxyL, authL) }()
+	go func() { done <- f.sc.Serve(ctx, Listeners{Proxy: proxyL, Auth: authL}) }()
 	resp, err := http.Get("http://" + proxyL.Addr().String() + "/v1/admin/served")
 	if err != nil {
 		t.Fatal(err)

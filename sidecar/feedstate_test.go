@@ -16,7 +16,6 @@ import (
 	hclog "github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/api"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"google.golang.org/grpc/codes"
 
 	"github.com/keybroker/keybroker/contract"
 )
@@ -74,13 +73,12 @@ func TestFeedsNotReadRefuseCredentials(t *testing.T) {
 		}
 		resp := check(t, c, checkRequest("GET", tc.target, "127.0.0.9", tc.header))
 		if tc.status == 200 {
-			if resp.GetOkResponse() == nil {
+			if !resp.Allowed {
 				t.Errorf("%s, grpc: %v, want allowed", tc.name, resp)
 			}
 			continue
 		}
-		d := resp.GetDeniedResponse()
-		if d == nil || int(d.GetStatus().GetCode()) != tc.status || codes.Code(resp.GetStatus().GetCode()) == codes.OK || !strings.Contains(d.GetBody(), tc.reason) {
+		if resp.Allowed || resp.Status != tc.status || !strings.Contains(resp.Body, tc.reason) {
 			t.Errorf("%s, grpc: %v, want %d %s", tc.name, resp, tc.status, tc.reason)
 		}
 	}

@@ -59,7 +59,7 @@ func TestRoutingOverridesStripped(t *testing.T) {
 	}
 	// Envoy is told to remove them too.
 	resp := check(t, client("127.0.0.1"), checkRequest("GET", "/v1/items/1", "127.0.0.9", sent))
-	removed := resp.GetOkResponse().GetHeadersToRemove()
+	removed := resp.Remove
 	for _, n := range overrideSpellings {
 		if !slices.Contains(removed, strings.ToLower(n)) {
 			t.Errorf("grpc: %s not in headers_to_remove %v", n, removed)

@@ -3,10 +3,7 @@ package sidecar
 import (
 	"context"
 	"crypto/sha256"
-	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -16,7 +13,6 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 	"golang.org/x/sync/singleflight"
 	"golang.org/x/time/rate"
-	"google.golang.org/grpc"
 
 	"github.com/keybroker/keybroker/contract"
 	"github.com/keybroker/keybroker/jwtverify"
@@ -90,7 +86,9 @@ type negEntry struct {
 	expires time.Time
 }
 
-// New checks the configuration and builds a Sidecar; Run starts it.
+// New checks the configuration and builds a Sidecar. It starts nothing
+// and opens nothing (no goroutine, no file, no call to Vault): Start or
+// Serve does.
 func New(c *Config, log hclog.Logger) (*Sidecar, error) {
 	s, err := c.settings()
 	if err != nil {
@@ -144,134 +142,27 @@ func New(c *Config, log hclog.Logger) (*Sidecar, error) {
 	}
 	sc.m = newMetrics(sc)
 	if s.decisionLogPath != "" {
-		if sc.dlog, err = openDecisionLog(s.decisionLogPath, s.decisionLogSample, sc.holder, sc.m.decisionLogDropped, log.Named("decision-log")); err != nil {
+		if sc.dlog, err = newDecisionLog(s.decisionLogPath, s.decisionLogSample, sc.holder, sc.m.decisionLogDropped, log.Named("decision-log")); err != nil {
 			return nil, err
 		}
 	}
 	return sc, nil
 }
 
-// Run serves until ctx ends. It logs in, loads the JWKS and the revocation
-// feed, then serves its listeners; Vault being down at start delays
-// readiness (/healthz), not serving.
-func (sc *Sidecar) Run(ctx context.Context) error {
-	var listeners []net.Listener
-	closeAll := func() {
-		for _, l := range listeners {
-			l.Close()
-		}
-	}
-	auth, err := net.Listen("tcp", sc.s.authListen)
-	if err != nil {
-		return fmt.Errorf("auth_listen: %w", err)
-	}
-	listeners = append(listeners, auth)
-	var proxy net.Listener
-	if sc.s.upstream != nil {
-		if proxy, err = net.Listen("tcp", sc.s.listen); err != nil {
-			closeAll()
-			return fmt.Errorf("listen: %w", err)
-		}
-		listeners = append(listeners, proxy)
-	}
-	var grpcL net.Listener
-	if sc.s.grpcListen != "" {
-		if grpcL, err = net.Listen("tcp", sc.s.grpcListen); err != nil {
-			closeAll()
-			return fmt.Errorf("grpc_listen: %w", err)
-		}
-	}
-	return sc.ServeWith(ctx, Listeners{Proxy: proxy, Auth: auth, GRPC: grpcL})
-}
-
-// Serve is Run on listeners the caller opened (tests use port 0). proxy may
-// be nil when there is no upstream. It serves no gRPC: see ServeWith.
-func (sc *Sidecar) Serve(ctx context.Context, proxy, auth net.Listener) error {
-	return sc.ServeWith(ctx, Listeners{Proxy: proxy, Auth: auth})
-}
-
-// Listeners are what ServeWith serves on. Auth is required; Proxy may be
-// nil when there is no upstream, GRPC when there is no grpc_listen.
-type Listeners struct {
-	Proxy, Auth net.Listener
-	// GRPC serves Envoy's ext_authz gRPC API.
-	GRPC net.Listener
-}
-
-// ServeWith is Serve with the gRPC ext_authz listener too.
-func (sc *Sidecar) ServeWith(ctx context.Context, l Listeners) error {
-	proxy, auth := l.Proxy, l.Auth
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	sc.Start(ctx)
-
-	servers := []*http.Server{sc.server(sc.authHandler())}
-	lns := []net.Listener{auth}
-	if proxy != nil {
-		servers = append(servers, sc.server(sc.proxyHandler()))
-		lns = append(lns, proxy)
-	}
-	errc := make(chan error, len(servers)+1)
-	for i := range servers {
-		go func(srv *http.Server, l net.Listener) {
-			if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				errc <- err
-			}
-		}(servers[i], lns[i])
-	}
-	var grpcSrv *grpc.Server
-	if l.GRPC != nil {
-		grpcSrv = sc.grpcServer()
-		go func() {
-			// nil after GracefulStop or Stop; anything else is the
-			// listener failing.
-			if err := grpcSrv.Serve(l.GRPC); err != nil {
-				errc <- fmt.Errorf("grpc_listen: %w", err)
-			}
-		}()
-	} else if sc.s.grpcListen != "" {
-		sc.log.Warn("grpc_listen is set but no gRPC listener was given (Serve); gRPC ext_authz is off", "grpc_listen", sc.s.grpcListen)
-	}
-	sc.log.Info("serving", "auth", auth.Addr().String(), "proxy", addrOf(proxy), "grpc", addrOf(l.GRPC), "upstream", sc.s.upstream)
-	var err error
-	select {
-	case <-ctx.Done():
-	case err = <-errc:
-	}
-	shutdown, done := context.WithTimeout(context.Background(), 5*time.Second)
-	defer done()
-	// Checks in flight on gRPC finish (Envoy holds their requests until
-	// then), within the same bound as the HTTP servers, and before Stop
-	// reports what they used.
-	grpcStopped := make(chan struct{})
-	go func() {
-		if grpcSrv != nil {
-			grpcSrv.GracefulStop()
-		}
-		close(grpcStopped)
-	}()
-	for _, srv := range servers {
-		_ = srv.Shutdown(shutdown)
-	}
-	select {
-	case <-grpcStopped:
-	case <-shutdown.Done():
-		if grpcSrv != nil {
-			grpcSrv.Stop() // ends what is still in flight
-		}
-		<-grpcStopped
-	}
-	sc.Stop()
-	return err
-}
-
-// Start begins what keeps decisions current (the Vault login, the JWKS,
-// the revocation and key-record feeds, budget reservations) until ctx ends
-// or Stop. Serve calls it; a Go service that embeds the verifier
-// (Middleware) calls it itself, once.
-func (sc *Sidecar) Start(ctx context.Context) {
+// Start opens the decision log and begins what keeps decisions current
+// (the Vault login, the JWKS, the revocation and key-record feeds, budget
+// reservations) until ctx ends or Stop. Serve calls it; a Go service that
+// embeds the verifier (Middleware) calls it itself, once; later calls do
+// nothing. Its error is the decision log's file failing to open.
+func (sc *Sidecar) Start(ctx context.Context) error {
 	if !sc.started.CompareAndSwap(false, true) {
-		return // once: a second set of feeds would only leak
+		return nil // once: a second set of feeds would only leak
+	}
+	if sc.dlog != nil {
+		if err := sc.dlog.start(); err != nil {
+			sc.started.Store(false)
+			return err
+		}
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	sc.stop = cancel
@@ -291,6 +182,7 @@ func (sc *Sidecar) Start(ctx context.Context) {
 		defer sc.running.Done()
 		sc.budgets.run(ctx)
 	}()
+	return nil
 }
 
 // Stop reports what in-flight requests used and gives back the budget
@@ -306,27 +198,6 @@ func (sc *Sidecar) Stop() {
 	}
 	sc.running.Wait()
 	sc.dlog.close()
-}
-
-// server applies the configured limits, so a client cannot hold a
-// connection or a file descriptor open for nothing. There is no write
-// timeout: a streamed answer (server-sent events) may rightly take long.
-func (sc *Sidecar) server(h http.Handler) *http.Server {
-	return &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: sc.s.readHeaderTimeout,
-		ReadTimeout:       sc.s.readTimeout,
-		IdleTimeout:       sc.s.idleTimeout,
-		MaxHeaderBytes:    sc.s.maxHeaderBytes,
-		ErrorLog:          sc.log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
-	}
-}
-
-func addrOf(l net.Listener) string {
-	if l == nil {
-		return ""
-	}
-	return l.Addr().String()
 }
 
 // background logs in, keeps the token, the JWKS and the revoked set fresh.

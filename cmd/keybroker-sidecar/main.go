@@ -14,6 +14,7 @@ import (
 
 	"github.com/keybroker/keybroker/internal/version"
 	"github.com/keybroker/keybroker/sidecar"
+	"github.com/keybroker/keybroker/sidecar/extauthz"
 )
 
 func main() {
@@ -63,8 +64,26 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := sc.Run(ctx); err != nil {
+	if err := serve(ctx, sc, cfg.GRPCListen); err != nil {
 		fmt.Fprintf(os.Stderr, "keybroker-sidecar: %v\n", err)
 		os.Exit(1)
 	}
+}
+
+// serve opens the sidecar's listeners and, with grpc_listen, Envoy's
+// ext_authz over gRPC beside them, and serves until ctx ends.
+func serve(ctx context.Context, sc *sidecar.Sidecar, grpcListen string) error {
+	l, err := sc.Listen()
+	if err != nil {
+		return err
+	}
+	if grpcListen != "" {
+		g, err := extauthz.Listen(sc, grpcListen)
+		if err != nil {
+			l.Close()
+			return err
+		}
+		l.Also = append(l.Also, g)
+	}
+	return sc.Serve(ctx, l)
 }

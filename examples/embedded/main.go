@@ -5,7 +5,9 @@
 //
 //	go run ./examples/embedded -config examples/sidecar.hcl -listen 127.0.0.1:8080
 //
-// The upstream and listen settings of the file are not used here.
+// The upstream and listen settings of the file are not used here, nor is
+// grpc_listen: Envoy's ext_authz over gRPC is in sidecar/extauthz, which
+// only keybroker-sidecar imports, so this service links no gRPC.
 package main
 
 import (
@@ -37,8 +39,11 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	// Logs in to Vault, follows the JWKS, revocations and key records.
-	verifier.Start(ctx)
+	// Logs in to Vault, follows the JWKS, revocations and key records
+	// (New started nothing).
+	if err := verifier.Start(ctx); err != nil {
+		log.Fatal(err)
+	}
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /hello", func(w http.ResponseWriter, r *http.Request) {

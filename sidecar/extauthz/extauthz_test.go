@@ -1,4 +1,4 @@
-package sidecar
+package extauthz
 
 import (
 	"context"
@@ -19,7 +19,6 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.yaml.in/yaml/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -29,39 +28,25 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/keybroker/keybroker/contract"
+	"github.com/keybroker/keybroker/sidecar"
 )
 
-// grpcFixture serves the fixture's ext_authz on a loopback listener, to
-// peers in trusted (Envoy's addresses), and returns a client that connects
-// from local (an address in 127.0.0.0/8).
-func grpcFixture(t *testing.T, trusted []string, mutate func(c *Config)) (*fixture, func(local string) authv3.AuthorizationClient) {
-	t.Helper()
-	f := newFixture(t, func(c *Config) {
-		c.TrustedProxies, c.GRPCListen = trusted, "127.0.0.1:0"
-		if mutate != nil {
-			mutate(c)
-		}
-	})
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := f.sc.grpcServer()
-	go func() { _ = srv.Serve(l) }()
-	t.Cleanup(srv.Stop)
-	return f, func(local string) authv3.AuthorizationClient {
-		dial := func(ctx context.Context, addr string) (net.Conn, error) {
-			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
-			return d.DialContext(ctx, "tcp", addr)
-		}
-		conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithContextDialer(dial))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		return authv3.NewAuthorizationClient(conn)
-	}
-}
+// The reasons these tests expect, as the X-Keybroker-Reason header and the
+// body say them.
+const (
+	reasonOK                = contract.ReasonOK
+	reasonExpired           = contract.ReasonExpired
+	reasonCIDRDenied        = contract.ReasonCIDRDenied
+	reasonInsufficientScope = contract.ReasonInsufficientScope
+	reasonNoCredential      = "no_credential"
+	reasonCredentialInQuery = "credential_in_query"
+	reasonMethodOverride    = "method_override_in_query"
+	reasonBadRequest        = "bad_request"
+	reasonNonCanonicalPath  = "non_canonical_path"
+	reasonMethodNotAllowed  = "method_not_allowed"
+	reasonUntrustedGateway  = "untrusted_gateway"
+	reasonBodyTooLarge      = "body_too_large"
+)
 
 // checkRequest is what Envoy sends for a request from source (its
 // downstream peer), with headers lower-cased and repeated ones joined as
@@ -171,7 +156,7 @@ func TestGRPCAllow(t *testing.T) {
 	if len(ok.GetResponseHeadersToAdd()) != 0 {
 		t.Errorf("not metered, yet response headers %v", ok.GetResponseHeadersToAdd())
 	}
-	if n := testutil.ToFloat64(f.sc.m.decisions.WithLabelValues("grpc", "allow", reasonOK)); n != 1 {
+	if n := f.decisions(t, "grpc", "allow", reasonOK); n != 1 {
 		t.Errorf("grpc allow counted %v times", n)
 	}
 
@@ -207,11 +192,12 @@ func TestGRPCAllow(t *testing.T) {
 
 // Every denial is the one the HTTP paths give, byte for byte: status,
 // headers and body, here compared with the proxy's answer to the same
-// request.
+// request (as the middleware gives it: the same writer).
 func TestGRPCDenials(t *testing.T) {
-	f, client := grpcFixture(t, []string{"127.0.0.1"}, func(c *Config) { c.MaxRequestBodyBytes = ptr(int64(100)) })
+	f, client := grpcFixture(t, []string{"127.0.0.1"}, func(c *sidecar.Config) { c.MaxRequestBodyBytes = ptr(int64(100)) })
 	c := client("127.0.0.1")
-	proxy := f.sc.proxyHandler()
+	// The middleware answers a denial exactly as the reverse proxy does.
+	proxy := f.sc.Middleware(http.NotFoundHandler())
 	reader := f.jwt(t, "any read", time.Hour)
 	expired := f.jwt(t, "any read", -time.Hour)
 	bearer := func(tok string) http.Header { return hdr("Authorization", "Bearer "+tok) }
@@ -308,7 +294,7 @@ func TestGRPCDenials(t *testing.T) {
 
 // What only the gRPC path can get wrong: who asks, and what it reports.
 func TestGRPCRequestChecks(t *testing.T) {
-	f, client := grpcFixture(t, []string{"127.0.0.2"}, func(c *Config) { c.MaxRequestBodyBytes = ptr(int64(100)) })
+	f, client := grpcFixture(t, []string{"127.0.0.2"}, func(c *sidecar.Config) { c.MaxRequestBodyBytes = ptr(int64(100)) })
 	reader := f.jwt(t, "any read", time.Hour)
 	trusted := client("127.0.0.2")
 	noHTTP := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{Request: &authv3.AttributeContext_Request{}}}
@@ -356,10 +342,10 @@ func TestGRPCRequestChecks(t *testing.T) {
 			}
 		})
 	}
-	if n := testutil.ToFloat64(f.sc.m.decisions.WithLabelValues("grpc", "deny", reasonUntrustedGateway)); n != 2 {
+	if n := f.decisions(t, "grpc", "deny", reasonUntrustedGateway); n != 2 {
 		t.Errorf("untrusted peers counted %v times, want 2", n)
 	}
-	if n := testutil.ToFloat64(f.sc.m.decisions.WithLabelValues("grpc", "deny", reasonBadRequest)); n != 8 {
+	if n := f.decisions(t, "grpc", "deny", reasonBadRequest); n != 8 {
 		t.Errorf("bad requests counted %v times, want 8", n)
 	}
 	// Within the limit, the same requests pass.
@@ -370,19 +356,15 @@ func TestGRPCRequestChecks(t *testing.T) {
 
 // A metered allow tells the client what is left (as the proxy's response
 // does), never the service; a value that cannot be a header is refused
-// rather than passed on.
+// rather than passed on. What the sidecar answers is
+// sidecar.TestCheckAllowAnswer; this is Envoy's rendering of it.
 func TestGRPCAllowAnswer(t *testing.T) {
-	sc := testBudgets(t)
-	now := time.Now()
-	m := &meter{id: "k", central: 100}
-	m.cur = &chunk{granted: 10, periodEnd: now.Add(time.Hour), expiresAt: now.Add(time.Minute)}
-	h, _, _ := m.tryLocked(now, 3, false)
-	if h == nil {
-		t.Fatal("no hold")
+	v := sidecar.Verdict{Allowed: true, Status: http.StatusOK, Reason: reasonOK, Response: []sidecar.Field{{Name: "X-Budget-Remaining", Value: "7"}}}
+	for _, name := range contract.IdentityHeaders() {
+		v.Set = append(v.Set, sidecar.Field{Name: name})
 	}
-	h.b = sc.budgets
-	d := decision{status: http.StatusOK, reason: reasonOK, id: &identity{id: "kid", subject: "key:kid", role: "svc", scopes: []string{"read"}}, hold: h, rt: &route{cost: 1}}
-	ok, err := grpcAllow(d, http.Header{}, func(string) bool { return false })
+	v.Set[0].Value = "key:kid"
+	ok, err := okResponse(&v)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -390,12 +372,12 @@ func TestGRPCAllowAnswer(t *testing.T) {
 		t.Fatalf("response headers %v, want x-budget-remaining", ok.GetResponseHeadersToAdd())
 	}
 	for _, o := range ok.GetHeaders() {
-		if strings.EqualFold(o.GetHeader().GetKey(), headerRemaining) {
+		if strings.EqualFold(o.GetHeader().GetKey(), "X-Budget-Remaining") {
 			t.Fatalf("X-Budget-Remaining goes to the service: %v", o)
 		}
 	}
-	d.id.subject = "bad\nvalue"
-	if _, err := grpcAllow(d, http.Header{}, func(string) bool { return false }); err == nil || strings.Contains(err.Error(), "bad") {
+	v.Set[0].Value = "bad\nvalue"
+	if _, err := okResponse(&v); err == nil || strings.Contains(err.Error(), "bad") {
 		t.Fatalf("a control character in an identity value: %v", err)
 	}
 }
@@ -404,7 +386,7 @@ func TestGRPCAllowAnswer(t *testing.T) {
 // accept, and it asks the sidecar the way this service answers: ext_authz
 // over gRPC (HTTP/2) to 127.0.0.1:9001, failing closed, no body.
 func TestExampleEnvoyConfig(t *testing.T) {
-	b, err := os.ReadFile(filepath.Join("..", "examples", "envoy.yaml"))
+	b, err := os.ReadFile(filepath.Join("..", "..", "examples", "envoy.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -481,48 +463,10 @@ func TestExampleEnvoyConfig(t *testing.T) {
 	}
 }
 
-// grpc_listen needs trusted_proxies, as gateway does, and -check-config
-// shows it.
-func TestGRPCListenConfig(t *testing.T) {
-	base := func() *Config {
-		return &Config{Audiences: []string{"svc"}, Vault: &VaultConfig{RoleID: "r", SecretIDFile: "/s"}, GRPCListen: "127.0.0.1:9001"}
-	}
-	for name, tc := range map[string]struct {
-		mut  func(c *Config)
-		want string
-	}{
-		"no trusted proxies": {func(c *Config) {}, "list Envoy's address in trusted_proxies"},
-		"not host:port":      {func(c *Config) { c.TrustedProxies = []string{"127.0.0.1"}; c.GRPCListen = "9001" }, "must be host:port"},
-	} {
-		c := base()
-		tc.mut(c)
-		if _, err := c.settings(); err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%s: %v, want an error about %q", name, err, tc.want)
-		}
-	}
-	c := base()
-	c.TrustedProxies = []string{"127.0.0.1"}
-	out, err := CheckConfig(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var eff map[string]interface{}
-	if err := json.Unmarshal(out, &eff); err != nil {
-		t.Fatal(err)
-	}
-	if eff["grpc_listen"] != "127.0.0.1:9001" {
-		t.Fatalf("grpc_listen = %v", eff["grpc_listen"])
-	}
-	c.GRPCListen = ""
-	if out, _ := CheckConfig(c); !strings.Contains(string(out), `"grpc_listen": ""`) {
-		t.Fatalf("grpc_listen off: %s", out)
-	}
-}
-
-// ServeWith serves ext_authz on the gRPC listener beside the HTTP ones, and
+// Serve serves ext_authz on the gRPC listener beside the HTTP ones, and
 // stops it with them.
-func TestServeWithGRPC(t *testing.T) {
-	f := newFixture(t, func(c *Config) { c.TrustedProxies, c.GRPCListen = []string{"127.0.0.1"}, "127.0.0.1:0" })
+func TestServeGRPC(t *testing.T) {
+	f := newFixture(t, func(c *sidecar.Config) { c.TrustedProxies, c.GRPCListen = []string{"127.0.0.1"}, "127.0.0.1:0" })
 	listen := func() net.Listener {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -533,7 +477,7 @@ func TestServeWithGRPC(t *testing.T) {
 	auth, g := listen(), listen()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- f.sc.ServeWith(ctx, Listeners{Auth: auth, GRPC: g}) }()
+	go func() { done <- f.sc.Serve(ctx, sidecar.Listeners{Auth: auth, Also: []sidecar.Server{New(f.sc, g)}}) }()
 	conn, err := grpc.NewClient(g.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -541,7 +485,7 @@ func TestServeWithGRPC(t *testing.T) {
 	defer conn.Close()
 	resp := check(t, authv3.NewAuthorizationClient(conn), checkRequest("GET", "/public", "127.0.0.9", nil))
 	if resp.GetStatus().GetCode() != int32(codes.OK) {
-		t.Fatalf("public through ServeWith: %v", resp)
+		t.Fatalf("public through Serve: %v", resp)
 	}
 	cancel()
 	select {
@@ -550,10 +494,10 @@ func TestServeWithGRPC(t *testing.T) {
 			t.Fatal(err)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("ServeWith did not stop")
+		t.Fatal("Serve did not stop")
 	}
 	if c, err := net.DialTimeout("tcp", g.Addr().String(), time.Second); err == nil {
 		c.Close()
-		t.Fatal("the gRPC listener is still open after ServeWith returned")
+		t.Fatal("the gRPC listener is still open after Serve returned")
 	}
 }
