@@ -6,7 +6,6 @@ package sidecar
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"net/url"
 	"time"
@@ -323,11 +322,4 @@ func (p *problems) duration(name, in string, def time.Duration, out *time.Durati
 	}
 	*out = v
 	return true
-}
-
-// hostPort checks a listener's address.
-func (p *problems) hostPort(name, addr, example string) {
-	if _, _, err := net.SplitHostPort(addr); err != nil {
-		p.addf("%s %q must be host:port, such as %s", name, addr, example)
-	}
 }

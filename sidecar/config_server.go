@@ -17,8 +17,9 @@ func validateServer(c *Config, s *settings) []error {
 	s.listen = cmp.Or(c.Listen, "127.0.0.1:8080")
 	s.authListen = cmp.Or(c.AuthListen, "127.0.0.1:8081")
 	s.grpcListen = c.GRPCListen
-	p.hostPort("listen", s.listen, "127.0.0.1:8080")
-	p.hostPort("auth_listen", s.authListen, "127.0.0.1:8081")
+	// listen and auth_listen are checked by net.Listen when the binary
+	// opens them: an embedder opens neither, and listen is unused without
+	// an upstream.
 	p.add(checkGRPCListen(s.grpcListen, len(c.TrustedProxies)))
 	if c.Upstream != "" {
 		u, err := url.Parse(c.Upstream)

@@ -24,11 +24,11 @@ func TestConfigReportsEveryError(t *testing.T) {
 	}{
 		"listener, rate limit and route": {
 			func(c *Config) {
-				c.Listen = "8080"
+				c.Upstream = "ftp://x"
 				c.RateLimitScope = "global"
 				c.Routes = []RouteConfig{{PathPrefix: "/x", Delegation: "maybe"}}
 			},
-			[]string{`listen "8080" must be host:port`, `rate_limit_scope must be "sidecar" or "cluster", got "global"`, `route "/x": delegation must be`},
+			[]string{`upstream "ftp://x" must be an http or https URL`, `rate_limit_scope must be "sidecar" or "cluster", got "global"`, `route "/x": delegation must be`},
 		},
 		"one per block": {
 			func(c *Config) {
@@ -123,17 +123,15 @@ func runBlock(t *testing.T, validate func(*Config, *settings) []error, cases map
 
 func TestValidateServer(t *testing.T) {
 	runBlock(t, validateServer, map[string]configBlockCase{
-		"listen without port":      {func(c *Config) { c.Listen = "127.0.0.1" }, `listen "127.0.0.1" must be host:port`},
-		"auth_listen without host": {func(c *Config) { c.AuthListen = "8081" }, `auth_listen "8081" must be host:port`},
-		"grpc_listen untrusted":    {func(c *Config) { c.GRPCListen = "127.0.0.1:9001" }, "list Envoy's address in trusted_proxies"},
-		"upstream not http":        {func(c *Config) { c.Upstream = "ftp://x" }, "must be an http or https URL"},
-		"upstream without host":    {func(c *Config) { c.Upstream = "http://" }, "must be an http or https URL"},
-		"bad duration":             {func(c *Config) { c.ReadTimeout = "a minute" }, `read_timeout "a minute" must be a positive duration`},
-		"zero duration":            {func(c *Config) { c.IdleTimeout = "0s" }, "idle_timeout"},
-		"negative duration":        {func(c *Config) { c.ReadHeaderTimeout = "-1s" }, "read_header_timeout"},
-		"huge header limit":        {func(c *Config) { c.MaxHeaderBytes = 1 << 30 }, "max_header_bytes must be between"},
-		"tiny header limit":        {func(c *Config) { c.MaxHeaderBytes = 100 }, "max_header_bytes must be between"},
-		"negative body limit":      {func(c *Config) { c.MaxRequestBodyBytes = ptr(int64(-1)) }, "max_request_body_bytes must not be negative"},
+		"grpc_listen untrusted": {func(c *Config) { c.GRPCListen = "127.0.0.1:9001" }, "list Envoy's address in trusted_proxies"},
+		"upstream not http":     {func(c *Config) { c.Upstream = "ftp://x" }, "must be an http or https URL"},
+		"upstream without host": {func(c *Config) { c.Upstream = "http://" }, "must be an http or https URL"},
+		"bad duration":          {func(c *Config) { c.ReadTimeout = "a minute" }, `read_timeout "a minute" must be a positive duration`},
+		"zero duration":         {func(c *Config) { c.IdleTimeout = "0s" }, "idle_timeout"},
+		"negative duration":     {func(c *Config) { c.ReadHeaderTimeout = "-1s" }, "read_header_timeout"},
+		"huge header limit":     {func(c *Config) { c.MaxHeaderBytes = 1 << 30 }, "max_header_bytes must be between"},
+		"tiny header limit":     {func(c *Config) { c.MaxHeaderBytes = 100 }, "max_header_bytes must be between"},
+		"negative body limit":   {func(c *Config) { c.MaxRequestBodyBytes = ptr(int64(-1)) }, "max_request_body_bytes must not be negative"},
 	})
 }
 
