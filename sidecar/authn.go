@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/keybroker/keybroker/contract"
 )
 
@@ -56,28 +58,30 @@ type authenticators struct {
 	bearerKey, bearerJWT, dpopKey, dpopJWT authenticator
 }
 
-func newAuthenticators(sc *Sidecar) authenticators {
-	key, jwt := apiKey{sc}, agentJWT{sc}
+// newAuthenticators pairs each credential kind with each way of presenting
+// it; proofs is nil when DPoP is off, and dpopCounted counts DPoP requests
+// by result.
+func newAuthenticators(key, jwt credentialKind, proofs *dpopProofs, dpopCounted *prometheus.CounterVec) authenticators {
 	return authenticators{
 		bearerKey: bearer{key}, bearerJWT: bearer{jwt},
-		dpopKey: dpopBound{sc, key}, dpopJWT: dpopBound{sc, jwt},
+		dpopKey: dpopBound{proofs, key, dpopCounted}, dpopJWT: dpopBound{proofs, jwt, dpopCounted},
 	}
 }
 
-// authenticatorFor picks how a presentation is authenticated: the kind of
-// credential by its shape (a JWT or an API key), DPoP or bearer by the
-// Authorization scheme.
-func (sc *Sidecar) authenticatorFor(p *presentation) authenticator {
+// of picks how a presentation is authenticated: the kind of credential by
+// its shape (a JWT or an API key), DPoP or bearer by the Authorization
+// scheme.
+func (a *authenticators) of(p *presentation) authenticator {
 	jwt := contract.LooksLikeJWT(p.cred)
 	switch {
 	case p.dpop && jwt:
-		return sc.authn.dpopJWT
+		return a.dpopJWT
 	case p.dpop:
-		return sc.authn.dpopKey
+		return a.dpopKey
 	case jwt:
-		return sc.authn.bearerJWT
+		return a.bearerJWT
 	}
-	return sc.authn.bearerKey
+	return a.bearerKey
 }
 
 // presentedFrom reads the credential from Authorization (Bearer or DPoP)

@@ -30,7 +30,7 @@ func (f *fixture) boundJWT(t *testing.T, k *dpoptest.Key, id string) string {
 }
 
 func decideWith(sc *Sidecar, method, target string, h http.Header) decision {
-	return sc.decide(context.Background(), request{method: method, target: target, header: h, clientIP: netip.MustParseAddr("127.0.0.1")})
+	return sc.core.decide(context.Background(), request{method: method, target: target, header: h, clientIP: netip.MustParseAddr("127.0.0.1")})
 }
 
 func dpopHeaders(token, proof string) http.Header {
@@ -233,7 +233,7 @@ func TestDPoPReplayFairAcrossClients(t *testing.T) {
 		c.ID, c.Subject, c.Cnf = "jti-attacker-"+strconv.Itoa(i), "attacker-"+strconv.Itoa(i), &jwtverify.Confirmation{JKT: k.JKT}
 		tok := f.sign(t, c)
 		for range 30 { // under the lineage's share: 40 keys' worth is more than the cache
-			d := f.sc.decide(context.Background(), request{method: "GET", target: "/v1/items", header: dpopHeaders(tok, k.Proof(t, "GET", url, tok, time.Now(), nil)), clientIP: attacker})
+			d := f.sc.core.decide(context.Background(), request{method: "GET", target: "/v1/items", header: dpopHeaders(tok, k.Proof(t, "GET", url, tok, time.Now(), nil)), clientIP: attacker})
 			switch {
 			case d.allowed():
 				allowed++
@@ -254,7 +254,7 @@ func TestDPoPReplayFairAcrossClients(t *testing.T) {
 		tok := f.sign(t, c)
 		ip := netip.MustParseAddr("127.0.1." + strconv.Itoa(i+1))
 		for range 20 {
-			if d := f.sc.decide(context.Background(), request{method: "GET", target: "/v1/items", header: dpopHeaders(tok, k.Proof(t, "GET", url, tok, time.Now(), nil)), clientIP: ip}); !d.allowed() {
+			if d := f.sc.core.decide(context.Background(), request{method: "GET", target: "/v1/items", header: dpopHeaders(tok, k.Proof(t, "GET", url, tok, time.Now(), nil)), clientIP: ip}); !d.allowed() {
 				t.Fatalf("another client, after the first filled its share: %d %s", d.status, d.reason)
 			}
 		}
@@ -272,15 +272,15 @@ func TestDPoPConcurrentReplay(t *testing.T) {
 	// record itself must refuse the second.
 	proof := k.Proof(t, "GET", url, tok, time.Now(), nil)
 	p := presentation{cred: tok, dpop: true, proof: proof, method: "GET", rawPath: "/v1/items", clientIP: netip.MustParseAddr("127.0.0.1")}
-	id1, d1 := f.sc.authenticatorFor(&p).authenticate(context.Background(), p)
-	id2, d2 := f.sc.authenticatorFor(&p).authenticate(context.Background(), p)
+	id1, d1 := f.sc.core.authn.of(&p).authenticate(context.Background(), p)
+	id2, d2 := f.sc.core.authn.of(&p).authenticate(context.Background(), p)
 	if id1 == nil || id2 == nil || d1.proofID == "" || d1.proofID != d2.proofID {
 		t.Fatalf("authenticate: %v %v %+v %+v", id1, id2, d1, d2)
 	}
-	if _, ok := f.sc.recordProof(d1.proofID, id1, p.clientIP); !ok {
+	if _, ok := f.sc.dpop.record(d1.proofID, id1, p.clientIP); !ok {
 		t.Fatal("the first record was refused")
 	}
-	if d, ok := f.sc.recordProof(d2.proofID, id2, p.clientIP); ok || d.reason != reasonProofReplayed {
+	if d, ok := f.sc.dpop.record(d2.proofID, id2, p.clientIP); ok || d.reason != reasonProofReplayed {
 		t.Fatalf("the second record of one proof: %v %s", ok, d.reason)
 	}
 	for round := range 20 {

@@ -43,14 +43,16 @@ type clientGate struct {
 // lookups or for a free Vault slot before it is refused.
 const maxLookupWait = 2 * time.Second
 
-func newFloodGuard(s *settings) (*floodGuard, error) {
-	clients, err := lru.New[netip.Prefix, *clientGate](s.cacheSize)
+// newFloodGuard holds up to size clients, each refilled at perSecond up to
+// burst, with at most inFlight lookups at Vault.
+func newFloodGuard(size int, perSecond float64, burst, inFlight int) (*floodGuard, error) {
+	clients, err := lru.New[netip.Prefix, *clientGate](size)
 	if err != nil {
 		return nil, err
 	}
 	return &floodGuard{
-		rate: rate.Limit(s.failedAuthRate), burst: s.failedAuthBurst,
-		clients: clients, vault: semaphore.NewWeighted(int64(s.verifyConcurrency)),
+		rate: rate.Limit(perSecond), burst: burst,
+		clients: clients, vault: semaphore.NewWeighted(int64(inFlight)),
 	}, nil
 }
 

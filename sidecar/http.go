@@ -149,7 +149,7 @@ func (sc *Sidecar) authHandler() http.Handler {
 		_ = json.NewEncoder(w).Encode(map[string]interface{}{
 			"status":                   status,
 			"feeds":                    feeds,
-			"jwks_age_seconds":         sinceNanos(sc.jwksOK.Load()),
+			"jwks_age_seconds":         sinceNanos(sc.jwks.fetchedAt.Load()),
 			"revocation_feed_lag_secs": sinceNanos(sc.feedOK.Load()),
 		})
 	})
@@ -210,31 +210,16 @@ func (sc *Sidecar) serveVerify(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 }
 
+// timedDecide decides a front end's request (mode names the front end), and
+// records the decision.
 func (sc *Sidecar) timedDecide(mode string, r *http.Request, req request) decision {
-	return sc.timedDecideCtx(r.Context(), mode, req)
+	return sc.core.decideAs(r.Context(), mode, req)
 }
 
 // timedDecideCtx is timedDecide for a caller that has no *http.Request
 // (the gRPC ext_authz service): the request is only ever its context.
 func (sc *Sidecar) timedDecideCtx(ctx context.Context, mode string, req request) decision {
-	start := time.Now()
-	d := sc.decide(ctx, req)
-	sc.m.latency.WithLabelValues(mode).Observe(time.Since(start).Seconds())
-	outcome := "allow"
-	if !d.allowed() {
-		outcome = "deny"
-	}
-	sc.m.decisions.WithLabelValues(mode, outcome, d.reason).Inc()
-	if d.degraded {
-		sc.m.degraded.Inc()
-	}
-	if sc.dlog != nil {
-		sc.dlog.decided(mode, start, &req, &d)
-	}
-	if d.allowed() && d.id != nil && !d.id.jwt && sc.s.usageReport > 0 && !sc.usageOff.Load() {
-		sc.sawKey(d.id, req.clientIP, start)
-	}
-	return d
+	return sc.core.decideAs(ctx, mode, req)
 }
 
 // writeDenial answers per RFC 6750: 401 invalid_token, 403
