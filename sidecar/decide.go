@@ -173,30 +173,22 @@ func (c *decider) presented(r request, t *located) (presentation, decision, bool
 		// The route's scopes go in the challenge: what to ask a token for.
 		return p, decision{status: http.StatusUnauthorized, reason: reasonNoCredential, dpop: c.opts.dpop, scope: strings.Join(t.rt.scopes, " ")}, false
 	}
-	if d, ok := c.feedsKnown(p.cred); !ok {
-		return p, d, false
-	}
-	if c.opts.requireDPoP && !p.dpop {
+	// A credential whose check depends on a feed not yet read to its end
+	// is refused before any check, so no Vault call is made for it: every
+	// credential on the revocation feed (the revoked set is checked for
+	// both kinds), an API key on the key-record feed when key_replica is
+	// on (suspensions and revocations of keys arrive there; the plugin's
+	// verify would be asked about keys a replica should hold).
+	switch {
+	case !c.revocations.known():
+		return p, decision{status: http.StatusServiceUnavailable, reason: reasonRevocationsUnknown, retryAfter: feedRetryAfter}, false
+	case c.keyRecords != nil && !contract.LooksLikeJWT(p.cred) && !c.keyRecords.known():
+		return p, decision{status: http.StatusServiceUnavailable, reason: reasonKeyRecordsUnknown, retryAfter: feedRetryAfter}, false
+	case c.opts.requireDPoP && !p.dpop:
 		return p, decision{status: http.StatusUnauthorized, reason: reasonDPoPRequired, dpop: true}, false
 	}
 	p.method, p.rawPath, p.clientIP = r.method, t.rawPath, r.clientIP
 	return p, decision{}, true
-}
-
-// feedsKnown refuses a credential whose check depends on a feed not yet
-// read to its end: every credential on the revocation feed (the revoked set
-// is checked for both kinds), an API key on the key-record feed when
-// key_replica is on (suspensions and revocations of keys arrive there; the
-// plugin's verify would be asked about keys a replica should hold).
-// Refused before any check, so no Vault call is made for it.
-func (c *decider) feedsKnown(cred string) (decision, bool) {
-	switch {
-	case !c.revocations.known():
-		return decision{status: http.StatusServiceUnavailable, reason: reasonRevocationsUnknown, retryAfter: feedRetryAfter}, false
-	case c.keyRecords != nil && !contract.LooksLikeJWT(cred) && !c.keyRecords.known():
-		return decision{status: http.StatusServiceUnavailable, reason: reasonKeyRecordsUnknown, retryAfter: feedRetryAfter}, false
-	}
-	return decision{}, true
 }
 
 // feedRetryAfter is the Retry-After of a refusal for a feed not yet read:
@@ -242,24 +234,39 @@ func prefixesAllow(cidrs []netip.Prefix, ip netip.Addr) bool {
 	return false
 }
 
-// admit spends what an allowed request spends: a request of its rate
-// limits, a hold on its budget, then its DPoP proof. The proof comes last,
-// once everything else allowed the request, so a proof is recorded for
-// nothing that is refused. Recording is what makes a proof spent
-// (atomically: of two requests with one proof, one passes), so what it
-// refuses gives back the budget held.
+// admit spends what an allowed request spends, in this order:
+//   - a request of its rate limits: this sidecar's own bucket, then the
+//     cluster's window (asked only when the own bucket allows, which bounds
+//     how often);
+//   - a hold on its budget, when it is metered and the route charges: the
+//     route's cost when it is known before the request runs, else the most
+//     one request may cost;
+//   - its DPoP proof, last, once everything else allowed the request, so a
+//     proof is recorded for nothing that is refused. Recording is what makes
+//     a proof spent (atomically: of two requests with one proof, one
+//     passes), so what it refuses gives back the budget held.
 func (c *decider) admit(ctx context.Context, r request, t *located, id *identity, authd decision) decision {
 	rt := t.rt
 	if id.rate != nil {
-		if d, ok := c.rateAllows(ctx, id); !ok {
-			d.openai = rt.openaiUsage
-			return d
+		wait, ok := c.rate.allow(ctx, id)
+		if ok && c.clusterRate != nil {
+			wait, ok = c.clusterRate.allow(ctx, id)
+		}
+		if !ok {
+			return decision{status: http.StatusTooManyRequests, reason: reasonRateLimited, retryAfter: wait, openai: rt.openaiUsage}
 		}
 	}
-	h, d, ok := c.hold(ctx, id, rt)
-	if !ok {
-		d.openai = rt.openaiUsage
-		return d
+	var h *hold
+	if id.budget != nil && (rt.cost > 0 || rt.usageHeader != "" || rt.openaiUsage) {
+		amount := id.budget.MaxCost
+		if rt.usageHeader == "" && !rt.openaiUsage {
+			amount = rt.cost
+		}
+		var denied decision
+		if h, denied = c.budgets.acquire(ctx, id, max(1, amount)); h == nil {
+			denied.openai = rt.openaiUsage
+			return denied
+		}
 	}
 	if authd.proofID != "" {
 		if refused, ok := c.proofs.record(authd.proofID, id, r.clientIP); !ok {
@@ -269,33 +276,4 @@ func (c *decider) admit(ctx context.Context, r request, t *located, id *identity
 		}
 	}
 	return decision{status: http.StatusOK, reason: reasonOK, id: id, degraded: authd.degraded, rt: rt, path: t.path, query: t.query, hold: h}
-}
-
-// rateAllows takes a request from the credential's own bucket, then from
-// the cluster's window.
-func (c *decider) rateAllows(ctx context.Context, id *identity) (decision, bool) {
-	wait, ok := c.rate.allow(ctx, id)
-	if ok && c.clusterRate != nil {
-		wait, ok = c.clusterRate.allow(ctx, id)
-	}
-	if !ok {
-		return decision{status: http.StatusTooManyRequests, reason: reasonRateLimited, retryAfter: wait}, false
-	}
-	return decision{}, true
-}
-
-// hold holds the request's cost of a metered credential's budget: the
-// route's cost when it is known before the request runs, else the most one
-// request may cost. Nothing is held (nil) for a credential without a
-// budget, or on a route that charges nothing.
-func (c *decider) hold(ctx context.Context, id *identity, rt *route) (*hold, decision, bool) {
-	if id.budget == nil || !(rt.cost > 0 || rt.usageHeader != "" || rt.openaiUsage) {
-		return nil, decision{}, true
-	}
-	amount := id.budget.MaxCost
-	if rt.usageHeader == "" && !rt.openaiUsage {
-		amount = rt.cost // known before the request runs
-	}
-	h, denied := c.budgets.acquire(ctx, id, max(1, amount))
-	return h, denied, h != nil
 }

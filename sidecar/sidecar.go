@@ -393,7 +393,7 @@ func (sc *Sidecar) pollRevocations(ctx context.Context) {
 // Ready reports whether the sidecar has a verifier and keys, and has read
 // the revocation feed (and, with key_replica, the key-record feed) to its
 // end once: until then it refuses the credentials that depend on them
-// (feedsKnown).
+// (decider.presented).
 func (sc *Sidecar) Ready() bool {
 	return sc.jwks.ready() && sc.revFeed.known() && (sc.replica == nil || sc.keyFeed.known())
 }
