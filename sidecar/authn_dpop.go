@@ -10,6 +10,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keybroker/keybroker/jwtverify"
+	"github.com/keybroker/keybroker/sidecar/internal/clientkey"
+	"github.com/keybroker/keybroker/sidecar/internal/dpopreplay"
 )
 
 // dpopBound authenticates a credential presented with the DPoP scheme
@@ -29,13 +31,13 @@ type dpopProofs struct {
 	// htu names it; the request's raw path completes the URI.
 	origin         string
 	maxAge, leeway time.Duration
-	replay         *replayCache
+	replay         *dpopreplay.Cache
 	counted        *prometheus.CounterVec // by result
 	log            hclog.Logger
 }
 
 func newDPoPProofs(origin string, maxAge, leeway time.Duration, replaySize int, counted *prometheus.CounterVec, log hclog.Logger) *dpopProofs {
-	return &dpopProofs{origin: origin, maxAge: maxAge, leeway: leeway, replay: newReplayCache(replaySize), counted: counted, log: log}
+	return &dpopProofs{origin: origin, maxAge: maxAge, leeway: leeway, replay: dpopreplay.New(replaySize), counted: counted, log: log}
 }
 
 func (a dpopBound) authenticate(ctx context.Context, p presentation) (*identity, decision) {
@@ -87,7 +89,7 @@ func (pp *dpopProofs) check(p presentation, id *identity) (proofID, refusal stri
 	// two requests racing with one proof, the one recorded first passes;
 	// the other is refused there.
 	proofID = id.jkt + "\x00" + proof.JTI
-	if pp.replay.has(proofID, now) {
+	if pp.replay.Seen(proofID, now) {
 		return "", reasonProofReplayed
 	}
 	pp.counted.WithLabelValues("ok").Inc()
@@ -102,14 +104,14 @@ func (pp *dpopProofs) check(p presentation, id *identity) (proofID, refusal stri
 func (pp *dpopProofs) record(proofID string, id *identity, client netip.Addr) (decision, bool) {
 	now := time.Now()
 	window := pp.maxAge + pp.leeway + time.Second
-	switch err := pp.replay.add(proofID, id.lineage(), clientKey(client), now.Add(window), now); err {
+	switch err := pp.replay.Add(proofID, id.lineage(), clientkey.Of(client), now.Add(window), now); err {
 	case nil:
 		return decision{}, true
-	case errReplayed:
+	case dpopreplay.ErrReplayed:
 		return refuseProof(pp.counted, reasonProofReplayed), false
-	case errReplayMany, errReplayClient:
+	case dpopreplay.ErrLineageQuota, dpopreplay.ErrClientQuota:
 		label := "replay_quota"
-		if err == errReplayClient {
+		if err == dpopreplay.ErrClientQuota {
 			label = "replay_quota_client"
 		}
 		pp.counted.WithLabelValues(label).Inc()

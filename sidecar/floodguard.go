@@ -10,6 +10,8 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 	"golang.org/x/sync/semaphore"
 	"golang.org/x/time/rate"
+
+	"github.com/keybroker/keybroker/sidecar/internal/clientkey"
 )
 
 // floodGuard bounds the Vault calls that unknown API keys can cause. A key's
@@ -56,22 +58,8 @@ func newFloodGuard(size int, perSecond float64, burst, inFlight int) (*floodGuar
 	}, nil
 }
 
-// clientKey groups addresses one client can easily hold (the flood guard
-// and the DPoP replay cache count clients by it): an IPv6 host
-// usually has a whole /64. An unknown address shares one bucket.
-func clientKey(ip netip.Addr) netip.Prefix {
-	switch {
-	case !ip.IsValid():
-		return netip.Prefix{}
-	case ip.Is4():
-		return netip.PrefixFrom(ip, 32)
-	}
-	p, _ := ip.Prefix(64)
-	return p
-}
-
 func (fg *floodGuard) gate(ip netip.Addr) *clientGate {
-	k := clientKey(ip)
+	k := clientkey.Of(ip)
 	if g, ok := fg.clients.Get(k); ok {
 		return g
 	}
