@@ -3,6 +3,8 @@ package sidecar
 import (
 	"net/netip"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // assembleDecisions builds what decides requests: the credential kinds with
@@ -20,12 +22,15 @@ func (sc *Sidecar) assembleDecisions() error {
 		cacheSize: s.cacheSize, cacheTTL: s.keyCacheTTL, negativeTTL: s.negativeCacheTTL, maxStale: s.maxStale,
 		filter: s.keyFilter, verifyPath: s.mount + "/verify",
 		failedAuthRate: s.failedAuthRate, failedAuthBurst: s.failedAuthBurst, verifyInFlow: s.verifyConcurrency,
-	}, sc.replica, sc.vault, m.keyMetrics(), sc.log)
+	}, sc.replica, sc.vault, keyMetrics{
+		hit: m.keyHit, miss: m.keyMiss, negativeHit: m.negativeHit,
+		replicaHit: m.replicaHit, replicaRefused: m.replicaRefused, replicaFallback: m.replicaFallback, vaultCalls: m.vaultCalls,
+	}, sc.log)
 	if err != nil {
 		return err
 	}
 	if s.publicOrigin != "" {
-		sc.dpop = newDPoPProofs(s.publicOrigin, s.dpopMaxAge, s.leeway, s.dpopReplaySize, m.dpopProofs, sc.log)
+		sc.dpop = newDPoPProofs(s.publicOrigin, s.dpopMaxAge, s.leeway, s.dpopReplaySize, m.dpopResults, sc.log)
 	}
 	sc.rec = &recorder{latency: m.latency, decisions: m.decisions, degraded: m.degraded}
 	if s.usageReport > 0 {
@@ -36,22 +41,22 @@ func (sc *Sidecar) assembleDecisions() error {
 		}
 	}
 	c := &decider{
-		opts:        decideOptions{allowUnmatched: s.allowUnmatched, requireDPoP: s.requireDPoP, dpop: sc.dpop != nil},
-		routes:      s,
-		revocations: sc.revFeed,
-		authn:       newAuthenticators(sc.apiKeys, sc.agentJWTs, sc.dpop, m.dpopProofs),
-		revoked:     sc.revoked,
-		budgets:     sc.budgets,
-		recorder:    sc.rec,
+		opts:           decideOptions{allowUnmatched: s.allowUnmatched, requireDPoP: s.requireDPoP, dpop: sc.dpop != nil},
+		routes:         s,
+		revocationFeed: sc.revFeed,
+		authn:          newAuthenticators(sc.apiKeys, sc.agentJWTs, sc.dpop, m.dpopResults),
+		revoked:        sc.revoked,
+		budgets:        sc.budgets,
+		rec:            sc.rec,
 	}
 	if sc.replica != nil {
-		c.keyRecords = sc.keyFeed
+		c.keyRecordFeed = sc.keyFeed
 	}
 	if c.rate, err = newLocalRate(s.cacheSize); err != nil {
 		return err
 	}
 	if sc.cluster != nil {
-		c.clusterRate = sc.cluster
+		c.cluster = sc.cluster
 	}
 	if sc.dpop != nil {
 		c.proofs = sc.dpop
@@ -59,4 +64,14 @@ func (sc *Sidecar) assembleDecisions() error {
 	sc.core = c
 	m.watch(watched{revocationsRead: &sc.feedOK, jwksFetched: &sc.jwks.fetchedAt, revoked: sc.revoked, replica: sc.replica, feeds: sc.followedFeeds()})
 	return nil
+}
+
+// newAuthenticators pairs each credential kind with each way of presenting
+// it; proofs is nil when DPoP is off, and dpopCounted counts DPoP requests
+// by result.
+func newAuthenticators(key, jwt credentialKind, proofs *dpopProofs, dpopCounted *prometheus.CounterVec) authenticators {
+	return authenticators{
+		bearerKey: bearer{key}, bearerJWT: bearer{jwt},
+		dpopKey: dpopBound{proofs, key, dpopCounted}, dpopJWT: dpopBound{proofs, jwt, dpopCounted},
+	}
 }

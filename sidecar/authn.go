@@ -6,8 +6,6 @@ import (
 	"net/netip"
 	"strings"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/keybroker/keybroker/contract"
 )
 
@@ -56,16 +54,6 @@ type presentation struct {
 // allocates nothing.
 type authenticators struct {
 	bearerKey, bearerJWT, dpopKey, dpopJWT authenticator
-}
-
-// newAuthenticators pairs each credential kind with each way of presenting
-// it; proofs is nil when DPoP is off, and dpopCounted counts DPoP requests
-// by result.
-func newAuthenticators(key, jwt credentialKind, proofs *dpopProofs, dpopCounted *prometheus.CounterVec) authenticators {
-	return authenticators{
-		bearerKey: bearer{key}, bearerJWT: bearer{jwt},
-		dpopKey: dpopBound{proofs, key, dpopCounted}, dpopJWT: dpopBound{proofs, jwt, dpopCounted},
-	}
 }
 
 // of picks how a presentation is authenticated: the kind of credential by

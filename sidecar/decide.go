@@ -22,18 +22,18 @@ import (
 type decider struct {
 	opts   decideOptions
 	routes router
-	// revocations and keyRecords say whether a feed was read to its end;
-	// keyRecords is nil without key_replica.
-	revocations, keyRecords feed
-	authn                   authenticators
-	revoked                 revocations
-	// rate is this sidecar's own bucket; clusterRate (nil unless
+	// revocationFeed and keyRecordFeed say whether a feed was read to its
+	// end; keyRecordFeed is nil without key_replica.
+	revocationFeed, keyRecordFeed feedGate
+	authn                         authenticators
+	revoked                       revokedIDs
+	// rate is this sidecar's own bucket; cluster (nil unless
 	// rate_limit_scope = "cluster") the window shared across sidecars,
 	// asked only when the own bucket allows, which bounds how often.
-	rate, clusterRate rateLimiter
-	budgets           budgetHolder
-	proofs            proofRecorder // nil: DPoP is off
-	recorder          decisionRecorder
+	rate, cluster rateLimiter
+	budgets       budgetHolder
+	proofs        proofRecorder // nil: DPoP is off
+	rec           decisionRecorder
 }
 
 // decideOptions are the settings a decision reads itself.
@@ -48,10 +48,10 @@ type (
 	router interface {
 		match(method, path string) (*route, *routeGroup)
 	}
-	feed interface {
+	feedGate interface {
 		known() bool
 	}
-	revocations interface {
+	revokedIDs interface {
 		has(id string) bool
 	}
 	// rateLimiter takes one request of id's lineage, or says how long
@@ -78,7 +78,7 @@ type (
 func (c *decider) decideAs(ctx context.Context, mode string, req request) decision {
 	start := time.Now()
 	d := c.decide(ctx, req)
-	c.recorder.decided(mode, start, req, d)
+	c.rec.decided(mode, start, req, d)
 	return d
 }
 
@@ -180,9 +180,9 @@ func (c *decider) presented(r request, t *located) (presentation, decision, bool
 	// on (suspensions and revocations of keys arrive there; the plugin's
 	// verify would be asked about keys a replica should hold).
 	switch {
-	case !c.revocations.known():
+	case !c.revocationFeed.known():
 		return p, decision{status: http.StatusServiceUnavailable, reason: reasonRevocationsUnknown, retryAfter: feedRetryAfter}, false
-	case c.keyRecords != nil && !contract.LooksLikeJWT(p.cred) && !c.keyRecords.known():
+	case c.keyRecordFeed != nil && !contract.LooksLikeJWT(p.cred) && !c.keyRecordFeed.known():
 		return p, decision{status: http.StatusServiceUnavailable, reason: reasonKeyRecordsUnknown, retryAfter: feedRetryAfter}, false
 	case c.opts.requireDPoP && !p.dpop:
 		return p, decision{status: http.StatusUnauthorized, reason: reasonDPoPRequired, dpop: true}, false
@@ -249,8 +249,8 @@ func (c *decider) admit(ctx context.Context, r request, t *located, id *identity
 	rt := t.rt
 	if id.rate != nil {
 		wait, ok := c.rate.allow(ctx, id)
-		if ok && c.clusterRate != nil {
-			wait, ok = c.clusterRate.allow(ctx, id)
+		if ok && c.cluster != nil {
+			wait, ok = c.cluster.allow(ctx, id)
 		}
 		if !ok {
 			return decision{status: http.StatusTooManyRequests, reason: reasonRateLimited, retryAfter: wait, openai: rt.openaiUsage}

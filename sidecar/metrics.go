@@ -25,7 +25,7 @@ type metrics struct {
 	usageDropped   prometheus.Counter
 	costOverHold   prometheus.Counter
 	usageFallbacks *prometheus.CounterVec
-	dpopProofs     *prometheus.CounterVec
+	dpopResults    *prometheus.CounterVec
 
 	decisionLogDropped prometheus.Counter
 
@@ -73,7 +73,7 @@ func (m *metrics) decisionSeries() {
 		Name: "keybroker_sidecar_degraded_decisions_total",
 		Help: "API key decisions served from a stale cache entry because Vault was unreachable.",
 	})
-	m.dpopProofs = prometheus.NewCounterVec(prometheus.CounterOpts{
+	m.dpopResults = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "keybroker_sidecar_dpop_proofs_total",
 		Help: "Requests with the DPoP scheme by result: ok, invalid_dpop_proof, dpop_proof_replayed, dpop_not_bound, dpop_not_enabled, replay_cache_full.",
 	}, []string{"result"})
@@ -81,7 +81,7 @@ func (m *metrics) decisionSeries() {
 		Name: "keybroker_sidecar_decision_log_dropped_total",
 		Help: "Decisions not written to the decision log: its queue was full, or a write failed.",
 	})
-	m.reg.MustRegister(m.decisions, m.latency, m.cache, m.degraded, m.dpopProofs, m.decisionLogDropped)
+	m.reg.MustRegister(m.decisions, m.latency, m.cache, m.degraded, m.dpopResults, m.decisionLogDropped)
 }
 
 // vaultSeries count what the sidecar asks of Vault and what its feeds bring.
@@ -128,12 +128,6 @@ func (m *metrics) meteringSeries() {
 		Help: "Responses charged the fallback (the hold, or the route's cost) because their usage could not be read, by source (header, openai) and reason (missing, invalid, too_large, encoding).",
 	}, []string{"source", "reason"})
 	m.reg.MustRegister(m.usageDropped, m.spent, m.costOverHold, m.usageFallbacks)
-}
-
-// keyMetrics are the series the API key check counts on.
-func (m *metrics) keyMetrics() keyMetrics {
-	return keyMetrics{hit: m.keyHit, miss: m.keyMiss, negativeHit: m.negativeHit,
-		replicaHit: m.replicaHit, replicaRefused: m.replicaRefused, replicaFallback: m.replicaFallback, vaultCalls: m.vaultCalls}
 }
 
 // watched is what the gauges read, each from the component that holds it.
