@@ -12,7 +12,7 @@ import (
 // An authenticator decides who a presentation belongs to: a bearer
 // credential, or a DPoP-bound one with its proof (authn_dpop.go). Both
 // check the credential itself with its kind: an API key (authn_key.go) or
-// an agent JWT (authn_jwt.go). authenticatorFor is the one place that picks.
+// an agent JWT (authn_jwt.go). authenticators.of is the one place that picks.
 type authenticator interface {
 	authenticate(ctx context.Context, p presentation) (*identity, decision)
 }
