@@ -240,34 +240,58 @@ func (sc *Sidecar) writeDenial(w http.ResponseWriter, d decision, only2xx401403 
 	if sc.s.metadataURL != "" {
 		rm = fmt.Sprintf(`, resource_metadata=%q`, sc.s.metadataURL)
 	}
-	switch d.status {
-	case http.StatusUnauthorized:
+	if d.status == http.StatusUnauthorized {
+		challengeUnauthorized(h, body, d, rm)
+	} else {
+		denialHeaders(h, body, d, rm)
+	}
+	status := d.status
+	if only2xx401403 && status != http.StatusUnauthorized && status != http.StatusForbidden {
+		status = http.StatusForbidden
+	}
+	w.WriteHeader(status)
+	if d.openai && d.status == http.StatusTooManyRequests {
+		_ = json.NewEncoder(w).Encode(openAIError(d))
+		return
+	}
+	_ = json.NewEncoder(w).Encode(body)
+}
+
+// challengeUnauthorized is a 401's challenge and error: in the scheme the
+// credential came with, rm its resource_metadata parameter.
+func challengeUnauthorized(h http.Header, body map[string]string, d decision, rm string) {
+	switch {
+	case d.reason == reasonNoCredential:
 		scope := ""
 		if d.scope != "" {
 			scope = fmt.Sprintf(`, scope=%q`, d.scope)
 		}
-		switch {
-		case d.reason == reasonNoCredential:
-			// Bearer first even under require_dpop: OAuth clients (the
-			// MCP SDK) read resource_metadata only from a Bearer
-			// challenge, and the metadata then says DPoP is required.
-			c := `Bearer realm="keybroker"` + scope + rm
-			if d.dpop {
-				c += ", " + dpopChallenge
-			}
-			h.Set("WWW-Authenticate", c)
-			body["error"] = "invalid_request"
-		case d.dpop:
-			code := "invalid_token"
-			if d.reason == reasonInvalidProof || d.reason == reasonProofReplayed {
-				code = "invalid_dpop_proof"
-			}
-			h.Set("WWW-Authenticate", fmt.Sprintf(`%s, error=%q, error_description=%q%s`, dpopChallenge, code, d.reason, rm))
-			body["error"] = code
-		default:
-			h.Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="keybroker", error="invalid_token", error_description=%q%s`, d.reason, rm))
-			body["error"] = "invalid_token"
+		// Bearer first even under require_dpop: OAuth clients (the MCP
+		// SDK) read resource_metadata only from a Bearer challenge, and
+		// the metadata then says DPoP is required.
+		c := `Bearer realm="keybroker"` + scope + rm
+		if d.dpop {
+			c += ", " + dpopChallenge
 		}
+		h.Set("WWW-Authenticate", c)
+		body["error"] = "invalid_request"
+	case d.dpop:
+		code := "invalid_token"
+		if d.reason == reasonInvalidProof || d.reason == reasonProofReplayed {
+			code = "invalid_dpop_proof"
+		}
+		h.Set("WWW-Authenticate", fmt.Sprintf(`%s, error=%q, error_description=%q%s`, dpopChallenge, code, d.reason, rm))
+		body["error"] = code
+	default:
+		h.Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="keybroker", error="invalid_token", error_description=%q%s`, d.reason, rm))
+		body["error"] = "invalid_token"
+	}
+}
+
+// denialHeaders are what every other denial says besides its status: the
+// scope a 403 lacks, when to retry a 429 or a 503, what a 405 allows.
+func denialHeaders(h http.Header, body map[string]string, d decision, rm string) {
+	switch d.status {
 	case http.StatusForbidden:
 		if d.reason == reasonInsufficientScope {
 			scheme := `Bearer realm="keybroker"`
@@ -297,16 +321,6 @@ func (sc *Sidecar) writeDenial(w http.ResponseWriter, d decision, only2xx401403 
 			h.Set("Retry-After", strconv.FormatInt(retryAfterSeconds(d.retryAfter), 10))
 		}
 	}
-	status := d.status
-	if only2xx401403 && status != http.StatusUnauthorized && status != http.StatusForbidden {
-		status = http.StatusForbidden
-	}
-	w.WriteHeader(status)
-	if d.openai && d.status == http.StatusTooManyRequests {
-		_ = json.NewEncoder(w).Encode(openAIError(d))
-		return
-	}
-	_ = json.NewEncoder(w).Encode(body)
 }
 
 // openAIError is a 429 in the shape OpenAI's API gives one, so an OpenAI
