@@ -12,7 +12,7 @@ import (
 // An authenticator decides who a presentation belongs to: a bearer
 // credential, or a DPoP-bound one with its proof (authn_dpop.go). Both
 // check the credential itself with its kind: an API key (authn_key.go) or
-// an agent JWT (authn_jwt.go). authenticatorFor is the one place that picks.
+// an agent JWT (authn_jwt.go). authenticators.of is the one place that picks.
 type authenticator interface {
 	authenticate(ctx context.Context, p presentation) (*identity, decision)
 }
@@ -56,28 +56,20 @@ type authenticators struct {
 	bearerKey, bearerJWT, dpopKey, dpopJWT authenticator
 }
 
-func newAuthenticators(sc *Sidecar) authenticators {
-	key, jwt := apiKey{sc}, agentJWT{sc}
-	return authenticators{
-		bearerKey: bearer{key}, bearerJWT: bearer{jwt},
-		dpopKey: dpopBound{sc, key}, dpopJWT: dpopBound{sc, jwt},
-	}
-}
-
-// authenticatorFor picks how a presentation is authenticated: the kind of
-// credential by its shape (a JWT or an API key), DPoP or bearer by the
-// Authorization scheme.
-func (sc *Sidecar) authenticatorFor(p *presentation) authenticator {
+// of picks how a presentation is authenticated: the kind of credential by
+// its shape (a JWT or an API key), DPoP or bearer by the Authorization
+// scheme.
+func (a *authenticators) of(p *presentation) authenticator {
 	jwt := contract.LooksLikeJWT(p.cred)
 	switch {
 	case p.dpop && jwt:
-		return sc.authn.dpopJWT
+		return a.dpopJWT
 	case p.dpop:
-		return sc.authn.dpopKey
+		return a.dpopKey
 	case jwt:
-		return sc.authn.bearerJWT
+		return a.bearerJWT
 	}
-	return sc.authn.bearerKey
+	return a.bearerKey
 }
 
 // presentedFrom reads the credential from Authorization (Bearer or DPoP)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/keybroker/keybroker/internal/dpoptest"
 	"github.com/keybroker/keybroker/jwtverify"
+	"github.com/keybroker/keybroker/sidecar/internal/dpopreplay"
 )
 
 const testOrigin = "https://api.example.com"
@@ -30,7 +31,7 @@ func (f *fixture) boundJWT(t *testing.T, k *dpoptest.Key, id string) string {
 }
 
 func decideWith(sc *Sidecar, method, target string, h http.Header) decision {
-	return sc.decide(context.Background(), request{method: method, target: target, header: h, clientIP: netip.MustParseAddr("127.0.0.1")})
+	return sc.core.decide(context.Background(), request{method: method, target: target, header: h, clientIP: netip.MustParseAddr("127.0.0.1")})
 }
 
 func dpopHeaders(token, proof string) http.Header {
@@ -168,62 +169,12 @@ func TestPublicOriginConfig(t *testing.T) {
 	}
 }
 
-// The replay cache refuses a second use while a proof could pass, forgets
-// it after, holds at most perLineage entries of one lineage and perClient
-// of one client address (an IPv6 /64 is one), and when full refuses new
-// proofs rather than forget live ones.
-func TestReplayCache(t *testing.T) {
-	c := newReplayCache(64) // 2 per lineage, 8 per client
-	now := time.Now()
-	forget := now.Add(time.Minute)
-	ip := func(s string) netip.Prefix { return clientKey(netip.MustParseAddr(s)) }
-	a := ip("10.0.0.1")
-	if c.add("a", "x", a, forget, now) != nil || c.add("a", "y", ip("10.0.0.2"), forget, now) != errReplayed {
-		t.Fatal("a second use was not refused")
-	}
-	if c.add("b", "x", a, forget, now) != nil || c.add("c", "x", ip("10.0.0.3"), forget, now) != errReplayMany {
-		t.Fatal("one lineage took more than its quota")
-	}
-	for i := range 6 {
-		if err := c.add("a"+strconv.Itoa(i), "a"+strconv.Itoa(i), a, forget, now); err != nil {
-			t.Fatalf("entry %d: %v", i, err)
-		}
-	}
-	if c.add("a-more", "new", a, forget, now) != errReplayClient {
-		t.Fatal("one client address took more than its quota")
-	}
-	// Addresses of one IPv6 /64 are one client; another /64 is not.
-	for i := range 8 {
-		if err := c.add("v6-"+strconv.Itoa(i), "v6-"+strconv.Itoa(i), ip("2001:db8::"+strconv.Itoa(i+1)), forget, now); err != nil {
-			t.Fatalf("v6 entry %d: %v", i, err)
-		}
-	}
-	if c.add("v6-more", "v6-more", ip("2001:db8::ffff:1"), forget, now) != errReplayClient {
-		t.Fatal("a /64 took more than one client's quota")
-	}
-	for i := range 48 {
-		if err := c.add(strconv.Itoa(i), strconv.Itoa(i), ip("10.1.0."+strconv.Itoa(i)), forget, now); err != nil {
-			t.Fatalf("entry %d: %v", i, err)
-		}
-	}
-	if c.add("d", "z", ip("10.2.0.1"), forget, now) != errReplayFull {
-		t.Fatal("a full cache took a new proof")
-	}
-	later := now.Add(time.Minute)
-	if c.add("a", "x", a, later.Add(time.Minute), later) != nil || c.add("c", "x", a, later.Add(time.Minute), later) != nil {
-		t.Fatal("expired entries were not forgotten")
-	}
-	if len(c.seen) != 2 || c.byLineage["x"] != 2 || len(c.byLineage) != 1 || c.byClient[a] != 2 || len(c.byClient) != 1 {
-		t.Fatalf("%d entries held, by lineage %v, by client %v", len(c.seen), c.byLineage, c.byClient)
-	}
-}
-
 // One client holding many bound keys (each a lineage of its own) fills
 // only its own share: another client's proofs still pass (issue 23: eight
 // keys of one client once took the whole cache for 91 s).
 func TestDPoPReplayFairAcrossClients(t *testing.T) {
 	f := dpopFixture(t)
-	f.sc.dpop.replay = newReplayCache(1000) // 31 per lineage, 125 per client
+	f.sc.dpop.replay = dpopreplay.New(1000) // 31 per lineage, 125 per client
 	url := testOrigin + "/v1/items"
 	attacker := netip.MustParseAddr("127.0.0.66")
 	var refused, allowed int
@@ -233,7 +184,7 @@ func TestDPoPReplayFairAcrossClients(t *testing.T) {
 		c.ID, c.Subject, c.Cnf = "jti-attacker-"+strconv.Itoa(i), "attacker-"+strconv.Itoa(i), &jwtverify.Confirmation{JKT: k.JKT}
 		tok := f.sign(t, c)
 		for range 30 { // under the lineage's share: 40 keys' worth is more than the cache
-			d := f.sc.decide(context.Background(), request{method: "GET", target: "/v1/items", header: dpopHeaders(tok, k.Proof(t, "GET", url, tok, time.Now(), nil)), clientIP: attacker})
+			d := f.sc.core.decide(context.Background(), request{method: "GET", target: "/v1/items", header: dpopHeaders(tok, k.Proof(t, "GET", url, tok, time.Now(), nil)), clientIP: attacker})
 			switch {
 			case d.allowed():
 				allowed++
@@ -254,7 +205,7 @@ func TestDPoPReplayFairAcrossClients(t *testing.T) {
 		tok := f.sign(t, c)
 		ip := netip.MustParseAddr("127.0.1." + strconv.Itoa(i+1))
 		for range 20 {
-			if d := f.sc.decide(context.Background(), request{method: "GET", target: "/v1/items", header: dpopHeaders(tok, k.Proof(t, "GET", url, tok, time.Now(), nil)), clientIP: ip}); !d.allowed() {
+			if d := f.sc.core.decide(context.Background(), request{method: "GET", target: "/v1/items", header: dpopHeaders(tok, k.Proof(t, "GET", url, tok, time.Now(), nil)), clientIP: ip}); !d.allowed() {
 				t.Fatalf("another client, after the first filled its share: %d %s", d.status, d.reason)
 			}
 		}
@@ -272,15 +223,15 @@ func TestDPoPConcurrentReplay(t *testing.T) {
 	// record itself must refuse the second.
 	proof := k.Proof(t, "GET", url, tok, time.Now(), nil)
 	p := presentation{cred: tok, dpop: true, proof: proof, method: "GET", rawPath: "/v1/items", clientIP: netip.MustParseAddr("127.0.0.1")}
-	id1, d1 := f.sc.authenticatorFor(&p).authenticate(context.Background(), p)
-	id2, d2 := f.sc.authenticatorFor(&p).authenticate(context.Background(), p)
+	id1, d1 := f.sc.core.authn.of(&p).authenticate(context.Background(), p)
+	id2, d2 := f.sc.core.authn.of(&p).authenticate(context.Background(), p)
 	if id1 == nil || id2 == nil || d1.proofID == "" || d1.proofID != d2.proofID {
 		t.Fatalf("authenticate: %v %v %+v %+v", id1, id2, d1, d2)
 	}
-	if _, ok := f.sc.recordProof(d1.proofID, id1, p.clientIP); !ok {
+	if _, ok := f.sc.dpop.record(d1.proofID, id1, p.clientIP); !ok {
 		t.Fatal("the first record was refused")
 	}
-	if d, ok := f.sc.recordProof(d2.proofID, id2, p.clientIP); ok || d.reason != reasonProofReplayed {
+	if d, ok := f.sc.dpop.record(d2.proofID, id2, p.clientIP); ok || d.reason != reasonProofReplayed {
 		t.Fatalf("the second record of one proof: %v %s", ok, d.reason)
 	}
 	for round := range 20 {
@@ -324,7 +275,7 @@ func TestDPoPProofNotRecordedWhenBudgetRefuses(t *testing.T) {
 			t.Fatalf("a metered request with no budget to be had: %d %s", d.status, d.reason)
 		}
 	}
-	if n := len(f.sc.dpop.replay.seen); n != 0 {
+	if n := f.sc.dpop.replay.Len(); n != 0 {
 		t.Fatalf("%d proofs of requests refused for their budget remembered", n)
 	}
 }
@@ -344,7 +295,7 @@ func TestDPoPProofRememberedOnlyWhenAllowed(t *testing.T) {
 			t.Fatalf("a revoked bound token: %s", d.reason)
 		}
 	}
-	if n := len(f.sc.dpop.replay.seen); n != 0 {
+	if n := f.sc.dpop.replay.Len(); n != 0 {
 		t.Fatalf("%d proofs of a revoked token remembered", n)
 	}
 }

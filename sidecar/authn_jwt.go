@@ -6,34 +6,49 @@ import (
 	"errors"
 	"net/http"
 	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	hclog "github.com/hashicorp/go-hclog"
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keybroker/keybroker/jwtverify"
 )
 
-// agentJWT checks an agent JWT offline, against the JWKS.
-type agentJWT struct{ sc *Sidecar }
-
-func (k agentJWT) check(ctx context.Context, p presentation) (*identity, decision) {
-	return k.sc.checkJWT(ctx, p.cred)
+// agentJWTs checks agent JWTs offline, against the JWKS. A verified token's
+// identity is cached by the token's hash until it expires, so a busy agent
+// costs one signature check, not one per request.
+type agentJWTs struct {
+	keys      *jwks
+	leeway    time.Duration
+	cache     *lru.Cache[[sha256.Size]byte, *identity]
+	hit, miss prometheus.Counter
 }
 
-// checkJWT verifies a JWT offline. A verified token's identity is cached by
-// the token's hash until it expires, so a busy agent costs one signature
-// check, not one per request.
-func (sc *Sidecar) checkJWT(ctx context.Context, token string) (*identity, decision) {
-	h := sha256.Sum256([]byte(token))
-	if id, ok := sc.jwts.Get(h); ok {
-		sc.m.jwtHit.Inc()
+func newAgentJWTs(keys *jwks, leeway time.Duration, cacheSize int, hit, miss prometheus.Counter) (*agentJWTs, error) {
+	cache, err := lru.New[[sha256.Size]byte, *identity](cacheSize)
+	if err != nil {
+		return nil, err
+	}
+	return &agentJWTs{keys: keys, leeway: leeway, cache: cache, hit: hit, miss: miss}, nil
+}
+
+func (k *agentJWTs) check(ctx context.Context, p presentation) (*identity, decision) {
+	h := sha256.Sum256([]byte(p.cred))
+	if id, ok := k.cache.Get(h); ok {
+		k.hit.Inc()
 		return id, decision{}
 	}
-	sc.m.jwtMiss.Inc()
-	v := sc.verifier.Load()
+	k.miss.Inc()
+	v := k.keys.verifier.Load()
 	if v == nil {
 		return nil, deny(http.StatusServiceUnavailable, reasonUnavailable)
 	}
-	c, err := v.Verify(token, sc.keys.Load())
-	if errors.Is(err, jwtverify.ErrUnknownKey) && sc.refetchForUnknownKid(ctx) {
-		c, err = v.Verify(token, sc.keys.Load())
+	c, err := v.Verify(p.cred, k.keys.set.Load())
+	if errors.Is(err, jwtverify.ErrUnknownKey) && k.keys.refetchForUnknownKid(ctx) {
+		c, err = v.Verify(p.cred, k.keys.set.Load())
 	}
 	switch {
 	case err == nil:
@@ -47,7 +62,7 @@ func (sc *Sidecar) checkJWT(ctx context.Context, token string) (*identity, decis
 	// One clock rule, the verifier's: a token is good until exp + leeway,
 	// on this request and on every later one served from the cache.
 	id := &identity{jwt: true, id: c.ID, subject: c.Subject, role: c.Role, tenant: c.Tenant,
-		scopes: c.Scopes(), expiresAt: c.ExpiresAt.Time.Add(sc.s.leeway), budget: c.Budget, rate: c.Rate, jkt: c.BoundKey(), actors: c.Actors()}
+		scopes: c.Scopes(), expiresAt: c.ExpiresAt.Time.Add(k.leeway), budget: c.Budget, rate: c.Rate, jkt: c.BoundKey(), actors: c.Actors()}
 	for _, s := range c.CIDR {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
@@ -56,6 +71,67 @@ func (sc *Sidecar) checkJWT(ctx context.Context, token string) (*identity, decis
 		id.cidrs = append(id.cidrs, p)
 	}
 	id.lineageKey = id.lineage()
-	sc.jwts.Add(h, id)
+	k.cache.Add(h, id)
 	return id, decision{}
 }
+
+// jwks is what agent JWTs are verified against: the verifier (made once the
+// issuer is known) and the key set, fetched from Vault on a timer, at start,
+// and for a kid it does not know.
+type jwks struct {
+	verifier atomic.Pointer[jwtverify.Verifier]
+	set      atomic.Pointer[jwtverify.KeySet]
+	// fetchedAt is the UnixNano of the last good fetch.
+	fetchedAt atomic.Int64
+
+	source     jwksSource
+	minRefetch time.Duration
+	fetches    *prometheus.CounterVec
+	log        hclog.Logger
+	// lastRefetch is when an unknown kid last triggered a fetch.
+	refetchMu   sync.Mutex
+	lastRefetch time.Time
+}
+
+// jwksSource reads the plugin's JWKS document (Vault's <mount>/jwks).
+type jwksSource interface {
+	raw(ctx context.Context, path string) ([]byte, error)
+}
+
+func newJWKS(source jwksSource, minRefetch time.Duration, fetches *prometheus.CounterVec, log hclog.Logger) *jwks {
+	return &jwks{source: source, minRefetch: minRefetch, fetches: fetches, log: log}
+}
+
+// fetch replaces the key set; on failure the last good one stays.
+func (k *jwks) fetch(ctx context.Context, trigger string) bool {
+	b, err := k.source.raw(ctx, "jwks")
+	var ks *jwtverify.KeySet
+	if err == nil {
+		ks, err = jwtverify.ParseJWKS(b)
+	}
+	if err != nil {
+		k.fetches.WithLabelValues(trigger, "error").Inc()
+		k.log.Warn("JWKS fetch failed; keeping the last good key set", "trigger", trigger, "error", err)
+		return false
+	}
+	k.set.Store(ks)
+	k.fetchedAt.Store(time.Now().UnixNano())
+	k.fetches.WithLabelValues(trigger, "ok").Inc()
+	return true
+}
+
+// refetchForUnknownKid fetches the JWKS for a kid it does not know, at most
+// once per jwks_min_refetch_interval however many such tokens arrive.
+func (k *jwks) refetchForUnknownKid(ctx context.Context) bool {
+	k.refetchMu.Lock()
+	if time.Since(k.lastRefetch) < k.minRefetch {
+		k.refetchMu.Unlock()
+		return false
+	}
+	k.lastRefetch = time.Now()
+	k.refetchMu.Unlock()
+	return k.fetch(ctx, "unknown_kid")
+}
+
+// ready says whether JWTs can be verified: a verifier and a key set.
+func (k *jwks) ready() bool { return k.verifier.Load() != nil && k.set.Load() != nil }

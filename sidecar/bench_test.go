@@ -22,10 +22,10 @@ func benchSidecar(b *testing.B) (*Sidecar, string) {
 func BenchmarkCheckJWTCached(b *testing.B) {
 	sc, token := benchSidecar(b)
 	ctx := context.Background()
-	sc.checkJWT(ctx, token)
+	sc.agentJWTs.check(ctx, presentation{cred: token})
 	b.ReportAllocs()
 	for b.Loop() {
-		if id, _ := sc.checkJWT(ctx, token); id == nil {
+		if id, _ := sc.agentJWTs.check(ctx, presentation{cred: token}); id == nil {
 			b.Fatal("denied")
 		}
 	}
@@ -36,8 +36,8 @@ func BenchmarkCheckJWTUncached(b *testing.B) {
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
-		sc.jwts.Purge()
-		if id, _ := sc.checkJWT(ctx, token); id == nil {
+		sc.agentJWTs.cache.Purge()
+		if id, _ := sc.agentJWTs.check(ctx, presentation{cred: token}); id == nil {
 			b.Fatal("denied")
 		}
 	}
@@ -47,12 +47,12 @@ func BenchmarkCheckJWTUncached(b *testing.B) {
 func BenchmarkCheckKeyCached(b *testing.B) {
 	sc, _ := benchSidecar(b)
 	key, id, _ := apikey.Generate(nil, "kb")
-	sc.positive.Add(apikey.Hash(key), &keyEntry{id: &identity{id: id, scopes: []string{"read"}, expiresAt: time.Now().Add(time.Hour)}, fetched: time.Now().Add(time.Hour)})
+	sc.apiKeys.positive.Add(apikey.Hash(key), &keyEntry{id: &identity{id: id, scopes: []string{"read"}, expiresAt: time.Now().Add(time.Hour)}, fetched: time.Now().Add(time.Hour)})
 	ip := netip.MustParseAddr("127.0.0.1")
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
-		if got, _ := sc.checkKey(ctx, key, ip); got == nil {
+		if got, _ := sc.apiKeys.check(ctx, presentation{cred: key, clientIP: ip}); got == nil {
 			b.Fatal("denied")
 		}
 	}
@@ -89,7 +89,7 @@ func BenchmarkDecideJWTCached(b *testing.B) {
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
-		if d := sc.decide(ctx, r); !d.allowed() {
+		if d := sc.core.decide(ctx, r); !d.allowed() {
 			b.Fatal(fmt.Sprint("denied: ", d.reason))
 		}
 	}
@@ -104,7 +104,7 @@ func BenchmarkDecideMeteredJWTCached(b *testing.B) {
 	h.Set("Authorization", "Bearer "+token)
 	r := request{method: "GET", target: "/v1/items/1", header: h, clientIP: netip.MustParseAddr("127.0.0.1")}
 	ctx := context.Background()
-	id, _ := sc.checkJWT(ctx, token)
+	id, _ := sc.agentJWTs.check(ctx, presentation{cred: token})
 	id.budget = &jwtverify.Budget{Units: 1 << 50, Period: 86400, MaxCost: 10}
 	id.rate = &jwtverify.RateLimit{PerSecond: 1e6, Burst: 1e6}
 	m := sc.budgets.meter(id)
@@ -112,7 +112,7 @@ func BenchmarkDecideMeteredJWTCached(b *testing.B) {
 	m.cur = &chunk{granted: 1 << 50, periodEnd: time.Now().Add(time.Hour), expiresAt: time.Now().Add(time.Hour)}
 	b.ReportAllocs()
 	for b.Loop() {
-		d := sc.decide(ctx, r)
+		d := sc.core.decide(ctx, r)
 		if !d.allowed() || d.hold == nil {
 			b.Fatal(fmt.Sprint("denied: ", d.reason))
 		}

@@ -17,7 +17,7 @@ func TestClusterRateFallsBackToTheSidecarsBucket(t *testing.T) {
 	id := &identity{jwt: true, id: "jti-1", role: "agent", subject: "entity-1", rate: &jwtverify.RateLimit{PerSecond: 0.001, Burst: 3}}
 	passed := 0
 	for i := 0; i < 10; i++ {
-		if _, ok := f.sc.rateAllow(id); !ok {
+		if _, ok := f.sc.core.rate.allow(context.Background(), id); !ok {
 			continue
 		}
 		if _, ok := f.sc.cluster.allow(context.Background(), id); ok {

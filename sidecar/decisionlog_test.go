@@ -101,7 +101,7 @@ func TestDecisionLog(t *testing.T) {
 	goodProof := k.Proof(t, "GET", testOrigin+"/v1/items", bound, now, nil)
 	wrongProof := k.Proof(t, "GET", testOrigin+"/v1/other", bound, now, nil)
 	metered := f.jwt(t, "read", 2*time.Hour)
-	id, _ := f.sc.checkJWT(context.Background(), metered)
+	id, _ := f.sc.agentJWTs.check(context.Background(), presentation{cred: metered})
 	id.budget = &jwtverify.Budget{Units: 1 << 40, Period: 86400, MaxCost: 10}
 	m := f.sc.budgets.meter(id)
 	m.central = 1 << 40
@@ -352,7 +352,7 @@ func TestDecisionLogDrops(t *testing.T) {
 	f := newFixture(t, nil)
 	// A log whose writer never runs: the queue holds 2.
 	l := &decisionLog{ch: make(chan logEntry, 2), sample: 1, dropped: f.sc.m.decisionLogDropped}
-	f.sc.dlog = l
+	f.sc.dlog, f.sc.rec.log = l, l
 	h := f.sc.proxyHandler()
 	done := make(chan struct{})
 	go func() {
@@ -425,7 +425,7 @@ func TestDecisionLogHotPathAllocs(t *testing.T) {
 	tok := f.jwt(t, "any read", time.Hour)
 	for _, target := range []string{"/v1/items/1?q=1", "/v1/admin/x", "/public/../x?y"} {
 		req := request{method: "GET", target: target, header: hdr("Authorization", "DPoP "+tok), clientIP: netip.MustParseAddr("127.0.0.1")}
-		d := f.sc.decide(context.Background(), request{method: "GET", target: target, header: hdr("Authorization", "Bearer "+tok), clientIP: req.clientIP})
+		d := f.sc.core.decide(context.Background(), request{method: "GET", target: target, header: hdr("Authorization", "Bearer "+tok), clientIP: req.clientIP})
 		if n := testing.AllocsPerRun(100, func() { l.decided("proxy", time.Now(), &req, &d) }); n != 0 {
 			t.Errorf("%s: %v allocations per decision logged", target, n)
 		}

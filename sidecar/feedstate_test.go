@@ -250,6 +250,7 @@ func TestVerifyForbiddenLogged(t *testing.T) {
 	})
 	var logs bytes.Buffer
 	f.sc.log = hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info, JSONFormat: true})
+	f.sc.apiKeys.log = f.sc.log
 	for range 3 {
 		key, _ := testKey(t, time.Now(), "web", "", "any")
 		if d := decideKey(f.sc, key, "/x", "127.0.0.1"); d.status != http.StatusServiceUnavailable {

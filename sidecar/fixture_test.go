@@ -49,12 +49,12 @@ func newFixture(tb testing.TB, mutate func(c *Config)) *fixture {
 	}
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
 	ks, _ := jwtverify.NewKeySet(jwtverify.Key{ID: "k1", Alg: jwtverify.AlgEdDSA, Public: priv.Public()})
-	sc.keys.Store(ks)
+	sc.jwks.set.Store(ks)
 	v, err := jwtverify.NewVerifier(jwtverify.Config{Issuer: "https://iss", Audiences: sc.s.audiences, Leeway: sc.s.leeway, AcceptBound: true})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	sc.verifier.Store(v)
+	sc.jwks.verifier.Store(v)
 	// As if both feeds had been read (nothing revoked, no key records):
 	// a test of a feed not yet read clears these.
 	sc.revFeed.read.Store(true)

@@ -10,6 +10,8 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 	"golang.org/x/sync/semaphore"
 	"golang.org/x/time/rate"
+
+	"github.com/keybroker/keybroker/sidecar/internal/clientkey"
 )
 
 // floodGuard bounds the Vault calls that unknown API keys can cause. A key's
@@ -43,33 +45,21 @@ type clientGate struct {
 // lookups or for a free Vault slot before it is refused.
 const maxLookupWait = 2 * time.Second
 
-func newFloodGuard(s *settings) (*floodGuard, error) {
-	clients, err := lru.New[netip.Prefix, *clientGate](s.cacheSize)
+// newFloodGuard holds up to size clients, each refilled at perSecond up to
+// burst, with at most inFlight lookups at Vault.
+func newFloodGuard(size int, perSecond float64, burst, inFlight int) (*floodGuard, error) {
+	clients, err := lru.New[netip.Prefix, *clientGate](size)
 	if err != nil {
 		return nil, err
 	}
 	return &floodGuard{
-		rate: rate.Limit(s.failedAuthRate), burst: s.failedAuthBurst,
-		clients: clients, vault: semaphore.NewWeighted(int64(s.verifyConcurrency)),
+		rate: rate.Limit(perSecond), burst: burst,
+		clients: clients, vault: semaphore.NewWeighted(int64(inFlight)),
 	}, nil
 }
 
-// clientKey groups addresses one client can easily hold (the flood guard
-// and the DPoP replay cache count clients by it): an IPv6 host
-// usually has a whole /64. An unknown address shares one bucket.
-func clientKey(ip netip.Addr) netip.Prefix {
-	switch {
-	case !ip.IsValid():
-		return netip.Prefix{}
-	case ip.Is4():
-		return netip.PrefixFrom(ip, 32)
-	}
-	p, _ := ip.Prefix(64)
-	return p
-}
-
 func (fg *floodGuard) gate(ip netip.Addr) *clientGate {
-	k := clientKey(ip)
+	k := clientkey.Of(ip)
 	if g, ok := fg.clients.Get(k); ok {
 		return g
 	}

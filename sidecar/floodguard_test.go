@@ -18,7 +18,7 @@ import (
 // cannot overshoot, because lookups in flight never outnumber its tokens.
 func TestFloodGuardBound(t *testing.T) {
 	f := newFixture(t, func(c *Config) { rate := 0.5; c.FailedAuthRate = &rate; c.FailedAuthBurst = 5 })
-	fg := f.sc.flood
+	fg := f.sc.apiKeys.flood
 	var calls atomic.Int64
 	refuse := func() bool { calls.Add(1); time.Sleep(time.Millisecond); return true }
 	attacker := netip.MustParseAddr("203.0.113.9")
@@ -90,7 +90,7 @@ func TestFloodGuardConcurrency(t *testing.T) {
 		go func(i int) {
 			defer wg.Done()
 			ip := netip.AddrFrom4([4]byte{198, 51, 100, byte(i)})
-			f.sc.flood.lookup(context.Background(), ip, func() bool {
+			f.sc.apiKeys.flood.lookup(context.Background(), ip, func() bool {
 				n := inFlight.Add(1)
 				for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
 				}

@@ -121,7 +121,7 @@ func FuzzDecide(f *testing.F) {
 			}
 		}
 
-		d := fx.sc.decide(context.Background(), request{method: method, target: target, header: h, clientIP: peer})
+		d := fx.sc.core.decide(context.Background(), request{method: method, target: target, header: h, clientIP: peer})
 		check("proxy", d.allowed())
 		if d.allowed() {
 			rawPath, _, _ := splitTarget(target)

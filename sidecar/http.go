@@ -149,7 +149,7 @@ func (sc *Sidecar) authHandler() http.Handler {
 		_ = json.NewEncoder(w).Encode(map[string]interface{}{
 			"status":                   status,
 			"feeds":                    feeds,
-			"jwks_age_seconds":         sinceNanos(sc.jwksOK.Load()),
+			"jwks_age_seconds":         sinceNanos(sc.jwks.fetchedAt.Load()),
 			"revocation_feed_lag_secs": sinceNanos(sc.feedOK.Load()),
 		})
 	})
@@ -210,31 +210,16 @@ func (sc *Sidecar) serveVerify(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 }
 
+// timedDecide decides a front end's request (mode names the front end), and
+// records the decision.
 func (sc *Sidecar) timedDecide(mode string, r *http.Request, req request) decision {
-	return sc.timedDecideCtx(r.Context(), mode, req)
+	return sc.core.decideAs(r.Context(), mode, req)
 }
 
 // timedDecideCtx is timedDecide for a caller that has no *http.Request
 // (the gRPC ext_authz service): the request is only ever its context.
 func (sc *Sidecar) timedDecideCtx(ctx context.Context, mode string, req request) decision {
-	start := time.Now()
-	d := sc.decide(ctx, req)
-	sc.m.latency.WithLabelValues(mode).Observe(time.Since(start).Seconds())
-	outcome := "allow"
-	if !d.allowed() {
-		outcome = "deny"
-	}
-	sc.m.decisions.WithLabelValues(mode, outcome, d.reason).Inc()
-	if d.degraded {
-		sc.m.degraded.Inc()
-	}
-	if sc.dlog != nil {
-		sc.dlog.decided(mode, start, &req, &d)
-	}
-	if d.allowed() && d.id != nil && !d.id.jwt && sc.s.usageReport > 0 && !sc.usageOff.Load() {
-		sc.sawKey(d.id, req.clientIP, start)
-	}
-	return d
+	return sc.core.decideAs(ctx, mode, req)
 }
 
 // writeDenial answers per RFC 6750: 401 invalid_token, 403
@@ -255,34 +240,58 @@ func (sc *Sidecar) writeDenial(w http.ResponseWriter, d decision, only2xx401403 
 	if sc.s.metadataURL != "" {
 		rm = fmt.Sprintf(`, resource_metadata=%q`, sc.s.metadataURL)
 	}
-	switch d.status {
-	case http.StatusUnauthorized:
+	if d.status == http.StatusUnauthorized {
+		challengeUnauthorized(h, body, d, rm)
+	} else {
+		denialHeaders(h, body, d, rm)
+	}
+	status := d.status
+	if only2xx401403 && status != http.StatusUnauthorized && status != http.StatusForbidden {
+		status = http.StatusForbidden
+	}
+	w.WriteHeader(status)
+	if d.openai && d.status == http.StatusTooManyRequests {
+		_ = json.NewEncoder(w).Encode(openAIError(d))
+		return
+	}
+	_ = json.NewEncoder(w).Encode(body)
+}
+
+// challengeUnauthorized is a 401's challenge and error: in the scheme the
+// credential came with, rm its resource_metadata parameter.
+func challengeUnauthorized(h http.Header, body map[string]string, d decision, rm string) {
+	switch {
+	case d.reason == reasonNoCredential:
 		scope := ""
 		if d.scope != "" {
 			scope = fmt.Sprintf(`, scope=%q`, d.scope)
 		}
-		switch {
-		case d.reason == reasonNoCredential:
-			// Bearer first even under require_dpop: OAuth clients (the
-			// MCP SDK) read resource_metadata only from a Bearer
-			// challenge, and the metadata then says DPoP is required.
-			c := `Bearer realm="keybroker"` + scope + rm
-			if d.dpop {
-				c += ", " + dpopChallenge
-			}
-			h.Set("WWW-Authenticate", c)
-			body["error"] = "invalid_request"
-		case d.dpop:
-			code := "invalid_token"
-			if d.reason == reasonInvalidProof || d.reason == reasonProofReplayed {
-				code = "invalid_dpop_proof"
-			}
-			h.Set("WWW-Authenticate", fmt.Sprintf(`%s, error=%q, error_description=%q%s`, dpopChallenge, code, d.reason, rm))
-			body["error"] = code
-		default:
-			h.Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="keybroker", error="invalid_token", error_description=%q%s`, d.reason, rm))
-			body["error"] = "invalid_token"
+		// Bearer first even under require_dpop: OAuth clients (the MCP
+		// SDK) read resource_metadata only from a Bearer challenge, and
+		// the metadata then says DPoP is required.
+		c := `Bearer realm="keybroker"` + scope + rm
+		if d.dpop {
+			c += ", " + dpopChallenge
 		}
+		h.Set("WWW-Authenticate", c)
+		body["error"] = "invalid_request"
+	case d.dpop:
+		code := "invalid_token"
+		if d.reason == reasonInvalidProof || d.reason == reasonProofReplayed {
+			code = "invalid_dpop_proof"
+		}
+		h.Set("WWW-Authenticate", fmt.Sprintf(`%s, error=%q, error_description=%q%s`, dpopChallenge, code, d.reason, rm))
+		body["error"] = code
+	default:
+		h.Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="keybroker", error="invalid_token", error_description=%q%s`, d.reason, rm))
+		body["error"] = "invalid_token"
+	}
+}
+
+// denialHeaders are what every other denial says besides its status: the
+// scope a 403 lacks, when to retry a 429 or a 503, what a 405 allows.
+func denialHeaders(h http.Header, body map[string]string, d decision, rm string) {
+	switch d.status {
 	case http.StatusForbidden:
 		if d.reason == reasonInsufficientScope {
 			scheme := `Bearer realm="keybroker"`
@@ -312,16 +321,6 @@ func (sc *Sidecar) writeDenial(w http.ResponseWriter, d decision, only2xx401403 
 			h.Set("Retry-After", strconv.FormatInt(retryAfterSeconds(d.retryAfter), 10))
 		}
 	}
-	status := d.status
-	if only2xx401403 && status != http.StatusUnauthorized && status != http.StatusForbidden {
-		status = http.StatusForbidden
-	}
-	w.WriteHeader(status)
-	if d.openai && d.status == http.StatusTooManyRequests {
-		_ = json.NewEncoder(w).Encode(openAIError(d))
-		return
-	}
-	_ = json.NewEncoder(w).Encode(body)
 }
 
 // openAIError is a 429 in the shape OpenAI's API gives one, so an OpenAI

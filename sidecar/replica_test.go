@@ -50,7 +50,7 @@ func synced(sc *Sidecar, recs ...contract.KeyRecord) {
 }
 
 func decideKey(sc *Sidecar, key, path, ip string) decision {
-	return sc.decide(context.Background(), request{method: "GET", target: path, header: http.Header{"X-Api-Key": {key}}, clientIP: netip.MustParseAddr(ip)})
+	return sc.core.decide(context.Background(), request{method: "GET", target: path, header: http.Header{"X-Api-Key": {key}}, clientIP: netip.MustParseAddr(ip)})
 }
 
 func TestReplicaDecides(t *testing.T) {
@@ -125,12 +125,12 @@ func TestReplicaDecides(t *testing.T) {
 		id.budget != nil || id.rate == nil || id.rate.PerSecond != 100 || id.lineageKey == "" {
 		t.Fatalf("identity = %+v", id)
 	}
-	if id, _ := sc.checkKey(context.Background(), metered, netip.MustParseAddr("127.0.0.1")); id == nil || id.budget == nil {
+	if id, _ := sc.apiKeys.check(context.Background(), presentation{cred: metered, clientIP: netip.MustParseAddr("127.0.0.1")}); id == nil || id.budget == nil {
 		t.Fatalf("a key of a metered tenant is not metered: %+v", id)
 	}
 	// A ceiling removed: no longer metered.
 	sc.replica.setMetered(nil)
-	if id, _ := sc.checkKey(context.Background(), metered, netip.MustParseAddr("127.0.0.1")); id == nil || id.budget != nil {
+	if id, _ := sc.apiKeys.check(context.Background(), presentation{cred: metered, clientIP: netip.MustParseAddr("127.0.0.1")}); id == nil || id.budget != nil {
 		t.Fatalf("a key whose tenant lost its ceiling is still metered: %+v", id)
 	}
 }
@@ -266,7 +266,7 @@ func BenchmarkCheckKeyReplica(b *testing.B) {
 	i := 0
 	b.ReportAllocs()
 	for b.Loop() {
-		if id, _ := f.sc.checkKey(ctx, keys[i%n], ip); id == nil {
+		if id, _ := f.sc.apiKeys.check(ctx, presentation{cred: keys[i%n], clientIP: ip}); id == nil {
 			b.Fatal("denied")
 		}
 		i++

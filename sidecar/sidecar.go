@@ -2,7 +2,6 @@ package sidecar
 
 import (
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"os"
 	"sync"
@@ -10,59 +9,48 @@ import (
 	"time"
 
 	hclog "github.com/hashicorp/go-hclog"
-	lru "github.com/hashicorp/golang-lru/v2"
 	"golang.org/x/sync/singleflight"
-	"golang.org/x/time/rate"
 
 	"github.com/keybroker/keybroker/contract"
 	"github.com/keybroker/keybroker/jwtverify"
 )
 
-// Sidecar holds everything a decision needs. Its caches are bounded
-// (cache_size each); the revoked set holds what the feed says, until
-// contract.RevocationGrace past each credential's expiry (no leeway accepts
-// it then).
+// Sidecar is the assembly: the components, the decision core that asks
+// them (core, decide.go), and the front ends that hand it requests. Its
+// caches are bounded (cache_size each).
 type Sidecar struct {
 	s     *settings
 	log   hclog.Logger
 	vault *vaultClient
 	m     *metrics
-	dpop  *dpopConfig // nil: no DPoP
-	authn authenticators
+	// core decides every request, through the components below.
+	core *decider
+	rec  *recorder
+	// The credential kinds, each with its own caches, and the DPoP proofs
+	// (nil: no DPoP).
+	apiKeys   *apiKeys
+	agentJWTs *agentJWTs
+	dpop      *dpopProofs
 	// issuer is the JWT issuer, once known (config, or discovery).
 	issuer atomic.Pointer[string]
+	jwks   *jwks
 
-	verifier atomic.Pointer[jwtverify.Verifier]
-	keys     atomic.Pointer[jwtverify.KeySet]
-	jwksOK   atomic.Int64 // UnixNano of the last good fetch
-	feedOK   atomic.Int64 // UnixNano of the last good feed read
-	// lastRefetch is when an unknown kid last triggered a JWKS fetch.
-	refetchMu   sync.Mutex
-	lastRefetch time.Time
+	feedOK atomic.Int64 // UnixNano of the last good feed read
 
-	revoked revokedSet
+	revoked *revokedSet
 	// revFeed and keyFeed say whether the revocation and key-record feeds
 	// have been read, and how their reads go (keyFeed unused without a
 	// replica).
 	revFeed, keyFeed *feedHealth
-	// verifyRefused: Vault answered keybroker/verify with 403 (the policy
-	// lacks it), logged once until a verify succeeds.
-	verifyRefused atomic.Bool
 	// replica holds every key's record (nil when key_replica = false).
 	replica *keyReplica
 
-	positive *lru.Cache[[sha256.Size]byte, *keyEntry]
-	negative *lru.Cache[[sha256.Size]byte, negEntry]
-	// unknownIDs are key_ids Vault said no key has, until when.
-	unknownIDs *lru.Cache[string, time.Time]
-	flood      *floodGuard
-	jwts       *lru.Cache[[sha256.Size]byte, *identity]
-	vaultSF    singleflight.Group
+	// vaultSF: budget reservations (budget.go).
+	vaultSF singleflight.Group
 
-	limiters *lru.Cache[string, *rate.Limiter]
-	cluster  *clusterRate // nil unless rate_limit_scope = "cluster"
-	budgets  *budgets
-	holder   string // this sidecar's name in reservations
+	cluster *clusterRate // nil unless rate_limit_scope = "cluster"
+	budgets *budgets
+	holder  string // this sidecar's name in reservations
 
 	dlog *decisionLog // nil: no decision log (decision_log_path)
 
@@ -74,16 +62,6 @@ type Sidecar struct {
 	stop    context.CancelFunc
 	running sync.WaitGroup
 	started atomic.Bool
-}
-
-type keyEntry struct {
-	id      *identity
-	fetched time.Time
-}
-
-type negEntry struct {
-	reason  string
-	expires time.Time
 }
 
 // New checks the configuration and builds a Sidecar. It starts nothing
@@ -101,25 +79,7 @@ func New(c *Config, log hclog.Logger) (*Sidecar, error) {
 	if err != nil {
 		return nil, err
 	}
-	sc := &Sidecar{s: s, log: log, vault: vc, revoked: revokedSet{m: map[string]time.Time{}}}
-	if sc.positive, err = lru.New[[sha256.Size]byte, *keyEntry](s.cacheSize); err != nil {
-		return nil, err
-	}
-	if sc.negative, err = lru.New[[sha256.Size]byte, negEntry](s.cacheSize); err != nil {
-		return nil, err
-	}
-	if sc.unknownIDs, err = lru.New[string, time.Time](s.cacheSize); err != nil {
-		return nil, err
-	}
-	if sc.flood, err = newFloodGuard(s); err != nil {
-		return nil, err
-	}
-	if sc.jwts, err = lru.New[[sha256.Size]byte, *identity](s.cacheSize); err != nil {
-		return nil, err
-	}
-	if sc.limiters, err = lru.New[string, *rate.Limiter](s.cacheSize); err != nil {
-		return nil, err
-	}
+	sc := &Sidecar{s: s, log: log, vault: vc, revoked: newRevokedSet(), m: newMetrics()}
 	if s.clusterRate {
 		if sc.cluster, err = newClusterRate(sc, s.cacheSize); err != nil {
 			return nil, err
@@ -130,21 +90,20 @@ func New(c *Config, log hclog.Logger) (*Sidecar, error) {
 	}
 	sc.revFeed = newFeedHealth("revocations", s.mount+"/revocations", "read")
 	sc.keyFeed = newFeedHealth("key_records", s.mount+"/key-records and "+s.mount+"/key-records/snapshot", "read")
-	if s.publicOrigin != "" {
-		sc.dpop = &dpopConfig{origin: s.publicOrigin, maxAge: s.dpopMaxAge, leeway: s.leeway, replay: newReplayCache(s.dpopReplaySize)}
-	}
-	sc.authn = newAuthenticators(sc)
 	sc.budgets = newBudgets(sc)
 	sc.holder = s.name
 	if sc.holder == "" {
 		host, _ := os.Hostname()
 		sc.holder = fmt.Sprintf("keybroker-sidecar %s pid %d", host, os.Getpid())
 	}
-	sc.m = newMetrics(sc)
+	if err := sc.assembleDecisions(); err != nil {
+		return nil, err
+	}
 	if s.decisionLogPath != "" {
 		if sc.dlog, err = newDecisionLog(s.decisionLogPath, s.decisionLogSample, sc.holder, sc.m.decisionLogDropped, log.Named("decision-log")); err != nil {
 			return nil, err
 		}
+		sc.rec.log = sc.dlog
 	}
 	return sc, nil
 }
@@ -212,13 +171,13 @@ func (sc *Sidecar) background(ctx context.Context) {
 	go func() { defer wg.Done(); sc.vault.keepLoggedIn(ctx, sec) }()
 
 	// The issuer, from config or discovery, then the keys.
-	for sc.verifier.Load() == nil && ctx.Err() == nil {
+	for sc.jwks.verifier.Load() == nil && ctx.Err() == nil {
 		if err := sc.initVerifier(ctx); err != nil {
 			sc.log.Warn("cannot read the issuer from Vault; retrying", "error", err)
 			sleep(ctx, time.Second)
 		}
 	}
-	sc.fetchJWKS(ctx, "start")
+	sc.jwks.fetch(ctx, "start")
 
 	wg.Add(1)
 	go func() { defer wg.Done(); sc.pollRevocations(ctx) }()
@@ -233,7 +192,7 @@ func (sc *Sidecar) background(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-			sc.fetchJWKS(ctx, "interval")
+			sc.jwks.fetch(ctx, "interval")
 		}
 	}
 }
@@ -257,40 +216,9 @@ func (sc *Sidecar) initVerifier(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	sc.verifier.Store(v)
+	sc.jwks.verifier.Store(v)
 	sc.issuer.Store(&iss)
 	return nil
-}
-
-// fetchJWKS replaces the key set; on failure the last good one stays.
-func (sc *Sidecar) fetchJWKS(ctx context.Context, trigger string) bool {
-	b, err := sc.vault.raw(ctx, "jwks")
-	var ks *jwtverify.KeySet
-	if err == nil {
-		ks, err = jwtverify.ParseJWKS(b)
-	}
-	if err != nil {
-		sc.m.jwksFetches.WithLabelValues(trigger, "error").Inc()
-		sc.log.Warn("JWKS fetch failed; keeping the last good key set", "trigger", trigger, "error", err)
-		return false
-	}
-	sc.keys.Store(ks)
-	sc.jwksOK.Store(time.Now().UnixNano())
-	sc.m.jwksFetches.WithLabelValues(trigger, "ok").Inc()
-	return true
-}
-
-// refetchForUnknownKid fetches the JWKS for a kid it does not know, at most
-// once per jwks_min_refetch_interval however many such tokens arrive.
-func (sc *Sidecar) refetchForUnknownKid(ctx context.Context) bool {
-	sc.refetchMu.Lock()
-	if time.Since(sc.lastRefetch) < sc.s.jwksMinRefetch {
-		sc.refetchMu.Unlock()
-		return false
-	}
-	sc.lastRefetch = time.Now()
-	sc.refetchMu.Unlock()
-	return sc.fetchJWKS(ctx, "unknown_kid")
 }
 
 // pollRevocations follows keybroker/revocations from cursor 0, and again
@@ -335,60 +263,7 @@ func (sc *Sidecar) pollRevocations(ctx context.Context) {
 // Ready reports whether the sidecar has a verifier and keys, and has read
 // the revocation feed (and, with key_replica, the key-record feed) to its
 // end once: until then it refuses the credentials that depend on them
-// (feedsKnown).
+// (decider.presented).
 func (sc *Sidecar) Ready() bool {
-	return sc.verifier.Load() != nil && sc.keys.Load() != nil && sc.revFeed.known() && (sc.replica == nil || sc.keyFeed.known())
-}
-
-// revokedSet is the set of revoked credential ids from the feed, each with
-// when it may be forgotten.
-type revokedSet struct {
-	mu sync.RWMutex
-	m  map[string]time.Time
-}
-
-// apply adds a page of the feed and forgets what no verifier could accept
-// any more. An entry is kept until contract.RevocationGrace past its
-// credential's expiry, not until the expiry: a JWT passes until exp +
-// leeway (at most that grace), and an API key's expiry is Vault's clock,
-// which this one may trail.
-func (r *revokedSet) apply(entries []contract.FeedEntry, now time.Time) {
-	for _, e := range entries {
-		until := now.Add(24 * time.Hour) // unreadable: keep it rather than forget it
-		if exp, err := time.Parse(time.RFC3339, e.ExpiresAt); err == nil {
-			until = contract.RevokedUntil(exp)
-		}
-		r.add(e.ID, until)
-	}
-	r.prune(now)
-}
-
-// add holds id as revoked until the given time.
-func (r *revokedSet) add(id string, until time.Time) {
-	r.mu.Lock()
-	r.m[id] = until
-	r.mu.Unlock()
-}
-
-func (r *revokedSet) has(id string) bool {
-	r.mu.RLock()
-	_, ok := r.m[id]
-	r.mu.RUnlock()
-	return ok
-}
-
-func (r *revokedSet) prune(now time.Time) {
-	r.mu.Lock()
-	for id, until := range r.m {
-		if !now.Before(until) {
-			delete(r.m, id)
-		}
-	}
-	r.mu.Unlock()
-}
-
-func (r *revokedSet) size() int {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	return len(r.m)
+	return sc.jwks.ready() && sc.revFeed.known() && (sc.replica == nil || sc.keyFeed.known())
 }

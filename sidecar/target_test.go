@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"context"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -236,19 +237,19 @@ func TestRateLimitFollowsLineage(t *testing.T) {
 	b := &identity{jwt: true, id: "jti-2", role: "agent", subject: "entity-1", rate: &jwtverify.RateLimit{PerSecond: 100, Burst: 100}}
 	other := &identity{jwt: true, id: "jti-3", role: "agent", subject: "entity-2", rate: &jwtverify.RateLimit{PerSecond: 0.001, Burst: 2}}
 	for i, id := range []*identity{a, a} {
-		if _, ok := f.sc.rateAllow(id); !ok {
+		if _, ok := f.sc.core.rate.allow(context.Background(), id); !ok {
 			t.Fatalf("request %d within the burst refused", i)
 		}
 	}
-	if _, ok := f.sc.rateAllow(b); ok {
+	if _, ok := f.sc.core.rate.allow(context.Background(), b); ok {
 		t.Fatal("a refreshed token of the same lineage got a fresh (or looser) bucket")
 	}
-	if _, ok := f.sc.rateAllow(other); !ok {
+	if _, ok := f.sc.core.rate.allow(context.Background(), other); !ok {
 		t.Fatal("another subject shares the bucket")
 	}
 	k := &identity{id: "KEYID", subject: "key:KEYID", rate: &jwtverify.RateLimit{PerSecond: 0.001, Burst: 1}}
-	f.sc.rateAllow(k)
-	if wait, ok := f.sc.rateAllow(k); ok || wait <= 0 {
+	f.sc.core.rate.allow(context.Background(), k)
+	if wait, ok := f.sc.core.rate.allow(context.Background(), k); ok || wait <= 0 {
 		t.Fatalf("API key over its burst: %v %v", wait, ok)
 	}
 }
