@@ -273,19 +273,12 @@ func approvalIDField() *framework.FieldSchema {
 	}
 }
 
-type approvedKey struct{}
-
-// approvalOf is the approved request a mint is redeeming, nil for a mint.
-func approvalOf(ctx context.Context) *approvalRequest {
-	a, _ := ctx.Value(approvedKey{}).(*approvalRequest)
-	return a
-}
-
 // needsApproval is the answer to a mint that asks for approval scopes: a
-// stored request, no credential. nil when the mint needs no approval.
-func (b *backend) needsApproval(ctx context.Context, req *logical.Request, d *framework.FieldData, kind, roleName string, r *role, scopes []string) (*logical.Response, error) {
+// stored request, no credential. nil when the mint needs no approval or
+// redeems one.
+func (b *backend) needsApproval(ctx context.Context, req *logical.Request, r *role, roleName string, scopes []string, ask approvalAsk) (*logical.Response, error) {
 	needs := subset(scopes, subset(scopes, r.ApprovalScopes))
-	if len(needs) == 0 || approvalOf(ctx) != nil {
+	if len(needs) == 0 || ask.approved != nil {
 		return nil, nil
 	}
 	if req.EntityID == "" {
@@ -296,13 +289,10 @@ func (b *backend) needsApproval(ctx context.Context, req *logical.Request, d *fr
 		return nil, fmt.Errorf("generating approval id: %w", err)
 	}
 	now := time.Now().UTC().Truncate(time.Second)
-	data := maps.Clone(d.Raw)
-	delete(data, "role")
-	delete(data, "approval_id")
-	if enc, err := json.Marshal(data); err != nil || len(enc) > maxApprovalBytes {
+	if enc, err := json.Marshal(ask.fields); err != nil || len(enc) > maxApprovalBytes {
 		return logical.ErrorResponse("the request's fields are over %d bytes: an approval request stores them, so send less", maxApprovalBytes), nil
 	}
-	a := &approvalRequest{ID: id, Kind: kind, Role: roleName, Data: data, Scopes: scopes, Needs: needs, Required: r.approvalsRequired(),
+	a := &approvalRequest{ID: id, Kind: ask.kind, Role: roleName, Data: ask.fields, Scopes: scopes, Needs: needs, Required: r.approvalsRequired(),
 		RequesterEntity: req.EntityID, RequesterName: req.DisplayName, CreatedAt: now, ExpiresAt: now.Add(r.approvalTTL())}
 	if resp, err := b.admitApproval(ctx, req.Storage, a, now); resp != nil || err != nil {
 		return resp, err
@@ -322,48 +312,42 @@ func (b *backend) needsApproval(ctx context.Context, req *logical.Request, d *fr
 	}}, nil
 }
 
+// approvalRedemption names the approval request a mint redeems: its id,
+// and the kind and role of the path it is redeemed on.
+type approvalRedemption struct {
+	kind, role, id string
+}
+
 // redeemApproval mints the credential of an approved request for its
-// requester, once: mint is the path's own mint, run with the request's
-// fields.
-func (b *backend) redeemApproval(ctx context.Context, req *logical.Request, d *framework.FieldData, kind string, mint framework.OperationFunc) (*logical.Response, error) {
-	id, roleName := d.Get("approval_id").(string), d.Get("role").(string)
-	for k := range d.Raw {
-		if k != "approval_id" && k != "role" {
-			return logical.ErrorResponse("with approval_id give no other field (%s): the approved request's fields apply", k), nil
-		}
-	}
-	l := locksutil.LockForKey(b.approvalLocks, id)
+// requester, once: mint is handed the approved request and mints what it
+// stored. r is the role as the mint path opened it (the role as it is now:
+// approvals_required raised since the approval sends the request back to
+// its approvers).
+func (b *backend) redeemApproval(ctx context.Context, req *logical.Request, r *role, red approvalRedemption, mint func(*approvalRequest) (*logical.Response, error)) (*logical.Response, error) {
+	l := locksutil.LockForKey(b.approvalLocks, red.id)
 	l.Lock()
 	defer l.Unlock()
-	a, err := getJSON[approvalRequest](ctx, req.Storage, approvalPath(roleName, id))
+	a, err := getJSON[approvalRequest](ctx, req.Storage, approvalPath(red.role, red.id))
 	if err != nil {
 		return nil, err
 	}
 	now := time.Now()
 	switch {
-	case a == nil || a.Kind != kind || a.Role != roleName:
-		return logical.ErrorResponse("approval_id %q is not an approval request for this path", id), nil
+	case a == nil || a.Kind != red.kind || a.Role != red.role:
+		return logical.ErrorResponse("approval_id %q is not an approval request for this path", red.id), nil
 	case req.EntityID == "" || req.EntityID != a.RequesterEntity:
-		return logical.ErrorResponse("approval request %s can be redeemed only by its requester's Vault entity", id), nil
+		return logical.ErrorResponse("approval request %s can be redeemed only by its requester's Vault entity", red.id), nil
 	case a.state(now) != approvalApproved:
-		return logical.ErrorResponse("approval request %s is %s, not approved: nothing to redeem", id, a.state(now)), nil
+		return logical.ErrorResponse("approval request %s is %s, not approved: nothing to redeem", red.id, a.state(now)), nil
 	}
-	// The role as it is now: approvals_required raised since the approval
-	// sends the request back to its approvers.
-	r, err := b.getRole(ctx, req.Storage, roleName)
-	if err != nil {
-		return nil, err
-	}
-	if r != nil && len(a.Approvals) < r.approvalsRequired() {
+	if len(a.Approvals) < r.approvalsRequired() {
 		a.Required, a.ApprovedAt, a.RedeemBy = r.approvalsRequired(), time.Time{}, time.Time{}
 		if err := b.putApproval(ctx, req.Storage, a, a.ExpiresAt); err != nil {
 			return nil, err
 		}
-		return logical.ErrorResponse("role %q now requires %d approvals and request %s has %d: it is pending again until %s", roleName, a.Required, id, len(a.Approvals), a.ExpiresAt.Format(time.RFC3339)), nil
+		return logical.ErrorResponse("role %q now requires %d approvals and request %s has %d: it is pending again until %s", red.role, a.Required, red.id, len(a.Approvals), a.ExpiresAt.Format(time.RFC3339)), nil
 	}
-	raw := maps.Clone(a.Data)
-	raw["role"] = roleName
-	resp, err := mint(context.WithValue(ctx, approvedKey{}, a), req, &framework.FieldData{Raw: raw, Schema: d.Schema})
+	resp, err := mint(a)
 	if err != nil || resp == nil || resp.IsError() {
 		return resp, err
 	}
@@ -375,17 +359,8 @@ func (b *backend) redeemApproval(ctx context.Context, req *logical.Request, d *f
 	if err := b.putApproval(ctx, req.Storage, a, time.Time{}); err != nil {
 		return nil, err
 	}
-	b.Logger().Info("approval redeemed", "request_id", id, "credential", a.Credential)
+	b.Logger().Info("approval redeemed", "request_id", red.id, "credential", a.Credential)
 	return resp, nil
-}
-
-// approvedTTL caps a redeemed credential's lifetime at the role's
-// approved_max_ttl; ttl unchanged for a mint.
-func approvedTTL(ctx context.Context, r *role, ttl time.Duration, warnings []string) (time.Duration, []string) {
-	if approvalOf(ctx) == nil || ttl <= r.approvedMaxTTL() {
-		return ttl, warnings
-	}
-	return r.approvedMaxTTL(), append(warnings, fmt.Sprintf("ttl capped at the role's approved_max_ttl (%s)", r.approvedMaxTTL()))
 }
 
 func (b *backend) pathApprovalRoles(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {

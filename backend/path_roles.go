@@ -515,47 +515,6 @@ func grantFields(noun, ttlDefault string) map[string]*framework.FieldSchema {
 	}
 }
 
-// narrowScopes returns the scopes a mint request asks for (field "scopes"),
-// which must be a subset of the role's, or the role's default scopes. Its
-// error is the caller's mistake.
-func (r *role) narrowScopes(roleName string, d *framework.FieldData) ([]string, error) {
-	v, ok := d.GetOk("scopes")
-	if !ok {
-		return r.defaultScopes(), nil
-	}
-	scopes, err := validateScopes("scopes", v.([]string))
-	if err != nil {
-		return nil, err
-	}
-	if missing := subset(scopes, r.Scopes); len(missing) > 0 {
-		return nil, fmt.Errorf("scopes %s are not allowed by role %q (allowed: %s)",
-			strings.Join(missing, ", "), roleName, strings.Join(r.Scopes, ", "))
-	}
-	return scopes, nil
-}
-
-// narrowCIDRs returns the CIDRs a mint request asks for (field
-// "bound_cidrs"), each within one of the role's, or the role's own.
-func (r *role) narrowCIDRs(roleName string, d *framework.FieldData) ([]string, error) {
-	v, ok := d.GetOk("bound_cidrs")
-	if !ok || len(v.([]string)) == 0 {
-		return r.BoundCIDRs, nil
-	}
-	asked, err := parseCIDRs("bound_cidrs", v.([]string))
-	if err != nil {
-		return nil, err
-	}
-	roleCIDRs, err := parseCIDRs("role bound_cidrs", r.BoundCIDRs)
-	if err != nil {
-		return nil, err
-	}
-	if wider := narrows(asked, roleCIDRs); len(wider) > 0 {
-		return nil, fmt.Errorf("bound_cidrs %s are not within role %q's bound_cidrs (%s)",
-			strings.Join(wider, ", "), roleName, strings.Join(r.BoundCIDRs, ", "))
-	}
-	return cidrStrings(asked), nil
-}
-
 // normalize validates the role as a whole and puts lists in canonical form.
 func (r *role) normalize(mountMaxTTL time.Duration) error {
 	var err error

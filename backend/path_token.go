@@ -105,85 +105,20 @@ func secretJWT(b *backend) *framework.Secret {
 	}
 }
 
+// pathTokenMint mints a token from the role the path names, or redeems
+// the approved request approval_id names.
 func (b *backend) pathTokenMint(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	roleName := d.Get("role").(string)
-	r, err := b.getRole(ctx, req.Storage, roleName)
-	if err != nil {
-		return nil, err
-	}
+	r, release, resp, err := b.openMint(ctx, req.Storage, tokenOpening(d.Get("role").(string)))
 	if r == nil {
-		return logical.ErrorResponse("role %q does not exist", roleName), nil
-	}
-	if len(r.Audiences) == 0 {
-		return logical.ErrorResponse("role %q has no audiences; set audiences on the role to mint tokens from it", roleName), nil
-	}
-	if d.Get("approval_id").(string) != "" && approvalOf(ctx) == nil {
-		return b.redeemApproval(ctx, req, d, approvalKindToken, b.pathTokenMint)
-	}
-	g := grant{Role: roleName, Tenant: r.Tenant, EntityID: req.EntityID, AuthTime: time.Now().UTC().Truncate(time.Second)}
-	if g.Scopes, err = r.narrowScopes(roleName, d); err != nil {
-		return logical.ErrorResponse(err.Error()), nil
-	}
-	if g.CIDRs, err = r.narrowCIDRs(roleName, d); err != nil {
-		return logical.ErrorResponse(err.Error()), nil
-	}
-	if g.limits, err = r.limits.narrow(roleName, d); err != nil {
-		return logical.ErrorResponse(err.Error()), nil
-	}
-	aud, err := roleAudience(roleName, r, d.Get("audience").(string))
-	if err != nil {
-		return logical.ErrorResponse(err.Error()), nil
-	}
-	g.Audiences = []string{aud}
-	if g.Subject, err = b.subject(req, r.Subject); err != nil {
-		return logical.ErrorResponse(err.Error()), nil
-	}
-	if g.JKT, err = dpopBinding(d); err != nil {
-		return logical.ErrorResponse(err.Error()), nil
-	}
-	if r.RequireDPoP && g.JKT == "" {
-		return logical.ErrorResponse("role %q requires DPoP-bound tokens: give dpop_jkt (the thumbprint of the agent's public key) or dpop_jwk", roleName), nil
-	}
-	if resp, err := b.needsApproval(ctx, req, d, approvalKindToken, roleName, r, g.Scopes); resp != nil || err != nil {
 		return resp, err
 	}
-	ttl, warnings, err := framework.CalculateTTL(b.System(), time.Duration(d.Get("ttl").(int))*time.Second, r.TokenTTL, 0, r.TokenMaxTTL, 0, time.Time{})
-	if err != nil {
-		return nil, fmt.Errorf("calculating ttl: %w", err)
+	defer release()
+	if d.Get("approval_id").(string) != "" {
+		return b.redeemFrom(ctx, req, d, r, approvalKindToken, func(d *framework.FieldData, a *approvalRequest) (*logical.Response, error) {
+			return b.mintToken(ctx, req, r, tokenMintRequestFrom(req, d, a))
+		})
 	}
-	ttl, warnings = approvedTTL(ctx, r, ttl, warnings)
-
-	// Refresh needs an identity to bind the family to: callers without an
-	// entity (root, orphan tokens) all look alike. An approved token gets
-	// none: a refresh would outlive what was approved.
-	// A read (Vault Agent's template) gets none either: Agent mints again
-	// rather than refresh, so each render would leave a family behind.
-	refresh := r.RefreshTTL > 0 && req.EntityID != "" && approvalOf(ctx) == nil && req.Operation != logical.ReadOperation
-	family := ""
-	if refresh {
-		if family, err = uuid.GenerateUUID(); err != nil {
-			return nil, fmt.Errorf("generating family id: %w", err)
-		}
-	}
-	resp, err := b.issueToken(ctx, req, g, ttl, family, "")
-	if err != nil || resp.IsError() {
-		return resp, err
-	}
-	if refresh {
-		b.refreshMu.Lock()
-		defer b.refreshMu.Unlock()
-		rt, err := b.newRefreshToken(ctx, req.Storage, g, family, resp.Secret.InternalData, r.RefreshTTL, r.familyMaxTTL())
-		if err != nil {
-			return nil, err
-		}
-		resp.Data["refresh_token"] = rt
-	} else if r.RefreshTTL > 0 && req.EntityID == "" {
-		resp.AddWarning("no refresh_token: the caller has no Vault entity (a root or orphan token), and refresh tokens are bound to one")
-	}
-	for _, w := range warnings {
-		resp.AddWarning(w)
-	}
-	return resp, nil
+	return b.mintToken(ctx, req, r, tokenMintRequestFrom(req, d, nil))
 }
 
 // roleAudience is the one aud a token minted from role r carries: asked,
@@ -349,28 +284,6 @@ func dpopFields(noun, then string) map[string]*framework.FieldSchema {
 			DisplayAttrs: &framework.DisplayAttributes{Name: "DPoP JWK", EditType: "textarea"},
 		},
 	}
-}
-
-// dpopBinding is the thumbprint a mint asks to bind to (dpop_jkt, or
-// computed from dpop_jwk), "" for a bearer token.
-func dpopBinding(d *framework.FieldData) (string, error) {
-	jkt, jwk := d.Get("dpop_jkt").(string), d.Get("dpop_jwk").(string)
-	switch {
-	case jkt != "" && jwk != "":
-		return "", fmt.Errorf("give dpop_jkt or dpop_jwk, not both")
-	case jwk != "":
-		if len(jwk) > 8<<10 {
-			return "", fmt.Errorf("dpop_jwk is over 8 KiB: not a public key")
-		}
-		tp, err := jwtverify.Thumbprint([]byte(jwk))
-		if err != nil {
-			return "", fmt.Errorf("dpop_jwk: %w", err)
-		}
-		return tp, nil
-	case jkt != "" && !jwtverify.ValidJKT(jkt):
-		return "", fmt.Errorf("dpop_jkt must be a SHA-256 JWK thumbprint (RFC 7638): 43 characters of unpadded base64url")
-	}
-	return jkt, nil
 }
 
 // subject derives sub from the caller's Vault identity. A caller without an

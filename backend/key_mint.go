@@ -1,0 +1,158 @@
+package backend
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/keybroker/keybroker/apikey"
+)
+
+// Minting an API key: from a keyMintRequest and the role its path opened
+// (openMint, under the role's lock) to the stored keyEntry and the answer.
+
+// keyOpening opens keys/<role>: a mint holds the role's lock for reading
+// from the suspension check to the key's write, so a suspension waits for
+// the mints under way, and no mint passes the check once it returned.
+func keyOpening(roleName string) mintOpening {
+	return mintOpening{role: roleName, locked: true, refuse: func(r *role) string {
+		if r.Suspended {
+			return fmt.Sprintf("role %q is suspended: resume it (roles/%s/resume) to mint keys", roleName, roleName)
+		}
+		return ""
+	}}
+}
+
+// mintKey mints an API key from role r: what m asks, narrowed to what r
+// allows; a pending approval request instead when m asks for scopes r
+// keeps for approval and redeems none.
+func (b *backend) mintKey(ctx context.Context, req *logical.Request, r *role, m keyMintRequest) (*logical.Response, error) {
+	entry, err := r.keyFor(m)
+	if err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
+	if resp, err := b.needsApproval(ctx, req, r, m.role, entry.Scopes, m.approvalAsk); resp != nil || err != nil {
+		return resp, err
+	}
+	ttl, warnings, err := b.mintTTL(m.ttl, r.TTL, r.MaxTTL, r, m.approved)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now().UTC().Truncate(time.Second)
+	entry.EntityID, entry.CreatedAt, entry.ExpiresAt = req.EntityID, now, now.Add(ttl)
+	if m.approved != nil {
+		entry.Approval = m.approved.ID
+	}
+	key, err := b.createKey(ctx, req.Storage, r.KeyPrefix, entry)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.putKey(ctx, req.Storage, entry); err != nil {
+		return nil, err
+	}
+	b.keyChanges.add(entry.ID)
+	resp := b.keyMinted(key, entry, r, ttl)
+	for _, w := range warnings {
+		resp.AddWarning(w)
+	}
+	return resp, nil
+}
+
+// keyFor is the key m asks for, as role r allows it, without its id,
+// owner and times. The error is the caller's mistake.
+func (r *role) keyFor(m keyMintRequest) (*keyEntry, error) {
+	if strings.TrimSpace(m.name) == "" {
+		return nil, fmt.Errorf("name is required")
+	}
+	if err := validateText("name", m.name, maxNameLength); err != nil {
+		return nil, err
+	}
+	n, err := r.narrow(m.grantAsk)
+	if err != nil {
+		return nil, err
+	}
+	jkt, err := r.binding(m.grantAsk, "credentials", "holder's")
+	if err != nil {
+		return nil, err
+	}
+	md, err := r.keyMetadata(m.role, m.metadata)
+	if err != nil {
+		return nil, err
+	}
+	return &keyEntry{Name: m.name, Role: m.role, Scopes: n.scopes, BoundCIDRs: n.cidrs, Tenant: r.Tenant,
+		Metadata: md, Orphan: r.Orphan, JKT: jkt, limits: n.limits}, nil
+}
+
+// keyMetadata is a key's metadata: asked, which may not set the role's
+// keys, and the role's.
+func (r *role) keyMetadata(roleName string, asked map[string]string) (map[string]string, error) {
+	md := map[string]string{}
+	if asked != nil {
+		for k := range asked {
+			if _, clash := r.Metadata[k]; clash {
+				return nil, fmt.Errorf("metadata key %q is set by role %q and cannot be overridden", k, roleName)
+			}
+		}
+		if err := validateMetadata("metadata", asked); err != nil {
+			return nil, err
+		}
+		for k, v := range asked {
+			md[k] = v
+		}
+	}
+	for k, v := range r.Metadata {
+		md[k] = v
+	}
+	if len(md) > maxMetadataPairs {
+		return nil, fmt.Errorf("metadata: the key's and the role's together exceed %d entries", maxMetadataPairs)
+	}
+	return md, nil
+}
+
+// keyMinted is a mint's answer: the key once, what it may do, and unless
+// the role is an orphan one its lease.
+func (b *backend) keyMinted(key string, entry *keyEntry, r *role, ttl time.Duration) *logical.Response {
+	data := entry.publicData()
+	delete(data, "metadata")
+	data["key"] = key
+	data["expires_at"] = entry.ExpiresAt.Format(time.RFC3339)
+	entry.limits.responseData(data)
+	if r.Orphan {
+		return &logical.Response{Data: data}
+	}
+	resp := b.Secret(secretTypeAPIKey).Response(data, map[string]interface{}{"key_id": entry.ID})
+	resp.Secret.TTL = ttl
+	resp.Secret.MaxTTL = r.MaxTTL
+	resp.Secret.Renewable = !r.NotRenewable
+	if entry.Approval != "" {
+		// Approved for this long, not for renewals up to max_ttl.
+		resp.Secret.MaxTTL, resp.Secret.Renewable = ttl, false
+	}
+	return resp
+}
+
+// createKey generates a key whose key_id is not yet in storage, and sets
+// k's id and hash to it.
+func (b *backend) createKey(ctx context.Context, s logical.Storage, prefix string, k *keyEntry) (string, error) {
+	for attempt := 0; attempt < 3; attempt++ {
+		key, id, err := apikey.Generate(nil, prefix)
+		if err != nil {
+			return "", fmt.Errorf("generating key: %w", err)
+		}
+		existing, err := s.Get(ctx, keyPrefix+id)
+		if err != nil {
+			return "", fmt.Errorf("checking key_id: %w", err)
+		}
+		if existing == nil {
+			h := apikey.Hash(key)
+			k.ID, k.Hash = id, h[:]
+			return key, nil
+		}
+	}
+	// Three collisions in a row of ids stamped with the same second, each with
+	// 41 random bits, mean the randomness is broken.
+	return "", fmt.Errorf("generating key: key_id collided three times")
+}
