@@ -142,7 +142,7 @@ func (b *backend) createKey(ctx context.Context, s logical.Storage, prefix strin
 		if err != nil {
 			return "", fmt.Errorf("generating key: %w", err)
 		}
-		existing, err := s.Get(ctx, keyPrefix+id)
+		existing, err := s.Get(ctx, apiKeyPath(id))
 		if err != nil {
 			return "", fmt.Errorf("checking key_id: %w", err)
 		}

@@ -28,11 +28,6 @@ import (
 // keybroker/approvals/<role>/* grants one role's approvals, and how many can
 // wait is bounded per requester and per role (approval-index/<role>).
 
-const (
-	approvalPrefix      = "approvals/"
-	approvalIndexPrefix = "approval-index/"
-)
-
 // Bounds on what requesters can make the plugin store: live (pending, or
 // approved and not yet redeemed) requests per Vault entity and per role,
 // and the size of one request's stored fields.
@@ -48,8 +43,6 @@ const (
 	defaultApprovalPage = 100
 	maxApprovalPage     = 1000
 )
-
-func approvalPath(role, id string) string { return approvalPrefix + role + "/" + id }
 
 // approvalRetention is how long a decided request (denied, approved,
 // redeemed) stays readable before tidy removes it; one that expired with
@@ -382,7 +375,7 @@ func (b *backend) pathApprovalList(ctx context.Context, req *logical.Request, d 
 	if limit < 1 || limit > maxApprovalPage {
 		return logical.ErrorResponse("limit must be between 1 and %d, got %d", maxApprovalPage, limit), nil
 	}
-	ids, err := req.Storage.List(ctx, approvalPrefix+role+"/")
+	ids, err := req.Storage.List(ctx, approvalsOfRole(role))
 	if err != nil {
 		return nil, fmt.Errorf("listing approvals: %w", err)
 	}
@@ -489,7 +482,7 @@ func (b *backend) admitApproval(ctx context.Context, s logical.Storage, a *appro
 		return nil, err
 	}
 	// Finished requests are kept a while for the record: bounded too.
-	stored, err := s.List(ctx, approvalPrefix+a.Role+"/")
+	stored, err := s.List(ctx, approvalsOfRole(a.Role))
 	if err != nil {
 		return nil, fmt.Errorf("listing approvals: %w", err)
 	}
@@ -509,7 +502,7 @@ func (b *backend) admitApproval(ctx context.Context, s logical.Storage, a *appro
 		return logical.ErrorResponse("role %q has %d approval requests waiting, the most it may: wait for their decisions or their expiry", a.Role, len(idx.Live)), nil
 	}
 	idx.Live = append(idx.Live, liveApproval{ID: a.ID, Requester: a.RequesterEntity, Until: a.ExpiresAt})
-	return nil, putJSON(ctx, s, approvalIndexPrefix+a.Role, idx)
+	return nil, putJSON(ctx, s, approvalIndexPath(a.Role), idx)
 }
 
 // putApproval stores a request and how long it holds its place among its
@@ -528,12 +521,12 @@ func (b *backend) putApproval(ctx context.Context, s logical.Storage, a *approva
 		idx.Live = append(idx.Live, liveApproval{ID: a.ID, Requester: a.RequesterEntity, Until: live})
 	}
 	if len(idx.Live) == 0 {
-		if err := s.Delete(ctx, approvalIndexPrefix+a.Role); err != nil {
+		if err := s.Delete(ctx, approvalIndexPath(a.Role)); err != nil {
 			return fmt.Errorf("deleting the approval index of %s: %w", a.Role, err)
 		}
 		return nil
 	}
-	return putJSON(ctx, s, approvalIndexPrefix+a.Role, idx)
+	return putJSON(ctx, s, approvalIndexPath(a.Role), idx)
 }
 
 // approvalIndex is a role's live approval requests: what the caps count.
@@ -550,7 +543,7 @@ type liveApproval struct {
 // liveApprovals reads a role's index without what is over by now and
 // without drop (an id about to be written anew). approvalIndexMu held.
 func (b *backend) liveApprovals(ctx context.Context, s logical.Storage, role string, now time.Time, drop string) (*approvalIndex, error) {
-	idx, err := getJSON[approvalIndex](ctx, s, approvalIndexPrefix+role)
+	idx, err := getJSON[approvalIndex](ctx, s, approvalIndexPath(role))
 	if err != nil || idx == nil {
 		return &approvalIndex{}, err
 	}
@@ -575,7 +568,7 @@ func (b *backend) tidyApprovals(ctx context.Context, s logical.Storage, now time
 			}
 			continue
 		}
-		if _, err := tidyPrefix(ctx, s, approvalPrefix+n, func(a *approvalRequest) bool {
+		if _, err := tidyPrefix(ctx, s, approvalsOfRole(strings.TrimSuffix(n, "/")), func(a *approvalRequest) bool {
 			return !now.Before(a.done())
 		}); err != nil {
 			return err
@@ -593,7 +586,7 @@ func (b *backend) migrateApproval(ctx context.Context, s logical.Storage, id str
 	l := locksutil.LockForKey(b.approvalLocks, id)
 	l.Lock()
 	defer l.Unlock()
-	a, err := getJSON[approvalRequest](ctx, s, approvalPrefix+id)
+	a, err := getJSON[approvalRequest](ctx, s, legacyApprovalPath(id))
 	if err != nil || a == nil {
 		return err
 	}
@@ -609,8 +602,8 @@ func (b *backend) migrateApproval(ctx context.Context, s logical.Storage, id str
 			return err
 		}
 	}
-	if err := s.Delete(ctx, approvalPrefix+id); err != nil {
-		return fmt.Errorf("deleting %s%s: %w", approvalPrefix, id, err)
+	if err := s.Delete(ctx, legacyApprovalPath(id)); err != nil {
+		return fmt.Errorf("deleting %s: %w", legacyApprovalPath(id), err)
 	}
 	return nil
 }

@@ -2,8 +2,6 @@ package backend
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"strings"
 	"time"
@@ -26,10 +24,6 @@ const (
 	tokenTypeAccessToken = "urn:ietf:params:oauth:token-type:access_token"
 	tokenTypeJWT         = "urn:ietf:params:oauth:token-type:jwt"
 )
-
-// derivedPrefix indexes, by a token's jti, the tokens exchanged from it, so
-// that revoking it revokes them too.
-const derivedPrefix = "derived/"
 
 // derivedTokens are the tokens exchanged from one token: jti -> exp.
 type derivedTokens struct {
@@ -138,16 +132,6 @@ type derivedSlot struct {
 	chain              []string
 }
 
-// derivedKey is where the tokens one actor exchanged from parent are filed:
-// each actor has its own maxDerived slots, so no actor can use up another's.
-// The actor (a Vault entity id) is hashed into one path segment whatever it
-// holds. Tokens exchanged before slots were per actor are filed under
-// derivedPrefix+parent itself.
-func derivedKey(parent, actor string) string {
-	sum := sha256.Sum256([]byte(actor))
-	return derivedPrefix + parent + "/" + hex.EncodeToString(sum[:16])
-}
-
 // reserveDerived files a token about to be exchanged from s.parent, under
 // the lock revocations take: a revocation of the subject that came first is
 // seen here (the exchange is refused), and one that comes after finds the
@@ -156,7 +140,7 @@ func derivedKey(parent, actor string) string {
 func (b *backend) reserveDerived(ctx context.Context, st logical.Storage, s derivedSlot, exp time.Time) (string, error) {
 	b.revocationMu.Lock()
 	defer b.revocationMu.Unlock()
-	revoked, err := st.Get(ctx, revokedJTIPrefix+s.parent)
+	revoked, err := st.Get(ctx, revokedJTIPath(s.parent))
 	if err != nil {
 		return "", fmt.Errorf("reading revoked jti: %w", err)
 	}
@@ -182,7 +166,7 @@ func (b *backend) reserveDerived(ctx context.Context, st logical.Storage, s deri
 	}
 	dt.Children[s.jti] = exp
 	if s.chain != nil {
-		if err := putJSON(ctx, st, chainPrefix+s.jti, &entityChain{Entities: s.chain, ExpiresAt: exp}); err != nil {
+		if err := putJSON(ctx, st, chainPath(s.jti), &entityChain{Entities: s.chain, ExpiresAt: exp}); err != nil {
 			return "", err
 		}
 	}
@@ -193,8 +177,8 @@ func (b *backend) reserveDerived(ctx context.Context, st logical.Storage, s deri
 func (b *backend) releaseDerived(ctx context.Context, st logical.Storage, s derivedSlot) error {
 	b.revocationMu.Lock()
 	defer b.revocationMu.Unlock()
-	if err := st.Delete(ctx, chainPrefix+s.jti); err != nil {
-		return fmt.Errorf("deleting %s%s: %w", chainPrefix, s.jti, err)
+	if err := st.Delete(ctx, chainPath(s.jti)); err != nil {
+		return fmt.Errorf("deleting %s: %w", chainPath(s.jti), err)
 	}
 	key := derivedKey(s.parent, s.actor)
 	dt, err := getJSON[derivedTokens](ctx, st, key)
@@ -218,13 +202,13 @@ func (b *backend) revokeDerivedLocked(ctx context.Context, s logical.Storage, jt
 	if depth > jwtverify.MaxActors {
 		return nil // no chain is longer
 	}
-	actors, err := s.List(ctx, derivedPrefix+jti+"/")
+	actors, err := s.List(ctx, derivedActorsOf(jti))
 	if err != nil {
-		return fmt.Errorf("listing %s%s/: %w", derivedPrefix, jti, err)
+		return fmt.Errorf("listing %s: %w", derivedActorsOf(jti), err)
 	}
-	keys := []string{derivedPrefix + jti}
+	keys := []string{derivedLegacyPath(jti)}
 	for _, a := range actors {
-		keys = append(keys, derivedPrefix+jti+"/"+a)
+		keys = append(keys, derivedActorsOf(jti)+a)
 	}
 	for _, key := range keys {
 		dt, err := getJSON[derivedTokens](ctx, s, key)
@@ -258,9 +242,9 @@ func (b *backend) tidyDerived(ctx context.Context, s logical.Storage, now time.T
 			}
 			continue
 		}
-		actors, err := s.List(ctx, derivedPrefix+n)
+		actors, err := s.List(ctx, derivedIndexPath(n))
 		if err != nil {
-			return fmt.Errorf("listing %s%s: %w", derivedPrefix, n, err)
+			return fmt.Errorf("listing %s: %w", derivedIndexPath(n), err)
 		}
 		for _, a := range actors {
 			if err := b.tidyOneDerived(ctx, s, n+a, now); err != nil {
@@ -274,12 +258,12 @@ func (b *backend) tidyDerived(ctx context.Context, s logical.Storage, now time.T
 func (b *backend) tidyOneDerived(ctx context.Context, s logical.Storage, name string, now time.Time) error {
 	b.revocationMu.Lock()
 	defer b.revocationMu.Unlock()
-	dt, err := getJSON[derivedTokens](ctx, s, derivedPrefix+name)
+	dt, err := getJSON[derivedTokens](ctx, s, derivedIndexPath(name))
 	if err != nil || dt == nil || now.Before(dt.expiry()) {
 		return err
 	}
-	if err := s.Delete(ctx, derivedPrefix+name); err != nil {
-		return fmt.Errorf("deleting %s%s: %w", derivedPrefix, name, err)
+	if err := s.Delete(ctx, derivedIndexPath(name)); err != nil {
+		return fmt.Errorf("deleting %s: %w", derivedIndexPath(name), err)
 	}
 	return nil
 }

@@ -15,10 +15,8 @@ import (
 // suspension and resumption of a key (a role's: path_role_suspend.go).
 // Revocation by value is in path_revoke.go.
 
-// rotationPrefix indexes rotated keys by key_id until their grace ends, so
-// that the active node revokes them then, through the feed.
-const rotationPrefix = "rotations/"
-
+// rotation is a rotated key's entry (rotationPath) until its grace ends, so
+// that the active node revokes it then, through the feed.
 type rotation struct {
 	GraceEnds time.Time `json:"grace_ends"`
 }
@@ -202,7 +200,7 @@ func (b *backend) storeRotation(ctx context.Context, s logical.Storage, old, nex
 		if root, _, err = b.meterRoot(ctx, s, old.ID); err != nil {
 			return "", err
 		}
-		if err := putJSON(ctx, s, meterPrefix+next.ID, &meter{Link: root, ExpiresAt: next.ExpiresAt}); err != nil {
+		if err := putJSON(ctx, s, meterPath(next.ID), &meter{Link: root, ExpiresAt: next.ExpiresAt}); err != nil {
 			return "", err
 		}
 	}
@@ -212,7 +210,7 @@ func (b *backend) storeRotation(ctx context.Context, s logical.Storage, old, nex
 	if err := b.putKey(ctx, s, old); err != nil {
 		return "", err
 	}
-	if err := putJSON(ctx, s, rotationPrefix+old.ID, rotation{GraceEnds: graceEnds}); err != nil {
+	if err := putJSON(ctx, s, rotationPath(old.ID), rotation{GraceEnds: graceEnds}); err != nil {
 		return "", err
 	}
 	b.keyChanges.add(old.ID)
@@ -278,7 +276,7 @@ func (b *backend) revokeRotated(ctx context.Context, s logical.Storage, now time
 		return fmt.Errorf("listing rotations: %w", err)
 	}
 	for _, id := range ids {
-		rot, err := getJSON[rotation](ctx, s, rotationPrefix+id)
+		rot, err := getJSON[rotation](ctx, s, rotationPath(id))
 		if err != nil {
 			return err
 		}
@@ -288,7 +286,7 @@ func (b *backend) revokeRotated(ctx context.Context, s logical.Storage, now time
 		if err := b.revokeKeyAtGraceEnd(ctx, s, id); err != nil {
 			return err
 		}
-		if err := s.Delete(ctx, rotationPrefix+id); err != nil {
+		if err := s.Delete(ctx, rotationPath(id)); err != nil {
 			return fmt.Errorf("deleting rotation %s: %w", id, err)
 		}
 	}

@@ -11,8 +11,6 @@ import (
 	"github.com/keybroker/keybroker/apikey"
 )
 
-const keyPrefix = "keys/"
-
 // keyEntry is what storage holds for a minted key: a snapshot of what it may
 // do, and the hash of the key, never the key.
 type keyEntry struct {
@@ -132,11 +130,11 @@ func keyAnswerFields() map[string]*framework.FieldSchema {
 }
 
 func (b *backend) getKey(ctx context.Context, s logical.Storage, id string) (*keyEntry, error) {
-	return getJSON[keyEntry](ctx, s, keyPrefix+id)
+	return getJSON[keyEntry](ctx, s, apiKeyPath(id))
 }
 
 func (b *backend) putKey(ctx context.Context, s logical.Storage, k *keyEntry) error {
-	return putJSON(ctx, s, keyPrefix+k.ID, k)
+	return putJSON(ctx, s, apiKeyPath(k.ID), k)
 }
 
 func pathKeys(b *backend) []*framework.Path {

@@ -18,10 +18,6 @@ import (
 )
 
 const (
-	refreshPrefix = "refresh/"
-	familyPrefix  = "families/"
-	// tokenFamilyPrefix indexes a family's access tokens by jti.
-	tokenFamilyPrefix = "token-families/"
 	// refreshTokenPrefix tags refresh tokens, which share the API key
 	// format (and its offline checksum) but are never API keys.
 	refreshTokenPrefix = "kbrt"
@@ -106,7 +102,7 @@ func (b *backend) newRefreshToken(ctx context.Context, s logical.Storage, g gran
 		if token, id, err = apikey.Generate(nil, refreshTokenPrefix); err != nil {
 			return "", fmt.Errorf("generating refresh token: %w", err)
 		}
-		existing, err := s.Get(ctx, refreshPrefix+id)
+		existing, err := s.Get(ctx, refreshPath(id))
 		if err != nil {
 			return "", fmt.Errorf("checking refresh id: %w", err)
 		}
@@ -118,7 +114,7 @@ func (b *backend) newRefreshToken(ctx context.Context, s logical.Storage, g gran
 		}
 	}
 	now := time.Now().UTC()
-	f, err := getJSON[family](ctx, s, familyPrefix+familyID)
+	f, err := getJSON[family](ctx, s, familyPath(familyID))
 	if err != nil {
 		return "", err
 	}
@@ -130,7 +126,7 @@ func (b *backend) newRefreshToken(ctx context.Context, s logical.Storage, g gran
 	}
 	h := apikey.Hash(token)
 	entry := refreshEntry{ID: id, Hash: h[:], Family: familyID, Grant: g, ExpiresAt: minTime(now.Add(ttl), f.CreatedAt.Add(familyTTL))}
-	if err := putJSON(ctx, s, refreshPrefix+id, entry); err != nil {
+	if err := putJSON(ctx, s, refreshPath(id), entry); err != nil {
 		return "", err
 	}
 	jti, _ := access["jti"].(string)
@@ -145,12 +141,12 @@ func (b *backend) newRefreshToken(ctx context.Context, s logical.Storage, g gran
 	}
 	f.JTIs[jti] = exp
 	// Revoking the token by value finds its family here.
-	if err := putJSON(ctx, s, tokenFamilyPrefix+jti, tokenFamily{Family: familyID, ExpiresAt: exp}); err != nil {
+	if err := putJSON(ctx, s, tokenFamilyPath(jti), tokenFamily{Family: familyID, ExpiresAt: exp}); err != nil {
 		return "", err
 	}
 	f.Refresh = append(f.Refresh, id)
 	f.ExpiresAt = maxTime(f.ExpiresAt, entry.ExpiresAt, exp)
-	return token, putJSON(ctx, s, familyPrefix+familyID, f)
+	return token, putJSON(ctx, s, familyPath(familyID), f)
 }
 
 func maxTime(ts ...time.Time) time.Time {
@@ -201,7 +197,7 @@ func (b *backend) refresh(ctx context.Context, req *logical.Request, m refreshRe
 		return logical.ErrorResponse("role %q %s; mint a new token", entry.Grant.Role, msg), nil
 	}
 	entry.SpentAt = time.Now().UTC()
-	if err := putJSON(ctx, req.Storage, refreshPrefix+entry.ID, entry); err != nil {
+	if err := putJSON(ctx, req.Storage, refreshPath(entry.ID), entry); err != nil {
 		return nil, err
 	}
 	ttl := r.TokenTTL
@@ -230,7 +226,7 @@ const refreshInvalid = "refresh_token is invalid or expired"
 // presented again is taken for theft: its family is revoked. The caller
 // holds refreshMu.
 func (b *backend) spendable(ctx context.Context, req *logical.Request, m refreshRequest, id string) (*refreshEntry, *family, *logical.Response, error) {
-	entry, err := getJSON[refreshEntry](ctx, req.Storage, refreshPrefix+id)
+	entry, err := getJSON[refreshEntry](ctx, req.Storage, refreshPath(id))
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -238,7 +234,7 @@ func (b *backend) spendable(ctx context.Context, req *logical.Request, m refresh
 	if entry == nil || subtle.ConstantTimeCompare(hash[:], entry.Hash) != 1 || !time.Now().Before(entry.ExpiresAt) {
 		return nil, nil, logical.ErrorResponse(refreshInvalid), nil
 	}
-	f, err := getJSON[family](ctx, req.Storage, familyPrefix+entry.Family)
+	f, err := getJSON[family](ctx, req.Storage, familyPath(entry.Family))
 	switch {
 	case err != nil:
 		return nil, nil, nil, err
@@ -386,7 +382,7 @@ func intersectCIDRs(a, b []string) ([]string, error) {
 // revokeFamilyLocked revokes every live access token of a family and stops
 // its refresh tokens. The caller holds refreshMu.
 func (b *backend) revokeFamilyLocked(ctx context.Context, s logical.Storage, id string) error {
-	f, err := getJSON[family](ctx, s, familyPrefix+id)
+	f, err := getJSON[family](ctx, s, familyPath(id))
 	if err != nil || f == nil {
 		return err
 	}
@@ -398,5 +394,5 @@ func (b *backend) revokeFamilyLocked(ctx context.Context, s logical.Storage, id 
 	if f.RevokedAt.IsZero() {
 		f.RevokedAt = time.Now().UTC()
 	}
-	return putJSON(ctx, s, familyPrefix+id, f)
+	return putJSON(ctx, s, familyPath(id), f)
 }

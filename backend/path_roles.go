@@ -14,8 +14,6 @@ import (
 	"github.com/keybroker/keybroker/jwtverify"
 )
 
-const rolePrefix = "roles/"
-
 // maxApprovers bounds approvals_required.
 const maxApprovers = 10
 
@@ -329,7 +327,7 @@ be renewed.`,
 }
 
 func (b *backend) getRole(ctx context.Context, s logical.Storage, name string) (*role, error) {
-	r, err := getJSON[role](ctx, s, rolePrefix+name)
+	r, err := getJSON[role](ctx, s, rolePath(name))
 	if r != nil {
 		r.applyDefaults()
 	}
@@ -361,7 +359,7 @@ func (b *backend) pathRoleDelete(ctx context.Context, req *logical.Request, d *f
 	l := b.roleLock(d.Get("name").(string))
 	l.Lock()
 	defer l.Unlock()
-	if err := req.Storage.Delete(ctx, rolePrefix+d.Get("name").(string)); err != nil {
+	if err := req.Storage.Delete(ctx, rolePath(d.Get("name").(string))); err != nil {
 		return nil, fmt.Errorf("deleting role: %w", err)
 	}
 	return nil, nil
@@ -426,7 +424,7 @@ func (b *backend) saveRole(ctx context.Context, s logical.Storage, name string, 
 		return logical.ErrorResponse("token_max_ttl (%s) exceeds keybroker/config verification_ttl (%s): tokens would outlive the keys that verify them; raise verification_ttl first",
 			r.TokenMaxTTL, cfg.VerificationTTL), nil
 	}
-	return nil, putJSON(ctx, s, rolePrefix+name, r)
+	return nil, putJSON(ctx, s, rolePath(name), r)
 }
 
 // seconds is a TypeDurationSecond field's value.

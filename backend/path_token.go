@@ -20,9 +20,6 @@ import (
 
 const (
 	secretTypeJWT = "jwt"
-	// revokedJTIPrefix indexes revoked jtis, so verify can answer "revoked"
-	// without scanning the feed.
-	revokedJTIPrefix = "revoked/jti/"
 )
 
 // grant is what one access token carries. A refresh token keeps its grant so
@@ -380,7 +377,7 @@ func (b *backend) revokeJTILocked(ctx context.Context, s logical.Storage, jti st
 		// expired token still passes.
 		return nil
 	}
-	existing, err := s.Get(ctx, revokedJTIPrefix+jti)
+	existing, err := s.Get(ctx, revokedJTIPath(jti))
 	if err != nil {
 		return fmt.Errorf("reading revoked jti: %w", err)
 	}
@@ -393,7 +390,7 @@ func (b *backend) revokeJTILocked(ctx context.Context, s logical.Storage, jti st
 	if err := b.revokeDerivedLocked(ctx, s, jti, depth); err != nil {
 		return err
 	}
-	if err := putJSON(ctx, s, revokedJTIPrefix+jti, revokedJTI{ExpiresAt: exp}); err != nil {
+	if err := putJSON(ctx, s, revokedJTIPath(jti), revokedJTI{ExpiresAt: exp}); err != nil {
 		return err
 	}
 	return b.appendRevocationLocked(ctx, s, revocation{ID: jti, Type: secretTypeJWT, RevokedAt: now, ExpiresAt: exp})
