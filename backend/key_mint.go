@@ -26,6 +26,23 @@ func keyOpening(roleName string) mintOpening {
 	}}
 }
 
+// mintKeyAsked is what keys/<role> does with m: it opens the role, then
+// mints a key, or redeems the approved request m names for the key it
+// stored.
+func (b *backend) mintKeyAsked(ctx context.Context, req *logical.Request, m keyMintRequest) (*logical.Response, error) {
+	r, release, resp, err := b.openMint(ctx, req.Storage, keyOpening(m.role))
+	if r == nil {
+		return resp, err
+	}
+	defer release()
+	if m.approvalID == "" {
+		return b.mintKey(ctx, req, r, m)
+	}
+	return b.redeemApproval(ctx, req, r, m.role, m.approvalAsk, func(a *approvalRequest) (*logical.Response, error) {
+		return b.mintKey(ctx, req, r, storedKeyMint(m.role, a))
+	})
+}
+
 // mintKey mints an API key from role r: what m asks, narrowed to what r
 // allows; a pending approval request instead when m asks for scopes r
 // keeps for approval and redeems none.

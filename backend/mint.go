@@ -37,6 +37,9 @@ type approvalAsk struct {
 	// fields are the request's fields as sent (role and approval_id aside):
 	// an approval request stores them, and its redemption mints them again.
 	fields map[string]interface{}
+	// approvalID asks to redeem that approved request instead of minting
+	// fields (it comes alone).
+	approvalID string
 	// approved is the approved request this mint redeems, nil for a mint
 	// asked directly: it skips approval, caps the lifetime at the role's
 	// approved_max_ttl and is recorded on the credential.

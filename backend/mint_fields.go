@@ -1,7 +1,6 @@
 package backend
 
 import (
-	"context"
 	"maps"
 	"time"
 
@@ -41,7 +40,7 @@ func approvalAskFrom(d *framework.FieldData, kind string, approved *approvalRequ
 	fields := maps.Clone(d.Raw)
 	delete(fields, "role")
 	delete(fields, "approval_id")
-	return approvalAsk{kind: kind, fields: fields, approved: approved}
+	return approvalAsk{kind: kind, fields: fields, approvalID: d.Get("approval_id").(string), approved: approved}
 }
 
 func keyMintRequestFrom(d *framework.FieldData, approved *approvalRequest) keyMintRequest {
@@ -57,7 +56,7 @@ func keyMintRequestFrom(d *framework.FieldData, approved *approvalRequest) keyMi
 
 func tokenMintRequestFrom(req *logical.Request, d *framework.FieldData, approved *approvalRequest) tokenMintRequest {
 	return tokenMintRequest{grantAsk: grantAskFrom(d), approvalAsk: approvalAskFrom(d, approvalKindToken, approved),
-		audience: d.Get("audience").(string), read: req.Operation == logical.ReadOperation}
+		audience: d.Get("audience").(string), read: req != nil && req.Operation == logical.ReadOperation}
 }
 
 func exchangeRequestFrom(d *framework.FieldData) exchangeRequest {
@@ -72,24 +71,26 @@ func exchangeRequestFrom(d *framework.FieldData) exchangeRequest {
 	}
 }
 
-// redeemFrom redeems the approval request d names (approval_id) on a mint
-// path whose role r is open: the request's stored fields are read as this
-// path reads a mint's, and minted with the approval.
-func (b *backend) redeemFrom(ctx context.Context, req *logical.Request, d *framework.FieldData, r *role, kind string,
-	mint func(d *framework.FieldData, approved *approvalRequest) (*logical.Response, error)) (*logical.Response, error) {
-	for k := range d.Raw {
-		if k != "approval_id" && k != "role" {
-			return logical.ErrorResponse("with approval_id give no other field (%s): the approved request's fields apply", k), nil
-		}
+// storedFields are an approved request's stored fields as its mint path
+// (schema) reads them: the redemption mints exactly what was approved.
+func storedFields(roleName string, a *approvalRequest, schema map[string]*framework.FieldSchema) *framework.FieldData {
+	raw := maps.Clone(a.Data)
+	if raw == nil {
+		raw = map[string]interface{}{}
 	}
-	roleName := d.Get("role").(string)
-	return b.redeemApproval(ctx, req, r, approvalRedemption{kind: kind, role: roleName, id: d.Get("approval_id").(string)},
-		func(a *approvalRequest) (*logical.Response, error) {
-			raw := maps.Clone(a.Data)
-			if raw == nil {
-				raw = map[string]interface{}{}
-			}
-			raw["role"] = roleName
-			return mint(&framework.FieldData{Raw: raw, Schema: d.Schema}, a)
-		})
+	raw["role"] = roleName
+	return &framework.FieldData{Raw: raw, Schema: schema}
+}
+
+// storedKeyMint is the key mint an approved request stored.
+func storedKeyMint(roleName string, a *approvalRequest) keyMintRequest {
+	return keyMintRequestFrom(storedFields(roleName, a, mintKeyFields()), a)
+}
+
+// storedTokenMint is the token mint an approved request stored, redeemed
+// by a read or not as read says.
+func storedTokenMint(roleName string, a *approvalRequest, read bool) tokenMintRequest {
+	m := tokenMintRequestFrom(nil, storedFields(roleName, a, mintTokenFields()), a)
+	m.read = read
+	return m
 }

@@ -305,40 +305,39 @@ func (b *backend) needsApproval(ctx context.Context, req *logical.Request, r *ro
 	}}, nil
 }
 
-// approvalRedemption names the approval request a mint redeems: its id,
-// and the kind and role of the path it is redeemed on.
-type approvalRedemption struct {
-	kind, role, id string
-}
-
-// redeemApproval mints the credential of an approved request for its
-// requester, once: mint is handed the approved request and mints what it
-// stored. r is the role as the mint path opened it (the role as it is now:
-// approvals_required raised since the approval sends the request back to
-// its approvers).
-func (b *backend) redeemApproval(ctx context.Context, req *logical.Request, r *role, red approvalRedemption, mint func(*approvalRequest) (*logical.Response, error)) (*logical.Response, error) {
-	l := locksutil.LockForKey(b.approvalLocks, red.id)
+// redeemApproval mints the credential of the approved request ask names
+// (ask.approvalID, on a mint path of kind ask.kind under role roleName) for
+// its requester, once: mint is handed the approved request and mints what
+// it stored. r is the role as the mint path opened it (the role as it is
+// now: approvals_required raised since the approval sends the request back
+// to its approvers).
+func (b *backend) redeemApproval(ctx context.Context, req *logical.Request, r *role, roleName string, ask approvalAsk, mint func(*approvalRequest) (*logical.Response, error)) (*logical.Response, error) {
+	if len(ask.fields) > 0 {
+		return logical.ErrorResponse("with approval_id give no other field (%s): the approved request's fields apply", slices.Min(slices.Collect(maps.Keys(ask.fields)))), nil
+	}
+	id := ask.approvalID
+	l := locksutil.LockForKey(b.approvalLocks, id)
 	l.Lock()
 	defer l.Unlock()
-	a, err := getJSON[approvalRequest](ctx, req.Storage, approvalPath(red.role, red.id))
+	a, err := getJSON[approvalRequest](ctx, req.Storage, approvalPath(roleName, id))
 	if err != nil {
 		return nil, err
 	}
 	now := time.Now()
 	switch {
-	case a == nil || a.Kind != red.kind || a.Role != red.role:
-		return logical.ErrorResponse("approval_id %q is not an approval request for this path", red.id), nil
+	case a == nil || a.Kind != ask.kind || a.Role != roleName:
+		return logical.ErrorResponse("approval_id %q is not an approval request for this path", id), nil
 	case req.EntityID == "" || req.EntityID != a.RequesterEntity:
-		return logical.ErrorResponse("approval request %s can be redeemed only by its requester's Vault entity", red.id), nil
+		return logical.ErrorResponse("approval request %s can be redeemed only by its requester's Vault entity", id), nil
 	case a.state(now) != approvalApproved:
-		return logical.ErrorResponse("approval request %s is %s, not approved: nothing to redeem", red.id, a.state(now)), nil
+		return logical.ErrorResponse("approval request %s is %s, not approved: nothing to redeem", id, a.state(now)), nil
 	}
 	if len(a.Approvals) < r.approvalsRequired() {
 		a.Required, a.ApprovedAt, a.RedeemBy = r.approvalsRequired(), time.Time{}, time.Time{}
 		if err := b.putApproval(ctx, req.Storage, a, a.ExpiresAt); err != nil {
 			return nil, err
 		}
-		return logical.ErrorResponse("role %q now requires %d approvals and request %s has %d: it is pending again until %s", red.role, a.Required, red.id, len(a.Approvals), a.ExpiresAt.Format(time.RFC3339)), nil
+		return logical.ErrorResponse("role %q now requires %d approvals and request %s has %d: it is pending again until %s", roleName, a.Required, id, len(a.Approvals), a.ExpiresAt.Format(time.RFC3339)), nil
 	}
 	resp, err := mint(a)
 	if err != nil || resp == nil || resp.IsError() {
@@ -352,7 +351,7 @@ func (b *backend) redeemApproval(ctx context.Context, req *logical.Request, r *r
 	if err := b.putApproval(ctx, req.Storage, a, time.Time{}); err != nil {
 		return nil, err
 	}
-	b.Logger().Info("approval redeemed", "request_id", red.id, "credential", a.Credential)
+	b.Logger().Info("approval redeemed", "request_id", id, "credential", a.Credential)
 	return resp, nil
 }
 

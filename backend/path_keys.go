@@ -304,17 +304,7 @@ func mintKeyFields() map[string]*framework.FieldSchema {
 // pathKeyMint mints a key from the role the path names, or redeems the
 // approved request approval_id names.
 func (b *backend) pathKeyMint(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	r, release, resp, err := b.openMint(ctx, req.Storage, keyOpening(d.Get("role").(string)))
-	if r == nil {
-		return resp, err
-	}
-	defer release()
-	if d.Get("approval_id").(string) != "" {
-		return b.redeemFrom(ctx, req, d, r, approvalKindKey, func(d *framework.FieldData, a *approvalRequest) (*logical.Response, error) {
-			return b.mintKey(ctx, req, r, keyMintRequestFrom(d, a))
-		})
-	}
-	return b.mintKey(ctx, req, r, keyMintRequestFrom(d, nil))
+	return b.mintKeyAsked(ctx, req, keyMintRequestFrom(d, nil))
 }
 
 func (b *backend) pathKeyList(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {

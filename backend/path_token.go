@@ -105,17 +105,7 @@ func secretJWT(b *backend) *framework.Secret {
 // pathTokenMint mints a token from the role the path names, or redeems
 // the approved request approval_id names.
 func (b *backend) pathTokenMint(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	r, release, resp, err := b.openMint(ctx, req.Storage, tokenOpening(d.Get("role").(string)))
-	if r == nil {
-		return resp, err
-	}
-	defer release()
-	if d.Get("approval_id").(string) != "" {
-		return b.redeemFrom(ctx, req, d, r, approvalKindToken, func(d *framework.FieldData, a *approvalRequest) (*logical.Response, error) {
-			return b.mintToken(ctx, req, r, tokenMintRequestFrom(req, d, a))
-		})
-	}
-	return b.mintToken(ctx, req, r, tokenMintRequestFrom(req, d, nil))
+	return b.mintTokenAsked(ctx, req, tokenMintRequestFrom(req, d, nil))
 }
 
 // roleAudience is the one aud a token minted from role r carries: asked,

@@ -24,6 +24,23 @@ func tokenOpening(roleName string) mintOpening {
 	}}
 }
 
+// mintTokenAsked is what token/<role> does with m: it opens the role,
+// then mints a token, or redeems the approved request m names for the
+// token it stored.
+func (b *backend) mintTokenAsked(ctx context.Context, req *logical.Request, m tokenMintRequest) (*logical.Response, error) {
+	r, release, resp, err := b.openMint(ctx, req.Storage, tokenOpening(m.role))
+	if r == nil {
+		return resp, err
+	}
+	defer release()
+	if m.approvalID == "" {
+		return b.mintToken(ctx, req, r, m)
+	}
+	return b.redeemApproval(ctx, req, r, m.role, m.approvalAsk, func(a *approvalRequest) (*logical.Response, error) {
+		return b.mintToken(ctx, req, r, storedTokenMint(m.role, a, m.read))
+	})
+}
+
 // mintToken mints an agent JWT from role r: what m asks, narrowed to what r
 // allows; a pending approval request instead when m asks for scopes r
 // keeps for approval and redeems none.
