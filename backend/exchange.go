@@ -28,20 +28,6 @@ type exchangeRequest struct {
 	requestedTokenType             string
 }
 
-// exchangeOpening opens token/exchange: role is a field there, checked as
-// a name, and must delegate and have audiences.
-func exchangeOpening(roleName string) mintOpening {
-	return mintOpening{role: roleName, checkName: true, refuse: func(r *role) string {
-		switch {
-		case len(r.AllowedSubjectRoles) == 0:
-			return fmt.Sprintf("role %q may not act for anyone: set allowed_subject_roles on it", roleName)
-		case len(r.Audiences) == 0:
-			return fmt.Sprintf("role %q has no audiences; set audiences on the role to mint tokens from it", roleName)
-		}
-		return ""
-	}}
-}
-
 // exchangeParties are who an exchange is between: the subject token, and
 // its chain's Vault entities (known: see chainEntities).
 type exchangeParties struct {

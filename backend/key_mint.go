@@ -14,23 +14,13 @@ import (
 // Minting an API key: from a keyMintRequest and the role its path opened
 // (openMint, under the role's lock) to the stored keyEntry and the answer.
 
-// keyOpening opens keys/<role>: a mint holds the role's lock for reading
-// from the suspension check to the key's write, so a suspension waits for
-// the mints under way, and no mint passes the check once it returned.
-func keyOpening(roleName string) mintOpening {
-	return mintOpening{role: roleName, locked: true, refuse: func(r *role) string {
-		if r.Suspended {
-			return fmt.Sprintf("role %q is suspended: resume it (roles/%s/resume) to mint keys", roleName, roleName)
-		}
-		return ""
-	}}
-}
-
 // mintKeyAsked is what keys/<role> does with m: it opens the role, then
 // mints a key, or redeems the approved request m names for the key it
-// stored.
+// stored. The role's lock is held for reading from the suspension check to
+// the key's write: a suspension waits for the mints under way, and no mint
+// passes the check once it returned.
 func (b *backend) mintKeyAsked(ctx context.Context, req *logical.Request, m keyMintRequest) (*logical.Response, error) {
-	r, release, resp, err := b.openMint(ctx, req.Storage, keyOpening(m.role))
+	r, release, resp, err := b.openMint(ctx, req.Storage, mintOpening{role: m.role, locked: true, unsuspended: true})
 	if r == nil {
 		return resp, err
 	}
@@ -51,12 +41,12 @@ func (b *backend) mintKey(ctx context.Context, req *logical.Request, r *role, m 
 	if err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
-	if resp, err := b.needsApproval(ctx, req, r, m.role, entry.Scopes, m.approvalAsk); resp != nil || err != nil {
-		return resp, err
-	}
 	ttl, warnings, err := b.mintTTL(m.ttl, r.TTL, r.MaxTTL, r, m.approved)
 	if err != nil {
 		return nil, err
+	}
+	if resp, err := b.needsApproval(ctx, req, r, m.role, entry.Scopes, m.approvalAsk); resp != nil || err != nil {
+		return resp, err
 	}
 	now := time.Now().UTC().Truncate(time.Second)
 	entry.EntityID, entry.CreatedAt, entry.ExpiresAt = req.EntityID, now, now.Add(ttl)

@@ -1,8 +1,11 @@
 package backend
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -71,16 +74,17 @@ type mintOpening struct {
 	role string
 	// locked: the role's lock is held for reading from the checks to the
 	// credential's write, so a suspension waits for the mints under way and
-	// no mint passes the check once it answered.
+	// no mint passes the check once it answered (keys).
 	locked bool
 	// checkName: the role is a request field, not a path segment, and its
-	// name is checked before it is read.
+	// name is checked before it is read (token/exchange).
 	checkName bool
 	// missing is the refusal for a role that does not exist (a format with
 	// the role's name); "" for "role %q does not exist".
 	missing string
-	// refuse says why the role cannot serve this mint, "" when it can.
-	refuse func(r *role) string
+	// What the mint needs of the role: not suspended (keys), audiences
+	// (tokens), subject roles to act for (exchange).
+	unsuspended, audiences, delegates bool
 }
 
 // openMint is the opening every mint path shares: the role read (under its
@@ -103,14 +107,14 @@ func (b *backend) openMint(ctx context.Context, s logical.Storage, o mintOpening
 	r, err = b.getRole(ctx, s, o.role)
 	switch {
 	case err != nil:
-	case r == nil && o.missing != "":
-		resp = logical.ErrorResponse(o.missing, o.role)
 	case r == nil:
-		resp = logical.ErrorResponse("role %q does not exist", o.role)
-	case o.refuse != nil:
-		if msg := o.refuse(r); msg != "" {
-			resp = logical.ErrorResponse(msg)
-		}
+		resp = logical.ErrorResponse(cmp.Or(o.missing, "role %q does not exist"), o.role)
+	case o.unsuspended && r.Suspended:
+		resp = logical.ErrorResponse("role %q is suspended: resume it (roles/%s/resume) to mint keys", o.role, o.role)
+	case o.delegates && len(r.AllowedSubjectRoles) == 0:
+		resp = logical.ErrorResponse("role %q may not act for anyone: set allowed_subject_roles on it", o.role)
+	case o.audiences && len(r.Audiences) == 0:
+		resp = logical.ErrorResponse("role %q has no audiences; set audiences on the role to mint tokens from it", o.role)
 	}
 	if resp != nil || err != nil {
 		release()
@@ -174,6 +178,39 @@ func dpopBinding(jkt, jwk string) (string, error) {
 		return "", fmt.Errorf("dpop_jkt must be a SHA-256 JWK thumbprint (RFC 7638): 43 characters of unpadded base64url")
 	}
 	return jkt, nil
+}
+
+// roleAudience is the one aud a token minted from role r carries: asked,
+// which must be one of the role's audiences, or the role's only one. A token
+// is for one resource server (RFC 8707, and MCP's rule against token
+// passthrough): a token for every audience of a role would be accepted at
+// each of them, so each could replay what it was sent at the others. The
+// role's audiences are a set, not a preference, so with several none is
+// picked for the caller.
+func roleAudience(roleName string, r *role, asked string) (string, error) {
+	return oneAudience(asked, r.Audiences, func(aud string) string {
+		return fmt.Sprintf("audience %q is not allowed by role %q (allowed: %s)", aud, roleName, strings.Join(r.Audiences, ", "))
+	}, fmt.Sprintf("role %q", roleName))
+}
+
+// oneAudience picks one of allowed: asked when given (outside is the error
+// for one not allowed), else the only one. whose names the list in the
+// error when it has several.
+func oneAudience(asked string, allowed []string, outside func(string) string, whose string) (string, error) {
+	if asked != "" {
+		if !slices.Contains(allowed, asked) {
+			return "", errors.New(outside(asked))
+		}
+		return asked, nil
+	}
+	distinct := slices.Compact(slices.Sorted(slices.Values(allowed)))
+	if len(distinct) > 1 {
+		return "", fmt.Errorf("%s allows several audiences (%s): name the one resource server the token is for with audience=<one of them>; a token carries one audience", whose, strings.Join(allowed, ", "))
+	}
+	if len(distinct) == 0 {
+		return "", fmt.Errorf("%s allows no audience", whose)
+	}
+	return distinct[0], nil
 }
 
 // mintTTL is a credential's lifetime: asked, or the role's default, capped

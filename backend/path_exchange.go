@@ -114,7 +114,7 @@ exchange under any role that delegates.`,
 
 func (b *backend) pathExchangeWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	m := exchangeRequestFrom(d)
-	r, release, resp, err := b.openMint(ctx, req.Storage, exchangeOpening(m.role))
+	r, release, resp, err := b.openMint(ctx, req.Storage, mintOpening{role: m.role, checkName: true, delegates: true, audiences: true})
 	if r == nil {
 		return resp, err
 	}

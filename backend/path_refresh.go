@@ -185,11 +185,14 @@ func (b *backend) refresh(ctx context.Context, req *logical.Request, m refreshRe
 	if entry == nil {
 		return resp, err
 	}
-	r, release, resp, err := b.openMint(ctx, req.Storage, refreshOpening(entry.Grant.Role, f))
+	r, release, resp, err := b.openMint(ctx, req.Storage, mintOpening{role: entry.Grant.Role, missing: "role %q was deleted; its tokens cannot be refreshed"})
 	if r == nil {
 		return resp, err
 	}
 	defer release()
+	if msg := refreshRefusal(entry.Grant.Role, r, f); msg != "" {
+		return logical.ErrorResponse(msg), nil
+	}
 	// The role as it is now, not as it was at mint: a refresh gets no more
 	// than a new mint would.
 	g, msg := narrowGrant(entry.Grant, r)
@@ -261,19 +264,17 @@ func (b *backend) spendable(ctx context.Context, req *logical.Request, m refresh
 	return entry, f, nil, nil
 }
 
-// refreshOpening opens the role of a refresh family f: a role deleted, no
-// longer giving refresh tokens, or whose refresh_max_ttl the family has
-// outlived ends its refreshes.
-func refreshOpening(roleName string, f *family) mintOpening {
-	return mintOpening{role: roleName, missing: "role %q was deleted; its tokens cannot be refreshed", refuse: func(r *role) string {
-		switch {
-		case r.RefreshTTL == 0:
-			return fmt.Sprintf("role %q no longer allows refresh tokens", roleName)
-		case !f.CreatedAt.IsZero() && !time.Now().Before(f.CreatedAt.Add(r.familyMaxTTL())):
-			return fmt.Sprintf("refresh_token's family is older than role %q's refresh_max_ttl (%s); mint a new token", roleName, r.familyMaxTTL())
-		}
-		return ""
-	}}
+// refreshRefusal says why role r ends family f's refreshes, "" when it
+// does not: it no longer gives refresh tokens, or the family has outlived
+// its refresh_max_ttl.
+func refreshRefusal(roleName string, r *role, f *family) string {
+	switch {
+	case r.RefreshTTL == 0:
+		return fmt.Sprintf("role %q no longer allows refresh tokens", roleName)
+	case !f.CreatedAt.IsZero() && !time.Now().Before(f.CreatedAt.Add(r.familyMaxTTL())):
+		return fmt.Sprintf("refresh_token's family is older than role %q's refresh_max_ttl (%s); mint a new token", roleName, r.familyMaxTTL())
+	}
+	return ""
 }
 
 // refreshProofAge is how old a refresh's DPoP proof may be; the refresh

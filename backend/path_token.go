@@ -1,16 +1,11 @@
 package backend
 
 import (
-	"cmp"
 	"context"
-	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
-	"github.com/golang-jwt/jwt/v5"
-	uuid "github.com/hashicorp/go-uuid"
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 
@@ -108,39 +103,6 @@ func (b *backend) pathTokenMint(ctx context.Context, req *logical.Request, d *fr
 	return b.mintTokenAsked(ctx, req, tokenMintRequestFrom(req, d, nil))
 }
 
-// roleAudience is the one aud a token minted from role r carries: asked,
-// which must be one of the role's audiences, or the role's only one. A token
-// is for one resource server (RFC 8707, and MCP's rule against token
-// passthrough): a token for every audience of a role would be accepted at
-// each of them, so each could replay what it was sent at the others. The
-// role's audiences are a set, not a preference, so with several none is
-// picked for the caller.
-func roleAudience(roleName string, r *role, asked string) (string, error) {
-	return oneAudience(asked, r.Audiences, func(aud string) string {
-		return fmt.Sprintf("audience %q is not allowed by role %q (allowed: %s)", aud, roleName, strings.Join(r.Audiences, ", "))
-	}, fmt.Sprintf("role %q", roleName))
-}
-
-// oneAudience picks one of allowed: asked when given (outside is the error
-// for one not allowed), else the only one. whose names the list in the
-// error when it has several.
-func oneAudience(asked string, allowed []string, outside func(string) string, whose string) (string, error) {
-	if asked != "" {
-		if !slices.Contains(allowed, asked) {
-			return "", errors.New(outside(asked))
-		}
-		return asked, nil
-	}
-	distinct := slices.Compact(slices.Sorted(slices.Values(allowed)))
-	if len(distinct) > 1 {
-		return "", fmt.Errorf("%s allows several audiences (%s): name the one resource server the token is for with audience=<one of them>; a token carries one audience", whose, strings.Join(allowed, ", "))
-	}
-	if len(distinct) == 0 {
-		return "", fmt.Errorf("%s allows no audience", whose)
-	}
-	return distinct[0], nil
-}
-
 // tokenAnswerFields describe what a mint or a refresh of an agent JWT
 // answers: issueToken's fields, and refresh_token.
 func tokenAnswerFields() map[string]*framework.FieldSchema {
@@ -156,105 +118,6 @@ func tokenAnswerFields() map[string]*framework.FieldSchema {
 		"audience":      out(framework.TypeStringSlice, "The token's aud values."),
 		"refresh_token": secretOut("Refresh token for keybroker/token/refresh, usable once; only when the role has a refresh_ttl and the caller a Vault entity.", "Refresh token"),
 	}
-}
-
-// issueToken signs an access token for g and returns it as a lease. family
-// is its refresh family ("" for none); meterID, when not "", the meter it
-// spends from instead of its own or its family's (an exchanged token
-// spends its subject's).
-func (b *backend) issueToken(ctx context.Context, req *logical.Request, g grant, ttl time.Duration, family, meterID string) (*logical.Response, error) {
-	jti, err := uuid.GenerateUUID()
-	if err != nil {
-		return nil, fmt.Errorf("generating jti: %w", err)
-	}
-	return b.issueTokenAs(ctx, req, g, jti, tokenNow(), ttl, family, meterID)
-}
-
-// tokenNow is a new token's iat: whole seconds, as JWT times are.
-func tokenNow() time.Time {
-	return time.Now().UTC().Truncate(time.Second)
-}
-
-// issueTokenAs is issueToken for a jti and iat chosen beforehand (an
-// exchange files them before it mints, so that a revocation of the subject
-// in between finds the new token).
-func (b *backend) issueTokenAs(ctx context.Context, req *logical.Request, g grant, jti string, now time.Time, ttl time.Duration, family, meterID string) (*logical.Response, error) {
-	iss, userErr, err := b.issuer(ctx, req, true)
-	if userErr != nil || err != nil {
-		return userErr, err
-	}
-	st, err := b.signing(ctx, req.Storage)
-	if err != nil {
-		return nil, err
-	}
-	metered, err := b.metered(ctx, req.Storage, g.limits, g.Tenant)
-	if err != nil {
-		return nil, err
-	}
-	exp := now.Add(ttl)
-	claims := jwtverify.Claims{
-		RegisteredClaims: jwt.RegisteredClaims{
-			Issuer:    iss,
-			Subject:   g.Subject,
-			Audience:  g.Audiences,
-			ExpiresAt: jwt.NewNumericDate(exp),
-			IssuedAt:  jwt.NewNumericDate(now),
-			NotBefore: jwt.NewNumericDate(now),
-			ID:        jti,
-		},
-		Scope:    strings.Join(g.Scopes, " "),
-		Role:     g.Role,
-		Tenant:   g.Tenant,
-		CIDR:     g.CIDRs,
-		ClientID: clientID(g),
-		Act:      g.Act,
-	}
-	if !g.AuthTime.IsZero() {
-		claims.AuthTime = jwt.NewNumericDate(g.AuthTime)
-	}
-	claims.Budget, claims.Rate = g.limits.claims(metered)
-	tokenType := "Bearer"
-	if g.JKT != "" {
-		claims.Cnf, tokenType = &jwtverify.Confirmation{JKT: g.JKT}, "DPoP"
-	}
-	tok := jwt.NewWithClaims(jwt.GetSigningMethod(st.alg), claims)
-	tok.Header["kid"] = st.kid
-	tok.Header["typ"] = jwtverify.TokenType
-	signed, err := tok.SignedString(st.signer)
-	if err != nil {
-		return nil, fmt.Errorf("signing token: %w", err)
-	}
-	if err := b.meterToken(ctx, req.Storage, jti, cmp.Or(meterID, family), meterID == "", g, exp); err != nil {
-		return nil, err
-	}
-	resp := b.Secret(secretTypeJWT).Response(map[string]interface{}{
-		"token":      signed,
-		"token_type": tokenType,
-		"expires_in": int64(ttl.Seconds()),
-		"expires_at": exp.Format(time.RFC3339),
-		"jti":        jti,
-		"sub":        g.Subject,
-		"role":       g.Role,
-		"scopes":     nonNil(g.Scopes),
-		"audience":   g.Audiences,
-	}, map[string]interface{}{
-		"jti":    jti,
-		"exp":    exp.Unix(),
-		"family": family,
-	})
-	resp.Secret.TTL = ttl
-	resp.Secret.MaxTTL = ttl
-	return resp, nil
-}
-
-// clientID is RFC 9068's client_id: the Vault entity that asked for the
-// grant (the agent is its own OAuth client, as in a client credentials
-// grant), or for a caller without one the same no-entity name as its sub.
-func clientID(g grant) string {
-	if g.EntityID != "" {
-		return g.EntityID
-	}
-	return g.Subject
 }
 
 // dpopFields are a mint's fields that bind the credential to a key.

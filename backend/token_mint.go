@@ -1,34 +1,29 @@
 package backend
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
 	uuid "github.com/hashicorp/go-uuid"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/keybroker/keybroker/jwtverify"
 )
 
 // Minting an agent JWT: from a tokenMintRequest and the role its path
 // opened to the signed token, its meter and, where the role gives one, its
 // refresh family.
 
-// tokenOpening opens token/<role>: a role without audiences mints no
-// token. Tokens do not wait for a role's suspension (it holds keys).
-func tokenOpening(roleName string) mintOpening {
-	return mintOpening{role: roleName, refuse: func(r *role) string {
-		if len(r.Audiences) == 0 {
-			return fmt.Sprintf("role %q has no audiences; set audiences on the role to mint tokens from it", roleName)
-		}
-		return ""
-	}}
-}
-
 // mintTokenAsked is what token/<role> does with m: it opens the role,
 // then mints a token, or redeems the approved request m names for the
-// token it stored.
+// token it stored. Tokens do not wait for a role's suspension (it holds
+// keys).
 func (b *backend) mintTokenAsked(ctx context.Context, req *logical.Request, m tokenMintRequest) (*logical.Response, error) {
-	r, release, resp, err := b.openMint(ctx, req.Storage, tokenOpening(m.role))
+	r, release, resp, err := b.openMint(ctx, req.Storage, mintOpening{role: m.role, audiences: true})
 	if r == nil {
 		return resp, err
 	}
@@ -49,12 +44,12 @@ func (b *backend) mintToken(ctx context.Context, req *logical.Request, r *role, 
 	if err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
-	if resp, err := b.needsApproval(ctx, req, r, m.role, g.Scopes, m.approvalAsk); resp != nil || err != nil {
-		return resp, err
-	}
 	ttl, warnings, err := b.mintTTL(m.ttl, r.TokenTTL, r.TokenMaxTTL, r, m.approved)
 	if err != nil {
 		return nil, err
+	}
+	if resp, err := b.needsApproval(ctx, req, r, m.role, g.Scopes, m.approvalAsk); resp != nil || err != nil {
+		return resp, err
 	}
 	resp, err := b.issueWithRefresh(ctx, req, r, g, ttl, mintsRefresh(req, r, m))
 	if err != nil || resp.IsError() {
@@ -125,4 +120,103 @@ func (b *backend) issueWithRefresh(ctx context.Context, req *logical.Request, r 
 	}
 	resp.Data["refresh_token"] = rt
 	return resp, nil
+}
+
+// issueToken signs an access token for g and returns it as a lease. family
+// is its refresh family ("" for none); meterID, when not "", the meter it
+// spends from instead of its own or its family's (an exchanged token
+// spends its subject's).
+func (b *backend) issueToken(ctx context.Context, req *logical.Request, g grant, ttl time.Duration, family, meterID string) (*logical.Response, error) {
+	jti, err := uuid.GenerateUUID()
+	if err != nil {
+		return nil, fmt.Errorf("generating jti: %w", err)
+	}
+	return b.issueTokenAs(ctx, req, g, jti, tokenNow(), ttl, family, meterID)
+}
+
+// tokenNow is a new token's iat: whole seconds, as JWT times are.
+func tokenNow() time.Time {
+	return time.Now().UTC().Truncate(time.Second)
+}
+
+// issueTokenAs is issueToken for a jti and iat chosen beforehand (an
+// exchange files them before it mints, so that a revocation of the subject
+// in between finds the new token).
+func (b *backend) issueTokenAs(ctx context.Context, req *logical.Request, g grant, jti string, now time.Time, ttl time.Duration, family, meterID string) (*logical.Response, error) {
+	iss, userErr, err := b.issuer(ctx, req, true)
+	if userErr != nil || err != nil {
+		return userErr, err
+	}
+	st, err := b.signing(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	metered, err := b.metered(ctx, req.Storage, g.limits, g.Tenant)
+	if err != nil {
+		return nil, err
+	}
+	exp := now.Add(ttl)
+	claims := jwtverify.Claims{
+		RegisteredClaims: jwt.RegisteredClaims{
+			Issuer:    iss,
+			Subject:   g.Subject,
+			Audience:  g.Audiences,
+			ExpiresAt: jwt.NewNumericDate(exp),
+			IssuedAt:  jwt.NewNumericDate(now),
+			NotBefore: jwt.NewNumericDate(now),
+			ID:        jti,
+		},
+		Scope:    strings.Join(g.Scopes, " "),
+		Role:     g.Role,
+		Tenant:   g.Tenant,
+		CIDR:     g.CIDRs,
+		ClientID: clientID(g),
+		Act:      g.Act,
+	}
+	if !g.AuthTime.IsZero() {
+		claims.AuthTime = jwt.NewNumericDate(g.AuthTime)
+	}
+	claims.Budget, claims.Rate = g.limits.claims(metered)
+	tokenType := "Bearer"
+	if g.JKT != "" {
+		claims.Cnf, tokenType = &jwtverify.Confirmation{JKT: g.JKT}, "DPoP"
+	}
+	tok := jwt.NewWithClaims(jwt.GetSigningMethod(st.alg), claims)
+	tok.Header["kid"] = st.kid
+	tok.Header["typ"] = jwtverify.TokenType
+	signed, err := tok.SignedString(st.signer)
+	if err != nil {
+		return nil, fmt.Errorf("signing token: %w", err)
+	}
+	if err := b.meterToken(ctx, req.Storage, jti, cmp.Or(meterID, family), meterID == "", g, exp); err != nil {
+		return nil, err
+	}
+	resp := b.Secret(secretTypeJWT).Response(map[string]interface{}{
+		"token":      signed,
+		"token_type": tokenType,
+		"expires_in": int64(ttl.Seconds()),
+		"expires_at": exp.Format(time.RFC3339),
+		"jti":        jti,
+		"sub":        g.Subject,
+		"role":       g.Role,
+		"scopes":     nonNil(g.Scopes),
+		"audience":   g.Audiences,
+	}, map[string]interface{}{
+		"jti":    jti,
+		"exp":    exp.Unix(),
+		"family": family,
+	})
+	resp.Secret.TTL = ttl
+	resp.Secret.MaxTTL = ttl
+	return resp, nil
+}
+
+// clientID is RFC 9068's client_id: the Vault entity that asked for the
+// grant (the agent is its own OAuth client, as in a client credentials
+// grant), or for a caller without one the same no-entity name as its sub.
+func clientID(g grant) string {
+	if g.EntityID != "" {
+		return g.EntityID
+	}
+	return g.Subject
 }
