@@ -7,8 +7,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
-
-	"github.com/keybroker/keybroker/apikey"
 )
 
 // Minting an API key: from a keyMintRequest and the role its path opened
@@ -93,32 +91,6 @@ func (r *role) keyFor(m keyMintRequest) (*keyEntry, error) {
 		Metadata: md, Orphan: r.Orphan, JKT: jkt, limits: n.limits}, nil
 }
 
-// keyMetadata is a key's metadata: asked, which may not set the role's
-// keys, and the role's.
-func (r *role) keyMetadata(roleName string, asked map[string]string) (map[string]string, error) {
-	md := map[string]string{}
-	if asked != nil {
-		for k := range asked {
-			if _, clash := r.Metadata[k]; clash {
-				return nil, fmt.Errorf("metadata key %q is set by role %q and cannot be overridden", k, roleName)
-			}
-		}
-		if err := validateMetadata("metadata", asked); err != nil {
-			return nil, err
-		}
-		for k, v := range asked {
-			md[k] = v
-		}
-	}
-	for k, v := range r.Metadata {
-		md[k] = v
-	}
-	if len(md) > maxMetadataPairs {
-		return nil, fmt.Errorf("metadata: the key's and the role's together exceed %d entries", maxMetadataPairs)
-	}
-	return md, nil
-}
-
 // keyMinted is a mint's answer: the key once, what it may do, and unless
 // the role is an orphan one its lease.
 func (b *backend) keyMinted(key string, entry *keyEntry, r *role, ttl time.Duration) *logical.Response {
@@ -139,27 +111,4 @@ func (b *backend) keyMinted(key string, entry *keyEntry, r *role, ttl time.Durat
 		resp.Secret.MaxTTL, resp.Secret.Renewable = ttl, false
 	}
 	return resp
-}
-
-// createKey generates a key whose key_id is not yet in storage, and sets
-// k's id and hash to it.
-func (b *backend) createKey(ctx context.Context, s logical.Storage, prefix string, k *keyEntry) (string, error) {
-	for attempt := 0; attempt < 3; attempt++ {
-		key, id, err := apikey.Generate(nil, prefix)
-		if err != nil {
-			return "", fmt.Errorf("generating key: %w", err)
-		}
-		existing, err := s.Get(ctx, apiKeyPath(id))
-		if err != nil {
-			return "", fmt.Errorf("checking key_id: %w", err)
-		}
-		if existing == nil {
-			h := apikey.Hash(key)
-			k.ID, k.Hash = id, h[:]
-			return key, nil
-		}
-	}
-	// Three collisions in a row of ids stamped with the same second, each with
-	// 41 random bits, mean the randomness is broken.
-	return "", fmt.Errorf("generating key: key_id collided three times")
 }

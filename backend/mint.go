@@ -213,6 +213,32 @@ func oneAudience(asked string, allowed []string, outside func(string) string, wh
 	return distinct[0], nil
 }
 
+// keyMetadata is a key's metadata: asked, which may not set the role's
+// keys, and the role's.
+func (r *role) keyMetadata(roleName string, asked map[string]string) (map[string]string, error) {
+	md := map[string]string{}
+	if asked != nil {
+		for k := range asked {
+			if _, clash := r.Metadata[k]; clash {
+				return nil, fmt.Errorf("metadata key %q is set by role %q and cannot be overridden", k, roleName)
+			}
+		}
+		if err := validateMetadata("metadata", asked); err != nil {
+			return nil, err
+		}
+		for k, v := range asked {
+			md[k] = v
+		}
+	}
+	for k, v := range r.Metadata {
+		md[k] = v
+	}
+	if len(md) > maxMetadataPairs {
+		return nil, fmt.Errorf("metadata: the key's and the role's together exceed %d entries", maxMetadataPairs)
+	}
+	return md, nil
+}
+
 // mintTTL is a credential's lifetime: asked, or the role's default, capped
 // at its max (Vault's rules, with warnings), and for a redemption at the
 // role's approved_max_ttl.

@@ -137,6 +137,29 @@ func (b *backend) putKey(ctx context.Context, s logical.Storage, k *keyEntry) er
 	return putJSON(ctx, s, apiKeyPath(k.ID), k)
 }
 
+// createKey generates a key whose key_id is not yet in storage, and sets
+// k's id and hash to it.
+func (b *backend) createKey(ctx context.Context, s logical.Storage, prefix string, k *keyEntry) (string, error) {
+	for attempt := 0; attempt < 3; attempt++ {
+		key, id, err := apikey.Generate(nil, prefix)
+		if err != nil {
+			return "", fmt.Errorf("generating key: %w", err)
+		}
+		existing, err := s.Get(ctx, apiKeyPath(id))
+		if err != nil {
+			return "", fmt.Errorf("checking key_id: %w", err)
+		}
+		if existing == nil {
+			h := apikey.Hash(key)
+			k.ID, k.Hash = id, h[:]
+			return key, nil
+		}
+	}
+	// Three collisions in a row of ids stamped with the same second, each with
+	// 41 random bits, mean the randomness is broken.
+	return "", fmt.Errorf("generating key: key_id collided three times")
+}
+
 func pathKeys(b *backend) []*framework.Path {
 	keyIDField := &framework.FieldSchema{
 		Type:        framework.TypeString,
