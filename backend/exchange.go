@@ -36,10 +36,15 @@ type exchangeParties struct {
 	known   bool
 }
 
-// exchange mints, under role r, a token for the caller to act for the
-// subject of m's subject token. Every check comes before the new token's
-// slot is filed: a refused exchange mints and stores nothing.
-func (b *backend) exchange(ctx context.Context, req *logical.Request, r *role, m exchangeRequest) (*logical.Response, error) {
+// exchange mints, under the role m names, a token for the caller to act
+// for the subject of m's subject token. Every check comes before the new
+// token's slot is filed: a refused exchange mints and stores nothing.
+func (b *backend) exchange(ctx context.Context, req *logical.Request, m exchangeRequest) (*logical.Response, error) {
+	r, release, resp, err := b.openMint(ctx, req.Storage, mintOpening{role: m.role, checkName: true, delegates: true, audiences: true})
+	if r == nil {
+		return resp, err
+	}
+	defer release()
 	if rt := m.requestedTokenType; rt != "" && rt != tokenTypeAccessToken {
 		return logical.ErrorResponse("requested_token_type %q: keybroker issues %s", rt, tokenTypeAccessToken), nil
 	}

@@ -113,13 +113,7 @@ exchange under any role that delegates.`,
 }
 
 func (b *backend) pathExchangeWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	m := exchangeRequestFrom(d)
-	r, release, resp, err := b.openMint(ctx, req.Storage, mintOpening{role: m.role, checkName: true, delegates: true, audiences: true})
-	if r == nil {
-		return resp, err
-	}
-	defer release()
-	return b.exchange(ctx, req, r, m)
+	return b.exchange(ctx, req, exchangeRequestFrom(d))
 }
 
 // derivedSlot is one exchanged token as its subject's index files it: the
