@@ -9,8 +9,9 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
-// Minting an API key: from a keyMintRequest and the role its path opened
-// (openMint, under the role's lock) to the stored keyEntry and the answer.
+// Minting an API key: from a keyMintRequest, through its role's opening
+// (openMint, under the role's lock) and, for a redemption, its approval, to
+// the stored keyEntry and the answer.
 
 // mintKeyAsked is what keys/<role> does with m: it opens the role, then
 // mints a key, or redeems the approved request m names for the key it

@@ -14,9 +14,10 @@ import (
 	"github.com/keybroker/keybroker/jwtverify"
 )
 
-// Minting an agent JWT: from a tokenMintRequest and the role its path
-// opened to the signed token, its meter and, where the role gives one, its
-// refresh family.
+// Minting an agent JWT: from a tokenMintRequest, through its role's
+// opening and, for a redemption, its approval, to the signed token, its
+// meter and, where the role gives one, its refresh family. issueToken is
+// shared with refresh and exchange.
 
 // mintTokenAsked is what token/<role> does with m: it opens the role,
 // then mints a token, or redeems the approved request m names for the
