@@ -197,13 +197,10 @@ func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
 	return err
 }
 
-// lastTidyPath records when periodic tidy last ran, in storage: a node
-// that becomes active goes on from there instead of tidying at once, so
-// tidy runs once per tidyInterval across the cluster.
-const lastTidyPath = "tidy/last"
-
 // claimTidy says whether periodic tidy is due, and if so records that it
-// runs now.
+// runs now, in storage (lastTidyPath): a node that becomes active goes on
+// from there instead of tidying at once, so tidy runs once per
+// tidyInterval across the cluster.
 func (b *backend) claimTidy(ctx context.Context, s logical.Storage, now time.Time) (bool, error) {
 	if b.tidyDisabled {
 		return false, nil

@@ -144,12 +144,11 @@ func (l limits) within(r limits) limits {
 	return l
 }
 
-func (l limits) narrow(roleName string, d *framework.FieldData) (limits, error) {
-	v, ok := d.GetOk("budget")
-	if !ok {
+func (l limits) narrow(roleName string, budget *int64) (limits, error) {
+	if budget == nil {
 		return l, nil
 	}
-	asked := v.(int64)
+	asked := *budget
 	switch {
 	case asked <= 0 || asked > maxUnits:
 		return l, fmt.Errorf("budget must be between 1 and %d, got %d", int64(maxUnits), asked)

@@ -18,10 +18,6 @@ import (
 // cannot tell whether the caller already is in the chain. The plugin keeps,
 // for each exchanged token, the entities behind them.
 
-// chainPrefix holds, by an exchanged token's jti, the Vault entities of its
-// chain.
-const chainPrefix = "chains/"
-
 // entityChain is who a token's chain is, as Vault entities: the subject's
 // first, then each actor's in the order they acted (the current actor,
 // the token's client_id, last).
@@ -39,7 +35,7 @@ func (b *backend) chainEntities(ctx context.Context, s logical.Storage, c *jwtve
 	if c.Act == nil {
 		return []string{c.ClientID}, c.ClientID != "", nil
 	}
-	ch, err := getJSON[entityChain](ctx, s, chainPrefix+c.ID)
+	ch, err := getJSON[entityChain](ctx, s, chainPath(c.ID))
 	if err != nil || ch == nil {
 		return nil, false, err
 	}

@@ -28,11 +28,6 @@ import (
 // keybroker/approvals/<role>/* grants one role's approvals, and how many can
 // wait is bounded per requester and per role (approval-index/<role>).
 
-const (
-	approvalPrefix      = "approvals/"
-	approvalIndexPrefix = "approval-index/"
-)
-
 // Bounds on what requesters can make the plugin store: live (pending, or
 // approved and not yet redeemed) requests per Vault entity and per role,
 // and the size of one request's stored fields.
@@ -48,8 +43,6 @@ const (
 	defaultApprovalPage = 100
 	maxApprovalPage     = 1000
 )
-
-func approvalPath(role, id string) string { return approvalPrefix + role + "/" + id }
 
 // approvalRetention is how long a decided request (denied, approved,
 // redeemed) stays readable before tidy removes it; one that expired with
@@ -273,19 +266,12 @@ func approvalIDField() *framework.FieldSchema {
 	}
 }
 
-type approvedKey struct{}
-
-// approvalOf is the approved request a mint is redeeming, nil for a mint.
-func approvalOf(ctx context.Context) *approvalRequest {
-	a, _ := ctx.Value(approvedKey{}).(*approvalRequest)
-	return a
-}
-
 // needsApproval is the answer to a mint that asks for approval scopes: a
-// stored request, no credential. nil when the mint needs no approval.
-func (b *backend) needsApproval(ctx context.Context, req *logical.Request, d *framework.FieldData, kind, roleName string, r *role, scopes []string) (*logical.Response, error) {
+// stored request, no credential. nil when the mint needs no approval or
+// redeems one.
+func (b *backend) needsApproval(ctx context.Context, req *logical.Request, r *role, roleName string, scopes []string, ask approvalAsk) (*logical.Response, error) {
 	needs := subset(scopes, subset(scopes, r.ApprovalScopes))
-	if len(needs) == 0 || approvalOf(ctx) != nil {
+	if len(needs) == 0 || ask.approved != nil {
 		return nil, nil
 	}
 	if req.EntityID == "" {
@@ -296,13 +282,10 @@ func (b *backend) needsApproval(ctx context.Context, req *logical.Request, d *fr
 		return nil, fmt.Errorf("generating approval id: %w", err)
 	}
 	now := time.Now().UTC().Truncate(time.Second)
-	data := maps.Clone(d.Raw)
-	delete(data, "role")
-	delete(data, "approval_id")
-	if enc, err := json.Marshal(data); err != nil || len(enc) > maxApprovalBytes {
+	if enc, err := json.Marshal(ask.fields); err != nil || len(enc) > maxApprovalBytes {
 		return logical.ErrorResponse("the request's fields are over %d bytes: an approval request stores them, so send less", maxApprovalBytes), nil
 	}
-	a := &approvalRequest{ID: id, Kind: kind, Role: roleName, Data: data, Scopes: scopes, Needs: needs, Required: r.approvalsRequired(),
+	a := &approvalRequest{ID: id, Kind: ask.kind, Role: roleName, Data: ask.fields, Scopes: scopes, Needs: needs, Required: r.approvalsRequired(),
 		RequesterEntity: req.EntityID, RequesterName: req.DisplayName, CreatedAt: now, ExpiresAt: now.Add(r.approvalTTL())}
 	if resp, err := b.admitApproval(ctx, req.Storage, a, now); resp != nil || err != nil {
 		return resp, err
@@ -322,16 +305,17 @@ func (b *backend) needsApproval(ctx context.Context, req *logical.Request, d *fr
 	}}, nil
 }
 
-// redeemApproval mints the credential of an approved request for its
-// requester, once: mint is the path's own mint, run with the request's
-// fields.
-func (b *backend) redeemApproval(ctx context.Context, req *logical.Request, d *framework.FieldData, kind string, mint framework.OperationFunc) (*logical.Response, error) {
-	id, roleName := d.Get("approval_id").(string), d.Get("role").(string)
-	for k := range d.Raw {
-		if k != "approval_id" && k != "role" {
-			return logical.ErrorResponse("with approval_id give no other field (%s): the approved request's fields apply", k), nil
-		}
+// redeemApproval mints the credential of the approved request ask names
+// (ask.approvalID, on a mint path of kind ask.kind under role roleName) for
+// its requester, once: mint is handed the approved request and mints what
+// it stored. r is the role as the mint path opened it (the role as it is
+// now: approvals_required raised since the approval sends the request back
+// to its approvers).
+func (b *backend) redeemApproval(ctx context.Context, req *logical.Request, r *role, roleName string, ask approvalAsk, mint func(*approvalRequest) (*logical.Response, error)) (*logical.Response, error) {
+	if len(ask.fields) > 0 {
+		return logical.ErrorResponse("with approval_id give no other field (%s): the approved request's fields apply", slices.Min(slices.Collect(maps.Keys(ask.fields)))), nil
 	}
+	id := ask.approvalID
 	l := locksutil.LockForKey(b.approvalLocks, id)
 	l.Lock()
 	defer l.Unlock()
@@ -341,29 +325,21 @@ func (b *backend) redeemApproval(ctx context.Context, req *logical.Request, d *f
 	}
 	now := time.Now()
 	switch {
-	case a == nil || a.Kind != kind || a.Role != roleName:
+	case a == nil || a.Kind != ask.kind || a.Role != roleName:
 		return logical.ErrorResponse("approval_id %q is not an approval request for this path", id), nil
 	case req.EntityID == "" || req.EntityID != a.RequesterEntity:
 		return logical.ErrorResponse("approval request %s can be redeemed only by its requester's Vault entity", id), nil
 	case a.state(now) != approvalApproved:
 		return logical.ErrorResponse("approval request %s is %s, not approved: nothing to redeem", id, a.state(now)), nil
 	}
-	// The role as it is now: approvals_required raised since the approval
-	// sends the request back to its approvers.
-	r, err := b.getRole(ctx, req.Storage, roleName)
-	if err != nil {
-		return nil, err
-	}
-	if r != nil && len(a.Approvals) < r.approvalsRequired() {
+	if len(a.Approvals) < r.approvalsRequired() {
 		a.Required, a.ApprovedAt, a.RedeemBy = r.approvalsRequired(), time.Time{}, time.Time{}
 		if err := b.putApproval(ctx, req.Storage, a, a.ExpiresAt); err != nil {
 			return nil, err
 		}
 		return logical.ErrorResponse("role %q now requires %d approvals and request %s has %d: it is pending again until %s", roleName, a.Required, id, len(a.Approvals), a.ExpiresAt.Format(time.RFC3339)), nil
 	}
-	raw := maps.Clone(a.Data)
-	raw["role"] = roleName
-	resp, err := mint(context.WithValue(ctx, approvedKey{}, a), req, &framework.FieldData{Raw: raw, Schema: d.Schema})
+	resp, err := mint(a)
 	if err != nil || resp == nil || resp.IsError() {
 		return resp, err
 	}
@@ -377,15 +353,6 @@ func (b *backend) redeemApproval(ctx context.Context, req *logical.Request, d *f
 	}
 	b.Logger().Info("approval redeemed", "request_id", id, "credential", a.Credential)
 	return resp, nil
-}
-
-// approvedTTL caps a redeemed credential's lifetime at the role's
-// approved_max_ttl; ttl unchanged for a mint.
-func approvedTTL(ctx context.Context, r *role, ttl time.Duration, warnings []string) (time.Duration, []string) {
-	if approvalOf(ctx) == nil || ttl <= r.approvedMaxTTL() {
-		return ttl, warnings
-	}
-	return r.approvedMaxTTL(), append(warnings, fmt.Sprintf("ttl capped at the role's approved_max_ttl (%s)", r.approvedMaxTTL()))
 }
 
 func (b *backend) pathApprovalRoles(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
@@ -407,7 +374,7 @@ func (b *backend) pathApprovalList(ctx context.Context, req *logical.Request, d 
 	if limit < 1 || limit > maxApprovalPage {
 		return logical.ErrorResponse("limit must be between 1 and %d, got %d", maxApprovalPage, limit), nil
 	}
-	ids, err := req.Storage.List(ctx, approvalPrefix+role+"/")
+	ids, err := req.Storage.List(ctx, approvalsOfRole(role))
 	if err != nil {
 		return nil, fmt.Errorf("listing approvals: %w", err)
 	}
@@ -514,7 +481,7 @@ func (b *backend) admitApproval(ctx context.Context, s logical.Storage, a *appro
 		return nil, err
 	}
 	// Finished requests are kept a while for the record: bounded too.
-	stored, err := s.List(ctx, approvalPrefix+a.Role+"/")
+	stored, err := s.List(ctx, approvalsOfRole(a.Role))
 	if err != nil {
 		return nil, fmt.Errorf("listing approvals: %w", err)
 	}
@@ -534,7 +501,7 @@ func (b *backend) admitApproval(ctx context.Context, s logical.Storage, a *appro
 		return logical.ErrorResponse("role %q has %d approval requests waiting, the most it may: wait for their decisions or their expiry", a.Role, len(idx.Live)), nil
 	}
 	idx.Live = append(idx.Live, liveApproval{ID: a.ID, Requester: a.RequesterEntity, Until: a.ExpiresAt})
-	return nil, putJSON(ctx, s, approvalIndexPrefix+a.Role, idx)
+	return nil, putJSON(ctx, s, approvalIndexPath(a.Role), idx)
 }
 
 // putApproval stores a request and how long it holds its place among its
@@ -553,12 +520,12 @@ func (b *backend) putApproval(ctx context.Context, s logical.Storage, a *approva
 		idx.Live = append(idx.Live, liveApproval{ID: a.ID, Requester: a.RequesterEntity, Until: live})
 	}
 	if len(idx.Live) == 0 {
-		if err := s.Delete(ctx, approvalIndexPrefix+a.Role); err != nil {
+		if err := s.Delete(ctx, approvalIndexPath(a.Role)); err != nil {
 			return fmt.Errorf("deleting the approval index of %s: %w", a.Role, err)
 		}
 		return nil
 	}
-	return putJSON(ctx, s, approvalIndexPrefix+a.Role, idx)
+	return putJSON(ctx, s, approvalIndexPath(a.Role), idx)
 }
 
 // approvalIndex is a role's live approval requests: what the caps count.
@@ -575,7 +542,7 @@ type liveApproval struct {
 // liveApprovals reads a role's index without what is over by now and
 // without drop (an id about to be written anew). approvalIndexMu held.
 func (b *backend) liveApprovals(ctx context.Context, s logical.Storage, role string, now time.Time, drop string) (*approvalIndex, error) {
-	idx, err := getJSON[approvalIndex](ctx, s, approvalIndexPrefix+role)
+	idx, err := getJSON[approvalIndex](ctx, s, approvalIndexPath(role))
 	if err != nil || idx == nil {
 		return &approvalIndex{}, err
 	}
@@ -600,7 +567,7 @@ func (b *backend) tidyApprovals(ctx context.Context, s logical.Storage, now time
 			}
 			continue
 		}
-		if _, err := tidyPrefix(ctx, s, approvalPrefix+n, func(a *approvalRequest) bool {
+		if _, err := tidyPrefix(ctx, s, approvalsOfRole(strings.TrimSuffix(n, "/")), func(a *approvalRequest) bool {
 			return !now.Before(a.done())
 		}); err != nil {
 			return err
@@ -618,7 +585,7 @@ func (b *backend) migrateApproval(ctx context.Context, s logical.Storage, id str
 	l := locksutil.LockForKey(b.approvalLocks, id)
 	l.Lock()
 	defer l.Unlock()
-	a, err := getJSON[approvalRequest](ctx, s, approvalPrefix+id)
+	a, err := getJSON[approvalRequest](ctx, s, legacyApprovalPath(id))
 	if err != nil || a == nil {
 		return err
 	}
@@ -634,8 +601,8 @@ func (b *backend) migrateApproval(ctx context.Context, s logical.Storage, id str
 			return err
 		}
 	}
-	if err := s.Delete(ctx, approvalPrefix+id); err != nil {
-		return fmt.Errorf("deleting %s%s: %w", approvalPrefix, id, err)
+	if err := s.Delete(ctx, legacyApprovalPath(id)); err != nil {
+		return fmt.Errorf("deleting %s: %w", legacyApprovalPath(id), err)
 	}
 	return nil
 }

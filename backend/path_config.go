@@ -15,8 +15,6 @@ import (
 	"github.com/keybroker/keybroker/jwtverify"
 )
 
-const configPath = "config"
-
 // apiAddrEnv is read from the plugin's environment for the default issuer.
 // Vault does not tell plugins its api_addr, so an operator passes it at
 // registration: vault plugin register -env VAULT_API_ADDR=https://vault:8200 ...

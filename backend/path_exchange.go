@@ -2,15 +2,10 @@ package backend
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
-	"slices"
-	"strconv"
 	"strings"
 	"time"
 
-	uuid "github.com/hashicorp/go-uuid"
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 
@@ -29,10 +24,6 @@ const (
 	tokenTypeAccessToken = "urn:ietf:params:oauth:token-type:access_token"
 	tokenTypeJWT         = "urn:ietf:params:oauth:token-type:jwt"
 )
-
-// derivedPrefix indexes, by a token's jti, the tokens exchanged from it, so
-// that revoking it revokes them too.
-const derivedPrefix = "derived/"
 
 // derivedTokens are the tokens exchanged from one token: jti -> exp.
 type derivedTokens struct {
@@ -121,248 +112,8 @@ exchange under any role that delegates.`,
 	}
 }
 
-// actorSubject is who the caller is as an actor: its sub under the role's
-// subject setting. A caller without a Vault entity cannot act for anyone:
-// all such callers look alike.
-func (b *backend) actorSubject(req *logical.Request, r *role) (string, error) {
-	if req.EntityID == "" {
-		return "", fmt.Errorf("exchanging a token needs a Vault entity: the caller (a root or orphan token) has none, and act must name who acts")
-	}
-	return b.subject(req, r.Subject)
-}
-
 func (b *backend) pathExchangeWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	roleName := d.Get("role").(string)
-	if err := validateRoleName("role", roleName); err != nil {
-		return logical.ErrorResponse(err.Error()), nil
-	}
-	r, err := b.getRole(ctx, req.Storage, roleName)
-	if err != nil {
-		return nil, err
-	}
-	if r == nil {
-		return logical.ErrorResponse("role %q does not exist", roleName), nil
-	}
-	if len(r.AllowedSubjectRoles) == 0 {
-		return logical.ErrorResponse("role %q may not act for anyone: set allowed_subject_roles on it", roleName), nil
-	}
-	if len(r.Audiences) == 0 {
-		return logical.ErrorResponse("role %q has no audiences; set audiences on the role to mint tokens from it", roleName), nil
-	}
-	if rt := d.Get("requested_token_type").(string); rt != "" && rt != tokenTypeAccessToken {
-		return logical.ErrorResponse("requested_token_type %q: keybroker issues %s", rt, tokenTypeAccessToken), nil
-	}
-	actor, err := b.actorSubject(req, r)
-	if err != nil {
-		return logical.ErrorResponse(err.Error()), nil
-	}
-
-	subject, msg, userErr, err := b.exchangedToken(ctx, req, "subject_token", d.Get("subject_token").(string), d.Get("subject_token_type").(string))
-	if msg != "" || userErr != nil || err != nil {
-		return exchangeError(msg, userErr), err
-	}
-	chain, known, err := b.chainEntities(ctx, req.Storage, subject)
-	if err != nil {
-		return nil, err
-	}
-	refusal := chainRefusal(subject, chain, known, actor, req.EntityID)
-	switch {
-	case !slices.Contains(r.AllowedSubjectRoles, subject.Role):
-		return logical.ErrorResponse("role %q may not act for tokens of role %q (allowed_subject_roles: %s)", roleName, subject.Role, strings.Join(r.AllowedSubjectRoles, ", ")), nil
-	case refusal != "":
-		return logical.ErrorResponse(refusal), nil
-	case len(subject.Actors())+1 > r.delegationDepth():
-		return logical.ErrorResponse("the chain would be %d actors long; role %q allows at most %d (max_delegation_depth)", len(subject.Actors())+1, roleName, r.delegationDepth()), nil
-	case r.Tenant != "" && subject.Tenant != r.Tenant:
-		return logical.ErrorResponse("subject_token belongs to tenant %q, role %q to tenant %q: no delegation across tenants", subject.Tenant, roleName, r.Tenant), nil
-	}
-
-	// What the new token may carry: the subject's, within the role's, and
-	// within the actor token's when one is given.
-	within := slices.DeleteFunc(subject.Scopes(), func(s string) bool { return !slices.Contains(r.Scopes, s) })
-	if at := d.Get("actor_token").(string); at != "" {
-		ac, msg, userErr, err := b.exchangedToken(ctx, req, "actor_token", at, d.Get("actor_token_type").(string))
-		if msg != "" || userErr != nil || err != nil {
-			return exchangeError(msg, userErr), err
-		}
-		if ac.Subject != actor {
-			return logical.ErrorResponse("actor_token's sub is not the caller's (%s under role %q's subject setting)", actor, roleName), nil
-		}
-		within = slices.DeleteFunc(within, func(s string) bool { return !slices.Contains(ac.Scopes(), s) })
-	}
-	scopes, msg := exchangeScopes(d, subject, r, within)
-	if msg != "" {
-		return logical.ErrorResponse(msg), nil
-	}
-	if needs := subset(r.ApprovalScopes, subset(r.ApprovalScopes, scopes)); len(needs) > 0 {
-		// The subject holds them, approved or minted without approval
-		// under its own role; this role's approvers have not seen them.
-		return logical.ErrorResponse("scopes %s need approval under role %q: exchange for the others, or mint them through keybroker/approvals", strings.Join(needs, ", "), roleName), nil
-	}
-
-	aud, msg := exchangeAudience(d.Get("audience").(string), subject, roleName, r)
-	if msg != "" {
-		return logical.ErrorResponse(msg), nil
-	}
-	g := grant{Role: roleName, Scopes: scopes, Audiences: []string{aud}, Tenant: subject.Tenant, Subject: subject.Subject, EntityID: req.EntityID,
-		Act: &jwtverify.Actor{Subject: actor, Act: subject.Act}}
-	if subject.AuthTime != nil {
-		g.AuthTime = subject.AuthTime.Time // the subject's authentication, not the actor's
-	}
-	asked, err := r.narrowCIDRs(roleName, d)
-	if err != nil {
-		return logical.ErrorResponse(err.Error()), nil
-	}
-	if g.CIDRs, err = intersectCIDRs(subject.CIDR, asked); err != nil {
-		return nil, fmt.Errorf("intersecting CIDRs: %w", err)
-	}
-	if len(g.CIDRs) == 0 && (len(subject.CIDR) > 0 || len(asked) > 0) {
-		return logical.ErrorResponse("bound_cidrs: the subject token's (%s) and the role's or asked ones (%s) have no block in common", strings.Join(subject.CIDR, ", "), strings.Join(asked, ", ")), nil
-	}
-	if g.JKT, err = dpopBinding(d); err != nil {
-		return logical.ErrorResponse(err.Error()), nil
-	}
-	if r.RequireDPoP && g.JKT == "" {
-		return logical.ErrorResponse("role %q requires DPoP-bound tokens: give dpop_jkt (the thumbprint of the caller's public key) or dpop_jwk", roleName), nil
-	}
-
-	// Spend: a metered subject's meter, shared; else the role's limits.
-	// The rate limit is the stricter of the subject's and the role's: an
-	// exchange never lifts one.
-	g.limits = r.limits
-	if sr := subject.Rate; sr != nil && sr.PerSecond > 0 && (g.RateLimit == 0 || sr.PerSecond < g.RateLimit) {
-		g.RateLimit, g.RateBurst = sr.PerSecond, max(1, sr.Burst)
-	}
-	meterID, root, err := b.meterRoot(ctx, req.Storage, subject.ID)
-	if err != nil {
-		return nil, err
-	}
-	if root != nil {
-		g.Budget, g.BudgetPeriod, g.MaxCost = root.Limit, root.Period, root.MaxCost
-	} else {
-		meterID = "" // its own meter, if the role meters
-	}
-
-	ttl, warnings, err := framework.CalculateTTL(b.System(), time.Duration(d.Get("ttl").(int))*time.Second, r.TokenTTL, 0, r.TokenMaxTTL, 0, time.Time{})
-	if err != nil {
-		return nil, fmt.Errorf("calculating ttl: %w", err)
-	}
-	if left := time.Until(subject.ExpiresAt.Time).Truncate(time.Second); left < ttl {
-		ttl = left // never outlives the token it was exchanged from
-		warnings = append(warnings, fmt.Sprintf("ttl capped at the subject token's expiry (%s)", left))
-	}
-	if ttl < time.Second {
-		return logical.ErrorResponse("subject_token expires now"), nil
-	}
-	// Every check is above: the slot is taken, under the revocation lock,
-	// before anything is minted, so a refused exchange mints and stores
-	// nothing, and a revocation of the subject from here on finds the new
-	// jti to revoke.
-	jti, err := uuid.GenerateUUID()
-	if err != nil {
-		return nil, fmt.Errorf("generating jti: %w", err)
-	}
-	now := tokenNow()
-	slot := derivedSlot{parent: subject.ID, actor: req.EntityID, jti: jti}
-	if known {
-		slot.chain = append(slices.Clone(chain), req.EntityID)
-	}
-	if msg, err := b.reserveDerived(ctx, req.Storage, slot, now.Add(ttl)); msg != "" || err != nil {
-		return exchangeError(msg, nil), err
-	}
-	resp, err := b.issueTokenAs(ctx, req, g, jti, now, ttl, "", meterID)
-	if err != nil || resp.IsError() {
-		if rerr := b.releaseDerived(ctx, req.Storage, slot); rerr != nil {
-			b.Logger().Warn("releasing an exchange slot after a failed mint", "error", rerr)
-		}
-		return resp, err
-	}
-	resp.Data["issued_token_type"] = tokenTypeAccessToken
-	resp.Data["actors"] = (&jwtverify.Claims{Act: g.Act}).Actors()
-	for _, w := range warnings {
-		resp.AddWarning(w)
-	}
-	return resp, nil
-}
-
-func exchangeError(msg string, userErr *logical.Response) *logical.Response {
-	if userErr != nil {
-		return userErr
-	}
-	if msg == "" {
-		return nil
-	}
-	return logical.ErrorResponse(msg)
-}
-
-// exchangeAudience is the new token's one aud: within the subject token's
-// audiences and the role's (an exchange narrows: a token sent to one
-// resource server cannot become one for another), asked or the only one
-// both allow. msg is the caller's mistake.
-func exchangeAudience(asked string, subject *jwtverify.Claims, roleName string, r *role) (string, string) {
-	if asked != "" && !slices.Contains(r.Audiences, asked) {
-		return "", fmt.Sprintf("audience %q is not allowed by role %q (allowed: %s)", asked, roleName, strings.Join(r.Audiences, ", "))
-	}
-	both := slices.DeleteFunc(slices.Clone(r.Audiences), func(a string) bool { return !slices.Contains(subject.Audience, a) })
-	if len(both) == 0 {
-		return "", fmt.Sprintf("the subject token's audience (%s) is not among role %q's (%s): an exchange keeps the subject token's audience, it cannot widen to another resource server", strings.Join(subject.Audience, ", "), roleName, strings.Join(r.Audiences, ", "))
-	}
-	aud, err := oneAudience(asked, both, func(a string) string {
-		return fmt.Sprintf("audience %q is not the subject token's (%s): an exchange cannot widen to another resource server", a, strings.Join(subject.Audience, ", "))
-	}, "the subject token with role "+strconv.Quote(roleName))
-	if err != nil {
-		return "", err.Error()
-	}
-	return aud, ""
-}
-
-// exchangedToken checks a token given to token/exchange: the plugin's own,
-// valid, not revoked, not bound. msg says what is wrong with it.
-func (b *backend) exchangedToken(ctx context.Context, req *logical.Request, field, token, typ string) (c *jwtverify.Claims, msg string, userErr *logical.Response, err error) {
-	if token == "" {
-		return nil, field + " is required", nil, nil
-	}
-	if typ != "" && typ != tokenTypeAccessToken && typ != tokenTypeJWT {
-		return nil, fmt.Sprintf("%s_type %q: keybroker exchanges only its own JWTs (%s)", field, typ, tokenTypeAccessToken), nil, nil
-	}
-	c, reason, userErr, err := b.ownJWT(ctx, req, token, "")
-	switch {
-	case userErr != nil || err != nil:
-		return nil, "", userErr, err
-	case reason != "":
-		return nil, fmt.Sprintf("%s is not a valid keybroker token: %s", field, reason), nil, nil
-	case c.BoundKey() != "":
-		return nil, field + " is DPoP-bound: only its holder's key could use it, so it cannot be exchanged; its holder can mint an unbound token to delegate", nil, nil
-	}
-	return c, "", nil, nil
-}
-
-// exchangeScopes are the new token's scopes: those asked, which must be
-// within what it may carry, or by default what it may carry of the role's
-// default scopes. msg is the caller's mistake.
-func exchangeScopes(d *framework.FieldData, subject *jwtverify.Claims, r *role, within []string) ([]string, string) {
-	v, ok := d.GetOk("scopes")
-	if !ok {
-		def := slices.DeleteFunc(slices.Clone(within), func(s string) bool { return !slices.Contains(r.defaultScopes(), s) })
-		if len(def) == 0 {
-			return nil, fmt.Sprintf("the subject token's scopes (%s) and the role's default_scopes have none in common: name the scopes", subject.Scope)
-		}
-		return def, ""
-	}
-	scopes, err := validateScopes("scopes", v.([]string))
-	if err != nil {
-		return nil, err.Error()
-	}
-	if len(scopes) == 0 {
-		return nil, "scopes: name at least one"
-	}
-	if wider := subset(scopes, subject.Scopes()); len(wider) > 0 {
-		return nil, fmt.Sprintf("scopes %s are not in the subject token (%s): an exchange cannot widen", strings.Join(wider, ", "), subject.Scope)
-	}
-	if wider := subset(scopes, within); len(wider) > 0 {
-		return nil, fmt.Sprintf("scopes %s are not allowed by the role or the actor token", strings.Join(wider, ", "))
-	}
-	return scopes, ""
+	return b.exchange(ctx, req, exchangeRequestFrom(d))
 }
 
 // derivedSlot is one exchanged token as its subject's index files it: the
@@ -375,16 +126,6 @@ type derivedSlot struct {
 	chain              []string
 }
 
-// derivedKey is where the tokens one actor exchanged from parent are filed:
-// each actor has its own maxDerived slots, so no actor can use up another's.
-// The actor (a Vault entity id) is hashed into one path segment whatever it
-// holds. Tokens exchanged before slots were per actor are filed under
-// derivedPrefix+parent itself.
-func derivedKey(parent, actor string) string {
-	sum := sha256.Sum256([]byte(actor))
-	return derivedPrefix + parent + "/" + hex.EncodeToString(sum[:16])
-}
-
 // reserveDerived files a token about to be exchanged from s.parent, under
 // the lock revocations take: a revocation of the subject that came first is
 // seen here (the exchange is refused), and one that comes after finds the
@@ -393,7 +134,7 @@ func derivedKey(parent, actor string) string {
 func (b *backend) reserveDerived(ctx context.Context, st logical.Storage, s derivedSlot, exp time.Time) (string, error) {
 	b.revocationMu.Lock()
 	defer b.revocationMu.Unlock()
-	revoked, err := st.Get(ctx, revokedJTIPrefix+s.parent)
+	revoked, err := st.Get(ctx, revokedJTIPath(s.parent))
 	if err != nil {
 		return "", fmt.Errorf("reading revoked jti: %w", err)
 	}
@@ -419,7 +160,7 @@ func (b *backend) reserveDerived(ctx context.Context, st logical.Storage, s deri
 	}
 	dt.Children[s.jti] = exp
 	if s.chain != nil {
-		if err := putJSON(ctx, st, chainPrefix+s.jti, &entityChain{Entities: s.chain, ExpiresAt: exp}); err != nil {
+		if err := putJSON(ctx, st, chainPath(s.jti), &entityChain{Entities: s.chain, ExpiresAt: exp}); err != nil {
 			return "", err
 		}
 	}
@@ -430,8 +171,8 @@ func (b *backend) reserveDerived(ctx context.Context, st logical.Storage, s deri
 func (b *backend) releaseDerived(ctx context.Context, st logical.Storage, s derivedSlot) error {
 	b.revocationMu.Lock()
 	defer b.revocationMu.Unlock()
-	if err := st.Delete(ctx, chainPrefix+s.jti); err != nil {
-		return fmt.Errorf("deleting %s%s: %w", chainPrefix, s.jti, err)
+	if err := st.Delete(ctx, chainPath(s.jti)); err != nil {
+		return fmt.Errorf("deleting %s: %w", chainPath(s.jti), err)
 	}
 	key := derivedKey(s.parent, s.actor)
 	dt, err := getJSON[derivedTokens](ctx, st, key)
@@ -455,13 +196,13 @@ func (b *backend) revokeDerivedLocked(ctx context.Context, s logical.Storage, jt
 	if depth > jwtverify.MaxActors {
 		return nil // no chain is longer
 	}
-	actors, err := s.List(ctx, derivedPrefix+jti+"/")
+	actors, err := s.List(ctx, derivedActorsOf(jti))
 	if err != nil {
-		return fmt.Errorf("listing %s%s/: %w", derivedPrefix, jti, err)
+		return fmt.Errorf("listing %s: %w", derivedActorsOf(jti), err)
 	}
-	keys := []string{derivedPrefix + jti}
+	keys := []string{derivedLegacyPath(jti)}
 	for _, a := range actors {
-		keys = append(keys, derivedPrefix+jti+"/"+a)
+		keys = append(keys, derivedActorsOf(jti)+a)
 	}
 	for _, key := range keys {
 		dt, err := getJSON[derivedTokens](ctx, s, key)
@@ -495,9 +236,9 @@ func (b *backend) tidyDerived(ctx context.Context, s logical.Storage, now time.T
 			}
 			continue
 		}
-		actors, err := s.List(ctx, derivedPrefix+n)
+		actors, err := s.List(ctx, derivedIndexPath(n))
 		if err != nil {
-			return fmt.Errorf("listing %s%s: %w", derivedPrefix, n, err)
+			return fmt.Errorf("listing %s: %w", derivedIndexPath(n), err)
 		}
 		for _, a := range actors {
 			if err := b.tidyOneDerived(ctx, s, n+a, now); err != nil {
@@ -511,12 +252,12 @@ func (b *backend) tidyDerived(ctx context.Context, s logical.Storage, now time.T
 func (b *backend) tidyOneDerived(ctx context.Context, s logical.Storage, name string, now time.Time) error {
 	b.revocationMu.Lock()
 	defer b.revocationMu.Unlock()
-	dt, err := getJSON[derivedTokens](ctx, s, derivedPrefix+name)
+	dt, err := getJSON[derivedTokens](ctx, s, derivedIndexPath(name))
 	if err != nil || dt == nil || now.Before(dt.expiry()) {
 		return err
 	}
-	if err := s.Delete(ctx, derivedPrefix+name); err != nil {
-		return fmt.Errorf("deleting %s%s: %w", derivedPrefix, name, err)
+	if err := s.Delete(ctx, derivedIndexPath(name)); err != nil {
+		return fmt.Errorf("deleting %s: %w", derivedIndexPath(name), err)
 	}
 	return nil
 }

@@ -15,10 +15,8 @@ import (
 // suspension and resumption of a key (a role's: path_role_suspend.go).
 // Revocation by value is in path_revoke.go.
 
-// rotationPrefix indexes rotated keys by key_id until their grace ends, so
-// that the active node revokes them then, through the feed.
-const rotationPrefix = "rotations/"
-
+// rotation is a rotated key's entry (rotationPath) until its grace ends, so
+// that the active node revokes it then, through the feed.
 type rotation struct {
 	GraceEnds time.Time `json:"grace_ends"`
 }
@@ -94,111 +92,149 @@ own suspension.`,
 	}
 }
 
+// rotateRequest is a rotation (keys/<role>/id/<key_id>/rotate).
+type rotateRequest struct {
+	role, keyID string
+	grace       time.Duration
+}
+
 func (b *backend) pathKeyRotate(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	id := d.Get("key_id").(string)
-	grace := time.Duration(d.Get("grace").(int)) * time.Second
-	if grace < 0 {
+	return b.rotateKey(ctx, req, rotateRequest{role: pathRole(d), keyID: d.Get("key_id").(string), grace: time.Duration(d.Get("grace").(int)) * time.Second})
+}
+
+// rotateKey mints the successor of the key m names, which keeps working
+// until its grace ends.
+func (b *backend) rotateKey(ctx context.Context, req *logical.Request, m rotateRequest) (*logical.Response, error) {
+	if m.grace < 0 {
 		return logical.ErrorResponse("grace must not be negative"), nil
 	}
 	// As a mint does: the role's lock for reading, so that no successor is
 	// minted once the role's suspension has answered. A key's role never
-	// changes, and keyOfRole refuses a key of another role than the path's.
-	rl := b.roleLock(pathRole(d))
+	// changes, and keyOf refuses a key of another role than the path's.
+	rl := b.roleLock(m.role)
 	rl.RLock()
 	defer rl.RUnlock()
 	unlock := b.lockRevocations()
 	defer unlock()
-	old, resp, err := b.keyOfRole(ctx, req.Storage, d)
-	if resp != nil || err != nil {
+	now := time.Now().UTC().Truncate(time.Second)
+	old, r, resp, err := b.rotatable(ctx, req.Storage, m, now)
+	if old == nil {
 		return resp, err
 	}
-	now := time.Now().UTC().Truncate(time.Second)
-	switch {
-	case old == nil:
-		return noSuchKey(d), nil
-	case old.revoked():
-		return logical.ErrorResponse("key %s is revoked: mint a new key", id), nil
-	case !now.Before(old.ExpiresAt):
-		return logical.ErrorResponse("key %s has expired: mint a new key", id), nil
-	case old.ReplacedBy != "":
-		return logical.ErrorResponse("key %s was already rotated to %s; rotate that one", id, old.ReplacedBy), nil
-	}
-	r, err := b.getRole(ctx, req.Storage, old.Role)
+	next := old.successor(r, req.EntityID, now, b.System().MaxLeaseTTL())
+	key, err := b.createKey(ctx, req.Storage, r.KeyPrefix, next)
 	if err != nil {
 		return nil, err
 	}
-	if r == nil {
-		return logical.ErrorResponse("role %q of key %s was deleted: its keys cannot be rotated", old.Role, id), nil
-	}
-	if r.Suspended {
-		return logical.ErrorResponse("role %q is suspended: resume it to rotate its keys", old.Role), nil
-	}
-	if why := r.refusesSuccessor(old); why != "" {
-		return logical.ErrorResponse("key %s cannot be rotated: %s; mint a new key from role %q instead", id, why, old.Role), nil
-	}
-	key, next, err := b.createKey(ctx, req.Storage, r.KeyPrefix)
-	if err != nil {
-		return nil, err
-	}
-	next.Name, next.Role, next.Scopes, next.BoundCIDRs, next.Tenant = old.Name, old.Role, old.Scopes, old.BoundCIDRs, old.Tenant
-	next.Metadata, next.Orphan, next.JKT, next.limits = old.Metadata, old.Orphan, old.JKT, old.limits
-	next.EntityID, next.CreatedAt, next.ExpiresAt, next.Replaces = req.EntityID, now, old.ExpiresAt, old.ID
-	next.NotAfter = old.NotAfter
-	if maxTTL := cmp.Or(r.MaxTTL, b.System().MaxLeaseTTL()); next.NotAfter.IsZero() && maxTTL > 0 {
-		// What the old key could have reached by renewing: the role's
-		// max_ttl, or the mount's max lease TTL, from its mint.
-		next.NotAfter = old.CreatedAt.Add(maxTTL)
-	}
-	// A suspended key's successor is as suspended.
-	next.SuspendedAt = old.SuspendedAt
-	graceEnds := minTime(now.Add(grace), old.ExpiresAt)
+	graceEnds := minTime(now.Add(m.grace), old.ExpiresAt)
 	old.ReplacedBy, old.ExpiresAt = next.ID, graceEnds
-	metered := old.Budget > 0 || old.Tenant != ""
-	var root string
-	if metered {
-		// The successor's meter links to the old key's before either key
-		// changes: a failure here leaves the old key as it was.
-		if root, _, err = b.meterRoot(ctx, req.Storage, old.ID); err != nil {
-			return nil, err
-		}
-		if err := putJSON(ctx, req.Storage, meterPrefix+next.ID, &meter{Link: root, ExpiresAt: next.ExpiresAt}); err != nil {
-			return nil, err
-		}
-	}
-	if err := b.putKey(ctx, req.Storage, next); err != nil {
+	root, err := b.storeRotation(ctx, req.Storage, old, next, graceEnds)
+	if err != nil {
 		return nil, err
 	}
-	if err := b.putKey(ctx, req.Storage, old); err != nil {
-		return nil, err
-	}
-	if err := putJSON(ctx, req.Storage, rotationPrefix+old.ID, rotation{GraceEnds: graceEnds}); err != nil {
-		return nil, err
-	}
-	b.keyChanges.add(old.ID)
-	b.keyChanges.add(next.ID)
 	unlock()
 	// One meter for both, living as long as the successor.
-	if metered {
+	if root != "" {
 		if err := b.extendMeter(ctx, req.Storage, root, next.ExpiresAt); err != nil {
 			return nil, err
 		}
 	}
 	b.Logger().Info("key rotated", "key_id", old.ID, "successor", next.ID, "grace_ends", graceEnds)
+	return b.rotated(key, old, next, r, graceEnds, now), nil
+}
 
+// rotatable reads the key m names and its role, nil with why when the key
+// cannot be rotated now.
+func (b *backend) rotatable(ctx context.Context, s logical.Storage, m rotateRequest, now time.Time) (*keyEntry, *role, *logical.Response, error) {
+	old, resp, err := b.keyOf(ctx, s, m.role, m.keyID)
+	if resp != nil || err != nil {
+		return nil, nil, resp, err
+	}
+	id := m.keyID
+	switch {
+	case old == nil:
+		return nil, nil, noSuchKeyIn(m.role, id), nil
+	case old.revoked():
+		return nil, nil, logical.ErrorResponse("key %s is revoked: mint a new key", id), nil
+	case !now.Before(old.ExpiresAt):
+		return nil, nil, logical.ErrorResponse("key %s has expired: mint a new key", id), nil
+	case old.ReplacedBy != "":
+		return nil, nil, logical.ErrorResponse("key %s was already rotated to %s; rotate that one", id, old.ReplacedBy), nil
+	}
+	r, err := b.getRole(ctx, s, old.Role)
+	switch {
+	case err != nil:
+		return nil, nil, nil, err
+	case r == nil:
+		return nil, nil, logical.ErrorResponse("role %q of key %s was deleted: its keys cannot be rotated", old.Role, id), nil
+	case r.Suspended:
+		return nil, nil, logical.ErrorResponse("role %q is suspended: resume it to rotate its keys", old.Role), nil
+	}
+	if why := r.refusesSuccessor(old); why != "" {
+		return nil, nil, logical.ErrorResponse("key %s cannot be rotated: %s; mint a new key from role %q instead", id, why, old.Role), nil
+	}
+	return old, r, nil, nil
+}
+
+// successor is old's successor as role r mints it for entity: the same
+// grant and expiry, and no renewal past what old could have reached (the
+// role's max_ttl, or the mount's max lease TTL, from old's mint). A
+// suspended key's successor is as suspended. Its id is not yet set.
+func (old *keyEntry) successor(r *role, entity string, now time.Time, mountMaxTTL time.Duration) *keyEntry {
+	next := &keyEntry{Name: old.Name, Role: old.Role, Scopes: old.Scopes, BoundCIDRs: old.BoundCIDRs, Tenant: old.Tenant,
+		Metadata: old.Metadata, Orphan: old.Orphan, JKT: old.JKT, limits: old.limits,
+		EntityID: entity, CreatedAt: now, ExpiresAt: old.ExpiresAt, Replaces: old.ID, NotAfter: old.NotAfter,
+		SuspendedAt: old.SuspendedAt}
+	if maxTTL := cmp.Or(r.MaxTTL, mountMaxTTL); next.NotAfter.IsZero() && maxTTL > 0 {
+		next.NotAfter = old.CreatedAt.Add(maxTTL)
+	}
+	return next
+}
+
+// storeRotation writes a rotation: the successor's meter linked to the old
+// key's (before either key changes: a failure there leaves the old key as
+// it was), both keys, and the rotation record the grace's end is revoked
+// from. root is the shared meter, "" when the key is not metered.
+func (b *backend) storeRotation(ctx context.Context, s logical.Storage, old, next *keyEntry, graceEnds time.Time) (root string, err error) {
+	if old.Budget > 0 || old.Tenant != "" {
+		if root, _, err = b.meterRoot(ctx, s, old.ID); err != nil {
+			return "", err
+		}
+		if err := putJSON(ctx, s, meterPath(next.ID), &meter{Link: root, ExpiresAt: next.ExpiresAt}); err != nil {
+			return "", err
+		}
+	}
+	if err := b.putKey(ctx, s, next); err != nil {
+		return "", err
+	}
+	if err := b.putKey(ctx, s, old); err != nil {
+		return "", err
+	}
+	if err := putJSON(ctx, s, rotationPath(old.ID), rotation{GraceEnds: graceEnds}); err != nil {
+		return "", err
+	}
+	b.keyChanges.add(old.ID)
+	b.keyChanges.add(next.ID)
+	return root, nil
+}
+
+// rotated is a rotation's answer: the successor once, and unless it is an
+// orphan key its lease, renewable no further than its NotAfter.
+func (b *backend) rotated(key string, old, next *keyEntry, r *role, graceEnds, now time.Time) *logical.Response {
 	data := next.publicData()
 	delete(data, "metadata")
 	data["key"], data["replaces"], data["grace_ends"] = key, old.ID, graceEnds.Format(time.RFC3339)
 	next.limits.responseData(data)
 	if next.Orphan {
-		return &logical.Response{Data: data}, nil
+		return &logical.Response{Data: data}
 	}
-	resp = b.Secret(secretTypeAPIKey).Response(data, map[string]interface{}{"key_id": next.ID})
+	resp := b.Secret(secretTypeAPIKey).Response(data, map[string]interface{}{"key_id": next.ID})
 	resp.Secret.TTL = next.ExpiresAt.Sub(now)
 	resp.Secret.Renewable = !r.NotRenewable && next.Approval == ""
 	if !next.NotAfter.IsZero() {
 		resp.Secret.MaxTTL = next.NotAfter.Sub(now)
 	}
-	return resp, nil
+	return resp
 }
 
 // refusesSuccessor says why the role, as it is now, would not mint old's
@@ -240,7 +276,7 @@ func (b *backend) revokeRotated(ctx context.Context, s logical.Storage, now time
 		return fmt.Errorf("listing rotations: %w", err)
 	}
 	for _, id := range ids {
-		rot, err := getJSON[rotation](ctx, s, rotationPrefix+id)
+		rot, err := getJSON[rotation](ctx, s, rotationPath(id))
 		if err != nil {
 			return err
 		}
@@ -250,7 +286,7 @@ func (b *backend) revokeRotated(ctx context.Context, s logical.Storage, now time
 		if err := b.revokeKeyAtGraceEnd(ctx, s, id); err != nil {
 			return err
 		}
-		if err := s.Delete(ctx, rotationPrefix+id); err != nil {
+		if err := s.Delete(ctx, rotationPath(id)); err != nil {
 			return fmt.Errorf("deleting rotation %s: %w", id, err)
 		}
 	}

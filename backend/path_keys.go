@@ -3,8 +3,6 @@ package backend
 import (
 	"context"
 	"fmt"
-	"strings"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -12,8 +10,6 @@ import (
 
 	"github.com/keybroker/keybroker/apikey"
 )
-
-const keyPrefix = "keys/"
 
 // keyEntry is what storage holds for a minted key: a snapshot of what it may
 // do, and the hash of the key, never the key.
@@ -134,11 +130,34 @@ func keyAnswerFields() map[string]*framework.FieldSchema {
 }
 
 func (b *backend) getKey(ctx context.Context, s logical.Storage, id string) (*keyEntry, error) {
-	return getJSON[keyEntry](ctx, s, keyPrefix+id)
+	return getJSON[keyEntry](ctx, s, apiKeyPath(id))
 }
 
 func (b *backend) putKey(ctx context.Context, s logical.Storage, k *keyEntry) error {
-	return putJSON(ctx, s, keyPrefix+k.ID, k)
+	return putJSON(ctx, s, apiKeyPath(k.ID), k)
+}
+
+// createKey generates a key whose key_id is not yet in storage, and sets
+// k's id and hash to it.
+func (b *backend) createKey(ctx context.Context, s logical.Storage, prefix string, k *keyEntry) (string, error) {
+	for attempt := 0; attempt < 3; attempt++ {
+		key, id, err := apikey.Generate(nil, prefix)
+		if err != nil {
+			return "", fmt.Errorf("generating key: %w", err)
+		}
+		existing, err := s.Get(ctx, apiKeyPath(id))
+		if err != nil {
+			return "", fmt.Errorf("checking key_id: %w", err)
+		}
+		if existing == nil {
+			h := apikey.Hash(key)
+			k.ID, k.Hash = id, h[:]
+			return key, nil
+		}
+	}
+	// Three collisions in a row of ids stamped with the same second, each with
+	// 41 random bits, mean the randomness is broken.
+	return "", fmt.Errorf("generating key: key_id collided three times")
 }
 
 func pathKeys(b *backend) []*framework.Path {
@@ -253,19 +272,23 @@ func pathRole(d *framework.FieldData) string {
 	return d.Get("role").(string)
 }
 
-// keyOfRole reads the key a path names: nil when there is none. On a path
-// that names a role, a key of another role is answered as one that does not
-// exist: a policy on keys/<role>/* must learn nothing of other roles' keys.
-// resp is the 400 for a malformed key_id.
+// keyOfRole reads the key a path names (keyOf).
 func (b *backend) keyOfRole(ctx context.Context, s logical.Storage, d *framework.FieldData) (k *keyEntry, resp *logical.Response, err error) {
-	id := d.Get("key_id").(string)
+	return b.keyOf(ctx, s, pathRole(d), d.Get("key_id").(string))
+}
+
+// keyOf reads key id: nil when there is none. Under a role (role not ""),
+// a key of another role is answered as one that does not exist: a policy
+// on keys/<role>/* must learn nothing of other roles' keys. resp is the
+// 400 for a malformed key_id.
+func (b *backend) keyOf(ctx context.Context, s logical.Storage, role, id string) (k *keyEntry, resp *logical.Response, err error) {
 	if !apikey.ValidateID(id) {
 		return nil, logical.ErrorResponse("%q is not a key_id (12 base62 characters)", id), nil
 	}
 	if k, err = b.getKey(ctx, s, id); err != nil || k == nil {
 		return nil, nil, err
 	}
-	if role := pathRole(d); role != "" && k.Role != role {
+	if role != "" && k.Role != role {
 		return nil, nil, nil
 	}
 	return k, nil, nil
@@ -273,10 +296,14 @@ func (b *backend) keyOfRole(ctx context.Context, s logical.Storage, d *framework
 
 // noSuchKey is the 400 of a change to a key that keyOfRole did not find.
 func noSuchKey(d *framework.FieldData) *logical.Response {
-	if role := pathRole(d); role != "" {
-		return logical.ErrorResponse("key %s does not exist under role %q", d.Get("key_id").(string), role)
+	return noSuchKeyIn(pathRole(d), d.Get("key_id").(string))
+}
+
+func noSuchKeyIn(role, id string) *logical.Response {
+	if role != "" {
+		return logical.ErrorResponse("key %s does not exist under role %q", id, role)
 	}
-	return logical.ErrorResponse("key %s does not exist", d.Get("key_id").(string))
+	return logical.ErrorResponse("key %s does not exist", id)
 }
 
 func mintKeyFields() map[string]*framework.FieldSchema {
@@ -297,168 +324,10 @@ func mintKeyFields() map[string]*framework.FieldSchema {
 	return f
 }
 
+// pathKeyMint mints a key from the role the path names, or redeems the
+// approved request approval_id names.
 func (b *backend) pathKeyMint(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	roleName := d.Get("role").(string)
-	// The role's lock is held for reading from the suspension check to
-	// the key's write: a suspension waits for the mints under way, and no
-	// mint passes the check once it returned.
-	l := b.roleLock(roleName)
-	l.RLock()
-	unlock := sync.OnceFunc(l.RUnlock)
-	defer unlock()
-	r, err := b.getRole(ctx, req.Storage, roleName)
-	if err != nil {
-		return nil, err
-	}
-	if r == nil {
-		return logical.ErrorResponse("role %q does not exist", roleName), nil
-	}
-	if r.Suspended {
-		return logical.ErrorResponse("role %q is suspended: resume it (roles/%s/resume) to mint keys", roleName, roleName), nil
-	}
-	if d.Get("approval_id").(string) != "" && approvalOf(ctx) == nil {
-		// The redemption mints through this handler again, which takes
-		// the lock again: a read lock is not taken twice.
-		unlock()
-		return b.redeemApproval(ctx, req, d, approvalKindKey, b.pathKeyMint)
-	}
-
-	name := d.Get("name").(string)
-	if strings.TrimSpace(name) == "" {
-		return logical.ErrorResponse("name is required"), nil
-	}
-	if err := validateText("name", name, maxNameLength); err != nil {
-		return logical.ErrorResponse(err.Error()), nil
-	}
-
-	scopes, err := r.narrowScopes(roleName, d)
-	if err != nil {
-		return logical.ErrorResponse(err.Error()), nil
-	}
-	cidrs, err := r.narrowCIDRs(roleName, d)
-	if err != nil {
-		return logical.ErrorResponse(err.Error()), nil
-	}
-	lim, err := r.limits.narrow(roleName, d)
-	if err != nil {
-		return logical.ErrorResponse(err.Error()), nil
-	}
-	jkt, err := dpopBinding(d)
-	if err != nil {
-		return logical.ErrorResponse(err.Error()), nil
-	}
-	if r.RequireDPoP && jkt == "" {
-		return logical.ErrorResponse("role %q requires DPoP-bound credentials: give dpop_jkt (the thumbprint of the holder's public key) or dpop_jwk", roleName), nil
-	}
-
-	md := map[string]string{}
-	if v, ok := d.GetOk("metadata"); ok {
-		asked := v.(map[string]string)
-		for k := range asked {
-			if _, clash := r.Metadata[k]; clash {
-				return logical.ErrorResponse("metadata key %q is set by role %q and cannot be overridden", k, roleName), nil
-			}
-		}
-		if err := validateMetadata("metadata", asked); err != nil {
-			return logical.ErrorResponse(err.Error()), nil
-		}
-		for k, v := range asked {
-			md[k] = v
-		}
-	}
-	for k, v := range r.Metadata {
-		md[k] = v
-	}
-	if len(md) > maxMetadataPairs {
-		return logical.ErrorResponse("metadata: the key's and the role's together exceed %d entries", maxMetadataPairs), nil
-	}
-
-	if resp, err := b.needsApproval(ctx, req, d, approvalKindKey, roleName, r, scopes); resp != nil || err != nil {
-		return resp, err
-	}
-
-	askedTTL := time.Duration(d.Get("ttl").(int)) * time.Second
-	ttl, warnings, err := framework.CalculateTTL(b.System(), askedTTL, r.TTL, 0, r.MaxTTL, 0, time.Time{})
-	if err != nil {
-		return nil, fmt.Errorf("calculating ttl: %w", err)
-	}
-	ttl, warnings = approvedTTL(ctx, r, ttl, warnings)
-
-	key, entry, err := b.createKey(ctx, req.Storage, r.KeyPrefix)
-	if err != nil {
-		return nil, err
-	}
-	now := time.Now().UTC().Truncate(time.Second)
-	entry.Name = name
-	entry.Role = roleName
-	entry.Scopes = scopes
-	entry.BoundCIDRs = cidrs
-	entry.Tenant = r.Tenant
-	entry.Metadata = md
-	entry.Orphan = r.Orphan
-	entry.EntityID = req.EntityID
-	entry.CreatedAt = now
-	entry.ExpiresAt = now.Add(ttl)
-	entry.limits = lim
-	entry.JKT = jkt
-	if a := approvalOf(ctx); a != nil {
-		entry.Approval = a.ID
-	}
-	if err := b.putKey(ctx, req.Storage, entry); err != nil {
-		return nil, err
-	}
-	b.keyChanges.add(entry.ID)
-
-	data := map[string]interface{}{
-		"key":         key,
-		"key_id":      entry.ID,
-		"name":        name,
-		"role":        roleName,
-		"scopes":      nonNil(scopes),
-		"bound_cidrs": nonNil(cidrs),
-		"tenant":      r.Tenant,
-		"expires_at":  entry.ExpiresAt.Format(time.RFC3339),
-		"dpop_jkt":    jkt,
-	}
-	lim.responseData(data)
-	var resp *logical.Response
-	if r.Orphan {
-		resp = &logical.Response{Data: data}
-	} else {
-		resp = b.Secret(secretTypeAPIKey).Response(data, map[string]interface{}{"key_id": entry.ID})
-		resp.Secret.TTL = ttl
-		resp.Secret.MaxTTL = r.MaxTTL
-		resp.Secret.Renewable = !r.NotRenewable
-		if entry.Approval != "" {
-			// Approved for this long, not for renewals up to max_ttl.
-			resp.Secret.MaxTTL, resp.Secret.Renewable = ttl, false
-		}
-	}
-	for _, w := range warnings {
-		resp.AddWarning(w)
-	}
-	return resp, nil
-}
-
-// createKey generates a key whose key_id is not yet in storage.
-func (b *backend) createKey(ctx context.Context, s logical.Storage, prefix string) (string, *keyEntry, error) {
-	for attempt := 0; attempt < 3; attempt++ {
-		key, id, err := apikey.Generate(nil, prefix)
-		if err != nil {
-			return "", nil, fmt.Errorf("generating key: %w", err)
-		}
-		existing, err := s.Get(ctx, keyPrefix+id)
-		if err != nil {
-			return "", nil, fmt.Errorf("checking key_id: %w", err)
-		}
-		if existing == nil {
-			h := apikey.Hash(key)
-			return key, &keyEntry{ID: id, Hash: h[:]}, nil
-		}
-	}
-	// Three collisions in a row of ids stamped with the same second, each with
-	// 41 random bits, mean the randomness is broken.
-	return "", nil, fmt.Errorf("generating key: key_id collided three times")
+	return b.mintKeyAsked(ctx, req, keyMintRequestFrom(d, nil))
 }
 
 func (b *backend) pathKeyList(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {

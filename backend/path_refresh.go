@@ -18,10 +18,6 @@ import (
 )
 
 const (
-	refreshPrefix = "refresh/"
-	familyPrefix  = "families/"
-	// tokenFamilyPrefix indexes a family's access tokens by jti.
-	tokenFamilyPrefix = "token-families/"
 	// refreshTokenPrefix tags refresh tokens, which share the API key
 	// format (and its offline checksum) but are never API keys.
 	refreshTokenPrefix = "kbrt"
@@ -106,7 +102,7 @@ func (b *backend) newRefreshToken(ctx context.Context, s logical.Storage, g gran
 		if token, id, err = apikey.Generate(nil, refreshTokenPrefix); err != nil {
 			return "", fmt.Errorf("generating refresh token: %w", err)
 		}
-		existing, err := s.Get(ctx, refreshPrefix+id)
+		existing, err := s.Get(ctx, refreshPath(id))
 		if err != nil {
 			return "", fmt.Errorf("checking refresh id: %w", err)
 		}
@@ -118,7 +114,7 @@ func (b *backend) newRefreshToken(ctx context.Context, s logical.Storage, g gran
 		}
 	}
 	now := time.Now().UTC()
-	f, err := getJSON[family](ctx, s, familyPrefix+familyID)
+	f, err := getJSON[family](ctx, s, familyPath(familyID))
 	if err != nil {
 		return "", err
 	}
@@ -130,7 +126,7 @@ func (b *backend) newRefreshToken(ctx context.Context, s logical.Storage, g gran
 	}
 	h := apikey.Hash(token)
 	entry := refreshEntry{ID: id, Hash: h[:], Family: familyID, Grant: g, ExpiresAt: minTime(now.Add(ttl), f.CreatedAt.Add(familyTTL))}
-	if err := putJSON(ctx, s, refreshPrefix+id, entry); err != nil {
+	if err := putJSON(ctx, s, refreshPath(id), entry); err != nil {
 		return "", err
 	}
 	jti, _ := access["jti"].(string)
@@ -145,12 +141,12 @@ func (b *backend) newRefreshToken(ctx context.Context, s logical.Storage, g gran
 	}
 	f.JTIs[jti] = exp
 	// Revoking the token by value finds its family here.
-	if err := putJSON(ctx, s, tokenFamilyPrefix+jti, tokenFamily{Family: familyID, ExpiresAt: exp}); err != nil {
+	if err := putJSON(ctx, s, tokenFamilyPath(jti), tokenFamily{Family: familyID, ExpiresAt: exp}); err != nil {
 		return "", err
 	}
 	f.Refresh = append(f.Refresh, id)
 	f.ExpiresAt = maxTime(f.ExpiresAt, entry.ExpiresAt, exp)
-	return token, putJSON(ctx, s, familyPrefix+familyID, f)
+	return token, putJSON(ctx, s, familyPath(familyID), f)
 }
 
 func maxTime(ts ...time.Time) time.Time {
@@ -163,66 +159,39 @@ func maxTime(ts ...time.Time) time.Time {
 	return m
 }
 
+// refreshRequest is a refresh (token/refresh): the refresh token, and for
+// a DPoP-bound family a proof by its key.
+type refreshRequest struct {
+	token, dpopProof string
+}
+
 func (b *backend) pathRefreshWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	token := d.Get("refresh_token").(string)
-	if token == "" {
+	return b.refresh(ctx, req, refreshRequest{token: d.Get("refresh_token").(string), dpopProof: d.Get("dpop_proof").(string)})
+}
+
+// refresh spends m's refresh token for a new access token and refresh
+// token of its family, as the family's role allows now.
+func (b *backend) refresh(ctx context.Context, req *logical.Request, m refreshRequest) (*logical.Response, error) {
+	if m.token == "" {
 		return logical.ErrorResponse("refresh_token is required"), nil
 	}
-	const invalid = "refresh_token is invalid or expired"
-	parsed, err := apikey.Parse(token)
+	parsed, err := apikey.Parse(m.token)
 	if err != nil || parsed.Prefix != refreshTokenPrefix {
-		return logical.ErrorResponse(invalid), nil
+		return logical.ErrorResponse(refreshInvalid), nil
 	}
-
 	b.refreshMu.Lock()
 	defer b.refreshMu.Unlock()
-	entry, err := getJSON[refreshEntry](ctx, req.Storage, refreshPrefix+parsed.ID)
-	if err != nil {
-		return nil, err
+	entry, f, resp, err := b.spendable(ctx, req, m, parsed.ID)
+	if entry == nil {
+		return resp, err
 	}
-	hash := apikey.Hash(token)
-	if entry == nil || subtle.ConstantTimeCompare(hash[:], entry.Hash) != 1 || !time.Now().Before(entry.ExpiresAt) {
-		return logical.ErrorResponse(invalid), nil
-	}
-	f, err := getJSON[family](ctx, req.Storage, familyPrefix+entry.Family)
-	if err != nil {
-		return nil, err
-	}
-	if f == nil || !f.RevokedAt.IsZero() {
-		return logical.ErrorResponse("refresh_token's family was revoked; mint a new token"), nil
-	}
-	if req.EntityID == "" {
-		return logical.ErrorResponse("refreshing needs a Vault entity: tokens without one (root, orphan tokens) share one identity"), nil
-	}
-	if entry.Grant.EntityID != req.EntityID {
-		return logical.ErrorResponse("refresh_token was issued to another Vault identity"), nil
-	}
-	// Before reuse detection: for a bound family, a caller without the key
-	// can neither spend the refresh token nor, with a spent one, revoke
-	// the family.
-	if msg := b.checkRefreshProof(req, entry.Grant.JKT, d.Get("dpop_proof").(string)); msg != "" {
-		return logical.ErrorResponse(msg), nil
-	}
-	if !entry.SpentAt.IsZero() {
-		if err := b.revokeFamilyLocked(ctx, req.Storage, entry.Family); err != nil {
-			return nil, err
-		}
-		b.Logger().Warn("refresh token reuse: family revoked", "family", entry.Family, "refresh_id", entry.ID)
-		return logical.ErrorResponse("refresh_token was already used: reuse is treated as theft, so every token of its family was revoked"), nil
-	}
-
-	r, err := b.getRole(ctx, req.Storage, entry.Grant.Role)
-	if err != nil {
-		return nil, err
-	}
+	r, release, resp, err := b.openMint(ctx, req.Storage, mintOpening{role: entry.Grant.Role, missing: "role %q was deleted; its tokens cannot be refreshed"})
 	if r == nil {
-		return logical.ErrorResponse("role %q was deleted; its tokens cannot be refreshed", entry.Grant.Role), nil
+		return resp, err
 	}
-	if r.RefreshTTL == 0 {
-		return logical.ErrorResponse("role %q no longer allows refresh tokens", entry.Grant.Role), nil
-	}
-	if !f.CreatedAt.IsZero() && !time.Now().Before(f.CreatedAt.Add(r.familyMaxTTL())) {
-		return logical.ErrorResponse("refresh_token's family is older than role %q's refresh_max_ttl (%s); mint a new token", entry.Grant.Role, r.familyMaxTTL()), nil
+	defer release()
+	if msg := refreshRefusal(entry.Grant.Role, r, f); msg != "" {
+		return logical.ErrorResponse(msg), nil
 	}
 	// The role as it is now, not as it was at mint: a refresh gets no more
 	// than a new mint would.
@@ -231,7 +200,7 @@ func (b *backend) pathRefreshWrite(ctx context.Context, req *logical.Request, d 
 		return logical.ErrorResponse("role %q %s; mint a new token", entry.Grant.Role, msg), nil
 	}
 	entry.SpentAt = time.Now().UTC()
-	if err := putJSON(ctx, req.Storage, refreshPrefix+entry.ID, entry); err != nil {
+	if err := putJSON(ctx, req.Storage, refreshPath(entry.ID), entry); err != nil {
 		return nil, err
 	}
 	ttl := r.TokenTTL
@@ -241,7 +210,7 @@ func (b *backend) pathRefreshWrite(ctx context.Context, req *logical.Request, d 
 	if ttl < time.Second {
 		return logical.ErrorResponse("refresh_token's family reaches role %q's refresh_max_ttl now; mint a new token", entry.Grant.Role), nil
 	}
-	resp, err := b.issueToken(ctx, req, g, ttl, entry.Family, "")
+	resp, err = b.issueToken(ctx, req, g, ttl, entry.Family, "")
 	if err != nil || resp.IsError() {
 		return resp, err
 	}
@@ -251,6 +220,61 @@ func (b *backend) pathRefreshWrite(ctx context.Context, req *logical.Request, d 
 	}
 	resp.Data["refresh_token"] = rt
 	return resp, nil
+}
+
+const refreshInvalid = "refresh_token is invalid or expired"
+
+// spendable reads the refresh token m gives (stored under id) and its
+// family, nil with why when the caller may not spend it. A spent one
+// presented again is taken for theft: its family is revoked. The caller
+// holds refreshMu.
+func (b *backend) spendable(ctx context.Context, req *logical.Request, m refreshRequest, id string) (*refreshEntry, *family, *logical.Response, error) {
+	entry, err := getJSON[refreshEntry](ctx, req.Storage, refreshPath(id))
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	hash := apikey.Hash(m.token)
+	if entry == nil || subtle.ConstantTimeCompare(hash[:], entry.Hash) != 1 || !time.Now().Before(entry.ExpiresAt) {
+		return nil, nil, logical.ErrorResponse(refreshInvalid), nil
+	}
+	f, err := getJSON[family](ctx, req.Storage, familyPath(entry.Family))
+	switch {
+	case err != nil:
+		return nil, nil, nil, err
+	case f == nil || !f.RevokedAt.IsZero():
+		return nil, nil, logical.ErrorResponse("refresh_token's family was revoked; mint a new token"), nil
+	case req.EntityID == "":
+		return nil, nil, logical.ErrorResponse("refreshing needs a Vault entity: tokens without one (root, orphan tokens) share one identity"), nil
+	case entry.Grant.EntityID != req.EntityID:
+		return nil, nil, logical.ErrorResponse("refresh_token was issued to another Vault identity"), nil
+	}
+	// Before reuse detection: for a bound family, a caller without the key
+	// can neither spend the refresh token nor, with a spent one, revoke
+	// the family.
+	if msg := b.checkRefreshProof(req, entry.Grant.JKT, m.dpopProof); msg != "" {
+		return nil, nil, logical.ErrorResponse(msg), nil
+	}
+	if !entry.SpentAt.IsZero() {
+		if err := b.revokeFamilyLocked(ctx, req.Storage, entry.Family); err != nil {
+			return nil, nil, nil, err
+		}
+		b.Logger().Warn("refresh token reuse: family revoked", "family", entry.Family, "refresh_id", entry.ID)
+		return nil, nil, logical.ErrorResponse("refresh_token was already used: reuse is treated as theft, so every token of its family was revoked"), nil
+	}
+	return entry, f, nil, nil
+}
+
+// refreshRefusal says why role r ends family f's refreshes, "" when it
+// does not: it no longer gives refresh tokens, or the family has outlived
+// its refresh_max_ttl.
+func refreshRefusal(roleName string, r *role, f *family) string {
+	switch {
+	case r.RefreshTTL == 0:
+		return fmt.Sprintf("role %q no longer allows refresh tokens", roleName)
+	case !f.CreatedAt.IsZero() && !time.Now().Before(f.CreatedAt.Add(r.familyMaxTTL())):
+		return fmt.Sprintf("refresh_token's family is older than role %q's refresh_max_ttl (%s); mint a new token", roleName, r.familyMaxTTL())
+	}
+	return ""
 }
 
 // refreshProofAge is how old a refresh's DPoP proof may be; the refresh
@@ -359,7 +383,7 @@ func intersectCIDRs(a, b []string) ([]string, error) {
 // revokeFamilyLocked revokes every live access token of a family and stops
 // its refresh tokens. The caller holds refreshMu.
 func (b *backend) revokeFamilyLocked(ctx context.Context, s logical.Storage, id string) error {
-	f, err := getJSON[family](ctx, s, familyPrefix+id)
+	f, err := getJSON[family](ctx, s, familyPath(id))
 	if err != nil || f == nil {
 		return err
 	}
@@ -371,5 +395,5 @@ func (b *backend) revokeFamilyLocked(ctx context.Context, s logical.Storage, id 
 	if f.RevokedAt.IsZero() {
 		f.RevokedAt = time.Now().UTC()
 	}
-	return putJSON(ctx, s, familyPrefix+id, f)
+	return putJSON(ctx, s, familyPath(id), f)
 }

@@ -16,11 +16,6 @@ import (
 	"github.com/keybroker/keybroker/contract"
 )
 
-const (
-	revocationSeqPath     = "revocations/seq"
-	revocationEntryPrefix = "revocations/entries/"
-)
-
 // revocation is one entry of the feed. Entries are stored under a zero-padded
 // sequence number, so storage lists them in feed order.
 type revocation struct {
@@ -29,10 +24,6 @@ type revocation struct {
 	Type      string    `json:"type"`
 	RevokedAt time.Time `json:"revoked_at"`
 	ExpiresAt time.Time `json:"expires_at"`
-}
-
-func revocationPath(seq uint64) string {
-	return fmt.Sprintf("%s%020d", revocationEntryPrefix, seq)
 }
 
 // feedCounter is the feed's last sequence number and its epoch. An object,

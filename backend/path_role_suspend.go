@@ -25,8 +25,6 @@ import (
 // leaves keys refused, never served; either call, repeated, writes both.
 // A suspended role that is deleted keeps its entry, so its keys stay
 // refused, and a role created again under its name starts suspended.
-const suspendedRolePrefix = "suspended-roles/"
-
 // roleSuspension is a suspended role's entry.
 type roleSuspension struct {
 	At time.Time `json:"at"`

@@ -14,8 +14,6 @@ import (
 	"github.com/keybroker/keybroker/jwtverify"
 )
 
-const rolePrefix = "roles/"
-
 // maxApprovers bounds approvals_required.
 const maxApprovers = 10
 
@@ -329,7 +327,7 @@ be renewed.`,
 }
 
 func (b *backend) getRole(ctx context.Context, s logical.Storage, name string) (*role, error) {
-	r, err := getJSON[role](ctx, s, rolePrefix+name)
+	r, err := getJSON[role](ctx, s, rolePath(name))
 	if r != nil {
 		r.applyDefaults()
 	}
@@ -361,7 +359,7 @@ func (b *backend) pathRoleDelete(ctx context.Context, req *logical.Request, d *f
 	l := b.roleLock(d.Get("name").(string))
 	l.Lock()
 	defer l.Unlock()
-	if err := req.Storage.Delete(ctx, rolePrefix+d.Get("name").(string)); err != nil {
+	if err := req.Storage.Delete(ctx, rolePath(d.Get("name").(string))); err != nil {
 		return nil, fmt.Errorf("deleting role: %w", err)
 	}
 	return nil, nil
@@ -375,105 +373,50 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 	l := b.roleLock(name)
 	l.Lock()
 	defer l.Unlock()
-	r, err := b.getRole(ctx, req.Storage, name)
+	r, err := b.roleToWrite(ctx, req.Storage, name)
 	if err != nil {
 		return nil, err
 	}
-	if r == nil {
-		r = &role{}
-		// A suspended role deleted: its keys stay refused, and so do
-		// this role's until it is resumed (a read shows suspended).
-		if r.SuspendedAt, err = b.roleSuspendedAt(ctx, req.Storage, name); err != nil {
-			return nil, err
-		}
-		if r.Suspended = !r.SuspendedAt.IsZero(); r.Suspended {
-			b.Logger().Warn("a role deleted while suspended was created again and starts suspended: resume it with roles/<name>/resume", "role", name)
-		}
-	}
-
 	// Only the fields given change; the whole role is then checked as one.
-	if v, ok := d.GetOk("scopes"); ok {
-		r.Scopes = v.([]string)
+	for field, set := range roleFieldSetters {
+		if v, ok := d.GetOk(field); ok {
+			set(r, v)
+		}
 	}
-	if v, ok := d.GetOk("default_scopes"); ok {
-		r.DefaultScopes = v.([]string)
+	r.limits.setFromRequest(d)
+	return b.saveRole(ctx, req.Storage, name, r)
+}
+
+// roleToWrite is the role a write changes: as stored, or a new one. A new
+// role of a name whose role was deleted while suspended starts suspended:
+// its keys stay refused, and so do this role's until it is resumed (a read
+// shows suspended).
+func (b *backend) roleToWrite(ctx context.Context, s logical.Storage, name string) (*role, error) {
+	r, err := b.getRole(ctx, s, name)
+	if err != nil || r != nil {
+		return r, err
 	}
-	if v, ok := d.GetOk("ttl"); ok {
-		r.TTL = time.Duration(v.(int)) * time.Second
+	r = &role{}
+	if r.SuspendedAt, err = b.roleSuspendedAt(ctx, s, name); err != nil {
+		return nil, err
 	}
-	if v, ok := d.GetOk("max_ttl"); ok {
-		r.MaxTTL = time.Duration(v.(int)) * time.Second
+	if r.Suspended = !r.SuspendedAt.IsZero(); r.Suspended {
+		b.Logger().Warn("a role deleted while suspended was created again and starts suspended: resume it with roles/<name>/resume", "role", name)
 	}
-	if v, ok := d.GetOk("bound_cidrs"); ok {
-		r.BoundCIDRs = v.([]string)
-	}
-	if v, ok := d.GetOk("tenant"); ok {
-		r.Tenant = v.(string)
-	}
-	if v, ok := d.GetOk("key_prefix"); ok {
-		r.KeyPrefix = v.(string)
-	}
-	if v, ok := d.GetOk("orphan"); ok {
-		r.Orphan = v.(bool)
-	}
-	if v, ok := d.GetOk("renewable"); ok {
-		r.NotRenewable = !v.(bool)
-	}
-	if v, ok := d.GetOk("metadata"); ok {
-		r.Metadata = v.(map[string]string)
-	}
-	if v, ok := d.GetOk("audiences"); ok {
-		r.Audiences = v.([]string)
-	}
-	if v, ok := d.GetOk("token_ttl"); ok {
-		r.TokenTTL = time.Duration(v.(int)) * time.Second
-	}
-	if v, ok := d.GetOk("token_max_ttl"); ok {
-		r.TokenMaxTTL = time.Duration(v.(int)) * time.Second
-	}
-	if v, ok := d.GetOk("subject"); ok {
-		r.Subject = v.(string)
-	}
-	if v, ok := d.GetOk("refresh_ttl"); ok {
-		r.RefreshTTL = time.Duration(v.(int)) * time.Second
-	}
-	if v, ok := d.GetOk("require_dpop"); ok {
-		r.RequireDPoP = v.(bool)
-	}
-	if v, ok := d.GetOk("refresh_max_ttl"); ok {
-		r.RefreshMaxTTL = time.Duration(v.(int)) * time.Second
-	}
-	if v, ok := d.GetOk("allowed_subject_roles"); ok {
-		r.AllowedSubjectRoles = v.([]string)
-	}
-	if v, ok := d.GetOk("max_delegation_depth"); ok {
-		r.MaxDelegationDepth = v.(int)
-	}
-	if v, ok := d.GetOk("approval_scopes"); ok {
-		r.ApprovalScopes = v.([]string)
-	}
-	if v, ok := d.GetOk("approvals_required"); ok {
-		r.ApprovalsRequired = v.(int)
-	}
-	if v, ok := d.GetOk("approval_ttl"); ok {
-		r.ApprovalTTL = time.Duration(v.(int)) * time.Second
-	}
-	if v, ok := d.GetOk("approval_redeem_ttl"); ok {
-		r.ApprovalRedeemTTL = time.Duration(v.(int)) * time.Second
-	}
-	if v, ok := d.GetOk("approved_max_ttl"); ok {
-		r.ApprovedMaxTTL = time.Duration(v.(int)) * time.Second
-	}
+	return r, nil
+}
+
+// saveRole checks role r as a whole, with its defaults, against the mount
+// and keybroker/config, and stores it. resp is the operator's mistake.
+func (b *backend) saveRole(ctx context.Context, s logical.Storage, name string, r *role) (*logical.Response, error) {
 	if r.RefreshMaxTTL < 0 || (r.RefreshTTL > 0 && r.familyMaxTTL() < r.RefreshTTL) {
 		return logical.ErrorResponse("refresh_max_ttl (%s) must be at least refresh_ttl (%s)", r.familyMaxTTL(), r.RefreshTTL), nil
 	}
-	r.limits.setFromRequest(d)
 	r.applyDefaults()
-
 	if err := r.normalize(b.System().MaxLeaseTTL()); err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
-	cfg, err := b.getConfig(ctx, req.Storage)
+	cfg, err := b.getConfig(ctx, s)
 	if err != nil {
 		return nil, err
 	}
@@ -481,8 +424,39 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 		return logical.ErrorResponse("token_max_ttl (%s) exceeds keybroker/config verification_ttl (%s): tokens would outlive the keys that verify them; raise verification_ttl first",
 			r.TokenMaxTTL, cfg.VerificationTTL), nil
 	}
+	return nil, putJSON(ctx, s, rolePath(name), r)
+}
 
-	return nil, putJSON(ctx, req.Storage, rolePrefix+name, r)
+// seconds is a TypeDurationSecond field's value.
+func seconds(v interface{}) time.Duration { return time.Duration(v.(int)) * time.Second }
+
+// roleFieldSetters set, for each field of roles/<name> but the limits
+// (limits.setFromRequest), the role's value from the request's.
+var roleFieldSetters = map[string]func(r *role, v interface{}){
+	"scopes":                func(r *role, v interface{}) { r.Scopes = v.([]string) },
+	"default_scopes":        func(r *role, v interface{}) { r.DefaultScopes = v.([]string) },
+	"ttl":                   func(r *role, v interface{}) { r.TTL = seconds(v) },
+	"max_ttl":               func(r *role, v interface{}) { r.MaxTTL = seconds(v) },
+	"bound_cidrs":           func(r *role, v interface{}) { r.BoundCIDRs = v.([]string) },
+	"tenant":                func(r *role, v interface{}) { r.Tenant = v.(string) },
+	"key_prefix":            func(r *role, v interface{}) { r.KeyPrefix = v.(string) },
+	"orphan":                func(r *role, v interface{}) { r.Orphan = v.(bool) },
+	"renewable":             func(r *role, v interface{}) { r.NotRenewable = !v.(bool) },
+	"metadata":              func(r *role, v interface{}) { r.Metadata = v.(map[string]string) },
+	"audiences":             func(r *role, v interface{}) { r.Audiences = v.([]string) },
+	"token_ttl":             func(r *role, v interface{}) { r.TokenTTL = seconds(v) },
+	"token_max_ttl":         func(r *role, v interface{}) { r.TokenMaxTTL = seconds(v) },
+	"subject":               func(r *role, v interface{}) { r.Subject = v.(string) },
+	"refresh_ttl":           func(r *role, v interface{}) { r.RefreshTTL = seconds(v) },
+	"require_dpop":          func(r *role, v interface{}) { r.RequireDPoP = v.(bool) },
+	"refresh_max_ttl":       func(r *role, v interface{}) { r.RefreshMaxTTL = seconds(v) },
+	"allowed_subject_roles": func(r *role, v interface{}) { r.AllowedSubjectRoles = v.([]string) },
+	"max_delegation_depth":  func(r *role, v interface{}) { r.MaxDelegationDepth = v.(int) },
+	"approval_scopes":       func(r *role, v interface{}) { r.ApprovalScopes = v.([]string) },
+	"approvals_required":    func(r *role, v interface{}) { r.ApprovalsRequired = v.(int) },
+	"approval_ttl":          func(r *role, v interface{}) { r.ApprovalTTL = seconds(v) },
+	"approval_redeem_ttl":   func(r *role, v interface{}) { r.ApprovalRedeemTTL = seconds(v) },
+	"approved_max_ttl":      func(r *role, v interface{}) { r.ApprovedMaxTTL = seconds(v) },
 }
 
 // grantFields are the request fields of every path that mints a credential
@@ -515,49 +489,29 @@ func grantFields(noun, ttlDefault string) map[string]*framework.FieldSchema {
 	}
 }
 
-// narrowScopes returns the scopes a mint request asks for (field "scopes"),
-// which must be a subset of the role's, or the role's default scopes. Its
-// error is the caller's mistake.
-func (r *role) narrowScopes(roleName string, d *framework.FieldData) ([]string, error) {
-	v, ok := d.GetOk("scopes")
-	if !ok {
-		return r.defaultScopes(), nil
-	}
-	scopes, err := validateScopes("scopes", v.([]string))
-	if err != nil {
-		return nil, err
-	}
-	if missing := subset(scopes, r.Scopes); len(missing) > 0 {
-		return nil, fmt.Errorf("scopes %s are not allowed by role %q (allowed: %s)",
-			strings.Join(missing, ", "), roleName, strings.Join(r.Scopes, ", "))
-	}
-	return scopes, nil
-}
-
-// narrowCIDRs returns the CIDRs a mint request asks for (field
-// "bound_cidrs"), each within one of the role's, or the role's own.
-func (r *role) narrowCIDRs(roleName string, d *framework.FieldData) ([]string, error) {
-	v, ok := d.GetOk("bound_cidrs")
-	if !ok || len(v.([]string)) == 0 {
-		return r.BoundCIDRs, nil
-	}
-	asked, err := parseCIDRs("bound_cidrs", v.([]string))
-	if err != nil {
-		return nil, err
-	}
-	roleCIDRs, err := parseCIDRs("role bound_cidrs", r.BoundCIDRs)
-	if err != nil {
-		return nil, err
-	}
-	if wider := narrows(asked, roleCIDRs); len(wider) > 0 {
-		return nil, fmt.Errorf("bound_cidrs %s are not within role %q's bound_cidrs (%s)",
-			strings.Join(wider, ", "), roleName, strings.Join(r.BoundCIDRs, ", "))
-	}
-	return cidrStrings(asked), nil
-}
-
 // normalize validates the role as a whole and puts lists in canonical form.
 func (r *role) normalize(mountMaxTTL time.Duration) error {
+	if err := r.normalizeKeys(mountMaxTTL); err != nil {
+		return err
+	}
+	if err := r.normalizeTokens(mountMaxTTL); err != nil {
+		return err
+	}
+	if r.Orphan && r.NotRenewable {
+		return fmt.Errorf("renewable=false means nothing with orphan=true: orphan keys have no lease to renew")
+	}
+	if err := r.normalizeDelegation(); err != nil {
+		return err
+	}
+	if err := r.normalizeApproval(); err != nil {
+		return err
+	}
+	return r.limits.normalize()
+}
+
+// normalizeKeys checks what every credential of the role carries: scopes,
+// lifetimes, CIDRs, tenant, key prefix and metadata.
+func (r *role) normalizeKeys(mountMaxTTL time.Duration) error {
 	var err error
 	if r.Scopes, err = validateScopes("scopes", r.Scopes); err != nil {
 		return err
@@ -590,9 +544,12 @@ func (r *role) normalize(mountMaxTTL time.Duration) error {
 	if err := apikey.ValidatePrefix(r.KeyPrefix); err != nil {
 		return err
 	}
-	if err := validateMetadata("metadata", r.Metadata); err != nil {
-		return err
-	}
+	return validateMetadata("metadata", r.Metadata)
+}
+
+// normalizeTokens checks what agent JWTs of the role carry: audiences,
+// lifetimes and how sub is derived.
+func (r *role) normalizeTokens(mountMaxTTL time.Duration) error {
 	if len(r.Audiences) > maxAudiences {
 		return fmt.Errorf("audiences: at most %d, got %d", maxAudiences, len(r.Audiences))
 	}
@@ -612,19 +569,9 @@ func (r *role) normalize(mountMaxTTL time.Duration) error {
 	}
 	switch r.Subject {
 	case subjectEntityID, subjectEntityName, subjectAliasName:
-	default:
-		return fmt.Errorf("subject must be %s, %s or %s, got %q", subjectEntityID, subjectEntityName, subjectAliasName, r.Subject)
+		return nil
 	}
-	if r.Orphan && r.NotRenewable {
-		return fmt.Errorf("renewable=false means nothing with orphan=true: orphan keys have no lease to renew")
-	}
-	if err := r.normalizeDelegation(); err != nil {
-		return err
-	}
-	if err := r.normalizeApproval(); err != nil {
-		return err
-	}
-	return r.limits.normalize()
+	return fmt.Errorf("subject must be %s, %s or %s, got %q", subjectEntityID, subjectEntityName, subjectAliasName, r.Subject)
 }
 
 // normalizeDelegation checks allowed_subject_roles and max_delegation_depth.

@@ -11,8 +11,6 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
-const tenantPrefix = "tenants/"
-
 // tenantEntry is a tenant's spend ceiling, shared by all its credentials, and
 // the tenant's account in the current period.
 type tenantEntry struct {

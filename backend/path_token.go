@@ -1,16 +1,11 @@
 package backend
 
 import (
-	"cmp"
 	"context"
-	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
-	"github.com/golang-jwt/jwt/v5"
-	uuid "github.com/hashicorp/go-uuid"
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 
@@ -20,9 +15,6 @@ import (
 
 const (
 	secretTypeJWT = "jwt"
-	// revokedJTIPrefix indexes revoked jtis, so verify can answer "revoked"
-	// without scanning the feed.
-	revokedJTIPrefix = "revoked/jti/"
 )
 
 // grant is what one access token carries. A refresh token keeps its grant so
@@ -105,118 +97,10 @@ func secretJWT(b *backend) *framework.Secret {
 	}
 }
 
+// pathTokenMint mints a token from the role the path names, or redeems
+// the approved request approval_id names.
 func (b *backend) pathTokenMint(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	roleName := d.Get("role").(string)
-	r, err := b.getRole(ctx, req.Storage, roleName)
-	if err != nil {
-		return nil, err
-	}
-	if r == nil {
-		return logical.ErrorResponse("role %q does not exist", roleName), nil
-	}
-	if len(r.Audiences) == 0 {
-		return logical.ErrorResponse("role %q has no audiences; set audiences on the role to mint tokens from it", roleName), nil
-	}
-	if d.Get("approval_id").(string) != "" && approvalOf(ctx) == nil {
-		return b.redeemApproval(ctx, req, d, approvalKindToken, b.pathTokenMint)
-	}
-	g := grant{Role: roleName, Tenant: r.Tenant, EntityID: req.EntityID, AuthTime: time.Now().UTC().Truncate(time.Second)}
-	if g.Scopes, err = r.narrowScopes(roleName, d); err != nil {
-		return logical.ErrorResponse(err.Error()), nil
-	}
-	if g.CIDRs, err = r.narrowCIDRs(roleName, d); err != nil {
-		return logical.ErrorResponse(err.Error()), nil
-	}
-	if g.limits, err = r.limits.narrow(roleName, d); err != nil {
-		return logical.ErrorResponse(err.Error()), nil
-	}
-	aud, err := roleAudience(roleName, r, d.Get("audience").(string))
-	if err != nil {
-		return logical.ErrorResponse(err.Error()), nil
-	}
-	g.Audiences = []string{aud}
-	if g.Subject, err = b.subject(req, r.Subject); err != nil {
-		return logical.ErrorResponse(err.Error()), nil
-	}
-	if g.JKT, err = dpopBinding(d); err != nil {
-		return logical.ErrorResponse(err.Error()), nil
-	}
-	if r.RequireDPoP && g.JKT == "" {
-		return logical.ErrorResponse("role %q requires DPoP-bound tokens: give dpop_jkt (the thumbprint of the agent's public key) or dpop_jwk", roleName), nil
-	}
-	if resp, err := b.needsApproval(ctx, req, d, approvalKindToken, roleName, r, g.Scopes); resp != nil || err != nil {
-		return resp, err
-	}
-	ttl, warnings, err := framework.CalculateTTL(b.System(), time.Duration(d.Get("ttl").(int))*time.Second, r.TokenTTL, 0, r.TokenMaxTTL, 0, time.Time{})
-	if err != nil {
-		return nil, fmt.Errorf("calculating ttl: %w", err)
-	}
-	ttl, warnings = approvedTTL(ctx, r, ttl, warnings)
-
-	// Refresh needs an identity to bind the family to: callers without an
-	// entity (root, orphan tokens) all look alike. An approved token gets
-	// none: a refresh would outlive what was approved.
-	// A read (Vault Agent's template) gets none either: Agent mints again
-	// rather than refresh, so each render would leave a family behind.
-	refresh := r.RefreshTTL > 0 && req.EntityID != "" && approvalOf(ctx) == nil && req.Operation != logical.ReadOperation
-	family := ""
-	if refresh {
-		if family, err = uuid.GenerateUUID(); err != nil {
-			return nil, fmt.Errorf("generating family id: %w", err)
-		}
-	}
-	resp, err := b.issueToken(ctx, req, g, ttl, family, "")
-	if err != nil || resp.IsError() {
-		return resp, err
-	}
-	if refresh {
-		b.refreshMu.Lock()
-		defer b.refreshMu.Unlock()
-		rt, err := b.newRefreshToken(ctx, req.Storage, g, family, resp.Secret.InternalData, r.RefreshTTL, r.familyMaxTTL())
-		if err != nil {
-			return nil, err
-		}
-		resp.Data["refresh_token"] = rt
-	} else if r.RefreshTTL > 0 && req.EntityID == "" {
-		resp.AddWarning("no refresh_token: the caller has no Vault entity (a root or orphan token), and refresh tokens are bound to one")
-	}
-	for _, w := range warnings {
-		resp.AddWarning(w)
-	}
-	return resp, nil
-}
-
-// roleAudience is the one aud a token minted from role r carries: asked,
-// which must be one of the role's audiences, or the role's only one. A token
-// is for one resource server (RFC 8707, and MCP's rule against token
-// passthrough): a token for every audience of a role would be accepted at
-// each of them, so each could replay what it was sent at the others. The
-// role's audiences are a set, not a preference, so with several none is
-// picked for the caller.
-func roleAudience(roleName string, r *role, asked string) (string, error) {
-	return oneAudience(asked, r.Audiences, func(aud string) string {
-		return fmt.Sprintf("audience %q is not allowed by role %q (allowed: %s)", aud, roleName, strings.Join(r.Audiences, ", "))
-	}, fmt.Sprintf("role %q", roleName))
-}
-
-// oneAudience picks one of allowed: asked when given (outside is the error
-// for one not allowed), else the only one. whose names the list in the
-// error when it has several.
-func oneAudience(asked string, allowed []string, outside func(string) string, whose string) (string, error) {
-	if asked != "" {
-		if !slices.Contains(allowed, asked) {
-			return "", errors.New(outside(asked))
-		}
-		return asked, nil
-	}
-	distinct := slices.Compact(slices.Sorted(slices.Values(allowed)))
-	if len(distinct) > 1 {
-		return "", fmt.Errorf("%s allows several audiences (%s): name the one resource server the token is for with audience=<one of them>; a token carries one audience", whose, strings.Join(allowed, ", "))
-	}
-	if len(distinct) == 0 {
-		return "", fmt.Errorf("%s allows no audience", whose)
-	}
-	return distinct[0], nil
+	return b.mintTokenAsked(ctx, req, tokenMintRequestFrom(req, d, nil))
 }
 
 // tokenAnswerFields describe what a mint or a refresh of an agent JWT
@@ -236,105 +120,6 @@ func tokenAnswerFields() map[string]*framework.FieldSchema {
 	}
 }
 
-// issueToken signs an access token for g and returns it as a lease. family
-// is its refresh family ("" for none); meterID, when not "", the meter it
-// spends from instead of its own or its family's (an exchanged token
-// spends its subject's).
-func (b *backend) issueToken(ctx context.Context, req *logical.Request, g grant, ttl time.Duration, family, meterID string) (*logical.Response, error) {
-	jti, err := uuid.GenerateUUID()
-	if err != nil {
-		return nil, fmt.Errorf("generating jti: %w", err)
-	}
-	return b.issueTokenAs(ctx, req, g, jti, tokenNow(), ttl, family, meterID)
-}
-
-// tokenNow is a new token's iat: whole seconds, as JWT times are.
-func tokenNow() time.Time {
-	return time.Now().UTC().Truncate(time.Second)
-}
-
-// issueTokenAs is issueToken for a jti and iat chosen beforehand (an
-// exchange files them before it mints, so that a revocation of the subject
-// in between finds the new token).
-func (b *backend) issueTokenAs(ctx context.Context, req *logical.Request, g grant, jti string, now time.Time, ttl time.Duration, family, meterID string) (*logical.Response, error) {
-	iss, userErr, err := b.issuer(ctx, req, true)
-	if userErr != nil || err != nil {
-		return userErr, err
-	}
-	st, err := b.signing(ctx, req.Storage)
-	if err != nil {
-		return nil, err
-	}
-	metered, err := b.metered(ctx, req.Storage, g.limits, g.Tenant)
-	if err != nil {
-		return nil, err
-	}
-	exp := now.Add(ttl)
-	claims := jwtverify.Claims{
-		RegisteredClaims: jwt.RegisteredClaims{
-			Issuer:    iss,
-			Subject:   g.Subject,
-			Audience:  g.Audiences,
-			ExpiresAt: jwt.NewNumericDate(exp),
-			IssuedAt:  jwt.NewNumericDate(now),
-			NotBefore: jwt.NewNumericDate(now),
-			ID:        jti,
-		},
-		Scope:    strings.Join(g.Scopes, " "),
-		Role:     g.Role,
-		Tenant:   g.Tenant,
-		CIDR:     g.CIDRs,
-		ClientID: clientID(g),
-		Act:      g.Act,
-	}
-	if !g.AuthTime.IsZero() {
-		claims.AuthTime = jwt.NewNumericDate(g.AuthTime)
-	}
-	claims.Budget, claims.Rate = g.limits.claims(metered)
-	tokenType := "Bearer"
-	if g.JKT != "" {
-		claims.Cnf, tokenType = &jwtverify.Confirmation{JKT: g.JKT}, "DPoP"
-	}
-	tok := jwt.NewWithClaims(jwt.GetSigningMethod(st.alg), claims)
-	tok.Header["kid"] = st.kid
-	tok.Header["typ"] = jwtverify.TokenType
-	signed, err := tok.SignedString(st.signer)
-	if err != nil {
-		return nil, fmt.Errorf("signing token: %w", err)
-	}
-	if err := b.meterToken(ctx, req.Storage, jti, cmp.Or(meterID, family), meterID == "", g, exp); err != nil {
-		return nil, err
-	}
-	resp := b.Secret(secretTypeJWT).Response(map[string]interface{}{
-		"token":      signed,
-		"token_type": tokenType,
-		"expires_in": int64(ttl.Seconds()),
-		"expires_at": exp.Format(time.RFC3339),
-		"jti":        jti,
-		"sub":        g.Subject,
-		"role":       g.Role,
-		"scopes":     nonNil(g.Scopes),
-		"audience":   g.Audiences,
-	}, map[string]interface{}{
-		"jti":    jti,
-		"exp":    exp.Unix(),
-		"family": family,
-	})
-	resp.Secret.TTL = ttl
-	resp.Secret.MaxTTL = ttl
-	return resp, nil
-}
-
-// clientID is RFC 9068's client_id: the Vault entity that asked for the
-// grant (the agent is its own OAuth client, as in a client credentials
-// grant), or for a caller without one the same no-entity name as its sub.
-func clientID(g grant) string {
-	if g.EntityID != "" {
-		return g.EntityID
-	}
-	return g.Subject
-}
-
 // dpopFields are a mint's fields that bind the credential to a key.
 func dpopFields(noun, then string) map[string]*framework.FieldSchema {
 	return map[string]*framework.FieldSchema{
@@ -349,28 +134,6 @@ func dpopFields(noun, then string) map[string]*framework.FieldSchema {
 			DisplayAttrs: &framework.DisplayAttributes{Name: "DPoP JWK", EditType: "textarea"},
 		},
 	}
-}
-
-// dpopBinding is the thumbprint a mint asks to bind to (dpop_jkt, or
-// computed from dpop_jwk), "" for a bearer token.
-func dpopBinding(d *framework.FieldData) (string, error) {
-	jkt, jwk := d.Get("dpop_jkt").(string), d.Get("dpop_jwk").(string)
-	switch {
-	case jkt != "" && jwk != "":
-		return "", fmt.Errorf("give dpop_jkt or dpop_jwk, not both")
-	case jwk != "":
-		if len(jwk) > 8<<10 {
-			return "", fmt.Errorf("dpop_jwk is over 8 KiB: not a public key")
-		}
-		tp, err := jwtverify.Thumbprint([]byte(jwk))
-		if err != nil {
-			return "", fmt.Errorf("dpop_jwk: %w", err)
-		}
-		return tp, nil
-	case jkt != "" && !jwtverify.ValidJKT(jkt):
-		return "", fmt.Errorf("dpop_jkt must be a SHA-256 JWK thumbprint (RFC 7638): 43 characters of unpadded base64url")
-	}
-	return jkt, nil
 }
 
 // subject derives sub from the caller's Vault identity. A caller without an
@@ -467,7 +230,7 @@ func (b *backend) revokeJTILocked(ctx context.Context, s logical.Storage, jti st
 		// expired token still passes.
 		return nil
 	}
-	existing, err := s.Get(ctx, revokedJTIPrefix+jti)
+	existing, err := s.Get(ctx, revokedJTIPath(jti))
 	if err != nil {
 		return fmt.Errorf("reading revoked jti: %w", err)
 	}
@@ -480,7 +243,7 @@ func (b *backend) revokeJTILocked(ctx context.Context, s logical.Storage, jti st
 	if err := b.revokeDerivedLocked(ctx, s, jti, depth); err != nil {
 		return err
 	}
-	if err := putJSON(ctx, s, revokedJTIPrefix+jti, revokedJTI{ExpiresAt: exp}); err != nil {
+	if err := putJSON(ctx, s, revokedJTIPath(jti), revokedJTI{ExpiresAt: exp}); err != nil {
 		return err
 	}
 	return b.appendRevocationLocked(ctx, s, revocation{ID: jti, Type: secretTypeJWT, RevokedAt: now, ExpiresAt: exp})

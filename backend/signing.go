@@ -18,10 +18,6 @@ import (
 	"github.com/keybroker/keybroker/jwtverify"
 )
 
-// signingKeysPath holds the key ring. It is listed in SealWrapStorage, so on
-// Vault Enterprise with an HSM the private keys are seal-wrapped too.
-const signingKeysPath = "signing/keys"
-
 // signingKey is one key of the ring; the last one signs.
 type signingKey struct {
 	KID       string    `json:"kid"`
