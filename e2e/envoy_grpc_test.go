@@ -42,25 +42,38 @@ func grpcAuthzClient(t *testing.T, addr, local string) authv3.AuthorizationClien
 // client at 127.0.0.1 (inside the roles' bound_cidrs).
 func envoyCheck(t *testing.T, c authv3.AuthorizationClient, method, path string, headers map[string]string) *authv3.CheckResponse {
 	t.Helper()
+	return envoyAsk(t, c, envoyRequest("127.0.0.1", method, path, headers))
+}
+
+// envoyRequest is what Envoy reports of method path with headers from a
+// client at source (its downstream peer).
+func envoyRequest(source, method, path string, headers map[string]string) *authv3.CheckRequest {
 	h := map[string]string{":method": method, ":path": path, ":authority": "svc.example", ":scheme": "http"}
 	for k, v := range headers {
 		h[strings.ToLower(k)] = v
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	resp, err := c.Check(ctx, &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+	return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
 		Source: &authv3.AttributeContext_Peer{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{
-			SocketAddress: &corev3.SocketAddress{Address: "127.0.0.1", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 50000}},
+			SocketAddress: &corev3.SocketAddress{Address: source, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 50000}},
 		}}},
 		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
 			Method: method, Path: path, Host: "svc.example", Scheme: "http", Protocol: "HTTP/1.1", Size: -1, Headers: h,
 		}},
-	}})
+	}}
+}
+
+// envoyAsk sends req and fails on an answer Envoy would not accept.
+func envoyAsk(t *testing.T, c authv3.AuthorizationClient, req *authv3.CheckRequest) *authv3.CheckResponse {
+	t.Helper()
+	hr := req.GetAttributes().GetRequest().GetHttp()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := c.Check(ctx, req)
 	if err != nil {
-		t.Fatalf("Check %s %s: %v", method, path, err)
+		t.Fatalf("Check %s %s: %v", hr.GetMethod(), hr.GetPath(), err)
 	}
 	if err := resp.ValidateAll(); err != nil {
-		t.Fatalf("Check %s %s answered what Envoy would not accept: %v", method, path, err)
+		t.Fatalf("Check %s %s answered what Envoy would not accept: %v", hr.GetMethod(), hr.GetPath(), err)
 	}
 	return resp
 }
@@ -137,6 +150,26 @@ func TestEnvoyGRPCExtAuthz(t *testing.T) {
 		}
 		if h := okHeaders(resp); h["x-keybroker-jti"] == "" || h["x-keybroker-role"] != "svc" || h["x-keybroker-key-id"] != "" {
 			t.Fatalf("identity %v", h)
+		}
+		// The raw header list (encode_raw_headers) reads as the joined
+		// map does; its pseudo-headers are not the request's path.
+		raw := envoyRequest("127.0.0.1", "GET", "/read", nil)
+		raw.Attributes.Request.Http.Headers = nil
+		raw.Attributes.Request.Http.HeaderMap = &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
+			{Key: ":path", RawValue: []byte("/public")}, {Key: "authorization", RawValue: []byte("Bearer " + jwt)},
+		}}
+		resp = envoyAsk(t, c, raw)
+		if resp.GetStatus().GetCode() != int32(codes.OK) {
+			t.Fatalf("JWT in the raw header list denied: %v", resp)
+		}
+		if h := okHeaders(resp); h["x-keybroker-jti"] == "" || h["x-keybroker-role"] != "svc" {
+			t.Fatalf("identity from the raw header list %v", h)
+		}
+		// Envoy's source address decides the role's bound_cidrs
+		// (127.0.0.0/8), not a header the client sent.
+		resp = envoyAsk(t, c, envoyRequest("10.1.2.3", "GET", "/read", map[string]string{"Authorization": "Bearer " + jwt, "X-Forwarded-For": "127.0.0.1"}))
+		if status, reason := deniedReason(resp); status != 401 || reason != "cidr_denied" || resp.GetStatus().GetCode() != int32(codes.Unauthenticated) {
+			t.Fatalf("from outside the role's CIDRs: %d %q (%v)", status, reason, resp.GetStatus())
 		}
 	})
 	t.Run("denials", func(t *testing.T) {

@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -222,49 +220,6 @@ func feedGauge(t *testing.T, sc *Sidecar, feed, state string) float64 {
 	}
 	t.Fatalf("no keybroker_sidecar_feed_state{feed=%q,state=%q}", feed, state)
 	return 0
-}
-
-// keybroker/verify refused for the policy is said once, at error level,
-// with the path and capability, and counted as forbidden, not as Vault
-// being unreachable (it was logged "Vault unreachable").
-func TestVerifyForbiddenLogged(t *testing.T) {
-	vault := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		switch r.URL.Path {
-		case "/v1/auth/approle/login":
-			fmt.Fprint(w, `{"auth":{"client_token":"hvs.test","lease_duration":3600,"renewable":true}}`)
-		default:
-			w.WriteHeader(http.StatusForbidden)
-			fmt.Fprint(w, `{"errors":["1 error occurred:\n\t* permission denied\n\n"]}`)
-		}
-	}))
-	defer vault.Close()
-	secret := filepath.Join(t.TempDir(), "secret-id")
-	if err := os.WriteFile(secret, []byte("s\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	off := false
-	f := newFixture(t, func(c *Config) {
-		c.KeyReplica = &off
-		c.Vault = &VaultConfig{Address: vault.URL, RoleID: "r", SecretIDFile: secret}
-	})
-	var logs bytes.Buffer
-	f.sc.log = hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info, JSONFormat: true})
-	f.sc.apiKeys.log = f.sc.log
-	for range 3 {
-		key, _ := testKey(t, time.Now(), "web", "", "any")
-		if d := decideKey(f.sc, key, "/x", "127.0.0.1"); d.status != http.StatusServiceUnavailable {
-			t.Fatalf("a key Vault would not verify: %d %s", d.status, d.reason)
-		}
-	}
-	out := strings.TrimSpace(logs.String())
-	if strings.Count(out, "\n") != 0 || !strings.Contains(out, `"@level":"error"`) || !strings.Contains(out, `"path":"keybroker/verify"`) ||
-		!strings.Contains(out, `"capability":"update"`) || strings.Contains(out, "unreachable") {
-		t.Fatalf("logged:\n%s", out)
-	}
-	if n := testutil.ToFloat64(f.sc.m.vaultCalls.WithLabelValues("verify", "forbidden")); n != 3 {
-		t.Errorf("vault_requests_total{verify,forbidden} = %v", n)
-	}
 }
 
 // A feed Vault refuses after it was read (the sidecar's policy lost it)
