@@ -70,7 +70,7 @@ func (sc *Sidecar) proxyHandler() http.Handler {
 			setReplaced(resp.Header, d.id)
 			if d.hold != nil {
 				setRemaining(resp.Header, d.hold)
-				sc.settleResponse(resp, d.hold, d.rt)
+				settleResponse(resp, d.hold, d.rt)
 			}
 			return nil
 		},
@@ -231,8 +231,8 @@ func (sc *Sidecar) timedDecideCtx(ctx context.Context, mode string, req request)
 	if sc.dlog != nil {
 		sc.dlog.decided(mode, start, &req, &d)
 	}
-	if d.allowed() && d.id != nil && !d.id.jwt && sc.s.usageReport > 0 && !sc.usageOff.Load() {
-		sc.sawKey(d.id, req.clientIP, start)
+	if d.allowed() && d.id != nil && !d.id.jwt && sc.usage.wanted() {
+		sc.usage.saw(d.id.id, req.clientIP, start)
 	}
 	return d
 }

@@ -58,15 +58,15 @@ func TestUsageReportSentAgainWithItsID(t *testing.T) {
 	from := netip.MustParseAddr("10.0.0.1")
 	ctx := context.Background()
 
-	sc.sawKey(&identity{id: "aaaaaaaaaaaa"}, from, time.Now())
-	sc.sawKey(&identity{id: "aaaaaaaaaaaa"}, from, time.Now())
-	sc.sendUsage(ctx) // lost answer
-	sc.sawKey(&identity{id: "bbbbbbbbbbbb"}, from, time.Now())
-	sc.sendUsage(ctx) // lost again: the new keys wait
+	sc.usage.saw("aaaaaaaaaaaa", from, time.Now())
+	sc.usage.saw("aaaaaaaaaaaa", from, time.Now())
+	sc.usage.send(ctx) // lost answer
+	sc.usage.saw("bbbbbbbbbbbb", from, time.Now())
+	sc.usage.send(ctx) // lost again: the new keys wait
 	mu.Lock()
 	fail = false
 	mu.Unlock()
-	sc.sendUsage(ctx) // the first report again, then the second
+	sc.usage.send(ctx) // the first report again, then the second
 
 	mu.Lock()
 	defer mu.Unlock()

@@ -71,8 +71,7 @@ type Sidecar struct {
 	dlog *decisionLog // nil: no decision log (decision_log_path)
 
 	// usage holds the API keys let through since the last key-usage report.
-	usage    keyUsage
-	usageOff atomic.Bool // Vault refused the reports for the policy
+	usage *keyUsage
 
 	// stop ends what Start began; running counts it.
 	stop    context.CancelFunc
@@ -122,11 +121,6 @@ func New(c *Config, log hclog.Logger) (*Sidecar, error) {
 	if sc.limiters, err = lru.New[string, *rate.Limiter](s.cacheSize); err != nil {
 		return nil, err
 	}
-	if s.clusterRate {
-		if sc.cluster, err = newClusterRate(sc, s.cacheSize); err != nil {
-			return nil, err
-		}
-	}
 	if s.keyReplica {
 		sc.replica = newKeyReplica()
 	}
@@ -136,13 +130,19 @@ func New(c *Config, log hclog.Logger) (*Sidecar, error) {
 		sc.dpop = &dpopConfig{origin: s.publicOrigin, maxAge: s.dpopMaxAge, leeway: s.leeway, replay: newReplayCache(s.dpopReplaySize)}
 	}
 	sc.authn = newAuthenticators(sc)
-	sc.budgets = newBudgets(sc)
 	sc.holder = s.name
 	if sc.holder == "" {
 		host, _ := os.Hostname()
 		sc.holder = fmt.Sprintf("keybroker-sidecar %s pid %d", host, os.Getpid())
 	}
 	sc.m = newMetrics(sc)
+	sc.budgets = newBudgets(vc, budgetOptionsOf(s, sc.holder), log, budgetCountersOf(sc.m))
+	sc.usage = newKeyUsage(vc, s.usageReport, log, sc.m.usageDropped, sc.m.vaultCalls)
+	if s.clusterRate {
+		if sc.cluster, err = newClusterRate(vc, s.cacheSize, log, sc.m.vaultCalls); err != nil {
+			return nil, err
+		}
+	}
 	if s.decisionLogPath != "" {
 		if sc.dlog, err = openDecisionLog(s.decisionLogPath, s.decisionLogSample, sc.holder, sc.m.decisionLogDropped, log.Named("decision-log")); err != nil {
 			return nil, err
@@ -280,7 +280,7 @@ func (sc *Sidecar) Start(ctx context.Context) {
 		sc.running.Add(1)
 		go func() {
 			defer sc.running.Done()
-			sc.reportUsage(ctx)
+			sc.usage.run(ctx)
 		}()
 	}
 	go func() {
