@@ -58,22 +58,26 @@ func limitFields() map[string]*framework.FieldSchema {
 	}
 }
 
-// setFromRequest overwrites the fields the request gives.
-func (l *limits) setFromRequest(d *framework.FieldData) {
-	if v, ok := d.GetOk("budget"); ok {
-		l.Budget = v.(int64)
-	}
-	if v, ok := d.GetOk("budget_period"); ok {
-		l.BudgetPeriod = time.Duration(v.(int)) * time.Second
-	}
-	if v, ok := d.GetOk("max_cost_per_request"); ok {
-		l.MaxCost = v.(int64)
-	}
-	if v, ok := d.GetOk("rate_limit"); ok {
-		l.RateLimit = v.(float64)
-	}
-	if v, ok := d.GetOk("rate_burst"); ok {
-		l.RateBurst = v.(int)
+// limitsChange is the limits a role write gives; nil: left as it is.
+type limitsChange struct {
+	Budget, MaxCost *int64
+	BudgetPeriod    *time.Duration
+	RateLimit       *float64
+	RateBurst       *int
+}
+
+// apply overwrites the limits c gives.
+func (l *limits) apply(c limitsChange) {
+	setIf(&l.Budget, c.Budget)
+	setIf(&l.BudgetPeriod, c.BudgetPeriod)
+	setIf(&l.MaxCost, c.MaxCost)
+	setIf(&l.RateLimit, c.RateLimit)
+	setIf(&l.RateBurst, c.RateBurst)
+}
+
+func setIf[T any](dst *T, v *T) {
+	if v != nil {
+		*dst = *v
 	}
 }
 
@@ -147,21 +151,22 @@ func (l limits) within(r limits) limits {
 	return l
 }
 
-func (l limits) narrow(roleName string, d *framework.FieldData) (limits, error) {
-	v, ok := d.GetOk("budget")
-	if !ok {
+// narrowTo is l with the budget asked for one credential (nil: none
+// asked): smaller than the role's, never larger, and at least its
+// max_cost_per_request.
+func (l limits) narrowTo(roleName string, asked *int64) (limits, error) {
+	if asked == nil {
 		return l, nil
 	}
-	asked := v.(int64)
-	switch {
-	case asked <= 0 || asked > maxUnits:
-		return l, fmt.Errorf("budget must be between 1 and %d, got %d", int64(maxUnits), asked)
-	case l.Budget > 0 && asked > l.Budget:
-		return l, fmt.Errorf("budget %d exceeds role %q's budget (%d)", asked, roleName, l.Budget)
-	case asked < l.MaxCost:
-		return l, fmt.Errorf("budget %d is below role %q's max_cost_per_request (%d)", asked, roleName, l.MaxCost)
+	switch a := *asked; {
+	case a <= 0 || a > maxUnits:
+		return l, fmt.Errorf("budget must be between 1 and %d, got %d", int64(maxUnits), a)
+	case l.Budget > 0 && a > l.Budget:
+		return l, fmt.Errorf("budget %d exceeds role %q's budget (%d)", a, roleName, l.Budget)
+	case a < l.MaxCost:
+		return l, fmt.Errorf("budget %d is below role %q's max_cost_per_request (%d)", a, roleName, l.MaxCost)
 	}
-	l.Budget = asked
+	l.Budget = *asked
 	return l, nil
 }
 

@@ -217,6 +217,38 @@ and no others.
 	}
 }
 
+// setFromRequest overwrites the limits a role write's fields give.
+func (l *limits) setFromRequest(d *framework.FieldData) {
+	var c limitsChange
+	if v, ok := d.GetOk("budget"); ok {
+		c.Budget = ptrTo(v.(int64))
+	}
+	if v, ok := d.GetOk("budget_period"); ok {
+		c.BudgetPeriod = ptrTo(time.Duration(v.(int)) * time.Second)
+	}
+	if v, ok := d.GetOk("max_cost_per_request"); ok {
+		c.MaxCost = ptrTo(v.(int64))
+	}
+	if v, ok := d.GetOk("rate_limit"); ok {
+		c.RateLimit = ptrTo(v.(float64))
+	}
+	if v, ok := d.GetOk("rate_burst"); ok {
+		c.RateBurst = ptrTo(v.(int))
+	}
+	l.apply(c)
+}
+
+// narrow is narrowTo with the budget a mint request's field asks for.
+func (l limits) narrow(roleName string, d *framework.FieldData) (limits, error) {
+	v, ok := d.GetOk("budget")
+	if !ok {
+		return l, nil
+	}
+	return l.narrowTo(roleName, ptrTo(v.(int64)))
+}
+
+func ptrTo[T any](v T) *T { return &v }
+
 // loadMeter finds the meter that accounts for credential id, following a
 // family link, and returns it with its storage path. API keys get a meter the
 // first time it is needed, from the limits stored with the key.
@@ -258,26 +290,25 @@ func (b *backend) loadMeter(ctx context.Context, s logical.Storage, id string) (
 
 // budgetUnderRole checks, on budget/<role>/<id>, that the meter m (at path,
 // the one credential id spends from) was opened for a credential of role: a
-// policy on budget/<role>/* must reach no other role's budget. It answers
-// the 400 to give otherwise; nothing on budget/<id>, which names no role.
-func (b *backend) budgetUnderRole(ctx context.Context, s logical.Storage, d *framework.FieldData, m *meter, path string) (*logical.Response, error) {
-	role := pathRole(d)
+// policy on budget/<role>/* must reach no other role's budget. It refuses
+// otherwise; nothing on budget/<id> (role ""), which names no role.
+func (b *backend) budgetUnderRole(ctx context.Context, s logical.Storage, role, id string, m *meter, path string) error {
 	if role == "" {
-		return nil, nil
+		return nil
 	}
-	owner, err := b.meterOwner(ctx, s, m, path, d.Get("id").(string))
+	owner, err := b.meterOwner(ctx, s, m, path, id)
 	switch {
 	case err != nil:
-		return nil, err
+		return err
 	case owner != role:
 		// One answer for another role's, an unknown owner's and none: no
 		// oracle of what exists.
-		return logical.ErrorResponse("no budget is kept for %q under role %q: not a metered credential of the role (an exchanged token spends from its subject's role's budget), a budget opened by an older version that noted no role, or expired and tidied", d.Get("id").(string), role), nil
+		return refuse("no budget is kept for %q under role %q: not a metered credential of the role (an exchanged token spends from its subject's role's budget), a budget opened by an older version that noted no role, or expired and tidied", id, role)
 	}
 	if m.Role == "" {
 		m.Role = owner // noted from now on (the caller saves m)
 	}
-	return nil, nil
+	return nil
 }
 
 // meterOwner is the role of the credential meter m (at path, the meter
@@ -824,80 +855,91 @@ func (m *meter) reportAnswer(t *tenantEntry, r *reservation, release, ended, cap
 	return ans
 }
 
+// pathBudgetWrite adapts budget/<role>/<id> budget=N into changeBudget.
 func (b *backend) pathBudgetWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	id := d.Get("id").(string)
 	raw, ok := d.GetOk("budget")
 	if !ok {
 		return logical.ErrorResponse("budget is required"), nil
 	}
-	budget := raw.(int64)
+	data, err := b.changeBudget(ctx, req.Storage, pathRole(d), d.Get(contract.FieldID).(string), raw.(int64))
+	return respond(func() map[string]interface{} { return data }, err)
+}
+
+// changeBudget sets the budget of credential id, whose meter was opened
+// for a credential of role (checked unless role is ""), and answers its
+// spend after the change.
+func (b *backend) changeBudget(ctx context.Context, s logical.Storage, role, id string, budget int64) (map[string]interface{}, error) {
 	if budget < 0 || budget > maxUnits {
-		return logical.ErrorResponse("budget must be between 0 and %d, got %d", int64(maxUnits), budget), nil
+		return nil, refuse("budget must be between 0 and %d, got %d", int64(maxUnits), budget)
 	}
-	m, path, unlock, err := b.lockMeter(ctx, req.Storage, id)
+	m, path, unlock, err := b.lockMeter(ctx, s, id)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
 	if m == nil {
 		// The same answer as for another role's budget: no oracle.
-		return logical.ErrorResponse("no budget is kept for %q under role %q: not a metered credential of the role, or expired and tidied", id, pathRole(d)), nil
+		return nil, refuse("no budget is kept for %q under role %q: not a metered credential of the role, or expired and tidied", id, role)
 	}
-	if resp, err := b.budgetUnderRole(ctx, req.Storage, d, m, path); resp != nil || err != nil {
-		return resp, err
+	if err := b.budgetUnderRole(ctx, s, role, id, m, path); err != nil {
+		return nil, err
 	}
 	if budget > 0 && budget < m.MaxCost {
-		return logical.ErrorResponse("budget (%d) must be at least the credential's max_cost_per_request (%d)", budget, m.MaxCost), nil
+		return nil, refuse("budget (%d) must be at least the credential's max_cost_per_request (%d)", budget, m.MaxCost)
 	}
 	now := time.Now().UTC()
 	m.roll(now, m.Period)
 	m.Limit = budget
-	before := make(map[string]reservation, len(m.Reservations))
-	for resID, r := range m.Reservations {
-		before[resID] = *r
-	}
-	m.shrinkReservations()
 	if m.Tenant != "" {
 		defer b.lockTenant(m.Tenant)()
 	}
-	t, err := b.tenantFor(ctx, req.Storage, m.Tenant, now)
-	if err != nil {
+	if err := b.shrinkToLimit(ctx, s, m, now); err != nil {
 		return nil, err
-	}
-	if t != nil {
-		// What the shrunk reservations hold of the tenant's ceiling follows.
-		for resID, r := range m.Reservations {
-			t.unhold(before[resID])
-			t.hold(r, now)
-		}
-		if err := putJSON(ctx, req.Storage, tenantPrefix+m.Tenant, t); err != nil {
-			return nil, err
-		}
 	}
 	if apikey.ValidateID(id) {
 		// The key's own record, so that verify answers say the same;
 		// under the lock revocations take, never writing one over.
 		b.revocationMu.Lock()
 		defer b.revocationMu.Unlock()
-		k, err := b.getKey(ctx, req.Storage, id)
+		k, err := b.getKey(ctx, s, id)
 		if err != nil {
 			return nil, err
 		}
 		if k != nil {
 			k.Budget = budget
-			if err := b.putKey(ctx, req.Storage, k); err != nil {
+			if err := b.putKey(ctx, s, k); err != nil {
 				return nil, err
 			}
 			defer b.keyChanges.add(id) // once the meter below is stored too
 		}
 	}
-	if err := putJSON(ctx, req.Storage, path, m); err != nil {
+	if err := putJSON(ctx, s, path, m); err != nil {
 		return nil, err
 	}
 	b.Logger().Info("credential budget changed", "id", id, "budget", budget)
 	data := m.status(m.Limit, m.Period)
 	data["budget_period"] = int64(m.Period.Seconds())
-	return &logical.Response{Data: data}, nil
+	return data, nil
+}
+
+// shrinkToLimit shrinks m's reservations to its limit (see
+// shrinkReservations), and what they hold of its tenant's ceiling with
+// them; it stores the tenant, not m. The caller holds the tenant's lock.
+func (b *backend) shrinkToLimit(ctx context.Context, s logical.Storage, m *meter, now time.Time) error {
+	before := make(map[string]reservation, len(m.Reservations))
+	for resID, r := range m.Reservations {
+		before[resID] = *r
+	}
+	m.shrinkReservations()
+	t, err := b.tenantFor(ctx, s, m.Tenant, now)
+	if err != nil || t == nil {
+		return err
+	}
+	for resID, r := range m.Reservations {
+		t.unhold(before[resID])
+		t.hold(r, now)
+	}
+	return putJSON(ctx, s, tenantPrefix+m.Tenant, t)
 }
 
 // shrinkReservations lowers the unused part of the live reservations of the
