@@ -2,6 +2,9 @@ package sidecar
 
 import (
 	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"sync"
 	"testing"
 	"time"
@@ -94,5 +97,31 @@ func TestClusterRateAsksByLineage(t *testing.T) {
 	want := contract.RateReserve{ID: "jti-1", Units: 1, Role: "agent", Subject: "entity-1"}
 	if len(f.rates) != 1 || f.rates[0] != want {
 		t.Fatalf("asked %+v, want %+v", f.rates, want)
+	}
+}
+
+// A write a standby redirects (307) reaches the active node with its body:
+// the api client sends a redirected write again from its map, never from
+// bytes (which it would send as "null").
+func TestVaultWriteFollowsARedirectWithItsBody(t *testing.T) {
+	var got contract.BudgetReport
+	active := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = json.NewDecoder(r.Body).Decode(&got)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"data":{"used":7,"remaining":-1,"released":false,"capped":false}}`))
+	}))
+	defer active.Close()
+	standby := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, active.URL+r.URL.Path, http.StatusTemporaryRedirect)
+	}))
+	defer standby.Close()
+	f := newFixture(t, func(c *Config) { c.Vault.Address = standby.URL })
+	sent := contract.BudgetReport{ReservationID: "k:1", Used: 7}
+	ans, err := f.sc.vault.report(context.Background(), sent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != sent || ans.Used != 7 {
+		t.Fatalf("the active node got %+v (answer %+v), want %+v", got, ans, sent)
 	}
 }

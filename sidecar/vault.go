@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -387,12 +388,12 @@ func remarshal(in map[string]interface{}, out any) error {
 // write sends req, a contract request, to path of the mount, and decodes
 // its answer's data into out (nil: the answer is not read).
 func (v *vaultClient) write(ctx context.Context, path string, req, out any) error {
-	body, err := json.Marshal(req)
+	data, err := requestData(req)
 	if err != nil {
 		return err
 	}
 	return v.withLogin(ctx, func() error {
-		sec, err := v.c.Logical().WriteBytesWithContext(ctx, v.mount+"/"+path, body)
+		sec, err := v.c.Logical().WriteWithContext(ctx, v.mount+"/"+path, data)
 		if err != nil || out == nil {
 			return err
 		}
@@ -401,6 +402,21 @@ func (v *vaultClient) write(ctx context.Context, path string, req, out any) erro
 		}
 		return remarshal(sec.Data, out)
 	})
+}
+
+// requestData is a contract request as the JSON object it is sent as. A
+// map, not the encoded bytes: the api client sends a redirected write
+// (a standby's 307) again from the map, and from bytes it would send
+// "null". Numbers stay json.Numbers, so they are sent as they were.
+func requestData(req any) (map[string]interface{}, error) {
+	b, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	var data map[string]interface{}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	return data, dec.Decode(&data)
 }
 
 // errRefused is a report Vault refused (an unknown reservation, or one that
