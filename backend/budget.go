@@ -151,22 +151,21 @@ func (l limits) within(r limits) limits {
 	return l
 }
 
-// narrowTo is l with the budget asked for one credential (nil: none
-// asked): smaller than the role's, never larger, and at least its
-// max_cost_per_request.
-func (l limits) narrowTo(roleName string, asked *int64) (limits, error) {
-	if asked == nil {
+func (l limits) narrow(roleName string, d *framework.FieldData) (limits, error) {
+	v, ok := d.GetOk("budget")
+	if !ok {
 		return l, nil
 	}
-	switch a := *asked; {
-	case a <= 0 || a > maxUnits:
-		return l, fmt.Errorf("budget must be between 1 and %d, got %d", int64(maxUnits), a)
-	case l.Budget > 0 && a > l.Budget:
-		return l, fmt.Errorf("budget %d exceeds role %q's budget (%d)", a, roleName, l.Budget)
-	case a < l.MaxCost:
-		return l, fmt.Errorf("budget %d is below role %q's max_cost_per_request (%d)", a, roleName, l.MaxCost)
+	asked := v.(int64)
+	switch {
+	case asked <= 0 || asked > maxUnits:
+		return l, fmt.Errorf("budget must be between 1 and %d, got %d", int64(maxUnits), asked)
+	case l.Budget > 0 && asked > l.Budget:
+		return l, fmt.Errorf("budget %d exceeds role %q's budget (%d)", asked, roleName, l.Budget)
+	case asked < l.MaxCost:
+		return l, fmt.Errorf("budget %d is below role %q's max_cost_per_request (%d)", asked, roleName, l.MaxCost)
 	}
-	l.Budget = *asked
+	l.Budget = asked
 	return l, nil
 }
 

@@ -238,15 +238,6 @@ func (l *limits) setFromRequest(d *framework.FieldData) {
 	l.apply(c)
 }
 
-// narrow is narrowTo with the budget a mint request's field asks for.
-func (l limits) narrow(roleName string, d *framework.FieldData) (limits, error) {
-	v, ok := d.GetOk("budget")
-	if !ok {
-		return l, nil
-	}
-	return l.narrowTo(roleName, ptrTo(v.(int64)))
-}
-
 func ptrTo[T any](v T) *T { return &v }
 
 // loadMeter finds the meter that accounts for credential id, following a
