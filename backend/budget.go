@@ -1,11 +1,14 @@
 package backend
 
 import (
+	"errors"
 	"fmt"
 	"math"
+	"net/http"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/keybroker/keybroker/jwtverify"
 )
@@ -55,22 +58,26 @@ func limitFields() map[string]*framework.FieldSchema {
 	}
 }
 
-// setFromRequest overwrites the fields the request gives.
-func (l *limits) setFromRequest(d *framework.FieldData) {
-	if v, ok := d.GetOk("budget"); ok {
-		l.Budget = v.(int64)
-	}
-	if v, ok := d.GetOk("budget_period"); ok {
-		l.BudgetPeriod = time.Duration(v.(int)) * time.Second
-	}
-	if v, ok := d.GetOk("max_cost_per_request"); ok {
-		l.MaxCost = v.(int64)
-	}
-	if v, ok := d.GetOk("rate_limit"); ok {
-		l.RateLimit = v.(float64)
-	}
-	if v, ok := d.GetOk("rate_burst"); ok {
-		l.RateBurst = v.(int)
+// limitsChange is the limits a role write gives; nil: left as it is.
+type limitsChange struct {
+	Budget, MaxCost *int64
+	BudgetPeriod    *time.Duration
+	RateLimit       *float64
+	RateBurst       *int
+}
+
+// apply overwrites the limits c gives.
+func (l *limits) apply(c limitsChange) {
+	setIf(&l.Budget, c.Budget)
+	setIf(&l.BudgetPeriod, c.BudgetPeriod)
+	setIf(&l.MaxCost, c.MaxCost)
+	setIf(&l.RateLimit, c.RateLimit)
+	setIf(&l.RateBurst, c.RateBurst)
+}
+
+func setIf[T any](dst *T, v *T) {
+	if v != nil {
+		*dst = *v
 	}
 }
 
@@ -347,4 +354,35 @@ func minRemaining(a, b int64) int64 {
 // status is an account as reads show it.
 func (a *account) status(limit int64, period time.Duration) map[string]interface{} {
 	return spendStatus(limit, a.Used, a.reserved(), a.remaining(limit), a.PeriodStart, period)
+}
+
+// refusal is a metering request refused for what it asks (the caller's
+// mistake, or a state it must learn of), not a failure of the plugin: the
+// domain functions return it, and respond answers it as a 400 (or code).
+type refusal struct {
+	code int
+	msg  string
+}
+
+func (r *refusal) Error() string { return r.msg }
+
+// refuse is a 400 refusal.
+func refuse(format string, args ...interface{}) error {
+	return &refusal{code: http.StatusBadRequest, msg: fmt.Sprintf(format, args...)}
+}
+
+// respond turns a domain function's answer into the handler's: a refusal
+// into an error response (a 403 into a coded error, as Vault answers a
+// denied request), any other error into Vault's 500.
+func respond(data func() map[string]interface{}, err error) (*logical.Response, error) {
+	var r *refusal
+	switch {
+	case errors.As(err, &r) && r.code != http.StatusBadRequest:
+		return nil, logical.CodedError(r.code, r.msg)
+	case errors.As(err, &r):
+		return logical.ErrorResponse(r.msg), nil
+	case err != nil:
+		return nil, err
+	}
+	return &logical.Response{Data: data()}, nil
 }

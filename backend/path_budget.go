@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/keybroker/keybroker/apikey"
+	"github.com/keybroker/keybroker/contract"
 )
 
 const (
@@ -63,32 +64,32 @@ func pathBudget(b *backend) []*framework.Path {
 		"tenant_budget": out(framework.TypeMap, "Only when the tenant has a ceiling: its limit, used, reserved, remaining, period_start and reset."),
 	})
 	reservation := map[string]*framework.FieldSchema{
-		"units":      out(framework.TypeInt64, "Units the reservation holds now, used ones included; fewer than granted when the budget was lowered since."),
-		"expires_at": out(framework.TypeTime, "When the reservation expires unless a report renews it."),
+		contract.FieldUnits:     out(framework.TypeInt64, "Units the reservation holds now, used ones included; fewer than granted when the budget was lowered since."),
+		contract.FieldExpiresAt: out(framework.TypeTime, "When the reservation expires unless a report renews it."),
 	}
 	return []*framework.Path{
 		{
-			Pattern: "budget/reserve$",
+			Pattern: contract.PathBudgetReserve + "$",
 			Fields: map[string]*framework.FieldSchema{
-				"id": credentialIDField,
-				"units": {
+				contract.FieldID: credentialIDField,
+				contract.FieldUnits: {
 					Type:        framework.TypeInt64,
 					Description: fmt.Sprintf("Units to reserve (1 to %d). Fewer are granted when fewer remain.", int64(maxUnits)),
 					Required:    true,
 				},
-				"min_units": {
+				contract.FieldMinUnits: {
 					Type:        framework.TypeInt64,
 					Description: "Smallest grant worth having (a verifier's max_cost_per_request). Near the end of a budget, grants shrink to half of what remains, but not below this. Default: 1.",
 				},
-				"ttl": {
+				contract.FieldTTL: {
 					Type:        framework.TypeDurationSecond,
 					Description: fmt.Sprintf("How long the reservation lives without a report; each report renews it. %s to %s, default %s.", minReservationTTL, maxReservationTTL, defaultReservationTTL),
 				},
-				"holder": {
+				contract.FieldHolder: {
 					Type:        framework.TypeString,
 					Description: "Who holds the reservation (a verifier's name), shown nowhere but the audit log.",
 				},
-				"reservation_id": {
+				contract.FieldReservationID: {
 					Type:        framework.TypeString,
 					Description: "A reservation of the caller's to add the units to. Ignored (a new reservation is made) when it is unknown, expired or of an ended period.",
 				},
@@ -96,13 +97,13 @@ func pathBudget(b *backend) []*framework.Path {
 			DisplayAttrs: pathAttrs("budget"),
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.UpdateOperation: operationAs("reserve", "", b.pathBudgetReserve, answers(merged(reservation, map[string]*framework.FieldSchema{
-					"granted":        out(framework.TypeInt64, "Units granted; 0 when the budget is spent."),
-					"exhausted":      out(framework.TypeBool, "Whether nothing could be granted: the budget, or the tenant's ceiling, is spent until reset."),
-					"limit":          out(framework.TypeInt64, "The credential's budget per period; 0: no ceiling of its own."),
-					"period_end":     out(framework.TypeTime, "When the period the grant counts in ends: the credential's or its tenant's, whichever is first."),
-					"remaining":      out(framework.TypeInt64, "Units left to reserve after this grant; -1: unlimited."),
-					"reset":          out(framework.TypeTime, "Only when exhausted: when the spent budget comes back."),
-					"reservation_id": out(framework.TypeString, "The reservation the units were added to, for keybroker/budget/report; absent when exhausted."),
+					contract.FieldGranted:       out(framework.TypeInt64, "Units granted; 0 when the budget is spent."),
+					contract.FieldExhausted:     out(framework.TypeBool, "Whether nothing could be granted: the budget, or the tenant's ceiling, is spent until reset."),
+					contract.FieldLimit:         out(framework.TypeInt64, "The credential's budget per period; 0: no ceiling of its own."),
+					contract.FieldPeriodEnd:     out(framework.TypeTime, "When the period the grant counts in ends: the credential's or its tenant's, whichever is first."),
+					contract.FieldRemaining:     out(framework.TypeInt64, "Units left to reserve after this grant; -1: unlimited."),
+					contract.FieldReset:         out(framework.TypeTime, "Only when exhausted: when the spent budget comes back."),
+					contract.FieldReservationID: out(framework.TypeString, "The reservation the units were added to, for keybroker/budget/report; absent when exhausted."),
 				}))),
 			},
 			HelpSynopsis: "Reserve a chunk of a credential's budget.",
@@ -123,18 +124,18 @@ release it. One identity may hold at most 8 live reservations on a
 credential, and a credential at most 256 in all.`,
 		},
 		{
-			Pattern: "budget/report$",
+			Pattern: contract.PathBudgetReport + "$",
 			Fields: map[string]*framework.FieldSchema{
-				"reservation_id": {
+				contract.FieldReservationID: {
 					Type:        framework.TypeString,
 					Description: "The reservation, as keybroker/budget/reserve returned it.",
 					Required:    true,
 				},
-				"used": {
+				contract.FieldUsed: {
 					Type:        framework.TypeInt64,
 					Description: "Units used on the reservation so far: the running total, so a retried report counts once.",
 				},
-				"release": {
+				contract.FieldRelease: {
 					Type:        framework.TypeBool,
 					Description: "End the reservation after recording used; its unused units come back.",
 				},
@@ -142,12 +143,12 @@ credential, and a credential at most 256 in all.`,
 			DisplayAttrs: pathAttrs("budget-use"),
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.UpdateOperation: operationAs("report", "", b.pathBudgetReport, answers(merged(reservation, map[string]*framework.FieldSchema{
-					"used":      out(framework.TypeInt64, "Units the credential has used this period."),
-					"remaining": out(framework.TypeInt64, "Units left to reserve, of the credential's budget and its tenant's ceiling; -1: unlimited."),
-					"released":  out(framework.TypeBool, "Whether the reservation has ended: released now or before, or expired."),
-					"capped":    out(framework.TypeBool, "Whether used was more than the reservation could have cost and was recorded at that cap."),
-					"ended": withAllowed(out(framework.TypeString, "Only for a reservation that had already ended: released or expired. Stop spending from it."),
-						"released", "expired"),
+					contract.FieldUsed:      out(framework.TypeInt64, "Units the credential has used this period."),
+					contract.FieldRemaining: out(framework.TypeInt64, "Units left to reserve, of the credential's budget and its tenant's ceiling; -1: unlimited."),
+					contract.FieldReleased:  out(framework.TypeBool, "Whether the reservation has ended: released now or before, or expired."),
+					contract.FieldCapped:    out(framework.TypeBool, "Whether used was more than the reservation could have cost and was recorded at that cap."),
+					contract.FieldEnded: withAllowed(out(framework.TypeString, "Only for a reservation that had already ended: released or expired. Stop spending from it."),
+						contract.EndedReleased, contract.EndedExpired),
 				}))),
 			},
 			HelpSynopsis: "Report what a reservation has used, and renew or release it.",
@@ -216,6 +217,29 @@ and no others.
 	}
 }
 
+// setFromRequest overwrites the limits a role write's fields give.
+func (l *limits) setFromRequest(d *framework.FieldData) {
+	var c limitsChange
+	if v, ok := d.GetOk("budget"); ok {
+		c.Budget = ptrTo(v.(int64))
+	}
+	if v, ok := d.GetOk("budget_period"); ok {
+		c.BudgetPeriod = ptrTo(time.Duration(v.(int)) * time.Second)
+	}
+	if v, ok := d.GetOk("max_cost_per_request"); ok {
+		c.MaxCost = ptrTo(v.(int64))
+	}
+	if v, ok := d.GetOk("rate_limit"); ok {
+		c.RateLimit = ptrTo(v.(float64))
+	}
+	if v, ok := d.GetOk("rate_burst"); ok {
+		c.RateBurst = ptrTo(v.(int))
+	}
+	l.apply(c)
+}
+
+func ptrTo[T any](v T) *T { return &v }
+
 // loadMeter finds the meter that accounts for credential id, following a
 // family link, and returns it with its storage path. API keys get a meter the
 // first time it is needed, from the limits stored with the key.
@@ -257,26 +281,25 @@ func (b *backend) loadMeter(ctx context.Context, s logical.Storage, id string) (
 
 // budgetUnderRole checks, on budget/<role>/<id>, that the meter m (at path,
 // the one credential id spends from) was opened for a credential of role: a
-// policy on budget/<role>/* must reach no other role's budget. It answers
-// the 400 to give otherwise; nothing on budget/<id>, which names no role.
-func (b *backend) budgetUnderRole(ctx context.Context, s logical.Storage, d *framework.FieldData, m *meter, path string) (*logical.Response, error) {
-	role := pathRole(d)
+// policy on budget/<role>/* must reach no other role's budget. It refuses
+// otherwise; nothing on budget/<id> (role ""), which names no role.
+func (b *backend) budgetUnderRole(ctx context.Context, s logical.Storage, role, id string, m *meter, path string) error {
 	if role == "" {
-		return nil, nil
+		return nil
 	}
-	owner, err := b.meterOwner(ctx, s, m, path, d.Get("id").(string))
+	owner, err := b.meterOwner(ctx, s, m, path, id)
 	switch {
 	case err != nil:
-		return nil, err
+		return err
 	case owner != role:
 		// One answer for another role's, an unknown owner's and none: no
 		// oracle of what exists.
-		return logical.ErrorResponse("no budget is kept for %q under role %q: not a metered credential of the role (an exchanged token spends from its subject's role's budget), a budget opened by an older version that noted no role, or expired and tidied", d.Get("id").(string), role), nil
+		return refuse("no budget is kept for %q under role %q: not a metered credential of the role (an exchanged token spends from its subject's role's budget), a budget opened by an older version that noted no role, or expired and tidied", id, role)
 	}
 	if m.Role == "" {
 		m.Role = owner // noted from now on (the caller saves m)
 	}
-	return nil, nil
+	return nil
 }
 
 // meterOwner is the role of the credential meter m (at path, the meter
@@ -431,42 +454,101 @@ func (b *backend) meterToken(ctx context.Context, s logical.Storage, jti, family
 	return putJSON(ctx, s, meterPrefix+jti, &meter{Link: familyID, ExpiresAt: exp})
 }
 
+// pathBudgetReserve adapts a budget/reserve request into reserveBudget.
 func (b *backend) pathBudgetReserve(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	id, units, holder := d.Get("id").(string), d.Get("units").(int64), d.Get("holder").(string)
-	minUnits := max(1, d.Get("min_units").(int64))
-	ttl := time.Duration(d.Get("ttl").(int)) * time.Second
-	if ttl == 0 {
-		ttl = defaultReservationTTL
-	}
-	switch {
-	case id == "":
-		return logical.ErrorResponse("id is required: an API key's key_id or a JWT's jti"), nil
-	case units <= 0 || units > maxUnits:
-		return logical.ErrorResponse("units must be between 1 and %d, got %d", int64(maxUnits), units), nil
-	case minUnits > units:
-		return logical.ErrorResponse("min_units (%d) must not exceed units (%d)", minUnits, units), nil
-	case ttl < minReservationTTL || ttl > maxReservationTTL:
-		return logical.ErrorResponse("ttl must be between %s and %s, got %s", minReservationTTL, maxReservationTTL, ttl), nil
-	}
-	if err := validateText("holder", holder, maxNameLength); err != nil {
-		return logical.ErrorResponse(err.Error()), nil
-	}
+	ans, err := b.reserveBudget(ctx, req.Storage, ownerOf(req), contract.BudgetReserve{
+		ID:            d.Get(contract.FieldID).(string),
+		ReservationID: d.Get(contract.FieldReservationID).(string),
+		Units:         d.Get(contract.FieldUnits).(int64),
+		MinUnits:      d.Get(contract.FieldMinUnits).(int64),
+		TTL:           int64(d.Get(contract.FieldTTL).(int)),
+		Holder:        d.Get(contract.FieldHolder).(string),
+	})
+	return respond(ans.Data, err)
+}
 
-	m, path, unlock, err := b.lockMeter(ctx, req.Storage, id)
+// reserveBudget grants owner (a Vault identity) up to in.Units of
+// credential in.ID's budget, added to its reservation in.ReservationID
+// when that is still current, else in a new one.
+func (b *backend) reserveBudget(ctx context.Context, s logical.Storage, owner string, in contract.BudgetReserve) (*contract.BudgetReservation, error) {
+	ttl, err := checkReserve(in)
+	if err != nil {
+		return nil, err
+	}
+	m, path, unlock, err := b.lockMeter(ctx, s, in.ID)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
 	if m == nil {
-		return logical.ErrorResponse("no budget is kept for %q: not a metered credential, or expired and tidied", id), nil
+		return nil, refuse("no budget is kept for %q: not a metered credential, or expired and tidied", in.ID)
 	}
 	now := time.Now().UTC()
+	if err := b.reservable(ctx, s, in.ID, m, now); err != nil {
+		return nil, err
+	}
+	m.roll(now, m.Period)
+	if m.Tenant != "" {
+		defer b.lockTenant(m.Tenant)()
+	}
+	t, err := b.tenantFor(ctx, s, m.Tenant, now)
+	if err != nil {
+		return nil, err
+	}
+	q := quoteReservation(m, t, in.Units, max(1, in.MinUnits))
+	ans := &contract.BudgetReservation{Granted: q.grant, Exhausted: q.grant == 0, Limit: m.Limit, PeriodEnd: q.periodEnd.Format(time.RFC3339Nano)}
+	if q.grant == 0 {
+		ans.Reset = q.reset.Format(time.RFC3339Nano)
+		return ans, nil
+	}
+	resID, r, err := b.grantReservation(ctx, s, owner, in, m, t, q.grant, ttl, now)
+	if err != nil {
+		return nil, err
+	}
+	if err := putJSON(ctx, s, path, m); err != nil {
+		return nil, err
+	}
+	ans.ReservationID, ans.Units, ans.ExpiresAt = resID, r.Units, r.ExpiresAt.Format(time.RFC3339Nano)
+	ans.Remaining = q.left
+	if q.left >= 0 {
+		ans.Remaining = q.left - q.grant
+	}
+	return ans, nil
+}
+
+// checkReserve refuses a reservation request out of bounds, and returns
+// its ttl (the default for 0).
+func checkReserve(in contract.BudgetReserve) (time.Duration, error) {
+	minUnits := max(1, in.MinUnits)
+	ttl := time.Duration(in.TTL) * time.Second
+	if ttl == 0 {
+		ttl = defaultReservationTTL
+	}
+	switch {
+	case in.ID == "":
+		return 0, refuse("id is required: an API key's key_id or a JWT's jti")
+	case in.Units <= 0 || in.Units > maxUnits:
+		return 0, refuse("units must be between 1 and %d, got %d", int64(maxUnits), in.Units)
+	case minUnits > in.Units:
+		return 0, refuse("min_units (%d) must not exceed units (%d)", minUnits, in.Units)
+	case ttl < minReservationTTL || ttl > maxReservationTTL:
+		return 0, refuse("ttl must be between %s and %s, got %s", minReservationTTL, maxReservationTTL, ttl)
+	}
+	if err := validateText("holder", in.Holder, maxNameLength); err != nil {
+		return 0, refuse("%s", err.Error())
+	}
+	return ttl, nil
+}
+
+// reservable refuses to reserve for credential id (whose meter is m) once
+// it expired or was revoked.
+func (b *backend) reservable(ctx context.Context, s logical.Storage, id string, m *meter, now time.Time) error {
 	expires := m.ExpiresAt
 	if apikey.ValidateID(id) {
 		// The key is the authority on its lifetime (renewals move it).
-		k, err := b.getKey(ctx, req.Storage, id)
+		k, err := b.getKey(ctx, s, id)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if k != nil {
 			expires = k.ExpiresAt
@@ -474,79 +556,83 @@ func (b *backend) pathBudgetReserve(ctx context.Context, req *logical.Request, d
 		}
 	}
 	if !now.Before(expires) {
-		return logical.ErrorResponse("credential %q has expired", id), nil
+		return refuse("credential %q has expired", id)
 	}
 	// A verifier whose revocation feed lags must still not spend for a
 	// revoked credential.
-	if revoked, err := b.isRevoked(ctx, req.Storage, id); err != nil || revoked {
-		if err != nil {
-			return nil, err
-		}
-		return logical.ErrorResponse("credential %q is revoked", id), nil
+	revoked, err := b.isRevoked(ctx, s, id)
+	switch {
+	case err != nil:
+		return err
+	case revoked:
+		return refuse("credential %q is revoked", id)
 	}
-	m.roll(now, m.Period)
-	if m.Tenant != "" {
-		defer b.lockTenant(m.Tenant)()
-	}
-	t, err := b.tenantFor(ctx, req.Storage, m.Tenant, now)
-	if err != nil {
-		return nil, err
-	}
+	return nil
+}
 
+// reservationQuote is what a reservation request may be granted now.
+type reservationQuote struct {
+	// grant is what is granted; left what could be reserved before it
+	// (-1: unlimited).
+	grant, left int64
+	// periodEnd is when the period the grant counts in ends (the
+	// credential's or its tenant's, whichever is first); reset, for a
+	// grant of 0, when the spent budget comes back.
+	periodEnd, reset time.Time
+}
+
+// quoteReservation is the grant for units (at least minUnits when any)
+// from meter m and its tenant t (nil: no ceiling): all of it while twice
+// as much is left, then half of what is left, so that the last of a budget
+// is spread over the verifiers that ask.
+func quoteReservation(m *meter, t *tenantEntry, units, minUnits int64) reservationQuote {
 	credLeft, tenantLeft := m.remaining(m.Limit), int64(-1)
-	periodEnd := m.PeriodStart.Add(m.Period)
-	reset := time.Time{}
+	q := reservationQuote{periodEnd: m.PeriodStart.Add(m.Period)}
 	if credLeft == 0 {
-		reset = periodEnd
+		q.reset = q.periodEnd
 	}
 	if t != nil {
 		tenantLeft = t.remaining(t.Budget)
 		tEnd := t.PeriodStart.Add(t.BudgetPeriod)
-		periodEnd = minTime(periodEnd, tEnd)
+		q.periodEnd = minTime(q.periodEnd, tEnd)
 		if tenantLeft == 0 {
-			reset = maxTime(reset, tEnd)
+			q.reset = maxTime(q.reset, tEnd)
 		}
 	}
-	left := minRemaining(credLeft, tenantLeft)
-	grant := units
-	if left >= 0 {
-		grant = min(units, left)
-		if left < 2*units {
-			grant = min(left, max(minUnits, left/2))
+	q.left = minRemaining(credLeft, tenantLeft)
+	q.grant = units
+	if q.left >= 0 {
+		q.grant = min(units, q.left)
+		if q.left < 2*units {
+			q.grant = min(q.left, max(minUnits, q.left/2))
 		}
 	}
-	data := map[string]interface{}{
-		"granted":    grant,
-		"exhausted":  grant == 0,
-		"limit":      m.Limit,
-		"period_end": periodEnd.Format(time.RFC3339Nano),
-	}
-	if grant == 0 {
-		data["remaining"] = 0
-		data["reset"] = reset.Format(time.RFC3339Nano)
-		return &logical.Response{Data: data}, nil
-	}
+	return q
+}
 
+// grantReservation adds grant units to owner's reservation in.ReservationID
+// of meter m, or to a new one, and has tenant t (nil: none) hold them; it
+// stores t, not m. It returns the reservation and its id.
+func (b *backend) grantReservation(ctx context.Context, s logical.Storage, owner string, in contract.BudgetReserve, m *meter, t *tenantEntry, grant int64, ttl time.Duration, now time.Time) (string, *reservation, error) {
 	// Topping up the caller's reservation keeps its unused units usable
 	// together with the new ones; one of an ended period, or another
 	// identity's, is not topped up.
-	owner := ownerOf(req)
-	resID := d.Get("reservation_id").(string)
-	if r := m.Reservations[resID]; r == nil || r.Owner != owner || !m.current(resID) || (t != nil && !t.counts(r)) || !strings.HasPrefix(resID, id+":") {
-		if resp := m.reservationRoom(owner); resp != nil {
-			return resp, nil
+	resID := in.ReservationID
+	if r := m.Reservations[resID]; r == nil || r.Owner != owner || !m.current(resID) || (t != nil && !t.counts(r)) || !strings.HasPrefix(resID, in.ID+":") {
+		if err := m.reservationRoom(owner); err != nil {
+			return "", nil, err
 		}
 		suffix, err := uuid.GenerateUUID()
 		if err != nil {
-			return nil, fmt.Errorf("generating reservation id: %w", err)
+			return "", nil, fmt.Errorf("generating reservation id: %w", err)
 		}
-		resID = id + ":" + suffix
+		resID = in.ID + ":" + suffix
 	}
 	var before reservation
 	if r := m.Reservations[resID]; r != nil {
 		before = *r
 	}
-	r := m.grant(resID, grant, ttl, holder, now)
+	r := m.grant(resID, grant, ttl, in.Holder, now)
 	if r.Owner == "" {
 		r.Owner = owner
 		t.join(r)
@@ -554,21 +640,11 @@ func (b *backend) pathBudgetReserve(ctx context.Context, req *logical.Request, d
 	if t != nil {
 		t.unhold(before)
 		t.hold(r, now)
-		if err := putJSON(ctx, req.Storage, tenantPrefix+m.Tenant, t); err != nil {
-			return nil, err
+		if err := putJSON(ctx, s, tenantPrefix+m.Tenant, t); err != nil {
+			return "", nil, err
 		}
 	}
-	if err := putJSON(ctx, req.Storage, path, m); err != nil {
-		return nil, err
-	}
-	data["reservation_id"] = resID
-	data["units"] = r.Units
-	data["expires_at"] = r.ExpiresAt.Format(time.RFC3339Nano)
-	if left >= 0 {
-		left -= grant
-	}
-	data["remaining"] = left
-	return &logical.Response{Data: data}, nil
+	return resID, r, nil
 }
 
 // tenantFor returns the tenant's entry rolled to now, or nil when the tenant
@@ -622,7 +698,7 @@ func ownerOf(req *logical.Request) string {
 }
 
 // reservationRoom refuses a new reservation past the caps on live ones.
-func (m *meter) reservationRoom(owner string) *logical.Response {
+func (m *meter) reservationRoom(owner string) error {
 	mine := 0
 	for _, r := range m.Reservations {
 		if r.Owner == owner {
@@ -631,40 +707,81 @@ func (m *meter) reservationRoom(owner string) *logical.Response {
 	}
 	switch {
 	case len(m.Reservations) >= maxReservationsPerCredential:
-		return logical.ErrorResponse("the credential already has %d live reservations, the most it may have; release unused ones", maxReservationsPerCredential)
+		return refuse("the credential already has %d live reservations, the most it may have; release unused ones", maxReservationsPerCredential)
 	case mine >= maxReservationsPerOwner:
-		return logical.ErrorResponse("this Vault identity already holds %d live reservations on the credential, the most it may; release unused ones", maxReservationsPerOwner)
+		return refuse("this Vault identity already holds %d live reservations on the credential, the most it may; release unused ones", maxReservationsPerOwner)
 	}
 	return nil
 }
 
+// pathBudgetReport adapts a budget/report request into reportBudget.
 func (b *backend) pathBudgetReport(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	resID, used, release := d.Get("reservation_id").(string), d.Get("used").(int64), d.Get("release").(bool)
-	id, _, ok := strings.Cut(resID, ":")
-	if !ok || id == "" {
-		return logical.ErrorResponse("reservation_id %q is not one keybroker/budget/reserve returned", resID), nil
-	}
-	if used < 0 || used > maxUnits {
-		return logical.ErrorResponse("used must be between 0 and %d, got %d", int64(maxUnits), used), nil
-	}
+	ans, err := b.reportBudget(ctx, req.Storage, ownerOf(req), contract.BudgetReport{
+		ReservationID: d.Get(contract.FieldReservationID).(string),
+		Used:          d.Get(contract.FieldUsed).(int64),
+		Release:       d.Get(contract.FieldRelease).(bool),
+	})
+	return respond(ans.Data, err)
+}
 
-	m, path, unlock, err := b.lockMeter(ctx, req.Storage, id)
+// reportBudget records the running total used on owner's reservation
+// in.ReservationID, live or recently ended, against its credential and
+// tenant, and renews it or (in.Release) ends it.
+func (b *backend) reportBudget(ctx context.Context, s logical.Storage, owner string, in contract.BudgetReport) (*contract.BudgetReportAnswer, error) {
+	resID, used := in.ReservationID, in.Used
+	id, _, ok := strings.Cut(resID, ":")
+	switch {
+	case !ok || id == "":
+		return nil, refuse("reservation_id %q is not one keybroker/budget/reserve returned", resID)
+	case used < 0 || used > maxUnits:
+		return nil, refuse("used must be between 0 and %d, got %d", int64(maxUnits), used)
+	}
+	m, path, unlock, err := b.lockMeter(ctx, s, id)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
 	if m == nil {
-		return logical.ErrorResponse("reservation %q is unknown; its use was not recorded", resID), nil
+		return nil, refuse("reservation %q is unknown; its use was not recorded", resID)
 	}
 	now := time.Now().UTC()
 	m.roll(now, m.Period)
-	capped := false
-	var before reservation
 	r, ended := m.lookup(resID)
+	var before reservation
 	if r != nil {
 		before = *r
-		if r.Owner != "" && r.Owner != ownerOf(req) {
-			return nil, logical.CodedError(http.StatusForbidden, fmt.Sprintf("reservation %q belongs to another Vault identity; its use was not recorded", resID))
+	}
+	used, capped, err := m.recordUse(resID, r, owner, used, now)
+	if err != nil {
+		return nil, err
+	}
+	if in.Release && !ended {
+		m.end(resID, now, true)
+	}
+	if m.Tenant != "" {
+		defer b.lockTenant(m.Tenant)()
+	}
+	t, err := b.reportToTenant(ctx, s, m.Tenant, r, before, used, in.Release, ended, now)
+	if err != nil {
+		return nil, err
+	}
+	if err := putJSON(ctx, s, path, m); err != nil {
+		return nil, err
+	}
+	if capped {
+		b.Logger().Warn("a report claimed more than its reservation could have cost; recorded at the cap", "reservation_id", resID, "recorded", used)
+	}
+	return m.reportAnswer(t, r, in.Release, ended, capped), nil
+}
+
+// recordUse records used on reservation resID (r, nil when unknown) of
+// owner: refused when r is another identity's, at most what r could have
+// cost (capped says it was more). It returns what was recorded.
+func (m *meter) recordUse(resID string, r *reservation, owner string, used int64, now time.Time) (int64, bool, error) {
+	capped := false
+	if r != nil {
+		if r.Owner != "" && r.Owner != owner {
+			return 0, false, &refusal{code: http.StatusForbidden, msg: fmt.Sprintf("reservation %q belongs to another Vault identity; its use was not recorded", resID)}
 		}
 		// What one reservation can have cost: its units, plus one
 		// request's overrun.
@@ -674,142 +791,146 @@ func (b *backend) pathBudgetReport(ctx context.Context, req *logical.Request, d 
 	}
 	if err := m.report(resID, used, now); err != nil {
 		if errors.Is(err, errUnknownReservation) {
-			return logical.ErrorResponse("reservation %q is unknown, or ended more than %s ago; its use was not recorded", resID, endedKeep), nil
+			return 0, false, refuse("reservation %q is unknown, or ended more than %s ago; its use was not recorded", resID, endedKeep)
 		}
-		return logical.ErrorResponse(err.Error()), nil
+		return 0, false, refuse("%s", err.Error())
 	}
-	if release && !ended {
-		m.end(resID, now, true)
-	}
-	if m.Tenant != "" {
-		defer b.lockTenant(m.Tenant)()
-	}
-	t, err := b.tenantFor(ctx, req.Storage, m.Tenant, now)
-	if err != nil {
-		return nil, err
-	}
+	return used, capped, nil
+}
+
+// reportToTenant counts a report of used on r (as it was before it) in
+// tenant name's account, and stores it; ended says r had ended before
+// this report, release that it ends now. It returns the tenant's entry
+// (nil: no ceiling).
+func (b *backend) reportToTenant(ctx context.Context, s logical.Storage, name string, r *reservation, before reservation, used int64, release, ended bool, now time.Time) (*tenantEntry, error) {
+	t, err := b.tenantFor(ctx, s, name, now)
 	// The reservation may count in no tenant period (the ceiling was
 	// deleted or set after it, or its period ended): then only the
-	// credential's account changes. An ended reservation holds nothing
-	// any more; only its late use counts.
-	if t.counts(r) {
-		if !ended {
-			t.unhold(before)
-		}
-		t.use(r, used-before.Used)
-		if !release && !ended {
-			t.hold(r, now)
-		}
-		if err := putJSON(ctx, req.Storage, tenantPrefix+m.Tenant, t); err != nil {
-			return nil, err
-		}
+	// credential's account changes.
+	if err != nil || !t.counts(r) {
+		return t, err
 	}
-	if err := putJSON(ctx, req.Storage, path, m); err != nil {
-		return nil, err
+	// An ended reservation holds nothing any more; only its late use
+	// counts.
+	if !ended {
+		t.unhold(before)
 	}
+	t.use(r, used-before.Used)
+	if !release && !ended {
+		t.hold(r, now)
+	}
+	return t, putJSON(ctx, s, tenantPrefix+name, t)
+}
+
+// reportAnswer is the answer to a report on r, of meter m and tenant t
+// (nil: none).
+func (m *meter) reportAnswer(t *tenantEntry, r *reservation, release, ended, capped bool) *contract.BudgetReportAnswer {
 	left := m.remaining(m.Limit)
 	if t != nil {
 		left = minRemaining(left, t.remaining(t.Budget))
 	}
-	data := map[string]interface{}{
-		"used":      m.Used,
-		"remaining": left,
-		"released":  release || ended,
-		"capped":    capped,
-	}
+	ans := &contract.BudgetReportAnswer{Used: m.Used, Remaining: left, Released: release || ended, Capped: capped}
 	if ended {
 		// Said so that a verifier stops spending from it.
-		data["ended"] = "expired"
+		ans.Ended = contract.EndedExpired
 		if r.Released {
-			data["ended"] = "released"
+			ans.Ended = contract.EndedReleased
 		}
 	}
-	if capped {
-		b.Logger().Warn("a report claimed more than its reservation could have cost; recorded at the cap", "reservation_id", resID, "recorded", used)
-	}
 	if !release && !ended {
-		data["expires_at"] = r.ExpiresAt.Format(time.RFC3339Nano)
 		// The reservation's units now: fewer than granted when an
 		// operator lowered the budget since.
-		data["units"] = r.Units
+		units := r.Units
+		ans.ExpiresAt, ans.Units = r.ExpiresAt.Format(time.RFC3339Nano), &units
 	}
-	return &logical.Response{Data: data}, nil
+	return ans
 }
 
+// pathBudgetWrite adapts budget/<role>/<id> budget=N into changeBudget.
 func (b *backend) pathBudgetWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	id := d.Get("id").(string)
 	raw, ok := d.GetOk("budget")
 	if !ok {
 		return logical.ErrorResponse("budget is required"), nil
 	}
-	budget := raw.(int64)
+	data, err := b.changeBudget(ctx, req.Storage, pathRole(d), d.Get(contract.FieldID).(string), raw.(int64))
+	return respond(func() map[string]interface{} { return data }, err)
+}
+
+// changeBudget sets the budget of credential id, whose meter was opened
+// for a credential of role (checked unless role is ""), and answers its
+// spend after the change.
+func (b *backend) changeBudget(ctx context.Context, s logical.Storage, role, id string, budget int64) (map[string]interface{}, error) {
 	if budget < 0 || budget > maxUnits {
-		return logical.ErrorResponse("budget must be between 0 and %d, got %d", int64(maxUnits), budget), nil
+		return nil, refuse("budget must be between 0 and %d, got %d", int64(maxUnits), budget)
 	}
-	m, path, unlock, err := b.lockMeter(ctx, req.Storage, id)
+	m, path, unlock, err := b.lockMeter(ctx, s, id)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
 	if m == nil {
 		// The same answer as for another role's budget: no oracle.
-		return logical.ErrorResponse("no budget is kept for %q under role %q: not a metered credential of the role, or expired and tidied", id, pathRole(d)), nil
+		return nil, refuse("no budget is kept for %q under role %q: not a metered credential of the role, or expired and tidied", id, role)
 	}
-	if resp, err := b.budgetUnderRole(ctx, req.Storage, d, m, path); resp != nil || err != nil {
-		return resp, err
+	if err := b.budgetUnderRole(ctx, s, role, id, m, path); err != nil {
+		return nil, err
 	}
 	if budget > 0 && budget < m.MaxCost {
-		return logical.ErrorResponse("budget (%d) must be at least the credential's max_cost_per_request (%d)", budget, m.MaxCost), nil
+		return nil, refuse("budget (%d) must be at least the credential's max_cost_per_request (%d)", budget, m.MaxCost)
 	}
 	now := time.Now().UTC()
 	m.roll(now, m.Period)
 	m.Limit = budget
-	before := make(map[string]reservation, len(m.Reservations))
-	for resID, r := range m.Reservations {
-		before[resID] = *r
-	}
-	m.shrinkReservations()
 	if m.Tenant != "" {
 		defer b.lockTenant(m.Tenant)()
 	}
-	t, err := b.tenantFor(ctx, req.Storage, m.Tenant, now)
-	if err != nil {
+	if err := b.shrinkToLimit(ctx, s, m, now); err != nil {
 		return nil, err
-	}
-	if t != nil {
-		// What the shrunk reservations hold of the tenant's ceiling follows.
-		for resID, r := range m.Reservations {
-			t.unhold(before[resID])
-			t.hold(r, now)
-		}
-		if err := putJSON(ctx, req.Storage, tenantPrefix+m.Tenant, t); err != nil {
-			return nil, err
-		}
 	}
 	if apikey.ValidateID(id) {
 		// The key's own record, so that verify answers say the same;
 		// under the lock revocations take, never writing one over.
 		b.revocationMu.Lock()
 		defer b.revocationMu.Unlock()
-		k, err := b.getKey(ctx, req.Storage, id)
+		k, err := b.getKey(ctx, s, id)
 		if err != nil {
 			return nil, err
 		}
 		if k != nil {
 			k.Budget = budget
-			if err := b.putKey(ctx, req.Storage, k); err != nil {
+			if err := b.putKey(ctx, s, k); err != nil {
 				return nil, err
 			}
 			defer b.keyChanges.add(id) // once the meter below is stored too
 		}
 	}
-	if err := putJSON(ctx, req.Storage, path, m); err != nil {
+	if err := putJSON(ctx, s, path, m); err != nil {
 		return nil, err
 	}
 	b.Logger().Info("credential budget changed", "id", id, "budget", budget)
 	data := m.status(m.Limit, m.Period)
 	data["budget_period"] = int64(m.Period.Seconds())
-	return &logical.Response{Data: data}, nil
+	return data, nil
+}
+
+// shrinkToLimit shrinks m's reservations to its limit (see
+// shrinkReservations), and what they hold of its tenant's ceiling with
+// them; it stores the tenant, not m. The caller holds the tenant's lock.
+func (b *backend) shrinkToLimit(ctx context.Context, s logical.Storage, m *meter, now time.Time) error {
+	before := make(map[string]reservation, len(m.Reservations))
+	for resID, r := range m.Reservations {
+		before[resID] = *r
+	}
+	m.shrinkReservations()
+	t, err := b.tenantFor(ctx, s, m.Tenant, now)
+	if err != nil || t == nil {
+		return err
+	}
+	for resID, r := range m.Reservations {
+		t.unhold(before[resID])
+		t.hold(r, now)
+	}
+	return putJSON(ctx, s, tenantPrefix+m.Tenant, t)
 }
 
 // shrinkReservations lowers the unused part of the live reservations of the

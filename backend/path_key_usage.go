@@ -91,13 +91,13 @@ type usageEntry = contract.KeyUse
 
 func pathKeyUsage(b *backend) *framework.Path {
 	return &framework.Path{
-		Pattern: "key-usage$",
+		Pattern: contract.PathKeyUsage + "$",
 		Fields: map[string]*framework.FieldSchema{
-			"usage": {
+			contract.FieldUsage: {
 				Type:        framework.TypeString,
 				Description: fmt.Sprintf("JSON array of {key_id, last (Unix seconds), from (client address), count}: the API keys a verifier saw used since its last report, at most %d.", maxUsageEntries),
 			},
-			"report_id": {
+			contract.FieldReportID: {
 				Type:        framework.TypeString,
 				Description: fmt.Sprintf("The report's id (1 to %d letters, digits, '-', '_'), random per report and the same when the report is sent again: a report already recorded with this id in the last hour is answered duplicate and not counted again. Without it, a report sent twice counts twice.", maxReportIDLength),
 			},
@@ -105,9 +105,9 @@ func pathKeyUsage(b *backend) *framework.Path {
 		DisplayAttrs: pathAttrs("key-usage"),
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.UpdateOperation: operationAs("report", "", b.pathKeyUsageWrite, answers(map[string]*framework.FieldSchema{
-				"recorded":  out(framework.TypeInt, "Keys whose last use was recorded."),
-				"skipped":   out(framework.TypeInt, "Entries skipped: not a key_id, a count or time that makes no sense, or a key unknown, revoked or expired."),
-				"duplicate": out(framework.TypeBool, "The report_id was recorded already: nothing was counted again."),
+				contract.FieldRecorded:  out(framework.TypeInt, "Keys whose last use was recorded."),
+				contract.FieldSkipped:   out(framework.TypeInt, "Entries skipped: not a key_id, a count or time that makes no sense, or a key unknown, revoked or expired."),
+				contract.FieldDuplicate: out(framework.TypeBool, "The report_id was recorded already: nothing was counted again."),
 			})),
 		},
 		HelpSynopsis: "Verifiers: report which API keys were used (for last_used_at).",
@@ -126,42 +126,73 @@ within the hour is answered duplicate=true and counted once.`,
 	}
 }
 
+// pathKeyUsageWrite adapts a key-usage report into recordKeyUsage.
 func (b *backend) pathKeyUsageWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	ans, err := b.recordKeyUsage(ctx, req.Storage, req.EntityID, contract.KeyUsageReport{
+		Usage:    d.Get(contract.FieldUsage).(string),
+		ReportID: d.Get(contract.FieldReportID).(string),
+	})
+	return respond(ans.Data, err)
+}
+
+// recordKeyUsage records a verifier's report of the keys it saw used;
+// entity is the verifier's Vault entity, under which its report ids are
+// kept.
+func (b *backend) recordKeyUsage(ctx context.Context, s logical.Storage, entity string, in contract.KeyUsageReport) (*contract.KeyUsageAnswer, error) {
 	var entries []usageEntry
-	if err := json.Unmarshal([]byte(d.Get("usage").(string)), &entries); err != nil {
-		return logical.ErrorResponse("usage must be a JSON array of {key_id, last, from, count}: %v", err), nil
+	if err := json.Unmarshal([]byte(in.Usage), &entries); err != nil {
+		return nil, refuse("usage must be a JSON array of {key_id, last, from, count}: %v", err)
 	}
 	if len(entries) > maxUsageEntries {
-		return logical.ErrorResponse("usage: at most %d keys per report, got %d", maxUsageEntries, len(entries)), nil
+		return nil, refuse("usage: at most %d keys per report, got %d", maxUsageEntries, len(entries))
 	}
-	reportID := d.Get("report_id").(string)
-	if reportID != "" && !validReportID(reportID) {
-		return logical.ErrorResponse("report_id must be 1 to %d letters, digits, '-' or '_'", maxReportIDLength), nil
+	if in.ReportID != "" && !validReportID(in.ReportID) {
+		return nil, refuse("report_id must be 1 to %d letters, digits, '-' or '_'", maxReportIDLength)
 	}
 	now := time.Now()
-	var markPath string
-	var mark *usageReportMark
-	if reportID != "" {
+	rep := usageRecording{}
+	if in.ReportID != "" {
 		// Each verifier's ids apart: one that learnt another's id (a
 		// log line) cannot have that one's report taken as a duplicate.
-		reportID = reportIDOf(req.EntityID, reportID)
+		rep.id = reportIDOf(entity, in.ReportID)
 		// Held until the report is recorded: the same report sent again
 		// meanwhile waits, then finds it recorded.
-		l := locksutil.LockForKey(b.usageReportLocks, reportID)
+		l := locksutil.LockForKey(b.usageReportLocks, rep.id)
 		l.Lock()
 		defer l.Unlock()
 		var err error
-		if markPath, mark, err = findUsageReport(ctx, req.Storage, reportID, now); err != nil {
+		if rep.markPath, rep.mark, err = findUsageReport(ctx, s, rep.id, now); err != nil {
 			return nil, err
 		}
-		if mark != nil && mark.Complete {
-			return &logical.Response{Data: map[string]interface{}{"recorded": 0, "skipped": 0, "duplicate": true}}, nil
+		if rep.mark != nil && rep.mark.Complete {
+			return &contract.KeyUsageAnswer{Duplicate: true}, nil
 		}
 	}
+	byShard, skipped, err := b.usesByShard(ctx, s, entries, now)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.recordShards(ctx, s, rep, byShard, now.UTC()); err != nil {
+		return nil, err
+	}
+	return &contract.KeyUsageAnswer{Recorded: len(entries) - skipped, Skipped: skipped}, nil
+}
 
-	// An entry that does not make sense is skipped, not the report: one
-	// bad entry (a verifier's clock ahead, say) must not make a verifier
-	// resend the same report for ever.
+// usageRecording is a report being recorded: its id (as kept: see
+// reportIDOf; "" for a report without one), and the mark of a first
+// attempt, if any, and where it is kept.
+type usageRecording struct {
+	id, markPath string
+	mark         *usageReportMark
+}
+
+// usesByShard sorts the entries worth recording by the shard that keeps
+// them, and counts the others.
+//
+// An entry that does not make sense is skipped, not the report: one bad
+// entry (a verifier's clock ahead, say) must not make a verifier resend
+// the same report for ever.
+func (b *backend) usesByShard(ctx context.Context, s logical.Storage, entries []usageEntry, now time.Time) (map[string][]usageEntry, int, error) {
 	valid := make([]usageEntry, 0, len(entries))
 	ids := make([]string, 0, len(entries))
 	for _, e := range entries {
@@ -173,9 +204,9 @@ func (b *backend) pathKeyUsageWrite(ctx context.Context, req *logical.Request, d
 	skipped := len(entries) - len(valid)
 	// Read without any lock: a key revoked meanwhile has this use kept
 	// beside it, which changes nothing a verifier decides on.
-	keys, err := b.getKeys(ctx, req.Storage, ids)
+	keys, err := b.getKeys(ctx, s, ids)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	byShard := map[string][]usageEntry{}
 	nowUTC := now.UTC()
@@ -188,35 +219,38 @@ func (b *backend) pathKeyUsageWrite(ctx context.Context, req *logical.Request, d
 		shard := usageShardPath(e.KeyID)
 		byShard[shard] = append(byShard[shard], e)
 	}
-	recorded := len(entries) - skipped
+	return byShard, skipped, nil
+}
+
+// recordShards adds each shard's uses to it, but those a first attempt
+// of the report recorded, then marks the report recorded.
+func (b *backend) recordShards(ctx context.Context, s logical.Storage, rep usageRecording, byShard map[string][]usageEntry, now time.Time) error {
 	shards := slices.Sorted(maps.Keys(byShard))
 	var done []string
-	if mark != nil {
-		done = mark.Done
+	if rep.mark != nil {
+		done = rep.mark.Done
 	}
 	for _, shard := range shards {
 		if slices.Contains(done, shard) {
 			continue // recorded by this report's first attempt
 		}
-		if err := b.addUsage(ctx, req.Storage, shard, byShard[shard], nowUTC); err != nil {
-			if reportID != "" && len(done) > 0 {
+		if err := b.addUsage(ctx, s, shard, byShard[shard], now); err != nil {
+			if rep.id != "" && len(done) > 0 {
 				// Its retry records only the rest (best effort: the
 				// storage just failed).
-				_ = putJSON(ctx, req.Storage, markPath, &usageReportMark{Done: done})
+				_ = putJSON(ctx, s, rep.markPath, &usageReportMark{Done: done})
 			}
-			return nil, err
+			return err
 		}
 		done = append(done, shard)
 	}
-	if reportID != "" && len(shards) > 0 {
+	if rep.id != "" && len(shards) > 0 {
 		// A report that recorded nothing leaves no mark: sent again, it
 		// records nothing again, and a caller cannot write an entry per
 		// request with empty reports.
-		if err := putJSON(ctx, req.Storage, markPath, &usageReportMark{Complete: true}); err != nil {
-			return nil, err
-		}
+		return putJSON(ctx, s, rep.markPath, &usageReportMark{Complete: true})
 	}
-	return &logical.Response{Data: map[string]interface{}{"recorded": recorded, "skipped": skipped, "duplicate": false}}, nil
+	return nil
 }
 
 // validUse: a key_id, a count, a time not ahead of Vault's clock by more

@@ -28,22 +28,22 @@ func (w *rateWindow) end() time.Time { return time.Unix(w.Start+w.Seconds, 0).UT
 
 func pathRate(b *backend) *framework.Path {
 	return &framework.Path{
-		Pattern: "rate/reserve$",
+		Pattern: contract.PathRateReserve + "$",
 		Fields: map[string]*framework.FieldSchema{
-			"id": {
+			contract.FieldID: {
 				Type:        framework.TypeString,
 				Description: "The credential: an API key's key_id or a JWT's jti.",
 				Required:    true,
 			},
-			"role": {
+			contract.FieldRole: {
 				Type:        framework.TypeString,
 				Description: "For a JWT: its role claim. Its lineage is subject within role, and the role's rate limit applies.",
 			},
-			"subject": {
+			contract.FieldSubject: {
 				Type:        framework.TypeString,
 				Description: "For a JWT: its sub claim.",
 			},
-			"units": {
+			contract.FieldUnits: {
 				Type:        framework.TypeInt64,
 				Description: "Requests to admit (1 to 1000000). Fewer are granted when fewer remain in the window.",
 				Required:    true,
@@ -52,11 +52,11 @@ func pathRate(b *backend) *framework.Path {
 		DisplayAttrs: pathAttrs("rate-limit"),
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.UpdateOperation: operationAs("reserve", "", b.pathRateReserve, answers(map[string]*framework.FieldSchema{
-				"limited":    out(framework.TypeBool, "Whether the credential has a rate limit; when false, every unit asked is granted and nothing else is answered."),
-				"granted":    out(framework.TypeInt64, "Requests granted; 0: the window is spent until window_end."),
-				"limit":      out(framework.TypeInt64, "Requests all verifiers together get per window."),
-				"window":     out(framework.TypeInt64, "Length of the window in seconds."),
-				"window_end": out(framework.TypeTime, "When the current window ends."),
+				contract.FieldLimited:   out(framework.TypeBool, "Whether the credential has a rate limit; when false, every unit asked is granted and nothing else is answered."),
+				contract.FieldGranted:   out(framework.TypeInt64, "Requests granted; 0: the window is spent until window_end."),
+				contract.FieldLimit:     out(framework.TypeInt64, "Requests all verifiers together get per window."),
+				contract.FieldWindow:    out(framework.TypeInt64, "Length of the window in seconds."),
+				contract.FieldWindowEnd: out(framework.TypeTime, "When the current window ends."),
 			})),
 		},
 		HelpSynopsis: "Take requests from a credential's cluster-wide rate limit.",
@@ -73,63 +73,90 @@ window_end. limited=false says the credential has no rate limit.`,
 	}
 }
 
+// pathRateReserve adapts a rate/reserve request into reserveRate.
 func (b *backend) pathRateReserve(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	id, roleName, subject, units := d.Get("id").(string), d.Get("role").(string), d.Get("subject").(string), d.Get("units").(int64)
+	ans, err := b.reserveRate(ctx, req.Storage, contract.RateReserve{
+		ID:      d.Get(contract.FieldID).(string),
+		Units:   d.Get(contract.FieldUnits).(int64),
+		Role:    d.Get(contract.FieldRole).(string),
+		Subject: d.Get(contract.FieldSubject).(string),
+	})
+	return respond(ans.Data, err)
+}
+
+// reserveRate takes up to in.Units requests from the current window of the
+// credential's lineage.
+func (b *backend) reserveRate(ctx context.Context, s logical.Storage, in contract.RateReserve) (*contract.RateAnswer, error) {
 	switch {
-	case id == "":
-		return logical.ErrorResponse("id is required: an API key's key_id or a JWT's jti"), nil
-	case units <= 0 || units > maxRate:
-		return logical.ErrorResponse("units must be between 1 and %d, got %d", maxRate, units), nil
+	case in.ID == "":
+		return nil, refuse("id is required: an API key's key_id or a JWT's jti")
+	case in.Units <= 0 || in.Units > maxRate:
+		return nil, refuse("units must be between 1 and %d, got %d", maxRate, in.Units)
 	}
 	now := time.Now().UTC()
-	var l limits
-	var lineage string
-	if apikey.ValidateID(id) {
-		k, err := b.getKey(ctx, req.Storage, id)
-		switch {
-		case err != nil:
-			return nil, err
-		case k == nil:
-			return logical.ErrorResponse("no API key %q", id), nil
-		case k.revoked():
-			return logical.ErrorResponse("credential %q is revoked", id), nil
-		case !now.Before(k.ExpiresAt):
-			return logical.ErrorResponse("credential %q has expired", id), nil
-		}
-		l, lineage = k.limits, "key\x00"+id
-	} else {
-		if roleName == "" || subject == "" {
-			return logical.ErrorResponse("role and subject are required for a JWT: its role and sub claims"), nil
-		}
-		if err := validateText("subject", subject, maxNameLength); err != nil {
-			return logical.ErrorResponse(err.Error()), nil
-		}
-		r, err := b.getRole(ctx, req.Storage, roleName)
-		if err != nil {
-			return nil, err
-		}
-		if r == nil {
-			return logical.ErrorResponse("role %q does not exist", roleName), nil
-		}
-		if revoked, err := b.isRevoked(ctx, req.Storage, id); err != nil || revoked {
-			if err != nil {
-				return nil, err
-			}
-			return logical.ErrorResponse("credential %q is revoked", id), nil
-		}
-		l, lineage = r.limits, "jwt\x00"+roleName+"\x00"+subject
+	l, lineage, err := b.rateLineage(ctx, s, in, now)
+	if err != nil {
+		return nil, err
 	}
 	window, limit := contract.RateWindow(l.RateLimit, l.RateBurst)
 	if limit == 0 {
-		return &logical.Response{Data: map[string]interface{}{"limited": false, "granted": units}}, nil
+		return &contract.RateAnswer{Limited: false, Granted: in.Units}, nil
 	}
+	return b.takeFromWindow(ctx, s, lineage, window, limit, in.Units, now)
+}
 
+// rateLineage is the limits that apply to in's credential and its lineage
+// (an API key's key_id, a JWT's subject within its role): the key's own,
+// or the role's as it is now. A key unknown, revoked or expired, or a JWT
+// revoked or of no role, is refused.
+func (b *backend) rateLineage(ctx context.Context, s logical.Storage, in contract.RateReserve, now time.Time) (limits, string, error) {
+	if apikey.ValidateID(in.ID) {
+		k, err := b.getKey(ctx, s, in.ID)
+		switch {
+		case err != nil:
+			return limits{}, "", err
+		case k == nil:
+			return limits{}, "", refuse("no API key %q", in.ID)
+		case k.revoked():
+			return limits{}, "", refuse("credential %q is revoked", in.ID)
+		case !now.Before(k.ExpiresAt):
+			return limits{}, "", refuse("credential %q has expired", in.ID)
+		}
+		return k.limits, "key\x00" + in.ID, nil
+	}
+	if in.Role == "" || in.Subject == "" {
+		return limits{}, "", refuse("role and subject are required for a JWT: its role and sub claims")
+	}
+	if err := validateText("subject", in.Subject, maxNameLength); err != nil {
+		return limits{}, "", refuse("%s", err.Error())
+	}
+	r, err := b.getRole(ctx, s, in.Role)
+	if err != nil {
+		return limits{}, "", err
+	}
+	if r == nil {
+		return limits{}, "", refuse("role %q does not exist", in.Role)
+	}
+	revoked, err := b.isRevoked(ctx, s, in.ID)
+	switch {
+	case err != nil:
+		return limits{}, "", err
+	case revoked:
+		return limits{}, "", refuse("credential %q is revoked", in.ID)
+	}
+	return r.limits, "jwt\x00" + in.Role + "\x00" + in.Subject, nil
+}
+
+// takeFromWindow grants up to units of the limit of lineage's current
+// window: all of them while twice as many are left, then half of what is
+// left, so that the last requests are spread over the verifiers that ask.
+func (b *backend) takeFromWindow(ctx context.Context, s logical.Storage, lineage string, window time.Duration, limit, units int64, now time.Time) (*contract.RateAnswer, error) {
 	sum := sha256.Sum256([]byte(lineage))
 	path := ratePrefix + hex.EncodeToString(sum[:])
 	lock := locksutil.LockForKey(b.rateLocks, path)
 	lock.Lock()
 	defer lock.Unlock()
-	w, err := getJSON[rateWindow](ctx, req.Storage, path)
+	w, err := getJSON[rateWindow](ctx, s, path)
 	if err != nil {
 		return nil, err
 	}
@@ -144,15 +171,9 @@ func (b *backend) pathRateReserve(ctx context.Context, req *logical.Request, d *
 	}
 	if grant > 0 {
 		w.Taken += grant
-		if err := putJSON(ctx, req.Storage, path, w); err != nil {
+		if err := putJSON(ctx, s, path, w); err != nil {
 			return nil, err
 		}
 	}
-	return &logical.Response{Data: map[string]interface{}{
-		"limited":    true,
-		"granted":    grant,
-		"limit":      limit,
-		"window":     secs,
-		"window_end": w.end().Format(time.RFC3339Nano),
-	}}, nil
+	return &contract.RateAnswer{Limited: true, Granted: grant, Limit: limit, Window: secs, WindowEnd: w.end().Format(time.RFC3339Nano)}, nil
 }

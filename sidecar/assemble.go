@@ -35,8 +35,8 @@ func (sc *Sidecar) assembleDecisions() error {
 	sc.rec = &recorder{latency: m.latency, decisions: m.decisions, degraded: m.degraded}
 	if s.usageReport > 0 {
 		sc.rec.sawKey = func(id *identity, from netip.Addr, at time.Time) {
-			if !sc.usageOff.Load() {
-				sc.sawKey(id, from, at)
+			if sc.usage.wanted() {
+				sc.usage.saw(id.id, from, at)
 			}
 		}
 	}

@@ -8,6 +8,12 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	hclog "github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/keybroker/keybroker/contract"
 )
 
 // budgets accounts metered credentials against chunks of budget reserved
@@ -22,7 +28,12 @@ import (
 // grants plus one request's overrun: across N sidecars, at most
 // budget + N x max_cost_per_request per period.
 type budgets struct {
-	sc *Sidecar
+	vault budgetVault
+	opt   budgetOptions
+	log   hclog.Logger
+	met   budgetCounters
+	// sf makes concurrent refills of one credential one call.
+	sf singleflight.Group
 
 	mu     sync.RWMutex
 	meters map[string]*meter
@@ -30,6 +41,31 @@ type budgets struct {
 	// reportMu keeps the periodic report and the final one apart.
 	reportMu sync.Mutex
 	kick     chan struct{}
+}
+
+// budgetVault is where budgets reserve and report: the plugin, through the
+// Vault client (a fake in tests).
+type budgetVault interface {
+	reserve(ctx context.Context, req contract.BudgetReserve) (*contract.BudgetReservation, error)
+	// report fails with errRefused when retrying cannot help.
+	report(ctx context.Context, req contract.BudgetReport) (*contract.BudgetReportAnswer, error)
+}
+
+// budgetOptions are the budget_* settings, and the name reservations are
+// held under.
+type budgetOptions struct {
+	reserveRequests                             int
+	reportInterval, reservationTTL, idleRelease time.Duration
+	holder                                      string
+}
+
+// budgetCounters are the metrics budgets bump; the assembly's registry
+// holds them.
+type budgetCounters struct {
+	spent, costOverHold prometheus.Counter
+	// fallbacks: responses whose usage could not be read, by source and
+	// reason; vaultCalls: Vault calls by op and result.
+	fallbacks, vaultCalls *prometheus.CounterVec
 }
 
 // meter is one credential's budget as this sidecar sees it.
@@ -87,8 +123,18 @@ const (
 	meterIdle        = time.Minute
 )
 
-func newBudgets(sc *Sidecar) *budgets {
-	return &budgets{sc: sc, meters: map[string]*meter{}, kick: make(chan struct{}, 1)}
+func newBudgets(vault budgetVault, opt budgetOptions, log hclog.Logger, met budgetCounters) *budgets {
+	return &budgets{vault: vault, opt: opt, log: log, met: met, meters: map[string]*meter{}, kick: make(chan struct{}, 1)}
+}
+
+// budgetOptionsOf and budgetCountersOf pick budgets' part of the
+// sidecar's settings and metrics.
+func budgetOptionsOf(s *settings, holder string) budgetOptions {
+	return budgetOptions{reserveRequests: s.reserveRequests, reportInterval: s.reportInterval, reservationTTL: s.reservationTTL, idleRelease: s.idleRelease, holder: holder}
+}
+
+func budgetCountersOf(m *metrics) budgetCounters {
+	return budgetCounters{spent: m.spent, costOverHold: m.costOverHold, fallbacks: m.usageFallbacks, vaultCalls: m.vaultCalls}
 }
 
 func (b *budgets) meter(id *identity) *meter {
@@ -127,7 +173,7 @@ func (b *budgets) acquire(ctx context.Context, id *identity, amount int64) (*hol
 			return h, d
 		}
 		if err := b.refill(ctx, m, id.budget.MaxCost); err != nil {
-			b.sc.log.Warn("cannot reserve budget; failing closed", "id", id.id, "error", err)
+			b.log.Warn("cannot reserve budget; failing closed", "id", id.id, "error", err)
 			return nil, deny(http.StatusServiceUnavailable, reasonUnavailable)
 		}
 	}
@@ -193,9 +239,9 @@ func (m *meter) retireLocked() {
 // refill tops up the current chunk, or reserves a new one; concurrent
 // requests for one credential share one call.
 func (b *budgets) refill(ctx context.Context, m *meter, maxCost int64) error {
-	_, err, _ := b.sc.vaultSF.Do("reserve:"+m.id, func() (interface{}, error) {
+	_, err, _ := b.sf.Do(m.id, func() (interface{}, error) {
 		maxCost = max(1, maxCost)
-		base := min(maxUnitsRequest, maxCost*int64(b.sc.s.reserveRequests))
+		base := min(maxUnitsRequest, maxCost*int64(b.opt.reserveRequests))
 		m.mu.Lock()
 		topUp := m.cur
 		if topUp != nil && !topUp.admits(time.Now()) {
@@ -205,7 +251,7 @@ func (b *budgets) refill(ctx context.Context, m *meter, maxCost int64) error {
 		if topUp != nil {
 			cur = topUp.resID
 		}
-		if time.Since(m.lastRefill) < b.sc.s.reportInterval {
+		if time.Since(m.lastRefill) < b.opt.reportInterval {
 			m.ask = min(2*m.ask, base*maxAskGrowth, maxUnitsRequest)
 		} else {
 			m.ask = base
@@ -213,12 +259,14 @@ func (b *budgets) refill(ctx context.Context, m *meter, maxCost int64) error {
 		m.lastRefill = time.Now()
 		units := max(m.ask, base)
 		m.mu.Unlock()
-		r, err := b.sc.vault.reserve(context.WithoutCancel(ctx), m.id, cur, units, min(units, maxCost), b.sc.s.reservationTTL, b.sc.holder)
+		r, err := b.vault.reserve(context.WithoutCancel(ctx), contract.BudgetReserve{
+			ID: m.id, ReservationID: cur, Units: units, MinUnits: min(units, maxCost), TTL: int64(b.opt.reservationTTL.Seconds()), Holder: b.opt.holder,
+		})
 		if err != nil {
-			b.sc.m.vaultCalls.WithLabelValues("reserve", "error").Inc()
+			b.met.vaultCalls.WithLabelValues("reserve", "error").Inc()
 			return nil, err
 		}
-		b.sc.m.vaultCalls.WithLabelValues("reserve", "ok").Inc()
+		b.met.vaultCalls.WithLabelValues("reserve", "ok").Inc()
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		return nil, m.grantedLocked(time.Now(), topUp, r)
@@ -236,7 +284,7 @@ func (b *budgets) refill(ctx context.Context, m *meter, maxCost int64) error {
 // therefore added to the chunk it named even when a report retired that
 // chunk while the call was out (it then admits nothing more and is
 // released with its units); only a new reservation id makes a new chunk.
-func (m *meter) grantedLocked(now time.Time, topUp *chunk, r *reservation) error {
+func (m *meter) grantedLocked(now time.Time, topUp *chunk, r *contract.BudgetReservation) error {
 	m.central = r.Remaining
 	if r.Granted == 0 {
 		reset, err := time.Parse(time.RFC3339Nano, r.Reset)
@@ -274,9 +322,9 @@ func (h *hold) settle(cost int64) {
 		return
 	}
 	if cost > h.amount && !h.tail {
-		h.b.sc.m.costOverHold.Inc()
+		h.b.met.costOverHold.Inc()
 	}
-	h.b.sc.m.spent.Add(float64(cost))
+	h.b.met.spent.Add(float64(cost))
 	m := h.m
 	m.mu.Lock()
 	h.c.held -= h.amount
@@ -296,7 +344,7 @@ func (h *hold) settle(cost int64) {
 
 // run reports every interval, and at once when a retired chunk drains.
 func (b *budgets) run(ctx context.Context) {
-	t := time.NewTicker(b.sc.s.reportInterval)
+	t := time.NewTicker(b.opt.reportInterval)
 	defer t.Stop()
 	for {
 		select {
@@ -324,79 +372,114 @@ func (b *budgets) report(ctx context.Context, final bool) {
 	b.reportMu.Lock()
 	defer b.reportMu.Unlock()
 	now := time.Now()
-	renewEvery := b.sc.s.reservationTTL / 3
+	for _, p := range b.collect(now, final) {
+		ans, err := b.send(ctx, p)
+		if err != nil && !errors.Is(err, errRefused) {
+			continue // sent again next interval
+		}
+		p.m.mu.Lock()
+		p.m.reportedLocked(p, ans, now)
+		p.m.mu.Unlock()
+	}
+}
+
+// collect retires what must stop admitting, lists the reports to send, and
+// forgets idle meters.
+func (b *budgets) collect(now time.Time, final bool) []pending {
 	var todo []pending
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	for id, m := range b.meters {
 		m.mu.Lock()
-		if c := m.cur; c != nil && (final || !c.admits(now) || (c.held == 0 && now.Sub(m.lastUse) > b.sc.s.idleRelease)) {
-			m.retireLocked()
-		}
-		if c := m.cur; c != nil && (c.used != c.reported || now.Sub(c.lastReport) >= renewEvery) {
-			todo = append(todo, pending{m: m, c: c, used: c.used, granted: c.granted})
-		}
-		for _, c := range m.retired {
-			if release := c.held == 0; release || c.used != c.reported || now.Sub(c.lastReport) >= renewEvery {
-				todo = append(todo, pending{m: m, c: c, used: c.used, granted: c.granted, release: release})
-			}
-		}
-		if m.cur == nil && len(m.retired) == 0 && (now.Sub(m.lastUse) > meterIdle || !now.Before(m.credExpires)) && !now.Before(m.exhaustedUntil) {
+		todo = m.pendingLocked(todo, now, final, b.opt)
+		if m.idleLocked(now) {
 			m.gone = true
 			delete(b.meters, id)
 		}
 		m.mu.Unlock()
 	}
-	b.mu.Unlock()
+	return todo
+}
 
-	for _, p := range todo {
-		ans, err := b.sc.vault.report(ctx, p.c.resID, p.used, p.release)
-		switch {
-		case errors.Is(err, errRefused):
-			b.sc.m.vaultCalls.WithLabelValues("report", "refused").Inc()
-			b.sc.log.Warn("budget report refused: its use was not recorded", "id", p.m.id, "error", err)
-		case err != nil:
-			b.sc.m.vaultCalls.WithLabelValues("report", "error").Inc()
-			b.sc.log.Warn("budget report failed; retrying next interval", "id", p.m.id, "error", err)
-			continue
-		case ans.Ended == "expired":
-			// Recorded, but the units the expiry gave back may have
-			// been granted again: this use can go past the bound.
-			b.sc.m.vaultCalls.WithLabelValues("report", "late").Inc()
-			b.sc.log.Warn("budget reservation expired before its use was reported; the use was recorded late", "id", p.m.id)
-		default:
-			b.sc.m.vaultCalls.WithLabelValues("report", "ok").Inc()
+// pendingLocked retires the current chunk when it is over (or idle, or
+// final) and adds to todo the reports m's chunks need: new use, a renewal
+// due, or the release of a drained retired chunk.
+func (m *meter) pendingLocked(todo []pending, now time.Time, final bool, opt budgetOptions) []pending {
+	renewEvery := opt.reservationTTL / 3
+	if c := m.cur; c != nil && (final || !c.admits(now) || (c.held == 0 && now.Sub(m.lastUse) > opt.idleRelease)) {
+		m.retireLocked()
+	}
+	if c := m.cur; c != nil && (c.used != c.reported || now.Sub(c.lastReport) >= renewEvery) {
+		todo = append(todo, pending{m: m, c: c, used: c.used, granted: c.granted})
+	}
+	for _, c := range m.retired {
+		if release := c.held == 0; release || c.used != c.reported || now.Sub(c.lastReport) >= renewEvery {
+			todo = append(todo, pending{m: m, c: c, used: c.used, granted: c.granted, release: release})
 		}
-		p.m.mu.Lock()
-		p.c.lastReport = now
-		if err != nil {
-			p.c.refused = true
-		} else {
-			p.c.reported = p.used
-			p.m.central = ans.Remaining
-			if ans.Units != nil && *ans.Units < p.granted {
-				// The budget was lowered: admit no more than is left.
-				// By the decrease only: a top-up answered since the
-				// report was sent is not the plugin's to take back.
-				p.c.granted -= p.granted - *ans.Units
-			}
-			if exp, perr := time.Parse(time.RFC3339Nano, ans.ExpiresAt); perr == nil {
-				p.c.expiresAt = exp
-			}
-			if ans.Ended != "" && !p.c.ended {
-				p.c.ended = true
-				if p.m.cur == p.c {
-					p.m.retireLocked()
-				}
+	}
+	return todo
+}
+
+// idleLocked says m holds nothing and is no longer worth keeping: unused
+// for a while, or its credential expired, and not remembering an
+// exhausted budget.
+func (m *meter) idleLocked(now time.Time) bool {
+	return m.cur == nil && len(m.retired) == 0 && (now.Sub(m.lastUse) > meterIdle || !now.Before(m.credExpires)) && !now.Before(m.exhaustedUntil)
+}
+
+// send sends one report, and counts and logs how it went.
+func (b *budgets) send(ctx context.Context, p pending) (*contract.BudgetReportAnswer, error) {
+	ans, err := b.vault.report(ctx, contract.BudgetReport{ReservationID: p.c.resID, Used: p.used, Release: p.release})
+	switch {
+	case errors.Is(err, errRefused):
+		b.met.vaultCalls.WithLabelValues("report", "refused").Inc()
+		b.log.Warn("budget report refused: its use was not recorded", "id", p.m.id, "error", err)
+	case err != nil:
+		b.met.vaultCalls.WithLabelValues("report", "error").Inc()
+		b.log.Warn("budget report failed; retrying next interval", "id", p.m.id, "error", err)
+	case ans.Ended == contract.EndedExpired:
+		// Recorded, but the units the expiry gave back may have
+		// been granted again: this use can go past the bound.
+		b.met.vaultCalls.WithLabelValues("report", "late").Inc()
+		b.log.Warn("budget reservation expired before its use was reported; the use was recorded late", "id", p.m.id)
+	default:
+		b.met.vaultCalls.WithLabelValues("report", "ok").Inc()
+	}
+	return ans, err
+}
+
+// reportedLocked applies the plugin's answer to report p; ans nil: the
+// report was refused, and its chunk is dropped.
+func (m *meter) reportedLocked(p pending, ans *contract.BudgetReportAnswer, now time.Time) {
+	c := p.c
+	c.lastReport = now
+	if ans == nil {
+		c.refused = true
+	} else {
+		c.reported = p.used
+		m.central = ans.Remaining
+		if ans.Units != nil && *ans.Units < p.granted {
+			// The budget was lowered: admit no more than is left.
+			// By the decrease only: a top-up answered since the
+			// report was sent is not the plugin's to take back.
+			c.granted -= p.granted - *ans.Units
+		}
+		if exp, perr := time.Parse(time.RFC3339Nano, ans.ExpiresAt); perr == nil {
+			c.expiresAt = exp
+		}
+		if ans.Ended != "" && !c.ended {
+			c.ended = true
+			if m.cur == c {
+				m.retireLocked()
 			}
 		}
-		if p.release || p.c.refused {
-			p.c.released = true
-			p.m.retired = removeChunk(p.m.retired, p.c)
-			if p.m.cur == p.c {
-				p.m.cur = nil
-			}
+	}
+	if p.release || c.refused {
+		c.released = true
+		m.retired = removeChunk(m.retired, c)
+		if m.cur == c {
+			m.cur = nil
 		}
-		p.m.mu.Unlock()
 	}
 }
 

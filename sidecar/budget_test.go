@@ -18,6 +18,8 @@ import (
 	"github.com/andybalholm/brotli"
 	"github.com/klauspost/compress/zstd"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/keybroker/keybroker/contract"
 )
 
 func ptr[T any](v T) *T { return &v }
@@ -102,8 +104,8 @@ func TestSettleChargesOnceAndReleasesTail(t *testing.T) {
 // refused, losing what it spent while the plugin gives the units back.
 func TestTopUpGoesToTheChunkItNamed(t *testing.T) {
 	now := time.Now()
-	answer := func(id string, granted int64) *reservation {
-		return &reservation{ReservationID: id, Granted: granted, Remaining: 500,
+	answer := func(id string, granted int64) *contract.BudgetReservation {
+		return &contract.BudgetReservation{ReservationID: id, Granted: granted, Remaining: 500,
 			PeriodEnd: now.Add(time.Hour).Format(time.RFC3339Nano), ExpiresAt: now.Add(30 * time.Second).Format(time.RFC3339Nano)}
 	}
 	for _, tc := range []struct {
@@ -218,7 +220,7 @@ func TestUsageFromResponses(t *testing.T) {
 			if tc.header != "" {
 				resp.Header.Set("X-Usage-Tokens", tc.header)
 			}
-			sc.settleResponse(resp, h, &tc.rt)
+			settleResponse(resp, h, &tc.rt)
 			// The client reads the body in small pieces, then it is closed:
 			// decoded when the sidecar could decode it, else as it came.
 			want := tc.body

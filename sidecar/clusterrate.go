@@ -5,7 +5,9 @@ import (
 	"sync"
 	"time"
 
+	hclog "github.com/hashicorp/go-hclog"
 	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keybroker/keybroker/contract"
 )
@@ -26,8 +28,17 @@ const clusterRateRetry = time.Second
 // cannot be reached the sidecar's own bucket is the limit (per sidecar) until
 // it can: a rate limit is there against floods, and the bucket still is one.
 type clusterRate struct {
-	sc      *Sidecar
+	vault   rateVault
+	log     hclog.Logger
 	windows *lru.Cache[string, *rateSlots]
+	// vaultCalls counts the calls to Vault (op "rate").
+	vaultCalls *prometheus.CounterVec
+}
+
+// rateVault is where the windows are kept: the plugin, through the Vault
+// client (a fake in tests).
+type rateVault interface {
+	rateReserve(ctx context.Context, req contract.RateReserve) (*contract.RateAnswer, error)
 }
 
 // rateSlots are the requests this sidecar holds of one lineage's window.
@@ -38,9 +49,11 @@ type rateSlots struct {
 	spent bool      // the window has none left at any sidecar
 }
 
-func newClusterRate(sc *Sidecar, size int) (*clusterRate, error) {
+// newClusterRate keeps the windows of up to size lineages; vaultCalls
+// counts its calls (op "rate").
+func newClusterRate(vault rateVault, size int, log hclog.Logger, vaultCalls *prometheus.CounterVec) (*clusterRate, error) {
 	w, err := lru.New[string, *rateSlots](size)
-	return &clusterRate{sc: sc, windows: w}, err
+	return &clusterRate{vault: vault, log: log, windows: w, vaultCalls: vaultCalls}, err
 }
 
 // allow takes one request of id's lineage from the window, or says how long
@@ -71,22 +84,26 @@ func (cr *clusterRate) allow(ctx context.Context, id *identity) (time.Duration, 
 	_, limit := contract.RateWindow(id.rate.PerSecond, id.rate.Burst)
 	// Not cancelled with the request: a client that hangs up must not turn
 	// the call into an error, which would fall back to the sidecar's bucket.
-	ans, err := cr.sc.vault.rateReserve(context.WithoutCancel(ctx), id, max(1, limit/clusterRateShare))
+	req := contract.RateReserve{ID: id.id, Units: max(1, limit/clusterRateShare)}
+	if id.jwt {
+		req.Role, req.Subject = id.role, id.subject
+	}
+	ans, err := cr.vault.rateReserve(context.WithoutCancel(ctx), req)
 	var end time.Time
 	if err == nil {
 		end, err = time.Parse(time.RFC3339Nano, ans.WindowEnd)
 	}
 	if err != nil || !ans.Limited {
 		if err != nil {
-			cr.sc.m.vaultCalls.WithLabelValues("rate", "error").Inc()
-			cr.sc.log.Warn("cluster rate limit unavailable; this sidecar's own limit applies", "error", err)
+			cr.vaultCalls.WithLabelValues("rate", "error").Inc()
+			cr.log.Warn("cluster rate limit unavailable; this sidecar's own limit applies", "error", err)
 		}
 		// No window to take from: the sidecar's bucket alone, until
 		// asking again is worth it.
 		s.left, s.end, s.spent = 1<<62, now.Add(clusterRateRetry), false
 		return 0, true
 	}
-	cr.sc.m.vaultCalls.WithLabelValues("rate", "ok").Inc()
+	cr.vaultCalls.WithLabelValues("rate", "ok").Inc()
 	s.end = end
 	if ans.Granted <= 0 {
 		s.left, s.spent = 0, true

@@ -70,7 +70,7 @@ func (sc *Sidecar) proxyHandler() http.Handler {
 			setReplaced(resp.Header, d.id)
 			if d.hold != nil {
 				setRemaining(resp.Header, d.hold)
-				sc.settleResponse(resp, d.hold, d.rt)
+				settleResponse(resp, d.hold, d.rt)
 			}
 			return nil
 		},

@@ -9,9 +9,12 @@ import (
 	"net/http"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	hclog "github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/api"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keybroker/keybroker/contract"
 )
@@ -41,12 +44,34 @@ type keyUse struct {
 	count int64
 }
 
+// keyUsage notes the API keys let through and reports them each interval.
 type keyUsage struct {
+	vault    usageVault
+	log      hclog.Logger
+	interval time.Duration // 0: off
+	// dropped counts uses past maxUsageKeys; vaultCalls the reports
+	// (op "key_usage").
+	dropped    prometheus.Counter
+	vaultCalls *prometheus.CounterVec
+	// off: Vault refused the reports for the policy.
+	off atomic.Bool
+
 	mu   sync.Mutex
 	seen map[string]*keyUse
 	// pending is the report sent whose answer did not come back; only
-	// reportUsage's goroutine uses it.
+	// run's goroutine uses it.
 	pending *usageReport
+}
+
+// usageVault is where key usage goes: the plugin, through the Vault client.
+// An error is Vault's (*api.ResponseError for an answer), not decorated.
+type usageVault interface {
+	reportKeyUsage(ctx context.Context, req contract.KeyUsageReport) error
+}
+
+// newKeyUsage reports every interval (0: never; saw notes nothing).
+func newKeyUsage(vault usageVault, interval time.Duration, log hclog.Logger, dropped prometheus.Counter, vaultCalls *prometheus.CounterVec) *keyUsage {
+	return &keyUsage{vault: vault, interval: interval, log: log, dropped: dropped, vaultCalls: vaultCalls}
 }
 
 // usageReport is one report as sent: sent again byte for byte.
@@ -57,11 +82,14 @@ type usageReport struct {
 	first time.Time
 }
 
-// saw notes one allowed request of an API key.
-func (sc *Sidecar) sawKey(id *identity, from netip.Addr, now time.Time) {
-	u := &sc.usage
+// wanted says whether uses are noted: reports are on and Vault has not
+// refused them.
+func (u *keyUsage) wanted() bool { return u.interval > 0 && !u.off.Load() }
+
+// saw notes one allowed request of API key id.
+func (u *keyUsage) saw(id string, from netip.Addr, now time.Time) {
 	u.mu.Lock()
-	e, ok := u.seen[id.id]
+	e, ok := u.seen[id]
 	switch {
 	case ok:
 		e.count++
@@ -70,10 +98,10 @@ func (sc *Sidecar) sawKey(id *identity, from netip.Addr, now time.Time) {
 		if u.seen == nil {
 			u.seen = make(map[string]*keyUse)
 		}
-		u.seen[id.id] = &keyUse{last: now, from: from, count: 1}
+		u.seen[id] = &keyUse{last: now, from: from, count: 1}
 	default:
 		u.mu.Unlock()
-		sc.m.usageDropped.Inc()
+		u.dropped.Inc()
 		return
 	}
 	u.mu.Unlock()
@@ -88,34 +116,33 @@ func (u *keyUsage) take() map[string]*keyUse {
 	return seen
 }
 
-// reportUsage sends each interval's usage until ctx ends, and what is left
-// once more at the end.
-func (sc *Sidecar) reportUsage(ctx context.Context) {
-	t := time.NewTicker(sc.s.usageReport)
+// run sends each interval's usage until ctx ends, and what is left once
+// more at the end.
+func (u *keyUsage) run(ctx context.Context) {
+	t := time.NewTicker(u.interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			final, done := context.WithTimeout(context.Background(), 5*time.Second)
-			sc.sendUsage(final)
+			u.send(final)
 			done()
 			return
 		case <-t.C:
-			if sc.usageOff.Load() {
+			if u.off.Load() {
 				return
 			}
-			sc.sendUsage(ctx)
+			u.send(ctx)
 		}
 	}
 }
 
-func (sc *Sidecar) sendUsage(ctx context.Context) {
-	u := &sc.usage
+func (u *keyUsage) send(ctx context.Context) {
 	if p := u.pending; p != nil {
 		if time.Since(p.first) > usageRetryFor {
-			sc.log.Warn("a key-usage report Vault did not answer for too long was dropped", "keys", p.keys, "report_id", p.id)
+			u.log.Warn("a key-usage report Vault did not answer for too long was dropped", "keys", p.keys, "report_id", p.id)
 			u.pending = nil
-		} else if !sc.postUsage(ctx, p) {
+		} else if !u.post(ctx, p) {
 			return // the keys seen since wait for it
 		}
 	}
@@ -129,40 +156,37 @@ func (sc *Sidecar) sendUsage(ctx context.Context) {
 	}
 	body, err := json.Marshal(entries)
 	if err != nil {
-		sc.log.Warn("cannot encode a key-usage report; dropped", "keys", len(entries), "error", err)
+		u.log.Warn("cannot encode a key-usage report; dropped", "keys", len(entries), "error", err)
 		return
 	}
 	var id [16]byte
 	_, _ = rand.Read(id[:]) // never fails (crypto/rand)
-	sc.postUsage(ctx, &usageReport{id: hex.EncodeToString(id[:]), body: string(body), keys: len(entries), first: time.Now()})
+	u.post(ctx, &usageReport{id: hex.EncodeToString(id[:]), body: string(body), keys: len(entries), first: time.Now()})
 }
 
-// postUsage sends report r; one that did not get an answer is kept to be
-// sent again (pending). It says whether r is done with.
-func (sc *Sidecar) postUsage(ctx context.Context, r *usageReport) bool {
-	err := sc.vault.withLogin(ctx, func() error {
-		_, werr := sc.vault.c.Logical().WriteWithContext(ctx, sc.vault.mount+"/key-usage", map[string]interface{}{"usage": r.body, "report_id": r.id})
-		return werr
-	})
-	sc.usage.pending = nil
+// post sends report r; one that did not get an answer is kept to be sent
+// again (pending). It says whether r is done with.
+func (u *keyUsage) post(ctx context.Context, r *usageReport) bool {
+	err := u.vault.reportKeyUsage(ctx, contract.KeyUsageReport{Usage: r.body, ReportID: r.id})
+	u.pending = nil
 	var re *api.ResponseError
 	switch {
 	case errors.As(err, &re) && re.StatusCode == http.StatusForbidden:
 		// After a fresh login (withLogin): the policy lacks key-usage.
 		// Stop, rather than log in again every interval.
-		sc.m.vaultCalls.WithLabelValues("key_usage", "refused").Inc()
-		sc.log.Warn("the sidecar's policy does not allow keybroker/key-usage; last-used reports are off until restart (add the policy line from examples/policies/sidecar.hcl)")
-		sc.usageOff.Store(true)
+		u.vaultCalls.WithLabelValues("key_usage", "refused").Inc()
+		u.log.Warn("the sidecar's policy does not allow keybroker/key-usage; last-used reports are off until restart (add the policy line from examples/policies/sidecar.hcl)")
+		u.off.Store(true)
 	case errors.As(err, &re) && re.StatusCode == http.StatusBadRequest:
-		sc.m.vaultCalls.WithLabelValues("key_usage", "refused").Inc()
-		sc.log.Warn("Vault refused a key-usage report; dropped", "keys", r.keys, "error", err)
+		u.vaultCalls.WithLabelValues("key_usage", "refused").Inc()
+		u.log.Warn("Vault refused a key-usage report; dropped", "keys", r.keys, "error", err)
 	case err != nil:
-		sc.m.vaultCalls.WithLabelValues("key_usage", "error").Inc()
-		sc.log.Warn("reporting key usage failed; sent again next interval", "keys", r.keys, "error", err)
-		sc.usage.pending = r
+		u.vaultCalls.WithLabelValues("key_usage", "error").Inc()
+		u.log.Warn("reporting key usage failed; sent again next interval", "keys", r.keys, "error", err)
+		u.pending = r
 		return false
 	default:
-		sc.m.vaultCalls.WithLabelValues("key_usage", "ok").Inc()
+		u.vaultCalls.WithLabelValues("key_usage", "ok").Inc()
 	}
 	return true
 }

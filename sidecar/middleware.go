@@ -158,14 +158,14 @@ func (m *meteredWriter) begin() {
 	h := m.Header()
 	switch {
 	case m.rt.usageHeader != "":
-		m.h.settle(m.sc.usageFromHeader(m.h, m.rt, h.Get(m.rt.usageHeader)))
+		m.h.settle(m.h.usageFromHeader(m.rt, h.Get(m.rt.usageHeader)))
 	case m.rt.openaiUsage:
 		if ce := h.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
-			m.h.settle(m.sc.fallback(m.rt, m.h, "openai", fallbackEncoding))
+			m.h.settle(m.h.fallback(m.rt, "openai", fallbackEncoding))
 			return
 		}
 		mt, _, _ := mime.ParseMediaType(h.Get("Content-Type"))
-		m.usage = &usageBody{sc: m.sc, h: m.h, rt: m.rt, sse: mt == "text/event-stream"}
+		m.usage = &usageBody{h: m.h, rt: m.rt, sse: mt == "text/event-stream"}
 	}
 }
 
@@ -182,9 +182,9 @@ func (m *meteredWriter) settle() {
 		// an empty 200 for net/http, which says nothing of its usage.
 		switch {
 		case m.rt.usageHeader != "":
-			m.h.settle(m.sc.fallback(m.rt, m.h, "header", fallbackMissing))
+			m.h.settle(m.h.fallback(m.rt, "header", fallbackMissing))
 		case m.rt.openaiUsage:
-			m.h.settle(m.sc.fallback(m.rt, m.h, "openai", fallbackMissing))
+			m.h.settle(m.h.fallback(m.rt, "openai", fallbackMissing))
 		default:
 			m.h.settle(m.rt.cost)
 		}

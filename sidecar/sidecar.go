@@ -9,7 +9,6 @@ import (
 	"time"
 
 	hclog "github.com/hashicorp/go-hclog"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/keybroker/keybroker/contract"
 	"github.com/keybroker/keybroker/jwtverify"
@@ -45,9 +44,6 @@ type Sidecar struct {
 	// replica holds every key's record (nil when key_replica = false).
 	replica *keyReplica
 
-	// vaultSF: budget reservations (budget.go).
-	vaultSF singleflight.Group
-
 	cluster *clusterRate // nil unless rate_limit_scope = "cluster"
 	budgets *budgets
 	holder  string // this sidecar's name in reservations
@@ -55,8 +51,7 @@ type Sidecar struct {
 	dlog *decisionLog // nil: no decision log (decision_log_path)
 
 	// usage holds the API keys let through since the last key-usage report.
-	usage    keyUsage
-	usageOff atomic.Bool // Vault refused the reports for the policy
+	usage *keyUsage
 
 	// stop ends what Start began; running counts it.
 	stop    context.CancelFunc
@@ -80,21 +75,22 @@ func New(c *Config, log hclog.Logger) (*Sidecar, error) {
 		return nil, err
 	}
 	sc := &Sidecar{s: s, log: log, vault: vc, revoked: newRevokedSet(), m: newMetrics()}
-	if s.clusterRate {
-		if sc.cluster, err = newClusterRate(sc, s.cacheSize); err != nil {
-			return nil, err
-		}
-	}
 	if s.keyReplica {
 		sc.replica = newKeyReplica()
 	}
 	sc.revFeed = newFeedHealth("revocations", s.mount+"/revocations", "read")
 	sc.keyFeed = newFeedHealth("key_records", s.mount+"/key-records and "+s.mount+"/key-records/snapshot", "read")
-	sc.budgets = newBudgets(sc)
 	sc.holder = s.name
 	if sc.holder == "" {
 		host, _ := os.Hostname()
 		sc.holder = fmt.Sprintf("keybroker-sidecar %s pid %d", host, os.Getpid())
+	}
+	sc.budgets = newBudgets(vc, budgetOptionsOf(s, sc.holder), log, budgetCountersOf(sc.m))
+	sc.usage = newKeyUsage(vc, s.usageReport, log, sc.m.usageDropped, sc.m.vaultCalls)
+	if s.clusterRate {
+		if sc.cluster, err = newClusterRate(vc, s.cacheSize, log, sc.m.vaultCalls); err != nil {
+			return nil, err
+		}
 	}
 	if err := sc.assembleDecisions(); err != nil {
 		return nil, err
@@ -130,7 +126,7 @@ func (sc *Sidecar) Start(ctx context.Context) error {
 		sc.running.Add(1)
 		go func() {
 			defer sc.running.Done()
-			sc.reportUsage(ctx)
+			sc.usage.run(ctx)
 		}()
 	}
 	go func() {

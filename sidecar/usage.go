@@ -28,16 +28,16 @@ const (
 // settleResponse charges a proxied request once the upstream answered: at
 // once for a fixed cost or a usage header, or when the body has been read
 // for OpenAI usage.
-func (sc *Sidecar) settleResponse(resp *http.Response, h *hold, rt *route) {
+func settleResponse(resp *http.Response, h *hold, rt *route) {
 	switch {
 	case rt.usageHeader != "":
-		h.settle(sc.usageFromHeader(h, rt, resp.Header.Get(rt.usageHeader)))
+		h.settle(h.usageFromHeader(rt, resp.Header.Get(rt.usageHeader)))
 	case rt.openaiUsage:
 		if ce := resp.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
 			dec, err := decodedBody(ce, resp.Body)
 			if err != nil {
 				// Passed on as it came; its usage cannot be read.
-				h.settle(sc.fallback(rt, h, "openai", fallbackEncoding))
+				h.settle(h.fallback(rt, "openai", fallbackEncoding))
 				return
 			}
 			resp.Body = dec
@@ -46,7 +46,7 @@ func (sc *Sidecar) settleResponse(resp *http.Response, h *hold, rt *route) {
 			resp.ContentLength = -1
 		}
 		mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
-		resp.Body = &usageBody{rc: resp.Body, sc: sc, h: h, rt: rt, sse: mt == "text/event-stream"}
+		resp.Body = &usageBody{rc: resp.Body, h: h, rt: rt, sse: mt == "text/event-stream"}
 	default:
 		h.settle(rt.cost)
 	}
@@ -54,14 +54,14 @@ func (sc *Sidecar) settleResponse(resp *http.Response, h *hold, rt *route) {
 
 // usageFromHeader is what an answer whose route reads usage_header costs:
 // the header's value, or the fallback when it is missing or does not parse.
-func (sc *Sidecar) usageFromHeader(h *hold, rt *route, v string) int64 {
+func (h *hold) usageFromHeader(rt *route, v string) int64 {
 	v = strings.TrimSpace(v)
 	if v == "" {
-		return sc.fallback(rt, h, "header", fallbackMissing)
+		return h.fallback(rt, "header", fallbackMissing)
 	}
 	n, err := strconv.ParseInt(v, 10, 64)
 	if err != nil || n < 0 || n > maxUnitsRequest {
-		return sc.fallback(rt, h, "header", fallbackInvalid)
+		return h.fallback(rt, "header", fallbackInvalid)
 	}
 	return n
 }
@@ -69,8 +69,8 @@ func (sc *Sidecar) usageFromHeader(h *hold, rt *route, v string) int64 {
 // fallback is what a response whose usage cannot be read is charged: the
 // hold by default, so an unreadable answer costs what the request was
 // allowed to cost, not less.
-func (sc *Sidecar) fallback(rt *route, h *hold, source, reason string) int64 {
-	sc.m.usageFallbacks.WithLabelValues(source, reason).Inc()
+func (h *hold) fallback(rt *route, source, reason string) int64 {
+	h.b.met.fallbacks.WithLabelValues(source, reason).Inc()
 	if rt.fallbackCost {
 		return rt.cost
 	}
@@ -82,7 +82,6 @@ func (sc *Sidecar) fallback(rt *route, h *hold, source, reason string) int64 {
 // from the last "data:" event that carries usage.
 type usageBody struct {
 	rc  io.ReadCloser
-	sc  *Sidecar
 	h   *hold
 	rt  *route
 	sse bool
@@ -179,11 +178,11 @@ func (u *usageBody) finish() {
 		case u.found:
 			u.h.settle(u.tokens)
 		case u.overflow:
-			u.h.settle(u.sc.fallback(u.rt, u.h, "openai", fallbackTooLarge))
+			u.h.settle(u.h.fallback(u.rt, "openai", fallbackTooLarge))
 		case u.invalid:
-			u.h.settle(u.sc.fallback(u.rt, u.h, "openai", fallbackInvalid))
+			u.h.settle(u.h.fallback(u.rt, "openai", fallbackInvalid))
 		default:
-			u.h.settle(u.sc.fallback(u.rt, u.h, "openai", fallbackMissing))
+			u.h.settle(u.h.fallback(u.rt, "openai", fallbackMissing))
 		}
 	})
 }

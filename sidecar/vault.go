@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -384,109 +385,84 @@ func remarshal(in map[string]interface{}, out any) error {
 	return json.Unmarshal(b, out)
 }
 
-// reservation is keybroker/budget/reserve's answer.
-type reservation struct {
-	ReservationID string `json:"reservation_id"`
-	Granted       int64  `json:"granted"`
-	Exhausted     bool   `json:"exhausted"`
-	Remaining     int64  `json:"remaining"`
-	Reset         string `json:"reset"`
-	ExpiresAt     string `json:"expires_at"`
-	PeriodEnd     string `json:"period_end"`
-}
-
-// reserve asks for units more on credential id, added to reservation resID
-// when it is still current.
-func (v *vaultClient) reserve(ctx context.Context, id, resID string, units, minUnits int64, ttl time.Duration, holder string) (*reservation, error) {
-	var r reservation
-	err := v.withLogin(ctx, func() error {
-		sec, err := v.c.Logical().WriteWithContext(ctx, v.mount+"/budget/reserve", map[string]interface{}{
-			"id": id, "reservation_id": resID, "units": units, "min_units": minUnits, "ttl": int64(ttl.Seconds()), "holder": holder,
-		})
-		if err != nil {
+// write sends req, a contract request, to path of the mount, and decodes
+// its answer's data into out (nil: the answer is not read).
+func (v *vaultClient) write(ctx context.Context, path string, req, out any) error {
+	data, err := requestData(req)
+	if err != nil {
+		return err
+	}
+	return v.withLogin(ctx, func() error {
+		sec, err := v.c.Logical().WriteWithContext(ctx, v.mount+"/"+path, data)
+		if err != nil || out == nil {
 			return err
 		}
 		if sec == nil {
-			return errors.New("empty reserve answer")
+			return fmt.Errorf("empty %s answer", path)
 		}
-		return remarshal(sec.Data, &r)
+		return remarshal(sec.Data, out)
 	})
-	if err != nil {
-		return nil, fmt.Errorf("keybroker budget/reserve: %w", err)
-	}
-	return &r, nil
 }
 
-// reportAnswer is keybroker/budget/report's answer.
-type reportAnswer struct {
-	Remaining int64  `json:"remaining"`
-	ExpiresAt string `json:"expires_at"`
-	// Units is the reservation's grant now: fewer than this sidecar was
-	// granted when an operator lowered the credential's budget since.
-	Units *int64 `json:"units"`
-	// Ended says the reservation had already ended (released, or expired
-	// for want of a report); the use was recorded all the same.
-	Ended string `json:"ended"`
+// requestData is a contract request as the JSON object it is sent as. A
+// map, not the encoded bytes: the api client sends a redirected write
+// (a standby's 307) again from the map, and from bytes it would send
+// "null". Numbers stay json.Numbers, so they are sent as they were.
+func requestData(req any) (map[string]interface{}, error) {
+	b, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	var data map[string]interface{}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	return data, dec.Decode(&data)
 }
 
 // errRefused is a report Vault refused (an unknown reservation, or one that
 // ended too long ago): retrying cannot help.
 var errRefused = errors.New("refused")
 
-func (v *vaultClient) report(ctx context.Context, resID string, used int64, release bool) (*reportAnswer, error) {
-	var r reportAnswer
-	err := v.withLogin(ctx, func() error {
-		sec, err := v.c.Logical().WriteWithContext(ctx, v.mount+"/budget/report", map[string]interface{}{
-			"reservation_id": resID, "used": used, "release": release,
-		})
-		if err != nil {
-			return err
-		}
-		if sec == nil {
-			return errors.New("empty report answer")
-		}
-		return remarshal(sec.Data, &r)
-	})
+// reserve asks for a budget reservation, or a top-up of one.
+func (v *vaultClient) reserve(ctx context.Context, req contract.BudgetReserve) (*contract.BudgetReservation, error) {
+	var r contract.BudgetReservation
+	if err := v.write(ctx, contract.PathBudgetReserve, req, &r); err != nil {
+		return nil, fmt.Errorf("keybroker %s: %w", contract.PathBudgetReserve, err)
+	}
+	return &r, nil
+}
+
+// report sends what a reservation used; errRefused when retrying it cannot
+// help.
+func (v *vaultClient) report(ctx context.Context, req contract.BudgetReport) (*contract.BudgetReportAnswer, error) {
+	var r contract.BudgetReportAnswer
+	err := v.write(ctx, contract.PathBudgetReport, req, &r)
 	var re *api.ResponseError
 	// 403 after withLogin logged in again: the reservation is another
 	// identity's (an owner by token accessor changes with each login), or
 	// the policy does not allow reports. Retrying cannot help either.
 	if errors.As(err, &re) && (re.StatusCode == http.StatusBadRequest || re.StatusCode == http.StatusForbidden) {
-		return nil, fmt.Errorf("keybroker budget/report: %w: %v", errRefused, strings.Join(re.Errors, "; "))
+		return nil, fmt.Errorf("keybroker %s: %w: %v", contract.PathBudgetReport, errRefused, strings.Join(re.Errors, "; "))
 	}
 	if err != nil {
-		return nil, fmt.Errorf("keybroker budget/report: %w", err)
+		return nil, fmt.Errorf("keybroker %s: %w", contract.PathBudgetReport, err)
 	}
 	return &r, nil
 }
 
-// rateAnswer is keybroker/rate/reserve's answer.
-type rateAnswer struct {
-	Limited   bool   `json:"limited"`
-	Granted   int64  `json:"granted"`
-	WindowEnd string `json:"window_end"`
-}
-
-// rateReserve takes up to units requests from the cluster-wide window of
-// the credential's lineage.
-func (v *vaultClient) rateReserve(ctx context.Context, id *identity, units int64) (*rateAnswer, error) {
-	var r rateAnswer
-	err := v.withLogin(ctx, func() error {
-		data := map[string]interface{}{"id": id.id, "units": units}
-		if id.jwt {
-			data["role"], data["subject"] = id.role, id.subject
-		}
-		sec, err := v.c.Logical().WriteWithContext(ctx, v.mount+"/rate/reserve", data)
-		if err != nil {
-			return err
-		}
-		if sec == nil {
-			return errors.New("empty rate answer")
-		}
-		return remarshal(sec.Data, &r)
-	})
-	if err != nil {
-		return nil, fmt.Errorf("keybroker rate/reserve: %w", err)
+// rateReserve takes requests from the cluster-wide window of a
+// credential's lineage.
+func (v *vaultClient) rateReserve(ctx context.Context, req contract.RateReserve) (*contract.RateAnswer, error) {
+	var r contract.RateAnswer
+	if err := v.write(ctx, contract.PathRateReserve, req, &r); err != nil {
+		return nil, fmt.Errorf("keybroker %s: %w", contract.PathRateReserve, err)
 	}
 	return &r, nil
+}
+
+// reportKeyUsage sends a key-usage report; its answer says nothing the
+// sidecar acts on. The error is withLogin's, undecorated: the caller tells
+// a refusal by its status.
+func (v *vaultClient) reportKeyUsage(ctx context.Context, req contract.KeyUsageReport) error {
+	return v.write(ctx, contract.PathKeyUsage, req, nil)
 }
