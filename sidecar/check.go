@@ -94,7 +94,7 @@ func (sc *Sidecar) Check(ctx context.Context, req CheckRequest) Verdict {
 	if tooLarge {
 		return sc.denied(deny(http.StatusRequestEntityTooLarge, reasonBodyTooLarge))
 	}
-	d := sc.timedDecideCtx(ctx, "grpc", r)
+	d := sc.core.decideAs(ctx, "grpc", r)
 	if !d.allowed() {
 		return sc.denied(d)
 	}

@@ -3,6 +3,7 @@ package sidecar
 import (
 	"fmt"
 	"net/http"
+	"net/netip"
 	"strings"
 )
 
@@ -56,6 +57,26 @@ func (g *gateway) original(r *http.Request) (method, target string, ok bool) {
 	return m, u, mok && uok && m != "" && u != ""
 }
 
+// gatewayRequest reads the request a gateway asks about on /verify: only
+// a peer in trusted_proxies is answered, with a body within the limit, and
+// the gateway's headers naming the request once each. d.status != 0: refused
+// before any decision; counted says whether the refusal counts as a
+// decision (an untrusted peer, a request that cannot be read).
+func (sc *Sidecar) gatewayRequest(r *http.Request, g *gateway) (req request, d decision, counted bool) {
+	if !sc.trusted(peerAddr(r)) {
+		return request{clientIP: peerAddr(r)}, deny(http.StatusForbidden, reasonUntrustedGateway), true
+	}
+	if r.ContentLength > sc.s.maxBody {
+		return request{}, deny(http.StatusRequestEntityTooLarge, reasonBodyTooLarge), false
+	}
+	method, target, ok := g.original(r)
+	req = request{method: method, target: target, header: r.Header, clientIP: sc.clientIP(r)}
+	if !ok {
+		return request{header: r.Header, clientIP: req.clientIP}, deny(http.StatusBadRequest, reasonBadRequest), true
+	}
+	return req, decision{}, false
+}
+
 // single returns a header's only value; ok is false when it is repeated.
 func single(h http.Header, name string) (string, bool) {
 	vs := h.Values(name)
@@ -80,4 +101,67 @@ func parseGateway(name string, trusted int) (*gateway, error) {
 		return nil, fmt.Errorf("gateway %q: list the gateway's address in trusted_proxies; /verify answers only trusted peers", name)
 	}
 	return &g, nil
+}
+
+// peerAddr is the socket peer's address.
+func peerAddr(r *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}
+
+// clientIP is the socket peer, or, when the peer is a trusted proxy, the
+// right-most address in X-Forwarded-For that is not itself trusted. A hop
+// that does not parse makes the address unknown (invalid): a credential
+// bound to CIDRs is then denied, rather than judged by the proxy's address.
+func (sc *Sidecar) clientIP(r *http.Request) netip.Addr {
+	peer := peerAddr(r)
+	if !peer.IsValid() || !sc.trusted(peer) {
+		return peer
+	}
+	xff := r.Header.Values("X-Forwarded-For")
+	if len(xff) == 0 {
+		return peer
+	}
+	hops := strings.Split(strings.Join(xff, ","), ",")
+	for i := len(hops) - 1; i >= 0; i-- {
+		a, ok := parseHop(hops[i])
+		if !ok {
+			return netip.Addr{}
+		}
+		if !sc.trusted(a) {
+			return a
+		}
+		peer = a
+	}
+	return peer
+}
+
+// parseHop reads one X-Forwarded-For hop: "ip", "ip:port", "[ipv6]" or
+// "[ipv6]:port". Zoned addresses are not client addresses.
+func parseHop(s string) (netip.Addr, bool) {
+	s = strings.TrimSpace(s)
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		if ap, perr := netip.ParseAddrPort(s); perr == nil {
+			a, err = ap.Addr(), nil
+		} else if len(s) > 2 && s[0] == '[' && s[len(s)-1] == ']' {
+			a, err = netip.ParseAddr(s[1 : len(s)-1])
+		}
+	}
+	if err != nil || a.Zone() != "" {
+		return netip.Addr{}, false
+	}
+	return a.Unmap(), true
+}
+
+func (sc *Sidecar) trusted(a netip.Addr) bool {
+	for _, p := range sc.s.trusted {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }

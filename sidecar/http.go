@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httputil"
-	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -93,7 +92,7 @@ func (sc *Sidecar) proxyHandler() http.Handler {
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, sc.s.maxBody)
-		d := sc.timedDecide("proxy", r, request{
+		d := sc.core.decideAs(r.Context(), "proxy", request{
 			method: r.Method, target: r.RequestURI, header: r.Header, clientIP: sc.clientIP(r),
 		})
 		if !d.allowed() {
@@ -177,24 +176,15 @@ func (sc *Sidecar) serveVerify(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "keybroker-sidecar: /verify is off; set gateway (nginx, traefik, caddy or envoy) in the configuration", http.StatusNotFound)
 		return
 	}
-	if !sc.trusted(peerAddr(r)) {
-		d := deny(http.StatusForbidden, reasonUntrustedGateway)
-		sc.countEarlyDenial("auth", d, request{clientIP: peerAddr(r)})
+	req, d, counted := sc.gatewayRequest(r, g)
+	if d.status != 0 {
+		if counted {
+			sc.countEarlyDenial("auth", d, req)
+		}
 		sc.writeDenial(w, d, g.only2xx401403)
 		return
 	}
-	if r.ContentLength > sc.s.maxBody {
-		sc.writeDenial(w, deny(http.StatusRequestEntityTooLarge, reasonBodyTooLarge), g.only2xx401403)
-		return
-	}
-	method, target, ok := g.original(r)
-	if !ok {
-		d := deny(http.StatusBadRequest, reasonBadRequest)
-		sc.countEarlyDenial("auth", d, request{header: r.Header, clientIP: sc.clientIP(r)})
-		sc.writeDenial(w, d, g.only2xx401403)
-		return
-	}
-	d := sc.timedDecide("auth", r, request{method: method, target: target, header: r.Header, clientIP: sc.clientIP(r)})
+	d = sc.core.decideAs(r.Context(), "auth", req)
 	if !d.allowed() {
 		sc.writeDenial(w, d, g.only2xx401403)
 		return
@@ -208,18 +198,6 @@ func (sc *Sidecar) serveVerify(w http.ResponseWriter, r *http.Request) {
 		d.hold.settle(d.rt.cost)
 	}
 	w.WriteHeader(http.StatusOK)
-}
-
-// timedDecide decides a front end's request (mode names the front end), and
-// records the decision.
-func (sc *Sidecar) timedDecide(mode string, r *http.Request, req request) decision {
-	return sc.core.decideAs(r.Context(), mode, req)
-}
-
-// timedDecideCtx is timedDecide for a caller that has no *http.Request
-// (the gRPC ext_authz service): the request is only ever its context.
-func (sc *Sidecar) timedDecideCtx(ctx context.Context, mode string, req request) decision {
-	return sc.core.decideAs(ctx, mode, req)
 }
 
 // writeDenial answers per RFC 6750: 401 invalid_token, 403
@@ -435,67 +413,4 @@ func cgiFold(c byte) byte {
 		return '-'
 	}
 	return c
-}
-
-// peerAddr is the socket peer's address.
-func peerAddr(r *http.Request) netip.Addr {
-	ap, err := netip.ParseAddrPort(r.RemoteAddr)
-	if err != nil {
-		return netip.Addr{}
-	}
-	return ap.Addr().Unmap()
-}
-
-// clientIP is the socket peer, or, when the peer is a trusted proxy, the
-// right-most address in X-Forwarded-For that is not itself trusted. A hop
-// that does not parse makes the address unknown (invalid): a credential
-// bound to CIDRs is then denied, rather than judged by the proxy's address.
-func (sc *Sidecar) clientIP(r *http.Request) netip.Addr {
-	peer := peerAddr(r)
-	if !peer.IsValid() || !sc.trusted(peer) {
-		return peer
-	}
-	xff := r.Header.Values("X-Forwarded-For")
-	if len(xff) == 0 {
-		return peer
-	}
-	hops := strings.Split(strings.Join(xff, ","), ",")
-	for i := len(hops) - 1; i >= 0; i-- {
-		a, ok := parseHop(hops[i])
-		if !ok {
-			return netip.Addr{}
-		}
-		if !sc.trusted(a) {
-			return a
-		}
-		peer = a
-	}
-	return peer
-}
-
-// parseHop reads one X-Forwarded-For hop: "ip", "ip:port", "[ipv6]" or
-// "[ipv6]:port". Zoned addresses are not client addresses.
-func parseHop(s string) (netip.Addr, bool) {
-	s = strings.TrimSpace(s)
-	a, err := netip.ParseAddr(s)
-	if err != nil {
-		if ap, perr := netip.ParseAddrPort(s); perr == nil {
-			a, err = ap.Addr(), nil
-		} else if len(s) > 2 && s[0] == '[' && s[len(s)-1] == ']' {
-			a, err = netip.ParseAddr(s[1 : len(s)-1])
-		}
-	}
-	if err != nil || a.Zone() != "" {
-		return netip.Addr{}, false
-	}
-	return a.Unmap(), true
-}
-
-func (sc *Sidecar) trusted(a netip.Addr) bool {
-	for _, p := range sc.s.trusted {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
 }

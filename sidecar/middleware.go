@@ -86,7 +86,7 @@ func (sc *Sidecar) Middleware(next http.Handler) http.Handler {
 		if target == "" { // a request made in process, not read from a client
 			target = r.URL.RequestURI()
 		}
-		d := sc.timedDecide("middleware", r, request{method: r.Method, target: target, header: r.Header, clientIP: sc.clientIP(r)})
+		d := sc.core.decideAs(r.Context(), "middleware", request{method: r.Method, target: target, header: r.Header, clientIP: sc.clientIP(r)})
 		if !d.allowed() {
 			sc.writeDenial(w, d, false)
 			return
