@@ -10,6 +10,7 @@ import (
 
 	"github.com/hashicorp/vault/sdk/logical"
 
+	"github.com/keybroker/keybroker/contract"
 	"github.com/keybroker/keybroker/internal/dpoptest"
 )
 
@@ -32,14 +33,14 @@ func TestRefreshRotationAndReuse(t *testing.T) {
 		t.Fatalf("refreshed token keeps the grant: %v %+v", err, c)
 	}
 	// The first access token still works: refresh does not revoke it.
-	if got := e.verifyReason(first.Data["token"].(string), "10.0.0.1", nil); got != reasonOK {
+	if got := e.verifyReason(first.Data["token"].(string), "10.0.0.1", nil); got != contract.ReasonOK {
 		t.Fatalf("first token after refresh: %s", got)
 	}
 
 	// Presenting the spent rt1 again is theft: the family dies.
 	e.userError(logical.UpdateOperation, "token/refresh", map[string]interface{}{"refresh_token": rt1}, "already used")
 	for _, r := range []*logical.Response{first, second} {
-		if got := e.verifyReason(r.Data["token"].(string), "10.0.0.1", nil); got != reasonRevoked {
+		if got := e.verifyReason(r.Data["token"].(string), "10.0.0.1", nil); got != contract.ReasonRevoked {
 			t.Fatalf("token %v after reuse: %s, want revoked", r.Data["jti"], got)
 		}
 	}

@@ -105,7 +105,7 @@ func TestLeaseExpiryIsNotARevocation(t *testing.T) {
 	if got, _, _ := e.feed(0); len(got) != 0 {
 		t.Fatalf("feed after natural expiry = %v, want empty", got)
 	}
-	if v := e.ok(logical.UpdateOperation, "verify", map[string]interface{}{"key": resp.Data["key"]}); v.Data["reason"] != reasonExpired {
+	if v := e.ok(logical.UpdateOperation, "verify", map[string]interface{}{"key": resp.Data["key"]}); v.Data["reason"] != contract.ReasonExpired {
 		t.Fatalf("verify after expiry = %#v", v.Data)
 	}
 }
@@ -287,7 +287,7 @@ func TestRevocationsOutliveExpiryByTheLeeway(t *testing.T) {
 	if _, err := e.b.tidy(context.Background(), e.storage, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	if got := e.verifyReason(token, "10.0.0.1", nil); got != reasonRevoked {
+	if got := e.verifyReason(token, "10.0.0.1", nil); got != contract.ReasonRevoked {
 		t.Fatalf("a revoked token past exp, within the leeway, after tidy: verify says %s", got)
 	}
 	if ids, _, _ := e.feed(0); !slices.Contains(ids, jti) || !slices.Contains(ids, keyID) {

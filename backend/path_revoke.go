@@ -121,7 +121,7 @@ func (b *backend) revokeOneByValue(ctx context.Context, req *logical.Request, cr
 	switch {
 	case err != nil:
 		return nil, err
-	case reason == reasonNotFound && perr == nil && parsed.Prefix == refreshTokenPrefix:
+	case reason == contract.ReasonNotFound && perr == nil && parsed.Prefix == refreshTokenPrefix:
 		return revokeResult(kindRefreshToken, "", revokeNotFound), nil
 	case reason != "":
 		return revokeResult(secretTypeAPIKey, "", reason), nil

@@ -218,9 +218,9 @@ func TestRevokeByValueRevokesWhatItStandsFor(t *testing.T) {
 			if revoked := !fm.RevokedAt.IsZero(); revoked != tc.familyRevoked {
 				t.Fatalf("family revoked: %v, want %v", revoked, tc.familyRevoked)
 			}
-			want := reasonOK
+			want := contract.ReasonOK
 			if tc.familyRevoked {
-				want = reasonRevoked
+				want = contract.ReasonRevoked
 				e.userError(logical.UpdateOperation, "token/refresh", map[string]interface{}{"refresh_token": f.second.Data["refresh_token"]}, "family was revoked")
 			}
 			for _, r := range []*logical.Response{f.first, f.second} {

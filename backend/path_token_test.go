@@ -212,14 +212,14 @@ func TestVerifyJWT(t *testing.T) {
 		extra map[string]interface{}
 		want  string
 	}{
-		{"ok", token, "10.0.0.1", map[string]interface{}{"scopes": "read"}, reasonOK},
-		{"ok via key alias", "", "10.0.0.1", map[string]interface{}{"key": token}, reasonOK},
-		{"audience matches", token, "10.0.0.1", map[string]interface{}{"audience": "billing"}, reasonOK},
-		{"audience mismatch", token, "10.0.0.1", map[string]interface{}{"audience": "other"}, reasonInvalidClaims},
-		{"cidr denied", token, "192.168.0.1", nil, reasonCIDRDenied},
-		{"insufficient scope", token, "10.0.0.1", map[string]interface{}{"scopes": "write"}, reasonInsufficientScope},
-		{"tampered signature", tampered, "10.0.0.1", nil, reasonInvalidSignature},
-		{"garbage with two dots", "a.b.c", "10.0.0.1", nil, reasonMalformed},
+		{"ok", token, "10.0.0.1", map[string]interface{}{"scopes": "read"}, contract.ReasonOK},
+		{"ok via key alias", "", "10.0.0.1", map[string]interface{}{"key": token}, contract.ReasonOK},
+		{"audience matches", token, "10.0.0.1", map[string]interface{}{"audience": "billing"}, contract.ReasonOK},
+		{"audience mismatch", token, "10.0.0.1", map[string]interface{}{"audience": "other"}, contract.ReasonInvalidClaims},
+		{"cidr denied", token, "192.168.0.1", nil, contract.ReasonCIDRDenied},
+		{"insufficient scope", token, "10.0.0.1", map[string]interface{}{"scopes": "write"}, contract.ReasonInsufficientScope},
+		{"tampered signature", tampered, "10.0.0.1", nil, contract.ReasonInvalidSignature},
+		{"garbage with two dots", "a.b.c", "10.0.0.1", nil, contract.ReasonMalformed},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := e.verifyReason(tc.cred, tc.addr, tc.extra); got != tc.want {
@@ -240,7 +240,7 @@ func TestVerifyJWT(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if got := e.verifyReason(token, "10.0.0.1", nil); got != reasonRevoked {
+	if got := e.verifyReason(token, "10.0.0.1", nil); got != contract.ReasonRevoked {
 		t.Fatalf("after lease revoke: %s", got)
 	}
 	if ids, _, _ := e.feed(0); len(ids) != 1 || ids[0] != good.Data["jti"] {
@@ -272,7 +272,7 @@ func TestRotationKeepsOldTokensUntilVerificationTTL(t *testing.T) {
 	if _, ok := e.jwks().Lookup(oldKid.(string)); e.jwks().Len() != 2 || ok {
 		t.Fatalf("JWKS still publishes the key retired 25h ago")
 	}
-	if got := e.verifyReason(old, "10.0.0.1", nil); got != reasonInvalidSignature {
+	if got := e.verifyReason(old, "10.0.0.1", nil); got != contract.ReasonInvalidSignature {
 		t.Fatalf("token of a dropped key: %s", got)
 	}
 	if _, err := e.offline(fresh, "billing"); err != nil {
@@ -349,7 +349,7 @@ func TestSigningKeysSurviveReload(t *testing.T) {
 	}
 	e2 := &testEnv{t: t, b: lb.(*backend), storage: e.storage, entityID: "test-entity"}
 	e2.checkAnswers()
-	if got := e2.verifyReason(token, "10.0.0.1", nil); got != reasonOK {
+	if got := e2.verifyReason(token, "10.0.0.1", nil); got != contract.ReasonOK {
 		t.Fatalf("token after reload: %s", got)
 	}
 	for _, k := range e.storageKeys("") {
@@ -403,7 +403,7 @@ func TestTokenDPoPBinding(t *testing.T) {
 			if err := e.b.revokeJTI(context.Background(), e.storage, resp.Data["jti"].(string), time.Now().Add(time.Hour)); err != nil {
 				t.Fatal(err)
 			}
-			if got := e.verifyReason(resp.Data["token"].(string), "10.0.0.1", nil); got != reasonRevoked {
+			if got := e.verifyReason(resp.Data["token"].(string), "10.0.0.1", nil); got != contract.ReasonRevoked {
 				t.Fatalf("keybroker/verify on a revoked bound token: %s", got)
 			}
 		})

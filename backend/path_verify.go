@@ -16,20 +16,6 @@ import (
 	"github.com/keybroker/keybroker/jwtverify"
 )
 
-// Reasons a verification gives, shared with the verifiers.
-const (
-	reasonOK                = contract.ReasonOK
-	reasonMalformed         = contract.ReasonMalformed
-	reasonNotFound          = contract.ReasonNotFound
-	reasonExpired           = contract.ReasonExpired
-	reasonRevoked           = contract.ReasonRevoked
-	reasonCIDRDenied        = contract.ReasonCIDRDenied
-	reasonInsufficientScope = contract.ReasonInsufficientScope
-	reasonInvalidSignature  = contract.ReasonInvalidSignature
-	reasonInvalidClaims     = contract.ReasonInvalidClaims
-	reasonNotYetValid       = contract.ReasonNotYetValid
-)
-
 // verifyLeeway is the clock skew the plugin allows for nbf, iat and exp: the
 // token was minted by this cluster, whose nodes share a clock within seconds.
 const verifyLeeway = 30 * time.Second
@@ -86,8 +72,8 @@ audience and actors (the delegation chain of an exchanged token) for a JWT.`,
 func verifyAnswerFields() map[string]*framework.FieldSchema {
 	reason := withAllowed(out(framework.TypeString, "ok, or why the credential is refused: malformed, not_found, expired, revoked, cidr_denied, insufficient_scope, "+
 		"dpop_required (a DPoP-bound credential, which only a verifier checking its proof accepts); for JWTs also invalid_signature, invalid_claims, not_yet_valid."),
-		reasonOK, reasonMalformed, reasonNotFound, reasonExpired, reasonRevoked, reasonCIDRDenied, reasonInsufficientScope,
-		contract.ReasonDPoPRequired, contract.ReasonSuspended, reasonInvalidSignature, reasonInvalidClaims, reasonNotYetValid)
+		contract.ReasonOK, contract.ReasonMalformed, contract.ReasonNotFound, contract.ReasonExpired, contract.ReasonRevoked, contract.ReasonCIDRDenied, contract.ReasonInsufficientScope,
+		contract.ReasonDPoPRequired, contract.ReasonSuspended, contract.ReasonInvalidSignature, contract.ReasonInvalidClaims, contract.ReasonNotYetValid)
 	return merged(keyAnswerFields(), pick(tokenAnswerFields(), "jti", "sub", "audience"), map[string]*framework.FieldSchema{
 		"valid":          out(framework.TypeBool, "Whether the credential is valid for the request."),
 		"reason":         reason,
@@ -134,15 +120,15 @@ func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *
 	case unknownID:
 		// No key has this key_id: a verifier may refuse it without asking
 		// again. key_ids are public handles, so this reveals nothing.
-		resp := verifyAnswer(reasonNotFound)
+		resp := verifyAnswer(contract.ReasonNotFound)
 		resp.Data["unknown_key_id"] = true
 		return resp, nil
 	case reason != "":
 		return verifyAnswer(reason), nil
 	case k.revoked():
-		return verifyAnswer(reasonRevoked), nil
+		return verifyAnswer(contract.ReasonRevoked), nil
 	case !time.Now().Before(k.ExpiresAt):
-		return verifyAnswer(reasonExpired), nil
+		return verifyAnswer(contract.ReasonExpired), nil
 	}
 	if err := b.withRoleSuspension(ctx, req.Storage, k); err != nil {
 		return nil, err
@@ -153,9 +139,9 @@ func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *
 	case k.JKT != "":
 		return verifyAnswer(contract.ReasonDPoPRequired), nil
 	case !cidrsAllow(k.BoundCIDRs, addr):
-		return verifyAnswer(reasonCIDRDenied), nil
+		return verifyAnswer(contract.ReasonCIDRDenied), nil
 	case len(subset(required, k.Scopes)) > 0:
-		return verifyAnswer(reasonInsufficientScope), nil
+		return verifyAnswer(contract.ReasonInsufficientScope), nil
 	}
 	metered, err := b.metered(ctx, req.Storage, k.limits, k.Tenant)
 	if err != nil {
@@ -163,7 +149,7 @@ func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *
 	}
 	data := k.publicData()
 	data["valid"] = true
-	data["reason"] = reasonOK
+	data["reason"] = contract.ReasonOK
 	data["budget"], data["rate_limit"] = k.limits.claims(metered)
 	if k.ReplacedBy != "" {
 		data["replaced_by"] = k.ReplacedBy // and expires_at is the end of its grace
@@ -177,14 +163,14 @@ func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *
 func (b *backend) keyByValue(ctx context.Context, s logical.Storage, key string) (k *keyEntry, reason string, unknownID bool, err error) {
 	parsed, perr := apikey.Parse(key)
 	if perr != nil {
-		return nil, reasonMalformed, false, nil
+		return nil, contract.ReasonMalformed, false, nil
 	}
 	if k, err = b.getKey(ctx, s, parsed.ID); err != nil || k == nil {
-		return nil, reasonNotFound, k == nil && err == nil, err
+		return nil, contract.ReasonNotFound, k == nil && err == nil, err
 	}
 	hash := apikey.Hash(key)
 	if subtle.ConstantTimeCompare(hash[:], k.Hash) != 1 {
-		return nil, reasonNotFound, false, nil
+		return nil, contract.ReasonNotFound, false, nil
 	}
 	return k, "", false, nil
 }
@@ -199,13 +185,13 @@ func (b *backend) verifyJWT(ctx context.Context, req *logical.Request, token str
 	case c.BoundKey() != "":
 		return verifyAnswer(contract.ReasonDPoPRequired), nil
 	case !cidrsAllow(c.CIDR, addr):
-		return verifyAnswer(reasonCIDRDenied), nil
+		return verifyAnswer(contract.ReasonCIDRDenied), nil
 	case len(subset(required, c.Scopes())) > 0:
-		return verifyAnswer(reasonInsufficientScope), nil
+		return verifyAnswer(contract.ReasonInsufficientScope), nil
 	}
 	return &logical.Response{Data: map[string]interface{}{
 		"valid":       true,
-		"reason":      reasonOK,
+		"reason":      contract.ReasonOK,
 		"jti":         c.ID,
 		"sub":         c.Subject,
 		"role":        c.Role,
@@ -247,22 +233,22 @@ func (b *backend) ownJWT(ctx context.Context, req *logical.Request, token, audie
 	switch {
 	case err == nil:
 	case errors.Is(err, jwtverify.ErrExpired):
-		return nil, reasonExpired, nil, nil
+		return nil, contract.ReasonExpired, nil, nil
 	case errors.Is(err, jwtverify.ErrNotYetValid):
-		return nil, reasonNotYetValid, nil, nil
+		return nil, contract.ReasonNotYetValid, nil, nil
 	case errors.Is(err, jwtverify.ErrUnknownKey), errors.Is(err, jwtverify.ErrAlgorithm), errors.Is(err, jwtverify.ErrSignature):
-		return nil, reasonInvalidSignature, nil, nil
+		return nil, contract.ReasonInvalidSignature, nil, nil
 	case errors.Is(err, jwtverify.ErrType), errors.Is(err, jwtverify.ErrClaims), errors.Is(err, jwtverify.ErrIssuerOrAudience):
-		return nil, reasonInvalidClaims, nil, nil
+		return nil, contract.ReasonInvalidClaims, nil, nil
 	default:
-		return nil, reasonMalformed, nil, nil
+		return nil, contract.ReasonMalformed, nil, nil
 	}
 	revoked, err := req.Storage.Get(ctx, revokedJTIPrefix+c.ID)
 	if err != nil {
 		return nil, "", nil, fmt.Errorf("reading revoked jti: %w", err)
 	}
 	if revoked != nil {
-		return nil, reasonRevoked, nil, nil
+		return nil, contract.ReasonRevoked, nil, nil
 	}
 	return c, "", nil, nil
 }

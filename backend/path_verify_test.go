@@ -9,6 +9,7 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/keybroker/keybroker/apikey"
+	"github.com/keybroker/keybroker/contract"
 )
 
 func TestVerify(t *testing.T) {
@@ -48,22 +49,22 @@ func TestVerify(t *testing.T) {
 		scopes string
 		reason string
 	}{
-		{"ok ipv4", good, "10.1.2.3", "read", reasonOK},
-		{"ok ipv4 with port", good, "10.1.2.3:4431", "", reasonOK},
-		{"ok ipv6", good, "2001:db8::1", "read", reasonOK},
-		{"ok ipv6 with port", good, "[2001:db8::1]:443", "read", reasonOK},
-		{"ok ipv4-mapped ipv6", good, "::ffff:10.0.0.1", "read", reasonOK},
-		{"ok unbound key without addr", open, "", "read", reasonOK},
-		{"malformed", "kb_garbage", "10.1.2.3", "", reasonMalformed},
-		{"typo", typo(good), "10.1.2.3", "", reasonMalformed},
-		{"unknown key", unknown, "10.1.2.3", "", reasonNotFound},
-		{"wrong secret for known id", forged, "10.1.2.3", "", reasonNotFound},
-		{"revoked", revoked, "10.1.2.3", "", reasonRevoked},
-		{"expired", expired, "10.1.2.3", "", reasonExpired},
-		{"cidr denied ipv4", good, "192.168.1.1", "", reasonCIDRDenied},
-		{"cidr denied ipv6", good, "2001:db9::1", "", reasonCIDRDenied},
-		{"cidr denied without addr", good, "", "", reasonCIDRDenied},
-		{"insufficient scope", good, "10.1.2.3", "read,write", reasonInsufficientScope},
+		{"ok ipv4", good, "10.1.2.3", "read", contract.ReasonOK},
+		{"ok ipv4 with port", good, "10.1.2.3:4431", "", contract.ReasonOK},
+		{"ok ipv6", good, "2001:db8::1", "read", contract.ReasonOK},
+		{"ok ipv6 with port", good, "[2001:db8::1]:443", "read", contract.ReasonOK},
+		{"ok ipv4-mapped ipv6", good, "::ffff:10.0.0.1", "read", contract.ReasonOK},
+		{"ok unbound key without addr", open, "", "read", contract.ReasonOK},
+		{"malformed", "kb_garbage", "10.1.2.3", "", contract.ReasonMalformed},
+		{"typo", typo(good), "10.1.2.3", "", contract.ReasonMalformed},
+		{"unknown key", unknown, "10.1.2.3", "", contract.ReasonNotFound},
+		{"wrong secret for known id", forged, "10.1.2.3", "", contract.ReasonNotFound},
+		{"revoked", revoked, "10.1.2.3", "", contract.ReasonRevoked},
+		{"expired", expired, "10.1.2.3", "", contract.ReasonExpired},
+		{"cidr denied ipv4", good, "192.168.1.1", "", contract.ReasonCIDRDenied},
+		{"cidr denied ipv6", good, "2001:db9::1", "", contract.ReasonCIDRDenied},
+		{"cidr denied without addr", good, "", "", contract.ReasonCIDRDenied},
+		{"insufficient scope", good, "10.1.2.3", "read,write", contract.ReasonInsufficientScope},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -72,10 +73,10 @@ func TestVerify(t *testing.T) {
 				data["scopes"] = tc.scopes
 			}
 			resp := e.ok(logical.UpdateOperation, "verify", data)
-			if resp.Data["reason"] != tc.reason || resp.Data["valid"] != (tc.reason == reasonOK) {
+			if resp.Data["reason"] != tc.reason || resp.Data["valid"] != (tc.reason == contract.ReasonOK) {
 				t.Fatalf("verify = %#v, want reason %s", resp.Data, tc.reason)
 			}
-			if tc.reason != reasonOK {
+			if tc.reason != contract.ReasonOK {
 				// Only a key_id no key has says so; a wrong secret for a
 				// known key_id must look like any other not_found.
 				want := 2
