@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"regexp"
 	"slices"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 
+	"github.com/keybroker/keybroker/contract"
 	"github.com/keybroker/keybroker/jwtverify"
 )
 
@@ -25,7 +27,7 @@ func pathJWKS(b *backend) []*framework.Path {
 	}
 	return []*framework.Path{
 		{
-			Pattern:      "jwks$",
+			Pattern:      contract.PathJWKS + "$",
 			DisplayAttrs: pathAttrs("jwks"),
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.ReadOperation: operation(b.pathJWKSRead, rawJSONAnswer(map[string]*framework.FieldSchema{
@@ -38,7 +40,7 @@ and of rotated-out keys still within verification_ttl, each with kid, alg and
 use=sig. Needs no Vault token, like an OIDC provider's jwks_uri.`,
 		},
 		{
-			Pattern:      `\.well-known/openid-configuration$`,
+			Pattern:      regexp.QuoteMeta(contract.PathOpenIDDiscovery) + "$",
 			DisplayAttrs: pathAttrs("openid-configuration"),
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.ReadOperation: operation(b.pathDiscoveryRead, rawJSONAnswer(merged(issuer, map[string]*framework.FieldSchema{

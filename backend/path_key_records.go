@@ -131,31 +131,31 @@ type keyListing struct {
 
 func pathKeyRecords(b *backend) []*framework.Path {
 	filters := map[string]*framework.FieldSchema{
-		"roles": {
+		contract.FieldRoles: {
 			Type:        framework.TypeCommaStringSlice,
 			Description: fmt.Sprintf("Only keys of these roles (at most %d). Default: every role.", maxRecordFilter),
 		},
-		"tenants": {
+		contract.FieldTenants: {
 			Type:        framework.TypeCommaStringSlice,
 			Description: fmt.Sprintf("Only keys of these tenants (at most %d). Default: every tenant.", maxRecordFilter),
 		},
 	}
 	changes := map[string]*framework.FieldSchema{
-		"after": {
+		contract.FieldAfter: {
 			Type:        framework.TypeInt64,
 			Description: "Cursor: the changes after this one. Start with the snapshot's cursor, then pass the previous answer's next.",
 		},
-		"epoch": {
+		contract.FieldEpoch: {
 			Type:        framework.TypeString,
 			Description: "The epoch the cursor belongs to; when it is not the current one the answer says resync.",
 		},
-		"wait": {
+		contract.FieldWait: {
 			Type:        framework.TypeDurationSecond,
 			Description: fmt.Sprintf("Long poll: when nothing follows after, wait up to this long (at most %s) and answer as soon as a key changes. Default 0: answer at once.", maxFeedWait),
 		},
 	}
 	snapshot := map[string]*framework.FieldSchema{
-		"after_id": {
+		contract.FieldAfterID: {
 			Type:        framework.TypeString,
 			Description: "Page cursor: the records of key_ids after this one. Start with none, then pass the previous answer's next_id.",
 		},
@@ -165,7 +165,7 @@ func pathKeyRecords(b *backend) []*framework.Path {
 	}
 	return []*framework.Path{
 		{
-			Pattern:      "key-records/snapshot/?$",
+			Pattern:      contract.PathKeyRecordsSnapshot + "/?$",
 			Fields:       snapshot,
 			DisplayAttrs: pathAttrs("key-records-snapshot"),
 			Operations: map[logical.Operation]framework.OperationHandler{
@@ -175,7 +175,7 @@ func pathKeyRecords(b *backend) []*framework.Path {
 			HelpDescription: keyRecordsHelp,
 		},
 		{
-			Pattern:      "key-records/?$",
+			Pattern:      contract.PathKeyRecords + "/?$",
 			Fields:       changes,
 			DisplayAttrs: pathAttrs("key-record-changes"),
 			Operations: map[logical.Operation]framework.OperationHandler{
@@ -218,7 +218,7 @@ keys drop out %s after they expire; a verifier drops them itself.
 type recordFilter struct{ roles, tenants []string }
 
 func parseRecordFilter(d *framework.FieldData) (recordFilter, error) {
-	f := recordFilter{roles: d.Get("roles").([]string), tenants: d.Get("tenants").([]string)}
+	f := recordFilter{roles: d.Get(contract.FieldRoles).([]string), tenants: d.Get(contract.FieldTenants).([]string)}
 	for field, names := range map[string][]string{"roles": f.roles, "tenants": f.tenants} {
 		if len(names) > maxRecordFilter {
 			return f, fmt.Errorf("%s: at most %d names, got %d", field, maxRecordFilter, len(names))
@@ -250,7 +250,7 @@ func (b *backend) pathKeyRecordsChanges(ctx context.Context, req *logical.Reques
 	if err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
-	epoch := d.Get("epoch").(string)
+	epoch := d.Get(contract.FieldEpoch).(string)
 	if after > 0 && epoch == "" {
 		return logical.ErrorResponse("epoch is required with after: pass the epoch of the answer the cursor came from"), nil
 	}
@@ -333,7 +333,7 @@ func (b *backend) keyChangesPage(ctx context.Context, s logical.Storage, after u
 }
 
 func (b *backend) pathKeyRecordsSnapshot(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	afterID := d.Get("after_id").(string)
+	afterID := d.Get(contract.FieldAfterID).(string)
 	if afterID != "" && !apikey.ValidateID(afterID) {
 		return logical.ErrorResponse("after_id %q is not a key_id (12 base62 characters)", afterID), nil
 	}

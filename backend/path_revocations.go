@@ -123,13 +123,13 @@ func (f *feedWaiters) wake() {
 
 func pathRevocations(b *backend) *framework.Path {
 	return &framework.Path{
-		Pattern: "revocations/?$",
+		Pattern: contract.PathRevocations + "/?$",
 		Fields: map[string]*framework.FieldSchema{
-			"after": {
+			contract.FieldAfter: {
 				Type:        framework.TypeInt64,
 				Description: "Cursor: return revocations after this one. Start with 0 (the default), then pass the previous answer's next.",
 			},
-			"wait": {
+			contract.FieldWait: {
 				Type:        framework.TypeDurationSecond,
 				Description: fmt.Sprintf("Long poll: when nothing follows after, wait up to this long (at most %s) and answer as soon as a revocation is added. Default 0: answer at once.", maxFeedWait),
 			},
@@ -165,11 +165,11 @@ numbers it has passed may be given again.
 
 // feedRead is a feed read's cursor and wait, or the 400 for bad ones.
 func feedRead(d *framework.FieldData) (after int64, wait time.Duration, bad *logical.Response) {
-	after = d.Get("after").(int64)
+	after = d.Get(contract.FieldAfter).(int64)
 	if after < 0 {
 		return 0, 0, logical.ErrorResponse("after must not be negative")
 	}
-	wait = time.Duration(d.Get("wait").(int)) * time.Second
+	wait = time.Duration(d.Get(contract.FieldWait).(int)) * time.Second
 	if wait < 0 || wait > maxFeedWait {
 		return 0, 0, logical.ErrorResponse("wait must be between 0 and %s, got %s", maxFeedWait, wait)
 	}

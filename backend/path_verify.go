@@ -22,9 +22,9 @@ const verifyLeeway = 30 * time.Second
 
 func pathVerify(b *backend) *framework.Path {
 	return &framework.Path{
-		Pattern: "verify$",
+		Pattern: contract.PathVerify + "$",
 		Fields: map[string]*framework.FieldSchema{
-			"credential": {
+			contract.FieldCredential: {
 				Type:         framework.TypeString,
 				Description:  "The API key or agent JWT to verify.",
 				DisplayAttrs: &framework.DisplayAttributes{Sensitive: true},
@@ -38,7 +38,7 @@ func pathVerify(b *backend) *framework.Path {
 				Type:        framework.TypeString,
 				Description: "JWTs only: the token's aud must contain this. Default: any audience.",
 			},
-			"remote_addr": {
+			contract.FieldRemoteAddr: {
 				Type:        framework.TypeString,
 				Description: "IP address (optionally with port) the credential was presented from; checked against its bound_cidrs. A credential with bound_cidrs is denied when this is empty.",
 			},
@@ -91,7 +91,7 @@ func verifyAnswerFields() map[string]*framework.FieldSchema {
 }
 
 func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	key, alias := d.Get("credential").(string), d.Get("key").(string)
+	key, alias := d.Get(contract.FieldCredential).(string), d.Get("key").(string)
 	switch {
 	case key == "":
 		key = alias
@@ -101,7 +101,7 @@ func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *
 	if key == "" {
 		return logical.ErrorResponse("credential (or key) is required"), nil
 	}
-	addr, err := parseRemoteAddr(d.Get("remote_addr").(string))
+	addr, err := parseRemoteAddr(d.Get(contract.FieldRemoteAddr).(string))
 	if err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}

@@ -14,6 +14,7 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/keybroker/keybroker/contract"
 	"github.com/keybroker/keybroker/jwtverify"
 )
 
@@ -104,7 +105,7 @@ func newJWKS(source jwksSource, minRefetch time.Duration, fetches *prometheus.Co
 
 // fetch replaces the key set; on failure the last good one stays.
 func (k *jwks) fetch(ctx context.Context, trigger string) bool {
-	b, err := k.source.raw(ctx, "jwks")
+	b, err := k.source.raw(ctx, contract.PathJWKS)
 	var ks *jwtverify.KeySet
 	if err == nil {
 		ks, err = jwtverify.ParseJWKS(b)

@@ -333,10 +333,10 @@ func (f keyFilter) passes(role, tenant string) bool {
 func (f keyFilter) query() map[string][]string {
 	q := map[string][]string{}
 	if len(f.roles) > 0 {
-		q["roles"] = []string{strings.Join(f.roles, ",")}
+		q[contract.FieldRoles] = []string{strings.Join(f.roles, ",")}
 	}
 	if len(f.tenants) > 0 {
-		q["tenants"] = []string{strings.Join(f.tenants, ",")}
+		q[contract.FieldTenants] = []string{strings.Join(f.tenants, ",")}
 	}
 	return q
 }

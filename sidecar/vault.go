@@ -242,8 +242,8 @@ func nodeUnavailable(err error) bool {
 func (v *vaultClient) verifyKey(ctx context.Context, key, remoteAddr string) (*contract.VerifyAnswer, error) {
 	var ans contract.VerifyAnswer
 	err := v.withLogin(ctx, func() error {
-		sec, err := v.c.Logical().WriteWithContext(ctx, v.mount+"/verify", map[string]interface{}{
-			"credential": key, "remote_addr": remoteAddr,
+		sec, err := v.c.Logical().WriteWithContext(ctx, v.mount+"/"+contract.PathVerify, map[string]interface{}{
+			contract.FieldCredential: key, contract.FieldRemoteAddr: remoteAddr,
 		})
 		if err != nil {
 			return err
@@ -263,8 +263,8 @@ func (v *vaultClient) verifyKey(ctx context.Context, key, remoteAddr string) (*c
 // the read until a revocation is added or wait passes.
 func (v *vaultClient) revocations(ctx context.Context, after uint64, wait time.Duration) (*contract.FeedPage, error) {
 	var page contract.FeedPage
-	q := map[string][]string{"after": {strconv.FormatUint(after, 10)}}
-	if err := v.readFeed(ctx, "revocations", q, wait, &page); err != nil {
+	q := map[string][]string{contract.FieldAfter: {strconv.FormatUint(after, 10)}}
+	if err := v.readFeed(ctx, contract.PathRevocations, q, wait, &page); err != nil {
 		return nil, fmt.Errorf("keybroker revocations: %w", err)
 	}
 	return &page, nil
@@ -274,8 +274,8 @@ func (v *vaultClient) revocations(ctx context.Context, after uint64, wait time.D
 func (v *vaultClient) keyRecordsSnapshot(ctx context.Context, afterID string, f keyFilter) (*contract.KeyRecordsPage, error) {
 	var page contract.KeyRecordsPage
 	q := f.query()
-	q["after_id"] = []string{afterID}
-	if err := v.readFeed(ctx, "key-records/snapshot", q, 0, &page); err != nil {
+	q[contract.FieldAfterID] = []string{afterID}
+	if err := v.readFeed(ctx, contract.PathKeyRecordsSnapshot, q, 0, &page); err != nil {
 		return nil, fmt.Errorf("keybroker key-records/snapshot: %w", err)
 	}
 	return &page, nil
@@ -286,8 +286,8 @@ func (v *vaultClient) keyRecordsSnapshot(ctx context.Context, afterID string, f 
 func (v *vaultClient) keyRecordChanges(ctx context.Context, after uint64, epoch string, wait time.Duration, f keyFilter) (*contract.KeyRecordsPage, error) {
 	var page contract.KeyRecordsPage
 	q := f.query()
-	q["after"], q["epoch"] = []string{strconv.FormatUint(after, 10)}, []string{epoch}
-	if err := v.readFeed(ctx, "key-records", q, wait, &page); err != nil {
+	q[contract.FieldAfter], q[contract.FieldEpoch] = []string{strconv.FormatUint(after, 10)}, []string{epoch}
+	if err := v.readFeed(ctx, contract.PathKeyRecords, q, wait, &page); err != nil {
 		return nil, fmt.Errorf("keybroker key-records: %w", err)
 	}
 	return &page, nil
@@ -313,7 +313,7 @@ func (v *vaultClient) readFeed(ctx context.Context, path string, q map[string][]
 					return err
 				}
 			}
-			q["wait"] = []string{strconv.FormatInt(int64(wait/time.Second), 10)}
+			q[contract.FieldWait] = []string{strconv.FormatInt(int64(wait/time.Second), 10)}
 		}
 		resp, err := c.Logical().ReadRawWithDataWithContext(ctx, v.mount+"/"+path, q)
 		if resp != nil {
@@ -363,7 +363,7 @@ func (v *vaultClient) raw(ctx context.Context, path string) ([]byte, error) {
 }
 
 func (v *vaultClient) issuer(ctx context.Context) (string, error) {
-	b, err := v.raw(ctx, ".well-known/openid-configuration")
+	b, err := v.raw(ctx, contract.PathOpenIDDiscovery)
 	if err != nil {
 		return "", err
 	}
