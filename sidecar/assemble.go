@@ -7,11 +7,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// assembleFeeds builds the feeds, each handed its options, its source (the
-// Vault client) and the counters it bumps; the key-record feed only with
-// key_replica. Start's background follows them.
+// assembleFeeds builds the feeds (the JWKS, the revocations, the key
+// records: the last only with key_replica), each handed its options, its
+// source (the Vault client) and the counters it bumps. Start's background
+// follows them.
 func (sc *Sidecar) assembleFeeds() {
 	s, m := sc.s, sc.m
+	sc.jwks = newJWKS(sc.vault, s.jwksMinRefetch, m.jwksFetches, sc.log)
+	sc.jwksFeed = newJWKSFeed(jwksFeedOptions{issuer: s.issuer, audiences: s.audiences, leeway: s.leeway, refresh: s.jwksRefresh}, sc.jwks, sc.vault, sc.log)
 	sc.revocations = newRevocationFeed(revocationOptions{mount: s.mount, wait: s.revocationWait, poll: s.revocationPoll},
 		sc.vault, revocationMetrics{vaultCalls: m.vaultCalls, restarts: m.feedRestarts}, sc.log)
 	if s.keyReplica {
@@ -31,7 +34,8 @@ func (sc *Sidecar) followedFeeds() []*feedHealth {
 // assembleDecisions builds what decides requests: the credential kinds with
 // their own caches, the DPoP proofs, the rate limit and the decision core
 // that asks them, each handed what it reads and no pointer back to the
-// Sidecar. The feeds, the budgets and the cluster rate are made before it.
+// Sidecar. The feeds (assembleFeeds), the budgets and the cluster rate are
+// made before it.
 func (sc *Sidecar) assembleDecisions() error {
 	s, m := sc.s, sc.m
 	var err error
@@ -39,7 +43,6 @@ func (sc *Sidecar) assembleDecisions() error {
 	if sc.keyRecords != nil {
 		replica = sc.keyRecords.replica
 	}
-	sc.jwks = newJWKS(sc.vault, s.jwksMinRefetch, m.jwksFetches, sc.log)
 	if sc.agentJWTs, err = newAgentJWTs(sc.jwks, s.leeway, s.cacheSize, m.jwtHit, m.jwtMiss); err != nil {
 		return err
 	}

@@ -9,8 +9,6 @@ import (
 	"time"
 
 	hclog "github.com/hashicorp/go-hclog"
-
-	"github.com/keybroker/keybroker/jwtverify"
 )
 
 // Sidecar is the assembly: the components, the decision core that asks
@@ -29,9 +27,10 @@ type Sidecar struct {
 	apiKeys   *apiKeys
 	agentJWTs *agentJWTs
 	dpop      *dpopProofs
-	// issuer is the JWT issuer, once known (config, or discovery).
-	issuer atomic.Pointer[string]
-	jwks   *jwks
+	// jwks is the key set agent JWTs are verified against, and jwksFeed
+	// what keeps it (and the issuer) current.
+	jwks     *jwks
+	jwksFeed *jwksFeed
 
 	// The feeds: revocations into the revoked set, and key records into
 	// the key replica (nil when key_replica = false).
@@ -145,7 +144,8 @@ func (sc *Sidecar) Stop() {
 	sc.dlog.close()
 }
 
-// background logs in, keeps the token, the JWKS and the revoked set fresh.
+// background logs in, keeps the token fresh, and follows the feeds: the
+// JWKS, the revocations and the key records.
 func (sc *Sidecar) background(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -156,14 +156,9 @@ func (sc *Sidecar) background(ctx context.Context) {
 	wg.Add(1)
 	go func() { defer wg.Done(); sc.vault.keepLoggedIn(ctx, sec) }()
 
-	// The issuer, from config or discovery, then the keys.
-	for sc.jwks.verifier.Load() == nil && ctx.Err() == nil {
-		if err := sc.initVerifier(ctx); err != nil {
-			sc.log.Warn("cannot read the issuer from Vault; retrying", "error", err)
-			sleep(ctx, time.Second)
-		}
-	}
-	sc.jwks.fetch(ctx, "start")
+	// The issuer, from config or discovery, then the keys; the other
+	// feeds start once JWTs can be verified.
+	sc.jwksFeed.start(ctx)
 
 	wg.Add(1)
 	go func() { defer wg.Done(); sc.revocations.follow(ctx) }()
@@ -171,16 +166,7 @@ func (sc *Sidecar) background(ctx context.Context) {
 		wg.Add(1)
 		go func() { defer wg.Done(); sc.keyRecords.follow(ctx) }()
 	}
-	tick := time.NewTicker(sc.s.jwksRefresh)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-			sc.jwks.fetch(ctx, "interval")
-		}
-	}
+	sc.jwksFeed.follow(ctx)
 }
 
 func sleep(ctx context.Context, d time.Duration) {
@@ -188,23 +174,6 @@ func sleep(ctx context.Context, d time.Duration) {
 	case <-ctx.Done():
 	case <-time.After(d):
 	}
-}
-
-func (sc *Sidecar) initVerifier(ctx context.Context) error {
-	iss := sc.s.issuer
-	if iss == "" {
-		var err error
-		if iss, err = sc.vault.issuer(ctx); err != nil {
-			return err
-		}
-	}
-	v, err := jwtverify.NewVerifier(jwtverify.Config{Issuer: iss, Audiences: sc.s.audiences, Leeway: sc.s.leeway, AcceptBound: true})
-	if err != nil {
-		return err
-	}
-	sc.jwks.verifier.Store(v)
-	sc.issuer.Store(&iss)
-	return nil
 }
 
 // Ready reports whether the sidecar has a verifier and keys, and has read
