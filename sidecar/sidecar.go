@@ -156,8 +156,8 @@ func (sc *Sidecar) background(ctx context.Context) {
 	wg.Add(1)
 	go func() { defer wg.Done(); sc.vault.keepLoggedIn(ctx, sec) }()
 
-	// The issuer, from config or discovery, then the keys; the other
-	// feeds start once JWTs can be verified.
+	// The issuer, from config or discovery, and the keys; then the
+	// revocation and key-record feeds.
 	sc.jwksFeed.start(ctx)
 
 	wg.Add(1)
