@@ -7,14 +7,42 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// assembleFeeds builds the feeds (the JWKS, the revocations, the key
+// records: the last only with key_replica), each handed its options, its
+// source (the Vault client) and the counters it bumps. Start's background
+// follows them.
+func (sc *Sidecar) assembleFeeds() {
+	s, m := sc.s, sc.m
+	sc.jwks = newJWKS(sc.vault, s.jwksMinRefetch, m.jwksFetches, sc.log)
+	sc.jwksFeed = newJWKSFeed(jwksFeedOptions{issuer: s.issuer, audiences: s.audiences, leeway: s.leeway, refresh: s.jwksRefresh}, sc.jwks, sc.vault, sc.log)
+	sc.revocations = newRevocationFeed(revocationOptions{mount: s.mount, wait: s.revocationWait, poll: s.revocationPoll},
+		sc.vault, revocationMetrics{vaultCalls: m.vaultCalls, restarts: m.feedRestarts}, sc.log)
+	if s.keyReplica {
+		sc.keyRecords = newKeyRecordFeed(keyRecordOptions{mount: s.mount, filter: s.keyFilter, wait: keyRecordsWait(s.revocationWait, s.maxStale), poll: s.revocationPoll},
+			sc.vault, keyRecordMetrics{vaultCalls: m.vaultCalls, syncSeconds: m.keySyncSeconds, resyncs: m.keyResyncs}, sc.log)
+	}
+}
+
+// followedFeeds are the health of the feeds this sidecar follows.
+func (sc *Sidecar) followedFeeds() []*feedHealth {
+	if sc.keyRecords == nil {
+		return []*feedHealth{sc.revocations.health}
+	}
+	return []*feedHealth{sc.revocations.health, sc.keyRecords.health}
+}
+
 // assembleDecisions builds what decides requests: the credential kinds with
 // their own caches, the DPoP proofs, the rate limit and the decision core
 // that asks them, each handed what it reads and no pointer back to the
-// Sidecar. The feeds, the budgets and the cluster rate are made before it.
+// Sidecar. The feeds (assembleFeeds), the budgets and the cluster rate are
+// made before it.
 func (sc *Sidecar) assembleDecisions() error {
 	s, m := sc.s, sc.m
 	var err error
-	sc.jwks = newJWKS(sc.vault, s.jwksMinRefetch, m.jwksFetches, sc.log)
+	var replica *keyReplica // nil: key_replica = false
+	if sc.keyRecords != nil {
+		replica = sc.keyRecords.replica
+	}
 	if sc.agentJWTs, err = newAgentJWTs(sc.jwks, s.leeway, s.cacheSize, m.jwtHit, m.jwtMiss); err != nil {
 		return err
 	}
@@ -22,7 +50,7 @@ func (sc *Sidecar) assembleDecisions() error {
 		cacheSize: s.cacheSize, cacheTTL: s.keyCacheTTL, negativeTTL: s.negativeCacheTTL, maxStale: s.maxStale,
 		filter: s.keyFilter, verifyPath: s.mount + "/verify",
 		failedAuthRate: s.failedAuthRate, failedAuthBurst: s.failedAuthBurst, verifyInFlow: s.verifyConcurrency,
-	}, sc.replica, sc.vault, keyMetrics{
+	}, replica, sc.vault, keyMetrics{
 		hit: m.keyHit, miss: m.keyMiss, negativeHit: m.negativeHit,
 		replicaHit: m.replicaHit, replicaRefused: m.replicaRefused, replicaFallback: m.replicaFallback, vaultCalls: m.vaultCalls,
 	}, sc.log)
@@ -43,14 +71,14 @@ func (sc *Sidecar) assembleDecisions() error {
 	c := &decider{
 		opts:           decideOptions{allowUnmatched: s.allowUnmatched, requireDPoP: s.requireDPoP, dpop: sc.dpop != nil},
 		routes:         s,
-		revocationFeed: sc.revFeed,
+		revocationFeed: sc.revocations,
 		authn:          newAuthenticators(sc.apiKeys, sc.agentJWTs, sc.dpop, m.dpopResults),
-		revoked:        sc.revoked,
+		revoked:        sc.revocations,
 		budgets:        sc.budgets,
 		rec:            sc.rec,
 	}
-	if sc.replica != nil {
-		c.keyRecordFeed = sc.keyFeed
+	if sc.keyRecords != nil {
+		c.keyRecordFeed = sc.keyRecords
 	}
 	if c.rate, err = newLocalRate(s.cacheSize); err != nil {
 		return err
@@ -62,7 +90,7 @@ func (sc *Sidecar) assembleDecisions() error {
 		c.proofs = sc.dpop
 	}
 	sc.core = c
-	m.watch(watched{revocationsRead: &sc.feedOK, jwksFetched: &sc.jwks.fetchedAt, revoked: sc.revoked, replica: sc.replica, feeds: sc.followedFeeds()})
+	m.watch(watched{revocationsRead: &sc.revocations.readAt, jwksFetched: &sc.jwks.fetchedAt, revoked: sc.revocations.revoked, replica: replica, feeds: sc.followedFeeds()})
 	return nil
 }
 

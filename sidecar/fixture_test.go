@@ -57,8 +57,10 @@ func newFixture(tb testing.TB, mutate func(c *Config)) *fixture {
 	sc.jwks.verifier.Store(v)
 	// As if both feeds had been read (nothing revoked, no key records):
 	// a test of a feed not yet read clears these.
-	sc.revFeed.read.Store(true)
-	sc.keyFeed.read.Store(true)
+	sc.revocations.health.read.Store(true)
+	if sc.keyRecords != nil {
+		sc.keyRecords.health.read.Store(true)
+	}
 	return &fixture{sc: sc, priv: priv}
 }
 

@@ -149,7 +149,7 @@ func (sc *Sidecar) authHandler() http.Handler {
 			"status":                   status,
 			"feeds":                    feeds,
 			"jwks_age_seconds":         sinceNanos(sc.jwks.fetchedAt.Load()),
-			"revocation_feed_lag_secs": sinceNanos(sc.feedOK.Load()),
+			"revocation_feed_lag_secs": sinceNanos(sc.revocations.readAt.Load()),
 		})
 	})
 	mux.Handle("/metrics", promhttp.HandlerFor(sc.m.reg, promhttp.HandlerOpts{}))

@@ -44,9 +44,9 @@ func testKey(tb testing.TB, minted time.Time, role, tenant string, scopes ...str
 // synced marks the fixture's replica as read and current, as the feed
 // does after a snapshot and its first changes.
 func synced(sc *Sidecar, recs ...contract.KeyRecord) {
-	sc.replica.apply(recs, sc.replica.gen)
-	sc.replica.synced.Store(true)
-	sc.replica.currentAt.Store(time.Now().UnixNano())
+	sc.keyRecords.replica.apply(recs, sc.keyRecords.replica.gen)
+	sc.keyRecords.replica.synced.Store(true)
+	sc.keyRecords.replica.currentAt.Store(time.Now().UnixNano())
 }
 
 func decideKey(sc *Sidecar, key, path, ip string) decision {
@@ -84,7 +84,7 @@ func TestReplicaDecides(t *testing.T) {
 	twinRec.KeyID, twinRec.Hash = mustParse(t, twin).ID, hex.EncodeToString(sum[:])
 
 	synced(sc, goodRec, revokedRec, expiredRec, boundRec, unreadableRec, meteredRec, twinRec)
-	sc.replica.setMetered([]string{"billed"})
+	sc.keyRecords.replica.setMetered([]string{"billed"})
 
 	for _, c := range []struct {
 		name, key, path, ip string
@@ -129,7 +129,7 @@ func TestReplicaDecides(t *testing.T) {
 		t.Fatalf("a key of a metered tenant is not metered: %+v", id)
 	}
 	// A ceiling removed: no longer metered.
-	sc.replica.setMetered(nil)
+	sc.keyRecords.replica.setMetered(nil)
 	if id, _ := sc.apiKeys.check(context.Background(), presentation{cred: metered, clientIP: netip.MustParseAddr("127.0.0.1")}); id == nil || id.budget != nil {
 		t.Fatalf("a key whose tenant lost its ceiling is still metered: %+v", id)
 	}
@@ -159,12 +159,12 @@ func TestReplicaNotUsable(t *testing.T) {
 		// Not read to its end yet: what was revoked or suspended is
 		// unknown, and the key is refused without asking Vault.
 		{"not read yet", func(sc *Sidecar) {
-			sc.keyFeed.read.Store(false)
-			sc.replica.apply([]contract.KeyRecord{rec}, 0)
+			sc.keyRecords.health.read.Store(false)
+			sc.keyRecords.replica.apply([]contract.KeyRecord{rec}, 0)
 		}, reasonKeyRecordsUnknown},
 		{"stale", func(sc *Sidecar) {
 			synced(sc, rec)
-			sc.replica.currentAt.Store(now.Add(-sc.s.maxStale).UnixNano())
+			sc.keyRecords.replica.currentAt.Store(now.Add(-sc.s.maxStale).UnixNano())
 		}, reasonUnavailable},
 	} {
 		f := newFixture(t, nil)
@@ -175,7 +175,7 @@ func TestReplicaNotUsable(t *testing.T) {
 	}
 	off := false
 	f := newFixture(t, func(c *Config) { c.KeyReplica = &off })
-	if f.sc.replica != nil {
+	if f.sc.keyRecords != nil {
 		t.Fatal("key_replica = false still keeps a replica")
 	}
 }
@@ -384,7 +384,7 @@ func TestReplicaFallbackWindowFollowsLag(t *testing.T) {
 	f := newFixture(t, func(c *Config) { c.MaxStale = "60s" })
 	now := time.Now()
 	synced(f.sc)
-	f.sc.replica.currentAt.Store(now.Add(-40 * time.Second).UnixNano())
+	f.sc.keyRecords.replica.currentAt.Store(now.Add(-40 * time.Second).UnixNano())
 	mintedSince, _ := testKey(t, now.Add(-50*time.Second), "web", "", "any")
 	mintedBefore, _ := testKey(t, now.Add(-80*time.Second), "web", "", "any")
 	if d := decideKey(f.sc, mintedSince, "/x", "127.0.0.1"); d.reason != reasonUnavailable {
@@ -417,8 +417,8 @@ func TestReplicaRoleSuspension(t *testing.T) {
 		}
 	}
 	check("before", map[string]string{web: reasonOK, own: reasonSuspended, other: reasonOK})
-	sc.replica.setSuspendedRoles([]string{"web"})
+	sc.keyRecords.replica.setSuspendedRoles([]string{"web"})
 	check("role suspended", map[string]string{web: reasonSuspended, own: reasonSuspended, other: reasonOK})
-	sc.replica.setSuspendedRoles([]string{})
+	sc.keyRecords.replica.setSuspendedRoles([]string{})
 	check("role resumed", map[string]string{web: reasonOK, own: reasonSuspended, other: reasonOK})
 }

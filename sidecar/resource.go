@@ -25,7 +25,7 @@ func (sc *Sidecar) isMetadataRequest(r *http.Request) bool {
 }
 
 func (sc *Sidecar) serveResourceMetadata(w http.ResponseWriter) {
-	iss := sc.issuer.Load()
+	iss := sc.jwksFeed.issuer.Load()
 	if iss == nil {
 		// The issuer comes from Vault's discovery document: not read yet.
 		http.Error(w, "keybroker-sidecar: the issuer is not known yet", http.StatusServiceUnavailable)

@@ -21,7 +21,7 @@ func TestProtectedResourceMetadata(t *testing.T) {
 		c.Resource, c.PublicOrigin, c.RequireDPoP = resource, "https://mcp.example.com", true
 	})
 	iss := "https://iss"
-	f.sc.issuer.Store(&iss)
+	f.sc.jwksFeed.issuer.Store(&iss)
 	const path = "/.well-known/oauth-protected-resource/mcp"
 	for name, h := range map[string]http.Handler{"proxy": f.sc.proxyHandler(), "auth": f.sc.authHandler()} {
 		w := send(h, "GET", path, "127.0.0.1:1", nil)

@@ -31,9 +31,9 @@ func TestRevokedPastExpWithinLeeway(t *testing.T) {
 			token := f.sign(t, c)
 			exp := c.ExpiresAt.Time
 			entry := contract.FeedEntry{ID: c.ID, Type: "jwt", ExpiresAt: exp.UTC().Format(time.RFC3339)}
-			f.sc.revoked.apply([]contract.FeedEntry{entry}, exp.Add(tc.learnt))
-			f.sc.revoked.prune(time.Now()) // a later read of the feed
-			if held := f.sc.revoked.has(c.ID); held != tc.wantHeld {
+			f.sc.revocations.revoked.apply([]contract.FeedEntry{entry}, exp.Add(tc.learnt))
+			f.sc.revocations.revoked.prune(time.Now()) // a later read of the feed
+			if held := f.sc.revocations.revoked.has(c.ID); held != tc.wantHeld {
 				t.Fatalf("revoked set holds the jti %s past exp: %v, want %v", tc.past, held, tc.wantHeld)
 			}
 			for i := 0; i < 2; i++ { // the second one from the JWT cache

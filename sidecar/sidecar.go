@@ -9,9 +9,6 @@ import (
 	"time"
 
 	hclog "github.com/hashicorp/go-hclog"
-
-	"github.com/keybroker/keybroker/contract"
-	"github.com/keybroker/keybroker/jwtverify"
 )
 
 // Sidecar is the assembly: the components, the decision core that asks
@@ -30,19 +27,15 @@ type Sidecar struct {
 	apiKeys   *apiKeys
 	agentJWTs *agentJWTs
 	dpop      *dpopProofs
-	// issuer is the JWT issuer, once known (config, or discovery).
-	issuer atomic.Pointer[string]
-	jwks   *jwks
+	// jwks is the key set agent JWTs are verified against, and jwksFeed
+	// what keeps it (and the issuer) current.
+	jwks     *jwks
+	jwksFeed *jwksFeed
 
-	feedOK atomic.Int64 // UnixNano of the last good feed read
-
-	revoked *revokedSet
-	// revFeed and keyFeed say whether the revocation and key-record feeds
-	// have been read, and how their reads go (keyFeed unused without a
-	// replica).
-	revFeed, keyFeed *feedHealth
-	// replica holds every key's record (nil when key_replica = false).
-	replica *keyReplica
+	// The feeds: revocations into the revoked set, and key records into
+	// the key replica (nil when key_replica = false).
+	revocations *revocationFeed
+	keyRecords  *keyRecordFeed
 
 	cluster *clusterRate // nil unless rate_limit_scope = "cluster"
 	budgets *budgets
@@ -74,12 +67,8 @@ func New(c *Config, log hclog.Logger) (*Sidecar, error) {
 	if err != nil {
 		return nil, err
 	}
-	sc := &Sidecar{s: s, log: log, vault: vc, revoked: newRevokedSet(), m: newMetrics()}
-	if s.keyReplica {
-		sc.replica = newKeyReplica()
-	}
-	sc.revFeed = newFeedHealth("revocations", s.mount+"/revocations", "read")
-	sc.keyFeed = newFeedHealth("key_records", s.mount+"/key-records and "+s.mount+"/key-records/snapshot", "read")
+	sc := &Sidecar{s: s, log: log, vault: vc, m: newMetrics()}
+	sc.assembleFeeds()
 	sc.holder = s.name
 	if sc.holder == "" {
 		host, _ := os.Hostname()
@@ -155,7 +144,8 @@ func (sc *Sidecar) Stop() {
 	sc.dlog.close()
 }
 
-// background logs in, keeps the token, the JWKS and the revoked set fresh.
+// background logs in, keeps the token fresh, and follows the feeds: the
+// JWKS, the revocations and the key records.
 func (sc *Sidecar) background(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -166,31 +156,17 @@ func (sc *Sidecar) background(ctx context.Context) {
 	wg.Add(1)
 	go func() { defer wg.Done(); sc.vault.keepLoggedIn(ctx, sec) }()
 
-	// The issuer, from config or discovery, then the keys.
-	for sc.jwks.verifier.Load() == nil && ctx.Err() == nil {
-		if err := sc.initVerifier(ctx); err != nil {
-			sc.log.Warn("cannot read the issuer from Vault; retrying", "error", err)
-			sleep(ctx, time.Second)
-		}
-	}
-	sc.jwks.fetch(ctx, "start")
+	// The issuer, from config or discovery, and the keys; then the
+	// revocation and key-record feeds.
+	sc.jwksFeed.start(ctx)
 
 	wg.Add(1)
-	go func() { defer wg.Done(); sc.pollRevocations(ctx) }()
-	if sc.replica != nil {
+	go func() { defer wg.Done(); sc.revocations.follow(ctx) }()
+	if sc.keyRecords != nil {
 		wg.Add(1)
-		go func() { defer wg.Done(); sc.followKeyRecords(ctx) }()
+		go func() { defer wg.Done(); sc.keyRecords.follow(ctx) }()
 	}
-	tick := time.NewTicker(sc.s.jwksRefresh)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-			sc.jwks.fetch(ctx, "interval")
-		}
-	}
+	sc.jwksFeed.follow(ctx)
 }
 
 func sleep(ctx context.Context, d time.Duration) {
@@ -200,66 +176,10 @@ func sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
-func (sc *Sidecar) initVerifier(ctx context.Context) error {
-	iss := sc.s.issuer
-	if iss == "" {
-		var err error
-		if iss, err = sc.vault.issuer(ctx); err != nil {
-			return err
-		}
-	}
-	v, err := jwtverify.NewVerifier(jwtverify.Config{Issuer: iss, Audiences: sc.s.audiences, Leeway: sc.s.leeway, AcceptBound: true})
-	if err != nil {
-		return err
-	}
-	sc.jwks.verifier.Store(v)
-	sc.issuer.Store(&iss)
-	return nil
-}
-
-// pollRevocations follows keybroker/revocations from cursor 0, and again
-// from 0 when the feed's epoch changes or its last entry is below the
-// cursor (storage went back: a restored snapshot, a re-enabled mount).
-// What the sidecar already holds as revoked stays revoked until it expires.
-func (sc *Sidecar) pollRevocations(ctx context.Context) {
-	var cursor uint64
-	var epoch string
-	for ctx.Err() == nil {
-		// The first read answers at once (the sidecar is not ready until
-		// it has one); later ones long-poll.
-		wait := sc.s.revocationWait
-		if epoch == "" {
-			wait = 0
-		}
-		asked, cursorBefore := time.Now(), cursor
-		page, err := sc.vault.revocations(ctx, cursor, wait)
-		if err != nil {
-			sc.m.vaultCalls.WithLabelValues("revocations", "error").Inc()
-			sc.revFeed.failed(sc.log, err)
-			sleep(ctx, sc.revFeed.retryIn(sc.s.revocationPoll))
-			continue
-		}
-		sc.m.vaultCalls.WithLabelValues("revocations", "ok").Inc()
-		if contract.FeedRestart(epoch, cursor, page) {
-			sc.log.Info("the revocation feed started a new epoch or went back; reading it again from the start", "cursor", cursor, "last", page.Last)
-			sc.m.feedRestarts.Inc()
-			cursor, epoch = 0, page.Epoch
-			continue
-		}
-		epoch = page.Epoch
-		now := time.Now()
-		sc.revoked.apply(page.Revocations, now)
-		cursor = page.Next
-		sc.feedOK.Store(now.UnixNano())
-		sc.revFeed.succeeded(sc.log, !page.More)
-		sc.paceFeed(ctx, sc.s.revocationWait > 0, page.More, wait, page.Next == cursorBefore, asked)
-	}
-}
-
 // Ready reports whether the sidecar has a verifier and keys, and has read
 // the revocation feed (and, with key_replica, the key-record feed) to its
 // end once: until then it refuses the credentials that depend on them
 // (decider.presented).
 func (sc *Sidecar) Ready() bool {
-	return sc.jwks.ready() && sc.revFeed.known() && (sc.replica == nil || sc.keyFeed.known())
+	return sc.jwks.ready() && sc.revocations.known() && (sc.keyRecords == nil || sc.keyRecords.known())
 }

@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"sync"
@@ -146,10 +147,17 @@ func feedStateOf(err error) string {
 	return feedError
 }
 
-// followedFeeds are the feeds this sidecar follows.
-func (sc *Sidecar) followedFeeds() []*feedHealth {
-	if sc.replica == nil {
-		return []*feedHealth{sc.revFeed}
+// paceFeed sleeps after a feed read when the next read should not follow
+// at once: with no long polls, or when a long poll came back at once with
+// nothing new (a plugin that does not hold reads). A read with more to
+// come, or a long poll that waited, has paced itself.
+// longPolls says whether reads of this feed long-poll at all; poll is
+// revocation_poll_interval.
+func paceFeed(ctx context.Context, poll time.Duration, longPolls, more bool, wait time.Duration, nothingNew bool, asked time.Time) {
+	if more {
+		return
 	}
-	return []*feedHealth{sc.revFeed, sc.keyFeed}
+	if !longPolls || (wait > 0 && nothingNew && time.Since(asked) < wait/2) {
+		sleep(ctx, poll)
+	}
 }

@@ -54,8 +54,8 @@ func TestFeedsNotReadRefuseCredentials(t *testing.T) {
 		{"both read: api key", true, true, "/v1/items/1", hdr("X-API-Key", key), 200, reasonOK},
 	}
 	for _, tc := range cases {
-		sc.revFeed.read.Store(tc.revRead)
-		sc.keyFeed.read.Store(tc.keyRd)
+		sc.revocations.health.read.Store(tc.revRead)
+		sc.keyRecords.health.read.Store(tc.keyRd)
 		for mode, h := range modes {
 			w := send(h, "GET", tc.target, "127.0.0.1:1", tc.header)
 			if w.Code != tc.status || (tc.status != 200 && w.Header().Get(contract.HeaderReason) != tc.reason) {
@@ -86,7 +86,7 @@ func TestFeedsNotReadRefuseCredentials(t *testing.T) {
 	// Without a replica, API keys need only the revocation feed.
 	off := false
 	g := newFixture(t, func(c *Config) { c.KeyReplica = &off })
-	g.sc.keyFeed.read.Store(false)
+	// (no key-record feed is followed, so none can be unread)
 	if d := decideKey(g.sc, key, "/x", "127.0.0.1"); d.reason == reasonKeyRecordsUnknown {
 		t.Errorf("key_replica = false: %s", d.reason)
 	}
@@ -100,10 +100,10 @@ func TestFeedHealth(t *testing.T) {
 	sc := f.sc
 	var logs bytes.Buffer
 	sc.log = hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info, JSONFormat: true})
-	sc.revFeed.read.Store(false)
+	sc.revocations.health.read.Store(false)
 	forbidden := fmt.Errorf("keybroker revocations: %w", &api.ResponseError{HTTPMethod: "GET", URL: "http://v/v1/keybroker/revocations", StatusCode: 403, Errors: []string{"permission denied"}})
 	for range 3 {
-		sc.revFeed.failed(sc.log, forbidden)
+		sc.revocations.health.failed(sc.log, forbidden)
 	}
 	var lines []map[string]any
 	for _, l := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
@@ -159,27 +159,27 @@ func TestFeedHealth(t *testing.T) {
 	}
 
 	// Refused reads are spaced out (each makes the sidecar log in again).
-	if d := sc.revFeed.retryIn(100 * time.Millisecond); d != 400*time.Millisecond {
+	if d := sc.revocations.health.retryIn(100 * time.Millisecond); d != 400*time.Millisecond {
 		t.Errorf("after 3 refusals, retry in %s", d)
 	}
 	for range 20 {
-		sc.revFeed.failed(sc.log, forbidden)
+		sc.revocations.health.failed(sc.log, forbidden)
 	}
-	if d := sc.revFeed.retryIn(100 * time.Millisecond); d != maxForbiddenRetry {
+	if d := sc.revocations.health.retryIn(100 * time.Millisecond); d != maxForbiddenRetry {
 		t.Errorf("after 23 refusals, retry in %s", d)
 	}
-	sc.revFeed.succeeded(sc.log, false)
-	if d := sc.revFeed.retryIn(100 * time.Millisecond); d != 100*time.Millisecond {
+	sc.revocations.health.succeeded(sc.log, false)
+	if d := sc.revocations.health.retryIn(100 * time.Millisecond); d != 100*time.Millisecond {
 		t.Errorf("after a good read, retry in %s", d)
 	}
-	if sc.revFeed.known() {
+	if sc.revocations.health.known() {
 		t.Fatal("a read with more to come counts as read to the end")
 	}
 	if code, body := health(); code != 503 || body["status"] != "starting" {
 		t.Fatalf("healthz %d %v", code, body)
 	}
-	sc.revFeed.succeeded(sc.log, true)
-	if !sc.revFeed.known() || !sc.Ready() {
+	sc.revocations.health.succeeded(sc.log, true)
+	if !sc.revocations.health.known() || !sc.Ready() {
 		t.Fatal("read to its end, not known")
 	}
 	if code, body := health(); code != 200 || body["status"] != "ok" {
@@ -187,12 +187,12 @@ func TestFeedHealth(t *testing.T) {
 	}
 	// A feed Vault cannot be reached for later keeps what it read:
 	// decisions go on. One Vault refuses does not (TestFeedForbiddenAfterReadRefuses).
-	sc.revFeed.failed(sc.log, &api.ResponseError{StatusCode: http.StatusServiceUnavailable})
-	if !sc.revFeed.known() {
+	sc.revocations.health.failed(sc.log, &api.ResponseError{StatusCode: http.StatusServiceUnavailable})
+	if !sc.revocations.health.known() {
 		t.Fatal("Vault out of reach forgot the feed was read")
 	}
-	sc.revFeed.failed(sc.log, forbidden)
-	if sc.revFeed.known() {
+	sc.revocations.health.failed(sc.log, forbidden)
+	if sc.revocations.health.known() {
 		t.Fatal("a feed refused after a read is still relied on")
 	}
 }
@@ -233,8 +233,8 @@ func TestFeedForbiddenAfterReadRefuses(t *testing.T) {
 	sc := f.sc
 	tok := f.jwt(t, "any read", time.Hour)
 	log := hclog.NewNullLogger()
-	sc.revFeed.succeeded(log, true)
-	sc.keyFeed.succeeded(log, true)
+	sc.revocations.health.succeeded(log, true)
+	sc.keyRecords.health.succeeded(log, true)
 	pass := func() (int, string) {
 		w := send(sc.proxyHandler(), "GET", "/v1/items/1", "127.0.0.1:1", hdr("Authorization", "Bearer "+tok))
 		return w.Code, w.Header().Get(contract.HeaderReason)
@@ -250,18 +250,18 @@ func TestFeedForbiddenAfterReadRefuses(t *testing.T) {
 	if code, _ := pass(); code != 200 {
 		t.Fatalf("feeds read: %d", code)
 	}
-	sc.revFeed.failed(log, &api.ResponseError{StatusCode: http.StatusServiceUnavailable})
+	sc.revocations.health.failed(log, &api.ResponseError{StatusCode: http.StatusServiceUnavailable})
 	if code, _ := pass(); code != 200 {
 		t.Fatalf("Vault unreachable after a read: %d, want 200 (what was read still holds)", code)
 	}
-	sc.revFeed.failed(log, &api.ResponseError{StatusCode: http.StatusForbidden})
+	sc.revocations.health.failed(log, &api.ResponseError{StatusCode: http.StatusForbidden})
 	if code, reason := pass(); code != 503 || reason != reasonRevocationsUnknown {
 		t.Fatalf("feed refused after a read: %d %s, want 503 %s", code, reason, reasonRevocationsUnknown)
 	}
 	if code, status := health(); code != 503 || status != "forbidden" {
 		t.Fatalf("healthz with the feed refused after a read: %d %s", code, status)
 	}
-	sc.revFeed.succeeded(log, true)
+	sc.revocations.health.succeeded(log, true)
 	if code, _ := pass(); code != 200 {
 		t.Fatalf("feed read again: %d", code)
 	}
