@@ -31,7 +31,7 @@ type bearer struct{ kind credentialKind }
 func (a bearer) authenticate(ctx context.Context, p presentation) (*identity, decision) {
 	id, d := a.kind.check(ctx, p)
 	if id != nil && id.jkt != "" {
-		return nil, decision{status: http.StatusUnauthorized, reason: reasonDPoPRequired, dpop: true}
+		return nil, decision{status: http.StatusUnauthorized, reason: contract.ReasonDPoPRequired, dpop: true}
 	}
 	return id, d
 }

@@ -9,6 +9,7 @@ import (
 	hclog "github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/keybroker/keybroker/contract"
 	"github.com/keybroker/keybroker/jwtverify"
 	"github.com/keybroker/keybroker/sidecar/internal/clientkey"
 	"github.com/keybroker/keybroker/sidecar/internal/dpopreplay"
@@ -42,7 +43,7 @@ func newDPoPProofs(origin string, maxAge, leeway time.Duration, replaySize int, 
 
 func (a dpopBound) authenticate(ctx context.Context, p presentation) (*identity, decision) {
 	if a.proofs == nil {
-		return nil, refuseProof(a.counted, reasonDPoPDisabled)
+		return nil, refuseProof(a.counted, contract.ReasonDPoPDisabled)
 	}
 	id, d := a.kind.check(ctx, p)
 	switch {
@@ -50,9 +51,9 @@ func (a dpopBound) authenticate(ctx context.Context, p presentation) (*identity,
 		d.dpop = true
 		return nil, d
 	case id.jkt == "":
-		return nil, refuseProof(a.counted, reasonDPoPNotBound)
+		return nil, refuseProof(a.counted, contract.ReasonDPoPNotBound)
 	case p.proof == "":
-		return nil, refuseProof(a.counted, reasonInvalidProof)
+		return nil, refuseProof(a.counted, contract.ReasonInvalidProof)
 	}
 	proofID, refusal := a.proofs.check(p, id)
 	if refusal != "" {
@@ -79,7 +80,7 @@ func (pp *dpopProofs) check(p presentation, id *identity) (proofID, refusal stri
 	})
 	if err != nil {
 		pp.log.Debug("dpop proof refused", "id", id.id, "error", err)
-		return "", reasonInvalidProof
+		return "", contract.ReasonInvalidProof
 	}
 	// A replay is refused now, before the rate limits (a captured proof
 	// must not spend its holder's requests); the proof itself is
@@ -90,7 +91,7 @@ func (pp *dpopProofs) check(p presentation, id *identity) (proofID, refusal stri
 	// the other is refused there.
 	proofID = id.jkt + "\x00" + proof.JTI
 	if pp.replay.Seen(proofID, now) {
-		return "", reasonProofReplayed
+		return "", contract.ReasonProofReplayed
 	}
 	pp.counted.WithLabelValues("ok").Inc()
 	return proofID, ""
@@ -108,16 +109,16 @@ func (pp *dpopProofs) record(proofID string, id *identity, client netip.Addr) (d
 	case nil:
 		return decision{}, true
 	case dpopreplay.ErrReplayed:
-		return refuseProof(pp.counted, reasonProofReplayed), false
+		return refuseProof(pp.counted, contract.ReasonProofReplayed), false
 	case dpopreplay.ErrLineageQuota, dpopreplay.ErrClientQuota:
 		label := "replay_quota"
 		if err == dpopreplay.ErrClientQuota {
 			label = "replay_quota_client"
 		}
 		pp.counted.WithLabelValues(label).Inc()
-		return decision{status: http.StatusTooManyRequests, reason: reasonRateLimited, retryAfter: window}, false
+		return decision{status: http.StatusTooManyRequests, reason: contract.ReasonRateLimited, retryAfter: window}, false
 	}
 	pp.counted.WithLabelValues("replay_cache_full").Inc()
 	pp.log.Warn("dpop replay cache full; refusing proofs until entries expire (raise dpop_replay_cache_size)")
-	return deny(http.StatusServiceUnavailable, reasonUnavailable), false
+	return deny(http.StatusServiceUnavailable, contract.ReasonUnavailable), false
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keybroker/keybroker/contract"
 	"github.com/keybroker/keybroker/internal/dpoptest"
 	"github.com/keybroker/keybroker/jwtverify"
 	"github.com/keybroker/keybroker/sidecar/internal/dpopreplay"
@@ -71,21 +72,21 @@ func TestDPoPBoundJWT(t *testing.T) {
 		h              http.Header
 		want           string
 	}{
-		{"the same proof again", "GET", "/v1/items", dpopHeaders(tok, good), reasonProofReplayed},
-		{"no proof", "GET", "/v1/items", dpopHeaders(tok, ""), reasonInvalidProof},
-		{"a proof for another method", "DELETE", "/v1/things", dpopHeaders(tok, k.Proof(t, "GET", testOrigin+"/v1/things", tok, now, nil)), reasonInvalidProof},
-		{"a proof for another path", "GET", "/v1/admin", dpopHeaders(tok, k.Proof(t, "GET", url, tok, now, nil)), reasonInvalidProof},
-		{"a proof for another origin", "GET", "/v1/items", dpopHeaders(tok, k.Proof(t, "GET", "https://evil.example.com/v1/items", tok, now, nil)), reasonInvalidProof},
-		{"a proof by another key", "GET", "/v1/items", dpopHeaders(tok, other.Proof(t, "GET", url, tok, now, nil)), reasonInvalidProof},
-		{"a proof for another token", "GET", "/v1/items", dpopHeaders(tok, k.Proof(t, "GET", url, "another", now, nil)), reasonInvalidProof},
-		{"a stale proof", "GET", "/v1/items", dpopHeaders(tok, k.Proof(t, "GET", url, tok, now.Add(-2*time.Minute), nil)), reasonInvalidProof},
-		{"alg none", "GET", "/v1/items", dpopHeaders(tok, k.Proof(t, "GET", url, tok, now, func(h, _ map[string]interface{}) { h["alg"] = "none" })), reasonInvalidProof},
-		{"HS256", "GET", "/v1/items", dpopHeaders(tok, k.Proof(t, "GET", url, tok, now, func(h, _ map[string]interface{}) { h["alg"] = "HS256" })), reasonInvalidProof},
-		{"a jwk with its private part", "GET", "/v1/items", dpopHeaders(tok, k.Proof(t, "GET", url, tok, now, func(h, _ map[string]interface{}) { h["jwk"] = priv })), reasonInvalidProof},
-		{"an oversize proof", "GET", "/v1/items", dpopHeaders(tok, k.Proof(t, "GET", url, tok, now, func(_, c map[string]interface{}) { c["pad"] = strings.Repeat("x", 8<<10) })), reasonInvalidProof},
-		{"the bound token as a bearer", "GET", "/v1/items", http.Header{"Authorization": {"Bearer " + tok}, "Dpop": {k.Proof(t, "GET", url, tok, now, nil)}}, reasonDPoPRequired},
-		{"the bound token as X-API-Key", "GET", "/v1/items", http.Header{"X-Api-Key": {tok}}, reasonDPoPRequired},
-		{"an unbound token with the DPoP scheme", "GET", "/v1/items", dpopHeaders(f.jwt(t, "read", time.Hour), k.Proof(t, "GET", url, f.jwt(t, "read", time.Hour), now, nil)), reasonDPoPNotBound},
+		{"the same proof again", "GET", "/v1/items", dpopHeaders(tok, good), contract.ReasonProofReplayed},
+		{"no proof", "GET", "/v1/items", dpopHeaders(tok, ""), contract.ReasonInvalidProof},
+		{"a proof for another method", "DELETE", "/v1/things", dpopHeaders(tok, k.Proof(t, "GET", testOrigin+"/v1/things", tok, now, nil)), contract.ReasonInvalidProof},
+		{"a proof for another path", "GET", "/v1/admin", dpopHeaders(tok, k.Proof(t, "GET", url, tok, now, nil)), contract.ReasonInvalidProof},
+		{"a proof for another origin", "GET", "/v1/items", dpopHeaders(tok, k.Proof(t, "GET", "https://evil.example.com/v1/items", tok, now, nil)), contract.ReasonInvalidProof},
+		{"a proof by another key", "GET", "/v1/items", dpopHeaders(tok, other.Proof(t, "GET", url, tok, now, nil)), contract.ReasonInvalidProof},
+		{"a proof for another token", "GET", "/v1/items", dpopHeaders(tok, k.Proof(t, "GET", url, "another", now, nil)), contract.ReasonInvalidProof},
+		{"a stale proof", "GET", "/v1/items", dpopHeaders(tok, k.Proof(t, "GET", url, tok, now.Add(-2*time.Minute), nil)), contract.ReasonInvalidProof},
+		{"alg none", "GET", "/v1/items", dpopHeaders(tok, k.Proof(t, "GET", url, tok, now, func(h, _ map[string]interface{}) { h["alg"] = "none" })), contract.ReasonInvalidProof},
+		{"HS256", "GET", "/v1/items", dpopHeaders(tok, k.Proof(t, "GET", url, tok, now, func(h, _ map[string]interface{}) { h["alg"] = "HS256" })), contract.ReasonInvalidProof},
+		{"a jwk with its private part", "GET", "/v1/items", dpopHeaders(tok, k.Proof(t, "GET", url, tok, now, func(h, _ map[string]interface{}) { h["jwk"] = priv })), contract.ReasonInvalidProof},
+		{"an oversize proof", "GET", "/v1/items", dpopHeaders(tok, k.Proof(t, "GET", url, tok, now, func(_, c map[string]interface{}) { c["pad"] = strings.Repeat("x", 8<<10) })), contract.ReasonInvalidProof},
+		{"the bound token as a bearer", "GET", "/v1/items", http.Header{"Authorization": {"Bearer " + tok}, "Dpop": {k.Proof(t, "GET", url, tok, now, nil)}}, contract.ReasonDPoPRequired},
+		{"the bound token as X-API-Key", "GET", "/v1/items", http.Header{"X-Api-Key": {tok}}, contract.ReasonDPoPRequired},
+		{"an unbound token with the DPoP scheme", "GET", "/v1/items", dpopHeaders(f.jwt(t, "read", time.Hour), k.Proof(t, "GET", url, f.jwt(t, "read", time.Hour), now, nil)), contract.ReasonDPoPNotBound},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			d := decideWith(f.sc, tt.method, tt.target, tt.h)
@@ -95,7 +96,7 @@ func TestDPoPBoundJWT(t *testing.T) {
 			w := httptest.NewRecorder()
 			f.sc.writeDenial(w, d, false)
 			wantCode := "invalid_token"
-			if tt.want == reasonInvalidProof || tt.want == reasonProofReplayed {
+			if tt.want == contract.ReasonInvalidProof || tt.want == contract.ReasonProofReplayed {
 				wantCode = "invalid_dpop_proof"
 			}
 			if c := w.Header().Get("WWW-Authenticate"); !strings.HasPrefix(c, `DPoP algs="ES256 `) || !strings.Contains(c, `error="`+wantCode+`"`) {
@@ -108,7 +109,7 @@ func TestDPoPBoundJWT(t *testing.T) {
 	admin := decideWith(f.sc, "GET", "/v1/admin", dpopHeaders(tok, k.Proof(t, "GET", testOrigin+"/v1/admin", tok, now, nil)))
 	w := httptest.NewRecorder()
 	f.sc.writeDenial(w, admin, false)
-	if admin.reason != reasonInsufficientScope || !strings.HasPrefix(w.Header().Get("WWW-Authenticate"), "DPoP ") {
+	if admin.reason != contract.ReasonInsufficientScope || !strings.HasPrefix(w.Header().Get("WWW-Authenticate"), "DPoP ") {
 		t.Fatalf("scope denial: %s %q", admin.reason, w.Header().Get("WWW-Authenticate"))
 	}
 	// A request without a credential learns both schemes.
@@ -126,10 +127,10 @@ func TestDPoPOff(t *testing.T) {
 	k := dpoptest.NewKey(t, "ES256")
 	tok := f.boundJWT(t, k, "jti-off")
 	proof := k.Proof(t, "GET", testOrigin+"/v1/items", tok, time.Now(), nil)
-	if d := decideWith(f.sc, "GET", "/v1/items", dpopHeaders(tok, proof)); d.reason != reasonDPoPDisabled {
+	if d := decideWith(f.sc, "GET", "/v1/items", dpopHeaders(tok, proof)); d.reason != contract.ReasonDPoPDisabled {
 		t.Fatalf("DPoP without public_origin: %s", d.reason)
 	}
-	if d := decideWith(f.sc, "GET", "/v1/items", http.Header{"Authorization": {"Bearer " + tok}}); d.reason != reasonDPoPRequired {
+	if d := decideWith(f.sc, "GET", "/v1/items", http.Header{"Authorization": {"Bearer " + tok}}); d.reason != contract.ReasonDPoPRequired {
 		t.Fatalf("a bound token as a bearer: %s", d.reason)
 	}
 	w := httptest.NewRecorder()
@@ -231,7 +232,7 @@ func TestDPoPConcurrentReplay(t *testing.T) {
 	if _, ok := f.sc.dpop.record(d1.proofID, id1, p.clientIP); !ok {
 		t.Fatal("the first record was refused")
 	}
-	if d, ok := f.sc.dpop.record(d2.proofID, id2, p.clientIP); ok || d.reason != reasonProofReplayed {
+	if d, ok := f.sc.dpop.record(d2.proofID, id2, p.clientIP); ok || d.reason != contract.ReasonProofReplayed {
 		t.Fatalf("the second record of one proof: %v %s", ok, d.reason)
 	}
 	for round := range 20 {
@@ -271,7 +272,7 @@ func TestDPoPProofNotRecordedWhenBudgetRefuses(t *testing.T) {
 	tok := f.sign(t, c)
 	for range 3 {
 		d := decideWith(f.sc, "GET", "/v1/items", dpopHeaders(tok, k.Proof(t, "GET", testOrigin+"/v1/items", tok, time.Now(), nil)))
-		if d.allowed() || d.reason == reasonProofReplayed {
+		if d.allowed() || d.reason == contract.ReasonProofReplayed {
 			t.Fatalf("a metered request with no budget to be had: %d %s", d.status, d.reason)
 		}
 	}
@@ -291,7 +292,7 @@ func TestDPoPProofRememberedOnlyWhenAllowed(t *testing.T) {
 	f.sc.revocations.revoked.add("jti-revoked", time.Now().Add(time.Hour))
 	for range 3 {
 		p := k.Proof(t, "GET", testOrigin+"/v1/items", tok, time.Now(), nil)
-		if d := decideWith(f.sc, "GET", "/v1/items", dpopHeaders(tok, p)); d.reason != reasonRevoked {
+		if d := decideWith(f.sc, "GET", "/v1/items", dpopHeaders(tok, p)); d.reason != contract.ReasonRevoked {
 			t.Fatalf("a revoked bound token: %s", d.reason)
 		}
 	}
@@ -328,11 +329,11 @@ func TestDPoPBoundAPIKey(t *testing.T) {
 		"as X-API-Key":     {"X-Api-Key": {key}},
 		"bearer and proof": {"Authorization": {"Bearer " + key}, "Dpop": {k.Proof(t, "GET", url, key, now, nil)}},
 	} {
-		if d := decideWith(f.sc, "GET", "/v1/items", h); d.reason != reasonDPoPRequired {
+		if d := decideWith(f.sc, "GET", "/v1/items", h); d.reason != contract.ReasonDPoPRequired {
 			t.Errorf("a bound key %s: %d %s", name, d.status, d.reason)
 		}
 	}
-	if d := decideWith(f.sc, "GET", "/v1/items", dpopHeaders(key, dpoptest.NewKey(t, "ES256").Proof(t, "GET", url, key, now, nil))); d.reason != reasonInvalidProof {
+	if d := decideWith(f.sc, "GET", "/v1/items", dpopHeaders(key, dpoptest.NewKey(t, "ES256").Proof(t, "GET", url, key, now, nil))); d.reason != contract.ReasonInvalidProof {
 		t.Fatalf("a bound key with a thief's proof: %s", d.reason)
 	}
 	// A record whose jkt is not a thumbprint is not read: the key is
@@ -359,7 +360,7 @@ func TestDPoPReplayTakesNoRate(t *testing.T) {
 		t.Fatalf("the holder's first request: %s", d.reason)
 	}
 	for range 3 {
-		if d := decideWith(f.sc, "GET", "/v1/items", dpopHeaders(tok, captured)); d.reason != reasonProofReplayed {
+		if d := decideWith(f.sc, "GET", "/v1/items", dpopHeaders(tok, captured)); d.reason != contract.ReasonProofReplayed {
 			t.Fatalf("a replay: %s", d.reason)
 		}
 	}

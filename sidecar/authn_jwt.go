@@ -45,7 +45,7 @@ func (k *agentJWTs) check(ctx context.Context, p presentation) (*identity, decis
 	k.miss.Inc()
 	v := k.keys.verifier.Load()
 	if v == nil {
-		return nil, deny(http.StatusServiceUnavailable, reasonUnavailable)
+		return nil, deny(http.StatusServiceUnavailable, contract.ReasonUnavailable)
 	}
 	c, err := v.Verify(p.cred, k.keys.set.Load())
 	if errors.Is(err, jwtverify.ErrUnknownKey) && k.keys.refetchForUnknownKid(ctx) {
@@ -54,11 +54,11 @@ func (k *agentJWTs) check(ctx context.Context, p presentation) (*identity, decis
 	switch {
 	case err == nil:
 	case errors.Is(err, jwtverify.ErrExpired):
-		return nil, deny(http.StatusUnauthorized, reasonExpired)
+		return nil, deny(http.StatusUnauthorized, contract.ReasonExpired)
 	case errors.Is(err, jwtverify.ErrTooLarge), errors.Is(err, jwtverify.ErrMalformed), errors.Is(err, jwtverify.ErrHeader):
-		return nil, deny(http.StatusUnauthorized, reasonMalformed)
+		return nil, deny(http.StatusUnauthorized, contract.ReasonMalformed)
 	default:
-		return nil, deny(http.StatusUnauthorized, reasonInvalid)
+		return nil, deny(http.StatusUnauthorized, contract.ReasonInvalid)
 	}
 	// One clock rule, the verifier's: a token is good until exp + leeway,
 	// on this request and on every later one served from the cache.
@@ -67,7 +67,7 @@ func (k *agentJWTs) check(ctx context.Context, p presentation) (*identity, decis
 	for _, s := range c.CIDR {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
-			return nil, deny(http.StatusUnauthorized, reasonInvalid)
+			return nil, deny(http.StatusUnauthorized, contract.ReasonInvalid)
 		}
 		id.cidrs = append(id.cidrs, p)
 	}

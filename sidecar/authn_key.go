@@ -104,7 +104,7 @@ func newAPIKeys(o keyOptions, replica *keyReplica, vault keyVerifier, m keyMetri
 func (k *apiKeys) check(ctx context.Context, p presentation) (*identity, decision) {
 	parsed, err := apikey.Parse(p.cred)
 	if err != nil {
-		return nil, deny(http.StatusUnauthorized, reasonMalformed)
+		return nil, deny(http.StatusUnauthorized, contract.ReasonMalformed)
 	}
 	h := apikey.Hash(p.cred)
 	now := time.Now()
@@ -148,22 +148,22 @@ func (k *apiKeys) fromReplica(keyID string, h [sha256.Size]byte, now time.Time) 
 		switch {
 		case !k.opts.filter.passes(rec.shape.role, rec.shape.tenant):
 			// The plugin filters too; this holds whatever it sends.
-			return nil, deny(http.StatusUnauthorized, reasonInvalid), true
+			return nil, deny(http.StatusUnauthorized, contract.ReasonInvalid), true
 		case rec.revoked:
-			return nil, deny(http.StatusUnauthorized, reasonRevoked), true
+			return nil, deny(http.StatusUnauthorized, contract.ReasonRevoked), true
 		case suspended:
-			return nil, deny(http.StatusUnauthorized, reasonSuspended), true
+			return nil, deny(http.StatusUnauthorized, contract.ReasonSuspended), true
 		}
 		return rec.identity(strings.Clone(keyID), metered), decision{degraded: r.failing.Load()}, true
 	case rec != nil:
 		// Same answer as for an unknown key.
 		k.m.replicaHit.Inc()
-		return nil, deny(http.StatusUnauthorized, reasonInvalid), true
+		return nil, deny(http.StatusUnauthorized, contract.ReasonInvalid), true
 	case !apikey.MintedNear(keyID, now, keyMintFallbackWindow+now.Sub(r.currentAsOf(now))):
 		// No key has this key_id: one minted longer ago would be held.
 		// Forged keys end here, without a Vault call.
 		k.m.replicaRefused.Inc()
-		return nil, deny(http.StatusUnauthorized, reasonInvalid), true
+		return nil, deny(http.StatusUnauthorized, contract.ReasonInvalid), true
 	}
 	// Minted moments ago, its record may be on its way: ask Vault, once,
 	// within the flood guard's limits.
@@ -188,7 +188,7 @@ func (k *apiKeys) refusedBefore(h [sha256.Size]byte, keyID string, now time.Time
 	}
 	if exp, ok := k.unknownIDs.Get(keyID); ok && now.Before(exp) {
 		k.m.negativeHit.Inc()
-		return deny(http.StatusUnauthorized, reasonInvalid), true
+		return deny(http.StatusUnauthorized, contract.ReasonInvalid), true
 	}
 	return decision{}, false
 }
@@ -206,7 +206,7 @@ func (k *apiKeys) askVault(ctx context.Context, key string, h [sha256.Size]byte,
 		if err == nil {
 			ans = v.(*contract.VerifyAnswer)
 		}
-		return err == nil && ans.Reason != reasonOK && ans.Reason != contract.ReasonDPoPRequired
+		return err == nil && ans.Reason != contract.ReasonOK && ans.Reason != contract.ReasonDPoPRequired
 	})
 	if guarded != nil {
 		return nil, guarded, nil
@@ -240,7 +240,7 @@ func (k *apiKeys) vaultFailed(err error) decision {
 	default:
 		k.log.Warn("cannot verify an API key: Vault answered an error and there is no fresh cache entry", "error", err)
 	}
-	return deny(http.StatusServiceUnavailable, reasonUnavailable)
+	return deny(http.StatusServiceUnavailable, contract.ReasonUnavailable)
 }
 
 // fromAnswer decides a key from Vault's answer, and caches what may be
@@ -248,39 +248,39 @@ func (k *apiKeys) vaultFailed(err error) decision {
 func (k *apiKeys) fromAnswer(ans *contract.VerifyAnswer, h [sha256.Size]byte, keyID string, now time.Time) (*identity, decision) {
 	negUntil := now.Add(k.opts.negativeTTL)
 	switch {
-	case ans.Reason == reasonOK && !k.opts.filter.passes(ans.Role, ans.Tenant):
+	case ans.Reason == contract.ReasonOK && !k.opts.filter.passes(ans.Role, ans.Tenant):
 		// A key outside key_replica_roles/tenants: this sidecar does not
 		// serve it, whether its record has arrived or not.
-		k.negative.Add(h, negEntry{reason: reasonInvalid, expires: negUntil})
-		return nil, deny(http.StatusUnauthorized, reasonInvalid)
-	case ans.Reason == reasonOK:
+		k.negative.Add(h, negEntry{reason: contract.ReasonInvalid, expires: negUntil})
+		return nil, deny(http.StatusUnauthorized, contract.ReasonInvalid)
+	case ans.Reason == contract.ReasonOK:
 		id, ok := identityOfAnswer(ans)
 		if !ok {
-			return nil, deny(http.StatusServiceUnavailable, reasonUnavailable)
+			return nil, deny(http.StatusServiceUnavailable, contract.ReasonUnavailable)
 		}
 		k.positive.Add(h, &keyEntry{id: id, fetched: now})
 		return id, decision{}
-	case ans.Reason == reasonCIDRDenied:
+	case ans.Reason == contract.ReasonCIDRDenied:
 		// Depends on the address, so not cached.
-		return nil, deny(http.StatusUnauthorized, reasonCIDRDenied)
-	case ans.Reason == reasonSuspended:
+		return nil, deny(http.StatusUnauthorized, contract.ReasonCIDRDenied)
+	case ans.Reason == contract.ReasonSuspended:
 		// Ends when an operator resumes the key: not cached as refused,
 		// and no longer cached as good (a stale entry would serve it
 		// while Vault is away).
 		k.positive.Remove(h)
-		return nil, deny(http.StatusUnauthorized, reasonSuspended)
+		return nil, deny(http.StatusUnauthorized, contract.ReasonSuspended)
 	case ans.Reason == contract.ReasonDPoPRequired:
 		// A bound key Vault will not vouch for without its proof: only
 		// its record can let the sidecar check one. Cached as refused, so
 		// a leaked bound key sent in a loop costs Vault one call per
 		// negative_cache_ttl; the replica, read first, still serves the
 		// key once its record arrives.
-		k.negative.Add(h, negEntry{reason: reasonDPoPRequired, expires: negUntil})
-		return nil, decision{status: http.StatusUnauthorized, reason: reasonDPoPRequired, dpop: true}
+		k.negative.Add(h, negEntry{reason: contract.ReasonDPoPRequired, expires: negUntil})
+		return nil, decision{status: http.StatusUnauthorized, reason: contract.ReasonDPoPRequired, dpop: true}
 	}
 	reason := ans.Reason
 	if reason == contract.ReasonNotFound {
-		reason = reasonInvalid // same answer for an unknown key and a wrong one
+		reason = contract.ReasonInvalid // same answer for an unknown key and a wrong one
 	}
 	if ans.UnknownKeyID {
 		k.unknownIDs.Add(keyID, negUntil)

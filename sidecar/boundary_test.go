@@ -59,36 +59,36 @@ func testBoundary(t *testing.T, f *fixture, h http.Handler) {
 		status         int
 		reason         string
 	}{
-		{"GET", "/public/../v1/admin/x", "", 400, reasonNonCanonicalPath},
-		{"GET", "/public/%2e%2e/v1/admin/x", "", 400, reasonNonCanonicalPath},
-		{"GET", "/public/%2E%2e/v1/admin/x", reader, 400, reasonNonCanonicalPath},
-		{"GET", "/v1//admin/x", reader, 400, reasonNonCanonicalPath},
-		{"GET", "/v1/./admin/x", reader, 400, reasonNonCanonicalPath},
-		{"GET", "/v1/%61dmin/x", reader, 403, reasonInsufficientScope},
+		{"GET", "/public/../v1/admin/x", "", 400, contract.ReasonNonCanonicalPath},
+		{"GET", "/public/%2e%2e/v1/admin/x", "", 400, contract.ReasonNonCanonicalPath},
+		{"GET", "/public/%2E%2e/v1/admin/x", reader, 400, contract.ReasonNonCanonicalPath},
+		{"GET", "/v1//admin/x", reader, 400, contract.ReasonNonCanonicalPath},
+		{"GET", "/v1/./admin/x", reader, 400, contract.ReasonNonCanonicalPath},
+		{"GET", "/v1/%61dmin/x", reader, 403, contract.ReasonInsufficientScope},
 		{"GET", "/v1/%61dmin/x", admin, 200, ""},
-		{"GET", "/v1/admin%2fx", admin, 400, reasonNonCanonicalPath},
-		{"GET", "/v1;x/admin/x", reader, 400, reasonNonCanonicalPath},
-		{"GET", "/v1/admin;x/y", reader, 400, reasonNonCanonicalPath},
-		{"GET", "http://evil.example/v1/admin/x", reader, 403, reasonInsufficientScope}, // absolute-form
-		{"GET", "http://evil.example/public/../v1/admin", "", 400, reasonNonCanonicalPath},
-		{"OPTIONS", "*", reader, 400, reasonNonCanonicalPath},
-		{"GET", "/publicity", "", 401, reasonNoCredential}, // not under /public
+		{"GET", "/v1/admin%2fx", admin, 400, contract.ReasonNonCanonicalPath},
+		{"GET", "/v1;x/admin/x", reader, 400, contract.ReasonNonCanonicalPath},
+		{"GET", "/v1/admin;x/y", reader, 400, contract.ReasonNonCanonicalPath},
+		{"GET", "http://evil.example/v1/admin/x", reader, 403, contract.ReasonInsufficientScope}, // absolute-form
+		{"GET", "http://evil.example/public/../v1/admin", "", 400, contract.ReasonNonCanonicalPath},
+		{"OPTIONS", "*", reader, 400, contract.ReasonNonCanonicalPath},
+		{"GET", "/publicity", "", 401, contract.ReasonNoCredential}, // not under /public
 		{"GET", "/public", "", 200, ""},
 		{"HEAD", "/v1/items/1", reader, 200, ""},
-		{"DELETE", "/v1/items/1", admin, 405, reasonMethodNotAllowed}, // never the parent route
-		{"GET", "/v1/items/1?access_token=x", reader, 400, reasonCredentialInQuery},
-		{"GET", "/v1/items/1?x=%zz&access_token=x", reader, 400, reasonCredentialInQuery},
-		{"GET", "/v1/items/1?x=1;token=y", reader, 400, reasonCredentialInQuery},
+		{"DELETE", "/v1/items/1", admin, 405, contract.ReasonMethodNotAllowed}, // never the parent route
+		{"GET", "/v1/items/1?access_token=x", reader, 400, contract.ReasonCredentialInQuery},
+		{"GET", "/v1/items/1?x=%zz&access_token=x", reader, 400, contract.ReasonCredentialInQuery},
+		{"GET", "/v1/items/1?x=1;token=y", reader, 400, contract.ReasonCredentialInQuery},
 		// A credential in the path, as in the query: refused, never
 		// forwarded, whatever surrounds it.
-		{"GET", "/v1/items/" + key, reader, 400, reasonCredentialInPath},
-		{"GET", "/v1/items/" + refresh, reader, 400, reasonCredentialInPath},
-		{"GET", "/v1/items/" + reader, reader, 400, reasonCredentialInPath},
-		{"GET", "/v1/items/" + key + ".json", reader, 400, reasonCredentialInPath},
-		{"GET", "/v1/items/token=" + reader + "/x", reader, 400, reasonCredentialInPath},
-		{"GET", "/v1/items/by-key-" + key + "-old", reader, 400, reasonCredentialInPath},
-		{"GET", "/v1/items/" + strings.Replace(key, "_", "%5F", -1), reader, 400, reasonCredentialInPath}, // decoded once, then seen
-		{"GET", "/v1/items/" + key, "", 400, reasonCredentialInPath},                                      // before the credential is asked for
+		{"GET", "/v1/items/" + key, reader, 400, contract.ReasonCredentialInPath},
+		{"GET", "/v1/items/" + refresh, reader, 400, contract.ReasonCredentialInPath},
+		{"GET", "/v1/items/" + reader, reader, 400, contract.ReasonCredentialInPath},
+		{"GET", "/v1/items/" + key + ".json", reader, 400, contract.ReasonCredentialInPath},
+		{"GET", "/v1/items/token=" + reader + "/x", reader, 400, contract.ReasonCredentialInPath},
+		{"GET", "/v1/items/by-key-" + key + "-old", reader, 400, contract.ReasonCredentialInPath},
+		{"GET", "/v1/items/" + strings.Replace(key, "_", "%5F", -1), reader, 400, contract.ReasonCredentialInPath}, // decoded once, then seen
+		{"GET", "/v1/items/" + key, "", 400, contract.ReasonCredentialInPath},                                      // before the credential is asked for
 		// Ordinary paths pass.
 		{"GET", "/v1/items/report.2024.final.pdf", reader, 200, ""},
 		{"GET", "/v1/items/eyJohn.smith", reader, 200, ""},
@@ -101,14 +101,14 @@ func testBoundary(t *testing.T, f *fixture, h http.Handler) {
 		{"GET", "/v1/users/John_Smith_profile_picture", reader, 200, ""},
 		{"GET", "/v1/items/" + strings.Repeat("_", 8<<10), reader, 200, ""},
 		// A credential within a query value, as the upstream decodes it.
-		{"GET", "/v1/items/1?q=Bearer+" + reader, reader, 400, reasonCredentialInQuery},
-		{"GET", "/v1/items/1?cb=https%3A%2F%2Fx%2Fy%3Faccess_token%3D" + reader, reader, 400, reasonCredentialInQuery},
+		{"GET", "/v1/items/1?q=Bearer+" + reader, reader, 400, contract.ReasonCredentialInQuery},
+		{"GET", "/v1/items/1?cb=https%3A%2F%2Fx%2Fy%3Faccess_token%3D" + reader, reader, 400, contract.ReasonCredentialInQuery},
 		// A method override in the query: the framework would serve
 		// another method than the one checked.
-		{"GET", "/v1/items/1?_method=DELETE", reader, 400, reasonMethodOverride},
-		{"GET", "/v1/items/1?x=1&_METHOD=DELETE", reader, 400, reasonMethodOverride},
-		{"GET", "/v1/items/1?%5Fmethod=DELETE", "", 400, reasonMethodOverride}, // before the credential is asked for
-		{"GET", "/public/x?_method=DELETE", "", 200, ""},                       // public routes check no query
+		{"GET", "/v1/items/1?_method=DELETE", reader, 400, contract.ReasonMethodOverride},
+		{"GET", "/v1/items/1?x=1&_METHOD=DELETE", reader, 400, contract.ReasonMethodOverride},
+		{"GET", "/v1/items/1?%5Fmethod=DELETE", "", 400, contract.ReasonMethodOverride}, // before the credential is asked for
+		{"GET", "/public/x?_method=DELETE", "", 200, ""},                                // public routes check no query
 	} {
 		header := http.Header{}
 		if tc.cred != "" {
@@ -158,19 +158,19 @@ func TestVerifyGatewayHeaders(t *testing.T) {
 				reason string
 			}{
 				{"allowed", "127.0.0.2:1", orig("GET", "/v1/items/1", "Authorization", "Bearer "+reader), 200, ""},
-				{"client names a public route in another gateway's header", "127.0.0.2:1", orig("GET", "/v1/admin/x", other, "/public"), 401, reasonNoCredential},
-				{"read-only credential on admin via another gateway's header", "127.0.0.2:1", orig("GET", "/v1/admin/x", other, "/v1/items", "Authorization", "Bearer "+reader), 403, reasonInsufficientScope},
-				{"untrusted peer", "127.0.0.1:1", orig("GET", "/public"), 403, reasonUntrustedGateway},
-				{"no original URI", "127.0.0.2:1", hdr(g.methodHeader, "GET", other, "/public"), denied, reasonBadRequest},
-				{"repeated original URI", "127.0.0.2:1", orig("GET", "/public", g.uriHeader, "/v1/admin"), denied, reasonBadRequest},
-				{"dot segments", "127.0.0.2:1", orig("GET", "/public/../v1/admin/x"), denied, reasonNonCanonicalPath},
-				{"encoded dot segments", "127.0.0.2:1", orig("GET", "/public/%2e%2e/v1/admin/x"), denied, reasonNonCanonicalPath},
-				{"still-encoded path is decoded", "127.0.0.2:1", orig("GET", "/v1/%61dmin/users", "Authorization", "Bearer "+reader), 403, reasonInsufficientScope},
+				{"client names a public route in another gateway's header", "127.0.0.2:1", orig("GET", "/v1/admin/x", other, "/public"), 401, contract.ReasonNoCredential},
+				{"read-only credential on admin via another gateway's header", "127.0.0.2:1", orig("GET", "/v1/admin/x", other, "/v1/items", "Authorization", "Bearer "+reader), 403, contract.ReasonInsufficientScope},
+				{"untrusted peer", "127.0.0.1:1", orig("GET", "/public"), 403, contract.ReasonUntrustedGateway},
+				{"no original URI", "127.0.0.2:1", hdr(g.methodHeader, "GET", other, "/public"), denied, contract.ReasonBadRequest},
+				{"repeated original URI", "127.0.0.2:1", orig("GET", "/public", g.uriHeader, "/v1/admin"), denied, contract.ReasonBadRequest},
+				{"dot segments", "127.0.0.2:1", orig("GET", "/public/../v1/admin/x"), denied, contract.ReasonNonCanonicalPath},
+				{"encoded dot segments", "127.0.0.2:1", orig("GET", "/public/%2e%2e/v1/admin/x"), denied, contract.ReasonNonCanonicalPath},
+				{"still-encoded path is decoded", "127.0.0.2:1", orig("GET", "/v1/%61dmin/users", "Authorization", "Bearer "+reader), 403, contract.ReasonInsufficientScope},
 				{"HEAD on a GET route", "127.0.0.2:1", orig("HEAD", "/v1/items/1", "Authorization", "Bearer "+reader), 200, ""},
-				{"405 not parent", "127.0.0.2:1", orig("DELETE", "/v1/items/1", "Authorization", "Bearer "+reader), map[bool]int{true: 403, false: 405}[g.only2xx401403], reasonMethodNotAllowed},
+				{"405 not parent", "127.0.0.2:1", orig("DELETE", "/v1/items/1", "Authorization", "Bearer "+reader), map[bool]int{true: 403, false: 405}[g.only2xx401403], contract.ReasonMethodNotAllowed},
 				{"public", "127.0.0.2:1", orig("GET", "/public/x"), 200, ""},
-				{"method override in the query", "127.0.0.2:1", orig("GET", "/v1/items/1?_Method=DELETE", "Authorization", "Bearer "+reader), denied, reasonMethodOverride},
-				{"credential in a path segment", "127.0.0.2:1", orig("GET", "/v1/items/x-"+reader+"/y", "Authorization", "Bearer "+reader), denied, reasonCredentialInPath},
+				{"method override in the query", "127.0.0.2:1", orig("GET", "/v1/items/1?_Method=DELETE", "Authorization", "Bearer "+reader), denied, contract.ReasonMethodOverride},
+				{"credential in a path segment", "127.0.0.2:1", orig("GET", "/v1/items/x-"+reader+"/y", "Authorization", "Bearer "+reader), denied, contract.ReasonCredentialInPath},
 				{"eyJ inside a word", "127.0.0.2:1", orig("GET", "/v1/static/surveyJSLibraryBundle.min.js", "Authorization", "Bearer "+reader), 200, ""},
 			} {
 				w := send(h, "GET", "/verify", tc.peer, tc.header)
@@ -201,14 +201,14 @@ func TestVerifyGatewayHeaders(t *testing.T) {
 			reason         string
 		}{
 			{"GET", "/verify/v1/items/1", auth, 200, ""},
-			{"GET", "/verify", hdr("X-Original-URI", "/public"), 401, reasonNoCredential}, // "/" needs "any"
-			{"GET", "/verify/v1/admin/x", hdr("X-Original-URI", "/public", "X-Forwarded-Uri", "/public"), 401, reasonNoCredential},
-			{"GET", "/verify/public/../v1/admin", nil, 400, reasonNonCanonicalPath},
-			{"GET", "/verify/public/%2e%2e/v1/admin", nil, 400, reasonNonCanonicalPath},
-			{"GET", "/verify/v1/%61dmin", auth, 403, reasonInsufficientScope},
-			{"GET", "/verify//v1/admin", auth, 400, reasonNonCanonicalPath},
+			{"GET", "/verify", hdr("X-Original-URI", "/public"), 401, contract.ReasonNoCredential}, // "/" needs "any"
+			{"GET", "/verify/v1/admin/x", hdr("X-Original-URI", "/public", "X-Forwarded-Uri", "/public"), 401, contract.ReasonNoCredential},
+			{"GET", "/verify/public/../v1/admin", nil, 400, contract.ReasonNonCanonicalPath},
+			{"GET", "/verify/public/%2e%2e/v1/admin", nil, 400, contract.ReasonNonCanonicalPath},
+			{"GET", "/verify/v1/%61dmin", auth, 403, contract.ReasonInsufficientScope},
+			{"GET", "/verify//v1/admin", auth, 400, contract.ReasonNonCanonicalPath},
 			{"GET", "/verify/public?x=1", nil, 200, ""},
-			{"DELETE", "/verify/v1/items/1", auth, 405, reasonMethodNotAllowed},
+			{"DELETE", "/verify/v1/items/1", auth, 405, contract.ReasonMethodNotAllowed},
 		} {
 			w := send(h, tc.method, tc.target, "127.0.0.2:1", tc.header)
 			if w.Code != tc.status || w.Header().Get(contract.HeaderReason) != tc.reason {
@@ -257,7 +257,7 @@ func TestLeewayAppliesToExp(t *testing.T) {
 		}
 	}
 	f = newFixture(t, func(c *Config) { c.Leeway = "5s" })
-	if w := send(f.sc.proxyHandler(), "GET", "/v1/items/1", "127.0.0.1:1", hdr("Authorization", "Bearer "+f.jwt(t, "any read", -7*time.Second))); w.Code != 401 || w.Header().Get(contract.HeaderReason) != reasonExpired {
+	if w := send(f.sc.proxyHandler(), "GET", "/v1/items/1", "127.0.0.1:1", hdr("Authorization", "Bearer "+f.jwt(t, "any read", -7*time.Second))); w.Code != 401 || w.Header().Get(contract.HeaderReason) != contract.ReasonExpired {
 		t.Fatalf("7s past exp with 5s leeway: %d %s", w.Code, w.Header().Get(contract.HeaderReason))
 	}
 }

@@ -174,7 +174,7 @@ func (b *budgets) acquire(ctx context.Context, id *identity, amount int64) (*hol
 		}
 		if err := b.refill(ctx, m, id.budget.MaxCost); err != nil {
 			b.log.Warn("cannot reserve budget; failing closed", "id", id.id, "error", err)
-			return nil, deny(http.StatusServiceUnavailable, reasonUnavailable)
+			return nil, deny(http.StatusServiceUnavailable, contract.ReasonUnavailable)
 		}
 	}
 }
@@ -202,9 +202,9 @@ func (m *meter) tryLocked(now time.Time, amount int64, noMoreRefills bool) (*hol
 	}
 	if !exhausted {
 		// Refills kept being taken by concurrent requests.
-		return nil, deny(http.StatusServiceUnavailable, reasonUnavailable), false
+		return nil, deny(http.StatusServiceUnavailable, contract.ReasonUnavailable), false
 	}
-	return nil, decision{status: http.StatusTooManyRequests, reason: reasonBudgetExhausted, retryAfter: m.exhaustedUntil.Sub(now)}, false
+	return nil, decision{status: http.StatusTooManyRequests, reason: contract.ReasonBudgetExhausted, retryAfter: m.exhaustedUntil.Sub(now)}, false
 }
 
 func (m *meter) holdLocked(now time.Time, c *chunk, amount int64, tail bool) *hold {

@@ -60,7 +60,7 @@ func TestMeterHoldsTailAndExhaustion(t *testing.T) {
 		t.Fatalf("tail hold: %+v refill=%v", tail, refill)
 	}
 	_, d, refill := m.tryLocked(now, 10, false)
-	if d.status != http.StatusTooManyRequests || d.reason != reasonBudgetExhausted || d.retryAfter != 30*time.Minute || refill {
+	if d.status != http.StatusTooManyRequests || d.reason != contract.ReasonBudgetExhausted || d.retryAfter != 30*time.Minute || refill {
 		t.Fatalf("second tail while one is in flight: %+v refill=%v", d, refill)
 	}
 	// After the recheck interval the plugin is asked again.
@@ -295,9 +295,9 @@ func TestExhaustedAnswers(t *testing.T) {
 		retry     string
 		code, typ string
 	}{
-		{decision{status: 429, reason: reasonBudgetExhausted, retryAfter: time.Hour, openai: true}, "false", "insufficient_quota", "insufficient_quota"},
-		{decision{status: 429, reason: reasonBudgetExhausted, retryAfter: time.Hour}, "false", "", ""},
-		{decision{status: 429, reason: reasonRateLimited, retryAfter: time.Second, openai: true}, "", "rate_limit_exceeded", "requests"},
+		{decision{status: 429, reason: contract.ReasonBudgetExhausted, retryAfter: time.Hour, openai: true}, "false", "insufficient_quota", "insufficient_quota"},
+		{decision{status: 429, reason: contract.ReasonBudgetExhausted, retryAfter: time.Hour}, "false", "", ""},
+		{decision{status: 429, reason: contract.ReasonRateLimited, retryAfter: time.Second, openai: true}, "", "rate_limit_exceeded", "requests"},
 	} {
 		w := httptest.NewRecorder()
 		sc.writeDenial(w, tc.d, false)

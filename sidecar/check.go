@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/keybroker/keybroker/contract"
 )
 
 // Check is the seam for an adapter outside this package: a front end that
@@ -80,19 +82,19 @@ type Verdict struct {
 // "grpc". It is safe for concurrent use.
 func (sc *Sidecar) Check(ctx context.Context, req CheckRequest) Verdict {
 	if !sc.trusted(req.Gateway) {
-		d := deny(http.StatusForbidden, reasonUntrustedGateway)
+		d := deny(http.StatusForbidden, contract.ReasonUntrustedGateway)
 		sc.countEarlyDenial("grpc", d, request{clientIP: req.Gateway})
 		return sc.denied(d)
 	}
 	tooLarge, clOK := sc.bodyTooLarge(req.BodySize, req.Header)
 	r := request{method: req.Method, target: req.Target, header: req.Header, clientIP: req.ClientIP}
 	if req.Method == "" || req.Target == "" || req.Unreadable || !clOK {
-		d := deny(http.StatusBadRequest, reasonBadRequest)
+		d := deny(http.StatusBadRequest, contract.ReasonBadRequest)
 		sc.countEarlyDenial("grpc", d, r)
 		return sc.denied(d)
 	}
 	if tooLarge {
-		return sc.denied(deny(http.StatusRequestEntityTooLarge, reasonBodyTooLarge))
+		return sc.denied(deny(http.StatusRequestEntityTooLarge, contract.ReasonBodyTooLarge))
 	}
 	d := sc.core.decideAs(ctx, "grpc", r)
 	if !d.allowed() {

@@ -29,7 +29,7 @@ func TestCheckAllowAnswer(t *testing.T) {
 		t.Fatal("no hold")
 	}
 	h.b = sc.budgets
-	d := decision{status: http.StatusOK, reason: reasonOK, id: &identity{id: "kid", subject: "key:kid", role: "svc", scopes: []string{"read"}}, hold: h, rt: &route{cost: 1}}
+	d := decision{status: http.StatusOK, reason: contract.ReasonOK, id: &identity{id: "kid", subject: "key:kid", role: "svc", scopes: []string{"read"}}, hold: h, rt: &route{cost: 1}}
 	v := sc.allowed(d, http.Header{})
 	if len(v.Response) != 1 || v.Response[0].Name != headerRemaining || v.Response[0].Value == "" {
 		t.Fatalf("response headers %v, want %s", v.Response, headerRemaining)
@@ -121,7 +121,7 @@ func TestCheckAllow(t *testing.T) {
 	sent := hdr("Authorization", "Bearer "+tok, "X-Keybroker-Subject", "forged", "X-Keybroker-Key-Id", "forged",
 		"X-Keybroker-Reason", "forged", "X-Keybroker-Admin", "true", "X_Keybroker_Tenant", "evil", "Accept", "a, b", "Host", "api.example")
 	v := check(t, c, checkRequest("GET", "/v1/items/1?x=1", "127.0.0.9", sent))
-	if !v.Allowed || v.Status != http.StatusOK || v.Reason != reasonOK {
+	if !v.Allowed || v.Status != http.StatusOK || v.Reason != contract.ReasonOK {
 		t.Fatalf("allow: %+v", v)
 	}
 	if len(v.Set) != len(contract.IdentityHeaders()) {
@@ -157,7 +157,7 @@ func TestCheckAllow(t *testing.T) {
 	if len(v.Response) != 0 {
 		t.Errorf("not metered, yet response headers %v", v.Response)
 	}
-	if n := testutil.ToFloat64(f.sc.m.decisions.WithLabelValues("grpc", "allow", reasonOK)); n != 1 {
+	if n := testutil.ToFloat64(f.sc.m.decisions.WithLabelValues("grpc", "allow", contract.ReasonOK)); n != 1 {
 		t.Errorf("grpc allow counted %v times", n)
 	}
 
@@ -205,30 +205,30 @@ func TestCheckDenials(t *testing.T) {
 		status int
 		reason string
 	}{
-		{name: "no credential", method: "GET", target: "/v1/items/1", status: 401, reason: reasonNoCredential},
-		{name: "insufficient scope", method: "GET", target: "/v1/admin/x", header: bearer(reader), status: 403, reason: reasonInsufficientScope},
-		{name: "encoded letters are decoded", method: "GET", target: "/v1/%61dmin/x", header: bearer(reader), status: 403, reason: reasonInsufficientScope},
-		{name: "dot segments", method: "GET", target: "/v1/../v1/admin", header: bearer(reader), status: 400, reason: reasonNonCanonicalPath},
-		{name: "encoded dot segments", method: "GET", target: "/public/%2e%2e/v1/admin/x", status: 400, reason: reasonNonCanonicalPath},
-		{name: "mixed-case encoded dots", method: "GET", target: "/public/%2E%2e/v1/admin/x", header: bearer(reader), status: 400, reason: reasonNonCanonicalPath},
-		{name: "encoded slash", method: "GET", target: "/v1/admin%2fx", header: bearer(reader), status: 400, reason: reasonNonCanonicalPath},
-		{name: "empty segment", method: "GET", target: "/v1//admin/x", header: bearer(reader), status: 400, reason: reasonNonCanonicalPath},
-		{name: "credential in query", method: "GET", target: "/v1/items/1?access_token=x", header: bearer(reader), status: 400, reason: reasonCredentialInQuery},
-		{name: "method override in query", method: "GET", target: "/v1/items/1?_method=DELETE", header: bearer(reader), status: 400, reason: reasonMethodOverride},
-		{name: "405, never the parent route", method: "DELETE", target: "/v1/items/1", header: bearer(reader), status: 405, reason: reasonMethodNotAllowed},
-		{name: "expired", method: "GET", target: "/v1/items/1", header: bearer(expired), status: 401, reason: reasonExpired},
-		{name: "two different credentials", method: "GET", target: "/v1/items/1", header: hdr("Authorization", "Bearer "+reader, "X-API-Key", "kb_other"), status: 400, reason: reasonBadRequest},
+		{name: "no credential", method: "GET", target: "/v1/items/1", status: 401, reason: contract.ReasonNoCredential},
+		{name: "insufficient scope", method: "GET", target: "/v1/admin/x", header: bearer(reader), status: 403, reason: contract.ReasonInsufficientScope},
+		{name: "encoded letters are decoded", method: "GET", target: "/v1/%61dmin/x", header: bearer(reader), status: 403, reason: contract.ReasonInsufficientScope},
+		{name: "dot segments", method: "GET", target: "/v1/../v1/admin", header: bearer(reader), status: 400, reason: contract.ReasonNonCanonicalPath},
+		{name: "encoded dot segments", method: "GET", target: "/public/%2e%2e/v1/admin/x", status: 400, reason: contract.ReasonNonCanonicalPath},
+		{name: "mixed-case encoded dots", method: "GET", target: "/public/%2E%2e/v1/admin/x", header: bearer(reader), status: 400, reason: contract.ReasonNonCanonicalPath},
+		{name: "encoded slash", method: "GET", target: "/v1/admin%2fx", header: bearer(reader), status: 400, reason: contract.ReasonNonCanonicalPath},
+		{name: "empty segment", method: "GET", target: "/v1//admin/x", header: bearer(reader), status: 400, reason: contract.ReasonNonCanonicalPath},
+		{name: "credential in query", method: "GET", target: "/v1/items/1?access_token=x", header: bearer(reader), status: 400, reason: contract.ReasonCredentialInQuery},
+		{name: "method override in query", method: "GET", target: "/v1/items/1?_method=DELETE", header: bearer(reader), status: 400, reason: contract.ReasonMethodOverride},
+		{name: "405, never the parent route", method: "DELETE", target: "/v1/items/1", header: bearer(reader), status: 405, reason: contract.ReasonMethodNotAllowed},
+		{name: "expired", method: "GET", target: "/v1/items/1", header: bearer(expired), status: 401, reason: contract.ReasonExpired},
+		{name: "two different credentials", method: "GET", target: "/v1/items/1", header: hdr("Authorization", "Bearer "+reader, "X-API-Key", "kb_other"), status: 400, reason: contract.ReasonBadRequest},
 		// Envoy joins a repeated header with ","; the adapter splits a
 		// credential header again: the copies are not told apart, and
 		// none is picked.
-		{name: "repeated authorization", method: "GET", target: "/v1/items/1", header: hdr("Authorization", "Bearer "+reader, "Authorization", "Bearer "+expired), status: 400, reason: reasonBadRequest},
-		{name: "the same authorization twice", method: "GET", target: "/v1/items/1", header: hdr("Authorization", "Bearer "+reader, "Authorization", "Bearer "+reader), status: 400, reason: reasonBadRequest},
-		{name: "repeated x-api-key", method: "GET", target: "/v1/items/1", header: hdr("X-API-Key", "kb_a", "X-API-Key", "kb_b"), status: 400, reason: reasonBadRequest},
+		{name: "repeated authorization", method: "GET", target: "/v1/items/1", header: hdr("Authorization", "Bearer "+reader, "Authorization", "Bearer "+expired), status: 400, reason: contract.ReasonBadRequest},
+		{name: "the same authorization twice", method: "GET", target: "/v1/items/1", header: hdr("Authorization", "Bearer "+reader, "Authorization", "Bearer "+reader), status: 400, reason: contract.ReasonBadRequest},
+		{name: "repeated x-api-key", method: "GET", target: "/v1/items/1", header: hdr("X-API-Key", "kb_a", "X-API-Key", "kb_b"), status: 400, reason: contract.ReasonBadRequest},
 		// The gateway's client address decides CIDR bounds (the token's
 		// is 127.0.0.0/8), not a header the client sent.
 		{name: "source outside the token's CIDRs", method: "GET", target: "/v1/items/1", source: "10.1.2.3", header: hdr("Authorization", "Bearer "+reader, "X-Forwarded-For", "127.0.0.1"),
-			sameAs: bearer(reader), status: 401, reason: reasonCIDRDenied},
-		{name: "no source address", method: "GET", target: "/v1/items/1", source: "-", header: bearer(reader), status: 401, reason: reasonCIDRDenied},
+			sameAs: bearer(reader), status: 401, reason: contract.ReasonCIDRDenied},
+		{name: "no source address", method: "GET", target: "/v1/items/1", source: "-", header: bearer(reader), status: 401, reason: contract.ReasonCIDRDenied},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			source := tc.source
@@ -245,7 +245,7 @@ func TestCheckDenials(t *testing.T) {
 			// The middleware's answer to the same request, from a peer
 			// in the token's CIDRs unless the case is about the address.
 			peer := "127.0.0.9:1"
-			if tc.reason == reasonCIDRDenied {
+			if tc.reason == contract.ReasonCIDRDenied {
 				peer = "10.1.2.3:1"
 			}
 			sameAs := tc.header
@@ -277,10 +277,10 @@ func TestCheckDenials(t *testing.T) {
 func TestCheckUntrustedGateway(t *testing.T) {
 	f, client := grpcFixture(t, []string{"127.0.0.2"}, nil)
 	v := check(t, client("127.0.0.3"), checkRequest("GET", "/v1/items/1", "127.0.0.9", hdr("Authorization", "Bearer "+f.jwt(t, "any read", time.Hour))))
-	if v.Allowed || v.Status != http.StatusForbidden || !strings.Contains(v.Body, `"reason":"`+reasonUntrustedGateway+`"`) {
-		t.Fatalf("%d %s %q, want 403 %s", v.Status, v.Reason, v.Body, reasonUntrustedGateway)
+	if v.Allowed || v.Status != http.StatusForbidden || !strings.Contains(v.Body, `"reason":"`+contract.ReasonUntrustedGateway+`"`) {
+		t.Fatalf("%d %s %q, want 403 %s", v.Status, v.Reason, v.Body, contract.ReasonUntrustedGateway)
 	}
-	if n := testutil.ToFloat64(f.sc.m.decisions.WithLabelValues("grpc", "deny", reasonUntrustedGateway)); n != 1 {
+	if n := testutil.ToFloat64(f.sc.m.decisions.WithLabelValues("grpc", "deny", contract.ReasonUntrustedGateway)); n != 1 {
 		t.Errorf("untrusted gateway counted %v times", n)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/keybroker/keybroker/apikey"
+	"github.com/keybroker/keybroker/contract"
 )
 
 // Credentials where none belongs: the sidecar refuses a request whose path
@@ -223,21 +224,21 @@ func queryDenial(rawQuery string) string {
 		k, v, _ := strings.Cut(pair, "=")
 		k, err := url.QueryUnescape(k)
 		if err != nil {
-			return reasonCredentialInQuery
+			return contract.ReasonCredentialInQuery
 		}
 		if v, err = url.QueryUnescape(v); err != nil {
-			return reasonCredentialInQuery
+			return contract.ReasonCredentialInQuery
 		}
 		for _, p := range queryCredentialParams {
 			if strings.EqualFold(k, p) {
-				return reasonCredentialInQuery
+				return contract.ReasonCredentialInQuery
 			}
 		}
 		if cs.found(k) || cs.found(v) {
-			return reasonCredentialInQuery
+			return contract.ReasonCredentialInQuery
 		}
 		if methodOverrideParam(k) {
-			return reasonMethodOverride
+			return contract.ReasonMethodOverride
 		}
 	}
 	return ""

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/keybroker/keybroker/apikey"
+	"github.com/keybroker/keybroker/contract"
 )
 
 // testJWS is a compact JWS as keybroker mints them: {"alg":"EdDSA"}.
@@ -122,37 +123,37 @@ func TestQueryDenial(t *testing.T) {
 		"method=DELETE":                  "", // not an override anywhere
 		"http_method=x&methods=a":        "",
 		"q=kb_AAAAAAAAAAAA_notakey":      "",
-		"access_token=x":                 reasonCredentialInQuery,
-		"api_key=x":                      reasonCredentialInQuery,
-		"API_KEY=x":                      reasonCredentialInQuery,
-		"Access_Token=x":                 reasonCredentialInQuery,
-		"access%5Ftoken=x":               reasonCredentialInQuery,
-		"x=" + key + "&y=1":              reasonCredentialInQuery,
-		"x=1;token=abc":                  reasonCredentialInQuery, // ';' separates for some servers
-		"a=b;" + key:                     reasonCredentialInQuery,
-		"x=" + testJWS:                   reasonCredentialInQuery,
+		"access_token=x":                 contract.ReasonCredentialInQuery,
+		"api_key=x":                      contract.ReasonCredentialInQuery,
+		"API_KEY=x":                      contract.ReasonCredentialInQuery,
+		"Access_Token=x":                 contract.ReasonCredentialInQuery,
+		"access%5Ftoken=x":               contract.ReasonCredentialInQuery,
+		"x=" + key + "&y=1":              contract.ReasonCredentialInQuery,
+		"x=1;token=abc":                  contract.ReasonCredentialInQuery, // ';' separates for some servers
+		"a=b;" + key:                     contract.ReasonCredentialInQuery,
+		"x=" + testJWS:                   contract.ReasonCredentialInQuery,
 		// Within a value (or a name), decoded as the upstream reads it.
-		"q=Bearer+" + testJWS:                                       reasonCredentialInQuery,
-		"q=Bearer%20" + testJWS:                                     reasonCredentialInQuery,
-		"cb=" + esc("https://x/y?access_token="+testJWS):            reasonCredentialInQuery,
-		"cb=" + esc("https://x/y?k="+key+"&z=1"):                    reasonCredentialInQuery,
-		"note=my+key+is+" + key + "+ok":                             reasonCredentialInQuery,
-		"f=backup-" + strings.ReplaceAll(key, "_", "%5F") + ".json": reasonCredentialInQuery,
-		esc("x-"+key) + "=1":                                        reasonCredentialInQuery,
+		"q=Bearer+" + testJWS:                                       contract.ReasonCredentialInQuery,
+		"q=Bearer%20" + testJWS:                                     contract.ReasonCredentialInQuery,
+		"cb=" + esc("https://x/y?access_token="+testJWS):            contract.ReasonCredentialInQuery,
+		"cb=" + esc("https://x/y?k="+key+"&z=1"):                    contract.ReasonCredentialInQuery,
+		"note=my+key+is+" + key + "+ok":                             contract.ReasonCredentialInQuery,
+		"f=backup-" + strings.ReplaceAll(key, "_", "%5F") + ".json": contract.ReasonCredentialInQuery,
+		esc("x-"+key) + "=1":                                        contract.ReasonCredentialInQuery,
 		// Method overrides, however the server spells the name.
-		"_method=DELETE":        reasonMethodOverride,
-		"x=1&_METHOD=delete":    reasonMethodOverride,
-		"_Method=PUT":           reasonMethodOverride,
-		"%5Fmethod=DELETE":      reasonMethodOverride,
-		"_%6d%65thod=DELETE":    reasonMethodOverride,
-		"a=1;_method=DELETE":    reasonMethodOverride,
-		"_method":               reasonMethodOverride,
-		"_method[]=DELETE":      reasonMethodOverride,
-		"_method%5B0%5D=DELETE": reasonMethodOverride,
-		".method=DELETE":        reasonMethodOverride, // PHP reads '.' as '_'
-		"+method=x&y=1":         "",                   // PHP drops a leading space: "method"
-		"++_method=DELETE":      reasonMethodOverride,
-		"[method=DELETE":        reasonMethodOverride,
+		"_method=DELETE":        contract.ReasonMethodOverride,
+		"x=1&_METHOD=delete":    contract.ReasonMethodOverride,
+		"_Method=PUT":           contract.ReasonMethodOverride,
+		"%5Fmethod=DELETE":      contract.ReasonMethodOverride,
+		"_%6d%65thod=DELETE":    contract.ReasonMethodOverride,
+		"a=1;_method=DELETE":    contract.ReasonMethodOverride,
+		"_method":               contract.ReasonMethodOverride,
+		"_method[]=DELETE":      contract.ReasonMethodOverride,
+		"_method%5B0%5D=DELETE": contract.ReasonMethodOverride,
+		".method=DELETE":        contract.ReasonMethodOverride, // PHP reads '.' as '_'
+		"+method=x&y=1":         "",                            // PHP drops a leading space: "method"
+		"++_method=DELETE":      contract.ReasonMethodOverride,
+		"[method=DELETE":        contract.ReasonMethodOverride,
 	} {
 		if got := queryDenial(q); got != want {
 			t.Errorf("queryDenial(%q) = %q, want %q", q, got, want)
@@ -160,7 +161,7 @@ func TestQueryDenial(t *testing.T) {
 	}
 	// A query that does not decode is refused, not skipped.
 	for _, q := range []string{"x=%zz", "a=%", "%g1=2", "x=%zz&token=abc"} {
-		if got := queryDenial(q); got != reasonCredentialInQuery {
+		if got := queryDenial(q); got != contract.ReasonCredentialInQuery {
 			t.Errorf("queryDenial(%q) = %q, want refused", q, got)
 		}
 	}

@@ -112,17 +112,17 @@ func (c *decider) locate(r request) (located, decision) {
 	var t located
 	var ok bool
 	if t.rawPath, t.query, ok = splitTarget(r.target); !ok {
-		return t, deny(http.StatusBadRequest, reasonNonCanonicalPath)
+		return t, deny(http.StatusBadRequest, contract.ReasonNonCanonicalPath)
 	}
 	if t.path, ok = canonicalPath(t.rawPath); !ok {
-		return t, deny(http.StatusBadRequest, reasonNonCanonicalPath)
+		return t, deny(http.StatusBadRequest, contract.ReasonNonCanonicalPath)
 	}
 	rt, g := c.routes.match(r.method, t.path)
 	switch {
 	case rt == nil && g != nil:
-		return t, decision{status: http.StatusMethodNotAllowed, reason: reasonMethodNotAllowed, allow: g.allow}
+		return t, decision{status: http.StatusMethodNotAllowed, reason: contract.ReasonMethodNotAllowed, allow: g.allow}
 	case rt == nil && !c.opts.allowUnmatched:
-		return t, deny(http.StatusForbidden, reasonNoRoute)
+		return t, deny(http.StatusForbidden, contract.ReasonNoRoute)
 	case rt == nil:
 		rt = &defaultRoute
 	}
@@ -135,7 +135,7 @@ func (c *decider) locate(r request) (located, decision) {
 // it may do.
 func (c *decider) decideOn(ctx context.Context, r request, t *located) decision {
 	if t.rt.public {
-		return decision{status: http.StatusOK, reason: reasonOK, path: t.path, query: t.query, rt: t.rt}
+		return decision{status: http.StatusOK, reason: contract.ReasonOK, path: t.path, query: t.query, rt: t.rt}
 	}
 	p, d, ok := c.presented(r, t)
 	if !ok {
@@ -163,15 +163,15 @@ func (c *decider) presented(r request, t *located) (presentation, decision, bool
 	if credentialInPath(t.path) {
 		// Never forwarded, and the decision log writes the path with the
 		// credential cut out.
-		return presentation{}, deny(http.StatusBadRequest, reasonCredentialInPath), false
+		return presentation{}, deny(http.StatusBadRequest, contract.ReasonCredentialInPath), false
 	}
 	p, ok := presentedFrom(r.header)
 	switch {
 	case !ok:
-		return p, deny(http.StatusBadRequest, reasonBadRequest), false
+		return p, deny(http.StatusBadRequest, contract.ReasonBadRequest), false
 	case p.cred == "":
 		// The route's scopes go in the challenge: what to ask a token for.
-		return p, decision{status: http.StatusUnauthorized, reason: reasonNoCredential, dpop: c.opts.dpop, scope: strings.Join(t.rt.scopes, " ")}, false
+		return p, decision{status: http.StatusUnauthorized, reason: contract.ReasonNoCredential, dpop: c.opts.dpop, scope: strings.Join(t.rt.scopes, " ")}, false
 	}
 	// A credential whose check depends on a feed not yet read to its end
 	// is refused before any check, so no Vault call is made for it: every
@@ -181,11 +181,11 @@ func (c *decider) presented(r request, t *located) (presentation, decision, bool
 	// verify would be asked about keys a replica should hold).
 	switch {
 	case !c.revocationFeed.known():
-		return p, decision{status: http.StatusServiceUnavailable, reason: reasonRevocationsUnknown, retryAfter: feedRetryAfter}, false
+		return p, decision{status: http.StatusServiceUnavailable, reason: contract.ReasonRevocationsUnknown, retryAfter: feedRetryAfter}, false
 	case c.keyRecordFeed != nil && !contract.LooksLikeJWT(p.cred) && !c.keyRecordFeed.known():
-		return p, decision{status: http.StatusServiceUnavailable, reason: reasonKeyRecordsUnknown, retryAfter: feedRetryAfter}, false
+		return p, decision{status: http.StatusServiceUnavailable, reason: contract.ReasonKeyRecordsUnknown, retryAfter: feedRetryAfter}, false
 	case c.opts.requireDPoP && !p.dpop:
-		return p, decision{status: http.StatusUnauthorized, reason: reasonDPoPRequired, dpop: true}, false
+		return p, decision{status: http.StatusUnauthorized, reason: contract.ReasonDPoPRequired, dpop: true}, false
 	}
 	p.method, p.rawPath, p.clientIP = r.method, t.rawPath, r.clientIP
 	return p, decision{}, true
@@ -201,23 +201,23 @@ const feedRetryAfter = 5 * time.Second
 func (c *decider) authorize(ctx context.Context, r request, t *located, id *identity, dpop bool, authd decision) decision {
 	switch {
 	case c.revoked.has(id.id):
-		return decision{status: http.StatusUnauthorized, reason: reasonRevoked, dpop: dpop}
+		return decision{status: http.StatusUnauthorized, reason: contract.ReasonRevoked, dpop: dpop}
 	case !time.Now().Before(id.expiresAt):
-		return decision{status: http.StatusUnauthorized, reason: reasonExpired, dpop: dpop}
+		return decision{status: http.StatusUnauthorized, reason: contract.ReasonExpired, dpop: dpop}
 	case !prefixesAllow(id.cidrs, r.clientIP):
-		return decision{status: http.StatusUnauthorized, reason: reasonCIDRDenied, dpop: dpop}
+		return decision{status: http.StatusUnauthorized, reason: contract.ReasonCIDRDenied, dpop: dpop}
 	}
 	rt := t.rt
 	for _, need := range rt.scopes {
 		if !slices.Contains(id.scopes, need) {
-			return decision{status: http.StatusForbidden, reason: reasonInsufficientScope, scope: strings.Join(rt.scopes, " "), dpop: dpop}
+			return decision{status: http.StatusForbidden, reason: contract.ReasonInsufficientScope, scope: strings.Join(rt.scopes, " "), dpop: dpop}
 		}
 	}
 	switch {
 	case rt.delegation == delegationRequire && len(id.actors) == 0:
-		return decision{status: http.StatusForbidden, reason: reasonDelegationRequired, dpop: dpop}
+		return decision{status: http.StatusForbidden, reason: contract.ReasonDelegationRequired, dpop: dpop}
 	case rt.delegation == delegationForbid && len(id.actors) > 0:
-		return decision{status: http.StatusForbidden, reason: reasonDelegationForbidden, dpop: dpop}
+		return decision{status: http.StatusForbidden, reason: contract.ReasonDelegationForbidden, dpop: dpop}
 	}
 	return c.admit(ctx, r, t, id, authd)
 }
@@ -253,7 +253,7 @@ func (c *decider) admit(ctx context.Context, r request, t *located, id *identity
 			wait, ok = c.cluster.allow(ctx, id)
 		}
 		if !ok {
-			return decision{status: http.StatusTooManyRequests, reason: reasonRateLimited, retryAfter: wait, openai: rt.openaiUsage}
+			return decision{status: http.StatusTooManyRequests, reason: contract.ReasonRateLimited, retryAfter: wait, openai: rt.openaiUsage}
 		}
 	}
 	var h *hold
@@ -275,5 +275,5 @@ func (c *decider) admit(ctx context.Context, r request, t *located, id *identity
 			return refused
 		}
 	}
-	return decision{status: http.StatusOK, reason: reasonOK, id: id, degraded: authd.degraded, rt: rt, path: t.path, query: t.query, hold: h}
+	return decision{status: http.StatusOK, reason: contract.ReasonOK, id: id, degraded: authd.degraded, rt: rt, path: t.path, query: t.query, hold: h}
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keybroker/keybroker/contract"
 	"github.com/keybroker/keybroker/jwtverify"
 )
 
@@ -29,7 +30,7 @@ func (l refuseAll) allow(context.Context, *identity) (time.Duration, bool) {
 	return l.wait, l.wait == 0
 }
 func (noBudget) acquire(context.Context, *identity, int64) (*hold, decision) {
-	return nil, deny(http.StatusTooManyRequests, reasonBudgetExhausted)
+	return nil, deny(http.StatusTooManyRequests, contract.ReasonBudgetExhausted)
 }
 func (c credOf) check(context.Context, presentation) (*identity, decision) { return c.id, decision{} }
 func (r *records) decided(mode string, _ time.Time, _ request, d decision) {
@@ -59,12 +60,12 @@ func TestDeciderWithStandIns(t *testing.T) {
 		status  int
 		reason  string
 	}{
-		{"public", &route{prefix: "/", public: true}, nil, time.Second, http.StatusOK, reasonOK},
-		{"revoked", metered, revokedOf{"k1": true}, time.Second, http.StatusUnauthorized, reasonRevoked},
-		{"scope", &route{prefix: "/v1", scopes: []string{"admin"}}, nil, time.Second, http.StatusForbidden, reasonInsufficientScope},
-		{"rate", metered, nil, time.Second, http.StatusTooManyRequests, reasonRateLimited},
-		{"budget", metered, nil, 0, http.StatusTooManyRequests, reasonBudgetExhausted},
-		{"unmetered", &route{prefix: "/v1", scopes: []string{"read"}}, nil, 0, http.StatusOK, reasonOK},
+		{"public", &route{prefix: "/", public: true}, nil, time.Second, http.StatusOK, contract.ReasonOK},
+		{"revoked", metered, revokedOf{"k1": true}, time.Second, http.StatusUnauthorized, contract.ReasonRevoked},
+		{"scope", &route{prefix: "/v1", scopes: []string{"admin"}}, nil, time.Second, http.StatusForbidden, contract.ReasonInsufficientScope},
+		{"rate", metered, nil, time.Second, http.StatusTooManyRequests, contract.ReasonRateLimited},
+		{"budget", metered, nil, 0, http.StatusTooManyRequests, contract.ReasonBudgetExhausted},
+		{"unmetered", &route{prefix: "/v1", scopes: []string{"read"}}, nil, 0, http.StatusOK, contract.ReasonOK},
 	} {
 		c, rec := core(tc.rt, tc.revoked, tc.wait)
 		d := c.decideAs(context.Background(), "test", req)

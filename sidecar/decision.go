@@ -5,7 +5,6 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/keybroker/keybroker/contract"
 	"github.com/keybroker/keybroker/jwtverify"
 )
 
@@ -34,55 +33,6 @@ type identity struct {
 	// identity (which is cached), not per request.
 	lineageKey string
 }
-
-// Deny reasons, also the X-Keybroker-Reason header and the JSON body's
-// reason. The ones a credential check shares with keybroker/verify come from
-// the contract package.
-const (
-	reasonOK                = contract.ReasonOK
-	reasonMalformed         = contract.ReasonMalformed
-	reasonExpired           = contract.ReasonExpired
-	reasonRevoked           = contract.ReasonRevoked
-	reasonCIDRDenied        = contract.ReasonCIDRDenied
-	reasonInsufficientScope = contract.ReasonInsufficientScope
-	reasonSuspended         = contract.ReasonSuspended
-
-	reasonNoCredential      = "no_credential"
-	reasonCredentialInQuery = "credential_in_query"
-	reasonCredentialInPath  = "credential_in_path"
-	// A _method query parameter: frameworks (Laravel, Symfony, Spring,
-	// Express's method-override) would serve another method than the one
-	// checked.
-	reasonMethodOverride   = "method_override_in_query"
-	reasonBadRequest       = "bad_request"
-	reasonNonCanonicalPath = "non_canonical_path"
-	reasonNoRoute          = "no_route"
-	reasonMethodNotAllowed = "method_not_allowed"
-	reasonUntrustedGateway = "untrusted_gateway"
-	reasonBodyTooLarge     = "body_too_large"
-	reasonInvalid          = "invalid"
-	reasonUnavailable      = "unavailable"
-	reasonBudgetExhausted  = "budget_exhausted"
-	reasonRateLimited      = "rate_limited"
-	reasonTooManyFailures  = "too_many_failures"
-	// The revocation feed (every credential) or, with key_replica, the
-	// key-record feed (API keys) has not been read to its end yet: what
-	// was revoked or suspended is unknown, so nothing is let through.
-	reasonRevocationsUnknown = "revocations_unknown"
-	reasonKeyRecordsUnknown  = "key_records_unknown"
-	// A route's delegation setting refused the credential: it needs an
-	// exchanged token (someone acting for the subject), or refuses one.
-	reasonDelegationRequired  = "delegation_required"
-	reasonDelegationForbidden = "delegation_forbidden"
-
-	// DPoP (RFC 9449). invalid_dpop_proof and dpop_proof_replayed answer
-	// with error="invalid_dpop_proof"; the others with invalid_token.
-	reasonDPoPRequired  = contract.ReasonDPoPRequired // a bound credential presented as a bearer
-	reasonDPoPNotBound  = "dpop_not_bound"            // DPoP scheme, but the credential is not bound
-	reasonDPoPDisabled  = "dpop_not_enabled"          // no public_origin: proofs cannot be checked
-	reasonInvalidProof  = "invalid_dpop_proof"
-	reasonProofReplayed = "dpop_proof_replayed"
-)
 
 // decision is the outcome for one request.
 type decision struct {

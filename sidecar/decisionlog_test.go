@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/keybroker/keybroker/apikey"
+	"github.com/keybroker/keybroker/contract"
 	"github.com/keybroker/keybroker/internal/dpoptest"
 	"github.com/keybroker/keybroker/jwtverify"
 )
@@ -126,31 +127,31 @@ func TestDecisionLog(t *testing.T) {
 		{"public route", func() { send(proxy, "GET", "/public/x", "127.0.0.1:1", nil) }, map[string]interface{}{
 			"outcome": "allow", "reason": "ok", "route": "/public", "path": "/public/x", "kind": absent, "jti": absent, "subject": absent}},
 		{"insufficient scope names the caller", func() { send(proxy, "GET", "/v1/admin/x", "127.0.0.1:1", bearer(reader)) }, map[string]interface{}{
-			"outcome": "deny", "status": 403.0, "reason": reasonInsufficientScope, "route": "/v1/admin", "path": "/v1/admin/x", "kind": "jwt", "jti": rc.ID}},
+			"outcome": "deny", "status": 403.0, "reason": contract.ReasonInsufficientScope, "route": "/v1/admin", "path": "/v1/admin/x", "kind": "jwt", "jti": rc.ID}},
 		{"no credential", func() { send(proxy, "GET", "/v1/items/1", "127.0.0.1:1", nil) }, map[string]interface{}{
-			"outcome": "deny", "status": 401.0, "reason": reasonNoCredential, "route": "/v1/items", "path": "/v1/items/1", "kind": absent}},
+			"outcome": "deny", "status": 401.0, "reason": contract.ReasonNoCredential, "route": "/v1/items", "path": "/v1/items/1", "kind": absent}},
 		{"a credential that does not parse names no one", func() { send(proxy, "GET", "/v1/items/1", "127.0.0.1:1", bearer("kb_not-a-key")) }, map[string]interface{}{
-			"outcome": "deny", "reason": reasonMalformed, "kind": absent, "jti": absent, "key_id": absent, "subject": absent}},
+			"outcome": "deny", "reason": contract.ReasonMalformed, "kind": absent, "jti": absent, "key_id": absent, "subject": absent}},
 		{"a JWT that does not verify names no one", func() { send(proxy, "GET", "/v1/items/1", "127.0.0.1:1", bearer("eyJhbGciOiJub25lIn0.e30.c2ln")) }, map[string]interface{}{
-			"outcome": "deny", "reason": reasonInvalid, "kind": absent, "jti": absent, "subject": absent}},
+			"outcome": "deny", "reason": contract.ReasonInvalid, "kind": absent, "jti": absent, "subject": absent}},
 		{"an API key Vault cannot verify", func() { send(proxy, "GET", "/v1/items/1", "127.0.0.1:1", hdr("X-API-Key", apiKey)) }, map[string]interface{}{
-			"outcome": "deny", "reason": reasonUnavailable, "status": 503.0, "kind": absent, "key_id": absent}},
+			"outcome": "deny", "reason": contract.ReasonUnavailable, "status": 503.0, "kind": absent, "key_id": absent}},
 		{"non-canonical path: the raw path, no query", func() { send(proxy, "GET", "/public/../v1/admin?access_token=SECRETQ", "127.0.0.1:1", nil) }, map[string]interface{}{
-			"outcome": "deny", "reason": reasonNonCanonicalPath, "path": "/public/../v1/admin", "route": absent}},
+			"outcome": "deny", "reason": contract.ReasonNonCanonicalPath, "path": "/public/../v1/admin", "route": absent}},
 		{"credential in the path: refused, logged without it", func() { send(proxy, "GET", "/v1/items/x-"+apiKey+".json", "127.0.0.1:1", bearer(reader)) }, map[string]interface{}{
-			"outcome": "deny", "status": 400.0, "reason": reasonCredentialInPath, "path": "/v1/items/[credential]", "kind": absent}},
+			"outcome": "deny", "status": 400.0, "reason": contract.ReasonCredentialInPath, "path": "/v1/items/[credential]", "kind": absent}},
 		{"credential in a path refused before the check (no route)", func() { send(proxy, "GET", "/"+reader, "127.0.0.1:1", nil) }, map[string]interface{}{
 			"outcome": "deny", "path": "/[credential]"}},
 		{"a non-canonical path with an encoded credential", func() {
 			send(proxy, "GET", "/public/../"+strings.ReplaceAll(apiKey, "_", "%5F"), "127.0.0.1:1", nil)
 		}, map[string]interface{}{
-			"outcome": "deny", "reason": reasonNonCanonicalPath, "path": "/public/../[credential]"}},
+			"outcome": "deny", "reason": contract.ReasonNonCanonicalPath, "path": "/public/../[credential]"}},
 		{"credential in the query", func() { send(proxy, "GET", "/v1/items/1?access_token="+reader, "127.0.0.1:1", nil) }, map[string]interface{}{
-			"outcome": "deny", "reason": reasonCredentialInQuery, "path": "/v1/items/1", "kind": absent}},
+			"outcome": "deny", "reason": contract.ReasonCredentialInQuery, "path": "/v1/items/1", "kind": absent}},
 		{"absolute-form: no authority", func() { send(proxy, "GET", "http://user:pw@evil.example/v1/admin/x?q=1", "127.0.0.1:1", nil) }, map[string]interface{}{
-			"reason": reasonNoCredential, "path": "/v1/admin/x"}},
+			"reason": contract.ReasonNoCredential, "path": "/v1/admin/x"}},
 		{"asterisk-form", func() { send(proxy, "OPTIONS", "*", "127.0.0.1:1", nil) }, map[string]interface{}{
-			"reason": reasonNonCanonicalPath, "path": "*", "method": "OPTIONS"}},
+			"reason": contract.ReasonNonCanonicalPath, "path": "*", "method": "OPTIONS"}},
 		{"a long path is cut", func() { send(proxy, "GET", long+"?x=1", "127.0.0.1:1", bearer(reader)) }, map[string]interface{}{
 			"outcome": "allow", "path": long[:512]}},
 		{"delegated, through the middleware", func() { send(mw, "GET", "/v1/items/1", "127.0.0.1:1", bearer(delegated)) }, map[string]interface{}{
@@ -158,7 +159,7 @@ func TestDecisionLog(t *testing.T) {
 		{"DPoP", func() { send(proxy, "GET", "/v1/items?x=1", "127.0.0.1:1", dpopHeaders(bound, goodProof)) }, map[string]interface{}{
 			"outcome": "allow", "dpop": true, "kind": "jwt", "jti": "jti-bound", "path": "/v1/items"}},
 		{"DPoP, a proof for another path", func() { send(proxy, "GET", "/v1/items", "127.0.0.1:1", dpopHeaders(bound, wrongProof)) }, map[string]interface{}{
-			"outcome": "deny", "reason": reasonInvalidProof, "dpop": true, "kind": absent}},
+			"outcome": "deny", "reason": contract.ReasonInvalidProof, "dpop": true, "kind": absent}},
 		{"metered, cost known", func() { send(proxy, "GET", "/v1/items/1", "127.0.0.1:1", bearer(metered)) }, map[string]interface{}{
 			"outcome": "allow", "cost": 1.0, "held": absent}},
 		{"metered, usage read later: held", func() { send(proxy, "GET", "/metered/x", "127.0.0.1:1", bearer(metered)) }, map[string]interface{}{
@@ -174,18 +175,18 @@ func TestDecisionLog(t *testing.T) {
 		{"untrusted gateway", func() {
 			send(auth, "GET", "/verify", "127.0.0.1:1", fwd("GET", "/v1/items/1", "Authorization", "Bearer "+reader))
 		}, map[string]interface{}{
-			"mode": "auth", "outcome": "deny", "status": 403.0, "reason": reasonUntrustedGateway, "client_ip": "127.0.0.1", "path": absent, "kind": absent}},
+			"mode": "auth", "outcome": "deny", "status": 403.0, "reason": contract.ReasonUntrustedGateway, "client_ip": "127.0.0.1", "path": absent, "kind": absent}},
 		{"gateway request without its URI", func() { send(auth, "GET", "/verify", "127.0.0.2:1", hdr("X-Forwarded-Method", "GET")) }, map[string]interface{}{
-			"mode": "auth", "reason": reasonBadRequest, "status": 400.0}},
+			"mode": "auth", "reason": contract.ReasonBadRequest, "status": 400.0}},
 		{"gRPC allow", func() {
 			_ = check(t, gatewayAt(f.sc, "127.0.0.2"), checkRequest("GET", "/v1/items/1?q=x", "127.0.0.9", bearer(reader)))
 		}, map[string]interface{}{"mode": "grpc", "outcome": "allow", "path": "/v1/items/1", "client_ip": "127.0.0.9", "jti": rc.ID}},
 		{"gRPC untrusted peer", func() {
 			_ = check(t, gatewayAt(f.sc, "127.0.0.1"), checkRequest("GET", "/v1/items/1", "127.0.0.9", bearer(reader)))
-		}, map[string]interface{}{"mode": "grpc", "reason": reasonUntrustedGateway, "client_ip": "127.0.0.1", "path": absent}},
+		}, map[string]interface{}{"mode": "grpc", "reason": contract.ReasonUntrustedGateway, "client_ip": "127.0.0.1", "path": absent}},
 		{"gRPC repeated credential", func() {
 			_ = check(t, gatewayAt(f.sc, "127.0.0.2"), checkRequest("GET", "/v1/items/1?x=1", "127.0.0.9", hdr("Authorization", "Bearer a", "Authorization", "Bearer b")))
-		}, map[string]interface{}{"mode": "grpc", "reason": reasonBadRequest, "path": "/v1/items/1", "method": "GET"}},
+		}, map[string]interface{}{"mode": "grpc", "reason": contract.ReasonBadRequest, "path": "/v1/items/1", "method": "GET"}},
 	}
 	for _, tc := range cases {
 		tc.do()
@@ -381,7 +382,7 @@ func TestDecisionLogFlush(t *testing.T) {
 	send(f.sc.proxyHandler(), "GET", "/v1/items/1", "127.0.0.1:1", nil)
 	deadline := time.Now().Add(3 * time.Second)
 	for {
-		if b, _ := os.ReadFile(path); bytes.Contains(b, []byte(reasonNoCredential)) {
+		if b, _ := os.ReadFile(path); bytes.Contains(b, []byte(contract.ReasonNoCredential)) {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -38,9 +38,9 @@ func TestDelegatedTokens(t *testing.T) {
 		actor       string
 	}{
 		{"/delegated/x", delegated, 200, "", "tool%2Cagent, assistant"},
-		{"/delegated/x", direct, 403, reasonDelegationRequired, ""},
+		{"/delegated/x", direct, 403, contract.ReasonDelegationRequired, ""},
 		{"/direct/x", direct, 200, "", ""},
-		{"/direct/x", delegated, 403, reasonDelegationForbidden, ""},
+		{"/direct/x", delegated, 403, contract.ReasonDelegationForbidden, ""},
 		{"/other", delegated, 200, "", "tool%2Cagent, assistant"},
 		{"/other", direct, 200, "", ""},
 	} {

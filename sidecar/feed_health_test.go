@@ -44,14 +44,14 @@ func TestFeedsNotReadRefuseCredentials(t *testing.T) {
 		status         int
 		reason         string
 	}{
-		{"jwt, revocations unread", false, true, "/v1/items/1", hdr("Authorization", "Bearer "+tok), 503, reasonRevocationsUnknown},
-		{"api key, revocations unread", false, true, "/v1/items/1", hdr("X-API-Key", key), 503, reasonRevocationsUnknown},
-		{"api key, key records unread", true, false, "/v1/items/1", hdr("X-API-Key", key), 503, reasonKeyRecordsUnknown},
-		{"jwt, key records unread: needs only revocations", true, false, "/v1/items/1", hdr("Authorization", "Bearer "+tok), 200, reasonOK},
-		{"public route, nothing read", false, false, "/public/x", nil, 200, reasonOK},
-		{"no credential, nothing read: the challenge", false, false, "/v1/items/1", nil, 401, reasonNoCredential},
-		{"both read: jwt", true, true, "/v1/items/1", hdr("Authorization", "Bearer "+tok), 200, reasonOK},
-		{"both read: api key", true, true, "/v1/items/1", hdr("X-API-Key", key), 200, reasonOK},
+		{"jwt, revocations unread", false, true, "/v1/items/1", hdr("Authorization", "Bearer "+tok), 503, contract.ReasonRevocationsUnknown},
+		{"api key, revocations unread", false, true, "/v1/items/1", hdr("X-API-Key", key), 503, contract.ReasonRevocationsUnknown},
+		{"api key, key records unread", true, false, "/v1/items/1", hdr("X-API-Key", key), 503, contract.ReasonKeyRecordsUnknown},
+		{"jwt, key records unread: needs only revocations", true, false, "/v1/items/1", hdr("Authorization", "Bearer "+tok), 200, contract.ReasonOK},
+		{"public route, nothing read", false, false, "/public/x", nil, 200, contract.ReasonOK},
+		{"no credential, nothing read: the challenge", false, false, "/v1/items/1", nil, 401, contract.ReasonNoCredential},
+		{"both read: jwt", true, true, "/v1/items/1", hdr("Authorization", "Bearer "+tok), 200, contract.ReasonOK},
+		{"both read: api key", true, true, "/v1/items/1", hdr("X-API-Key", key), 200, contract.ReasonOK},
 	}
 	for _, tc := range cases {
 		sc.revocations.health.read.Store(tc.revRead)
@@ -80,14 +80,14 @@ func TestFeedsNotReadRefuseCredentials(t *testing.T) {
 			t.Errorf("%s, grpc: %v, want %d %s", tc.name, resp, tc.status, tc.reason)
 		}
 	}
-	if n := testutil.ToFloat64(sc.m.decisions.WithLabelValues("proxy", "deny", reasonRevocationsUnknown)); n != 2 {
-		t.Errorf("decisions{reason=%s} = %v, want 2", reasonRevocationsUnknown, n)
+	if n := testutil.ToFloat64(sc.m.decisions.WithLabelValues("proxy", "deny", contract.ReasonRevocationsUnknown)); n != 2 {
+		t.Errorf("decisions{reason=%s} = %v, want 2", contract.ReasonRevocationsUnknown, n)
 	}
 	// Without a replica, API keys need only the revocation feed.
 	off := false
 	g := newFixture(t, func(c *Config) { c.KeyReplica = &off })
 	// (no key-record feed is followed, so none can be unread)
-	if d := decideKey(g.sc, key, "/x", "127.0.0.1"); d.reason == reasonKeyRecordsUnknown {
+	if d := decideKey(g.sc, key, "/x", "127.0.0.1"); d.reason == contract.ReasonKeyRecordsUnknown {
 		t.Errorf("key_replica = false: %s", d.reason)
 	}
 }
@@ -255,8 +255,8 @@ func TestFeedForbiddenAfterReadRefuses(t *testing.T) {
 		t.Fatalf("Vault unreachable after a read: %d, want 200 (what was read still holds)", code)
 	}
 	sc.revocations.health.failed(log, &api.ResponseError{StatusCode: http.StatusForbidden})
-	if code, reason := pass(); code != 503 || reason != reasonRevocationsUnknown {
-		t.Fatalf("feed refused after a read: %d %s, want 503 %s", code, reason, reasonRevocationsUnknown)
+	if code, reason := pass(); code != 503 || reason != contract.ReasonRevocationsUnknown {
+		t.Fatalf("feed refused after a read: %d %s, want 503 %s", code, reason, contract.ReasonRevocationsUnknown)
 	}
 	if code, status := health(); code != 503 || status != "forbidden" {
 		t.Fatalf("healthz with the feed refused after a read: %d %s", code, status)

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sync/semaphore"
 	"golang.org/x/time/rate"
 
+	"github.com/keybroker/keybroker/contract"
 	"github.com/keybroker/keybroker/sidecar/internal/clientkey"
 )
 
@@ -82,7 +83,7 @@ func (fg *floodGuard) lookup(ctx context.Context, ip netip.Addr, f func() (refus
 		t := g.failures.Tokens()
 		if t < 1 {
 			g.mu.Unlock()
-			return &decision{status: http.StatusTooManyRequests, reason: reasonTooManyFailures,
+			return &decision{status: http.StatusTooManyRequests, reason: contract.ReasonTooManyFailures,
 				retryAfter: time.Duration((1 - t) / float64(fg.rate) * float64(time.Second))}
 		}
 		if t >= float64(g.inflight+1) {
@@ -95,9 +96,9 @@ func (fg *floodGuard) lookup(ctx context.Context, ip netip.Addr, f func() (refus
 		select {
 		case <-wait:
 		case <-timeout.C:
-			return &decision{status: http.StatusTooManyRequests, reason: reasonTooManyFailures, retryAfter: time.Second}
+			return &decision{status: http.StatusTooManyRequests, reason: contract.ReasonTooManyFailures, retryAfter: time.Second}
 		case <-ctx.Done():
-			return &decision{status: http.StatusServiceUnavailable, reason: reasonUnavailable}
+			return &decision{status: http.StatusServiceUnavailable, reason: contract.ReasonUnavailable}
 		}
 	}
 	refused := false
@@ -115,7 +116,7 @@ func (fg *floodGuard) lookup(ctx context.Context, ip netip.Addr, f func() (refus
 	err := fg.vault.Acquire(actx, 1)
 	cancel()
 	if err != nil {
-		return &decision{status: http.StatusServiceUnavailable, reason: reasonUnavailable}
+		return &decision{status: http.StatusServiceUnavailable, reason: contract.ReasonUnavailable}
 	}
 	refused = f()
 	fg.vault.Release(1)

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/keybroker/keybroker/contract"
 )
 
 // One client's refused lookups stop at the burst, and cost Vault nothing
@@ -29,7 +31,7 @@ func TestFloodGuardBound(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			if d := fg.lookup(context.Background(), attacker, refuse); d != nil {
-				if d.status != http.StatusTooManyRequests || d.reason != reasonTooManyFailures || d.retryAfter <= 0 {
+				if d.status != http.StatusTooManyRequests || d.reason != contract.ReasonTooManyFailures || d.retryAfter <= 0 {
 					t.Errorf("denial %+v", d)
 				}
 				throttled.Add(1)
@@ -158,7 +160,7 @@ func TestServerLimits(t *testing.T) {
 		t.Errorf("8 KiB header: %v %v", resp, err)
 	}
 	post, _ := http.NewRequest("POST", "http://"+addr+"/public", stringsReader(stringOf('a', 100)))
-	if resp, err := http.DefaultClient.Do(post); err != nil || resp.StatusCode != http.StatusRequestEntityTooLarge || resp.Header.Get("X-Keybroker-Reason") != reasonBodyTooLarge {
+	if resp, err := http.DefaultClient.Do(post); err != nil || resp.StatusCode != http.StatusRequestEntityTooLarge || resp.Header.Get("X-Keybroker-Reason") != contract.ReasonBodyTooLarge {
 		t.Errorf("100-byte body over a 10-byte limit: %v %v", resp, err)
 	}
 	// Chunked, so no Content-Length says it in advance.

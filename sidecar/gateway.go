@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+
+	"github.com/keybroker/keybroker/contract"
 )
 
 // gateway says where the auth endpoint finds the request a gateway asks
@@ -64,15 +66,15 @@ func (g *gateway) original(r *http.Request) (method, target string, ok bool) {
 // decision (an untrusted peer, a request that cannot be read).
 func (sc *Sidecar) gatewayRequest(r *http.Request, g *gateway) (req request, d decision, counted bool) {
 	if !sc.trusted(peerAddr(r)) {
-		return request{clientIP: peerAddr(r)}, deny(http.StatusForbidden, reasonUntrustedGateway), true
+		return request{clientIP: peerAddr(r)}, deny(http.StatusForbidden, contract.ReasonUntrustedGateway), true
 	}
 	if r.ContentLength > sc.s.maxBody {
-		return request{}, deny(http.StatusRequestEntityTooLarge, reasonBodyTooLarge), false
+		return request{}, deny(http.StatusRequestEntityTooLarge, contract.ReasonBodyTooLarge), false
 	}
 	method, target, ok := g.original(r)
 	req = request{method: method, target: target, header: r.Header, clientIP: sc.clientIP(r)}
 	if !ok {
-		return request{header: r.Header, clientIP: req.clientIP}, deny(http.StatusBadRequest, reasonBadRequest), true
+		return request{header: r.Header, clientIP: req.clientIP}, deny(http.StatusBadRequest, contract.ReasonBadRequest), true
 	}
 	return req, decision{}, false
 }

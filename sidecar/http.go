@@ -75,7 +75,7 @@ func (sc *Sidecar) proxyHandler() http.Handler {
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-				sc.writeDenial(w, deny(http.StatusRequestEntityTooLarge, reasonBodyTooLarge), false)
+				sc.writeDenial(w, deny(http.StatusRequestEntityTooLarge, contract.ReasonBodyTooLarge), false)
 				return
 			}
 			sc.log.Warn("upstream request failed", "error", err)
@@ -88,7 +88,7 @@ func (sc *Sidecar) proxyHandler() http.Handler {
 			return
 		}
 		if r.ContentLength > sc.s.maxBody {
-			sc.writeDenial(w, deny(http.StatusRequestEntityTooLarge, reasonBodyTooLarge), false)
+			sc.writeDenial(w, deny(http.StatusRequestEntityTooLarge, contract.ReasonBodyTooLarge), false)
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, sc.s.maxBody)
@@ -239,7 +239,7 @@ func (sc *Sidecar) writeDenial(w http.ResponseWriter, d decision, only2xx401403 
 // credential came with, rm its resource_metadata parameter.
 func challengeUnauthorized(h http.Header, body map[string]string, d decision, rm string) {
 	switch {
-	case d.reason == reasonNoCredential:
+	case d.reason == contract.ReasonNoCredential:
 		scope := ""
 		if d.scope != "" {
 			scope = fmt.Sprintf(`, scope=%q`, d.scope)
@@ -255,7 +255,7 @@ func challengeUnauthorized(h http.Header, body map[string]string, d decision, rm
 		body["error"] = "invalid_request"
 	case d.dpop:
 		code := "invalid_token"
-		if d.reason == reasonInvalidProof || d.reason == reasonProofReplayed {
+		if d.reason == contract.ReasonInvalidProof || d.reason == contract.ReasonProofReplayed {
 			code = "invalid_dpop_proof"
 		}
 		h.Set("WWW-Authenticate", fmt.Sprintf(`%s, error=%q, error_description=%q%s`, dpopChallenge, code, d.reason, rm))
@@ -271,7 +271,7 @@ func challengeUnauthorized(h http.Header, body map[string]string, d decision, rm
 func denialHeaders(h http.Header, body map[string]string, d decision, rm string) {
 	switch d.status {
 	case http.StatusForbidden:
-		if d.reason == reasonInsufficientScope {
+		if d.reason == contract.ReasonInsufficientScope {
 			scheme := `Bearer realm="keybroker"`
 			if d.dpop {
 				scheme = dpopChallenge
@@ -282,7 +282,7 @@ func denialHeaders(h http.Header, body map[string]string, d decision, rm string)
 		}
 	case http.StatusTooManyRequests:
 		h.Set("Retry-After", strconv.FormatInt(retryAfterSeconds(d.retryAfter), 10))
-		if d.reason == reasonBudgetExhausted {
+		if d.reason == contract.ReasonBudgetExhausted {
 			// Retrying cannot help before the period resets: say so to
 			// clients that would otherwise wait out Retry-After, perhaps
 			// for hours (the OpenAI SDKs honour this header).
@@ -306,7 +306,7 @@ func denialHeaders(h http.Header, body map[string]string, d decision, rm string)
 func openAIError(d decision) map[string]interface{} {
 	e := map[string]interface{}{"type": "requests", "code": "rate_limit_exceeded",
 		"message": fmt.Sprintf("keybroker: rate limit reached for this credential; retry after %d s", retryAfterSeconds(d.retryAfter))}
-	if d.reason == reasonBudgetExhausted {
+	if d.reason == contract.ReasonBudgetExhausted {
 		e = map[string]interface{}{"type": "insufficient_quota", "code": "insufficient_quota",
 			"message": fmt.Sprintf("keybroker: this credential's budget is spent until its period resets, in %d s; retrying sooner cannot succeed", retryAfterSeconds(d.retryAfter))}
 	}

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/keybroker/keybroker/contract"
 )
 
 // Identity is who an allowed request's credential says the caller is, for a
@@ -79,7 +81,7 @@ func (sc *Sidecar) Middleware(next http.Handler) http.Handler {
 			return
 		}
 		if r.ContentLength > sc.s.maxBody {
-			sc.writeDenial(w, deny(http.StatusRequestEntityTooLarge, reasonBodyTooLarge), false)
+			sc.writeDenial(w, deny(http.StatusRequestEntityTooLarge, contract.ReasonBodyTooLarge), false)
 			return
 		}
 		target := r.RequestURI

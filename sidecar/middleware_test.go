@@ -81,10 +81,10 @@ func TestMiddlewarePassesIdentityNotCredential(t *testing.T) {
 		status int
 		reason string
 	}{
-		{"/v1/items/1", nil, 401, reasonNoCredential},
-		{"/v1/admin/x", hdr("Authorization", "Bearer "+tok), 403, reasonInsufficientScope},
-		{"/v1/items/1", hdr("Authorization", "Bearer "+f.jwt(t, "any read", -time.Hour)), 401, reasonExpired},
-		{"/v1/items/1", hdr("Authorization", "Bearer "+tok, "Authorization", "Bearer "+tok), 400, reasonBadRequest},
+		{"/v1/items/1", nil, 401, contract.ReasonNoCredential},
+		{"/v1/admin/x", hdr("Authorization", "Bearer "+tok), 403, contract.ReasonInsufficientScope},
+		{"/v1/items/1", hdr("Authorization", "Bearer "+f.jwt(t, "any read", -time.Hour)), 401, contract.ReasonExpired},
+		{"/v1/items/1", hdr("Authorization", "Bearer "+tok, "Authorization", "Bearer "+tok), 400, contract.ReasonBadRequest},
 	} {
 		got = nil
 		w := send(h, "GET", tc.target, "127.0.0.1:1", tc.header)

@@ -91,21 +91,21 @@ func TestReplicaDecides(t *testing.T) {
 		status              int
 		reason              string
 	}{
-		{"twin held", twin, "/v1/x", "127.0.0.1", http.StatusOK, reasonOK},
-		{"held key", good, "/v1/x", "127.0.0.1", http.StatusOK, reasonOK},
-		{"held key, missing scope", good, "/v1/admin", "127.0.0.1", http.StatusForbidden, reasonInsufficientScope},
-		{"revoked", revoked, "/x", "127.0.0.1", http.StatusUnauthorized, reasonRevoked},
-		{"expired", expired, "/x", "127.0.0.1", http.StatusUnauthorized, reasonExpired},
-		{"bound, outside", bound, "/x", "127.0.0.1", http.StatusUnauthorized, reasonCIDRDenied},
-		{"bound, inside", bound, "/x", "10.1.2.3", http.StatusOK, reasonOK},
+		{"twin held", twin, "/v1/x", "127.0.0.1", http.StatusOK, contract.ReasonOK},
+		{"held key", good, "/v1/x", "127.0.0.1", http.StatusOK, contract.ReasonOK},
+		{"held key, missing scope", good, "/v1/admin", "127.0.0.1", http.StatusForbidden, contract.ReasonInsufficientScope},
+		{"revoked", revoked, "/x", "127.0.0.1", http.StatusUnauthorized, contract.ReasonRevoked},
+		{"expired", expired, "/x", "127.0.0.1", http.StatusUnauthorized, contract.ReasonExpired},
+		{"bound, outside", bound, "/x", "127.0.0.1", http.StatusUnauthorized, contract.ReasonCIDRDenied},
+		{"bound, inside", bound, "/x", "10.1.2.3", http.StatusOK, contract.ReasonOK},
 		// A record the sidecar cannot read is dropped: the key is refused,
 		// never let in without its bound.
-		{"unreadable bound", unreadable, "/x", "10.1.2.3", http.StatusUnauthorized, reasonInvalid},
-		{"known id, other secret", otherSecret, "/x", "127.0.0.1", http.StatusUnauthorized, reasonInvalid},
-		{"unknown id minted long ago", forgedOld, "/x", "127.0.0.1", http.StatusUnauthorized, reasonInvalid},
+		{"unreadable bound", unreadable, "/x", "10.1.2.3", http.StatusUnauthorized, contract.ReasonInvalid},
+		{"known id, other secret", otherSecret, "/x", "127.0.0.1", http.StatusUnauthorized, contract.ReasonInvalid},
+		{"unknown id minted long ago", forgedOld, "/x", "127.0.0.1", http.StatusUnauthorized, contract.ReasonInvalid},
 		// The fixture's Vault is down: the fallback for a key minted
 		// moments ago fails closed.
-		{"unknown id minted moments ago", forgedNew, "/x", "127.0.0.1", http.StatusServiceUnavailable, reasonUnavailable},
+		{"unknown id minted moments ago", forgedNew, "/x", "127.0.0.1", http.StatusServiceUnavailable, contract.ReasonUnavailable},
 	} {
 		d := decideKey(sc, c.key, c.path, c.ip)
 		if d.status != c.status || d.reason != c.reason {
@@ -161,11 +161,11 @@ func TestReplicaNotUsable(t *testing.T) {
 		{"not read yet", func(sc *Sidecar) {
 			sc.keyRecords.health.read.Store(false)
 			sc.keyRecords.replica.apply([]contract.KeyRecord{rec}, 0)
-		}, reasonKeyRecordsUnknown},
+		}, contract.ReasonKeyRecordsUnknown},
 		{"stale", func(sc *Sidecar) {
 			synced(sc, rec)
 			sc.keyRecords.replica.currentAt.Store(now.Add(-sc.s.maxStale).UnixNano())
-		}, reasonUnavailable},
+		}, contract.ReasonUnavailable},
 	} {
 		f := newFixture(t, nil)
 		c.setup(f.sc)
@@ -387,10 +387,10 @@ func TestReplicaFallbackWindowFollowsLag(t *testing.T) {
 	f.sc.keyRecords.replica.currentAt.Store(now.Add(-40 * time.Second).UnixNano())
 	mintedSince, _ := testKey(t, now.Add(-50*time.Second), "web", "", "any")
 	mintedBefore, _ := testKey(t, now.Add(-80*time.Second), "web", "", "any")
-	if d := decideKey(f.sc, mintedSince, "/x", "127.0.0.1"); d.reason != reasonUnavailable {
+	if d := decideKey(f.sc, mintedSince, "/x", "127.0.0.1"); d.reason != contract.ReasonUnavailable {
 		t.Errorf("a key minted 50s ago, replica confirmed 40s ago: %s; want the Vault path (down here)", d.reason)
 	}
-	if d := decideKey(f.sc, mintedBefore, "/x", "127.0.0.1"); d.reason != reasonInvalid {
+	if d := decideKey(f.sc, mintedBefore, "/x", "127.0.0.1"); d.reason != contract.ReasonInvalid {
 		t.Errorf("a key minted 80s ago, replica confirmed 40s ago: %s; want refused offline", d.reason)
 	}
 }
@@ -416,9 +416,9 @@ func TestReplicaRoleSuspension(t *testing.T) {
 			}
 		}
 	}
-	check("before", map[string]string{web: reasonOK, own: reasonSuspended, other: reasonOK})
+	check("before", map[string]string{web: contract.ReasonOK, own: contract.ReasonSuspended, other: contract.ReasonOK})
 	sc.keyRecords.replica.setSuspendedRoles([]string{"web"})
-	check("role suspended", map[string]string{web: reasonSuspended, own: reasonSuspended, other: reasonOK})
+	check("role suspended", map[string]string{web: contract.ReasonSuspended, own: contract.ReasonSuspended, other: contract.ReasonOK})
 	sc.keyRecords.replica.setSuspendedRoles([]string{})
-	check("role resumed", map[string]string{web: reasonOK, own: reasonSuspended, other: reasonOK})
+	check("role resumed", map[string]string{web: contract.ReasonOK, own: contract.ReasonSuspended, other: contract.ReasonOK})
 }

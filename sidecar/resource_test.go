@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keybroker/keybroker/contract"
 	"github.com/keybroker/keybroker/internal/dpoptest"
 	"github.com/keybroker/keybroker/jwtverify"
 )
@@ -60,7 +61,7 @@ func TestProtectedResourceMetadata(t *testing.T) {
 	claims.Audience = []string{resource}
 	tok := f.sign(t, claims)
 	w = send(f.sc.proxyHandler(), "GET", "/v1/items", "127.0.0.1:1", hdr("Authorization", "Bearer "+tok))
-	if w.Code != 401 || w.Header().Get("X-Keybroker-Reason") != reasonDPoPRequired || !strings.Contains(w.Header().Get("WWW-Authenticate"), "resource_metadata=") {
+	if w.Code != 401 || w.Header().Get("X-Keybroker-Reason") != contract.ReasonDPoPRequired || !strings.Contains(w.Header().Get("WWW-Authenticate"), "resource_metadata=") {
 		t.Fatalf("a bearer token under require_dpop: %d %s %q", w.Code, w.Header().Get("X-Keybroker-Reason"), w.Header().Get("WWW-Authenticate"))
 	}
 	k := dpoptest.NewKey(t, "ES256")

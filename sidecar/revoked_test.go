@@ -19,11 +19,11 @@ func TestRevokedPastExpWithinLeeway(t *testing.T) {
 		want     string
 		wantHeld bool
 	}{
-		"running, pruned after exp":       {"30s", 7 * time.Second, -time.Minute, reasonRevoked, true},
-		"started after exp":               {"30s", 7 * time.Second, 7 * time.Second, reasonRevoked, true},
-		"largest leeway, near its end":    {"60s", 58 * time.Second, 58 * time.Second, reasonRevoked, true},
-		"past every leeway":               {"60s", 61 * time.Second, 61 * time.Second, reasonExpired, false},
-		"short leeway, the grace is kept": {"5s", 7 * time.Second, 7 * time.Second, reasonExpired, true},
+		"running, pruned after exp":       {"30s", 7 * time.Second, -time.Minute, contract.ReasonRevoked, true},
+		"started after exp":               {"30s", 7 * time.Second, 7 * time.Second, contract.ReasonRevoked, true},
+		"largest leeway, near its end":    {"60s", 58 * time.Second, 58 * time.Second, contract.ReasonRevoked, true},
+		"past every leeway":               {"60s", 61 * time.Second, 61 * time.Second, contract.ReasonExpired, false},
+		"short leeway, the grace is kept": {"5s", 7 * time.Second, 7 * time.Second, contract.ReasonExpired, true},
 	} {
 		t.Run(name, func(t *testing.T) {
 			f := newFixture(t, func(c *Config) { c.Leeway = tc.leeway })

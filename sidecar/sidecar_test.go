@@ -148,20 +148,20 @@ func TestWriteDenial(t *testing.T) {
 		wwwAuth    string
 		bodyReason string
 	}{
-		{deny(http.StatusUnauthorized, reasonNoCredential), false, 401, `Bearer realm="keybroker"`, "no_credential"},
-		{deny(http.StatusUnauthorized, reasonExpired), false, 401, `error="invalid_token"`, "expired"},
-		{decision{status: 403, reason: reasonInsufficientScope, scope: "a b"}, false, 403, `error="insufficient_scope", scope="a b"`, "insufficient_scope"},
-		{deny(http.StatusBadRequest, reasonCredentialInQuery), false, 400, `error="invalid_request"`, "credential_in_query"},
-		{deny(http.StatusBadRequest, reasonCredentialInQuery), true, 403, `error="invalid_request"`, "credential_in_query"},
-		{deny(http.StatusServiceUnavailable, reasonUnavailable), true, 403, "", "unavailable"},
-		{deny(http.StatusForbidden, reasonNoRoute), false, 403, "", "no_route"},
-		{deny(http.StatusServiceUnavailable, reasonUnavailable), false, 503, "", "unavailable"},
-		{deny(http.StatusBadRequest, reasonNonCanonicalPath), false, 400, `error="invalid_request"`, "non_canonical_path"},
-		{decision{status: 405, reason: reasonMethodNotAllowed, allow: "GET, HEAD"}, false, 405, "", "method_not_allowed"},
-		{decision{status: 405, reason: reasonMethodNotAllowed, allow: "GET, HEAD"}, true, 403, "", "method_not_allowed"},
-		{decision{status: 429, reason: reasonBudgetExhausted, retryAfter: 90 * time.Minute}, false, 429, "", "budget_exhausted"},
-		{decision{status: 429, reason: reasonBudgetExhausted, retryAfter: time.Second}, true, 403, "", "budget_exhausted"},
-		{decision{status: 429, reason: reasonRateLimited, retryAfter: 300 * time.Millisecond}, false, 429, "", "rate_limited"},
+		{deny(http.StatusUnauthorized, contract.ReasonNoCredential), false, 401, `Bearer realm="keybroker"`, "no_credential"},
+		{deny(http.StatusUnauthorized, contract.ReasonExpired), false, 401, `error="invalid_token"`, "expired"},
+		{decision{status: 403, reason: contract.ReasonInsufficientScope, scope: "a b"}, false, 403, `error="insufficient_scope", scope="a b"`, "insufficient_scope"},
+		{deny(http.StatusBadRequest, contract.ReasonCredentialInQuery), false, 400, `error="invalid_request"`, "credential_in_query"},
+		{deny(http.StatusBadRequest, contract.ReasonCredentialInQuery), true, 403, `error="invalid_request"`, "credential_in_query"},
+		{deny(http.StatusServiceUnavailable, contract.ReasonUnavailable), true, 403, "", "unavailable"},
+		{deny(http.StatusForbidden, contract.ReasonNoRoute), false, 403, "", "no_route"},
+		{deny(http.StatusServiceUnavailable, contract.ReasonUnavailable), false, 503, "", "unavailable"},
+		{deny(http.StatusBadRequest, contract.ReasonNonCanonicalPath), false, 400, `error="invalid_request"`, "non_canonical_path"},
+		{decision{status: 405, reason: contract.ReasonMethodNotAllowed, allow: "GET, HEAD"}, false, 405, "", "method_not_allowed"},
+		{decision{status: 405, reason: contract.ReasonMethodNotAllowed, allow: "GET, HEAD"}, true, 403, "", "method_not_allowed"},
+		{decision{status: 429, reason: contract.ReasonBudgetExhausted, retryAfter: 90 * time.Minute}, false, 429, "", "budget_exhausted"},
+		{decision{status: 429, reason: contract.ReasonBudgetExhausted, retryAfter: time.Second}, true, 403, "", "budget_exhausted"},
+		{decision{status: 429, reason: contract.ReasonRateLimited, retryAfter: 300 * time.Millisecond}, false, 429, "", "rate_limited"},
 	} {
 		w := httptest.NewRecorder()
 		newFixture(t, nil).sc.writeDenial(w, tc.d, tc.nginx)

@@ -33,20 +33,6 @@ import (
 	"github.com/keybroker/keybroker/sidecar"
 )
 
-// The reasons these tests expect, as the X-Keybroker-Reason header and the
-// body say them.
-const (
-	reasonOK                = contract.ReasonOK
-	reasonNoCredential      = "no_credential"
-	reasonCredentialInQuery = "credential_in_query"
-	reasonMethodOverride    = "method_override_in_query"
-	reasonBadRequest        = "bad_request"
-	reasonNonCanonicalPath  = "non_canonical_path"
-	reasonMethodNotAllowed  = "method_not_allowed"
-	reasonUntrustedGateway  = "untrusted_gateway"
-	reasonBodyTooLarge      = "body_too_large"
-)
-
 // checkRequest is what Envoy sends for a request from source (its
 // downstream peer), with headers lower-cased and repeated ones joined as
 // Envoy joins them.
@@ -110,7 +96,7 @@ func envoyApply(h http.Header, ok *authv3.OkHttpResponse) http.Header {
 // sidecar's (sidecar.TestCheckAllow); here the stub decides.
 func TestGRPCAllow(t *testing.T) {
 	identity := map[string]string{"X-Keybroker-Subject": "agent", "X-Keybroker-Jti": "jti-any-read1h0m0s", "X-Keybroker-Scopes": "any read"}
-	stub := &stubChecker{verdict: sidecar.Verdict{Allowed: true, Status: http.StatusOK, Reason: reasonOK,
+	stub := &stubChecker{verdict: sidecar.Verdict{Allowed: true, Status: http.StatusOK, Reason: contract.ReasonOK,
 		Remove: []string{"authorization", "x-api-key", "dpop", "x-keybroker-admin", "x-keybroker-key-id", "x-keybroker-reason", "x_keybroker_tenant"}}}
 	for _, name := range contract.IdentityHeaders() {
 		stub.verdict.Set = append(stub.verdict.Set, sidecar.Field{Name: name, Value: identity[name]})
@@ -173,7 +159,7 @@ func TestGRPCAllow(t *testing.T) {
 			t.Errorf("public route: %v, want empty and kept", o)
 		}
 	}
-	if n := decisions(t, sc, "grpc", "allow", reasonOK); n != 1 {
+	if n := decisions(t, sc, "grpc", "allow", contract.ReasonOK); n != 1 {
 		t.Errorf("grpc allow counted %v times", n)
 	}
 }
@@ -309,24 +295,24 @@ func TestGRPCDenials(t *testing.T) {
 		reason string
 		code   codes.Code
 	}{
-		{name: "no credential", method: "GET", target: "/v1/items/1", status: 401, reason: reasonNoCredential, code: codes.Unauthenticated},
-		{name: "dot segments", method: "GET", target: "/v1/../v1/admin", header: bearer(reader), status: 400, reason: reasonNonCanonicalPath, code: codes.PermissionDenied},
-		{name: "encoded dot segments", method: "GET", target: "/public/%2e%2e/v1/admin/x", status: 400, reason: reasonNonCanonicalPath, code: codes.PermissionDenied},
-		{name: "mixed-case encoded dots", method: "GET", target: "/public/%2E%2e/v1/admin/x", header: bearer(reader), status: 400, reason: reasonNonCanonicalPath, code: codes.PermissionDenied},
-		{name: "encoded slash", method: "GET", target: "/v1/admin%2fx", header: bearer(reader), status: 400, reason: reasonNonCanonicalPath, code: codes.PermissionDenied},
-		{name: "empty segment", method: "GET", target: "/v1//admin/x", header: bearer(reader), status: 400, reason: reasonNonCanonicalPath, code: codes.PermissionDenied},
-		{name: "credential in query", method: "GET", target: "/v1/items/1?access_token=x", header: bearer(reader), status: 400, reason: reasonCredentialInQuery, code: codes.PermissionDenied},
-		{name: "method override in query", method: "GET", target: "/v1/items/1?_method=DELETE", header: bearer(reader), status: 400, reason: reasonMethodOverride, code: codes.PermissionDenied},
-		{name: "405, never the parent route", method: "DELETE", target: "/v1/items/1", header: bearer(reader), status: 405, reason: reasonMethodNotAllowed, code: codes.PermissionDenied},
-		{name: "two different credentials", method: "GET", target: "/v1/items/1", header: hdr("Authorization", "Bearer "+reader, "X-API-Key", "kb_other"), status: 400, reason: reasonBadRequest, code: codes.PermissionDenied},
+		{name: "no credential", method: "GET", target: "/v1/items/1", status: 401, reason: contract.ReasonNoCredential, code: codes.Unauthenticated},
+		{name: "dot segments", method: "GET", target: "/v1/../v1/admin", header: bearer(reader), status: 400, reason: contract.ReasonNonCanonicalPath, code: codes.PermissionDenied},
+		{name: "encoded dot segments", method: "GET", target: "/public/%2e%2e/v1/admin/x", status: 400, reason: contract.ReasonNonCanonicalPath, code: codes.PermissionDenied},
+		{name: "mixed-case encoded dots", method: "GET", target: "/public/%2E%2e/v1/admin/x", header: bearer(reader), status: 400, reason: contract.ReasonNonCanonicalPath, code: codes.PermissionDenied},
+		{name: "encoded slash", method: "GET", target: "/v1/admin%2fx", header: bearer(reader), status: 400, reason: contract.ReasonNonCanonicalPath, code: codes.PermissionDenied},
+		{name: "empty segment", method: "GET", target: "/v1//admin/x", header: bearer(reader), status: 400, reason: contract.ReasonNonCanonicalPath, code: codes.PermissionDenied},
+		{name: "credential in query", method: "GET", target: "/v1/items/1?access_token=x", header: bearer(reader), status: 400, reason: contract.ReasonCredentialInQuery, code: codes.PermissionDenied},
+		{name: "method override in query", method: "GET", target: "/v1/items/1?_method=DELETE", header: bearer(reader), status: 400, reason: contract.ReasonMethodOverride, code: codes.PermissionDenied},
+		{name: "405, never the parent route", method: "DELETE", target: "/v1/items/1", header: bearer(reader), status: 405, reason: contract.ReasonMethodNotAllowed, code: codes.PermissionDenied},
+		{name: "two different credentials", method: "GET", target: "/v1/items/1", header: hdr("Authorization", "Bearer "+reader, "X-API-Key", "kb_other"), status: 400, reason: contract.ReasonBadRequest, code: codes.PermissionDenied},
 		// Envoy joins a repeated header with ",": the copies are not
 		// told apart, and none is picked.
 		{name: "repeated authorization, joined", method: "GET", target: "/v1/items/1", header: http.Header{"Authorization": {"Bearer " + reader + ",Bearer " + expired}},
-			sameAs: hdr("Authorization", "Bearer "+reader, "Authorization", "Bearer "+expired), status: 400, reason: reasonBadRequest, code: codes.PermissionDenied},
+			sameAs: hdr("Authorization", "Bearer "+reader, "Authorization", "Bearer "+expired), status: 400, reason: contract.ReasonBadRequest, code: codes.PermissionDenied},
 		{name: "the same authorization twice, joined", method: "GET", target: "/v1/items/1", header: http.Header{"Authorization": {"Bearer " + reader + ",Bearer " + reader}},
-			sameAs: hdr("Authorization", "Bearer "+reader, "Authorization", "Bearer "+reader), status: 400, reason: reasonBadRequest, code: codes.PermissionDenied},
+			sameAs: hdr("Authorization", "Bearer "+reader, "Authorization", "Bearer "+reader), status: 400, reason: contract.ReasonBadRequest, code: codes.PermissionDenied},
 		{name: "repeated x-api-key, joined", method: "GET", target: "/v1/items/1", header: http.Header{"X-Api-Key": {"kb_a,kb_b"}},
-			sameAs: hdr("X-API-Key", "kb_a", "X-API-Key", "kb_b"), status: 400, reason: reasonBadRequest, code: codes.PermissionDenied},
+			sameAs: hdr("X-API-Key", "kb_a", "X-API-Key", "kb_b"), status: 400, reason: contract.ReasonBadRequest, code: codes.PermissionDenied},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			resp := check(t, c, checkRequest(tc.method, tc.target, "127.0.0.9", tc.header))
@@ -401,20 +387,20 @@ func TestGRPCRequestChecks(t *testing.T) {
 		status int
 		reason string
 	}{
-		{"untrusted peer", client("127.0.0.1"), checkRequest("GET", "/public", "127.0.0.9", nil), 403, reasonUntrustedGateway},
-		{"untrusted peer, even with a credential", client("127.0.0.3"), checkRequest("GET", "/v1/items/1", "127.0.0.9", hdr("Authorization", "Bearer "+reader)), 403, reasonUntrustedGateway},
-		{"no attributes", trusted, &authv3.CheckRequest{}, 400, reasonBadRequest},
-		{"no http attributes", trusted, noHTTP, 400, reasonBadRequest},
-		{"no method", trusted, checkRequest("", "/public", "127.0.0.9", nil), 400, reasonBadRequest},
-		{"no path", trusted, checkRequest("GET", "", "127.0.0.9", nil), 400, reasonBadRequest},
-		{"headers and header_map both", trusted, bothLists, 400, reasonBadRequest},
-		{"repeated authorization in header_map", trusted, repeatedRaw, 400, reasonBadRequest},
-		{"value and raw_value both", trusted, valueAndRaw, 400, reasonBadRequest},
-		{"body over max_request_body_bytes (size)", trusted, bigSize, 413, reasonBodyTooLarge},
-		{"body over max_request_body_bytes (content-length)", trusted, checkRequest("POST", "/public", "127.0.0.9", hdr("Content-Length", "101")), 413, reasonBodyTooLarge},
-		{"content-length not a number", trusted, checkRequest("POST", "/public", "127.0.0.9", hdr("Content-Length", "1e3")), 400, reasonBadRequest},
-		{"absolute-form target still canonicalised", trusted, checkRequest("GET", "http://evil.example/public/../v1/admin", "127.0.0.9", nil), 400, reasonNonCanonicalPath},
-		{"asterisk-form", trusted, checkRequest("OPTIONS", "*", "127.0.0.9", hdr("Authorization", "Bearer "+reader)), 400, reasonNonCanonicalPath},
+		{"untrusted peer", client("127.0.0.1"), checkRequest("GET", "/public", "127.0.0.9", nil), 403, contract.ReasonUntrustedGateway},
+		{"untrusted peer, even with a credential", client("127.0.0.3"), checkRequest("GET", "/v1/items/1", "127.0.0.9", hdr("Authorization", "Bearer "+reader)), 403, contract.ReasonUntrustedGateway},
+		{"no attributes", trusted, &authv3.CheckRequest{}, 400, contract.ReasonBadRequest},
+		{"no http attributes", trusted, noHTTP, 400, contract.ReasonBadRequest},
+		{"no method", trusted, checkRequest("", "/public", "127.0.0.9", nil), 400, contract.ReasonBadRequest},
+		{"no path", trusted, checkRequest("GET", "", "127.0.0.9", nil), 400, contract.ReasonBadRequest},
+		{"headers and header_map both", trusted, bothLists, 400, contract.ReasonBadRequest},
+		{"repeated authorization in header_map", trusted, repeatedRaw, 400, contract.ReasonBadRequest},
+		{"value and raw_value both", trusted, valueAndRaw, 400, contract.ReasonBadRequest},
+		{"body over max_request_body_bytes (size)", trusted, bigSize, 413, contract.ReasonBodyTooLarge},
+		{"body over max_request_body_bytes (content-length)", trusted, checkRequest("POST", "/public", "127.0.0.9", hdr("Content-Length", "101")), 413, contract.ReasonBodyTooLarge},
+		{"content-length not a number", trusted, checkRequest("POST", "/public", "127.0.0.9", hdr("Content-Length", "1e3")), 400, contract.ReasonBadRequest},
+		{"absolute-form target still canonicalised", trusted, checkRequest("GET", "http://evil.example/public/../v1/admin", "127.0.0.9", nil), 400, contract.ReasonNonCanonicalPath},
+		{"asterisk-form", trusted, checkRequest("OPTIONS", "*", "127.0.0.9", hdr("Authorization", "Bearer "+reader)), 400, contract.ReasonNonCanonicalPath},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			resp := check(t, tc.client, tc.req)
@@ -424,10 +410,10 @@ func TestGRPCRequestChecks(t *testing.T) {
 			}
 		})
 	}
-	if n := decisions(t, sc, "grpc", "deny", reasonUntrustedGateway); n != 2 {
+	if n := decisions(t, sc, "grpc", "deny", contract.ReasonUntrustedGateway); n != 2 {
 		t.Errorf("untrusted peers counted %v times, want 2", n)
 	}
-	if n := decisions(t, sc, "grpc", "deny", reasonBadRequest); n != 8 {
+	if n := decisions(t, sc, "grpc", "deny", contract.ReasonBadRequest); n != 8 {
 		t.Errorf("bad requests counted %v times, want 8", n)
 	}
 	// Within the limit, the same requests pass.
@@ -441,7 +427,7 @@ func TestGRPCRequestChecks(t *testing.T) {
 // rather than passed on. What the sidecar answers is
 // sidecar.TestCheckAllowAnswer; this is Envoy's rendering of it.
 func TestGRPCAllowAnswer(t *testing.T) {
-	v := sidecar.Verdict{Allowed: true, Status: http.StatusOK, Reason: reasonOK, Response: []sidecar.Field{{Name: "X-Budget-Remaining", Value: "7"}}}
+	v := sidecar.Verdict{Allowed: true, Status: http.StatusOK, Reason: contract.ReasonOK, Response: []sidecar.Field{{Name: "X-Budget-Remaining", Value: "7"}}}
 	for _, name := range contract.IdentityHeaders() {
 		v.Set = append(v.Set, sidecar.Field{Name: name})
 	}

@@ -1,0 +1,43 @@
+package contract
+
+// Reasons only a verifier gives (keybroker-sidecar, or a service embedding
+// its middleware), in X-Keybroker-Reason, the JSON body of a denial and the
+// decision log. Those a credential check shares with keybroker/verify are
+// with its answer (contract.go). Gateways, clients and keybroker-audit read
+// them.
+const (
+	ReasonNoCredential      = "no_credential"
+	ReasonCredentialInQuery = "credential_in_query"
+	ReasonCredentialInPath  = "credential_in_path"
+	// A _method query parameter: frameworks (Laravel, Symfony, Spring,
+	// Express's method-override) would serve another method than the one
+	// checked.
+	ReasonMethodOverride   = "method_override_in_query"
+	ReasonBadRequest       = "bad_request"
+	ReasonNonCanonicalPath = "non_canonical_path"
+	ReasonNoRoute          = "no_route"
+	ReasonMethodNotAllowed = "method_not_allowed"
+	ReasonUntrustedGateway = "untrusted_gateway"
+	ReasonBodyTooLarge     = "body_too_large"
+	ReasonInvalid          = "invalid"
+	ReasonUnavailable      = "unavailable"
+	ReasonBudgetExhausted  = "budget_exhausted"
+	ReasonRateLimited      = "rate_limited"
+	ReasonTooManyFailures  = "too_many_failures"
+	// The revocation feed (every credential) or, with key_replica, the
+	// key-record feed (API keys) has not been read to its end yet: what
+	// was revoked or suspended is unknown, so nothing is let through.
+	ReasonRevocationsUnknown = "revocations_unknown"
+	ReasonKeyRecordsUnknown  = "key_records_unknown"
+	// A route's delegation setting refused the credential: it needs an
+	// exchanged token (someone acting for the subject), or refuses one.
+	ReasonDelegationRequired  = "delegation_required"
+	ReasonDelegationForbidden = "delegation_forbidden"
+
+	// DPoP (RFC 9449). invalid_dpop_proof and dpop_proof_replayed answer
+	// with error="invalid_dpop_proof"; the others with invalid_token.
+	ReasonDPoPNotBound  = "dpop_not_bound"   // DPoP scheme, but the credential is not bound
+	ReasonDPoPDisabled  = "dpop_not_enabled" // no public_origin: proofs cannot be checked
+	ReasonInvalidProof  = "invalid_dpop_proof"
+	ReasonProofReplayed = "dpop_proof_replayed"
+)
