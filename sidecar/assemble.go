@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keybroker/keybroker/contract"
 )
 
 // assembleFeeds builds the feeds (the JWKS, the revocations, the key
@@ -48,7 +50,7 @@ func (sc *Sidecar) assembleDecisions() error {
 	}
 	sc.apiKeys, err = newAPIKeys(keyOptions{
 		cacheSize: s.cacheSize, cacheTTL: s.keyCacheTTL, negativeTTL: s.negativeCacheTTL, maxStale: s.maxStale,
-		filter: s.keyFilter, verifyPath: s.mount + "/verify",
+		filter: s.keyFilter, verifyPath: s.mount + "/" + contract.PathVerify,
 		failedAuthRate: s.failedAuthRate, failedAuthBurst: s.failedAuthBurst, verifyInFlow: s.verifyConcurrency,
 	}, replica, sc.vault, keyMetrics{
 		hit: m.keyHit, miss: m.keyMiss, negativeHit: m.negativeHit,

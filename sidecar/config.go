@@ -1,6 +1,3 @@
-// Package sidecar is keybroker-sidecar: it checks keybroker API keys and
-// agent JWTs in front of a service, as a reverse proxy and as an auth
-// endpoint for nginx, Traefik and Envoy, without calling Vault on the hot path.
 package sidecar
 
 import (
