@@ -1,9 +1,3 @@
-// Package contract is what the keybroker plugin and its verifiers (the
-// sidecar, and any service reading the sidecar's headers) agree on: the
-// reasons keybroker/verify answers with, the shape of its answer and of the
-// revocation feed, the identity headers a verifier passes on, and the limits
-// both sides enforce. Both sides import it, so a reason or a header name is
-// spelled once. It depends on nothing but jwtverify's claim types.
 package contract
 
 import (
