@@ -2,8 +2,6 @@ package backend
 
 import (
 	"context"
-	"fmt"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
@@ -28,7 +26,11 @@ func (b *backend) mintKeyAsked(ctx context.Context, req *logical.Request, m keyM
 		return b.mintKey(ctx, req, r, m)
 	}
 	return b.redeemApproval(ctx, req, r, m.role, m.approvalAsk, func(a *approvalRequest) (*logical.Response, error) {
-		return b.mintKey(ctx, req, r, storedKeyMint(m.role, a))
+		stored, err := storedKeyMint(m.role, a)
+		if err != nil {
+			return logical.ErrorResponse(err.Error()), nil
+		}
+		return b.mintKey(ctx, req, r, stored)
 	})
 }
 
@@ -70,12 +72,6 @@ func (b *backend) mintKey(ctx context.Context, req *logical.Request, r *role, m 
 // keyFor is the key m asks for, as role r allows it, without its id,
 // owner and times. The error is the caller's mistake.
 func (r *role) keyFor(m keyMintRequest) (*keyEntry, error) {
-	if strings.TrimSpace(m.name) == "" {
-		return nil, fmt.Errorf("name is required")
-	}
-	if err := validateText("name", m.name, maxNameLength); err != nil {
-		return nil, err
-	}
 	n, err := r.narrow(m.grantAsk)
 	if err != nil {
 		return nil, err

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -12,8 +13,6 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
-
-	"github.com/keybroker/keybroker/jwtverify"
 )
 
 // A mint as the domain sees it. The path layer (mint_fields.go) reads a
@@ -25,13 +24,14 @@ import (
 // it, zero when it gave none.
 type grantAsk struct {
 	role        string
-	scopes      []string
-	scopesGiven bool     // scopes was sent, even empty
-	cidrs       []string // empty: the role's
-	budget      *int64   // nil: the role's
+	scopes      []string       // well formed, each once
+	scopesGiven bool           // scopes was sent, even empty
+	cidrs       []netip.Prefix // empty: the role's
+	budget      *int64         // nil: the role's
 	ttl         time.Duration
-	// dpopJKT and dpopJWK ask to bind the credential to a key (DPoP).
-	dpopJKT, dpopJWK string
+	// dpopJKT is the thumbprint of the key the credential is asked to be
+	// bound to (DPoP: dpop_jkt, or dpop_jwk's), "" for a bearer one.
+	dpopJKT string
 }
 
 // approvalAsk is what a mint that may need approval carries for it.
@@ -67,18 +67,15 @@ type tokenMintRequest struct {
 	read bool
 }
 
-// mintOpening is how a mint path opens on its role: which role, whether
-// the mint holds the role's lock, and what it requires of the role beyond
-// existing.
+// mintOpening is how a mint path opens on its role: which role (a name
+// already checked), whether the mint holds the role's lock, and what it
+// requires of the role beyond existing.
 type mintOpening struct {
 	role string
 	// locked: the role's lock is held for reading from the checks to the
 	// credential's write, so a suspension waits for the mints under way and
 	// no mint passes the check once it answered (keys).
 	locked bool
-	// checkName: the role is a request field, not a path segment, and its
-	// name is checked before it is read (token/exchange).
-	checkName bool
 	// missing is the refusal for a role that does not exist (a format with
 	// the role's name); "" for "role %q does not exist".
 	missing string
@@ -94,11 +91,6 @@ type mintOpening struct {
 // has released already.
 func (b *backend) openMint(ctx context.Context, s logical.Storage, o mintOpening) (r *role, release func(), resp *logical.Response, err error) {
 	release = func() {}
-	if o.checkName {
-		if err := validateRoleName("role", o.role); err != nil {
-			return nil, release, logical.ErrorResponse(err.Error()), nil
-		}
-	}
 	if o.locked {
 		l := b.roleLock(o.role)
 		l.RLock()
@@ -149,35 +141,10 @@ func (r *role) narrow(ask grantAsk) (narrowed, error) {
 // one), refused when role r requires one and ask gives none: what names
 // the credential and whose key it is for the refusal.
 func (r *role) binding(ask grantAsk, what, whose string) (string, error) {
-	jkt, err := dpopBinding(ask.dpopJKT, ask.dpopJWK)
-	if err != nil {
-		return "", err
-	}
-	if r.RequireDPoP && jkt == "" {
+	if r.RequireDPoP && ask.dpopJKT == "" {
 		return "", fmt.Errorf("role %q requires DPoP-bound %s: give dpop_jkt (the thumbprint of the %s public key) or dpop_jwk", ask.role, what, whose)
 	}
-	return jkt, nil
-}
-
-// dpopBinding is the thumbprint a mint asks to bind to (dpop_jkt, or
-// computed from dpop_jwk), "" for a bearer token.
-func dpopBinding(jkt, jwk string) (string, error) {
-	switch {
-	case jkt != "" && jwk != "":
-		return "", fmt.Errorf("give dpop_jkt or dpop_jwk, not both")
-	case jwk != "":
-		if len(jwk) > 8<<10 {
-			return "", fmt.Errorf("dpop_jwk is over 8 KiB: not a public key")
-		}
-		tp, err := jwtverify.Thumbprint([]byte(jwk))
-		if err != nil {
-			return "", fmt.Errorf("dpop_jwk: %w", err)
-		}
-		return tp, nil
-	case jkt != "" && !jwtverify.ValidJKT(jkt):
-		return "", fmt.Errorf("dpop_jkt must be a SHA-256 JWK thumbprint (RFC 7638): 43 characters of unpadded base64url")
-	}
-	return jkt, nil
+	return ask.dpopJKT, nil
 }
 
 // roleAudience is the one aud a token minted from role r carries: asked,
@@ -213,8 +180,8 @@ func oneAudience(asked string, allowed []string, outside func(string) string, wh
 	return distinct[0], nil
 }
 
-// keyMetadata is a key's metadata: asked, which may not set the role's
-// keys, and the role's.
+// keyMetadata is a key's metadata: asked (well formed), which may not set
+// the role's keys, and the role's.
 func (r *role) keyMetadata(roleName string, asked map[string]string) (map[string]string, error) {
 	md := map[string]string{}
 	if asked != nil {
@@ -222,9 +189,6 @@ func (r *role) keyMetadata(roleName string, asked map[string]string) (map[string
 			if _, clash := r.Metadata[k]; clash {
 				return nil, fmt.Errorf("metadata key %q is set by role %q and cannot be overridden", k, roleName)
 			}
-		}
-		if err := validateMetadata("metadata", asked); err != nil {
-			return nil, err
 		}
 		for k, v := range asked {
 			md[k] = v
@@ -253,16 +217,12 @@ func (b *backend) mintTTL(asked, def, maxTTL time.Duration, r *role, approved *a
 	return r.approvedMaxTTL(), append(warnings, fmt.Sprintf("ttl capped at the role's approved_max_ttl (%s)", r.approvedMaxTTL())), nil
 }
 
-// narrowScopes returns the scopes a mint asks for, which must be a subset
-// of the role's, or the role's default scopes when it asks none (given:
-// false). Its error is the caller's mistake.
-func (r *role) narrowScopes(roleName string, asked []string, given bool) ([]string, error) {
+// narrowScopes returns the scopes a mint asks for (well formed), which
+// must be a subset of the role's, or the role's default scopes when it
+// asks none (given: false). Its error is the caller's mistake.
+func (r *role) narrowScopes(roleName string, scopes []string, given bool) ([]string, error) {
 	if !given {
 		return r.defaultScopes(), nil
-	}
-	scopes, err := validateScopes("scopes", asked)
-	if err != nil {
-		return nil, err
 	}
 	if missing := subset(scopes, r.Scopes); len(missing) > 0 {
 		return nil, fmt.Errorf("scopes %s are not allowed by role %q (allowed: %s)",
@@ -273,13 +233,9 @@ func (r *role) narrowScopes(roleName string, asked []string, given bool) ([]stri
 
 // narrowCIDRs returns the CIDRs a mint asks for, each within one of the
 // role's, or the role's own when it asks none.
-func (r *role) narrowCIDRs(roleName string, askedCIDRs []string) ([]string, error) {
-	if len(askedCIDRs) == 0 {
+func (r *role) narrowCIDRs(roleName string, asked []netip.Prefix) ([]string, error) {
+	if len(asked) == 0 {
 		return r.BoundCIDRs, nil
-	}
-	asked, err := parseCIDRs("bound_cidrs", askedCIDRs)
-	if err != nil {
-		return nil, err
 	}
 	roleCIDRs, err := parseCIDRs("role bound_cidrs", r.BoundCIDRs)
 	if err != nil {

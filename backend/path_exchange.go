@@ -113,7 +113,11 @@ exchange under any role that delegates.`,
 }
 
 func (b *backend) pathExchangeWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	return b.exchange(ctx, req, exchangeRequestFrom(d))
+	m, err := exchangeRequestFrom(d)
+	if err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
+	return b.exchange(ctx, req, m)
 }
 
 // derivedSlot is one exchanged token as its subject's index files it: the

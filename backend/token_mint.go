@@ -33,7 +33,11 @@ func (b *backend) mintTokenAsked(ctx context.Context, req *logical.Request, m to
 		return b.mintToken(ctx, req, r, m)
 	}
 	return b.redeemApproval(ctx, req, r, m.role, m.approvalAsk, func(a *approvalRequest) (*logical.Response, error) {
-		return b.mintToken(ctx, req, r, storedTokenMint(m.role, a, m.read))
+		stored, err := storedTokenMint(m.role, a, m.read)
+		if err != nil {
+			return logical.ErrorResponse(err.Error()), nil
+		}
+		return b.mintToken(ctx, req, r, stored)
 	})
 }
 

@@ -11,6 +11,8 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/keybroker/keybroker/jwtverify"
 )
 
 // Caps on request sizes. They keep storage entries and verify answers small
@@ -259,4 +261,25 @@ func validateTenant(t string) error {
 		return fmt.Errorf("tenant %q must be 1 to %d letters, digits, '.', '_' or '-', starting with a letter or digit", t, maxTenantLength)
 	}
 	return nil
+}
+
+// dpopBinding is the thumbprint a mint asks to bind to (dpop_jkt, or
+// computed from dpop_jwk), "" for a bearer credential.
+func dpopBinding(jkt, jwk string) (string, error) {
+	switch {
+	case jkt != "" && jwk != "":
+		return "", fmt.Errorf("give dpop_jkt or dpop_jwk, not both")
+	case jwk != "":
+		if len(jwk) > 8<<10 {
+			return "", fmt.Errorf("dpop_jwk is over 8 KiB: not a public key")
+		}
+		tp, err := jwtverify.Thumbprint([]byte(jwk))
+		if err != nil {
+			return "", fmt.Errorf("dpop_jwk: %w", err)
+		}
+		return tp, nil
+	case jkt != "" && !jwtverify.ValidJKT(jkt):
+		return "", fmt.Errorf("dpop_jkt must be a SHA-256 JWK thumbprint (RFC 7638): 43 characters of unpadded base64url")
+	}
+	return jkt, nil
 }
