@@ -41,12 +41,11 @@ type approvalAsk struct {
 	// an approval request stores them, and its redemption mints them again.
 	fields map[string]interface{}
 	// approvalID asks to redeem that approved request instead of minting
-	// fields (it comes alone).
+	// fields (it comes alone). The request it names, once opened
+	// (redeeming), is the mint's approved parameter: it skips approval,
+	// caps the lifetime at the role's approved_max_ttl and is recorded on
+	// the credential.
 	approvalID string
-	// approved is the approved request this mint redeems, nil for a mint
-	// asked directly: it skips approval, caps the lifetime at the role's
-	// approved_max_ttl and is recorded on the credential.
-	approved *approvalRequest
 }
 
 // keyMintRequest is a mint of an API key (keys/<role>).
@@ -115,10 +114,12 @@ func (b *backend) openMint(ctx context.Context, s logical.Storage, o mintOpening
 	return r, release, nil, nil
 }
 
-// narrowed is what a grant may carry once narrowed to its role.
+// narrowed is what a grant may carry once narrowed to its role, and which
+// of its scopes the role keeps for approval (needs).
 type narrowed struct {
 	scopes, cidrs []string
 	limits        limits
+	needs         []string
 }
 
 // narrow returns what ask may carry under role r: its scopes, CIDRs and
@@ -130,11 +131,54 @@ func (r *role) narrow(ask grantAsk) (narrowed, error) {
 	if n.scopes, err = r.narrowScopes(ask.role, ask.scopes, ask.scopesGiven); err != nil {
 		return n, err
 	}
+	n.needs = subset(n.scopes, subset(n.scopes, r.ApprovalScopes))
 	if n.cidrs, err = r.narrowCIDRs(ask.role, ask.cidrs); err != nil {
 		return n, err
 	}
 	n.limits, err = r.limits.narrow(ask.role, ask.budget)
 	return n, err
+}
+
+// keyFor is the key m asks for, as role r allows it, without its id,
+// owner and times, and which of its scopes r keeps for approval. The
+// error is the caller's mistake.
+func (r *role) keyFor(m keyMintRequest) (*keyEntry, []string, error) {
+	n, err := r.narrow(m.grantAsk)
+	if err != nil {
+		return nil, nil, err
+	}
+	jkt, err := r.binding(m.grantAsk, "credentials", "holder's")
+	if err != nil {
+		return nil, nil, err
+	}
+	md, err := r.keyMetadata(m.role, m.metadata)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &keyEntry{Name: m.name, Role: m.role, Scopes: n.scopes, BoundCIDRs: n.cidrs, Tenant: r.Tenant,
+		Metadata: md, Orphan: r.Orphan, JKT: jkt, limits: n.limits}, n.needs, nil
+}
+
+// tokenGrant is the grant m asks for, as role r allows it, for the caller
+// of req, and which of its scopes r keeps for approval. The error is the
+// caller's mistake.
+func (b *backend) tokenGrant(req *logical.Request, r *role, m tokenMintRequest) (grant, []string, error) {
+	g := grant{Role: m.role, Tenant: r.Tenant, EntityID: req.EntityID, AuthTime: time.Now().UTC().Truncate(time.Second)}
+	n, err := r.narrow(m.grantAsk)
+	if err != nil {
+		return g, nil, err
+	}
+	g.Scopes, g.CIDRs, g.limits = n.scopes, n.cidrs, n.limits
+	aud, err := roleAudience(m.role, r, m.audience)
+	if err != nil {
+		return g, nil, err
+	}
+	g.Audiences = []string{aud}
+	if g.Subject, err = b.subject(req, r.Subject); err != nil {
+		return g, nil, err
+	}
+	g.JKT, err = r.binding(m.grantAsk, "tokens", "agent's")
+	return g, n.needs, err
 }
 
 // binding is the thumbprint ask binds the credential to ("" for a bearer
@@ -204,8 +248,8 @@ func (r *role) keyMetadata(roleName string, asked map[string]string) (map[string
 }
 
 // mintTTL is a credential's lifetime: asked, or the role's default, capped
-// at its max (Vault's rules, with warnings), and for a redemption at the
-// role's approved_max_ttl.
+// at its max (Vault's rules, with warnings), and for a redemption (approved
+// not nil) at the role's approved_max_ttl.
 func (b *backend) mintTTL(asked, def, maxTTL time.Duration, r *role, approved *approvalRequest) (time.Duration, []string, error) {
 	ttl, warnings, err := framework.CalculateTTL(b.System(), asked, def, 0, maxTTL, 0, time.Time{})
 	if err != nil {

@@ -44,18 +44,18 @@ func grantAskFrom(d *framework.FieldData) (grantAsk, error) {
 }
 
 // approvalAskFrom is what a mint carries for approval: the fields as sent,
-// and the approved request when it redeems one.
-func approvalAskFrom(d *framework.FieldData, kind string, approved *approvalRequest) approvalAsk {
+// and the approved request it redeems, if any.
+func approvalAskFrom(d *framework.FieldData, kind string) approvalAsk {
 	fields := maps.Clone(d.Raw)
 	delete(fields, "role")
 	delete(fields, "approval_id")
-	return approvalAsk{kind: kind, fields: fields, approvalID: d.Get("approval_id").(string), approved: approved}
+	return approvalAsk{kind: kind, fields: fields, approvalID: d.Get("approval_id").(string)}
 }
 
 // keyMintRequestFrom reads keys/<role>. A redemption's other fields are
 // not read: it may give none (redeemApproval), and mints the stored ones.
-func keyMintRequestFrom(d *framework.FieldData, approved *approvalRequest) (keyMintRequest, error) {
-	m := keyMintRequest{approvalAsk: approvalAskFrom(d, approvalKindKey, approved), name: d.Get("name").(string)}
+func keyMintRequestFrom(d *framework.FieldData) (keyMintRequest, error) {
+	m := keyMintRequest{approvalAsk: approvalAskFrom(d, approvalKindKey), name: d.Get("name").(string)}
 	if m.approvalID != "" {
 		m.role = d.Get("role").(string)
 		return m, nil
@@ -82,8 +82,8 @@ func keyMintRequestFrom(d *framework.FieldData, approved *approvalRequest) (keyM
 
 // tokenMintRequestFrom reads token/<role>; a redemption's other fields, as
 // a key's, are not read.
-func tokenMintRequestFrom(req *logical.Request, d *framework.FieldData, approved *approvalRequest) (tokenMintRequest, error) {
-	m := tokenMintRequest{approvalAsk: approvalAskFrom(d, approvalKindToken, approved),
+func tokenMintRequestFrom(req *logical.Request, d *framework.FieldData) (tokenMintRequest, error) {
+	m := tokenMintRequest{approvalAsk: approvalAskFrom(d, approvalKindToken),
 		audience: d.Get("audience").(string), read: req != nil && req.Operation == logical.ReadOperation}
 	if m.approvalID != "" {
 		m.role = d.Get("role").(string)
@@ -125,13 +125,13 @@ func storedFields(roleName string, a *approvalRequest, schema map[string]*framew
 
 // storedKeyMint is the key mint an approved request stored.
 func storedKeyMint(roleName string, a *approvalRequest) (keyMintRequest, error) {
-	return keyMintRequestFrom(storedFields(roleName, a, mintKeyFields()), a)
+	return keyMintRequestFrom(storedFields(roleName, a, mintKeyFields()))
 }
 
 // storedTokenMint is the token mint an approved request stored, redeemed
 // by a read or not as read says.
 func storedTokenMint(roleName string, a *approvalRequest, read bool) (tokenMintRequest, error) {
-	m, err := tokenMintRequestFrom(nil, storedFields(roleName, a, mintTokenFields()), a)
+	m, err := tokenMintRequestFrom(nil, storedFields(roleName, a, mintTokenFields()))
 	m.read = read
 	return m, err
 }

@@ -327,11 +327,11 @@ func mintKeyFields() map[string]*framework.FieldSchema {
 // pathKeyMint mints a key from the role the path names, or redeems the
 // approved request approval_id names.
 func (b *backend) pathKeyMint(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	m, err := keyMintRequestFrom(d, nil)
+	m, err := keyMintRequestFrom(d)
 	if err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
-	return b.mintKeyAsked(ctx, req, m)
+	return b.mintKey(ctx, req, m)
 }
 
 func (b *backend) pathKeyList(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {

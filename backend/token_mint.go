@@ -14,77 +14,51 @@ import (
 	"github.com/keybroker/keybroker/jwtverify"
 )
 
-// Minting an agent JWT: from a tokenMintRequest, through its role's
-// opening and, for a redemption, its approval, to the signed token, its
-// meter and, where the role gives one, its refresh family. issueToken is
-// shared with refresh and exchange.
+// Minting an agent JWT, token/<role>, one step after the other: the role's
+// opening, the approved request a redemption opens, the grant narrowed to
+// the role (mint.go), approval, and the signed token with its meter and,
+// where the role gives one, its refresh family. issueToken is shared with
+// refresh and exchange.
 
-// mintTokenAsked is what token/<role> does with m: it opens the role,
-// then mints a token, or redeems the approved request m names for the
-// token it stored. Tokens do not wait for a role's suspension (it holds
-// keys).
-func (b *backend) mintTokenAsked(ctx context.Context, req *logical.Request, m tokenMintRequest) (*logical.Response, error) {
+// mintToken mints the token m asks for, narrowed to what its role allows;
+// for a redemption the token the approved request stored; a pending
+// approval request instead when m asks for scopes the role keeps for
+// approval. Tokens do not wait for a role's suspension (it holds keys).
+func (b *backend) mintToken(ctx context.Context, req *logical.Request, m tokenMintRequest) (*logical.Response, error) {
 	r, release, resp, err := b.openMint(ctx, req.Storage, mintOpening{role: m.role, audiences: true})
 	if r == nil {
 		return resp, err
 	}
 	defer release()
-	if m.approvalID == "" {
-		return b.mintToken(ctx, req, r, m)
+	a, unlock, resp, err := b.redeeming(ctx, req, r, m.role, m.approvalAsk)
+	if resp != nil || err != nil {
+		return resp, err
 	}
-	return b.redeemApproval(ctx, req, r, m.role, m.approvalAsk, func(a *approvalRequest) (*logical.Response, error) {
-		stored, err := storedTokenMint(m.role, a, m.read)
-		if err != nil {
+	defer unlock()
+	if a != nil {
+		if m, err = storedTokenMint(m.role, a, m.read); err != nil {
 			return logical.ErrorResponse(err.Error()), nil
 		}
-		return b.mintToken(ctx, req, r, stored)
-	})
-}
-
-// mintToken mints an agent JWT from role r: what m asks, narrowed to what r
-// allows; a pending approval request instead when m asks for scopes r
-// keeps for approval and redeems none.
-func (b *backend) mintToken(ctx context.Context, req *logical.Request, r *role, m tokenMintRequest) (*logical.Response, error) {
-	g, err := b.tokenGrant(req, r, m)
+	}
+	g, needs, err := b.tokenGrant(req, r, m)
 	if err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
-	ttl, warnings, err := b.mintTTL(m.ttl, r.TokenTTL, r.TokenMaxTTL, r, m.approved)
+	ttl, warnings, err := b.mintTTL(m.ttl, r.TokenTTL, r.TokenMaxTTL, r, a)
 	if err != nil {
 		return nil, err
 	}
-	if resp, err := b.needsApproval(ctx, req, r, m.role, g.Scopes, m.approvalAsk); resp != nil || err != nil {
+	if resp, err := b.needsApproval(ctx, req, r, m.role, g.Scopes, needs, m.approvalAsk, a); resp != nil || err != nil {
 		return resp, err
 	}
-	resp, err := b.issueWithRefresh(ctx, req, r, g, ttl, mintsRefresh(req, r, m))
+	resp, err = b.issueWithRefresh(ctx, req, r, g, ttl, mintsRefresh(req, r, m, a))
 	if err != nil || resp.IsError() {
 		return resp, err
 	}
 	for _, w := range warnings {
 		resp.AddWarning(w)
 	}
-	return resp, nil
-}
-
-// tokenGrant is the grant m asks for, as role r allows it, for the
-// caller of req. The error is the caller's mistake.
-func (b *backend) tokenGrant(req *logical.Request, r *role, m tokenMintRequest) (grant, error) {
-	g := grant{Role: m.role, Tenant: r.Tenant, EntityID: req.EntityID, AuthTime: time.Now().UTC().Truncate(time.Second)}
-	n, err := r.narrow(m.grantAsk)
-	if err != nil {
-		return g, err
-	}
-	g.Scopes, g.CIDRs, g.limits = n.scopes, n.cidrs, n.limits
-	aud, err := roleAudience(m.role, r, m.audience)
-	if err != nil {
-		return g, err
-	}
-	g.Audiences = []string{aud}
-	if g.Subject, err = b.subject(req, r.Subject); err != nil {
-		return g, err
-	}
-	g.JKT, err = r.binding(m.grantAsk, "tokens", "agent's")
-	return g, err
+	return b.redeemed(ctx, req.Storage, a, resp, nil)
 }
 
 // mintsRefresh says whether a mint starts a refresh family. Refresh needs
@@ -93,8 +67,8 @@ func (b *backend) tokenGrant(req *logical.Request, r *role, m tokenMintRequest) 
 // would outlive what was approved. A read (Vault Agent's template) gets
 // none either: Agent mints again rather than refresh, so each render would
 // leave a family behind.
-func mintsRefresh(req *logical.Request, r *role, m tokenMintRequest) bool {
-	return r.RefreshTTL > 0 && req.EntityID != "" && m.approved == nil && !m.read
+func mintsRefresh(req *logical.Request, r *role, m tokenMintRequest, approved *approvalRequest) bool {
+	return r.RefreshTTL > 0 && req.EntityID != "" && approved == nil && !m.read
 }
 
 // issueWithRefresh issues g's token and, when refresh, the first refresh
