@@ -2,7 +2,6 @@ package backend
 
 import (
 	"context"
-	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
 )
@@ -53,45 +52,4 @@ func (b *backend) mintKey(ctx context.Context, req *logical.Request, m keyMintRe
 		resp.AddWarning(w)
 	}
 	return b.redeemed(ctx, req.Storage, a, resp, nil)
-}
-
-// issueKey stores entry as a new key of role r, for the caller of req, for
-// ttl (redeeming a, when not nil), and answers with the key.
-func (b *backend) issueKey(ctx context.Context, req *logical.Request, r *role, entry *keyEntry, ttl time.Duration, a *approvalRequest) (*logical.Response, error) {
-	now := time.Now().UTC().Truncate(time.Second)
-	entry.EntityID, entry.CreatedAt, entry.ExpiresAt = req.EntityID, now, now.Add(ttl)
-	if a != nil {
-		entry.Approval = a.ID
-	}
-	key, err := b.createKey(ctx, req.Storage, r.KeyPrefix, entry)
-	if err != nil {
-		return nil, err
-	}
-	if err := b.putKey(ctx, req.Storage, entry); err != nil {
-		return nil, err
-	}
-	b.keyChanges.add(entry.ID)
-	return b.keyMinted(key, entry, r, ttl), nil
-}
-
-// keyMinted is a mint's answer: the key once, what it may do, and unless
-// the role is an orphan one its lease.
-func (b *backend) keyMinted(key string, entry *keyEntry, r *role, ttl time.Duration) *logical.Response {
-	data := entry.publicData()
-	delete(data, "metadata")
-	data["key"] = key
-	data["expires_at"] = entry.ExpiresAt.Format(time.RFC3339)
-	entry.limits.responseData(data)
-	if r.Orphan {
-		return &logical.Response{Data: data}
-	}
-	resp := b.Secret(secretTypeAPIKey).Response(data, map[string]interface{}{"key_id": entry.ID})
-	resp.Secret.TTL = ttl
-	resp.Secret.MaxTTL = r.MaxTTL
-	resp.Secret.Renewable = !r.NotRenewable
-	if entry.Approval != "" {
-		// Approved for this long, not for renewals up to max_ttl.
-		resp.Secret.MaxTTL, resp.Secret.Renewable = ttl, false
-	}
-	return resp
 }

@@ -291,3 +291,52 @@ func (r *role) narrowCIDRs(roleName string, asked []netip.Prefix) ([]string, err
 	}
 	return cidrStrings(asked), nil
 }
+
+// The arithmetic narrowing is made of, over scopes and CIDR blocks; the
+// other checks against a role (refresh, rotation, verify) use it too.
+
+// subset returns the members of want that are not in have.
+func subset(want, have []string) (missing []string) {
+	for _, w := range want {
+		found := false
+		for _, h := range have {
+			if w == h {
+				found = true
+				break
+			}
+		}
+		if !found {
+			missing = append(missing, w)
+		}
+	}
+	return missing
+}
+
+func cidrStrings(ps []netip.Prefix) []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.String()
+	}
+	return out
+}
+
+// narrows reports the members of inner not contained in any of outer. An
+// empty outer allows everything.
+func narrows(inner, outer []netip.Prefix) (wider []string) {
+	if len(outer) == 0 {
+		return nil
+	}
+	for _, in := range inner {
+		ok := false
+		for _, out := range outer {
+			if out.Bits() <= in.Bits() && out.Contains(in.Addr()) {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			wider = append(wider, in.String())
+		}
+	}
+	return wider
+}

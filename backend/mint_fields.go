@@ -83,15 +83,17 @@ func keyMintRequestFrom(d *framework.FieldData) (keyMintRequest, error) {
 // tokenMintRequestFrom reads token/<role>; a redemption's other fields, as
 // a key's, are not read.
 func tokenMintRequestFrom(req *logical.Request, d *framework.FieldData) (tokenMintRequest, error) {
-	m := tokenMintRequest{approvalAsk: approvalAskFrom(d, approvalKindToken),
-		audience: d.Get("audience").(string), read: req != nil && req.Operation == logical.ReadOperation}
+	m := tokenMintRequest{approvalAsk: approvalAskFrom(d, approvalKindToken), audience: d.Get("audience").(string)}
+	m.read = req != nil && req.Operation == logical.ReadOperation
 	if m.approvalID != "" {
 		m.role = d.Get("role").(string)
 		return m, nil
 	}
 	var err error
-	m.grantAsk, err = grantAskFrom(d)
-	return m, err
+	if m.grantAsk, err = grantAskFrom(d); err != nil {
+		return m, err
+	}
+	return m, nil
 }
 
 // exchangeRequestFrom reads token/exchange, whose role is a field, not a
@@ -125,13 +127,15 @@ func storedFields(roleName string, a *approvalRequest, schema map[string]*framew
 
 // storedKeyMint is the key mint an approved request stored.
 func storedKeyMint(roleName string, a *approvalRequest) (keyMintRequest, error) {
-	return keyMintRequestFrom(storedFields(roleName, a, mintKeyFields()))
+	d := storedFields(roleName, a, mintKeyFields())
+	return keyMintRequestFrom(d)
 }
 
 // storedTokenMint is the token mint an approved request stored, redeemed
 // by a read or not as read says.
 func storedTokenMint(roleName string, a *approvalRequest, read bool) (tokenMintRequest, error) {
-	m, err := tokenMintRequestFrom(nil, storedFields(roleName, a, mintTokenFields()))
+	d := storedFields(roleName, a, mintTokenFields())
+	m, err := tokenMintRequestFrom(nil, d)
 	m.read = read
 	return m, err
 }

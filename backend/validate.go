@@ -105,23 +105,6 @@ func validateScopes(field string, scopes []string) ([]string, error) {
 	return out, nil
 }
 
-// subset returns the members of want that are not in have.
-func subset(want, have []string) (missing []string) {
-	for _, w := range want {
-		found := false
-		for _, h := range have {
-			if w == h {
-				found = true
-				break
-			}
-		}
-		if !found {
-			missing = append(missing, w)
-		}
-	}
-	return missing
-}
-
 // parseCIDRs parses CIDRs (a bare address is a /32 or /128) into canonical,
 // masked form.
 func parseCIDRs(field string, in []string) ([]netip.Prefix, error) {
@@ -150,35 +133,6 @@ func parseCIDRs(field string, in []string) ([]netip.Prefix, error) {
 		out = append(out, p.Masked())
 	}
 	return out, nil
-}
-
-func cidrStrings(ps []netip.Prefix) []string {
-	out := make([]string, len(ps))
-	for i, p := range ps {
-		out[i] = p.String()
-	}
-	return out
-}
-
-// narrows reports the members of inner not contained in any of outer. An
-// empty outer allows everything.
-func narrows(inner, outer []netip.Prefix) (wider []string) {
-	if len(outer) == 0 {
-		return nil
-	}
-	for _, in := range inner {
-		ok := false
-		for _, out := range outer {
-			if out.Bits() <= in.Bits() && out.Contains(in.Addr()) {
-				ok = true
-				break
-			}
-		}
-		if !ok {
-			wider = append(wider, in.String())
-		}
-	}
-	return wider
 }
 
 // cidrsAllow reports whether addr falls in one of cidrs (stored canonical
