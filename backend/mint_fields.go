@@ -18,8 +18,15 @@ import (
 
 // grantAskFrom reads the fields every mint path shares (grantFields,
 // dpopFields); a path without budget (token/exchange) asks the role's.
-func grantAskFrom(d *framework.FieldData) (grantAsk, error) {
+// roleField: the role is a request field, not a path segment the router
+// matched (token/exchange), and its name is checked first, as a path's is.
+func grantAskFrom(d *framework.FieldData, roleField bool) (grantAsk, error) {
 	g := grantAsk{role: d.Get("role").(string), ttl: time.Duration(d.Get("ttl").(int)) * time.Second}
+	if roleField {
+		if err := validateRoleName("role", g.role); err != nil {
+			return g, err
+		}
+	}
 	if v, ok := d.GetOk("scopes"); ok {
 		scopes, err := validateScopes("scopes", v.([]string))
 		if err != nil {
@@ -67,7 +74,7 @@ func keyMintRequestFrom(d *framework.FieldData) (keyMintRequest, error) {
 		return m, err
 	}
 	var err error
-	if m.grantAsk, err = grantAskFrom(d); err != nil {
+	if m.grantAsk, err = grantAskFrom(d, false); err != nil {
 		return m, err
 	}
 	if v, ok := d.GetOk("metadata"); ok {
@@ -90,19 +97,15 @@ func tokenMintRequestFrom(req *logical.Request, d *framework.FieldData) (tokenMi
 		return m, nil
 	}
 	var err error
-	if m.grantAsk, err = grantAskFrom(d); err != nil {
+	if m.grantAsk, err = grantAskFrom(d, false); err != nil {
 		return m, err
 	}
 	return m, nil
 }
 
-// exchangeRequestFrom reads token/exchange, whose role is a field, not a
-// path segment: its name is checked first, as a path's would be.
+// exchangeRequestFrom reads token/exchange, whose role is a field.
 func exchangeRequestFrom(d *framework.FieldData) (exchangeRequest, error) {
-	if err := validateRoleName("role", d.Get("role").(string)); err != nil {
-		return exchangeRequest{}, err
-	}
-	g, err := grantAskFrom(d)
+	g, err := grantAskFrom(d, true)
 	return exchangeRequest{
 		grantAsk:           g,
 		audience:           d.Get("audience").(string),
