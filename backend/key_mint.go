@@ -8,7 +8,7 @@ import (
 
 // Minting an API key, keys/<role>, one step after the other: the role's
 // opening (under its lock), the approved request a redemption opens, the
-// key narrowed to the role (mint.go), approval, and the stored keyEntry and
+// key narrowed to the role (narrow.go), approval, and the stored keyEntry and
 // its answer.
 
 // mintKey mints the key m asks for, narrowed to what its role allows; for

@@ -10,10 +10,14 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
-// A mint as the domain sees it. The path layer (mint_fields.go) reads a
-// request's fields into these types, as Vault's PKI engine reads a request
-// into its CreationBundleInput; minting, approval and exchange are
-// functions over them and never see the request's raw fields.
+// A mint as the domain sees it, and how it opens. The path layer
+// (mint_fields.go) reads a request's fields, checked, into these types, as
+// Vault's PKI engine reads a request into its CreationBundleInput; minting,
+// approval and exchange are functions over them and never see the request's
+// raw fields. Each mint (key_mint.go, token_mint.go, exchange.go) then goes
+// one way: its opening here, the approved request a redemption opens
+// (mint_approval.go), the grant narrowed to the role (narrow.go), approval,
+// and the credential issued and stored (key_entry.go, token_issue.go).
 
 // grantAsk is what a mint asks of its role, each field as the request gave
 // it, zero when it gave none.

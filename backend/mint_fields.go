@@ -60,7 +60,7 @@ func approvalAskFrom(d *framework.FieldData, kind string) approvalAsk {
 }
 
 // keyMintRequestFrom reads keys/<role>. A redemption's other fields are
-// not read: it may give none (redeemApproval), and mints the stored ones.
+// not read: it may give none (redeeming), and mints the stored ones.
 func keyMintRequestFrom(d *framework.FieldData) (keyMintRequest, error) {
 	m := keyMintRequest{approvalAsk: approvalAskFrom(d, approvalKindKey), name: d.Get("name").(string)}
 	if m.approvalID != "" {

@@ -8,7 +8,7 @@ import (
 
 // Minting an agent JWT, token/<role>, one step after the other: the role's
 // opening, the approved request a redemption opens, the grant narrowed to
-// the role (mint.go), approval, and the signed token with its meter and,
+// the role (narrow.go), approval, and the signed token with its meter and,
 // where the role gives one, its refresh family. issueToken is shared with
 // refresh and exchange.
 
