@@ -51,5 +51,5 @@ func (b *backend) mintKey(ctx context.Context, req *logical.Request, m keyMintRe
 	for _, w := range warnings {
 		resp.AddWarning(w)
 	}
-	return b.redeemed(ctx, req.Storage, a, resp, nil)
+	return b.redeemed(ctx, req.Storage, a, resp)
 }

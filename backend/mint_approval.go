@@ -112,11 +112,12 @@ func (b *backend) needsApproval(ctx context.Context, req *logical.Request, r *ro
 }
 
 // redeemed records that approved request a (nil: the mint redeemed none)
-// was redeemed for the credential resp answers, once minted: a failed mint
-// leaves it to redeem again. It returns the mint's answer.
-func (b *backend) redeemed(ctx context.Context, s logical.Storage, a *approvalRequest, resp *logical.Response, err error) (*logical.Response, error) {
-	if a == nil || err != nil || resp == nil || resp.IsError() {
-		return resp, err
+// was redeemed for the credential resp answers. It comes once the
+// credential is minted: a failed mint leaves the request to redeem again.
+// It returns the mint's answer.
+func (b *backend) redeemed(ctx context.Context, s logical.Storage, a *approvalRequest, resp *logical.Response) (*logical.Response, error) {
+	if a == nil {
+		return resp, nil
 	}
 	a.RedeemedAt = time.Now().UTC()
 	a.Credential, _ = resp.Data["key_id"].(string)

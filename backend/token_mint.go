@@ -50,7 +50,7 @@ func (b *backend) mintToken(ctx context.Context, req *logical.Request, m tokenMi
 	for _, w := range warnings {
 		resp.AddWarning(w)
 	}
-	return b.redeemed(ctx, req.Storage, a, resp, nil)
+	return b.redeemed(ctx, req.Storage, a, resp)
 }
 
 // mintsRefresh says whether a mint starts a refresh family. Refresh needs
