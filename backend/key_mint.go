@@ -2,114 +2,54 @@ package backend
 
 import (
 	"context"
-	"fmt"
-	"strings"
-	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
-// Minting an API key: from a keyMintRequest, through its role's opening
-// (openMint, under the role's lock) and, for a redemption, its approval, to
-// the stored keyEntry and the answer.
+// Minting an API key, keys/<role>, one step after the other: the role's
+// opening (under its lock), the approved request a redemption opens, the
+// key narrowed to the role (narrow.go), approval, and the stored keyEntry and
+// its answer.
 
-// mintKeyAsked is what keys/<role> does with m: it opens the role, then
-// mints a key, or redeems the approved request m names for the key it
-// stored. The role's lock is held for reading from the suspension check to
-// the key's write: a suspension waits for the mints under way, and no mint
-// passes the check once it returned.
-func (b *backend) mintKeyAsked(ctx context.Context, req *logical.Request, m keyMintRequest) (*logical.Response, error) {
+// mintKey mints the key m asks for, narrowed to what its role allows; for
+// a redemption the key the approved request stored; a pending approval
+// request instead when m asks for scopes the role keeps for approval. The
+// role's lock is held for reading from the suspension check to the key's
+// write: a suspension waits for the mints under way, and no mint passes
+// the check once it returned.
+func (b *backend) mintKey(ctx context.Context, req *logical.Request, m keyMintRequest) (*logical.Response, error) {
 	r, release, resp, err := b.openMint(ctx, req.Storage, mintOpening{role: m.role, locked: true, unsuspended: true})
 	if r == nil {
 		return resp, err
 	}
 	defer release()
-	if m.approvalID == "" {
-		return b.mintKey(ctx, req, r, m)
+	a, unlock, resp, err := b.redeeming(ctx, req, r, m.role, m.approvalAsk)
+	if resp != nil || err != nil {
+		return resp, err
 	}
-	return b.redeemApproval(ctx, req, r, m.role, m.approvalAsk, func(a *approvalRequest) (*logical.Response, error) {
-		return b.mintKey(ctx, req, r, storedKeyMint(m.role, a))
-	})
-}
-
-// mintKey mints an API key from role r: what m asks, narrowed to what r
-// allows; a pending approval request instead when m asks for scopes r
-// keeps for approval and redeems none.
-func (b *backend) mintKey(ctx context.Context, req *logical.Request, r *role, m keyMintRequest) (*logical.Response, error) {
-	entry, err := r.keyFor(m)
+	defer unlock()
+	if a != nil {
+		if m, err = storedKeyMint(m.role, a); err != nil {
+			return logical.ErrorResponse(err.Error()), nil
+		}
+	}
+	entry, needs, err := r.keyFor(m)
 	if err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
-	ttl, warnings, err := b.mintTTL(m.ttl, r.TTL, r.MaxTTL, r, m.approved)
+	ttl, warnings, err := b.mintTTL(m.ttl, r.TTL, r.MaxTTL, r, a)
 	if err != nil {
 		return nil, err
 	}
-	if resp, err := b.needsApproval(ctx, req, r, m.role, entry.Scopes, m.approvalAsk); resp != nil || err != nil {
+	if resp, err := b.needsApproval(ctx, req, r, m.role, entry.Scopes, needs, m.approvalAsk, a); resp != nil || err != nil {
 		return resp, err
 	}
-	now := time.Now().UTC().Truncate(time.Second)
-	entry.EntityID, entry.CreatedAt, entry.ExpiresAt = req.EntityID, now, now.Add(ttl)
-	if m.approved != nil {
-		entry.Approval = m.approved.ID
-	}
-	key, err := b.createKey(ctx, req.Storage, r.KeyPrefix, entry)
+	resp, err = b.issueKey(ctx, req, r, entry, ttl, a)
 	if err != nil {
 		return nil, err
 	}
-	if err := b.putKey(ctx, req.Storage, entry); err != nil {
-		return nil, err
-	}
-	b.keyChanges.add(entry.ID)
-	resp := b.keyMinted(key, entry, r, ttl)
 	for _, w := range warnings {
 		resp.AddWarning(w)
 	}
-	return resp, nil
-}
-
-// keyFor is the key m asks for, as role r allows it, without its id,
-// owner and times. The error is the caller's mistake.
-func (r *role) keyFor(m keyMintRequest) (*keyEntry, error) {
-	if strings.TrimSpace(m.name) == "" {
-		return nil, fmt.Errorf("name is required")
-	}
-	if err := validateText("name", m.name, maxNameLength); err != nil {
-		return nil, err
-	}
-	n, err := r.narrow(m.grantAsk)
-	if err != nil {
-		return nil, err
-	}
-	jkt, err := r.binding(m.grantAsk, "credentials", "holder's")
-	if err != nil {
-		return nil, err
-	}
-	md, err := r.keyMetadata(m.role, m.metadata)
-	if err != nil {
-		return nil, err
-	}
-	return &keyEntry{Name: m.name, Role: m.role, Scopes: n.scopes, BoundCIDRs: n.cidrs, Tenant: r.Tenant,
-		Metadata: md, Orphan: r.Orphan, JKT: jkt, limits: n.limits}, nil
-}
-
-// keyMinted is a mint's answer: the key once, what it may do, and unless
-// the role is an orphan one its lease.
-func (b *backend) keyMinted(key string, entry *keyEntry, r *role, ttl time.Duration) *logical.Response {
-	data := entry.publicData()
-	delete(data, "metadata")
-	data["key"] = key
-	data["expires_at"] = entry.ExpiresAt.Format(time.RFC3339)
-	entry.limits.responseData(data)
-	if r.Orphan {
-		return &logical.Response{Data: data}
-	}
-	resp := b.Secret(secretTypeAPIKey).Response(data, map[string]interface{}{"key_id": entry.ID})
-	resp.Secret.TTL = ttl
-	resp.Secret.MaxTTL = r.MaxTTL
-	resp.Secret.Renewable = !r.NotRenewable
-	if entry.Approval != "" {
-		// Approved for this long, not for renewals up to max_ttl.
-		resp.Secret.MaxTTL, resp.Secret.Renewable = ttl, false
-	}
-	return resp
+	return b.redeemed(ctx, req.Storage, a, resp)
 }

@@ -3,35 +3,34 @@ package backend
 import (
 	"cmp"
 	"context"
-	"errors"
-	"fmt"
-	"slices"
-	"strings"
+	"net/netip"
 	"sync"
 	"time"
 
-	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
-
-	"github.com/keybroker/keybroker/jwtverify"
 )
 
-// A mint as the domain sees it. The path layer (mint_fields.go) reads a
-// request's fields into these types, as Vault's PKI engine reads a request
-// into its CreationBundleInput; minting, approval and exchange are
-// functions over them and never see the request's raw fields.
+// A mint as the domain sees it, and how it opens. The path layer
+// (mint_fields.go) reads a request's fields, checked, into these types, as
+// Vault's PKI engine reads a request into its CreationBundleInput; minting,
+// approval and exchange are functions over them and never see the request's
+// raw fields. Each mint (key_mint.go, token_mint.go, exchange.go) then goes
+// one way: its opening here, the approved request a redemption opens
+// (mint_approval.go), the grant narrowed to the role (narrow.go), approval,
+// and the credential issued and stored (key_entry.go, token_issue.go).
 
 // grantAsk is what a mint asks of its role, each field as the request gave
 // it, zero when it gave none.
 type grantAsk struct {
 	role        string
-	scopes      []string
-	scopesGiven bool     // scopes was sent, even empty
-	cidrs       []string // empty: the role's
-	budget      *int64   // nil: the role's
+	scopes      []string       // well formed, each once
+	scopesGiven bool           // scopes was sent, even empty
+	cidrs       []netip.Prefix // empty: the role's
+	budget      *int64         // nil: the role's
 	ttl         time.Duration
-	// dpopJKT and dpopJWK ask to bind the credential to a key (DPoP).
-	dpopJKT, dpopJWK string
+	// dpopJKT is the thumbprint of the key the credential is asked to be
+	// bound to (DPoP: dpop_jkt, or dpop_jwk's), "" for a bearer one.
+	dpopJKT string
 }
 
 // approvalAsk is what a mint that may need approval carries for it.
@@ -41,12 +40,11 @@ type approvalAsk struct {
 	// an approval request stores them, and its redemption mints them again.
 	fields map[string]interface{}
 	// approvalID asks to redeem that approved request instead of minting
-	// fields (it comes alone).
+	// fields (it comes alone). The request it names, once opened
+	// (redeeming), is the mint's approved parameter: it skips approval,
+	// caps the lifetime at the role's approved_max_ttl and is recorded on
+	// the credential.
 	approvalID string
-	// approved is the approved request this mint redeems, nil for a mint
-	// asked directly: it skips approval, caps the lifetime at the role's
-	// approved_max_ttl and is recorded on the credential.
-	approved *approvalRequest
 }
 
 // keyMintRequest is a mint of an API key (keys/<role>).
@@ -67,18 +65,15 @@ type tokenMintRequest struct {
 	read bool
 }
 
-// mintOpening is how a mint path opens on its role: which role, whether
-// the mint holds the role's lock, and what it requires of the role beyond
-// existing.
+// mintOpening is how a mint path opens on its role: which role (a name
+// already checked), whether the mint holds the role's lock, and what it
+// requires of the role beyond existing.
 type mintOpening struct {
 	role string
 	// locked: the role's lock is held for reading from the checks to the
 	// credential's write, so a suspension waits for the mints under way and
 	// no mint passes the check once it answered (keys).
 	locked bool
-	// checkName: the role is a request field, not a path segment, and its
-	// name is checked before it is read (token/exchange).
-	checkName bool
 	// missing is the refusal for a role that does not exist (a format with
 	// the role's name); "" for "role %q does not exist".
 	missing string
@@ -94,11 +89,6 @@ type mintOpening struct {
 // has released already.
 func (b *backend) openMint(ctx context.Context, s logical.Storage, o mintOpening) (r *role, release func(), resp *logical.Response, err error) {
 	release = func() {}
-	if o.checkName {
-		if err := validateRoleName("role", o.role); err != nil {
-			return nil, release, logical.ErrorResponse(err.Error()), nil
-		}
-	}
 	if o.locked {
 		l := b.roleLock(o.role)
 		l.RLock()
@@ -121,173 +111,4 @@ func (b *backend) openMint(ctx context.Context, s logical.Storage, o mintOpening
 		return nil, func() {}, resp, err
 	}
 	return r, release, nil, nil
-}
-
-// narrowed is what a grant may carry once narrowed to its role.
-type narrowed struct {
-	scopes, cidrs []string
-	limits        limits
-}
-
-// narrow returns what ask may carry under role r: its scopes, CIDRs and
-// budget within the role's, or the role's. The error is the caller's
-// mistake.
-func (r *role) narrow(ask grantAsk) (narrowed, error) {
-	var n narrowed
-	var err error
-	if n.scopes, err = r.narrowScopes(ask.role, ask.scopes, ask.scopesGiven); err != nil {
-		return n, err
-	}
-	if n.cidrs, err = r.narrowCIDRs(ask.role, ask.cidrs); err != nil {
-		return n, err
-	}
-	n.limits, err = r.limits.narrow(ask.role, ask.budget)
-	return n, err
-}
-
-// binding is the thumbprint ask binds the credential to ("" for a bearer
-// one), refused when role r requires one and ask gives none: what names
-// the credential and whose key it is for the refusal.
-func (r *role) binding(ask grantAsk, what, whose string) (string, error) {
-	jkt, err := dpopBinding(ask.dpopJKT, ask.dpopJWK)
-	if err != nil {
-		return "", err
-	}
-	if r.RequireDPoP && jkt == "" {
-		return "", fmt.Errorf("role %q requires DPoP-bound %s: give dpop_jkt (the thumbprint of the %s public key) or dpop_jwk", ask.role, what, whose)
-	}
-	return jkt, nil
-}
-
-// dpopBinding is the thumbprint a mint asks to bind to (dpop_jkt, or
-// computed from dpop_jwk), "" for a bearer token.
-func dpopBinding(jkt, jwk string) (string, error) {
-	switch {
-	case jkt != "" && jwk != "":
-		return "", fmt.Errorf("give dpop_jkt or dpop_jwk, not both")
-	case jwk != "":
-		if len(jwk) > 8<<10 {
-			return "", fmt.Errorf("dpop_jwk is over 8 KiB: not a public key")
-		}
-		tp, err := jwtverify.Thumbprint([]byte(jwk))
-		if err != nil {
-			return "", fmt.Errorf("dpop_jwk: %w", err)
-		}
-		return tp, nil
-	case jkt != "" && !jwtverify.ValidJKT(jkt):
-		return "", fmt.Errorf("dpop_jkt must be a SHA-256 JWK thumbprint (RFC 7638): 43 characters of unpadded base64url")
-	}
-	return jkt, nil
-}
-
-// roleAudience is the one aud a token minted from role r carries: asked,
-// which must be one of the role's audiences, or the role's only one. A token
-// is for one resource server (RFC 8707, and MCP's rule against token
-// passthrough): a token for every audience of a role would be accepted at
-// each of them, so each could replay what it was sent at the others. The
-// role's audiences are a set, not a preference, so with several none is
-// picked for the caller.
-func roleAudience(roleName string, r *role, asked string) (string, error) {
-	return oneAudience(asked, r.Audiences, func(aud string) string {
-		return fmt.Sprintf("audience %q is not allowed by role %q (allowed: %s)", aud, roleName, strings.Join(r.Audiences, ", "))
-	}, fmt.Sprintf("role %q", roleName))
-}
-
-// oneAudience picks one of allowed: asked when given (outside is the error
-// for one not allowed), else the only one. whose names the list in the
-// error when it has several.
-func oneAudience(asked string, allowed []string, outside func(string) string, whose string) (string, error) {
-	if asked != "" {
-		if !slices.Contains(allowed, asked) {
-			return "", errors.New(outside(asked))
-		}
-		return asked, nil
-	}
-	distinct := slices.Compact(slices.Sorted(slices.Values(allowed)))
-	if len(distinct) > 1 {
-		return "", fmt.Errorf("%s allows several audiences (%s): name the one resource server the token is for with audience=<one of them>; a token carries one audience", whose, strings.Join(allowed, ", "))
-	}
-	if len(distinct) == 0 {
-		return "", fmt.Errorf("%s allows no audience", whose)
-	}
-	return distinct[0], nil
-}
-
-// keyMetadata is a key's metadata: asked, which may not set the role's
-// keys, and the role's.
-func (r *role) keyMetadata(roleName string, asked map[string]string) (map[string]string, error) {
-	md := map[string]string{}
-	if asked != nil {
-		for k := range asked {
-			if _, clash := r.Metadata[k]; clash {
-				return nil, fmt.Errorf("metadata key %q is set by role %q and cannot be overridden", k, roleName)
-			}
-		}
-		if err := validateMetadata("metadata", asked); err != nil {
-			return nil, err
-		}
-		for k, v := range asked {
-			md[k] = v
-		}
-	}
-	for k, v := range r.Metadata {
-		md[k] = v
-	}
-	if len(md) > maxMetadataPairs {
-		return nil, fmt.Errorf("metadata: the key's and the role's together exceed %d entries", maxMetadataPairs)
-	}
-	return md, nil
-}
-
-// mintTTL is a credential's lifetime: asked, or the role's default, capped
-// at its max (Vault's rules, with warnings), and for a redemption at the
-// role's approved_max_ttl.
-func (b *backend) mintTTL(asked, def, maxTTL time.Duration, r *role, approved *approvalRequest) (time.Duration, []string, error) {
-	ttl, warnings, err := framework.CalculateTTL(b.System(), asked, def, 0, maxTTL, 0, time.Time{})
-	if err != nil {
-		return 0, nil, fmt.Errorf("calculating ttl: %w", err)
-	}
-	if approved == nil || ttl <= r.approvedMaxTTL() {
-		return ttl, warnings, nil
-	}
-	return r.approvedMaxTTL(), append(warnings, fmt.Sprintf("ttl capped at the role's approved_max_ttl (%s)", r.approvedMaxTTL())), nil
-}
-
-// narrowScopes returns the scopes a mint asks for, which must be a subset
-// of the role's, or the role's default scopes when it asks none (given:
-// false). Its error is the caller's mistake.
-func (r *role) narrowScopes(roleName string, asked []string, given bool) ([]string, error) {
-	if !given {
-		return r.defaultScopes(), nil
-	}
-	scopes, err := validateScopes("scopes", asked)
-	if err != nil {
-		return nil, err
-	}
-	if missing := subset(scopes, r.Scopes); len(missing) > 0 {
-		return nil, fmt.Errorf("scopes %s are not allowed by role %q (allowed: %s)",
-			strings.Join(missing, ", "), roleName, strings.Join(r.Scopes, ", "))
-	}
-	return scopes, nil
-}
-
-// narrowCIDRs returns the CIDRs a mint asks for, each within one of the
-// role's, or the role's own when it asks none.
-func (r *role) narrowCIDRs(roleName string, askedCIDRs []string) ([]string, error) {
-	if len(askedCIDRs) == 0 {
-		return r.BoundCIDRs, nil
-	}
-	asked, err := parseCIDRs("bound_cidrs", askedCIDRs)
-	if err != nil {
-		return nil, err
-	}
-	roleCIDRs, err := parseCIDRs("role bound_cidrs", r.BoundCIDRs)
-	if err != nil {
-		return nil, err
-	}
-	if wider := narrows(asked, roleCIDRs); len(wider) > 0 {
-		return nil, fmt.Errorf("bound_cidrs %s are not within role %q's bound_cidrs (%s)",
-			strings.Join(wider, ", "), roleName, strings.Join(r.BoundCIDRs, ", "))
-	}
-	return cidrStrings(asked), nil
 }

@@ -2,7 +2,6 @@ package backend
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -10,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	uuid "github.com/hashicorp/go-uuid"
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
@@ -266,95 +264,6 @@ func approvalIDField() *framework.FieldSchema {
 	}
 }
 
-// needsApproval is the answer to a mint that asks for approval scopes: a
-// stored request, no credential. nil when the mint needs no approval or
-// redeems one.
-func (b *backend) needsApproval(ctx context.Context, req *logical.Request, r *role, roleName string, scopes []string, ask approvalAsk) (*logical.Response, error) {
-	needs := subset(scopes, subset(scopes, r.ApprovalScopes))
-	if len(needs) == 0 || ask.approved != nil {
-		return nil, nil
-	}
-	if req.EntityID == "" {
-		return logical.ErrorResponse("scopes %s need approval under role %q, and an approval request needs a Vault entity to redeem it: the caller (a root or orphan token) has none", strings.Join(needs, ", "), roleName), nil
-	}
-	id, err := uuid.GenerateUUID()
-	if err != nil {
-		return nil, fmt.Errorf("generating approval id: %w", err)
-	}
-	now := time.Now().UTC().Truncate(time.Second)
-	if enc, err := json.Marshal(ask.fields); err != nil || len(enc) > maxApprovalBytes {
-		return logical.ErrorResponse("the request's fields are over %d bytes: an approval request stores them, so send less", maxApprovalBytes), nil
-	}
-	a := &approvalRequest{ID: id, Kind: ask.kind, Role: roleName, Data: ask.fields, Scopes: scopes, Needs: needs, Required: r.approvalsRequired(),
-		RequesterEntity: req.EntityID, RequesterName: req.DisplayName, CreatedAt: now, ExpiresAt: now.Add(r.approvalTTL())}
-	if resp, err := b.admitApproval(ctx, req.Storage, a, now); resp != nil || err != nil {
-		return resp, err
-	}
-	if err := putJSON(ctx, req.Storage, approvalPath(roleName, id), a); err != nil {
-		return nil, err
-	}
-	b.Logger().Info("approval requested", "request_id", id, "role", roleName, "scopes", strings.Join(needs, ","), "entity_id", req.EntityID)
-	return &logical.Response{Data: map[string]interface{}{
-		"approval_required":  true,
-		"request_id":         id,
-		"approval_scopes":    needs,
-		"approvals_required": a.Required,
-		"expires_at":         a.ExpiresAt.Format(time.RFC3339),
-		"reason": fmt.Sprintf("scopes %s need %d approval(s) under role %q (approval_scopes): approvers write keybroker/approvals/%s/%s action=approve, then mint again with approval_id=%s before %s",
-			strings.Join(needs, ", "), a.Required, roleName, roleName, id, id, a.ExpiresAt.Format(time.RFC3339)),
-	}}, nil
-}
-
-// redeemApproval mints the credential of the approved request ask names
-// (ask.approvalID, on a mint path of kind ask.kind under role roleName) for
-// its requester, once: mint is handed the approved request and mints what
-// it stored. r is the role as the mint path opened it (the role as it is
-// now: approvals_required raised since the approval sends the request back
-// to its approvers).
-func (b *backend) redeemApproval(ctx context.Context, req *logical.Request, r *role, roleName string, ask approvalAsk, mint func(*approvalRequest) (*logical.Response, error)) (*logical.Response, error) {
-	if len(ask.fields) > 0 {
-		return logical.ErrorResponse("with approval_id give no other field (%s): the approved request's fields apply", slices.Min(slices.Collect(maps.Keys(ask.fields)))), nil
-	}
-	id := ask.approvalID
-	l := locksutil.LockForKey(b.approvalLocks, id)
-	l.Lock()
-	defer l.Unlock()
-	a, err := getJSON[approvalRequest](ctx, req.Storage, approvalPath(roleName, id))
-	if err != nil {
-		return nil, err
-	}
-	now := time.Now()
-	switch {
-	case a == nil || a.Kind != ask.kind || a.Role != roleName:
-		return logical.ErrorResponse("approval_id %q is not an approval request for this path", id), nil
-	case req.EntityID == "" || req.EntityID != a.RequesterEntity:
-		return logical.ErrorResponse("approval request %s can be redeemed only by its requester's Vault entity", id), nil
-	case a.state(now) != approvalApproved:
-		return logical.ErrorResponse("approval request %s is %s, not approved: nothing to redeem", id, a.state(now)), nil
-	}
-	if len(a.Approvals) < r.approvalsRequired() {
-		a.Required, a.ApprovedAt, a.RedeemBy = r.approvalsRequired(), time.Time{}, time.Time{}
-		if err := b.putApproval(ctx, req.Storage, a, a.ExpiresAt); err != nil {
-			return nil, err
-		}
-		return logical.ErrorResponse("role %q now requires %d approvals and request %s has %d: it is pending again until %s", roleName, a.Required, id, len(a.Approvals), a.ExpiresAt.Format(time.RFC3339)), nil
-	}
-	resp, err := mint(a)
-	if err != nil || resp == nil || resp.IsError() {
-		return resp, err
-	}
-	a.RedeemedAt = now.UTC()
-	a.Credential, _ = resp.Data["key_id"].(string)
-	if a.Credential == "" {
-		a.Credential, _ = resp.Data["jti"].(string)
-	}
-	if err := b.putApproval(ctx, req.Storage, a, time.Time{}); err != nil {
-		return nil, err
-	}
-	b.Logger().Info("approval redeemed", "request_id", id, "credential", a.Credential)
-	return resp, nil
-}
-
 func (b *backend) pathApprovalRoles(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
 	names, err := req.Storage.List(ctx, approvalPrefix)
 	if err != nil {
@@ -468,86 +377,6 @@ func (b *backend) pathApprovalDecide(ctx context.Context, req *logical.Request, 
 	}
 	b.Logger().Info("approval decided", "request_id", id, "action", action, "entity_id", req.EntityID, "state", a.state(now))
 	return &logical.Response{Data: a.data(now)}, nil
-}
-
-// admitApproval makes room for a new request in its role's index of live
-// requests, or answers why there is none: maxLivePerRequester per entity,
-// maxLivePerRole in all. Requests that ended or expired free their place.
-func (b *backend) admitApproval(ctx context.Context, s logical.Storage, a *approvalRequest, now time.Time) (*logical.Response, error) {
-	b.approvalIndexMu.Lock()
-	defer b.approvalIndexMu.Unlock()
-	idx, err := b.liveApprovals(ctx, s, a.Role, now, "")
-	if err != nil {
-		return nil, err
-	}
-	// Finished requests are kept a while for the record: bounded too.
-	stored, err := s.List(ctx, approvalsOfRole(a.Role))
-	if err != nil {
-		return nil, fmt.Errorf("listing approvals: %w", err)
-	}
-	if len(stored) >= maxStoredPerRole {
-		return logical.ErrorResponse("role %q holds %d approval requests, the most it may keep: tidy removes finished ones (expired ones an hour after, decided ones a day after)", a.Role, len(stored)), nil
-	}
-	mine := 0
-	for _, l := range idx.Live {
-		if l.Requester == a.RequesterEntity {
-			mine++
-		}
-	}
-	switch {
-	case mine >= maxLivePerRequester:
-		return logical.ErrorResponse("this Vault entity has %d approval requests waiting under role %q, the most one may: wait for their decisions or their expiry", mine, a.Role), nil
-	case len(idx.Live) >= maxLivePerRole:
-		return logical.ErrorResponse("role %q has %d approval requests waiting, the most it may: wait for their decisions or their expiry", a.Role, len(idx.Live)), nil
-	}
-	idx.Live = append(idx.Live, liveApproval{ID: a.ID, Requester: a.RequesterEntity, Until: a.ExpiresAt})
-	return nil, putJSON(ctx, s, approvalIndexPath(a.Role), idx)
-}
-
-// putApproval stores a request and how long it holds its place among its
-// role's live requests (zero: no longer).
-func (b *backend) putApproval(ctx context.Context, s logical.Storage, a *approvalRequest, live time.Time) error {
-	if err := putJSON(ctx, s, approvalPath(a.Role, a.ID), a); err != nil {
-		return err
-	}
-	b.approvalIndexMu.Lock()
-	defer b.approvalIndexMu.Unlock()
-	idx, err := b.liveApprovals(ctx, s, a.Role, time.Now(), a.ID)
-	if err != nil {
-		return err
-	}
-	if !live.IsZero() {
-		idx.Live = append(idx.Live, liveApproval{ID: a.ID, Requester: a.RequesterEntity, Until: live})
-	}
-	if len(idx.Live) == 0 {
-		if err := s.Delete(ctx, approvalIndexPath(a.Role)); err != nil {
-			return fmt.Errorf("deleting the approval index of %s: %w", a.Role, err)
-		}
-		return nil
-	}
-	return putJSON(ctx, s, approvalIndexPath(a.Role), idx)
-}
-
-// approvalIndex is a role's live approval requests: what the caps count.
-type approvalIndex struct {
-	Live []liveApproval `json:"live"`
-}
-
-type liveApproval struct {
-	ID        string    `json:"id"`
-	Requester string    `json:"requester"`
-	Until     time.Time `json:"until"`
-}
-
-// liveApprovals reads a role's index without what is over by now and
-// without drop (an id about to be written anew). approvalIndexMu held.
-func (b *backend) liveApprovals(ctx context.Context, s logical.Storage, role string, now time.Time, drop string) (*approvalIndex, error) {
-	idx, err := getJSON[approvalIndex](ctx, s, approvalIndexPath(role))
-	if err != nil || idx == nil {
-		return &approvalIndex{}, err
-	}
-	idx.Live = slices.DeleteFunc(idx.Live, func(l liveApproval) bool { return l.ID == drop || !now.Before(l.Until) })
-	return idx, nil
 }
 
 // tidyApprovals removes each role's requests ended longer ago than their

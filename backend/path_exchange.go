@@ -2,15 +2,9 @@ package backend
 
 import (
 	"context"
-	"fmt"
-	"strings"
-	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
-
-	"github.com/keybroker/keybroker/contract"
-	"github.com/keybroker/keybroker/jwtverify"
 )
 
 // Token exchange (RFC 8693): a caller authenticated to Vault acts for the
@@ -24,15 +18,6 @@ const (
 	tokenTypeAccessToken = "urn:ietf:params:oauth:token-type:access_token"
 	tokenTypeJWT         = "urn:ietf:params:oauth:token-type:jwt"
 )
-
-// derivedTokens are the tokens exchanged from one token: jti -> exp.
-type derivedTokens struct {
-	Children map[string]time.Time `json:"children"`
-}
-
-// maxDerived bounds the live tokens one actor exchanged from one token, and
-// so what one revocation walks per actor.
-const maxDerived = 1000
 
 func pathExchange(b *backend) *framework.Path {
 	f := grantFields("token", "Default: the role's token_ttl. Capped at token_max_ttl and at the subject token's expiry.")
@@ -113,162 +98,9 @@ exchange under any role that delegates.`,
 }
 
 func (b *backend) pathExchangeWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	return b.exchange(ctx, req, exchangeRequestFrom(d))
-}
-
-// derivedSlot is one exchanged token as its subject's index files it: the
-// subject token's jti (parent), the Vault entity that exchanged it (actor)
-// and its own jti; and its chain's Vault entities, kept under chainPrefix
-// (nil when the subject token's are not known: the new token's are not
-// either).
-type derivedSlot struct {
-	parent, actor, jti string
-	chain              []string
-}
-
-// reserveDerived files a token about to be exchanged from s.parent, under
-// the lock revocations take: a revocation of the subject that came first is
-// seen here (the exchange is refused), and one that comes after finds the
-// new jti to revoke, minted or not yet. msg is why the exchange is refused;
-// nothing is then written.
-func (b *backend) reserveDerived(ctx context.Context, st logical.Storage, s derivedSlot, exp time.Time) (string, error) {
-	b.revocationMu.Lock()
-	defer b.revocationMu.Unlock()
-	revoked, err := st.Get(ctx, revokedJTIPath(s.parent))
+	m, err := exchangeRequestFrom(d)
 	if err != nil {
-		return "", fmt.Errorf("reading revoked jti: %w", err)
+		return logical.ErrorResponse(err.Error()), nil
 	}
-	if revoked != nil {
-		return "subject_token was revoked meanwhile", nil
-	}
-	key := derivedKey(s.parent, s.actor)
-	dt, err := getJSON[derivedTokens](ctx, st, key)
-	if err != nil {
-		return "", err
-	}
-	if dt == nil {
-		dt = &derivedTokens{Children: map[string]time.Time{}}
-	}
-	now := time.Now()
-	for c, e := range dt.Children {
-		if !now.Before(contract.RevokedUntil(e)) {
-			delete(dt.Children, c) // past every verifier's leeway: nothing left to revoke
-		}
-	}
-	if len(dt.Children) >= maxDerived {
-		return fmt.Sprintf("the caller already has %d live tokens exchanged from subject_token (each actor has its own %d); wait for some to expire", maxDerived, maxDerived), nil
-	}
-	dt.Children[s.jti] = exp
-	if s.chain != nil {
-		if err := putJSON(ctx, st, chainPath(s.jti), &entityChain{Entities: s.chain, ExpiresAt: exp}); err != nil {
-			return "", err
-		}
-	}
-	return "", putJSON(ctx, st, key, dt)
-}
-
-// releaseDerived gives back a slot whose token was not minted after all.
-func (b *backend) releaseDerived(ctx context.Context, st logical.Storage, s derivedSlot) error {
-	b.revocationMu.Lock()
-	defer b.revocationMu.Unlock()
-	if err := st.Delete(ctx, chainPath(s.jti)); err != nil {
-		return fmt.Errorf("deleting %s: %w", chainPath(s.jti), err)
-	}
-	key := derivedKey(s.parent, s.actor)
-	dt, err := getJSON[derivedTokens](ctx, st, key)
-	if err != nil || dt == nil {
-		return err
-	}
-	delete(dt.Children, s.jti)
-	if len(dt.Children) == 0 {
-		if err := st.Delete(ctx, key); err != nil {
-			return fmt.Errorf("deleting %s: %w", key, err)
-		}
-		return nil
-	}
-	return putJSON(ctx, st, key, dt)
-}
-
-// revokeDerivedLocked revokes the tokens exchanged from jti, and theirs:
-// every actor's, and those filed before slots were per actor. The caller
-// holds revocationMu.
-func (b *backend) revokeDerivedLocked(ctx context.Context, s logical.Storage, jti string, depth int) error {
-	if depth > jwtverify.MaxActors {
-		return nil // no chain is longer
-	}
-	actors, err := s.List(ctx, derivedActorsOf(jti))
-	if err != nil {
-		return fmt.Errorf("listing %s: %w", derivedActorsOf(jti), err)
-	}
-	keys := []string{derivedLegacyPath(jti)}
-	for _, a := range actors {
-		keys = append(keys, derivedActorsOf(jti)+a)
-	}
-	for _, key := range keys {
-		dt, err := getJSON[derivedTokens](ctx, s, key)
-		if err != nil {
-			return err
-		}
-		if dt == nil {
-			continue
-		}
-		for child, exp := range dt.Children {
-			if err := b.revokeJTILocked(ctx, s, child, exp, depth+1); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
-// tidyDerived deletes the derived indexes in which nothing is live, each
-// judged again under the lock exchanges add to them under, so a child
-// filed meanwhile is never dropped.
-func (b *backend) tidyDerived(ctx context.Context, s logical.Storage, now time.Time) error {
-	names, err := s.List(ctx, derivedPrefix)
-	if err != nil {
-		return fmt.Errorf("listing %s: %w", derivedPrefix, err)
-	}
-	for _, n := range names {
-		if !strings.HasSuffix(n, "/") {
-			if err := b.tidyOneDerived(ctx, s, n, now); err != nil {
-				return err
-			}
-			continue
-		}
-		actors, err := s.List(ctx, derivedIndexPath(n))
-		if err != nil {
-			return fmt.Errorf("listing %s: %w", derivedIndexPath(n), err)
-		}
-		for _, a := range actors {
-			if err := b.tidyOneDerived(ctx, s, n+a, now); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
-func (b *backend) tidyOneDerived(ctx context.Context, s logical.Storage, name string, now time.Time) error {
-	b.revocationMu.Lock()
-	defer b.revocationMu.Unlock()
-	dt, err := getJSON[derivedTokens](ctx, s, derivedIndexPath(name))
-	if err != nil || dt == nil || now.Before(dt.expiry()) {
-		return err
-	}
-	if err := s.Delete(ctx, derivedIndexPath(name)); err != nil {
-		return fmt.Errorf("deleting %s: %w", derivedIndexPath(name), err)
-	}
-	return nil
-}
-
-// expiry is when nothing in a derived index passes anywhere any more: the
-// last child's exp and every verifier's leeway, the window in which a
-// revocation of the subject must still reach it.
-func (dt *derivedTokens) expiry() time.Time {
-	var last time.Time
-	for _, e := range dt.Children {
-		last = maxTime(last, e)
-	}
-	return contract.RevokedUntil(last)
+	return b.exchange(ctx, req, m)
 }

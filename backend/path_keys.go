@@ -11,155 +11,6 @@ import (
 	"github.com/keybroker/keybroker/apikey"
 )
 
-// keyEntry is what storage holds for a minted key: a snapshot of what it may
-// do, and the hash of the key, never the key.
-type keyEntry struct {
-	ID         string            `json:"key_id"`
-	Hash       []byte            `json:"hash"`
-	Name       string            `json:"name"`
-	Role       string            `json:"role"`
-	Scopes     []string          `json:"scopes"`
-	BoundCIDRs []string          `json:"bound_cidrs,omitempty"`
-	Tenant     string            `json:"tenant,omitempty"`
-	Metadata   map[string]string `json:"metadata,omitempty"`
-	Orphan     bool              `json:"orphan"`
-	EntityID   string            `json:"entity_id,omitempty"`
-	CreatedAt  time.Time         `json:"created_at"`
-	ExpiresAt  time.Time         `json:"expires_at"`
-	RevokedAt  time.Time         `json:"revoked_at,omitzero"`
-	// JKT binds the key to a key pair its holder keeps (DPoP): verifiers
-	// accept it only with a proof signed by it.
-	JKT string `json:"jkt,omitempty"`
-	// Approval is the approval request the key was redeemed from; such a
-	// key is never renewed past its approved lifetime.
-	Approval string `json:"approval,omitempty"`
-	// Suspension: refused while suspended on its own (SuspendedAt) or with
-	// its role (roleSuspendedAt, read from the role's suspension for a
-	// read or a verification, never stored with the key); the two are
-	// undone apart, so resuming the role leaves a key suspended on its own
-	// alone, and the other way. Keys stored by versions that wrote a
-	// role's suspension into each key carry role_suspended_at
-	// (LegacyRoleSuspendedAt): read once, by migrateRoleSuspensions, which
-	// turns it into the role's own entry, then ignored.
-	SuspendedAt           time.Time `json:"suspended_at,omitzero"`
-	LegacyRoleSuspendedAt time.Time `json:"role_suspended_at,omitzero"`
-	roleSuspendedAt       time.Time
-	// Rotation: ReplacedBy is the successor's key_id; the key then expires
-	// at the end of its grace. Replaces is the predecessor's. NotAfter
-	// bounds renewals: a successor lives no longer than its predecessor's
-	// max_ttl allowed.
-	ReplacedBy string    `json:"replaced_by,omitempty"`
-	Replaces   string    `json:"replaces,omitempty"`
-	NotAfter   time.Time `json:"not_after,omitzero"`
-	// Last use, as sidecars reported it (key-usage) to versions that kept
-	// it here; now kept in shards (path_key_usage.go) and added to these
-	// for reads only (withUsage).
-	LastUsedAt   time.Time `json:"last_used_at,omitzero"`
-	LastUsedFrom string    `json:"last_used_from,omitempty"`
-	Uses         []keyUse  `json:"uses,omitempty"`
-	limits
-}
-
-func (k *keyEntry) revoked() bool { return !k.RevokedAt.IsZero() }
-
-func (k *keyEntry) suspended() bool { return !k.SuspendedAt.IsZero() || !k.roleSuspendedAt.IsZero() }
-
-// suspendedBy says what holds a key suspended: "key", "role", or both.
-func (k *keyEntry) suspendedBy() []string {
-	var by []string
-	if !k.SuspendedAt.IsZero() {
-		by = append(by, "key")
-	}
-	if !k.roleSuspendedAt.IsZero() {
-		by = append(by, "role")
-	}
-	return by
-}
-
-// publicData is what reads and verifications may show: never Hash.
-func (k *keyEntry) publicData() map[string]interface{} {
-	md := k.Metadata
-	if md == nil {
-		md = map[string]string{}
-	}
-	return map[string]interface{}{
-		"key_id":      k.ID,
-		"name":        k.Name,
-		"role":        k.Role,
-		"scopes":      nonNil(k.Scopes),
-		"bound_cidrs": nonNil(k.BoundCIDRs),
-		"tenant":      k.Tenant,
-		"metadata":    md,
-		"expires_at":  k.ExpiresAt.UTC().Format(time.RFC3339),
-		"dpop_jkt":    k.JKT,
-	}
-}
-
-// lifecycleData adds what an operator's read shows of a key's life:
-// suspension and rotation, where they apply.
-func (k *keyEntry) lifecycleData(data map[string]interface{}) {
-	if k.suspended() {
-		at := k.SuspendedAt
-		if at.IsZero() || (!k.roleSuspendedAt.IsZero() && k.roleSuspendedAt.Before(at)) {
-			at = k.roleSuspendedAt
-		}
-		data["suspended_at"], data["suspended_by"] = at.UTC().Format(time.RFC3339), k.suspendedBy()
-	}
-	if k.ReplacedBy != "" {
-		data["replaced_by"] = k.ReplacedBy
-	}
-	if k.Replaces != "" {
-		data["replaces"] = k.Replaces
-	}
-}
-
-// keyAnswerFields describe publicData; a mint answers all of them but
-// metadata.
-func keyAnswerFields() map[string]*framework.FieldSchema {
-	return map[string]*framework.FieldSchema{
-		"key_id":      out(framework.TypeString, "The key's public id: the 12 characters between the first and second '_' of the key."),
-		"name":        out(framework.TypeString, "Human-readable name of the key."),
-		"role":        out(framework.TypeString, "Role the key was minted from."),
-		"scopes":      out(framework.TypeStringSlice, "Scopes the key carries."),
-		"bound_cidrs": out(framework.TypeStringSlice, "CIDR blocks the key may be used from; empty: anywhere."),
-		"tenant":      out(framework.TypeString, "Tenant the key belongs to; empty: none."),
-		"metadata":    out(framework.TypeMap, "Metadata returned with every verification of the key: the key's and its role's."),
-		"expires_at":  out(framework.TypeTime, "When the key expires."),
-		"dpop_jkt":    out(framework.TypeString, "Thumbprint of the key pair the key is bound to (DPoP, RFC 9449); empty: a bearer key."),
-	}
-}
-
-func (b *backend) getKey(ctx context.Context, s logical.Storage, id string) (*keyEntry, error) {
-	return getJSON[keyEntry](ctx, s, apiKeyPath(id))
-}
-
-func (b *backend) putKey(ctx context.Context, s logical.Storage, k *keyEntry) error {
-	return putJSON(ctx, s, apiKeyPath(k.ID), k)
-}
-
-// createKey generates a key whose key_id is not yet in storage, and sets
-// k's id and hash to it.
-func (b *backend) createKey(ctx context.Context, s logical.Storage, prefix string, k *keyEntry) (string, error) {
-	for attempt := 0; attempt < 3; attempt++ {
-		key, id, err := apikey.Generate(nil, prefix)
-		if err != nil {
-			return "", fmt.Errorf("generating key: %w", err)
-		}
-		existing, err := s.Get(ctx, apiKeyPath(id))
-		if err != nil {
-			return "", fmt.Errorf("checking key_id: %w", err)
-		}
-		if existing == nil {
-			h := apikey.Hash(key)
-			k.ID, k.Hash = id, h[:]
-			return key, nil
-		}
-	}
-	// Three collisions in a row of ids stamped with the same second, each with
-	// 41 random bits, mean the randomness is broken.
-	return "", fmt.Errorf("generating key: key_id collided three times")
-}
-
 func pathKeys(b *backend) []*framework.Path {
 	keyIDField := &framework.FieldSchema{
 		Type:        framework.TypeString,
@@ -327,7 +178,11 @@ func mintKeyFields() map[string]*framework.FieldSchema {
 // pathKeyMint mints a key from the role the path names, or redeems the
 // approved request approval_id names.
 func (b *backend) pathKeyMint(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	return b.mintKeyAsked(ctx, req, keyMintRequestFrom(d, nil))
+	m, err := keyMintRequestFrom(d)
+	if err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
+	return b.mintKey(ctx, req, m)
 }
 
 func (b *backend) pathKeyList(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/subtle"
 	"fmt"
-	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -347,37 +346,6 @@ func narrowGrant(g grant, r *role) (grant, string) {
 	g.CIDRs = cidrs
 	g.limits = g.limits.within(r.limits)
 	return g, ""
-}
-
-// intersectCIDRs is the blocks of a that lie within b, and of b within a;
-// an empty side allows everything.
-func intersectCIDRs(a, b []string) ([]string, error) {
-	switch {
-	case len(a) == 0:
-		return b, nil
-	case len(b) == 0:
-		return a, nil
-	}
-	pa, err := parseCIDRs("cidrs", a)
-	if err != nil {
-		return nil, err
-	}
-	pb, err := parseCIDRs("cidrs", b)
-	if err != nil {
-		return nil, err
-	}
-	var out []netip.Prefix
-	for _, p := range pa {
-		if len(narrows([]netip.Prefix{p}, pb)) == 0 {
-			out = append(out, p)
-		}
-	}
-	for _, p := range pb {
-		if len(narrows([]netip.Prefix{p}, pa)) == 0 && !slices.Contains(out, p) {
-			out = append(out, p)
-		}
-	}
-	return cidrStrings(out), nil
 }
 
 // revokeFamilyLocked revokes every live access token of a family and stops

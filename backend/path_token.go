@@ -100,7 +100,11 @@ func secretJWT(b *backend) *framework.Secret {
 // pathTokenMint mints a token from the role the path names, or redeems
 // the approved request approval_id names.
 func (b *backend) pathTokenMint(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	return b.mintTokenAsked(ctx, req, tokenMintRequestFrom(req, d, nil))
+	m, err := tokenMintRequestFrom(req, d)
+	if err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
+	return b.mintToken(ctx, req, m)
 }
 
 // tokenAnswerFields describe what a mint or a refresh of an agent JWT

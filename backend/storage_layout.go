@@ -16,7 +16,7 @@ import (
 //	tidy/last                              when periodic tidy last ran                   backend.go
 //	roles/<name>                           role                                          path_roles.go, path_role_suspend.go
 //	suspended-roles/<name>                 roleSuspension, read by verifiers' feeds      path_role_suspend.go
-//	keys/<key_id>                          keyEntry (the key's hash, never the key)      key_mint.go, path_key_lifecycle.go, revocation
+//	keys/<key_id>                          keyEntry (the key's hash, never the key)      key_entry.go, path_key_lifecycle.go, revocation
 //	rotations/<key_id>                     rotation: when a rotated key's grace ends     path_key_lifecycle.go
 //	revoked/jti/<jti>                      revokedJTI: the index verify reads            path_token.go
 //	revocations/seq                        feedCounter: the feed's last seq and epoch    path_revocations.go
@@ -24,12 +24,12 @@ import (
 //	refresh/<id>                           refreshEntry (hash, grant)                    path_refresh.go
 //	families/<family>                      family: a refresh family's tokens             path_refresh.go
 //	token-families/<jti>                   tokenFamily: an access token's family         path_refresh.go
-//	derived/<jti>/<hex sha256(actor)[:16]> derivedTokens one actor exchanged from jti    path_exchange.go
+//	derived/<jti>/<hex sha256(actor)[:16]> derivedTokens one actor exchanged from jti    exchange_derived.go
 //	derived/<jti>                          the same, filed before slots were per actor   (read and tidied only)
-//	chains/<jti>                           entityChain: an exchanged token's entities    path_exchange.go
-//	approvals/<role>/<id>                  approvalRequest                               path_approvals.go
+//	chains/<jti>                           entityChain: an exchanged token's entities    exchange_derived.go
+//	approvals/<role>/<id>                  approvalRequest                               mint_approval.go, approval_store.go
 //	approvals/<id>                         the same, before issue 23 (moved at start)    (read and moved only)
-//	approval-index/<role>                  approvalIndex: a role's live requests         path_approvals.go
+//	approval-index/<role>                  approvalIndex: a role's live requests         approval_store.go
 //	tenants/<name>                         tenantEntry: a tenant's spend ceiling         path_tenants.go, path_budget.go
 //	meters/<id>                            meter: a credential's budget, or a link       path_budget.go (meterPrefix)
 //	rates/<sha256(lineage), hex>           rateWindow: a cluster-wide rate window        path_rate.go (ratePrefix)

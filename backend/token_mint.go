@@ -1,86 +1,56 @@
 package backend
 
 import (
-	"cmp"
 	"context"
-	"fmt"
-	"strings"
-	"time"
 
-	"github.com/golang-jwt/jwt/v5"
-	uuid "github.com/hashicorp/go-uuid"
 	"github.com/hashicorp/vault/sdk/logical"
-
-	"github.com/keybroker/keybroker/jwtverify"
 )
 
-// Minting an agent JWT: from a tokenMintRequest, through its role's
-// opening and, for a redemption, its approval, to the signed token, its
-// meter and, where the role gives one, its refresh family. issueToken is
-// shared with refresh and exchange.
+// Minting an agent JWT, token/<role>, one step after the other: the role's
+// opening, the approved request a redemption opens, the grant narrowed to
+// the role (narrow.go), approval, and the signed token with its meter and,
+// where the role gives one, its refresh family. issueToken is shared with
+// refresh and exchange.
 
-// mintTokenAsked is what token/<role> does with m: it opens the role,
-// then mints a token, or redeems the approved request m names for the
-// token it stored. Tokens do not wait for a role's suspension (it holds
-// keys).
-func (b *backend) mintTokenAsked(ctx context.Context, req *logical.Request, m tokenMintRequest) (*logical.Response, error) {
+// mintToken mints the token m asks for, narrowed to what its role allows;
+// for a redemption the token the approved request stored; a pending
+// approval request instead when m asks for scopes the role keeps for
+// approval. Tokens do not wait for a role's suspension (it holds keys).
+func (b *backend) mintToken(ctx context.Context, req *logical.Request, m tokenMintRequest) (*logical.Response, error) {
 	r, release, resp, err := b.openMint(ctx, req.Storage, mintOpening{role: m.role, audiences: true})
 	if r == nil {
 		return resp, err
 	}
 	defer release()
-	if m.approvalID == "" {
-		return b.mintToken(ctx, req, r, m)
+	a, unlock, resp, err := b.redeeming(ctx, req, r, m.role, m.approvalAsk)
+	if resp != nil || err != nil {
+		return resp, err
 	}
-	return b.redeemApproval(ctx, req, r, m.role, m.approvalAsk, func(a *approvalRequest) (*logical.Response, error) {
-		return b.mintToken(ctx, req, r, storedTokenMint(m.role, a, m.read))
-	})
-}
-
-// mintToken mints an agent JWT from role r: what m asks, narrowed to what r
-// allows; a pending approval request instead when m asks for scopes r
-// keeps for approval and redeems none.
-func (b *backend) mintToken(ctx context.Context, req *logical.Request, r *role, m tokenMintRequest) (*logical.Response, error) {
-	g, err := b.tokenGrant(req, r, m)
+	defer unlock()
+	if a != nil {
+		if m, err = storedTokenMint(m.role, a, m.read); err != nil {
+			return logical.ErrorResponse(err.Error()), nil
+		}
+	}
+	g, needs, err := b.tokenGrant(req, r, m)
 	if err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
-	ttl, warnings, err := b.mintTTL(m.ttl, r.TokenTTL, r.TokenMaxTTL, r, m.approved)
+	ttl, warnings, err := b.mintTTL(m.ttl, r.TokenTTL, r.TokenMaxTTL, r, a)
 	if err != nil {
 		return nil, err
 	}
-	if resp, err := b.needsApproval(ctx, req, r, m.role, g.Scopes, m.approvalAsk); resp != nil || err != nil {
+	if resp, err := b.needsApproval(ctx, req, r, m.role, g.Scopes, needs, m.approvalAsk, a); resp != nil || err != nil {
 		return resp, err
 	}
-	resp, err := b.issueWithRefresh(ctx, req, r, g, ttl, mintsRefresh(req, r, m))
+	resp, err = b.issueWithRefresh(ctx, req, r, g, ttl, mintsRefresh(req, r, m, a))
 	if err != nil || resp.IsError() {
 		return resp, err
 	}
 	for _, w := range warnings {
 		resp.AddWarning(w)
 	}
-	return resp, nil
-}
-
-// tokenGrant is the grant m asks for, as role r allows it, for the
-// caller of req. The error is the caller's mistake.
-func (b *backend) tokenGrant(req *logical.Request, r *role, m tokenMintRequest) (grant, error) {
-	g := grant{Role: m.role, Tenant: r.Tenant, EntityID: req.EntityID, AuthTime: time.Now().UTC().Truncate(time.Second)}
-	n, err := r.narrow(m.grantAsk)
-	if err != nil {
-		return g, err
-	}
-	g.Scopes, g.CIDRs, g.limits = n.scopes, n.cidrs, n.limits
-	aud, err := roleAudience(m.role, r, m.audience)
-	if err != nil {
-		return g, err
-	}
-	g.Audiences = []string{aud}
-	if g.Subject, err = b.subject(req, r.Subject); err != nil {
-		return g, err
-	}
-	g.JKT, err = r.binding(m.grantAsk, "tokens", "agent's")
-	return g, err
+	return b.redeemed(ctx, req.Storage, a, resp)
 }
 
 // mintsRefresh says whether a mint starts a refresh family. Refresh needs
@@ -89,135 +59,6 @@ func (b *backend) tokenGrant(req *logical.Request, r *role, m tokenMintRequest) 
 // would outlive what was approved. A read (Vault Agent's template) gets
 // none either: Agent mints again rather than refresh, so each render would
 // leave a family behind.
-func mintsRefresh(req *logical.Request, r *role, m tokenMintRequest) bool {
-	return r.RefreshTTL > 0 && req.EntityID != "" && m.approved == nil && !m.read
-}
-
-// issueWithRefresh issues g's token and, when refresh, the first refresh
-// token of a new family with it.
-func (b *backend) issueWithRefresh(ctx context.Context, req *logical.Request, r *role, g grant, ttl time.Duration, refresh bool) (*logical.Response, error) {
-	family := ""
-	if refresh {
-		var err error
-		if family, err = uuid.GenerateUUID(); err != nil {
-			return nil, fmt.Errorf("generating family id: %w", err)
-		}
-	}
-	resp, err := b.issueToken(ctx, req, g, ttl, family, "")
-	if err != nil || resp.IsError() {
-		return resp, err
-	}
-	if !refresh {
-		if r.RefreshTTL > 0 && req.EntityID == "" {
-			resp.AddWarning("no refresh_token: the caller has no Vault entity (a root or orphan token), and refresh tokens are bound to one")
-		}
-		return resp, nil
-	}
-	b.refreshMu.Lock()
-	defer b.refreshMu.Unlock()
-	rt, err := b.newRefreshToken(ctx, req.Storage, g, family, resp.Secret.InternalData, r.RefreshTTL, r.familyMaxTTL())
-	if err != nil {
-		return nil, err
-	}
-	resp.Data["refresh_token"] = rt
-	return resp, nil
-}
-
-// issueToken signs an access token for g and returns it as a lease. family
-// is its refresh family ("" for none); meterID, when not "", the meter it
-// spends from instead of its own or its family's (an exchanged token
-// spends its subject's).
-func (b *backend) issueToken(ctx context.Context, req *logical.Request, g grant, ttl time.Duration, family, meterID string) (*logical.Response, error) {
-	jti, err := uuid.GenerateUUID()
-	if err != nil {
-		return nil, fmt.Errorf("generating jti: %w", err)
-	}
-	return b.issueTokenAs(ctx, req, g, jti, tokenNow(), ttl, family, meterID)
-}
-
-// tokenNow is a new token's iat: whole seconds, as JWT times are.
-func tokenNow() time.Time {
-	return time.Now().UTC().Truncate(time.Second)
-}
-
-// issueTokenAs is issueToken for a jti and iat chosen beforehand (an
-// exchange files them before it mints, so that a revocation of the subject
-// in between finds the new token).
-func (b *backend) issueTokenAs(ctx context.Context, req *logical.Request, g grant, jti string, now time.Time, ttl time.Duration, family, meterID string) (*logical.Response, error) {
-	iss, userErr, err := b.issuer(ctx, req, true)
-	if userErr != nil || err != nil {
-		return userErr, err
-	}
-	st, err := b.signing(ctx, req.Storage)
-	if err != nil {
-		return nil, err
-	}
-	metered, err := b.metered(ctx, req.Storage, g.limits, g.Tenant)
-	if err != nil {
-		return nil, err
-	}
-	exp := now.Add(ttl)
-	claims := jwtverify.Claims{
-		RegisteredClaims: jwt.RegisteredClaims{
-			Issuer:    iss,
-			Subject:   g.Subject,
-			Audience:  g.Audiences,
-			ExpiresAt: jwt.NewNumericDate(exp),
-			IssuedAt:  jwt.NewNumericDate(now),
-			NotBefore: jwt.NewNumericDate(now),
-			ID:        jti,
-		},
-		Scope:    strings.Join(g.Scopes, " "),
-		Role:     g.Role,
-		Tenant:   g.Tenant,
-		CIDR:     g.CIDRs,
-		ClientID: clientID(g),
-		Act:      g.Act,
-	}
-	if !g.AuthTime.IsZero() {
-		claims.AuthTime = jwt.NewNumericDate(g.AuthTime)
-	}
-	claims.Budget, claims.Rate = g.limits.claims(metered)
-	tokenType := "Bearer"
-	if g.JKT != "" {
-		claims.Cnf, tokenType = &jwtverify.Confirmation{JKT: g.JKT}, "DPoP"
-	}
-	tok := jwt.NewWithClaims(jwt.GetSigningMethod(st.alg), claims)
-	tok.Header["kid"] = st.kid
-	tok.Header["typ"] = jwtverify.TokenType
-	signed, err := tok.SignedString(st.signer)
-	if err != nil {
-		return nil, fmt.Errorf("signing token: %w", err)
-	}
-	if err := b.meterToken(ctx, req.Storage, jti, cmp.Or(meterID, family), meterID == "", g, exp); err != nil {
-		return nil, err
-	}
-	resp := b.Secret(secretTypeJWT).Response(map[string]interface{}{
-		"token":      signed,
-		"token_type": tokenType,
-		"expires_in": int64(ttl.Seconds()),
-		"expires_at": exp.Format(time.RFC3339),
-		"jti":        jti,
-		"sub":        g.Subject,
-		"role":       g.Role,
-		"scopes":     nonNil(g.Scopes),
-		"audience":   g.Audiences,
-	}, map[string]interface{}{
-		"jti":    jti,
-		"exp":    exp.Unix(),
-		"family": family,
-	})
-	resp.Secret.TTL = ttl
-	resp.Secret.MaxTTL = ttl
-	return resp, nil
-}
-
-// clientID is RFC 9068's client_id: the Vault entity that asked for the
-// grant (the agent is its own OAuth client, as in a client credentials
-// grant), or for a caller without one the same no-entity name as its sub.
-func clientID(g grant) string {
-	if g.EntityID != "" {
-		return g.EntityID
-	}
-	return g.Subject
+func mintsRefresh(req *logical.Request, r *role, m tokenMintRequest, approved *approvalRequest) bool {
+	return r.RefreshTTL > 0 && req.EntityID != "" && approved == nil && !m.read
 }

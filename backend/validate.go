@@ -11,6 +11,8 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/keybroker/keybroker/jwtverify"
 )
 
 // Caps on request sizes. They keep storage entries and verify answers small
@@ -103,23 +105,6 @@ func validateScopes(field string, scopes []string) ([]string, error) {
 	return out, nil
 }
 
-// subset returns the members of want that are not in have.
-func subset(want, have []string) (missing []string) {
-	for _, w := range want {
-		found := false
-		for _, h := range have {
-			if w == h {
-				found = true
-				break
-			}
-		}
-		if !found {
-			missing = append(missing, w)
-		}
-	}
-	return missing
-}
-
 // parseCIDRs parses CIDRs (a bare address is a /32 or /128) into canonical,
 // masked form.
 func parseCIDRs(field string, in []string) ([]netip.Prefix, error) {
@@ -148,35 +133,6 @@ func parseCIDRs(field string, in []string) ([]netip.Prefix, error) {
 		out = append(out, p.Masked())
 	}
 	return out, nil
-}
-
-func cidrStrings(ps []netip.Prefix) []string {
-	out := make([]string, len(ps))
-	for i, p := range ps {
-		out[i] = p.String()
-	}
-	return out
-}
-
-// narrows reports the members of inner not contained in any of outer. An
-// empty outer allows everything.
-func narrows(inner, outer []netip.Prefix) (wider []string) {
-	if len(outer) == 0 {
-		return nil
-	}
-	for _, in := range inner {
-		ok := false
-		for _, out := range outer {
-			if out.Bits() <= in.Bits() && out.Contains(in.Addr()) {
-				ok = true
-				break
-			}
-		}
-		if !ok {
-			wider = append(wider, in.String())
-		}
-	}
-	return wider
 }
 
 // cidrsAllow reports whether addr falls in one of cidrs (stored canonical
@@ -259,4 +215,25 @@ func validateTenant(t string) error {
 		return fmt.Errorf("tenant %q must be 1 to %d letters, digits, '.', '_' or '-', starting with a letter or digit", t, maxTenantLength)
 	}
 	return nil
+}
+
+// dpopBinding is the thumbprint a mint asks to bind to (dpop_jkt, or
+// computed from dpop_jwk), "" for a bearer credential.
+func dpopBinding(jkt, jwk string) (string, error) {
+	switch {
+	case jkt != "" && jwk != "":
+		return "", fmt.Errorf("give dpop_jkt or dpop_jwk, not both")
+	case jwk != "":
+		if len(jwk) > 8<<10 {
+			return "", fmt.Errorf("dpop_jwk is over 8 KiB: not a public key")
+		}
+		tp, err := jwtverify.Thumbprint([]byte(jwk))
+		if err != nil {
+			return "", fmt.Errorf("dpop_jwk: %w", err)
+		}
+		return tp, nil
+	case jkt != "" && !jwtverify.ValidJKT(jkt):
+		return "", fmt.Errorf("dpop_jkt must be a SHA-256 JWK thumbprint (RFC 7638): 43 characters of unpadded base64url")
+	}
+	return jkt, nil
 }
