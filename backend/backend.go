@@ -1,7 +1,3 @@
-// Package backend is keybroker's Vault secrets engine: it mints API keys and
-// agent JWTs from roles (with refresh, token exchange and approval for risky
-// scopes), verifies them, keeps their budgets and rate windows, and publishes
-// the revocation and key-record feeds that verifiers follow.
 package backend
 
 import (

@@ -18,7 +18,6 @@ import (
 )
 
 const (
-	meterPrefix           = "meters/"
 	defaultReservationTTL = 30 * time.Second
 	minReservationTTL     = 5 * time.Second
 	maxReservationTTL     = 10 * time.Minute
@@ -244,13 +243,13 @@ func ptrTo[T any](v T) *T { return &v }
 // family link, and returns it with its storage path. API keys get a meter the
 // first time it is needed, from the limits stored with the key.
 func (b *backend) loadMeter(ctx context.Context, s logical.Storage, id string) (*meter, string, error) {
-	path := meterPrefix + id
+	path := meterPath(id)
 	m, err := getJSON[meter](ctx, s, path)
 	if err != nil {
 		return nil, "", err
 	}
 	if m != nil && m.Link != "" {
-		path = meterPrefix + m.Link
+		path = meterPath(m.Link)
 		if m, err = getJSON[meter](ctx, s, path); err != nil {
 			return nil, "", err
 		}
@@ -330,13 +329,13 @@ func (b *backend) meterOwner(ctx context.Context, s logical.Storage, m *meter, p
 // must be called, also when the meter is nil. Links never change once
 // written, so the path found before locking is the one loaded after.
 func (b *backend) lockMeter(ctx context.Context, s logical.Storage, id string) (m *meter, path string, unlock func(), err error) {
-	path = meterPrefix + id
+	path = meterPath(id)
 	link, err := getJSON[meter](ctx, s, path)
 	if err != nil {
 		return nil, "", nil, err
 	}
 	if link != nil && link.Link != "" {
-		path = meterPrefix + link.Link
+		path = meterPath(link.Link)
 	}
 	l := locksutil.LockForKey(b.meterLocks, path)
 	l.Lock()
@@ -376,7 +375,7 @@ func (b *backend) metered(ctx context.Context, s logical.Storage, l limits, tena
 // extendMeter moves the expiry of credential id's meter, if it has one, to
 // at least exp.
 func (b *backend) extendMeter(ctx context.Context, s logical.Storage, id string, exp time.Time) error {
-	path := meterPrefix + id
+	path := meterPath(id)
 	l := locksutil.LockForKey(b.meterLocks, path)
 	l.Lock()
 	defer l.Unlock()
@@ -386,7 +385,7 @@ func (b *backend) extendMeter(ctx context.Context, s logical.Storage, id string,
 	}
 	if m.ExpiresAt.Before(exp) {
 		m.ExpiresAt = exp
-		if err := putJSON(ctx, s, meterPrefix+id, m); err != nil {
+		if err := putJSON(ctx, s, meterPath(id), m); err != nil {
 			return err
 		}
 	}
@@ -403,11 +402,11 @@ func (b *backend) extendMeter(ctx context.Context, s logical.Storage, id string,
 // meterRoot is the meter a credential spends from, and its id: its own, or
 // the one its meter links to (its refresh family's); nil when unmetered.
 func (b *backend) meterRoot(ctx context.Context, s logical.Storage, id string) (string, *meter, error) {
-	m, err := getJSON[meter](ctx, s, meterPrefix+id)
+	m, err := getJSON[meter](ctx, s, meterPath(id))
 	if err != nil || m == nil || m.Link == "" {
 		return id, m, err
 	}
-	root, err := getJSON[meter](ctx, s, meterPrefix+m.Link)
+	root, err := getJSON[meter](ctx, s, meterPath(m.Link))
 	return m.Link, root, err
 }
 
@@ -422,12 +421,12 @@ func (b *backend) meterToken(ctx context.Context, s logical.Storage, jti, family
 	}
 	own := &meter{Limit: g.Budget, Period: g.BudgetPeriod, MaxCost: g.MaxCost, Tenant: g.Tenant, ExpiresAt: exp, Role: g.Role}
 	if familyID == "" {
-		return putJSON(ctx, s, meterPrefix+jti, own)
+		return putJSON(ctx, s, meterPath(jti), own)
 	}
-	l := locksutil.LockForKey(b.meterLocks, meterPrefix+familyID)
+	l := locksutil.LockForKey(b.meterLocks, meterPath(familyID))
 	l.Lock()
 	defer l.Unlock()
-	fm, err := getJSON[meter](ctx, s, meterPrefix+familyID)
+	fm, err := getJSON[meter](ctx, s, meterPath(familyID))
 	if err != nil {
 		return err
 	}
@@ -448,10 +447,10 @@ func (b *backend) meterToken(ctx context.Context, s logical.Storage, jti, family
 		fm.MaxCost = g.MaxCost
 	}
 	fm.ExpiresAt = maxTime(fm.ExpiresAt, exp)
-	if err := putJSON(ctx, s, meterPrefix+familyID, fm); err != nil {
+	if err := putJSON(ctx, s, meterPath(familyID), fm); err != nil {
 		return err
 	}
-	return putJSON(ctx, s, meterPrefix+jti, &meter{Link: familyID, ExpiresAt: exp})
+	return putJSON(ctx, s, meterPath(jti), &meter{Link: familyID, ExpiresAt: exp})
 }
 
 // pathBudgetReserve adapts a budget/reserve request into reserveBudget.

@@ -47,8 +47,6 @@ const (
 	// than a sidecar could serve in a day.
 	maxUsageCount = 1 << 40
 
-	usageShardPrefix  = "usage/shards/"
-	usageReportPrefix = "usage/reports/" // <hour>/<report_id>
 	// usageShards: a report writes at most this many entries; each holds
 	// the use of about 1/usageShards of the keys used.
 	usageShards = 256

@@ -14,8 +14,6 @@ import (
 	"github.com/keybroker/keybroker/contract"
 )
 
-const ratePrefix = "rates/"
-
 // rateWindow is what all verifiers together have admitted for one lineage
 // in its current window.
 type rateWindow struct {

@@ -31,12 +31,10 @@ import (
 //	approvals/<id>                         the same, before issue 23 (moved at start)    (read and moved only)
 //	approval-index/<role>                  approvalIndex: a role's live requests         approval_store.go
 //	tenants/<name>                         tenantEntry: a tenant's spend ceiling         path_tenants.go, path_budget.go
-//	meters/<id>                            meter: a credential's budget, or a link       path_budget.go (meterPrefix)
-//	rates/<sha256(lineage), hex>           rateWindow: a cluster-wide rate window        path_rate.go (ratePrefix)
-//	usage/shards/<2 hex digits>            key use, 1/usageShards of the keys each       path_key_usage.go (usageShardPrefix)
-//	usage/reports/<hour>/<report_id>       one recorded key-usage report                 path_key_usage.go (usageReportPrefix)
-//
-// The last four prefixes are still declared beside the metering code.
+//	meters/<id>                            meter: a credential's budget, or a link       path_budget.go, budget.go
+//	rates/<sha256(lineage), hex>           rateWindow: a cluster-wide rate window        path_rate.go
+//	usage/shards/<2 hex digits>            key use, 1/usageShards of the keys each       path_key_usage.go
+//	usage/reports/<hour>/<report_id>       one recorded key-usage report                 path_key_usage.go
 
 const (
 	configPath            = "config"
@@ -57,6 +55,10 @@ const (
 	approvalPrefix        = "approvals/"
 	approvalIndexPrefix   = "approval-index/"
 	tenantPrefix          = "tenants/"
+	meterPrefix           = "meters/"
+	ratePrefix            = "rates/"
+	usageShardPrefix      = "usage/shards/"
+	usageReportPrefix     = "usage/reports/" // <hour>/<report_id>
 )
 
 func rolePath(name string) string            { return rolePrefix + name }
@@ -75,8 +77,7 @@ func approvalsOfRole(role string) string     { return approvalPrefix + role + "/
 func legacyApprovalPath(id string) string    { return approvalPrefix + id }
 func revocationEntryPath(name string) string { return revocationEntryPrefix + name }
 
-// meterPath is a credential's meter (meterPrefix, declared with the
-// metering code).
+// meterPath is a credential's meter.
 func meterPath(id string) string { return meterPrefix + id }
 
 // revocationPath is the entry of feed sequence number seq: zero-padded, so

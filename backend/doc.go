@@ -1,0 +1,31 @@
+// Package backend is keybroker's Vault secrets engine: it mints API keys and
+// agent JWTs from roles (with refresh, token exchange and approval for risky
+// scopes), verifies them, keeps their budgets and rate windows, and publishes
+// the revocation and key-record feeds that verifiers follow. Vault gives it
+// storage, authentication, policies, the audit log and leases.
+//
+// # Where things are
+//
+// Paths are adapters, one path_<noun>.go per resource (backend.go lists
+// them): a handler reads and checks its request's fields into a typed
+// request and hands it on; nothing after it sees *framework.FieldData. A
+// mint reads forward, one file a step:
+//   - mint_fields.go: the fields of keys/<role>, token/<role> and
+//     token/exchange, read and checked once, into keyMintRequest,
+//     tokenMintRequest or exchangeRequest;
+//   - mint.go: the opening every mint shares (the role's name, its lock,
+//     the role, a suspension); mint_approval.go: the approved request a
+//     redemption opens (approval_store.go keeps approval requests);
+//   - narrow.go: the grant narrowed to what the role allows (scopes,
+//     CIDRs, budget, audience, lifetime);
+//   - key_mint.go and key_entry.go (an API key and how it is stored), or
+//     token_mint.go and token_issue.go (a JWT, with refresh); exchange.go,
+//     exchange_parties.go and exchange_derived.go for token exchange.
+//
+// Metering is budget.go (a role's and a credential's limits) behind
+// path_budget.go, path_rate.go and path_key_usage.go, whose requests and
+// answers are package contract's types. Every storage key is declared in
+// storage_layout.go; storage.go reads and writes JSON entries; guard.go
+// wraps every handler (unknown fields refused, no ".." in a storage key,
+// a panic answered as a 500, never a dead plugin).
+package backend
