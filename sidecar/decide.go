@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/keybroker/keybroker/contract"
+	"github.com/keybroker/keybroker/sidecar/internal/credscan"
 )
 
 // decider is the decision core: every front end (the proxy, /verify, Envoy
@@ -157,10 +158,10 @@ func (c *decider) decideOn(ctx context.Context, r request, t *located) decision 
 // path), absent or unreadable, when a feed its check depends on was not read
 // yet, or when a bearer credential is not enough here.
 func (c *decider) presented(r request, t *located) (presentation, decision, bool) {
-	if reason := queryDenial(t.query); reason != "" {
+	if reason := credscan.QueryDenial(t.query); reason != "" {
 		return presentation{}, deny(http.StatusBadRequest, reason), false
 	}
-	if credentialInPath(t.path) {
+	if credscan.InPath(t.path) {
 		// Never forwarded, and the decision log writes the path with the
 		// credential cut out.
 		return presentation{}, deny(http.StatusBadRequest, contract.ReasonCredentialInPath), false

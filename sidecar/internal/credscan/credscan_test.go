@@ -1,4 +1,4 @@
-package sidecar
+package credscan
 
 import (
 	"encoding/base64"
@@ -51,8 +51,8 @@ func TestCredentialInPath(t *testing.T) {
 		"/a/x-" + testJWS,
 		"/a/token_" + testJWS + "_old",
 	} {
-		if !credentialInPath(path) {
-			t.Errorf("credentialInPath(%q) = false, want a credential found", path)
+		if !InPath(path) {
+			t.Errorf("InPath(%q) = false, want a credential found", path)
 		}
 	}
 	for _, path := range []string{
@@ -89,8 +89,8 @@ func TestCredentialInPath(t *testing.T) {
 		"/v1/rpc/com.example.users.v1.UserService/GetUserProfileByEmail", // gRPC-Web
 		"/v1/files/My_Document_Final_Version_2024_Revised_Copy.docx",
 	} {
-		if credentialInPath(path) {
-			t.Errorf("credentialInPath(%q) = true, want none found", path)
+		if InPath(path) {
+			t.Errorf("InPath(%q) = true, want none found", path)
 		}
 	}
 }
@@ -106,8 +106,8 @@ func TestRedactPath(t *testing.T) {
 		"/x/" + key + "/":                   "/x/[credential]/",
 		"/v1/static/surveyJSLibrary.min.js": "/v1/static/surveyJSLibrary.min.js",
 	} {
-		if got := redactPath(in); got != want {
-			t.Errorf("redactPath(%q) = %q, want %q", in, got, want)
+		if got := Redact(in); got != want {
+			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
 		}
 	}
 }
@@ -155,14 +155,14 @@ func TestQueryDenial(t *testing.T) {
 		"++_method=DELETE":      contract.ReasonMethodOverride,
 		"[method=DELETE":        contract.ReasonMethodOverride,
 	} {
-		if got := queryDenial(q); got != want {
-			t.Errorf("queryDenial(%q) = %q, want %q", q, got, want)
+		if got := QueryDenial(q); got != want {
+			t.Errorf("QueryDenial(%q) = %q, want %q", q, got, want)
 		}
 	}
 	// A query that does not decode is refused, not skipped.
 	for _, q := range []string{"x=%zz", "a=%", "%g1=2", "x=%zz&token=abc"} {
-		if got := queryDenial(q); got != contract.ReasonCredentialInQuery {
-			t.Errorf("queryDenial(%q) = %q, want refused", q, got)
+		if got := QueryDenial(q); got != contract.ReasonCredentialInQuery {
+			t.Errorf("QueryDenial(%q) = %q, want refused", q, got)
 		}
 	}
 }
@@ -194,10 +194,10 @@ func TestCredentialScanAllocatesNothing(t *testing.T) {
 	paths["underscore_name"] = "/v1/users/John_Smith_profile_picture"
 	paths["camel"] = "/v1/static/surveyJSLibraryBundle.min.js"
 	for name, path := range paths {
-		if n := testing.AllocsPerRun(3, func() { credentialInPath(path) }); n != 0 {
+		if n := testing.AllocsPerRun(3, func() { InPath(path) }); n != 0 {
 			t.Errorf("%s: credentialInPath allocates %v times", name, n)
 		}
-		if n := testing.AllocsPerRun(3, func() { redactPath(path) }); n != 0 {
+		if n := testing.AllocsPerRun(3, func() { Redact(path) }); n != 0 {
 			t.Errorf("%s: redactPath allocates %v times", name, n)
 		}
 	}
@@ -208,7 +208,7 @@ func TestCredentialScanAllocatesNothing(t *testing.T) {
 // a JWS header at most twice.
 func TestCredentialScanLinear(t *testing.T) {
 	for name, path := range hostilePaths(t) {
-		var cs credentialScan
+		var cs scan
 		if cs.found(path) {
 			t.Errorf("%s: a credential found", name)
 		}
@@ -222,7 +222,7 @@ func TestCredentialScanLinear(t *testing.T) {
 	}
 	// The underscores and the bare eyJs do no work at all.
 	for _, name := range []string{"underscores_60k", "eyJ_20k", "eyJ_dots_20k"} {
-		var cs credentialScan
+		var cs scan
 		cs.found(hostilePaths(t)[name])
 		if cs.checksums != 0 || cs.headerBytes != 0 {
 			t.Errorf("%s: %+v, want no checksum and no decoding", name, cs)
@@ -230,7 +230,7 @@ func TestCredentialScanLinear(t *testing.T) {
 	}
 }
 
-// go test -run '^$' -bench CredentialInPath -benchmem ./sidecar/
+// go test -run '^$' -bench CredentialInPath -benchmem ./sidecar/internal/credscan/
 func BenchmarkCredentialInPath(b *testing.B) {
 	cases := []struct{ name, path string }{
 		{"ordinary", "/v1/projects/550e8400-e29b-41d4-a716-446655440000/items/report.2024.final.pdf"},
@@ -245,7 +245,7 @@ func BenchmarkCredentialInPath(b *testing.B) {
 			b.ReportAllocs()
 			b.SetBytes(int64(len(bc.path)))
 			for b.Loop() {
-				if credentialInPath(bc.path) {
+				if InPath(bc.path) {
 					b.Fatal("found")
 				}
 			}
