@@ -10,6 +10,7 @@ import (
 
 	"github.com/keybroker/keybroker/contract"
 	"github.com/keybroker/keybroker/sidecar/internal/credscan"
+	"github.com/keybroker/keybroker/sidecar/internal/reqtarget"
 )
 
 // decider is the decision core: every front end (the proxy, /verify, Envoy
@@ -112,10 +113,10 @@ type located struct {
 func (c *decider) locate(r request) (located, decision) {
 	var t located
 	var ok bool
-	if t.rawPath, t.query, ok = splitTarget(r.target); !ok {
+	if t.rawPath, t.query, ok = reqtarget.Split(r.target); !ok {
 		return t, deny(http.StatusBadRequest, contract.ReasonNonCanonicalPath)
 	}
-	if t.path, ok = canonicalPath(t.rawPath); !ok {
+	if t.path, ok = reqtarget.CanonicalPath(t.rawPath); !ok {
 		return t, deny(http.StatusBadRequest, contract.ReasonNonCanonicalPath)
 	}
 	rt, g := c.routes.match(r.method, t.path)

@@ -7,6 +7,7 @@ import (
 
 	"github.com/keybroker/keybroker/contract"
 	"github.com/keybroker/keybroker/sidecar/internal/credscan"
+	"github.com/keybroker/keybroker/sidecar/internal/reqtarget"
 )
 
 // What the decision log is handed: a request and its decision, as copies
@@ -65,7 +66,7 @@ func (sc *Sidecar) countEarlyDenial(mode string, d decision, req request) {
 // authority of an absolute-form target); a target with no path is itself
 // without its query.
 func rawPathOf(target string) string {
-	if p, _, ok := splitTarget(target); ok {
+	if p, _, ok := reqtarget.Split(target); ok {
 		return p
 	}
 	p, _, _ := strings.Cut(target, "?")

@@ -5,24 +5,28 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/keybroker/keybroker/contract"
+	"github.com/keybroker/keybroker/sidecar/internal/reqtarget"
 )
 
 // servedPath is what a lenient, path-normalising upstream (nginx, servlet
 // containers, http.FileServer, most frameworks) serves for a raw path: every
 // escape decoded, '\' taken for '/', ';' parameters dropped, slashes merged,
-// dot segments resolved. It is written independently of canonicalPath.
+// dot segments resolved. It is written independently of reqtarget.CanonicalPath.
 func servedPath(raw string) string {
 	var b []byte
 	for i := 0; i < len(raw); i++ {
-		if raw[i] == '%' && i+2 < len(raw) && ishex(raw[i+1]) && ishex(raw[i+2]) {
-			b = append(b, unhex(raw[i+1])<<4|unhex(raw[i+2]))
-			i += 2
-			continue
+		if raw[i] == '%' && i+2 < len(raw) {
+			if c, err := strconv.ParseUint(raw[i+1:i+3], 16, 8); err == nil {
+				b = append(b, byte(c))
+				i += 2
+				continue
+			}
 		}
 		b = append(b, raw[i])
 	}
@@ -106,7 +110,7 @@ func FuzzDecide(f *testing.F) {
 			if !allowed {
 				return
 			}
-			rawPath, _, ok := splitTarget(target)
+			rawPath, _, ok := reqtarget.Split(target)
 			if !ok {
 				t.Fatalf("%s: %s %q allowed without a path", mode, method, target)
 			}
@@ -124,7 +128,7 @@ func FuzzDecide(f *testing.F) {
 		d := fx.sc.core.decide(context.Background(), request{method: method, target: target, header: h, clientIP: peer})
 		check("proxy", d.allowed())
 		if d.allowed() {
-			rawPath, _, _ := splitTarget(target)
+			rawPath, _, _ := reqtarget.Split(target)
 			if d.path != servedPath(rawPath) && !(strings.HasSuffix(d.path, "/") && d.path[:len(d.path)-1] == servedPath(rawPath)) {
 				t.Fatalf("proxy: %q forwarded as %q, a normalising upstream serves %q", target, d.path, servedPath(rawPath))
 			}

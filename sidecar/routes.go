@@ -5,6 +5,8 @@ import (
 	"slices"
 	"sort"
 	"strings"
+
+	"github.com/keybroker/keybroker/sidecar/internal/reqtarget"
 )
 
 // route is one route block: what a request under prefix needs.
@@ -144,7 +146,7 @@ func routePrefix(p string) (string, error) {
 	if strings.IndexByte(p, '%') >= 0 {
 		return "", fmt.Errorf("route %q: write the path prefix decoded, without %%-escapes", p)
 	}
-	c, ok := canonicalPath(p)
+	c, ok := reqtarget.CanonicalPath(p)
 	if !ok {
 		return "", fmt.Errorf("route %q: the path prefix must start with / and have no empty, '.' or '..' segments, ';', '\\' or control characters", p)
 	}

@@ -1,25 +1,14 @@
-package sidecar
+package reqtarget
 
 import (
 	"strings"
 	"unicode/utf8"
 )
 
-// The request target: the sidecar decides on exactly the path the upstream
-// serves. A path is percent-decoded once, as nginx, Caddy, Go and servlet
-// containers do before routing, and refused when servers disagree on what it
-// names: dot segments (some resolve them, some do not), empty segments (some
-// merge slashes), encoded '/', '\', '.' or NUL (some decode them before
-// splitting segments), ';' (servlet path parameters), control characters,
-// invalid UTF-8 (overlong encodings of '.' and '/'), and anything still
-// percent-encoded after one decoding (servers that decode twice). What is left
-// has one meaning everywhere, and in proxy mode it is what goes upstream,
-// re-encoded minimally.
-
-// splitTarget splits a raw request-target (origin-form "/p?q" or
+// Split splits a raw request-target (origin-form "/p?q" or
 // absolute-form "http://host/p?q") into its raw path and raw query. ok is
 // false for targets that name no path (asterisk-form, authority-form).
-func splitTarget(target string) (rawPath, rawQuery string, ok bool) {
+func Split(target string) (rawPath, rawQuery string, ok bool) {
 	if !strings.HasPrefix(target, "/") {
 		// absolute-form: drop scheme://authority.
 		i := strings.Index(target, "://")
@@ -40,10 +29,10 @@ func splitTarget(target string) (rawPath, rawQuery string, ok bool) {
 	return rawPath, rawQuery, true
 }
 
-// canonicalPath decodes a raw path once and returns it, or ok=false when the
-// path is ambiguous (see above). A path without '%' is returned as is,
+// CanonicalPath decodes a raw path once and returns it, or ok=false when
+// the path is ambiguous (see the package doc). A path without '%' is returned as is,
 // without allocating.
-func canonicalPath(raw string) (string, bool) {
+func CanonicalPath(raw string) (string, bool) {
 	if raw == "" || raw[0] != '/' || strings.IndexByte(raw, '#') >= 0 {
 		// A raw '#' is no part of a request-target: one parser would end
 		// the path there (a DPoP htu, a URL library), another not.
