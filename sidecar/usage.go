@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/keybroker/keybroker/sidecar/internal/contentcoding"
 )
 
 // maxUsageBody is how much of a non-streamed JSON response is kept to read
@@ -34,7 +36,7 @@ func settleResponse(resp *http.Response, h *hold, rt *route) {
 		h.settle(h.usageFromHeader(rt, resp.Header.Get(rt.usageHeader)))
 	case rt.openaiUsage:
 		if ce := resp.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
-			dec, err := decodedBody(ce, resp.Body)
+			dec, err := contentcoding.Decode(ce, resp.Body)
 			if err != nil {
 				// Passed on as it came; its usage cannot be read.
 				h.settle(h.fallback(rt, "openai", fallbackEncoding))

@@ -1,4 +1,4 @@
-package sidecar
+package contentcoding
 
 import (
 	"bufio"
@@ -13,33 +13,28 @@ import (
 	"github.com/klauspost/compress/zstd"
 )
 
-// Usage is read from what the upstream sent, whatever the encoding. The
-// sidecar asks a metered upstream for identity encoding; when it compresses
-// anyway, the body is decoded as it streams through, for the meter and for
-// the client alike (which may always receive identity). The standard library
-// has gzip, zlib and flate; brotli and zstd come from andybalholm/brotli and
-// klauspost/compress, the implementations Go's ecosystem (Caddy among them)
-// relies on.
-
-// errEncoding is a Content-Encoding the sidecar cannot decode.
-var errEncoding = errors.New("unsupported content encoding")
+// ErrUnsupported is a Content-Encoding the sidecar cannot decode.
+var ErrUnsupported = errors.New("unsupported content encoding")
 
 // maxZstdWindow bounds the memory one zstd stream may ask for.
 const maxZstdWindow = 8 << 20
 
-// decodedBody returns body decoded from encoding (one coding, as sent in
-// Content-Encoding). The decoder is made on the first Read, so a streamed
-// answer is not held up waiting for its first bytes.
-func decodedBody(encoding string, body io.ReadCloser) (io.ReadCloser, error) {
+// Decode returns body decoded from encoding (one coding, as sent in
+// Content-Encoding: gzip, x-gzip, deflate, br or zstd, in any case), or
+// ErrUnsupported. The decoder is made on the first Read, so a streamed
+// answer is not held up waiting for its first bytes; closing the result
+// closes body.
+func Decode(encoding string, body io.ReadCloser) (io.ReadCloser, error) {
 	enc := strings.ToLower(strings.TrimSpace(encoding))
 	switch enc {
 	case "gzip", "x-gzip", "deflate", "br", "zstd":
 	default:
-		return nil, errEncoding
+		return nil, ErrUnsupported
 	}
 	return &lazyDecoder{enc: enc, body: body}, nil
 }
 
+// lazyDecoder makes its decoder on the first Read.
 type lazyDecoder struct {
 	enc  string
 	body io.ReadCloser
