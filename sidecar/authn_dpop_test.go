@@ -289,7 +289,7 @@ func TestDPoPProofRememberedOnlyWhenAllowed(t *testing.T) {
 	f := dpopFixture(t)
 	k := dpoptest.NewKey(t, "ES256")
 	tok := f.boundJWT(t, k, "jti-revoked")
-	f.sc.revocations.revoked.add("jti-revoked", time.Now().Add(time.Hour))
+	f.sc.revocations.revoked.Add("jti-revoked", time.Now().Add(time.Hour))
 	for range 3 {
 		p := k.Proof(t, "GET", testOrigin+"/v1/items", tok, time.Now(), nil)
 		if d := decideWith(f.sc, "GET", "/v1/items", dpopHeaders(tok, p)); d.reason != contract.ReasonRevoked {

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keybroker/keybroker/contract"
+	"github.com/keybroker/keybroker/sidecar/internal/revoked"
 )
 
 // revocationFeed follows the plugin's revocation feed into the revoked set
@@ -17,7 +18,7 @@ import (
 type revocationFeed struct {
 	opts    revocationOptions
 	source  revocationSource
-	revoked *revokedSet
+	revoked *revoked.Set
 	health  *feedHealth
 	// readAt is the UnixNano of the last good read, for the lag gauge and
 	// /healthz.
@@ -49,14 +50,14 @@ type revocationMetrics struct {
 
 func newRevocationFeed(o revocationOptions, source revocationSource, m revocationMetrics, log hclog.Logger) *revocationFeed {
 	return &revocationFeed{opts: o, source: source, m: m, log: log,
-		revoked: newRevokedSet(), health: newFeedHealth("revocations", o.mount+"/revocations", "read")}
+		revoked: revoked.New(), health: newFeedHealth("revocations", o.mount+"/revocations", "read")}
 }
 
 // known says whether decisions may rely on the revoked set (feedGate).
 func (f *revocationFeed) known() bool { return f.health.known() }
 
 // has says whether id was revoked (revokedIDs).
-func (f *revocationFeed) has(id string) bool { return f.revoked.has(id) }
+func (f *revocationFeed) has(id string) bool { return f.revoked.Has(id) }
 
 // follow reads the feed from cursor 0 until ctx ends, and again from 0
 // when the feed's epoch changes or its last entry is below the cursor
@@ -89,7 +90,7 @@ func (f *revocationFeed) follow(ctx context.Context) {
 		}
 		epoch = page.Epoch
 		now := time.Now()
-		f.revoked.apply(page.Revocations, now)
+		f.revoked.Apply(page.Revocations, now)
 		cursor = page.Next
 		f.readAt.Store(now.UnixNano())
 		f.health.succeeded(f.log, !page.More)

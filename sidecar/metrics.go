@@ -134,7 +134,7 @@ func (m *metrics) meteringSeries() {
 type watched struct {
 	// revocationsRead and jwksFetched are UnixNano of the last good read.
 	revocationsRead, jwksFetched *atomic.Int64
-	revoked                      interface{ size() int }
+	revoked                      interface{ Size() int }
 	replica                      *keyReplica // nil: key_replica = false
 	feeds                        []*feedHealth
 }
@@ -152,7 +152,7 @@ func (m *metrics) watch(w watched) {
 	m.revokedCount = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "keybroker_sidecar_revoked_credentials",
 		Help: "Revoked credential ids held from the feed.",
-	}, func() float64 { return float64(w.revoked.size()) })
+	}, func() float64 { return float64(w.revoked.Size()) })
 	records := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "keybroker_sidecar_key_records",
 		Help: "API key records held in the replica.",

@@ -31,9 +31,9 @@ func TestRevokedPastExpWithinLeeway(t *testing.T) {
 			token := f.sign(t, c)
 			exp := c.ExpiresAt.Time
 			entry := contract.FeedEntry{ID: c.ID, Type: "jwt", ExpiresAt: exp.UTC().Format(time.RFC3339)}
-			f.sc.revocations.revoked.apply([]contract.FeedEntry{entry}, exp.Add(tc.learnt))
-			f.sc.revocations.revoked.prune(time.Now()) // a later read of the feed
-			if held := f.sc.revocations.revoked.has(c.ID); held != tc.wantHeld {
+			f.sc.revocations.revoked.Apply([]contract.FeedEntry{entry}, exp.Add(tc.learnt))
+			f.sc.revocations.revoked.Prune(time.Now()) // a later read of the feed
+			if held := f.sc.revocations.revoked.Has(c.ID); held != tc.wantHeld {
 				t.Fatalf("revoked set holds the jti %s past exp: %v, want %v", tc.past, held, tc.wantHeld)
 			}
 			for i := 0; i < 2; i++ { // the second one from the JWT cache
@@ -44,24 +44,5 @@ func TestRevokedPastExpWithinLeeway(t *testing.T) {
 				}
 			}
 		})
-	}
-}
-
-// The revoked set forgets an entry only RevocationGrace after its expiry,
-// and keeps one whose expiry it cannot read.
-func TestRevokedSetPrune(t *testing.T) {
-	now := time.Now()
-	var r revokedSet
-	r.m = map[string]time.Time{}
-	r.apply([]contract.FeedEntry{
-		{ID: "live", ExpiresAt: now.Add(time.Hour).Format(time.RFC3339)},
-		{ID: "in-grace", ExpiresAt: now.Add(-contract.RevocationGrace + 2*time.Second).Format(time.RFC3339)},
-		{ID: "gone", ExpiresAt: now.Add(-contract.RevocationGrace - time.Second).Format(time.RFC3339)},
-		{ID: "unreadable", ExpiresAt: "soon"},
-	}, now)
-	for id, want := range map[string]bool{"live": true, "in-grace": true, "gone": false, "unreadable": true} {
-		if r.has(id) != want {
-			t.Errorf("%s held: %v, want %v", id, r.has(id), want)
-		}
 	}
 }
