@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/keybroker/keybroker/contract"
+	"github.com/keybroker/keybroker/sidecar/internal/clientip"
 )
 
 // gateway says where the auth endpoint finds the request a gateway asks
@@ -65,8 +66,8 @@ func (g *gateway) original(r *http.Request) (method, target string, ok bool) {
 // before any decision; counted says whether the refusal counts as a
 // decision (an untrusted peer, a request that cannot be read).
 func (sc *Sidecar) gatewayRequest(r *http.Request, g *gateway) (req request, d decision, counted bool) {
-	if !sc.trusted(peerAddr(r)) {
-		return request{clientIP: peerAddr(r)}, deny(http.StatusForbidden, contract.ReasonUntrustedGateway), true
+	if !sc.trusted(clientip.Peer(r)) {
+		return request{clientIP: clientip.Peer(r)}, deny(http.StatusForbidden, contract.ReasonUntrustedGateway), true
 	}
 	if r.ContentLength > sc.s.maxBody {
 		return request{}, deny(http.StatusRequestEntityTooLarge, contract.ReasonBodyTooLarge), false
@@ -105,65 +106,9 @@ func parseGateway(name string, trusted int) (*gateway, error) {
 	return &g, nil
 }
 
-// peerAddr is the socket peer's address.
-func peerAddr(r *http.Request) netip.Addr {
-	ap, err := netip.ParseAddrPort(r.RemoteAddr)
-	if err != nil {
-		return netip.Addr{}
-	}
-	return ap.Addr().Unmap()
-}
+// clientIP is the client a request comes from, seen through the trusted
+// proxies (clientip.Of).
+func (sc *Sidecar) clientIP(r *http.Request) netip.Addr { return clientip.Of(r, sc.s.trusted) }
 
-// clientIP is the socket peer, or, when the peer is a trusted proxy, the
-// right-most address in X-Forwarded-For that is not itself trusted. A hop
-// that does not parse makes the address unknown (invalid): a credential
-// bound to CIDRs is then denied, rather than judged by the proxy's address.
-func (sc *Sidecar) clientIP(r *http.Request) netip.Addr {
-	peer := peerAddr(r)
-	if !peer.IsValid() || !sc.trusted(peer) {
-		return peer
-	}
-	xff := r.Header.Values("X-Forwarded-For")
-	if len(xff) == 0 {
-		return peer
-	}
-	hops := strings.Split(strings.Join(xff, ","), ",")
-	for i := len(hops) - 1; i >= 0; i-- {
-		a, ok := parseHop(hops[i])
-		if !ok {
-			return netip.Addr{}
-		}
-		if !sc.trusted(a) {
-			return a
-		}
-		peer = a
-	}
-	return peer
-}
-
-// parseHop reads one X-Forwarded-For hop: "ip", "ip:port", "[ipv6]" or
-// "[ipv6]:port". Zoned addresses are not client addresses.
-func parseHop(s string) (netip.Addr, bool) {
-	s = strings.TrimSpace(s)
-	a, err := netip.ParseAddr(s)
-	if err != nil {
-		if ap, perr := netip.ParseAddrPort(s); perr == nil {
-			a, err = ap.Addr(), nil
-		} else if len(s) > 2 && s[0] == '[' && s[len(s)-1] == ']' {
-			a, err = netip.ParseAddr(s[1 : len(s)-1])
-		}
-	}
-	if err != nil || a.Zone() != "" {
-		return netip.Addr{}, false
-	}
-	return a.Unmap(), true
-}
-
-func (sc *Sidecar) trusted(a netip.Addr) bool {
-	for _, p := range sc.s.trusted {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
+// trusted says whether a is in trusted_proxies.
+func (sc *Sidecar) trusted(a netip.Addr) bool { return clientip.Trusted(sc.s.trusted, a) }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
-	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -89,23 +88,6 @@ func TestRouteConfigErrors(t *testing.T) {
 		c := &Config{Audiences: []string{"svc"}, Vault: &VaultConfig{RoleID: "r", SecretIDFile: "/s"}, Routes: tc.routes}
 		if _, err := c.settings(); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want an error about %q", name, err, tc.want)
-		}
-	}
-}
-
-func TestParseHop(t *testing.T) {
-	for in, want := range map[string]string{
-		"203.0.113.9": "203.0.113.9", " 203.0.113.9 ": "203.0.113.9", "203.0.113.9:4444": "203.0.113.9",
-		"2001:db8::1": "2001:db8::1", "[2001:db8::1]:80": "2001:db8::1", "[2001:db8::1]": "2001:db8::1",
-		"::ffff:10.0.0.1": "10.0.0.1",
-	} {
-		if a, ok := parseHop(in); !ok || a != netip.MustParseAddr(want) {
-			t.Errorf("parseHop(%q) = %v %v", in, a, ok)
-		}
-	}
-	for _, in := range []string{"", "unknown", "_hidden", "203.0.113", "[203.0.113.9]:x", "fe80::1%eth0", "[::1", "1.2.3.4/8"} {
-		if a, ok := parseHop(in); ok {
-			t.Errorf("parseHop(%q) = %v, want unknown", in, a)
 		}
 	}
 }
