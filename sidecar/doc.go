@@ -19,13 +19,15 @@
 //
 // A request meets, in order:
 //   - a front end: http.go (the proxy and /verify), gateway.go (what a
-//     gateway reports, who is trusted, the client's address), middleware.go,
-//     check.go (the seam other front ends use);
+//     gateway reports; the client's address behind trusted proxies is
+//     internal/clientip), middleware.go, check.go (the seam other front
+//     ends use);
 //   - the decision core, decide.go, over the vocabulary in decision.go: the
-//     canonical target and route (target.go, routes.go), the credential's
-//     place (credscan.go), who presents it (authn.go: bearer or DPoP,
-//     authn_dpop.go), the credential's kind (authn_key.go with the flood
-//     guard, floodguard.go; authn_jwt.go), revocation and expiry, CIDRs,
+//     canonical target (internal/reqtarget) and route (routes.go), a
+//     credential where none belongs (internal/credscan), who presents it
+//     (authn.go: bearer or DPoP, authn_dpop.go), the credential's kind
+//     (authn_key.go with the flood guard, floodguard.go; authn_jwt.go),
+//     revocation and expiry, CIDRs,
 //     scopes and delegation, then the rate limit (ratelimit.go,
 //     clusterrate.go) and the budget (budget.go);
 //   - the record of the decision: record.go (metrics, decision log in
@@ -35,10 +37,11 @@
 // component its options, its source and its counters, and the core the
 // narrow interfaces it asks (decide.go lists them). Around it:
 //   - the feeds, each a component that follows Vault: feed_jwks.go (keys
-//     and issuer), feed_revocations.go (the revoked set, revoked.go),
+//     and issuer), feed_revocations.go (the revoked set, internal/revoked),
 //     feed_keyrecords.go (the key replica, replica.go), their health in
 //     feed_health.go;
-//   - metering: budget.go (reservations), usage.go (what an answer cost),
+//   - metering: budget.go (reservations), usage.go (what an answer cost,
+//     its Content-Encoding decoded by internal/contentcoding),
 //     clusterrate.go, key_usage.go;
 //   - the Vault client, vault.go, which speaks only package contract's
 //     types and names;
@@ -46,5 +49,7 @@
 //     settings), one validator per block in config_*.go, config_check.go
 //     (-check-config).
 //
-// sidecar/internal holds the pure pieces that need no sidecar type.
+// sidecar/internal holds the pure pieces that need no sidecar type, each
+// with a package doc saying what it owns: reqtarget, credscan, clientip,
+// clientkey, contentcoding, dpopreplay, revoked.
 package sidecar
