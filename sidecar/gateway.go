@@ -66,14 +66,17 @@ func (g *gateway) original(r *http.Request) (method, target string, ok bool) {
 // before any decision; counted says whether the refusal counts as a
 // decision (an untrusted peer, a request that cannot be read).
 func (sc *Sidecar) gatewayRequest(r *http.Request, g *gateway) (req request, d decision, counted bool) {
-	if !sc.trusted(clientip.Peer(r)) {
-		return request{clientIP: clientip.Peer(r)}, deny(http.StatusForbidden, contract.ReasonUntrustedGateway), true
+	// What the gateway says is read first, and believed only once its
+	// peer is known to be trusted: reading it decides nothing.
+	method, target, ok := g.original(r)
+	peer := clientip.Peer(r)
+	if !clientip.Trusted(sc.s.trusted, peer) {
+		return request{clientIP: peer}, deny(http.StatusForbidden, contract.ReasonUntrustedGateway), true
 	}
 	if r.ContentLength > sc.s.maxBody {
 		return request{}, deny(http.StatusRequestEntityTooLarge, contract.ReasonBodyTooLarge), false
 	}
-	method, target, ok := g.original(r)
-	req = request{method: method, target: target, header: r.Header, clientIP: sc.clientIP(r)}
+	req = request{method: method, target: target, header: r.Header, clientIP: clientip.Of(r, sc.s.trusted)}
 	if !ok {
 		return request{header: r.Header, clientIP: req.clientIP}, deny(http.StatusBadRequest, contract.ReasonBadRequest), true
 	}
