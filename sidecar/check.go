@@ -81,6 +81,13 @@ type Verdict struct {
 // Check decides a request a gateway reports, counted and logged as mode
 // "grpc". It is safe for concurrent use.
 func (sc *Sidecar) Check(ctx context.Context, req CheckRequest) Verdict {
+	// As the HTTP front ends read them: an IPv4-mapped address is the
+	// IPv4 one (else every such client would be one client to the flood
+	// guard and the replay quota), and a zoned one is no client address.
+	req.Gateway, req.ClientIP = req.Gateway.Unmap(), req.ClientIP.Unmap()
+	if req.ClientIP.Zone() != "" {
+		req.ClientIP = netip.Addr{}
+	}
 	if !sc.trusted(req.Gateway) {
 		d := deny(http.StatusForbidden, contract.ReasonUntrustedGateway)
 		sc.countEarlyDenial("grpc", d, request{clientIP: req.Gateway})

@@ -284,3 +284,27 @@ func TestCheckUntrustedGateway(t *testing.T) {
 		t.Errorf("untrusted gateway counted %v times", n)
 	}
 }
+
+// An adapter may hand Check addresses as its transport gives them: an
+// IPv4-mapped gateway or client is the IPv4 one (the token's CIDRs and
+// trusted_proxies are IPv4, and each is its own client to the flood guard,
+// not one ::/64 for all), and a zoned client is no address.
+func TestCheckReadsAddressesAsTheHTTPFrontEndsDo(t *testing.T) {
+	f, _ := grpcFixture(t, []string{"127.0.0.1"}, nil)
+	tok := f.jwt(t, "any read", time.Hour) // bound to 127.0.0.0/8
+	for _, tc := range []struct {
+		name, gateway, client string
+		want                  int
+		reason                string
+	}{
+		{"mapped gateway and client", "::ffff:127.0.0.1", "::ffff:127.0.0.9", http.StatusOK, contract.ReasonOK},
+		{"mapped client outside the CIDRs", "127.0.0.1", "::ffff:10.0.0.1", http.StatusUnauthorized, contract.ReasonCIDRDenied},
+		{"zoned client", "127.0.0.1", "fe80::1%eth0", http.StatusUnauthorized, contract.ReasonCIDRDenied},
+		{"mapped untrusted gateway", "::ffff:127.0.0.2", "127.0.0.9", http.StatusForbidden, contract.ReasonUntrustedGateway},
+	} {
+		v := check(t, gatewayAt(f.sc, tc.gateway), checkRequest("GET", "/v1/items/1", tc.client, hdr("Authorization", "Bearer "+tok)))
+		if v.Status != tc.want || v.Reason != tc.reason {
+			t.Errorf("%s: %d %s, want %d %s", tc.name, v.Status, v.Reason, tc.want, tc.reason)
+		}
+	}
+}

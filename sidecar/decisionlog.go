@@ -244,7 +244,11 @@ func (l *decisionLog) close() {
 	}
 	l.once.Do(func() { close(l.quit) })
 	if !l.started.Load() {
-		return // never started: nothing was written, nothing is open
+		// Never started: nothing is open, and what was queued (decisions
+		// before a Start that never came) is never written: counted as
+		// dropped, as every decision not logged is.
+		l.dropped.Add(float64(len(l.ch)))
+		return
 	}
 	select {
 	case <-l.done:

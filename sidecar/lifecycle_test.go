@@ -1,16 +1,21 @@
 package sidecar
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io/fs"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
+
+	hclog "github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // New starts nothing and opens nothing: sidecars built and dropped without
@@ -81,5 +86,62 @@ func TestServeStartFails(t *testing.T) {
 	if c, err := net.DialTimeout("tcp", auth.Addr().String(), time.Second); err == nil {
 		c.Close()
 		t.Fatal("the auth listener is still open")
+	}
+}
+
+// Decisions an embedder's middleware made before a Start that never came
+// are never written: Stop counts them as dropped, as every decision the
+// log does not hold is counted.
+func TestStopCountsDecisionsNeverWritten(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.DecisionLogPath = filepath.Join(t.TempDir(), "decisions.log") })
+	h := f.sc.Middleware(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	for range 7 {
+		if w := send(h, "GET", "/v1/items/1", "127.0.0.1:1", nil); w.Code != http.StatusUnauthorized {
+			t.Fatalf("no credential: %d", w.Code)
+		}
+	}
+	f.sc.Stop()
+	if n := testutil.ToFloat64(f.sc.m.decisionLogDropped); n != 7 {
+		t.Errorf("decision_log_dropped_total = %v after 7 decisions and no Start, want 7", n)
+	}
+}
+
+// Start and Stop may come from two goroutines: once stopped, a Sidecar
+// starts nothing (a Start losing the race used to leave its feeds running
+// after Stop returned), and the two never race (go test -race).
+func TestStartAfterStopStartsNothing(t *testing.T) {
+	for range 20 {
+		f := newFixture(t, nil)
+		done := make(chan struct{})
+		go func() { _ = f.sc.Start(context.Background()); close(done) }()
+		f.sc.Stop()
+		<-done
+	}
+	f := newFixture(t, nil)
+	f.sc.Stop()
+	before := runtime.NumGoroutine()
+	if err := f.sc.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := runtime.NumGoroutine(); n > before {
+		t.Errorf("Start after Stop started %d goroutines", n-before)
+	}
+}
+
+// A Start that fails says so in the log too: an embedder that drops its
+// error otherwise sees only every credential refused.
+func TestStartFailureLogged(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "decisions.log")
+	f := newFixture(t, func(c *Config) { c.DecisionLogPath = path })
+	var logs bytes.Buffer
+	f.sc.log = hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info})
+	if err := os.Mkdir(path, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.sc.Start(context.Background()); err == nil {
+		t.Fatal("Start with an unopenable decision log succeeded")
+	}
+	if !strings.Contains(logs.String(), "[ERROR]") || !strings.Contains(logs.String(), "decision log cannot be opened") {
+		t.Errorf("logged: %q", logs.String())
 	}
 }

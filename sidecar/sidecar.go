@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	hclog "github.com/hashicorp/go-hclog"
@@ -46,10 +45,13 @@ type Sidecar struct {
 	// usage holds the API keys let through since the last key-usage report.
 	usage *keyUsage
 
-	// stop ends what Start began; running counts it.
-	stop    context.CancelFunc
-	running sync.WaitGroup
-	started atomic.Bool
+	// life orders Start against Stop (an embedder may call them from two
+	// goroutines): stop ends what Start began, running counts it, and
+	// once stopped a Sidecar starts no more.
+	life             sync.Mutex
+	stop             context.CancelFunc
+	running          sync.WaitGroup
+	started, stopped bool
 }
 
 // New checks the configuration and builds a Sidecar. It starts nothing
@@ -97,17 +99,23 @@ func New(c *Config, log hclog.Logger) (*Sidecar, error) {
 // (the Vault login, the JWKS, the revocation and key-record feeds, budget
 // reservations) until ctx ends or Stop. Serve calls it; a Go service that
 // embeds the verifier (Middleware) calls it itself, once; later calls do
-// nothing. Its error is the decision log's file failing to open.
+// nothing, and so does one after Stop. Its error is the decision log's
+// file failing to open: nothing is started then, and it is logged too, for
+// an embedder that drops the error (every credential is refused until a
+// Start succeeds).
 func (sc *Sidecar) Start(ctx context.Context) error {
-	if !sc.started.CompareAndSwap(false, true) {
+	sc.life.Lock()
+	defer sc.life.Unlock()
+	if sc.started || sc.stopped {
 		return nil // once: a second set of feeds would only leak
 	}
 	if sc.dlog != nil {
 		if err := sc.dlog.start(); err != nil {
-			sc.started.Store(false)
+			sc.log.Error("not started: the decision log cannot be opened", "error", err)
 			return err
 		}
 	}
+	sc.started = true
 	ctx, cancel := context.WithCancel(ctx)
 	sc.stop = cancel
 	sc.running.Add(2)
@@ -137,9 +145,12 @@ func (sc *Sidecar) Stop() {
 	final, finalDone := context.WithTimeout(context.Background(), 5*time.Second)
 	defer finalDone()
 	sc.budgets.report(final, true)
+	sc.life.Lock()
+	sc.stopped = true
 	if sc.stop != nil {
 		sc.stop()
 	}
+	sc.life.Unlock()
 	sc.running.Wait()
 	sc.dlog.close()
 }
