@@ -112,7 +112,7 @@ func (sc *Sidecar) Middleware(next http.Handler) http.Handler {
 			return
 		}
 		setRemaining(w.Header(), d.hold)
-		mw := &meteredWriter{ResponseWriter: w, sc: sc, h: d.hold, rt: d.rt}
+		mw := &meteredWriter{ResponseWriter: w, h: d.hold, rt: d.rt}
 		// Charged even when next panics: the request may have cost.
 		defer mw.settle()
 		next.ServeHTTP(mw, out)
@@ -124,7 +124,6 @@ func (sc *Sidecar) Middleware(next http.Handler) http.Handler {
 // as it is written.
 type meteredWriter struct {
 	http.ResponseWriter
-	sc          *Sidecar
 	h           *hold
 	rt          *route
 	usage       *usageBody
