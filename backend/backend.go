@@ -47,9 +47,7 @@ type backend struct {
 	tidyMu       sync.Mutex
 	tidyDisabled bool // set by tests that drive tidy by hand
 
-	// signingMu guards signingCache and serialises key rotation.
-	signingMu    sync.RWMutex
-	signingCache *signingState
+	signer signer
 
 	// refreshMu serialises refresh-token exchanges, so a token cannot be
 	// spent twice by concurrent requests.
@@ -159,14 +157,14 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 	if err := b.tidyApprovals(ctx, req.Storage, time.Now()); err != nil {
 		return err
 	}
-	_, err := b.signing(ctx, req.Storage)
+	_, err := b.signer.current(ctx, req.Storage, b.Logger())
 	return err
 }
 
 // invalidate drops cached signing state when another node changes it.
 func (b *backend) invalidate(_ context.Context, key string) {
 	if key == signingKeysPath || key == configPath {
-		b.resetSigningCache()
+		b.signer.reset()
 	}
 }
 
@@ -178,7 +176,7 @@ func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
 		return nil
 	}
 	b.dropIdleKeyListing(time.Now())
-	if err := b.rotateIfDue(ctx, req.Storage, time.Now()); err != nil {
+	if err := b.signer.rotateIfDue(ctx, req.Storage, time.Now(), b.Logger()); err != nil {
 		return fmt.Errorf("rotating signing key: %w", err)
 	}
 	if err := b.revokeRotated(ctx, req.Storage, time.Now()); err != nil {

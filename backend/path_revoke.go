@@ -140,7 +140,7 @@ func (b *backend) revokeOneByValue(ctx context.Context, req *logical.Request, cr
 // claim says (a signature by one of the mount's keys is what makes it
 // ours), with its refresh family.
 func (b *backend) revokeJWTByValue(ctx context.Context, s logical.Storage, token string) (map[string]interface{}, error) {
-	st, err := b.signing(ctx, s)
+	st, err := b.signer.current(ctx, s, b.Logger())
 	if err != nil {
 		return nil, err
 	}

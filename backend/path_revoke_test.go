@@ -76,7 +76,7 @@ func TestRevokeByValue(t *testing.T) {
 // plugin could have minted, with times a test chooses.
 func (e *testEnv) signedByMount(c jwtverify.Claims) string {
 	e.t.Helper()
-	st, err := e.b.signing(context.Background(), e.storage)
+	st, err := e.b.signer.current(context.Background(), e.storage, e.b.Logger())
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -416,7 +416,7 @@ func (b *backend) saveRole(ctx context.Context, s logical.Storage, name string, 
 	if err := r.normalize(b.System().MaxLeaseTTL()); err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
-	cfg, err := b.getConfig(ctx, s)
+	cfg, err := getConfig(ctx, s)
 	if err != nil {
 		return nil, err
 	}

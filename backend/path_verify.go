@@ -217,7 +217,7 @@ func (b *backend) ownJWT(ctx context.Context, req *logical.Request, token, audie
 	if userErr != nil || err != nil {
 		return nil, "", userErr, err
 	}
-	st, err := b.signing(ctx, req.Storage)
+	st, err := b.signer.current(ctx, req.Storage, b.Logger())
 	if err != nil {
 		return nil, "", nil, err
 	}

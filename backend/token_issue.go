@@ -73,7 +73,7 @@ func (b *backend) issueTokenAs(ctx context.Context, req *logical.Request, g gran
 	if userErr != nil || err != nil {
 		return userErr, err
 	}
-	st, err := b.signing(ctx, req.Storage)
+	st, err := b.signer.current(ctx, req.Storage, b.Logger())
 	if err != nil {
 		return nil, err
 	}
