@@ -26,15 +26,9 @@ const operationPrefixKeybroker = "keybroker"
 type backend struct {
 	*framework.Backend
 
-	// revocationMu serialises revocations so that feed sequence numbers are
-	// handed out in commit order: a reader at cursor N never misses an entry
-	// committed later with a smaller number. Writes only happen on the active
-	// node (standbys forward them), so a process-local lock is enough.
-	revocationMu sync.Mutex
-	// feedWake wakes long-polling feed reads on each append; feedReads
-	// makes concurrent reads of one cursor share a storage read.
-	feedWake  feedWaiters
-	feedReads singleflight.Group
+	// revocations is the revocation feed; its lock serialises every
+	// revocation with the change it records.
+	revocations revocationFeed
 
 	// keyChanges are the API keys changed on this node, for the key-record
 	// feed; keyRecordReads shares its reads, keyList is the listing of
@@ -127,7 +121,7 @@ func newBackend() *backend {
 		InitializeFunc: b.initialize,
 		// A held feed read must not hold up an unmount or a seal.
 		Clean: func(context.Context) {
-			b.feedWake.wake()
+			b.revocations.wake.wake()
 			b.keyChanges.wake.wake()
 		},
 		Invalidate: b.invalidate,
@@ -144,7 +138,7 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 	if !b.WriteSafeReplicationState() {
 		return nil
 	}
-	if err := b.newFeedEpoch(ctx, req.Storage); err != nil {
+	if err := b.revocations.newEpoch(ctx, req.Storage); err != nil {
 		return err
 	}
 	// Roles suspended under an older plugin first: until then their keys

@@ -71,8 +71,8 @@ type derivedSlot struct {
 // new jti to revoke, minted or not yet. msg is why the exchange is refused;
 // nothing is then written.
 func (b *backend) reserveDerived(ctx context.Context, st logical.Storage, s derivedSlot, exp time.Time) (string, error) {
-	b.revocationMu.Lock()
-	defer b.revocationMu.Unlock()
+	b.revocations.lock()
+	defer b.revocations.unlock()
 	revoked, err := st.Get(ctx, revokedJTIPath(s.parent))
 	if err != nil {
 		return "", fmt.Errorf("reading revoked jti: %w", err)
@@ -108,8 +108,8 @@ func (b *backend) reserveDerived(ctx context.Context, st logical.Storage, s deri
 
 // releaseDerived gives back a slot whose token was not minted after all.
 func (b *backend) releaseDerived(ctx context.Context, st logical.Storage, s derivedSlot) error {
-	b.revocationMu.Lock()
-	defer b.revocationMu.Unlock()
+	b.revocations.lock()
+	defer b.revocations.unlock()
 	if err := st.Delete(ctx, chainPath(s.jti)); err != nil {
 		return fmt.Errorf("deleting %s: %w", chainPath(s.jti), err)
 	}
@@ -130,7 +130,7 @@ func (b *backend) releaseDerived(ctx context.Context, st logical.Storage, s deri
 
 // revokeDerivedLocked revokes the tokens exchanged from jti, and theirs:
 // every actor's, and those filed before slots were per actor. The caller
-// holds revocationMu.
+// holds the revocation feed's lock.
 func (b *backend) revokeDerivedLocked(ctx context.Context, s logical.Storage, jti string, depth int) error {
 	if depth > jwtverify.MaxActors {
 		return nil // no chain is longer
@@ -189,8 +189,8 @@ func (b *backend) tidyDerived(ctx context.Context, s logical.Storage, now time.T
 }
 
 func (b *backend) tidyOneDerived(ctx context.Context, s logical.Storage, name string, now time.Time) error {
-	b.revocationMu.Lock()
-	defer b.revocationMu.Unlock()
+	b.revocations.lock()
+	defer b.revocations.unlock()
 	dt, err := getJSON[derivedTokens](ctx, s, derivedIndexPath(name))
 	if err != nil || dt == nil || now.Before(dt.expiry()) {
 		return err

@@ -889,8 +889,8 @@ func (b *backend) changeBudget(ctx context.Context, s logical.Storage, role, id 
 	if apikey.ValidateID(id) {
 		// The key's own record, so that verify answers say the same;
 		// under the lock revocations take, never writing one over.
-		b.revocationMu.Lock()
-		defer b.revocationMu.Unlock()
+		b.revocations.lock()
+		defer b.revocations.unlock()
 		k, err := b.getKey(ctx, s, id)
 		if err != nil {
 			return nil, err

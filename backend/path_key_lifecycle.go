@@ -114,7 +114,7 @@ func (b *backend) rotateKey(ctx context.Context, req *logical.Request, m rotateR
 	rl := b.roleLock(m.role)
 	rl.RLock()
 	defer rl.RUnlock()
-	unlock := b.lockRevocations()
+	unlock := b.revocations.lockOnce()
 	defer unlock()
 	now := time.Now().UTC().Truncate(time.Second)
 	old, r, resp, err := b.rotatable(ctx, req.Storage, m, now)
@@ -297,8 +297,8 @@ func (b *backend) revokeRotated(ctx context.Context, s logical.Storage, now time
 // which revokeKey would leave alone as expired: the feed still says so, so
 // that verifiers holding no record of it hear.
 func (b *backend) revokeKeyAtGraceEnd(ctx context.Context, s logical.Storage, id string) error {
-	b.revocationMu.Lock()
-	defer b.revocationMu.Unlock()
+	b.revocations.lock()
+	defer b.revocations.unlock()
 	k, err := b.getKey(ctx, s, id)
 	if err != nil || k == nil || k.revoked() {
 		return err
@@ -310,13 +310,13 @@ func (b *backend) revokeKeyAtGraceEnd(ctx context.Context, s logical.Storage, id
 	}
 	b.keyChanges.add(id)
 	// Kept in the feed for a minute past now, the soonest tidy drops it.
-	return b.appendRevocationLocked(ctx, s, revocation{ID: id, Type: secretTypeAPIKey, RevokedAt: now, ExpiresAt: maxTime(k.ExpiresAt, now.Add(time.Minute))})
+	return b.revocations.appendLocked(ctx, s, revocation{ID: id, Type: secretTypeAPIKey, RevokedAt: now, ExpiresAt: maxTime(k.ExpiresAt, now.Add(time.Minute))})
 }
 
 func (b *backend) pathKeySuspend(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	id, suspend := d.Get("key_id").(string), d.Get("action").(string) == "suspend"
-	b.revocationMu.Lock()
-	defer b.revocationMu.Unlock()
+	b.revocations.lock()
+	defer b.revocations.unlock()
 	k, resp, err := b.keyOfRole(ctx, req.Storage, d)
 	if resp != nil || err != nil {
 		return resp, err

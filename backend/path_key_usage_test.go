@@ -113,17 +113,17 @@ func TestKeyUsageReportCostBounded(t *testing.T) {
 	report["report_id"] = "r-1"
 
 	// Revocations' lock held throughout: the report does not wait for it.
-	e.b.revocationMu.Lock()
+	e.b.revocations.lock()
 	done := make(chan map[string]interface{})
 	go func() { done <- e.ok(logical.UpdateOperation, "key-usage", report).Data }()
 	var got map[string]interface{}
 	select {
 	case got = <-done:
 	case <-time.After(5 * time.Second):
-		e.b.revocationMu.Unlock()
+		e.b.revocations.unlock()
 		t.Fatal("a key-usage report waited for the revocation lock")
 	}
-	e.b.revocationMu.Unlock()
+	e.b.revocations.unlock()
 	if got["recorded"] != n || got["skipped"] != 0 {
 		t.Fatalf("report: %#v", got)
 	}

@@ -219,12 +219,12 @@ type revokedJTI struct {
 // revokeJTI records a token revocation: the index verify reads, and the feed
 // verifiers follow. An expired or already revoked jti is left alone.
 func (b *backend) revokeJTI(ctx context.Context, s logical.Storage, jti string, exp time.Time) error {
-	b.revocationMu.Lock()
-	defer b.revocationMu.Unlock()
+	b.revocations.lock()
+	defer b.revocations.unlock()
 	return b.revokeJTILocked(ctx, s, jti, exp, 0)
 }
 
-// revokeJTILocked is revokeJTI under revocationMu; it revokes the tokens
+// revokeJTILocked is revokeJTI under the revocation feed's lock; it revokes the tokens
 // exchanged from jti too (depth: how far down a delegation chain).
 func (b *backend) revokeJTILocked(ctx context.Context, s logical.Storage, jti string, exp time.Time, depth int) error {
 	now := time.Now().UTC()
@@ -250,5 +250,5 @@ func (b *backend) revokeJTILocked(ctx context.Context, s logical.Storage, jti st
 	if err := putJSON(ctx, s, revokedJTIPath(jti), revokedJTI{ExpiresAt: exp}); err != nil {
 		return err
 	}
-	return b.appendRevocationLocked(ctx, s, revocation{ID: jti, Type: secretTypeJWT, RevokedAt: now, ExpiresAt: exp})
+	return b.revocations.appendLocked(ctx, s, revocation{ID: jti, Type: secretTypeJWT, RevokedAt: now, ExpiresAt: exp})
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -44,7 +43,7 @@ func (b *backend) renewAPIKey(ctx context.Context, req *logical.Request, _ *fram
 	// Read, changed and written under the lock revocations take, so that a
 	// revocation meanwhile is never written over. Released before the
 	// meter's lock is taken: budget changes take the two the other way.
-	unlock := b.lockRevocations()
+	unlock := b.revocations.lockOnce()
 	defer unlock()
 	k, err := b.getKey(ctx, req.Storage, id)
 	if err != nil {
@@ -106,13 +105,6 @@ func (b *backend) renewAPIKey(ctx context.Context, req *logical.Request, _ *fram
 	return resp, nil
 }
 
-// lockRevocations takes revocationMu and returns its unlock, which may be
-// called early and again (once deferred).
-func (b *backend) lockRevocations() (unlock func()) {
-	b.revocationMu.Lock()
-	return sync.OnceFunc(b.revocationMu.Unlock)
-}
-
 // revokeAPIKeyLease is called by Vault when the lease ends for any reason. At
 // the end of the TTL the key has expired on its own and is left for tidy;
 // every other ending is a revocation.
@@ -128,8 +120,8 @@ func (b *backend) revokeAPIKeyLease(ctx context.Context, req *logical.Request, _
 // the one way keys are revoked, whatever the route; revoking a missing,
 // expired or already revoked key does nothing.
 func (b *backend) revokeKey(ctx context.Context, s logical.Storage, id string) error {
-	b.revocationMu.Lock()
-	defer b.revocationMu.Unlock()
+	b.revocations.lock()
+	defer b.revocations.unlock()
 
 	k, err := b.getKey(ctx, s, id)
 	if err != nil {
@@ -144,5 +136,5 @@ func (b *backend) revokeKey(ctx context.Context, s logical.Storage, id string) e
 		return err
 	}
 	b.keyChanges.add(id)
-	return b.appendRevocationLocked(ctx, s, revocation{ID: id, Type: secretTypeAPIKey, RevokedAt: now, ExpiresAt: k.ExpiresAt})
+	return b.revocations.appendLocked(ctx, s, revocation{ID: id, Type: secretTypeAPIKey, RevokedAt: now, ExpiresAt: k.ExpiresAt})
 }
