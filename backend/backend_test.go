@@ -86,7 +86,7 @@ func (s barrierStorage) Delete(ctx context.Context, key string) error {
 // the role read from storage.
 func (e *testEnv) keyPath(id string) string {
 	e.t.Helper()
-	k, err := e.b.getKey(context.Background(), e.storage, id)
+	k, err := getKey(context.Background(), e.storage, id)
 	if err != nil || k == nil {
 		e.t.Fatalf("key %s: %v (missing: %v)", id, err, k == nil)
 	}

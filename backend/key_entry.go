@@ -133,11 +133,11 @@ func keyAnswerFields() map[string]*framework.FieldSchema {
 	}
 }
 
-func (b *backend) getKey(ctx context.Context, s logical.Storage, id string) (*keyEntry, error) {
+func getKey(ctx context.Context, s logical.Storage, id string) (*keyEntry, error) {
 	return getJSON[keyEntry](ctx, s, apiKeyPath(id))
 }
 
-func (b *backend) putKey(ctx context.Context, s logical.Storage, k *keyEntry) error {
+func putKey(ctx context.Context, s logical.Storage, k *keyEntry) error {
 	return putJSON(ctx, s, apiKeyPath(k.ID), k)
 }
 
@@ -176,7 +176,7 @@ func (b *backend) issueKey(ctx context.Context, req *logical.Request, r *role, e
 	if err != nil {
 		return nil, err
 	}
-	if err := b.putKey(ctx, req.Storage, entry); err != nil {
+	if err := putKey(ctx, req.Storage, entry); err != nil {
 		return nil, err
 	}
 	b.keyChanges.add(entry.ID)

@@ -354,7 +354,7 @@ func (b *backend) pathApprovalDecide(ctx context.Context, req *logical.Request, 
 		return logical.ErrorResponse("this Vault entity already approved request %s: approvals must come from distinct entities", id), nil
 	}
 	// The role's rules as they are now, not as they were when it was asked.
-	r, err := b.getRole(ctx, req.Storage, a.Role)
+	r, err := getRole(ctx, req.Storage, a.Role)
 	if err != nil {
 		return nil, err
 	}

@@ -257,7 +257,7 @@ func (b *backend) loadMeter(ctx context.Context, s logical.Storage, id string) (
 	if m != nil && m.MaxCost == 0 && apikey.ValidateID(id) {
 		// A meter stored before it kept max_cost_per_request: take it from
 		// the key, so the cap on reports is the key's (saved with the meter).
-		k, err := b.getKey(ctx, s, id)
+		k, err := getKey(ctx, s, id)
 		if err != nil {
 			return nil, "", err
 		}
@@ -266,7 +266,7 @@ func (b *backend) loadMeter(ctx context.Context, s logical.Storage, id string) (
 		}
 	}
 	if m == nil && apikey.ValidateID(id) {
-		k, err := b.getKey(ctx, s, id)
+		k, err := getKey(ctx, s, id)
 		if err != nil || k == nil || (k.Budget == 0 && k.Tenant == "") {
 			return nil, "", err
 		}
@@ -314,7 +314,7 @@ func (b *backend) meterOwner(ctx context.Context, s logical.Storage, m *meter, p
 		if !apikey.ValidateID(k) {
 			continue
 		}
-		key, err := b.getKey(ctx, s, k)
+		key, err := getKey(ctx, s, k)
 		if err != nil {
 			return "", err
 		}
@@ -349,7 +349,7 @@ func (b *backend) lockMeter(ctx context.Context, s logical.Storage, id string) (
 // isRevoked says whether the API key or JWT id was revoked.
 func (b *backend) isRevoked(ctx context.Context, s logical.Storage, id string) (bool, error) {
 	if apikey.ValidateID(id) {
-		k, err := b.getKey(ctx, s, id)
+		k, err := getKey(ctx, s, id)
 		return k != nil && k.revoked(), err
 	}
 	e, err := s.Get(ctx, revokedJTIPrefix+id)
@@ -368,7 +368,7 @@ func (b *backend) metered(ctx context.Context, s logical.Storage, l limits, tena
 	if tenant == "" {
 		return false, nil
 	}
-	t, err := b.getTenant(ctx, s, tenant)
+	t, err := getTenant(ctx, s, tenant)
 	return t != nil, err
 }
 
@@ -545,7 +545,7 @@ func (b *backend) reservable(ctx context.Context, s logical.Storage, id string, 
 	expires := m.ExpiresAt
 	if apikey.ValidateID(id) {
 		// The key is the authority on its lifetime (renewals move it).
-		k, err := b.getKey(ctx, s, id)
+		k, err := getKey(ctx, s, id)
 		if err != nil {
 			return err
 		}
@@ -652,7 +652,7 @@ func (b *backend) tenantFor(ctx context.Context, s logical.Storage, name string,
 	if name == "" {
 		return nil, nil
 	}
-	t, err := b.getTenant(ctx, s, name)
+	t, err := getTenant(ctx, s, name)
 	if t != nil {
 		t.roll(now, t.BudgetPeriod)
 	}
@@ -891,13 +891,13 @@ func (b *backend) changeBudget(ctx context.Context, s logical.Storage, role, id 
 		// under the lock revocations take, never writing one over.
 		b.revocations.lock()
 		defer b.revocations.unlock()
-		k, err := b.getKey(ctx, s, id)
+		k, err := getKey(ctx, s, id)
 		if err != nil {
 			return nil, err
 		}
 		if k != nil {
 			k.Budget = budget
-			if err := b.putKey(ctx, s, k); err != nil {
+			if err := putKey(ctx, s, k); err != nil {
 				return nil, err
 			}
 			defer b.keyChanges.add(id) // once the meter below is stored too

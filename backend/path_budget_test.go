@@ -542,7 +542,7 @@ func TestOperatorChangesBudget(t *testing.T) {
 	if d := e.report(res, 25, false).Data; d["units"] != int64(30) {
 		t.Fatalf("the report does not say the shrunk units: %v", d)
 	}
-	if k, _ := e.b.getKey(context.Background(), e.storage, id); k.Budget != 30 {
+	if k, _ := getKey(context.Background(), e.storage, id); k.Budget != 30 {
 		t.Fatalf("the key's record says budget %d", k.Budget)
 	}
 	// Raising it lets reservations grow again.

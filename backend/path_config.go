@@ -192,7 +192,7 @@ func (b *backend) editConfig(ctx context.Context, s logical.Storage, c *config, 
 		return nil, fmt.Errorf("listing roles: %w", err)
 	}
 	for _, name := range names {
-		r, err := b.getRole(ctx, s, name)
+		r, err := getRole(ctx, s, name)
 		if err != nil {
 			return nil, err
 		}

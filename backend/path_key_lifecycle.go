@@ -161,7 +161,7 @@ func (b *backend) rotatable(ctx context.Context, s logical.Storage, m rotateRequ
 	case old.ReplacedBy != "":
 		return nil, nil, logical.ErrorResponse("key %s was already rotated to %s; rotate that one", id, old.ReplacedBy), nil
 	}
-	r, err := b.getRole(ctx, s, old.Role)
+	r, err := getRole(ctx, s, old.Role)
 	switch {
 	case err != nil:
 		return nil, nil, nil, err
@@ -204,10 +204,10 @@ func (b *backend) storeRotation(ctx context.Context, s logical.Storage, old, nex
 			return "", err
 		}
 	}
-	if err := b.putKey(ctx, s, next); err != nil {
+	if err := putKey(ctx, s, next); err != nil {
 		return "", err
 	}
-	if err := b.putKey(ctx, s, old); err != nil {
+	if err := putKey(ctx, s, old); err != nil {
 		return "", err
 	}
 	if err := putJSON(ctx, s, rotationPath(old.ID), rotation{GraceEnds: graceEnds}); err != nil {
@@ -299,13 +299,13 @@ func (b *backend) revokeRotated(ctx context.Context, s logical.Storage, now time
 func (b *backend) revokeKeyAtGraceEnd(ctx context.Context, s logical.Storage, id string) error {
 	b.revocations.lock()
 	defer b.revocations.unlock()
-	k, err := b.getKey(ctx, s, id)
+	k, err := getKey(ctx, s, id)
 	if err != nil || k == nil || k.revoked() {
 		return err
 	}
 	now := time.Now().UTC()
 	k.RevokedAt = now
-	if err := b.putKey(ctx, s, k); err != nil {
+	if err := putKey(ctx, s, k); err != nil {
 		return err
 	}
 	b.keyChanges.add(id)
@@ -335,7 +335,7 @@ func (b *backend) pathKeySuspend(ctx context.Context, req *logical.Request, d *f
 	} else if !suspend {
 		k.SuspendedAt = time.Time{} // a role's suspension stays
 	}
-	if err := b.putKey(ctx, req.Storage, k); err != nil {
+	if err := putKey(ctx, req.Storage, k); err != nil {
 		return nil, err
 	}
 	b.keyChanges.add(id)

@@ -192,7 +192,7 @@ func TestRotateRefusesWhatTheRoleWouldNotMint(t *testing.T) {
 				return
 			}
 			e.userError(logical.UpdateOperation, "keys/r/id/"+id+"/rotate", nil, c.want)
-			if k, _ := e.b.getKey(context.Background(), e.storage, id); k.ReplacedBy != "" {
+			if k, _ := getKey(context.Background(), e.storage, id); k.ReplacedBy != "" {
 				t.Fatalf("refused, yet rotated to %s", k.ReplacedBy)
 			}
 		})

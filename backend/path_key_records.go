@@ -467,7 +467,7 @@ func (b *backend) getKeys(ctx context.Context, s logical.Storage, ids []string) 
 			continue // not written by us
 		}
 		g.Go(func() error {
-			k, err := b.getKey(gctx, s, id)
+			k, err := getKey(gctx, s, id)
 			keys[i] = k
 			return err
 		})

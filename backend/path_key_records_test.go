@@ -294,12 +294,12 @@ func TestKeyRecordSnapshotExpired(t *testing.T) {
 		{"expired an hour ago", time.Hour, false},
 	} {
 		id := e.mint("web", nil).Data["key_id"].(string)
-		k, err := e.b.getKey(context.Background(), e.storage, id)
+		k, err := getKey(context.Background(), e.storage, id)
 		if err != nil {
 			t.Fatal(err)
 		}
 		k.ExpiresAt = time.Now().Add(-c.expired)
-		if err := e.b.putKey(context.Background(), e.storage, k); err != nil {
+		if err := putKey(context.Background(), e.storage, k); err != nil {
 			t.Fatal(err)
 		}
 		e.b.keyList = nil

@@ -478,7 +478,7 @@ func (b *backend) tidyUsageShard(ctx context.Context, s logical.Storage, shard s
 			continue
 		}
 		// Not in the listing: gone, or minted since (a Get tells).
-		if k, err := b.getKey(ctx, s, id); err != nil {
+		if k, err := getKey(ctx, s, id); err != nil {
 			return err
 		} else if k == nil {
 			delete(sh.Keys, id)

@@ -243,14 +243,14 @@ func TestKeyUsageTidyAndOlderRecords(t *testing.T) {
 	e.ok(logical.UpdateOperation, "key-usage", report)
 
 	// An older version's uses, on the record itself.
-	k, err := e.b.getKey(ctx, e.storage, kept)
+	k, err := getKey(ctx, e.storage, kept)
 	if err != nil {
 		t.Fatal(err)
 	}
 	yesterday := now.UTC().Add(-24 * time.Hour)
 	k.LastUsedAt, k.LastUsedFrom = yesterday.Truncate(time.Second), "10.9.9.9"
 	k.Uses = []keyUse{{Day: yesterday.Format(time.DateOnly), Count: 5}, {Day: now.UTC().Format(time.DateOnly), Count: 1}}
-	if err := e.b.putKey(ctx, e.storage, k); err != nil {
+	if err := putKey(ctx, e.storage, k); err != nil {
 		t.Fatal(err)
 	}
 	d := e.ok(logical.ReadOperation, "keys/id/"+kept, nil).Data

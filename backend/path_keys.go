@@ -136,7 +136,7 @@ func (b *backend) keyOf(ctx context.Context, s logical.Storage, role, id string)
 	if !apikey.ValidateID(id) {
 		return nil, logical.ErrorResponse("%q is not a key_id (12 base62 characters)", id), nil
 	}
-	if k, err = b.getKey(ctx, s, id); err != nil || k == nil {
+	if k, err = getKey(ctx, s, id); err != nil || k == nil {
 		return nil, nil, err
 	}
 	if role != "" && k.Role != role {
@@ -197,7 +197,7 @@ func (b *backend) pathKeyList(ctx context.Context, req *logical.Request, d *fram
 	role := pathRole(d)
 	keys := make([]*keyEntry, 0, len(ids))
 	for _, id := range ids {
-		k, err := b.getKey(ctx, req.Storage, id)
+		k, err := getKey(ctx, req.Storage, id)
 		if err != nil {
 			return nil, err
 		}

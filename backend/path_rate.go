@@ -109,7 +109,7 @@ func (b *backend) reserveRate(ctx context.Context, s logical.Storage, in contrac
 // revoked or of no role, is refused.
 func (b *backend) rateLineage(ctx context.Context, s logical.Storage, in contract.RateReserve, now time.Time) (limits, string, error) {
 	if apikey.ValidateID(in.ID) {
-		k, err := b.getKey(ctx, s, in.ID)
+		k, err := getKey(ctx, s, in.ID)
 		switch {
 		case err != nil:
 			return limits{}, "", err
@@ -128,7 +128,7 @@ func (b *backend) rateLineage(ctx context.Context, s logical.Storage, in contrac
 	if err := validateText("subject", in.Subject, maxNameLength); err != nil {
 		return limits{}, "", refuse("%s", err.Error())
 	}
-	r, err := b.getRole(ctx, s, in.Role)
+	r, err := getRole(ctx, s, in.Role)
 	if err != nil {
 		return limits{}, "", err
 	}

@@ -94,9 +94,9 @@ func TestLeaseExpiryIsNotARevocation(t *testing.T) {
 	e.createRole("web", nil)
 	resp := e.mint("web", nil)
 	id := resp.Data["key_id"].(string)
-	k, _ := e.b.getKey(context.Background(), e.storage, id)
+	k, _ := getKey(context.Background(), e.storage, id)
 	k.ExpiresAt = time.Now().Add(-time.Second)
-	if err := e.b.putKey(context.Background(), e.storage, k); err != nil {
+	if err := putKey(context.Background(), e.storage, k); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.lease(logical.RevokeOperation, resp.Secret); err != nil {
@@ -176,9 +176,9 @@ func TestTidyKeys(t *testing.T) {
 	ids := map[string]time.Duration{}
 	for _, age := range []time.Duration{-time.Hour, time.Minute, 2 * expiredKeyRetention} {
 		id := e.mint("web", nil).Data["key_id"].(string)
-		k, _ := e.b.getKey(context.Background(), e.storage, id)
+		k, _ := getKey(context.Background(), e.storage, id)
 		k.ExpiresAt = time.Now().Add(-age)
-		if err := e.b.putKey(context.Background(), e.storage, k); err != nil {
+		if err := putKey(context.Background(), e.storage, k); err != nil {
 			t.Fatal(err)
 		}
 		ids[id] = age
@@ -188,7 +188,7 @@ func TestTidyKeys(t *testing.T) {
 		t.Fatalf("tidy = %#v, want 1 key deleted", resp.Data)
 	}
 	for id, age := range ids {
-		k, _ := e.b.getKey(context.Background(), e.storage, id)
+		k, _ := getKey(context.Background(), e.storage, id)
 		if gone := k == nil; gone != (age > expiredKeyRetention) {
 			t.Fatalf("key expired %s ago: deleted=%v", age, gone)
 		}

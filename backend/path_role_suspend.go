@@ -68,7 +68,7 @@ func (b *backend) pathRoleSuspend(ctx context.Context, req *logical.Request, d *
 	l := b.roleLock(name)
 	l.Lock()
 	defer l.Unlock()
-	r, err := b.getRole(ctx, req.Storage, name)
+	r, err := getRole(ctx, req.Storage, name)
 	if err != nil {
 		return nil, err
 	}
@@ -150,7 +150,7 @@ func (b *backend) migrateRoleSuspensions(ctx context.Context, s logical.Storage)
 		return fmt.Errorf("listing roles: %w", err)
 	}
 	for _, name := range names {
-		r, err := b.getRole(ctx, s, name)
+		r, err := getRole(ctx, s, name)
 		if err != nil {
 			return err
 		}
@@ -178,7 +178,7 @@ func (b *backend) migrateRoleSuspensions(ctx context.Context, s logical.Storage)
 	}
 	now := time.Now()
 	for _, id := range ids {
-		k, err := b.getKey(ctx, s, id)
+		k, err := getKey(ctx, s, id)
 		if err != nil {
 			return err
 		}
@@ -193,7 +193,7 @@ func (b *backend) migrateRoleSuspensions(ctx context.Context, s logical.Storage)
 		}
 		b.Logger().Warn("key suspended with its role by an older version, the role no longer suspended: the key stays suspended, on its own", "key_id", k.ID, "role", k.Role)
 		k.SuspendedAt = k.LegacyRoleSuspendedAt
-		if err := b.putKey(ctx, s, k); err != nil {
+		if err := putKey(ctx, s, k); err != nil {
 			return err
 		}
 		b.keyChanges.add(k.ID)

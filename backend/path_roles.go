@@ -326,7 +326,7 @@ be renewed.`,
 	}
 }
 
-func (b *backend) getRole(ctx context.Context, s logical.Storage, name string) (*role, error) {
+func getRole(ctx context.Context, s logical.Storage, name string) (*role, error) {
 	r, err := getJSON[role](ctx, s, rolePath(name))
 	if r != nil {
 		r.applyDefaults()
@@ -335,7 +335,7 @@ func (b *backend) getRole(ctx context.Context, s logical.Storage, name string) (
 }
 
 func (b *backend) roleExists(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
-	r, err := b.getRole(ctx, req.Storage, d.Get("name").(string))
+	r, err := getRole(ctx, req.Storage, d.Get("name").(string))
 	return r != nil, err
 }
 
@@ -348,7 +348,7 @@ func (b *backend) pathRoleList(ctx context.Context, req *logical.Request, _ *fra
 }
 
 func (b *backend) pathRoleRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	r, err := b.getRole(ctx, req.Storage, d.Get("name").(string))
+	r, err := getRole(ctx, req.Storage, d.Get("name").(string))
 	if err != nil || r == nil {
 		return nil, err
 	}
@@ -392,7 +392,7 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 // its keys stay refused, and so do this role's until it is resumed (a read
 // shows suspended).
 func (b *backend) roleToWrite(ctx context.Context, s logical.Storage, name string) (*role, error) {
-	r, err := b.getRole(ctx, s, name)
+	r, err := getRole(ctx, s, name)
 	if err != nil || r != nil {
 		return r, err
 	}

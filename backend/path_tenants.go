@@ -76,7 +76,7 @@ changing budget_period starts a new period. Delete removes the ceiling.`,
 	}
 }
 
-func (b *backend) getTenant(ctx context.Context, s logical.Storage, name string) (*tenantEntry, error) {
+func getTenant(ctx context.Context, s logical.Storage, name string) (*tenantEntry, error) {
 	t, err := getJSON[tenantEntry](ctx, s, tenantPrefix+name)
 	if t != nil && t.ID == "" {
 		t.ID = legacyTenantID
@@ -93,7 +93,7 @@ func (b *backend) lockTenant(name string) func() {
 }
 
 func (b *backend) tenantExists(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
-	t, err := b.getTenant(ctx, req.Storage, d.Get("name").(string))
+	t, err := getTenant(ctx, req.Storage, d.Get("name").(string))
 	return t != nil, err
 }
 
@@ -111,7 +111,7 @@ func (b *backend) pathTenantWrite(ctx context.Context, req *logical.Request, d *
 		return logical.ErrorResponse(err.Error()), nil
 	}
 	defer b.lockTenant(name)()
-	t, err := b.getTenant(ctx, req.Storage, name)
+	t, err := getTenant(ctx, req.Storage, name)
 	if err != nil {
 		return nil, err
 	}
@@ -143,7 +143,7 @@ func (b *backend) pathTenantWrite(ctx context.Context, req *logical.Request, d *
 }
 
 func (b *backend) pathTenantRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	t, err := b.getTenant(ctx, req.Storage, d.Get("name").(string))
+	t, err := getTenant(ctx, req.Storage, d.Get("name").(string))
 	if err != nil || t == nil {
 		return nil, err
 	}

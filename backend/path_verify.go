@@ -165,7 +165,7 @@ func (b *backend) keyByValue(ctx context.Context, s logical.Storage, key string)
 	if perr != nil {
 		return nil, contract.ReasonMalformed, false, nil
 	}
-	if k, err = b.getKey(ctx, s, parsed.ID); err != nil || k == nil {
+	if k, err = getKey(ctx, s, parsed.ID); err != nil || k == nil {
 		return nil, contract.ReasonNotFound, k == nil && err == nil, err
 	}
 	hash := apikey.Hash(key)

@@ -45,14 +45,14 @@ func (b *backend) renewAPIKey(ctx context.Context, req *logical.Request, _ *fram
 	// meter's lock is taken: budget changes take the two the other way.
 	unlock := b.revocations.lockOnce()
 	defer unlock()
-	k, err := b.getKey(ctx, req.Storage, id)
+	k, err := getKey(ctx, req.Storage, id)
 	if err != nil {
 		return nil, err
 	}
 	if k == nil || k.revoked() {
 		return logical.ErrorResponse("key %s was revoked and cannot be renewed", id), nil
 	}
-	r, err := b.getRole(ctx, req.Storage, k.Role)
+	r, err := getRole(ctx, req.Storage, k.Role)
 	if err != nil {
 		return nil, err
 	}
@@ -86,7 +86,7 @@ func (b *backend) renewAPIKey(ctx context.Context, req *logical.Request, _ *fram
 		warnings = append(warnings, "ttl capped at the rotated key's max_ttl")
 	}
 	k.ExpiresAt = now.Add(ttl)
-	if err := b.putKey(ctx, req.Storage, k); err != nil {
+	if err := putKey(ctx, req.Storage, k); err != nil {
 		return nil, err
 	}
 	b.keyChanges.add(id)
@@ -123,7 +123,7 @@ func (b *backend) revokeKey(ctx context.Context, s logical.Storage, id string) e
 	b.revocations.lock()
 	defer b.revocations.unlock()
 
-	k, err := b.getKey(ctx, s, id)
+	k, err := getKey(ctx, s, id)
 	if err != nil {
 		return err
 	}
@@ -132,7 +132,7 @@ func (b *backend) revokeKey(ctx context.Context, s logical.Storage, id string) e
 		return nil
 	}
 	k.RevokedAt = now
-	if err := b.putKey(ctx, s, k); err != nil {
+	if err := putKey(ctx, s, k); err != nil {
 		return err
 	}
 	b.keyChanges.add(id)
