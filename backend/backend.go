@@ -9,7 +9,6 @@ import (
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/keybroker/keybroker/internal/version"
 )
@@ -30,13 +29,9 @@ type backend struct {
 	// revocation with the change it records.
 	revocations revocationFeed
 
-	// keyChanges are the API keys changed on this node, for the key-record
-	// feed; keyRecordReads shares its reads, keyList is the listing of
-	// keys/ its snapshots page through.
-	keyChanges     *keyChanges
-	keyRecordReads singleflight.Group
-	keyListMu      sync.Mutex
-	keyList        *keyListing
+	// keyRecords is the key-record feed: every change to a key, a tenant
+	// ceiling or a role's suspension is added to it once stored.
+	keyRecords *keyRecordFeed
 
 	tidyMu       sync.Mutex
 	tidyDisabled bool // set by tests that drive tidy by hand
@@ -82,7 +77,7 @@ func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 func newBackend() *backend {
 	b := &backend{meterLocks: locksutil.CreateLocks(), tenantLocks: locksutil.CreateLocks(), rateLocks: locksutil.CreateLocks(), approvalLocks: locksutil.CreateLocks(), roleLocks: locksutil.CreateLocks(),
 		usageLocks: locksutil.CreateLocks(), usageReportLocks: locksutil.CreateLocks(),
-		keyChanges: newKeyChanges()}
+		keyRecords: newKeyRecordFeed()}
 	b.Backend = &framework.Backend{
 		Help:           backendHelp,
 		BackendType:    logical.TypeLogical,
@@ -122,7 +117,7 @@ func newBackend() *backend {
 		// A held feed read must not hold up an unmount or a seal.
 		Clean: func(context.Context) {
 			b.revocations.wake.wake()
-			b.keyChanges.wake.wake()
+			b.keyRecords.changes.wake.wake()
 		},
 		Invalidate: b.invalidate,
 	}
@@ -169,7 +164,7 @@ func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
 	if !b.WriteSafeReplicationState() {
 		return nil
 	}
-	b.dropIdleKeyListing(time.Now())
+	b.keyRecords.dropIdleListing(time.Now())
 	if err := b.signer.rotateIfDue(ctx, req.Storage, time.Now(), b.Logger()); err != nil {
 		return fmt.Errorf("rotating signing key: %w", err)
 	}

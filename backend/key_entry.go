@@ -179,7 +179,7 @@ func (b *backend) issueKey(ctx context.Context, req *logical.Request, r *role, e
 	if err := putKey(ctx, req.Storage, entry); err != nil {
 		return nil, err
 	}
-	b.keyChanges.add(entry.ID)
+	b.keyRecords.add(entry.ID)
 	return b.keyMinted(key, entry, r, ttl), nil
 }
 

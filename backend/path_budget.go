@@ -900,7 +900,7 @@ func (b *backend) changeBudget(ctx context.Context, s logical.Storage, role, id 
 			if err := putKey(ctx, s, k); err != nil {
 				return nil, err
 			}
-			defer b.keyChanges.add(id) // once the meter below is stored too
+			defer b.keyRecords.add(id) // once the meter below is stored too
 		}
 	}
 	if err := putJSON(ctx, s, path, m); err != nil {

@@ -213,8 +213,8 @@ func (b *backend) storeRotation(ctx context.Context, s logical.Storage, old, nex
 	if err := putJSON(ctx, s, rotationPath(old.ID), rotation{GraceEnds: graceEnds}); err != nil {
 		return "", err
 	}
-	b.keyChanges.add(old.ID)
-	b.keyChanges.add(next.ID)
+	b.keyRecords.add(old.ID)
+	b.keyRecords.add(next.ID)
 	return root, nil
 }
 
@@ -308,7 +308,7 @@ func (b *backend) revokeKeyAtGraceEnd(ctx context.Context, s logical.Storage, id
 	if err := putKey(ctx, s, k); err != nil {
 		return err
 	}
-	b.keyChanges.add(id)
+	b.keyRecords.add(id)
 	// Kept in the feed for a minute past now, the soonest tidy drops it.
 	return b.revocations.appendLocked(ctx, s, revocation{ID: id, Type: secretTypeAPIKey, RevokedAt: now, ExpiresAt: maxTime(k.ExpiresAt, now.Add(time.Minute))})
 }
@@ -338,7 +338,7 @@ func (b *backend) pathKeySuspend(ctx context.Context, req *logical.Request, d *f
 	if err := putKey(ctx, req.Storage, k); err != nil {
 		return nil, err
 	}
-	b.keyChanges.add(id)
+	b.keyRecords.add(id)
 	b.Logger().Info(map[bool]string{true: "key suspended", false: "key resumed"}[suspend], "key_id", id, "entity_id", req.EntityID)
 	data := map[string]interface{}{"key_id": id, "suspended": k.suspended()}
 	k.lifecycleData(data)

@@ -202,7 +202,7 @@ func (b *backend) usesByShard(ctx context.Context, s logical.Storage, entries []
 	skipped := len(entries) - len(valid)
 	// Read without any lock: a key revoked meanwhile has this use kept
 	// beside it, which changes nothing a verifier decides on.
-	keys, err := b.getKeys(ctx, s, ids)
+	keys, err := getKeys(ctx, s, ids)
 	if err != nil {
 		return nil, 0, err
 	}

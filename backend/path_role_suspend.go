@@ -95,7 +95,7 @@ func (b *backend) pathRoleSuspend(ctx context.Context, req *logical.Request, d *
 			return nil, fmt.Errorf("deleting the suspension of role %s: %w", name, err)
 		}
 	}
-	b.keyChanges.add("") // verifiers read the suspended roles anew
+	b.keyRecords.add("") // verifiers read the suspended roles anew
 	b.Logger().Info("role suspension", "role", name, "suspended", suspend, "entity_id", req.EntityID)
 	data := map[string]interface{}{"role": name, "suspended": suspend}
 	if suspend {
@@ -196,7 +196,7 @@ func (b *backend) migrateRoleSuspensions(ctx context.Context, s logical.Storage)
 		if err := putKey(ctx, s, k); err != nil {
 			return err
 		}
-		b.keyChanges.add(k.ID)
+		b.keyRecords.add(k.ID)
 	}
 	return s.Put(ctx, &logical.StorageEntry{Key: done, Value: []byte("1")})
 }

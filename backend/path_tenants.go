@@ -138,7 +138,7 @@ func (b *backend) pathTenantWrite(ctx context.Context, req *logical.Request, d *
 	if err := putJSON(ctx, req.Storage, tenantPrefix+name, t); err != nil {
 		return nil, err
 	}
-	b.keyChanges.add("") // verifiers learn the metered tenants anew
+	b.keyRecords.add("") // verifiers learn the metered tenants anew
 	return nil, nil
 }
 
@@ -161,7 +161,7 @@ func (b *backend) pathTenantDelete(ctx context.Context, req *logical.Request, d 
 	if err := req.Storage.Delete(ctx, tenantPrefix+name); err != nil {
 		return nil, fmt.Errorf("deleting tenant: %w", err)
 	}
-	b.keyChanges.add("")
+	b.keyRecords.add("")
 	return nil, nil
 }
 

@@ -89,7 +89,7 @@ func (b *backend) renewAPIKey(ctx context.Context, req *logical.Request, _ *fram
 	if err := putKey(ctx, req.Storage, k); err != nil {
 		return nil, err
 	}
-	b.keyChanges.add(id)
+	b.keyRecords.add(id)
 	unlock()
 	// The key's meter lives as long as the key: a renewed key keeps
 	// spending from the same budget, neither refused nor reset.
@@ -135,6 +135,6 @@ func (b *backend) revokeKey(ctx context.Context, s logical.Storage, id string) e
 	if err := putKey(ctx, s, k); err != nil {
 		return err
 	}
-	b.keyChanges.add(id)
+	b.keyRecords.add(id)
 	return b.revocations.appendLocked(ctx, s, revocation{ID: id, Type: secretTypeAPIKey, RevokedAt: now, ExpiresAt: k.ExpiresAt})
 }
