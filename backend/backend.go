@@ -52,12 +52,9 @@ type backend struct {
 	tenantLocks []*locksutil.LockEntry
 	// rateLocks serialise changes to one lineage's cluster-wide rate window.
 	rateLocks []*locksutil.LockEntry
-	// approvalLocks serialise decisions on, and redemption of, one
-	// approval request.
-	approvalLocks []*locksutil.LockEntry
-	// approvalIndexMu serialises changes to the roles' indexes of live
-	// approval requests (approval-index/<role>), which bound how many wait.
-	approvalIndexMu sync.Mutex
+	// approvals holds the locks of approval requests and of the roles'
+	// indexes of live ones.
+	approvals *approvals
 	// roleLocks serialise changes to one role (roleLock).
 	roleLocks []*locksutil.LockEntry
 	// usageLocks serialise changes to one shard of key use,
@@ -75,9 +72,9 @@ func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 }
 
 func newBackend() *backend {
-	b := &backend{meterLocks: locksutil.CreateLocks(), tenantLocks: locksutil.CreateLocks(), rateLocks: locksutil.CreateLocks(), approvalLocks: locksutil.CreateLocks(), roleLocks: locksutil.CreateLocks(),
+	b := &backend{meterLocks: locksutil.CreateLocks(), tenantLocks: locksutil.CreateLocks(), rateLocks: locksutil.CreateLocks(), roleLocks: locksutil.CreateLocks(),
 		usageLocks: locksutil.CreateLocks(), usageReportLocks: locksutil.CreateLocks(),
-		keyRecords: newKeyRecordFeed()}
+		keyRecords: newKeyRecordFeed(), approvals: newApprovals()}
 	b.Backend = &framework.Backend{
 		Help:           backendHelp,
 		BackendType:    logical.TypeLogical,
@@ -143,7 +140,7 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 	}
 	// Approval requests of an older plugin move under their role now, not
 	// at the next tidy: until then no approvals/<role>/ path reaches them.
-	if err := b.tidyApprovals(ctx, req.Storage, time.Now()); err != nil {
+	if err := b.approvals.tidy(ctx, req.Storage, time.Now(), b.Logger()); err != nil {
 		return err
 	}
 	_, err := b.signer.current(ctx, req.Storage, b.Logger())

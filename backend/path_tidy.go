@@ -112,7 +112,7 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage, now time.Time) (t
 	}); err != nil {
 		return st, err
 	}
-	if err = b.tidyApprovals(ctx, s, now); err != nil {
+	if err = b.approvals.tidy(ctx, s, now, b.Logger()); err != nil {
 		return st, err
 	}
 	// A chain is kept as long as its token could be taken for valid

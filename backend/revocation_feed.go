@@ -117,7 +117,7 @@ const maxFeedWait = 30 * time.Second
 // feedWaiters lets long-polling feed reads wait for the next entry on the
 // active node, where entries are appended: one channel, closed on each
 // append, that every waiting read selects on. No goroutine or storage read
-// per waiter per entry; see feedPages for the reads after a wake.
+// per waiter per entry; see pages for the reads after a wake.
 type feedWaiters struct {
 	mu  sync.Mutex
 	ch  chan struct{}
