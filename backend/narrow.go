@@ -343,7 +343,7 @@ func (b *backend) exchangeLimits(ctx context.Context, s logical.Storage, r *role
 	if sr := subject.Rate; sr != nil && sr.PerSecond > 0 && (g.RateLimit == 0 || sr.PerSecond < g.RateLimit) {
 		g.RateLimit, g.RateBurst = sr.PerSecond, max(1, sr.Burst)
 	}
-	meterID, root, err := b.meterRoot(ctx, s, subject.ID)
+	meterID, root, err := meterRoot(ctx, s, subject.ID)
 	if err != nil || root == nil {
 		return "", err
 	}

@@ -242,7 +242,7 @@ func ptrTo[T any](v T) *T { return &v }
 // loadMeter finds the meter that accounts for credential id, following a
 // family link, and returns it with its storage path. API keys get a meter the
 // first time it is needed, from the limits stored with the key.
-func (b *backend) loadMeter(ctx context.Context, s logical.Storage, id string) (*meter, string, error) {
+func loadMeter(ctx context.Context, s logical.Storage, id string) (*meter, string, error) {
 	path := meterPath(id)
 	m, err := getJSON[meter](ctx, s, path)
 	if err != nil {
@@ -282,11 +282,11 @@ func (b *backend) loadMeter(ctx context.Context, s logical.Storage, id string) (
 // the one credential id spends from) was opened for a credential of role: a
 // policy on budget/<role>/* must reach no other role's budget. It refuses
 // otherwise; nothing on budget/<id> (role ""), which names no role.
-func (b *backend) budgetUnderRole(ctx context.Context, s logical.Storage, role, id string, m *meter, path string) error {
+func budgetUnderRole(ctx context.Context, s logical.Storage, role, id string, m *meter, path string) error {
 	if role == "" {
 		return nil
 	}
-	owner, err := b.meterOwner(ctx, s, m, path, id)
+	owner, err := meterOwner(ctx, s, m, path, id)
 	switch {
 	case err != nil:
 		return err
@@ -306,7 +306,7 @@ func (b *backend) budgetUnderRole(ctx context.Context, s logical.Storage, role, 
 // version does not say. Such a meter of a key takes its key's role, or,
 // the key tidied (a rotated one), that of id's key: a successor has its
 // predecessor's role.
-func (b *backend) meterOwner(ctx context.Context, s logical.Storage, m *meter, path, id string) (string, error) {
+func meterOwner(ctx context.Context, s logical.Storage, m *meter, path, id string) (string, error) {
 	if m.Role != "" {
 		return m.Role, nil
 	}
@@ -339,7 +339,7 @@ func (b *backend) lockMeter(ctx context.Context, s logical.Storage, id string) (
 	}
 	l := locksutil.LockForKey(b.meterLocks, path)
 	l.Lock()
-	if m, path, err = b.loadMeter(ctx, s, id); err != nil {
+	if m, path, err = loadMeter(ctx, s, id); err != nil {
 		l.Unlock()
 		return nil, "", nil, err
 	}
@@ -347,7 +347,7 @@ func (b *backend) lockMeter(ctx context.Context, s logical.Storage, id string) (
 }
 
 // isRevoked says whether the API key or JWT id was revoked.
-func (b *backend) isRevoked(ctx context.Context, s logical.Storage, id string) (bool, error) {
+func isRevoked(ctx context.Context, s logical.Storage, id string) (bool, error) {
 	if apikey.ValidateID(id) {
 		k, err := getKey(ctx, s, id)
 		return k != nil && k.revoked(), err
@@ -359,9 +359,9 @@ func (b *backend) isRevoked(ctx context.Context, s logical.Storage, id string) (
 	return e != nil, nil
 }
 
-// metered says whether credentials with these limits and tenant are
+// isMetered says whether credentials with these limits and tenant are
 // accounted: they have a budget, or their tenant a ceiling.
-func (b *backend) metered(ctx context.Context, s logical.Storage, l limits, tenant string) (bool, error) {
+func isMetered(ctx context.Context, s logical.Storage, l limits, tenant string) (bool, error) {
 	if l.Budget > 0 {
 		return true, nil
 	}
@@ -401,7 +401,7 @@ func (b *backend) extendMeter(ctx context.Context, s logical.Storage, id string,
 
 // meterRoot is the meter a credential spends from, and its id: its own, or
 // the one its meter links to (its refresh family's); nil when unmetered.
-func (b *backend) meterRoot(ctx context.Context, s logical.Storage, id string) (string, *meter, error) {
+func meterRoot(ctx context.Context, s logical.Storage, id string) (string, *meter, error) {
 	m, err := getJSON[meter](ctx, s, meterPath(id))
 	if err != nil || m == nil || m.Link == "" {
 		return id, m, err
@@ -483,14 +483,14 @@ func (b *backend) reserveBudget(ctx context.Context, s logical.Storage, owner st
 		return nil, refuse("no budget is kept for %q: not a metered credential, or expired and tidied", in.ID)
 	}
 	now := time.Now().UTC()
-	if err := b.reservable(ctx, s, in.ID, m, now); err != nil {
+	if err := reservable(ctx, s, in.ID, m, now); err != nil {
 		return nil, err
 	}
 	m.roll(now, m.Period)
 	if m.Tenant != "" {
 		defer b.lockTenant(m.Tenant)()
 	}
-	t, err := b.tenantFor(ctx, s, m.Tenant, now)
+	t, err := tenantFor(ctx, s, m.Tenant, now)
 	if err != nil {
 		return nil, err
 	}
@@ -500,7 +500,7 @@ func (b *backend) reserveBudget(ctx context.Context, s logical.Storage, owner st
 		ans.Reset = q.reset.Format(time.RFC3339Nano)
 		return ans, nil
 	}
-	resID, r, err := b.grantReservation(ctx, s, owner, in, m, t, q.grant, ttl, now)
+	resID, r, err := grantReservation(ctx, s, owner, in, m, t, q.grant, ttl, now)
 	if err != nil {
 		return nil, err
 	}
@@ -541,7 +541,7 @@ func checkReserve(in contract.BudgetReserve) (time.Duration, error) {
 
 // reservable refuses to reserve for credential id (whose meter is m) once
 // it expired or was revoked.
-func (b *backend) reservable(ctx context.Context, s logical.Storage, id string, m *meter, now time.Time) error {
+func reservable(ctx context.Context, s logical.Storage, id string, m *meter, now time.Time) error {
 	expires := m.ExpiresAt
 	if apikey.ValidateID(id) {
 		// The key is the authority on its lifetime (renewals move it).
@@ -559,7 +559,7 @@ func (b *backend) reservable(ctx context.Context, s logical.Storage, id string, 
 	}
 	// A verifier whose revocation feed lags must still not spend for a
 	// revoked credential.
-	revoked, err := b.isRevoked(ctx, s, id)
+	revoked, err := isRevoked(ctx, s, id)
 	switch {
 	case err != nil:
 		return err
@@ -612,7 +612,7 @@ func quoteReservation(m *meter, t *tenantEntry, units, minUnits int64) reservati
 // grantReservation adds grant units to owner's reservation in.ReservationID
 // of meter m, or to a new one, and has tenant t (nil: none) hold them; it
 // stores t, not m. It returns the reservation and its id.
-func (b *backend) grantReservation(ctx context.Context, s logical.Storage, owner string, in contract.BudgetReserve, m *meter, t *tenantEntry, grant int64, ttl time.Duration, now time.Time) (string, *reservation, error) {
+func grantReservation(ctx context.Context, s logical.Storage, owner string, in contract.BudgetReserve, m *meter, t *tenantEntry, grant int64, ttl time.Duration, now time.Time) (string, *reservation, error) {
 	// Topping up the caller's reservation keeps its unused units usable
 	// together with the new ones; one of an ended period, or another
 	// identity's, is not topped up.
@@ -648,7 +648,7 @@ func (b *backend) grantReservation(ctx context.Context, s logical.Storage, owner
 
 // tenantFor returns the tenant's entry rolled to now, or nil when the tenant
 // has no ceiling.
-func (b *backend) tenantFor(ctx context.Context, s logical.Storage, name string, now time.Time) (*tenantEntry, error) {
+func tenantFor(ctx context.Context, s logical.Storage, name string, now time.Time) (*tenantEntry, error) {
 	if name == "" {
 		return nil, nil
 	}
@@ -760,7 +760,7 @@ func (b *backend) reportBudget(ctx context.Context, s logical.Storage, owner str
 	if m.Tenant != "" {
 		defer b.lockTenant(m.Tenant)()
 	}
-	t, err := b.reportToTenant(ctx, s, m.Tenant, r, before, used, in.Release, ended, now)
+	t, err := reportToTenant(ctx, s, m.Tenant, r, before, used, in.Release, ended, now)
 	if err != nil {
 		return nil, err
 	}
@@ -801,8 +801,8 @@ func (m *meter) recordUse(resID string, r *reservation, owner string, used int64
 // tenant name's account, and stores it; ended says r had ended before
 // this report, release that it ends now. It returns the tenant's entry
 // (nil: no ceiling).
-func (b *backend) reportToTenant(ctx context.Context, s logical.Storage, name string, r *reservation, before reservation, used int64, release, ended bool, now time.Time) (*tenantEntry, error) {
-	t, err := b.tenantFor(ctx, s, name, now)
+func reportToTenant(ctx context.Context, s logical.Storage, name string, r *reservation, before reservation, used int64, release, ended bool, now time.Time) (*tenantEntry, error) {
+	t, err := tenantFor(ctx, s, name, now)
 	// The reservation may count in no tenant period (the ceiling was
 	// deleted or set after it, or its period ended): then only the
 	// credential's account changes.
@@ -871,7 +871,7 @@ func (b *backend) changeBudget(ctx context.Context, s logical.Storage, role, id 
 		// The same answer as for another role's budget: no oracle.
 		return nil, refuse("no budget is kept for %q under role %q: not a metered credential of the role, or expired and tidied", id, role)
 	}
-	if err := b.budgetUnderRole(ctx, s, role, id, m, path); err != nil {
+	if err := budgetUnderRole(ctx, s, role, id, m, path); err != nil {
 		return nil, err
 	}
 	if budget > 0 && budget < m.MaxCost {
@@ -883,7 +883,7 @@ func (b *backend) changeBudget(ctx context.Context, s logical.Storage, role, id 
 	if m.Tenant != "" {
 		defer b.lockTenant(m.Tenant)()
 	}
-	if err := b.shrinkToLimit(ctx, s, m, now); err != nil {
+	if err := shrinkToLimit(ctx, s, m, now); err != nil {
 		return nil, err
 	}
 	if apikey.ValidateID(id) {
@@ -915,13 +915,13 @@ func (b *backend) changeBudget(ctx context.Context, s logical.Storage, role, id 
 // shrinkToLimit shrinks m's reservations to its limit (see
 // shrinkReservations), and what they hold of its tenant's ceiling with
 // them; it stores the tenant, not m. The caller holds the tenant's lock.
-func (b *backend) shrinkToLimit(ctx context.Context, s logical.Storage, m *meter, now time.Time) error {
+func shrinkToLimit(ctx context.Context, s logical.Storage, m *meter, now time.Time) error {
 	before := make(map[string]reservation, len(m.Reservations))
 	for resID, r := range m.Reservations {
 		before[resID] = *r
 	}
 	m.shrinkReservations()
-	t, err := b.tenantFor(ctx, s, m.Tenant, now)
+	t, err := tenantFor(ctx, s, m.Tenant, now)
 	if err != nil || t == nil {
 		return err
 	}
@@ -953,12 +953,12 @@ func (m *meter) shrinkReservations() {
 
 func (b *backend) pathBudgetRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	id := d.Get("id").(string)
-	m, path, err := b.loadMeter(ctx, req.Storage, id)
+	m, path, err := loadMeter(ctx, req.Storage, id)
 	if err != nil || m == nil {
 		return nil, err
 	}
 	if role := pathRole(d); role != "" {
-		owner, err := b.meterOwner(ctx, req.Storage, m, path, id)
+		owner, err := meterOwner(ctx, req.Storage, m, path, id)
 		if err != nil || owner != role {
 			return nil, err // another role's (or unknown): as one with no budget, 404
 		}
@@ -969,7 +969,7 @@ func (b *backend) pathBudgetRead(ctx context.Context, req *logical.Request, d *f
 	data["budget_period"] = int64(m.Period.Seconds())
 	data["tenant"] = m.Tenant
 	data["expires_at"] = m.ExpiresAt.Format(time.RFC3339)
-	t, err := b.tenantFor(ctx, req.Storage, m.Tenant, now)
+	t, err := tenantFor(ctx, req.Storage, m.Tenant, now)
 	if err != nil {
 		return nil, err
 	}

@@ -197,7 +197,7 @@ func (old *keyEntry) successor(r *role, entity string, now time.Time, mountMaxTT
 // from. root is the shared meter, "" when the key is not metered.
 func (b *backend) storeRotation(ctx context.Context, s logical.Storage, old, next *keyEntry, graceEnds time.Time) (root string, err error) {
 	if old.Budget > 0 || old.Tenant != "" {
-		if root, _, err = b.meterRoot(ctx, s, old.ID); err != nil {
+		if root, _, err = meterRoot(ctx, s, old.ID); err != nil {
 			return "", err
 		}
 		if err := putJSON(ctx, s, meterPath(next.ID), &meter{Link: root, ExpiresAt: next.ExpiresAt}); err != nil {

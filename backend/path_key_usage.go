@@ -166,7 +166,7 @@ func (b *backend) recordKeyUsage(ctx context.Context, s logical.Storage, entity 
 			return &contract.KeyUsageAnswer{Duplicate: true}, nil
 		}
 	}
-	byShard, skipped, err := b.usesByShard(ctx, s, entries, now)
+	byShard, skipped, err := usesByShard(ctx, s, entries, now)
 	if err != nil {
 		return nil, err
 	}
@@ -190,7 +190,7 @@ type usageRecording struct {
 // An entry that does not make sense is skipped, not the report: one bad
 // entry (a verifier's clock ahead, say) must not make a verifier resend
 // the same report for ever.
-func (b *backend) usesByShard(ctx context.Context, s logical.Storage, entries []usageEntry, now time.Time) (map[string][]usageEntry, int, error) {
+func usesByShard(ctx context.Context, s logical.Storage, entries []usageEntry, now time.Time) (map[string][]usageEntry, int, error) {
 	valid := make([]usageEntry, 0, len(entries))
 	ids := make([]string, 0, len(entries))
 	for _, e := range entries {

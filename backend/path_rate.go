@@ -92,7 +92,7 @@ func (b *backend) reserveRate(ctx context.Context, s logical.Storage, in contrac
 		return nil, refuse("units must be between 1 and %d, got %d", maxRate, in.Units)
 	}
 	now := time.Now().UTC()
-	l, lineage, err := b.rateLineage(ctx, s, in, now)
+	l, lineage, err := rateLineage(ctx, s, in, now)
 	if err != nil {
 		return nil, err
 	}
@@ -107,7 +107,7 @@ func (b *backend) reserveRate(ctx context.Context, s logical.Storage, in contrac
 // (an API key's key_id, a JWT's subject within its role): the key's own,
 // or the role's as it is now. A key unknown, revoked or expired, or a JWT
 // revoked or of no role, is refused.
-func (b *backend) rateLineage(ctx context.Context, s logical.Storage, in contract.RateReserve, now time.Time) (limits, string, error) {
+func rateLineage(ctx context.Context, s logical.Storage, in contract.RateReserve, now time.Time) (limits, string, error) {
 	if apikey.ValidateID(in.ID) {
 		k, err := getKey(ctx, s, in.ID)
 		switch {
@@ -135,7 +135,7 @@ func (b *backend) rateLineage(ctx context.Context, s logical.Storage, in contrac
 	if r == nil {
 		return limits{}, "", refuse("role %q does not exist", in.Role)
 	}
-	revoked, err := b.isRevoked(ctx, s, in.ID)
+	revoked, err := isRevoked(ctx, s, in.ID)
 	switch {
 	case err != nil:
 		return limits{}, "", err

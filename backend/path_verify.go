@@ -143,7 +143,7 @@ func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *
 	case len(subset(required, k.Scopes)) > 0:
 		return verifyAnswer(contract.ReasonInsufficientScope), nil
 	}
-	metered, err := b.metered(ctx, req.Storage, k.limits, k.Tenant)
+	metered, err := isMetered(ctx, req.Storage, k.limits, k.Tenant)
 	if err != nil {
 		return nil, err
 	}

@@ -77,7 +77,7 @@ func (b *backend) issueTokenAs(ctx context.Context, req *logical.Request, g gran
 	if err != nil {
 		return nil, err
 	}
-	metered, err := b.metered(ctx, req.Storage, g.limits, g.Tenant)
+	metered, err := isMetered(ctx, req.Storage, g.limits, g.Tenant)
 	if err != nil {
 		return nil, err
 	}
