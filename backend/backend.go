@@ -42,24 +42,14 @@ type backend struct {
 	// spent twice by concurrent requests.
 	refreshMu sync.Mutex
 
-	// meterLocks serialise changes to one meter (a credential's or refresh
-	// family's budget and its reservations), tenantLocks to one tenant's
-	// entry; a tenant's lock is only ever taken while holding a meter's or
-	// none, and the two sets are apart so that a meter and its tenant never
-	// share a lock. Budget accounting, like revocation, only happens on the
-	// active node.
-	meterLocks  []*locksutil.LockEntry
-	tenantLocks []*locksutil.LockEntry
-	// rateLocks serialise changes to one lineage's cluster-wide rate window.
-	rateLocks []*locksutil.LockEntry
+	// meters holds the locks of budgets, tenant ceilings, rate windows and
+	// key use.
+	meters *meters
 	// approvals holds the locks of approval requests and of the roles'
 	// indexes of live ones.
 	approvals *approvals
 	// roleLocks serialise changes to one role (roleLock).
 	roleLocks []*locksutil.LockEntry
-	// usageLocks serialise changes to one shard of key use,
-	// usageReportLocks the recording of one key-usage report_id.
-	usageLocks, usageReportLocks []*locksutil.LockEntry
 }
 
 // Factory is the plugin's logical.Factory.
@@ -72,9 +62,8 @@ func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 }
 
 func newBackend() *backend {
-	b := &backend{meterLocks: locksutil.CreateLocks(), tenantLocks: locksutil.CreateLocks(), rateLocks: locksutil.CreateLocks(), roleLocks: locksutil.CreateLocks(),
-		usageLocks: locksutil.CreateLocks(), usageReportLocks: locksutil.CreateLocks(),
-		keyRecords: newKeyRecordFeed(), approvals: newApprovals()}
+	b := &backend{roleLocks: locksutil.CreateLocks(),
+		keyRecords: newKeyRecordFeed(), meters: newMeters(), approvals: newApprovals()}
 	b.Backend = &framework.Backend{
 		Help:           backendHelp,
 		BackendType:    logical.TypeLogical,

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	uuid "github.com/hashicorp/go-uuid"
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/helper/locksutil"
@@ -325,27 +326,6 @@ func meterOwner(ctx context.Context, s logical.Storage, m *meter, path, id strin
 	return "", nil
 }
 
-// lockMeter is loadMeter holding the lock of the meter it finds; unlock
-// must be called, also when the meter is nil. Links never change once
-// written, so the path found before locking is the one loaded after.
-func (b *backend) lockMeter(ctx context.Context, s logical.Storage, id string) (m *meter, path string, unlock func(), err error) {
-	path = meterPath(id)
-	link, err := getJSON[meter](ctx, s, path)
-	if err != nil {
-		return nil, "", nil, err
-	}
-	if link != nil && link.Link != "" {
-		path = meterPath(link.Link)
-	}
-	l := locksutil.LockForKey(b.meterLocks, path)
-	l.Lock()
-	if m, path, err = loadMeter(ctx, s, id); err != nil {
-		l.Unlock()
-		return nil, "", nil, err
-	}
-	return m, path, l.Unlock, nil
-}
-
 // isRevoked says whether the API key or JWT id was revoked.
 func isRevoked(ctx context.Context, s logical.Storage, id string) (bool, error) {
 	if apikey.ValidateID(id) {
@@ -374,9 +354,9 @@ func isMetered(ctx context.Context, s logical.Storage, l limits, tenant string) 
 
 // extendMeter moves the expiry of credential id's meter, if it has one, to
 // at least exp.
-func (b *backend) extendMeter(ctx context.Context, s logical.Storage, id string, exp time.Time) error {
+func (mt *meters) extendMeter(ctx context.Context, s logical.Storage, id string, exp time.Time) error {
 	path := meterPath(id)
-	l := locksutil.LockForKey(b.meterLocks, path)
+	l := locksutil.LockForKey(mt.meterLocks, path)
 	l.Lock()
 	defer l.Unlock()
 	m, err := getJSON[meter](ctx, s, path)
@@ -394,7 +374,7 @@ func (b *backend) extendMeter(ctx context.Context, s logical.Storage, id string,
 		// successor renewed past its predecessor's expiry).
 		l.Unlock()
 		defer l.Lock()
-		return b.extendMeter(ctx, s, m.Link, exp)
+		return mt.extendMeter(ctx, s, m.Link, exp)
 	}
 	return nil
 }
@@ -415,7 +395,7 @@ func meterRoot(ctx context.Context, s logical.Storage, id string) (string, *mete
 // ownFamily says familyID is the token's own refresh family's (not the
 // subject token's meter an exchanged token spends from, whose role is the
 // subject's, never the exchanging one's).
-func (b *backend) meterToken(ctx context.Context, s logical.Storage, jti, familyID string, ownFamily bool, g grant, exp time.Time) error {
+func (mt *meters) meterToken(ctx context.Context, s logical.Storage, jti, familyID string, ownFamily bool, g grant, exp time.Time) error {
 	if g.Budget == 0 && g.Tenant == "" {
 		return nil
 	}
@@ -423,7 +403,7 @@ func (b *backend) meterToken(ctx context.Context, s logical.Storage, jti, family
 	if familyID == "" {
 		return putJSON(ctx, s, meterPath(jti), own)
 	}
-	l := locksutil.LockForKey(b.meterLocks, meterPath(familyID))
+	l := locksutil.LockForKey(mt.meterLocks, meterPath(familyID))
 	l.Lock()
 	defer l.Unlock()
 	fm, err := getJSON[meter](ctx, s, meterPath(familyID))
@@ -455,7 +435,7 @@ func (b *backend) meterToken(ctx context.Context, s logical.Storage, jti, family
 
 // pathBudgetReserve adapts a budget/reserve request into reserveBudget.
 func (b *backend) pathBudgetReserve(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	ans, err := b.reserveBudget(ctx, req.Storage, ownerOf(req), contract.BudgetReserve{
+	ans, err := b.meters.reserveBudget(ctx, req.Storage, ownerOf(req), contract.BudgetReserve{
 		ID:            d.Get(contract.FieldID).(string),
 		ReservationID: d.Get(contract.FieldReservationID).(string),
 		Units:         d.Get(contract.FieldUnits).(int64),
@@ -469,12 +449,12 @@ func (b *backend) pathBudgetReserve(ctx context.Context, req *logical.Request, d
 // reserveBudget grants owner (a Vault identity) up to in.Units of
 // credential in.ID's budget, added to its reservation in.ReservationID
 // when that is still current, else in a new one.
-func (b *backend) reserveBudget(ctx context.Context, s logical.Storage, owner string, in contract.BudgetReserve) (*contract.BudgetReservation, error) {
+func (mt *meters) reserveBudget(ctx context.Context, s logical.Storage, owner string, in contract.BudgetReserve) (*contract.BudgetReservation, error) {
 	ttl, err := checkReserve(in)
 	if err != nil {
 		return nil, err
 	}
-	m, path, unlock, err := b.lockMeter(ctx, s, in.ID)
+	m, path, unlock, err := mt.lockMeter(ctx, s, in.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -488,7 +468,7 @@ func (b *backend) reserveBudget(ctx context.Context, s logical.Storage, owner st
 	}
 	m.roll(now, m.Period)
 	if m.Tenant != "" {
-		defer b.lockTenant(m.Tenant)()
+		defer mt.lockTenant(m.Tenant)()
 	}
 	t, err := tenantFor(ctx, s, m.Tenant, now)
 	if err != nil {
@@ -715,7 +695,7 @@ func (m *meter) reservationRoom(owner string) error {
 
 // pathBudgetReport adapts a budget/report request into reportBudget.
 func (b *backend) pathBudgetReport(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	ans, err := b.reportBudget(ctx, req.Storage, ownerOf(req), contract.BudgetReport{
+	ans, err := b.meters.reportBudget(ctx, req.Storage, ownerOf(req), b.Logger(), contract.BudgetReport{
 		ReservationID: d.Get(contract.FieldReservationID).(string),
 		Used:          d.Get(contract.FieldUsed).(int64),
 		Release:       d.Get(contract.FieldRelease).(bool),
@@ -726,7 +706,7 @@ func (b *backend) pathBudgetReport(ctx context.Context, req *logical.Request, d 
 // reportBudget records the running total used on owner's reservation
 // in.ReservationID, live or recently ended, against its credential and
 // tenant, and renews it or (in.Release) ends it.
-func (b *backend) reportBudget(ctx context.Context, s logical.Storage, owner string, in contract.BudgetReport) (*contract.BudgetReportAnswer, error) {
+func (mt *meters) reportBudget(ctx context.Context, s logical.Storage, owner string, log hclog.Logger, in contract.BudgetReport) (*contract.BudgetReportAnswer, error) {
 	resID, used := in.ReservationID, in.Used
 	id, _, ok := strings.Cut(resID, ":")
 	switch {
@@ -735,7 +715,7 @@ func (b *backend) reportBudget(ctx context.Context, s logical.Storage, owner str
 	case used < 0 || used > maxUnits:
 		return nil, refuse("used must be between 0 and %d, got %d", int64(maxUnits), used)
 	}
-	m, path, unlock, err := b.lockMeter(ctx, s, id)
+	m, path, unlock, err := mt.lockMeter(ctx, s, id)
 	if err != nil {
 		return nil, err
 	}
@@ -758,7 +738,7 @@ func (b *backend) reportBudget(ctx context.Context, s logical.Storage, owner str
 		m.end(resID, now, true)
 	}
 	if m.Tenant != "" {
-		defer b.lockTenant(m.Tenant)()
+		defer mt.lockTenant(m.Tenant)()
 	}
 	t, err := reportToTenant(ctx, s, m.Tenant, r, before, used, in.Release, ended, now)
 	if err != nil {
@@ -768,7 +748,7 @@ func (b *backend) reportBudget(ctx context.Context, s logical.Storage, owner str
 		return nil, err
 	}
 	if capped {
-		b.Logger().Warn("a report claimed more than its reservation could have cost; recorded at the cap", "reservation_id", resID, "recorded", used)
+		log.Warn("a report claimed more than its reservation could have cost; recorded at the cap", "reservation_id", resID, "recorded", used)
 	}
 	return m.reportAnswer(t, r, in.Release, ended, capped), nil
 }
@@ -862,7 +842,7 @@ func (b *backend) changeBudget(ctx context.Context, s logical.Storage, role, id 
 	if budget < 0 || budget > maxUnits {
 		return nil, refuse("budget must be between 0 and %d, got %d", int64(maxUnits), budget)
 	}
-	m, path, unlock, err := b.lockMeter(ctx, s, id)
+	m, path, unlock, err := b.meters.lockMeter(ctx, s, id)
 	if err != nil {
 		return nil, err
 	}
@@ -881,7 +861,7 @@ func (b *backend) changeBudget(ctx context.Context, s logical.Storage, role, id 
 	m.roll(now, m.Period)
 	m.Limit = budget
 	if m.Tenant != "" {
-		defer b.lockTenant(m.Tenant)()
+		defer b.meters.lockTenant(m.Tenant)()
 	}
 	if err := shrinkToLimit(ctx, s, m, now); err != nil {
 		return nil, err

@@ -483,7 +483,7 @@ func TestRenewedKeyKeepsItsMeter(t *testing.T) {
 	}
 	// Renewal moves the meter's expiry.
 	later := time.Now().Add(72 * time.Hour).UTC()
-	if err := e.b.extendMeter(context.Background(), e.storage, id, later); err != nil {
+	if err := e.b.meters.extendMeter(context.Background(), e.storage, id, later); err != nil {
 		t.Fatal(err)
 	}
 	if m, _ := getJSON[meter](context.Background(), e.storage, meterPrefix+id); !m.ExpiresAt.Equal(later) {

@@ -135,7 +135,7 @@ func (b *backend) rotateKey(ctx context.Context, req *logical.Request, m rotateR
 	unlock()
 	// One meter for both, living as long as the successor.
 	if root != "" {
-		if err := b.extendMeter(ctx, req.Storage, root, next.ExpiresAt); err != nil {
+		if err := b.meters.extendMeter(ctx, req.Storage, root, next.ExpiresAt); err != nil {
 			return nil, err
 		}
 	}

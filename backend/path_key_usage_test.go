@@ -265,7 +265,7 @@ func TestKeyUsageTidyAndOlderRecords(t *testing.T) {
 	if _, err := e.b.tidy(ctx, e.storage, now.Add(3*time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	u, err := e.b.usageOf(ctx, e.storage, []string{kept, gone})
+	u, err := usageOf(ctx, e.storage, []string{kept, gone})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -298,7 +298,7 @@ func TestUsageShardWithinEntryLimit(t *testing.T) {
 	if err := putJSON(ctx, e.storage, shard, sh); err != nil { // beside the limit
 		t.Fatal(err)
 	}
-	if err := e.b.addUsage(ctx, st, shard, []usageEntry{{KeyID: "k00000000000", Last: now.Unix(), From: "10.0.0.1", Count: 1}}, now.UTC()); err != nil {
+	if err := e.b.meters.addUsage(ctx, st, shard, []usageEntry{{KeyID: "k00000000000", Last: now.Unix(), From: "10.0.0.1", Count: 1}}, now.UTC(), e.b.Logger()); err != nil {
 		t.Fatalf("a report to a full shard: %v", err)
 	}
 	got, err := getJSON[usageShard](ctx, e.storage, shard)

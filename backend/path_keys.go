@@ -210,7 +210,7 @@ func (b *backend) pathKeyList(ctx context.Context, req *logical.Request, d *fram
 	for _, k := range keys {
 		ids = append(ids, k.ID)
 	}
-	uses, err := b.usageOf(ctx, req.Storage, ids)
+	uses, err := usageOf(ctx, req.Storage, ids)
 	if err != nil {
 		return nil, err
 	}
@@ -241,7 +241,7 @@ func (b *backend) pathKeyRead(ctx context.Context, req *logical.Request, d *fram
 	if err := b.withRoleSuspension(ctx, req.Storage, k); err != nil {
 		return nil, err
 	}
-	uses, err := b.usageOf(ctx, req.Storage, []string{k.ID})
+	uses, err := usageOf(ctx, req.Storage, []string{k.ID})
 	if err != nil {
 		return nil, err
 	}

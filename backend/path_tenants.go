@@ -7,7 +7,6 @@ import (
 
 	uuid "github.com/hashicorp/go-uuid"
 	"github.com/hashicorp/vault/sdk/framework"
-	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -84,14 +83,6 @@ func getTenant(ctx context.Context, s logical.Storage, name string) (*tenantEntr
 	return t, err
 }
 
-// lockTenant holds the lock of tenant name's entry. Taken after a meter's
-// lock, never before one.
-func (b *backend) lockTenant(name string) func() {
-	l := locksutil.LockForKey(b.tenantLocks, name)
-	l.Lock()
-	return l.Unlock
-}
-
 func (b *backend) tenantExists(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
 	t, err := getTenant(ctx, req.Storage, d.Get("name").(string))
 	return t != nil, err
@@ -110,7 +101,7 @@ func (b *backend) pathTenantWrite(ctx context.Context, req *logical.Request, d *
 	if err := validateTenant(name); err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
-	defer b.lockTenant(name)()
+	defer b.meters.lockTenant(name)()
 	t, err := getTenant(ctx, req.Storage, name)
 	if err != nil {
 		return nil, err
@@ -157,7 +148,7 @@ func (b *backend) pathTenantRead(ctx context.Context, req *logical.Request, d *f
 
 func (b *backend) pathTenantDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	name := d.Get("name").(string)
-	defer b.lockTenant(name)()
+	defer b.meters.lockTenant(name)()
 	if err := req.Storage.Delete(ctx, tenantPrefix+name); err != nil {
 		return nil, fmt.Errorf("deleting tenant: %w", err)
 	}

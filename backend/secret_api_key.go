@@ -93,7 +93,7 @@ func (b *backend) renewAPIKey(ctx context.Context, req *logical.Request, _ *fram
 	unlock()
 	// The key's meter lives as long as the key: a renewed key keeps
 	// spending from the same budget, neither refused nor reset.
-	if err := b.extendMeter(ctx, req.Storage, id, k.ExpiresAt); err != nil {
+	if err := b.meters.extendMeter(ctx, req.Storage, id, k.ExpiresAt); err != nil {
 		return nil, err
 	}
 	resp := &logical.Response{Secret: req.Secret}

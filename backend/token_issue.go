@@ -114,7 +114,7 @@ func (b *backend) issueTokenAs(ctx context.Context, req *logical.Request, g gran
 	if err != nil {
 		return nil, fmt.Errorf("signing token: %w", err)
 	}
-	if err := b.meterToken(ctx, req.Storage, jti, cmp.Or(meterID, family), meterID == "", g, exp); err != nil {
+	if err := b.meters.meterToken(ctx, req.Storage, jti, cmp.Or(meterID, family), meterID == "", g, exp); err != nil {
 		return nil, err
 	}
 	resp := b.Secret(secretTypeJWT).Response(map[string]interface{}{
