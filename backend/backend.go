@@ -33,8 +33,8 @@ type backend struct {
 	// ceiling or a role's suspension is added to it once stored.
 	keyRecords *keyRecordFeed
 
-	tidyMu       sync.Mutex
-	tidyDisabled bool // set by tests that drive tidy by hand
+	// tidySchedule says when periodic tidy is due.
+	tidySchedule tidySchedule
 
 	signer signer
 
@@ -48,8 +48,8 @@ type backend struct {
 	// approvals holds the locks of approval requests and of the roles'
 	// indexes of live ones.
 	approvals *approvals
-	// roleLocks serialise changes to one role (roleLock).
-	roleLocks []*locksutil.LockEntry
+	// roleLocks serialise changes to one role (roleLocks.of).
+	roleLocks roleLocks
 }
 
 // Factory is the plugin's logical.Factory.
@@ -157,7 +157,7 @@ func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
 	if err := b.revokeRotated(ctx, req.Storage, time.Now()); err != nil {
 		return fmt.Errorf("revoking rotated keys: %w", err)
 	}
-	due, err := b.claimTidy(ctx, req.Storage, time.Now())
+	due, err := b.tidySchedule.claim(ctx, req.Storage, time.Now())
 	if err != nil || !due {
 		return err
 	}
@@ -166,16 +166,22 @@ func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
 	return err
 }
 
-// claimTidy says whether periodic tidy is due, and if so records that it
-// runs now, in storage (lastTidyPath): a node that becomes active goes on
-// from there instead of tidying at once, so tidy runs once per
-// tidyInterval across the cluster.
-func (b *backend) claimTidy(ctx context.Context, s logical.Storage, now time.Time) (bool, error) {
-	if b.tidyDisabled {
+// tidySchedule keeps periodic tidy to once per tidyInterval across the
+// cluster; when it last ran is in storage (lastTidyPath).
+type tidySchedule struct {
+	mu       sync.Mutex
+	disabled bool // set by tests that drive tidy by hand
+}
+
+// claim says whether periodic tidy is due, and if so records that it runs
+// now, in storage: a node that becomes active goes on from there instead
+// of tidying at once.
+func (ts *tidySchedule) claim(ctx context.Context, s logical.Storage, now time.Time) (bool, error) {
+	if ts.disabled {
 		return false, nil
 	}
-	b.tidyMu.Lock()
-	defer b.tidyMu.Unlock()
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
 	type last struct {
 		At time.Time `json:"at"`
 	}

@@ -90,7 +90,7 @@ type mintOpening struct {
 func (b *backend) openMint(ctx context.Context, s logical.Storage, o mintOpening) (r *role, release func(), resp *logical.Response, err error) {
 	release = func() {}
 	if o.locked {
-		l := b.roleLock(o.role)
+		l := b.roleLocks.of(o.role)
 		l.RLock()
 		release = sync.OnceFunc(l.RUnlock)
 	}

@@ -111,7 +111,7 @@ func (b *backend) rotateKey(ctx context.Context, req *logical.Request, m rotateR
 	// As a mint does: the role's lock for reading, so that no successor is
 	// minted once the role's suspension has answered. A key's role never
 	// changes, and keyOf refuses a key of another role than the path's.
-	rl := b.roleLock(m.role)
+	rl := b.roleLocks.of(m.role)
 	rl.RLock()
 	defer rl.RUnlock()
 	unlock := b.revocations.lockOnce()

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
-	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -56,16 +55,9 @@ refused, and a role created again under its name starts suspended.`,
 	}
 }
 
-// roleLock is the lock of role name: role writes and suspensions take it,
-// key mints hold it for reading from the suspension check to the key's
-// write, so that no key is minted from a role once its suspension returns.
-func (b *backend) roleLock(name string) *locksutil.LockEntry {
-	return locksutil.LockForKey(b.roleLocks, name)
-}
-
 func (b *backend) pathRoleSuspend(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	name, suspend := d.Get("name").(string), d.Get("action").(string) == "suspend"
-	l := b.roleLock(name)
+	l := b.roleLocks.of(name)
 	l.Lock()
 	defer l.Unlock()
 	r, err := getRole(ctx, req.Storage, name)

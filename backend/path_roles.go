@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/keybroker/keybroker/apikey"
@@ -326,6 +327,17 @@ be renewed.`,
 	}
 }
 
+// roleLocks are the locks of roles, one per name: role writes and
+// suspensions take it, key mints hold it for reading from the suspension
+// check to the key's write, so that no key is minted from a role once its
+// suspension returns.
+type roleLocks []*locksutil.LockEntry
+
+// of is the lock of role name.
+func (rl roleLocks) of(name string) *locksutil.LockEntry {
+	return locksutil.LockForKey(rl, name)
+}
+
 func getRole(ctx context.Context, s logical.Storage, name string) (*role, error) {
 	r, err := getJSON[role](ctx, s, rolePath(name))
 	if r != nil {
@@ -356,7 +368,7 @@ func (b *backend) pathRoleRead(ctx context.Context, req *logical.Request, d *fra
 }
 
 func (b *backend) pathRoleDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	l := b.roleLock(d.Get("name").(string))
+	l := b.roleLocks.of(d.Get("name").(string))
 	l.Lock()
 	defer l.Unlock()
 	if err := req.Storage.Delete(ctx, rolePath(d.Get("name").(string))); err != nil {
@@ -370,7 +382,7 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 	if err := validateRoleName("name", name); err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
-	l := b.roleLock(name)
+	l := b.roleLocks.of(name)
 	l.Lock()
 	defer l.Unlock()
 	r, err := b.roleToWrite(ctx, req.Storage, name)
