@@ -143,7 +143,7 @@ func putKey(ctx context.Context, s logical.Storage, k *keyEntry) error {
 
 // createKey generates a key whose key_id is not yet in storage, and sets
 // k's id and hash to it.
-func (b *backend) createKey(ctx context.Context, s logical.Storage, prefix string, k *keyEntry) (string, error) {
+func createKey(ctx context.Context, s logical.Storage, prefix string, k *keyEntry) (string, error) {
 	for attempt := 0; attempt < 3; attempt++ {
 		key, id, err := apikey.Generate(nil, prefix)
 		if err != nil {
@@ -172,7 +172,7 @@ func (b *backend) issueKey(ctx context.Context, req *logical.Request, r *role, e
 	if a != nil {
 		entry.Approval = a.ID
 	}
-	key, err := b.createKey(ctx, req.Storage, r.KeyPrefix, entry)
+	key, err := createKey(ctx, req.Storage, r.KeyPrefix, entry)
 	if err != nil {
 		return nil, err
 	}

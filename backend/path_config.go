@@ -152,12 +152,12 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 
 func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	return b.signer.configure(ctx, req.Storage, b.Logger(), func(c *config) (*logical.Response, error) {
-		return b.editConfig(ctx, req.Storage, c, d)
+		return editConfig(ctx, req.Storage, c, d)
 	})
 }
 
 // editConfig applies a config write to c; a response rejects it.
-func (b *backend) editConfig(ctx context.Context, s logical.Storage, c *config, d *framework.FieldData) (*logical.Response, error) {
+func editConfig(ctx context.Context, s logical.Storage, c *config, d *framework.FieldData) (*logical.Response, error) {
 	if v, ok := d.GetOk("issuer"); ok {
 		c.Issuer = v.(string)
 	}

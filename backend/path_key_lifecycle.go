@@ -122,7 +122,7 @@ func (b *backend) rotateKey(ctx context.Context, req *logical.Request, m rotateR
 		return resp, err
 	}
 	next := old.successor(r, req.EntityID, now, b.System().MaxLeaseTTL())
-	key, err := b.createKey(ctx, req.Storage, r.KeyPrefix, next)
+	key, err := createKey(ctx, req.Storage, r.KeyPrefix, next)
 	if err != nil {
 		return nil, err
 	}
@@ -146,7 +146,7 @@ func (b *backend) rotateKey(ctx context.Context, req *logical.Request, m rotateR
 // rotatable reads the key m names and its role, nil with why when the key
 // cannot be rotated now.
 func (b *backend) rotatable(ctx context.Context, s logical.Storage, m rotateRequest, now time.Time) (*keyEntry, *role, *logical.Response, error) {
-	old, resp, err := b.keyOf(ctx, s, m.role, m.keyID)
+	old, resp, err := keyOf(ctx, s, m.role, m.keyID)
 	if resp != nil || err != nil {
 		return nil, nil, resp, err
 	}

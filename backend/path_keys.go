@@ -125,14 +125,14 @@ func pathRole(d *framework.FieldData) string {
 
 // keyOfRole reads the key a path names (keyOf).
 func (b *backend) keyOfRole(ctx context.Context, s logical.Storage, d *framework.FieldData) (k *keyEntry, resp *logical.Response, err error) {
-	return b.keyOf(ctx, s, pathRole(d), d.Get("key_id").(string))
+	return keyOf(ctx, s, pathRole(d), d.Get("key_id").(string))
 }
 
 // keyOf reads key id: nil when there is none. Under a role (role not ""),
 // a key of another role is answered as one that does not exist: a policy
 // on keys/<role>/* must learn nothing of other roles' keys. resp is the
 // 400 for a malformed key_id.
-func (b *backend) keyOf(ctx context.Context, s logical.Storage, role, id string) (k *keyEntry, resp *logical.Response, err error) {
+func keyOf(ctx context.Context, s logical.Storage, role, id string) (k *keyEntry, resp *logical.Response, err error) {
 	if !apikey.ValidateID(id) {
 		return nil, logical.ErrorResponse("%q is not a key_id (12 base62 characters)", id), nil
 	}

@@ -117,7 +117,7 @@ func (b *backend) revokeOneByValue(ctx context.Context, req *logical.Request, cr
 			return res, err
 		}
 	}
-	k, reason, _, err := b.keyByValue(ctx, req.Storage, cred)
+	k, reason, _, err := keyByValue(ctx, req.Storage, cred)
 	switch {
 	case err != nil:
 		return nil, err

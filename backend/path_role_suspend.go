@@ -97,7 +97,7 @@ func (b *backend) pathRoleSuspend(ctx context.Context, req *logical.Request, d *
 }
 
 // roleSuspendedAt is when role name was suspended; zero when it is not.
-func (b *backend) roleSuspendedAt(ctx context.Context, s logical.Storage, name string) (time.Time, error) {
+func roleSuspendedAt(ctx context.Context, s logical.Storage, name string) (time.Time, error) {
 	rs, err := getJSON[roleSuspension](ctx, s, suspendedRolePrefix+name)
 	if err != nil || rs == nil {
 		return time.Time{}, err
@@ -108,7 +108,7 @@ func (b *backend) roleSuspendedAt(ctx context.Context, s logical.Storage, name s
 // withRoleSuspension fills in whether k's role is suspended, for a read or
 // a verification of k (it is not stored with the key).
 func (b *backend) withRoleSuspension(ctx context.Context, s logical.Storage, k *keyEntry) error {
-	at, err := b.roleSuspendedAt(ctx, s, k.Role)
+	at, err := roleSuspendedAt(ctx, s, k.Role)
 	k.roleSuspendedAt = at
 	return err
 }

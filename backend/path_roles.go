@@ -409,7 +409,7 @@ func (b *backend) roleToWrite(ctx context.Context, s logical.Storage, name strin
 		return r, err
 	}
 	r = &role{}
-	if r.SuspendedAt, err = b.roleSuspendedAt(ctx, s, name); err != nil {
+	if r.SuspendedAt, err = roleSuspendedAt(ctx, s, name); err != nil {
 		return nil, err
 	}
 	if r.Suspended = !r.SuspendedAt.IsZero(); r.Suspended {

@@ -113,7 +113,7 @@ func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *
 		return b.verifyJWT(ctx, req, key, addr, required, d.Get("audience").(string))
 	}
 
-	k, reason, unknownID, err := b.keyByValue(ctx, req.Storage, key)
+	k, reason, unknownID, err := keyByValue(ctx, req.Storage, key)
 	switch {
 	case err != nil:
 		return nil, err
@@ -160,7 +160,7 @@ func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *
 // keyByValue finds the key a plaintext API key is: reason is malformed or
 // not_found (unknownID when no key has its key_id) when it is none. The
 // secret is compared in constant time, and never kept.
-func (b *backend) keyByValue(ctx context.Context, s logical.Storage, key string) (k *keyEntry, reason string, unknownID bool, err error) {
+func keyByValue(ctx context.Context, s logical.Storage, key string) (k *keyEntry, reason string, unknownID bool, err error) {
 	parsed, perr := apikey.Parse(key)
 	if perr != nil {
 		return nil, contract.ReasonMalformed, false, nil

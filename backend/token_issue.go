@@ -40,7 +40,7 @@ func (b *backend) issueWithRefresh(ctx context.Context, req *logical.Request, r 
 	}
 	b.refreshMu.Lock()
 	defer b.refreshMu.Unlock()
-	rt, err := b.newRefreshToken(ctx, req.Storage, g, family, resp.Secret.InternalData, r.RefreshTTL, r.familyMaxTTL())
+	rt, err := newRefreshToken(ctx, req.Storage, g, family, resp.Secret.InternalData, r.RefreshTTL, r.familyMaxTTL())
 	if err != nil {
 		return nil, err
 	}
