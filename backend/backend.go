@@ -22,26 +22,29 @@ const tidyInterval = 10 * time.Minute
 // Vault's OpenAPI document: keybroker-mint-api-key, keybroker-read-role.
 const operationPrefixKeybroker = "keybroker"
 
+// backend is the plugin as Vault sees it: the paths (handlers are its
+// methods, as the framework wants) over components that own their state
+// and are handed storage, a logger and the time by each call.
+//
+// Locks, outermost first, as the handlers take them: a role's lock (key
+// mints, rotation, role writes and suspensions); an approval request's;
+// refreshMu; a meter's, then its tenant's; the revocation feed's.
+// Renewing or rotating a key releases the revocation lock before taking a
+// meter's, since changing a budget takes them the other way. The approval
+// index's lock, the signer's and the key-record feed's are leaves: no
+// other lock is taken while one of them is held.
 type backend struct {
 	*framework.Backend
 
 	// revocations is the revocation feed; its lock serialises every
 	// revocation with the change it records.
 	revocations revocationFeed
-
 	// keyRecords is the key-record feed: every change to a key, a tenant
 	// ceiling or a role's suspension is added to it once stored.
 	keyRecords *keyRecordFeed
-
-	// tidySchedule says when periodic tidy is due.
-	tidySchedule tidySchedule
-
+	// signer holds the parsed signing ring; its lock serialises rotation
+	// and config writes.
 	signer signer
-
-	// refreshMu serialises refresh-token exchanges, so a token cannot be
-	// spent twice by concurrent requests.
-	refreshMu sync.Mutex
-
 	// meters holds the locks of budgets, tenant ceilings, rate windows and
 	// key use.
 	meters *meters
@@ -50,6 +53,12 @@ type backend struct {
 	approvals *approvals
 	// roleLocks serialise changes to one role (roleLocks.of).
 	roleLocks roleLocks
+	// refreshMu serialises refresh-token exchanges, so a token cannot be
+	// spent twice by concurrent requests, and the revocation of refresh
+	// families.
+	refreshMu sync.Mutex
+	// tidySchedule says when periodic tidy is due.
+	tidySchedule tidySchedule
 }
 
 // Factory is the plugin's logical.Factory.

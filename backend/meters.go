@@ -25,7 +25,8 @@ type meters struct {
 	// window.
 	rateLocks []*locksutil.LockEntry
 	// usageLocks serialise changes to one shard of key use,
-	// usageReportLocks the recording of one key-usage report_id.
+	// usageReportLocks the recording of one key-usage report_id (held
+	// while its shards' locks are taken).
 	usageLocks, usageReportLocks []*locksutil.LockEntry
 }
 
