@@ -38,7 +38,9 @@ type backend struct {
 
 	// revocations is the revocation feed; its lock serialises every
 	// revocation with the change it records.
-	revocations revocationFeed
+	revocations *revocationFeed
+	// revoker revokes keys and tokens through the two feeds.
+	revoker revoker
 	// keyRecords is the key-record feed: every change to a key, a tenant
 	// ceiling or a role's suspension is added to it once stored.
 	keyRecords *keyRecordFeed
@@ -71,8 +73,9 @@ func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 }
 
 func newBackend() *backend {
-	b := &backend{roleLocks: locksutil.CreateLocks(),
+	b := &backend{roleLocks: locksutil.CreateLocks(), revocations: &revocationFeed{},
 		keyRecords: newKeyRecordFeed(), meters: newMeters(), approvals: newApprovals()}
+	b.revoker = revoker{feed: b.revocations, keys: b.keyRecords}
 	b.Backend = &framework.Backend{
 		Help:           backendHelp,
 		BackendType:    logical.TypeLogical,
@@ -163,7 +166,7 @@ func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
 	if err := b.signer.rotateIfDue(ctx, req.Storage, time.Now(), b.Logger()); err != nil {
 		return fmt.Errorf("rotating signing key: %w", err)
 	}
-	if err := b.revokeRotated(ctx, req.Storage, time.Now()); err != nil {
+	if err := b.revoker.revokeRotated(ctx, req.Storage, time.Now()); err != nil {
 		return fmt.Errorf("revoking rotated keys: %w", err)
 	}
 	due, err := b.tidySchedule.claim(ctx, req.Storage, time.Now())

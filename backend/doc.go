@@ -32,7 +32,8 @@
 // State lives in components the backend struct holds (backend.go, which
 // also says in what order their locks are taken), each handed storage and
 // a logger by its callers: the revocation feed (revocation_feed.go) and
-// the key-record feed (key_record_feed.go); the signer (signing.go: the
+// the key-record feed (key_record_feed.go), through which the revoker
+// (revoker.go) revokes keys and tokens; the signer (signing.go: the
 // parsed key ring, rotation, config writes); meters (meters.go: the locks
 // of budgets, tenant ceilings, rate windows and key use, taken by the
 // metering in path_budget.go, path_rate.go and path_key_usage.go);

@@ -3,7 +3,6 @@ package backend
 import (
 	"cmp"
 	"context"
-	"fmt"
 	"strings"
 	"time"
 
@@ -265,52 +264,6 @@ func (r *role) refusesSuccessor(old *keyEntry) string {
 		}
 	}
 	return ""
-}
-
-// revokeRotated revokes, through the feed, the rotated keys whose grace has
-// ended. Periodic, on the active node; verifiers refuse them at their
-// expires_at (the end of the grace) already.
-func (b *backend) revokeRotated(ctx context.Context, s logical.Storage, now time.Time) error {
-	ids, err := s.List(ctx, rotationPrefix)
-	if err != nil {
-		return fmt.Errorf("listing rotations: %w", err)
-	}
-	for _, id := range ids {
-		rot, err := getJSON[rotation](ctx, s, rotationPath(id))
-		if err != nil {
-			return err
-		}
-		if rot != nil && now.Before(rot.GraceEnds) {
-			continue
-		}
-		if err := b.revokeKeyAtGraceEnd(ctx, s, id); err != nil {
-			return err
-		}
-		if err := s.Delete(ctx, rotationPath(id)); err != nil {
-			return fmt.Errorf("deleting rotation %s: %w", id, err)
-		}
-	}
-	return nil
-}
-
-// revokeKeyAtGraceEnd is revokeKey for a key at the end of its grace,
-// which revokeKey would leave alone as expired: the feed still says so, so
-// that verifiers holding no record of it hear.
-func (b *backend) revokeKeyAtGraceEnd(ctx context.Context, s logical.Storage, id string) error {
-	b.revocations.lock()
-	defer b.revocations.unlock()
-	k, err := getKey(ctx, s, id)
-	if err != nil || k == nil || k.revoked() {
-		return err
-	}
-	now := time.Now().UTC()
-	k.RevokedAt = now
-	if err := putKey(ctx, s, k); err != nil {
-		return err
-	}
-	b.keyRecords.add(id)
-	// Kept in the feed for a minute past now, the soonest tidy drops it.
-	return b.revocations.appendLocked(ctx, s, revocation{ID: id, Type: secretTypeAPIKey, RevokedAt: now, ExpiresAt: maxTime(k.ExpiresAt, now.Add(time.Minute))})
 }
 
 func (b *backend) pathKeySuspend(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {

@@ -269,5 +269,5 @@ func (b *backend) pathKeyRevoke(ctx context.Context, req *logical.Request, d *fr
 	if k == nil {
 		return resp, err
 	}
-	return nil, b.revokeKey(ctx, req.Storage, k.ID)
+	return nil, b.revoker.revokeKey(ctx, req.Storage, k.ID)
 }

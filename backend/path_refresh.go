@@ -356,7 +356,7 @@ func (b *backend) revokeFamilyLocked(ctx context.Context, s logical.Storage, id 
 		return err
 	}
 	for jti, exp := range f.JTIs {
-		if err := b.revokeJTI(ctx, s, jti, exp); err != nil {
+		if err := b.revoker.revokeJTI(ctx, s, jti, exp); err != nil {
 			return err
 		}
 	}

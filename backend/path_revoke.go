@@ -130,7 +130,7 @@ func (b *backend) revokeOneByValue(ctx context.Context, req *logical.Request, cr
 	case !time.Now().Before(k.ExpiresAt):
 		return revokeResult(secretTypeAPIKey, k.ID, revokeExpired), nil
 	}
-	if err := b.revokeKey(ctx, req.Storage, k.ID); err != nil {
+	if err := b.revoker.revokeKey(ctx, req.Storage, k.ID); err != nil {
 		return nil, err
 	}
 	return revokeResult(secretTypeAPIKey, k.ID, revokeRevoked), nil
@@ -200,7 +200,7 @@ func (b *backend) revokeTokenAndFamily(ctx context.Context, s logical.Storage, j
 			changed = true
 		}
 	}
-	return changed, b.revokeJTI(ctx, s, jti, exp)
+	return changed, b.revoker.revokeJTI(ctx, s, jti, exp)
 }
 
 // revokeRefreshByValue revokes the family of a refresh token given by value,

@@ -146,7 +146,7 @@ func TestRevokeByValueRevokesWhatItStandsFor(t *testing.T) {
 		{name: "a JWT revoked alone before, its family live",
 			setup: func(e *testEnv, f fam) {
 				exp, _ := time.Parse(time.RFC3339, str(f.first, "expires_at"))
-				if err := e.b.revokeJTI(context.Background(), e.storage, str(f.first, "jti"), exp); err != nil {
+				if err := e.b.revoker.revokeJTI(context.Background(), e.storage, str(f.first, "jti"), exp); err != nil {
 					t.Fatal(err)
 				}
 			},

@@ -112,7 +112,7 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage, now time.Time) (t
 	}); err != nil {
 		return st, err
 	}
-	if err = b.tidyDerived(ctx, s, now); err != nil {
+	if err = b.revoker.tidyDerived(ctx, s, now); err != nil {
 		return st, err
 	}
 	if err = b.meters.tidyUsage(ctx, s, now); err != nil {

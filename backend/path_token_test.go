@@ -400,7 +400,7 @@ func TestTokenDPoPBinding(t *testing.T) {
 				t.Fatalf("keybroker/verify on a bound token: %s", got)
 			}
 			// Revoked, it says revoked.
-			if err := e.b.revokeJTI(context.Background(), e.storage, resp.Data["jti"].(string), time.Now().Add(time.Hour)); err != nil {
+			if err := e.b.revoker.revokeJTI(context.Background(), e.storage, resp.Data["jti"].(string), time.Now().Add(time.Hour)); err != nil {
 				t.Fatal(err)
 			}
 			if got := e.verifyReason(resp.Data["token"].(string), "10.0.0.1", nil); got != contract.ReasonRevoked {

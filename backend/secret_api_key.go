@@ -113,28 +113,5 @@ func (b *backend) revokeAPIKeyLease(ctx context.Context, req *logical.Request, _
 	if err != nil {
 		return nil, err
 	}
-	return nil, b.revokeKey(ctx, req.Storage, id)
-}
-
-// revokeKey marks a key revoked and publishes it in the revocation feed. It is
-// the one way keys are revoked, whatever the route; revoking a missing,
-// expired or already revoked key does nothing.
-func (b *backend) revokeKey(ctx context.Context, s logical.Storage, id string) error {
-	b.revocations.lock()
-	defer b.revocations.unlock()
-
-	k, err := getKey(ctx, s, id)
-	if err != nil {
-		return err
-	}
-	now := time.Now().UTC()
-	if k == nil || k.revoked() || !now.Before(k.ExpiresAt) {
-		return nil
-	}
-	k.RevokedAt = now
-	if err := putKey(ctx, s, k); err != nil {
-		return err
-	}
-	b.keyRecords.add(id)
-	return b.revocations.appendLocked(ctx, s, revocation{ID: id, Type: secretTypeAPIKey, RevokedAt: now, ExpiresAt: k.ExpiresAt})
+	return nil, b.revoker.revokeKey(ctx, req.Storage, id)
 }
