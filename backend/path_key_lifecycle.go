@@ -116,7 +116,7 @@ func (b *backend) rotateKey(ctx context.Context, req *logical.Request, m rotateR
 	unlock := b.revocations.lockOnce()
 	defer unlock()
 	now := time.Now().UTC().Truncate(time.Second)
-	old, r, resp, err := b.rotatable(ctx, req.Storage, m, now)
+	old, r, resp, err := rotatable(ctx, req.Storage, m, now)
 	if old == nil {
 		return resp, err
 	}
@@ -144,7 +144,7 @@ func (b *backend) rotateKey(ctx context.Context, req *logical.Request, m rotateR
 
 // rotatable reads the key m names and its role, nil with why when the key
 // cannot be rotated now.
-func (b *backend) rotatable(ctx context.Context, s logical.Storage, m rotateRequest, now time.Time) (*keyEntry, *role, *logical.Response, error) {
+func rotatable(ctx context.Context, s logical.Storage, m rotateRequest, now time.Time) (*keyEntry, *role, *logical.Response, error) {
 	old, resp, err := keyOf(ctx, s, m.role, m.keyID)
 	if resp != nil || err != nil {
 		return nil, nil, resp, err
@@ -270,7 +270,7 @@ func (b *backend) pathKeySuspend(ctx context.Context, req *logical.Request, d *f
 	id, suspend := d.Get("key_id").(string), d.Get("action").(string) == "suspend"
 	b.revocations.lock()
 	defer b.revocations.unlock()
-	k, resp, err := b.keyOfRole(ctx, req.Storage, d)
+	k, resp, err := keyOfRole(ctx, req.Storage, d)
 	if resp != nil || err != nil {
 		return resp, err
 	}
@@ -280,7 +280,7 @@ func (b *backend) pathKeySuspend(ctx context.Context, req *logical.Request, d *f
 	case k.revoked():
 		return logical.ErrorResponse("key %s is revoked: suspension would change nothing", id), nil
 	}
-	if err := b.withRoleSuspension(ctx, req.Storage, k); err != nil {
+	if err := withRoleSuspension(ctx, req.Storage, k); err != nil {
 		return nil, err
 	}
 	if suspend && k.SuspendedAt.IsZero() {

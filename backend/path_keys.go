@@ -124,7 +124,7 @@ func pathRole(d *framework.FieldData) string {
 }
 
 // keyOfRole reads the key a path names (keyOf).
-func (b *backend) keyOfRole(ctx context.Context, s logical.Storage, d *framework.FieldData) (k *keyEntry, resp *logical.Response, err error) {
+func keyOfRole(ctx context.Context, s logical.Storage, d *framework.FieldData) (k *keyEntry, resp *logical.Response, err error) {
 	return keyOf(ctx, s, pathRole(d), d.Get("key_id").(string))
 }
 
@@ -234,11 +234,11 @@ func (b *backend) pathKeyList(ctx context.Context, req *logical.Request, d *fram
 }
 
 func (b *backend) pathKeyRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	k, resp, err := b.keyOfRole(ctx, req.Storage, d)
+	k, resp, err := keyOfRole(ctx, req.Storage, d)
 	if k == nil {
 		return resp, err // nil, nil: 404
 	}
-	if err := b.withRoleSuspension(ctx, req.Storage, k); err != nil {
+	if err := withRoleSuspension(ctx, req.Storage, k); err != nil {
 		return nil, err
 	}
 	uses, err := usageOf(ctx, req.Storage, []string{k.ID})
@@ -262,7 +262,7 @@ func (b *backend) pathKeyRead(ctx context.Context, req *logical.Request, d *fram
 
 func (b *backend) pathKeyRevoke(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	// A key's role never changes, so the check holds when revokeKey runs.
-	k, resp, err := b.keyOfRole(ctx, req.Storage, d)
+	k, resp, err := keyOfRole(ctx, req.Storage, d)
 	if k == nil && resp == nil && err == nil {
 		resp = noSuchKey(d)
 	}

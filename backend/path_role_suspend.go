@@ -107,7 +107,7 @@ func roleSuspendedAt(ctx context.Context, s logical.Storage, name string) (time.
 
 // withRoleSuspension fills in whether k's role is suspended, for a read or
 // a verification of k (it is not stored with the key).
-func (b *backend) withRoleSuspension(ctx context.Context, s logical.Storage, k *keyEntry) error {
+func withRoleSuspension(ctx context.Context, s logical.Storage, k *keyEntry) error {
 	at, err := roleSuspendedAt(ctx, s, k.Role)
 	k.roleSuspendedAt = at
 	return err

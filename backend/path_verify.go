@@ -130,7 +130,7 @@ func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *
 	case !time.Now().Before(k.ExpiresAt):
 		return verifyAnswer(contract.ReasonExpired), nil
 	}
-	if err := b.withRoleSuspension(ctx, req.Storage, k); err != nil {
+	if err := withRoleSuspension(ctx, req.Storage, k); err != nil {
 		return nil, err
 	}
 	switch {
