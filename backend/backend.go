@@ -9,7 +9,6 @@ import (
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/keybroker/keybroker/internal/version"
 )
@@ -23,59 +22,45 @@ const tidyInterval = 10 * time.Minute
 // Vault's OpenAPI document: keybroker-mint-api-key, keybroker-read-role.
 const operationPrefixKeybroker = "keybroker"
 
+// backend is the plugin as Vault sees it: the paths (handlers are its
+// methods, as the framework wants) over components that own their state
+// and are handed storage, a logger and the time by each call.
+//
+// Locks, outermost first, as the handlers take them: a role's lock (key
+// mints, rotation, role writes and suspensions); an approval request's;
+// refreshMu; a meter's, then its tenant's; the revocation feed's.
+// Renewing or rotating a key releases the revocation lock before taking a
+// meter's, since changing a budget takes them the other way. The approval
+// index's lock, the signer's and the key-record feed's are leaves: no
+// other lock is taken while one of them is held.
 type backend struct {
 	*framework.Backend
 
-	// revocationMu serialises revocations so that feed sequence numbers are
-	// handed out in commit order: a reader at cursor N never misses an entry
-	// committed later with a smaller number. Writes only happen on the active
-	// node (standbys forward them), so a process-local lock is enough.
-	revocationMu sync.Mutex
-	// feedWake wakes long-polling feed reads on each append; feedReads
-	// makes concurrent reads of one cursor share a storage read.
-	feedWake  feedWaiters
-	feedReads singleflight.Group
-
-	// keyChanges are the API keys changed on this node, for the key-record
-	// feed; keyRecordReads shares its reads, keyList is the listing of
-	// keys/ its snapshots page through.
-	keyChanges     *keyChanges
-	keyRecordReads singleflight.Group
-	keyListMu      sync.Mutex
-	keyList        *keyListing
-
-	tidyMu       sync.Mutex
-	tidyDisabled bool // set by tests that drive tidy by hand
-
-	// signingMu guards signingCache and serialises key rotation.
-	signingMu    sync.RWMutex
-	signingCache *signingState
-
+	// revocations is the revocation feed; its lock serialises every
+	// revocation with the change it records.
+	revocations *revocationFeed
+	// revoker revokes keys and tokens through the two feeds.
+	revoker revoker
+	// keyRecords is the key-record feed: every change to a key, a tenant
+	// ceiling or a role's suspension is added to it once stored.
+	keyRecords *keyRecordFeed
+	// signer holds the parsed signing ring; its lock serialises rotation
+	// and config writes.
+	signer signer
+	// meters holds the locks of budgets, tenant ceilings, rate windows and
+	// key use.
+	meters *meters
+	// approvals holds the locks of approval requests and of the roles'
+	// indexes of live ones.
+	approvals *approvals
+	// roleLocks serialise changes to one role (roleLocks.of).
+	roleLocks roleLocks
 	// refreshMu serialises refresh-token exchanges, so a token cannot be
-	// spent twice by concurrent requests.
+	// spent twice by concurrent requests, and the revocation of refresh
+	// families.
 	refreshMu sync.Mutex
-
-	// meterLocks serialise changes to one meter (a credential's or refresh
-	// family's budget and its reservations), tenantLocks to one tenant's
-	// entry; a tenant's lock is only ever taken while holding a meter's or
-	// none, and the two sets are apart so that a meter and its tenant never
-	// share a lock. Budget accounting, like revocation, only happens on the
-	// active node.
-	meterLocks  []*locksutil.LockEntry
-	tenantLocks []*locksutil.LockEntry
-	// rateLocks serialise changes to one lineage's cluster-wide rate window.
-	rateLocks []*locksutil.LockEntry
-	// approvalLocks serialise decisions on, and redemption of, one
-	// approval request.
-	approvalLocks []*locksutil.LockEntry
-	// approvalIndexMu serialises changes to the roles' indexes of live
-	// approval requests (approval-index/<role>), which bound how many wait.
-	approvalIndexMu sync.Mutex
-	// roleLocks serialise changes to one role (roleLock).
-	roleLocks []*locksutil.LockEntry
-	// usageLocks serialise changes to one shard of key use,
-	// usageReportLocks the recording of one key-usage report_id.
-	usageLocks, usageReportLocks []*locksutil.LockEntry
+	// tidySchedule says when periodic tidy is due.
+	tidySchedule tidySchedule
 }
 
 // Factory is the plugin's logical.Factory.
@@ -88,9 +73,9 @@ func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 }
 
 func newBackend() *backend {
-	b := &backend{meterLocks: locksutil.CreateLocks(), tenantLocks: locksutil.CreateLocks(), rateLocks: locksutil.CreateLocks(), approvalLocks: locksutil.CreateLocks(), roleLocks: locksutil.CreateLocks(),
-		usageLocks: locksutil.CreateLocks(), usageReportLocks: locksutil.CreateLocks(),
-		keyChanges: newKeyChanges()}
+	b := &backend{roleLocks: locksutil.CreateLocks(), revocations: &revocationFeed{},
+		keyRecords: newKeyRecordFeed(), meters: newMeters(), approvals: newApprovals()}
+	b.revoker = revoker{feed: b.revocations, keys: b.keyRecords}
 	b.Backend = &framework.Backend{
 		Help:           backendHelp,
 		BackendType:    logical.TypeLogical,
@@ -129,8 +114,8 @@ func newBackend() *backend {
 		InitializeFunc: b.initialize,
 		// A held feed read must not hold up an unmount or a seal.
 		Clean: func(context.Context) {
-			b.feedWake.wake()
-			b.keyChanges.wake.wake()
+			b.revocations.wake.wake()
+			b.keyRecords.changes.wake.wake()
 		},
 		Invalidate: b.invalidate,
 	}
@@ -146,7 +131,7 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 	if !b.WriteSafeReplicationState() {
 		return nil
 	}
-	if err := b.newFeedEpoch(ctx, req.Storage); err != nil {
+	if err := b.revocations.newEpoch(ctx, req.Storage); err != nil {
 		return err
 	}
 	// Roles suspended under an older plugin first: until then their keys
@@ -156,17 +141,17 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 	}
 	// Approval requests of an older plugin move under their role now, not
 	// at the next tidy: until then no approvals/<role>/ path reaches them.
-	if err := b.tidyApprovals(ctx, req.Storage, time.Now()); err != nil {
+	if err := b.approvals.tidy(ctx, req.Storage, time.Now(), b.Logger()); err != nil {
 		return err
 	}
-	_, err := b.signing(ctx, req.Storage)
+	_, err := b.signer.current(ctx, req.Storage, b.Logger())
 	return err
 }
 
 // invalidate drops cached signing state when another node changes it.
 func (b *backend) invalidate(_ context.Context, key string) {
 	if key == signingKeysPath || key == configPath {
-		b.resetSigningCache()
+		b.signer.reset()
 	}
 }
 
@@ -177,14 +162,14 @@ func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
 	if !b.WriteSafeReplicationState() {
 		return nil
 	}
-	b.dropIdleKeyListing(time.Now())
-	if err := b.rotateIfDue(ctx, req.Storage, time.Now()); err != nil {
+	b.keyRecords.dropIdleListing(time.Now())
+	if err := b.signer.rotateIfDue(ctx, req.Storage, time.Now(), b.Logger()); err != nil {
 		return fmt.Errorf("rotating signing key: %w", err)
 	}
-	if err := b.revokeRotated(ctx, req.Storage, time.Now()); err != nil {
+	if err := b.revoker.revokeRotated(ctx, req.Storage, time.Now()); err != nil {
 		return fmt.Errorf("revoking rotated keys: %w", err)
 	}
-	due, err := b.claimTidy(ctx, req.Storage, time.Now())
+	due, err := b.tidySchedule.claim(ctx, req.Storage, time.Now())
 	if err != nil || !due {
 		return err
 	}
@@ -193,16 +178,22 @@ func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
 	return err
 }
 
-// claimTidy says whether periodic tidy is due, and if so records that it
-// runs now, in storage (lastTidyPath): a node that becomes active goes on
-// from there instead of tidying at once, so tidy runs once per
-// tidyInterval across the cluster.
-func (b *backend) claimTidy(ctx context.Context, s logical.Storage, now time.Time) (bool, error) {
-	if b.tidyDisabled {
+// tidySchedule keeps periodic tidy to once per tidyInterval across the
+// cluster; when it last ran is in storage (lastTidyPath).
+type tidySchedule struct {
+	mu       sync.Mutex
+	disabled bool // set by tests that drive tidy by hand
+}
+
+// claim says whether periodic tidy is due, and if so records that it runs
+// now, in storage: a node that becomes active goes on from there instead
+// of tidying at once.
+func (ts *tidySchedule) claim(ctx context.Context, s logical.Storage, now time.Time) (bool, error) {
+	if ts.disabled {
 		return false, nil
 	}
-	b.tidyMu.Lock()
-	defer b.tidyMu.Unlock()
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
 	type last struct {
 		At time.Time `json:"at"`
 	}

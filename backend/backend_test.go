@@ -37,7 +37,7 @@ func newTestEnvWith(t *testing.T, sys logical.SystemView) *testEnv {
 		t.Fatalf("Factory: %v", err)
 	}
 	b := lb.(*backend)
-	b.tidyDisabled = true
+	b.tidySchedule.disabled = true
 	e := &testEnv{t: t, b: b, storage: conf.StorageView, entityID: "test-entity"}
 	e.checkAnswers()
 	return e
@@ -86,7 +86,7 @@ func (s barrierStorage) Delete(ctx context.Context, key string) error {
 // the role read from storage.
 func (e *testEnv) keyPath(id string) string {
 	e.t.Helper()
-	k, err := e.b.getKey(context.Background(), e.storage, id)
+	k, err := getKey(context.Background(), e.storage, id)
 	if err != nil || k == nil {
 		e.t.Fatalf("key %s: %v (missing: %v)", id, err, k == nil)
 	}
@@ -194,21 +194,21 @@ func TestPathHelpRequest(t *testing.T) {
 
 func TestPeriodicTidyRunsOnlyWhenDue(t *testing.T) {
 	e := newTestEnv(t)
-	e.b.tidyDisabled = false
+	e.b.tidySchedule.disabled = false
 	now := time.Now()
-	if due, err := e.b.claimTidy(context.Background(), e.storage, now); err != nil || !due {
+	if due, err := e.b.tidySchedule.claim(context.Background(), e.storage, now); err != nil || !due {
 		t.Fatalf("first claim: due=%v %v", due, err)
 	}
-	if due, _ := e.b.claimTidy(context.Background(), e.storage, now.Add(time.Minute)); due {
+	if due, _ := e.b.tidySchedule.claim(context.Background(), e.storage, now.Add(time.Minute)); due {
 		t.Fatal("tidy due again before tidyInterval passed")
 	}
 	// Another node that becomes active (a new backend on the same
 	// storage) goes on from the last run, not from zero.
 	other := newBackend()
-	if due, _ := other.claimTidy(context.Background(), e.storage, now.Add(time.Minute)); due {
+	if due, _ := other.tidySchedule.claim(context.Background(), e.storage, now.Add(time.Minute)); due {
 		t.Fatal("a node that became active tidied again within tidyInterval")
 	}
-	if due, _ := other.claimTidy(context.Background(), e.storage, now.Add(tidyInterval)); !due {
+	if due, _ := other.tidySchedule.claim(context.Background(), e.storage, now.Add(tidyInterval)); !due {
 		t.Fatal("tidy not due after tidyInterval")
 	}
 	// periodic runs it.

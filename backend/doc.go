@@ -28,4 +28,14 @@
 // storage_layout.go; storage.go reads and writes JSON entries; guard.go
 // wraps every handler (unknown fields refused, no ".." in a storage key,
 // a panic answered as a 500, never a dead plugin).
+//
+// State lives in components the backend struct holds (backend.go, which
+// also says in what order their locks are taken), each handed storage and
+// a logger by its callers: the revocation feed (revocation_feed.go) and
+// the key-record feed (key_record_feed.go), through which the revoker
+// (revoker.go) revokes keys and tokens; the signer (signing.go: the
+// parsed key ring, rotation, config writes); meters (meters.go: the locks
+// of budgets, tenant ceilings, rate windows and key use, taken by the
+// metering in path_budget.go, path_rate.go and path_key_usage.go);
+// approvals (approval_store.go); role locks (path_roles.go).
 package backend

@@ -48,7 +48,7 @@ func (b *backend) exchange(ctx context.Context, req *logical.Request, m exchange
 	if resp != nil || err != nil {
 		return resp, err
 	}
-	meterID, err := b.exchangeLimits(ctx, req.Storage, r, x.subject, &g)
+	meterID, err := exchangeLimits(ctx, req.Storage, r, x.subject, &g)
 	if err != nil {
 		return nil, err
 	}

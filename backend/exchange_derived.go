@@ -40,12 +40,12 @@ func (b *backend) issueExchanged(ctx context.Context, req *logical.Request, g gr
 	if x.known {
 		slot.chain = append(slices.Clone(x.chain), req.EntityID)
 	}
-	if msg, err := b.reserveDerived(ctx, req.Storage, slot, now.Add(ttl)); msg != "" || err != nil {
+	if msg, err := b.revoker.reserveDerived(ctx, req.Storage, slot, now.Add(ttl)); msg != "" || err != nil {
 		return exchangeError(msg, nil), err
 	}
 	resp, err := b.issueTokenAs(ctx, req, g, jti, now, ttl, "", meterID)
 	if err != nil || resp.IsError() {
-		if rerr := b.releaseDerived(ctx, req.Storage, slot); rerr != nil {
+		if rerr := b.revoker.releaseDerived(ctx, req.Storage, slot); rerr != nil {
 			b.Logger().Warn("releasing an exchange slot after a failed mint", "error", rerr)
 		}
 		return resp, err
@@ -70,9 +70,9 @@ type derivedSlot struct {
 // seen here (the exchange is refused), and one that comes after finds the
 // new jti to revoke, minted or not yet. msg is why the exchange is refused;
 // nothing is then written.
-func (b *backend) reserveDerived(ctx context.Context, st logical.Storage, s derivedSlot, exp time.Time) (string, error) {
-	b.revocationMu.Lock()
-	defer b.revocationMu.Unlock()
+func (rv *revoker) reserveDerived(ctx context.Context, st logical.Storage, s derivedSlot, exp time.Time) (string, error) {
+	rv.feed.lock()
+	defer rv.feed.unlock()
 	revoked, err := st.Get(ctx, revokedJTIPath(s.parent))
 	if err != nil {
 		return "", fmt.Errorf("reading revoked jti: %w", err)
@@ -107,9 +107,9 @@ func (b *backend) reserveDerived(ctx context.Context, st logical.Storage, s deri
 }
 
 // releaseDerived gives back a slot whose token was not minted after all.
-func (b *backend) releaseDerived(ctx context.Context, st logical.Storage, s derivedSlot) error {
-	b.revocationMu.Lock()
-	defer b.revocationMu.Unlock()
+func (rv *revoker) releaseDerived(ctx context.Context, st logical.Storage, s derivedSlot) error {
+	rv.feed.lock()
+	defer rv.feed.unlock()
 	if err := st.Delete(ctx, chainPath(s.jti)); err != nil {
 		return fmt.Errorf("deleting %s: %w", chainPath(s.jti), err)
 	}
@@ -130,8 +130,8 @@ func (b *backend) releaseDerived(ctx context.Context, st logical.Storage, s deri
 
 // revokeDerivedLocked revokes the tokens exchanged from jti, and theirs:
 // every actor's, and those filed before slots were per actor. The caller
-// holds revocationMu.
-func (b *backend) revokeDerivedLocked(ctx context.Context, s logical.Storage, jti string, depth int) error {
+// holds the revocation feed's lock.
+func (rv *revoker) revokeDerivedLocked(ctx context.Context, s logical.Storage, jti string, depth int) error {
 	if depth > jwtverify.MaxActors {
 		return nil // no chain is longer
 	}
@@ -152,7 +152,7 @@ func (b *backend) revokeDerivedLocked(ctx context.Context, s logical.Storage, jt
 			continue
 		}
 		for child, exp := range dt.Children {
-			if err := b.revokeJTILocked(ctx, s, child, exp, depth+1); err != nil {
+			if err := rv.revokeJTILocked(ctx, s, child, exp, depth+1); err != nil {
 				return err
 			}
 		}
@@ -163,14 +163,14 @@ func (b *backend) revokeDerivedLocked(ctx context.Context, s logical.Storage, jt
 // tidyDerived deletes the derived indexes in which nothing is live, each
 // judged again under the lock exchanges add to them under, so a child
 // filed meanwhile is never dropped.
-func (b *backend) tidyDerived(ctx context.Context, s logical.Storage, now time.Time) error {
+func (rv *revoker) tidyDerived(ctx context.Context, s logical.Storage, now time.Time) error {
 	names, err := s.List(ctx, derivedPrefix)
 	if err != nil {
 		return fmt.Errorf("listing %s: %w", derivedPrefix, err)
 	}
 	for _, n := range names {
 		if !strings.HasSuffix(n, "/") {
-			if err := b.tidyOneDerived(ctx, s, n, now); err != nil {
+			if err := rv.tidyOneDerived(ctx, s, n, now); err != nil {
 				return err
 			}
 			continue
@@ -180,7 +180,7 @@ func (b *backend) tidyDerived(ctx context.Context, s logical.Storage, now time.T
 			return fmt.Errorf("listing %s: %w", derivedIndexPath(n), err)
 		}
 		for _, a := range actors {
-			if err := b.tidyOneDerived(ctx, s, n+a, now); err != nil {
+			if err := rv.tidyOneDerived(ctx, s, n+a, now); err != nil {
 				return err
 			}
 		}
@@ -188,9 +188,9 @@ func (b *backend) tidyDerived(ctx context.Context, s logical.Storage, now time.T
 	return nil
 }
 
-func (b *backend) tidyOneDerived(ctx context.Context, s logical.Storage, name string, now time.Time) error {
-	b.revocationMu.Lock()
-	defer b.revocationMu.Unlock()
+func (rv *revoker) tidyOneDerived(ctx context.Context, s logical.Storage, name string, now time.Time) error {
+	rv.feed.lock()
+	defer rv.feed.unlock()
 	dt, err := getJSON[derivedTokens](ctx, s, derivedIndexPath(name))
 	if err != nil || dt == nil || now.Before(dt.expiry()) {
 		return err

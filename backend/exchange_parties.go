@@ -43,7 +43,7 @@ func (b *backend) parties(ctx context.Context, req *logical.Request, r *role, m 
 	if msg != "" || userErr != nil || err != nil {
 		return nil, exchangeError(msg, userErr), err
 	}
-	chain, known, err := b.chainEntities(ctx, req.Storage, subject)
+	chain, known, err := chainEntities(ctx, req.Storage, subject)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -133,7 +133,7 @@ type entityChain struct {
 // minted it, whose identity its sub was derived from (a refresh keeps it).
 // An exchanged token's is kept under chainPrefix. known is false for a
 // token exchanged before chains were kept (or a token without client_id).
-func (b *backend) chainEntities(ctx context.Context, s logical.Storage, c *jwtverify.Claims) (entities []string, known bool, err error) {
+func chainEntities(ctx context.Context, s logical.Storage, c *jwtverify.Claims) (entities []string, known bool, err error) {
 	if c.Act == nil {
 		return []string{c.ClientID}, c.ClientID != "", nil
 	}

@@ -133,17 +133,17 @@ func keyAnswerFields() map[string]*framework.FieldSchema {
 	}
 }
 
-func (b *backend) getKey(ctx context.Context, s logical.Storage, id string) (*keyEntry, error) {
+func getKey(ctx context.Context, s logical.Storage, id string) (*keyEntry, error) {
 	return getJSON[keyEntry](ctx, s, apiKeyPath(id))
 }
 
-func (b *backend) putKey(ctx context.Context, s logical.Storage, k *keyEntry) error {
+func putKey(ctx context.Context, s logical.Storage, k *keyEntry) error {
 	return putJSON(ctx, s, apiKeyPath(k.ID), k)
 }
 
 // createKey generates a key whose key_id is not yet in storage, and sets
 // k's id and hash to it.
-func (b *backend) createKey(ctx context.Context, s logical.Storage, prefix string, k *keyEntry) (string, error) {
+func createKey(ctx context.Context, s logical.Storage, prefix string, k *keyEntry) (string, error) {
 	for attempt := 0; attempt < 3; attempt++ {
 		key, id, err := apikey.Generate(nil, prefix)
 		if err != nil {
@@ -172,14 +172,14 @@ func (b *backend) issueKey(ctx context.Context, req *logical.Request, r *role, e
 	if a != nil {
 		entry.Approval = a.ID
 	}
-	key, err := b.createKey(ctx, req.Storage, r.KeyPrefix, entry)
+	key, err := createKey(ctx, req.Storage, r.KeyPrefix, entry)
 	if err != nil {
 		return nil, err
 	}
-	if err := b.putKey(ctx, req.Storage, entry); err != nil {
+	if err := putKey(ctx, req.Storage, entry); err != nil {
 		return nil, err
 	}
-	b.keyChanges.add(entry.ID)
+	b.keyRecords.add(entry.ID)
 	return b.keyMinted(key, entry, r, ttl), nil
 }
 

@@ -23,7 +23,7 @@ func (b *backend) mintKey(ctx context.Context, req *logical.Request, m keyMintRe
 		return resp, err
 	}
 	defer release()
-	a, unlock, resp, err := b.redeeming(ctx, req, r, m.role, m.approvalAsk)
+	a, unlock, resp, err := b.approvals.redeeming(ctx, req, r, m.role, m.approvalAsk)
 	if resp != nil || err != nil {
 		return resp, err
 	}
@@ -41,7 +41,7 @@ func (b *backend) mintKey(ctx context.Context, req *logical.Request, m keyMintRe
 	if err != nil {
 		return nil, err
 	}
-	if resp, err := b.needsApproval(ctx, req, r, m.role, entry.Scopes, needs, m.approvalAsk, a); resp != nil || err != nil {
+	if resp, err := b.approvals.needsApproval(ctx, req, r, m.role, entry.Scopes, needs, m.approvalAsk, a, b.Logger()); resp != nil || err != nil {
 		return resp, err
 	}
 	resp, err = b.issueKey(ctx, req, r, entry, ttl, a)
@@ -51,5 +51,5 @@ func (b *backend) mintKey(ctx context.Context, req *logical.Request, m keyMintRe
 	for _, w := range warnings {
 		resp.AddWarning(w)
 	}
-	return b.redeemed(ctx, req.Storage, a, resp)
+	return b.approvals.redeemed(ctx, req.Storage, a, resp, b.Logger())
 }

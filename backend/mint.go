@@ -90,11 +90,11 @@ type mintOpening struct {
 func (b *backend) openMint(ctx context.Context, s logical.Storage, o mintOpening) (r *role, release func(), resp *logical.Response, err error) {
 	release = func() {}
 	if o.locked {
-		l := b.roleLock(o.role)
+		l := b.roleLocks.of(o.role)
 		l.RLock()
 		release = sync.OnceFunc(l.RUnlock)
 	}
-	r, err = b.getRole(ctx, s, o.role)
+	r, err = getRole(ctx, s, o.role)
 	switch {
 	case err != nil:
 	case r == nil:

@@ -9,8 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	uuid "github.com/hashicorp/go-uuid"
-	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -28,7 +28,7 @@ import (
 // request cannot be redeemed. r is the role as the mint opened it (the
 // role as it is now: approvals_required raised since the approval sends
 // the request back to its approvers).
-func (b *backend) redeeming(ctx context.Context, req *logical.Request, r *role, roleName string, ask approvalAsk) (a *approvalRequest, unlock func(), resp *logical.Response, err error) {
+func (ap *approvals) redeeming(ctx context.Context, req *logical.Request, r *role, roleName string, ask approvalAsk) (a *approvalRequest, unlock func(), resp *logical.Response, err error) {
 	unlock = func() {}
 	if ask.approvalID == "" {
 		return nil, unlock, nil, nil
@@ -37,19 +37,18 @@ func (b *backend) redeeming(ctx context.Context, req *logical.Request, r *role, 
 		return nil, unlock, logical.ErrorResponse("with approval_id give no other field (%s): the approved request's fields apply", slices.Min(slices.Collect(maps.Keys(ask.fields)))), nil
 	}
 	id := ask.approvalID
-	l := locksutil.LockForKey(b.approvalLocks, id)
-	l.Lock()
-	a, resp, err = b.approvedRequest(ctx, req, r, roleName, ask.kind, id)
+	unlockRequest := ap.lock(id)
+	a, resp, err = ap.approvedRequest(ctx, req, r, roleName, ask.kind, id)
 	if a == nil {
-		l.Unlock()
+		unlockRequest()
 		return nil, unlock, resp, err
 	}
-	return a, l.Unlock, nil, nil
+	return a, unlockRequest, nil, nil
 }
 
 // approvedRequest reads approved request id for its requester, under its
 // lock; nil with why when it is not one to redeem now.
-func (b *backend) approvedRequest(ctx context.Context, req *logical.Request, r *role, roleName, kind, id string) (*approvalRequest, *logical.Response, error) {
+func (ap *approvals) approvedRequest(ctx context.Context, req *logical.Request, r *role, roleName, kind, id string) (*approvalRequest, *logical.Response, error) {
 	a, err := getJSON[approvalRequest](ctx, req.Storage, approvalPath(roleName, id))
 	if err != nil {
 		return nil, nil, err
@@ -65,7 +64,7 @@ func (b *backend) approvedRequest(ctx context.Context, req *logical.Request, r *
 	}
 	if len(a.Approvals) < r.approvalsRequired() {
 		a.Required, a.ApprovedAt, a.RedeemBy = r.approvalsRequired(), time.Time{}, time.Time{}
-		if err := b.putApproval(ctx, req.Storage, a, a.ExpiresAt); err != nil {
+		if err := ap.put(ctx, req.Storage, a, a.ExpiresAt); err != nil {
 			return nil, nil, err
 		}
 		return nil, logical.ErrorResponse("role %q now requires %d approvals and request %s has %d: it is pending again until %s", roleName, a.Required, id, len(a.Approvals), a.ExpiresAt.Format(time.RFC3339)), nil
@@ -76,7 +75,7 @@ func (b *backend) approvedRequest(ctx context.Context, req *logical.Request, r *
 // needsApproval is the answer to a mint that asks for scopes its role r
 // keeps for approval (needs): a stored request, no credential. nil when the
 // mint needs no approval or redeems an approved request (approved).
-func (b *backend) needsApproval(ctx context.Context, req *logical.Request, r *role, roleName string, scopes, needs []string, ask approvalAsk, approved *approvalRequest) (*logical.Response, error) {
+func (ap *approvals) needsApproval(ctx context.Context, req *logical.Request, r *role, roleName string, scopes, needs []string, ask approvalAsk, approved *approvalRequest, log hclog.Logger) (*logical.Response, error) {
 	if len(needs) == 0 || approved != nil {
 		return nil, nil
 	}
@@ -93,13 +92,13 @@ func (b *backend) needsApproval(ctx context.Context, req *logical.Request, r *ro
 	}
 	a := &approvalRequest{ID: id, Kind: ask.kind, Role: roleName, Data: ask.fields, Scopes: scopes, Needs: needs, Required: r.approvalsRequired(),
 		RequesterEntity: req.EntityID, RequesterName: req.DisplayName, CreatedAt: now, ExpiresAt: now.Add(r.approvalTTL())}
-	if resp, err := b.admitApproval(ctx, req.Storage, a, now); resp != nil || err != nil {
+	if resp, err := ap.admit(ctx, req.Storage, a, now); resp != nil || err != nil {
 		return resp, err
 	}
 	if err := putJSON(ctx, req.Storage, approvalPath(roleName, id), a); err != nil {
 		return nil, err
 	}
-	b.Logger().Info("approval requested", "request_id", id, "role", roleName, "scopes", strings.Join(needs, ","), "entity_id", req.EntityID)
+	log.Info("approval requested", "request_id", id, "role", roleName, "scopes", strings.Join(needs, ","), "entity_id", req.EntityID)
 	return &logical.Response{Data: map[string]interface{}{
 		"approval_required":  true,
 		"request_id":         id,
@@ -115,7 +114,7 @@ func (b *backend) needsApproval(ctx context.Context, req *logical.Request, r *ro
 // was redeemed for the credential resp answers. It comes once the
 // credential is minted: a failed mint leaves the request to redeem again.
 // It returns the mint's answer.
-func (b *backend) redeemed(ctx context.Context, s logical.Storage, a *approvalRequest, resp *logical.Response) (*logical.Response, error) {
+func (ap *approvals) redeemed(ctx context.Context, s logical.Storage, a *approvalRequest, resp *logical.Response, log hclog.Logger) (*logical.Response, error) {
 	if a == nil {
 		return resp, nil
 	}
@@ -124,9 +123,9 @@ func (b *backend) redeemed(ctx context.Context, s logical.Storage, a *approvalRe
 	if a.Credential == "" {
 		a.Credential, _ = resp.Data["jti"].(string)
 	}
-	if err := b.putApproval(ctx, s, a, time.Time{}); err != nil {
+	if err := ap.put(ctx, s, a, time.Time{}); err != nil {
 		return nil, err
 	}
-	b.Logger().Info("approval redeemed", "request_id", a.ID, "credential", a.Credential)
+	log.Info("approval redeemed", "request_id", a.ID, "credential", a.Credential)
 	return resp, nil
 }

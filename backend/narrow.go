@@ -338,12 +338,12 @@ func exchangedScopes(r *role, m exchangeRequest, x *exchangeParties) ([]string, 
 // (meterID), else the role's limits ("": its own meter, if the role
 // meters). The rate limit is the stricter of the subject's and the role's:
 // an exchange never lifts one.
-func (b *backend) exchangeLimits(ctx context.Context, s logical.Storage, r *role, subject *jwtverify.Claims, g *grant) (string, error) {
+func exchangeLimits(ctx context.Context, s logical.Storage, r *role, subject *jwtverify.Claims, g *grant) (string, error) {
 	g.limits = r.limits
 	if sr := subject.Rate; sr != nil && sr.PerSecond > 0 && (g.RateLimit == 0 || sr.PerSecond < g.RateLimit) {
 		g.RateLimit, g.RateBurst = sr.PerSecond, max(1, sr.Burst)
 	}
-	meterID, root, err := b.meterRoot(ctx, s, subject.ID)
+	meterID, root, err := meterRoot(ctx, s, subject.ID)
 	if err != nil || root == nil {
 		return "", err
 	}

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
-	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -335,9 +334,7 @@ func (b *backend) pathApprovalDecide(ctx context.Context, req *logical.Request, 
 	if req.EntityID == "" {
 		return logical.ErrorResponse("deciding on an approval request needs a Vault entity: the caller (a root or orphan token) has none, and approvers must be told apart"), nil
 	}
-	l := locksutil.LockForKey(b.approvalLocks, id)
-	l.Lock()
-	defer l.Unlock()
+	defer b.approvals.lock(id)()
 	a, err := getJSON[approvalRequest](ctx, req.Storage, approvalPath(role, id))
 	if err != nil {
 		return nil, err
@@ -354,7 +351,7 @@ func (b *backend) pathApprovalDecide(ctx context.Context, req *logical.Request, 
 		return logical.ErrorResponse("this Vault entity already approved request %s: approvals must come from distinct entities", id), nil
 	}
 	// The role's rules as they are now, not as they were when it was asked.
-	r, err := b.getRole(ctx, req.Storage, a.Role)
+	r, err := getRole(ctx, req.Storage, a.Role)
 	if err != nil {
 		return nil, err
 	}
@@ -372,66 +369,9 @@ func (b *backend) pathApprovalDecide(ctx context.Context, req *logical.Request, 
 			live = a.RedeemBy
 		}
 	}
-	if err := b.putApproval(ctx, req.Storage, a, live); err != nil {
+	if err := b.approvals.put(ctx, req.Storage, a, live); err != nil {
 		return nil, err
 	}
 	b.Logger().Info("approval decided", "request_id", id, "action", action, "entity_id", req.EntityID, "state", a.state(now))
 	return &logical.Response{Data: a.data(now)}, nil
-}
-
-// tidyApprovals removes each role's requests ended longer ago than their
-// retention, and moves requests stored before they were kept by role
-// (approvals/<id>) to approvals/<role>/<id>.
-func (b *backend) tidyApprovals(ctx context.Context, s logical.Storage, now time.Time) error {
-	names, err := s.List(ctx, approvalPrefix)
-	if err != nil {
-		return fmt.Errorf("listing approvals: %w", err)
-	}
-	for _, n := range names {
-		if !strings.HasSuffix(n, "/") {
-			// One request that cannot move must not hold up the others,
-			// nor the rest of tidy or the mount's start.
-			if err := b.migrateApproval(ctx, s, n); err != nil {
-				b.Logger().Error("could not move an approval request under its role; it stays where it is", "request_id", n, "error", err)
-			}
-			continue
-		}
-		if _, err := tidyPrefix(ctx, s, approvalsOfRole(strings.TrimSuffix(n, "/")), func(a *approvalRequest) bool {
-			return !now.Before(a.done())
-		}); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// migrateApproval moves one request stored at approvals/<id> by plugins
-// before issue 23 under its role. A copy already there (a delete that failed
-// before) is newer: the old one is only deleted, never written over it, or a
-// redeemed request could be redeemed again. Moved requests are not counted
-// against the caps: they were asked before there were any.
-func (b *backend) migrateApproval(ctx context.Context, s logical.Storage, id string) error {
-	l := locksutil.LockForKey(b.approvalLocks, id)
-	l.Lock()
-	defer l.Unlock()
-	a, err := getJSON[approvalRequest](ctx, s, legacyApprovalPath(id))
-	if err != nil || a == nil {
-		return err
-	}
-	if err := validateRoleName("role", a.Role); err != nil {
-		return fmt.Errorf("approval request %s: %w", id, err)
-	}
-	moved, err := s.Get(ctx, approvalPath(a.Role, a.ID))
-	if err != nil {
-		return fmt.Errorf("reading %s: %w", approvalPath(a.Role, a.ID), err)
-	}
-	if moved == nil {
-		if err := putJSON(ctx, s, approvalPath(a.Role, a.ID), a); err != nil {
-			return err
-		}
-	}
-	if err := s.Delete(ctx, legacyApprovalPath(id)); err != nil {
-		return fmt.Errorf("deleting %s: %w", legacyApprovalPath(id), err)
-	}
-	return nil
 }

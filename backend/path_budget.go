@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	uuid "github.com/hashicorp/go-uuid"
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/helper/locksutil"
@@ -242,7 +243,7 @@ func ptrTo[T any](v T) *T { return &v }
 // loadMeter finds the meter that accounts for credential id, following a
 // family link, and returns it with its storage path. API keys get a meter the
 // first time it is needed, from the limits stored with the key.
-func (b *backend) loadMeter(ctx context.Context, s logical.Storage, id string) (*meter, string, error) {
+func loadMeter(ctx context.Context, s logical.Storage, id string) (*meter, string, error) {
 	path := meterPath(id)
 	m, err := getJSON[meter](ctx, s, path)
 	if err != nil {
@@ -257,7 +258,7 @@ func (b *backend) loadMeter(ctx context.Context, s logical.Storage, id string) (
 	if m != nil && m.MaxCost == 0 && apikey.ValidateID(id) {
 		// A meter stored before it kept max_cost_per_request: take it from
 		// the key, so the cap on reports is the key's (saved with the meter).
-		k, err := b.getKey(ctx, s, id)
+		k, err := getKey(ctx, s, id)
 		if err != nil {
 			return nil, "", err
 		}
@@ -266,7 +267,7 @@ func (b *backend) loadMeter(ctx context.Context, s logical.Storage, id string) (
 		}
 	}
 	if m == nil && apikey.ValidateID(id) {
-		k, err := b.getKey(ctx, s, id)
+		k, err := getKey(ctx, s, id)
 		if err != nil || k == nil || (k.Budget == 0 && k.Tenant == "") {
 			return nil, "", err
 		}
@@ -282,11 +283,11 @@ func (b *backend) loadMeter(ctx context.Context, s logical.Storage, id string) (
 // the one credential id spends from) was opened for a credential of role: a
 // policy on budget/<role>/* must reach no other role's budget. It refuses
 // otherwise; nothing on budget/<id> (role ""), which names no role.
-func (b *backend) budgetUnderRole(ctx context.Context, s logical.Storage, role, id string, m *meter, path string) error {
+func budgetUnderRole(ctx context.Context, s logical.Storage, role, id string, m *meter, path string) error {
 	if role == "" {
 		return nil
 	}
-	owner, err := b.meterOwner(ctx, s, m, path, id)
+	owner, err := meterOwner(ctx, s, m, path, id)
 	switch {
 	case err != nil:
 		return err
@@ -306,7 +307,7 @@ func (b *backend) budgetUnderRole(ctx context.Context, s logical.Storage, role, 
 // version does not say. Such a meter of a key takes its key's role, or,
 // the key tidied (a rotated one), that of id's key: a successor has its
 // predecessor's role.
-func (b *backend) meterOwner(ctx context.Context, s logical.Storage, m *meter, path, id string) (string, error) {
+func meterOwner(ctx context.Context, s logical.Storage, m *meter, path, id string) (string, error) {
 	if m.Role != "" {
 		return m.Role, nil
 	}
@@ -314,7 +315,7 @@ func (b *backend) meterOwner(ctx context.Context, s logical.Storage, m *meter, p
 		if !apikey.ValidateID(k) {
 			continue
 		}
-		key, err := b.getKey(ctx, s, k)
+		key, err := getKey(ctx, s, k)
 		if err != nil {
 			return "", err
 		}
@@ -325,31 +326,10 @@ func (b *backend) meterOwner(ctx context.Context, s logical.Storage, m *meter, p
 	return "", nil
 }
 
-// lockMeter is loadMeter holding the lock of the meter it finds; unlock
-// must be called, also when the meter is nil. Links never change once
-// written, so the path found before locking is the one loaded after.
-func (b *backend) lockMeter(ctx context.Context, s logical.Storage, id string) (m *meter, path string, unlock func(), err error) {
-	path = meterPath(id)
-	link, err := getJSON[meter](ctx, s, path)
-	if err != nil {
-		return nil, "", nil, err
-	}
-	if link != nil && link.Link != "" {
-		path = meterPath(link.Link)
-	}
-	l := locksutil.LockForKey(b.meterLocks, path)
-	l.Lock()
-	if m, path, err = b.loadMeter(ctx, s, id); err != nil {
-		l.Unlock()
-		return nil, "", nil, err
-	}
-	return m, path, l.Unlock, nil
-}
-
 // isRevoked says whether the API key or JWT id was revoked.
-func (b *backend) isRevoked(ctx context.Context, s logical.Storage, id string) (bool, error) {
+func isRevoked(ctx context.Context, s logical.Storage, id string) (bool, error) {
 	if apikey.ValidateID(id) {
-		k, err := b.getKey(ctx, s, id)
+		k, err := getKey(ctx, s, id)
 		return k != nil && k.revoked(), err
 	}
 	e, err := s.Get(ctx, revokedJTIPrefix+id)
@@ -359,24 +339,24 @@ func (b *backend) isRevoked(ctx context.Context, s logical.Storage, id string) (
 	return e != nil, nil
 }
 
-// metered says whether credentials with these limits and tenant are
+// isMetered says whether credentials with these limits and tenant are
 // accounted: they have a budget, or their tenant a ceiling.
-func (b *backend) metered(ctx context.Context, s logical.Storage, l limits, tenant string) (bool, error) {
+func isMetered(ctx context.Context, s logical.Storage, l limits, tenant string) (bool, error) {
 	if l.Budget > 0 {
 		return true, nil
 	}
 	if tenant == "" {
 		return false, nil
 	}
-	t, err := b.getTenant(ctx, s, tenant)
+	t, err := getTenant(ctx, s, tenant)
 	return t != nil, err
 }
 
 // extendMeter moves the expiry of credential id's meter, if it has one, to
 // at least exp.
-func (b *backend) extendMeter(ctx context.Context, s logical.Storage, id string, exp time.Time) error {
+func (mt *meters) extendMeter(ctx context.Context, s logical.Storage, id string, exp time.Time) error {
 	path := meterPath(id)
-	l := locksutil.LockForKey(b.meterLocks, path)
+	l := locksutil.LockForKey(mt.meterLocks, path)
 	l.Lock()
 	defer l.Unlock()
 	m, err := getJSON[meter](ctx, s, path)
@@ -394,14 +374,14 @@ func (b *backend) extendMeter(ctx context.Context, s logical.Storage, id string,
 		// successor renewed past its predecessor's expiry).
 		l.Unlock()
 		defer l.Lock()
-		return b.extendMeter(ctx, s, m.Link, exp)
+		return mt.extendMeter(ctx, s, m.Link, exp)
 	}
 	return nil
 }
 
 // meterRoot is the meter a credential spends from, and its id: its own, or
 // the one its meter links to (its refresh family's); nil when unmetered.
-func (b *backend) meterRoot(ctx context.Context, s logical.Storage, id string) (string, *meter, error) {
+func meterRoot(ctx context.Context, s logical.Storage, id string) (string, *meter, error) {
 	m, err := getJSON[meter](ctx, s, meterPath(id))
 	if err != nil || m == nil || m.Link == "" {
 		return id, m, err
@@ -415,7 +395,7 @@ func (b *backend) meterRoot(ctx context.Context, s logical.Storage, id string) (
 // ownFamily says familyID is the token's own refresh family's (not the
 // subject token's meter an exchanged token spends from, whose role is the
 // subject's, never the exchanging one's).
-func (b *backend) meterToken(ctx context.Context, s logical.Storage, jti, familyID string, ownFamily bool, g grant, exp time.Time) error {
+func (mt *meters) meterToken(ctx context.Context, s logical.Storage, jti, familyID string, ownFamily bool, g grant, exp time.Time) error {
 	if g.Budget == 0 && g.Tenant == "" {
 		return nil
 	}
@@ -423,7 +403,7 @@ func (b *backend) meterToken(ctx context.Context, s logical.Storage, jti, family
 	if familyID == "" {
 		return putJSON(ctx, s, meterPath(jti), own)
 	}
-	l := locksutil.LockForKey(b.meterLocks, meterPath(familyID))
+	l := locksutil.LockForKey(mt.meterLocks, meterPath(familyID))
 	l.Lock()
 	defer l.Unlock()
 	fm, err := getJSON[meter](ctx, s, meterPath(familyID))
@@ -455,7 +435,7 @@ func (b *backend) meterToken(ctx context.Context, s logical.Storage, jti, family
 
 // pathBudgetReserve adapts a budget/reserve request into reserveBudget.
 func (b *backend) pathBudgetReserve(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	ans, err := b.reserveBudget(ctx, req.Storage, ownerOf(req), contract.BudgetReserve{
+	ans, err := b.meters.reserveBudget(ctx, req.Storage, ownerOf(req), contract.BudgetReserve{
 		ID:            d.Get(contract.FieldID).(string),
 		ReservationID: d.Get(contract.FieldReservationID).(string),
 		Units:         d.Get(contract.FieldUnits).(int64),
@@ -469,12 +449,12 @@ func (b *backend) pathBudgetReserve(ctx context.Context, req *logical.Request, d
 // reserveBudget grants owner (a Vault identity) up to in.Units of
 // credential in.ID's budget, added to its reservation in.ReservationID
 // when that is still current, else in a new one.
-func (b *backend) reserveBudget(ctx context.Context, s logical.Storage, owner string, in contract.BudgetReserve) (*contract.BudgetReservation, error) {
+func (mt *meters) reserveBudget(ctx context.Context, s logical.Storage, owner string, in contract.BudgetReserve) (*contract.BudgetReservation, error) {
 	ttl, err := checkReserve(in)
 	if err != nil {
 		return nil, err
 	}
-	m, path, unlock, err := b.lockMeter(ctx, s, in.ID)
+	m, path, unlock, err := mt.lockMeter(ctx, s, in.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -483,14 +463,14 @@ func (b *backend) reserveBudget(ctx context.Context, s logical.Storage, owner st
 		return nil, refuse("no budget is kept for %q: not a metered credential, or expired and tidied", in.ID)
 	}
 	now := time.Now().UTC()
-	if err := b.reservable(ctx, s, in.ID, m, now); err != nil {
+	if err := reservable(ctx, s, in.ID, m, now); err != nil {
 		return nil, err
 	}
 	m.roll(now, m.Period)
 	if m.Tenant != "" {
-		defer b.lockTenant(m.Tenant)()
+		defer mt.lockTenant(m.Tenant)()
 	}
-	t, err := b.tenantFor(ctx, s, m.Tenant, now)
+	t, err := tenantFor(ctx, s, m.Tenant, now)
 	if err != nil {
 		return nil, err
 	}
@@ -500,7 +480,7 @@ func (b *backend) reserveBudget(ctx context.Context, s logical.Storage, owner st
 		ans.Reset = q.reset.Format(time.RFC3339Nano)
 		return ans, nil
 	}
-	resID, r, err := b.grantReservation(ctx, s, owner, in, m, t, q.grant, ttl, now)
+	resID, r, err := grantReservation(ctx, s, owner, in, m, t, q.grant, ttl, now)
 	if err != nil {
 		return nil, err
 	}
@@ -541,11 +521,11 @@ func checkReserve(in contract.BudgetReserve) (time.Duration, error) {
 
 // reservable refuses to reserve for credential id (whose meter is m) once
 // it expired or was revoked.
-func (b *backend) reservable(ctx context.Context, s logical.Storage, id string, m *meter, now time.Time) error {
+func reservable(ctx context.Context, s logical.Storage, id string, m *meter, now time.Time) error {
 	expires := m.ExpiresAt
 	if apikey.ValidateID(id) {
 		// The key is the authority on its lifetime (renewals move it).
-		k, err := b.getKey(ctx, s, id)
+		k, err := getKey(ctx, s, id)
 		if err != nil {
 			return err
 		}
@@ -559,7 +539,7 @@ func (b *backend) reservable(ctx context.Context, s logical.Storage, id string, 
 	}
 	// A verifier whose revocation feed lags must still not spend for a
 	// revoked credential.
-	revoked, err := b.isRevoked(ctx, s, id)
+	revoked, err := isRevoked(ctx, s, id)
 	switch {
 	case err != nil:
 		return err
@@ -612,7 +592,7 @@ func quoteReservation(m *meter, t *tenantEntry, units, minUnits int64) reservati
 // grantReservation adds grant units to owner's reservation in.ReservationID
 // of meter m, or to a new one, and has tenant t (nil: none) hold them; it
 // stores t, not m. It returns the reservation and its id.
-func (b *backend) grantReservation(ctx context.Context, s logical.Storage, owner string, in contract.BudgetReserve, m *meter, t *tenantEntry, grant int64, ttl time.Duration, now time.Time) (string, *reservation, error) {
+func grantReservation(ctx context.Context, s logical.Storage, owner string, in contract.BudgetReserve, m *meter, t *tenantEntry, grant int64, ttl time.Duration, now time.Time) (string, *reservation, error) {
 	// Topping up the caller's reservation keeps its unused units usable
 	// together with the new ones; one of an ended period, or another
 	// identity's, is not topped up.
@@ -648,11 +628,11 @@ func (b *backend) grantReservation(ctx context.Context, s logical.Storage, owner
 
 // tenantFor returns the tenant's entry rolled to now, or nil when the tenant
 // has no ceiling.
-func (b *backend) tenantFor(ctx context.Context, s logical.Storage, name string, now time.Time) (*tenantEntry, error) {
+func tenantFor(ctx context.Context, s logical.Storage, name string, now time.Time) (*tenantEntry, error) {
 	if name == "" {
 		return nil, nil
 	}
-	t, err := b.getTenant(ctx, s, name)
+	t, err := getTenant(ctx, s, name)
 	if t != nil {
 		t.roll(now, t.BudgetPeriod)
 	}
@@ -715,7 +695,7 @@ func (m *meter) reservationRoom(owner string) error {
 
 // pathBudgetReport adapts a budget/report request into reportBudget.
 func (b *backend) pathBudgetReport(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	ans, err := b.reportBudget(ctx, req.Storage, ownerOf(req), contract.BudgetReport{
+	ans, err := b.meters.reportBudget(ctx, req.Storage, ownerOf(req), b.Logger(), contract.BudgetReport{
 		ReservationID: d.Get(contract.FieldReservationID).(string),
 		Used:          d.Get(contract.FieldUsed).(int64),
 		Release:       d.Get(contract.FieldRelease).(bool),
@@ -726,7 +706,7 @@ func (b *backend) pathBudgetReport(ctx context.Context, req *logical.Request, d 
 // reportBudget records the running total used on owner's reservation
 // in.ReservationID, live or recently ended, against its credential and
 // tenant, and renews it or (in.Release) ends it.
-func (b *backend) reportBudget(ctx context.Context, s logical.Storage, owner string, in contract.BudgetReport) (*contract.BudgetReportAnswer, error) {
+func (mt *meters) reportBudget(ctx context.Context, s logical.Storage, owner string, log hclog.Logger, in contract.BudgetReport) (*contract.BudgetReportAnswer, error) {
 	resID, used := in.ReservationID, in.Used
 	id, _, ok := strings.Cut(resID, ":")
 	switch {
@@ -735,7 +715,7 @@ func (b *backend) reportBudget(ctx context.Context, s logical.Storage, owner str
 	case used < 0 || used > maxUnits:
 		return nil, refuse("used must be between 0 and %d, got %d", int64(maxUnits), used)
 	}
-	m, path, unlock, err := b.lockMeter(ctx, s, id)
+	m, path, unlock, err := mt.lockMeter(ctx, s, id)
 	if err != nil {
 		return nil, err
 	}
@@ -758,9 +738,9 @@ func (b *backend) reportBudget(ctx context.Context, s logical.Storage, owner str
 		m.end(resID, now, true)
 	}
 	if m.Tenant != "" {
-		defer b.lockTenant(m.Tenant)()
+		defer mt.lockTenant(m.Tenant)()
 	}
-	t, err := b.reportToTenant(ctx, s, m.Tenant, r, before, used, in.Release, ended, now)
+	t, err := reportToTenant(ctx, s, m.Tenant, r, before, used, in.Release, ended, now)
 	if err != nil {
 		return nil, err
 	}
@@ -768,7 +748,7 @@ func (b *backend) reportBudget(ctx context.Context, s logical.Storage, owner str
 		return nil, err
 	}
 	if capped {
-		b.Logger().Warn("a report claimed more than its reservation could have cost; recorded at the cap", "reservation_id", resID, "recorded", used)
+		log.Warn("a report claimed more than its reservation could have cost; recorded at the cap", "reservation_id", resID, "recorded", used)
 	}
 	return m.reportAnswer(t, r, in.Release, ended, capped), nil
 }
@@ -801,8 +781,8 @@ func (m *meter) recordUse(resID string, r *reservation, owner string, used int64
 // tenant name's account, and stores it; ended says r had ended before
 // this report, release that it ends now. It returns the tenant's entry
 // (nil: no ceiling).
-func (b *backend) reportToTenant(ctx context.Context, s logical.Storage, name string, r *reservation, before reservation, used int64, release, ended bool, now time.Time) (*tenantEntry, error) {
-	t, err := b.tenantFor(ctx, s, name, now)
+func reportToTenant(ctx context.Context, s logical.Storage, name string, r *reservation, before reservation, used int64, release, ended bool, now time.Time) (*tenantEntry, error) {
+	t, err := tenantFor(ctx, s, name, now)
 	// The reservation may count in no tenant period (the ceiling was
 	// deleted or set after it, or its period ended): then only the
 	// credential's account changes.
@@ -862,7 +842,7 @@ func (b *backend) changeBudget(ctx context.Context, s logical.Storage, role, id 
 	if budget < 0 || budget > maxUnits {
 		return nil, refuse("budget must be between 0 and %d, got %d", int64(maxUnits), budget)
 	}
-	m, path, unlock, err := b.lockMeter(ctx, s, id)
+	m, path, unlock, err := b.meters.lockMeter(ctx, s, id)
 	if err != nil {
 		return nil, err
 	}
@@ -871,7 +851,7 @@ func (b *backend) changeBudget(ctx context.Context, s logical.Storage, role, id 
 		// The same answer as for another role's budget: no oracle.
 		return nil, refuse("no budget is kept for %q under role %q: not a metered credential of the role, or expired and tidied", id, role)
 	}
-	if err := b.budgetUnderRole(ctx, s, role, id, m, path); err != nil {
+	if err := budgetUnderRole(ctx, s, role, id, m, path); err != nil {
 		return nil, err
 	}
 	if budget > 0 && budget < m.MaxCost {
@@ -881,26 +861,26 @@ func (b *backend) changeBudget(ctx context.Context, s logical.Storage, role, id 
 	m.roll(now, m.Period)
 	m.Limit = budget
 	if m.Tenant != "" {
-		defer b.lockTenant(m.Tenant)()
+		defer b.meters.lockTenant(m.Tenant)()
 	}
-	if err := b.shrinkToLimit(ctx, s, m, now); err != nil {
+	if err := shrinkToLimit(ctx, s, m, now); err != nil {
 		return nil, err
 	}
 	if apikey.ValidateID(id) {
 		// The key's own record, so that verify answers say the same;
 		// under the lock revocations take, never writing one over.
-		b.revocationMu.Lock()
-		defer b.revocationMu.Unlock()
-		k, err := b.getKey(ctx, s, id)
+		b.revocations.lock()
+		defer b.revocations.unlock()
+		k, err := getKey(ctx, s, id)
 		if err != nil {
 			return nil, err
 		}
 		if k != nil {
 			k.Budget = budget
-			if err := b.putKey(ctx, s, k); err != nil {
+			if err := putKey(ctx, s, k); err != nil {
 				return nil, err
 			}
-			defer b.keyChanges.add(id) // once the meter below is stored too
+			defer b.keyRecords.add(id) // once the meter below is stored too
 		}
 	}
 	if err := putJSON(ctx, s, path, m); err != nil {
@@ -915,13 +895,13 @@ func (b *backend) changeBudget(ctx context.Context, s logical.Storage, role, id 
 // shrinkToLimit shrinks m's reservations to its limit (see
 // shrinkReservations), and what they hold of its tenant's ceiling with
 // them; it stores the tenant, not m. The caller holds the tenant's lock.
-func (b *backend) shrinkToLimit(ctx context.Context, s logical.Storage, m *meter, now time.Time) error {
+func shrinkToLimit(ctx context.Context, s logical.Storage, m *meter, now time.Time) error {
 	before := make(map[string]reservation, len(m.Reservations))
 	for resID, r := range m.Reservations {
 		before[resID] = *r
 	}
 	m.shrinkReservations()
-	t, err := b.tenantFor(ctx, s, m.Tenant, now)
+	t, err := tenantFor(ctx, s, m.Tenant, now)
 	if err != nil || t == nil {
 		return err
 	}
@@ -953,12 +933,12 @@ func (m *meter) shrinkReservations() {
 
 func (b *backend) pathBudgetRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	id := d.Get("id").(string)
-	m, path, err := b.loadMeter(ctx, req.Storage, id)
+	m, path, err := loadMeter(ctx, req.Storage, id)
 	if err != nil || m == nil {
 		return nil, err
 	}
 	if role := pathRole(d); role != "" {
-		owner, err := b.meterOwner(ctx, req.Storage, m, path, id)
+		owner, err := meterOwner(ctx, req.Storage, m, path, id)
 		if err != nil || owner != role {
 			return nil, err // another role's (or unknown): as one with no budget, 404
 		}
@@ -969,7 +949,7 @@ func (b *backend) pathBudgetRead(ctx context.Context, req *logical.Request, d *f
 	data["budget_period"] = int64(m.Period.Seconds())
 	data["tenant"] = m.Tenant
 	data["expires_at"] = m.ExpiresAt.Format(time.RFC3339)
-	t, err := b.tenantFor(ctx, req.Storage, m.Tenant, now)
+	t, err := tenantFor(ctx, req.Storage, m.Tenant, now)
 	if err != nil {
 		return nil, err
 	}

@@ -483,7 +483,7 @@ func TestRenewedKeyKeepsItsMeter(t *testing.T) {
 	}
 	// Renewal moves the meter's expiry.
 	later := time.Now().Add(72 * time.Hour).UTC()
-	if err := e.b.extendMeter(context.Background(), e.storage, id, later); err != nil {
+	if err := e.b.meters.extendMeter(context.Background(), e.storage, id, later); err != nil {
 		t.Fatal(err)
 	}
 	if m, _ := getJSON[meter](context.Background(), e.storage, meterPrefix+id); !m.ExpiresAt.Equal(later) {
@@ -542,7 +542,7 @@ func TestOperatorChangesBudget(t *testing.T) {
 	if d := e.report(res, 25, false).Data; d["units"] != int64(30) {
 		t.Fatalf("the report does not say the shrunk units: %v", d)
 	}
-	if k, _ := e.b.getKey(context.Background(), e.storage, id); k.Budget != 30 {
+	if k, _ := getKey(context.Background(), e.storage, id); k.Budget != 30 {
 		t.Fatalf("the key's record says budget %d", k.Budget)
 	}
 	// Raising it lets reservations grow again.

@@ -2,7 +2,6 @@ package backend
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -52,7 +51,7 @@ func (c *config) issuer(mountPoint string) (string, error) {
 // token that carries it (pinIssuer), never by a read, discovery or a
 // verification, which anyone can send and which change nothing.
 func (b *backend) issuer(ctx context.Context, req *logical.Request, pin bool) (string, *logical.Response, error) {
-	cfg, err := b.getConfig(ctx, req.Storage)
+	cfg, err := getConfig(ctx, req.Storage)
 	if err != nil {
 		return "", nil, err
 	}
@@ -66,41 +65,13 @@ func (b *backend) issuer(ctx context.Context, req *logical.Request, pin bool) (s
 	if !pin {
 		return iss, nil, nil
 	}
-	if err := b.pinIssuer(ctx, req.Storage, iss); err != nil {
+	if err := b.signer.pinIssuer(ctx, req.Storage, iss, b.Logger()); err != nil {
 		return "", nil, err
 	}
 	return iss, nil, nil
 }
 
-// pinIssuer stores iss, derived from VAULT_API_ADDR, as the config's issuer
-// unless one is set by now. The environment is the plugin registration's,
-// and an upgrade registers again: were the issuer derived at each start, a
-// registration without -env (or with another address) would leave the
-// mount without one, or change the iss every outstanding token and every
-// verifier was configured with. Written once, it stays until an operator
-// writes config issuer (empty: derive it again on next use).
-func (b *backend) pinIssuer(ctx context.Context, s logical.Storage, iss string) error {
-	b.signingMu.Lock()
-	defer b.signingMu.Unlock()
-	c, err := b.getConfig(ctx, s)
-	if err != nil {
-		return err
-	}
-	if c.Issuer != "" {
-		return nil
-	}
-	c.Issuer = iss
-	if err := putJSON(ctx, s, configPath, c); err != nil {
-		if errors.Is(err, logical.ErrReadOnly) {
-			return nil // a performance standby: the active node stores it
-		}
-		return fmt.Errorf("storing the issuer: %w", err)
-	}
-	b.Logger().Info("issuer derived from "+apiAddrEnv+" stored in the config; it stays this mount's issuer until config issuer is written", "issuer", iss)
-	return nil
-}
-
-func (b *backend) getConfig(ctx context.Context, s logical.Storage) (*config, error) {
+func getConfig(ctx context.Context, s logical.Storage) (*config, error) {
 	c, err := getJSON[config](ctx, s, configPath)
 	if err != nil || c == nil {
 		return defaultConfig(), err
@@ -161,7 +132,7 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 	if err != nil {
 		return nil, err
 	}
-	c, err := b.getConfig(ctx, req.Storage)
+	c, err := getConfig(ctx, req.Storage)
 	if err != nil {
 		return nil, err
 	}
@@ -180,14 +151,13 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 }
 
 func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	b.signingMu.Lock()
-	defer b.signingMu.Unlock()
+	return b.signer.configure(ctx, req.Storage, b.Logger(), func(c *config) (*logical.Response, error) {
+		return editConfig(ctx, req.Storage, c, d)
+	})
+}
 
-	c, err := b.getConfig(ctx, req.Storage)
-	if err != nil {
-		return nil, err
-	}
-	oldAlg := c.SigningAlgorithm
+// editConfig applies a config write to c; a response rejects it.
+func editConfig(ctx context.Context, s logical.Storage, c *config, d *framework.FieldData) (*logical.Response, error) {
 	if v, ok := d.GetOk("issuer"); ok {
 		c.Issuer = v.(string)
 	}
@@ -217,12 +187,12 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		return logical.ErrorResponse("rotation_period must be at least 1m"), nil
 	}
 	// Every role's longest token must stay verifiable after a rotation.
-	names, err := req.Storage.List(ctx, rolePrefix)
+	names, err := s.List(ctx, rolePrefix)
 	if err != nil {
 		return nil, fmt.Errorf("listing roles: %w", err)
 	}
 	for _, name := range names {
-		r, err := b.getRole(ctx, req.Storage, name)
+		r, err := getRole(ctx, s, name)
 		if err != nil {
 			return nil, err
 		}
@@ -231,16 +201,6 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 				c.VerificationTTL, name, r.TokenMaxTTL), nil
 		}
 	}
-
-	if err := putJSON(ctx, req.Storage, configPath, c); err != nil {
-		return nil, err
-	}
-	if c.SigningAlgorithm != oldAlg {
-		if _, err := b.rotateLocked(ctx, req.Storage, time.Now()); err != nil {
-			return nil, err
-		}
-	}
-	b.signingCache = nil // verification_ttl decides which keys are published
 	return nil, nil
 }
 

@@ -31,7 +31,7 @@ func TestIssuerSurvivesReRegistration(t *testing.T) {
 	if iss(before) != first {
 		t.Fatalf("iss %v, want %s", iss(before), first)
 	}
-	if c, _ := e.b.getConfig(context.Background(), e.storage); c.Issuer != first {
+	if c, _ := getConfig(context.Background(), e.storage); c.Issuer != first {
 		t.Fatalf("stored issuer %q after the first mint, want %s", c.Issuer, first)
 	}
 
@@ -86,7 +86,7 @@ func TestIssuerNotStoredByReads(t *testing.T) {
 	e.ok(logical.ReadOperation, ".well-known/openid-configuration", nil)
 	e.ok(logical.ReadOperation, ".well-known/oauth-authorization-server", nil)
 	e.ok(logical.UpdateOperation, "verify", map[string]interface{}{"credential": "eyJhbGciOiJFZERTQSJ9.e30.AAAA"})
-	if c, err := e.b.getConfig(context.Background(), e.storage); err != nil || c.Issuer != "" {
+	if c, err := getConfig(context.Background(), e.storage); err != nil || c.Issuer != "" {
 		t.Fatalf("a read stored the issuer: %q %v", c.Issuer, err)
 	}
 }
@@ -101,7 +101,7 @@ func (readOnlyStorage) Put(context.Context, *logical.StorageEntry) error { retur
 func TestIssuerOnReadOnlyStorage(t *testing.T) {
 	t.Setenv(apiAddrEnv, "https://vault.example.com:8200")
 	e := newTestEnv(t)
-	if _, err := e.b.signing(context.Background(), e.storage); err != nil { // the active node made the key
+	if _, err := e.b.signer.current(context.Background(), e.storage, e.b.Logger()); err != nil { // the active node made the key
 		t.Fatal(err)
 	}
 	e.storage = readOnlyStorage{e.storage}

@@ -373,13 +373,13 @@ func TestExchangeFiledBeforeSlotsPerActor(t *testing.T) {
 	if !slices.Contains(ids, "legacy-child") || !slices.Contains(ids, t1.Data["jti"].(string)) {
 		t.Fatalf("feed %v lacks the legacy child or the exchanged token", ids)
 	}
-	if err := e.b.tidyDerived(ctx, e.storage, time.Now()); err != nil {
+	if err := e.b.revoker.tidyDerived(ctx, e.storage, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	if keys := e.storageKeys(derivedPrefix); len(keys) != 2 {
 		t.Fatalf("tidy dropped live indexes: %v", keys)
 	}
-	if err := e.b.tidyDerived(ctx, e.storage, time.Now().Add(2*time.Hour)); err != nil {
+	if err := e.b.revoker.tidyDerived(ctx, e.storage, time.Now().Add(2*time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	if keys := e.storageKeys(derivedPrefix); len(keys) != 0 {
@@ -660,7 +660,7 @@ func TestExchangedTokenRevokedWithinItsLeeway(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.as("tool-entity", logical.UpdateOperation, "token/exchange", exchange) // prunes the index
-	if err := e.b.tidyDerived(ctx, e.storage, time.Now()); err != nil {
+	if err := e.b.revoker.tidyDerived(ctx, e.storage, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	if resp, err := e.lease(logical.RevokeOperation, t0.Secret); err != nil || resp.IsError() {

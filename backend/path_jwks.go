@@ -105,7 +105,7 @@ func rawJSON(body []byte) *logical.Response {
 }
 
 func (b *backend) pathJWKSRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-	st, err := b.signing(ctx, req.Storage)
+	st, err := b.signer.current(ctx, req.Storage, b.Logger())
 	if err != nil {
 		return nil, err
 	}
@@ -149,7 +149,7 @@ func (b *backend) metadata(ctx context.Context, req *logical.Request, doc func(i
 	if userErr != nil || err != nil {
 		return userErr, err
 	}
-	st, err := b.signing(ctx, req.Storage)
+	st, err := b.signer.current(ctx, req.Storage, b.Logger())
 	if err != nil {
 		return nil, err
 	}
@@ -167,10 +167,10 @@ func (b *backend) metadata(ctx context.Context, req *logical.Request, doc func(i
 }
 
 func (b *backend) pathRotateWrite(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-	if err := b.rotate(ctx, req.Storage, time.Now()); err != nil {
+	if err := b.signer.rotate(ctx, req.Storage, time.Now(), b.Logger()); err != nil {
 		return nil, err
 	}
-	st, err := b.signing(ctx, req.Storage)
+	st, err := b.signer.current(ctx, req.Storage, b.Logger())
 	if err != nil {
 		return nil, err
 	}

@@ -3,7 +3,6 @@ package backend
 import (
 	"cmp"
 	"context"
-	"fmt"
 	"strings"
 	"time"
 
@@ -111,18 +110,18 @@ func (b *backend) rotateKey(ctx context.Context, req *logical.Request, m rotateR
 	// As a mint does: the role's lock for reading, so that no successor is
 	// minted once the role's suspension has answered. A key's role never
 	// changes, and keyOf refuses a key of another role than the path's.
-	rl := b.roleLock(m.role)
+	rl := b.roleLocks.of(m.role)
 	rl.RLock()
 	defer rl.RUnlock()
-	unlock := b.lockRevocations()
+	unlock := b.revocations.lockOnce()
 	defer unlock()
 	now := time.Now().UTC().Truncate(time.Second)
-	old, r, resp, err := b.rotatable(ctx, req.Storage, m, now)
+	old, r, resp, err := rotatable(ctx, req.Storage, m, now)
 	if old == nil {
 		return resp, err
 	}
 	next := old.successor(r, req.EntityID, now, b.System().MaxLeaseTTL())
-	key, err := b.createKey(ctx, req.Storage, r.KeyPrefix, next)
+	key, err := createKey(ctx, req.Storage, r.KeyPrefix, next)
 	if err != nil {
 		return nil, err
 	}
@@ -135,7 +134,7 @@ func (b *backend) rotateKey(ctx context.Context, req *logical.Request, m rotateR
 	unlock()
 	// One meter for both, living as long as the successor.
 	if root != "" {
-		if err := b.extendMeter(ctx, req.Storage, root, next.ExpiresAt); err != nil {
+		if err := b.meters.extendMeter(ctx, req.Storage, root, next.ExpiresAt); err != nil {
 			return nil, err
 		}
 	}
@@ -145,8 +144,8 @@ func (b *backend) rotateKey(ctx context.Context, req *logical.Request, m rotateR
 
 // rotatable reads the key m names and its role, nil with why when the key
 // cannot be rotated now.
-func (b *backend) rotatable(ctx context.Context, s logical.Storage, m rotateRequest, now time.Time) (*keyEntry, *role, *logical.Response, error) {
-	old, resp, err := b.keyOf(ctx, s, m.role, m.keyID)
+func rotatable(ctx context.Context, s logical.Storage, m rotateRequest, now time.Time) (*keyEntry, *role, *logical.Response, error) {
+	old, resp, err := keyOf(ctx, s, m.role, m.keyID)
 	if resp != nil || err != nil {
 		return nil, nil, resp, err
 	}
@@ -161,7 +160,7 @@ func (b *backend) rotatable(ctx context.Context, s logical.Storage, m rotateRequ
 	case old.ReplacedBy != "":
 		return nil, nil, logical.ErrorResponse("key %s was already rotated to %s; rotate that one", id, old.ReplacedBy), nil
 	}
-	r, err := b.getRole(ctx, s, old.Role)
+	r, err := getRole(ctx, s, old.Role)
 	switch {
 	case err != nil:
 		return nil, nil, nil, err
@@ -197,24 +196,24 @@ func (old *keyEntry) successor(r *role, entity string, now time.Time, mountMaxTT
 // from. root is the shared meter, "" when the key is not metered.
 func (b *backend) storeRotation(ctx context.Context, s logical.Storage, old, next *keyEntry, graceEnds time.Time) (root string, err error) {
 	if old.Budget > 0 || old.Tenant != "" {
-		if root, _, err = b.meterRoot(ctx, s, old.ID); err != nil {
+		if root, _, err = meterRoot(ctx, s, old.ID); err != nil {
 			return "", err
 		}
 		if err := putJSON(ctx, s, meterPath(next.ID), &meter{Link: root, ExpiresAt: next.ExpiresAt}); err != nil {
 			return "", err
 		}
 	}
-	if err := b.putKey(ctx, s, next); err != nil {
+	if err := putKey(ctx, s, next); err != nil {
 		return "", err
 	}
-	if err := b.putKey(ctx, s, old); err != nil {
+	if err := putKey(ctx, s, old); err != nil {
 		return "", err
 	}
 	if err := putJSON(ctx, s, rotationPath(old.ID), rotation{GraceEnds: graceEnds}); err != nil {
 		return "", err
 	}
-	b.keyChanges.add(old.ID)
-	b.keyChanges.add(next.ID)
+	b.keyRecords.add(old.ID)
+	b.keyRecords.add(next.ID)
 	return root, nil
 }
 
@@ -267,57 +266,11 @@ func (r *role) refusesSuccessor(old *keyEntry) string {
 	return ""
 }
 
-// revokeRotated revokes, through the feed, the rotated keys whose grace has
-// ended. Periodic, on the active node; verifiers refuse them at their
-// expires_at (the end of the grace) already.
-func (b *backend) revokeRotated(ctx context.Context, s logical.Storage, now time.Time) error {
-	ids, err := s.List(ctx, rotationPrefix)
-	if err != nil {
-		return fmt.Errorf("listing rotations: %w", err)
-	}
-	for _, id := range ids {
-		rot, err := getJSON[rotation](ctx, s, rotationPath(id))
-		if err != nil {
-			return err
-		}
-		if rot != nil && now.Before(rot.GraceEnds) {
-			continue
-		}
-		if err := b.revokeKeyAtGraceEnd(ctx, s, id); err != nil {
-			return err
-		}
-		if err := s.Delete(ctx, rotationPath(id)); err != nil {
-			return fmt.Errorf("deleting rotation %s: %w", id, err)
-		}
-	}
-	return nil
-}
-
-// revokeKeyAtGraceEnd is revokeKey for a key at the end of its grace,
-// which revokeKey would leave alone as expired: the feed still says so, so
-// that verifiers holding no record of it hear.
-func (b *backend) revokeKeyAtGraceEnd(ctx context.Context, s logical.Storage, id string) error {
-	b.revocationMu.Lock()
-	defer b.revocationMu.Unlock()
-	k, err := b.getKey(ctx, s, id)
-	if err != nil || k == nil || k.revoked() {
-		return err
-	}
-	now := time.Now().UTC()
-	k.RevokedAt = now
-	if err := b.putKey(ctx, s, k); err != nil {
-		return err
-	}
-	b.keyChanges.add(id)
-	// Kept in the feed for a minute past now, the soonest tidy drops it.
-	return b.appendRevocationLocked(ctx, s, revocation{ID: id, Type: secretTypeAPIKey, RevokedAt: now, ExpiresAt: maxTime(k.ExpiresAt, now.Add(time.Minute))})
-}
-
 func (b *backend) pathKeySuspend(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	id, suspend := d.Get("key_id").(string), d.Get("action").(string) == "suspend"
-	b.revocationMu.Lock()
-	defer b.revocationMu.Unlock()
-	k, resp, err := b.keyOfRole(ctx, req.Storage, d)
+	b.revocations.lock()
+	defer b.revocations.unlock()
+	k, resp, err := keyOfRole(ctx, req.Storage, d)
 	if resp != nil || err != nil {
 		return resp, err
 	}
@@ -327,7 +280,7 @@ func (b *backend) pathKeySuspend(ctx context.Context, req *logical.Request, d *f
 	case k.revoked():
 		return logical.ErrorResponse("key %s is revoked: suspension would change nothing", id), nil
 	}
-	if err := b.withRoleSuspension(ctx, req.Storage, k); err != nil {
+	if err := withRoleSuspension(ctx, req.Storage, k); err != nil {
 		return nil, err
 	}
 	if suspend && k.SuspendedAt.IsZero() {
@@ -335,10 +288,10 @@ func (b *backend) pathKeySuspend(ctx context.Context, req *logical.Request, d *f
 	} else if !suspend {
 		k.SuspendedAt = time.Time{} // a role's suspension stays
 	}
-	if err := b.putKey(ctx, req.Storage, k); err != nil {
+	if err := putKey(ctx, req.Storage, k); err != nil {
 		return nil, err
 	}
-	b.keyChanges.add(id)
+	b.keyRecords.add(id)
 	b.Logger().Info(map[bool]string{true: "key suspended", false: "key resumed"}[suspend], "key_id", id, "entity_id", req.EntityID)
 	data := map[string]interface{}{"key_id": id, "suspended": k.suspended()}
 	k.lifecycleData(data)

@@ -61,13 +61,13 @@ func TestRotateWithGrace(t *testing.T) {
 	e.userError(logical.UpdateOperation, e.keyPath(oldID)+"/rotate", map[string]interface{}{"grace": "-1s"}, "")
 
 	// At the end of the grace the active node revokes it, through the feed.
-	if err := e.b.revokeRotated(context.Background(), e.storage, time.Now()); err != nil {
+	if err := e.b.revoker.revokeRotated(context.Background(), e.storage, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	if ids, _, _ := e.feed(0); slices.Contains(ids, oldID) {
 		t.Fatal("revoked before its grace ended")
 	}
-	if err := e.b.revokeRotated(context.Background(), e.storage, time.Now().Add(2*time.Hour)); err != nil {
+	if err := e.b.revoker.revokeRotated(context.Background(), e.storage, time.Now().Add(2*time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	if ids, _, _ := e.feed(0); !slices.Contains(ids, oldID) {
@@ -192,7 +192,7 @@ func TestRotateRefusesWhatTheRoleWouldNotMint(t *testing.T) {
 				return
 			}
 			e.userError(logical.UpdateOperation, "keys/r/id/"+id+"/rotate", nil, c.want)
-			if k, _ := e.b.getKey(context.Background(), e.storage, id); k.ReplacedBy != "" {
+			if k, _ := getKey(context.Background(), e.storage, id); k.ReplacedBy != "" {
 				t.Fatalf("refused, yet rotated to %s", k.ReplacedBy)
 			}
 		})

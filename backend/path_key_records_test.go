@@ -193,7 +193,7 @@ func TestKeyRecordChangesAfterSnapshot(t *testing.T) {
 	if err := e.storage.Delete(context.Background(), keyPrefix+minted); err != nil {
 		t.Fatal(err)
 	}
-	e.b.keyChanges.add(minted)
+	e.b.keyRecords.add(minted)
 	p3 := e.keyRecords("key-records", map[string]interface{}{"after": p.Next, "epoch": epoch})
 	if len(p3.Records) != 1 || !p3.Records[0].Gone || p3.Records[0].KeyID != minted || p3.Records[0].Hash != "" {
 		t.Fatalf("a deleted key's change = %+v", p3.Records)
@@ -221,16 +221,16 @@ func TestKeyRecordChangesResync(t *testing.T) {
 		}
 	}
 	for i := 0; i <= keyChangesHeld; i++ {
-		e.b.keyChanges.add("")
+		e.b.keyRecords.add("")
 	}
 	if p := e.keyRecords("key-records", map[string]interface{}{"after": cursor, "epoch": epoch}); !p.Resync {
 		t.Fatalf("a cursor %d changes behind was not told to resync", keyChangesHeld+1)
 	}
-	if other := newKeyChanges(); other.epoch == e.b.keyChanges.epoch {
+	if other := newKeyChanges(); other.epoch == e.b.keyRecords.changes.epoch {
 		t.Fatal("two backends share an epoch")
 	}
 	// Long pages: at most MaxKeyRecordPage changes at a time, with more.
-	last := e.b.keyChanges.lastSeq()
+	last := e.b.keyRecords.changes.lastSeq()
 	p := e.keyRecords("key-records", map[string]interface{}{"after": last - 2*contract.MaxKeyRecordPage, "epoch": epoch})
 	if p.Resync || !p.More || p.Next != last-contract.MaxKeyRecordPage {
 		t.Fatalf("a long way behind: resync=%v more=%v next=%d", p.Resync, p.More, p.Next)
@@ -294,15 +294,15 @@ func TestKeyRecordSnapshotExpired(t *testing.T) {
 		{"expired an hour ago", time.Hour, false},
 	} {
 		id := e.mint("web", nil).Data["key_id"].(string)
-		k, err := e.b.getKey(context.Background(), e.storage, id)
+		k, err := getKey(context.Background(), e.storage, id)
 		if err != nil {
 			t.Fatal(err)
 		}
 		k.ExpiresAt = time.Now().Add(-c.expired)
-		if err := e.b.putKey(context.Background(), e.storage, k); err != nil {
+		if err := putKey(context.Background(), e.storage, k); err != nil {
 			t.Fatal(err)
 		}
-		e.b.keyList = nil
+		e.b.keyRecords.list = nil
 		recs, _, _ := e.snapshotAll(nil)
 		if _, ok := recs[id]; ok != c.want {
 			t.Errorf("%s: in the snapshot = %v, want %v", c.name, ok, c.want)
@@ -351,7 +351,7 @@ func TestKeyRecordPagesBoundedInBytes(t *testing.T) {
 	if len(got) != n || pages < 2 {
 		t.Fatalf("the snapshot gave %d of %d keys in %d pages", len(got), n, pages+1)
 	}
-	epoch := e.b.keyChanges.epoch
+	epoch := e.b.keyRecords.changes.epoch
 	got = map[string]bool{}
 	for after := uint64(0); ; {
 		p := check("key-records", map[string]interface{}{"after": after, "epoch": epoch})

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
@@ -126,7 +127,7 @@ within the hour is answered duplicate=true and counted once.`,
 
 // pathKeyUsageWrite adapts a key-usage report into recordKeyUsage.
 func (b *backend) pathKeyUsageWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	ans, err := b.recordKeyUsage(ctx, req.Storage, req.EntityID, contract.KeyUsageReport{
+	ans, err := b.meters.recordKeyUsage(ctx, req.Storage, req.EntityID, b.Logger(), contract.KeyUsageReport{
 		Usage:    d.Get(contract.FieldUsage).(string),
 		ReportID: d.Get(contract.FieldReportID).(string),
 	})
@@ -136,7 +137,7 @@ func (b *backend) pathKeyUsageWrite(ctx context.Context, req *logical.Request, d
 // recordKeyUsage records a verifier's report of the keys it saw used;
 // entity is the verifier's Vault entity, under which its report ids are
 // kept.
-func (b *backend) recordKeyUsage(ctx context.Context, s logical.Storage, entity string, in contract.KeyUsageReport) (*contract.KeyUsageAnswer, error) {
+func (mt *meters) recordKeyUsage(ctx context.Context, s logical.Storage, entity string, log hclog.Logger, in contract.KeyUsageReport) (*contract.KeyUsageAnswer, error) {
 	var entries []usageEntry
 	if err := json.Unmarshal([]byte(in.Usage), &entries); err != nil {
 		return nil, refuse("usage must be a JSON array of {key_id, last, from, count}: %v", err)
@@ -155,7 +156,7 @@ func (b *backend) recordKeyUsage(ctx context.Context, s logical.Storage, entity 
 		rep.id = reportIDOf(entity, in.ReportID)
 		// Held until the report is recorded: the same report sent again
 		// meanwhile waits, then finds it recorded.
-		l := locksutil.LockForKey(b.usageReportLocks, rep.id)
+		l := locksutil.LockForKey(mt.usageReportLocks, rep.id)
 		l.Lock()
 		defer l.Unlock()
 		var err error
@@ -166,11 +167,11 @@ func (b *backend) recordKeyUsage(ctx context.Context, s logical.Storage, entity 
 			return &contract.KeyUsageAnswer{Duplicate: true}, nil
 		}
 	}
-	byShard, skipped, err := b.usesByShard(ctx, s, entries, now)
+	byShard, skipped, err := usesByShard(ctx, s, entries, now)
 	if err != nil {
 		return nil, err
 	}
-	if err := b.recordShards(ctx, s, rep, byShard, now.UTC()); err != nil {
+	if err := mt.recordShards(ctx, s, rep, byShard, now.UTC(), log); err != nil {
 		return nil, err
 	}
 	return &contract.KeyUsageAnswer{Recorded: len(entries) - skipped, Skipped: skipped}, nil
@@ -190,7 +191,7 @@ type usageRecording struct {
 // An entry that does not make sense is skipped, not the report: one bad
 // entry (a verifier's clock ahead, say) must not make a verifier resend
 // the same report for ever.
-func (b *backend) usesByShard(ctx context.Context, s logical.Storage, entries []usageEntry, now time.Time) (map[string][]usageEntry, int, error) {
+func usesByShard(ctx context.Context, s logical.Storage, entries []usageEntry, now time.Time) (map[string][]usageEntry, int, error) {
 	valid := make([]usageEntry, 0, len(entries))
 	ids := make([]string, 0, len(entries))
 	for _, e := range entries {
@@ -202,7 +203,7 @@ func (b *backend) usesByShard(ctx context.Context, s logical.Storage, entries []
 	skipped := len(entries) - len(valid)
 	// Read without any lock: a key revoked meanwhile has this use kept
 	// beside it, which changes nothing a verifier decides on.
-	keys, err := b.getKeys(ctx, s, ids)
+	keys, err := getKeys(ctx, s, ids)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -222,7 +223,7 @@ func (b *backend) usesByShard(ctx context.Context, s logical.Storage, entries []
 
 // recordShards adds each shard's uses to it, but those a first attempt
 // of the report recorded, then marks the report recorded.
-func (b *backend) recordShards(ctx context.Context, s logical.Storage, rep usageRecording, byShard map[string][]usageEntry, now time.Time) error {
+func (mt *meters) recordShards(ctx context.Context, s logical.Storage, rep usageRecording, byShard map[string][]usageEntry, now time.Time, log hclog.Logger) error {
 	shards := slices.Sorted(maps.Keys(byShard))
 	var done []string
 	if rep.mark != nil {
@@ -232,7 +233,7 @@ func (b *backend) recordShards(ctx context.Context, s logical.Storage, rep usage
 		if slices.Contains(done, shard) {
 			continue // recorded by this report's first attempt
 		}
-		if err := b.addUsage(ctx, s, shard, byShard[shard], now); err != nil {
+		if err := mt.addUsage(ctx, s, shard, byShard[shard], now, log); err != nil {
 			if rep.id != "" && len(done) > 0 {
 				// Its retry records only the rest (best effort: the
 				// storage just failed).
@@ -298,8 +299,8 @@ func usageShardPath(id string) string {
 
 // addUsage adds a report's entries of one shard to it, under the shard's
 // lock (two reports at once each add theirs).
-func (b *backend) addUsage(ctx context.Context, s logical.Storage, shard string, entries []usageEntry, now time.Time) error {
-	l := locksutil.LockForKey(b.usageLocks, shard)
+func (mt *meters) addUsage(ctx context.Context, s logical.Storage, shard string, entries []usageEntry, now time.Time, log hclog.Logger) error {
+	l := locksutil.LockForKey(mt.usageLocks, shard)
 	l.Lock()
 	defer l.Unlock()
 	sh, err := getJSON[usageShard](ctx, s, shard)
@@ -338,7 +339,7 @@ func (b *backend) addUsage(ctx context.Context, s logical.Storage, shard string,
 				return fmt.Errorf("encoding %s: %w", shard, err)
 			}
 		}
-		b.Logger().Warn("so many keys are in use that their oldest daily counts were dropped to keep their last use", "shard", shard, "keys", len(sh.Keys))
+		log.Warn("so many keys are in use that their oldest daily counts were dropped to keep their last use", "shard", shard, "keys", len(sh.Keys))
 	}
 	if err := s.Put(ctx, &logical.StorageEntry{Key: shard, Value: v}); err != nil {
 		return fmt.Errorf("storing %s: %w", shard, err)
@@ -376,7 +377,7 @@ func findUsageReport(ctx context.Context, s logical.Storage, id string, now time
 }
 
 // usageOf reads the use of the keys ids, each shard once.
-func (b *backend) usageOf(ctx context.Context, s logical.Storage, ids []string) (map[string]*keyUsage, error) {
+func usageOf(ctx context.Context, s logical.Storage, ids []string) (map[string]*keyUsage, error) {
 	shards := map[string]*usageShard{}
 	uses := map[string]*keyUsage{}
 	for _, id := range ids {
@@ -424,7 +425,7 @@ func (k *keyEntry) withUsage(u *keyUsage) {
 
 // tidyUsage drops the use of keys no longer stored, and report ids older
 // than the window.
-func (b *backend) tidyUsage(ctx context.Context, s logical.Storage, now time.Time) error {
+func (mt *meters) tidyUsage(ctx context.Context, s logical.Storage, now time.Time) error {
 	ids, err := s.List(ctx, keyPrefix)
 	if err != nil {
 		return fmt.Errorf("listing keys: %w", err)
@@ -438,7 +439,7 @@ func (b *backend) tidyUsage(ctx context.Context, s logical.Storage, now time.Tim
 		return fmt.Errorf("listing key use: %w", err)
 	}
 	for _, name := range shards {
-		if err := b.tidyUsageShard(ctx, s, usageShardPrefix+name, live); err != nil {
+		if err := mt.tidyUsageShard(ctx, s, usageShardPrefix+name, live); err != nil {
 			return err
 		}
 	}
@@ -464,8 +465,8 @@ func (b *backend) tidyUsage(ctx context.Context, s logical.Storage, now time.Tim
 	return nil
 }
 
-func (b *backend) tidyUsageShard(ctx context.Context, s logical.Storage, shard string, live map[string]bool) error {
-	l := locksutil.LockForKey(b.usageLocks, shard)
+func (mt *meters) tidyUsageShard(ctx context.Context, s logical.Storage, shard string, live map[string]bool) error {
+	l := locksutil.LockForKey(mt.usageLocks, shard)
 	l.Lock()
 	defer l.Unlock()
 	sh, err := getJSON[usageShard](ctx, s, shard)
@@ -478,7 +479,7 @@ func (b *backend) tidyUsageShard(ctx context.Context, s logical.Storage, shard s
 			continue
 		}
 		// Not in the listing: gone, or minted since (a Get tells).
-		if k, err := b.getKey(ctx, s, id); err != nil {
+		if k, err := getKey(ctx, s, id); err != nil {
 			return err
 		} else if k == nil {
 			delete(sh.Keys, id)

@@ -113,17 +113,17 @@ func TestKeyUsageReportCostBounded(t *testing.T) {
 	report["report_id"] = "r-1"
 
 	// Revocations' lock held throughout: the report does not wait for it.
-	e.b.revocationMu.Lock()
+	e.b.revocations.lock()
 	done := make(chan map[string]interface{})
 	go func() { done <- e.ok(logical.UpdateOperation, "key-usage", report).Data }()
 	var got map[string]interface{}
 	select {
 	case got = <-done:
 	case <-time.After(5 * time.Second):
-		e.b.revocationMu.Unlock()
+		e.b.revocations.unlock()
 		t.Fatal("a key-usage report waited for the revocation lock")
 	}
-	e.b.revocationMu.Unlock()
+	e.b.revocations.unlock()
 	if got["recorded"] != n || got["skipped"] != 0 {
 		t.Fatalf("report: %#v", got)
 	}
@@ -243,14 +243,14 @@ func TestKeyUsageTidyAndOlderRecords(t *testing.T) {
 	e.ok(logical.UpdateOperation, "key-usage", report)
 
 	// An older version's uses, on the record itself.
-	k, err := e.b.getKey(ctx, e.storage, kept)
+	k, err := getKey(ctx, e.storage, kept)
 	if err != nil {
 		t.Fatal(err)
 	}
 	yesterday := now.UTC().Add(-24 * time.Hour)
 	k.LastUsedAt, k.LastUsedFrom = yesterday.Truncate(time.Second), "10.9.9.9"
 	k.Uses = []keyUse{{Day: yesterday.Format(time.DateOnly), Count: 5}, {Day: now.UTC().Format(time.DateOnly), Count: 1}}
-	if err := e.b.putKey(ctx, e.storage, k); err != nil {
+	if err := putKey(ctx, e.storage, k); err != nil {
 		t.Fatal(err)
 	}
 	d := e.ok(logical.ReadOperation, "keys/id/"+kept, nil).Data
@@ -265,7 +265,7 @@ func TestKeyUsageTidyAndOlderRecords(t *testing.T) {
 	if _, err := e.b.tidy(ctx, e.storage, now.Add(3*time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	u, err := e.b.usageOf(ctx, e.storage, []string{kept, gone})
+	u, err := usageOf(ctx, e.storage, []string{kept, gone})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -298,7 +298,7 @@ func TestUsageShardWithinEntryLimit(t *testing.T) {
 	if err := putJSON(ctx, e.storage, shard, sh); err != nil { // beside the limit
 		t.Fatal(err)
 	}
-	if err := e.b.addUsage(ctx, st, shard, []usageEntry{{KeyID: "k00000000000", Last: now.Unix(), From: "10.0.0.1", Count: 1}}, now.UTC()); err != nil {
+	if err := e.b.meters.addUsage(ctx, st, shard, []usageEntry{{KeyID: "k00000000000", Last: now.Unix(), From: "10.0.0.1", Count: 1}}, now.UTC(), e.b.Logger()); err != nil {
 		t.Fatalf("a report to a full shard: %v", err)
 	}
 	got, err := getJSON[usageShard](ctx, e.storage, shard)

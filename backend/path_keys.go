@@ -124,19 +124,19 @@ func pathRole(d *framework.FieldData) string {
 }
 
 // keyOfRole reads the key a path names (keyOf).
-func (b *backend) keyOfRole(ctx context.Context, s logical.Storage, d *framework.FieldData) (k *keyEntry, resp *logical.Response, err error) {
-	return b.keyOf(ctx, s, pathRole(d), d.Get("key_id").(string))
+func keyOfRole(ctx context.Context, s logical.Storage, d *framework.FieldData) (k *keyEntry, resp *logical.Response, err error) {
+	return keyOf(ctx, s, pathRole(d), d.Get("key_id").(string))
 }
 
 // keyOf reads key id: nil when there is none. Under a role (role not ""),
 // a key of another role is answered as one that does not exist: a policy
 // on keys/<role>/* must learn nothing of other roles' keys. resp is the
 // 400 for a malformed key_id.
-func (b *backend) keyOf(ctx context.Context, s logical.Storage, role, id string) (k *keyEntry, resp *logical.Response, err error) {
+func keyOf(ctx context.Context, s logical.Storage, role, id string) (k *keyEntry, resp *logical.Response, err error) {
 	if !apikey.ValidateID(id) {
 		return nil, logical.ErrorResponse("%q is not a key_id (12 base62 characters)", id), nil
 	}
-	if k, err = b.getKey(ctx, s, id); err != nil || k == nil {
+	if k, err = getKey(ctx, s, id); err != nil || k == nil {
 		return nil, nil, err
 	}
 	if role != "" && k.Role != role {
@@ -197,7 +197,7 @@ func (b *backend) pathKeyList(ctx context.Context, req *logical.Request, d *fram
 	role := pathRole(d)
 	keys := make([]*keyEntry, 0, len(ids))
 	for _, id := range ids {
-		k, err := b.getKey(ctx, req.Storage, id)
+		k, err := getKey(ctx, req.Storage, id)
 		if err != nil {
 			return nil, err
 		}
@@ -210,7 +210,7 @@ func (b *backend) pathKeyList(ctx context.Context, req *logical.Request, d *fram
 	for _, k := range keys {
 		ids = append(ids, k.ID)
 	}
-	uses, err := b.usageOf(ctx, req.Storage, ids)
+	uses, err := usageOf(ctx, req.Storage, ids)
 	if err != nil {
 		return nil, err
 	}
@@ -234,14 +234,14 @@ func (b *backend) pathKeyList(ctx context.Context, req *logical.Request, d *fram
 }
 
 func (b *backend) pathKeyRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	k, resp, err := b.keyOfRole(ctx, req.Storage, d)
+	k, resp, err := keyOfRole(ctx, req.Storage, d)
 	if k == nil {
 		return resp, err // nil, nil: 404
 	}
-	if err := b.withRoleSuspension(ctx, req.Storage, k); err != nil {
+	if err := withRoleSuspension(ctx, req.Storage, k); err != nil {
 		return nil, err
 	}
-	uses, err := b.usageOf(ctx, req.Storage, []string{k.ID})
+	uses, err := usageOf(ctx, req.Storage, []string{k.ID})
 	if err != nil {
 		return nil, err
 	}
@@ -262,12 +262,12 @@ func (b *backend) pathKeyRead(ctx context.Context, req *logical.Request, d *fram
 
 func (b *backend) pathKeyRevoke(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	// A key's role never changes, so the check holds when revokeKey runs.
-	k, resp, err := b.keyOfRole(ctx, req.Storage, d)
+	k, resp, err := keyOfRole(ctx, req.Storage, d)
 	if k == nil && resp == nil && err == nil {
 		resp = noSuchKey(d)
 	}
 	if k == nil {
 		return resp, err
 	}
-	return nil, b.revokeKey(ctx, req.Storage, k.ID)
+	return nil, b.revoker.revokeKey(ctx, req.Storage, k.ID)
 }

@@ -225,9 +225,9 @@ func TestRenewExtendsExpiry(t *testing.T) {
 	id := resp.Data["key_id"].(string)
 
 	// Pretend the key was issued a while ago and has 10 minutes left.
-	k, _ := e.b.getKey(context.Background(), e.storage, id)
+	k, _ := getKey(context.Background(), e.storage, id)
 	k.ExpiresAt = time.Now().Add(10 * time.Minute)
-	if err := e.b.putKey(context.Background(), e.storage, k); err != nil {
+	if err := putKey(context.Background(), e.storage, k); err != nil {
 		t.Fatal(err)
 	}
 	resp.Secret.IssueTime = time.Now()
@@ -239,7 +239,7 @@ func TestRenewExtendsExpiry(t *testing.T) {
 	if r.Secret.TTL != 2*time.Hour {
 		t.Fatalf("renewed ttl = %s, want 2h", r.Secret.TTL)
 	}
-	k, _ = e.b.getKey(context.Background(), e.storage, id)
+	k, _ = getKey(context.Background(), e.storage, id)
 	if time.Until(k.ExpiresAt) < 119*time.Minute {
 		t.Fatalf("expires_at after renew = %s, want about now+2h", k.ExpiresAt)
 	}
@@ -335,7 +335,7 @@ func TestKeyPathsAreScopedByRole(t *testing.T) {
 	} {
 		e.userError(c.op, c.path, c.data, "does not exist under role")
 	}
-	k, err := e.b.getKey(context.Background(), e.storage, adm)
+	k, err := getKey(context.Background(), e.storage, adm)
 	if err != nil || k.revoked() || k.suspended() || k.ReplacedBy != "" {
 		t.Fatalf("the admin key changed through billing's paths: %+v %v", k, err)
 	}

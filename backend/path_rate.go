@@ -73,7 +73,7 @@ window_end. limited=false says the credential has no rate limit.`,
 
 // pathRateReserve adapts a rate/reserve request into reserveRate.
 func (b *backend) pathRateReserve(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	ans, err := b.reserveRate(ctx, req.Storage, contract.RateReserve{
+	ans, err := b.meters.reserveRate(ctx, req.Storage, contract.RateReserve{
 		ID:      d.Get(contract.FieldID).(string),
 		Units:   d.Get(contract.FieldUnits).(int64),
 		Role:    d.Get(contract.FieldRole).(string),
@@ -84,7 +84,7 @@ func (b *backend) pathRateReserve(ctx context.Context, req *logical.Request, d *
 
 // reserveRate takes up to in.Units requests from the current window of the
 // credential's lineage.
-func (b *backend) reserveRate(ctx context.Context, s logical.Storage, in contract.RateReserve) (*contract.RateAnswer, error) {
+func (mt *meters) reserveRate(ctx context.Context, s logical.Storage, in contract.RateReserve) (*contract.RateAnswer, error) {
 	switch {
 	case in.ID == "":
 		return nil, refuse("id is required: an API key's key_id or a JWT's jti")
@@ -92,7 +92,7 @@ func (b *backend) reserveRate(ctx context.Context, s logical.Storage, in contrac
 		return nil, refuse("units must be between 1 and %d, got %d", maxRate, in.Units)
 	}
 	now := time.Now().UTC()
-	l, lineage, err := b.rateLineage(ctx, s, in, now)
+	l, lineage, err := rateLineage(ctx, s, in, now)
 	if err != nil {
 		return nil, err
 	}
@@ -100,16 +100,16 @@ func (b *backend) reserveRate(ctx context.Context, s logical.Storage, in contrac
 	if limit == 0 {
 		return &contract.RateAnswer{Limited: false, Granted: in.Units}, nil
 	}
-	return b.takeFromWindow(ctx, s, lineage, window, limit, in.Units, now)
+	return mt.takeFromWindow(ctx, s, lineage, window, limit, in.Units, now)
 }
 
 // rateLineage is the limits that apply to in's credential and its lineage
 // (an API key's key_id, a JWT's subject within its role): the key's own,
 // or the role's as it is now. A key unknown, revoked or expired, or a JWT
 // revoked or of no role, is refused.
-func (b *backend) rateLineage(ctx context.Context, s logical.Storage, in contract.RateReserve, now time.Time) (limits, string, error) {
+func rateLineage(ctx context.Context, s logical.Storage, in contract.RateReserve, now time.Time) (limits, string, error) {
 	if apikey.ValidateID(in.ID) {
-		k, err := b.getKey(ctx, s, in.ID)
+		k, err := getKey(ctx, s, in.ID)
 		switch {
 		case err != nil:
 			return limits{}, "", err
@@ -128,14 +128,14 @@ func (b *backend) rateLineage(ctx context.Context, s logical.Storage, in contrac
 	if err := validateText("subject", in.Subject, maxNameLength); err != nil {
 		return limits{}, "", refuse("%s", err.Error())
 	}
-	r, err := b.getRole(ctx, s, in.Role)
+	r, err := getRole(ctx, s, in.Role)
 	if err != nil {
 		return limits{}, "", err
 	}
 	if r == nil {
 		return limits{}, "", refuse("role %q does not exist", in.Role)
 	}
-	revoked, err := b.isRevoked(ctx, s, in.ID)
+	revoked, err := isRevoked(ctx, s, in.ID)
 	switch {
 	case err != nil:
 		return limits{}, "", err
@@ -148,10 +148,10 @@ func (b *backend) rateLineage(ctx context.Context, s logical.Storage, in contrac
 // takeFromWindow grants up to units of the limit of lineage's current
 // window: all of them while twice as many are left, then half of what is
 // left, so that the last requests are spread over the verifiers that ask.
-func (b *backend) takeFromWindow(ctx context.Context, s logical.Storage, lineage string, window time.Duration, limit, units int64, now time.Time) (*contract.RateAnswer, error) {
+func (mt *meters) takeFromWindow(ctx context.Context, s logical.Storage, lineage string, window time.Duration, limit, units int64, now time.Time) (*contract.RateAnswer, error) {
 	sum := sha256.Sum256([]byte(lineage))
 	path := ratePrefix + hex.EncodeToString(sum[:])
-	lock := locksutil.LockForKey(b.rateLocks, path)
+	lock := locksutil.LockForKey(mt.rateLocks, path)
 	lock.Lock()
 	defer lock.Unlock()
 	w, err := getJSON[rateWindow](ctx, s, path)

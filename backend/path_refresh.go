@@ -94,7 +94,7 @@ useless, and the new tokens stay bound to the same key.`,
 // newRefreshToken stores a refresh token for g in family, recording the
 // access token (internal lease data) it was issued with. The caller holds
 // refreshMu.
-func (b *backend) newRefreshToken(ctx context.Context, s logical.Storage, g grant, familyID string, access map[string]interface{}, ttl, familyTTL time.Duration) (string, error) {
+func newRefreshToken(ctx context.Context, s logical.Storage, g grant, familyID string, access map[string]interface{}, ttl, familyTTL time.Duration) (string, error) {
 	var token, id string
 	for attempt := 0; ; attempt++ {
 		var err error
@@ -213,7 +213,7 @@ func (b *backend) refresh(ctx context.Context, req *logical.Request, m refreshRe
 	if err != nil || resp.IsError() {
 		return resp, err
 	}
-	rt, err := b.newRefreshToken(ctx, req.Storage, g, entry.Family, resp.Secret.InternalData, r.RefreshTTL, r.familyMaxTTL())
+	rt, err := newRefreshToken(ctx, req.Storage, g, entry.Family, resp.Secret.InternalData, r.RefreshTTL, r.familyMaxTTL())
 	if err != nil {
 		return nil, err
 	}
@@ -250,7 +250,7 @@ func (b *backend) spendable(ctx context.Context, req *logical.Request, m refresh
 	// Before reuse detection: for a bound family, a caller without the key
 	// can neither spend the refresh token nor, with a spent one, revoke
 	// the family.
-	if msg := b.checkRefreshProof(req, entry.Grant.JKT, m.dpopProof); msg != "" {
+	if msg := checkRefreshProof(req, entry.Grant.JKT, m.dpopProof); msg != "" {
 		return nil, nil, logical.ErrorResponse(msg), nil
 	}
 	if !entry.SpentAt.IsZero() {
@@ -282,7 +282,7 @@ const refreshProofAge = 60 * time.Second
 
 // checkRefreshProof says what is wrong with a refresh's DPoP proof, "" when
 // nothing: a bound family needs a proof by its key for this path.
-func (b *backend) checkRefreshProof(req *logical.Request, jkt, proof string) string {
+func checkRefreshProof(req *logical.Request, jkt, proof string) string {
 	switch {
 	case jkt == "" && proof != "":
 		return "dpop_proof given, but the refresh_token's family is not DPoP-bound"
@@ -356,7 +356,7 @@ func (b *backend) revokeFamilyLocked(ctx context.Context, s logical.Storage, id 
 		return err
 	}
 	for jti, exp := range f.JTIs {
-		if err := b.revokeJTI(ctx, s, jti, exp); err != nil {
+		if err := b.revoker.revokeJTI(ctx, s, jti, exp); err != nil {
 			return err
 		}
 	}

@@ -94,9 +94,9 @@ func TestLeaseExpiryIsNotARevocation(t *testing.T) {
 	e.createRole("web", nil)
 	resp := e.mint("web", nil)
 	id := resp.Data["key_id"].(string)
-	k, _ := e.b.getKey(context.Background(), e.storage, id)
+	k, _ := getKey(context.Background(), e.storage, id)
 	k.ExpiresAt = time.Now().Add(-time.Second)
-	if err := e.b.putKey(context.Background(), e.storage, k); err != nil {
+	if err := putKey(context.Background(), e.storage, k); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.lease(logical.RevokeOperation, resp.Secret); err != nil {
@@ -121,7 +121,7 @@ func TestRevocationFeedDropsExpired(t *testing.T) {
 	e.ok(logical.DeleteOperation, e.keyPath(long), nil)
 
 	// Age the first entry as if its key expired.
-	r, err := e.b.getRevocation(context.Background(), e.storage, revocationPath(1)[len(revocationEntryPrefix):])
+	r, err := getRevocation(context.Background(), e.storage, revocationPath(1)[len(revocationEntryPrefix):])
 	if err != nil || r == nil {
 		t.Fatalf("revocation 1: %v %v", r, err)
 	}
@@ -151,11 +151,11 @@ func TestRevocationFeedDropsExpired(t *testing.T) {
 func TestRevocationFeedPages(t *testing.T) {
 	e := newTestEnv(t)
 	for i := 0; i < contract.MaxRevocationPage+5; i++ {
-		e.b.revocationMu.Lock()
-		err := e.b.appendRevocationLocked(context.Background(), e.storage, revocation{
+		e.b.revocations.lock()
+		err := e.b.revocations.appendLocked(context.Background(), e.storage, revocation{
 			ID: "id", Type: secretTypeAPIKey, RevokedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour),
 		})
-		e.b.revocationMu.Unlock()
+		e.b.revocations.unlock()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -176,9 +176,9 @@ func TestTidyKeys(t *testing.T) {
 	ids := map[string]time.Duration{}
 	for _, age := range []time.Duration{-time.Hour, time.Minute, 2 * expiredKeyRetention} {
 		id := e.mint("web", nil).Data["key_id"].(string)
-		k, _ := e.b.getKey(context.Background(), e.storage, id)
+		k, _ := getKey(context.Background(), e.storage, id)
 		k.ExpiresAt = time.Now().Add(-age)
-		if err := e.b.putKey(context.Background(), e.storage, k); err != nil {
+		if err := putKey(context.Background(), e.storage, k); err != nil {
 			t.Fatal(err)
 		}
 		ids[id] = age
@@ -188,7 +188,7 @@ func TestTidyKeys(t *testing.T) {
 		t.Fatalf("tidy = %#v, want 1 key deleted", resp.Data)
 	}
 	for id, age := range ids {
-		k, _ := e.b.getKey(context.Background(), e.storage, id)
+		k, _ := getKey(context.Background(), e.storage, id)
 		if gone := k == nil; gone != (age > expiredKeyRetention) {
 			t.Fatalf("key expired %s ago: deleted=%v", age, gone)
 		}
@@ -321,7 +321,7 @@ func (e *testEnv) setRevocationExpiry(id string, exp time.Time) {
 		e.t.Fatal(err)
 	}
 	for _, n := range names {
-		r, err := e.b.getRevocation(ctx, e.storage, n)
+		r, err := getRevocation(ctx, e.storage, n)
 		if err != nil {
 			e.t.Fatal(err)
 		}

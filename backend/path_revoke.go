@@ -117,7 +117,7 @@ func (b *backend) revokeOneByValue(ctx context.Context, req *logical.Request, cr
 			return res, err
 		}
 	}
-	k, reason, _, err := b.keyByValue(ctx, req.Storage, cred)
+	k, reason, _, err := keyByValue(ctx, req.Storage, cred)
 	switch {
 	case err != nil:
 		return nil, err
@@ -130,7 +130,7 @@ func (b *backend) revokeOneByValue(ctx context.Context, req *logical.Request, cr
 	case !time.Now().Before(k.ExpiresAt):
 		return revokeResult(secretTypeAPIKey, k.ID, revokeExpired), nil
 	}
-	if err := b.revokeKey(ctx, req.Storage, k.ID); err != nil {
+	if err := b.revoker.revokeKey(ctx, req.Storage, k.ID); err != nil {
 		return nil, err
 	}
 	return revokeResult(secretTypeAPIKey, k.ID, revokeRevoked), nil
@@ -140,7 +140,7 @@ func (b *backend) revokeOneByValue(ctx context.Context, req *logical.Request, cr
 // claim says (a signature by one of the mount's keys is what makes it
 // ours), with its refresh family.
 func (b *backend) revokeJWTByValue(ctx context.Context, s logical.Storage, token string) (map[string]interface{}, error) {
-	st, err := b.signing(ctx, s)
+	st, err := b.signer.current(ctx, s, b.Logger())
 	if err != nil {
 		return nil, err
 	}
@@ -200,7 +200,7 @@ func (b *backend) revokeTokenAndFamily(ctx context.Context, s logical.Storage, j
 			changed = true
 		}
 	}
-	return changed, b.revokeJTI(ctx, s, jti, exp)
+	return changed, b.revoker.revokeJTI(ctx, s, jti, exp)
 }
 
 // revokeRefreshByValue revokes the family of a refresh token given by value,

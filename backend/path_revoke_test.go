@@ -76,7 +76,7 @@ func TestRevokeByValue(t *testing.T) {
 // plugin could have minted, with times a test chooses.
 func (e *testEnv) signedByMount(c jwtverify.Claims) string {
 	e.t.Helper()
-	st, err := e.b.signing(context.Background(), e.storage)
+	st, err := e.b.signer.current(context.Background(), e.storage, e.b.Logger())
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -146,7 +146,7 @@ func TestRevokeByValueRevokesWhatItStandsFor(t *testing.T) {
 		{name: "a JWT revoked alone before, its family live",
 			setup: func(e *testEnv, f fam) {
 				exp, _ := time.Parse(time.RFC3339, str(f.first, "expires_at"))
-				if err := e.b.revokeJTI(context.Background(), e.storage, str(f.first, "jti"), exp); err != nil {
+				if err := e.b.revoker.revokeJTI(context.Background(), e.storage, str(f.first, "jti"), exp); err != nil {
 					t.Fatal(err)
 				}
 			},

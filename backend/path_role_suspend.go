@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
-	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -56,19 +55,12 @@ refused, and a role created again under its name starts suspended.`,
 	}
 }
 
-// roleLock is the lock of role name: role writes and suspensions take it,
-// key mints hold it for reading from the suspension check to the key's
-// write, so that no key is minted from a role once its suspension returns.
-func (b *backend) roleLock(name string) *locksutil.LockEntry {
-	return locksutil.LockForKey(b.roleLocks, name)
-}
-
 func (b *backend) pathRoleSuspend(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	name, suspend := d.Get("name").(string), d.Get("action").(string) == "suspend"
-	l := b.roleLock(name)
+	l := b.roleLocks.of(name)
 	l.Lock()
 	defer l.Unlock()
-	r, err := b.getRole(ctx, req.Storage, name)
+	r, err := getRole(ctx, req.Storage, name)
 	if err != nil {
 		return nil, err
 	}
@@ -95,7 +87,7 @@ func (b *backend) pathRoleSuspend(ctx context.Context, req *logical.Request, d *
 			return nil, fmt.Errorf("deleting the suspension of role %s: %w", name, err)
 		}
 	}
-	b.keyChanges.add("") // verifiers read the suspended roles anew
+	b.keyRecords.add("") // verifiers read the suspended roles anew
 	b.Logger().Info("role suspension", "role", name, "suspended", suspend, "entity_id", req.EntityID)
 	data := map[string]interface{}{"role": name, "suspended": suspend}
 	if suspend {
@@ -105,7 +97,7 @@ func (b *backend) pathRoleSuspend(ctx context.Context, req *logical.Request, d *
 }
 
 // roleSuspendedAt is when role name was suspended; zero when it is not.
-func (b *backend) roleSuspendedAt(ctx context.Context, s logical.Storage, name string) (time.Time, error) {
+func roleSuspendedAt(ctx context.Context, s logical.Storage, name string) (time.Time, error) {
 	rs, err := getJSON[roleSuspension](ctx, s, suspendedRolePrefix+name)
 	if err != nil || rs == nil {
 		return time.Time{}, err
@@ -115,8 +107,8 @@ func (b *backend) roleSuspendedAt(ctx context.Context, s logical.Storage, name s
 
 // withRoleSuspension fills in whether k's role is suspended, for a read or
 // a verification of k (it is not stored with the key).
-func (b *backend) withRoleSuspension(ctx context.Context, s logical.Storage, k *keyEntry) error {
-	at, err := b.roleSuspendedAt(ctx, s, k.Role)
+func withRoleSuspension(ctx context.Context, s logical.Storage, k *keyEntry) error {
+	at, err := roleSuspendedAt(ctx, s, k.Role)
 	k.roleSuspendedAt = at
 	return err
 }
@@ -150,7 +142,7 @@ func (b *backend) migrateRoleSuspensions(ctx context.Context, s logical.Storage)
 		return fmt.Errorf("listing roles: %w", err)
 	}
 	for _, name := range names {
-		r, err := b.getRole(ctx, s, name)
+		r, err := getRole(ctx, s, name)
 		if err != nil {
 			return err
 		}
@@ -178,7 +170,7 @@ func (b *backend) migrateRoleSuspensions(ctx context.Context, s logical.Storage)
 	}
 	now := time.Now()
 	for _, id := range ids {
-		k, err := b.getKey(ctx, s, id)
+		k, err := getKey(ctx, s, id)
 		if err != nil {
 			return err
 		}
@@ -193,10 +185,10 @@ func (b *backend) migrateRoleSuspensions(ctx context.Context, s logical.Storage)
 		}
 		b.Logger().Warn("key suspended with its role by an older version, the role no longer suspended: the key stays suspended, on its own", "key_id", k.ID, "role", k.Role)
 		k.SuspendedAt = k.LegacyRoleSuspendedAt
-		if err := b.putKey(ctx, s, k); err != nil {
+		if err := putKey(ctx, s, k); err != nil {
 			return err
 		}
-		b.keyChanges.add(k.ID)
+		b.keyRecords.add(k.ID)
 	}
 	return s.Put(ctx, &logical.StorageEntry{Key: done, Value: []byte("1")})
 }

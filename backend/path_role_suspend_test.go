@@ -156,7 +156,7 @@ func TestRoleSuspensionMigrated(t *testing.T) {
 	ctx := context.Background()
 	e.createRole("web", map[string]interface{}{"scopes": "read"})
 	k := e.mint("web", nil)
-	r, err := e.b.getRole(ctx, e.storage, "web")
+	r, err := getRole(ctx, e.storage, "web")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,12 +188,12 @@ func TestRoleSuspensionMigratedFromKeys(t *testing.T) {
 	e.createRole("gone", map[string]interface{}{"scopes": "read"})
 	k := e.mint("gone", nil)
 	id := k.Data["key_id"].(string)
-	old, err := e.b.getKey(ctx, e.storage, id)
+	old, err := getKey(ctx, e.storage, id)
 	if err != nil {
 		t.Fatal(err)
 	}
 	old.LegacyRoleSuspendedAt = time.Now().UTC().Truncate(time.Second) // as the old version walked it
-	if err := e.b.putKey(ctx, e.storage, old); err != nil {
+	if err := putKey(ctx, e.storage, old); err != nil {
 		t.Fatal(err)
 	}
 	e.ok(logical.DeleteOperation, "roles/gone", nil)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/keybroker/keybroker/apikey"
@@ -326,7 +327,18 @@ be renewed.`,
 	}
 }
 
-func (b *backend) getRole(ctx context.Context, s logical.Storage, name string) (*role, error) {
+// roleLocks are the locks of roles, one per name: role writes and
+// suspensions take it, key mints hold it for reading from the suspension
+// check to the key's write, so that no key is minted from a role once its
+// suspension returns.
+type roleLocks []*locksutil.LockEntry
+
+// of is the lock of role name.
+func (rl roleLocks) of(name string) *locksutil.LockEntry {
+	return locksutil.LockForKey(rl, name)
+}
+
+func getRole(ctx context.Context, s logical.Storage, name string) (*role, error) {
 	r, err := getJSON[role](ctx, s, rolePath(name))
 	if r != nil {
 		r.applyDefaults()
@@ -335,7 +347,7 @@ func (b *backend) getRole(ctx context.Context, s logical.Storage, name string) (
 }
 
 func (b *backend) roleExists(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
-	r, err := b.getRole(ctx, req.Storage, d.Get("name").(string))
+	r, err := getRole(ctx, req.Storage, d.Get("name").(string))
 	return r != nil, err
 }
 
@@ -348,7 +360,7 @@ func (b *backend) pathRoleList(ctx context.Context, req *logical.Request, _ *fra
 }
 
 func (b *backend) pathRoleRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	r, err := b.getRole(ctx, req.Storage, d.Get("name").(string))
+	r, err := getRole(ctx, req.Storage, d.Get("name").(string))
 	if err != nil || r == nil {
 		return nil, err
 	}
@@ -356,7 +368,7 @@ func (b *backend) pathRoleRead(ctx context.Context, req *logical.Request, d *fra
 }
 
 func (b *backend) pathRoleDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	l := b.roleLock(d.Get("name").(string))
+	l := b.roleLocks.of(d.Get("name").(string))
 	l.Lock()
 	defer l.Unlock()
 	if err := req.Storage.Delete(ctx, rolePath(d.Get("name").(string))); err != nil {
@@ -370,7 +382,7 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 	if err := validateRoleName("name", name); err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
-	l := b.roleLock(name)
+	l := b.roleLocks.of(name)
 	l.Lock()
 	defer l.Unlock()
 	r, err := b.roleToWrite(ctx, req.Storage, name)
@@ -392,12 +404,12 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 // its keys stay refused, and so do this role's until it is resumed (a read
 // shows suspended).
 func (b *backend) roleToWrite(ctx context.Context, s logical.Storage, name string) (*role, error) {
-	r, err := b.getRole(ctx, s, name)
+	r, err := getRole(ctx, s, name)
 	if err != nil || r != nil {
 		return r, err
 	}
 	r = &role{}
-	if r.SuspendedAt, err = b.roleSuspendedAt(ctx, s, name); err != nil {
+	if r.SuspendedAt, err = roleSuspendedAt(ctx, s, name); err != nil {
 		return nil, err
 	}
 	if r.Suspended = !r.SuspendedAt.IsZero(); r.Suspended {
@@ -416,7 +428,7 @@ func (b *backend) saveRole(ctx context.Context, s logical.Storage, name string, 
 	if err := r.normalize(b.System().MaxLeaseTTL()); err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
-	cfg, err := b.getConfig(ctx, s)
+	cfg, err := getConfig(ctx, s)
 	if err != nil {
 		return nil, err
 	}

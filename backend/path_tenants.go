@@ -7,7 +7,6 @@ import (
 
 	uuid "github.com/hashicorp/go-uuid"
 	"github.com/hashicorp/vault/sdk/framework"
-	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -76,7 +75,7 @@ changing budget_period starts a new period. Delete removes the ceiling.`,
 	}
 }
 
-func (b *backend) getTenant(ctx context.Context, s logical.Storage, name string) (*tenantEntry, error) {
+func getTenant(ctx context.Context, s logical.Storage, name string) (*tenantEntry, error) {
 	t, err := getJSON[tenantEntry](ctx, s, tenantPrefix+name)
 	if t != nil && t.ID == "" {
 		t.ID = legacyTenantID
@@ -84,16 +83,8 @@ func (b *backend) getTenant(ctx context.Context, s logical.Storage, name string)
 	return t, err
 }
 
-// lockTenant holds the lock of tenant name's entry. Taken after a meter's
-// lock, never before one.
-func (b *backend) lockTenant(name string) func() {
-	l := locksutil.LockForKey(b.tenantLocks, name)
-	l.Lock()
-	return l.Unlock
-}
-
 func (b *backend) tenantExists(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
-	t, err := b.getTenant(ctx, req.Storage, d.Get("name").(string))
+	t, err := getTenant(ctx, req.Storage, d.Get("name").(string))
 	return t != nil, err
 }
 
@@ -110,8 +101,8 @@ func (b *backend) pathTenantWrite(ctx context.Context, req *logical.Request, d *
 	if err := validateTenant(name); err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
-	defer b.lockTenant(name)()
-	t, err := b.getTenant(ctx, req.Storage, name)
+	defer b.meters.lockTenant(name)()
+	t, err := getTenant(ctx, req.Storage, name)
 	if err != nil {
 		return nil, err
 	}
@@ -138,12 +129,12 @@ func (b *backend) pathTenantWrite(ctx context.Context, req *logical.Request, d *
 	if err := putJSON(ctx, req.Storage, tenantPrefix+name, t); err != nil {
 		return nil, err
 	}
-	b.keyChanges.add("") // verifiers learn the metered tenants anew
+	b.keyRecords.add("") // verifiers learn the metered tenants anew
 	return nil, nil
 }
 
 func (b *backend) pathTenantRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	t, err := b.getTenant(ctx, req.Storage, d.Get("name").(string))
+	t, err := getTenant(ctx, req.Storage, d.Get("name").(string))
 	if err != nil || t == nil {
 		return nil, err
 	}
@@ -157,11 +148,11 @@ func (b *backend) pathTenantRead(ctx context.Context, req *logical.Request, d *f
 
 func (b *backend) pathTenantDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	name := d.Get("name").(string)
-	defer b.lockTenant(name)()
+	defer b.meters.lockTenant(name)()
 	if err := req.Storage.Delete(ctx, tenantPrefix+name); err != nil {
 		return nil, fmt.Errorf("deleting tenant: %w", err)
 	}
-	b.keyChanges.add("")
+	b.keyRecords.add("")
 	return nil, nil
 }
 

@@ -89,17 +89,7 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage, now time.Time) (t
 	}); err != nil {
 		return st, err
 	}
-	// A meter goes only when its credential has expired and its period
-	// has ended: before that, deleting it would hand a refreshed family
-	// (or a renewed key) a fresh budget within the same period.
-	if st.MetersDeleted, err = tidyLocked(ctx, s, meterPrefix, b.meterLocks, func(m *meter) bool {
-		return !now.Before(m.ExpiresAt) && !now.Before(m.PeriodStart.Add(m.Period))
-	}); err != nil {
-		return st, err
-	}
-	if _, err = tidyLocked(ctx, s, ratePrefix, b.rateLocks, func(w *rateWindow) bool {
-		return !now.Before(w.end())
-	}); err != nil {
+	if st.MetersDeleted, err = b.meters.tidy(ctx, s, now); err != nil {
 		return st, err
 	}
 	if _, err = tidyPrefix(ctx, s, revokedJTIPrefix, func(r *revokedJTI) bool {
@@ -112,7 +102,7 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage, now time.Time) (t
 	}); err != nil {
 		return st, err
 	}
-	if err = b.tidyApprovals(ctx, s, now); err != nil {
+	if err = b.approvals.tidy(ctx, s, now, b.Logger()); err != nil {
 		return st, err
 	}
 	// A chain is kept as long as its token could be taken for valid
@@ -122,10 +112,10 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage, now time.Time) (t
 	}); err != nil {
 		return st, err
 	}
-	if err = b.tidyDerived(ctx, s, now); err != nil {
+	if err = b.revoker.tidyDerived(ctx, s, now); err != nil {
 		return st, err
 	}
-	if err = b.tidyUsage(ctx, s, now); err != nil {
+	if err = b.meters.tidyUsage(ctx, s, now); err != nil {
 		return st, err
 	}
 	if st != (tidyStats{}) {

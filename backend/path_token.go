@@ -9,7 +9,6 @@ import (
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 
-	"github.com/keybroker/keybroker/contract"
 	"github.com/keybroker/keybroker/jwtverify"
 )
 
@@ -195,7 +194,7 @@ func (b *backend) revokeJWTLease(ctx context.Context, req *logical.Request, _ *f
 		defer b.refreshMu.Unlock()
 		return nil, b.revokeFamilyLocked(ctx, req.Storage, family)
 	}
-	return nil, b.revokeJTI(ctx, req.Storage, jti, exp)
+	return nil, b.revoker.revokeJTI(ctx, req.Storage, jti, exp)
 }
 
 // internalUnix reads a Unix time from lease internal data, which comes back
@@ -210,45 +209,4 @@ func internalUnix(v interface{}) (time.Time, error) {
 		return time.Unix(int64(n), 0), nil
 	}
 	return time.Time{}, fmt.Errorf("not a unix time: %T", v)
-}
-
-type revokedJTI struct {
-	ExpiresAt time.Time `json:"expires_at"`
-}
-
-// revokeJTI records a token revocation: the index verify reads, and the feed
-// verifiers follow. An expired or already revoked jti is left alone.
-func (b *backend) revokeJTI(ctx context.Context, s logical.Storage, jti string, exp time.Time) error {
-	b.revocationMu.Lock()
-	defer b.revocationMu.Unlock()
-	return b.revokeJTILocked(ctx, s, jti, exp, 0)
-}
-
-// revokeJTILocked is revokeJTI under revocationMu; it revokes the tokens
-// exchanged from jti too (depth: how far down a delegation chain).
-func (b *backend) revokeJTILocked(ctx context.Context, s logical.Storage, jti string, exp time.Time, depth int) error {
-	now := time.Now().UTC()
-	if !now.Before(contract.RevokedUntil(exp)) {
-		// No verifier takes it any more, leeway included: nothing to
-		// revoke. Until then a revocation counts: within its leeway an
-		// expired token still passes.
-		return nil
-	}
-	existing, err := s.Get(ctx, revokedJTIPath(jti))
-	if err != nil {
-		return fmt.Errorf("reading revoked jti: %w", err)
-	}
-	if existing != nil {
-		return nil
-	}
-	// What was exchanged from it first: should that fail, the token is not
-	// yet marked revoked, so Vault's retry of the revocation walks the
-	// chain again instead of finding it done.
-	if err := b.revokeDerivedLocked(ctx, s, jti, depth); err != nil {
-		return err
-	}
-	if err := putJSON(ctx, s, revokedJTIPath(jti), revokedJTI{ExpiresAt: exp}); err != nil {
-		return err
-	}
-	return b.appendRevocationLocked(ctx, s, revocation{ID: jti, Type: secretTypeJWT, RevokedAt: now, ExpiresAt: exp})
 }

@@ -266,7 +266,7 @@ func TestRotationKeepsOldTokensUntilVerificationTTL(t *testing.T) {
 		}
 	}
 	// A rotation after verification_ttl (24h) has passed drops the first key.
-	if err := e.b.rotate(context.Background(), e.storage, time.Now().Add(25*time.Hour)); err != nil {
+	if err := e.b.signer.rotate(context.Background(), e.storage, time.Now().Add(25*time.Hour), e.b.Logger()); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := e.jwks().Lookup(oldKid.(string)); e.jwks().Len() != 2 || ok {
@@ -283,17 +283,17 @@ func TestRotationKeepsOldTokensUntilVerificationTTL(t *testing.T) {
 func TestPeriodicRotation(t *testing.T) {
 	e := newJWTEnv(t, nil)
 	e.ok(logical.UpdateOperation, "config", map[string]interface{}{"rotation_period": "1m"})
-	st, _ := e.b.signing(context.Background(), e.storage)
-	if err := e.b.rotateIfDue(context.Background(), e.storage, time.Now()); err != nil {
+	st, _ := e.b.signer.current(context.Background(), e.storage, e.b.Logger())
+	if err := e.b.signer.rotateIfDue(context.Background(), e.storage, time.Now(), e.b.Logger()); err != nil {
 		t.Fatal(err)
 	}
-	if now, _ := e.b.signing(context.Background(), e.storage); now.kid != st.kid {
+	if now, _ := e.b.signer.current(context.Background(), e.storage, e.b.Logger()); now.kid != st.kid {
 		t.Fatal("rotated before rotation_period")
 	}
-	if err := e.b.rotateIfDue(context.Background(), e.storage, time.Now().Add(2*time.Minute)); err != nil {
+	if err := e.b.signer.rotateIfDue(context.Background(), e.storage, time.Now().Add(2*time.Minute), e.b.Logger()); err != nil {
 		t.Fatal(err)
 	}
-	if now, _ := e.b.signing(context.Background(), e.storage); now.kid == st.kid {
+	if now, _ := e.b.signer.current(context.Background(), e.storage, e.b.Logger()); now.kid == st.kid {
 		t.Fatal("did not rotate after rotation_period")
 	}
 }
@@ -331,7 +331,7 @@ func TestConfig(t *testing.T) {
 	if got := e.ok(logical.ReadOperation, "config", nil).Data["effective_issuer"]; got != "http://127.0.0.1:8200/v1/keybroker" {
 		t.Fatalf("effective_issuer = %v, want the issuer set", got)
 	}
-	st, _ := e.b.signing(context.Background(), e.storage)
+	st, _ := e.b.signer.current(context.Background(), e.storage, e.b.Logger())
 	if st.alg != "ES256" || e.jwks().Len() != before+1 {
 		t.Fatalf("after switching to ES256: signing alg %s, %d keys", st.alg, e.jwks().Len())
 	}
@@ -400,7 +400,7 @@ func TestTokenDPoPBinding(t *testing.T) {
 				t.Fatalf("keybroker/verify on a bound token: %s", got)
 			}
 			// Revoked, it says revoked.
-			if err := e.b.revokeJTI(context.Background(), e.storage, resp.Data["jti"].(string), time.Now().Add(time.Hour)); err != nil {
+			if err := e.b.revoker.revokeJTI(context.Background(), e.storage, resp.Data["jti"].(string), time.Now().Add(time.Hour)); err != nil {
 				t.Fatal(err)
 			}
 			if got := e.verifyReason(resp.Data["token"].(string), "10.0.0.1", nil); got != contract.ReasonRevoked {

@@ -113,7 +113,7 @@ func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *
 		return b.verifyJWT(ctx, req, key, addr, required, d.Get("audience").(string))
 	}
 
-	k, reason, unknownID, err := b.keyByValue(ctx, req.Storage, key)
+	k, reason, unknownID, err := keyByValue(ctx, req.Storage, key)
 	switch {
 	case err != nil:
 		return nil, err
@@ -130,7 +130,7 @@ func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *
 	case !time.Now().Before(k.ExpiresAt):
 		return verifyAnswer(contract.ReasonExpired), nil
 	}
-	if err := b.withRoleSuspension(ctx, req.Storage, k); err != nil {
+	if err := withRoleSuspension(ctx, req.Storage, k); err != nil {
 		return nil, err
 	}
 	switch {
@@ -143,7 +143,7 @@ func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *
 	case len(subset(required, k.Scopes)) > 0:
 		return verifyAnswer(contract.ReasonInsufficientScope), nil
 	}
-	metered, err := b.metered(ctx, req.Storage, k.limits, k.Tenant)
+	metered, err := isMetered(ctx, req.Storage, k.limits, k.Tenant)
 	if err != nil {
 		return nil, err
 	}
@@ -160,12 +160,12 @@ func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *
 // keyByValue finds the key a plaintext API key is: reason is malformed or
 // not_found (unknownID when no key has its key_id) when it is none. The
 // secret is compared in constant time, and never kept.
-func (b *backend) keyByValue(ctx context.Context, s logical.Storage, key string) (k *keyEntry, reason string, unknownID bool, err error) {
+func keyByValue(ctx context.Context, s logical.Storage, key string) (k *keyEntry, reason string, unknownID bool, err error) {
 	parsed, perr := apikey.Parse(key)
 	if perr != nil {
 		return nil, contract.ReasonMalformed, false, nil
 	}
-	if k, err = b.getKey(ctx, s, parsed.ID); err != nil || k == nil {
+	if k, err = getKey(ctx, s, parsed.ID); err != nil || k == nil {
 		return nil, contract.ReasonNotFound, k == nil && err == nil, err
 	}
 	hash := apikey.Hash(key)
@@ -217,7 +217,7 @@ func (b *backend) ownJWT(ctx context.Context, req *logical.Request, token, audie
 	if userErr != nil || err != nil {
 		return nil, "", userErr, err
 	}
-	st, err := b.signing(ctx, req.Storage)
+	st, err := b.signer.current(ctx, req.Storage, b.Logger())
 	if err != nil {
 		return nil, "", nil, err
 	}

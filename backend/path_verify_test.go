@@ -27,9 +27,9 @@ func TestVerify(t *testing.T) {
 	revoked, revokedID := mintKey("web")
 	e.ok(logical.DeleteOperation, e.keyPath(revokedID), nil)
 	expired, expiredID := mintKey("web")
-	k, _ := e.b.getKey(context.Background(), e.storage, expiredID)
+	k, _ := getKey(context.Background(), e.storage, expiredID)
 	k.ExpiresAt = time.Now().Add(-time.Second)
-	if err := e.b.putKey(context.Background(), e.storage, k); err != nil {
+	if err := putKey(context.Background(), e.storage, k); err != nil {
 		t.Fatal(err)
 	}
 	// A well-formed key whose key_id exists but whose secret differs: it must
@@ -37,7 +37,7 @@ func TestVerify(t *testing.T) {
 	forged, forgedID, _ := apikey.Generate(nil, "kb")
 	other, _, _ := apikey.Generate(nil, "kb")
 	h := apikey.Hash(other)
-	if err := e.b.putKey(context.Background(), e.storage, &keyEntry{ID: forgedID, Hash: h[:], ExpiresAt: time.Now().Add(time.Hour)}); err != nil {
+	if err := putKey(context.Background(), e.storage, &keyEntry{ID: forgedID, Hash: h[:], ExpiresAt: time.Now().Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
 	unknown, _, _ := apikey.Generate(nil, "kb")

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -44,16 +43,16 @@ func (b *backend) renewAPIKey(ctx context.Context, req *logical.Request, _ *fram
 	// Read, changed and written under the lock revocations take, so that a
 	// revocation meanwhile is never written over. Released before the
 	// meter's lock is taken: budget changes take the two the other way.
-	unlock := b.lockRevocations()
+	unlock := b.revocations.lockOnce()
 	defer unlock()
-	k, err := b.getKey(ctx, req.Storage, id)
+	k, err := getKey(ctx, req.Storage, id)
 	if err != nil {
 		return nil, err
 	}
 	if k == nil || k.revoked() {
 		return logical.ErrorResponse("key %s was revoked and cannot be renewed", id), nil
 	}
-	r, err := b.getRole(ctx, req.Storage, k.Role)
+	r, err := getRole(ctx, req.Storage, k.Role)
 	if err != nil {
 		return nil, err
 	}
@@ -87,14 +86,14 @@ func (b *backend) renewAPIKey(ctx context.Context, req *logical.Request, _ *fram
 		warnings = append(warnings, "ttl capped at the rotated key's max_ttl")
 	}
 	k.ExpiresAt = now.Add(ttl)
-	if err := b.putKey(ctx, req.Storage, k); err != nil {
+	if err := putKey(ctx, req.Storage, k); err != nil {
 		return nil, err
 	}
-	b.keyChanges.add(id)
+	b.keyRecords.add(id)
 	unlock()
 	// The key's meter lives as long as the key: a renewed key keeps
 	// spending from the same budget, neither refused nor reset.
-	if err := b.extendMeter(ctx, req.Storage, id, k.ExpiresAt); err != nil {
+	if err := b.meters.extendMeter(ctx, req.Storage, id, k.ExpiresAt); err != nil {
 		return nil, err
 	}
 	resp := &logical.Response{Secret: req.Secret}
@@ -106,13 +105,6 @@ func (b *backend) renewAPIKey(ctx context.Context, req *logical.Request, _ *fram
 	return resp, nil
 }
 
-// lockRevocations takes revocationMu and returns its unlock, which may be
-// called early and again (once deferred).
-func (b *backend) lockRevocations() (unlock func()) {
-	b.revocationMu.Lock()
-	return sync.OnceFunc(b.revocationMu.Unlock)
-}
-
 // revokeAPIKeyLease is called by Vault when the lease ends for any reason. At
 // the end of the TTL the key has expired on its own and is left for tidy;
 // every other ending is a revocation.
@@ -121,28 +113,5 @@ func (b *backend) revokeAPIKeyLease(ctx context.Context, req *logical.Request, _
 	if err != nil {
 		return nil, err
 	}
-	return nil, b.revokeKey(ctx, req.Storage, id)
-}
-
-// revokeKey marks a key revoked and publishes it in the revocation feed. It is
-// the one way keys are revoked, whatever the route; revoking a missing,
-// expired or already revoked key does nothing.
-func (b *backend) revokeKey(ctx context.Context, s logical.Storage, id string) error {
-	b.revocationMu.Lock()
-	defer b.revocationMu.Unlock()
-
-	k, err := b.getKey(ctx, s, id)
-	if err != nil {
-		return err
-	}
-	now := time.Now().UTC()
-	if k == nil || k.revoked() || !now.Before(k.ExpiresAt) {
-		return nil
-	}
-	k.RevokedAt = now
-	if err := b.putKey(ctx, s, k); err != nil {
-		return err
-	}
-	b.keyChanges.add(id)
-	return b.appendRevocationLocked(ctx, s, revocation{ID: id, Type: secretTypeAPIKey, RevokedAt: now, ExpiresAt: k.ExpiresAt})
+	return nil, b.revoker.revokeKey(ctx, req.Storage, id)
 }

@@ -10,9 +10,12 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/base64"
+	"errors"
 	"fmt"
+	"sync"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/keybroker/keybroker/jwtverify"
@@ -83,31 +86,42 @@ func (k signingKey) published(now time.Time, verificationTTL time.Duration) bool
 	return k.RetiredAt.IsZero() || now.Before(k.RetiredAt.Add(verificationTTL))
 }
 
-// signing returns the cached signing state, loading it, and creating the
+// signer owns the signing key ring as this node has parsed it, and
+// serialises everything that changes what signs: rotation and writes of
+// the config (its algorithm decides the next key, its verification_ttl
+// which keys are published). The ring and config live in storage; the
+// signer is handed the storage and a logger by each caller.
+type signer struct {
+	// mu guards cache and serialises key rotation and config writes.
+	mu    sync.RWMutex
+	cache *signingState
+}
+
+// current returns the cached signing state, loading it, and creating the
 // first key if the ring is empty.
-func (b *backend) signing(ctx context.Context, s logical.Storage) (*signingState, error) {
+func (sg *signer) current(ctx context.Context, s logical.Storage, log hclog.Logger) (*signingState, error) {
 	now := time.Now()
-	b.signingMu.RLock()
-	st := b.signingCache
-	b.signingMu.RUnlock()
+	sg.mu.RLock()
+	st := sg.cache
+	sg.mu.RUnlock()
 	if st.fresh(now) {
 		return st, nil
 	}
-	b.signingMu.Lock()
-	defer b.signingMu.Unlock()
-	if b.signingCache.fresh(now) {
-		return b.signingCache, nil
+	sg.mu.Lock()
+	defer sg.mu.Unlock()
+	if sg.cache.fresh(now) {
+		return sg.cache, nil
 	}
 	ring, err := getJSON[keyRing](ctx, s, signingKeysPath)
 	if err != nil {
 		return nil, err
 	}
 	if ring == nil || len(ring.Keys) == 0 {
-		if ring, err = b.rotateLocked(ctx, s, time.Now()); err != nil {
+		if ring, err = sg.rotateLocked(ctx, s, time.Now(), log); err != nil {
 			return nil, err
 		}
 	}
-	cfg, err := b.getConfig(ctx, s)
+	cfg, err := getConfig(ctx, s)
 	if err != nil {
 		return nil, err
 	}
@@ -115,7 +129,7 @@ func (b *backend) signing(ctx context.Context, s logical.Storage) (*signingState
 	if err != nil {
 		return nil, err
 	}
-	b.signingCache = st
+	sg.cache = st
 	return st, nil
 }
 
@@ -156,9 +170,9 @@ func loadSigningState(ring *keyRing, cfg *config, now time.Time) (*signingState,
 
 // rotateLocked adds a new signing key of the configured algorithm, retires
 // the current one and drops keys past verification_ttl. The caller holds
-// signingMu (write).
-func (b *backend) rotateLocked(ctx context.Context, s logical.Storage, now time.Time) (*keyRing, error) {
-	cfg, err := b.getConfig(ctx, s)
+// mu (write).
+func (sg *signer) rotateLocked(ctx context.Context, s logical.Storage, now time.Time, log hclog.Logger) (*keyRing, error) {
+	cfg, err := getConfig(ctx, s)
 	if err != nil {
 		return nil, err
 	}
@@ -186,39 +200,95 @@ func (b *backend) rotateLocked(ctx context.Context, s logical.Storage, now time.
 	if err := putJSON(ctx, s, signingKeysPath, ring); err != nil {
 		return nil, err
 	}
-	b.signingCache = nil
-	b.Logger().Info("rotated signing key", "kid", next.KID, "alg", next.Alg, "published_keys", len(ring.Keys))
+	sg.cache = nil
+	log.Info("rotated signing key", "kid", next.KID, "alg", next.Alg, "published_keys", len(ring.Keys))
 	return ring, nil
 }
 
 // rotate is rotateLocked for callers that do not hold the lock.
-func (b *backend) rotate(ctx context.Context, s logical.Storage, now time.Time) error {
-	b.signingMu.Lock()
-	defer b.signingMu.Unlock()
-	_, err := b.rotateLocked(ctx, s, now)
+func (sg *signer) rotate(ctx context.Context, s logical.Storage, now time.Time, log hclog.Logger) error {
+	sg.mu.Lock()
+	defer sg.mu.Unlock()
+	_, err := sg.rotateLocked(ctx, s, now, log)
 	return err
 }
 
 // rotateIfDue rotates when the signing key is older than rotation_period.
-func (b *backend) rotateIfDue(ctx context.Context, s logical.Storage, now time.Time) error {
-	st, err := b.signing(ctx, s)
+func (sg *signer) rotateIfDue(ctx context.Context, s logical.Storage, now time.Time, log hclog.Logger) error {
+	st, err := sg.current(ctx, s, log)
 	if err != nil {
 		return err
 	}
-	cfg, err := b.getConfig(ctx, s)
+	cfg, err := getConfig(ctx, s)
 	if err != nil {
 		return err
 	}
 	if now.Sub(st.createdAt) >= cfg.RotationPeriod {
-		return b.rotate(ctx, s, now)
+		return sg.rotate(ctx, s, now, log)
 	}
 	return nil
 }
 
-// resetSigningCache drops the parsed ring; the next request reloads it. Vault
-// calls it through Invalidate on standbys when the ring or config changes.
-func (b *backend) resetSigningCache() {
-	b.signingMu.Lock()
-	b.signingCache = nil
-	b.signingMu.Unlock()
+// reset drops the parsed ring; the next request reloads it. Vault calls it
+// through Invalidate on standbys when the ring or config changes.
+func (sg *signer) reset() {
+	sg.mu.Lock()
+	sg.cache = nil
+	sg.mu.Unlock()
+}
+
+// configure changes the config under mu, so that no mint loads a ring
+// under a config it was not made for: edit applies the write to c, and a
+// response from it rejects the write. A new algorithm rotates the key at
+// once; the cache is dropped either way, as verification_ttl decides which
+// keys are published.
+func (sg *signer) configure(ctx context.Context, s logical.Storage, log hclog.Logger, edit func(c *config) (*logical.Response, error)) (*logical.Response, error) {
+	sg.mu.Lock()
+	defer sg.mu.Unlock()
+	c, err := getConfig(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	oldAlg := c.SigningAlgorithm
+	if resp, err := edit(c); resp != nil || err != nil {
+		return resp, err
+	}
+	if err := putJSON(ctx, s, configPath, c); err != nil {
+		return nil, err
+	}
+	if c.SigningAlgorithm != oldAlg {
+		if _, err := sg.rotateLocked(ctx, s, time.Now(), log); err != nil {
+			return nil, err
+		}
+	}
+	sg.cache = nil
+	return nil, nil
+}
+
+// pinIssuer stores iss, derived from VAULT_API_ADDR, as the config's issuer
+// unless one is set by now. The environment is the plugin registration's,
+// and an upgrade registers again: were the issuer derived at each start, a
+// registration without -env (or with another address) would leave the
+// mount without one, or change the iss every outstanding token and every
+// verifier was configured with. Written once, it stays until an operator
+// writes config issuer (empty: derive it again on next use).
+func (sg *signer) pinIssuer(ctx context.Context, s logical.Storage, iss string, log hclog.Logger) error {
+	sg.mu.Lock()
+	defer sg.mu.Unlock()
+	c, err := getConfig(ctx, s)
+	if err != nil {
+		return err
+	}
+	if c.Issuer != "" {
+		return nil
+	}
+	c.Issuer = iss
+	if err := putJSON(ctx, s, configPath, c); err != nil {
+		if errors.Is(err, logical.ErrReadOnly) {
+			return nil // a performance standby: the active node stores it
+		}
+		return fmt.Errorf("storing the issuer: %w", err)
+	}
+	log.Info("issuer derived from "+apiAddrEnv+" stored in the config; it stays this mount's issuer until config issuer is written", "issuer", iss)
+	return nil
 }

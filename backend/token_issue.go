@@ -40,7 +40,7 @@ func (b *backend) issueWithRefresh(ctx context.Context, req *logical.Request, r 
 	}
 	b.refreshMu.Lock()
 	defer b.refreshMu.Unlock()
-	rt, err := b.newRefreshToken(ctx, req.Storage, g, family, resp.Secret.InternalData, r.RefreshTTL, r.familyMaxTTL())
+	rt, err := newRefreshToken(ctx, req.Storage, g, family, resp.Secret.InternalData, r.RefreshTTL, r.familyMaxTTL())
 	if err != nil {
 		return nil, err
 	}
@@ -73,11 +73,11 @@ func (b *backend) issueTokenAs(ctx context.Context, req *logical.Request, g gran
 	if userErr != nil || err != nil {
 		return userErr, err
 	}
-	st, err := b.signing(ctx, req.Storage)
+	st, err := b.signer.current(ctx, req.Storage, b.Logger())
 	if err != nil {
 		return nil, err
 	}
-	metered, err := b.metered(ctx, req.Storage, g.limits, g.Tenant)
+	metered, err := isMetered(ctx, req.Storage, g.limits, g.Tenant)
 	if err != nil {
 		return nil, err
 	}
@@ -114,7 +114,7 @@ func (b *backend) issueTokenAs(ctx context.Context, req *logical.Request, g gran
 	if err != nil {
 		return nil, fmt.Errorf("signing token: %w", err)
 	}
-	if err := b.meterToken(ctx, req.Storage, jti, cmp.Or(meterID, family), meterID == "", g, exp); err != nil {
+	if err := b.meters.meterToken(ctx, req.Storage, jti, cmp.Or(meterID, family), meterID == "", g, exp); err != nil {
 		return nil, err
 	}
 	resp := b.Secret(secretTypeJWT).Response(map[string]interface{}{

@@ -22,7 +22,7 @@ func (b *backend) mintToken(ctx context.Context, req *logical.Request, m tokenMi
 		return resp, err
 	}
 	defer release()
-	a, unlock, resp, err := b.redeeming(ctx, req, r, m.role, m.approvalAsk)
+	a, unlock, resp, err := b.approvals.redeeming(ctx, req, r, m.role, m.approvalAsk)
 	if resp != nil || err != nil {
 		return resp, err
 	}
@@ -40,7 +40,7 @@ func (b *backend) mintToken(ctx context.Context, req *logical.Request, m tokenMi
 	if err != nil {
 		return nil, err
 	}
-	if resp, err := b.needsApproval(ctx, req, r, m.role, g.Scopes, needs, m.approvalAsk, a); resp != nil || err != nil {
+	if resp, err := b.approvals.needsApproval(ctx, req, r, m.role, g.Scopes, needs, m.approvalAsk, a, b.Logger()); resp != nil || err != nil {
 		return resp, err
 	}
 	resp, err = b.issueWithRefresh(ctx, req, r, g, ttl, mintsRefresh(req, r, m, a))
@@ -50,7 +50,7 @@ func (b *backend) mintToken(ctx context.Context, req *logical.Request, m tokenMi
 	for _, w := range warnings {
 		resp.AddWarning(w)
 	}
-	return b.redeemed(ctx, req.Storage, a, resp)
+	return b.approvals.redeemed(ctx, req.Storage, a, resp, b.Logger())
 }
 
 // mintsRefresh says whether a mint starts a refresh family. Refresh needs
