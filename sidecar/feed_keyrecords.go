@@ -52,7 +52,7 @@ type keyRecordMetrics struct {
 
 func newKeyRecordFeed(o keyRecordOptions, source keyRecordSource, m keyRecordMetrics, log hclog.Logger) *keyRecordFeed {
 	return &keyRecordFeed{opts: o, source: source, m: m, log: log, replica: newKeyReplica(),
-		health: newFeedHealth("key_records", o.mount+"/key-records and "+o.mount+"/key-records/snapshot", "read")}
+		health: newFeedHealth("key_records", o.mount+"/"+contract.PathKeyRecords+" and "+o.mount+"/"+contract.PathKeyRecordsSnapshot, "read")}
 }
 
 // keyRecordsWait is how long the plugin may hold a key-record read: the

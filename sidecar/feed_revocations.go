@@ -50,7 +50,7 @@ type revocationMetrics struct {
 
 func newRevocationFeed(o revocationOptions, source revocationSource, m revocationMetrics, log hclog.Logger) *revocationFeed {
 	return &revocationFeed{opts: o, source: source, m: m, log: log,
-		revoked: revoked.New(), health: newFeedHealth("revocations", o.mount+"/revocations", "read")}
+		revoked: revoked.New(), health: newFeedHealth("revocations", o.mount+"/"+contract.PathRevocations, "read")}
 }
 
 // known says whether decisions may rely on the revoked set (feedGate).
