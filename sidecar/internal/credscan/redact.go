@@ -1,6 +1,10 @@
 package credscan
 
-import "strings"
+import (
+	"strings"
+
+	"github.com/keybroker/keybroker/sidecar/internal/reqtarget"
+)
 
 // Redact replaces each segment of path that holds a credential with
 // "[credential]", so that a path refused as credential_in_path (or refused
@@ -43,26 +47,12 @@ func lenientUnescape(s string) string {
 	}
 	var b strings.Builder
 	for i := 0; i < len(s); i++ {
-		if s[i] == '%' && i+2 < len(s) && ishex(s[i+1]) && ishex(s[i+2]) {
-			b.WriteByte(unhex(s[i+1])<<4 | unhex(s[i+2]))
+		if s[i] == '%' && i+2 < len(s) && reqtarget.IsHex(s[i+1]) && reqtarget.IsHex(s[i+2]) {
+			b.WriteByte(reqtarget.Unhex(s[i+1])<<4 | reqtarget.Unhex(s[i+2]))
 			i += 2
 			continue
 		}
 		b.WriteByte(s[i])
 	}
 	return b.String()
-}
-
-func ishex(c byte) bool {
-	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
-}
-
-func unhex(c byte) byte {
-	switch {
-	case '0' <= c && c <= '9':
-		return c - '0'
-	case 'a' <= c && c <= 'f':
-		return c - 'a' + 10
-	}
-	return c - 'A' + 10
 }

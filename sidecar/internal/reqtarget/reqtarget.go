@@ -48,10 +48,10 @@ func CanonicalPath(raw string) (string, bool) {
 				b.WriteByte(c)
 				continue
 			}
-			if i+2 >= len(raw) || !ishex(raw[i+1]) || !ishex(raw[i+2]) {
+			if i+2 >= len(raw) || !IsHex(raw[i+1]) || !IsHex(raw[i+2]) {
 				return "", false // a broken escape
 			}
-			c = unhex(raw[i+1])<<4 | unhex(raw[i+2])
+			c = Unhex(raw[i+1])<<4 | Unhex(raw[i+2])
 			switch c {
 			case '/', '\\', '.', 0:
 				return "", false // encoded separators and dots
@@ -68,7 +68,7 @@ func CanonicalPath(raw string) (string, bool) {
 		switch c := decoded[i]; {
 		case c < 0x20 || c == 0x7f, c == '\\', c == ';':
 			return "", false
-		case c == '%' && i+2 < len(decoded) && ishex(decoded[i+1]) && ishex(decoded[i+2]):
+		case c == '%' && i+2 < len(decoded) && IsHex(decoded[i+1]) && IsHex(decoded[i+2]):
 			return "", false // still encoded: a second decoding would change it
 		}
 	}
@@ -86,11 +86,13 @@ func CanonicalPath(raw string) (string, bool) {
 	return decoded, true
 }
 
-func ishex(c byte) bool {
+// IsHex says whether c is a hexadecimal digit, as in a percent-escape.
+func IsHex(c byte) bool {
 	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }
 
-func unhex(c byte) byte {
+// Unhex is the value of the hexadecimal digit c (IsHex(c) must hold).
+func Unhex(c byte) byte {
 	switch {
 	case '0' <= c && c <= '9':
 		return c - '0'
