@@ -28,7 +28,7 @@ type Config struct {
 	GRPCListen string `hcl:"grpc_listen,optional"`
 
 	// Audiences are the aud values this service accepts in JWTs.
-	Audiences []string `hcl:"audiences"`
+	Audiences []string `hcl:"audiences,optional"`
 	// Issuer of JWTs; default: read from the mount's discovery document.
 	Issuer string `hcl:"issuer,optional"`
 	Leeway string `hcl:"leeway,optional"`

@@ -295,3 +295,32 @@ func TestConfigBlocksAreIndependent(t *testing.T) {
 		t.Fatalf("forward %+v\nbackward %+v", forward, backward)
 	}
 }
+
+// A config file may name only resource (RFC 8707): the service accepts
+// tokens whose aud is the resource, as the README says; with neither,
+// the file is refused with what to set.
+func TestParseConfigFileResourceWithoutAudiences(t *testing.T) {
+	for _, tc := range []struct {
+		name, src string
+		want      []string // the audiences, or nil for a refusal
+	}{
+		{"resource only", "resource = \"https://api.example.com/mcp\"\npublic_origin = \"https://api.example.com\"\nvault {\n  role_id = \"r\"\n  secret_id_file = \"/s\"\n}\n", []string{"https://api.example.com/mcp"}},
+		{"neither", "vault {\n  role_id = \"r\"\n  secret_id_file = \"/s\"\n}\n", nil},
+	} {
+		p := filepath.Join(t.TempDir(), "c.hcl")
+		if err := os.WriteFile(p, []byte(tc.src), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c, err := ParseConfigFile(p)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		s, err := c.settings()
+		switch {
+		case tc.want == nil && (err == nil || !strings.Contains(err.Error(), "audiences: name the aud values")):
+			t.Errorf("%s: %v, want the audiences message", tc.name, err)
+		case tc.want != nil && (err != nil || !slices.Equal(s.audiences, tc.want)):
+			t.Errorf("%s: audiences %v, err %v; want %v", tc.name, s, err, tc.want)
+		}
+	}
+}
