@@ -202,8 +202,8 @@ func flags(cmd string, stderr io.Writer, f *cliFlags) *flag.FlagSet {
 	fs.StringVar(&f.format, "format", "table", "output: table, json or csv")
 	fs.StringVar(&f.vaultAddr, "vault-addr", "", "Vault to ask for audit-hash (default $VAULT_ADDR when -audit-device is set); the token is $VAULT_TOKEN")
 	fs.StringVar(&f.device, "audit-device", "", "the audit device whose log this is (\"file\"): match HMAC'd values by sys/audit-hash/<device>")
-	fs.StringVar(&f.plugin, "plugin", DefaultPluginName, "mount type of keybroker's mounts in the log")
-	fs.StringVar(&f.mounts, "mounts", "", "more mount points to read as keybroker's, comma-separated (kb/,keys/)")
+	fs.StringVar(&f.plugin, "plugin", DefaultPluginName, "mount type of keybroker's mounts in the log: the name the plugin is registered under (mounts of another type that answered as keybroker does are read too)")
+	fs.StringVar(&f.mounts, "mounts", "", "more mount points to read as keybroker's, comma-separated (kb/,keys/), whatever their type")
 	f.limits = Limits{}.withDefaults()
 	fs.Func("max-line-bytes", "longest line read; longer ones are skipped and counted (bytes, or with KiB, MiB, GiB) (default "+sizeString(DefaultMaxLineBytes)+")", func(s string) error {
 		n, err := parseSize(s)

@@ -64,9 +64,11 @@ func newEngine(l *Log, opt Options) *engine {
 	if opt.PluginName == "" {
 		opt.PluginName = DefaultPluginName
 	}
-	for i, m := range opt.Mounts {
-		opt.Mounts[i] = strings.TrimSuffix(m, "/") + "/"
+	mounts := make([]string, 0, len(opt.Mounts))
+	for _, m := range opt.Mounts {
+		mounts = append(mounts, strings.TrimSuffix(m, "/")+"/")
 	}
+	opt.Mounts = mounts
 	e := &engine{
 		log: l, opt: opt, ctx: opt.Context,
 		mintOf: map[*Record]*Cred{}, byForm: map[string]*Cred{}, byToken: map[string]*Cred{},
@@ -78,6 +80,7 @@ func newEngine(l *Log, opt Options) *engine {
 		e.ctx = context.Background()
 	}
 	e.notes = append(e.notes, l.readNotes()...)
+	e.discoverMounts()
 	e.index()
 	return e
 }

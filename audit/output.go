@@ -319,7 +319,7 @@ func writeReportTable(w io.Writer, r *Report) {
 	}
 	tw.Flush()
 
-	fmt.Fprintln(w, "\nNever used (minted in the window; no sidecar allow, no keybroker/verify)")
+	fmt.Fprintln(w, "\nNever used (minted in the window; no sidecar allow, no keybroker/verify, no budget spent)")
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "CREDENTIAL\tROLE\tTENANT\tMINTED\tMINTED BY")
 	for _, u := range r.NeverUsed {

@@ -110,7 +110,7 @@ type reportBuilder struct {
 	rep *Report
 
 	groups map[[2]string]*Group
-	used   map[*Cred]bool // allowed or verified before Until
+	used   map[*Cred]bool // allowed, verified or spending before Until
 	spend  map[*Cred]*Spender
 	// Of the window's mints, what was seen before Since: where a mint
 	// comes from is new when it is seen nowhere before it.
@@ -142,13 +142,24 @@ func (b *reportBuilder) spender(c *Cred) *Spender {
 	return s
 }
 
+// usedBy tells the events that show a credential used: a sidecar let it
+// through, keybroker/verify was asked about it, or a verifier spent from
+// its budget (a key that only spends is no less used than one allowed).
+func usedBy(kind string) bool {
+	switch kind {
+	case "allowed", "verified", "budget_reserved", "budget_reported":
+		return true
+	}
+	return false
+}
+
 // countEvents counts what Vault's log tells: uses, budget spend, mints
 // and revocations.
 func (b *reportBuilder) countEvents() {
 	lastUsed := map[*Cred]int64{}
 	for _, ev := range b.e.events {
 		c := ev.cred
-		if ev.Time.Before(b.ro.Until) && (ev.Kind == "allowed" || ev.Kind == "verified") {
+		if ev.Time.Before(b.ro.Until) && usedBy(ev.Kind) {
 			b.used[c] = true
 		}
 		if ev.Kind == "budget_reported" {
@@ -273,7 +284,7 @@ func (b *reportBuilder) mints(before int) {
 		if c.NotMinted || !b.in(c.MintedAt) {
 			continue
 		}
-		if !b.used[c] {
+		if !b.used[c] && b.spend[c] == nil {
 			rep.NeverUsed = append(rep.NeverUsed, &Unused{Credential: c.ID, Role: shortHMAC(c.Role), Tenant: b.e.tenantName(c), MintedAt: c.MintedAt, MintedBy: c.Minter})
 		}
 		if before == 0 || c.Minter == nil {
@@ -314,7 +325,7 @@ func (b *reportBuilder) note(before int) {
 			l.Records[0].Time.UTC().Format(time.RFC3339)))
 	}
 	if len(l.Decisions) == 0 {
-		rep.Notes = append(rep.Notes, "no sidecar decision log in the inputs: no allows or denials, and 'never used' means no keybroker/verify call named the credential")
+		rep.Notes = append(rep.Notes, "no sidecar decision log in the inputs: no allows or denials, and 'never used' means no keybroker/verify call named the credential and nothing spent from its budget")
 	}
 	if len(b.e.unresolved) > 0 {
 		k := 0

@@ -54,9 +54,7 @@ func TestRotateWithGrace(t *testing.T) {
 			t.Fatalf("key reads: %#v", read)
 		}
 	}
-	if r, err := e.lease(logical.RenewOperation, old.Secret); err != nil || !r.IsError() || !strings.Contains(r.Error().Error(), "was rotated") {
-		t.Fatalf("renewing the replaced key: %v %#v", err, r)
-	}
+	e.renewRefused(old.Secret, "key "+oldID+" was rotated to "+newID+" and cannot be renewed; its grace ends at ")
 	e.userError(logical.UpdateOperation, e.keyPath(oldID)+"/rotate", nil, "already rotated")
 	e.userError(logical.UpdateOperation, e.keyPath(oldID)+"/rotate", map[string]interface{}{"grace": "-1s"}, "")
 

@@ -209,13 +209,7 @@ func TestRoleDeleteKeepsKeysButStopsRenewal(t *testing.T) {
 	if v := e.ok(logical.UpdateOperation, "verify", map[string]interface{}{"key": key}); v.Data["valid"] != true {
 		t.Fatalf("key of a deleted role: verify = %#v, want valid", v.Data)
 	}
-	r, err := e.lease(logical.RenewOperation, resp.Secret)
-	if err == nil && (r == nil || !r.IsError()) {
-		t.Fatalf("renewing a key of a deleted role succeeded: %#v", r)
-	}
-	if r != nil && !strings.Contains(r.Error().Error(), "was deleted") {
-		t.Fatalf("renew error = %v", r.Error())
-	}
+	e.renewRefused(resp.Secret, `its role "web" was deleted`)
 }
 
 func TestRenewExtendsExpiry(t *testing.T) {
@@ -259,10 +253,7 @@ func TestNotRenewableRole(t *testing.T) {
 	if resp := e.mint("web", nil); resp.Secret == nil || resp.Secret.Renewable || resp.Secret.TTL != time.Hour {
 		t.Fatalf("lease = %#v, want a non-renewable 1h lease", resp.Secret)
 	}
-	r, err := e.lease(logical.RenewOperation, before.Secret)
-	if err != nil || r == nil || !r.IsError() || !strings.Contains(r.Error().Error(), "renewable=false") {
-		t.Fatalf("renewing a key of a non-renewable role: %v %#v", err, r)
-	}
+	e.renewRefused(before.Secret, `role "web" has renewable=false`)
 	e.userError(logical.UpdateOperation, "roles/web", map[string]interface{}{"orphan": true}, "renewable=false means nothing with orphan=true")
 	e.ok(logical.UpdateOperation, "roles/web", map[string]interface{}{"renewable": true})
 	if resp := e.mint("web", nil); !resp.Secret.Renewable {

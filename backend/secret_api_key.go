@@ -3,6 +3,7 @@ package backend
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"strings"
 	"time"
 
@@ -50,38 +51,38 @@ func (b *backend) renewAPIKey(ctx context.Context, req *logical.Request, _ *fram
 		return nil, err
 	}
 	if k == nil || k.revoked() {
-		return logical.ErrorResponse("key %s was revoked and cannot be renewed", id), nil
+		return refuseRenewal("key %s was revoked and cannot be renewed", id)
 	}
 	r, err := getRole(ctx, req.Storage, k.Role)
 	if err != nil {
 		return nil, err
 	}
 	if r == nil {
-		return logical.ErrorResponse("role %q was deleted; its keys cannot be renewed", k.Role), nil
+		return refuseRenewal("key %s cannot be renewed: its role %q was deleted", id, k.Role)
 	}
 	if k.ReplacedBy != "" {
-		return logical.ErrorResponse("key %s was rotated to %s: it ends with its grace, at %s", id, k.ReplacedBy, k.ExpiresAt.Format(time.RFC3339)), nil
+		return refuseRenewal("key %s was rotated to %s and cannot be renewed; %s", id, k.ReplacedBy, graceEnd(k.ExpiresAt))
 	}
 	if k.Approval != "" {
-		return logical.ErrorResponse("key %s was minted through approval request %s and lives only as long as approved", id, k.Approval), nil
+		return refuseRenewal("key %s cannot be renewed: it was minted through approval request %s and lives only as long as approved", id, k.Approval)
 	}
 	if needs := subset(k.Scopes, subset(k.Scopes, r.ApprovalScopes)); len(needs) > 0 && k.Approval == "" {
-		return logical.ErrorResponse("role %q now needs approval for scopes %s: mint through keybroker/approvals", k.Role, strings.Join(needs, ", ")), nil
+		return refuseRenewal("key %s cannot be renewed: role %q now needs approval for scopes %s; mint through keybroker/approvals", id, k.Role, strings.Join(needs, ", "))
 	}
 	if r.NotRenewable {
 		// Vault refuses to renew a lease minted non-renewable; this
 		// covers keys minted before the role was changed.
-		return logical.ErrorResponse("role %q has renewable=false; its keys cannot be renewed", k.Role), nil
+		return refuseRenewal("key %s cannot be renewed: role %q has renewable=false", id, k.Role)
 	}
 	ttl, warnings, err := framework.CalculateTTL(b.System(), req.Secret.Increment, r.TTL, 0, r.MaxTTL, 0, req.Secret.IssueTime)
 	if err != nil {
-		return logical.ErrorResponse(err.Error()), nil
+		return refuseRenewal("key %s cannot be renewed: %s", id, err)
 	}
 	now := time.Now().UTC().Truncate(time.Second)
 	if !k.NotAfter.IsZero() && now.Add(ttl).After(k.NotAfter) {
 		// A successor lives no longer than its predecessor could have.
 		if ttl = k.NotAfter.Sub(now); ttl <= 0 {
-			return logical.ErrorResponse("key %s reached the end of its predecessor's max_ttl", id), nil
+			return refuseRenewal("key %s cannot be renewed: it reached the end of its predecessor's max_ttl", id)
 		}
 		warnings = append(warnings, "ttl capped at the rotated key's max_ttl")
 	}
@@ -103,6 +104,24 @@ func (b *backend) renewAPIKey(ctx context.Context, req *logical.Request, _ *fram
 		resp.AddWarning(w)
 	}
 	return resp, nil
+}
+
+// refuseRenewal refuses a renewal with an error, not an error response:
+// Vault's expiration manager formats what a Renew callback returns with
+// "resp: %#v err: %w", so an error response reaches the operator as a
+// dump of the whole logical.Response and a "%!w(<nil>)"; an error reaches
+// them as its message. Coded 400, as Vault answers every failed renewal.
+// Messages name the key by its id, never the key.
+func refuseRenewal(format string, args ...any) (*logical.Response, error) {
+	return nil, logical.CodedError(http.StatusBadRequest, fmt.Sprintf(format, args...))
+}
+
+// graceEnd says when a rotated key's grace ends, or ended.
+func graceEnd(end time.Time) string {
+	if time.Now().Before(end) {
+		return "its grace ends at " + end.UTC().Format(time.RFC3339)
+	}
+	return "its grace ended at " + end.UTC().Format(time.RFC3339)
 }
 
 // revokeAPIKeyLease is called by Vault when the lease ends for any reason. At
