@@ -64,16 +64,8 @@ func main() {
 }
 
 func run(o options) error {
-	addrs := []string{o.addr, o.proxy, o.auth, o.service}
-	if o.cluster {
-		addrs = addrs[1:] // the nodes pick free ports
-	}
-	for _, a := range addrs {
-		l, err := net.Listen("tcp", a)
-		if err != nil {
-			return fmt.Errorf("%s is in use (is another `make dev` still running?): stop it, or pick other addresses (make dev DEV_ADDR=127.0.0.1:8300)", a)
-		}
-		l.Close()
+	if err := checkFree(o); err != nil {
+		return err
 	}
 	addr, plugin, version := o.addr, o.plugin, o.version
 	dir, err := filepath.Abs(o.dir)
@@ -227,6 +219,28 @@ Audit log: {{.Audit}}
 Vault log: {{.Log}}   sidecar: {{.Dir}}/sidecar.hcl, {{.Dir}}/sidecar.log
 Ctrl-C stops everything.
 `))
+
+// checkFree fails on the first address taken, naming the Makefile variable
+// that moves it, so make dev and make cluster can run side by side.
+func checkFree(o options) error {
+	addrs := []struct{ addr, makeVar string }{
+		{o.addr, "DEV_ADDR"},
+		{o.proxy, "DEV_SIDECAR_LISTEN"},
+		{o.auth, "DEV_SIDECAR_AUTH_LISTEN"},
+		{o.service, "DEV_UPSTREAM_ADDR"},
+	}
+	if o.cluster {
+		addrs = addrs[1:] // the nodes pick free ports
+	}
+	for _, a := range addrs {
+		l, err := net.Listen("tcp", a.addr)
+		if err != nil {
+			return fmt.Errorf("%s is in use (is another `make dev` still running?): stop it, or move it (make dev %s=127.0.0.1:<another port>)", a.addr, a.makeVar)
+		}
+		l.Close()
+	}
+	return nil
+}
 
 // shellEnv is what another shell needs to talk to this Vault with the vault
 // CLI: VAULT_ADDR, VAULT_TOKEN and, when the vault binary make dev runs is not
