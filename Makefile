@@ -1,7 +1,13 @@
 # keybroker: `make dev` runs Vault with the plugin; `make test` runs every test.
 VERSION ?= v0.1.0-dev
 LDFLAGS := -X github.com/keybroker/keybroker/internal/version.Version=$(VERSION)
+# make dev's addresses: Vault, the sidecar's proxy, its /verify, /healthz and
+# /metrics, and the demo service behind it (make cluster's nodes pick free ports).
 DEV_ADDR ?= 127.0.0.1:8200
+DEV_SIDECAR_LISTEN ?= 127.0.0.1:8080
+DEV_SIDECAR_AUTH_LISTEN ?= 127.0.0.1:8081
+DEV_UPSTREAM_ADDR ?= 127.0.0.1:9000
+DEV_PORTS = -proxy $(DEV_SIDECAR_LISTEN) -auth $(DEV_SIDECAR_AUTH_LISTEN) -service $(DEV_UPSTREAM_ADDR)
 FUZZTIME ?= 15s
 # Minimising each new input may take 60 s by default, longer than a short run.
 FUZZMINIMIZE ?= 5s
@@ -40,11 +46,11 @@ e2e: vault
 
 ## dev: a dev Vault on $(DEV_ADDR) with the plugin enabled at keybroker/
 dev: build vault
-	$(GO) run ./scripts/dev -addr $(DEV_ADDR) -plugin bin/vault-plugin-secrets-keybroker -sidecar bin/keybroker-sidecar -version $(VERSION)
+	$(GO) run ./scripts/dev -addr $(DEV_ADDR) $(DEV_PORTS) -plugin bin/vault-plugin-secrets-keybroker -sidecar bin/keybroker-sidecar -version $(VERSION)
 
 ## cluster: make dev on a 3-node Raft HA cluster (kill the leader, watch failover)
 cluster: build vault
-	$(GO) run ./scripts/dev -cluster -dir .cluster -plugin bin/vault-plugin-secrets-keybroker -sidecar bin/keybroker-sidecar -version $(VERSION)
+	$(GO) run ./scripts/dev -cluster -dir .cluster $(DEV_PORTS) -plugin bin/vault-plugin-secrets-keybroker -sidecar bin/keybroker-sidecar -version $(VERSION)
 
 vet:
 	$(GO) vet ./...

@@ -5,6 +5,14 @@
 //
 //	go run ./examples/embedded -config examples/sidecar.hcl -listen 127.0.0.1:8080
 //
+// It serves GET /v1/read/hello, under the route "/v1/read" (scope read) that
+// examples/sidecar.hcl and make dev's .dev/sidecar.hcl both hold. Beside a
+// running make dev, with the AppRole make dev gave its sidecar and the key
+// make dev printed:
+//
+//	go run ./examples/embedded -config .dev/sidecar.hcl -listen 127.0.0.1:8090
+//	curl -i -H 'X-API-Key: <the key make dev printed>' http://127.0.0.1:8090/v1/read/hello
+//
 // The upstream and listen settings of the file are not used here, nor is
 // grpc_listen: Envoy's ext_authz over gRPC is in sidecar/extauthz, which
 // only keybroker-sidecar imports, so this service links no gRPC.
@@ -46,7 +54,9 @@ func main() {
 	}
 
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /hello", func(w http.ResponseWriter, r *http.Request) {
+	// A path the configuration routes: one it does not is denied (403 no_route)
+	// before the mux sees it.
+	mux.HandleFunc("GET /v1/read/hello", func(w http.ResponseWriter, r *http.Request) {
 		id, _ := sidecar.IdentityFrom(r.Context())
 		fmt.Fprintf(w, "hello %s (role %s, scopes %v)\n", id.Subject, id.Role, id.Scopes)
 	})

@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"text/template"
 	"time"
@@ -63,16 +64,8 @@ func main() {
 }
 
 func run(o options) error {
-	addrs := []string{o.addr, o.proxy, o.auth, o.service}
-	if o.cluster {
-		addrs = addrs[1:] // the nodes pick free ports
-	}
-	for _, a := range addrs {
-		l, err := net.Listen("tcp", a)
-		if err != nil {
-			return fmt.Errorf("%s is in use (is another `make dev` still running?): stop it, or pick other addresses (make dev DEV_ADDR=127.0.0.1:8300)", a)
-		}
-		l.Close()
+	if err := checkFree(o); err != nil {
+		return err
 	}
 	addr, plugin, version := o.addr, o.plugin, o.version
 	dir, err := filepath.Abs(o.dir)
@@ -142,13 +135,17 @@ func run(o options) error {
 	service := startService(o.service)
 	defer service.Close()
 
+	env, err := shellEnv(v)
+	if err != nil {
+		return err
+	}
 	envFile := filepath.Join(dir, "env")
-	if err := os.WriteFile(envFile, []byte(fmt.Sprintf("export VAULT_ADDR=%s\nexport VAULT_TOKEN=%s\n", v.Addr, v.RootToken)), 0o600); err != nil {
+	if err := os.WriteFile(envFile, []byte(env), 0o600); err != nil {
 		return err
 	}
 
 	if err := next.Execute(os.Stdout, map[string]string{
-		"Addr": v.Addr, "Token": v.RootToken, "EnvFile": envFile, "Version": version,
+		"Env": env, "EnvFile": envFile, "Version": version, "Addr": v.Addr,
 		"RoleID": roleID, "SecretID": secretID, "Audit": v.AuditLog, "Log": v.LogFile,
 		"Proxy": o.proxy, "Auth": o.auth, "Service": o.service, "Key": demoKey, "Dir": dir,
 	}); err != nil {
@@ -178,11 +175,9 @@ var next = template.Must(template.New("next").Parse(`
 keybroker is running: Vault {{.Addr}} with vault-plugin-secrets-keybroker {{.Version}}
 enabled at keybroker/, a file audit device, role "example" and AppRole "example-app".
 
-In another terminal:
+In another terminal, paste these lines (or: source {{.EnvFile}}):
 
-  export VAULT_ADDR={{.Addr}}
-  export VAULT_TOKEN={{.Token}}        # or: source {{.EnvFile}}
-
+{{.Env}}
   # mint a key (the plaintext is shown once), then verify it
   vault write keybroker/keys/example name=my-first-key
   vault write keybroker/verify key=<key> remote_addr=127.0.0.1 scopes=read
@@ -224,6 +219,55 @@ Audit log: {{.Audit}}
 Vault log: {{.Log}}   sidecar: {{.Dir}}/sidecar.hcl, {{.Dir}}/sidecar.log
 Ctrl-C stops everything.
 `))
+
+// checkFree fails on the first address taken, naming the Makefile variable
+// that moves it, so make dev and make cluster can run side by side.
+func checkFree(o options) error {
+	addrs := []struct{ addr, makeVar string }{
+		{o.addr, "DEV_ADDR"},
+		{o.proxy, "DEV_SIDECAR_LISTEN"},
+		{o.auth, "DEV_SIDECAR_AUTH_LISTEN"},
+		{o.service, "DEV_UPSTREAM_ADDR"},
+	}
+	if o.cluster {
+		addrs = addrs[1:] // the nodes pick free ports
+	}
+	for _, a := range addrs {
+		l, err := net.Listen("tcp", a.addr)
+		if err != nil {
+			return fmt.Errorf("%s is in use (is another `make dev` still running?): stop it, or move it (make dev %s=127.0.0.1:<another port>)", a.addr, a.makeVar)
+		}
+		l.Close()
+	}
+	return nil
+}
+
+// shellEnv is what another shell needs to talk to this Vault with the vault
+// CLI: VAULT_ADDR, VAULT_TOKEN and, when the vault binary make dev runs is not
+// the one that shell would find (bin/vault, built by make vault), the PATH
+// line that puts it first, so the Quickstart's first command is not
+// "vault: command not found".
+func shellEnv(v *vaultserver.Server) (string, error) {
+	var b strings.Builder
+	bin, err := vaultserver.FindVault()
+	if err != nil {
+		return "", err
+	}
+	if bin, err = filepath.Abs(bin); err != nil {
+		return "", err
+	}
+	if onPath, err := exec.LookPath("vault"); err != nil || !sameFile(onPath, bin) {
+		fmt.Fprintf(&b, "  export PATH=\"%s:$PATH\"\n", filepath.Dir(bin))
+	}
+	fmt.Fprintf(&b, "  export VAULT_ADDR=%s\n  export VAULT_TOKEN=%s\n", v.Addr, v.RootToken)
+	return b.String(), nil
+}
+
+func sameFile(a, b string) bool {
+	fa, errA := os.Stat(a)
+	fb, errB := os.Stat(b)
+	return errA == nil && errB == nil && os.SameFile(fa, fb)
+}
 
 // sidecarPolicyFile is the shipped policy, so make dev runs what the README shows.
 const sidecarPolicyFile = "examples/policies/sidecar.hcl"
