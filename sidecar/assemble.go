@@ -16,7 +16,7 @@ import (
 func (sc *Sidecar) assembleFeeds() {
 	s, m := sc.s, sc.m
 	sc.jwks = newJWKS(sc.vault, s.jwksMinRefetch, m.jwksFetches, sc.log)
-	sc.jwksFeed = newJWKSFeed(jwksFeedOptions{issuer: s.issuer, audiences: s.audiences, leeway: s.leeway, refresh: s.jwksRefresh}, sc.jwks, sc.vault, sc.log)
+	sc.jwksFeed = newJWKSFeed(jwksFeedOptions{mount: s.mount, issuer: s.issuer, audiences: s.audiences, leeway: s.leeway, refresh: s.jwksRefresh}, sc.jwks, sc.vault, sc.log)
 	sc.revocations = newRevocationFeed(revocationOptions{mount: s.mount, wait: s.revocationWait, poll: s.revocationPoll},
 		sc.vault, revocationMetrics{vaultCalls: m.vaultCalls, restarts: m.feedRestarts}, sc.log)
 	if s.keyReplica {

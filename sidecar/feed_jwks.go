@@ -2,11 +2,15 @@ package sidecar
 
 import (
 	"context"
+	"errors"
+	"net/http"
 	"sync/atomic"
 	"time"
 
 	hclog "github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/vault/api"
 
+	"github.com/keybroker/keybroker/contract"
 	"github.com/keybroker/keybroker/jwtverify"
 )
 
@@ -31,6 +35,7 @@ type issuerSource interface {
 
 // jwksFeedOptions are the settings the feed reads, made once.
 type jwksFeedOptions struct {
+	mount     string // the plugin's mount, named when discovery fails
 	issuer    string // "": discovered from Vault
 	audiences []string
 	leeway    time.Duration
@@ -42,15 +47,35 @@ func newJWKSFeed(o jwksFeedOptions, keys *jwks, source issuerSource, log hclog.L
 }
 
 // start makes the verifier, retrying each second until the issuer is
-// known or ctx ends, then fetches the key set once.
+// known or ctx ends, then fetches the key set once. A failure is logged
+// once, with what to check, and again only when it changes: the same
+// Vault error every second tells an operator nothing more.
 func (f *jwksFeed) start(ctx context.Context) {
+	last := ""
 	for f.keys.verifier.Load() == nil && ctx.Err() == nil {
 		if err := f.initVerifier(ctx); err != nil {
-			f.log.Warn("cannot read the issuer from Vault; retrying", "error", err)
+			if msg := err.Error(); msg != last {
+				last = msg
+				f.log.Warn("cannot read the issuer from Vault; agent JWTs are refused until it is read, retrying each second",
+					"path", f.opts.mount+"/"+contract.PathOpenIDDiscovery, "hint", issuerHint(err), "error", err)
+			} else {
+				f.log.Debug("issuer still unreadable", "error", err)
+			}
 			sleep(ctx, time.Second)
 		}
 	}
 	f.keys.fetch(ctx, "start")
+}
+
+// issuerHint says what to check when the discovery document cannot be read.
+// The document needs no token, so a 403 or 404 is Vault saying no keybroker
+// mount answers at the configured path.
+func issuerHint(err error) string {
+	var re *api.ResponseError
+	if errors.As(err, &re) && (re.StatusCode == http.StatusForbidden || re.StatusCode == http.StatusNotFound) {
+		return "no keybroker plugin answers at this path: check vault { mount } in this configuration against `vault secrets list` on Vault"
+	}
+	return "Vault may be out of reach; issuer in this configuration skips discovery"
 }
 
 func (f *jwksFeed) initVerifier(ctx context.Context) error {
