@@ -75,11 +75,7 @@ func TestBudgetAcrossSidecars(t *testing.T) {
 	v := vaultserver.StartT(t)
 	setupRoles(t, v)
 	root := v.Client
-	write(t, root, "keybroker/roles/llm", map[string]interface{}{
-		"scopes": "read", "budget": budget, "max_cost_per_request": maxCost, "budget_period": "24h",
-	})
-	minted := write(t, root, "keybroker/keys/llm", map[string]interface{}{"name": "agent"})
-	key, keyID := minted.Data["key"].(string), minted.Data["key_id"].(string)
+	key, keyID := meteredKey(t, root, budget, maxCost)
 	up := newLLMUpstream(t, maxCost)
 
 	// A clean stop reports every use and gives the rest of its chunk back.
@@ -415,4 +411,15 @@ func TestBudgetChangedByOperator(t *testing.T) {
 	if r := call(t, e2.proxy, "GET", "/read", bearer(key), ""); r.status != 200 {
 		t.Fatalf("after raising the budget: %d %s", r.status, r.body)
 	}
+}
+
+// meteredKey writes role llm with a daily budget and a per-request cost cap,
+// and mints one of its keys.
+func meteredKey(t *testing.T, root *api.Client, budget, maxCost int) (key, keyID string) {
+	t.Helper()
+	write(t, root, "keybroker/roles/llm", map[string]interface{}{
+		"scopes": "read", "budget": budget, "max_cost_per_request": maxCost, "budget_period": "24h",
+	})
+	minted := write(t, root, "keybroker/keys/llm", map[string]interface{}{"name": "agent"})
+	return minted.Data["key"].(string), minted.Data["key_id"].(string)
 }

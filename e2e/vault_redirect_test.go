@@ -25,11 +25,7 @@ func TestBudgetThroughAStandbysRedirect(t *testing.T) {
 	v := vaultserver.StartT(t)
 	setupRoles(t, v)
 	root := v.Client
-	write(t, root, "keybroker/roles/llm", map[string]interface{}{
-		"scopes": "read", "budget": budget, "max_cost_per_request": maxCost, "budget_period": "24h",
-	})
-	minted := write(t, root, "keybroker/keys/llm", map[string]interface{}{"name": "agent"})
-	key, keyID := minted.Data["key"].(string), minted.Data["key_id"].(string)
+	key, keyID := meteredKey(t, root, budget, maxCost)
 
 	var (
 		mu         sync.Mutex
