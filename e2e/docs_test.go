@@ -286,4 +286,3 @@ func runSection(t *testing.T, page, root string, stack *devStack, s doctest.Sect
 		}
 	}
 }
-
