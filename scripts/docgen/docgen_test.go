@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/keybroker/keybroker/sidecar"
 )
@@ -186,12 +187,15 @@ func TestUndocumentedIsAnError(t *testing.T) {
 		{Pattern: "nosyn$", HelpDescription: "d"},
 		{Pattern: "nodesc$", HelpSynopsis: "s"},
 		{Pattern: "field$", HelpSynopsis: "s", HelpDescription: "d", Fields: map[string]*framework.FieldSchema{"g": {Type: framework.TypeString, Description: " \n"}}},
+		{Pattern: "answer$", HelpSynopsis: "s", HelpDescription: "d", Operations: map[logical.Operation]framework.OperationHandler{
+			logical.ReadOperation: &framework.PathOperation{Responses: map[int][]framework.Response{200: {{Description: "OK", Fields: map[string]*framework.FieldSchema{"h": {Type: framework.TypeInt}}}}}},
+		}},
 	}
 	_, err = renderPaths(paths)
 	if err == nil {
 		t.Fatal("paths without help were accepted")
 	}
-	for _, want := range []string{`path "nosyn$" lacks`, `path "nodesc$" lacks`, `field "g" of path "field$" has no description`} {
+	for _, want := range []string{`path "nosyn$" lacks`, `path "nodesc$" lacks`, `field "g" of path "field$" has no description`, `answer field "h" of read "answer$" (200) has no description`} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not say %q:\n%v", want, err)
 		}

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"reflect"
 	"slices"
 	"sort"
 	"strings"
@@ -39,6 +41,7 @@ func renderPaths(paths []*framework.Path) ([]byte, error) {
 Every path the keybroker plugin serves, relative to its mount (` + "`keybroker/`" + ` in make dev: ` + "`vault read keybroker/jwks`" + `).
 ` + "`vault path-help keybroker/<path>`" + ` shows the same help for one path.
 Operations are the Vault CLI's verbs: *read* is GET, *write* is POST or PUT (create and update), *list* is LIST, *delete* is DELETE.
+Each path lists its request fields, then the fields each operation answers with (its declared responses, which Vault's OpenAPI document shows and the plugin's tests check every answer against).
 A *{name}* segment is a path parameter; a *duration* takes seconds or a Go duration string such as ` + "`\"1h\"`" + `; a *list of strings* takes a JSON list or a comma-separated string.
 
 `)
@@ -61,17 +64,28 @@ func helpProblems(paths []*framework.Path) error {
 		if strings.TrimSpace(p.HelpSynopsis) == "" || strings.TrimSpace(p.HelpDescription) == "" {
 			errs = append(errs, fmt.Errorf("path %q lacks HelpSynopsis or HelpDescription", p.Pattern))
 		}
-		for _, name := range sortedKeys(p.Fields) {
-			f := p.Fields[name]
-			if strings.TrimSpace(f.Description) == "" {
-				errs = append(errs, fmt.Errorf("field %q of path %q has no description", name, p.Pattern))
-			}
-			if _, ok := fieldTypes[f.Type]; !ok {
-				errs = append(errs, fmt.Errorf("field %q of path %q: docgen does not name type %s", name, p.Pattern, f.Type))
-			}
+		errs = append(errs, fieldProblems(fmt.Sprintf("field %%q of path %q", p.Pattern), p.Fields)...)
+		for _, a := range answersOf(p) {
+			errs = append(errs, fieldProblems(fmt.Sprintf("answer field %%q of %s %q (%d)", a.ops, p.Pattern, a.status), a.fields)...)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// fieldProblems is each of fields without a description or of a type
+// docgen cannot name; what says where, a %q for the field's name.
+func fieldProblems(what string, fields map[string]*framework.FieldSchema) []error {
+	var errs []error
+	for _, name := range sortedKeys(fields) {
+		f := fields[name]
+		if strings.TrimSpace(f.Description) == "" {
+			errs = append(errs, fmt.Errorf(what+" has no description", name))
+		}
+		if _, ok := fieldTypes[f.Type]; !ok {
+			errs = append(errs, fmt.Errorf(what+": docgen does not name type %s", name, f.Type))
+		}
+	}
+	return errs
 }
 
 // writePath writes one path's section: synopsis, operations, description
@@ -80,10 +94,16 @@ func writePath(b *strings.Builder, p *framework.Path) {
 	rp := pathName(p)
 	fmt.Fprintf(b, "\n## `%s`\n\n%s\n\nOperations: %s.\n\n", rp, oneLine(cellEscaper.Replace(p.HelpSynopsis)), strings.Join(operations(p), ", "))
 	fmt.Fprintf(b, "```text\n%s\n```\n", strings.TrimSpace(p.HelpDescription))
+	writeFields(b, p)
+	writeAnswers(b, p)
+}
+
+// writeFields writes the table of a path's request fields.
+func writeFields(b *strings.Builder, p *framework.Path) {
 	if len(p.Fields) == 0 {
 		return
 	}
-	b.WriteString("\n")
+	b.WriteString("\nRequest fields:\n\n")
 	rows := make([][]string, 0, len(p.Fields))
 	for _, name := range sortedKeys(p.Fields) {
 		f := p.Fields[name]
@@ -144,17 +164,23 @@ func defaultString(d any) string {
 // operations are a path's operations as the Vault CLI's verbs, create and
 // update both being write.
 func operations(p *framework.Path) []string {
-	verbs := map[logical.Operation]string{logical.ReadOperation: "read", logical.CreateOperation: "write", logical.UpdateOperation: "write",
-		logical.PatchOperation: "patch", logical.ListOperation: "list", logical.DeleteOperation: "delete"}
 	var out []string
-	for _, op := range []logical.Operation{logical.ReadOperation, logical.CreateOperation, logical.UpdateOperation, logical.PatchOperation, logical.ListOperation, logical.DeleteOperation} {
+	for _, op := range operationOrder {
 		_, ok := p.Operations[op]
-		if _, cb := p.Callbacks[op]; (ok || cb) && !slices.Contains(out, verbs[op]) {
-			out = append(out, verbs[op])
+		if _, cb := p.Callbacks[op]; (ok || cb) && !slices.Contains(out, cliVerbs[op]) {
+			out = append(out, cliVerbs[op])
 		}
 	}
 	return out
 }
+
+// operationOrder is the order operations are listed in.
+var operationOrder = []logical.Operation{logical.ReadOperation, logical.CreateOperation, logical.UpdateOperation,
+	logical.PatchOperation, logical.ListOperation, logical.DeleteOperation}
+
+// cliVerbs name operations as the Vault CLI does.
+var cliVerbs = map[logical.Operation]string{logical.ReadOperation: "read", logical.CreateOperation: "write",
+	logical.UpdateOperation: "write", logical.PatchOperation: "patch", logical.ListOperation: "list", logical.DeleteOperation: "delete"}
 
 func sortedKeys[V any](m map[string]V) []string {
 	keys := make([]string, 0, len(m))
@@ -173,4 +199,73 @@ func pathName(p *framework.Path) string {
 		name = strings.TrimSuffix(name, "/")
 	}
 	return name
+}
+
+// answer is what one or more operations of a path answer with one status:
+// the operations that answer alike are shown once.
+type answer struct {
+	ops    string // CLI verbs: "read", "write"
+	status int
+	fields map[string]*framework.FieldSchema
+}
+
+// answersOf are the answers a path's operations declare (their Responses,
+// which Vault's OpenAPI document shows), in the order of operations().
+func answersOf(p *framework.Path) []answer {
+	var out []answer
+	for _, op := range operationOrder {
+		h, ok := p.Operations[op]
+		if !ok {
+			continue
+		}
+		responses := h.Properties().Responses
+		statuses := make([]int, 0, len(responses))
+		for st := range responses {
+			statuses = append(statuses, st)
+		}
+		sort.Ints(statuses)
+		for _, st := range statuses {
+			if len(responses[st]) == 0 {
+				continue
+			}
+			out = addAnswer(out, answer{ops: cliVerbs[op], status: st, fields: responses[st][0].Fields})
+		}
+	}
+	return out
+}
+
+// addAnswer adds a to answers, or its verb to an equal answer's.
+func addAnswer(answers []answer, a answer) []answer {
+	for i, o := range answers {
+		if o.status == a.status && reflect.DeepEqual(o.fields, a.fields) {
+			if !slices.Contains(strings.Split(o.ops, ", "), a.ops) {
+				answers[i].ops += ", " + a.ops
+			}
+			return answers
+		}
+	}
+	return append(answers, a)
+}
+
+// writeAnswers writes the fields each operation answers with.
+func writeAnswers(b *strings.Builder, p *framework.Path) {
+	for _, a := range answersOf(p) {
+		if len(a.fields) == 0 {
+			fmt.Fprintf(b, "\n%s answers %d %s with no data.\n", upperFirst(a.ops), a.status, http.StatusText(a.status))
+			continue
+		}
+		fmt.Fprintf(b, "\n%s answers %d %s with:\n\n", upperFirst(a.ops), a.status, http.StatusText(a.status))
+		rows := make([][]string, 0, len(a.fields))
+		for _, name := range sortedKeys(a.fields) {
+			rows = append(rows, []string{code(name), fieldTypes[a.fields[name].Type], cell(a.fields[name].Description)})
+		}
+		table(b, []string{"Field", "Type", "Description"}, rows)
+	}
+}
+
+func upperFirst(s string) string {
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
 }
