@@ -5,14 +5,15 @@ import (
 )
 
 // cell is text made safe for one cell of a GitHub Markdown table: one
-// line, no column-ending pipe, and no <word> GitHub would take for an HTML
-// tag and hide (keybroker/keys/<name>).
+// line, no column-ending pipe, no <word> GitHub would take for an HTML tag
+// and hide (keybroker/keys/<name>), and no * that would start emphasis
+// (keys/<role>/*).
 func cell(s string) string {
 	s = oneLine(s)
 	return cellEscaper.Replace(s)
 }
 
-var cellEscaper = strings.NewReplacer("|", `\|`, "<", "&lt;", ">", "&gt;")
+var cellEscaper = strings.NewReplacer("|", `\|`, "<", "&lt;", ">", "&gt;", "*", `\*`)
 
 // code is s as inline code in a table cell. A pipe must still be escaped
 // there (GitHub splits the row first); entities are not decoded in code,
