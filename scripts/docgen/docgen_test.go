@@ -228,6 +228,7 @@ func TestCell(t *testing.T) {
 		"keybroker/keys/<name>": "keybroker/keys/&lt;name&gt;",
 		"two\n   lines\n":       "two lines",
 		"||":                    `\|\|`,
+		"keys/<role>/* and *":   `keys/&lt;role&gt;/\* and \*`,
 	} {
 		if got := cell(in); got != want {
 			t.Errorf("cell(%q) = %q, want %q", in, got, want)
