@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 
@@ -150,6 +152,78 @@ func TestExampleConfigShowsEverySetting(t *testing.T) {
 			}
 		}
 	}
+}
+
+// A setting commented out in examples/sidecar.hcl shows its default, where
+// the default is an HCL value: the example says "defaults shown".
+func TestExampleConfigShowsDefaults(t *testing.T) {
+	root := testRoot(t)
+	blocks, err := readSidecarConfig(filepath.Join(root, "sidecar"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defaults := map[string]setting{}
+	for _, blk := range blocks {
+		for _, s := range blk.settings {
+			if literalDefault(s.def) {
+				defaults[s.name] = s
+			}
+		}
+	}
+	example, err := os.ReadFile(filepath.Join(root, "examples", "sidecar.hcl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	commented := regexp.MustCompile(`^\s*#\s*([a-z_]+)\s*=\s*(.*)$`)
+	checked := 0
+	for i, line := range strings.Split(string(example), "\n") {
+		m := commented.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		s, ok := defaults[m[1]]
+		if !ok {
+			continue
+		}
+		checked++
+		if shown, want := hclValue(t, withoutComment(m[2])), hclValue(t, s.def); shown != want {
+			t.Errorf("examples/sidecar.hcl:%d shows %s = %s commented out, but its default is %s (%s)", i+1, m[1], withoutComment(m[2]), s.def, s.field)
+		}
+	}
+	if checked < 20 {
+		t.Errorf("only %d commented-out defaults found in examples/sidecar.hcl", checked)
+	}
+}
+
+// withoutComment is an HCL value without the # comment after it.
+func withoutComment(v string) string {
+	inString := false
+	for i := 0; i < len(v); i++ {
+		switch {
+		case v[i] == '\\' && inString:
+			i++
+		case v[i] == '"':
+			inString = !inString
+		case v[i] == '#' && !inString:
+			return strings.TrimSpace(v[:i])
+		}
+	}
+	return strings.TrimSpace(v)
+}
+
+// hclValue is the value of the HCL expression src, spelt as go-cty does,
+// so two spellings of one value compare equal.
+func hclValue(t *testing.T, src string) string {
+	t.Helper()
+	expr, diags := hclsyntax.ParseExpression([]byte(src), "value", hcl.InitialPos)
+	if diags.HasErrors() {
+		t.Fatalf("%s: %v", src, diags)
+	}
+	v, diags := expr.Value(nil)
+	if diags.HasErrors() {
+		t.Fatalf("%s: %v", src, diags)
+	}
+	return v.GoString()
 }
 
 // Generation fails, naming each, on a setting without a description or
