@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -11,49 +9,9 @@ import (
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
-	"github.com/hashicorp/vault/sdk/framework"
-	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/keybroker/keybroker/sidecar"
 )
-
-// The committed reference pages are what make docs writes now: a setting,
-// path or description changed in code without make docs fails here.
-func TestReferencePagesAreCurrent(t *testing.T) {
-	root := testRoot(t)
-	for _, p := range pages {
-		want, err := p.render(root)
-		if err != nil {
-			t.Fatalf("%s: %v", p.file, err)
-		}
-		got, err := os.ReadFile(filepath.Join(root, p.file))
-		if err != nil {
-			t.Errorf("%s is missing: run make docs (%v)", p.file, err)
-			continue
-		}
-		if !bytes.Equal(got, want) {
-			t.Errorf("%s is stale: run make docs\n%s", p.file, firstDifference(got, want, "committed", "generated"))
-		}
-	}
-}
-
-// firstDifference names the first line where two texts part.
-func firstDifference(got, want []byte, gotName, wantName string) string {
-	g, w := strings.Split(string(got), "\n"), strings.Split(string(want), "\n")
-	for i := 0; i < len(g) || i < len(w); i++ {
-		var gl, wl string
-		if i < len(g) {
-			gl = g[i]
-		}
-		if i < len(w) {
-			wl = w[i]
-		}
-		if gl != wl {
-			return fmt.Sprintf("line %d\n  %s: %s\n  %s: %s", i+1, gotName, gl, wantName, wl)
-		}
-	}
-	return ""
-}
 
 // A setting's documented default, where it is an HCL value, is what the
 // sidecar does without it: setting it explicitly leaves the effective
@@ -227,9 +185,9 @@ func hclValue(t *testing.T, src string) string {
 }
 
 // Generation fails, naming each, on a setting without a description or
-// hcl tag or of a type docgen cannot name, and on a path or field without
-// help: the reference never shows an empty cell for them.
-func TestUndocumentedIsAnError(t *testing.T) {
+// hcl tag or of a type docgen cannot name: the reference never shows an
+// empty cell for one.
+func TestUndocumentedSettingIsAnError(t *testing.T) {
 	dir := t.TempDir()
 	src := "package sidecar\n\ntype Config struct {\n" +
 		"\t// Documented.\n\t// Default: 1.\n\tA int `hcl:\"a,optional\"`\n" +
@@ -256,68 +214,4 @@ func TestUndocumentedIsAnError(t *testing.T) {
 		t.Errorf("a documented setting is reported:\n%v", err)
 	}
 
-	paths := []*framework.Path{
-		{Pattern: "ok$", HelpSynopsis: "s", HelpDescription: "d", Fields: map[string]*framework.FieldSchema{"f": {Type: framework.TypeString, Description: "f"}}},
-		{Pattern: "nosyn$", HelpDescription: "d"},
-		{Pattern: "nodesc$", HelpSynopsis: "s"},
-		{Pattern: "field$", HelpSynopsis: "s", HelpDescription: "d", Fields: map[string]*framework.FieldSchema{"g": {Type: framework.TypeString, Description: " \n"}}},
-		{Pattern: "answer$", HelpSynopsis: "s", HelpDescription: "d", Operations: map[logical.Operation]framework.OperationHandler{
-			logical.ReadOperation: &framework.PathOperation{Responses: map[int][]framework.Response{200: {{Description: "OK", Fields: map[string]*framework.FieldSchema{"h": {Type: framework.TypeInt}}}}}},
-		}},
-	}
-	_, err = renderPaths(paths)
-	if err == nil {
-		t.Fatal("paths without help were accepted")
-	}
-	for _, want := range []string{`path "nosyn$" lacks`, `path "nodesc$" lacks`, `field "g" of path "field$" has no description`, `answer field "h" of read "answer$" (200) has no description`} {
-		if !strings.Contains(err.Error(), want) {
-			t.Errorf("error does not say %q:\n%v", want, err)
-		}
-	}
-	if strings.Contains(err.Error(), `"ok$"`) {
-		t.Errorf("a documented path is reported:\n%v", err)
-	}
-}
-
-func TestReadablePattern(t *testing.T) {
-	for re, want := range map[string]string{
-		"roles/?$": "roles/",
-		"roles/" + framework.GenericNameRegex("name"):                                                             "roles/{name}",
-		"keys/" + framework.GenericNameRegex("role") + "/id/" + framework.GenericNameRegex("key_id") + "/rotate$": "keys/{role}/id/{key_id}/rotate",
-		`roles/(?P<name>\w+)/(?P<action>suspend|resume)$`:                                                         "roles/{name}/(suspend|resume)",
-		`\.well-known/openid-configuration$`:                                                                      ".well-known/openid-configuration",
-		"^jwks$":                                                                                                  "jwks",
-	} {
-		if got := readablePattern(re); got != want {
-			t.Errorf("readablePattern(%q) = %q, want %q", re, got, want)
-		}
-	}
-}
-
-// A table cell holds any description: one line, its pipes escaped, and a
-// <placeholder> shown rather than taken for an HTML tag.
-func TestCell(t *testing.T) {
-	for in, want := range map[string]string{
-		"a | b":                 `a \| b`,
-		"keybroker/keys/<name>": "keybroker/keys/&lt;name&gt;",
-		"two\n   lines\n":       "two lines",
-		"||":                    `\|\|`,
-		"keys/<role>/* and *":   `keys/&lt;role&gt;/\* and \*`,
-	} {
-		if got := cell(in); got != want {
-			t.Errorf("cell(%q) = %q, want %q", in, got, want)
-		}
-	}
-	if got := code("a|b`c"); got != "`` a\\|b`c ``" {
-		t.Errorf("code = %q", got)
-	}
-}
-
-func testRoot(t *testing.T) string {
-	t.Helper()
-	root, err := repoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return root
 }
