@@ -40,7 +40,7 @@ Every path the keybroker plugin serves, relative to its mount (` + "`keybroker/`
 ` + "`vault path-help keybroker/<path>`" + ` shows the same help for one path.
 Operations are the Vault CLI's verbs: *read* is GET, *write* is POST or PUT (create and update), *list* is LIST, *delete* is DELETE.
 Each path lists its request fields, then the fields each operation answers with (its declared responses, which Vault's OpenAPI document shows and the plugin's tests check every answer against).
-A *{name}* segment is a path parameter; a *duration* takes seconds or a Go duration string such as ` + "`\"1h\"`" + `; a *list of strings* takes a JSON list or a comma-separated string.
+A *{name}* segment is a path parameter; a *duration* takes seconds or a Go duration string such as ` + "`\"1h\"`" + `; a list is a JSON list (or, where it says so, one comma-separated string).
 
 `)
 	rows := make([][]string, 0, len(sorted))
@@ -62,25 +62,27 @@ func helpProblems(paths []*framework.Path) error {
 		if strings.TrimSpace(p.HelpSynopsis) == "" || strings.TrimSpace(p.HelpDescription) == "" {
 			errs = append(errs, fmt.Errorf("path %q lacks HelpSynopsis or HelpDescription", p.Pattern))
 		}
-		errs = append(errs, fieldProblems(fmt.Sprintf("field %%q of path %q", p.Pattern), p.Fields)...)
+		errs = append(errs, fieldProblems(p.Fields, func(f string) string { return fmt.Sprintf("field %q of path %q", f, p.Pattern) })...)
 		for _, a := range answersOf(p) {
-			errs = append(errs, fieldProblems(fmt.Sprintf("answer field %%q of %s %q (%d)", a.ops, p.Pattern, a.status), a.fields)...)
+			errs = append(errs, fieldProblems(a.fields, func(f string) string {
+				return fmt.Sprintf("answer field %q of %s %q (%d)", f, a.ops, p.Pattern, a.status)
+			})...)
 		}
 	}
 	return errors.Join(errs...)
 }
 
 // fieldProblems is each of fields without a description or of a type
-// docgen cannot name; what says where, a %q for the field's name.
-func fieldProblems(what string, fields map[string]*framework.FieldSchema) []error {
+// docgen cannot name; where names a field in a message.
+func fieldProblems(fields map[string]*framework.FieldSchema, where func(field string) string) []error {
 	var errs []error
 	for _, name := range sortedKeys(fields) {
 		f := fields[name]
 		if strings.TrimSpace(f.Description) == "" {
-			errs = append(errs, fmt.Errorf(what+" has no description", name))
+			errs = append(errs, fmt.Errorf("%s has no description", where(name)))
 		}
 		if _, ok := fieldTypes[f.Type]; !ok {
-			errs = append(errs, fmt.Errorf(what+": docgen does not name type %s", name, f.Type))
+			errs = append(errs, fmt.Errorf("%s: docgen does not name type %s", where(name), f.Type))
 		}
 	}
 	return errs
@@ -137,7 +139,7 @@ var fieldTypes = map[framework.FieldType]string{
 	framework.TypeSignedDurationSecond: "signed duration",
 	framework.TypeSlice:                "list",
 	framework.TypeStringSlice:          "list of strings",
-	framework.TypeCommaStringSlice:     "list of strings",
+	framework.TypeCommaStringSlice:     "list of strings (or comma-separated)",
 	framework.TypeCommaIntSlice:        "list of ints",
 	framework.TypeHeader:               "header",
 	framework.TypeTime:                 "time",
