@@ -13,7 +13,7 @@ FUZZTIME ?= 15s
 FUZZMINIMIZE ?= 5s
 GO ?= go
 
-.PHONY: all build vault test unit e2e fuzz bench dev cluster fmt vet clean
+.PHONY: all build vault test unit e2e fuzz bench dev cluster fmt vet clean docs
 
 all: build
 
@@ -51,6 +51,10 @@ dev: build vault
 ## cluster: make dev on a 3-node Raft HA cluster (kill the leader, watch failover)
 cluster: build vault
 	$(GO) run ./scripts/dev -cluster -dir .cluster $(DEV_PORTS) -plugin bin/vault-plugin-secrets-keybroker -sidecar bin/keybroker-sidecar -version $(VERSION)
+
+## docs: regenerate docs/reference/ from the code (make test fails when it is stale)
+docs:
+	$(GO) run ./scripts/docgen
 
 vet:
 	$(GO) vet ./...

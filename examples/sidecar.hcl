@@ -1,5 +1,8 @@
 # keybroker-sidecar configuration. Vault's environment variables (VAULT_ADDR,
 # VAULT_CACERT, ...) fill in what the vault block leaves out.
+#
+# Every setting appears in this file, set or commented out (a test checks it);
+# docs/reference/sidecar-config.md gives each one's type, default and meaning.
 
 listen      = "127.0.0.1:8080"        # reverse proxy
 upstream    = "http://127.0.0.1:9000" # the service
@@ -7,6 +10,8 @@ auth_listen = "127.0.0.1:8081"        # /verify for a gateway; /healthz; /metric
 
 # aud values this service accepts in agent JWTs.
 audiences = ["demo-api"]
+# The iss they must carry; by default read from the mount's discovery document.
+# issuer = "http://127.0.0.1:8200/v1/keybroker"
 
 # Peers allowed to set X-Forwarded-For (your gateway). Others' copies are
 # ignored, and /verify answers only these peers.
@@ -55,7 +60,8 @@ gateway = "nginx"
 # strip_headers             = ["X-Original-URL", "X-Rewrite-URL", "X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"]
 #                                    # removed before the service (proxy, middleware, Envoy gRPC), in every CGI spelling:
 #                                    # routing overrides a framework would serve another route for; a list replaces it
-# log_format                = "json"
+# log_level                 = "info"   # trace, debug, info, warn or error (flag -log-level overrides it)
+# log_format                = "standard" # or "json"
 
 # The decision log: a JSON line per decision, for auditors and log shippers
 # (see the README). Every denial, and this fraction of the allows. "-" is
@@ -85,6 +91,7 @@ gateway = "nginx"
 # budget_report_interval    = "1s"   # report use (and renew reservations) this often
 # budget_reservation_ttl    = "30s"  # a reservation not renewed for this long expires
 # budget_idle_release       = "5s"   # give back a chunk unused for this long
+# usage_report_interval     = "1m"   # report the API keys let through (last_used_at); "off": none
 # name                      = "web-1" # this sidecar in Vault's audit log; default host and pid
 
 # Where rate limits hold: "sidecar" (default, no Vault call; N sidecars allow
@@ -97,8 +104,10 @@ vault {
   # On an HA cluster, every node (or its load balancer as address); a node out
   # of reach or answering 502, 503 or 504 is left for the next:
   # addresses    = ["https://vault-1:8200", "https://vault-2:8200", "https://vault-3:8200"]
+  # ca_cert      = "/etc/keybroker/vault-ca.pem" # CA of Vault's TLS certificate; default VAULT_CACERT
   mount          = "keybroker"
   role_id_file   = "/etc/keybroker/role-id"
+  # role_id      = "..."  # or the role_id itself (it is not a secret)
   secret_id_file = "/etc/keybroker/secret-id"
 }
 
@@ -113,6 +122,8 @@ route "/healthz" {
 route "/v1/read" {
   methods = ["GET", "HEAD"]
   scopes  = ["read"]
+  # case_insensitive = false # true: /V1/READ is this route too
+  # delegation = "require"   # only exchanged tokens (acting for a subject); "forbid": only their own subject
 }
 route "/v1/write" {
   methods = ["POST", "PUT", "DELETE"]
@@ -127,5 +138,5 @@ route "/v1/chat/completions" {
   openai_usage = true
   cost         = 4000 # charged when the upstream fails
   # usage_fallback = "hold" # unreadable usage: max_cost_per_request (default), or "cost"
-  # or: usage_header = "X-Usage-Tokens"
+  # usage_header = "X-Usage-Tokens" # instead of openai_usage: the cost a response header says
 }

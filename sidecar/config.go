@@ -12,161 +12,293 @@ import (
 	"github.com/hashicorp/hcl/v2/hclparse"
 )
 
-// Config is the sidecar's HCL configuration file. Durations are Go duration
-// strings ("30s"). Vault's own environment variables (VAULT_ADDR,
-// VAULT_CACERT, VAULT_CAPATH, VAULT_CLIENT_CERT, ...) apply where the vault
-// block leaves a setting out.
+// Config is the sidecar's HCL configuration file. Vault's own environment
+// variables (VAULT_ADDR, VAULT_CACERT, VAULT_CAPATH, VAULT_CLIENT_CERT, ...)
+// apply where the vault block leaves a setting out.
+//
+// Each field's doc comment is the operator's description of its setting in
+// docs/reference/sidecar-config.md (scripts/docgen reads it with go/ast and
+// fails on a field without one): the lines before "Default:" and
+// "Required:" become one table cell, so say what the setting does in a
+// sentence or two and keep the why short. "Default:" is the value an unset
+// setting behaves as, written as HCL (scripts/docgen's test sets each
+// literal default and checks the effective settings do not change) or in
+// words where no literal says it.
 type Config struct {
-	// Listen is the reverse proxy's address; it forwards to Upstream.
-	Listen   string `hcl:"listen,optional"`
+	// Address of the reverse proxy, which checks each request and forwards it to
+	// upstream (flag -listen overrides it).
+	// Default: "127.0.0.1:8080".
+	Listen string `hcl:"listen,optional"`
+	// The service's http(s) URL, where the reverse proxy forwards allowed
+	// requests (flag -upstream overrides it). Unset: no reverse proxy (only
+	// /verify, gRPC or an embedding).
+	// Default: none.
 	Upstream string `hcl:"upstream,optional"`
-	// AuthListen serves /verify for gateways, /healthz and /metrics.
+	// Address serving /verify for gateways, /healthz and /metrics (flag
+	// -auth-listen overrides it).
+	// Default: "127.0.0.1:8081".
 	AuthListen string `hcl:"auth_listen,optional"`
-	// GRPCListen serves Envoy's ext_authz gRPC API
-	// (envoy.service.auth.v3.Authorization/Check), to peers in
-	// TrustedProxies only. Empty: off.
+	// Address serving Envoy's ext_authz gRPC API
+	// (envoy.service.auth.v3.Authorization/Check) to peers in trusted_proxies
+	// only (flag -grpc-listen overrides it). Needs trusted_proxies.
+	// Default: none (gRPC off).
 	GRPCListen string `hcl:"grpc_listen,optional"`
 
-	// Audiences are the aud values this service accepts in JWTs.
+	// The aud values this service accepts in JWTs; tokens minted for another
+	// service are refused.
+	// Required: yes, unless resource is set (its URL is then accepted as aud).
 	Audiences []string `hcl:"audiences,optional"`
-	// Issuer of JWTs; default: read from the mount's discovery document.
+	// The iss JWTs must carry.
+	// Default: read from the mount's discovery document
+	// (.well-known/openid-configuration).
 	Issuer string `hcl:"issuer,optional"`
-	Leeway string `hcl:"leeway,optional"`
+	// Clock skew allowed when checking a JWT's exp, nbf and iat; at most 60s, as
+	// revocations are kept only that long past expiry.
+	// Default: "30s".
+	Leeway Duration `hcl:"leeway,optional"`
 
-	// TrustedProxies may set X-Forwarded-For; other peers' copies are
-	// ignored. /verify answers only these peers.
+	// CIDR blocks or addresses of the proxies (your gateway) that may set
+	// X-Forwarded-For; other peers' copies are ignored, and /verify answers only
+	// these peers.
+	// Default: [] (none).
 	TrustedProxies []string `hcl:"trusted_proxies,optional"`
-	// Gateway is the gateway that calls /verify (nginx, traefik, caddy,
-	// envoy): it fixes where the original method and URI are read from.
-	// Empty: /verify is off.
+	// The gateway that calls /verify: "nginx", "traefik", "caddy" or "envoy"; it
+	// fixes which headers carry the original method and URI. Needs
+	// trusted_proxies.
+	// Default: none (/verify off).
 	Gateway string `hcl:"gateway,optional"`
-	// PublicOrigin is the scheme and host clients address this service by
-	// ("https://api.example.com"), as DPoP proofs name it in htu; the
-	// request's path completes the URI. Without it, DPoP-bound credentials
-	// are refused. DPoPProofMaxAge is how old a proof may be (default 60s);
-	// proofs are remembered that long to refuse replays, at most
-	// DPoPReplayCacheSize (default 500000) at once, at most 1/32 of it per
-	// credential lineage and 1/8 per client address.
-	PublicOrigin        string `hcl:"public_origin,optional"`
-	DPoPProofMaxAge     string `hcl:"dpop_proof_max_age,optional"`
-	DPoPReplayCacheSize int    `hcl:"dpop_replay_cache_size,optional"`
-	// RequireDPoP refuses every credential that is not DPoP-bound.
+	// Scheme and host clients address this service by
+	// ("https://api.example.com"), as DPoP proofs name it in htu; the request's
+	// path completes the URI. Unset, DPoP-bound credentials are refused.
+	// Default: none (DPoP off).
+	PublicOrigin string `hcl:"public_origin,optional"`
+	// How old a DPoP proof may be, at most 5m; proofs are remembered this long
+	// to refuse replays. Needs public_origin.
+	// Default: "60s".
+	DPoPProofMaxAge Duration `hcl:"dpop_proof_max_age,optional"`
+	// How many DPoP proofs are remembered at once (1000 to 10000000), at most
+	// 1/32 of them per credential lineage and 1/8 per client address; full: 503
+	// rather than forget. Needs public_origin.
+	// Default: 500000.
+	DPoPReplayCacheSize int `hcl:"dpop_replay_cache_size,optional"`
+	// Refuse every credential that is not DPoP-bound. Needs public_origin and
+	// key_replica.
+	// Default: false.
 	RequireDPoP bool `hcl:"require_dpop,optional"`
-	// Resource is this service's resource identifier (RFC 9728, RFC 8707),
-	// an https URL such as "https://mcp.example.com/mcp": the sidecar then
-	// serves its Protected Resource Metadata, points 401 challenges at it,
-	// and accepts JWTs whose aud is the resource.
+	// This service's resource identifier (RFC 9728, RFC 8707), an https URL such
+	// as "https://mcp.example.com/mcp": the sidecar serves its Protected
+	// Resource Metadata, points 401 challenges at it, and accepts JWTs whose aud
+	// is the resource.
+	// Default: none.
 	Resource string `hcl:"resource,optional"`
-	// AllowUnmatched lets requests that match no route through with any
-	// valid credential; by default they are denied.
+	// Let requests that match no route through with any valid credential,
+	// instead of denying them.
+	// Default: false.
 	AllowUnmatched bool `hcl:"allow_unmatched,optional"`
-	// StripHeaders are request headers the reverse proxy and the Go
-	// middleware remove before the service sees the request, in every
-	// spelling a CGI-style server reads as the same name. Unset: the
-	// routing overrides (defaultStripHeaders), which some frameworks honour
-	// to serve another path or method than the one the sidecar checked.
-	// Set, it replaces that list ([] strips none of them).
+	// Request headers removed before the service sees a request (reverse proxy,
+	// middleware and Envoy gRPC), in every spelling a CGI-style server reads as
+	// the same name. The default lists routing overrides some frameworks honour
+	// to serve another path or method than the one checked; a list replaces it
+	// ([] strips none).
+	// Default: ["X-Original-URL", "X-Rewrite-URL", "X-HTTP-Method-Override",
+	// "X-HTTP-Method", "X-Method-Override"].
 	StripHeaders []string `hcl:"strip_headers,optional"`
 
-	RevocationPollInterval string `hcl:"revocation_poll_interval,optional"`
-	// RevocationLongPoll (default true) has the plugin hold each feed read
-	// until a revocation is added (at most 20s), so revocations arrive as
-	// they happen; the poll interval is then only the pace after errors.
-	RevocationLongPoll     *bool  `hcl:"revocation_long_poll,optional"`
-	JWKSRefreshInterval    string `hcl:"jwks_refresh_interval,optional"`
-	JWKSMinRefetchInterval string `hcl:"jwks_min_refetch_interval,optional"`
-	// KeyReplica (default true) keeps a record of every live API key from
-	// keybroker/key-records and verifies keys without asking Vault;
-	// KeyReplicaRoles and KeyReplicaTenants limit it to the keys of those
-	// roles or tenants, and every other key is then refused.
-	KeyReplica        *bool    `hcl:"key_replica,optional"`
-	KeyReplicaRoles   []string `hcl:"key_replica_roles,optional"`
+	// How often the revocation feed is read without long polls, and the pace
+	// after errors with them.
+	// Default: "1s".
+	RevocationPollInterval Duration `hcl:"revocation_poll_interval,optional"`
+	// Have the plugin hold each revocation feed read until a revocation is added
+	// (at most 20s), so revocations arrive as they happen.
+	// Default: true.
+	RevocationLongPoll *bool `hcl:"revocation_long_poll,optional"`
+	// How often the JWKS (the plugin's signing keys) is fetched.
+	// Default: "5m".
+	JWKSRefreshInterval Duration `hcl:"jwks_refresh_interval,optional"`
+	// A JWT with an unknown kid fetches the JWKS at most once per this interval.
+	// Default: "10s".
+	JWKSMinRefetchInterval Duration `hcl:"jwks_min_refetch_interval,optional"`
+	// Keep a replica of every live API key's record (from keybroker/key-records)
+	// and verify API keys without asking Vault.
+	// Default: true.
+	KeyReplica *bool `hcl:"key_replica,optional"`
+	// Hold (and accept) only the API keys of these roles; every other key is
+	// refused. Needs key_replica.
+	// Default: [] (every role).
+	KeyReplicaRoles []string `hcl:"key_replica_roles,optional"`
+	// Hold (and accept) only the API keys of these tenants; every other key is
+	// refused. Needs key_replica.
+	// Default: [] (every tenant).
 	KeyReplicaTenants []string `hcl:"key_replica_tenants,optional"`
-	KeyCacheTTL       string   `hcl:"key_cache_ttl,optional"`
-	NegativeCacheTTL  string   `hcl:"negative_cache_ttl,optional"`
-	MaxStale          string   `hcl:"max_stale,optional"`
-	CacheSize         int      `hcl:"cache_size,optional"`
+	// How long an API key Vault accepted is cached (when it is not in the
+	// replica yet, or key_replica = false).
+	// Default: "10s".
+	KeyCacheTTL Duration `hcl:"key_cache_ttl,optional"`
+	// How long an API key Vault refused is cached.
+	// Default: "30s".
+	NegativeCacheTTL Duration `hcl:"negative_cache_ttl,optional"`
+	// With Vault out of reach, how long the replica (or cached keys) still
+	// serves before requests get 503; at least key_cache_ttl.
+	// Default: "30s".
+	MaxStale Duration `hcl:"max_stale,optional"`
+	// Entries per key cache.
+	// Default: 100000.
+	CacheSize int `hcl:"cache_size,optional"`
 
-	// Budgets: each reservation asks for budget_reserve_requests x
-	// max_cost_per_request units; use is reported every
-	// budget_report_interval; a chunk unused for budget_idle_release goes
-	// back. Name identifies this sidecar in Vault's audit log.
-	BudgetReserveRequests int    `hcl:"budget_reserve_requests,optional"`
-	BudgetReportInterval  string `hcl:"budget_report_interval,optional"`
-	// UsageReportInterval: how often the API keys let through are reported
-	// to keybroker/key-usage (last_used_at); "off" reports none.
-	UsageReportInterval  string `hcl:"usage_report_interval,optional"`
-	BudgetReservationTTL string `hcl:"budget_reservation_ttl,optional"`
-	BudgetIdleRelease    string `hcl:"budget_idle_release,optional"`
-	Name                 string `hcl:"name,optional"`
+	// How many requests one budget reservation covers: each asks for this many
+	// times the credential's max_cost_per_request units (1 to 10000).
+	// Default: 10.
+	BudgetReserveRequests int `hcl:"budget_reserve_requests,optional"`
+	// How often budget use is reported to Vault, renewing reservations; at most
+	// a third of budget_reservation_ttl.
+	// Default: "1s".
+	BudgetReportInterval Duration `hcl:"budget_report_interval,optional"`
+	// How often the API keys let through are reported to keybroker/key-usage
+	// (their last_used_at); "off" reports none.
+	// Default: "1m".
+	UsageReportInterval Duration `hcl:"usage_report_interval,optional"`
+	// How long a budget reservation not renewed by a report lives in Vault:
+	// whole seconds from 15s to 10m.
+	// Default: "30s".
+	BudgetReservationTTL Duration `hcl:"budget_reservation_ttl,optional"`
+	// A reserved budget chunk unused for this long is given back.
+	// Default: "5s".
+	BudgetIdleRelease Duration `hcl:"budget_idle_release,optional"`
+	// This sidecar's name in its budget reservations and Vault's audit log.
+	// Default: its host name and process id.
+	Name string `hcl:"name,optional"`
 
-	// RateLimitScope is where rate limits hold: "sidecar" (default; no
-	// Vault call) or "cluster" (across every sidecar sharing the Vault,
-	// through keybroker/rate/reserve; see contract.RateWindow for the bound).
+	// Where rate limits hold: "sidecar" (no Vault call; N sidecars allow N times
+	// the rate) or "cluster" (across every sidecar of the Vault, through
+	// keybroker/rate/reserve; see contract.RateWindow for the bound).
+	// Default: "sidecar".
 	RateLimitScope string `hcl:"rate_limit_scope,optional"`
 
-	// Uncached API keys Vault refuses: per client, failed_auth_burst, then
-	// failed_auth_rate per second; vault_verify_concurrency lookups at once.
-	FailedAuthRate         *float64 `hcl:"failed_auth_rate,optional"`
-	FailedAuthBurst        int      `hcl:"failed_auth_burst,optional"`
-	VaultVerifyConcurrency int      `hcl:"vault_verify_concurrency,optional"`
+	// Uncached API keys Vault refuses, per client address (IPv6: per /64): after
+	// failed_auth_burst, this many a second (above 0, at most 1000); past that,
+	// 429 too_many_failures without asking Vault.
+	// Default: 1.
+	FailedAuthRate *float64 `hcl:"failed_auth_rate,optional"`
+	// Uncached API keys Vault may refuse per client address before
+	// failed_auth_rate applies (1 to 10000).
+	// Default: 10.
+	FailedAuthBurst int `hcl:"failed_auth_burst,optional"`
+	// API key lookups in Vault in flight at once, all clients together (1 to
+	// 1024).
+	// Default: 32.
+	VaultVerifyConcurrency int `hcl:"vault_verify_concurrency,optional"`
 
-	// Server limits, for both listeners.
-	ReadHeaderTimeout   string `hcl:"read_header_timeout,optional"`
-	ReadTimeout         string `hcl:"read_timeout,optional"`
-	IdleTimeout         string `hcl:"idle_timeout,optional"`
-	MaxHeaderBytes      int    `hcl:"max_header_bytes,optional"`
+	// How long a client may take to send a request's headers (both listeners).
+	// Default: "10s".
+	ReadHeaderTimeout Duration `hcl:"read_header_timeout,optional"`
+	// How long a client may take to send a whole request, body included (both
+	// listeners). There is no write timeout: streams may run long.
+	// Default: "1m".
+	ReadTimeout Duration `hcl:"read_timeout,optional"`
+	// An idle keep-alive connection is closed after this long (both listeners).
+	// Default: "1m".
+	IdleTimeout Duration `hcl:"idle_timeout,optional"`
+	// Largest request header block, in bytes (4096 to 1048576); larger: 431.
+	// Default: 65536.
+	MaxHeaderBytes int `hcl:"max_header_bytes,optional"`
+	// Largest request body, in bytes; larger: 413 body_too_large; 0: no body.
+	// Default: 10485760.
 	MaxRequestBodyBytes *int64 `hcl:"max_request_body_bytes,optional"`
 
-	LogLevel  string `hcl:"log_level,optional"`
+	// Level of the process log: "trace", "debug", "info", "warn" or "error"
+	// (flag -log-level overrides it).
+	// Default: "info".
+	LogLevel string `hcl:"log_level,optional"`
+	// Format of the process log: "json", or "standard" for text lines.
+	// Default: "standard".
 	LogFormat string `hcl:"log_format,optional"`
-	// DecisionLogPath is where each decision goes as a JSON line ("-":
-	// stdout; empty: off); DecisionLogSampleAllowed is the fraction of
-	// allows logged (default 1); every denial is.
-	DecisionLogPath          string   `hcl:"decision_log_path,optional"`
+	// File each decision is appended to as a JSON line ("-": stdout), created
+	// 0600; rotate with copytruncate. Lines the writer's queue cannot take are
+	// dropped and counted in keybroker_sidecar_decision_log_dropped_total.
+	// Default: none (decision log off).
+	DecisionLogPath string `hcl:"decision_log_path,optional"`
+	// Fraction of allowed decisions written to the decision log, from 0 to 1;
+	// every denial is. Needs decision_log_path.
+	// Default: 1.
 	DecisionLogSampleAllowed *float64 `hcl:"decision_log_sample_allowed,optional"`
 
-	Vault  *VaultConfig  `hcl:"vault,block"`
+	// How to reach and log in to Vault.
+	// Required: yes.
+	Vault *VaultConfig `hcl:"vault,block"`
+	// Method and path prefix to the scopes a request needs; the longest prefix
+	// covering a request's path decides.
+	// Default: none (every request is denied, unless allow_unmatched).
 	Routes []RouteConfig `hcl:"route,block"`
 }
 
-// VaultConfig says how to reach and log in to Vault.
+// Duration is a Go duration string such as "30s" or "1m30s".
+type Duration = string
+
+// VaultConfig says how to reach and log in to Vault (AppRole).
 type VaultConfig struct {
+	// Vault's URL. Set address or addresses.
+	// Default: VAULT_ADDR.
 	Address string `hcl:"address,optional"`
-	// Addresses are the nodes of an HA cluster (or its load balancers), in
-	// the order to try them: a node out of reach or answering 502/503/504
-	// (sealed, down, no leader) is left for the next. Set address or addresses.
-	Addresses    []string `hcl:"addresses,optional"`
-	CACert       string   `hcl:"ca_cert,optional"`
-	Mount        string   `hcl:"mount,optional"`
-	RoleID       string   `hcl:"role_id,optional"`
-	RoleIDFile   string   `hcl:"role_id_file,optional"`
-	SecretIDFile string   `hcl:"secret_id_file"`
+	// The nodes of an HA cluster (or their load balancers), in the order to try
+	// them: a node out of reach or answering 502, 503 or 504 (sealed, down, no
+	// leader) is left for the next. Set address or addresses.
+	// Default: none.
+	Addresses []string `hcl:"addresses,optional"`
+	// PEM file of the CA that signed Vault's TLS certificate.
+	// Default: VAULT_CACERT (or the system's roots).
+	CACert string `hcl:"ca_cert,optional"`
+	// Path the keybroker plugin is mounted at.
+	// Default: "keybroker".
+	Mount string `hcl:"mount,optional"`
+	// The sidecar's AppRole role_id. Set role_id or role_id_file.
+	// Default: none.
+	RoleID string `hcl:"role_id,optional"`
+	// File holding the AppRole role_id, read at start. Set role_id or
+	// role_id_file.
+	// Default: none.
+	RoleIDFile string `hcl:"role_id_file,optional"`
+	// File holding the AppRole secret_id, read at each login.
+	SecretIDFile string `hcl:"secret_id_file"`
 }
 
 // RouteConfig maps a method and path prefix to the scopes a request needs.
 type RouteConfig struct {
-	PathPrefix string   `hcl:"path_prefix,label"`
-	Methods    []string `hcl:"methods,optional"`
-	Scopes     []string `hcl:"scopes,optional"`
-	// Public routes need no credential at all.
+	// The route's label: a path prefix, covering itself and what is below it at
+	// a "/" ("/v1/read" never covers "/v1/readme").
+	PathPrefix string `hcl:"path_prefix,label"`
+	// Uppercase HTTP methods the route takes (HEAD goes with GET); a method not
+	// listed gets 405, never a shorter prefix's rules.
+	// Default: [] (every method no other route of the prefix lists).
+	Methods []string `hcl:"methods,optional"`
+	// Scopes the credential must carry, all of them.
+	// Default: [] (any valid credential).
+	Scopes []string `hcl:"scopes,optional"`
+	// The route needs no credential at all; it cannot require scopes, delegation
+	// or a cost.
+	// Default: false.
 	Public bool `hcl:"public,optional"`
-	// CaseInsensitive matches the prefix without regard to case, for a
-	// service that serves /API as /api.
+	// Match the prefix without regard to case, for a service that serves /API as
+	// /api.
+	// Default: false.
 	CaseInsensitive bool `hcl:"case_insensitive,optional"`
-	// What a request costs metered credentials: Cost (default 1), or what
-	// the upstream response says in UsageHeader or, with OpenAIUsage, in an
-	// OpenAI-compatible body's usage.total_tokens; Cost is then the
-	// fallback when the response says nothing usable.
-	Cost        *int64 `hcl:"cost,optional"`
+	// Units a request charges a metered credential; with usage_header or
+	// openai_usage, what it charges when the response says nothing usable.
+	// Default: 1.
+	Cost *int64 `hcl:"cost,optional"`
+	// Response header whose number is what the request costs (instead of cost).
+	// Default: none.
 	UsageHeader string `hcl:"usage_header,optional"`
-	OpenAIUsage bool   `hcl:"openai_usage,optional"`
-	// UsageFallback is what a response whose usage cannot be read costs:
-	// "hold" (default; the credential's max_cost_per_request) or "cost".
+	// Charge what an OpenAI-compatible response says in usage.total_tokens (the
+	// last usage event of a stream).
+	// Default: false.
+	OpenAIUsage bool `hcl:"openai_usage,optional"`
+	// What a response whose usage cannot be read costs: "hold" (the credential's
+	// max_cost_per_request) or "cost". Needs usage_header or openai_usage.
+	// Default: "hold".
 	UsageFallback string `hcl:"usage_fallback,optional"`
-	// Delegation: "require" admits only exchanged tokens (someone acting
-	// for the subject, RFC 8693 act), "forbid" only credentials used by
-	// their own subject; unset admits both.
+	// "require" admits only exchanged tokens (someone acting for the subject,
+	// RFC 8693 act), "forbid" only credentials used by their own subject.
+	// Default: none (both).
 	Delegation string `hcl:"delegation,optional"`
 }
 
