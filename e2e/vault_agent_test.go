@@ -16,11 +16,13 @@ import (
 // agentRun is one real `vault agent` (the same binary as the server) with
 // one of examples/vault-agent's configs, in a directory of its own.
 type agentRun struct {
-	dir string
+	dir, vaultBin string
+	env           []string
+	stop          func() // kills the running Agent, as a crash would
 }
 
-// log is what Agent printed so far.
-func (a agentRun) log(t *testing.T) string {
+// log is what Agent printed so far (every run of it).
+func (a *agentRun) log(t *testing.T) string {
 	b, err := os.ReadFile(filepath.Join(a.dir, "agent.log"))
 	if err != nil {
 		t.Fatal(err)
@@ -29,11 +31,11 @@ func (a agentRun) log(t *testing.T) string {
 }
 
 // logins and renewals count Agent's own Vault logins and token renewals.
-func (a agentRun) logins(t *testing.T) int {
+func (a *agentRun) logins(t *testing.T) int {
 	return strings.Count(a.log(t), "authentication successful")
 }
 
-func (a agentRun) renewals(t *testing.T) int {
+func (a *agentRun) renewals(t *testing.T) int {
 	return strings.Count(a.log(t), "renewed auth token")
 }
 
@@ -41,7 +43,7 @@ func (a agentRun) renewals(t *testing.T) int {
 // approle.sh (named approle, tokens of the given period), applies tune to
 // that AppRole when not nil (to stand for another set-up), and starts Agent
 // with example's config.
-func vaultAgent(t *testing.T, v *vaultserver.Server, example, name, approle, period string, tune map[string]interface{}) agentRun {
+func vaultAgent(t *testing.T, v *vaultserver.Server, example, name, approle, period string, tune map[string]interface{}) *agentRun {
 	t.Helper()
 	vaultBin, err := vaultserver.FindVault()
 	if err != nil {
@@ -51,12 +53,12 @@ func vaultAgent(t *testing.T, v *vaultserver.Server, example, name, approle, per
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := agentRun{dir: t.TempDir()}
-	env := append(os.Environ(), "VAULT_ADDR="+v.Addr, "VAULT_TOKEN="+v.Client.Token(),
+	a := &agentRun{dir: t.TempDir(), vaultBin: vaultBin}
+	a.env = append(os.Environ(), "VAULT_ADDR="+v.Addr, "VAULT_TOKEN="+v.Client.Token(),
 		"PATH="+filepath.Dir(vaultBin)+string(os.PathListSeparator)+os.Getenv("PATH"),
 		"TOKEN_PERIOD="+period, "APPROLE="+approle)
 	setup := exec.Command("sh", filepath.Join(root, "examples/vault-agent/approle.sh"), name)
-	setup.Dir, setup.Env = a.dir, env
+	setup.Dir, setup.Env = a.dir, a.env
 	if out, err := setup.CombinedOutput(); err != nil {
 		t.Fatalf("approle.sh %s: %v\n%s", name, err, out)
 	}
@@ -66,28 +68,37 @@ func vaultAgent(t *testing.T, v *vaultserver.Server, example, name, approle, per
 	if err := os.WriteFile(filepath.Join(a.dir, "agent.hcl"), []byte(readExample(t, "vault-agent/"+example)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	logFile, err := os.Create(filepath.Join(a.dir, "agent.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, vaultBin, "agent", "-config=agent.hcl")
-	cmd.Dir = a.dir
-	cmd.Env = append(env, "VAULT_TOKEN=")
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
-		cancel()
-		t.Fatal(err)
-	}
+	a.start(t)
 	t.Cleanup(func() {
-		cancel()
-		_ = cmd.Wait()
-		_ = logFile.Close()
+		a.stop()
 		if t.Failed() {
 			t.Logf("vault agent (%s) output:\n%s", example, a.log(t))
 		}
 	})
 	return a
+}
+
+// start runs Agent in a.dir, its output appended to agent.log.
+func (a *agentRun) start(t *testing.T) {
+	t.Helper()
+	logFile, err := os.OpenFile(filepath.Join(a.dir, "agent.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, a.vaultBin, "agent", "-config=agent.hcl")
+	cmd.Dir = a.dir
+	cmd.Env = append(a.env, "VAULT_TOKEN=")
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	a.stop = func() {
+		cancel()
+		_ = cmd.Wait()
+		_ = logFile.Close()
+	}
 }
 
 // Timings of TestVaultAgentKeepsCredentialsAlive, short so that Agent's
@@ -153,6 +164,30 @@ func TestVaultAgentKeepsCredentialsAlive(t *testing.T) {
 			}
 		})
 	}
+	// A stopped Agent (here killed, as in a crash: Agent revokes nothing on
+	// the way out either) renews its token no more, and the token's leases
+	// end with it: within one period of its last renewal, at least about a
+	// third of the period after the stop. With token_period the credentials'
+	// TTL, the restarted Agent's first render leaves its predecessor that
+	// long, or to its own expiry when sooner.
+	t.Run("restart", func(t *testing.T) {
+		t.Parallel()
+		a := vaultAgent(t, v, "app.hcl", "app", "app-restart", ttl, nil)
+		w := &renderWatch{vault: v.Client, file: filepath.Join(a.dir, "api-key")}
+		w.run(t, 60*time.Second, func(w *renderWatch) bool { return len(w.creds) > 0 })
+		time.Sleep(2 * time.Second)
+		a.stop()
+		a.start(t)
+		w.run(t, 60*time.Second, replacedAndOver(1))
+		t.Logf("renders:%s", w)
+		c := w.creds[0]
+		if want := min(c.expires.Sub(c.replaced), agentCredTTL/3) - time.Second; c.overlap() < want {
+			t.Errorf("after the restart the old key stayed valid %s, want at least %s: %s", c.overlap().Round(100*time.Millisecond), want.Round(100*time.Millisecond), w)
+		}
+		if logins := a.logins(t); logins != 2 {
+			t.Errorf("Agent logged in %d times over two runs, want 2", logins)
+		}
+	})
 	// The failure mode, cheaply: tokens with a max TTL (here 9 s) make Agent
 	// log in again, and a credential dies before its expiry.
 	t.Run("max_ttl", func(t *testing.T) {
