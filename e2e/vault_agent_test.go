@@ -164,44 +164,8 @@ func TestVaultAgentKeepsCredentialsAlive(t *testing.T) {
 			}
 		})
 	}
-	// A stopped Agent (here killed, as in a crash: Agent revokes nothing on
-	// the way out either) renews its token no more, and the token's leases
-	// end with it: within one period of its last renewal, at least about a
-	// third of the period after the stop. With token_period the credentials'
-	// TTL, the restarted Agent's first render leaves its predecessor that
-	// long, or to its own expiry when sooner.
-	t.Run("restart", func(t *testing.T) {
-		t.Parallel()
-		a := vaultAgent(t, v, "app.hcl", "app", "app-restart", ttl, nil)
-		w := &renderWatch{vault: v.Client, file: filepath.Join(a.dir, "api-key")}
-		w.run(t, 60*time.Second, func(w *renderWatch) bool { return len(w.creds) > 0 })
-		time.Sleep(2 * time.Second)
-		a.stop()
-		a.start(t)
-		w.run(t, 60*time.Second, replacedAndOver(1))
-		t.Logf("renders:%s", w)
-		c := w.creds[0]
-		if want := min(c.expires.Sub(c.replaced), agentCredTTL/3) - time.Second; c.overlap() < want {
-			t.Errorf("after the restart the old key stayed valid %s, want at least %s: %s", c.overlap().Round(100*time.Millisecond), want.Round(100*time.Millisecond), w)
-		}
-		if logins := a.logins(t); logins != 2 {
-			t.Errorf("Agent logged in %d times over two runs, want 2", logins)
-		}
-	})
-	// The failure mode, cheaply: tokens with a max TTL (here 9 s) make Agent
-	// log in again, and a credential dies before its expiry.
-	t.Run("max_ttl", func(t *testing.T) {
-		t.Parallel()
-		a := vaultAgent(t, v, "app.hcl", "app", "app-max-ttl", agentPeriod, map[string]interface{}{
-			"token_period": 0, "token_ttl": "6s", "token_max_ttl": "9s",
-		})
-		w := &renderWatch{vault: v.Client, file: filepath.Join(a.dir, "api-key")}
-		w.run(t, 60*time.Second, func(w *renderWatch) bool { return w.diedEarly() != nil })
-		t.Logf("renders:%s", w)
-		if a.logins(t) < 2 {
-			t.Errorf("a credential died early without a re-login: %s", w)
-		}
-	})
+	t.Run("restart", func(t *testing.T) { agentRestart(t, v) })
+	t.Run("max_ttl", func(t *testing.T) { agentMaxTTL(t, v) })
 }
 
 // checkAlive fails t unless every replaced credential the watch saw stayed
@@ -230,4 +194,44 @@ func checkAlive(t *testing.T, w *renderWatch) {
 		t.Errorf("an expired credential stayed in the file for %s", w.stale.Round(100*time.Millisecond))
 	}
 	t.Logf("shortest overlap %s of a %s TTL (promised at least %s)", shortest.Round(100*time.Millisecond), agentCredTTL, promisedOverlap)
+}
+
+// agentRestart: a stopped Agent (here killed, as in a crash; Agent revokes
+// nothing on the way out either) renews its token no more, and the token's
+// leases end with it: within one period of its last renewal, at least about
+// a third of the period after the stop. With token_period the credentials'
+// TTL, the restarted Agent's first render leaves its predecessor that long,
+// or to its own expiry when sooner.
+func agentRestart(t *testing.T, v *vaultserver.Server) {
+	t.Parallel()
+	a := vaultAgent(t, v, "app.hcl", "app", "app-restart", agentCredTTL.String(), nil)
+	w := &renderWatch{vault: v.Client, file: filepath.Join(a.dir, "api-key")}
+	w.run(t, 60*time.Second, func(w *renderWatch) bool { return len(w.creds) > 0 })
+	time.Sleep(2 * time.Second)
+	a.stop()
+	a.start(t)
+	w.run(t, 60*time.Second, replacedAndOver(1))
+	t.Logf("renders:%s", w)
+	c := w.creds[0]
+	if want := min(c.expires.Sub(c.replaced), agentCredTTL/3) - time.Second; c.overlap() < want {
+		t.Errorf("after the restart the old key stayed valid %s, want at least %s: %s", c.overlap().Round(100*time.Millisecond), want.Round(100*time.Millisecond), w)
+	}
+	if logins := a.logins(t); logins != 2 {
+		t.Errorf("Agent logged in %d times over two runs, want 2", logins)
+	}
+}
+
+// agentMaxTTL is the failure mode, cheaply: tokens with a max TTL (here
+// 9 s) make Agent log in again, and a credential dies before its expiry.
+func agentMaxTTL(t *testing.T, v *vaultserver.Server) {
+	t.Parallel()
+	a := vaultAgent(t, v, "app.hcl", "app", "app-max-ttl", agentPeriod, map[string]interface{}{
+		"token_period": 0, "token_ttl": "6s", "token_max_ttl": "9s",
+	})
+	w := &renderWatch{vault: v.Client, file: filepath.Join(a.dir, "api-key")}
+	w.run(t, 60*time.Second, func(w *renderWatch) bool { return w.diedEarly() != nil })
+	t.Logf("renders:%s", w)
+	if a.logins(t) < 2 {
+		t.Errorf("a credential died early without a re-login: %s", w)
+	}
 }
