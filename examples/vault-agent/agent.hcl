@@ -1,5 +1,7 @@
 # Vault Agent for an AI agent that calls keybroker-protected services with a
-# short-lived JWT. Run it beside the agent:  VAULT_ADDR=https://vault:8200 vault agent -config=agent.hcl
+# short-lived JWT. Set up its AppRole with approle.sh (periodic tokens: a
+# re-login at a token's max TTL revokes the JWTs the old token minted, see
+# app.hcl), then run it beside the agent:  VAULT_ADDR=https://vault:8200 vault agent -config=agent.hcl
 #
 # A read of keybroker/token/<role> mints a token with the role's defaults, so
 # the template needs no parameter when the role has one audience (a token is

@@ -1,11 +1,19 @@
 # Vault Agent for an app that calls a keybroker-protected service with an API
-# key. Run it beside the app:  VAULT_ADDR=https://vault:8200 vault agent -config=app.hcl
+# key. Set up its AppRole with approle.sh (periodic tokens), then run it
+# beside the app:  VAULT_ADDR=https://vault:8200 vault agent -config=app.hcl
 #
 # The role should have renewable=false (vault write keybroker/roles/app ... renewable=false):
 # Agent then mints the successor at lease_renewal_threshold of the key's TTL,
 # while the old key stays valid until its own expiry, so the app has a
 # real overlap to switch keys. (With renewable leases Agent renews up to
 # max_ttl and replaces the key only in the last seconds.)
+#
+# That holds only while Agent keeps its token: a key's lease belongs to the
+# token that minted it, and Vault revokes it with that token. If the token
+# has a max TTL, Agent logs in again when it is reached, mints every
+# template anew, and the old token's end revokes the keys it minted, the one
+# rendered seconds before included. approle.sh gives Agent periodic tokens
+# (no max TTL) so it renews its token and never logs in again.
 
 auto_auth {
   method "approle" {
