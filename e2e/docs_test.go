@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -153,12 +154,11 @@ func startDevStack(t *testing.T, root string) *devStack {
 	bin := docBinaries(t, root)
 	dir := filepath.Join(t.TempDir(), ".dev")
 	defaults := []string{"127.0.0.1:8200", "127.0.0.1:8080", "127.0.0.1:8081", "127.0.0.1:9000"}
-	var real, toReal, back []string
-	for _, d := range defaults {
-		a := "127.0.0.1:" + freePort(t)
-		real = append(real, a)
-		toReal = append(toReal, d, a)
-		back = append(back, a, d)
+	real := devPorts(t)
+	var toReal, back []string
+	for i, d := range defaults {
+		toReal = append(toReal, d, real[i])
+		back = append(back, real[i], d)
 	}
 	cmd := exec.Command(filepath.Join(bin, "dev"), "-addr", real[0], "-proxy", real[1], "-auth", real[2], "-service", real[3],
 		"-dir", dir, "-plugin", filepath.Join(bin, vaultserver.PluginName), "-sidecar", filepath.Join(bin, "keybroker-sidecar"),
@@ -210,6 +210,39 @@ func startDevStack(t *testing.T, root string) *devStack {
 		}
 	}
 	return &devStack{dir: dir, bin: bin, toReal: strings.NewReplacer(toReal...), toDocument: strings.NewReplacer(back...)}
+}
+
+// devPorts picks make dev's four addresses on free ports. Vault also
+// listens on its address's port plus one (its cluster port), so that one
+// must be free too, and none of the four may be another's cluster port.
+func devPorts(t *testing.T) []string {
+	for attempt := 0; attempt < 50; attempt++ {
+		var ls []net.Listener
+		var ports []int
+		for i := 0; i < 4; i++ {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			ls = append(ls, l)
+			ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		}
+		cluster, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", ports[0]+1))
+		for _, l := range ls {
+			l.Close()
+		}
+		if err != nil {
+			continue
+		}
+		cluster.Close()
+		addrs := make([]string, len(ports))
+		for i, p := range ports {
+			addrs[i] = fmt.Sprintf("127.0.0.1:%d", p)
+		}
+		return addrs
+	}
+	t.Fatal("no four free ports with Vault's cluster port free beside them")
+	return nil
 }
 
 func tail(b []byte, n int) []byte {
