@@ -165,7 +165,14 @@ func run(o options) error {
 	case err := <-sidecarDone:
 		return fmt.Errorf("the sidecar exited (%v); see %s", err, filepath.Join(dir, "sidecar.log"))
 	}
+	// The sidecar sends its last usage report as it stops: Vault must still
+	// be up to take it, or the report fails with a 500 from a Vault
+	// shutting down.
 	stopProcess(sidecarCmd)
+	select {
+	case <-sidecarDone:
+	case <-time.After(10 * time.Second):
+	}
 	v.Stop()
 	time.Sleep(100 * time.Millisecond)
 	return nil
