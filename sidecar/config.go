@@ -27,6 +27,12 @@ type Config struct {
 	// TrustedProxies only. Empty: off.
 	GRPCListen string `hcl:"grpc_listen,optional"`
 
+	// CredentialKinds are the kinds of credential this service accepts:
+	// "api_key", "jwt" (default both). A kind left out is refused
+	// (credential_kind_not_accepted), and what only it needs is neither
+	// followed nor waited for: without "jwt", no issuer or JWKS is read,
+	// audiences are not required and readiness does not wait for them.
+	CredentialKinds []string `hcl:"credential_kinds,optional"`
 	// Audiences are the aud values this service accepts in JWTs.
 	Audiences []string `hcl:"audiences,optional"`
 	// Issuer of JWTs; default: read from the mount's discovery document.
@@ -178,12 +184,14 @@ type settings struct {
 	upstream           *url.URL
 	audiences          []string
 	issuer             string
-	leeway             time.Duration
-	trusted            []netip.Prefix
-	gateway            *gateway
-	allowUnmatched     bool
-	routes             []route
-	groups             []*routeGroup // routes by prefix, longest first
+	// acceptKeys and acceptJWTs are credential_kinds.
+	acceptKeys, acceptJWTs bool
+	leeway                 time.Duration
+	trusted                []netip.Prefix
+	gateway                *gateway
+	allowUnmatched         bool
+	routes                 []route
+	groups                 []*routeGroup // routes by prefix, longest first
 
 	clusterRate                    bool
 	failedAuthRate                 float64
@@ -277,7 +285,7 @@ func (c *Config) settings() (*settings, error) {
 var configBlocks = []func(*Config, *settings) []error{
 	validateServer,   // listen, auth_listen, grpc_listen, upstream, server limits
 	validateProxies,  // trusted_proxies, gateway, allow_unmatched, strip_headers
-	validateTokens,   // audiences, issuer, leeway, resource
+	validateTokens,   // credential_kinds, audiences, issuer, leeway, resource
 	validateDPoP,     // public_origin, dpop_*, require_dpop
 	validateFeeds,    // revocations, JWKS, key replica, key cache
 	validateMetering, // budgets, usage reports, rate_limit_scope, name
