@@ -63,6 +63,11 @@ type Config struct {
 	// serves its Protected Resource Metadata, points 401 challenges at it,
 	// and accepts JWTs whose aud is the resource.
 	Resource string `hcl:"resource,optional"`
+	// AuthorizationServers are the OAuth authorization servers (RFC 8414
+	// issuers) the resource metadata names; none by default. keybroker's
+	// issuer is not one (no authorization or token endpoint): name one
+	// only when an OAuth server issues tokens this sidecar accepts.
+	AuthorizationServers []string `hcl:"authorization_servers,optional"`
 	// AllowUnmatched lets requests that match no route through with any
 	// valid credential; by default they are denied.
 	AllowUnmatched bool `hcl:"allow_unmatched,optional"`
@@ -186,6 +191,7 @@ type settings struct {
 	issuer             string
 	// acceptKeys and acceptJWTs are credential_kinds.
 	acceptKeys, acceptJWTs bool
+	authServers            []string // authorization_servers
 	leeway                 time.Duration
 	trusted                []netip.Prefix
 	gateway                *gateway

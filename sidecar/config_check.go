@@ -54,7 +54,7 @@ func CheckConfig(c *Config) ([]byte, error) {
 		"read_header_timeout": dur(s.readHeaderTimeout), "read_timeout": dur(s.readTimeout), "idle_timeout": dur(s.idleTimeout),
 		"max_header_bytes": s.maxHeaderBytes, "max_request_body_bytes": s.maxBody,
 		"public_origin": s.publicOrigin, "require_dpop": s.requireDPoP,
-		"resource": s.resource, "resource_metadata": s.metadataURL,
+		"resource": s.resource, "resource_metadata": s.metadataURL, "authorization_servers": nonNilStrings(s.authServers),
 		"log_level": s.logLevel, "log_format": s.logFormat,
 		"vault": map[string]interface{}{
 			"addresses": s.vaultAddrs, "mount": s.mount, "ca_cert": s.vaultCACert,

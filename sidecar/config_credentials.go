@@ -26,6 +26,15 @@ func validateTokens(c *Config, s *settings) []error {
 		s.audiences = append(slices.Clip(s.audiences), s.resource) // RFC 8707: aud names the resource
 	}
 	p.credentialKinds(c.CredentialKinds, s)
+	s.authServers = c.AuthorizationServers
+	if len(c.AuthorizationServers) > 0 && c.Resource == "" {
+		p.addf("authorization_servers needs resource: they are named in its metadata")
+	}
+	for _, a := range c.AuthorizationServers {
+		if u, err := url.Parse(a); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+			p.addf("authorization_servers: %q is not an issuer URL (https://host[/path])", a)
+		}
+	}
 	if len(c.Audiences) == 0 && c.Resource == "" && s.acceptJWTs {
 		p.addf("audiences: name the aud values this service accepts (or set resource), so tokens minted for another service are refused")
 	}
