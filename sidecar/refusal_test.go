@@ -1,12 +1,14 @@
 package sidecar
 
 import (
+	"bytes"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	hclog "github.com/hashicorp/go-hclog"
 
 	"github.com/keybroker/keybroker/contract"
 )
@@ -85,5 +87,34 @@ func TestJWTHintsHeaderSafe(t *testing.T) {
 		if headerSafe(s) != s || strings.ContainsAny(s, "<>&") {
 			t.Errorf("%s: description %q is not header-safe or is HTML-escaped in JSON", reason, s)
 		}
+	}
+}
+
+// The first audience mismatch is logged at info with what this service
+// accepts (a setting to fix, most often); later ones only at debug; the
+// token, and what it claimed, never.
+func TestJWTRefusalLog(t *testing.T) {
+	f := newFixture(t, nil)
+	var logs bytes.Buffer
+	f.sc.agentJWTs.log = hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info, JSONFormat: true})
+	c := f.claims("read", time.Hour)
+	c.Audience = jwt.ClaimStrings{"claimed-aud"}
+	tok := f.sign(t, c)
+	for range 3 {
+		f.sc.agentJWTs.cache.Purge()
+		decideWith(f.sc, "GET", "/v1/items/1", hdr("Authorization", "Bearer "+tok))
+	}
+	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
+	if len(lines) != 1 || !strings.Contains(lines[0], `"reason":"audience_mismatch"`) || !strings.Contains(lines[0], `"expected":"svc"`) || !strings.Contains(lines[0], `"@level":"info"`) {
+		t.Fatalf("logged %q; want one info line with the reason and the expected audience", lines)
+	}
+	logs.Reset()
+	f.sc.agentJWTs.log.SetLevel(hclog.Debug)
+	decideWith(f.sc, "GET", "/v1/items/1", hdr("Authorization", "Bearer "+tok))
+	if !strings.Contains(logs.String(), `"@level":"debug"`) || !strings.Contains(logs.String(), `"reason":"audience_mismatch"`) {
+		t.Fatalf("at debug: %q", logs.String())
+	}
+	if strings.Contains(logs.String(), "claimed-aud") || strings.Contains(logs.String(), tok[strings.LastIndexByte(tok, '.')+1:]) {
+		t.Fatalf("the log holds the token or its claims: %q", logs.String())
 	}
 }
