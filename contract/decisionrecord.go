@@ -19,7 +19,12 @@ type DecisionRecord struct {
 	Outcome string `json:"outcome"`
 	Status  int    `json:"status"`
 	Reason  string `json:"reason"`
-	Method  string `json:"method,omitempty"`
+	// Expected is what a denial's reason was measured against, when that
+	// is what to fix: for audience_mismatch the audiences the verifier
+	// accepts (space-separated), for issuer_mismatch its issuer. Never
+	// what the credential said.
+	Expected string `json:"expected,omitempty"`
+	Method   string `json:"method,omitempty"`
 	// Path is the request's path without its query, a segment holding a
 	// credential replaced by "[credential]".
 	Path     string `json:"path,omitempty"`

@@ -13,6 +13,12 @@ audiences = ["demo-api"]
 # The iss they must carry; by default read from the mount's discovery document.
 # issuer = "http://127.0.0.1:8200/v1/keybroker"
 
+# The kinds of credential accepted: "api_key", "jwt" (default both). A kind
+# left out is refused (credential_kind_not_accepted); without "jwt" no issuer
+# or JWKS is read, audiences may be left out, and /healthz does not wait for
+# them (an API-key-only deployment is ready once its feeds are read).
+# credential_kinds = ["api_key", "jwt"]   # an API-key-only service: ["api_key"]
+
 # Peers allowed to set X-Forwarded-For (your gateway). Others' copies are
 # ignored, and /verify answers only these peers.
 trusted_proxies = ["127.0.0.1"]
@@ -42,6 +48,10 @@ gateway = "nginx"
 # /.well-known/oauth-protected-resource/<path>, points 401s at it, and
 # accepts JWTs whose aud is the resource (audiences may then be left out).
 # resource = "https://mcp.example.com/mcp"
+# The OAuth authorization servers the metadata names; none by default:
+# keybroker's issuer has no authorization or token endpoint, and an OAuth
+# client (the MCP SDK) told of one would try to log in there and fail.
+# authorization_servers = ["https://login.example.com"]
 
 # Optional tuning (defaults shown).
 # revocation_long_poll      = true   # the plugin holds feed reads until a revocation exists

@@ -35,7 +35,12 @@ var (
 	ErrExpired          = errors.New("token is expired")
 	ErrNotYetValid      = errors.New("token is not valid yet")
 	ErrIssuerOrAudience = errors.New("token iss or aud does not match")
-	ErrBound            = errors.New("token is bound to a key (cnf): its proof of possession must be checked")
+	// ErrIssuer and ErrAudience say which of the two: both are also
+	// ErrIssuerOrAudience (errors.Is), so a caller that tells them apart
+	// can say what to fix and one that does not need not change.
+	ErrIssuer   = fmt.Errorf("%w: iss is not the verifier's issuer", ErrIssuerOrAudience)
+	ErrAudience = fmt.Errorf("%w: aud names none of the verifier's audiences", ErrIssuerOrAudience)
+	ErrBound    = errors.New("token is bound to a key (cnf): its proof of possession must be checked")
 )
 
 // Header is the part of the JOSE header keybroker reads. The untrusted
@@ -288,8 +293,10 @@ func (v *Verifier) Verify(token string, keys *KeySet) (*Claims, error) {
 			return nil, ErrExpired
 		case errors.Is(err, jwt.ErrTokenNotValidYet), errors.Is(err, jwt.ErrTokenUsedBeforeIssued):
 			return nil, ErrNotYetValid
-		case errors.Is(err, jwt.ErrTokenInvalidIssuer), errors.Is(err, jwt.ErrTokenInvalidAudience):
-			return nil, ErrIssuerOrAudience
+		case errors.Is(err, jwt.ErrTokenInvalidIssuer):
+			return nil, ErrIssuer
+		case errors.Is(err, jwt.ErrTokenInvalidAudience):
+			return nil, ErrAudience
 		default:
 			return nil, ErrClaims
 		}

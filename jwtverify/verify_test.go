@@ -126,8 +126,8 @@ func TestVerify(t *testing.T) {
 		{"no exp", k.sign(t, "ed", with(func(c *Claims) { c.ExpiresAt = nil }), nil), ErrClaims},
 		{"no aud", k.sign(t, "ed", with(func(c *Claims) { c.Audience = nil }), nil), ErrClaims},
 		{"no jti", k.sign(t, "ed", with(func(c *Claims) { c.ID = "" }), nil), ErrClaims},
-		{"wrong aud", k.sign(t, "ed", with(func(c *Claims) { c.Audience = jwt.ClaimStrings{"other"} }), nil), ErrIssuerOrAudience},
-		{"wrong iss", k.sign(t, "ed", with(func(c *Claims) { c.Issuer = "https://evil" }), nil), ErrIssuerOrAudience},
+		{"wrong aud", k.sign(t, "ed", with(func(c *Claims) { c.Audience = jwt.ClaimStrings{"other"} }), nil), ErrAudience},
+		{"wrong iss", k.sign(t, "ed", with(func(c *Claims) { c.Issuer = "https://evil" }), nil), ErrIssuer},
 		{"no typ", k.sign(t, "ed", k.claims(), func(h map[string]any) { delete(h, "typ") }), ErrType},
 		{"typ JWT", k.sign(t, "ed", k.claims(), hdr("typ", "JWT")), ErrType},
 		{"unknown kid", k.sign(t, "ed", k.claims(), hdr("kid", "nope")), ErrUnknownKey},
@@ -347,5 +347,17 @@ func addFuzzSeeds(f *testing.F) {
 			f.Add(sc.Text())
 		}
 		file.Close()
+	}
+}
+
+// A caller that tells only "iss or aud" from the rest still does.
+func TestIssuerAndAudienceAreIssuerOrAudience(t *testing.T) {
+	for _, err := range []error{ErrIssuer, ErrAudience} {
+		if !errors.Is(err, ErrIssuerOrAudience) {
+			t.Fatalf("%v is not ErrIssuerOrAudience", err)
+		}
+	}
+	if errors.Is(ErrIssuer, ErrAudience) || errors.Is(ErrAudience, ErrIssuer) {
+		t.Fatal("ErrIssuer and ErrAudience are not told apart")
 	}
 }

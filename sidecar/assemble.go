@@ -45,7 +45,7 @@ func (sc *Sidecar) assembleDecisions() error {
 	if sc.keyRecords != nil {
 		replica = sc.keyRecords.replica
 	}
-	if sc.agentJWTs, err = newAgentJWTs(sc.jwks, s.leeway, s.cacheSize, m.jwtHit, m.jwtMiss); err != nil {
+	if sc.agentJWTs, err = newAgentJWTs(sc.jwks, s.leeway, s.cacheSize, m.jwtHit, m.jwtMiss, sc.log); err != nil {
 		return err
 	}
 	sc.apiKeys, err = newAPIKeys(keyOptions{
@@ -74,7 +74,7 @@ func (sc *Sidecar) assembleDecisions() error {
 		opts:           decideOptions{allowUnmatched: s.allowUnmatched, requireDPoP: s.requireDPoP, dpop: sc.dpop != nil},
 		routes:         s,
 		revocationFeed: sc.revocations,
-		authn:          newAuthenticators(sc.apiKeys, sc.agentJWTs, sc.dpop, m.dpopResults),
+		authn:          newAuthenticators(sc.apiKeys, sc.agentJWTs, s.acceptKeys, s.acceptJWTs, sc.dpop, m.dpopResults),
 		revoked:        sc.revocations,
 		budgets:        sc.budgets,
 		rec:            sc.rec,
@@ -99,9 +99,18 @@ func (sc *Sidecar) assembleDecisions() error {
 // newAuthenticators pairs each credential kind with each way of presenting
 // it; proofs is nil when DPoP is off, and dpopCounted counts DPoP requests
 // by result.
-func newAuthenticators(key, jwt credentialKind, proofs *dpopProofs, dpopCounted *prometheus.CounterVec) authenticators {
-	return authenticators{
+// A kind credential_kinds leaves out (acceptKeys, acceptJWTs false) is
+// refused by notAccepted, bearer or bound.
+func newAuthenticators(key, jwt credentialKind, acceptKeys, acceptJWTs bool, proofs *dpopProofs, dpopCounted *prometheus.CounterVec) authenticators {
+	a := authenticators{
 		bearerKey: bearer{key}, bearerJWT: bearer{jwt},
 		dpopKey: dpopBound{proofs, key, dpopCounted}, dpopJWT: dpopBound{proofs, jwt, dpopCounted},
 	}
+	if !acceptKeys {
+		a.bearerKey, a.dpopKey = notAccepted{}, notAccepted{}
+	}
+	if !acceptJWTs {
+		a.bearerJWT, a.dpopJWT = notAccepted{}, notAccepted{}
+	}
+	return a
 }

@@ -36,6 +36,14 @@ func (a bearer) authenticate(ctx context.Context, p presentation) (*identity, de
 	return id, d
 }
 
+// notAccepted refuses a kind of credential credential_kinds leaves out,
+// before anything reads it.
+type notAccepted struct{}
+
+func (notAccepted) authenticate(context.Context, presentation) (*identity, decision) {
+	return nil, deny(http.StatusUnauthorized, contract.ReasonKindNotAccepted)
+}
+
 // presentation is a credential as one request presents it, with what a
 // proof of possession is checked against.
 type presentation struct {

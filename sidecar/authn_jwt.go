@@ -26,14 +26,18 @@ type agentJWTs struct {
 	leeway    time.Duration
 	cache     *lru.Cache[[sha256.Size]byte, *identity]
 	hit, miss prometheus.Counter
+	log       hclog.Logger
+	// toldMismatch: the first audience and issuer mismatch are logged
+	// at info (a setting to fix, usually), later ones at debug.
+	toldAudience, toldIssuer atomic.Bool
 }
 
-func newAgentJWTs(keys *jwks, leeway time.Duration, cacheSize int, hit, miss prometheus.Counter) (*agentJWTs, error) {
+func newAgentJWTs(keys *jwks, leeway time.Duration, cacheSize int, hit, miss prometheus.Counter, log hclog.Logger) (*agentJWTs, error) {
 	cache, err := lru.New[[sha256.Size]byte, *identity](cacheSize)
 	if err != nil {
 		return nil, err
 	}
-	return &agentJWTs{keys: keys, leeway: leeway, cache: cache, hit: hit, miss: miss}, nil
+	return &agentJWTs{keys: keys, leeway: leeway, cache: cache, hit: hit, miss: miss, log: log}, nil
 }
 
 func (k *agentJWTs) check(ctx context.Context, p presentation) (*identity, decision) {
@@ -51,14 +55,10 @@ func (k *agentJWTs) check(ctx context.Context, p presentation) (*identity, decis
 	if errors.Is(err, jwtverify.ErrUnknownKey) && k.keys.refetchForUnknownKid(ctx) {
 		c, err = v.Verify(p.cred, k.keys.set.Load())
 	}
-	switch {
-	case err == nil:
-	case errors.Is(err, jwtverify.ErrExpired):
-		return nil, deny(http.StatusUnauthorized, contract.ReasonExpired)
-	case errors.Is(err, jwtverify.ErrTooLarge), errors.Is(err, jwtverify.ErrMalformed), errors.Is(err, jwtverify.ErrHeader):
-		return nil, deny(http.StatusUnauthorized, contract.ReasonMalformed)
-	default:
-		return nil, deny(http.StatusUnauthorized, contract.ReasonInvalid)
+	if err != nil {
+		d := jwtRefusal(err, k.keys.hints.Load())
+		k.logRefusal(&d)
+		return nil, d
 	}
 	// One clock rule, the verifier's: a token is good until exp + leeway,
 	// on this request and on every later one served from the cache.
@@ -67,7 +67,7 @@ func (k *agentJWTs) check(ctx context.Context, p presentation) (*identity, decis
 	for _, s := range c.CIDR {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
-			return nil, deny(http.StatusUnauthorized, contract.ReasonInvalid)
+			return nil, deny(http.StatusUnauthorized, contract.ReasonInvalidClaims)
 		}
 		id.cidrs = append(id.cidrs, p)
 	}
@@ -76,12 +76,39 @@ func (k *agentJWTs) check(ctx context.Context, p presentation) (*identity, decis
 	return id, decision{}
 }
 
+// logRefusal says why a JWT was refused, never what it holds: the first
+// audience or issuer mismatch at info with what was expected (most often
+// an audiences, resource or issuer setting to fix), every refusal at debug.
+func (k *agentJWTs) logRefusal(d *decision) {
+	first := false
+	switch d.reason {
+	case contract.ReasonAudienceMismatch:
+		first = k.toldAudience.CompareAndSwap(false, true)
+	case contract.ReasonIssuerMismatch:
+		first = k.toldIssuer.CompareAndSwap(false, true)
+	}
+	switch {
+	case first && d.hint != nil:
+		k.log.Info("refused a JWT: "+d.hint.description+" (further ones are logged at debug, and each in the decision log)",
+			"reason", d.reason, "expected", d.hint.expected)
+	case k.log.IsDebug():
+		expected := ""
+		if d.hint != nil {
+			expected = d.hint.expected
+		}
+		k.log.Debug("refused a JWT", "reason", d.reason, "expected", expected)
+	}
+}
+
 // jwks is what agent JWTs are verified against: the verifier (made once the
 // issuer is known) and the key set, fetched from Vault on a timer, at start,
 // and for a kid it does not know.
 type jwks struct {
 	verifier atomic.Pointer[jwtverify.Verifier]
-	set      atomic.Pointer[jwtverify.KeySet]
+	// hints say what the verifier expects, for its refusals; stored
+	// before it.
+	hints atomic.Pointer[jwtHints]
+	set   atomic.Pointer[jwtverify.KeySet]
 	// fetchedAt is the UnixNano of the last good fetch.
 	fetchedAt atomic.Int64
 

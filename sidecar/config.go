@@ -44,9 +44,17 @@ type Config struct {
 	// Default: none (gRPC off).
 	GRPCListen string `hcl:"grpc_listen,optional"`
 
+	// The kinds of credential this service accepts: "api_key", "jwt". A kind
+	// left out is refused (credential_kind_not_accepted), and what only it
+	// needs is neither followed nor waited for: without "jwt", no issuer or
+	// JWKS is read, audiences are not required and readiness does not wait
+	// for them.
+	// Default: ["api_key", "jwt"].
+	CredentialKinds []string `hcl:"credential_kinds,optional"`
 	// The aud values this service accepts in JWTs; tokens minted for another
 	// service are refused.
-	// Required: yes, unless resource is set (its URL is then accepted as aud).
+	// Required: yes, unless resource is set (its URL is then accepted as aud)
+	// or credential_kinds leaves out "jwt".
 	Audiences []string `hcl:"audiences,optional"`
 	// The iss JWTs must carry.
 	// Default: read from the mount's discovery document
@@ -91,6 +99,12 @@ type Config struct {
 	// is the resource.
 	// Default: none.
 	Resource string `hcl:"resource,optional"`
+	// OAuth authorization servers (RFC 8414 issuers) the protected-resource
+	// metadata names. keybroker's issuer is not one (it has no authorization
+	// or token endpoint): name one only when an OAuth server issues tokens
+	// this sidecar accepts.
+	// Default: [] (none).
+	AuthorizationServers []string `hcl:"authorization_servers,optional"`
 	// Let requests that match no route through with any valid credential,
 	// instead of denying them.
 	// Default: false.
@@ -310,12 +324,15 @@ type settings struct {
 	upstream           *url.URL
 	audiences          []string
 	issuer             string
-	leeway             time.Duration
-	trusted            []netip.Prefix
-	gateway            *gateway
-	allowUnmatched     bool
-	routes             []route
-	groups             []*routeGroup // routes by prefix, longest first
+	// acceptKeys and acceptJWTs are credential_kinds.
+	acceptKeys, acceptJWTs bool
+	authServers            []string // authorization_servers
+	leeway                 time.Duration
+	trusted                []netip.Prefix
+	gateway                *gateway
+	allowUnmatched         bool
+	routes                 []route
+	groups                 []*routeGroup // routes by prefix, longest first
 
 	clusterRate                    bool
 	failedAuthRate                 float64
@@ -409,7 +426,7 @@ func (c *Config) settings() (*settings, error) {
 var configBlocks = []func(*Config, *settings) []error{
 	validateServer,   // listen, auth_listen, grpc_listen, upstream, server limits
 	validateProxies,  // trusted_proxies, gateway, allow_unmatched, strip_headers
-	validateTokens,   // audiences, issuer, leeway, resource
+	validateTokens,   // credential_kinds, audiences, issuer, leeway, resource
 	validateDPoP,     // public_origin, dpop_*, require_dpop
 	validateFeeds,    // revocations, JWKS, key replica, key cache
 	validateMetering, // budgets, usage reports, rate_limit_scope, name

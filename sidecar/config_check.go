@@ -40,7 +40,7 @@ func CheckConfig(c *Config) ([]byte, error) {
 	}
 	eff := map[string]interface{}{
 		"listen": s.listen, "auth_listen": s.authListen, "grpc_listen": s.grpcListen, "upstream": upstream,
-		"audiences": s.audiences, "issuer": cmp.Or(s.issuer, "(from the mount's discovery document)"), "leeway": dur(s.leeway),
+		"credential_kinds": acceptedKinds(s), "audiences": s.audiences, "issuer": cmp.Or(s.issuer, "(from the mount's discovery document)"), "leeway": dur(s.leeway),
 		"trusted_proxies": trusted, "gateway": gateway, "allow_unmatched": s.allowUnmatched, "strip_headers": nonNilStrings(s.stripHeaders),
 		"revocation_poll_interval": dur(s.revocationPoll), "revocation_long_poll": s.revocationWait > 0,
 		"jwks_refresh_interval": dur(s.jwksRefresh), "jwks_min_refetch_interval": dur(s.jwksMinRefetch),
@@ -54,7 +54,7 @@ func CheckConfig(c *Config) ([]byte, error) {
 		"read_header_timeout": dur(s.readHeaderTimeout), "read_timeout": dur(s.readTimeout), "idle_timeout": dur(s.idleTimeout),
 		"max_header_bytes": s.maxHeaderBytes, "max_request_body_bytes": s.maxBody,
 		"public_origin": s.publicOrigin, "require_dpop": s.requireDPoP,
-		"resource": s.resource, "resource_metadata": s.metadataURL,
+		"resource": s.resource, "resource_metadata": s.metadataURL, "authorization_servers": nonNilStrings(s.authServers),
 		"log_level": s.logLevel, "log_format": s.logFormat,
 		"vault": map[string]interface{}{
 			"addresses": s.vaultAddrs, "mount": s.mount, "ca_cert": s.vaultCACert,
@@ -110,4 +110,16 @@ func nonNilStrings(s []string) []string {
 		return []string{}
 	}
 	return s
+}
+
+// acceptedKinds is credential_kinds as in effect.
+func acceptedKinds(s *settings) []string {
+	out := []string{}
+	if s.acceptKeys {
+		out = append(out, kindAPIKey)
+	}
+	if s.acceptJWTs {
+		out = append(out, kindJWT)
+	}
+	return out
 }

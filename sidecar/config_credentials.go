@@ -25,13 +25,50 @@ func validateTokens(c *Config, s *settings) []error {
 	if s.resource != "" && !slices.Contains(s.audiences, s.resource) {
 		s.audiences = append(slices.Clip(s.audiences), s.resource) // RFC 8707: aud names the resource
 	}
-	if len(c.Audiences) == 0 && c.Resource == "" {
+	p.credentialKinds(c.CredentialKinds, s)
+	s.authServers = c.AuthorizationServers
+	if len(c.AuthorizationServers) > 0 && c.Resource == "" {
+		p.addf("authorization_servers needs resource: they are named in its metadata")
+	}
+	for _, a := range c.AuthorizationServers {
+		if u, err := url.Parse(a); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+			p.addf("authorization_servers: %q is not an issuer URL (https://host[/path])", a)
+		}
+	}
+	if len(c.Audiences) == 0 && c.Resource == "" && s.acceptJWTs {
 		p.addf("audiences: name the aud values this service accepts (or set resource), so tokens minted for another service are refused")
 	}
 	if p.duration("leeway", c.Leeway, 30*time.Second, &s.leeway) && s.leeway > contract.RevocationGrace {
 		p.addf("leeway must be at most %s: revocations are kept only that long past a credential's expiry, so a larger leeway would accept a revoked token again", contract.RevocationGrace)
 	}
 	return p
+}
+
+// The values of credential_kinds.
+const (
+	kindAPIKey = "api_key"
+	kindJWT    = "jwt"
+)
+
+// credentialKinds reads credential_kinds: unset, both kinds.
+func (p *problems) credentialKinds(kinds []string, s *settings) {
+	if kinds == nil {
+		s.acceptKeys, s.acceptJWTs = true, true
+		return
+	}
+	for _, k := range kinds {
+		switch k {
+		case kindAPIKey:
+			s.acceptKeys = true
+		case kindJWT:
+			s.acceptJWTs = true
+		default:
+			p.addf("credential_kinds: %q is not a kind of credential (api_key, jwt)", k)
+		}
+	}
+	if !s.acceptKeys && !s.acceptJWTs {
+		p.addf("credential_kinds: name at least one of api_key, jwt")
+	}
 }
 
 // validateDPoP checks proof of possession: public_origin turns it on, and

@@ -38,8 +38,11 @@ type identity struct {
 type decision struct {
 	status int
 	reason string
-	scope  string // the route's scopes, for insufficient_scope
-	allow  string // the Allow header, for method_not_allowed
+	// hint is what a denial says beyond its reason when a setting
+	// decides it (refusal.go); nil: the reason's own sentence.
+	hint  *refusalHint
+	scope string // the route's scopes, for insufficient_scope
+	allow string // the Allow header, for method_not_allowed
 	// id is the caller; on a denial (made after the credential verified)
 	// it is only for the decision log.
 	id       *identity

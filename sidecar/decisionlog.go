@@ -76,6 +76,7 @@ type decisionLog struct {
 type logEntry struct {
 	at                    time.Time
 	mode, reason, method  string
+	expected              string
 	status                int
 	path, route           string
 	kind, keyID, jti      string
@@ -145,7 +146,7 @@ func (l *decisionLog) enqueue(e *logEntry) {
 // record is the line the writer formats for e.
 func (l *decisionLog) record(e *logEntry) contract.DecisionRecord {
 	r := contract.DecisionRecord{
-		Time: contract.DecisionTime(e.at), Type: contract.DecisionType, Mode: e.mode, Outcome: contract.DecisionDeny, Status: e.status, Reason: e.reason,
+		Time: contract.DecisionTime(e.at), Type: contract.DecisionType, Mode: e.mode, Outcome: contract.DecisionDeny, Status: e.status, Reason: e.reason, Expected: e.expected,
 		Method: e.method, Path: e.path, Route: e.route, Kind: e.kind, KeyID: e.keyID, JTI: e.jti,
 		Subject: e.subject, Role: e.role, Tenant: e.tenant, Held: e.held, DPoP: e.dpop,
 		Actors: e.actors, Sidecar: l.holder,

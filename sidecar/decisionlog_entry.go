@@ -22,6 +22,9 @@ func (l *decisionLog) decided(mode string, at time.Time, req *request, d *decisi
 		return
 	}
 	e := logEntry{at: at, mode: mode, status: d.status, reason: d.reason, method: cut(req.method), clientIP: req.clientIP, dpop: usedDPoP(req.header)}
+	if d.hint != nil {
+		e.expected = d.hint.expected
+	}
 	e.path = d.path
 	if e.path == "" {
 		e.path = rawPathOf(req.target)

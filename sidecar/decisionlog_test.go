@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/golang-jwt/jwt/v5"
 	"github.com/keybroker/keybroker/apikey"
 	"github.com/keybroker/keybroker/contract"
 	"github.com/keybroker/keybroker/internal/dpoptest"
@@ -102,6 +103,12 @@ func TestDecisionLog(t *testing.T) {
 	goodProof := k.Proof(t, "GET", testOrigin+"/v1/items", bound, now, nil)
 	wrongProof := k.Proof(t, "GET", testOrigin+"/v1/other", bound, now, nil)
 	metered := f.jwt(t, "read", 2*time.Hour)
+	oc := f.claims("any read", time.Hour)
+	oc.ID, oc.Audience = "jti-other-aud", jwt.ClaimStrings{"other-service"}
+	otherAud := f.sign(t, oc)
+	ic := f.claims("any read", time.Hour)
+	ic.ID, ic.Issuer = "jti-other-iss", "https://elsewhere"
+	otherIss := f.sign(t, ic)
 	id, _ := f.sc.agentJWTs.check(context.Background(), presentation{cred: metered})
 	id.budget = &jwtverify.Budget{Units: 1 << 40, Period: 86400, MaxCost: 10}
 	m := f.sc.budgets.meter(id)
@@ -133,7 +140,11 @@ func TestDecisionLog(t *testing.T) {
 		{"a credential that does not parse names no one", func() { send(proxy, "GET", "/v1/items/1", "127.0.0.1:1", bearer("kb_not-a-key")) }, map[string]interface{}{
 			"outcome": "deny", "reason": contract.ReasonMalformed, "kind": absent, "jti": absent, "key_id": absent, "subject": absent}},
 		{"a JWT that does not verify names no one", func() { send(proxy, "GET", "/v1/items/1", "127.0.0.1:1", bearer("eyJhbGciOiJub25lIn0.e30.c2ln")) }, map[string]interface{}{
-			"outcome": "deny", "reason": contract.ReasonInvalid, "kind": absent, "jti": absent, "subject": absent}},
+			"outcome": "deny", "reason": contract.ReasonUnknownKey, "kind": absent, "jti": absent, "subject": absent, "expected": absent}},
+		{"a JWT for another audience says which it needed, not what it held", func() { send(proxy, "GET", "/v1/items/1", "127.0.0.1:1", bearer(otherAud)) }, map[string]interface{}{
+			"outcome": "deny", "status": 401.0, "reason": contract.ReasonAudienceMismatch, "expected": "svc", "kind": absent, "jti": absent, "subject": absent}},
+		{"a JWT of another issuer says which it needed", func() { send(proxy, "GET", "/v1/items/1", "127.0.0.1:1", bearer(otherIss)) }, map[string]interface{}{
+			"outcome": "deny", "status": 401.0, "reason": contract.ReasonIssuerMismatch, "expected": "https://iss", "kind": absent, "subject": absent}},
 		{"an API key Vault cannot verify", func() { send(proxy, "GET", "/v1/items/1", "127.0.0.1:1", hdr("X-API-Key", apiKey)) }, map[string]interface{}{
 			"outcome": "deny", "reason": contract.ReasonUnavailable, "status": 503.0, "kind": absent, "key_id": absent}},
 		{"non-canonical path: the raw path, no query", func() { send(proxy, "GET", "/public/../v1/admin?access_token=SECRETQ", "127.0.0.1:1", nil) }, map[string]interface{}{
@@ -217,7 +228,7 @@ func TestDecisionLog(t *testing.T) {
 		})
 	}
 	t.Run("never logged", func(t *testing.T) {
-		for _, secret := range []string{reader, delegated, bound, metered, apiKey, goodProof, wrongProof, "access_token", "SECRETQ", "page=2", "q=x", "user:pw", "?", "Bearer", "DPoP "} {
+		for _, secret := range []string{reader, delegated, bound, metered, otherAud, otherIss, "other-service", "elsewhere", "jti-other", apiKey, goodProof, wrongProof, "access_token", "SECRETQ", "page=2", "q=x", "user:pw", "?", "Bearer", "DPoP "} {
 			if bytes.Contains(raw, []byte(secret)) {
 				t.Errorf("the decision log holds %.40q", secret)
 			}

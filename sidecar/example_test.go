@@ -52,6 +52,6 @@ func ExampleSidecar_Middleware() {
 	}
 	// Output:
 	// /health 200  hello, whoever you are
-	// /orders/42 401 no_credential {"error":"invalid_request","reason":"no_credential"}
-	// /orders/42?api_key=kb_leaked 400 credential_in_query {"error":"invalid_request","reason":"credential_in_query"}
+	// /orders/42 401 no_credential {"error":"invalid_request","error_description":"no credential: send the API key or token in the Authorization header as Bearer","reason":"no_credential"}
+	// /orders/42?api_key=kb_leaked 400 credential_in_query {"error":"invalid_request","error_description":"a credential in the query string is refused: send it in the Authorization header","reason":"credential_in_query"}
 }

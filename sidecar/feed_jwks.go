@@ -24,7 +24,10 @@ type jwksFeed struct {
 	source issuerSource
 	// issuer is the JWT issuer once known, for the resource metadata.
 	issuer atomic.Pointer[string]
-	log    hclog.Logger
+	// lastErr is why the issuer cannot be read, for /healthz; nil once
+	// it was.
+	lastErr atomic.Pointer[string]
+	log     hclog.Logger
 }
 
 // issuerSource reads the issuer from the plugin's discovery document.
@@ -56,6 +59,7 @@ func (f *jwksFeed) start(ctx context.Context) {
 		if err := f.initVerifier(ctx); err != nil {
 			if msg := err.Error(); msg != last {
 				last = msg
+				f.lastErr.Store(&msg)
 				f.log.Warn("cannot read the issuer from Vault; agent JWTs are refused until it is read, retrying each second",
 					"path", f.opts.mount+"/"+contract.PathOpenIDDiscovery, "hint", issuerHint(err), "error", err)
 			} else {
@@ -90,8 +94,10 @@ func (f *jwksFeed) initVerifier(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	f.keys.hints.Store(newJWTHints(f.opts.audiences, iss))
 	f.keys.verifier.Store(v)
 	f.issuer.Store(&iss)
+	f.lastErr.Store(nil)
 	return nil
 }
 

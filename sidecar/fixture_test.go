@@ -54,6 +54,7 @@ func newFixture(tb testing.TB, mutate func(c *Config)) *fixture {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	sc.jwks.hints.Store(newJWTHints(sc.s.audiences, "https://iss"))
 	sc.jwks.verifier.Store(v)
 	// As if both feeds had been read (nothing revoked, no key records):
 	// a test of a feed not yet read clears these.

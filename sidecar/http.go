@@ -118,40 +118,7 @@ func setRemaining(h http.Header, hd *hold) {
 // authHandler serves /verify for gateways, /healthz and /metrics.
 func (sc *Sidecar) authHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
-		status, code := "ok", http.StatusOK
-		feeds := map[string]interface{}{}
-		forbidden := false
-		for _, f := range sc.followedFeeds() {
-			state, lastErr := f.status()
-			fs := map[string]interface{}{"state": state, "read": f.known()}
-			if state == feedForbidden {
-				forbidden = true
-				fs["needs"] = f.capability + " on " + f.path
-			}
-			if lastErr != "" {
-				fs["error"] = lastErr
-			}
-			feeds[f.name] = fs
-		}
-		switch {
-		case forbidden:
-			// Not a matter of waiting: the sidecar's policy lacks a
-			// capability (feeds.<name>.needs says which).
-			status, code = "forbidden", http.StatusServiceUnavailable
-		case sc.Ready():
-		default:
-			status, code = "starting", http.StatusServiceUnavailable
-		}
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(code)
-		_ = json.NewEncoder(w).Encode(map[string]interface{}{
-			"status":                   status,
-			"feeds":                    feeds,
-			"jwks_age_seconds":         sinceNanos(sc.jwks.fetchedAt.Load()),
-			"revocation_feed_lag_secs": sinceNanos(sc.revocations.readAt.Load()),
-		})
-	})
+	mux.HandleFunc("/healthz", sc.serveHealthz)
 	mux.Handle("/metrics", promhttp.HandlerFor(sc.m.reg, promhttp.HandlerOpts{}))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// /verify is matched on the raw target, before ServeMux cleans
@@ -201,8 +168,11 @@ func (sc *Sidecar) serveVerify(w http.ResponseWriter, r *http.Request) {
 }
 
 // writeDenial answers per RFC 6750: 401 invalid_token, 403
-// insufficient_scope with the needed scope, 400 invalid_request. Denials
-// that are not about the token carry their reason as the error, so OAuth
+// insufficient_scope with the needed scope, 400 invalid_request, each
+// challenge with an error_description and resource_metadata (RFC 9728
+// §5.1), and a JSON body an OAuth client reads ({"error",
+// "error_description"}) with keybroker's reason beside them. Denials that
+// are not about the token carry their reason as the error, so OAuth
 // clients do not take them for an authorization server's answer. When
 // only2xx401403 (nginx auth_request), every other status becomes 403; the
 // reason header says why.
@@ -211,7 +181,8 @@ func (sc *Sidecar) writeDenial(w http.ResponseWriter, d decision, only2xx401403 
 	h.Set(contract.HeaderReason, d.reason)
 	h.Set("Content-Type", "application/json")
 	h.Set("Cache-Control", "no-store")
-	body := map[string]string{"reason": d.reason, "error": d.reason}
+	desc := d.description()
+	body := map[string]string{"reason": d.reason, "error": d.reason, "error_description": desc}
 	// resource_metadata (RFC 9728 §5.1) tells an OAuth client where to
 	// learn how to get a token for this resource.
 	rm := ""
@@ -219,9 +190,9 @@ func (sc *Sidecar) writeDenial(w http.ResponseWriter, d decision, only2xx401403 
 		rm = fmt.Sprintf(`, resource_metadata=%q`, sc.s.metadataURL)
 	}
 	if d.status == http.StatusUnauthorized {
-		challengeUnauthorized(h, body, d, rm)
+		challengeUnauthorized(h, body, d, desc, rm)
 	} else {
-		denialHeaders(h, body, d, rm)
+		denialHeaders(h, body, d, desc, rm)
 	}
 	status := d.status
 	if only2xx401403 && status != http.StatusUnauthorized && status != http.StatusForbidden {
@@ -236,8 +207,9 @@ func (sc *Sidecar) writeDenial(w http.ResponseWriter, d decision, only2xx401403 
 }
 
 // challengeUnauthorized is a 401's challenge and error: in the scheme the
-// credential came with, rm its resource_metadata parameter.
-func challengeUnauthorized(h http.Header, body map[string]string, d decision, rm string) {
+// credential came with, desc its error_description, rm its
+// resource_metadata parameter.
+func challengeUnauthorized(h http.Header, body map[string]string, d decision, desc, rm string) {
 	switch {
 	case d.reason == contract.ReasonNoCredential:
 		scope := ""
@@ -246,7 +218,8 @@ func challengeUnauthorized(h http.Header, body map[string]string, d decision, rm
 		}
 		// Bearer first even under require_dpop: OAuth clients (the MCP
 		// SDK) read resource_metadata only from a Bearer challenge, and
-		// the metadata then says DPoP is required.
+		// the metadata then says DPoP is required. No error code: RFC
+		// 6750 §3.1 says a request without credentials gets none.
 		c := `Bearer realm="keybroker"` + scope + rm
 		if d.dpop {
 			c += ", " + dpopChallenge
@@ -258,17 +231,17 @@ func challengeUnauthorized(h http.Header, body map[string]string, d decision, rm
 		if d.reason == contract.ReasonInvalidProof || d.reason == contract.ReasonProofReplayed {
 			code = "invalid_dpop_proof"
 		}
-		h.Set("WWW-Authenticate", fmt.Sprintf(`%s, error=%q, error_description=%q%s`, dpopChallenge, code, d.reason, rm))
+		h.Set("WWW-Authenticate", fmt.Sprintf(`%s, error=%q, error_description=%q%s`, dpopChallenge, code, desc, rm))
 		body["error"] = code
 	default:
-		h.Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="keybroker", error="invalid_token", error_description=%q%s`, d.reason, rm))
+		h.Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="keybroker", error="invalid_token", error_description=%q%s`, desc, rm))
 		body["error"] = "invalid_token"
 	}
 }
 
 // denialHeaders are what every other denial says besides its status: the
 // scope a 403 lacks, when to retry a 429 or a 503, what a 405 allows.
-func denialHeaders(h http.Header, body map[string]string, d decision, rm string) {
+func denialHeaders(h http.Header, body map[string]string, d decision, desc, rm string) {
 	switch d.status {
 	case http.StatusForbidden:
 		if d.reason == contract.ReasonInsufficientScope {
@@ -276,7 +249,9 @@ func denialHeaders(h http.Header, body map[string]string, d decision, rm string)
 			if d.dpop {
 				scheme = dpopChallenge
 			}
-			h.Set("WWW-Authenticate", fmt.Sprintf(`%s, error="insufficient_scope", scope=%q%s`, scheme, d.scope, rm))
+			// RFC 6750 §3.1, and the MCP SDK's step-up: it reads error
+			// and scope from this challenge.
+			h.Set("WWW-Authenticate", fmt.Sprintf(`%s, error="insufficient_scope", error_description=%q, scope=%q%s`, scheme, desc, d.scope, rm))
 			body["error"] = "insufficient_scope"
 			body["scope"] = d.scope
 		}
@@ -291,7 +266,7 @@ func denialHeaders(h http.Header, body map[string]string, d decision, rm string)
 	case http.StatusMethodNotAllowed:
 		h.Set("Allow", d.allow)
 	case http.StatusBadRequest:
-		h.Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="keybroker", error="invalid_request", error_description=%q`, d.reason))
+		h.Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="keybroker", error="invalid_request", error_description=%q%s`, desc, rm))
 		body["error"] = "invalid_request"
 	case http.StatusServiceUnavailable:
 		body["error"] = "temporarily_unavailable"

@@ -12,8 +12,15 @@ import (
 // Protected Resource Metadata (RFC 9728), for OAuth clients such as MCP's:
 // with resource set, both listeners serve it at metadataPath, and 401
 // challenges point at it (resource_metadata), so a client that got a 401
-// learns where to get a token (authorization_servers: the keybroker
-// issuer) and for which scopes.
+// learns for which scopes and how to present a token.
+//
+// authorization_servers lists only what authorization_servers in the
+// configuration names, none by default: keybroker's issuer mints tokens
+// through Vault's API, not OAuth's, and has no authorization or token
+// endpoint. An OAuth client told of it runs its login flow against it
+// and fails on the missing endpoints (the MCP SDK with a ZodError, even
+// for a token that only lacked a scope); told of none, it has only the
+// 401 or 403 it got, which says what is wrong.
 
 // isMetadataRequest says whether r asks for the resource's metadata.
 func (sc *Sidecar) isMetadataRequest(r *http.Request) bool {
@@ -25,17 +32,13 @@ func (sc *Sidecar) isMetadataRequest(r *http.Request) bool {
 }
 
 func (sc *Sidecar) serveResourceMetadata(w http.ResponseWriter) {
-	iss := sc.jwksFeed.issuer.Load()
-	if iss == nil {
-		// The issuer comes from Vault's discovery document: not read yet.
-		http.Error(w, "keybroker-sidecar: the issuer is not known yet", http.StatusServiceUnavailable)
-		return
-	}
 	doc := map[string]interface{}{
 		"resource":                 sc.s.resource,
-		"authorization_servers":    []string{*iss},
 		"scopes_supported":         sc.s.scopesSupported(),
 		"bearer_methods_supported": []string{"header"},
+	}
+	if len(sc.s.authServers) > 0 {
+		doc["authorization_servers"] = sc.s.authServers
 	}
 	if sc.dpop != nil {
 		doc["dpop_signing_alg_values_supported"] = jwtverify.ProofAlgorithms()

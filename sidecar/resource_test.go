@@ -21,8 +21,6 @@ func TestProtectedResourceMetadata(t *testing.T) {
 	f := newFixture(t, func(c *Config) {
 		c.Resource, c.PublicOrigin, c.RequireDPoP = resource, "https://mcp.example.com", true
 	})
-	iss := "https://iss"
-	f.sc.jwksFeed.issuer.Store(&iss)
 	const path = "/.well-known/oauth-protected-resource/mcp"
 	for name, h := range map[string]http.Handler{"proxy": f.sc.proxyHandler(), "auth": f.sc.authHandler()} {
 		w := send(h, "GET", path, "127.0.0.1:1", nil)
@@ -37,7 +35,9 @@ func TestProtectedResourceMetadata(t *testing.T) {
 		if err := json.Unmarshal(w.Body.Bytes(), &doc); err != nil || w.Code != 200 {
 			t.Fatalf("%s: %d %s", name, w.Code, w.Body)
 		}
-		if doc.Resource != resource || len(doc.AuthorizationServers) != 1 || doc.AuthorizationServers[0] != iss ||
+		// No authorization server: keybroker's issuer has no OAuth
+		// endpoints, and the issuer need not be known to answer.
+		if doc.Resource != resource || doc.AuthorizationServers != nil || strings.Contains(w.Body.String(), "authorization_servers") ||
 			strings.Join(doc.ScopesSupported, " ") != "admin any read" || doc.BearerMethods[0] != "header" ||
 			!doc.DPoPBoundRequired || len(doc.DPoPAlgs) == 0 {
 			t.Fatalf("%s: metadata %+v", name, doc)
@@ -103,5 +103,41 @@ func TestResourceConfig(t *testing.T) {
 	c.PublicOrigin, c.KeyReplica = "https://mcp.example.com", &off
 	if _, err := c.settings(); err == nil || !strings.Contains(err.Error(), "key_replica") {
 		t.Fatalf("require_dpop without the key replica: %v", err)
+	}
+}
+
+// authorization_servers, when an OAuth server does issue tokens this
+// sidecar accepts, are what the metadata names, as configured; they need
+// resource and must be issuer URLs.
+func TestAuthorizationServersSetting(t *testing.T) {
+	f := newFixture(t, func(c *Config) {
+		c.Resource, c.AuthorizationServers = "https://mcp.example.com/mcp", []string{"https://as.example.com", "https://as2.example.com/tenant"}
+	})
+	w := send(f.sc.proxyHandler(), "GET", "/.well-known/oauth-protected-resource/mcp", "127.0.0.1:1", nil)
+	var doc struct {
+		AuthorizationServers []string `json:"authorization_servers"`
+	}
+	if err := json.Unmarshal(w.Body.Bytes(), &doc); err != nil || strings.Join(doc.AuthorizationServers, " ") != "https://as.example.com https://as2.example.com/tenant" {
+		t.Fatalf("metadata %d %s", w.Code, w.Body)
+	}
+	for name, tc := range map[string]struct {
+		resource string
+		servers  []string
+		want     string
+	}{
+		"without resource": {"", []string{"https://as.example.com"}, "authorization_servers needs resource"},
+		"not a URL":        {"https://mcp.example.com/mcp", []string{"as.example.com"}, "is not an issuer URL"},
+		"a query":          {"https://mcp.example.com/mcp", []string{"https://as.example.com/?x=1"}, "is not an issuer URL"},
+	} {
+		c := validConfig()
+		c.Resource, c.AuthorizationServers = tc.resource, tc.servers
+		var s settings
+		got := ""
+		for _, e := range validateTokens(c, &s) {
+			got += e.Error()
+		}
+		if !strings.Contains(got, tc.want) {
+			t.Errorf("%s: problems %q, want %q", name, got, tc.want)
+		}
 	}
 }

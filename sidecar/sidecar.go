@@ -167,17 +167,20 @@ func (sc *Sidecar) background(ctx context.Context) {
 	wg.Add(1)
 	go func() { defer wg.Done(); sc.vault.keepLoggedIn(ctx, sec) }()
 
-	// The issuer, from config or discovery, and the keys; then the
-	// revocation and key-record feeds.
-	sc.jwksFeed.start(ctx)
-
+	// The feeds start at once, each on its own: an issuer that cannot be
+	// read holds up agent JWTs, not the revocations API keys depend on.
+	// Without JWTs (credential_kinds) the JWKS is not followed at all.
 	wg.Add(1)
 	go func() { defer wg.Done(); sc.revocations.follow(ctx) }()
 	if sc.keyRecords != nil {
 		wg.Add(1)
 		go func() { defer wg.Done(); sc.keyRecords.follow(ctx) }()
 	}
-	sc.jwksFeed.follow(ctx)
+	if sc.s.acceptJWTs {
+		// The issuer, from config or discovery, and the keys.
+		sc.jwksFeed.start(ctx)
+		sc.jwksFeed.follow(ctx)
+	}
 }
 
 func sleep(ctx context.Context, d time.Duration) {
@@ -187,10 +190,11 @@ func sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
-// Ready reports whether the sidecar has a verifier and keys, and has read
-// the revocation feed (and, with key_replica, the key-record feed) to its
-// end once: until then it refuses the credentials that depend on them
-// (decider.presented).
+// Ready reports whether every component this configuration uses is ready:
+// a verifier and keys when JWTs are accepted (credential_kinds), the
+// revocation feed (and, with key_replica, the key-record feed) read to its
+// end once. Until then it refuses the credentials that depend on them
+// (decider.presented). /healthz says which it waits for.
 func (sc *Sidecar) Ready() bool {
-	return sc.jwks.ready() && sc.revocations.known() && (sc.keyRecords == nil || sc.keyRecords.known())
+	return (!sc.s.acceptJWTs || sc.jwks.ready()) && sc.revocations.known() && (sc.keyRecords == nil || sc.keyRecords.known())
 }

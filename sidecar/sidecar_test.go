@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"encoding/json"
 	"math"
 	"net/http"
 	"net/http/httptest"
@@ -150,7 +151,7 @@ func TestWriteDenial(t *testing.T) {
 	}{
 		{deny(http.StatusUnauthorized, contract.ReasonNoCredential), false, 401, `Bearer realm="keybroker"`, "no_credential"},
 		{deny(http.StatusUnauthorized, contract.ReasonExpired), false, 401, `error="invalid_token"`, "expired"},
-		{decision{status: 403, reason: contract.ReasonInsufficientScope, scope: "a b"}, false, 403, `error="insufficient_scope", scope="a b"`, "insufficient_scope"},
+		{decision{status: 403, reason: contract.ReasonInsufficientScope, scope: "a b"}, false, 403, `error="insufficient_scope", error_description="the credential lacks a scope this route requires (scope names them)", scope="a b"`, "insufficient_scope"},
 		{deny(http.StatusBadRequest, contract.ReasonCredentialInQuery), false, 400, `error="invalid_request"`, "credential_in_query"},
 		{deny(http.StatusBadRequest, contract.ReasonCredentialInQuery), true, 403, `error="invalid_request"`, "credential_in_query"},
 		{deny(http.StatusServiceUnavailable, contract.ReasonUnavailable), true, 403, "", "unavailable"},
@@ -168,6 +169,15 @@ func TestWriteDenial(t *testing.T) {
 		if w.Code != tc.status || !strings.Contains(w.Header().Get("WWW-Authenticate"), tc.wwwAuth) ||
 			w.Header().Get(contract.HeaderReason) != tc.bodyReason || !strings.Contains(w.Body.String(), `"reason":"`+tc.bodyReason+`"`) {
 			t.Errorf("%+v nginx=%v: %d %q %q %s", tc.d, tc.nginx, w.Code, w.Header().Get("WWW-Authenticate"), w.Header().Get(contract.HeaderReason), w.Body)
+		}
+		// Every denial says what happened in words an OAuth client shows
+		// (error_description), in its challenge too when it has one.
+		var body map[string]string
+		if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil || body["error"] == "" || body["error_description"] == "" || body["error_description"] == tc.d.reason {
+			t.Errorf("%+v: body %s lacks error or a description", tc.d, w.Body)
+		}
+		if c := w.Header().Get("WWW-Authenticate"); strings.Contains(c, "error=") && !strings.Contains(c, `error_description="`+body["error_description"]+`"`) {
+			t.Errorf("%+v: challenge %q lacks the body's error_description", tc.d, c)
 		}
 		// Only token errors speak OAuth: an OAuth client (the MCP SDK)
 		// stops on access_denied, which no_route is not.

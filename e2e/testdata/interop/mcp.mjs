@@ -7,6 +7,12 @@
 //                                     connects through url and calls
 //                                     whoami, each request with the token
 //                                     and a fresh DPoP proof: {result}
+//   headers <url> <token>             connects with a static Bearer token in
+//                                     requestInit headers (no OAuth) and calls
+//                                     whoami: {result} or {error}
+//   provider <url> <token>            the same token from an OAuthClientProvider
+//                                     that cannot log in (no redirect): {result}
+//                                     or {error}: what a 401/403 ends in
 //   unauthorized <url>                what a client without a token learns:
 //                                     the 401's WWW-Authenticate, then the
 //                                     metadata it points to: {status, params, metadata}
@@ -69,6 +75,29 @@ if (mode === 'server') {
   const result = await client.callTool({ name: 'whoami', arguments: {} });
   await client.close();
   out({ result: JSON.parse(result.content[0].text), statuses });
+} else if (mode === 'headers' || mode === 'provider') {
+  const [url, token] = args;
+  const opts = mode === 'headers'
+    ? { requestInit: { headers: { Authorization: 'Bearer ' + token } } }
+    : { authProvider: {
+        get redirectUrl() { return undefined; },
+        get clientMetadata() { return { client_name: 'keybroker-e2e', redirect_uris: [] }; },
+        clientInformation: () => ({ client_id: 'keybroker-e2e' }),
+        tokens: () => ({ access_token: token, token_type: 'Bearer' }),
+        saveTokens: () => {},
+        redirectToAuthorization: () => { throw new Error('no interactive login here'); },
+        saveCodeVerifier: () => {},
+        codeVerifier: () => '',
+      } };
+  const client = new Client({ name: 'keybroker-e2e-client', version: '1.0.0' });
+  try {
+    await client.connect(new StreamableHTTPClientTransport(new URL(url), opts));
+    const result = await client.callTool({ name: 'whoami', arguments: {} });
+    await client.close();
+    out({ result: JSON.parse(result.content[0].text) });
+  } catch (e) {
+    out({ error: { name: e?.constructor?.name ?? 'Error', code: e?.code ?? null, message: String(e?.message ?? e) } });
+  }
 } else if (mode === 'unauthorized') {
   const [url] = args;
   const res = await fetch(url, {
