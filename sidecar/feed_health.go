@@ -112,10 +112,12 @@ func (f *feedHealth) failed(log hclog.Logger, err error) {
 	}
 	switch state {
 	case feedForbidden:
-		log.Error("Vault refused the feed to this sidecar's token (403): its policy needs the capability on the path; until it is read again, credentials that depend on it are refused",
-			"feed", f.name, "path", f.path, "capability", f.capability, "error", err)
+		// Vault answers 403 both for a path the policy lacks and for a
+		// mount that does not exist: say both.
+		log.Error("Vault refused the feed to this sidecar's token (403): its policy needs the capability on the path, or no keybroker plugin is mounted there (check vault { mount } against `vault secrets list`); until it is read again, credentials that depend on it are refused",
+			"feed", f.name, "path", f.path, "capability", f.capability, "error", oneLine(err))
 	default:
-		log.Warn("cannot read the feed; credentials that depend on it are refused until it has been read once", "feed", f.name, "path", f.path, "state", state, "error", err)
+		log.Warn("cannot read the feed; credentials that depend on it are refused until it has been read once", "feed", f.name, "path", f.path, "state", state, "error", oneLine(err))
 	}
 }
 

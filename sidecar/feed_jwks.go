@@ -61,7 +61,7 @@ func (f *jwksFeed) start(ctx context.Context) {
 				last = msg
 				f.lastErr.Store(&msg)
 				f.log.Warn("cannot read the issuer from Vault; agent JWTs are refused until it is read, retrying each second",
-					"path", f.opts.mount+"/"+contract.PathOpenIDDiscovery, "hint", issuerHint(err), "error", err)
+					"path", f.opts.mount+"/"+contract.PathOpenIDDiscovery, "hint", issuerHint(err), "error", oneLine(err))
 			} else {
 				f.log.Debug("issuer still unreadable", "error", err)
 			}
