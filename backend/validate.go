@@ -63,8 +63,17 @@ var tenantRegexp = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
 // credential broker a typo such as "scope=" silently minting a key with the
 // role's default scopes is worse than an error.
 func validateRequest(d *framework.FieldData) *logical.Response {
-	if err := d.Validate(); err != nil {
-		return logical.ErrorResponse(err.Error())
+	var problems []string
+	for k, v := range d.Raw {
+		if schema, ok := d.Schema[k]; ok {
+			if err := checkFieldType(k, v, schema); err != nil {
+				problems = append(problems, err.Error())
+			}
+		}
+	}
+	if len(problems) > 0 {
+		sort.Strings(problems)
+		return logical.ErrorResponse(strings.Join(problems, "; "))
 	}
 	var unknown []string
 	for k := range d.Raw {
