@@ -21,6 +21,8 @@ import (
 	"text/template"
 	"time"
 
+	"github.com/hashicorp/vault/api"
+
 	"github.com/keybroker/keybroker/internal/vaultserver"
 )
 
@@ -110,20 +112,7 @@ func run(o options) error {
 		defer v.Stop()
 	}
 
-	if _, err := v.Client.Logical().WriteWithContext(ctx, "keybroker/roles/"+exampleRole, map[string]interface{}{
-		"scopes":         "read,write",
-		"default_scopes": "read",
-		"ttl":            "1h",
-		"max_ttl":        "24h",
-		"bound_cidrs":    "127.0.0.0/8,::1/128",
-		"tenant":         "demo",
-		"audiences":      "demo-api",
-		"token_ttl":      "15m",
-		"refresh_ttl":    "1h",
-	}); err != nil {
-		return fmt.Errorf("creating the example role: %w", err)
-	}
-	roleID, secretID, err := v.AppRole(ctx, "example-app", "keybroker-example", examplePolicy)
+	roleID, secretID, err := setUpExample(ctx, v)
 	if err != nil {
 		return err
 	}
@@ -152,7 +141,7 @@ func run(o options) error {
 		return err
 	}
 	if cluster != nil {
-		printCluster(ctx, cluster, v, o.proxy)
+		printCluster(ctx, cluster, v, o.proxy, demoKey)
 	}
 
 	sidecarDone := make(chan error, 1)
@@ -219,6 +208,29 @@ Audit log: {{.Audit}}
 Vault log: {{.Log}}   sidecar: {{.Dir}}/sidecar.hcl, {{.Dir}}/sidecar.log
 Ctrl-C stops everything.
 `))
+
+// setUpExample writes the example role and the example app's AppRole. On
+// a cluster a leader change during a write is retried (vaultserver.Retry):
+// a loaded machine makes one likely while the cluster settles.
+func setUpExample(ctx context.Context, v *vaultserver.Server) (roleID, secretID string, err error) {
+	if err := vaultserver.Retry(ctx, "creating the example role", func() error {
+		_, err := v.Client.Logical().WriteWithContext(ctx, "keybroker/roles/"+exampleRole, map[string]interface{}{
+			"scopes":         "read,write",
+			"default_scopes": "read",
+			"ttl":            "1h",
+			"max_ttl":        "24h",
+			"bound_cidrs":    "127.0.0.0/8,::1/128",
+			"tenant":         "demo",
+			"audiences":      "demo-api",
+			"token_ttl":      "15m",
+			"refresh_ttl":    "1h",
+		})
+		return err
+	}); err != nil {
+		return "", "", err
+	}
+	return v.AppRole(ctx, "example-app", "keybroker-example", examplePolicy)
+}
 
 // checkFree fails on the first address taken, naming the Makefile variable
 // that moves it, so make dev and make cluster can run side by side.
@@ -346,10 +358,13 @@ route "/v1/write" {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	sec, err := v.Client.Logical().WriteWithContext(ctx, "keybroker/keys/"+exampleRole, map[string]interface{}{"name": "make-dev-demo", "budget": 1000})
-	if err != nil {
+	var sec *api.Secret
+	if err := vaultserver.Retry(ctx, "minting the demo key", func() error {
+		sec, err = v.Client.Logical().WriteWithContext(ctx, "keybroker/keys/"+exampleRole, map[string]interface{}{"name": "make-dev-demo", "budget": 1000})
+		return err
+	}); err != nil {
 		stopProcess(cmd)
-		return nil, "", fmt.Errorf("minting the demo key: %w", err)
+		return nil, "", err
 	}
 	return cmd, sec.Data["key"].(string), nil
 }
@@ -374,7 +389,7 @@ func stopProcess(cmd *exec.Cmd) {
 }
 
 // printCluster shows the nodes and how to see a failover.
-func printCluster(ctx context.Context, c *vaultserver.Cluster, via *vaultserver.Server, proxy string) {
+func printCluster(ctx context.Context, c *vaultserver.Cluster, via *vaultserver.Server, proxy, key string) {
 	active := c.Active(ctx)
 	fmt.Println("The cluster (the commands above and the sidecar use " + via.Addr + ", a standby):")
 	for _, n := range c.Nodes {
@@ -390,10 +405,10 @@ Kill the active node and watch the sidecar ride through it:
   kill -9 %d
   vault operator raft list-peers      # a new leader within seconds
   vault write keybroker/keys/example name=after-failover
-  curl -i -H 'X-API-Key: <the key above>' http://%s/v1/read/hello   # served throughout
+  curl -i -H 'X-API-Key: %s' http://%s/v1/read/hello   # served throughout
 To bring the node back, start it again and unseal it (the unseal key is in
 %s):
   bin/vault server -config=%s
-`, active.PID(), proxy, c.KeysFile, active.Config())
+`, active.PID(), key, proxy, c.KeysFile, active.Config())
 	}
 }
