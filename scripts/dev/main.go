@@ -160,6 +160,7 @@ func run(o options) error {
 	return nil
 }
 
+// next is what make dev prints once everything runs.
 var next = template.Must(template.New("next").Parse(`
 keybroker is running: Vault {{.Addr}} with vault-plugin-secrets-keybroker {{.Version}}
 enabled at keybroker/, a file audit device, role "example" and AppRole "example-app".
@@ -167,30 +168,38 @@ enabled at keybroker/, a file audit device, role "example" and AppRole "example-
 In another terminal, paste these lines (or: source {{.EnvFile}}):
 
 {{.Env}}
-  # mint a key (the plaintext is shown once), then verify it
-  vault write keybroker/keys/example name=my-first-key
-  vault write keybroker/verify key=<key> remote_addr=127.0.0.1 scopes=read
+` + tryVault + "\n" + trySidecar))
 
-  # look it up, revoke it, and watch the revocation feed
-  vault read keybroker/keys/id/<key_id>
-  vault lease revoke <lease_id>
+// tryVault are the printed commands that need only Vault: pasted as they
+// are, they run (main_test.go runs them), so each value a later line needs
+// is kept in a shell variable with -field=, never left as a <placeholder>.
+const tryVault = `  # mint a key (its plaintext is shown once: keep it), then verify it
+  KEY=$(vault write -field=key keybroker/keys/example name=my-first-key)
+  vault write keybroker/verify key="$KEY" remote_addr=127.0.0.1 scopes=read
+
+  # look it up by its id (the key's middle part), revoke it, watch the feed
+  KEY_ID=$(echo "$KEY" | cut -d_ -f2)
+  vault read keybroker/keys/id/$KEY_ID
+  vault delete keybroker/keys/example/id/$KEY_ID
   vault read keybroker/revocations after=0
 
   # as the example app: log in with AppRole, mint from the one role it may use
   export APP_TOKEN=$(vault write -field=token auth/approle/login \
       role_id={{.RoleID}} secret_id={{.SecretID}})
   VAULT_TOKEN=$APP_TOKEN vault write keybroker/keys/example name=from-the-app
-  VAULT_TOKEN=$APP_TOKEN vault write keybroker/keys/other name=denied    # 403
+  VAULT_TOKEN=$APP_TOKEN vault write keybroker/keys/other name=denied    # fails: 403
 
   # an agent JWT (sub is the app's Vault entity), verified against the public keys
-  VAULT_TOKEN=$APP_TOKEN vault write -f keybroker/token/example
-  vault write keybroker/verify credential=<token> remote_addr=127.0.0.1
+  TOKEN=$(VAULT_TOKEN=$APP_TOKEN vault write -f -field=token keybroker/token/example)
+  vault write keybroker/verify credential="$TOKEN" remote_addr=127.0.0.1
   curl -s {{.Addr}}/v1/keybroker/jwks                       # no Vault token needed
   curl -s {{.Addr}}/v1/keybroker/.well-known/openid-configuration
 
   vault path-help keybroker/keys/example
+`
 
-keybroker-sidecar runs in front of a demo service ({{.Service}}): reverse proxy on
+// trySidecar is the sidecar's part, with the demo key it was minted.
+const trySidecar = `keybroker-sidecar runs in front of a demo service ({{.Service}}): reverse proxy on
 {{.Proxy}}, gateway endpoint {{.Auth}}/verify, metrics on {{.Auth}}/metrics.
 With a key minted for you (scope read, a budget of 1000 requests a day):
 
@@ -207,7 +216,7 @@ With a key minted for you (scope read, a budget of 1000 requests a day):
 Audit log: {{.Audit}}
 Vault log: {{.Log}}   sidecar: {{.Dir}}/sidecar.hcl, {{.Dir}}/sidecar.log
 Ctrl-C stops everything.
-`))
+`
 
 // setUpExample writes the example role and the example app's AppRole. On
 // a cluster a leader change during a write is retried (vaultserver.Retry):
