@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"sort"
 	"strings"
 
@@ -50,21 +51,30 @@ func (b *backend) checkFieldInput(req *logical.Request) string {
 	if p == nil || p.Operations[req.Operation] == nil {
 		return ""
 	}
-	data := make(map[string]interface{}, len(req.Data))
 	var problems []string
+	data, copied := req.Data, false
 	for k, v := range req.Data {
-		if _, ok := p.Fields[k]; ok && jsonFields[k] != "" && !isCapture(p, k) {
-			var err error
-			if v, err = jsonText(k, v); err != nil {
-				problems = append(problems, err.Error())
-			}
+		if _, ok := p.Fields[k]; !ok || jsonFields[k] == "" || isCapture(p, k) {
+			continue
 		}
-		data[k] = v
+		text, err := jsonText(k, v)
+		if err != nil {
+			problems = append(problems, err.Error())
+			continue
+		}
+		if _, isText := v.(string); !isText {
+			// Copied before the first change: req.Data is the caller's.
+			if !copied {
+				data, copied = maps.Clone(req.Data), true
+			}
+			data[k] = text
+		}
 	}
 	req.Data = data
-	for k, v := range data {
+	d := &framework.FieldData{Raw: data, Schema: p.Fields}
+	for k := range data {
 		if _, ok := p.Fields[k]; ok && jsonFields[k] == "" && !isCapture(p, k) {
-			if err := checkFieldType(k, v, p.Fields[k]); err != nil {
+			if err := checkFieldType(d, k); err != nil {
 				problems = append(problems, err.Error())
 			}
 		}
@@ -98,11 +108,11 @@ func jsonText(field string, v interface{}) (string, error) {
 	return "", fmt.Errorf("%s must be %s; got %s", field, jsonFields[field], kindOf(v))
 }
 
-// checkFieldType converts v as the framework will for schema, and says
+// checkFieldType converts d's field as the framework will, and says
 // what the field takes when it cannot. A JSON true or false is refused for
 // a string field, which the framework would turn into "1" or "0".
-func checkFieldType(field string, v interface{}, schema *framework.FieldSchema) error {
-	d := &framework.FieldData{Raw: map[string]interface{}{field: v}, Schema: map[string]*framework.FieldSchema{field: schema}}
+func checkFieldType(d *framework.FieldData, field string) error {
+	v, schema := d.Raw[field], d.Schema[field]
 	_, _, err := d.GetOkErr(field)
 	if _, isBool := v.(bool); err == nil && !(isBool && isStringType(schema.Type)) {
 		return nil

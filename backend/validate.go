@@ -64,9 +64,9 @@ var tenantRegexp = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
 // role's default scopes is worse than an error.
 func validateRequest(d *framework.FieldData) *logical.Response {
 	var problems []string
-	for k, v := range d.Raw {
-		if schema, ok := d.Schema[k]; ok {
-			if err := checkFieldType(k, v, schema); err != nil {
+	for k := range d.Raw {
+		if _, ok := d.Schema[k]; ok {
+			if err := checkFieldType(d, k); err != nil {
 				problems = append(problems, err.Error())
 			}
 		}
