@@ -70,18 +70,12 @@ func StartCluster(ctx context.Context, o ClusterOptions) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	pluginDir := filepath.Join(o.Dir, "plugins")
-	if err := os.MkdirAll(pluginDir, 0o755); err != nil {
+	pluginPath, sum, err := installPlugin(o.Dir, o.PluginBinary)
+	if err != nil {
 		return nil, err
 	}
-	sum, err := copyFile(o.PluginBinary, filepath.Join(pluginDir, PluginName))
-	if err != nil {
-		return nil, fmt.Errorf("installing plugin: %w", err)
-	}
-	c := &Cluster{Mount: o.Mount, AuditLog: filepath.Join(o.Dir, "audit.log"), vaultBin: vaultBin, pluginPath: filepath.Join(pluginDir, PluginName)}
-	if abs, err := filepath.Abs(c.pluginPath); err == nil {
-		c.pluginPath = abs
-	}
+	pluginDir := filepath.Dir(pluginPath)
+	c := &Cluster{Mount: o.Mount, AuditLog: filepath.Join(o.Dir, "audit.log"), vaultBin: vaultBin, pluginPath: pluginPath}
 	var leaderAPI string
 	for i := 0; i < o.Nodes; i++ {
 		n, err := c.newNode(fmt.Sprintf("node%d", i+1), o.Dir, pluginDir, leaderAPI)
@@ -140,6 +134,23 @@ func StartCluster(ctx context.Context, o ClusterOptions) (*Cluster, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// installPlugin copies the plugin binary into dir/plugins, the nodes'
+// plugin directory, and returns its absolute path and its sha256.
+func installPlugin(dir, binary string) (path, sum string, err error) {
+	pluginDir, err := filepath.Abs(filepath.Join(dir, "plugins"))
+	if err != nil {
+		return "", "", err
+	}
+	if err := os.MkdirAll(pluginDir, 0o755); err != nil {
+		return "", "", err
+	}
+	path = filepath.Join(pluginDir, PluginName)
+	if sum, err = copyFile(binary, path); err != nil {
+		return "", "", fmt.Errorf("installing plugin: %w", err)
+	}
+	return path, sum, nil
 }
 
 func (c *Cluster) newNode(name, dir, pluginDir, leaderAPI string) (*Node, error) {
@@ -437,6 +448,9 @@ func (c *Cluster) PluginProcesses() []int {
 // where there is no /proc): as started (argv[0]) or as the kernel resolved
 // it (exe), should Vault have resolved a symlink in the plugin directory.
 func processesOf(bin string) []int {
+	if bin == "" {
+		return nil // "" is every process without a command line
+	}
 	resolved, err := filepath.EvalSymlinks(bin)
 	if err != nil {
 		resolved = bin
