@@ -18,7 +18,9 @@ import (
 // guard, applied once in newBackend so that no handler can be added without
 // it:
 //   - validateRequest first: a field of the wrong type, or one the path does
-//     not know, is a 400 before the handler runs;
+//     not know, is a 400 before the handler runs (a wrong type is already
+//     answered before the framework converts the fields, by
+//     checkFieldInput in field_input.go, with the same words);
 //   - an id or name that reaches a storage key with ".." in it (a role in a
 //     field, an approval_id, a budget id) is a 400: Vault's storage refuses
 //     such keys, and the refusal would otherwise be a 500;

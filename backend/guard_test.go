@@ -185,6 +185,9 @@ func TestEveryPathSurvivesHostileFields(t *testing.T) {
 						if !acceptable(resp, err) {
 							t.Errorf("%s %s (%s): %v %v, want a valid answer or a 4xx", op, path, name, resp, err)
 						}
+						if resp != nil && resp.IsError() {
+							assertNoGoInternals(t, string(op)+" "+path+" ("+name+")", resp.Error().Error())
+						}
 					}
 				}
 			}

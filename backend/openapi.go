@@ -25,6 +25,9 @@ import (
 // answer in sys/internal/specs/openapi an empty schema. The named schemas
 // stay in components.
 func (b *backend) HandleRequest(ctx context.Context, req *logical.Request) (*logical.Response, error) {
+	if msg := b.checkFieldInput(req); msg != "" { // field_input.go
+		return logical.ErrorResponse(msg), nil
+	}
 	resp, err := b.Backend.HandleRequest(ctx, req)
 	if err == nil && resp != nil && req.Operation == logical.HelpOperation && req.Path == "" {
 		if doc, ok := resp.Data["openapi"].(*framework.OASDocument); ok {

@@ -164,7 +164,7 @@ func TestMintBadInput(t *testing.T) {
 		{"metadata oversize key", "web", map[string]interface{}{"name": "k", "metadata": map[string]interface{}{strings.Repeat("k", maxMetadataKey+1): "v"}}, "at most 128 characters"},
 		{"metadata too many", "web", map[string]interface{}{"name": "k", "metadata": manyPairs(maxMetadataPairs + 1)}, "at most 32 entries"},
 		{"metadata too many with role's", "web", map[string]interface{}{"name": "k", "metadata": manyPairs(maxMetadataPairs)}, "together exceed 32"},
-		{"negative ttl", "web", map[string]interface{}{"name": "k", "ttl": "-1h"}, "negative"},
+		{"negative ttl", "web", map[string]interface{}{"name": "k", "ttl": "-1h"}, "ttl must be a duration of zero or more"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -89,7 +89,7 @@ func TestRoleBadInput(t *testing.T) {
 		{"oversize scope", "roles/r", map[string]interface{}{"scopes": strings.Repeat("s", maxScopeLength+1)}, "1 to 128 characters"},
 		{"default scope outside", "roles/r", map[string]interface{}{"scopes": "read", "default_scopes": "write"}, "default_scopes write are not in the role's scopes"},
 		{"ttl above max_ttl", "roles/r", map[string]interface{}{"ttl": "2h", "max_ttl": "1h"}, "must not exceed max_ttl"},
-		{"negative ttl", "roles/r", map[string]interface{}{"ttl": -5}, "cannot provide negative value"},
+		{"negative ttl", "roles/r", map[string]interface{}{"ttl": -5}, "ttl must be a duration of zero or more: seconds, or a string such as \"90s\" or \"1h\"; got -5"},
 		{"ttl not a duration", "roles/r", map[string]interface{}{"ttl": "soon"}, "ttl"},
 		{"max_ttl above mount", "roles/r", map[string]interface{}{"max_ttl": "1000h"}, "exceeds the mount's max lease TTL"},
 		{"bad cidr", "roles/r", map[string]interface{}{"bound_cidrs": "10.0.0.0/33"}, `"10.0.0.0/33" is not a CIDR block`},

@@ -133,7 +133,7 @@ func dpopFields(noun, then string) map[string]*framework.FieldSchema {
 		},
 		"dpop_jwk": {
 			Type:         framework.TypeString,
-			Description:  "Bind the " + noun + " to this public JWK (JSON: EC P-256 or P-384, Ed25519, or RSA of 2048 bits or more); the plugin computes its thumbprint. Never send the private key: it is refused.",
+			Description:  "Bind the " + noun + " to this public JWK (EC P-256 or P-384, Ed25519, or RSA of 2048 bits or more), as a JSON object or a string holding one (the CLI: dpop_jwk=@jwk.json); the plugin computes its thumbprint. Never send the private key: a JWK with \"d\" is refused.",
 			DisplayAttrs: &framework.DisplayAttributes{Name: "DPoP JWK", EditType: "textarea"},
 		},
 	}

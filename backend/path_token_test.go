@@ -386,9 +386,15 @@ func TestRetiredKeyLeavesJWKSOnTime(t *testing.T) {
 func TestTokenDPoPBinding(t *testing.T) {
 	e := newJWTEnv(t, nil)
 	k := dpoptest.NewKey(t, "ES256")
+	var jwkObject map[string]interface{}
+	if err := json.Unmarshal(k.JWK, &jwkObject); err != nil {
+		t.Fatal(err)
+	}
 	for name, data := range map[string]map[string]interface{}{
 		"dpop_jkt": {"dpop_jkt": k.JKT},
 		"dpop_jwk": {"dpop_jwk": string(k.JWK)},
+		// As an HTTP JSON body sends it: an object, not a string.
+		"dpop_jwk object": {"dpop_jwk": jwkObject},
 	} {
 		t.Run(name, func(t *testing.T) {
 			resp := e.ok(logical.UpdateOperation, "token/agent", data)
@@ -413,6 +419,10 @@ func TestTokenDPoPBinding(t *testing.T) {
 		t.Fatalf("a token minted without a key: cnf %+v, token_type %v", c.Cnf, bearer.Data["token_type"])
 	}
 
+	var privateObject map[string]interface{}
+	if err := json.Unmarshal(k.PrivateJWK(t), &privateObject); err != nil {
+		t.Fatal(err)
+	}
 	rsa1024 := `{"kty":"RSA","n":"` + strings.Repeat("A", 170) + `","e":"AQAB"}`
 	for _, tt := range []struct {
 		data map[string]interface{}
@@ -426,6 +436,16 @@ func TestTokenDPoPBinding(t *testing.T) {
 		{map[string]interface{}{"dpop_jwk": rsa1024}, "dpop_jwk"},
 		{map[string]interface{}{"dpop_jwk": "not json"}, "not a JWK"},
 		{map[string]interface{}{"dpop_jwk": strings.Repeat(" ", 9<<10)}, "over 8 KiB"},
+		// An object is read as its JSON text, and refused as the text is.
+		{map[string]interface{}{"dpop_jwk": privateObject}, "private"},
+		{map[string]interface{}{"dpop_jwk": map[string]interface{}{"kty": "oct", "k": "c2VjcmV0"}}, "dpop_jwk"},
+		{map[string]interface{}{"dpop_jwk": map[string]interface{}{"kty": "EC", "x": strings.Repeat("A", 20<<10)}}, "dpop_jwk must be a public JWK"},
+		{map[string]interface{}{"dpop_jwk": map[string]interface{}{}}, "dpop_jwk"},
+		// Neither an object nor a string: said so, not converted.
+		{map[string]interface{}{"dpop_jwk": json.Number("5")}, "dpop_jwk must be a public JWK: a JSON object, or a string holding one; got a number"},
+		{map[string]interface{}{"dpop_jwk": []interface{}{string(k.JWK)}}, "got a list"},
+		{map[string]interface{}{"dpop_jwk": true}, "got true or false"},
+		{map[string]interface{}{"dpop_jwk": nil}, "got null"},
 	} {
 		e.userError(logical.UpdateOperation, "token/agent", tt.data, tt.want)
 	}

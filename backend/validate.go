@@ -63,8 +63,17 @@ var tenantRegexp = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
 // credential broker a typo such as "scope=" silently minting a key with the
 // role's default scopes is worse than an error.
 func validateRequest(d *framework.FieldData) *logical.Response {
-	if err := d.Validate(); err != nil {
-		return logical.ErrorResponse(err.Error())
+	var problems []string
+	for k := range d.Raw {
+		if _, ok := d.Schema[k]; ok {
+			if err := checkFieldType(d, k); err != nil {
+				problems = append(problems, err.Error())
+			}
+		}
+	}
+	if len(problems) > 0 {
+		sort.Strings(problems)
+		return logical.ErrorResponse(strings.Join(problems, "; "))
 	}
 	var unknown []string
 	for k := range d.Raw {

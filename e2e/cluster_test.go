@@ -581,6 +581,47 @@ func TestClusterPluginKilledDuringMints(t *testing.T) {
 			t.Fatalf("key %s, revoked, is not in the feed", m.id)
 		}
 	}
+
+	// make cluster's suggestion: `kill -9` the active node, the node alone
+	// (not its process group). Its plugin processes outlive it; Stop, as
+	// Ctrl-C on make cluster calls it, ends them too.
+	plugins := active.PluginPIDs()
+	if len(plugins) == 0 {
+		t.Fatal("no plugin process on the active node before the kill")
+	}
+	if err := syscall.Kill(active.PID(), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the killed node still runs", func() bool { return !active.Running() })
+	time.Sleep(500 * time.Millisecond)
+	var orphaned []int
+	for _, pid := range plugins {
+		if pluginRuns(pid) {
+			orphaned = append(orphaned, pid)
+		}
+	}
+	t.Logf("node killed; %d of its plugin processes %v outlived it", len(orphaned), plugins)
+	c.Stop()
+	for _, pid := range orphaned {
+		if pluginRuns(pid) {
+			t.Errorf("plugin process %d of the killed node still runs after Stop", pid)
+		}
+	}
+	if left := c.PluginProcesses(); len(left) > 0 {
+		t.Errorf("plugin processes of the cluster after Stop: %v", left)
+	}
+}
+
+// pluginRuns says whether pid is a running (not a zombie) keybroker plugin
+// process.
+func pluginRuns(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	_, after, _ := strings.Cut(string(stat), ") ")
+	return !strings.HasPrefix(after, "Z") && strings.Contains(string(cmdline), vaultserver.PluginName)
 }
 
 // Periodic work (signing-key rotation, tidy) runs on exactly one node, and

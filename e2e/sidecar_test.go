@@ -227,12 +227,24 @@ func metric(t *testing.T, authURL, name, labels string) float64 {
 }
 
 // setupRoles creates the roles the sidecar tests mint from.
+// setupRoles writes roles svc and remote; on a cluster, through a leader
+// change (vaultserver.Retry).
 func setupRoles(t *testing.T, v *vaultserver.Server) {
-	write(t, v.Client, "keybroker/roles/svc", map[string]interface{}{
-		"scopes": "read,write", "default_scopes": "read", "audiences": "svc,other", "tenant": "acme",
-		"bound_cidrs": "127.0.0.0/8", "token_ttl": "5m",
-	})
-	write(t, v.Client, "keybroker/roles/remote", map[string]interface{}{"scopes": "read", "bound_cidrs": "10.0.0.0/8"})
+	t.Helper()
+	for path, data := range map[string]map[string]interface{}{
+		"keybroker/roles/svc": {
+			"scopes": "read,write", "default_scopes": "read", "audiences": "svc,other", "tenant": "acme",
+			"bound_cidrs": "127.0.0.0/8", "token_ttl": "5m",
+		},
+		"keybroker/roles/remote": {"scopes": "read", "bound_cidrs": "10.0.0.0/8"},
+	} {
+		if err := vaultserver.Retry(ctxT(t), "writing "+path, func() error {
+			_, err := v.Client.Logical().WriteWithContext(ctxT(t), path, data)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 func TestSidecarProxy(t *testing.T) {

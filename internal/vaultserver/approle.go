@@ -9,7 +9,17 @@ import (
 
 // AppRole enables the approle auth method (once), writes policy, and creates
 // an AppRole role bound to it. It returns the role_id and a fresh secret_id.
+// On a cluster, a leader change midway is retried from the start: every
+// step may be repeated (Retry).
 func (s *Server) AppRole(ctx context.Context, role, policy, policyHCL string) (roleID, secretID string, err error) {
+	err = Retry(ctx, "setting up AppRole "+role, func() error {
+		roleID, secretID, err = s.appRole(ctx, role, policy, policyHCL)
+		return err
+	})
+	return roleID, secretID, err
+}
+
+func (s *Server) appRole(ctx context.Context, role, policy, policyHCL string) (roleID, secretID string, err error) {
 	sys := s.Client.Sys()
 	auths, err := sys.ListAuthWithContext(ctx)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -29,6 +30,9 @@ type Cluster struct {
 
 	unsealKey string
 	vaultBin  string
+	// pluginPath is the cluster's copy of the plugin binary, which every
+	// node runs: how Stop finds a killed node's plugin processes.
+	pluginPath string
 }
 
 // Node is one Vault server of a Cluster.
@@ -41,6 +45,9 @@ type Node struct {
 	config string
 	cmd    *exec.Cmd
 	done   chan struct{}
+	// groups are the process groups of every start of the node (a
+	// restart is a new one): Stop ends what is left in each.
+	groups []int
 }
 
 // ClusterOptions say how to start a cluster; zero values pick defaults.
@@ -63,15 +70,12 @@ func StartCluster(ctx context.Context, o ClusterOptions) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	pluginDir := filepath.Join(o.Dir, "plugins")
-	if err := os.MkdirAll(pluginDir, 0o755); err != nil {
+	pluginPath, sum, err := installPlugin(o.Dir, o.PluginBinary)
+	if err != nil {
 		return nil, err
 	}
-	sum, err := copyFile(o.PluginBinary, filepath.Join(pluginDir, PluginName))
-	if err != nil {
-		return nil, fmt.Errorf("installing plugin: %w", err)
-	}
-	c := &Cluster{Mount: o.Mount, AuditLog: filepath.Join(o.Dir, "audit.log"), vaultBin: vaultBin}
+	pluginDir := filepath.Dir(pluginPath)
+	c := &Cluster{Mount: o.Mount, AuditLog: filepath.Join(o.Dir, "audit.log"), vaultBin: vaultBin, pluginPath: pluginPath}
 	var leaderAPI string
 	for i := 0; i < o.Nodes; i++ {
 		n, err := c.newNode(fmt.Sprintf("node%d", i+1), o.Dir, pluginDir, leaderAPI)
@@ -130,6 +134,23 @@ func StartCluster(ctx context.Context, o ClusterOptions) (*Cluster, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// installPlugin copies the plugin binary into dir/plugins, the nodes'
+// plugin directory, and returns its absolute path and its sha256.
+func installPlugin(dir, binary string) (path, sum string, err error) {
+	pluginDir, err := filepath.Abs(filepath.Join(dir, "plugins"))
+	if err != nil {
+		return "", "", err
+	}
+	if err := os.MkdirAll(pluginDir, 0o755); err != nil {
+		return "", "", err
+	}
+	path = filepath.Join(pluginDir, PluginName)
+	if sum, err = copyFile(binary, path); err != nil {
+		return "", "", fmt.Errorf("installing plugin: %w", err)
+	}
+	return path, sum, nil
 }
 
 func (c *Cluster) newNode(name, dir, pluginDir, leaderAPI string) (*Node, error) {
@@ -199,6 +220,7 @@ func (n *Node) start(ctx context.Context, vaultBin string) error {
 	if err := n.cmd.Start(); err != nil {
 		return fmt.Errorf("starting %s: %w", n.Name, err)
 	}
+	n.groups = append(n.groups, n.cmd.Process.Pid)
 	done := make(chan struct{})
 	n.done = done
 	go func(cmd *exec.Cmd) { _ = cmd.Wait(); close(done) }(n.cmd)
@@ -380,7 +402,13 @@ func (n *Node) PluginPIDs() []int {
 	return pids
 }
 
-// Stop ends every node: SIGTERM, then SIGKILL after 10s. Safe to call twice.
+// Stop ends every process the cluster started: each node (SIGTERM to its
+// process group, which its plugin processes join; SIGKILL after 10s), then
+// any plugin process left of a node killed by hand: `kill -9` of a node
+// ends only the node, and its plugin, reparented, runs on. Those are found
+// by their binary, which is this cluster's own copy (plugins/ in its
+// directory), never by a process group: a dead node's group id is a pid
+// Linux may since have given to someone else's process. Safe to call twice.
 func (c *Cluster) Stop() {
 	for _, n := range c.Nodes {
 		if !n.Running() {
@@ -399,4 +427,49 @@ func (c *Cluster) Stop() {
 			<-n.done
 		}
 	}
+	left := c.PluginProcesses()
+	for _, pid := range left {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	// A kill is delivered, not done: wait until they are gone, so that
+	// the caller, once Stop returns, finds nothing of the cluster running.
+	for deadline := time.Now().Add(5 * time.Second); len(left) > 0 && time.Now().Before(deadline); left = c.PluginProcesses() {
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// PluginProcesses are the pids of every running process of this cluster's
+// plugin binary, whichever node started it, a dead one included.
+func (c *Cluster) PluginProcesses() []int {
+	return processesOf(c.pluginPath)
+}
+
+// processesOf lists the processes whose program is bin, from /proc (none
+// where there is no /proc): as started (argv[0]) or as the kernel resolved
+// it (exe), should Vault have resolved a symlink in the plugin directory.
+func processesOf(bin string) []int {
+	if bin == "" {
+		return nil // "" is every process without a command line
+	}
+	resolved, err := filepath.EvalSymlinks(bin)
+	if err != nil {
+		resolved = bin
+	}
+	entries, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		argv0, _, _ := strings.Cut(string(cmdline), "\x00")
+		if exe, _ := os.Readlink(filepath.Join("/proc", e.Name(), "exe")); argv0 == bin || exe == resolved {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }

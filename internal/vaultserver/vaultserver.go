@@ -257,39 +257,56 @@ func launch(ctx context.Context, vaultBin, config, addr string, o Options) (*Ser
 // device, as an operator would on a production Vault.
 func (s *Server) setup(ctx context.Context, sum string, o Options) error {
 	sys := s.Client.Sys()
-	if err := sys.RegisterPluginWithContext(ctx, &api.RegisterPluginInput{
-		Name:    PluginName,
-		Type:    api.PluginTypeSecrets,
-		Command: PluginName,
-		SHA256:  sum,
-		Version: o.PluginVersion,
-		// Vault does not tell plugins its api_addr; the default JWT issuer
-		// (this mount's URL) is derived from this.
-		Env: []string{"VAULT_API_ADDR=" + s.Addr},
+	if err := Retry(ctx, "registering plugin", func() error {
+		return sys.RegisterPluginWithContext(ctx, &api.RegisterPluginInput{
+			Name:    PluginName,
+			Type:    api.PluginTypeSecrets,
+			Command: PluginName,
+			SHA256:  sum,
+			Version: o.PluginVersion,
+			// Vault does not tell plugins its api_addr; the default JWT issuer
+			// (this mount's URL) is derived from this.
+			Env: []string{"VAULT_API_ADDR=" + s.Addr},
+		})
 	}); err != nil {
-		return fmt.Errorf("registering plugin: %w", err)
+		return err
 	}
-	if err := sys.MountWithContext(ctx, o.Mount, &api.MountInput{
-		Type:        PluginName,
-		Description: "keybroker: scoped, short-lived credentials",
-		Config: api.MountConfigInput{
-			PluginVersion: o.PluginVersion,
-			// key_id, jti, role and the budget paths' id, reservation_id
-			// and holder are not secret: in clear, auditors can follow a
-			// credential and its spend through the log. Credentials stay HMAC'd.
-			AuditNonHMACRequestKeys:  []string{"key_id", "jti", "role", "id", "reservation_id", "holder", "approval_id", "action"},
-			AuditNonHMACResponseKeys: []string{"key_id", "jti", "role", "reservation_id", "request_id", "state"},
-		},
-	}); err != nil {
-		return fmt.Errorf("mounting plugin: %w", err)
+	if err := Retry(ctx, "mounting plugin", enableOnce(func() error {
+		return sys.MountWithContext(ctx, o.Mount, &api.MountInput{
+			Type:        PluginName,
+			Description: "keybroker: scoped, short-lived credentials",
+			Config: api.MountConfigInput{
+				PluginVersion: o.PluginVersion,
+				// key_id, jti, role and the budget paths' id, reservation_id
+				// and holder are not secret: in clear, auditors can follow a
+				// credential and its spend through the log. Credentials stay HMAC'd.
+				AuditNonHMACRequestKeys:  []string{"key_id", "jti", "role", "id", "reservation_id", "holder", "approval_id", "action"},
+				AuditNonHMACResponseKeys: []string{"key_id", "jti", "role", "reservation_id", "request_id", "state"},
+			},
+		})
+	})); err != nil {
+		return err
 	}
-	if err := sys.EnableAuditWithOptionsWithContext(ctx, "file", &api.EnableAuditOptions{
-		Type:    "file",
-		Options: map[string]string{"file_path": s.AuditLog},
-	}); err != nil {
-		return fmt.Errorf("enabling audit device: %w", err)
+	return Retry(ctx, "enabling audit device", enableOnce(func() error {
+		return sys.EnableAuditWithOptionsWithContext(ctx, "file", &api.EnableAuditOptions{
+			Type:    "file",
+			Options: map[string]string{"file_path": s.AuditLog},
+		})
+	}))
+}
+
+// enableOnce is enable for Retry: a retry that finds the path taken was
+// preceded by an attempt committed before its error.
+func enableOnce(enable func() error) func() error {
+	attempts := 0
+	return func() error {
+		attempts++
+		err := enable()
+		if err != nil && attempts > 1 && strings.Contains(err.Error(), "already in use") {
+			return nil
+		}
+		return err
 	}
-	return nil
 }
 
 // Stop ends Vault and its plugin processes. It is safe to call twice.

@@ -21,6 +21,8 @@ import (
 	"text/template"
 	"time"
 
+	"github.com/hashicorp/vault/api"
+
 	"github.com/keybroker/keybroker/internal/vaultserver"
 )
 
@@ -110,20 +112,7 @@ func run(o options) error {
 		defer v.Stop()
 	}
 
-	if _, err := v.Client.Logical().WriteWithContext(ctx, "keybroker/roles/"+exampleRole, map[string]interface{}{
-		"scopes":         "read,write",
-		"default_scopes": "read",
-		"ttl":            "1h",
-		"max_ttl":        "24h",
-		"bound_cidrs":    "127.0.0.0/8,::1/128",
-		"tenant":         "demo",
-		"audiences":      "demo-api",
-		"token_ttl":      "15m",
-		"refresh_ttl":    "1h",
-	}); err != nil {
-		return fmt.Errorf("creating the example role: %w", err)
-	}
-	roleID, secretID, err := v.AppRole(ctx, "example-app", "keybroker-example", examplePolicy)
+	roleID, secretID, err := setUpExample(ctx, v)
 	if err != nil {
 		return err
 	}
@@ -152,7 +141,7 @@ func run(o options) error {
 		return err
 	}
 	if cluster != nil {
-		printCluster(ctx, cluster, v, o.proxy)
+		printCluster(ctx, cluster, v, o.proxy, demoKey)
 	}
 
 	sidecarDone := make(chan error, 1)
@@ -178,6 +167,7 @@ func run(o options) error {
 	return nil
 }
 
+// next is what make dev prints once everything runs.
 var next = template.Must(template.New("next").Parse(`
 keybroker is running: Vault {{.Addr}} with vault-plugin-secrets-keybroker {{.Version}}
 enabled at keybroker/, a file audit device, role "example" and AppRole "example-app".
@@ -185,30 +175,38 @@ enabled at keybroker/, a file audit device, role "example" and AppRole "example-
 In another terminal, paste these lines (or: source {{.EnvFile}}):
 
 {{.Env}}
-  # mint a key (the plaintext is shown once), then verify it
-  vault write keybroker/keys/example name=my-first-key
-  vault write keybroker/verify key=<key> remote_addr=127.0.0.1 scopes=read
+` + tryVault + "\n" + trySidecar))
 
-  # look it up, revoke it, and watch the revocation feed
-  vault read keybroker/keys/id/<key_id>
-  vault lease revoke <lease_id>
+// tryVault are the printed commands that need only Vault: pasted as they
+// are, they run (main_test.go runs them), so each value a later line needs
+// is kept in a shell variable with -field=, never left as a <placeholder>.
+const tryVault = `  # mint a key (its plaintext is shown once: keep it), then verify it
+  KEY=$(vault write -field=key keybroker/keys/example name=my-first-key)
+  vault write keybroker/verify key="$KEY" remote_addr=127.0.0.1 scopes=read
+
+  # look it up by its id (the key's middle part), revoke it, watch the feed
+  KEY_ID=$(echo "$KEY" | cut -d_ -f2)
+  vault read keybroker/keys/id/$KEY_ID
+  vault delete keybroker/keys/example/id/$KEY_ID
   vault read keybroker/revocations after=0
 
   # as the example app: log in with AppRole, mint from the one role it may use
   export APP_TOKEN=$(vault write -field=token auth/approle/login \
       role_id={{.RoleID}} secret_id={{.SecretID}})
   VAULT_TOKEN=$APP_TOKEN vault write keybroker/keys/example name=from-the-app
-  VAULT_TOKEN=$APP_TOKEN vault write keybroker/keys/other name=denied    # 403
+  VAULT_TOKEN=$APP_TOKEN vault write keybroker/keys/other name=denied    # fails: 403
 
   # an agent JWT (sub is the app's Vault entity), verified against the public keys
-  VAULT_TOKEN=$APP_TOKEN vault write -f keybroker/token/example
-  vault write keybroker/verify credential=<token> remote_addr=127.0.0.1
+  TOKEN=$(VAULT_TOKEN=$APP_TOKEN vault write -f -field=token keybroker/token/example)
+  vault write keybroker/verify credential="$TOKEN" remote_addr=127.0.0.1
   curl -s {{.Addr}}/v1/keybroker/jwks                       # no Vault token needed
   curl -s {{.Addr}}/v1/keybroker/.well-known/openid-configuration
 
   vault path-help keybroker/keys/example
+`
 
-keybroker-sidecar runs in front of a demo service ({{.Service}}): reverse proxy on
+// trySidecar is the sidecar's part, with the demo key it was minted.
+const trySidecar = `keybroker-sidecar runs in front of a demo service ({{.Service}}): reverse proxy on
 {{.Proxy}}, gateway endpoint {{.Auth}}/verify, metrics on {{.Auth}}/metrics.
 With a key minted for you (scope read, a budget of 1000 requests a day):
 
@@ -225,7 +223,30 @@ With a key minted for you (scope read, a budget of 1000 requests a day):
 Audit log: {{.Audit}}
 Vault log: {{.Log}}   sidecar: {{.Dir}}/sidecar.hcl, {{.Dir}}/sidecar.log
 Ctrl-C stops everything.
-`))
+`
+
+// setUpExample writes the example role and the example app's AppRole. On
+// a cluster a leader change during a write is retried (vaultserver.Retry):
+// a loaded machine makes one likely while the cluster settles.
+func setUpExample(ctx context.Context, v *vaultserver.Server) (roleID, secretID string, err error) {
+	if err := vaultserver.Retry(ctx, "creating the example role", func() error {
+		_, err := v.Client.Logical().WriteWithContext(ctx, "keybroker/roles/"+exampleRole, map[string]interface{}{
+			"scopes":         "read,write",
+			"default_scopes": "read",
+			"ttl":            "1h",
+			"max_ttl":        "24h",
+			"bound_cidrs":    "127.0.0.0/8,::1/128",
+			"tenant":         "demo",
+			"audiences":      "demo-api",
+			"token_ttl":      "15m",
+			"refresh_ttl":    "1h",
+		})
+		return err
+	}); err != nil {
+		return "", "", err
+	}
+	return v.AppRole(ctx, "example-app", "keybroker-example", examplePolicy)
+}
 
 // checkFree fails on the first address taken, naming the Makefile variable
 // that moves it, so make dev and make cluster can run side by side.
@@ -353,10 +374,13 @@ route "/v1/write" {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	sec, err := v.Client.Logical().WriteWithContext(ctx, "keybroker/keys/"+exampleRole, map[string]interface{}{"name": "make-dev-demo", "budget": 1000})
-	if err != nil {
+	var sec *api.Secret
+	if err := vaultserver.Retry(ctx, "minting the demo key", func() error {
+		sec, err = v.Client.Logical().WriteWithContext(ctx, "keybroker/keys/"+exampleRole, map[string]interface{}{"name": "make-dev-demo", "budget": 1000})
+		return err
+	}); err != nil {
 		stopProcess(cmd)
-		return nil, "", fmt.Errorf("minting the demo key: %w", err)
+		return nil, "", err
 	}
 	return cmd, sec.Data["key"].(string), nil
 }
@@ -381,7 +405,7 @@ func stopProcess(cmd *exec.Cmd) {
 }
 
 // printCluster shows the nodes and how to see a failover.
-func printCluster(ctx context.Context, c *vaultserver.Cluster, via *vaultserver.Server, proxy string) {
+func printCluster(ctx context.Context, c *vaultserver.Cluster, via *vaultserver.Server, proxy, key string) {
 	active := c.Active(ctx)
 	fmt.Println("The cluster (the commands above and the sidecar use " + via.Addr + ", a standby):")
 	for _, n := range c.Nodes {
@@ -397,10 +421,10 @@ Kill the active node and watch the sidecar ride through it:
   kill -9 %d
   vault operator raft list-peers      # a new leader within seconds
   vault write keybroker/keys/example name=after-failover
-  curl -i -H 'X-API-Key: <the key above>' http://%s/v1/read/hello   # served throughout
+  curl -i -H 'X-API-Key: %s' http://%s/v1/read/hello   # served throughout
 To bring the node back, start it again and unseal it (the unseal key is in
 %s):
   bin/vault server -config=%s
-`, active.PID(), proxy, c.KeysFile, active.Config())
+`, active.PID(), key, proxy, c.KeysFile, active.Config())
 	}
 }
