@@ -15,6 +15,7 @@ func TestMatch(t *testing.T) {
 	}{
 		{"equal", "a\nb", "a\nb", true},
 		{"trailing spaces", "a  \nb", "a\nb   ", true},
+		{"carriage returns", "HTTP/1.1 200 OK\nb", "HTTP/1.1 200 OK\r\nb\r", true},
 		{"blank ends of output", "a", "\na\n\n", true},
 		{"differs", "a\nb", "a\nc", false},
 		{"missing line", "a\nb", "a", false},

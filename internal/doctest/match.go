@@ -9,7 +9,7 @@ import (
 const Ellipsis = "..."
 
 // Match reports whether got (a command's output, split in lines) is what
-// want shows. Trailing spaces never count, and blank lines at either end of
+// want shows. Trailing spaces (and carriage returns) never count, and blank lines at either end of
 // got are ignored, as a reader would.
 func Match(want, got []string) bool {
 	got = trimBlank(got)
@@ -37,7 +37,8 @@ func Match(want, got []string) bool {
 
 // MatchLine matches one line, "..." inside it standing for any text.
 func MatchLine(want, got string) bool {
-	want, got = strings.TrimRight(want, " \t"), strings.TrimRight(got, " \t")
+	// \r too: HTTP header lines (curl -i) end in CRLF.
+	want, got = strings.TrimRight(want, " \t\r"), strings.TrimRight(got, " \t\r")
 	parts := strings.Split(want, Ellipsis)
 	if len(parts) == 1 {
 		return want == got
