@@ -102,6 +102,9 @@ func (ap *approvals) needsApproval(ctx context.Context, req *logical.Request, r 
 	return &logical.Response{Data: map[string]interface{}{
 		"approval_required":  true,
 		"request_id":         id,
+		// The same id under the name a mint redeems it with: the vault
+		// CLI's -field=request_id prints Vault's own request id.
+		"approval_id":        id,
 		"approval_scopes":    needs,
 		"approvals_required": a.Required,
 		"expires_at":         a.ExpiresAt.Format(time.RFC3339),

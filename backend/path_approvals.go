@@ -134,6 +134,7 @@ func (a *approvalRequest) data(now time.Time) map[string]interface{} {
 	}
 	d := map[string]interface{}{
 		"request_id":          a.ID,
+		"approval_id":         a.ID,
 		"kind":                a.Kind,
 		"role":                a.Role,
 		"state":               a.state(now),
@@ -161,7 +162,8 @@ func (a *approvalRequest) data(now time.Time) map[string]interface{} {
 
 func approvalFields() map[string]*framework.FieldSchema {
 	return map[string]*framework.FieldSchema{
-		"request_id":          out(framework.TypeString, "The approval request's id."),
+		"request_id":          out(framework.TypeString, "The approval request's id (as approval_id)."),
+		"approval_id":         out(framework.TypeString, "The approval request's id, as a mint redeems it (approval_id=); the same as request_id, which `vault write -field=request_id` cannot print (the CLI takes Vault's own request id)."),
 		"kind":                withAllowed(out(framework.TypeString, "What it mints: api_key or token."), approvalKindKey, approvalKindToken),
 		"role":                out(framework.TypeString, "Role it mints from."),
 		"state":               withAllowed(out(framework.TypeString, "pending, approved (redeemable until redeem_by), denied, expired or redeemed."), approvalPending, approvalApproved, approvalDenied, approvalExpired, approvalRedeemed),
@@ -182,7 +184,7 @@ func approvalFields() map[string]*framework.FieldSchema {
 
 // pendingAnswerFields are what a mint answers instead of a credential.
 func pendingAnswerFields() map[string]*framework.FieldSchema {
-	return merged(pick(approvalFields(), "request_id", "approval_scopes", "approvals_required", "expires_at"), map[string]*framework.FieldSchema{
+	return merged(pick(approvalFields(), "request_id", "approval_id", "approval_scopes", "approvals_required", "expires_at"), map[string]*framework.FieldSchema{
 		"approval_required": out(framework.TypeBool, "True: no credential was minted; approvers must approve request_id, then the requester mints again with approval_id."),
 		"reason":            out(framework.TypeString, "Why the mint needs approval."),
 	})

@@ -36,7 +36,7 @@ func TestApprovalFlowForAToken(t *testing.T) {
 	}
 	pending := e.as(requester, logical.UpdateOperation, "token/agent", map[string]interface{}{"scopes": "read,exec:sandbox", "ttl": "1h"})
 	id, _ := pending.Data["request_id"].(string)
-	if pending.Data["approval_required"] != true || id == "" || pending.Data["token"] != nil || pending.Secret != nil ||
+	if pending.Data["approval_required"] != true || id == "" || pending.Data["approval_id"] != id || pending.Data["token"] != nil || pending.Secret != nil ||
 		!strings.Contains(pending.Data["reason"].(string), "exec:sandbox need 2 approval(s)") {
 		t.Fatalf("mint with an approval scope: %#v", pending.Data)
 	}
