@@ -137,9 +137,12 @@ func (k *jwks) fetch(ctx context.Context, trigger string) bool {
 	if err == nil {
 		ks, err = jwtverify.ParseJWKS(b)
 	}
+	if err != nil && errors.Is(err, context.Canceled) {
+		return false // the sidecar is stopping
+	}
 	if err != nil {
 		k.fetches.WithLabelValues(trigger, "error").Inc()
-		k.log.Warn("JWKS fetch failed; keeping the last good key set", "trigger", trigger, "error", err)
+		k.log.Warn("JWKS fetch failed; keeping the last good key set", "trigger", trigger, "error", oneLine(err))
 		return false
 	}
 	k.set.Store(ks)

@@ -95,6 +95,11 @@ func (f *feedHealth) succeeded(log hclog.Logger, end bool) {
 // at error level with the capability the policy lacks (it does not fix
 // itself), Vault out of reach as a warning.
 func (f *feedHealth) failed(log hclog.Logger, err error) {
+	if errors.Is(err, context.Canceled) {
+		// The sidecar is stopping: not the feed's health, and not worth
+		// a warning as the last lines of every stop.
+		return
+	}
 	state := feedStateOf(err)
 	f.forbidden.Store(state == feedForbidden)
 	f.mu.Lock()

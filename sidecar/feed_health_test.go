@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -105,6 +106,8 @@ func TestFeedHealth(t *testing.T) {
 	for range 3 {
 		sc.revocations.health.failed(sc.log, forbidden)
 	}
+	// A stop cancels a read in flight: neither a state nor a log line.
+	sc.revocations.health.failed(sc.log, fmt.Errorf("keybroker revocations: %w", context.Canceled))
 	var lines []map[string]any
 	for _, l := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
 		var m map[string]any
