@@ -278,9 +278,27 @@ func sectionDir(t *testing.T, root string, stack *devStack) string {
 	return dir
 }
 
+var goEnv = sync.OnceValue(func() []string {
+	// A reader's Go caches, so a `go run` in a page does not start cold
+	// under the section's own HOME.
+	keys := []string{"GOCACHE", "GOMODCACHE", "GOPATH", "GOPROXY", "GOTOOLCHAIN"}
+	out, err := exec.Command("go", append([]string{"env"}, keys...)...).Output()
+	if err != nil {
+		return nil
+	}
+	var env []string
+	for i, v := range strings.Split(strings.TrimRight(string(out), "\n"), "\n") {
+		if i < len(keys) && v != "" {
+			env = append(env, keys[i]+"="+v)
+		}
+	}
+	return env
+})
+
 func runSection(t *testing.T, page, root string, stack *devStack, s doctest.Section) {
 	dir := sectionDir(t, root, stack)
 	env := []string{"HOME=" + dir, "PATH=" + os.Getenv("PATH"), "TERM=dumb", "LANG=C.UTF-8"}
+	env = append(env, goEnv()...)
 	sh, err := doctest.Start(dir, env)
 	if err != nil {
 		t.Fatal(err)
