@@ -127,8 +127,11 @@ func (sg *signer) current(ctx context.Context, s logical.Storage, log hclog.Logg
 		if _, err = sg.rotateLocked(ctx, s, time.Now(), log, takeover{}); err != nil {
 			return nil, err
 		}
-		if ring, err = getJSON[keyRing](ctx, s, signingKeysPath); err != nil || ring == nil {
-			return nil, fmt.Errorf("reading the first signing key back: %v", err)
+		if ring, err = getJSON[keyRing](ctx, s, signingKeysPath); err != nil {
+			return nil, err
+		}
+		if ring == nil || len(ring.Keys) == 0 {
+			return nil, errors.New("the first signing key was not stored")
 		}
 	}
 	cfg, err := getConfig(ctx, s)
