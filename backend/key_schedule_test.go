@@ -223,6 +223,9 @@ func TestNextKeySignsAfterReload(t *testing.T) {
 	if _, ok := e.jwks().Lookup(rot["kid"].(string)); !ok {
 		t.Fatal("the next key is not in the JWKS before it signs")
 	}
+	if c := e.ok(logical.ReadOperation, "config", nil).Data; c["signing_kid"] != first || c["next_kid"] != rot["kid"] || c["next_signs_at"] != rot["signs_at"] {
+		t.Fatalf("config read before signs_at: %v, want signing %s, next %s from %s", c, first, rot["kid"], rot["signs_at"])
+	}
 
 	conf := logical.TestBackendConfig()
 	conf.StorageView = e.storage
@@ -238,6 +241,9 @@ func TestNextKeySignsAfterReload(t *testing.T) {
 	for name, env := range map[string]*testEnv{"the node that rotated": e, "a reloaded node": reloaded} {
 		if got := kidOf(t, env.ok(logical.UpdateOperation, "token/agent", nil)); got != rot["kid"] {
 			t.Fatalf("%s signs with %s after signs_at, want the next key %s", name, got, rot["kid"])
+		}
+		if c := env.ok(logical.ReadOperation, "config", nil).Data; c["signing_kid"] != rot["kid"] || c["next_kid"] != nil {
+			t.Fatalf("%s's config read after signs_at: %v", name, c)
 		}
 	}
 }

@@ -112,6 +112,9 @@ func pathConfig(b *backend) *framework.Path {
 	}
 	read := merged(echoed(fields), map[string]*framework.FieldSchema{
 		"effective_issuer": out(framework.TypeString, "The issuer in use: issuer, else this mount's URL under "+apiAddrEnv+"; absent, with a warning, when there is none."),
+		"signing_kid":      out(framework.TypeString, "kid of the key that signs now."),
+		"next_kid":         out(framework.TypeString, "kid of the next key: in the JWKS already, signing from next_signs_at. Absent when no key waits."),
+		"next_signs_at":    out(framework.TypeTime, "When the next key starts signing (RFC 3339). Absent when no key waits."),
 	})
 	return &framework.Path{
 		Pattern:      "config$",
@@ -132,7 +135,8 @@ token it signed. Every rotation_period the active node publishes the next
 key; writing a new signing_algorithm does the same with a key of the new
 algorithm (tokens of the old one verify until verification_ttl after it
 stops signing). keybroker/rotate rotates by hand, immediate=true without
-the lead.
+the lead. A read shows the key that signs (signing_kid) and the one that
+waits, with when it takes over (next_kid, next_signs_at).
 
 Without an issuer written here, the first mint, verify, discovery or read of
 this path derives it from the VAULT_API_ADDR the plugin was registered with
@@ -163,6 +167,15 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 		resp.AddWarning(noIssuer.Error().Error())
 	} else {
 		resp.Data["effective_issuer"] = iss
+	}
+	st, err := b.signer.current(ctx, req.Storage, b.Logger())
+	if err != nil {
+		return nil, err
+	}
+	resp.Data["signing_kid"] = st.kid
+	if st.next != nil {
+		resp.Data["next_kid"] = st.next.KID
+		resp.Data["next_signs_at"] = st.next.signsFrom().UTC().Format(time.RFC3339Nano)
 	}
 	return resp, nil
 }
