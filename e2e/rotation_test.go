@@ -59,8 +59,15 @@ func TestRotationCachingVerifiers(t *testing.T) {
 	// A change of algorithm takes the same path: the ES256 key is in the
 	// JWKS a lead before its first token.
 	write(t, v.Client, "keybroker/config", map[string]interface{}{"signing_algorithm": "ES256"})
-	es256 := c.newestKid("ES256")
-	c.mintUntil(time.Now().Add(testKeyLead+2*time.Second), mint, es256)
+	cfg := read(t, v.Client, "keybroker/config", nil).Data
+	es256, _ := cfg["next_kid"].(string)
+	if signsAt, err = time.Parse(time.RFC3339Nano, fmt.Sprint(cfg["next_signs_at"])); err != nil || es256 == "" {
+		t.Fatalf("config after the change of algorithm: %v", cfg)
+	}
+	if alg := c.algOf(es256); alg != "ES256" {
+		t.Fatalf("the next key %s is %q in the JWKS, want ES256", es256, alg)
+	}
+	c.mintUntil(signsAt.Add(2*time.Second), mint, es256)
 
 	// immediate=true signs before any cache has the key: that is its cost.
 	rotatedAt := time.Now()
@@ -184,19 +191,18 @@ func (c *cachingVerifiers) mintUntil(until time.Time, mint func() (string, strin
 	c.t.Logf("tokens verified by jose and jwx, by key: %v", byKid)
 }
 
-// newestKid is the kid of the last key of algorithm alg in the JWKS.
-func (c *cachingVerifiers) newestKid(alg string) string {
+// algOf is the alg of key kid in the JWKS, "" when it is not there.
+func (c *cachingVerifiers) algOf(kid string) string {
 	c.t.Helper()
 	var set struct {
 		Keys []struct{ Kid, Alg string }
 	}
 	getJSON(c.t, c.v.Addr+"/v1/keybroker/jwks", &set)
-	for i := len(set.Keys) - 1; i >= 0; i-- {
-		if set.Keys[i].Alg == alg {
-			return set.Keys[i].Kid
+	for _, k := range set.Keys {
+		if k.Kid == kid {
+			return k.Alg
 		}
 	}
-	c.t.Fatalf("no %s key in the JWKS %+v", alg, set)
 	return ""
 }
 
