@@ -200,8 +200,12 @@ func editConfig(ctx context.Context, s logical.Storage, c *config, d *framework.
 	if v, ok := d.GetOk("verification_ttl"); ok {
 		c.VerificationTTL = time.Duration(v.(int)) * time.Second
 	}
+	// A config stored before the lead existed has the default; one written
+	// now is checked as written (0 too).
+	lead := c.nextKeyLead()
 	if v, ok := d.GetOk("next_key_lead"); ok {
-		c.NextKeyLead = time.Duration(v.(int)) * time.Second
+		lead = time.Duration(v.(int)) * time.Second
+		c.NextKeyLead = lead
 	}
 
 	// Only an issuer written now: one derived from VAULT_API_ADDR and stored
@@ -219,7 +223,7 @@ func editConfig(ctx context.Context, s logical.Storage, c *config, d *framework.
 	if c.RotationPeriod < time.Minute {
 		return logical.ErrorResponse("rotation_period must be at least 1m"), nil
 	}
-	if msg := validateNextKeyLead(c); msg != "" {
+	if msg := validateNextKeyLead(lead, c.RotationPeriod); msg != "" {
 		return logical.ErrorResponse(msg), nil
 	}
 	// Every role's longest token must stay verifiable after a rotation.
@@ -243,13 +247,12 @@ func editConfig(ctx context.Context, s logical.Storage, c *config, d *framework.
 // validateNextKeyLead checks the lead against rotation_period: a key
 // signs for rotation_period and its successor is published the lead
 // before, while it signs.
-func validateNextKeyLead(c *config) string {
-	lead := c.nextKeyLead()
+func validateNextKeyLead(lead, rotationPeriod time.Duration) string {
 	switch {
 	case lead < minNextKeyLead:
 		return fmt.Sprintf("next_key_lead must be at least %s, got %s", minNextKeyLead, lead)
-	case lead >= c.RotationPeriod:
-		return fmt.Sprintf("next_key_lead (%s) must be shorter than rotation_period (%s): the next key is published that long before the signing key's period ends; lower next_key_lead or raise rotation_period", lead, c.RotationPeriod)
+	case lead >= rotationPeriod:
+		return fmt.Sprintf("next_key_lead (%s) must be shorter than rotation_period (%s): the next key is published that long before the signing key's period ends; lower next_key_lead or raise rotation_period", lead, rotationPeriod)
 	}
 	return ""
 }

@@ -321,6 +321,7 @@ func TestConfig(t *testing.T) {
 		{map[string]interface{}{"rotation_period": "30m"}, "next_key_lead (1h0m0s) must be shorter than rotation_period (30m0s)"},
 		{map[string]interface{}{"rotation_period": "1h"}, "next_key_lead (1h0m0s) must be shorter than rotation_period (1h0m0s)"},
 		{map[string]interface{}{"next_key_lead": "1s"}, "next_key_lead must be at least 2s"},
+		{map[string]interface{}{"next_key_lead": "0"}, "next_key_lead must be at least 2s, got 0s"},
 		{map[string]interface{}{"next_key_lead": "-5s"}, "next_key_lead"}, // the field check's message names it
 		{map[string]interface{}{"next_key_lead": "48h"}, "shorter than rotation_period (24h0m0s)"},
 		{map[string]interface{}{"next_key_lead": "soon"}, "next_key_lead"},
