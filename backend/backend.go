@@ -99,6 +99,7 @@ func newBackend() *backend {
 			[]*framework.Path{pathKeyUsage(b)},
 			[]*framework.Path{
 				pathConfig(b),
+				pathRotate(b),
 				pathRate(b),
 				pathRefresh(b),
 				pathExchange(b),

@@ -416,8 +416,8 @@ func TestAnswerProblems(t *testing.T) {
 		{"nothing where 200 is declared", logical.UpdateOperation, declared, nil, "answered nothing"},
 		{"read of nothing is a 404", logical.ReadOperation, declared, nil, ""},
 		{"error", logical.UpdateOperation, declared, logical.ErrorResponse("no"), ""},
-		{"raw document", logical.ReadOperation, declared, rawJSON([]byte(`{"n":1}`)), ""},
-		{"raw document's undeclared key", logical.ReadOperation, declared, rawJSON([]byte(`{"n":1,"issuer":"x"}`)), `"issuer"`},
+		{"raw document", logical.ReadOperation, declared, rawJSON([]byte(`{"n":1}`), jwksMaxAge), ""},
+		{"raw document's undeclared key", logical.ReadOperation, declared, rawJSON([]byte(`{"n":1,"issuer":"x"}`), jwksMaxAge), `"issuer"`},
 	} {
 		got := strings.Join(answerProblems(tc.op, tc.responses, tc.resp, func(int, string) {}), "; ")
 		if (tc.want == "") != (got == "") || !strings.Contains(got, tc.want) {

@@ -24,6 +24,8 @@ type config struct {
 	SigningAlgorithm string        `json:"signing_algorithm"`
 	RotationPeriod   time.Duration `json:"rotation_period"`
 	VerificationTTL  time.Duration `json:"verification_ttl"`
+	// NextKeyLead: zero in configs stored before it existed (nextKeyLead).
+	NextKeyLead time.Duration `json:"next_key_lead,omitempty"`
 }
 
 func defaultConfig() *config {
@@ -31,6 +33,7 @@ func defaultConfig() *config {
 		SigningAlgorithm: jwtverify.AlgEdDSA,
 		RotationPeriod:   24 * time.Hour,
 		VerificationTTL:  24 * time.Hour,
+		NextKeyLead:      defaultNextKeyLead,
 	}
 }
 
@@ -87,13 +90,13 @@ func pathConfig(b *backend) *framework.Path {
 		},
 		"signing_algorithm": {
 			Type:          framework.TypeString,
-			Description:   "Algorithm of new signing keys: EdDSA (default), ES256 or RS256. A change rotates the signing key at once.",
+			Description:   "Algorithm of new signing keys: EdDSA (default), ES256 or RS256. A change rotates the signing key as a rotation does: a key of the new algorithm is published in the JWKS now and signs next_key_lead later.",
 			AllowedValues: []interface{}{jwtverify.AlgEdDSA, jwtverify.AlgES256, jwtverify.AlgRS256},
 			DisplayAttrs:  &framework.DisplayAttributes{Value: jwtverify.AlgEdDSA},
 		},
 		"rotation_period": {
 			Type:         framework.TypeDurationSecond,
-			Description:  "How often the signing key rotates by itself. Default: 24h; minimum 1m.",
+			Description:  "How long each signing key signs before the next one takes over, by itself, on the active node; the next key is published next_key_lead before that. Default: 24h; minimum 1m; longer than next_key_lead.",
 			DisplayAttrs: &framework.DisplayAttributes{Value: "24h"},
 		},
 		"verification_ttl": {
@@ -101,9 +104,17 @@ func pathConfig(b *backend) *framework.Path {
 			Description:  "How long a rotated-out public key stays in the JWKS. Must be at least every role's token_max_ttl. Default: 24h.",
 			DisplayAttrs: &framework.DisplayAttributes{Name: "Verification TTL", Value: "24h"},
 		},
+		"next_key_lead": {
+			Type:         framework.TypeDurationSecond,
+			Description:  "How long a new signing key is published in the JWKS before it signs (on rotation, a change of signing_algorithm and rotate). Set it above the longest time any verifier caches the JWKS: jwx's jwk.Cache refreshes every 15m by default, jose's createRemoteJWKSet every 10m. The JWKS's Cache-Control max-age is half of it, at most 60s. Default: 1h; minimum 2s; shorter than rotation_period.",
+			DisplayAttrs: &framework.DisplayAttributes{Value: "1h"},
+		},
 	}
 	read := merged(echoed(fields), map[string]*framework.FieldSchema{
 		"effective_issuer": out(framework.TypeString, "The issuer in use: issuer, else this mount's URL under "+apiAddrEnv+"; absent, with a warning, when there is none."),
+		"signing_kid":      out(framework.TypeString, "kid of the key that signs now."),
+		"next_kid":         out(framework.TypeString, "kid of the next key: in the JWKS already, signing from next_signs_at. Absent when no key waits."),
+		"next_signs_at":    out(framework.TypeTime, "When the next key starts signing (RFC 3339). Absent when no key waits."),
 	})
 	return &framework.Path{
 		Pattern:      "config$",
@@ -117,6 +128,15 @@ func pathConfig(b *backend) *framework.Path {
 		HelpDescription: `Sets the issuer of agent JWTs and how their signing keys are made and
 rotated. Signing keys are created and kept by the plugin in Vault storage and
 never leave it; keybroker/jwks publishes their public halves.
+
+A new signing key is published in the JWKS next_key_lead before it signs, so
+verifiers that cache the JWKS for less than that know it before they meet a
+token it signed. Every rotation_period the active node publishes the next
+key; writing a new signing_algorithm does the same with a key of the new
+algorithm (tokens of the old one verify until verification_ttl after it
+stops signing). keybroker/rotate rotates by hand, immediate=true without
+the lead. A read shows the key that signs (signing_kid) and the one that
+waits, with when it takes over (next_kid, next_signs_at).
 
 Without an issuer written here, the first mint, verify, discovery or read of
 this path derives it from the VAULT_API_ADDR the plugin was registered with
@@ -141,17 +161,27 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 		"signing_algorithm": c.SigningAlgorithm,
 		"rotation_period":   int64(c.RotationPeriod.Seconds()),
 		"verification_ttl":  int64(c.VerificationTTL.Seconds()),
+		"next_key_lead":     int64(c.nextKeyLead().Seconds()),
 	}}
 	if noIssuer != nil {
 		resp.AddWarning(noIssuer.Error().Error())
 	} else {
 		resp.Data["effective_issuer"] = iss
 	}
+	st, err := b.signer.current(ctx, req.Storage, b.Logger())
+	if err != nil {
+		return nil, err
+	}
+	resp.Data["signing_kid"] = st.kid
+	if st.next != nil {
+		resp.Data["next_kid"] = st.next.KID
+		resp.Data["next_signs_at"] = st.next.signsFrom().UTC().Format(time.RFC3339Nano)
+	}
 	return resp, nil
 }
 
 func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	return b.signer.configure(ctx, req.Storage, b.Logger(), func(c *config) (*logical.Response, error) {
+	return b.signer.configure(ctx, req.Storage, time.Now(), b.Logger(), func(c *config) (*logical.Response, error) {
 		return editConfig(ctx, req.Storage, c, d)
 	})
 }
@@ -170,6 +200,13 @@ func editConfig(ctx context.Context, s logical.Storage, c *config, d *framework.
 	if v, ok := d.GetOk("verification_ttl"); ok {
 		c.VerificationTTL = time.Duration(v.(int)) * time.Second
 	}
+	// A config stored before the lead existed has the default; one written
+	// now is checked as written (0 too).
+	lead := c.nextKeyLead()
+	if v, ok := d.GetOk("next_key_lead"); ok {
+		lead = time.Duration(v.(int)) * time.Second
+		c.NextKeyLead = lead
+	}
 
 	// Only an issuer written now: one derived from VAULT_API_ADDR and stored
 	// (plain http to a Vault on a private network, say) is kept as it was.
@@ -185,6 +222,9 @@ func editConfig(ctx context.Context, s logical.Storage, c *config, d *framework.
 	}
 	if c.RotationPeriod < time.Minute {
 		return logical.ErrorResponse("rotation_period must be at least 1m"), nil
+	}
+	if msg := validateNextKeyLead(lead, c.RotationPeriod); msg != "" {
+		return logical.ErrorResponse(msg), nil
 	}
 	// Every role's longest token must stay verifiable after a rotation.
 	names, err := s.List(ctx, rolePrefix)
@@ -202,6 +242,19 @@ func editConfig(ctx context.Context, s logical.Storage, c *config, d *framework.
 		}
 	}
 	return nil, nil
+}
+
+// validateNextKeyLead checks the lead against rotation_period: a key
+// signs for rotation_period and its successor is published the lead
+// before, while it signs.
+func validateNextKeyLead(lead, rotationPeriod time.Duration) string {
+	switch {
+	case lead < minNextKeyLead:
+		return fmt.Sprintf("next_key_lead must be at least %s, got %s", minNextKeyLead, lead)
+	case lead >= rotationPeriod:
+		return fmt.Sprintf("next_key_lead (%s) must be shorter than rotation_period (%s): the next key is published that long before the signing key's period ends; lower next_key_lead or raise rotation_period", lead, rotationPeriod)
+	}
+	return ""
 }
 
 // validateIssuer requires an absolute https URL, or http on loopback (dev).

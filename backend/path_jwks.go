@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"regexp"
 	"slices"
-	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
@@ -16,8 +15,9 @@ import (
 	"github.com/keybroker/keybroker/jwtverify"
 )
 
-// jwksMaxAge is how long clients may cache the JWKS. Verifiers refetch on an
-// unknown kid anyway, so a short value only costs requests.
+// jwksMaxAge is the longest Cache-Control max-age of the JWKS, in seconds
+// (config.jwksMaxAge lowers it under a short next_key_lead). Verifiers
+// refetch on an unknown kid anyway, so a short value only costs requests.
 const jwksMaxAge = 60
 
 func pathJWKS(b *backend) []*framework.Path {
@@ -35,9 +35,11 @@ func pathJWKS(b *backend) []*framework.Path {
 				})),
 			},
 			HelpSynopsis: "The JWK Set that verifies agent JWTs (unauthenticated).",
-			HelpDescription: `Returns, as a raw JSON JWK Set, the public keys of the current signing key
-and of rotated-out keys still within verification_ttl, each with kid, alg and
-use=sig. Needs no Vault token, like an OIDC provider's jwks_uri.`,
+			HelpDescription: `Returns, as a raw JSON JWK Set, the public keys of the current signing key,
+of the next one (published next_key_lead before it signs) and of rotated-out
+keys still within verification_ttl, each with kid, alg and use=sig. Needs no
+Vault token, like an OIDC provider's jwks_uri. Cache-Control max-age is half
+of next_key_lead, at most 60s.`,
 		},
 		{
 			Pattern:      regexp.QuoteMeta(contract.PathOpenIDDiscovery) + "$",
@@ -71,21 +73,6 @@ authorization or token endpoint, and response_types_supported and
 grant_types_supported are empty. Vault serves it under the mount
 (<issuer>/.well-known/oauth-authorization-server), not at the host's root.`,
 		},
-		{
-			Pattern:      "rotate$",
-			DisplayAttrs: pathAttrs("signing-key"),
-			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.UpdateOperation: operationAs("rotate", "", b.pathRotateWrite, answers(map[string]*framework.FieldSchema{
-					"kid": out(framework.TypeString, "Key id of the new signing key, as in the JWK Set and the JWT header."),
-					"alg": out(framework.TypeString, "Algorithm of the new signing key: EdDSA, ES256 or RS256."),
-				})),
-			},
-			HelpSynopsis: "Rotate the signing key now.",
-			HelpDescription: `Creates a new signing key with the configured algorithm. The old key stops
-signing and stays in the JWKS for verification_ttl, so tokens it signed keep
-verifying until they expire. Rotation also happens by itself every
-rotation_period, on the active node.`,
-		},
 	}
 }
 
@@ -95,12 +82,13 @@ func rawJSONAnswer(fields map[string]*framework.FieldSchema) map[int][]framework
 	return map[int][]framework.Response{http.StatusOK: {{Description: "The JSON document itself, not in Vault's response envelope.", MediaType: "application/json", Fields: fields}}}
 }
 
-func rawJSON(body []byte) *logical.Response {
+// rawJSON answers body, which caches may keep for maxAge seconds.
+func rawJSON(body []byte, maxAge int) *logical.Response {
 	return &logical.Response{Data: map[string]interface{}{
 		logical.HTTPStatusCode:         http.StatusOK,
 		logical.HTTPRawBody:            body,
 		logical.HTTPContentType:        "application/json",
-		logical.HTTPCacheControlHeader: fmt.Sprintf("max-age=%d", jwksMaxAge),
+		logical.HTTPCacheControlHeader: fmt.Sprintf("max-age=%d", maxAge),
 	}}
 }
 
@@ -109,7 +97,7 @@ func (b *backend) pathJWKSRead(ctx context.Context, req *logical.Request, _ *fra
 	if err != nil {
 		return nil, err
 	}
-	return rawJSON(st.jwks), nil
+	return rawJSON(st.jwks, st.maxAge), nil
 }
 
 func (b *backend) pathDiscoveryRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
@@ -142,8 +130,9 @@ func (b *backend) pathASMetadataRead(ctx context.Context, req *logical.Request, 
 
 // metadata renders a discovery document from the issuer and every
 // algorithm a verifier may meet in the JWKS, the current one first: after a
-// change of signing_algorithm, tokens signed with the old one still verify
-// until verification_ttl.
+// change of signing_algorithm, the new one is listed from when its key is
+// published, and tokens signed with the old one still verify until
+// verification_ttl.
 func (b *backend) metadata(ctx context.Context, req *logical.Request, doc func(iss string, algs []string) map[string]interface{}) (*logical.Response, error) {
 	iss, userErr, err := b.issuer(ctx, req, false)
 	if userErr != nil || err != nil {
@@ -163,16 +152,5 @@ func (b *backend) metadata(ctx context.Context, req *logical.Request, doc func(i
 	if err != nil {
 		return nil, fmt.Errorf("encoding metadata: %w", err)
 	}
-	return rawJSON(body), nil
-}
-
-func (b *backend) pathRotateWrite(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-	if err := b.signer.rotate(ctx, req.Storage, time.Now(), b.Logger()); err != nil {
-		return nil, err
-	}
-	st, err := b.signer.current(ctx, req.Storage, b.Logger())
-	if err != nil {
-		return nil, err
-	}
-	return &logical.Response{Data: map[string]interface{}{"kid": st.kid, "alg": st.alg}}, nil
+	return rawJSON(body, st.maxAge), nil
 }

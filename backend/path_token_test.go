@@ -253,7 +253,9 @@ func TestRotationKeepsOldTokensUntilVerificationTTL(t *testing.T) {
 	old := e.ok(logical.UpdateOperation, "token/agent", nil).Data["token"].(string)
 	header, _ := decodeJSONSegment(strings.Split(old, ".")[0])
 	oldKid := header["kid"]
-	if newKid := e.ok(logical.UpdateOperation, "rotate", nil).Data["kid"]; newKid == oldKid {
+	// immediate: this test is about verification_ttl, the lead is
+	// key_schedule_test.go's.
+	if newKid := e.ok(logical.UpdateOperation, "rotate", map[string]interface{}{"immediate": true}).Data["kid"]; newKid == oldKid {
 		t.Fatal("rotate returned the old kid")
 	}
 	fresh := e.ok(logical.UpdateOperation, "token/agent", nil).Data["token"].(string)
@@ -266,7 +268,7 @@ func TestRotationKeepsOldTokensUntilVerificationTTL(t *testing.T) {
 		}
 	}
 	// A rotation after verification_ttl (24h) has passed drops the first key.
-	if err := e.b.signer.rotate(context.Background(), e.storage, time.Now().Add(25*time.Hour), e.b.Logger()); err != nil {
+	if _, err := e.b.signer.rotate(context.Background(), e.storage, time.Now().Add(25*time.Hour), e.b.Logger(), takeover{immediate: true}); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := e.jwks().Lookup(oldKid.(string)); e.jwks().Len() != 2 || ok {
@@ -282,19 +284,22 @@ func TestRotationKeepsOldTokensUntilVerificationTTL(t *testing.T) {
 
 func TestPeriodicRotation(t *testing.T) {
 	e := newJWTEnv(t, nil)
-	e.ok(logical.UpdateOperation, "config", map[string]interface{}{"rotation_period": "1m"})
+	e.ok(logical.UpdateOperation, "config", map[string]interface{}{"rotation_period": "1m", "next_key_lead": "20s"})
 	st, _ := e.b.signer.current(context.Background(), e.storage, e.b.Logger())
 	if err := e.b.signer.rotateIfDue(context.Background(), e.storage, time.Now(), e.b.Logger()); err != nil {
 		t.Fatal(err)
 	}
-	if now, _ := e.b.signer.current(context.Background(), e.storage, e.b.Logger()); now.kid != st.kid {
-		t.Fatal("rotated before rotation_period")
+	if now, _ := e.b.signer.current(context.Background(), e.storage, e.b.Logger()); now.kid != st.kid || now.next != nil {
+		t.Fatal("rotated before rotation_period less next_key_lead")
 	}
-	if err := e.b.signer.rotateIfDue(context.Background(), e.storage, time.Now().Add(2*time.Minute), e.b.Logger()); err != nil {
+	// 45s in, the next key is due to sign at 1m05s (it was published at
+	// 45s, for the lead): it is published now, and the old key still signs.
+	if err := e.b.signer.rotateIfDue(context.Background(), e.storage, time.Now().Add(45*time.Second), e.b.Logger()); err != nil {
 		t.Fatal(err)
 	}
-	if now, _ := e.b.signer.current(context.Background(), e.storage, e.b.Logger()); now.kid == st.kid {
-		t.Fatal("did not rotate after rotation_period")
+	now, _ := e.b.signer.current(context.Background(), e.storage, e.b.Logger())
+	if now.kid != st.kid || now.next == nil || now.next.KID == st.kid || e.jwks().Len() != 2 {
+		t.Fatalf("after rotation_period less next_key_lead: signing %s (was %s), next %+v, %d keys published", now.kid, st.kid, now.next, e.jwks().Len())
 	}
 }
 
@@ -302,7 +307,7 @@ func TestConfig(t *testing.T) {
 	t.Setenv(apiAddrEnv, "") // no derived issuer: "issuer" stays empty below
 	e := newTestEnv(t)
 	d := e.ok(logical.ReadOperation, "config", nil).Data
-	if d["signing_algorithm"] != "EdDSA" || d["rotation_period"] != int64(86400) || d["verification_ttl"] != int64(86400) {
+	if d["signing_algorithm"] != "EdDSA" || d["rotation_period"] != int64(86400) || d["verification_ttl"] != int64(86400) || d["next_key_lead"] != int64(3600) {
 		t.Fatalf("defaults = %#v", d)
 	}
 	e.createRole("long", map[string]interface{}{"token_ttl": "1h", "token_max_ttl": "2h"})
@@ -313,6 +318,13 @@ func TestConfig(t *testing.T) {
 		{map[string]interface{}{"signing_algorithm": "HS256"}, "must be EdDSA, ES256 or RS256"},
 		{map[string]interface{}{"signing_algorithm": "none"}, "must be EdDSA, ES256 or RS256"},
 		{map[string]interface{}{"rotation_period": "10s"}, "at least 1m"},
+		{map[string]interface{}{"rotation_period": "30m"}, "next_key_lead (1h0m0s) must be shorter than rotation_period (30m0s)"},
+		{map[string]interface{}{"rotation_period": "1h"}, "next_key_lead (1h0m0s) must be shorter than rotation_period (1h0m0s)"},
+		{map[string]interface{}{"next_key_lead": "1s"}, "next_key_lead must be at least 2s"},
+		{map[string]interface{}{"next_key_lead": "0"}, "next_key_lead must be at least 2s, got 0s"},
+		{map[string]interface{}{"next_key_lead": "-5s"}, "next_key_lead"}, // the field check's message names it
+		{map[string]interface{}{"next_key_lead": "48h"}, "shorter than rotation_period (24h0m0s)"},
+		{map[string]interface{}{"next_key_lead": "soon"}, "next_key_lead"},
 		{map[string]interface{}{"verification_ttl": "1h"}, `shorter than role "long"'s token_max_ttl`},
 		{map[string]interface{}{"issuer": "http://vault.example/v1/kb"}, "must be https"},
 		{map[string]interface{}{"issuer": "not a url"}, "absolute URL"},
@@ -320,20 +332,21 @@ func TestConfig(t *testing.T) {
 	} {
 		e.userError(logical.UpdateOperation, "config", tc.data, tc.want)
 	}
-	if got := e.ok(logical.ReadOperation, "config", nil).Data; got["verification_ttl"] != int64(86400) || got["issuer"] != "" {
+	if got := e.ok(logical.ReadOperation, "config", nil).Data; got["verification_ttl"] != int64(86400) || got["issuer"] != "" || got["next_key_lead"] != int64(3600) || got["rotation_period"] != int64(86400) {
 		t.Fatalf("config changed by rejected writes: %#v", got)
 	}
 	e.userError(logical.CreateOperation, "roles/longer", map[string]interface{}{"token_max_ttl": "30h"}, "exceeds keybroker/config verification_ttl")
 
-	// Changing the algorithm rotates at once.
+	// Changing the algorithm publishes a key of the new one, which signs
+	// next_key_lead later (key_schedule_test.go follows it there).
 	before := e.jwks().Len()
 	e.ok(logical.UpdateOperation, "config", map[string]interface{}{"signing_algorithm": "ES256", "issuer": "http://127.0.0.1:8200/v1/keybroker"})
 	if got := e.ok(logical.ReadOperation, "config", nil).Data["effective_issuer"]; got != "http://127.0.0.1:8200/v1/keybroker" {
 		t.Fatalf("effective_issuer = %v, want the issuer set", got)
 	}
 	st, _ := e.b.signer.current(context.Background(), e.storage, e.b.Logger())
-	if st.alg != "ES256" || e.jwks().Len() != before+1 {
-		t.Fatalf("after switching to ES256: signing alg %s, %d keys", st.alg, e.jwks().Len())
+	if st.alg != "EdDSA" || st.next == nil || st.next.Alg != "ES256" || e.jwks().Len() != before+1 {
+		t.Fatalf("after switching to ES256: signing alg %s, next %+v, %d keys", st.alg, st.next, e.jwks().Len())
 	}
 }
 
@@ -370,7 +383,8 @@ func TestRetiredKeyLeavesJWKSOnTime(t *testing.T) {
 	e := newJWTEnv(t, map[string]interface{}{"token_ttl": "1s", "token_max_ttl": "2s"})
 	e.ok(logical.UpdateOperation, "config", map[string]interface{}{"verification_ttl": "2s"})
 	e.jwks() // the first key
-	e.ok(logical.UpdateOperation, "rotate", nil)
+	// immediate: the first key retires now, not next_key_lead later.
+	e.ok(logical.UpdateOperation, "rotate", map[string]interface{}{"immediate": true})
 	if n := e.jwks().Len(); n != 2 {
 		t.Fatalf("JWKS right after rotation: %d keys, want 2", n)
 	}
@@ -477,7 +491,8 @@ func TestTokenClientIDAndAuthTime(t *testing.T) {
 }
 
 // Discovery lists every algorithm in the JWKS, the current one first: after
-// a change of signing_algorithm the old keys still verify tokens.
+// a change of signing_algorithm the new one is listed from when its key is
+// published, before it signs, and the old keys still verify tokens.
 func TestDiscoveryListsEveryAlgorithm(t *testing.T) {
 	e := newJWTEnv(t, nil)
 	e.ok(logical.UpdateOperation, "token/agent", nil) // the first key, EdDSA
@@ -489,8 +504,8 @@ func TestDiscoveryListsEveryAlgorithm(t *testing.T) {
 	if err := json.Unmarshal(disc.Data[logical.HTTPRawBody].([]byte), &doc); err != nil {
 		t.Fatal(err)
 	}
-	if strings.Join(doc.Algs, ",") != "ES256,EdDSA" {
-		t.Fatalf("discovery algorithms %v, want ES256 then EdDSA", doc.Algs)
+	if strings.Join(doc.Algs, ",") != "EdDSA,ES256" {
+		t.Fatalf("discovery algorithms %v, want EdDSA (signing) then ES256 (next)", doc.Algs)
 	}
 
 	// RFC 8414: the same issuer and algorithms; no endpoint that does not
@@ -502,7 +517,7 @@ func TestDiscoveryListsEveryAlgorithm(t *testing.T) {
 	}
 	var openid map[string]interface{}
 	_ = json.Unmarshal(disc.Data[logical.HTTPRawBody].([]byte), &openid)
-	if as["issuer"] != openid["issuer"] || as["jwks_uri"] != openid["jwks_uri"] || fmt.Sprint(as["access_token_signing_alg_values_supported"]) != "[ES256 EdDSA]" {
+	if as["issuer"] != openid["issuer"] || as["jwks_uri"] != openid["jwks_uri"] || fmt.Sprint(as["access_token_signing_alg_values_supported"]) != "[EdDSA ES256]" {
 		t.Fatalf("RFC 8414 metadata %s, openid %v", raw, openid)
 	}
 	if _, ok := as["token_endpoint"]; ok || fmt.Sprint(as["response_types_supported"]) != "[]" || !strings.Contains(fmt.Sprint(as["dpop_signing_alg_values_supported"]), "ES256") {

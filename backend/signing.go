@@ -21,13 +21,18 @@ import (
 	"github.com/keybroker/keybroker/jwtverify"
 )
 
-// signingKey is one key of the ring; the last one signs.
+// signingKey is one key of the ring, which is ordered by when its keys
+// start signing (key_schedule.go).
 type signingKey struct {
 	KID       string    `json:"kid"`
 	Alg       string    `json:"alg"`
-	Private   []byte    `json:"private"` // PKCS #8 DER
-	CreatedAt time.Time `json:"created_at"`
-	RetiredAt time.Time `json:"retired_at,omitzero"` // stopped signing
+	Private   []byte    `json:"private"`    // PKCS #8 DER
+	CreatedAt time.Time `json:"created_at"` // published in the JWKS
+	// SignsAt is when it starts signing, next_key_lead after CreatedAt
+	// unless rotated immediately; zero in rings stored before the lead
+	// existed (it signed from CreatedAt).
+	SignsAt   time.Time `json:"signs_at,omitzero"`
+	RetiredAt time.Time `json:"retired_at,omitzero"` // stops signing: when the next key starts
 }
 
 type keyRing struct {
@@ -43,10 +48,12 @@ type signingState struct {
 	keys   *jwtverify.KeySet
 	public []jwtverify.Key
 	jwks   []byte
-	// createdAt of the signing key, for periodic rotation.
-	createdAt time.Time
-	// expiresAt is when the next retired key leaves the JWKS; the state must
-	// be rebuilt then. Zero: no retired key is published.
+	// next is the key published but not signing yet, if any.
+	next *signingKey
+	// maxAge is the JWKS's Cache-Control max-age, in seconds.
+	maxAge int
+	// expiresAt is when the state must be rebuilt: the next key starts
+	// signing or a retired key leaves the JWKS. Zero: never.
 	expiresAt time.Time
 }
 
@@ -117,8 +124,14 @@ func (sg *signer) current(ctx context.Context, s logical.Storage, log hclog.Logg
 		return nil, err
 	}
 	if ring == nil || len(ring.Keys) == 0 {
-		if ring, err = sg.rotateLocked(ctx, s, time.Now(), log); err != nil {
+		if _, err = sg.rotateLocked(ctx, s, time.Now(), log, takeover{}); err != nil {
 			return nil, err
+		}
+		if ring, err = getJSON[keyRing](ctx, s, signingKeysPath); err != nil {
+			return nil, err
+		}
+		if ring == nil || len(ring.Keys) == 0 {
+			return nil, errors.New("the first signing key was not stored")
 		}
 	}
 	cfg, err := getConfig(ctx, s)
@@ -134,16 +147,15 @@ func (sg *signer) current(ctx context.Context, s logical.Storage, log hclog.Logg
 }
 
 func loadSigningState(ring *keyRing, cfg *config, now time.Time) (*signingState, error) {
-	current := ring.Keys[len(ring.Keys)-1]
-	st := &signingState{kid: current.KID, alg: current.Alg, createdAt: current.CreatedAt}
+	current := ring.Keys[ring.signing(now)]
+	st := &signingState{kid: current.KID, alg: current.Alg, maxAge: cfg.jwksMaxAge(),
+		expiresAt: ring.expiry(now, cfg.VerificationTTL)}
+	if next, ok := ring.pending(now); ok {
+		st.next = &next
+	}
 	for _, k := range ring.Keys {
 		if !k.published(now, cfg.VerificationTTL) {
 			continue
-		}
-		if !k.RetiredAt.IsZero() {
-			if until := k.RetiredAt.Add(cfg.VerificationTTL); st.expiresAt.IsZero() || until.Before(st.expiresAt) {
-				st.expiresAt = until
-			}
 		}
 		priv, err := x509.ParsePKCS8PrivateKey(k.Private)
 		if err != nil {
@@ -158,6 +170,9 @@ func loadSigningState(ring *keyRing, cfg *config, now time.Time) (*signingState,
 		}
 		st.public = append(st.public, jwtverify.Key{ID: k.KID, Alg: k.Alg, Public: signer.Public()})
 	}
+	if st.signer == nil {
+		return nil, fmt.Errorf("signing key %s is not published", current.KID)
+	}
 	var err error
 	if st.keys, err = jwtverify.NewKeySet(st.public...); err != nil {
 		return nil, err
@@ -168,65 +183,94 @@ func loadSigningState(ring *keyRing, cfg *config, now time.Time) (*signingState,
 	return st, nil
 }
 
-// rotateLocked adds a new signing key of the configured algorithm, retires
-// the current one and drops keys past verification_ttl. The caller holds
-// mu (write).
-func (sg *signer) rotateLocked(ctx context.Context, s logical.Storage, now time.Time, log hclog.Logger) (*keyRing, error) {
+// takeover says how a new key takes over from the signing one.
+type takeover struct {
+	// immediate: the new key signs at once, without next_key_lead.
+	immediate bool
+	// dropOld: every other key leaves the JWKS (with immediate).
+	dropOld bool
+	// keepPending: a published key of the configured algorithm that is not
+	// signing yet is the answer, rather than a new one (a manual rotate).
+	keepPending bool
+}
+
+// rotateLocked publishes a new signing key of the configured algorithm,
+// which signs next_key_lead from now (at once for how.immediate), and
+// drops keys past verification_ttl. It returns the key that takes over.
+// The caller holds mu (write).
+func (sg *signer) rotateLocked(ctx context.Context, s logical.Storage, now time.Time, log hclog.Logger, how takeover) (signingKey, error) {
 	cfg, err := getConfig(ctx, s)
 	if err != nil {
-		return nil, err
+		return signingKey{}, err
 	}
 	ring, err := getJSON[keyRing](ctx, s, signingKeysPath)
 	if err != nil {
-		return nil, err
+		return signingKey{}, err
 	}
 	if ring == nil {
 		ring = &keyRing{}
 	}
+	if p, ok := ring.pending(now); ok && how.keepPending && !how.immediate && p.Alg == cfg.SigningAlgorithm {
+		return p, nil
+	}
 	next, err := newSigningKey(cfg.SigningAlgorithm, now)
 	if err != nil {
-		return nil, err
+		return signingKey{}, err
 	}
-	kept := ring.Keys[:0]
-	for _, k := range ring.Keys {
-		if k.RetiredAt.IsZero() {
-			k.RetiredAt = now.UTC()
-		}
-		if k.published(now, cfg.VerificationTTL) {
-			kept = append(kept, k)
-		}
+	signsAt := now.Add(cfg.nextKeyLead())
+	if how.immediate || len(ring.Keys) == 0 {
+		signsAt = now // the first key: nobody has cached a JWKS yet
 	}
-	ring.Keys = append(kept, next)
+	ring.schedule(next, signsAt, now, cfg.VerificationTTL)
+	if how.dropOld {
+		ring.dropAllBut()
+	}
 	if err := putJSON(ctx, s, signingKeysPath, ring); err != nil {
-		return nil, err
+		return signingKey{}, err
 	}
 	sg.cache = nil
-	log.Info("rotated signing key", "kid", next.KID, "alg", next.Alg, "published_keys", len(ring.Keys))
-	return ring, nil
+	next = ring.Keys[len(ring.Keys)-1]
+	logRotation(log, next, how, len(ring.Keys))
+	return next, nil
+}
+
+// logRotation says what a rotation did, and what an immediate one costs.
+func logRotation(log hclog.Logger, k signingKey, how takeover, published int) {
+	args := []interface{}{"kid", k.KID, "alg", k.Alg, "signs_at", k.SignsAt.Format(time.RFC3339), "published_keys", published}
+	switch {
+	case published == 1 && !how.dropOld:
+		log.Info("created the first signing key", args...)
+	case how.dropOld:
+		log.Warn("rotated signing key immediately and dropped every older key from the JWKS: tokens signed before no longer verify, and verifiers refuse new ones until they refetch the JWKS", args...)
+	case how.immediate:
+		log.Warn("rotated signing key immediately, without next_key_lead: verifiers that cached the JWKS refuse new tokens until they refetch it", args...)
+	default:
+		log.Info("rotated signing key: the next key is in the JWKS now and signs from signs_at", args...)
+	}
 }
 
 // rotate is rotateLocked for callers that do not hold the lock.
-func (sg *signer) rotate(ctx context.Context, s logical.Storage, now time.Time, log hclog.Logger) error {
+func (sg *signer) rotate(ctx context.Context, s logical.Storage, now time.Time, log hclog.Logger, how takeover) (signingKey, error) {
 	sg.mu.Lock()
 	defer sg.mu.Unlock()
-	_, err := sg.rotateLocked(ctx, s, now, log)
-	return err
+	return sg.rotateLocked(ctx, s, now, log, how)
 }
 
-// rotateIfDue rotates when the signing key is older than rotation_period.
+// rotateIfDue publishes the next key when the signing one, by the time the
+// next starts, will have signed for rotation_period.
 func (sg *signer) rotateIfDue(ctx context.Context, s logical.Storage, now time.Time, log hclog.Logger) error {
-	st, err := sg.current(ctx, s, log)
-	if err != nil {
-		return err
-	}
+	sg.mu.Lock()
+	defer sg.mu.Unlock()
 	cfg, err := getConfig(ctx, s)
 	if err != nil {
 		return err
 	}
-	if now.Sub(st.createdAt) >= cfg.RotationPeriod {
-		return sg.rotate(ctx, s, now, log)
+	ring, err := getJSON[keyRing](ctx, s, signingKeysPath)
+	if err != nil || (ring != nil && !ring.rotationDue(cfg, now)) {
+		return err
 	}
-	return nil
+	_, err = sg.rotateLocked(ctx, s, now, log, takeover{})
+	return err
 }
 
 // reset drops the parsed ring; the next request reloads it. Vault calls it
@@ -239,10 +283,11 @@ func (sg *signer) reset() {
 
 // configure changes the config under mu, so that no mint loads a ring
 // under a config it was not made for: edit applies the write to c, and a
-// response from it rejects the write. A new algorithm rotates the key at
-// once; the cache is dropped either way, as verification_ttl decides which
-// keys are published.
-func (sg *signer) configure(ctx context.Context, s logical.Storage, log hclog.Logger, edit func(c *config) (*logical.Response, error)) (*logical.Response, error) {
+// response from it rejects the write. A new algorithm rotates the key,
+// not at once but as a rotation does: a key of the new algorithm is
+// published now and signs next_key_lead later. The cache is dropped either
+// way, as verification_ttl decides which keys are published.
+func (sg *signer) configure(ctx context.Context, s logical.Storage, now time.Time, log hclog.Logger, edit func(c *config) (*logical.Response, error)) (*logical.Response, error) {
 	sg.mu.Lock()
 	defer sg.mu.Unlock()
 	c, err := getConfig(ctx, s)
@@ -257,7 +302,7 @@ func (sg *signer) configure(ctx context.Context, s logical.Storage, log hclog.Lo
 		return nil, err
 	}
 	if c.SigningAlgorithm != oldAlg {
-		if _, err := sg.rotateLocked(ctx, s, time.Now(), log); err != nil {
+		if _, err := sg.rotateLocked(ctx, s, now, log, takeover{}); err != nil {
 			return nil, err
 		}
 	}

@@ -639,7 +639,7 @@ func TestClusterPeriodicWorkRunsOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	write(t, leader.Client, "keybroker/config", map[string]interface{}{"rotation_period": "1m"})
+	write(t, leader.Client, "keybroker/config", map[string]interface{}{"rotation_period": "1m", "next_key_lead": "20s"})
 
 	logs := func(what string) map[string][]string { // node -> matching lines
 		out := map[string][]string{}

@@ -535,7 +535,7 @@ func TestSidecarRotationUnknownKid(t *testing.T) {
 	v := vaultserver.StartT(t)
 	setupRoles(t, v)
 	e := startSidecar(t, v, gatewayConfig("envoy"))
-	write(t, v.Client, "keybroker/rotate", nil)
+	write(t, v.Client, "keybroker/rotate", map[string]interface{}{"immediate": true}) // signs at once, unknown to the sidecar
 	jwt := write(t, v.Client, "keybroker/token/svc", map[string]interface{}{"audience": "svc"}).Data["token"].(string)
 	if r := call(t, e.auth, "GET", "/verify/read", bearer(jwt), ""); r.status != 200 {
 		t.Fatalf("token signed by a key rotated in after start: %d %s", r.status, r.body)

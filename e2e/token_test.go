@@ -139,8 +139,8 @@ func TestAgentJWT(t *testing.T) {
 	}
 
 	// Rotation: the old token keeps verifying (verification_ttl), new
-	// tokens carry the new kid.
-	write(t, root, "keybroker/rotate", nil)
+	// tokens carry the new kid (immediate: rotation_test.go has the lead).
+	write(t, root, "keybroker/rotate", map[string]interface{}{"immediate": true})
 	if fetchJWKS(t, v).Len() != 2 {
 		t.Fatal("JWKS after rotation does not hold both keys")
 	}
