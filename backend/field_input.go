@@ -5,11 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"math"
 	"sort"
 	"strings"
 
 	"github.com/hashicorp/vault/sdk/framework"
-	"github.com/hashicorp/vault/sdk/helper/errutil"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -29,12 +29,20 @@ var jsonFields = map[string]string{
 	"dpop_jwk": "a public JWK: a JSON object, or a string holding one",
 }
 
-// HandleExistenceCheck is the framework's, after checkFieldInput: Vault
-// runs it before HandleRequest on paths with an existence check (roles,
-// tenants), and it converts the fields too.
+// HandleExistenceCheck runs before Vault's ACL check, for every create or
+// update. A path without an existence check (every one but roles and
+// tenants) reads no field here, as the framework's own: a caller without a
+// policy must get Vault's 403, not a 400 that tells a keybroker mount and
+// its field names apart from nothing mounted. On roles and tenants, a
+// field that does not convert (which the framework would answer with its
+// own 400, before the ACL) is left to HandleRequest, after the ACL, by
+// answering "does not exist": Vault then checks the create capability.
 func (b *backend) HandleExistenceCheck(ctx context.Context, req *logical.Request) (bool, bool, error) {
+	if p := b.Route(req.Path); p == nil || p.ExistenceCheck == nil {
+		return b.Backend.HandleExistenceCheck(ctx, req)
+	}
 	if msg := b.checkFieldInput(req); msg != "" {
-		return false, false, errutil.UserError{Err: msg}
+		return true, false, nil
 	}
 	return b.Backend.HandleExistenceCheck(ctx, req)
 }
@@ -114,20 +122,60 @@ func jsonText(field string, v interface{}) (string, error) {
 func checkFieldType(d *framework.FieldData, field string) error {
 	v, schema := d.Raw[field], d.Schema[field]
 	_, _, err := d.GetOkErr(field)
-	if _, isBool := v.(bool); err == nil && !(isBool && isStringType(schema.Type)) {
+	_, isBool := v.(bool)
+	// The framework truncates a fraction for a whole-number field (a budget
+	// of 0.5 became 0, a ttl of 1.5 one second): refused, as a bool for a
+	// string field is, which it would turn into "1" or "0".
+	if err == nil && !(isBool && isStringType(schema.Type)) && !(fractional(v) && wholeType(schema.Type)) {
 		return nil
 	}
+	// A value is echoed only when it is short and the field is not a
+	// string: a credential sent to the wrong field (a key is 65 characters
+	// or more, its secret part 43) must not come back in an error, which
+	// Vault's audit log and the caller's terminal keep.
 	got := kindOf(v)
 	switch n := v.(type) {
 	case string:
-		if len(n) <= 64 && !isStringType(schema.Type) {
+		if len(n) <= maxEcho && !isStringType(schema.Type) {
 			got = fmt.Sprintf("%q", n)
 		}
 	case json.Number, int, int64, float64:
-		got = fmt.Sprint(n)
+		if text := fmt.Sprint(n); len(text) <= maxEcho {
+			got = text
+		}
 	}
 	return fmt.Errorf("%s must be %s; got %s", field, typeWords(schema.Type), got)
 }
+
+// fractional says whether v is a JSON number with a fractional part.
+func fractional(v interface{}) bool {
+	var f float64
+	switch n := v.(type) {
+	case float64:
+		f = n
+	case json.Number:
+		var err error
+		if f, err = n.Float64(); err != nil {
+			return false
+		}
+	default:
+		return false
+	}
+	return f != math.Trunc(f)
+}
+
+// wholeType says whether fields of type t hold whole numbers (a duration
+// in seconds included).
+func wholeType(t framework.FieldType) bool {
+	switch t {
+	case framework.TypeInt, framework.TypeInt64, framework.TypeDurationSecond, framework.TypeSignedDurationSecond:
+		return true
+	}
+	return false
+}
+
+// maxEcho is the longest value an error repeats.
+const maxEcho = 32
 
 func isStringType(t framework.FieldType) bool {
 	return t == framework.TypeString || t == framework.TypeLowerCaseString || t == framework.TypeNameString

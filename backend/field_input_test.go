@@ -3,6 +3,7 @@ package backend
 import (
 	"context"
 	"encoding/json"
+	"maps"
 	"strings"
 	"testing"
 
@@ -110,22 +111,60 @@ func TestWrongTypedFieldsSayWhatTheFieldTakes(t *testing.T) {
 
 // Vault asks a path with an existence check (roles, tenants) before the
 // write, and the framework converts the fields there too: the same
-// message, as a user error (a 400).
-func TestExistenceCheckSaysWhatTheFieldTakes(t *testing.T) {
+// Vault runs the existence check before its ACL. A path without one reads
+// no field there, so a caller without a policy gets Vault's 403 whatever it
+// sends; on roles and tenants a field that does not convert is answered
+// "does not exist" (Vault then checks the create capability) and its 400
+// comes from HandleRequest, after the ACL.
+func TestExistenceCheckReadsNoFieldBeforeTheACL(t *testing.T) {
 	e := newTestEnv(t)
-	for _, path := range []string{"roles/r", "tenants/t"} {
-		for field, v := range map[string]interface{}{"budget": map[string]interface{}{}, "ttl": "soon"} {
-			if path == "tenants/t" && field == "ttl" {
-				continue
-			}
-			_, _, err := e.b.HandleExistenceCheck(context.Background(), &logical.Request{
-				Operation: logical.UpdateOperation, Path: path, Data: map[string]interface{}{field: v}, Storage: e.storage,
-			})
-			if err == nil || !strings.HasPrefix(err.Error(), field+" must be ") {
-				t.Fatalf("%s %s: %v", path, field, err)
-			}
-			assertNoGoInternals(t, path, err.Error())
+	bad := map[string]interface{}{"ttl": "x", "scopes": map[string]interface{}{}, "rotation_period": "x", "dpop_jwk": 5, "budget": map[string]interface{}{}}
+	for _, path := range []string{"token/anyrole", "keys/anyrole", "config", "verify", "token/exchange", "budget/reserve"} {
+		found, exists, err := e.b.HandleExistenceCheck(context.Background(), &logical.Request{
+			Operation: logical.UpdateOperation, Path: path, Data: maps.Clone(bad), Storage: e.storage,
+		})
+		if found || exists || err != nil {
+			t.Errorf("%s: found=%v exists=%v err=%v, want the framework's (false, false, nil)", path, found, exists, err)
 		}
+	}
+	for _, path := range []string{"roles/r", "tenants/t"} {
+		req := &logical.Request{Operation: logical.UpdateOperation, Path: path, Data: map[string]interface{}{"budget": map[string]interface{}{}}, Storage: e.storage}
+		found, exists, err := e.b.HandleExistenceCheck(context.Background(), req)
+		if !found || exists || err != nil {
+			t.Fatalf("%s: found=%v exists=%v err=%v, want (true, false, nil)", path, found, exists, err)
+		}
+		req.Operation = logical.CreateOperation
+		resp, err := e.b.HandleRequest(context.Background(), req)
+		if err != nil || resp == nil || !resp.IsError() || !strings.HasPrefix(resp.Error().Error(), "budget must be ") {
+			t.Fatalf("%s after the ACL: %v %v", path, resp, err)
+		}
+		assertNoGoInternals(t, path, resp.Error().Error())
+	}
+}
+
+// A fraction for a whole-number field is refused, not truncated; a long
+// value, or any value for a string field, is never echoed.
+func TestFieldErrorsRefuseFractionsAndEchoLittle(t *testing.T) {
+	e := newTestEnv(t)
+	for _, tc := range []struct {
+		field string
+		v     interface{}
+		want  string
+	}{
+		{"budget", 0.5, "budget must be a whole number; got 0.5"},
+		{"budget", json.Number("-0.5"), "budget must be a whole number; got -0.5"},
+		{"ttl", 1.5, "ttl must be a duration"},
+		{"ttl", strings.Repeat("9", 40), "got a string"},
+		{"budget", json.Number(strings.Repeat("9", 400)), "got a number"},
+	} {
+		req := &logical.Request{Operation: logical.UpdateOperation, Path: "roles/r", Data: map[string]interface{}{tc.field: tc.v}}
+		msg := e.b.checkFieldInput(req)
+		if !strings.Contains(msg, tc.want) || len(msg) > 200 {
+			t.Errorf("%s=%v: %q, want it to say %q", tc.field, tc.v, msg, tc.want)
+		}
+	}
+	if msg := e.b.checkFieldInput(&logical.Request{Operation: logical.UpdateOperation, Path: "roles/r", Data: map[string]interface{}{"budget": 2.0, "ttl": 60.0}}); msg != "" {
+		t.Errorf("whole numbers as JSON numbers: %q", msg)
 	}
 }
 

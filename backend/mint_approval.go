@@ -100,8 +100,8 @@ func (ap *approvals) needsApproval(ctx context.Context, req *logical.Request, r 
 	}
 	log.Info("approval requested", "request_id", id, "role", roleName, "scopes", strings.Join(needs, ","), "entity_id", req.EntityID)
 	return &logical.Response{Data: map[string]interface{}{
-		"approval_required":  true,
-		"request_id":         id,
+		"approval_required": true,
+		"request_id":        id,
 		// The same id under the name a mint redeems it with: the vault
 		// CLI's -field=request_id prints Vault's own request id.
 		"approval_id":        id,

@@ -19,7 +19,9 @@ func (sc *Sidecar) assembleFeeds() {
 	sc.jwksFeed = newJWKSFeed(jwksFeedOptions{mount: s.mount, issuer: s.issuer, audiences: s.audiences, leeway: s.leeway, refresh: s.jwksRefresh}, sc.jwks, sc.vault, sc.log)
 	sc.revocations = newRevocationFeed(revocationOptions{mount: s.mount, wait: s.revocationWait, poll: s.revocationPoll},
 		sc.vault, revocationMetrics{vaultCalls: m.vaultCalls, restarts: m.feedRestarts}, sc.log)
-	if s.keyReplica {
+	// The key replica serves API keys only: a JWT-only sidecar neither
+	// copies the records nor waits for them.
+	if s.keyReplica && s.acceptKeys {
 		sc.keyRecords = newKeyRecordFeed(keyRecordOptions{mount: s.mount, filter: s.keyFilter, wait: keyRecordsWait(s.revocationWait, s.maxStale), poll: s.revocationPoll},
 			sc.vault, keyRecordMetrics{vaultCalls: m.vaultCalls, syncSeconds: m.keySyncSeconds, resyncs: m.keyResyncs}, sc.log)
 	}

@@ -89,7 +89,10 @@ func validateDPoP(c *Config, s *settings) []error {
 		p.addf("dpop_proof_max_age, dpop_replay_cache_size and require_dpop need public_origin, which turns DPoP on")
 	}
 	s.requireDPoP = c.RequireDPoP
-	if s.requireDPoP && !c.keyReplica() {
+	// A JWT-only sidecar checks bound tokens by their cnf claim: no
+	// replica needed.
+	takesKeys := c.CredentialKinds == nil || slices.Contains(c.CredentialKinds, kindAPIKey)
+	if s.requireDPoP && !c.keyReplica() && takesKeys {
 		p.addf("require_dpop needs key_replica: a bound API key is checked from its record, so without the replica every API key would be refused")
 	}
 	return p

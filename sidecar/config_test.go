@@ -171,6 +171,16 @@ func TestValidateDPoP(t *testing.T) {
 	})
 }
 
+// A JWT-only sidecar checks bound tokens by their cnf claim, so
+// require_dpop does not need the key replica there.
+func TestRequireDPoPWithoutReplicaForJWTsOnly(t *testing.T) {
+	c := validConfig()
+	c.PublicOrigin, c.RequireDPoP, c.KeyReplica, c.CredentialKinds = "https://api.example.com", true, ptr(false), []string{"jwt"}
+	if errs := validateDPoP(c, &settings{}); len(errs) > 0 {
+		t.Fatalf("require_dpop without the replica, JWTs only: %v", errs)
+	}
+}
+
 func TestValidateFeeds(t *testing.T) {
 	runBlock(t, validateFeeds, map[string]configBlockCase{
 		"bad poll":               {func(c *Config) { c.RevocationPollInterval = "often" }, "revocation_poll_interval"},

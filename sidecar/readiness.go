@@ -27,6 +27,9 @@ type readiness struct {
 func (sc *Sidecar) readiness() readiness {
 	r := readiness{components: map[string]map[string]any{}, waitingFor: []string{}}
 	r.components["jwks"] = sc.jwksComponent(&r)
+	if !sc.s.acceptKeys {
+		r.components["key_records"] = map[string]any{"state": stateNotUsed, "required": false, "read": false}
+	}
 	for _, f := range sc.followedFeeds() {
 		state, lastErr := f.status()
 		c := map[string]any{"state": state, "read": f.known(), "required": true}

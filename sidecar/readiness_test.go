@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keybroker/keybroker/apikey"
 	"github.com/keybroker/keybroker/contract"
 )
 
@@ -83,6 +84,27 @@ func TestReadinessWaitsForJWKSWhenJWTsAreAccepted(t *testing.T) {
 	sc.jwks.set.Store(set)
 	if code, body := healthzOf(t, sc); code != 200 || component(body, "jwks")["state"] != feedOK {
 		t.Fatalf("healthz once the JWKS is read: %d %v", code, body)
+	}
+}
+
+// A JWT-only sidecar (credential_kinds = ["jwt"]) keeps no key replica:
+// it neither copies the records nor waits for them, and an API key is
+// refused for its kind, not as records unknown.
+func TestReadinessWithoutAPIKeys(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.CredentialKinds = []string{"jwt"} })
+	sc := f.sc
+	if sc.keyRecords != nil {
+		t.Fatal("a JWT-only sidecar follows the key-record feed")
+	}
+	code, body := healthzOf(t, sc)
+	kr := component(body, "key_records")
+	if code != 200 || kr["state"] != stateNotUsed || kr["required"] != false || len(body["waiting_for"].([]any)) != 0 {
+		t.Fatalf("healthz %d %v", code, body)
+	}
+	key, _, _ := apikey.Generate(nil, "kb")
+	d := decideWith(sc, "GET", "/v1/items/1", hdr("X-API-Key", key))
+	if d.status != http.StatusUnauthorized || d.reason != contract.ReasonKindNotAccepted {
+		t.Fatalf("an API key to a JWT-only sidecar: %d %s", d.status, d.reason)
 	}
 }
 

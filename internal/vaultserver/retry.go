@@ -14,7 +14,8 @@ import (
 // through Retry so that a leader change during start-up, which a loaded
 // machine makes likely, is waited out instead of ending the start. Each
 // write retried must be one that may be sent twice: the first may have
-// been committed before the error.
+// been committed before the error. (An AppRole's secret-id write retried
+// may leave an unused secret_id behind: harmless in a dev or test Vault.)
 
 // leaderChangeErrors are the words Vault answers with while its active node
 // changes.
@@ -27,7 +28,9 @@ var leaderChangeErrors = []string{
 	"Vault is sealed",
 	"standby",
 	"connection refused",
-	"EOF",
+	// The connection closed mid-request (net/http's `Put "...": EOF`), not
+	// a JSON body cut short ("unexpected EOF"), which a retry does not mend.
+	": EOF",
 }
 
 // LeaderChange says whether err is one a write meets while the cluster's

@@ -63,3 +63,13 @@ func TestEnableOnce(t *testing.T) {
 		t.Fatal("a first attempt finding the path taken is no success")
 	}
 }
+
+// A connection closed mid-request is retried; a body cut short is not.
+func TestLeaderChangeEOF(t *testing.T) {
+	if !LeaderChange(errors.New(`Put "http://127.0.0.1:8200/v1/sys/mounts/keybroker": EOF`)) {
+		t.Error("a closed connection is not retried")
+	}
+	if LeaderChange(errors.New("error parsing the response: unexpected EOF")) {
+		t.Error("a body cut short is retried")
+	}
+}
