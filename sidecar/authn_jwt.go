@@ -89,7 +89,7 @@ func (k *agentJWTs) logRefusal(d *decision) {
 	}
 	switch {
 	case first && d.hint != nil:
-		k.log.Info("refused a JWT: "+d.hint.description+" (further ones are logged at debug, and each in the decision log)",
+		k.log.Info("refused a JWT: "+d.hint.log+" (further ones are logged at debug, and each in the decision log)",
 			"reason", d.reason, "expected", d.hint.expected)
 	case k.log.IsDebug():
 		expected := ""

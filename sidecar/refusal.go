@@ -21,6 +21,10 @@ import (
 type refusalHint struct {
 	expected    string // for the decision log and the log: the audiences, the issuer
 	description string // error_description, header-safe
+	// log is the operator's sentence, which may say more than the client's
+	// (the audiences this service accepts: a holder of a token for
+	// another service need not learn which ones pass here).
+	log string
 }
 
 // jwtHints are the hints of one verifier, made with it.
@@ -30,14 +34,17 @@ type jwtHints struct {
 
 func newJWTHints(audiences []string, issuer string) *jwtHints {
 	aud := strings.Join(audiences, " ")
-	audDesc := "the token's aud names none of the audiences this service accepts: " + aud
+	audLog := "the token's aud names none of the audiences this service accepts: " + aud + "; mint it with audience set to one of them"
 	if aud == "" {
-		audDesc = "the token has no aud"
+		audLog = "the token has no aud"
 	}
+	// The issuer is public (the discovery document); the accepted
+	// audiences are the operator's to tell.
+	iss := headerSafe("the token's iss is not this service's issuer " + issuer + "; it was minted by another Vault or mount")
 	return &jwtHints{
-		audience: refusalHint{expected: aud, description: headerSafe(audDesc + "; mint it with audience set to one of them")},
-		issuer: refusalHint{expected: issuer, description: headerSafe("the token's iss is not this service's issuer " + issuer +
-			"; it was minted by another Vault or mount")},
+		audience: refusalHint{expected: aud, log: audLog,
+			description: "the token's aud names none of the audiences this service accepts: mint it for this service (audience=)"},
+		issuer: refusalHint{expected: issuer, description: iss, log: iss},
 	}
 }
 

@@ -39,9 +39,9 @@ func TestJWTRefusalReasons(t *testing.T) {
 		name, token, reason, description string
 	}{
 		{"audience", with(func(c *jwt.RegisteredClaims) { c.Audience = jwt.ClaimStrings{"other-aud"} }, nil),
-			contract.ReasonAudienceMismatch, "the token's aud names none of the audiences this service accepts: svc svc-2; mint it with audience set to one of them"},
+			contract.ReasonAudienceMismatch, "the token's aud names none of the audiences this service accepts: mint it for this service (audience=)"},
 		{"several audiences, none ours", with(func(c *jwt.RegisteredClaims) { c.Audience = jwt.ClaimStrings{"a", "b", "c"} }, nil),
-			contract.ReasonAudienceMismatch, "svc svc-2"},
+			contract.ReasonAudienceMismatch, "none of the audiences"},
 		{"issuer", with(func(c *jwt.RegisteredClaims) { c.Issuer = "https://other-vault" }, nil),
 			contract.ReasonIssuerMismatch, "is not this service's issuer https://iss"},
 		{"expired", with(func(c *jwt.RegisteredClaims) { c.ExpiresAt = jwt.NewNumericDate(time.Now().Add(-time.Hour)) }, nil),
@@ -67,6 +67,11 @@ func TestJWTRefusalReasons(t *testing.T) {
 			if strings.Contains(c, "other-aud") || strings.Contains(c, "other-vault") || strings.Contains(w.Body.String(), "other-aud") {
 				t.Fatalf("the answer repeats the token's claims: %q %s", c, w.Body)
 			}
+			// The accepted audiences are the operator's (the log and the
+			// decision log), not told to whoever holds a token.
+			if strings.Contains(c, "svc-2") || strings.Contains(w.Body.String(), "svc-2") {
+				t.Fatalf("the answer lists the audiences this service accepts: %q %s", c, w.Body)
+			}
 		})
 	}
 }
@@ -75,7 +80,7 @@ func TestJWTRefusalReasons(t *testing.T) {
 // control character cannot break the challenge it is quoted in.
 func TestJWTHintsHeaderSafe(t *testing.T) {
 	h := newJWTHints([]string{`a"b`, `c\d`, "e\r\nf", "ü"}, "https://iss\"x")
-	for _, s := range []string{h.audience.description, h.issuer.description} {
+	for _, s := range []string{h.audience.description, h.issuer.description, h.issuer.log} {
 		if headerSafe(s) != s || strings.ContainsAny(s, "\"\\\r\n") {
 			t.Fatalf("not header-safe: %q", s)
 		}
