@@ -31,8 +31,10 @@ func validateTokens(c *Config, s *settings) []error {
 		p.addf("authorization_servers needs resource: they are named in its metadata")
 	}
 	for _, a := range c.AuthorizationServers {
-		if u, err := url.Parse(a); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
-			p.addf("authorization_servers: %q is not an issuer URL (https://host[/path])", a)
+		// RFC 8414 §2: an issuer is an https URL without query or
+		// fragment (http on a loopback host, for development).
+		if u, err := url.Parse(a); err != nil || !(u.Scheme == "https" || u.Scheme == "http" && isLoopbackHost(u.Hostname())) || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+			p.addf("authorization_servers: %q is not an issuer URL (https://host[/path]; http only on a loopback host)", a)
 		}
 	}
 	if len(c.Audiences) == 0 && c.Resource == "" && s.acceptJWTs {

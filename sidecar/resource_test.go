@@ -125,9 +125,11 @@ func TestAuthorizationServersSetting(t *testing.T) {
 		servers  []string
 		want     string
 	}{
-		"without resource": {"", []string{"https://as.example.com"}, "authorization_servers needs resource"},
-		"not a URL":        {"https://mcp.example.com/mcp", []string{"as.example.com"}, "is not an issuer URL"},
-		"a query":          {"https://mcp.example.com/mcp", []string{"https://as.example.com/?x=1"}, "is not an issuer URL"},
+		"without resource":   {"", []string{"https://as.example.com"}, "authorization_servers needs resource"},
+		"not a URL":          {"https://mcp.example.com/mcp", []string{"as.example.com"}, "is not an issuer URL"},
+		"a query":            {"https://mcp.example.com/mcp", []string{"https://as.example.com/?x=1"}, "is not an issuer URL"},
+		"http, not loopback": {"https://mcp.example.com/mcp", []string{"http://as.example.com"}, "is not an issuer URL"},
+		"http on loopback":   {"https://mcp.example.com/mcp", []string{"http://127.0.0.1:9000"}, ""},
 	} {
 		c := validConfig()
 		c.Resource, c.AuthorizationServers = tc.resource, tc.servers
@@ -136,7 +138,7 @@ func TestAuthorizationServersSetting(t *testing.T) {
 		for _, e := range validateTokens(c, &s) {
 			got += e.Error()
 		}
-		if !strings.Contains(got, tc.want) {
+		if !strings.Contains(got, tc.want) || (tc.want == "") != (got == "") {
 			t.Errorf("%s: problems %q, want %q", name, got, tc.want)
 		}
 	}
