@@ -1,9 +1,11 @@
 package sidecar
 
 import (
+	"fmt"
 	"os"
 	"reflect"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -12,41 +14,86 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// TestMetricsReferenceIsComplete fails when a metric the sidecar exports is
-// missing from the metrics reference in docs/operations.md, so the reference
-// cannot go stale: add a row there for every new series.
+// TestMetricsReferenceIsComplete keeps the metrics reference of
+// docs/operations.md true to what the sidecar exports: every metric has a
+// row ("| `name` | type | labels | meaning |") naming each of its labels,
+// and every row names a metric the sidecar still exports.
 func TestMetricsReferenceIsComplete(t *testing.T) {
 	doc, err := os.ReadFile("../docs/operations.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	names := exportedMetricNames(t, newFixture(t, nil).sc.m)
-	if len(names) < 20 {
-		t.Fatalf("found only %d metric names (%v): the lookup below no longer sees the registry", len(names), names)
+	rows := metricRows(string(doc))
+	exported := exportedMetrics(t, newFixture(t, nil).sc.m)
+	if len(exported) < 20 {
+		t.Fatalf("found only %d metrics (%v): the lookup below no longer sees the registry", len(exported), exported)
 	}
-	for _, name := range names {
-		// A row of the reference names the metric in backquotes.
-		if !strings.Contains(string(doc), "`"+name+"`") {
-			t.Errorf("metric %s is exported but not in the metrics reference of docs/operations.md", name)
+	for name, labels := range exported {
+		row, ok := rows[name]
+		if !ok {
+			t.Errorf("metric %s is exported but has no row in the metrics reference of docs/operations.md", name)
+			continue
+		}
+		for _, l := range labels {
+			if !strings.Contains(row, "`"+l+"`") {
+				t.Errorf("metric %s has label %s, which its row in docs/operations.md does not name", name, l)
+			}
+		}
+	}
+	for name := range rows {
+		if _, ok := exported[name]; !ok {
+			t.Errorf("docs/operations.md has a row for %s, which the sidecar does not export", name)
 		}
 	}
 }
 
-// exportedMetricNames is every metric name the registry serves, together
-// with those of the vectors no request has touched yet: a vector without a
-// child is absent from Gather, so its name is read from its description.
+// metricRows are the reference's table rows, by the metric each names first.
+func metricRows(doc string) map[string]string {
+	row := regexp.MustCompile("^\\| `(keybroker_sidecar_[a-z_]+)` \\|")
+	rows := map[string]string{}
+	for _, line := range strings.Split(doc, "\n") {
+		if m := row.FindStringSubmatch(line); m != nil {
+			rows[m[1]] = line
+		}
+	}
+	return rows
+}
+
+// exportedMetrics is every metric the registry serves, with its label names,
+// read from the descriptions of what Gather yields and of every vector: a
+// vector no request has touched yet has no child, so Gather leaves it out.
 // Every vector is a field of metrics (components are handed them from there).
-func exportedMetricNames(t *testing.T, m *metrics) []string {
+func exportedMetrics(t *testing.T, m *metrics) map[string][]string {
 	t.Helper()
-	seen := map[string]bool{}
+	out := map[string][]string{}
+	add := func(d *prometheus.Desc) {
+		name, labels, err := describe(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range labels {
+			if !slices.Contains(out[name], l) {
+				out[name] = append(out[name], l)
+			}
+		}
+		if out[name] == nil {
+			out[name] = []string{}
+		}
+	}
 	families, err := m.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, f := range families {
-		seen[f.GetName()] = true
+		out[f.GetName()] = []string{}
+		for _, metric := range f.GetMetric() {
+			for _, lp := range metric.GetLabel() {
+				if !slices.Contains(out[f.GetName()], lp.GetName()) {
+					out[f.GetName()] = append(out[f.GetName()], lp.GetName())
+				}
+			}
+		}
 	}
-	fqName := regexp.MustCompile(`fqName: "([^"]+)"`)
 	v := reflect.ValueOf(m).Elem()
 	for i := 0; i < v.NumField(); i++ {
 		f := v.Field(i)
@@ -61,17 +108,32 @@ func exportedMetricNames(t *testing.T, m *metrics) []string {
 		descs := make(chan *prometheus.Desc, 16)
 		go func() { c.Describe(descs); close(descs) }()
 		for d := range descs {
-			match := fqName.FindStringSubmatch(d.String())
-			if match == nil {
-				t.Fatalf("cannot read the name in %s", d)
-			}
-			seen[match[1]] = true
+			add(d)
 		}
 	}
-	names := make([]string, 0, len(seen))
-	for n := range seen {
-		names = append(names, n)
+	for _, labels := range out {
+		sort.Strings(labels)
 	}
-	sort.Strings(names)
-	return names
+	return out
+}
+
+var (
+	descName   = regexp.MustCompile(`fqName: "([^"]+)"`)
+	descLabels = regexp.MustCompile(`variableLabels: \{([^}]*)\}`)
+)
+
+// describe reads a description's name and variable label names from its
+// String, the only way the client library shows them.
+func describe(d *prometheus.Desc) (string, []string, error) {
+	name, labels := descName.FindStringSubmatch(d.String()), descLabels.FindStringSubmatch(d.String())
+	if name == nil || labels == nil {
+		return "", nil, fmt.Errorf("cannot read the name and labels in %s", d)
+	}
+	var out []string
+	for _, l := range strings.Split(labels[1], ",") {
+		if l = strings.TrimSuffix(strings.TrimPrefix(l, "c("), ")"); l != "" {
+			out = append(out, l)
+		}
+	}
+	return name[1], out, nil
 }
