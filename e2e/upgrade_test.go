@@ -16,7 +16,7 @@ import (
 	"github.com/keybroker/keybroker/internal/vaultserver"
 )
 
-// readmeBlock returns the one fenced code block of README.md that contains
+// readmeBlock returns the one fenced code block of docs/operations.md that contains
 // marker.
 func readmeBlock(t *testing.T, marker string) string {
 	t.Helper()
@@ -24,7 +24,7 @@ func readmeBlock(t *testing.T, marker string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile(filepath.Join(root, "README.md"))
+	b, err := os.ReadFile(filepath.Join(root, "docs", "operations.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,16 +37,16 @@ func readmeBlock(t *testing.T, marker string) string {
 		}
 	}
 	if len(found) != 1 {
-		t.Fatalf("README.md has %d code blocks with %q, want 1", len(found), marker)
+		t.Fatalf("docs/operations.md has %d code blocks with %q, want 1", len(found), marker)
 	}
 	return found[0]
 }
 
-// The upgrade recipe of the README ("Installing in a production Vault"),
+// The upgrade recipe of docs/operations.md ("Upgrade the plugin"),
 // run as written on a running mount with a sidecar in front: the only
 // changes are the plugin directory (a temporary one, not /etc/vault/plugins)
 // and the build, which the test does itself with the version the recipe
-// names. Its -env VAULT_API_ADDR is left as the README spells it, an address
+// names. Its -env VAULT_API_ADDR is left as the page spells it, an address
 // that is not this Vault's: the issuer must not follow it. Keys and JWTs
 // minted before pass at the sidecar and at keybroker/verify, minting goes
 // on with the same issuer, the sidecar stays ready throughout, and a

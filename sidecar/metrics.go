@@ -75,7 +75,7 @@ func (m *metrics) decisionSeries() {
 	})
 	m.dpopResults = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "keybroker_sidecar_dpop_proofs_total",
-		Help: "Requests with the DPoP scheme by result: ok, invalid_dpop_proof, dpop_proof_replayed, dpop_not_bound, dpop_not_enabled, replay_cache_full.",
+		Help: "Requests with the DPoP scheme by result: ok, invalid_dpop_proof, dpop_proof_replayed, dpop_not_bound, dpop_not_enabled, replay_quota and replay_quota_client (the lineage or the client address holds its share of the replay cache), replay_cache_full.",
 	}, []string{"result"})
 	m.decisionLogDropped = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "keybroker_sidecar_decision_log_dropped_total",
