@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/template"
@@ -124,7 +125,7 @@ func run(o options) error {
 	service := startService(o.service)
 	defer service.Close()
 
-	env, err := shellEnv(v)
+	env, err := shellEnv(v, filepath.Dir(o.sidecar))
 	if err != nil {
 		return err
 	}
@@ -249,33 +250,46 @@ func setUpExample(ctx context.Context, v *vaultserver.Server) (roleID, secretID 
 }
 
 // checkFree fails on the first address taken, naming the Makefile variable
-// that moves it, so make dev and make cluster can run side by side.
+// that moves it, so make dev and make cluster can run side by side. A dev
+// Vault also listens on its port + 1 (its cluster listener), which must be
+// free and not one of the others.
 func checkFree(o options) error {
-	addrs := []struct{ addr, makeVar string }{
-		{o.addr, "DEV_ADDR"},
-		{o.proxy, "DEV_SIDECAR_LISTEN"},
-		{o.auth, "DEV_SIDECAR_AUTH_LISTEN"},
-		{o.service, "DEV_UPSTREAM_ADDR"},
+	type use struct{ addr, makeVar, what string }
+	uses := []use{
+		{o.addr, "DEV_ADDR", "Vault"},
+		{o.proxy, "DEV_SIDECAR_LISTEN", "the sidecar's proxy"},
+		{o.auth, "DEV_SIDECAR_AUTH_LISTEN", "the sidecar's /verify"},
+		{o.service, "DEV_UPSTREAM_ADDR", "the demo service"},
 	}
 	if o.cluster {
-		addrs = addrs[1:] // the nodes pick free ports
+		uses = uses[1:] // the nodes pick free ports
+	} else if host, port, err := net.SplitHostPort(o.addr); err == nil {
+		if p, err := strconv.Atoi(port); err == nil {
+			uses = append(uses, use{net.JoinHostPort(host, strconv.Itoa(p+1)), "DEV_ADDR", "Vault's cluster listener (its port + 1)"})
+		}
 	}
-	for _, a := range addrs {
-		l, err := net.Listen("tcp", a.addr)
+	seen := map[string]use{}
+	for _, u := range uses {
+		if other, ok := seen[u.addr]; ok {
+			return fmt.Errorf("%s would be both %s (%s) and %s (%s): move one", u.addr, other.what, other.makeVar, u.what, u.makeVar)
+		}
+		seen[u.addr] = u
+		l, err := net.Listen("tcp", u.addr)
 		if err != nil {
-			return fmt.Errorf("%s is in use (is another `make dev` still running?): stop it, or move it (make dev %s=127.0.0.1:<another port>)", a.addr, a.makeVar)
+			return fmt.Errorf("%s (%s) is in use (is another `make dev` still running?): stop it, or move it (make dev %s=127.0.0.1:<another port>)", u.addr, u.what, u.makeVar)
 		}
 		l.Close()
 	}
 	return nil
 }
 
-// shellEnv is what another shell needs to talk to this Vault with the vault
-// CLI: VAULT_ADDR, VAULT_TOKEN and, when the vault binary make dev runs is not
-// the one that shell would find (bin/vault, built by make vault), the PATH
-// line that puts it first, so the Quickstart's first command is not
-// "vault: command not found".
-func shellEnv(v *vaultserver.Server) (string, error) {
+// shellEnv is what another shell needs to talk to this Vault and run the
+// binaries make dev started: VAULT_ADDR, VAULT_TOKEN and a PATH that finds
+// keybroker-sidecar and keybroker-audit (binDir, where make build put them)
+// and the vault binary make dev runs, when that is not the one the shell
+// would find (bin/vault, built by make vault), so the Quickstart's first
+// command is not "vault: command not found".
+func shellEnv(v *vaultserver.Server, binDir string) (string, error) {
 	var b strings.Builder
 	bin, err := vaultserver.FindVault()
 	if err != nil {
@@ -284,9 +298,14 @@ func shellEnv(v *vaultserver.Server) (string, error) {
 	if bin, err = filepath.Abs(bin); err != nil {
 		return "", err
 	}
-	if onPath, err := exec.LookPath("vault"); err != nil || !sameFile(onPath, bin) {
-		fmt.Fprintf(&b, "  export PATH=\"%s:$PATH\"\n", filepath.Dir(bin))
+	if binDir, err = filepath.Abs(binDir); err != nil {
+		return "", err
 	}
+	dirs := []string{binDir}
+	if onPath, err := exec.LookPath("vault"); (err != nil || !sameFile(onPath, bin)) && filepath.Dir(bin) != binDir {
+		dirs = append(dirs, filepath.Dir(bin))
+	}
+	fmt.Fprintf(&b, "  export PATH=\"%s:$PATH\"\n", strings.Join(dirs, ":"))
 	fmt.Fprintf(&b, "  export VAULT_ADDR=%s\n  export VAULT_TOKEN=%s\n", v.Addr, v.RootToken)
 	return b.String(), nil
 }

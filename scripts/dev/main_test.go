@@ -32,7 +32,7 @@ func TestPrintedCommandsRunVerbatim(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	env, err := shellEnv(v)
+	env, err := shellEnv(v, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,4 +86,18 @@ func TestPrintedCommandsRunVerbatim(t *testing.T) {
 
 func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(strings.TrimSpace(s), "'", `'\''`) + "'"
+}
+
+// Two of make dev's addresses on one port, Vault's cluster listener
+// included, are said before anything starts.
+func TestCheckFreeSaysWhichAddressesClash(t *testing.T) {
+	o := options{addr: "127.0.0.1:48079", proxy: "127.0.0.1:48080", auth: "127.0.0.1:48081", service: "127.0.0.1:48090"}
+	err := checkFree(o)
+	if err == nil || !strings.Contains(err.Error(), "127.0.0.1:48080 would be both") || !strings.Contains(err.Error(), "DEV_SIDECAR_LISTEN") {
+		t.Fatalf("DEV_ADDR's cluster port on the sidecar's: %v", err)
+	}
+	o.addr = "127.0.0.1:48070"
+	if err := checkFree(o); err != nil {
+		t.Fatalf("distinct free ports: %v", err)
+	}
 }
