@@ -22,6 +22,10 @@ import "time"
 // keep it longer when a refresh fails. An hour covers them with room.
 const defaultNextKeyLead = time.Hour
 
+// maxClockSkew is the clock difference between HA nodes that rotation
+// tolerates: a pending key due within it may already have signed.
+const maxClockSkew = time.Minute
+
 // minNextKeyLead keeps the JWKS's max-age (half the lead) at a second or more.
 const minNextKeyLead = 2 * time.Second
 
@@ -74,14 +78,19 @@ func (r *keyRing) rotationDue(cfg *config, now time.Time) bool {
 // took effect); the signing key retires when next starts. Keys past
 // verification_ttl are dropped.
 func (r *keyRing) schedule(next signingKey, signsAt, now time.Time, ttl time.Duration) {
-	cur := r.signing(now)
+	// A key due within maxClockSkew may have signed on a node whose clock
+	// is ahead of this one's (the active node before a failover): it is
+	// kept as the one that retires, not dropped as never having signed.
+	cur := r.signing(now.Add(maxClockSkew))
 	kept := make([]signingKey, 0, len(r.Keys)+1)
 	for i, k := range r.Keys {
 		if i > cur {
 			break // pending: never signed a token
 		}
 		if i == cur {
-			k.RetiredAt = signsAt.UTC() // also when a replaced pending key set it
+			// also when a replaced pending key set it; never before it
+			// started, so that its tokens verify for verification_ttl
+			k.RetiredAt = maxTime(signsAt, k.signsFrom()).UTC()
 		}
 		if k.published(now, ttl) {
 			kept = append(kept, k)

@@ -294,19 +294,37 @@ func (sg *signer) configure(ctx context.Context, s logical.Storage, now time.Tim
 	if err != nil {
 		return nil, err
 	}
-	oldAlg := c.SigningAlgorithm
+	oldAlg, oldLead := c.SigningAlgorithm, c.nextKeyLead()
 	if resp, err := edit(c); resp != nil || err != nil {
 		return resp, err
 	}
 	if err := putJSON(ctx, s, configPath, c); err != nil {
 		return nil, err
 	}
-	if c.SigningAlgorithm != oldAlg {
+	sg.cache = nil
+	// Against the ring, not the old config: a write whose rotation failed
+	// stored the new algorithm, and its retry must still rotate.
+	ring, err := getJSON[keyRing](ctx, s, signingKeysPath)
+	if err != nil {
+		return nil, err
+	}
+	if ring != nil && len(ring.Keys) >= 2 && c.nextKeyLead() > oldLead {
+		if p, ok := ring.pending(now); ok && p.SignsAt.Before(p.CreatedAt.Add(c.nextKeyLead())) {
+			// A raised lead holds for the key that waits too: the
+			// verifiers it was raised for have not all seen it.
+			at := p.CreatedAt.Add(c.nextKeyLead()).UTC()
+			ring.Keys[len(ring.Keys)-1].SignsAt = at
+			ring.Keys[len(ring.Keys)-2].RetiredAt = at
+			if err := putJSON(ctx, s, signingKeysPath, ring); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if c.SigningAlgorithm != oldAlg || (ring != nil && len(ring.Keys) > 0 && ring.Keys[len(ring.Keys)-1].Alg != c.SigningAlgorithm) {
 		if _, err := sg.rotateLocked(ctx, s, now, log, takeover{}); err != nil {
 			return nil, err
 		}
 	}
-	sg.cache = nil
 	return nil, nil
 }
 
