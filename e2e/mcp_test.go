@@ -129,13 +129,13 @@ func TestMCPStaticToken(t *testing.T) {
 			t.Fatalf("%s: the SDK's error does not say insufficient scope: %+v", mode, o.Error)
 		}
 	}
-	// A token for another audience: the SDK shows why, and what this
-	// resource accepts.
+	// A token for another audience: the SDK shows why (the audiences this
+	// resource accepts are the operator's log's, not the answer's).
 	var aud outcome
 	other := write(t, v.Client, "keybroker/token/svc", map[string]interface{}{"audience": "other"}).Data["token"].(string)
 	nodeRun(t, &aud, "mcp.mjs", "headers", resource, other)
 	if aud.Error == nil || aud.Error.Code != 401.0 || !strings.Contains(aud.Error.Message, `"reason":"audience_mismatch"`) ||
-		!strings.Contains(aud.Error.Message, resource) {
+		!strings.Contains(aud.Error.Message, "mint it for this service") {
 		t.Fatalf("a token for another audience: %+v", aud.Error)
 	}
 }
