@@ -51,7 +51,7 @@ func readmeBlock(t *testing.T, marker string) string {
 // minted before pass at the sidecar and at keybroker/verify, minting goes
 // on with the same issuer, the sidecar stays ready throughout, and a
 // sidecar started afterwards becomes ready.
-func TestUpgradeAsTheREADMESays(t *testing.T) {
+func TestUpgradeAsTheDocsSay(t *testing.T) {
 	const newVersion = "v0.2.0"
 	script := readmeBlock(t, "vault secrets tune -plugin-version="+newVersion+" keybroker/")
 	v := vaultserver.StartT(t)
@@ -103,7 +103,7 @@ func TestUpgradeAsTheREADMESays(t *testing.T) {
 	}
 	for _, s := range []string{"make build VERSION=" + newVersion + "\n", "/etc/vault/plugins/", "https://vault.example.com:8200"} {
 		if !strings.Contains(script, s) {
-			t.Fatalf("the README's upgrade recipe no longer has %q, which this test relies on:\n%s", s, script)
+			t.Fatalf("the upgrade recipe of docs/operations.md no longer has %q, which this test relies on:\n%s", s, script)
 		}
 	}
 	script = strings.NewReplacer(
@@ -138,7 +138,7 @@ func TestUpgradeAsTheREADMESays(t *testing.T) {
 	cmd.Env = []string{"PATH=" + pathDir + ":" + os.Getenv("PATH"), "HOME=" + work, "VAULT_ADDR=" + v.Addr, "VAULT_TOKEN=" + v.RootToken}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		t.Fatalf("the README's upgrade recipe failed: %v\n%s\n--- recipe as run:\n%s", err, out, script)
+		t.Fatalf("the upgrade recipe of docs/operations.md failed: %v\n%s\n--- recipe as run:\n%s", err, out, script)
 	}
 	t.Logf("recipe output:\n%s", out)
 	mounts, err := root.Sys().ListMounts()
