@@ -61,7 +61,7 @@ func cmpOrTitle(title string) string {
 	return title
 }
 
-// docPages is README.md and every page under docs/, drafts aside.
+// docPages is README.md and every page under docs/.
 func docPages(t *testing.T, root string) []string {
 	pages := []string{filepath.Join(root, "README.md")}
 	err := filepath.WalkDir(filepath.Join(root, "docs"), func(p string, d fs.DirEntry, err error) error {
@@ -70,9 +70,6 @@ func docPages(t *testing.T, root string) []string {
 				return nil
 			}
 			return err
-		}
-		if d.IsDir() && d.Name() == "_drafts" {
-			return filepath.SkipDir
 		}
 		if !d.IsDir() && strings.HasSuffix(p, ".md") {
 			pages = append(pages, p)
