@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/keybroker/keybroker/apikey"
+	"github.com/keybroker/keybroker/internal/dpoptest"
 	"github.com/keybroker/keybroker/jwtverify"
 )
 
@@ -117,5 +118,35 @@ func BenchmarkDecideMeteredJWTCached(b *testing.B) {
 			b.Fatal(fmt.Sprint("denied: ", d.reason))
 		}
 		d.hold.settle(1)
+	}
+}
+
+// BenchmarkDecideDPoPJWT is one whole decision of a DPoP-bound JWT with a
+// fresh proof: the cached token, the proof's signature, its claims, the
+// replay cache. jwtverify's BenchmarkDPoPFloor is what it cannot go below.
+func BenchmarkDecideDPoPJWT(b *testing.B) {
+	f := newFixture(b, func(c *Config) { c.PublicOrigin = testOrigin })
+	k := dpoptest.NewKey(b, "ES256")
+	c := f.claims("read", time.Hour)
+	c.ID, c.Cnf = "jti-bench", &jwtverify.Confirmation{JKT: k.JKT}
+	tok := f.sign(b, c)
+	// Proofs are signed ahead: each is used once, as a client would.
+	proofs := make([]string, 20000)
+	now := time.Now()
+	for i := range proofs {
+		proofs[i] = k.Proof(b, "GET", testOrigin+"/v1/items/1", tok, now, nil)
+	}
+	ctx := context.Background()
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if i == len(proofs) {
+			b.Fatal("more iterations than proofs signed ahead: raise the count")
+		}
+		h := http.Header{"Authorization": {"DPoP " + tok}, "Dpop": {proofs[i]}}
+		i++
+		if d := f.sc.core.decide(ctx, request{method: "GET", target: "/v1/items/1", header: h, clientIP: netip.MustParseAddr("127.0.0.1")}); !d.allowed() {
+			b.Fatal(fmt.Sprint("denied: ", d.reason))
+		}
 	}
 }
