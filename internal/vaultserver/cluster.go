@@ -45,9 +45,6 @@ type Node struct {
 	config string
 	cmd    *exec.Cmd
 	done   chan struct{}
-	// groups are the process groups of every start of the node (a
-	// restart is a new one): Stop ends what is left in each.
-	groups []int
 }
 
 // ClusterOptions say how to start a cluster; zero values pick defaults.
@@ -220,7 +217,6 @@ func (n *Node) start(ctx context.Context, vaultBin string) error {
 	if err := n.cmd.Start(); err != nil {
 		return fmt.Errorf("starting %s: %w", n.Name, err)
 	}
-	n.groups = append(n.groups, n.cmd.Process.Pid)
 	done := make(chan struct{})
 	n.done = done
 	go func(cmd *exec.Cmd) { _ = cmd.Wait(); close(done) }(n.cmd)
