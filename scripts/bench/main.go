@@ -37,7 +37,20 @@ type options struct {
 	plugin, sidecar, version string
 	duration                 time.Duration
 	conns, keys, revocations int
+	// only names the sections (see sections) to run alone, without the
+	// main rows: a quick loop while working on one of them.
+	only string
 }
+
+// section is a part of the run kept in its own file, which registers it in
+// sections from an init func. It adds its rows with wrk/wrkFor and its
+// targets with b.target, and runs after the main rows (or alone, -only).
+type section struct {
+	name string
+	run  func(b *bench, ctx context.Context) error
+}
+
+var sections []section
 
 func main() {
 	var o options
@@ -48,6 +61,7 @@ func main() {
 	flag.IntVar(&o.conns, "conns", 32, "wrk connections")
 	flag.IntVar(&o.keys, "keys", 100_000, "keys stored for the scale rows")
 	flag.IntVar(&o.revocations, "revocations", 100, "revocations timed")
+	flag.StringVar(&o.only, "only", "", "comma-separated sections to run alone: "+sectionNames())
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "make bench:", err)
@@ -80,6 +94,48 @@ type bench struct {
 	syncRSS     int64
 	// idleCalls is Vault requests per second from three idle sidecars.
 	idleCalls float64
+	// targets are the sections' targets, printed after the main ones.
+	targets []target
+}
+
+// target is one line of the targets table: got against want, at least or
+// at most.
+type target struct {
+	what   string
+	got    float64
+	want   float64
+	atMost bool
+	unit   string
+}
+
+// target adds a line to the targets table.
+func (b *bench) target(t target) { b.targets = append(b.targets, t) }
+
+func sectionNames() string {
+	var names []string
+	for _, s := range sections {
+		names = append(names, s.name)
+	}
+	return strings.Join(names, ",")
+}
+
+// runSections runs the sections -only names (all of them when full), in
+// the order they registered.
+func (b *bench) runSections(ctx context.Context, full bool) error {
+	want := map[string]bool{}
+	for _, n := range strings.Split(b.o.only, ",") {
+		want[strings.TrimSpace(n)] = true
+	}
+	for _, s := range sections {
+		if !full && !want[s.name] {
+			continue
+		}
+		log("section %s", s.name)
+		if err := s.run(b, ctx); err != nil {
+			return fmt.Errorf("section %s: %w", s.name, err)
+		}
+	}
+	return nil
 }
 
 func run(o options) error {
@@ -98,6 +154,13 @@ func run(o options) error {
 		return err
 	}
 	defer b.v.Stop()
+	if o.only != "" {
+		if err := b.runSections(ctx, false); err != nil {
+			return err
+		}
+		b.reportSections()
+		return nil
+	}
 	return b.run(ctx)
 }
 
@@ -267,6 +330,9 @@ func (b *bench) run(ctx context.Context) error {
 	idleBefore := allVaultCalls(three)
 	time.Sleep(quiet)
 	b.idleCalls = (allVaultCalls(three) - idleBefore) / quiet.Seconds()
+	if err := b.runSections(ctx, true); err != nil {
+		return err
+	}
 	b.report(revP50, revP99, rss, len(keys))
 	return nil
 }
@@ -855,12 +921,7 @@ func (b *bench) report(revP50, revP99 time.Duration, rss int64, seen int) {
 	host, _ := os.Hostname()
 	fmt.Printf("## keybroker benchmarks\n\nRun %s on %s: %d CPUs, %s/%s, %s; wrk -t2 -c%d, %s per row; everything on loopback, sharing the machine with wrk.\n\n",
 		b.started.UTC().Format(time.RFC3339), host, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version(), b.o.conns, b.o.duration)
-	fmt.Println("| row | what | requests/s | p50 ms | p99 ms |")
-	fmt.Println("|---|---|---:|---:|---:|")
-	for _, id := range b.order {
-		x := r[id]
-		fmt.Printf("| %s | %s | %.0f | %s | %s |\n", id, x.name, x.rps, ms(x.p50), ms(x.p99))
-	}
+	b.printRows()
 	fmt.Printf("\nRevocation propagation (vault lease revoke returned -> sidecar denies), %d revocations: p50 %s ms, p99 %s ms\n", b.o.revocations, ms(revP50), ms(revP99))
 	fmt.Printf("Sidecar peak RSS (VmHWM) after %d distinct API keys were seen: %.1f MiB\n", seen, float64(rss)/(1<<20))
 	fmt.Printf("Key-record sync of a fresh sidecar: %d records in %s (start to holding them all), peak RSS %.1f MiB\n", b.syncRecords, b.syncTook.Round(time.Millisecond), float64(b.syncRSS)/(1<<20))
@@ -871,13 +932,6 @@ func (b *bench) report(revP50, revP99 time.Duration, rss int64, seen int) {
 			return 0
 		}
 		return a / c
-	}
-	type target struct {
-		what   string
-		got    float64
-		want   float64
-		atMost bool
-		unit   string
 	}
 	targets := []target{
 		{"(a) / (e)", ratio(r["a"].rps, r["e"].rps), 20, false, "x"},
@@ -904,6 +958,29 @@ func (b *bench) report(revP50, revP99 time.Duration, rss int64, seen int) {
 			target{"key-record sync, 1M records", b.syncTook.Seconds(), 60, true, "s"},
 			target{"sidecar RSS holding 1M records", float64(b.syncRSS) / (1 << 20), 512, true, " MiB"})
 	}
+	printTargets(append(targets, b.targets...))
+	b.printNotes()
+}
+
+// reportSections is the report of a run of -only sections: their rows,
+// targets and notes.
+func (b *bench) reportSections() {
+	b.printRows()
+	fmt.Println()
+	printTargets(b.targets)
+	b.printNotes()
+}
+
+func (b *bench) printRows() {
+	fmt.Println("| row | what | requests/s | p50 ms | p99 ms |")
+	fmt.Println("|---|---|---:|---:|---:|")
+	for _, id := range b.order {
+		x := b.rows[id]
+		fmt.Printf("| %s | %s | %.0f | %s | %s |\n", id, x.name, x.rps, ms(x.p50), ms(x.p99))
+	}
+}
+
+func printTargets(targets []target) {
 	fmt.Println("| target | measured | wanted | met |")
 	fmt.Println("|---|---:|---:|---|")
 	for _, t := range targets {
@@ -914,6 +991,9 @@ func (b *bench) report(revP50, revP99 time.Duration, rss int64, seen int) {
 		}
 		fmt.Printf("| %s | %.2f%s | %s %.2f%s | %v |\n", t.what, t.got, t.unit, op, t.want, t.unit, map[bool]string{true: "yes", false: "**no**"}[met])
 	}
+}
+
+func (b *bench) printNotes() {
 	for _, n := range b.notes {
 		fmt.Println("\n- " + n)
 	}
