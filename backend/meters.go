@@ -28,6 +28,9 @@ type meters struct {
 	// usageReportLocks the recording of one key-usage report_id (held
 	// while its shards' locks are taken).
 	usageLocks, usageReportLocks []*locksutil.LockEntry
+	// queues hold the reserves and reports waiting for a meter's lock
+	// (meter_batch.go).
+	queues meterQueues
 }
 
 func newMeters() *meters {

@@ -454,39 +454,44 @@ func (mt *meters) reserveBudget(ctx context.Context, s logical.Storage, owner st
 	if err != nil {
 		return nil, err
 	}
-	m, path, unlock, err := mt.lockMeter(ctx, s, in.ID)
+	// The credential's record, read once and before the meter's lock:
+	// a revocation stored before this request began is seen.
+	c, err := readCredential(ctx, s, in.ID)
 	if err != nil {
 		return nil, err
 	}
-	defer unlock()
+	var ans *contract.BudgetReservation
+	op := &meterOp{id: in.ID, key: c.key, apply: func(b *meterBatch) (err error) {
+		ans, err = b.reserve(c, owner, in, ttl)
+		return err
+	}}
+	if err := mt.run(ctx, s, op); err != nil {
+		return nil, err
+	}
+	return ans, nil
+}
+
+// reserve is reserveBudget on the batch's meter, for credential c.
+func (b *meterBatch) reserve(c credential, owner string, in contract.BudgetReserve, ttl time.Duration) (*contract.BudgetReservation, error) {
+	m, t, now := b.m, b.t, b.now
 	if m == nil {
 		return nil, refuse("no budget is kept for %q: not a metered credential, or expired and tidied", in.ID)
 	}
-	now := time.Now().UTC()
-	if err := reservable(ctx, s, in.ID, m, now); err != nil {
+	if err := reservable(c, m, now); err != nil {
 		return nil, err
 	}
 	m.roll(now, m.Period)
-	if m.Tenant != "" {
-		defer mt.lockTenant(m.Tenant)()
-	}
-	t, err := tenantFor(ctx, s, m.Tenant, now)
-	if err != nil {
-		return nil, err
-	}
 	q := quoteReservation(m, t, in.Units, max(1, in.MinUnits))
 	ans := &contract.BudgetReservation{Granted: q.grant, Exhausted: q.grant == 0, Limit: m.Limit, PeriodEnd: q.periodEnd.Format(time.RFC3339Nano)}
 	if q.grant == 0 {
 		ans.Reset = q.reset.Format(time.RFC3339Nano)
 		return ans, nil
 	}
-	resID, r, err := grantReservation(ctx, s, owner, in, m, t, q.grant, ttl, now)
+	resID, r, err := grantReservation(owner, in, m, t, q.grant, ttl, now)
 	if err != nil {
 		return nil, err
 	}
-	if err := putJSON(ctx, s, path, m); err != nil {
-		return nil, err
-	}
+	b.changed = true
 	ans.ReservationID, ans.Units, ans.ExpiresAt = resID, r.Units, r.ExpiresAt.Format(time.RFC3339Nano)
 	ans.Remaining = q.left
 	if q.left >= 0 {
@@ -519,32 +524,43 @@ func checkReserve(in contract.BudgetReserve) (time.Duration, error) {
 	return ttl, nil
 }
 
-// reservable refuses to reserve for credential id (whose meter is m) once
+// credential is what a reserve needs of a credential's own record: an
+// API key's record (nil when there is none), or whether a JWT's jti is
+// revoked.
+type credential struct {
+	id      string
+	key     *keyEntry
+	revoked bool
+}
+
+func readCredential(ctx context.Context, s logical.Storage, id string) (credential, error) {
+	c := credential{id: id}
+	if !apikey.ValidateID(id) {
+		revoked, err := isRevoked(ctx, s, id)
+		c.revoked = revoked
+		return c, err
+	}
+	k, err := getKey(ctx, s, id)
+	c.key, c.revoked = k, k != nil && k.revoked()
+	return c, err
+}
+
+// reservable refuses to reserve for credential c (whose meter is m) once
 // it expired or was revoked.
-func reservable(ctx context.Context, s logical.Storage, id string, m *meter, now time.Time) error {
+func reservable(c credential, m *meter, now time.Time) error {
 	expires := m.ExpiresAt
-	if apikey.ValidateID(id) {
+	if c.key != nil {
 		// The key is the authority on its lifetime (renewals move it).
-		k, err := getKey(ctx, s, id)
-		if err != nil {
-			return err
-		}
-		if k != nil {
-			expires = k.ExpiresAt
-			m.ExpiresAt = maxTime(m.ExpiresAt, k.ExpiresAt)
-		}
+		expires = c.key.ExpiresAt
+		m.ExpiresAt = maxTime(m.ExpiresAt, c.key.ExpiresAt)
 	}
 	if !now.Before(expires) {
-		return refuse("credential %q has expired", id)
+		return refuse("credential %q has expired", c.id)
 	}
 	// A verifier whose revocation feed lags must still not spend for a
 	// revoked credential.
-	revoked, err := isRevoked(ctx, s, id)
-	switch {
-	case err != nil:
-		return err
-	case revoked:
-		return refuse("credential %q is revoked", id)
+	if c.revoked {
+		return refuse("credential %q is revoked", c.id)
 	}
 	return nil
 }
@@ -591,8 +607,8 @@ func quoteReservation(m *meter, t *tenantEntry, units, minUnits int64) reservati
 
 // grantReservation adds grant units to owner's reservation in.ReservationID
 // of meter m, or to a new one, and has tenant t (nil: none) hold them; it
-// stores t, not m. It returns the reservation and its id.
-func grantReservation(ctx context.Context, s logical.Storage, owner string, in contract.BudgetReserve, m *meter, t *tenantEntry, grant int64, ttl time.Duration, now time.Time) (string, *reservation, error) {
+// stores neither. It returns the reservation and its id.
+func grantReservation(owner string, in contract.BudgetReserve, m *meter, t *tenantEntry, grant int64, ttl time.Duration, now time.Time) (string, *reservation, error) {
 	// Topping up the caller's reservation keeps its unused units usable
 	// together with the new ones; one of an ended period, or another
 	// identity's, is not topped up.
@@ -619,9 +635,6 @@ func grantReservation(ctx context.Context, s logical.Storage, owner string, in c
 	if t != nil {
 		t.unhold(before)
 		t.hold(r, now)
-		if err := putJSON(ctx, s, tenantPrefix+m.Tenant, t); err != nil {
-			return "", nil, err
-		}
 	}
 	return resID, r, nil
 }
@@ -707,50 +720,49 @@ func (b *backend) pathBudgetReport(ctx context.Context, req *logical.Request, d 
 // in.ReservationID, live or recently ended, against its credential and
 // tenant, and renews it or (in.Release) ends it.
 func (mt *meters) reportBudget(ctx context.Context, s logical.Storage, owner string, log hclog.Logger, in contract.BudgetReport) (*contract.BudgetReportAnswer, error) {
-	resID, used := in.ReservationID, in.Used
-	id, _, ok := strings.Cut(resID, ":")
+	id, _, ok := strings.Cut(in.ReservationID, ":")
 	switch {
 	case !ok || id == "":
-		return nil, refuse("reservation_id %q is not one keybroker/budget/reserve returned", resID)
-	case used < 0 || used > maxUnits:
-		return nil, refuse("used must be between 0 and %d, got %d", int64(maxUnits), used)
+		return nil, refuse("reservation_id %q is not one keybroker/budget/reserve returned", in.ReservationID)
+	case in.Used < 0 || in.Used > maxUnits:
+		return nil, refuse("used must be between 0 and %d, got %d", int64(maxUnits), in.Used)
 	}
-	m, path, unlock, err := mt.lockMeter(ctx, s, id)
-	if err != nil {
+	var ans *contract.BudgetReportAnswer
+	op := &meterOp{id: id, apply: func(b *meterBatch) (err error) {
+		ans, err = b.report(owner, log, in)
+		return err
+	}}
+	if err := mt.run(ctx, s, op); err != nil {
 		return nil, err
 	}
-	defer unlock()
+	return ans, nil
+}
+
+// report is reportBudget on the batch's meter.
+func (b *meterBatch) report(owner string, log hclog.Logger, in contract.BudgetReport) (*contract.BudgetReportAnswer, error) {
+	resID, m, now := in.ReservationID, b.m, b.now
 	if m == nil {
 		return nil, refuse("reservation %q is unknown; its use was not recorded", resID)
 	}
-	now := time.Now().UTC()
 	m.roll(now, m.Period)
 	r, ended := m.lookup(resID)
 	var before reservation
 	if r != nil {
 		before = *r
 	}
-	used, capped, err := m.recordUse(resID, r, owner, used, now)
+	used, capped, err := m.recordUse(resID, r, owner, in.Used, now)
 	if err != nil {
 		return nil, err
 	}
+	b.changed = true
 	if in.Release && !ended {
 		m.end(resID, now, true)
 	}
-	if m.Tenant != "" {
-		defer mt.lockTenant(m.Tenant)()
-	}
-	t, err := reportToTenant(ctx, s, m.Tenant, r, before, used, in.Release, ended, now)
-	if err != nil {
-		return nil, err
-	}
-	if err := putJSON(ctx, s, path, m); err != nil {
-		return nil, err
-	}
+	reportToTenant(b.t, r, before, used, in.Release, ended, now)
 	if capped {
 		log.Warn("a report claimed more than its reservation could have cost; recorded at the cap", "reservation_id", resID, "recorded", used)
 	}
-	return m.reportAnswer(t, r, in.Release, ended, capped), nil
+	return m.reportAnswer(b.t, r, in.Release, ended, capped), nil
 }
 
 // recordUse records used on reservation resID (r, nil when unknown) of
@@ -778,16 +790,14 @@ func (m *meter) recordUse(resID string, r *reservation, owner string, used int64
 }
 
 // reportToTenant counts a report of used on r (as it was before it) in
-// tenant name's account, and stores it; ended says r had ended before
-// this report, release that it ends now. It returns the tenant's entry
-// (nil: no ceiling).
-func reportToTenant(ctx context.Context, s logical.Storage, name string, r *reservation, before reservation, used int64, release, ended bool, now time.Time) (*tenantEntry, error) {
-	t, err := tenantFor(ctx, s, name, now)
+// tenant t's account (nil: no ceiling); ended says r had ended before
+// this report, release that it ends now.
+func reportToTenant(t *tenantEntry, r *reservation, before reservation, used int64, release, ended bool, now time.Time) {
 	// The reservation may count in no tenant period (the ceiling was
 	// deleted or set after it, or its period ended): then only the
 	// credential's account changes.
-	if err != nil || !t.counts(r) {
-		return t, err
+	if !t.counts(r) {
+		return
 	}
 	// An ended reservation holds nothing any more; only its late use
 	// counts.
@@ -798,7 +808,6 @@ func reportToTenant(ctx context.Context, s logical.Storage, name string, r *rese
 	if !release && !ended {
 		t.hold(r, now)
 	}
-	return t, putJSON(ctx, s, tenantPrefix+name, t)
 }
 
 // reportAnswer is the answer to a report on r, of meter m and tenant t

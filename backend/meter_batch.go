@@ -1,0 +1,273 @@
+package backend
+
+import (
+	"context"
+	"maps"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/helper/locksutil"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/keybroker/keybroker/apikey"
+)
+
+// Reserves and reports on one credential all change its meter, so they
+// are serialised on the meter's lock, and each costs storage round trips
+// (a read and a write of the meter and of its tenant) that Vault answers
+// one after another. Rather than one request's round trips per turn of
+// the lock, whichever request holds the lock applies every op queued on
+// the meter meanwhile, in order, to one read of the meter and its tenant,
+// and writes each once; no op is answered before that write. The result
+// is the one the ops would have had one by one, with the writes
+// coalesced, so a busy credential costs storage per turn of the lock,
+// not per request.
+
+// meterOp is one reserve or report, queued on the meter it spends from.
+type meterOp struct {
+	// id is the credential the op names; its own meter is looked at first.
+	id string
+	// key is id's key record when the caller read it (reserve: before
+	// queueing, outside the lock); nil otherwise.
+	key *keyEntry
+	// apply applies the op to the batch's meter (nil: none is kept) and
+	// tenant, or refuses it, changing nothing. Run under the meter's lock.
+	apply func(b *meterBatch) error
+
+	// Set by the batch that ran the op.
+	path     string // the meter it is queued on
+	followed bool   // path is the one a link named
+	wake     chan struct{}
+	done     bool // applied; else woken to lead
+	err      error
+	relink   string // the meter the op's meter links to: queue it there
+}
+
+// meterBatch is the state the ops of one turn of a meter's lock share.
+type meterBatch struct {
+	ctx  context.Context
+	s    logical.Storage
+	path string
+	now  time.Time
+	// m is the meter (nil: none is kept), t its tenant (nil: no ceiling).
+	m *meter
+	t *tenantEntry
+	// changed says an op changed m, which is then stored.
+	changed bool
+	// keys are the key records read in this batch, by key_id.
+	keys map[string]*keyEntry
+}
+
+// meterQueues holds the ops waiting for each meter. One request at a
+// time leads a meter's queue: it takes the meter's lock, applies what is
+// queued, wakes the requests whose ops it applied, and hands the lead to
+// the first op queued meanwhile. A request whose op another applied so
+// never waits for the lock itself.
+type meterQueues struct {
+	mu     sync.Mutex
+	byPath map[string]*meterQueue
+}
+
+type meterQueue struct {
+	ops []*meterOp
+}
+
+// join queues op on op.path, and says whether its request leads the queue
+// (no other does).
+func (qs *meterQueues) join(op *meterOp) (lead bool) {
+	qs.mu.Lock()
+	defer qs.mu.Unlock()
+	if qs.byPath == nil {
+		qs.byPath = map[string]*meterQueue{}
+	}
+	q := qs.byPath[op.path]
+	if q == nil {
+		q, lead = &meterQueue{}, true
+		qs.byPath[op.path] = q
+	}
+	q.ops = append(q.ops, op)
+	return lead
+}
+
+// take empties the queue of path, for its leader.
+func (qs *meterQueues) take(path string) []*meterOp {
+	qs.mu.Lock()
+	defer qs.mu.Unlock()
+	q := qs.byPath[path]
+	ops := q.ops
+	q.ops = nil
+	return ops
+}
+
+// next is the op whose request leads the queue of path next: the first
+// queued since the leader took it; nil (the queue dropped) when none is.
+func (qs *meterQueues) next(path string) *meterOp {
+	qs.mu.Lock()
+	defer qs.mu.Unlock()
+	q := qs.byPath[path]
+	if len(q.ops) == 0 {
+		delete(qs.byPath, path)
+		return nil
+	}
+	return q.ops[0]
+}
+
+// run applies op to the meter credential op.id spends from, and returns
+// its error. When run returns, op has been applied (by this request or
+// by another's) and its changes stored.
+func (mt *meters) run(ctx context.Context, s logical.Storage, op *meterOp) error {
+	op.path, op.wake = meterPath(op.id), make(chan struct{}, 1)
+	for {
+		if !mt.queues.join(op) {
+			<-op.wake // applied, or handed the lead
+		}
+		if !op.done {
+			mt.lead(ctx, s, op)
+		}
+		if op.relink == "" {
+			return op.err
+		}
+		op.path, op.relink, op.followed, op.done = meterPath(op.relink), "", true, false
+	}
+}
+
+// lead applies what is queued on the meter own.path (own among them),
+// under its lock, and hands the queue on.
+func (mt *meters) lead(ctx context.Context, s logical.Storage, own *meterOp) {
+	path := own.path
+	l := locksutil.LockForKey(mt.meterLocks, path)
+	l.Lock()
+	ops := mt.queues.take(path)
+	// The batch outlives this request's context: the ops of others are
+	// in it.
+	mt.runBatch(context.WithoutCancel(ctx), s, path, ops)
+	l.Unlock()
+	for _, op := range ops {
+		op.done = true
+		if op != own {
+			op.wake <- struct{}{}
+		}
+	}
+	if next := mt.queues.next(path); next != nil {
+		next.wake <- struct{}{}
+	}
+}
+
+// runBatch applies ops, in order, to the meter at path and its tenant,
+// and stores what they changed.
+func (mt *meters) runBatch(ctx context.Context, s logical.Storage, path string, ops []*meterOp) {
+	b := &meterBatch{ctx: ctx, s: s, path: path, now: time.Now().UTC()}
+	err := b.load(ops)
+	if err == nil && b.m != nil && b.m.Link != "" {
+		// A credential spending from another's meter (a rotated key's
+		// successor, a JWT of a refresh family) is queued there; a link
+		// is followed once, as loadMeter does.
+		ops = relink(ops, b.m.Link)
+	}
+	if err == nil && b.m != nil && b.m.Tenant != "" {
+		defer mt.lockTenant(b.m.Tenant)()
+		b.t, err = tenantFor(ctx, s, b.m.Tenant, b.now)
+	}
+	if err != nil {
+		failAll(ops, err)
+		return
+	}
+	var t0 pool
+	if b.t != nil {
+		t0 = pool{PeriodStart: b.t.PeriodStart, Used: b.t.Used, Held: maps.Clone(b.t.Held)}
+	}
+	for _, op := range ops {
+		op.err = op.apply(b)
+	}
+	if b.t != nil && !t0.same(b.t.pool) {
+		err = putJSON(ctx, s, tenantPrefix+b.m.Tenant, b.t)
+	}
+	if err == nil && b.changed {
+		err = putJSON(ctx, s, path, b.m)
+	}
+	if err != nil {
+		failAll(ops, err)
+	}
+}
+
+// relink sends the ops that came to their own meter and found a link
+// there to the meter it links to, and returns the others.
+func relink(ops []*meterOp, link string) []*meterOp {
+	var rest []*meterOp
+	for _, op := range ops {
+		if op.followed {
+			rest = append(rest, op)
+		} else {
+			op.relink = link
+		}
+	}
+	return rest
+}
+
+// failAll fails the ops a failed read or write leaves unanswered: none of
+// their changes is known to be stored.
+func failAll(ops []*meterOp, err error) {
+	for _, op := range ops {
+		if op.err == nil {
+			op.err = err
+		}
+	}
+}
+
+// same says whether p and q account the same (their expired holds aside,
+// which roll drops on every read).
+func (p pool) same(q pool) bool {
+	return p.PeriodStart.Equal(q.PeriodStart) && p.Used == q.Used && maps.Equal(p.Held, q.Held)
+}
+
+// load reads the meter at path, and completes it as loadMeter does: an
+// API key's meter made from its key the first time it is needed, the
+// cap on reports of an older meter taken from its key.
+func (b *meterBatch) load(ops []*meterOp) error {
+	m, err := getJSON[meter](b.ctx, b.s, b.path)
+	if err != nil {
+		return err
+	}
+	id := ops[0].id
+	if !apikey.ValidateID(id) || (m != nil && (m.Link != "" || m.MaxCost != 0)) {
+		b.m = m
+		return nil
+	}
+	k, err := b.key(ops, id)
+	switch {
+	case err != nil || k == nil:
+		b.m = m
+		return err
+	case m != nil:
+		// A meter stored before it kept max_cost_per_request: the cap
+		// on reports is the key's (saved with the meter).
+		m.MaxCost = k.MaxCost
+	case k.Budget == 0 && k.Tenant == "":
+		return nil // not metered
+	default:
+		m = &meter{Limit: k.Budget, Period: k.BudgetPeriod, MaxCost: k.MaxCost, Tenant: k.Tenant, ExpiresAt: k.ExpiresAt, Role: k.Role}
+		if m.Period == 0 {
+			m.Period = defaultBudgetPeriod // a key minted before budgets existed
+		}
+	}
+	b.m = m
+	return nil
+}
+
+// key is the record of key id: one an op brought, else read once per
+// batch.
+func (b *meterBatch) key(ops []*meterOp, id string) (*keyEntry, error) {
+	for _, op := range ops {
+		if op.id == id && op.key != nil {
+			return op.key, nil
+		}
+	}
+	if k, ok := b.keys[id]; ok {
+		return k, nil
+	}
+	k, err := getKey(b.ctx, b.s, id)
+	if err == nil {
+		b.keys = map[string]*keyEntry{id: k}
+	}
+	return k, err
+}
