@@ -275,10 +275,6 @@ func (b *bench) run(ctx context.Context) error {
 	b.wrkFor("mint-jwt", "mint keybroker/token/<role>", vaultURL+"/v1/keybroker/token/bench", []string{tokenHdr}, b.postScript(`{}`), mintDur)
 	b.wrkFor("mint-vault", "Vault auth/token/create/<role>", vaultURL+"/v1/auth/token/create/bench", []string{tokenHdr}, b.postScript(`{}`), mintDur)
 
-	if err := b.budgetRows(ctx); err != nil {
-		return err
-	}
-
 	log("timing %d revocations", b.o.revocations)
 	revP50, revP99, err := b.revocations(ctx, warm.proxy)
 	if err != nil {
@@ -334,72 +330,6 @@ func (b *bench) run(ctx context.Context) error {
 		return err
 	}
 	b.report(revP50, revP99, rss, len(keys))
-	return nil
-}
-
-// budgetRows measures budget/reserve (topping up one reservation) and
-// budget/report on a key of a tenant with a ceiling, first with no other
-// reservation in the tenant, then with 10,000 live ones.
-func (b *bench) budgetRows(ctx context.Context) error {
-	c := b.v.Client
-	for path, data := range map[string]map[string]interface{}{
-		"keybroker/tenants/bench": {"budget": int64(1e15)},
-		"keybroker/roles/tenant":  {"scopes": "read", "tenant": "bench", "ttl": "24h", "max_cost_per_request": 1},
-	} {
-		if _, err := c.Logical().WriteWithContext(ctx, path, data); err != nil {
-			return fmt.Errorf("writing %s: %w", path, err)
-		}
-	}
-	reserve := func(id, resID string) (string, error) {
-		s, err := c.Logical().WriteWithContext(ctx, "keybroker/budget/reserve", map[string]interface{}{"id": id, "units": 1, "ttl": "10m", "reservation_id": resID})
-		if err != nil {
-			return "", err
-		}
-		return s.Data["reservation_id"].(string), nil
-	}
-	mint := func() (string, error) {
-		s, err := c.Logical().WriteWithContext(ctx, "keybroker/keys/tenant", map[string]interface{}{"name": "budget"})
-		if err != nil {
-			return "", err
-		}
-		return s.Data["key_id"].(string), nil
-	}
-	id, err := mint()
-	if err != nil {
-		return err
-	}
-	res, err := reserve(id, "")
-	if err != nil {
-		return err
-	}
-	vaultURL, tokenHdr := b.v.Addr, "X-Vault-Token: "+b.v.RootToken
-	rows := func(suffix, what string) {
-		b.wrk("reserve-"+suffix, "Vault keybroker/budget/reserve (top-up), "+what, vaultURL+"/v1/keybroker/budget/reserve", []string{tokenHdr},
-			b.postScript(fmt.Sprintf(`{"id":%q,"units":1,"ttl":"10m","reservation_id":%q}`, id, res)))
-		b.wrk("report-"+suffix, "Vault keybroker/budget/report, "+what, vaultURL+"/v1/keybroker/budget/report", []string{tokenHdr},
-			b.postScript(fmt.Sprintf(`{"reservation_id":%q,"used":0}`, res)))
-	}
-	rows("0", "no other reservation in the tenant")
-
-	const keys, perKey = 1250, 8 // 8: one identity's cap per credential
-	log("making %d live reservations in one tenant", keys*perKey)
-	start := time.Now()
-	var g errgroup.Group
-	g.SetLimit(8)
-	for i := 0; i < keys; i++ {
-		g.Go(func() error {
-			k, err := mint()
-			for j := 0; j < perKey && err == nil; j++ {
-				_, err = reserve(k, "")
-			}
-			return err
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return fmt.Errorf("making reservations: %w", err)
-	}
-	b.notes = append(b.notes, fmt.Sprintf("%d live reservations made in one tenant in %s", keys*perKey, time.Since(start).Round(time.Second)))
-	rows("10k", "10,000 live reservations in the tenant")
 	return nil
 }
 
@@ -948,8 +878,6 @@ func (b *bench) report(revP50, revP99 time.Duration, rss int64, seen int) {
 		{"(c) p50 100k / 1k", ratio(float64(r["c-100k"].p50), float64(r["c-1k"].p50)), 1.5, true, "x"},
 		{"(c-vault) p50 100k / 1k", ratio(float64(r["c-vault-100k"].p50), float64(r["c-vault-1k"].p50)), 1.5, true, "x"},
 		{"sidecar RSS", float64(rss) / (1 << 20), 128, true, " MiB"},
-		{"budget/reserve, 10k live reservations in the tenant / none", ratio(r["reserve-10k"].rps, r["reserve-0"].rps), 0.8, false, "x"},
-		{"budget/report, 10k live reservations in the tenant / none", ratio(r["report-10k"].rps, r["report-0"].rps), 0.8, false, "x"},
 		{"forged keys, random key_ids: Vault calls", b.floodCalls, 0, true, ""},
 		{"forged keys, key_ids stamped now: Vault calls, one client", b.floodNowCalls, 10 + b.o.duration.Seconds(), true, ""},
 	}
