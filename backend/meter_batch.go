@@ -2,6 +2,7 @@ package backend
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"sync"
 	"time"
@@ -140,7 +141,7 @@ func (mt *meters) lead(ctx context.Context, s logical.Storage, own *meterOp) {
 	ops := mt.queues.take(path)
 	// The batch outlives this request's context: the ops of others are
 	// in it.
-	mt.runBatch(context.WithoutCancel(ctx), s, path, ops)
+	panicked := mt.runBatchSafely(context.WithoutCancel(ctx), s, path, ops)
 	l.Unlock()
 	for _, op := range ops {
 		op.done = true
@@ -151,6 +152,21 @@ func (mt *meters) lead(ctx context.Context, s logical.Storage, own *meterOp) {
 	if next := mt.queues.next(path); next != nil {
 		next.wake <- struct{}{}
 	}
+	if panicked != nil {
+		panic(panicked) // for guard to answer this request 500 and log it
+	}
+}
+
+// runBatchSafely is runBatch, recovering a panic so that the lock is let
+// go and no queued request is left waiting: the ops fail.
+func (mt *meters) runBatchSafely(ctx context.Context, s logical.Storage, path string, ops []*meterOp) (panicked any) {
+	defer func() {
+		if panicked = recover(); panicked != nil {
+			failAll(ops, fmt.Errorf("internal error applying budget requests to %s", path))
+		}
+	}()
+	mt.runBatch(ctx, s, path, ops)
+	return nil
 }
 
 // runBatch applies ops, in order, to the meter at path and its tenant,

@@ -206,3 +206,34 @@ func TestConcurrentReservesThroughALink(t *testing.T) {
 		t.Fatalf("tenant: %v", got)
 	}
 }
+
+// A batch that panics lets the meter go: its ops fail, and the next
+// request on the meter is served.
+func TestPanickingBatchLetsTheMeterGo(t *testing.T) {
+	mt, s := newMeters(), &logical.InmemStorage{}
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Fatal("the panic was swallowed; guard would not answer 500")
+			}
+		}()
+		_ = mt.run(context.Background(), s, &meterOp{id: "jti-1", apply: func(*meterBatch) error { panic("boom") }})
+	}()
+	done := make(chan error, 1)
+	go func() {
+		done <- mt.run(context.Background(), s, &meterOp{id: "jti-1", apply: func(b *meterBatch) error {
+			if b.m != nil {
+				return errors.New("a meter appeared")
+			}
+			return nil
+		}})
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the meter stayed locked after a panic")
+	}
+}
