@@ -28,9 +28,6 @@ import (
 type meterOp struct {
 	// id is the credential the op names; its own meter is looked at first.
 	id string
-	// key is id's key record when the caller read it (reserve: before
-	// queueing, outside the lock); nil otherwise.
-	key *keyEntry
 	// apply applies the op to the batch's meter (nil: none is kept) and
 	// tenant, or refuses it, changing nothing. Run under the meter's lock.
 	apply func(b *meterBatch) error
@@ -55,8 +52,11 @@ type meterBatch struct {
 	t *tenantEntry
 	// changed says an op changed m, which is then stored.
 	changed bool
-	// keys are the key records read in this batch, by key_id.
-	keys map[string]*keyEntry
+	// keys are the key records read in this batch, by key_id (nil: none),
+	// revokedJTIs whether the JWTs looked up are revoked: each read once
+	// for all the ops of the batch.
+	keys        map[string]*keyEntry
+	revokedJTIs map[string]bool
 }
 
 // meterQueues holds the ops waiting for each meter. One request at a
@@ -249,7 +249,7 @@ func (b *meterBatch) load(ops []*meterOp) error {
 		b.m = m
 		return nil
 	}
-	k, err := b.key(ops, id)
+	k, err := b.key(id)
 	switch {
 	case err != nil || k == nil:
 		b.m = m
@@ -270,20 +270,18 @@ func (b *meterBatch) load(ops []*meterOp) error {
 	return nil
 }
 
-// key is the record of key id: one an op brought, else read once per
-// batch.
-func (b *meterBatch) key(ops []*meterOp, id string) (*keyEntry, error) {
-	for _, op := range ops {
-		if op.id == id && op.key != nil {
-			return op.key, nil
-		}
-	}
+// key is the record of key id (nil: none), read once per batch.
+func (b *meterBatch) key(id string) (*keyEntry, error) {
 	if k, ok := b.keys[id]; ok {
 		return k, nil
 	}
 	k, err := getKey(b.ctx, b.s, id)
-	if err == nil {
-		b.keys = map[string]*keyEntry{id: k}
+	if err != nil {
+		return nil, err
 	}
-	return k, err
+	if b.keys == nil {
+		b.keys = map[string]*keyEntry{}
+	}
+	b.keys[id] = k
+	return k, nil
 }

@@ -106,7 +106,8 @@ func lineUp(t *testing.T, e *testEnv, g *gatedStorage, id string, n int, units i
 // write; what they are granted is what they would have been one by one.
 func TestQueuedReservesShareOneWrite(t *testing.T) {
 	e := newTestEnv(t)
-	g := &gatedStorage{Storage: e.storage}
+	c := newCountingStorage(e.storage)
+	g := &gatedStorage{Storage: c}
 	e.storage = g
 	e.createRole("r", map[string]interface{}{"scopes": "read", "budget": 100, "max_cost_per_request": 10})
 	id := e.mint("r", nil).Data["key_id"].(string)
@@ -114,6 +115,7 @@ func TestQueuedReservesShareOneWrite(t *testing.T) {
 	const n = 12 // 12 x 10 > 100: the last are refused what is not there
 	release, wait := lineUp(t, e, g, id, n, 10)
 	before := g.puts
+	c.reset()
 	close(release)
 	granted, ids := int64(0), map[string]bool{}
 	for i, resp := range wait() {
@@ -130,6 +132,9 @@ func TestQueuedReservesShareOneWrite(t *testing.T) {
 	}
 	if writes := g.puts - before; writes != 1 {
 		t.Fatalf("the %d queued reserves wrote the meter %d times, want once", n, writes)
+	}
+	if c.n("get", keyPrefix) != 1 || c.n("get", meterPrefix) != 1 {
+		t.Fatalf("the %d queued reserves read the key and the meter: %v, want each once", n, c.calls)
 	}
 	if got := e.spend("budget/" + id); got != [4]int64{100, 0, 100, 0} {
 		t.Fatalf("spend after the batch: %v", got)
@@ -235,5 +240,31 @@ func TestPanickingBatchLetsTheMeterGo(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the meter stayed locked after a panic")
+	}
+}
+
+// A revocation stored while reserves wait in a meter's queue is seen by
+// them: the batch reads the key when it runs.
+func TestQueuedReservesSeeARevocation(t *testing.T) {
+	e := newTestEnv(t)
+	g := &gatedStorage{Storage: e.storage}
+	e.storage = g
+	e.createRole("r", map[string]interface{}{"scopes": "read", "budget": 100})
+	id := e.mint("r", nil).Data["key_id"].(string)
+
+	release, wait := lineUp(t, e, g, id, 4, 1)
+	e.ok(logical.DeleteOperation, e.keyPath(id), nil)
+	close(release)
+	answers := wait()
+	if answers[0].IsError() {
+		t.Fatalf("the reserve before the revocation: %v", answers[0].Error())
+	}
+	for i, resp := range answers[1:] {
+		if !resp.IsError() || !strings.Contains(resp.Error().Error(), "is revoked") {
+			t.Fatalf("reserve %d, queued when the key was revoked: %v", i+1, resp)
+		}
+	}
+	if got := e.spend("budget/" + id); got != [4]int64{100, 0, 1, 99} {
+		t.Fatalf("spend: %v", got)
 	}
 }

@@ -454,15 +454,9 @@ func (mt *meters) reserveBudget(ctx context.Context, s logical.Storage, owner st
 	if err != nil {
 		return nil, err
 	}
-	// The credential's record, read once and before the meter's lock:
-	// a revocation stored before this request began is seen.
-	c, err := readCredential(ctx, s, in.ID)
-	if err != nil {
-		return nil, err
-	}
 	var ans *contract.BudgetReservation
-	op := &meterOp{id: in.ID, key: c.key, apply: func(b *meterBatch) (err error) {
-		ans, err = b.reserve(c, owner, in, ttl)
+	op := &meterOp{id: in.ID, apply: func(b *meterBatch) (err error) {
+		ans, err = b.reserve(owner, in, ttl)
 		return err
 	}}
 	if err := mt.run(ctx, s, op); err != nil {
@@ -471,11 +465,17 @@ func (mt *meters) reserveBudget(ctx context.Context, s logical.Storage, owner st
 	return ans, nil
 }
 
-// reserve is reserveBudget on the batch's meter, for credential c.
-func (b *meterBatch) reserve(c credential, owner string, in contract.BudgetReserve, ttl time.Duration) (*contract.BudgetReservation, error) {
+// reserve is reserveBudget on the batch's meter.
+func (b *meterBatch) reserve(owner string, in contract.BudgetReserve, ttl time.Duration) (*contract.BudgetReservation, error) {
 	m, t, now := b.m, b.t, b.now
 	if m == nil {
 		return nil, refuse("no budget is kept for %q: not a metered credential, or expired and tidied", in.ID)
+	}
+	// The credential's record, read under the meter's lock (once for the
+	// batch): a revocation stored before this request began is seen.
+	c, err := b.credential(in.ID)
+	if err != nil {
+		return nil, err
 	}
 	if err := reservable(c, m, now); err != nil {
 		return nil, err
@@ -533,14 +533,25 @@ type credential struct {
 	revoked bool
 }
 
-func readCredential(ctx context.Context, s logical.Storage, id string) (credential, error) {
+// credential reads credential id's record, once for the batch.
+func (b *meterBatch) credential(id string) (credential, error) {
 	c := credential{id: id}
 	if !apikey.ValidateID(id) {
-		revoked, err := isRevoked(ctx, s, id)
-		c.revoked = revoked
-		return c, err
+		if revoked, ok := b.revokedJTIs[id]; ok {
+			c.revoked = revoked
+			return c, nil
+		}
+		revoked, err := isRevoked(b.ctx, b.s, id)
+		if err != nil {
+			return c, err
+		}
+		if b.revokedJTIs == nil {
+			b.revokedJTIs = map[string]bool{}
+		}
+		b.revokedJTIs[id], c.revoked = revoked, revoked
+		return c, nil
 	}
-	k, err := getKey(ctx, s, id)
+	k, err := b.key(id)
 	c.key, c.revoked = k, k != nil && k.revoked()
 	return c, err
 }
