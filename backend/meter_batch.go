@@ -15,14 +15,14 @@ import (
 
 // Reserves and reports on one credential all change its meter, so they
 // are serialised on the meter's lock, and each costs storage round trips
-// (a read and a write of the meter and of its tenant) that Vault answers
-// one after another. Rather than one request's round trips per turn of
-// the lock, whichever request holds the lock applies every op queued on
-// the meter meanwhile, in order, to one read of the meter and its tenant,
-// and writes each once; no op is answered before that write. The result
-// is the one the ops would have had one by one, with the writes
-// coalesced, so a busy credential costs storage per turn of the lock,
-// not per request.
+// (reads of the credential's record, the meter and its tenant; writes of
+// the meter and the tenant) that Vault answers one after another. Rather
+// than one request's round trips per turn of the lock, whichever request
+// holds the lock applies every op queued on the meter meanwhile, in
+// order, to one read of each, and writes each once; no op is answered
+// before that write. The answers are the ones the ops would have had one
+// by one, with the reads shared and the writes coalesced, so a busy
+// credential costs storage per turn of its lock, not per request.
 
 // meterOp is one reserve or report, queued on the meter it spends from.
 type meterOp struct {
