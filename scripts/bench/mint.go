@@ -1,0 +1,102 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// The mint rows: a key, a JWT and an exchange against Vault's own token
+// create on the same server, each a ratio to it within the run (issue 26:
+// at least 1.0x). Run alone with -only mint.
+
+func init() {
+	sections = append(sections, section{name: "mint", run: (*bench).mintRows})
+}
+
+// mintSubjects is how many subject tokens the exchange row cycles through:
+// each actor may hold 1,000 live tokens exchanged from one token
+// (maxDerived), and a real agent exchanges a token a few times, not
+// thousands.
+const mintSubjects = 2000
+
+// mintWarmup is how long after the plugin starts a key mint still looks
+// its key_id up in storage (backend keyIDSkew, 30 s): the key row measures
+// the steady state after it.
+const mintWarmup = 35 * time.Second
+
+func (b *bench) mintRows(ctx context.Context) error {
+	c := b.v.Client
+	for path, data := range map[string]map[string]interface{}{
+		"keybroker/roles/mint":      {"scopes": "read", "audiences": "svc", "ttl": "24h", "token_ttl": "1h"},
+		"keybroker/roles/mint-user": {"scopes": "read", "audiences": "svc", "token_ttl": "1h"},
+		"keybroker/roles/mint-tool": {"scopes": "read", "audiences": "svc", "token_ttl": "1h", "allowed_subject_roles": "mint-user"},
+		"auth/token/roles/mint":     {"allowed_policies": "default", "orphan": true},
+	} {
+		if _, err := c.Logical().WriteWithContext(ctx, path, data); err != nil {
+			return fmt.Errorf("writing %s: %w", path, err)
+		}
+	}
+	// An exchange needs callers with Vault entities: two AppRole logins.
+	policy := `path "keybroker/token/*" { capabilities = ["update"] }`
+	user, err := b.v.LoginAs(ctx, "mint-user", policy)
+	if err != nil {
+		return err
+	}
+	tool, err := b.v.LoginAs(ctx, "mint-tool", policy)
+	if err != nil {
+		return err
+	}
+	log("minting %d subject tokens for the exchange row", mintSubjects)
+	bodies := make([]string, 0, mintSubjects)
+	for range mintSubjects {
+		t, err := user.Logical().WriteWithContext(ctx, "keybroker/token/mint-user", nil)
+		if err != nil {
+			return err
+		}
+		bodies = append(bodies, fmt.Sprintf(`{"role":"mint-tool","subject_token":%q}`, t.Data["token"]))
+	}
+
+	vaultURL, root := b.v.Addr, "X-Vault-Token: "+b.v.RootToken
+	d := b.o.duration / 2
+	b.wrkFor("mint-vault", "Vault auth/token/create/<role>", vaultURL+"/v1/auth/token/create/mint", []string{root}, b.postScript(`{}`), d)
+	b.wrkFor("mint-jwt", "mint keybroker/token/<role>", vaultURL+"/v1/keybroker/token/mint", []string{root}, b.postScript(`{}`), d)
+	b.wrkFor("mint-exchange", "exchange keybroker/token/exchange (RFC 8693)", vaultURL+"/v1/keybroker/token/exchange",
+		[]string{"X-Vault-Token: " + tool.Token()}, b.cyclePostScript(bodies), d)
+	if wait := mintWarmup - time.Since(b.started); wait > 0 {
+		log("waiting %s: key mints past the plugin's key_id warm-up", wait.Round(time.Second))
+		time.Sleep(wait)
+	}
+	b.wrkFor("mint-key", "mint keybroker/keys/<role>", vaultURL+"/v1/keybroker/keys/mint", []string{root}, b.postScript(`{"name":"bench"}`), d)
+
+	r := b.rows
+	for _, t := range []struct{ what, row string }{
+		{"mint key / Vault token create", "mint-key"},
+		{"mint JWT / Vault token create", "mint-jwt"},
+		{"exchange / Vault token create", "mint-exchange"},
+	} {
+		got := 0.0
+		if v := r["mint-vault"].rps; v > 0 {
+			got = r[t.row].rps / v
+		}
+		b.target(target{t.what, got, 1, false, "x"})
+	}
+	return nil
+}
+
+// cyclePostScript makes wrk POST the JSON bodies in turn, one per request,
+// each thread from its own starting point.
+func (b *bench) cyclePostScript(bodies []string) string {
+	bf := b.script("mint-bodies.txt", strings.Join(bodies, "\n")+"\n")
+	return b.script("mint-cycle.lua", fmt.Sprintf(`
+local bodies = {}
+for line in io.lines(%q) do bodies[#bodies + 1] = line end
+local i = 0
+function init(args) math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16)); i = math.random(#bodies) end
+function request()
+  i = i %% #bodies + 1
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, bodies[i])
+end
+`, bf))
+}
