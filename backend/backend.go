@@ -74,6 +74,8 @@ type backend struct {
 	// sys is Vault's system view as Vault handed it; b.System() is the
 	// framework's (framedView).
 	sys logical.SystemView
+	// mountTTLs is the mount's lease TTLs as mints read them.
+	mountTTLs *mountTTLs
 }
 
 // Factory is the plugin's logical.Factory.
@@ -81,6 +83,7 @@ func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 	b := newBackend()
 	framed := *conf
 	b.sys, framed.System = conf.System, &framedView{SystemView: conf.System}
+	b.mountTTLs = &mountTTLs{SystemView: conf.System}
 	if err := b.Setup(ctx, &framed); err != nil {
 		return nil, fmt.Errorf("setting up keybroker backend: %w", err)
 	}
