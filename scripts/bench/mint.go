@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -20,6 +21,11 @@ func init() {
 // (maxDerived), and a real agent exchanges a token a few times, not
 // thousands.
 const mintSubjects = 2000
+
+// mintRounds is how many times each mint row runs, in turn with the
+// others: on a shared machine the load drifts within a minute, and a ratio
+// of two rows run at different moments measures the drift.
+const mintRounds = 3
 
 // mintWarmup is how long after the plugin starts a key mint still looks
 // its key_id up in storage (backend keyIDSkew, 30 s): the key row measures
@@ -49,33 +55,35 @@ func (b *bench) mintRows(ctx context.Context) error {
 		return err
 	}
 	log("minting %d subject tokens for the exchange row", mintSubjects)
-	bodies := make([]string, 0, mintSubjects)
+	var subjects, bodies []string
 	for range mintSubjects {
 		t, err := user.Logical().WriteWithContext(ctx, "keybroker/token/mint-user", nil)
 		if err != nil {
 			return err
 		}
+		subjects = append(subjects, t.Data["token"].(string))
 		bodies = append(bodies, fmt.Sprintf(`{"role":"mint-tool","subject_token":%q}`, t.Data["token"]))
 	}
 
 	// One exchange first: a row of refusals would measure nothing.
 	if _, err := tool.Logical().WriteWithContext(ctx, "keybroker/token/exchange", map[string]interface{}{
-		"role": "mint-tool", "subject_token": strings.Split(bodies[0], `"`)[7],
+		"role": "mint-tool", "subject_token": subjects[0],
 	}); err != nil {
 		return fmt.Errorf("exchanging a subject token: %w", err)
 	}
 
-	vaultURL, root := b.v.Addr, "X-Vault-Token: "+b.v.RootToken
-	d := b.o.duration / 2
-	b.wrkFor("mint-vault", "Vault auth/token/create/<role>", vaultURL+"/v1/auth/token/create/mint", []string{root}, b.postScript(`{}`), d)
-	b.wrkFor("mint-jwt", "mint keybroker/token/<role>", vaultURL+"/v1/keybroker/token/mint", []string{root}, b.postScript(`{}`), d)
-	b.wrkFor("mint-exchange", "exchange keybroker/token/exchange (RFC 8693)", vaultURL+"/v1/keybroker/token/exchange",
-		[]string{"X-Vault-Token: " + tool.Token()}, b.cyclePostScript(bodies), d)
 	if wait := mintWarmup - time.Since(b.started); wait > 0 {
 		log("waiting %s: key mints past the plugin's key_id warm-up", wait.Round(time.Second))
 		time.Sleep(wait)
 	}
-	b.wrkFor("mint-key", "mint keybroker/keys/<role>", vaultURL+"/v1/keybroker/keys/mint", []string{root}, b.postScript(`{"name":"bench"}`), d)
+	vaultURL, root := b.v.Addr, "X-Vault-Token: "+b.v.RootToken
+	b.interleaved(mintRounds, b.o.duration/2, []wrkRow{
+		{"mint-vault", "Vault auth/token/create/<role>", vaultURL + "/v1/auth/token/create/mint", []string{root}, b.postScript(`{}`)},
+		{"mint-key", "mint keybroker/keys/<role>", vaultURL + "/v1/keybroker/keys/mint", []string{root}, b.postScript(`{"name":"bench"}`)},
+		{"mint-jwt", "mint keybroker/token/<role>", vaultURL + "/v1/keybroker/token/mint", []string{root}, b.postScript(`{}`)},
+		{"mint-exchange", "exchange keybroker/token/exchange (RFC 8693)", vaultURL + "/v1/keybroker/token/exchange",
+			[]string{"X-Vault-Token: " + tool.Token()}, b.cyclePostScript(bodies)},
+	})
 
 	r := b.rows
 	for _, t := range []struct{ what, row string }{
@@ -113,4 +121,40 @@ function request()
   return wrk.format("POST", nil, headers, bodies[i])
 end
 `, bf))
+}
+
+// wrkRow is a wrk row to run: its id, name, URL, headers and script.
+type wrkRow struct {
+	id, name, url string
+	headers       []string
+	script        string
+}
+
+// interleaved runs rows in turn, rounds times, each for d split among the
+// rounds, and keeps for each its mean requests/s and latencies.
+func (b *bench) interleaved(rounds int, d time.Duration, rows []wrkRow) {
+	each := max(time.Second, d/time.Duration(rounds))
+	for i := range rounds {
+		for _, w := range rows {
+			b.wrkFor(fmt.Sprintf("%s/%d", w.id, i), w.name, w.url, w.headers, w.script, each)
+		}
+	}
+	runs := map[string]bool{}
+	for _, w := range rows {
+		sum := row{name: w.name}
+		for i := range rounds {
+			id := fmt.Sprintf("%s/%d", w.id, i)
+			r := b.rows[id]
+			sum.rps += r.rps / float64(rounds)
+			sum.p50 += r.p50 / time.Duration(rounds)
+			sum.p99 += r.p99 / time.Duration(rounds)
+			delete(b.rows, id)
+			runs[id] = true
+		}
+		b.rows[w.id] = sum
+	}
+	b.order = slices.DeleteFunc(b.order, func(id string) bool { return runs[id] })
+	for _, w := range rows {
+		b.order = append(b.order, w.id)
+	}
 }
