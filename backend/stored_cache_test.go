@@ -2,6 +2,7 @@ package backend
 
 import (
 	"context"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -95,5 +96,33 @@ func TestStoredCacheRacingFill(t *testing.T) {
 	c.load = func(context.Context, logical.Storage, string) (*string, error) { v := stored; return &v, nil }
 	if v, _ := c.get(context.Background(), nil, "x"); *v != "new" {
 		t.Fatalf("after the racing write: %q; want the write's", *v)
+	}
+}
+
+// Mints share the role in memory: none of them may change it. After mints
+// of every kind, narrowed every way, it is still what storage holds.
+func TestMintsLeaveTheRoleInMemoryAlone(t *testing.T) {
+	e := delegationEnv(t)
+	e.createRole("web", map[string]interface{}{
+		"scopes": "read,write,admin", "default_scopes": "read", "bound_cidrs": "10.0.0.0/8,192.168.0.0/16",
+		"metadata": "team=core", "audiences": "svc,other", "ttl": "1h",
+	})
+	e.mint("web", map[string]interface{}{"scopes": "write,read", "bound_cidrs": "10.1.0.0/16", "metadata": "owner=me"})
+	e.mint("web", nil)
+	e.ok(logical.UpdateOperation, "token/web", map[string]interface{}{"audience": "other", "scopes": "admin"})
+	t0 := e.as("user-entity", logical.UpdateOperation, "token/user", map[string]interface{}{"scopes": "read,write"})
+	e.as("tool-entity", logical.UpdateOperation, "token/exchange", map[string]interface{}{"role": "tool", "subject_token": t0.Data["token"], "scopes": "read"})
+	for _, name := range []string{"web", "user", "tool"} {
+		held, err := e.b.roles.get(context.Background(), e.storage, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stored, err := getRole(context.Background(), e.storage, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(held, stored) {
+			t.Fatalf("role %s in memory after mints:\n%+v\nstored:\n%+v", name, held, stored)
+		}
 	}
 }
