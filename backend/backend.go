@@ -3,10 +3,12 @@ package backend
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/helper/consts"
 	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 
@@ -55,18 +57,34 @@ type backend struct {
 	approvals *approvals
 	// roleLocks serialise changes to one role (roleLocks.of).
 	roleLocks roleLocks
+	// roles and configs hold the roles and the config as stored, for the
+	// mints and verifications that read them on every request
+	// (storedCache says how they stay true across a cluster). Read a role
+	// with b.roles.get; a writer reads storage (getRole) and forgets.
+	roles   *storedCache[role]
+	configs *storedCache[config]
+	// keyIDs hands out key_ids no key has (keyIDLedger).
+	keyIDs *keyIDLedger
 	// refreshMu serialises refresh-token exchanges, so a token cannot be
 	// spent twice by concurrent requests, and the revocation of refresh
 	// families.
 	refreshMu sync.Mutex
 	// tidySchedule says when periodic tidy is due.
 	tidySchedule tidySchedule
+	// sys is Vault's system view as Vault handed it; b.System() is the
+	// framework's (framedView).
+	sys logical.SystemView
+	// mountTTLs is the mount's lease TTLs as mints read them.
+	mountTTLs *mountTTLs
 }
 
 // Factory is the plugin's logical.Factory.
 func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend, error) {
 	b := newBackend()
-	if err := b.Setup(ctx, conf); err != nil {
+	framed := *conf
+	b.sys, framed.System = conf.System, &framedView{SystemView: conf.System}
+	b.mountTTLs = &mountTTLs{SystemView: conf.System}
+	if err := b.Setup(ctx, &framed); err != nil {
 		return nil, fmt.Errorf("setting up keybroker backend: %w", err)
 	}
 	return b, nil
@@ -74,7 +92,8 @@ func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 
 func newBackend() *backend {
 	b := &backend{roleLocks: locksutil.CreateLocks(), revocations: &revocationFeed{},
-		keyRecords: newKeyRecordFeed(), meters: newMeters(), approvals: newApprovals()}
+		keyRecords: newKeyRecordFeed(), meters: newMeters(), approvals: newApprovals(),
+		roles: newStoredCache(getRole), configs: newStoredCache(storedConfig), keyIDs: newKeyIDLedger(time.Now())}
 	b.revoker = revoker{feed: b.revocations, keys: b.keyRecords}
 	b.Backend = &framework.Backend{
 		Help:           backendHelp,
@@ -129,9 +148,11 @@ func newBackend() *backend {
 // storage is writable, so the JWKS is there before the first token, and
 // starts a new epoch of the revocation feed.
 func (b *backend) initialize(ctx context.Context, req *logical.InitializationRequest) error {
-	if !b.WriteSafeReplicationState() {
+	if !b.writeSafe() {
 		return nil
 	}
+	// This node starts to write now (keyIDLedger).
+	b.keyIDs.distrust(time.Now())
 	if err := b.revocations.newEpoch(ctx, req.Storage); err != nil {
 		return err
 	}
@@ -149,18 +170,42 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 	return err
 }
 
-// invalidate drops cached signing state when another node changes it.
+// invalidate drops what this node holds in memory of a storage entry
+// another node changed (a performance standby, a replicated cluster):
+// signing state, the config, a role.
 func (b *backend) invalidate(_ context.Context, key string) {
-	if key == signingKeysPath || key == configPath {
+	switch {
+	case key == signingKeysPath:
 		b.signer.reset()
+	case key == configPath:
+		b.signer.reset()
+		b.configs.forget("")
+	case strings.HasPrefix(key, rolePrefix):
+		b.roles.forget(strings.TrimPrefix(key, rolePrefix))
+	case strings.HasPrefix(key, keyPrefix):
+		b.keyIDs.distrust(time.Now()) // another node mints keys
 	}
+}
+
+// writeSafe is the framework's WriteSafeReplicationState asked of Vault
+// now, not of the framework's view, which may be a second old
+// (framedView): whether this node may write decides whether it does.
+func (b *backend) writeSafe() bool {
+	s := b.sys
+	if s == nil {
+		s = b.System()
+	}
+	state := s.ReplicationState()
+	return (s.LocalMount() || !state.HasState(consts.ReplicationPerformanceSecondary)) &&
+		!state.HasState(consts.ReplicationDRSecondary) &&
+		!state.HasState(consts.ReplicationPerformanceStandby)
 }
 
 // periodic rotates the signing key when it is due and runs tidy at most once
 // per tidyInterval, only where storage is writable (the active node of the
 // primary cluster).
 func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
-	if !b.WriteSafeReplicationState() {
+	if !b.writeSafe() {
 		return nil
 	}
 	b.keyRecords.dropIdleListing(time.Now())

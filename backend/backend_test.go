@@ -12,20 +12,20 @@ import (
 )
 
 type testEnv struct {
-	t        *testing.T
+	t        testing.TB
 	b        *backend
 	storage  logical.Storage
 	entityID string // the caller's Vault entity
 }
 
-func newTestEnv(t *testing.T) *testEnv {
+func newTestEnv(t testing.TB) *testEnv {
 	t.Helper()
 	return newTestEnvWith(t, nil)
 }
 
 // newTestEnvWith is newTestEnv with the system view sys (nil: the SDK's
 // test one), for tests that need Vault's answers such as EntityInfo.
-func newTestEnvWith(t *testing.T, sys logical.SystemView) *testEnv {
+func newTestEnvWith(t testing.TB, sys logical.SystemView) *testEnv {
 	t.Helper()
 	conf := logical.TestBackendConfig()
 	if sys != nil {

@@ -43,7 +43,17 @@ func (b *backend) issueExchanged(ctx context.Context, req *logical.Request, g gr
 	if msg, err := b.revoker.reserveDerived(ctx, req.Storage, slot, now.Add(ttl)); msg != "" || err != nil {
 		return exchangeError(msg, nil), err
 	}
-	resp, err := b.issueTokenAs(ctx, req, g, jti, now, ttl, "", meterID)
+	// The chain is read only when the new token is exchanged in turn, so
+	// it is filed once the slot is taken, before the token exists, and
+	// outside the revocation lock: every exchange and revocation waits on
+	// that lock, and a write less under it is a round trip less for each.
+	if slot.chain != nil {
+		err = putJSON(ctx, req.Storage, chainPath(jti), &entityChain{Entities: slot.chain, ExpiresAt: now.Add(ttl)})
+	}
+	var resp *logical.Response
+	if err == nil {
+		resp, err = b.issueTokenAs(ctx, req, g, jti, now, ttl, "", meterID)
+	}
 	if err != nil || resp.IsError() {
 		if rerr := b.revoker.releaseDerived(ctx, req.Storage, slot); rerr != nil {
 			b.Logger().Warn("releasing an exchange slot after a failed mint", "error", rerr)
@@ -58,8 +68,8 @@ func (b *backend) issueExchanged(ctx context.Context, req *logical.Request, g gr
 // derivedSlot is one exchanged token as its subject's index files it: the
 // subject token's jti (parent), the Vault entity that exchanged it (actor)
 // and its own jti; and its chain's Vault entities, kept under chainPrefix
-// (nil when the subject token's are not known: the new token's are not
-// either).
+// by issueExchanged (nil when the subject token's are not known: the new
+// token's are not either).
 type derivedSlot struct {
 	parent, actor, jti string
 	chain              []string
@@ -98,11 +108,6 @@ func (rv *revoker) reserveDerived(ctx context.Context, st logical.Storage, s der
 		return fmt.Sprintf("the caller already has %d live tokens exchanged from subject_token (each actor has its own %d); wait for some to expire", maxDerived, maxDerived), nil
 	}
 	dt.Children[s.jti] = exp
-	if s.chain != nil {
-		if err := putJSON(ctx, st, chainPath(s.jti), &entityChain{Entities: s.chain, ExpiresAt: exp}); err != nil {
-			return "", err
-		}
-	}
 	return "", putJSON(ctx, st, key, dt)
 }
 

@@ -2,13 +2,10 @@ package backend
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
-
-	"github.com/keybroker/keybroker/apikey"
 )
 
 // A key as the plugin keeps it: its keyEntry, stored under keys/<key_id>,
@@ -141,29 +138,6 @@ func putKey(ctx context.Context, s logical.Storage, k *keyEntry) error {
 	return putJSON(ctx, s, apiKeyPath(k.ID), k)
 }
 
-// createKey generates a key whose key_id is not yet in storage, and sets
-// k's id and hash to it.
-func createKey(ctx context.Context, s logical.Storage, prefix string, k *keyEntry) (string, error) {
-	for attempt := 0; attempt < 3; attempt++ {
-		key, id, err := apikey.Generate(nil, prefix)
-		if err != nil {
-			return "", fmt.Errorf("generating key: %w", err)
-		}
-		existing, err := s.Get(ctx, apiKeyPath(id))
-		if err != nil {
-			return "", fmt.Errorf("checking key_id: %w", err)
-		}
-		if existing == nil {
-			h := apikey.Hash(key)
-			k.ID, k.Hash = id, h[:]
-			return key, nil
-		}
-	}
-	// Three collisions in a row of ids stamped with the same second, each with
-	// 41 random bits, mean the randomness is broken.
-	return "", fmt.Errorf("generating key: key_id collided three times")
-}
-
 // issueKey stores entry as a new key of role r, for the caller of req, for
 // ttl (redeeming a, when not nil), and answers with the key.
 func (b *backend) issueKey(ctx context.Context, req *logical.Request, r *role, entry *keyEntry, ttl time.Duration, a *approvalRequest) (*logical.Response, error) {
@@ -172,7 +146,7 @@ func (b *backend) issueKey(ctx context.Context, req *logical.Request, r *role, e
 	if a != nil {
 		entry.Approval = a.ID
 	}
-	key, err := createKey(ctx, req.Storage, r.KeyPrefix, entry)
+	key, err := b.keyIDs.create(ctx, req.Storage, r.KeyPrefix, entry)
 	if err != nil {
 		return nil, err
 	}

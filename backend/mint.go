@@ -94,7 +94,7 @@ func (b *backend) openMint(ctx context.Context, s logical.Storage, o mintOpening
 		l.RLock()
 		release = sync.OnceFunc(l.RUnlock)
 	}
-	r, err = getRole(ctx, s, o.role)
+	r, err = b.roles.get(ctx, s, o.role)
 	switch {
 	case err != nil:
 	case r == nil:

@@ -158,7 +158,7 @@ func (r *role) keyMetadata(roleName string, asked map[string]string) (map[string
 // at its max (Vault's rules, with warnings), and for a redemption (approved
 // not nil) at the role's approved_max_ttl.
 func (b *backend) mintTTL(asked, def, maxTTL time.Duration, r *role, approved *approvalRequest) (time.Duration, []string, error) {
-	ttl, warnings, err := framework.CalculateTTL(b.System(), asked, def, 0, maxTTL, 0, time.Time{})
+	ttl, warnings, err := framework.CalculateTTL(b.mountTTLs, asked, def, 0, maxTTL, 0, time.Time{})
 	if err != nil {
 		return 0, nil, fmt.Errorf("calculating ttl: %w", err)
 	}

@@ -181,7 +181,7 @@ func firstSet(a, b string) string {
 func openAPIDocument(t *testing.T) *framework.OASDocument {
 	t.Helper()
 	e := newTestEnv(t)
-	e.b.System().(*logical.StaticSystemView).PluginEnvironment = &logical.PluginEnvironment{VaultVersion: "test"}
+	e.b.sys.(*logical.StaticSystemView).PluginEnvironment = &logical.PluginEnvironment{VaultVersion: "test"}
 	resp, err := e.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.HelpOperation, Storage: e.storage})
 	if err != nil {
 		t.Fatal(err)

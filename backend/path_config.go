@@ -54,7 +54,7 @@ func (c *config) issuer(mountPoint string) (string, error) {
 // token that carries it (pinIssuer), never by a read, discovery or a
 // verification, which anyone can send and which change nothing.
 func (b *backend) issuer(ctx context.Context, req *logical.Request, pin bool) (string, *logical.Response, error) {
-	cfg, err := getConfig(ctx, req.Storage)
+	cfg, err := b.configs.get(ctx, req.Storage, "")
 	if err != nil {
 		return "", nil, err
 	}
@@ -68,12 +68,23 @@ func (b *backend) issuer(ctx context.Context, req *logical.Request, pin bool) (s
 	if !pin {
 		return iss, nil, nil
 	}
+	// Whether it stored it or found one stored meanwhile, the config in
+	// memory is older.
+	defer b.configs.forget("")
 	if err := b.signer.pinIssuer(ctx, req.Storage, iss, b.Logger()); err != nil {
 		return "", nil, err
 	}
 	return iss, nil, nil
 }
 
+// storedConfig is getConfig as storedCache loads it: the config has no
+// name.
+func storedConfig(ctx context.Context, s logical.Storage, _ string) (*config, error) {
+	return getConfig(ctx, s)
+}
+
+// getConfig reads the config from storage, for a writer (signer.configure,
+// pinIssuer), which changes it; readers read b.configs.get.
 func getConfig(ctx context.Context, s logical.Storage) (*config, error) {
 	c, err := getJSON[config](ctx, s, configPath)
 	if err != nil || c == nil {
@@ -152,7 +163,7 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 	if err != nil {
 		return nil, err
 	}
-	c, err := getConfig(ctx, req.Storage)
+	c, err := b.configs.get(ctx, req.Storage, "")
 	if err != nil {
 		return nil, err
 	}
@@ -181,6 +192,8 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 }
 
 func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	// Dropped once written, before the write answers (storedCache).
+	defer b.configs.forget("")
 	return b.signer.configure(ctx, req.Storage, time.Now(), b.Logger(), func(c *config) (*logical.Response, error) {
 		return editConfig(ctx, req.Storage, c, d)
 	})

@@ -19,8 +19,12 @@ import (
 // delegationEnv: a user agent's role, a tool agent's role that may act for
 // it, and a sub-tool's role that may act for the tool, two deep. The user's
 // tokens are for svc, and an exchange keeps the audience.
-func delegationEnv(t *testing.T) *testEnv {
-	e := newTestEnv(t)
+func delegationEnv(t testing.TB) *testEnv {
+	return withDelegationRoles(newTestEnv(t))
+}
+
+// withDelegationRoles writes delegationEnv's config and roles in e.
+func withDelegationRoles(e *testEnv) *testEnv {
 	e.ok(logical.UpdateOperation, "config", map[string]interface{}{"issuer": testIssuer})
 	e.createRole("user", map[string]interface{}{"scopes": "read,write,exec", "default_scopes": "read,write", "audiences": "svc", "token_ttl": "10m", "bound_cidrs": "10.0.0.0/8"})
 	e.createRole("tool", map[string]interface{}{"scopes": "read,write", "audiences": "svc", "token_ttl": "1h", "token_max_ttl": "1h", "allowed_subject_roles": "user"})

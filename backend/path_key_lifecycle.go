@@ -121,7 +121,7 @@ func (b *backend) rotateKey(ctx context.Context, req *logical.Request, m rotateR
 		return resp, err
 	}
 	next := old.successor(r, req.EntityID, now, b.System().MaxLeaseTTL())
-	key, err := createKey(ctx, req.Storage, r.KeyPrefix, next)
+	key, err := b.keyIDs.create(ctx, req.Storage, r.KeyPrefix, next)
 	if err != nil {
 		return nil, err
 	}

@@ -60,6 +60,7 @@ func (b *backend) pathRoleSuspend(ctx context.Context, req *logical.Request, d *
 	l := b.roleLocks.of(name)
 	l.Lock()
 	defer l.Unlock()
+	defer b.roles.forget(name) // once written, under the lock (storedCache)
 	r, err := getRole(ctx, req.Storage, name)
 	if err != nil {
 		return nil, err

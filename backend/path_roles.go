@@ -338,6 +338,8 @@ func (rl roleLocks) of(name string) *locksutil.LockEntry {
 	return locksutil.LockForKey(rl, name)
 }
 
+// getRole reads role name from storage, for a writer, which changes it;
+// readers read b.roles.get, which shares one in memory.
 func getRole(ctx context.Context, s logical.Storage, name string) (*role, error) {
 	r, err := getJSON[role](ctx, s, rolePath(name))
 	if r != nil {
@@ -347,7 +349,7 @@ func getRole(ctx context.Context, s logical.Storage, name string) (*role, error)
 }
 
 func (b *backend) roleExists(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
-	r, err := getRole(ctx, req.Storage, d.Get("name").(string))
+	r, err := b.roles.get(ctx, req.Storage, d.Get("name").(string))
 	return r != nil, err
 }
 
@@ -360,7 +362,7 @@ func (b *backend) pathRoleList(ctx context.Context, req *logical.Request, _ *fra
 }
 
 func (b *backend) pathRoleRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	r, err := getRole(ctx, req.Storage, d.Get("name").(string))
+	r, err := b.roles.get(ctx, req.Storage, d.Get("name").(string))
 	if err != nil || r == nil {
 		return nil, err
 	}
@@ -371,6 +373,7 @@ func (b *backend) pathRoleDelete(ctx context.Context, req *logical.Request, d *f
 	l := b.roleLocks.of(d.Get("name").(string))
 	l.Lock()
 	defer l.Unlock()
+	defer b.roles.forget(d.Get("name").(string)) // once deleted, under the lock
 	if err := req.Storage.Delete(ctx, rolePath(d.Get("name").(string))); err != nil {
 		return nil, fmt.Errorf("deleting role: %w", err)
 	}
@@ -385,6 +388,9 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 	l := b.roleLocks.of(name)
 	l.Lock()
 	defer l.Unlock()
+	// Dropped once written, under the lock: the next read reads storage
+	// (what is stored, through getRole, is what a read must see).
+	defer b.roles.forget(name)
 	r, err := b.roleToWrite(ctx, req.Storage, name)
 	if err != nil {
 		return nil, err
@@ -428,7 +434,7 @@ func (b *backend) saveRole(ctx context.Context, s logical.Storage, name string, 
 	if err := r.normalize(b.System().MaxLeaseTTL()); err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
-	cfg, err := getConfig(ctx, s)
+	cfg, err := b.configs.get(ctx, s, "")
 	if err != nil {
 		return nil, err
 	}

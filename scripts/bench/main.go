@@ -270,10 +270,7 @@ func (b *bench) run(ctx context.Context) error {
 	b.wrk("f", "Vault keybroker/verify called directly", vaultURL+"/v1/keybroker/verify", []string{tokenHdr}, b.postScript(fmt.Sprintf(`{"credential":%q}`, hotKey)))
 	b.rows["b-1k"], b.rows["c-1k"], b.rows["c-vault-1k"] = b.rows["b"], b.rows["c"], b.rows["c-vault"]
 
-	mintDur := b.o.duration / 2
-	b.wrkFor("mint-key", "mint keybroker/keys/<role>", vaultURL+"/v1/keybroker/keys/bench", []string{tokenHdr}, b.postScript(`{"name":"bench"}`), mintDur)
-	b.wrkFor("mint-jwt", "mint keybroker/token/<role>", vaultURL+"/v1/keybroker/token/bench", []string{tokenHdr}, b.postScript(`{}`), mintDur)
-	b.wrkFor("mint-vault", "Vault auth/token/create/<role>", vaultURL+"/v1/auth/token/create/bench", []string{tokenHdr}, b.postScript(`{}`), mintDur)
+	// The mint rows are section mint (mint.go).
 
 	log("timing %d revocations", b.o.revocations)
 	revP50, revP99, err := b.revocations(ctx, warm.proxy)
@@ -871,8 +868,6 @@ func (b *bench) report(revP50, revP99 time.Duration, rss int64, seen int) {
 		{"(b) / (d): the same key", ratio(r["b"].rps, r["d"].rps), 0.9, false, "x"},
 		{"(c) / (d): a different key each request", ratio(r["c"].rps, r["d"].rps), 0.7, false, "x"},
 		{"(c-vault) / (e)", ratio(r["c-vault"].rps, r["e"].rps), 1, false, "x"},
-		{"mint key / Vault token create", ratio(r["mint-key"].rps, r["mint-vault"].rps), 1, false, "x"},
-		{"mint JWT / Vault token create", ratio(r["mint-jwt"].rps, r["mint-vault"].rps), 1, false, "x"},
 		{"revocation p99", revP99.Seconds(), 0.1, true, "s"},
 		{"(b) p50 100k / 1k", ratio(float64(r["b-100k"].p50), float64(r["b-1k"].p50)), 1.5, true, "x"},
 		{"(c) p50 100k / 1k", ratio(float64(r["c-100k"].p50), float64(r["c-1k"].p50)), 1.5, true, "x"},

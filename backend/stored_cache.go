@@ -1,0 +1,70 @@
+package backend
+
+import (
+	"context"
+	"sync"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// storedCache holds entries of storage parsed, by name, so that a hot path
+// (every mint reads its role, every JWT mint and verification the config)
+// reads them from memory instead of a storage round trip to Vault. What it
+// returns is shared: callers read it and never change it; a writer reads
+// storage itself (under the entry's lock) and drops the entry once written.
+//
+// Correct invalidation, in every place a node can learn of a change:
+//   - this node's own writes call forget after the storage write returns
+//     (whatever it returned), under the lock the write holds, so the next
+//     read after the write's answer reads storage again;
+//   - a write on another node reaches a performance standby or a
+//     replicated cluster through the backend's Invalidate (backend.go),
+//     which forgets the entry too;
+//   - a leadership change in Vault OSS HA re-creates the backend on the new
+//     active node, so its cache starts empty: nothing the old active node
+//     cached survives it.
+//
+// A read that raced a write must not put back what the write replaced: a
+// fill is kept only if no forget ran between its start and its end (gen).
+// Missing entries are not cached: a name nobody wrote costs a read, and
+// nobody can fill memory by asking for names.
+type storedCache[T any] struct {
+	mu      sync.RWMutex
+	gen     uint64
+	entries map[string]*T
+	// load reads an entry from storage; nil, nil when there is none.
+	load func(ctx context.Context, s logical.Storage, name string) (*T, error)
+}
+
+func newStoredCache[T any](load func(context.Context, logical.Storage, string) (*T, error)) *storedCache[T] {
+	return &storedCache[T]{entries: map[string]*T{}, load: load}
+}
+
+// get is entry name, from memory or else from storage (then kept).
+func (c *storedCache[T]) get(ctx context.Context, s logical.Storage, name string) (*T, error) {
+	c.mu.RLock()
+	v, ok := c.entries[name]
+	gen := c.gen
+	c.mu.RUnlock()
+	if ok {
+		return v, nil
+	}
+	v, err := c.load(ctx, s, name)
+	if err != nil || v == nil {
+		return v, err
+	}
+	c.mu.Lock()
+	if c.gen == gen {
+		c.entries[name] = v
+	}
+	c.mu.Unlock()
+	return v, nil
+}
+
+// forget drops entry name: storage holds something newer, or may.
+func (c *storedCache[T]) forget(name string) {
+	c.mu.Lock()
+	c.gen++
+	delete(c.entries, name)
+	c.mu.Unlock()
+}
