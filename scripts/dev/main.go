@@ -268,12 +268,16 @@ func checkFree(o options) error {
 			uses = append(uses, use{net.JoinHostPort(host, strconv.Itoa(p+1)), "DEV_ADDR", "Vault's cluster listener (its port + 1)"})
 		}
 	}
+	// Two of make dev's own addresses on one port is a mistake in what was
+	// asked, whatever else runs here: said before any port is tried.
 	seen := map[string]use{}
 	for _, u := range uses {
 		if other, ok := seen[u.addr]; ok {
 			return fmt.Errorf("%s would be both %s (%s) and %s (%s): move one", u.addr, other.what, other.makeVar, u.what, u.makeVar)
 		}
 		seen[u.addr] = u
+	}
+	for _, u := range uses {
 		l, err := net.Listen("tcp", u.addr)
 		if err != nil {
 			return fmt.Errorf("%s (%s) is in use (is another `make dev` still running?): stop it, or move it (make dev %s=127.0.0.1:<another port>)", u.addr, u.what, u.makeVar)
