@@ -222,7 +222,7 @@ func (b *bench) run(ctx context.Context) error {
 	tokenHdr := "X-Vault-Token: " + b.v.RootToken
 
 	b.wrk("a", "sidecar /verify, agent JWT", warm.auth+"/verify/r", []string{"Authorization: Bearer " + jwt.Data["token"].(string)}, "")
-	if err := b.dpopRow(ctx, upstream.Addr); err != nil {
+	if err := b.dpopRow(ctx, upstream.Addr, "a-dpop", "ES256"); err != nil {
 		return err
 	}
 	metered, err := c.Logical().WriteWithContext(ctx, "keybroker/token/metered", nil)
@@ -646,17 +646,17 @@ func (b *bench) mintKeys(ctx context.Context, have []string, n int) ([]string, e
 }
 
 // dpopRow is row (a) with a DPoP-bound token: every request carries a
-// fresh ES256 proof, signed ahead of the run (wrk cannot sign) and read
+// fresh proof (alg ES256 or EdDSA), signed ahead of the run (wrk cannot sign) and read
 // from a file per wrk thread, so the sidecar checks one signature and one
 // replay entry per request on top of the cached token.
-func (b *bench) dpopRow(ctx context.Context, upstream string) error {
+func (b *bench) dpopRow(ctx context.Context, upstream, id, alg string) error {
 	const origin = "https://api.bench"
-	sc, err := b.startSidecar(ctx, "dpop", upstream, "public_origin = \""+origin+"\"\ndpop_replay_cache_size = 10000000")
+	sc, err := b.startSidecar(ctx, id, upstream, "public_origin = \""+origin+"\"\ndpop_replay_cache_size = 10000000")
 	if err != nil {
 		return err
 	}
 	defer stop(sc.cmd)
-	k, err := dpoptest.Generate("ES256")
+	k, err := dpoptest.Generate(alg)
 	if err != nil {
 		return err
 	}
@@ -673,7 +673,7 @@ func (b *bench) dpopRow(ctx context.Context, upstream string) error {
 	now := time.Now()
 	var g errgroup.Group
 	for t := range files {
-		files[t] = filepath.Join(b.dir, fmt.Sprintf("proofs-%d.txt", t+1))
+		files[t] = filepath.Join(b.dir, fmt.Sprintf("%s-proofs-%d.txt", id, t+1))
 		g.Go(func() error {
 			var sb strings.Builder
 			for range n / 2 {
@@ -690,7 +690,7 @@ func (b *bench) dpopRow(ctx context.Context, upstream string) error {
 	if err := g.Wait(); err != nil {
 		return err
 	}
-	script := b.script("dpop.lua", fmt.Sprintf(`
+	script := b.script(id+".lua", fmt.Sprintf(`
 local threads = 0
 function setup(thread) threads = threads + 1; thread:set("file", threads == 1 and %q or %q) end
 local f
@@ -702,7 +702,7 @@ function request()
   return wrk.format()
 end
 `, files[0], files[1]))
-	b.wrk("a-dpop", "(a) DPoP-bound: a fresh ES256 proof per request", sc.auth+"/verify/r", []string{"Authorization: DPoP " + token}, script)
+	b.wrk(id, "(a) DPoP-bound: a fresh "+alg+" proof per request", sc.auth+"/verify/r", []string{"Authorization: DPoP " + token}, script)
 	return nil
 }
 
