@@ -111,14 +111,6 @@ type proofHeader struct {
 	Kid  json.RawMessage `json:"kid"`
 }
 
-type proofClaims struct {
-	JTI string          `json:"jti"`
-	HTM string          `json:"htm"`
-	HTU string          `json:"htu"`
-	IAT json.RawMessage `json:"iat"`
-	ATH *string         `json:"ath"`
-}
-
 // VerifyProof checks a DPoP proof as RFC 9449 §4.3 says: one compact JWS,
 // typ dpop+jwt, an asymmetric alg matching the embedded public jwk, a valid
 // signature, htm and htu naming this request, iat within the window, ath
@@ -221,22 +213,17 @@ func verifyProofSignature(h *proofHead, want, signed string, sig []byte) error {
 	return nil
 }
 
-// parseProofClaims reads the signed claims; a proof needs a jti (the
-// caller refuses its replay), of bounded length.
-func parseProofClaims(payload []byte) (proofClaims, error) {
-	var cl proofClaims
-	if err := json.Unmarshal(payload, &cl); err != nil {
-		return cl, ErrProofClaims
-	}
-	if cl.JTI == "" || len(cl.JTI) > MaxJTILength {
-		return cl, ErrProofClaims
-	}
-	return cl, nil
-}
-
 // checkTarget: htm and htu name this request, by c.Target or by Method
 // and URL compared after normalisation.
 func (c *ProofCheck) checkTarget(htm, htu string) error {
+	if c.Target == nil && htu == c.URL && !strings.ContainsAny(htu, "?#") {
+		// What clients send: the very URI. Equal bytes normalise alike;
+		// one normalisation says whether they name a valid URI at all.
+		if _, err := NormalizeHTU(htu); err != nil || htm != c.Method {
+			return ErrProofClaims
+		}
+		return nil
+	}
 	got, err := NormalizeHTU(htu)
 	if err != nil || (c.Target == nil && strings.ContainsAny(c.URL, "?#")) {
 		// The request's URI is the caller's to give without query or
@@ -271,13 +258,31 @@ func (c *ProofCheck) checkATH(ath *string) error {
 // checks it is within MaxAge before now and Leeway after.
 func (c *ProofCheck) checkIAT(raw json.RawMessage) (time.Time, error) {
 	var iat jwt.NumericDate
-	if len(raw) == 0 || !(raw[0] >= '0' && raw[0] <= '9') || iat.UnmarshalJSON(raw) != nil {
+	if seconds, ok := wholeSeconds(raw); ok {
+		iat.Time = time.Unix(seconds, 0) // what UnmarshalJSON makes of it, without its allocations
+	} else if len(raw) == 0 || !(raw[0] >= '0' && raw[0] <= '9') || iat.UnmarshalJSON(raw) != nil {
 		return time.Time{}, ErrProofClaims // a JSON number of seconds, nothing else
 	}
 	if iat.Before(c.Now.Add(-c.MaxAge)) || iat.After(c.Now.Add(c.Leeway)) {
 		return time.Time{}, ErrProofTime
 	}
 	return iat.Time, nil
+}
+
+// wholeSeconds reads an iat of up to 15 digits, as clients send it: a
+// float64 holds it exactly, so jwt.NumericDate would read the same.
+func wholeSeconds(raw []byte) (int64, bool) {
+	if len(raw) == 0 || len(raw) > 15 || (raw[0] == '0' && len(raw) > 1) {
+		return 0, false
+	}
+	var n int64
+	for _, d := range raw {
+		if d < '0' || d > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(d-'0')
+	}
+	return n, true
 }
 
 // proofKey parses the embedded jwk: public, of the kind alg needs, strong

@@ -215,9 +215,19 @@ func FuzzVerifyProof(f *testing.F) {
 	f.Add(string(k.JWK))
 	jwtverify.AddFuzzSeeds(f)
 	check := jwtverify.ProofCheck{Method: "GET", URL: url, AccessToken: token, JKT: k.JKT, Now: now, MaxAge: time.Minute, Leeway: 5 * time.Second}
+	// With the good proof's header remembered, every other proof is still
+	// refused.
+	cached := check
+	cached.Keys = jwtverify.NewProofKeys(8)
+	if _, err := jwtverify.VerifyProof(good, cached); err != nil {
+		f.Fatal(err)
+	}
 	f.Fuzz(func(t *testing.T, s string) {
 		if _, err := jwtverify.VerifyProof(s, check); err == nil && s != good {
 			t.Fatalf("a proof that was never signed verified: %q", s)
+		}
+		if _, err := jwtverify.VerifyProof(s, cached); err == nil && s != good {
+			t.Fatalf("a proof that was never signed verified, its header remembered: %q", s)
 		}
 		unbound := check
 		unbound.JKT = ""
