@@ -5,17 +5,24 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/keybroker/keybroker/internal/dpoptest"
 )
 
 // The DPoP section: the sidecar's whole decision of a DPoP-bound request
 // against its floor (one signature check, a hash, a replay insert), both
 // as Go benchmarks, for ES256 and EdDSA proof keys; row (a) with an EdDSA
-// proof beside the main run's (a-dpop, ES256); and what the floor allows
-// (a-dpop) / (a) to reach on this machine at best.
+// proof beside the main run's a-dpop (ES256); the sidecar's CPU per
+// request in each, against a bearer JWT's through the same kind of
+// sidecar; and the best (a-dpop) / (a) the floor allows on this machine.
 func init() {
 	sections = append(sections, section{name: "dpop", run: (*bench).dpop})
 }
@@ -24,10 +31,23 @@ func init() {
 // most, and EdDSA, whose signature check is cheaper.
 var dpopAlgs = []string{"ES256", "EdDSA"}
 
+// dpopRowOf is the row of each alg.
+var dpopRowOf = map[string]string{"ES256": "a-dpop", "EdDSA": "a-dpop-eddsa"}
+
 // dpopBenchRuns is -benchtime for the Go benchmarks: the decision's
 // benchmark signs its proofs ahead and one lineage may hold 15,625 live
 // ones in the default replay cache.
 const dpopBenchRuns = "8000x"
+
+// dpopOrigin is what the DPoP rows' sidecars take as their public origin:
+// the proofs' htu.
+const dpopOrigin = "https://api.bench"
+
+// dpopCPU is the sidecar's CPU time per request in each DPoP row and in
+// the bearer row beside them (a-dpop-bearer, or a when the section runs
+// alone), in µs: what other load on the machine changes less than
+// requests/s.
+var dpopCPU = map[string]float64{}
 
 func (b *bench) dpop(ctx context.Context) error {
 	floor, decide, err := dpopGoBenchmarks()
@@ -36,42 +56,166 @@ func (b *bench) dpop(ctx context.Context) error {
 	}
 	for _, alg := range dpopAlgs {
 		b.target(target{"DPoP decision / floor, " + alg + " (Go benchmarks)", decide[alg] / floor[alg], 1.5, true, "x"})
-		b.notes = append(b.notes, fmt.Sprintf("DPoP, %s proof (Go benchmarks, fastest of 3 runs of %s, one goroutine, nothing else of the bench running): floor %.1f µs, the sidecar's whole decision %.1f µs (go test -run '^$' -bench 'DPoPFloor|DecideDPoPJWT' -benchtime %s ./jwtverify ./sidecar)",
+		b.notes = append(b.notes, fmt.Sprintf("DPoP, %s proof (Go benchmarks, fastest of 5 runs of %s, one goroutine, nothing else of the bench running): floor %.1f µs, the sidecar's whole decision %.1f µs (go test -run '^$' -bench 'DPoPFloor|DecideDPoPJWT' -benchtime %s ./jwtverify ./sidecar)",
 			alg, dpopBenchRuns, floor[alg]/1e3, decide[alg]/1e3, dpopBenchRuns))
 	}
-	if err := b.dpopRows(ctx); err != nil {
+	bearer, err := b.dpopRows(ctx)
+	if err != nil {
 		return err
 	}
 	b.target(target{"(a-dpop-eddsa) / (a): DPoP-bound JWT, EdDSA proof", b.rows["a-dpop-eddsa"].rps / b.rows["a"].rps, 0.5, false, "x"})
-	b.notes = append(b.notes, dpopCeilingNote(b.rows, floor))
+	b.notes = append(b.notes, dpopCeilingNote(b.rows, floor), dpopCPUNote(bearer))
 	return nil
 }
 
-// dpopRows runs a-dpop-eddsa, and (a) and a-dpop first when the section
-// runs alone.
-func (b *bench) dpopRows(ctx context.Context) error {
+// dpopRows runs a bearer row through a sidecar configured as the DPoP
+// rows' are (row a when the section runs alone, else a-dpop-bearer), then
+// a-dpop when the section runs alone, then a-dpop-eddsa. It returns the
+// bearer row's id.
+func (b *bench) dpopRows(ctx context.Context) (string, error) {
 	upstream := startUpstream()
 	defer upstream.Close()
-	if _, ok := b.rows["a"]; !ok {
+	bearer := "a-dpop-bearer"
+	_, full := b.rows["a"]
+	if !full {
+		bearer = "a"
 		if _, err := b.v.Client.Logical().WriteWithContext(ctx, "keybroker/roles/bench", map[string]interface{}{
 			"scopes": "read", "audiences": "svc", "ttl": "24h", "token_ttl": "1h"}); err != nil {
-			return err
-		}
-		sc, err := b.startSidecar(ctx, "dpop-bearer", upstream.Addr, "")
-		if err != nil {
-			return err
-		}
-		defer stop(sc.cmd)
-		jwt, err := b.v.Client.Logical().WriteWithContext(ctx, "keybroker/token/bench", nil)
-		if err != nil {
-			return err
-		}
-		b.wrk("a", "sidecar /verify, agent JWT", sc.auth+"/verify/r", []string{"Authorization: Bearer " + jwt.Data["token"].(string)}, "")
-		if err := b.dpopRow(ctx, upstream.Addr, "a-dpop", "ES256"); err != nil {
-			return err
+			return "", err
 		}
 	}
-	return b.dpopRow(ctx, upstream.Addr, "a-dpop-eddsa", "EdDSA")
+	sc, err := b.startSidecar(ctx, "dpop-bearer", upstream.Addr, dpopSidecarConfig)
+	if err != nil {
+		return "", err
+	}
+	defer stop(sc.cmd)
+	jwt, err := b.v.Client.Logical().WriteWithContext(ctx, "keybroker/token/bench", nil)
+	if err != nil {
+		return "", err
+	}
+	if err := b.wrkCPU(sc, func() {
+		b.wrk(bearer, "(a) through a sidecar configured as the DPoP rows': a bearer JWT", sc.auth+"/verify/r", []string{"Authorization: Bearer " + jwt.Data["token"].(string)}, "")
+	}, bearer); err != nil {
+		return "", err
+	}
+	if !full {
+		if err := b.dpopRow(ctx, upstream.Addr, "ES256"); err != nil {
+			return "", err
+		}
+	}
+	return bearer, b.dpopRow(ctx, upstream.Addr, "EdDSA")
+}
+
+// dpopSidecarConfig is the DPoP rows' sidecar: a replay cache that holds
+// every proof of a row.
+const dpopSidecarConfig = "public_origin = \"" + dpopOrigin + "\"\ndpop_replay_cache_size = 10000000"
+
+// dpopRow is row (a) with a DPoP-bound token: every request carries a
+// fresh proof signed with alg, signed ahead of the run (wrk cannot sign)
+// and read from a file per wrk thread, so the sidecar checks one signature
+// and one replay entry per request on top of the cached token.
+func (b *bench) dpopRow(ctx context.Context, upstream, alg string) error {
+	id := dpopRowOf[alg]
+	sc, err := b.startSidecar(ctx, id, upstream, dpopSidecarConfig)
+	if err != nil {
+		return err
+	}
+	defer stop(sc.cmd)
+	k, err := dpoptest.Generate(alg)
+	if err != nil {
+		return err
+	}
+	tok, err := b.v.Client.Logical().WriteWithContext(ctx, "keybroker/token/bench", map[string]interface{}{"dpop_jkt": k.JKT})
+	if err != nil {
+		return err
+	}
+	token := tok.Data["token"].(string)
+	// About what two cores verify in the run, with room: one ES256 check
+	// is ~70 µs (go test -bench DPoPFloor ./jwtverify).
+	n := int(min(40_000, b.rows["a"].rps) * b.o.duration.Seconds())
+	files, err := b.signProofs(k, id, token, n)
+	if err != nil {
+		return err
+	}
+	script := b.script(id+".lua", fmt.Sprintf(`
+local threads = 0
+function setup(thread) threads = threads + 1; thread:set("file", threads == 1 and %q or %q) end
+local f
+function init(args) f = io.open(file) end
+function request()
+  local p = f:read("*l")
+  if not p then f:seek("set"); p = f:read("*l") end -- out of proofs: replays, counted as non-2xx
+  wrk.headers["DPoP"] = p -- with the -H headers: a table given to wrk.format replaces them
+  return wrk.format()
+end
+`, files[0], files[1]))
+	return b.wrkCPU(sc, func() {
+		b.wrk(id, "(a) DPoP-bound: a fresh "+alg+" proof per request", sc.auth+"/verify/r", []string{"Authorization: DPoP " + token}, script)
+	}, id)
+}
+
+// signProofs writes n proofs of k for token, one a line, in two files:
+// one per wrk thread.
+func (b *bench) signProofs(k *dpoptest.Key, id, token string, n int) ([2]string, error) {
+	log("signing %d DPoP proofs", n)
+	var files [2]string
+	now := time.Now()
+	var g errgroup.Group
+	for t := range files {
+		files[t] = filepath.Join(b.dir, fmt.Sprintf("%s-proofs-%d.txt", id, t+1))
+		g.Go(func() error {
+			var sb strings.Builder
+			for range n / 2 {
+				p, err := k.Sign("GET", dpopOrigin+"/r", token, now, nil)
+				if err != nil {
+					return err
+				}
+				sb.WriteString(p)
+				sb.WriteByte('\n')
+			}
+			return os.WriteFile(files[t], []byte(sb.String()), 0o644)
+		})
+	}
+	return files, g.Wait()
+}
+
+// wrkCPU runs row id (run) and records the sidecar's CPU time per
+// request in it.
+func (b *bench) wrkCPU(sc *sidecarProc, run func(), id string) error {
+	before, err := dpopProcCPU(sc.cmd.Process.Pid)
+	if err != nil {
+		return err
+	}
+	run()
+	after, err := dpopProcCPU(sc.cmd.Process.Pid)
+	if err != nil {
+		return err
+	}
+	if r := b.rows[id]; r.rps > 0 {
+		dpopCPU[id] = (after - before).Seconds() * 1e6 / (r.rps * b.o.duration.Seconds())
+	}
+	return nil
+}
+
+// dpopProcCPU is a process's user and system CPU time so far, from
+// /proc/<pid>/stat (in clock ticks of 1/100 s).
+func dpopProcCPU(pid int) (time.Duration, error) {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The fields after the command name, which is in parentheses and may
+	// hold spaces: utime and stime are the 12th and 13th of them.
+	f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: utime %q, stime %q", pid, f[11], f[12])
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
 }
 
 // dpopCeilingNote says how close to (a) a DPoP row can come on this
@@ -82,8 +226,7 @@ func dpopCeilingNote(rows map[string]row, floor map[string]float64) string {
 	bearer := cores / rows["a"].rps * 1e6 // µs of the machine per bearer request
 	var parts []string
 	for _, alg := range dpopAlgs {
-		f := floor[alg] / 1e3
-		id := map[string]string{"ES256": "a-dpop", "EdDSA": "a-dpop-eddsa"}[alg]
+		f, id := floor[alg]/1e3, dpopRowOf[alg]
 		parts = append(parts, fmt.Sprintf("with %s, %.0f / (%.0f + %.1f) = %.2fx at best (measured %.2fx, row %s)",
 			alg, bearer, bearer, f, bearer/(bearer+f), rows[id].rps/rows["a"].rps, id))
 	}
@@ -91,16 +234,23 @@ func dpopCeilingNote(rows map[string]row, floor map[string]float64) string {
 		cores, rows["a"].rps, bearer, strings.Join(parts, "; "))
 }
 
+// dpopCPUNote compares the sidecar's CPU per request in the DPoP rows
+// with the bearer row beside them.
+func dpopCPUNote(bearer string) string {
+	return fmt.Sprintf("DPoP, the sidecar's CPU per request (/proc, over each row): bearer JWT %.1f µs (row %s), ES256 proof %.1f µs (a-dpop), EdDSA proof %.1f µs (a-dpop-eddsa)",
+		dpopCPU[bearer], bearer, dpopCPU["a-dpop"], dpopCPU["a-dpop-eddsa"])
+}
+
 // benchLine is a line of go test -bench output: name, runs, ns/op.
 var benchLine = regexp.MustCompile(`^(Benchmark\S+?)(?:-\d+)?\s+\d+\s+([\d.]+) ns/op`)
 
 // dpopGoBenchmarks runs BenchmarkDPoPFloor and BenchmarkDecideDPoPJWT
-// three times each and returns the fastest ns/op of each by alg: the
+// five times each and returns the fastest ns/op of each by alg: the
 // least disturbed by whatever else the machine does.
 func dpopGoBenchmarks() (floor, decide map[string]float64, err error) {
 	log("go test -bench DPoPFloor|DecideDPoPJWT")
 	cmd := exec.Command("go", "test", "-run", "^$", "-bench", "^(BenchmarkDPoPFloor|BenchmarkDecideDPoPJWT)$",
-		"-benchtime", dpopBenchRuns, "-count", "3", "./jwtverify", "./sidecar")
+		"-benchtime", dpopBenchRuns, "-count", "5", "./jwtverify", "./sidecar")
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()
 	if err != nil {
