@@ -207,7 +207,16 @@ func verifyProofSignature(h *proofHead, want, signed string, sig []byte) error {
 	if want != "" && subtle.ConstantTimeCompare([]byte(want), []byte(h.jkt)) != 1 {
 		return ErrProofBinding
 	}
-	if err := h.method.Verify(signed, sig, h.key); err != nil {
+	var ok bool
+	switch k, _ := h.key.(*ecdsa.PublicKey); h.alg {
+	case "ES256":
+		ok = verifyES(k, crypto.SHA256, signed, sig)
+	case "ES384":
+		ok = verifyES(k, crypto.SHA384, signed, sig)
+	default:
+		ok = h.method.Verify(signed, sig, h.key) == nil
+	}
+	if !ok {
 		return ErrProofSignature
 	}
 	return nil
