@@ -99,7 +99,8 @@ func (cl *proofClaims) set(name, text string, raw []byte, str bool, seen *[5]boo
 	case 3:
 		cl.IAT = raw
 	case 4:
-		cl.ATH = &text
+		ath := text // only this copy escapes, not text in every call
+		cl.ATH = &ath
 	}
 	return true
 }
