@@ -87,6 +87,9 @@ type ProofCheck struct {
 	// how far after (clock skew).
 	Now            time.Time
 	MaxAge, Leeway time.Duration
+	// Keys, when set, remembers the headers of proofs that verified, so
+	// that a client's next proof skips parsing its key (see ProofKeys).
+	Keys *ProofKeys
 }
 
 // Proof is what a valid proof says.
@@ -108,30 +111,30 @@ type proofHeader struct {
 	Kid  json.RawMessage `json:"kid"`
 }
 
-type proofClaims struct {
-	JTI string          `json:"jti"`
-	HTM string          `json:"htm"`
-	HTU string          `json:"htu"`
-	IAT json.RawMessage `json:"iat"`
-	ATH *string         `json:"ath"`
-}
-
 // VerifyProof checks a DPoP proof as RFC 9449 §4.3 says: one compact JWS,
 // typ dpop+jwt, an asymmetric alg matching the embedded public jwk, a valid
 // signature, htm and htu naming this request, iat within the window, ath
 // the hash of the access token, and the key the token is bound to. Replays
 // (a jti seen before) are the caller's to refuse: it keeps the jtis.
 func VerifyProof(proof string, c ProofCheck) (*Proof, error) {
-	h, payload, sig, signed, err := parseProofHeader(proof)
+	if len(proof) > MaxProofSize {
+		return nil, ErrProofMalformed
+	}
+	header, payload, sig, signed, err := splitProof(proof)
 	if err != nil {
 		return nil, err
 	}
-	key, jkt, err := proofKey(h.Alg, h.JWK)
-	if err != nil {
+	h, known := c.Keys.get(header)
+	if !known {
+		if h, err = parseProofHead(header); err != nil {
+			return nil, err
+		}
+	}
+	if err := verifyProofSignature(h, c.JKT, signed, sig); err != nil {
 		return nil, err
 	}
-	if err := verifyProofSignature(h.Alg, key, jkt, c.JKT, signed, sig); err != nil {
-		return nil, err
+	if !known {
+		c.Keys.put(header, h)
 	}
 	cl, err := parseProofClaims(payload)
 	if err != nil {
@@ -147,66 +150,89 @@ func VerifyProof(proof string, c ProofCheck) (*Proof, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Proof{JTI: cl.JTI, JKT: jkt, IssuedAt: iat}, nil
+	return &Proof{JTI: cl.JTI, JKT: h.jkt, IssuedAt: iat}, nil
 }
 
-// parseProofHeader splits a proof and reads its header: a dpop+jwt whose
-// key is the jwk it carries, nothing pointing elsewhere.
-func parseProofHeader(proof string) (h proofHeader, payload, sig []byte, signed string, err error) {
-	if len(proof) > MaxProofSize {
-		return h, nil, nil, "", ErrProofMalformed
+// splitProof cuts a compact JWS into its header segment, left encoded (it
+// is what ProofKeys remembers), and its decoded payload and signature.
+func splitProof(proof string) (header string, payload, sig []byte, signed string, err error) {
+	first := strings.IndexByte(proof, '.')
+	last := strings.LastIndexByte(proof, '.')
+	if first <= 0 || last == first || last == len(proof)-1 || strings.Count(proof, ".") != 2 {
+		return "", nil, nil, "", ErrProofMalformed
 	}
-	headerJSON, payload, sig, signed, err := splitCompact(proof)
+	if payload, err = decodeSegment(proof[first+1 : last]); err != nil {
+		return "", nil, nil, "", ErrProofMalformed
+	}
+	if sig, err = decodeSegment(proof[last+1:]); err != nil {
+		return "", nil, nil, "", ErrProofMalformed
+	}
+	return proof[:first], payload, sig, proof[:last], nil
+}
+
+// parseProofHead reads a proof's header: a dpop+jwt whose key is the jwk
+// it carries, nothing pointing elsewhere, the key of alg's kind.
+func parseProofHead(segment string) (*proofHead, error) {
+	headerJSON, err := decodeSegment(segment)
 	if err != nil {
-		return h, nil, nil, "", ErrProofMalformed
+		return nil, ErrProofMalformed
 	}
+	var h proofHeader
 	if err := json.Unmarshal(headerJSON, &h); err != nil || !strings.EqualFold(h.Typ, ProofType) {
-		return h, nil, nil, "", ErrProofMalformed
+		return nil, ErrProofMalformed
 	}
 	// The key comes from the proof itself: nothing may point elsewhere.
 	if h.Crit != nil || h.JKU != nil || h.X5U != nil || h.X5C != nil || h.Kid != nil {
-		return h, nil, nil, "", ErrProofMalformed
+		return nil, ErrProofMalformed
 	}
-	return h, payload, sig, signed, nil
+	key, jkt, err := proofKey(h.Alg, h.JWK)
+	if err != nil {
+		return nil, err
+	}
+	method := jwt.GetSigningMethod(h.Alg)
+	if h.Alg == "Ed25519" {
+		method = jwt.SigningMethodEdDSA
+	}
+	if method == nil {
+		return nil, ErrProofKey
+	}
+	return &proofHead{alg: h.Alg, method: method, key: key, jkt: jkt}, nil
 }
 
 // verifyProofSignature checks that the proof's key is the one the
 // credential is bound to (want; "" for any), then its signature.
-func verifyProofSignature(alg string, key crypto.PublicKey, jkt, want, signed string, sig []byte) error {
+func verifyProofSignature(h *proofHead, want, signed string, sig []byte) error {
 	// Before the signature, which costs: a proof by another key is refused
-	// for the price of a hash.
-	if want != "" && subtle.ConstantTimeCompare([]byte(want), []byte(jkt)) != 1 {
+	// for the price of a comparison.
+	if want != "" && subtle.ConstantTimeCompare([]byte(want), []byte(h.jkt)) != 1 {
 		return ErrProofBinding
 	}
-	method := jwt.GetSigningMethod(alg)
-	if alg == "Ed25519" {
-		method = jwt.SigningMethodEdDSA
+	var ok bool
+	switch k, _ := h.key.(*ecdsa.PublicKey); h.alg {
+	case "ES256":
+		ok = verifyES(k, crypto.SHA256, signed, sig)
+	case "ES384":
+		ok = verifyES(k, crypto.SHA384, signed, sig)
+	default:
+		ok = h.method.Verify(signed, sig, h.key) == nil
 	}
-	if method == nil {
-		return ErrProofKey
-	}
-	if err := method.Verify(signed, sig, key); err != nil {
+	if !ok {
 		return ErrProofSignature
 	}
 	return nil
 }
 
-// parseProofClaims reads the signed claims; a proof needs a jti (the
-// caller refuses its replay), of bounded length.
-func parseProofClaims(payload []byte) (proofClaims, error) {
-	var cl proofClaims
-	if err := json.Unmarshal(payload, &cl); err != nil {
-		return cl, ErrProofClaims
-	}
-	if cl.JTI == "" || len(cl.JTI) > MaxJTILength {
-		return cl, ErrProofClaims
-	}
-	return cl, nil
-}
-
 // checkTarget: htm and htu name this request, by c.Target or by Method
 // and URL compared after normalisation.
 func (c *ProofCheck) checkTarget(htm, htu string) error {
+	if c.Target == nil && htu == c.URL && !strings.ContainsAny(htu, "?#") {
+		// What clients send: the very URI. Equal bytes normalise alike;
+		// one normalisation says whether they name a valid URI at all.
+		if _, err := NormalizeHTU(htu); err != nil || htm != c.Method {
+			return ErrProofClaims
+		}
+		return nil
+	}
 	got, err := NormalizeHTU(htu)
 	if err != nil || (c.Target == nil && strings.ContainsAny(c.URL, "?#")) {
 		// The request's URI is the caller's to give without query or
@@ -229,7 +255,9 @@ func (c *ProofCheck) checkATH(ath *string) error {
 		return nil
 	}
 	sum := sha256.Sum256([]byte(c.AccessToken))
-	if ath == nil || subtle.ConstantTimeCompare([]byte(*ath), []byte(base64.RawURLEncoding.EncodeToString(sum[:]))) != 1 {
+	var want [43]byte // the hash in unpadded base64url, on the stack
+	base64.RawURLEncoding.Encode(want[:], sum[:])
+	if ath == nil || subtle.ConstantTimeCompare([]byte(*ath), want[:]) != 1 {
 		return ErrProofClaims
 	}
 	return nil
@@ -239,13 +267,31 @@ func (c *ProofCheck) checkATH(ath *string) error {
 // checks it is within MaxAge before now and Leeway after.
 func (c *ProofCheck) checkIAT(raw json.RawMessage) (time.Time, error) {
 	var iat jwt.NumericDate
-	if len(raw) == 0 || !(raw[0] >= '0' && raw[0] <= '9') || iat.UnmarshalJSON(raw) != nil {
+	if seconds, ok := wholeSeconds(raw); ok {
+		iat.Time = time.Unix(seconds, 0) // what UnmarshalJSON makes of it, without its allocations
+	} else if len(raw) == 0 || !(raw[0] >= '0' && raw[0] <= '9') || iat.UnmarshalJSON(raw) != nil {
 		return time.Time{}, ErrProofClaims // a JSON number of seconds, nothing else
 	}
 	if iat.Before(c.Now.Add(-c.MaxAge)) || iat.After(c.Now.Add(c.Leeway)) {
 		return time.Time{}, ErrProofTime
 	}
 	return iat.Time, nil
+}
+
+// wholeSeconds reads an iat of up to 15 digits, as clients send it: a
+// float64 holds it exactly, so jwt.NumericDate would read the same.
+func wholeSeconds(raw []byte) (int64, bool) {
+	if len(raw) == 0 || len(raw) > 15 || (raw[0] == '0' && len(raw) > 1) {
+		return 0, false
+	}
+	var n int64
+	for _, d := range raw {
+		if d < '0' || d > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(d-'0')
+	}
+	return n, true
 }
 
 // proofKey parses the embedded jwk: public, of the kind alg needs, strong

@@ -33,12 +33,18 @@ type dpopProofs struct {
 	origin         string
 	maxAge, leeway time.Duration
 	replay         *dpopreplay.Cache
+	keys           *jwtverify.ProofKeys   // the headers of clients' proofs, parsed
 	counted        *prometheus.CounterVec // by result
 	log            hclog.Logger
 }
 
+// proofKeysSize is how many clients' proof headers (each a public key) are
+// kept parsed: at most 6 MiB (1.5 KiB each), about 1 MiB for EC keys.
+const proofKeysSize = 4096
+
 func newDPoPProofs(origin string, maxAge, leeway time.Duration, replaySize int, counted *prometheus.CounterVec, log hclog.Logger) *dpopProofs {
-	return &dpopProofs{origin: origin, maxAge: maxAge, leeway: leeway, replay: dpopreplay.New(replaySize), counted: counted, log: log}
+	return &dpopProofs{origin: origin, maxAge: maxAge, leeway: leeway, replay: dpopreplay.New(replaySize),
+		keys: jwtverify.NewProofKeys(proofKeysSize), counted: counted, log: log}
 }
 
 func (a dpopBound) authenticate(ctx context.Context, p presentation) (*identity, decision) {
@@ -76,7 +82,7 @@ func (pp *dpopProofs) check(p presentation, id *identity) (proofID, refusal stri
 	now := time.Now()
 	proof, err := jwtverify.VerifyProof(p.proof, jwtverify.ProofCheck{
 		Method: p.method, URL: pp.origin + p.rawPath, AccessToken: p.cred, JKT: id.jkt,
-		Now: now, MaxAge: pp.maxAge, Leeway: pp.leeway,
+		Now: now, MaxAge: pp.maxAge, Leeway: pp.leeway, Keys: pp.keys,
 	})
 	if err != nil {
 		pp.log.Debug("dpop proof refused", "id", id.id, "error", err)

@@ -58,6 +58,11 @@ func TestDPoPBoundJWT(t *testing.T) {
 	if !d.allowed() || d.id.jkt != k.JKT {
 		t.Fatalf("a good proof: %+v", d)
 	}
+	// Its header is remembered parsed: every refusal below is of a proof
+	// by a key the sidecar already knows, checked whole all the same.
+	if n := f.sc.dpop.keys.Len(); n != 1 {
+		t.Fatalf("%d proof headers remembered after one proof", n)
+	}
 	// htu names the URI however the client spelled it.
 	for _, htu := range []string{"https://API.example.com:443/v1/items", "https://api.example.com/v1/%69tems"} {
 		if d := decideWith(f.sc, "GET", "/v1/items", dpopHeaders(tok, k.Proof(t, "GET", htu, tok, now, nil))); !d.allowed() {

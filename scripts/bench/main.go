@@ -29,7 +29,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/keybroker/keybroker/apikey"
-	"github.com/keybroker/keybroker/internal/dpoptest"
 	"github.com/keybroker/keybroker/internal/vaultserver"
 )
 
@@ -222,7 +221,7 @@ func (b *bench) run(ctx context.Context) error {
 	tokenHdr := "X-Vault-Token: " + b.v.RootToken
 
 	b.wrk("a", "sidecar /verify, agent JWT", warm.auth+"/verify/r", []string{"Authorization: Bearer " + jwt.Data["token"].(string)}, "")
-	if err := b.dpopRow(ctx, upstream.Addr); err != nil {
+	if err := b.dpopRow(ctx, upstream.Addr, "ES256"); err != nil {
 		return err
 	}
 	metered, err := c.Logical().WriteWithContext(ctx, "keybroker/token/metered", nil)
@@ -570,67 +569,6 @@ func (b *bench) mintKeys(ctx context.Context, have []string, n int) ([]string, e
 	close(jobs)
 	wg.Wait()
 	return have, firstErr
-}
-
-// dpopRow is row (a) with a DPoP-bound token: every request carries a
-// fresh ES256 proof, signed ahead of the run (wrk cannot sign) and read
-// from a file per wrk thread, so the sidecar checks one signature and one
-// replay entry per request on top of the cached token.
-func (b *bench) dpopRow(ctx context.Context, upstream string) error {
-	const origin = "https://api.bench"
-	sc, err := b.startSidecar(ctx, "dpop", upstream, "public_origin = \""+origin+"\"\ndpop_replay_cache_size = 10000000")
-	if err != nil {
-		return err
-	}
-	defer stop(sc.cmd)
-	k, err := dpoptest.Generate("ES256")
-	if err != nil {
-		return err
-	}
-	tok, err := b.v.Client.Logical().WriteWithContext(ctx, "keybroker/token/bench", map[string]interface{}{"dpop_jkt": k.JKT})
-	if err != nil {
-		return err
-	}
-	token := tok.Data["token"].(string)
-	// About what two cores verify in the run, with room: one ES256 check
-	// is ~0.15 ms (go test -bench VerifyProof ./jwtverify).
-	n := int(min(40_000, b.rows["a"].rps) * b.o.duration.Seconds())
-	log("signing %d DPoP proofs", n)
-	var files [2]string
-	now := time.Now()
-	var g errgroup.Group
-	for t := range files {
-		files[t] = filepath.Join(b.dir, fmt.Sprintf("proofs-%d.txt", t+1))
-		g.Go(func() error {
-			var sb strings.Builder
-			for range n / 2 {
-				p, err := k.Sign("GET", origin+"/r", token, now, nil)
-				if err != nil {
-					return err
-				}
-				sb.WriteString(p)
-				sb.WriteByte('\n')
-			}
-			return os.WriteFile(files[t], []byte(sb.String()), 0o644)
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return err
-	}
-	script := b.script("dpop.lua", fmt.Sprintf(`
-local threads = 0
-function setup(thread) threads = threads + 1; thread:set("file", threads == 1 and %q or %q) end
-local f
-function init(args) f = io.open(file) end
-function request()
-  local p = f:read("*l")
-  if not p then f:seek("set"); p = f:read("*l") end -- out of proofs: replays, counted as non-2xx
-  wrk.headers["DPoP"] = p -- with the -H headers: a table given to wrk.format replaces them
-  return wrk.format()
-end
-`, files[0], files[1]))
-	b.wrk("a-dpop", "(a) DPoP-bound: a fresh ES256 proof per request", sc.auth+"/verify/r", []string{"Authorization: DPoP " + token}, script)
-	return nil
 }
 
 func (b *bench) script(name, body string) string {
