@@ -26,8 +26,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/keybroker/keybroker/apikey"
 	"github.com/keybroker/keybroker/internal/vaultserver"
 )
