@@ -124,7 +124,7 @@ func VerifyProof(proof string, c ProofCheck) (*Proof, error) {
 	if err != nil {
 		return nil, err
 	}
-	h, known := c.Keys.get(header)
+	h, known := c.Keys.get(c.JKT, header)
 	if !known {
 		if h, err = parseProofHead(header); err != nil {
 			return nil, err
@@ -132,9 +132,6 @@ func VerifyProof(proof string, c ProofCheck) (*Proof, error) {
 	}
 	if err := verifyProofSignature(h, c.JKT, signed, sig); err != nil {
 		return nil, err
-	}
-	if !known {
-		c.Keys.put(header, h)
 	}
 	cl, err := parseProofClaims(payload)
 	if err != nil {
@@ -149,6 +146,10 @@ func VerifyProof(proof string, c ProofCheck) (*Proof, error) {
 	iat, err := c.checkIAT(cl.IAT)
 	if err != nil {
 		return nil, err
+	}
+	if !known {
+		// Only a proof that verified whole is remembered (ProofKeys).
+		c.Keys.put(c.JKT, header, h)
 	}
 	return &Proof{JTI: cl.JTI, JKT: h.jkt, IssuedAt: iat}, nil
 }

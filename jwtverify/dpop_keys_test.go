@@ -27,6 +27,14 @@ func TestProofKeys(t *testing.T) {
 	if verify(forged, check) != jwtverify.ErrProofSignature || keys.Len() != 0 {
 		t.Fatalf("a proof with a bad signature left its header (%d held)", keys.Len())
 	}
+	// A valid signature on claims that fail enters nothing either: only a
+	// proof that verified whole is remembered.
+	if verify(k.Proof(t, "POST", url, token, now, nil), check) != jwtverify.ErrProofClaims || keys.Len() != 0 {
+		t.Fatalf("a proof with wrong claims left its header (%d held)", keys.Len())
+	}
+	if verify(k.Proof(t, "GET", url, token, now.Add(-time.Hour), nil), check) != jwtverify.ErrProofTime || keys.Len() != 0 {
+		t.Fatalf("a stale proof left its header (%d held)", keys.Len())
+	}
 	if err := verify(good, check); err != nil || keys.Len() != 1 {
 		t.Fatalf("a good proof: %v, %d held", err, keys.Len())
 	}
@@ -51,6 +59,14 @@ func TestProofKeys(t *testing.T) {
 	swapped := k.Proof(t, "GET", url, token, now, func(h, _ map[string]interface{}) { h["jwk"] = other.JWK })
 	if err := verify(swapped, jwtverify.ProofCheck{Method: "GET", URL: url, AccessToken: token, JKT: other.JKT, Now: now, MaxAge: time.Minute, Leeway: 5 * time.Second, Keys: keys}); err != jwtverify.ErrProofSignature {
 		t.Fatalf("a proof carrying another's jwk: %v", err)
+	}
+	// The same header under another credential's binding is another
+	// entry: a proof only ever hits what was remembered under its own
+	// binding, so a refusal's timing says nothing of other clients.
+	unbound := check
+	unbound.JKT = ""
+	if err := verify(k.Proof(t, "GET", url, token, now, nil), unbound); err != nil || keys.Len() != 1 {
+		t.Fatalf("a proof under no binding: %v, %d held; want it verified and not remembered", err, keys.Len())
 	}
 	// A header one field longer is another header.
 	extra := k.Proof(t, "GET", url, token, now, func(h, _ map[string]interface{}) { h["x"] = "y" })

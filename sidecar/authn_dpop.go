@@ -39,7 +39,8 @@ type dpopProofs struct {
 }
 
 // proofKeysSize is how many clients' proof headers (each a public key) are
-// kept parsed: at most 6 MiB (1.5 KiB each), about 1 MiB for EC keys.
+// kept parsed: about 2 KiB each at worst (RSA-4096), 8 MiB in all; about
+// 2 MiB for EC keys.
 const proofKeysSize = 4096
 
 func newDPoPProofs(origin string, maxAge, leeway time.Duration, replaySize int, counted *prometheus.CounterVec, log hclog.Logger) *dpopProofs {
