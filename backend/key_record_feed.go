@@ -56,7 +56,12 @@ const (
 // from the storage each caller hands in.
 type keyRecordFeed struct {
 	changes *keyChanges
-	reads   singleflight.Group
+	// changeReads shares the reads of a page of changes after one wake;
+	// changedKeys the keys read for them, between pages.
+	changeReads feedReads
+	changedKeys changedRecords
+	changeLists pageLists
+	reads       singleflight.Group
 	// listMu guards list.
 	listMu sync.Mutex
 	list   *keyListing
@@ -111,9 +116,10 @@ type keyChanges struct {
 	epoch string
 	wake  feedWaiters
 
-	mu   sync.Mutex
-	last uint64
-	ring []string // ring[seq % keyChangesHeld]; "" marks a tenant ceiling change
+	mu    sync.Mutex
+	last  uint64
+	ring  []string // ring[seq % keyChangesHeld]; "" marks a tenant ceiling change
+	lists uint64   // changes of id "" so far
 }
 
 func newKeyChanges() *keyChanges {
@@ -135,8 +141,19 @@ func (c *keyChanges) add(id string) {
 	}
 	c.last++
 	c.ring[c.last%keyChangesHeld] = id
+	if id == "" {
+		c.lists++
+	}
 	c.mu.Unlock()
 	c.wake.wake()
+}
+
+// listChanges is how many changes of id "" (the lists every page carries)
+// were added so far.
+func (c *keyChanges) listChanges() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lists
 }
 
 func (c *keyChanges) lastSeq() uint64 {
@@ -183,13 +200,13 @@ type keyListing struct {
 }
 
 // changesPageShared is changesPage, with reads of the same cursor and
-// filter at the same time sharing one: every verifier that is up to date
-// waits at the same cursor, so a change wakes them all into one read. gen is
-// the wake generation the reader saw: a read begun before a change it was
-// not woken for must not answer it.
+// filter after the same wake sharing one (feedReads): every verifier that
+// is up to date waits at the same cursor, so a change wakes them all into
+// one read. gen is the wake generation the reader saw: a read begun before
+// a change it was not woken for must not answer it.
 func (kf *keyRecordFeed) changesPageShared(ctx context.Context, s logical.Storage, after uint64, epoch string, f recordFilter, gen uint64) (*contract.KeyRecordsPage, error) {
-	key := fmt.Sprintf("changes\x00%d\x00%d\x00%s\x00%s", after, gen, epoch, f)
-	v, err, _ := kf.reads.Do(key, func() (interface{}, error) {
+	key := fmt.Sprintf("%d\x00%s\x00%s", after, epoch, f)
+	v, err := kf.changeReads.read(key, gen, func() (interface{}, error) {
 		return kf.changesPage(context.WithoutCancel(ctx), s, after, epoch, f)
 	})
 	if err != nil {
@@ -201,6 +218,7 @@ func (kf *keyRecordFeed) changesPageShared(ctx context.Context, s logical.Storag
 func (kf *keyRecordFeed) changesPage(ctx context.Context, s logical.Storage, after uint64, epoch string, f recordFilter) (*contract.KeyRecordsPage, error) {
 	c := kf.changes
 	page := &contract.KeyRecordsPage{Epoch: c.epoch, Records: []contract.KeyRecord{}, MeteredTenants: []string{}, SuspendedRoles: []string{}}
+	lists := c.listChanges() // before the lists are read: see pageLists
 	changed, next, last, held := c.since(after, contract.MaxKeyRecordPage)
 	page.Next, page.Last = next, last
 	if !held || (epoch != "" && epoch != c.epoch) {
@@ -211,7 +229,7 @@ func (kf *keyRecordFeed) changesPage(ctx context.Context, s logical.Storage, aft
 	for i, ch := range changed {
 		ids[i] = ch.id
 	}
-	keys, err := getKeys(ctx, s, ids)
+	keys, err := kf.changedKeys.get(ctx, s, ids, next, last)
 	if err != nil {
 		return nil, err
 	}
@@ -236,10 +254,7 @@ func (kf *keyRecordFeed) changesPage(ctx context.Context, s logical.Storage, aft
 	// Every page says which tenants are metered and which roles are
 	// suspended: a ceiling change or a role's suspension wakes readers,
 	// and they learn it from the lists, not from records.
-	if page.MeteredTenants, err = s.List(ctx, tenantPrefix); err != nil {
-		return nil, fmt.Errorf("listing tenants: %w", err)
-	}
-	if page.SuspendedRoles, err = suspendedRoles(ctx, s, f); err != nil {
+	if page.MeteredTenants, page.SuspendedRoles, err = kf.changeLists.get(ctx, s, lists, f); err != nil {
 		return nil, err
 	}
 	return page, nil
