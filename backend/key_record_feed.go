@@ -2,6 +2,7 @@ package backend
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"sort"
 	"strconv"
@@ -77,19 +78,28 @@ func (kf *keyRecordFeed) add(id string) { kf.changes.add(id) }
 
 // readChanges reads the page of changes after cursor after that pass f,
 // waiting up to wait for a change when none follows it.
-func (kf *keyRecordFeed) readChanges(ctx context.Context, s logical.Storage, after uint64, epoch string, f recordFilter, wait time.Duration) (*contract.KeyRecordsPage, error) {
+func (kf *keyRecordFeed) readChanges(ctx context.Context, s logical.Storage, after uint64, epoch string, f recordFilter, wait time.Duration) (*changesAnswer, error) {
 	c := kf.changes
 	// Taken before reading, so that a change during the read wakes the
 	// wait below; the read shares only with reads that began after it.
 	woken, gen := c.wake.next()
-	page, err := kf.changesPageShared(ctx, s, after, epoch, f, gen)
-	if err != nil || wait == 0 || page.Resync || page.Next != after {
-		return page, err
+	a, err := kf.changesPageShared(ctx, s, after, epoch, f, gen)
+	if err != nil || wait == 0 || a.page.Resync || a.page.Next != after {
+		return a, err
 	}
 	if !waitForWake(ctx, woken, wait) {
-		return page, nil
+		return a, nil
 	}
 	return kf.changesPageShared(ctx, s, after, epoch, f, c.wake.generation())
+}
+
+// changesAnswer is a page of changes and its records encoded once: every
+// reader it answers is sent the same records, and encoding them for each
+// (the plugin's answer to Vault is JSON) is most of what a page costs the
+// plugin when a fleet reads it.
+type changesAnswer struct {
+	page    *contract.KeyRecordsPage // shared, read only
+	records json.RawMessage
 }
 
 // readSnapshot reads the page of the snapshot after key_id afterID that
@@ -204,15 +214,23 @@ type keyListing struct {
 // is up to date waits at the same cursor, so a change wakes them all into
 // one read. gen is the wake generation the reader saw: a read begun before
 // a change it was not woken for must not answer it.
-func (kf *keyRecordFeed) changesPageShared(ctx context.Context, s logical.Storage, after uint64, epoch string, f recordFilter, gen uint64) (*contract.KeyRecordsPage, error) {
+func (kf *keyRecordFeed) changesPageShared(ctx context.Context, s logical.Storage, after uint64, epoch string, f recordFilter, gen uint64) (*changesAnswer, error) {
 	key := fmt.Sprintf("%d\x00%s\x00%s", after, epoch, f)
 	v, err := kf.changeReads.read(key, gen, func() (interface{}, error) {
-		return kf.changesPage(context.WithoutCancel(ctx), s, after, epoch, f)
+		page, err := kf.changesPage(context.WithoutCancel(ctx), s, after, epoch, f)
+		if err != nil {
+			return nil, err
+		}
+		records, err := json.Marshal(page.Records)
+		if err != nil {
+			return nil, fmt.Errorf("encoding key records: %w", err)
+		}
+		return &changesAnswer{page, records}, nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	return v.(*contract.KeyRecordsPage), nil // shared, read only
+	return v.(*changesAnswer), nil
 }
 
 func (kf *keyRecordFeed) changesPage(ctx context.Context, s logical.Storage, after uint64, epoch string, f recordFilter) (*contract.KeyRecordsPage, error) {
