@@ -188,3 +188,49 @@ func TestFeedReadsShareUntilTheNextChange(t *testing.T) {
 		t.Errorf("a read %s after the last did not read storage", feedShareMaxAge)
 	}
 }
+
+// A held read with a filter waits on past changes it would get nothing
+// of, answering with its cursor moved past them when its wait ends, and
+// answers at once for a change it keeps or a change of the lists.
+func TestKeyRecordFilteredReadWaitsPastOtherRoles(t *testing.T) {
+	e := newTestEnv(t)
+	e.createRole("web", nil)
+	e.createRole("batch", nil)
+	_, cursor, epoch := e.snapshotAll(nil)
+	type answer struct {
+		p    *contract.KeyRecordsPage
+		took time.Duration
+	}
+	hold := func(wait string) <-chan answer {
+		done := make(chan answer, 1)
+		go func() {
+			start := time.Now()
+			p := e.keyRecords("key-records", map[string]interface{}{"after": cursor, "epoch": epoch, "wait": wait, "roles": "batch"})
+			done <- answer{p, time.Since(start)}
+		}()
+		time.Sleep(200 * time.Millisecond)
+		return done
+	}
+	done := hold("2s")
+	for range 3 {
+		e.mint("web", nil)
+	}
+	a := <-done
+	if a.took < 2*time.Second || len(a.p.Records) != 0 || a.p.Next != cursor+3 {
+		t.Fatalf("a read of batch's keys, after 3 web mints: %d records, next %d (cursor %d) after %s; want none, next past them, after its wait",
+			len(a.p.Records), a.p.Next, cursor, a.took.Round(time.Millisecond))
+	}
+	cursor = a.p.Next
+	done = hold("20s")
+	e.mint("web", nil)
+	id := e.mint("batch", nil).Data["key_id"].(string)
+	if a = <-done; len(a.p.Records) != 1 || a.p.Records[0].KeyID != id || a.took > 5*time.Second {
+		t.Fatalf("a read of batch's keys answered %+v after %s; want the batch key at once", a.p.Records, a.took)
+	}
+	cursor = a.p.Next
+	done = hold("20s")
+	e.ok(logical.UpdateOperation, "tenants/acme", map[string]interface{}{"budget": 10})
+	if a = <-done; len(a.p.MeteredTenants) != 1 || a.took > 5*time.Second {
+		t.Fatalf("after a tenant ceiling: metered_tenants %v after %s; want it at once", a.p.MeteredTenants, a.took)
+	}
+}

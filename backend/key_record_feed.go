@@ -77,20 +77,27 @@ func newKeyRecordFeed() *keyRecordFeed {
 func (kf *keyRecordFeed) add(id string) { kf.changes.add(id) }
 
 // readChanges reads the page of changes after cursor after that pass f,
-// waiting up to wait for a change when none follows it.
+// waiting up to wait for a change when none follows it. A reader with a
+// filter waits on past changes it would get nothing of (other roles'
+// keys), so that a fleet of filtered verifiers is not answered for every
+// change of every role.
 func (kf *keyRecordFeed) readChanges(ctx context.Context, s logical.Storage, after uint64, epoch string, f recordFilter, wait time.Duration) (*changesAnswer, error) {
 	c := kf.changes
+	deadline := time.Now().Add(wait)
 	// Taken before reading, so that a change during the read wakes the
 	// wait below; the read shares only with reads that began after it.
 	woken, gen := c.wake.next()
 	a, err := kf.changesPageShared(ctx, s, after, epoch, f, gen)
-	if err != nil || wait == 0 || a.page.Resync || a.page.Next != after {
-		return a, err
+	for err == nil && wait > 0 && !a.page.Resync && a.empty {
+		// Nothing for this reader up to a.page.Next: its answer may start
+		// there, whether it comes now (the wait ended) or later.
+		if !a.page.More && !waitForWake(ctx, woken, time.Until(deadline)) {
+			return a, nil
+		}
+		woken, gen = c.wake.next()
+		a, err = kf.changesPageShared(ctx, s, a.page.Next, epoch, f, gen)
 	}
-	if !waitForWake(ctx, woken, wait) {
-		return a, nil
-	}
-	return kf.changesPageShared(ctx, s, after, epoch, f, c.wake.generation())
+	return a, err
 }
 
 // changesAnswer is a page of changes and its records encoded once: every
@@ -100,6 +107,9 @@ func (kf *keyRecordFeed) readChanges(ctx context.Context, s logical.Storage, aft
 type changesAnswer struct {
 	page    *contract.KeyRecordsPage // shared, read only
 	records json.RawMessage
+	// empty: no record and no change of the lists after the cursor read,
+	// nothing a reader would keep.
+	empty bool
 }
 
 // readSnapshot reads the page of the snapshot after key_id afterID that
@@ -172,6 +182,22 @@ func (c *keyChanges) lastSeq() uint64 {
 	return c.last
 }
 
+// listsChangedIn says whether a change of id "" (the lists every page
+// carries) is among the changes after cursor after up to next.
+func (c *keyChanges) listsChangedIn(after, next uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.last-after > keyChangesHeld {
+		return true // no longer held: assume so
+	}
+	for seq := after + 1; seq <= min(next, c.last); seq++ {
+		if c.ring[seq%keyChangesHeld] == "" {
+			return true
+		}
+	}
+	return false
+}
+
 // keyChange is a changed key and the first change of it in a page.
 type keyChange struct {
 	id  string
@@ -217,7 +243,7 @@ type keyListing struct {
 func (kf *keyRecordFeed) changesPageShared(ctx context.Context, s logical.Storage, after uint64, epoch string, f recordFilter, gen uint64) (*changesAnswer, error) {
 	key := fmt.Sprintf("%d\x00%s\x00%s", after, epoch, f)
 	v, err := kf.changeReads.read(key, gen, func() (interface{}, error) {
-		page, err := kf.changesPage(context.WithoutCancel(ctx), s, after, epoch, f)
+		page, lists, err := kf.changesPage(context.WithoutCancel(ctx), s, after, epoch, f)
 		if err != nil {
 			return nil, err
 		}
@@ -225,7 +251,7 @@ func (kf *keyRecordFeed) changesPageShared(ctx context.Context, s logical.Storag
 		if err != nil {
 			return nil, fmt.Errorf("encoding key records: %w", err)
 		}
-		return &changesAnswer{page, records}, nil
+		return &changesAnswer{page, records, len(page.Records) == 0 && !lists}, nil
 	})
 	if err != nil {
 		return nil, err
@@ -233,23 +259,27 @@ func (kf *keyRecordFeed) changesPageShared(ctx context.Context, s logical.Storag
 	return v.(*changesAnswer), nil
 }
 
-func (kf *keyRecordFeed) changesPage(ctx context.Context, s logical.Storage, after uint64, epoch string, f recordFilter) (*contract.KeyRecordsPage, error) {
+// changesPage reads the page of changes after cursor after; lists says
+// whether the lists every page carries may have changed in it.
+func (kf *keyRecordFeed) changesPage(ctx context.Context, s logical.Storage, after uint64, epoch string, f recordFilter) (page *contract.KeyRecordsPage, lists bool, err error) {
 	c := kf.changes
-	page := &contract.KeyRecordsPage{Epoch: c.epoch, Records: []contract.KeyRecord{}, MeteredTenants: []string{}, SuspendedRoles: []string{}}
-	lists := c.listChanges() // before the lists are read: see pageLists
+	page = &contract.KeyRecordsPage{Epoch: c.epoch, Records: []contract.KeyRecord{}, MeteredTenants: []string{}, SuspendedRoles: []string{}}
+	listCount := c.listChanges() // before the lists are read: see pageLists
 	changed, next, last, held := c.since(after, contract.MaxKeyRecordPage)
 	page.Next, page.Last = next, last
 	if !held || (epoch != "" && epoch != c.epoch) {
 		page.Resync, page.Next = true, after
-		return page, nil
+		return page, true, nil
 	}
+	// A change of id "" is a change of the lists; since leaves it out.
+	lists = len(changed) < int(next-after) && c.listsChangedIn(after, next)
 	ids := make([]string, len(changed))
 	for i, ch := range changed {
 		ids[i] = ch.id
 	}
 	keys, err := kf.changedKeys.get(ctx, s, ids, next, last)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	size := 0
 	for i, k := range keys {
@@ -272,10 +302,10 @@ func (kf *keyRecordFeed) changesPage(ctx context.Context, s logical.Storage, aft
 	// Every page says which tenants are metered and which roles are
 	// suspended: a ceiling change or a role's suspension wakes readers,
 	// and they learn it from the lists, not from records.
-	if page.MeteredTenants, page.SuspendedRoles, err = kf.changeLists.get(ctx, s, lists, f); err != nil {
-		return nil, err
+	if page.MeteredTenants, page.SuspendedRoles, err = kf.changeLists.get(ctx, s, listCount, f); err != nil {
+		return nil, false, err
 	}
-	return page, nil
+	return page, lists, nil
 }
 
 // snapshotPage reads the page of listing l after key_id afterID: at most
