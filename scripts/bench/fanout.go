@@ -88,6 +88,9 @@ func (b *bench) fanout(ctx context.Context) error {
 		}
 		b.notes = append(b.notes, "fan-out: run with Vault's audit device off ("+fanoutNoAuditEnv+")")
 	}
+	if roles := os.Getenv(followRolesEnv); roles != "" {
+		b.notes = append(b.notes, "fan-out: the followers hold only the records of roles "+roles+" ("+followRolesEnv+")")
+	}
 	policy, err := os.ReadFile("examples/policies/sidecar.hcl")
 	if err != nil {
 		return err

@@ -24,6 +24,10 @@ import (
 // one connection per held read.
 const (
 	followerEnv = "KEYBROKER_BENCH_FOLLOWERS" // how many; set: run as followers
+	// followRolesEnv: the followers hold only these roles' records (a
+	// sidecar's key_replica_roles), e.g. "other" for a fleet that serves
+	// none of the minted keys.
+	followRolesEnv = "KEYBROKER_FANOUT_ROLES"
 	// The sidecar's defaults (sidecar/vault.go, feed_keyrecords.go):
 	// revocations held up to 20 s, key records up to max_stale/3 = 10 s, a
 	// 100 ms pause after a page of changes, and revocation_poll_interval
@@ -176,6 +180,9 @@ func (f *followers) followKeyRecords(ctx context.Context, started *sync.WaitGrou
 		for ctx.Err() == nil {
 			var page contract.KeyRecordsPage
 			q := url.Values{contract.FieldAfter: {strconv.FormatUint(cursor, 10)}, contract.FieldEpoch: {epoch}}
+			if roles := os.Getenv(followRolesEnv); roles != "" {
+				q.Set(contract.FieldRoles, roles)
+			}
 			asked := time.Now()
 			if wait > 0 {
 				once()
