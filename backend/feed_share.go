@@ -44,8 +44,10 @@ const (
 	// generation.
 	feedShareMaxAge = time.Second
 	// feedShareMaxPages bounds the pages kept for one generation: readers
-	// at different cursors or with different filters each have their own.
-	feedShareMaxPages = 256
+	// at different cursors or with different filters each have their own,
+	// and a page of key records may hold some MiB (records and their
+	// encoding). The page every reader up to date shares comes first.
+	feedShareMaxPages = 64
 )
 
 // read returns the page of key for a reader of generation gen: kept, or
