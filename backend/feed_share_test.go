@@ -3,7 +3,9 @@ package backend
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -232,5 +234,41 @@ func TestKeyRecordFilteredReadWaitsPastOtherRoles(t *testing.T) {
 	e.ok(logical.UpdateOperation, "tenants/acme", map[string]interface{}{"budget": 10})
 	if a = <-done; len(a.p.MeteredTenants) != 1 || a.took > 5*time.Second {
 		t.Fatalf("after a tenant ceiling: metered_tenants %v after %s; want it at once", a.p.MeteredTenants, a.took)
+	}
+}
+
+// Changes close together wake the held key-record reads once per
+// keyChangesWakeGap, not once each, and the last change is always woken for.
+func TestKeyRecordChangesShareAWake(t *testing.T) {
+	e := newTestEnv(t)
+	c := e.b.keyRecords.changes
+	var wakes atomic.Int64
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() { // a held read, waiting again after each wake
+		for {
+			ch, _ := c.wake.next()
+			select {
+			case <-ch:
+				wakes.Add(1)
+			case <-stop:
+				return
+			}
+		}
+	}()
+	time.Sleep(2 * keyChangesWakeGap)
+	start := time.Now()
+	for i := range 20 { // a stream of mints, the read waiting again between them
+		c.add(fmt.Sprintf("k%011d", i))
+		time.Sleep(5 * time.Millisecond)
+	}
+	within := time.Since(start)
+	time.Sleep(2 * keyChangesWakeGap)
+	if n, most := wakes.Load(), int64(within/keyChangesWakeGap)+2; n > most || n == 0 {
+		t.Errorf("20 changes in %s woke a held read %d times; want 1 to %d", within, n, most)
+	}
+	// The last change is seen by a read woken after it.
+	if p := e.keyRecords("key-records", map[string]interface{}{"after": c.lastSeq() - 1, "epoch": c.epoch}); p.Next != c.lastSeq() {
+		t.Errorf("a read after the wake ends at %d; want %d", p.Next, c.lastSeq())
 	}
 }

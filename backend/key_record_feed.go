@@ -49,6 +49,10 @@ const (
 	keyReadConcurrency = 8
 	// maxRecordFilter is the most roles or tenants a reader may name.
 	maxRecordFilter = 100
+	// keyChangesWakeGap: changes this close together wake the held reads
+	// once (feedWaiters), at most this late. Revocations do not wait for
+	// it: their own feed wakes at once.
+	keyChangesWakeGap = 50 * time.Millisecond
 )
 
 // keyRecordFeed is the key-record feed: the changes made on this node, and
@@ -149,7 +153,7 @@ func newKeyChanges() *keyChanges {
 		// still new for this process.
 		epoch = "t" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	}
-	return &keyChanges{epoch: epoch}
+	return &keyChanges{epoch: epoch, wake: feedWaiters{gap: keyChangesWakeGap}}
 }
 
 // add records that key id changed (after the change is stored) and wakes

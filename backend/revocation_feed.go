@@ -122,14 +122,26 @@ const maxFeedWait = 30 * time.Second
 // active node, where entries are appended: one channel, closed on each
 // append, that every waiting read selects on. No goroutine or storage read
 // per waiter per entry; see pages for the reads after a wake.
+//
+// With gap set, appends closer together than gap share one wake, at most
+// gap after the first: each wake runs every waiting read (thousands, with
+// a fleet of verifiers) for whatever it finds, which under a stream of
+// changes costs more than the changes.
 type feedWaiters struct {
-	mu  sync.Mutex
-	ch  chan struct{}
-	gen uint64 // wakes so far
+	gap time.Duration
+
+	mu sync.Mutex
+	ch chan struct{}
+	// gen counts the appends, at once, whether or not their wake is
+	// due: a read begun after an append never shares a page read before
+	// it, so a read that does not wait sees every append before it.
+	gen     uint64
+	last    time.Time // the last wake
+	pending bool      // a wake is due within gap
 }
 
-// next is closed when the next entry is appended; gen is the wakes so far,
-// for reads to share only with reads that began after the same wake.
+// next is closed when the next entry is appended; gen is the appends so
+// far, for reads to share only with reads that began after the same one.
 func (f *feedWaiters) next() (ch <-chan struct{}, gen uint64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -145,10 +157,30 @@ func (f *feedWaiters) generation() uint64 {
 	return f.gen
 }
 
+// wake counts an append and wakes the waiting reads, now or, within gap of
+// the last wake, once gap has passed since it.
 func (f *feedWaiters) wake() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.gen++
+	if f.pending {
+		return // the wake due will see this entry too
+	}
+	if wait := f.gap - time.Since(f.last); wait > 0 {
+		f.pending = true
+		time.AfterFunc(wait, func() {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			f.pending = false
+			f.wakeLocked()
+		})
+		return
+	}
+	f.wakeLocked()
+}
+
+func (f *feedWaiters) wakeLocked() {
+	f.last = time.Now()
 	if f.ch != nil {
 		close(f.ch)
 		f.ch = nil
