@@ -37,7 +37,7 @@ func pathKeyRecords(b *backend) []*framework.Path {
 		},
 		contract.FieldWait: {
 			Type:        framework.TypeDurationSecond,
-			Description: fmt.Sprintf("Long poll: when nothing follows after, wait up to this long (at most %s) and answer as soon as a key changes. Default 0: answer at once.", maxFeedWait),
+			Description: fmt.Sprintf("Long poll: when nothing follows after, wait up to this long (at most %s) and answer as soon as a key changes (within %s; with roles or tenants, a key of theirs). Default 0: answer at once.", maxFeedWait, keyChangesWakeGap),
 		},
 	}
 	snapshot := map[string]*framework.FieldSchema{
