@@ -2,6 +2,7 @@ package backend
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"sort"
 	"strconv"
@@ -48,6 +49,10 @@ const (
 	keyReadConcurrency = 8
 	// maxRecordFilter is the most roles or tenants a reader may name.
 	maxRecordFilter = 100
+	// keyChangesWakeGap: changes this close together wake the held reads
+	// once (feedWaiters), at most this late. Revocations do not wait for
+	// it: their own feed wakes at once.
+	keyChangesWakeGap = 50 * time.Millisecond
 )
 
 // keyRecordFeed is the key-record feed: the changes made on this node, and
@@ -56,7 +61,12 @@ const (
 // from the storage each caller hands in.
 type keyRecordFeed struct {
 	changes *keyChanges
-	reads   singleflight.Group
+	// changeReads shares the reads of a page of changes after one wake;
+	// changedKeys the keys read for them, between pages.
+	changeReads feedReads
+	changedKeys changedRecords
+	changeLists pageLists
+	reads       singleflight.Group
 	// listMu guards list.
 	listMu sync.Mutex
 	list   *keyListing
@@ -71,20 +81,39 @@ func newKeyRecordFeed() *keyRecordFeed {
 func (kf *keyRecordFeed) add(id string) { kf.changes.add(id) }
 
 // readChanges reads the page of changes after cursor after that pass f,
-// waiting up to wait for a change when none follows it.
-func (kf *keyRecordFeed) readChanges(ctx context.Context, s logical.Storage, after uint64, epoch string, f recordFilter, wait time.Duration) (*contract.KeyRecordsPage, error) {
+// waiting up to wait for a change when none follows it. A reader with a
+// filter waits on past changes it would get nothing of (other roles'
+// keys), so that a fleet of filtered verifiers is not answered for every
+// change of every role.
+func (kf *keyRecordFeed) readChanges(ctx context.Context, s logical.Storage, after uint64, epoch string, f recordFilter, wait time.Duration) (*changesAnswer, error) {
 	c := kf.changes
+	deadline := time.Now().Add(wait)
 	// Taken before reading, so that a change during the read wakes the
 	// wait below; the read shares only with reads that began after it.
 	woken, gen := c.wake.next()
-	page, err := kf.changesPageShared(ctx, s, after, epoch, f, gen)
-	if err != nil || wait == 0 || page.Resync || page.Next != after {
-		return page, err
+	a, err := kf.changesPageShared(ctx, s, after, epoch, f, gen)
+	for err == nil && wait > 0 && !a.page.Resync && a.empty {
+		// Nothing for this reader up to a.page.Next: its answer may start
+		// there, whether it comes now (the wait ended) or later.
+		if !a.page.More && !waitForWake(ctx, woken, time.Until(deadline)) {
+			return a, nil
+		}
+		woken, gen = c.wake.next()
+		a, err = kf.changesPageShared(ctx, s, a.page.Next, epoch, f, gen)
 	}
-	if !waitForWake(ctx, woken, wait) {
-		return page, nil
-	}
-	return kf.changesPageShared(ctx, s, after, epoch, f, c.wake.generation())
+	return a, err
+}
+
+// changesAnswer is a page of changes and its records encoded once: every
+// reader it answers is sent the same records, and encoding them for each
+// (the plugin's answer to Vault is JSON) is most of what a page costs the
+// plugin when a fleet reads it.
+type changesAnswer struct {
+	page    *contract.KeyRecordsPage // shared, read only
+	records json.RawMessage
+	// empty: no record and no change of the lists after the cursor read,
+	// nothing a reader would keep.
+	empty bool
 }
 
 // readSnapshot reads the page of the snapshot after key_id afterID that
@@ -111,9 +140,10 @@ type keyChanges struct {
 	epoch string
 	wake  feedWaiters
 
-	mu   sync.Mutex
-	last uint64
-	ring []string // ring[seq % keyChangesHeld]; "" marks a tenant ceiling change
+	mu    sync.Mutex
+	last  uint64
+	ring  []string // ring[seq % keyChangesHeld]; "" marks a tenant ceiling change
+	lists uint64   // changes of id "" so far
 }
 
 func newKeyChanges() *keyChanges {
@@ -123,7 +153,7 @@ func newKeyChanges() *keyChanges {
 		// still new for this process.
 		epoch = "t" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	}
-	return &keyChanges{epoch: epoch}
+	return &keyChanges{epoch: epoch, wake: feedWaiters{gap: keyChangesWakeGap}}
 }
 
 // add records that key id changed (after the change is stored) and wakes
@@ -135,14 +165,41 @@ func (c *keyChanges) add(id string) {
 	}
 	c.last++
 	c.ring[c.last%keyChangesHeld] = id
+	if id == "" {
+		c.lists++
+	}
 	c.mu.Unlock()
 	c.wake.wake()
+}
+
+// listChanges is how many changes of id "" (the lists every page carries)
+// were added so far.
+func (c *keyChanges) listChanges() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lists
 }
 
 func (c *keyChanges) lastSeq() uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.last
+}
+
+// listsChangedIn says whether a change of id "" (the lists every page
+// carries) is among the changes after cursor after up to next.
+func (c *keyChanges) listsChangedIn(after, next uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.last-after > keyChangesHeld {
+		return true // no longer held: assume so
+	}
+	for seq := after + 1; seq <= min(next, c.last); seq++ {
+		if c.ring[seq%keyChangesHeld] == "" {
+			return true
+		}
+	}
+	return false
 }
 
 // keyChange is a changed key and the first change of it in a page.
@@ -183,37 +240,50 @@ type keyListing struct {
 }
 
 // changesPageShared is changesPage, with reads of the same cursor and
-// filter at the same time sharing one: every verifier that is up to date
-// waits at the same cursor, so a change wakes them all into one read. gen is
-// the wake generation the reader saw: a read begun before a change it was
-// not woken for must not answer it.
-func (kf *keyRecordFeed) changesPageShared(ctx context.Context, s logical.Storage, after uint64, epoch string, f recordFilter, gen uint64) (*contract.KeyRecordsPage, error) {
-	key := fmt.Sprintf("changes\x00%d\x00%d\x00%s\x00%s", after, gen, epoch, f)
-	v, err, _ := kf.reads.Do(key, func() (interface{}, error) {
-		return kf.changesPage(context.WithoutCancel(ctx), s, after, epoch, f)
+// filter after the same wake sharing one (feedReads): every verifier that
+// is up to date waits at the same cursor, so a change wakes them all into
+// one read. gen is the wake generation the reader saw: a read begun before
+// a change it was not woken for must not answer it.
+func (kf *keyRecordFeed) changesPageShared(ctx context.Context, s logical.Storage, after uint64, epoch string, f recordFilter, gen uint64) (*changesAnswer, error) {
+	key := fmt.Sprintf("%d\x00%s\x00%s", after, epoch, f)
+	v, err := kf.changeReads.read(key, gen, func() (interface{}, error) {
+		page, lists, err := kf.changesPage(context.WithoutCancel(ctx), s, after, epoch, f)
+		if err != nil {
+			return nil, err
+		}
+		records, err := json.Marshal(page.Records)
+		if err != nil {
+			return nil, fmt.Errorf("encoding key records: %w", err)
+		}
+		return &changesAnswer{page, records, len(page.Records) == 0 && !lists}, nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	return v.(*contract.KeyRecordsPage), nil // shared, read only
+	return v.(*changesAnswer), nil
 }
 
-func (kf *keyRecordFeed) changesPage(ctx context.Context, s logical.Storage, after uint64, epoch string, f recordFilter) (*contract.KeyRecordsPage, error) {
+// changesPage reads the page of changes after cursor after; lists says
+// whether the lists every page carries may have changed in it.
+func (kf *keyRecordFeed) changesPage(ctx context.Context, s logical.Storage, after uint64, epoch string, f recordFilter) (page *contract.KeyRecordsPage, lists bool, err error) {
 	c := kf.changes
-	page := &contract.KeyRecordsPage{Epoch: c.epoch, Records: []contract.KeyRecord{}, MeteredTenants: []string{}, SuspendedRoles: []string{}}
+	page = &contract.KeyRecordsPage{Epoch: c.epoch, Records: []contract.KeyRecord{}, MeteredTenants: []string{}, SuspendedRoles: []string{}}
+	listCount := c.listChanges() // before the lists are read: see pageLists
 	changed, next, last, held := c.since(after, contract.MaxKeyRecordPage)
 	page.Next, page.Last = next, last
 	if !held || (epoch != "" && epoch != c.epoch) {
 		page.Resync, page.Next = true, after
-		return page, nil
+		return page, true, nil
 	}
+	// A change of id "" is a change of the lists; since leaves it out.
+	lists = len(changed) < int(next-after) && c.listsChangedIn(after, next)
 	ids := make([]string, len(changed))
 	for i, ch := range changed {
 		ids[i] = ch.id
 	}
-	keys, err := getKeys(ctx, s, ids)
+	keys, err := kf.changedKeys.get(ctx, s, ids, next, last)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	size := 0
 	for i, k := range keys {
@@ -236,13 +306,10 @@ func (kf *keyRecordFeed) changesPage(ctx context.Context, s logical.Storage, aft
 	// Every page says which tenants are metered and which roles are
 	// suspended: a ceiling change or a role's suspension wakes readers,
 	// and they learn it from the lists, not from records.
-	if page.MeteredTenants, err = s.List(ctx, tenantPrefix); err != nil {
-		return nil, fmt.Errorf("listing tenants: %w", err)
+	if page.MeteredTenants, page.SuspendedRoles, err = kf.changeLists.get(ctx, s, listCount, f); err != nil {
+		return nil, false, err
 	}
-	if page.SuspendedRoles, err = suspendedRoles(ctx, s, f); err != nil {
-		return nil, err
-	}
-	return page, nil
+	return page, lists, nil
 }
 
 // snapshotPage reads the page of listing l after key_id afterID: at most

@@ -37,7 +37,7 @@ func pathKeyRecords(b *backend) []*framework.Path {
 		},
 		contract.FieldWait: {
 			Type:        framework.TypeDurationSecond,
-			Description: fmt.Sprintf("Long poll: when nothing follows after, wait up to this long (at most %s) and answer as soon as a key changes. Default 0: answer at once.", maxFeedWait),
+			Description: fmt.Sprintf("Long poll: when nothing follows after, wait up to this long (at most %s) and answer as soon as a key changes (within %s; with roles or tenants, a key of theirs). Default 0: answer at once.", maxFeedWait, keyChangesWakeGap),
 		},
 	}
 	snapshot := map[string]*framework.FieldSchema{
@@ -140,8 +140,13 @@ func (b *backend) pathKeyRecordsChanges(ctx context.Context, req *logical.Reques
 	if after > 0 && epoch == "" {
 		return logical.ErrorResponse("epoch is required with after: pass the epoch of the answer the cursor came from"), nil
 	}
-	page, err := b.keyRecords.readChanges(ctx, req.Storage, uint64(after), epoch, f, wait)
-	return keyRecordsResponse(page), err
+	a, err := b.keyRecords.readChanges(ctx, req.Storage, uint64(after), epoch, f, wait)
+	if err != nil {
+		return nil, err
+	}
+	resp := keyRecordsResponse(a.page)
+	resp.Data["records"] = a.records // encoded once for every reader of the page
+	return resp, nil
 }
 
 func (b *backend) pathKeyRecordsSnapshot(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {

@@ -11,7 +11,6 @@ import (
 
 	uuid "github.com/hashicorp/go-uuid"
 	"github.com/hashicorp/vault/sdk/logical"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/keybroker/keybroker/contract"
 )
@@ -29,9 +28,9 @@ type revocationFeed struct {
 	// not only the append.
 	mu sync.Mutex
 	// wake wakes long-polling feed reads on each append; reads makes
-	// concurrent reads of one cursor share a storage read.
+	// the reads of one cursor after one wake share a storage read.
 	wake  feedWaiters
-	reads singleflight.Group
+	reads feedReads
 }
 
 // lock takes mu for a revocation and the change it records.
@@ -83,7 +82,12 @@ func (f *revocationFeed) newEpoch(ctx context.Context, s logical.Storage) error 
 	if c.Epoch, err = uuid.GenerateUUID(); err != nil {
 		return fmt.Errorf("generating feed epoch: %w", err)
 	}
-	return putJSON(ctx, s, revocationSeqPath, c)
+	if err := putJSON(ctx, s, revocationSeqPath, c); err != nil {
+		return err
+	}
+	// Readers learn the epoch now, and no page of the old one is shared.
+	f.wake.wake()
+	return nil
 }
 
 // appendLocked gives r the next sequence number and stores it. The caller
@@ -118,14 +122,26 @@ const maxFeedWait = 30 * time.Second
 // active node, where entries are appended: one channel, closed on each
 // append, that every waiting read selects on. No goroutine or storage read
 // per waiter per entry; see pages for the reads after a wake.
+//
+// With gap set, appends closer together than gap share one wake, at most
+// gap after the first: each wake runs every waiting read (thousands, with
+// a fleet of verifiers) for whatever it finds, which under a stream of
+// changes costs more than the changes.
 type feedWaiters struct {
-	mu  sync.Mutex
-	ch  chan struct{}
-	gen uint64 // wakes so far
+	gap time.Duration
+
+	mu sync.Mutex
+	ch chan struct{}
+	// gen counts the appends, at once, whether or not their wake is
+	// due: a read begun after an append never shares a page read before
+	// it, so a read that does not wait sees every append before it.
+	gen     uint64
+	last    time.Time // the last wake
+	pending bool      // a wake is due within gap
 }
 
-// next is closed when the next entry is appended; gen is the wakes so far,
-// for reads to share only with reads that began after the same wake.
+// next is closed when the next entry is appended; gen is the appends so
+// far, for reads to share only with reads that began after the same one.
 func (f *feedWaiters) next() (ch <-chan struct{}, gen uint64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -141,10 +157,30 @@ func (f *feedWaiters) generation() uint64 {
 	return f.gen
 }
 
+// wake counts an append and wakes the waiting reads, now or, within gap of
+// the last wake, once gap has passed since it.
 func (f *feedWaiters) wake() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.gen++
+	if f.pending {
+		return // the wake due will see this entry too
+	}
+	if wait := f.gap - time.Since(f.last); wait > 0 {
+		f.pending = true
+		time.AfterFunc(wait, func() {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			f.pending = false
+			f.wakeLocked()
+		})
+		return
+	}
+	f.wakeLocked()
+}
+
+func (f *feedWaiters) wakeLocked() {
+	f.last = time.Now()
 	if f.ch != nil {
 		close(f.ch)
 		f.ch = nil
@@ -182,13 +218,13 @@ func (f *revocationFeed) read(ctx context.Context, s logical.Storage, after int6
 	return f.pages(ctx, s, after, f.wake.generation())
 }
 
-// pages reads a page after a cursor. Reads of the same cursor at the
-// same time share one storage read: every verifier that is up to date waits
-// at the same cursor, so an append wakes them all into one read, not one
-// each. gen is the wake generation the reader saw: a read begun before an
-// append it was not woken for must not answer it.
+// pages reads a page after a cursor. Reads of the same cursor after the
+// same wake share one storage read (feedReads): every verifier that is up
+// to date waits at the same cursor, so an append wakes them all into one
+// read, not one each. gen is the wake generation the reader saw: a read
+// begun before an append it was not woken for must not answer it.
 func (f *revocationFeed) pages(ctx context.Context, s logical.Storage, after int64, gen uint64) (map[string]interface{}, error) {
-	v, err, _ := f.reads.Do(strconv.FormatInt(after, 10)+"/"+strconv.FormatUint(gen, 10), func() (interface{}, error) {
+	v, err := f.reads.read(strconv.FormatInt(after, 10), gen, func() (interface{}, error) {
 		return readFeedPage(context.WithoutCancel(ctx), s, after)
 	})
 	if err != nil {
@@ -207,6 +243,10 @@ func readFeedPage(ctx context.Context, s logical.Storage, after int64) (map[stri
 	}
 	if c == nil {
 		c = &feedCounter{}
+	}
+	if c.Last == uint64(after) {
+		// Up to date, as every verifier waiting is: nothing to list.
+		return feedPage(nil, c.Last, false, c), nil
 	}
 	names, err := s.List(ctx, revocationEntryPrefix)
 	if err != nil {
@@ -244,13 +284,20 @@ func readFeedPage(ctx context.Context, s logical.Storage, after int64) (map[stri
 			"expires_at": r.ExpiresAt.UTC().Format(time.RFC3339),
 		})
 	}
+	return feedPage(out, next, more, c), nil
+}
+
+func feedPage(revocations []map[string]interface{}, next uint64, more bool, c *feedCounter) map[string]interface{} {
+	if revocations == nil {
+		revocations = make([]map[string]interface{}, 0)
+	}
 	return map[string]interface{}{
-		"revocations": out,
+		"revocations": revocations,
 		"next":        next,
 		"more":        more,
 		"epoch":       c.Epoch,
 		"last":        c.Last,
-	}, nil
+	}
 }
 
 func getRevocation(ctx context.Context, s logical.Storage, name string) (*revocation, error) {
