@@ -3,6 +3,7 @@ package sidecar
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -53,7 +54,8 @@ type feedHealth struct {
 const maxForbiddenRetry = 10 * time.Second
 
 // retryIn is how long to wait before reading again after a failure: base,
-// doubled for each 403 in a row, up to maxForbiddenRetry.
+// doubled for each 403 in a row, up to maxForbiddenRetry, then spread by
+// jitter.
 func (f *feedHealth) retryIn(base time.Duration) time.Duration {
 	f.mu.Lock()
 	n := f.refusals
@@ -62,7 +64,19 @@ func (f *feedHealth) retryIn(base time.Duration) time.Duration {
 	for i := 1; i < n && d < maxForbiddenRetry; i++ {
 		d *= 2
 	}
-	return min(d, max(base, maxForbiddenRetry))
+	return jitter(min(d, max(base, maxForbiddenRetry)))
+}
+
+// jitter spreads d uniformly over [d/2, 3d/2): a fleet of sidecars whose
+// reads all failed at once (a failover, Vault restarting) would otherwise
+// retry in step, every one of thousands at the same instant, and keep
+// meeting the new active node as one wave (BENCHMARKS.md, Fan-out). The
+// mean wait is d.
+func jitter(d time.Duration) time.Duration {
+	if d <= 1 {
+		return d
+	}
+	return d/2 + rand.N(d)
 }
 
 func newFeedHealth(name, path, capability string) *feedHealth {

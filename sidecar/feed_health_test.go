@@ -161,20 +161,30 @@ func TestFeedHealth(t *testing.T) {
 		}
 	}
 
-	// Refused reads are spaced out (each makes the sidecar log in again).
-	if d := sc.revocations.health.retryIn(100 * time.Millisecond); d != 400*time.Millisecond {
-		t.Errorf("after 3 refusals, retry in %s", d)
+	// Refused reads are spaced out (each makes the sidecar log in again),
+	// and every retry is spread over [d/2, 3d/2), so that a fleet that
+	// failed at once does not retry at once.
+	retries := func(what string, d time.Duration) {
+		t.Helper()
+		seen := map[time.Duration]bool{}
+		for range 50 {
+			got := sc.revocations.health.retryIn(100 * time.Millisecond)
+			if got < d/2 || got >= d*3/2 {
+				t.Errorf("%s, retry in %s; want within [%s, %s)", what, got, d/2, d*3/2)
+			}
+			seen[got] = true
+		}
+		if len(seen) < 10 {
+			t.Errorf("%s, 50 retries took %d distinct waits: not spread", what, len(seen))
+		}
 	}
+	retries("after 3 refusals", 400*time.Millisecond)
 	for range 20 {
 		sc.revocations.health.failed(sc.log, forbidden)
 	}
-	if d := sc.revocations.health.retryIn(100 * time.Millisecond); d != maxForbiddenRetry {
-		t.Errorf("after 23 refusals, retry in %s", d)
-	}
+	retries("after 23 refusals", maxForbiddenRetry)
 	sc.revocations.health.succeeded(sc.log, false)
-	if d := sc.revocations.health.retryIn(100 * time.Millisecond); d != 100*time.Millisecond {
-		t.Errorf("after a good read, retry in %s", d)
-	}
+	retries("after a good read", 100*time.Millisecond)
 	if sc.revocations.health.known() {
 		t.Fatal("a read with more to come counts as read to the end")
 	}
