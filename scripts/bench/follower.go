@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"os"
@@ -148,7 +149,7 @@ func (f *followers) followRevocations(ctx context.Context, started *sync.WaitGro
 		}
 		if !f.read(ctx, contract.PathRevocations, q, wait, &page) {
 			wait = 0
-			sleep(ctx, followPoll)
+			sleep(ctx, retryWait())
 			continue
 		}
 		atomic.AddInt64(&f.stats.Revoked, int64(len(page.Revocations)))
@@ -171,7 +172,7 @@ func (f *followers) followKeyRecords(ctx context.Context, started *sync.WaitGrou
 		var start contract.KeyRecordsPage
 		q := url.Values{contract.FieldAfter: {strconv.FormatUint(beyondLast, 10)}, contract.FieldEpoch: {"-"}}
 		if !f.read(ctx, contract.PathKeyRecords, q, 0, &start) {
-			sleep(ctx, followPoll)
+			sleep(ctx, retryWait())
 			continue
 		}
 		cursor, epoch := start.Last, start.Epoch
@@ -189,7 +190,7 @@ func (f *followers) followKeyRecords(ctx context.Context, started *sync.WaitGrou
 			}
 			if !f.read(ctx, contract.PathKeyRecords, q, wait, &page) {
 				wait = 0
-				sleep(ctx, followPoll)
+				sleep(ctx, retryWait())
 				continue
 			}
 			if page.Resync || page.Epoch != epoch {
@@ -213,6 +214,10 @@ func (f *followers) followKeyRecords(ctx context.Context, started *sync.WaitGrou
 		}
 	}
 }
+
+// retryWait is the sidecar's wait after a failed read (feedHealth.retryIn):
+// followPoll spread over [followPoll/2, 3*followPoll/2).
+func retryWait() time.Duration { return followPoll/2 + rand.N(followPoll) }
 
 // pace is the sidecar's paceFeed with long polls on.
 func pace(ctx context.Context, more bool, wait time.Duration, nothingNew bool, asked time.Time) {
