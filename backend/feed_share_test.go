@@ -259,7 +259,7 @@ func TestKeyRecordChangesShareAWake(t *testing.T) {
 	time.Sleep(2 * keyChangesWakeGap)
 	start := time.Now()
 	for i := range 20 { // a stream of mints, the read waiting again between them
-		c.add(fmt.Sprintf("k%011d", i))
+		c.add(fmt.Sprintf("k%011d", i), nil)
 		time.Sleep(5 * time.Millisecond)
 	}
 	within := time.Since(start)

@@ -153,7 +153,7 @@ func (b *backend) issueKey(ctx context.Context, req *logical.Request, r *role, e
 	if err := putKey(ctx, req.Storage, entry); err != nil {
 		return nil, err
 	}
-	b.keyRecords.add(entry.ID)
+	b.keyRecords.stored(entry) // indexed: no snapshot reads it from storage
 	return b.keyMinted(key, entry, r, ttl), nil
 }
 

@@ -42,9 +42,6 @@ const (
 	// recently, so that a verifier answers "expired" for them, as
 	// keybroker/verify does, rather than "invalid".
 	expiredRecordGrace = 5 * time.Minute
-	// snapshotScan is the most key_ids one snapshot page reads when a
-	// filter passes few of them.
-	snapshotScan = 5 * contract.MaxKeyRecordPage
 	// keyReadConcurrency is how many storage reads one page makes at once.
 	keyReadConcurrency = 8
 	// maxRecordFilter is the most roles or tenants a reader may name.
@@ -78,7 +75,11 @@ func newKeyRecordFeed() *keyRecordFeed {
 
 // add records that key id changed ("" for a tenant ceiling or a role's
 // suspension, which every page carries), once the change is stored.
-func (kf *keyRecordFeed) add(id string) { kf.changes.add(id) }
+func (kf *keyRecordFeed) add(id string) { kf.changes.add(id, nil) }
+
+// stored records that key k was just stored as a new key, and indexes its
+// record (see keyIndex), so that no snapshot reads it from storage.
+func (kf *keyRecordFeed) stored(k *keyEntry) { kf.changes.add(k.ID, k) }
 
 // readChanges reads the page of changes after cursor after that pass f,
 // waiting up to wait for a change when none follows it. A reader with a
@@ -118,16 +119,16 @@ type changesAnswer struct {
 
 // readSnapshot reads the page of the snapshot after key_id afterID that
 // passes f, from a listing of keys/ no older than maxAge.
-func (kf *keyRecordFeed) readSnapshot(ctx context.Context, s logical.Storage, afterID string, f recordFilter, maxAge time.Duration) (*contract.KeyRecordsPage, error) {
+func (kf *keyRecordFeed) readSnapshot(ctx context.Context, s logical.Storage, afterID string, f recordFilter, packed bool, maxAge time.Duration) (*contract.KeyRecordsPage, error) {
 	l, err := kf.listingNoOlder(ctx, s, maxAge)
 	if err != nil {
 		return nil, err
 	}
 	// Every sidecar reading the snapshot (all of them, after a failover)
 	// walks the same pages of the same listing: they share the reads.
-	key := fmt.Sprintf("snapshot\x00%d\x00%s\x00%s", l.at.UnixNano(), afterID, f)
+	key := fmt.Sprintf("snapshot\x00%d\x00%s\x00%s\x00%v", l.at.UnixNano(), afterID, f, packed)
 	v, err, _ := kf.reads.Do(key, func() (interface{}, error) {
-		return kf.snapshotPage(context.WithoutCancel(ctx), s, l, afterID, f)
+		return kf.snapshotPage(context.WithoutCancel(ctx), s, l, afterID, f, packed)
 	})
 	if err != nil {
 		return nil, err
@@ -144,6 +145,9 @@ type keyChanges struct {
 	last  uint64
 	ring  []string // ring[seq % keyChangesHeld]; "" marks a tenant ceiling change
 	lists uint64   // changes of id "" so far
+	// index is guarded by mu: a change drops a record in the same
+	// critical section that numbers it (see keyIndex).
+	index keyIndex
 }
 
 func newKeyChanges() *keyChanges {
@@ -153,20 +157,26 @@ func newKeyChanges() *keyChanges {
 		// still new for this process.
 		epoch = "t" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	}
-	return &keyChanges{epoch: epoch, wake: feedWaiters{gap: keyChangesWakeGap}}
+	return &keyChanges{epoch: epoch, wake: feedWaiters{gap: keyChangesWakeGap}, index: newKeyIndex()}
 }
 
 // add records that key id changed (after the change is stored) and wakes
-// the readers waiting for a change.
-func (c *keyChanges) add(id string) {
+// the readers waiting for a change; stored, when not nil, is the key as
+// just stored by a mint, to index.
+func (c *keyChanges) add(id string, stored *keyEntry) {
 	c.mu.Lock()
 	if c.ring == nil {
 		c.ring = make([]string, keyChangesHeld)
 	}
 	c.last++
 	c.ring[c.last%keyChangesHeld] = id
-	if id == "" {
+	switch {
+	case id == "":
 		c.lists++
+	case stored != nil:
+		c.index.storedLocked(stored, c.last)
+	default:
+		c.index.changedLocked(id, c.last)
 	}
 	c.mu.Unlock()
 	c.wake.wake()
@@ -312,30 +322,29 @@ func (kf *keyRecordFeed) changesPage(ctx context.Context, s logical.Storage, aft
 	return page, lists, nil
 }
 
-// snapshotPage reads the page of listing l after key_id afterID: at most
-// MaxKeyRecordPage records, about MaxKeyRecordPageBytes, and snapshotScan
-// key_ids looked at.
-func (kf *keyRecordFeed) snapshotPage(ctx context.Context, s logical.Storage, l *keyListing, afterID string, f recordFilter) (*contract.KeyRecordsPage, error) {
+// snapshotPage reads the page of listing l after key_id afterID, packed or
+// as JSON: at most a page's records (MaxPackedKeyRecordPage packed,
+// MaxKeyRecordPage in JSON), about MaxKeyRecordPageBytes, and five pages'
+// worth of key_ids looked at. Records come from the index, or storage for
+// keys it lacks.
+func (kf *keyRecordFeed) snapshotPage(ctx context.Context, s logical.Storage, l *keyListing, afterID string, f recordFilter, packed bool) (*contract.KeyRecordsPage, error) {
 	page := &contract.KeyRecordsPage{Epoch: kf.changes.epoch, Cursor: l.cursor, Records: []contract.KeyRecord{}}
+	w := newSnapshotWriter(packed)
 	i := sort.SearchStrings(l.ids, afterID)
 	if i < len(l.ids) && l.ids[i] == afterID {
 		i++
 	}
-	now := time.Now()
-	size, scanned, full := 0, 0, false
-	for i < len(l.ids) && scanned < snapshotScan && len(page.Records) < contract.MaxKeyRecordPage && !full {
-		ids := l.ids[i : i+min(contract.MaxKeyRecordPage-len(page.Records), len(l.ids)-i, snapshotScan-scanned)]
-		keys, err := getKeys(ctx, s, ids)
+	live := time.Now().Add(-expiredRecordGrace).Unix() // expired at or before: dropped
+	scan := 5 * w.max
+	for scanned := 0; i < len(l.ids) && scanned < scan && w.count() < w.max && !w.full; {
+		ids := l.ids[i : i+min(w.max-w.count(), len(l.ids)-i, scan-scanned)]
+		recs, err := kf.changes.records(ctx, s, ids)
 		if err != nil {
 			return nil, err
 		}
-		for j, k := range keys {
-			if k != nil && f.passes(k) && now.Before(k.ExpiresAt.Add(expiredRecordGrace)) {
-				if size += recordSize(k); size > contract.MaxKeyRecordPageBytes && len(page.Records) > 0 {
-					full = true
-					break
-				}
-				page.Records = append(page.Records, k.record())
+		for j, rec := range recs {
+			if rec != nil && f.passesShape(rec.shape) && rec.expires > live && !w.add(ids[j], rec) {
+				break
 			}
 			page.NextID = ids[j]
 			i++
@@ -343,6 +352,7 @@ func (kf *keyRecordFeed) snapshotPage(ctx context.Context, s logical.Storage, l 
 		}
 	}
 	page.More = i < len(l.ids)
+	w.finish(page)
 	var err error
 	if page.MeteredTenants, err = s.List(ctx, tenantPrefix); err != nil {
 		return nil, fmt.Errorf("listing tenants: %w", err)
@@ -398,8 +408,10 @@ func (kf *keyRecordFeed) listingNoOlder(ctx context.Context, s logical.Storage, 
 	return v.(*keyListing), nil
 }
 
-// dropIdleListing lets the listing go once no snapshot could use it.
+// dropIdleListing lets the listing go once no snapshot could use it, and
+// prunes the record index (expired records) as often.
 func (kf *keyRecordFeed) dropIdleListing(now time.Time) {
+	kf.changes.pruneIndex(now)
 	kf.listMu.Lock()
 	defer kf.listMu.Unlock()
 	if kf.list != nil && now.Sub(kf.list.at) >= keyListingMaxAge {

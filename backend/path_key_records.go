@@ -45,6 +45,12 @@ func pathKeyRecords(b *backend) []*framework.Path {
 			Type:        framework.TypeString,
 			Description: "Page cursor: the records of key_ids after this one. Start with none, then pass the previous answer's next_id.",
 		},
+		contract.FieldFormat: {
+			Type: framework.TypeString,
+			Description: fmt.Sprintf("%q: the records packed in one base64 string (packed), up to %d a page, for verifiers that read it (keybroker-sidecar); "+
+				"any other value, or none: JSON records, as before. A format this plugin does not know is answered in JSON, so a newer verifier still reads an older plugin.",
+				contract.FormatPacked1, contract.MaxPackedKeyRecordPage),
+		},
 	}
 	for k, v := range filters {
 		changes[k], snapshot[k] = v, v
@@ -162,7 +168,8 @@ func (b *backend) pathKeyRecordsSnapshot(ctx context.Context, req *logical.Reque
 	if afterID == "" {
 		maxAge = keyListingFresh
 	}
-	page, err := b.keyRecords.readSnapshot(ctx, req.Storage, afterID, f, maxAge)
+	packed := d.Get(contract.FieldFormat).(string) == contract.FormatPacked1
+	page, err := b.keyRecords.readSnapshot(ctx, req.Storage, afterID, f, packed, maxAge)
 	if err != nil {
 		return nil, err
 	}
@@ -206,6 +213,8 @@ func keyRecordsAnswerFields() map[string]*framework.FieldSchema {
 		"resync":          out(framework.TypeBool, "Changes: the cursor is older than the changes held, or of another epoch; read the snapshot again."),
 		"next_id":         out(framework.TypeString, "Snapshot: the after_id of the next page."),
 		"cursor":          out(framework.TypeInt64, "Snapshot: the cursor to follow key-records from."),
+		"format":          out(framework.TypeString, "Snapshot: packed1 when the records are in packed (records then empty); empty for JSON records."),
+		"packed":          out(framework.TypeString, "Snapshot, format packed1: the page's records, base64 (layout: contract/keyrecords_packed.go)."),
 	}
 }
 
@@ -213,7 +222,7 @@ func keyRecordsResponse(p *contract.KeyRecordsPage) *logical.Response {
 	if p == nil {
 		return nil
 	}
-	return &logical.Response{Data: map[string]interface{}{
+	resp := &logical.Response{Data: map[string]interface{}{
 		"records":         p.Records,
 		"metered_tenants": p.MeteredTenants,
 		"suspended_roles": p.SuspendedRoles,
@@ -225,4 +234,8 @@ func keyRecordsResponse(p *contract.KeyRecordsPage) *logical.Response {
 		"next_id":         p.NextID,
 		"cursor":          p.Cursor,
 	}}
+	if p.Format != "" {
+		resp.Data["format"], resp.Data["packed"] = p.Format, p.Packed
+	}
+	return resp
 }

@@ -229,6 +229,12 @@ type KeyRecordsPage struct {
 	// is one; Cursor is where to follow changes from.
 	NextID string `json:"next_id"`
 	Cursor uint64 `json:"cursor"`
+
+	// Format is FormatPacked1 when the snapshot page's records are in
+	// Packed (base64 of UnpackKeyRecords's input) instead of Records;
+	// empty for JSON. Only a reader that asked for it gets it.
+	Format string `json:"format,omitempty"`
+	Packed string `json:"packed,omitempty"`
 }
 
 // MaxKeyRecordPage is the most records one read returns, and
@@ -237,6 +243,10 @@ type KeyRecordsPage struct {
 const (
 	MaxKeyRecordPage      = 1000
 	MaxKeyRecordPageBytes = 4 << 20
+	// MaxPackedKeyRecordPage is the most records a packed snapshot page
+	// holds (within MaxKeyRecordPageBytes too): ten times a JSON page,
+	// for a tenth of the reads.
+	MaxPackedKeyRecordPage = 10 * MaxKeyRecordPage
 )
 
 // KeyUse is one API key in a verifier's report to keybroker/key-usage: the
