@@ -61,7 +61,7 @@ func pathKeyRecords(b *backend) []*framework.Path {
 			Fields:       snapshot,
 			DisplayAttrs: pathAttrs("key-records-snapshot"),
 			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.ReadOperation: operation(b.pathKeyRecordsSnapshot, answers(keyRecordsAnswerFields())),
+				logical.ReadOperation: operation(b.pathKeyRecordsSnapshot, answers(snapshotAnswerFields())),
 			},
 			HelpSynopsis:    "Read every live API key's record, for a verifier, in pages.",
 			HelpDescription: keyRecordsHelp,
@@ -213,9 +213,15 @@ func keyRecordsAnswerFields() map[string]*framework.FieldSchema {
 		"resync":          out(framework.TypeBool, "Changes: the cursor is older than the changes held, or of another epoch; read the snapshot again."),
 		"next_id":         out(framework.TypeString, "Snapshot: the after_id of the next page."),
 		"cursor":          out(framework.TypeInt64, "Snapshot: the cursor to follow key-records from."),
-		"format":          out(framework.TypeString, "Snapshot: packed1 when the records are in packed (records then empty); empty for JSON records."),
-		"packed":          out(framework.TypeString, "Snapshot, format packed1: the page's records, base64 (layout: contract/keyrecords_packed.go)."),
 	}
+}
+
+// snapshotAnswerFields are keyRecordsAnswerFields and a packed page's.
+func snapshotAnswerFields() map[string]*framework.FieldSchema {
+	f := keyRecordsAnswerFields()
+	f["format"] = out(framework.TypeString, "packed1 when the records are in packed (records then empty); absent for JSON records.")
+	f["packed"] = out(framework.TypeString, "With format packed1: the page's records, base64 (layout: contract/keyrecords_packed.go).")
+	return f
 }
 
 func keyRecordsResponse(p *contract.KeyRecordsPage) *logical.Response {

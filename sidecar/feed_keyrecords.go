@@ -3,6 +3,7 @@ package sidecar
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	hclog "github.com/hashicorp/go-hclog"
@@ -122,7 +123,9 @@ func (f *keyRecordFeed) sync(ctx context.Context) (uint64, string, error) {
 		// A page confirms nothing about the records held: while a new
 		// snapshot is read, the replica serves only until max_stale after
 		// the last change read, then keys go to Vault until it is done.
-		f.store(page, gen)
+		if err := f.storeSnapshotPage(page, gen); err != nil {
+			return 0, "", err
+		}
 		if !page.More {
 			break
 		}
@@ -135,15 +138,44 @@ func (f *keyRecordFeed) sync(ctx context.Context) (uint64, string, error) {
 	return cursor, epoch, nil
 }
 
+// storeSnapshotPage stores a snapshot page, JSON or packed; a page of a
+// format the sidecar does not read fails the snapshot (it asks only for
+// formats it reads, so only a broken plugin sends one).
+func (f *keyRecordFeed) storeSnapshotPage(page *contract.KeyRecordsPage, gen uint32) error {
+	switch page.Format {
+	case "":
+		f.store(page, gen)
+		return nil
+	case contract.FormatPacked1:
+		bad, err := f.replica.applyPacked(page.Packed, gen)
+		if err != nil {
+			return err
+		}
+		f.warnBad(bad)
+		f.storeLists(page)
+		return nil
+	}
+	return fmt.Errorf("a key-record snapshot page of format %q, which this sidecar does not read", page.Format)
+}
+
 // store puts a page's records, metered tenants and suspended roles in the
 // replica, as of snapshot generation gen.
 func (f *keyRecordFeed) store(page *contract.KeyRecordsPage, gen uint32) {
-	r := f.replica
-	if bad := r.apply(page.Records, gen); bad > 0 {
+	f.warnBad(f.replica.apply(page.Records, gen))
+	f.storeLists(page)
+}
+
+// storeLists puts a page's metered tenants and suspended roles in the
+// replica.
+func (f *keyRecordFeed) storeLists(page *contract.KeyRecordsPage) {
+	f.replica.setMetered(page.MeteredTenants)
+	f.replica.setSuspendedRoles(page.SuspendedRoles)
+}
+
+func (f *keyRecordFeed) warnBad(bad int) {
+	if bad > 0 {
 		f.log.Warn("key records the sidecar cannot read were dropped; those keys are refused", "count", bad)
 	}
-	r.setMetered(page.MeteredTenants)
-	r.setSuspendedRoles(page.SuspendedRoles)
 }
 
 // followChanges applies the changes after cursor until the plugin says to

@@ -140,33 +140,39 @@ var errBadRecord = errors.New("bad key record")
 // parse never becomes no bound. It returns how many it could not read.
 func (r *keyReplica) apply(recs []contract.KeyRecord, gen uint32) (bad int) {
 	parsed := make([]*replicaRecord, len(recs))
-	keys := make([]string, len(recs))
+	ids := make([]string, len(recs))
 	for i := range recs {
-		rec, key, err := parseRecord(&recs[i])
+		rec, err := parseRecord(&recs[i])
 		if err != nil {
 			bad++
 		}
-		parsed[i], keys[i] = rec, key
+		parsed[i], ids[i] = rec, recs[i].KeyID
 	}
+	r.applyParsed(ids, parsed, gen)
+	return bad
+}
+
+// applyParsed stores records parsed outside the lock: parsed[i] is the
+// record of key_id ids[i], nil to remove it. A record's shape is shared
+// with the records held that have the same (its key).
+func (r *keyReplica) applyParsed(ids []string, parsed []*replicaRecord, gen uint32) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for i, rec := range parsed {
-		k := replicaKey(recs[i].KeyID)
+		k := replicaKey(ids[i])
 		r.removeLocked(k)
 		if rec == nil {
 			continue
 		}
-		if sh := r.shapes[keys[i]]; sh != nil {
+		if sh := r.shapes[rec.shape.key]; sh != nil {
 			rec.shape = sh
 		} else {
-			rec.shape.key = keys[i]
-			r.shapes[keys[i]] = rec.shape
+			r.shapes[rec.shape.key] = rec.shape
 		}
 		rec.shape.refs++
 		rec.gen = gen
 		r.records[k] = rec
 	}
-	return bad
 }
 
 // removeLocked drops the record of k, and its shape when no other record
@@ -182,43 +188,50 @@ func (r *keyReplica) removeLocked(k [apikey.IDLength]byte) {
 	}
 }
 
-// parseRecord turns a feed record into a replica record and the key of its
-// shape; a gone record is nil.
-func parseRecord(kr *contract.KeyRecord) (*replicaRecord, string, error) {
+// parseRecord turns a feed record into a replica record, its shape keyed;
+// a gone record is nil.
+func parseRecord(kr *contract.KeyRecord) (*replicaRecord, error) {
 	if kr.Gone || !apikey.ValidateID(kr.KeyID) {
 		if !kr.Gone {
-			return nil, "", fmt.Errorf("%w: key_id", errBadRecord)
+			return nil, fmt.Errorf("%w: key_id", errBadRecord)
 		}
-		return nil, "", nil
+		return nil, nil
 	}
 	if kr.ReplacedBy != "" && !apikey.ValidateID(kr.ReplacedBy) {
-		return nil, "", fmt.Errorf("%w: replaced_by", errBadRecord)
+		return nil, fmt.Errorf("%w: replaced_by", errBadRecord)
 	}
 	rec := &replicaRecord{revoked: kr.Revoked, suspended: kr.Suspended, replacedBy: kr.ReplacedBy}
 	if len(kr.Hash) != 2*sha256.Size {
-		return nil, "", fmt.Errorf("%w: hash", errBadRecord)
+		return nil, fmt.Errorf("%w: hash", errBadRecord)
 	}
 	if _, err := hex.Decode(rec.hash[:], []byte(kr.Hash)); err != nil {
-		return nil, "", fmt.Errorf("%w: hash", errBadRecord)
+		return nil, fmt.Errorf("%w: hash", errBadRecord)
 	}
 	exp, err := time.Parse(time.RFC3339, kr.ExpiresAt)
 	if err != nil {
-		return nil, "", fmt.Errorf("%w: expires_at", errBadRecord)
+		return nil, fmt.Errorf("%w: expires_at", errBadRecord)
 	}
 	rec.expires = exp.Unix()
-	if kr.JKT != "" && !jwtverify.ValidJKT(kr.JKT) {
-		return nil, "", fmt.Errorf("%w: jkt", errBadRecord)
+	if rec.shape, err = parseShape(kr); err != nil {
+		return nil, err
 	}
-	sh := &keyShape{role: kr.Role, tenant: kr.Tenant, scopes: kr.Scopes, budget: kr.Budget, rate: kr.RateLimit, jkt: kr.JKT}
+	return rec, nil
+}
+
+// parseShape is the shape of record kr, keyed.
+func parseShape(kr *contract.KeyRecord) (*keyShape, error) {
+	if kr.JKT != "" && !jwtverify.ValidJKT(kr.JKT) {
+		return nil, fmt.Errorf("%w: jkt", errBadRecord)
+	}
+	sh := &keyShape{role: kr.Role, tenant: kr.Tenant, scopes: kr.Scopes, budget: kr.Budget, rate: kr.RateLimit, jkt: kr.JKT, key: shapeKey(kr)}
 	for _, c := range kr.BoundCIDRs {
 		p, err := netip.ParsePrefix(c)
 		if err != nil {
-			return nil, "", fmt.Errorf("%w: bound_cidrs", errBadRecord)
+			return nil, fmt.Errorf("%w: bound_cidrs", errBadRecord)
 		}
 		sh.cidrs = append(sh.cidrs, p)
 	}
-	rec.shape = sh
-	return rec, shapeKey(kr), nil
+	return sh, nil
 }
 
 // shapeKey says what makes two keys' shapes the same.

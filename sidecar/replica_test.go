@@ -313,7 +313,7 @@ func mustParse(tb testing.TB, key string) apikey.Key {
 // million keys: each page of 1000 records as the plugin sends it (JSON),
 // decoded and applied, with what the process holds at the end. Run it once:
 //
-//	go test -run '^$' -bench Replica1M -benchtime 1x ./sidecar
+//	go test -run '^$' -bench 'Replica1M$' -benchtime 1x ./sidecar
 //
 // It reports the time per record (decode and apply), heap bytes per record
 // held, and the process's peak RSS (VmHWM) holding a million records.
@@ -345,6 +345,58 @@ func BenchmarkReplica1M(b *testing.B) {
 				b.Fatal(err)
 			}
 			r.apply(got.Data.Records, gen)
+			work += time.Since(start)
+		}
+		r.sweep(gen)
+	}
+	if r.size() != pages*per {
+		b.Fatalf("holds %d records", r.size())
+	}
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	b.ReportMetric(float64(work.Nanoseconds())/float64(pages*per)/float64(b.N), "ns/record")
+	b.ReportMetric(float64(ms.HeapAlloc)/float64(pages*per), "heap-B/record")
+	if hwm, err := vmHWM(); err == nil {
+		b.ReportMetric(float64(hwm)/(1<<20), "VmHWM-MiB")
+	}
+	runtime.KeepAlive(r)
+}
+
+// BenchmarkReplica1MPacked is BenchmarkReplica1M with the pages packed
+// (contract.FormatPacked1, 10,000 records a page, as the plugin sends
+// them to a sidecar that asks): base64 and the packed form decoded, and
+// applied. Run it alone, for its VmHWM:
+//
+//	go test -run '^$' -bench 'Replica1MPacked$' -benchtime 1x ./sidecar
+func BenchmarkReplica1MPacked(b *testing.B) {
+	const pages, per = 100, contract.MaxPackedKeyRecordPage
+	old := time.Now().Add(-48 * time.Hour)
+	page := make([]contract.KeyRecord, per)
+	var work time.Duration
+	var r *keyReplica
+	for b.Loop() {
+		r = newKeyReplica()
+		gen := r.newGen()
+		for p := 0; p < pages; p++ {
+			for i := range page {
+				_, page[i] = testKey(b, old.Add(time.Duration(p*per+i)*time.Second), "role-"+strconv.Itoa(i%10), "tenant", "read", "write")
+				page[i].BoundCIDRs = []string{"10.0.0.0/8"}
+			}
+			body, err := json.Marshal(map[string]any{"data": contract.KeyRecordsPage{Format: contract.FormatPacked1, Packed: packRecords(b, page)}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			start := time.Now()
+			var got struct {
+				Data contract.KeyRecordsPage `json:"data"`
+			}
+			if err := json.Unmarshal(body, &got); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := r.applyPacked(got.Data.Packed, gen); err != nil {
+				b.Fatal(err)
+			}
 			work += time.Since(start)
 		}
 		r.sweep(gen)

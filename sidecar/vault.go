@@ -275,6 +275,8 @@ func (v *vaultClient) keyRecordsSnapshot(ctx context.Context, afterID string, f 
 	var page contract.KeyRecordsPage
 	q := f.query()
 	q[contract.FieldAfterID] = []string{afterID}
+	// Packed pages when the plugin has them; an older one answers JSON.
+	q[contract.FieldFormat] = []string{contract.FormatPacked1}
 	if err := v.readFeed(ctx, contract.PathKeyRecordsSnapshot, q, 0, &page); err != nil {
 		return nil, fmt.Errorf("keybroker key-records/snapshot: %w", err)
 	}
