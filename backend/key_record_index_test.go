@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"reflect"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -350,4 +351,50 @@ func TestKeyRecordSnapshotUnknownFormat(t *testing.T) {
 	if p.Format != "" || p.Packed != "" || len(p.Records) != 1 || p.Records[0].KeyID != id {
 		t.Fatalf("format=packed9 gave format %q and %d records", p.Format, len(p.Records))
 	}
+}
+
+// BenchmarkKeyIndex1M is the plugin's record index holding a million keys
+// (ten roles, as the sidecar's BenchmarkReplica1M): the heap it takes per
+// record, and the time to build a packed snapshot page of 10,000 records
+// from it. Run it once:
+//
+//	go test -run '^$' -bench KeyIndex1M -benchtime 1x ./backend
+func BenchmarkKeyIndex1M(b *testing.B) {
+	const n = 1_000_000
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("xai%09d", i)
+	}
+	var before, after runtime.MemStats
+	var c *keyChanges
+	var pageTime time.Duration
+	for b.Loop() {
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		c = newKeyChanges()
+		exp := time.Now().Add(24 * time.Hour).Truncate(time.Second)
+		for i, id := range ids {
+			c.add(id, &keyEntry{ID: id, Hash: make([]byte, 32), Role: fmt.Sprintf("role-%d", i%10), Tenant: "tenant",
+				Scopes: []string{"read", "write"}, BoundCIDRs: []string{"10.0.0.0/8"}, ExpiresAt: exp})
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		start := time.Now()
+		for p := 0; p < n; p += contract.MaxPackedKeyRecordPage {
+			page := ids[p : p+contract.MaxPackedKeyRecordPage]
+			recs, err := c.records(context.Background(), nil, page)
+			if err != nil {
+				b.Fatal(err)
+			}
+			w := newSnapshotWriter(true)
+			for j, rec := range recs {
+				w.add(page[j], rec)
+			}
+			w.finish(&contract.KeyRecordsPage{})
+		}
+		pageTime = time.Since(start)
+	}
+	b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "heap-B/record")
+	b.ReportMetric(float64(pageTime.Nanoseconds())/n, "page-ns/record")
+	runtime.KeepAlive(c)
 }

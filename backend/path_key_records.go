@@ -91,6 +91,11 @@ them is refused as suspended, whatever its record says.
 key-records/snapshot returns the records in pages of at most %d (and about
 4 MB) by key_id:
 start with no after_id, then pass each answer's next_id while more is true.
+With format=packed1 a page holds up to %d records in one base64 string,
+packed (what keybroker-sidecar asks for: a million keys through Vault cost
+what Vault does per string). The active node keeps the records in memory,
+exactly as stored: a snapshot reads storage only for keys changed since it
+last read them, or after the mount started on the node.
 Then follow key-records from the first page's cursor, passing the epoch with
 it (required with after > 0): each change is the
 changed key's record as it is when read (mint, renewal, revocation, budget
@@ -104,7 +109,7 @@ verifier that serves only them; it then refuses every other key. Expired
 keys drop out %s after they expire; a verifier drops them itself.
 
     vault read keybroker/key-records/snapshot
-    vault read keybroker/key-records after=<cursor> epoch=<epoch> wait=20s`, contract.MaxKeyRecordPage, keyChangesHeld, expiredRecordGrace)
+    vault read keybroker/key-records after=<cursor> epoch=<epoch> wait=20s`, contract.MaxKeyRecordPage, contract.MaxPackedKeyRecordPage, keyChangesHeld, expiredRecordGrace)
 
 // recordFilter is a reader's roles and tenants.
 type recordFilter struct{ roles, tenants []string }
