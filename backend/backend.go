@@ -148,6 +148,7 @@ func newBackend() *backend {
 // storage is writable, so the JWKS is there before the first token, and
 // starts a new epoch of the revocation feed.
 func (b *backend) initialize(ctx context.Context, req *logical.InitializationRequest) error {
+	b.keyRecords.changes.forgetIndex() // storage may have been restored
 	if !b.writeSafe() {
 		return nil
 	}

@@ -248,3 +248,15 @@ func (c *keyChanges) pruneIndex(now time.Time) {
 		c.index.pruneLocked(now, c.last)
 	}
 }
+
+// forgetIndex empties the index: the storage may no longer be what it saw
+// (the mount is initialized again after a snapshot restore). It records a
+// change of no key (as a tenant ceiling's: readers read the lists again)
+// and moves the horizon to it, so that fills begun before index nothing.
+func (c *keyChanges) forgetIndex() {
+	c.add("", nil)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.index = newKeyIndex()
+	c.index.horizon = c.last
+}

@@ -279,6 +279,9 @@ func TestKeyIndexOrders(t *testing.T) {
 			fill(c, id, seq0)
 		}, false},
 		{"a fill after a prune", func(c *keyChanges) { c.pruneIndex(time.Now()); fill(c, id, c.lastSeq()) }, true},
+		{"a mint, then storage restored", func(c *keyChanges) { c.add(id, live(id)); c.forgetIndex() }, false},
+		{"a fill begun before storage was restored", func(c *keyChanges) { seq0 := c.lastSeq(); c.forgetIndex(); fill(c, id, seq0) }, false},
+		{"a fill after storage was restored", func(c *keyChanges) { c.forgetIndex(); fill(c, id, c.lastSeq()) }, true},
 	} {
 		c := newKeyChanges()
 		tc.run(c)
