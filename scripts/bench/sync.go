@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/hashicorp/vault/api"
@@ -111,6 +113,9 @@ func (b *bench) timeSync(ctx context.Context, name, upstream string) (syncRun, e
 	start := time.Now()
 	sc, err := b.startSidecar(ctx, name, upstream, "")
 	if err != nil {
+		if logged, rerr := os.ReadFile(filepath.Join(b.dir, name+".log")); rerr == nil {
+			err = fmt.Errorf("%w; its log ends: %s", err, logged[max(0, len(logged)-1500):])
+		}
 		return syncRun{}, err
 	}
 	defer stop(sc.cmd)
