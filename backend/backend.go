@@ -184,8 +184,9 @@ func (b *backend) invalidate(_ context.Context, key string) {
 	case strings.HasPrefix(key, rolePrefix):
 		b.roles.forget(strings.TrimPrefix(key, rolePrefix))
 	case strings.HasPrefix(key, keyPrefix):
-		b.keyIDs.distrust(time.Now())                        // another node mints keys
-		b.keyRecords.add(strings.TrimPrefix(key, keyPrefix)) // its record, read again
+		b.keyIDs.distrust(time.Now()) // another node mints keys
+		// and changed this one: its record is read again (keyIndex).
+		b.keyRecords.add(strings.TrimPrefix(key, keyPrefix))
 	}
 }
 
