@@ -172,7 +172,7 @@ func (mt *meters) runBatchSafely(ctx context.Context, s logical.Storage, path st
 // runBatch applies ops, in order, to the meter at path and its tenant,
 // and stores what they changed.
 func (mt *meters) runBatch(ctx context.Context, s logical.Storage, path string, ops []*meterOp) {
-	b := &meterBatch{ctx: ctx, s: s, path: path, now: time.Now().UTC()}
+	b := &meterBatch{ctx: ctx, s: s, path: path}
 	err := b.load(ops)
 	if err == nil && b.m != nil && b.m.Link != "" {
 		// A credential spending from another's meter (a rotated key's
@@ -182,6 +182,12 @@ func (mt *meters) runBatch(ctx context.Context, s logical.Storage, path string, 
 	}
 	if err == nil && b.m != nil && b.m.Tenant != "" {
 		defer mt.lockTenant(b.m.Tenant)()
+	}
+	// now is read holding the locks of what it rolls: one read before
+	// another meter's batch rolled the tenant on would be a period
+	// behind it.
+	b.now = time.Now().UTC()
+	if err == nil && b.m != nil && b.m.Tenant != "" {
 		b.t, err = tenantFor(ctx, s, b.m.Tenant, b.now)
 	}
 	if err != nil {

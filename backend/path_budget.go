@@ -877,12 +877,15 @@ func (b *backend) changeBudget(ctx context.Context, s logical.Storage, role, id 
 	if budget > 0 && budget < m.MaxCost {
 		return nil, refuse("budget (%d) must be at least the credential's max_cost_per_request (%d)", budget, m.MaxCost)
 	}
-	now := time.Now().UTC()
-	m.roll(now, m.Period)
-	m.Limit = budget
 	if m.Tenant != "" {
 		defer b.meters.lockTenant(m.Tenant)()
 	}
+	// now is read holding the locks of what it rolls: a clock read
+	// before another request rolled the tenant on would be a period
+	// behind it.
+	now := time.Now().UTC()
+	m.roll(now, m.Period)
+	m.Limit = budget
 	if err := shrinkToLimit(ctx, s, m, now); err != nil {
 		return nil, err
 	}
