@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/helper/locksutil"
@@ -28,13 +30,16 @@ import (
 type meterOp struct {
 	// id is the credential the op names; its own meter is looked at first.
 	id string
+	// ctx is its request's: the op is dropped once it ends.
+	ctx context.Context
 	// apply applies the op to the batch's meter (nil: none is kept) and
 	// tenant, or refuses it, changing nothing. Run under the meter's lock.
 	apply func(b *meterBatch) error
 
 	// Set by the batch that ran the op.
-	path     string // the meter it is queued on
-	followed bool   // path is the one a link named
+	path     string  // the meter it is queued on
+	followed bool    // path is the one a link named
+	state    opState // guarded by meterQueues.mu
 	wake     chan struct{}
 	done     bool // applied; else woken to lead
 	err      error
@@ -73,6 +78,17 @@ type meterQueue struct {
 	ops []*meterOp
 }
 
+// opState is where an op is in its meter's queue: only a queued op can
+// be withdrawn; one handed the lead must lead, one taken is answered by
+// the batch that took it.
+type opState uint8
+
+const (
+	opQueued opState = iota
+	opLeading
+	opTaken
+)
+
 // join queues op on op.path, and says whether its request leads the queue
 // (no other does).
 func (qs *meterQueues) join(op *meterOp) (lead bool) {
@@ -82,12 +98,27 @@ func (qs *meterQueues) join(op *meterOp) (lead bool) {
 		qs.byPath = map[string]*meterQueue{}
 	}
 	q := qs.byPath[op.path]
+	op.state = opQueued
 	if q == nil {
 		q, lead = &meterQueue{}, true
 		qs.byPath[op.path] = q
+		op.state = opLeading
 	}
 	q.ops = append(q.ops, op)
 	return lead
+}
+
+// withdraw takes op out of its queue, and says whether it did: not when
+// op was handed the lead or taken into a batch meanwhile.
+func (qs *meterQueues) withdraw(op *meterOp) bool {
+	qs.mu.Lock()
+	defer qs.mu.Unlock()
+	if op.state != opQueued {
+		return false
+	}
+	q := qs.byPath[op.path]
+	q.ops = slices.DeleteFunc(q.ops, func(o *meterOp) bool { return o == op })
+	return true
 }
 
 // take empties the queue of path, for its leader.
@@ -97,6 +128,9 @@ func (qs *meterQueues) take(path string) []*meterOp {
 	q := qs.byPath[path]
 	ops := q.ops
 	q.ops = nil
+	for _, op := range ops {
+		op.state = opTaken
+	}
 	return ops
 }
 
@@ -110,20 +144,24 @@ func (qs *meterQueues) next(path string) *meterOp {
 		delete(qs.byPath, path)
 		return nil
 	}
+	q.ops[0].state = opLeading
 	return q.ops[0]
 }
 
 // run applies op to the meter credential op.id spends from, and returns
-// its error. When run returns, op has been applied (by this request or
-// by another's) and its changes stored.
+// its error. When run returns without ctx's error, op has been applied (by
+// this request or by another's) and its changes stored. A request whose
+// context ends while its op waits in the queue withdraws it; once taken
+// into a batch, it waits for the batch, whose storage calls end when
+// every request in it has ended.
 func (mt *meters) run(ctx context.Context, s logical.Storage, op *meterOp) error {
-	op.path, op.wake = meterPath(op.id), make(chan struct{}, 1)
+	op.ctx, op.path, op.wake = ctx, meterPath(op.id), make(chan struct{}, 1)
 	for {
-		if !mt.queues.join(op) {
-			<-op.wake // applied, or handed the lead
+		if !mt.queues.join(op) && !mt.wait(op) {
+			return ctx.Err()
 		}
 		if !op.done {
-			mt.lead(ctx, s, op)
+			mt.lead(s, op)
 		}
 		if op.relink == "" {
 			return op.err
@@ -132,16 +170,31 @@ func (mt *meters) run(ctx context.Context, s logical.Storage, op *meterOp) error
 	}
 }
 
+// wait waits until op is applied or handed the lead, and says whether it
+// was: false when op's context ended first and op was withdrawn.
+func (mt *meters) wait(op *meterOp) bool {
+	select {
+	case <-op.wake:
+		return true
+	case <-op.ctx.Done():
+		if mt.queues.withdraw(op) {
+			return false
+		}
+		<-op.wake // taken or handed the lead meanwhile
+		return true
+	}
+}
+
 // lead applies what is queued on the meter own.path (own among them),
 // under its lock, and hands the queue on.
-func (mt *meters) lead(ctx context.Context, s logical.Storage, own *meterOp) {
+func (mt *meters) lead(s logical.Storage, own *meterOp) {
 	path := own.path
 	l := locksutil.LockForKey(mt.meterLocks, path)
 	l.Lock()
 	ops := mt.queues.take(path)
-	// The batch outlives this request's context: the ops of others are
-	// in it.
-	panicked := mt.runBatchSafely(context.WithoutCancel(ctx), s, path, ops)
+	ctx, cancel := batchContext(ops)
+	panicked := mt.runBatchSafely(ctx, s, path, ops)
+	cancel()
 	l.Unlock()
 	for _, op := range ops {
 		op.done = true
@@ -154,6 +207,31 @@ func (mt *meters) lead(ctx context.Context, s logical.Storage, own *meterOp) {
 	}
 	if panicked != nil {
 		panic(panicked) // for guard to answer this request 500 and log it
+	}
+}
+
+// batchContext is the context of the storage calls of ops' batch. It
+// outlives any one op's context, as the others' ops are in the batch, but
+// ends when all of theirs have: no one waits for the answers then, and a
+// storage call that does not return would hold the meter (and its
+// tenant) forever.
+func batchContext(ops []*meterOp) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ops[0].ctx))
+	var left atomic.Int64
+	left.Store(int64(len(ops)))
+	stops := make([]func() bool, len(ops))
+	for i, op := range ops {
+		stops[i] = context.AfterFunc(op.ctx, func() {
+			if left.Add(-1) == 0 {
+				cancel()
+			}
+		})
+	}
+	return ctx, func() {
+		for _, stop := range stops {
+			stop()
+		}
+		cancel()
 	}
 }
 
@@ -199,7 +277,11 @@ func (mt *meters) runBatch(ctx context.Context, s logical.Storage, path string, 
 		t0 = pool{PeriodStart: b.t.PeriodStart, Used: b.t.Used, Held: maps.Clone(b.t.Held)}
 	}
 	for _, op := range ops {
-		op.err = op.apply(b)
+		if op.err = op.ctx.Err(); op.err == nil {
+			// Not one whose request has ended: it would be granted
+			// with no one to be told.
+			op.err = op.apply(b)
+		}
 	}
 	if b.t != nil && !t0.same(b.t.pool) {
 		err = putJSON(ctx, s, tenantPrefix+b.m.Tenant, b.t)
