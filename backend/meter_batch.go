@@ -43,6 +43,7 @@ type meterOp struct {
 	wake     chan struct{}
 	done     bool // applied; else woken to lead
 	err      error
+	panicked any    // what apply panicked with, re-raised in its request
 	relink   string // the meter the op's meter links to: queue it there
 }
 
@@ -163,6 +164,9 @@ func (mt *meters) run(ctx context.Context, s logical.Storage, op *meterOp) error
 		if !op.done {
 			mt.lead(s, op)
 		}
+		if op.panicked != nil {
+			panic(op.panicked) // for guard to answer 500 and log it
+		}
 		if op.relink == "" {
 			return op.err
 		}
@@ -235,12 +239,13 @@ func batchContext(ops []*meterOp) (context.Context, context.CancelFunc) {
 	}
 }
 
-// runBatchSafely is runBatch, recovering a panic so that the lock is let
-// go and no queued request is left waiting: the ops fail.
+// runBatchSafely is runBatch, recovering a panic outside the ops (in a
+// read or write) so that the lock is let go and no queued request is
+// left waiting: the ops fail.
 func (mt *meters) runBatchSafely(ctx context.Context, s logical.Storage, path string, ops []*meterOp) (panicked any) {
 	defer func() {
 		if panicked = recover(); panicked != nil {
-			failAll(ops, fmt.Errorf("internal error applying budget requests to %s", path))
+			failFrom(ops, 0, errBatchInternal(path))
 		}
 	}()
 	mt.runBatch(ctx, s, path, ops)
@@ -248,15 +253,26 @@ func (mt *meters) runBatchSafely(ctx context.Context, s logical.Storage, path st
 }
 
 // runBatch applies ops, in order, to the meter at path and its tenant,
-// and stores what they changed.
+// and stores what they changed. An op that panics fails, and so do the
+// ops after it, which were not applied; when ops before it changed
+// anything, they are applied again without it, to what storage holds, so
+// that no part of its change is stored.
 func (mt *meters) runBatch(ctx context.Context, s logical.Storage, path string, ops []*meterOp) {
+	for n := len(ops); n > 0; {
+		n = mt.applyBatch(ctx, s, path, ops[:n])
+	}
+}
+
+// applyBatch is one try of runBatch. It returns 0 when done, else how
+// many ops (those before one that panicked) are to be applied again.
+func (mt *meters) applyBatch(ctx context.Context, s logical.Storage, path string, ops []*meterOp) (again int) {
 	b := &meterBatch{ctx: ctx, s: s, path: path}
 	err := b.load(ops)
 	if err == nil && b.m != nil && b.m.Link != "" {
 		// A credential spending from another's meter (a rotated key's
 		// successor, a JWT of a refresh family) is queued there; a link
 		// is followed once, as loadMeter does.
-		ops = relink(ops, b.m.Link)
+		relink(ops, b.m.Link)
 	}
 	if err == nil && b.m != nil && b.m.Tenant != "" {
 		defer mt.lockTenant(b.m.Tenant)()
@@ -269,18 +285,30 @@ func (mt *meters) runBatch(ctx context.Context, s logical.Storage, path string, 
 		b.t, err = tenantFor(ctx, s, b.m.Tenant, b.now)
 	}
 	if err != nil {
-		failAll(ops, err)
-		return
+		failFrom(ops, 0, err)
+		return 0
 	}
 	var t0 pool
 	if b.t != nil {
 		t0 = pool{PeriodStart: b.t.PeriodStart, Used: b.t.Used, Held: maps.Clone(b.t.Held)}
 	}
-	for _, op := range ops {
-		if op.err = op.ctx.Err(); op.err == nil {
-			// Not one whose request has ended: it would be granted
-			// with no one to be told.
-			op.err = op.apply(b)
+	// first is the first op that changed the meter: the answers of those
+	// before it, which changed nothing, stand whatever happens to the
+	// writes; those from it on may rest on its change.
+	first := len(ops)
+	for i, op := range ops {
+		if op.relink != "" {
+			continue
+		}
+		if !b.apply(op) {
+			failFrom(ops[i+1:], 0, errBatchInternal(path))
+			if first < i {
+				return i
+			}
+			return 0
+		}
+		if b.changed && first == len(ops) {
+			first = i
 		}
 	}
 	if b.t != nil && !t0.same(b.t.pool) {
@@ -290,29 +318,46 @@ func (mt *meters) runBatch(ctx context.Context, s logical.Storage, path string, 
 		err = putJSON(ctx, s, path, b.m)
 	}
 	if err != nil {
-		failAll(ops, err)
+		failFrom(ops, first, err)
 	}
+	return 0
+}
+
+// apply applies op to the batch, unless its request has ended (it would
+// be granted with no one to be told), and says whether it returned: a
+// panic fails op, and is re-raised in op's own request for guard to
+// answer 500 and log.
+func (b *meterBatch) apply(op *meterOp) (returned bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			op.panicked, op.err = p, errBatchInternal(b.path)
+		}
+	}()
+	if op.err = op.ctx.Err(); op.err == nil {
+		op.err = op.apply(b)
+	}
+	return true
+}
+
+func errBatchInternal(path string) error {
+	return fmt.Errorf("internal error applying budget requests to %s", path)
 }
 
 // relink sends the ops that came to their own meter and found a link
-// there to the meter it links to, and returns the others.
-func relink(ops []*meterOp, link string) []*meterOp {
-	var rest []*meterOp
+// there to the meter it links to; the batch leaves them be.
+func relink(ops []*meterOp, link string) {
 	for _, op := range ops {
-		if op.followed {
-			rest = append(rest, op)
-		} else {
+		if !op.followed {
 			op.relink = link
 		}
 	}
-	return rest
 }
 
-// failAll fails the ops a failed read or write leaves unanswered: none of
-// their changes is known to be stored.
-func failAll(ops []*meterOp, err error) {
-	for _, op := range ops {
-		if op.err == nil {
+// failFrom fails the ops from the from'th on (refusals too: they may rest
+// on a change that was not stored) but those sent on to another meter.
+func failFrom(ops []*meterOp, from int, err error) {
+	for _, op := range ops[from:] {
+		if op.relink == "" {
 			op.err = err
 		}
 	}

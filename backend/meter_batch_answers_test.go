@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -222,5 +223,131 @@ func TestBatchesThroughALinkKeepTheTenantInStep(t *testing.T) {
 	}
 	if e.b.meters.queued(meterPath(oldID)) != 0 || len(e.b.meters.queues.byPath) != 0 {
 		t.Fatalf("queues left: %v", e.b.meters.queues.byPath)
+	}
+}
+
+// outcome names how a request was answered, for tables of answers.
+func outcome(r *logical.Response) string {
+	switch {
+	case isInternal(r):
+		return "internal"
+	case r.IsError():
+		return "refused"
+	case r.Data["exhausted"] == true:
+		return "exhausted"
+	}
+	return "ok"
+}
+
+// A batch whose write fails fails the ops from the first that changed the
+// meter on, refusals among them (they may rest on the change that was not
+// stored), and keeps the answers of the ops before it, which changed
+// nothing and so are answered as one by one whatever storage does.
+func TestFailedWriteFailsTheOpsFromTheFirstChange(t *testing.T) {
+	tests := []struct {
+		name string
+		// reqs are queued behind a reserve that takes the last of a
+		// budget of 2; r1, a reservation of 1, stands for the other.
+		reqs func(id, r1 string) []queuedReq
+		want []string
+	}{
+		{"an exhausted reserve before a change", func(id, r1 string) []queuedReq {
+			return []queuedReq{
+				{"b", "budget/reserve", map[string]interface{}{"id": id, "units": 1}},
+				{"a", "budget/report", map[string]interface{}{"reservation_id": r1, "used": 1}},
+			}
+		}, []string{"exhausted", "internal"}},
+		{"a refusal resting on an unstored report", func(id, r1 string) []queuedReq {
+			return []queuedReq{
+				{"a", "budget/report", map[string]interface{}{"reservation_id": r1, "used": 1}},
+				{"a", "budget/report", map[string]interface{}{"reservation_id": r1, "used": 0}}, // below the unstored 1
+			}
+		}, []string{"internal", "internal"}},
+		{"refusals before a change", func(id, r1 string) []queuedReq {
+			return []queuedReq{
+				{"b", "budget/report", map[string]interface{}{"reservation_id": id + ":nope", "used": 1}},
+				{"a", "budget/reserve", map[string]interface{}{"id": id, "units": 1}},
+				{"a", "budget/report", map[string]interface{}{"reservation_id": r1, "used": 1, "release": true}},
+			}
+		}, []string{"refused", "exhausted", "internal"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newTestEnv(t)
+			g := &gatedStorage{Storage: e.storage}
+			e.storage = g
+			e.createRole("r", map[string]interface{}{"scopes": "read", "budget": 2})
+			id := e.mint("r", nil).Data["key_id"].(string)
+			resp, err := e.reserveAs("a", id, 1)
+			if err != nil || resp.IsError() {
+				t.Fatalf("reserve: %v %v", err, resp)
+			}
+			r1 := resp.Data["reservation_id"].(string)
+			g.mu.Lock()
+			g.failNext = true // the write after the first's (held) one
+			g.mu.Unlock()
+			ans := lineUpReqs(t, e, g, id, tt.reqs(id, r1))
+			if ans[0].IsError() {
+				t.Fatalf("first: %v", ans[0].Error())
+			}
+			for i, want := range tt.want {
+				if got := outcome(ans[i+1]); got != want {
+					t.Errorf("answer %d: %s (%v), want %s", i, got, ans[i+1].Data, want)
+				}
+			}
+			// Only the two reservations of 1 hold, nothing is used.
+			if got := e.spend("budget/" + id); got != [4]int64{2, 0, 2, 0} {
+				t.Fatalf("spend: %v", got)
+			}
+		})
+	}
+}
+
+// An op that panics in a batch fails, and so do the ops after it; the
+// ones before it are answered, and their changes stored without any part
+// of the panicking op's.
+func TestPanickingOpFailsOnlyItselfAndThoseAfter(t *testing.T) {
+	mt, s := newMeters(), &logical.InmemStorage{}
+	path := meterPath("jti-1")
+	if err := putJSON(context.Background(), s, path, &meter{Limit: 10, Period: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	l := locksutil.LockForKey(mt.meterLocks, path)
+	l.Lock() // so that the three ops queue into one batch
+	applies := []func(b *meterBatch) error{
+		func(b *meterBatch) error { b.m.Used++; b.changed = true; return nil },
+		func(b *meterBatch) error { b.m.Limit = 999; b.changed = true; panic("boom") },
+		func(b *meterBatch) error { return nil },
+	}
+	errs := make([]error, len(applies))
+	panics := make([]any, len(applies))
+	var wg sync.WaitGroup
+	for i, apply := range applies {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { panics[i] = recover() }()
+			errs[i] = mt.run(context.Background(), s, &meterOp{id: "jti-1", apply: apply})
+		}()
+		for deadline := time.Now().Add(5 * time.Second); mt.queued(path) < i+1; time.Sleep(200 * time.Microsecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d of %d ops queued", mt.queued(path), i+1)
+			}
+		}
+	}
+	l.Unlock()
+	wg.Wait()
+	if errs[0] != nil || panics[0] != nil {
+		t.Errorf("the op before the panic: %v %v", errs[0], panics[0])
+	}
+	if panics[1] != "boom" {
+		t.Errorf("the panicking op's request: %v, want its panic", panics[1])
+	}
+	if errs[2] == nil || panics[2] != nil {
+		t.Errorf("the op after the panic: %v %v, want an error", errs[2], panics[2])
+	}
+	m, err := getJSON[meter](context.Background(), s, path)
+	if err != nil || m.Used != 1 || m.Limit != 10 {
+		t.Fatalf("stored meter %+v %v, want used 1 and limit 10", m, err)
 	}
 }
