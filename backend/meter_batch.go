@@ -45,6 +45,7 @@ type meterOp struct {
 	err      error
 	panicked any    // what apply panicked with, re-raised in its request
 	relink   string // the meter the op's meter links to: queue it there
+	again    bool   // its meter names another tenant than the batch's: queue it anew
 }
 
 // meterBatch is the state the ops of one turn of a meter's lock share.
@@ -58,6 +59,9 @@ type meterBatch struct {
 	t *tenantEntry
 	// changed says an op changed m, which is then stored.
 	changed bool
+	// absent says storage holds no meter at path, capless that it holds
+	// one older than max_cost_per_request (see complete).
+	absent, capless bool
 	// keys are the key records read in this batch, by key_id (nil: none),
 	// revokedJTIs whether the JWTs looked up are revoked: each read once
 	// for all the ops of the batch.
@@ -167,10 +171,13 @@ func (mt *meters) run(ctx context.Context, s logical.Storage, op *meterOp) error
 		if op.panicked != nil {
 			panic(op.panicked) // for guard to answer 500 and log it
 		}
-		if op.relink == "" {
+		if op.relink == "" && !op.again {
 			return op.err
 		}
-		op.path, op.relink, op.followed, op.done = meterPath(op.relink), "", true, false
+		if op.relink != "" {
+			op.path, op.followed = meterPath(op.relink), true
+		}
+		op.relink, op.again, op.done = "", false, false
 	}
 }
 
@@ -274,15 +281,15 @@ func (mt *meters) applyBatch(ctx context.Context, s logical.Storage, path string
 		// is followed once, as loadMeter does.
 		relink(ops, b.m.Link)
 	}
-	if err == nil && b.m != nil && b.m.Tenant != "" {
-		defer mt.lockTenant(b.m.Tenant)()
+	if err == nil && b.tenant() != "" {
+		defer mt.lockTenant(b.tenant())()
 	}
 	// now is read holding the locks of what it rolls: one read before
 	// another meter's batch rolled the tenant on would be a period
 	// behind it.
 	b.now = time.Now().UTC()
-	if err == nil && b.m != nil && b.m.Tenant != "" {
-		b.t, err = tenantFor(ctx, s, b.m.Tenant, b.now)
+	if err == nil && b.tenant() != "" {
+		b.t, err = tenantFor(ctx, s, b.tenant(), b.now)
 	}
 	if err != nil {
 		failFrom(ops, 0, err)
@@ -295,9 +302,18 @@ func (mt *meters) applyBatch(ctx context.Context, s logical.Storage, path string
 	// first is the first op that changed the meter: the answers of those
 	// before it, which changed nothing, stand whatever happens to the
 	// writes; those from it on may rest on its change.
-	first := len(ops)
+	first, tenant := len(ops), b.tenant()
 	for i, op := range ops {
 		if op.relink != "" {
+			continue
+		}
+		if op.err = b.complete(op.id); op.err != nil {
+			continue
+		}
+		if b.tenant() != tenant {
+			// A meter made from another key, of another tenant: the
+			// batch holds one tenant's lock and entry.
+			op.again = true
 			continue
 		}
 		if !b.apply(op) {
@@ -357,7 +373,7 @@ func relink(ops []*meterOp, link string) {
 // on a change that was not stored) but those sent on to another meter.
 func failFrom(ops []*meterOp, from int, err error) {
 	for _, op := range ops[from:] {
-		if op.relink == "" {
+		if op.relink == "" && !op.again {
 			op.err = err
 		}
 	}
@@ -369,38 +385,55 @@ func (p pool) same(q pool) bool {
 	return p.PeriodStart.Equal(q.PeriodStart) && p.Used == q.Used && maps.Equal(p.Held, q.Held)
 }
 
-// load reads the meter at path, and completes it as loadMeter does: an
-// API key's meter made from its key the first time it is needed, the
-// cap on reports of an older meter taken from its key.
+// load reads the meter at path, and completes it for the first op.
 func (b *meterBatch) load(ops []*meterOp) error {
 	m, err := getJSON[meter](b.ctx, b.s, b.path)
 	if err != nil {
 		return err
 	}
-	id := ops[0].id
-	if !apikey.ValidateID(id) || (m != nil && (m.Link != "" || m.MaxCost != 0)) {
-		b.m = m
+	b.m, b.absent, b.capless = m, m == nil, m != nil && m.Link == "" && m.MaxCost == 0
+	return b.complete(ops[0].id)
+}
+
+// complete completes the meter for an op on credential id as loadMeter
+// does for id alone: an API key's meter made from its key the first time
+// it is needed, the cap on reports of an older meter taken from its key.
+// Ops on one meter may name different credentials (a rotated key and its
+// successors), so while no op has changed the meter each gets its own;
+// once one has, the meter is as storage will hold it, and left be.
+func (b *meterBatch) complete(id string) error {
+	if b.changed || (!b.absent && !b.capless) {
 		return nil
 	}
-	k, err := b.key(id)
-	switch {
-	case err != nil || k == nil:
-		b.m = m
-		return err
-	case m != nil:
-		// A meter stored before it kept max_cost_per_request: the cap
-		// on reports is the key's (saved with the meter).
-		m.MaxCost = k.MaxCost
-	case k.Budget == 0 && k.Tenant == "":
-		return nil // not metered
-	default:
-		m = &meter{Limit: k.Budget, Period: k.BudgetPeriod, MaxCost: k.MaxCost, Tenant: k.Tenant, ExpiresAt: k.ExpiresAt, Role: k.Role}
-		if m.Period == 0 {
-			m.Period = defaultBudgetPeriod // a key minted before budgets existed
+	var k *keyEntry
+	if apikey.ValidateID(id) {
+		var err error
+		if k, err = b.key(id); err != nil {
+			return err
 		}
 	}
-	b.m = m
+	switch {
+	case b.capless:
+		// A meter stored before it kept max_cost_per_request: the cap
+		// on reports is the key's (saved with the meter).
+		b.m.MaxCost = 0
+		if k != nil {
+			b.m.MaxCost = k.MaxCost
+		}
+	case k == nil || (k.Budget == 0 && k.Tenant == ""):
+		b.m = nil // not metered
+	default:
+		b.m = meterFromKey(k)
+	}
 	return nil
+}
+
+// tenant is the name of the tenant of the batch's meter ("": none).
+func (b *meterBatch) tenant() string {
+	if b.m == nil {
+		return ""
+	}
+	return b.m.Tenant
 }
 
 // key is the record of key id (nil: none), read once per batch.

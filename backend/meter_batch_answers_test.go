@@ -351,3 +351,85 @@ func TestPanickingOpFailsOnlyItselfAndThoseAfter(t *testing.T) {
 		t.Fatalf("stored meter %+v %v, want used 1 and limit 10", m, err)
 	}
 }
+
+// Ops on a meter that storage does not hold, or holds from before it kept
+// max_cost_per_request, each see the meter their own key makes, as one by
+// one: a rotated key and its successor queued together on the shared
+// meter do not both get the first one's. One whose meter names another
+// tenant than the batch's is applied in a batch of its own.
+func TestBatchCompletesTheMeterFromEachOpsOwnKey(t *testing.T) {
+	tests := []struct {
+		name   string
+		stored *meter // at the rotated key's meter (nil: none)
+		tenant string // the successor's
+	}{
+		{"no meter stored", nil, ""},
+		{"no meter stored, the successor's of a tenant", nil, "acme"},
+		{"a meter from before max_cost_per_request", &meter{Limit: 50, Period: time.Hour}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newTestEnv(t)
+			e.createRole("small", map[string]interface{}{"scopes": "read", "budget": 10, "max_cost_per_request": 1})
+			large := map[string]interface{}{"scopes": "read", "budget": 20, "max_cost_per_request": 2}
+			if tt.tenant != "" {
+				e.ok(logical.UpdateOperation, "tenants/"+tt.tenant, map[string]interface{}{"budget": 100})
+				large["tenant"] = tt.tenant
+			}
+			e.createRole("large", large)
+			old := e.mint("small", nil).Data["key_id"].(string)
+			succ := e.mint("large", nil).Data["key_id"].(string)
+			ctx, s, mt := context.Background(), e.storage, e.b.meters
+			path := meterPath(old)
+			if err := s.Delete(ctx, path); err != nil {
+				t.Fatal(err)
+			}
+			if tt.stored != nil {
+				if err := putJSON(ctx, s, path, tt.stored); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := putJSON(ctx, s, meterPath(succ), &meter{Link: old}); err != nil {
+				t.Fatal(err)
+			}
+			l := locksutil.LockForKey(mt.meterLocks, path)
+			l.Lock() // so that both ops queue into one batch
+			var seen [2]meter
+			var withTenant [2]bool
+			var wg sync.WaitGroup
+			for i, id := range []string{old, succ} {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					err := mt.run(ctx, s, &meterOp{id: id, apply: func(b *meterBatch) error {
+						if b.m != nil {
+							seen[i] = *b.m
+						}
+						withTenant[i] = b.t != nil
+						return nil
+					}})
+					if err != nil {
+						t.Error(err)
+					}
+				}()
+				for deadline := time.Now().Add(5 * time.Second); mt.queued(path) < i+1; time.Sleep(200 * time.Microsecond) {
+					if time.Now().After(deadline) {
+						l.Unlock()
+						t.Fatalf("%d of %d ops queued", mt.queued(path), i+1)
+					}
+				}
+			}
+			l.Unlock()
+			wg.Wait()
+			if seen[0].MaxCost != 1 || seen[1].MaxCost != 2 {
+				t.Fatalf("caps on reports seen: %d and %d, want each key's, 1 and 2", seen[0].MaxCost, seen[1].MaxCost)
+			}
+			if seen[1].Tenant != tt.tenant || withTenant[1] != (tt.tenant != "") {
+				t.Fatalf("the successor's meter names tenant %q (entry held: %v), want %q", seen[1].Tenant, withTenant[1], tt.tenant)
+			}
+			if tt.stored == nil && (seen[0].Limit != 10 || seen[1].Limit != 20) {
+				t.Fatalf("budgets seen: %d and %d, want each key's, 10 and 20", seen[0].Limit, seen[1].Limit)
+			}
+		})
+	}
+}

@@ -271,12 +271,18 @@ func loadMeter(ctx context.Context, s logical.Storage, id string) (*meter, strin
 		if err != nil || k == nil || (k.Budget == 0 && k.Tenant == "") {
 			return nil, "", err
 		}
-		m = &meter{Limit: k.Budget, Period: k.BudgetPeriod, MaxCost: k.MaxCost, Tenant: k.Tenant, ExpiresAt: k.ExpiresAt, Role: k.Role}
-		if m.Period == 0 {
-			m.Period = defaultBudgetPeriod // a key minted before budgets existed
-		}
+		m = meterFromKey(k)
 	}
 	return m, path, nil
+}
+
+// meterFromKey is the meter of API key k, the first time it is needed.
+func meterFromKey(k *keyEntry) *meter {
+	m := &meter{Limit: k.Budget, Period: k.BudgetPeriod, MaxCost: k.MaxCost, Tenant: k.Tenant, ExpiresAt: k.ExpiresAt, Role: k.Role}
+	if m.Period == 0 {
+		m.Period = defaultBudgetPeriod // a key minted before budgets existed
+	}
+	return m
 }
 
 // budgetUnderRole checks, on budget/<role>/<id>, that the meter m (at path,
