@@ -98,6 +98,24 @@ func (g *readGate) Get(ctx context.Context, key string) (*logical.StorageEntry, 
 // the period it began in: the new period's holds stay, and its ceiling
 // is granted once.
 func TestSlowReserveDoesNotRollTheTenantBack(t *testing.T) {
+	// A machine so loaded that the last reserve falls in the period
+	// after tries again: there, its grant is due.
+	for try := 0; try < 3; try++ {
+		if bGranted, cGranted, ok := reserveAcrossARoll(t); ok {
+			if bGranted+cGranted > 100 {
+				t.Fatalf("in one tenant period of ceiling 100, %d and %d were granted (%d)", bGranted, cGranted, bGranted+cGranted)
+			}
+			return
+		}
+	}
+	t.Skip("three tries each outlasted a 2s period")
+}
+
+// reserveAcrossARoll holds a reserve reading its meter across the start
+// of a tenant's period, reserves on another meter of the tenant in the
+// new period before and after letting it go, and returns the two grants,
+// and whether both fell in that period.
+func reserveAcrossARoll(t *testing.T) (bGranted, cGranted int64, ok bool) {
 	e := newTestEnv(t)
 	g := &readGate{Storage: e.storage}
 	e.storage = g
@@ -127,11 +145,9 @@ func TestSlowReserveDoesNotRollTheTenantBack(t *testing.T) {
 	go func() { aGranted <- reserveAs("x", a) }() // begun in this period, then held reading its meter
 	<-held
 	time.Sleep(time.Until(p1) + 100*time.Millisecond)
-	bGranted := reserveAs("y", b) // the next period: the tenant rolled, 60 held
+	bGranted = reserveAs("y", b) // the next period: the tenant rolled, 60 held
 	close(release)
 	<-aGranted
-	cGranted := reserveAs("z", b)
-	if bGranted+cGranted > 100 {
-		t.Fatalf("in one tenant period of ceiling 100, %d and %d were granted (%d)", bGranted, cGranted, bGranted+cGranted)
-	}
+	cGranted = reserveAs("z", b)
+	return bGranted, cGranted, time.Now().Before(p1.Add(2 * time.Second))
 }
