@@ -241,8 +241,12 @@ func periodStart(now time.Time, period time.Duration) time.Time {
 }
 
 // roll starts a new period when now is past the current one, and ends
-// expired reservations, whose unused units so come back.
+// expired reservations, whose unused units so come back. A now before the
+// current period changes nothing, as in pool.roll.
 func (a *account) roll(now time.Time, period time.Duration) {
+	if now.Before(a.PeriodStart) {
+		return
+	}
 	if start := periodStart(now, period); !start.Equal(a.PeriodStart) {
 		a.PeriodStart = start
 		a.Used = 0

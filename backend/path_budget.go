@@ -271,12 +271,18 @@ func loadMeter(ctx context.Context, s logical.Storage, id string) (*meter, strin
 		if err != nil || k == nil || (k.Budget == 0 && k.Tenant == "") {
 			return nil, "", err
 		}
-		m = &meter{Limit: k.Budget, Period: k.BudgetPeriod, MaxCost: k.MaxCost, Tenant: k.Tenant, ExpiresAt: k.ExpiresAt, Role: k.Role}
-		if m.Period == 0 {
-			m.Period = defaultBudgetPeriod // a key minted before budgets existed
-		}
+		m = meterFromKey(k)
 	}
 	return m, path, nil
+}
+
+// meterFromKey is the meter of API key k, the first time it is needed.
+func meterFromKey(k *keyEntry) *meter {
+	m := &meter{Limit: k.Budget, Period: k.BudgetPeriod, MaxCost: k.MaxCost, Tenant: k.Tenant, ExpiresAt: k.ExpiresAt, Role: k.Role}
+	if m.Period == 0 {
+		m.Period = defaultBudgetPeriod // a key minted before budgets existed
+	}
+	return m
 }
 
 // budgetUnderRole checks, on budget/<role>/<id>, that the meter m (at path,
@@ -877,12 +883,15 @@ func (b *backend) changeBudget(ctx context.Context, s logical.Storage, role, id 
 	if budget > 0 && budget < m.MaxCost {
 		return nil, refuse("budget (%d) must be at least the credential's max_cost_per_request (%d)", budget, m.MaxCost)
 	}
-	now := time.Now().UTC()
-	m.roll(now, m.Period)
-	m.Limit = budget
 	if m.Tenant != "" {
 		defer b.meters.lockTenant(m.Tenant)()
 	}
+	// now is read holding the locks of what it rolls: a clock read
+	// before another request rolled the tenant on would be a period
+	// behind it.
+	now := time.Now().UTC()
+	m.roll(now, m.Period)
+	m.Limit = budget
 	if err := shrinkToLimit(ctx, s, m, now); err != nil {
 		return nil, err
 	}

@@ -33,8 +33,14 @@ func holdSecond(exp time.Time) int64 {
 
 // roll starts a new period when now is past the current one (reservations
 // of the old period hold nothing in the new one) and lets go of what
-// reservations that have expired held.
+// reservations that have expired held. A now before the current period (a
+// clock read before another request rolled the pool on, or a clock stepped
+// back) changes nothing: going back a period would wipe the new one's use
+// and holds, and grant its ceiling again.
 func (p *pool) roll(now time.Time, period time.Duration) {
+	if now.Before(p.PeriodStart) {
+		return
+	}
 	if start := periodStart(now, period); !start.Equal(p.PeriodStart) {
 		p.PeriodStart, p.Used, p.Held = start, 0, nil
 	}
