@@ -21,6 +21,14 @@ const fleetWaiters = 300
 // holdReads sends n held reads of path (each with data and wait 20s) on
 // storage s, and returns their answers once they all answered.
 func (e *testEnv) holdReads(s logical.Storage, n int, path string, data map[string]interface{}) (wait func() []map[string]interface{}) {
+	// Pages are shared for a minute, not a second: a loaded machine may
+	// start the n goroutines over more than a second.
+	held := &e.b.revocations.wake.held
+	e.b.revocations.reads.maxAge = time.Minute
+	if path == "key-records" {
+		held = &e.b.keyRecords.changes.wake.held
+		e.b.keyRecords.changeReads.maxAge = time.Minute
+	}
 	answers := make([]map[string]interface{}, n)
 	var wg sync.WaitGroup
 	for i := range n {
@@ -41,7 +49,14 @@ func (e *testEnv) holdReads(s logical.Storage, n int, path string, data map[stri
 			answers[i] = resp.Data
 		}()
 	}
-	time.Sleep(300 * time.Millisecond) // every read has read its page and waits
+	// Every read has read its page and waits: counted, not slept on, so
+	// that a loaded machine cannot make a straggler's late first read
+	// look like a second storage read of the wake.
+	for deadline := time.Now().Add(time.Minute); held.Load() < int64(n); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("%d of %d reads of %s held after a minute", held.Load(), n, path)
+		}
+	}
 	return func() []map[string]interface{} {
 		wg.Wait()
 		return answers

@@ -96,7 +96,7 @@ func (kf *keyRecordFeed) readChanges(ctx context.Context, s logical.Storage, aft
 	for err == nil && wait > 0 && !a.page.Resync && a.empty {
 		// Nothing for this reader up to a.page.Next: its answer may start
 		// there, whether it comes now (the wait ended) or later.
-		if !a.page.More && !waitForWake(ctx, woken, time.Until(deadline)) {
+		if !a.page.More && !c.wake.hold(ctx, woken, time.Until(deadline)) {
 			return a, nil
 		}
 		woken, gen = c.wake.next()

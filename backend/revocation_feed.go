@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	uuid "github.com/hashicorp/go-uuid"
@@ -138,6 +139,16 @@ type feedWaiters struct {
 	gen     uint64
 	last    time.Time // the last wake
 	pending bool      // a wake is due within gap
+
+	// held counts the reads waiting for a wake now.
+	held atomic.Int64
+}
+
+// hold waits for woken, as waitForWake does, counted in held.
+func (f *feedWaiters) hold(ctx context.Context, woken <-chan struct{}, wait time.Duration) bool {
+	f.held.Add(1)
+	defer f.held.Add(-1)
+	return waitForWake(ctx, woken, wait)
 }
 
 // next is closed when the next entry is appended; gen is the appends so
@@ -212,7 +223,7 @@ func (f *revocationFeed) read(ctx context.Context, s logical.Storage, after int6
 	if err != nil || wait == 0 || data["next"].(uint64) != uint64(after) || data["last"].(uint64) < uint64(after) {
 		return data, err
 	}
-	if !waitForWake(ctx, woken, wait) {
+	if !f.wake.hold(ctx, woken, wait) {
 		return data, nil
 	}
 	return f.pages(ctx, s, after, f.wake.generation())
