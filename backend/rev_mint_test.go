@@ -1,0 +1,414 @@
+package backend
+
+// Adversarial review of issue 26's mint path (3a4c610): roles and config in
+// memory (storedCache), the key_id ledger, the chain written outside the
+// revocation lock.
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"reflect"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// slowRoleStorage delays reads of roles/ and config, so that a fill of the
+// cache overlaps the writes it races.
+type slowRoleStorage struct{ logical.Storage }
+
+func (s slowRoleStorage) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
+	e, err := s.Storage.Get(ctx, key)
+	if strings.HasPrefix(key, rolePrefix) || key == configPath {
+		time.Sleep(time.Duration(rand.IntN(300)) * time.Microsecond)
+	}
+	return e, err
+}
+
+// req sends a request without touching t (safe from any goroutine).
+func (e *testEnv) req(entity string, op logical.Operation, path string, data map[string]interface{}) (*logical.Response, error) {
+	return e.b.HandleRequest(context.Background(), &logical.Request{
+		Operation: op, Path: path, Data: data, Storage: e.storage,
+		EntityID: entity, MountPoint: "keybroker/",
+	})
+}
+
+// A token mint (no role lock) that reads the role while a write replaces
+// it must not put the old role back in memory: once a write answered, the
+// next mint sees it. Many concurrent fills, storage reads slowed.
+func TestRevTokenMintSeesEachAnsweredRoleWrite(t *testing.T) {
+	e := newTestEnv(t)
+	e.storage = slowRoleStorage{e.storage}
+	e.ok(logical.UpdateOperation, "config", map[string]interface{}{"issuer": testIssuer})
+	e.createRole("web", map[string]interface{}{"scopes": "s0", "audiences": "svc"})
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var bad atomic.Value
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				resp, err := e.req("e", logical.UpdateOperation, "token/web", nil)
+				if err != nil {
+					bad.Store(err.Error())
+					return
+				}
+				_ = resp
+			}
+		}()
+	}
+	for i := 1; i <= 150; i++ {
+		want := fmt.Sprintf("s%d", i)
+		e.ok(logical.UpdateOperation, "roles/web", map[string]interface{}{"scopes": want})
+		resp := e.ok(logical.UpdateOperation, "token/web", nil)
+		if got := resp.Data["scopes"].([]string); len(got) != 1 || got[0] != want {
+			close(stop)
+			wg.Wait()
+			t.Fatalf("write %d answered, then a mint used scopes %v (a stale role in memory)", i, got)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	if v := bad.Load(); v != nil {
+		t.Fatal(v)
+	}
+}
+
+// No key mint that starts after a suspension answered succeeds until a
+// resume starts, whatever mints filled the role in memory meanwhile.
+func TestRevNoKeyMintAfterSuspendAnswered(t *testing.T) {
+	e := newTestEnv(t)
+	e.storage = slowRoleStorage{e.storage}
+	e.createRole("web", map[string]interface{}{"scopes": "read"})
+	var suspended atomic.Bool
+	var epoch atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var bad atomic.Value
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ep, sus := epoch.Load(), suspended.Load()
+				resp, err := e.req("e", logical.UpdateOperation, "keys/web", map[string]interface{}{"name": "k"})
+				if err != nil {
+					bad.Store(err.Error())
+					return
+				}
+				if sus && !resp.IsError() && epoch.Load() == ep {
+					bad.Store(fmt.Sprintf("key %v minted after the suspension answered", resp.Data["key_id"]))
+					return
+				}
+			}
+		}()
+	}
+	for i := 0; i < 60; i++ {
+		e.ok(logical.UpdateOperation, "roles/web/suspend", nil)
+		suspended.Store(true)
+		time.Sleep(2 * time.Millisecond)
+		epoch.Add(1)
+		suspended.Store(false)
+		e.ok(logical.UpdateOperation, "roles/web/resume", nil)
+		time.Sleep(time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	if v := bad.Load(); v != nil {
+		t.Fatal(v)
+	}
+}
+
+// A role deleted (and answered) is not minted from, by a key or a token,
+// whatever concurrent mints filled memory with.
+func TestRevNoMintAfterDeleteAnswered(t *testing.T) {
+	e := newTestEnv(t)
+	e.storage = slowRoleStorage{e.storage}
+	e.ok(logical.UpdateOperation, "config", map[string]interface{}{"issuer": testIssuer})
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			path, data := "token/web", map[string]interface{}{}
+			if g%2 == 0 {
+				path, data = "keys/web", map[string]interface{}{"name": "k"}
+			}
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				_, _ = e.req("e", logical.UpdateOperation, path, data)
+			}
+		}(g)
+	}
+	defer func() { close(stop); wg.Wait() }()
+	for i := 0; i < 80; i++ {
+		e.createRole("web", map[string]interface{}{"scopes": "read", "audiences": "svc"})
+		time.Sleep(time.Millisecond)
+		e.ok(logical.DeleteOperation, "roles/web", nil)
+		for p, data := range map[string]map[string]interface{}{"keys/web": {"name": "k"}, "token/web": {}} {
+			resp, err := e.req("e", logical.UpdateOperation, p, data)
+			if err != nil || resp == nil || !resp.IsError() || !strings.Contains(resp.Error().Error(), "does not exist") {
+				t.Fatalf("round %d: %s after the delete answered: %v %v", i, p, resp, err)
+			}
+		}
+	}
+}
+
+// A config write that answered is what the next JWT mint signs under
+// (iss), whatever concurrent mints and verifications filled memory with.
+func TestRevJWTMintSeesEachAnsweredConfigWrite(t *testing.T) {
+	e := newTestEnv(t)
+	e.storage = slowRoleStorage{e.storage}
+	e.createRole("web", map[string]interface{}{"scopes": "read", "audiences": "svc"})
+	e.ok(logical.UpdateOperation, "config", map[string]interface{}{"issuer": "https://i0.example"})
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for g := 0; g < 3; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				_, _ = e.req("e", logical.UpdateOperation, "token/web", nil)
+				_, _ = e.req("", logical.ReadOperation, "jwks", nil)
+			}
+		}()
+	}
+	defer func() { close(stop); wg.Wait() }()
+	for i := 1; i <= 100; i++ {
+		want := fmt.Sprintf("https://i%d.example", i)
+		e.ok(logical.UpdateOperation, "config", map[string]interface{}{"issuer": want})
+		tok := e.ok(logical.UpdateOperation, "token/web", nil).Data["token"].(string)
+		var c jwt.RegisteredClaims
+		if _, _, err := jwt.NewParser().ParseUnverified(tok, &c); err != nil {
+			t.Fatal(err)
+		}
+		if c.Issuer != want {
+			t.Fatalf("config write %d answered, then a mint signed iss %q", i, c.Issuer)
+		}
+	}
+}
+
+// Mints of every kind, concurrently, on the roles in memory, with reads of
+// them: -race says whether any writes through the shared *role; after,
+// the role in memory is still what storage holds.
+func TestRevConcurrentMintsLeaveSharedRoleAlone(t *testing.T) {
+	e := delegationEnv(t)
+	e.createRole("web", map[string]interface{}{
+		"scopes": "read,write,admin", "default_scopes": "read", "bound_cidrs": "10.0.0.0/8,192.168.0.0/16",
+		"metadata": "team=core", "audiences": "svc,other", "ttl": "1h", "refresh_ttl": "1h",
+	})
+	t0 := e.as("user-entity", logical.UpdateOperation, "token/user", map[string]interface{}{"scopes": "read,write"})
+	var wg sync.WaitGroup
+	var bad atomic.Value
+	run := func(entity string, op logical.Operation, path string, data func() map[string]interface{}) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 40; i++ {
+				resp, err := e.req(entity, op, path, data())
+				if err != nil || (resp != nil && resp.IsError()) {
+					bad.Store(fmt.Sprintf("%s: %v %v", path, resp, err))
+					return
+				}
+			}
+		}()
+	}
+	run("e", logical.UpdateOperation, "keys/web", func() map[string]interface{} {
+		return map[string]interface{}{"name": "k", "scopes": "write,read", "bound_cidrs": "10.1.0.0/16", "metadata": "owner=me"}
+	})
+	run("e", logical.UpdateOperation, "keys/web", func() map[string]interface{} { return map[string]interface{}{"name": "k"} })
+	run("e", logical.UpdateOperation, "token/web", func() map[string]interface{} {
+		return map[string]interface{}{"audience": "other", "scopes": "admin"}
+	})
+	run("e", logical.UpdateOperation, "token/web", func() map[string]interface{} { return map[string]interface{}{"audience": "svc"} })
+	run("tool-entity", logical.UpdateOperation, "token/exchange", func() map[string]interface{} {
+		return map[string]interface{}{"role": "tool", "subject_token": t0.Data["token"], "scopes": "read"}
+	})
+	run("e", logical.ReadOperation, "roles/web", func() map[string]interface{} { return nil })
+	wg.Wait()
+	if v := bad.Load(); v != nil {
+		t.Fatal(v)
+	}
+	for _, name := range []string{"web", "user", "tool"} {
+		held, _ := e.b.roles.get(context.Background(), e.storage, name)
+		stored, _ := getRole(context.Background(), e.storage, name)
+		if !reflect.DeepEqual(held, stored) {
+			t.Fatalf("role %s in memory changed by mints:\n%+v\n%+v", name, held, stored)
+		}
+	}
+}
+
+// FINDING (low): answers share the role in memory. A key mint's scopes
+// (the role's default scopes), bound_cidrs, and a role read's slices and
+// metadata map are the cached role's own: whoever changes an answer in
+// place changes the role every later mint narrows to. Out of process
+// (gRPC) nobody can; in process (tests, an embedding, a future handler
+// that post-processes resp.Data) it is a privilege widening.
+func TestRevAnswerAliasesCachedRole(t *testing.T) {
+	e := newTestEnv(t)
+	e.createRole("web", map[string]interface{}{"scopes": "read,admin", "default_scopes": "read", "metadata": "team=core"})
+	first := e.mint("web", nil)
+	scopes := first.Data["scopes"].([]string)
+	scopes[0] = "admin" // a caller edits its own answer
+	second := e.mint("web", nil)
+	read := e.ok(logical.ReadOperation, "roles/web", nil)
+	read.Data["metadata"].(map[string]string)["team"] = "evil"
+	third := e.mint("web", nil)
+	k, _ := getKey(context.Background(), e.storage, third.Data["key_id"].(string))
+	got2 := second.Data["scopes"].([]string)
+	if len(got2) == 1 && got2[0] == "admin" {
+		t.Errorf("a later mint with default scopes got %v: the first answer's slice is the cached role's default_scopes", got2)
+	}
+	if k.Metadata["team"] == "evil" {
+		t.Errorf("a later key carries metadata %v: the role read's map is the cached role's", k.Metadata)
+	}
+}
+
+// The ledger under concurrent claims of one id in one second: one wins.
+func TestRevKeyIDLedgerConcurrentSameID(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	l := newKeyIDLedger(now)
+	sec := now.Unix() + 100
+	var fresh atomic.Int32
+	var wg sync.WaitGroup
+	for g := 0; g < 16; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if f, _ := l.claim("xxxxxxxxxxxx", sec); f {
+				fresh.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if fresh.Load() != 1 {
+		t.Fatalf("%d claims of one id in one second were fresh", fresh.Load())
+	}
+}
+
+// FINDING (low): a second older than the two held (the clock stepped back
+// more than a second) is neither checked against nor recorded in the
+// ledger: two mints that draw the same id in it are both told fresh, both
+// look storage up before either writes, and the second overwrites the
+// first's key (the pre-change createKey had this check-then-write for
+// every mint; the ledger closes it for all seconds but these).
+func TestRevKeyIDLedgerSteppedBackSecondNotRecorded(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	l := newKeyIDLedger(now)
+	sec := now.Unix() + 100
+	l.claim("aaaaaaaaaaaa", sec)
+	old := sec - 5
+	f1, s1 := l.claim("bbbbbbbbbbbb", old)
+	f2, s2 := l.claim("bbbbbbbbbbbb", old)
+	if f1 && f2 {
+		t.Errorf("after a step back, the same id twice in one second: fresh %v/%v sure %v/%v: both go on to a storage Get before either Put", f1, f2, s1, s2)
+	}
+}
+
+// The ledger's maps hold two seconds' ids, however long mints go on.
+func TestRevKeyIDLedgerBounded(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	l := newKeyIDLedger(now)
+	for s := int64(0); s < 50; s++ {
+		for i := 0; i < 200; i++ {
+			l.claim(fmt.Sprintf("%012d", s*1000+int64(i)), now.Unix()+s)
+		}
+	}
+	if n := len(l.cur) + len(l.prev); n != 400 {
+		t.Fatalf("ledger holds %d ids; want two seconds' (400)", n)
+	}
+}
+
+// flakySystemView answers MaxLeaseTTL 0 once, as the gRPC system view
+// client does when its call to Vault fails (it swallows the error).
+type flakySystemView struct {
+	logical.SystemView
+	failed atomic.Bool
+}
+
+func (v *flakySystemView) MaxLeaseTTL() time.Duration {
+	if v.failed.CompareAndSwap(false, true) {
+		return 0
+	}
+	return v.SystemView.MaxLeaseTTL()
+}
+
+// FINDING (low-medium, availability): one failed read of the mount's TTLs
+// is kept for mountTTLEvery: every mint in that second fails ("max TTL
+// must be greater than zero", a 500), not only the one whose call failed.
+func TestRevMountTTLFailureNotKept(t *testing.T) {
+	e := newTestEnv(t)
+	e.createRole("web", map[string]interface{}{"scopes": "read"})
+	flaky := &flakySystemView{SystemView: e.b.mountTTLs.SystemView}
+	e.b.mountTTLs = &mountTTLs{SystemView: flaky}
+	_, err := e.req("e", logical.UpdateOperation, "keys/web", map[string]interface{}{"name": "k"})
+	if err == nil {
+		t.Fatal("the mint whose read of the mount failed succeeded")
+	}
+	// The next mint, Vault answering again.
+	resp, err := e.req("e", logical.UpdateOperation, "keys/web", map[string]interface{}{"name": "k"})
+	if err != nil || resp.IsError() {
+		t.Fatalf("a mint after Vault answered again: %v %v: the failed read (0) was kept for %s", resp, err, mountTTLEvery)
+	}
+}
+
+// flakyDefaultView answers DefaultLeaseTTL 0 once (a failed gRPC call).
+type flakyDefaultView struct {
+	logical.SystemView
+	failed atomic.Bool
+}
+
+func (v *flakyDefaultView) DefaultLeaseTTL() time.Duration {
+	if v.failed.CompareAndSwap(false, true) {
+		return 0
+	}
+	return v.SystemView.DefaultLeaseTTL()
+}
+
+// The same with the mount's default TTL: a role without ttl mints, for a
+// second after one failed read, keys whose lifetime is 0 (expired as
+// answered), not only in the one mint whose call failed.
+func TestRevMountDefaultTTLFailureNotKept(t *testing.T) {
+	e := newTestEnv(t)
+	e.createRole("web", map[string]interface{}{"scopes": "read"})
+	flaky := &flakyDefaultView{SystemView: e.b.mountTTLs.SystemView}
+	e.b.mountTTLs = &mountTTLs{SystemView: flaky}
+	for i := 0; i < 2; i++ {
+		resp, err := e.req("e", logical.UpdateOperation, "keys/web", map[string]interface{}{"name": "k"})
+		if err != nil || resp.IsError() {
+			t.Logf("mint %d: %v %v", i, resp, err)
+			continue
+		}
+		t.Logf("mint %d: expires_at %v lease ttl %v", i, resp.Data["expires_at"], resp.Secret.TTL)
+		if i == 1 && resp.Secret.TTL <= 0 {
+			t.Errorf("mint %d, Vault answering again: lease ttl %v: the failed read (0) was kept", i, resp.Secret.TTL)
+		}
+	}
+}
