@@ -412,3 +412,67 @@ func TestRevMountDefaultTTLFailureNotKept(t *testing.T) {
 		}
 	}
 }
+
+// The chain is filed outside the revocation lock: a revocation of the
+// subject racing exchanges still revokes every token exchanged from it
+// (the slot is taken under the lock), and down a level too.
+func TestRevExchangeRacingSubjectRevocation(t *testing.T) {
+	for round := 0; round < 5; round++ {
+		e := delegationEnv(t)
+		t0 := e.as("user-entity", logical.UpdateOperation, "token/user", nil)
+		var mu sync.Mutex
+		var minted []string
+		var wg sync.WaitGroup
+		for g := 0; g < 4; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; i < 6; i++ {
+					r1, err := e.req("tool-entity", logical.UpdateOperation, "token/exchange", map[string]interface{}{"role": "tool", "subject_token": t0.Data["token"]})
+					if err != nil || r1.IsError() {
+						continue
+					}
+					mu.Lock()
+					minted = append(minted, r1.Data["jti"].(string))
+					mu.Unlock()
+					r2, err := e.req("subtool-entity", logical.UpdateOperation, "token/exchange", map[string]interface{}{"role": "subtool", "subject_token": r1.Data["token"]})
+					if err != nil || r2.IsError() {
+						continue
+					}
+					mu.Lock()
+					minted = append(minted, r2.Data["jti"].(string))
+					mu.Unlock()
+				}
+			}()
+		}
+		time.Sleep(time.Duration(round) * 3 * time.Millisecond)
+		if resp, err := e.lease(logical.RevokeOperation, t0.Secret); err != nil || resp.IsError() {
+			t.Fatalf("revoking the subject: %v %v", resp, err)
+		}
+		wg.Wait()
+		for _, jti := range minted {
+			if en, _ := e.storage.Get(context.Background(), revokedJTIPath(jti)); en == nil {
+				t.Errorf("round %d: %s exchanged (directly or down a level) from a revoked subject is not revoked", round, jti)
+			}
+		}
+		t.Logf("round %d: %d exchanged, all revoked", round, len(minted))
+	}
+}
+
+// FINDING (low): mountTTLs' argument is that Vault caps the lease of a
+// credential minted under a max_lease_ttl up to a second old. An orphan
+// role's keys have no lease: one minted within mountTTLEvery of a tune
+// that lowered max_lease_ttl keeps the old max, and nothing caps it.
+func TestRevOrphanKeyAfterTuneOutlivesMountMax(t *testing.T) {
+	sys := logical.TestSystemView()
+	sys.MaxLeaseTTLVal = 4 * time.Hour
+	e := newTestEnvWith(t, sys)
+	e.createRole("web", map[string]interface{}{"scopes": "read", "orphan": true, "max_ttl": "4h"})
+	e.mint("web", nil) // the mount's TTLs read
+	sys.MaxLeaseTTLVal = time.Hour // an operator tunes the mount down
+	resp := e.mint("web", map[string]interface{}{"ttl": "4h"})
+	exp, _ := time.Parse(time.RFC3339, resp.Data["expires_at"].(string))
+	if resp.Secret == nil && time.Until(exp) > time.Hour+time.Minute {
+		t.Errorf("an orphan key (no lease for Vault to cap) minted after the tune expires in %s, past the mount's max_lease_ttl (1h)", time.Until(exp).Round(time.Minute))
+	}
+}
