@@ -476,3 +476,52 @@ func TestRevOrphanKeyAfterTuneOutlivesMountMax(t *testing.T) {
 		t.Errorf("an orphan key (no lease for Vault to cap) minted after the tune expires in %s, past the mount's max_lease_ttl (1h)", time.Until(exp).Round(time.Minute))
 	}
 }
+
+// revGateStorage holds one read of roles/web, once armed, after it read
+// storage and before it returns: the read saw the old role.
+type revGateStorage struct {
+	logical.Storage
+	armed   atomic.Bool
+	reached chan struct{}
+	release chan struct{}
+}
+
+func (s *revGateStorage) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
+	e, err := s.Storage.Get(ctx, key)
+	if key == rolePath("web") && s.armed.CompareAndSwap(true, false) {
+		close(s.reached)
+		<-s.release
+	}
+	return e, err
+}
+
+// The interleaving itself, deterministic: a token mint reads the old role
+// from storage, a write of the role runs and answers, then the mint's fill
+// lands. The next mint must see the write.
+func TestRevStaleFillAfterAnsweredWrite(t *testing.T) {
+	e := newTestEnv(t)
+	gs := &revGateStorage{Storage: e.storage, reached: make(chan struct{}), release: make(chan struct{})}
+	e.storage = gs
+	e.ok(logical.UpdateOperation, "config", map[string]interface{}{"issuer": testIssuer})
+	e.createRole("web", map[string]interface{}{"scopes": "old", "audiences": "svc"})
+	e.b.roles.forget("web")
+	gs.armed.Store(true)
+	done := make(chan []string)
+	go func() {
+		resp, err := e.req("e", logical.UpdateOperation, "token/web", nil)
+		if err != nil || resp.IsError() {
+			done <- nil
+			return
+		}
+		done <- resp.Data["scopes"].([]string)
+	}()
+	<-gs.reached
+	e.ok(logical.UpdateOperation, "roles/web", map[string]interface{}{"scopes": "new"})
+	close(gs.release)
+	if got := <-done; len(got) != 1 || got[0] != "old" {
+		t.Fatalf("the racing mint: %v", got)
+	}
+	if got := e.ok(logical.UpdateOperation, "token/web", nil).Data["scopes"].([]string); len(got) != 1 || got[0] != "new" {
+		t.Fatalf("after the write answered and the racing fill landed: scopes %v", got)
+	}
+}
