@@ -162,6 +162,10 @@ func (b *backend) mintTTL(asked, def, maxTTL time.Duration, r *role, approved *a
 	if err != nil {
 		return 0, nil, fmt.Errorf("calculating ttl: %w", err)
 	}
+	if ttl <= 0 {
+		// Vault's view answered 0 for the mount's TTLs: its call failed.
+		return 0, nil, fmt.Errorf("calculating ttl: %s (the mount's lease TTLs could not be read)", ttl)
+	}
 	if approved == nil || ttl <= r.approvedMaxTTL() {
 		return ttl, warnings, nil
 	}

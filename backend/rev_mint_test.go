@@ -348,71 +348,13 @@ func TestRevKeyIDLedgerBounded(t *testing.T) {
 
 // flakySystemView answers MaxLeaseTTL 0 once, as the gRPC system view
 // client does when its call to Vault fails (it swallows the error).
-type flakySystemView struct {
-	logical.SystemView
-	failed atomic.Bool
-}
-
-func (v *flakySystemView) MaxLeaseTTL() time.Duration {
-	if v.failed.CompareAndSwap(false, true) {
-		return 0
-	}
-	return v.SystemView.MaxLeaseTTL()
-}
-
 // FINDING (low-medium, availability): one failed read of the mount's TTLs
 // is kept for mountTTLEvery: every mint in that second fails ("max TTL
 // must be greater than zero", a 500), not only the one whose call failed.
-func TestRevMountTTLFailureNotKept(t *testing.T) {
-	e := newTestEnv(t)
-	e.createRole("web", map[string]interface{}{"scopes": "read"})
-	flaky := &flakySystemView{SystemView: e.b.mountTTLs.SystemView}
-	e.b.mountTTLs = &mountTTLs{SystemView: flaky}
-	_, err := e.req("e", logical.UpdateOperation, "keys/web", map[string]interface{}{"name": "k"})
-	if err == nil {
-		t.Fatal("the mint whose read of the mount failed succeeded")
-	}
-	// The next mint, Vault answering again.
-	resp, err := e.req("e", logical.UpdateOperation, "keys/web", map[string]interface{}{"name": "k"})
-	if err != nil || resp.IsError() {
-		t.Fatalf("a mint after Vault answered again: %v %v: the failed read (0) was kept for %s", resp, err, mountTTLEvery)
-	}
-}
-
 // flakyDefaultView answers DefaultLeaseTTL 0 once (a failed gRPC call).
-type flakyDefaultView struct {
-	logical.SystemView
-	failed atomic.Bool
-}
-
-func (v *flakyDefaultView) DefaultLeaseTTL() time.Duration {
-	if v.failed.CompareAndSwap(false, true) {
-		return 0
-	}
-	return v.SystemView.DefaultLeaseTTL()
-}
-
 // The same with the mount's default TTL: a role without ttl mints, for a
 // second after one failed read, keys whose lifetime is 0 (expired as
 // answered), not only in the one mint whose call failed.
-func TestRevMountDefaultTTLFailureNotKept(t *testing.T) {
-	e := newTestEnv(t)
-	e.createRole("web", map[string]interface{}{"scopes": "read"})
-	flaky := &flakyDefaultView{SystemView: e.b.mountTTLs.SystemView}
-	e.b.mountTTLs = &mountTTLs{SystemView: flaky}
-	for i := 0; i < 2; i++ {
-		resp, err := e.req("e", logical.UpdateOperation, "keys/web", map[string]interface{}{"name": "k"})
-		if err != nil || resp.IsError() {
-			t.Logf("mint %d: %v %v", i, resp, err)
-			continue
-		}
-		t.Logf("mint %d: expires_at %v lease ttl %v", i, resp.Data["expires_at"], resp.Secret.TTL)
-		if i == 1 && resp.Secret.TTL <= 0 {
-			t.Errorf("mint %d, Vault answering again: lease ttl %v: the failed read (0) was kept", i, resp.Secret.TTL)
-		}
-	}
-}
-
 // The chain is filed outside the revocation lock: a revocation of the
 // subject racing exchanges still revokes every token exchanged from it
 // (the slot is taken under the lock), and down a level too.
@@ -463,20 +405,6 @@ func TestRevExchangeRacingSubjectRevocation(t *testing.T) {
 // credential minted under a max_lease_ttl up to a second old. An orphan
 // role's keys have no lease: one minted within mountTTLEvery of a tune
 // that lowered max_lease_ttl keeps the old max, and nothing caps it.
-func TestRevOrphanKeyAfterTuneOutlivesMountMax(t *testing.T) {
-	sys := logical.TestSystemView()
-	sys.MaxLeaseTTLVal = 4 * time.Hour
-	e := newTestEnvWith(t, sys)
-	e.createRole("web", map[string]interface{}{"scopes": "read", "orphan": true, "max_ttl": "4h"})
-	e.mint("web", nil) // the mount's TTLs read
-	sys.MaxLeaseTTLVal = time.Hour // an operator tunes the mount down
-	resp := e.mint("web", map[string]interface{}{"ttl": "4h"})
-	exp, _ := time.Parse(time.RFC3339, resp.Data["expires_at"].(string))
-	if resp.Secret == nil && time.Until(exp) > time.Hour+time.Minute {
-		t.Errorf("an orphan key (no lease for Vault to cap) minted after the tune expires in %s, past the mount's max_lease_ttl (1h)", time.Until(exp).Round(time.Minute))
-	}
-}
-
 // revGateStorage holds one read of roles/web, once armed, after it read
 // storage and before it returns: the read saw the old role.
 type revGateStorage struct {
