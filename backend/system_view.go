@@ -44,11 +44,13 @@ const mountTTLEvery = time.Second
 // mountTTLs answers the mount's default and max lease TTL from a read at
 // most mountTTLEvery old: a mint's lifetime (mintTTL) asked Vault for the
 // max on every mint, one round trip of three for a key. They change only
-// when an operator tunes the mount, and a mint within a second of a tune
-// that lowered max_lease_ttl is still bounded by it: Vault caps every
-// lease at the mount's max as it registers it, and a credential's lease
-// that ends before its exp revokes it (revokeJWTLease, the key's Revoke).
-// Only mints read this view; role writes and renewals ask Vault.
+// when an operator tunes the mount, and a leased credential minted within
+// a second of a tune that lowered max_lease_ttl is still bounded by it:
+// Vault caps every lease at the mount's max as it registers it, and a
+// credential's lease that ends before its exp revokes it (revokeJWTLease,
+// the key's Revoke). A key of an orphan role has no lease for Vault to
+// cap, so its mint asks Vault itself (mintTTL). Only mints read this view;
+// role writes and renewals ask Vault.
 //
 // Vault's view in a plugin answers 0 when its call to Vault fails (the
 // SDK's gRPC client swallows the error): a 0 is never kept. The last good

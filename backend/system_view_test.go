@@ -109,3 +109,24 @@ func TestMountTTLsFailedReadAnswersLastGood(t *testing.T) {
 		t.Fatalf("reads after a failed one: %v; want each to ask Vault again", sys.calls)
 	}
 }
+
+// A key of an orphan role has no lease for Vault to cap at the mount's
+// max_lease_ttl: its mint reads the max from Vault, so a key minted right
+// after a tune that lowered it does not outlive it.
+func TestOrphanKeyCappedAtMountMaxJustTuned(t *testing.T) {
+	sys := logical.TestSystemView()
+	sys.MaxLeaseTTLVal = 4 * time.Hour
+	e := newTestEnvWith(t, sys)
+	e.createRole("web", map[string]interface{}{"scopes": "read", "orphan": true, "max_ttl": "4h"})
+	e.createRole("leased", map[string]interface{}{"scopes": "read", "max_ttl": "4h"})
+	e.mint("leased", nil)          // the mount's TTLs read, and kept
+	sys.MaxLeaseTTLVal = time.Hour // an operator tunes the mount down
+	resp := e.mint("web", map[string]interface{}{"ttl": "4h"})
+	exp, err := time.Parse(time.RFC3339, resp.Data["expires_at"].(string))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Secret != nil || time.Until(exp) > time.Hour+time.Minute {
+		t.Fatalf("an orphan key minted right after the tune expires in %s (lease %v); want at most the mount's max_lease_ttl (1h)", time.Until(exp).Round(time.Minute), resp.Secret)
+	}
+}
