@@ -93,7 +93,7 @@ func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 func newBackend() *backend {
 	b := &backend{roleLocks: locksutil.CreateLocks(), revocations: &revocationFeed{},
 		keyRecords: newKeyRecordFeed(), meters: newMeters(), approvals: newApprovals(),
-		roles: newStoredCache(getRole), configs: newStoredCache(storedConfig), keyIDs: newKeyIDLedger(time.Now())}
+		roles: newStoredCache(getRole, cloneRole), configs: newStoredCache(storedConfig, cloneConfig), keyIDs: newKeyIDLedger(time.Now())}
 	b.revoker = revoker{feed: b.revocations, keys: b.keyRecords}
 	b.Backend = &framework.Backend{
 		Help:           backendHelp,

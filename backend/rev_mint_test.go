@@ -271,26 +271,6 @@ func TestRevConcurrentMintsLeaveSharedRoleAlone(t *testing.T) {
 // place changes the role every later mint narrows to. Out of process
 // (gRPC) nobody can; in process (tests, an embedding, a future handler
 // that post-processes resp.Data) it is a privilege widening.
-func TestRevAnswerAliasesCachedRole(t *testing.T) {
-	e := newTestEnv(t)
-	e.createRole("web", map[string]interface{}{"scopes": "read,admin", "default_scopes": "read", "metadata": "team=core"})
-	first := e.mint("web", nil)
-	scopes := first.Data["scopes"].([]string)
-	scopes[0] = "admin" // a caller edits its own answer
-	second := e.mint("web", nil)
-	read := e.ok(logical.ReadOperation, "roles/web", nil)
-	read.Data["metadata"].(map[string]string)["team"] = "evil"
-	third := e.mint("web", nil)
-	k, _ := getKey(context.Background(), e.storage, third.Data["key_id"].(string))
-	got2 := second.Data["scopes"].([]string)
-	if len(got2) == 1 && got2[0] == "admin" {
-		t.Errorf("a later mint with default scopes got %v: the first answer's slice is the cached role's default_scopes", got2)
-	}
-	if k.Metadata["team"] == "evil" {
-		t.Errorf("a later key carries metadata %v: the role read's map is the cached role's", k.Metadata)
-	}
-}
-
 // The ledger under concurrent claims of one id in one second: one wins.
 func TestRevKeyIDLedgerConcurrentSameID(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0)

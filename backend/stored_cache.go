@@ -2,6 +2,8 @@ package backend
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"sync"
 
 	"github.com/hashicorp/vault/sdk/logical"
@@ -10,8 +12,10 @@ import (
 // storedCache holds entries of storage parsed, by name, so that a hot path
 // (every mint reads its role, every JWT mint and verification the config)
 // reads them from memory instead of a storage round trip to Vault. What it
-// returns is shared: callers read it and never change it; a writer reads
-// storage itself (under the entry's lock) and drops the entry once written.
+// returns is the caller's own copy (clone): an answer built from it may be
+// changed by whoever holds the answer without changing what every later
+// request reads. A writer reads storage itself (under the entry's lock)
+// and drops the entry once written.
 //
 // Correct invalidation, in every place a node can learn of a change:
 //   - this node's own writes call forget after the storage write returns
@@ -34,10 +38,12 @@ type storedCache[T any] struct {
 	entries map[string]*T
 	// load reads an entry from storage; nil, nil when there is none.
 	load func(ctx context.Context, s logical.Storage, name string) (*T, error)
+	// clone copies an entry deep enough that no slice or map is shared.
+	clone func(*T) *T
 }
 
-func newStoredCache[T any](load func(context.Context, logical.Storage, string) (*T, error)) *storedCache[T] {
-	return &storedCache[T]{entries: map[string]*T{}, load: load}
+func newStoredCache[T any](load func(context.Context, logical.Storage, string) (*T, error), clone func(*T) *T) *storedCache[T] {
+	return &storedCache[T]{entries: map[string]*T{}, load: load, clone: clone}
 }
 
 // get is entry name, from memory or else from storage (then kept).
@@ -47,7 +53,7 @@ func (c *storedCache[T]) get(ctx context.Context, s logical.Storage, name string
 	gen := c.gen
 	c.mu.RUnlock()
 	if ok {
-		return v, nil
+		return c.clone(v), nil
 	}
 	v, err := c.load(ctx, s, name)
 	if err != nil || v == nil {
@@ -58,7 +64,7 @@ func (c *storedCache[T]) get(ctx context.Context, s logical.Storage, name string
 		c.entries[name] = v
 	}
 	c.mu.Unlock()
-	return v, nil
+	return c.clone(v), nil
 }
 
 // forget drops entry name: storage holds something newer, or may.
@@ -67,4 +73,23 @@ func (c *storedCache[T]) forget(name string) {
 	c.gen++
 	delete(c.entries, name)
 	c.mu.Unlock()
+}
+
+// cloneRole is a role that shares no slice or map with r.
+func cloneRole(r *role) *role {
+	c := *r
+	c.Scopes = slices.Clone(r.Scopes)
+	c.DefaultScopes = slices.Clone(r.DefaultScopes)
+	c.BoundCIDRs = slices.Clone(r.BoundCIDRs)
+	c.Metadata = maps.Clone(r.Metadata)
+	c.Audiences = slices.Clone(r.Audiences)
+	c.AllowedSubjectRoles = slices.Clone(r.AllowedSubjectRoles)
+	c.ApprovalScopes = slices.Clone(r.ApprovalScopes)
+	return &c
+}
+
+// cloneConfig is a copy of c (it holds no slice or map).
+func cloneConfig(c *config) *config {
+	d := *c
+	return &d
 }

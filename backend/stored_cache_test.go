@@ -89,7 +89,7 @@ func TestStoredCacheRacingFill(t *testing.T) {
 		stored = "new"
 		c.forget("x")
 		return &v, nil
-	})
+	}, func(s *string) *string { v := *s; return &v })
 	if v, _ := c.get(context.Background(), nil, "x"); *v != "old" {
 		t.Fatalf("get: %q", *v)
 	}
@@ -123,6 +123,97 @@ func TestMintsLeaveTheRoleInMemoryAlone(t *testing.T) {
 		}
 		if !reflect.DeepEqual(held, stored) {
 			t.Fatalf("role %s in memory after mints:\n%+v\nstored:\n%+v", name, held, stored)
+		}
+	}
+}
+
+// Answers do not share the role in memory: a caller changing its answer
+// in place (a key's scopes, a role read's metadata) changes nothing a
+// later mint reads.
+func TestAnswersDoNotShareTheRoleInMemory(t *testing.T) {
+	e := newTestEnv(t)
+	e.createRole("web", map[string]interface{}{"scopes": "read,admin", "default_scopes": "read", "bound_cidrs": "10.0.0.0/8", "metadata": "team=core"})
+	first := e.mint("web", nil)
+	first.Data["scopes"].([]string)[0] = "admin"
+	first.Data["bound_cidrs"].([]string)[0] = "0.0.0.0/0"
+	read := e.ok(logical.ReadOperation, "roles/web", nil)
+	read.Data["metadata"].(map[string]string)["team"] = "evil"
+	second := e.mint("web", nil)
+	if got := second.Data["scopes"].([]string); len(got) != 1 || got[0] != "read" {
+		t.Errorf("a later mint with the default scopes got %v: the first answer's slice was the role's", got)
+	}
+	if got := second.Data["bound_cidrs"].([]string); len(got) != 1 || got[0] != "10.0.0.0/8" {
+		t.Errorf("a later mint got bound_cidrs %v: the first answer's slice was the role's", got)
+	}
+	k, err := getKey(context.Background(), e.storage, second.Data["key_id"].(string))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.Metadata["team"] != "core" {
+		t.Errorf("a later key carries metadata %v: the role read's map was the role's", k.Metadata)
+	}
+}
+
+// cloneRole and cloneConfig share no slice or map, whatever field is
+// added: every slice and map field, however nested, is checked.
+func TestStoredCacheClonesShareNothing(t *testing.T) {
+	check := func(name string, orig, clone reflect.Value) {
+		t.Helper()
+		for _, f := range sharedFields(orig, "") {
+			o, c := orig.FieldByIndex(f.index), clone.FieldByIndex(f.index)
+			if o.Pointer() == c.Pointer() {
+				t.Errorf("%s: field %s is shared with the copy in memory", name, f.name)
+			}
+		}
+	}
+	r := &role{}
+	fillShared(reflect.ValueOf(r).Elem())
+	check("cloneRole", reflect.ValueOf(r).Elem(), reflect.ValueOf(cloneRole(r)).Elem())
+	if !reflect.DeepEqual(r, cloneRole(r)) {
+		t.Error("cloneRole is not equal to the role")
+	}
+	c := &config{}
+	fillShared(reflect.ValueOf(c).Elem())
+	check("cloneConfig", reflect.ValueOf(c).Elem(), reflect.ValueOf(cloneConfig(c)).Elem())
+}
+
+type sharedField struct {
+	name  string
+	index []int
+}
+
+// sharedFields lists the slice and map fields of struct v, nested structs
+// included.
+func sharedFields(v reflect.Value, prefix string) []sharedField {
+	var out []sharedField
+	for i := 0; i < v.NumField(); i++ {
+		f := v.Type().Field(i)
+		switch f.Type.Kind() {
+		case reflect.Slice, reflect.Map:
+			out = append(out, sharedField{prefix + f.Name, []int{i}})
+		case reflect.Struct:
+			for _, n := range sharedFields(v.Field(i), prefix+f.Name+".") {
+				out = append(out, sharedField{n.name, append([]int{i}, n.index...)})
+			}
+		}
+	}
+	return out
+}
+
+// fillShared sets every slice and map field of struct v to one element.
+func fillShared(v reflect.Value) {
+	for _, f := range sharedFields(v, "") {
+		fv := v.FieldByIndex(f.index)
+		if !fv.CanSet() {
+			continue
+		}
+		switch fv.Kind() {
+		case reflect.Slice:
+			fv.Set(reflect.MakeSlice(fv.Type(), 1, 1))
+		case reflect.Map:
+			m := reflect.MakeMap(fv.Type())
+			m.SetMapIndex(reflect.Zero(fv.Type().Key()), reflect.Zero(fv.Type().Elem()))
+			fv.Set(m)
 		}
 	}
 }
