@@ -84,6 +84,8 @@ func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 	framed := *conf
 	b.sys, framed.System = conf.System, &framedView{SystemView: conf.System}
 	b.mountTTLs = &mountTTLs{SystemView: conf.System}
+	b.roles.off = conf.System.CachingDisabled()
+	b.configs.off = b.roles.off
 	if err := b.Setup(ctx, &framed); err != nil {
 		return nil, fmt.Errorf("setting up keybroker backend: %w", err)
 	}

@@ -217,3 +217,58 @@ func fillShared(v reflect.Value) {
 		}
 	}
 }
+
+// An entry is read from storage again once it is storedMaxAge old, so a
+// change whose invalidation was missed is seen by then.
+func TestStoredCacheEntryMaxAge(t *testing.T) {
+	stored, loads := "old", 0
+	c := newStoredCache(func(context.Context, logical.Storage, string) (*string, error) {
+		loads++
+		v := stored
+		return &v, nil
+	}, func(s *string) *string { v := *s; return &v })
+	c.get(context.Background(), nil, "x")
+	stored = "new" // changed, the invalidation missed
+	if v, _ := c.get(context.Background(), nil, "x"); *v != "old" || loads != 1 {
+		t.Fatalf("a fresh entry: %q after %d loads; want it from memory", *v, loads)
+	}
+	e := c.entries["x"]
+	e.at = e.at.Add(-storedMaxAge)
+	c.entries["x"] = e
+	if v, _ := c.get(context.Background(), nil, "x"); *v != "new" || loads != 2 {
+		t.Fatalf("an entry %s old: %q after %d loads; want storage read again", storedMaxAge, *v, loads)
+	}
+	if v, _ := c.get(context.Background(), nil, "x"); *v != "new" || loads != 2 {
+		t.Fatalf("after the read again: %q after %d loads; want it kept", *v, loads)
+	}
+}
+
+// With Vault's caching disabled (disable_cache), every mint reads its role
+// and the config from storage.
+func TestStoredCacheOffWhenVaultCachingDisabled(t *testing.T) {
+	for _, disabled := range []bool{false, true} {
+		sys := logical.TestSystemView()
+		sys.CachingDisabledVal = disabled
+		e := newTestEnvWith(t, sys)
+		e.ok(logical.UpdateOperation, "config", map[string]interface{}{"issuer": testIssuer})
+		e.createRole("web", map[string]interface{}{"scopes": "read", "audiences": "svc"})
+		e.mint("web", nil)
+		e.ok(logical.UpdateOperation, "token/web", nil)
+		c := newCountingStorage(e.storage)
+		e.storage = c
+		for range 3 {
+			e.mint("web", nil)
+			e.ok(logical.UpdateOperation, "token/web", nil)
+		}
+		want := 0
+		if disabled {
+			want = 6
+		}
+		if got := c.n("get", rolePrefix); got != want {
+			t.Errorf("disable_cache %v: 3 key and 3 token mints read roles %d times; want %d", disabled, got, want)
+		}
+		if disabled && c.n("get", configPath) < 3 {
+			t.Errorf("disable_cache: 3 token mints read the config %d times; want at least 3", c.n("get", configPath))
+		}
+	}
+}
