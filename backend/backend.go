@@ -84,6 +84,8 @@ func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 	framed := *conf
 	b.sys, framed.System = conf.System, &framedView{SystemView: conf.System}
 	b.mountTTLs = &mountTTLs{SystemView: conf.System}
+	b.roles.off = conf.System.CachingDisabled()
+	b.configs.off = b.roles.off
 	if err := b.Setup(ctx, &framed); err != nil {
 		return nil, fmt.Errorf("setting up keybroker backend: %w", err)
 	}
@@ -93,7 +95,7 @@ func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 func newBackend() *backend {
 	b := &backend{roleLocks: locksutil.CreateLocks(), revocations: &revocationFeed{},
 		keyRecords: newKeyRecordFeed(), meters: newMeters(), approvals: newApprovals(),
-		roles: newStoredCache(getRole), configs: newStoredCache(storedConfig), keyIDs: newKeyIDLedger(time.Now())}
+		roles: newStoredCache(getRole, cloneRole), configs: newStoredCache(storedConfig, cloneConfig), keyIDs: newKeyIDLedger(time.Now())}
 	b.revoker = revoker{feed: b.revocations, keys: b.keyRecords}
 	b.Backend = &framework.Backend{
 		Help:           backendHelp,

@@ -52,7 +52,7 @@ func (b *backend) exchange(ctx context.Context, req *logical.Request, m exchange
 	if err != nil {
 		return nil, err
 	}
-	ttl, warnings, err := b.mintTTL(m.ttl, r.TokenTTL, r.TokenMaxTTL, r, nil)
+	ttl, warnings, err := b.mintTTL(m.ttl, r.TokenTTL, r.TokenMaxTTL, true, r, nil)
 	if err != nil {
 		return nil, err
 	}

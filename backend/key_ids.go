@@ -31,12 +31,17 @@ const keyIDSkew = 30 * time.Second
 //   - a leadership change re-creates the backend on the new active node,
 //     whose ledger starts empty: until keyIDSkew after it started (the old
 //     active node's clock may have been ahead), the ids it mints are also
-//     looked up in storage, as before;
+//     looked up in storage, as before. A plugin restart on the same node
+//     starts empty too, and keyIDSkew must cover that node's own clock
+//     stepping back across it (the ids minted before the restart are
+//     stamped with seconds its clock may show again after);
 //   - an invalidation of a keys/ entry says another node writes keys (a
 //     performance standby hears of the active node's mints this way): the
 //     ledger again checks storage until keyIDSkew after the last one;
 //   - a stamp older than the two seconds held (the clock stepped back) is
-//     looked up in storage.
+//     looked up in storage, and recorded too (the ids of the latest such
+//     second), so two mints of that second cannot both draw one id, look
+//     it up before either writes, and the second overwrite the first.
 //
 // The stamp repeats every 29 years (apikey.stampCycle); no key lives that
 // long (leases are capped at the mount's max_lease_ttl, and tidy removes
@@ -49,6 +54,10 @@ type keyIDLedger struct {
 	mu        sync.Mutex
 	second    int64               // the newest second recorded
 	cur, prev map[string]struct{} // the ids stamped with second, second-1
+	// back holds the ids stamped with backSec, a second older than those
+	// two (the clock stepped back); emptied when another such second comes.
+	backSec int64
+	back    map[string]struct{}
 }
 
 func newKeyIDLedger(now time.Time) *keyIDLedger {
@@ -75,22 +84,24 @@ func (l *keyIDLedger) claim(id string, sec int64) (fresh, sure bool) {
 		} else {
 			l.prev = map[string]struct{}{}
 		}
-		l.cur, l.second = map[string]struct{}{}, sec
+		l.cur, l.second, l.back = map[string]struct{}{}, sec, nil
 	}
-	var ids map[string]struct{}
+	ids, sure := l.cur, sec >= l.trustFrom.Load()
 	switch sec {
 	case l.second:
-		ids = l.cur
 	case l.second - 1:
 		ids = l.prev
-	default:
-		return true, false // the clock stepped back past what is held
+	default: // the clock stepped back past what is held: storage is asked too
+		if sec != l.backSec || l.back == nil {
+			l.backSec, l.back = sec, map[string]struct{}{}
+		}
+		ids, sure = l.back, false
 	}
 	if _, taken := ids[id]; taken {
 		return false, true
 	}
 	ids[id] = struct{}{}
-	return true, sec >= l.trustFrom.Load()
+	return true, sure
 }
 
 // create generates a key whose key_id no key has, and sets k's id and

@@ -37,7 +37,7 @@ func (b *backend) mintKey(ctx context.Context, req *logical.Request, m keyMintRe
 	if err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
-	ttl, warnings, err := b.mintTTL(m.ttl, r.TTL, r.MaxTTL, r, a)
+	ttl, warnings, err := b.mintTTL(m.ttl, r.TTL, r.MaxTTL, !r.Orphan, r, a)
 	if err != nil {
 		return nil, err
 	}

@@ -156,11 +156,21 @@ func (r *role) keyMetadata(roleName string, asked map[string]string) (map[string
 
 // mintTTL is a credential's lifetime: asked, or the role's default, capped
 // at its max (Vault's rules, with warnings), and for a redemption (approved
-// not nil) at the role's approved_max_ttl.
-func (b *backend) mintTTL(asked, def, maxTTL time.Duration, r *role, approved *approvalRequest) (time.Duration, []string, error) {
-	ttl, warnings, err := framework.CalculateTTL(b.mountTTLs, asked, def, 0, maxTTL, 0, time.Time{})
+// not nil) at the role's approved_max_ttl. A credential without a lease
+// (leased false: an orphan role's key) is capped at the mount's max as
+// Vault answers it now, since no lease of it will be (mountTTLs).
+func (b *backend) mintTTL(asked, def, maxTTL time.Duration, leased bool, r *role, approved *approvalRequest) (time.Duration, []string, error) {
+	var sys logical.SystemView = b.mountTTLs
+	if !leased {
+		sys = b.mountTTLs.SystemView
+	}
+	ttl, warnings, err := framework.CalculateTTL(sys, asked, def, 0, maxTTL, 0, time.Time{})
 	if err != nil {
 		return 0, nil, fmt.Errorf("calculating ttl: %w", err)
+	}
+	if ttl <= 0 {
+		// Vault's view answered 0 for the mount's TTLs: its call failed.
+		return 0, nil, fmt.Errorf("calculating ttl: %s (the mount's lease TTLs could not be read)", ttl)
 	}
 	if approved == nil || ttl <= r.approvedMaxTTL() {
 		return ttl, warnings, nil

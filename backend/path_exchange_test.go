@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -672,5 +673,51 @@ func TestExchangedTokenRevokedWithinItsLeeway(t *testing.T) {
 	}
 	if ids, _, _ := e.feed(0); !slices.Contains(ids, child) {
 		t.Fatalf("the feed %v lacks the exchanged token %s, expired 10 s ago", ids, child)
+	}
+}
+
+// The chain is filed outside the revocation lock: a revocation of the
+// subject racing exchanges still revokes every token exchanged from it
+// (the slot is taken under the lock), and down a level too.
+func TestExchangeRacingSubjectRevocationRevokesEveryToken(t *testing.T) {
+	for round := 0; round < 5; round++ {
+		e := delegationEnv(t)
+		t0 := e.as("user-entity", logical.UpdateOperation, "token/user", nil)
+		var mu sync.Mutex
+		var minted []string
+		var wg sync.WaitGroup
+		for g := 0; g < 4; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; i < 6; i++ {
+					r1, err := e.req("tool-entity", logical.UpdateOperation, "token/exchange", map[string]interface{}{"role": "tool", "subject_token": t0.Data["token"]})
+					if err != nil || r1.IsError() {
+						continue
+					}
+					mu.Lock()
+					minted = append(minted, r1.Data["jti"].(string))
+					mu.Unlock()
+					r2, err := e.req("subtool-entity", logical.UpdateOperation, "token/exchange", map[string]interface{}{"role": "subtool", "subject_token": r1.Data["token"]})
+					if err != nil || r2.IsError() {
+						continue
+					}
+					mu.Lock()
+					minted = append(minted, r2.Data["jti"].(string))
+					mu.Unlock()
+				}
+			}()
+		}
+		time.Sleep(time.Duration(round) * 3 * time.Millisecond)
+		if resp, err := e.lease(logical.RevokeOperation, t0.Secret); err != nil || resp.IsError() {
+			t.Fatalf("revoking the subject: %v %v", resp, err)
+		}
+		wg.Wait()
+		for _, jti := range minted {
+			if en, _ := e.storage.Get(context.Background(), revokedJTIPath(jti)); en == nil {
+				t.Errorf("round %d: %s exchanged (directly or down a level) from a revoked subject is not revoked", round, jti)
+			}
+		}
+		t.Logf("round %d: %d exchanged, all revoked", round, len(minted))
 	}
 }

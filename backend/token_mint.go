@@ -36,7 +36,7 @@ func (b *backend) mintToken(ctx context.Context, req *logical.Request, m tokenMi
 	if err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
-	ttl, warnings, err := b.mintTTL(m.ttl, r.TokenTTL, r.TokenMaxTTL, r, a)
+	ttl, warnings, err := b.mintTTL(m.ttl, r.TokenTTL, r.TokenMaxTTL, true, r, a)
 	if err != nil {
 		return nil, err
 	}
