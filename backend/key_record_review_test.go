@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/helper/consts"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/keybroker/keybroker/contract"
 )
 
 // reviewFailingPuts fails the Puts whose path starts with prefix; land says
@@ -127,5 +130,109 @@ func TestReviewStandbyIndexNeverPruned(t *testing.T) {
 	c.mu.Unlock()
 	if n != 0 {
 		t.Fatalf("after the periodic function the standby's index still holds %d entries of keys written elsewhere", n)
+	}
+}
+
+// Writers (revoke, suspend, resume, budget, rotate, mint) race snapshot
+// readers (fresh listings, JSON and packed) that fill the index; once they
+// stop, a snapshot says what storage says of every key. (Passes: the
+// fill/change rule holds where every write records its change.)
+func TestReviewIndexUnderConcurrentWrites(t *testing.T) {
+	e := newTestEnv(t)
+	e.createRole("web", map[string]interface{}{"ttl": "1h", "budget": 100})
+	var ids []string
+	for i := 0; i < 40; i++ {
+		ids = append(ids, e.mint("web", nil).Data["key_id"].(string))
+	}
+	paths := map[string]string{}
+	for _, id := range ids {
+		paths[id] = e.keyPath(id)
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	for r := 0; r < 2; r++ {
+		go func(r int) {
+			defer func() { done <- struct{}{} }()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				e.b.keyRecords.listMu.Lock()
+				e.b.keyRecords.list = nil
+				e.b.keyRecords.listMu.Unlock()
+				data := map[string]interface{}{}
+				if r == 1 {
+					data["format"] = "packed1"
+				}
+				for after := ""; ; {
+					data["after_id"] = after
+					resp, err := e.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.ReadOperation,
+						Path: "key-records/snapshot", Data: data, Storage: e.storage, MountPoint: "keybroker/"})
+					if err != nil || resp.IsError() {
+						t.Errorf("snapshot: %v %v", err, resp)
+						return
+					}
+					if !resp.Data["more"].(bool) {
+						break
+					}
+					after = resp.Data["next_id"].(string)
+				}
+			}
+		}(r)
+	}
+	for i := 0; i < 200; i++ {
+		id := ids[i%len(ids)]
+		var op logical.Operation = logical.UpdateOperation
+		var p string
+		var data map[string]interface{}
+		switch i % 5 {
+		case 0:
+			p = paths[id] + "/suspend"
+		case 1:
+			p = paths[id] + "/resume"
+		case 2:
+			p, data = "budget/web/"+id, map[string]interface{}{"budget": 50 + i}
+		case 3:
+			p = paths[id] + "/rotate"
+		case 4:
+			op, p = logical.DeleteOperation, paths[id]
+		}
+		_, _ = e.b.HandleRequest(context.Background(), &logical.Request{Operation: op, Path: p, Data: data,
+			Storage: e.storage, EntityID: e.entityID, MountPoint: "keybroker/"})
+	}
+	close(stop)
+	<-done
+	<-done
+	want := e.storedRecords()
+	got := e.snapshotAllFresh()
+	e.b.keyRecords.list = nil
+	packed := e.snapshotPacked()
+	var revoked, replaced, suspended, budgets int
+	for _, w := range want {
+		if w.Revoked {
+			revoked++
+		}
+		if w.ReplacedBy != "" {
+			replaced++
+		}
+		if w.Suspended {
+			suspended++
+		}
+		if w.Budget != nil && w.Budget.Units != 100 {
+			budgets++
+		}
+	}
+	if revoked == 0 || replaced == 0 || suspended == 0 || budgets == 0 {
+		t.Fatalf("the writers changed too little: %d revoked, %d replaced, %d suspended, %d budgets", revoked, replaced, suspended, budgets)
+	}
+	for id, w := range want {
+		for what, g := range map[string]contract.KeyRecord{"JSON": got[id], "packed": packed[id]} {
+			if g.ExpiresAt != w.ExpiresAt || g.Revoked != w.Revoked || g.Suspended != w.Suspended || g.ReplacedBy != w.ReplacedBy ||
+				!reflect.DeepEqual(g.Budget, w.Budget) {
+				t.Errorf("%s snapshot of %s: %+v; storage %+v", what, id, g, w)
+			}
+		}
 	}
 }
