@@ -77,6 +77,28 @@ func newKeyRecordFeed() *keyRecordFeed {
 // suspension, which every page carries), once the change is stored.
 func (kf *keyRecordFeed) add(id string) { kf.changes.add(id, nil) }
 
+// put stores key k and records the change whether or not the write
+// returned an error: a write that fails after part of a change is stored
+// (a rotation's first key) or that is committed though it returned an
+// error (a Raft apply that timed out for its caller) must not leave the
+// index serving the record from before it. A write that returned an error
+// may still commit later: the key is recorded once more after
+// keyListingMaxAge, the longest a snapshot's listing lives.
+func (kf *keyRecordFeed) put(ctx context.Context, s logical.Storage, k *keyEntry) error {
+	err := putKey(ctx, s, k)
+	kf.written(k.ID, err)
+	return err
+}
+
+// written records that key id was written, the write returning err (see
+// put), for a writer that records it later than the write itself.
+func (kf *keyRecordFeed) written(id string, err error) {
+	kf.add(id)
+	if err != nil {
+		time.AfterFunc(keyListingMaxAge, func() { kf.add(id) })
+	}
+}
+
 // stored records that key k was just stored as a new key, and indexes its
 // record (see keyIndex), so that no snapshot reads it from storage.
 func (kf *keyRecordFeed) stored(k *keyEntry) { kf.changes.add(k.ID, k) }

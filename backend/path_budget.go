@@ -906,10 +906,11 @@ func (b *backend) changeBudget(ctx context.Context, s logical.Storage, role, id 
 		}
 		if k != nil {
 			k.Budget = budget
-			if err := putKey(ctx, s, k); err != nil {
+			err := putKey(ctx, s, k)
+			defer b.keyRecords.written(id, err) // once the meter below is stored too
+			if err != nil {
 				return nil, err
 			}
-			defer b.keyRecords.add(id) // once the meter below is stored too
 		}
 	}
 	if err := putJSON(ctx, s, path, m); err != nil {

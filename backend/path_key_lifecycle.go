@@ -203,17 +203,15 @@ func (b *backend) storeRotation(ctx context.Context, s logical.Storage, old, nex
 			return "", err
 		}
 	}
-	if err := putKey(ctx, s, next); err != nil {
+	if err := b.keyRecords.put(ctx, s, next); err != nil {
 		return "", err
 	}
-	if err := putKey(ctx, s, old); err != nil {
+	if err := b.keyRecords.put(ctx, s, old); err != nil {
 		return "", err
 	}
 	if err := putJSON(ctx, s, rotationPath(old.ID), rotation{GraceEnds: graceEnds}); err != nil {
 		return "", err
 	}
-	b.keyRecords.add(old.ID)
-	b.keyRecords.add(next.ID)
 	return root, nil
 }
 
@@ -288,10 +286,9 @@ func (b *backend) pathKeySuspend(ctx context.Context, req *logical.Request, d *f
 	} else if !suspend {
 		k.SuspendedAt = time.Time{} // a role's suspension stays
 	}
-	if err := putKey(ctx, req.Storage, k); err != nil {
+	if err := b.keyRecords.put(ctx, req.Storage, k); err != nil {
 		return nil, err
 	}
-	b.keyRecords.add(id)
 	b.Logger().Info(map[bool]string{true: "key suspended", false: "key resumed"}[suspend], "key_id", id, "entity_id", req.EntityID)
 	data := map[string]interface{}{"key_id": id, "suspended": k.suspended()}
 	k.lifecycleData(data)

@@ -186,10 +186,9 @@ func (b *backend) migrateRoleSuspensions(ctx context.Context, s logical.Storage)
 		}
 		b.Logger().Warn("key suspended with its role by an older version, the role no longer suspended: the key stays suspended, on its own", "key_id", k.ID, "role", k.Role)
 		k.SuspendedAt = k.LegacyRoleSuspendedAt
-		if err := putKey(ctx, s, k); err != nil {
+		if err := b.keyRecords.put(ctx, s, k); err != nil {
 			return err
 		}
-		b.keyRecords.add(k.ID)
 	}
 	return s.Put(ctx, &logical.StorageEntry{Key: done, Value: []byte("1")})
 }

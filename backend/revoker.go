@@ -79,10 +79,9 @@ func (rv *revoker) revokeKey(ctx context.Context, s logical.Storage, id string) 
 		return nil
 	}
 	k.RevokedAt = now
-	if err := putKey(ctx, s, k); err != nil {
+	if err := rv.keys.put(ctx, s, k); err != nil {
 		return err
 	}
-	rv.keys.add(id)
 	return rv.feed.appendLocked(ctx, s, revocation{ID: id, Type: secretTypeAPIKey, RevokedAt: now, ExpiresAt: k.ExpiresAt})
 }
 
@@ -124,10 +123,9 @@ func (rv *revoker) revokeKeyAtGraceEnd(ctx context.Context, s logical.Storage, i
 	}
 	now := time.Now().UTC()
 	k.RevokedAt = now
-	if err := putKey(ctx, s, k); err != nil {
+	if err := rv.keys.put(ctx, s, k); err != nil {
 		return err
 	}
-	rv.keys.add(id)
 	// Kept in the feed for a minute past now, the soonest tidy drops it.
 	return rv.feed.appendLocked(ctx, s, revocation{ID: id, Type: secretTypeAPIKey, RevokedAt: now, ExpiresAt: maxTime(k.ExpiresAt, now.Add(time.Minute))})
 }

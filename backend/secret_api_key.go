@@ -87,10 +87,9 @@ func (b *backend) renewAPIKey(ctx context.Context, req *logical.Request, _ *fram
 		warnings = append(warnings, "ttl capped at the rotated key's max_ttl")
 	}
 	k.ExpiresAt = now.Add(ttl)
-	if err := putKey(ctx, req.Storage, k); err != nil {
+	if err := b.keyRecords.put(ctx, req.Storage, k); err != nil {
 		return nil, err
 	}
-	b.keyRecords.add(id)
 	unlock()
 	// The key's meter lives as long as the key: a renewed key keeps
 	// spending from the same budget, neither refused nor reset.
