@@ -208,12 +208,13 @@ func (b *backend) writeSafe() bool {
 
 // periodic rotates the signing key when it is due and runs tidy at most once
 // per tidyInterval, only where storage is writable (the active node of the
-// primary cluster).
+// primary cluster). What it drops from memory it drops on every node: a
+// standby's invalidations fill its record index too.
 func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
+	b.keyRecords.dropIdleListing(time.Now())
 	if !b.writeSafe() {
 		return nil
 	}
-	b.keyRecords.dropIdleListing(time.Now())
 	if err := b.signer.rotateIfDue(ctx, req.Storage, time.Now(), b.Logger()); err != nil {
 		return fmt.Errorf("rotating signing key: %w", err)
 	}
