@@ -179,12 +179,20 @@ func UnpackKeyRecords(b []byte) ([]KeyShape, []PackedKeyRecord, error) {
 		return nil, nil, fmt.Errorf("%w: not of version %d", ErrPacked, packedVersion1)
 	}
 	r := packedReader{b: b[1:]}
-	shapes := make([]KeyShape, r.count(6)) // a shape takes at least 6 bytes
-	for i := range shapes {
+	// A page has no more shapes than records, and no more records than
+	// MaxPackedKeyRecordPage. Items are appended as they are read, not
+	// allocated from the claimed count: a shape in memory is some twenty
+	// times the 6 bytes it takes at least on the page.
+	n := r.count(6)
+	shapes := make([]KeyShape, 0, min(n, 64))
+	for i := 0; i < n && r.err == nil; i++ {
+		shapes = append(shapes, KeyShape{})
 		r.shape(&shapes[i])
 	}
-	recs := make([]PackedKeyRecord, r.count(packedIDLen+packedHashLen+3))
-	for i := range recs {
+	n = r.count(packedIDLen + packedHashLen + 3)
+	recs := make([]PackedKeyRecord, 0, min(n, 64))
+	for i := 0; i < n && r.err == nil; i++ {
+		recs = append(recs, PackedKeyRecord{})
 		r.record(&recs[i], len(shapes))
 	}
 	if r.err == nil && len(r.b) != 0 {
@@ -231,11 +239,10 @@ func (r *packedReader) varint() int64 {
 }
 
 // count reads a count of items of at least min bytes each, refusing one
-// the rest of the page could not hold (so a forged count allocates
-// nothing).
+// the rest of the page could not hold or more than a page's records.
 func (r *packedReader) count(min int) int {
 	n := r.uvarint()
-	if n > uint64(len(r.b)/min) {
+	if n > uint64(len(r.b)/min) || n > MaxPackedKeyRecordPage {
 		r.fail("a count larger than the page")
 		return 0
 	}

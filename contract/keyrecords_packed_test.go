@@ -2,8 +2,10 @@ package contract
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -16,7 +18,7 @@ func packedSample(t *testing.T) ([]KeyShape, []PackedKeyRecord, []byte) {
 		{Role: "web", Tenant: "acme", Scopes: []string{"read", "write"}, BoundCIDRs: []string{"10.0.0.0/8", "fd00::/8"},
 			Budget: &jwtverify.Budget{Units: 100, Period: 3600, MaxCost: 5}, RateLimit: &jwtverify.RateLimit{PerSecond: 2.5, Burst: 10}},
 		{Role: "plain"},
-		{Role: strings.Repeat("é", 300), JKT: strings.Repeat("A", 43), Budget: &jwtverify.Budget{Units: -1}},
+		{Role: strings.Repeat("é", 300), JKT: strings.Repeat("A", 43), Budget: &jwtverify.Budget{Period: 86400}},
 	}
 	var h [32]byte
 	for i := range h {
@@ -114,4 +116,30 @@ func FuzzUnpackKeyRecords(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A page's claimed count of shapes is bounded by the page's length over a
+// shape's least size (6 bytes), and a KeyShape in memory is some twenty
+// times that: a 3 MB page (a plugin's largest packed page is about that)
+// claiming 500,000 empty shapes must not make UnpackKeyRecords allocate
+// tens of MB before it fails. A real page never has more shapes than
+// records (MaxPackedKeyRecordPage).
+func TestUnpackAllocatesNoMoreThanThePageHolds(t *testing.T) {
+	for _, n := range []int{500_000, MaxPackedKeyRecordPage} {
+		raw := binary.AppendUvarint([]byte{packedVersion1}, uint64(n))
+		raw = append(raw, make([]byte, 6*n)...) // n empty shapes, then no record count
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		_, _, err := UnpackKeyRecords(raw)
+		runtime.ReadMemStats(&after)
+		if err == nil {
+			t.Fatal("a page without records was read")
+		}
+		if n > MaxPackedKeyRecordPage {
+			if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 4*uint64(len(raw)) {
+				t.Fatalf("unpacking a %d-byte page allocated %d bytes (%.1fx)", len(raw), alloc, float64(alloc)/float64(len(raw)))
+			}
+		}
+	}
 }
