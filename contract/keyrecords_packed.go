@@ -293,11 +293,24 @@ func (r *packedReader) shape(s *KeyShape) {
 		return
 	}
 	if limits[0]&packedBudget != 0 {
-		s.Budget = &jwtverify.Budget{Units: r.varint(), Period: r.varint(), MaxCost: r.varint()}
+		bu := &jwtverify.Budget{Units: r.varint(), Period: r.varint(), MaxCost: r.varint()}
+		if bu.Units < 0 || bu.Period < 0 || bu.MaxCost < 0 {
+			r.fail("a negative budget")
+			return
+		}
+		s.Budget = bu
 	}
 	if limits[0]&packedRate != 0 {
 		bits := r.bytes(8)
 		if len(bits) < 8 {
+			return
+		}
+		// JSON cannot carry NaN or an infinity, and a limiter takes +Inf
+		// as no limit at all: the packed form refuses what JSON could not
+		// say.
+		perSecond := math.Float64frombits(binary.BigEndian.Uint64(bits))
+		if math.IsNaN(perSecond) || math.IsInf(perSecond, 0) || perSecond < 0 {
+			r.fail("a bad per_second")
 			return
 		}
 		burst := r.uvarint()
@@ -305,7 +318,7 @@ func (r *packedReader) shape(s *KeyShape) {
 			r.fail("a bad burst")
 			return
 		}
-		s.RateLimit = &jwtverify.RateLimit{PerSecond: math.Float64frombits(binary.BigEndian.Uint64(bits)), Burst: int(burst)}
+		s.RateLimit = &jwtverify.RateLimit{PerSecond: perSecond, Burst: int(burst)}
 	}
 }
 

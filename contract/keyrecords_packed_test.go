@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"math"
 	"reflect"
 	"runtime"
 	"strings"
@@ -140,6 +141,29 @@ func TestUnpackAllocatesNoMoreThanThePageHolds(t *testing.T) {
 			if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 4*uint64(len(raw)) {
 				t.Fatalf("unpacking a %d-byte page allocated %d bytes (%.1fx)", len(raw), alloc, float64(alloc)/float64(len(raw)))
 			}
+		}
+	}
+}
+
+// JSON cannot carry a non-finite rate limit; the packed form can, and a
+// sidecar's limiter takes +Inf as no limit at all. Nor is a negative rate
+// or budget one a plugin sends.
+func TestUnpackRefusesBadLimits(t *testing.T) {
+	var shapes []KeyShape
+	for _, v := range []float64{math.Inf(1), math.Inf(-1), math.NaN(), -1} {
+		shapes = append(shapes, KeyShape{Role: "r", RateLimit: &jwtverify.RateLimit{PerSecond: v, Burst: 1}})
+	}
+	for _, bu := range []jwtverify.Budget{{Units: -1, Period: 60}, {Units: 1, Period: -60}, {Units: 1, Period: 60, MaxCost: -1}} {
+		shapes = append(shapes, KeyShape{Role: "r", Budget: &bu})
+	}
+	for _, sh := range shapes {
+		var p KeyRecordPacker
+		i := p.AddShape(&sh)
+		if err := p.AddRecord(&PackedKeyRecord{KeyID: "xai000000001", ExpiresAt: 1 << 40, Shape: i}); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := UnpackKeyRecords(p.Bytes()); !errors.Is(err, ErrPacked) {
+			t.Errorf("a page with rate limit %+v and budget %+v was read", sh.RateLimit, sh.Budget)
 		}
 	}
 }
