@@ -30,8 +30,9 @@ import (
 //	  uvarint n + n str bound_cidrs, str jkt,
 //	  byte limits (1: a budget follows, 2: a rate limit follows),
 //	  [varint units, varint period, varint max_cost],
-//	  [8 bytes per_second (IEEE 754, big endian), uvarint burst]
-//	uvarint records; per record:
+//	  [8 bytes per_second (IEEE 754, big endian; finite, >= 0), uvarint burst]
+//	uvarint records (at most MaxPackedKeyRecordPage, in ascending key_id
+//	order); per record:
 //	  12 bytes key_id, 32 bytes SHA-256, varint expires_at (Unix seconds),
 //	  byte flags (1 revoked, 2 suspended, 4 replaced_by follows),
 //	  [12 bytes replaced_by], uvarint shape index
@@ -194,6 +195,11 @@ func UnpackKeyRecords(b []byte) ([]KeyShape, []PackedKeyRecord, error) {
 	for i := 0; i < n && r.err == nil; i++ {
 		recs = append(recs, PackedKeyRecord{})
 		r.record(&recs[i], len(shapes))
+		// Ascending key_ids, as a plugin sends them: a page holding a key
+		// twice (which record wins?) or out of order is damaged.
+		if i > 0 && r.err == nil && recs[i].KeyID <= recs[i-1].KeyID {
+			r.fail("key_ids not in ascending order")
+		}
 	}
 	if r.err == nil && len(r.b) != 0 {
 		r.fail("bytes after the records")

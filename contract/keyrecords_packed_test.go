@@ -167,3 +167,21 @@ func TestUnpackRefusesBadLimits(t *testing.T) {
 		}
 	}
 }
+
+// A plugin sends a page's records in ascending key_id order: a page
+// holding one key twice (read as it is, the last record wins: a revoked
+// record followed by a live one) or out of order is damaged.
+func TestUnpackRefusesKeyIDsOutOfOrder(t *testing.T) {
+	for _, ids := range [][]string{{"xai000000001", "xai000000001"}, {"xai000000002", "xai000000001"}, {"xai000000001", "xai000000003", "xai000000002"}} {
+		var p KeyRecordPacker
+		sh := p.AddShape(&KeyShape{Role: "r"})
+		for i, id := range ids {
+			if err := p.AddRecord(&PackedKeyRecord{KeyID: id, ExpiresAt: 1 << 40, Revoked: i == 0, Shape: sh}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, _, err := UnpackKeyRecords(p.Bytes()); !errors.Is(err, ErrPacked) {
+			t.Errorf("a page of key_ids %v was read", ids)
+		}
+	}
+}

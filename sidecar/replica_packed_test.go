@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -17,9 +18,11 @@ import (
 )
 
 // packRecords is a packed snapshot page of recs, as the plugin makes one:
-// each shape listed once.
+// each shape listed once, the records in key_id order.
 func packRecords(tb testing.TB, recs []contract.KeyRecord) string {
 	tb.Helper()
+	recs = slices.Clone(recs)
+	slices.SortFunc(recs, func(a, b contract.KeyRecord) int { return strings.Compare(a.KeyID, b.KeyID) })
 	var p contract.KeyRecordPacker
 	shapes := map[string]int{}
 	for _, r := range recs {
