@@ -73,9 +73,15 @@ func newKeyIndex() keyIndex {
 	return keyIndex{recs: map[[apikey.IDLength]byte]*indexedRecord{}, shapes: map[string]*indexedShape{}}
 }
 
-func indexKey(id string) (k [apikey.IDLength]byte) {
+// indexKey is the index's key of key_id id; ok is false for an id that is
+// not a key_id, which the index neither holds nor serves: copied into 12
+// bytes, "xai000000001" and "xai000000001/x" would be the same key.
+func indexKey(id string) (k [apikey.IDLength]byte, ok bool) {
+	if !apikey.ValidateID(id) {
+		return k, false
+	}
 	copy(k[:], id)
-	return k
+	return k, true
 }
 
 // indexRecord is k's record in index form, with its shape not yet shared.
@@ -101,7 +107,10 @@ func shapeKey(s *contract.KeyShape) string {
 // changedLocked records that key id changed, as change seq: its record is
 // read from storage next time. The caller holds the lock.
 func (x *keyIndex) changedLocked(id string, seq uint64) {
-	k := indexKey(id)
+	k, ok := indexKey(id)
+	if !ok {
+		return
+	}
 	old := x.recs[k]
 	x.dropShapeLocked(old)
 	x.recs[k] = &indexedRecord{changedAt: seq}
@@ -111,7 +120,10 @@ func (x *keyIndex) changedLocked(id string, seq uint64) {
 // another change to it was recorded since it was stored: then the key is
 // left to be read from storage. The caller holds the lock.
 func (x *keyIndex) storedLocked(k *keyEntry, seq uint64) {
-	key := indexKey(k.ID)
+	key, ok := indexKey(k.ID)
+	if !ok {
+		return
+	}
 	if x.recs[key] != nil {
 		x.changedLocked(k.ID, seq)
 		return
@@ -125,7 +137,10 @@ func (x *keyIndex) storedLocked(k *keyEntry, seq uint64) {
 // newest, unless the key changed since, and returns the record to serve
 // (rec, or the indexed copy sharing its shape). The caller holds the lock.
 func (x *keyIndex) fillLocked(id string, rec *indexedRecord, seq0 uint64) *indexedRecord {
-	key := indexKey(id)
+	key, ok := indexKey(id)
+	if !ok {
+		return rec
+	}
 	old := x.recs[key]
 	if (old == nil && seq0 < x.horizon) || (old != nil && old.changedAt > seq0) {
 		return rec
@@ -162,10 +177,11 @@ func (x *keyIndex) dropShapeLocked(old *indexedRecord) {
 // indexed.
 func (x *keyIndex) lookupLocked(ids []string, out []*indexedRecord) {
 	for i, id := range ids {
-		if rec := x.recs[indexKey(id)]; rec != nil && rec.valid {
-			out[i] = rec
-		} else {
-			out[i] = nil
+		out[i] = nil
+		if k, ok := indexKey(id); ok {
+			if rec := x.recs[k]; rec != nil && rec.valid {
+				out[i] = rec
+			}
 		}
 	}
 }

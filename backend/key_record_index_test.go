@@ -305,8 +305,46 @@ func TestKeyIndexPrune(t *testing.T) {
 	now := time.Now()
 	c.pruneIndex(now)
 	c.pruneIndex(now.Add(keyListingMaxAge)) // the second drops what changed before the first
-	if len(c.index.recs) != 1 || c.index.recs[indexKey(recent.ID)] == nil || len(c.index.shapes) != 1 {
+	if len(c.index.recs) != 1 || c.index.recs[mustIndexKey(t, recent.ID)] == nil || len(c.index.shapes) != 1 {
 		t.Fatalf("after prune: %d records, %d shapes; want the one expired a minute before the second prune alone", len(c.index.recs), len(c.index.shapes))
+	}
+}
+
+func mustIndexKey(t *testing.T, id string) [12]byte {
+	t.Helper()
+	k, ok := indexKey(id)
+	if !ok {
+		t.Fatalf("%q is not a key_id", id)
+	}
+	return k
+}
+
+// The index holds and serves key_ids only: an id that is not one (longer,
+// shorter, not base62) neither reads a key's record nor drops it, however
+// much of it is that key's id.
+func TestKeyIndexRefusesWhatIsNotAKeyID(t *testing.T) {
+	c := newKeyChanges()
+	k := &keyEntry{ID: "xai000000001", Hash: make([]byte, 32), Role: "r", ExpiresAt: time.Now().Add(time.Hour)}
+	c.add(k.ID, k)
+	for _, id := range []string{"xai000000001/x", "xai000000001x", "xai00000000", "xai00000000\x00", "xai00000000.", ""} {
+		out := make([]*indexedRecord, 1)
+		c.mu.Lock()
+		c.index.lookupLocked([]string{id}, out)
+		c.mu.Unlock()
+		if out[0] != nil {
+			t.Errorf("%q read the record of %s", id, k.ID)
+		}
+		if id != "" {
+			c.add(id, nil) // a change of a non-key (an invalidation of keys/<id>)
+		}
+	}
+	out := make([]*indexedRecord, 1)
+	c.mu.Lock()
+	c.index.lookupLocked([]string{k.ID}, out)
+	n := len(c.index.recs)
+	c.mu.Unlock()
+	if out[0] == nil || n != 1 {
+		t.Fatalf("after changes of ids that are not key_ids: %s indexed = %v, %d entries; want it alone", k.ID, out[0] != nil, n)
 	}
 }
 
